@@ -1,0 +1,25 @@
+import click
+
+from ..sampling import sample as sample_model
+from ..training.checkpoint import load_model
+from ..training.run import resolve_device
+from . import main
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--prompt", default=None, help="Text to continue; default the recipe's sample.prompt.")
+@click.option("--tokens", default=500, show_default=True, type=click.IntRange(min=0), help="Characters to generate.")
+@click.option("--temperature", default=0.8, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--top-k", default=40, show_default=True, type=click.IntRange(min=1), help="Sample among the k likeliest.")
+@click.option("--seed", default=None, type=int, help="Make the sample reproducible.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def sample(run_dir, prompt, tokens, temperature, top_k, seed, device):
+    """Generate text from a trained model (a run folder or a checkpoint file).
+
+    \b
+    gptkit sample runs/shakespeare-cpu-20260101-120000 --prompt "ROMEO:" --tokens 300
+    """
+    model, recipe, vocab = load_model(run_dir, resolve_device(device))
+    text = sample_model(model, vocab, recipe.sample.prompt if prompt is None else prompt, tokens, temperature, top_k, seed)
+    click.echo(text)

@@ -1,0 +1,40 @@
+"""What every component shares: its typed parameters and the model sizes it is built with."""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Params(BaseModel):
+    """A component's own parameters, as written in a recipe. Unknown keys are rejected, and types are
+    strict (no `"1e-3"` string or `true` where a number belongs)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """The sizes every component of a model is built with (nanoGPT's names)."""
+
+    vocab_size: int
+    block_size: int = 256
+    n_layer: int = 6
+    n_head: int = 8
+    n_embd: int = 256
+    dropout: float = 0.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class Component:
+    """Mixin for registered classes: a `Params` model and an optional compatibility check."""
+
+    Params: ClassVar[type[Params]] = Params
+
+    @classmethod
+    def check(cls, config: GPTConfig, params: Params) -> None:
+        """Raise ValueError when this component cannot work with `config`. Called when a recipe is
+        validated, so a bad combination fails there and not inside a forward pass."""

@@ -1,0 +1,148 @@
+"""Positional encodings.
+
+One module is built per model and handed both to the model input and to every attention layer.
+Each scheme overrides only the hook where it acts; the others stay no-ops:
+
+- `embed(x, start)`: added to token embeddings at the input           x: (B, T, C)
+- `rotate(q, k, start)`: applied to queries and keys inside attention  q, k: (B, nh, T, hs)
+- `score_bias(t_q, t_k)`: added to attention scores before softmax    (nh, t_q, t_k)
+
+`start` is the position of the first token, so cached generation can continue a sequence.
+Axis letters: B batch, T time, C channels, nh heads, hs head size.
+"""
+
+import math
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..registry import new_registry
+from .base import Component, GPTConfig, Params
+
+
+class Positional(Component, nn.Module):
+    """Base class: built with `(config, params)`; every hook defaults to doing nothing."""
+
+    def __init__(self, config: GPTConfig, params: Params):
+        super().__init__()
+        self.params = params
+
+    def embed(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        return x
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, start: int = 0):
+        return q, k
+
+    def score_bias(self, t_q: int, t_k: int) -> torch.Tensor | None:
+        return None
+
+
+positional = new_registry("positional", Positional, "how token positions enter the model")
+
+
+@positional.register("none")
+class NoPositional(Positional):
+    """No positional information; causal attention alone orders tokens (Haviv et al. 2022, arXiv:2203.16634)."""
+
+
+class BaseParams(Params):
+    base: float = Field(10000.0, gt=1, description="wavelength base of the sinusoids")
+
+
+@positional.register("sinusoidal")
+class Sinusoidal(Positional):
+    """Fixed sine/cosine embeddings added to the input (Vaswani et al. 2017, arXiv:1706.03762)."""
+
+    Params = BaseParams
+
+    @classmethod
+    def check(cls, config, params):
+        if config.n_embd % 2:
+            raise ValueError(f"sinusoidal needs an even n_embd, got {config.n_embd}")
+
+    def __init__(self, config: GPTConfig, params: BaseParams):
+        super().__init__(config, params)
+        pos = torch.arange(config.block_size).unsqueeze(1)  # (T, 1)
+        freq = torch.exp(torch.arange(0, config.n_embd, 2) * (-math.log(params.base) / config.n_embd))
+        pe = torch.zeros(config.block_size, config.n_embd)
+        pe[:, 0::2] = torch.sin(pos * freq)
+        pe[:, 1::2] = torch.cos(pos * freq)
+        self.register_buffer("pe", pe, persistent=False)  # (T, C), derived: not saved
+
+    def embed(self, x, start=0):
+        return x + self.pe[start : start + x.size(1)].to(x.dtype)
+
+
+@positional.register("learned")
+class Learned(Positional):
+    """A learned embedding per position, added to the input (GPT-2)."""
+
+    def __init__(self, config: GPTConfig, params: Params):
+        super().__init__(config, params)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+
+    def embed(self, x, start=0):
+        pos = torch.arange(start, start + x.size(1), device=x.device)
+        return x + self.wpe(pos)  # (B, T, C) + (T, C)
+
+
+@positional.register("rope")
+class RoPE(Positional):
+    """Rotary embeddings: rotate query/key channel pairs by position (Su et al. 2021, arXiv:2104.09864)."""
+
+    Params = BaseParams
+
+    @classmethod
+    def check(cls, config, params):
+        if config.head_dim % 2:
+            raise ValueError(
+                f"rope needs an even head size, but n_embd/n_head = {config.n_embd}/{config.n_head} "
+                f"= {config.head_dim}; pick n_head so that n_embd/n_head is even"
+            )
+
+    def __init__(self, config: GPTConfig, params: BaseParams):
+        super().__init__(config, params)
+        hs = config.head_dim
+        inv_freq = params.base ** (-torch.arange(0, hs, 2, dtype=torch.float32) / hs)  # (hs/2,)
+        angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (T, hs/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def rotate(self, q, k, start=0):
+        t = q.size(-2)
+        cos, sin = self.cos[start : start + t], self.sin[start : start + t]  # (T, hs/2)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+
+    @staticmethod
+    def _rotate(x, cos, sin):
+        # Pairs channel i with channel i + hs/2 (the GPT-NeoX layout).
+        x1, x2 = x.float().chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+
+
+@positional.register("alibi")
+class ALiBi(Positional):
+    """Linear biases: each head penalises scores by distance with its own slope (Press et al. 2021,
+    arXiv:2108.12409)."""
+
+    def __init__(self, config: GPTConfig, params: Params):
+        super().__init__(config, params)
+        self.register_buffer("slopes", self.head_slopes(config.n_head), persistent=False)  # (nh,)
+
+    @staticmethod
+    def head_slopes(n_head: int) -> torch.Tensor:
+        # The paper's geometric sequence; for a head count that is not a power of two, take the
+        # closest power's slopes and fill in with every other slope of the next power.
+        def geometric(n):
+            return [2 ** (-8 * (i + 1) / n) for i in range(n)]
+
+        p = 2 ** math.floor(math.log2(n_head))
+        slopes = geometric(p) + geometric(2 * p)[0::2][: n_head - p]
+        return torch.tensor(slopes)
+
+    def score_bias(self, t_q, t_k):
+        q_pos = torch.arange(t_k - t_q, t_k, device=self.slopes.device)
+        k_pos = torch.arange(t_k, device=self.slopes.device)
+        distance = (k_pos[None, :] - q_pos[:, None]).clamp(max=0)  # (t_q, t_k), <= 0 for the past
+        return self.slopes[:, None, None] * distance  # (nh, t_q, t_k)

@@ -1,0 +1,60 @@
+"""Learning-rate schedules: `factor(step)` multiplies `train.lr` at each (0-based) step."""
+
+import math
+
+from pydantic import Field
+
+from ..registry import new_registry
+from .base import Component, Params
+
+
+class Schedule(Component):
+    """Base class: built with `(params, total_steps)`."""
+
+    def __init__(self, params: Params, total_steps: int):
+        self.params = params
+        self.total_steps = total_steps
+
+    def factor(self, step: int) -> float:
+        raise NotImplementedError
+
+
+schedule = new_registry("schedule", Schedule, "learning-rate schedule")
+
+
+class WarmupParams(Params):
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up from 0")
+
+
+def warmup(step: int, warmup_steps: int) -> float:
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+@schedule.register("constant")
+class Constant(Schedule):
+    """Constant learning rate after an optional linear warm-up."""
+
+    Params = WarmupParams
+
+    def factor(self, step):
+        return warmup(step, self.params.warmup_steps)
+
+
+class CosineParams(WarmupParams):
+    min_factor: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of train.lr")
+
+
+@schedule.register("cosine")
+class Cosine(Schedule):
+    """Linear warm-up, then cosine decay to `min_factor` at the last step (Loshchilov & Hutter 2016,
+    arXiv:1608.03983)."""
+
+    Params = CosineParams
+
+    def factor(self, step):
+        p = self.params
+        if step < p.warmup_steps:
+            return warmup(step, p.warmup_steps)
+        progress = (step - p.warmup_steps) / max(1, self.total_steps - p.warmup_steps)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return p.min_factor + (1 - p.min_factor) * cosine

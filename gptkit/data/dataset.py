@@ -1,0 +1,105 @@
+"""A character-level dataset over any UTF-8 text, split into training and validation text.
+
+Tokens are stored once, as the text's character ids; batches are gathered from window start
+offsets, so memory stays proportional to the text, never to the number of windows.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..io import read_text, write_text
+from .vocab import Vocab
+
+
+class CharDataset:
+    """Characters of `text` as token ids; the last `val_fraction` of the text is held out.
+
+    An epoch visits windows whose starts lie `stride` characters apart, from a random offset, in a
+    random order; both depend only on the seed and the epoch, so every run with the same seed sees
+    the same batches in the same order, whatever model it trains.
+    """
+
+    def __init__(self, text: str, block_size: int, val_fraction: float = 0.1, stride: int | None = None,
+                 source: str = "the text"):
+        if "\x00" in text:
+            raise UserError(f"{source} contains NUL bytes: it looks like a binary file, not text")
+        self.block_size = block_size
+        self.stride = stride or block_size
+        self.vocab = Vocab.of(text)
+        tokens = self.vocab.encode(text).to(torch.uint8 if self.vocab_size <= 256 else torch.int32)
+        n_val = int(len(tokens) * val_fraction)
+        self.train, self.val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
+        need = block_size + 1
+        if len(self.train) < need:
+            raise UserError(
+                f"{source} has {len(self.train):,} training characters, fewer than one block "
+                f"(model.block_size + 1 = {need:,}); use a longer text or a smaller model.block_size"
+            )
+        if n_val and len(self.val) < need:
+            raise UserError(
+                f"{source}'s validation split has {len(self.val):,} characters, fewer than one block "
+                f"({need:,}); raise data.val_fraction, lower model.block_size, or set data.val_fraction: 0"
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def itos(self) -> list[str]:
+        return self.vocab.itos
+
+    @property
+    def stoi(self) -> dict[str, int]:
+        return self.vocab.stoi
+
+    def to(self, device) -> "CharDataset":
+        self.train, self.val = self.train.to(device), self.val.to(device)
+        return self
+
+    # --- training windows -------------------------------------------------------------------
+    @property
+    def windows_per_epoch(self) -> int:
+        return max(1, (len(self.train) - self.block_size) // self.stride)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return self.windows_per_epoch // batch_size
+
+    def epoch_starts(self, seed: int, epoch: int) -> torch.Tensor:
+        """(windows_per_epoch,) shuffled window starts of one epoch, a function of (seed, epoch) only."""
+        g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+        n, room = self.windows_per_epoch, len(self.train) - self.block_size
+        offset = int(torch.randint(min(self.stride, room - (n - 1) * self.stride), (1,), generator=g))
+        return (offset + self.stride * torch.randperm(n, generator=g)).to(self.train.device)
+
+    def batch(self, starts: torch.Tensor, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and next-character targets, each (len(starts), block_size) int64."""
+        data = self.train if split == "train" else self.val
+        offsets = torch.arange(self.block_size + 1, device=data.device)
+        chunk = data[starts[:, None] + offsets].long()  # (B, T + 1)
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def eval_starts(self, max_windows: int | None = None) -> torch.Tensor:
+        """Fixed, non-overlapping validation windows, evenly thinned to at most `max_windows`."""
+        starts = torch.arange(0, len(self.val) - self.block_size, self.block_size, device=self.val.device)
+        if max_windows is not None and len(starts) > max_windows:
+            starts = starts[torch.linspace(0, len(starts) - 1, max_windows).round().long()]
+        return starts
+
+
+def load_dataset(data, block_size: int) -> CharDataset:
+    """The dataset a recipe's `data` section describes, creating the corpus file on first use."""
+    path: Path = data.path
+    if not path.exists() and data.corpus is not None:
+        write_text(path, data.corpus.build().text())
+        lines = path.read_text(encoding="utf-8").count("\n")
+        print(f"Created {path} ({lines:,} lines) from the '{data.corpus.name}' corpus.", file=sys.stderr)
+    if not path.exists():
+        raise UserError(f"data.path: file {path} not found (paths in a recipe are relative to the recipe's folder)")
+    text = read_text(path, "data.path")
+    if data.max_lines is not None:
+        text = "".join(text.splitlines(keepends=True)[: data.max_lines])
+    return CharDataset(text, block_size, data.val_fraction, data.stride, source=f"data.path {path}")

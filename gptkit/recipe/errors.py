@@ -1,0 +1,51 @@
+"""Turn pydantic's validation errors into one line per problem: key path, what is wrong, a fix."""
+
+import types
+import typing
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import did_you_mean, listing
+from .components import RecipeIssue
+
+Loc = tuple
+
+
+def describe_errors(exc: ValidationError, model: type[BaseModel], extra_keys: set[str] = frozenset()) -> list[tuple[Loc, str]]:
+    """(key path, message) for each error of `exc`, raised validating `model`."""
+    issues = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, RecipeIssue):
+            issues += [(loc + sub, msg) for sub, msg in cause.issues]
+        elif err["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            valid = set(parent.model_fields) if parent else set()
+            if parent is model:
+                valid |= extra_keys
+            key = str(loc[-1])
+            issues.append((loc, f"unknown key{did_you_mean(key, valid)}. Valid keys here: {listing(valid)}"))
+        elif err["type"] == "missing":
+            issues.append((loc, "required key is missing"))
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            issues.append((loc, f"{msg} (got {err['input']!r})"))
+    return issues
+
+
+def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        model = next((a for a in _flatten(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def _flatten(annotation) -> list:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return [a for arg in typing.get_args(annotation) for a in _flatten(arg)]
+    return [annotation]

@@ -1,0 +1,83 @@
+"""Read a recipe file, apply `--set key=value` overrides, validate, and report every problem at once."""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import UserError
+from ..io import read_text
+from . import yaml
+from .errors import describe_errors
+from .schema import Recipe, _resolve
+
+
+class RecipeError(UserError):
+    pass
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """The validated recipe in `path` with `overrides` ("train.lr=3e-4") applied."""
+    path = Path(path)
+    data, lines = yaml.load(read_text(path, "recipe"), str(path))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping with keys such as name, data, model, train; got {type(data).__name__}")
+    applied = [apply_override(data, text) for text in overrides]
+    return validate(data, origin=str(path), base_dir=path.parent, lines=lines, overrides=applied)
+
+
+def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
+             lines: dict | None = None, overrides: Sequence[tuple[tuple, str]] = ()) -> Recipe:
+    try:
+        return Recipe.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as e:
+        problems = []
+        for loc, msg in describe_errors(e, Recipe):
+            key = ".".join(map(str, loc))
+            source = next((text for keys, text in overrides if loc[: len(keys)] == keys), None)
+            if source:
+                problems.append(f"--set {source}: {key}: {msg}")
+            else:
+                line = next(((lines or {})[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in (lines or {})), None)
+                problems.append(f"{origin}{f':{line}' if line else ''}: {key}: {msg}")
+        if len(problems) == 1:
+            raise RecipeError(problems[0]) from None
+        raise RecipeError(f"{origin} has {len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems)) from None
+
+
+def apply_override(data: dict, text: str) -> tuple[tuple, str]:
+    """Set `key.path=value` in `data`; the value is read as YAML. Returns (key path, text)."""
+    key, sep, raw = text.partition("=")
+    parts = tuple(key.strip().split("."))
+    if not sep or not all(p.strip() for p in parts):
+        raise RecipeError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=3e-4")
+    value, _ = yaml.load(raw, f"--set {key}")
+    if isinstance(value, str) and _is_path(parts):
+        value = str(Path(value).expanduser().absolute())  # paths on the command line are relative to the cwd
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif isinstance(child, str):  # a component given by name gains parameters: {name: ...}
+            child = node[part] = {"name": child}
+        elif not isinstance(child, dict):
+            raise RecipeError(f"--set {text}: {'.'.join(parts[: i + 1])} is {child!r}, not a section with keys")
+        node = child
+    node[parts[-1]] = value
+    return parts, text
+
+
+def _is_path(parts: tuple) -> bool:
+    model: Any = Recipe
+    for part in parts:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return False
+        if any(getattr(m, "func", None) is _resolve for m in field.metadata):
+            return True
+        model = field.annotation
+    return False

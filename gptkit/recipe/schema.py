@@ -1,0 +1,108 @@
+"""The recipe: what a YAML file may say, with defaults, types and limits.
+
+Paths in a recipe file are relative to the folder of that file.
+"""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
+
+from ..components.base import GPTConfig
+from .components import RecipeIssue, component
+
+
+def _resolve(value, info: ValidationInfo) -> Path:
+    if not isinstance(value, (str, Path)):
+        raise ValueError("expected a file path")
+    path = Path(value).expanduser()
+    base = (info.context or {}).get("base_dir")
+    return path if path.is_absolute() or base is None else (Path(base) / path)
+
+
+RecipePath = Annotated[Path, BeforeValidator(_resolve)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class DataSection(Section):
+    path: RecipePath = Field(description="UTF-8 text file to train on; relative to the recipe file")
+    corpus: component("corpus", None) = Field(None, description="creates `path` on first use if it does not exist")
+    max_lines: PositiveInt | None = Field(None, description="use only the first N lines")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="the last fraction of the text is held out")
+    stride: PositiveInt | None = Field(None, description="chars between window starts in an epoch; default block_size")
+
+
+class ModelSection(Section):
+    n_embd: PositiveInt = 256
+    n_head: PositiveInt = 8
+    n_layer: PositiveInt = 6
+    block_size: PositiveInt = 256
+    dropout: float = Field(0.0, ge=0, lt=1)
+    tie_embeddings: bool = Field(True, description="share the token embedding with the LM head (GPT-2)")
+    attention: component("attention", "flash")
+    feedforward: component("feedforward", "swiglu")
+    norm: component("norm", "rmsnorm")
+    positional: component("positional", "sinusoidal")
+
+    def config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig(vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd, self.dropout)
+
+    @model_validator(mode="after")
+    def _compatible(self):
+        if self.n_embd % self.n_head:
+            divisors = [h for h in range(1, min(self.n_embd, 64) + 1) if self.n_embd % h == 0]
+            raise RecipeIssue([(("n_head",), f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}; "
+                                f"n_head must divide n_embd, e.g. one of {divisors[-6:]}")])
+        config = self.config(vocab_size=1)  # the vocabulary is not known until the corpus is read
+        issues = []
+        for kind in ("attention", "feedforward", "norm", "positional"):
+            spec = getattr(self, kind)
+            try:
+                spec.cls.check(config, spec.params)
+            except ValueError as e:
+                issues.append(((kind,), f"{spec.name}: {e}"))
+        if issues:
+            raise RecipeIssue(issues)
+        return self
+
+
+class TrainSection(Section):
+    batch_size: PositiveInt = 128
+    epochs: PositiveInt = 10
+    max_steps: PositiveInt | None = Field(None, description="stop after this many steps, even mid-epoch")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW decay; never applied to norms and biases")
+    grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; null turns clipping off")
+    optimizer: component("optimizer", "adamw")
+    schedule: component("schedule", "constant")
+    log_every: PositiveInt = Field(50, description="batches between progress lines")
+    eval_every: PositiveInt | None = Field(None, description="steps between validation runs; default once per epoch")
+    eval_batches: PositiveInt | None = Field(None, description="validation batches per run; default the whole split")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: CUDA if present, else CPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere")
+
+
+class SampleSection(Section):
+    prompt: str = "\n"
+    tokens: int = Field(500, ge=0)
+    temperature: float = Field(0.8, gt=0)
+    top_k: PositiveInt | None = 40
+
+
+class Recipe(Section):
+    """A whole training run."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100, description="names the run folder")
+    seed: int = 1337
+    data: DataSection
+    model: ModelSection = ModelSection()
+    train: TrainSection = TrainSection()
+    sample: SampleSection = SampleSection()
+
+    def to_dict(self) -> dict:
+        """Plain values only: safe in a weights_only checkpoint and as YAML."""
+        return self.model_dump(mode="json")

@@ -1,0 +1,60 @@
+"""Checkpoints: plain tensors and values only, loadable with `torch.load(weights_only=True)`."""
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ..data.vocab import Vocab
+from ..errors import UserError
+from ..io import atomic_write
+from ..model import build_model
+from ..recipe import validate
+
+FORMAT = "gptkit-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict, itos: list[str], **extra) -> None:
+    """Write atomically: a crash mid-save leaves the previous checkpoint intact."""
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "recipe": recipe,
+        "vocab_size": len(itos),
+        "stoi": {ch: i for i, ch in enumerate(itos)},
+        "itos": list(itos),
+        **extra,
+    }
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The checkpoint at `path` (or `path/checkpoint.pt` for a run folder), loaded without unpickling
+    anything but tensors and plain values."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"checkpoint {path} holds objects other than tensors and plain values; refused "
+                        f"without running them ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise UserError(f"checkpoint {path} is truncated or corrupted and cannot be read ({e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path} is not a gptkit checkpoint")
+    return state
+
+
+def load_model(path: Path, device: str | torch.device = "cpu"):
+    """(model, recipe, vocab) from a checkpoint or run folder, ready for inference."""
+    state = load_checkpoint(path)
+    recipe = validate(state["recipe"], origin=f"the recipe stored in {path}")
+    model = build_model(recipe.model, state["vocab_size"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), recipe, Vocab(state["itos"])

@@ -1,0 +1,52 @@
+"""What a run prints: the user's per-batch log lines, and on a terminal a live status line."""
+
+import sys
+import time
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """Log lines go to stdout; the live line (step, loss, tokens/s, time left) is redrawn in place on
+    stderr, only when stderr is a terminal, at most a few times a second."""
+
+    def __init__(self, total_steps: int, quiet: bool = False, stream=None):
+        self.total_steps = total_steps
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.live = not quiet and self.stream.isatty()
+        self._last_draw = 0.0
+        self._width = 0
+
+    def log(self, line: str) -> None:
+        if self.quiet:
+            return
+        self._clear()
+        print(line, flush=True)
+
+    def update(self, step: int, loss: float | None, tokens_per_s: float, elapsed: float) -> None:
+        now = time.monotonic()
+        if not self.live or now - self._last_draw < 0.25:
+            return
+        self._last_draw = now
+        left = (self.total_steps - step) * elapsed / step if step else 0.0
+        loss_text = f"{loss:.4f}" if loss is not None else "-"
+        text = (f"step {step}/{self.total_steps} | loss {loss_text} | {tokens_per_s:,.0f} tok/s | "
+                f"{fmt_duration(elapsed)} elapsed, {fmt_duration(left)} left")
+        self.stream.write("\r" + text.ljust(self._width))
+        self.stream.flush()
+        self._width = len(text)
+
+    def close(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        if self.live and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
