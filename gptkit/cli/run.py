@@ -9,7 +9,7 @@ from . import main, overrides_option
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @overrides_option
-@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(),
               help="Folder that receives the run folder.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the run folder and the final figures.")
 def run(recipe, overrides, runs_dir, quiet):

@@ -47,7 +47,7 @@ class MLP(FeedForward):
 
 
 class SwiGLUParams(FeedForwardParams):
-    multiple_of: int = Field(16, gt=0, description="round the default hidden width up to a multiple of this")
+    multiple_of: int = Field(8, gt=0, description="round the default hidden width up to a multiple of this")
 
 
 @feedforward.register("swiglu")

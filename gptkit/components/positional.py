@@ -50,11 +50,17 @@ class BaseParams(Params):
     base: float = Field(10000.0, gt=1, description="wavelength base of the sinusoids")
 
 
+class SinusoidalParams(BaseParams):
+    # Unit-amplitude sinusoids would drown token embeddings initialised at std 0.02 (GPT-2) about
+    # 35 to 1, and training stalls at the unigram loss; the paper instead scales embeddings up.
+    amplitude: float = Field(0.02, gt=0, description="peak value of each sine/cosine; 0.02 matches the token embeddings' init")
+
+
 @positional.register("sinusoidal")
 class Sinusoidal(Positional):
     """Fixed sine/cosine embeddings added to the input (Vaswani et al. 2017, arXiv:1706.03762)."""
 
-    Params = BaseParams
+    Params = SinusoidalParams
 
     @classmethod
     def check(cls, config, params):
@@ -68,7 +74,7 @@ class Sinusoidal(Positional):
         pe = torch.zeros(config.block_size, config.n_embd)
         pe[:, 0::2] = torch.sin(pos * freq)
         pe[:, 1::2] = torch.cos(pos * freq)
-        self.register_buffer("pe", pe, persistent=False)  # (T, C), derived: not saved
+        self.register_buffer("pe", params.amplitude * pe, persistent=False)  # (T, C), derived: not saved
 
     def embed(self, x, start=0):
         return x + self.pe[start : start + x.size(1)].to(x.dtype)

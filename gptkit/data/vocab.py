@@ -19,9 +19,9 @@ class Vocab:
 
     def encode(self, text: str) -> torch.Tensor:
         """(len(text),) int64 ids, looked up without a Python loop over the text."""
+        if not text:
+            return torch.zeros(0, dtype=torch.long)
         codes = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32).long()
-        if not len(codes):
-            return codes
         known = torch.tensor([ord(c) for c in self.itos])
         lut = torch.full((max(int(codes.max()), int(known.max())) + 1,), -1, dtype=torch.long)
         lut[known] = torch.arange(len(known))

@@ -98,4 +98,7 @@ def _describe(e: yaml.MarkedYAMLError, origin: str) -> str:
     problem = e.problem or e.context or "not valid YAML"
     if "'\\t'" in problem:
         return f"{where}: a tab character is not allowed for indentation in YAML; indent with spaces"
+    opened = e.context_mark
+    if e.context and opened and mark and opened.line != mark.line:
+        problem += f" ({e.context} at line {opened.line + 1})"
     return f"{where}: not valid YAML: {problem}"

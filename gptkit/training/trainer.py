@@ -78,6 +78,7 @@ class Trainer:
         self.total_steps = self.cfg.epochs * self.steps_per_epoch
         if self.cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, self.cfg.max_steps)
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)  # fewer than asked if max_steps binds
         self.optimizer = self.cfg.optimizer.build().build(param_groups(model, self.cfg.weight_decay), self.cfg.lr)
         self.schedule = self.cfg.schedule.build(total_steps=self.total_steps)
         self.eval_starts = dataset.eval_starts(None if self.cfg.eval_batches is None
@@ -95,7 +96,7 @@ class Trainer:
         t0 = time.perf_counter()
         interval_t0, pending = t0, []  # losses stay on the device until a log line needs them
         self.model.train()
-        for epoch in range(math.ceil(self.total_steps / self.steps_per_epoch)):
+        for epoch in range(self.epochs):
             state.epoch = epoch
             starts = self.dataset.epoch_starts(self.recipe.seed, epoch)
             timer.start()
@@ -115,7 +116,7 @@ class Trainer:
                 self.progress.update(state.step, state.train_loss, state.tokens / state.seconds, state.seconds)
                 if self._eval_due(batch, last):
                     self.evaluate()
-            self.progress.log(f"Epoch {epoch + 1}/{cfg.epochs} done in {timer.seconds():.2f} s"
+            self.progress.log(f"Epoch {epoch + 1}/{self.epochs} done in {timer.seconds():.2f} s"
                               f"{' (CUDA events)' if timer.cuda else ''}")
         state.seconds = time.perf_counter() - t0
         self.progress.close()
@@ -171,5 +172,5 @@ class Trainer:
                              "tokens_per_s": tokens_per_s})
         self.state.train_loss = sum(losses) / len(losses)
         pct = 100 * (batch + 1) / self.steps_per_epoch
-        self.progress.log(f"Epoch {epoch + 1}/{self.cfg.epochs} | Batch {batch + 1}/{self.steps_per_epoch} "
+        self.progress.log(f"Epoch {epoch + 1}/{self.epochs} | Batch {batch + 1}/{self.steps_per_epoch} "
                           f"({pct:.1f}%) | Loss: {losses[-1]:.4f}")

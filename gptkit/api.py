@@ -1,0 +1,30 @@
+"""The Python API in one call, shaped like the original script's `train_model`."""
+
+from pathlib import Path
+
+from .data.dataset import CharDataset
+from .model import GPT
+from .recipe import load_recipe
+from .training import train
+from .training.checkpoint import save_checkpoint
+
+
+def train_model(config_path: str | Path, data_path: str | Path | None = None, epochs: int | None = None,
+                save_path: str | Path | None = None, overrides: list[str] = (), runs_dir: str | Path = "runs",
+                quiet: bool = False) -> tuple[GPT, CharDataset]:
+    """Train from a recipe file and return `(model, dataset)`.
+
+    `data_path` and `epochs` override the recipe; `overrides` takes `--set`-style "key=value"
+    strings. The run folder is created under `runs_dir` as with `gptkit run`; `save_path`, if
+    given, receives a copy of the final checkpoint.
+    """
+    overrides = list(overrides)
+    if data_path is not None:
+        overrides.append(f"data.path={Path(data_path).absolute()}")
+    if epochs is not None:
+        overrides.append(f"train.epochs={int(epochs)}")
+    recipe = load_recipe(config_path, overrides)
+    result = train(recipe, runs_dir=runs_dir, quiet=quiet)
+    if save_path is not None:
+        save_checkpoint(Path(save_path), result.model, recipe.to_dict(), result.dataset.itos, step=result.summary["steps"])
+    return result.model, result.dataset

@@ -1,0 +1,173 @@
+"""The contract every model component must meet, as checks that run on any registered component.
+
+gptkit's own tests run these over the whole registry; `gptkit check KIND NAME` runs them on one
+component, and a plugin's test suite can call `check_component` or `assert_conformant` directly.
+"""
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .components.base import GPTConfig
+from .model import build_model
+from .recipe.components import ComponentSpec, parse_component
+from .recipe.schema import ModelSection
+
+MODEL_KINDS = ("attention", "feedforward", "norm", "positional")
+CONFIG = GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0)
+
+
+@dataclass
+class Result:
+    check: str
+    status: str  # "pass", "fail" or "n/a"
+    detail: str = ""
+
+
+class NotApplicable(Exception):
+    pass
+
+
+def tiny_model(config: GPTConfig = CONFIG, **components):
+    """A small GPT with the given components (names or specs) and defaults for the rest."""
+    section = ModelSection(n_embd=config.n_embd, n_head=config.n_head, n_layer=config.n_layer,
+                           block_size=config.block_size, dropout=config.dropout, **components)
+    return build_model(section, config.vocab_size)
+
+
+def _tokens(config: GPTConfig, batch: int = 3) -> torch.Tensor:
+    return torch.randint(0, config.vocab_size, (batch, config.block_size), generator=torch.Generator().manual_seed(0))
+
+
+def _module(spec: ComponentSpec, config: GPTConfig):
+    if spec.kind == "attention":
+        return spec.build(config, pos=parse_component("positional", "none").build(config))
+    return spec.build(config)
+
+
+def _input(spec: ComponentSpec, config: GPTConfig) -> torch.Tensor:
+    return torch.randn(3, config.block_size, config.n_embd, generator=torch.Generator().manual_seed(1))
+
+
+def _apply(spec: ComponentSpec, module, x):
+    if spec.kind == "positional":  # run every hook, as a model and attention would
+        q = k = x.view(*x.shape[:2], CONFIG.n_head, -1).transpose(1, 2)
+        q, k = module.rotate(q, k)
+        bias = module.score_bias(x.size(1), x.size(1))
+        out = module.embed(x) + (q + k).transpose(1, 2).reshape(x.shape)
+        return out if bias is None else out + bias.sum()
+    return module(x)
+
+
+# ---- the checks ------------------------------------------------------------------------------
+def check_construct(spec, config):
+    module = _module(spec, config)
+    assert isinstance(module, torch.nn.Module), f"built a {type(module).__name__}, not a torch.nn.Module"
+
+
+def check_shape_and_dtype(spec, config):
+    x = _input(spec, config)
+    y = _apply(spec, _module(spec, config), x)
+    assert y.shape == x.shape, f"output shape {tuple(y.shape)}, expected {tuple(x.shape)}"
+    assert y.dtype == x.dtype, f"output dtype {y.dtype}, expected {x.dtype}"
+
+
+def check_finite(spec, config):
+    y = _apply(spec, _module(spec, config), _input(spec, config) * 10)
+    assert torch.isfinite(y).all(), "output has NaN or inf"
+
+
+def check_backward(spec, config):
+    model = tiny_model(config, **{spec.kind: spec})
+    _, loss = model(_tokens(config), _tokens(config))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+
+
+def check_state_dict_round_trip(spec, config):
+    torch.manual_seed(0)
+    a = tiny_model(config, **{spec.kind: spec}).eval()
+    torch.manual_seed(1)
+    b = tiny_model(config, **{spec.kind: spec}).eval()
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    x = _tokens(config)
+    assert torch.equal(a(x)[0], b(x)[0]), "a copy loaded from state_dict computes something else"
+
+
+def check_causal(spec, config):
+    if spec.kind not in ("attention", "positional"):
+        raise NotApplicable("only attention and positional components mix positions")
+    model = tiny_model(config, **{spec.kind: spec}).eval()
+    x = _tokens(config)
+    t = config.block_size // 2
+    changed = x.clone()
+    changed[:, t:] = (changed[:, t:] + 1) % config.vocab_size
+    with torch.no_grad():
+        before, after = model(x)[0][:, :t], model(changed)[0][:, :t]
+    assert torch.allclose(before, after, atol=1e-6), "changing a later token changed an earlier output"
+
+
+def check_matches_naive(spec, config):
+    """Same weights and inputs, the reference `naive` attention: the same outputs and gradients."""
+    if spec.kind not in ("attention", "positional"):
+        raise NotApplicable("only attention and positional components")
+    pairs = ([("naive", spec), ("flash", spec)] if spec.kind == "positional"
+             else [("naive", None), (spec, None)])
+    models = []
+    for attention, positional in pairs:
+        torch.manual_seed(0)
+        models.append(tiny_model(config, attention=attention, **({"positional": positional} if positional else {})))
+    reference, model = models
+    try:
+        model.load_state_dict(reference.state_dict())
+    except RuntimeError as e:
+        raise NotApplicable(f"weights are not interchangeable with naive attention ({str(e).splitlines()[0]})")
+    x = _tokens(config)
+    (out_ref, loss_ref), (out, loss) = reference(x, x), model(x, x)
+    loss_ref.backward()
+    loss.backward()
+    assert torch.allclose(out, out_ref, atol=1e-5, rtol=1e-4), \
+        f"outputs differ from naive attention by {(out - out_ref).abs().max():.2e}"
+    grads_ref = dict(reference.named_parameters())
+    for name, p in model.named_parameters():
+        diff = (p.grad - grads_ref[name].grad).abs().max()
+        assert torch.allclose(p.grad, grads_ref[name].grad, atol=1e-5, rtol=1e-4), \
+            f"gradient of {name} differs from naive attention by {diff:.2e}"
+
+
+CHECKS: dict[str, Callable] = {
+    "construct": check_construct,
+    "shape and dtype": check_shape_and_dtype,
+    "finite": check_finite,
+    "backward": check_backward,
+    "state_dict round trip": check_state_dict_round_trip,
+    "causal": check_causal,
+    "matches naive": check_matches_naive,
+}
+
+
+def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG) -> list[Result]:
+    """Run every check on one component; never raises for a failing check."""
+    spec = parse_component(kind, name_or_spec)
+    spec.cls.check(config, spec.params)
+    results = []
+    for check, fn in CHECKS.items():
+        try:
+            fn(spec, config)
+        except NotApplicable as e:
+            results.append(Result(check, "n/a", str(e)))
+        except Exception as e:  # a check reports any failure of the component, whatever it raised
+            results.append(Result(check, "fail", f"{type(e).__name__}: {e}"))
+        else:
+            results.append(Result(check, "pass"))
+    return results
+
+
+def assert_conformant(kind: str, name_or_spec, config: GPTConfig = CONFIG) -> None:
+    """For a plugin's own pytest suite: fails with every failing check listed."""
+    failed = [r for r in check_component(kind, name_or_spec, config) if r.status == "fail"]
+    assert not failed, "\n".join(f"{r.check}: {r.detail}" for r in failed)

@@ -1,0 +1,83 @@
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from gptkit.cli import main
+
+WORDS = ("the king and queen speak of love and war to all who hear my lord good night sweet "
+         "prince what say you now come hither fair lady I pray thee tell me true").split()
+
+
+def make_text(n_lines: int = 600, seed: int = 0) -> str:
+    """A small, deterministic play-like text: `SPEAKER:` lines, speeches, blank lines."""
+    rng = random.Random(seed)
+    lines = []
+    while len(lines) < n_lines:
+        lines.append(rng.choice(["KING", "QUEEN", "LORD", "LADY"]) + ":")
+        for _ in range(rng.randint(1, 3)):
+            lines.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))).capitalize() + ".")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(make_text(), encoding="utf-8")
+    return path
+
+
+TINY_MODEL = {"n_embd": 32, "n_head": 4, "n_layer": 2, "block_size": 32}
+TINY_TRAIN = {"batch_size": 8, "epochs": 1, "max_steps": 6, "log_every": 2, "device": "cpu"}
+
+
+@pytest.fixture
+def write_recipe(tmp_path, corpus):
+    """write_recipe(model={...}, train={...}, **top) -> path of a tiny recipe on the test corpus."""
+
+    def write(model=None, train=None, name="tiny", **top) -> Path:
+        recipe = {
+            "name": name,
+            "seed": 0,
+            "data": {"path": str(corpus)},
+            "model": {**TINY_MODEL, **(model or {})},
+            "train": {**TINY_TRAIN, **(train or {})},
+            "sample": {"prompt": "KING:", "tokens": 20},
+            **top,
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """cli("run", recipe, ...) -> click Result; runs land in tmp_path/runs."""
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def temporary_component(monkeypatch):
+    """temporary_component(kind, name, cls): registered for this test only."""
+    from gptkit.registry import Entry, registry
+
+    def add(kind, name, cls):
+        monkeypatch.setitem(registry(kind)._entries, name, Entry(kind, name, cls, "test"))
+
+    return add

@@ -1,0 +1,142 @@
+"""A catalogue of user mistakes: each exits with code 2 and one clear message, leaves no run folder,
+and never shows a traceback."""
+
+import os
+
+import pytest
+import torch
+import yaml
+
+GOOD = """name: bad
+data: {path: CORPUS}
+model: {n_embd: 32, n_head: 4, n_layer: 1, block_size: 16}
+train:
+  batch_size: 4
+  max_steps: 2
+  device: cpu
+"""
+
+
+def recipe_text(corpus, **edits) -> str:
+    data = yaml.safe_load(GOOD.replace("CORPUS", str(corpus)))
+    for dotted, value in edits.items():
+        *parents, last = dotted.split("__")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return yaml.safe_dump(data)
+
+
+# (case id, recipe text from the corpus path, extra CLI args, expected message fragments)
+CASES = [
+    ("unknown-attention", lambda c: recipe_text(c, model__attention="flsh"), [],
+     ["model.attention: unknown attention 'flsh' (did you mean 'flash'?). Available: flash, naive"]),
+    ("unknown-positional", lambda c: recipe_text(c, model__positional="rotary"), [],
+     ["model.positional: unknown positional 'rotary'", "Available: alibi, learned, none, rope, sinusoidal"]),
+    ("unknown-top-key", lambda c: recipe_text(c, modle={}), [],
+     ["bad.yaml:8: modle: unknown key (did you mean 'model'?). Valid keys here: data, model, name, sample, seed, train"]),
+    ("unknown-train-key", lambda c: recipe_text(c, train__learning_rate=0.1), [],
+     ["train.learning_rate: unknown key. Valid keys here: batch_size"]),
+    ("unknown-param", lambda c: recipe_text(c, model__norm={"name": "rmsnorm", "epsilon": 1e-5}), [],
+     ["model.norm.epsilon: unknown key (did you mean 'eps'?). Valid keys here: eps, name"]),
+    ("wrong-type", lambda c: recipe_text(c, train__batch_size="big"), [],
+     ["train.batch_size: Input should be a valid integer (got 'big')"]),
+    ("float-for-int", lambda c: recipe_text(c, model__n_layer=2.5), [],
+     ["model.n_layer: Input should be a valid integer (got 2.5)"]),
+    ("lr-yes", lambda c: GOOD.replace("CORPUS", str(c)) + "  lr: yes\n", [],
+     ["train.lr: Input should be a valid number (got 'yes')"]),
+    ("bool-for-number", lambda c: recipe_text(c, train__lr=True), [],
+     ["train.lr: Input should be a valid number (got True)"]),
+    ("negative-lr", lambda c: recipe_text(c, train__lr=-0.1), [],
+     ["train.lr: Input should be greater than 0 (got -0.1)"]),
+    ("zero-heads", lambda c: recipe_text(c, model__n_head=0), [],
+     ["model.n_head: Input should be greater than 0 (got 0)"]),
+    ("heads-not-dividing", lambda c: recipe_text(c, model__n_head=5), [],
+     ["model.n_head: n_embd 32 is not divisible by n_head 5"]),
+    ("rope-odd-head", lambda c: recipe_text(c, model__n_embd=36, model__n_head=4, model__positional="rope"), [],
+     ["model.positional: rope: rope needs an even head size"]),
+    ("dropout-range", lambda c: recipe_text(c, model__dropout=1.5), [],
+     ["model.dropout: Input should be less than 1 (got 1.5)"]),
+    ("bad-device", lambda c: recipe_text(c, train__device="gpu"), [],
+     ["train.device: String should match pattern"]),
+    ("missing-name", lambda c: GOOD.replace("CORPUS", str(c)).replace("name: bad\n", ""), [],
+     ["name: required key is missing"]),
+    ("missing-data", lambda c: "name: x\n", [], ["data: required key is missing"]),
+    ("bad-name", lambda c: recipe_text(c, name="../escape"), [], ["name: String should match pattern"]),
+    ("not-a-mapping", lambda c: "- a\n- b\n", [], ["a recipe is a mapping"]),
+    ("duplicate-key", lambda c: GOOD.replace("CORPUS", str(c)) + "name: again\n", [],
+     [":8: duplicate key 'name' (first at line 1)"]),
+    ("yaml-syntax", lambda c: GOOD.replace("CORPUS", str(c)) + "train: [1, 2\n", [], [":9: not valid YAML: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence at line 8)"]),
+    ("tabs", lambda c: "name: x\ndata:\n\tpath: a\n", [], [":3: a tab character is not allowed"]),
+    ("python-tag", lambda c: "name: !!python/object/apply:os.system ['touch pwned']\n", [],
+     ["YAML tag '!!python/object/apply:os.system' is not allowed"]),
+    ("set-unknown-component", lambda c: recipe_text(c), ["--set", "model.norm=layrnorm"],
+     ["--set model.norm=layrnorm: model.norm: unknown norm 'layrnorm' (did you mean 'layernorm'?)"]),
+    ("set-bad-syntax", lambda c: recipe_text(c), ["--set", "train.lr"], ["--set train.lr: expected KEY=VALUE"]),
+    ("set-yes", lambda c: recipe_text(c), ["--set", "train.lr=yes"], ["train.lr: Input should be a valid number"]),
+    ("missing-corpus", lambda c: recipe_text(c, data__path="nowhere.txt"), [], ["data.path: file", "nowhere.txt not found"]),
+    ("batch-too-large", lambda c: recipe_text(c, train__batch_size=100_000), [],
+     ["train.batch_size 100000 is larger than the"]),
+    ("block-too-large", lambda c: recipe_text(c, model__block_size=1_000_000), [],
+     ["fewer than one block (model.block_size + 1 = 1,000,001)"]),
+]
+
+
+@pytest.mark.parametrize("make,args,fragments", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_user_mistakes(cli, tmp_path, corpus, make, args, fragments):
+    path = tmp_path / "bad.yaml"
+    path.write_text(make(corpus), encoding="utf-8")
+    result = cli("run", path, "--runs-dir", tmp_path / "runs", *args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (b"caf\xe9 au lait\n" * 100, "is not UTF-8 text (byte 0xe9 at offset 3)"),
+    (b"", "has 0 training characters, fewer than one block"),
+    (b"short\n", "fewer than one block"),
+    (b"\x00\x01\x02binary" * 100, "looks like a binary file"),
+])
+def test_bad_corpora(cli, tmp_path, content, fragment):
+    corpus = tmp_path / "bad.txt"
+    corpus.write_bytes(content)
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD.replace("CORPUS", str(corpus)))
+    result = cli("run", path, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and fragment in result.output, result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_recipe(cli, tmp_path):
+    result = cli("run", tmp_path / "none.yaml")
+    assert result.exit_code == 2 and "recipe file" in result.output and "not found" in result.output
+
+
+def test_unwritable_runs_dir(cli, tmp_path, write_recipe):
+    if os.geteuid() == 0:  # root may write anywhere a normal file system allows; /proc refuses even root
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("needs /proc when running as root")
+        locked = "/proc/gptkit-test"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+    result = cli("run", write_recipe(), "--runs-dir", f"{locked}/runs")
+    assert result.exit_code == 2 and "cannot create a run folder" in result.output
+
+
+def test_runs_dir_that_is_a_file(cli, tmp_path, write_recipe):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = cli("run", write_recipe(), "--runs-dir", blocker)
+    assert result.exit_code == 2 and "cannot create a run folder" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_without_a_gpu(cli, tmp_path, write_recipe):
+    result = cli("run", write_recipe(train={"device": "cuda"}), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "no such CUDA device is visible" in result.output

