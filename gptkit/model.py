@@ -59,6 +59,14 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward), PaLM's estimate (arXiv:2204.02311, App. B):
+        6 per weight of every matmul, plus 12 * n_layer * n_embd * block_size for attention scores.
+        Embedding lookups are not matmuls, so a tied embedding counts once, as the LM head."""
+        c = self.config
+        matmul_weights = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        return 6 * matmul_weights + 12 * c.n_layer * c.n_embd * c.block_size
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         B, T = idx.size()
         if T > self.config.block_size:
