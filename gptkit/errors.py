@@ -19,3 +19,33 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 def listing(choices: Iterable[str]) -> str:
     choices = sorted(choices)
     return ", ".join(choices) if choices else "(none)"
+
+
+class RunStopped(Exception):
+    """Training stopped before its end. The run folder records why and keeps the last good checkpoint."""
+
+    exit_code = 1
+    status = "failed"
+    run_dir = None  # set once the run folder exists
+
+
+class Interrupted(RunStopped):
+    """SIGINT or SIGTERM: a checkpoint was saved at a step boundary; the run can be resumed."""
+
+    status = "interrupted"
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+
+
+class Diverged(RunStopped):
+    """A non-finite loss or gradient norm, caught before the optimizer step."""
+
+    exit_code = 3
+
+
+class CheckpointError(RunStopped):
+    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+
+    exit_code = 4

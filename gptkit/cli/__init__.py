@@ -2,11 +2,12 @@
 
 import click
 
-from ..errors import UserError
+from ..errors import RunStopped, UserError
 
 
 class Group(click.Group):
-    """Turns a user's mistake into one line on stderr and exit code 2, Ctrl-C into exit code 130."""
+    """Turns a user's mistake into one message on stderr and exit code 2, a stopped run into its
+    documented exit code, and a Ctrl-C outside training into 130."""
 
     def invoke(self, ctx):
         try:
@@ -14,6 +15,14 @@ class Group(click.Group):
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except RunStopped as e:
+            click.echo(f"stopped: {e}", err=True)
+            if e.run_dir is not None:
+                click.echo(f"Run folder: {e.run_dir}  (continue: gptkit run --resume {e.run_dir})", err=True)
+            ctx.exit(e.exit_code)
+        except OSError as e:  # the machine's, not the user's: a full disk, a vanished folder
+            click.echo(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("\ninterrupted", err=True)
             ctx.exit(130)

@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import click
 
+from ..errors import UserError
 from ..recipe import load_recipe
 from ..training import train
 from ..training.progress import fmt_duration
@@ -7,22 +10,34 @@ from . import main, overrides_option
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
 @overrides_option
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(),
               help="Folder that receives the run folder.")
+@click.option("--resume", metavar="RUN_DIR|auto",
+              help="Continue a run from its last checkpoint. 'auto': the newest unfinished run of RECIPE "
+                   "in --runs-dir, or a new run if there is none.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the run folder and the final figures.")
-def run(recipe, overrides, runs_dir, quiet):
+def run(recipe, overrides, runs_dir, resume, quiet):
     """Train the model RECIPE describes.
 
     \b
     gptkit run recipes/shakespeare-cpu.yaml
     gptkit run recipes/shakespeare.yaml --set train.max_steps=200 --set model.positional=rope
+    gptkit run --resume runs/shakespeare-cpu-20260101-120000
+    gptkit run recipes/shakespeare-cpu.yaml --resume auto
+
+    Exit codes: 0 finished; 2 a mistake in the input; 3 training diverged; 4 a checkpoint could not be
+    saved; 130 / 143 stopped by SIGINT / SIGTERM after saving a checkpoint (resume with --resume).
     """
-    result = train(load_recipe(recipe, overrides), runs_dir=runs_dir, quiet=quiet)
+    if recipe is None:
+        if resume in (None, "auto"):
+            raise UserError("give a RECIPE to run, or --resume RUN_DIR to continue a run")
+        recipe = Path(resume) / "recipe.yaml"
+    result = train(load_recipe(recipe, overrides), runs_dir=runs_dir, quiet=quiet, resume=resume)
     s = result.summary
     val = f"val loss {s['final_val_loss']:.4f} (best {s['best_val_loss']:.4f}), " if s["final_val_loss"] is not None else ""
-    click.echo(f"Finished: {val}train loss {s['final_train_loss']:.4f}, {s['steps']:,} steps, "
-               f"{s['tokens_per_s']:,.0f} tokens/s, {fmt_duration(s['wall_seconds'])} wall, "
-               f"{s['params']:,} parameters")
+    train_loss = f"train loss {s['final_train_loss']:.4f}, " if s["final_train_loss"] is not None else ""
+    click.echo(f"Finished: {val}{train_loss}{s['steps']:,} steps, {s['tokens_per_s'] or 0:,.0f} tokens/s, "
+               f"{fmt_duration(s['wall_seconds'])} wall, {s['params']:,} parameters")
     click.echo(f"Run folder: {result.run_dir}  (sample: gptkit sample {result.run_dir})")

@@ -82,6 +82,7 @@ class TrainSection(Section):
     log_every: PositiveInt = Field(50, description="batches between progress lines")
     eval_every: PositiveInt | None = Field(None, description="steps between validation runs; default once per epoch")
     eval_batches: PositiveInt | None = Field(None, description="validation batches per run; default the whole split")
+    checkpoint_every: PositiveInt | None = Field(None, description="steps between checkpoints; default once per epoch")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: CUDA if present, else CPU")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere")
 

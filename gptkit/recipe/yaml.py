@@ -50,8 +50,9 @@ def load(text: str, origin: str) -> tuple[object, dict[Path, int]]:
     """Parse one YAML document into plain data, and the 1-based line of every key path.
 
     `origin` names the text in errors (a file name, or `--set key`)."""
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader already refuses control characters here
         node = loader.get_single_node()
         lines: dict[Path, int] = {}
         data = _build(loader, node, (), lines, origin) if node is not None else None
@@ -60,7 +61,8 @@ def load(text: str, origin: str) -> tuple[object, dict[Path, int]]:
     except yaml.YAMLError as e:
         raise YAMLError(f"{origin}: not valid YAML: {e}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, lines
 
 

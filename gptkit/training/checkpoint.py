@@ -18,10 +18,14 @@ VERSION = 1
 
 def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict, itos: list[str], **extra) -> None:
     """Write atomically: a crash mid-save leaves the previous checkpoint intact."""
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # never let a diverged model overwrite a good checkpoint
+        raise ValueError(f"refusing to save non-finite weights: {', '.join(bad[:3])}")
     state = {
         "format": FORMAT,
         "version": VERSION,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": weights,
         "recipe": recipe,
         "vocab_size": len(itos),
         "stoi": {ch: i for i, ch in enumerate(itos)},
@@ -39,6 +43,8 @@ def load_checkpoint(path: Path) -> dict:
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged
+        raise UserError(f"checkpoint {path} is truncated or corrupted and cannot be read (not a torch archive)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

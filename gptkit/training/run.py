@@ -1,6 +1,11 @@
-"""One training run from a recipe: data, model, run folder, training, checkpoint, sample, summary."""
+"""One training run from a recipe: data, model, run folder, training, checkpoint, sample, summary.
+
+A run folder always holds `summary.json` whose `status` is running, finished, interrupted or
+failed. Runs are resumed from their last checkpoint with `resume=`.
+"""
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,12 +15,13 @@ import torch
 import yaml
 
 from ..data.dataset import CharDataset, load_dataset
-from ..errors import UserError
+from ..errors import CheckpointError, RunStopped, UserError
 from ..io import write_json, write_text
 from ..model import GPT, build_model
 from ..recipe import Recipe
 from ..sampling import sample
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
+from .resume import check_resumable, find_resumable, truncate_metrics
 from .trainer import Trainer
 
 
@@ -53,48 +59,98 @@ def new_run_dir(runs_dir: Path, name: str) -> Path:
     raise UserError(f"too many runs named {name} in {runs_dir} this second")
 
 
-def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False) -> RunResult:
-    """Train the model `recipe` describes; everything the run produces lands in a new run folder."""
+def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
+          resume: str | Path | None = None) -> RunResult:
+    """Train the model `recipe` describes; everything the run produces lands in a run folder.
+
+    `resume` continues a run folder from its last checkpoint; "auto" picks the newest unfinished
+    run of this recipe in `runs_dir`, or starts a new run if there is none.
+    """
+    log = (lambda *a: None) if quiet else print
     device = resolve_device(recipe.train.device)
     dataset = load_dataset(recipe.data, recipe.model.block_size)
     if dataset.steps_per_epoch(recipe.train.batch_size) == 0:
         raise UserError(f"train.batch_size {recipe.train.batch_size} is larger than the "
                         f"{dataset.windows_per_epoch:,} training windows per epoch; lower train.batch_size "
                         "or data.stride, or use a longer text")
+    run_dir = find_resumable(Path(runs_dir), recipe.name, log) if resume == "auto" else resume
+    checkpoint = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+        check_resumable(run_dir, checkpoint, recipe, dataset.itos)
+
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, dataset.vocab_size).to(device)
     dataset.to(device)
-    run_dir = new_run_dir(Path(runs_dir), recipe.name)  # only once every input has been checked
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        truncate_metrics(run_dir / "metrics.jsonl", checkpoint["step"])
+        log(f"Resuming {run_dir} from step {checkpoint['step']:,}")
+    else:
+        run_dir = new_run_dir(Path(runs_dir), recipe.name)  # only once every input has been checked
+        log(f"Run folder: {run_dir}")
     write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
-    log = print if not quiet else (lambda *a, **k: None)
-    log(f"Run folder: {run_dir}")
     log(f"{model.num_params():,} parameters on {device}; {dataset.vocab_size} characters, "
         f"{len(dataset.train):,} training and {len(dataset.val):,} validation tokens")
 
-    with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as metrics:
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics:
         def on_metrics(record: dict) -> None:
             metrics.write(json.dumps(record) + "\n")
 
-        trainer = Trainer(recipe, model, dataset, device, on_metrics=on_metrics, quiet=quiet)
-        state = trainer.fit()
+        def on_checkpoint(trainer: Trainer) -> None:
+            metrics.flush()
+            os.fsync(metrics.fileno())  # the metrics always reach at least as far as the checkpoint
+            save(run_dir, trainer, recipe, dataset)
 
-    save_checkpoint(run_dir / "checkpoint.pt", model, recipe.to_dict(), dataset.itos, step=state.step)
+        trainer = Trainer(recipe, model, dataset, device, on_metrics, on_checkpoint, quiet=quiet)
+        if checkpoint is not None:
+            trainer.load_state_dict(checkpoint["trainer"])
+        write_summary(run_dir, recipe, trainer, "running")
+        try:
+            trainer.fit()
+        except RunStopped as e:
+            write_summary(run_dir, recipe, trainer, e.status, reason=str(e))
+            e.run_dir = run_dir
+            raise
+        except BaseException as e:
+            write_summary(run_dir, recipe, trainer, "failed", reason=f"{type(e).__name__}: {e}")
+            raise
+
     sp = recipe.sample
     write_text(run_dir / "samples.txt", sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed))
+    summary = write_summary(run_dir, recipe, trainer, "finished")
+    return RunResult(model, dataset, run_dir, summary)
+
+
+def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset) -> None:
+    try:
+        save_checkpoint(run_dir / "checkpoint.pt", trainer.model, recipe.to_dict(), dataset.itos,
+                        step=trainer.state.step, trainer=trainer.state_dict())
+    except OSError as e:
+        raise CheckpointError(f"could not save the checkpoint in {run_dir}: {e.strerror or e}; the previous "
+                              "checkpoint is intact. Free some space and resume with --resume") from None
+
+
+def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, reason: str | None = None) -> dict:
+    s = trainer.state
     summary = {
         "name": recipe.name,
-        "status": "finished",
-        "final_train_loss": state.train_loss,
-        "final_val_loss": state.val_loss,
-        "best_val_loss": state.best_val_loss,
-        "params": model.num_params(),
-        "steps": state.step,
-        "epochs": state.epoch + 1,
-        "tokens": state.tokens,
-        "tokens_per_s": state.tokens / state.seconds if state.seconds else None,
-        "wall_seconds": state.seconds,
-        "device": str(device),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "status": status,
+        "reason": reason,
+        "final_train_loss": s.train_loss,
+        "final_val_loss": s.val_loss,
+        "best_val_loss": s.best_val_loss,
+        "params": trainer.model.num_params(),
+        "flops_per_token": trainer.model.flops_per_token(),
+        "steps": s.step,
+        "total_steps": trainer.total_steps,
+        "epochs": s.epoch + 1,
+        "tokens": s.tokens,
+        "tokens_per_s": s.tokens / s.seconds if s.seconds else None,
+        "wall_seconds": s.seconds,
+        "device": str(trainer.device),
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(run_dir / "summary.json", summary)
-    return RunResult(model, dataset, run_dir, summary)
+    return summary

@@ -1,14 +1,24 @@
-"""The training loop: AdamW with grouped decay, clipping, an LR schedule, periodic validation."""
+"""The training loop: AdamW with grouped decay, clipping, an LR schedule, periodic validation and
+checkpoints, a divergence guard, and a clean stop on SIGINT/SIGTERM.
+
+Everything a resumed run needs is in `Trainer.state_dict()`: the optimizer, the step (which fixes
+the epoch and the batch, since batch order is a function of seed and epoch), the RNG states and
+the running figures. A run stopped at step k and resumed takes the same steps, bit for bit.
+"""
 
 import contextlib
 import math
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
 from ..data.dataset import CharDataset
+from ..errors import Diverged, Interrupted
 from ..model import GPT
 from ..recipe import Recipe
 from .progress import Progress
@@ -61,19 +71,47 @@ class TrainState:
     val_loss: float | None = None
     best_val_loss: float | None = None
     tokens: int = 0
-    seconds: float = 0.0
-    history: list[dict] = field(default_factory=list, repr=False)
+    seconds: float = 0.0  # training wall time, summed over resumed sessions
+    eval_pending: bool = False  # an evaluation was due when the run was stopped
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: "Trainer"):
+    """While training, SIGINT and SIGTERM only ask the trainer to stop at the next step boundary."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if trainer.stop_signal is None:
+            trainer.stop_signal = signum
+            note = f"\n{name}: stopping after this step and saving a checkpoint...\n"
+        else:
+            note = f"\n{name}: still saving; the checkpoint is written atomically, please wait.\n"
+        os.write(2, note.encode())  # not print(): a handler may interrupt a print in progress
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 class Trainer:
-    """Trains `model` on `dataset` as `recipe.train` says. `on_metrics(record)` receives one dict per
-    step (and per validation), in order."""
+    """Trains `model` on `dataset` as `recipe.train` says.
+
+    `on_metrics(record)` receives one dict per step and per validation, in step order;
+    `on_checkpoint(trainer)` is called whenever a checkpoint is due and must save `state_dict()`.
+    """
 
     def __init__(self, recipe: Recipe, model: GPT, dataset: CharDataset, device: torch.device,
-                 on_metrics: Callable[[dict], None] = lambda record: None, quiet: bool = False):
+                 on_metrics: Callable[[dict], None] = lambda record: None,
+                 on_checkpoint: Callable[["Trainer"], None] = lambda trainer: None, quiet: bool = False):
         self.recipe, self.cfg = recipe, recipe.train
         self.model, self.dataset, self.device = model, dataset, device
-        self.on_metrics = on_metrics
+        self.on_metrics, self.on_checkpoint = on_metrics, on_checkpoint
         self.steps_per_epoch = dataset.steps_per_epoch(self.cfg.batch_size)
         self.total_steps = self.cfg.epochs * self.steps_per_epoch
         if self.cfg.max_steps is not None:
@@ -85,39 +123,66 @@ class Trainer:
                                                else self.cfg.eval_batches * self.cfg.batch_size)
         self.progress = Progress(self.total_steps, quiet=quiet)
         self.state = TrainState()
+        self.stop_signal: int | None = None
+        self._pending: list[tuple[torch.Tensor, float]] = []  # losses stay on the device until flushed
+        self._interval_t0 = time.perf_counter()
+        self._saved_step: int | None = None
 
     @property
     def tokens_per_step(self) -> int:
         return self.cfg.batch_size * self.dataset.block_size
 
+    # ---- checkpointable state ----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"optimizer": self.optimizer.state_dict(), "state": asdict(self.state), "rng": rng}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.state = TrainState(**saved["state"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if "cuda" in saved["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["rng"]["cuda"], self.device)
+
+    # ---- the loop ------------------------------------------------------------------------------
     def fit(self) -> TrainState:
-        cfg, state = self.cfg, self.state
+        state = self.state
         timer = EpochTimer(self.device)
-        t0 = time.perf_counter()
-        interval_t0, pending = t0, []  # losses stay on the device until a log line needs them
+        t0 = time.perf_counter() - state.seconds
+        self._interval_t0 = time.perf_counter()
         self.model.train()
-        for epoch in range(self.epochs):
-            state.epoch = epoch
-            starts = self.dataset.epoch_starts(self.recipe.seed, epoch)
-            timer.start()
-            for batch in range(self.steps_per_epoch):
-                if state.step >= self.total_steps:
-                    break
-                lr = cfg.lr * self.schedule.factor(state.step)
-                pending.append((self.train_step(starts, batch, lr), lr))
-                state.step += 1
-                state.tokens += self.tokens_per_step
-                last = state.step == self.total_steps
-                if (batch + 1) % cfg.log_every == 0 or batch + 1 == self.steps_per_epoch or last:
-                    now = time.perf_counter()
-                    self._flush(pending, epoch, batch, (len(pending) * self.tokens_per_step) / (now - interval_t0))
-                    interval_t0, pending = now, []
-                state.seconds = time.perf_counter() - t0
-                self.progress.update(state.step, state.train_loss, state.tokens / state.seconds, state.seconds)
-                if self._eval_due(batch, last):
-                    self.evaluate()
-            self.progress.log(f"Epoch {epoch + 1}/{self.epochs} done in {timer.seconds():.2f} s"
-                              f"{' (CUDA events)' if timer.cuda else ''}")
+        with stop_on_signals(self):
+            if state.eval_pending:
+                self.evaluate()
+                self._checkpoint_and_stop_if_asked()
+            first_epoch, first_batch = divmod(state.step, self.steps_per_epoch)
+            for epoch in range(first_epoch, self.epochs):
+                state.epoch = epoch
+                starts = self.dataset.epoch_starts(self.recipe.seed, epoch)
+                timer.start()
+                for batch in range(first_batch if epoch == first_epoch else 0, self.steps_per_epoch):
+                    if state.step >= self.total_steps:
+                        break
+                    lr = self.cfg.lr * self.schedule.factor(state.step)
+                    self._pending.append((self.train_step(starts, batch, lr), lr))
+                    state.step += 1
+                    state.tokens += self.tokens_per_step
+                    last = state.step == self.total_steps
+                    end_of_epoch = batch + 1 == self.steps_per_epoch
+                    if (batch + 1) % self.cfg.log_every == 0 or end_of_epoch or last:
+                        self._log(epoch, batch, self._flush())
+                    state.seconds = time.perf_counter() - t0
+                    self.progress.update(state.step, state.train_loss, state.tokens / state.seconds, state.seconds)
+                    if last or (end_of_epoch if self.cfg.eval_every is None else state.step % self.cfg.eval_every == 0):
+                        self.evaluate()
+                    every = self.cfg.checkpoint_every
+                    if last or (end_of_epoch if every is None else state.step % every == 0):
+                        self._save()
+                    self._checkpoint_and_stop_if_asked()
+                self.progress.log(f"Epoch {epoch + 1}/{self.epochs} done in {timer.seconds():.2f} s"
+                                  f"{' (CUDA events)' if timer.cuda else ''}")
         state.seconds = time.perf_counter() - t0
         self.progress.close()
         return state
@@ -130,47 +195,81 @@ class Trainer:
         with autocast(self.device, self.cfg.precision):
             _, loss = self.model(x, y)
         loss.backward()
-        if self.cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
+        if not bool(torch.isfinite(loss) & torch.isfinite(norm)):  # one host sync: decides the step
+            self._diverged(loss, norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Mean loss over the fixed validation windows (None without a validation split)."""
+        """Mean loss over the fixed validation windows (None without a validation split). A stop
+        request abandons it; it is then redone first thing when the run resumes."""
+        state = self.state
+        state.eval_pending = True
+        self._flush()  # keep metrics in step order: this step's train loss before its val loss
         if not len(self.eval_starts):
+            state.eval_pending = False
             return None
         self.model.eval()
         total = torch.zeros((), device=self.device)
         for i in range(0, len(self.eval_starts), self.cfg.batch_size):
+            if self.stop_signal is not None:
+                self.model.train()
+                return None
             starts = self.eval_starts[i : i + self.cfg.batch_size]
             x, y = self.dataset.batch(starts, split="val")
             with autocast(self.device, self.cfg.precision):
                 _, loss = self.model(x, y)
             total += loss.float() * len(starts)
         self.model.train()
-        state = self.state
+        state.eval_pending = False
         state.val_loss = float(total) / len(self.eval_starts)
         state.best_val_loss = min(state.val_loss, state.best_val_loss or math.inf)
         self.progress.log(f"Step {state.step} | Val loss: {state.val_loss:.4f} (best {state.best_val_loss:.4f})")
         self.on_metrics({"step": state.step, "epoch": state.epoch + 1, "val_loss": state.val_loss})
         return state.val_loss
 
-    def _eval_due(self, batch: int, last: bool) -> bool:
-        if last:
-            return True
-        if self.cfg.eval_every is None:
-            return batch + 1 == self.steps_per_epoch
-        return self.state.step % self.cfg.eval_every == 0
-
-    def _flush(self, pending: list, epoch: int, batch: int, tokens_per_s: float) -> None:
-        losses = torch.stack([loss for loss, _ in pending]).float().tolist()  # the one host sync per interval
-        first = self.state.step - len(pending) + 1
-        for i, (loss, (_, lr)) in enumerate(zip(losses, pending)):
-            self.on_metrics({"step": first + i, "epoch": epoch + 1, "train_loss": loss, "lr": lr,
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _flush(self) -> list[float]:
+        """Write the buffered per-step metrics; the one host sync per log interval."""
+        if not self._pending:
+            return []
+        now = time.perf_counter()
+        tokens_per_s = len(self._pending) * self.tokens_per_step / max(now - self._interval_t0, 1e-9)
+        losses = torch.stack([loss for loss, _ in self._pending]).float().tolist()
+        first = self.state.step - len(self._pending) + 1
+        for i, (loss, (_, lr)) in enumerate(zip(losses, self._pending)):
+            self.on_metrics({"step": first + i, "epoch": self.state.epoch + 1, "train_loss": loss, "lr": lr,
                              "tokens_per_s": tokens_per_s})
         self.state.train_loss = sum(losses) / len(losses)
-        pct = 100 * (batch + 1) / self.steps_per_epoch
-        self.progress.log(f"Epoch {epoch + 1}/{self.epochs} | Batch {batch + 1}/{self.steps_per_epoch} "
-                          f"({pct:.1f}%) | Loss: {losses[-1]:.4f}")
+        self._pending, self._interval_t0 = [], now
+        return losses
+
+    def _save(self) -> None:
+        if self._saved_step != self.state.step or self.state.eval_pending:
+            self._flush()
+            self.on_checkpoint(self)
+            self._saved_step = self.state.step
+
+    def _log(self, epoch: int, batch: int, losses: list[float]) -> None:
+        if losses:
+            pct = 100 * (batch + 1) / self.steps_per_epoch
+            self.progress.log(f"Epoch {epoch + 1}/{self.epochs} | Batch {batch + 1}/{self.steps_per_epoch} "
+                              f"({pct:.1f}%) | Loss: {losses[-1]:.4f}")
+
+    def _checkpoint_and_stop_if_asked(self) -> None:
+        if self.stop_signal is None:
+            return
+        self._save()
+        self.progress.close()
+        name = signal.Signals(self.stop_signal).name
+        raise Interrupted(self.stop_signal, f"{name} received: stopped at step {self.state.step} with a checkpoint saved")
+
+    def _diverged(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        step = self.state.step + 1
+        what = f"the loss is {float(loss)}" if not torch.isfinite(loss) else f"the gradient norm is {float(norm)}"
+        self.progress.close()
+        raise Diverged(f"training diverged at step {step}: {what}. The optimizer step was not taken and the last "
+                       f"good checkpoint is intact; try a lower train.lr, warm-up, or train.grad_clip")

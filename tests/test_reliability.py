@@ -1,0 +1,250 @@
+"""Interruptions lose at most the work since the last checkpoint, and a resumed run is the run that
+would have happened: the same per-step losses and final weights, bit for bit (CPU, same threads)."""
+
+import errno
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptkit import load_recipe, train
+from gptkit.errors import CheckpointError, Diverged, Interrupted, UserError
+from gptkit.training.checkpoint import load_checkpoint
+from gptkit.training.trainer import Trainer
+
+RELIABLE = {"model": {"dropout": 0.1}, "train": {"max_steps": 12, "checkpoint_every": 3, "eval_every": 4, "log_every": 5}}
+
+
+def losses(run: Path) -> list:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in records]
+
+
+def weights(run: Path) -> dict:
+    return load_checkpoint(run)["model"]
+
+
+def assert_same_run(a: Path, b: Path):
+    assert losses(a) == losses(b)
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert json.loads((b / "summary.json").read_text())["status"] == "finished"
+
+
+@pytest.fixture
+def reference(tmp_path, write_recipe):
+    path = write_recipe(**RELIABLE)
+    return path, train(load_recipe(path), runs_dir=tmp_path / "reference", quiet=True).run_dir
+
+
+def stop_at(monkeypatch, method: str, step: int):
+    """Ask the trainer to stop, as the signal handler would, when `method` ends at `step`."""
+    original = getattr(Trainer, method)
+
+    def patched(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.state.step + (method == "train_step") == step:
+            self.stop_signal = signal.SIGTERM
+        return out
+
+    monkeypatch.setattr(Trainer, method, patched)
+
+
+@pytest.mark.parametrize("method,step", [("train_step", 5), ("evaluate", 8)], ids=["mid-epoch", "after-eval"])
+def test_stop_and_resume_is_bitwise_identical(tmp_path, monkeypatch, reference, method, step):
+    path, ref = reference
+    with monkeypatch.context() as m:
+        stop_at(m, method, step)
+        with pytest.raises(Interrupted) as e:
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    run = e.value.run_dir
+    assert e.value.exit_code == 143
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert load_checkpoint(run)["step"] == step
+    train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume=run)
+    assert_same_run(ref, run)
+
+
+def test_stop_during_evaluation_redoes_it_on_resume(tmp_path, monkeypatch, reference):
+    path, ref = reference
+    original = Trainer.evaluate
+
+    def interrupted_eval(self):
+        if self.state.step == 4 and not getattr(self, "_stopped_once", False):
+            self._stopped_once = True
+            self.stop_signal = signal.SIGINT
+        return original(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "evaluate", interrupted_eval)
+        with pytest.raises(Interrupted) as e:
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    assert e.value.exit_code == 130
+    assert load_checkpoint(e.value.run_dir)["trainer"]["state"]["eval_pending"]
+    train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")
+    assert_same_run(ref, e.value.run_dir)
+
+
+def test_resume_auto_starts_fresh_when_nothing_is_unfinished(tmp_path, write_recipe):
+    path = write_recipe()
+    first = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")
+    second = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")
+    assert first.run_dir != second.run_dir
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path, write_recipe, reference):
+    path, ref = reference
+    changed = load_recipe(path, ["model.n_embd=64", "train.lr=0.01", "train.max_steps=20"])
+    with pytest.raises(UserError) as e:
+        train(changed, runs_dir=tmp_path, quiet=True, resume=ref)
+    msg = str(e.value)
+    assert "the recipe changed in ways that matter" in msg
+    assert "model.n_embd: 32 -> 64" in msg and "train.lr: 0.001 -> 0.01" in msg and "max_steps" not in msg
+
+
+def test_a_longer_budget_may_resume(tmp_path, reference):
+    path, ref = reference
+    result = train(load_recipe(path, ["train.max_steps=15"]), runs_dir=tmp_path, quiet=True, resume=ref)
+    assert result.summary["steps"] == 15 and result.run_dir == ref
+
+
+def run_cli(args, cwd, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "gptkit", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def wait_for_metrics(runs: Path, lines: int, proc, timeout=120) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for metrics in runs.glob("*/metrics.jsonl"):
+            if len(metrics.read_text().splitlines()) >= lines:
+                return metrics.parent
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the run never got that far")
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGKILL, -9)])
+def test_real_signals_then_resume(tmp_path, write_recipe, sig, code):
+    path = write_recipe(model={"dropout": 0.1, "n_layer": 4}, train={"max_steps": 40, "checkpoint_every": 7, "log_every": 1})
+    ref = train(load_recipe(path), runs_dir=tmp_path / "reference", quiet=True).run_dir
+    proc = run_cli(["run", path, "--runs-dir", tmp_path / "runs"], cwd=tmp_path)
+    run = wait_for_metrics(tmp_path / "runs", 10, proc)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == code, out
+    if sig != signal.SIGKILL:
+        assert "checkpoint saved" in out and f"gptkit run --resume {run}" in out and "Traceback" not in out
+        assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    resumed = run_cli(["run", "--resume", run, "--runs-dir", tmp_path / "runs"], cwd=tmp_path)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert not list(run.glob(".*.tmp"))
+    assert_same_run(ref, run)
+
+
+def test_killed_mid_save_leaves_the_previous_checkpoint(tmp_path, write_recipe, monkeypatch):
+    import gptkit.io
+
+    path = write_recipe(train={"max_steps": 6, "checkpoint_every": 2})
+    calls = {"n": 0}
+    original = gptkit.io.os.replace
+
+    def dies_on_third_save(src, dst):
+        calls["n"] += Path(dst).name == "checkpoint.pt"
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # stands in for a kill between writing and renaming
+        return original(src, dst)
+
+    monkeypatch.setattr(gptkit.io.os, "replace", dies_on_third_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert load_checkpoint(run)["step"] == 4
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_a_failed_save_stops_the_run_loudly(tmp_path, write_recipe, monkeypatch):
+    saves = {"n": 0}
+    original = torch.save
+
+    def disk_fills_up(obj, f, *args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(obj, f, *args, **kwargs)
+
+    path = write_recipe(train={"max_steps": 6, "checkpoint_every": 2})
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    with pytest.raises(CheckpointError, match="No space left on device; the previous checkpoint is intact") as e:
+        train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    run = e.value.run_dir
+    assert e.value.exit_code == 4
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "No space left" in summary["reason"]
+    assert load_checkpoint(run)["step"] == 2 and not list(run.glob(".*.tmp"))
+
+
+def test_divergence_stops_before_the_optimizer_step(tmp_path, write_recipe):
+    path = write_recipe(train={"max_steps": 30, "lr": 1e6, "grad_clip": None, "checkpoint_every": 1})
+    with pytest.raises(Diverged, match=r"training diverged at step \d+: the (loss|gradient norm) is (nan|inf)") as e:
+        train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    run = e.value.run_dir
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    saved = load_checkpoint(run)
+    assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
+
+
+def test_cli_exit_code_for_divergence(cli, tmp_path, write_recipe):
+    result = cli("run", write_recipe(train={"lr": 1e6, "grad_clip": None, "max_steps": 30}), "--runs-dir", tmp_path)
+    assert result.exit_code == 3 and "\nstopped: training diverged at step" in result.output
+    assert "Traceback" not in result.output
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {Payload.marker}",))
+
+
+def test_a_pickled_payload_is_refused_without_running_it(tmp_path, cli):
+    Payload.marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "gptkit-checkpoint", "model": Payload()}, evil)
+    result = cli("sample", evil)
+    assert result.exit_code == 2 and "refused without running them" in result.output
+    assert not Payload.marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_a_damaged_checkpoint_is_reported_with_its_path(tmp_path, write_recipe, cli, damage):
+    run = train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    ckpt = run / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage])
+    result = cli("sample", run)
+    assert result.exit_code == 2 and f"checkpoint {ckpt} is truncated or corrupted" in result.output
+
+
+def test_gptkit_never_unpickles_arbitrary_objects():
+    root = Path(__file__).resolve().parents[1] / "gptkit"
+    offenders = [p for p in root.rglob("*.py") if "weights_only=False" in p.read_text() or "pickle.load(" in p.read_text()]
+    assert not offenders
+
+
+def test_checkpoints_hold_only_plain_values(tmp_path, write_recipe):
+    run = train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert {"model", "trainer", "recipe", "step", "stoi", "itos"} <= state.keys()
+    with pytest.raises(pickle.UnpicklingError):
+        torch.serialization.add_safe_globals([])  # the default allow-list is what protects users
+        torch.load(Path(__file__), weights_only=True)
