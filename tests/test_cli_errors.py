@@ -35,7 +35,7 @@ CASES = [
     ("unknown-positional", lambda c: recipe_text(c, model__positional="rotary"), [],
      ["model.positional: unknown positional 'rotary'", "Available: alibi, learned, none, rope, sinusoidal"]),
     ("unknown-top-key", lambda c: recipe_text(c, modle={}), [],
-     ["bad.yaml:8: modle: unknown key (did you mean 'model'?). Valid keys here: data, model, name, sample, seed, train"]),
+     ["bad.yaml:8: modle: unknown key (did you mean 'model'?). Valid keys here: data, imports, model, name, sample, seed, train"]),
     ("unknown-train-key", lambda c: recipe_text(c, train__learning_rate=0.1), [],
      ["train.learning_rate: unknown key. Valid keys here: batch_size"]),
     ("unknown-param", lambda c: recipe_text(c, model__norm={"name": "rmsnorm", "epsilon": 1e-5}), [],

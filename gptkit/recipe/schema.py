@@ -98,6 +98,8 @@ class Recipe(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100, description="names the run folder")
     seed: int = 1337
+    imports: list[RecipePath] = Field(default_factory=list, description="local Python files that register "
+                                      "components (with gptkit.components.register); relative to the recipe file")
     data: DataSection
     model: ModelSection = ModelSection()
     train: TrainSection = TrainSection()
