@@ -156,7 +156,8 @@ def check_matches_naive(spec, config):
     try:
         model.load_state_dict(reference.state_dict())
     except RuntimeError as e:
-        raise NotApplicable(f"weights are not interchangeable with naive attention ({str(e).splitlines()[0]})")
+        reason = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise NotApplicable(f"weights are not interchangeable with naive attention's: {reason}")
     x = _tokens(config)
     (out_ref, loss_ref), (out, loss) = reference(x, x), model(x, x)
     loss_ref.backward()

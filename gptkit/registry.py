@@ -73,8 +73,12 @@ class Registry:
         """Register `obj` under `name`; used bare as a decorator: `@attention.register("flash")`."""
 
         def add(obj: Any) -> Any:
-            self._check(name, obj)
-            self._check_params(obj)
+            if not isinstance(name, str) or not name.replace("-", "_").isidentifier():
+                raise RegistryError(f"{self.kind} name {name!r} must be a word such as 'my_norm'")
+            try:
+                self._validate(obj)
+            except RegistryError as e:
+                raise RegistryError(f"{self.kind} '{name}' {e}") from None
             new = Entry(self.kind, name, obj, source or _source_of(obj))
             if name in self._entries:
                 old = self._entries[name]
@@ -137,8 +141,7 @@ class Registry:
         entry = Entry(self.kind, plugin.name, source=plugin.source, value=plugin.value)
         try:
             obj = plugin.entry_point.load()
-            self._check(plugin.name, obj)
-            self._check_params(obj)
+            self._validate(obj)
         except Exception as e:  # a plugin's import may raise anything; only this name pays for it
             error = str(e) if isinstance(e, RegistryError) else f"{type(e).__name__}: {e}"
             return replace(entry, error=(
@@ -146,19 +149,11 @@ class Registry:
                 "Fix or uninstall that package (GPTKIT_NO_PLUGINS=1 turns plugins off)"))
         return replace(entry, obj=obj)
 
-    def _check(self, name: str, obj: Any) -> None:
-        if not isinstance(name, str) or not name.replace("-", "_").isidentifier():
-            raise RegistryError(f"{self.kind} name {name!r} must be a word such as 'my_norm'")
-        if not (inspect.isclass(obj) and issubclass(obj, self.base)):
-            raise RegistryError(
-                f"{self.kind} '{name}' must be a subclass of {self.base.__module__}."
-                f"{self.base.__qualname__}, got {obj!r}"
-            )
-
-    @staticmethod
-    def _check_params(obj: Any) -> None:
+    def _validate(self, obj: Any) -> None:
         from .components.base import Params  # deferred: components import this module
 
+        if not (inspect.isclass(obj) and issubclass(obj, self.base)):
+            raise RegistryError(f"must be a subclass of {self.base.__module__}.{self.base.__qualname__}, got {obj!r}")
         if not (inspect.isclass(obj.Params) and issubclass(obj.Params, Params)):
             raise RegistryError(f"its Params must be a subclass of gptkit.components.Params, got {obj.Params!r}")
         obj.Params.model_json_schema()  # a model pydantic cannot describe cannot be listed or validated

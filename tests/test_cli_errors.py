@@ -84,7 +84,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("make,args,fragments", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_user_mistakes(cli, tmp_path, corpus, make, args, fragments):
+def test_user_mistakes(cli, tmp_path, corpus, monkeypatch, make, args, fragments):
+    monkeypatch.setenv("GPTKIT_NO_PLUGINS", "1")  # the lists of names below are the built-ins
     path = tmp_path / "bad.yaml"
     path.write_text(make(corpus), encoding="utf-8")
     result = cli("run", path, "--runs-dir", tmp_path / "runs", *args)
