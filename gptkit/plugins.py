@@ -55,12 +55,19 @@ def switch_off() -> None:
 def declared(kind: str) -> dict[str, list[Plugin]]:
     """The components installed packages declare for `kind`, read from metadata only. A name claimed
     by more than one distribution maps to every claim; the caller reports the clash."""
+    return _read().get(kind, {}) if enabled() else {}
+
+
+def declared_kinds() -> list[str]:
+    """Every kind some installed package declares components for, known to gptkit or not."""
+    return sorted(_read()) if enabled() else []
+
+
+def _read() -> dict[str, dict[str, list[Plugin]]]:
     global _declared
-    if not enabled():
-        return {}
     if _declared is None:
         _declared = _scan()
-    return _declared.get(kind, {})
+    return _declared
 
 
 def forget() -> None:

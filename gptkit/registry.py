@@ -105,7 +105,7 @@ class Registry:
                       if fnmatch.fnmatchcase(n, pattern))
 
     def find(self, name: str) -> Entry:
-        """Where a component comes from: source, file and line, and its docstring's first line."""
+        """Where a component comes from: source, file and line, and its docstring's summary."""
         self.get(name)
         return self.entry(name)
 

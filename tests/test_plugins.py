@@ -153,6 +153,15 @@ def test_the_same_distribution_seen_twice_is_not_a_clash(install):
     assert registry("norm").find("unitnorm").source in ("acme-norms 1.0", "acme_norms 1.0")
 
 
+def test_an_entry_point_in_no_kinds_group_is_reported(install, cli):
+    install("acme-typo", "1.0", {"gptkit.norms": {"unitnorm": "acme_typo:UnitNorm"}}, {"acme_typo": NORM})
+    result = cli("list")
+    assert result.exit_code == 0
+    assert ("error: acme-typo 1.0 declares 'unitnorm' in entry point group 'gptkit.norms', which is not a "
+            "component kind (did you mean 'norm'?)") in result.output
+    assert any(r["kind"] == "norms" and r["status"] == "broken" for r in json.loads(cli("list", "--json").output))
+
+
 def test_plugins_can_be_switched_off(install, cli, monkeypatch):
     install("acme-norms", "1.0", {"gptkit.norm": {"unitnorm": "acme_off:UnitNorm"}}, {"acme_off": NORM})
     monkeypatch.setenv("GPTKIT_NO_PLUGINS", "1")
@@ -271,5 +280,5 @@ def test_the_shipped_extras_recipe_trains(cli, tmp_path, corpus):
                  "--set", "train.batch_size=4", "--set", "train.eval_every=3", "--set", "sample.tokens=10")
     assert result.exit_code == 0, result.output
     resolved = (next((tmp_path / "runs").iterdir()) / "recipe.yaml").read_text()
-    for name in ("gqa", "geglu", "dyt", "t5bias"):
+    for name in ("gqa", "geglu", "scalenorm", "t5bias"):
         assert f"name: {name}" in resolved

@@ -6,6 +6,8 @@ import json
 import click
 from pydantic_core import to_jsonable_python
 
+from .. import plugins
+from ..errors import did_you_mean
 from ..registry import Entry, RegistryError, kinds, registry
 from . import main
 
@@ -61,6 +63,8 @@ def list_(kind, as_json):
     """
     regs = [registry(kind)] if kind else [registry(k) for k in sorted(kinds())]
     records = [describe(reg.entry(name)) for reg in regs for name in reg.names()]
+    if not kind:
+        records += _misplaced()
     if as_json:
         click.echo(json.dumps(records, indent=2))
         return
@@ -77,6 +81,19 @@ def list_(kind, as_json):
             for p in r["params"]:
                 click.echo(f"      {_param_line(p)}")
         click.echo()
+    for r in records:
+        if r["kind"] not in kinds():
+            click.echo(f"error: {r['error']}")
+
+
+def _misplaced() -> list[dict]:
+    """Entry points in a `gptkit.*` group that is no kind: a typo a plugin author should hear about."""
+    return [{"kind": k, "name": name, "source": p.source, "status": "broken", "object": p.value,
+             "error": f"{p.source} declares '{name}' in entry point group 'gptkit.{k}', which is not a "
+                      f"component kind{did_you_mean(k, kinds())}; the groups are: "
+                      + ", ".join(f"gptkit.{kind}" for kind in sorted(kinds()))}
+            for k in plugins.declared_kinds() if k not in kinds()
+            for name, claims in plugins.declared(k).items() for p in claims]
 
 
 @main.command()

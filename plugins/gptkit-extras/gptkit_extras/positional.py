@@ -10,7 +10,7 @@ from torch import nn
 
 class T5BiasParams(Params):
     buckets: int = Field(32, ge=2, description="distance buckets: the first half exact, the rest log-spaced")
-    max_distance: int = Field(128, gt=0, description="distances from here on share the last bucket")
+    max_distance: int = Field(128, gt=0, description="scale of the log-spaced buckets; farther distances share the last one")
 
 
 class T5RelativeBias(Positional):
