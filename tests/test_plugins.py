@@ -3,9 +3,12 @@ sys.path entry, as pip leaves them), local files named by a recipe's `imports`, 
 list/show/check commands. No mock of the registry: every case goes through importlib.metadata."""
 
 import json
+import os
+import subprocess
 import sys
 import textwrap
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -132,6 +135,18 @@ def test_a_plugin_naming_a_built_in_is_a_clash(install, write_recipe):
         load_recipe(write_recipe(model={"norm": "rmsnorm"}))
     assert load_recipe(write_recipe(model={"norm": "layernorm"})).model.norm.name == "layernorm"
     assert "acme_clash" not in sys.modules
+
+
+def test_a_clash_with_a_default_component_does_not_break_gptkit(install, tmp_path):
+    # In a fresh process, so nothing is read before the clashing package is there.
+    install("acme-clash", "2.0", {"gptkit.attention": {"flash": "acme_flash:Flash"}})
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(tmp_path / "site")])}
+    env.pop("GPTKIT_NO_PLUGINS", None)
+    listed = subprocess.run([sys.executable, "-m", "gptkit", "list", "attention"], env=env, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    assert "flash  [built-in and acme-clash 2.0]  BROKEN" in listed.stdout
+    assert "naive  [built-in]" in listed.stdout
 
 
 def test_two_distributions_claiming_one_name_clash(install, cli):
@@ -271,8 +286,6 @@ def test_the_shipped_extras_recipe_trains(cli, tmp_path, corpus):
         metadata.distribution("gptkit-extras")
     except metadata.PackageNotFoundError:
         pytest.skip("gptkit-extras is not installed (pip install -e plugins/gptkit-extras)")
-    from pathlib import Path
-
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "shakespeare-extras.yaml"
     result = cli("run", recipe, "--runs-dir", tmp_path / "runs", "--set", f"data.path={corpus}",
                  "--set", "data.corpus=null", "--set", "data.max_lines=null", "--set", "model.n_layer=1",
