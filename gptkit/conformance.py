@@ -14,6 +14,7 @@ from .components.base import GPTConfig
 from .model import build_model
 from .recipe.components import ComponentSpec, parse_component
 from .recipe.schema import ModelSection
+from .registry import registry
 
 MODEL_KINDS = ("attention", "feedforward", "norm", "positional")
 CONFIG = GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0)
@@ -98,10 +99,7 @@ def check_state_dict_round_trip(spec, config):
     assert torch.equal(a(x)[0], b(x)[0]), "a copy loaded from state_dict computes something else"
 
 
-def check_causal(spec, config):
-    if spec.kind not in ("attention", "positional"):
-        raise NotApplicable("only attention and positional components mix positions")
-    model = tiny_model(config, **{spec.kind: spec}).eval()
+def _assert_causal(model, config):
     x = _tokens(config)
     t = config.block_size // 2
     changed = x.clone()
@@ -109,6 +107,39 @@ def check_causal(spec, config):
     with torch.no_grad():
         before, after = model(x)[0][:, :t], model(changed)[0][:, :t]
     assert torch.allclose(before, after, atol=1e-6), "changing a later token changed an earlier output"
+
+
+def check_causal(spec, config):
+    if spec.kind not in ("attention", "positional"):
+        raise NotApplicable("only attention and positional components mix positions")
+    _assert_causal(tiny_model(config, **{spec.kind: spec}).eval(), config)
+
+
+def check_every_partner(spec, config):
+    """An attention must work with every positional scheme (its rotate and score_bias hooks), and a
+    positional scheme with every attention: finite loss and gradients, and causal, for each pair."""
+    if spec.kind not in ("attention", "positional"):
+        raise NotApplicable("only attention and positional components are paired")
+    other = "positional" if spec.kind == "attention" else "attention"
+    failures = []
+    for name in registry(other).names():
+        if registry(other).entry(name).error:
+            continue  # a broken plugin is reported on its own, not against this component
+        partner = parse_component(other, name)
+        try:
+            partner.cls.check(config, partner.params)
+        except ValueError:
+            continue  # this pair cannot be built with the test sizes; a recipe would refuse it too
+        try:
+            model = tiny_model(config, **{spec.kind: spec, other: partner})
+            _, loss = model(_tokens(config), _tokens(config))
+            loss.backward()
+            assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), \
+                "non-finite loss or gradient"
+            _assert_causal(model.eval(), config)
+        except Exception as e:  # report every failing partner, not just the first
+            failures.append(f"{other} {name}: {type(e).__name__}: {e}")
+    assert not failures, "; ".join(failures)
 
 
 def check_matches_naive(spec, config):
@@ -125,7 +156,8 @@ def check_matches_naive(spec, config):
     try:
         model.load_state_dict(reference.state_dict())
     except RuntimeError as e:
-        raise NotApplicable(f"weights are not interchangeable with naive attention ({str(e).splitlines()[0]})")
+        reason = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise NotApplicable(f"weights are not interchangeable with naive attention's: {reason}")
     x = _tokens(config)
     (out_ref, loss_ref), (out, loss) = reference(x, x), model(x, x)
     loss_ref.backward()
@@ -146,6 +178,7 @@ CHECKS: dict[str, Callable] = {
     "backward": check_backward,
     "state_dict round trip": check_state_dict_round_trip,
     "causal": check_causal,
+    "every partner": check_every_partner,
     "matches naive": check_matches_naive,
 }
 

@@ -1,14 +1,20 @@
 """Named component registries, one per kind.
 
-The surface is catalogue's: `register` (decorator or call), `get`, `names`, `find`. A name is
-registered once per kind; a second registration is an error that names both places.
+The surface is catalogue's: `register` (decorator or call), `get`, `names`, `find`. Built-in and
+local-file components register by calling `register`; installed packages declare entry points
+(see plugins.py), which are imported one at a time, when their component is first used.
+
+A name has exactly one source. Two registrations, a plugin naming a built-in, or two distributions
+claiming one name are errors that name both sources, never a silent winner. A plugin that cannot be
+loaded is recorded as broken with its distribution and the original error, and only that name fails.
 """
 
 import fnmatch
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import plugins
 from .errors import UserError, did_you_mean, listing
 
 
@@ -18,12 +24,14 @@ class RegistryError(UserError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered component and where it comes from."""
+    """One component and where it comes from; a broken one has `error` set and no `obj`."""
 
     kind: str
     name: str
-    obj: Any
+    obj: Any = None
     source: str = "built-in"  # or "<distribution> <version>", or a local file
+    error: str | None = None
+    value: str | None = None  # an entry point's `module:object`
 
     @property
     def where(self) -> str:
@@ -31,13 +39,24 @@ class Entry:
             file = inspect.getsourcefile(self.obj)
             line = inspect.getsourcelines(self.obj)[1]
         except (TypeError, OSError):
-            return getattr(self.obj, "__module__", "?")
+            return self.value or getattr(self.obj, "__module__", "?")
         return f"{file}:{line}"
 
     @property
     def summary(self) -> str:
-        doc = inspect.getdoc(self.obj) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """The docstring's first paragraph, on one line."""
+        doc = (inspect.getdoc(self.obj) or "").strip() if self.obj is not None else ""
+        return " ".join(doc.split("\n\n")[0].split())
+
+
+def _source_of(obj: Any) -> str:
+    module = getattr(obj, "__module__", "") or ""
+    if module == "gptkit" or module.startswith("gptkit."):
+        return "built-in"
+    try:
+        return inspect.getsourcefile(obj) or module
+    except TypeError:
+        return module
 
 
 @dataclass
@@ -47,58 +66,100 @@ class Registry:
     kind: str
     base: type
     description: str = ""
-    _entries: dict[str, Entry] = field(default_factory=dict, repr=False)
+    _entries: dict[str, Entry] = field(default_factory=dict, repr=False)  # registered in this process
+    _loaded: dict[str, Entry] = field(default_factory=dict, repr=False)  # plugins imported, or broken
 
-    def register(self, name: str, obj: Any = None, *, source: str = "built-in"):
+    def register(self, name: str, obj: Any = None, *, source: str | None = None):
         """Register `obj` under `name`; used bare as a decorator: `@attention.register("flash")`."""
 
         def add(obj: Any) -> Any:
-            self._check(name, obj)
+            if not isinstance(name, str) or not name.replace("-", "_").isidentifier():
+                raise RegistryError(f"{self.kind} name {name!r} must be a word such as 'my_norm'")
+            try:
+                self._validate(obj)
+            except RegistryError as e:
+                raise RegistryError(f"{self.kind} '{name}' {e}") from None
+            new = Entry(self.kind, name, obj, source or _source_of(obj))
             if name in self._entries:
                 old = self._entries[name]
                 raise RegistryError(
                     f"{self.kind} '{name}' is registered twice: by {old.source} at {old.where} "
-                    f"and by {source} at {Entry(self.kind, name, obj, source).where}. "
-                    "Rename one of them."
+                    f"and by {new.source} at {new.where}. Rename one of them."
                 )
-            self._entries[name] = Entry(self.kind, name, obj, source)
+            self._entries[name] = new
             return obj
 
         return add if obj is None else add(obj)
 
     def get(self, name: str) -> Any:
-        """The component registered as `name`; the error lists what exists."""
-        try:
-            return self._entries[name].obj
-        except KeyError:
-            raise RegistryError(self.unknown(name)) from None
+        """The component registered as `name`; the error lists what exists, or why it is broken."""
+        entry = self.entry(name)
+        if entry.error:
+            raise RegistryError(entry.error)
+        return entry.obj
 
     def names(self, pattern: str = "*") -> list[str]:
-        """Registered names matching a shell-style wildcard, sorted."""
-        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+        """Every name of this kind matching a shell-style wildcard, sorted; plugins' names come from
+        their metadata, so nothing is imported."""
+        return sorted(n for n in self._entries.keys() | plugins.declared(self.kind).keys()
+                      if fnmatch.fnmatchcase(n, pattern))
 
     def find(self, name: str) -> Entry:
-        """Where a component comes from: source, file and line, and its docstring's first line."""
+        """Where a component comes from: source, file and line, and its docstring's summary."""
         self.get(name)
-        return self._entries[name]
+        return self.entry(name)
+
+    def entry(self, name: str) -> Entry:
+        """The entry for `name`, importing its plugin on first use. Never raises for a name that
+        exists: a broken plugin or a clash comes back with `error` set."""
+        claims = plugins.declared(self.kind).get(name, [])
+        sources = ([self._entries[name].source] if name in self._entries else []) + [p.source for p in claims]
+        if not sources:
+            raise RegistryError(self.unknown(name))
+        if len(sources) > 1:
+            return Entry(self.kind, name, source=" and ".join(sources), error=(
+                f"{self.kind} '{name}' is claimed by {' and by '.join(sources)}; a name must have one "
+                "source. Uninstall one of the packages, or rename the component"
+                + (" (GPTKIT_NO_PLUGINS=1 turns plugins off)" if claims else "")))
+        if name in self._entries:
+            return self._entries[name]
+        if name not in self._loaded:
+            self._loaded[name] = self._load(claims[0])
+        return self._loaded[name]
 
     def __contains__(self, name: str) -> bool:
-        return name in self._entries
+        return name in self._entries or name in plugins.declared(self.kind)
 
     def unknown(self, name: str) -> str:
-        return (
-            f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}. "
-            f"Available: {listing(self._entries)}"
-        )
+        names = self.names()
+        return f"unknown {self.kind} '{name}'{did_you_mean(name, names)}. Available: {listing(names)}"
 
-    def _check(self, name: str, obj: Any) -> None:
-        if not isinstance(name, str) or not name.replace("-", "_").isidentifier():
-            raise RegistryError(f"{self.kind} name {name!r} must be a word such as 'my_norm'")
+    def forget_plugins(self) -> None:
+        self._loaded.clear()
+
+    def _load(self, plugin: plugins.Plugin) -> Entry:
+        entry = Entry(self.kind, plugin.name, source=plugin.source, value=plugin.value)
+        try:
+            obj = plugin.entry_point.load()
+            self._validate(obj)
+        except Exception as e:  # a plugin's import may raise anything; only this name pays for it
+            error = str(e) if isinstance(e, RegistryError) else f"{type(e).__name__}: {e}"
+            return replace(entry, error=(
+                f"{self.kind} '{plugin.name}' from {plugin.source} ({plugin.value}) is broken: {error}. "
+                "Fix or uninstall that package (GPTKIT_NO_PLUGINS=1 turns plugins off)"))
+        return replace(entry, obj=obj)
+
+    def _validate(self, obj: Any) -> None:
+        from .components.base import Params  # deferred: components import this module
+
         if not (inspect.isclass(obj) and issubclass(obj, self.base)):
-            raise RegistryError(
-                f"{self.kind} '{name}' must be a subclass of {self.base.__module__}."
-                f"{self.base.__qualname__}, got {obj!r}"
-            )
+            raise RegistryError(f"must be a subclass of {self.base.__module__}.{self.base.__qualname__}, got {obj!r}")
+        if not (inspect.isclass(obj.Params) and issubclass(obj.Params, Params)):
+            raise RegistryError(f"its Params must be a subclass of gptkit.components.Params, got {obj.Params!r}")
+        obj.Params.model_json_schema()  # a model pydantic cannot describe cannot be listed or validated
+        required = [n for n, f in obj.Params.model_fields.items() if f.is_required()]
+        if required:  # a recipe may name a component alone, and the conformance kit builds it so
+            raise RegistryError(f"its Params must give every field a default; {', '.join(required)} has none")
 
 
 _registries: dict[str, Registry] = {}
@@ -128,3 +189,11 @@ def kinds() -> list[str]:
     from . import components  # noqa: F401
 
     return list(_registries)
+
+
+def forget_plugins() -> None:
+    """Read installed packages' entry points afresh and drop every loaded plugin (for tests, or after
+    installing a package in a running process)."""
+    plugins.forget()
+    for reg in _registries.values():
+        reg.forget_plugins()

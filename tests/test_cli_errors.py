@@ -35,7 +35,7 @@ CASES = [
     ("unknown-positional", lambda c: recipe_text(c, model__positional="rotary"), [],
      ["model.positional: unknown positional 'rotary'", "Available: alibi, learned, none, rope, sinusoidal"]),
     ("unknown-top-key", lambda c: recipe_text(c, modle={}), [],
-     ["bad.yaml:8: modle: unknown key (did you mean 'model'?). Valid keys here: data, model, name, sample, seed, train"]),
+     ["bad.yaml:8: modle: unknown key (did you mean 'model'?). Valid keys here: data, imports, model, name, sample, seed, train"]),
     ("unknown-train-key", lambda c: recipe_text(c, train__learning_rate=0.1), [],
      ["train.learning_rate: unknown key. Valid keys here: batch_size"]),
     ("unknown-param", lambda c: recipe_text(c, model__norm={"name": "rmsnorm", "epsilon": 1e-5}), [],
@@ -84,7 +84,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("make,args,fragments", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_user_mistakes(cli, tmp_path, corpus, make, args, fragments):
+def test_user_mistakes(cli, tmp_path, corpus, monkeypatch, make, args, fragments):
+    monkeypatch.setenv("GPTKIT_NO_PLUGINS", "1")  # the lists of names below are the built-ins
     path = tmp_path / "bad.yaml"
     path.write_text(make(corpus), encoding="utf-8")
     result = cli("run", path, "--runs-dir", tmp_path / "runs", *args)

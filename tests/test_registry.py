@@ -6,6 +6,12 @@ from gptkit.components.norm import Norm
 from gptkit.registry import Registry, RegistryError, kinds, registry
 
 
+@pytest.fixture(autouse=True)
+def builtins_only(monkeypatch):
+    """These tests are about the built-ins, whatever packages are installed (test_plugins.py tests those)."""
+    monkeypatch.setenv("GPTKIT_NO_PLUGINS", "1")
+
+
 def test_builtin_kinds_and_names():
     assert {"attention", "feedforward", "norm", "positional", "optimizer", "schedule", "corpus"} <= set(kinds())
     assert registry("attention").names() == ["flash", "naive"]

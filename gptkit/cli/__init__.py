@@ -2,6 +2,7 @@
 
 import click
 
+from .. import plugins
 from ..errors import RunStopped, UserError
 
 
@@ -30,8 +31,12 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gptkit")
-def main():
+@click.option("--no-plugins", is_flag=True,
+              help="Use built-in components only; ignore installed packages' (same as GPTKIT_NO_PLUGINS=1).")
+def main(no_plugins):
     """Assemble GPTs from named components, train them from YAML recipes, and compare them."""
+    if no_plugins:
+        plugins.switch_off()
 
 
 def overrides_option(f):
@@ -39,4 +44,4 @@ def overrides_option(f):
                         help="Override a recipe field by dotted path, e.g. --set model.attention=naive. Repeatable.")(f)
 
 
-from . import run, sample, validate  # noqa: E402,F401  (registers the subcommands)
+from . import check, components, run, sample, validate  # noqa: E402,F401  (registers the subcommands)

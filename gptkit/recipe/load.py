@@ -4,13 +4,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from .. import plugins
 from ..errors import UserError
 from ..io import read_text
 from . import yaml
 from .errors import describe_errors
-from .schema import Recipe, _resolve
+from .schema import Recipe, RecipePath, _resolve
 
 
 class RecipeError(UserError):
@@ -31,6 +32,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
 
 def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
              lines: dict | None = None, overrides: Sequence[tuple[tuple, str]] = ()) -> Recipe:
+    _import_files(data, origin, base_dir, lines or {})
     try:
         return Recipe.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
@@ -46,6 +48,25 @@ def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
         if len(problems) == 1:
             raise RecipeError(problems[0]) from None
         raise RecipeError(f"{origin} has {len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems)) from None
+
+
+_FILES = TypeAdapter(list[RecipePath])
+
+
+def _import_files(data: dict, origin: str, base_dir: Path | None, lines: dict) -> None:
+    """Run the files under `imports` before anything else is validated: the components they register
+    are names the rest of the recipe may use."""
+    try:
+        listed = data.get("imports") if isinstance(data, dict) else None
+        files = _FILES.validate_python(listed or [], context={"base_dir": base_dir})
+    except ValidationError:
+        return  # a malformed list is reported below, with every other problem
+    for i, path in enumerate(files):
+        line = lines.get(("imports", i))
+        try:
+            plugins.import_file(path)
+        except UserError as e:
+            raise RecipeError(f"{origin}{f':{line}' if line else ''}: imports: {e}") from None
 
 
 def apply_override(data: dict, text: str) -> tuple[tuple, str]:

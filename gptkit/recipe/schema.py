@@ -99,9 +99,13 @@ class Recipe(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100, description="names the run folder")
     seed: int = 1337
+    imports: list[RecipePath] = Field(default_factory=list, description="local Python files that register "
+                                      "components (with gptkit.components.register); relative to the recipe file")
     data: DataSection
-    model: ModelSection = ModelSection()
-    train: TrainSection = TrainSection()
+    # Built when a recipe is validated, not at import: a component default may be unusable (a plugin
+    # claiming its name), and that must be a recipe error, not a crash of every command.
+    model: ModelSection = Field(default_factory=dict, validate_default=True)
+    train: TrainSection = Field(default_factory=dict, validate_default=True)
     sample: SampleSection = SampleSection()
 
     def to_dict(self) -> dict:

@@ -1,0 +1,121 @@
+"""`gptkit list` and `gptkit show`: what components exist, where they come from, what they take."""
+
+import inspect
+import json
+
+import click
+from pydantic_core import to_jsonable_python
+
+from .. import plugins
+from ..errors import did_you_mean
+from ..registry import Entry, RegistryError, kinds, registry
+from . import main
+
+# pydantic/annotated_types constraint attributes, as a reader would write them
+_CONSTRAINTS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("multiple_of", "multiple of"),
+                ("min_length", "length >="), ("max_length", "length <="), ("pattern", "matches"))
+
+
+def describe_params(entry: Entry) -> list[dict]:
+    """Each parameter of a component: name, type, default, constraints and description."""
+    out = []
+    for name, f in entry.obj.Params.model_fields.items():
+        constraints = [f"{sym} {getattr(m, attr)}" for m in f.metadata for attr, sym in _CONSTRAINTS
+                       if getattr(m, attr, None) is not None]
+        out.append({"name": name, "type": _type_name(f.annotation), "default": to_jsonable_python(f.default, fallback=repr),
+                    "constraints": constraints, "description": f.description or ""})
+    return out
+
+
+def describe(entry: Entry, full: bool = False) -> dict:
+    record = {"kind": entry.kind, "name": entry.name, "source": entry.source,
+              "status": "broken" if entry.error else "ok"}
+    if entry.error:
+        return {**record, "error": entry.error, **({"object": entry.value} if entry.value else {})}
+    record.update(description=entry.summary, params=describe_params(entry))
+    if full:
+        obj = entry.obj
+        record.update(object=f"{obj.__module__}:{obj.__qualname__}", defined_at=entry.where, doc=inspect.getdoc(obj) or "")
+    return record
+
+
+def _type_name(annotation) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _param_line(p: dict) -> str:
+    constraints = f" ({', '.join(p['constraints'])})" if p["constraints"] else ""
+    description = f"  {p['description']}" if p["description"] else ""
+    return f"{p['name']}: {p['type']} = {json.dumps(p['default'])}{constraints}{description}"
+
+
+@main.command("list")
+@click.argument("kind", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the same as a JSON list.")
+def list_(kind, as_json):
+    """Show every component (or every one of KIND): source, description and parameters.
+
+    A plugin that cannot be loaded is listed as broken, with the reason; the rest still work.
+
+    \b
+    gptkit list
+    gptkit list attention --json
+    """
+    regs = [registry(kind)] if kind else [registry(k) for k in sorted(kinds())]
+    records = [describe(reg.entry(name)) for reg in regs for name in reg.names()]
+    if not kind:
+        records += _misplaced()
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    for reg in regs:
+        click.echo(f"{reg.kind}: {reg.description}")
+        mine = [r for r in records if r["kind"] == reg.kind]
+        width = max((len(f"{r['name']}  [{r['source']}]") for r in mine), default=0)
+        for r in mine:
+            head = f"{r['name']}  [{r['source']}]"
+            if r["status"] == "broken":
+                click.echo(f"  {head:<{width}}  BROKEN: {r['error']}")
+                continue
+            click.echo(f"  {head:<{width}}  {r['description']}")
+            for p in r["params"]:
+                click.echo(f"      {_param_line(p)}")
+        click.echo()
+    for r in records:
+        if r["kind"] not in kinds():
+            click.echo(f"error: {r['error']}")
+
+
+def _misplaced() -> list[dict]:
+    """Entry points in a `gptkit.*` group that is no kind: a typo a plugin author should hear about."""
+    return [{"kind": k, "name": name, "source": p.source, "status": "broken", "object": p.value,
+             "error": f"{p.source} declares '{name}' in entry point group 'gptkit.{k}', which is not a "
+                      f"component kind{did_you_mean(k, kinds())}; the groups are: "
+                      + ", ".join(f"gptkit.{kind}" for kind in sorted(kinds()))}
+            for k in plugins.declared_kinds() if k not in kinds()
+            for name, claims in plugins.declared(k).items() for p in claims]
+
+
+@main.command()
+@click.argument("kind")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the same as JSON.")
+def show(kind, name, as_json):
+    """Show one component in full: source, where it is defined, its docstring and parameters.
+
+    \b
+    gptkit show positional rope
+    """
+    entry = registry(kind).entry(name)
+    if entry.error:
+        raise RegistryError(entry.error)
+    r = describe(entry, full=True)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo(f"{kind} '{name}'\n  source:     {r['source']}\n  defined at: {r['defined_at']}  ({r['object']})")
+    if r["doc"]:
+        click.echo("\n" + "\n".join(f"  {line}" for line in r["doc"].splitlines()))
+    click.echo("\n  parameters:" if r["params"] else "\n  parameters: none")
+    for p in r["params"]:
+        click.echo(f"    {_param_line(p)}")

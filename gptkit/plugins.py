@@ -1,0 +1,131 @@
+"""Where third-party components come from: installed packages' entry points, and local Python files.
+
+A package declares one entry point per component in the group `gptkit.<kind>`, named like the
+component, with the value `module:object`. Entry points are read from package metadata once per
+process, on first need, without importing anything; a component's module is imported only when
+that component is used (see `Registry.entry`). `GPTKIT_NO_PLUGINS=1` or `gptkit --no-plugins`
+turns all of it off.
+"""
+
+import hashlib
+import importlib.metadata as metadata
+import importlib.util
+import os
+import re
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+GROUP_PREFIX = "gptkit."
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """One entry point: a component `name` of `kind` that `dist` says lives at `value` (module:object)."""
+
+    kind: str
+    name: str
+    value: str
+    dist: str
+    version: str
+    entry_point: metadata.EntryPoint
+
+    @property
+    def source(self) -> str:
+        return f"{self.dist} {self.version}"
+
+
+_declared: dict[str, dict[str, list[Plugin]]] | None = None  # kind -> name -> claims, one per distribution
+_switched_off = False
+
+
+def enabled() -> bool:
+    return not _switched_off and os.environ.get("GPTKIT_NO_PLUGINS", "") in ("", "0")
+
+
+def switch_off() -> None:
+    """What `gptkit --no-plugins` does: this process uses built-in and local components only."""
+    global _switched_off
+    _switched_off = True
+
+
+def declared(kind: str) -> dict[str, list[Plugin]]:
+    """The components installed packages declare for `kind`, read from metadata only. A name claimed
+    by more than one distribution maps to every claim; the caller reports the clash."""
+    return _read().get(kind, {}) if enabled() else {}
+
+
+def declared_kinds() -> list[str]:
+    """Every kind some installed package declares components for, known to gptkit or not."""
+    return sorted(_read()) if enabled() else []
+
+
+def _read() -> dict[str, dict[str, list[Plugin]]]:
+    global _declared
+    if _declared is None:
+        _declared = _scan()
+    return _declared
+
+
+def forget() -> None:
+    """Read entry points afresh on the next look-up (after installing a package, or in tests)."""
+    global _declared
+    _declared = None
+
+
+def _scan() -> dict[str, dict[str, list[Plugin]]]:
+    found: dict[str, dict[str, list[Plugin]]] = {}
+    seen: set[tuple[str, str, str]] = set()
+    for dist in metadata.distributions():
+        dist_name = dist.metadata["Name"] or "?"
+        key = _normalize(dist_name)
+        for ep in dist.entry_points:
+            if not ep.group.startswith(GROUP_PREFIX):
+                continue
+            kind = ep.group.removeprefix(GROUP_PREFIX)
+            # The same distribution found twice on sys.path (an editable install's egg-info beside its
+            # dist-info, say) is one claim, not a clash: keep the first, which is the one imported.
+            if (kind, ep.name, key) in seen:
+                continue
+            seen.add((kind, ep.name, key))
+            plugin = Plugin(kind, ep.name, ep.value, dist_name, dist.version, ep)
+            found.setdefault(kind, {}).setdefault(ep.name, []).append(plugin)
+    return found
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
+def import_file(path: Path) -> None:
+    """Run a local Python file once per process, so the components it registers exist. An error in
+    it becomes a UserError naming the file and line."""
+    path = Path(path).resolve()
+    stem = re.sub(r"\W", "_", path.stem)
+    module_name = f"gptkit_local_{stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"  # one per file
+    if module_name in sys.modules:
+        return
+    if not path.is_file():
+        raise UserError(f"component file {path} not found")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except UserError as e:  # e.g. a name registered twice: already explained, say which file did it
+        del sys.modules[module_name]
+        raise UserError(f"{path}: {e}") from None
+    except Exception as e:  # the file may raise anything; the user needs the line, not a traceback
+        del sys.modules[module_name]
+        raise UserError(f"{path}{_line_in(path, e)}: {type(e).__name__}: {e}") from None
+
+
+def _line_in(path: Path, e: Exception) -> str:
+    """':LINE' of the deepest frame of `e` inside `path` (or of a syntax error in it), else ''."""
+    if isinstance(e, SyntaxError) and e.filename == str(path) and e.lineno:
+        return f":{e.lineno}"
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == str(path)]
+    return f":{lines[-1]}" if lines else ""

@@ -1,0 +1,297 @@
+"""Third-party components: real distributions (a dist-info folder and a module on a temporary
+sys.path entry, as pip leaves them), local files named by a recipe's `imports`, and the
+list/show/check commands. No mock of the registry: every case goes through importlib.metadata."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from gptkit import plugins
+from gptkit.recipe import RecipeError, load_recipe
+from gptkit.registry import RegistryError, forget_plugins, registry
+
+NORM = """
+    import torch
+    from pydantic import Field
+    from gptkit.components import Norm, Params
+
+    class UnitParams(Params):
+        eps: float = Field(1e-6, gt=0, description="keeps the division finite")
+
+    class UnitNorm(Norm):
+        '''Scale every vector to unit length.'''
+
+        Params = UnitParams
+
+        def forward(self, x):
+            return x / x.norm(dim=-1, keepdim=True).clamp(min=self.params.eps)
+"""
+
+
+@pytest.fixture
+def install(tmp_path, monkeypatch):
+    """install(dist, version, {group: {name: value}}, {module: source}, site=name): a distribution in a
+    site folder on sys.path, found by importlib.metadata like any pip-installed package."""
+    modules = []
+
+    def install(dist, version="1.0", entry_points=None, sources=None, site="site"):
+        where = tmp_path / site
+        if not where.exists():
+            where.mkdir()
+            monkeypatch.syspath_prepend(str(where))
+        info = where / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text("".join(
+            f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in eps.items())
+            for group, eps in (entry_points or {}).items()))
+        for module, source in (sources or {}).items():
+            (where / f"{module}.py").write_text(textwrap.dedent(source))
+            modules.append(module)
+        forget_plugins()
+
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)
+    forget_plugins()
+
+
+def test_installed_component_is_listed_from_metadata_and_imported_on_use(install, write_recipe, cli, tmp_path):
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_unit:UnitNorm"}}, {"acme_unit": NORM})
+    assert "unitnorm" in registry("norm").names()
+    assert "acme_unit" not in sys.modules  # listing names reads metadata only
+    entry = registry("norm").find("unitnorm")
+    assert "acme_unit" in sys.modules
+    assert entry.source == "acme-norms 1.2" and entry.summary == "Scale every vector to unit length."
+    assert entry.where.endswith("acme_unit.py:9")
+
+    recipe = write_recipe(model={"norm": {"name": "unitnorm", "eps": 1e-5}})
+    result = cli("run", recipe, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_miss_imports_no_plugin(install):
+    install("acme-norms", "1.0", {"gptkit.norm": {"unitnorm": "acme_unused:UnitNorm"}}, {"acme_unused": NORM})
+    with pytest.raises(RegistryError, match="did you mean 'unitnorm'"):
+        registry("norm").get("unitnrm")
+    registry("norm").get("rmsnorm")
+    assert "acme_unused" not in sys.modules
+
+
+BROKEN = [
+    ("import-error", "acme_raises:Thing", {"acme_raises": "import nowhere_to_be_found\n"},
+     "ModuleNotFoundError: No module named 'nowhere_to_be_found'"),
+    ("missing-object", "acme_empty:Missing", {"acme_empty": "X = 1\n"},
+     "AttributeError: module 'acme_empty' has no attribute 'Missing'"),
+    ("not-a-norm", "acme_wrong:Linear", {"acme_wrong": "from torch.nn import Linear\n"},
+     "must be a subclass of gptkit.components.norm.Norm"),
+    ("params-not-a-model", "acme_params:Bad", {"acme_params": "from gptkit.components import Norm\n"
+                                                               "class Bad(Norm):\n    Params = dict\n"},
+     "its Params must be a subclass of gptkit.components.Params"),
+    ("params-without-default", "acme_required:Bad", {"acme_required": (
+        "from gptkit.components import Norm, Params\n"
+        "class P(Params):\n    width: int\n"
+        "class Bad(Norm):\n    Params = P\n")},
+     "its Params must give every field a default; width has none"),
+]
+
+
+@pytest.mark.parametrize("value,sources,error", [c[1:] for c in BROKEN], ids=[c[0] for c in BROKEN])
+def test_a_broken_plugin_is_contained_and_explained(install, write_recipe, cli, tmp_path, value, sources, error):
+    install("acme-broken", "0.3", {"gptkit.norm": {"badnorm": value}}, sources)
+    report = f"norm 'badnorm' from acme-broken 0.3 ({value}) is broken: {error}"
+
+    with pytest.raises(RegistryError) as e:
+        registry("norm").get("badnorm")
+    assert report in str(e.value)
+    assert registry("norm").get("rmsnorm")  # every other component keeps working
+
+    listed = cli("list")
+    assert listed.exit_code == 0, listed.output
+    assert "badnorm  [acme-broken 0.3]" in listed.output and f"BROKEN: {report}" in listed.output
+    record = next(r for r in json.loads(cli("list", "norm", "--json").output) if r["name"] == "badnorm")
+    assert record["status"] == "broken" and report in record["error"]
+
+    result = cli("run", write_recipe(model={"norm": "badnorm"}), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and report in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+    for command in (("show", "norm", "badnorm"), ("check", "norm", "badnorm")):
+        result = cli(*command)
+        assert result.exit_code == 2 and report in result.output, command
+
+
+def test_a_plugin_naming_a_built_in_is_a_clash(install, write_recipe):
+    install("acme-clash", "2.0", {"gptkit.norm": {"rmsnorm": "acme_clash:UnitNorm"}}, {"acme_clash": NORM})
+    with pytest.raises(RegistryError) as e:
+        registry("norm").get("rmsnorm")
+    assert "norm 'rmsnorm' is claimed by built-in and by acme-clash 2.0" in str(e.value)
+    with pytest.raises(RecipeError, match="model.norm: norm 'rmsnorm' is claimed by built-in and by acme-clash 2.0"):
+        load_recipe(write_recipe(model={"norm": "rmsnorm"}))
+    assert load_recipe(write_recipe(model={"norm": "layernorm"})).model.norm.name == "layernorm"
+    assert "acme_clash" not in sys.modules
+
+
+def test_a_clash_with_a_default_component_does_not_break_gptkit(install, tmp_path):
+    # In a fresh process, so nothing is read before the clashing package is there.
+    install("acme-clash", "2.0", {"gptkit.attention": {"flash": "acme_flash:Flash"}})
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(tmp_path / "site")])}
+    env.pop("GPTKIT_NO_PLUGINS", None)
+    listed = subprocess.run([sys.executable, "-m", "gptkit", "list", "attention"], env=env, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    assert "flash  [built-in and acme-clash 2.0]  BROKEN" in listed.stdout
+    assert "naive  [built-in]" in listed.stdout
+
+
+def test_two_distributions_claiming_one_name_clash(install, cli):
+    install("acme-one", "1.0", {"gptkit.norm": {"unitnorm": "acme_one:UnitNorm"}}, {"acme_one": NORM})
+    install("acme-two", "3.1", {"gptkit.norm": {"unitnorm": "acme_two:UnitNorm"}}, {"acme_two": NORM}, site="site2")
+    with pytest.raises(RegistryError) as e:
+        registry("norm").get("unitnorm")
+    assert "claimed by acme-two 3.1 and by acme-one 1.0" in str(e.value) or \
+        "claimed by acme-one 1.0 and by acme-two 3.1" in str(e.value)
+    listed = cli("list", "norm")
+    assert listed.exit_code == 0 and "BROKEN: norm 'unitnorm' is claimed by" in listed.output
+
+
+def test_the_same_distribution_seen_twice_is_not_a_clash(install):
+    # An editable install can leave the same distribution's metadata in two sys.path folders.
+    install("acme-norms", "1.0", {"gptkit.norm": {"unitnorm": "acme_twice:UnitNorm"}}, {"acme_twice": NORM})
+    install("acme_norms", "1.0", {"gptkit.norm": {"unitnorm": "acme_twice:UnitNorm"}}, site="site2")
+    assert sum(d.metadata["Name"] in ("acme-norms", "acme_norms") for d in metadata.distributions()) == 2
+    assert registry("norm").find("unitnorm").source in ("acme-norms 1.0", "acme_norms 1.0")
+
+
+def test_an_entry_point_in_no_kinds_group_is_reported(install, cli):
+    install("acme-typo", "1.0", {"gptkit.norms": {"unitnorm": "acme_typo:UnitNorm"}}, {"acme_typo": NORM})
+    result = cli("list")
+    assert result.exit_code == 0
+    assert ("error: acme-typo 1.0 declares 'unitnorm' in entry point group 'gptkit.norms', which is not a "
+            "component kind (did you mean 'norm'?)") in result.output
+    assert any(r["kind"] == "norms" and r["status"] == "broken" for r in json.loads(cli("list", "--json").output))
+
+
+def test_plugins_can_be_switched_off(install, cli, monkeypatch):
+    install("acme-norms", "1.0", {"gptkit.norm": {"unitnorm": "acme_off:UnitNorm"}}, {"acme_off": NORM})
+    monkeypatch.setenv("GPTKIT_NO_PLUGINS", "1")
+    assert "unitnorm" not in registry("norm").names()
+    with pytest.raises(RegistryError, match="unknown norm 'unitnorm'"):
+        registry("norm").get("unitnorm")
+    monkeypatch.delenv("GPTKIT_NO_PLUGINS")
+    assert "unitnorm" in cli("list", "norm").output
+
+    monkeypatch.setattr(plugins, "_switched_off", False)  # restored after the test: --no-plugins is per process
+    result = cli("--no-plugins", "list", "norm")
+    assert result.exit_code == 0 and "unitnorm" not in result.output and "rmsnorm" in result.output
+
+
+def test_show_describes_a_plugin_in_full(install, cli, tmp_path):
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_show:UnitNorm"}}, {"acme_show": NORM})
+    result = cli("show", "norm", "unitnorm")
+    assert result.exit_code == 0, result.output
+    assert "source:     acme-norms 1.2" in result.output
+    assert f"defined at: {tmp_path / 'site' / 'acme_show.py'}:9  (acme_show:UnitNorm)" in result.output
+    assert "eps: float = 1e-06 (> 0)  keeps the division finite" in result.output
+    record = json.loads(cli("show", "norm", "unitnorm", "--json").output)
+    assert record["params"] == [{"name": "eps", "type": "float", "default": 1e-6, "constraints": ["> 0"],
+                                 "description": "keeps the division finite"}]
+
+
+def test_check_prints_a_table_and_fails_a_non_causal_attention(install, cli):
+    install("acme-attn", "0.1", {"gptkit.attention": {"peek": "acme_peek:Peek"}}, {"acme_peek": """
+        import torch.nn.functional as F
+        from gptkit.components import Attention
+
+        class Peek(Attention):
+            '''Attends to the future too: not causal.'''
+
+            def attend(self, q, k, v, bias):
+                return F.scaled_dot_product_attention(q, k, v)
+    """})
+    result = cli("check", "attention", "peek")
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("attention 'peek' from acme-attn 0.1")
+    assert any(line.split()[:2] == ["construct", "PASS"] for line in lines)
+    assert any(line.split()[:2] == ["causal", "FAIL"] for line in lines)
+    assert "changing a later token changed an earlier output" in result.output
+    assert cli("check", "norm", "rmsnorm").exit_code == 0
+
+
+LOCAL = """
+    from gptkit.components import Norm, register
+
+    @register("norm", "localnorm")
+    class UnitNorm(Norm):
+        '''Scale every vector to unit length.'''
+
+        def forward(self, x):
+            return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+"""
+
+
+@pytest.fixture
+def scratch_registries(monkeypatch):
+    """Registrations made by local files during the test are forgotten after it."""
+    from gptkit.registry import kinds
+
+    for kind in kinds():
+        monkeypatch.setattr(registry(kind), "_entries", dict(registry(kind)._entries))
+    before = set(sys.modules)
+    yield
+    for module in set(sys.modules) - before:
+        if module.startswith("gptkit_local_"):
+            del sys.modules[module]
+
+
+def test_recipe_imports_local_files(write_recipe, cli, tmp_path, scratch_registries):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "local_norm.py").write_text(textwrap.dedent(LOCAL))
+    recipe = write_recipe(model={"norm": "localnorm"}, imports=["mine/local_norm.py"])
+    r = load_recipe(recipe)
+    assert r.model.norm.name == "localnorm" and r.imports == [tmp_path / "mine" / "local_norm.py"]
+    assert load_recipe(recipe) == r  # a file is imported once per process, so loading again works
+    assert registry("norm").find("localnorm").source == str(tmp_path / "mine" / "local_norm.py")
+
+    runs = tmp_path / "runs"
+    assert cli("run", recipe, "--runs-dir", runs).exit_code == 0
+    (run,) = runs.iterdir()
+    assert cli("sample", run, "--tokens", "5").exit_code == 0  # the checkpoint's recipe imports it again
+
+
+@pytest.mark.parametrize("source,fragment", [
+    (None, "component file {dir}/nothere.py not found"),
+    ("x = 1\nraise RuntimeError('half done')\n", "{dir}/oops.py:2: RuntimeError: half done"),
+    ("def f(:\n", "{dir}/oops.py:1: SyntaxError:"),
+    ("from gptkit.components import Norm, register\n@register('norm', 'rmsnorm')\nclass R(Norm):\n    pass\n",
+     "{dir}/oops.py: norm 'rmsnorm' is registered twice: by built-in at"),
+])
+def test_errors_in_imported_files_name_the_file(write_recipe, cli, tmp_path, scratch_registries, source, fragment):
+    name = "nothere.py" if source is None else "oops.py"
+    if source is not None:
+        (tmp_path / name).write_text(source)
+    result = cli("run", write_recipe(imports=[name]), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert ": imports: " in result.output and fragment.format(dir=tmp_path) in result.output
+
+
+def test_the_shipped_extras_recipe_trains(cli, tmp_path, corpus):
+    try:
+        metadata.distribution("gptkit-extras")
+    except metadata.PackageNotFoundError:
+        pytest.skip("gptkit-extras is not installed (pip install -e plugins/gptkit-extras)")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "shakespeare-extras.yaml"
+    result = cli("run", recipe, "--runs-dir", tmp_path / "runs", "--set", f"data.path={corpus}",
+                 "--set", "data.corpus=null", "--set", "data.max_lines=null", "--set", "model.n_layer=1",
+                 "--set", "model.n_embd=32", "--set", "model.block_size=32", "--set", "train.max_steps=3",
+                 "--set", "train.batch_size=4", "--set", "train.eval_every=3", "--set", "sample.tokens=10")
+    assert result.exit_code == 0, result.output
+    resolved = (next((tmp_path / "runs").iterdir()) / "recipe.yaml").read_text()
+    for name in ("gqa", "geglu", "scalenorm", "t5bias"):
+        assert f"name: {name}" in resolved
