@@ -53,8 +53,18 @@ def new_run_dir(runs_dir: Path, name: str) -> Path:
     raise UserError(f"too many runs named {name} in {runs_dir} this second")
 
 
-def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False) -> RunResult:
-    """Train the model `recipe` describes; everything the run produces lands in a new run folder."""
+def make_run_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {path}: {e.strerror}") from None
+    return path
+
+
+def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
+          run_dir: str | Path | None = None) -> RunResult:
+    """Train the model `recipe` describes; everything the run produces lands in a new run folder
+    under `runs_dir`, or in `run_dir` when given (created if missing; an ablation names its runs)."""
     device = resolve_device(recipe.train.device)
     dataset = load_dataset(recipe.data, recipe.model.block_size)
     if dataset.steps_per_epoch(recipe.train.batch_size) == 0:
@@ -64,7 +74,8 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False) ->
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, dataset.vocab_size).to(device)
     dataset.to(device)
-    run_dir = new_run_dir(Path(runs_dir), recipe.name)  # only once every input has been checked
+    # the folder is made only once every input has been checked
+    run_dir = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
     write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
     log = print if not quiet else (lambda *a, **k: None)
     log(f"Run folder: {run_dir}")
@@ -88,6 +99,7 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False) ->
         "final_val_loss": state.val_loss,
         "best_val_loss": state.best_val_loss,
         "params": model.num_params(),
+        "flops_per_token": model.flops_per_token(),
         "steps": state.step,
         "epochs": state.epoch + 1,
         "tokens": state.tokens,
