@@ -127,7 +127,7 @@ def markdown(stats: list[ArmStats], margin: float) -> str:
     base = next((s for s in stats if s.arm.baseline), None)
     header = ["arm", "seeds", "final val loss", "best val loss", "Δ final vs baseline", "verdict", "params",
               "FLOPs/token", "tokens/s", "wall/run"]
-    rows = [[s.arm.label + (" (baseline)" if s.arm.baseline and s.arm.label != "baseline" else ""), str(s.n),
+    rows = [[s.arm.title, str(s.n),
              fmt_ci(s.final), fmt_ci(s.best), "-" if s.arm.baseline else fmt_ci(s.diff, signed=True), s.verdict,
              params_cell(s, base, margin), f"{s.flops_per_token:,}" if s.flops_per_token else "-",
              f"{s.tokens_per_s:,.0f}" if s.tokens_per_s else "-",

@@ -106,10 +106,17 @@ def check_same(run_dir: Path, recipe: Recipe) -> None:
                         "delete that folder, or pass --out with a new folder")
 
 
+LEGEND = ("Δ: final validation loss minus the baseline's, paired by seed; ± is the half-width of the 95% "
+          "confidence interval (Student t over seeds); within noise: the interval of Δ contains 0; "
+          "⚠: parameters differ from the baseline's by more than {margin:.0%}.")
+
+
 def write_reports(folder: Path, rows: list[RunRow], margin: float) -> str:
+    """Write results.csv and results.md; returns the Markdown table and its legend."""
     write_csv(folder / "results.csv", rows)
-    text = markdown(arm_stats(rows), margin)
-    write_text(folder / "results.md", text)
+    text = markdown(arm_stats(rows), margin) + "\n" + LEGEND.format(margin=margin) + "\n"
+    done = sum(r.summary is not None for r in rows)
+    write_text(folder / "results.md", f"# {folder.name}\n\n{done} of {len(rows)} runs finished.\n\n{text}")
     return text
 
 
@@ -117,7 +124,7 @@ def plot(folder: Path, rows: list[RunRow], title: str) -> bool:
     curves: dict[str, list] = {}
     for r in rows:
         if r.summary is not None:
-            curves.setdefault(r.arm.label, []).append(val_curve(folder / r.run_dir))
+            curves.setdefault(r.arm.title, []).append(val_curve(folder / r.run_dir))
     return plot_curves(curves, folder / "loss_curves.png", title)
 
 

@@ -69,6 +69,11 @@ class Arm:
     recipe: Recipe                     # resolved, with the base recipe's seed
     baseline: bool = False
 
+    @property
+    def title(self) -> str:
+        """The label, saying so when it is the baseline's."""
+        return self.label + (" (baseline)" if self.baseline and self.label != "baseline" else "")
+
     def for_seed(self, seed: int) -> Recipe:
         return self.recipe.model_copy(update={"seed": seed})
 

@@ -25,7 +25,7 @@ from . import main, overrides_option
 @click.option("--out", type=click.Path(file_okay=False), help="Use exactly this ablation folder.")
 @click.option("--param-margin", type=click.FloatRange(min=0), default=None,
               help="Flag arms whose parameter count differs from the baseline's by more than this fraction.  [default: 0.1]")
-@click.option("--allow-unfair", is_flag=True, default=None,
+@click.option("--allow-unfair", is_flag=True,
               help="Allow varying data, block size, batch size, epochs, max_steps or evaluation fields.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every run's training log.")
 def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_margin, allow_unfair, verbose):
@@ -48,7 +48,7 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
         ablation.mode = "grid" if grid else "one-at-a-time"
     ablation.name = name or ablation.name
     ablation.param_margin = ablation.param_margin if param_margin is None else param_margin
-    ablation.allow_unfair = ablation.allow_unfair or bool(allow_unfair)
+    ablation.allow_unfair = ablation.allow_unfair or allow_unfair
 
     p = plan(ablation)
     folder = ablation_dir(p, runs_dir, out)
@@ -59,8 +59,6 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
     click.echo("\n".join(describe(p, margin)))
     rows = run_ablation(p, folder, margin, log=click.echo, verbose=verbose)
     click.echo("\n" + write_reports(folder, rows, margin), nl=False)
-    click.echo("Δ: final validation loss minus the baseline's, paired by seed; ± is the 95% confidence interval "
-               "(Student t over seeds).")
     drew = plot(folder, rows, f"{p.name}: validation loss, mean over seeds (band: min to max)")
     click.echo(f"Wrote {folder / 'results.csv'}, {folder / 'results.md'}"
                + (f", {folder / 'loss_curves.png'}" if drew else ""))
