@@ -102,3 +102,14 @@ def _is_path(parts: tuple) -> bool:
             return True
         model = field.annotation
     return False
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """{"model": {"norm": {"name": "rmsnorm"}}} -> {"model.norm.name": "rmsnorm"}: for recipe diffs."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

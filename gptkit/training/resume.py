@@ -7,23 +7,13 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..io import write_text
-from ..recipe import Recipe
+from ..recipe import Recipe, flatten
 
 # Keys that may change between a run and its resumption without making it a different run. The
 # budget may grow (a cosine schedule then stretches over the new total); anything else that shapes
 # the model, the data, or the optimisation must stay as it was.
 MAY_CHANGE = ("name", "sample.*", "data.path", "train.device", "train.log_every", "train.eval_every",
               "train.eval_batches", "train.checkpoint_every", "train.epochs", "train.max_steps")
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def recipe_diff(old: dict, new: dict) -> list[str]:

@@ -59,9 +59,18 @@ def new_run_dir(runs_dir: Path, name: str) -> Path:
     raise UserError(f"too many runs named {name} in {runs_dir} this second")
 
 
+def make_run_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {path}: {e.strerror}") from None
+    return path
+
+
 def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
-          resume: str | Path | None = None) -> RunResult:
-    """Train the model `recipe` describes; everything the run produces lands in a run folder.
+          resume: str | Path | None = None, run_dir: str | Path | None = None) -> RunResult:
+    """Train the model `recipe` describes; everything the run produces lands in a run folder: a new
+    one under `runs_dir`, or `run_dir` when given (created if missing; an ablation names its runs).
 
     `resume` continues a run folder from its last checkpoint; "auto" picks the newest unfinished
     run of this recipe in `runs_dir`, or starts a new run if there is none.
@@ -73,9 +82,10 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
         raise UserError(f"train.batch_size {recipe.train.batch_size} is larger than the "
                         f"{dataset.windows_per_epoch:,} training windows per epoch; lower train.batch_size "
                         "or data.stride, or use a longer text")
-    run_dir = find_resumable(Path(runs_dir), recipe.name, log) if resume == "auto" else resume
+    if resume is not None:
+        run_dir = find_resumable(Path(runs_dir), recipe.name, log) if resume == "auto" else resume
     checkpoint = None
-    if run_dir is not None:
+    if resume is not None and run_dir is not None:
         run_dir = Path(run_dir)
         checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
         check_resumable(run_dir, checkpoint, recipe, dataset.itos)
@@ -87,14 +97,14 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
         model.load_state_dict(checkpoint["model"])
         truncate_metrics(run_dir / "metrics.jsonl", checkpoint["step"])
         log(f"Resuming {run_dir} from step {checkpoint['step']:,}")
-    else:
-        run_dir = new_run_dir(Path(runs_dir), recipe.name)  # only once every input has been checked
+    else:  # the folder is made only once every input has been checked
+        run_dir = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
         log(f"Run folder: {run_dir}")
     write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
     log(f"{model.num_params():,} parameters on {device}; {dataset.vocab_size} characters, "
         f"{len(dataset.train):,} training and {len(dataset.val):,} validation tokens")
 
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics:
+    with open(run_dir / "metrics.jsonl", "a" if checkpoint else "w", encoding="utf-8") as metrics:
         def on_metrics(record: dict) -> None:
             metrics.write(json.dumps(record) + "\n")
 

@@ -1,0 +1,153 @@
+"""Aggregating an ablation: per-arm mean ± 95% confidence interval over seeds, the paired difference
+to the baseline, results.csv (one row per run) and results.md (one row per arm).
+
+The difference to the baseline is *paired by seed*: arm and baseline runs of one seed share the data,
+the batch order and the validation windows, so the per-seed differences remove that shared noise.
+Its interval is Student's t over those differences; an arm whose interval contains 0 is "within noise".
+"""
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from ..io import write_text
+from ..training.progress import fmt_duration
+from .spec import Arm
+
+CSV_FIELDS = ["arm", "baseline", "seed", "run_dir", "status", "final_val_loss", "best_val_loss", "final_train_loss",
+              "params", "flops_per_token", "steps", "tokens", "tokens_per_s", "wall_seconds"]
+
+
+@lru_cache(maxsize=None)
+def t_quantile(p: float, df: int) -> float:
+    """Student's t quantile (p > 0.5): bisection on the CDF, which is integrated with Simpson's rule."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float, n: int = 2000) -> float:  # P(T <= x) for x >= 0, n even
+        h = x / n
+        f = [math.exp(log_c - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(n + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        hi *= 2
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float | None, float | None]:
+    """(mean, half-width of the `level` confidence interval); the half-width is None below 2 values."""
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None
+    sem = statistics.stdev(values) / math.sqrt(len(values))
+    return mean, t_quantile(1 - (1 - level) / 2, len(values) - 1) * sem
+
+
+@dataclass
+class RunRow:
+    arm: Arm
+    seed: int
+    run_dir: str                 # relative to the ablation folder
+    summary: dict | None         # None while the run is not finished
+
+
+@dataclass
+class ArmStats:
+    arm: Arm
+    n: int
+    final: tuple
+    best: tuple
+    diff: tuple                  # paired final-val-loss difference to the baseline, (mean, half-width)
+    params: int | None
+    flops_per_token: int | None
+    tokens_per_s: float | None
+    wall_seconds: float | None
+
+    @property
+    def verdict(self) -> str:
+        mean, half = self.diff
+        if self.arm.baseline:
+            return "baseline"
+        if mean is None or half is None:
+            return "n/a (needs 2 seeds)"
+        if abs(mean) <= half:
+            return "within noise"
+        return "better" if mean < 0 else "worse"
+
+
+def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
+    """One ArmStats per arm, sorted by mean final validation loss (unfinished arms last)."""
+    done = [r for r in rows if r.summary is not None and r.summary.get("final_val_loss") is not None]
+    base = {r.seed: r.summary["final_val_loss"] for r in done if r.arm.baseline}
+    arms = list(dict.fromkeys(r.arm.label for r in rows))
+    stats = []
+    for label in arms:
+        mine = [r for r in done if r.arm.label == label]
+        arm = next(r.arm for r in rows if r.arm.label == label)
+
+        def values(key):
+            return [r.summary[key] for r in mine if r.summary.get(key) is not None]
+
+        diffs = [r.summary["final_val_loss"] - base[r.seed] for r in mine if r.seed in base]
+        stats.append(ArmStats(arm, len(mine), mean_ci(values("final_val_loss")), mean_ci(values("best_val_loss")),
+                              mean_ci(diffs), next(iter(values("params")), None),
+                              next(iter(values("flops_per_token")), None),
+                              statistics.fmean(values("tokens_per_s")) if values("tokens_per_s") else None,
+                              statistics.fmean(values("wall_seconds")) if values("wall_seconds") else None))
+    return sorted(stats, key=lambda s: (s.final[0] is None, s.final[0] or 0.0))
+
+
+def fmt_ci(mean_half: tuple, signed: bool = False) -> str:
+    mean, half = mean_half
+    if mean is None:
+        return "-"
+    text = f"{mean:+.4f}" if signed else f"{mean:.4f}"
+    return text + (f" ± {half:.4f}" if half is not None else "")
+
+
+def params_cell(s: ArmStats, base: ArmStats | None, margin: float) -> str:
+    if s.params is None:
+        return "-"
+    if base is None or base.params is None or s.arm.baseline:
+        return f"{s.params:,}"
+    rel = s.params / base.params - 1
+    return f"{s.params:,} ({rel:+.1%}){' ⚠' if abs(rel) > margin else ''}"
+
+
+def markdown(stats: list[ArmStats], margin: float) -> str:
+    base = next((s for s in stats if s.arm.baseline), None)
+    header = ["arm", "seeds", "final val loss", "best val loss", "Δ final vs baseline", "verdict", "params",
+              "FLOPs/token", "tokens/s", "wall/run"]
+    rows = [[s.arm.title, str(s.n),
+             fmt_ci(s.final), fmt_ci(s.best), "-" if s.arm.baseline else fmt_ci(s.diff, signed=True), s.verdict,
+             params_cell(s, base, margin), f"{s.flops_per_token:,}" if s.flops_per_token else "-",
+             f"{s.tokens_per_s:,.0f}" if s.tokens_per_s else "-",
+             fmt_duration(s.wall_seconds) if s.wall_seconds is not None else "-"] for s in stats]
+    return table(header, rows)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table with padded columns, readable as plain text too."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]) + "\n"
+
+
+def write_csv(path: Path, rows: list[RunRow]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        s = r.summary or {}
+        writer.writerow({"arm": r.arm.label, "baseline": r.arm.baseline, "seed": r.seed, "run_dir": r.run_dir,
+                         "status": s.get("status", "unfinished"), **{k: s.get(k) for k in CSV_FIELDS[5:]}})
+    write_text(path, text.getvalue())

@@ -1,0 +1,150 @@
+"""Running an ablation's arms × seeds into one folder, skipping the runs that already finished.
+
+Layout: `<folder>/ablation.yaml` (what was asked), `<folder>/<arm>/seed-<n>/` (one run folder each),
+`results.csv`, `results.md`, `loss_curves.png`. The default folder name is derived from the arms'
+resolved recipes (not the seeds), so rerunning the same command finds it again and resumes; adding
+seeds later reuses the finished ones.
+"""
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..data.dataset import load_dataset
+from ..errors import UserError
+from ..io import write_text
+from ..model import build_model
+from ..recipe import Recipe, flatten
+from ..training import train
+from ..training.progress import fmt_duration
+from .plot import plot_curves
+from .report import RunRow, arm_stats, markdown, write_csv
+from .runs import finished_summary, run_recipe, val_curve
+from .spec import Arm, Plan
+
+
+def ablation_dir(plan: Plan, runs_dir: str | Path = "runs", out: str | Path | None = None) -> Path:
+    return Path(out) if out is not None else Path(runs_dir) / "ablations" / f"{plan.name}-{plan.digest}"
+
+
+def sizes(plan: Plan) -> dict[str, tuple[int, int]]:
+    """{arm slug: (parameters, training FLOPs per token)}, from models built on the meta device (no memory)."""
+    vocab: dict[str, int] = {}
+    out = {}
+    for arm in plan.arms:
+        data = arm.recipe.data
+        key = data.model_dump_json()
+        if key not in vocab:
+            vocab[key] = load_dataset(data, arm.recipe.model.block_size).vocab_size
+        with torch.device("meta"):
+            model = build_model(arm.recipe.model, vocab[key])
+        out[arm.slug] = (model.num_params(), model.flops_per_token())
+    return out
+
+
+def describe(plan: Plan, margin: float) -> list[str]:
+    """One line per arm: parameters and FLOPs per token, flagged when far from the baseline's."""
+    size = sizes(plan)
+    base = size[plan.baseline.slug][0]
+    width = max(len(a.label) for a in plan.arms)
+    lines = []
+    for arm in plan.arms:
+        params, flops = size[arm.slug]
+        rel = params / base - 1
+        flag = f"  ⚠ {rel:+.1%} parameters vs the baseline (margin {margin:.0%})" if abs(rel) > margin else ""
+        lines.append(f"  {arm.label.ljust(width)}  {params:>12,} params  {flops / 1e6:>9.2f} MFLOPs/token"
+                     f"{'  (baseline)' if arm.baseline else ''}{flag}")
+    return lines
+
+
+def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], None] = print,
+                 verbose: bool = False) -> list[RunRow]:
+    """Train every (arm, seed) not finished yet, seed by seed (so an interrupted ablation has whole
+    seeds to compare), rewriting results.csv and results.md after each run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / "ablation.yaml", yaml.safe_dump(manifest(plan), sort_keys=False, allow_unicode=True))
+    jobs = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
+    rows = [RunRow(arm, seed, f"{arm.slug}/seed-{seed}", finished_summary(folder / arm.slug / f"seed-{seed}"))
+            for arm, seed in jobs]
+    skipped = sum(r.summary is not None for r in rows)
+    if skipped:
+        log(f"{skipped} of {len(rows)} runs finished earlier: skipping them")
+    for i, row in enumerate(rows, 1):
+        run_dir, recipe = folder / row.run_dir, row.arm.for_seed(row.seed)
+        if row.summary is not None:
+            check_same(run_dir, recipe)
+            continue
+        resume = resumable(run_dir)
+        log(f"[{i}/{len(rows)}] {row.arm.label}, seed {row.seed} {'(resuming)' if resume else ''}...")
+        row.summary = train(recipe, run_dir=run_dir, resume=resume, quiet=not verbose).summary
+        s = row.summary
+        log(f"[{i}/{len(rows)}] {row.arm.label}, seed {row.seed}: val loss {s['final_val_loss']:.4f} "
+            f"(best {s['best_val_loss']:.4f}), {fmt_duration(s['wall_seconds'])}")
+        write_reports(folder, rows, margin)
+    write_reports(folder, rows, margin)
+    return rows
+
+
+def resumable(run_dir: Path) -> Path | None:
+    """An unfinished run continues exactly from its last checkpoint; one without a checkpoint
+    starts over."""
+    if (run_dir / "checkpoint.pt").is_file():
+        return run_dir
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return None
+
+
+def check_same(run_dir: Path, recipe: Recipe) -> None:
+    """A finished run is reused only if it trained exactly what this ablation would train now."""
+    stored, wanted = flatten(run_recipe(run_dir)), flatten(recipe.to_dict())
+    for flat in (stored, wanted):
+        flat["data.path"] = str(Path(flat["data.path"]).resolve())
+    differ = sorted(k for k in stored.keys() | wanted.keys() if k != "name" and stored.get(k) != wanted.get(k))
+    if differ:
+        raise UserError(f"{run_dir} finished with a different recipe ({', '.join(differ[:5])} differ); "
+                        "delete that folder, or pass --out with a new folder")
+
+
+LEGEND = ("Δ: final validation loss minus the baseline's, paired by seed; ± is the half-width of the 95% "
+          "confidence interval (Student t over seeds); within noise: the interval of Δ contains 0; "
+          "⚠: parameters differ from the baseline's by more than {margin:.0%}.")
+
+
+def write_reports(folder: Path, rows: list[RunRow], margin: float) -> str:
+    """Write results.csv and results.md; returns the Markdown table and its legend."""
+    write_csv(folder / "results.csv", rows)
+    text = markdown(arm_stats(rows), margin) + "\n" + LEGEND.format(margin=margin) + "\n"
+    done = sum(r.summary is not None for r in rows)
+    write_text(folder / "results.md", f"# {folder.name}\n\n{done} of {len(rows)} runs finished.\n\n{text}")
+    return text
+
+
+def plot(folder: Path, rows: list[RunRow], title: str) -> bool:
+    curves: dict[str, list] = {}
+    for r in rows:
+        if r.summary is not None:
+            curves.setdefault(r.arm.title, []).append(val_curve(folder / r.run_dir))
+    return plot_curves(curves, folder / "loss_curves.png", title)
+
+
+def manifest(plan: Plan) -> dict:
+    a = plan.ablation
+    return {
+        "name": plan.name,
+        "recipe": str(a.recipe),
+        "set": list(a.overrides),
+        "vary": a.vary,
+        "mode": a.mode,
+        "seeds": plan.seeds,
+        "arms": [arm_entry(arm) for arm in plan.arms],
+    }
+
+
+def arm_entry(arm: Arm) -> dict:
+    return {"label": arm.label, "folder": arm.slug, "baseline": arm.baseline,
+            "set": [f"{k}={v}" for k, v in arm.changes]}
+

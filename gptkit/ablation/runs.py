@@ -1,0 +1,40 @@
+"""Reading finished run folders: summary, resolved recipe, validation curve."""
+
+import json
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+
+
+def finished_summary(run_dir: Path) -> dict | None:
+    """The run's summary.json if it says the run finished, else None (missing, partial or unfinished)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("status") == "finished" else None
+
+
+def run_recipe(run_dir: Path) -> dict:
+    path = run_dir / "recipe.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run folder (it has no recipe.yaml)")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def val_curve(run_dir: Path, recipe: dict | None = None) -> list[tuple[int, float]]:
+    """[(tokens seen, validation loss)] in step order, from metrics.jsonl."""
+    recipe = recipe or run_recipe(run_dir)
+    tokens_per_step = recipe["train"]["batch_size"] * recipe["model"]["block_size"]
+    path, curve = run_dir / "metrics.jsonl", []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by an interruption
+                continue
+            if record.get("val_loss") is not None:
+                curve.append((record["step"] * tokens_per_step, record["val_loss"]))
+    return curve

@@ -1,0 +1,243 @@
+"""What an ablation runs: a base recipe, the fields to vary and the seeds, expanded into arms.
+
+The baseline arm is the recipe as given (with any `--set`). By default the arms are the grid of the
+varied values; one-at-a-time changes a single field per arm and leaves the rest at the baseline.
+Arms that resolve to the same recipe are one arm (varying `model.norm=rmsnorm,layernorm` against an
+rmsnorm recipe gives two arms, not three).
+
+Fair by construction: every arm of a seed reads the same data in the same batch order (the order is a
+function of the seed and epoch only) and is evaluated on the same validation windows, with the same
+token budget. Fields that would break that are refused unless `allow_unfair` says otherwise.
+"""
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml as pyyaml
+
+from ..errors import UserError, did_you_mean, listing
+from ..io import read_text
+from ..recipe import Recipe, load_recipe
+from ..recipe import yaml
+
+# Varying one of these changes what the arms are trained or judged on, not just the model.
+UNFAIR = {
+    "data": "the text and split",
+    "model.block_size": "the tokens per step",
+    "train.batch_size": "the tokens per step and the batch order",
+    "train.epochs": "the token budget",
+    "train.max_steps": "the token budget",
+    "train.eval_every": "when validation loss is measured",
+    "train.eval_batches": "the validation windows",
+}
+FILE_KEYS = {
+    "name": "names the ablation folder",
+    "recipe": "the base recipe, relative to this file",
+    "set": "overrides applied to every arm: {dotted.key: value}",
+    "vary": "{dotted.key: [value, ...]}",
+    "seeds": "a count, or a list of seeds",
+    "mode": "grid or one-at-a-time",
+    "param_margin": "flag arms whose parameters differ from the baseline's by more than this fraction",
+    "allow_unfair": "allow varying data, budget or evaluation fields",
+}
+MODES = ("grid", "one-at-a-time")
+
+
+@dataclass
+class Ablation:
+    """An ablation before expansion. `vary` values and `overrides` are YAML text, as `--set` takes."""
+
+    recipe: Path
+    vary: dict[str, list[str]] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    seeds: int | list[int] = 3
+    mode: str = "grid"
+    name: str | None = None
+    param_margin: float = 0.1
+    allow_unfair: bool = False
+
+
+@dataclass
+class Arm:
+    label: str                         # "positional=rope norm=layernorm", or "baseline"
+    slug: str                          # its folder name
+    changes: list[tuple[str, str]]     # (dotted key, YAML text) on top of the baseline
+    recipe: Recipe                     # resolved, with the base recipe's seed
+    baseline: bool = False
+
+    @property
+    def title(self) -> str:
+        """The label, saying so when it is the baseline's."""
+        return self.label + (" (baseline)" if self.baseline and self.label != "baseline" else "")
+
+    def for_seed(self, seed: int) -> Recipe:
+        return self.recipe.model_copy(update={"seed": seed})
+
+
+@dataclass
+class Plan:
+    name: str
+    arms: list[Arm]                    # the baseline first
+    seeds: list[int]
+    digest: str                        # names the default folder; independent of the seeds
+    ablation: Ablation
+
+    @property
+    def baseline(self) -> Arm:
+        return self.arms[0]
+
+
+def split_values(text: str) -> list[str]:
+    """Split at top-level commas: "rope,{name: alibi, slopes: x}" -> ["rope", "{name: alibi, slopes: x}"]."""
+    values, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            values.append(text[start:i].strip())
+            start = i + 1
+    values.append(text[start:].strip())
+    return values
+
+
+def parse_vary(texts) -> dict[str, list[str]]:
+    vary: dict[str, list[str]] = {}
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        values = split_values(raw) if sep else []
+        if not key or not values or not all(values):
+            raise UserError(f"--vary {text}: expected KEY=VALUE,VALUE,... e.g. --vary model.positional=sinusoidal,rope")
+        if key in vary:
+            raise UserError(f"--vary {key} is given twice; list all its values in one --vary")
+        vary[key] = values
+    return vary
+
+
+def parse_seeds(text: str) -> int | list[int]:
+    """"3" -> 3 seeds; "0,1,2" -> those seeds."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds {text}: expected a count (--seeds 3) or a list (--seeds 0,1,2)") from None
+    return seeds[0] if len(seeds) == 1 and "," not in text else seeds
+
+
+def yaml_text(value) -> str:
+    """A YAML value as one line of flow-style YAML text, as `--set` reads it."""
+    if isinstance(value, str):
+        return value
+    return pyyaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("...\n").strip()
+
+
+def load_ablation(path: Path) -> Ablation:
+    """The ablation a YAML file in recipes/ablations/ describes."""
+    data, _ = yaml.load(read_text(path, "ablation"), str(path))
+    if not isinstance(data, dict) or "recipe" not in data:
+        raise UserError(f"{path}: an ablation file is a mapping with at least `recipe:` and `vary:`")
+    for key in data:
+        if key not in FILE_KEYS:
+            raise UserError(f"{path}: {key}: unknown key{did_you_mean(str(key), FILE_KEYS)}. "
+                            f"Valid keys: {listing(FILE_KEYS)}")
+
+    def typed(key, kind, default):
+        value = data.get(key, default)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise UserError(f"{path}: {key}: expected {FILE_KEYS[key]}, got {value!r}")
+        return value
+
+    vary, sets, seeds = typed("vary", dict, {}), typed("set", dict, {}), typed("seeds", (int, list), 3)
+    for key, values in vary.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: vary.{key}: expected a list of values, e.g. [sinusoidal, rope]")
+    if isinstance(seeds, list) and not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise UserError(f"{path}: seeds: expected a count or a list of integers, got {seeds!r}")
+    mode = typed("mode", str, "grid")
+    if mode not in MODES:
+        raise UserError(f"{path}: mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    return Ablation(
+        recipe=path.parent / typed("recipe", str, ""),
+        vary={str(k): [yaml_text(v) for v in values] for k, values in vary.items()},
+        overrides=[f"{k}={yaml_text(v)}" for k, v in sets.items()],
+        seeds=seeds,
+        mode=mode,
+        name=typed("name", str, path.stem),
+        param_margin=float(typed("param_margin", (int, float), 0.1)),
+        allow_unfair=typed("allow_unfair", bool, False),
+    )
+
+
+def check_fair(ablation: Ablation) -> None:
+    for key in ablation.vary:
+        if key in ("seed", "name"):
+            raise UserError(f"--vary {key}: {'seeds are set with --seeds' if key == 'seed' else 'every arm is named for you'}")
+        hit = next((k for k in UNFAIR if key == k or key.startswith(k + ".")), None)
+        if hit and not ablation.allow_unfair:
+            raise UserError(f"--vary {key} changes {UNFAIR[hit]}, so the arms would not be compared on equal "
+                            "terms; pass --allow-unfair (allow_unfair: true in a file) if that is what you want")
+
+
+def plan(ablation: Ablation) -> Plan:
+    """Expand `ablation` into arms, each validated like a recipe before anything trains."""
+    check_fair(ablation)
+    keys = list(ablation.vary)
+    short = {k: k.rsplit(".", 1)[-1] if sum(o.rsplit(".", 1)[-1] == k.rsplit(".", 1)[-1] for o in keys) == 1 else k
+             for k in keys}
+    if ablation.mode == "grid":
+        combos = [list(zip(keys, values)) for values in itertools.product(*ablation.vary.values())] if keys else []
+    else:
+        combos = [[(k, v)] for k in keys for v in ablation.vary[k]]
+
+    def resolve(changes, label) -> Recipe:
+        try:
+            return load_recipe(ablation.recipe, [*ablation.overrides, *(f"{k}={v}" for k, v in changes)])
+        except UserError as e:
+            raise UserError(f"arm {label}: {e}" if changes else str(e)) from None
+
+    arms: list[Arm] = [Arm("baseline", "baseline", [], resolve([], "baseline"), baseline=True)]
+    seen = {canonical(arms[0].recipe): arms[0]}
+    for changes in combos:
+        label = " ".join(f"{short[k]}={v}" for k, v in changes)
+        recipe = resolve(changes, label)
+        same = seen.get(canonical(recipe))
+        if same is not None:  # e.g. the recipe's own value among the varied ones
+            if same.baseline and ablation.mode == "grid" and same.label == "baseline":
+                same.label, same.changes = label, changes  # the baseline is this grid cell
+            continue
+        arm = Arm(label, slugify(label, {a.slug for a in arms}), changes, recipe)
+        arms.append(arm)
+        seen[canonical(recipe)] = arm
+    base_seed = arms[0].recipe.seed
+    seeds = list(range(base_seed, base_seed + ablation.seeds)) if isinstance(ablation.seeds, int) else ablation.seeds
+    if not seeds or len(set(seeds)) != len(seeds) or (isinstance(ablation.seeds, int) and ablation.seeds < 1):
+        raise UserError(f"--seeds: expected at least one seed, each once; got {ablation.seeds}")
+    digest = hashlib.sha1(json.dumps([canonical(a.recipe) for a in arms]).encode()).hexdigest()[:8]
+    return Plan(ablation.name or arms[0].recipe.name, arms, seeds, digest, ablation)
+
+
+def canonical(recipe: Recipe) -> str:
+    """The recipe as JSON, minus what every arm may differ in (its name and seed); the data path is
+    absolute, so the same command from another folder finds the same ablation."""
+    data = recipe.to_dict()
+    data.pop("name"), data.pop("seed")
+    data["data"]["path"] = str(Path(data["data"]["path"]).resolve())
+    return json.dumps(data, sort_keys=True)
+
+
+def slugify(label: str, taken: set[str]) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._]+", "-", label.replace(" ", "_").replace("=", "-")).strip("-")[:80] or "arm"
+    candidate, n = slug, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{slug}-{n}"
+    return candidate

@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import click
+
+from ..ablation.plot import HINT
+from ..ablation.runner import ablation_dir, describe, plot, run_ablation, write_reports
+from ..ablation.spec import Ablation, load_ablation, parse_seeds, parse_vary, plan
+from ..io import read_text
+from ..recipe import yaml
+from . import main, overrides_option
+
+
+@main.command()
+@click.argument("source", metavar="RECIPE_OR_ABLATION", type=click.Path(dir_okay=False))
+@click.option("--vary", "vary", multiple=True, metavar="KEY=V1,V2,...",
+              help="A field and the values its arms take, e.g. --vary model.positional=sinusoidal,rope. Repeatable.")
+@click.option("--seeds", metavar="N|S1,S2,...",
+              help="A number of seeds (the recipe's seed and the next ones) or a list.  [default: 3]")
+@click.option("--grid/--one-at-a-time", "grid", default=None,
+              help="Every combination of the varied values (default), or one field changed at a time.")
+@overrides_option
+@click.option("--name", help="Names the ablation folder (default: the ablation file's or the recipe's name).")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(),
+              help="The ablation folder goes in RUNS_DIR/ablations/.")
+@click.option("--out", type=click.Path(file_okay=False), help="Use exactly this ablation folder.")
+@click.option("--param-margin", type=click.FloatRange(min=0), default=None,
+              help="Flag arms whose parameter count differs from the baseline's by more than this fraction.  [default: 0.1]")
+@click.option("--allow-unfair", is_flag=True,
+              help="Allow varying data, block size, batch size, epochs, max_steps or evaluation fields.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every run's training log.")
+def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_margin, allow_unfair, verbose):
+    """Train every arm of an ablation for every seed and compare them.
+
+    RECIPE_OR_ABLATION is a recipe (the baseline, varied with --vary) or an ablation file from
+    recipes/ablations/. Rerunning the same command resumes: finished runs are skipped.
+
+    \b
+    gptkit ablate recipes/shakespeare-cpu.yaml --vary model.positional=sinusoidal,rope,alibi \\
+        --vary model.norm=rmsnorm,layernorm --seeds 3
+    gptkit ablate recipes/ablations/components-cpu.yaml
+    """
+    ablation = from_source(Path(source))
+    ablation.vary.update(parse_vary(vary))
+    ablation.overrides += overrides
+    if seeds is not None:
+        ablation.seeds = parse_seeds(seeds)
+    if grid is not None:
+        ablation.mode = "grid" if grid else "one-at-a-time"
+    ablation.name = name or ablation.name
+    ablation.param_margin = ablation.param_margin if param_margin is None else param_margin
+    ablation.allow_unfair = ablation.allow_unfair or allow_unfair
+
+    p = plan(ablation)
+    folder = ablation_dir(p, runs_dir, out)
+    margin = ablation.param_margin
+    click.echo(f"Ablation folder: {folder}  (rerun the same command to resume)")
+    click.echo(f"{len(p.arms)} arms × {len(p.seeds)} seeds (seeds {', '.join(map(str, p.seeds))}) = "
+               f"{len(p.arms) * len(p.seeds)} runs, {ablation.mode}:")
+    click.echo("\n".join(describe(p, margin)))
+    rows = run_ablation(p, folder, margin, log=click.echo, verbose=verbose)
+    click.echo("\n" + write_reports(folder, rows, margin), nl=False)
+    drew = plot(folder, rows, f"{p.name}: validation loss, mean over seeds (band: min to max)")
+    click.echo(f"Wrote {folder / 'results.csv'}, {folder / 'results.md'}"
+               + (f", {folder / 'loss_curves.png'}" if drew else ""))
+    if not drew:
+        click.echo(f"No loss_curves.png: matplotlib is not installed; {HINT}")
+
+
+def from_source(path: Path) -> Ablation:
+    """An ablation file (it has a `recipe:` key) or a recipe to vary."""
+    data, _ = yaml.load(read_text(path, "recipe or ablation"), str(path))
+    if isinstance(data, dict) and "recipe" in data:
+        return load_ablation(path)
+    return Ablation(recipe=path)

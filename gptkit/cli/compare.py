@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import click
+
+from ..ablation.plot import HINT, plot_curves
+from ..ablation.report import table
+from ..ablation.runs import finished_summary, run_recipe, val_curve
+from ..errors import UserError
+from ..recipe import flatten
+from ..training.progress import fmt_duration
+from . import main
+
+FIGURES = {
+    "status": str,
+    "final_val_loss": "{:.4f}".format,
+    "best_val_loss": "{:.4f}".format,
+    "final_train_loss": "{:.4f}".format,
+    "params": "{:,}".format,
+    "flops_per_token": "{:,}".format,
+    "steps": "{:,}".format,
+    "tokens": "{:,}".format,
+    "tokens_per_s": "{:,.0f}".format,
+    "wall_seconds": fmt_duration,
+}
+
+
+@main.command()
+@click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw their validation curves here (PNG).")
+def compare(run_dirs, plot_path):
+    """Print how the recipes of several runs differ, and their final figures side by side.
+
+    \b
+    gptkit compare runs/shakespeare-cpu-20261125-101500 runs/shakespeare-cpu-20261125-103000
+    gptkit compare runs/ablations/components-cpu-*/*/seed-1337 --plot curves.png
+    """
+    dirs = [Path(d) for d in run_dirs]
+    recipes = [flatten(run_recipe(d)) for d in dirs]
+    names = short_names(dirs)
+    differ = sorted(k for k in set().union(*recipes) if len({repr(r.get(k, "-")) for r in recipes}) > 1)
+    if differ:
+        click.echo("Recipe differences:\n" + table(["key", *names], [[k, *(show(r.get(k, "-")) for r in recipes)]
+                                                                      for k in differ]))
+    else:
+        click.echo("The recipes are identical.\n")
+    summaries = [finished_summary(d) or {"status": "unfinished"} for d in dirs]
+    rows = [[key, *("-" if s.get(key) is None else fmt(s[key]) for s in summaries)] for key, fmt in FIGURES.items()]
+    click.echo("Final figures:\n" + table(["", *names], rows), nl=False)
+    if plot_path:
+        curves = {name: [val_curve(d)] for name, d in zip(names, dirs)}
+        if plot_curves(curves, Path(plot_path), "validation loss"):
+            click.echo(f"Wrote {plot_path}")
+        else:
+            raise UserError(f"--plot needs matplotlib, which is not installed: {HINT}")
+
+
+def show(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def short_names(dirs: list[Path]) -> list[str]:
+    """The shortest path tails that tell the runs apart: seed-0 twice becomes rope/seed-0, alibi/seed-0."""
+    parts = [d.resolve().parts for d in dirs]
+    for n in range(1, max(map(len, parts)) + 1):
+        names = ["/".join(p[-n:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(d) for d in dirs]

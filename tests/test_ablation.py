@@ -1,0 +1,177 @@
+"""Ablations: arm expansion, fairness checks, the statistics, the table against the runs' own
+summary.json files, resuming after an interruption, and `gptkit compare`."""
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gptkit.ablation import report
+from gptkit.ablation.plot import have_matplotlib
+from gptkit.ablation.spec import Ablation, load_ablation, plan, split_values
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("df, expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)])
+def test_t_quantile_matches_tables(df, expected):
+    assert report.t_quantile(0.975, df) == pytest.approx(expected, abs=2e-4)
+
+
+def test_mean_ci():
+    mean, half = report.mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.3027 * 1.0 / math.sqrt(3), abs=1e-3)
+    assert report.mean_ci([5.0]) == (5.0, None) and report.mean_ci([]) == (None, None)
+
+
+def test_split_values_keeps_flow_mappings_whole():
+    assert split_values("rope, {name: alibi, x: [1, 2]},'a,b'") == ["rope", "{name: alibi, x: [1, 2]}", "'a,b'"]
+
+
+def test_grid_and_one_at_a_time(write_recipe):
+    path = write_recipe(model={"positional": "sinusoidal", "norm": "rmsnorm"})
+    vary = {"model.positional": ["sinusoidal", "rope", "alibi"], "model.norm": ["rmsnorm", "layernorm"]}
+    grid = plan(Ablation(recipe=path, vary=vary, seeds=2))
+    # the recipe's own values are a grid cell, so it is the baseline, not a seventh arm
+    assert len(grid.arms) == 6 and grid.baseline.label == "positional=sinusoidal norm=rmsnorm"
+    assert grid.seeds == [0, 1] and len({a.slug for a in grid.arms}) == 6
+    one = plan(Ablation(recipe=path, vary=vary, mode="one-at-a-time", seeds=[5, 7]))
+    assert [a.label for a in one.arms] == ["baseline", "positional=rope", "positional=alibi", "norm=layernorm"]
+    assert one.arms[1].for_seed(7).seed == 7 and one.arms[1].recipe.model.positional.name == "rope"
+    assert one.digest != grid.digest and one.digest == plan(Ablation(recipe=path, vary=vary, mode="one-at-a-time")).digest
+
+
+def test_shipped_ablation_plans_over_the_four_kinds():
+    p = plan(load_ablation(ROOT / "recipes" / "ablations" / "components-cpu.yaml"))
+    kinds = {key.split("=")[0] for a in p.arms for key in a.label.split()} - {"baseline"}
+    assert kinds == {"attention", "feedforward", "norm", "positional"} and len(p.seeds) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--vary", "train.max_steps=2,4"], "changes the token budget"),
+    (["--vary", "data.max_lines=10,20"], "changes the text and split"),
+    (["--vary", "seed=1,2"], "seeds are set with --seeds"),
+    (["--vary", "model.positional"], "expected KEY=VALUE,VALUE"),
+    (["--vary", "model.positional=rope", "--vary", "model.positional=alibi"], "given twice"),
+    (["--vary", "model.positional=rpoe"], "arm positional=rpoe: --set model.positional=rpoe: model.positional: "
+                                          "unknown positional 'rpoe' (did you mean 'rope'?)"),
+    (["--vary", "model.positionl=rope"], "did you mean 'positional'?"),
+    (["--seeds", "x"], "--seeds x: expected a count"),
+])
+def test_bad_ablations_are_one_clear_error(cli, tmp_path, write_recipe, args, message):
+    result = cli("ablate", write_recipe(), "--out", tmp_path / "abl", *args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "abl").exists()
+
+
+def test_bad_ablation_file(cli, tmp_path, write_recipe):
+    path = tmp_path / "abl.yaml"
+    path.write_text(f"recipe: {write_recipe().name}\nvary: {{model.norm: [layernorm]}}\nseed: 3\n")
+    result = cli("ablate", path)
+    assert result.exit_code == 2 and "seed: unknown key (did you mean 'seeds'?)" in result.output
+
+
+def md_rows(text: str) -> dict[str, list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return {c[0].removesuffix(" (baseline)"): c for c in cells}
+
+
+def test_ablation_table_matches_the_run_summaries_and_resumes(cli, tmp_path, write_recipe, monkeypatch):
+    recipe = write_recipe(train={"max_steps": 4, "eval_every": 2, "eval_batches": 2})
+    out = tmp_path / "abl"
+    args = ("ablate", recipe, "--vary", "model.positional=sinusoidal,rope", "--seeds", "3", "--out", out)
+
+    # interrupted during the fourth of six runs (Ctrl-C, as a user would)
+    import gptkit.ablation.runner as runner
+    real_train, calls = runner.train, []
+
+    def train_then_interrupt(*a, **k):
+        calls.append(k["run_dir"])
+        if len(calls) == 4:
+            Path(k["run_dir"]).mkdir(parents=True)
+            (Path(k["run_dir"]) / "metrics.jsonl").write_text('{"step": 1, "train_loss": 3.0}\n')
+            raise KeyboardInterrupt
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(runner, "train", train_then_interrupt)
+    first = cli(*args)
+    assert first.exit_code == 130 and len(calls) == 4
+    finished = {p.parent for p in out.glob("*/seed-*/summary.json")}
+    assert len(finished) == 3 and Path(calls[3]) not in finished
+    mtimes = {p: (p / "summary.json").stat().st_mtime_ns for p in finished}
+
+    calls.clear()
+    second = cli(*args)
+    assert second.exit_code == 0, second.output
+    assert "3 of 6 runs finished earlier: skipping them" in second.output
+    assert len(calls) == 3 and not finished & {Path(c) for c in calls}
+    assert all((p / "summary.json").stat().st_mtime_ns == t for p, t in mtimes.items())
+
+    summaries = {(p.parent.parent.name, int(p.parent.name.removeprefix("seed-"))): json.loads(p.read_text())
+                 for p in out.glob("*/seed-*/summary.json")}
+    assert len(summaries) == 6 and all(s["status"] == "finished" for s in summaries.values())
+
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    for row in rows:
+        s = summaries[(Path(row["run_dir"]).parent.name, int(row["seed"]))]
+        assert float(row["final_val_loss"]) == s["final_val_loss"] and int(row["params"]) == s["params"]
+
+    table = md_rows((out / "results.md").read_text())
+    assert table == md_rows(second.output)  # the printed table is the file's
+    base_slug = "baseline"
+    rope_slug = next(p.name for p in out.iterdir() if p.is_dir() and p.name != base_slug)
+    t = report.t_quantile(0.975, 2)
+    for label, slug in [("positional=sinusoidal", base_slug), ("positional=rope", rope_slug)]:
+        final = [summaries[(slug, seed)]["final_val_loss"] for seed in (0, 1, 2)]
+        cells = table[label]
+        assert cells[1] == "3"
+        assert cells[2] == f"{statistics.fmean(final):.4f} ± {t * statistics.stdev(final) / math.sqrt(3):.4f}"
+    diffs = [summaries[(rope_slug, s)]["final_val_loss"] - summaries[(base_slug, s)]["final_val_loss"] for s in (0, 1, 2)]
+    mean, half = statistics.fmean(diffs), t * statistics.stdev(diffs) / math.sqrt(3)
+    assert table["positional=rope"][4] == f"{mean:+.4f} ± {half:.4f}"
+    assert table["positional=rope"][5] == ("within noise" if abs(mean) <= half else "better" if mean < 0 else "worse")
+    assert table["positional=sinusoidal"][5] == "baseline"
+    manifest = yaml.safe_load((out / "ablation.yaml").read_text())
+    assert manifest["seeds"] == [0, 1, 2] and len(manifest["arms"]) == 2
+
+    # a finished run is reused only for the very recipe it trained
+    edited = cli(*args, "--set", "train.lr=0.01")
+    assert edited.exit_code == 2 and "finished with a different recipe (train.lr differ)" in edited.output
+
+
+def test_plot_or_hint(cli, tmp_path, write_recipe, monkeypatch):
+    recipe = write_recipe(train={"max_steps": 2})
+    args = ("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", tmp_path / "abl")
+    monkeypatch.setattr("gptkit.ablation.plot.have_matplotlib", lambda: False)
+    result = cli(*args)
+    assert result.exit_code == 0 and "No loss_curves.png: matplotlib is not installed; pip install" in result.output
+    assert (tmp_path / "abl" / "results.md").is_file() and not (tmp_path / "abl" / "loss_curves.png").exists()
+    assert "n/a (needs 2 seeds)" in result.output
+    monkeypatch.undo()
+    if have_matplotlib():
+        assert cli(*args).exit_code == 0 and (tmp_path / "abl" / "loss_curves.png").stat().st_size > 0
+
+
+def test_compare(cli, tmp_path, write_recipe):
+    recipe = write_recipe(train={"max_steps": 2})
+    for pos in ("sinusoidal", "rope"):
+        assert cli("run", recipe, "--runs-dir", tmp_path / pos, "-q", "--set", f"model.positional={pos}").exit_code == 0
+    dirs = [next((tmp_path / pos).iterdir()) for pos in ("sinusoidal", "rope")]
+    result = cli("compare", *dirs)
+    assert result.exit_code == 0, result.output
+    diff = md_rows(result.output.split("Final figures:")[0])
+    assert diff["model.positional.name"][1:] == ["sinusoidal", "rope"] and "train.lr" not in diff
+    figures = md_rows(result.output.split("Final figures:")[1])
+    summary = json.loads((dirs[1] / "summary.json").read_text())
+    assert figures["final_val_loss"][2] == f"{summary['final_val_loss']:.4f}" and figures["status"][1] == "finished"
+    missing = cli("compare", dirs[0], tmp_path)
+    assert missing.exit_code == 2 and "is not a run folder" in missing.output
+    if have_matplotlib():
+        assert cli("compare", *dirs, "--plot", tmp_path / "c.png").exit_code == 0 and (tmp_path / "c.png").is_file()
