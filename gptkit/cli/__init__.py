@@ -30,4 +30,4 @@ def overrides_option(f):
                         help="Override a recipe field by dotted path, e.g. --set model.attention=naive. Repeatable.")(f)
 
 
-from . import run, sample, validate  # noqa: E402,F401  (registers the subcommands)
+from . import bench, run, sample, validate  # noqa: E402,F401  (registers the subcommands)
