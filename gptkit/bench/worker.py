@@ -59,10 +59,11 @@ class Bench:
         """Seconds for n training steps, from a synchronised start to a synchronised end."""
         sync(self.device)
         t0 = time.perf_counter()
+        losses = []
         for _ in range(n):
-            loss = self.trainer.train_step(self.starts, self.step % self.trainer.steps_per_epoch, self.lr)
+            losses.append(self.trainer.train_step(self.starts, self.step % self.trainer.steps_per_epoch, self.lr))
             self.step += 1
-        float(loss)  # waits for the last step's work on any device
+        torch.stack(losses or [torch.zeros(())]).tolist()  # waits for the steps' work on any device
         sync(self.device)
         return time.perf_counter() - t0
 
