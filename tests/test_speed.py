@@ -1,5 +1,7 @@
 """Micro-batches and torch.compile change how a step runs, never what it computes."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -73,3 +75,21 @@ def test_compiled_step_matches_eager(write_recipe):
     assert float(loss_fast) == pytest.approx(float(loss_eager), rel=1e-4)
     for a, b in zip(g_eager, g_fast, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+
+
+FAST = Path(__file__).parents[1] / "recipes/tinyshakespeare-fast.yaml"
+
+
+def test_fast_recipe_validates():
+    recipe = load_recipe(FAST)
+    assert recipe.train.batch_size % recipe.train.micro_batch_size == 0
+    assert recipe.data.val_fraction == 0.1  # nanoGPT's split
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not load_recipe(FAST).data.path.exists(), reason="tiny Shakespeare is not in ../shared/data")
+def test_fast_recipe_trains_to_a_low_validation_loss(tmp_path):
+    from gptkit.training import train
+
+    result = train(load_recipe(FAST), runs_dir=tmp_path, quiet=True)
+    assert result.summary["final_val_loss"] < 1.85
