@@ -39,3 +39,8 @@ def test_vary_makes_every_combination_with_the_first_values_as_baseline():
     assert labels[0] == "model.positional={name: rope, base: 500} train.batch_size=8" and len(labels) == 4
     with pytest.raises(UserError, match="KEY=VALUE1,VALUE2"):
         parse_vary(["model.attention"])
+
+
+def test_bench_reports_a_batch_too_large_for_the_data(cli, write_recipe):
+    result = cli("bench", write_recipe(), "--set", "train.batch_size=100000", "--steps", "1", "--rounds", "1")
+    assert result.exit_code == 2 and "train.batch_size 100000" in result.output
