@@ -44,4 +44,4 @@ def overrides_option(f):
                         help="Override a recipe field by dotted path, e.g. --set model.attention=naive. Repeatable.")(f)
 
 
-from . import ablate, check, compare, components, run, sample, validate  # noqa: E402,F401  (registers the subcommands)
+from . import ablate, bench, check, compare, components, run, sample, validate  # noqa: E402,F401  (registers the subcommands)

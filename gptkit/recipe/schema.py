@@ -72,6 +72,9 @@ class ModelSection(Section):
 
 class TrainSection(Section):
     batch_size: PositiveInt = 128
+    micro_batch_size: PositiveInt | Literal["auto"] | None = Field(
+        "auto", description="split each batch into micro-batches whose gradients add up to the whole batch's "
+        "(same maths, less memory); auto: whatever is fastest on the device; null: never split")
     epochs: PositiveInt = 10
     max_steps: PositiveInt | None = Field(None, description="stop after this many steps, even mid-epoch")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
@@ -85,6 +88,8 @@ class TrainSection(Section):
     checkpoint_every: PositiveInt | None = Field(None, description="steps between checkpoints; default once per epoch")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: CUDA if present, else CPU")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere")
+    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the training forward pass; "
+                                            "auto: only where it measured a win, counting compile time")
 
 
 class SampleSection(Section):

@@ -22,6 +22,7 @@ from ..errors import Diverged, Interrupted
 from ..model import GPT
 from ..recipe import Recipe
 from .progress import Progress
+from .speed import compiled, micro_batch_size
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -123,6 +124,8 @@ class Trainer:
                                                else self.cfg.eval_batches * self.cfg.batch_size)
         self.progress = Progress(self.total_steps, quiet=quiet)
         self.state = TrainState()
+        self.micro_batch = micro_batch_size(self.cfg.micro_batch_size, self.cfg.batch_size, dataset.block_size, device)
+        self.train_forward = compiled(model, self.cfg.compile, device)
         self.stop_signal: int | None = None
         self._pending: list[tuple[torch.Tensor, float]] = []  # losses stay on the device until flushed
         self._interval_t0 = time.perf_counter()
@@ -192,15 +195,19 @@ class Trainer:
         x, y = self.dataset.batch(starts[batch * B : (batch + 1) * B])
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with autocast(self.device, self.cfg.precision):
-            _, loss = self.model(x, y)
-        loss.backward()
+        loss = torch.zeros((), device=self.device)
+        for xm, ym in zip(x.split(self.micro_batch), y.split(self.micro_batch)):
+            with autocast(self.device, self.cfg.precision):
+                _, micro_loss = self.train_forward(xm, ym)
+            micro_loss = micro_loss * (len(xm) / B)  # weighted: the sum is the mean over the whole batch
+            micro_loss.backward()  # gradients add up across micro-batches
+            loss += micro_loss.detach()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
         if not bool(torch.isfinite(loss) & torch.isfinite(norm)):  # one host sync: decides the step
             self._diverged(loss, norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return loss
 
     @torch.no_grad()
     def evaluate(self) -> float | None:

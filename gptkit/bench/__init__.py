@@ -1,0 +1,172 @@
+"""`gptkit bench`: training throughput of one recipe or of several variants of it, side by side.
+
+Each variant trains in its own worker process (see worker.py). After warm-up the workers take turns,
+round by round, so drift on a shared machine hits every variant alike; each figure is the median over
+rounds, and variants are compared by their ratio to the first.
+
+FLOPs per token are analytic (GPT.flops_per_token, PaLM's estimate: 6 per matmul weight plus
+12 * n_layer * n_embd * block_size for attention, forward and backward); MFU divides the achieved
+FLOP/s by the device's measured matmul peak (peak.py).
+"""
+
+import itertools
+import multiprocessing
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..recipe import load_recipe
+from ..training.run import resolve_device
+from . import worker
+from .peak import matmul_peak
+
+FLOPS_FORMULA = "6 * (weights of every matmul) + 12 * n_layer * n_embd * block_size (PaLM, arXiv:2204.02311, App. B)"
+
+
+@dataclass
+class Variant:
+    label: str
+    overrides: list[str]
+    ms_per_step: float = 0.0
+    tokens_per_s: float = 0.0
+    ratio: float = 1.0
+    peak_memory: int = 0
+    flops_per_token: int = 0
+    flops_per_s: float = 0.0
+    mfu: float = 0.0
+    warmup_seconds: float = 0.0  # building the model and the warm-up steps, compilation included
+    params: int = 0
+    tokens_per_step: int = 0
+    micro_batch_size: int = 0
+    compiled: bool = False
+    round_ms: list[float] = field(default_factory=list)
+
+
+def parse_vary(texts: list[str]) -> list[tuple[str, list[str]]]:
+    """["model.attention=flash,naive"] -> [("model.attention", ["flash", "naive"])]. Commas inside
+    {...} or [...] belong to the value: --vary 'model.positional={name: rope, base: 500},sinusoidal'."""
+    axes = []
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        values, depth, current = [], 0, ""
+        for ch in raw:
+            depth += (ch in "{[") - (ch in "}]")
+            if ch == "," and depth == 0:
+                values.append(current.strip())
+                current = ""
+            else:
+                current += ch
+        values.append(current.strip())
+        if not sep or not key.strip() or not all(values):
+            raise UserError(f"--vary {text}: expected KEY=VALUE1,VALUE2,..., e.g. --vary model.attention=flash,naive")
+        axes.append((key.strip(), values))
+    return axes
+
+
+def variants(axes: list[tuple[str, list[str]]]) -> list[Variant]:
+    """Every combination of the axes' values; the first value of each axis makes the baseline."""
+    if not axes:
+        return [Variant("baseline", [])]
+    combos = itertools.product(*[[f"{key}={v}" for v in values] for key, values in axes])
+    return [Variant(" ".join(c), list(c)) for c in combos]
+
+
+def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str] = (), steps: int = 5,
+              warmup: int = 2, rounds: int = 3, threads: int | None = None, log=print) -> dict:
+    """Benchmark every variant; returns the report (also what --json prints)."""
+    found = variants(parse_vary(list(vary)))
+    recipes = [load_recipe(recipe_path, [*overrides, *v.overrides]) for v in found]  # all checked before any work
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    device = resolve_device(recipes[0].train.device)
+    precision = recipes[0].train.precision
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    peak, peak_source = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32)
+    log(f"Peak {peak / 1e9:,.1f} GFLOP/s ({peak_source})")
+
+    ctx = multiprocessing.get_context("spawn")  # a forked OpenMP runtime can hang; spawn is safe everywhere
+    procs, conns = [], []
+    try:
+        for v, recipe in zip(found, recipes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker.main, args=(child, recipe.to_dict(), threads), daemon=True)
+            proc.start()
+            procs.append(proc)
+            conns.append(parent)
+            info = ask(parent, ("warmup", warmup), proc)
+            v.warmup_seconds = info["build_seconds"] + info["seconds"]
+            for key in ("params", "flops_per_token", "tokens_per_step", "micro_batch_size", "compiled"):
+                setattr(v, key, info[key])
+            log(f"  warmed up {v.label} in {v.warmup_seconds:.1f} s")
+        for r in range(rounds):
+            for v, conn, proc in zip(found, conns, procs):
+                v.round_ms.append(1000 * ask(conn, ("run", steps), proc)["seconds"] / steps)
+            log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{ms:,.0f}" for ms in (v.round_ms[-1] for v in found)) + " ms/step")
+        memory_kind = ""
+        for v, conn, proc in zip(found, conns, procs):
+            stats = ask(conn, ("stop",), proc)
+            v.peak_memory, memory_kind = stats["peak_memory"], stats["memory_kind"]
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+
+    for v in found:
+        v.ms_per_step = statistics.median(v.round_ms)
+        v.tokens_per_s = v.tokens_per_step / (v.ms_per_step / 1000)
+        v.flops_per_s = v.flops_per_token * v.tokens_per_s
+        v.mfu = v.flops_per_s / peak
+        v.ratio = v.tokens_per_s / found[0].tokens_per_s
+    return {
+        "recipe": str(recipe_path),
+        "overrides": list(overrides),
+        "device": str(device),
+        "threads": threads if device.type == "cpu" else None,
+        "peak_flops": peak,
+        "peak_source": peak_source,
+        "flops_formula": FLOPS_FORMULA,
+        "memory_kind": memory_kind,
+        "warmup_steps": warmup,
+        "steps_per_round": steps,
+        "rounds": rounds,
+        "variants": [asdict(v) for v in found],
+    }
+
+
+def ask(conn, message: tuple, proc) -> dict:
+    conn.send(message)
+    while not conn.poll(1):
+        if not proc.is_alive():
+            raise RuntimeError(f"benchmark worker died (exit code {proc.exitcode})")
+    reply = conn.recv()
+    if "user_error" in reply:
+        raise UserError(reply["user_error"])
+    if "error" in reply:
+        raise RuntimeError(f"benchmark worker failed:\n{reply['error']}")
+    return reply
+
+
+def format_report(report: dict) -> str:
+    v0 = report["variants"][0]
+    lines = [
+        f"device {report['device']}" + (f", {report['threads']} threads" if report["threads"] else "")
+        + f"; peak {report['peak_flops'] / 1e9:,.1f} GFLOP/s ({report['peak_source']})",
+        f"FLOPs/token = {report['flops_formula']}",
+        f"{report['warmup_steps']} warm-up steps, then {report['rounds']} interleaved rounds of "
+        f"{report['steps_per_round']} steps; medians; memory is the {report['memory_kind']}",
+        "",
+    ]
+    width = max(len("variant"), *(len(v["label"]) for v in report["variants"]))
+    lines.append(f"{'variant':<{width}}  {'ms/step':>9}  {'tokens/s':>9}  {'ratio':>6}  {'peak mem':>9}  "
+                 f"{'MFLOP/tok':>9}  {'GFLOP/s':>8}  {'MFU':>6}  {'warm-up':>8}")
+    for v in report["variants"]:
+        lines.append(f"{v['label']:<{width}}  {v['ms_per_step']:>9,.1f}  {v['tokens_per_s']:>9,.0f}  "
+                     f"{v['ratio']:>5.2f}x  {v['peak_memory'] / 2**20:>6,.0f} MB  {v['flops_per_token'] / 1e6:>9,.1f}  "
+                     f"{v['flops_per_s'] / 1e9:>8,.1f}  {100 * v['mfu']:>5.1f}%  {v['warmup_seconds']:>7.1f}s")
+    lines.append(f"({v0['tokens_per_step']:,} tokens/step; micro-batch "
+                 + ", ".join(f"{v['micro_batch_size']}{' compiled' if v['compiled'] else ''}" for v in report["variants"]) + ")")
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""One benchmark variant in its own process, so its peak memory is its own and nothing it leaves
+behind (allocator caches, compiled graphs) slows the others. The parent drives it over a pipe:
+
+    ("warmup", n) -> {"seconds", "build_seconds", "flops_per_token", "tokens_per_step", "params", ...}
+    ("run", n)    -> {"seconds"}          n timed training steps, synchronised at the end
+    ("stop",)     -> {"peak_memory"}      then the process exits
+"""
+
+import resource
+import sys
+import time
+import traceback
+
+import torch
+
+from ..data.dataset import load_dataset
+from ..errors import UserError
+from ..model import build_model
+from ..recipe.load import validate
+from ..training.run import resolve_device
+from ..training.trainer import Trainer
+from .peak import sync
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, what): the CUDA allocator's high-water mark, or the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "CUDA max allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss * (1 if sys.platform == "darwin" else 1024), "peak RSS of the process"
+
+
+class Bench:
+    def __init__(self, recipe_dict: dict):
+        t0 = time.perf_counter()
+        recipe = validate(recipe_dict)
+        self.device = resolve_device(recipe.train.device)
+        dataset = load_dataset(recipe.data, recipe.model.block_size)
+        torch.manual_seed(recipe.seed)
+        model = build_model(recipe.model, dataset.vocab_size).to(self.device)
+        dataset.to(self.device)
+        if dataset.steps_per_epoch(recipe.train.batch_size) == 0:
+            raise UserError(f"train.batch_size {recipe.train.batch_size} is larger than the "
+                            f"{dataset.windows_per_epoch:,} training windows per epoch; lower it")
+        self.trainer = Trainer(recipe, model, dataset, self.device, quiet=True)
+        self.starts = dataset.epoch_starts(recipe.seed, 0)
+        self.lr, self.step = recipe.train.lr, 0
+        self.info = {
+            "build_seconds": time.perf_counter() - t0,
+            "device": str(self.device),
+            "params": model.num_params(),
+            "flops_per_token": model.flops_per_token(),
+            "tokens_per_step": self.trainer.tokens_per_step,
+            "micro_batch_size": self.trainer.micro_batch,
+            "compiled": self.trainer.train_forward is not model,
+        }
+
+    def steps(self, n: int) -> float:
+        """Seconds for n training steps, from a synchronised start to a synchronised end."""
+        sync(self.device)
+        t0 = time.perf_counter()
+        losses = []
+        for _ in range(n):
+            losses.append(self.trainer.train_step(self.starts, self.step % self.trainer.steps_per_epoch, self.lr))
+            self.step += 1
+        torch.stack(losses or [torch.zeros(())]).tolist()  # waits for the steps' work on any device
+        sync(self.device)
+        return time.perf_counter() - t0
+
+
+def main(conn, recipe_dict: dict, threads: int) -> None:
+    torch.set_num_threads(threads)
+    bench = None
+    try:
+        while True:
+            command, *args = conn.recv()
+            if command == "warmup":
+                bench = Bench(recipe_dict)
+                conn.send({**bench.info, "seconds": bench.steps(args[0])})
+            elif command == "run":
+                conn.send({"seconds": bench.steps(args[0])})
+            else:
+                memory, kind = peak_memory(bench.device)
+                conn.send({"peak_memory": memory, "memory_kind": kind})
+                return
+    except UserError as e:
+        conn.send({"user_error": str(e)})
+    except Exception:  # reported to the parent, which has the terminal
+        conn.send({"error": traceback.format_exc()})

@@ -1,0 +1,28 @@
+import json
+
+import click
+
+from ..bench import format_report, run_bench
+from . import main, overrides_option
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@overrides_option
+@click.option("--vary", multiple=True, metavar="KEY=V1,V2,...",
+              help="Compare values of a field; repeat for every combination. The first value is the baseline.")
+@click.option("--steps", default=5, show_default=True, type=click.IntRange(min=1), help="Timed steps per round.")
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed steps first (compilation happens here).")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1), help="Interleaved rounds; figures are medians.")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads; default torch's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def bench(recipe, overrides, vary, steps, warmup, rounds, threads, as_json):
+    """Measure training throughput of RECIPE, or of variants of it side by side.
+
+    \b
+    gptkit bench recipes/shakespeare.yaml --set train.batch_size=16 --vary model.attention=flash,naive
+    gptkit bench recipes/shakespeare.yaml --vary train.micro_batch_size=null,auto --json
+    """
+    log = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    report = run_bench(recipe, overrides, vary, steps=steps, warmup=warmup, rounds=rounds, threads=threads, log=log)
+    click.echo(json.dumps(report, indent=2) if as_json else "\n" + format_report(report))

@@ -1,0 +1,31 @@
+"""How a training step runs fast: micro-batch size and torch.compile, resolved from a recipe's `auto`.
+
+The `auto` choices are measured, not guessed (README, "Performance"): on a CPU one big batch is slower
+than the same tokens in micro-batches, because each step allocates and frees activation tensors far
+larger than the caches; on CUDA the whole batch in one pass keeps the GPU busy.
+"""
+
+import torch
+
+# CPU micro-batches of about this many tokens ran fastest on the reference model (2 threads).
+CPU_MICRO_BATCH_TOKENS = 4096
+
+
+def micro_batch_size(setting: int | str | None, batch_size: int, block_size: int, device: torch.device) -> int:
+    """Rows per forward/backward pass. `auto` on a CPU: the largest divisor of batch_size that keeps a
+    micro-batch within CPU_MICRO_BATCH_TOKENS (equal micro-batches also keep compiled shapes static)."""
+    if setting is None:
+        return batch_size
+    if setting != "auto":
+        return min(setting, batch_size)
+    if device.type != "cpu":
+        return batch_size
+    rows = max(1, CPU_MICRO_BATCH_TOKENS // block_size)
+    return max(d for d in range(1, min(rows, batch_size) + 1) if batch_size % d == 0)
+
+
+def compiled(model: torch.nn.Module, setting: bool | str, device: torch.device) -> torch.nn.Module:
+    """`model`, or a torch.compile'd view of it sharing its parameters. `auto` compiles on CUDA only:
+    on a CPU its compile time outweighed the gain in runs of a few minutes."""
+    on = device.type == "cuda" if setting == "auto" else setting
+    return torch.compile(model) if on else model

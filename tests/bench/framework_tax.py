@@ -1,0 +1,101 @@
+"""Does the registry cost speed? gptkit's training step against a plain hand-written GPT.
+
+    PYTHONPATH=. python tests/bench/framework_tax.py                      # reference recipe, batch 16
+    PYTHONPATH=. python tests/bench/framework_tax.py --batch-size 32 --rounds 7
+
+Both models have the same architecture and weights (checked first: same loss on the same batch). The
+gptkit side is the real trainer step (Trainer.train_step, eager, whole batch); the plain side a
+hand-written loop with the same fused AdamW, clipping and batches. Rounds alternate between the two
+and the medians are compared; exits 1 if gptkit's tokens/s is below 0.97x the plain model's.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from plain_gpt import PlainGPT  # noqa: E402
+
+from gptkit.data.dataset import load_dataset  # noqa: E402
+from gptkit.model import build_model  # noqa: E402
+from gptkit.recipe import load_recipe  # noqa: E402
+from gptkit.training.trainer import Trainer, param_groups  # noqa: E402
+
+ROOT = Path(__file__).parents[2]
+
+
+def plain_for(recipe, vocab_size: int) -> PlainGPT:
+    m = recipe.model
+    return PlainGPT(vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("recipe", nargs="?", default=str(ROOT / "recipes/shakespeare.yaml"))
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=5, help="steps per round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    recipe = load_recipe(args.recipe, [f"train.batch_size={args.batch_size}", "train.micro_batch_size=null",
+                                       "train.compile=false", "train.device=cpu"])
+    dataset = load_dataset(recipe.data, recipe.model.block_size)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model, dataset.vocab_size)
+    plain = plain_for(recipe, dataset.vocab_size)
+    plain.load_state_dict(model.state_dict())
+    trainer = Trainer(recipe, model, dataset, torch.device("cpu"), quiet=True)
+    cfg = recipe.train
+    optimizer = torch.optim.AdamW(param_groups(plain, cfg.weight_decay), lr=cfg.lr, fused=True)
+    starts = dataset.epoch_starts(recipe.seed, 0)
+    B = cfg.batch_size
+
+    x, y = dataset.batch(starts[:B])
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        same = torch.allclose(model(x, y)[1], plain(x, y)[1], rtol=0, atol=1e-5)
+    model.train(), plain.train()
+    print(f"same weights, same loss: {same}")
+
+    def plain_step(batch):
+        x, y = dataset.batch(starts[batch * B : (batch + 1) * B])
+        _, loss = plain(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def gptkit_step(batch):
+        return trainer.train_step(starts, batch, cfg.lr)
+
+    def timed(step, first):
+        t0 = time.perf_counter()
+        for i in range(args.steps):
+            loss = step((first + i) % trainer.steps_per_epoch)
+        float(loss)
+        return time.perf_counter() - t0
+
+    timed(plain_step, 0), timed(gptkit_step, 0)  # warm-up
+    times = {"plain": [], "gptkit": []}
+    for r in range(args.rounds):
+        for name, step in (("plain", plain_step), ("gptkit", gptkit_step)):
+            times[name].append(timed(step, (r + 1) * args.steps))
+        print(f"round {r + 1}/{args.rounds}: plain {times['plain'][-1]:.2f} s, gptkit {times['gptkit'][-1]:.2f} s")
+    tokens = args.steps * B * recipe.model.block_size
+    tps = {name: tokens / statistics.median(t) for name, t in times.items()}
+    ratio = tps["gptkit"] / tps["plain"]
+    print(f"{torch.get_num_threads()} threads, batch {B}: plain {tps['plain']:,.0f} tokens/s, "
+          f"gptkit {tps['gptkit']:,.0f} tokens/s, ratio {ratio:.3f} (must be >= 0.97)")
+    return 0 if same and ratio >= 0.97 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""`gptkit bench`: variants measured side by side, as a table or as JSON."""
+
+import json
+
+import pytest
+
+from gptkit.bench import format_report, parse_vary, variants
+from gptkit.errors import UserError
+
+
+def test_bench_json_reports_every_variant_against_the_first(cli, write_recipe):
+    result = cli("bench", write_recipe(), "--vary", "model.attention=flash,naive", "--steps", "1",
+                 "--warmup", "1", "--rounds", "2", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["device"] == "cpu" and report["peak_flops"] > 0 and "matmul" in report["peak_source"]
+    assert "12 * n_layer * n_embd * block_size" in report["flops_formula"]
+    first, second = report["variants"]
+    assert (first["label"], second["label"]) == ("model.attention=flash", "model.attention=naive")
+    assert first["ratio"] == 1.0 and second["ratio"] == pytest.approx(second["tokens_per_s"] / first["tokens_per_s"])
+    for v in report["variants"]:
+        assert len(v["round_ms"]) == 2 and v["ms_per_step"] > 0
+        assert v["tokens_per_s"] == pytest.approx(8 * 32 / (v["ms_per_step"] / 1000))  # batch 8 x block 32
+        assert v["flops_per_s"] == pytest.approx(v["flops_per_token"] * v["tokens_per_s"])
+        assert 0 < v["mfu"] < 1 and v["peak_memory"] > 10 * 2**20  # a whole process: torch alone is more
+    table = format_report(report)
+    assert "model.attention=naive" in table and "tokens/s" in table and "MFU" in table
+
+
+def test_bench_rejects_a_bad_variant_before_any_work(cli, write_recipe):
+    result = cli("bench", write_recipe(), "--vary", "model.attention=flash,flsh")
+    assert result.exit_code == 2 and "did you mean 'flash'" in result.output
+
+
+def test_vary_makes_every_combination_with_the_first_values_as_baseline():
+    axes = parse_vary(["model.positional={name: rope, base: 500},sinusoidal", "train.batch_size=8,16"])
+    assert axes[0] == ("model.positional", ["{name: rope, base: 500}", "sinusoidal"])
+    labels = [v.label for v in variants(axes)]
+    assert labels[0] == "model.positional={name: rope, base: 500} train.batch_size=8" and len(labels) == 4
+    with pytest.raises(UserError, match="KEY=VALUE1,VALUE2"):
+        parse_vary(["model.attention"])
+
+
+def test_bench_reports_a_batch_too_large_for_the_data(cli, write_recipe):
+    result = cli("bench", write_recipe(), "--set", "train.batch_size=100000", "--steps", "1", "--rounds", "1")
+    assert result.exit_code == 2 and "train.batch_size 100000" in result.output

@@ -1,0 +1,95 @@
+"""Micro-batches and torch.compile change how a step runs, never what it computes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptkit.data.dataset import load_dataset
+from gptkit.model import build_model
+from gptkit.recipe import load_recipe
+from gptkit.training.speed import micro_batch_size
+from gptkit.training.trainer import Trainer
+
+
+def trainer_for(path, *overrides):
+    recipe = load_recipe(path, ["train.grad_clip=null", *overrides])
+    dataset = load_dataset(recipe.data, recipe.model.block_size)
+    torch.manual_seed(0)
+    model = build_model(recipe.model, dataset.vocab_size)
+    return Trainer(recipe, model, dataset, torch.device("cpu"), quiet=True), dataset.epoch_starts(0, 0)
+
+
+def gradients_and_loss(trainer, starts):
+    """The loss of one step and the gradients the optimizer was about to apply."""
+    grads = []
+    trainer.optimizer.step = lambda: grads.extend(p.grad.clone() for p in trainer.model.parameters())
+    loss = trainer.train_step(starts, 0, 1e-3)
+    return grads, loss
+
+
+@pytest.mark.parametrize("micro", [1, 3, 4])  # 3 leaves an uneven last micro-batch of 2
+def test_micro_batches_give_the_whole_batchs_loss_and_gradients(write_recipe, micro):
+    path = write_recipe(train={"batch_size": 8})
+    whole, starts = trainer_for(path, "train.micro_batch_size=null")
+    split, _ = trainer_for(path, f"train.micro_batch_size={micro}")
+    assert split.micro_batch == micro and whole.micro_batch == 8
+    g_whole, loss_whole = gradients_and_loss(whole, starts)
+    g_split, loss_split = gradients_and_loss(split, starts)
+    assert loss_split == pytest.approx(float(loss_whole), rel=1e-5)
+    for a, b in zip(g_whole, g_split, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_micro_batch_divides_the_batch_on_cpu_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert micro_batch_size("auto", 128, 256, cpu) == 16  # 16 x 256 = 4,096 tokens
+    assert micro_batch_size("auto", 100, 256, cpu) == 10  # the largest divisor within 16 rows
+    assert micro_batch_size("auto", 128, 256, cuda) == 128
+    assert micro_batch_size(None, 128, 256, cpu) == 128
+    assert micro_batch_size(500, 128, 256, cpu) == 128
+
+
+def test_micro_batch_size_is_validated(cli, write_recipe):
+    result = cli("validate", write_recipe(), "--set", "train.micro_batch_size=0")
+    assert result.exit_code == 2 and "train.micro_batch_size" in result.output
+
+
+@pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is not available")
+def test_compile_option_wraps_the_model_and_shares_its_weights(write_recipe):
+    trainer, _ = trainer_for(write_recipe(), "train.compile=true")
+    assert isinstance(trainer.train_forward, torch._dynamo.eval_frame.OptimizedModule)
+    assert trainer.train_forward._orig_mod is trainer.model
+    eager, _ = trainer_for(write_recipe(), "train.compile=auto")  # auto: CUDA only
+    assert eager.train_forward is eager.model
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is not available")
+def test_compiled_step_matches_eager(write_recipe):
+    path = write_recipe(train={"batch_size": 8})
+    eager, starts = trainer_for(path, "train.compile=false", "train.micro_batch_size=4")
+    fast, _ = trainer_for(path, "train.compile=true", "train.micro_batch_size=4")
+    g_eager, loss_eager = gradients_and_loss(eager, starts)
+    g_fast, loss_fast = gradients_and_loss(fast, starts)
+    assert float(loss_fast) == pytest.approx(float(loss_eager), rel=1e-4)
+    for a, b in zip(g_eager, g_fast, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+
+
+FAST = Path(__file__).parents[1] / "recipes/tinyshakespeare-fast.yaml"
+
+
+def test_fast_recipe_validates():
+    recipe = load_recipe(FAST)
+    assert recipe.train.batch_size % recipe.train.micro_batch_size == 0
+    assert recipe.data.val_fraction == 0.1  # nanoGPT's split
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not load_recipe(FAST).data.path.exists(), reason="tiny Shakespeare is not in ../shared/data")
+def test_fast_recipe_trains_to_a_low_validation_loss(tmp_path):
+    from gptkit.training import train
+
+    result = train(load_recipe(FAST), runs_dir=tmp_path, quiet=True)
+    assert result.summary["final_val_loss"] < 1.85
