@@ -20,6 +20,8 @@ def run(recipe, overrides, runs_dir, quiet):
     gptkit run recipes/shakespeare.yaml --set train.max_steps=200 --set model.positional=rope
     """
     result = train(load_recipe(recipe, overrides), runs_dir=runs_dir, quiet=quiet)
+    if result.run_dir is None:  # a torchrun process other than rank 0, which reports for all
+        return
     s = result.summary
     val = f"val loss {s['final_val_loss']:.4f} (best {s['best_val_loss']:.4f}), " if s["final_val_loss"] is not None else ""
     click.echo(f"Finished: {val}train loss {s['final_train_loss']:.4f}, {s['steps']:,} steps, "

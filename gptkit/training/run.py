@@ -15,6 +15,7 @@ from ..io import write_json, write_text
 from ..model import GPT, build_model
 from ..recipe import Recipe
 from ..sampling import sample
+from . import distributed
 from .checkpoint import save_checkpoint
 from .trainer import Trainer
 
@@ -23,7 +24,7 @@ from .trainer import Trainer
 class RunResult:
     model: GPT
     dataset: CharDataset
-    run_dir: Path
+    run_dir: Path | None  # None on every process of a torchrun job but rank 0
     summary: dict
 
 
@@ -55,15 +56,19 @@ def new_run_dir(runs_dir: Path, name: str) -> Path:
 
 def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False) -> RunResult:
     """Train the model `recipe` describes; everything the run produces lands in a new run folder."""
-    device = resolve_device(recipe.train.device)
+    dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
+    dist.check_batch_size(recipe.train.batch_size)
     dataset = load_dataset(recipe.data, recipe.model.block_size)
     if dataset.steps_per_epoch(recipe.train.batch_size) == 0:
         raise UserError(f"train.batch_size {recipe.train.batch_size} is larger than the "
                         f"{dataset.windows_per_epoch:,} training windows per epoch; lower train.batch_size "
                         "or data.stride, or use a longer text")
-    torch.manual_seed(recipe.seed)
+    torch.manual_seed(recipe.seed)  # the same on every rank: the same initial weights
     model = build_model(recipe.model, dataset.vocab_size).to(device)
     dataset.to(device)
+    if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
+        Trainer(recipe, model, dataset, device, quiet=True, dist=dist).fit()
+        return RunResult(model, dataset, None, {})
     run_dir = new_run_dir(Path(runs_dir), recipe.name)  # only once every input has been checked
     write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
     log = print if not quiet else (lambda *a, **k: None)
@@ -75,7 +80,7 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False) ->
         def on_metrics(record: dict) -> None:
             metrics.write(json.dumps(record) + "\n")
 
-        trainer = Trainer(recipe, model, dataset, device, on_metrics=on_metrics, quiet=quiet)
+        trainer = Trainer(recipe, model, dataset, device, on_metrics=on_metrics, quiet=quiet, dist=dist)
         state = trainer.fit()
 
     save_checkpoint(run_dir / "checkpoint.pt", model, recipe.to_dict(), dataset.itos, step=state.step)

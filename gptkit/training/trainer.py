@@ -11,6 +11,7 @@ import torch
 from ..data.dataset import CharDataset
 from ..model import GPT
 from ..recipe import Recipe
+from .distributed import Distributed
 from .progress import Progress
 
 
@@ -67,12 +68,15 @@ class TrainState:
 
 class Trainer:
     """Trains `model` on `dataset` as `recipe.train` says. `on_metrics(record)` receives one dict per
-    step (and per validation), in order."""
+    step (and per validation), in order. Under torchrun, `dist` says which share of each batch is
+    this process's; the metrics are averaged over all processes."""
 
     def __init__(self, recipe: Recipe, model: GPT, dataset: CharDataset, device: torch.device,
-                 on_metrics: Callable[[dict], None] = lambda record: None, quiet: bool = False):
+                 on_metrics: Callable[[dict], None] = lambda record: None, quiet: bool = False,
+                 dist: Distributed = Distributed()):
         self.recipe, self.cfg = recipe, recipe.train
         self.model, self.dataset, self.device = model, dataset, device
+        self.dist, self.step_model = dist, dist.wrap(model, device)
         self.on_metrics = on_metrics
         self.steps_per_epoch = dataset.steps_per_epoch(self.cfg.batch_size)
         self.total_steps = self.cfg.epochs * self.steps_per_epoch
@@ -124,11 +128,11 @@ class Trainer:
 
     def train_step(self, starts: torch.Tensor, batch: int, lr: float) -> torch.Tensor:
         B = self.cfg.batch_size
-        x, y = self.dataset.batch(starts[batch * B : (batch + 1) * B])
+        x, y = self.dataset.batch(self.dist.shard(starts[batch * B : (batch + 1) * B]))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with autocast(self.device, self.cfg.precision):
-            _, loss = self.model(x, y)
+            _, loss = self.step_model(x, y)
         loss.backward()
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -143,15 +147,16 @@ class Trainer:
             return None
         self.model.eval()
         total = torch.zeros((), device=self.device)
-        for i in range(0, len(self.eval_starts), self.cfg.batch_size):
-            starts = self.eval_starts[i : i + self.cfg.batch_size]
+        mine = self.dist.split(self.eval_starts)
+        for i in range(0, len(mine), self.cfg.batch_size):
+            starts = mine[i : i + self.cfg.batch_size]
             x, y = self.dataset.batch(starts, split="val")
             with autocast(self.device, self.cfg.precision):
                 _, loss = self.model(x, y)
             total += loss.float() * len(starts)
         self.model.train()
         state = self.state
-        state.val_loss = float(total) / len(self.eval_starts)
+        state.val_loss = float(self.dist.sum(total)) / len(self.eval_starts)
         state.best_val_loss = min(state.val_loss, state.best_val_loss or math.inf)
         self.progress.log(f"Step {state.step} | Val loss: {state.val_loss:.4f} (best {state.best_val_loss:.4f})")
         self.on_metrics({"step": state.step, "epoch": state.epoch + 1, "val_loss": state.val_loss})
@@ -165,7 +170,7 @@ class Trainer:
         return self.state.step % self.cfg.eval_every == 0
 
     def _flush(self, pending: list, epoch: int, batch: int, tokens_per_s: float) -> None:
-        losses = torch.stack([loss for loss, _ in pending]).float().tolist()  # the one host sync per interval
+        losses = self.dist.mean(torch.stack([loss for loss, _ in pending]).float()).tolist()  # the one host sync per interval
         first = self.state.step - len(pending) + 1
         for i, (loss, (_, lr)) in enumerate(zip(losses, pending)):
             self.on_metrics({"step": first + i, "epoch": epoch + 1, "train_loss": loss, "lr": lr,
