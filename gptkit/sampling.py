@@ -3,7 +3,7 @@
 import torch
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, generator: torch.Generator | None = None,
              use_cache: bool = True) -> torch.Tensor:

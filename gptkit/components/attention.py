@@ -106,8 +106,8 @@ class FlashAttention(Attention):
     def attend(self, q, k, v, bias):
         dropout_p = self.dropout if self.training else 0.0
         t_q, t_k = q.size(-2), k.size(-2)
-        if bias is None and t_q == t_k:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        if bias is None and t_q in (1, t_k):  # one query (a cached generation step) sees every key
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=t_q > 1)
         allowed = causal_mask(t_q, t_k, q.device)
         mask = allowed if bias is None else bias.masked_fill(~allowed, float("-inf")).to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
