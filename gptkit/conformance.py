@@ -171,6 +171,25 @@ def check_matches_naive(spec, config):
             f"gradient of {name} differs from naive attention by {diff:.2e}"
 
 
+def check_kv_cache(spec, config):
+    """Feeding a prefix, then one token at a time through a key/value cache, gives the logits of one
+    forward pass over the whole sequence."""
+    if spec.kind not in ("attention", "positional"):
+        raise NotApplicable("only attention and positional components see the cache")
+    model = tiny_model(config, **{spec.kind: spec}).eval()
+    if not model.supports_kv_cache:
+        raise NotApplicable("the attention does not support a key/value cache; generation recomputes")
+    x = _tokens(config)
+    cache, t = model.new_cache(), config.block_size // 2
+    with torch.no_grad():
+        full = model(x)[0]
+        steps = [model(x[:, :t], cache=cache)[0]] + [model(x[:, i : i + 1], cache=cache)[0]
+                                                     for i in range(t, config.block_size)]
+    cached = torch.cat(steps, dim=1)
+    assert torch.allclose(cached, full, atol=1e-5, rtol=1e-4), \
+        f"cached logits differ from a full forward pass by {(cached - full).abs().max():.2e}"
+
+
 CHECKS: dict[str, Callable] = {
     "construct": check_construct,
     "shape and dtype": check_shape_and_dtype,
@@ -180,6 +199,7 @@ CHECKS: dict[str, Callable] = {
     "causal": check_causal,
     "every partner": check_every_partner,
     "matches naive": check_matches_naive,
+    "kv cache": check_kv_cache,
 }
 
 

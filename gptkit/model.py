@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .components.attention import KVCache
 from .components.base import GPTConfig
 
 
@@ -21,8 +22,9 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1, self.attn, self.ln_2, self.mlp = ln_1, attn, ln_2, mlp
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, cache: KVCache | None = None):
+        h = self.ln_1(x)
+        x = x + (self.attn(h) if cache is None else self.attn(h, cache))  # attention may not cache
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -67,14 +69,24 @@ class GPT(nn.Module):
         matmul_weights = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         return 6 * matmul_weights + 12 * c.n_layer * c.n_embd * c.block_size
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    @property
+    def supports_kv_cache(self) -> bool:
+        return all(getattr(block.attn, "supports_kv_cache", False) for block in self.transformer.h)
+
+    def new_cache(self) -> list[KVCache]:
+        """An empty key/value cache for `forward`, one per block (needs `supports_kv_cache`)."""
+        return [KVCache() for _ in self.transformer.h]
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None):
+        """With a `cache`, `idx` continues the positions it holds, and is added to it."""
         B, T = idx.size()
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
+        start = len(cache[0]) if cache else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
-        x = self.transformer.drop(self.transformer.pos.embed(x))
-        for block in self.transformer.h:
-            x = block(x)
+        x = self.transformer.drop(self.transformer.pos.embed(x, start))
+        for block, layer_cache in zip(self.transformer.h, cache or [None] * len(self.transformer.h)):
+            x = block(x, layer_cache)
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
         if targets is None:

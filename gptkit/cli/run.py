@@ -35,6 +35,8 @@ def run(recipe, overrides, runs_dir, resume, quiet):
             raise UserError("give a RECIPE to run, or --resume RUN_DIR to continue a run")
         recipe = Path(resume) / "recipe.yaml"
     result = train(load_recipe(recipe, overrides), runs_dir=runs_dir, quiet=quiet, resume=resume)
+    if result.run_dir is None:  # a torchrun process other than rank 0, which reports for all
+        return
     s = result.summary
     val = f"val loss {s['final_val_loss']:.4f} (best {s['best_val_loss']:.4f}), " if s["final_val_loss"] is not None else ""
     train_loss = f"train loss {s['final_train_loss']:.4f}, " if s["final_train_loss"] is not None else ""

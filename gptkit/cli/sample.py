@@ -14,12 +14,14 @@ from . import main
 @click.option("--top-k", default=40, show_default=True, type=click.IntRange(min=1), help="Sample among the k likeliest.")
 @click.option("--seed", default=None, type=int, help="Make the sample reproducible.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def sample(run_dir, prompt, tokens, temperature, top_k, seed, device):
+@click.option("--cache/--no-cache", default=True, show_default=True,
+              help="Reuse attention keys/values between tokens; --no-cache recomputes the context (same text, slower).")
+def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     """Generate text from a trained model (a run folder or a checkpoint file).
 
     \b
     gptkit sample runs/shakespeare-cpu-20260101-120000 --prompt "ROMEO:" --tokens 300
     """
     model, recipe, vocab = load_model(run_dir, resolve_device(device))
-    text = sample_model(model, vocab, recipe.sample.prompt if prompt is None else prompt, tokens, temperature, top_k, seed)
+    text = sample_model(model, vocab, recipe.sample.prompt if prompt is None else prompt, tokens, temperature, top_k, seed, cache)
     click.echo(text)

@@ -4,6 +4,7 @@ Axis letters: B batch, T time, C channels, nh heads, hs head size.
 """
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,15 +25,38 @@ def causal_mask(t_q: int, t_k: int, device) -> torch.Tensor:
     return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)
 
 
+class KVCache:
+    """The keys and values one attention layer has computed so far. With it, generation feeds the
+    model only the new tokens instead of recomputing the whole context for every token."""
+
+    def __init__(self):
+        self.k = self.v = None  # (B, nh, T_past, hs)
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.size(-2)
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new positions' k, v (B, nh, T, hs); return all of them (B, nh, T_past + T, hs)."""
+        if self.k is not None:
+            k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
+        self.k, self.v = k, v
+        return k, v
+
+
 class Attention(Component, nn.Module):
     """Multi-head causal self-attention, built with `(config, params, pos)`.
 
     `pos` is the model's positional module: attention applies its `rotate` to q/k and adds its
     `score_bias` to the scores. The output projection is called `c_proj` so the model can give it
     GPT-2's scaled initialisation.
+
+    A subclass whose `attend` handles fewer queries than keys (the queries being the last t_q
+    positions, as `causal_mask` assumes) sets `supports_kv_cache`; `forward` then does the caching.
+    A model with any attention that does not is sampled by recomputing the whole context.
     """
 
     Params = AttentionParams
+    supports_kv_cache: ClassVar[bool] = False
 
     @classmethod
     def check(cls, config, params):
@@ -49,14 +73,18 @@ class Attention(Component, nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=params.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """x (B, T, C) continues the positions held in `cache`, if given, and is added to it."""
         B, T, C = x.size()
+        start = len(cache) if cache is not None else 0
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        q, k = self.pos.rotate(q, k)
-        y = self.attend(q, k, v, self.pos.score_bias(T, T))  # (B, nh, T, hs)
+        q, k = self.pos.rotate(q, k, start)
+        if cache is not None:
+            k, v = cache.extend(k, v)  # (B, nh, start + T, hs)
+        y = self.attend(q, k, v, self.pos.score_bias(T, k.size(-2)))  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -73,11 +101,13 @@ class FlashAttention(Attention):
     """torch's fused scaled_dot_product_attention (FlashAttention kernels where available; Dao et al.
     2022, arXiv:2205.14135)."""
 
+    supports_kv_cache = True
+
     def attend(self, q, k, v, bias):
         dropout_p = self.dropout if self.training else 0.0
         t_q, t_k = q.size(-2), k.size(-2)
-        if bias is None and t_q == t_k:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        if bias is None and t_q in (1, t_k):  # one query (a cached generation step) sees every key
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=t_q > 1)
         allowed = causal_mask(t_q, t_k, q.device)
         mask = allowed if bias is None else bias.masked_fill(~allowed, float("-inf")).to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
@@ -86,6 +116,8 @@ class FlashAttention(Attention):
 @attention.register("naive")
 class NaiveAttention(Attention):
     """Explicit QK^T, causal mask, softmax and dropout: the reference the fused kernel must match."""
+
+    supports_kv_cache = True
 
     def __init__(self, config: GPTConfig, params: AttentionParams, pos: Positional):
         super().__init__(config, params, pos)

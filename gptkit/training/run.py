@@ -20,6 +20,7 @@ from ..io import write_json, write_text
 from ..model import GPT, build_model
 from ..recipe import Recipe
 from ..sampling import sample
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .resume import check_resumable, find_resumable, truncate_metrics
 from .trainer import Trainer
@@ -29,7 +30,7 @@ from .trainer import Trainer
 class RunResult:
     model: GPT
     dataset: CharDataset
-    run_dir: Path
+    run_dir: Path | None  # None on every process of a torchrun job but rank 0
     summary: dict
 
 
@@ -76,7 +77,8 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     run of this recipe in `runs_dir`, or starts a new run if there is none.
     """
     log = (lambda *a: None) if quiet else print
-    device = resolve_device(recipe.train.device)
+    dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
+    dist.check_batch_size(recipe.train.batch_size)
     dataset = load_dataset(recipe.data, recipe.model.block_size)
     if dataset.steps_per_epoch(recipe.train.batch_size) == 0:
         raise UserError(f"train.batch_size {recipe.train.batch_size} is larger than the "
@@ -90,11 +92,18 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
         checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
         check_resumable(run_dir, checkpoint, recipe, dataset.itos)
 
-    torch.manual_seed(recipe.seed)
+    torch.manual_seed(recipe.seed)  # the same on every rank: the same initial weights
     model = build_model(recipe.model, dataset.vocab_size).to(device)
     dataset.to(device)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
+    if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
+        trainer = Trainer(recipe, model, dataset, device, quiet=True, dist=dist)
+        if checkpoint is not None:
+            trainer.load_state_dict(checkpoint["trainer"])
+        trainer.fit()
+        return RunResult(model, dataset, None, {})
+    if checkpoint is not None:
         truncate_metrics(run_dir / "metrics.jsonl", checkpoint["step"])
         log(f"Resuming {run_dir} from step {checkpoint['step']:,}")
     else:  # the folder is made only once every input has been checked
@@ -113,7 +122,7 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
             os.fsync(metrics.fileno())  # the metrics always reach at least as far as the checkpoint
             save(run_dir, trainer, recipe, dataset)
 
-        trainer = Trainer(recipe, model, dataset, device, on_metrics, on_checkpoint, quiet=quiet)
+        trainer = Trainer(recipe, model, dataset, device, on_metrics, on_checkpoint, quiet=quiet, dist=dist)
         if checkpoint is not None:
             trainer.load_state_dict(checkpoint["trainer"])
         write_summary(run_dir, recipe, trainer, "running")

@@ -21,6 +21,7 @@ from ..data.dataset import CharDataset
 from ..errors import Diverged, Interrupted
 from ..model import GPT
 from ..recipe import Recipe
+from .distributed import Distributed
 from .progress import Progress
 from .speed import compiled, micro_batch_size
 
@@ -105,13 +106,17 @@ class Trainer:
 
     `on_metrics(record)` receives one dict per step and per validation, in step order;
     `on_checkpoint(trainer)` is called whenever a checkpoint is due and must save `state_dict()`.
+    Under torchrun, `dist` says which share of each batch is this process's; the metrics are
+    averaged over all processes.
     """
 
     def __init__(self, recipe: Recipe, model: GPT, dataset: CharDataset, device: torch.device,
                  on_metrics: Callable[[dict], None] = lambda record: None,
-                 on_checkpoint: Callable[["Trainer"], None] = lambda trainer: None, quiet: bool = False):
+                 on_checkpoint: Callable[["Trainer"], None] = lambda trainer: None, quiet: bool = False,
+                 dist: Distributed = Distributed()):
         self.recipe, self.cfg = recipe, recipe.train
         self.model, self.dataset, self.device = model, dataset, device
+        self.dist = dist
         self.on_metrics, self.on_checkpoint = on_metrics, on_checkpoint
         self.steps_per_epoch = dataset.steps_per_epoch(self.cfg.batch_size)
         self.total_steps = self.cfg.epochs * self.steps_per_epoch
@@ -125,7 +130,7 @@ class Trainer:
         self.progress = Progress(self.total_steps, quiet=quiet)
         self.state = TrainState()
         self.micro_batch = micro_batch_size(self.cfg.micro_batch_size, self.cfg.batch_size, dataset.block_size, device)
-        self.train_forward = compiled(model, self.cfg.compile, device)
+        self.train_forward = compiled(dist.wrap(model, device), self.cfg.compile, device)  # DDP averages gradients
         self.stop_signal: int | None = None
         self._pending: list[tuple[torch.Tensor, float]] = []  # losses stay on the device until flushed
         self._interval_t0 = time.perf_counter()
@@ -192,14 +197,14 @@ class Trainer:
 
     def train_step(self, starts: torch.Tensor, batch: int, lr: float) -> torch.Tensor:
         B = self.cfg.batch_size
-        x, y = self.dataset.batch(starts[batch * B : (batch + 1) * B])
+        x, y = self.dataset.batch(self.dist.shard(starts[batch * B : (batch + 1) * B]))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss = torch.zeros((), device=self.device)
         for xm, ym in zip(x.split(self.micro_batch), y.split(self.micro_batch)):
             with autocast(self.device, self.cfg.precision):
                 _, micro_loss = self.train_forward(xm, ym)
-            micro_loss = micro_loss * (len(xm) / B)  # weighted: the sum is the mean over the whole batch
+            micro_loss = micro_loss * (len(xm) / len(x))  # weighted: the sum is the mean over the whole batch
             micro_loss.backward()  # gradients add up across micro-batches
             loss += micro_loss.detach()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
@@ -221,18 +226,19 @@ class Trainer:
             return None
         self.model.eval()
         total = torch.zeros((), device=self.device)
-        for i in range(0, len(self.eval_starts), self.cfg.batch_size):
+        mine = self.dist.split(self.eval_starts)
+        for i in range(0, len(mine), self.cfg.batch_size):
             if self.stop_signal is not None:
                 self.model.train()
                 return None
-            starts = self.eval_starts[i : i + self.cfg.batch_size]
+            starts = mine[i : i + self.cfg.batch_size]
             x, y = self.dataset.batch(starts, split="val")
             with autocast(self.device, self.cfg.precision):
                 _, loss = self.model(x, y)
             total += loss.float() * len(starts)
         self.model.train()
         state.eval_pending = False
-        state.val_loss = float(total) / len(self.eval_starts)
+        state.val_loss = float(self.dist.sum(total)) / len(self.eval_starts)
         state.best_val_loss = min(state.val_loss, state.best_val_loss or math.inf)
         self.progress.log(f"Step {state.step} | Val loss: {state.val_loss:.4f} (best {state.best_val_loss:.4f})")
         self.on_metrics({"step": state.step, "epoch": state.epoch + 1, "val_loss": state.val_loss})
@@ -245,7 +251,7 @@ class Trainer:
             return []
         now = time.perf_counter()
         tokens_per_s = len(self._pending) * self.tokens_per_step / max(now - self._interval_t0, 1e-9)
-        losses = torch.stack([loss for loss, _ in self._pending]).float().tolist()
+        losses = self.dist.mean(torch.stack([loss for loss, _ in self._pending]).float()).tolist()
         first = self.state.step - len(self._pending) + 1
         for i, (loss, (_, lr)) in enumerate(zip(losses, self._pending)):
             self.on_metrics({"step": first + i, "epoch": self.state.epoch + 1, "train_loss": loss, "lr": lr,
@@ -267,6 +273,10 @@ class Trainer:
                               f"({pct:.1f}%) | Loss: {losses[-1]:.4f}")
 
     def _checkpoint_and_stop_if_asked(self) -> None:
+        if self.dist.world_size > 1:  # every rank must stop at the same step, or the others hang
+            asked = self.dist.sum(torch.tensor(float(self.stop_signal is not None), device=self.device))
+            if asked and self.stop_signal is None:  # another rank was signalled
+                self.stop_signal = signal.SIGTERM
         if self.stop_signal is None:
             return
         self._save()

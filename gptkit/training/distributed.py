@@ -1,0 +1,83 @@
+"""Data-parallel training across processes started by `torchrun` (DistributedDataParallel).
+
+torchrun starts one process per device and tells each its place through environment variables
+(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT). Every rank builds the same model from
+the same seed and walks the same shuffled windows; each takes its own slice of every global batch,
+and DDP averages the gradients, so a step equals one single-process step on the whole batch.
+Without torchrun (or with one process) everything here is a no-op.
+"""
+
+import atexit
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as td
+from torch.nn.parallel import DistributedDataParallel
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone prints and writes files."""
+        return self.rank == 0
+
+    def check_batch_size(self, batch_size: int) -> None:
+        if batch_size % self.world_size:
+            raise UserError(f"train.batch_size {batch_size} is the global batch and must split evenly over the "
+                            f"{self.world_size} processes; use a multiple of {self.world_size}, e.g. "
+                            f"{max(1, batch_size // self.world_size) * self.world_size}")
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of a global batch (batch_size / world_size rows)."""
+        n = len(batch) // self.world_size
+        return batch[self.rank * n : (self.rank + 1) * n]
+
+    def split(self, items: torch.Tensor) -> torch.Tensor:
+        """Every world_size-th item from this rank's: uneven lengths allowed (validation windows)."""
+        return items[self.rank :: self.world_size]
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        return self.sum(t) / self.world_size if self.world_size > 1 else t
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            t = t.clone()
+            td.all_reduce(t)
+        return t
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """The model that training steps call: DDP averages its gradients across ranks."""
+        if self.world_size == 1:
+            return model
+        # The only buffers are fixed positional tables, so there is nothing to broadcast each step.
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       broadcast_buffers=False)
+
+
+def setup(device: torch.device) -> tuple[Distributed, torch.device]:
+    """Join the torchrun job this process belongs to, if any: (its place, the device it trains on).
+    NCCL on CUDA, each rank on the GPU numbered by its LOCAL_RANK; gloo elsewhere."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not td.is_initialized():
+        td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_leave)
+    return Distributed(td.get_rank(), td.get_world_size()), device
+
+
+def _leave() -> None:
+    if td.is_initialized():
+        td.destroy_process_group()

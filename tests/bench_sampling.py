@@ -1,0 +1,44 @@
+"""Time `generate` with and without the key/value cache on a recipe's model (untrained weights:
+the speed does not depend on them). Not collected by pytest; run from the repository root:
+
+    PYTHONPATH=. python tests/bench_sampling.py recipes/shakespeare-cpu.yaml --threads 2
+    PYTHONPATH=. python tests/bench_sampling.py recipes/shakespeare.yaml --set model.attention=naive
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from gptkit.model import build_model
+from gptkit.recipe import load_recipe
+from gptkit.sampling import generate
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("recipe")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--tokens", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    recipe = load_recipe(args.recipe, args.overrides)
+    torch.manual_seed(0)
+    model = build_model(recipe.model, vocab_size=65).eval()
+    prompt = torch.randint(0, 65, (1, 9))
+    seconds = {True: [], False: []}
+    for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits both alike
+        for use_cache in (True, False):
+            t0 = time.perf_counter()
+            generate(model, prompt, args.tokens, 0.8, 40, torch.Generator().manual_seed(0), use_cache=use_cache)
+            seconds[use_cache].append(time.perf_counter() - t0)
+    cached, recomputed = statistics.median(seconds[True]), statistics.median(seconds[False])
+    print(f"{args.tokens} tokens, {args.threads} threads, median of {args.rounds}: cached {cached:.3f} s, "
+          f"recomputed {recomputed:.3f} s, speed-up {recomputed / cached:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Training under torchrun: two CPU processes (gloo) take the same steps as one process on the same
+global batch, and only rank 0 writes."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptkit import load_recipe, train
+from gptkit.errors import UserError
+from gptkit.training.distributed import Distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args, nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run ... -m gptkit ARGS`, killed with all its workers on timeout."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "-m", "gptkit", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group, so a hang can be killed whole
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish within {timeout} s:\n{out}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out)
+
+
+def losses(run_dir: Path, key: str) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in records if key in r]
+
+
+def test_two_processes_take_the_steps_of_one(tmp_path, write_recipe):
+    recipe = write_recipe(train={"batch_size": 8, "max_steps": 5, "log_every": 1, "eval_every": 2, "eval_batches": 3})
+    result = torchrun("run", recipe, "--runs-dir", tmp_path / "ddp", "-q")
+    assert result.returncode == 0, result.stdout
+    (run_dir,) = (tmp_path / "ddp").iterdir()  # rank 0 alone made a run folder...
+    assert result.stdout.count("Finished:") == 1  # ...and reported
+    assert {"checkpoint.pt", "metrics.jsonl", "summary.json"} <= {p.name for p in run_dir.iterdir()}
+
+    single = train(load_recipe(recipe), runs_dir=tmp_path / "one", quiet=True).run_dir
+    assert len(losses(run_dir, "train_loss")) == 5
+    assert losses(run_dir, "train_loss") == pytest.approx(losses(single, "train_loss"), abs=1e-5)
+    assert losses(run_dir, "val_loss") == pytest.approx(losses(single, "val_loss"), abs=1e-5)
+    two = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+    one = torch.load(single / "checkpoint.pt", weights_only=True)["model"]
+    for name, weight in one.items():
+        torch.testing.assert_close(two[name], weight, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_each_rank_takes_its_own_slice_of_the_batch():
+    batch = torch.arange(8)
+    assert [Distributed(r, 2).shard(batch).tolist() for r in (0, 1)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [Distributed(r, 3).split(torch.arange(7)).tolist() for r in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
+    single = Distributed()
+    assert single.is_main and torch.equal(single.shard(batch), batch) and torch.equal(single.mean(batch), batch)
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused():
+    Distributed(0, 4).check_batch_size(32)
+    with pytest.raises(UserError, match=r"train.batch_size 30 .* 4 processes; use a multiple of 4, e.g. 28"):
+        Distributed(0, 4).check_batch_size(30)

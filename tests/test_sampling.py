@@ -1,0 +1,73 @@
+"""Generation with and without the key/value cache, for every attention x positional pair."""
+
+import itertools
+
+import pytest
+import torch
+
+from gptkit.components.attention import NaiveAttention
+from gptkit.conformance import CONFIG, tiny_model
+from gptkit.registry import registry
+from gptkit.sampling import generate
+
+PAIRS = list(itertools.product(registry("attention").names(), registry("positional").names()))
+
+
+def peaky_model(**components):
+    """A tiny model with sharp attention and next-token distributions far from uniform, so that a
+    wrong context or position changes which token is drawn."""
+    torch.manual_seed(0)
+    model = tiny_model(**components).eval()
+    for block in model.transformer.h:
+        torch.nn.init.normal_(block.attn.c_attn.weight, std=0.5)
+    torch.nn.init.normal_(model.lm_head.weight, std=0.1)  # the likeliest token gets about half the mass
+    return model
+
+
+def run(model, prompt_len: int, top_k: int | None, use_cache: bool, tokens: int = 2 * CONFIG.block_size + 4):
+    """Tokens generated, and the length of every sequence the model was fed."""
+    fed = []
+    hook = model.register_forward_pre_hook(lambda module, args: fed.append(args[0].size(1)))
+    prompt = torch.randint(0, CONFIG.vocab_size, (2, prompt_len), generator=torch.Generator().manual_seed(1))
+    out = generate(model, prompt, tokens, temperature=1.0, top_k=top_k,
+                   generator=torch.Generator().manual_seed(2), use_cache=use_cache)
+    hook.remove()
+    return out, fed
+
+
+@pytest.mark.parametrize("attention,positional", PAIRS, ids=[f"{a}-{p}" for a, p in PAIRS])
+@pytest.mark.parametrize("top_k,prompt_len", [(1, 5), (None, CONFIG.block_size + 4)],
+                         ids=["greedy", "sampled-long-prompt"])
+def test_cached_and_recomputed_generation_give_the_same_tokens(attention, positional, top_k, prompt_len):
+    model = peaky_model(attention=attention, positional=positional)
+    assert model.supports_kv_cache
+    (cached, fed_cached), (recomputed, fed_recomputed) = (run(model, prompt_len, top_k, c) for c in (True, False))
+    assert torch.equal(cached, recomputed)
+    if top_k is None:  # varied tokens, so a wrong context would show (greedy decoding of a random model repeats)
+        assert len(set(cached[0, -CONFIG.block_size:].tolist())) > 3
+    # The cache feeds one token per step, apart from the prompt and each restart of the full window.
+    assert max(fed_recomputed) == CONFIG.block_size and sum(fed_cached) < sum(fed_recomputed) / 3
+    assert fed_cached.count(1) > len(fed_cached) * 0.8
+
+
+def test_the_context_never_exceeds_block_size_and_restarts_from_its_last_half():
+    _, fed = run(peaky_model(), prompt_len=5, top_k=None, use_cache=False, tokens=2 * CONFIG.block_size)
+    half = CONFIG.block_size // 2
+    assert fed[: CONFIG.block_size - 4] == list(range(5, CONFIG.block_size + 1))
+    assert fed[CONFIG.block_size - 4 : CONFIG.block_size - 4 + half] == list(range(half, CONFIG.block_size))
+
+
+def test_attention_without_cache_support_falls_back_to_recomputation(temporary_component):
+    class Uncached(NaiveAttention):
+        """An attention written before caching existed: forward takes x only."""
+
+        supports_kv_cache = False
+
+        def forward(self, x):
+            return super().forward(x)
+
+    temporary_component("attention", "uncached", Uncached)
+    model = peaky_model(attention="uncached")
+    assert not model.supports_kv_cache
+    out, fed = run(model, prompt_len=5, top_k=None, use_cache=True)
+    assert out.shape == (2, 5 + 2 * CONFIG.block_size + 4) and 1 not in fed
