@@ -128,3 +128,11 @@ def test_all_problems_are_reported_at_once(tmp_path, monkeypatch):
 def test_incompatible_choices_fail_at_validation(write_recipe, model, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(write_recipe(model=model))
+
+
+def test_override_imports_are_relative_to_the_cwd(write_recipe, tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "mine.py").write_text("")
+    monkeypatch.chdir(tmp_path / "work")
+    r = load_recipe(write_recipe(), ["imports=[mine.py]"])
+    assert r.imports == [tmp_path / "work" / "mine.py"]

@@ -1,8 +1,9 @@
 """Read a recipe file, apply `--set key=value` overrides, validate, and report every problem at once."""
 
 from collections.abc import Sequence
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -76,8 +77,11 @@ def apply_override(data: dict, text: str) -> tuple[tuple, str]:
     if not sep or not all(p.strip() for p in parts):
         raise RecipeError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=3e-4")
     value, _ = yaml.load(raw, f"--set {key}")
-    if isinstance(value, str) and _is_path(parts):
-        value = str(Path(value).expanduser().absolute())  # paths on the command line are relative to the cwd
+    if _is_path(parts):  # paths on the command line are relative to the cwd
+        if isinstance(value, str):
+            value = str(Path(value).expanduser().absolute())
+        elif isinstance(value, list):
+            value = [str(Path(v).expanduser().absolute()) if isinstance(v, str) else v for v in value]
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -98,7 +102,10 @@ def _is_path(parts: tuple) -> bool:
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
             return False
-        if any(getattr(m, "func", None) is _resolve for m in field.metadata):
+        metadata = list(field.metadata) + [  # list[RecipePath] keeps the marker inside
+            m for arg in typing.get_args(field.annotation) if typing.get_origin(arg) is Annotated
+            for m in typing.get_args(arg)[1:]]
+        if any(getattr(m, "func", None) is _resolve for m in metadata):
             return True
         model = field.annotation
     return False
