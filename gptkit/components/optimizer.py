@@ -1,4 +1,9 @@
-"""Optimizers. The trainer hands over parameter groups that already carry their weight decay."""
+"""Optimizers. The trainer hands over parameter groups that already carry their weight decay and a
+`role`: "matrix" (2-D weights inside the blocks), "embedding" (token/position tables, the LM head, any
+tensor of more than two dimensions) or "vector" (gains and biases). An optimizer may treat roles
+differently, as Muon does."""
+
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -8,7 +13,8 @@ from .base import Component, Params
 
 
 class Optimizer(Component):
-    """Base class: built with `(params)`; `build(groups, lr)` returns a `torch.optim.Optimizer`."""
+    """Base class: built with `(params)`; `build(groups, lr)` returns an object with torch's optimizer
+    surface (`param_groups`, `step`, `zero_grad`, `state_dict`, `load_state_dict`)."""
 
     def __init__(self, params: Params):
         self.params = params
@@ -27,6 +33,14 @@ class AdamWParams(Params):
     fused: bool | None = Field(None, description="fused kernel; default: on wherever torch supports it")
 
 
+def adamw(groups: list[dict], lr: float, p: AdamWParams) -> torch.optim.AdamW:
+    fused = p.fused
+    if fused is None:  # one fused kernel per step beats a Python loop over tensors, on CPU and CUDA
+        devices = {t.device.type for g in groups for t in g["params"]}
+        fused = devices <= {"cpu", "cuda"}
+    return torch.optim.AdamW(groups, lr=lr, betas=(p.beta1, p.beta2), eps=p.eps, fused=fused)
+
+
 @optimizer.register("adamw")
 class AdamW(Optimizer):
     """Adam with decoupled weight decay (Loshchilov & Hutter 2017, arXiv:1711.05101); torch's defaults."""
@@ -34,9 +48,61 @@ class AdamW(Optimizer):
     Params = AdamWParams
 
     def build(self, groups, lr):
+        return adamw(groups, lr, self.params)
+
+
+class Chain:
+    """Several torch optimizers stepped as one. `param_groups` lists all their groups (the same dicts),
+    so the trainer's learning-rate schedule reaches every one."""
+
+    def __init__(self, **optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers.values() for g in o.param_groups]
+
+    def step(self) -> None:
+        for o in self.optimizers.values():
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers.values():
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {name: o.state_dict() for name, o in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.optimizers):
+            raise ValueError(f"optimizer state holds {sorted(state)}, expected {sorted(self.optimizers)}")
+        for name, o in self.optimizers.items():
+            o.load_state_dict(state[name])
+
+
+class MuonParams(AdamWParams):
+    momentum: float = Field(0.95, ge=0, lt=1)
+    nesterov: bool = True
+    ns_steps: int = Field(5, ge=1, le=20, description="Newton-Schulz iterations")
+    adjust_lr: Literal["match_rms_adamw", "original"] = Field(
+        "match_rms_adamw", description="match_rms_adamw: updates as large as AdamW's, so train.lr serves both")
+    lr_scale: float = Field(1.0, gt=0, description="Muon's learning rate is train.lr times this")
+
+
+@optimizer.register("muon")
+class Muon(Optimizer):
+    """Muon (Jordan et al. 2024; Liu et al. 2025, arXiv:2502.16982) for the blocks' weight matrices: the
+    momentum of each gradient is orthogonalised by Newton-Schulz iterations. Embeddings, the LM head,
+    gains and biases keep AdamW (its betas and eps are this component's too), as Muon prescribes."""
+
+    Params = MuonParams
+
+    def build(self, groups, lr):
         p = self.params
-        fused = p.fused
-        if fused is None:  # one fused kernel per step beats a Python loop over tensors, on CPU and CUDA
-            devices = {t.device.type for g in groups for t in g["params"]}
-            fused = devices <= {"cpu", "cuda"}
-        return torch.optim.AdamW(groups, lr=lr, betas=(p.beta1, p.beta2), eps=p.eps, fused=fused)
+        matrices = [dict(g, lr_scale=p.lr_scale) for g in groups if g.get("role") == "matrix" and g["params"]]
+        rest = [g for g in groups if g.get("role") != "matrix"]
+        if not matrices:
+            return adamw(rest, lr, p)
+        muon = torch.optim.Muon(matrices, lr=lr * p.lr_scale, momentum=p.momentum, nesterov=p.nesterov,
+                                ns_steps=p.ns_steps, adjust_lr_fn=p.adjust_lr)
+        return Chain(muon=muon, adamw=adamw(rest, lr, p))

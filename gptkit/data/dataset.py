@@ -73,7 +73,9 @@ class CharDataset:
         g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
         n, room = self.windows_per_epoch, len(self.train) - self.block_size
         offset = int(torch.randint(min(self.stride, room - (n - 1) * self.stride), (1,), generator=g))
-        return (offset + self.stride * torch.randperm(n, generator=g)).to(self.train.device)
+        dtype = torch.int32 if len(self.train) < 2**31 else torch.int64  # half the memory of a long per window
+        order = torch.randperm(n, generator=g, dtype=dtype).mul_(self.stride).add_(offset)
+        return order.to(self.train.device)
 
     def batch(self, starts: torch.Tensor, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and next-character targets, each (len(starts), block_size) int64."""

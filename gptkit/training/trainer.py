@@ -27,12 +27,17 @@ from .speed import compiled, micro_batch_size
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices and embeddings; never norms' gains or biases (1-D tensors)."""
+    """Groups by role (see `gptkit.components.optimizer`). Matrices and embeddings decay; gains and
+    biases (1-D tensors) never do. Embeddings are the tables of `nn.Embedding`s and the `lm_head`."""
+    tables = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    head = getattr(model, "lm_head", None)
+    tables |= {id(p) for p in (head.parameters() if head is not None else ())}
     params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    roles = {"matrix": [], "embedding": [], "vector": []}
+    for p in params:
+        roles["vector" if p.dim() < 2 else "embedding" if id(p) in tables or p.dim() > 2 else "matrix"].append(p)
+    return [{"params": ps, "weight_decay": 0.0 if role == "vector" else weight_decay, "role": role}
+            for role, ps in roles.items()]
 
 
 def autocast(device: torch.device, precision: str):
@@ -199,7 +204,7 @@ class Trainer:
         B = self.cfg.batch_size
         x, y = self.dataset.batch(self.dist.shard(starts[batch * B : (batch + 1) * B]))
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss = torch.zeros((), device=self.device)
         for xm, ym in zip(x.split(self.micro_batch), y.split(self.micro_batch)):
             with autocast(self.device, self.cfg.precision):
