@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gptkit import load_recipe, train
+from gptkit.components.optimizer import MuonUpdate, orthogonalise
 from gptkit.errors import Interrupted
 from gptkit.model import build_model
 from gptkit.registry import registry
@@ -39,7 +40,7 @@ def test_muon_takes_the_matrices_and_adamw_the_rest(write_recipe):
     model = build_model(recipe.model, vocab_size=30)
     opt = recipe.train.optimizer.build().build(param_groups(model, 0.1), 1e-3)
     muon, adamw = opt.optimizers["muon"], opt.optimizers["adamw"]
-    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert isinstance(muon, MuonUpdate) and isinstance(adamw, torch.optim.AdamW)
     assert {id(p) for g in muon.param_groups for p in g["params"]} == {id(p) for p in param_groups(model, 0.1)[0]["params"]}
     assert all(g["lr"] == 2e-3 for g in muon.param_groups) and all(g["lr"] == 1e-3 for g in adamw.param_groups)
 
@@ -71,3 +72,30 @@ def test_every_optimizer_resumes_bit_for_bit(write_recipe, tmp_path, monkeypatch
     train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume=e.value.run_dir)
     a, b = load_checkpoint(reference)["model"], load_checkpoint(e.value.run_dir)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_muon_follows_torch_muon(nesterov):
+    """Same steps as torch.optim.Muon when both orthogonalise in bf16 (torch's precision)."""
+    torch.manual_seed(0)
+    shapes = [(48, 16), (16, 48), (48, 16), (32, 32)]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    kw = dict(lr=0.02, momentum=0.9, nesterov=nesterov, ns_steps=5, weight_decay=0.1)
+    a = MuonUpdate(ours, adjust_lr="match_rms_adamw", ns_dtype=torch.bfloat16, **kw)
+    b = torch.optim.Muon(theirs, adjust_lr_fn="match_rms_adamw", **kw)
+    for _ in range(3):
+        grads = [torch.randn(s) for s in shapes]
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        a.step()
+        b.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, atol=2e-3, rtol=0)
+
+
+def test_muon_orthogonalises():
+    G = torch.randn(3, 64, 16, dtype=torch.float64)
+    s = torch.linalg.svdvals(orthogonalise(G, steps=5, dtype=torch.float32).double())
+    assert s.shape == (3, 16) and s.min() > 0.5 and s.max() < 1.3  # Jordan's iteration: roughly 1, not exactly

@@ -1,5 +1,5 @@
-"""The training loop: AdamW with grouped decay, clipping, an LR schedule, periodic validation and
-checkpoints, a divergence guard, and a clean stop on SIGINT/SIGTERM.
+"""The training loop: the recipe's optimizer over parameter groups by role, clipping, an LR schedule,
+periodic validation and checkpoints, a divergence guard, and a clean stop on SIGINT/SIGTERM.
 
 Everything a resumed run needs is in `Trainer.state_dict()`: the optimizer, the step (which fixes
 the epoch and the batch, since batch order is a function of seed and epoch), the RNG states and

@@ -1,0 +1,137 @@
+"""gptkit against nanoGPT on the same machine, both run as their users run them (whole processes).
+
+    PYTHONPATH=. python tests/bench/vs_nanogpt.py --nanogpt ~/src/nanoGPT            # both comparisons
+    PYTHONPATH=. python tests/bench/vs_nanogpt.py --nanogpt ~/src/nanoGPT --only speed --rounds 3
+
+`speed`: the user's reference model (n_embd 256, 8 heads, 6 layers, block 256) at batch 128 on the
+CPU: nanoGPT's train.py against `gptkit run recipes/shakespeare.yaml`, same dropout, a few steps
+each; tokens/s is the median over steps after the first two, memory the process's peak RSS.
+`loss`: nanoGPT's README CPU recipe on tiny Shakespeare against `recipes/tinyshakespeare-fast.yaml`:
+wall time from process start to exit, final validation loss, peak RSS.
+Rounds alternate between the two programs, so drift on a shared machine hits both; figures are
+medians. nanoGPT is not shipped: pass a checkout of https://github.com/karpathy/nanoGPT. Its
+shakespeare_char data is prepared from `--text` (no download) when missing.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+TEXT = ROOT.parent / "shared/data/tinyshakespeare.txt"
+REFERENCE = dict(n_layer=6, n_head=8, n_embd=256, block_size=256, batch_size=128)
+NANOGPT_CPU = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
+               "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
+               "--lr_decay_iters=2000", "--dropout=0.0"]
+
+
+def run(cmd: list[str], cwd: Path) -> tuple[str, float, float]:
+    """stdout+stderr, wall seconds and peak RSS in MB of a whole process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(f"failed: {' '.join(cmd)}\n{out[-3000:]}")
+    return out, wall, usage.ru_maxrss / 1024
+
+
+def prepare_nanogpt(nanogpt: Path, text: Path):
+    data = nanogpt / "data/shakespeare_char"
+    if not (data / "train.bin").exists():
+        if not (data / "input.txt").exists():
+            shutil.copyfile(text, data / "input.txt")  # prepare.py then skips its download
+        run([sys.executable, "prepare.py"], data)
+
+
+def nanogpt_speed(nanogpt: Path, steps: int, dropout: float) -> dict:
+    r = REFERENCE
+    out, _, rss = run([sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu",
+                       "--compile=False", f"--n_layer={r['n_layer']}", f"--n_head={r['n_head']}",
+                       f"--n_embd={r['n_embd']}", f"--block_size={r['block_size']}", f"--batch_size={r['batch_size']}",
+                       f"--dropout={dropout}", f"--max_iters={steps}", "--eval_interval=1000000", "--eval_iters=1",
+                       "--log_interval=1", "--learning_rate=1e-3", "--weight_decay=0.01",
+                       "--always_save_checkpoint=False"], nanogpt)
+    ms = [float(t) for t in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", out, re.M)]
+    tokens = r["batch_size"] * r["block_size"]
+    return {"tokens_per_s": statistics.median(tokens / (t / 1000) for t in ms[2:]), "peak_rss_mb": rss}
+
+
+def gptkit_speed(steps: int, dropout: float, runs: Path) -> dict:
+    out, _, rss = run([sys.executable, "-m", "gptkit", "run", str(ROOT / "recipes/shakespeare.yaml"),
+                       "--runs-dir", str(runs), "--set", f"train.max_steps={steps}", "--set", "train.log_every=1",
+                       "--set", f"model.dropout={dropout}", "--set", "train.device=cpu",
+                       "--set", "sample.tokens=0"], ROOT)
+    run_dir = re.search(r"^Run folder: (\S+)", out, re.M).group(1)
+    records = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+    tps = [r["tokens_per_s"] for r in records if "train_loss" in r and r["step"] > 2]
+    return {"tokens_per_s": statistics.median(tps), "peak_rss_mb": rss}
+
+
+def nanogpt_loss(nanogpt: Path) -> dict:
+    out, wall, rss = run([sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_CPU,
+                          "--always_save_checkpoint=False"], nanogpt)
+    val = float(re.findall(r"^step \d+: train loss [\d.]+, val loss ([\d.]+)", out, re.M)[-1])
+    return {"val_loss": val, "wall_s": wall, "peak_rss_mb": rss}
+
+
+def gptkit_loss(runs: Path) -> dict:
+    out, wall, rss = run([sys.executable, "-m", "gptkit", "run", str(ROOT / "recipes/tinyshakespeare-fast.yaml"),
+                          "--runs-dir", str(runs)], ROOT)
+    val = float(re.search(r"^Finished: val loss ([\d.]+)", out, re.M).group(1))
+    return {"val_loss": val, "wall_s": wall, "peak_rss_mb": rss}
+
+
+def compare(title: str, programs: dict, rounds: int) -> dict:
+    results = {name: [] for name in programs}
+    for r in range(rounds):
+        for name, measure in programs.items():
+            results[name].append(measure())
+            print(f"  {title} round {r + 1}/{rounds} {name}: {results[name][-1]}", flush=True)
+    return {name: {k: statistics.median(m[k] for m in ms) for k in ms[0]} for name, ms in results.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nanogpt", type=Path, required=True, help="a checkout of karpathy/nanoGPT")
+    ap.add_argument("--text", type=Path, default=TEXT, help="tiny Shakespeare, for nanoGPT's data")
+    ap.add_argument("--only", choices=["speed", "loss"])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=6, help="training steps per speed measurement")
+    ap.add_argument("--dropout", type=float, default=0.0, help="both models' dropout in the speed comparison")
+    args = ap.parse_args(argv)
+    prepare_nanogpt(args.nanogpt, args.text)
+    runs = Path(tempfile.mkdtemp(prefix="vs-nanogpt-"))
+    try:
+        if args.only in (None, "speed"):
+            m = compare("speed", {"nanoGPT": lambda: nanogpt_speed(args.nanogpt, args.steps, args.dropout),
+                                  "gptkit": lambda: gptkit_speed(args.steps, args.dropout, runs)}, args.rounds)
+            n, g = m["nanoGPT"], m["gptkit"]
+            print(f"speed, reference model, batch 128, dropout {args.dropout}: nanoGPT {n['tokens_per_s']:,.0f} "
+                  f"tokens/s, {n['peak_rss_mb']:,.0f} MB; gptkit {g['tokens_per_s']:,.0f} tokens/s, "
+                  f"{g['peak_rss_mb']:,.0f} MB: {g['tokens_per_s'] / n['tokens_per_s']:.2f}x the tokens/s "
+                  f"(goal >= 1.4x), {g['peak_rss_mb'] / n['peak_rss_mb']:.2f}x the memory (goal <= 0.5x)")
+        if args.only in (None, "loss"):
+            m = compare("loss", {"nanoGPT": lambda: nanogpt_loss(args.nanogpt),
+                                 "gptkit": lambda: gptkit_loss(runs)}, args.rounds)
+            n, g = m["nanoGPT"], m["gptkit"]
+            print(f"loss per minute: nanoGPT val {n['val_loss']:.3f} in {n['wall_s']:.1f} s, {n['peak_rss_mb']:,.0f} MB; "
+                  f"gptkit val {g['val_loss']:.3f} in {g['wall_s']:.1f} s, {g['peak_rss_mb']:,.0f} MB "
+                  f"(goal: val <= 1.70 within nanoGPT's time and memory)")
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
