@@ -47,8 +47,10 @@ def losses(run_dir: Path, key: str) -> list[float]:
     return [r[key] for r in records if key in r]
 
 
-def test_two_processes_take_the_steps_of_one(tmp_path, write_recipe):
-    recipe = write_recipe(train={"batch_size": 8, "max_steps": 5, "log_every": 1, "eval_every": 2, "eval_batches": 3})
+@pytest.mark.parametrize("micro_batch", [None, 2], ids=["whole-batch", "micro-batches"])
+def test_two_processes_take_the_steps_of_one(tmp_path, write_recipe, micro_batch):
+    recipe = write_recipe(train={"batch_size": 8, "max_steps": 5, "log_every": 1, "eval_every": 2, "eval_batches": 3,
+                                 "micro_batch_size": micro_batch})
     result = torchrun("run", recipe, "--runs-dir", tmp_path / "ddp", "-q")
     assert result.returncode == 0, result.stdout
     (run_dir,) = (tmp_path / "ddp").iterdir()  # rank 0 alone made a run folder...

@@ -88,8 +88,9 @@ class TrainSection(Section):
     checkpoint_every: PositiveInt | None = Field(None, description="steps between checkpoints; default once per epoch")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: CUDA if present, else CPU")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere")
-    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the training forward pass; "
-                                            "auto: only where it measured a win, counting compile time")
+    compile: bool | Literal["auto", "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"] = Field(
+        "auto", description="torch.compile the training forward pass (true, or one of torch.compile's modes); "
+                            "auto: only where it measured a win, counting compile time")
 
 
 class SampleSection(Section):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset import CharDataset
 from ..errors import Diverged, Interrupted
@@ -135,7 +136,8 @@ class Trainer:
         self.progress = Progress(self.total_steps, quiet=quiet)
         self.state = TrainState()
         self.micro_batch = micro_batch_size(self.cfg.micro_batch_size, self.cfg.batch_size, dataset.block_size, device)
-        self.train_forward = compiled(dist.wrap(model, device), self.cfg.compile, device)  # DDP averages gradients
+        self.ddp = dist.wrap(model, device)  # DDP averages gradients across processes
+        self.train_forward = compiled(self.ddp, self.cfg.compile, device)
         self.stop_signal: int | None = None
         self._pending: list[tuple[torch.Tensor, float]] = []  # losses stay on the device until flushed
         self._interval_t0 = time.perf_counter()
@@ -206,11 +208,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         loss = torch.zeros((), device=self.device)
-        for xm, ym in zip(x.split(self.micro_batch), y.split(self.micro_batch)):
-            with autocast(self.device, self.cfg.precision):
+        micro = list(zip(x.split(self.micro_batch), y.split(self.micro_batch)))
+        for i, (xm, ym) in enumerate(micro):
+            with autocast(self.device, self.cfg.precision), self._accumulating(last=i == len(micro) - 1):
                 _, micro_loss = self.train_forward(xm, ym)
-            micro_loss = micro_loss * (len(xm) / len(x))  # weighted: the sum is the mean over the whole batch
-            micro_loss.backward()  # gradients add up across micro-batches
+                micro_loss = micro_loss * (len(xm) / len(x))  # weighted: the sum is the mean over the whole batch
+                micro_loss.backward()  # gradients add up across micro-batches
             loss += micro_loss.detach()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
         if not bool(torch.isfinite(loss) & torch.isfinite(norm)):  # one host sync: decides the step
@@ -218,6 +221,12 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss
+
+    def _accumulating(self, last: bool):
+        """Under DDP, gradients of all but the last micro-batch stay local: one all-reduce per step."""
+        if last or not isinstance(self.ddp, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
