@@ -28,7 +28,8 @@ def test_parameter_roles(write_recipe, tie):
     r = roles(model)
     every = [n for g in param_groups(model, 0.1) for n in g["params"]]
     assert len(every) == len({id(p) for p in model.parameters()})  # each parameter exactly once
-    assert r["embedding"] == {"transformer.wte.weight", "transformer.pos.wpe.weight"} | (set() if tie else {"lm_head.weight"})
+    tables = {"transformer.wte.weight", "transformer.pos.wpe.weight"}
+    assert r["embedding"] == (tables if tie else tables | {"lm_head.weight"})
     assert r["matrix"] and all(n.startswith("transformer.h.") and n.endswith("weight") for n in r["matrix"])
     assert r["vector"] == {n for n, p in model.named_parameters() if p.dim() == 1}
     decay = {g["role"]: g["weight_decay"] for g in param_groups(model, 0.1)}
@@ -41,7 +42,8 @@ def test_muon_takes_the_matrices_and_adamw_the_rest(write_recipe):
     opt = recipe.train.optimizer.build().build(param_groups(model, 0.1), 1e-3)
     muon, adamw = opt.optimizers["muon"], opt.optimizers["adamw"]
     assert isinstance(muon, MuonUpdate) and isinstance(adamw, torch.optim.AdamW)
-    assert {id(p) for g in muon.param_groups for p in g["params"]} == {id(p) for p in param_groups(model, 0.1)[0]["params"]}
+    matrices = next(g["params"] for g in param_groups(model, 0.1) if g["role"] == "matrix")
+    assert {id(p) for g in muon.param_groups for p in g["params"]} == {id(p) for p in matrices}
     assert all(g["lr"] == 2e-3 for g in muon.param_groups) and all(g["lr"] == 1e-3 for g in adamw.param_groups)
 
 

@@ -98,9 +98,10 @@ def orthogonalise(G: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tens
 
 class MuonUpdate(torch.optim.Optimizer):
     """Muon for 2-D parameters: B = lerp(B, grad, 1 - momentum); O = NS(lerp(grad, B, momentum))
-    (Nesterov) or NS(B); then decoupled weight decay and p -= lr_adjusted * O. torch.optim.Muon's maths
-    (torch >= 2.9, whose implementation this follows), but matrices of the same shape are orthogonalised together, and on a CPU in
-    float32: torch's bfloat16 Newton-Schulz is about 3x slower there on CPUs without bf16 units."""
+    (Nesterov) or NS(B); then decoupled weight decay and p -= lr_adjusted * O. The maths of
+    torch.optim.Muon (torch >= 2.9, whose implementation this follows), but matrices of the same shape
+    are orthogonalised together, and on a CPU in float32: torch's bfloat16 Newton-Schulz was 3x slower
+    on a CPU without bf16 units (README, "Performance")."""
 
     def __init__(self, params, lr: float, momentum: float, nesterov: bool, ns_steps: int, adjust_lr: str,
                  weight_decay: float = 0.0, ns_dtype: torch.dtype | None = None):
@@ -119,6 +120,10 @@ class MuonUpdate(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             for p in params:
@@ -137,6 +142,7 @@ class MuonUpdate(torch.optim.Optimizer):
                 lr = group["lr"] * self.lr_ratio(shape, group["adjust_lr"])
                 for i, o in zip(idx, O):
                     params[i].mul_(1 - group["lr"] * group["weight_decay"]).add_(o, alpha=-lr)
+        return loss
 
 
 class MuonParams(AdamWParams):

@@ -210,8 +210,9 @@ class Trainer:
         loss = torch.zeros((), device=self.device)
         micro = list(zip(x.split(self.micro_batch), y.split(self.micro_batch)))
         for i, (xm, ym) in enumerate(micro):
-            with autocast(self.device, self.cfg.precision), self._accumulating(last=i == len(micro) - 1):
-                _, micro_loss = self.train_forward(xm, ym)
+            with self._accumulating(last=i == len(micro) - 1):
+                with autocast(self.device, self.cfg.precision):
+                    _, micro_loss = self.train_forward(xm, ym)
                 micro_loss = micro_loss * (len(xm) / len(x))  # weighted: the sum is the mean over the whole batch
                 micro_loss.backward()  # gradients add up across micro-batches
             loss += micro_loss.detach()

@@ -125,7 +125,8 @@ def main(argv=None) -> int:
             m = compare("loss", {"nanoGPT": lambda: nanogpt_loss(args.nanogpt),
                                  "gptkit": lambda: gptkit_loss(runs)}, args.rounds)
             n, g = m["nanoGPT"], m["gptkit"]
-            print(f"loss per minute: nanoGPT val {n['val_loss']:.3f} in {n['wall_s']:.1f} s, {n['peak_rss_mb']:,.0f} MB; "
+            print(f"loss per minute: nanoGPT val {n['val_loss']:.3f} in {n['wall_s']:.1f} s, "
+                  f"{n['peak_rss_mb']:,.0f} MB; "
                   f"gptkit val {g['val_loss']:.3f} in {g['wall_s']:.1f} s, {g['peak_rss_mb']:,.0f} MB "
                   f"(goal: val <= 1.70 within nanoGPT's time and memory)")
     finally:
