@@ -64,6 +64,17 @@ def test_compile_option_wraps_the_model_and_shares_its_weights(write_recipe):
     assert eager.train_forward is eager.model
 
 
+def test_compile_modes_reach_torch_compile(write_recipe, cli, monkeypatch):
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    trainer_for(write_recipe(), "train.compile=max-autotune-no-cudagraphs")
+    trainer_for(write_recipe(), "train.compile=true")
+    assert modes == ["max-autotune-no-cudagraphs", None]
+    for wrong in ("fastest", "1"):  # 1 is not true: only true/false are booleans in a recipe
+        result = cli("validate", write_recipe(), "--set", f"train.compile={wrong}")
+        assert result.exit_code == 2 and "train.compile" in result.output and "max-autotune" in result.output
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is not available")
 def test_compiled_step_matches_eager(write_recipe):

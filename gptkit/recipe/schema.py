@@ -70,6 +70,16 @@ class ModelSection(Section):
         return self
 
 
+CompileModes = Literal[True, False, "auto", "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"]
+
+
+def _bool_or_name(value):
+    if not isinstance(value, bool | str):  # a Literal alone would take 1 for true
+        raise ValueError("should be true, false, 'auto' or a torch.compile mode: 'default', "
+                         "'max-autotune-no-cudagraphs', 'max-autotune', 'reduce-overhead'")
+    return value
+
+
 class TrainSection(Section):
     batch_size: PositiveInt = 128
     micro_batch_size: PositiveInt | Literal["auto"] | None = Field(
@@ -88,7 +98,7 @@ class TrainSection(Section):
     checkpoint_every: PositiveInt | None = Field(None, description="steps between checkpoints; default once per epoch")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: CUDA if present, else CPU")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere")
-    compile: bool | Literal["auto", "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"] = Field(
+    compile: Annotated[CompileModes, BeforeValidator(_bool_or_name)] = Field(
         "auto", description="torch.compile the training forward pass (true, or one of torch.compile's modes); "
                             "auto: only where it measured a win, counting compile time")
 
