@@ -103,4 +103,4 @@ def test_fast_recipe_trains_to_a_low_validation_loss(tmp_path):
     from gptkit.training import train
 
     result = train(load_recipe(FAST), runs_dir=tmp_path, quiet=True)
-    assert result.summary["final_val_loss"] < 1.85
+    assert result.summary["final_val_loss"] <= 1.70  # the loss-per-minute goal (1.665 measured)
