@@ -7,7 +7,7 @@ import torch
 
 from gptkit import load_recipe, train
 from gptkit.components.optimizer import MuonUpdate, orthogonalise
-from gptkit.errors import Interrupted
+from gptkit.errors import Interrupted, UserError
 from gptkit.model import build_model
 from gptkit.registry import registry
 from gptkit.training.checkpoint import load_checkpoint
@@ -101,3 +101,14 @@ def test_muon_orthogonalises():
     G = torch.randn(3, 64, 16, dtype=torch.float64)
     s = torch.linalg.svdvals(orthogonalise(G, steps=5, dtype=torch.float32).double())
     assert s.shape == (3, 16) and s.min() > 0.5 and s.max() < 1.3  # Jordan's iteration: roughly 1, not exactly
+
+
+def test_resuming_with_an_optimizer_state_that_does_not_fit_is_a_clear_error(write_recipe, tmp_path):
+    recipe = load_recipe(write_recipe(train={"max_steps": 2}))
+    result = train(recipe, runs_dir=tmp_path / "runs", quiet=True)
+    saved = load_checkpoint(result.run_dir)["trainer"]
+    groups = saved["optimizer"]["param_groups"]
+    groups[0]["params"] += groups.pop(1)["params"]  # fewer groups, as an older gptkit wrote them
+    trainer = Trainer(recipe, result.model, result.dataset, torch.device("cpu"), quiet=True)
+    with pytest.raises(UserError, match=r"optimizer state does not fit train.optimizer \(adamw\).*start a new run"):
+        trainer.load_state_dict(saved)

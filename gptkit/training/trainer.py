@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset import CharDataset
-from ..errors import Diverged, Interrupted
+from ..errors import Diverged, Interrupted, UserError
 from ..model import GPT
 from ..recipe import Recipe
 from .distributed import Distributed
@@ -155,7 +155,12 @@ class Trainer:
         return {"optimizer": self.optimizer.state_dict(), "state": asdict(self.state), "rng": rng}
 
     def load_state_dict(self, saved: dict) -> None:
-        self.optimizer.load_state_dict(saved["optimizer"])
+        try:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        except (ValueError, KeyError) as e:  # parameter groups that do not line up
+            raise UserError(f"the checkpoint's optimizer state does not fit train.optimizer "
+                            f"({self.cfg.optimizer.name}): {e}. It was written with another optimizer or by an "
+                            "older gptkit; start a new run instead of resuming") from None
         self.state = TrainState(**saved["state"])
         torch.set_rng_state(saved["rng"]["torch"])
         if "cuda" in saved["rng"] and self.device.type == "cuda":
