@@ -110,6 +110,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=6, help="training steps per speed measurement")
     ap.add_argument("--dropout", type=float, default=0.0, help="both models' dropout in the speed comparison")
     args = ap.parse_args(argv)
+    if not (args.nanogpt / "train.py").exists() or not (args.nanogpt / "model.py").exists():
+        ap.error(f"--nanogpt {args.nanogpt}: not a nanoGPT checkout (no train.py and model.py there)")
+    if not (args.nanogpt / "data/shakespeare_char/train.bin").exists() and not args.text.exists():
+        ap.error(f"--text {args.text}: not found; nanoGPT's data is prepared from it")
     prepare_nanogpt(args.nanogpt, args.text)
     runs = Path(tempfile.mkdtemp(prefix="vs-nanogpt-"))
     try:
