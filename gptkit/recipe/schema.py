@@ -4,7 +4,7 @@ Paths in a recipe file are relative to the folder of that file.
 """
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
@@ -75,8 +75,8 @@ CompileModes = Literal[True, False, "auto", "default", "max-autotune-no-cudagrap
 
 def _bool_or_name(value):
     if not isinstance(value, bool | str):  # a Literal alone would take 1 for true
-        raise ValueError("should be true, false, 'auto' or a torch.compile mode: 'default', "
-                         "'max-autotune-no-cudagraphs', 'max-autotune', 'reduce-overhead'")
+        names = ", ".join(repr(m) for m in get_args(CompileModes) if isinstance(m, str))
+        raise ValueError(f"should be true, false or one of {names}")
     return value
 
 

@@ -33,10 +33,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     tables = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     head = getattr(model, "lm_head", None)
     tables |= {id(p) for p in (head.parameters() if head is not None else ())}
-    params = [p for p in model.parameters() if p.requires_grad]
     roles = {"matrix": [], "embedding": [], "vector": []}
-    for p in params:
-        roles["vector" if p.dim() < 2 else "embedding" if id(p) in tables or p.dim() > 2 else "matrix"].append(p)
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if p.dim() < 2:
+            roles["vector"].append(p)
+        else:
+            roles["embedding" if id(p) in tables or p.dim() > 2 else "matrix"].append(p)
     return [{"params": ps, "weight_decay": 0.0 if role == "vector" else weight_decay, "role": role}
             for role, ps in roles.items()]
 
