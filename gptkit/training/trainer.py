@@ -140,8 +140,8 @@ class Trainer:
         self.progress = Progress(self.total_steps, quiet=quiet)
         self.state = TrainState()
         self.micro_batch = micro_batch_size(self.cfg.micro_batch_size, self.cfg.batch_size, dataset.block_size, device)
-        self.ddp = dist.wrap(model, device)  # DDP averages gradients across processes
-        self.train_forward = compiled(self.ddp, self.cfg.compile, device)
+        self.wrapped = dist.wrap(model, device)  # under torchrun, DDP: it averages gradients across processes
+        self.train_forward = compiled(self.wrapped, self.cfg.compile, device)
         self.stop_signal: int | None = None
         self._pending: list[tuple[torch.Tensor, float]] = []  # losses stay on the device until flushed
         self._interval_t0 = time.perf_counter()
@@ -234,9 +234,9 @@ class Trainer:
 
     def _accumulating(self, last: bool):
         """Under DDP, gradients of all but the last micro-batch stay local: one all-reduce per step."""
-        if last or not isinstance(self.ddp, DistributedDataParallel):
+        if last or not isinstance(self.wrapped, DistributedDataParallel):
             return contextlib.nullcontext()
-        return self.ddp.no_sync()
+        return self.wrapped.no_sync()
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
