@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .components.attention import KVCache
-from .components.base import GPTConfig
+from .components.base import GPTConfig, dropout_layer
 
 
 class Block(nn.Module):
@@ -37,7 +37,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             pos=pos,
-            drop=nn.Dropout(config.dropout),
+            drop=dropout_layer(config.dropout),
             h=nn.ModuleList(blocks),
             ln_f=ln_f,
         ))

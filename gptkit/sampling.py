@@ -18,23 +18,33 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     block_size = model.config.block_size
     keep = max(1, block_size // 2)
     cache = model.new_cache() if use_cache and model.supports_kv_cache else None
-    start = max(0, idx.size(1) - block_size)  # the window's first token
+    B, n = idx.shape  # n: tokens so far
+    out = torch.empty(B, n + max_new_tokens, dtype=idx.dtype, device=idx.device)
+    out[:, :n] = idx
+    start = max(0, n - block_size)  # the window's first token
     fed = start  # tokens before this one are in the cache
     for _ in range(max_new_tokens):
-        if idx.size(1) - start > block_size:
-            start = fed = idx.size(1) - keep
+        if n - start > block_size:
+            start = fed = n - keep
             if cache is not None:
                 cache = model.new_cache()
-        logits, _ = model(idx[:, fed:], cache=cache)
+        logits, _ = model(out[:, fed:n], cache=cache)
         if cache is not None:
-            fed = idx.size(1)
-        logits = logits[:, -1, :].float() / temperature  # (B, V)
-        if top_k is not None:
-            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
-    return idx
+            fed = n
+        out[:, n : n + 1] = next_token(logits[:, -1, :], temperature, top_k, generator)
+        n += 1
+    return out
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
+               generator: torch.Generator | None) -> torch.Tensor:
+    """(B, 1) ids drawn from softmax(logits / temperature) over each row's `top_k` largest logits (B, V)."""
+    ids = None
+    if top_k is not None and top_k < logits.size(-1):
+        logits, ids = torch.topk(logits, top_k)  # (B, k)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    choice = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+    return choice if ids is None else ids.gather(-1, choice)
 
 
 def sample(model, vocab, prompt: str, tokens: int, temperature: float = 0.8, top_k: int | None = 40,

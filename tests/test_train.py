@@ -1,6 +1,7 @@
 """Training end to end: the run folder, checkpoint, sampling, the Python API, flash vs naive."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -50,8 +51,10 @@ def test_sample_command(cli, tmp_path, write_recipe):
     args = ("sample", run, "--prompt", "QUEEN:", "--tokens", "40", "--temperature", "0.8", "--top-k", "5", "--seed", "3")
     first, second = cli(*args), cli(*args)
     assert first.exit_code == 0, first.output
-    assert first.output.startswith("QUEEN:") and len(first.output.rstrip("\n")) >= len("QUEEN:") + 40 - 1
-    assert first.output == second.output
+    assert first.stdout.startswith("QUEEN:") and len(first.stdout.rstrip("\n")) >= len("QUEEN:") + 40 - 1
+    assert first.stdout == second.stdout
+    assert re.fullmatch(r"40 tokens in [\d.]+ s, [\d,]+ tokens/s \(key/value cache\)\n", first.stderr)
+    assert cli(*args, "--no-cache").stdout == first.stdout
     unknown = cli("sample", run, "--prompt", "Ωmega")
     assert unknown.exit_code == 2 and "not in the vocabulary" in unknown.output
 

@@ -12,7 +12,7 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import new_registry
-from .base import Component, GPTConfig, Params
+from .base import Component, GPTConfig, Params, dropout_layer
 from .positional import Positional
 
 
@@ -71,7 +71,7 @@ class Attention(Component, nn.Module):
         self.pos = pos
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=params.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=params.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = dropout_layer(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """x (B, T, C) continues the positions held in `cache`, if given, and is added to it."""
@@ -121,7 +121,7 @@ class NaiveAttention(Attention):
 
     def __init__(self, config: GPTConfig, params: AttentionParams, pos: Positional):
         super().__init__(config, params, pos)
-        self.attn_dropout = nn.Dropout(config.dropout)
+        self.attn_dropout = dropout_layer(config.dropout)
 
     def attend(self, q, k, v, bias):
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, t_q, t_k)

@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import nn
 
 from ..registry import new_registry
-from .base import Component, GPTConfig, Params
+from .base import Component, GPTConfig, Params, dropout_layer
 
 
 class FeedForwardParams(Params):
@@ -40,7 +40,7 @@ class MLP(FeedForward):
         hidden = params.hidden or 4 * config.n_embd
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=params.bias)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=params.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout_layer(config.dropout)
 
     def forward(self, x):
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
@@ -62,7 +62,7 @@ class SwiGLU(FeedForward):
         hidden = params.hidden or m * -(-8 * config.n_embd // (3 * m))  # ceil to a multiple of m
         self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=params.bias)  # gate and value in one matmul
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=params.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout_layer(config.dropout)
 
     def forward(self, x):
         gate, value = self.c_fc(x).chunk(2, dim=-1)  # (B, T, hidden) each

@@ -29,7 +29,7 @@ class CharDataset:
         self.block_size = block_size
         self.stride = stride or block_size
         self.vocab = Vocab.of(text)
-        tokens = self.vocab.encode(text).to(torch.uint8 if self.vocab_size <= 256 else torch.int32)
+        tokens = self.vocab.encode(text, torch.uint8 if self.vocab_size <= 256 else torch.int32)
         n_val = int(len(tokens) * val_fraction)
         self.train, self.val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
         need = block_size + 1

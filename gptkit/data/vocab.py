@@ -4,6 +4,8 @@ import torch
 
 from ..errors import UserError
 
+ENCODE_SLICE = 1 << 14  # characters encoded at a time
+
 
 class Vocab:
     def __init__(self, itos: list[str]):
@@ -17,19 +19,23 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.itos)
 
-    def encode(self, text: str) -> torch.Tensor:
-        """(len(text),) int64 ids, looked up without a Python loop over the text."""
-        if not text:
-            return torch.zeros(0, dtype=torch.long)
-        codes = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32).long()
-        known = torch.tensor([ord(c) for c in self.itos])
-        lut = torch.full((max(int(codes.max()), int(known.max())) + 1,), -1, dtype=torch.long)
-        lut[known] = torch.arange(len(known))
-        ids = lut[codes]
-        if (ids < 0).any():
-            missing = sorted({text[i] for i in (ids < 0).nonzero().flatten().tolist()})
-            raise UserError(f"characters not in the vocabulary: {''.join(missing)!r}; the model only knows "
-                            f"the {len(self)} characters of its training text")
+    def encode(self, text: str, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        """(len(text),) ids of `dtype`, looked up without a Python loop over the text.
+
+        A long text is encoded a slice at a time, so its temporaries stay small: whole-text ones would
+        take 16 bytes per character, ten times a uint8 result, and leave the heap fragmented.
+        """
+        known = torch.tensor([ord(c) for c in self.itos])  # sorted, as itos is
+        ids = torch.empty(len(text), dtype=dtype)
+        for i in range(0, len(text), ENCODE_SLICE):
+            piece = text[i : i + ENCODE_SLICE]
+            codes = torch.frombuffer(bytearray(piece.encode("utf-32-le")), dtype=torch.int32)
+            found = torch.searchsorted(known, codes).clamp_(max=len(known) - 1)
+            if (known[found] != codes).any():
+                missing = sorted(set(piece) - set(self.stoi))
+                raise UserError(f"characters not in the vocabulary: {''.join(missing)!r}; the model only knows "
+                                f"the {len(self)} characters of its training text")
+            ids[i : i + ENCODE_SLICE] = found
         return ids
 
     def decode(self, ids) -> str:

@@ -87,6 +87,31 @@ class TrainState:
     eval_pending: bool = False  # an evaluation was due when the run was stopped
 
 
+class PendingLosses:
+    """Each step's loss, kept on the device until the next log. One preallocated buffer: no host
+    sync per step, and no small tensor per step left alive between activations, where on CPU it
+    fragments the heap (about 10 MB of peak memory over a few hundred steps)."""
+
+    def __init__(self, capacity: int, device: torch.device):
+        self.losses = torch.zeros(max(1, capacity), device=device)
+        self.lrs: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self.lrs)
+
+    def add(self, loss: torch.Tensor, lr: float) -> None:
+        if len(self) == len(self.losses):  # only when logging is less regular than log_every
+            self.losses = torch.cat((self.losses, torch.zeros_like(self.losses)))
+        self.losses[len(self)] = loss
+        self.lrs.append(lr)
+
+    def take(self) -> tuple[torch.Tensor, list[float]]:
+        """The pending losses (a copy) and learning rates, oldest first; empties the buffer."""
+        losses, lrs = self.losses[: len(self)].clone(), self.lrs
+        self.lrs = []
+        return losses, lrs
+
+
 @contextlib.contextmanager
 def stop_on_signals(trainer: "Trainer"):
     """While training, SIGINT and SIGTERM only ask the trainer to stop at the next step boundary."""
@@ -143,7 +168,7 @@ class Trainer:
         self.wrapped = dist.wrap(model, device)  # under torchrun, DDP: it averages gradients across processes
         self.train_forward = compiled(self.wrapped, self.cfg.compile, device)
         self.stop_signal: int | None = None
-        self._pending: list[tuple[torch.Tensor, float]] = []  # losses stay on the device until flushed
+        self._pending = PendingLosses(self.cfg.log_every, device)
         self._interval_t0 = time.perf_counter()
         self._saved_step: int | None = None
 
@@ -190,7 +215,7 @@ class Trainer:
                     if state.step >= self.total_steps:
                         break
                     lr = self.cfg.lr * self.schedule.factor(state.step)
-                    self._pending.append((self.train_step(starts, batch, lr), lr))
+                    self._pending.add(self.train_step(starts, batch, lr), lr)
                     state.step += 1
                     state.tokens += self.tokens_per_step
                     last = state.step == self.total_steps
@@ -271,17 +296,18 @@ class Trainer:
     # ---- helpers ---------------------------------------------------------------------------------
     def _flush(self) -> list[float]:
         """Write the buffered per-step metrics; the one host sync per log interval."""
-        if not self._pending:
+        if not len(self._pending):
             return []
         now = time.perf_counter()
         tokens_per_s = len(self._pending) * self.tokens_per_step / max(now - self._interval_t0, 1e-9)
-        losses = self.dist.mean(torch.stack([loss for loss, _ in self._pending]).float()).tolist()
-        first = self.state.step - len(self._pending) + 1
-        for i, (loss, (_, lr)) in enumerate(zip(losses, self._pending)):
+        losses, lrs = self._pending.take()
+        losses = self.dist.mean(losses).tolist()
+        first = self.state.step - len(losses) + 1
+        for i, (loss, lr) in enumerate(zip(losses, lrs)):
             self.on_metrics({"step": first + i, "epoch": self.state.epoch + 1, "train_loss": loss, "lr": lr,
                              "tokens_per_s": tokens_per_s})
         self.state.train_loss = sum(losses) / len(losses)
-        self._pending, self._interval_t0 = [], now
+        self._interval_t0 = now
         return losses
 
     def _save(self) -> None:
