@@ -3,6 +3,8 @@ would have happened: the same per-step losses and final weights, bit for bit (CP
 
 import errno
 import json
+import math
+import re
 import os
 import pickle
 import signal
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 from gptkit import load_recipe, train
+from gptkit.components.feedforward import MLP
 from gptkit.errors import CheckpointError, Diverged, Interrupted, UserError
 from gptkit.training.checkpoint import load_checkpoint
 from gptkit.training.trainer import Trainer
@@ -195,13 +198,42 @@ def test_a_failed_save_stops_the_run_loudly(tmp_path, write_recipe, monkeypatch)
     assert load_checkpoint(run)["step"] == 2 and not list(run.glob(".*.tmp"))
 
 
-def test_divergence_stops_before_the_optimizer_step(tmp_path, write_recipe):
+class GoesNaN(MLP):
+    """A feedforward whose output turns NaN from its 11th training step on."""
+
+    def __init__(self, config, params):
+        super().__init__(config, params)
+        self.steps = 0
+
+    def forward(self, x):
+        self.steps += self.training
+        return super().forward(x) * (math.nan if self.steps > 10 else 1.0)
+
+
+def test_divergence_at_the_first_step_stops_the_run(tmp_path, write_recipe):
     path = write_recipe(train={"max_steps": 30, "lr": 1e6, "grad_clip": None, "checkpoint_every": 1})
-    with pytest.raises(Diverged, match=r"training diverged at step \d+: the (loss|gradient norm) is (nan|inf)") as e:
+    with pytest.raises(Diverged, match=r"training diverged at step \d+: the (loss|gradient norm) is (nan|inf)"):
+        train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+
+
+@pytest.mark.parametrize("log_every", [1, 7])
+def test_divergence_stops_the_run_before_anything_from_that_step_is_written(tmp_path, write_recipe,
+                                                                           temporary_component, log_every):
+    """Losses and gradient norms are checked when they are read back, at each log line and before every
+    checkpoint and evaluation (no host sync per step); what was written before the bad step stays."""
+    temporary_component("feedforward", "goes-nan", GoesNaN)
+    path = write_recipe(model={"feedforward": "goes-nan"},
+                        train={"max_steps": 30, "checkpoint_every": 3, "log_every": log_every})
+    with pytest.raises(Diverged, match=r"training diverged at step 11: the loss is nan") as e:
         train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
     run = e.value.run_dir
     assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["step"] for r in records if "train_loss" in r]
+    assert logged == list(range(1, 10 if log_every == 7 else 11))  # with 7, 10 and 11 are read at the step 12 checkpoint
+    assert all(math.isfinite(r.get("train_loss", 0)) and math.isfinite(r.get("grad_norm", 0)) for r in records)
     saved = load_checkpoint(run)
+    assert saved["step"] == 9
     assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
 
 

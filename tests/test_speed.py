@@ -24,7 +24,7 @@ def gradients_and_loss(trainer, starts):
     """The loss of one step and the gradients the optimizer was about to apply."""
     grads = []
     trainer.optimizer.step = lambda: grads.extend(p.grad.clone() for p in trainer.model.parameters())
-    loss = trainer.train_step(starts, 0, 1e-3)
+    loss, _ = trainer.train_step(starts, 0, 1e-3)
     return grads, loss
 
 

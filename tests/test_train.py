@@ -33,7 +33,7 @@ def test_run_writes_everything_a_user_needs(cli, tmp_path, write_recipe):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "train_loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 7))
-    assert all({"epoch", "lr", "tokens_per_s"} <= r.keys() for r in steps)
+    assert all({"epoch", "lr", "grad_norm", "tokens_per_s"} <= r.keys() for r in steps)
     assert [r for r in records if "val_loss" in r][-1]["val_loss"] == summary["final_val_loss"]
 
     state = torch.load(run / "checkpoint.pt", weights_only=True)

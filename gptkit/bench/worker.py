@@ -61,7 +61,8 @@ class Bench:
         t0 = time.perf_counter()
         losses = []
         for _ in range(n):
-            losses.append(self.trainer.train_step(self.starts, self.step % self.trainer.steps_per_epoch, self.lr))
+            loss, _ = self.trainer.train_step(self.starts, self.step % self.trainer.steps_per_epoch, self.lr)
+            losses.append(loss)
             self.step += 1
         torch.stack(losses or [torch.zeros(())]).tolist()  # waits for the steps' work on any device
         sync(self.device)

@@ -87,29 +87,30 @@ class TrainState:
     eval_pending: bool = False  # an evaluation was due when the run was stopped
 
 
-class PendingLosses:
-    """Each step's loss, kept on the device until the next log. One preallocated buffer: no host
-    sync per step, and no small tensor per step left alive between activations, where on CPU it
-    fragments the heap (about 10 MB of peak memory over a few hundred steps)."""
+class PendingSteps:
+    """Each step's loss and gradient norm, kept on the device until the next log, where one host sync
+    reads them all. One preallocated buffer: no small tensor per step is left alive between
+    activations, where on CPU it fragments the heap (about 10 MB of peak memory in a few hundred steps)."""
 
     def __init__(self, capacity: int, device: torch.device):
-        self.losses = torch.zeros(max(1, capacity), device=device)
+        self.values = torch.zeros(max(1, capacity), 2, device=device)  # (step, [loss, grad norm])
         self.lrs: list[float] = []
 
     def __len__(self) -> int:
         return len(self.lrs)
 
-    def add(self, loss: torch.Tensor, lr: float) -> None:
-        if len(self) == len(self.losses):  # only when logging is less regular than log_every
-            self.losses = torch.cat((self.losses, torch.zeros_like(self.losses)))
-        self.losses[len(self)] = loss
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
+        if len(self) == len(self.values):  # only when logging is less regular than log_every
+            self.values = torch.cat((self.values, torch.zeros_like(self.values)))
+        self.values[len(self), 0] = loss
+        self.values[len(self), 1] = grad_norm
         self.lrs.append(lr)
 
     def take(self) -> tuple[torch.Tensor, list[float]]:
-        """The pending losses (a copy) and learning rates, oldest first; empties the buffer."""
-        losses, lrs = self.losses[: len(self)].clone(), self.lrs
+        """(steps, 2) losses and gradient norms (a copy), and the learning rates; empties the buffer."""
+        values, lrs = self.values[: len(self)].clone(), self.lrs
         self.lrs = []
-        return losses, lrs
+        return values, lrs
 
 
 @contextlib.contextmanager
@@ -168,7 +169,7 @@ class Trainer:
         self.wrapped = dist.wrap(model, device)  # under torchrun, DDP: it averages gradients across processes
         self.train_forward = compiled(self.wrapped, self.cfg.compile, device)
         self.stop_signal: int | None = None
-        self._pending = PendingLosses(self.cfg.log_every, device)
+        self._pending = PendingSteps(self.cfg.log_every, device)
         self._interval_t0 = time.perf_counter()
         self._saved_step: int | None = None
 
@@ -215,7 +216,7 @@ class Trainer:
                     if state.step >= self.total_steps:
                         break
                     lr = self.cfg.lr * self.schedule.factor(state.step)
-                    self._pending.add(self.train_step(starts, batch, lr), lr)
+                    self._pending.add(*self.train_step(starts, batch, lr), lr)
                     state.step += 1
                     state.tokens += self.tokens_per_step
                     last = state.step == self.total_steps
@@ -236,7 +237,8 @@ class Trainer:
         self.progress.close()
         return state
 
-    def train_step(self, starts: torch.Tensor, batch: int, lr: float) -> torch.Tensor:
+    def train_step(self, starts: torch.Tensor, batch: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; the loss and gradient norm stay on the device (no host sync)."""
         B = self.cfg.batch_size
         x, y = self.dataset.batch(self.dist.shard(starts[batch * B : (batch + 1) * B]))
         for group in self.optimizer.param_groups:
@@ -251,11 +253,9 @@ class Trainer:
                 micro_loss.backward()  # gradients add up across micro-batches
             loss += micro_loss.detach()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
-        if not bool(torch.isfinite(loss) & torch.isfinite(norm)):  # one host sync: decides the step
-            self._diverged(loss, norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss
+        return loss, norm
 
     def _accumulating(self, last: bool):
         """Under DDP, gradients of all but the last micro-batch stay local: one all-reduce per step."""
@@ -295,17 +295,22 @@ class Trainer:
 
     # ---- helpers ---------------------------------------------------------------------------------
     def _flush(self) -> list[float]:
-        """Write the buffered per-step metrics; the one host sync per log interval."""
+        """Write the buffered per-step metrics: the one host sync per log interval. Every checkpoint
+        and evaluation flushes first, so a divergence found here stops the run before anything from a
+        step at or after it is written."""
         if not len(self._pending):
             return []
         now = time.perf_counter()
         tokens_per_s = len(self._pending) * self.tokens_per_step / max(now - self._interval_t0, 1e-9)
-        losses, lrs = self._pending.take()
-        losses = self.dist.mean(losses).tolist()
+        values, lrs = self._pending.take()
+        losses, norms = self.dist.mean(values[:, 0]).tolist(), values[:, 1].tolist()  # norms: of the shared gradients
         first = self.state.step - len(losses) + 1
-        for i, (loss, lr) in enumerate(zip(losses, lrs)):
+        for i, (loss, norm) in enumerate(zip(losses, norms)):
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                self._diverged(first + i, loss, norm)
+        for i, (loss, norm, lr) in enumerate(zip(losses, norms, lrs)):
             self.on_metrics({"step": first + i, "epoch": self.state.epoch + 1, "train_loss": loss, "lr": lr,
-                             "tokens_per_s": tokens_per_s})
+                             "grad_norm": norm, "tokens_per_s": tokens_per_s})
         self.state.train_loss = sum(losses) / len(losses)
         self._interval_t0 = now
         return losses
@@ -334,9 +339,8 @@ class Trainer:
         name = signal.Signals(self.stop_signal).name
         raise Interrupted(self.stop_signal, f"{name} received: stopped at step {self.state.step} with a checkpoint saved")
 
-    def _diverged(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
-        step = self.state.step + 1
-        what = f"the loss is {float(loss)}" if not torch.isfinite(loss) else f"the gradient norm is {float(norm)}"
+    def _diverged(self, step: int, loss: float, norm: float) -> None:
+        what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
         self.progress.close()
-        raise Diverged(f"training diverged at step {step}: {what}. The optimizer step was not taken and the last "
+        raise Diverged(f"training diverged at step {step}: {what}. Nothing from that step on was saved and the last "
                        f"good checkpoint is intact; try a lower train.lr, warm-up, or train.grad_clip")

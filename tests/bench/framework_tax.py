@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         return loss.detach()
 
     def gptkit_step(batch):
-        return trainer.train_step(starts, batch, cfg.lr)
+        return trainer.train_step(starts, batch, cfg.lr)[0]
 
     def timed(step, first):
         t0 = time.perf_counter()
