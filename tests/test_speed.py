@@ -104,3 +104,14 @@ def test_fast_recipe_trains_to_a_low_validation_loss(tmp_path):
 
     result = train(load_recipe(FAST), runs_dir=tmp_path, quiet=True)
     assert result.summary["final_val_loss"] <= 1.70  # the loss-per-minute goal (1.665 measured)
+
+
+def test_gradients_stay_in_one_buffer_and_are_zeroed_in_place(write_recipe):
+    trainer, starts = trainer_for(write_recipe(train={"batch_size": 8, "micro_batch_size": 4}))
+    params = list(trainer.model.parameters())
+    storages = {p.grad.untyped_storage().data_ptr() for p in params}
+    assert len(storages) == 1  # one flat buffer, allocated before the first step
+    for batch in range(2):
+        trainer.train_step(starts, batch, 1e-3)
+        assert {p.grad.untyped_storage().data_ptr() for p in params} == storages
+        assert all(not p.grad.any() for p in params)
