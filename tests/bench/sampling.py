@@ -1,8 +1,8 @@
 """Time `generate` with and without the key/value cache on a recipe's model (untrained weights:
 the speed does not depend on them). Not collected by pytest; run from the repository root:
 
-    PYTHONPATH=. python tests/bench_sampling.py recipes/shakespeare-cpu.yaml --threads 2
-    PYTHONPATH=. python tests/bench_sampling.py recipes/shakespeare.yaml --set model.attention=naive
+    PYTHONPATH=. python tests/bench/sampling.py recipes/shakespeare-cpu.yaml --threads 2
+    PYTHONPATH=. python tests/bench/sampling.py recipes/shakespeare.yaml --set model.attention=naive
 """
 
 import argparse
