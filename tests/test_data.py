@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from gptkit.data.dataset import CharDataset
+from gptkit.data.vocab import ENCODE_SLICE, Vocab
+from gptkit.errors import UserError
 from gptkit.data.shakespeare import markdown_to_plain
 from conftest import make_text
 
@@ -13,6 +15,17 @@ def test_vocab_and_round_trip():
     text = "KING:\nGood night."
     assert ds.vocab.decode(ds.vocab.encode(text).tolist()) == text
     assert ds.itos == sorted(ds.itos) and ds.stoi[ds.itos[3]] == 3
+
+
+def test_long_texts_encode_slice_by_slice_and_name_every_unknown_character():
+    text = ("héllo wörld 😀\n" * 5000)[: 3 * ENCODE_SLICE + 7]  # several slices, characters outside the BMP
+    vocab = Vocab.of(text)
+    ids = vocab.encode(text, torch.uint8)
+    assert ids.dtype == torch.uint8 and vocab.decode(ids.tolist()) == text
+    assert torch.equal(vocab.encode(text), ids.long())
+    unknown = "x" + "h" * ENCODE_SLICE + "Ω"  # one in the first slice, one in the second
+    with pytest.raises(UserError, match=r"characters not in the vocabulary: 'xΩ'"):
+        vocab.encode(unknown)
 
 
 def test_split_and_windows():

@@ -32,7 +32,7 @@ class Vocab:
             codes = torch.frombuffer(bytearray(piece.encode("utf-32-le")), dtype=torch.int32)
             found = torch.searchsorted(known, codes).clamp_(max=len(known) - 1)
             if (known[found] != codes).any():
-                missing = sorted(set(piece) - set(self.stoi))
+                missing = sorted(set(text) - set(self.stoi))
                 raise UserError(f"characters not in the vocabulary: {''.join(missing)!r}; the model only knows "
                                 f"the {len(self)} characters of its training text")
             ids[i : i + ENCODE_SLICE] = found
