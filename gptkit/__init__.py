@@ -4,6 +4,11 @@
     model, dataset = train_model("recipes/shakespeare-cpu.yaml", epochs=1)
 """
 
+import warnings
+
+# torch warns on import when numpy is not installed; gptkit never converts tensors to numpy arrays.
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+
 from .api import train_model
 from .components import GPTConfig, Params
 from .errors import UserError
