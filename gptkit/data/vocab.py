@@ -25,7 +25,8 @@ class Vocab:
         A long text is encoded a slice at a time, so its temporaries stay small: whole-text ones would
         take 16 bytes per character, ten times a uint8 result, and leave the heap fragmented.
         """
-        known = torch.tensor([ord(c) for c in self.itos])  # sorted, as itos is
+        # Code points in ascending order, as searchsorted needs them, and the id of each.
+        known, id_of = torch.tensor([ord(c) for c in self.itos], dtype=torch.int32).sort()
         ids = torch.empty(len(text), dtype=dtype)
         for i in range(0, len(text), ENCODE_SLICE):
             piece = text[i : i + ENCODE_SLICE]
@@ -35,7 +36,7 @@ class Vocab:
                 missing = sorted(set(text) - set(self.stoi))
                 raise UserError(f"characters not in the vocabulary: {''.join(missing)!r}; the model only knows "
                                 f"the {len(self)} characters of its training text")
-            ids[i : i + ENCODE_SLICE] = found
+            ids[i : i + ENCODE_SLICE] = id_of[found]
         return ids
 
     def decode(self, ids) -> str:
