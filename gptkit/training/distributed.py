@@ -8,6 +8,7 @@ Without torchrun (or with one process) everything here is a no-op.
 """
 
 import atexit
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ import torch.distributed as td
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import UserError
+
+DDP_OPTIONS = inspect.signature(DistributedDataParallel).parameters
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,11 @@ class Distributed:
         """The model that training steps call: DDP averages its gradients across ranks."""
         if self.world_size == 1:
             return model
-        # The only buffers are fixed positional tables, so there is nothing to broadcast each step.
+        # The only buffers are fixed positional tables, so there is nothing to broadcast each step
+        # (torch >= 2.13 names the option forward_sync_buffers and deprecates broadcast_buffers).
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in DDP_OPTIONS else "broadcast_buffers"
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                       broadcast_buffers=False)
+                                       **{no_sync: False})
 
 
 def setup(device: torch.device) -> tuple[Distributed, torch.device]:
