@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,14 +26,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args, nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`python -m torch.distributed.run ... -m gptkit ARGS`, killed with all its workers on timeout."""
+def start_torchrun(*args, nproc: int = 2) -> subprocess.Popen:
+    """`python -m torch.distributed.run ... -m gptkit ARGS`, in its own process group."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", "-m", "gptkit", *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group, so a hang can be killed whole
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # so that a hang can be killed whole
+
+
+def torchrun(*args, nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run torchrun to the end; killed with all its workers on timeout."""
+    proc = start_torchrun(*args, nproc=nproc)
+    cmd = proc.args
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -65,6 +72,37 @@ def test_two_processes_take_the_steps_of_one(tmp_path, write_recipe, micro_batch
     one = torch.load(single / "checkpoint.pt", weights_only=True)["model"]
     for name, weight in one.items():
         torch.testing.assert_close(two[name], weight, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def worker_of_rank(agent: int, rank: int) -> int:
+    """The pid of torchrun's worker process with RANK=rank."""
+    for child in Path(f"/proc/{agent}/task/{agent}/children").read_text().split():
+        env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in env:
+            return int(child)
+    raise LookupError(f"no worker with RANK={rank} under {agent}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds torchrun's workers through /proc")
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, write_recipe):
+    recipe = write_recipe(train={"batch_size": 8, "epochs": 10_000, "max_steps": None, "log_every": 1})
+    proc = start_torchrun("run", recipe, "--runs-dir", tmp_path / "ddp", "-q")
+    try:
+        deadline = time.monotonic() + 60
+        while not any(m.stat().st_size for m in tmp_path.glob("ddp/*/metrics.jsonl")):  # until a step is logged
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "no training step within 60 s"
+            time.sleep(0.2)
+        os.kill(worker_of_rank(proc.pid, 1), signal.SIGTERM)  # rank 1 only: rank 0 must learn it from rank 1
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    (run_dir,) = (tmp_path / "ddp").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted", out
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert saved["step"] == len(losses(run_dir, "train_loss")) > 0  # a common last step, saved once
 
 
 def test_each_rank_takes_its_own_slice_of_the_batch():

@@ -27,6 +27,7 @@ class Distributed:
 
     rank: int = 0
     world_size: int = 1
+    host_group: object = None  # gloo group for agreements on the host; None: the default group, already gloo
 
     @property
     def is_main(self) -> bool:
@@ -47,6 +48,14 @@ class Distributed:
     def split(self, items: torch.Tensor) -> torch.Tensor:
         """Every world_size-th item from this rank's: uneven lengths allowed (validation windows)."""
         return items[self.rank :: self.world_size]
+
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` holds on any rank. A CPU all-reduce through gloo: it never waits for the GPU."""
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([float(flag)])
+        td.all_reduce(t, group=self.host_group)
+        return bool(t)
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         return self.sum(t) / self.world_size if self.world_size > 1 else t
@@ -80,7 +89,8 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
     if not td.is_initialized():
         td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         atexit.register(_leave)
-    return Distributed(td.get_rank(), td.get_world_size()), device
+    host_group = None if td.get_backend() == "gloo" else td.new_group(backend="gloo")
+    return Distributed(td.get_rank(), td.get_world_size(), host_group), device
 
 
 def _leave() -> None:

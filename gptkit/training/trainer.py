@@ -347,10 +347,9 @@ class Trainer:
                               f"({pct:.1f}%) | Loss: {losses[-1]:.4f}")
 
     def _checkpoint_and_stop_if_asked(self) -> None:
-        if self.dist.world_size > 1:  # every rank must stop at the same step, or the others hang
-            asked = self.dist.sum(torch.tensor(float(self.stop_signal is not None), device=self.device))
-            if asked and self.stop_signal is None:  # another rank was signalled
-                self.stop_signal = signal.SIGTERM
+        # Every rank must stop at the same step, or the others hang; asking costs no GPU sync.
+        if self.dist.any(self.stop_signal is not None) and self.stop_signal is None:  # another rank was signalled
+            self.stop_signal = signal.SIGTERM
         if self.stop_signal is None:
             return
         self._save()
