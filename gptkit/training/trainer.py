@@ -188,7 +188,7 @@ class Trainer:
         self.wrapped = dist.wrap(model, device)  # under torchrun, DDP: it averages gradients across processes
         self.train_forward = compiled(self.wrapped, self.cfg.compile, device)
         self.stop_signal: int | None = None
-        self._pending = PendingSteps(self.cfg.log_every, device)
+        self._pending = PendingSteps(min(self.cfg.log_every, self.steps_per_epoch), device)  # flushed by then
         self._interval_t0 = time.perf_counter()
         self._saved_step: int | None = None
 
