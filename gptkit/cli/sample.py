@@ -25,11 +25,18 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     gptkit sample runs/shakespeare-cpu-20260101-120000 --prompt "ROMEO:" --tokens 300
     """
     model, recipe, vocab = load_model(run_dir, resolve_device(device))
+    prompt = recipe.sample.prompt if prompt is None else prompt
     t0 = time.perf_counter()
-    text = sample_model(model, vocab, recipe.sample.prompt if prompt is None else prompt, tokens, temperature, top_k, seed, cache)
+    text = sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, cache)
     seconds = time.perf_counter() - t0
     click.echo(text)
-    if tokens:  # on stderr, so the text alone can be piped on
-        how = ("key/value cache" if model.supports_kv_cache else "recomputed: an attention without a key/value cache") \
-            if cache else "recomputed (--no-cache)"
-        click.echo(f"{tokens} tokens in {seconds:.2f} s, {tokens / seconds:,.0f} tokens/s ({how})", err=True)
+    if not tokens:
+        return
+    if not cache:
+        how = "recomputed (--no-cache)"
+    elif model.supports_kv_cache:
+        how = "key/value cache"
+    else:
+        how = "recomputed: an attention without a key/value cache"
+    # On stderr, so that stdout holds the text alone.
+    click.echo(f"{tokens} tokens in {seconds:.2f} s, {tokens / seconds:,.0f} tokens/s ({how})", err=True)
