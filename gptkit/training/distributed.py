@@ -49,7 +49,7 @@ class Distributed:
         """Every world_size-th item from this rank's: uneven lengths allowed (validation windows)."""
         return items[self.rank :: self.world_size]
 
-    def any(self, flag: bool) -> bool:
+    def any_rank(self, flag: bool) -> bool:
         """Whether `flag` holds on any rank. A CPU all-reduce through gloo: it never waits for the GPU."""
         if self.world_size == 1:
             return flag
@@ -72,9 +72,9 @@ class Distributed:
             return model
         # The only buffers are fixed positional tables, so there is nothing to broadcast each step
         # (torch >= 2.13 names the option forward_sync_buffers and deprecates broadcast_buffers).
-        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in DDP_OPTIONS else "broadcast_buffers"
+        option = "forward_sync_buffers" if "forward_sync_buffers" in DDP_OPTIONS else "broadcast_buffers"
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                       **{no_sync: False})
+                                       **{option: False})
 
 
 def setup(device: torch.device) -> tuple[Distributed, torch.device]:

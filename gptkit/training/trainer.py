@@ -348,7 +348,7 @@ class Trainer:
 
     def _checkpoint_and_stop_if_asked(self) -> None:
         # Every rank must stop at the same step, or the others hang; asking costs no GPU sync.
-        if self.dist.any(self.stop_signal is not None) and self.stop_signal is None:  # another rank was signalled
+        if self.dist.any_rank(self.stop_signal is not None) and self.stop_signal is None:  # another rank was signalled
             self.stop_signal = signal.SIGTERM
         if self.stop_signal is None:
             return
