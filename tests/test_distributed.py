@@ -117,3 +117,9 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused():
     Distributed(0, 4).check_batch_size(32)
     with pytest.raises(UserError, match=r"train.batch_size 30 .* 4 processes; use a multiple of 4, e.g. 28"):
         Distributed(0, 4).check_batch_size(30)
+
+
+def test_a_user_error_under_torchrun_is_printed_once(tmp_path, write_recipe):
+    result = torchrun("run", write_recipe(train={"batch_size": 7}), "--runs-dir", tmp_path / "ddp", "-q")
+    assert result.returncode != 0
+    assert result.stdout.count("error: train.batch_size 7 is the global batch") == 1, result.stdout

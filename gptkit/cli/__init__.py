@@ -1,5 +1,7 @@
 """The `gptkit` command. Each subcommand lives in its own module of this package."""
 
+import os
+
 import click
 
 from .. import plugins
@@ -14,7 +16,8 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            click.echo(f"error: {e}", err=True)
+            if os.environ.get("LOCAL_RANK", "0") == "0":  # under torchrun, once per machine, not per process
+                click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
         except RunStopped as e:
             click.echo(f"stopped: {e}", err=True)
