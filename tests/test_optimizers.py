@@ -1,14 +1,16 @@
 """Every registered optimizer trains, resumes exactly, and sees each parameter once, in its role."""
 
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from gptkit import load_recipe, train
-from gptkit.components.optimizer import MuonUpdate, orthogonalise
 from gptkit.errors import Interrupted, UserError
 from gptkit.model import build_model
+from gptkit.optim import AdamW, Muon, orthogonalise
 from gptkit.registry import registry
 from gptkit.training.checkpoint import load_checkpoint
 from gptkit.training.trainer import Trainer, param_groups
@@ -41,7 +43,7 @@ def test_muon_takes_the_matrices_and_adamw_the_rest(write_recipe):
     model = build_model(recipe.model, vocab_size=30)
     opt = recipe.train.optimizer.build().build(param_groups(model, 0.1), 1e-3)
     muon, adamw = opt.optimizers["muon"], opt.optimizers["adamw"]
-    assert isinstance(muon, MuonUpdate) and isinstance(adamw, torch.optim.AdamW)
+    assert isinstance(muon, Muon) and isinstance(adamw, AdamW)
     matrices = next(g["params"] for g in param_groups(model, 0.1) if g["role"] == "matrix")
     assert {id(p) for g in muon.param_groups for p in g["params"]} == {id(p) for p in matrices}
     assert all(g["lr"] == 2e-3 for g in muon.param_groups) and all(g["lr"] == 1e-3 for g in adamw.param_groups)
@@ -85,7 +87,7 @@ def test_muon_follows_torch_muon(nesterov):
     ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     kw = dict(lr=0.02, momentum=0.9, nesterov=nesterov, ns_steps=5, weight_decay=0.1)
-    a = MuonUpdate(ours, adjust_lr="match_rms_adamw", ns_dtype=torch.bfloat16, **kw)
+    a = Muon(ours, adjust_lr="match_rms_adamw", ns_dtype=torch.bfloat16, **kw)
     b = torch.optim.Muon(theirs, adjust_lr_fn="match_rms_adamw", **kw)
     for _ in range(3):
         grads = [torch.randn(s) for s in shapes]
@@ -95,6 +97,48 @@ def test_muon_follows_torch_muon(nesterov):
         b.step()
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p, q, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "foreach"])
+def test_adamw_follows_torch_adamw(fused):
+    """Same steps as torch.optim.AdamW, across groups with and without decay and a learning rate that
+    changes between steps, and after a state dict round trip."""
+    torch.manual_seed(0)
+    shapes = [(8, 4), (4,), (3, 5)]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+
+    def groups(ps):
+        return [{"params": ps[:1] + ps[2:], "weight_decay": 0.1}, {"params": ps[1:2], "weight_decay": 0.0}]
+
+    a = AdamW(groups(ours), lr=1e-2, betas=(0.9, 0.95), fused=fused)
+    b = torch.optim.AdamW(groups(theirs), lr=1e-2, betas=(0.9, 0.95), fused=fused, foreach=not fused or None)
+    for step in range(6):
+        if step == 3:  # continue from a copy of the state, as a resumed run does
+            saved = a.state_dict()
+            a = AdamW(groups(ours), lr=1.0, fused=fused)
+            a.load_state_dict(saved)
+        for o in (a, b):
+            for g in o.param_groups:
+                g["lr"] = 1e-2 * (step + 1)
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn(p.shape)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
+    assert a.state_dict()["param_groups"][0]["betas"] == (0.9, 0.95)
+
+
+def test_training_does_not_import_torch_dynamo(write_recipe, tmp_path):
+    """torch.optim's first optimizer imports torch._dynamo (about 70 MB, over a second); gptkit's do not."""
+    code = ("import sys; from gptkit import load_recipe, train; "
+            f"train(load_recipe({str(write_recipe(train={'optimizer': 'muon'}))!r}), "
+            f"runs_dir={str(tmp_path / 'runs')!r}, quiet=True); "
+            "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_muon_orthogonalises():
