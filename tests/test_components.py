@@ -91,3 +91,27 @@ def test_alibi_slopes_follow_the_paper():
 
     assert ALiBi.head_slopes(8).tolist() == pytest.approx([2 ** -(i + 1) for i in range(8)])
     assert len(ALiBi.head_slopes(6)) == 6
+
+
+def test_rope_rotates_channel_pairs_so_scores_depend_on_offset_only():
+    from gptkit.components.positional import RoPE
+    from gptkit.recipe.components import parse_component
+
+    rope = parse_component("positional", "rope").build(CONFIG)
+    assert isinstance(rope, RoPE)
+    hs = CONFIG.head_dim
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 1, 1, 1, hs).unbind()  # one head, one position each
+    t = CONFIG.block_size
+
+    def at(x, pos):  # x placed at position `pos`, rotated
+        return rope.rotate(x, x, start=pos)[0]
+
+    # channel i and i + hs/2 turn by angle pos * base^(-2i/hs)
+    x1, x2 = q[..., : hs // 2], q[..., hs // 2 :]
+    angle = 5 * rope.params.base ** (-torch.arange(0, hs, 2) / hs)
+    expected = torch.cat((x1 * angle.cos() - x2 * angle.sin(), x2 * angle.cos() + x1 * angle.sin()), dim=-1)
+    torch.testing.assert_close(at(q, 5), expected)
+    scores = [(at(q, i + 3) * at(k, i)).sum().item() for i in range(t - 3)]  # always 3 apart
+    assert scores == pytest.approx([scores[0]] * len(scores), rel=1e-4, abs=1e-5)
+    assert (at(q, 3) * at(k, 0)).sum().item() != pytest.approx((at(q, 4) * at(k, 0)).sum().item())

@@ -77,10 +77,8 @@ class Attention(Component, nn.Module):
         """x (B, T, C) continues the positions held in `cache`, if given, and is added to it."""
         B, T, C = x.size()
         start = len(cache) if cache is not None else 0
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # q, k, v side by side
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs) each
         q, k = self.pos.rotate(q, k, start)
         if cache is not None:
             k, v = cache.extend(k, v)  # (B, nh, start + T, hs)

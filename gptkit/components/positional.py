@@ -112,19 +112,20 @@ class RoPE(Positional):
         hs = config.head_dim
         inv_freq = params.base ** (-torch.arange(0, hs, 2, dtype=torch.float32) / hs)  # (hs/2,)
         angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (T, hs/2)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        # Channel i pairs with channel i + hs/2 (the GPT-NeoX layout), so the rotation of each pair,
+        # (x1 cos - x2 sin, x2 cos + x1 sin), is x * cos + roll(x, hs/2) * sin with these tables.
+        self.register_buffer("cos", torch.cat((angles.cos(), angles.cos()), dim=-1), persistent=False)  # (T, hs)
+        self.register_buffer("sin", torch.cat((-angles.sin(), angles.sin()), dim=-1), persistent=False)  # (T, hs)
 
     def rotate(self, q, k, start=0):
         t = q.size(-2)
-        cos, sin = self.cos[start : start + t], self.sin[start : start + t]  # (T, hs/2)
+        cos, sin = self.cos[start : start + t], self.sin[start : start + t]  # (T, hs)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
     @staticmethod
     def _rotate(x, cos, sin):
-        # Pairs channel i with channel i + hs/2 (the GPT-NeoX layout).
-        x1, x2 = x.float().chunk(2, dim=-1)  # (B, nh, T, hs/2) each
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+        xf = x.float()  # (B, nh, T, hs)
+        return (xf * cos + xf.roll(xf.size(-1) // 2, dims=-1) * sin).type_as(x)
 
 
 @positional.register("alibi")
