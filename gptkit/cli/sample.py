@@ -33,7 +33,7 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     if not tokens:
         return
     if not cache:
-        how = "recomputed (--no-cache)"
+        how = "recomputed, --no-cache"
     elif model.supports_kv_cache:
         how = "key/value cache"
     else:
