@@ -60,12 +60,13 @@ class Optimizer:
             mine.update({k: v for k, v in g.items() if k != "params"})
 
     def _placed(self, key: str, value, p: Tensor):
-        """A saved state tensor on its parameter's device; buffers in the parameter's dtype."""
+        """A copy of a saved state tensor (never shared with the caller's dict) on its parameter's
+        device; buffers in the parameter's dtype."""
         if not isinstance(value, Tensor):
             return value
         if key == "step":
-            return value.to(self._step_device(p))
-        return value.to(device=p.device, dtype=p.dtype if value.is_floating_point() else value.dtype)
+            return value.to(self._step_device(p), copy=True)
+        return value.to(device=p.device, dtype=p.dtype if value.is_floating_point() else value.dtype, copy=True)
 
     def _step_device(self, p: Tensor) -> torch.device:
         return p.device

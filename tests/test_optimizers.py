@@ -131,6 +131,27 @@ def test_adamw_follows_torch_adamw(fused):
     assert a.state_dict()["param_groups"][0]["betas"] == (0.9, 0.95)
 
 
+def test_adamw_resumes_from_torch_adamw_state():
+    """A checkpoint written while gptkit used torch.optim.AdamW resumes exactly, and loading copies
+    the state instead of sharing the caller's tensors."""
+    torch.manual_seed(0)
+    theirs = [torch.nn.Parameter(torch.randn(4, 3)) for _ in range(2)]
+    b = torch.optim.AdamW([{"params": theirs, "weight_decay": 0.1, "role": "matrix"}], lr=1e-2, fused=True)
+    for _ in range(3):
+        for q in theirs:
+            q.grad = torch.randn(4, 3)
+        b.step()
+    ours = [torch.nn.Parameter(q.detach().clone()) for q in theirs]
+    a = AdamW([{"params": ours, "weight_decay": 0.1, "role": "matrix"}], lr=1.0, fused=True)
+    a.load_state_dict(b.state_dict())  # the live dict: nothing may be shared with it
+    for p, q in zip(ours, theirs):
+        q.grad = torch.randn(4, 3)
+        p.grad = q.grad.clone()
+    a.step()
+    b.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+
+
 def test_training_does_not_import_torch_dynamo(write_recipe, tmp_path):
     """torch.optim's first optimizer imports torch._dynamo (about 70 MB, over a second); gptkit's do not."""
     code = ("import sys; from gptkit import load_recipe, train; "
