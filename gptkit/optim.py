@@ -30,13 +30,12 @@ class Optimizer:
 
     @torch.no_grad()
     def zero_grad(self, set_to_none: bool = True) -> None:
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         if set_to_none:
-            for g in self.param_groups:
-                for p in g["params"]:
-                    p.grad = None
-        elif grads:
-            torch._foreach_zero_(grads)
+            for p in params:
+                p.grad = None
+        elif params:  # in place, so gradients that are views of one flat buffer stay so
+            torch._foreach_zero_([p.grad for p in params])
 
     def state_dict(self) -> dict:
         """torch's layout: parameters are numbered across groups in order."""
