@@ -5,7 +5,7 @@ dict layout). Not torch.optim itself: its first optimizer imports torch._dynamo,
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -70,12 +70,20 @@ class Optimizer:
     def _step_device(self, p: Tensor) -> torch.device:
         return p.device
 
+    def _with_grads(self, group: dict, new_state: Callable[[Tensor], dict]) -> list[Tensor]:
+        """The group's parameters that have a gradient; a parameter's state is `new_state(p)` at first."""
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
+            if not self.state[p]:
+                self.state[p] = new_state(p)
+        return params
 
-def by_device_and_dtype(params: list[Tensor]) -> dict[tuple, list[int]]:
-    """Indices of `params` grouped so each group can go to one foreach or fused kernel."""
+
+def indices_by(params: list[Tensor], key: Callable[[Tensor], tuple]) -> dict[tuple, list[int]]:
+    """Indices of `params` grouped by `key`, so that each group can go to one batched kernel."""
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
-        groups.setdefault((p.device, p.dtype), []).append(i)
+        groups.setdefault(key(p), []).append(i)
     return groups
 
 
@@ -94,12 +102,10 @@ class AdamW(Optimizer):
     @torch.no_grad()
     def step(self) -> None:
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
-                if not self.state[p]:
-                    self.state[p] = dict(step=torch.zeros((), dtype=torch.float32, device=self._step_device(p)),
-                                         exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-            for idx in by_device_and_dtype(params).values():
+            params = self._with_grads(group, lambda p: dict(
+                step=torch.zeros((), dtype=torch.float32, device=self._step_device(p)),
+                exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p)))
+            for idx in indices_by(params, lambda p: (p.device, p.dtype)).values():
                 ps = [params[i] for i in idx]
                 states = [self.state[p] for p in ps]
                 args = ([p.grad for p in ps], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
@@ -168,18 +174,12 @@ class Muon(Optimizer):
     @torch.no_grad()
     def step(self) -> None:
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
-                if not self.state[p]:
-                    self.state[p] = dict(momentum_buffer=torch.zeros_like(p))
+            params = self._with_grads(group, lambda p: dict(momentum_buffer=torch.zeros_like(p)))
             bufs = [self.state[p]["momentum_buffer"] for p in params]
             grads = [p.grad for p in params]
             torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
             updates = torch._foreach_lerp(grads, bufs, group["momentum"]) if group["nesterov"] else bufs
-            by_shape: dict[tuple, list[int]] = {}
-            for i, p in enumerate(params):
-                by_shape.setdefault((p.shape, p.device), []).append(i)
-            for (shape, device), idx in by_shape.items():
+            for (shape, device), idx in indices_by(params, lambda p: (p.shape, p.device)).items():
                 dtype = self.ns_dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
                 O = orthogonalise(torch.stack([updates[i] for i in idx]), group["ns_steps"], dtype)
                 lr = group["lr"] * self.lr_ratio(shape, group["adjust_lr"])
