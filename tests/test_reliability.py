@@ -239,7 +239,7 @@ def test_divergence_stops_the_run_before_anything_from_that_step_is_written(tmp_
 
 def test_cli_exit_code_for_divergence(cli, tmp_path, write_recipe):
     result = cli("run", write_recipe(train={"lr": 1e6, "grad_clip": None, "max_steps": 30}), "--runs-dir", tmp_path)
-    assert result.exit_code == 3 and "\nstopped: training diverged at step" in result.output
+    assert result.exit_code == 3 and re.search(r"^stopped: training diverged at step", result.output, re.M)
     assert "Traceback" not in result.output
 
 

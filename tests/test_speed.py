@@ -36,7 +36,7 @@ def test_micro_batches_give_the_whole_batchs_loss_and_gradients(write_recipe, mi
     assert split.micro_batch == micro and whole.micro_batch == 8
     g_whole, loss_whole = gradients_and_loss(whole, starts)
     g_split, loss_split = gradients_and_loss(split, starts)
-    assert loss_split == pytest.approx(float(loss_whole), rel=1e-5)
+    assert float(loss_split) == pytest.approx(float(loss_whole), rel=1e-5)
     for a, b in zip(g_whole, g_split, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
