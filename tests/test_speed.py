@@ -75,6 +75,27 @@ def test_compile_modes_reach_torch_compile(write_recipe, cli, monkeypatch):
         assert result.exit_code == 2 and "train.compile" in result.output and "max-autotune" in result.output
 
 
+@pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is not available")
+def test_a_failed_compilation_falls_back_to_the_same_eager_step(write_recipe, capsys):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    path = write_recipe(train={"batch_size": 8})
+    eager, starts = trainer_for(path, "train.compile=false")
+    failing, _ = trainer_for(path, "train.compile=true")
+    failing.progress.quiet = False
+
+    def no_compiler(*args):  # what torch.compile raises on its first call without a C++ compiler
+        raise BackendCompilerFailed(torch.compile, RuntimeError("InvalidCxxCompiler: no working C++ compiler"), None)
+
+    failing.train_forward = no_compiler
+    g_eager, loss_eager = gradients_and_loss(eager, starts)
+    g_failing, loss_failing = gradients_and_loss(failing, starts)
+    assert "torch.compile failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler)" in capsys.readouterr().out
+    assert failing.train_forward is failing.model and float(loss_failing) == float(loss_eager)
+    for a, b in zip(g_eager, g_failing, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is not available")
 def test_compiled_step_matches_eager(write_recipe):

@@ -33,3 +33,14 @@ def compiled(model: torch.nn.Module, setting: bool | str, device: torch.device) 
     if setting is False:
         return model
     return torch.compile(model, mode=None if setting is True else setting)
+
+
+def compile_failures(model: torch.nn.Module) -> tuple[type[Exception], ...]:
+    """The exceptions by which a `compiled` model's first call says torch.compile could not build it
+    (no working C++ compiler for the CPU backend, an operator the backend cannot handle); none for an
+    uncompiled model. Imported only when compiling: torch._dynamo costs memory and start-up time."""
+    if not hasattr(model, "_orig_mod"):
+        return ()
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    return (BackendCompilerFailed,)

@@ -24,7 +24,7 @@ from ..model import GPT
 from ..recipe import Recipe
 from .distributed import Distributed
 from .progress import Progress
-from .speed import compiled, micro_batch_size
+from .speed import compile_failures, compiled, micro_batch_size
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -187,6 +187,7 @@ class Trainer:
         flat_gradients(model)
         self.wrapped = dist.wrap(model, device)  # under torchrun, DDP: it averages gradients across processes
         self.train_forward = compiled(self.wrapped, self.cfg.compile, device)
+        self._compile_failures = compile_failures(self.train_forward)
         self.stop_signal: int | None = None
         self._pending = PendingSteps(min(self.cfg.log_every, self.steps_per_epoch), device)  # flushed by then
         self._interval_t0 = time.perf_counter()
@@ -267,7 +268,7 @@ class Trainer:
         for i, (xm, ym) in enumerate(micro):
             with self._accumulating(last=i == len(micro) - 1):
                 with autocast(self.device, self.cfg.precision):
-                    _, micro_loss = self.train_forward(xm, ym)
+                    _, micro_loss = self._forward(xm, ym)
                 micro_loss = micro_loss * (len(xm) / len(x))  # weighted: the sum is the mean over the whole batch
                 micro_loss.backward()  # gradients add up across micro-batches
             loss += micro_loss.detach()
@@ -275,6 +276,19 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=False)  # in place: the gradients stay in their flat buffer
         return loss, norm
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor):
+        """The training forward pass. If torch.compile cannot build it, training goes on without it:
+        a recipe asks for speed, and the same step runs eagerly."""
+        try:
+            return self.train_forward(x, y)
+        except self._compile_failures as e:
+            inner = getattr(e, "inner_exception", e)
+            reason = f"{type(inner).__name__}: {inner}".splitlines()[0]
+            self.progress.log(f"warning: train.compile: torch.compile failed ({reason}); training without it. "
+                              "Set train.compile=false to skip compiling")
+            self.train_forward, self._compile_failures = self.wrapped, ()
+            return self.train_forward(x, y)
 
     def _accumulating(self, last: bool):
         """Under DDP, gradients of all but the last micro-batch stay local: one all-reduce per step."""
