@@ -62,7 +62,7 @@ def _installed(dist: str) -> bool:
 def test_reference_recipe_is_the_users_setup():
     r = load_recipe(ROOT / "recipes" / "shakespeare.yaml")
     m, t = r.model, r.train
-    assert (m.n_embd, m.n_head, m.n_layer, m.block_size) == (256, 8, 6, 256)
+    assert (m.n_embd, m.n_head, m.n_layer, m.block_size, m.dropout) == (256, 8, 6, 256, 0.0)
     assert (m.attention.name, m.feedforward.name, m.norm.name, m.positional.name) == ("flash", "swiglu", "rmsnorm", "sinusoidal")
     assert (t.batch_size, t.epochs, t.lr, t.weight_decay, t.grad_clip, t.log_every) == (128, 10, 1e-3, 0.01, 1.0, 50)
     assert t.optimizer.name == "adamw"
