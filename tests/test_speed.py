@@ -77,17 +77,15 @@ def test_compile_modes_reach_torch_compile(write_recipe, cli, monkeypatch):
 
 @pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is not available")
 def test_a_failed_compilation_falls_back_to_the_same_eager_step(write_recipe, capsys):
-    from torch._dynamo.exc import BackendCompilerFailed
-
     path = write_recipe(train={"batch_size": 8})
     eager, starts = trainer_for(path, "train.compile=false")
     failing, _ = trainer_for(path, "train.compile=true")
     failing.progress.quiet = False
 
-    def no_compiler(*args):  # what torch.compile raises on its first call without a C++ compiler
-        raise BackendCompilerFailed(torch.compile, RuntimeError("InvalidCxxCompiler: no working C++ compiler"), None)
+    def no_compiler(graph, example_inputs):  # a backend failing as inductor does without a C++ compiler
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler")
 
-    failing.train_forward = no_compiler
+    failing.train_forward = torch.compile(failing.model, backend=no_compiler)
     g_eager, loss_eager = gradients_and_loss(eager, starts)
     g_failing, loss_failing = gradients_and_loss(failing, starts)
     assert "torch.compile failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler)" in capsys.readouterr().out

@@ -187,7 +187,6 @@ class Trainer:
         flat_gradients(model)
         self.wrapped = dist.wrap(model, device)  # under torchrun, DDP: it averages gradients across processes
         self.train_forward = compiled(self.wrapped, self.cfg.compile, device)
-        self._compile_failures = compile_failures(self.train_forward)
         self.stop_signal: int | None = None
         self._pending = PendingSteps(min(self.cfg.log_every, self.steps_per_epoch), device)  # flushed by then
         self._interval_t0 = time.perf_counter()
@@ -282,12 +281,12 @@ class Trainer:
         a recipe asks for speed, and the same step runs eagerly."""
         try:
             return self.train_forward(x, y)
-        except self._compile_failures as e:
+        except compile_failures(self.train_forward) as e:  # evaluated only when something was raised
             inner = getattr(e, "inner_exception", e)
             reason = f"{type(inner).__name__}: {inner}".splitlines()[0]
             self.progress.log(f"warning: train.compile: torch.compile failed ({reason}); training without it. "
                               "Set train.compile=false to skip compiling")
-            self.train_forward, self._compile_failures = self.wrapped, ()
+            self.train_forward = self.wrapped
             return self.train_forward(x, y)
 
     def _accumulating(self, last: bool):
