@@ -26,19 +26,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_torchrun(*args, nproc: int = 2) -> subprocess.Popen:
-    """`python -m torch.distributed.run ... -m gptkit ARGS`, in its own process group."""
+def start_torchrun(*args, nproc: int = 2, entry: tuple = ("-m", "gptkit")) -> subprocess.Popen:
+    """`python -m torch.distributed.run ... -m gptkit ARGS` (or another `entry`), in its own process group."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "gptkit", *map(str, args)]
+           f"--master_port={free_port()}", *map(str, entry), *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # so that a hang can be killed whole
 
 
-def torchrun(*args, nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
+def torchrun(*args, nproc: int = 2, entry: tuple = ("-m", "gptkit"), timeout: float = 120) -> subprocess.CompletedProcess:
     """Run torchrun to the end; killed with all its workers on timeout."""
-    proc = start_torchrun(*args, nproc=nproc)
+    proc = start_torchrun(*args, nproc=nproc, entry=entry)
     cmd = proc.args
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -103,6 +103,38 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, write_
     assert summary["status"] == "interrupted", out
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert saved["step"] == len(losses(run_dir, "train_loss")) > 0  # a common last step, saved once
+
+
+SIGNAL_IN_EVALUATION = """
+import os, signal
+from gptkit.cli import main
+from gptkit.data.dataset import CharDataset
+
+batch = CharDataset.batch
+
+def batch_that_signals_rank_1(self, starts, split="train"):
+    if split == "val" and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGTERM)  # during an evaluation, on one rank only
+    return batch(self, starts, split)
+
+CharDataset.batch = batch_that_signals_rank_1
+main(prog_name="gptkit")
+"""
+
+
+def test_a_signal_to_one_rank_during_an_evaluation_stops_every_rank_at_the_same_step(tmp_path, write_recipe):
+    # 24 validation windows: 12 per rank, in batches of 8 and 4. Rank 1 is signalled in its first;
+    # had it abandoned the evaluation alone, rank 0's sum of the losses would meet rank 1's stop vote.
+    recipe = write_recipe(train={"batch_size": 8, "max_steps": 6, "log_every": 1, "eval_every": 3, "eval_batches": 3})
+    script = tmp_path / "signal_in_evaluation.py"
+    script.write_text(SIGNAL_IN_EVALUATION)
+    result = torchrun("run", recipe, "--runs-dir", tmp_path / "ddp", "-q", entry=(script,))
+    (run_dir,) = (tmp_path / "ddp").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted", result.stdout
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert saved["step"] == 3 and saved["trainer"]["state"]["eval_pending"]  # redone when the run resumes
+    assert losses(run_dir, "val_loss") == []
 
 
 def test_each_rank_takes_its_own_slice_of_the_batch():

@@ -308,11 +308,17 @@ class Trainer:
         self.model.eval()
         total = torch.zeros((), device=self.device)
         mine = self.dist.split(self.eval_starts)
-        for i in range(0, len(mine), self.cfg.batch_size):
-            if self.stop_signal is not None:
+        # Every rank goes round as often as the one with the most windows and asks every round, so all
+        # abandon the evaluation together: one leaving alone would pair its next collective with the
+        # others' sum of the losses.
+        most = -(-len(self.eval_starts) // self.dist.world_size)
+        for i in range(0, most, self.cfg.batch_size):
+            if self.dist.any_rank(self.stop_signal is not None):
                 self.model.train()
                 return None
             starts = mine[i : i + self.cfg.batch_size]
+            if not len(starts):  # this rank's share is one window short
+                continue
             x, y = self.dataset.batch(starts, split="val")
             with autocast(self.device, self.cfg.precision):
                 _, loss = self.model(x, y)
@@ -360,11 +366,11 @@ class Trainer:
                               f"({pct:.1f}%) | Loss: {losses[-1]:.4f}")
 
     def _checkpoint_and_stop_if_asked(self) -> None:
-        # Every rank must stop at the same step, or the others hang; asking costs no GPU sync.
-        if self.dist.any_rank(self.stop_signal is not None) and self.stop_signal is None:  # another rank was signalled
-            self.stop_signal = signal.SIGTERM
-        if self.stop_signal is None:
+        # Every rank must stop at the same step, or the others hang; asking costs no GPU sync. Only the
+        # agreed answer counts: a signal that lands during the vote waits for the next step boundary.
+        if not self.dist.any_rank(self.stop_signal is not None):
             return
+        self.stop_signal = self.stop_signal or signal.SIGTERM  # None: another rank was signalled
         self._save()
         self.progress.close()
         name = signal.Signals(self.stop_signal).name
