@@ -51,7 +51,9 @@ def sample(model, vocab, prompt: str, tokens: int, temperature: float = 0.8, top
            seed: int | None = None, use_cache: bool = True) -> str:
     """`prompt` followed by `tokens` sampled characters."""
     device = next(model.parameters()).device
-    idx = vocab.encode(prompt or vocab.itos[0]).to(device)[None, :]  # (1, T)
+    if not prompt:  # the start of a speech in the classic format, where there is one
+        prompt = "\n" if "\n" in vocab.stoi else vocab.itos[0]
+    idx = vocab.encode(prompt).to(device)[None, :]  # (1, T)
     g = torch.Generator(device=device)
     g.manual_seed(seed) if seed is not None else g.seed()
     was_training = model.training

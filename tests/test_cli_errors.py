@@ -80,6 +80,8 @@ CASES = [
      ["train.batch_size 100000 is larger than the"]),
     ("block-too-large", lambda c: recipe_text(c, model__block_size=1_000_000), [],
      ["fewer than one block (model.block_size + 1 = 1,000,001)"]),
+    ("prompt-unknown-characters", lambda c: recipe_text(c, sample__prompt="ZEUS:"), [],  # found before training
+     ["sample.prompt 'ZEUS:': characters not in the vocabulary: 'Z'", "change sample.prompt"]),
 ]
 
 

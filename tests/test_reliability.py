@@ -38,7 +38,10 @@ def assert_same_run(a: Path, b: Path):
     assert losses(a) == losses(b)
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert json.loads((b / "summary.json").read_text())["status"] == "finished"
+    sa, sb = (json.loads((run / "summary.json").read_text()) for run in (a, b))
+    assert sb["status"] == "finished"
+    figures = ("final_train_loss", "final_val_loss", "best_val_loss", "steps", "tokens")
+    assert {k: sa[k] for k in figures} == {k: sb[k] for k in figures}
 
 
 @pytest.fixture
@@ -75,6 +78,43 @@ def test_stop_and_resume_is_bitwise_identical(tmp_path, monkeypatch, reference, 
     assert_same_run(ref, run)
 
 
+def test_a_stop_between_log_lines_leaves_the_final_figures_as_they_would_have_been(tmp_path, write_recipe,
+                                                                                   monkeypatch):
+    path = write_recipe(train={"max_steps": 8, "log_every": 4})
+    ref = train(load_recipe(path), runs_dir=tmp_path / "reference", quiet=True).run_dir
+    with monkeypatch.context() as m:
+        stop_at(m, "train_step", 5)
+        with pytest.raises(Interrupted) as e:
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume=e.value.run_dir)
+    assert_same_run(ref, e.value.run_dir)
+
+
+def test_a_failure_while_sampling_is_recorded_and_resuming_just_samples(tmp_path, write_recipe, monkeypatch):
+    import gptkit.training.run
+
+    path = write_recipe()
+    with monkeypatch.context() as m:
+        m.setattr(gptkit.training.run, "sample", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    (run,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["steps"] == 6 and not (run / "samples.txt").exists()
+    result = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")
+    assert result.run_dir == run and result.summary["status"] == "finished" and (run / "samples.txt").exists()
+
+
+def test_run_files_are_as_readable_as_the_umask_allows(tmp_path, write_recipe):
+    old = os.umask(0o022)
+    try:
+        run = train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    finally:
+        os.umask(old)
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in run.iterdir()} == {
+        f.name: "0o644" for f in run.iterdir()}
+
+
 def test_stop_during_evaluation_redoes_it_on_resume(tmp_path, monkeypatch, reference):
     path, ref = reference
     original = Trainer.evaluate
@@ -95,6 +135,37 @@ def test_stop_during_evaluation_redoes_it_on_resume(tmp_path, monkeypatch, refer
     assert_same_run(ref, e.value.run_dir)
 
 
+def test_a_run_that_fails_after_redoing_an_evaluation_resumes_without_repeating_its_record(
+        tmp_path, monkeypatch, reference):
+    path, ref = reference
+    original = Trainer.evaluate
+
+    def interrupted_eval(self):
+        if self.state.step == 4 and not getattr(self, "_stopped_once", False):
+            self._stopped_once = True
+            self.stop_signal = signal.SIGINT
+        return original(self)
+
+    def crash_at_step_5(self, *args):
+        if self.state.step == 5:
+            raise RuntimeError("the machine went away")
+        return original_step(self, *args)
+
+    original_step = Trainer.train_step
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "evaluate", interrupted_eval)
+        with pytest.raises(Interrupted) as e:  # checkpoint at step 4, its evaluation still to do
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    run = e.value.run_dir
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_step", crash_at_step_5)
+        with pytest.raises(RuntimeError):  # redoes the evaluation, then fails before any new checkpoint
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume=run)
+    assert [r for r in losses(run) if r[0] == 4 and r[2] is not None] != []
+    train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume=run)  # from step 4 again
+    assert_same_run(ref, run)
+
+
 def test_resume_auto_starts_fresh_when_nothing_is_unfinished(tmp_path, write_recipe):
     path = write_recipe()
     first = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")
@@ -110,6 +181,27 @@ def test_resume_refuses_a_changed_recipe(tmp_path, write_recipe, reference):
     msg = str(e.value)
     assert "the recipe changed in ways that matter" in msg
     assert "model.n_embd: 32 -> 64" in msg and "train.lr: 0.001 -> 0.01" in msg and "max_steps" not in msg
+
+
+def test_resume_auto_picks_only_runs_of_its_own_recipe(tmp_path, write_recipe, monkeypatch):
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: None)
+    tiny, wide = write_recipe(name="tiny"), write_recipe(name="tiny-wide", model={"n_embd": 64})
+    with monkeypatch.context() as m:
+        stop_at(m, "train_step", 3)
+        with pytest.raises(Interrupted) as e:
+            train(load_recipe(tiny), runs_dir=tmp_path / "runs", quiet=True)
+        with pytest.raises(Interrupted):  # newer, and its name starts with "tiny-"
+            train(load_recipe(wide), runs_dir=tmp_path / "runs", quiet=True)
+    result = train(load_recipe(tiny), runs_dir=tmp_path / "runs", quiet=True, resume="auto")
+    assert result.run_dir == e.value.run_dir and result.summary["status"] == "finished"
+
+
+def test_resume_refuses_another_text_with_the_same_characters(tmp_path, reference, corpus):
+    path, ref = reference
+    lines = corpus.read_text(encoding="utf-8").splitlines(keepends=True)
+    corpus.write_text("".join(reversed(lines)), encoding="utf-8")
+    with pytest.raises(UserError, match=r"data: the text at .*corpus.txt is not the one the run was trained on"):
+        train(load_recipe(path, ["train.max_steps=15"]), runs_dir=tmp_path, quiet=True, resume=ref)
 
 
 def test_a_longer_budget_may_resume(tmp_path, reference):

@@ -4,6 +4,7 @@ Tokens are stored once, as the text's character ids; batches are gathered from w
 offsets, so memory stays proportional to the text, never to the number of windows.
 """
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class CharDataset:
             raise UserError(f"{source} contains NUL bytes: it looks like a binary file, not text")
         self.block_size = block_size
         self.stride = stride or block_size
+        self.fingerprint = sha256(text)  # a resumed run must train on the same text
         self.vocab = Vocab.of(text)
         tokens = self.vocab.encode(text, torch.uint8 if self.vocab_size <= 256 else torch.int32)
         n_val = int(len(tokens) * val_fraction)
@@ -90,6 +92,14 @@ class CharDataset:
         if max_windows is not None and len(starts) > max_windows:
             starts = starts[torch.linspace(0, len(starts) - 1, max_windows).round().long()]
         return starts
+
+
+def sha256(text: str, piece: int = 1 << 20) -> str:
+    """The hex SHA-256 of `text` in UTF-8, encoded a piece at a time (no second copy of a big text)."""
+    h = hashlib.sha256()
+    for i in range(0, len(text), piece):
+        h.update(text[i : i + piece].encode("utf-8"))
+    return h.hexdigest()
 
 
 def load_dataset(data, block_size: int) -> CharDataset:

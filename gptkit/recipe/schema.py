@@ -104,7 +104,7 @@ class TrainSection(Section):
 
 
 class SampleSection(Section):
-    prompt: str = "\n"
+    prompt: str = Field("", description="text to continue; empty: a newline, or the text's first character if it has none")
     tokens: int = Field(500, ge=0)
     temperature: float = Field(0.8, gt=0)
     top_k: PositiveInt | None = 40

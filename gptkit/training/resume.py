@@ -2,6 +2,7 @@
 
 import fnmatch
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,23 +25,35 @@ def recipe_diff(old: dict, new: dict) -> list[str]:
     return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in keys]
 
 
-def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, itos: list[str]) -> None:
+def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset) -> None:
+    """Refuse to resume `run_dir` if the recipe or the text (a CharDataset) is no longer the run's."""
     if "trainer" not in checkpoint:
         raise UserError(f"{run_dir}/checkpoint.pt holds weights only, no training state to resume from")
     changes = recipe_diff(checkpoint["recipe"], recipe.to_dict())
-    if checkpoint["itos"] != list(itos):
-        changes.append(f"vocabulary: {len(checkpoint['itos'])} characters -> {len(itos)} (the text changed)")
+    if checkpoint["itos"] != list(dataset.itos):
+        changes.append(f"vocabulary: {len(checkpoint['itos'])} characters -> {len(dataset.itos)} (the text changed)")
+    elif checkpoint.get("text_sha256", dataset.fingerprint) != dataset.fingerprint:  # absent: an older checkpoint
+        changes.append(f"data: the text at {recipe.data.path} is not the one the run was trained on "
+                       f"(SHA-256 {checkpoint['text_sha256'][:12]}... -> {dataset.fingerprint[:12]}...)")
     if changes:
         raise UserError(f"cannot resume {run_dir}: the recipe changed in ways that matter:\n"
                         + "\n".join(f"  {c}" for c in changes)
                         + "\nUndo these changes, or start a new run without --resume.")
-    for leftover in run_dir.glob(".*.tmp"):  # from a save that was killed midway
-        leftover.unlink()
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Temporary files of a save that was killed midway. Rank 0's business alone under torchrun: it
+    writes files of its own in the folder while other ranks would still be looking."""
+    for leftover in run_dir.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def find_resumable(runs_dir: Path, name: str, log: Callable[[str], None]) -> Path | None:
-    """The newest unfinished run of recipe `name` that has a checkpoint, or None."""
-    candidates = sorted((p for p in runs_dir.glob(f"{name}-*") if (p / "checkpoint.pt").is_file()),
+    """The newest unfinished run of recipe `name` that has a checkpoint, or None. Folders are named
+    NAME-YYYYmmdd-HHMMSS[-N]: a recipe named `tiny` must not pick a run of `tiny-wide`."""
+    own = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?")
+    candidates = sorted((p for p in runs_dir.glob(f"{name}-*")
+                         if own.fullmatch(p.name) and (p / "checkpoint.pt").is_file()),
                         key=lambda p: p.stat().st_mtime, reverse=True)
     for run in candidates:
         if _status(run) != "finished":
@@ -56,16 +69,20 @@ def _status(run: Path) -> str | None:
         return None
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop records past the checkpoint's step: the resumed run writes them again."""
+def truncate_metrics(path: Path, step: int, eval_pending: bool = False) -> None:
+    """Drop the records the resumed run writes again: those past the checkpoint's step, and its
+    step's validation loss if the checkpoint has that evaluation still to do (a resumed run redoes
+    it, and a run that then fails before its next checkpoint may be resumed from this one again)."""
     if not path.is_file():
         return
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     kept = []
     for line in lines:
         try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
+            record = json.loads(line)
+            redone = record["step"] > step or (eval_pending and record["step"] == step and "val_loss" in record)
         except (ValueError, KeyError):  # a line cut short by a kill
             break
+        if not redone:
+            kept.append(line)
     write_text(path, "".join(kept))

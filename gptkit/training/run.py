@@ -22,7 +22,7 @@ from ..recipe import Recipe
 from ..sampling import sample
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .resume import check_resumable, find_resumable, truncate_metrics
+from .resume import check_resumable, find_resumable, remove_leftovers, truncate_metrics
 from .trainer import Trainer
 
 
@@ -84,13 +84,17 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
         raise UserError(f"train.batch_size {recipe.train.batch_size} is larger than the "
                         f"{dataset.windows_per_epoch:,} training windows per epoch; lower train.batch_size "
                         "or data.stride, or use a longer text")
+    try:  # before hours of training, not after
+        dataset.vocab.encode(recipe.sample.prompt)
+    except UserError as e:
+        raise UserError(f"sample.prompt {recipe.sample.prompt!r}: {e}; change sample.prompt") from None
     if resume is not None:
         run_dir = find_resumable(Path(runs_dir), recipe.name, log) if resume == "auto" else resume
     checkpoint = None
     if resume is not None and run_dir is not None:
         run_dir = Path(run_dir)
         checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
-        check_resumable(run_dir, checkpoint, recipe, dataset.itos)
+        check_resumable(run_dir, checkpoint, recipe, dataset)
 
     torch.manual_seed(recipe.seed)  # the same on every rank: the same initial weights
     model = build_model(recipe.model, dataset.vocab_size).to(device)
@@ -104,7 +108,8 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
         trainer.fit()
         return RunResult(model, dataset, None, {})
     if checkpoint is not None:
-        truncate_metrics(run_dir / "metrics.jsonl", checkpoint["step"])
+        remove_leftovers(run_dir)
+        truncate_metrics(run_dir / "metrics.jsonl", checkpoint["step"], checkpoint["trainer"]["state"]["eval_pending"])
         log(f"Resuming {run_dir} from step {checkpoint['step']:,}")
     else:  # the folder is made only once every input has been checked
         run_dir = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
@@ -128,16 +133,16 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
         write_summary(run_dir, recipe, trainer, "running")
         try:
             trainer.fit()
+            sp = recipe.sample
+            text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
+            write_text(run_dir / "samples.txt", text)
         except RunStopped as e:
             write_summary(run_dir, recipe, trainer, e.status, reason=str(e))
             e.run_dir = run_dir
             raise
-        except BaseException as e:
+        except BaseException as e:  # a Ctrl-C while sampling too: resuming the run just samples
             write_summary(run_dir, recipe, trainer, "failed", reason=f"{type(e).__name__}: {e}")
             raise
-
-    sp = recipe.sample
-    write_text(run_dir / "samples.txt", sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed))
     summary = write_summary(run_dir, recipe, trainer, "finished")
     return RunResult(model, dataset, run_dir, summary)
 
@@ -145,7 +150,7 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
 def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset) -> None:
     try:
         save_checkpoint(run_dir / "checkpoint.pt", trainer.model, recipe.to_dict(), dataset.itos,
-                        step=trainer.state.step, trainer=trainer.state_dict())
+                        step=trainer.state.step, trainer=trainer.state_dict(), text_sha256=dataset.fingerprint)
     except OSError as e:
         raise CheckpointError(f"could not save the checkpoint in {run_dir}: {e.strerror or e}; the previous "
                               "checkpoint is intact. Free some space and resume with --resume") from None

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -97,7 +97,8 @@ class EpochTimer:
 class TrainState:
     step: int = 0
     epoch: int = 0
-    train_loss: float | None = None  # mean over the last logged interval
+    train_loss: float | None = None  # mean over the last log_every steps
+    recent_losses: list[float] = field(default_factory=list)  # those steps' losses: kept, so a resumed run agrees
     val_loss: float | None = None
     best_val_loss: float | None = None
     tokens: int = 0
@@ -326,6 +327,7 @@ class Trainer:
         self.model.train()
         state.eval_pending = False
         state.val_loss = float(self.dist.sum(total)) / len(self.eval_starts)
+        self._interval_t0 = time.perf_counter()  # the next steps' tokens/s leaves the evaluation out
         state.best_val_loss = min(state.val_loss, state.best_val_loss or math.inf)
         self.progress.log(f"Step {state.step} | Val loss: {state.val_loss:.4f} (best {state.best_val_loss:.4f})")
         self.on_metrics({"step": state.step, "epoch": state.epoch + 1, "val_loss": state.val_loss})
@@ -349,7 +351,10 @@ class Trainer:
         for i, (loss, norm, lr) in enumerate(zip(losses, norms, lrs)):
             self.on_metrics({"step": first + i, "epoch": self.state.epoch + 1, "train_loss": loss, "lr": lr,
                              "grad_norm": norm, "tokens_per_s": tokens_per_s})
-        self.state.train_loss = sum(losses) / len(losses)
+        # Over the last log_every steps, not over this flush: evaluations, checkpoints and stops flush
+        # between log lines too, and a resumed run must report what an uninterrupted one would.
+        recent = self.state.recent_losses = (self.state.recent_losses + losses)[-self.cfg.log_every:]
+        self.state.train_loss = sum(recent) / len(recent)
         self._interval_t0 = now
         return losses
 
@@ -358,6 +363,7 @@ class Trainer:
             self._flush()
             self.on_checkpoint(self)
             self._saved_step = self.state.step
+            self._interval_t0 = time.perf_counter()  # and the saving
 
     def _log(self, epoch: int, batch: int, losses: list[float]) -> None:
         if losses:
