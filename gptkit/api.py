@@ -1,5 +1,6 @@
 """The Python API in one call, shaped like the original script's `train_model`."""
 
+import json
 from pathlib import Path
 
 from .data.dataset import CharDataset
@@ -20,7 +21,7 @@ def train_model(config_path: str | Path, data_path: str | Path | None = None, ep
     """
     overrides = list(overrides)
     if data_path is not None:
-        overrides.append(f"data.path={Path(data_path).absolute()}")
+        overrides.append(f"data.path={json.dumps(str(Path(data_path).absolute()))}")  # quoted: '#' or ': ' in a path
     if epochs is not None:
         overrides.append(f"train.epochs={int(epochs)}")
     recipe = load_recipe(config_path, overrides)

@@ -80,6 +80,7 @@ CASES = [
      ["train.batch_size 100000 is larger than the"]),
     ("block-too-large", lambda c: recipe_text(c, model__block_size=1_000_000), [],
      ["fewer than one block (model.block_size + 1 = 1,000,001)"]),
+    ("seed-too-large", lambda c: recipe_text(c, seed=2**64), [], ["seed: Input should be less than 18446744073709551616"]),
     ("prompt-unknown-characters", lambda c: recipe_text(c, sample__prompt="ZEUS:"), [],  # found before training
      ["sample.prompt 'ZEUS:': characters not in the vocabulary: 'Z'", "change sample.prompt"]),
 ]
@@ -143,3 +144,9 @@ def test_runs_dir_that_is_a_file(cli, tmp_path, write_recipe):
 def test_cuda_asked_for_without_a_gpu(cli, tmp_path, write_recipe):
     result = cli("run", write_recipe(train={"device": "cuda"}), "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "no such CUDA device is visible" in result.output
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:x"])
+def test_sample_names_a_bad_device_option(cli, tmp_path, device):
+    result = cli("sample", tmp_path / "run", "--device", device)
+    assert result.exit_code == 2 and f"error: --device: unknown device {device!r}" in result.output, result.output

@@ -87,6 +87,17 @@ def test_override_gives_a_named_component_parameters(write_recipe):
     assert r.model.positional.name == "rope" and r.model.positional.params.base == 500
 
 
+def test_override_gives_a_default_component_parameters(write_recipe):
+    r = load_recipe(write_recipe(), ["model.attention.bias=true", "train.schedule.warmup_steps=3"])
+    assert r.model.attention.name == "flash" and r.model.attention.params.bias
+    assert r.train.schedule.name == "constant" and r.train.schedule.params.warmup_steps == 3
+
+
+def test_an_override_is_blamed_for_an_error_above_its_key(write_recipe):
+    with pytest.raises(RecipeError, match=r"^--set train.lr.x=5: train.lr: Input should be a valid number"):
+        load_recipe(write_recipe(), ["train.lr.x=5"])
+
+
 def test_override_paths_are_relative_to_the_cwd(write_recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = load_recipe(write_recipe(), ["data.path=other.txt"])
@@ -97,7 +108,7 @@ def test_file_paths_are_relative_to_the_recipe(tmp_path):
     (tmp_path / "sub").mkdir()
     path = tmp_path / "sub" / "r.yaml"
     path.write_text("name: r\ndata: {path: ../c.txt}\n")
-    assert load_recipe(path).data.path == tmp_path / "sub" / ".." / "c.txt"
+    assert load_recipe(path).data.path == tmp_path / "c.txt"  # absolute: a saved copy names the same file
 
 
 def test_resolved_recipe_round_trips(write_recipe):

@@ -204,6 +204,23 @@ def test_resume_refuses_another_text_with_the_same_characters(tmp_path, referenc
         train(load_recipe(path, ["train.max_steps=15"]), runs_dir=tmp_path, quiet=True, resume=ref)
 
 
+def test_the_resume_command_printed_after_a_stop_works_from_anywhere(tmp_path, corpus, monkeypatch, cli):
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "r.yaml"  # a path relative to the recipe, as the shipped recipes have
+    recipe.write_text(f"name: r\ndata: {{path: ../{corpus.name}}}\nmodel: {{n_embd: 32, n_head: 4, n_layer: 1, "
+                      "block_size: 16}\ntrain: {batch_size: 4, max_steps: 6, device: cpu}\n")
+    monkeypatch.chdir(tmp_path / "recipes")
+    with monkeypatch.context() as m:
+        stop_at(m, "train_step", 3)
+        with pytest.raises(Interrupted) as e:
+            train(load_recipe("r.yaml"), runs_dir="runs", quiet=True)
+    run = e.value.run_dir.absolute()
+    monkeypatch.chdir(tmp_path)  # somewhere else
+    result = cli("run", "--resume", run, "-q")
+    assert result.exit_code == 0, result.output
+    assert not (run / corpus.name).exists()
+
+
 def test_a_longer_budget_may_resume(tmp_path, reference):
     path, ref = reference
     result = train(load_recipe(path, ["train.max_steps=15"]), runs_dir=tmp_path, quiet=True, resume=ref)

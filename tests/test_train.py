@@ -89,6 +89,18 @@ def test_python_api(tmp_path, write_recipe, corpus):
     torch.testing.assert_close(loaded(x)[0], model(x)[0])
 
 
+def test_python_api_takes_any_data_path(tmp_path, write_recipe, corpus):
+    odd = tmp_path / "my #1 corpus: v2.txt"  # YAML would read a comment and a mapping into it
+    odd.write_bytes(corpus.read_bytes())
+    _, dataset = train_model(write_recipe(), data_path=odd, epochs=1, runs_dir=tmp_path / "runs", quiet=True)
+    assert dataset.vocab_size > 0
+
+
+def test_a_text_without_validation_split_trains(tmp_path, write_recipe):
+    result = train(load_recipe(write_recipe(), ["data.val_fraction=0"]), runs_dir=tmp_path / "runs", quiet=True)
+    assert result.summary["status"] == "finished" and result.summary["final_val_loss"] is None
+
+
 def test_seed_makes_runs_identical(tmp_path, write_recipe):
     path = write_recipe()
     a = train(load_recipe(path), runs_dir=tmp_path / "a", quiet=True)

@@ -24,7 +24,7 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     \b
     gptkit sample runs/shakespeare-cpu-20260101-120000 --prompt "ROMEO:" --tokens 300
     """
-    model, recipe, vocab = load_model(run_dir, resolve_device(device))
+    model, recipe, vocab = load_model(run_dir, resolve_device(device, "--device"))
     prompt = recipe.sample.prompt if prompt is None else prompt
     t0 = time.perf_counter()
     text = sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, cache)

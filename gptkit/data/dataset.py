@@ -88,7 +88,8 @@ class CharDataset:
 
     def eval_starts(self, max_windows: int | None = None) -> torch.Tensor:
         """Fixed, non-overlapping validation windows, evenly thinned to at most `max_windows`."""
-        starts = torch.arange(0, len(self.val) - self.block_size, self.block_size, device=self.val.device)
+        room = max(len(self.val) - self.block_size, 0)  # none without a validation split
+        starts = torch.arange(0, room, self.block_size, device=self.val.device)
         if max_windows is not None and len(starts) > max_windows:
             starts = starts[torch.linspace(0, len(starts) - 1, max_windows).round().long()]
         return starts

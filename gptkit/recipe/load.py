@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from .. import plugins
 from ..errors import UserError
@@ -40,7 +41,8 @@ def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
         problems = []
         for loc, msg in describe_errors(e, Recipe):
             key = ".".join(map(str, loc))
-            source = next((text for keys, text in overrides if loc[: len(keys)] == keys), None)
+            # An override is to blame for errors at or below its key, and above it (train.lr.x=5).
+            source = next((text for keys, text in overrides if loc[: len(keys)] == keys or (loc and keys[: len(loc)] == loc)), None)
             if source:
                 problems.append(f"--set {source}: {key}: {msg}")
             else:
@@ -85,8 +87,9 @@ def apply_override(data: dict, text: str) -> tuple[tuple, str]:
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
-        if child is None:
-            child = node[part] = {}
+        if child is None:  # a component left at its default keeps it: model.attention.bias=true
+            default = getattr(_field(parts[: i + 1]), "default", None)
+            child = node[part] = {"name": default} if isinstance(default, str) else {}
         elif isinstance(child, str):  # a component given by name gains parameters: {name: ...}
             child = node[part] = {"name": child}
         elif not isinstance(child, dict):
@@ -96,19 +99,26 @@ def apply_override(data: dict, text: str) -> tuple[tuple, str]:
     return parts, text
 
 
-def _is_path(parts: tuple) -> bool:
+def _field(parts: tuple) -> FieldInfo | None:
+    """The schema's field at a dotted key, if the recipe's sections have one there."""
     model: Any = Recipe
+    field = None
     for part in parts:
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
-            return False
-        metadata = list(field.metadata) + [  # list[RecipePath] keeps the marker inside
-            m for arg in typing.get_args(field.annotation) if typing.get_origin(arg) is Annotated
-            for m in typing.get_args(arg)[1:]]
-        if any(getattr(m, "func", None) is _resolve for m in metadata):
-            return True
+            return None
         model = field.annotation
-    return False
+    return field
+
+
+def _is_path(parts: tuple) -> bool:
+    field = _field(parts)
+    if field is None:
+        return False
+    metadata = list(field.metadata) + [  # list[RecipePath] keeps the marker inside
+        m for arg in typing.get_args(field.annotation) if typing.get_origin(arg) is Annotated
+        for m in typing.get_args(arg)[1:]]
+    return any(getattr(m, "func", None) is _resolve for m in metadata)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:

@@ -3,6 +3,7 @@
 Paths in a recipe file are relative to the folder of that file.
 """
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
@@ -13,14 +14,17 @@ from .components import RecipeIssue, component
 
 
 def _resolve(value, info: ValidationInfo) -> Path:
+    """Absolute, so that the copy of a recipe saved in a run folder still names the same files
+    wherever it is read from (`gptkit run --resume RUN`, `gptkit sample RUN`, an ablation rerun)."""
     if not isinstance(value, (str, Path)):
         raise ValueError("expected a file path")
     path = Path(value).expanduser()
     base = (info.context or {}).get("base_dir")
-    return path if path.is_absolute() or base is None else (Path(base) / path)
+    return Path(os.path.abspath(path if base is None else Path(base) / path))  # an absolute `path` stays itself
 
 
 RecipePath = Annotated[Path, BeforeValidator(_resolve)]
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?|mps)$"
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
@@ -96,7 +100,7 @@ class TrainSection(Section):
     eval_every: PositiveInt | None = Field(None, description="steps between validation runs; default once per epoch")
     eval_batches: PositiveInt | None = Field(None, description="validation batches per run; default the whole split")
     checkpoint_every: PositiveInt | None = Field(None, description="steps between checkpoints; default once per epoch")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: CUDA if present, else CPU")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto: CUDA if present, else CPU")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere")
     compile: Annotated[CompileModes, BeforeValidator(_bool_or_name)] = Field(
         "auto", description="torch.compile the training forward pass (true, or one of torch.compile's modes); "
@@ -114,7 +118,7 @@ class Recipe(Section):
     """A whole training run."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100, description="names the run folder")
-    seed: int = 1337
+    seed: int = Field(1337, ge=-(2**63), lt=2**64, description="torch's seeds are 64-bit")
     imports: list[RecipePath] = Field(default_factory=list, description="local Python files that register "
                                       "components (with gptkit.components.register); relative to the recipe file")
     data: DataSection

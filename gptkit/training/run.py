@@ -6,6 +6,7 @@ failed. Runs are resumed from their last checkpoint with `resume=`.
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +20,7 @@ from ..errors import CheckpointError, RunStopped, UserError
 from ..io import write_json, write_text
 from ..model import GPT, build_model
 from ..recipe import Recipe
+from ..recipe.schema import DEVICE_PATTERN
 from ..sampling import sample
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -34,14 +36,17 @@ class RunResult:
     summary: dict
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, what: str = "train.device") -> torch.device:
+    """The torch device `name` (auto, cpu, cuda, cuda:N or mps) names; `what` is where it was given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(DEVICE_PATTERN, name):
+        raise UserError(f"{what}: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     device = torch.device(name)
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"train.device: {name} was asked for, but no such CUDA device is visible; use auto or cpu")
+        raise UserError(f"{what}: {name} was asked for, but no such CUDA device is visible; use auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError("train.device: mps was asked for, but it is not available here; use auto or cpu")
+        raise UserError(f"{what}: mps was asked for, but it is not available here; use auto or cpu")
     return device
 
 
@@ -101,10 +106,10 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     dataset.to(device)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
+    trainer = Trainer(recipe, model, dataset, device, quiet=quiet or not dist.is_main, dist=dist)
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint["trainer"])
     if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
-        trainer = Trainer(recipe, model, dataset, device, quiet=True, dist=dist)
-        if checkpoint is not None:
-            trainer.load_state_dict(checkpoint["trainer"])
         trainer.fit()
         return RunResult(model, dataset, None, {})
     if checkpoint is not None:
@@ -127,9 +132,7 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
             os.fsync(metrics.fileno())  # the metrics always reach at least as far as the checkpoint
             save(run_dir, trainer, recipe, dataset)
 
-        trainer = Trainer(recipe, model, dataset, device, on_metrics, on_checkpoint, quiet=quiet, dist=dist)
-        if checkpoint is not None:
-            trainer.load_state_dict(checkpoint["trainer"])
+        trainer.on_metrics, trainer.on_checkpoint = on_metrics, on_checkpoint
         write_summary(run_dir, recipe, trainer, "running")
         try:
             trainer.fit()
