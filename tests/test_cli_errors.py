@@ -80,6 +80,9 @@ CASES = [
      ["train.batch_size 100000 is larger than the"]),
     ("block-too-large", lambda c: recipe_text(c, model__block_size=1_000_000), [],
      ["fewer than one block (model.block_size + 1 = 1,000,001)"]),
+    ("lr-infinite", lambda c: recipe_text(c, train__lr=float("inf")), [], ["train.lr: Input should be a finite number"]),
+    ("param-nan", lambda c: recipe_text(c), ["--set", "model.norm.eps=.nan"],
+     ["--set model.norm.eps=.nan: model.norm.eps: Input should be a finite number (got nan)"]),
     ("seed-too-large", lambda c: recipe_text(c, seed=2**64), [], ["seed: Input should be less than 18446744073709551616"]),
     ("prompt-unknown-characters", lambda c: recipe_text(c, sample__prompt="ZEUS:"), [],  # found before training
      ["sample.prompt 'ZEUS:': characters not in the vocabulary: 'Z'", "change sample.prompt"]),
@@ -150,3 +153,12 @@ def test_cuda_asked_for_without_a_gpu(cli, tmp_path, write_recipe):
 def test_sample_names_a_bad_device_option(cli, tmp_path, device):
     result = cli("sample", tmp_path / "run", "--device", device)
     assert result.exit_code == 2 and f"error: --device: unknown device {device!r}" in result.output, result.output
+
+
+@pytest.mark.parametrize("param,fragment", [
+    ("base=abc", "error: positional 'rope': base: Input should be a valid number (got 'abc')"),
+    ("name=alibi", "error: --param name=alibi: the component is the NAME argument (rope), not a parameter"),
+])
+def test_check_names_the_bad_parameter(cli, param, fragment):
+    result = cli("check", "positional", "rope", "--param", param)
+    assert result.exit_code == 2 and fragment in result.output, result.output

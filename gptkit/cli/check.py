@@ -30,11 +30,14 @@ def check(kind, name, params):
         key, sep, raw = text.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--param {text}: expected KEY=VALUE, e.g. --param eps=1e-6")
+        if key.strip() == "name":
+            raise UserError(f"--param {text}: the component is the NAME argument ({name}), not a parameter")
         spec[key.strip()] = yaml.load(raw, f"--param {key}")[0]
     try:
         results = check_component(kind, spec)
     except RecipeIssue as e:  # unknown, broken, or parameters that do not validate
-        raise UserError(f"{kind} '{name}': {e}") from None
+        where = "; ".join(f"{'.'.join(map(str, loc)) + ': ' if loc else ''}{msg}" for loc, msg in e.issues)
+        raise UserError(f"{kind} '{name}': {where}") from None
     except ValueError as e:  # the component's own check refuses the test model's sizes
         raise UserError(f"{kind} '{name}' cannot be built with the test model {CONFIG}: {e}") from None
 

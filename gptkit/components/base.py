@@ -11,7 +11,7 @@ class Params(BaseModel):
     """A component's own parameters, as written in a recipe. Unknown keys are rejected, and types are
     strict (no `"1e-3"` string or `true` where a number belongs)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
