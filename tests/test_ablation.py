@@ -61,6 +61,7 @@ def test_shipped_ablation_plans_over_the_four_kinds():
                                           "unknown positional 'rpoe' (did you mean 'rope'?)"),
     (["--vary", "model.positionl=rope"], "did you mean 'positional'?"),
     (["--seeds", "x"], "--seeds x: expected a count"),
+    (["--vary", "model.norm=layernorm", "--set", "data.val_fraction=0"], "an ablation compares validation losses"),
 ])
 def test_bad_ablations_are_one_clear_error(cli, tmp_path, write_recipe, args, message):
     result = cli("ablate", write_recipe(), "--out", tmp_path / "abl", *args)
@@ -73,6 +74,36 @@ def test_bad_ablation_file(cli, tmp_path, write_recipe):
     path.write_text(f"recipe: {write_recipe().name}\nvary: {{model.norm: [layernorm]}}\nseed: 3\n")
     result = cli("ablate", path)
     assert result.exit_code == 2 and "seed: unknown key (did you mean 'seeds'?)" in result.output
+
+
+@pytest.mark.parametrize("lines, args, message", [
+    ("name: ../../evil", [], "abl.yaml: name: '../../evil' cannot name the ablation folder"),
+    ("", ["--name", "a/b"], "--name: 'a/b' cannot name the ablation folder"),
+    ("param_margin: -0.5", [], "abl.yaml: param_margin: expected a fraction of at least 0"),
+    ("seeds: 0", [], "abl.yaml: seeds: expected at least one seed"),
+    ("seeds: [1, 1]", [], "abl.yaml: seeds: expected at least one seed, each once"),
+    ("", ["--seeds", "0"], "error: --seeds: expected at least one seed"),
+    ("set: {model.nrm: rmsnorm}", [], "abl.yaml: set.model.nrm: model.nrm: unknown key (did you mean 'norm'?)"),
+    ("vary: {model.nrm: [layernorm]}", [], "abl.yaml: vary.model.nrm: model.nrm: unknown key (did you mean 'norm'?)"),
+    ("vary: {train.max_steps: [2, 4]}", [], "abl.yaml: vary.train.max_steps changes the token budget"),
+    ("", ["--vary", "train.max_steps=2,4"], "error: --vary train.max_steps changes the token budget"),
+])
+def test_bad_ablation_file_names_its_key(cli, tmp_path, write_recipe, lines, args, message):
+    path = tmp_path / "abl.yaml"
+    vary = "" if lines.startswith("vary:") else "vary: {model.norm: [layernorm]}\n"
+    path.write_text(f"recipe: {write_recipe().name}\n{vary}{lines}\n")
+    before = set(tmp_path.rglob("*"))
+    result = cli("ablate", path, "--runs-dir", tmp_path / "runs", *args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert set(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("value", ["the #cat", "the: cat", "null", "true", "1e-3", "[x]", "it's", "a\nb"])
+def test_file_strings_reach_the_recipe_unchanged(tmp_path, write_recipe, value):
+    path = tmp_path / "abl.yaml"
+    for entry, arm in [({"set": {"sample.prompt": value}}, 0), ({"vary": {"sample.prompt": [value]}}, 1)]:
+        path.write_text(json.dumps({"recipe": write_recipe().name, **entry}))  # JSON is YAML, and quotes every string
+        assert plan(load_ablation(path)).arms[arm].recipe.sample.prompt == value
 
 
 def md_rows(text: str) -> dict[str, list[str]]:
@@ -175,3 +206,18 @@ def test_compare(cli, tmp_path, write_recipe):
     assert missing.exit_code == 2 and "is not a run folder" in missing.output
     if have_matplotlib():
         assert cli("compare", *dirs, "--plot", tmp_path / "c.png").exit_code == 0 and (tmp_path / "c.png").is_file()
+
+
+@pytest.mark.parametrize("text, args, message", [
+    ("not: [valid", [], "recipe.yaml is damaged (it is not valid YAML)"),
+    ("- 1\n", [], "recipe.yaml is damaged (it holds no mapping of recipe fields)"),
+    ("", [], "recipe.yaml is damaged (it holds no mapping of recipe fields)"),
+    ("name: x\n", ["--plot", "c.png"], "recipe.yaml is damaged (it lacks train.batch_size or model.block_size)"),
+])
+def test_compare_reports_a_damaged_recipe(cli, tmp_path, text, args, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text(text)
+    result = cli("compare", run, *[tmp_path / a if a.endswith(".png") else a for a in args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "c.png").exists()

@@ -27,9 +27,20 @@ def test_bench_json_reports_every_variant_against_the_first(cli, write_recipe):
     assert "model.attention=naive" in table and "tokens/s" in table and "MFU" in table
 
 
-def test_bench_rejects_a_bad_variant_before_any_work(cli, write_recipe):
-    result = cli("bench", write_recipe(), "--vary", "model.attention=flash,flsh")
-    assert result.exit_code == 2 and "did you mean 'flash'" in result.output
+@pytest.mark.parametrize("args, message", [
+    (["--vary", "model.attention=flash,flsh"], "--vary model.attention=flsh: model.attention: unknown attention "
+                                               "'flsh' (did you mean 'flash'?)"),
+    (["--vary", "model.atention=flash"], "--vary model.atention=flash: model.atention: unknown key "
+                                         "(did you mean 'attention'?)"),
+    (["--vary", "train.batch_size=8,x"], "--vary train.batch_size=x: train.batch_size: Input should be a valid integer"),
+    (["--vary", "model.attention=[flash"], "--vary model.attention=[flash:1: not valid YAML"),
+    (["--vary", "model.attention=flash,naive", "--vary", "model.attention=flash"], "--vary model.attention is given "
+                                                                                    "twice; list all its values in one --vary"),
+])
+def test_bench_rejects_a_bad_variant_before_any_work(cli, write_recipe, args, message):
+    result = cli("bench", write_recipe(), *args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert "--set" not in result.output
 
 
 def test_vary_makes_every_combination_with_the_first_values_as_baseline():

@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
+from ..io import read_text
 
 
 def finished_summary(run_dir: Path) -> dict | None:
@@ -21,13 +22,28 @@ def run_recipe(run_dir: Path) -> dict:
     path = run_dir / "recipe.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run folder (it has no recipe.yaml)")
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        recipe = yaml.safe_load(read_text(path, "run recipe"))
+    except yaml.YAMLError:
+        problem = "it is not valid YAML"
+    else:
+        problem = None if isinstance(recipe, dict) else "it holds no mapping of recipe fields"
+    if problem:
+        raise damaged(path, problem)
+    return recipe
+
+
+def damaged(path: Path, problem: str) -> UserError:
+    return UserError(f"{path} is damaged ({problem}); restore it, or leave that run out")
 
 
 def val_curve(run_dir: Path, recipe: dict | None = None) -> list[tuple[int, float]]:
     """[(tokens seen, validation loss)] in step order, from metrics.jsonl."""
     recipe = recipe or run_recipe(run_dir)
-    tokens_per_step = recipe["train"]["batch_size"] * recipe["model"]["block_size"]
+    try:
+        tokens_per_step = recipe["train"]["batch_size"] * recipe["model"]["block_size"]
+    except (KeyError, TypeError):
+        raise damaged(run_dir / "recipe.yaml", "it lacks train.batch_size or model.block_size") from None
     path, curve = run_dir / "metrics.jsonl", []
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():

@@ -45,6 +45,7 @@ FILE_KEYS = {
     "allow_unfair": "allow varying data, budget or evaluation fields",
 }
 MODES = ("grid", "one-at-a-time")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a recipe name's rule: one folder, inside runs/ablations/
 
 
 @dataclass
@@ -59,6 +60,11 @@ class Ablation:
     name: str | None = None
     param_margin: float = 0.1
     allow_unfair: bool = False
+    # How errors name what a file gave: "--set KEY=VALUE" or "--vary KEY" -> "abl.yaml: vary.KEY"
+    origin: dict[str, str] = field(default_factory=dict)
+
+    def named(self, flag: str) -> str:
+        return self.origin.get(flag, flag)
 
 
 @dataclass
@@ -133,11 +139,29 @@ def parse_seeds(text: str) -> int | list[int]:
     return seeds[0] if len(seeds) == 1 and "," not in text else seeds
 
 
+def check_seeds(seeds: int | list[int], where: str) -> None:
+    if isinstance(seeds, int) and seeds < 1 or isinstance(seeds, list) and (not seeds or len(set(seeds)) != len(seeds)):
+        raise UserError(f"{where}: expected at least one seed, each once; got {seeds}")
+
+
+def check_name(name: str, where: str) -> str:
+    if not NAME.fullmatch(name):
+        raise UserError(f"{where}: {name!r} cannot name the ablation folder: use letters, digits, '.', '_' and '-', "
+                        "starting with a letter or digit, at most 100 characters (e.g. norm-sweep)")
+    return name
+
+
 def yaml_text(value) -> str:
-    """A YAML value as one line of flow-style YAML text, as `--set` reads it."""
-    if isinstance(value, str):
-        return value
-    return pyyaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("...\n").strip()
+    """`value` as one line of YAML that `--set` reads back as exactly `value`. PyYAML quotes what YAML 1.1
+    would misread, but our reader is YAML 1.2's (the string "1e-3" would come back a float): what still
+    does not read back is written with every scalar double-quoted."""
+    text = _flow(value)
+    return text if "\n" not in text and yaml.load(text, "value")[0] == value else _flow(value, style='"')
+
+
+def _flow(value, style: str | None = None) -> str:
+    return pyyaml.safe_dump(value, default_flow_style=True, default_style=style, width=10**6,
+                            allow_unicode=True).removesuffix("...\n").strip()
 
 
 def load_ablation(path: Path) -> Ablation:
@@ -162,34 +186,47 @@ def load_ablation(path: Path) -> Ablation:
             raise UserError(f"{path}: vary.{key}: expected a list of values, e.g. [sinusoidal, rope]")
     if isinstance(seeds, list) and not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise UserError(f"{path}: seeds: expected a count or a list of integers, got {seeds!r}")
+    check_seeds(seeds, f"{path}: seeds")
     mode = typed("mode", str, "grid")
     if mode not in MODES:
         raise UserError(f"{path}: mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    margin = float(typed("param_margin", (int, float), 0.1))
+    if not margin >= 0:
+        raise UserError(f"{path}: param_margin: expected a fraction of at least 0, e.g. 0.1, got {margin!r}")
+    texts = {str(k): [yaml_text(v) for v in values] for k, values in vary.items()}
+    overrides = {f"{k}={yaml_text(v)}": k for k, v in sets.items()}
+    origin = {f"--set {text}": f"{path}: set.{k}" for text, k in overrides.items()}
+    for k, values in texts.items():
+        origin[f"--vary {k}"] = f"{path}: vary.{k}"
+        origin |= {f"--set {k}={v}": f"{path}: vary.{k}" for v in values}  # how the recipe reports an arm's value
     return Ablation(
         recipe=path.parent / typed("recipe", str, ""),
-        vary={str(k): [yaml_text(v) for v in values] for k, values in vary.items()},
-        overrides=[f"{k}={yaml_text(v)}" for k, v in sets.items()],
+        vary=texts,
+        overrides=list(overrides),
         seeds=seeds,
         mode=mode,
-        name=typed("name", str, path.stem),
-        param_margin=float(typed("param_margin", (int, float), 0.1)),
+        name=check_name(typed("name", str, ""), f"{path}: name") if "name" in data else path.stem,
+        param_margin=margin,
         allow_unfair=typed("allow_unfair", bool, False),
+        origin=origin,
     )
 
 
 def check_fair(ablation: Ablation) -> None:
     for key in ablation.vary:
+        where = ablation.named(f"--vary {key}")
         if key in ("seed", "name"):
-            raise UserError(f"--vary {key}: {'seeds are set with --seeds' if key == 'seed' else 'every arm is named for you'}")
+            raise UserError(f"{where}: {'seeds are set with --seeds' if key == 'seed' else 'every arm is named for you'}")
         hit = next((k for k in UNFAIR if key == k or key.startswith(k + ".")), None)
         if hit and not ablation.allow_unfair:
-            raise UserError(f"--vary {key} changes {UNFAIR[hit]}, so the arms would not be compared on equal "
+            raise UserError(f"{where} changes {UNFAIR[hit]}, so the arms would not be compared on equal "
                             "terms; pass --allow-unfair (allow_unfair: true in a file) if that is what you want")
 
 
 def plan(ablation: Ablation) -> Plan:
     """Expand `ablation` into arms, each validated like a recipe before anything trains."""
     check_fair(ablation)
+    check_seeds(ablation.seeds, "--seeds")
     keys = list(ablation.vary)
     short = {k: k.rsplit(".", 1)[-1] if sum(o.rsplit(".", 1)[-1] == k.rsplit(".", 1)[-1] for o in keys) == 1 else k
              for k in keys}
@@ -202,9 +239,15 @@ def plan(ablation: Ablation) -> Plan:
         try:
             return load_recipe(ablation.recipe, [*ablation.overrides, *(f"{k}={v}" for k, v in changes)])
         except UserError as e:
-            raise UserError(f"arm {label}: {e}" if changes else str(e)) from None
+            message = str(e)
+            for flag, where in ablation.origin.items():  # a file's entries, which the recipe reports as --set
+                message = message.replace(f"{flag}:", f"{where}:")
+            raise UserError(f"arm {label}: {message}" if changes else message) from None
 
     arms: list[Arm] = [Arm("baseline", "baseline", [], resolve([], "baseline"), baseline=True)]
+    if arms[0].recipe.data.val_fraction == 0:
+        raise UserError("data.val_fraction is 0: an ablation compares validation losses, so it needs a validation "
+                        "split; set data.val_fraction, e.g. --set data.val_fraction=0.1")
     seen = {canonical(arms[0].recipe): arms[0]}
     for changes in combos:
         label = " ".join(f"{short[k]}={v}" for k, v in changes)
@@ -219,8 +262,6 @@ def plan(ablation: Ablation) -> Plan:
         seen[canonical(recipe)] = arm
     base_seed = arms[0].recipe.seed
     seeds = list(range(base_seed, base_seed + ablation.seeds)) if isinstance(ablation.seeds, int) else ablation.seeds
-    if not seeds or len(set(seeds)) != len(seeds) or (isinstance(ablation.seeds, int) and ablation.seeds < 1):
-        raise UserError(f"--seeds: expected at least one seed, each once; got {ablation.seeds}")
     digest = hashlib.sha1(json.dumps([canonical(a.recipe) for a in arms]).encode()).hexdigest()[:8]
     return Plan(ablation.name or arms[0].recipe.name, arms, seeds, digest, ablation)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..recipe import load_recipe
+from ..recipe import Recipe, load_recipe, yaml
 from ..training.run import resolve_device
 from . import worker
 from .peak import matmul_peak
@@ -51,6 +51,7 @@ def parse_vary(texts: list[str]) -> list[tuple[str, list[str]]]:
     axes = []
     for text in texts:
         key, sep, raw = text.partition("=")
+        key = key.strip()
         values, depth, current = [], 0, ""
         for ch in raw:
             depth += (ch in "{[") - (ch in "}]")
@@ -60,9 +61,13 @@ def parse_vary(texts: list[str]) -> list[tuple[str, list[str]]]:
             else:
                 current += ch
         values.append(current.strip())
-        if not sep or not key.strip() or not all(values):
+        if not sep or not key or not all(values):
             raise UserError(f"--vary {text}: expected KEY=VALUE1,VALUE2,..., e.g. --vary model.attention=flash,naive")
-        axes.append((key.strip(), values))
+        if key in (k for k, _ in axes):
+            raise UserError(f"--vary {key} is given twice; list all its values in one --vary")
+        for value in values:  # here, or a syntax error would be reported as the --set it becomes
+            yaml.load(value, f"--vary {key}={value}")
+        axes.append((key, values))
     return axes
 
 
@@ -74,11 +79,21 @@ def variants(axes: list[tuple[str, list[str]]]) -> list[Variant]:
     return [Variant(" ".join(c), list(c)) for c in combos]
 
 
+def load_variant(recipe_path: str | Path, overrides: list[str], variant: Variant) -> Recipe:
+    try:
+        return load_recipe(recipe_path, [*overrides, *variant.overrides])
+    except UserError as e:
+        message = str(e)
+        for text in variant.overrides:  # the recipe reports every override as a --set
+            message = message.replace(f"--set {text}:", f"--vary {text}:")
+        raise UserError(message) from None
+
+
 def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str] = (), steps: int = 5,
               warmup: int = 2, rounds: int = 3, threads: int | None = None, log=print) -> dict:
     """Benchmark every variant; returns the report (also what --json prints)."""
     found = variants(parse_vary(list(vary)))
-    recipes = [load_recipe(recipe_path, [*overrides, *v.overrides]) for v in found]  # all checked before any work
+    recipes = [load_variant(recipe_path, overrides, v) for v in found]  # all checked before any work
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     device = resolve_device(recipes[0].train.device)

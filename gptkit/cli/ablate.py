@@ -4,7 +4,7 @@ import click
 
 from ..ablation.plot import HINT
 from ..ablation.runner import ablation_dir, describe, plot, run_ablation, write_reports
-from ..ablation.spec import Ablation, load_ablation, parse_seeds, parse_vary, plan
+from ..ablation.spec import Ablation, check_name, load_ablation, parse_seeds, parse_vary, plan
 from ..io import read_text
 from ..recipe import yaml
 from . import main, overrides_option
@@ -46,7 +46,8 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
         ablation.seeds = parse_seeds(seeds)
     if grid is not None:
         ablation.mode = "grid" if grid else "one-at-a-time"
-    ablation.name = name or ablation.name
+    if name is not None:
+        ablation.name = check_name(name, "--name")
     ablation.param_margin = ablation.param_margin if param_margin is None else param_margin
     ablation.allow_unfair = ablation.allow_unfair or allow_unfair
 
