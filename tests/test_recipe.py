@@ -98,6 +98,11 @@ def test_an_override_is_blamed_for_an_error_above_its_key(write_recipe):
         load_recipe(write_recipe(), ["train.lr.x=5"])
 
 
+def test_of_two_overrides_of_a_key_the_last_is_blamed(write_recipe):
+    with pytest.raises(RecipeError, match=r"^--set train.lr=x: train.lr"):
+        load_recipe(write_recipe(), ["train.lr=0.1", "train.lr=x"])
+
+
 def test_override_paths_are_relative_to_the_cwd(write_recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = load_recipe(write_recipe(), ["data.path=other.txt"])

@@ -41,8 +41,10 @@ def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
         problems = []
         for loc, msg in describe_errors(e, Recipe):
             key = ".".join(map(str, loc))
-            # An override is to blame for errors at or below its key, and above it (train.lr.x=5).
-            source = next((text for keys, text in overrides if loc[: len(keys)] == keys or (loc and keys[: len(loc)] == loc)), None)
+            # An override is to blame for errors at or below its key, and above it (train.lr.x=5); of
+            # several, the last, whose value won.
+            source = next((text for keys, text in reversed(overrides)
+                           if loc[: len(keys)] == keys or (loc and keys[: len(loc)] == loc)), None)
             if source:
                 problems.append(f"--set {source}: {key}: {msg}")
             else:
