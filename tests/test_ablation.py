@@ -175,6 +175,12 @@ def test_ablation_table_matches_the_run_summaries_and_resumes(cli, tmp_path, wri
     # a finished run is reused only for the very recipe it trained
     edited = cli(*args, "--set", "train.lr=0.01")
     assert edited.exit_code == 2 and "finished with a different recipe (train.lr differ)" in edited.output
+    damaged = next(out.glob("*/seed-0/recipe.yaml"))
+    recipe = yaml.safe_load(damaged.read_text())
+    del recipe["data"]["path"]
+    damaged.write_text(yaml.safe_dump(recipe))
+    result = cli(*args)
+    assert result.exit_code == 2 and "finished with a different recipe (data.path differ)" in result.output
 
 
 def test_plot_or_hint(cli, tmp_path, write_recipe, monkeypatch):

@@ -102,7 +102,8 @@ def check_same(run_dir: Path, recipe: Recipe) -> None:
     """A finished run is reused only if it trained exactly what this ablation would train now."""
     stored, wanted = flatten(run_recipe(run_dir)), flatten(recipe.to_dict())
     for flat in (stored, wanted):
-        flat["data.path"] = str(Path(flat["data.path"]).resolve())
+        if "data.path" in flat:  # absent only from a damaged recipe.yaml: reported below as a difference
+            flat["data.path"] = str(Path(flat["data.path"]).resolve())
     differ = sorted(k for k in stored.keys() | wanted.keys() if k != "name" and stored.get(k) != wanted.get(k))
     if differ:
         raise UserError(f"{run_dir} finished with a different recipe ({', '.join(differ[:5])} differ); "
