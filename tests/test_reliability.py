@@ -115,36 +115,35 @@ def test_run_files_are_as_readable_as_the_umask_allows(tmp_path, write_recipe):
         f.name: "0o644" for f in run.iterdir()}
 
 
-def test_stop_during_evaluation_redoes_it_on_resume(tmp_path, monkeypatch, reference):
-    path, ref = reference
+def stop_during_the_evaluation_at_step_4(monkeypatch, path: Path, runs: Path) -> Interrupted:
+    """Train until a Ctrl-C lands during the evaluation at step 4; its checkpoint has that evaluation to do."""
     original = Trainer.evaluate
 
     def interrupted_eval(self):
-        if self.state.step == 4 and not getattr(self, "_stopped_once", False):
-            self._stopped_once = True
+        if self.state.step == 4:
             self.stop_signal = signal.SIGINT
         return original(self)
 
     with monkeypatch.context() as m:
         m.setattr(Trainer, "evaluate", interrupted_eval)
         with pytest.raises(Interrupted) as e:
-            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
-    assert e.value.exit_code == 130
-    assert load_checkpoint(e.value.run_dir)["trainer"]["state"]["eval_pending"]
+            train(load_recipe(path), runs_dir=runs, quiet=True)
+    return e.value
+
+
+def test_stop_during_evaluation_redoes_it_on_resume(tmp_path, monkeypatch, reference):
+    path, ref = reference
+    stopped = stop_during_the_evaluation_at_step_4(monkeypatch, path, tmp_path / "runs")
+    assert stopped.exit_code == 130
+    assert load_checkpoint(stopped.run_dir)["trainer"]["state"]["eval_pending"]
     train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")
-    assert_same_run(ref, e.value.run_dir)
+    assert_same_run(ref, stopped.run_dir)
 
 
 def test_a_run_that_fails_after_redoing_an_evaluation_resumes_without_repeating_its_record(
         tmp_path, monkeypatch, reference):
     path, ref = reference
-    original = Trainer.evaluate
-
-    def interrupted_eval(self):
-        if self.state.step == 4 and not getattr(self, "_stopped_once", False):
-            self._stopped_once = True
-            self.stop_signal = signal.SIGINT
-        return original(self)
+    run = stop_during_the_evaluation_at_step_4(monkeypatch, path, tmp_path / "runs").run_dir
 
     def crash_at_step_5(self, *args):
         if self.state.step == 5:
@@ -152,11 +151,6 @@ def test_a_run_that_fails_after_redoing_an_evaluation_resumes_without_repeating_
         return original_step(self, *args)
 
     original_step = Trainer.train_step
-    with monkeypatch.context() as m:
-        m.setattr(Trainer, "evaluate", interrupted_eval)
-        with pytest.raises(Interrupted) as e:  # checkpoint at step 4, its evaluation still to do
-            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
-    run = e.value.run_dir
     with monkeypatch.context() as m:
         m.setattr(Trainer, "train_step", crash_at_step_5)
         with pytest.raises(RuntimeError):  # redoes the evaluation, then fails before any new checkpoint
