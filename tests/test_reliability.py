@@ -90,17 +90,23 @@ def test_a_stop_between_log_lines_leaves_the_final_figures_as_they_would_have_be
     assert_same_run(ref, e.value.run_dir)
 
 
-def test_a_failure_while_sampling_is_recorded_and_resuming_just_samples(tmp_path, write_recipe, monkeypatch):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_sampling_is_recorded_and_resuming_just_samples(tmp_path, write_recipe, monkeypatch, sig):
     import gptkit.training.run
+
+    def signalled(*args):
+        os.kill(os.getpid(), sig)  # a real signal, handled as the process would handle it
+        time.sleep(5)
 
     path = write_recipe()
     with monkeypatch.context() as m:
-        m.setattr(gptkit.training.run, "sample", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
-        with pytest.raises(KeyboardInterrupt):
+        m.setattr(gptkit.training.run, "sample", signalled)
+        with pytest.raises(Interrupted, match="received while sampling, after training finished") as e:
             train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
-    (run,) = (tmp_path / "runs").iterdir()
+    run = e.value.run_dir
+    assert e.value.exit_code == 128 + sig
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["steps"] == 6 and not (run / "samples.txt").exists()
+    assert summary["status"] == "interrupted" and summary["steps"] == 6 and not (run / "samples.txt").exists()
     result = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")
     assert result.run_dir == run and result.summary["status"] == "finished" and (run / "samples.txt").exists()
 

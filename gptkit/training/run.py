@@ -25,7 +25,7 @@ from ..sampling import sample
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .resume import check_resumable, find_resumable, remove_leftovers, truncate_metrics
-from .trainer import Trainer
+from .trainer import Trainer, interrupt_on_signals
 
 
 @dataclass
@@ -137,13 +137,14 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
         try:
             trainer.fit()
             sp = recipe.sample
-            text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
+            with interrupt_on_signals("sampling, after training finished; resume the run to write samples.txt"):
+                text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
             write_text(run_dir / "samples.txt", text)
         except RunStopped as e:
             write_summary(run_dir, recipe, trainer, e.status, reason=str(e))
             e.run_dir = run_dir
             raise
-        except BaseException as e:  # a Ctrl-C while sampling too: resuming the run just samples
+        except BaseException as e:
             write_summary(run_dir, recipe, trainer, "failed", reason=f"{type(e).__name__}: {e}")
             raise
     summary = write_summary(run_dir, recipe, trainer, "finished")

@@ -132,12 +132,8 @@ class PendingSteps:
         return values, lrs
 
 
-@contextlib.contextmanager
 def stop_on_signals(trainer: "Trainer"):
     """While training, SIGINT and SIGTERM only ask the trainer to stop at the next step boundary."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum, frame):
         name = signal.Signals(signum).name
@@ -148,6 +144,24 @@ def stop_on_signals(trainer: "Trainer"):
             note = f"\n{name}: still saving; the checkpoint is written atomically, please wait.\n"
         os.write(2, note.encode())  # not print(): a handler may interrupt a print in progress
 
+    return _on_signals(handler)
+
+
+def interrupt_on_signals(what: str):
+    """After training, with nothing left to save: SIGINT and SIGTERM raise Interrupted at once (a
+    SIGTERM would otherwise end the process before the run folder records why)."""
+
+    def handler(signum, frame):
+        raise Interrupted(signum, f"{signal.Signals(signum).name} received while {what}")
+
+    return _on_signals(handler)
+
+
+@contextlib.contextmanager
+def _on_signals(handler):
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
