@@ -55,6 +55,7 @@ class Cosine(Schedule):
         p = self.params
         if step < p.warmup_steps:
             return warmup(step, p.warmup_steps)
-        progress = (step - p.warmup_steps) / max(1, self.total_steps - p.warmup_steps)
+        # Steps run from 0 to total_steps - 1: the last one is where the decay ends.
+        progress = (step - p.warmup_steps) / max(1, self.total_steps - 1 - p.warmup_steps)
         cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return p.min_factor + (1 - p.min_factor) * cosine

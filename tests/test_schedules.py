@@ -1,0 +1,38 @@
+"""Learning-rate schedules: every registered one gives finite factors in [0, 1] that start with its
+warm-up; the cosine one peaks right after warm-up and ends exactly at min_factor on the last step."""
+
+import math
+
+import pytest
+
+from gptkit.registry import registry
+
+SCHEDULES = registry("schedule")
+
+
+def build(name: str, total_steps: int, **params):
+    cls = SCHEDULES.get(name)
+    return cls(cls.Params(**params), total_steps=total_steps)
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+@pytest.mark.parametrize("total,warmup", [(1, 0), (2, 0), (10, 3), (100, 10), (5, 8)])
+def test_every_schedule_gives_factors_in_range_after_a_linear_warmup(name, total, warmup):
+    s = build(name, total, warmup_steps=warmup)
+    factors = [s.factor(step) for step in range(total)]
+    assert all(math.isfinite(f) and 0 <= f <= 1 for f in factors)
+    for step in range(min(warmup, total)):
+        assert factors[step] == pytest.approx((step + 1) / warmup)
+
+
+@pytest.mark.parametrize("total,warmup", [(2, 0), (10, 0), (10, 3), (1500, 100)])
+def test_cosine_peaks_after_warmup_and_ends_at_min_factor(total, warmup):
+    s = build("cosine", total, warmup_steps=warmup, min_factor=0.1)
+    assert s.factor(warmup) == 1.0
+    assert s.factor(total - 1) == pytest.approx(0.1)
+    decay = [s.factor(step) for step in range(warmup, total)]
+    assert decay == sorted(decay, reverse=True)
+
+
+def test_a_one_step_cosine_run_trains_at_the_full_rate():
+    assert build("cosine", 1).factor(0) == 1.0
