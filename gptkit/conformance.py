@@ -100,58 +100,93 @@ def check_state_dict_round_trip(spec, config):
 
 
 def _assert_causal(model, config):
+    """In training mode too (the test model has no dropout): a model that sees the future there
+    learns to read its targets."""
     x = _tokens(config)
     t = config.block_size // 2
     changed = x.clone()
     changed[:, t:] = (changed[:, t:] + 1) % config.vocab_size
+    for mode in ("eval", "train"):
+        getattr(model, mode)()
+        with torch.no_grad():
+            before, after = model(x)[0][:, :t], model(changed)[0][:, :t]
+        assert torch.allclose(before, after, atol=1e-6), f"changing a later token changed an earlier output ({mode} mode)"
+    model.eval()
+
+
+def _assert_cache_matches(model, config):
+    """A prefix, then a few tokens at once, then one at a time through the cache: the logits of one
+    forward pass over the whole sequence."""
+    x = _tokens(config)
+    t = config.block_size // 2
+    cuts = [0, t, t + 3, *range(t + 4, config.block_size + 1)]
+    cache = model.new_cache()
     with torch.no_grad():
-        before, after = model(x)[0][:, :t], model(changed)[0][:, :t]
-    assert torch.allclose(before, after, atol=1e-6), "changing a later token changed an earlier output"
+        full = model(x)[0]
+        cached = torch.cat([model(x[:, a:b], cache=cache)[0] for a, b in zip(cuts, cuts[1:])], dim=1)
+    assert torch.allclose(cached, full, atol=1e-5, rtol=1e-4), \
+        f"cached logits differ from a full forward pass by {(cached - full).abs().max():.2e}"
 
 
 def check_causal(spec, config):
-    if spec.kind not in ("attention", "positional"):
-        raise NotApplicable("only attention and positional components mix positions")
-    _assert_causal(tiny_model(config, **{spec.kind: spec}).eval(), config)
+    """Every kind: a norm or feedforward that pooled over time would leak the future as surely as an attention."""
+    _assert_causal(tiny_model(config, **{spec.kind: spec}), config)
 
 
 def check_every_partner(spec, config):
     """An attention must work with every positional scheme (its rotate and score_bias hooks), and a
-    positional scheme with every attention: finite loss and gradients, and causal, for each pair."""
+    positional scheme with every attention: finite loss and gradients, causal, and the same logits
+    through the key/value cache, for each pair."""
     if spec.kind not in ("attention", "positional"):
         raise NotApplicable("only attention and positional components are paired")
     other = "positional" if spec.kind == "attention" else "attention"
     failures = []
-    for name in registry(other).names():
-        if registry(other).entry(name).error:
-            continue  # a broken plugin is reported on its own, not against this component
-        partner = parse_component(other, name)
-        try:
-            partner.cls.check(config, partner.params)
-        except ValueError:
-            continue  # this pair cannot be built with the test sizes; a recipe would refuse it too
+    for name, partner in _partners(other, config):
         try:
             model = tiny_model(config, **{spec.kind: spec, other: partner})
             _, loss = model(_tokens(config), _tokens(config))
             loss.backward()
             assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), \
                 "non-finite loss or gradient"
-            _assert_causal(model.eval(), config)
+            _assert_causal(model, config)
+            if model.supports_kv_cache:  # a partner's rotation or bias must continue from the cache's length
+                _assert_cache_matches(model, config)
         except Exception as e:  # report every failing partner, not just the first
             failures.append(f"{other} {name}: {type(e).__name__}: {e}")
     assert not failures, "; ".join(failures)
 
 
+def _partners(kind: str, config: GPTConfig):
+    """(name, spec) of every registered `kind` that can be built with the test sizes."""
+    for name in registry(kind).names():
+        if registry(kind).entry(name).error:
+            continue  # a broken plugin is reported on its own, not against another component
+        partner = parse_component(kind, name)
+        try:
+            partner.cls.check(config, partner.params)
+        except ValueError:
+            continue  # this pair cannot be built with the test sizes; a recipe would refuse it too
+        yield name, partner
+
+
 def check_matches_naive(spec, config):
-    """Same weights and inputs, the reference `naive` attention: the same outputs and gradients."""
+    """Same weights and inputs as the reference `naive` attention: the same outputs and gradients. An
+    attention with every positional scheme (it must apply their rotations and biases), a positional
+    scheme under `flash`."""
     if spec.kind not in ("attention", "positional"):
         raise NotApplicable("only attention and positional components")
-    pairs = ([("naive", spec), ("flash", spec)] if spec.kind == "positional"
-             else [("naive", None), (spec, None)])
+    if spec.kind == "positional":
+        _assert_matches_naive("flash", spec, config)
+        return
+    for name, positional in _partners("positional", config):
+        _assert_matches_naive(spec, positional, config, f"with positional {name}: ")
+
+
+def _assert_matches_naive(attention, positional, config, label=""):
     models = []
-    for attention, positional in pairs:
+    for a in ("naive", attention):
         torch.manual_seed(0)
-        models.append(tiny_model(config, attention=attention, **({"positional": positional} if positional else {})))
+        models.append(tiny_model(config, attention=a, positional=positional))
     reference, model = models
     try:
         model.load_state_dict(reference.state_dict())
@@ -163,31 +198,23 @@ def check_matches_naive(spec, config):
     loss_ref.backward()
     loss.backward()
     assert torch.allclose(out, out_ref, atol=1e-5, rtol=1e-4), \
-        f"outputs differ from naive attention by {(out - out_ref).abs().max():.2e}"
+        f"{label}outputs differ from naive attention by {(out - out_ref).abs().max():.2e}"
     grads_ref = dict(reference.named_parameters())
     for name, p in model.named_parameters():
         diff = (p.grad - grads_ref[name].grad).abs().max()
         assert torch.allclose(p.grad, grads_ref[name].grad, atol=1e-5, rtol=1e-4), \
-            f"gradient of {name} differs from naive attention by {diff:.2e}"
+            f"{label}gradient of {name} differs from naive attention by {diff:.2e}"
 
 
 def check_kv_cache(spec, config):
-    """Feeding a prefix, then one token at a time through a key/value cache, gives the logits of one
-    forward pass over the whole sequence."""
+    """Feeding a prefix, then a few tokens at once, then one at a time through a key/value cache,
+    gives the logits of one forward pass over the whole sequence."""
     if spec.kind not in ("attention", "positional"):
         raise NotApplicable("only attention and positional components see the cache")
     model = tiny_model(config, **{spec.kind: spec}).eval()
     if not model.supports_kv_cache:
         raise NotApplicable("the attention does not support a key/value cache; generation recomputes")
-    x = _tokens(config)
-    cache, t = model.new_cache(), config.block_size // 2
-    with torch.no_grad():
-        full = model(x)[0]
-        steps = [model(x[:, :t], cache=cache)[0]] + [model(x[:, i : i + 1], cache=cache)[0]
-                                                     for i in range(t, config.block_size)]
-    cached = torch.cat(steps, dim=1)
-    assert torch.allclose(cached, full, atol=1e-5, rtol=1e-4), \
-        f"cached logits differ from a full forward pass by {(cached - full).abs().max():.2e}"
+    _assert_cache_matches(model, config)
 
 
 CHECKS: dict[str, Callable] = {

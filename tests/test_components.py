@@ -75,6 +75,62 @@ def test_a_failing_component_is_reported_not_raised(temporary_component):
     assert results["backward"].status == "fail"
 
 
+def broken_components():
+    """Subtly wrong components, each of which the contract must catch (kind, class, the checks that fail)."""
+    import torch.nn.functional as F
+
+    from gptkit.components.attention import FlashAttention
+    from gptkit.components.feedforward import MLP
+    from gptkit.components.norm import RMSNorm
+
+    class PoolsOverTime(RMSNorm):  # statistics over time as well as channels
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean((-2, -1), keepdim=True) + 1e-5) * self.weight
+
+    class SeesTheFuture(MLP):
+        def forward(self, x):
+            return super().forward(x + 0.1 * x.flip(1).cumsum(1).flip(1))
+
+    class LeaksWhenTraining(FlashAttention):
+        def attend(self, q, k, v, bias):
+            return F.scaled_dot_product_attention(q, k, v) if self.training else super().attend(q, k, v, bias)
+
+    class IgnoresBias(FlashAttention):
+        def attend(self, q, k, v, bias):
+            return super().attend(q, k, v, None)
+
+    class ForgetsStart(FlashAttention):  # rotates cached queries and keys as if they came first
+        def forward(self, x, cache=None):
+            rotate = self.pos.rotate
+            self.pos.rotate = lambda q, k, start=0: rotate(q, k)
+            try:
+                return super().forward(x, cache)
+            finally:
+                del self.pos.rotate
+
+    class MasksTopLeft(FlashAttention):  # right for a whole sequence, wrong for a chunk after a cache
+        def attend(self, q, k, v, bias):
+            if bias is None:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=q.size(-2) > 1)
+            return super().attend(q, k, v, bias)
+
+    return [
+        ("norm", PoolsOverTime, {"causal"}),
+        ("feedforward", SeesTheFuture, {"causal"}),
+        ("attention", LeaksWhenTraining, {"causal", "every partner", "matches naive"}),
+        ("attention", IgnoresBias, {"matches naive"}),
+        ("attention", ForgetsStart, {"every partner"}),
+        ("attention", MasksTopLeft, {"kv cache", "every partner"}),
+    ]
+
+
+@pytest.mark.parametrize("kind,cls,failing", broken_components(), ids=lambda v: getattr(v, "__name__", None))
+def test_the_contract_catches_subtly_broken_components(temporary_component, kind, cls, failing):
+    temporary_component(kind, "broken", cls)
+    results = check_component(kind, "broken")
+    assert {r.check for r in results if r.status == "fail"} == failing, [(r.check, r.detail) for r in results]
+
+
 @pytest.mark.parametrize("n_embd", [128, 256, 768])
 def test_swiglu_and_mlp_have_comparable_parameter_counts(n_embd):
     from gptkit.components import GPTConfig
