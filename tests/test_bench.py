@@ -3,9 +3,20 @@
 import json
 
 import pytest
+import torch
 
-from gptkit.bench import format_report, parse_vary, variants
+from gptkit.bench import format_report, parse_vary, run_bench, variants
 from gptkit.errors import UserError
+
+EXPLODES = """
+from gptkit.components import register
+from gptkit.components.feedforward import MLP
+
+@register("feedforward", "explodes")
+class Explodes(MLP):
+    def forward(self, x):
+        raise RuntimeError("boom")
+"""
 
 
 def test_bench_json_reports_every_variant_against_the_first(cli, write_recipe):
@@ -36,6 +47,7 @@ def test_bench_json_reports_every_variant_against_the_first(cli, write_recipe):
     (["--vary", "model.attention=[flash"], "--vary model.attention=[flash:1: not valid YAML"),
     (["--vary", "model.attention=flash,naive", "--vary", "model.attention=flash"], "--vary model.attention is given "
                                                                                     "twice; list all its values in one --vary"),
+    (["--warmup", "0"], "Invalid value for '--warmup'"),  # a compile's fallback to eager would be timed
 ])
 def test_bench_rejects_a_bad_variant_before_any_work(cli, write_recipe, args, message):
     result = cli("bench", write_recipe(), *args)
@@ -55,3 +67,19 @@ def test_vary_makes_every_combination_with_the_first_values_as_baseline():
 def test_bench_reports_a_batch_too_large_for_the_data(cli, write_recipe):
     result = cli("bench", write_recipe(), "--set", "train.batch_size=100000", "--steps", "1", "--rounds", "1")
     assert result.exit_code == 2 and "train.batch_size 100000" in result.output
+
+
+def test_each_variant_reports_its_own_peak_memory(write_recipe):
+    ballast = torch.ones(100 * 2**20)  # 400 MB in the parent, which a worker's peak must not inherit
+    report = run_bench(write_recipe(), steps=1, warmup=1, rounds=1, log=lambda *a: None)
+    del ballast
+    assert 10 * 2**20 < report["variants"][0]["peak_memory"] < 400 * 2**20
+
+
+def test_a_failing_variant_is_named_and_stops_the_bench(cli, write_recipe, tmp_path):
+    (tmp_path / "explodes.py").write_text(EXPLODES)
+    result = cli("bench", write_recipe(imports=["explodes.py"]), "--vary", "model.feedforward=mlp,explodes",
+                 "--steps", "1", "--warmup", "1", "--rounds", "1")
+    assert result.exit_code == 1
+    assert "stopped: variant model.feedforward=explodes: its benchmark process failed" in result.output
+    assert "RuntimeError: boom" in result.output

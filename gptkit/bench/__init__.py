@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import RunStopped, UserError
 from ..recipe import Recipe, load_recipe, yaml
 from ..training.run import resolve_device
 from . import worker
@@ -111,19 +111,23 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
             proc.start()
             procs.append(proc)
             conns.append(parent)
-            info = ask(parent, ("warmup", warmup), proc)
+            info = ask(parent, ("warmup", warmup), proc, v.label)
             v.warmup_seconds = info["build_seconds"] + info["seconds"]
             for key in ("params", "flops_per_token", "tokens_per_step", "micro_batch_size", "compiled"):
                 setattr(v, key, info[key])
             log(f"  warmed up {v.label} in {v.warmup_seconds:.1f} s")
         for r in range(rounds):
             for v, conn, proc in zip(found, conns, procs):
-                v.round_ms.append(1000 * ask(conn, ("run", steps), proc)["seconds"] / steps)
+                v.round_ms.append(1000 * ask(conn, ("run", steps), proc, v.label)["seconds"] / steps)
             log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{ms:,.0f}" for ms in (v.round_ms[-1] for v in found)) + " ms/step")
         memory_kind = ""
         for v, conn, proc in zip(found, conns, procs):
-            stats = ask(conn, ("stop",), proc)
+            stats = ask(conn, ("stop",), proc, v.label)
             v.peak_memory, memory_kind = stats["peak_memory"], stats["memory_kind"]
+    except BaseException:  # the others wait for a message that will not come: end them now
+        for proc in procs:
+            proc.kill()
+        raise
     finally:
         for proc in procs:
             proc.join(timeout=10)
@@ -152,16 +156,23 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
     }
 
 
-def ask(conn, message: tuple, proc) -> dict:
+class BenchFailed(RunStopped):
+    """A variant's worker process died or raised: the benchmark cannot finish (exit code 1)."""
+
+
+def ask(conn, message: tuple, proc, label: str) -> dict:
+    """The worker's reply to `message`; its failure names the variant (`label`; empty: the only one)."""
+    which = f"variant {label}: " if label else ""
     conn.send(message)
     while not conn.poll(1):
         if not proc.is_alive():
-            raise RuntimeError(f"benchmark worker died (exit code {proc.exitcode})")
+            killed = " (killed: out of memory?)" if proc.exitcode == -9 else ""
+            raise BenchFailed(f"{which}its benchmark process died with exit code {proc.exitcode}{killed}")
     reply = conn.recv()
     if "user_error" in reply:
-        raise UserError(reply["user_error"])
+        raise UserError(which + reply["user_error"])
     if "error" in reply:
-        raise RuntimeError(f"benchmark worker failed:\n{reply['error']}")
+        raise BenchFailed(f"{which}its benchmark process failed:\n{reply['error']}")
     return reply
 
 

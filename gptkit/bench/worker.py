@@ -6,10 +6,13 @@ behind (allocator caches, compiled graphs) slows the others. The parent drives i
     ("stop",)     -> {"peak_memory"}      then the process exits
 """
 
+import re
 import resource
+import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import torch
 
@@ -26,6 +29,11 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     """(bytes, what): the CUDA allocator's high-water mark, or the process's peak resident set."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "CUDA max allocated"
+    try:  # Linux: this process's own; ru_maxrss starts at the parent's peak, carried over by exec
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) * 1024, "peak RSS of the process"
+    except (OSError, AttributeError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss * (1 if sys.platform == "darwin" else 1024), "peak RSS of the process"
 
@@ -69,6 +77,7 @@ class Bench:
 
 
 def main(conn, recipe_dict: dict, threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle: it stops the workers
     torch.set_num_threads(threads)
     bench = None
     try:

@@ -12,7 +12,8 @@ from . import main, overrides_option
 @click.option("--vary", multiple=True, metavar="KEY=V1,V2,...",
               help="Compare values of a field; repeat for every combination. The first value is the baseline.")
 @click.option("--steps", default=5, show_default=True, type=click.IntRange(min=1), help="Timed steps per round.")
-@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed steps first (compilation happens here).")
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Untimed steps first (compilation, or its fallback to eager, happens here).")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1), help="Interleaved rounds; figures are medians.")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads; default torch's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
