@@ -27,6 +27,7 @@ class RunStopped(Exception):
     exit_code = 1
     status = "failed"
     run_dir = None  # set once the run folder exists
+    resumable = True  # whether `gptkit run --resume` can take it on from its last checkpoint
 
 
 class Interrupted(RunStopped):
@@ -43,6 +44,7 @@ class Diverged(RunStopped):
     """A non-finite loss or gradient norm, caught before the optimizer step."""
 
     exit_code = 3
+    resumable = False  # resumed as it was, it would diverge again; and train.lr may not change
 
 
 class CheckpointError(RunStopped):

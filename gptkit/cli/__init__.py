@@ -22,7 +22,9 @@ class Group(click.Group):
         except RunStopped as e:
             click.echo(f"stopped: {e}", err=True)
             if e.run_dir is not None:
-                click.echo(f"Run folder: {e.run_dir}  (continue: gptkit run --resume {e.run_dir})", err=True)
+                resumable = e.resumable and (e.run_dir / "checkpoint.pt").is_file()
+                hint = f"  (continue: gptkit run --resume {e.run_dir})" if resumable else ""
+                click.echo(f"Run folder: {e.run_dir}{hint}", err=True)
             ctx.exit(e.exit_code)
         except OSError as e:  # the machine's, not the user's: a full disk, a vanished folder
             click.echo(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", err=True)

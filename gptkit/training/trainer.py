@@ -398,6 +398,8 @@ class Trainer:
 
     def _diverged(self, step: int, loss: float, norm: float) -> None:
         what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
+        self.state.step = step - 1  # the summary counts good steps only, as the metrics and checkpoints do
+        self.state.tokens = self.state.step * self.tokens_per_step
         self.progress.close()
         raise Diverged(f"training diverged at step {step}: {what}. Nothing from that step on was saved and the last "
                        f"good checkpoint is intact; try a lower train.lr, warm-up, or train.grad_clip")
