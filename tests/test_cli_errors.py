@@ -80,6 +80,8 @@ CASES = [
      ["train.batch_size 100000 is larger than the"]),
     ("block-too-large", lambda c: recipe_text(c, model__block_size=1_000_000), [],
      ["fewer than one block (model.block_size + 1 = 1,000,001)"]),
+    ("micro-batch-zero", lambda c: recipe_text(c, train__micro_batch_size=0), [],
+     ["train.micro_batch_size: should be a positive number of rows, auto, or null (got 0)"]),
     ("lr-infinite", lambda c: recipe_text(c, train__lr=float("inf")), [], ["train.lr: Input should be a finite number"]),
     ("param-nan", lambda c: recipe_text(c), ["--set", "model.norm.eps=.nan"],
      ["--set model.norm.eps=.nan: model.norm.eps: Input should be a finite number (got nan)"]),

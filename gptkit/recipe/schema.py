@@ -84,9 +84,15 @@ def _bool_or_name(value):
     return value
 
 
+def _rows_or_auto(value):
+    if value is None or value == "auto" or (type(value) is int and value > 0):
+        return value
+    raise ValueError("should be a positive number of rows, auto, or null")  # one message, not one per union member
+
+
 class TrainSection(Section):
     batch_size: PositiveInt = 128
-    micro_batch_size: PositiveInt | Literal["auto"] | None = Field(
+    micro_batch_size: Annotated[PositiveInt | Literal["auto"] | None, BeforeValidator(_rows_or_auto)] = Field(
         "auto", description="split each batch into micro-batches whose gradients add up to the whole batch's "
         "(same maths, less memory); auto: whatever is fastest on the device; null: never split")
     epochs: PositiveInt = 10
