@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_args import at_least  # noqa: E402
 from plain_gpt import PlainGPT  # noqa: E402
 
 from gptkit.data.dataset import load_dataset  # noqa: E402
@@ -39,9 +40,9 @@ def plain_for(recipe, vocab_size: int) -> PlainGPT:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("recipe", nargs="?", default=str(ROOT / "recipes/shakespeare.yaml"))
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=5, help="steps per round")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch-size", type=at_least(1), default=16)
+    ap.add_argument("--steps", type=at_least(1), default=5, help="steps per round")
+    ap.add_argument("--rounds", type=at_least(1), default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compiled", action="store_true", help="also time gptkit's compiled step")
     args = ap.parse_args(argv)

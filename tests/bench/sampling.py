@@ -10,6 +10,7 @@ import statistics
 import time
 
 import torch
+from bench_args import at_least
 
 from gptkit.model import build_model
 from gptkit.recipe import load_recipe
@@ -20,8 +21,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("recipe")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--tokens", type=int, default=500)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tokens", type=at_least(1), default=500)
+    ap.add_argument("--rounds", type=at_least(1), default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

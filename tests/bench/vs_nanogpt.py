@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_args import at_least
+
 ROOT = Path(__file__).parents[2]
 TEXT = ROOT.parent / "shared/data/tinyshakespeare.txt"
 REFERENCE = dict(n_layer=6, n_head=8, n_embd=256, block_size=256, batch_size=128)
@@ -106,8 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--nanogpt", type=Path, required=True, help="a checkout of karpathy/nanoGPT")
     ap.add_argument("--text", type=Path, default=TEXT, help="tiny Shakespeare, for nanoGPT's data")
     ap.add_argument("--only", choices=["speed", "loss"])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=6, help="training steps per speed measurement")
+    ap.add_argument("--rounds", type=at_least(1), default=3)
+    ap.add_argument("--steps", type=at_least(3), default=6, help="training steps per speed measurement")
     ap.add_argument("--dropout", type=float, default=0.0, help="both models' dropout in the speed comparison")
     args = ap.parse_args(argv)
     if not (args.nanogpt / "train.py").exists() or not (args.nanogpt / "model.py").exists():
