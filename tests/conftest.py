@@ -81,3 +81,19 @@ def temporary_component(monkeypatch):
         monkeypatch.setitem(registry(kind)._entries, name, Entry(kind, name, cls, "test"))
 
     return add
+
+
+@pytest.fixture
+def scratch_registries(monkeypatch):
+    """Registrations made by local files (a recipe's imports) during the test are forgotten after it."""
+    import sys
+
+    from gptkit.registry import kinds, registry
+
+    for kind in kinds():
+        monkeypatch.setattr(registry(kind), "_entries", dict(registry(kind)._entries))
+    before = set(sys.modules)
+    yield
+    for module in set(sys.modules) - before:
+        if module.startswith("gptkit_local_"):
+            del sys.modules[module]

@@ -76,7 +76,7 @@ def test_each_variant_reports_its_own_peak_memory(write_recipe):
     assert 10 * 2**20 < report["variants"][0]["peak_memory"] < 400 * 2**20
 
 
-def test_a_failing_variant_is_named_and_stops_the_bench(cli, write_recipe, tmp_path):
+def test_a_failing_variant_is_named_and_stops_the_bench(cli, write_recipe, tmp_path, scratch_registries):
     (tmp_path / "explodes.py").write_text(EXPLODES)
     result = cli("bench", write_recipe(imports=["explodes.py"]), "--vary", "model.feedforward=mlp,explodes",
                  "--steps", "1", "--warmup", "1", "--rounds", "1")

@@ -236,20 +236,6 @@ LOCAL = """
 """
 
 
-@pytest.fixture
-def scratch_registries(monkeypatch):
-    """Registrations made by local files during the test are forgotten after it."""
-    from gptkit.registry import kinds
-
-    for kind in kinds():
-        monkeypatch.setattr(registry(kind), "_entries", dict(registry(kind)._entries))
-    before = set(sys.modules)
-    yield
-    for module in set(sys.modules) - before:
-        if module.startswith("gptkit_local_"):
-            del sys.modules[module]
-
-
 def test_recipe_imports_local_files(write_recipe, cli, tmp_path, scratch_registries):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "local_norm.py").write_text(textwrap.dedent(LOCAL))
