@@ -60,7 +60,7 @@ class Ablation:
     name: str | None = None
     param_margin: float = 0.1
     allow_unfair: bool = False
-    # How errors name what a file gave: "--set KEY=VALUE" or "--vary KEY" -> "abl.yaml: vary.KEY"
+    # How errors name what a file gave: an override "KEY=VALUE", or "--vary KEY" -> "abl.yaml: vary.KEY"
     origin: dict[str, str] = field(default_factory=dict)
 
     def named(self, flag: str) -> str:
@@ -195,10 +195,10 @@ def load_ablation(path: Path) -> Ablation:
         raise UserError(f"{path}: param_margin: expected a fraction of at least 0, e.g. 0.1, got {margin!r}")
     texts = {str(k): [yaml_text(v) for v in values] for k, values in vary.items()}
     overrides = {f"{k}={yaml_text(v)}": k for k, v in sets.items()}
-    origin = {f"--set {text}": f"{path}: set.{k}" for text, k in overrides.items()}
+    origin = {text: f"{path}: set.{k}" for text, k in overrides.items()}
     for k, values in texts.items():
         origin[f"--vary {k}"] = f"{path}: vary.{k}"
-        origin |= {f"--set {k}={v}": f"{path}: vary.{k}" for v in values}  # how the recipe reports an arm's value
+        origin |= {f"{k}={v}": f"{path}: vary.{k}" for v in values}  # an arm's value, as the recipe applies it
     return Ablation(
         recipe=path.parent / typed("recipe", str, ""),
         vary=texts,
@@ -237,12 +237,10 @@ def plan(ablation: Ablation) -> Plan:
 
     def resolve(changes, label) -> Recipe:
         try:
-            return load_recipe(ablation.recipe, [*ablation.overrides, *(f"{k}={v}" for k, v in changes)])
+            return load_recipe(ablation.recipe, [*ablation.overrides, *(f"{k}={v}" for k, v in changes)],
+                               origins=ablation.origin)
         except UserError as e:
-            message = str(e)
-            for flag, where in ablation.origin.items():  # a file's entries, which the recipe reports as --set
-                message = message.replace(f"{flag}:", f"{where}:")
-            raise UserError(f"arm {label}: {message}" if changes else message) from None
+            raise UserError(f"arm {label}: {e}" if changes else str(e)) from None
 
     arms: list[Arm] = [Arm("baseline", "baseline", [], resolve([], "baseline"), baseline=True)]
     if arms[0].recipe.data.val_fraction == 0:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import RunStopped, UserError
-from ..recipe import Recipe, load_recipe, yaml
+from ..recipe import load_recipe, yaml
 from ..training.run import resolve_device
 from . import worker
 from .peak import matmul_peak
@@ -79,21 +79,12 @@ def variants(axes: list[tuple[str, list[str]]]) -> list[Variant]:
     return [Variant(" ".join(c), list(c)) for c in combos]
 
 
-def load_variant(recipe_path: str | Path, overrides: list[str], variant: Variant) -> Recipe:
-    try:
-        return load_recipe(recipe_path, [*overrides, *variant.overrides])
-    except UserError as e:
-        message = str(e)
-        for text in variant.overrides:  # the recipe reports every override as a --set
-            message = message.replace(f"--set {text}:", f"--vary {text}:")
-        raise UserError(message) from None
-
-
 def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str] = (), steps: int = 5,
               warmup: int = 2, rounds: int = 3, threads: int | None = None, log=print) -> dict:
     """Benchmark every variant; returns the report (also what --json prints)."""
     found = variants(parse_vary(list(vary)))
-    recipes = [load_variant(recipe_path, overrides, v) for v in found]  # all checked before any work
+    recipes = [load_recipe(recipe_path, [*overrides, *v.overrides], origins={t: f"--vary {t}" for t in v.overrides})
+               for v in found]  # all checked before any work
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     device = resolve_device(recipes[0].train.device)

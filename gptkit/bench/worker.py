@@ -47,9 +47,7 @@ class Bench:
         torch.manual_seed(recipe.seed)
         model = build_model(recipe.model, dataset.vocab_size).to(self.device)
         dataset.to(self.device)
-        if dataset.steps_per_epoch(recipe.train.batch_size) == 0:
-            raise UserError(f"train.batch_size {recipe.train.batch_size} is larger than the "
-                            f"{dataset.windows_per_epoch:,} training windows per epoch; lower it")
+        dataset.check_batch_size(recipe.train.batch_size)
         self.trainer = Trainer(recipe, model, dataset, self.device, quiet=True)
         self.starts = dataset.epoch_starts(recipe.seed, 0)
         self.lr, self.step = recipe.train.lr, 0

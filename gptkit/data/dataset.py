@@ -70,6 +70,11 @@ class CharDataset:
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.windows_per_epoch // batch_size
 
+    def check_batch_size(self, batch_size: int) -> None:
+        if self.steps_per_epoch(batch_size) == 0:
+            raise UserError(f"train.batch_size {batch_size} is larger than the {self.windows_per_epoch:,} training "
+                            "windows per epoch; lower train.batch_size or data.stride, or use a longer text")
+
     def epoch_starts(self, seed: int, epoch: int) -> torch.Tensor:
         """(windows_per_epoch,) shuffled window starts of one epoch, a function of (seed, epoch) only."""
         g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)

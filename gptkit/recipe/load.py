@@ -1,6 +1,6 @@
 """Read a recipe file, apply `--set key=value` overrides, validate, and report every problem at once."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import typing
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,15 +20,16 @@ class RecipeError(UserError):
     pass
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """The validated recipe in `path` with `overrides` ("train.lr=3e-4") applied."""
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mapping[str, str] | None = None) -> Recipe:
+    """The validated recipe in `path` with `overrides` ("train.lr=3e-4") applied. Errors name an override
+    as `origins[text]` (say `--vary KEY=VALUE`, or an ablation file's key), by default `--set TEXT`."""
     path = Path(path)
     data, lines = yaml.load(read_text(path, "recipe"), str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping with keys such as name, data, model, train; got {type(data).__name__}")
-    applied = [apply_override(data, text) for text in overrides]
+    applied = [apply_override(data, text, (origins or {}).get(text)) for text in overrides]
     return validate(data, origin=str(path), base_dir=path.parent, lines=lines, overrides=applied)
 
 
@@ -43,10 +44,10 @@ def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
             key = ".".join(map(str, loc))
             # An override is to blame for errors at or below its key, and above it (train.lr.x=5); of
             # several, the last, whose value won.
-            source = next((text for keys, text in reversed(overrides)
+            source = next((label for keys, label in reversed(overrides)
                            if loc[: len(keys)] == keys or (loc and keys[: len(loc)] == loc)), None)
             if source:
-                problems.append(f"--set {source}: {key}: {msg}")
+                problems.append(f"{source}: {key}: {msg}")
             else:
                 line = next(((lines or {})[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in (lines or {})), None)
                 problems.append(f"{origin}{f':{line}' if line else ''}: {key}: {msg}")
@@ -74,12 +75,14 @@ def _import_files(data: dict, origin: str, base_dir: Path | None, lines: dict) -
             raise RecipeError(f"{origin}{f':{line}' if line else ''}: imports: {e}") from None
 
 
-def apply_override(data: dict, text: str) -> tuple[tuple, str]:
-    """Set `key.path=value` in `data`; the value is read as YAML. Returns (key path, text)."""
+def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tuple, str]:
+    """Set `key.path=value` in `data`; the value is read as YAML. Returns (key path, `label`), the label
+    naming the override in errors (default `--set TEXT`)."""
+    label = label or f"--set {text}"
     key, sep, raw = text.partition("=")
     parts = tuple(key.strip().split("."))
     if not sep or not all(p.strip() for p in parts):
-        raise RecipeError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=3e-4")
+        raise RecipeError(f"{label}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=3e-4")
     value, _ = yaml.load(raw, f"--set {key}")
     if _is_path(parts):  # paths on the command line are relative to the cwd
         if isinstance(value, str):
@@ -95,10 +98,10 @@ def apply_override(data: dict, text: str) -> tuple[tuple, str]:
         elif isinstance(child, str):  # a component given by name gains parameters: {name: ...}
             child = node[part] = {"name": child}
         elif not isinstance(child, dict):
-            raise RecipeError(f"--set {text}: {'.'.join(parts[: i + 1])} is {child!r}, not a section with keys")
+            raise RecipeError(f"{label}: {'.'.join(parts[: i + 1])} is {child!r}, not a section with keys")
         node = child
     node[parts[-1]] = value
-    return parts, text
+    return parts, label
 
 
 def _field(parts: tuple) -> FieldInfo | None:

@@ -85,10 +85,7 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
     dist.check_batch_size(recipe.train.batch_size)
     dataset = load_dataset(recipe.data, recipe.model.block_size)
-    if dataset.steps_per_epoch(recipe.train.batch_size) == 0:
-        raise UserError(f"train.batch_size {recipe.train.batch_size} is larger than the "
-                        f"{dataset.windows_per_epoch:,} training windows per epoch; lower train.batch_size "
-                        "or data.stride, or use a longer text")
+    dataset.check_batch_size(recipe.train.batch_size)
     try:  # before hours of training, not after
         dataset.vocab.encode(recipe.sample.prompt)
     except UserError as e:
