@@ -281,3 +281,79 @@ def test_the_shipped_extras_recipe_trains(cli, tmp_path, corpus):
     resolved = (next((tmp_path / "runs").iterdir()) / "recipe.yaml").read_text()
     for name in ("gqa", "geglu", "scalenorm", "t5bias"):
         assert f"name: {name}" in resolved
+
+
+TYPED = """
+    import enum
+    from pathlib import Path
+
+    from pydantic import Field
+
+    from gptkit.components import Norm, Params, register
+
+
+    class Mode(enum.Enum):
+        unit = "unit"
+        half = "half"
+
+
+    class TypedParams(Params):
+        mode: Mode = Mode.unit
+        pair: tuple[int, int] = (1, 2)
+        where: Path = Path("/tmp")
+        lambda_: float = Field(0.5, alias="lambda")
+
+
+    @register("norm", "typednorm")
+    class TypedNorm(Norm):
+        '''Unit length, or half of it.'''
+
+        Params = TypedParams
+
+        def forward(self, x):
+            scale = 1.0 if self.params.mode is Mode.unit else 0.5
+            return scale * x / x.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+"""
+
+
+def test_enum_tuple_path_and_alias_parameters_survive_the_saved_recipe(write_recipe, cli, tmp_path, scratch_registries):
+    (tmp_path / "typed.py").write_text(textwrap.dedent(TYPED))
+    norm = {"name": "typednorm", "mode": "half", "pair": [3, 4], "where": "/var", "lambda": 2.0}
+    recipe = write_recipe(model={"norm": norm}, imports=["typed.py"])
+    params = load_recipe(recipe).model.norm.params
+    assert (params.mode.value, params.pair, str(params.where), params.lambda_) == ("half", (3, 4), "/var", 2.0)
+    bad = cli("validate", recipe, "--set", "model.norm.mode=quarter")
+    assert bad.exit_code == 2 and "'unit' or 'half'" in bad.output, bad.output
+
+    runs = tmp_path / "runs"
+    assert cli("run", recipe, "--runs-dir", runs).exit_code == 0
+    (run,) = runs.iterdir()
+    assert load_recipe(run / "recipe.yaml").model.norm.params == params  # read back as it was written
+    assert cli("sample", run, "--tokens", "5").exit_code == 0
+
+
+ZERO = '''
+    from pydantic import Field
+
+    from gptkit.components import Norm, Params, register
+
+
+    class ZeroParams(Params):
+        k: int = Field(0, gt=0)
+
+
+    @register("norm", "zeronorm")
+    class ZeroNorm(Norm):
+        """Identity, with a default that its own constraint refuses."""
+
+        Params = ZeroParams
+
+        def forward(self, x):
+            return x
+'''
+
+
+def test_a_default_that_breaks_its_own_constraint_fails_at_once(write_recipe, cli, tmp_path, scratch_registries):
+    (tmp_path / "zero.py").write_text(textwrap.dedent(ZERO))
+    result = cli("validate", write_recipe(model={"norm": "zeronorm"}, imports=["zero.py"]))
+    assert result.exit_code == 2 and "model.norm.k" in result.output and "greater than 0" in result.output, result.output

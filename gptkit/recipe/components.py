@@ -4,11 +4,13 @@ Written as `attention: naive` or `positional: {name: rope, base: 10000}`. Only t
 is looked up, so validating a recipe never imports components it does not use.
 """
 
+import json
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
 
 from pydantic import Field, PlainSerializer, PlainValidator, ValidationError
+from pydantic_core import to_jsonable_python
 
 from ..components.base import Params
 from ..errors import UserError, listing
@@ -39,7 +41,7 @@ class ComponentSpec:
         return self.cls(*args, params=self.params, **kwargs)
 
     def as_recipe(self) -> dict[str, Any]:
-        return {"name": self.name, **self.params.model_dump(mode="json")}
+        return {"name": self.name, **self.params.model_dump(mode="json", by_alias=True)}
 
 
 def parse_component(kind: str, value: Any) -> ComponentSpec:
@@ -62,11 +64,20 @@ def parse_component(kind: str, value: Any) -> ComponentSpec:
     except UserError as e:  # a component that exists but cannot be loaded
         raise RecipeIssue([((), str(e))]) from None
     try:
-        return ComponentSpec(kind, name, cls.Params.model_validate(params))
+        return ComponentSpec(kind, name, validate_params(cls.Params, params))
     except ValidationError as e:
         from .errors import describe_errors  # deferred: errors.py formats with the schema
 
         raise RecipeIssue(describe_errors(e, cls.Params, {"name"})) from None
+
+
+def validate_params(P: type[Params], params: dict[str, Any]) -> Params:
+    """`params` over P's defaults, validated as JSON, which a recipe is: still strict, but an enum,
+    tuple or path takes the string or list that YAML and a saved recipe hold it as; and a default
+    that could not be read back from a saved recipe fails now, not when the run is resumed."""
+    defaults = {f.alias or name: f.get_default(call_default_factory=True)
+                for name, f in P.model_fields.items() if not f.is_required()}
+    return P.model_validate_json(json.dumps(to_jsonable_python({**defaults, **params})))
 
 
 def component(kind: str, default: str | None):

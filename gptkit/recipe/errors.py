@@ -21,7 +21,7 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], extra_keys: se
             issues += [(loc + sub, msg) for sub, msg in cause.issues]
         elif err["type"] == "extra_forbidden":
             parent = _model_at(model, loc[:-1])
-            valid = set(parent.model_fields) if parent else set()
+            valid = set(_keys(parent)) if parent else set()
             if parent is model:
                 valid |= extra_keys
             key = str(loc[-1])
@@ -36,13 +36,18 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], extra_keys: se
 
 def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
+        field = _keys(model).get(part) if isinstance(part, str) else None
         if field is None:
             return None
         model = next((a for a in _flatten(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
         if model is None:
             return None
     return model
+
+
+def _keys(model: type[BaseModel]) -> dict:
+    """Fields by the key a recipe writes them with: their alias, if they have one."""
+    return {f.alias or name: f for name, f in model.model_fields.items()}
 
 
 def _flatten(annotation) -> list:
