@@ -11,11 +11,12 @@ from .errors import UserError
 
 
 def read_text(path: Path, what: str) -> str:
-    """The UTF-8 text of `path`; a missing, unreadable or non-UTF-8 file is a UserError naming it."""
+    """The UTF-8 text of `path`, without a byte-order mark; a missing, unreadable or non-UTF-8 file is a
+    UserError naming it."""
     if not path.is_file():
         raise UserError(f"{what} file {path} not found{' (it is a folder)' if path.is_dir() else ''}")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise UserError(
             f"{what} file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start:,}); "

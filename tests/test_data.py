@@ -79,3 +79,22 @@ def test_shakespeare_corpus_starts_with_coriolanus():
     text = build_text()
     assert "\nFirst Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" in text[:400]
     assert text.count("\n") > 100_000 and "ROMEO:" in text and "**" not in text and "_" not in text
+
+
+def test_max_lines_counts_newlines_only_and_a_byte_order_mark_is_not_text(tmp_path):
+    from types import SimpleNamespace
+
+    from gptkit.data.dataset import load_dataset
+
+    path = tmp_path / "t.txt"
+    lines = ["line 0", "line 1\f", "line \u2028 2", "line 3", "line 4", "line 5"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+    data = SimpleNamespace(path=path, corpus=None, max_lines=4, val_fraction=0.0, stride=1)
+    ds = load_dataset(data, block_size=4)
+    assert ds.vocab.decode(ds.train.tolist()) == "\n".join(lines[:4]) + "\n"  # as head -n 4 has it
+    assert "\ufeff" not in ds.itos
+
+
+def test_undecodable_bytes_of_an_argument_are_unknown_characters():
+    with pytest.raises(UserError, match="not in the vocabulary"):
+        Vocab.of("ab").encode("a\udcffb")  # how Python passes b"a\xffb" from the command line

@@ -118,6 +118,7 @@ def load_dataset(data, block_size: int) -> CharDataset:
     if not path.exists():
         raise UserError(f"data.path: file {path} not found (paths in a recipe are relative to the recipe's folder)")
     text = read_text(path, "data.path")
-    if data.max_lines is not None:
-        text = "".join(text.splitlines(keepends=True)[: data.max_lines])
+    if data.max_lines is not None:  # lines end at "\n" only, as for head -n (splitlines ends them at \f too)
+        lines = text.split("\n", data.max_lines)
+        text = "\n".join(lines[: data.max_lines]) + ("\n" if len(lines) > data.max_lines else "")
     return CharDataset(text, block_size, data.val_fraction, data.stride, source=f"data.path {path}")

@@ -30,7 +30,8 @@ class Vocab:
         ids = torch.empty(len(text), dtype=dtype)
         for i in range(0, len(text), ENCODE_SLICE):
             piece = text[i : i + ENCODE_SLICE]
-            codes = torch.frombuffer(bytearray(piece.encode("utf-32-le")), dtype=torch.int32)
+            # surrogatepass: an argument's undecodable bytes arrive as lone surrogates, reported as unknown
+            codes = torch.frombuffer(bytearray(piece.encode("utf-32-le", "surrogatepass")), dtype=torch.int32)
             found = torch.searchsorted(known, codes).clamp_(max=len(known) - 1)
             if (known[found] != codes).any():
                 missing = sorted(set(text) - set(self.stoi))
