@@ -8,9 +8,11 @@ import re
 import os
 import pickle
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -367,14 +369,38 @@ def test_a_pickled_payload_is_refused_without_running_it(tmp_path, cli):
     assert not Payload.marker.exists()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def flip_byte_in(path: Path, member: str, at: int) -> None:
+    """Damage one byte of the zip member whose name ends with `member` (its checksum no longer fits)."""
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(member))
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + at] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "weights", "pickle"])
 def test_a_damaged_checkpoint_is_reported_with_its_path(tmp_path, write_recipe, cli, damage):
-    run = train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    recipe = write_recipe()
+    run = train(load_recipe(recipe), runs_dir=tmp_path / "runs", quiet=True).run_dir
     ckpt = run / "checkpoint.pt"
     data = ckpt.read_bytes()
-    ckpt.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage])
+    if damage in ("weights", "pickle"):  # a flipped bit: torch.load itself would not notice in the weights
+        flip_byte_in(ckpt, "data/0" if damage == "weights" else "data.pkl", at=20)
+    else:
+        ckpt.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage])
+    for command in (["sample", run], ["run", recipe, "--resume", run]):
+        result = cli(*command)
+        assert result.exit_code == 2 and f"checkpoint {ckpt} is truncated or corrupted" in result.output, result.output
+
+
+def test_weights_that_do_not_fit_the_recipe_are_a_clear_error(tmp_path, write_recipe, cli):
+    run = train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    del state["model"]["lm_head.weight"]
+    torch.save(state, run / "checkpoint.pt")
     result = cli("sample", run)
-    assert result.exit_code == 2 and f"checkpoint {ckpt} is truncated or corrupted" in result.output
+    assert result.exit_code == 2 and "its weights do not fit the model its recipe describes" in result.output, result.output
 
 
 def test_gptkit_never_unpickles_arbitrary_objects():

@@ -43,15 +43,21 @@ def load_checkpoint(path: Path) -> dict:
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged
-        raise UserError(f"checkpoint {path} is truncated or corrupted and cannot be read (not a torch archive)")
+    damaged = f"checkpoint {path} is truncated or corrupted and cannot be read"
+    try:  # torch.save writes a zip archive, whose checksums torch.load does not check: a flipped bit
+        with zipfile.ZipFile(path) as archive:  # in the weights would load without a word
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise UserError(f"{damaged} ({e})") from None
+    if bad is not None:
+        raise UserError(f"{damaged} ({bad} fails its checksum)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError as e:  # checksums fine: written so, not damaged
         raise UserError(f"checkpoint {path} holds objects other than tensors and plain values; refused "
                         f"without running them ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise UserError(f"checkpoint {path} is truncated or corrupted and cannot be read ({e})") from None
+    except Exception as e:
+        raise UserError(f"{damaged} ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a gptkit checkpoint")
     return state
@@ -62,5 +68,14 @@ def load_model(path: Path, device: str | torch.device = "cpu"):
     state = load_checkpoint(path)
     recipe = validate(state["recipe"], origin=f"the recipe stored in {path}")
     model = build_model(recipe.model, state["vocab_size"])
-    model.load_state_dict(state["model"])
+    load_weights(model, state, path)
     return model.to(device).eval(), recipe, Vocab(state["itos"])
+
+
+def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """The checkpoint's weights into `model`, which its recipe built."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {path}: its weights do not fit the model its recipe describes "
+                        f"({str(e).splitlines()[0]}); was it written by another version of a component?") from None

@@ -23,7 +23,7 @@ from ..recipe import Recipe
 from ..recipe.schema import DEVICE_PATTERN
 from ..sampling import sample
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .resume import check_resumable, find_resumable, remove_leftovers, truncate_metrics
 from .trainer import Trainer, interrupt_on_signals
 
@@ -102,7 +102,7 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     model = build_model(recipe.model, dataset.vocab_size).to(device)
     dataset.to(device)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        load_weights(model, checkpoint, run_dir / "checkpoint.pt")
     trainer = Trainer(recipe, model, dataset, device, quiet=quiet or not dist.is_main, dist=dist)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint["trainer"])
