@@ -322,8 +322,9 @@ class GoesNaN(MLP):
 
 
 def test_divergence_at_the_first_step_stops_the_run(tmp_path, write_recipe):
-    path = write_recipe(train={"max_steps": 30, "lr": 1e6, "grad_clip": None, "checkpoint_every": 1})
-    with pytest.raises(Diverged, match=r"training diverged at step \d+: the (loss|gradient norm) is (nan|inf)"):
+    path = write_recipe(train={"max_steps": 30, "lr": 1e6, "grad_clip": None, "checkpoint_every": 100})
+    with pytest.raises(Diverged, match=r"training diverged at step \d+: the (loss|gradient norm) is (nan|inf). "
+                                       r"Nothing from that step on was saved and no checkpoint had been saved yet"):
         train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
 
 
@@ -335,18 +336,66 @@ def test_divergence_stops_the_run_before_anything_from_that_step_is_written(tmp_
     temporary_component("feedforward", "goes-nan", GoesNaN)
     path = write_recipe(model={"feedforward": "goes-nan"},
                         train={"max_steps": 30, "checkpoint_every": 3, "log_every": log_every})
-    with pytest.raises(Diverged, match=r"training diverged at step 11: the loss is nan") as e:
+    with pytest.raises(Diverged, match=r"training diverged at step 11: the loss is nan. .* the last good "
+                                       r"checkpoint \(step 9\) is intact") as e:
         train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
     run = e.value.run_dir
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["steps"] == 10 and summary["tokens"] == 10 * 8 * 32
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = [r["step"] for r in records if "train_loss" in r]
-    assert logged == list(range(1, 10 if log_every == 7 else 11))  # with 7, 10 and 11 are read at the step 12 checkpoint
+    assert logged == list(range(1, 11))  # with 7, steps 10 and 11 are read at the step 12 checkpoint
     assert all(math.isfinite(r.get("train_loss", 0)) and math.isfinite(r.get("grad_norm", 0)) for r in records)
     saved = load_checkpoint(run)
     assert saved["step"] == 9
     assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
+
+
+def test_a_diverged_run_is_not_resumed(tmp_path, write_recipe, temporary_component, cli):
+    """Resumed as it was, it would diverge again, and train.lr may not change: --resume auto starts a new
+    run instead, and --resume of that folder says why it cannot go on."""
+    temporary_component("feedforward", "goes-nan", GoesNaN)
+    path = write_recipe(model={"feedforward": "goes-nan"}, train={"max_steps": 30, "checkpoint_every": 3})
+    with pytest.raises(Diverged) as e:
+        train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    diverged = e.value.run_dir
+    assert json.loads((diverged / "summary.json").read_text())["resumable"] is False
+    result = cli("run", path, "--resume", diverged)
+    assert result.exit_code == 2 and f"cannot resume {diverged}: training diverged at step 11" in result.output
+    with pytest.raises(Diverged) as again:
+        train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")
+    assert again.value.run_dir != diverged  # a new run: it diverges too, after its own 10 good steps
+    assert json.loads((again.value.run_dir / "summary.json").read_text())["steps"] == 10
+
+
+def test_a_full_disk_while_writing_metrics_stops_the_run_like_a_failed_save(tmp_path, write_recipe, monkeypatch):
+    import gptkit.training.run as run_module
+
+    class FillsUp:
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 5:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+    monkeypatch.setattr(run_module, "open", lambda *a, **k: FillsUp(open(*a, **k)), raising=False)
+    with pytest.raises(CheckpointError, match="could not write metrics.jsonl in .*: No space left on device") as e:
+        train(load_recipe(write_recipe(train={"max_steps": 6, "log_every": 2})), runs_dir=tmp_path / "runs", quiet=True)
+    assert e.value.exit_code == 4
+    summary = json.loads((e.value.run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "No space left" in summary["reason"]
 
 
 def test_cli_exit_code_for_divergence(cli, tmp_path, write_recipe):

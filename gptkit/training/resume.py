@@ -29,6 +29,9 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset) ->
     """Refuse to resume `run_dir` if the recipe or the text (a CharDataset) is no longer the run's."""
     if "trainer" not in checkpoint:
         raise UserError(f"{run_dir}/checkpoint.pt holds weights only, no training state to resume from")
+    summary = _summary(run_dir)
+    if summary.get("status") == "failed" and summary.get("resumable") is False:
+        raise UserError(f"cannot resume {run_dir}: {summary.get('reason')}\nStart a new run without --resume.")
     changes = recipe_diff(checkpoint["recipe"], recipe.to_dict())
     if checkpoint["itos"] != list(dataset.itos):
         changes.append(f"vocabulary: {len(checkpoint['itos'])} characters -> {len(dataset.itos)} (the text changed)")
@@ -49,24 +52,27 @@ def remove_leftovers(run_dir: Path) -> None:
 
 
 def find_resumable(runs_dir: Path, name: str, log: Callable[[str], None]) -> Path | None:
-    """The newest unfinished run of recipe `name` that has a checkpoint, or None. Folders are named
+    """The newest run of recipe `name` that has a checkpoint and can go on (not finished, not diverged),
+    or None. Folders are named
     NAME-YYYYmmdd-HHMMSS[-N]: a recipe named `tiny` must not pick a run of `tiny-wide`."""
     own = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?")
     candidates = sorted((p for p in runs_dir.glob(f"{name}-*")
                          if own.fullmatch(p.name) and (p / "checkpoint.pt").is_file()),
                         key=lambda p: p.stat().st_mtime, reverse=True)
     for run in candidates:
-        if _status(run) != "finished":
+        summary = _summary(run)
+        if summary.get("resumable", summary.get("status") != "finished"):  # older runs: no "resumable"
             return run
     log(f"No unfinished run of {name} in {runs_dir} to resume; starting a new one.")
     return None
 
 
-def _status(run: Path) -> str | None:
+def _summary(run: Path) -> dict:
     try:
-        return json.loads((run / "summary.json").read_text()).get("status")
+        summary = json.loads((run / "summary.json").read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def truncate_metrics(path: Path, step: int, eval_pending: bool = False) -> None:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import yaml
@@ -120,14 +121,17 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     log(f"{model.num_params():,} parameters on {device}; {dataset.vocab_size} characters, "
         f"{len(dataset.train):,} training and {len(dataset.val):,} validation tokens")
 
-    with open(run_dir / "metrics.jsonl", "a" if checkpoint else "w", encoding="utf-8") as metrics:
+    # Unbuffered: a full disk fails the write that hit it, not a later flush or the file's closing.
+    with open(run_dir / "metrics.jsonl", "ab" if checkpoint else "wb", buffering=0) as metrics:
         def on_metrics(record: dict) -> None:
-            metrics.write(json.dumps(record) + "\n")
+            try:
+                metrics.write((json.dumps(record) + "\n").encode("utf-8"))
+            except OSError as e:
+                raise CheckpointError(f"could not write metrics.jsonl in {run_dir}: {e.strerror or e}; the last "
+                                      "checkpoint is intact. Free some space and resume with --resume") from None
 
         def on_checkpoint(trainer: Trainer) -> None:
-            metrics.flush()
-            os.fsync(metrics.fileno())  # the metrics always reach at least as far as the checkpoint
-            save(run_dir, trainer, recipe, dataset)
+            save(run_dir, trainer, recipe, dataset, metrics)
 
         trainer.on_metrics, trainer.on_checkpoint = on_metrics, on_checkpoint
         write_summary(run_dir, recipe, trainer, "running")
@@ -138,18 +142,19 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
                 text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
             write_text(run_dir / "samples.txt", text)
         except RunStopped as e:
-            write_summary(run_dir, recipe, trainer, e.status, reason=str(e))
+            record_failure(run_dir, recipe, trainer, e.status, str(e), e.resumable)
             e.run_dir = run_dir
             raise
         except BaseException as e:
-            write_summary(run_dir, recipe, trainer, "failed", reason=f"{type(e).__name__}: {e}")
+            record_failure(run_dir, recipe, trainer, "failed", f"{type(e).__name__}: {e}")
             raise
-    summary = write_summary(run_dir, recipe, trainer, "finished")
+    summary = write_summary(run_dir, recipe, trainer, "finished", resumable=False)
     return RunResult(model, dataset, run_dir, summary)
 
 
-def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset) -> None:
+def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, metrics: BinaryIO) -> None:
     try:
+        os.fsync(metrics.fileno())  # the metrics always reach at least as far as the checkpoint
         save_checkpoint(run_dir / "checkpoint.pt", trainer.model, recipe.to_dict(), dataset.itos,
                         step=trainer.state.step, trainer=trainer.state_dict(), text_sha256=dataset.fingerprint)
     except OSError as e:
@@ -157,12 +162,23 @@ def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset) 
                               "checkpoint is intact. Free some space and resume with --resume") from None
 
 
-def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, reason: str | None = None) -> dict:
+def record_failure(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, reason: str,
+                   resumable: bool = True) -> None:
+    """Say in summary.json why the run stopped, if the disk lets us: the error itself matters more."""
+    try:
+        write_summary(run_dir, recipe, trainer, status, reason, resumable)
+    except OSError:
+        pass
+
+
+def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, reason: str | None = None,
+                  resumable: bool = True) -> dict:
     s = trainer.state
     summary = {
         "name": recipe.name,
         "status": status,
         "reason": reason,
+        "resumable": resumable,  # false once finished, or diverged: resumed, it would diverge again
         "final_train_loss": s.train_loss,
         "final_val_loss": s.val_loss,
         "best_val_loss": s.best_val_loss,

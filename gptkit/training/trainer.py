@@ -226,6 +226,7 @@ class Trainer:
                             f"({self.cfg.optimizer.name}): {e}. It was written with another optimizer or by an "
                             "older gptkit; start a new run instead of resuming") from None
         self.state = TrainState(**saved["state"])
+        self._saved_step = self.state.step  # the checkpoint resumed from
         torch.set_rng_state(saved["rng"]["torch"])
         if "cuda" in saved["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(saved["rng"]["cuda"], self.device)
@@ -351,7 +352,7 @@ class Trainer:
     def _flush(self) -> list[float]:
         """Write the buffered per-step metrics: the one host sync per log interval. Every checkpoint
         and evaluation flushes first, so a divergence found here stops the run before anything from a
-        step at or after it is written."""
+        step at or after it is saved; the steps before it are written, as the summary counts them."""
         if not len(self._pending):
             return []
         now = time.perf_counter()
@@ -359,16 +360,18 @@ class Trainer:
         values, lrs = self._pending.take()
         losses, norms = self.dist.mean(values[:, 0]).tolist(), values[:, 1].tolist()  # norms: of the shared gradients
         first = self.state.step - len(losses) + 1
-        for i, (loss, norm) in enumerate(zip(losses, norms)):
-            if not (math.isfinite(loss) and math.isfinite(norm)):
-                self._diverged(first + i, loss, norm)
-        for i, (loss, norm, lr) in enumerate(zip(losses, norms, lrs)):
+        good = next((i for i, (loss, norm) in enumerate(zip(losses, norms))
+                     if not (math.isfinite(loss) and math.isfinite(norm))), len(losses))
+        for i, (loss, norm, lr) in enumerate(zip(losses[:good], norms, lrs)):
             self.on_metrics({"step": first + i, "epoch": self.state.epoch + 1, "train_loss": loss, "lr": lr,
                              "grad_norm": norm, "tokens_per_s": tokens_per_s})
-        # Over the last log_every steps, not over this flush: evaluations, checkpoints and stops flush
-        # between log lines too, and a resumed run must report what an uninterrupted one would.
-        recent = self.state.recent_losses = (self.state.recent_losses + losses)[-self.cfg.log_every:]
-        self.state.train_loss = sum(recent) / len(recent)
+        if good:
+            # Over the last log_every steps, not over this flush: evaluations, checkpoints and stops flush
+            # between log lines too, and a resumed run must report what an uninterrupted one would.
+            recent = self.state.recent_losses = (self.state.recent_losses + losses[:good])[-self.cfg.log_every:]
+            self.state.train_loss = sum(recent) / len(recent)
+        if good < len(losses):
+            self._diverged(first + good, losses[good], norms[good])
         self._interval_t0 = now
         return losses
 
@@ -401,5 +404,7 @@ class Trainer:
         self.state.step = step - 1  # the summary counts good steps only, as the metrics and checkpoints do
         self.state.tokens = self.state.step * self.tokens_per_step
         self.progress.close()
-        raise Diverged(f"training diverged at step {step}: {what}. Nothing from that step on was saved and the last "
-                       f"good checkpoint is intact; try a lower train.lr, warm-up, or train.grad_clip")
+        saved = ("no checkpoint had been saved yet" if self._saved_step is None
+                 else f"the last good checkpoint (step {self._saved_step:,}) is intact")
+        raise Diverged(f"training diverged at step {step}: {what}. Nothing from that step on was saved and {saved}; "
+                       "try a lower train.lr, warm-up, or train.grad_clip")
