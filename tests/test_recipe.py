@@ -152,3 +152,15 @@ def test_override_imports_are_relative_to_the_cwd(write_recipe, tmp_path, monkey
     monkeypatch.chdir(tmp_path / "work")
     r = load_recipe(write_recipe(), ["imports=[mine.py]"])
     assert r.imports == [tmp_path / "work" / "mine.py"]
+
+
+def test_another_data_path_is_the_users_text_not_the_corpus(write_recipe, tmp_path, cli):
+    """A typo in --set data.path must not have the recipe's corpus written under the typo's name."""
+    recipe = write_recipe(data={"path": str(tmp_path / "corpus.txt"), "corpus": "shakespeare"})
+    assert load_recipe(recipe).data.corpus is not None
+    assert load_recipe(recipe, [f"data.path={tmp_path / 'mine.txt'}"]).data.corpus is None
+    kept = load_recipe(recipe, [f"data.path={tmp_path / 'mine.txt'}", "data.corpus=shakespeare"])
+    assert kept.data.corpus.name == "shakespeare"
+    result = cli("run", recipe, "--set", f"data.path={tmp_path / 'mine.txt'}", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and f"data.path: file {tmp_path / 'mine.txt'} not found" in result.output
+    assert not (tmp_path / "mine.txt").exists()

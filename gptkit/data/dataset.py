@@ -116,7 +116,8 @@ def load_dataset(data, block_size: int) -> CharDataset:
         lines = path.read_text(encoding="utf-8").count("\n")
         print(f"Created {path} ({lines:,} lines) from the '{data.corpus.name}' corpus.", file=sys.stderr)
     if not path.exists():
-        raise UserError(f"data.path: file {path} not found (paths in a recipe are relative to the recipe's folder)")
+        raise UserError(f"data.path: file {path} not found (paths in a recipe file are relative to its folder, "
+                        "on the command line to the current folder)")
     text = read_text(path, "data.path")
     if data.max_lines is not None:  # lines end at "\n" only, as for head -n (splitlines ends them at \f too)
         lines = text.split("\n", data.max_lines)

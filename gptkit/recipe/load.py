@@ -30,6 +30,11 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping with keys such as name, data, model, train; got {type(data).__name__}")
     applied = [apply_override(data, text, (origins or {}).get(text)) for text in overrides]
+    keys = [k for k, _ in applied]
+    if ("data", "path") in keys and ("data", "corpus") not in keys and isinstance(data.get("data"), dict):
+        # The corpus makes the recipe's own file. Another path is the user's text: a typo in its name
+        # must be "not found", not the corpus written under that name.
+        data["data"]["corpus"] = None
     return validate(data, origin=str(path), base_dir=path.parent, lines=lines, overrides=applied)
 
 
