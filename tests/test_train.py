@@ -59,6 +59,18 @@ def test_sample_command(cli, tmp_path, write_recipe):
     assert unknown.exit_code == 2 and "not in the vocabulary" in unknown.output
 
 
+def test_sample_command_defaults_to_the_runs_own_sampling(cli, tmp_path, write_recipe):
+    """The run's recipe sampled `tokens` characters with its temperature and top_k: so does `gptkit sample`."""
+    runs = tmp_path / "runs"
+    cli("run", write_recipe(), "--runs-dir", runs, "-q", "--set", "sample.tokens=7", "--set", "sample.top_k=null",
+        "--set", "sample.temperature=0.5")
+    run = only_run(runs)
+    own = cli("sample", run, "--seed", "1")
+    assert own.stdout.startswith("KING:") and own.stderr.startswith("7 tokens in ")
+    assert own.stdout == cli("sample", run, "--seed", "1", "--temperature", "0.5", "--top-k", "0").stdout
+    assert own.stdout != cli("sample", run, "--seed", "1", "--temperature", "0.5", "--top-k", "1", "--tokens", "7").stdout
+
+
 def test_training_lowers_the_loss(tmp_path, write_recipe):
     recipe = load_recipe(write_recipe(train={"max_steps": 60, "lr": 3e-3, "log_every": 20}))
     result = train(recipe, runs_dir=tmp_path / "runs", quiet=True)

@@ -10,10 +10,13 @@ from . import main
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--prompt", default=None, help="Text to continue; default the recipe's sample.prompt.")
-@click.option("--tokens", default=500, show_default=True, type=click.IntRange(min=0), help="Characters to generate.")
-@click.option("--temperature", default=0.8, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--top-k", default=40, show_default=True, type=click.IntRange(min=1), help="Sample among the k likeliest.")
+@click.option("--prompt", default=None, help="Text to continue.  [default: the run's sample.prompt]")
+@click.option("--tokens", default=None, type=click.IntRange(min=0),
+              help="Characters to generate.  [default: the run's sample.tokens]")
+@click.option("--temperature", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="[default: the run's sample.temperature]")
+@click.option("--top-k", default=None, type=click.IntRange(min=0),
+              help="Sample among the k likeliest; 0: among all.  [default: the run's sample.top_k]")
 @click.option("--seed", default=None, type=int, help="Make the sample reproducible.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--cache/--no-cache", default=True, show_default=True,
@@ -25,7 +28,11 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     gptkit sample runs/shakespeare-cpu-20260101-120000 --prompt "ROMEO:" --tokens 300
     """
     model, recipe, vocab = load_model(run_dir, resolve_device(device, "--device"))
-    prompt = recipe.sample.prompt if prompt is None else prompt
+    s = recipe.sample  # what the run itself sampled with, unless the command line says otherwise
+    prompt = s.prompt if prompt is None else prompt
+    tokens = s.tokens if tokens is None else tokens
+    temperature = s.temperature if temperature is None else temperature
+    top_k = s.top_k if top_k is None else (top_k or None)
     t0 = time.perf_counter()
     text = sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, cache)
     seconds = time.perf_counter() - t0
