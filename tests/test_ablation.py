@@ -12,7 +12,7 @@ import yaml
 
 from gptkit.ablation import report
 from gptkit.ablation.plot import have_matplotlib
-from gptkit.ablation.spec import Ablation, load_ablation, plan, split_values
+from gptkit.ablation.spec import Ablation, canonical, load_ablation, plan, split_values
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,6 +43,17 @@ def test_grid_and_one_at_a_time(write_recipe):
     assert [a.label for a in one.arms] == ["baseline", "positional=rope", "positional=alibi", "norm=layernorm"]
     assert one.arms[1].for_seed(7).seed == 7 and one.arms[1].recipe.model.positional.name == "rope"
     assert one.digest != grid.digest and one.digest == plan(Ablation(recipe=path, vary=vary, mode="one-at-a-time")).digest
+
+
+def test_the_order_of_the_varied_keys_and_values_finds_the_same_folders(write_recipe):
+    """Rerunning a command whose --vary flags come in another order resumes the same ablation."""
+    path = write_recipe(model={"positional": "sinusoidal", "norm": "rmsnorm"})
+    a = plan(Ablation(recipe=path, vary={"model.positional": ["sinusoidal", "rope"], "model.norm": ["rmsnorm", "layernorm"]}))
+    b = plan(Ablation(recipe=path, vary={"model.norm": ["layernorm", "rmsnorm"], "model.positional": ["rope", "sinusoidal"]}))
+    assert a.digest == b.digest
+    assert {arm.slug: canonical(arm.recipe) for arm in a.arms} == {arm.slug: canonical(arm.recipe) for arm in b.arms}
+    assert a.arms[1].label == "positional=sinusoidal norm=layernorm"  # labels keep the command's order
+    assert b.arms[1].label == "norm=layernorm positional=rope"
 
 
 def test_shipped_ablation_plans_over_the_four_kinds():

@@ -255,12 +255,15 @@ def plan(ablation: Ablation) -> Plan:
             if same.baseline and ablation.mode == "grid" and same.label == "baseline":
                 same.label, same.changes = label, changes  # the baseline is this grid cell
             continue
-        arm = Arm(label, slugify(label, {a.slug for a in arms}), changes, recipe)
+        # The folder's name lists the changes in key order, the label in the command's: --vary flags
+        # given in another order find the same folders.
+        slug = slugify(" ".join(sorted(f"{short[k]}={v}" for k, v in changes)), {a.slug for a in arms})
+        arm = Arm(label, slug, changes, recipe)
         arms.append(arm)
         seen[canonical(recipe)] = arm
     base_seed = arms[0].recipe.seed
     seeds = list(range(base_seed, base_seed + ablation.seeds)) if isinstance(ablation.seeds, int) else ablation.seeds
-    digest = hashlib.sha1(json.dumps([canonical(a.recipe) for a in arms]).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(json.dumps(sorted(canonical(a.recipe) for a in arms)).encode()).hexdigest()[:8]
     return Plan(ablation.name or arms[0].recipe.name, arms, seeds, digest, ablation)
 
 
