@@ -13,6 +13,7 @@ import yaml
 from gptkit.ablation import report
 from gptkit.ablation.plot import have_matplotlib
 from gptkit.ablation.spec import Ablation, canonical, load_ablation, plan, split_values
+from gptkit.components.feedforward import MLP
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -238,3 +239,34 @@ def test_compare_reports_a_damaged_recipe(cli, tmp_path, text, args, message):
     result = cli("compare", run, *[tmp_path / a if a.endswith(".png") else a for a in args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "c.png").exists()
+
+
+class GoesNaN(MLP):
+    """A feedforward whose output is NaN from its third training step on."""
+
+    def __init__(self, config, params):
+        super().__init__(config, params)
+        self.steps = 0
+
+    def forward(self, x):
+        self.steps += self.training
+        return super().forward(x) * (math.nan if self.steps > 2 else 1.0)
+
+
+def test_a_diverging_arm_is_a_result_not_the_end_of_the_ablation(cli, tmp_path, write_recipe, temporary_component):
+    temporary_component("feedforward", "goes-nan", GoesNaN)
+    recipe = write_recipe(model={"feedforward": "mlp"}, train={"max_steps": 4, "eval_every": 2, "eval_batches": 2})
+    out = tmp_path / "abl"
+    args = ("ablate", recipe, "--vary", "model.feedforward=mlp,goes-nan", "--seeds", "2", "--out", out)
+    first = cli(*args)
+    assert first.exit_code == 0, first.output
+    assert "feedforward=goes-nan, seed 0: training diverged at step 3" in first.output
+    table = md_rows((out / "results.md").read_text())
+    assert table["feedforward=goes-nan"][1:2] == ["0 (2 diverged)"] and "diverged" in table["feedforward=goes-nan"]
+    assert table["feedforward=mlp"][1] == "2" and "2 of 4 runs finished, 2 diverged." in (out / "results.md").read_text()
+    with open(out / "results.csv", newline="") as f:
+        statuses = {(r["arm"], r["seed"]): (r["status"], r["reason"]) for r in csv.DictReader(f)}
+    assert statuses[("feedforward=goes-nan", "1")][0] == "failed" and "diverged" in statuses[("feedforward=goes-nan", "1")][1]
+
+    again = cli(*args)  # rerunning does not train the diverged runs again
+    assert again.exit_code == 0 and "4 of 4 runs finished earlier (2 of them diverged): skipping them" in again.output

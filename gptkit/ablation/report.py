@@ -16,10 +16,11 @@ from pathlib import Path
 
 from ..io import write_text
 from ..training.progress import fmt_duration
+from .runs import finished
 from .spec import Arm
 
 CSV_FIELDS = ["arm", "baseline", "seed", "run_dir", "status", "final_val_loss", "best_val_loss", "final_train_loss",
-              "params", "flops_per_token", "steps", "tokens", "tokens_per_s", "wall_seconds"]
+              "params", "flops_per_token", "steps", "tokens", "tokens_per_s", "wall_seconds", "reason"]
 
 
 @lru_cache(maxsize=None)
@@ -57,13 +58,14 @@ class RunRow:
     arm: Arm
     seed: int
     run_dir: str                 # relative to the ablation folder
-    summary: dict | None         # None while the run is not finished
+    summary: dict | None         # None while the run is not finished (or diverged)
 
 
 @dataclass
 class ArmStats:
     arm: Arm
-    n: int
+    n: int                       # finished seeds
+    diverged: int                # seeds that diverged, left out of the figures
     final: tuple
     best: tuple
     diff: tuple                  # paired final-val-loss difference to the baseline, (mean, half-width)
@@ -77,6 +79,8 @@ class ArmStats:
         mean, half = self.diff
         if self.arm.baseline:
             return "baseline"
+        if self.diverged and not self.n:
+            return "diverged"
         if mean is None or half is None:
             return "n/a (needs 2 seeds)"
         if abs(mean) <= half:
@@ -86,7 +90,7 @@ class ArmStats:
 
 def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
     """One ArmStats per arm, sorted by mean final validation loss (unfinished arms last)."""
-    done = [r for r in rows if r.summary is not None and r.summary.get("final_val_loss") is not None]
+    done = [r for r in rows if finished(r.summary) and r.summary.get("final_val_loss") is not None]
     base = {r.seed: r.summary["final_val_loss"] for r in done if r.arm.baseline}
     arms = list(dict.fromkeys(r.arm.label for r in rows))
     stats = []
@@ -98,7 +102,8 @@ def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
             return [r.summary[key] for r in mine if r.summary.get(key) is not None]
 
         diffs = [r.summary["final_val_loss"] - base[r.seed] for r in mine if r.seed in base]
-        stats.append(ArmStats(arm, len(mine), mean_ci(values("final_val_loss")), mean_ci(values("best_val_loss")),
+        gone = sum(r.arm.label == label and r.summary is not None and not finished(r.summary) for r in rows)
+        stats.append(ArmStats(arm, len(mine), gone, mean_ci(values("final_val_loss")), mean_ci(values("best_val_loss")),
                               mean_ci(diffs), next(iter(values("params")), None),
                               next(iter(values("flops_per_token")), None),
                               statistics.fmean(values("tokens_per_s")) if values("tokens_per_s") else None,
@@ -127,7 +132,7 @@ def markdown(stats: list[ArmStats], margin: float) -> str:
     base = next((s for s in stats if s.arm.baseline), None)
     header = ["arm", "seeds", "final val loss", "best val loss", "Δ final vs baseline", "verdict", "params",
               "FLOPs/token", "tokens/s", "wall/run"]
-    rows = [[s.arm.title, str(s.n),
+    rows = [[s.arm.title, f"{s.n} ({s.diverged} diverged)" if s.diverged else str(s.n),
              fmt_ci(s.final), fmt_ci(s.best), "-" if s.arm.baseline else fmt_ci(s.diff, signed=True), s.verdict,
              params_cell(s, base, margin), f"{s.flops_per_token:,}" if s.flops_per_token else "-",
              f"{s.tokens_per_s:,.0f}" if s.tokens_per_s else "-",

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from ..data.dataset import load_dataset
-from ..errors import UserError
+from ..errors import Diverged, UserError
 from ..io import write_text
 from ..model import build_model
 from ..recipe import Recipe, flatten
@@ -22,7 +22,7 @@ from ..training import train
 from ..training.progress import fmt_duration
 from .plot import plot_curves
 from .report import RunRow, arm_stats, markdown, write_csv
-from .runs import finished_summary, run_recipe, val_curve
+from .runs import ended_summary, finished, read_summary, run_recipe, val_curve
 from .spec import Arm, Plan
 
 
@@ -63,15 +63,18 @@ def describe(plan: Plan, margin: float) -> list[str]:
 def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], None] = print,
                  verbose: bool = False) -> list[RunRow]:
     """Train every (arm, seed) not finished yet, seed by seed (so an interrupted ablation has whole
-    seeds to compare), rewriting results.csv and results.md after each run."""
+    seeds to compare), rewriting results.csv and results.md after each run. A run that diverges is
+    a result too: it is reported, left out of the averages, and not tried again."""
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / "ablation.yaml", yaml.safe_dump(manifest(plan), sort_keys=False, allow_unicode=True))
     jobs = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
-    rows = [RunRow(arm, seed, f"{arm.slug}/seed-{seed}", finished_summary(folder / arm.slug / f"seed-{seed}"))
+    rows = [RunRow(arm, seed, f"{arm.slug}/seed-{seed}", ended_summary(folder / arm.slug / f"seed-{seed}"))
             for arm, seed in jobs]
     skipped = sum(r.summary is not None for r in rows)
+    gone = sum(r.summary is not None and not finished(r.summary) for r in rows)
     if skipped:
-        log(f"{skipped} of {len(rows)} runs finished earlier: skipping them")
+        log(f"{skipped} of {len(rows)} runs finished earlier{f' ({gone} of them diverged)' if gone else ''}: "
+            "skipping them")
     for i, row in enumerate(rows, 1):
         run_dir, recipe = folder / row.run_dir, row.arm.for_seed(row.seed)
         if row.summary is not None:
@@ -79,10 +82,15 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
             continue
         resume = resumable(run_dir)
         log(f"[{i}/{len(rows)}] {row.arm.label}, seed {row.seed} {'(resuming)' if resume else ''}...")
-        row.summary = train(recipe, run_dir=run_dir, resume=resume, quiet=not verbose).summary
-        s = row.summary
-        log(f"[{i}/{len(rows)}] {row.arm.label}, seed {row.seed}: val loss {s['final_val_loss']:.4f} "
-            f"(best {s['best_val_loss']:.4f}), {fmt_duration(s['wall_seconds'])}")
+        try:
+            row.summary = train(recipe, run_dir=run_dir, resume=resume, quiet=not verbose).summary
+        except Diverged as e:
+            row.summary = read_summary(run_dir)
+            log(f"[{i}/{len(rows)}] {row.arm.label}, seed {row.seed}: {e}; left out of the averages")
+        else:
+            s = row.summary
+            log(f"[{i}/{len(rows)}] {row.arm.label}, seed {row.seed}: val loss {s['final_val_loss']:.4f} "
+                f"(best {s['best_val_loss']:.4f}), {fmt_duration(s['wall_seconds'])}")
         write_reports(folder, rows, margin)
     write_reports(folder, rows, margin)
     return rows
@@ -119,15 +127,17 @@ def write_reports(folder: Path, rows: list[RunRow], margin: float) -> str:
     """Write results.csv and results.md; returns the Markdown table and its legend."""
     write_csv(folder / "results.csv", rows)
     text = markdown(arm_stats(rows), margin) + "\n" + LEGEND.format(margin=margin) + "\n"
-    done = sum(r.summary is not None for r in rows)
-    write_text(folder / "results.md", f"# {folder.name}\n\n{done} of {len(rows)} runs finished.\n\n{text}")
+    done = sum(finished(r.summary) for r in rows)
+    gone = sum(r.summary is not None and not finished(r.summary) for r in rows)
+    write_text(folder / "results.md", f"# {folder.name}\n\n{done} of {len(rows)} runs finished"
+               f"{f', {gone} diverged' if gone else ''}.\n\n{text}")
     return text
 
 
 def plot(folder: Path, rows: list[RunRow], title: str) -> bool:
     curves: dict[str, list] = {}
     for r in rows:
-        if r.summary is not None:
+        if finished(r.summary):
             curves.setdefault(r.arm.title, []).append(val_curve(folder / r.run_dir))
     return plot_curves(curves, folder / "loss_curves.png", title)
 

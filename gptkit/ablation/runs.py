@@ -9,13 +9,28 @@ from ..errors import UserError
 from ..io import read_text
 
 
-def finished_summary(run_dir: Path) -> dict | None:
-    """The run's summary.json if it says the run finished, else None (missing, partial or unfinished)."""
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's summary.json, or None if it is missing or partial."""
     try:
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return summary if isinstance(summary, dict) and summary.get("status") == "finished" else None
+    return summary if isinstance(summary, dict) else None
+
+
+def finished(summary: dict | None) -> bool:
+    return summary is not None and summary.get("status") == "finished"
+
+
+def diverged(summary: dict | None) -> bool:
+    """Stopped for good: resumed, the run would diverge again."""
+    return summary is not None and summary.get("status") == "failed" and summary.get("resumable") is False
+
+
+def ended_summary(run_dir: Path) -> dict | None:
+    """The run's summary if the run will not go on (finished or diverged), else None."""
+    summary = read_summary(run_dir)
+    return summary if finished(summary) or diverged(summary) else None
 
 
 def run_recipe(run_dir: Path) -> dict:

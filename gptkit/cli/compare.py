@@ -4,7 +4,7 @@ import click
 
 from ..ablation.plot import HINT, plot_curves
 from ..ablation.report import table
-from ..ablation.runs import finished_summary, run_recipe, val_curve
+from ..ablation.runs import read_summary, run_recipe, val_curve
 from ..errors import UserError
 from ..recipe import flatten
 from ..training.progress import fmt_duration
@@ -43,7 +43,7 @@ def compare(run_dirs, plot_path):
                                                                       for k in differ]))
     else:
         click.echo("The recipes are identical.\n")
-    summaries = [finished_summary(d) or {"status": "unfinished"} for d in dirs]
+    summaries = [read_summary(d) or {"status": "unknown (no summary.json)"} for d in dirs]
     rows = [[key, *("-" if s.get(key) is None else fmt(s[key]) for s in summaries)] for key, fmt in FIGURES.items()]
     click.echo("Final figures:\n" + table(["", *names], rows), nl=False)
     if plot_path:
