@@ -465,3 +465,27 @@ def test_checkpoints_hold_only_plain_values(tmp_path, write_recipe):
     with pytest.raises(pickle.UnpicklingError):
         torch.serialization.add_safe_globals([])  # the default allow-list is what protects users
         torch.load(Path(__file__), weights_only=True)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_over_in_its_folder(tmp_path, write_recipe, cli):
+    path = write_recipe()
+    run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    (run / "checkpoint.pt").unlink()  # as if killed before the first save
+    (run / "samples.txt").unlink()
+    other = cli("run", path, "--resume", run, "--set", "train.lr=0.5")
+    assert other.exit_code == 2 and "train.lr: 0.001 -> 0.5" in other.output, other.output
+    again = cli("run", "--resume", run)
+    assert again.exit_code == 0 and f"{run} has no checkpoint yet: starting it over" in again.output, again.output
+    assert (run / "checkpoint.pt").is_file() and (run / "samples.txt").is_file()
+    assert len(list((tmp_path / "runs").iterdir())) == 1
+    auto = cli("run", path, "--resume", "auto", "--runs-dir", tmp_path / "runs")
+    assert "No run of tiny in" in auto.output  # the finished run is not resumed
+
+
+@pytest.mark.parametrize("where", ["nowhere", "file"])
+def test_resume_of_something_that_is_not_a_run_folder(tmp_path, cli, where):
+    target = tmp_path / where
+    if where == "file":
+        target.write_text("x")
+    result = cli("run", "--resume", target)
+    assert result.exit_code == 2 and f"--resume {target}: {'not a folder' if where == 'file' else 'no such folder'}" in result.output

@@ -5,6 +5,7 @@ import click
 from ..errors import UserError
 from ..recipe import load_recipe
 from ..training import train
+from ..training.resume import check_run_dir
 from ..training.progress import fmt_duration
 from . import main, overrides_option
 
@@ -33,7 +34,7 @@ def run(recipe, overrides, runs_dir, resume, quiet):
     if recipe is None:
         if resume in (None, "auto"):
             raise UserError("give a RECIPE to run, or --resume RUN_DIR to continue a run")
-        recipe = Path(resume) / "recipe.yaml"
+        recipe = check_run_dir(resume) / "recipe.yaml"
     result = train(load_recipe(recipe, overrides), runs_dir=runs_dir, quiet=quiet, resume=resume)
     if result.run_dir is None:  # a torchrun process other than rank 0, which reports for all
         return

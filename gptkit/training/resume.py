@@ -6,8 +6,10 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from ..errors import UserError
-from ..io import write_text
+from ..io import read_text, write_text
 from ..recipe import Recipe, flatten
 
 # Keys that may change between a run and its resumption without making it a different run (the text
@@ -29,19 +31,48 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset) ->
     """Refuse to resume `run_dir` if the recipe or the text (a CharDataset) is no longer the run's."""
     if "trainer" not in checkpoint:
         raise UserError(f"{run_dir}/checkpoint.pt holds weights only, no training state to resume from")
-    summary = _summary(run_dir)
-    if summary.get("status") == "failed" and summary.get("resumable") is False:
-        raise UserError(f"cannot resume {run_dir}: {summary.get('reason')}\nStart a new run without --resume.")
+    refuse_if_stopped_for_good(run_dir)
     changes = recipe_diff(checkpoint["recipe"], recipe.to_dict())
     if checkpoint["itos"] != list(dataset.itos):
         changes.append(f"vocabulary: {len(checkpoint['itos'])} characters -> {len(dataset.itos)} (the text changed)")
     elif checkpoint.get("text_sha256", dataset.fingerprint) != dataset.fingerprint:  # absent: an older checkpoint
         changes.append(f"data: the text at {recipe.data.path} is not the one the run was trained on "
                        f"(SHA-256 {checkpoint['text_sha256'][:12]}... -> {dataset.fingerprint[:12]}...)")
+    refuse_changes(run_dir, changes)
+
+
+def check_restartable(run_dir: Path, recipe: Recipe) -> None:
+    """A run folder without a checkpoint starts over, but only with the recipe it was made with."""
+    refuse_if_stopped_for_good(run_dir)
+    try:
+        stored = yaml.safe_load(read_text(run_dir / "recipe.yaml", "run recipe"))
+    except yaml.YAMLError:
+        stored = None
+    if not isinstance(stored, dict):
+        raise UserError(f"{run_dir}/recipe.yaml is damaged; start a new run without --resume")
+    refuse_changes(run_dir, recipe_diff(stored, recipe.to_dict()))
+
+
+def refuse_if_stopped_for_good(run_dir: Path) -> None:
+    summary = _summary(run_dir)
+    if summary.get("status") == "failed" and summary.get("resumable") is False:
+        raise UserError(f"cannot resume {run_dir}: {summary.get('reason')}\nStart a new run without --resume.")
+
+
+def refuse_changes(run_dir: Path, changes: list[str]) -> None:
     if changes:
         raise UserError(f"cannot resume {run_dir}: the recipe changed in ways that matter:\n"
                         + "\n".join(f"  {c}" for c in changes)
                         + "\nUndo these changes, or start a new run without --resume.")
+
+
+def check_run_dir(path: str | Path) -> Path:
+    """`--resume PATH`, which must be a run folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"--resume {path}: {'not a folder' if path.exists() else 'no such folder'}; give a run "
+                        "folder such as runs/NAME-YYYYmmdd-HHMMSS, or --resume auto with a recipe")
+    return path
 
 
 def remove_leftovers(run_dir: Path) -> None:
@@ -56,14 +87,15 @@ def find_resumable(runs_dir: Path, name: str, log: Callable[[str], None]) -> Pat
     or None. Folders are named
     NAME-YYYYmmdd-HHMMSS[-N]: a recipe named `tiny` must not pick a run of `tiny-wide`."""
     own = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?")
-    candidates = sorted((p for p in runs_dir.glob(f"{name}-*")
-                         if own.fullmatch(p.name) and (p / "checkpoint.pt").is_file()),
-                        key=lambda p: p.stat().st_mtime, reverse=True)
+    runs = [p for p in runs_dir.glob(f"{name}-*") if own.fullmatch(p.name)]
+    candidates = sorted((p for p in runs if (p / "checkpoint.pt").is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
     for run in candidates:
         summary = _summary(run)
         if summary.get("resumable", summary.get("status") != "finished"):  # older runs: no "resumable"
             return run
-    log(f"No unfinished run of {name} in {runs_dir} to resume; starting a new one.")
+    early = len(runs) - len(candidates)
+    log(f"No run of {name} in {runs_dir} to resume{f' ({early} stopped before their first checkpoint)' if early else ''}; "
+        "starting a new one.")
     return None
 
 

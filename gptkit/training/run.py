@@ -25,7 +25,7 @@ from ..recipe.schema import DEVICE_PATTERN
 from ..sampling import sample
 from . import distributed
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
-from .resume import check_resumable, find_resumable, remove_leftovers, truncate_metrics
+from .resume import check_restartable, check_resumable, check_run_dir, find_resumable, remove_leftovers, truncate_metrics
 from .trainer import Trainer, interrupt_on_signals
 
 
@@ -92,12 +92,16 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     except UserError as e:
         raise UserError(f"sample.prompt {recipe.sample.prompt!r}: {e}; change sample.prompt") from None
     if resume is not None:
-        run_dir = find_resumable(Path(runs_dir), recipe.name, log) if resume == "auto" else resume
+        run_dir = find_resumable(Path(runs_dir), recipe.name, log) if resume == "auto" else check_run_dir(resume)
     checkpoint = None
     if resume is not None and run_dir is not None:
         run_dir = Path(run_dir)
-        checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
-        check_resumable(run_dir, checkpoint, recipe, dataset)
+        if (run_dir / "checkpoint.pt").exists():
+            checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+            check_resumable(run_dir, checkpoint, recipe, dataset)
+        else:  # stopped before its first checkpoint: nothing to continue from, so it starts over
+            check_restartable(run_dir, recipe)
+            log(f"{run_dir} has no checkpoint yet: starting it over")
 
     torch.manual_seed(recipe.seed)  # the same on every rank: the same initial weights
     model = build_model(recipe.model, dataset.vocab_size).to(device)
