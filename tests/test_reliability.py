@@ -415,6 +415,7 @@ def test_a_pickled_payload_is_refused_without_running_it(tmp_path, cli):
     torch.save({"format": "gptkit-checkpoint", "model": Payload()}, evil)
     result = cli("sample", evil)
     assert result.exit_code == 2 and "refused without running them" in result.output
+    assert "GLOBAL posix.system" in result.output and "weights_only" not in result.output
     assert not Payload.marker.exists()
 
 

@@ -54,8 +54,10 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # checksums fine: written so, not damaged
+        # torch's message also suggests loading with weights_only=False: the one thing not to do here
+        what = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
         raise UserError(f"checkpoint {path} holds objects other than tensors and plain values; refused "
-                        f"without running them ({str(e).splitlines()[0]})") from None
+                        f"without running them{f' ({what})' if what else ''}") from None
     except Exception as e:
         raise UserError(f"{damaged} ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
