@@ -39,17 +39,16 @@ class Plugin:
 
 
 _declared: dict[str, dict[str, list[Plugin]]] | None = None  # kind -> name -> claims, one per distribution
-_switched_off = False
 
 
 def enabled() -> bool:
-    return not _switched_off and os.environ.get("GPTKIT_NO_PLUGINS", "") in ("", "0")
+    return os.environ.get("GPTKIT_NO_PLUGINS", "") in ("", "0")
 
 
 def switch_off() -> None:
-    """What `gptkit --no-plugins` does: this process uses built-in and local components only."""
-    global _switched_off
-    _switched_off = True
+    """What `gptkit --no-plugins` does: this process, and every process it starts (bench workers),
+    uses built-in and local components only. Through the environment, which children inherit."""
+    os.environ["GPTKIT_NO_PLUGINS"] = "1"
 
 
 def declared(kind: str) -> dict[str, list[Plugin]]:
@@ -108,8 +107,12 @@ def import_file(path: Path) -> None:
     module_name = f"gptkit_local_{stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"  # one per file
     if module_name in sys.modules:
         return
+    if path.is_dir():
+        raise UserError(f"component file {path} is a directory, not a .py file")
     if not path.is_file():
         raise UserError(f"component file {path} not found")
+    if path.suffix != ".py":  # importlib finds no loader for other names
+        raise UserError(f"component file {path} must be a .py file")
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
@@ -118,12 +121,12 @@ def import_file(path: Path) -> None:
     except UserError as e:  # e.g. a name registered twice: already explained, say which file did it
         del sys.modules[module_name]
         raise UserError(f"{path}: {e}") from None
-    except Exception as e:  # the file may raise anything; the user needs the line, not a traceback
+    except (Exception, SystemExit) as e:  # the file may raise anything, even exit: the user needs the line
         del sys.modules[module_name]
         raise UserError(f"{path}{_line_in(path, e)}: {type(e).__name__}: {e}") from None
 
 
-def _line_in(path: Path, e: Exception) -> str:
+def _line_in(path: Path, e: BaseException) -> str:
     """':LINE' of the deepest frame of `e` inside `path` (or of a syntax error in it), else ''."""
     if isinstance(e, SyntaxError) and e.filename == str(path) and e.lineno:
         return f":{e.lineno}"

@@ -11,6 +11,7 @@ loaded is recorded as broken with its distribution and the original error, and o
 
 import fnmatch
 import inspect
+import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -78,7 +79,7 @@ class Registry:
             try:
                 self._validate(obj)
             except RegistryError as e:
-                raise RegistryError(f"{self.kind} '{name}' {e}") from None
+                raise RegistryError(f"{self.kind} '{name}': {e}") from None
             new = Entry(self.kind, name, obj, source or _source_of(obj))
             if name in self._entries:
                 old = self._entries[name]
@@ -113,7 +114,10 @@ class Registry:
         """The entry for `name`, importing its plugin on first use. Never raises for a name that
         exists: a broken plugin or a clash comes back with `error` set."""
         claims = plugins.declared(self.kind).get(name, [])
-        sources = ([self._entries[name].source] if name in self._entries else []) + [p.source for p in claims]
+        local = self._entries.get(name)
+        if local and any(self._declares(p, local.obj) for p in claims):
+            local = None  # a plugin's module that registers what it declares: one source, not two
+        sources = ([local.source] if local else []) + [p.source for p in claims]
         if not sources:
             raise RegistryError(self.unknown(name))
         if len(sources) > 1:
@@ -121,8 +125,8 @@ class Registry:
                 f"{self.kind} '{name}' is claimed by {' and by '.join(sources)}; a name must have one "
                 "source. Uninstall one of the packages, or rename the component"
                 + (" (GPTKIT_NO_PLUGINS=1 turns plugins off)" if claims else "")))
-        if name in self._entries:
-            return self._entries[name]
+        if local:
+            return local
         if name not in self._loaded:
             self._loaded[name] = self._load(claims[0])
         return self._loaded[name]
@@ -134,15 +138,41 @@ class Registry:
         names = self.names()
         return f"unknown {self.kind} '{name}'{did_you_mean(name, names)}. Available: {listing(names)}"
 
+    def check(self, name: str, config: Any, params: Any) -> None:
+        """Run the component's own `check(config, params)`. A ValueError is its refusal of `config` and
+        passes through; anything else is a bug in the component, told as one error naming it."""
+        cls = self.get(name)
+        try:
+            cls.check(config, params)
+        except ValueError:
+            raise
+        except Exception as e:
+            entry = self.entry(name)
+            where = f"{entry.source} ({entry.value})" if entry.value else entry.source
+            raise RegistryError(
+                f"{self.kind} '{name}' from {where} is broken: its check(config, params) raised "
+                f"{type(e).__name__}: {e}. A component refuses a configuration by raising ValueError") from None
+
     def forget_plugins(self) -> None:
         self._loaded.clear()
+
+    @staticmethod
+    def _declares(plugin: plugins.Plugin, obj: Any) -> bool:
+        """Whether `plugin`'s entry point is `obj`; looked at only once its module is imported, so that
+        reporting a clash imports nothing."""
+        if plugin.entry_point.module not in sys.modules:
+            return False
+        try:
+            return plugin.entry_point.load() is obj
+        except (ImportError, AttributeError):  # a module still importing, or that lacks the object
+            return False
 
     def _load(self, plugin: plugins.Plugin) -> Entry:
         entry = Entry(self.kind, plugin.name, source=plugin.source, value=plugin.value)
         try:
             obj = plugin.entry_point.load()
             self._validate(obj)
-        except Exception as e:  # a plugin's import may raise anything; only this name pays for it
+        except (Exception, SystemExit) as e:  # a plugin's import may raise anything, even exit; only this name pays
             error = str(e) if isinstance(e, RegistryError) else f"{type(e).__name__}: {e}"
             return replace(entry, error=(
                 f"{self.kind} '{plugin.name}' from {plugin.source} ({plugin.value}) is broken: {error}. "
@@ -157,6 +187,9 @@ class Registry:
         if not (inspect.isclass(obj.Params) and issubclass(obj.Params, Params)):
             raise RegistryError(f"its Params must be a subclass of gptkit.components.Params, got {obj.Params!r}")
         obj.Params.model_json_schema()  # a model pydantic cannot describe cannot be listed or validated
+        if any("name" in (n, f.alias) for n, f in obj.Params.model_fields.items()):
+            raise RegistryError("its Params may not have a field called 'name': in a recipe, 'name' says "
+                                "which component it is")
         required = [n for n, f in obj.Params.model_fields.items() if f.is_required()]
         if required:  # a recipe may name a component alone, and the conformance kit builds it so
             raise RegistryError(f"its Params must give every field a default; {', '.join(required)} has none")

@@ -164,3 +164,10 @@ def test_sample_names_a_bad_device_option(cli, tmp_path, device):
 def test_check_names_the_bad_parameter(cli, param, fragment):
     result = cli("check", "positional", "rope", "--param", param)
     assert result.exit_code == 2 and fragment in result.output, result.output
+
+
+def test_check_names_an_unknown_component_once(cli, monkeypatch):
+    monkeypatch.setenv("GPTKIT_NO_PLUGINS", "1")
+    result = cli("check", "positional", "rotary")
+    assert result.exit_code == 2 and result.output.startswith("error: unknown positional 'rotary'. Available: alibi")
+    assert result.output.count("positional 'rotary'") == 1, result.output

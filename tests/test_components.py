@@ -61,6 +61,14 @@ class TestAttentionPositionalPair:
             torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_conformance_uses_the_config_it_is_given():
+    from gptkit.components import GPTConfig
+
+    config = GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=32)  # head_dim 16, not 8
+    failed = [f"{r.check}: {r.detail}" for r in check_component("positional", "rope", config) if r.status == "fail"]
+    assert not failed, failed
+
+
 def test_a_failing_component_is_reported_not_raised(temporary_component):
     from gptkit.components.feedforward import MLP
 

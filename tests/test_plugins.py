@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from gptkit import plugins
 from gptkit.recipe import RecipeError, load_recipe
 from gptkit.registry import RegistryError, forget_plugins, registry
 
@@ -99,6 +98,13 @@ BROKEN = [
         "class P(Params):\n    width: int\n"
         "class Bad(Norm):\n    Params = P\n")},
      "its Params must give every field a default; width has none"),
+    ("params-with-a-name-field", "acme_named:Bad", {"acme_named": (
+        "from gptkit.components import Norm, Params\n"
+        "class P(Params):\n    name: str = 'mine'\n"
+        "class Bad(Norm):\n    Params = P\n")},
+     "its Params may not have a field called 'name': in a recipe, 'name' says which component it is"),
+    ("exits-at-import", "acme_exits:Thing", {"acme_exits": "import sys\nsys.exit('needs a GPU')\n"},
+     "SystemExit: needs a GPU"),
 ]
 
 
@@ -158,6 +164,8 @@ def test_two_distributions_claiming_one_name_clash(install, cli):
         "claimed by acme-one 1.0 and by acme-two 3.1" in str(e.value)
     listed = cli("list", "norm")
     assert listed.exit_code == 0 and "BROKEN: norm 'unitnorm' is claimed by" in listed.output
+    checked = cli("check", "norm", "unitnorm")  # says which component once
+    assert checked.exit_code == 2 and checked.output.startswith("error: norm 'unitnorm' is claimed by"), checked.output
 
 
 def test_the_same_distribution_seen_twice_is_not_a_clash(install):
@@ -166,6 +174,30 @@ def test_the_same_distribution_seen_twice_is_not_a_clash(install):
     install("acme_norms", "1.0", {"gptkit.norm": {"unitnorm": "acme_twice:UnitNorm"}}, site="site2")
     assert sum(d.metadata["Name"] in ("acme-norms", "acme_norms") for d in metadata.distributions()) == 2
     assert registry("norm").find("unitnorm").source in ("acme-norms 1.0", "acme_norms 1.0")
+
+
+def test_a_plugin_that_registers_what_it_declares_is_one_source(install, cli, scratch_registries):
+    # The entry point's import runs the module's own `register`: the same class, under the same name.
+    install("acme-self", "1.0", {"gptkit.norm": {"selfnorm": "acme_self:UnitNorm", "othernorm": "acme_self:Other"}},
+            {"acme_self": """
+        from gptkit.components import Norm, register
+
+        @register("norm", "selfnorm")
+        class UnitNorm(Norm):
+            def forward(self, x):
+                return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+
+        class Other(UnitNorm):
+            pass
+    """})
+    for _ in range(2):
+        assert registry("norm").find("selfnorm").source == "acme-self 1.0"
+    result = cli("check", "norm", "selfnorm")
+    assert result.exit_code == 0 and result.output.startswith("norm 'selfnorm' from acme-self 1.0"), result.output
+
+    registry("norm").register("othernorm", sys.modules["acme_self"].UnitNorm)  # another class: still a clash
+    with pytest.raises(RegistryError, match="norm 'othernorm' is claimed by .*acme_self.py and by acme-self 1.0"):
+        registry("norm").get("othernorm")
 
 
 def test_an_entry_point_in_no_kinds_group_is_reported(install, cli):
@@ -186,9 +218,16 @@ def test_plugins_can_be_switched_off(install, cli, monkeypatch):
     monkeypatch.delenv("GPTKIT_NO_PLUGINS")
     assert "unitnorm" in cli("list", "norm").output
 
-    monkeypatch.setattr(plugins, "_switched_off", False)  # restored after the test: --no-plugins is per process
-    result = cli("--no-plugins", "list", "norm")
+    result = cli("--no-plugins", "list", "norm")  # sets GPTKIT_NO_PLUGINS, which monkeypatch restores after the test
     assert result.exit_code == 0 and "unitnorm" not in result.output and "rmsnorm" in result.output
+
+
+def test_no_plugins_reaches_bench_workers(install, cli, write_recipe, monkeypatch):
+    # Workers are started afresh (spawn): the switch must reach them, or they meet this clash with a default.
+    install("acme-clash", "2.0", {"gptkit.attention": {"flash": "acme_flash:Flash"}})
+    monkeypatch.setenv("GPTKIT_NO_PLUGINS", "0")  # plugins on, and restored after what --no-plugins sets
+    result = cli("--no-plugins", "bench", write_recipe(), "--steps", "1", "--warmup", "1", "--rounds", "1")
+    assert result.exit_code == 0, result.output
 
 
 def test_show_describes_a_plugin_in_full(install, cli, tmp_path):
@@ -201,6 +240,23 @@ def test_show_describes_a_plugin_in_full(install, cli, tmp_path):
     record = json.loads(cli("show", "norm", "unitnorm", "--json").output)
     assert record["params"] == [{"name": "eps", "type": "float", "default": 1e-6, "constraints": ["> 0"],
                                  "description": "keeps the division finite"}]
+
+
+def test_list_and_show_give_a_default_factorys_value_as_valid_json(install, cli):
+    install("acme-norms", "1.0", {"gptkit.norm": {"facnorm": "acme_fac:FacNorm"}}, {"acme_fac": NORM + """
+    class FacParams(Params):
+        widths: list[int] = Field(default_factory=lambda: [1, 2])
+        doubled: list[int] = Field(default_factory=lambda data: data["widths"] * 2)
+        cap: float = float("inf")
+
+    class FacNorm(UnitNorm):
+        Params = FacParams
+"""})
+    assert "widths: list[int] = [1, 2]" in cli("show", "norm", "facnorm").output
+    strict = {"parse_constant": lambda c: pytest.fail(f"{c} is not JSON")}
+    record = next(r for r in json.loads(cli("list", "norm", "--json").output, **strict) if r["name"] == "facnorm")
+    assert [p["default"] for p in record["params"]] == [[1, 2], [1, 2, 1, 2], "Infinity"]
+    assert json.loads(cli("show", "norm", "facnorm", "--json").output, **strict)["params"] == record["params"]
 
 
 def test_check_prints_a_table_and_fails_a_non_causal_attention(install, cli):
@@ -222,6 +278,25 @@ def test_check_prints_a_table_and_fails_a_non_causal_attention(install, cli):
     assert any(line.split()[:2] == ["causal", "FAIL"] for line in lines)
     assert "changing a later token changed an earlier output" in result.output
     assert cli("check", "norm", "rmsnorm").exit_code == 0
+
+
+def test_a_check_that_raises_anything_but_value_error_is_one_error_naming_the_component(install, cli, write_recipe, tmp_path):
+    install("acme-pos", "0.2", {"gptkit.positional": {"buggy": "acme_buggy:Buggy"}}, {"acme_buggy": """
+        from gptkit.components import Positional
+
+        class Buggy(Positional):
+            @classmethod
+            def check(cls, config, params):
+                return config.head_size  # a typo: GPTConfig has head_dim
+    """})
+    report = ("positional 'buggy' from acme-pos 0.2 (acme_buggy:Buggy) is broken: its check(config, params) raised "
+              "AttributeError: 'GPTConfig' object has no attribute 'head_size'")
+    for args in (("check", "positional", "buggy"), ("run", write_recipe(model={"positional": "buggy"}), "--runs-dir", tmp_path)):
+        result = cli(*args)
+        assert result.exit_code == 2 and report in result.output and "Traceback" not in result.output, result.output
+    assert "model.positional: " + report in result.output
+    result = cli("check", "attention", "naive")  # a partner with a broken check is left out, not blamed on naive
+    assert result.exit_code == 0, result.output
 
 
 LOCAL = """
@@ -251,16 +326,23 @@ def test_recipe_imports_local_files(write_recipe, cli, tmp_path, scratch_registr
     assert cli("sample", run, "--tokens", "5").exit_code == 0  # the checkpoint's recipe imports it again
 
 
-@pytest.mark.parametrize("source,fragment", [
-    (None, "component file {dir}/nothere.py not found"),
-    ("x = 1\nraise RuntimeError('half done')\n", "{dir}/oops.py:2: RuntimeError: half done"),
-    ("def f(:\n", "{dir}/oops.py:1: SyntaxError:"),
-    ("from gptkit.components import Norm, register\n@register('norm', 'rmsnorm')\nclass R(Norm):\n    pass\n",
+FOLDER = object()
+
+
+@pytest.mark.parametrize("name,source,fragment", [
+    ("nothere.py", None, "component file {dir}/nothere.py not found"),
+    ("oops.py", "x = 1\nraise RuntimeError('half done')\n", "{dir}/oops.py:2: RuntimeError: half done"),
+    ("oops.py", "def f(:\n", "{dir}/oops.py:1: SyntaxError:"),
+    ("oops.py", "from gptkit.components import Norm, register\n@register('norm', 'rmsnorm')\nclass R(Norm):\n    pass\n",
      "{dir}/oops.py: norm 'rmsnorm' is registered twice: by built-in at"),
+    ("oops.py", "import sys\nsys.exit(3)\n", "{dir}/oops.py:2: SystemExit: 3"),
+    ("ok.yaml", "imports: []\n", "component file {dir}/ok.yaml must be a .py file"),
+    ("mine", FOLDER, "component file {dir}/mine is a directory, not a .py file"),
 ])
-def test_errors_in_imported_files_name_the_file(write_recipe, cli, tmp_path, scratch_registries, source, fragment):
-    name = "nothere.py" if source is None else "oops.py"
-    if source is not None:
+def test_errors_in_imported_files_name_the_file(write_recipe, cli, tmp_path, scratch_registries, name, source, fragment):
+    if source is FOLDER:
+        (tmp_path / name).mkdir()
+    elif source is not None:
         (tmp_path / name).write_text(source)
     result = cli("run", write_recipe(imports=[name]), "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output

@@ -4,7 +4,7 @@ import inspect
 import json
 
 import click
-from pydantic_core import to_jsonable_python
+from pydantic_core import to_json
 
 from .. import plugins
 from ..errors import did_you_mean
@@ -18,11 +18,14 @@ _CONSTRAINTS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("multiple
 
 def describe_params(entry: Entry) -> list[dict]:
     """Each parameter of a component: name, type, default, constraints and description."""
-    out = []
+    out, defaults = [], {}
     for name, f in entry.obj.Params.model_fields.items():
         constraints = [f"{sym} {getattr(m, attr)}" for m in f.metadata for attr, sym in _CONSTRAINTS
                        if getattr(m, attr, None) is not None]
-        out.append({"name": name, "type": _type_name(f.annotation), "default": to_jsonable_python(f.default, fallback=repr),
+        # A default_factory's value (f.default is a placeholder then), made as pydantic does: it may read earlier fields
+        defaults[name] = f.get_default(call_default_factory=True, validated_data=defaults)
+        default = json.loads(to_json(defaults[name], inf_nan_mode="strings", fallback=repr))  # valid JSON: inf as "Infinity"
+        out.append({"name": f.alias or name, "type": _type_name(f.annotation), "default": default,  # as recipes write it
                     "constraints": constraints, "description": f.description or ""})
     return out
 

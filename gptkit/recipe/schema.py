@@ -10,6 +10,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
 from ..components.base import GPTConfig
+from ..registry import RegistryError, registry
 from .components import RecipeIssue, component
 
 
@@ -66,9 +67,11 @@ class ModelSection(Section):
         for kind in ("attention", "feedforward", "norm", "positional"):
             spec = getattr(self, kind)
             try:
-                spec.cls.check(config, spec.params)
+                registry(kind).check(spec.name, config, spec.params)
             except ValueError as e:
                 issues.append(((kind,), f"{spec.name}: {e}"))
+            except RegistryError as e:  # a bug in the component's check, which names it
+                issues.append(((kind,), str(e)))
         if issues:
             raise RecipeIssue(issues)
         return self
