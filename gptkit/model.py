@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .components.attention import KVCache
+from .components.attention import KVCache, caches
 from .components.base import GPTConfig, dropout_layer
 
 
@@ -71,7 +71,7 @@ class GPT(nn.Module):
 
     @property
     def supports_kv_cache(self) -> bool:
-        return all(getattr(block.attn, "supports_kv_cache", False) for block in self.transformer.h)
+        return all(caches(block.attn) for block in self.transformer.h)
 
     def new_cache(self) -> list[KVCache]:
         """An empty key/value cache for `forward`, one per block (needs `supports_kv_cache`)."""

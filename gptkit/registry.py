@@ -193,6 +193,11 @@ class Registry:
         required = [n for n, f in obj.Params.model_fields.items() if f.is_required()]
         if required:  # a recipe may name a component alone, and the conformance kit builds it so
             raise RegistryError(f"its Params must give every field a default; {', '.join(required)} has none")
+        # A kind's base class marks what a component must write with @abstractmethod (nn.Module is no
+        # ABC, so nothing else would say so before the first training step).
+        missing = [n for n in dir(obj) if getattr(getattr(obj, n, None), "__isabstractmethod__", False)]
+        if missing:
+            raise RegistryError(f"does not implement {', '.join(f'{n}()' for n in missing)}")
 
 
 _registries: dict[str, Registry] = {}

@@ -103,6 +103,8 @@ BROKEN = [
         "class P(Params):\n    name: str = 'mine'\n"
         "class Bad(Norm):\n    Params = P\n")},
      "its Params may not have a field called 'name': in a recipe, 'name' says which component it is"),
+    ("no-forward", "acme_stub:Stub", {"acme_stub": "from gptkit.components import Norm\nclass Stub(Norm):\n    pass\n"},
+     "does not implement forward()"),
     ("exits-at-import", "acme_exits:Thing", {"acme_exits": "import sys\nsys.exit('needs a GPU')\n"},
      "SystemExit: needs a GPU"),
 ]
@@ -333,7 +335,7 @@ FOLDER = object()
     ("nothere.py", None, "component file {dir}/nothere.py not found"),
     ("oops.py", "x = 1\nraise RuntimeError('half done')\n", "{dir}/oops.py:2: RuntimeError: half done"),
     ("oops.py", "def f(:\n", "{dir}/oops.py:1: SyntaxError:"),
-    ("oops.py", "from gptkit.components import Norm, register\n@register('norm', 'rmsnorm')\nclass R(Norm):\n    pass\n",
+    ("oops.py", "from gptkit.components import Norm, register\n@register('norm', 'rmsnorm')\nclass R(Norm):\n    forward = lambda self, x: x\n",
      "{dir}/oops.py: norm 'rmsnorm' is registered twice: by built-in at"),
     ("oops.py", "import sys\nsys.exit(3)\n", "{dir}/oops.py:2: SystemExit: 3"),
     ("ok.yaml", "imports: []\n", "component file {dir}/ok.yaml must be a .py file"),

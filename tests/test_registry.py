@@ -49,10 +49,10 @@ def test_duplicate_registration_names_both_places():
 
     @reg.register("mine")
     class First(Norm):
-        pass
+        forward = nn.Identity.forward
 
     class Second(Norm):
-        pass
+        forward = nn.Identity.forward
 
     with pytest.raises(RegistryError) as e:
         reg.register("mine", Second)
@@ -64,6 +64,12 @@ def test_registration_checks_the_base_class():
     reg = Registry("norm", Norm)
     with pytest.raises(RegistryError, match="subclass of gptkit.components.norm.Norm"):
         reg.register("linear", nn.Linear)
+
+
+def test_registration_refuses_a_module_without_forward():
+    reg = Registry("norm", Norm)
+    with pytest.raises(RegistryError, match=r"norm .stub.: does not implement forward\(\)"):
+        reg.register("stub", type("Stub", (Norm,), {}))
 
 
 def test_every_component_declares_strict_params():

@@ -3,6 +3,7 @@
 Axis letters: B batch, T time, C channels, nh heads, hs head size.
 """
 
+import inspect
 import math
 from typing import ClassVar
 
@@ -52,7 +53,7 @@ class Attention(Component, nn.Module):
 
     A subclass whose `attend` handles fewer queries than keys (the queries being the last t_q
     positions, as `causal_mask` assumes) sets `supports_kv_cache`; `forward` then does the caching.
-    A model with any attention that does not is sampled by recomputing the whole context.
+    A model with any attention that does not (see `caches`) is sampled by recomputing the context.
     """
 
     Params = AttentionParams
@@ -91,6 +92,12 @@ class Attention(Component, nn.Module):
     def attend(self, q, k, v, bias: torch.Tensor | None) -> torch.Tensor:
         """Causal attention of q over k/v, with an optional additive score bias (nh, t_q, t_k)."""
         raise NotImplementedError
+
+
+def caches(attn: nn.Module) -> bool:
+    """Whether generation may hand `attn` a KVCache: it says it supports one, and its forward takes
+    one (a subclass that overrides forward(x) alone inherits the flag, not the parameter)."""
+    return getattr(attn, "supports_kv_cache", False) and "cache" in inspect.signature(attn.forward).parameters
 
 
 attention = new_registry("attention", Attention, "causal self-attention")

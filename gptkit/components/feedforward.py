@@ -5,6 +5,9 @@ Hidden sizes are chosen so both built-ins have about the same parameters: `mlp` 
 8/3 * n_embd rounded up to a multiple of `multiple_of` (LLaMA's rule).
 """
 
+from abc import abstractmethod
+
+import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
@@ -26,6 +29,10 @@ class FeedForward(Component, nn.Module):
     def __init__(self, config: GPTConfig, params: Params):
         super().__init__()
         self.params = params
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C), each position on its own."""
 
 
 feedforward = new_registry("feedforward", FeedForward, "position-wise feedforward network")

@@ -1,5 +1,7 @@
 """Normalisation layers: `norm(x)` over the last (channel) dimension."""
 
+from abc import abstractmethod
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -15,6 +17,10 @@ class Norm(Component, nn.Module):
     def __init__(self, config: GPTConfig, params: Params):
         super().__init__()
         self.params = params
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C), over the last dimension."""
 
 
 norm = new_registry("norm", Norm, "normalisation layer used before attention, feedforward and the LM head")
