@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from gptkit.conformance import CHECKS, CONFIG, MODEL_KINDS, _tokens, check_component, tiny_model
+from gptkit.conformance import CHECKS, CONFIG, MODEL_KINDS, _tokens, assert_conformant, check_component, tiny_model
 from gptkit.registry import registry
 
 COMPONENTS = [(kind, name) for kind in MODEL_KINDS for name in registry(kind).names()]
@@ -179,3 +179,8 @@ def test_rope_rotates_channel_pairs_so_scores_depend_on_offset_only():
     scores = [(at(q, i + 3) * at(k, i)).sum().item() for i in range(t - 3)]  # always 3 apart
     assert scores == pytest.approx([scores[0]] * len(scores), rel=1e-4, abs=1e-5)
     assert (at(q, 3) * at(k, 0)).sum().item() != pytest.approx((at(q, 4) * at(k, 0)).sum().item())
+
+
+def test_assert_conformant_names_a_mistyped_parameter():
+    with pytest.raises(ValueError, match=r"^eps_: unknown key \(did you mean 'eps'\?\)"):
+        assert_conformant("norm", {"name": "rmsnorm", "eps_": 1e-5})

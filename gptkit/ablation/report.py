@@ -81,6 +81,8 @@ class ArmStats:
             return "baseline"
         if self.diverged and not self.n:
             return "diverged"
+        if mean is None and self.n >= 2:
+            return "n/a (no baseline run of its seeds finished)"
         if mean is None or half is None:
             return "n/a (needs 2 seeds)"
         if abs(mean) <= half:

@@ -36,9 +36,8 @@ def check(kind, name, params):
     try:
         results = check_component(kind, spec)
     except RecipeIssue as e:  # unknown, broken, or parameters that do not validate
-        where = "; ".join(f"{'.'.join(map(str, loc)) + ': ' if loc else ''}{msg}" for loc, msg in e.issues)
         label = f"{kind} '{name}'"  # which an unknown or broken component's message says already
-        raise UserError(where if label in where else f"{label}: {where}") from None
+        raise UserError(str(e) if label in str(e) else f"{label}: {e}") from None
     except ValueError as e:  # the component's own check refuses the test model's sizes
         raise UserError(f"{kind} '{name}' cannot be built with the test model {CONFIG}: {e}") from None
 

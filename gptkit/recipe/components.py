@@ -21,7 +21,7 @@ class RecipeIssue(ValueError):
     """A validation failure that knows its location below the field it was raised for."""
 
     def __init__(self, issues: list[tuple[tuple, str]]):
-        super().__init__("; ".join(msg for _, msg in issues))
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" if loc else msg for loc, msg in issues))
         self.issues = issues
 
 
