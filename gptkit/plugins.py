@@ -100,8 +100,8 @@ def _normalize(name: str) -> str:
 
 
 def import_file(path: Path) -> None:
-    """Run a local Python file once per process, so the components it registers exist. An error in
-    it becomes a UserError naming the file and line."""
+    """Run a local Python file once per process, so the components it registers exist. It may import
+    modules beside it, as a script may. An error in it becomes a UserError naming the file and line."""
     path = Path(path).resolve()
     stem = re.sub(r"\W", "_", path.stem)
     module_name = f"gptkit_local_{stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"  # one per file
@@ -116,6 +116,7 @@ def import_file(path: Path) -> None:
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    sys.path.insert(0, str(path.parent))  # only while it runs: the folder must not shadow other imports later
     try:
         spec.loader.exec_module(module)
     except UserError as e:  # e.g. a name registered twice: already explained, say which file did it
@@ -124,6 +125,8 @@ def import_file(path: Path) -> None:
     except (Exception, SystemExit) as e:  # the file may raise anything, even exit: the user needs the line
         del sys.modules[module_name]
         raise UserError(f"{path}{_line_in(path, e)}: {type(e).__name__}: {e}") from None
+    finally:
+        sys.path.remove(str(path.parent))
 
 
 def _line_in(path: Path, e: BaseException) -> str:

@@ -441,3 +441,17 @@ def test_a_default_that_breaks_its_own_constraint_fails_at_once(write_recipe, cl
     (tmp_path / "zero.py").write_text(textwrap.dedent(ZERO))
     result = cli("validate", write_recipe(model={"norm": "zeronorm"}, imports=["zero.py"]))
     assert result.exit_code == 2 and "model.norm.k" in result.output and "greater than 0" in result.output, result.output
+
+
+def test_a_local_file_may_import_a_module_beside_it(write_recipe, cli, tmp_path, scratch_registries, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "helpers_for_norms.py").write_text("EPS = 1e-6\n")
+    (tmp_path / "mine" / "sibling_norm.py").write_text(textwrap.dedent(LOCAL).replace(
+        '"localnorm"', '"siblingnorm"').replace("1e-6", "helpers_for_norms.EPS").replace(
+        "from gptkit.components", "import helpers_for_norms\nfrom gptkit.components"))
+    monkeypatch.delitem(sys.modules, "helpers_for_norms", raising=False)
+    path_before = list(sys.path)
+    result = cli("validate", write_recipe(model={"norm": "siblingnorm"}, imports=["mine/sibling_norm.py"]))
+    assert result.exit_code == 0, result.output
+    assert sys.path == path_before  # the folder was on the path only while the file ran
+    sys.modules.pop("helpers_for_norms", None)
