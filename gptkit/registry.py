@@ -12,8 +12,11 @@ loaded is recorded as broken with its distribution and the original error, and o
 import fnmatch
 import inspect
 import sys
+import typing
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from pydantic import BaseModel
 
 from . import plugins
 from .errors import UserError, did_you_mean, listing
@@ -190,6 +193,10 @@ class Registry:
         if any("name" in (n, f.alias) for n, f in obj.Params.model_fields.items()):
             raise RegistryError("its Params may not have a field called 'name': in a recipe, 'name' says "
                                 "which component it is")
+        lax = sorted({m.__name__ for f in obj.Params.model_fields.values() for m in _lax_models(f.annotation)})
+        if lax:  # a typo in a nested key would be dropped without a word
+            raise RegistryError(f"its Params use {', '.join(lax)}, which would ignore unknown keys; derive "
+                                "nested models from gptkit.components.Params too")
         required = [n for n, f in obj.Params.model_fields.items() if f.is_required()]
         if required:  # a recipe may name a component alone, and the conformance kit builds it so
             raise RegistryError(f"its Params must give every field a default; {', '.join(required)} has none")
@@ -198,6 +205,19 @@ class Registry:
         missing = [n for n in dir(obj) if getattr(getattr(obj, n, None), "__isabstractmethod__", False)]
         if missing:
             raise RegistryError(f"does not implement {', '.join(f'{n}()' for n in missing)}")
+
+
+def _lax_models(annotation: Any, seen: set | None = None):
+    """The pydantic models inside a type annotation that accept unknown keys."""
+    seen = set() if seen is None else seen
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel) and annotation not in seen:
+        seen.add(annotation)
+        if annotation.model_config.get("extra") != "forbid":
+            yield annotation
+        for f in annotation.model_fields.values():
+            yield from _lax_models(f.annotation, seen)
+    for arg in typing.get_args(annotation):
+        yield from _lax_models(arg, seen)
 
 
 _registries: dict[str, Registry] = {}

@@ -103,6 +103,12 @@ BROKEN = [
         "class P(Params):\n    name: str = 'mine'\n"
         "class Bad(Norm):\n    Params = P\n")},
      "its Params may not have a field called 'name': in a recipe, 'name' says which component it is"),
+    ("lax-nested-params", "acme_lax:Bad", {"acme_lax": (
+        "from pydantic import BaseModel\nfrom gptkit.components import Norm, Params\n"
+        "class Inner(BaseModel):\n    scale: float = 1.0\n"
+        "class P(Params):\n    inner: list[Inner] | None = None\n"
+        "class Bad(Norm):\n    Params = P\n    forward = lambda self, x: x\n")},
+     "its Params use Inner, which would ignore unknown keys; derive nested models from gptkit.components.Params"),
     ("no-forward", "acme_stub:Stub", {"acme_stub": "from gptkit.components import Norm\nclass Stub(Norm):\n    pass\n"},
      "does not implement forward()"),
     ("exits-at-import", "acme_exits:Thing", {"acme_exits": "import sys\nsys.exit('needs a GPU')\n"},
