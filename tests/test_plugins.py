@@ -4,6 +4,7 @@ list/show/check commands. No mock of the registry: every case goes through impor
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -461,3 +462,17 @@ def test_a_local_file_may_import_a_module_beside_it(write_recipe, cli, tmp_path,
     assert result.exit_code == 0, result.output
     assert sys.path == path_before  # the folder was on the path only while the file ran
     sys.modules.pop("helpers_for_norms", None)
+
+
+def test_a_run_names_the_plugins_it_needs(install, write_recipe, cli, tmp_path):
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_gone:UnitNorm"}}, {"acme_gone": NORM})
+    runs = tmp_path / "runs"
+    assert cli("run", write_recipe(model={"norm": "unitnorm"}), "--runs-dir", runs).exit_code == 0
+    (run,) = runs.iterdir()
+    assert json.loads((run / "summary.json").read_text())["plugins"] == {"model.norm": "unitnorm from acme-norms 1.2"}
+    shutil.rmtree(tmp_path / "site")  # uninstalled
+    sys.modules.pop("acme_gone", None)
+    forget_plugins()
+    result = cli("sample", run)
+    assert result.exit_code == 2 and "unknown norm 'unitnorm'" in result.output
+    assert "(the run was trained with model.norm: unitnorm from acme-norms 1.2: is it installed?)" in result.output

@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationIn
 
 from ..components.base import GPTConfig
 from ..registry import RegistryError, registry
-from .components import RecipeIssue, component
+from .components import ComponentSpec, RecipeIssue, component
 
 
 def _resolve(value, info: ValidationInfo) -> Path:
@@ -140,3 +140,11 @@ class Recipe(Section):
     def to_dict(self) -> dict:
         """Plain values only: safe in a weights_only checkpoint and as YAML."""
         return self.model_dump(mode="json")
+
+    def plugin_sources(self) -> dict[str, str]:
+        """{"model.norm": "unitnorm from acme-norms 1.2"} for each component not built in: what a run
+        needs installed to be sampled or resumed."""
+        picked = {f"{s}.{k}": v for s in ("data", "model", "train")
+                  for k, v in vars(getattr(self, s)).items() if isinstance(v, ComponentSpec)}
+        sources = {key: (spec.name, registry(spec.kind).entry(spec.name).source) for key, spec in picked.items()}
+        return {key: f"{name} from {source}" for key, (name, source) in sources.items() if source != "built-in"}

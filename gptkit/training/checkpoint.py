@@ -68,7 +68,11 @@ def load_checkpoint(path: Path) -> dict:
 def load_model(path: Path, device: str | torch.device = "cpu"):
     """(model, recipe, vocab) from a checkpoint or run folder, ready for inference."""
     state = load_checkpoint(path)
-    recipe = validate(state["recipe"], origin=f"the recipe stored in {path}")
+    try:
+        recipe = validate(state["recipe"], origin=f"the recipe stored in {path}")
+    except UserError as e:
+        used = "; ".join(f"{key}: {what}" for key, what in state.get("plugins", {}).items())
+        raise UserError(f"{e}\n(the run was trained with {used}: is it installed?)" if used else str(e)) from None
     model = build_model(recipe.model, state["vocab_size"])
     load_weights(model, state, path)
     return model.to(device).eval(), recipe, Vocab(state["itos"])

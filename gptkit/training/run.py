@@ -160,7 +160,8 @@ def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, 
     try:
         os.fsync(metrics.fileno())  # the metrics always reach at least as far as the checkpoint
         save_checkpoint(run_dir / "checkpoint.pt", trainer.model, recipe.to_dict(), dataset.itos,
-                        step=trainer.state.step, trainer=trainer.state_dict(), text_sha256=dataset.fingerprint)
+                        step=trainer.state.step, trainer=trainer.state_dict(), text_sha256=dataset.fingerprint,
+                        plugins=recipe.plugin_sources())
     except OSError as e:
         raise CheckpointError(f"could not save the checkpoint in {run_dir}: {e.strerror or e}; the previous "
                               "checkpoint is intact. Free some space and resume with --resume") from None
@@ -195,6 +196,7 @@ def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, 
         "tokens_per_s": s.tokens / s.seconds if s.seconds else None,
         "wall_seconds": s.seconds,
         "device": str(trainer.device),
+        "plugins": recipe.plugin_sources(),  # what the run needs installed to be sampled or resumed
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(run_dir / "summary.json", summary)
