@@ -54,7 +54,7 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # checksums fine: written so, not damaged
-        # torch's message also suggests loading with weights_only=False: the one thing not to do here
+        # torch's message also suggests loading it unsafely: the one thing not to do here
         what = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
         raise UserError(f"checkpoint {path} holds objects other than tensors and plain values; refused "
                         f"without running them{f' ({what})' if what else ''}") from None
