@@ -185,14 +185,16 @@ def test_ablation_table_matches_the_run_summaries_and_resumes(cli, tmp_path, wri
     assert manifest["seeds"] == [0, 1, 2] and len(manifest["arms"]) == 2
 
     # a finished run is reused only for the very recipe it trained
+    before = (out / "ablation.yaml").read_text()
     edited = cli(*args, "--set", "train.lr=0.01")
-    assert edited.exit_code == 2 and "finished with a different recipe (train.lr differ)" in edited.output
+    assert edited.exit_code == 2 and "ended with a different recipe (train.lr differ)" in edited.output
+    assert (out / "ablation.yaml").read_text() == before  # refused before anything was written
     damaged = next(out.glob("*/seed-0/recipe.yaml"))
     recipe = yaml.safe_load(damaged.read_text())
     del recipe["data"]["path"]
     damaged.write_text(yaml.safe_dump(recipe))
     result = cli(*args)
-    assert result.exit_code == 2 and "finished with a different recipe (data.path differ)" in result.output
+    assert result.exit_code == 2 and "ended with a different recipe (data.path differ)" in result.output
 
 
 def test_plot_or_hint(cli, tmp_path, write_recipe, monkeypatch):
@@ -270,3 +272,20 @@ def test_a_diverging_arm_is_a_result_not_the_end_of_the_ablation(cli, tmp_path, 
 
     again = cli(*args)  # rerunning does not train the diverged runs again
     assert again.exit_code == 0 and "4 of 4 runs finished earlier (2 of them diverged): skipping them" in again.output
+
+
+def test_arm_folders_do_not_depend_on_the_order_of_the_values_when_names_are_long(write_recipe):
+    path = write_recipe()
+    keys = ["model.attention", "model.feedforward", "model.norm", "model.positional", "train.weight_decay"]
+    vary = {k: v for k, v in zip(keys, [["naive"], ["mlp"], ["layernorm"], ["sinusoidal"], ["0.0", "0.1"]])}
+    a = plan(Ablation(recipe=path, vary=vary, mode="grid"))
+    b = plan(Ablation(recipe=path, vary={**vary, "train.weight_decay": ["0.1", "0.0"]}, mode="grid"))
+    assert {arm.slug: canonical(arm.recipe) for arm in a.arms} == {arm.slug: canonical(arm.recipe) for arm in b.arms}
+    assert all(len(arm.slug) <= 80 for arm in a.arms)
+
+
+def test_the_same_arms_around_another_baseline_are_another_ablation(write_recipe):
+    path = write_recipe(model={"norm": "rmsnorm"})
+    one = plan(Ablation(recipe=path, vary={"model.norm": ["layernorm"]}))
+    other = plan(Ablation(recipe=path, overrides=["model.norm=layernorm"], vary={"model.norm": ["rmsnorm"]}))
+    assert one.digest != other.digest

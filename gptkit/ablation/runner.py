@@ -65,11 +65,14 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
     """Train every (arm, seed) not finished yet, seed by seed (so an interrupted ablation has whole
     seeds to compare), rewriting results.csv and results.md after each run. A run that diverges is
     a result too: it is reported, left out of the averages, and not tried again."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text(folder / "ablation.yaml", yaml.safe_dump(manifest(plan), sort_keys=False, allow_unicode=True))
     jobs = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
     rows = [RunRow(arm, seed, f"{arm.slug}/seed-{seed}", ended_summary(folder / arm.slug / f"seed-{seed}"))
             for arm, seed in jobs]
+    for row in rows:  # before anything is written: the folder may hold another ablation's runs
+        if row.summary is not None:
+            check_same(folder / row.run_dir, row.arm.for_seed(row.seed))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / "ablation.yaml", yaml.safe_dump(manifest(plan), sort_keys=False, allow_unicode=True))
     skipped = sum(r.summary is not None for r in rows)
     gone = sum(r.summary is not None and not finished(r.summary) for r in rows)
     if skipped:
@@ -78,7 +81,6 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
     for i, row in enumerate(rows, 1):
         run_dir, recipe = folder / row.run_dir, row.arm.for_seed(row.seed)
         if row.summary is not None:
-            check_same(run_dir, recipe)
             continue
         resume = resumable(run_dir)
         log(f"[{i}/{len(rows)}] {row.arm.label}, seed {row.seed} {'(resuming)' if resume else ''}...")
@@ -107,14 +109,14 @@ def resumable(run_dir: Path) -> Path | None:
 
 
 def check_same(run_dir: Path, recipe: Recipe) -> None:
-    """A finished run is reused only if it trained exactly what this ablation would train now."""
+    """A finished (or diverged) run is reused only if it trained exactly what this ablation would train now."""
     stored, wanted = flatten(run_recipe(run_dir)), flatten(recipe.to_dict())
     for flat in (stored, wanted):
         if "data.path" in flat:  # absent only from a damaged recipe.yaml: reported below as a difference
             flat["data.path"] = str(Path(flat["data.path"]).resolve())
     differ = sorted(k for k in stored.keys() | wanted.keys() if k != "name" and stored.get(k) != wanted.get(k))
     if differ:
-        raise UserError(f"{run_dir} finished with a different recipe ({', '.join(differ[:5])} differ); "
+        raise UserError(f"{run_dir} ended with a different recipe ({', '.join(differ[:5])} differ); "
                         "delete that folder, or pass --out with a new folder")
 
 

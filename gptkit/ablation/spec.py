@@ -10,6 +10,7 @@ function of the seed and epoch only) and is evaluated on the same validation win
 token budget. Fields that would break that are refused unless `allow_unfair` says otherwise.
 """
 
+import collections
 import hashlib
 import itertools
 import json
@@ -257,13 +258,15 @@ def plan(ablation: Ablation) -> Plan:
             continue
         # The folder's name lists the changes in key order, the label in the command's: --vary flags
         # given in another order find the same folders.
-        slug = slugify(" ".join(sorted(f"{short[k]}={v}" for k, v in changes)), {a.slug for a in arms})
-        arm = Arm(label, slug, changes, recipe)
+        arm = Arm(label, slugify(" ".join(sorted(f"{short[k]}={v}" for k, v in changes))), changes, recipe)
         arms.append(arm)
         seen[canonical(recipe)] = arm
+    unique_slugs(arms[1:])
     base_seed = arms[0].recipe.seed
     seeds = list(range(base_seed, base_seed + ablation.seeds)) if isinstance(ablation.seeds, int) else ablation.seeds
-    digest = hashlib.sha1(json.dumps(sorted(canonical(a.recipe) for a in arms)).encode()).hexdigest()[:8]
+    # Which arm is the baseline matters (it is what the others are compared with); their order does not.
+    key = [canonical(arms[0].recipe), sorted(canonical(a.recipe) for a in arms[1:])]
+    digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:8]
     return Plan(ablation.name or arms[0].recipe.name, arms, seeds, digest, ablation)
 
 
@@ -276,10 +279,14 @@ def canonical(recipe: Recipe) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-def slugify(label: str, taken: set[str]) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._]+", "-", label.replace(" ", "_").replace("=", "-")).strip("-")[:80] or "arm"
-    candidate, n = slug, 1
-    while candidate in taken:
-        n += 1
-        candidate = f"{slug}-{n}"
-    return candidate
+def slugify(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._]+", "-", label.replace(" ", "_").replace("=", "-")).strip("-") or "arm"
+
+
+def unique_slugs(arms: list[Arm]) -> None:
+    """A name too long for a folder, or shared by two arms, ends in a hash of the arm's recipe: folder
+    names must not depend on the order of the arms, as suffixes -2, -3 would."""
+    counts = collections.Counter(a.slug for a in arms)
+    for a in arms:
+        if len(a.slug) > 80 or counts[a.slug] > 1 or a.slug == "baseline":
+            a.slug = f"{a.slug[:71]}-{hashlib.sha1(canonical(a.recipe).encode()).hexdigest()[:8]}"
