@@ -473,12 +473,15 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over_in_its_folder(tmp
     run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir
     (run / "checkpoint.pt").unlink()  # as if killed before the first save
     (run / "samples.txt").unlink()
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "running", "resumable": True}))
+    (run / ".checkpoint.pt.abc.tmp").write_bytes(b"half")
     other = cli("run", path, "--resume", run, "--set", "train.lr=0.5")
     assert other.exit_code == 2 and "train.lr: 0.001 -> 0.5" in other.output, other.output
     again = cli("run", "--resume", run)
     assert again.exit_code == 0 and f"{run} has no checkpoint yet: starting it over" in again.output, again.output
     assert (run / "checkpoint.pt").is_file() and (run / "samples.txt").is_file()
-    assert len(list((tmp_path / "runs").iterdir())) == 1
+    assert len(list((tmp_path / "runs").iterdir())) == 1 and not list(run.glob(".*.tmp"))
     auto = cli("run", path, "--resume", "auto", "--runs-dir", tmp_path / "runs")
     assert "No run of tiny in" in auto.output  # the finished run is not resumed
 
@@ -490,3 +493,31 @@ def test_resume_of_something_that_is_not_a_run_folder(tmp_path, cli, where):
         target.write_text("x")
     result = cli("run", "--resume", target)
     assert result.exit_code == 2 and f"--resume {target}: {'not a folder' if where == 'file' else 'no such folder'}" in result.output
+
+
+def test_a_finished_run_without_its_checkpoint_is_not_trained_again(tmp_path, write_recipe, cli):
+    run = train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    (run / "checkpoint.pt").unlink()
+    result = cli("run", "--resume", run)
+    assert result.exit_code == 2 and "it finished, and its checkpoint.pt is gone" in result.output
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_diverged_run_from_before_the_resumable_flag_is_not_resumed(tmp_path, write_recipe, temporary_component, cli):
+    temporary_component("feedforward", "goes-nan", GoesNaN)
+    path = write_recipe(model={"feedforward": "goes-nan"}, train={"max_steps": 30, "checkpoint_every": 3})
+    with pytest.raises(Diverged) as e:
+        train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    summary_path = e.value.run_dir / "summary.json"
+    old = json.loads(summary_path.read_text())
+    del old["resumable"]
+    summary_path.write_text(json.dumps(old))
+    result = cli("run", path, "--resume", e.value.run_dir)
+    assert result.exit_code == 2 and "cannot resume" in result.output and "training diverged at step 11" in result.output
+
+
+def test_resuming_with_new_sample_settings_and_no_step_left_saves_them(tmp_path, write_recipe, cli):
+    path = write_recipe()
+    run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    assert cli("run", path, "--resume", run, "--set", "sample.tokens=3").exit_code == 0
+    assert load_checkpoint(run)["recipe"]["sample"]["tokens"] == 3  # what `gptkit sample RUN` then uses

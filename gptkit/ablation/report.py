@@ -81,10 +81,8 @@ class ArmStats:
             return "baseline"
         if self.diverged and not self.n:
             return "diverged"
-        if mean is None and self.n >= 2:
-            return "n/a (no baseline run of its seeds finished)"
-        if mean is None or half is None:
-            return "n/a (needs 2 seeds)"
+        if half is None:  # fewer than two seeds paired with a finished baseline run
+            return "n/a (needs 2 seeds)" if self.n < 2 else "n/a (needs 2 seeds whose baseline run finished)"
         if abs(mean) <= half:
             return "within noise"
         return "better" if mean < 0 else "worse"

@@ -7,15 +7,12 @@ import yaml
 
 from ..errors import UserError
 from ..io import read_text
+from ..training.resume import resumable, summary_of
 
 
 def read_summary(run_dir: Path) -> dict | None:
     """The run's summary.json, or None if it is missing or partial."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
+    return summary_of(run_dir) or None
 
 
 def finished(summary: dict | None) -> bool:
@@ -24,7 +21,7 @@ def finished(summary: dict | None) -> bool:
 
 def diverged(summary: dict | None) -> bool:
     """Stopped for good: resumed, the run would diverge again."""
-    return summary is not None and summary.get("status") == "failed" and summary.get("resumable") is False
+    return summary is not None and summary.get("status") == "failed" and not resumable(summary)
 
 
 def ended_summary(run_dir: Path) -> dict | None:

@@ -42,8 +42,12 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset) ->
 
 
 def check_restartable(run_dir: Path, recipe: Recipe) -> None:
-    """A run folder without a checkpoint starts over, but only with the recipe it was made with."""
+    """A run folder without a checkpoint starts over, but only with the recipe it was made with, and
+    not once it finished (its checkpoint was deleted: starting over would overwrite its results)."""
     refuse_if_stopped_for_good(run_dir)
+    if summary_of(run_dir).get("status") == "finished":
+        raise UserError(f"cannot resume {run_dir}: it finished, and its checkpoint.pt is gone; "
+                        "start a new run without --resume")
     try:
         stored = yaml.safe_load(read_text(run_dir / "recipe.yaml", "run recipe"))
     except yaml.YAMLError:
@@ -54,9 +58,17 @@ def check_restartable(run_dir: Path, recipe: Recipe) -> None:
 
 
 def refuse_if_stopped_for_good(run_dir: Path) -> None:
-    summary = _summary(run_dir)
-    if summary.get("status") == "failed" and summary.get("resumable") is False:
+    summary = summary_of(run_dir)
+    if summary.get("status") == "failed" and not resumable(summary):
         raise UserError(f"cannot resume {run_dir}: {summary.get('reason')}\nStart a new run without --resume.")
+
+
+def resumable(summary: dict) -> bool:
+    """Whether the run whose summary.json this is can go on: not finished, not diverged. Summaries
+    written before "resumable" existed tell a divergence by its reason."""
+    if "resumable" in summary:
+        return bool(summary["resumable"])
+    return summary.get("status") != "finished" and not str(summary.get("reason") or "").startswith("training diverged")
 
 
 def refuse_changes(run_dir: Path, changes: list[str]) -> None:
@@ -90,18 +102,18 @@ def find_resumable(runs_dir: Path, name: str, log: Callable[[str], None]) -> Pat
     runs = [p for p in runs_dir.glob(f"{name}-*") if own.fullmatch(p.name)]
     candidates = sorted((p for p in runs if (p / "checkpoint.pt").is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
     for run in candidates:
-        summary = _summary(run)
-        if summary.get("resumable", summary.get("status") != "finished"):  # older runs: no "resumable"
+        if resumable(summary_of(run)):
             return run
-    early = len(runs) - len(candidates)
+    early = sum(resumable(summary_of(p)) for p in runs if p not in candidates)
     log(f"No run of {name} in {runs_dir} to resume{f' ({early} stopped before their first checkpoint)' if early else ''}; "
         "starting a new one.")
     return None
 
 
-def _summary(run: Path) -> dict:
+def summary_of(run: Path) -> dict:
+    """The run's summary.json; empty if it is missing or partial."""
     try:
-        summary = json.loads((run / "summary.json").read_text())
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return summary if isinstance(summary, dict) else {}

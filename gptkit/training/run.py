@@ -120,6 +120,7 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
         log(f"Resuming {run_dir} from step {checkpoint['step']:,}")
     else:  # the folder is made only once every input has been checked
         run_dir = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
+        remove_leftovers(run_dir)  # of an attempt that stopped before its first checkpoint
         log(f"Run folder: {run_dir}")
     write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
     log(f"{model.num_params():,} parameters on {device}; {dataset.vocab_size} characters, "
@@ -141,6 +142,8 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
         write_summary(run_dir, recipe, trainer, "running")
         try:
             trainer.fit()
+            if checkpoint is not None and trainer.state.step == checkpoint["step"]:
+                save(run_dir, trainer, recipe, dataset, metrics)  # no step to save, but the sample settings may be new
             sp = recipe.sample
             with interrupt_on_signals("sampling, after training finished; resume the run to write samples.txt"):
                 text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
