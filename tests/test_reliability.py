@@ -521,3 +521,19 @@ def test_resuming_with_new_sample_settings_and_no_step_left_saves_them(tmp_path,
     run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir
     assert cli("run", path, "--resume", run, "--set", "sample.tokens=3").exit_code == 0
     assert load_checkpoint(run)["recipe"]["sample"]["tokens"] == 3  # what `gptkit sample RUN` then uses
+
+
+def test_a_run_being_trained_by_another_process_is_not_taken_over(tmp_path, write_recipe, cli):
+    import fcntl
+
+    path = write_recipe(train={"max_steps": 6, "checkpoint_every": 2})
+    run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "running", "resumable": True}))
+    with open(run / ".lock", "a") as held:  # as the other process holds it while it trains
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = cli("run", "--resume", run)
+        assert result.exit_code == 2 and f"{run} is being trained by another process" in result.output
+        auto = cli("run", path, "--resume", "auto", "--runs-dir", tmp_path / "runs")
+        assert auto.exit_code == 0 and "Run folder:" in auto.output  # a new run, not this one
+    assert cli("run", "--resume", run).exit_code == 0  # released: the run can be resumed now

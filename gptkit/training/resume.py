@@ -1,5 +1,7 @@
 """Finding a run to resume, and refusing one that the recipe no longer describes."""
 
+import contextlib
+import fcntl
 import fnmatch
 import json
 import re
@@ -102,12 +104,37 @@ def find_resumable(runs_dir: Path, name: str, log: Callable[[str], None]) -> Pat
     runs = [p for p in runs_dir.glob(f"{name}-*") if own.fullmatch(p.name)]
     candidates = sorted((p for p in runs if (p / "checkpoint.pt").is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
     for run in candidates:
-        if resumable(summary_of(run)):
+        if resumable(summary_of(run)) and not is_locked(run):  # locked: another process trains it now
             return run
     early = sum(resumable(summary_of(p)) for p in runs if p not in candidates)
     log(f"No run of {name} in {runs_dir} to resume{f' ({early} stopped before their first checkpoint)' if early else ''}; "
         "starting a new one.")
     return None
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: Path):
+    """Hold the run folder for as long as this process trains in it: a second `--resume` of the same
+    run would interleave both processes' files. The OS drops the lock when the process dies, even
+    by kill -9, so no stale lock is left behind."""
+    with open(run_dir / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{run_dir} is being trained by another process; wait for it to end, or stop it "
+                            "(Ctrl-C or kill), then resume") from None
+        yield
+
+
+def is_locked(run_dir: Path) -> bool:
+    try:
+        with open(run_dir / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # a folder we cannot write: not ours to judge
+        return False
+    return False
 
 
 def summary_of(run: Path) -> dict:

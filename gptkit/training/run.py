@@ -8,6 +8,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,8 @@ from ..recipe.schema import DEVICE_PATTERN
 from ..sampling import sample
 from . import distributed
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
-from .resume import check_restartable, check_resumable, check_run_dir, find_resumable, remove_leftovers, truncate_metrics
+from .resume import (check_restartable, check_resumable, check_run_dir, find_resumable, lock_run, remove_leftovers,
+                     truncate_metrics)
 from .trainer import Trainer, interrupt_on_signals
 
 
@@ -114,12 +116,21 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
         trainer.fit()
         return RunResult(model, dataset, None, {})
+    if checkpoint is None:  # the folder is made only once every input has been checked
+        run_dir = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
+    with lock_run(run_dir):
+        return train_in(run_dir, recipe, trainer, dataset, checkpoint, log)
+
+
+def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoint: dict | None,
+             log: Callable[[str], None]) -> RunResult:
+    """Rank 0's part of `train`: the run folder's files around `trainer.fit()`."""
+    model, device = trainer.model, trainer.device
     if checkpoint is not None:
         remove_leftovers(run_dir)
         truncate_metrics(run_dir / "metrics.jsonl", checkpoint["step"], checkpoint["trainer"]["state"]["eval_pending"])
         log(f"Resuming {run_dir} from step {checkpoint['step']:,}")
-    else:  # the folder is made only once every input has been checked
-        run_dir = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
+    else:
         remove_leftovers(run_dir)  # of an attempt that stopped before its first checkpoint
         log(f"Run folder: {run_dir}")
     write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
