@@ -1,6 +1,10 @@
 """Autoregressive sampling from a trained GPT."""
 
+import math
+
 import torch
+
+MAX_TOKENS = 10**7  # per sample: the output is allocated up front, and that is hours of generation on a CPU
 
 
 @torch.inference_mode()
@@ -15,6 +19,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     again when the window restarts; otherwise it recomputes the window for every token. Both paths
     see the same context, so they give the same tokens.
     """
+    if idx.size(1) == 0:
+        raise ValueError("idx must hold at least one token to continue")
     block_size = model.config.block_size
     keep = max(1, block_size // 2)
     cache = model.new_cache() if use_cache and model.supports_kv_cache else None
@@ -36,20 +42,34 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     return out
 
 
+def check_sampling(tokens: int, temperature: float, top_k: int | None) -> None:
+    """ValueError for settings that cannot sample (a recipe's sample section refuses them too)."""
+    if not (isinstance(tokens, int) and 0 <= tokens <= MAX_TOKENS):
+        raise ValueError(f"tokens must be a whole number from 0 to {MAX_TOKENS:,}, got {tokens!r}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be None (all characters) or a whole number >= 1, got {top_k!r}")
+
+
 def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
                generator: torch.Generator | None) -> torch.Tensor:
     """(B, 1) ids drawn from softmax(logits / temperature) over each row's `top_k` largest logits (B, V)."""
     ids = None
     if top_k is not None and top_k < logits.size(-1):
         logits, ids = torch.topk(logits, top_k)  # (B, k)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float()
+    # Shifted so the largest is 0 before dividing: a tiny temperature then gives -inf, never +inf - +inf.
+    probs = torch.softmax((logits - logits.amax(dim=-1, keepdim=True)) / temperature, dim=-1)
     choice = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
     return choice if ids is None else ids.gather(-1, choice)
 
 
 def sample(model, vocab, prompt: str, tokens: int, temperature: float = 0.8, top_k: int | None = 40,
            seed: int | None = None, use_cache: bool = True) -> str:
-    """`prompt` followed by `tokens` sampled characters."""
+    """`prompt` followed by `tokens` sampled characters, drawn at `temperature` (> 0) from the `top_k`
+    likeliest (None: from all)."""
+    check_sampling(tokens, temperature, top_k)
     device = next(model.parameters()).device
     if not prompt:  # the start of a speech in the classic format, where there is one
         prompt = "\n" if "\n" in vocab.stoi else vocab.itos[0]

@@ -157,6 +157,13 @@ def test_sample_names_a_bad_device_option(cli, tmp_path, device):
     assert result.exit_code == 2 and f"error: --device: unknown device {device!r}" in result.output, result.output
 
 
+@pytest.mark.parametrize("option", [["--temperature", "nan"], ["--temperature", "inf"], ["--seed", str(2**64)],
+                                    ["--tokens", str(10**14)]])
+def test_sample_refuses_options_it_cannot_use(cli, tmp_path, option):
+    result = cli("sample", tmp_path / "run", *option)
+    assert result.exit_code == 2 and f"Invalid value for '{option[0]}'" in result.output, result.output
+
+
 @pytest.mark.parametrize("param,fragment", [
     ("base=abc", "error: positional 'rope': base: Input should be a valid number (got 'abc')"),
     ("name=alibi", "error: --param name=alibi: the component is the NAME argument (rope), not a parameter"),

@@ -85,3 +85,26 @@ def test_attention_without_cache_support_falls_back_to_recomputation(temporary_c
     assert not model.supports_kv_cache
     out, fed = run(model, prompt_len=5, top_k=None, use_cache=True)
     assert out.shape == (2, 5 + 2 * CONFIG.block_size + 4) and 1 not in fed
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": 0.0}, "temperature must be a finite number > 0"),
+    ({"temperature": -1.0}, "temperature must be a finite number > 0"),
+    ({"temperature": float("nan")}, "temperature must be a finite number > 0"),
+    ({"top_k": 0}, "top_k must be None"),
+    ({"tokens": -1}, "tokens must be a whole number"),
+])
+def test_sample_refuses_settings_that_cannot_sample(kwargs, message):
+    from gptkit.data.vocab import Vocab
+    from gptkit.sampling import sample
+
+    args = {"tokens": 3, "temperature": 0.8, "top_k": None, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        sample(tiny_model(), Vocab([chr(65 + i) for i in range(CONFIG.vocab_size)]), "A", **args)
+
+
+def test_a_tiny_temperature_samples_the_likeliest_token():
+    from gptkit.sampling import next_token
+
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    assert next_token(logits, 1e-40, None, torch.Generator().manual_seed(0)).item() == 1

@@ -1,23 +1,31 @@
+import math
 import time
 
 import click
 
+from ..sampling import MAX_TOKENS
 from ..sampling import sample as sample_model
 from ..training.checkpoint import load_model
 from ..training.run import resolve_device
 from . import main
 
 
+def finite(ctx, param, value):
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number.")
+    return value
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--prompt", default=None, help="Text to continue.  [default: the run's sample.prompt]")
-@click.option("--tokens", default=None, type=click.IntRange(min=0),
+@click.option("--tokens", default=None, type=click.IntRange(min=0, max=MAX_TOKENS),
               help="Characters to generate.  [default: the run's sample.tokens]")
-@click.option("--temperature", default=None, type=click.FloatRange(min=0, min_open=True),
+@click.option("--temperature", default=None, type=click.FloatRange(min=0, min_open=True), callback=finite,
               help="[default: the run's sample.temperature]")
 @click.option("--top-k", default=None, type=click.IntRange(min=0),
               help="Sample among the k likeliest; 0: among all.  [default: the run's sample.top_k]")
-@click.option("--seed", default=None, type=int, help="Make the sample reproducible.")
+@click.option("--seed", default=None, type=click.IntRange(-(2**63), 2**64 - 1), help="Make the sample reproducible.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="Reuse attention keys/values between tokens; --no-cache recomputes the context (same text, slower).")

@@ -10,6 +10,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
 from ..components.base import GPTConfig
+from ..sampling import MAX_TOKENS
 from ..registry import RegistryError, registry
 from .components import ComponentSpec, RecipeIssue, component
 
@@ -118,7 +119,7 @@ class TrainSection(Section):
 
 class SampleSection(Section):
     prompt: str = Field("", description="text to continue; empty: a newline, or the text's first character if it has none")
-    tokens: int = Field(500, ge=0)
+    tokens: int = Field(500, ge=0, le=MAX_TOKENS)
     temperature: float = Field(0.8, gt=0)
     top_k: PositiveInt | None = 40
 
