@@ -83,3 +83,21 @@ def test_a_failing_variant_is_named_and_stops_the_bench(cli, write_recipe, tmp_p
     assert result.exit_code == 1
     assert "stopped: variant model.feedforward=explodes: its benchmark process failed" in result.output
     assert "RuntimeError: boom" in result.output
+
+
+def test_each_variant_is_measured_against_the_peak_of_its_own_dtype(write_recipe):
+    threads = torch.get_num_threads()
+    report = run_bench(write_recipe(), vary=["train.precision=fp32,bf16"], steps=1, warmup=1, rounds=1,
+                       threads=1, log=lambda line: None)
+    assert torch.get_num_threads() == threads  # the caller's setting is left as it was
+    assert [p["source"].split()[1] for p in report["peaks"]] == ["float32", "bfloat16"]
+    for v, peak in zip(report["variants"], report["peaks"]):
+        assert v["peak_flops"] == peak["flops"] and v["mfu"] == pytest.approx(v["flops_per_s"] / peak["flops"])
+    assert "tokens/step 256, 256;" in format_report(report)
+
+
+@pytest.mark.parametrize("kwargs, error", [({"steps": 0}, ValueError), ({"rounds": 0}, ValueError),
+                                           ({"vary": "model.norm=layernorm"}, TypeError)])
+def test_run_bench_checks_its_arguments(write_recipe, kwargs, error):
+    with pytest.raises(error):
+        run_bench(write_recipe(), **kwargs)

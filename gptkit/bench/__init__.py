@@ -37,6 +37,7 @@ class Variant:
     flops_per_token: int = 0
     flops_per_s: float = 0.0
     mfu: float = 0.0
+    peak_flops: float = 0.0  # of its own device and dtype: variants may differ in train.precision
     warmup_seconds: float = 0.0  # building the model and the warm-up steps, compilation included
     params: int = 0
     tokens_per_step: int = 0
@@ -82,16 +83,30 @@ def variants(axes: list[tuple[str, list[str]]]) -> list[Variant]:
 def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str] = (), steps: int = 5,
               warmup: int = 2, rounds: int = 3, threads: int | None = None, log=print) -> dict:
     """Benchmark every variant; returns the report (also what --json prints)."""
+    for name, value in (("overrides", overrides), ("vary", vary)):
+        if isinstance(value, str):
+            raise TypeError(f"{name} takes a list of strings, e.g. [{value!r}]")
+    for name, value in (("steps", steps), ("warmup", warmup), ("rounds", rounds)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     found = variants(parse_vary(list(vary)))
     recipes = [load_recipe(recipe_path, [*overrides, *v.overrides], origins={t: f"--vary {t}" for t in v.overrides})
                for v in found]  # all checked before any work
-    threads = threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
-    device = resolve_device(recipes[0].train.device)
-    precision = recipes[0].train.precision
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    peak, peak_source = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32)
-    log(f"Peak {peak / 1e9:,.1f} GFLOP/s ({peak_source})")
+    caller_threads = torch.get_num_threads()
+    threads = threads or caller_threads
+    torch.set_num_threads(threads)  # for the peak; each worker sets its own
+    try:
+        peaks = {}  # (device, dtype) -> (FLOP/s, how it was measured)
+        for v, recipe in zip(found, recipes):
+            key = peak_key(recipe.train)
+            if key not in peaks:
+                peaks[key] = matmul_peak(*key)
+                log(f"Peak {peaks[key][0] / 1e9:,.1f} GFLOP/s ({peaks[key][1]})")
+            v.peak_flops = peaks[key][0]
+    finally:
+        torch.set_num_threads(caller_threads)
+    device = peak_key(recipes[0].train)[0]
+    peak, peak_source = peaks[peak_key(recipes[0].train)]
 
     ctx = multiprocessing.get_context("spawn")  # a forked OpenMP runtime can hang; spawn is safe everywhere
     procs, conns = [], []
@@ -129,15 +144,16 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
         v.ms_per_step = statistics.median(v.round_ms)
         v.tokens_per_s = v.tokens_per_step / (v.ms_per_step / 1000)
         v.flops_per_s = v.flops_per_token * v.tokens_per_s
-        v.mfu = v.flops_per_s / peak
+        v.mfu = v.flops_per_s / v.peak_flops
         v.ratio = v.tokens_per_s / found[0].tokens_per_s
     return {
         "recipe": str(recipe_path),
         "overrides": list(overrides),
         "device": str(device),
         "threads": threads if device.type == "cpu" else None,
-        "peak_flops": peak,
+        "peak_flops": peak,  # the first variant's; each variant has its own peak_flops
         "peak_source": peak_source,
+        "peaks": [{"flops": flops, "source": source} for flops, source in peaks.values()],
         "flops_formula": FLOPS_FORMULA,
         "memory_kind": memory_kind,
         "warmup_steps": warmup,
@@ -145,6 +161,13 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
         "rounds": rounds,
         "variants": [asdict(v) for v in found],
     }
+
+
+def peak_key(train) -> tuple[torch.device, torch.dtype]:
+    """The device and matmul dtype a variant trains in: what its MFU is measured against."""
+    device = resolve_device(train.device)
+    bf16 = train.precision == "bf16" or (train.precision == "auto" and device.type == "cuda")
+    return device, torch.bfloat16 if bf16 else torch.float32
 
 
 class BenchFailed(RunStopped):
@@ -168,10 +191,9 @@ def ask(conn, message: tuple, proc, label: str) -> dict:
 
 
 def format_report(report: dict) -> str:
-    v0 = report["variants"][0]
+    peaks = "; ".join(f"{p['flops'] / 1e9:,.1f} GFLOP/s ({p['source']})" for p in report["peaks"])
     lines = [
-        f"device {report['device']}" + (f", {report['threads']} threads" if report["threads"] else "")
-        + f"; peak {report['peak_flops'] / 1e9:,.1f} GFLOP/s ({report['peak_source']})",
+        f"device {report['device']}" + (f", {report['threads']} threads" if report["threads"] else "") + f"; peak {peaks}",
         f"FLOPs/token = {report['flops_formula']}",
         f"{report['warmup_steps']} warm-up steps, then {report['rounds']} interleaved rounds of "
         f"{report['steps_per_round']} steps; medians; memory is the {report['memory_kind']}",
@@ -184,6 +206,6 @@ def format_report(report: dict) -> str:
         lines.append(f"{v['label']:<{width}}  {v['ms_per_step']:>9,.1f}  {v['tokens_per_s']:>9,.0f}  "
                      f"{v['ratio']:>5.2f}x  {v['peak_memory'] / 2**20:>6,.0f} MB  {v['flops_per_token'] / 1e6:>9,.1f}  "
                      f"{v['flops_per_s'] / 1e9:>8,.1f}  {100 * v['mfu']:>5.1f}%  {v['warmup_seconds']:>7.1f}s")
-    lines.append(f"({v0['tokens_per_step']:,} tokens/step; micro-batch "
+    lines.append("(tokens/step " + ", ".join(f"{v['tokens_per_step']:,}" for v in report["variants"]) + "; micro-batch "
                  + ", ".join(f"{v['micro_batch_size']}{' compiled' if v['compiled'] else ''}" for v in report["variants"]) + ")")
     return "\n".join(lines)

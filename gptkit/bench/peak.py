@@ -31,6 +31,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def device_name(device: torch.device) -> str:
