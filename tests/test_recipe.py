@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from gptkit.errors import UserError
 from gptkit.recipe import RecipeError, load_recipe
 from gptkit.recipe.yaml import YAMLError, load
 
@@ -164,3 +165,15 @@ def test_another_data_path_is_the_users_text_not_the_corpus(write_recipe, tmp_pa
     result = cli("run", recipe, "--set", f"data.path={tmp_path / 'mine.txt'}", "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and f"data.path: file {tmp_path / 'mine.txt'} not found" in result.output
     assert not (tmp_path / "mine.txt").exists()
+
+
+def test_overrides_must_be_a_list(write_recipe):
+    with pytest.raises(TypeError, match=r"overrides takes a list"):
+        load_recipe(write_recipe(), "train.lr=0.1")
+
+
+def test_train_model_passes_epochs_as_given(write_recipe, tmp_path):
+    from gptkit import train_model
+
+    with pytest.raises(UserError, match=r"train.epochs: Input should be a valid integer \(got 0.5\)"):
+        train_model(write_recipe(), epochs=0.5, runs_dir=tmp_path / "runs", quiet=True)

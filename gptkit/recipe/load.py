@@ -24,6 +24,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
     """The validated recipe in `path` with `overrides` ("train.lr=3e-4") applied. Errors name an override
     as `origins[text]` (say `--vary KEY=VALUE`, or an ablation file's key), by default `--set TEXT`."""
     path = Path(path)
+    check_overrides(overrides)
     data, lines = yaml.load(read_text(path, "recipe"), str(path))
     if data is None:
         data = {}
@@ -36,6 +37,12 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
         # must be "not found", not the corpus written under that name.
         data["data"]["corpus"] = None
     return validate(data, origin=str(path), base_dir=path.parent, lines=lines, overrides=applied)
+
+
+def check_overrides(overrides: Sequence[str]) -> Sequence[str]:
+    if isinstance(overrides, str):  # a string is a sequence too, of one-letter "overrides"
+        raise TypeError(f"overrides takes a list of 'key=value' strings, e.g. [{overrides!r}]")
+    return overrides
 
 
 def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
