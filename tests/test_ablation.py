@@ -219,6 +219,7 @@ def test_compare(cli, tmp_path, write_recipe):
     assert result.exit_code == 0, result.output
     diff = md_rows(result.output.split("Final figures:")[0])
     assert diff["model.positional.name"][1:] == ["sinusoidal", "rope"] and "train.lr" not in diff
+    assert diff["model.positional.amplitude"][1:] == ["0.02", "(absent)"]  # sinusoidal has one, rope none
     figures = md_rows(result.output.split("Final figures:")[1])
     summary = json.loads((dirs[1] / "summary.json").read_text())
     assert figures["final_val_loss"][2] == f"{summary['final_val_loss']:.4f}" and figures["status"][1] == "finished"

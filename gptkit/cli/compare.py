@@ -37,9 +37,9 @@ def compare(run_dirs, plot_path):
     dirs = [Path(d) for d in run_dirs]
     recipes = [flatten(run_recipe(d)) for d in dirs]
     names = short_names(dirs)
-    differ = sorted(k for k in set().union(*recipes) if len({repr(r.get(k, "-")) for r in recipes}) > 1)
+    differ = sorted(k for k in set().union(*recipes) if len({repr(r.get(k, ABSENT)) for r in recipes}) > 1)
     if differ:
-        click.echo("Recipe differences:\n" + table(["key", *names], [[k, *(show(r.get(k, "-")) for r in recipes)]
+        click.echo("Recipe differences:\n" + table(["key", *names], [[k, *(show(r.get(k, ABSENT)) for r in recipes)]
                                                                       for k in differ]))
     else:
         click.echo("The recipes are identical.\n")
@@ -54,8 +54,12 @@ def compare(run_dirs, plot_path):
             raise UserError(f"--plot needs matplotlib, which is not installed: {HINT}")
 
 
+ABSENT = object()
+
+
 def show(value) -> str:
-    return "-" if value is None else str(value)
+    """A recipe value in the differences table: a key one recipe lacks is not the same as null."""
+    return "(absent)" if value is ABSENT else "null" if value is None else str(value)
 
 
 def short_names(dirs: list[Path]) -> list[str]:
