@@ -415,6 +415,8 @@ def test_enum_tuple_path_and_alias_parameters_survive_the_saved_recipe(write_rec
     assert (params.mode.value, params.pair, str(params.where), params.lambda_) == ("half", (3, 4), "/var", 2.0)
     bad = cli("validate", recipe, "--set", "model.norm.mode=quarter")
     assert bad.exit_code == 2 and "'unit' or 'half'" in bad.output, bad.output
+    shown = cli("show", "norm", "typednorm").output
+    assert 'mode: \'unit\' | \'half\' = "unit"' in shown and "lambda: float = 0.5" in shown, shown
 
     runs = tmp_path / "runs"
     assert cli("run", recipe, "--runs-dir", runs).exit_code == 0

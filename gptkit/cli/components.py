@@ -1,5 +1,6 @@
 """`gptkit list` and `gptkit show`: what components exist, where they come from, what they take."""
 
+import enum
 import inspect
 import json
 
@@ -43,6 +44,8 @@ def describe(entry: Entry, full: bool = False) -> dict:
 
 
 def _type_name(annotation) -> str:
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):  # what a recipe may write
+        return " | ".join(repr(m.value) for m in annotation)
     return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
 
