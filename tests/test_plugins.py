@@ -478,3 +478,12 @@ def test_a_run_names_the_plugins_it_needs(install, write_recipe, cli, tmp_path):
     result = cli("sample", run)
     assert result.exit_code == 2 and "unknown norm 'unitnorm'" in result.output
     assert "(the run was trained with model.norm: unitnorm from acme-norms 1.2: is it installed?)" in result.output
+
+
+def test_check_show_and_list_take_a_local_file(cli, tmp_path, scratch_registries):
+    (tmp_path / "mine.py").write_text(textwrap.dedent(LOCAL))
+    assert cli("check", "norm", "localnorm", "--import", tmp_path / "mine.py").exit_code == 0
+    assert "source:     " + str(tmp_path / "mine.py") in cli("show", "norm", "localnorm", "--import", tmp_path / "mine.py").output
+    assert "localnorm" in cli("list", "norm", "--import", tmp_path / "mine.py").output
+    missing = cli("check", "norm", "localnorm", "--import", tmp_path / "nothere.py")
+    assert missing.exit_code == 2 and f"component file {tmp_path / 'nothere.py'} not found" in missing.output

@@ -1,6 +1,7 @@
 """The `gptkit` command. Each subcommand lives in its own module of this package."""
 
 import os
+from pathlib import Path
 
 import click
 
@@ -42,6 +43,18 @@ def main(no_plugins):
     """Assemble GPTs from named components, train them from YAML recipes, and compare them."""
     if no_plugins:
         plugins.switch_off()
+
+
+def imports_option(f):
+    """--import FILE: a local component file, as a recipe's `imports:` names one."""
+
+    def load(ctx, param, paths):
+        for path in paths:
+            plugins.import_file(Path(path).absolute())
+        return paths
+
+    return click.option("--import", "imports", multiple=True, metavar="FILE.py", callback=load, expose_value=False,
+                        help="Register the components of a local file first (as a recipe's imports). Repeatable.")(f)
 
 
 def overrides_option(f):

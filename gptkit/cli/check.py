@@ -5,12 +5,13 @@ from ..errors import UserError, listing
 from ..recipe import yaml
 from ..recipe.components import RecipeIssue
 from ..registry import registry
-from . import main
+from . import imports_option, main
 
 
 @main.command()
 @click.argument("kind")
 @click.argument("name")
+@imports_option
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Check with this parameter instead of its default, e.g. --param n_kv_head=2. Repeatable.")
 def check(kind, name, params):
@@ -21,6 +22,7 @@ def check(kind, name, params):
     \b
     gptkit check attention naive
     gptkit check positional rope --param base=500
+    gptkit check feedforward reglu --import my_components.py
     """
     reg = registry(kind)
     if kind not in MODEL_KINDS:

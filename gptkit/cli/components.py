@@ -10,7 +10,7 @@ from pydantic_core import to_json
 from .. import plugins
 from ..errors import did_you_mean
 from ..registry import Entry, RegistryError, kinds, registry
-from . import main
+from . import imports_option, main
 
 # pydantic/annotated_types constraint attributes, as a reader would write them
 _CONSTRAINTS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("multiple_of", "multiple of"),
@@ -57,6 +57,7 @@ def _param_line(p: dict) -> str:
 
 @main.command("list")
 @click.argument("kind", required=False)
+@imports_option
 @click.option("--json", "as_json", is_flag=True, help="Print the same as a JSON list.")
 def list_(kind, as_json):
     """Show every component (or every one of KIND): source, description and parameters.
@@ -105,6 +106,7 @@ def _misplaced() -> list[dict]:
 @main.command()
 @click.argument("kind")
 @click.argument("name")
+@imports_option
 @click.option("--json", "as_json", is_flag=True, help="Print the same as JSON.")
 def show(kind, name, as_json):
     """Show one component in full: source, where it is defined, its docstring and parameters.
