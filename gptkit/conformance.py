@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .components.base import GPTConfig
+from .components.attention import KVCache, caches
+from .components.base import GPTConfig, Params
+from .components.positional import Positional
 from .model import build_model
 from .recipe.components import ComponentSpec, parse_component
 from .recipe.schema import ModelSection
@@ -190,11 +192,12 @@ def _assert_matches_naive(attention, positional, config, label=""):
         torch.manual_seed(0)
         models.append(tiny_model(config, attention=a, positional=positional))
     reference, model = models
-    try:
-        model.load_state_dict(reference.state_dict())
+    try:  # parameters of its own (a learned temperature, say) keep their initial values
+        unexpected = model.load_state_dict(reference.state_dict(), strict=False).unexpected_keys
     except RuntimeError as e:
-        reason = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
-        raise NotApplicable(f"weights are not interchangeable with naive attention's: {reason}")
+        unexpected = [next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))]
+    if unexpected:
+        raise NotApplicable(f"weights are not interchangeable with naive attention's: {unexpected[0]}")
     x = _tokens(config)
     (out_ref, loss_ref), (out, loss) = reference(x, x), model(x, x)
     loss_ref.backward()
@@ -203,9 +206,82 @@ def _assert_matches_naive(attention, positional, config, label=""):
         f"{label}outputs differ from naive attention by {(out - out_ref).abs().max():.2e}"
     grads_ref = dict(reference.named_parameters())
     for name, p in model.named_parameters():
+        if name not in grads_ref:  # its own parameter: nothing to compare with
+            continue
         diff = (p.grad - grads_ref[name].grad).abs().max()
         assert torch.allclose(p.grad, grads_ref[name].grad, atol=1e-5, rtol=1e-4), \
             f"{label}gradient of {name} differs from naive attention by {diff:.2e}"
+
+
+def check_offsets(spec, config):
+    """A positional scheme's hooks asked for positions s.. (what a key/value cache continues from)
+    give the tail of what they give for positions 0..; with every parameter and buffer randomised,
+    as tables that start at zero hide an ignored offset."""
+    if spec.kind != "positional":
+        raise NotApplicable("only positional components take a start offset")
+    pos = _randomised(_module(spec, config))
+    T, s, g = config.block_size, config.block_size // 2 + 1, torch.Generator().manual_seed(2)
+    x = torch.randn(2, T, config.n_embd, generator=g)
+    q, k = (torch.randn(2, config.n_head, T, config.head_dim, generator=g) for _ in range(2))
+    with torch.no_grad():
+        _assert_same(pos.embed(x[:, s:], s), pos.embed(x)[:, s:], f"embed(x[:, {s}:], start={s})")
+        (q_s, k_s), (q_0, k_0) = pos.rotate(q[:, :, s:], k[:, :, s:], s), pos.rotate(q, k)
+        _assert_same(q_s, q_0[:, :, s:], f"rotate(..., start={s}) of q")
+        _assert_same(k_s, k_0[:, :, s:], f"rotate(..., start={s}) of k")
+        tail, whole = pos.score_bias(T - s, T), pos.score_bias(T, T)
+        assert (tail is None) == (whole is None), "score_bias is None for some shapes only"
+        if whole is not None:
+            _assert_same(tail, whole[..., s:, :], f"score_bias({T - s}, {T})")
+
+
+def _assert_same(part, whole, what):
+    assert part.shape == whole.shape and torch.allclose(part, whole, atol=1e-6), \
+        f"{what} is not the matching part of the whole sequence's (off by {(part - whole).abs().max():.2e})" \
+        if part.shape == whole.shape else f"{what} has shape {tuple(part.shape)}, expected {tuple(whole.shape)}"
+
+
+def _randomised(module):
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            if t.is_floating_point():
+                t.add_(torch.randn(t.shape, generator=torch.Generator().manual_seed(t.numel())) * 0.5)
+    return module
+
+
+class _Spy(Positional):
+    """A positional scheme that records what attention asks of it and adds a zero bias."""
+
+    def __init__(self, config):
+        super().__init__(config, Params())
+        self.n_head, self.calls = config.n_head, []
+
+    def rotate(self, q, k, start=0):
+        self.calls.append(("rotate", q.size(-2), start))
+        return q, k
+
+    def score_bias(self, t_q, t_k):
+        self.calls.append(("score_bias", t_q, t_k))
+        return torch.zeros(self.n_head, t_q, t_k)
+
+
+def check_uses_positional(spec, config):
+    """An attention hands its positional partner the right positions: rotate(q, k, start) with the
+    cache's length, score_bias(t_q, t_k) with the keys' count. One that ignores them passes every
+    other check with no positional at all, and silently learns without positions."""
+    if spec.kind != "attention":
+        raise NotApplicable("only attention uses the positional hooks")
+    T, t = config.block_size, config.block_size // 2
+    attn = spec.build(config, pos=_Spy(config)).eval()
+    x = torch.randn(2, T, config.n_embd, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        attn(x)
+        expected = [("rotate", T, 0), ("score_bias", T, T)]
+        if caches(attn):
+            cache = KVCache()
+            attn(x[:, :t], cache)
+            attn(x[:, t:], cache)
+            expected += [("rotate", t, 0), ("score_bias", t, t), ("rotate", T - t, t), ("score_bias", T - t, T)]
+    assert attn.pos.calls == expected, f"expected the calls {expected}, got {attn.pos.calls}"
 
 
 def check_kv_cache(spec, config):
@@ -226,6 +302,8 @@ CHECKS: dict[str, Callable] = {
     "backward": check_backward,
     "state_dict round trip": check_state_dict_round_trip,
     "causal": check_causal,
+    "offsets": check_offsets,
+    "uses positional": check_uses_positional,
     "every partner": check_every_partner,
     "matches naive": check_matches_naive,
     "kv cache": check_kv_cache,

@@ -90,6 +90,7 @@ def broken_components():
     from gptkit.components.attention import FlashAttention
     from gptkit.components.feedforward import MLP
     from gptkit.components.norm import RMSNorm
+    from gptkit.components.positional import Positional
 
     class PoolsOverTime(RMSNorm):  # statistics over time as well as channels
         def forward(self, x):
@@ -122,14 +123,61 @@ def broken_components():
                 return F.scaled_dot_product_attention(q, k, v, is_causal=q.size(-2) > 1)
             return super().attend(q, k, v, bias)
 
+    class IgnoresPositional(FlashAttention):  # never asks its partner: no positions at all
+        def forward(self, x, cache=None):
+            B, T, C = x.size()
+            q, k, v = (t.transpose(1, 2) for t in self.c_attn(x).view(B, T, 3, self.n_head, -1).unbind(2))
+            if cache is not None:
+                k, v = cache.extend(k, v)
+            return self.c_proj(self.attend(q, k, v, None).transpose(1, 2).reshape(B, T, C))
+
+    class SquareBiasTable(Positional):  # learned bias rows for queries 0.. even when they come last
+        def __init__(self, config, params):
+            super().__init__(config, params)
+            self.table = torch.nn.Parameter(torch.zeros(config.n_head, config.block_size, config.block_size))
+
+        def score_bias(self, t_q, t_k):  # zero at init: every check but the randomised one is blind to it
+            return self.table[:, :t_q, :t_k]
+
     return [
         ("norm", PoolsOverTime, {"causal"}),
         ("feedforward", SeesTheFuture, {"causal"}),
         ("attention", LeaksWhenTraining, {"causal", "every partner", "matches naive"}),
         ("attention", IgnoresBias, {"matches naive"}),
-        ("attention", ForgetsStart, {"every partner"}),
+        ("attention", ForgetsStart, {"every partner", "uses positional"}),
         ("attention", MasksTopLeft, {"kv cache", "every partner"}),
+        ("attention", IgnoresPositional, {"uses positional", "matches naive"}),
+        ("positional", SquareBiasTable, {"offsets"}),
     ]
+
+
+def test_an_attention_with_a_parameter_of_its_own_is_still_compared_with_naive(temporary_component):
+    from gptkit.components.attention import FlashAttention
+
+    class Tempered(FlashAttention):  # a learned temperature, 1 at init: naive attention's maths
+        def __init__(self, config, params, pos):
+            super().__init__(config, params, pos)
+            self.log_scale = torch.nn.Parameter(torch.zeros(1))
+
+        def attend(self, q, k, v, bias):
+            return super().attend(q * self.log_scale.exp(), k, v, bias)
+
+    temporary_component("attention", "tempered", Tempered)
+    results = {r.check: r for r in check_component("attention", "tempered")}
+    assert results["matches naive"].status == "pass", results["matches naive"]
+    assert all(r.status != "fail" for r in results.values()), [(r.check, r.detail) for r in results.values()]
+
+
+def test_attend_must_return_the_shape_of_q(temporary_component):
+    from gptkit.components.attention import FlashAttention
+
+    class Transposed(FlashAttention):
+        def attend(self, q, k, v, bias):
+            return super().attend(q, k, v, bias).transpose(1, 2)  # (B, T, nh, hs)
+
+    temporary_component("attention", "transposed", Transposed)
+    with pytest.raises(RuntimeError, match=r"Transposed.attend returned shape \(3, 16, 4, 8\); it must return"):
+        tiny_model(attention="transposed")(_tokens(CONFIG))
 
 
 @pytest.mark.parametrize("kind,cls,failing", broken_components(), ids=lambda v: getattr(v, "__name__", None))

@@ -17,7 +17,8 @@ from . import imports_option, main
 def check(kind, name, params):
     """Run the conformance checks on one component and print a pass/fail table (exit code 1 if any
     check fails): construction, shapes and dtype, finite outputs, backward, state_dict round trip,
-    causality, every attention x positional pairing, agreement with the reference naive attention.
+    causality, positional offsets, attention calling its positional hooks, every attention x
+    positional pairing, agreement with the reference naive attention, the key/value cache.
 
     \b
     gptkit check attention naive

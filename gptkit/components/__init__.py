@@ -6,7 +6,7 @@ defined in a local file that a recipe lists under `imports:`.
 """
 
 from . import attention, corpus, feedforward, norm, optimizer, positional, schedule  # noqa: F401
-from .attention import Attention, causal_mask
+from .attention import Attention, AttentionParams, KVCache, causal_mask
 from .base import Component, GPTConfig, Params
 from .corpus import Corpus
 from .feedforward import FeedForward
@@ -24,5 +24,5 @@ def register(kind: str, name: str):
     return registry(kind).register(name)
 
 
-__all__ = ["Attention", "Component", "Corpus", "FeedForward", "GPTConfig", "Norm", "Optimizer", "Params",
-           "Positional", "Schedule", "causal_mask", "register"]
+__all__ = ["Attention", "AttentionParams", "Component", "Corpus", "FeedForward", "GPTConfig", "KVCache", "Norm",
+           "Optimizer", "Params", "Positional", "Schedule", "causal_mask", "register"]

@@ -70,8 +70,9 @@ class Attention(Component, nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
         self.pos = pos
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=params.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=params.bias)
+        bias = getattr(params, "bias", False)  # a subclass's Params need not derive from AttentionParams
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)
         self.resid_dropout = dropout_layer(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
@@ -86,6 +87,9 @@ class Attention(Component, nn.Module):
         if cache is not None:
             k, v = cache.extend(k, v)  # (B, nh, start + T, hs)
         y = self.attend(q, k, v, self.pos.score_bias(T, k.size(-2)))  # (B, nh, T, hs)
+        if y.shape != q.shape:  # else the view below would scramble it without a word
+            raise RuntimeError(f"{type(self).__name__}.attend returned shape {tuple(y.shape)}; it must return "
+                               f"(B, n_head, T, head_dim) = {tuple(q.shape)}, like q")
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
