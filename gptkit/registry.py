@@ -86,6 +86,8 @@ class Registry:
             new = Entry(self.kind, name, obj, source or _source_of(obj))
             if name in self._entries:
                 old = self._entries[name]
+                if old.where == new.where:  # one file imported twice (a script, then a recipe's imports)
+                    return obj
                 raise RegistryError(
                     f"{self.kind} '{name}' is registered twice: by {old.source} at {old.where} "
                     f"and by {new.source} at {new.where}. Rename one of them."

@@ -487,3 +487,13 @@ def test_check_show_and_list_take_a_local_file(cli, tmp_path, scratch_registries
     assert "localnorm" in cli("list", "norm", "--import", tmp_path / "mine.py").output
     missing = cli("check", "norm", "localnorm", "--import", tmp_path / "nothere.py")
     assert missing.exit_code == 2 and f"component file {tmp_path / 'nothere.py'} not found" in missing.output
+
+
+def test_a_file_imported_by_a_script_and_by_a_recipe_registers_once(write_recipe, tmp_path, scratch_registries,
+                                                                     monkeypatch):
+    (tmp_path / "twice_norm.py").write_text(textwrap.dedent(LOCAL).replace('"localnorm"', '"twicenorm"'))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import twice_norm  # noqa: F401  (as a test file of the component would)
+
+    assert load_recipe(write_recipe(model={"norm": "twicenorm"}, imports=["twice_norm.py"])).model.norm.name == "twicenorm"
+    sys.modules.pop("twice_norm", None)

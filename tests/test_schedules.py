@@ -36,3 +36,17 @@ def test_cosine_peaks_after_warmup_and_ends_at_min_factor(total, warmup):
 
 def test_a_one_step_cosine_run_trains_at_the_full_rate():
     assert build("cosine", 1).factor(0) == 1.0
+
+
+@pytest.mark.parametrize("value", [-0.5, float("nan"), None])
+def test_a_schedule_factor_no_rate_can_be_made_of_is_the_schedules_error(temporary_component, write_recipe, cli,
+                                                                         tmp_path, value):
+    from gptkit.components.schedule import Schedule
+
+    class Broken(Schedule):
+        def factor(self, step):
+            return value if step == 2 else 1.0
+
+    temporary_component("schedule", "broken", Broken)
+    result = cli("run", write_recipe(train={"schedule": "broken"}), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and f"schedule 'broken' (test) gave factor(2) = {value!r}" in result.output, result.output

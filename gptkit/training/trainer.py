@@ -22,6 +22,7 @@ from ..data.dataset import CharDataset
 from ..errors import Diverged, Interrupted, UserError
 from ..model import GPT
 from ..recipe import Recipe
+from ..registry import registry
 from .distributed import Distributed
 from .progress import Progress
 from .speed import compile_failures, compiled, micro_batch_size
@@ -250,7 +251,7 @@ class Trainer:
                 for batch in range(first_batch if epoch == first_epoch else 0, self.steps_per_epoch):
                     if state.step >= self.total_steps:
                         break
-                    lr = self.cfg.lr * self.schedule.factor(state.step)
+                    lr = self.cfg.lr * self._factor(state.step)
                     self._pending.add(*self.train_step(starts, batch, lr), lr)
                     state.step += 1
                     state.tokens += self.tokens_per_step
@@ -381,6 +382,16 @@ class Trainer:
             self.on_checkpoint(self)
             self._saved_step = self.state.step
             self._interval_t0 = time.perf_counter()  # and the saving
+
+    def _factor(self, step: int) -> float:
+        """The schedule's multiplier of train.lr; a value no learning rate can be made of is the
+        schedule's bug, named as such rather than met as a divergence or a traceback later."""
+        factor = self.schedule.factor(step)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 <= factor < math.inf:
+            name = self.cfg.schedule.name
+            raise UserError(f"schedule '{name}' ({registry('schedule').entry(name).source}) gave factor({step}) = "
+                            f"{factor!r}; a schedule's factor must be a finite number >= 0")
+        return factor
 
     def _log(self, epoch: int, batch: int, losses: list[float]) -> None:
         if losses:
