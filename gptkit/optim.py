@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
+from .device import native_bf16
+
 
 class Optimizer:
     """Parameter groups and per-parameter state; subclasses write `step`."""
@@ -180,7 +182,7 @@ class Muon(Optimizer):
             torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
             updates = torch._foreach_lerp(grads, bufs, group["momentum"]) if group["nesterov"] else bufs
             for (shape, device), idx in indices_by(params, lambda p: (p.shape, p.device)).items():
-                dtype = self.ns_dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+                dtype = self.ns_dtype or (torch.bfloat16 if native_bf16(device) else torch.float32)
                 O = orthogonalise(torch.stack([updates[i] for i in idx]), group["ns_steps"], dtype)
                 lr = group["lr"] * self.lr_ratio(shape, group["adjust_lr"])
                 for i, o in zip(idx, O):

@@ -61,7 +61,10 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
     logits = logits.float()
     # Shifted so the largest is 0 before dividing: a tiny temperature then gives -inf, never +inf - +inf.
     probs = torch.softmax((logits - logits.amax(dim=-1, keepdim=True)) / temperature, dim=-1)
-    choice = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+    # An exponential race, the draw torch.multinomial makes for one sample (the same tokens for a seed),
+    # without the checks that read the probabilities back to the host: no GPU sync per token.
+    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    choice = (probs / race).argmax(dim=-1, keepdim=True)  # (B, 1)
     return choice if ids is None else ids.gather(-1, choice)
 
 

@@ -28,12 +28,12 @@ def gradients_and_loss(trainer, starts):
     return grads, loss
 
 
-@pytest.mark.parametrize("micro", [1, 3, 4])  # 3 leaves an uneven last micro-batch of 2
-def test_micro_batches_give_the_whole_batchs_loss_and_gradients(write_recipe, micro):
+@pytest.mark.parametrize("micro, rows", [(1, 1), (3, 2), (4, 4)])  # 3 is rounded down to a divisor of 8
+def test_micro_batches_give_the_whole_batchs_loss_and_gradients(write_recipe, micro, rows):
     path = write_recipe(train={"batch_size": 8})
     whole, starts = trainer_for(path, "train.micro_batch_size=null")
     split, _ = trainer_for(path, f"train.micro_batch_size={micro}")
-    assert split.micro_batch == micro and whole.micro_batch == 8
+    assert split.micro_batch == rows and whole.micro_batch == 8
     g_whole, loss_whole = gradients_and_loss(whole, starts)
     g_split, loss_split = gradients_and_loss(split, starts)
     assert float(loss_split) == pytest.approx(float(loss_whole), rel=1e-5)
@@ -48,6 +48,7 @@ def test_auto_micro_batch_divides_the_batch_on_cpu_only():
     assert micro_batch_size("auto", 128, 256, cuda) == 128
     assert micro_batch_size(None, 128, 256, cpu) == 128
     assert micro_batch_size(500, 128, 256, cpu) == 128
+    assert micro_batch_size(6, 16, 256, cpu) == 4  # equal micro-batches: an uneven last one would recompile
 
 
 def test_micro_batch_size_is_validated(cli, write_recipe):

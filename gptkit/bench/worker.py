@@ -85,6 +85,8 @@ def main(conn, recipe_dict: dict, threads: int) -> None:
                 bench = Bench(recipe_dict)
                 seconds = bench.steps(args[0])  # a compilation that fails here falls back to eager
                 compiled = bench.trainer.train_forward is not bench.trainer.wrapped
+                if bench.device.type == "cuda":  # the timed steps' memory, not compilation's or autotuning's
+                    torch.cuda.reset_peak_memory_stats(bench.device)
                 conn.send({**bench.info, "compiled": compiled, "seconds": seconds})
             elif command == "run":
                 conn.send({"seconds": bench.steps(args[0])})

@@ -60,7 +60,7 @@ class MuonParams(AdamWParams):
         "match_rms_adamw", description="match_rms_adamw: updates as large as AdamW's, so train.lr serves both")
     lr_scale: float = Field(1.0, gt=0, description="Muon's learning rate is train.lr times this")
     ns_precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="Newton-Schulz precision; auto: bf16 on CUDA, fp32 elsewhere")
+        "auto", description="Newton-Schulz precision; auto: bf16 on a CUDA GPU with native bf16 (Ampere on), fp32 elsewhere")
 
 
 @optimizer.register("muon")

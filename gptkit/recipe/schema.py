@@ -98,7 +98,8 @@ class TrainSection(Section):
     batch_size: PositiveInt = 128
     micro_batch_size: Annotated[PositiveInt | Literal["auto"] | None, BeforeValidator(_rows_or_auto)] = Field(
         "auto", description="split each batch into micro-batches whose gradients add up to the whole batch's "
-        "(same maths, less memory); auto: whatever is fastest on the device; null: never split")
+        "(same maths, less memory), rounded down to a divisor of each process's rows so they are equal; "
+        "auto: whatever is fastest on the device; null: never split")
     epochs: PositiveInt = 10
     max_steps: PositiveInt | None = Field(None, description="stop after this many steps, even mid-epoch")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
@@ -111,7 +112,7 @@ class TrainSection(Section):
     eval_batches: PositiveInt | None = Field(None, description="validation batches per run; default the whole split")
     checkpoint_every: PositiveInt | None = Field(None, description="steps between checkpoints; default once per epoch")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto: CUDA if present, else CPU")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on a CUDA GPU with native bf16 (Ampere on), fp32 elsewhere")
     compile: Annotated[CompileModes, BeforeValidator(_bool_or_name)] = Field(
         "auto", description="torch.compile the training forward pass (true, or one of torch.compile's modes); "
                             "auto: only where it measured a win, counting compile time")

@@ -15,9 +15,10 @@ from ..io import read_text, write_text
 from ..recipe import Recipe, flatten
 
 # Keys that may change between a run and its resumption without making it a different run (the text
-# itself is checked by its SHA-256, wherever it lives and however it was made). The budget may grow (a cosine schedule then stretches over the new total); anything else that shapes
+# itself is checked by its SHA-256, wherever it lives and however it was made; compiling and
+# micro-batches change the speed, not the maths, so a GPU run may go on on a CPU). The budget may grow (a cosine schedule then stretches over the new total); anything else that shapes
 # the model, the data, or the optimisation must stay as it was.
-MAY_CHANGE = ("name", "sample.*", "data.path", "data.corpus", "train.device", "train.log_every", "train.eval_every",
+MAY_CHANGE = ("name", "sample.*", "data.path", "data.corpus", "train.device", "train.compile", "train.micro_batch_size", "train.log_every", "train.eval_every",
               "train.eval_batches", "train.checkpoint_every", "train.epochs", "train.max_steps")
 
 

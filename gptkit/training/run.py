@@ -48,6 +48,8 @@ def resolve_device(name: str, what: str = "train.device") -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise UserError(f"{what}: {name} was asked for, but no such CUDA device is visible; use auto or cpu")
+    if device.index is not None and device.type == "cuda":  # CUDA events, autocast's checks: the current device
+        torch.cuda.set_device(device)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"{what}: mps was asked for, but it is not available here; use auto or cpu")
     return device

@@ -25,6 +25,7 @@ from ..recipe import Recipe
 from ..registry import registry
 from .distributed import Distributed
 from .progress import Progress
+from ..device import native_bf16
 from .speed import compile_failures, compiled, micro_batch_size
 
 
@@ -66,7 +67,7 @@ def flat_gradients(model: torch.nn.Module) -> None:
 
 def autocast(device: torch.device, precision: str):
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        precision = "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -199,7 +200,8 @@ class Trainer:
                                                else self.cfg.eval_batches * self.cfg.batch_size)
         self.progress = Progress(self.total_steps, quiet=quiet)
         self.state = TrainState()
-        self.micro_batch = micro_batch_size(self.cfg.micro_batch_size, self.cfg.batch_size, dataset.block_size, device)
+        self.micro_batch = micro_batch_size(self.cfg.micro_batch_size, self.cfg.batch_size // dist.world_size,
+                                            dataset.block_size, device)
         flat_gradients(model)
         self.wrapped = dist.wrap(model, device)  # under torchrun, DDP: it averages gradients across processes
         self.train_forward = compiled(self.wrapped, self.cfg.compile, device)

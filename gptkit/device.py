@@ -1,0 +1,9 @@
+"""What the device can do fast, for the choices made by `auto` settings (training, bench, optimizers)."""
+
+import torch
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls and attention kernels run natively: CUDA from Ampere (8.0) on. Earlier GPUs
+    emulate bf16 (and their fused attention kernels refuse it), which is slower than fp32."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
