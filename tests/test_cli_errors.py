@@ -178,3 +178,4 @@ def test_check_names_an_unknown_component_once(cli, monkeypatch):
     result = cli("check", "positional", "rotary")
     assert result.exit_code == 2 and result.output.startswith("error: unknown positional 'rotary'. Available: alibi")
     assert result.output.count("positional 'rotary'") == 1, result.output
+    assert result.output.rstrip().endswith("; a component in a local file: --import FILE.py")

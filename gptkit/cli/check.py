@@ -40,7 +40,8 @@ def check(kind, name, params):
         results = check_component(kind, spec)
     except RecipeIssue as e:  # unknown, broken, or parameters that do not validate
         label = f"{kind} '{name}'"  # which an unknown or broken component's message says already
-        raise UserError(str(e) if label in str(e) else f"{label}: {e}") from None
+        hint = "; a component in a local file: --import FILE.py" if name not in reg else ""
+        raise UserError((str(e) if label in str(e) else f"{label}: {e}") + hint) from None
     except ValueError as e:  # the component's own check refuses the test model's sizes
         raise UserError(f"{kind} '{name}' cannot be built with the test model {CONFIG}: {e}") from None
 
