@@ -232,3 +232,17 @@ def test_rope_rotates_channel_pairs_so_scores_depend_on_offset_only():
 def test_assert_conformant_names_a_mistyped_parameter():
     with pytest.raises(ValueError, match=r"^eps_: unknown key \(did you mean 'eps'\?\)"):
         assert_conformant("norm", {"name": "rmsnorm", "eps_": 1e-5})
+
+
+def test_a_partner_broken_on_its_own_is_skipped_not_blamed(temporary_component):
+    from gptkit.components.positional import Positional
+
+    class Exploding(Positional):
+        def embed(self, x, start=0):
+            raise RuntimeError("boom")
+
+    temporary_component("positional", "exploding", Exploding)
+    results = {r.check: r for r in check_component("attention", "naive")}
+    assert results["every partner"].status == "pass", results["every partner"]
+    assert "positional exploding skipped: broken on its own (RuntimeError: boom)" in results["every partner"].detail
+    assert results["matches naive"].status == "pass"
