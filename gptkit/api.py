@@ -25,7 +25,7 @@ def train_model(config_path: str | Path, data_path: str | Path | None = None, ep
     if data_path is not None:
         overrides.append(f"data.path={json.dumps(str(Path(data_path).absolute()))}")  # quoted: '#' or ': ' in a path
     if epochs is not None:  # as given: the recipe refuses 0.5 with its own message, not int()'s 0
-        overrides.append(f"train.epochs={json.dumps(epochs)}")
+        overrides.append(f"train.epochs={json.dumps(getattr(epochs, 'item', lambda: epochs)())}")  # numpy too
     recipe = load_recipe(config_path, overrides)
     result = train(recipe, runs_dir=runs_dir, quiet=quiet)
     if save_path is not None:

@@ -166,13 +166,12 @@ def _partners(kind: str, config: GPTConfig, skipped: list[str] | None = None):
     for name in registry(kind).names():
         if registry(kind).entry(name).error:
             continue  # a broken plugin is reported on its own, not against another component
-        partner = parse_component(kind, name)
         try:
+            partner = parse_component(kind, name)
             registry(kind).check(name, config, partner.params)
-        except ValueError:
-            continue  # this pair cannot be built with the test sizes; a recipe would refuse it too
-        except RegistryError:
-            continue  # a bug in the partner's check is the partner's, not this component's
+        except (ValueError, RegistryError):
+            continue  # this pair cannot be built with the test sizes (a recipe would refuse it too), or the
+            # partner's own check is broken: the partner's failure, not this component's
         try:
             model = tiny_model(config, **{kind: partner})
             model(_tokens(config), _tokens(config))[1].backward()

@@ -1,8 +1,11 @@
 """What the device can do fast, for the choices made by `auto` settings (training, bench, optimizers)."""
 
+import functools
+
 import torch
 
 
+@functools.cache  # asked every micro-batch: a capability query per call would cost host time
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matmuls and attention kernels run natively: CUDA from Ampere (8.0) on. Earlier GPUs
     emulate bf16 (and their fused attention kernels refuse it), which is slower than fp32."""

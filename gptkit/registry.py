@@ -86,8 +86,8 @@ class Registry:
             new = Entry(self.kind, name, obj, source or _source_of(obj))
             if name in self._entries:
                 old = self._entries[name]
-                if old.where == new.where:  # one file imported twice (a script, then a recipe's imports)
-                    return obj
+                if ":" in new.where and old.where == new.where and old.obj.__qualname__ == obj.__qualname__:
+                    return obj  # one file imported twice (a script, then a recipe's imports)
                 raise RegistryError(
                     f"{self.kind} '{name}' is registered twice: by {old.source} at {old.where} "
                     f"and by {new.source} at {new.where}. Rename one of them."
@@ -202,6 +202,13 @@ class Registry:
         required = [n for n, f in obj.Params.model_fields.items() if f.is_required()]
         if required:  # a recipe may name a component alone, and the conformance kit builds it so
             raise RegistryError(f"its Params must give every field a default; {', '.join(required)} has none")
+        try:  # as a run's saved recipe holds them, and as resuming or sampling reads them back
+            obj.Params.model_validate_json(obj.Params().model_dump_json(by_alias=True))
+        except ValueError as e:  # pydantic's ValidationError, or a default_factory's own error
+            problems = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in e.errors()) \
+                if hasattr(e, "errors") else str(e)
+            raise RegistryError(f"its Params' defaults do not survive being written to a recipe and read "
+                                f"back: {problems}") from None
         # A kind's base class marks what a component must write with @abstractmethod (nn.Module is no
         # ABC, so nothing else would say so before the first training step).
         missing = [n for n in dir(obj) if getattr(getattr(obj, n, None), "__isabstractmethod__", False)]

@@ -79,3 +79,13 @@ def test_every_component_declares_strict_params():
             assert issubclass(cls.Params, Params), (kind, name)
             assert cls.Params.model_config["extra"] == "forbid", (kind, name)
             cls.Params()  # every parameter has a default
+
+
+def test_registering_another_class_under_a_name_from_unknown_source_is_still_an_error():
+    reg = Registry("norm", Norm)
+    namespace = {"Norm": Norm, "nn": nn}
+    exec("class A(Norm):\n    forward = nn.Identity.forward", namespace)  # no source file: as in a notebook
+    exec("class B(Norm):\n    forward = nn.Identity.forward", namespace)
+    reg.register("mine", namespace["A"])
+    with pytest.raises(RegistryError, match="registered twice"):
+        reg.register("mine", namespace["B"])

@@ -429,7 +429,7 @@ def flip_byte_in(path: Path, member: str, at: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "weights", "pickle"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "weights", "pickle", "directory"])
 def test_a_damaged_checkpoint_is_reported_with_its_path(tmp_path, write_recipe, cli, damage):
     recipe = write_recipe()
     run = train(load_recipe(recipe), runs_dir=tmp_path / "runs", quiet=True).run_dir
@@ -437,6 +437,8 @@ def test_a_damaged_checkpoint_is_reported_with_its_path(tmp_path, write_recipe, 
     data = ckpt.read_bytes()
     if damage in ("weights", "pickle"):  # a flipped bit: torch.load itself would not notice in the weights
         flip_byte_in(ckpt, "data/0" if damage == "weights" else "data.pkl", at=20)
+    elif damage == "directory":  # the end record's offsets: zipfile raises a ValueError of its own
+        ckpt.write_bytes(data[:-43] + bytes([data[-43] ^ 0xFF]) + data[-42:])
     else:
         ckpt.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage])
     for command in (["sample", run], ["run", recipe, "--resume", run]):
@@ -526,12 +528,17 @@ def test_resuming_with_new_sample_settings_and_no_step_left_saves_them(tmp_path,
 def test_a_run_being_trained_by_another_process_is_not_taken_over(tmp_path, write_recipe, cli):
     import fcntl
 
+    from gptkit.training.resume import is_locked
+
     path = write_recipe(train={"max_steps": 6, "checkpoint_every": 2})
     run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir
     summary = json.loads((run / "summary.json").read_text())
     (run / "summary.json").write_text(json.dumps({**summary, "status": "running", "resumable": True}))
+    (run / ".lock").unlink()
+    assert not is_locked(run) and not (run / ".lock").exists()  # probing creates nothing
     with open(run / ".lock", "a") as held:  # as the other process holds it while it trains
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert is_locked(run) and is_locked(run)  # probes do not block each other
         result = cli("run", "--resume", run)
         assert result.exit_code == 2 and f"{run} is being trained by another process" in result.output
         auto = cli("run", path, "--resume", "auto", "--runs-dir", tmp_path / "runs")

@@ -20,6 +20,7 @@ from ..model import build_model
 from ..recipe import Recipe, flatten
 from ..training import train
 from ..training.progress import fmt_duration
+from ..training.resume import is_locked
 from .plot import plot_curves
 from .report import RunRow, arm_stats, markdown, write_csv
 from .runs import ended_summary, finished, read_summary, run_recipe, val_curve
@@ -82,7 +83,7 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
         run_dir, recipe = folder / row.run_dir, row.arm.for_seed(row.seed)
         if row.summary is not None:
             continue
-        resume = resumable(run_dir)
+        resume = continue_from(run_dir)
         log(f"[{i}/{len(rows)}] {row.arm.label}, seed {row.seed} {'(resuming)' if resume else ''}...")
         try:
             row.summary = train(recipe, run_dir=run_dir, resume=resume, quiet=not verbose).summary
@@ -98,9 +99,12 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
     return rows
 
 
-def resumable(run_dir: Path) -> Path | None:
+def continue_from(run_dir: Path) -> Path | None:
     """An unfinished run continues exactly from its last checkpoint; one without a checkpoint
-    starts over."""
+    starts over (unless another process is training it right now)."""
+    if is_locked(run_dir):
+        raise UserError(f"{run_dir} is being trained by another process (another gptkit ablate?); wait for it "
+                        "to end, or stop it")
     if (run_dir / "checkpoint.pt").is_file():
         return run_dir
     if run_dir.exists():

@@ -1,6 +1,7 @@
 """Learning-rate schedules: `factor(step)` multiplies `train.lr` at each (0-based) step."""
 
 import math
+from abc import abstractmethod
 
 from pydantic import Field
 
@@ -15,8 +16,9 @@ class Schedule(Component):
         self.params = params
         self.total_steps = total_steps
 
+    @abstractmethod
     def factor(self, step: int) -> float:
-        raise NotImplementedError
+        """The multiplier of train.lr at `step` (0-based): a finite number >= 0."""
 
 
 schedule = new_registry("schedule", Schedule, "learning-rate schedule")

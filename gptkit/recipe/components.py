@@ -72,12 +72,10 @@ def parse_component(kind: str, value: Any) -> ComponentSpec:
 
 
 def validate_params(P: type[Params], params: dict[str, Any]) -> Params:
-    """`params` over P's defaults, validated as JSON, which a recipe is: still strict, but an enum,
-    tuple or path takes the string or list that YAML and a saved recipe hold it as; and a default
-    that could not be read back from a saved recipe fails now, not when the run is resumed."""
-    defaults = {f.alias or name: f.get_default(call_default_factory=True)
-                for name, f in P.model_fields.items() if not f.is_required()}
-    return P.model_validate_json(json.dumps(to_jsonable_python({**defaults, **params})))
+    """`params` validated as JSON, which a recipe is: still strict, but an enum, tuple or path takes
+    the string or list that YAML and a saved recipe hold it as. (The registry has checked that P's
+    defaults survive the same round trip.)"""
+    return P.model_validate_json(json.dumps(to_jsonable_python(params)))
 
 
 def component(kind: str, default: str | None):

@@ -47,8 +47,8 @@ def load_checkpoint(path: Path) -> dict:
     try:  # torch.save writes a zip archive, whose checksums torch.load does not check: a flipped bit
         with zipfile.ZipFile(path) as archive:  # in the weights would load without a word
             bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise UserError(f"{damaged} ({e})") from None
+    except Exception as e:  # zipfile raises more than BadZipFile on a damaged directory
+        raise UserError(f"{damaged} ({type(e).__name__}: {e})") from None
     if bad is not None:
         raise UserError(f"{damaged} ({bad} fails its checksum)")
     try:

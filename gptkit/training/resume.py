@@ -1,7 +1,6 @@
 """Finding a run to resume, and refusing one that the recipe no longer describes."""
 
 import contextlib
-import fcntl
 import fnmatch
 import json
 import re
@@ -10,13 +9,19 @@ from pathlib import Path
 
 import yaml
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 from ..errors import UserError
 from ..io import read_text, write_text
 from ..recipe import Recipe, flatten
 
 # Keys that may change between a run and its resumption without making it a different run (the text
 # itself is checked by its SHA-256, wherever it lives and however it was made; compiling and
-# micro-batches change the speed, not the maths, so a GPU run may go on on a CPU). The budget may grow (a cosine schedule then stretches over the new total); anything else that shapes
+# micro-batches change the speed and float rounding, not the optimisation, so a GPU run may go on on
+# a CPU, though not bit for bit). The budget may grow (a cosine schedule then stretches over the new total); anything else that shapes
 # the model, the data, or the optimisation must stay as it was.
 MAY_CHANGE = ("name", "sample.*", "data.path", "data.corpus", "train.device", "train.compile", "train.micro_batch_size", "train.log_every", "train.eval_every",
               "train.eval_batches", "train.checkpoint_every", "train.epochs", "train.max_steps")
@@ -117,7 +122,10 @@ def find_resumable(runs_dir: Path, name: str, log: Callable[[str], None]) -> Pat
 def lock_run(run_dir: Path):
     """Hold the run folder for as long as this process trains in it: a second `--resume` of the same
     run would interleave both processes' files. The OS drops the lock when the process dies, even
-    by kill -9, so no stale lock is left behind."""
+    by kill -9, so no stale lock is left behind. (Without fcntl, on Windows, nothing is locked.)"""
+    if fcntl is None:
+        yield
+        return
     with open(run_dir / ".lock", "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -128,12 +136,16 @@ def lock_run(run_dir: Path):
 
 
 def is_locked(run_dir: Path) -> bool:
+    """Whether a process trains in `run_dir` now. A shared probe, and only of an existing lock file:
+    probes (every rank of a torchrun job looks) neither block each other nor create files."""
+    if fcntl is None:
+        return False
     try:
-        with open(run_dir / ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with open(run_dir / ".lock") as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
-    except OSError:  # a folder we cannot write: not ours to judge
+    except OSError:  # no lock file: never trained by this version, or not ours to read
         return False
     return False
 

@@ -48,8 +48,8 @@ def resolve_device(name: str, what: str = "train.device") -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise UserError(f"{what}: {name} was asked for, but no such CUDA device is visible; use auto or cpu")
-    if device.index is not None and device.type == "cuda":  # CUDA events, autocast's checks: the current device
-        torch.cuda.set_device(device)
+    if device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
+        torch.cuda.set_device(device)  # CUDA events and autocast's checks use the current device (torchrun sets its own)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"{what}: mps was asked for, but it is not available here; use auto or cpu")
     return device
@@ -83,8 +83,9 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     """Train the model `recipe` describes; everything the run produces lands in a run folder: a new
     one under `runs_dir`, or `run_dir` when given (created if missing; an ablation names its runs).
 
-    `resume` continues a run folder from its last checkpoint; "auto" picks the newest unfinished
-    run of this recipe in `runs_dir`, or starts a new run if there is none.
+    `resume` continues a run folder from its last checkpoint (or starts over one stopped before its
+    first); "auto" picks the newest run of this recipe in `runs_dir` that has a checkpoint, is neither
+    finished nor diverged, and is not being trained by another process, or starts a new run.
     """
     log = (lambda *a: None) if quiet else print
     dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
