@@ -10,3 +10,8 @@ def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matmuls and attention kernels run natively: CUDA from Ampere (8.0) on. Earlier GPUs
     emulate bf16 (and their fused attention kernels refuse it), which is slower than fp32."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """A recipe's `precision` (auto, fp32 or bf16) on `device`: auto means bf16 where it is native."""
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))

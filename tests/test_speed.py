@@ -49,6 +49,7 @@ def test_auto_micro_batch_divides_the_batch_on_cpu_only():
     assert micro_batch_size(None, 128, 256, cpu) == 128
     assert micro_batch_size(500, 128, 256, cpu) == 128
     assert micro_batch_size(6, 16, 256, cpu) == 4  # equal micro-batches: an uneven last one would recompile
+    assert micro_batch_size(64, 127, 256, cpu) == 64  # a prime batch: two passes, not 127 of one row
 
 
 def test_micro_batch_size_is_validated(cli, write_recipe):

@@ -20,7 +20,7 @@ import torch
 from ..errors import RunStopped, UserError
 from ..recipe import load_recipe, yaml
 from ..training.run import resolve_device
-from ..device import native_bf16
+from ..device import use_bf16
 from . import worker
 from .peak import matmul_peak
 
@@ -167,8 +167,7 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
 def peak_key(train) -> tuple[torch.device, torch.dtype]:
     """The device and matmul dtype a variant trains in: what its MFU is measured against."""
     device = resolve_device(train.device)
-    bf16 = train.precision == "bf16" or (train.precision == "auto" and native_bf16(device))
-    return device, torch.bfloat16 if bf16 else torch.float32
+    return device, torch.bfloat16 if use_bf16(train.precision, device) else torch.float32
 
 
 class BenchFailed(RunStopped):

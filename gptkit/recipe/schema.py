@@ -98,7 +98,8 @@ class TrainSection(Section):
     batch_size: PositiveInt = 128
     micro_batch_size: Annotated[PositiveInt | Literal["auto"] | None, BeforeValidator(_rows_or_auto)] = Field(
         "auto", description="split each batch into micro-batches whose gradients add up to the whole batch's "
-        "(same maths, less memory), rounded down to a divisor of each process's rows so they are equal; "
+        "(same maths, less memory), rounded down to a divisor of each process's rows (if one is within half) "
+        "so they are equal; "
         "auto: whatever is fastest on the device; null: never split")
     epochs: PositiveInt = 10
     max_steps: PositiveInt | None = Field(None, description="stop after this many steps, even mid-epoch")

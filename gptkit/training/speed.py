@@ -14,14 +14,17 @@ CPU_MICRO_BATCH_TOKENS = 4096
 def micro_batch_size(setting: int | str | None, batch_size: int, block_size: int, device: torch.device) -> int:
     """Rows per forward/backward pass: the largest divisor of `batch_size` (this process's rows of a
     batch) within the setting, since equal micro-batches keep compiled shapes static (an uneven last
-    one recompiles). `auto`: within CPU_MICRO_BATCH_TOKENS on a CPU, the whole batch elsewhere."""
+    one recompiles); the setting itself if no divisor comes within half of it (a prime batch would
+    go one row at a time). `auto`: within CPU_MICRO_BATCH_TOKENS on a CPU, the whole batch elsewhere."""
     if setting is None:
         return batch_size
     if setting == "auto":
         if device.type != "cpu":
             return batch_size
         setting = max(1, CPU_MICRO_BATCH_TOKENS // block_size)
-    return max(d for d in range(1, min(setting, batch_size) + 1) if batch_size % d == 0)
+    setting = min(setting, batch_size)
+    divisor = max(d for d in range(1, setting + 1) if batch_size % d == 0)
+    return divisor if 2 * divisor >= setting else setting
 
 
 def compiled(model: torch.nn.Module, setting: bool | str, device: torch.device) -> torch.nn.Module:

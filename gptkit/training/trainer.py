@@ -25,7 +25,7 @@ from ..recipe import Recipe
 from ..registry import registry
 from .distributed import Distributed
 from .progress import Progress
-from ..device import native_bf16
+from ..device import use_bf16
 from .speed import compile_failures, compiled, micro_batch_size
 
 
@@ -66,11 +66,7 @@ def flat_gradients(model: torch.nn.Module) -> None:
 
 
 def autocast(device: torch.device, precision: str):
-    if precision == "auto":
-        precision = "bf16" if native_bf16(device) else "fp32"
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(precision, device) else contextlib.nullcontext()
 
 
 class EpochTimer:
