@@ -24,6 +24,22 @@ def make_text(n_lines: int = 600, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+def goes_nan(after: int) -> type:
+    """A feedforward whose output turns NaN from its training step `after + 1` on: a run that diverges."""
+    from gptkit.components.feedforward import MLP
+
+    class GoesNaN(MLP):
+        def __init__(self, config, params):
+            super().__init__(config, params)
+            self.steps = 0
+
+        def forward(self, x):
+            self.steps += self.training
+            return super().forward(x) * (float("nan") if self.steps > after else 1.0)
+
+    return GoesNaN
+
+
 @pytest.fixture
 def corpus(tmp_path) -> Path:
     path = tmp_path / "corpus.txt"

@@ -13,7 +13,7 @@ import yaml
 from gptkit.ablation import report
 from gptkit.ablation.plot import have_matplotlib
 from gptkit.ablation.spec import Ablation, canonical, load_ablation, plan, split_values
-from gptkit.components.feedforward import MLP
+from conftest import goes_nan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,20 +244,8 @@ def test_compare_reports_a_damaged_recipe(cli, tmp_path, text, args, message):
     assert not (tmp_path / "c.png").exists()
 
 
-class GoesNaN(MLP):
-    """A feedforward whose output is NaN from its third training step on."""
-
-    def __init__(self, config, params):
-        super().__init__(config, params)
-        self.steps = 0
-
-    def forward(self, x):
-        self.steps += self.training
-        return super().forward(x) * (math.nan if self.steps > 2 else 1.0)
-
-
 def test_a_diverging_arm_is_a_result_not_the_end_of_the_ablation(cli, tmp_path, write_recipe, temporary_component):
-    temporary_component("feedforward", "goes-nan", GoesNaN)
+    temporary_component("feedforward", "goes-nan", goes_nan(after=2))
     recipe = write_recipe(model={"feedforward": "mlp"}, train={"max_steps": 4, "eval_every": 2, "eval_batches": 2})
     out = tmp_path / "abl"
     args = ("ablate", recipe, "--vary", "model.feedforward=mlp,goes-nan", "--seeds", "2", "--out", out)

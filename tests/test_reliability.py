@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from gptkit import load_recipe, train
-from gptkit.components.feedforward import MLP
 from gptkit.errors import CheckpointError, Diverged, Interrupted, UserError
 from gptkit.training.checkpoint import load_checkpoint
 from gptkit.training.trainer import Trainer
+from conftest import goes_nan
 
 RELIABLE = {"model": {"dropout": 0.1}, "train": {"max_steps": 12, "checkpoint_every": 3, "eval_every": 4, "log_every": 5}}
 
@@ -309,16 +309,7 @@ def test_a_failed_save_stops_the_run_loudly(tmp_path, write_recipe, monkeypatch)
     assert load_checkpoint(run)["step"] == 2 and not list(run.glob(".*.tmp"))
 
 
-class GoesNaN(MLP):
-    """A feedforward whose output turns NaN from its 11th training step on."""
-
-    def __init__(self, config, params):
-        super().__init__(config, params)
-        self.steps = 0
-
-    def forward(self, x):
-        self.steps += self.training
-        return super().forward(x) * (math.nan if self.steps > 10 else 1.0)
+GoesNaN = goes_nan(after=10)  # diverges at step 11
 
 
 def test_divergence_at_the_first_step_stops_the_run(tmp_path, write_recipe):

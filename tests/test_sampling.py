@@ -57,25 +57,12 @@ def test_the_context_never_exceeds_block_size_and_restarts_from_its_last_half():
     assert fed[CONFIG.block_size - 4 : CONFIG.block_size - 4 + half] == list(range(half, CONFIG.block_size))
 
 
-def test_a_subclass_whose_forward_takes_no_cache_is_recomputed(temporary_component):
-    """It inherits supports_kv_cache from a built-in, but generation may not hand its forward a cache."""
-
-    class Logged(NaiveAttention):
-        def forward(self, x):
-            return super().forward(x)
-
-    temporary_component("attention", "logged", Logged)
-    model = peaky_model(attention="logged")
-    assert not model.supports_kv_cache
-    out, fed = run(model, prompt_len=5, top_k=None, use_cache=True)
-    assert out.shape == (2, 5 + 2 * CONFIG.block_size + 4) and 1 not in fed
-
-
-def test_attention_without_cache_support_falls_back_to_recomputation(temporary_component):
+@pytest.mark.parametrize("says_it_caches", [False, True])  # True: inherited from a built-in, but forward(x) takes no cache
+def test_attention_without_cache_support_falls_back_to_recomputation(temporary_component, says_it_caches):
     class Uncached(NaiveAttention):
         """An attention written before caching existed: forward takes x only."""
 
-        supports_kv_cache = False
+        supports_kv_cache = says_it_caches
 
         def forward(self, x):
             return super().forward(x)

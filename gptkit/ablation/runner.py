@@ -20,10 +20,10 @@ from ..model import build_model
 from ..recipe import Recipe, flatten
 from ..training import train
 from ..training.progress import fmt_duration
-from ..training.resume import is_locked
+from ..training.resume import is_locked, run_recipe
 from .plot import plot_curves
 from .report import RunRow, arm_stats, markdown, write_csv
-from .runs import ended_summary, finished, read_summary, run_recipe, val_curve
+from .runs import ended_summary, finished, read_summary, val_curve
 from .spec import Arm, Plan
 
 

@@ -1,13 +1,9 @@
-"""Reading finished run folders: summary, resolved recipe, validation curve."""
+"""Reading run folders for the reports: which runs ended (finished or diverged), validation curves."""
 
 import json
 from pathlib import Path
 
-import yaml
-
-from ..errors import UserError
-from ..io import read_text
-from ..training.resume import resumable, summary_of
+from ..training.resume import damaged, run_recipe, stopped_for_good, summary_of
 
 
 def read_summary(run_dir: Path) -> dict | None:
@@ -19,34 +15,10 @@ def finished(summary: dict | None) -> bool:
     return summary is not None and summary.get("status") == "finished"
 
 
-def diverged(summary: dict | None) -> bool:
-    """Stopped for good: resumed, the run would diverge again."""
-    return summary is not None and summary.get("status") == "failed" and not resumable(summary)
-
-
 def ended_summary(run_dir: Path) -> dict | None:
     """The run's summary if the run will not go on (finished or diverged), else None."""
     summary = read_summary(run_dir)
-    return summary if finished(summary) or diverged(summary) else None
-
-
-def run_recipe(run_dir: Path) -> dict:
-    path = run_dir / "recipe.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a run folder (it has no recipe.yaml)")
-    try:
-        recipe = yaml.safe_load(read_text(path, "run recipe"))
-    except yaml.YAMLError:
-        problem = "it is not valid YAML"
-    else:
-        problem = None if isinstance(recipe, dict) else "it holds no mapping of recipe fields"
-    if problem:
-        raise damaged(path, problem)
-    return recipe
-
-
-def damaged(path: Path, problem: str) -> UserError:
-    return UserError(f"{path} is damaged ({problem}); restore it, or leave that run out")
+    return summary if finished(summary) or (summary is not None and stopped_for_good(summary)) else None
 
 
 def val_curve(run_dir: Path, recipe: dict | None = None) -> list[tuple[int, float]]:

@@ -4,10 +4,11 @@ import click
 
 from ..ablation.plot import HINT, plot_curves
 from ..ablation.report import table
-from ..ablation.runs import read_summary, run_recipe, val_curve
+from ..ablation.runs import read_summary, val_curve
 from ..errors import UserError
 from ..recipe import flatten
 from ..training.progress import fmt_duration
+from ..training.resume import run_recipe
 from . import main
 
 FIGURES = {

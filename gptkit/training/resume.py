@@ -49,6 +49,25 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset) ->
     refuse_changes(run_dir, changes)
 
 
+def run_recipe(run_dir: Path) -> dict:
+    path = run_dir / "recipe.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run folder (it has no recipe.yaml)")
+    try:
+        recipe = yaml.safe_load(read_text(path, "run recipe"))
+    except yaml.YAMLError:
+        problem = "it is not valid YAML"
+    else:
+        problem = None if isinstance(recipe, dict) else "it holds no mapping of recipe fields"
+    if problem:
+        raise damaged(path, problem)
+    return recipe
+
+
+def damaged(path: Path, problem: str) -> UserError:
+    return UserError(f"{path} is damaged ({problem}); restore it, or leave that run out")
+
+
 def check_restartable(run_dir: Path, recipe: Recipe) -> None:
     """A run folder without a checkpoint starts over, but only with the recipe it was made with, and
     not once it finished (its checkpoint was deleted: starting over would overwrite its results)."""
@@ -56,19 +75,18 @@ def check_restartable(run_dir: Path, recipe: Recipe) -> None:
     if summary_of(run_dir).get("status") == "finished":
         raise UserError(f"cannot resume {run_dir}: it finished, and its checkpoint.pt is gone; "
                         "start a new run without --resume")
-    try:
-        stored = yaml.safe_load(read_text(run_dir / "recipe.yaml", "run recipe"))
-    except yaml.YAMLError:
-        stored = None
-    if not isinstance(stored, dict):
-        raise UserError(f"{run_dir}/recipe.yaml is damaged; start a new run without --resume")
-    refuse_changes(run_dir, recipe_diff(stored, recipe.to_dict()))
+    refuse_changes(run_dir, recipe_diff(run_recipe(run_dir), recipe.to_dict()))
 
 
 def refuse_if_stopped_for_good(run_dir: Path) -> None:
     summary = summary_of(run_dir)
-    if summary.get("status") == "failed" and not resumable(summary):
+    if stopped_for_good(summary):
         raise UserError(f"cannot resume {run_dir}: {summary.get('reason')}\nStart a new run without --resume.")
+
+
+def stopped_for_good(summary: dict) -> bool:
+    """Failed in a way that resuming would repeat: diverged."""
+    return summary.get("status") == "failed" and not resumable(summary)
 
 
 def resumable(summary: dict) -> bool:
