@@ -77,22 +77,34 @@ def test_compile_modes_reach_torch_compile(write_recipe, cli, monkeypatch):
         assert result.exit_code == 2 and "train.compile" in result.output and "max-autotune" in result.output
 
 
+def no_compiler(graph, example_inputs):  # fails as inductor does without a C++ compiler
+    from torch._inductor.exc import InductorError
+
+    raise InductorError(RuntimeError("InvalidCxxCompiler: no working C++ compiler"), None)
+
+
+def backward_without_compiler():
+    """A backend whose forward compiles and whose backward, compiled lazily at the first backward
+    pass, fails: the failure comes from loss.backward(), after the forward has run."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    return aot_autograd(fw_compiler=lambda graph, example_inputs: graph, bw_compiler=no_compiler)
+
+
 @pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is not available")
-def test_a_failed_compilation_falls_back_to_the_same_eager_step(write_recipe, capsys):
-    path = write_recipe(train={"batch_size": 8})
+@pytest.mark.parametrize("backend", [lambda: no_compiler, backward_without_compiler], ids=["forward", "backward"])
+def test_a_failed_compilation_falls_back_to_the_same_eager_step(write_recipe, capsys, backend):
+    path = write_recipe(train={"batch_size": 8, "micro_batch_size": 4})
     eager, starts = trainer_for(path, "train.compile=false")
     failing, _ = trainer_for(path, "train.compile=true")
     failing.progress.quiet = False
-
-    def no_compiler(graph, example_inputs):  # a backend failing as inductor does without a C++ compiler
-        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler")
-
-    failing.train_forward = torch.compile(failing.model, backend=no_compiler)
+    failing.train_forward = torch.compile(failing.model, backend=backend())
     g_eager, loss_eager = gradients_and_loss(eager, starts)
     g_failing, loss_failing = gradients_and_loss(failing, starts)
-    assert "torch.compile failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.count("torch.compile failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler)") == 1
     assert failing.train_forward is failing.model and float(loss_failing) == float(loss_eager)
-    for a, b in zip(g_eager, g_failing, strict=True):
+    for a, b in zip(g_eager, g_failing, strict=True):  # nothing of the failed attempt is left in them
         torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 

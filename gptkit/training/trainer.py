@@ -277,32 +277,39 @@ class Trainer:
         x, y = self.dataset.batch(self.dist.shard(starts[batch * B : (batch + 1) * B]))
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        loss = torch.zeros((), device=self.device)
-        micro = list(zip(x.split(self.micro_batch), y.split(self.micro_batch)))
-        for i, (xm, ym) in enumerate(micro):
-            with self._accumulating(last=i == len(micro) - 1):
-                with autocast(self.device, self.cfg.precision):
-                    _, micro_loss = self._forward(xm, ym)
-                micro_loss = micro_loss * (len(xm) / len(x))  # weighted: the sum is the mean over the whole batch
-                micro_loss.backward()  # gradients add up across micro-batches
-            loss += micro_loss.detach()
+        try:
+            loss = self._gradients(x, y)
+        except compile_failures(self.train_forward) as e:  # evaluated only when something was raised
+            self._compile_failed(e)
+            self.optimizer.zero_grad(set_to_none=False)  # whatever the failed attempt accumulated
+            loss = self._gradients(x, y)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=False)  # in place: the gradients stay in their flat buffer
         return loss, norm
 
-    def _forward(self, x: torch.Tensor, y: torch.Tensor):
-        """The training forward pass. If torch.compile cannot build it, training goes on without it:
-        a recipe asks for speed, and the same step runs eagerly."""
-        try:
-            return self.train_forward(x, y)
-        except compile_failures(self.train_forward) as e:  # evaluated only when something was raised
-            inner = getattr(e, "inner_exception", e)
-            reason = f"{type(inner).__name__}: {inner}".splitlines()[0]
-            self.progress.log(f"warning: train.compile: torch.compile failed ({reason}); training without it. "
-                              "Set train.compile=false to skip compiling")
-            self.train_forward = self.wrapped
-            return self.train_forward(x, y)
+    def _gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Accumulate the batch's gradients, micro-batch by micro-batch; return its mean loss."""
+        loss = torch.zeros((), device=self.device)
+        micro = list(zip(x.split(self.micro_batch), y.split(self.micro_batch)))
+        for i, (xm, ym) in enumerate(micro):
+            with self._accumulating(last=i == len(micro) - 1):
+                with autocast(self.device, self.cfg.precision):
+                    _, micro_loss = self.train_forward(xm, ym)
+                micro_loss = micro_loss * (len(xm) / len(x))  # weighted: the sum is the mean over the whole batch
+                micro_loss.backward()  # gradients add up across micro-batches
+            loss += micro_loss.detach()
+        return loss
+
+    def _compile_failed(self, e: Exception) -> None:
+        """torch.compile could not build the step (its forward on the first call, its backward lazily on
+        the first backward): training goes on without it, since the recipe asked for speed, not for
+        the compiler, and the same step runs eagerly."""
+        inner = getattr(e, "inner_exception", e)
+        reason = f"{type(inner).__name__}: {inner}".splitlines()[0]
+        self.progress.log(f"warning: train.compile: torch.compile failed ({reason}); training without it. "
+                          "Set train.compile=false to skip compiling")
+        self.train_forward = self.wrapped
 
     def _accumulating(self, last: bool):
         """Under DDP, gradients of all but the last micro-batch stay local: one all-reduce per step."""
