@@ -81,6 +81,13 @@ def test_bad_ablations_are_one_clear_error(cli, tmp_path, write_recipe, args, me
     assert not (tmp_path / "abl").exists()
 
 
+def test_ablate_refuses_to_run_under_torchrun(cli, tmp_path, write_recipe, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # every process would train, and write, every arm
+    result = cli("ablate", write_recipe(), "--out", tmp_path / "abl", "--vary", "model.norm=rmsnorm,layernorm")
+    assert result.exit_code == 2 and "run it without torchrun" in result.output
+    assert not (tmp_path / "abl").exists()
+
+
 def test_bad_ablation_file(cli, tmp_path, write_recipe):
     path = tmp_path / "abl.yaml"
     path.write_text(f"recipe: {write_recipe().name}\nvary: {{model.norm: [layernorm]}}\nseed: 3\n")

@@ -15,7 +15,7 @@ import torch
 
 from gptkit import load_recipe, train
 from gptkit.errors import UserError
-from gptkit.training.distributed import Distributed
+from gptkit.training.distributed import Distributed, setup
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,6 +101,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, write_
     (run_dir,) = (tmp_path / "ddp").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted", out
+    assert out.count("stopped: ") == 1, out  # said once for all ranks
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert saved["step"] == len(losses(run_dir, "train_loss")) > 0  # a common last step, saved once
 
@@ -147,8 +148,83 @@ def test_each_rank_takes_its_own_slice_of_the_batch():
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused():
     Distributed(0, 4).check_batch_size(32)
-    with pytest.raises(UserError, match=r"train.batch_size 30 .* 4 processes; use a multiple of 4, e.g. 28"):
+    with pytest.raises(UserError, match=r"train.batch_size 30 .* 4 processes; use a multiple of 4, e.g. 28, "
+                                        r"or run 1, 2, 3, 5, 6, 10, 15, 30 processes"):
         Distributed(0, 4).check_batch_size(30)
+    with pytest.raises(UserError, match=r"4 processes; run 1, 2, 3, 5, 6, 10, 15, 30 processes$"):
+        Distributed(0, 4).check_batch_size(30, resuming=True)  # a resumed run cannot change its batch
+
+
+def test_every_rank_but_0_draws_from_a_stream_of_its_own():
+    def stream_after(rank, seed=1337, step=0):
+        torch.manual_seed(seed)
+        Distributed(rank, 2).seed(seed, step)
+        return torch.rand(4)
+
+    torch.manual_seed(1337)
+    single_process = torch.rand(4)
+    assert torch.equal(stream_after(0), single_process) and torch.equal(stream_after(0, step=5), single_process)
+    assert torch.equal(stream_after(1), stream_after(1))  # reproducible...
+    streams = [stream_after(0), stream_after(1), stream_after(2), stream_after(1, step=5), stream_after(1, seed=1)]
+    assert len({tuple(s.tolist()) for s in streams}) == len(streams)  # by rank, and by step (resumed) and seed
+
+
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match="started 4 processes on this machine, which has 2 CUDA devices; use "
+                                        "--nproc_per_node 2 or fewer"):
+        setup(torch.device("cuda"))
+
+
+RANK_STREAMS = """
+import hashlib, os, sys, torch
+from gptkit.cli import main
+
+try:
+    main(prog_name="gptkit")
+finally:  # the same draws from the same seed would leave every rank in the same state
+    print(f"rank {os.environ['RANK']} stream {hashlib.sha256(torch.get_rng_state().numpy()).hexdigest()}")
+"""
+
+
+def test_ranks_draw_different_dropout_masks(tmp_path, write_recipe):
+    recipe = write_recipe(model={"dropout": 0.1, "attention": "naive"}, train={"batch_size": 8, "max_steps": 2})
+    script = tmp_path / "rank_streams.py"
+    script.write_text(RANK_STREAMS)
+    result = torchrun("run", recipe, "--runs-dir", tmp_path / "ddp", "-q", entry=(script,))
+    streams = sorted(line.split()[-1] for line in result.stdout.splitlines() if " stream " in line)
+    assert len(streams) == 2 and streams[0] != streams[1], result.stdout
+
+
+OTHER_TEXT_ON_RANK_1 = """
+import os
+from gptkit.cli import main
+from gptkit.training import run
+
+load_dataset = run.load_dataset
+
+def load_other_text_on_rank_1(data, block_size):
+    if os.environ["RANK"] == "1":  # a machine whose copy of the data file differs
+        data = data.model_copy(update={"max_lines": 30})
+    return load_dataset(data, block_size)
+
+run.load_dataset = load_other_text_on_rank_1
+main(prog_name="gptkit")
+"""
+
+
+def test_processes_that_read_different_text_are_stopped(tmp_path, write_recipe):
+    script = tmp_path / "other_text.py"
+    script.write_text(OTHER_TEXT_ON_RANK_1)
+    result = torchrun("run", write_recipe(train={"batch_size": 8}), "--runs-dir", tmp_path / "ddp", "-q",
+                      entry=(script,))
+    assert result.returncode != 0
+    assert result.stdout.count("error: the 2 processes disagree on the training text; every machine needs the "
+                               "same file at data.path") == 1, result.stdout
+    assert not (tmp_path / "ddp").exists()
 
 
 def test_a_user_error_under_torchrun_is_printed_once(tmp_path, write_recipe):

@@ -21,7 +21,8 @@ class Group(click.Group):
                 click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
         except RunStopped as e:
-            click.echo(f"stopped: {e}", err=True)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, all stop at the same step: one says so
+                click.echo(f"stopped: {e}", err=True)
             if e.run_dir is not None:
                 resumable = e.resumable and (e.run_dir / "checkpoint.pt").is_file()
                 hint = f"  (continue: gptkit run --resume {e.run_dir})" if resumable else ""

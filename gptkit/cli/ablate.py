@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import click
@@ -5,6 +6,7 @@ import click
 from ..ablation.plot import HINT
 from ..ablation.runner import ablation_dir, describe, plot, run_ablation, write_reports
 from ..ablation.spec import Ablation, check_name, load_ablation, parse_seeds, parse_vary, plan
+from ..errors import UserError
 from ..io import read_text
 from ..recipe import yaml
 from . import main, overrides_option
@@ -39,6 +41,9 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
         --vary model.norm=rmsnorm,layernorm --seeds 3
     gptkit ablate recipes/ablations/components-cpu.yaml
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would run, and write, every arm
+        raise UserError("gptkit ablate runs one process that trains its runs one after another; run it without "
+                        "torchrun (train a single recipe on several processes with torchrun ... -m gptkit run)")
     ablation = from_source(Path(source))
     ablation.vary.update(parse_vary(vary))
     ablation.overrides += overrides

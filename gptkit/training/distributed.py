@@ -8,6 +8,8 @@ Without torchrun (or with one process) everything here is a no-op.
 """
 
 import atexit
+import contextlib
+import hashlib
 import inspect
 import os
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ class Distributed:
 
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0  # on this machine
     host_group: object = None  # gloo group for agreements on the host; None: the default group, already gloo
 
     @property
@@ -34,11 +37,43 @@ class Distributed:
         """Rank 0 alone prints and writes files."""
         return self.rank == 0
 
-    def check_batch_size(self, batch_size: int) -> None:
-        if batch_size % self.world_size:
-            raise UserError(f"train.batch_size {batch_size} is the global batch and must split evenly over the "
-                            f"{self.world_size} processes; use a multiple of {self.world_size}, e.g. "
-                            f"{max(1, batch_size // self.world_size) * self.world_size}")
+    def check_batch_size(self, batch_size: int, resuming: bool = False) -> None:
+        if not batch_size % self.world_size:
+            return
+        divisors = ", ".join(str(n) for n in range(1, batch_size + 1) if not batch_size % n)
+        other = f"run {divisors} processes" if resuming else (
+            f"use a multiple of {self.world_size}, e.g. {max(1, batch_size // self.world_size) * self.world_size}, "
+            f"or run {divisors} processes")
+        raise UserError(f"train.batch_size {batch_size} is the global batch and must split evenly over the "
+                        f"{self.world_size} processes; {other}")
+
+    def check_same(self, what: str, value: int, fix: str) -> None:
+        """UserError on every rank unless all ranks hold the same `value`: a mismatch found later would
+        crash a collective (or hang one on NCCL), or train on different data without a word."""
+        if self.world_size == 1:
+            return
+        t = torch.tensor([value, -value], dtype=torch.int64)
+        td.all_reduce(t, op=td.ReduceOp.MIN, group=self.host_group)  # (min, -max)
+        if int(t[0]) != -int(t[1]):
+            raise UserError(f"the {self.world_size} processes disagree on {what}; {fix}")
+
+    @contextlib.contextmanager
+    def local_main_first(self):
+        """Rank 0 of each machine runs the block before the machine's other ranks do (creating a corpus
+        file once per machine, not once per process)."""
+        if self.world_size > 1 and self.local_rank:
+            td.barrier(group=self.host_group)
+        yield
+        if self.world_size > 1 and not self.local_rank:
+            td.barrier(group=self.host_group)
+
+    def seed(self, seed: int, step: int) -> None:
+        """Give every rank but 0 a random stream of its own (dropout masks), derived from (seed, rank,
+        step). Called once the model is built from the shared seed (the same initial weights) and a
+        checkpoint restored rank 0's stream; the data order has its own generator."""
+        if self.rank:
+            digest = hashlib.sha256(f"{seed}:{self.rank}:{step}".encode()).digest()
+            torch.manual_seed(int.from_bytes(digest[:8], "little"))
 
     def shard(self, batch: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous slice of a global batch (batch_size / world_size rows)."""
@@ -83,14 +118,20 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Distributed(), device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        here, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1)), torch.cuda.device_count()
+        if here > gpus:  # every rank of the machine says so, so that its rank 0 reports it
+            raise UserError(f"torchrun started {here} processes on this machine, which has {gpus} CUDA "
+                            f"device{'s' if gpus != 1 else ''}; use --nproc_per_node {gpus} or fewer, or "
+                            "train.device=cpu")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not td.is_initialized():
         td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         atexit.register(_leave)
     host_group = None if td.get_backend() == "gloo" else td.new_group(backend="gloo")
-    return Distributed(td.get_rank(), td.get_world_size(), host_group), device
+    return Distributed(td.get_rank(), td.get_world_size(), local_rank, host_group), device
 
 
 def _leave() -> None:

@@ -87,10 +87,13 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     first); "auto" picks the newest run of this recipe in `runs_dir` that has a checkpoint, is neither
     finished nor diverged, and is not being trained by another process, or starts a new run.
     """
-    log = (lambda *a: None) if quiet else print
     dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
-    dist.check_batch_size(recipe.train.batch_size)
-    dataset = load_dataset(recipe.data, recipe.model.block_size)
+    log = (lambda *a: None) if quiet or not dist.is_main else print
+    dist.check_batch_size(recipe.train.batch_size, resuming=resume is not None)
+    with dist.local_main_first():  # a corpus file is created once per machine
+        dataset = load_dataset(recipe.data, recipe.model.block_size)
+    dist.check_same("the training text", int(dataset.fingerprint[:15], 16),
+                    "every machine needs the same file at data.path")
     dataset.check_batch_size(recipe.train.batch_size)
     try:  # before hours of training, not after
         dataset.vocab.encode(recipe.sample.prompt)
@@ -107,6 +110,8 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
         else:  # stopped before its first checkpoint: nothing to continue from, so it starts over
             check_restartable(run_dir, recipe)
             log(f"{run_dir} has no checkpoint yet: starting it over")
+    dist.check_same("the step to resume from", -1 if checkpoint is None else checkpoint["step"],
+                    "--resume needs the run folder on a file system every machine sees")
 
     torch.manual_seed(recipe.seed)  # the same on every rank: the same initial weights
     model = build_model(recipe.model, dataset.vocab_size).to(device)
@@ -115,7 +120,8 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
         load_weights(model, checkpoint, run_dir / "checkpoint.pt")
     trainer = Trainer(recipe, model, dataset, device, quiet=quiet or not dist.is_main, dist=dist)
     if checkpoint is not None:
-        trainer.load_state_dict(checkpoint["trainer"])
+        trainer.load_state_dict(checkpoint["trainer"])  # rank 0's random stream
+    dist.seed(recipe.seed, trainer.state.step)  # other ranks' dropout masks differ from rank 0's
     if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
         trainer.fit()
         return RunResult(model, dataset, None, {})
