@@ -1,3 +1,10 @@
+import os
+
+# Before torch is imported, and inherited by the CLI processes tests start (whose results some tests
+# compare bit for bit with in-process runs): the tiny test models run fastest on one thread, and two
+# threads per process on a loaded 2-core machine made the suite several times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import random
 from pathlib import Path
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from gptkit.bench import format_report, parse_vary, run_bench, variants
+from gptkit.bench import format_report, parse_vary, peak, run_bench, variants
 from gptkit.errors import UserError
 
 EXPLODES = """
@@ -83,6 +83,13 @@ def test_a_failing_variant_is_named_and_stops_the_bench(cli, write_recipe, tmp_p
     assert result.exit_code == 1
     assert "stopped: variant model.feedforward=explodes: its benchmark process failed" in result.output
     assert "RuntimeError: boom" in result.output
+
+
+def test_a_cpu_peak_shrinks_its_matmul_to_the_time_budget(monkeypatch):
+    monkeypatch.setattr(peak, "CPU_SECONDS_PER_MATMUL", 1e-9)  # a dtype as slow as can be
+    assert peak.cpu_size(torch.float32, 1536) == 256
+    monkeypatch.setattr(peak, "CPU_SECONDS_PER_MATMUL", 1e9)
+    assert peak.cpu_size(torch.float32, 1536) == 1536
 
 
 def test_each_variant_is_measured_against_the_peak_of_its_own_dtype(write_recipe):

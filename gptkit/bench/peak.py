@@ -10,9 +10,14 @@ import time
 import torch
 
 
+# On a CPU one matmul of the measurement takes at most about this long: a dtype the CPU only emulates
+# (bf16 without AVX-512 BF16 or AMX runs at ~1 GFLOP/s) made a 1536-wide peak take two minutes.
+CPU_SECONDS_PER_MATMUL = 0.25
+
+
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, runs: int = 8) -> tuple[float, str]:
     """(FLOP/s, how it was measured) of an (n, n) @ (n, n) matmul, best of `runs`."""
-    n = n or (8192 if device.type == "cuda" else 1536)
+    n = n or (8192 if device.type == "cuda" else cpu_size(dtype, 1536))
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm-up: thread pools, kernels, allocator
@@ -29,6 +34,18 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, 
     name = str(dtype).removeprefix("torch.")
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     return 2 * n**3 / best, f"measured: {name} {n}x{n} matmul on {device_name(device)}{threads}, best of {runs}"
+
+
+def cpu_size(dtype: torch.dtype, largest: int, probe: int = 256) -> int:
+    """The matmul size, a multiple of 64 up to `largest`, that takes about CPU_SECONDS_PER_MATMUL at
+    the speed a `probe`-wide one shows (an underestimate of the large one's: fast dtypes stay at `largest`)."""
+    a = torch.randn(probe, probe, dtype=dtype)
+    a @ a
+    t0 = time.perf_counter()
+    a @ a
+    flops_per_s = 2 * probe**3 / max(time.perf_counter() - t0, 1e-9)
+    fits = (CPU_SECONDS_PER_MATMUL * flops_per_s / 2) ** (1 / 3)
+    return max(probe, min(largest, int(fits) // 64 * 64))
 
 
 def sync(device: torch.device) -> None:
