@@ -195,10 +195,11 @@ class Registry:
         if any("name" in (n, f.alias) for n, f in obj.Params.model_fields.items()):
             raise RegistryError("its Params may not have a field called 'name': in a recipe, 'name' says "
                                 "which component it is")
-        lax = sorted({m.__name__ for f in obj.Params.model_fields.values() for m in _lax_models(f.annotation)})
-        if lax:  # a typo in a nested key would be dropped without a word
-            raise RegistryError(f"its Params use {', '.join(lax)}, which would ignore unknown keys; derive "
-                                "nested models from gptkit.components.Params too")
+        lax = sorted({m.__name__ for m in _lax_models(obj.Params)})
+        if lax:  # a typo in a key would be dropped without a word, "1e-3" taken for a number
+            raise RegistryError(f"its Params use {', '.join(lax)}, which would ignore unknown keys or convert "
+                                "values of the wrong type; derive nested models from gptkit.components.Params "
+                                "too, and keep its model_config's extra='forbid' and strict=True")
         required = [n for n, f in obj.Params.model_fields.items() if f.is_required()]
         if required:  # a recipe may name a component alone, and the conformance kit builds it so
             raise RegistryError(f"its Params must give every field a default; {', '.join(required)} has none")
@@ -217,11 +218,11 @@ class Registry:
 
 
 def _lax_models(annotation: Any, seen: set | None = None):
-    """The pydantic models inside a type annotation that accept unknown keys."""
+    """The pydantic models in a type annotation (itself included) that accept unknown keys or lax types."""
     seen = set() if seen is None else seen
     if inspect.isclass(annotation) and issubclass(annotation, BaseModel) and annotation not in seen:
         seen.add(annotation)
-        if annotation.model_config.get("extra") != "forbid":
+        if annotation.model_config.get("extra") != "forbid" or annotation.model_config.get("strict") is not True:
             yield annotation
         for f in annotation.model_fields.values():
             yield from _lax_models(f.annotation, seen)

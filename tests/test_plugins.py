@@ -109,7 +109,18 @@ BROKEN = [
         "class Inner(BaseModel):\n    scale: float = 1.0\n"
         "class P(Params):\n    inner: list[Inner] | None = None\n"
         "class Bad(Norm):\n    Params = P\n    forward = lambda self, x: x\n")},
-     "its Params use Inner, which would ignore unknown keys; derive nested models from gptkit.components.Params"),
+     "its Params use Inner, which would ignore unknown keys or convert values of the wrong type; derive nested "
+     "models from gptkit.components.Params too, and keep its model_config's extra='forbid' and strict=True"),
+    ("lax-params", "acme_lax_top:Bad", {"acme_lax_top": (
+        "from pydantic import ConfigDict\nfrom gptkit.components import Norm, Params\n"
+        "class LaxParams(Params):\n    model_config = ConfigDict(extra='allow', strict=False)\n    eps: float = 1e-5\n"
+        "class Bad(Norm):\n    Params = LaxParams\n    forward = lambda self, x: x\n")},
+     "its Params use LaxParams, which would ignore unknown keys or convert values of the wrong type"),
+    ("loosely-typed-params", "acme_loose:Bad", {"acme_loose": (
+        "from pydantic import ConfigDict\nfrom gptkit.components import Norm, Params\n"
+        "class LooseParams(Params):\n    model_config = ConfigDict(strict=False)\n    eps: float = 1e-5\n"
+        "class Bad(Norm):\n    Params = LooseParams\n    forward = lambda self, x: x\n")},
+     "its Params use LooseParams, which would ignore unknown keys or convert values of the wrong type"),
     ("no-forward", "acme_stub:Stub", {"acme_stub": "from gptkit.components import Norm\nclass Stub(Norm):\n    pass\n"},
      "does not implement forward()"),
     ("exits-at-import", "acme_exits:Thing", {"acme_exits": "import sys\nsys.exit('needs a GPU')\n"},
