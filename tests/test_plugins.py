@@ -128,6 +128,15 @@ BROKEN = [
 ]
 
 
+@pytest.mark.parametrize("kind, method", [("norm", "forward"), ("feedforward", "forward"), ("schedule", "factor"),
+                                          ("optimizer", "build"), ("corpus", "text")])
+def test_a_component_without_what_its_kind_requires_is_refused_at_registration(kind, method):
+    stub = type("Stub", (registry(kind).base,), {})
+    with pytest.raises(RegistryError, match=rf"{kind} 'stub': does not implement {method}\(\)"):
+        registry(kind).register("stub", stub)
+    assert "stub" not in registry(kind).names()
+
+
 @pytest.mark.parametrize("value,sources,error", [c[1:] for c in BROKEN], ids=[c[0] for c in BROKEN])
 def test_a_broken_plugin_is_contained_and_explained(install, write_recipe, cli, tmp_path, value, sources, error):
     install("acme-broken", "0.3", {"gptkit.norm": {"badnorm": value}}, sources)

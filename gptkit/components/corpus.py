@@ -1,5 +1,7 @@
 """Corpora: how a recipe's `data.path` is created on first use when the file does not exist yet."""
 
+from abc import abstractmethod
+
 from ..data import shakespeare
 from ..registry import new_registry
 from .base import Component, Params
@@ -11,8 +13,9 @@ class Corpus(Component):
     def __init__(self, params: Params):
         self.params = params
 
+    @abstractmethod
     def text(self) -> str:
-        raise NotImplementedError
+        """The whole corpus; it is written to data.path as UTF-8."""
 
 
 corpus = new_registry("corpus", Corpus, "creates a recipe's text file on first use")

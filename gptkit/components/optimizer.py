@@ -3,6 +3,7 @@
 tensor of more than two dimensions) or "vector" (gains and biases). An optimizer may treat roles
 differently, as Muon does."""
 
+from abc import abstractmethod
 from typing import Literal
 
 import torch
@@ -20,8 +21,9 @@ class Optimizer(Component):
     def __init__(self, params: Params):
         self.params = params
 
+    @abstractmethod
     def build(self, groups: list[dict], lr: float) -> optim.Optimizer:
-        raise NotImplementedError
+        """The optimizer over the trainer's parameter groups (each with `params`, `weight_decay`, `role`)."""
 
 
 optimizer = new_registry("optimizer", Optimizer, "optimizer for the model's parameters")
