@@ -78,9 +78,14 @@ def sample(model, vocab, prompt: str, tokens: int, temperature: float = 0.8, top
         prompt = "\n" if "\n" in vocab.stoi else vocab.itos[0]
     idx = vocab.encode(prompt).to(device)[None, :]  # (1, T)
     g = torch.Generator(device=device)
-    g.manual_seed(seed) if seed is not None else g.seed()
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(seed)
     was_training = model.training
     model.eval()
-    out = generate(model, idx, tokens, temperature, top_k, generator=g, use_cache=use_cache)
-    model.train(was_training)
+    try:
+        out = generate(model, idx, tokens, temperature, top_k, generator=g, use_cache=use_cache)
+    finally:  # a Ctrl-C in a notebook leaves the model as it was
+        model.train(was_training)
     return vocab.decode(out[0].tolist())

@@ -19,13 +19,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset import CharDataset
+from ..device import use_bf16
 from ..errors import Diverged, Interrupted, UserError
 from ..model import GPT
 from ..recipe import Recipe
 from ..registry import registry
 from .distributed import Distributed
 from .progress import Progress
-from ..device import use_bf16
 from .speed import compile_failures, compiled, micro_batch_size
 
 
