@@ -93,11 +93,40 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
     found = variants(parse_vary(list(vary)))
     recipes = [load_recipe(recipe_path, [*overrides, *v.overrides], origins={t: f"--vary {t}" for t in v.overrides})
                for v in found]  # all checked before any work
+    threads = threads or torch.get_num_threads()
+    peaks = measure_peaks(found, recipes, threads, log)
+    device, _ = first = peak_key(recipes[0].train)
+    peak, peak_source = peaks[first]
+    memory_kind = measure(found, recipes, threads, warmup, steps, rounds, log)
+    for v in found:
+        v.ms_per_step = statistics.median(v.round_ms)
+        v.tokens_per_s = v.tokens_per_step / (v.ms_per_step / 1000)
+        v.flops_per_s = v.flops_per_token * v.tokens_per_s
+        v.mfu = v.flops_per_s / v.peak_flops
+        v.ratio = v.tokens_per_s / found[0].tokens_per_s
+    return {
+        "recipe": str(recipe_path),
+        "overrides": list(overrides),
+        "device": str(device),
+        "threads": threads if device.type == "cpu" else None,
+        "peak_flops": peak,  # the first variant's; each variant has its own peak_flops
+        "peak_source": peak_source,
+        "peaks": [{"flops": flops, "source": source} for flops, source in peaks.values()],
+        "flops_formula": FLOPS_FORMULA,
+        "memory_kind": memory_kind,
+        "warmup_steps": warmup,
+        "steps_per_round": steps,
+        "rounds": rounds,
+        "variants": [asdict(v) for v in found],
+    }
+
+
+def measure_peaks(found: list[Variant], recipes: list, threads: int, log) -> dict:
+    """{(device, dtype): (FLOP/s, how it was measured)} for every variant's, which each variant notes."""
     caller_threads = torch.get_num_threads()
-    threads = threads or caller_threads
     torch.set_num_threads(threads)  # for the peak; each worker sets its own
     try:
-        peaks = {}  # (device, dtype) -> (FLOP/s, how it was measured)
+        peaks = {}
         for v, recipe in zip(found, recipes):
             key = peak_key(recipe.train)
             if key not in peaks:
@@ -106,9 +135,12 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
             v.peak_flops = peaks[key][0]
     finally:
         torch.set_num_threads(caller_threads)
-    device = peak_key(recipes[0].train)[0]
-    peak, peak_source = peaks[peak_key(recipes[0].train)]
+    return peaks
 
+
+def measure(found: list[Variant], recipes: list, threads: int, warmup: int, steps: int, rounds: int, log) -> str:
+    """Train every variant in its own worker process: warm-up, then `rounds` of `steps` steps, the
+    workers taking turns. Fills in the variants' figures; returns what their peak memory measures."""
     ctx = multiprocessing.get_context("spawn")  # a forked OpenMP runtime can hang; spawn is safe everywhere
     procs, conns = [], []
     try:
@@ -131,6 +163,7 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
         for v, conn, proc in zip(found, conns, procs):
             stats = ask(conn, ("stop",), proc, v.label)
             v.peak_memory, memory_kind = stats["peak_memory"], stats["memory_kind"]
+        return memory_kind
     except BaseException:  # the others wait for a message that will not come: end them now
         for proc in procs:
             proc.kill()
@@ -140,28 +173,6 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
-
-    for v in found:
-        v.ms_per_step = statistics.median(v.round_ms)
-        v.tokens_per_s = v.tokens_per_step / (v.ms_per_step / 1000)
-        v.flops_per_s = v.flops_per_token * v.tokens_per_s
-        v.mfu = v.flops_per_s / v.peak_flops
-        v.ratio = v.tokens_per_s / found[0].tokens_per_s
-    return {
-        "recipe": str(recipe_path),
-        "overrides": list(overrides),
-        "device": str(device),
-        "threads": threads if device.type == "cpu" else None,
-        "peak_flops": peak,  # the first variant's; each variant has its own peak_flops
-        "peak_source": peak_source,
-        "peaks": [{"flops": flops, "source": source} for flops, source in peaks.values()],
-        "flops_formula": FLOPS_FORMULA,
-        "memory_kind": memory_kind,
-        "warmup_steps": warmup,
-        "steps_per_round": steps,
-        "rounds": rounds,
-        "variants": [asdict(v) for v in found],
-    }
 
 
 def peak_key(train) -> tuple[torch.device, torch.dtype]:
