@@ -40,7 +40,8 @@ def tiny_model(config: GPTConfig = CONFIG, **components):
     return build_model(section, config.vocab_size)
 
 
-def _tokens(config: GPTConfig, batch: int = 3) -> torch.Tensor:
+def tokens(config: GPTConfig, batch: int = 3) -> torch.Tensor:
+    """A fixed batch of random token ids, one block long."""
     return torch.randint(0, config.vocab_size, (batch, config.block_size), generator=torch.Generator().manual_seed(0))
 
 
@@ -50,7 +51,7 @@ def _module(spec: ComponentSpec, config: GPTConfig):
     return spec.build(config)
 
 
-def _input(spec: ComponentSpec, config: GPTConfig) -> torch.Tensor:
+def _input(config: GPTConfig) -> torch.Tensor:
     return torch.randn(3, config.block_size, config.n_embd, generator=torch.Generator().manual_seed(1))
 
 
@@ -71,20 +72,20 @@ def check_construct(spec, config):
 
 
 def check_shape_and_dtype(spec, config):
-    x = _input(spec, config)
+    x = _input(config)
     y = _apply(spec, _module(spec, config), x, config)
     assert y.shape == x.shape, f"output shape {tuple(y.shape)}, expected {tuple(x.shape)}"
     assert y.dtype == x.dtype, f"output dtype {y.dtype}, expected {x.dtype}"
 
 
 def check_finite(spec, config):
-    y = _apply(spec, _module(spec, config), _input(spec, config) * 10, config)
+    y = _apply(spec, _module(spec, config), _input(config) * 10, config)
     assert torch.isfinite(y).all(), "output has NaN or inf"
 
 
 def check_backward(spec, config):
     model = tiny_model(config, **{spec.kind: spec})
-    _, loss = model(_tokens(config), _tokens(config))
+    _, loss = model(tokens(config), tokens(config))
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, f"{name} got no gradient"
@@ -97,29 +98,38 @@ def check_state_dict_round_trip(spec, config):
     torch.manual_seed(1)
     b = tiny_model(config, **{spec.kind: spec}).eval()
     b.load_state_dict(copy.deepcopy(a.state_dict()))
-    x = _tokens(config)
+    x = tokens(config)
     assert torch.equal(a(x)[0], b(x)[0]), "a copy loaded from state_dict computes something else"
 
 
 def _assert_causal(model, config):
-    """In training mode too (the test model has no dropout): a model that sees the future there
-    learns to read its targets."""
-    x = _tokens(config)
-    t = config.block_size // 2
-    changed = x.clone()
-    changed[:, t:] = (changed[:, t:] + 1) % config.vocab_size
+    """Changing the tokens from position t on, for several t, leaves every output before t as it was
+    and changes every output from t on (so a model that ignores its input cannot pass). In training
+    mode too (the test model has no dropout): a model that sees the future there learns to read its
+    targets."""
+    x = tokens(config)
+    T = config.block_size
     for mode in ("eval", "train"):
         getattr(model, mode)()
         with torch.no_grad():
-            before, after = model(x)[0][:, :t], model(changed)[0][:, :t]
-        assert torch.allclose(before, after, atol=1e-6), f"changing a later token changed an earlier output ({mode} mode)"
+            before = model(x)[0]
+        for t in (1, T // 2, T - 1):
+            changed = x.clone()
+            changed[:, t:] = (changed[:, t:] + 3) % config.vocab_size
+            with torch.no_grad():
+                after = model(changed)[0]
+            assert torch.allclose(before[:, :t], after[:, :t], atol=1e-6), \
+                f"changing a later token changed an earlier output ({mode} mode, tokens from position {t} on changed)"
+            same = [p for p in range(t, T) if torch.allclose(before[:, p], after[:, p])]
+            assert not same, f"changing the tokens from position {t} on left the outputs at positions {same} " \
+                f"unchanged ({mode} mode)"
     model.eval()
 
 
 def _assert_cache_matches(model, config):
     """A prefix, then a few tokens at once, then one at a time through the cache: the logits of one
     forward pass over the whole sequence."""
-    x = _tokens(config)
+    x = tokens(config)
     t = config.block_size // 2
     cuts = [0, t, t + 3, *range(t + 4, config.block_size + 1)]
     cache = model.new_cache()
@@ -146,7 +156,7 @@ def check_every_partner(spec, config):
     for name, partner in _partners(other, config, skipped):
         try:
             model = tiny_model(config, **{spec.kind: spec, other: partner})
-            _, loss = model(_tokens(config), _tokens(config))
+            _, loss = model(tokens(config), tokens(config))
             loss.backward()
             assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), \
                 "non-finite loss or gradient"
@@ -174,7 +184,7 @@ def _partners(kind: str, config: GPTConfig, skipped: list[str] | None = None):
             # partner's own check is broken: the partner's failure, not this component's
         try:
             model = tiny_model(config, **{kind: partner})
-            model(_tokens(config), _tokens(config))[1].backward()
+            model(tokens(config), tokens(config))[1].backward()
             _assert_causal(model, config)
         except Exception as e:
             if skipped is not None:
@@ -189,6 +199,8 @@ def check_matches_naive(spec, config):
     scheme under `flash`."""
     if spec.kind not in ("attention", "positional"):
         raise NotApplicable("only attention and positional components")
+    if spec.kind == "attention" and spec.name == "naive":
+        raise NotApplicable("naive is the reference attention")
     if spec.kind == "positional":
         _assert_matches_naive("flash", spec, config)
         return
@@ -208,7 +220,7 @@ def _assert_matches_naive(attention, positional, config, label=""):
         unexpected = [next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))]
     if unexpected:
         raise NotApplicable(f"weights are not interchangeable with naive attention's: {unexpected[0]}")
-    x = _tokens(config)
+    x = tokens(config)
     (out_ref, loss_ref), (out, loss) = reference(x, x), model(x, x)
     loss_ref.backward()
     loss.backward()

@@ -141,7 +141,7 @@ class Registry:
 
     def unknown(self, name: str) -> str:
         names = self.names()
-        return f"unknown {self.kind} '{name}'{did_you_mean(name, names)}. Available: {listing(names)}"
+        return f"unknown {self.kind} {name!r}{did_you_mean(name, names)}. Available: {listing(names)}"
 
     def check(self, name: str, config: Any, params: Any) -> None:
         """Run the component's own `check(config, params)`. A ValueError is its refusal of `config` and

@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -58,36 +59,53 @@ TINY_MODEL = {"n_embd": 32, "n_head": 4, "n_layer": 2, "block_size": 32}
 TINY_TRAIN = {"batch_size": 8, "epochs": 1, "max_steps": 6, "log_every": 2, "device": "cpu"}
 
 
+def tiny_recipe(folder: Path, corpus: Path, model=None, train=None, name="tiny", **top) -> Path:
+    """Write folder/NAME.yaml: a tiny recipe on `corpus`, with `model` and `train` fields changed."""
+    recipe = {
+        "name": name,
+        "seed": 0,
+        "data": {"path": str(corpus)},
+        "model": {**TINY_MODEL, **(model or {})},
+        "train": {**TINY_TRAIN, **(train or {})},
+        "sample": {"prompt": "KING:", "tokens": 20},
+        **top,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def write_recipe(tmp_path, corpus):
     """write_recipe(model={...}, train={...}, **top) -> path of a tiny recipe on the test corpus."""
-
-    def write(model=None, train=None, name="tiny", **top) -> Path:
-        recipe = {
-            "name": name,
-            "seed": 0,
-            "data": {"path": str(corpus)},
-            "model": {**TINY_MODEL, **(model or {})},
-            "train": {**TINY_TRAIN, **(train or {})},
-            "sample": {"prompt": "KING:", "tokens": 20},
-            **top,
-        }
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-        return path
-
-    return write
+    return lambda **kwargs: tiny_recipe(tmp_path, corpus, **kwargs)
 
 
 @pytest.fixture
-def cli(tmp_path):
-    """cli("run", recipe, ...) -> click Result; runs land in tmp_path/runs."""
+def cli(tmp_path, monkeypatch):
+    """cli("run", recipe, ...) -> click Result; run in tmp_path, so runs without --runs-dir land in tmp_path/runs."""
+    monkeypatch.chdir(tmp_path)
     runner = CliRunner()
 
     def invoke(*args):
         return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+def stop_at(monkeypatch, method: str, step: int):
+    """Ask the trainer to stop, as the signal handler would, when Trainer.`method` ends at `step`."""
+    from gptkit.training.trainer import Trainer
+
+    original = getattr(Trainer, method)
+
+    def patched(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.state.step + (method == "train_step") == step:
+            self.stop_signal = signal.SIGTERM
+        return out
+
+    monkeypatch.setattr(Trainer, method, patched)
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from gptkit.ablation import report
-from gptkit.ablation.plot import have_matplotlib
 from gptkit.ablation.spec import Ablation, canonical, load_ablation, plan, split_values
 from conftest import goes_nan
 
@@ -204,36 +203,63 @@ def test_ablation_table_matches_the_run_summaries_and_resumes(cli, tmp_path, wri
     assert result.exit_code == 2 and "ended with a different recipe (data.path differ)" in result.output
 
 
-def test_plot_or_hint(cli, tmp_path, write_recipe, monkeypatch):
+PNG = b"\x89PNG\r\n\x1a\n"  # what every PNG file starts with
+
+
+def ablate_one_arm(cli, tmp_path, write_recipe):
     recipe = write_recipe(train={"max_steps": 2})
-    args = ("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", tmp_path / "abl")
+    return cli("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", tmp_path / "abl")
+
+
+def test_ablate_without_matplotlib_hints_at_it(cli, tmp_path, write_recipe, monkeypatch):
     monkeypatch.setattr("gptkit.ablation.plot.have_matplotlib", lambda: False)
-    result = cli(*args)
+    result = ablate_one_arm(cli, tmp_path, write_recipe)
     assert result.exit_code == 0 and "No loss_curves.png: matplotlib is not installed; pip install" in result.output
     assert (tmp_path / "abl" / "results.md").is_file() and not (tmp_path / "abl" / "loss_curves.png").exists()
     assert "n/a (needs 2 seeds)" in result.output
-    monkeypatch.undo()
-    if have_matplotlib():
-        assert cli(*args).exit_code == 0 and (tmp_path / "abl" / "loss_curves.png").stat().st_size > 0
 
 
-def test_compare(cli, tmp_path, write_recipe):
+def test_ablate_draws_the_loss_curves(cli, tmp_path, write_recipe):
+    pytest.importorskip("matplotlib")
+    result = ablate_one_arm(cli, tmp_path, write_recipe)
+    assert result.exit_code == 0 and "No loss_curves.png" not in result.output, result.output
+    assert (tmp_path / "abl" / "loss_curves.png").read_bytes().startswith(PNG)
+
+
+@pytest.fixture
+def two_runs(cli, tmp_path, write_recipe):
+    """Run folders of the tiny recipe with sinusoidal and with rope positions."""
     recipe = write_recipe(train={"max_steps": 2})
     for pos in ("sinusoidal", "rope"):
         assert cli("run", recipe, "--runs-dir", tmp_path / pos, "-q", "--set", f"model.positional={pos}").exit_code == 0
-    dirs = [next((tmp_path / pos).iterdir()) for pos in ("sinusoidal", "rope")]
-    result = cli("compare", *dirs)
+    return [next((tmp_path / pos).iterdir()) for pos in ("sinusoidal", "rope")]
+
+
+def test_compare(cli, tmp_path, two_runs):
+    result = cli("compare", *two_runs)
     assert result.exit_code == 0, result.output
     diff = md_rows(result.output.split("Final figures:")[0])
     assert diff["model.positional.name"][1:] == ["sinusoidal", "rope"] and "train.lr" not in diff
     assert diff["model.positional.amplitude"][1:] == ["0.02", "(absent)"]  # sinusoidal has one, rope none
     figures = md_rows(result.output.split("Final figures:")[1])
-    summary = json.loads((dirs[1] / "summary.json").read_text())
+    summary = json.loads((two_runs[1] / "summary.json").read_text())
     assert figures["final_val_loss"][2] == f"{summary['final_val_loss']:.4f}" and figures["status"][1] == "finished"
-    missing = cli("compare", dirs[0], tmp_path)
+    missing = cli("compare", two_runs[0], tmp_path)
     assert missing.exit_code == 2 and "is not a run folder" in missing.output
-    if have_matplotlib():
-        assert cli("compare", *dirs, "--plot", tmp_path / "c.png").exit_code == 0 and (tmp_path / "c.png").is_file()
+
+
+def test_compare_plots(cli, tmp_path, two_runs):
+    pytest.importorskip("matplotlib")
+    result = cli("compare", *two_runs, "--plot", tmp_path / "c.png")
+    assert result.exit_code == 0 and f"Wrote {tmp_path / 'c.png'}" in result.output, result.output
+    assert (tmp_path / "c.png").read_bytes().startswith(PNG)
+
+
+def test_compare_plot_without_matplotlib_is_a_clear_error(cli, tmp_path, two_runs, monkeypatch):
+    monkeypatch.setattr("gptkit.ablation.plot.have_matplotlib", lambda: False)
+    result = cli("compare", *two_runs, "--plot", tmp_path / "c.png")
+    assert result.exit_code == 2 and "--plot needs matplotlib, which is not installed" in result.output, result.output
+    assert not (tmp_path / "c.png").exists()
 
 
 @pytest.mark.parametrize("text, args, message", [

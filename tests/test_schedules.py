@@ -1,5 +1,6 @@
-"""Learning-rate schedules: every registered one gives finite factors in [0, 1] that start with its
-warm-up; the cosine one peaks right after warm-up and ends exactly at min_factor on the last step."""
+"""Learning-rate schedules: every registered one gives finite factors >= 0 (the contract allows
+above 1) and, where it has `warmup_steps`, starts with that linear warm-up; the cosine one peaks
+right after warm-up and ends exactly at min_factor on the last step."""
 
 import math
 
@@ -17,12 +18,14 @@ def build(name: str, total_steps: int, **params):
 
 @pytest.mark.parametrize("name", SCHEDULES.names())
 @pytest.mark.parametrize("total,warmup", [(1, 0), (2, 0), (10, 3), (100, 10), (5, 8)])
-def test_every_schedule_gives_factors_in_range_after_a_linear_warmup(name, total, warmup):
-    s = build(name, total, warmup_steps=warmup)
+def test_every_schedule_gives_finite_factors_after_its_linear_warmup(name, total, warmup):
+    has_warmup = "warmup_steps" in SCHEDULES.get(name).Params.model_fields
+    s = build(name, total, **({"warmup_steps": warmup} if has_warmup else {}))
     factors = [s.factor(step) for step in range(total)]
-    assert all(math.isfinite(f) and 0 <= f <= 1 for f in factors)
-    for step in range(min(warmup, total)):
-        assert factors[step] == pytest.approx((step + 1) / warmup)
+    assert all(0 <= f < math.inf for f in factors), factors  # NaN fails both comparisons
+    if has_warmup:
+        for step in range(min(warmup, total)):
+            assert factors[step] == pytest.approx((step + 1) / warmup)
 
 
 @pytest.mark.parametrize("total,warmup", [(2, 0), (10, 0), (10, 3), (1500, 100)])

@@ -57,7 +57,6 @@ def test_micro_batch_size_is_validated(cli, write_recipe):
     assert result.exit_code == 2 and "train.micro_batch_size" in result.output
 
 
-@pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is not available")
 def test_compile_option_wraps_the_model_and_shares_its_weights(write_recipe):
     trainer, _ = trainer_for(write_recipe(), "train.compile=true")
     assert isinstance(trainer.train_forward, torch._dynamo.eval_frame.OptimizedModule)
@@ -91,7 +90,6 @@ def backward_without_compiler():
     return aot_autograd(fw_compiler=lambda graph, example_inputs: graph, bw_compiler=no_compiler)
 
 
-@pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is not available")
 @pytest.mark.parametrize("backend", [lambda: no_compiler, backward_without_compiler], ids=["forward", "backward"])
 def test_a_failed_compilation_falls_back_to_the_same_eager_step(write_recipe, capsys, backend):
     path = write_recipe(train={"batch_size": 8, "micro_batch_size": 4})
@@ -109,7 +107,6 @@ def test_a_failed_compilation_falls_back_to_the_same_eager_step(write_recipe, ca
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is not available")
 def test_compiled_step_matches_eager(write_recipe):
     path = write_recipe(train={"batch_size": 8})
     eager, starts = trainer_for(path, "train.compile=false", "train.micro_batch_size=4")

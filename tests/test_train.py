@@ -1,6 +1,8 @@
 """Training end to end: the run folder, checkpoint, sampling, the Python API, flash vs naive."""
 
 import json
+import math
+import random
 import re
 
 import pytest
@@ -8,6 +10,7 @@ import torch
 import yaml
 
 from gptkit import load_recipe, train, train_model
+from gptkit.registry import registry
 from gptkit.training.checkpoint import load_model
 
 
@@ -101,11 +104,16 @@ def test_python_api(tmp_path, write_recipe, corpus):
     torch.testing.assert_close(loaded(x)[0], model(x)[0])
 
 
-def test_python_api_takes_any_data_path(tmp_path, write_recipe, corpus):
+def test_python_api_trains_on_the_data_path_it_is_given(tmp_path, write_recipe):
     odd = tmp_path / "my #1 corpus: v2.txt"  # YAML would read a comment and a mapping into it
-    odd.write_bytes(corpus.read_bytes())
-    _, dataset = train_model(write_recipe(), data_path=odd, epochs=1, runs_dir=tmp_path / "runs", quiet=True)
-    assert dataset.vocab_size > 0
+    rng = random.Random(0)
+    text = "".join(rng.choice("0123456789+=\n") for _ in range(4000))  # none of the corpus's characters but "\n"
+    odd.write_text(text, encoding="utf-8")
+    recipe = write_recipe(sample={"prompt": "1+1=", "tokens": 5})
+    _, dataset = train_model(recipe, data_path=odd, epochs=1, runs_dir=tmp_path / "runs", quiet=True)
+    assert dataset.itos == sorted(set(text))
+    saved = yaml.safe_load((only_run(tmp_path / "runs") / "recipe.yaml").read_text())
+    assert saved["data"]["path"] == str(odd)
 
 
 def test_a_text_without_validation_split_trains(tmp_path, write_recipe):
@@ -123,11 +131,13 @@ def test_seed_makes_runs_identical(tmp_path, write_recipe):
     assert la == lb
 
 
-@pytest.mark.parametrize("override", [
-    "model.attention=naive", "model.feedforward=mlp", "model.norm=layernorm", "model.positional=learned",
-    "model.positional=rope", "model.positional=alibi", "model.positional=none", "train.schedule=cosine",
-    "train.precision=bf16", "model.dropout=0.1",
-])
-def test_component_swaps_train(cli, tmp_path, write_recipe, override):
-    result = cli("run", write_recipe(train={"max_steps": 2}), "--runs-dir", tmp_path / "runs", "-q", "--set", override)
-    assert result.exit_code == 0, result.output
+COMPONENT_FIELDS = {"attention": "model", "feedforward": "model", "norm": "model", "positional": "model",
+                    "optimizer": "train", "schedule": "train"}
+SWAPS = [f"{section}.{kind}={name}" for kind, section in COMPONENT_FIELDS.items() for name in registry(kind).names()]
+
+
+@pytest.mark.parametrize("override", SWAPS + ["train.precision=bf16", "model.dropout=0.1"])
+def test_every_component_and_setting_trains(tmp_path, write_recipe, override):
+    result = train(load_recipe(write_recipe(train={"max_steps": 2}), [override]), runs_dir=tmp_path / "runs", quiet=True)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and math.isfinite(summary["final_val_loss"]), summary

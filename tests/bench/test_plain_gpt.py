@@ -17,7 +17,8 @@ def test_plain_gpt_loads_gptkits_weights_and_computes_the_same_loss_and_gradient
     logits, loss = model(x, y)
     plain_logits, plain_loss = plain(x, y)
     torch.testing.assert_close(plain_logits, logits)
-    loss.backward(), plain_loss.backward()
+    loss.backward()
+    plain_loss.backward()
     grads = dict(plain.named_parameters())
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name].grad, p.grad)
