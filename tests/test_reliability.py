@@ -20,7 +20,9 @@ import torch
 from gptkit import load_recipe, train
 from gptkit.errors import CheckpointError, Diverged, Interrupted, UserError
 from gptkit.registry import registry
+from gptkit.ablation.runs import val_curve
 from gptkit.training.checkpoint import load_checkpoint
+from gptkit.training.resume import recipe_diff
 from gptkit.training.trainer import Trainer
 from conftest import goes_nan, make_text, stop_at, tiny_recipe
 
@@ -170,6 +172,15 @@ def test_resume_refuses_a_changed_recipe(tmp_path, write_recipe, reference):
     msg = str(e.value)
     assert "the recipe changed in ways that matter" in msg
     assert "model.n_embd: 32 -> 64" in msg and "train.lr: 0.001 -> 0.01" in msg and "max_steps" not in msg
+
+
+def test_resume_may_read_the_text_from_another_path():
+    """--set data.path drops the recipe's corpus (it would write the corpus under the new name): the
+    same text elsewhere is resumable; the dataset's fingerprint checks it is the same text."""
+    old = {"data": {"path": "data/shakespeare.txt", "corpus": {"name": "shakespeare"}, "max_lines": 10}}
+    moved = {"data": {"path": "/elsewhere/copy.txt", "corpus": None, "max_lines": 10}}
+    assert recipe_diff(old, moved) == []
+    assert recipe_diff(old, {"data": {**moved["data"], "max_lines": 20}}) == ["data.max_lines: 10 -> 20"]
 
 
 def test_resume_auto_picks_only_runs_of_its_own_recipe(tmp_path, write_recipe, monkeypatch):
@@ -487,6 +498,34 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over_in_its_folder(tmp
     assert len(list((tmp_path / "runs").iterdir())) == 1 and not list(run.glob(".*.tmp"))
     auto = cli("run", path, "--resume", "auto", "--runs-dir", tmp_path / "runs")
     assert "No run of tiny in" in auto.output  # the finished run is not resumed
+
+
+def test_resume_of_a_users_folder_holding_a_recipe_leaves_it_alone(tmp_path, write_recipe, cli):
+    folder = tmp_path / "myexp"
+    folder.mkdir()
+    notes = {"recipe.yaml": "# my notes\n" + write_recipe().read_text(), ".notes.tmp": "keep"}
+    for name, text in notes.items():
+        (folder / name).write_text(text)
+    result = cli("run", "--resume", folder)
+    assert result.exit_code == 2 and f"--resume {folder}: not a run folder (no readable summary.json)" in result.output
+    assert {p.name: p.read_text() for p in folder.iterdir()} == notes
+
+
+def test_damaged_metrics_are_cut_at_the_damage_on_resume(tmp_path, monkeypatch, write_recipe, cli):
+    path = write_recipe(train={"max_steps": 8, "log_every": 1, "eval_every": 2})
+    with monkeypatch.context() as m:
+        stop_at(m, "train_step", 4)
+        with pytest.raises(Interrupted) as e:
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    run = e.value.run_dir
+    metrics = run / "metrics.jsonl"
+    curve = val_curve(run)
+    metrics.write_bytes(metrics.read_bytes() + b'{"step": "x"}\n\xff\xfe garbage\n[1]\n')
+    assert curve and val_curve(run) == curve  # read up to the damage
+    result = cli("run", "--resume", run, "-q")
+    assert result.exit_code == 0, result.output
+    steps = [json.loads(line)["step"] for line in metrics.read_text(encoding="utf-8").splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 8
 
 
 @pytest.mark.parametrize("where", ["nowhere", "file"])

@@ -1,9 +1,8 @@
 """Reading run folders for the reports: which runs ended (finished or diverged), validation curves."""
 
-import json
 from pathlib import Path
 
-from ..training.resume import damaged, run_recipe, stopped_for_good, summary_of
+from ..training.resume import damaged, metric_records, run_recipe, stopped_for_good, summary_of
 
 
 def read_summary(run_dir: Path) -> dict | None:
@@ -28,13 +27,6 @@ def val_curve(run_dir: Path, recipe: dict | None = None) -> list[tuple[int, floa
         tokens_per_step = recipe["train"]["batch_size"] * recipe["model"]["block_size"]
     except (KeyError, TypeError):
         raise damaged(run_dir / "recipe.yaml", "it lacks train.batch_size or model.block_size") from None
-    path, curve = run_dir / "metrics.jsonl", []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line cut short by an interruption
-                continue
-            if record.get("val_loss") is not None:
-                curve.append((record["step"] * tokens_per_step, record["val_loss"]))
-    return curve
+    return [(record["step"] * tokens_per_step, record["val_loss"])
+            for _, record in metric_records(run_dir / "metrics.jsonl")
+            if isinstance(record.get("val_loss"), int | float) and not isinstance(record["val_loss"], bool)]

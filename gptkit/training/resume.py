@@ -23,7 +23,7 @@ from ..recipe import Recipe, flatten
 # micro-batches change the speed and float rounding, not the optimisation, so a GPU run may go on on
 # a CPU, though not bit for bit). The budget may grow (a cosine schedule then stretches over the new total); anything else that shapes
 # the model, the data, or the optimisation must stay as it was.
-MAY_CHANGE = ("name", "sample.*", "data.path", "data.corpus", "train.device", "train.compile", "train.micro_batch_size", "train.log_every", "train.eval_every",
+MAY_CHANGE = ("name", "sample.*", "data.path", "data.corpus", "data.corpus.*", "train.device", "train.compile", "train.micro_batch_size", "train.log_every", "train.eval_every",
               "train.eval_batches", "train.checkpoint_every", "train.epochs", "train.max_steps")
 
 
@@ -71,6 +71,9 @@ def damaged(path: Path, problem: str) -> UserError:
 def check_restartable(run_dir: Path, recipe: Recipe) -> None:
     """A run folder without a checkpoint starts over, but only with the recipe it was made with, and
     not once it finished (its checkpoint was deleted: starting over would overwrite its results)."""
+    if not summary_of(run_dir):  # a folder of the user's own: training there would overwrite and delete files
+        raise UserError(f"--resume {run_dir}: not a run folder (no readable summary.json); give a run folder "
+                        "such as runs/NAME-YYYYmmdd-HHMMSS, or --resume auto with a recipe")
     refuse_if_stopped_for_good(run_dir)
     if summary_of(run_dir).get("status") == "finished":
         raise UserError(f"cannot resume {run_dir}: it finished, and its checkpoint.pt is gone; "
@@ -177,20 +180,27 @@ def summary_of(run: Path) -> dict:
     return summary if isinstance(summary, dict) else {}
 
 
+def metric_records(path: Path):
+    """(line, record) for each record of a metrics.jsonl, up to the first that is not one: a line cut
+    short by a kill, or damage (bytes that are not UTF-8 JSON, a record without an integer step)."""
+    if not path.is_file():
+        return
+    for line in path.read_bytes().splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:  # UnicodeDecodeError included
+            return
+        if not (isinstance(record, dict) and type(record.get("step")) is int):
+            return
+        yield line.decode("utf-8"), record
+
+
 def truncate_metrics(path: Path, step: int, eval_pending: bool = False) -> None:
     """Drop the records the resumed run writes again: those past the checkpoint's step, and its
     step's validation loss if the checkpoint has that evaluation still to do (a resumed run redoes
     it, and a run that then fails before its next checkpoint may be resumed from this one again)."""
     if not path.is_file():
         return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-            redone = record["step"] > step or (eval_pending and record["step"] == step and "val_loss" in record)
-        except (ValueError, KeyError):  # a line cut short by a kill
-            break
-        if not redone:
-            kept.append(line)
+    kept = [line for line, record in metric_records(path)
+            if not (record["step"] > step or (eval_pending and record["step"] == step and "val_loss" in record))]
     write_text(path, "".join(kept))
