@@ -2,6 +2,7 @@
 would have happened: the same per-step losses and final weights, bit for bit (CPU, same threads)."""
 
 import errno
+import io
 import json
 import math
 import re
@@ -295,16 +296,29 @@ def test_killed_mid_save_leaves_the_previous_checkpoint(tmp_path, write_recipe, 
     assert not list(run.glob(".*.tmp"))
 
 
+class FillsUp(io.RawIOBase):
+    """A file on a disk with room for `room` more bytes."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        self.room -= len(b)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.f.write(b)
+
+
 def test_a_failed_save_stops_the_run_loudly(tmp_path, write_recipe, monkeypatch):
     saves = {"n": 0}
     original = torch.save
 
-    def disk_fills_up(obj, f, *args, **kwargs):
+    def disk_fills_up(obj, f, *args, **kwargs):  # during the second save, within torch's zip writer
         saves["n"] += 1
-        if saves["n"] == 2:
-            f.write(b"partial")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return original(obj, f, *args, **kwargs)
+        return original(obj, FillsUp(f, 5000) if saves["n"] == 2 else f, *args, **kwargs)
 
     path = write_recipe(train={"max_steps": 6, "checkpoint_every": 2})
     monkeypatch.setattr(torch, "save", disk_fills_up)

@@ -32,7 +32,19 @@ def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict, itos: list
         "itos": list(itos),
         **extra,
     }
-    atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: _save(state, f))
+
+
+def _save(state: dict, f) -> None:
+    try:
+        torch.save(state, f)
+    except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) as its own error
+        cause = e.__cause__ or e.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def load_checkpoint(path: Path) -> dict:
