@@ -73,6 +73,11 @@ def test_shipped_ablation_plans_over_the_four_kinds():
     (["--vary", "model.positionl=rope"], "did you mean 'positional'?"),
     (["--seeds", "x"], "--seeds x: expected a count"),
     (["--vary", "model.norm=layernorm", "--set", "data.val_fraction=0"], "an ablation compares validation losses"),
+    (["--vary", "model.norm=layernorm", "--set", "data.val_fraction=1e-9"], "validation split has 0 characters"),
+    (["--vary", "model.norm=layernorm", "--seeds", "1,99999999999999999999999"], "seed 99999999999999999999999 is out"),
+    (["--vary", "model.norm=layernorm", "--seeds", "100000000000"], "100,000,000,000 seeds per arm; at most 1,000"),
+    (["--vary", "model.norm=layernorm", "--set", "seed=18446744073709551615"],
+     "the seeds from the recipe's seed 18446744073709551615 on run past 18446744073709551615"),
 ])
 def test_bad_ablations_are_one_clear_error(cli, tmp_path, write_recipe, args, message):
     result = cli("ablate", write_recipe(), "--out", tmp_path / "abl", *args)

@@ -23,6 +23,7 @@ import yaml as pyyaml
 from ..errors import UserError, did_you_mean, listing
 from ..io import read_text
 from ..recipe import Recipe, load_recipe
+from ..recipe.schema import SEEDS
 from ..recipe import yaml
 
 # Varying one of these changes what the arms are trained or judged on, not just the model.
@@ -140,9 +141,18 @@ def parse_seeds(text: str) -> int | list[int]:
     return seeds[0] if len(seeds) == 1 and "," not in text else seeds
 
 
+MAX_SEEDS = 1000  # per arm; more is a typo, and the list of seeds is built up front
+
+
 def check_seeds(seeds: int | list[int], where: str) -> None:
     if isinstance(seeds, int) and seeds < 1 or isinstance(seeds, list) and (not seeds or len(set(seeds)) != len(seeds)):
         raise UserError(f"{where}: expected at least one seed, each once; got {seeds}")
+    count = seeds if isinstance(seeds, int) else len(seeds)
+    if count > MAX_SEEDS:
+        raise UserError(f"{where}: {count:,} seeds per arm; at most {MAX_SEEDS:,}")
+    outside = [s for s in ([] if isinstance(seeds, int) else seeds) if s not in SEEDS]
+    if outside:
+        raise UserError(f"{where}: seed {outside[0]} is out of range; seeds are from {SEEDS.start} to {SEEDS.stop - 1}")
 
 
 def check_name(name: str, where: str) -> str:
@@ -264,6 +274,9 @@ def plan(ablation: Ablation) -> Plan:
     unique_slugs(arms[1:])
     base_seed = arms[0].recipe.seed
     seeds = list(range(base_seed, base_seed + ablation.seeds)) if isinstance(ablation.seeds, int) else ablation.seeds
+    if seeds[-1] not in SEEDS:
+        raise UserError(f"--seeds {ablation.seeds}: the seeds from the recipe's seed {base_seed} on run past "
+                        f"{SEEDS.stop - 1}; give a list of seeds instead")
     # Which arm is the baseline matters (it is what the others are compared with); their order does not.
     key = [canonical(arms[0].recipe), sorted(canonical(a.recipe) for a in arms[1:])]
     digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:8]

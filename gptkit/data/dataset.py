@@ -40,7 +40,7 @@ class CharDataset:
                 f"{source} has {len(self.train):,} training characters, fewer than one block "
                 f"(model.block_size + 1 = {need:,}); use a longer text or a smaller model.block_size"
             )
-        if n_val and len(self.val) < need:
+        if val_fraction and len(self.val) < need:  # 0 characters too: a split asked for is never dropped silently
             raise UserError(
                 f"{source}'s validation split has {len(self.val):,} characters, fewer than one block "
                 f"({need:,}); raise data.val_fraction, lower model.block_size, or set data.val_fraction: 0"

@@ -30,6 +30,8 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?|mps)$"
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
+SEEDS = range(-(2**63), 2**64)  # what torch.manual_seed takes
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
@@ -130,7 +132,7 @@ class Recipe(Section):
     """A whole training run."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100, description="names the run folder")
-    seed: int = Field(1337, ge=-(2**63), lt=2**64, description="torch's seeds are 64-bit")
+    seed: int = Field(1337, ge=SEEDS.start, lt=SEEDS.stop, description="torch's seeds are 64-bit")
     imports: list[RecipePath] = Field(default_factory=list, description="local Python files that register "
                                       "components (with gptkit.components.register); relative to the recipe file")
     data: DataSection
