@@ -38,11 +38,28 @@ def test_scalars_follow_yaml_1_2(text, expected):
     ("a:\n\tb: 1\n", "r.yaml:2: a tab character is not allowed"),
     ("a: [1, 2\n", "r.yaml:2: not valid YAML"),
     ("a: 'open\n", "not valid YAML"),
+    ("data: &a {path: x, y: *a}\n", "r.yaml:1: an alias refers to a value that contains it"),
+    ("name: &a [*a]\n", "r.yaml:1: an alias refers to a value that contains it"),
+    ("x: " + "[" * 3000 + "]" * 3000 + "\n", "r.yaml: values nested too deeply to read"),
+    ("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(  # "billion laughs": 10**9 values from 10 lines
+        f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdefgh", "bcdefghi")),
+     "r.yaml: more than 100,000 values (aliases expanding?)"),
+    ("a: 1\nn_layer: !!int abc\n", "r.yaml:2: 'abc' is not a valid int"),
+    ("lr: !!float abc\n", "r.yaml:1: 'abc' is not a valid float"),
+    ("x: !!bool maybe\n", "r.yaml:1: 'maybe' is not a valid bool"),
+    ("x: " + "9" * 5000 + "\n", "is not a valid int"),
+    ("d: &d {a: 1}\nm: {<<: *d, b: 2, b: 3}\n", "r.yaml:2: duplicate key 'm.b'"),
 ])
 def test_yaml_errors_name_the_line(text, message):
     with pytest.raises(YAMLError) as e:
         load(text, "r.yaml")
     assert message in str(e.value)
+
+
+def test_merge_keys_are_overridden_by_the_mappings_own():
+    text = "d: &d {n_embd: 64, n_head: 4}\nm: &m {<<: *d, n_embd: 32}\nagain: *m\n"
+    data = load(text, "r.yaml")[0]
+    assert data["m"] == data["again"] == {"n_embd": 32, "n_head": 4}  # YAML: explicit keys win over merged ones
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)

@@ -46,6 +46,9 @@ class YAMLError(UserError):
     pass
 
 
+MAX_VALUES = 100_000  # per document: aliases may not expand a small file into a huge one ("billion laughs")
+
+
 def load(text: str, origin: str) -> tuple[object, dict[Path, int]]:
     """Parse one YAML document into plain data, and the 1-based line of every key path.
 
@@ -54,44 +57,79 @@ def load(text: str, origin: str) -> tuple[object, dict[Path, int]]:
     try:
         loader = _Loader(text)  # the reader already refuses control characters here
         node = loader.get_single_node()
-        lines: dict[Path, int] = {}
-        data = _build(loader, node, (), lines, origin) if node is not None else None
+        builder = _Builder(loader, origin)
+        data = builder.build(node, ()) if node is not None else None
     except yaml.MarkedYAMLError as e:
         raise YAMLError(_describe(e, origin)) from None
     except yaml.YAMLError as e:
         raise YAMLError(f"{origin}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise YAMLError(f"{origin}: values nested too deeply to read") from None
     finally:
         if loader is not None:
             loader.dispose()
-    return data, lines
+    return data, builder.lines
 
 
-def _build(loader, node, path: Path, lines: dict, origin: str):
-    lines.setdefault(path, node.start_mark.line + 1)
-    if node.tag not in _PLAIN_TAGS:
-        raise YAMLError(
-            f"{origin}:{node.start_mark.line + 1}: YAML tag '{node.tag.replace('tag:yaml.org,2002:', '!!')}' is not allowed; "
-            "a recipe holds plain data only (no tags that build objects)"
-        )
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolve `<<` merge keys
-        out = {}
-        for key_node, value_node in node.value:
-            key = _build(loader, key_node, path, {}, origin)
+class _Builder:
+    """Plain data from composed nodes, with the line of every key path."""
+
+    def __init__(self, loader: _Loader, origin: str):
+        self.loader, self.origin = loader, origin
+        self.lines: dict[Path, int] = {}
+        self.values = 0
+        self.open: set[int] = set()  # the nodes being built: an alias to one of them would never end
+        self.merged: dict[int, int] = {}  # mapping node -> how many of its entries came from merge keys
+
+    def build(self, node, path: Path, lines: dict | None = None):
+        line = node.start_mark.line + 1
+        (self.lines if lines is None else lines).setdefault(path, line)
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise YAMLError(f"{self.origin}: more than {MAX_VALUES:,} values (aliases expanding?); a recipe is smaller")
+        if id(node) in self.open:
+            raise YAMLError(f"{self.origin}:{line}: an alias refers to a value that contains it")
+        if node.tag not in _PLAIN_TAGS:
+            raise YAMLError(
+                f"{self.origin}:{line}: YAML tag '{node.tag.replace('tag:yaml.org,2002:', '!!')}' is not allowed; "
+                "a recipe holds plain data only (no tags that build objects)"
+            )
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                return self.loader.construct_object(node, deep=True)
+            except (ValueError, KeyError):  # !!int abc, !!bool maybe, an integer of 5,000 digits
+                tag = node.tag.replace("tag:yaml.org,2002:", "")
+                raise YAMLError(f"{self.origin}:{line}: {node.value[:40]!r} is not a valid {tag}") from None
+        self.open.add(id(node))
+        try:
+            return self._mapping(node, path) if isinstance(node, yaml.MappingNode) else \
+                [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        finally:
+            self.open.discard(id(node))
+
+    def _mapping(self, node, path: Path) -> dict:
+        if id(node) not in self.merged:  # flattened once: an alias visits the same node again
+            own = sum(k.tag != "tag:yaml.org,2002:merge" for k, _ in node.value)
+            self.loader.flatten_mapping(node)  # `<<` merge keys: their entries come first, the mapping's own after
+            self.merged[id(node)] = len(node.value) - own
+        merged = self.merged[id(node)]
+        out, seen = {}, set()
+        for i, (key_node, value_node) in enumerate(node.value):
+            key = self.build(key_node, path, {})
+            line = key_node.start_mark.line + 1
             if not isinstance(key, (str, int)):
-                raise YAMLError(f"{origin}:{key_node.start_mark.line + 1}: a key must be a name, got {key!r}")
-            if key in out:
-                where = ".".join(map(str, path + (key,)))
-                raise YAMLError(
-                    f"{origin}:{key_node.start_mark.line + 1}: duplicate key '{where}' (first at line "
-                    f"{lines[path + (key,)]}); YAML would silently keep only the last one. Remove one."
-                )
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            out[key] = _build(loader, value_node, path + (key,), lines, origin)
+                raise YAMLError(f"{self.origin}:{line}: a key must be a name, got {key!r}")
+            if i >= merged:  # a key of the mapping's own overrides a merged one, but not its own twin
+                if key in seen:
+                    where = ".".join(map(str, path + (key,)))
+                    raise YAMLError(
+                        f"{self.origin}:{line}: duplicate key '{where}' (first at line "
+                        f"{self.lines[path + (key,)]}); YAML would silently keep only the last one. Remove one."
+                    )
+                seen.add(key)
+            self.lines[path + (key,)] = line
+            out[key] = self.build(value_node, path + (key,))
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, item, path + (i,), lines, origin) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
 
 
 def _describe(e: yaml.MarkedYAMLError, origin: str) -> str:
