@@ -13,6 +13,7 @@ from torch import nn
 
 from .components.attention import KVCache, caches
 from .components.base import GPTConfig, dropout_layer
+from .errors import UserError
 
 
 class Block(nn.Module):
@@ -109,3 +110,16 @@ def build_model(model, vocab_size: int) -> GPT:
         for _ in range(config.n_layer)
     ]
     return GPT(config, pos, blocks, ln_f=model.norm.build(config), tie_embeddings=model.tie_embeddings)
+
+
+def build_model_on(model, vocab_size: int, device: torch.device) -> GPT:
+    """build_model on `device`; a model too large for its memory is one error saying how large."""
+    try:
+        return build_model(model, vocab_size).to(device)
+    except (MemoryError, RuntimeError) as e:  # CPU: "can't allocate memory"; CUDA: OutOfMemoryError
+        if not isinstance(e, MemoryError) and "allocate" not in str(e) and "out of memory" not in str(e):
+            raise
+    with torch.device("meta"):  # counted without memory
+        n = build_model(model, vocab_size).num_params()
+    raise UserError(f"the model does not fit in memory on {device}: {n:,} parameters (model.n_layer {model.n_layer}, "
+                    f"n_embd {model.n_embd}); make it smaller")

@@ -179,3 +179,24 @@ def test_check_names_an_unknown_component_once(cli, monkeypatch):
     assert result.exit_code == 2 and result.output.startswith("error: unknown positional 'rotary'. Available: alibi")
     assert result.output.count("positional 'rotary'") == 1, result.output
     assert result.output.rstrip().endswith("; a component in a local file: --import FILE.py")
+
+
+def test_a_model_too_large_for_memory_is_one_error(cli, tmp_path, write_recipe, monkeypatch):
+    from gptkit.model import GPT
+
+    def no_memory(self, device):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(GPT, "to", no_memory)
+    result = cli("run", write_recipe(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "error: the model does not fit in memory on cpu: " in result.output and "make it smaller" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_typo_in_a_model_size_is_refused_and_a_huge_max_lines_reads_everything(cli, tmp_path, write_recipe):
+    result = cli("validate", write_recipe(), "--set", "model.n_layer=999999999999999999999999999")
+    assert result.exit_code == 2 and "model.n_layer: Input should be less than or equal to 1000" in result.output
+    result = cli("run", write_recipe(), "--set", "data.max_lines=99999999999999999999999", "--runs-dir", tmp_path / "runs",
+                 "-q")
+    assert result.exit_code == 0, result.output

@@ -18,7 +18,7 @@ import torch
 
 from ..data.dataset import load_dataset
 from ..errors import UserError
-from ..model import build_model
+from ..model import build_model_on
 from ..recipe.load import validate
 from ..training.run import resolve_device
 from ..training.trainer import Trainer
@@ -45,7 +45,7 @@ class Bench:
         self.device = resolve_device(recipe.train.device)
         dataset = load_dataset(recipe.data, recipe.model.block_size)
         torch.manual_seed(recipe.seed)
-        model = build_model(recipe.model, dataset.vocab_size).to(self.device)
+        model = build_model_on(recipe.model, dataset.vocab_size, self.device)
         dataset.to(self.device)
         dataset.check_batch_size(recipe.train.batch_size)
         self.trainer = Trainer(recipe, model, dataset, self.device, quiet=True)

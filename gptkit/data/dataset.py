@@ -120,6 +120,6 @@ def load_dataset(data, block_size: int) -> CharDataset:
                         "on the command line to the current folder)")
     text = read_text(path, "data.path")
     if data.max_lines is not None:  # lines end at "\n" only, as for head -n (splitlines ends them at \f too)
-        lines = text.split("\n", data.max_lines)
+        lines = text.split("\n", min(data.max_lines, len(text)))  # a bound str.split can take
         text = "\n".join(lines[: data.max_lines]) + ("\n" if len(lines) > data.max_lines else "")
     return CharDataset(text, block_size, data.val_fraction, data.stride, source=f"data.path {path}")

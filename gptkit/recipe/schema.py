@@ -45,10 +45,12 @@ class DataSection(Section):
 
 
 class ModelSection(Section):
-    n_embd: PositiveInt = 256
-    n_head: PositiveInt = 8
-    n_layer: PositiveInt = 6
-    block_size: PositiveInt = 256
+    # Upper bounds far past any model trained with this toolkit: a typo's extra digits are an error here,
+    # not minutes of building layers or a failed allocation.
+    n_embd: PositiveInt = Field(256, le=65536)
+    n_head: PositiveInt = Field(8, le=1024)
+    n_layer: PositiveInt = Field(6, le=1000)
+    block_size: PositiveInt = Field(256, le=2**20)
     dropout: float = Field(0.0, ge=0, lt=1)
     tie_embeddings: bool = Field(True, description="share the token embedding with the LM head (GPT-2)")
     attention: component("attention", "flash")

@@ -20,7 +20,7 @@ import yaml
 from ..data.dataset import CharDataset, load_dataset
 from ..errors import CheckpointError, RunStopped, UserError
 from ..io import write_json, write_text
-from ..model import GPT, build_model
+from ..model import GPT, build_model_on
 from ..recipe import Recipe
 from ..recipe.schema import DEVICE_PATTERN
 from ..sampling import sample
@@ -114,7 +114,7 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
                     "--resume needs the run folder on a file system every machine sees")
 
     torch.manual_seed(recipe.seed)  # the same on every rank: the same initial weights
-    model = build_model(recipe.model, dataset.vocab_size).to(device)
+    model = build_model_on(recipe.model, dataset.vocab_size, device)
     dataset.to(device)
     if checkpoint is not None:
         load_weights(model, checkpoint, run_dir / "checkpoint.pt")
