@@ -28,9 +28,13 @@ def read_text(path: Path, what: str) -> str:
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write through `write(file)` to a temporary file beside `path`, flush it to disk, then rename it
-    over `path`. A crash at any point leaves either the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    over `path`. A crash at any point leaves either the old file or the new one, never a mix. An
+    OSError names `path`, not the temporary file the user never asked for."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         if hasattr(os, "fchmod"):  # mkstemp's 0600 would make every file private to its owner
             os.fchmod(fd, 0o666 & ~_umask())
@@ -40,8 +44,10 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
 
 

@@ -260,6 +260,18 @@ def test_compare_plots(cli, tmp_path, two_runs):
     assert (tmp_path / "c.png").read_bytes().startswith(PNG)
 
 
+def test_compare_plot_to_an_unwritable_place_and_a_hand_edited_summary(cli, tmp_path, two_runs):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "afile").write_text("x")
+    result = cli("compare", *two_runs, "--plot", tmp_path / "afile" / "c.png")
+    assert result.exit_code == 2 and f"--plot {tmp_path / 'afile' / 'c.png'}: cannot write it: " in result.output
+    assert "Traceback" not in result.output and not list(tmp_path.glob("afile*/.*.tmp"))
+    summary = json.loads((two_runs[0] / "summary.json").read_text())
+    (two_runs[0] / "summary.json").write_text(json.dumps({**summary, "final_val_loss": "x"}))
+    result = cli("compare", *two_runs)
+    assert result.exit_code == 0 and md_rows(result.output.split("Final figures:")[1])["final_val_loss"][1] == "'x'"
+
+
 def test_compare_plot_without_matplotlib_is_a_clear_error(cli, tmp_path, two_runs, monkeypatch):
     monkeypatch.setattr("gptkit.ablation.plot.have_matplotlib", lambda: False)
     result = cli("compare", *two_runs, "--plot", tmp_path / "c.png")

@@ -106,3 +106,15 @@ def test_max_lines_counts_newlines_only_and_a_byte_order_mark_is_not_text(tmp_pa
 def test_undecodable_bytes_of_an_argument_are_unknown_characters():
     with pytest.raises(UserError, match="not in the vocabulary"):
         Vocab.of("ab").encode("a\udcffb")  # how Python passes b"a\xffb" from the command line
+
+
+def test_a_corpus_that_cannot_be_written_names_data_path(tmp_path, write_recipe, cli):
+    (tmp_path / "afile").write_text("x")
+    target = tmp_path / "afile" / "shakespeare.txt"  # under a file: no folder can be made there
+    result = cli("validate", write_recipe(), "--set", f"data.path={target}", "--set", "data.corpus=shakespeare")
+    assert result.exit_code == 0  # validating builds nothing
+    result = cli("run", write_recipe(), "--set", f"data.path={target}", "--set", "data.corpus=shakespeare",
+                 "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"data.path: cannot create {target} from the 'shakespeare' corpus: " in result.output
+    assert "choose a writable data.path" in result.output and not (tmp_path / "runs").exists()

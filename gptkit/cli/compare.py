@@ -45,14 +45,27 @@ def compare(run_dirs, plot_path):
     else:
         click.echo("The recipes are identical.\n")
     summaries = [read_summary(d) or {"status": "unknown (no summary.json)"} for d in dirs]
-    rows = [[key, *("-" if s.get(key) is None else fmt(s[key]) for s in summaries)] for key, fmt in FIGURES.items()]
+    rows = [[key, *(cell(fmt, s.get(key)) for s in summaries)] for key, fmt in FIGURES.items()]
     click.echo("Final figures:\n" + table(["", *names], rows), nl=False)
     if plot_path:
         curves = {name: [val_curve(d)] for name, d in zip(names, dirs)}
-        if plot_curves(curves, Path(plot_path), "validation loss"):
+        try:
+            drawn = plot_curves(curves, Path(plot_path), "validation loss")
+        except OSError as e:
+            raise UserError(f"--plot {plot_path}: cannot write it: {e.strerror}; choose another file") from None
+        if drawn:
             click.echo(f"Wrote {plot_path}")
         else:
             raise UserError(f"--plot needs matplotlib, which is not installed: {HINT}")
+
+
+def cell(fmt, value) -> str:
+    if value is None:
+        return "-"
+    try:
+        return fmt(value)
+    except (TypeError, ValueError):  # a hand-edited summary.json: show what is there
+        return repr(value)
 
 
 ABSENT = object()
