@@ -466,6 +466,20 @@ def test_weights_that_do_not_fit_the_recipe_are_a_clear_error(tmp_path, write_re
     torch.save(state, run / "checkpoint.pt")
     result = cli("sample", run)
     assert result.exit_code == 2 and "its weights do not fit the model its recipe describes" in result.output, result.output
+    assert 'Missing key(s) in state_dict: "lm_head.weight"' in result.output  # what does not fit
+
+
+@pytest.mark.parametrize("key, value", [("itos", None), ("step", "7"), ("recipe", [1])])
+def test_a_checkpoint_lacking_what_gptkit_reads_is_a_clear_error(tmp_path, write_recipe, cli, key, value):
+    recipe = write_recipe()
+    run = train(load_recipe(recipe), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state[key] = value
+    torch.save(state, run / "checkpoint.pt")
+    for command in (["sample", run], ["run", recipe, "--resume", run]):
+        result = cli(*command)
+        assert result.exit_code == 2 and f"checkpoint {run / 'checkpoint.pt'} lacks a valid {key}" in result.output, \
+            result.output
 
 
 def test_gptkit_never_unpickles_arbitrary_objects():

@@ -74,7 +74,13 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(f"{damaged} ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a gptkit checkpoint")
+    wrong = [key for key, kind in REQUIRED.items() if not isinstance(state.get(key), kind)]
+    if wrong:  # a hand-made or damaged file: said here, not as a KeyError deep in resume or sampling
+        raise UserError(f"checkpoint {path} lacks a valid {', '.join(wrong)}; it cannot be used")
     return state
+
+
+REQUIRED = {"model": dict, "recipe": dict, "vocab_size": int, "itos": list, "step": int}
 
 
 def load_model(path: Path, device: str | torch.device = "cpu"):
@@ -95,5 +101,6 @@ def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))[:300]
         raise UserError(f"checkpoint {path}: its weights do not fit the model its recipe describes "
-                        f"({str(e).splitlines()[0]}); was it written by another version of a component?") from None
+                        f"({detail}); was it written by another version of a component?") from None
