@@ -250,7 +250,9 @@ def test_compare(cli, tmp_path, two_runs):
     summary = json.loads((two_runs[1] / "summary.json").read_text())
     assert figures["final_val_loss"][2] == f"{summary['final_val_loss']:.4f}" and figures["status"][1] == "finished"
     missing = cli("compare", two_runs[0], tmp_path)
-    assert missing.exit_code == 2 and "is not a run folder" in missing.output
+    assert missing.exit_code == 2 and f"{tmp_path}: not a run folder (it has no recipe.yaml)" in missing.output
+    missing = cli("compare", two_runs[0], tmp_path / "nowhere")
+    assert missing.exit_code == 2 and f"{tmp_path / 'nowhere'}: no such folder" in missing.output
 
 
 def test_compare_plots(cli, tmp_path, two_runs):

@@ -59,7 +59,7 @@ CASES = [
     ("dropout-range", lambda c: recipe_text(c, model__dropout=1.5), [],
      ["model.dropout: Input should be less than 1 (got 1.5)"]),
     ("bad-device", lambda c: recipe_text(c, train__device="gpu"), [],
-     ["train.device: String should match pattern"]),
+     ["train.device: unknown device; use auto, cpu, cuda, cuda:N or mps (got 'gpu')"]),
     ("missing-name", lambda c: GOOD.replace("CORPUS", str(c)).replace("name: bad\n", ""), [],
      ["name: required key is missing"]),
     ("missing-data", lambda c: "name: x\n", [], ["data: required key is missing"]),

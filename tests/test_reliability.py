@@ -556,13 +556,16 @@ def test_damaged_metrics_are_cut_at_the_damage_on_resume(tmp_path, monkeypatch, 
     assert steps == sorted(steps) and steps[-1] == 8
 
 
-@pytest.mark.parametrize("where", ["nowhere", "file"])
-def test_resume_of_something_that_is_not_a_run_folder(tmp_path, cli, where):
+@pytest.mark.parametrize("where, message", [("nowhere", "no such folder"), ("file", "not a folder"),
+                                            ("empty", "not a run folder (no recipe.yaml)")])
+def test_resume_of_something_that_is_not_a_run_folder(tmp_path, cli, where, message):
     target = tmp_path / where
     if where == "file":
         target.write_text("x")
+    elif where == "empty":
+        target.mkdir()
     result = cli("run", "--resume", target)
-    assert result.exit_code == 2 and f"--resume {target}: {'not a folder' if where == 'file' else 'no such folder'}" in result.output
+    assert result.exit_code == 2 and f"--resume {target}: {message}" in result.output
 
 
 def test_a_finished_run_without_its_checkpoint_is_not_trained_again(tmp_path, write_recipe, cli):

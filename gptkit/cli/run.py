@@ -35,6 +35,9 @@ def run(recipe, overrides, runs_dir, resume, quiet):
         if resume in (None, "auto"):
             raise UserError("give a RECIPE to run, or --resume RUN_DIR to continue a run")
         recipe = check_run_dir(resume) / "recipe.yaml"
+        if not recipe.is_file():
+            raise UserError(f"--resume {resume}: not a run folder (no recipe.yaml); give a run folder such as "
+                            "runs/NAME-YYYYmmdd-HHMMSS, or a RECIPE with --resume auto")
     result = train(load_recipe(recipe, overrides), runs_dir=runs_dir, quiet=quiet, resume=resume)
     if result.run_dir is None:  # a torchrun process other than rank 0, which reports for all
         return

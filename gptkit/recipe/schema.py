@@ -4,10 +4,11 @@ Paths in a recipe file are relative to the folder of that file.
 """
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
 from ..components.base import GPTConfig
 from ..sampling import MAX_TOKENS
@@ -92,6 +93,12 @@ def _bool_or_name(value):
     return value
 
 
+def _device(value: str) -> str:
+    if not re.fullmatch(DEVICE_PATTERN, value):  # pydantic's own message would show the pattern
+        raise ValueError("unknown device; use auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
 def _rows_or_auto(value):
     if value is None or value == "auto" or (type(value) is int and value > 0):
         return value
@@ -116,7 +123,7 @@ class TrainSection(Section):
     eval_every: PositiveInt | None = Field(None, description="steps between validation runs; default once per epoch")
     eval_batches: PositiveInt | None = Field(None, description="validation batches per run; default the whole split")
     checkpoint_every: PositiveInt | None = Field(None, description="steps between checkpoints; default once per epoch")
-    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto: CUDA if present, else CPU")
+    device: Annotated[str, AfterValidator(_device)] = Field("auto", description="auto: CUDA if present, else CPU")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on a CUDA GPU with native bf16 (Ampere on), fp32 elsewhere")
     compile: Annotated[CompileModes, BeforeValidator(_bool_or_name)] = Field(
         "auto", description="torch.compile the training forward pass (true, or one of torch.compile's modes); "

@@ -52,7 +52,7 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset) ->
 def run_recipe(run_dir: Path) -> dict:
     path = run_dir / "recipe.yaml"
     if not path.is_file():
-        raise UserError(f"{run_dir} is not a run folder (it has no recipe.yaml)")
+        raise UserError(f"{run_dir}: {'no such folder' if not run_dir.exists() else 'not a run folder (it has no recipe.yaml)'}")
     try:
         recipe = yaml.safe_load(read_text(path, "run recipe"))
     except yaml.YAMLError:
