@@ -18,9 +18,10 @@ def read_text(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
+        source = "utf-16" if e.object[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"  # UTF-16 starts with its BOM
         raise UserError(
             f"{what} file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start:,}); "
-            f"convert it first, e.g. iconv -f latin1 -t utf-8"
+            f"convert it first, e.g. iconv -f {source} -t utf-8"
         ) from None
     except OSError as e:
         raise UserError(f"cannot read {what} file {path}: {e.strerror}") from None

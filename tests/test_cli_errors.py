@@ -106,7 +106,9 @@ def test_user_mistakes(cli, tmp_path, corpus, monkeypatch, make, args, fragments
 
 
 @pytest.mark.parametrize("content,fragment", [
-    (b"caf\xe9 au lait\n" * 100, "is not UTF-8 text (byte 0xe9 at offset 3)"),
+    (b"caf\xe9 au lait\n" * 100, "is not UTF-8 text (byte 0xe9 at offset 3); convert it first, e.g. iconv -f latin1"),
+    ("caf\xe9 au lait\n".encode("utf-16") * 100, "is not UTF-8 text (byte 0xff at offset 0); convert it first, e.g. "
+                                                   "iconv -f utf-16 -t utf-8"),
     (b"", "has 0 training characters, fewer than one block"),
     (b"short\n", "fewer than one block"),
     (b"\x00\x01\x02binary" * 100, "looks like a binary file"),

@@ -59,7 +59,7 @@ def test_sample_command(cli, tmp_path, write_recipe):
     assert re.fullmatch(r"40 tokens in [\d.]+ s, [\d,]+ tokens/s \(key/value cache\)\n", first.stderr)
     assert cli(*args, "--no-cache").stdout == first.stdout
     unknown = cli("sample", run, "--prompt", "Ωmega")
-    assert unknown.exit_code == 2 and "not in the vocabulary" in unknown.output
+    assert unknown.exit_code == 2 and "--prompt 'Ωmega': characters not in the vocabulary: 'Ω'" in unknown.output
 
 
 def test_sample_command_defaults_to_the_runs_own_sampling(cli, tmp_path, write_recipe):

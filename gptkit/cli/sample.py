@@ -3,6 +3,7 @@ import time
 
 import click
 
+from ..errors import UserError
 from ..sampling import MAX_TOKENS
 from ..sampling import sample as sample_model
 from ..training.checkpoint import load_model
@@ -37,10 +38,16 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     """
     model, recipe, vocab = load_model(run_dir, resolve_device(device, "--device"))
     s = recipe.sample  # what the run itself sampled with, unless the command line says otherwise
+    given = prompt is not None
     prompt = s.prompt if prompt is None else prompt
     tokens = s.tokens if tokens is None else tokens
     temperature = s.temperature if temperature is None else temperature
     top_k = s.top_k if top_k is None else (top_k or None)
+    try:
+        vocab.encode(prompt)
+    except UserError as e:
+        where = "--prompt" if given else "the run's sample.prompt"
+        raise UserError(f"{where} {prompt!r}: {e}") from None
     t0 = time.perf_counter()
     text = sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, cache)
     seconds = time.perf_counter() - t0
