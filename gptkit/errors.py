@@ -28,6 +28,7 @@ class RunStopped(Exception):
     status = "failed"
     run_dir = None  # set once the run folder exists
     resumable = True  # whether `gptkit run --resume` can take it on from its last checkpoint
+    continue_with = None  # the command that goes on, when it is not `gptkit run --resume RUN_DIR`
 
 
 class Interrupted(RunStopped):

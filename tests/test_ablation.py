@@ -4,6 +4,7 @@ summary.json files, resuming after an interruption, and `gptkit compare`."""
 import csv
 import json
 import math
+import signal
 import statistics
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import yaml
 
 from gptkit.ablation import report
 from gptkit.ablation.spec import Ablation, canonical, load_ablation, plan, split_values
+from gptkit.errors import Interrupted
 from conftest import goes_nan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +92,22 @@ def test_ablate_refuses_to_run_under_torchrun(cli, tmp_path, write_recipe, monke
     result = cli("ablate", write_recipe(), "--out", tmp_path / "abl", "--vary", "model.norm=rmsnorm,layernorm")
     assert result.exit_code == 2 and "run it without torchrun" in result.output
     assert not (tmp_path / "abl").exists()
+
+
+def test_a_stopped_ablation_says_to_rerun_the_ablation(cli, tmp_path, write_recipe, monkeypatch):
+    import gptkit.ablation.runner as runner
+
+    def stopped(*args, run_dir, **kwargs):  # SIGTERM during the first run, after its checkpoint
+        Path(run_dir).mkdir(parents=True)
+        (Path(run_dir) / "checkpoint.pt").write_bytes(b"")
+        e = Interrupted(signal.SIGTERM, "SIGTERM received; stopped after saving a checkpoint")
+        e.run_dir = Path(run_dir)
+        raise e
+
+    monkeypatch.setattr(runner, "train", stopped)
+    result = cli("ablate", write_recipe(), "--vary", "model.norm=rmsnorm,layernorm", "--seeds", "1", "--out", tmp_path / "a")
+    assert result.exit_code == 143 and "(continue: rerun the same gptkit ablate command)" in result.output
+    assert "gptkit run --resume" not in result.output
 
 
 def test_bad_ablation_file(cli, tmp_path, write_recipe):

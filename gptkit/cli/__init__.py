@@ -25,7 +25,7 @@ class Group(click.Group):
                 click.echo(f"stopped: {e}", err=True)
             if e.run_dir is not None:
                 resumable = e.resumable and (e.run_dir / "checkpoint.pt").is_file()
-                hint = f"  (continue: gptkit run --resume {e.run_dir})" if resumable else ""
+                hint = f"  (continue: {e.continue_with or f'gptkit run --resume {e.run_dir}'})" if resumable else ""
                 click.echo(f"Run folder: {e.run_dir}{hint}", err=True)
             ctx.exit(e.exit_code)
         except OSError as e:  # the machine's, not the user's: a full disk, a vanished folder

@@ -6,7 +6,7 @@ import click
 from ..ablation.plot import HINT
 from ..ablation.runner import ablation_dir, describe, plot, run_ablation, write_reports
 from ..ablation.spec import Ablation, check_name, load_ablation, parse_seeds, parse_vary, plan
-from ..errors import UserError
+from ..errors import RunStopped, UserError
 from ..io import read_text
 from ..recipe import yaml
 from . import main, overrides_option
@@ -63,7 +63,11 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
     click.echo(f"{len(p.arms)} arms × {len(p.seeds)} seeds (seeds {', '.join(map(str, p.seeds))}) = "
                f"{len(p.arms) * len(p.seeds)} runs, {ablation.mode}:")
     click.echo("\n".join(describe(p, margin)))
-    rows = run_ablation(p, folder, margin, log=click.echo, verbose=verbose)
+    try:
+        rows = run_ablation(p, folder, margin, log=click.echo, verbose=verbose)
+    except RunStopped as e:  # the ablation, not the one run, is what goes on
+        e.continue_with = "rerun the same gptkit ablate command"
+        raise
     click.echo("\n" + write_reports(folder, rows, margin), nl=False)
     drew = plot(folder, rows, f"{p.name}: validation loss, mean over seeds (band: min to max)")
     click.echo(f"Wrote {folder / 'results.csv'}, {folder / 'results.md'}"
