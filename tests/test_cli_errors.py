@@ -74,6 +74,8 @@ CASES = [
     ("set-unknown-component", lambda c: recipe_text(c), ["--set", "model.norm=layrnorm"],
      ["--set model.norm=layrnorm: model.norm: unknown norm 'layrnorm' (did you mean 'layernorm'?)"]),
     ("set-bad-syntax", lambda c: recipe_text(c), ["--set", "train.lr"], ["--set train.lr: expected KEY=VALUE"]),
+    ("set-whole-section", lambda c: recipe_text(c), ["--set", "train={lr: 0.1}"],
+     ["--set train={lr: 0.1}: replaces the whole train section", "e.g. --set train.lr=0.1"]),
     ("set-yes", lambda c: recipe_text(c), ["--set", "train.lr=yes"], ["train.lr: Input should be a valid number"]),
     ("missing-corpus", lambda c: recipe_text(c, data__path="nowhere.txt"), [], ["data.path: file", "nowhere.txt not found"]),
     ("batch-too-large", lambda c: recipe_text(c, train__batch_size=100_000), [],

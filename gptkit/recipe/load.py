@@ -1,5 +1,6 @@
 """Read a recipe file, apply `--set key=value` overrides, validate, and report every problem at once."""
 
+import json
 from collections.abc import Mapping, Sequence
 import typing
 from pathlib import Path
@@ -96,6 +97,10 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
     if not sep or not all(p.strip() for p in parts):
         raise RecipeError(f"{label}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=3e-4")
     value, _ = yaml.load(raw, f"--set {key}")
+    if len(parts) == 1 and isinstance(data.get(key), dict) and isinstance(value, dict) and value:
+        first = next(iter(value))  # a whole section would silently drop the recipe's other keys in it
+        raise RecipeError(f"{label}: replaces the whole {key} section, dropping the recipe's other {key} keys; "
+                          f"set keys one by one, e.g. --set {key}.{first}={json.dumps(value[first])}")
     if _is_path(parts):  # paths on the command line are relative to the cwd
         if isinstance(value, str):
             value = str(Path(value).expanduser().absolute())
