@@ -312,6 +312,18 @@ class FillsUp(io.RawIOBase):
         return self.f.write(b)
 
 
+def test_a_full_disk_before_the_run_starts_leaves_no_half_made_folder(tmp_path, write_recipe, cli, monkeypatch):
+    import gptkit.training.run as run_module
+
+    def disk_full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(run_module, "write_text", disk_full)  # the run's first file, recipe.yaml
+    result = cli("run", write_recipe(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1 and "error: No space left on device: " in result.output and "recipe.yaml" in result.output
+    assert not list((tmp_path / "runs").iterdir())
+
+
 def test_a_failed_save_stops_the_run_loudly(tmp_path, write_recipe, monkeypatch):
     saves = {"n": 0}
     original = torch.save

@@ -7,6 +7,7 @@ failed. Runs are resumed from their last checkpoint with `resume=`.
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,10 +126,16 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
         trainer.fit()
         return RunResult(model, dataset, None, {})
+    created = checkpoint is None and run_dir is None
     if checkpoint is None:  # the folder is made only once every input has been checked
         run_dir = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
-    with lock_run(run_dir):
-        return train_in(run_dir, recipe, trainer, dataset, checkpoint, log)
+    try:
+        with lock_run(run_dir):
+            return train_in(run_dir, recipe, trainer, dataset, checkpoint, log)
+    except OSError:  # a full disk before summary.json: a folder with nothing of the run is not left behind
+        if created and not (run_dir / "summary.json").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoint: dict | None,
