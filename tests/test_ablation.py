@@ -70,8 +70,9 @@ def test_shipped_ablation_plans_over_the_four_kinds():
     (["--vary", "seed=1,2"], "seeds are set with --seeds"),
     (["--vary", "model.positional"], "expected KEY=VALUE,VALUE"),
     (["--vary", "model.positional=rope", "--vary", "model.positional=alibi"], "given twice"),
-    (["--vary", "model.positional=rpoe"], "arm positional=rpoe: --set model.positional=rpoe: model.positional: "
+    (["--vary", "model.positional=rpoe"], "arm positional=rpoe: --vary model.positional=rpoe: model.positional: "
                                           "unknown positional 'rpoe' (did you mean 'rope'?)"),
+    (["--vary", "model.positional=[rope"], "arm positional=[rope: --vary model.positional:1: not valid YAML"),
     (["--vary", "model.positionl=rope"], "did you mean 'positional'?"),
     (["--seeds", "x"], "--seeds x: expected a count"),
     (["--vary", "model.norm=layernorm", "--set", "data.val_fraction=0"], "an ablation compares validation losses"),

@@ -45,7 +45,9 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
         raise UserError("gptkit ablate runs one process that trains its runs one after another; run it without "
                         "torchrun (train a single recipe on several processes with torchrun ... -m gptkit run)")
     ablation = from_source(Path(source))
-    ablation.vary.update(parse_vary(vary))
+    given = parse_vary(vary)
+    ablation.vary.update(given)
+    ablation.origin |= {f"{k}={v}": f"--vary {k}={v}" for k, values in given.items() for v in values}
     ablation.overrides += overrides
     if seeds is not None:
         ablation.seeds = parse_seeds(seeds)

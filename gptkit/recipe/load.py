@@ -96,7 +96,7 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
     parts = tuple(key.strip().split("."))
     if not sep or not all(p.strip() for p in parts):
         raise RecipeError(f"{label}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=3e-4")
-    value, _ = yaml.load(raw, f"--set {key}")
+    value, _ = yaml.load(raw, label.split("=", 1)[0] if label.startswith("--") else label)  # --set KEY, --vary KEY
     if len(parts) == 1 and isinstance(data.get(key), dict) and isinstance(value, dict) and value:
         first = next(iter(value))  # a whole section would silently drop the recipe's other keys in it
         raise RecipeError(f"{label}: replaces the whole {key} section, dropping the recipe's other {key} keys; "
