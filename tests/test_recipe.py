@@ -57,9 +57,20 @@ def test_yaml_errors_name_the_line(text, message):
 
 
 def test_merge_keys_are_overridden_by_the_mappings_own():
-    text = "d: &d {n_embd: 64, n_head: 4}\nm: &m {<<: *d, n_embd: 32}\nagain: *m\n"
+    text = ("d: &d {n_embd: 64, n_head: 4}\nm: &m {<<: *d, n_embd: 32}\nagain: *m\nboth: {<<: [*d, {n_head: 8}]}\n"
+            "nested: {<<: &n {<<: *d, n_head: 2}}\nalias_of_nested: *n\n")
     data = load(text, "r.yaml")[0]
     assert data["m"] == data["again"] == {"n_embd": 32, "n_head": 4}  # YAML: explicit keys win over merged ones
+    assert data["both"] == {"n_embd": 64, "n_head": 4}  # and the first of several merged mappings
+    assert data["nested"] == data["alias_of_nested"] == {"n_embd": 64, "n_head": 2}
+
+
+def test_merge_keys_count_towards_the_value_limit():
+    inner = "{k0: 1, k1: 1}"
+    for i in range(30):  # each level merges the one below twice: 2**30 values from a few hundred bytes
+        inner = f"{{<<: [&a{i} {inner}, *a{i}]}}"
+    with pytest.raises(YAMLError, match="more than 100,000 values"):
+        load(f"x: {inner}\n", "r.yaml")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)

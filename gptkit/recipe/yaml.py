@@ -16,6 +16,7 @@ _BOOL = "tag:yaml.org,2002:bool"
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_MERGE = "tag:yaml.org,2002:merge"
 _PLAIN_TAGS = {_BOOL, _INT, _FLOAT} | {f"tag:yaml.org,2002:{t}" for t in ("str", "null", "map", "seq")}
 
 
@@ -79,7 +80,6 @@ class _Builder:
         self.lines: dict[Path, int] = {}
         self.values = 0
         self.open: set[int] = set()  # the nodes being built: an alias to one of them would never end
-        self.merged: dict[int, int] = {}  # mapping node -> how many of its entries came from merge keys
 
     def build(self, node, path: Path, lines: dict | None = None):
         line = node.start_mark.line + 1
@@ -108,27 +108,34 @@ class _Builder:
             self.open.discard(id(node))
 
     def _mapping(self, node, path: Path) -> dict:
-        if id(node) not in self.merged:  # flattened once: an alias visits the same node again
-            own = sum(k.tag != "tag:yaml.org,2002:merge" for k, _ in node.value)
-            self.loader.flatten_mapping(node)  # `<<` merge keys: their entries come first, the mapping's own after
-            self.merged[id(node)] = len(node.value) - own
-        merged = self.merged[id(node)]
-        out, seen = {}, set()
-        for i, (key_node, value_node) in enumerate(node.value):
-            key = self.build(key_node, path, {})
+        merged, own, own_lines = {}, {}, {}
+        for key_node, value_node in node.value:
             line = key_node.start_mark.line + 1
+            if key_node.tag == _MERGE:  # `<<: *defaults`: built here, so every merged value is counted
+                for k, v in self._merged(value_node, path, line).items():
+                    merged.setdefault(k, v)
+                    self.lines.setdefault(path + (k,), line)
+                continue
+            key = self.build(key_node, path, {})
             if not isinstance(key, (str, int)):
                 raise YAMLError(f"{self.origin}:{line}: a key must be a name, got {key!r}")
-            if i >= merged:  # a key of the mapping's own overrides a merged one, but not its own twin
-                if key in seen:
-                    where = ".".join(map(str, path + (key,)))
-                    raise YAMLError(
-                        f"{self.origin}:{line}: duplicate key '{where}' (first at line "
-                        f"{self.lines[path + (key,)]}); YAML would silently keep only the last one. Remove one."
-                    )
-                seen.add(key)
-            self.lines[path + (key,)] = line
-            out[key] = self.build(value_node, path + (key,))
+            if key in own:
+                where = ".".join(map(str, path + (key,)))
+                raise YAMLError(f"{self.origin}:{line}: duplicate key '{where}' (first at line {own_lines[key]}); "
+                                "YAML would silently keep only the last one. Remove one.")
+            own_lines[key] = self.lines[path + (key,)] = line
+            own[key] = self.build(value_node, path + (key,))
+        return {**merged, **own}  # a mapping's own keys override merged ones
+
+    def _merged(self, node, path: Path, line: int) -> dict:
+        """The entries a merge key brings: of one mapping, or of several, where earlier ones win."""
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        out = {}
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode):
+                raise YAMLError(f"{self.origin}:{line}: '<<' merges mappings only")
+            for k, v in self.build(source, path, {}).items():
+                out.setdefault(k, v)
         return out
 
 
