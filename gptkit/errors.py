@@ -8,6 +8,7 @@ class UserError(Exception):
     """A mistake in a recipe, a file or a command line; never shown with a traceback."""
 
     exit_code = 2
+    every_rank = False  # under torchrun, printed by every process: one that only its own process meets
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -31,11 +31,11 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write through `write(file)` to a temporary file beside `path`, flush it to disk, then rename it
     over `path`. A crash at any point leaves either the old file or the new one, never a mix. An
     OSError names `path`, not the temporary file the user never asked for."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # its error names the folder it could not make
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise OSError(e.errno, e.strerror, str(path)) from None
+        raise _naming(e, path) from None
     try:
         if hasattr(os, "fchmod"):  # mkstemp's 0600 would make every file private to its owner
             os.fchmod(fd, 0o666 & ~_umask())
@@ -48,8 +48,13 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno is not None:
-            raise OSError(e.errno, e.strerror, str(path)) from None
+            raise _naming(e, path) from None
         raise
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """`e` (a full disk, a read-only folder) about `path` rather than its temporary file."""
+    return OSError(e.errno, e.strerror, str(path))
 
 
 def write_text(path: Path, text: str) -> None:

@@ -112,6 +112,11 @@ def build_model(model, vocab_size: int) -> GPT:
     return GPT(config, pos, blocks, ln_f=model.norm.build(config), tie_embeddings=model.tie_embeddings)
 
 
+def state_dict_mismatch(e: RuntimeError) -> str:
+    """What does not fit, from load_state_dict's error (its first line is only a heading)."""
+    return next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))[:300]
+
+
 def build_model_on(model, vocab_size: int, device: torch.device) -> GPT:
     """build_model on `device`; a model too large for its memory is one error saying how large."""
     try:
@@ -119,7 +124,12 @@ def build_model_on(model, vocab_size: int, device: torch.device) -> GPT:
     except (MemoryError, RuntimeError) as e:  # CPU: "can't allocate memory"; CUDA: OutOfMemoryError
         if not isinstance(e, MemoryError) and "allocate" not in str(e) and "out of memory" not in str(e):
             raise
-    with torch.device("meta"):  # counted without memory
-        n = build_model(model, vocab_size).num_params()
-    raise UserError(f"the model does not fit in memory on {device}: {n:,} parameters (model.n_layer {model.n_layer}, "
-                    f"n_embd {model.n_embd}); make it smaller")
+    try:
+        with torch.device("meta"):  # counted without memory
+            size = f"{build_model(model, vocab_size).num_params():,} parameters"
+    except Exception:  # a component that cannot be built on the meta device
+        size = "its sizes"
+    error = UserError(f"the model does not fit in memory on {device}: {size} (model.n_layer {model.n_layer}, "
+                      f"n_embd {model.n_embd}); make it smaller")
+    error.every_rank = True
+    raise error

@@ -90,9 +90,24 @@ def backward_without_compiler():
     return aot_autograd(fw_compiler=lambda graph, example_inputs: graph, bw_compiler=no_compiler)
 
 
-@pytest.mark.parametrize("backend", [lambda: no_compiler, backward_without_compiler], ids=["forward", "backward"])
-def test_a_failed_compilation_falls_back_to_the_same_eager_step(write_recipe, capsys, backend):
-    path = write_recipe(train={"batch_size": 8, "micro_batch_size": 4})
+def fails_on_the_second_compile():
+    """A backend that compiles the first micro-batch and fails to recompile for the last one, of
+    another size: by then the first micro-batch's gradients are in .grad."""
+    calls = []
+
+    def backend(graph, example_inputs):
+        calls.append(graph)
+        return graph.forward if len(calls) == 1 else no_compiler(graph, example_inputs)
+
+    return backend
+
+
+@pytest.mark.parametrize("backend, batch, micro", [(lambda: no_compiler, 8, 4), (backward_without_compiler, 8, 4),
+                                                   (fails_on_the_second_compile, 7, 5)],
+                         ids=["forward", "backward", "last-micro-batch"])
+def test_a_failed_compilation_falls_back_to_the_same_eager_step(write_recipe, capsys, backend, batch, micro):
+    path = write_recipe(train={"batch_size": batch, "micro_batch_size": micro})  # 7 in 5: micro-batches of 5 and 2
+    torch._dynamo.reset()  # shapes seen by earlier tests would make the first compile dynamic: no recompile
     eager, starts = trainer_for(path, "train.compile=false")
     failing, _ = trainer_for(path, "train.compile=true")
     failing.progress.quiet = False

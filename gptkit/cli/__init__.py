@@ -17,7 +17,10 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            if os.environ.get("LOCAL_RANK", "0") == "0":  # under torchrun, once per machine, not per process
+            if e.every_rank:  # met by this process alone (its GPU's memory): the others cannot say it
+                rank = os.environ.get("RANK")
+                click.echo(f"error{f' (rank {rank})' if rank else ''}: {e}", err=True)
+            elif os.environ.get("LOCAL_RANK", "0") == "0":  # under torchrun, once per machine, not per process
                 click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
         except RunStopped as e:

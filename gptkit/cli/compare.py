@@ -64,7 +64,7 @@ def cell(fmt, value) -> str:
         return "-"
     try:
         return fmt(value)
-    except (TypeError, ValueError):  # a hand-edited summary.json: show what is there
+    except (TypeError, ValueError, OverflowError):  # a hand-edited summary.json: show what is there
         return repr(value)
 
 

@@ -112,8 +112,9 @@ def load_dataset(data, block_size: int) -> CharDataset:
     """The dataset a recipe's `data` section describes, creating the corpus file on first use."""
     path: Path = data.path
     if not path.exists() and data.corpus is not None:
+        text = data.corpus.build().text()
         try:
-            write_text(path, data.corpus.build().text())
+            write_text(path, text)
         except OSError as e:
             raise UserError(f"data.path: cannot create {path} from the '{data.corpus.name}' corpus: {e.strerror}; "
                             "choose a writable data.path") from None

@@ -9,7 +9,7 @@ import torch
 from ..data.vocab import Vocab
 from ..errors import UserError
 from ..io import atomic_write
-from ..model import build_model
+from ..model import build_model, state_dict_mismatch
 from ..recipe import validate
 
 FORMAT = "gptkit-checkpoint"
@@ -101,6 +101,5 @@ def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))[:300]
         raise UserError(f"checkpoint {path}: its weights do not fit the model its recipe describes "
-                        f"({detail}); was it written by another version of a component?") from None
+                        f"({state_dict_mismatch(e)}); was it written by another version of a component?") from None

@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import hashlib
 import inspect
+import math
 import os
 from dataclasses import dataclass
 
@@ -40,7 +41,8 @@ class Distributed:
     def check_batch_size(self, batch_size: int, resuming: bool = False) -> None:
         if not batch_size % self.world_size:
             return
-        divisors = ", ".join(str(n) for n in range(1, batch_size + 1) if not batch_size % n)
+        divisors = ", ".join(map(str, sorted({d for n in range(1, math.isqrt(batch_size) + 1) if not batch_size % n
+                                               for d in (n, batch_size // n)})[:16]))
         other = f"run {divisors} processes" if resuming else (
             f"use a multiple of {self.world_size}, e.g. {max(1, batch_size // self.world_size) * self.world_size}, "
             f"or run {divisors} processes")
@@ -63,14 +65,17 @@ class Distributed:
         file once per machine, not once per process)."""
         if self.world_size > 1 and self.local_rank:
             td.barrier(group=self.host_group)
-        yield
-        if self.world_size > 1 and not self.local_rank:
-            td.barrier(group=self.host_group)
+        try:
+            yield
+        finally:  # on an error too: the others then meet it themselves and report it, instead of waiting
+            if self.world_size > 1 and not self.local_rank:
+                td.barrier(group=self.host_group)
 
     def seed(self, seed: int, step: int) -> None:
         """Give every rank but 0 a random stream of its own (dropout masks), derived from (seed, rank,
-        step). Called once the model is built from the shared seed (the same initial weights) and a
-        checkpoint restored rank 0's stream; the data order has its own generator."""
+        step): called before every step, so a resumed run draws what an uninterrupted one would without
+        saving each rank's state. Rank 0 keeps the single-process stream, which the checkpoint holds;
+        the initial weights come from the shared seed before this; the data order has its own generator."""
         if self.rank:
             digest = hashlib.sha256(f"{seed}:{self.rank}:{step}".encode()).digest()
             torch.manual_seed(int.from_bytes(digest[:8], "little"))

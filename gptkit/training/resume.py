@@ -71,11 +71,12 @@ def damaged(path: Path, problem: str) -> UserError:
 def check_restartable(run_dir: Path, recipe: Recipe) -> None:
     """A run folder without a checkpoint starts over, but only with the recipe it was made with, and
     not once it finished (its checkpoint was deleted: starting over would overwrite its results)."""
-    if not summary_of(run_dir):  # a folder of the user's own: training there would overwrite and delete files
+    summary = summary_of(run_dir)
+    if not summary:  # a folder of the user's own: training there would overwrite and delete files
         raise UserError(f"--resume {run_dir}: not a run folder (no readable summary.json); give a run folder "
                         "such as runs/NAME-YYYYmmdd-HHMMSS, or --resume auto with a recipe")
     refuse_if_stopped_for_good(run_dir)
-    if summary_of(run_dir).get("status") == "finished":
+    if summary.get("status") == "finished":
         raise UserError(f"cannot resume {run_dir}: it finished, and its checkpoint.pt is gone; "
                         "start a new run without --resume")
     refuse_changes(run_dir, recipe_diff(run_recipe(run_dir), recipe.to_dict()))
@@ -185,14 +186,15 @@ def metric_records(path: Path):
     short by a kill, or damage (bytes that are not UTF-8 JSON, a record without an integer step)."""
     if not path.is_file():
         return
-    for line in path.read_bytes().splitlines(keepends=True):
+    for raw in path.read_bytes().splitlines(keepends=True):
         try:
+            line = raw.decode("utf-8")
             record = json.loads(line)
-        except ValueError:  # UnicodeDecodeError included
+        except (ValueError, RecursionError):  # UnicodeDecodeError included; RecursionError: [[[[...
             return
         if not (isinstance(record, dict) and type(record.get("step")) is int):
             return
-        yield line.decode("utf-8"), record
+        yield line, record
 
 
 def truncate_metrics(path: Path, step: int, eval_pending: bool = False) -> None:

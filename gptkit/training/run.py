@@ -122,7 +122,6 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     trainer = Trainer(recipe, model, dataset, device, quiet=quiet or not dist.is_main, dist=dist)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint["trainer"])  # rank 0's random stream
-    dist.seed(recipe.seed, trainer.state.step)  # other ranks' dropout masks differ from rank 0's
     if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
         trainer.fit()
         return RunResult(model, dataset, None, {})

@@ -275,6 +275,7 @@ class Trainer:
         """One optimizer step; the loss and gradient norm stay on the device (no host sync)."""
         B = self.cfg.batch_size
         x, y = self.dataset.batch(self.dist.shard(starts[batch * B : (batch + 1) * B]))
+        self.dist.seed(self.recipe.seed, self.state.step)  # under torchrun, other ranks' own dropout masks
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         try:
