@@ -199,7 +199,8 @@ class Registry:
         if lax:  # a typo in a key would be dropped without a word, "1e-3" taken for a number
             raise RegistryError(f"its Params use {', '.join(lax)}, which would ignore unknown keys or convert "
                                 "values of the wrong type; derive nested models from gptkit.components.Params "
-                                "too, and keep its model_config's extra='forbid' and strict=True")
+                                "too, and keep its model_config's extra='forbid' and strict=True (and no field's "
+                                "strict=False)")
         required = [n for n, f in obj.Params.model_fields.items() if f.is_required()]
         if required:  # a recipe may name a component alone, and the conformance kit builds it so
             raise RegistryError(f"its Params must give every field a default; {', '.join(required)} has none")
@@ -222,7 +223,8 @@ def _lax_models(annotation: Any, seen: set | None = None):
     seen = set() if seen is None else seen
     if inspect.isclass(annotation) and issubclass(annotation, BaseModel) and annotation not in seen:
         seen.add(annotation)
-        if annotation.model_config.get("extra") != "forbid" or annotation.model_config.get("strict") is not True:
+        loose = any(getattr(m, "strict", None) is False for f in annotation.model_fields.values() for m in f.metadata)
+        if annotation.model_config.get("extra") != "forbid" or annotation.model_config.get("strict") is not True or loose:
             yield annotation
         for f in annotation.model_fields.values():
             yield from _lax_models(f.annotation, seen)

@@ -121,6 +121,11 @@ BROKEN = [
         "class LooseParams(Params):\n    model_config = ConfigDict(strict=False)\n    eps: float = 1e-5\n"
         "class Bad(Norm):\n    Params = LooseParams\n    forward = lambda self, x: x\n")},
      "its Params use LooseParams, which would ignore unknown keys or convert values of the wrong type"),
+    ("loosely-typed-field", "acme_loose_field:Bad", {"acme_loose_field": (
+        "from pydantic import Field\nfrom gptkit.components import Norm, Params\n"
+        "class FieldParams(Params):\n    eps: float = Field(1e-5, strict=False)\n"
+        "class Bad(Norm):\n    Params = FieldParams\n    forward = lambda self, x: x\n")},
+     "its Params use FieldParams, which would ignore unknown keys or convert values of the wrong type"),
     ("no-forward", "acme_stub:Stub", {"acme_stub": "from gptkit.components import Norm\nclass Stub(Norm):\n    pass\n"},
      "does not implement forward()"),
     ("exits-at-import", "acme_exits:Thing", {"acme_exits": "import sys\nsys.exit('needs a GPU')\n"},
