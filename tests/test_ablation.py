@@ -293,6 +293,14 @@ def test_compare_plot_to_an_unwritable_place_and_a_hand_edited_summary(cli, tmp_
     assert result.exit_code == 0 and md_rows(result.output.split("Final figures:")[1])["final_val_loss"][1] == "'x'"
 
 
+def test_compare_plot_of_runs_without_validation_losses_draws_nothing(cli, tmp_path, two_runs):
+    for run in two_runs:
+        (run / "metrics.jsonl").write_text('{"step": 1, "train_loss": 3.0}\n')
+    result = cli("compare", *two_runs, "--plot", tmp_path / "c.png")
+    assert result.exit_code == 2 and "none of these runs has a validation loss yet" in result.output
+    assert not (tmp_path / "c.png").exists()
+
+
 def test_compare_plot_without_matplotlib_is_a_clear_error(cli, tmp_path, two_runs, monkeypatch):
     monkeypatch.setattr("gptkit.ablation.plot.have_matplotlib", lambda: False)
     result = cli("compare", *two_runs, "--plot", tmp_path / "c.png")

@@ -49,6 +49,8 @@ def compare(run_dirs, plot_path):
     click.echo("Final figures:\n" + table(["", *names], rows), nl=False)
     if plot_path:
         curves = {name: [val_curve(d)] for name, d in zip(names, dirs)}
+        if not any(curve for (curve,) in curves.values()):
+            raise UserError("--plot: none of these runs has a validation loss yet (metrics.jsonl); nothing to draw")
         try:
             drawn = plot_curves(curves, Path(plot_path), "validation loss")
         except OSError as e:
