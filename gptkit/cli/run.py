@@ -5,7 +5,7 @@ import click
 from ..errors import UserError
 from ..recipe import load_recipe
 from ..training import train
-from ..training.resume import check_run_dir
+from ..training.resume import check_run_dir, not_a_run
 from ..training.progress import fmt_duration
 from . import main, overrides_option
 
@@ -36,8 +36,7 @@ def run(recipe, overrides, runs_dir, resume, quiet):
             raise UserError("give a RECIPE to run, or --resume RUN_DIR to continue a run")
         recipe = check_run_dir(resume) / "recipe.yaml"
         if not recipe.is_file():
-            raise UserError(f"--resume {resume}: not a run folder (no recipe.yaml); give a run folder such as "
-                            "runs/NAME-YYYYmmdd-HHMMSS, or a RECIPE with --resume auto")
+            raise not_a_run(resume, "not a run folder (no recipe.yaml)")
     result = train(load_recipe(recipe, overrides), runs_dir=runs_dir, quiet=quiet, resume=resume)
     if result.run_dir is None:  # a torchrun process other than rank 0, which reports for all
         return

@@ -73,8 +73,7 @@ def check_restartable(run_dir: Path, recipe: Recipe) -> None:
     not once it finished (its checkpoint was deleted: starting over would overwrite its results)."""
     summary = summary_of(run_dir)
     if not summary:  # a folder of the user's own: training there would overwrite and delete files
-        raise UserError(f"--resume {run_dir}: not a run folder (no readable summary.json); give a run folder "
-                        "such as runs/NAME-YYYYmmdd-HHMMSS, or --resume auto with a recipe")
+        raise not_a_run(run_dir, "not a run folder (no readable summary.json)")
     refuse_if_stopped_for_good(run_dir)
     if summary.get("status") == "finished":
         raise UserError(f"cannot resume {run_dir}: it finished, and its checkpoint.pt is gone; "
@@ -112,9 +111,13 @@ def check_run_dir(path: str | Path) -> Path:
     """`--resume PATH`, which must be a run folder."""
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"--resume {path}: {'not a folder' if path.exists() else 'no such folder'}; give a run "
-                        "folder such as runs/NAME-YYYYmmdd-HHMMSS, or --resume auto with a recipe")
+        raise not_a_run(path, "not a folder" if path.exists() else "no such folder")
     return path
+
+
+def not_a_run(path: Path, problem: str) -> UserError:
+    return UserError(f"--resume {path}: {problem}; give a run folder such as runs/NAME-YYYYmmdd-HHMMSS, or "
+                     "--resume auto with a recipe")
 
 
 def remove_leftovers(run_dir: Path) -> None:
