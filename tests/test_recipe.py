@@ -116,6 +116,14 @@ def test_override_gives_a_named_component_parameters(write_recipe):
     assert r.model.positional.name == "rope" and r.model.positional.params.base == 500
 
 
+def test_naming_the_component_a_recipe_already_has_keeps_its_parameters(write_recipe):
+    """`--vary model.positional=rope,alibi` on a recipe with rope at base 500: the rope arm is the baseline."""
+    path = write_recipe(model={"positional": {"name": "rope", "base": 500}})
+    assert load_recipe(path, ["model.positional=rope"]).model.positional.params.base == 500
+    other = load_recipe(path, ["model.positional=alibi"]).model.positional  # another component: its own defaults
+    assert other.name == "alibi" and "base" not in other.params.model_fields
+
+
 def test_override_gives_a_default_component_parameters(write_recipe):
     r = load_recipe(write_recipe(), ["model.attention.bias=true", "train.schedule.warmup_steps=3"])
     assert r.model.attention.name == "flash" and r.model.attention.params.bias
@@ -163,6 +171,17 @@ def test_all_problems_are_reported_at_once(tmp_path, monkeypatch):
     assert f"{path}:4: model.attention: unknown attention 'flsh' (did you mean 'flash'?). Available: flash, naive" in msg
     assert f"{path}:6: train.lr: Input should be a valid number (got 'yes')" in msg
     assert f"{path}:7: train.epoch: unknown key (did you mean 'epochs'?)" in msg
+    assert msg.index(f"{path}:4:") < msg.index(f"{path}:6:") < msg.index(f"{path}:7:")
+
+
+def test_problems_are_listed_in_file_order_then_the_overrides(tmp_path, monkeypatch):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\ndata: {path: c.txt}\nmodel:\n  n_embd: x\ntrain:\n  lr: x\n  epochs: x\n  batch_size: x\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path, ["train.max_steps=x", "model.n_head=x"])
+    lines = str(e.value).splitlines()[1:]
+    assert [line.split(": ")[0].strip() for line in lines] == [
+        f"{path}:4", f"{path}:6", f"{path}:7", f"{path}:8", "--set train.max_steps=x", "--set model.n_head=x"]
 
 
 def test_incompatible_choices_fail_at_validation(write_recipe):

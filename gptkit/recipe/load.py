@@ -52,21 +52,22 @@ def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
     try:
         return Recipe.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
-        problems = []
+        problems = []  # (the override's index, the line, the text): the recipe's own in file order, then --set's
         for loc, msg in describe_errors(e, Recipe):
             key = ".".join(map(str, loc))
             # An override is to blame for errors at or below its key, and above it (train.lr.x=5); of
             # several, the last, whose value won.
-            source = next((label for keys, label in reversed(overrides)
+            blamed = next((i for i, (keys, _) in reversed(list(enumerate(overrides)))
                            if loc[: len(keys)] == keys or (loc and keys[: len(loc)] == loc)), None)
-            if source:
-                problems.append(f"{source}: {key}: {msg}")
+            if blamed is not None:
+                problems.append((blamed, 0, f"{overrides[blamed][1]}: {key}: {msg}"))
             else:
                 line = next(((lines or {})[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in (lines or {})), None)
-                problems.append(f"{origin}{f':{line}' if line else ''}: {key}: {msg}")
-        if len(problems) == 1:
-            raise RecipeError(problems[0]) from None
-        raise RecipeError(f"{origin} has {len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems)) from None
+                problems.append((-1, line or 0, f"{origin}{f':{line}' if line else ''}: {key}: {msg}"))
+        texts = [text for *_, text in sorted(problems, key=lambda p: p[:2])]
+        if len(texts) == 1:
+            raise RecipeError(texts[0]) from None
+        raise RecipeError(f"{origin} has {len(texts)} problems:\n" + "\n".join(f"  {t}" for t in texts)) from None
 
 
 _FILES = TypeAdapter(list[RecipePath])
@@ -117,6 +118,9 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
         elif not isinstance(child, dict):
             raise RecipeError(f"{label}: {'.'.join(parts[: i + 1])} is {child!r}, not a section with keys")
         node = child
+    old = node.get(parts[-1])
+    if isinstance(value, str) and isinstance(old, dict) and old.get("name") == value:
+        return parts, label  # the component it is already: its parameters stay, as the baseline's do in an ablation
     node[parts[-1]] = value
     return parts, label
 
