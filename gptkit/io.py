@@ -19,6 +19,8 @@ def read_text(path: Path, what: str) -> str:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         source = "utf-16" if e.object[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"  # UTF-16 starts with its BOM
+        if source == "latin1" and b"\0" in e.object[:4096]:  # no text in an 8-bit encoding holds NUL bytes
+            raise UserError(f"{what} file {path} contains NUL bytes: it looks like a binary file, not text") from None
         raise UserError(
             f"{what} file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start:,}); "
             f"convert it first, e.g. iconv -f {source} -t utf-8"

@@ -114,6 +114,7 @@ def test_user_mistakes(cli, tmp_path, corpus, monkeypatch, make, args, fragments
     (b"", "has 0 training characters, fewer than one block"),
     (b"short\n", "fewer than one block"),
     (b"\x00\x01\x02binary" * 100, "looks like a binary file"),
+    (b"PK\x03\x04\x00\xff\xfe" * 100, "contains NUL bytes: it looks like a binary file, not text"),  # not UTF-8 either
 ])
 def test_bad_corpora(cli, tmp_path, content, fragment):
     corpus = tmp_path / "bad.txt"
@@ -123,6 +124,12 @@ def test_bad_corpora(cli, tmp_path, content, fragment):
     result = cli("run", path, "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and fragment in result.output, result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_binary_file_given_as_the_recipe(cli, tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04\x00\x00\x08\x00\x00\x8f" * 50)
+    result = cli("validate", tmp_path / "checkpoint.pt")
+    assert result.exit_code == 2 and "looks like a binary file, not text" in result.output and "iconv" not in result.output
 
 
 def test_missing_recipe(cli, tmp_path):
