@@ -119,15 +119,15 @@ def test_bad_ablation_file(cli, tmp_path, write_recipe):
 
 
 @pytest.mark.parametrize("lines, args, message", [
-    ("name: ../../evil", [], "abl.yaml: name: '../../evil' cannot name the ablation folder"),
+    ("name: ../../evil", [], "abl.yaml:3: name: '../../evil' cannot name the ablation folder"),
     ("", ["--name", "a/b"], "--name: 'a/b' cannot name the ablation folder"),
-    ("param_margin: -0.5", [], "abl.yaml: param_margin: expected a fraction of at least 0"),
-    ("seeds: 0", [], "abl.yaml: seeds: expected at least one seed"),
-    ("seeds: [1, 1]", [], "abl.yaml: seeds: expected at least one seed, each once"),
+    ("param_margin: -0.5", [], "abl.yaml:3: param_margin: expected a fraction of at least 0"),
+    ("seeds: 0", [], "abl.yaml:3: seeds: expected at least one seed"),
+    ("seeds: [1, 1]", [], "abl.yaml:3: seeds: expected at least one seed, each once"),
     ("", ["--seeds", "0"], "error: --seeds: expected at least one seed"),
-    ("set: {model.nrm: rmsnorm}", [], "abl.yaml: set.model.nrm: model.nrm: unknown key (did you mean 'norm'?)"),
-    ("vary: {model.nrm: [layernorm]}", [], "abl.yaml: vary.model.nrm: model.nrm: unknown key (did you mean 'norm'?)"),
-    ("vary: {train.max_steps: [2, 4]}", [], "abl.yaml: vary.train.max_steps changes the token budget"),
+    ("set: {model.nrm: rmsnorm}", [], "abl.yaml:3: set.model.nrm: model.nrm: unknown key (did you mean 'norm'?)"),
+    ("vary: {model.nrm: [layernorm]}", [], "abl.yaml:2: vary.model.nrm: model.nrm: unknown key (did you mean 'norm'?)"),
+    ("vary: {train.max_steps: [2, 4]}", [], "abl.yaml:2: vary.train.max_steps changes the token budget"),
     ("", ["--vary", "train.max_steps=2,4"], "error: --vary train.max_steps changes the token budget"),
 ])
 def test_bad_ablation_file_names_its_key(cli, tmp_path, write_recipe, lines, args, message):
@@ -138,6 +138,27 @@ def test_bad_ablation_file_names_its_key(cli, tmp_path, write_recipe, lines, arg
     result = cli("ablate", path, "--runs-dir", tmp_path / "runs", *args)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert set(tmp_path.rglob("*")) == before
+
+
+def test_a_folder_holding_another_ablation_is_refused(cli, tmp_path, write_recipe):
+    recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    out = tmp_path / "abl"
+    first = cli("ablate", recipe, "--vary", "model.norm=rmsnorm,layernorm", "--seeds", "1", "--out", out)
+    assert first.exit_code == 0, first.output
+    before = (out / "ablation.yaml").read_text()
+    other = cli("ablate", recipe, "--vary", "model.feedforward=swiglu,mlp", "--seeds", "1", "--out", out)
+    assert other.exit_code == 2 and "holds runs of arms this ablation does not have (norm-layernorm)" in other.output
+    assert (out / "ablation.yaml").read_text() == before
+
+
+def test_an_ablation_files_recipe_is_found_beside_it(cli, tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "abl.yaml").write_text("vary: {model.norm: [layernorm]}\nrecipe: ../nope.yaml\n")
+    monkeypatch.chdir(tmp_path / "sub")
+    result = cli("ablate", "abl.yaml")
+    assert result.exit_code == 2
+    assert f"abl.yaml:2: recipe: recipe file {tmp_path / 'nope.yaml'} not found (a path relative to the ablation file)" \
+        in result.output
 
 
 @pytest.mark.parametrize("value", ["the #cat", "the: cat", "null", "true", "1e-3", "[x]", "it's", "a\nb"])
@@ -212,7 +233,9 @@ def test_ablation_table_matches_the_run_summaries_and_resumes(cli, tmp_path, wri
     assert table["positional=rope"][5] == ("within noise" if abs(mean) <= half else "better" if mean < 0 else "worse")
     assert table["positional=sinusoidal"][5] == "baseline"
     manifest = yaml.safe_load((out / "ablation.yaml").read_text())
-    assert manifest["seeds"] == [0, 1, 2] and len(manifest["arms"]) == 2
+    assert manifest["seeds"] == [0, 1, 2] and manifest["vary"] == {"model.positional": ["sinusoidal", "rope"]}
+    rerun = cli("ablate", out / "ablation.yaml", "--out", out)  # an ablation file for the very same ablation
+    assert rerun.exit_code == 0 and "6 of 6 runs finished earlier: skipping them" in rerun.output, rerun.output
 
     # a finished run is reused only for the very recipe it trained
     before = (out / "ablation.yaml").read_text()

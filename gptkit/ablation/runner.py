@@ -17,7 +17,7 @@ from ..data.dataset import load_dataset
 from ..errors import Diverged, UserError
 from ..io import write_text
 from ..model import build_model
-from ..recipe import Recipe, flatten
+from ..recipe import Recipe, apply_override, flatten
 from ..training import train
 from ..training.progress import fmt_duration
 from ..training.resume import is_locked, run_recipe
@@ -69,11 +69,12 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
     jobs = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
     rows = [RunRow(arm, seed, f"{arm.slug}/seed-{seed}", ended_summary(folder / arm.slug / f"seed-{seed}"))
             for arm, seed in jobs]
-    for row in rows:  # before anything is written: the folder may hold another ablation's runs
+    check_no_strays(plan, folder)  # before anything is written: the folder may hold another ablation's runs
+    for row in rows:
         if row.summary is not None:
             check_same(folder / row.run_dir, row.arm.for_seed(row.seed))
     folder.mkdir(parents=True, exist_ok=True)
-    write_text(folder / "ablation.yaml", yaml.safe_dump(manifest(plan), sort_keys=False, allow_unicode=True))
+    write_text(folder / "ablation.yaml", manifest(plan, folder))
     skipped = sum(r.summary is not None for r in rows)
     gone = sum(r.summary is not None and not finished(r.summary) for r in rows)
     if skipped:
@@ -112,6 +113,17 @@ def continue_from(run_dir: Path) -> Path | None:
     return None
 
 
+def check_no_strays(plan: Plan, folder: Path) -> None:
+    """A folder with runs of arms this ablation does not have is another ablation's (an --out reused):
+    its results would be overwritten with a table that leaves those runs out."""
+    arms = {arm.slug for arm in plan.arms}
+    strays = sorted(d.name for d in folder.iterdir() if d.name not in arms and any(d.glob("seed-*/summary.json"))) \
+        if folder.is_dir() else []
+    if strays:
+        raise UserError(f"{folder} holds runs of arms this ablation does not have ({', '.join(strays[:3])}): it is "
+                        "another ablation's folder; pass --out with a new folder, or delete that one")
+
+
 def check_same(run_dir: Path, recipe: Recipe) -> None:
     """A finished (or diverged) run is reused only if it trained exactly what this ablation would train now."""
     stored, wanted = flatten(run_recipe(run_dir)), flatten(recipe.to_dict())
@@ -148,20 +160,30 @@ def plot(folder: Path, rows: list[RunRow], title: str) -> bool:
     return plot_curves(curves, folder / "loss_curves.png", title)
 
 
-def manifest(plan: Plan) -> dict:
+def manifest(plan: Plan, folder: Path) -> str:
+    """ablation.yaml: an ablation file for exactly this ablation, so that it can be resumed or given more
+    seeds from anywhere, with its arms' folders in comments."""
     a = plan.ablation
-    return {
+    data = {
         "name": plan.name,
-        "recipe": str(a.recipe),
-        "set": list(a.overrides),
-        "vary": a.vary,
+        "recipe": str(a.recipe.resolve()),
+        "set": dict(_value(text) for text in a.overrides),
+        "vary": {key: [_value(f"{key}={v}")[1] for v in values] for key, values in a.vary.items()},
         "mode": a.mode,
         "seeds": plan.seeds,
-        "arms": [arm_entry(arm) for arm in plan.arms],
+        "param_margin": a.param_margin,
+        "allow_unfair": a.allow_unfair,
     }
+    arms = "".join(f"#   {arm.slug}/  {arm.title}\n" for arm in plan.arms)
+    return (f"# Resume, or add seeds: gptkit ablate {folder.resolve() / 'ablation.yaml'} --out {folder.resolve()}\n"
+            f"# Arms (folder, label):\n{arms}" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
-def arm_entry(arm: Arm) -> dict:
-    return {"label": arm.label, "folder": arm.slug, "baseline": arm.baseline,
-            "set": [f"{k}={v}" for k, v in arm.changes]}
-
+def _value(override: str) -> tuple[str, object]:
+    """("data.path", "/abs/x.txt") from "data.path=x.txt": the value as the recipe received it (paths
+    made absolute), so that the file means the same from any folder."""
+    tree: dict = {}
+    keys, _ = apply_override(tree, override)
+    for key in keys:
+        tree = tree[key]
+    return ".".join(keys), tree

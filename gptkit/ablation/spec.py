@@ -177,46 +177,54 @@ def _flow(value, style: str | None = None) -> str:
 
 def load_ablation(path: Path) -> Ablation:
     """The ablation a YAML file in recipes/ablations/ describes."""
-    data, _ = yaml.load(read_text(path, "ablation"), str(path))
+    data, lines = yaml.load(read_text(path, "ablation"), str(path))
     if not isinstance(data, dict) or "recipe" not in data:
         raise UserError(f"{path}: an ablation file is a mapping with at least `recipe:` and `vary:`")
+
+    def at(*key) -> str:  # "abl.yaml:7: vary.model.norm", as a recipe's errors name their lines
+        line = lines.get(key) or lines.get(key[:1])
+        return f"{path}{f':{line}' if line else ''}: {'.'.join(map(str, key))}"
+
     for key in data:
         if key not in FILE_KEYS:
-            raise UserError(f"{path}: {key}: unknown key{did_you_mean(str(key), FILE_KEYS)}. "
+            raise UserError(f"{at(key)}: unknown key{did_you_mean(str(key), FILE_KEYS)}. "
                             f"Valid keys: {listing(FILE_KEYS)}")
 
     def typed(key, kind, default):
         value = data.get(key, default)
         if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-            raise UserError(f"{path}: {key}: expected {FILE_KEYS[key]}, got {value!r}")
+            raise UserError(f"{at(key)}: expected {FILE_KEYS[key]}, got {value!r}")
         return value
 
+    recipe = path.parent / typed("recipe", str, "")
+    if not recipe.is_file():
+        raise UserError(f"{at('recipe')}: recipe file {recipe.resolve()} not found (a path relative to the ablation file)")
     vary, sets, seeds = typed("vary", dict, {}), typed("set", dict, {}), typed("seeds", (int, list), 3)
     for key, values in vary.items():
         if not isinstance(values, list) or not values:
-            raise UserError(f"{path}: vary.{key}: expected a list of values, e.g. [sinusoidal, rope]")
+            raise UserError(f"{at('vary', key)}: expected a list of values, e.g. [sinusoidal, rope]")
     if isinstance(seeds, list) and not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise UserError(f"{path}: seeds: expected a count or a list of integers, got {seeds!r}")
-    check_seeds(seeds, f"{path}: seeds")
+        raise UserError(f"{at('seeds')}: expected a count or a list of integers, got {seeds!r}")
+    check_seeds(seeds, at("seeds"))
     mode = typed("mode", str, "grid")
     if mode not in MODES:
-        raise UserError(f"{path}: mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        raise UserError(f"{at('mode')}: expected one of {', '.join(MODES)}, got {mode!r}")
     margin = float(typed("param_margin", (int, float), 0.1))
     if not margin >= 0:
-        raise UserError(f"{path}: param_margin: expected a fraction of at least 0, e.g. 0.1, got {margin!r}")
+        raise UserError(f"{at('param_margin')}: expected a fraction of at least 0, e.g. 0.1, got {margin!r}")
     texts = {str(k): [yaml_text(v) for v in values] for k, values in vary.items()}
     overrides = {f"{k}={yaml_text(v)}": k for k, v in sets.items()}
-    origin = {text: f"{path}: set.{k}" for text, k in overrides.items()}
+    origin = {text: at("set", k) for text, k in overrides.items()}
     for k, values in texts.items():
-        origin[f"--vary {k}"] = f"{path}: vary.{k}"
-        origin |= {f"{k}={v}": f"{path}: vary.{k}" for v in values}  # an arm's value, as the recipe applies it
+        origin[f"--vary {k}"] = at("vary", k)
+        origin |= {f"{k}={v}": at("vary", k) for v in values}  # an arm's value, as the recipe applies it
     return Ablation(
-        recipe=path.parent / typed("recipe", str, ""),
+        recipe=recipe,
         vary=texts,
         overrides=list(overrides),
         seeds=seeds,
         mode=mode,
-        name=check_name(typed("name", str, ""), f"{path}: name") if "name" in data else path.stem,
+        name=check_name(typed("name", str, ""), at("name")) if "name" in data else path.stem,
         param_margin=margin,
         allow_unfair=typed("allow_unfair", bool, False),
         origin=origin,
