@@ -4,20 +4,47 @@
     model, dataset = train_model("recipes/shakespeare-cpu.yaml", epochs=1)
 """
 
+import importlib
 import warnings
+from typing import TYPE_CHECKING
 
 # torch warns on import when numpy is not installed; gptkit never converts tensors to numpy arrays.
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
 
-from .api import train_model
-from .components import GPTConfig, Params
-from .errors import UserError
-from .model import GPT, Block, build_model
-from .recipe import Recipe, load_recipe
-from .registry import registry
-from .sampling import generate, sample
-from .training import load_checkpoint, train
-from .training.checkpoint import load_model
+# Imported on first use, so that `import gptkit.<module>` costs only what that module needs, and the
+# command line can answer a Ctrl-C while torch is still importing (see _entry.py).
+_EXPORTS = {
+    "train_model": ".api",
+    "GPTConfig": ".components", "Params": ".components",
+    "UserError": ".errors",
+    "GPT": ".model", "Block": ".model", "build_model": ".model",
+    "Recipe": ".recipe", "load_recipe": ".recipe",
+    "registry": ".registry",
+    "generate": ".sampling", "sample": ".sampling",
+    "load_checkpoint": ".training", "train": ".training",
+    "load_model": ".training.checkpoint",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["GPT", "Block", "GPTConfig", "Params", "Recipe", "UserError", "build_model", "generate",
-           "load_checkpoint", "load_model", "load_recipe", "registry", "sample", "train", "train_model"]
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from .api import train_model
+    from .components import GPTConfig, Params
+    from .errors import UserError
+    from .model import GPT, Block, build_model
+    from .recipe import Recipe, load_recipe
+    from .registry import registry
+    from .sampling import generate, sample
+    from .training import load_checkpoint, train
+    from .training.checkpoint import load_model
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gptkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -211,3 +211,28 @@ def test_a_typo_in_a_model_size_is_refused_and_a_huge_max_lines_reads_everything
     result = cli("run", write_recipe(), "--set", "data.max_lines=99999999999999999999999", "--runs-dir", tmp_path / "runs",
                  "-q")
     assert result.exit_code == 0, result.output
+
+
+def test_a_ctrl_c_while_the_command_line_is_still_importing_is_quiet(monkeypatch, capsys):
+    import sys
+    import types
+
+    from gptkit import _entry
+
+    class Importing(types.ModuleType):  # torch's import, interrupted
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "gptkit.cli", Importing("gptkit.cli"))
+    with pytest.raises(SystemExit) as e:
+        _entry.main()
+    assert e.value.code == 130 and capsys.readouterr().err == "\ninterrupted\n"
+
+
+def test_the_package_imports_its_names_on_first_use():
+    import subprocess
+    import sys
+
+    code = ("import sys, gptkit; assert 'torch' not in sys.modules; "
+            "assert all(getattr(gptkit, n) for n in gptkit.__all__); from gptkit import GPT, load_model")
+    subprocess.run([sys.executable, "-c", code], check=True)
