@@ -1,10 +1,11 @@
-"""The contract every model component must meet, as checks that run on any registered component.
+"""The contract every component must meet, as checks that run on any registered component of any kind.
 
 gptkit's own tests run these over the whole registry; `gptkit check KIND NAME` runs them on one
 component, and a plugin's test suite can call `check_component` or `assert_conformant` directly.
 """
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,12 +14,14 @@ import torch
 from .components.attention import KVCache, caches
 from .components.base import GPTConfig, Params
 from .components.positional import Positional
+from .errors import listing
 from .model import build_model, state_dict_mismatch
-from .recipe.components import ComponentSpec, parse_component
+from .recipe.components import MODEL_KINDS, ComponentSpec, parse_component
 from .recipe.schema import ModelSection
 from .registry import RegistryError, registry
+from .training.trainer import build_optimizer, flat_gradients, param_groups
 
-MODEL_KINDS = ("attention", "feedforward", "norm", "positional")
+PAIRED = ("attention", "positional")  # each must work with every component of the other kind
 CONFIG = GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0)
 
 
@@ -47,7 +50,7 @@ def tokens(config: GPTConfig, batch: int = 3) -> torch.Tensor:
 
 def _module(spec: ComponentSpec, config: GPTConfig):
     if spec.kind == "attention":
-        return spec.build(config, pos=parse_component("positional", "none").build(config))
+        return spec.build(config, parse_component("positional", "none").build(config))
     return spec.build(config)
 
 
@@ -149,30 +152,44 @@ def check_every_partner(spec, config):
     """An attention must work with every positional scheme (its rotate and score_bias hooks), and a
     positional scheme with every attention: finite loss and gradients, causal, and the same logits
     through the key/value cache, for each pair."""
-    if spec.kind not in ("attention", "positional"):
-        raise NotApplicable("only attention and positional components are paired")
+    return _with_every_partner(spec, config, lambda partner: _assert_pair_works(spec, partner, config))
+
+
+def _assert_pair_works(spec, partner, config):
+    model = tiny_model(config, **{spec.kind: spec, partner.kind: partner})
+    _, loss = model(tokens(config), tokens(config))
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads), "non-finite loss or gradient"
+    _assert_causal(model, config)
+    if model.supports_kv_cache:  # a partner's rotation or bias must continue from the cache's length
+        _assert_cache_matches(model, config)
+
+
+def _with_every_partner(spec, config, test: Callable, hint: str = "") -> str:
+    """test(partner) for every working partner of the other paired kind, reporting every failing one,
+    not just the first; the partners left out go in the note (or the failure)."""
     other = "positional" if spec.kind == "attention" else "attention"
     failures, skipped = [], []
     for name, partner in _partners(other, config, skipped):
         try:
-            model = tiny_model(config, **{spec.kind: spec, other: partner})
-            _, loss = model(tokens(config), tokens(config))
-            loss.backward()
-            assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), \
-                "non-finite loss or gradient"
-            _assert_causal(model, config)
-            if model.supports_kv_cache:  # a partner's rotation or bias must continue from the cache's length
-                _assert_cache_matches(model, config)
-        except Exception as e:  # report every failing partner, not just the first
+            test(partner)
+        except NotApplicable:
+            raise
+        except Exception as e:
             failures.append(f"{other} {name}: {type(e).__name__}: {e}")
-    assert not failures, "; ".join(failures + skipped)
+    assert not failures, "; ".join(failures + skipped) + hint
     return "; ".join(skipped)
 
 
-def _partners(kind: str, config: GPTConfig, skipped: list[str] | None = None):
-    """(name, spec) of every registered `kind` that can be built with the test sizes and works with
-    the default partner: a plugin broken on its own is its own failure, not every other component's
-    (its name and error go to `skipped`)."""
+# A partner's own checks that a pairing relies on, each run with the default for the other kind.
+PARTNER_SCREEN = ("backward", "causal", "offsets", "kv cache")
+
+
+def _partners(kind: str, config: GPTConfig, skipped: list[str]):
+    """(name, spec) of every registered `kind` that can be built with the test sizes and passes its
+    own PARTNER_SCREEN checks: a plugin broken on its own is its own failure, not every other
+    component's (its name and first failure go to `skipped`)."""
     for name in registry(kind).names():
         if registry(kind).entry(name).error:
             continue  # a broken plugin is reported on its own, not against another component
@@ -182,13 +199,9 @@ def _partners(kind: str, config: GPTConfig, skipped: list[str] | None = None):
         except (ValueError, RegistryError):
             continue  # this pair cannot be built with the test sizes (a recipe would refuse it too), or the
             # partner's own check is broken: the partner's failure, not this component's
-        try:
-            model = tiny_model(config, **{kind: partner})
-            model(tokens(config), tokens(config))[1].backward()
-            _assert_causal(model, config)
-        except Exception as e:
-            if skipped is not None:
-                skipped.append(f"{kind} {name} skipped: broken on its own ({type(e).__name__}: {e})")
+        own = next((r for r in (run_check(c, partner, config) for c in PARTNER_SCREEN) if r.status == "fail"), None)
+        if own:
+            skipped.append(f"{kind} {name} skipped: broken on its own ({own.check}: {own.detail})")
             continue
         yield name, partner
 
@@ -196,19 +209,22 @@ def _partners(kind: str, config: GPTConfig, skipped: list[str] | None = None):
 def check_matches_naive(spec, config):
     """Same weights and inputs as the reference `naive` attention: the same outputs and gradients. An
     attention with every positional scheme (it must apply their rotations and biases), a positional
-    scheme under `flash`."""
-    if spec.kind not in ("attention", "positional"):
-        raise NotApplicable("only attention and positional components")
+    scheme under `flash`. An attention that computes another function on purpose opts out with
+    `matches_naive = False`."""
     if spec.kind == "attention" and spec.name == "naive":
         raise NotApplicable("naive is the reference attention")
     if spec.kind == "positional":
         _assert_matches_naive("flash", spec, config)
-        return
-    for name, positional in _partners("positional", config):
-        _assert_matches_naive(spec, positional, config, f"with positional {name}: ")
+        return None
+    if not spec.cls.matches_naive:
+        raise NotApplicable(f"{spec.cls.__name__} sets matches_naive = False: "
+                            "it computes another function than naive attention")
+    return _with_every_partner(spec, config, lambda positional: _assert_matches_naive(spec, positional, config),
+                               hint=". An attention meant to compute another function (a sliding window, say) sets "
+                                    "matches_naive = False on its class")
 
 
-def _assert_matches_naive(attention, positional, config, label=""):
+def _assert_matches_naive(attention, positional, config):
     models = []
     for a in ("naive", attention):
         torch.manual_seed(0)
@@ -225,22 +241,20 @@ def _assert_matches_naive(attention, positional, config, label=""):
     loss_ref.backward()
     loss.backward()
     assert torch.allclose(out, out_ref, atol=1e-5, rtol=1e-4), \
-        f"{label}outputs differ from naive attention by {(out - out_ref).abs().max():.2e}"
+        f"outputs differ from naive attention by {(out - out_ref).abs().max():.2e}"
     grads_ref = dict(reference.named_parameters())
     for name, p in model.named_parameters():
         if name not in grads_ref:  # its own parameter: nothing to compare with
             continue
         diff = (p.grad - grads_ref[name].grad).abs().max()
         assert torch.allclose(p.grad, grads_ref[name].grad, atol=1e-5, rtol=1e-4), \
-            f"{label}gradient of {name} differs from naive attention by {diff:.2e}"
+            f"gradient of {name} differs from naive attention by {diff:.2e}"
 
 
 def check_offsets(spec, config):
     """A positional scheme's hooks asked for positions s.. (what a key/value cache continues from)
     give the tail of what they give for positions 0..; with every parameter and buffer randomised,
     as tables that start at zero hide an ignored offset."""
-    if spec.kind != "positional":
-        raise NotApplicable("only positional components take a start offset")
     pos = _randomised(_module(spec, config))
     T, s, g = config.block_size, config.block_size // 2 + 1, torch.Generator().manual_seed(2)
     x = torch.randn(2, T, config.n_embd, generator=g)
@@ -290,10 +304,8 @@ def check_uses_positional(spec, config):
     """An attention hands its positional partner the right positions: rotate(q, k, start) with the
     cache's length, score_bias(t_q, t_k) with the keys' count. One that ignores them passes every
     other check with no positional at all, and silently learns without positions."""
-    if spec.kind != "attention":
-        raise NotApplicable("only attention uses the positional hooks")
     T, t = config.block_size, config.block_size // 2
-    attn = spec.build(config, pos=_Spy(config)).eval()
+    attn = spec.build(config, _Spy(config)).eval()
     x = torch.randn(2, T, config.n_embd, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         attn(x)
@@ -309,44 +321,175 @@ def check_uses_positional(spec, config):
 def check_kv_cache(spec, config):
     """Feeding a prefix, then a few tokens at once, then one at a time through a key/value cache,
     gives the logits of one forward pass over the whole sequence."""
-    if spec.kind not in ("attention", "positional"):
-        raise NotApplicable("only attention and positional components see the cache")
     model = tiny_model(config, **{spec.kind: spec}).eval()
     if not model.supports_kv_cache:
         raise NotApplicable("the attention does not support a key/value cache; generation recomputes")
     _assert_cache_matches(model, config)
 
 
-CHECKS: dict[str, Callable] = {
-    "construct": check_construct,
-    "shape and dtype": check_shape_and_dtype,
-    "finite": check_finite,
-    "backward": check_backward,
-    "state_dict round trip": check_state_dict_round_trip,
-    "causal": check_causal,
-    "offsets": check_offsets,
-    "uses positional": check_uses_positional,
-    "every partner": check_every_partner,
-    "matches naive": check_matches_naive,
-    "kv cache": check_kv_cache,
+# ---- the checks of the kinds that are not part of the model -------------------------------------
+TOTAL_STEPS = (1, 2, 10, 1000)
+
+
+def check_factors(spec, config):
+    """factor(step) for every step of runs of several lengths is a finite number >= 0: the trainer
+    multiplies train.lr by it."""
+    for total in TOTAL_STEPS:
+        for step, f in enumerate(_factors(spec, total, range(total))):
+            assert isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f < math.inf, \
+                f"factor({step}) = {f!r} with total_steps={total}; a factor must be a finite number >= 0"
+
+
+def check_pure_function_of_step(spec, config):
+    """A fresh schedule asked for the steps backwards gives the same factors: a resumed run builds a
+    new one and asks from the middle on."""
+    for total in TOTAL_STEPS:
+        forwards, backwards = _factors(spec, total, range(total)), _factors(spec, total, reversed(range(total)))
+        differ = [s for s, (a, b) in enumerate(zip(forwards, reversed(backwards))) if a != b]
+        assert not differ, f"factor({differ[0]}) with total_steps={total} is {forwards[differ[0]]!r} asked in " \
+            f"order, {backwards[total - 1 - differ[0]]!r} asked by a fresh schedule from the last step back"
+
+
+def _factors(spec, total_steps, steps):
+    schedule = spec.build(total_steps)
+    return [schedule.factor(step) for step in steps]
+
+
+LR = 1e-2  # the tiny GPT's loss drops within a few steps of AdamW or Muon at this rate
+
+
+def check_lowers_the_loss(spec, config):
+    """A few steps on a fixed batch of the test model lower its loss."""
+    model = _seeded_model(config)
+    losses = _train(model, _optimizer(spec, model), config, steps=6)
+    assert losses[-1] < losses[0], f"the loss went from {losses[0]:.4f} to {losses[-1]:.4f} in {len(losses) - 1} steps"
+
+
+def check_honours_lr(spec, config):
+    """The learning rate the trainer sets in param_groups each step (the schedule's) is the one used:
+    at lr 0 the weights stay as they were."""
+    model = _seeded_model(config)
+    before = copy.deepcopy(model.state_dict())
+    _train(model, _optimizer(spec, model), config, steps=2, lr=0.0)
+    moved = [n for n, t in model.state_dict().items() if not torch.equal(t, before[n])]
+    assert not moved, f"with every param_group's lr set to 0, a step changed {', '.join(moved[:3])}"
+
+
+def check_resumes_exactly(spec, config):
+    """A fresh optimizer on a copy of the weights that loads another's state_dict takes the very step
+    that one takes: what `gptkit run --resume` relies on."""
+    a = _seeded_model(config)
+    optimizer_a = _optimizer(spec, a)
+    _train(a, optimizer_a, config, steps=3)
+    b = _seeded_model(config, seed=1)
+    b.load_state_dict(a.state_dict())
+    optimizer_b = _optimizer(spec, b)
+    optimizer_b.load_state_dict(copy.deepcopy(optimizer_a.state_dict()))
+    _train(a, optimizer_a, config, steps=1)
+    _train(b, optimizer_b, config, steps=1)
+    differ = [n for (n, p), q in zip(a.named_parameters(), b.parameters()) if not torch.equal(p, q)]
+    assert not differ, f"after loading the state_dict, the next step gives other values of {', '.join(differ[:3])}"
+
+
+def check_zero_grad(spec, config):
+    """zero_grad(set_to_none=False), as the trainer calls it, leaves every gradient a tensor of zeros."""
+    model = _seeded_model(config)
+    optimizer = _optimizer(spec, model)
+    model(tokens(config), tokens(config))[1].backward()
+    optimizer.zero_grad(set_to_none=False)
+    left = [n for n, p in model.named_parameters() if p.grad is None or p.grad.any()]
+    assert not left, f"after zero_grad(set_to_none=False) the gradients of {', '.join(left[:3])} are not zeros"
+
+
+def _seeded_model(config, seed=0):
+    torch.manual_seed(seed)
+    return tiny_model(config)
+
+
+def _optimizer(spec, model):
+    """Built as the trainer builds it: over its parameter groups by role, the gradients in one buffer."""
+    flat_gradients(model)
+    return build_optimizer(spec, param_groups(model, weight_decay=0.1), LR)
+
+
+def _train(model, optimizer, config, steps, lr=LR) -> list[float]:
+    """Steps on one fixed batch, as the trainer takes them; the loss before each."""
+    x, losses = tokens(config), []
+    for _ in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        _, loss = model(x, x)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+        losses.append(loss.item())
+    return losses
+
+
+def check_text(spec, config):
+    """text() is a non-empty str, and a fresh corpus gives the same again: a data file deleted is made
+    anew, and a checkpoint refuses to resume on another text."""
+    text = spec.build().text()
+    assert isinstance(text, str) and text, f"text() returned {text!r:.40}, not a non-empty str"
+    assert spec.build().text() == text, "a second call of text() gave another text"
+
+
+CHECKS: dict[str, tuple[tuple[str, ...], Callable]] = {  # name: (the kinds it applies to, the check)
+    "construct": (MODEL_KINDS, check_construct),
+    "shape and dtype": (MODEL_KINDS, check_shape_and_dtype),
+    "finite": (MODEL_KINDS, check_finite),
+    "backward": (MODEL_KINDS, check_backward),
+    "state_dict round trip": (MODEL_KINDS, check_state_dict_round_trip),
+    "causal": (MODEL_KINDS, check_causal),
+    "offsets": (("positional",), check_offsets),
+    "uses positional": (("attention",), check_uses_positional),
+    "every partner": (PAIRED, check_every_partner),
+    "matches naive": (PAIRED, check_matches_naive),
+    "kv cache": (PAIRED, check_kv_cache),
+    "factors": (("schedule",), check_factors),
+    "pure function of step": (("schedule",), check_pure_function_of_step),
+    "lowers the loss": (("optimizer",), check_lowers_the_loss),
+    "honours lr": (("optimizer",), check_honours_lr),
+    "resumes exactly": (("optimizer",), check_resumes_exactly),
+    "zero_grad": (("optimizer",), check_zero_grad),
+    "text": (("corpus",), check_text),
 }
 
 
+def run_check(check: str, spec: ComponentSpec, config: GPTConfig = CONFIG) -> Result:
+    """One check's result; never raises for a failing check."""
+    kinds, fn = CHECKS[check]
+    if spec.kind not in kinds:
+        return Result(check, "n/a", f"only for {listing(kinds)} components")
+    try:
+        note = fn(spec, config)  # a passing check may say what it left out
+    except NotApplicable as e:
+        return Result(check, "n/a", str(e))
+    except Exception as e:  # a check reports any failure of the component, whatever it raised
+        return Result(check, "fail", f"{type(e).__name__}: {e}")
+    return Result(check, "pass", note or "")
+
+
 def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG) -> list[Result]:
-    """Run every check on one component; never raises for a failing check."""
+    """Run every check of its kind on one component; raises only when it cannot be checked (unknown, refusing
+    `config`, or a default of the test model unusable), never for a failing check."""
     spec = parse_component(kind, name_or_spec)
     registry(kind).check(spec.name, config, spec.params)  # ValueError: the component refuses `config`
-    results = []
-    for check, fn in CHECKS.items():
+    _assert_defaults_usable()
+    return [run_check(check, spec, config) for check, (kinds, _) in CHECKS.items() if kind in kinds]
+
+
+def _assert_defaults_usable():
+    """The test model takes the recipe's default for every kind it is not given. One that cannot be
+    loaded (a plugin claiming its name, say) would fail nearly every check of every component, each
+    with a validation error of the whole model: it is one error, up front, instead."""
+    for kind in MODEL_KINDS:
+        name = ModelSection.model_fields[kind].default
         try:
-            note = fn(spec, config)  # a passing check may say what it left out
-        except NotApplicable as e:
-            results.append(Result(check, "n/a", str(e)))
-        except Exception as e:  # a check reports any failure of the component, whatever it raised
-            results.append(Result(check, "fail", f"{type(e).__name__}: {e}"))
-        else:
-            results.append(Result(check, "pass", note or ""))
-    return results
+            registry(kind).get(name)
+        except RegistryError as e:
+            raise RegistryError(f"the conformance test model uses the default {kind} '{name}', which is "
+                                f"unusable: {e}") from None
 
 
 def assert_conformant(kind: str, name_or_spec, config: GPTConfig = CONFIG) -> None:

@@ -3,12 +3,30 @@
 import difflib
 from collections.abc import Iterable
 
+import torch
+
 
 class UserError(Exception):
     """A mistake in a recipe, a file or a command line; never shown with a traceback."""
 
     exit_code = 2
     every_rank = False  # under torchrun, printed by every process: one that only its own process meets
+
+
+class ComponentError(UserError):
+    """A bug inside a registered component (its constructor, forward or other methods raised, or it
+    returned what its kind may not), told as one line naming the component and where it comes from."""
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is the machine running out of memory, rather than code that merely says "allocate"."""
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (  # CUDA's is torch.OutOfMemoryError
+        isinstance(e, RuntimeError) and any(m in str(e) for m in CPU_OUT_OF_MEMORY))
+
+
+# What torch's CPU allocator says when the OS refuses memory (a RuntimeError, in torch 2.13): the first
+# on Linux and macOS, the second on Windows.
+CPU_OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

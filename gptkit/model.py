@@ -13,7 +13,7 @@ from torch import nn
 
 from .components.attention import KVCache, caches
 from .components.base import GPTConfig, dropout_layer
-from .errors import UserError
+from .errors import UserError, out_of_memory
 
 
 class Block(nn.Module):
@@ -103,7 +103,7 @@ def build_model(model, vocab_size: int) -> GPT:
     blocks = [
         Block(
             ln_1=model.norm.build(config),
-            attn=model.attention.build(config, pos=pos),
+            attn=model.attention.build(config, pos),
             ln_2=model.norm.build(config),
             mlp=model.feedforward.build(config),
         )
@@ -121,8 +121,8 @@ def build_model_on(model, vocab_size: int, device: torch.device) -> GPT:
     """build_model on `device`; a model too large for its memory is one error saying how large."""
     try:
         return build_model(model, vocab_size).to(device)
-    except (MemoryError, RuntimeError) as e:  # CPU: "can't allocate memory"; CUDA: OutOfMemoryError
-        if not isinstance(e, MemoryError) and "allocate" not in str(e) and "out of memory" not in str(e):
+    except Exception as e:
+        if not out_of_memory(e):  # a component's own error is its own (see ComponentSpec.build)
             raise
     try:
         with torch.device("meta"):  # counted without memory
@@ -133,3 +133,64 @@ def build_model_on(model, vocab_size: int, device: torch.device) -> GPT:
                       f"n_embd {model.n_embd}); make it smaller")
     error.every_rank = True
     raise error
+
+
+def check_forward(gpt: GPT, model) -> None:
+    """One tiny forward pass of `gpt`, which `model` (a ModelSection) described, before training: a
+    component whose forward raises, or returns anything but a tensor of its input's shape and dtype, is
+    named as the culprit, instead of a traceback from the training step or from whichever later
+    layer trips over its output. Batch 1, two tokens, without gradients, in evaluation mode, and with
+    the random state put back, so that the run that follows is the same as without it."""
+    t = gpt.transformer
+    specs = {t.pos: model.positional, t.ln_f: model.norm}
+    for block in t.h:
+        specs |= {block.ln_1: model.norm, block.attn: model.attention, block.ln_2: model.norm,
+                  block.mlp: model.feedforward}
+
+    def same_as_input(module, args, output):
+        x = args[0]
+        if not (isinstance(output, torch.Tensor) and output.shape == x.shape and output.dtype == x.dtype):
+            got = f"{tuple(output.shape)} {output.dtype}" if isinstance(output, torch.Tensor) else type(output).__name__
+            raise specs[module].error(f"its forward returned {got} for an input of {tuple(x.shape)} {x.dtype}; it "
+                                      "must return a tensor of its input's shape and dtype")
+
+    def embedded(module, args):  # `t.drop` receives what the positional module's embed(x, start) returned
+        x, (B, T) = args[0], idx.shape
+        if not (isinstance(x, torch.Tensor) and x.shape == (B, T, gpt.config.n_embd) and x.dtype == t.wte.weight.dtype):
+            got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise model.positional.error(f"its embed(x, start) returned {got}; it must return a tensor of x's shape "
+                                         f"and dtype, {(B, T, gpt.config.n_embd)} {t.wte.weight.dtype}")
+
+    idx = torch.zeros(1, min(2, gpt.config.block_size), dtype=torch.long, device=gpt.lm_head.weight.device)
+    hooks = [t.drop.register_forward_pre_hook(embedded)]
+    hooks += [module.register_forward_hook(same_as_input) for module in specs if module is not t.pos]
+    training = gpt.training
+    cuda = [idx.device] if idx.device.type == "cuda" else []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(cuda):
+            gpt.eval()(idx)
+    except UserError:
+        raise
+    except Exception as e:
+        module, method = culprit(e, specs)
+        if module is None:
+            raise
+        raise specs[module].error(f"its {method}() raised", e) from e
+    finally:
+        for hook in hooks:
+            hook.remove()
+        gpt.train(training)
+
+
+def culprit(e: BaseException, modules) -> tuple[nn.Module | None, str | None]:
+    """Which of `modules` raised `e`, and in which of its methods: the innermost frame of its traceback
+    that is a method of one of them (frames of their submodules, torch's own layers, are passed by)."""
+    calling = nn.Module.__call__.__code__.co_filename  # torch's machinery around every forward
+    found = None, None
+    tb = e.__traceback__
+    while tb is not None:
+        owner, code = tb.tb_frame.f_locals.get("self"), tb.tb_frame.f_code
+        if any(owner is m for m in modules):
+            found = owner, "forward" if code.co_filename == calling else code.co_name
+        tb = tb.tb_next
+    return found

@@ -124,12 +124,12 @@ def import_file(path: Path) -> None:
         raise UserError(f"{path}: {e}") from None
     except (Exception, SystemExit) as e:  # the file may raise anything, even exit: the user needs the line
         del sys.modules[module_name]
-        raise UserError(f"{path}{_line_in(path, e)}: {type(e).__name__}: {e}") from None
+        raise UserError(f"{path}{line_in(path, e)}: {type(e).__name__}: {e}") from None
     finally:
         sys.path.remove(str(path.parent))
 
 
-def _line_in(path: Path, e: BaseException) -> str:
+def line_in(path: Path, e: BaseException) -> str:
     """':LINE' of the deepest frame of `e` inside `path` (or of a syntax error in it), else ''."""
     if isinstance(e, SyntaxError) and e.filename == str(path) and e.lineno:
         return f":{e.lineno}"

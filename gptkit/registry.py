@@ -211,11 +211,17 @@ class Registry:
                 if hasattr(e, "errors") else str(e)
             raise RegistryError(f"its Params' defaults do not survive being written to a recipe and read "
                                 f"back: {problems}") from None
-        # A kind's base class marks what a component must write with @abstractmethod (nn.Module is no
-        # ABC, so nothing else would say so before the first training step).
-        missing = [n for n in dir(obj) if getattr(getattr(obj, n, None), "__isabstractmethod__", False)]
+        # Caught here, not at the first training step: a kind's base class lists what a subclass has yet
+        # to write with `unimplemented()` where @abstractmethod cannot say it (one of two methods, say).
+        missing = obj.unimplemented() if hasattr(obj, "unimplemented") else abstract_methods(obj)
         if missing:
-            raise RegistryError(f"does not implement {', '.join(f'{n}()' for n in missing)}")
+            raise RegistryError(f"does not implement {', '.join(missing)}")
+
+
+def abstract_methods(cls: type) -> list[str]:
+    """'name()' of each @abstractmethod `cls` leaves unwritten (nn.Module is no ABC: nothing else
+    would refuse such a class before it is first called)."""
+    return [f"{n}()" for n in dir(cls) if getattr(getattr(cls, n, None), "__isabstractmethod__", False)]
 
 
 def _lax_models(annotation: Any, seen: set | None = None):

@@ -1,5 +1,6 @@
-"""Every registered model component against the contract (which pairs every attention with every
-positional scheme), and the contract against subtly broken components.
+"""Every registered component of every kind against the contract (which pairs every attention with
+every positional scheme), and the contract against subtly broken model components (the other kinds'
+are in test_conformance_kinds.py).
 
 Parametrized over the registry: a newly registered component is tested with no new test code.
 """
@@ -7,14 +8,24 @@ Parametrized over the registry: a newly registered component is tested with no n
 import pytest
 import torch
 
-from gptkit.conformance import CONFIG, MODEL_KINDS, assert_conformant, check_component, tiny_model, tokens
-from gptkit.registry import registry
+from gptkit.conformance import CONFIG, assert_conformant, check_component, run_check, tiny_model, tokens
+from gptkit.recipe.components import parse_component
+from gptkit.registry import RegistryError, kinds, registry
 
-COMPONENTS = [(kind, name) for kind in MODEL_KINDS for name in registry(kind).names()]
+COMPONENTS = [(kind, name) for kind in kinds() for name in registry(kind).names()]
+
+
+@pytest.fixture
+def one_play(monkeypatch):
+    """The shakespeare corpus of its first play only: all of them, built twice, take seconds."""
+    from gptkit.data import shakespeare
+
+    every = shakespeare.play_files
+    monkeypatch.setattr(shakespeare, "play_files", lambda root: every(root)[:1])
 
 
 @pytest.mark.parametrize("kind,name", COMPONENTS, ids=[f"{k}-{n}" for k, n in COMPONENTS])
-def test_component_conformance(kind, name):
+def test_component_conformance(kind, name, one_play):
     results = check_component(kind, name)
     failed = [f"{r.check}: {r.detail}" for r in results if r.status == "fail"]
     assert not failed, failed
@@ -158,7 +169,6 @@ def test_an_attention_with_a_parameter_of_its_own_is_still_compared_with_naive(t
 
 def test_naive_attention_is_not_compared_with_itself():
     from gptkit.conformance import NotApplicable, check_matches_naive
-    from gptkit.recipe.components import parse_component
 
     with pytest.raises(NotApplicable, match="naive is the reference attention"):
         check_matches_naive(parse_component("attention", "naive"), CONFIG)
@@ -186,7 +196,6 @@ def test_the_contract_catches_subtly_broken_components(temporary_component, kind
 @pytest.mark.parametrize("n_embd", [128, 256, 768])
 def test_swiglu_and_mlp_have_comparable_parameter_counts(n_embd):
     from gptkit.components import GPTConfig
-    from gptkit.recipe.components import parse_component
 
     config = GPTConfig(vocab_size=10, n_embd=n_embd)
     counts = {name: sum(p.numel() for p in parse_component("feedforward", name).build(config).parameters())
@@ -204,7 +213,6 @@ def test_alibi_slopes_follow_the_paper():
 
 def test_rope_rotates_channel_pairs_so_scores_depend_on_offset_only():
     from gptkit.components.positional import RoPE
-    from gptkit.recipe.components import parse_component
 
     rope = parse_component("positional", "rope").build(CONFIG)
     assert isinstance(rope, RoPE)
@@ -241,5 +249,111 @@ def test_a_partner_broken_on_its_own_is_skipped_not_blamed(temporary_component):
     temporary_component("positional", "exploding", Exploding)
     results = {r.check: r for r in check_component("attention", "flash")}
     assert results["every partner"].status == "pass", results["every partner"]
-    assert "positional exploding skipped: broken on its own (RuntimeError: boom)" in results["every partner"].detail
+    skipped = "positional exploding skipped: broken on its own (backward: RuntimeError: boom)"
+    assert skipped in results["every partner"].detail
     assert results["matches naive"].status == "pass"
+
+
+def test_a_partner_is_screened_with_its_own_checks_not_only_backward_and_causality(temporary_component):
+    from gptkit.components.positional import Sinusoidal
+
+    class IgnoresStart(Sinusoidal):  # right for a whole sequence; a cache's new tokens get positions from 0
+        def embed(self, x, start=0):
+            return super().embed(x)
+
+    temporary_component("positional", "ignores_start", IgnoresStart)
+    for check in ("every partner", "matches naive"):
+        result = run_check(check, parse_component("attention", "flash"))
+        assert result.status == "pass", result
+        assert "positional ignores_start skipped: broken on its own (offsets: AssertionError: embed(x[:, 9:], " \
+               "start=9) is not the matching part" in result.detail
+
+
+class SlidingWindow:
+    """Mixed into an attention: each query sees itself and the 3 keys before it (Beltagy et al. 2020)."""
+
+    window = 4
+
+    def attend(self, q, k, v, bias):
+        import torch.nn.functional as F
+
+        from gptkit.components.attention import causal_mask
+
+        t_q, t_k = q.size(-2), k.size(-2)
+        near = causal_mask(t_q, t_k, q.device) & ~torch.ones(t_q, t_k, dtype=torch.bool).tril(t_k - t_q - self.window)
+        scores = torch.zeros(t_q, t_k) if bias is None else bias
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=scores.masked_fill(~near, float("-inf")))
+
+
+def test_an_attention_that_computes_another_function_on_purpose_opts_out_of_matching_naive(temporary_component):
+    from gptkit.components.attention import FlashAttention
+
+    class Windowed(SlidingWindow, FlashAttention):
+        matches_naive = False
+
+    temporary_component("attention", "windowed", Windowed)
+    results = {r.check: r for r in check_component("attention", "windowed")}
+    assert results["matches naive"].status == "n/a"
+    assert results["matches naive"].detail == "Windowed sets matches_naive = False: it computes another function " \
+                                              "than naive attention"
+    assert all(r.status != "fail" for r in results.values()), [(r.check, r.detail) for r in results.values()]
+
+
+def test_not_matching_naive_names_every_partner_and_the_opt_out(temporary_component):
+    from gptkit.components.attention import FlashAttention
+
+    class Windowed(SlidingWindow, FlashAttention):
+        pass
+
+    temporary_component("attention", "windowed", Windowed)
+    detail = run_check("matches naive", parse_component("attention", "windowed")).detail
+    for name in registry("positional").names():  # with each of them, not only the first
+        assert f"positional {name}: AssertionError: outputs differ from naive attention by" in detail, name
+    assert detail.endswith(". An attention meant to compute another function (a sliding window, say) sets "
+                           "matches_naive = False on its class")
+
+
+@pytest.fixture
+def clash(monkeypatch):
+    """clash(kind, name): an installed distribution's metadata claims `name` too (nothing is imported)."""
+    from importlib import metadata
+
+    from gptkit import plugins
+
+    monkeypatch.delenv("GPTKIT_NO_PLUGINS", raising=False)
+
+    def add(kind, name):
+        declared = {k: dict(v) for k, v in plugins._read().items()}
+        entry_point = metadata.EntryPoint(name, "acme_clash:Thing", f"gptkit.{kind}")
+        declared.setdefault(kind, {})[name] = [plugins.Plugin(kind, name, entry_point.value, "acme-clash", "2.0",
+                                                              entry_point)]
+        monkeypatch.setattr(plugins, "_declared", declared)
+
+    return add
+
+
+def test_an_unusable_default_of_the_test_model_is_one_error_not_every_check_failing(clash, cli):
+    clash("norm", "rmsnorm")
+    expected = ("the conformance test model uses the default norm 'rmsnorm', which is unusable: norm 'rmsnorm' is "
+                "claimed by built-in and by acme-clash 2.0")
+    with pytest.raises(RegistryError, match=f"^{expected}"):
+        check_component("feedforward", "mlp")
+    result = cli("check", "attention", "naive")
+    assert result.exit_code == 2 and result.output.startswith(f"error: {expected}"), result.output
+    assert len(result.output.splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_an_attention_without_attend_or_forward_is_refused_when_registered():
+    from gptkit.components import Attention, AttentionParams
+    from gptkit.components.positional import NoPositional
+    from gptkit.registry import Registry
+
+    reg = Registry("attention", Attention)
+    Lazy = type("Lazy", (Attention,), {})
+    with pytest.raises(RegistryError, match=r"^attention 'lazy': does not implement attend\(\) \(or a whole "
+                                            r"forward\(x, cache=None\)\)$"):
+        reg.register("lazy", Lazy)
+    reg.register("whole", type("Whole", (Attention,), {"forward": lambda self, x, cache=None: x}))
+    with pytest.raises(NotImplementedError, match=r"^Lazy implements neither attend\(q, k, v, bias\) nor a whole "
+                                                  r"forward\(x, cache=None\)$"):
+        Lazy(CONFIG, AttentionParams(), NoPositional(CONFIG, NoPositional.Params()))(torch.zeros(1, 2, CONFIG.n_embd))

@@ -608,6 +608,12 @@ def test_resuming_with_new_sample_settings_and_no_step_left_saves_them(tmp_path,
     assert load_checkpoint(run)["recipe"]["sample"]["tokens"] == 3  # what `gptkit sample RUN` then uses
 
 
+def test_a_budget_below_the_steps_trained_is_refused(tmp_path, reference, cli):
+    path, ref = reference
+    result = cli("run", "--resume", ref, "--set", "train.max_steps=3")
+    assert result.exit_code == 2 and "past this recipe's budget of 3" in result.output, result.output
+
+
 def test_a_run_being_trained_by_another_process_is_not_taken_over(tmp_path, write_recipe, cli):
     import fcntl
 
@@ -622,6 +628,11 @@ def test_a_run_being_trained_by_another_process_is_not_taken_over(tmp_path, writ
     with open(run / ".lock", "a") as held:  # as the other process holds it while it trains
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert is_locked(run) and is_locked(run)  # probes do not block each other
+        (run / "checkpoint.pt").rename(run / "saved.pt")  # as before its first checkpoint
+        result = cli("run", "--resume", run)
+        assert result.exit_code == 2 and result.output == f"error: {run} is being trained by another process; " \
+            "wait for it to end, or stop it (Ctrl-C or kill), then resume\n"  # and nothing about starting it over
+        (run / "saved.pt").rename(run / "checkpoint.pt")
         result = cli("run", "--resume", run)
         assert result.exit_code == 2 and f"{run} is being trained by another process" in result.output
         auto = cli("run", path, "--resume", "auto", "--runs-dir", tmp_path / "runs")

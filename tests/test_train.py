@@ -27,6 +27,7 @@ def test_run_writes_everything_a_user_needs(cli, tmp_path, write_recipe):
     assert {p.name for p in run.iterdir()} >= {"recipe.yaml", "metrics.jsonl", "checkpoint.pt", "samples.txt", "summary.json"}
     assert f"Run folder: {run}" in result.output and "Finished: val loss" in result.output
     assert "Epoch 1/1 | Batch 2/" in result.output and "| Loss: " in result.output
+    assert f"in samples.txt too):\n{(run / 'samples.txt').read_text()}\n" in result.output  # the run ends with its sample
 
     summary = json.loads((run / "summary.json").read_text())
     for key in ("final_train_loss", "final_val_loss", "best_val_loss", "params", "steps", "tokens_per_s", "wall_seconds"):

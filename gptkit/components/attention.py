@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..registry import new_registry
+from ..registry import abstract_methods, new_registry
 from .base import Component, GPTConfig, Params, dropout_layer
 from .positional import Positional
 
@@ -54,10 +54,22 @@ class Attention(Component, nn.Module):
     A subclass whose `attend` handles fewer queries than keys (the queries being the last t_q
     positions, as `causal_mask` assumes) sets `supports_kv_cache`; `forward` then does the caching.
     A model with any attention that does not (see `caches`) is sampled by recomputing the context.
+
+    An attention that deliberately computes another function than softmax(QK^T/sqrt(hs) + bias)V over
+    every earlier position (a sliding window, say) sets `matches_naive = False`: the conformance check
+    that compares it with the reference `naive` attention then says it does not apply.
     """
 
     Params = AttentionParams
     supports_kv_cache: ClassVar[bool] = False
+    matches_naive: ClassVar[bool] = True
+
+    @classmethod
+    def unimplemented(cls) -> list[str]:
+        """What a subclass has yet to write (the registry refuses it until nothing is): `attend`, or a
+        whole `forward`, which no @abstractmethod can say."""
+        written = [m for m in ("attend", "forward") if getattr(cls, m) is not getattr(Attention, m)]
+        return abstract_methods(cls) + ([] if written else ["attend() (or a whole forward(x, cache=None))"])
 
     @classmethod
     def check(cls, config, params):
@@ -95,7 +107,8 @@ class Attention(Component, nn.Module):
 
     def attend(self, q, k, v, bias: torch.Tensor | None) -> torch.Tensor:
         """Causal attention of q over k/v, with an optional additive score bias (nh, t_q, t_k)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} implements neither attend(q, k, v, bias) nor a whole "
+                                  "forward(x, cache=None)")
 
 
 def caches(attn: nn.Module) -> bool:

@@ -22,9 +22,9 @@ class FeedForwardParams(Params):
 
 
 class FeedForward(Component, nn.Module):
-    """Base class: built with `(config, params)`. Output projection named `c_proj` (scaled init)."""
-
-    Params = FeedForwardParams
+    """Base class: built with `(config, params)`. Output projection named `c_proj` (scaled init).
+    Its `Params` are empty: a subclass declares the parameters it reads (the built-ins' `hidden` and
+    `bias` are theirs), so that a recipe cannot set one that nothing reads."""
 
     def __init__(self, config: GPTConfig, params: Params):
         super().__init__()
@@ -41,6 +41,8 @@ feedforward = new_registry("feedforward", FeedForward, "position-wise feedforwar
 @feedforward.register("mlp")
 class MLP(FeedForward):
     """Two-layer perceptron with GELU, hidden 4 * n_embd (GPT-2)."""
+
+    Params = FeedForwardParams
 
     def __init__(self, config: GPTConfig, params: FeedForwardParams):
         super().__init__(config, params)

@@ -16,7 +16,8 @@ from .base import Component, Params
 
 class Optimizer(Component):
     """Base class: built with `(params)`; `build(groups, lr)` returns an object with torch's optimizer
-    surface (`param_groups`, `step`, `zero_grad`, `state_dict`, `load_state_dict`)."""
+    surface, as the trainer calls it: `param_groups` (a list of dicts), `step()`,
+    `zero_grad(set_to_none=False)`, `state_dict()` and `load_state_dict(state)`."""
 
     def __init__(self, params: Params):
         self.params = params

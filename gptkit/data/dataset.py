@@ -108,11 +108,20 @@ def sha256(text: str, piece: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def corpus_text(spec) -> str:
+    """The text of the corpus component `spec` (a ComponentSpec); anything but a str is its bug."""
+    with spec.blamed("text()"):
+        text = spec.build().text()
+    if not isinstance(text, str):
+        raise spec.error(f"text() returned {type(text).__name__}; it must return the corpus as a str")
+    return text
+
+
 def load_dataset(data, block_size: int) -> CharDataset:
     """The dataset a recipe's `data` section describes, creating the corpus file on first use."""
     path: Path = data.path
     if not path.exists() and data.corpus is not None:
-        text = data.corpus.build().text()
+        text = corpus_text(data.corpus)
         try:
             write_text(path, text)
         except OSError as e:

@@ -4,17 +4,27 @@ Written as `attention: naive` or `positional: {name: rope, base: 10000}`. Only t
 is looked up, so validating a recipe never imports components it does not use.
 """
 
+import inspect
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, PlainSerializer, PlainValidator, ValidationError
+from pydantic import ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
 from pydantic_core import to_jsonable_python
 
 from ..components.base import Params
-from ..errors import UserError, listing
+from ..errors import ComponentError, UserError, listing, out_of_memory
+from ..plugins import line_in
 from ..registry import registry
+
+# The kinds a model is made of: built with the model's sizes first, `(config, params, ...)`; the
+# others (optimizer, schedule, corpus) with `(params, ...)`.
+MODEL_KINDS = ("attention", "feedforward", "norm", "positional")
 
 
 class RecipeIssue(ValueError):
@@ -37,11 +47,70 @@ class ComponentSpec:
     def cls(self) -> type:
         return registry(self.kind).get(self.name)
 
-    def build(self, *args, **kwargs):
-        return self.cls(*args, params=self.params, **kwargs)
+    def build(self, *args):
+        """The component, given its arguments positionally in the order README documents for its kind,
+        `params` second for a model's parts (`(config, params, pos)`) and first otherwise
+        (`(params, total_steps)`), whatever a component names them."""
+        cls = self.cls
+        with self.blamed("building it"):
+            if self.kind in MODEL_KINDS:
+                return cls(args[0], self.params, *args[1:])
+            return cls(self.params, *args)
+
+    @contextmanager
+    def blamed(self, doing: str) -> Iterator[None]:
+        """Within it, an exception is this component's bug, raised again as one error naming it.
+        A UserError is already explained, and running out of memory is the machine's, not a bug."""
+        try:
+            yield
+        except UserError:
+            raise
+        except Exception as e:
+            if out_of_memory(e):
+                raise
+            raise self.error(f"{doing} raised", e) from e
+
+    def error(self, what: str, e: BaseException | None = None) -> ComponentError:
+        """The error "attention 'mine' from my_components.py is broken: WHAT", and after WHAT the type and
+        first line of `e` and the line of the component's own file it was raised from, if any."""
+        entry = registry(self.kind).entry(self.name)
+        where = f"{entry.source} ({entry.value})" if entry.value else entry.source
+        if e is not None:
+            message = (str(e).strip().splitlines() or [""])[0]
+            what = f"{what} {type(e).__name__}{f': {message}' if message else ''}{self._line_of(e)}"
+        return ComponentError(f"{self.kind} '{self.name}' from {where} is broken: {what}")
+
+    def _line_of(self, e: BaseException) -> str:
+        try:
+            file = inspect.getsourcefile(self.cls)
+        except TypeError:  # defined where no file is (an interactive session)
+            return ""
+        line = line_in(Path(file), e) if file else ""
+        return f" (at {file}{line})" if line else ""
 
     def as_recipe(self) -> dict[str, Any]:
         return {"name": self.name, **self.params.model_dump(mode="json", by_alias=True)}
+
+
+class Unchecked(Params):
+    """The parameters of a component that was not looked up, kept as the recipe wrote them."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+_model_only = ContextVar("model_only", default=False)
+
+
+@contextmanager
+def model_only() -> Iterator[None]:
+    """Within it, a recipe's training-only components (optimizer, schedule, corpus) are kept as written,
+    not looked up: loading a trained model to sample from it needs only the model's components, not
+    the plugins it was trained with. Building such a component still needs it installed."""
+    token = _model_only.set(True)
+    try:
+        yield
+    finally:
+        _model_only.reset(token)
 
 
 def parse_component(kind: str, value: Any) -> ComponentSpec:
@@ -57,6 +126,8 @@ def parse_component(kind: str, value: Any) -> ComponentSpec:
             raise RecipeIssue([(("name",), f"say which {kind} to use with 'name: ...'; one of: {listing(reg.names())}")])
     else:
         raise RecipeIssue([((), f"expected a {kind} name or a mapping with 'name', got {value!r}")])
+    if _model_only.get() and kind not in MODEL_KINDS:
+        return ComponentSpec(kind, name, Unchecked.model_validate(params))
     if name not in reg:
         raise RecipeIssue([((), reg.unknown(name))])
     try:

@@ -157,7 +157,7 @@ class Recipe(Section):
 
     def plugin_sources(self) -> dict[str, str]:
         """{"model.norm": "unitnorm from acme-norms 1.2"} for each component not built in: what a run
-        needs installed to be sampled or resumed."""
+        needs installed to be resumed (to be sampled, the model.* ones)."""
         picked = {f"{s}.{k}": v for s in ("data", "model", "train")
                   for k, v in vars(getattr(self, s)).items() if isinstance(v, ComponentSpec)}
         sources = {key: (spec.name, registry(spec.kind).entry(spec.name).source) for key, spec in picked.items()}

@@ -11,6 +11,8 @@ from ..errors import UserError
 from ..io import atomic_write
 from ..model import build_model, state_dict_mismatch
 from ..recipe import validate
+from ..recipe.components import model_only
+from ..registry import registry
 
 FORMAT = "gptkit-checkpoint"
 VERSION = 1
@@ -87,13 +89,21 @@ def load_model(path: Path, device: str | torch.device = "cpu"):
     """(model, recipe, vocab) from a checkpoint or run folder, ready for inference."""
     state = load_checkpoint(path)
     try:
-        recipe = validate(state["recipe"], origin=f"the recipe stored in {path}")
+        with model_only():  # the plugins the run only trained with need not be installed
+            recipe = validate(state["recipe"], origin=f"the recipe stored in {path}")
     except UserError as e:
-        used = "; ".join(f"{key}: {what}" for key, what in state.get("plugins", {}).items())
-        raise UserError(f"{e}\n(the run was trained with {used}: is it installed?)" if used else str(e)) from None
+        raise UserError(f"{e}{missing_plugins(state.get('plugins', {}))}") from None
     model = build_model(recipe.model, state["vocab_size"])
     load_weights(model, state, path)
     return model.to(device).eval(), recipe, Vocab(state["itos"])
+
+
+def missing_plugins(used: dict[str, str]) -> str:
+    """A hint naming the model's components that came from plugins now unknown here, if any: the likely
+    cause of a failed load. Not for a clash or a broken plugin, whose errors say so themselves."""
+    gone = [f"{key}: {what}" for key, what in used.items()
+            if key.startswith("model.") and what.split(" from ")[0] not in registry(key.removeprefix("model."))]
+    return f"\n(the run was trained with {'; '.join(gone)}: is it installed?)" if gone else ""
 
 
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:

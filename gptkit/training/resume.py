@@ -155,9 +155,13 @@ def lock_run(run_dir: Path):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{run_dir} is being trained by another process; wait for it to end, or stop it "
-                            "(Ctrl-C or kill), then resume") from None
+            raise busy(run_dir) from None
         yield
+
+
+def busy(run_dir: Path) -> UserError:
+    return UserError(f"{run_dir} is being trained by another process; wait for it to end, or stop it "
+                     "(Ctrl-C or kill), then resume")
 
 
 def is_locked(run_dir: Path) -> bool:

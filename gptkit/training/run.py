@@ -19,16 +19,16 @@ import torch
 import yaml
 
 from ..data.dataset import CharDataset, load_dataset
-from ..errors import CheckpointError, RunStopped, UserError
+from ..errors import CheckpointError, ComponentError, RunStopped, UserError
 from ..io import write_json, write_text
-from ..model import GPT, build_model_on
+from ..model import GPT, build_model_on, check_forward
 from ..recipe import Recipe
 from ..recipe.schema import DEVICE_PATTERN
 from ..sampling import sample
 from . import distributed
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
-from .resume import (check_restartable, check_resumable, check_run_dir, find_resumable, lock_run, remove_leftovers,
-                     truncate_metrics)
+from .resume import (busy, check_restartable, check_resumable, check_run_dir, find_resumable, is_locked, lock_run,
+                     remove_leftovers, truncate_metrics)
 from .trainer import Trainer, interrupt_on_signals
 
 
@@ -105,6 +105,8 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     checkpoint = None
     if resume is not None and run_dir is not None:
         run_dir = Path(run_dir)
+        if is_locked(run_dir):  # said first: nothing else about a folder another process is changing holds
+            raise busy(run_dir)
         if (run_dir / "checkpoint.pt").exists():
             checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
             check_resumable(run_dir, checkpoint, recipe, dataset)
@@ -116,12 +118,17 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
 
     torch.manual_seed(recipe.seed)  # the same on every rank: the same initial weights
     model = build_model_on(recipe.model, dataset.vocab_size, device)
+    check_forward(model, recipe.model)  # a component's bug is named before there is a run folder
     dataset.to(device)
     if checkpoint is not None:
         load_weights(model, checkpoint, run_dir / "checkpoint.pt")
     trainer = Trainer(recipe, model, dataset, device, quiet=quiet or not dist.is_main, dist=dist)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint["trainer"])  # rank 0's random stream
+        if checkpoint["step"] > trainer.total_steps:  # (at the budget, it only saves new sample settings)
+            raise UserError(f"{run_dir} has trained {checkpoint['step']:,} steps, past this recipe's budget of "
+                            f"{trainer.total_steps:,}; resume it with a budget of at least {checkpoint['step']:,} "
+                            "steps (train.epochs, and train.max_steps if set)")
     if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
         trainer.fit()
         return RunResult(model, dataset, None, {})
@@ -131,8 +138,11 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     try:
         with lock_run(run_dir):
             return train_in(run_dir, recipe, trainer, dataset, checkpoint, log)
-    except OSError:  # a full disk before summary.json: a folder with nothing of the run is not left behind
-        if created and not (run_dir / "summary.json").exists():
+    except (OSError, ComponentError) as e:
+        # A folder with nothing of the run is not left behind: a full disk before summary.json, or a
+        # component's bug met before the first step (its schedule's factor(0), say).
+        nothing = trainer.state.step == 0 if isinstance(e, ComponentError) else not (run_dir / "summary.json").exists()
+        if created and nothing:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
@@ -174,6 +184,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
             with interrupt_on_signals("sampling, after training finished; resume the run to write samples.txt"):
                 text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
             write_text(run_dir / "samples.txt", text)
+            log(f"Sample ({sp.tokens:,} characters after the prompt, in samples.txt too):\n{text}\n")
         except RunStopped as e:
             record_failure(run_dir, recipe, trainer, e.status, str(e), e.resumable)
             e.run_dir = run_dir
@@ -225,7 +236,7 @@ def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, 
         "tokens_per_s": s.tokens / s.seconds if s.seconds else None,
         "wall_seconds": s.seconds,
         "device": str(trainer.device),
-        "plugins": recipe.plugin_sources(),  # what the run needs installed to be sampled or resumed
+        "plugins": recipe.plugin_sources(),  # what resuming needs installed; sampling, the model.* ones
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(run_dir / "summary.json", summary)

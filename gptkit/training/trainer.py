@@ -7,6 +7,7 @@ the running figures. A run stopped at step k and resumed takes the same steps, b
 """
 
 import contextlib
+import inspect
 import math
 import os
 import signal
@@ -20,9 +21,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset import CharDataset
 from ..device import use_bf16
-from ..errors import Diverged, Interrupted, UserError
+from ..errors import ComponentError, Diverged, Interrupted, UserError
 from ..model import GPT
 from ..recipe import Recipe
+from ..recipe.components import ComponentSpec
 from ..registry import registry
 from .distributed import Distributed
 from .progress import Progress
@@ -168,6 +170,36 @@ def _on_signals(handler):
             signal.signal(s, h)
 
 
+# Every call the trainer makes of the object an optimizer component's build(groups, lr) returns (as
+# README's optimizer row says), besides setting each of its param_groups' "lr": (call, args, kwargs).
+OPTIMIZER_CALLS = [("step()", (), {}), ("zero_grad(set_to_none=False)", (), {"set_to_none": False}),
+                   ("state_dict()", (), {}), ("load_state_dict(state)", ({},), {})]
+
+
+def build_optimizer(spec: ComponentSpec, groups: list[dict], lr: float):
+    """The optimizer `spec` names over `groups`, checked for each call the trainer will make of it: a
+    method that is missing or takes other arguments is the component's error now, not a traceback at
+    the first step."""
+    component = spec.build()
+    with spec.blamed("build(groups, lr)"):
+        optimizer = component.build(groups, lr)
+    built = getattr(optimizer, "param_groups", None)
+    if not (isinstance(built, list) and all(isinstance(g, dict) for g in built)):
+        raise spec.error(f"build(groups, lr) returned {type(optimizer).__name__}, whose param_groups is not a list "
+                         "of dicts")
+    for call, args, kwargs in OPTIMIZER_CALLS:
+        method = getattr(optimizer, call.split("(")[0], None)
+        try:
+            inspect.signature(method).bind(*args, **kwargs)
+        except TypeError as e:  # not callable, or the arguments do not fit
+            reason = "has no such method" if not callable(method) else e
+            raise spec.error(f"build(groups, lr) returned {type(optimizer).__name__}, which the trainer cannot call "
+                             f"as {call}: {reason}") from None
+        except ValueError:  # a method without a signature to read (written in C): taken on trust
+            pass
+    return optimizer
+
+
 class Trainer:
     """Trains `model` on `dataset` as `recipe.train` says.
 
@@ -190,8 +222,8 @@ class Trainer:
         if self.cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, self.cfg.max_steps)
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)  # fewer than asked if max_steps binds
-        self.optimizer = self.cfg.optimizer.build().build(param_groups(model, self.cfg.weight_decay), self.cfg.lr)
-        self.schedule = self.cfg.schedule.build(total_steps=self.total_steps)
+        self.optimizer = build_optimizer(self.cfg.optimizer, param_groups(model, self.cfg.weight_decay), self.cfg.lr)
+        self.schedule = self.cfg.schedule.build(self.total_steps)
         self.eval_starts = dataset.eval_starts(None if self.cfg.eval_batches is None
                                                else self.cfg.eval_batches * self.cfg.batch_size)
         self.progress = Progress(self.total_steps, quiet=quiet)
@@ -392,11 +424,12 @@ class Trainer:
     def _factor(self, step: int) -> float:
         """The schedule's multiplier of train.lr; a value no learning rate can be made of is the
         schedule's bug, named as such rather than met as a divergence or a traceback later."""
-        factor = self.schedule.factor(step)
+        with self.cfg.schedule.blamed(f"factor({step})"):
+            factor = self.schedule.factor(step)
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 <= factor < math.inf:
             name = self.cfg.schedule.name
-            raise UserError(f"schedule '{name}' ({registry('schedule').entry(name).source}) gave factor({step}) = "
-                            f"{factor!r}; a schedule's factor must be a finite number >= 0")
+            raise ComponentError(f"schedule '{name}' ({registry('schedule').entry(name).source}) gave factor({step}) "
+                                 f"= {factor!r}; a schedule's factor must be a finite number >= 0")
         return factor
 
     def _log(self, epoch: int, batch: int, losses: list[float]) -> None:

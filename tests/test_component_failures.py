@@ -1,0 +1,339 @@
+"""A bug inside a third-party component (its constructor, forward, build, text or factor) is one error
+line naming the component, where it comes from and the line of its own file that raised, with exit
+code 2 and no half-made run folder; components receive their arguments positionally, as README
+documents; a trained model loads for sampling with only its model's components installed."""
+
+import shutil
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+
+from gptkit.errors import UserError, out_of_memory
+from gptkit.registry import forget_plugins, registry
+from gptkit.training.checkpoint import load_model
+
+HEADER = """
+import torch
+from torch import nn
+from gptkit.components import (Attention, Corpus, FeedForward, Norm, Optimizer, Params, Positional, Schedule,
+                               register)
+from gptkit.components.optimizer import AdamW
+"""
+
+
+@pytest.fixture
+def run_with(write_recipe, cli, tmp_path, scratch_registries):
+    """run_with(source, *--set overrides, **recipe fields): `gptkit run` of a tiny recipe importing `source`."""
+
+    def run(source, *sets, **recipe):
+        (tmp_path / "mine.py").write_text(HEADER + textwrap.dedent(source))
+        args = [a for s in sets for a in ("--set", s)]
+        return cli("run", write_recipe(imports=["mine.py"], **recipe), "--runs-dir", tmp_path / "runs", *args)
+
+    return run
+
+
+def line_of(tmp_path, marker: str) -> str:
+    """'FILE:LINE' of the line of mine.py that holds `marker`."""
+    lines = (tmp_path / "mine.py").read_text().splitlines()
+    return f"{tmp_path / 'mine.py'}:{next(i for i, line in enumerate(lines, 1) if marker in line)}"
+
+
+def assert_one_error(result, tmp_path, message: str, logged: int = 0):
+    """The run ended with `message`, after `logged` lines of its log, and left no run folder."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.splitlines()
+    assert f"error: {message}" in lines and len(lines) == 1 + logged and "Traceback" not in result.output, result.output
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir())  # no half-made run folder
+
+
+def test_a_feedforward_returning_the_wrong_shape_is_named(run_with, tmp_path):
+    result = run_with("""
+        @register("feedforward", "wide")
+        class Wide(FeedForward):
+            def forward(self, x):
+                return torch.cat((x, x), dim=-1)  # (B, T, 2C)
+    """, "model.feedforward=wide")
+    assert_one_error(result, tmp_path, f"feedforward 'wide' from {tmp_path / 'mine.py'} is broken: its forward "
+                     "returned (1, 2, 64) torch.float32 for an input of (1, 2, 32) torch.float32; it must return a "
+                     "tensor of its input's shape and dtype")
+
+
+def test_an_attend_returning_the_wrong_shape_is_named(run_with, tmp_path):
+    result = run_with("""
+        @register("attention", "short")
+        class Short(Attention):
+            def attend(self, q, k, v, bias):
+                return q[..., :1]
+    """, "model.attention=short")
+    assert_one_error(result, tmp_path, f"attention 'short' from {tmp_path / 'mine.py'} is broken: its forward() "
+                     "raised RuntimeError: Short.attend returned shape (1, 4, 2, 1); it must return (B, n_head, T, "
+                     "head_dim) = (1, 4, 2, 8), like q")
+
+
+def test_an_error_inside_a_forward_is_blamed_on_the_component_and_its_line(run_with, tmp_path):
+    result = run_with("""
+        @register("feedforward", "misfit")
+        class Misfit(FeedForward):
+            def __init__(self, config, params):
+                super().__init__(config, params)
+                self.c_fc = nn.Linear(config.n_embd + 1, config.n_embd)
+
+            def forward(self, x):
+                return self.c_fc(x)  # in_features one too many: torch's Linear raises
+    """, "model.feedforward=misfit")
+    assert_one_error(result, tmp_path, f"feedforward 'misfit' from {tmp_path / 'mine.py'} is broken: its forward() "
+                     "raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x32 and 33x32) "
+                     f"(at {line_of(tmp_path, 'one too many')})")
+
+
+def test_a_positional_hook_that_raises_is_named_with_the_hook(run_with, tmp_path):
+    result = run_with("""
+        @register("positional", "shaky")
+        class Shaky(Positional):
+            def rotate(self, q, k, start=0):
+                raise KeyError("start")  # here
+    """, "model.positional=shaky")
+    assert_one_error(result, tmp_path, f"positional 'shaky' from {tmp_path / 'mine.py'} is broken: its rotate() "
+                     f"raised KeyError: 'start' (at {line_of(tmp_path, '# here')})")
+
+
+@pytest.mark.parametrize("error", ["ValueError('bad size')", "KeyError('hidden')",
+                                   "RuntimeError('cannot allocate the frobnicator')"])
+def test_a_constructor_that_raises_is_named(run_with, tmp_path, error):
+    result = run_with(f"""
+        @register("norm", "picky")
+        class Picky(Norm):
+            def __init__(self, config, params):
+                super().__init__(config, params)
+                raise {error}  # here
+
+            def forward(self, x):
+                return x
+    """, "model.norm=picky")
+    raised = eval(error)  # noqa: S307  (the test's own literal)
+    assert_one_error(result, tmp_path, f"norm 'picky' from {tmp_path / 'mine.py'} is broken: building it raised "
+                     f"{type(raised).__name__}: {raised} (at {line_of(tmp_path, '# here')})")
+
+
+def test_optimizer_and_schedule_bugs_are_named(run_with, tmp_path):
+    source = """
+        @register("optimizer", "crashy")
+        class Crashy(Optimizer):
+            def build(self, groups, lr):
+                return groups[3]  # build
+
+        @register("schedule", "fragile")
+        class Fragile(Schedule):
+            def __init__(self, params, total_steps):
+                raise ValueError(f"{total_steps} steps")  # init
+
+            def factor(self, step):
+                return 1.0
+
+        @register("schedule", "moody")
+        class Moody(Schedule):
+            def factor(self, step):
+                return 1 / step  # factor
+    """
+    file = tmp_path / "mine.py"
+    assert_one_error(run_with(source, "train.optimizer=crashy"), tmp_path, f"optimizer 'crashy' from {file} is broken: "
+                     "build(groups, lr) raised IndexError: list index out of range "
+                     f"(at {line_of(tmp_path, '# build')})")
+    assert_one_error(run_with(source, "train.schedule=fragile"), tmp_path, f"schedule 'fragile' from {file} is broken: "
+                     f"building it raised ValueError: 6 steps (at {line_of(tmp_path, '# init')})")
+    # Met at the first step, once the run folder exists (its log says so): the folder goes, as it holds
+    # nothing of the run.
+    assert_one_error(run_with(source, "train.schedule=moody"), tmp_path, f"schedule 'moody' from {file} is broken: "
+                     f"factor(0) raised ZeroDivisionError: division by zero (at {line_of(tmp_path, '# factor')})",
+                     logged=2)
+
+
+@pytest.mark.parametrize("body,what", [
+    ("return 'text'.encode()", "text() returned bytes; it must return the corpus as a str"),
+    ("raise OSError('no network')  # here", "text() raised OSError: no network (at {line})"),
+])
+def test_a_corpus_that_fails_is_named(run_with, tmp_path, body, what):
+    result = run_with(f"""
+        @register("corpus", "remote")
+        class Remote(Corpus):
+            def text(self):
+                {body}
+    """, f"data.path={tmp_path / 'absent.txt'}", "data.corpus=remote")
+    what = what.format(line=line_of(tmp_path, "# here")) if "{line}" in what else what
+    assert_one_error(result, tmp_path, f"corpus 'remote' from {tmp_path / 'mine.py'} is broken: {what}")
+    assert not (tmp_path / "absent.txt").exists()
+
+
+def test_only_real_memory_exhaustion_counts_as_a_model_too_large():
+    with pytest.raises(RuntimeError) as e:
+        torch.empty(2**50)  # what torch's CPU allocator raises when the OS refuses
+    assert out_of_memory(e.value) and out_of_memory(MemoryError()) and out_of_memory(torch.OutOfMemoryError("x"))
+    assert not out_of_memory(RuntimeError("cannot allocate the frobnicator"))
+
+
+def test_components_receive_their_arguments_positionally_in_the_documented_order(run_with, tmp_path):
+    result = run_with("""
+        @register("feedforward", "ff_p")
+        class FF(FeedForward):
+            def __init__(self, cfg, p):
+                super().__init__(cfg, p)
+                self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+            def forward(self, x):
+                return self.c_proj(x)
+
+        @register("attention", "attn_p")
+        class Attn(Attention):
+            def __init__(self, cfg, p, positional):
+                super().__init__(cfg, p, positional)
+
+            def attend(self, q, k, v, bias):
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+        @register("norm", "norm_p")
+        class N(Norm):
+            def __init__(self, cfg, p):
+                super().__init__(cfg, p)
+
+            def forward(self, x):
+                return x
+
+        @register("optimizer", "opt_p")
+        class Opt(AdamW):
+            def __init__(self, p):
+                super().__init__(p)
+
+        @register("schedule", "sched_p")
+        class Sched(Schedule):
+            def __init__(self, p, steps):
+                super().__init__(p, steps)
+
+            def factor(self, step):
+                return 1.0 - step / self.total_steps
+    """, "model.feedforward=ff_p", "model.attention=attn_p", "model.norm=norm_p", "train.optimizer=opt_p",
+        "train.schedule=sched_p")
+    assert result.exit_code == 0, result.output
+
+
+def test_base_classes_declare_no_parameters_their_subclasses_may_not_read(run_with, cli, tmp_path):
+    for kind in ("feedforward", "norm", "positional", "optimizer", "schedule", "corpus"):
+        assert registry(kind).base.Params.model_fields == {}, kind
+    result = run_with("""
+        @register("feedforward", "plain")
+        class Plain(FeedForward):
+            def forward(self, x):
+                return x
+    """, "model.feedforward=plain", "model.feedforward.hidden=4096")
+    assert result.exit_code == 2 and "model.feedforward.hidden: unknown key" in result.output, result.output
+    assert "parameters: none" in cli("show", "feedforward", "plain").output
+    assert "hidden: " in cli("show", "feedforward", "mlp").output  # the built-ins declare theirs
+
+
+def test_an_optimizer_the_trainer_cannot_call_is_refused_when_built(run_with, tmp_path):
+    result = run_with("""
+        class Plain:
+            def __init__(self, groups, lr):
+                self.param_groups = [dict(g, lr=lr) for g in groups]
+
+            def step(self): ...
+            def zero_grad(self): ...
+            def state_dict(self): return {}
+            def load_state_dict(self, state): ...
+
+        @register("optimizer", "plain")
+        class PlainOptimizer(Optimizer):
+            def build(self, groups, lr):
+                return Plain(groups, lr)
+    """, "train.optimizer=plain")
+    assert_one_error(result, tmp_path, f"optimizer 'plain' from {tmp_path / 'mine.py'} is broken: build(groups, lr) "
+                     "returned Plain, which the trainer cannot call as zero_grad(set_to_none=False): got an "
+                     "unexpected keyword argument 'set_to_none'")
+
+
+LION = """
+from gptkit.components.optimizer import AdamW
+from gptkit.components.schedule import Constant
+
+class Lion(AdamW):
+    '''An optimizer only training needs.'''
+
+class Flat(Constant):
+    '''A schedule only training needs.'''
+"""
+
+NORM = """
+from gptkit.components import Norm
+
+class UnitNorm(Norm):
+    def forward(self, x):
+        return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+"""
+
+
+@pytest.fixture
+def install(tmp_path, monkeypatch):
+    """install(dist, {group: {name: value}}, {module: source}, site): a distribution as pip leaves one."""
+    modules = []
+
+    def install(dist, entry_points, sources, site="site"):
+        where = tmp_path / site
+        if not where.exists():
+            where.mkdir()
+            monkeypatch.syspath_prepend(str(where))
+        info = where / f"{dist.replace('-', '_')}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text("".join(
+            f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in eps.items())
+            for group, eps in entry_points.items()))
+        for module, source in sources.items():
+            (where / f"{module}.py").write_text(source)
+            modules.append(module)
+        forget_plugins()
+
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)
+    forget_plugins()
+
+
+def test_a_model_loads_without_the_plugins_it_only_trained_with(install, write_recipe, cli, tmp_path, monkeypatch):
+    install("acme-lion", {"gptkit.optimizer": {"lion": "acme_lion:Lion"},
+                          "gptkit.schedule": {"flat": "acme_lion:Flat"}}, {"acme_lion": LION})
+    runs = tmp_path / "runs"
+    result = cli("run", write_recipe(train={"optimizer": {"name": "lion", "beta1": 0.8}, "schedule": "flat"}),
+                 "--runs-dir", runs)
+    assert result.exit_code == 0, result.output
+    (run,) = runs.iterdir()
+
+    monkeypatch.setenv("GPTKIT_NO_PLUGINS", "1")
+    result = cli("sample", run, "--tokens", "5")
+    assert result.exit_code == 0, result.output
+    model, recipe, vocab = load_model(run)
+    saved = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert recipe.to_dict()["train"] == saved["train"]  # kept as the run wrote them, not looked up
+    assert saved["train"]["optimizer"]["beta1"] == 0.8
+    resumed = cli("run", "--resume", run)  # resuming trains: it needs every component
+    assert resumed.exit_code == 2 and "unknown optimizer 'lion'" in resumed.output, resumed.output
+
+
+def test_a_clash_is_not_blamed_on_a_missing_plugin(install, write_recipe, cli, tmp_path):
+    install("acme-norms", {"gptkit.norm": {"unitnorm": "acme_unit:UnitNorm"}}, {"acme_unit": NORM})
+    runs = tmp_path / "runs"
+    assert cli("run", write_recipe(model={"norm": "unitnorm"}), "--runs-dir", runs).exit_code == 0
+    (run,) = runs.iterdir()
+    install("acme-other", {"gptkit.norm": {"unitnorm": "acme_unit2:UnitNorm"}}, {"acme_unit2": NORM}, site="other")
+    result = cli("sample", run)
+    assert result.exit_code == 2 and "is claimed by" in result.output, result.output
+    assert "is it installed?" not in result.output
+    shutil.rmtree(tmp_path / "other")
+    shutil.rmtree(tmp_path / "site")
+    sys.modules.pop("acme_unit", None)
+    forget_plugins()
+    with pytest.raises(UserError, match=r"model.norm: unitnorm from acme-norms 1.0: is it installed\?"):
+        load_model(run)

@@ -1,0 +1,119 @@
+"""The contract of the kinds that are not part of the model (schedule, optimizer, corpus) against
+subtly broken components; every registered one is checked in test_components.py."""
+
+import random
+
+import pytest
+import torch
+
+from gptkit.components import Corpus, Optimizer, Schedule
+from gptkit.conformance import CHECKS, check_component
+
+
+class Linear(Schedule):
+    """Decays to 0 at the 100th step, whatever the run's length."""
+
+    def factor(self, step):
+        return 1 - step / 100  # negative from step 101 on
+
+
+class PerCall(Schedule):
+    """Decays with every call instead of with the step: a resumed run starts from the top again."""
+
+    def __init__(self, params, total_steps):
+        super().__init__(params, total_steps)
+        self.calls = 0
+
+    def factor(self, step):
+        self.calls += 1
+        return 0.99**self.calls
+
+
+class ToTheEnd(Schedule):
+    """Linear decay to 0 at the last step: a run of one step divides by zero."""
+
+    def factor(self, step):
+        return 1 - step / (self.total_steps - 1)
+
+
+class Tensor(Schedule):
+    def factor(self, step):
+        return torch.tensor(1.0)
+
+
+class NoStep(torch.optim.AdamW):
+    def step(self, closure=None):
+        return None
+
+
+class BuildsLr(torch.optim.AdamW):
+    """Steps with the lr it was built with, not the one the trainer sets in param_groups."""
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            group["lr"] = self.defaults["lr"]
+        return super().step(closure)
+
+
+class NoLoad(torch.optim.AdamW):
+    def load_state_dict(self, state_dict):
+        pass
+
+
+class NoZeroGrad(torch.optim.AdamW):
+    def zero_grad(self, set_to_none=True):
+        pass
+
+
+def component(optimizer: type[torch.optim.Optimizer]) -> type[Optimizer]:
+    """An optimizer component building `optimizer`."""
+    return type(optimizer.__name__, (Optimizer,), {"build": lambda self, groups, lr: optimizer(groups, lr=lr)})
+
+
+class Empty(Corpus):
+    def text(self):
+        return ""
+
+
+class Shuffled(Corpus):
+    def text(self):
+        return " ".join(random.sample(["to", "be", "or", "not"], 4))
+
+
+BROKEN = [
+    ("schedule", Linear, {"factors"}),
+    ("schedule", PerCall, {"pure function of step"}),
+    ("schedule", ToTheEnd, {"factors", "pure function of step"}),
+    ("schedule", Tensor, {"factors"}),
+    ("optimizer", component(NoStep), {"lowers the loss"}),
+    ("optimizer", component(BuildsLr), {"honours lr"}),
+    ("optimizer", component(NoLoad), {"resumes exactly"}),
+    ("optimizer", component(NoZeroGrad), {"zero_grad", "resumes exactly"}),
+    ("corpus", Empty, {"text"}),
+    ("corpus", Shuffled, {"text"}),
+]
+
+
+@pytest.mark.parametrize("kind,cls,failing", BROKEN, ids=lambda v: getattr(v, "__name__", None))
+def test_the_contract_catches_subtly_broken_components(temporary_component, kind, cls, failing):
+    temporary_component(kind, "broken", cls)
+    results = check_component(kind, "broken")
+    assert {r.check for r in results if r.status == "fail"} == failing, [(r.check, r.detail) for r in results]
+    assert [r.check for r in results] == [c for c, (kinds, _) in CHECKS.items() if kind in kinds]  # its kind's only
+
+
+def test_a_failure_says_what_was_wrong(temporary_component):
+    temporary_component("schedule", "linear", Linear)
+    detail = next(r.detail for r in check_component("schedule", "linear") if r.check == "factors")
+    assert detail == ("AssertionError: factor(101) = -0.010000000000000009 with total_steps=1000; a factor must be a "
+                      "finite number >= 0")
+
+
+def test_check_takes_every_kind(cli):
+    result = cli("check", "schedule", "cosine", "--param", "warmup_steps=3")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.split()[:2] == ["factors", "PASS"] for line in lines)
+    assert not any(line.split()[:1] == ["causal"] for line in lines)  # a model component's check: not listed
+    result = cli("check", "schedul", "cosine")
+    assert result.exit_code == 2 and "unknown component kind 'schedul' (did you mean 'schedule'?)" in result.output
