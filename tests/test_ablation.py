@@ -291,6 +291,10 @@ def test_compare(cli, tmp_path, two_runs):
     figures = md_rows(result.output.split("Final figures:")[1])
     summary = json.loads((two_runs[1] / "summary.json").read_text())
     assert figures["final_val_loss"][2] == f"{summary['final_val_loss']:.4f}" and figures["status"][1] == "finished"
+    summary_file = two_runs[0] / "summary.json"
+    summary_file.write_text(json.dumps({**json.loads(summary_file.read_text()), "status": "running"}))
+    figures = md_rows(cli("compare", *two_runs).output.split("Final figures:")[1])  # no process holds its lock
+    assert figures["status"][1] == "stopped (killed?)"
     missing = cli("compare", two_runs[0], tmp_path)
     assert missing.exit_code == 2 and f"{tmp_path}: not a run folder (it has no recipe.yaml)" in missing.output
     missing = cli("compare", two_runs[0], tmp_path / "nowhere")

@@ -8,7 +8,7 @@ from ..ablation.runs import read_summary, val_curve
 from ..errors import UserError
 from ..recipe import flatten
 from ..training.progress import fmt_duration
-from ..training.resume import run_recipe
+from ..training.resume import is_locked, run_recipe
 from . import main
 
 FIGURES = {
@@ -44,7 +44,7 @@ def compare(run_dirs, plot_path):
                                                                       for k in differ]))
     else:
         click.echo("The recipes are identical.\n")
-    summaries = [read_summary(d) or {"status": "unknown (no summary.json)"} for d in dirs]
+    summaries = [with_live_status(d, read_summary(d) or {"status": "unknown (no summary.json)"}) for d in dirs]
     rows = [[key, *(cell(fmt, s.get(key)) for s in summaries)] for key, fmt in FIGURES.items()]
     click.echo("Final figures:\n" + table(["", *names], rows), nl=False)
     if plot_path:
@@ -59,6 +59,14 @@ def compare(run_dirs, plot_path):
             click.echo(f"Wrote {plot_path}")
         else:
             raise UserError(f"--plot needs matplotlib, which is not installed: {HINT}")
+
+
+def with_live_status(run_dir: Path, summary: dict) -> dict:
+    """A run whose summary says "running" while no process holds its lock was killed (kill -9, a lost
+    machine): it cannot say so itself. Resuming it continues from its last checkpoint."""
+    if summary.get("status") == "running" and (run_dir / ".lock").exists() and not is_locked(run_dir):
+        return {**summary, "status": "stopped (killed?)"}
+    return summary
 
 
 def cell(fmt, value) -> str:
