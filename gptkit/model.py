@@ -135,6 +135,16 @@ def build_model_on(model, vocab_size: int, device: torch.device) -> GPT:
     raise error
 
 
+def component_specs(gpt: GPT, model) -> dict[nn.Module, "ComponentSpec"]:  # noqa: F821 (a recipe-side type)
+    """{module: the spec in `model` (a ModelSection) it was built from}, for every component of `gpt`."""
+    t = gpt.transformer
+    specs = {t.pos: model.positional, t.ln_f: model.norm}
+    for block in t.h:
+        specs |= {block.ln_1: model.norm, block.attn: model.attention, block.ln_2: model.norm,
+                  block.mlp: model.feedforward}
+    return specs
+
+
 def check_forward(gpt: GPT, model) -> None:
     """One tiny forward pass of `gpt`, which `model` (a ModelSection) described, before training: a
     component whose forward raises, or returns anything but a tensor of its input's shape and dtype, is
@@ -142,10 +152,7 @@ def check_forward(gpt: GPT, model) -> None:
     layer trips over its output. Batch 1, two tokens, without gradients, in evaluation mode, and with
     the random state put back, so that the run that follows is the same as without it."""
     t = gpt.transformer
-    specs = {t.pos: model.positional, t.ln_f: model.norm}
-    for block in t.h:
-        specs |= {block.ln_1: model.norm, block.attn: model.attention, block.ln_2: model.norm,
-                  block.mlp: model.feedforward}
+    specs = component_specs(gpt, model)
 
     def same_as_input(module, args, output):
         x = args[0]

@@ -337,3 +337,31 @@ def test_a_clash_is_not_blamed_on_a_missing_plugin(install, write_recipe, cli, t
     forget_plugins()
     with pytest.raises(UserError, match=r"model.norm: unitnorm from acme-norms 1.0: is it installed\?"):
         load_model(run)
+
+
+def test_a_bug_met_only_in_a_training_step_is_named(run_with, tmp_path):
+    source = """
+        @register("feedforward", "trainonly")
+        class TrainOnly(FeedForward):
+            def forward(self, x):
+                if self.training:
+                    raise ValueError("dropout mask of the wrong size")  # train mode
+                return x
+
+        class Stepless(torch.optim.SGD):
+            def step(self, closure=None):
+                raise RuntimeError("no step today")  # step
+
+        @register("optimizer", "stepless")
+        class SteplessOptimizer(Optimizer):
+            def build(self, groups, lr):
+                return Stepless(groups, lr)
+    """
+    result = run_with(source, "model.feedforward=trainonly")  # the check before training runs in eval mode
+    assert_one_error(result, tmp_path, f"feedforward 'trainonly' from {tmp_path / 'mine.py'} is broken: its forward() "
+                     "raised, in training step 1, ValueError: dropout mask of the wrong size "
+                     f"(at {line_of(tmp_path, '# train mode')})", logged=2)
+    result = run_with(source, "train.optimizer=stepless")
+    assert_one_error(result, tmp_path, f"optimizer 'stepless' from {tmp_path / 'mine.py'} is broken: its step() "
+                     f"raised, in training step 1, RuntimeError: no step today (at {line_of(tmp_path, '# step')})",
+                     logged=2)

@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset import CharDataset
 from ..device import use_bf16
-from ..errors import ComponentError, Diverged, Interrupted, UserError
-from ..model import GPT
+from ..errors import ComponentError, Diverged, Interrupted, UserError, out_of_memory
+from ..model import GPT, component_specs, culprit
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
 from ..registry import registry
@@ -282,7 +282,10 @@ class Trainer:
                     if state.step >= self.total_steps:
                         break
                     lr = self.cfg.lr * self._factor(state.step)
-                    self._pending.add(*self.train_step(starts, batch, lr), lr)
+                    try:
+                        self._pending.add(*self.train_step(starts, batch, lr), lr)
+                    except Exception as e:
+                        raise self._plugin_bug(e) from e
                     state.step += 1
                     state.tokens += self.tokens_per_step
                     last = state.step == self.total_steps
@@ -420,6 +423,16 @@ class Trainer:
             self.on_checkpoint(self)
             self._saved_step = self.state.step
             self._interval_t0 = time.perf_counter()  # and the saving
+
+    def _plugin_bug(self, e: Exception) -> Exception:
+        """`e` as one error naming the plugin or local component whose method raised it in a training
+        step (in train mode, backward or its optimizer's step, where the check before training does not
+        look), else `e` itself: a bug in gptkit's own components wants its traceback."""
+        specs = component_specs(self.model, self.recipe.model) | {self.optimizer: self.cfg.optimizer}
+        owner, method = culprit(e, specs)
+        if owner is None or out_of_memory(e) or registry(specs[owner].kind).entry(specs[owner].name).source == "built-in":
+            return e
+        return specs[owner].error(f"its {method}() raised, in training step {self.state.step + 1},", e)
 
     def _factor(self, step: int) -> float:
         """The schedule's multiplier of train.lr; a value no learning rate can be made of is the
