@@ -7,6 +7,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import random
 import signal
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 from gptkit.cli import main
+from gptkit.registry import forget_plugins
 
 WORDS = ("the king and queen speak of love and war to all who hear my lord good night sweet "
          "prince what say you now come hither fair lady I pray thee tell me true").split()
@@ -138,3 +141,31 @@ def scratch_registries(monkeypatch):
     for module in set(sys.modules) - before:
         if module.startswith("gptkit_local_"):
             del sys.modules[module]
+
+
+@pytest.fixture
+def install(tmp_path, monkeypatch):
+    """install(dist, version, {group: {name: value}}, {module: source}, site=name): a distribution in a
+    site folder on sys.path, found by importlib.metadata like any pip-installed package."""
+    modules = []
+
+    def install(dist, version="1.0", entry_points=None, sources=None, site="site"):
+        where = tmp_path / site
+        if not where.exists():
+            where.mkdir()
+            monkeypatch.syspath_prepend(str(where))
+        info = where / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text("".join(
+            f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in eps.items())
+            for group, eps in (entry_points or {}).items()))
+        for module, source in (sources or {}).items():
+            (where / f"{module}.py").write_text(textwrap.dedent(source))
+            modules.append(module)
+        forget_plugins()
+
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)
+    forget_plugins()

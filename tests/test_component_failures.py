@@ -275,36 +275,9 @@ class UnitNorm(Norm):
 """
 
 
-@pytest.fixture
-def install(tmp_path, monkeypatch):
-    """install(dist, {group: {name: value}}, {module: source}, site): a distribution as pip leaves one."""
-    modules = []
-
-    def install(dist, entry_points, sources, site="site"):
-        where = tmp_path / site
-        if not where.exists():
-            where.mkdir()
-            monkeypatch.syspath_prepend(str(where))
-        info = where / f"{dist.replace('-', '_')}-1.0.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-        (info / "entry_points.txt").write_text("".join(
-            f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in eps.items())
-            for group, eps in entry_points.items()))
-        for module, source in sources.items():
-            (where / f"{module}.py").write_text(source)
-            modules.append(module)
-        forget_plugins()
-
-    yield install
-    for module in modules:
-        sys.modules.pop(module, None)
-    forget_plugins()
-
-
 def test_a_model_loads_without_the_plugins_it_only_trained_with(install, write_recipe, cli, tmp_path, monkeypatch):
-    install("acme-lion", {"gptkit.optimizer": {"lion": "acme_lion:Lion"},
-                          "gptkit.schedule": {"flat": "acme_lion:Flat"}}, {"acme_lion": LION})
+    install("acme-lion", entry_points={"gptkit.optimizer": {"lion": "acme_lion:Lion"},
+                                       "gptkit.schedule": {"flat": "acme_lion:Flat"}}, sources={"acme_lion": LION})
     runs = tmp_path / "runs"
     result = cli("run", write_recipe(train={"optimizer": {"name": "lion", "beta1": 0.8}, "schedule": "flat"}),
                  "--runs-dir", runs)
@@ -323,11 +296,12 @@ def test_a_model_loads_without_the_plugins_it_only_trained_with(install, write_r
 
 
 def test_a_clash_is_not_blamed_on_a_missing_plugin(install, write_recipe, cli, tmp_path):
-    install("acme-norms", {"gptkit.norm": {"unitnorm": "acme_unit:UnitNorm"}}, {"acme_unit": NORM})
+    install("acme-norms", entry_points={"gptkit.norm": {"unitnorm": "acme_unit:UnitNorm"}}, sources={"acme_unit": NORM})
     runs = tmp_path / "runs"
     assert cli("run", write_recipe(model={"norm": "unitnorm"}), "--runs-dir", runs).exit_code == 0
     (run,) = runs.iterdir()
-    install("acme-other", {"gptkit.norm": {"unitnorm": "acme_unit2:UnitNorm"}}, {"acme_unit2": NORM}, site="other")
+    install("acme-other", entry_points={"gptkit.norm": {"unitnorm": "acme_unit2:UnitNorm"}}, sources={"acme_unit2": NORM},
+            site="other")
     result = cli("sample", run)
     assert result.exit_code == 2 and "is claimed by" in result.output, result.output
     assert "is it installed?" not in result.output

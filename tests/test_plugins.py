@@ -34,34 +34,6 @@ NORM = """
 """
 
 
-@pytest.fixture
-def install(tmp_path, monkeypatch):
-    """install(dist, version, {group: {name: value}}, {module: source}, site=name): a distribution in a
-    site folder on sys.path, found by importlib.metadata like any pip-installed package."""
-    modules = []
-
-    def install(dist, version="1.0", entry_points=None, sources=None, site="site"):
-        where = tmp_path / site
-        if not where.exists():
-            where.mkdir()
-            monkeypatch.syspath_prepend(str(where))
-        info = where / f"{dist.replace('-', '_')}-{version}.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-        (info / "entry_points.txt").write_text("".join(
-            f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in eps.items())
-            for group, eps in (entry_points or {}).items()))
-        for module, source in (sources or {}).items():
-            (where / f"{module}.py").write_text(textwrap.dedent(source))
-            modules.append(module)
-        forget_plugins()
-
-    yield install
-    for module in modules:
-        sys.modules.pop(module, None)
-    forget_plugins()
-
-
 def test_installed_component_is_listed_from_metadata_and_imported_on_use(install, write_recipe, cli, tmp_path):
     install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_unit:UnitNorm"}}, {"acme_unit": NORM})
     assert "unitnorm" in registry("norm").names()
