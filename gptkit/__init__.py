@@ -5,6 +5,7 @@
 """
 
 import importlib
+import importlib.util
 import warnings
 from typing import TYPE_CHECKING
 
@@ -19,12 +20,14 @@ _EXPORTS = {
     "UserError": ".errors",
     "GPT": ".model", "Block": ".model", "build_model": ".model",
     "Recipe": ".recipe", "load_recipe": ".recipe",
-    "registry": ".registry",
     "generate": ".sampling", "sample": ".sampling",
     "load_checkpoint": ".training", "train": ".training",
     "load_model": ".training.checkpoint",
 }
-__all__ = sorted(_EXPORTS)
+# Bound now, cheaply: importing the submodule of the same name would otherwise shadow the function.
+from .registry import registry  # noqa: E402
+
+__all__ = sorted([*_EXPORTS, "registry"])
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .api import train_model
@@ -32,16 +35,18 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .errors import UserError
     from .model import GPT, Block, build_model
     from .recipe import Recipe, load_recipe
-    from .registry import registry
     from .sampling import generate, sample
     from .training import load_checkpoint, train
     from .training.checkpoint import load_model
 
 
 def __getattr__(name: str):
-    if name not in _EXPORTS:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: gptkit.model
+        value = importlib.import_module(f".{name}", __name__)
+    else:
         raise AttributeError(f"module 'gptkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
     globals()[name] = value
     return value
 

@@ -3,8 +3,6 @@
 import difflib
 from collections.abc import Iterable
 
-import torch
-
 
 class UserError(Exception):
     """A mistake in a recipe, a file or a command line; never shown with a traceback."""
@@ -20,6 +18,8 @@ class ComponentError(UserError):
 
 def out_of_memory(e: BaseException) -> bool:
     """Whether `e` is the machine running out of memory, rather than code that merely says "allocate"."""
+    import torch  # here, not above: `import gptkit` stays free of torch (see __init__.py and _entry.py)
+
     return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (  # CUDA's is torch.OutOfMemoryError
         isinstance(e, RuntimeError) and any(m in str(e) for m in CPU_OUT_OF_MEMORY))
 

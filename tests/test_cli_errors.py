@@ -233,6 +233,7 @@ def test_the_package_imports_its_names_on_first_use():
     import subprocess
     import sys
 
-    code = ("import sys, gptkit; assert 'torch' not in sys.modules; "
-            "assert all(getattr(gptkit, n) for n in gptkit.__all__); from gptkit import GPT, load_model")
+    code = ("import sys, types, gptkit; assert 'torch' not in sys.modules; import gptkit.model, gptkit.registry; "
+            "assert not any(isinstance(getattr(gptkit, n), types.ModuleType) for n in gptkit.__all__); "
+            "from gptkit import *; assert registry('norm').get('rmsnorm') and gptkit.conformance.CHECKS")
     subprocess.run([sys.executable, "-c", code], check=True)
