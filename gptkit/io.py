@@ -18,8 +18,8 @@ def read_text(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        source = "utf-16" if e.object[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"  # UTF-16 starts with its BOM
-        if source == "latin1" and b"\0" in e.object[:4096]:  # no text in an 8-bit encoding holds NUL bytes
+        source = encoding_of(e.object[:4096])
+        if source is None:
             raise UserError(f"{what} file {path} contains NUL bytes: it looks like a binary file, not text") from None
         raise UserError(
             f"{what} file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start:,}); "
@@ -27,6 +27,20 @@ def read_text(path: Path, what: str) -> str:
         ) from None
     except OSError as e:
         raise UserError(f"cannot read {what} file {path}: {e.strerror}") from None
+
+
+def encoding_of(head: bytes) -> str | None:
+    """A guess at the encoding of text that is not UTF-8, from its first bytes: UTF-16 starts with its
+    byte-order mark or, without one, has NUL in every other byte of ASCII text; an 8-bit encoding holds
+    no NUL at all. None: a binary file."""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    if b"\0" not in head:
+        return "latin1"
+    for order, zeros in (("le", head[1::2]), ("be", head[0::2])):
+        if zeros.count(0) > 0.9 * len(zeros):
+            return f"utf-16{order}"
+    return None
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
