@@ -189,15 +189,21 @@ def check_forward(gpt: GPT, model) -> None:
         gpt.train(training)
 
 
-def culprit(e: BaseException, modules) -> tuple[nn.Module | None, str | None]:
-    """Which of `modules` raised `e`, and in which of its methods: the innermost frame of its traceback
-    that is a method of one of them (frames of their submodules, torch's own layers, are passed by)."""
+def culprit(e: BaseException, specs: dict) -> tuple[object | None, str | None]:
+    """Which component of `specs` ({module or optimizer: its ComponentSpec}) raised `e`, and in which of
+    its methods: the innermost frame of the traceback that is a method of one of them (their submodules,
+    torch's own layers, are passed by). A plugin's frame beats a built-in's: a plugin attention that
+    calls a built-in positional's rotate() wrongly is the one to blame."""
     calling = nn.Module.__call__.__code__.co_filename  # torch's machinery around every forward
-    found = None, None
+    frames = []
     tb = e.__traceback__
     while tb is not None:
         owner, code = tb.tb_frame.f_locals.get("self"), tb.tb_frame.f_code
-        if any(owner is m for m in modules):
-            found = owner, "forward" if code.co_filename == calling else code.co_name
+        spec = next((s for m, s in specs.items() if owner is m), None)
+        if spec is not None:
+            frames.append((not spec.built_in, owner, "forward" if code.co_filename == calling else code.co_name))
         tb = tb.tb_next
-    return found
+    if not frames:
+        return None, None
+    _, owner, method = max(reversed(frames), key=lambda f: f[0])  # the innermost plugin frame, else the innermost
+    return owner, method

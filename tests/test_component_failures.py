@@ -339,3 +339,21 @@ def test_a_bug_met_only_in_a_training_step_is_named(run_with, tmp_path):
     assert_one_error(result, tmp_path, f"optimizer 'stepless' from {tmp_path / 'mine.py'} is broken: its step() "
                      f"raised, in training step 1, RuntimeError: no step today (at {line_of(tmp_path, '# step')})",
                      logged=2)
+
+
+def test_a_plugin_calling_a_built_in_wrongly_is_the_one_blamed(run_with, tmp_path):
+    result = run_with("""
+        import torch.nn.functional as F
+
+        @register("attention", "careless")
+        class Careless(Attention):
+            def forward(self, x, cache=None):
+                B, T, C = x.shape
+                q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
+                q, k = self.pos.rotate(q, k, cache)  # should be the start position, len(cache) or 0
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+    """, "model.attention=careless", "model.positional=rope")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"error: attention 'careless' from {tmp_path / 'mine.py'} is broken: its forward() raised TypeError" \
+        in result.output and f"(at {line_of(tmp_path, 'should be the start')})" in result.output

@@ -47,6 +47,10 @@ class ComponentSpec:
     def cls(self) -> type:
         return registry(self.kind).get(self.name)
 
+    @property
+    def built_in(self) -> bool:
+        return registry(self.kind).entry(self.name).source == "built-in"
+
     def build(self, *args):
         """The component, given its arguments positionally in the order README documents for its kind,
         `params` second for a model's parts (`(config, params, pos)`) and first otherwise

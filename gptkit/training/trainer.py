@@ -430,7 +430,7 @@ class Trainer:
         look), else `e` itself: a bug in gptkit's own components wants its traceback."""
         specs = component_specs(self.model, self.recipe.model) | {self.optimizer: self.cfg.optimizer}
         owner, method = culprit(e, specs)
-        if owner is None or out_of_memory(e) or registry(specs[owner].kind).entry(specs[owner].name).source == "built-in":
+        if owner is None or out_of_memory(e) or specs[owner].built_in:
             return e
         return specs[owner].error(f"its {method}() raised, in training step {self.state.step + 1},", e)
 
