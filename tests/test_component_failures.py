@@ -357,3 +357,32 @@ def test_a_plugin_calling_a_built_in_wrongly_is_the_one_blamed(run_with, tmp_pat
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert f"error: attention 'careless' from {tmp_path / 'mine.py'} is broken: its forward() raised TypeError" \
         in result.output and f"(at {line_of(tmp_path, 'should be the start')})" in result.output
+
+
+def test_a_model_loads_without_the_local_files_it_only_trained_with(run_with, tmp_path):
+    import subprocess  # fresh processes: this one keeps the file's components registered
+
+    def sample_after_deleting_the_file(*sets):
+        shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+        assert run_with(source, *sets).exit_code == 0
+        (run,) = (tmp_path / "runs").iterdir()
+        (tmp_path / "mine.py").unlink()
+        return subprocess.run([sys.executable, "-m", "gptkit", "sample", str(run), "--tokens", "5"],
+                              capture_output=True, text=True)
+
+    source = """
+        @register("schedule", "flat_local")
+        class Flat(Schedule):
+            def factor(self, step):
+                return 1.0
+
+        @register("norm", "plain_local")
+        class Plain(Norm):
+            def forward(self, x):
+                return x
+    """
+    sampled = sample_after_deleting_the_file("train.schedule=flat_local")  # only trained with the file's schedule
+    assert sampled.returncode == 0, sampled.stderr
+    sampled = sample_after_deleting_the_file("model.norm=plain_local")
+    assert sampled.returncode == 2 and "unknown norm 'plain_local'" in sampled.stderr, sampled.stderr
+    assert f"(its imports could not be run: component file {tmp_path / 'mine.py'} not found)" in sampled.stderr

@@ -105,6 +105,11 @@ class Unchecked(Params):
 _model_only = ContextVar("model_only", default=False)
 
 
+def loading_model_only() -> bool:
+    """Whether a recipe is being read within `model_only()`."""
+    return _model_only.get()
+
+
 @contextmanager
 def model_only() -> Iterator[None]:
     """Within it, a recipe's training-only components (optimizer, schedule, corpus) are kept as written,

@@ -13,6 +13,7 @@ from .. import plugins
 from ..errors import UserError
 from ..io import read_text
 from . import yaml
+from .components import loading_model_only
 from .errors import describe_errors
 from .schema import Recipe, RecipePath, _resolve
 
@@ -48,45 +49,58 @@ def check_overrides(overrides: Sequence[str]) -> Sequence[str]:
 
 def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
              lines: dict | None = None, overrides: Sequence[tuple[tuple, str]] = ()) -> Recipe:
-    _import_files(data, origin, base_dir, lines or {})
+    unrun = _import_files(data, origin, base_dir, lines or {})
     try:
         return Recipe.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
-        problems = []  # (the override's index, the line, the text): the recipe's own in file order, then --set's
-        for loc, msg in describe_errors(e, Recipe):
-            key = ".".join(map(str, loc))
-            # An override is to blame for errors at or below its key, and above it (train.lr.x=5); of
-            # several, the last, whose value won.
-            blamed = next((i for i, (keys, _) in reversed(list(enumerate(overrides)))
-                           if loc[: len(keys)] == keys or (loc and keys[: len(loc)] == loc)), None)
-            if blamed is not None:
-                problems.append((blamed, 0, f"{overrides[blamed][1]}: {key}: {msg}"))
-            else:
-                line = next(((lines or {})[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in (lines or {})), None)
-                problems.append((-1, line or 0, f"{origin}{f':{line}' if line else ''}: {key}: {msg}"))
-        texts = [text for *_, text in sorted(problems, key=lambda p: p[:2])]
-        if len(texts) == 1:
-            raise RecipeError(texts[0]) from None
-        raise RecipeError(f"{origin} has {len(texts)} problems:\n" + "\n".join(f"  {t}" for t in texts)) from None
+        if unrun:  # the likely cause of an unknown component
+            raise RecipeError(f"{_problems(e, origin, lines, overrides)}\n(its imports could not be run: "
+                              f"{'; '.join(unrun)})") from None
+        raise RecipeError(_problems(e, origin, lines, overrides)) from None
+
+
+def _problems(e: ValidationError, origin: str, lines: dict | None, overrides: Sequence[tuple[tuple, str]]) -> str:
+    """Every validation error, on a line of its own, named by its file line or by its override."""
+    problems = []  # (the override's index, the line, the text): the recipe's own in file order, then --set's
+    for loc, msg in describe_errors(e, Recipe):
+        key = ".".join(map(str, loc))
+        # An override is to blame for errors at or below its key, and above it (train.lr.x=5); of
+        # several, the last, whose value won.
+        blamed = next((i for i, (keys, _) in reversed(list(enumerate(overrides)))
+                       if loc[: len(keys)] == keys or (loc and keys[: len(loc)] == loc)), None)
+        if blamed is not None:
+            problems.append((blamed, 0, f"{overrides[blamed][1]}: {key}: {msg}"))
+        else:
+            line = next(((lines or {})[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in (lines or {})), None)
+            problems.append((-1, line or 0, f"{origin}{f':{line}' if line else ''}: {key}: {msg}"))
+    texts = [text for *_, text in sorted(problems, key=lambda p: p[:2])]
+    if len(texts) == 1:
+        return texts[0]
+    return f"{origin} has {len(texts)} problems:\n" + "\n".join(f"  {t}" for t in texts)
 
 
 _FILES = TypeAdapter(list[RecipePath])
 
 
-def _import_files(data: dict, origin: str, base_dir: Path | None, lines: dict) -> None:
+def _import_files(data: dict, origin: str, base_dir: Path | None, lines: dict) -> list[str]:
     """Run the files under `imports` before anything else is validated: the components they register
-    are names the rest of the recipe may use."""
+    are names the rest of the recipe may use. Loading a model only, a file that fails is passed by
+    (returned, as its error) rather than refused."""
     try:
         listed = data.get("imports") if isinstance(data, dict) else None
         files = _FILES.validate_python(listed or [], context={"base_dir": base_dir})
     except ValidationError:
-        return  # a malformed list is reported below, with every other problem
+        return []  # a malformed list is reported below, with every other problem
+    unrun = []
     for i, path in enumerate(files):
         line = lines.get(("imports", i))
         try:
             plugins.import_file(path)
         except UserError as e:
-            raise RecipeError(f"{origin}{f':{line}' if line else ''}: imports: {e}") from None
+            if not loading_model_only():
+                raise RecipeError(f"{origin}{f':{line}' if line else ''}: imports: {e}") from None
+            unrun.append(str(e))  # it may have held training components only, which a model does not need
+    return unrun
 
 
 def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tuple, str]:
