@@ -151,6 +151,20 @@ def test_a_folder_holding_another_ablation_is_refused(cli, tmp_path, write_recip
     assert (out / "ablation.yaml").read_text() == before
 
 
+def test_the_written_ablation_file_resumes_from_anywhere(cli, tmp_path, write_recipe, monkeypatch):
+    recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    out = tmp_path / "abl"
+    first = cli("ablate", recipe, "--vary", "train.lr=1e-3,3e-3", "--vary", "model.positional={name: rope, base: 500}",
+                "--set", "sample.tokens=3", "--name", "1e5", "--seeds", "1", "--out", out)
+    assert first.exit_code == 0, first.output
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = cli("ablate", out / "ablation.yaml", "--out", out)
+    assert again.exit_code == 0 and "3 of 3 runs finished earlier: skipping them" in again.output, again.output
+    manifest = yaml.safe_load((out / "ablation.yaml").read_text())
+    assert manifest["name"] == "1e5" and manifest["set"] == {"sample.tokens": 3}
+
+
 def test_an_ablation_files_recipe_is_found_beside_it(cli, tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "abl.yaml").write_text("vary: {model.norm: [layernorm]}\nrecipe: ../nope.yaml\n")

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..data.dataset import load_dataset
 from ..errors import Diverged, UserError
@@ -24,7 +23,7 @@ from ..training.resume import is_locked, run_recipe
 from .plot import plot_curves
 from .report import RunRow, arm_stats, markdown, write_csv
 from .runs import ended_summary, finished, read_summary, val_curve
-from .spec import Arm, Plan
+from .spec import Arm, Plan, yaml_text
 
 
 def ablation_dir(plan: Plan, runs_dir: str | Path = "runs", out: str | Path | None = None) -> Path:
@@ -162,7 +161,8 @@ def plot(folder: Path, rows: list[RunRow], title: str) -> bool:
 
 def manifest(plan: Plan, folder: Path) -> str:
     """ablation.yaml: an ablation file for exactly this ablation, so that it can be resumed or given more
-    seeds from anywhere, with its arms' folders in comments."""
+    seeds from anywhere, with its arms' folders in comments. One line per key, each value written as
+    gptkit's YAML reads it back (PyYAML would leave 1e5 unquoted, which YAML 1.2 reads as a number)."""
     a = plan.ablation
     data = {
         "name": plan.name,
@@ -176,7 +176,7 @@ def manifest(plan: Plan, folder: Path) -> str:
     }
     arms = "".join(f"#   {arm.slug}/  {arm.title}\n" for arm in plan.arms)
     return (f"# Resume, or add seeds: gptkit ablate {folder.resolve() / 'ablation.yaml'} --out {folder.resolve()}\n"
-            f"# Arms (folder, label):\n{arms}" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+            f"# Arms (folder, label):\n{arms}" + "".join(f"{key}: {yaml_text(value)}\n" for key, value in data.items()))
 
 
 def _value(override: str) -> tuple[str, object]:

@@ -274,9 +274,11 @@ def plan(ablation: Ablation) -> Plan:
             if same.baseline and ablation.mode == "grid" and same.label == "baseline":
                 same.label, same.changes = label, changes  # the baseline is this grid cell
             continue
-        # The folder's name lists the changes in key order, the label in the command's: --vary flags
-        # given in another order find the same folders.
-        arm = Arm(label, slugify(" ".join(sorted(f"{short[k]}={v}" for k, v in changes))), changes, recipe)
+        # The folder's name lists the changes in key order, the label in the command's, and spells each
+        # value one way (1e-3 and 0.001 alike): --vary flags given in another order or spelling, and the
+        # ablation.yaml written for them, find the same folders.
+        slug = slugify(" ".join(sorted(f"{short[k]}={yaml_text(yaml.load(v, k)[0])}" for k, v in changes)))
+        arm = Arm(label, slug, changes, recipe)
         arms.append(arm)
         seen[canonical(recipe)] = arm
     unique_slugs(arms[1:])
