@@ -29,5 +29,6 @@ def train_model(config_path: str | Path, data_path: str | Path | None = None, ep
     recipe = load_recipe(config_path, overrides)
     result = train(recipe, runs_dir=runs_dir, quiet=quiet)
     if save_path is not None:
-        save_checkpoint(Path(save_path), result.model, recipe.to_dict(), result.dataset.itos, step=result.summary["steps"])
+        save_checkpoint(Path(save_path), result.model, recipe.to_dict(), result.dataset.itos, step=result.summary["steps"],
+                        plugins=recipe.plugin_sources())
     return result.model, result.dataset

@@ -165,6 +165,18 @@ def test_the_written_ablation_file_resumes_from_anywhere(cli, tmp_path, write_re
     assert manifest["name"] == "1e5" and manifest["set"] == {"sample.tokens": 3}
 
 
+def test_a_component_bug_before_the_first_step_leaves_no_arm_folder(cli, tmp_path, write_recipe):
+    (tmp_path / "mine.py").write_text(
+        "from gptkit.components import Schedule, register\n\n"
+        "@register('schedule', 'broken_at_0')\nclass Broken(Schedule):\n"
+        "    def factor(self, step):\n        raise ValueError('no factor')\n")
+    recipe = write_recipe(imports=["mine.py"], train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    out = tmp_path / "abl"
+    result = cli("ablate", recipe, "--vary", "train.schedule=constant,broken_at_0", "--seeds", "1", "--out", out)
+    assert result.exit_code == 2 and "schedule 'broken_at_0'" in result.output, result.output
+    assert [p.name for p in out.glob("*/seed-*")] == ["seed-0"] and (out / "baseline/seed-0").is_dir()  # no broken run
+
+
 def test_an_ablation_files_recipe_is_found_beside_it(cli, tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "abl.yaml").write_text("vary: {model.norm: [layernorm]}\nrecipe: ../nope.yaml\n")

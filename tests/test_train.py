@@ -101,8 +101,9 @@ def test_python_api(tmp_path, write_recipe, corpus):
     loaded, recipe, vocab = load_model(save)
     assert vocab.itos == dataset.itos
     x = dataset.vocab.encode("KING:")[None]
-    model.eval()
+    assert not model.training  # returned ready to generate: dropout off
     torch.testing.assert_close(loaded(x)[0], model(x)[0])
+    assert torch.load(save, weights_only=True)["plugins"] == {}  # none here; load_model names missing ones
 
 
 def test_python_api_trains_on_the_data_path_it_is_given(tmp_path, write_recipe):

@@ -131,8 +131,8 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
                             "steps (train.epochs, and train.max_steps if set)")
     if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
         trainer.fit()
-        return RunResult(model, dataset, None, {})
-    created = checkpoint is None and run_dir is None
+        return RunResult(model.eval(), dataset, None, {})
+    created = checkpoint is None and (run_dir is None or not Path(run_dir).exists())  # an ablation names its runs'
     if checkpoint is None:  # the folder is made only once every input has been checked
         run_dir = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
     try:
@@ -193,7 +193,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
             record_failure(run_dir, recipe, trainer, "failed", f"{type(e).__name__}: {e}")
             raise
     summary = write_summary(run_dir, recipe, trainer, "finished", resumable=False)
-    return RunResult(model, dataset, run_dir, summary)
+    return RunResult(model.eval(), dataset, run_dir, summary)  # ready to generate: no dropout
 
 
 def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, metrics: BinaryIO) -> None:
