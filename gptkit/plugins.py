@@ -99,26 +99,32 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
 
 
+_ran: dict[str, str] = {}  # a local file's module name -> the SHA-1 of the source it last ran
+
+
 def import_file(path: Path) -> None:
-    """Run a local Python file once per process, so the components it registers exist. It may import
-    modules beside it, as a script may. An error in it becomes a UserError naming the file and line."""
+    """Run a local Python file, so the components it registers exist: once per process, and again once
+    it is edited. It may import modules beside it, as a script may. An error in it becomes a UserError
+    naming the file and line."""
     path = Path(path).resolve()
     stem = re.sub(r"\W", "_", path.stem)
     module_name = f"gptkit_local_{stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"  # one per file
-    if module_name in sys.modules:
-        return
     if path.is_dir():
         raise UserError(f"component file {path} is a directory, not a .py file")
     if not path.is_file():
         raise UserError(f"component file {path} not found")
     if path.suffix != ".py":  # importlib finds no loader for other names
         raise UserError(f"component file {path} must be a .py file")
+    source = hashlib.sha1(path.read_bytes()).hexdigest()
+    if _ran.get(module_name) == source and module_name in sys.modules:
+        return  # an edited file runs again, and its components replace the earlier ones (see Registry.register)
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     sys.path.insert(0, str(path.parent))  # only while it runs: the folder must not shadow other imports later
     try:
         spec.loader.exec_module(module)
+        _ran[module_name] = source
     except UserError as e:  # e.g. a name registered twice: already explained, say which file did it
         del sys.modules[module_name]
         raise UserError(f"{path}: {e}") from None

@@ -59,7 +59,7 @@ def _source_of(obj: Any) -> str:
         return "built-in"
     try:
         return inspect.getsourcefile(obj) or module
-    except TypeError:
+    except (TypeError, OSError):  # defined where there is no file: an interactive session
         return module
 
 
@@ -86,8 +86,12 @@ class Registry:
             new = Entry(self.kind, name, obj, source or _source_of(obj))
             if name in self._entries:
                 old = self._entries[name]
-                if ":" in new.where and old.where == new.where and old.obj.__qualname__ == obj.__qualname__:
-                    return obj  # one file imported twice (a script, then a recipe's imports)
+                same_class = old.obj.__qualname__ == obj.__qualname__
+                if same_class and getattr(old.obj, "__module__", None) == getattr(obj, "__module__", None):
+                    self._entries[name] = new  # defined again (a notebook cell run again, a module reloaded): the newest wins
+                    return obj
+                if same_class and ":" in new.where and old.where == new.where:
+                    return obj  # one file imported under two module names (a script, then a recipe's imports)
                 raise RegistryError(
                     f"{self.kind} '{name}' is registered twice: by {old.source} at {old.where} "
                     f"and by {new.source} at {new.where}. Rename one of them."

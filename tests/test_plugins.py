@@ -495,3 +495,14 @@ def test_a_file_imported_by_a_script_and_by_a_recipe_registers_once(write_recipe
 
     assert load_recipe(write_recipe(model={"norm": "twicenorm"}, imports=["twice_norm.py"])).model.norm.name == "twicenorm"
     sys.modules.pop("twice_norm", None)
+
+
+def test_an_edited_local_file_runs_again_and_its_components_replace_the_old(write_recipe, tmp_path, scratch_registries):
+    """As a notebook user edits a recipe's imports file between two load_recipe calls in one process."""
+    source = textwrap.dedent(LOCAL).replace('"localnorm"', '"editednorm"')
+    recipe = write_recipe(model={"norm": "editednorm"}, imports=["edited.py"])
+    for version in (1, 2):
+        (tmp_path / "edited.py").write_text(source + f"\nVERSION = {version}\n")
+        spec = load_recipe(recipe).model.norm
+        module = sys.modules[spec.cls.__module__]
+        assert module.VERSION == version and getattr(module, spec.cls.__name__) is spec.cls  # this run's class

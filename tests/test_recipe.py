@@ -210,9 +210,15 @@ def test_another_data_path_is_the_users_text_not_the_corpus(write_recipe, tmp_pa
     assert not (tmp_path / "mine.txt").exists()
 
 
-def test_overrides_must_be_a_list(write_recipe):
-    with pytest.raises(TypeError, match=r"overrides takes a list"):
-        load_recipe(write_recipe(), "train.lr=0.1")
+@pytest.mark.parametrize("overrides, message", [
+    ("train.lr=0.1", r"e.g. \['train.lr=0.1'\]"),
+    ({"train.lr": 0.1}, r"not a dict: \[f'\{key\}=\{value\}'"),
+    ([("train.lr", 0.1)], r"got \('train.lr', 0.1\)"),
+])
+def test_overrides_must_be_a_list_of_strings(write_recipe, overrides, message):
+    with pytest.raises(TypeError, match=r"overrides takes a list of 'key=value' strings.*" + message):
+        load_recipe(write_recipe(), overrides)
+    assert load_recipe(write_recipe(), None) == load_recipe(write_recipe())  # None: no overrides
 
 
 def test_train_model_passes_epochs_as_given(write_recipe, tmp_path):

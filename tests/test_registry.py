@@ -91,3 +91,25 @@ def test_registering_another_class_under_a_name_from_unknown_source_is_still_an_
     reg.register("mine", namespace["A"])
     with pytest.raises(RegistryError, match="registered twice"):
         reg.register("mine", namespace["B"])
+
+
+def test_a_class_defined_again_replaces_the_earlier_one():
+    """A notebook cell run again after an edit, or a module reloaded: the newest definition wins."""
+    reg = Registry("norm", Norm)
+    for version in (1, 2):
+        namespace = {"Norm": Norm, "nn": nn, "__name__": "__main__"}
+        exec(f"class Mine(Norm):\n    version = {version}\n    forward = nn.Identity.forward", namespace)
+        reg.register("mine", namespace["Mine"])
+    assert reg.get("mine").version == 2
+
+
+def test_a_component_defined_in_an_interactive_session_registers(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # a REPL's: no __file__
+    reg = Registry("norm", Norm)
+    namespace = {"Norm": Norm, "nn": nn, "__name__": "__main__"}
+    exec("class Typed(Norm):\n    forward = nn.Identity.forward", namespace)
+    reg.register("typed", namespace["Typed"])
+    assert reg.find("typed").source == "__main__"

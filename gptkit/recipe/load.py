@@ -26,7 +26,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
     """The validated recipe in `path` with `overrides` ("train.lr=3e-4") applied. Errors name an override
     as `origins[text]` (say `--vary KEY=VALUE`, or an ablation file's key), by default `--set TEXT`."""
     path = Path(path)
-    check_overrides(overrides)
+    overrides = check_overrides(overrides)
     data, lines = yaml.load(read_text(path, "recipe"), str(path))
     if data is None:
         data = {}
@@ -41,9 +41,18 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
     return validate(data, origin=str(path), base_dir=path.parent, lines=lines, overrides=applied)
 
 
-def check_overrides(overrides: Sequence[str]) -> Sequence[str]:
+def check_overrides(overrides: Sequence[str] | None) -> Sequence[str]:
+    """`overrides` if it is a list (or tuple) of "key=value" strings; None is none."""
+    if overrides is None:
+        return ()
     if isinstance(overrides, str):  # a string is a sequence too, of one-letter "overrides"
         raise TypeError(f"overrides takes a list of 'key=value' strings, e.g. [{overrides!r}]")
+    if isinstance(overrides, Mapping):
+        raise TypeError("overrides takes a list of 'key=value' strings, not a dict: "
+                        "[f'{key}={value}' for key, value in overrides.items()]")
+    wrong = next((o for o in overrides if not isinstance(o, str)), None) if isinstance(overrides, Sequence) else overrides
+    if wrong is not None:
+        raise TypeError(f"overrides takes a list of 'key=value' strings, e.g. ['train.lr=3e-4']; got {wrong!r}")
     return overrides
 
 
