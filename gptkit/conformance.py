@@ -477,12 +477,18 @@ def run_check(check: str, spec: ComponentSpec, config: GPTConfig = CONFIG) -> Re
 
 
 def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG) -> list[Result]:
-    """Run every check of its kind on one component; raises only when it cannot be checked (unknown, refusing
-    `config`, or a default of the test model unusable), never for a failing check."""
+    """Run every check of its kind on one component; raises only when it cannot be checked (unknown or broken:
+    RegistryError; parameters that do not validate, or refusing `config`: ValueError; a default of the test
+    model unusable), never for a failing check. The checks seed torch's global generator; the caller's
+    random state is put back afterwards."""
+    name = name_or_spec.get("name") if isinstance(name_or_spec, dict) else name_or_spec
+    if isinstance(name, str):
+        registry(kind).get(name)  # unknown or broken: the registry's error, not a recipe's (parse_component's)
     spec = parse_component(kind, name_or_spec)
     registry(kind).check(spec.name, config, spec.params)  # ValueError: the component refuses `config`
     _assert_defaults_usable()
-    return [run_check(check, spec, config) for check, (kinds, _) in CHECKS.items() if kind in kinds]
+    with torch.random.fork_rng([]):  # the test models are on the CPU
+        return [run_check(check, spec, config) for check, (kinds, _) in CHECKS.items() if kind in kinds]
 
 
 def _assert_defaults_usable():

@@ -98,6 +98,9 @@ class GPT(nn.Module):
 
 def build_model(model, vocab_size: int) -> GPT:
     """The GPT described by a recipe's `model` section (a ModelSection)."""
+    if not all(hasattr(model, k) for k in ("config", "positional", "attention")):  # a Recipe, a GPTConfig
+        raise TypeError(f"build_model takes a recipe's model section, got {type(model).__name__}: "
+                        "build_model(recipe.model, vocab_size)")
     config = model.config(vocab_size)
     pos = model.positional.build(config)
     blocks = [

@@ -1,6 +1,7 @@
 """Autoregressive sampling from a trained GPT."""
 
 import math
+import operator
 
 import torch
 
@@ -19,6 +20,12 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     again when the window restarts; otherwise it recomputes the window for every token. Both paths
     see the same context, so they give the same tokens.
     """
+    max_new_tokens, temperature, top_k = check_sampling(max_new_tokens, temperature, top_k, count="max_new_tokens")
+    if not (isinstance(idx, torch.Tensor) and idx.dim() == 2 and not (idx.is_floating_point() or idx.is_complex())
+            and idx.dtype != torch.bool):
+        got = f"a {idx.dim()}-D {idx.dtype} tensor" if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise TypeError(f"idx must be a 2-D integer tensor of token ids, (batch, time), e.g. "
+                        f"vocab.encode(text)[None, :]; got {got}")
     if idx.size(1) == 0:
         raise ValueError("idx must hold at least one token to continue")
     block_size = model.config.block_size
@@ -42,14 +49,38 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     return out
 
 
-def check_sampling(tokens: int, temperature: float, top_k: int | None) -> None:
-    """ValueError for settings that cannot sample (a recipe's sample section refuses them too)."""
-    if not (isinstance(tokens, int) and 0 <= tokens <= MAX_TOKENS):
-        raise ValueError(f"tokens must be a whole number from 0 to {MAX_TOKENS:,}, got {tokens!r}")
-    if not (math.isfinite(temperature) and temperature > 0):
+def check_sampling(tokens, temperature, top_k, count: str = "tokens") -> tuple[int, float, int | None]:
+    """The settings as Python numbers, or a ValueError for settings that cannot sample (a recipe's sample
+    section refuses them too); `count` names `tokens` in it. A number may be of any type that converts
+    (a numpy scalar, a 0-d tensor), but not a bool: `top_k=True` is a mistake, not 1."""
+    n = _whole(tokens)
+    if n is None or not 0 <= n <= MAX_TOKENS:
+        raise ValueError(f"{count} must be a whole number from 0 to {MAX_TOKENS:,}, got {tokens!r}")
+    t = _real(temperature)
+    if t is None or not (math.isfinite(t) and t > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+    k = None if top_k is None else _whole(top_k)
+    if top_k is not None and (k is None or k < 1):
         raise ValueError(f"top_k must be None (all characters) or a whole number >= 1, got {top_k!r}")
+    return n, t, k
+
+
+def _whole(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # refuses 2.0: a count is not rounded
+    except TypeError:
+        return None
+
+
+def _real(value) -> float | None:
+    if isinstance(value, bool) or not hasattr(type(value), "__float__"):  # float() would parse "0.8" too
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # an array of several
+        return None
 
 
 def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
@@ -72,7 +103,7 @@ def sample(model, vocab, prompt: str, tokens: int, temperature: float = 0.8, top
            seed: int | None = None, use_cache: bool = True) -> str:
     """`prompt` followed by `tokens` sampled characters, drawn at `temperature` (> 0) from the `top_k`
     likeliest (None: from all)."""
-    check_sampling(tokens, temperature, top_k)
+    tokens, temperature, top_k = check_sampling(tokens, temperature, top_k)
     device = next(model.parameters()).device
     if not prompt:  # the start of a speech in the classic format, where there is one
         prompt = "\n" if "\n" in vocab.stoi else vocab.itos[0]

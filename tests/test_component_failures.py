@@ -46,7 +46,10 @@ def assert_one_error(result, tmp_path, message: str, logged: int = 0):
     """The run ended with `message`, after `logged` lines of its log, and left no run folder."""
     assert result.exit_code == 2, result.output
     lines = result.output.splitlines()
-    assert f"error: {message}" in lines and len(lines) == 1 + logged and "Traceback" not in result.output, result.output
+    removed = [line for line in lines if line.startswith("(nothing was trained: ") and line.endswith(" is removed)")]
+    assert len(removed) == (logged > 0)  # a folder the log named is said to be gone
+    assert f"error: {message}" in lines and len(lines) == 1 + logged + len(removed) and "Traceback" not in result.output, \
+        result.output
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir())  # no half-made run folder
 

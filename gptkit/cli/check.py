@@ -4,7 +4,7 @@ from ..conformance import CONFIG, check_component
 from ..errors import UserError
 from ..recipe import yaml
 from ..recipe.components import MODEL_KINDS, RecipeIssue
-from ..registry import registry
+from ..registry import RegistryError, registry
 from . import imports_option, main
 
 
@@ -39,10 +39,12 @@ def check(kind, name, params):
         spec[key.strip()] = yaml.load(raw, f"--param {key}")[0]
     try:
         results = check_component(kind, spec)
-    except RecipeIssue as e:  # unknown, broken, or parameters that do not validate
-        label = f"{kind} '{name}'"  # which an unknown or broken component's message says already
-        hint = "; a component in a local file: --import FILE.py" if name not in reg else ""
-        raise UserError((str(e) if label in str(e) else f"{label}: {e}") + hint) from None
+    except RegistryError as e:  # unknown, broken (which its message says), or a default of the test model unusable
+        if name in reg:
+            raise
+        raise UserError(f"{e}; a component in a local file: --import FILE.py") from None
+    except RecipeIssue as e:  # parameters that do not validate
+        raise UserError(f"{kind} '{name}': {e}") from None
     except ValueError as e:  # the component's own check refuses the test model's sizes
         raise UserError(f"{kind} '{name}' cannot be built with the test model {CONFIG}: {e}") from None
 

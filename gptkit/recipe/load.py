@@ -1,6 +1,7 @@
 """Read a recipe file, apply `--set key=value` overrides, validate, and report every problem at once."""
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 import typing
 from pathlib import Path
@@ -25,20 +26,29 @@ class RecipeError(UserError):
 def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mapping[str, str] | None = None) -> Recipe:
     """The validated recipe in `path` with `overrides` ("train.lr=3e-4") applied. Errors name an override
     as `origins[text]` (say `--vary KEY=VALUE`, or an ablation file's key), by default `--set TEXT`."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"load_recipe takes a recipe file's path, got {type(path).__name__}; change a loaded Recipe "
+                        "by assigning its fields, or with train_model(recipe, overrides=[...])")
     path = Path(path)
-    overrides = check_overrides(overrides)
     data, lines = yaml.load(read_text(path, "recipe"), str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping with keys such as name, data, model, train; got {type(data).__name__}")
-    applied = [apply_override(data, text, (origins or {}).get(text)) for text in overrides]
+    applied = apply_overrides(data, overrides, origins)
+    return validate(data, origin=str(path), base_dir=path.parent, lines=lines, overrides=applied)
+
+
+def apply_overrides(data: dict, overrides: Sequence[str] | None, origins: Mapping[str, str] | None = None
+                    ) -> list[tuple[tuple, str]]:
+    """apply_override for each of `overrides`, in order; what they return."""
+    applied = [apply_override(data, text, (origins or {}).get(text)) for text in check_overrides(overrides)]
     keys = [k for k, _ in applied]
     if ("data", "path") in keys and ("data", "corpus") not in keys and isinstance(data.get("data"), dict):
         # The corpus makes the recipe's own file. Another path is the user's text: a typo in its name
         # must be "not found", not the corpus written under that name.
         data["data"]["corpus"] = None
-    return validate(data, origin=str(path), base_dir=path.parent, lines=lines, overrides=applied)
+    return applied
 
 
 def check_overrides(overrides: Sequence[str] | None) -> Sequence[str]:

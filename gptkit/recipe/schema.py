@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      model_validator)
 
 from ..components.base import GPTConfig
 from ..sampling import MAX_TOKENS
@@ -35,6 +36,18 @@ SEEDS = range(-(2**63), 2**64)  # what torch.manual_seed takes
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
+
+    def __setattr__(self, name: str, value) -> None:
+        # pydantic stores an assigned field before it runs the model's own validator (ModelSection's
+        # _compatible), and keeps it when that validator refuses (pydantic#7105): a refused assignment
+        # would leave a section no recipe could hold. So it is undone here.
+        before, fields_set = dict(self.__dict__), set(self.__pydantic_fields_set__)
+        try:
+            super().__setattr__(name, value)
+        except ValidationError:
+            object.__setattr__(self, "__dict__", before)
+            object.__setattr__(self, "__pydantic_fields_set__", fields_set)
+            raise
 
 
 class DataSection(Section):

@@ -1,5 +1,6 @@
 """Checkpoints: plain tensors and values only, loadable with `torch.load(weights_only=True)`."""
 
+import codecs
 import pickle
 import zipfile
 from pathlib import Path
@@ -57,6 +58,9 @@ def load_checkpoint(path: Path) -> dict:
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
+    if _is_text(path):  # a recipe or a corpus given by mistake: not a checkpoint, damaged or not
+        raise UserError(f"{path} is a text file, not a gptkit checkpoint; give a run folder or the checkpoint.pt "
+                        "in one (a recipe is trained first: gptkit run RECIPE, or train_model(RECIPE))")
     damaged = f"checkpoint {path} is truncated or corrupted and cannot be read"
     try:  # torch.save writes a zip archive, whose checksums torch.load does not check: a flipped bit
         with zipfile.ZipFile(path) as archive:  # in the weights would load without a word
@@ -85,8 +89,27 @@ def load_checkpoint(path: Path) -> dict:
 REQUIRED = {"model": dict, "recipe": dict, "vocab_size": int, "itos": list, "step": int}
 
 
+def _is_text(path: Path) -> bool:
+    """Whether the file starts as UTF-8 text. A checkpoint, even a damaged one, does not: torch writes a
+    zip archive, whose headers hold zero bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:  # reported with the reading of the checkpoint itself
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at the end of `head` is fine
+    except UnicodeDecodeError:
+        return False
+    return bool(head) and b"\0" not in head
+
+
 def load_model(path: Path, device: str | torch.device = "cpu"):
-    """(model, recipe, vocab) from a checkpoint or run folder, ready for inference."""
+    """(model, recipe, vocab) from a checkpoint or run folder, ready for inference on `device` (auto, cpu,
+    cuda, cuda:N or mps, or a torch.device)."""
+    from .run import resolve_device  # here: run.py imports this module
+
+    device = resolve_device(str(device), "load_model's device")  # before loading: a missing GPU is said first
     state = load_checkpoint(path)
     try:
         with model_only():  # the plugins the run only trained with need not be installed

@@ -87,8 +87,21 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     `resume` continues a run folder from its last checkpoint (or starts over one stopped before its
     first); "auto" picks the newest run of this recipe in `runs_dir` that has a checkpoint, is neither
     finished nor diverged, and is not being trained by another process, or starts a new run.
+
+    Training seeds torch's global random generators with `recipe.seed`; the caller's random state is
+    put back afterwards, so that a notebook's later draws do not depend on having trained.
     """
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"train takes a Recipe, got {type(recipe).__name__}: train(load_recipe(path))")
     dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
+    # The device named: by default fork_rng forks every GPU's generator, and warns where there are many.
+    with torch.random.fork_rng([device] if device.type == "cuda" else []):  # (an MPS generator is not forked)
+        return _train(recipe, dist, device, runs_dir, quiet, resume, run_dir)
+
+
+def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, runs_dir: str | Path, quiet: bool,
+           resume: str | Path | None, run_dir: str | Path | None) -> RunResult:
+    """`train` on `device`, as the process `dist` of its job."""
     log = (lambda *a: None) if quiet or not dist.is_main else print
     dist.check_batch_size(recipe.train.batch_size, resuming=resume is not None)
     with dist.local_main_first():  # a corpus file is created once per machine
@@ -144,6 +157,8 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
         nothing = trainer.state.step == 0 if isinstance(e, ComponentError) else not (run_dir / "summary.json").exists()
         if created and nothing:
             shutil.rmtree(run_dir, ignore_errors=True)
+            if isinstance(e, ComponentError) and dist.is_main and not quiet:  # its "Run folder:" line is stale
+                raise ComponentError(f"{e}\n(nothing was trained: {run_dir} is removed)") from e
         raise
 
 

@@ -1,0 +1,179 @@
+"""Using gptkit from Python: wrong arguments are one clear error, and a call leaves the caller's objects and
+random state as they were."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from gptkit import GPTConfig, build_model, load_model, load_recipe, train, train_model
+from gptkit.conformance import CONFIG, assert_conformant, check_component, tiny_model
+from gptkit.data.vocab import Vocab
+from gptkit.errors import UserError
+from gptkit.recipe import RecipeError
+from gptkit.registry import RegistryError
+from gptkit.sampling import generate, sample
+
+VOCAB = Vocab([chr(65 + i) for i in range(CONFIG.vocab_size)])
+
+
+# ---- a refused assignment leaves the recipe as it was -------------------------------------------
+@pytest.mark.parametrize("section, key, value", [
+    ("model", "n_head", 3),  # refused by the section's own validator: n_embd 32 is not divisible by 3
+    ("model", "n_embd", 30),
+    ("model", "positional", {"name": "rope", "base": -1}),
+    ("model", "n_layer", 0),  # refused by the field
+    ("train", "lr", -1.0),
+    ("data", "val_fraction", 1.0),
+    ("sample", "top_k", 0),
+])
+def test_a_refused_assignment_leaves_the_section_unchanged(write_recipe, section, key, value):
+    recipe = load_recipe(write_recipe())
+    part = getattr(recipe, section)
+    before, fields_set = recipe.to_dict(), set(part.model_fields_set)
+    with pytest.raises(ValidationError):
+        setattr(part, key, value)
+    assert recipe.to_dict() == before and part.model_fields_set == fields_set
+
+
+def test_an_accepted_assignment_still_takes_effect(write_recipe):
+    recipe = load_recipe(write_recipe())
+    recipe.model.n_head = 8
+    assert recipe.model.n_head == 8 and "n_head" in recipe.model.model_fields_set
+    with pytest.raises(ValidationError):
+        recipe.model.n_head = 3
+    assert recipe.model.n_head == 8
+
+
+# ---- generate and sample check their arguments ----------------------------------------------------
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"temperature": 0.0}, ValueError, "temperature must be a finite number > 0, got 0.0"),
+    ({"temperature": -1.0}, ValueError, "temperature must be a finite number > 0"),
+    ({"temperature": "hot"}, ValueError, "temperature must be a finite number > 0, got 'hot'"),
+    ({"top_k": 0}, ValueError, "top_k must be None .* got 0"),
+    ({"top_k": -1}, ValueError, "top_k must be None .* got -1"),
+    ({"top_k": True}, ValueError, "top_k must be None .* got True"),
+    ({"top_k": 2.5}, ValueError, "top_k must be None .* got 2.5"),
+    ({"max_new_tokens": -1}, ValueError, "max_new_tokens must be a whole number from 0 to .*, got -1"),
+    ({"max_new_tokens": 2.0}, ValueError, "max_new_tokens must be a whole number"),
+    ({"idx": torch.tensor([1, 2])}, TypeError, "idx must be a 2-D integer tensor .* got a 1-D torch.int64 tensor"),
+    ({"idx": [[1, 2]]}, TypeError, "idx must be a 2-D integer tensor .* got list"),
+    ({"idx": torch.ones(1, 2)}, TypeError, "got a 2-D torch.float32 tensor"),
+])
+def test_generate_refuses_arguments_it_cannot_use(kwargs, error, message):
+    args = {"idx": torch.tensor([[1, 2]]), "max_new_tokens": 3, "temperature": 1.0, "top_k": None, **kwargs}
+    with pytest.raises(error, match=message):
+        generate(tiny_model().eval(), **args)
+
+
+def test_sample_refuses_a_bool_top_k():
+    with pytest.raises(ValueError, match="top_k must be None"):
+        sample(tiny_model(), VOCAB, "A", 3, top_k=True)
+
+
+@pytest.mark.parametrize("whole, real", [(np.int64(3), np.float32(0.5)), (torch.tensor(3), torch.tensor(0.5))],
+                         ids=["numpy", "tensor"])
+def test_numbers_of_numpy_and_torch_types_are_taken(whole, real):
+    model = tiny_model()
+    text = sample(model, VOCAB, "A", tokens=whole, temperature=real, top_k=whole, seed=0)
+    assert text == sample(model, VOCAB, "A", tokens=3, temperature=0.5, top_k=3, seed=0) and len(text) == 4
+    out = generate(model.eval(), torch.tensor([[1]]), whole, real, whole, torch.Generator().manual_seed(0))
+    assert out.shape == (1, 4)
+
+
+# ---- the wrong kind of object is one clear TypeError ------------------------------------------------
+def test_train_takes_a_recipe_not_its_path(write_recipe):
+    with pytest.raises(TypeError, match=r"^train takes a Recipe, got str: train\(load_recipe\(path\)\)"):
+        train(str(write_recipe()))
+
+
+@pytest.mark.parametrize("what", ["recipe", "config"])
+def test_build_model_takes_a_recipes_model_section(write_recipe, what):
+    recipe = load_recipe(write_recipe())
+    given = recipe if what == "recipe" else GPTConfig(30, 16, 1, 2, 8, 0.0)
+    with pytest.raises(TypeError, match=r"build_model takes a recipe's model section, got "
+                                        rf"{type(given).__name__}: build_model\(recipe.model, vocab_size\)"):
+        build_model(given, 30)
+
+
+def test_train_model_takes_a_path_or_a_recipe(tmp_path):
+    with pytest.raises(TypeError, match="^train_model takes a recipe file's path or a Recipe, got dict"):
+        train_model({"name": "tiny"}, runs_dir=tmp_path / "runs")
+
+
+def test_train_model_trains_a_recipe_object_with_overrides_and_leaves_it_as_it_was(tmp_path, write_recipe):
+    recipe = load_recipe(write_recipe())
+    before = recipe.to_dict()
+    save = tmp_path / "model.pt"
+    model, dataset = train_model(recipe, epochs=2, overrides=["train.max_steps=3", "model.n_layer=1"], save_path=save,
+                                 runs_dir=tmp_path / "runs", quiet=True)
+    assert recipe.to_dict() == before
+    assert len(model.transformer.h) == 1
+    (run,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["status"] == "finished"
+    _, saved, _ = load_model(save)
+    assert saved.train.epochs == 2 and saved.train.max_steps == 3 and saved.model.n_layer == 1
+
+
+def test_train_model_names_a_bad_override_of_a_recipe_object(tmp_path, write_recipe):
+    with pytest.raises(RecipeError, match=r"^--set train.lr=-1: train.lr: "):
+        train_model(load_recipe(write_recipe()), overrides=["train.lr=-1"], runs_dir=tmp_path / "runs")
+
+
+def test_train_model_data_path_of_a_recipe_object_is_the_users_text_not_a_corpus_to_create(tmp_path, write_recipe,
+                                                                                           corpus):
+    recipe = load_recipe(write_recipe(data={"path": str(corpus), "corpus": "shakespeare"}))
+    typo = tmp_path / "corpsu.txt"
+    with pytest.raises(UserError, match="not found"):
+        train_model(recipe, data_path=typo, runs_dir=tmp_path / "runs", quiet=True)
+    assert not typo.exists()
+
+
+# ---- load_model: a device that is not there, and a file that is not a checkpoint ------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", torch.device("cuda", 0)], ids=["str", "torch.device"])
+def test_load_model_on_a_missing_gpu_is_a_user_error(tmp_path, device):
+    with pytest.raises(UserError, match="load_model.s device: cuda.* was asked for, but no such CUDA device is"):
+        load_model(tmp_path, device=device)
+
+
+def test_load_model_of_a_recipe_says_it_is_not_a_checkpoint(write_recipe):
+    recipe = write_recipe()
+    with pytest.raises(UserError, match=rf"^{recipe} is a text file, not a gptkit checkpoint; give a run folder"):
+        load_model(recipe)
+
+
+# ---- the caller's random state is left as it was ----------------------------------------------------
+def test_train_leaves_the_callers_random_state(tmp_path, write_recipe):
+    recipe = load_recipe(write_recipe(train={"max_steps": 2}))
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = train(recipe, runs_dir=tmp_path / "runs", quiet=True)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(456)  # training seeds itself: the caller's state does not change the run
+    second = train(recipe, runs_dir=tmp_path / "runs", quiet=True)
+    assert second.summary["final_train_loss"] == first.summary["final_train_loss"]
+
+
+def test_conformance_checks_leave_the_callers_random_state():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    assert_conformant("norm", "layernorm")
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+# ---- an unknown component is the registry's error -----------------------------------------------
+@pytest.mark.parametrize("given", ["rmsnrom", {"name": "rmsnrom"}], ids=["name", "mapping"])
+@pytest.mark.parametrize("check", [check_component, assert_conformant])
+def test_checking_an_unknown_component_is_the_registrys_error(given, check):
+    with pytest.raises(RegistryError, match=r"^unknown norm 'rmsnrom' \(did you mean 'rmsnorm'\?\)\. Available: "):
+        check("norm", given)
+
+
+def test_load_recipe_takes_a_path_not_a_recipe(write_recipe):
+    recipe = load_recipe(write_recipe())
+    with pytest.raises(TypeError, match=r"load_recipe takes a recipe file's path, got Recipe; .*train_model\(recipe"):
+        load_recipe(recipe, ["train.lr=0.1"])
