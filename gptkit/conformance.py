@@ -14,6 +14,7 @@ import torch
 from .components.attention import KVCache, caches
 from .components.base import GPTConfig, Params
 from .components.positional import Positional
+from .device import keep_random_state
 from .errors import listing
 from .model import build_model, state_dict_mismatch
 from .recipe.components import MODEL_KINDS, ComponentSpec, parse_component
@@ -487,7 +488,7 @@ def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG) -> list
     spec = parse_component(kind, name_or_spec)
     registry(kind).check(spec.name, config, spec.params)  # ValueError: the component refuses `config`
     _assert_defaults_usable()
-    with torch.random.fork_rng([]):  # the test models are on the CPU
+    with keep_random_state():
         return [run_check(check, spec, config) for check, (kinds, _) in CHECKS.items() if kind in kinds]
 
 

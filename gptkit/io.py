@@ -37,8 +37,8 @@ def encoding_of(head: bytes) -> str | None:
         return "utf-16"
     if b"\0" not in head:
         return "latin1"
-    for order, zeros in (("le", head[1::2]), ("be", head[0::2])):
-        if zeros.count(0) > 0.9 * len(zeros):
+    for order, high, low in (("le", head[1::2], head[0::2]), ("be", head[0::2], head[1::2])):
+        if high.count(0) > 0.9 * len(high) and low.count(0) < 0.1 * len(low):  # not an array of small integers
             return f"utf-16{order}"
     return None
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from .components.attention import KVCache, caches
 from .components.base import GPTConfig, dropout_layer
+from .device import keep_random_state
 from .errors import UserError, out_of_memory
 
 
@@ -175,9 +176,8 @@ def check_forward(gpt: GPT, model) -> None:
     hooks = [t.drop.register_forward_pre_hook(embedded)]
     hooks += [module.register_forward_hook(same_as_input) for module in specs if module is not t.pos]
     training = gpt.training
-    cuda = [idx.device] if idx.device.type == "cuda" else []
     try:
-        with torch.no_grad(), torch.random.fork_rng(cuda):
+        with torch.no_grad(), keep_random_state():
             gpt.eval()(idx)
     except UserError:
         raise

@@ -99,6 +99,7 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
 
 
+LOCAL_PREFIX = "gptkit_local_"  # the module names of local files
 _ran: dict[str, str] = {}  # a local file's module name -> the SHA-1 of the source it last ran
 
 
@@ -108,7 +109,9 @@ def import_file(path: Path) -> None:
     naming the file and line."""
     path = Path(path).resolve()
     stem = re.sub(r"\W", "_", path.stem)
-    module_name = f"gptkit_local_{stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"  # one per file
+    module_name = f"{LOCAL_PREFIX}{stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"  # one per file
+    if not path.exists() and module_name in sys.modules:
+        return  # gone since it ran (a recipe loaded again): its components stay registered
     if path.is_dir():
         raise UserError(f"component file {path} is a directory, not a .py file")
     if not path.is_file():

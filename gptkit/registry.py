@@ -53,6 +53,13 @@ class Entry:
         return " ".join(doc.split("\n\n")[0].split())
 
 
+def _stale(obj: Any) -> bool:
+    """Whether `obj` comes from an earlier run of a local file that has run again since (edited, with
+    this class renamed): its module no longer holds it."""
+    module = getattr(obj, "__module__", "") or ""
+    return module.startswith(plugins.LOCAL_PREFIX) and getattr(sys.modules.get(module), obj.__qualname__, None) is not obj
+
+
 def _source_of(obj: Any) -> str:
     module = getattr(obj, "__module__", "") or ""
     if module == "gptkit" or module.startswith("gptkit."):
@@ -87,7 +94,7 @@ class Registry:
             if name in self._entries:
                 old = self._entries[name]
                 same_class = old.obj.__qualname__ == obj.__qualname__
-                if same_class and getattr(old.obj, "__module__", None) == getattr(obj, "__module__", None):
+                if getattr(old.obj, "__module__", None) == getattr(obj, "__module__", None) and (same_class or _stale(old.obj)):
                     self._entries[name] = new  # defined again (a notebook cell run again, a module reloaded): the newest wins
                     return obj
                 if same_class and ":" in new.where and old.where == new.where:

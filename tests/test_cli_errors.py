@@ -116,6 +116,8 @@ def test_user_mistakes(cli, tmp_path, corpus, monkeypatch, make, args, fragments
     (b"\x00\x01\x02binary" * 100, "looks like a binary file"),
     (b"PK\x03\x04\x00\xff\xfe" * 100, "contains NUL bytes: it looks like a binary file, not text"),  # not UTF-8 either
     ("caf\xe9 au lait\n".encode("utf-16-le") * 100, "convert it first, e.g. iconv -f utf-16le -t utf-8"),  # no BOM
+    (b"".join(i.to_bytes(4, "little") for i in range(40, 256)) * 4,  # int32 token ids
+     "contains NUL bytes: it looks like a binary file, not text"),
 ])
 def test_bad_corpora(cli, tmp_path, content, fragment):
     corpus = tmp_path / "bad.txt"

@@ -506,3 +506,14 @@ def test_an_edited_local_file_runs_again_and_its_components_replace_the_old(writ
         spec = load_recipe(recipe).model.norm
         module = sys.modules[spec.cls.__module__]
         assert module.VERSION == version and getattr(module, spec.cls.__name__) is spec.cls  # this run's class
+
+
+def test_a_local_file_run_again_may_rename_its_class_or_be_gone(write_recipe, tmp_path, scratch_registries):
+    source = textwrap.dedent(LOCAL).replace('"localnorm"', '"renamednorm"')
+    recipe = write_recipe(model={"norm": "renamednorm"}, imports=["renamed.py"])
+    (tmp_path / "renamed.py").write_text(source)
+    first = load_recipe(recipe).model.norm.cls
+    (tmp_path / "renamed.py").write_text(source.replace(f"class {first.__name__}(", "class Renamed("))
+    assert load_recipe(recipe).model.norm.cls.__name__ == "Renamed"  # the edited file's class, not a clash
+    (tmp_path / "renamed.py").unlink()
+    assert load_recipe(recipe).model.norm.cls.__name__ == "Renamed"  # gone since it ran: still registered

@@ -213,12 +213,14 @@ def test_another_data_path_is_the_users_text_not_the_corpus(write_recipe, tmp_pa
 @pytest.mark.parametrize("overrides, message", [
     ("train.lr=0.1", r"e.g. \['train.lr=0.1'\]"),
     ({"train.lr": 0.1}, r"not a dict: \[f'\{key\}=\{value\}'"),
-    ([("train.lr", 0.1)], r"got \('train.lr', 0.1\)"),
+    ([("train.lr", 0.1)], r"one is \('train.lr', 0.1\)"),
+    (3, r"got 3"),
 ])
 def test_overrides_must_be_a_list_of_strings(write_recipe, overrides, message):
-    with pytest.raises(TypeError, match=r"overrides takes a list of 'key=value' strings.*" + message):
+    with pytest.raises(TypeError, match=r"overrides takes a list of .key=value. strings.*" + message):
         load_recipe(write_recipe(), overrides)
     assert load_recipe(write_recipe(), None) == load_recipe(write_recipe())  # None: no overrides
+    assert load_recipe(write_recipe(), (f"train.lr={x}" for x in [0.5])).train.lr == 0.5  # any iterable of strings
 
 
 def test_train_model_passes_epochs_as_given(write_recipe, tmp_path):

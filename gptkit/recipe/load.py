@@ -60,9 +60,14 @@ def check_overrides(overrides: Sequence[str] | None) -> Sequence[str]:
     if isinstance(overrides, Mapping):
         raise TypeError("overrides takes a list of 'key=value' strings, not a dict: "
                         "[f'{key}={value}' for key, value in overrides.items()]")
-    wrong = next((o for o in overrides if not isinstance(o, str)), None) if isinstance(overrides, Sequence) else overrides
+    try:
+        overrides = list(overrides)  # a tuple, a generator
+    except TypeError:
+        raise TypeError(f"overrides takes a list of 'key=value' strings, e.g. ['train.lr=3e-4']; got {overrides!r}") \
+            from None
+    wrong = next((o for o in overrides if not isinstance(o, str)), None)
     if wrong is not None:
-        raise TypeError(f"overrides takes a list of 'key=value' strings, e.g. ['train.lr=3e-4']; got {wrong!r}")
+        raise TypeError(f"overrides takes a list of 'key=value' strings, e.g. ['train.lr=3e-4']; one is {wrong!r}")
     return overrides
 
 

@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from ..data.dataset import CharDataset, load_dataset
+from ..device import keep_random_state
 from ..errors import CheckpointError, ComponentError, RunStopped, UserError
 from ..io import write_json, write_text
 from ..model import GPT, build_model_on, check_forward
@@ -94,8 +95,7 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     if not isinstance(recipe, Recipe):
         raise TypeError(f"train takes a Recipe, got {type(recipe).__name__}: train(load_recipe(path))")
     dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
-    # The device named: by default fork_rng forks every GPU's generator, and warns where there are many.
-    with torch.random.fork_rng([device] if device.type == "cuda" else []):  # (an MPS generator is not forked)
+    with keep_random_state():
         return _train(recipe, dist, device, runs_dir, quiet, resume, run_dir)
 
 
