@@ -389,3 +389,19 @@ def test_a_model_loads_without_the_local_files_it_only_trained_with(run_with, tm
     sampled = sample_after_deleting_the_file("model.norm=plain_local")
     assert sampled.returncode == 2 and "unknown norm 'plain_local'" in sampled.stderr, sampled.stderr
     assert f"(its imports could not be run: component file {tmp_path / 'mine.py'} not found)" in sampled.stderr
+
+
+def test_a_component_typed_into_a_repl_is_named_without_a_file(monkeypatch, scratch_registries):
+    import types
+
+    from gptkit.components import FeedForward, register
+    from gptkit.recipe.components import parse_component
+
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # a REPL's: no __file__
+    namespace = {"FeedForward": FeedForward, "__name__": "__main__"}
+    exec("class Typed(FeedForward):\n    def __init__(self, config, params):\n        raise ValueError('typo')\n"
+         "    def forward(self, x):\n        return x", namespace)
+    register("feedforward", "typed_in_repl")(namespace["Typed"])
+    with pytest.raises(UserError, match=r"^feedforward 'typed_in_repl' from __main__ is broken: building it raised "
+                                        r"ValueError: typo$"):
+        parse_component("feedforward", "typed_in_repl").build(object())

@@ -87,7 +87,7 @@ class ComponentSpec:
     def _line_of(self, e: BaseException) -> str:
         try:
             file = inspect.getsourcefile(self.cls)
-        except TypeError:  # defined where no file is (an interactive session)
+        except (TypeError, OSError):  # defined where no file is (an interactive session)
             return ""
         line = line_in(Path(file), e) if file else ""
         return f" (at {file}{line})" if line else ""
