@@ -17,8 +17,9 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and native_bf16(device))
 
 
-def keep_random_state():
-    """torch.random.fork_rng over the CPU and every CUDA device, since torch.manual_seed reseeds them all:
-    within it, seeding leaves the caller's random state as it was afterwards. (An MPS generator is not
-    forked.) Every device named: fork_rng warns when left to guess among several."""
-    return torch.random.fork_rng(list(range(torch.cuda.device_count())) if torch.cuda.is_available() else [])
+def keep_random_state(device: torch.device | None = None):
+    """torch.random.fork_rng over the CPU and `device` if it is a GPU: within it, seeding leaves the
+    caller's random state as it was afterwards. Only the GPU in use: reading every GPU's state would
+    start a CUDA context on each, in every process of a multi-GPU job (torch.manual_seed seeds the
+    others lazily, and their state is not put back)."""
+    return torch.random.fork_rng([device] if device is not None and device.type == "cuda" else [])

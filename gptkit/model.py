@@ -177,7 +177,7 @@ def check_forward(gpt: GPT, model) -> None:
     hooks += [module.register_forward_hook(same_as_input) for module in specs if module is not t.pos]
     training = gpt.training
     try:
-        with torch.no_grad(), keep_random_state():
+        with torch.no_grad(), keep_random_state(idx.device):
             gpt.eval()(idx)
     except UserError:
         raise

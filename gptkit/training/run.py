@@ -95,7 +95,7 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     if not isinstance(recipe, Recipe):
         raise TypeError(f"train takes a Recipe, got {type(recipe).__name__}: train(load_recipe(path))")
     dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
-    with keep_random_state():
+    with keep_random_state(device):
         return _train(recipe, dist, device, runs_dir, quiet, resume, run_dir)
 
 
