@@ -174,7 +174,7 @@ def test_a_component_bug_before_the_first_step_leaves_no_arm_folder(cli, tmp_pat
     out = tmp_path / "abl"
     result = cli("ablate", recipe, "--vary", "train.schedule=constant,broken_at_0", "--seeds", "1", "--out", out)
     assert result.exit_code == 2 and "schedule 'broken_at_0'" in result.output, result.output
-    assert [p.name for p in out.glob("*/seed-*")] == ["seed-0"] and (out / "baseline/seed-0").is_dir()  # no broken run
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["baseline"]  # nothing of the broken arm
 
 
 def test_arm_folders_named_as_typed_by_earlier_versions_are_resumed(cli, tmp_path, write_recipe):

@@ -93,6 +93,10 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
         except Diverged as e:
             row.summary = read_summary(run_dir)
             log(f"[{i}/{len(rows)}] {row.arm.label}, seed {row.seed}: {e}; left out of the averages")
+        except UserError:
+            if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):  # its run folder was removed
+                run_dir.parent.rmdir()
+            raise
         else:
             s = row.summary
             log(f"[{i}/{len(rows)}] {row.arm.label}, seed {row.seed}: val loss {s['final_val_loss']:.4f} "
