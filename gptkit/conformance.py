@@ -5,7 +5,6 @@ component, and a plugin's test suite can call `check_component` or `assert_confo
 """
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ import torch
 from .components.attention import KVCache, caches
 from .components.base import GPTConfig, Params
 from .components.positional import Positional
+from .components.schedule import is_factor
 from .device import keep_random_state
 from .errors import listing
 from .model import build_model, state_dict_mismatch
@@ -337,7 +337,7 @@ def check_factors(spec, config):
     multiplies train.lr by it."""
     for total in TOTAL_STEPS:
         for step, f in enumerate(_factors(spec, total, range(total))):
-            assert isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f < math.inf, \
+            assert is_factor(f), \
                 f"factor({step}) = {f!r} with total_steps={total}; a factor must be a finite number >= 0"
 
 

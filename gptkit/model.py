@@ -161,15 +161,13 @@ def check_forward(gpt: GPT, model) -> None:
     def same_as_input(module, args, output):
         x = args[0]
         if not (isinstance(output, torch.Tensor) and output.shape == x.shape and output.dtype == x.dtype):
-            got = f"{tuple(output.shape)} {output.dtype}" if isinstance(output, torch.Tensor) else type(output).__name__
-            raise specs[module].error(f"its forward returned {got} for an input of {tuple(x.shape)} {x.dtype}; it "
+            raise specs[module].error(f"its forward returned {_what(output)} for an input of {tuple(x.shape)} {x.dtype}; it "
                                       "must return a tensor of its input's shape and dtype")
 
     def embedded(module, args):  # `t.drop` receives what the positional module's embed(x, start) returned
         x, (B, T) = args[0], idx.shape
         if not (isinstance(x, torch.Tensor) and x.shape == (B, T, gpt.config.n_embd) and x.dtype == t.wte.weight.dtype):
-            got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise model.positional.error(f"its embed(x, start) returned {got}; it must return a tensor of x's shape "
+            raise model.positional.error(f"its embed(x, start) returned {_what(x)}; it must return a tensor of x's shape "
                                          f"and dtype, {(B, T, gpt.config.n_embd)} {t.wte.weight.dtype}")
 
     idx = torch.zeros(1, min(2, gpt.config.block_size), dtype=torch.long, device=gpt.lm_head.weight.device)
@@ -190,6 +188,11 @@ def check_forward(gpt: GPT, model) -> None:
         for hook in hooks:
             hook.remove()
         gpt.train(training)
+
+
+def _what(value) -> str:
+    """'(1, 2, 32) torch.float32' for a tensor, else its type's name: what a component returned."""
+    return f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def culprit(e: BaseException, specs: dict) -> tuple[object | None, str | None]:

@@ -24,6 +24,11 @@ class Schedule(Component):
 schedule = new_registry("schedule", Schedule, "learning-rate schedule")
 
 
+def is_factor(value) -> bool:
+    """Whether `value` is what `factor(step)` must return: a finite number >= 0 (a bool is a mistake)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
 class WarmupParams(Params):
     warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up from 0")
 

@@ -157,7 +157,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         nothing = trainer.state.step == 0 if isinstance(e, ComponentError) else not (run_dir / "summary.json").exists()
         if created and nothing:
             shutil.rmtree(run_dir, ignore_errors=True)
-            if isinstance(e, ComponentError) and dist.is_main and not quiet:  # its "Run folder:" line is stale
+            if isinstance(e, ComponentError) and not quiet:  # its "Run folder:" line is stale
                 raise ComponentError(f"{e}\n(nothing was trained: {run_dir} is removed)") from e
         raise
 

@@ -25,6 +25,7 @@ from ..errors import ComponentError, Diverged, Interrupted, UserError, out_of_me
 from ..model import GPT, component_specs, culprit
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
+from ..components.schedule import is_factor
 from ..registry import registry
 from .distributed import Distributed
 from .progress import Progress
@@ -439,7 +440,7 @@ class Trainer:
         schedule's bug, named as such rather than met as a divergence or a traceback later."""
         with self.cfg.schedule.blamed(f"factor({step})"):
             factor = self.schedule.factor(step)
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 <= factor < math.inf:
+        if not is_factor(factor):
             name = self.cfg.schedule.name
             raise ComponentError(f"schedule '{name}' ({registry('schedule').entry(name).source}) gave factor({step}) "
                                  f"= {factor!r}; a schedule's factor must be a finite number >= 0")
