@@ -16,7 +16,7 @@ from .components.positional import Positional
 from .components.schedule import is_factor
 from .device import keep_random_state
 from .errors import listing
-from .model import build_model, state_dict_mismatch
+from .model import build_model, exercise, state_dict_mismatch
 from .recipe.components import MODEL_KINDS, ComponentSpec, parse_component
 from .recipe.schema import ModelSection
 from .registry import RegistryError, registry
@@ -59,16 +59,6 @@ def _input(config: GPTConfig) -> torch.Tensor:
     return torch.randn(3, config.block_size, config.n_embd, generator=torch.Generator().manual_seed(1))
 
 
-def _apply(spec: ComponentSpec, module, x, config: GPTConfig):
-    if spec.kind == "positional":  # run every hook, as a model and attention would
-        q = k = x.view(*x.shape[:2], config.n_head, -1).transpose(1, 2)
-        q, k = module.rotate(q, k)
-        bias = module.score_bias(x.size(1), x.size(1))
-        out = module.embed(x) + (q + k).transpose(1, 2).reshape(x.shape)
-        return out if bias is None else out + bias.sum()
-    return module(x)
-
-
 # ---- the checks ------------------------------------------------------------------------------
 def check_construct(spec, config):
     module = _module(spec, config)
@@ -77,13 +67,13 @@ def check_construct(spec, config):
 
 def check_shape_and_dtype(spec, config):
     x = _input(config)
-    y = _apply(spec, _module(spec, config), x, config)
+    y = exercise(spec.kind, _module(spec, config), x, config.n_head)
     assert y.shape == x.shape, f"output shape {tuple(y.shape)}, expected {tuple(x.shape)}"
     assert y.dtype == x.dtype, f"output dtype {y.dtype}, expected {x.dtype}"
 
 
 def check_finite(spec, config):
-    y = _apply(spec, _module(spec, config), _input(config) * 10, config)
+    y = exercise(spec.kind, _module(spec, config), _input(config) * 10, config.n_head)
     assert torch.isfinite(y).all(), "output has NaN or inf"
 
 

@@ -190,6 +190,52 @@ def check_forward(gpt: GPT, model) -> None:
         gpt.train(training)
 
 
+def exercise(kind: str, module: nn.Module, x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """A model component's output for x (B, T, C), of x's shape. A positional module has all three of its
+    hooks run, as the model and attention would run them."""
+    if kind != "positional":
+        return module(x)
+    q = k = x.view(*x.shape[:2], n_head, -1).transpose(1, 2)  # (B, nh, T, hs)
+    q, k = module.rotate(q, k)
+    bias = module.score_bias(x.size(1), x.size(1))
+    out = module.embed(x) + (q + k).transpose(1, 2).reshape(x.shape)
+    return out if bias is None else out + bias.sum()
+
+
+def backward_culprit(e: BaseException, specs: dict, config: GPTConfig, device: torch.device) -> nn.Module | None:
+    """Which plugin component of `specs` ({module: its ComponentSpec}) raised `e` in a backward pass: a
+    backward's traceback holds no frame of the forward that built the graph, so each plugin component
+    (one module per spec) runs forward and backward alone on a random input, and the first whose backward
+    raises the same type of error is the one. None if `e` was not raised in a backward, or if no plugin
+    component's backward fails alone (a bug of gptkit's or torch's, which wants its traceback)."""
+    tb, in_backward = e.__traceback__, False
+    while tb is not None:
+        in_backward |= tb.tb_frame.f_code is torch.autograd.backward.__code__
+        tb = tb.tb_next
+    if not in_backward:
+        return None
+    checked = set()
+    for module, spec in specs.items():
+        if spec.built_in or not isinstance(module, nn.Module) or id(spec) in checked:
+            continue
+        checked.add(id(spec))
+        weights = [p for p in module.parameters() if p.requires_grad]
+        dtype = weights[0].dtype if weights else torch.get_default_dtype()
+        x = torch.randn(2, config.block_size, config.n_embd, device=device, dtype=dtype, requires_grad=True)
+        with keep_random_state(device), torch.enable_grad():
+            try:
+                y = exercise(spec.kind, module, x, config.n_head)
+            except Exception:  # fails alone in its forward: not the failure met in training
+                continue
+            try:  # gradients returned, not accumulated: the parameters' .grad stay as they are
+                torch.autograd.grad(y.float().sum(), [x, *weights], allow_unused=True)
+            except type(e):
+                return module
+            except Exception:
+                continue
+    return None
+
+
 def _what(value) -> str:
     """'(1, 2, 32) torch.float32' for a tensor, else its type's name: what a component returned."""
     return f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__

@@ -344,6 +344,45 @@ def test_a_bug_met_only_in_a_training_step_is_named(run_with, tmp_path):
                      logged=2)
 
 
+@pytest.mark.parametrize("source, name", [
+    ("""
+        import torch.nn.functional as F
+
+        @register("attention", "inplace")
+        class InPlace(Attention):
+            def attend(self, q, k, v, bias):
+                att = (q @ k.transpose(-2, -1)).masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), -1e9)
+                att = att.softmax(dim=-1)
+                att.mul_(1.0)  # softmax's backward needs its output as it was
+                return att @ v
+    """, "attention 'inplace'"),
+    ("""
+        class Doubled(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return 2 * x
+
+            @staticmethod
+            def backward(ctx, grad):
+                raise ArithmeticError("no gradient for you")
+
+        @register("feedforward", "doubled")
+        class DoubledFF(FeedForward):
+            def forward(self, x):
+                return Doubled.apply(x)
+    """, "feedforward 'doubled'"),
+])
+def test_a_bug_in_a_components_backward_is_named(run_with, tmp_path, source, name):
+    # The traceback of a backward has no frame of the component's forward: the trainer finds the culprit
+    # by running each plugin component's forward and backward on its own.
+    kind = name.split()[0]
+    result = run_with("from gptkit.components.attention import causal_mask\n" + textwrap.dedent(source),
+                      f"model.{kind}={name.split(chr(39))[1]}")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"error: {name} from {tmp_path / 'mine.py'} is broken: its backward() raised, in training step 1," \
+        in result.output, result.output
+
+
 def test_a_plugin_calling_a_built_in_wrongly_is_the_one_blamed(run_with, tmp_path):
     result = run_with("""
         import torch.nn.functional as F

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.dataset import CharDataset
 from ..device import use_bf16
 from ..errors import ComponentError, Diverged, Interrupted, UserError, out_of_memory
-from ..model import GPT, component_specs, culprit
+from ..model import GPT, backward_culprit, component_specs, culprit
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
 from ..components.schedule import is_factor
@@ -429,9 +429,13 @@ class Trainer:
         """`e` as one error naming the plugin or local component whose method raised it in a training
         step (in train mode, backward or its optimizer's step, where the check before training does not
         look), else `e` itself: a bug in gptkit's own components wants its traceback."""
+        if out_of_memory(e):
+            return e
         specs = component_specs(self.model, self.recipe.model) | {self.optimizer: self.cfg.optimizer}
         owner, method = culprit(e, specs)
-        if owner is None or out_of_memory(e) or specs[owner].built_in:
+        if owner is None:
+            owner, method = backward_culprit(e, specs, self.model.config, self.device), "backward"
+        if owner is None or specs[owner].built_in:
             return e
         return specs[owner].error(f"its {method}() raised, in training step {self.state.step + 1},", e)
 
