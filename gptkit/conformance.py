@@ -16,10 +16,12 @@ from .components.positional import Positional
 from .components.schedule import is_factor
 from .device import keep_random_state
 from .errors import listing
-from .model import build_model, exercise, state_dict_mismatch
+from .diagnose import exercise
+from .model import build_model
 from .recipe.components import MODEL_KINDS, ComponentSpec, parse_component
 from .recipe.schema import ModelSection
 from .registry import RegistryError, registry
+from .training.checkpoint import state_dict_mismatch
 from .training.trainer import build_optimizer, flat_gradients, param_groups
 
 PAIRED = ("attention", "positional")  # each must work with every component of the other kind

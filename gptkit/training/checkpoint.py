@@ -10,13 +10,18 @@ import torch
 from ..data.vocab import Vocab
 from ..errors import UserError
 from ..io import atomic_write
-from ..model import build_model, state_dict_mismatch
+from ..model import build_model
 from ..recipe import validate
 from ..recipe.components import model_only
 from ..registry import registry
 
 FORMAT = "gptkit-checkpoint"
 VERSION = 1
+
+
+def state_dict_mismatch(e: RuntimeError) -> str:
+    """What does not fit, from load_state_dict's error (its first line is only a heading)."""
+    return next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))[:300]
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict, itos: list[str], **extra) -> None:

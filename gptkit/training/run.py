@@ -22,7 +22,8 @@ from ..data.dataset import CharDataset, load_dataset
 from ..device import keep_random_state
 from ..errors import CheckpointError, ComponentError, RunStopped, UserError
 from ..io import write_json, write_text
-from ..model import GPT, build_model_on, check_forward
+from ..diagnose import check_forward
+from ..model import GPT, build_model_on
 from ..recipe import Recipe
 from ..recipe.schema import DEVICE_PATTERN
 from ..sampling import sample

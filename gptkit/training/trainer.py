@@ -22,7 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.dataset import CharDataset
 from ..device import use_bf16
 from ..errors import ComponentError, Diverged, Interrupted, UserError, out_of_memory
-from ..model import GPT, backward_culprit, component_specs, culprit
+from ..diagnose import backward_culprit, component_specs, culprit
+from ..model import GPT
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
 from ..components.schedule import is_factor
