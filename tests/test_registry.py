@@ -3,7 +3,6 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from gptkit.components.base import Params
 from gptkit.components.norm import Norm
 from gptkit.registry import Registry, RegistryError, kinds, registry
 
@@ -72,15 +71,6 @@ def test_registering_an_invalid_class_fails_at_once_naming_it():
     with pytest.raises(RegistryError, match=r"^norm 'stub': does not implement forward\(\)"):
         reg.register("stub", type("Stub", (Norm,), {}))
     assert "stub" not in reg
-
-
-def test_every_component_declares_strict_params():
-    for kind in kinds():
-        for name in registry(kind).names():
-            cls = registry(kind).get(name)
-            assert issubclass(cls.Params, Params), (kind, name)
-            assert cls.Params.model_config["extra"] == "forbid", (kind, name)
-            cls.Params()  # every parameter has a default
 
 
 def test_registering_another_class_under_a_name_from_unknown_source_is_still_an_error():

@@ -20,9 +20,9 @@ def ended_summary(run_dir: Path) -> dict | None:
     return summary if finished(summary) or (summary is not None and stopped_for_good(summary)) else None
 
 
-def val_curve(run_dir: Path, recipe: dict | None = None) -> list[tuple[int, float]]:
+def val_curve(run_dir: Path) -> list[tuple[int, float]]:
     """[(tokens seen, validation loss)] in step order, from metrics.jsonl."""
-    recipe = recipe or run_recipe(run_dir)
+    recipe = run_recipe(run_dir)
     try:
         tokens_per_step = recipe["train"]["batch_size"] * recipe["model"]["block_size"]
     except (KeyError, TypeError):

@@ -2,8 +2,8 @@
 behind (allocator caches, compiled graphs) slows the others. The parent drives it over a pipe:
 
     ("warmup", n) -> {"seconds", "build_seconds", "flops_per_token", "tokens_per_step", "params", ...}
-    ("run", n)    -> {"seconds"}          n timed training steps, synchronised at the end
-    ("stop",)     -> {"peak_memory"}      then the process exits
+    ("run", n)    -> {"seconds"}                       n timed training steps, synchronised at the end
+    ("stop",)     -> {"peak_memory", "memory_kind"}    then the process exits
 """
 
 import re
@@ -69,7 +69,7 @@ class Bench:
             loss, _ = self.trainer.train_step(self.starts, self.step % self.trainer.steps_per_epoch, self.lr)
             losses.append(loss)
             self.step += 1
-        torch.stack(losses or [torch.zeros(())]).tolist()  # waits for the steps' work on any device
+        torch.stack(losses).tolist()  # waits for the steps' work on any device
         sync(self.device)
         return time.perf_counter() - t0
 

@@ -15,10 +15,10 @@ class Progress:
     """Log lines go to stdout; the live line (step, loss, tokens/s, time left) is redrawn in place on
     stderr, only when stderr is a terminal, at most a few times a second."""
 
-    def __init__(self, total_steps: int, quiet: bool = False, stream=None):
+    def __init__(self, total_steps: int, quiet: bool = False):
         self.total_steps = total_steps
         self.quiet = quiet
-        self.stream = stream or sys.stderr
+        self.stream = sys.stderr
         self.live = not quiet and self.stream.isatty()
         self._last_draw = 0.0
         self._width = 0

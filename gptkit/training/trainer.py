@@ -19,15 +19,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..components.schedule import is_factor
 from ..data.dataset import CharDataset
 from ..device import use_bf16
-from ..errors import ComponentError, Diverged, Interrupted, UserError, out_of_memory
 from ..diagnose import backward_culprit, component_specs, culprit
+from ..errors import Diverged, Interrupted, UserError, out_of_memory
 from ..model import GPT
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
-from ..components.schedule import is_factor
-from ..registry import registry
 from .distributed import Distributed
 from .progress import Progress
 from .speed import compile_failures, compiled, micro_batch_size
@@ -446,9 +445,8 @@ class Trainer:
         with self.cfg.schedule.blamed(f"factor({step})"):
             factor = self.schedule.factor(step)
         if not is_factor(factor):
-            name = self.cfg.schedule.name
-            raise ComponentError(f"schedule '{name}' ({registry('schedule').entry(name).source}) gave factor({step}) "
-                                 f"= {factor!r}; a schedule's factor must be a finite number >= 0")
+            raise self.cfg.schedule.error(f"factor({step}) returned {factor!r}; a schedule's factor must be a "
+                                          "finite number >= 0")
         return factor
 
     def _log(self, epoch: int, batch: int, losses: list[float]) -> None:
