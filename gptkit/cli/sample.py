@@ -27,7 +27,7 @@ def finite(ctx, param, value):
 @click.option("--top-k", default=None, type=click.IntRange(min=0),
               help="Sample among the k likeliest; 0: among all.  [default: the run's sample.top_k]")
 @click.option("--seed", default=None, type=click.IntRange(-(2**63), 2**64 - 1), help="Make the sample reproducible.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="Reuse attention keys/values between tokens; --no-cache recomputes the context (same text, slower).")
 def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):

@@ -12,9 +12,9 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       model_validator)
 
 from ..components.base import GPTConfig
-from ..sampling import MAX_TOKENS
 from ..registry import RegistryError, registry
-from .components import ComponentSpec, RecipeIssue, component
+from ..sampling import MAX_TOKENS
+from .components import MODEL_KINDS, ComponentSpec, RecipeIssue, component
 
 
 def _resolve(value, info: ValidationInfo) -> Path:
@@ -33,6 +33,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 SEEDS = range(-(2**63), 2**64)  # what torch.manual_seed takes
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
@@ -83,7 +84,7 @@ class ModelSection(Section):
                                 f"n_head must divide n_embd, e.g. one of {divisors[-6:]}")])
         config = self.config(vocab_size=1)  # the vocabulary is not known until the corpus is read
         issues = []
-        for kind in ("attention", "feedforward", "norm", "positional"):
+        for kind in MODEL_KINDS:
             spec = getattr(self, kind)
             try:
                 registry(kind).check(spec.name, config, spec.params)
