@@ -62,21 +62,27 @@ def _input(config: GPTConfig) -> torch.Tensor:
 
 
 # ---- the checks ------------------------------------------------------------------------------
+# A failing check raises AssertionError explicitly, never with an `assert` statement: `python -O` strips
+# those, and every broken component would pass.
 def check_construct(spec, config):
     module = _module(spec, config)
-    assert isinstance(module, torch.nn.Module), f"built a {type(module).__name__}, not a torch.nn.Module"
+    if not isinstance(module, torch.nn.Module):
+        raise AssertionError(f"built a {type(module).__name__}, not a torch.nn.Module")
 
 
 def check_shape_and_dtype(spec, config):
     x = _input(config)
     y = exercise(spec.kind, _module(spec, config), x, config.n_head)
-    assert y.shape == x.shape, f"output shape {tuple(y.shape)}, expected {tuple(x.shape)}"
-    assert y.dtype == x.dtype, f"output dtype {y.dtype}, expected {x.dtype}"
+    if y.shape != x.shape:
+        raise AssertionError(f"output shape {tuple(y.shape)}, expected {tuple(x.shape)}")
+    if y.dtype != x.dtype:
+        raise AssertionError(f"output dtype {y.dtype}, expected {x.dtype}")
 
 
 def check_finite(spec, config):
     y = exercise(spec.kind, _module(spec, config), _input(config) * 10, config.n_head)
-    assert torch.isfinite(y).all(), "output has NaN or inf"
+    if not torch.isfinite(y).all():
+        raise AssertionError("output has NaN or inf")
 
 
 def check_backward(spec, config):
@@ -84,8 +90,10 @@ def check_backward(spec, config):
     _, loss = model(tokens(config), tokens(config))
     loss.backward()
     for name, p in model.named_parameters():
-        assert p.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        if p.grad is None:
+            raise AssertionError(f"{name} got no gradient")
+        if not torch.isfinite(p.grad).all():
+            raise AssertionError(f"{name} has a non-finite gradient")
 
 
 def check_state_dict_round_trip(spec, config):
@@ -95,7 +103,8 @@ def check_state_dict_round_trip(spec, config):
     b = tiny_model(config, **{spec.kind: spec}).eval()
     b.load_state_dict(copy.deepcopy(a.state_dict()))
     x = tokens(config)
-    assert torch.equal(a(x)[0], b(x)[0]), "a copy loaded from state_dict computes something else"
+    if not torch.equal(a(x)[0], b(x)[0]):
+        raise AssertionError("a copy loaded from state_dict computes something else")
 
 
 def _assert_causal(model, config):
@@ -114,11 +123,13 @@ def _assert_causal(model, config):
             changed[:, t:] = (changed[:, t:] + 1) % config.vocab_size  # another token for any vocabulary of 2 or more
             with torch.no_grad():
                 after = model(changed)[0]
-            assert torch.allclose(before[:, :t], after[:, :t], atol=1e-6), \
-                f"changing a later token changed an earlier output ({mode} mode, tokens from position {t} on changed)"
+            if not torch.allclose(before[:, :t], after[:, :t], atol=1e-6):
+                raise AssertionError(f"changing a later token changed an earlier output ({mode} mode, tokens from "
+                                     f"position {t} on changed)")
             same = [p for p in range(t, T) if torch.allclose(before[:, p], after[:, p])]
-            assert not same, f"changing the tokens from position {t} on left the outputs at positions {same} " \
-                f"unchanged ({mode} mode)"
+            if same:
+                raise AssertionError(f"changing the tokens from position {t} on left the outputs at positions {same} "
+                                     f"unchanged ({mode} mode)")
     model.eval()
 
 
@@ -132,8 +143,8 @@ def _assert_cache_matches(model, config):
     with torch.no_grad():
         full = model(x)[0]
         cached = torch.cat([model(x[:, a:b], cache=cache)[0] for a, b in zip(cuts, cuts[1:])], dim=1)
-    assert torch.allclose(cached, full, atol=1e-5, rtol=1e-4), \
-        f"cached logits differ from a full forward pass by {(cached - full).abs().max():.2e}"
+    if not torch.allclose(cached, full, atol=1e-5, rtol=1e-4):
+        raise AssertionError(f"cached logits differ from a full forward pass by {(cached - full).abs().max():.2e}")
 
 
 def check_causal(spec, config):
@@ -153,7 +164,8 @@ def _assert_pair_works(spec, partner, config):
     _, loss = model(tokens(config), tokens(config))
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads), "non-finite loss or gradient"
+    if not (torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)):
+        raise AssertionError("non-finite loss or gradient")
     _assert_causal(model, config)
     if model.supports_kv_cache:  # a partner's rotation or bias must continue from the cache's length
         _assert_cache_matches(model, config)
@@ -171,7 +183,8 @@ def _with_every_partner(spec, config, test: Callable, hint: str = "") -> str:
             raise
         except Exception as e:
             failures.append(f"{other} {name}: {type(e).__name__}: {e}")
-    assert not failures, "; ".join(failures + skipped) + hint
+    if failures:
+        raise AssertionError("; ".join(failures + skipped) + hint)
     return "; ".join(skipped)
 
 
@@ -233,15 +246,15 @@ def _assert_matches_naive(attention, positional, config):
     (out_ref, loss_ref), (out, loss) = reference(x, x), model(x, x)
     loss_ref.backward()
     loss.backward()
-    assert torch.allclose(out, out_ref, atol=1e-5, rtol=1e-4), \
-        f"outputs differ from naive attention by {(out - out_ref).abs().max():.2e}"
+    if not torch.allclose(out, out_ref, atol=1e-5, rtol=1e-4):
+        raise AssertionError(f"outputs differ from naive attention by {(out - out_ref).abs().max():.2e}")
     grads_ref = dict(reference.named_parameters())
     for name, p in model.named_parameters():
         if name not in grads_ref:  # its own parameter: nothing to compare with
             continue
         diff = (p.grad - grads_ref[name].grad).abs().max()
-        assert torch.allclose(p.grad, grads_ref[name].grad, atol=1e-5, rtol=1e-4), \
-            f"gradient of {name} differs from naive attention by {diff:.2e}"
+        if not torch.allclose(p.grad, grads_ref[name].grad, atol=1e-5, rtol=1e-4):
+            raise AssertionError(f"gradient of {name} differs from naive attention by {diff:.2e}")
 
 
 def check_offsets(spec, config):
@@ -258,15 +271,18 @@ def check_offsets(spec, config):
         _assert_same(q_s, q_0[:, :, s:], f"rotate(..., start={s}) of q")
         _assert_same(k_s, k_0[:, :, s:], f"rotate(..., start={s}) of k")
         tail, whole = pos.score_bias(T - s, T), pos.score_bias(T, T)
-        assert (tail is None) == (whole is None), "score_bias is None for some shapes only"
+        if (tail is None) != (whole is None):
+            raise AssertionError("score_bias is None for some shapes only")
         if whole is not None:
             _assert_same(tail, whole[..., s:, :], f"score_bias({T - s}, {T})")
 
 
 def _assert_same(part, whole, what):
-    assert part.shape == whole.shape and torch.allclose(part, whole, atol=1e-6), \
-        f"{what} is not the matching part of the whole sequence's (off by {(part - whole).abs().max():.2e})" \
-        if part.shape == whole.shape else f"{what} has shape {tuple(part.shape)}, expected {tuple(whole.shape)}"
+    if part.shape != whole.shape:
+        raise AssertionError(f"{what} has shape {tuple(part.shape)}, expected {tuple(whole.shape)}")
+    if not torch.allclose(part, whole, atol=1e-6):
+        raise AssertionError(f"{what} is not the matching part of the whole sequence's (off by "
+                             f"{(part - whole).abs().max():.2e})")
 
 
 def _randomised(module):
@@ -308,7 +324,8 @@ def check_uses_positional(spec, config):
             attn(x[:, :t], cache)
             attn(x[:, t:], cache)
             expected += [("rotate", t, 0), ("score_bias", t, t), ("rotate", T - t, t), ("score_bias", T - t, T)]
-    assert attn.pos.calls == expected, f"expected the calls {expected}, got {attn.pos.calls}"
+    if attn.pos.calls != expected:
+        raise AssertionError(f"expected the calls {expected}, got {attn.pos.calls}")
 
 
 def check_kv_cache(spec, config):
@@ -329,8 +346,9 @@ def check_factors(spec, config):
     multiplies train.lr by it."""
     for total in TOTAL_STEPS:
         for step, f in enumerate(_factors(spec, total, range(total))):
-            assert is_factor(f), \
-                f"factor({step}) = {f!r} with total_steps={total}; a factor must be a finite number >= 0"
+            if not is_factor(f):
+                raise AssertionError(f"factor({step}) = {f!r} with total_steps={total}; a factor must be a finite "
+                                     "number >= 0")
 
 
 def check_pure_function_of_step(spec, config):
@@ -339,8 +357,10 @@ def check_pure_function_of_step(spec, config):
     for total in TOTAL_STEPS:
         forwards, backwards = _factors(spec, total, range(total)), _factors(spec, total, reversed(range(total)))
         differ = [s for s, (a, b) in enumerate(zip(forwards, reversed(backwards))) if a != b]
-        assert not differ, f"factor({differ[0]}) with total_steps={total} is {forwards[differ[0]]!r} asked in " \
-            f"order, {backwards[total - 1 - differ[0]]!r} asked by a fresh schedule from the last step back"
+        if differ:
+            raise AssertionError(f"factor({differ[0]}) with total_steps={total} is {forwards[differ[0]]!r} asked in "
+                                 f"order, {backwards[total - 1 - differ[0]]!r} asked by a fresh schedule from the "
+                                 "last step back")
 
 
 def _factors(spec, total_steps, steps):
@@ -371,7 +391,8 @@ def check_honours_lr(spec, config):
     before = copy.deepcopy(model.state_dict())
     _train(model, _optimizer(spec, model), config, steps=2, lr=0.0)
     moved = [n for n, t in model.state_dict().items() if not torch.equal(t, before[n])]
-    assert not moved, f"with every param_group's lr set to 0, a step changed {', '.join(moved[:3])}"
+    if moved:
+        raise AssertionError(f"with every param_group's lr set to 0, a step changed {', '.join(moved[:3])}")
 
 
 def check_resumes_exactly(spec, config):
@@ -387,7 +408,9 @@ def check_resumes_exactly(spec, config):
     _train(a, optimizer_a, config, steps=1)
     _train(b, optimizer_b, config, steps=1)
     differ = [n for (n, p), q in zip(a.named_parameters(), b.parameters()) if not torch.equal(p, q)]
-    assert not differ, f"after loading the state_dict, the next step gives other values of {', '.join(differ[:3])}"
+    if differ:
+        raise AssertionError(f"after loading the state_dict, the next step gives other values of "
+                             f"{', '.join(differ[:3])}")
 
 
 def check_zero_grad(spec, config):
@@ -397,7 +420,9 @@ def check_zero_grad(spec, config):
     model(tokens(config), tokens(config))[1].backward()
     optimizer.zero_grad(set_to_none=False)
     left = [n for n, p in model.named_parameters() if p.grad is None or p.grad.any()]
-    assert not left, f"after zero_grad(set_to_none=False) the gradients of {', '.join(left[:3])} are not zeros"
+    if left:
+        raise AssertionError(f"after zero_grad(set_to_none=False) the gradients of {', '.join(left[:3])} are not "
+                             "zeros")
 
 
 def _seeded_model(config, seed=0):
@@ -429,8 +454,10 @@ def check_text(spec, config):
     """text() is a non-empty str, and a fresh corpus gives the same again: a data file deleted is made
     anew, and a checkpoint refuses to resume on another text."""
     text = spec.build().text()
-    assert isinstance(text, str) and text, f"text() returned {text!r:.40}, not a non-empty str"
-    assert spec.build().text() == text, "a second call of text() gave another text"
+    if not (isinstance(text, str) and text):
+        raise AssertionError(f"text() returned {text!r:.40}, not a non-empty str")
+    if spec.build().text() != text:
+        raise AssertionError("a second call of text() gave another text")
 
 
 CHECKS: dict[str, tuple[tuple[str, ...], Callable]] = {  # name: (the kinds it applies to, the check)
@@ -500,4 +527,5 @@ def _assert_defaults_usable():
 def assert_conformant(kind: str, name_or_spec, config: GPTConfig = CONFIG) -> None:
     """For a plugin's own pytest suite: fails with every failing check listed."""
     failed = [r for r in check_component(kind, name_or_spec, config) if r.status == "fail"]
-    assert not failed, "\n".join(f"{r.check}: {r.detail}" for r in failed)
+    if failed:
+        raise AssertionError("\n".join(f"{r.check}: {r.detail}" for r in failed))

@@ -2,6 +2,9 @@
 subtly broken components; every registered one is checked in test_components.py."""
 
 import random
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -123,3 +126,52 @@ def test_check_takes_every_kind(cli):
 def test_torch_optimizers_with_their_own_good_rates_conform(temporary_component, optimizer):
     temporary_component("optimizer", "theirs", component(optimizer))
     assert_conformant("optimizer", "theirs")
+
+
+BROKEN_SOURCE = """
+from gptkit.components import Norm, Schedule, register
+
+@register("norm", "pooled")
+class Pooled(Norm):
+    \"\"\"Subtracts the mean over the time axis: every output sees the whole sequence.\"\"\"
+
+    def forward(self, x):
+        return x - x.mean(dim=1, keepdim=True)
+
+@register("schedule", "linear")
+class Linear(Schedule):
+    def factor(self, step):
+        return 1 - step / 100
+"""
+
+
+def under_optimize(tmp_path, *args) -> subprocess.CompletedProcess:
+    """python -O ARGS in tmp_path, with BROKEN_SOURCE in tmp_path/broken.py: -O strips assert statements."""
+    (tmp_path / "broken.py").write_text(BROKEN_SOURCE)
+    return subprocess.run([sys.executable, "-O", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def test_check_fails_a_broken_component_under_python_O(tmp_path):
+    result = under_optimize(tmp_path, "-m", "gptkit", "check", "norm", "pooled", "--import", "broken.py")
+    assert result.returncode == 1, result.stdout + result.stderr
+    causal = next(line.split(maxsplit=2) for line in result.stdout.splitlines() if line.split()[:1] == ["causal"])
+    assert causal[1:] == ["FAIL", "AssertionError: changing a later token changed an earlier output (eval mode, "
+                                  "tokens from position 1 on changed)"]
+
+
+def test_assert_conformant_raises_under_python_O(tmp_path):
+    code = textwrap.dedent("""
+        import pathlib
+        from gptkit.conformance import assert_conformant
+        from gptkit.plugins import import_file
+        import_file(pathlib.Path("broken.py").absolute())
+        try:
+            assert_conformant("schedule", "linear")
+        except AssertionError as e:
+            print(e)
+        else:
+            print("conformant")
+    """)
+    result = under_optimize(tmp_path, "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("factors: AssertionError: factor(101) = "), result.stdout
