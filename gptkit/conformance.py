@@ -22,7 +22,7 @@ from .recipe.components import MODEL_KINDS, ComponentSpec, parse_component
 from .recipe.schema import ModelSection
 from .registry import RegistryError, registry
 from .training.checkpoint import state_dict_mismatch
-from .training.trainer import build_optimizer, flat_gradients, param_groups
+from .training.trainer import build_optimizer, flat_gradients, param_groups, set_lr
 
 PAIRED = ("attention", "positional")  # each must work with every component of the other kind
 CONFIG = GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0)
@@ -440,8 +440,7 @@ def _train(model, optimizer, config, steps, lr=LR) -> list[float]:
     """Steps on one fixed batch, as the trainer takes them; the loss before each."""
     x, losses = tokens(config), []
     for _ in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        set_lr(optimizer, lr)
         _, loss = model(x, x)
         loss.backward()
         optimizer.step()

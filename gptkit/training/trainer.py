@@ -68,6 +68,12 @@ def flat_gradients(model: torch.nn.Module) -> None:
             offset += p.numel()
 
 
+def set_lr(optimizer, lr: float) -> None:
+    """The step's learning rate in every group, times the group's `lr_scale` (Muon's own scale)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
 def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(precision, device) else contextlib.nullcontext()
 
@@ -312,8 +318,7 @@ class Trainer:
         B = self.cfg.batch_size
         x, y = self.dataset.batch(self.dist.shard(starts[batch * B : (batch + 1) * B]))
         self.dist.seed(self.recipe.seed, self.state.step)  # under torchrun, other ranks' own dropout masks
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        set_lr(self.optimizer, lr)
         try:
             loss = self._gradients(x, y)
         except compile_failures(self.train_forward) as e:  # evaluated only when something was raised
