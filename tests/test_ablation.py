@@ -34,6 +34,17 @@ def test_split_values_keeps_flow_mappings_whole():
     assert split_values("rope, {name: alibi, x: [1, 2]},'a,b'") == ["rope", "{name: alibi, x: [1, 2]}", "'a,b'"]
 
 
+@pytest.mark.parametrize("text, values", [
+    ("it's,b", ["it's", "b"]),  # a quote inside a plain value opens nothing
+    ("'it''s, x',b", ["'it''s, x'", "b"]),  # '' is a quote inside single quotes
+    (r'"a\",b",c', [r'"a\",b"', "c"]),  # \" inside double quotes
+    ("{name: 'a}b', x: 1},c", ["{name: 'a}b', x: 1}", "c"]),
+    ('[ "x,y" ], z', ['[ "x,y" ]', "z"]),
+])
+def test_split_values_reads_quotes_as_yaml_does(text, values):
+    assert split_values(text) == values
+
+
 def test_grid_and_one_at_a_time(write_recipe):
     path = write_recipe(model={"positional": "sinusoidal", "norm": "rmsnorm"})
     vary = {"model.positional": ["sinusoidal", "rope", "alibi"], "model.norm": ["rmsnorm", "layernorm"]}

@@ -64,6 +64,16 @@ def test_vary_makes_every_combination_with_the_first_values_as_baseline():
         parse_vary(["model.attention"])
 
 
+def test_vary_is_split_as_ablate_splits_it(cli, write_recipe):
+    from gptkit.ablation.spec import parse_vary as ablate_parse_vary
+
+    texts = ['sample.prompt="a,b",c', "model.positional={name: rope, base: 500},'x,y'", "train.lr=1e-3, 2e-3"]
+    assert parse_vary(texts)[0] == ("sample.prompt", ['"a,b"', "c"])
+    assert parse_vary(texts) == list(ablate_parse_vary(texts).items())
+    result = cli("bench", write_recipe(), "--vary", 'sample.prompt="a,b",c', "--vary", "train.batch_size=8,x")
+    assert result.exit_code == 2 and "--vary train.batch_size=x: train.batch_size" in result.output  # prompts read
+
+
 def test_bench_reports_a_batch_too_large_for_the_data(cli, write_recipe):
     result = cli("bench", write_recipe(), "--set", "train.batch_size=100000", "--steps", "1", "--rounds", "1")
     assert result.exit_code == 2 and "train.batch_size 100000" in result.output

@@ -1,9 +1,12 @@
 """Recipe loading: YAML's traps, overrides, and one clear message per user mistake."""
 
+import json
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gptkit.errors import UserError
 from gptkit.recipe import RecipeError, load_recipe
@@ -121,7 +124,7 @@ def test_naming_the_component_a_recipe_already_has_keeps_its_parameters(write_re
     path = write_recipe(model={"positional": {"name": "rope", "base": 500}})
     assert load_recipe(path, ["model.positional=rope"]).model.positional.params.base == 500
     other = load_recipe(path, ["model.positional=alibi"]).model.positional  # another component: its own defaults
-    assert other.name == "alibi" and "base" not in other.params.model_fields
+    assert other.name == "alibi" and "base" not in type(other.params).model_fields
 
 
 def test_override_gives_a_default_component_parameters(write_recipe):
@@ -228,3 +231,56 @@ def test_train_model_passes_epochs_as_given(write_recipe, tmp_path):
 
     with pytest.raises(UserError, match=r"train.epochs: Input should be a valid integer \(got 0.5\)"):
         train_model(write_recipe(), epochs=0.5, runs_dir=tmp_path / "runs", quiet=True)
+
+
+AWKWARD = ["1e5", "no", "on", "null", "~", "0x10", "1_000", ".inf", "2026-11-29", "yes", "", " leading space",
+           "trailing ", "a: b", "#x", "- x", "'q'", '"dq"', "multi\nline", "crlf\r\n", "\u2028", "tab\there", "=", "<<",
+           "True", "012", "1:20", "héllo ☃ 名前", "\x00\x7f\ufeff", "x" * 300]
+
+
+@pytest.mark.parametrize("value", [*AWKWARD, 1e-3, 1e20, -2.5e-300, float("inf"), 0, -7, 10**30, True, False, None,
+                                   [], {}, AWKWARD, {"nested": {"list": [1, "1e5", {"k": None}], "no": "yes"}}])
+def test_dump_writes_what_load_reads_back(value):
+    from gptkit.recipe.yaml import dump
+
+    for data in (value, {"key": value}, [value], {s: value for s in AWKWARD}):  # awkward keys too
+        assert load(dump(data), "r.yaml")[0] == data
+        one_line = dump(data, flow=True)
+        assert load(one_line, "--set")[0] == data and "\n" not in one_line
+
+
+def test_dump_keeps_yaml_readable():
+    from gptkit.recipe.yaml import dump
+
+    data = {"name": "1e5", "model": {"n_embd": 32, "positional": {"name": "rope"}}, "lr": 1e-3, "tags": ["a", "no"]}
+    assert dump(data) == "name: '1e5'\nmodel:\n  n_embd: 32\n  positional:\n    name: rope\nlr: 0.001\ntags:\n- a\n- 'no'\n"
+    assert dump(data, flow=True) == "{name: '1e5', model: {n_embd: 32, positional: {name: rope}}, lr: 0.001, tags: [a, 'no']}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(),
+              st.from_regex(r"[-+ .0-9eEa-z_:#~'\"\n]{0,8}", fullmatch=True), st.sampled_from(AWKWARD)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.text(), st.integers()), inner,
+                                                                        max_size=4)),
+    max_leaves=20))
+def test_any_data_dumped_is_read_back_the_same(data):
+    from gptkit.recipe.yaml import dump
+
+    assert load(dump(data), "r.yaml")[0] == data
+    assert load(dump(data, flow=True), "--set")[0] == data
+
+
+def test_validated_recipe_validates_again_and_a_run_named_1e5_resumes(write_recipe, tmp_path, cli):
+    """What gptkit writes, gptkit reads back the same: PyYAML would write the name 1e5 unquoted, a float to YAML 1.2."""
+    recipe = write_recipe(train={"max_steps": 2})
+    validated = cli("validate", recipe, "--set", "name='1e5'")
+    assert validated.exit_code == 0, validated.output
+    (tmp_path / "v.yaml").write_text(validated.stdout, encoding="utf-8")
+    again = cli("validate", tmp_path / "v.yaml")
+    assert again.exit_code == 0 and again.stdout == validated.stdout, again.output
+    assert cli("run", tmp_path / "v.yaml", "--runs-dir", tmp_path / "runs", "-q").exit_code == 0
+    run, = (tmp_path / "runs").glob("1e5-*")
+    resumed = cli("run", "--resume", run, "--set", "train.max_steps=3", "-q")
+    assert resumed.exit_code == 0 and json.loads((run / "summary.json").read_text())["steps"] == 3, resumed.output
+    assert load((run / "recipe.yaml").read_text(encoding="utf-8"), "recipe.yaml")[0]["name"] == "1e5"

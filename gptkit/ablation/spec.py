@@ -18,8 +18,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml as pyyaml
-
 from ..errors import UserError, did_you_mean, listing
 from ..io import read_text
 from ..recipe import Recipe, load_recipe
@@ -101,12 +99,18 @@ class Plan:
 
 
 def split_values(text: str) -> list[str]:
-    """Split at top-level commas: "rope,{name: alibi, slopes: x}" -> ["rope", "{name: alibi, slopes: x}"]."""
-    values, depth, quote, start = [], 0, None, 0
-    for i, ch in enumerate(text):
+    """Split at top-level commas: "rope,{name: alibi, slopes: x}" -> ["rope", "{name: alibi, slopes: x}"].
+    As in YAML, a quote opens a quoted value only where a value starts: 'a,b' is one value, it's,b two."""
+    values, depth, quote, start, i = [], 0, None, 0, 0
+    opens = True  # whether a quote here would start a quoted value: after , [ { or ": "
+    while i < len(text):
+        ch = text[i]
         if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
+            if quote == '"' and ch == "\\" or quote == "'" and text[i:i + 2] == "''":
+                i += 1  # an escaped character, or '' (a quote inside single quotes): never the closing quote
+            elif ch == quote:
+                quote = None
+        elif ch in "'\"" and opens:
             quote = ch
         elif ch in "{[":
             depth += 1
@@ -115,18 +119,22 @@ def split_values(text: str) -> list[str]:
         elif ch == "," and depth == 0:
             values.append(text[start:i].strip())
             start = i + 1
+        opens = ch in ",[{" or ch.isspace() and (opens or text[i - 1] == ":")
+        i += 1
     values.append(text[start:].strip())
     return values
 
 
-def parse_vary(texts) -> dict[str, list[str]]:
+def parse_vary(texts, usage: str = "KEY=VALUE,VALUE,... e.g. --vary model.positional=sinusoidal,rope"
+               ) -> dict[str, list[str]]:
+    """{KEY: [VALUE, ...]}, values as YAML text, from `--vary KEY=VALUE,VALUE` flags: ablate's and bench's."""
     vary: dict[str, list[str]] = {}
     for text in texts:
         key, sep, raw = text.partition("=")
         key = key.strip()
         values = split_values(raw) if sep else []
         if not key or not values or not all(values):
-            raise UserError(f"--vary {text}: expected KEY=VALUE,VALUE,... e.g. --vary model.positional=sinusoidal,rope")
+            raise UserError(f"--vary {text}: expected {usage}")
         if key in vary:
             raise UserError(f"--vary {key} is given twice; list all its values in one --vary")
         vary[key] = values
@@ -164,16 +172,9 @@ def check_name(name: str, where: str) -> str:
 
 
 def yaml_text(value) -> str:
-    """`value` as one line of YAML that `--set` reads back as exactly `value`. PyYAML quotes what YAML 1.1
-    would misread, but our reader is YAML 1.2's (the string "1e-3" would come back a float): what still
-    does not read back is written with every scalar double-quoted."""
-    text = _flow(value)
-    return text if "\n" not in text and yaml.load(text, "value")[0] == value else _flow(value, style='"')
-
-
-def _flow(value, style: str | None = None) -> str:
-    return pyyaml.safe_dump(value, default_flow_style=True, default_style=style, width=10**6, sort_keys=False,
-                            allow_unicode=True).removesuffix("...\n").strip()  # in order: `set` overrides apply in turn
+    """`value` as one line of YAML that `--set` reads back as exactly `value` (mappings in order: `set`
+    overrides apply in turn)."""
+    return yaml.dump(value, flow=True)
 
 
 def load_ablation(path: Path) -> Ablation:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..ablation import spec
 from ..errors import RunStopped, UserError
 from ..recipe import load_recipe, yaml
 from ..training.run import resolve_device
@@ -48,28 +49,12 @@ class Variant:
 
 
 def parse_vary(texts: list[str]) -> list[tuple[str, list[str]]]:
-    """["model.attention=flash,naive"] -> [("model.attention", ["flash", "naive"])]. Commas inside
-    {...} or [...] belong to the value: --vary 'model.positional={name: rope, base: 500},sinusoidal'."""
-    axes = []
-    for text in texts:
-        key, sep, raw = text.partition("=")
-        key = key.strip()
-        values, depth, current = [], 0, ""
-        for ch in raw:
-            depth += (ch in "{[") - (ch in "}]")
-            if ch == "," and depth == 0:
-                values.append(current.strip())
-                current = ""
-            else:
-                current += ch
-        values.append(current.strip())
-        if not sep or not key or not all(values):
-            raise UserError(f"--vary {text}: expected KEY=VALUE1,VALUE2,..., e.g. --vary model.attention=flash,naive")
-        if key in (k for k, _ in axes):
-            raise UserError(f"--vary {key} is given twice; list all its values in one --vary")
+    """["model.attention=flash,naive"] -> [("model.attention", ["flash", "naive"])], split as ablate splits
+    them: --vary 'model.positional={name: rope, base: 500},sinusoidal' --vary 'sample.prompt="a,b",c'."""
+    axes = list(spec.parse_vary(texts, "KEY=VALUE1,VALUE2,..., e.g. --vary model.attention=flash,naive").items())
+    for key, values in axes:
         for value in values:  # here, or a syntax error would be reported as the --set it becomes
             yaml.load(value, f"--vary {key}={value}")
-        axes.append((key, values))
     return axes
 
 

@@ -1,7 +1,6 @@
 import click
-import yaml
 
-from ..recipe import load_recipe
+from ..recipe import load_recipe, yaml
 from . import main, overrides_option
 
 
@@ -11,4 +10,4 @@ from . import main, overrides_option
 def validate(recipe, overrides):
     """Check RECIPE and print it fully resolved, with every default filled in."""
     resolved = load_recipe(recipe, overrides)
-    click.echo(yaml.safe_dump(resolved.to_dict(), sort_keys=False, allow_unicode=True), nl=False)
+    click.echo(yaml.dump(resolved.to_dict()), nl=False)  # validates again: a recipe named 1e5 stays a string

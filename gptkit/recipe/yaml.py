@@ -1,9 +1,10 @@
-"""A YAML reader with YAML 1.1's traps closed, that remembers the line of every key.
+"""A YAML reader with YAML 1.1's traps closed, that remembers the line of every key, and its writer.
 
 PyYAML resolves YAML 1.1: `1e-3` is a string, `yes`/`no`/`on`/`off` are booleans, `012` is octal,
 and a duplicate key silently keeps the last value. Here scalars follow the YAML 1.2 core schema
 (`1e-3` is a float, only `true`/`false` are booleans), duplicate keys are errors, and only plain
-data is built: tags that would construct objects are refused.
+data is built: tags that would construct objects are refused. `dump` writes what `load` reads back
+as the same data (PyYAML's writer leaves the string "1e5" unquoted, which `load` reads as a float).
 """
 
 import re
@@ -149,3 +150,35 @@ def _describe(e: yaml.MarkedYAMLError, origin: str) -> str:
     if e.context and opened and mark and opened.line != mark.line:
         problem += f" ({e.context} at line {opened.line + 1})"
     return f"{where}: not valid YAML: {problem}"
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+# PyYAML's writer quotes a string when its resolvers would read it back as another type. Giving it
+# this reader's resolvers as well as YAML 1.1's quotes what either would misread: "1e5" for this
+# reader, "yes" or "2026-11-29" for PyYAML's (so the files read the same with plain PyYAML too).
+_Dumper.yaml_implicit_resolvers = {
+    first: _Loader.yaml_implicit_resolvers.get(first, []) + yaml.SafeDumper.yaml_implicit_resolvers.get(first, [])
+    for first in {*_Loader.yaml_implicit_resolvers, *yaml.SafeDumper.yaml_implicit_resolvers}
+}
+_LINE_BREAKS = re.compile("[\r\n\x85\u2028\u2029]")
+
+
+def _represent_str(dumper: _Dumper, text: str):
+    # A line break double-quoted, as an escape: one line per value, not a single-quoted string folded
+    # over lines whose blank lines stand for its line breaks.
+    style = '"' if _LINE_BREAKS.search(text) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump(data, flow: bool = False) -> str:
+    """`data` (plain data, as `load` builds) as YAML that `load` reads back as exactly `data`: in block
+    style with keys in their order, or with `flow` on one line (as `--set` takes a value)."""
+    text = yaml.dump(data, Dumper=_Dumper, default_flow_style=flow, sort_keys=False, allow_unicode=True,
+                     width=float("inf"))  # not folded over lines: a long prompt or path stays one line
+    return text.removesuffix("...\n").strip() if flow else text

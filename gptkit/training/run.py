@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 import torch
-import yaml
 
 from ..data.dataset import CharDataset, load_dataset
 from ..device import keep_random_state
+from ..diagnose import check_forward
 from ..errors import CheckpointError, ComponentError, RunStopped, UserError
 from ..io import write_json, write_text
-from ..diagnose import check_forward
 from ..model import GPT, build_model_on
-from ..recipe import Recipe
+from ..recipe import Recipe, yaml
 from ..recipe.schema import DEVICE_PATTERN
 from ..sampling import sample
 from . import distributed
@@ -167,14 +166,13 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
              log: Callable[[str], None]) -> RunResult:
     """Rank 0's part of `train`: the run folder's files around `trainer.fit()`."""
     model, device = trainer.model, trainer.device
+    remove_leftovers(run_dir)  # of a save that was killed midway
     if checkpoint is not None:
-        remove_leftovers(run_dir)
         truncate_metrics(run_dir / "metrics.jsonl", checkpoint["step"], checkpoint["trainer"]["state"]["eval_pending"])
         log(f"Resuming {run_dir} from step {checkpoint['step']:,}")
     else:
-        remove_leftovers(run_dir)  # of an attempt that stopped before its first checkpoint
         log(f"Run folder: {run_dir}")
-    write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
+    write_text(run_dir / "recipe.yaml", yaml.dump(recipe.to_dict()))  # read back by --resume: quoted so that it reads the same
     log(f"{model.num_params():,} parameters on {device}; {dataset.vocab_size} characters, "
         f"{len(dataset.train):,} training and {len(dataset.val):,} validation tokens")
 
