@@ -90,9 +90,9 @@ def test_a_failing_variant_is_named_and_stops_the_bench(cli, write_recipe, tmp_p
     (tmp_path / "explodes.py").write_text(EXPLODES)
     result = cli("bench", write_recipe(imports=["explodes.py"]), "--vary", "model.feedforward=mlp,explodes",
                  "--steps", "1", "--warmup", "1", "--rounds", "1")
-    assert result.exit_code == 1
-    assert "stopped: variant model.feedforward=explodes: its benchmark process failed" in result.output
-    assert "RuntimeError: boom" in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output  # as `gptkit run` reports it
+    assert (f"error: variant model.feedforward=explodes: feedforward 'explodes' from {tmp_path / 'explodes.py'} is "
+            "broken: its forward() raised RuntimeError: boom") in result.output, result.output
 
 
 def test_a_cpu_peak_shrinks_its_matmul_to_the_time_budget(monkeypatch):

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..data.dataset import load_dataset
+from ..diagnose import check_forward
 from ..errors import UserError
 from ..model import build_model_on
 from ..recipe.load import validate
@@ -46,6 +47,7 @@ class Bench:
         dataset = load_dataset(recipe.data, recipe.model.block_size)
         torch.manual_seed(recipe.seed)
         model = build_model_on(recipe.model, dataset.vocab_size, self.device)
+        check_forward(model, recipe.model)  # a component's bug is one error naming it, as in `gptkit run`
         dataset.to(self.device)
         dataset.check_batch_size(recipe.train.batch_size)
         self.trainer = Trainer(recipe, model, dataset, self.device, quiet=True)

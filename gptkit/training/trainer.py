@@ -289,10 +289,7 @@ class Trainer:
                     if state.step >= self.total_steps:
                         break
                     lr = self.cfg.lr * self._factor(state.step)
-                    try:
-                        self._pending.add(*self.train_step(starts, batch, lr), lr)
-                    except Exception as e:
-                        raise self._plugin_bug(e) from e
+                    self._pending.add(*self.train_step(starts, batch, lr), lr)
                     state.step += 1
                     state.tokens += self.tokens_per_step
                     last = state.step == self.total_steps
@@ -314,7 +311,17 @@ class Trainer:
         return state
 
     def train_step(self, starts: torch.Tensor, batch: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step; the loss and gradient norm stay on the device (no host sync)."""
+        """One optimizer step; the loss and gradient norm stay on the device (no host sync). A plugin
+        component's bug in it is one error naming the component."""
+        try:
+            return self._step(starts, batch, lr)
+        except Exception as e:
+            error = self._plugin_bug(e)
+            if error is e:
+                raise
+            raise error from e
+
+    def _step(self, starts: torch.Tensor, batch: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         B = self.cfg.batch_size
         x, y = self.dataset.batch(self.dist.shard(starts[batch * B : (batch + 1) * B]))
         self.dist.seed(self.recipe.seed, self.state.step)  # under torchrun, other ranks' own dropout masks
