@@ -588,19 +588,6 @@ def test_a_finished_run_without_its_checkpoint_is_not_trained_again(tmp_path, wr
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
 
 
-def test_a_diverged_run_from_before_the_resumable_flag_is_not_resumed(tmp_path, write_recipe, temporary_component, cli):
-    temporary_component("feedforward", "goes-nan", GoesNaN)
-    path = write_recipe(model={"feedforward": "goes-nan"}, train={"max_steps": 30, "checkpoint_every": 3})
-    with pytest.raises(Diverged) as e:
-        train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
-    summary_path = e.value.run_dir / "summary.json"
-    old = json.loads(summary_path.read_text())
-    del old["resumable"]
-    summary_path.write_text(json.dumps(old))
-    result = cli("run", path, "--resume", e.value.run_dir)
-    assert result.exit_code == 2 and "cannot resume" in result.output and "training diverged at step 11" in result.output
-
-
 def test_resuming_with_new_sample_settings_and_no_step_left_saves_them(tmp_path, write_recipe, cli):
     path = write_recipe()
     run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir

@@ -65,9 +65,6 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
     """Train every (arm, seed) not finished yet, seed by seed (so an interrupted ablation has whole
     seeds to compare), rewriting results.csv and results.md after each run. A run that diverges is
     a result too: it is reported, left out of the averages, and not tried again."""
-    for arm in plan.arms:  # a folder named by an earlier version, which spelled values as typed (1e-3, not 0.001)
-        if arm.legacy and arm.legacy != arm.slug and (folder / arm.legacy).is_dir() and not (folder / arm.slug).exists():
-            (folder / arm.legacy).rename(folder / arm.slug)
     jobs = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
     rows = [RunRow(arm, seed, f"{arm.slug}/seed-{seed}", ended_summary(folder / arm.slug / f"seed-{seed}"))
             for arm, seed in jobs]

@@ -74,7 +74,6 @@ class Arm:
     changes: list[tuple[str, str]]     # (dotted key, YAML text) on top of the baseline
     recipe: Recipe                     # resolved, with the base recipe's seed
     baseline: bool = False
-    legacy: str | None = None          # the folder name of versions that spelled values as typed (1e-3)
 
     @property
     def title(self) -> str:
@@ -280,11 +279,10 @@ def plan(ablation: Ablation) -> Plan:
         # value one way (1e-3 and 0.001 alike): --vary flags given in another order or spelling, and the
         # ablation.yaml written for them, find the same folders.
         slug = slugify(" ".join(sorted(f"{short[k]}={yaml_text(yaml.load(v, k)[0])}" for k, v in changes)))
-        arm = Arm(label, slug, changes, recipe, legacy=slugify(" ".join(sorted(f"{short[k]}={v}" for k, v in changes))))
+        arm = Arm(label, slug, changes, recipe)
         arms.append(arm)
         seen[canonical(recipe)] = arm
     unique_slugs(arms[1:])
-    unique_slugs(arms[1:], "legacy")
     base_seed = arms[0].recipe.seed
     seeds = list(range(base_seed, base_seed + ablation.seeds)) if isinstance(ablation.seeds, int) else ablation.seeds
     if seeds[-1] not in SEEDS:
@@ -309,11 +307,10 @@ def slugify(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._]+", "-", label.replace(" ", "_").replace("=", "-")).strip("-") or "arm"
 
 
-def unique_slugs(arms: list[Arm], attr: str = "slug") -> None:
+def unique_slugs(arms: list[Arm]) -> None:
     """A name too long for a folder, or shared by two arms, ends in a hash of the arm's recipe: folder
     names must not depend on the order of the arms, as suffixes -2, -3 would."""
-    counts = collections.Counter(getattr(a, attr) for a in arms)
+    counts = collections.Counter(a.slug for a in arms)
     for a in arms:
-        slug = getattr(a, attr)
-        if len(slug) > 80 or counts[slug] > 1 or slug == "baseline":
-            setattr(a, attr, f"{slug[:71]}-{hashlib.sha1(canonical(a.recipe).encode()).hexdigest()[:8]}")
+        if len(a.slug) > 80 or counts[a.slug] > 1 or a.slug == "baseline":
+            a.slug = f"{a.slug[:71]}-{hashlib.sha1(canonical(a.recipe).encode()).hexdigest()[:8]}"

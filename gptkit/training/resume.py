@@ -93,11 +93,9 @@ def stopped_for_good(summary: dict) -> bool:
 
 
 def resumable(summary: dict) -> bool:
-    """Whether the run whose summary.json this is can go on: not finished, not diverged. Summaries
-    written before "resumable" existed tell a divergence by its reason."""
-    if "resumable" in summary:
-        return bool(summary["resumable"])
-    return summary.get("status") != "finished" and not str(summary.get("reason") or "").startswith("training diverged")
+    """Whether the run whose summary.json this is can go on: not finished, not diverged. A missing or
+    damaged summary.json ({}) does not stop a run that has a checkpoint."""
+    return bool(summary.get("resumable", True))
 
 
 def refuse_changes(run_dir: Path, changes: list[str]) -> None:
