@@ -48,7 +48,9 @@ def tiny_model(config: GPTConfig = CONFIG, **components):
 
 def tokens(config: GPTConfig, batch: int = 3) -> torch.Tensor:
     """A fixed batch of random token ids, one block long."""
-    return torch.randint(0, config.vocab_size, (batch, config.block_size), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, config.vocab_size, (batch, config.block_size), generator=torch.Generator().manual_seed(0),
+                        device="cpu")
+    return ids.to(torch.get_default_device())
 
 
 def _module(spec: ComponentSpec, config: GPTConfig):
@@ -58,7 +60,13 @@ def _module(spec: ComponentSpec, config: GPTConfig):
 
 
 def _input(config: GPTConfig) -> torch.Tensor:
-    return torch.randn(3, config.block_size, config.n_embd, generator=torch.Generator().manual_seed(1))
+    return _randn(3, config.block_size, config.n_embd, generator=torch.Generator().manual_seed(1))
+
+
+def _randn(*size: int, generator: torch.Generator) -> torch.Tensor:
+    """Drawn on the CPU, so the same numbers on any device, then put on the device checked on (the
+    default device within `check_component`)."""
+    return torch.randn(*size, generator=generator, device="cpu").to(torch.get_default_device())
 
 
 # ---- the checks ------------------------------------------------------------------------------
@@ -263,8 +271,8 @@ def check_offsets(spec, config):
     as tables that start at zero hide an ignored offset."""
     pos = _randomised(_module(spec, config))
     T, s, g = config.block_size, config.block_size // 2 + 1, torch.Generator().manual_seed(2)
-    x = torch.randn(2, T, config.n_embd, generator=g)
-    q, k = (torch.randn(2, config.n_head, T, config.head_dim, generator=g) for _ in range(2))
+    x = _randn(2, T, config.n_embd, generator=g)
+    q, k = (_randn(2, config.n_head, T, config.head_dim, generator=g) for _ in range(2))
     with torch.no_grad():
         _assert_same(pos.embed(x[:, s:], s), pos.embed(x)[:, s:], f"embed(x[:, {s}:], start={s})")
         (q_s, k_s), (q_0, k_0) = pos.rotate(q[:, :, s:], k[:, :, s:], s), pos.rotate(q, k)
@@ -289,7 +297,7 @@ def _randomised(module):
     with torch.no_grad():
         for t in [*module.parameters(), *module.buffers()]:
             if t.is_floating_point():
-                t.add_(torch.randn(t.shape, generator=torch.Generator().manual_seed(t.numel())) * 0.5)
+                t.add_(_randn(*t.shape, generator=torch.Generator().manual_seed(t.numel())) * 0.5)
     return module
 
 
@@ -315,7 +323,7 @@ def check_uses_positional(spec, config):
     other check with no positional at all, and silently learns without positions."""
     T, t = config.block_size, config.block_size // 2
     attn = spec.build(config, _Spy(config)).eval()
-    x = torch.randn(2, T, config.n_embd, generator=torch.Generator().manual_seed(3))
+    x = _randn(2, T, config.n_embd, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         attn(x)
         expected = [("rotate", T, 0), ("score_bias", T, T)]
@@ -495,18 +503,21 @@ def run_check(check: str, spec: ComponentSpec, config: GPTConfig = CONFIG) -> Re
     return Result(check, "pass", note or "")
 
 
-def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG) -> list[Result]:
-    """Run every check of its kind on one component; raises only when it cannot be checked (unknown or broken:
-    RegistryError; parameters that do not validate, or refusing `config`: ValueError; a default of the test
-    model unusable), never for a failing check. The checks seed torch's global generator; the caller's
-    random state is put back afterwards."""
+def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG,
+                    device: torch.device | str = "cpu") -> list[Result]:
+    """Run every check of its kind on one component, on `device` (a component with a GPU kernel of its
+    own is checked on the GPU); raises only when it cannot be checked (unknown or broken: RegistryError;
+    parameters that do not validate, or refusing `config`: ValueError; a default of the test model
+    unusable), never for a failing check. The checks seed torch's global generator; the caller's random
+    state is put back afterwards."""
     name = name_or_spec.get("name") if isinstance(name_or_spec, dict) else name_or_spec
     if isinstance(name, str):
         registry(kind).get(name)  # unknown or broken: the registry's error, not a recipe's (parse_component's)
     spec = parse_component(kind, name_or_spec)
     registry(kind).check(spec.name, config, spec.params)  # ValueError: the component refuses `config`
     _assert_defaults_usable()
-    with keep_random_state():
+    device = torch.device(device)
+    with keep_random_state(device), device:  # the default device: what the checks build and draw lands there
         return [run_check(check, spec, config) for check, (kinds, _) in CHECKS.items() if kind in kinds]
 
 
@@ -523,8 +534,8 @@ def _assert_defaults_usable():
                                 f"unusable: {e}") from None
 
 
-def assert_conformant(kind: str, name_or_spec, config: GPTConfig = CONFIG) -> None:
+def assert_conformant(kind: str, name_or_spec, config: GPTConfig = CONFIG, device: torch.device | str = "cpu") -> None:
     """For a plugin's own pytest suite: fails with every failing check listed."""
-    failed = [r for r in check_component(kind, name_or_spec, config) if r.status == "fail"]
+    failed = [r for r in check_component(kind, name_or_spec, config, device) if r.status == "fail"]
     if failed:
         raise AssertionError("\n".join(f"{r.check}: {r.detail}" for r in failed))

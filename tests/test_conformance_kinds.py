@@ -175,3 +175,32 @@ def test_assert_conformant_raises_under_python_O(tmp_path):
     result = under_optimize(tmp_path, "-c", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("factors: AssertionError: factor(101) = "), result.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind, name", [("attention", "flash"), ("positional", "rope"), ("optimizer", "adamw")])
+def test_checks_run_on_the_gpu(kind, name):
+    results = check_component(kind, name, device="cuda")
+    assert all(r.status != "fail" for r in results), results
+
+
+def test_checks_run_on_the_device_asked_for(temporary_component):
+    from gptkit.components import FeedForward
+
+    seen = set()
+
+    class Where(FeedForward):
+        def forward(self, x):
+            seen.add(x.device.type)
+            return x
+
+    temporary_component("feedforward", "where", Where)
+    assert all(r.status != "fail" for r in check_component("feedforward", "where", device="cpu"))
+    assert seen == {"cpu"} and torch.get_default_device().type == "cpu"  # and the default is put back
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")
+def test_check_on_a_missing_gpu_is_one_error(cli):
+    result = cli("check", "norm", "rmsnorm", "--device", "cuda")
+    assert result.exit_code == 2 and "error: --device: cuda was asked for, but no such CUDA device is visible" \
+        in result.output, result.output

@@ -5,6 +5,7 @@ from ..errors import UserError
 from ..recipe import yaml
 from ..recipe.components import MODEL_KINDS, RecipeIssue
 from ..registry import RegistryError, registry
+from ..training.run import resolve_device
 from . import imports_option, main
 
 
@@ -14,7 +15,9 @@ from . import imports_option, main
 @imports_option
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Check with this parameter instead of its default, e.g. --param n_kv_head=2. Repeatable.")
-def check(kind, name, params):
+@click.option("--device", default="cpu", show_default=True,
+              help="Run the checks on this device: auto, cpu, cuda, cuda:N or mps (a component with a GPU kernel of its own).")
+def check(kind, name, params, device):
     """Run the conformance checks on one component of any kind and print a pass/fail table (exit code 1
     if any check fails). Model components: construction, shapes and dtype, finite outputs, backward,
     state_dict round trip, causality, positional offsets, attention calling its positional hooks, every
@@ -27,6 +30,7 @@ def check(kind, name, params):
     gptkit check positional rope --param base=500
     gptkit check feedforward reglu --import my_components.py
     gptkit check schedule cosine --param warmup_steps=100
+    gptkit check attention my_triton --import my_components.py --device cuda
     """
     reg = registry(kind)  # an unknown kind: an error listing every kind
     spec = {"name": name}
@@ -37,8 +41,9 @@ def check(kind, name, params):
         if key.strip() == "name":
             raise UserError(f"--param {text}: the component is the NAME argument ({name}), not a parameter")
         spec[key.strip()] = yaml.load(raw, f"--param {key}")[0]
+    device = resolve_device(device, "--device")
     try:
-        results = check_component(kind, spec)
+        results = check_component(kind, spec, device=device)
     except RegistryError as e:  # unknown, broken (which its message says), or a default of the test model unusable
         if name in reg:
             raise
@@ -49,7 +54,7 @@ def check(kind, name, params):
         raise UserError(f"{kind} '{name}' cannot be built with the test model {CONFIG}: {e}") from None
 
     sizes = f"; the test model has n_embd={CONFIG.n_embd}, n_head={CONFIG.n_head}, block_size={CONFIG.block_size}"
-    click.echo(f"{kind} '{name}' from {reg.entry(name).source}{sizes if kind in MODEL_KINDS else ''}")
+    click.echo(f"{kind} '{name}' from {reg.entry(name).source}{sizes if kind in MODEL_KINDS else ''}; on {device}")
     width = max(len(r.check) for r in results)
     for r in results:
         click.echo(f"  {r.check:<{width}}  {r.status.upper():<4}  {r.detail}".rstrip())
