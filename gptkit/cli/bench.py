@@ -1,4 +1,5 @@
 import json
+import os
 
 import click
 
@@ -15,7 +16,8 @@ from . import main, overrides_option
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=1),
               help="Untimed steps first (compilation, or its fallback to eager, happens here).")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1), help="Interleaved rounds; figures are medians.")
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads; default torch's.")
+@click.option("--threads", default=None, type=click.IntRange(min=1, max=os.cpu_count() or 1),
+              help="CPU threads, at most the CPUs there are; default torch's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def bench(recipe, overrides, vary, steps, warmup, rounds, threads, as_json):
     """Measure training throughput of RECIPE, or of variants of it side by side.
