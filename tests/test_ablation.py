@@ -162,6 +162,49 @@ def test_a_folder_holding_another_ablation_is_refused(cli, tmp_path, write_recip
     assert (out / "ablation.yaml").read_text() == before
 
 
+def test_a_folder_that_is_not_an_ablations_is_refused(cli, tmp_path, write_recipe):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = cli("ablate", write_recipe(), "--vary", "model.norm=layernorm", "--seeds", "1", "--out", out)
+    assert result.exit_code == 2, result.output
+    assert f"{out} is not empty and is not an ablation folder (it has no ablation.yaml)" in result.output
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--vary", "train.batch_size=8,100000", "--allow-unfair"],
+     "error: arm batch_size=100000: train.batch_size 100000 is larger than the"),
+    (["--vary", "model.norm=layernorm", "--set", "train.batch_size=100000"], "error: train.batch_size 100000 is larger"),
+    (["--vary", "sample.prompt=KING,zzz"], "error: arm prompt=zzz: sample.prompt 'zzz': characters not in the vocabulary"),
+])
+def test_every_arm_is_checked_against_its_data_before_any_trains(cli, tmp_path, write_recipe, args, message):
+    result = cli("ablate", write_recipe(), "--seeds", "1", "--out", tmp_path / "abl", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "abl").exists()
+
+
+def test_finished_runs_are_reused_only_on_the_text_they_trained_on(cli, tmp_path, write_recipe, corpus):
+    recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    out = tmp_path / "abl"
+    assert cli("ablate", recipe, "--vary", "model.norm=rmsnorm", "--seeds", "1", "--out", out).exit_code == 0
+    corpus.write_text(corpus.read_text().upper())  # the same file, another text: seeds must not mix texts
+    result = cli("ablate", recipe, "--vary", "model.norm=rmsnorm", "--seeds", "2", "--out", out)
+    assert result.exit_code == 2, result.output
+    assert f"{out / 'baseline' / 'seed-0'} was trained on another text than {corpus} now holds" in result.output
+    assert "delete that run folder" in result.output and not (out / "baseline" / "seed-1").exists()
+
+
+def test_settings_that_do_not_change_training_keep_finished_runs(cli, tmp_path, write_recipe):
+    recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    out = tmp_path / "abl"
+    assert cli("ablate", recipe, "--vary", "model.norm=rmsnorm", "--seeds", "1", "--out", out).exit_code == 0
+    again = cli("ablate", out / "ablation.yaml", "--out", out, "--set", "sample.tokens=5", "--set", "train.log_every=1")
+    assert again.exit_code == 0 and "1 of 1 runs finished earlier: skipping them" in again.output, again.output
+    budget = cli("ablate", out / "ablation.yaml", "--out", out, "--set", "train.max_steps=3")  # not its figures
+    assert budget.exit_code == 2 and "ended with a different recipe (train.max_steps differ)" in budget.output
+
+
 def test_the_written_ablation_file_resumes_from_anywhere(cli, tmp_path, write_recipe, monkeypatch):
     recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
     out = tmp_path / "abl"
@@ -192,7 +235,7 @@ def test_an_ablations_file_keeps_its_overrides_in_order(cli, tmp_path, write_rec
     recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
     out = tmp_path / "abl"
     args = ("ablate", recipe, "--vary", "train.lr=3e-4", "--set", "model.positional.base=500", "--set",
-            "model.positional=rope", "--seeds", "1", "--out", out)  # in this order: rope at base 10000
+            "model.positional=rope", "--seeds", "1", "--out", out)  # in any order: rope at base 500
     assert cli(*args).exit_code == 0
     assert (out / "lr-0.0003" / "seed-0" / "summary.json").is_file()  # one spelling of a value names its folder
     manifest = cli("ablate", out / "ablation.yaml", "--out", out)  # its set keeps the order of the overrides
@@ -432,3 +475,70 @@ def test_the_same_arms_around_another_baseline_are_another_ablation(write_recipe
     one = plan(Ablation(recipe=path, vary={"model.norm": ["layernorm"]}))
     other = plan(Ablation(recipe=path, overrides=["model.norm=layernorm"], vary={"model.norm": ["rmsnorm"]}))
     assert one.digest != other.digest
+
+
+def positional(recipe) -> tuple[str, float | None]:
+    return recipe.model.positional.name, getattr(recipe.model.positional.params, "base", None)
+
+
+@pytest.mark.parametrize("keys", [["model.positional.base", "model.positional"], ["model.positional", "model.positional.base"]])
+def test_a_component_is_named_before_its_parameters_are_set_whatever_the_order(write_recipe, keys):
+    """--vary model.positional.base=500,10000 --vary model.positional=rope,sinusoidal: four arms, each with
+    the values its label lists, not rope at base 10000 labelled base=500."""
+    values = {"model.positional.base": ["500", "10000"], "model.positional": ["rope", "sinusoidal"]}
+    p = plan(Ablation(recipe=write_recipe(), vary={k: values[k] for k in keys}))
+    arms = {(dict(a.changes)["model.positional"], float(dict(a.changes)["model.positional.base"])): positional(a.recipe)
+            for a in p.arms}
+    assert arms == {(name, base): (name, base) for name in ("rope", "sinusoidal") for base in (500, 10000)}
+
+
+def test_set_parameters_hold_in_every_arm_whatever_the_order(write_recipe):
+    from gptkit.recipe import load_recipe
+
+    path = write_recipe()
+    p = plan(Ablation(recipe=path, overrides=["model.feedforward.hidden=64"], vary={"model.feedforward": ["swiglu", "mlp"]}))
+    assert [(a.recipe.model.feedforward.name, a.recipe.model.feedforward.params.hidden) for a in p.arms] == \
+        [("swiglu", 64), ("mlp", 64)]
+    sets = ["model.positional.base=500", "model.positional=rope"]  # the baseline is what gptkit run trains
+    baseline = plan(Ablation(recipe=path, overrides=sets, vary={"model.norm": ["layernorm"]})).baseline.recipe
+    assert positional(baseline) == positional(load_recipe(path, sets)) == ("rope", 500)
+
+
+def test_an_arm_whose_values_do_not_all_hold_is_refused(cli, tmp_path, write_recipe):
+    result = cli("ablate", write_recipe(), "--out", tmp_path / "abl", "--set", "model.positional.base=500",
+                 "--vary", "model.positional=rope,{name: rope, base: 1000}")
+    assert result.exit_code == 2 and "arm positional={name: rope, base: 1000}: its model.positional would be " \
+        "{name: rope, base: 500.0}, not {name: rope, base: 1000} (--set model.positional.base=500 sets a field in it)" \
+        in result.output, result.output
+    assert not (tmp_path / "abl").exists()
+
+
+def test_a_component_named_only_names_the_folder_as_its_bare_name(tmp_path, write_recipe):
+    path = write_recipe()
+    (tmp_path / "abl.yaml").write_text(f"recipe: {path.name}\nvary: {{model.positional: [sinusoidal, rope, {{name: alibi}}]}}\n")
+    typed = plan(Ablation(recipe=path, vary={"model.positional": ["sinusoidal", "rope", "alibi"]}))
+    filed = plan(load_ablation(tmp_path / "abl.yaml"))
+    assert [a.slug for a in filed.arms] == [a.slug for a in typed.arms] == ["baseline", "positional-rope", "positional-alibi"]
+    assert filed.digest == typed.digest
+
+
+def test_an_ablation_files_paths_are_relative_to_it(tmp_path, write_recipe, corpus, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    for name in ("uni.txt", "two.txt"):
+        (tmp_path / "sub" / name).write_text(corpus.read_text())
+    (tmp_path / "sub" / "abl.yaml").write_text(f"recipe: ../{write_recipe().name}\nset: {{data.path: uni.txt}}\n"
+                                               "vary: {data.path: [two.txt]}\nallow_unfair: true\n")
+    plans = []
+    for cwd in (tmp_path, tmp_path / "sub"):
+        monkeypatch.chdir(cwd)
+        plans.append(plan(load_ablation(tmp_path / "sub" / "abl.yaml")))
+    assert [a.recipe.data.path for a in plans[0].arms] == [tmp_path / "sub" / "uni.txt", tmp_path / "sub" / "two.txt"]
+    assert plans[0].digest == plans[1].digest and plans[0].arms[1].slug == "path-two.txt"
+    typed = plan(Ablation(recipe=write_recipe(), overrides=["data.path=uni.txt"], vary={"data.path": ["two.txt"]},
+                          allow_unfair=True))  # from sub/, as the command line reads paths
+    assert typed.digest == plans[1].digest and [a.slug for a in typed.arms] == [a.slug for a in plans[1].arms]
+
+
+def test_folder_names_keep_the_sign_of_an_exponent(write_recipe):
+    p = plan(Ablation(recipe=write_recipe(), vary={"train.lr": ["1e30", "1e-30"]}))
+    assert [a.slug for a in p.arms[1:]] == ["lr-1.0e+30", "lr-1.0e-30"]

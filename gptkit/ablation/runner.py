@@ -6,41 +6,82 @@ resolved recipes (not the seeds), so rerunning the same command finds it again a
 seeds later reuses the finished ones.
 """
 
+import contextlib
+import fnmatch
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ..data.dataset import load_dataset
+from ..data.dataset import CharDataset, load_dataset
 from ..errors import Diverged, UserError
 from ..io import write_text
 from ..model import build_model
 from ..recipe import Recipe, apply_override, flatten
 from ..training import train
 from ..training.progress import fmt_duration
-from ..training.resume import is_locked, run_recipe
+from ..training.resume import MAY_CHANGE, is_locked, run_recipe
 from .plot import plot_curves
 from .report import RunRow, arm_stats, markdown, write_csv
-from .runs import ended_summary, finished, read_summary, val_curve
-from .spec import Arm, Plan, yaml_text
+from .runs import ended_summary, finished, read_summary, trained_text, val_curve
+from .spec import UNFAIR, Arm, Plan, yaml_text
+
+# What an ended run may differ in from its arm and still be reused: what --resume lets change, except
+# what shapes the figures the run reports (its budget, evaluation and data: the fields that, varied,
+# would make arms unfair). The ablation folder's hash still counts them all: these matter with --out.
+MAY_DIFFER = tuple(p for p in MAY_CHANGE if not any(p == k or p.startswith(k + ".") for k in UNFAIR))
 
 
 def ablation_dir(plan: Plan, runs_dir: str | Path = "runs", out: str | Path | None = None) -> Path:
     return Path(out) if out is not None else Path(runs_dir) / "ablations" / f"{plan.name}-{plan.digest}"
 
 
-def sizes(plan: Plan) -> dict[str, tuple[int, int]]:
-    """{arm slug: (parameters, training FLOPs per token)}, from models built on the meta device (no memory)."""
-    vocab: dict[str, int] = {}
+@contextlib.contextmanager
+def blamed(arm: Arm):
+    """An arm's error names the arm (the baseline's is the recipe's own)."""
+    try:
+        yield
+    except UserError as e:
+        if not arm.changes:
+            raise
+        raise UserError(f"arm {arm.label}: {e}") from None
+
+
+def datasets(plan: Plan) -> dict[str, CharDataset]:
+    """{arm slug: its dataset}, each distinct data section (and block size) loaded once."""
+    loaded: dict[tuple[str, int], CharDataset] = {}
     out = {}
     for arm in plan.arms:
-        data = arm.recipe.data
-        key = data.model_dump_json()
-        if key not in vocab:
-            vocab[key] = load_dataset(data, arm.recipe.model.block_size).vocab_size
+        key = (arm.recipe.data.model_dump_json(), arm.recipe.model.block_size)
+        if key not in loaded:
+            with blamed(arm):
+                loaded[key] = load_dataset(arm.recipe.data, arm.recipe.model.block_size)
+        out[arm.slug] = loaded[key]
+    return out
+
+
+def check_arms(plan: Plan) -> dict[str, str]:
+    """What each run checks against its data before training, for every arm before any trains (else an
+    arm fails after the others trained); returns {arm slug: SHA-256 of its text}."""
+    data = datasets(plan)
+    for arm in plan.arms:
+        dataset, recipe = data[arm.slug], arm.recipe
+        with blamed(arm):
+            dataset.check_batch_size(recipe.train.batch_size)
+            try:
+                dataset.vocab.encode(recipe.sample.prompt)
+            except UserError as e:
+                raise UserError(f"sample.prompt {recipe.sample.prompt!r}: {e}; change sample.prompt") from None
+    return {slug: dataset.fingerprint for slug, dataset in data.items()}
+
+
+def sizes(plan: Plan) -> dict[str, tuple[int, int]]:
+    """{arm slug: (parameters, training FLOPs per token)}, from models built on the meta device (no memory)."""
+    data, out = datasets(plan), {}
+    for arm in plan.arms:
         with torch.device("meta"):
-            model = build_model(arm.recipe.model, vocab[key])
+            model = build_model(arm.recipe.model, data[arm.slug].vocab_size)
         out[arm.slug] = (model.num_params(), model.flops_per_token())
     return out
 
@@ -68,10 +109,14 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
     jobs = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
     rows = [RunRow(arm, seed, f"{arm.slug}/seed-{seed}", ended_summary(folder / arm.slug / f"seed-{seed}"))
             for arm, seed in jobs]
-    check_no_strays(plan, folder)  # before anything is written: the folder may hold another ablation's runs
+    check_folder(folder)  # before anything is written: --out may name someone else's folder
+    check_no_strays(plan, folder)
+    texts = check_arms(plan)
     for row in rows:
         if row.summary is not None:
             check_same(folder / row.run_dir, row.arm.for_seed(row.seed))
+        # Unfinished runs too: their --resume would refuse another text, but only once earlier runs trained.
+        check_same_text(folder / row.run_dir, row.arm.recipe.data.path, texts[row.arm.slug])
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / "ablation.yaml", manifest(plan, folder))
     skipped = sum(r.summary is not None for r in rows)
@@ -116,6 +161,13 @@ def continue_from(run_dir: Path) -> Path | None:
     return None
 
 
+def check_folder(folder: Path) -> None:
+    """Ablation files are written only into a new or empty folder, or an ablation's own."""
+    if folder.is_dir() and not (folder / "ablation.yaml").is_file() and any(folder.iterdir()):
+        raise UserError(f"{folder} is not empty and is not an ablation folder (it has no ablation.yaml); "
+                        "pass --out with a new or empty folder")
+
+
 def check_no_strays(plan: Plan, folder: Path) -> None:
     """A folder with runs of arms this ablation does not have is another ablation's (an --out reused):
     its results would be overwritten with a table that leaves those runs out."""
@@ -133,10 +185,26 @@ def check_same(run_dir: Path, recipe: Recipe) -> None:
     for flat in (stored, wanted):
         if "data.path" in flat:  # absent only from a damaged recipe.yaml: reported below as a difference
             flat["data.path"] = str(Path(flat["data.path"]).resolve())
-    differ = sorted(k for k in stored.keys() | wanted.keys() if k != "name" and stored.get(k) != wanted.get(k))
+    differ = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k)
+                    and not any(fnmatch.fnmatchcase(k, p) for p in MAY_DIFFER))
     if differ:
         raise UserError(f"{run_dir} ended with a different recipe ({', '.join(differ[:5])} differ); "
                         "delete that folder, or pass --out with a new folder")
+
+
+def check_same_text(run_dir: Path, path: Path, sha256: str) -> None:
+    """A run is reused (or resumed) only on the text it was trained on: the same data.path may now hold
+    another, and seeds trained on different texts would be averaged together. A run without a
+    checkpoint (one that diverged before its first) cannot tell, and is taken as it is."""
+    try:
+        trained = trained_text(run_dir)
+    except UserError as e:
+        raise UserError(f"{e}, so the text {run_dir} was trained on cannot be checked; delete that run folder "
+                        "to train it again") from None
+    if trained is not None and trained != sha256:
+        raise UserError(f"{run_dir} was trained on another text than {path} now holds (SHA-256 {trained[:12]}... -> "
+                        f"{sha256[:12]}...); restore that text, delete that run folder (or the whole ablation folder) "
+                        "to train it again on this one, or pass --out with a new folder")
 
 
 LEGEND = ("Δ: final validation loss minus the baseline's, paired by seed; ± is the half-width of the 95% "

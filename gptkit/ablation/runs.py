@@ -2,6 +2,9 @@
 
 from pathlib import Path
 
+import torch
+
+from ..training.checkpoint import load_checkpoint
 from ..training.resume import damaged, metric_records, run_recipe, stopped_for_good, summary_of
 
 
@@ -18,6 +21,18 @@ def ended_summary(run_dir: Path) -> dict | None:
     """The run's summary if the run will not go on (finished or diverged), else None."""
     summary = read_summary(run_dir)
     return summary if finished(summary) or (summary is not None and stopped_for_good(summary)) else None
+
+
+def trained_text(run_dir: Path) -> str | None:
+    """The SHA-256 of the text the run's checkpoint was trained on; None without a checkpoint. Mapped,
+    not read: only the checkpoint's small record is, not its weights (one per run of the ablation)."""
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["text_sha256"]
+    except Exception:  # damaged, or not a checkpoint: load_checkpoint says which
+        return load_checkpoint(path).get("text_sha256")
 
 
 def val_curve(run_dir: Path) -> list[tuple[int, float]]:

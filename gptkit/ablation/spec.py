@@ -14,6 +14,7 @@ import collections
 import hashlib
 import itertools
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 from ..errors import UserError, did_you_mean, listing
 from ..io import read_text
 from ..recipe import Recipe, load_recipe
+from ..recipe.load import _is_path
 from ..recipe.schema import SEEDS
 from ..recipe import yaml
 
@@ -213,8 +215,9 @@ def load_ablation(path: Path) -> Ablation:
     margin = float(typed("param_margin", (int, float), 0.1))
     if not margin >= 0:
         raise UserError(f"{at('param_margin')}: expected a fraction of at least 0, e.g. 0.1, got {margin!r}")
-    texts = {str(k): [yaml_text(v) for v in values] for k, values in vary.items()}
-    overrides = {f"{k}={yaml_text(v)}": k for k, v in sets.items()}
+    # Paths in the file are relative to it, as `recipe:` is (--set's are relative to the current directory)
+    texts = {str(k): [yaml_text(absolute(str(k), v, path.parent)) for v in values] for k, values in vary.items()}
+    overrides = {f"{k}={yaml_text(absolute(str(k), v, path.parent))}": k for k, v in sets.items()}
     origin = {text: at("set", k) for text, k in overrides.items()}
     for k, values in texts.items():
         origin[f"--vary {k}"] = at("vary", k)
@@ -230,6 +233,25 @@ def load_ablation(path: Path) -> Ablation:
         allow_unfair=typed("allow_unfair", bool, False),
         origin=origin,
     )
+
+
+def absolute(key: str, value, base: Path | None = None):
+    """`value` for the dotted `key` with a relative path (or list of paths, as `imports`) made absolute
+    from `base`, by default the current directory as with --set; any other value as it is."""
+    if not _is_path(tuple(key.split("."))):
+        return value
+    path = lambda v: os.path.abspath((base or Path()) / Path(v).expanduser()) if isinstance(v, str) else v
+    return [path(v) for v in value] if isinstance(value, list) else path(value)
+
+
+def holds(wanted, value) -> bool:
+    """Whether a resolved recipe's `value` is what an arm says, `wanted`: a component named by a bare
+    string has that name, one given as a mapping has each parameter the mapping lists."""
+    if isinstance(value, dict) and isinstance(wanted, str):
+        return value.get("name") == wanted
+    if isinstance(value, dict) and isinstance(wanted, dict):
+        return all(k in value and holds(v, value[k]) for k, v in wanted.items())
+    return wanted == value
 
 
 def check_fair(ablation: Ablation) -> None:
@@ -270,15 +292,16 @@ def plan(ablation: Ablation) -> Plan:
     for changes in combos:
         label = " ".join(f"{short[k]}={v}" for k, v in changes)
         recipe = resolve(changes, label)
+        check_claims(ablation, recipe, changes, label)
         same = seen.get(canonical(recipe))
         if same is not None:  # e.g. the recipe's own value among the varied ones
             if same.baseline and ablation.mode == "grid" and same.label == "baseline":
                 same.label, same.changes = label, changes  # the baseline is this grid cell
             continue
         # The folder's name lists the changes in key order, the label in the command's, and spells each
-        # value one way (1e-3 and 0.001 alike): --vary flags given in another order or spelling, and the
-        # ablation.yaml written for them, find the same folders.
-        slug = slugify(" ".join(sorted(f"{short[k]}={yaml_text(yaml.load(v, k)[0])}" for k, v in changes)))
+        # value one way (1e-3 and 0.001 alike, see spelling): --vary flags given in another order or
+        # spelling, an ablation file, and the ablation.yaml written for them, find the same folders.
+        slug = slugify(" ".join(sorted(f"{short[k]}={yaml_text(spelling(k, v))}" for k, v in changes)))
         arm = Arm(label, slug, changes, recipe)
         arms.append(arm)
         seen[canonical(recipe)] = arm
@@ -294,6 +317,36 @@ def plan(ablation: Ablation) -> Plan:
     return Plan(ablation.name or arms[0].recipe.name, arms, seeds, digest, ablation)
 
 
+def spelling(key: str, text: str):
+    """The value that names an arm's folder: a component given by its name only ({name: alibi}) as that
+    name, a path (relative to one folder or another, or absolute as in ablation.yaml) as its file's name."""
+    value = yaml.load(text, key)[0]
+    if isinstance(value, dict) and value.keys() == {"name"}:
+        return value["name"]
+    if _is_path(tuple(key.split("."))):
+        name = lambda v: Path(v).name if isinstance(v, str) else v
+        return [name(v) for v in value] if isinstance(value, list) else name(value)
+    return value
+
+
+def check_claims(ablation: Ablation, recipe: Recipe, changes: list[tuple[str, str]], label: str) -> None:
+    """Every value an arm's label lists holds in its recipe. A key's own fields are set after it (see
+    apply_overrides), so one set below a varied key, by the arm or by --set for all, wins over it:
+    --set model.positional.base=500 with --vary 'model.positional={name: rope, base: 1000}'."""
+    data = recipe.to_dict()
+    named = {t: ablation.origin.get(t, f"--set {t}") for t in ablation.overrides}
+    named |= {f"{k}={v}": ablation.origin.get(f"{k}={v}", f"--vary {k}={v}") for k, v in changes}
+    for key, text in changes:
+        have, wanted = data, absolute(key, yaml.load(text, key)[0])
+        for part in key.split("."):
+            have = have.get(part) if isinstance(have, dict) else None
+        if not holds(wanted, have):
+            below = [name for t, name in named.items() if t.partition("=")[0].strip().startswith(key + ".")]
+            by = f" ({' and '.join(below)} set{'s' * (len(below) == 1)} a field in it)" if below else ""
+            raise UserError(f"arm {label}: its {key} would be {yaml_text(have)}, not {text}{by}; "
+                            "give each field one value per arm")
+
+
 def canonical(recipe: Recipe) -> str:
     """The recipe as JSON, minus what every arm may differ in (its name and seed); the data path is
     absolute, so the same command from another folder finds the same ablation."""
@@ -304,7 +357,8 @@ def canonical(recipe: Recipe) -> str:
 
 
 def slugify(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._]+", "-", label.replace(" ", "_").replace("=", "-")).strip("-") or "arm"
+    # "+" stays: 1e+30 and 1e-30 must not share a folder, nor 1e+30 be named as if it were 1e-30
+    return re.sub(r"[^A-Za-z0-9._+]+", "-", label.replace(" ", "_").replace("=", "-")).strip("-") or "arm"
 
 
 def unique_slugs(arms: list[Arm]) -> None:

@@ -41,8 +41,11 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
 
 def apply_overrides(data: dict, overrides: Sequence[str] | None, origins: Mapping[str, str] | None = None
                     ) -> list[tuple[tuple, str]]:
-    """apply_override for each of `overrides`, in order; what they return."""
-    applied = [apply_override(data, text, (origins or {}).get(text)) for text in check_overrides(overrides)]
+    """apply_override for each of `overrides`, in order, except that a key goes before the keys below it
+    (model.positional=rope before model.positional.base=500, whichever came first: else naming the
+    component would start it from its defaults, silently dropping the parameter); what they return."""
+    ordered = sorted(check_overrides(overrides), key=lambda text: text.partition("=")[0].count("."))  # stable
+    applied = [apply_override(data, text, (origins or {}).get(text)) for text in ordered]
     keys = [k for k, _ in applied]
     if ("data", "path") in keys and ("data", "corpus") not in keys and isinstance(data.get("data"), dict):
         # The corpus makes the recipe's own file. Another path is the user's text: a typo in its name
