@@ -2,16 +2,18 @@
 
 import math
 import operator
+from collections.abc import Callable
 
 import torch
 
 MAX_TOKENS = 10**7  # per sample: the output is allocated up front, and that is hours of generation on a CPU
+STREAM_EVERY = 64  # tokens per on_tokens call: reading them back syncs a GPU, too rarely to cost anything
 
 
 @torch.inference_mode()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, generator: torch.Generator | None = None,
-             use_cache: bool = True) -> torch.Tensor:
+             use_cache: bool = True, on_tokens: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Extend `idx` (B, T) by `max_new_tokens`, sampling each from the softmax of the last logits.
 
     The context is a window of at most block_size tokens; once it is full it restarts from its
@@ -19,6 +21,10 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     and every attention layer supports one) the model is fed only the new token, and the kept half
     again when the window restarts; otherwise it recomputes the window for every token. Both paths
     see the same context, so they give the same tokens.
+
+    `on_tokens`, for streaming, is called with each run of new tokens, a (B, k) view of the output:
+    every STREAM_EVERY tokens, at the end, and when a KeyboardInterrupt stops generation (which is
+    then raised again), so that nothing generated is lost.
     """
     max_new_tokens, temperature, top_k = check_sampling(max_new_tokens, temperature, top_k, count="max_new_tokens")
     if not (isinstance(idx, torch.Tensor) and idx.dim() == 2 and not (idx.is_floating_point() or idx.is_complex())
@@ -36,16 +42,31 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     out[:, :n] = idx
     start = max(0, n - block_size)  # the window's first token
     fed = start  # tokens before this one are in the cache
-    for _ in range(max_new_tokens):
-        if n - start > block_size:
-            start = fed = n - keep
+    shown = n  # tokens before this one were handed to on_tokens
+
+    def stream():
+        nonlocal shown
+        if on_tokens is not None and n > shown:
+            new, shown = out[:, shown:n], n  # counted first: a Ctrl-C inside on_tokens must not repeat them
+            on_tokens(new)
+
+    try:
+        for _ in range(max_new_tokens):
+            if n - start > block_size:
+                start = fed = n - keep
+                if cache is not None:
+                    cache = model.new_cache()
+            logits, _ = model(out[:, fed:n], cache=cache)
             if cache is not None:
-                cache = model.new_cache()
-        logits, _ = model(out[:, fed:n], cache=cache)
-        if cache is not None:
-            fed = n
-        out[:, n : n + 1] = next_token(logits[:, -1, :], temperature, top_k, generator)
-        n += 1
+                fed = n
+            out[:, n : n + 1] = next_token(logits[:, -1, :], temperature, top_k, generator)
+            n += 1
+            if on_tokens is not None and n - shown >= STREAM_EVERY:
+                stream()
+    except KeyboardInterrupt:
+        stream()
+        raise
+    stream()
     return out
 
 
@@ -100,9 +121,10 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
 
 
 def sample(model, vocab, prompt: str, tokens: int, temperature: float = 0.8, top_k: int | None = 40,
-           seed: int | None = None, use_cache: bool = True) -> str:
+           seed: int | None = None, use_cache: bool = True, on_text: Callable[[str], None] | None = None) -> str:
     """`prompt` followed by `tokens` sampled characters, drawn at `temperature` (> 0) from the `top_k`
-    likeliest (None: from all)."""
+    likeliest (None: from all). `on_text`, for streaming, is called with the prompt, then with the
+    characters as generate's on_tokens hands them over."""
     tokens, temperature, top_k = check_sampling(tokens, temperature, top_k)
     device = next(model.parameters()).device
     if not prompt:  # the start of a speech in the classic format, where there is one
@@ -115,8 +137,11 @@ def sample(model, vocab, prompt: str, tokens: int, temperature: float = 0.8, top
         g.manual_seed(seed)
     was_training = model.training
     model.eval()
+    stream = None if on_text is None else lambda ids: on_text(vocab.decode(ids[0].tolist()))
     try:
-        out = generate(model, idx, tokens, temperature, top_k, generator=g, use_cache=use_cache)
+        if on_text is not None:
+            on_text(prompt)
+        out = generate(model, idx, tokens, temperature, top_k, generator=g, use_cache=use_cache, on_tokens=stream)
     finally:  # a Ctrl-C in a notebook leaves the model as it was
         model.train(was_training)
     return vocab.decode(out[0].tolist())

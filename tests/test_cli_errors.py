@@ -90,6 +90,12 @@ CASES = [
     ("seed-too-large", lambda c: recipe_text(c, seed=2**64), [], ["seed: Input should be less than 18446744073709551616"]),
     ("prompt-unknown-characters", lambda c: recipe_text(c, sample__prompt="ZEUS:"), [],  # found before training
      ["sample.prompt 'ZEUS:': characters not in the vocabulary: 'Z'", "change sample.prompt"]),
+    ("empty-section", lambda c: GOOD.replace("CORPUS", str(c)) + "sample:\n", [],
+     ["bad.yaml:8: sample: empty section; remove the line or give it keys\n"]),
+    ("ablation-file", lambda c: "recipe: r.yaml\nmode: grid\nseeds: 2\nset: {train.lr: 0.01}\nvary: {model.norm: [rmsnorm]}\n",
+     [], ["bad.yaml looks like an ablation file (it has `recipe:`), not a recipe; run it with: gptkit ablate "]),
+    ("ablation-file-without-recipe", lambda c: "vary: {model.norm: [rmsnorm]}\n", [],
+     ["bad.yaml looks like an ablation file (it has `vary:`) but lacks `recipe:`"]),
 ]
 
 
@@ -240,3 +246,60 @@ def test_the_package_imports_its_names_on_first_use():
             "assert not any(isinstance(getattr(gptkit, n), types.ModuleType) for n in gptkit.__all__); "
             "from gptkit import *; assert registry('norm').get('rmsnorm') and gptkit.conformance.CHECKS")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_an_ablation_file_given_as_a_recipe_is_one_error(cli, tmp_path, command):
+    abl = tmp_path / "abl.yaml"
+    abl.write_text("name: a\nrecipe: r.yaml\nmode: one-at-a-time\nseeds: 3\nvary:\n  model.norm: [layernorm]\n")
+    result = cli(command, abl)
+    assert result.exit_code == 2
+    assert result.output == f"error: {abl} looks like an ablation file (it has `recipe:`), not a recipe; " \
+                            f"run it with: gptkit ablate {abl}\n"
+
+
+def fake_run(folder, summary: str | None = '{"status": "finished"}', metrics: bool = True):
+    """A run folder as `gptkit compare` reads it, without training one."""
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "recipe.yaml").write_text(f"name: {folder.name}\ntrain: {{batch_size: 4}}\nmodel: {{block_size: 8}}\n")
+    if summary is not None:
+        (folder / "summary.json").write_text(summary)
+    if metrics:
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "val_loss": 3.0 / s}) + "\n"
+                                                      for s in (1, 2, 3)))
+    return folder
+
+
+@pytest.mark.parametrize("ext,magic", [(".pdf", b"%PDF"), (".svg", b"<?xml"), (".svgz", b"\x1f\x8b"),
+                                       (".JPG", b"\xff\xd8\xff")])
+def test_compare_plots_in_the_format_its_extension_names(cli, tmp_path, ext, magic):
+    pytest.importorskip("matplotlib")
+    runs = [fake_run(tmp_path / name) for name in ("a", "b")]
+    result = cli("compare", *runs, "--plot", tmp_path / f"curves{ext}")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / f"curves{ext}").read_bytes().startswith(magic)
+
+
+@pytest.mark.parametrize("name,problem", [("curves.xyz", "its extension .xyz is not an image format matplotlib writes"),
+                                          ("curves", "it has no extension")])
+def test_compare_refuses_a_plot_name_it_cannot_write_before_reading_the_runs(cli, tmp_path, name, problem):
+    pytest.importorskip("matplotlib")
+    result = cli("compare", tmp_path / "no-such-run", "--plot", tmp_path / name)  # the name is checked first
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"error: --plot {tmp_path / name}: {problem}; end it with one of ")
+    assert ".pdf" in result.output and ".png" in result.output and ".svg" in result.output
+    assert not (tmp_path / name).exists()
+
+
+def test_compare_says_a_summary_is_damaged_and_which_runs_the_plot_leaves_out(cli, tmp_path):
+    pytest.importorskip("matplotlib")
+    runs = [fake_run(tmp_path / "ok"), fake_run(tmp_path / "cut", summary='{"status": "fin'),
+            fake_run(tmp_path / "nometrics", metrics=False)]
+    result = cli("compare", *runs, "--plot", tmp_path / "c.png")
+    assert result.exit_code == 0, result.output
+    status = next(line for line in result.stdout.splitlines() if line.startswith("| status"))
+    assert "damaged (summary.json unreadable)" in status and "no summary.json" not in status
+    assert result.stderr == "warning: --plot leaves out nometrics (no metrics.jsonl)\n"
+    assert f"Wrote {tmp_path / 'c.png'}" in result.stdout

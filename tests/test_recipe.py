@@ -187,6 +187,17 @@ def test_problems_are_listed_in_file_order_then_the_overrides(tmp_path, monkeypa
         f"{path}:4", f"{path}:6", f"{path}:7", f"{path}:8", "--set train.max_steps=x", "--set model.n_head=x"]
 
 
+def test_an_empty_section_is_named_as_such(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\ndata:\nmodel:\ntrain:\nsample:\n")  # bare lines: None, not {}
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    assert str(e.value).splitlines()[1:] == [f"  {path}:{n}: {key}: empty section; remove the line or give it keys"
+                                             for n, key in enumerate(["data", "model", "train", "sample"], start=2)]
+    path.write_text(f"name: r\ndata: {{path: {tmp_path / 'c.txt'}}}\nsample:\n")
+    assert load_recipe(path, ["sample.tokens=5"]).sample.tokens == 5  # an override fills the empty section
+
+
 def test_incompatible_choices_fail_at_validation(write_recipe):
     """test_cli_errors.py has heads that do not divide n_embd and rope with an odd head size."""
     with pytest.raises(RecipeError, match="model.positional: sinusoidal: sinusoidal needs an even n_embd"):

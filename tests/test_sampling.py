@@ -95,3 +95,42 @@ def test_a_tiny_temperature_samples_the_likeliest_token():
 
     logits = torch.tensor([[1.0, 3.0, 2.0]])
     assert next_token(logits, 1e-40, None, torch.Generator().manual_seed(0)).item() == 1
+
+
+def test_on_tokens_streams_every_new_token_once_without_changing_them():
+    from gptkit.sampling import STREAM_EVERY
+
+    model, chunks = peaky_model(), []
+    prompt = torch.zeros(2, 3, dtype=torch.long)
+    tokens = 2 * STREAM_EVERY + 5
+    out = generate(model, prompt, tokens, generator=torch.Generator().manual_seed(2),
+                   on_tokens=lambda ids: chunks.append(ids.clone()))
+    assert [c.size(1) for c in chunks] == [STREAM_EVERY, STREAM_EVERY, 5]
+    assert torch.equal(torch.cat(chunks, dim=1), out[:, 3:])
+    assert torch.equal(out, generate(model, prompt, tokens, generator=torch.Generator().manual_seed(2)))
+
+
+def test_an_interrupted_sample_command_keeps_the_text_generated_so_far(cli, monkeypatch):
+    """Ctrl-C during `gptkit sample` prints the text made before it, then exits 130 as interrupted."""
+    from types import SimpleNamespace
+
+    from gptkit.data.vocab import Vocab
+    from gptkit.recipe.schema import SampleSection
+    from gptkit.sampling import sample
+
+    model = peaky_model()
+    vocab = Vocab([chr(65 + i) for i in range(CONFIG.vocab_size)])
+    expected = sample(model, vocab, "AB", 99, seed=5)  # the first 99 tokens of any longer sample with this seed
+    forwards = []
+
+    def ctrl_c_at_token_100(module, args):
+        forwards.append(1)
+        if len(forwards) == 100:
+            raise KeyboardInterrupt
+
+    model.register_forward_pre_hook(ctrl_c_at_token_100)
+    monkeypatch.setattr("gptkit.cli.sample.load_model",
+                        lambda path, device: (model, SimpleNamespace(sample=SampleSection(prompt="AB")), vocab))
+    result = cli("sample", "some-run", "--tokens", "100000", "--seed", "5")
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    assert result.stdout == expected

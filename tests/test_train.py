@@ -48,6 +48,17 @@ def test_run_writes_everything_a_user_needs(cli, tmp_path, write_recipe):
     assert not list(run.glob(".*.tmp"))
 
 
+def test_the_epoch_line_says_when_max_steps_cut_the_epoch_short(cli, tmp_path, write_recipe):
+    cut = cli("run", write_recipe(), "--runs-dir", tmp_path / "cut")  # max_steps 6, in a longer epoch
+    assert cut.exit_code == 0, cut.output
+    assert re.search(r"^Epoch 1/1 stopped at batch 6/\d+ \(train\.max_steps\) after [\d.]+ s$", cut.output, re.M)
+    assert "done in" not in cut.output
+    full = cli("run", write_recipe(), "--set", "data.max_lines=40", "--set", "train.max_steps=null",
+               "--runs-dir", tmp_path / "full")
+    assert full.exit_code == 0, full.output
+    assert re.search(r"^Epoch 1/1 done in [\d.]+ s$", full.output, re.M) and "stopped at" not in full.output
+
+
 def test_sample_command(cli, tmp_path, write_recipe):
     runs = tmp_path / "runs"
     cli("run", write_recipe(), "--runs-dir", runs, "-q")

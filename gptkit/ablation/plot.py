@@ -19,9 +19,32 @@ def have_matplotlib() -> bool:
     return True
 
 
+def image_formats() -> list[str]:
+    """The file extensions matplotlib can write here (it must be installed): png, pdf, svg, jpg, ..."""
+    import shutil
+
+    import matplotlib
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if not shutil.which(matplotlib.rcParams["pgf.texsystem"]):  # pgf is listed, but needs a TeX install to draw
+        formats.pop("pgf", None)
+    return list(formats)
+
+
+def image_format(path: Path) -> str:
+    """The format `path`'s extension names ("pdf"), or a ValueError listing those matplotlib writes."""
+    fmt = path.suffix.lower().removeprefix(".")
+    formats = image_formats()
+    if fmt not in formats:
+        given = f"its extension .{fmt} is not an image format matplotlib writes" if fmt else "it has no extension"
+        raise ValueError(f"{given}; end it with one of {', '.join('.' + f for f in formats)}")
+    return fmt
+
+
 def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, title: str) -> bool:
-    """Draw `curves` ({label: [one [(tokens, val_loss)] per seed]}) into the PNG `path`.
-    False, drawing nothing, when matplotlib is missing."""
+    """Draw `curves` ({label: [one [(tokens, val_loss)] per seed]}) into `path`, in the format its
+    extension names (image_format). False, drawing nothing, when matplotlib is missing."""
     if not have_matplotlib():
         return False
     import matplotlib
@@ -46,6 +69,7 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    fmt = image_format(path)  # savefig cannot see the name through a file object: it would write PNG
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt))
     plt.close(fig)
     return True

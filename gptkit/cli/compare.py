@@ -2,6 +2,7 @@ from pathlib import Path
 
 import click
 
+from ..ablation import plot
 from ..ablation.plot import HINT, plot_curves
 from ..ablation.report import table
 from ..ablation.runs import read_summary, val_curve
@@ -27,7 +28,9 @@ FIGURES = {
 
 @main.command()
 @click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw their validation curves here (PNG).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also draw their validation curves in this file, in the format its extension names "
+                   "(.png, .pdf, .svg, ...).")
 def compare(run_dirs, plot_path):
     """Print how the recipes of several runs differ, and their final figures side by side.
 
@@ -35,6 +38,8 @@ def compare(run_dirs, plot_path):
     gptkit compare runs/shakespeare-cpu-20261125-101500 runs/shakespeare-cpu-20261125-103000
     gptkit compare runs/ablations/components-cpu-*/*/seed-1337 --plot curves.png
     """
+    if plot_path:  # before any work: a wrong name is not worth reading every run first
+        check_plot_path(Path(plot_path))
     dirs = [Path(d) for d in run_dirs]
     recipes = [flatten(run_recipe(d)) for d in dirs]
     names = short_names(dirs)
@@ -44,21 +49,41 @@ def compare(run_dirs, plot_path):
                                                                       for k in differ]))
     else:
         click.echo("The recipes are identical.\n")
-    summaries = [with_live_status(d, read_summary(d) or {"status": "unknown (no summary.json)"}) for d in dirs]
+    summaries = [with_live_status(d, summary_or_status(d)) for d in dirs]
     rows = [[key, *(cell(fmt, s.get(key)) for s in summaries)] for key, fmt in FIGURES.items()]
     click.echo("Final figures:\n" + table(["", *names], rows), nl=False)
     if plot_path:
         curves = {name: [val_curve(d)] for name, d in zip(names, dirs)}
         if not any(curve for (curve,) in curves.values()):
             raise UserError("--plot: none of these runs has a validation loss yet (metrics.jsonl); nothing to draw")
+        left_off = [f"{name} ({'no validation loss yet' if (d / 'metrics.jsonl').is_file() else 'no metrics.jsonl'})"
+                    for name, d in zip(names, dirs) if not curves[name][0]]
+        if left_off:
+            click.echo(f"warning: --plot leaves out {', '.join(left_off)}", err=True)
         try:
-            drawn = plot_curves(curves, Path(plot_path), "validation loss")
+            plot_curves(curves, Path(plot_path), "validation loss")  # matplotlib is there: check_plot_path
         except OSError as e:
             raise UserError(f"--plot {plot_path}: cannot write it: {e.strerror}; choose another file") from None
-        if drawn:
-            click.echo(f"Wrote {plot_path}")
-        else:
-            raise UserError(f"--plot needs matplotlib, which is not installed: {HINT}")
+        click.echo(f"Wrote {plot_path}")
+
+
+def check_plot_path(path: Path) -> None:
+    if not plot.have_matplotlib():
+        raise UserError(f"--plot needs matplotlib, which is not installed: {HINT}")
+    try:
+        plot.image_format(path)
+    except ValueError as e:
+        raise UserError(f"--plot {path}: {e}") from None
+
+
+def summary_or_status(run_dir: Path) -> dict:
+    """The run's summary, or a status saying why there is none to show."""
+    summary = read_summary(run_dir)
+    if summary:
+        return summary
+    if (run_dir / "summary.json").exists():  # but not a JSON object: cut short or hand-edited
+        return {"status": "damaged (summary.json unreadable)"}
+    return {"status": "unknown (no summary.json)"}
 
 
 def with_live_status(run_dir: Path, summary: dict) -> dict:

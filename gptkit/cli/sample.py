@@ -49,9 +49,12 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
         where = "--prompt" if given else "the run's sample.prompt"
         raise UserError(f"{where} {prompt!r}: {e}") from None
     t0 = time.perf_counter()
-    text = sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, cache)
+    # Streamed as it is made (click.echo flushes): a long sample shows progress, and a Ctrl-C keeps
+    # the text so far on stdout before the CLI reports the interruption.
+    sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, cache,
+                 on_text=lambda text: click.echo(text, nl=False))
     seconds = time.perf_counter() - t0
-    click.echo(text)
+    click.echo()
     if not tokens:
         return
     if not cache:

@@ -35,8 +35,22 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping with keys such as name, data, model, train; got {type(data).__name__}")
+    _refuse_ablation_file(path, data)
     applied = apply_overrides(data, overrides, origins)
     return validate(data, origin=str(path), base_dir=path.parent, lines=lines, overrides=applied)
+
+
+def _refuse_ablation_file(path: Path, data: dict) -> None:
+    """An ablation file read as a recipe would fail on each of its keys (`mode`: did you mean 'model'?):
+    one line instead. `gptkit ablate` takes a file with `recipe:` for an ablation, anything else for a
+    recipe to vary, so a `vary:` without `recipe:` must not send the user back there unchanged."""
+    if data.keys() & {"data", "model", "train"} or not data.keys() & {"recipe", "vary"}:
+        return
+    if "recipe" in data:
+        raise RecipeError(f"{path} looks like an ablation file (it has `recipe:`), not a recipe; "
+                          f"run it with: gptkit ablate {path}")
+    raise RecipeError(f"{path} looks like an ablation file (it has `vary:`) but lacks `recipe:`, the base recipe "
+                      f"to vary; add `recipe: PATH` and run it with: gptkit ablate {path}")
 
 
 def apply_overrides(data: dict, overrides: Sequence[str] | None, origins: Mapping[str, str] | None = None

@@ -151,6 +151,16 @@ class SampleSection(Section):
     top_k: PositiveInt | None = 40
 
 
+def _not_empty(value):
+    if value is None:  # a bare `sample:` line; pydantic would name the section's class
+        raise RecipeIssue([((), "empty section; remove the line or give it keys")])
+    return value
+
+
+def section(cls: type[Section]):
+    return Annotated[cls, BeforeValidator(_not_empty)]
+
+
 class Recipe(Section):
     """A whole training run."""
 
@@ -158,12 +168,12 @@ class Recipe(Section):
     seed: int = Field(1337, ge=SEEDS.start, lt=SEEDS.stop, description="torch's seeds are 64-bit")
     imports: list[RecipePath] = Field(default_factory=list, description="local Python files that register "
                                       "components (with gptkit.components.register); relative to the recipe file")
-    data: DataSection
+    data: section(DataSection)
     # Built when a recipe is validated, not at import: a component default may be unusable (a plugin
     # claiming its name), and that must be a recipe error, not a crash of every command.
-    model: ModelSection = Field(default_factory=dict, validate_default=True)
-    train: TrainSection = Field(default_factory=dict, validate_default=True)
-    sample: SampleSection = SampleSection()
+    model: section(ModelSection) = Field(default_factory=dict, validate_default=True)
+    train: section(TrainSection) = Field(default_factory=dict, validate_default=True)
+    sample: section(SampleSection) = SampleSection()
 
     def to_dict(self) -> dict:
         """Plain values only: safe in a weights_only checkpoint and as YAML."""

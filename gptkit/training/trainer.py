@@ -304,7 +304,10 @@ class Trainer:
                     if last or (end_of_epoch if every is None else state.step % every == 0):
                         self._save()
                     self._checkpoint_and_stop_if_asked()
-                self.progress.log(f"Epoch {epoch + 1}/{self.epochs} done in {timer.seconds():.2f} s"
+                done = state.step - epoch * self.steps_per_epoch  # fewer than an epoch: max_steps cut it short
+                ended = ("done in" if done >= self.steps_per_epoch else
+                         f"stopped at batch {done}/{self.steps_per_epoch} (train.max_steps) after")
+                self.progress.log(f"Epoch {epoch + 1}/{self.epochs} {ended} {timer.seconds():.2f} s"
                                   f"{' (CUDA events)' if timer.cuda else ''}")
         state.seconds = time.perf_counter() - t0
         self.progress.close()
