@@ -21,10 +21,9 @@ from pathlib import Path
 
 from ..errors import UserError, did_you_mean, listing
 from ..io import read_text
-from ..recipe import Recipe, load_recipe
-from ..recipe.load import _is_path
+from ..recipe import Recipe, load_recipe, yaml
+from ..recipe.load import is_path
 from ..recipe.schema import SEEDS
-from ..recipe import yaml
 
 # Varying one of these changes what the arms are trained or judged on, not just the model.
 UNFAIR = {
@@ -238,7 +237,7 @@ def load_ablation(path: Path) -> Ablation:
 def absolute(key: str, value, base: Path | None = None):
     """`value` for the dotted `key` with a relative path (or list of paths, as `imports`) made absolute
     from `base`, by default the current directory as with --set; any other value as it is."""
-    if not _is_path(tuple(key.split("."))):
+    if not is_path(tuple(key.split("."))):
         return value
     path = lambda v: os.path.abspath((base or Path()) / Path(v).expanduser()) if isinstance(v, str) else v
     return [path(v) for v in value] if isinstance(value, list) else path(value)
@@ -323,7 +322,7 @@ def spelling(key: str, text: str):
     value = yaml.load(text, key)[0]
     if isinstance(value, dict) and value.keys() == {"name"}:
         return value["name"]
-    if _is_path(tuple(key.split("."))):
+    if is_path(tuple(key.split("."))):
         name = lambda v: Path(v).name if isinstance(v, str) else v
         return [name(v) for v in value] if isinstance(value, list) else name(value)
     return value

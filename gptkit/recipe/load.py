@@ -157,7 +157,7 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
         first = next(iter(value))  # a whole section would silently drop the recipe's other keys in it
         raise RecipeError(f"{label}: replaces the whole {key} section, dropping the recipe's other {key} keys; "
                           f"set keys one by one, e.g. --set {key}.{first}={json.dumps(value[first])}")
-    if _is_path(parts):  # paths on the command line are relative to the cwd
+    if is_path(parts):  # paths on the command line are relative to the cwd
         if isinstance(value, str):
             value = str(Path(value).expanduser().absolute())
         elif isinstance(value, list):
@@ -192,7 +192,8 @@ def _field(parts: tuple) -> FieldInfo | None:
     return field
 
 
-def _is_path(parts: tuple) -> bool:
+def is_path(parts: tuple) -> bool:
+    """Whether the recipe field at `parts` (("data", "path")) holds a path, or a list of paths."""
     field = _field(parts)
     if field is None:
         return False
