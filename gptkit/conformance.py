@@ -60,13 +60,13 @@ def _module(spec: ComponentSpec, config: GPTConfig):
 
 
 def _input(config: GPTConfig) -> torch.Tensor:
-    return _randn(3, config.block_size, config.n_embd, generator=torch.Generator().manual_seed(1))
+    return _randn((3, config.block_size, config.n_embd), generator=torch.Generator().manual_seed(1))
 
 
-def _randn(*size: int, generator: torch.Generator) -> torch.Tensor:
+def _randn(size: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     """Drawn on the CPU, so the same numbers on any device, then put on the device checked on (the
     default device within `check_component`)."""
-    return torch.randn(*size, generator=generator, device="cpu").to(torch.get_default_device())
+    return torch.randn(size, generator=generator, device="cpu").to(torch.get_default_device())
 
 
 # ---- the checks ------------------------------------------------------------------------------
@@ -271,8 +271,8 @@ def check_offsets(spec, config):
     as tables that start at zero hide an ignored offset."""
     pos = _randomised(_module(spec, config))
     T, s, g = config.block_size, config.block_size // 2 + 1, torch.Generator().manual_seed(2)
-    x = _randn(2, T, config.n_embd, generator=g)
-    q, k = (_randn(2, config.n_head, T, config.head_dim, generator=g) for _ in range(2))
+    x = _randn((2, T, config.n_embd), generator=g)
+    q, k = (_randn((2, config.n_head, T, config.head_dim), generator=g) for _ in range(2))
     with torch.no_grad():
         _assert_same(pos.embed(x[:, s:], s), pos.embed(x)[:, s:], f"embed(x[:, {s}:], start={s})")
         (q_s, k_s), (q_0, k_0) = pos.rotate(q[:, :, s:], k[:, :, s:], s), pos.rotate(q, k)
@@ -297,7 +297,7 @@ def _randomised(module):
     with torch.no_grad():
         for t in [*module.parameters(), *module.buffers()]:
             if t.is_floating_point():
-                t.add_(_randn(*t.shape, generator=torch.Generator().manual_seed(t.numel())) * 0.5)
+                t.add_(_randn(t.shape, generator=torch.Generator().manual_seed(t.numel())) * 0.5)
     return module
 
 
@@ -323,7 +323,7 @@ def check_uses_positional(spec, config):
     other check with no positional at all, and silently learns without positions."""
     T, t = config.block_size, config.block_size // 2
     attn = spec.build(config, _Spy(config)).eval()
-    x = _randn(2, T, config.n_embd, generator=torch.Generator().manual_seed(3))
+    x = _randn((2, T, config.n_embd), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         attn(x)
         expected = [("rotate", T, 0), ("score_bias", T, T)]

@@ -91,7 +91,7 @@ CASES = [
     ("prompt-unknown-characters", lambda c: recipe_text(c, sample__prompt="ZEUS:"), [],  # found before training
      ["sample.prompt 'ZEUS:': characters not in the vocabulary: 'Z'", "change sample.prompt"]),
     ("empty-section", lambda c: GOOD.replace("CORPUS", str(c)) + "sample:\n", [],
-     ["bad.yaml:8: sample: empty section; remove the line or give it keys\n"]),
+     ["bad.yaml:8: sample: empty section; give it keys, or remove it\n"]),
     ("ablation-file", lambda c: "recipe: r.yaml\nmode: grid\nseeds: 2\nset: {train.lr: 0.01}\nvary: {model.norm: [rmsnorm]}\n",
      [], ["bad.yaml looks like an ablation file (it has `recipe:`), not a recipe; run it with: gptkit ablate "]),
     ("ablation-file-without-recipe", lambda c: "vary: {model.norm: [rmsnorm]}\n", [],

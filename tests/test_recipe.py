@@ -181,10 +181,11 @@ def test_problems_are_listed_in_file_order_then_the_overrides(tmp_path, monkeypa
     path = tmp_path / "r.yaml"
     path.write_text("name: r\ndata: {path: c.txt}\nmodel:\n  n_embd: x\ntrain:\n  lr: x\n  epochs: x\n  batch_size: x\n")
     with pytest.raises(RecipeError) as e:
-        load_recipe(path, ["train.max_steps=x", "model.n_head=x"])
+        load_recipe(path, ["train.max_steps=x", "model.positional.base=x", "model.n_head=x"])  # applied by depth
     lines = str(e.value).splitlines()[1:]
     assert [line.split(": ")[0].strip() for line in lines] == [
-        f"{path}:4", f"{path}:6", f"{path}:7", f"{path}:8", "--set train.max_steps=x", "--set model.n_head=x"]
+        f"{path}:4", f"{path}:6", f"{path}:7", f"{path}:8", "--set train.max_steps=x", "--set model.positional.base=x",
+        "--set model.n_head=x"]
 
 
 def test_an_empty_section_is_named_as_such(tmp_path):
@@ -192,7 +193,7 @@ def test_an_empty_section_is_named_as_such(tmp_path):
     path.write_text("name: r\ndata:\nmodel:\ntrain:\nsample:\n")  # bare lines: None, not {}
     with pytest.raises(RecipeError) as e:
         load_recipe(path)
-    assert str(e.value).splitlines()[1:] == [f"  {path}:{n}: {key}: empty section; remove the line or give it keys"
+    assert str(e.value).splitlines()[1:] == [f"  {path}:{n}: {key}: empty section; give it keys, or remove it"
                                              for n, key in enumerate(["data", "model", "train", "sample"], start=2)]
     path.write_text(f"name: r\ndata: {{path: {tmp_path / 'c.txt'}}}\nsample:\n")
     assert load_recipe(path, ["sample.tokens=5"]).sample.tokens == 5  # an override fills the empty section
@@ -246,7 +247,8 @@ def test_train_model_passes_epochs_as_given(write_recipe, tmp_path):
 
 AWKWARD = ["1e5", "no", "on", "null", "~", "0x10", "1_000", ".inf", "2026-11-29", "yes", "", " leading space",
            "trailing ", "a: b", "#x", "- x", "'q'", '"dq"', "multi\nline", "crlf\r\n", "\u2028", "tab\there", "=", "<<",
-           "True", "012", "1:20", "héllo ☃ 名前", "\x00\x7f\ufeff", "x" * 300]
+           "True", "012", "1:20", "héllo ☃ 名前", "\x00\x7f\ufeff", "x" * 300,
+           "x\u00a0", "\u3000x", "ROMEO:\u3000"]
 
 
 @pytest.mark.parametrize("value", [*AWKWARD, 1e-3, 1e20, -2.5e-300, float("inf"), 0, -7, 10**30, True, False, None,

@@ -176,7 +176,8 @@ def check_no_strays(plan: Plan, folder: Path) -> None:
         if folder.is_dir() else []
     if strays:
         raise UserError(f"{folder} holds runs of arms this ablation does not have ({', '.join(strays[:3])}): it is "
-                        "another ablation's folder; pass --out with a new folder, or delete that one")
+                        "another ablation's folder (or one an earlier gptkit named otherwise: {name: ...} values, "
+                        "exponents with + and paths); pass --out with a new folder, or delete or rename those")
 
 
 def check_same(run_dir: Path, recipe: Recipe) -> None:

@@ -119,7 +119,8 @@ def split_values(text: str) -> list[str]:
         elif ch == "," and depth == 0:
             values.append(text[start:i].strip())
             start = i + 1
-        opens = ch in ",[{" or ch.isspace() and (opens or text[i - 1] == ":")
+        after_colon = i > 0 and text[i - 1] == ":"
+        opens = ch in ",[{" or (ch.isspace() and (opens or after_colon))
         i += 1
     values.append(text[start:].strip())
     return values
@@ -341,7 +342,8 @@ def check_claims(ablation: Ablation, recipe: Recipe, changes: list[tuple[str, st
             have = have.get(part) if isinstance(have, dict) else None
         if not holds(wanted, have):
             below = [name for t, name in named.items() if t.partition("=")[0].strip().startswith(key + ".")]
-            by = f" ({' and '.join(below)} set{'s' * (len(below) == 1)} a field in it)" if below else ""
+            verb = "sets" if len(below) == 1 else "set"
+            by = f" ({' and '.join(below)} {verb} a field in it)" if below else ""
             raise UserError(f"arm {label}: its {key} would be {yaml_text(have)}, not {text}{by}; "
                             "give each field one value per arm")
 

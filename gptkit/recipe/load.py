@@ -58,8 +58,10 @@ def apply_overrides(data: dict, overrides: Sequence[str] | None, origins: Mappin
     """apply_override for each of `overrides`, in order, except that a key goes before the keys below it
     (model.positional=rope before model.positional.base=500, whichever came first: else naming the
     component would start it from its defaults, silently dropping the parameter); what they return."""
-    ordered = sorted(check_overrides(overrides), key=lambda text: text.partition("=")[0].count("."))  # stable
-    applied = [apply_override(data, text, (origins or {}).get(text)) for text in ordered]
+    texts = check_overrides(overrides)
+    depth_first = sorted(range(len(texts)), key=lambda i: texts[i].partition("=")[0].count("."))  # stable
+    done = {i: apply_override(data, texts[i], (origins or {}).get(texts[i])) for i in depth_first}
+    applied = [done[i] for i in range(len(texts))]  # in the order given: problems are reported in it
     keys = [k for k, _ in applied]
     if ("data", "path") in keys and ("data", "corpus") not in keys and isinstance(data.get("data"), dict):
         # The corpus makes the recipe's own file. Another path is the user's text: a typo in its name

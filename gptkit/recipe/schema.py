@@ -153,7 +153,7 @@ class SampleSection(Section):
 
 def _not_empty(value):
     if value is None:  # a bare `sample:` line; pydantic would name the section's class
-        raise RecipeIssue([((), "empty section; remove the line or give it keys")])
+        raise RecipeIssue([((), "empty section; give it keys, or remove it")])
     return value
 
 

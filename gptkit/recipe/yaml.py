@@ -181,4 +181,4 @@ def dump(data, flow: bool = False) -> str:
     style with keys in their order, or with `flow` on one line (as `--set` takes a value)."""
     text = yaml.dump(data, Dumper=_Dumper, default_flow_style=flow, sort_keys=False, allow_unicode=True,
                      width=float("inf"))  # not folded over lines: a long prompt or path stays one line
-    return text.removesuffix("...\n").strip() if flow else text
+    return text.removesuffix("...\n").rstrip("\n") if flow else text  # strip() would take a trailing U+3000
