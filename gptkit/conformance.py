@@ -21,7 +21,7 @@ from .model import build_model
 from .recipe.components import MODEL_KINDS, ComponentSpec, parse_component
 from .recipe.schema import ModelSection
 from .registry import RegistryError, registry
-from .training.checkpoint import state_dict_mismatch
+from .training.checkpoint import state_dict_mismatch, unloadable
 from .training.trainer import build_optimizer, flat_gradients, param_groups, set_lr
 
 PAIRED = ("attention", "positional")  # each must work with every component of the other kind
@@ -412,6 +412,10 @@ def check_resumes_exactly(spec, config):
     b = _seeded_model(config, seed=1)
     b.load_state_dict(a.state_dict())
     optimizer_b = _optimizer(spec, b)
+    found = unloadable(optimizer_a.state_dict(), "state_dict()")
+    if found:
+        raise AssertionError(f"state_dict() holds {found}, which a checkpoint loaded with "
+                             "torch.load(weights_only=True) cannot")
     optimizer_b.load_state_dict(copy.deepcopy(optimizer_a.state_dict()))
     _train(a, optimizer_a, config, steps=1)
     _train(b, optimizer_b, config, steps=1)

@@ -444,3 +444,32 @@ def test_a_component_typed_into_a_repl_is_named_without_a_file(monkeypatch, scra
     with pytest.raises(UserError, match=r"^feedforward 'typed_in_repl' from __main__ is broken: building it raised "
                                         r"ValueError: typo$"):
         parse_component("feedforward", "typed_in_repl").build(object())
+
+
+def test_an_optimizer_state_no_checkpoint_can_load_is_refused_when_saved(run_with, tmp_path):
+    # A numpy scalar is a float to isinstance, but torch.load(weights_only=True) refuses it: the
+    # checkpoint would be written, and no --resume or sample could read it.
+    source = """
+        import numpy as np
+
+        class Noting(torch.optim.AdamW):
+            def step(self, closure=None):
+                for group in self.param_groups:
+                    group["last_norm"] = np.float64(1.0)
+                return super().step(closure)
+
+        @register("optimizer", "noting")
+        class NotingOptimizer(Optimizer):
+            def build(self, groups, lr):
+                return Noting(groups, lr)
+    """
+    result = run_with(source, "train.optimizer=noting")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert (f"error: optimizer 'noting' from {tmp_path / 'mine.py'} is broken: its state_dict() holds a "
+            "numpy.float64 at state_dict()['param_groups'][0]['last_norm'], which a checkpoint loaded with "
+            "torch.load(weights_only=True) cannot") in result.output, result.output
+
+    from gptkit.conformance import check_component
+
+    resumes = {r.check: r for r in check_component("optimizer", "noting")}["resumes exactly"]
+    assert resumes.status == "fail" and "numpy.float64" in resumes.detail, resumes

@@ -154,3 +154,31 @@ def test_every_component_and_setting_trains(tmp_path, write_recipe, override):
     result = train(load_recipe(write_recipe(train={"max_steps": 2}), [override]), runs_dir=tmp_path / "runs", quiet=True)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and math.isfinite(summary["final_val_loss"]), summary
+
+
+def test_resuming_a_folder_that_cannot_be_written_is_one_error(tmp_path, write_recipe, cli, monkeypatch):
+    import errno
+
+    from gptkit.training import resume
+
+    path = write_recipe()
+    run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir
+
+    def read_only(file, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(file))
+
+    monkeypatch.setattr(resume, "open", read_only, raising=False)
+    result = cli("run", path, "--resume", run, "--set", "train.max_steps=20")
+    assert result.exit_code == 2 and result.output.splitlines() == [
+        f"error: {run} cannot be written (Read-only file system): a run trains and resumes in its own folder; "
+        "copy it somewhere writable and resume the copy"], result.output
+
+
+def test_a_checkpoint_whose_characters_do_not_match_its_vocabulary_size_is_refused(tmp_path, write_recipe, cli):
+    run = train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["itos"] = state["itos"][:10]
+    torch.save(state, tmp_path / "cut.pt")
+    result = cli("sample", tmp_path / "cut.pt", "--tokens", "50")
+    assert result.exit_code == 2 and "lacks a valid itos (as many characters as vocab_size)" in result.output, \
+        result.output

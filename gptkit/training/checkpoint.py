@@ -1,6 +1,7 @@
 """Checkpoints: plain tensors and values only, loadable with `torch.load(weights_only=True)`."""
 
 import codecs
+import collections
 import pickle
 import zipfile
 from pathlib import Path
@@ -24,12 +25,41 @@ def state_dict_mismatch(e: RuntimeError) -> str:
     return next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))[:300]
 
 
+# What torch.load(weights_only=True) rebuilds; anything else in a checkpoint would make it unloadable.
+PLAIN = {dict, collections.OrderedDict, list, tuple, str, int, float, bool, type(None), torch.Tensor,
+         torch.nn.Parameter, torch.Size, torch.dtype, torch.device}
+
+
+def unloadable(value, where: str) -> str | None:
+    """'a numpy.float64 at WHERE.param_groups[0].norm': the first value in `value` that a checkpoint must
+    not hold, being no tensor or plain value (a numpy scalar is a float to isinstance, not to torch.load);
+    None if there is none."""
+    kind = type(value)
+    if kind not in PLAIN:
+        return f"a {kind.__module__}.{kind.__qualname__} at {where}"
+    if kind in (dict, collections.OrderedDict):
+        items = value.items()
+    elif kind in (list, tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = unloadable(key, f"{where} (a key)") or unloadable(item, f"{where}[{key!r}]")
+        if found:
+            return found
+    return None
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict, itos: list[str], **extra) -> None:
-    """Write atomically: a crash mid-save leaves the previous checkpoint intact."""
+    """Write atomically: a crash mid-save leaves the previous checkpoint intact. Only tensors and plain
+    values, or no `torch.load(weights_only=True)` could read it back: refused here, not when resuming."""
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:  # never let a diverged model overwrite a good checkpoint
         raise ValueError(f"refusing to save non-finite weights: {', '.join(bad[:3])}")
+    found = unloadable(extra, "checkpoint")
+    if found:
+        raise ValueError(f"refusing to save a checkpoint that could not be loaded safely: it holds {found}")
     state = {
         "format": FORMAT,
         "version": VERSION,
@@ -86,6 +116,8 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a gptkit checkpoint")
     wrong = [key for key, kind in REQUIRED.items() if not isinstance(state.get(key), kind)]
+    if not wrong and len(state["itos"]) != state["vocab_size"]:
+        wrong = ["itos (as many characters as vocab_size)"]
     if wrong:  # a hand-made or damaged file: said here, not as a KeyError deep in resume or sampling
         raise UserError(f"checkpoint {path} lacks a valid {', '.join(wrong)}; it cannot be used")
     return state

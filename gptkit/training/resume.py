@@ -149,7 +149,12 @@ def lock_run(run_dir: Path):
     if fcntl is None:
         yield
         return
-    with open(run_dir / ".lock", "a") as f:
+    try:
+        f = open(run_dir / ".lock", "a")
+    except OSError as e:  # the first write into the folder: a read-only one is said here, once, with a way out
+        raise UserError(f"{run_dir} cannot be written ({e.strerror}): a run trains and resumes in its own "
+                        "folder; copy it somewhere writable and resume the copy") from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -27,6 +27,7 @@ from ..errors import Diverged, Interrupted, UserError, out_of_memory
 from ..model import GPT
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
+from .checkpoint import unloadable
 from .distributed import Distributed
 from .progress import Progress
 from .speed import compile_failures, compiled, micro_batch_size
@@ -254,7 +255,12 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"optimizer": self.optimizer.state_dict(), "state": asdict(self.state), "rng": rng}
+        optimizer = self.optimizer.state_dict()
+        found = unloadable(optimizer, "state_dict()")
+        if found:  # else the checkpoint is written, and no resume or sample can load it
+            raise self.cfg.optimizer.error(f"its state_dict() holds {found}, which a checkpoint loaded with "
+                                           "torch.load(weights_only=True) cannot; keep tensors and plain Python values there")
+        return {"optimizer": optimizer, "state": asdict(self.state), "rng": rng}
 
     def load_state_dict(self, saved: dict) -> None:
         try:
