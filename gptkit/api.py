@@ -21,7 +21,7 @@ def train_model(config_path: str | Path | Recipe, data_path: str | Path | None =
     strings (a Recipe is validated again with them, and left as it was). The run folder is created
     under `runs_dir` as with `gptkit run`; `save_path`, if given, receives the final weights with the
     recipe and vocabulary (for `load_model` and `gptkit sample`; the run folder's checkpoint is the
-    one to resume from).
+    one to resume from). Under torchrun, rank 0 alone writes both.
     """
     overrides = list(check_overrides(overrides))
     if data_path is not None:
@@ -35,7 +35,7 @@ def train_model(config_path: str | Path | Recipe, data_path: str | Path | None =
     else:
         raise TypeError(f"train_model takes a recipe file's path or a Recipe, got {type(config_path).__name__}")
     result = train(recipe, runs_dir=runs_dir, quiet=quiet)
-    if save_path is not None:
+    if save_path is not None and result.run_dir is not None:  # None: a torchrun rank but 0, which writes nothing
         save_checkpoint(Path(save_path), result.model, recipe.to_dict(), result.dataset.itos, step=result.summary["steps"],
                         plugins=recipe.plugin_sources())
     return result.model, result.dataset

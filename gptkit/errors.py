@@ -68,6 +68,7 @@ class Diverged(RunStopped):
 
 
 class CheckpointError(RunStopped):
-    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+    """A checkpoint or another run file could not be written (disk full, permissions); the previous
+    checkpoint, if there is one, is intact."""
 
     exit_code = 4

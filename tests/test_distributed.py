@@ -3,6 +3,7 @@ global batch, and only rank 0 writes."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -231,3 +232,54 @@ def test_a_user_error_under_torchrun_is_printed_once(tmp_path, write_recipe):
     result = torchrun("run", write_recipe(train={"batch_size": 7}), "--runs-dir", tmp_path / "ddp", "-q")
     assert result.returncode != 0
     assert result.stdout.count("error: train.batch_size 7 is the global batch") == 1, result.stdout
+
+
+DISK_FULL_ON_RANK_0 = """
+import errno, os, sys
+from gptkit.cli import main
+from gptkit.training import run
+
+def disk_full(path, *args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+if os.environ["RANK"] == "0":  # the disk only rank 0 writes to is full
+    setattr(run, sys.argv.pop(1), disk_full)
+else:
+    sys.argv.pop(1)
+main(prog_name="gptkit")
+"""
+
+
+@pytest.mark.parametrize("fails", ["write_text", "save_checkpoint"])  # before training (recipe.yaml); at the first save
+def test_a_failure_of_rank_0_alone_is_said_once_and_the_others_stop_quietly(tmp_path, write_recipe, fails):
+    script = tmp_path / "disk_full.py"
+    script.write_text(DISK_FULL_ON_RANK_0)
+    recipe = write_recipe(train={"batch_size": 8, "checkpoint_every": 2})
+    out = torchrun(fails, "run", recipe, "--runs-dir", tmp_path / "ddp", "-q", entry=(script,)).stdout
+    assert out.count("No space left on device") == 1, out  # said by rank 0
+    assert "[rank1]" not in out and "Connection closed" not in out, out  # no traceback from rank 1 meeting rank 0 gone
+    # Rank 1 waits for rank 0 to end, so that torchrun names rank 0 (the failed save's exit code) as the cause
+    assert re.search(r"rank\s*: 0 \(local_rank: 0\)\s*exitcode\s*: 4\b", out.split("Root Cause")[-1]), out
+    if fails == "save_checkpoint":
+        (run_dir,) = (tmp_path / "ddp").iterdir()
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    else:
+        assert not list((tmp_path / "ddp").iterdir())
+
+
+TRAIN_MODEL = """
+import sys
+import gptkit
+
+gptkit.train_model(sys.argv[1], save_path=sys.argv[2], runs_dir=sys.argv[3], quiet=True)
+print("returned", flush=True)
+"""
+
+
+def test_train_model_under_torchrun_saves_on_rank_0_alone(tmp_path, write_recipe):
+    script = tmp_path / "train_model.py"
+    script.write_text(TRAIN_MODEL)
+    saved = tmp_path / "out" / "model.pt"
+    result = torchrun(write_recipe(train={"batch_size": 8}), saved, tmp_path / "ddp", entry=(script,))
+    assert result.returncode == 0 and result.stdout.count("returned") == 2, result.stdout
+    assert torch.load(saved, weights_only=True)["step"] == 6

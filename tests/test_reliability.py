@@ -320,8 +320,27 @@ def test_a_full_disk_before_the_run_starts_leaves_no_half_made_folder(tmp_path, 
 
     monkeypatch.setattr(run_module, "write_text", disk_full)  # the run's first file, recipe.yaml
     result = cli("run", write_recipe(), "--runs-dir", tmp_path / "runs")
-    assert result.exit_code == 1 and "error: No space left on device: " in result.output and "recipe.yaml" in result.output
+    assert result.exit_code == 4, result.output  # a failed save's
+    assert re.search(r"^stopped: could not write recipe.yaml in the new run folder .*: No space left on device; "
+                     r"nothing was trained and the folder is removed: free some space, or pass --runs-dir",
+                     result.output, re.M), result.output
+    assert result.output.count("No space left") == 1 and "Traceback" not in result.output
     assert not list((tmp_path / "runs").iterdir())
+
+
+def test_a_full_disk_that_cannot_take_a_run_folder_is_a_failed_save(tmp_path, write_recipe, cli, monkeypatch):
+    mkdir = Path.mkdir
+
+    def disk_full(path, *args, **kwargs):
+        if path.parent.name == "runs":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return mkdir(path, *args, **kwargs)
+
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(Path, "mkdir", disk_full)
+    result = cli("run", write_recipe(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 4 and "cannot create a run folder in " in result.output, result.output
+    assert "No space left on device; free some space, or pass --runs-dir" in result.output
 
 
 def test_a_failed_save_stops_the_run_loudly(tmp_path, write_recipe, monkeypatch):
@@ -341,6 +360,17 @@ def test_a_failed_save_stops_the_run_loudly(tmp_path, write_recipe, monkeypatch)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and "No space left" in summary["reason"]
     assert load_checkpoint(run)["step"] == 2 and not list(run.glob(".*.tmp"))
+
+
+def test_a_failed_first_save_says_that_no_checkpoint_was_saved(tmp_path, write_recipe, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match=r"No space left on device; no checkpoint was saved yet \(resuming "
+                                              r"starts the run over\)") as e:
+        train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True)
+    assert e.value.exit_code == 4 and not (e.value.run_dir / "checkpoint.pt").exists()
 
 
 GoesNaN = goes_nan(after=10)  # diverges at step 11
@@ -416,7 +446,8 @@ def test_a_full_disk_while_writing_metrics_stops_the_run_like_a_failed_save(tmp_
             return self.f.__exit__(*exc)
 
     monkeypatch.setattr(run_module, "open", lambda *a, **k: FillsUp(open(*a, **k)), raising=False)
-    with pytest.raises(CheckpointError, match="could not write metrics.jsonl in .*: No space left on device") as e:
+    with pytest.raises(CheckpointError, match="could not write metrics.jsonl in .*: No space left on device; no "
+                                              "checkpoint was saved yet") as e:  # (the first is at step 6)
         train(load_recipe(write_recipe(train={"max_steps": 6, "log_every": 2})), runs_dir=tmp_path / "runs", quiet=True)
     assert e.value.exit_code == 4
     summary = json.loads((e.value.run_dir / "summary.json").read_text())

@@ -19,9 +19,19 @@ import torch
 import torch.distributed as td
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import UserError
+from ..errors import RunStopped, UserError
 
 DDP_OPTIONS = inspect.signature(DistributedDataParallel).parameters
+FAILED = 2  # what a rank that failed alone adds to a vote, plus its exit code: a stop vote's flags are 0 and 1
+
+
+class PeerFailed(RunStopped):
+    """Under torchrun, another rank failed alone (rank 0, writing the run folder) and reports why: this
+    one stops without a word, with its exit code, instead of meeting its closed connection."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"another process of this torchrun job failed (exit code {exit_code}) and reports why")
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -90,12 +100,28 @@ class Distributed:
         return items[self.rank :: self.world_size]
 
     def any_rank(self, flag: bool) -> bool:
-        """Whether `flag` holds on any rank. A CPU all-reduce through gloo: it never waits for the GPU."""
+        """Whether `flag` holds on any rank. A CPU all-reduce through gloo: it never waits for the GPU.
+        PeerFailed if a rank `abort`ed instead of voting."""
         if self.world_size == 1:
             return flag
         t = torch.tensor([float(flag)])
-        td.all_reduce(t, group=self.host_group)
+        td.all_reduce(t, op=td.ReduceOp.MAX, group=self.host_group)
+        if int(t) >= FAILED:
+            raise PeerFailed(int(t) - FAILED)
         return bool(t)
+
+    def abort(self, exit_code: int) -> None:
+        """Take part in the vote the other ranks are waiting at (or are on their way to) as a rank that
+        failed alone: they stop quietly with `exit_code`, and this rank reports the error once."""
+        if self.world_size > 1:
+            with contextlib.suppress(RuntimeError):  # they may be gone already: nothing is left to tell
+                td.all_reduce(torch.tensor([float(FAILED + exit_code)]), op=td.ReduceOp.MAX, group=self.host_group)
+
+    def outlive(self) -> None:
+        """After PeerFailed: wait until the rank that failed has said why and ended (its closed connection ends
+        this barrier, which it never joins), so that torchrun names it, not this rank, as the job's failure."""
+        with contextlib.suppress(RuntimeError):
+            td.barrier(group=self.host_group)
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         return self.sum(t) / self.world_size if self.world_size > 1 else t

@@ -4,6 +4,7 @@ A run folder always holds `summary.json` whose `status` is running, finished, in
 failed. Runs are resumed from their last checkpoint with `resume=`.
 """
 
+import errno
 import json
 import os
 import re
@@ -57,6 +58,10 @@ def resolve_device(name: str, what: str = "train.device") -> torch.device:
     return device
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+FREE_SPACE = "free some space, or pass --runs-dir with a folder on another disk"
+
+
 def new_run_dir(runs_dir: Path, name: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
@@ -67,6 +72,8 @@ def new_run_dir(runs_dir: Path, name: str) -> Path:
         except FileExistsError:
             continue
         except OSError as e:
+            if e.errno in DISK_FULL:  # a failed save, as one later in the run would be
+                raise CheckpointError(f"cannot create a run folder in {runs_dir}: {e.strerror}; {FREE_SPACE}") from None
             raise UserError(f"cannot create a run folder in {runs_dir}: {e.strerror}; pass --runs-dir "
                             "with a writable folder") from None
     raise UserError(f"too many runs named {name} in {runs_dir} this second")
@@ -143,28 +150,58 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
                             f"{trainer.total_steps:,}; resume it with a budget of at least {checkpoint['step']:,} "
                             "steps (train.epochs, and train.max_steps if set)")
     if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
-        trainer.fit()
+        try:
+            dist.any_rank(False)  # waits for rank 0's run folder: PeerFailed if it could not set it up
+            trainer.fit()  # PeerFailed at a stop vote if rank 0 could not write a checkpoint or metrics
+        except distributed.PeerFailed:
+            dist.outlive()  # here, out of fit: its SIGTERM handler would make torchrun's stop of this rank a note
+            raise
         return RunResult(model.eval(), dataset, None, {})
+    ready = False
+
+    def start() -> None:  # the run folder is set up: the other ranks, waiting for this vote, train too
+        nonlocal ready
+        ready = True
+        dist.any_rank(False)
+
+    try:
+        return _train_main(recipe, trainer, dataset, checkpoint, runs_dir, run_dir, quiet, log, start)
+    except BaseException as e:
+        if not ready:  # rank 0's alone: the others, waiting, stop quietly rather than meet its closed connection
+            dist.abort(getattr(e, "exit_code", 1))
+        raise
+
+
+def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoint: dict | None,
+                runs_dir: str | Path, run_dir: str | Path | None, quiet: bool, log: Callable[[str], None],
+                start: Callable[[], None]) -> RunResult:
+    """Rank 0's part of `_train`: the run folder, made or resumed, around `train_in`."""
     created = checkpoint is None and (run_dir is None or not Path(run_dir).exists())  # an ablation names its runs'
     if checkpoint is None:  # the folder is made only once every input has been checked
         run_dir = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
     try:
         with lock_run(run_dir):
-            return train_in(run_dir, recipe, trainer, dataset, checkpoint, log)
+            return train_in(run_dir, recipe, trainer, dataset, checkpoint, log, start)
     except (OSError, ComponentError) as e:
         # A folder with nothing of the run is not left behind: a full disk before summary.json, or a
         # component's bug met before the first step (its schedule's factor(0), say).
         nothing = trainer.state.step == 0 if isinstance(e, ComponentError) else not (run_dir / "summary.json").exists()
         if created and nothing:
             shutil.rmtree(run_dir, ignore_errors=True)
-            if isinstance(e, ComponentError) and not quiet:  # its "Run folder:" line is stale
+            if isinstance(e, OSError):  # a save that failed before anything was made: said as one, exit code 4
+                fix = FREE_SPACE if e.errno in DISK_FULL else "pass --runs-dir with a writable folder"
+                raise CheckpointError(f"could not write {Path(e.filename or run_dir).name} in the new run folder "
+                                      f"{run_dir}: {e.strerror or e}; nothing was trained and the folder is "
+                                      f"removed: {fix}") from None
+            if not quiet:  # its "Run folder:" line is stale
                 raise ComponentError(f"{e}\n(nothing was trained: {run_dir} is removed)") from e
         raise
 
 
 def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoint: dict | None,
-             log: Callable[[str], None]) -> RunResult:
-    """Rank 0's part of `train`: the run folder's files around `trainer.fit()`."""
+             log: Callable[[str], None], start: Callable[[], None]) -> RunResult:
+    """Rank 0's part of `train`: the run folder's files around `trainer.fit()`; `start()` once they are
+    set up, before training."""
     model, device = trainer.model, trainer.device
     remove_leftovers(run_dir)  # of a save that was killed midway
     if checkpoint is not None:
@@ -178,19 +215,30 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
 
     # Unbuffered: a full disk fails the write that hit it, not a later flush or the file's closing.
     with open(run_dir / "metrics.jsonl", "ab" if checkpoint else "wb", buffering=0) as metrics:
+        def alone(e: CheckpointError) -> CheckpointError:
+            # This rank's failure alone, in training: the others, on their way to the next stop vote, learn of it
+            # there and stop quietly. Not once the vote said stop: they are stopping already, with no vote to come.
+            if trainer.stop_signal is None:
+                trainer.dist.abort(e.exit_code)
+            return e
+
         def on_metrics(record: dict) -> None:
             try:
                 metrics.write((json.dumps(record) + "\n").encode("utf-8"))
             except OSError as e:
-                raise CheckpointError(f"could not write metrics.jsonl in {run_dir}: {e.strerror or e}; the last "
-                                      "checkpoint is intact. Free some space and resume with --resume") from None
+                raise alone(CheckpointError(f"could not write metrics.jsonl in {run_dir}: {e.strerror or e}; "
+                                            f"{kept(run_dir)}. Free some space and resume with --resume")) from None
 
         def on_checkpoint(trainer: Trainer) -> None:
-            save(run_dir, trainer, recipe, dataset, metrics)
+            try:
+                save(run_dir, trainer, recipe, dataset, metrics)
+            except CheckpointError as e:
+                raise alone(e) from None
 
         trainer.on_metrics, trainer.on_checkpoint = on_metrics, on_checkpoint
         write_summary(run_dir, recipe, trainer, "running")
         try:
+            start()
             trainer.fit()
             if checkpoint is not None and trainer.state.step == checkpoint["step"]:
                 save(run_dir, trainer, recipe, dataset, metrics)  # no step to save, but the sample settings may be new
@@ -217,8 +265,15 @@ def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, 
                         step=trainer.state.step, trainer=trainer.state_dict(), text_sha256=dataset.fingerprint,
                         plugins=recipe.plugin_sources())
     except OSError as e:
-        raise CheckpointError(f"could not save the checkpoint in {run_dir}: {e.strerror or e}; the previous "
-                              "checkpoint is intact. Free some space and resume with --resume") from None
+        raise CheckpointError(f"could not save the checkpoint in {run_dir}: {e.strerror or e}; {kept(run_dir)}. "
+                              "Free some space and resume with --resume") from None
+
+
+def kept(run_dir: Path) -> str:
+    """What a failed save left to resume from (the temporary file beside the checkpoint is gone)."""
+    if (run_dir / "checkpoint.pt").exists():
+        return "the previous checkpoint is intact"
+    return "no checkpoint was saved yet (resuming starts the run over)"
 
 
 def record_failure(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, reason: str,
