@@ -110,6 +110,14 @@ class Distributed:
             raise PeerFailed(int(t) - FAILED)
         return bool(t)
 
+    def most(self, value: int) -> int:
+        """The largest of the ranks' `value`s (a CPU all-reduce, like any_rank's)."""
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value])
+        td.all_reduce(t, op=td.ReduceOp.MAX, group=self.host_group)
+        return int(t)
+
     def abort(self, exit_code: int) -> None:
         """Take part in the vote the other ranks are waiting at (or are on their way to) as a rank that
         failed alone: they stop quietly with `exit_code`, and this rank reports the error once."""
@@ -118,10 +126,13 @@ class Distributed:
                 td.all_reduce(torch.tensor([float(FAILED + exit_code)]), op=td.ReduceOp.MAX, group=self.host_group)
 
     def outlive(self) -> None:
-        """After PeerFailed: wait until the rank that failed has said why and ended (its closed connection ends
-        this barrier, which it never joins), so that torchrun names it, not this rank, as the job's failure."""
-        with contextlib.suppress(RuntimeError):
-            td.barrier(group=self.host_group)
+        """Wait until every rank gets here, or ends: after PeerFailed, the rank that failed has then said why
+        and ended (its closed connection ends this barrier, which it never joins), so that torchrun names it,
+        not this rank, as the job's failure; after a stop, rank 0 has saved its checkpoint before any rank
+        ends (torchrun stops the rest of a job when one process ends with an error)."""
+        if self.world_size > 1:
+            with contextlib.suppress(RuntimeError):
+                td.barrier(group=self.host_group)
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         return self.sum(t) / self.world_size if self.world_size > 1 else t

@@ -145,6 +145,9 @@ def stop_on_signals(trainer: "Trainer"):
 
     def handler(signum, frame):
         name = signal.Signals(signum).name
+        if not trainer.dist.is_main:  # under torchrun, rank 0 alone prints; the stop vote tells it
+            trainer.stop_signal = trainer.stop_signal or signum
+            return
         if trainer.stop_signal is None:
             trainer.stop_signal = signum
             note = f"\n{name}: stopping after this step and saving a checkpoint...\n"
@@ -481,8 +484,9 @@ class Trainer:
         # agreed answer counts: a signal that lands during the vote waits for the next step boundary.
         if not self.dist.any_rank(self.stop_signal is not None):
             return
-        self.stop_signal = self.stop_signal or signal.SIGTERM  # None: another rank was signalled
+        self.stop_signal = self.dist.most(self.stop_signal or 0)  # the signal, whichever rank received it
         self._save()
+        self.dist.outlive()
         self.progress.close()
         name = signal.Signals(self.stop_signal).name
         raise Interrupted(self.stop_signal, f"{name} received: stopped at step {self.state.step} with a checkpoint saved")
