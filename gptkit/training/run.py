@@ -215,7 +215,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
 
     # Unbuffered: a full disk fails the write that hit it, not a later flush or the file's closing.
     with open(run_dir / "metrics.jsonl", "ab" if checkpoint else "wb", buffering=0) as metrics:
-        def alone(e: CheckpointError) -> CheckpointError:
+        def alone(e: UserError) -> UserError:
             # This rank's failure alone, in training: the others, on their way to the next stop vote, learn of it
             # there and stop quietly. Not once the vote said stop: they are stopping already, with no vote to come.
             if trainer.stop_signal is None:
@@ -232,7 +232,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
         def on_checkpoint(trainer: Trainer) -> None:
             try:
                 save(run_dir, trainer, recipe, dataset, metrics)
-            except CheckpointError as e:
+            except (CheckpointError, ComponentError) as e:  # a full disk, or an optimizer state no checkpoint may hold
                 raise alone(e) from None
 
         trainer.on_metrics, trainer.on_checkpoint = on_metrics, on_checkpoint
