@@ -21,7 +21,7 @@ import torch
 from ..data.dataset import CharDataset, load_dataset
 from ..device import keep_random_state
 from ..diagnose import check_forward
-from ..errors import CheckpointError, ComponentError, RunStopped, UserError
+from ..errors import CheckpointError, ComponentError, Diverged, RunStopped, UserError
 from ..io import write_json, write_text
 from ..model import GPT, build_model_on
 from ..recipe import Recipe, yaml
@@ -153,7 +153,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         try:
             dist.any_rank(False)  # waits for rank 0's run folder: PeerFailed if it could not set it up
             trainer.fit()  # PeerFailed at a stop vote if rank 0 could not write a checkpoint or metrics
-        except distributed.PeerFailed:
+        except (distributed.PeerFailed, Diverged):  # rank 0 says why (and records a divergence): let it end first
             dist.outlive()  # here, out of fit: its SIGTERM handler would make torchrun's stop of this rank a note
             raise
         return RunResult(model.eval(), dataset, None, {})
@@ -218,7 +218,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
         def alone(e: UserError) -> UserError:
             # This rank's failure alone, in training: the others, on their way to the next stop vote, learn of it
             # there and stop quietly. Not once the vote said stop: they are stopping already, with no vote to come.
-            if trainer.stop_signal is None:
+            if not trainer.stopping:
                 trainer.dist.abort(e.exit_code)
             return e
 

@@ -245,6 +245,7 @@ class Trainer:
         self.wrapped = dist.wrap(model, device)  # under torchrun, DDP: it averages gradients across processes
         self.train_forward = compiled(self.wrapped, self.cfg.compile, device)
         self.stop_signal: int | None = None
+        self.stopping = False
         self._pending = PendingSteps(min(self.cfg.log_every, self.steps_per_epoch), device)  # flushed by then
         self._interval_t0 = time.perf_counter()
         self._saved_step: int | None = None
@@ -484,6 +485,7 @@ class Trainer:
         # agreed answer counts: a signal that lands during the vote waits for the next step boundary.
         if not self.dist.any_rank(self.stop_signal is not None):
             return
+        self.stopping = True  # agreed: no rank votes again
         self.stop_signal = self.dist.most(self.stop_signal or 0)  # the signal, whichever rank received it
         self._save()
         self.dist.outlive()
