@@ -15,8 +15,8 @@ from .components.base import GPTConfig, Params
 from .components.positional import Positional
 from .components.schedule import is_factor
 from .device import keep_random_state
-from .errors import listing
 from .diagnose import exercise
+from .errors import listing
 from .model import build_model
 from .recipe.components import MODEL_KINDS, ComponentSpec, parse_component
 from .recipe.schema import ModelSection

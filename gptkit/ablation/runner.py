@@ -7,7 +7,6 @@ seeds later reuses the finished ones.
 """
 
 import contextlib
-import fnmatch
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from ..model import build_model
 from ..recipe import Recipe, apply_override, flatten
 from ..training import train
 from ..training.progress import fmt_duration
-from ..training.resume import MAY_CHANGE, is_locked, run_recipe
+from ..training.resume import MAY_CHANGE, differing, is_locked, run_recipe
 from .plot import plot_curves
 from .report import RunRow, arm_stats, markdown, write_csv
 from .runs import ended_summary, finished, read_summary, trained_text, val_curve
@@ -62,17 +61,12 @@ def datasets(plan: Plan) -> dict[str, CharDataset]:
 
 
 def check_arms(plan: Plan) -> dict[str, str]:
-    """What each run checks against its data before training, for every arm before any trains (else an
-    arm fails after the others trained); returns {arm slug: SHA-256 of its text}."""
+    """What each run checks of its data before training (CharDataset.check_run), for every arm before any
+    trains (else an arm fails after the others trained); returns {arm slug: SHA-256 of its text}."""
     data = datasets(plan)
     for arm in plan.arms:
-        dataset, recipe = data[arm.slug], arm.recipe
         with blamed(arm):
-            dataset.check_batch_size(recipe.train.batch_size)
-            try:
-                dataset.vocab.encode(recipe.sample.prompt)
-            except UserError as e:
-                raise UserError(f"sample.prompt {recipe.sample.prompt!r}: {e}; change sample.prompt") from None
+            data[arm.slug].check_run(arm.recipe.train.batch_size, arm.recipe.sample.prompt)
     return {slug: dataset.fingerprint for slug, dataset in data.items()}
 
 
@@ -186,8 +180,7 @@ def check_same(run_dir: Path, recipe: Recipe) -> None:
     for flat in (stored, wanted):
         if "data.path" in flat:  # absent only from a damaged recipe.yaml: reported below as a difference
             flat["data.path"] = str(Path(flat["data.path"]).resolve())
-    differ = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k)
-                    and not any(fnmatch.fnmatchcase(k, p) for p in MAY_DIFFER))
+    differ = differing(stored, wanted, MAY_DIFFER)
     if differ:
         raise UserError(f"{run_dir} ended with a different recipe ({', '.join(differ[:5])} differ); "
                         "delete that folder, or pass --out with a new folder")

@@ -14,7 +14,6 @@ import collections
 import hashlib
 import itertools
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 from ..errors import UserError, did_you_mean, listing
 from ..io import read_text
 from ..recipe import Recipe, load_recipe, yaml
-from ..recipe.load import is_path
+from ..recipe.load import absolute_paths, is_path
 from ..recipe.schema import SEEDS
 
 # Varying one of these changes what the arms are trained or judged on, not just the model.
@@ -215,9 +214,11 @@ def load_ablation(path: Path) -> Ablation:
     margin = float(typed("param_margin", (int, float), 0.1))
     if not margin >= 0:
         raise UserError(f"{at('param_margin')}: expected a fraction of at least 0, e.g. 0.1, got {margin!r}")
-    # Paths in the file are relative to it, as `recipe:` is (--set's are relative to the current directory)
-    texts = {str(k): [yaml_text(absolute(str(k), v, path.parent)) for v in values] for k, values in vary.items()}
-    overrides = {f"{k}={yaml_text(absolute(str(k), v, path.parent))}": k for k, v in sets.items()}
+    def written(key, value) -> str:  # paths relative to the file, as `recipe:` is (--set's: to the current directory)
+        return yaml_text(absolute_paths(tuple(str(key).split(".")), value, path.parent))
+
+    texts = {str(k): [written(k, v) for v in values] for k, values in vary.items()}
+    overrides = {f"{k}={written(k, v)}": k for k, v in sets.items()}
     origin = {text: at("set", k) for text, k in overrides.items()}
     for k, values in texts.items():
         origin[f"--vary {k}"] = at("vary", k)
@@ -233,15 +234,6 @@ def load_ablation(path: Path) -> Ablation:
         allow_unfair=typed("allow_unfair", bool, False),
         origin=origin,
     )
-
-
-def absolute(key: str, value, base: Path | None = None):
-    """`value` for the dotted `key` with a relative path (or list of paths, as `imports`) made absolute
-    from `base`, by default the current directory as with --set; any other value as it is."""
-    if not is_path(tuple(key.split("."))):
-        return value
-    path = lambda v: os.path.abspath((base or Path()) / Path(v).expanduser()) if isinstance(v, str) else v
-    return [path(v) for v in value] if isinstance(value, list) else path(value)
 
 
 def holds(wanted, value) -> bool:
@@ -337,7 +329,7 @@ def check_claims(ablation: Ablation, recipe: Recipe, changes: list[tuple[str, st
     named = {t: ablation.origin.get(t, f"--set {t}") for t in ablation.overrides}
     named |= {f"{k}={v}": ablation.origin.get(f"{k}={v}", f"--vary {k}={v}") for k, v in changes}
     for key, text in changes:
-        have, wanted = data, absolute(key, yaml.load(text, key)[0])
+        have, wanted = data, absolute_paths(tuple(key.split(".")), yaml.load(text, key)[0])
         for part in key.split("."):
             have = have.get(part) if isinstance(have, dict) else None
         if not holds(wanted, have):

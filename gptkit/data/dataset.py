@@ -75,6 +75,15 @@ class CharDataset:
             raise UserError(f"train.batch_size {batch_size} is larger than the {self.windows_per_epoch:,} training "
                             "windows per epoch; lower train.batch_size or data.stride, or use a longer text")
 
+    def check_run(self, batch_size: int, prompt: str) -> None:
+        """What a run checks of its data before it trains, not after hours of it: the batch fits the text,
+        and the sample prompt's characters are in the vocabulary."""
+        self.check_batch_size(batch_size)
+        try:
+            self.vocab.encode(prompt)
+        except UserError as e:
+            raise UserError(f"sample.prompt {prompt!r}: {e}; change sample.prompt") from None
+
     def epoch_starts(self, seed: int, epoch: int) -> torch.Tensor:
         """(windows_per_epoch,) shuffled window starts of one epoch, a function of (seed, epoch) only."""
         g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)

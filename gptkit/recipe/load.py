@@ -159,11 +159,7 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
         first = next(iter(value))  # a whole section would silently drop the recipe's other keys in it
         raise RecipeError(f"{label}: replaces the whole {key} section, dropping the recipe's other {key} keys; "
                           f"set keys one by one, e.g. --set {key}.{first}={json.dumps(value[first])}")
-    if is_path(parts):  # paths on the command line are relative to the cwd
-        if isinstance(value, str):
-            value = str(Path(value).expanduser().absolute())
-        elif isinstance(value, list):
-            value = [str(Path(v).expanduser().absolute()) if isinstance(v, str) else v for v in value]
+    value = absolute_paths(parts, value)  # paths on the command line are relative to the cwd
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -192,6 +188,15 @@ def _field(parts: tuple) -> FieldInfo | None:
             return None
         model = field.annotation
     return field
+
+
+def absolute_paths(parts: tuple, value, base: Path | None = None):
+    """`value` for the field at `parts` with a relative path (or each of a list of paths, as `imports`)
+    made absolute from `base`, by default the current directory; any other value as it is."""
+    if not is_path(parts):
+        return value
+    absolute = lambda v: os.path.abspath((base or Path()) / Path(v).expanduser()) if isinstance(v, str) else v  # noqa: E731
+    return [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
 
 
 def is_path(parts: tuple) -> bool:

@@ -27,12 +27,16 @@ MAY_CHANGE = ("name", "sample.*", "data.path", "data.corpus", "data.corpus.*", "
               "train.eval_batches", "train.checkpoint_every", "train.epochs", "train.max_steps")
 
 
+def differing(a: dict, b: dict, may_change: tuple[str, ...] = MAY_CHANGE) -> list[str]:
+    """The keys of two flattened recipes whose values differ, but for those `may_change` (patterns)."""
+    return sorted(k for k in a.keys() | b.keys()
+                  if a.get(k) != b.get(k) and not any(fnmatch.fnmatchcase(k, p) for p in may_change))
+
+
 def recipe_diff(old: dict, new: dict) -> list[str]:
     """'key: old -> new' for every key whose value differs and that may not change."""
     a, b = flatten(old), flatten(new)
-    keys = sorted(k for k in a.keys() | b.keys()
-                  if a.get(k) != b.get(k) and not any(fnmatch.fnmatchcase(k, p) for p in MAY_CHANGE))
-    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in keys]
+    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in differing(a, b)]
 
 
 def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset) -> None:

@@ -115,11 +115,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         dataset = load_dataset(recipe.data, recipe.model.block_size)
     dist.check_same("the training text", int(dataset.fingerprint[:15], 16),
                     "every machine needs the same file at data.path")
-    dataset.check_batch_size(recipe.train.batch_size)
-    try:  # before hours of training, not after
-        dataset.vocab.encode(recipe.sample.prompt)
-    except UserError as e:
-        raise UserError(f"sample.prompt {recipe.sample.prompt!r}: {e}; change sample.prompt") from None
+    dataset.check_run(recipe.train.batch_size, recipe.sample.prompt)
     if resume is not None:
         run_dir = find_resumable(Path(runs_dir), recipe.name, log) if resume == "auto" else check_run_dir(resume)
     checkpoint = None
