@@ -1,17 +1,24 @@
 """Which component is at fault: a bug in a third-party component is reported as one error naming it,
 not as a traceback from deep inside the model or torch.
 
-`check_forward` runs before training; `culprit` and `backward_culprit` name the component behind an
-exception met in a training step.
+`check_forward` runs before training and sampling; `blaming` turns an exception met in a training step,
+a validation or a sample into the error of the plugin component behind it, which `culprit` and
+`backward_culprit` find.
 """
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 from .components.base import GPTConfig
 from .device import keep_random_state
-from .errors import UserError
+from .errors import ComponentError, RunStopped, UserError, out_of_memory
 from .model import GPT
+from .plugins import LOCAL_PREFIX
+from .registry import registry
 
 
 def component_specs(gpt: GPT, model) -> dict:
@@ -24,12 +31,25 @@ def component_specs(gpt: GPT, model) -> dict:
     return specs
 
 
-def check_forward(gpt: GPT, model) -> None:
+def check_forward(gpt: GPT, model, cache: bool = True) -> None:
     """One tiny forward pass of `gpt`, which `model` (a ModelSection) described, before training: a
     component whose forward raises, or returns anything but a tensor of its input's shape and dtype, is
     named as the culprit, instead of a traceback from the training step or from whichever later
     layer trips over its output. Batch 1, two tokens, without gradients, in evaluation mode, and with
-    the random state put back, so that the run that follows is the same as without it."""
+    the random state put back, so that the run that follows is the same as without it. With `cache`,
+    `check_cache` follows."""
+    training = gpt.training
+    try:
+        with torch.no_grad(), keep_random_state(gpt.lm_head.weight.device):
+            gpt.eval()
+            _check_shapes(gpt, model)
+            if cache:
+                check_cache(gpt, model)
+    finally:
+        gpt.train(training)
+
+
+def _check_shapes(gpt: GPT, model) -> None:
     t = gpt.transformer
     specs = component_specs(gpt, model)
 
@@ -48,10 +68,8 @@ def check_forward(gpt: GPT, model) -> None:
     idx = torch.zeros(1, min(2, gpt.config.block_size), dtype=torch.long, device=gpt.lm_head.weight.device)
     hooks = [t.drop.register_forward_pre_hook(embedded)]
     hooks += [module.register_forward_hook(same_as_input) for module in specs if module is not t.pos]
-    training = gpt.training
     try:
-        with torch.no_grad(), keep_random_state(idx.device):
-            gpt.eval()(idx)
+        gpt(idx)
     except UserError:
         raise
     except Exception as e:
@@ -62,7 +80,150 @@ def check_forward(gpt: GPT, model) -> None:
     finally:
         for hook in hooks:
             hook.remove()
-        gpt.train(training)
+
+
+CACHE_TOKENS = 4  # fed to check_cache's full pass, and through the cache as a prefill of half, then one at a time
+CACHE_CONTRACT = ("Through a key/value cache, attention's attend(q, k, v, bias) gets fewer queries than keys (t_q < t_k), "
+                  "the queries being the last t_q positions (causal_mask(t_q, t_k, device)); the positional's "
+                  "score_bias(t_q, t_k) must return (n_head, t_q, t_k), and its embed(x, start) and rotate(q, k, start) "
+                  "must honour start, the position of the first token")
+
+
+def check_cache(gpt: GPT, model) -> None:
+    """When `gpt` samples through a key/value cache: the logits of a few tokens in one forward pass and
+    fed through a cache as sampling feeds them (a prefill, then one token at a time) must agree to float
+    rounding. If the cached pass raises or they differ, the plugin attention or positional component
+    that breaks the cache contract is named (the attention if both are plugins, mentioning the
+    positional); with gptkit's own pair (tested conformant) the error, if any, keeps its traceback. Run
+    by `check_forward`, in evaluation mode and without gradients, in fp32 matmuls."""
+    config = gpt.config
+    if not gpt.supports_kv_cache or config.block_size < 2:
+        return
+    T = min(CACHE_TOKENS, config.block_size)
+    cuts = [0, T // 2, *range(T // 2 + 1, T + 1)]
+    idx = torch.randint(config.vocab_size, (1, T), generator=torch.Generator().manual_seed(0))
+    idx = idx.to(gpt.lm_head.weight.device)
+    specs = component_specs(gpt, model)
+    with _fp32_matmuls():  # TF32 would make the two passes differ by more than rounding
+        try:
+            full, _ = gpt(idx)
+        except UserError:
+            raise
+        except Exception as e:  # without the cache: the component is named as by the pass before
+            owner, method = culprit(e, specs)
+            if owner is None or specs[owner].built_in:
+                raise
+            raise specs[owner].error(f"its {method}() raised for {T} tokens", e) from e
+        if not torch.isfinite(full).all():  # not the cache's doing; training will say what it is
+            return
+        try:
+            cache = gpt.new_cache()
+            cached = torch.cat([gpt(idx[:, a:b], cache=cache)[0] for a, b in itertools.pairwise(cuts)], dim=1)
+        except UserError:
+            raise
+        except Exception as e:
+            owner, method = culprit(e, specs)
+            fed = f"({T} tokens fed as {cuts[1]}, then one at a time)"
+            if owner is not None and not specs[owner].built_in:  # one of its methods raised: it is the one
+                what = f"its {method}() raised through a key/value cache {fed}"
+                if specs[owner].kind not in ("attention", "positional"):
+                    raise specs[owner].error(what, e) from e
+                raise _cache_error(gpt, model, specs[owner], what, e) from e
+            suspect = _cache_suspect(model)
+            if suspect is None:
+                raise
+            raise _cache_error(gpt, model, suspect, f"a forward pass through a key/value cache {fed} raised", e) from e
+    suspect = _cache_suspect(model)
+    if suspect is not None and not same_logits(cached, full):
+        raise _cache_error(gpt, model, suspect, f"the logits of {T} tokens fed through a key/value cache (as {cuts[1]}, "
+                           f"then one at a time) differ from one forward pass over them by up to "
+                           f"{(cached - full).abs().max().item():.2g}")
+
+
+def same_logits(cached: torch.Tensor, full: torch.Tensor) -> bool:
+    """Whether logits computed through a key/value cache are a full pass's, to float32 rounding (some
+    1e-7 of the largest logit; a contract broken by one position is some 1e-4): here and in the
+    conformance kit."""
+    return torch.allclose(cached, full, atol=1e-5, rtol=1e-4)
+
+
+@contextlib.contextmanager
+def _fp32_matmuls() -> Iterator[None]:
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+
+
+def _cache_suspect(model):
+    """The ComponentSpec to blame for a broken key/value cache: the plugin attention, else the plugin
+    positional, else None (gptkit's own pair)."""
+    return next((spec for spec in (model.attention, model.positional) if not spec.built_in), None)
+
+
+def _cache_error(gpt: GPT, model, spec, what: str, e: BaseException | None = None) -> ComponentError:
+    """`spec`'s error for a broken key/value cache: what went wrong, the contract, and the check to run."""
+    if spec.kind == "attention" and not what.startswith("its "):
+        what = f"it sets supports_kv_cache, but {what}"
+    note = ""
+    if spec.kind == "attention" and not model.positional.built_in:
+        note = (f" (positional '{model.positional.name}' is a plugin too: {_check_command(model.positional)} "
+                "checks it)")
+    if not model.positional.built_in:
+        note += _bias_note(gpt, 1, min(CACHE_TOKENS, gpt.config.block_size))
+    recompute = "; or unset supports_kv_cache, to sample by recomputing" if spec.kind == "attention" else ""
+    return ComponentError(f"{spec.error(what, e)}. {CACHE_CONTRACT}{note}. {_check_command(spec)} says which of "
+                          f"its checks fails{recompute}")
+
+
+def _bias_note(gpt: GPT, t_q: int, t_k: int) -> str:
+    """' (its score_bias(1, 4) returned (4, 4, 4) torch.float32, not (4, 1, 4))' when the positional's bias
+    does not end in (t_q, t_k)."""
+    try:
+        bias = gpt.transformer.pos.score_bias(t_q, t_k)
+    except Exception:  # said by the error itself, if it matters
+        return ""
+    if bias is None or (isinstance(bias, torch.Tensor) and tuple(bias.shape[-2:]) == (t_q, t_k)):
+        return ""
+    return f" (its score_bias({t_q}, {t_k}) returned {_what(bias)}, not {(gpt.config.n_head, t_q, t_k)})"
+
+
+def _check_command(spec) -> str:
+    """The `gptkit check` command line that runs the conformance checks on `spec`'s component."""
+    local = spec.cls.__module__.startswith(LOCAL_PREFIX)
+    imports = f" --import {registry(spec.kind).entry(spec.name).source}" if local else ""
+    return f"`gptkit check {spec.kind} {spec.name}{imports}`"
+
+
+@contextlib.contextmanager
+def blaming(specs: dict, where: str, backward: Callable[[BaseException], object | None] | None = None) -> Iterator[None]:
+    """Within it, an exception raised by a method of a plugin or local component of `specs` ({module or
+    optimizer: its ComponentSpec}) is raised again as one error naming the component and `where` it
+    happened ("in training step 3", "while sampling"); any other (from gptkit's own components, which
+    wants its traceback, or running out of memory) is raised unchanged. `backward(e)`, if given, names
+    the module whose backward raised `e` when no frame of the traceback does (see `backward_culprit`)."""
+    try:
+        yield
+    except Exception as e:
+        error = plugin_error(e, specs, where, backward)
+        if error is e:
+            raise
+        raise error from e
+
+
+def plugin_error(e: Exception, specs: dict, where: str,
+                 backward: Callable[[BaseException], object | None] | None = None) -> Exception:
+    """`e` as the error `blaming` raises: naming the plugin component behind it, else `e` itself."""
+    if isinstance(e, (UserError, RunStopped)) or out_of_memory(e):  # explained already, or a signal's
+        return e
+    owner, method = culprit(e, specs)
+    if owner is None and backward is not None:
+        owner, method = backward(e), "backward"
+    if owner is None or specs[owner].built_in:
+        return e
+    return specs[owner].error(f"its {method}() raised, {where},", e)
 
 
 def exercise(kind: str, module: nn.Module, x: torch.Tensor, n_head: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, PydanticUserError
 
 from . import plugins
 from .errors import UserError, did_you_mean, listing
@@ -84,8 +84,9 @@ class Registry:
         """Register `obj` under `name`; used bare as a decorator: `@attention.register("flash")`."""
 
         def add(obj: Any) -> Any:
-            if not isinstance(name, str) or not name.replace("-", "_").isidentifier():
-                raise RegistryError(f"{self.kind} name {name!r} must be a word such as 'my_norm'")
+            problem = name_problem(self.kind, name)
+            if problem:
+                raise RegistryError(problem)
             try:
                 self._validate(obj)
             except RegistryError as e:
@@ -139,8 +140,7 @@ class Registry:
         if len(sources) > 1:
             return Entry(self.kind, name, source=" and ".join(sources), error=(
                 f"{self.kind} '{name}' is claimed by {' and by '.join(sources)}; a name must have one "
-                "source. Uninstall one of the packages, or rename the component"
-                + (" (GPTKIT_NO_PLUGINS=1 turns plugins off)" if claims else "")))
+                f"source. {self._clash_fix(local, claims)}"))
         if local:
             return local
         if name not in self._loaded:
@@ -154,6 +154,18 @@ class Registry:
         names = self.names()
         return f"unknown {self.kind} {name!r}{did_you_mean(name, names)}. Available: {listing(names)}"
 
+    def _clash_fix(self, local: Entry | None, claims: list[plugins.Plugin]) -> str:
+        """How to settle a name claimed twice, which depends on who claims it."""
+        dists = " or ".join(p.dist for p in claims)
+        if local is None:  # two distributions
+            return ("Uninstall one of the packages, or rename the entry point in one of them "
+                    "(GPTKIT_NO_PLUGINS=1 turns plugins off)")
+        if local.source == "built-in":  # a built-in cannot be renamed or uninstalled: the plugin gives way
+            return (f"Rename the entry point in {dists} (its group gptkit.{self.kind}), or uninstall {dists} "
+                    "(GPTKIT_NO_PLUGINS=1 turns plugins off)")
+        return (f"Rename the component in {local.source}, or rename the entry point in {dists}, or uninstall "
+                f"{dists} (GPTKIT_NO_PLUGINS=1 turns plugins off)")
+
     def check(self, name: str, config: Any, params: Any) -> None:
         """Run the component's own `check(config, params)`. A ValueError is its refusal of `config` and
         passes through; anything else is a bug in the component, told as one error naming it."""
@@ -163,11 +175,15 @@ class Registry:
         except ValueError:
             raise
         except Exception as e:
-            entry = self.entry(name)
-            where = f"{entry.source} ({entry.value})" if entry.value else entry.source
-            raise RegistryError(
-                f"{self.kind} '{name}' from {where} is broken: its check(config, params) raised "
-                f"{type(e).__name__}: {e}. A component refuses a configuration by raising ValueError") from None
+            raise self.broken(name, raised("its check(config, params)", e, "a configuration it cannot work with")) \
+                from None
+
+    def broken(self, name: str, reason: str, error: type[UserError] = RegistryError) -> UserError:
+        """The error "norm 'mine' from acme-norms 1.2 (acme:Mine) is broken: REASON", of class `error` (taking
+        the message), for a bug in a component met after it loaded (see `raised`)."""
+        entry = self.entry(name)
+        where = f"{entry.source} ({entry.value})" if entry.value else entry.source
+        return error(f"{self.kind} '{name}' from {where} is broken: {reason}")
 
     def forget_plugins(self) -> None:
         self._loaded.clear()
@@ -185,11 +201,17 @@ class Registry:
 
     def _load(self, plugin: plugins.Plugin) -> Entry:
         entry = Entry(self.kind, plugin.name, source=plugin.source, value=plugin.value)
+        problem = name_problem(self.kind, plugin.name)
+        if problem:  # the rule `register` applies, said before anything is imported
+            return replace(entry, error=(
+                f"{self.kind} '{plugin.name}' from {plugin.source} ({plugin.value}) is broken: its entry point "
+                f"{plugin.name!r} in group gptkit.{self.kind}: {problem}; rename that entry point in "
+                f"{plugin.dist}'s metadata (GPTKIT_NO_PLUGINS=1 turns plugins off)"))
         try:
             obj = plugin.entry_point.load()
             self._validate(obj)
         except (Exception, SystemExit) as e:  # a plugin's import may raise anything, even exit; only this name pays
-            error = str(e) if isinstance(e, RegistryError) else f"{type(e).__name__}: {e}"
+            error = str(e) if isinstance(e, RegistryError) else plugins.one_line(e)
             return replace(entry, error=(
                 f"{self.kind} '{plugin.name}' from {plugin.source} ({plugin.value}) is broken: {error}. "
                 "Fix or uninstall that package (GPTKIT_NO_PLUGINS=1 turns plugins off)"))
@@ -202,7 +224,10 @@ class Registry:
             raise RegistryError(f"must be a subclass of {self.base.__module__}.{self.base.__qualname__}, got {obj!r}")
         if not (inspect.isclass(obj.Params) and issubclass(obj.Params, Params)):
             raise RegistryError(f"its Params must be a subclass of gptkit.components.Params, got {obj.Params!r}")
-        obj.Params.model_json_schema()  # a model pydantic cannot describe cannot be listed or validated
+        try:  # a model pydantic cannot describe cannot be listed or written to a recipe
+            obj.Params.model_json_schema()
+        except PydanticUserError as e:
+            raise RegistryError(f"its Params: {plugins.one_line(e)}") from None
         if any("name" in (n, f.alias) for n, f in obj.Params.model_fields.items()):
             raise RegistryError("its Params may not have a field called 'name': in a recipe, 'name' says "
                                 "which component it is")
@@ -222,11 +247,30 @@ class Registry:
                 if hasattr(e, "errors") else str(e)
             raise RegistryError(f"its Params' defaults do not survive being written to a recipe and read "
                                 f"back: {problems}") from None
+        except Exception as e:  # a validator's bug, met on the defaults
+            raise RegistryError(raised("its Params, given their defaults,", e, "a bad value")) from None
         # Caught here, not at the first training step: a kind's base class lists what a subclass has yet
         # to write with `unimplemented()` where @abstractmethod cannot say it (one of two methods, say).
         missing = obj.unimplemented() if hasattr(obj, "unimplemented") else abstract_methods(obj)
         if missing:
             raise RegistryError(f"does not implement {', '.join(missing)}")
+
+
+def name_problem(kind: str, name: Any) -> str | None:
+    """What is wrong with `name` as the name of a `kind` component, or None: the one rule for names
+    registered and for installed packages' entry points (a recipe must be able to write it)."""
+    if isinstance(name, str) and name.replace("-", "_").isidentifier():
+        return None
+    return f"{kind} name {name!r} must be a word such as 'my_norm' (letters, digits, _ and -)"
+
+
+def raised(what: str, e: BaseException, refused: str) -> str:
+    """A component's code that raised something other than the ValueError gptkit reads as its refusal of
+    what it was given, said in one line (the first of `e`'s message) for `Registry.broken`: "its
+    check(config, params) raised TypeError: ...; refuse a configuration ... by raising ValueError"."""
+    message = (str(e).strip().splitlines() or [""])[0]
+    return (f"{what} raised {type(e).__name__}{f': {message}' if message else ''}; refuse {refused} by "
+            "raising ValueError")
 
 
 def abstract_methods(cls: type) -> list[str]:

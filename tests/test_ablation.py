@@ -195,6 +195,24 @@ def test_finished_runs_are_reused_only_on_the_text_they_trained_on(cli, tmp_path
     assert "delete that run folder" in result.output and not (out / "baseline" / "seed-1").exists()
 
 
+def test_finished_runs_are_reused_only_with_the_plugin_versions_they_trained_with(cli, tmp_path, write_recipe, install):
+    from test_plugins import NORM, upgrade
+
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_pooled:UnitNorm"}}, {"acme_pooled": NORM})
+    recipe = write_recipe(model={"norm": "unitnorm"}, train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    out = tmp_path / "abl"
+    first = cli("ablate", recipe, "--vary", "model.positional=rope", "--seeds", "1", "--out", out)
+    assert first.exit_code == 0, first.output
+    upgrade(install, tmp_path, "acme_pooled", "1.3")
+    result = cli("ablate", out / "ablation.yaml", "--out", out, "--seeds", "0,1")
+    assert result.exit_code == 2, result.output
+    assert (f"{out / 'baseline' / 'seed-0'} ended with other plugin versions than are installed now (model.norm "
+            "(unitnorm) was trained with acme-norms 1.2 and now comes from acme-norms 1.3); seeds trained with "
+            "different plugin versions are not pooled: delete that run folder to train it again, or pass --out "
+            "with a new folder") in result.output
+    assert not (out / "baseline" / "seed-1").exists()
+
+
 def test_settings_that_do_not_change_training_keep_finished_runs(cli, tmp_path, write_recipe):
     recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
     out = tmp_path / "abl"
@@ -544,3 +562,72 @@ def test_an_ablation_files_paths_are_relative_to_it(tmp_path, write_recipe, corp
 def test_folder_names_keep_the_sign_of_an_exponent(write_recipe):
     p = plan(Ablation(recipe=write_recipe(), vary={"train.lr": ["1e30", "1e-30"]}))
     assert [a.slug for a in p.arms[1:]] == ["lr-1.0e+30", "lr-1.0e-30"]
+
+
+COMPONENTS = """
+import torch
+from torch import nn
+from gptkit.components import FeedForward, Norm, register
+from gptkit.components.positional import Learned
+
+
+@register("norm", "measured")
+class Measured(Norm):
+    '''Reads a weight's value when built: no tensor on the meta device has one.'''
+
+    def __init__(self, config, params):
+        super().__init__(config, params)
+        self.weight = nn.Parameter(torch.ones(config.n_embd))
+        self.scale = float(self.weight.detach().norm())
+
+    def forward(self, x):
+        return x * self.weight / self.scale
+
+
+@register("norm", "unbuildable")
+class Unbuildable(Norm):
+    def __init__(self, config, params):
+        super().__init__(config, params)
+        raise ValueError("no norm today")
+
+    def forward(self, x):
+        return x
+
+
+@register("feedforward", "wide")
+class Wide(FeedForward):
+    def forward(self, x):
+        return torch.cat((x, x), dim=-1)
+
+
+@register("positional", "from0")
+class From0(Learned):
+    def embed(self, x, start=0):
+        return super().embed(x)  # start ignored: the key/value cache gives other logits
+"""
+
+
+def test_an_arm_whose_component_cannot_be_built_on_the_meta_device_still_runs(cli, tmp_path, write_recipe,
+                                                                                scratch_registries):
+    (tmp_path / "mine.py").write_text(COMPONENTS)
+    recipe = write_recipe(imports=["mine.py"], train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    result = cli("ablate", recipe, "--vary", "model.norm=rmsnorm,measured", "--seeds", "1", "--out", tmp_path / "abl")
+    assert result.exit_code == 0, result.output
+    assert "norm=measured " in result.output and "params" in result.output
+
+
+@pytest.mark.parametrize("vary, message", [
+    ("model.norm=rmsnorm,unbuildable", "error: arm norm=unbuildable: norm 'unbuildable' from {file} is broken: building "
+                                       "it raised ValueError: no norm today"),
+    ("model.feedforward=swiglu,wide", "error: arm feedforward=wide: feedforward 'wide' from {file} is broken: its "
+                                      "forward returned (1, 2, 64) torch.float32 for an input of (1, 2, 32)"),
+    ("model.positional=sinusoidal,from0", "error: arm positional=from0: positional 'from0' from {file} is broken: the "
+                                          "logits of 4 tokens fed through a key/value cache"),
+])
+def test_a_broken_arm_is_named_before_any_arm_trains(cli, tmp_path, write_recipe, scratch_registries, vary, message):
+    (tmp_path / "mine.py").write_text(COMPONENTS)
+    recipe = write_recipe(imports=["mine.py"], train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    result = cli("ablate", recipe, "--vary", vary, "--seeds", "1", "--out", tmp_path / "abl")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert message.format(file=tmp_path / "mine.py") in result.output, result.output
+    assert not (tmp_path / "abl").exists()  # the baseline, listed first, did not train

@@ -473,3 +473,175 @@ def test_an_optimizer_state_no_checkpoint_can_load_is_refused_when_saved(run_wit
 
     resumes = {r.check: r for r in check_component("optimizer", "noting")}["resumes exactly"]
     assert resumes.status == "fail" and "numpy.float64" in resumes.detail, resumes
+
+
+def test_a_bug_met_only_in_validation_is_named(run_with, tmp_path):
+    import json
+
+    result = run_with("""
+        @register("feedforward", "evalonly")
+        class EvalOnly(FeedForward):
+            def forward(self, x):
+                if not self.training and x.size(0) > 1:  # the check before training passes one sequence
+                    raise ValueError("batched evaluation")  # eval
+                return x
+    """, "model.feedforward=evalonly")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"error: feedforward 'evalonly' from {tmp_path / 'mine.py'} is broken: its forward() raised, in validation " \
+           f"at step 6, ValueError: batched evaluation (at {line_of(tmp_path, '# eval')})" in result.output.splitlines()
+    (run,) = (tmp_path / "runs").iterdir()  # trained: the run folder stays, and says why it stopped
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "feedforward 'evalonly'" in summary["reason"]
+
+
+def test_a_bug_met_only_while_sampling_is_named(run_with, cli, tmp_path):
+    result = run_with("""
+        @register("feedforward", "nosample")
+        class NoSample(FeedForward):
+            def forward(self, x):
+                if torch.is_inference_mode_enabled():  # the checks run under no_grad, generation in inference mode
+                    raise RuntimeError("not in inference mode")  # sampling
+                return x
+    """, "model.feedforward=nosample")
+    error = (f"feedforward 'nosample' from {tmp_path / 'mine.py'} is broken: its forward() raised, while sampling{{}}, "
+             f"RuntimeError: not in inference mode (at {line_of(tmp_path, '# sampling')})")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "error: " + error.format(" after training") in result.output.splitlines(), result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    sampled = cli("sample", run, "--tokens", "5")  # the checkpoint of the last step was saved before sampling
+    assert sampled.exit_code == 2 and "Traceback" not in sampled.output, sampled.output
+    assert sampled.stdout == "KING:\n" and sampled.stderr == f"error: {error.format('')}\n", sampled.output
+
+
+# Components that break the key/value cache's contract: each passes a full forward pass (the check
+# before training used to be only that), and gives other logits, or raises, only through a cache.
+CACHE_BREAKERS = """
+import torch.nn.functional as F
+from gptkit.components.positional import ALiBi, Learned, RoPE
+
+@register("attention", "fullmask")
+class FullMask(Attention):
+    supports_kv_cache = True
+
+    def attend(self, q, k, v, bias):  # masks as if t_q == t_k: one cached query sees only the first key
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+@register("positional", "squarebias")
+class SquareBias(ALiBi):
+    def score_bias(self, t_q, t_k):
+        return super().score_bias(t_k, t_k)  # (nh, t_k, t_k)
+
+@register("positional", "embedfrom0")
+class EmbedFrom0(Learned):
+    def embed(self, x, start=0):
+        return super().embed(x)  # start ignored
+
+@register("positional", "rotatefrom0")
+class RotateFrom0(RoPE):
+    def rotate(self, q, k, start=0):
+        return super().rotate(q, k)  # start ignored
+"""
+
+
+@pytest.mark.parametrize("sets, blamed, what", [
+    (["model.attention=fullmask", "model.positional=rope"], "attention 'fullmask'",
+     "the logits of 4 tokens fed through a key/value cache (as 2, then one at a time) differ from one forward pass "
+     "over them by up to "),
+    (["model.positional=squarebias"], "positional 'squarebias'",
+     "a forward pass through a key/value cache (4 tokens fed as 2, then one at a time) raised RuntimeError: "),
+    (["model.positional=squarebias", "model.attention=naive"], "positional 'squarebias'",
+     "a forward pass through a key/value cache (4 tokens fed as 2, then one at a time) raised RuntimeError: "),
+    (["model.positional=embedfrom0"], "positional 'embedfrom0'", "differ from one forward pass over them by up to "),
+    (["model.positional=rotatefrom0"], "positional 'rotatefrom0'", "differ from one forward pass over them by up to "),
+    (["model.attention=fullmask", "model.positional=embedfrom0"], "attention 'fullmask'",
+     "differ from one forward pass over them by up to "),
+])
+def test_a_component_breaking_the_key_value_cache_is_named_before_training(run_with, tmp_path, sets, blamed, what):
+    result = run_with(CACHE_BREAKERS, *sets)
+    file = tmp_path / "mine.py"
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    (line,) = result.output.splitlines()  # before the run folder: nothing else was logged
+    assert line.startswith(f"error: {blamed} from {file} is broken: ") and what in line, line
+    assert ("attend(q, k, v, bias) gets fewer queries than keys (t_q < t_k), the queries being the last t_q positions"
+            in line and "score_bias(t_q, t_k) must return (n_head, t_q, t_k)" in line
+            and "embed(x, start) and rotate(q, k, start) must honour start" in line), line
+    kind, name = blamed.replace("'", "").split()
+    assert f"`gptkit check {kind} {name} --import {file}` says which of its checks fails" in line
+    if "squarebias" in sets[0]:
+        assert "(its score_bias(1, 4) returned (4, 4, 4) torch.float32, not (4, 1, 4))" in line
+    if sets == ["model.attention=fullmask", "model.positional=embedfrom0"]:  # both plugins: the positional is mentioned
+        assert f"(positional 'embedfrom0' is a plugin too: `gptkit check positional embedfrom0 --import {file}` " \
+               "checks it)" in line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_gptkits_own_pairs_pass_the_cache_check_and_are_never_blamed(monkeypatch):
+    from gptkit.components.positional import ALiBi, RoPE
+    from gptkit.diagnose import check_forward
+    from gptkit.errors import ComponentError
+    from gptkit.model import build_model
+    from gptkit.recipe.schema import ModelSection
+
+    def check(**components):
+        section = ModelSection(n_embd=32, n_head=4, n_layer=2, block_size=8, **components)
+        model = build_model(section, 11)
+        state = torch.get_rng_state()
+        check_forward(model, section)
+        assert torch.equal(state, torch.get_rng_state()) and model.training  # as it was
+
+    for attention in registry("attention").names():  # installed plugins too: a conformant pair is never blamed
+        for positional in registry("positional").names():
+            check(attention=attention, positional=positional)
+    # A built-in pair that broke the contract would be gptkit's bug: left to sampling, or raised as it is.
+    original = RoPE.rotate
+    monkeypatch.setattr(RoPE, "rotate", lambda self, q, k, start=0: original(self, q, k, 0))
+    check(attention="naive", positional="rope")
+    square = ALiBi.score_bias
+    monkeypatch.setattr(ALiBi, "score_bias", lambda self, t_q, t_k: square(self, t_k, t_k))
+    with pytest.raises(RuntimeError) as e:
+        check(attention="naive", positional="alibi")
+    assert not isinstance(e.value, ComponentError)
+
+
+def test_sample_checks_the_key_value_cache_before_sampling(run_with, cli, tmp_path, monkeypatch):
+    result = run_with("""
+        import os
+        from gptkit.components.positional import Learned
+
+        @register("positional", "forgetful")
+        class Forgetful(Learned):
+            def embed(self, x, start=0):
+                return super().embed(x, 0 if os.environ.get("FORGET_START") else start)
+    """, "model.positional=forgetful")
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    monkeypatch.setenv("FORGET_START", "1")  # the same weights, a positional that now ignores start
+    sampled = cli("sample", run, "--tokens", "5")
+    assert sampled.exit_code == 2 and "Traceback" not in sampled.output, sampled.output
+    (line,) = sampled.output.splitlines()  # before any text
+    assert line.startswith(f"error: positional 'forgetful' from {tmp_path / 'mine.py'} is broken: the logits of 4 "
+                           "tokens fed through a key/value cache"), line
+    recomputed = cli("sample", run, "--tokens", "5", "--no-cache")  # never hands it a start but 0
+    assert recomputed.exit_code == 0, recomputed.output
+
+
+def test_a_signal_inside_a_plugins_forward_while_sampling_is_not_its_bug(write_recipe, tmp_path, temporary_component):
+    import os
+    import signal
+    import time
+
+    from gptkit.components import FeedForward
+    from gptkit.errors import Interrupted
+    from gptkit.recipe import load_recipe
+    from gptkit.training import train
+
+    class Slow(FeedForward):
+        def forward(self, x):
+            if torch.is_inference_mode_enabled():  # sampling after training: a SIGTERM arrives in here
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            return x
+
+    temporary_component("feedforward", "slow", Slow)
+    with pytest.raises(Interrupted, match="SIGTERM received while sampling, after training finished"):
+        train(load_recipe(write_recipe(model={"feedforward": "slow"})), runs_dir=tmp_path / "runs", quiet=True)

@@ -143,6 +143,8 @@ def test_a_plugin_naming_a_built_in_is_a_clash(install, write_recipe):
     with pytest.raises(RegistryError) as e:
         registry("norm").get("rmsnorm")
     assert "norm 'rmsnorm' is claimed by built-in and by acme-clash 2.0" in str(e.value)
+    assert ("Rename the entry point in acme-clash (its group gptkit.norm), or uninstall acme-clash" in str(e.value)
+            and "one of the packages" not in str(e.value))  # a built-in is no package to uninstall
     with pytest.raises(RecipeError, match="model.norm: norm 'rmsnorm' is claimed by built-in and by acme-clash 2.0"):
         load_recipe(write_recipe(model={"norm": "rmsnorm"}))
     assert load_recipe(write_recipe(model={"norm": "layernorm"})).model.norm.name == "layernorm"
@@ -303,6 +305,148 @@ def test_a_check_that_raises_anything_but_value_error_is_one_error_naming_the_co
     assert "model.positional: " + report in result.output
     result = cli("check", "attention", "naive")  # a partner with a broken check is left out, not blamed on naive
     assert result.exit_code == 0, result.output
+
+
+PICKY = """
+    from pydantic import field_validator, model_validator
+    from gptkit.components import Norm, Params
+
+    class PickyParams(Params):
+        eps: float = 1e-6
+        mode: str = "unit"
+
+        @field_validator("eps")
+        @classmethod
+        def _eps(cls, value):
+            if value > 1:
+                raise TypeError("eps must be small")  # a bug: ValueError is how a component refuses a value
+            return value
+
+        @model_validator(mode="after")
+        def _mode(self):
+            return {"unit": self}[self.mode]  # a bug: KeyError for any other mode
+
+    class Picky(Norm):
+        Params = PickyParams
+
+        def forward(self, x):
+            return x
+"""
+
+
+@pytest.mark.parametrize("params, error", [({"eps": 2.0}, "TypeError: eps must be small"),
+                                           ({"mode": "half"}, "KeyError: 'half'")])
+def test_params_that_raise_anything_but_value_error_are_one_error_naming_the_component(
+        install, cli, write_recipe, params, error):
+    install("acme-picky", "0.1", {"gptkit.norm": {"picky": "acme_picky:Picky"}}, {"acme_picky": PICKY})
+    report = (f"norm 'picky' from acme-picky 0.1 (acme_picky:Picky) is broken: its Params raised {error}; "
+              "refuse a bad value by raising ValueError")
+    result = cli("validate", write_recipe(model={"norm": {"name": "picky", **params}}))
+    assert result.exit_code == 2 and f"model.norm: {report}" in result.output, result.output
+    assert "Traceback" not in result.output
+    key, value = next(iter(params.items()))
+    result = cli("check", "norm", "picky", "--param", f"{key}={value}")
+    assert result.exit_code == 2 and result.output == f"error: {report}\n", result.output
+    assert cli("validate", write_recipe(model={"norm": {"name": "picky", "eps": 0.5}})).exit_code == 0
+
+
+def test_an_entry_point_name_a_recipe_could_not_write_is_the_plugins_error(install, cli):
+    install("acme-spaces", "1.0", {"gptkit.attention": {"bad name": "acme_spaces:Thing"}},
+            {"acme_spaces": "raise RuntimeError('imported')\n"})
+    entry = registry("attention").entry("bad name")
+    assert entry.error == (
+        "attention 'bad name' from acme-spaces 1.0 (acme_spaces:Thing) is broken: its entry point 'bad name' in "
+        "group gptkit.attention: attention name 'bad name' must be a word such as 'my_norm' (letters, digits, _ "
+        "and -); rename that entry point in acme-spaces's metadata (GPTKIT_NO_PLUGINS=1 turns plugins off)")
+    assert "acme_spaces" not in sys.modules  # refused before it is imported
+    listed = cli("list", "attention")
+    assert listed.exit_code == 0 and f"BROKEN: {entry.error}" in listed.output
+    with pytest.raises(RegistryError, match="must be a word"):  # the same rule as register's
+        registry("attention").register("bad name", registry("attention").get("naive"))
+
+
+@pytest.mark.parametrize("config", ["", "model_config = ConfigDict(arbitrary_types_allowed=True)"])
+def test_a_params_field_type_pydantic_cannot_handle_is_one_line(install, cli, config):
+    install("acme-tensor", "0.1", {"gptkit.norm": {"tensornorm": "acme_tensor:TensorNorm"}}, {"acme_tensor": f"""
+        import torch
+        from pydantic import ConfigDict
+        from gptkit.components import Norm, Params
+
+        class TensorParams(Params):
+            {config}
+            scale: torch.Tensor | None = None
+
+        class TensorNorm(Norm):
+            Params = TensorParams
+
+            def forward(self, x):
+                return x
+    """})
+    error = next(r for r in json.loads(cli("list", "norm", "--json").output) if r["name"] == "tensornorm")["error"]
+    assert "\n" not in error and "errors.pydantic.dev" not in error, error
+    assert error.startswith("norm 'tensornorm' from acme-tensor 0.1 (acme_tensor:TensorNorm) is broken: ")
+    assert ("a field of type torch.Tensor is not one pydantic can check and write to a recipe; give Params "
+            "fields plain types (int, float, bool, str, Literal, lists of those)") in error
+    listed = cli("list", "norm").output
+    assert f"BROKEN: {error}\n" in listed and "For further information" not in listed
+
+
+def upgrade(install, tmp_path, module, version):
+    """acme-norms, installed at 1.2, replaced by `version` (the same code)."""
+    shutil.rmtree(tmp_path / "site" / "acme_norms-1.2.dist-info")
+    install("acme-norms", version, {"gptkit.norm": {"unitnorm": f"{module}:UnitNorm"}}, {module: NORM})
+
+
+def test_resuming_with_another_plugin_version_warns(install, write_recipe, cli, tmp_path):
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_resumed:UnitNorm"}}, {"acme_resumed": NORM})
+    runs = tmp_path / "runs"
+    recipe = write_recipe(model={"norm": "unitnorm"}, train={"max_steps": 2})
+    assert cli("run", recipe, "--runs-dir", runs).exit_code == 0
+    (run,) = runs.iterdir()
+    same = cli("run", "--resume", run, "--set", "train.max_steps=3")
+    assert same.exit_code == 0 and "warning" not in same.output, same.output
+    upgrade(install, tmp_path, "acme_resumed", "1.3")
+    result = cli("run", "--resume", run, "--set", "train.max_steps=4", "-q")  # said even when quiet, on stderr
+    assert result.exit_code == 0, result.output
+    assert (f"warning: model.norm (unitnorm) was trained with acme-norms 1.2 and now comes from acme-norms 1.3; "
+            f"resuming {run} with it\n") in result.output
+
+
+def test_resuming_a_run_whose_plugin_is_gone_says_which_package_it_was(install, write_recipe, cli, tmp_path,
+                                                                       monkeypatch):
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_left:UnitNorm"}}, {"acme_left": NORM})
+    install("acme-opt", "0.5", {"gptkit.optimizer": {"plainsgd": "acme_opt:PlainSGD"}}, {"acme_opt": """
+        import torch
+        from gptkit.components import Optimizer
+
+        class PlainSGD(Optimizer):
+            def build(self, groups, lr):
+                return torch.optim.SGD(groups, lr=lr)
+    """})
+    runs = tmp_path / "runs"
+    recipe = write_recipe(model={"norm": "unitnorm"}, train={"max_steps": 2, "optimizer": "plainsgd"})
+    result = cli("run", recipe, "--runs-dir", runs)
+    assert result.exit_code == 0, result.output
+    (run,) = runs.iterdir()
+    norm = "model.norm: unitnorm from acme-norms 1.2"
+    trained = f"{norm}; train.optimizer: plainsgd from acme-opt 0.5"  # resuming needs both, sampling the model's
+
+    monkeypatch.setenv("GPTKIT_NO_PLUGINS", "1")
+    off = "plugins are turned off by GPTKIT_NO_PLUGINS (or gptkit --no-plugins); unset it to use them)"
+    for args, used in ((("run", "--resume", run), trained), (("sample", run), norm)):
+        result = cli(*args)
+        assert result.exit_code == 2 and "unknown norm 'unitnorm'" in result.output, result.output
+        assert f"(the run was trained with {used}: {off}" in result.output and "installed" not in result.output
+    monkeypatch.delenv("GPTKIT_NO_PLUGINS")
+
+    shutil.rmtree(tmp_path / "site")  # uninstalled
+    sys.modules.pop("acme_left", None)
+    sys.modules.pop("acme_opt", None)
+    forget_plugins()
+    result = cli("run", "--resume", run, "--set", "train.max_steps=4")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "unknown norm 'unitnorm'" in result.output
+    assert f"(the run was trained with {trained}: is it installed?)" in result.output
 
 
 LOCAL = """

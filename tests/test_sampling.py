@@ -115,7 +115,7 @@ def test_an_interrupted_sample_command_keeps_the_text_generated_so_far(cli, monk
     from types import SimpleNamespace
 
     from gptkit.data.vocab import Vocab
-    from gptkit.recipe.schema import SampleSection
+    from gptkit.recipe.schema import ModelSection, SampleSection
     from gptkit.sampling import sample
 
     model = peaky_model()
@@ -124,13 +124,15 @@ def test_an_interrupted_sample_command_keeps_the_text_generated_so_far(cli, monk
     forwards = []
 
     def ctrl_c_at_token_100(module, args):
-        forwards.append(1)
-        if len(forwards) == 100:
+        forwards.append(torch.is_inference_mode_enabled())  # generating; not the check before it (no_grad)
+        if sum(forwards) == 100:
             raise KeyboardInterrupt
 
     model.register_forward_pre_hook(ctrl_c_at_token_100)
-    monkeypatch.setattr("gptkit.cli.sample.load_model",
-                        lambda path, device: (model, SimpleNamespace(sample=SampleSection(prompt="AB")), vocab))
+    section = ModelSection(n_embd=CONFIG.n_embd, n_head=CONFIG.n_head, n_layer=CONFIG.n_layer,
+                           block_size=CONFIG.block_size, dropout=CONFIG.dropout)  # peaky_model's
+    recipe = SimpleNamespace(model=section, sample=SampleSection(prompt="AB"))
+    monkeypatch.setattr("gptkit.cli.sample.load_model", lambda path, device: (model, recipe, vocab))
     result = cli("sample", "some-run", "--tokens", "100000", "--seed", "5")
     assert result.exit_code == 130 and "interrupted" in result.stderr
     assert result.stdout == expected

@@ -14,13 +14,16 @@ from pathlib import Path
 import torch
 
 from ..data.dataset import CharDataset, load_dataset
+from ..device import keep_random_state
+from ..diagnose import check_forward
 from ..errors import Diverged, UserError
 from ..io import write_text
-from ..model import build_model
+from ..model import build_model_on
 from ..recipe import Recipe, apply_override, flatten
 from ..training import train
 from ..training.progress import fmt_duration
-from ..training.resume import MAY_CHANGE, differing, is_locked, run_recipe
+from ..training.run import resolve_device
+from ..training.resume import MAY_CHANGE, differing, is_locked, plugin_changes, run_recipe, summary_of
 from .plot import plot_curves
 from .report import RunRow, arm_stats, markdown, write_csv
 from .runs import ended_summary, finished, read_summary, trained_text, val_curve
@@ -71,12 +74,21 @@ def check_arms(plan: Plan) -> dict[str, str]:
 
 
 def sizes(plan: Plan) -> dict[str, tuple[int, int]]:
-    """{arm slug: (parameters, training FLOPs per token)}, from models built on the meta device (no memory)."""
+    """{arm slug: (parameters, training FLOPs per token)}, for every arm before any trains, each arm's
+    model built once, on its training device, and given the check `gptkit run` makes there before
+    training (a forward pass, and the key/value cache against it): an arm's broken component is named,
+    with the arm, before the earlier arms trained rather than after. Built in turn and let go, with
+    the random state put back."""
     data, out = datasets(plan), {}
     for arm in plan.arms:
-        with torch.device("meta"):
-            model = build_model(arm.recipe.model, data[arm.slug].vocab_size)
+        with blamed(arm):
+            device = resolve_device(arm.recipe.train.device)
+            with keep_random_state(device):
+                torch.manual_seed(arm.recipe.seed)  # the same weights, and so the same check, each time
+                model = build_model_on(arm.recipe.model, data[arm.slug].vocab_size, device)
+                check_forward(model, arm.recipe.model)
         out[arm.slug] = (model.num_params(), model.flops_per_token())
+        del model
     return out
 
 
@@ -175,7 +187,8 @@ def check_no_strays(plan: Plan, folder: Path) -> None:
 
 
 def check_same(run_dir: Path, recipe: Recipe) -> None:
-    """A finished (or diverged) run is reused only if it trained exactly what this ablation would train now."""
+    """A finished (or diverged) run is reused only if it trained exactly what this ablation would train now,
+    with the same versions of the plugins it uses."""
     stored, wanted = flatten(run_recipe(run_dir)), flatten(recipe.to_dict())
     for flat in (stored, wanted):
         if "data.path" in flat:  # absent only from a damaged recipe.yaml: reported below as a difference
@@ -184,6 +197,11 @@ def check_same(run_dir: Path, recipe: Recipe) -> None:
     if differ:
         raise UserError(f"{run_dir} ended with a different recipe ({', '.join(differ[:5])} differ); "
                         "delete that folder, or pass --out with a new folder")
+    changed = plugin_changes(summary_of(run_dir).get("plugins"), recipe)
+    if changed:  # the same recipe, other code: seeds trained with both must not be averaged together
+        raise UserError(f"{run_dir} ended with other plugin versions than are installed now ({'; '.join(changed)}); "
+                        "seeds trained with different plugin versions are not pooled: delete that run folder "
+                        "to train it again, or pass --out with a new folder")
 
 
 def check_same_text(run_dir: Path, path: Path, sha256: str) -> None:

@@ -5,7 +5,7 @@ import click
 from ..errors import UserError
 from ..recipe import load_recipe
 from ..training import train
-from ..training.resume import check_run_dir, not_a_run
+from ..training.resume import check_run_dir, not_a_run, with_plugin_hint
 from ..training.progress import fmt_duration
 from . import main, overrides_option
 
@@ -37,7 +37,13 @@ def run(recipe, overrides, runs_dir, resume, quiet):
         recipe = check_run_dir(resume) / "recipe.yaml"
         if not recipe.is_file():
             raise not_a_run(resume, "not a run folder (no recipe.yaml)")
-    result = train(load_recipe(recipe, overrides), runs_dir=runs_dir, quiet=quiet, resume=resume)
+    try:
+        loaded = load_recipe(recipe, overrides)
+    except UserError as e:  # a component the run was trained with may be unknown here: say which package it was
+        if resume in (None, "auto"):
+            raise
+        raise with_plugin_hint(e, Path(resume)) from None
+    result = train(loaded, runs_dir=runs_dir, quiet=quiet, resume=resume)
     if result.run_dir is None:  # a torchrun process other than rank 0, which reports for all
         return
     s = result.summary

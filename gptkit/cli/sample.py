@@ -3,6 +3,7 @@ import time
 
 import click
 
+from ..diagnose import blaming, check_forward, component_specs
 from ..errors import UserError
 from ..sampling import MAX_TOKENS
 from ..sampling import sample as sample_model
@@ -48,11 +49,20 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     except UserError as e:
         where = "--prompt" if given else "the run's sample.prompt"
         raise UserError(f"{where} {prompt!r}: {e}") from None
+    # A plugin component's bug is one error naming it: found before any text where the check before
+    # training finds it (a key/value cache the model's attention or positional scheme breaks, say), else
+    # where it is met.
+    check_forward(model, recipe.model, cache=cache and bool(tokens))
     t0 = time.perf_counter()
     # Streamed as it is made (click.echo flushes): a long sample shows progress, and a Ctrl-C keeps
     # the text so far on stdout before the CLI reports the interruption.
-    sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, cache,
-                 on_text=lambda text: click.echo(text, nl=False))
+    try:
+        with blaming(component_specs(model, recipe.model), "while sampling"):
+            sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, cache,
+                         on_text=lambda text: click.echo(text, nl=False))
+    except UserError:
+        click.echo()  # the error, on stderr, starts a line of its own after the text so far
+        raise
     seconds = time.perf_counter() - t0
     click.echo()
     if not tokens:

@@ -20,7 +20,7 @@ from pydantic_core import to_jsonable_python
 from ..components.base import Params
 from ..errors import ComponentError, UserError, listing, out_of_memory
 from ..plugins import line_in
-from ..registry import registry
+from ..registry import RegistryError, raised, registry
 
 # The kinds a model is made of: built with the model's sizes first, `(config, params, ...)`; the
 # others (optimizer, schedule, corpus) with `(params, ...)`.
@@ -77,12 +77,10 @@ class ComponentSpec:
     def error(self, what: str, e: BaseException | None = None) -> ComponentError:
         """The error "attention 'mine' from my_components.py is broken: WHAT", and after WHAT the type and
         first line of `e` and the line of the component's own file it was raised from, if any."""
-        entry = registry(self.kind).entry(self.name)
-        where = f"{entry.source} ({entry.value})" if entry.value else entry.source
         if e is not None:
             message = (str(e).strip().splitlines() or [""])[0]
             what = f"{what} {type(e).__name__}{f': {message}' if message else ''}{self._line_of(e)}"
-        return ComponentError(f"{self.kind} '{self.name}' from {where} is broken: {what}")
+        return registry(self.kind).broken(self.name, what, ComponentError)
 
     def _line_of(self, e: BaseException) -> str:
         try:
@@ -144,18 +142,38 @@ def parse_component(kind: str, value: Any) -> ComponentSpec:
     except UserError as e:  # a component that exists but cannot be loaded
         raise RecipeIssue([((), str(e))]) from None
     try:
-        return ComponentSpec(kind, name, validate_params(cls.Params, params))
+        return ComponentSpec(kind, name, validate_params(cls.Params, params, kind, name))
     except ValidationError as e:
         from .errors import describe_errors  # deferred: errors.py formats with the schema
 
         raise RecipeIssue(describe_errors(e, cls.Params, {"name"})) from None
 
 
-def validate_params(P: type[Params], params: dict[str, Any]) -> Params:
+class BrokenParams(RegistryError, RecipeIssue):
+    """A component's Params validator raised something other than ValueError: a bug in the component.
+    A RegistryError, which names the component (as `gptkit check` reports it), and a RecipeIssue, which
+    a recipe reports under the field that names the component."""
+
+    def __init__(self, message: str):
+        RecipeIssue.__init__(self, [((), message)])
+
+
+def validate_params(P: type[Params], params: dict[str, Any], kind: str | None = None,
+                    name: str | None = None) -> Params:
     """`params` validated as JSON, which a recipe is: still strict, but an enum, tuple or path takes
     the string or list that YAML and a saved recipe hold it as. (The registry has checked that P's
-    defaults survive the same round trip.)"""
-    return P.model_validate_json(json.dumps(to_jsonable_python(params)))
+    defaults survive the same round trip.) Given the component's `kind` and `name`, a validator that
+    raises anything but ValueError or AssertionError (which pydantic reports as invalid values) is
+    told as the component's bug, one BrokenParams naming it."""
+    text = json.dumps(to_jsonable_python(params))
+    try:
+        return P.model_validate_json(text)
+    except (ValueError, UserError):  # ValidationError; a UserError is explained already
+        raise
+    except Exception as e:
+        if kind is None or out_of_memory(e):
+            raise
+        raise registry(kind).broken(name, raised("its Params", e, "a bad value"), BrokenParams) from None
 
 
 def component(kind: str, default: str | None):

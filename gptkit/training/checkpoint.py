@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
+from .. import plugins
 from ..data.vocab import Vocab
 from ..errors import UserError
 from ..io import atomic_write
 from ..model import build_model
 from ..recipe import validate
 from ..recipe.components import model_only
-from ..registry import registry
+from ..registry import kinds, registry
 
 FORMAT = "gptkit-checkpoint"
 VERSION = 1
@@ -158,12 +159,20 @@ def load_model(path: Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), recipe, Vocab(state["itos"])
 
 
-def missing_plugins(used: dict[str, str]) -> str:
-    """A hint naming the model's components that came from plugins now unknown here, if any: the likely
-    cause of a failed load. Not for a clash or a broken plugin, whose errors say so themselves."""
-    gone = [f"{key}: {what}" for key, what in used.items()
-            if key.startswith("model.") and what.split(" from ")[0] not in registry(key.removeprefix("model."))]
-    return f"\n(the run was trained with {'; '.join(gone)}: is it installed?)" if gone else ""
+def missing_plugins(used: dict[str, str], prefix: str = "model.") -> str:
+    """A hint naming the components of a run's plugins record (`used`: {"model.norm": "unitnorm from
+    acme-norms 1.2"}) under `prefix` now unknown here, if any: the likely cause of a failed load (to
+    sample, only the model's components are needed) or resumption (prefix "": all of them). Not for a
+    clash or a broken plugin, whose errors say so themselves."""
+    known = kinds()
+    gone = [f"{key}: {what}" for key, what in (used.items() if isinstance(used, dict) else ())
+            if isinstance(key, str) and isinstance(what, str) and key.startswith(prefix)
+            and key.rpartition(".")[2] in known and what.split(" from ")[0] not in registry(key.rpartition(".")[2])]
+    if not gone:
+        return ""
+    why = "is it installed?" if plugins.enabled() else \
+        "plugins are turned off by GPTKIT_NO_PLUGINS (or gptkit --no-plugins); unset it to use them"
+    return f"\n(the run was trained with {'; '.join(gone)}: {why})"
 
 
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:

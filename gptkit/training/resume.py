@@ -1,6 +1,7 @@
 """Finding a run to resume, and refusing one that the recipe no longer describes."""
 
 import contextlib
+import copy
 import fnmatch
 import json
 import re
@@ -17,6 +18,8 @@ except ImportError:  # Windows
 from ..errors import UserError
 from ..io import read_text, write_text
 from ..recipe import Recipe, flatten
+from ..recipe.components import ComponentSpec
+from .checkpoint import load_checkpoint, missing_plugins
 
 # Keys that may change between a run and its resumption without making it a different run (the text
 # itself is checked by its SHA-256, wherever it lives and however it was made; compiling and
@@ -39,8 +42,10 @@ def recipe_diff(old: dict, new: dict) -> list[str]:
     return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in differing(a, b)]
 
 
-def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset) -> None:
-    """Refuse to resume `run_dir` if the recipe or the text (a CharDataset) is no longer the run's."""
+def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset, warn: Callable[[str], None]) -> None:
+    """Refuse to resume `run_dir` if the recipe or the text (a CharDataset) is no longer the run's. A
+    component that now comes from another version of its package (or another package) is allowed, with
+    a warning through `warn`: its weights must still fit, but the steps from here on run other code."""
     if "trainer" not in checkpoint:
         raise UserError(f"{run_dir}/checkpoint.pt holds weights only, no training state to resume from")
     refuse_if_stopped_for_good(run_dir)
@@ -51,6 +56,54 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset) ->
         changes.append(f"data: the text at {recipe.data.path} is not the one the run was trained on "
                        f"(SHA-256 {checkpoint['text_sha256'][:12]}... -> {dataset.fingerprint[:12]}...)")
     refuse_changes(run_dir, changes)
+    for change in plugin_changes(checkpoint.get("plugins"), recipe):
+        warn(f"warning: {change}; resuming {run_dir} with it")
+
+
+def plugin_changes(trained, recipe: Recipe) -> list[str]:
+    """What has changed in where a run's components come from: "model.norm (unitnorm) was trained with
+    acme-norms 1.2 and now comes from acme-norms 1.3" for each component of the run's plugins record
+    (`trained`: {"model.norm": "unitnorm from acme-norms 1.2"}, as Recipe.plugin_sources writes it into
+    checkpoint.pt and summary.json) that `recipe` would now take from another version of its package,
+    or from another package (or file, or gptkit itself). A component the recipe no longer has, or names
+    otherwise, is a change of recipe, not of source."""
+    if not isinstance(trained, dict):  # absent: a checkpoint written before gptkit recorded plugins
+        return []
+    now = recipe.plugin_sources()
+    changes = []
+    for key, was in sorted(trained.items()):
+        section, _, field = str(key).partition(".")
+        spec = getattr(getattr(recipe, section, None), field, None) if field else None
+        name, _, source = was.partition(" from ") if isinstance(was, str) else ("", "", "")
+        if not isinstance(spec, ComponentSpec) or spec.name != name:
+            continue
+        current = now.get(key, f"{name} from built-in").partition(" from ")[2]
+        if current != source:
+            changes.append(f"{key} ({name}) was trained with {source} and now comes from {current}")
+    return changes
+
+
+def trained_with(run_dir: Path) -> dict:
+    """The run's plugins record (see `plugin_changes`): its checkpoint's, or, without a readable one, its
+    summary.json's; {} if neither has one."""
+    try:
+        used = load_checkpoint(run_dir / "checkpoint.pt").get("plugins")
+    except UserError:  # none yet, or damaged: the summary, written at the start, records the same
+        used = None
+    if not isinstance(used, dict):
+        used = summary_of(run_dir).get("plugins")
+    return used if isinstance(used, dict) else {}
+
+
+def with_plugin_hint(e: UserError, run_dir: Path) -> UserError:
+    """`e`, met reading the recipe of the run `run_dir` to resume it, with the hint `load_model` gives when
+    a component the run was trained with is no longer known here (a plugin uninstalled, or turned off)."""
+    hint = missing_plugins(trained_with(run_dir), prefix="")
+    if not hint:
+        return e
+    hinted = copy.copy(e)  # of its own class: its exit code, and what catches it, stay
+    hinted.args = (f"{e}{hint}",)
+    return hinted
 
 
 def run_recipe(run_dir: Path) -> dict:

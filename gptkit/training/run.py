@@ -5,10 +5,12 @@ failed. Runs are resumed from their last checkpoint with `resume=`.
 """
 
 import errno
+import functools
 import json
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import torch
 
 from ..data.dataset import CharDataset, load_dataset
 from ..device import keep_random_state
-from ..diagnose import check_forward
+from ..diagnose import blaming, check_forward
 from ..errors import CheckpointError, ComponentError, Diverged, RunStopped, UserError
 from ..io import write_json, write_text
 from ..model import GPT, build_model_on
@@ -110,6 +112,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
            resume: str | Path | None, run_dir: str | Path | None) -> RunResult:
     """`train` on `device`, as the process `dist` of its job."""
     log = (lambda *a: None) if quiet or not dist.is_main else print
+    warn = (lambda *a: None) if not dist.is_main else functools.partial(print, file=sys.stderr)  # even when quiet
     dist.check_batch_size(recipe.train.batch_size, resuming=resume is not None)
     with dist.local_main_first():  # a corpus file is created once per machine
         dataset = load_dataset(recipe.data, recipe.model.block_size)
@@ -125,7 +128,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
             raise busy(run_dir)
         if (run_dir / "checkpoint.pt").exists():
             checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
-            check_resumable(run_dir, checkpoint, recipe, dataset)
+            check_resumable(run_dir, checkpoint, recipe, dataset, warn)
         else:  # stopped before its first checkpoint: nothing to continue from, so it starts over
             check_restartable(run_dir, recipe)
             log(f"{run_dir} has no checkpoint yet: starting it over")
@@ -239,7 +242,8 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
             if checkpoint is not None and trainer.state.step == checkpoint["step"]:
                 save(run_dir, trainer, recipe, dataset, metrics)  # no step to save, but the sample settings may be new
             sp = recipe.sample
-            with interrupt_on_signals("sampling, after training finished; resume the run to write samples.txt"):
+            with (interrupt_on_signals("sampling, after training finished; resume the run to write samples.txt"),
+                  blaming(trainer.specs, "while sampling after training")):
                 text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
             write_text(run_dir / "samples.txt", text)
             log(f"Sample ({sp.tokens:,} characters after the prompt, in samples.txt too):\n{text}\n")

@@ -22,8 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ..components.schedule import is_factor
 from ..data.dataset import CharDataset
 from ..device import use_bf16
-from ..diagnose import backward_culprit, component_specs, culprit
-from ..errors import Diverged, Interrupted, UserError, out_of_memory
+from ..diagnose import backward_culprit, blaming, component_specs
+from ..errors import Diverged, Interrupted, UserError
 from ..model import GPT
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
@@ -234,6 +234,8 @@ class Trainer:
             self.total_steps = min(self.total_steps, self.cfg.max_steps)
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)  # fewer than asked if max_steps binds
         self.optimizer = build_optimizer(self.cfg.optimizer, param_groups(model, self.cfg.weight_decay), self.cfg.lr)
+        # Every component and the optimizer, each with the spec it was built from: whose bug an exception is.
+        self.specs = component_specs(model, recipe.model) | {self.optimizer: self.cfg.optimizer}
         self.schedule = self.cfg.schedule.build(self.total_steps)
         self.eval_starts = dataset.eval_starts(None if self.cfg.eval_batches is None
                                                else self.cfg.eval_batches * self.cfg.batch_size)
@@ -325,14 +327,10 @@ class Trainer:
 
     def train_step(self, starts: torch.Tensor, batch: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; the loss and gradient norm stay on the device (no host sync). A plugin
-        component's bug in it is one error naming the component."""
-        try:
+        component's bug in it (in train mode, backward or its optimizer's step, where the check before
+        training does not look) is one error naming the component."""
+        with blaming(self.specs, f"in training step {self.state.step + 1}", self._backward_culprit):
             return self._step(starts, batch, lr)
-        except Exception as e:
-            error = self._plugin_bug(e)
-            if error is e:
-                raise
-            raise error from e
 
     def _step(self, starts: torch.Tensor, batch: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         B = self.cfg.batch_size
@@ -404,7 +402,7 @@ class Trainer:
             if not len(starts):  # this rank's share is one window short
                 continue
             x, y = self.dataset.batch(starts, split="val")
-            with autocast(self.device, self.cfg.precision):
+            with autocast(self.device, self.cfg.precision), blaming(self.specs, f"in validation at step {state.step}"):
                 _, loss = self.model(x, y)
             total += loss.float() * len(starts)
         self.model.train()
@@ -450,19 +448,9 @@ class Trainer:
             self._saved_step = self.state.step
             self._interval_t0 = time.perf_counter()  # and the saving
 
-    def _plugin_bug(self, e: Exception) -> Exception:
-        """`e` as one error naming the plugin or local component whose method raised it in a training
-        step (in train mode, backward or its optimizer's step, where the check before training does not
-        look), else `e` itself: a bug in gptkit's own components wants its traceback."""
-        if out_of_memory(e):
-            return e
-        specs = component_specs(self.model, self.recipe.model) | {self.optimizer: self.cfg.optimizer}
-        owner, method = culprit(e, specs)
-        if owner is None:
-            owner, method = backward_culprit(e, specs, self.model.config, self.device), "backward"
-        if owner is None or specs[owner].built_in:
-            return e
-        return specs[owner].error(f"its {method}() raised, in training step {self.state.step + 1},", e)
+    def _backward_culprit(self, e: BaseException):
+        """The plugin component whose backward raised `e` in a training step, if one did."""
+        return backward_culprit(e, self.specs, self.model.config, self.device)
 
     def _factor(self, step: int) -> float:
         """The schedule's multiplier of train.lr; a value no learning rate can be made of is the
