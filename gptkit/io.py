@@ -43,6 +43,26 @@ def encoding_of(head: bytes) -> str | None:
     return None
 
 
+def cannot_make_folder(folder: Path) -> str | None:
+    """Why `folder` could not be made, or written in if it exists, as a phrase ("/x/notes.txt is a file,
+    not a folder"); None when nothing that can be seen without making it stands in the way. Its nearest
+    existing ancestor must be a folder this process may write in."""
+    folder = Path(os.path.abspath(folder))
+    for path in (folder, *folder.parents):
+        try:
+            is_dir = path.is_dir()
+            if not is_dir and not path.exists():
+                continue
+        except OSError:  # a folder above it that may not be entered: checked below, as a parent
+            continue
+        if not is_dir:
+            return f"{path} is a file, not a folder"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{path} is not writable"
+        return None
+    return None
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write through `write(file)` to a temporary file beside `path`, flush it to disk, then rename it
     over `path`. A crash at any point leaves either the old file or the new one, never a mix. An

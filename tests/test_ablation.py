@@ -4,6 +4,7 @@ summary.json files, resuming after an interruption, and `gptkit compare`."""
 import csv
 import json
 import math
+import os
 import signal
 import statistics
 from pathlib import Path
@@ -422,9 +423,12 @@ def test_compare_plots(cli, tmp_path, two_runs):
 def test_compare_plot_to_an_unwritable_place_and_a_hand_edited_summary(cli, tmp_path, two_runs):
     pytest.importorskip("matplotlib")
     (tmp_path / "afile").write_text("x")
-    result = cli("compare", *two_runs, "--plot", tmp_path / "afile" / "c.png")
-    assert result.exit_code == 2 and f"--plot {tmp_path / 'afile' / 'c.png'}: cannot write it: " in result.output
-    assert "Traceback" not in result.output and not list(tmp_path.glob("afile*/.*.tmp"))
+    for plot in (tmp_path / "afile" / "c.png", tmp_path / "afile" / "sub" / "c.png"):
+        result = cli("compare", *two_runs, "--plot", plot)
+        assert result.exit_code == 2 and result.output == (f"error: --plot {plot}: cannot write it there: "
+                                                           f"{tmp_path / 'afile'} is a file, not a folder; "
+                                                           "choose another file\n")  # before the tables
+    assert not list(tmp_path.glob("afile*/.*.tmp")) and (tmp_path / "afile").read_text() == "x"
     summary = json.loads((two_runs[0] / "summary.json").read_text())
     (two_runs[0] / "summary.json").write_text(json.dumps({**summary, "final_val_loss": "x"}))
     result = cli("compare", *two_runs)
@@ -631,3 +635,79 @@ def test_a_broken_arm_is_named_before_any_arm_trains(cli, tmp_path, write_recipe
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert message.format(file=tmp_path / "mine.py") in result.output, result.output
     assert not (tmp_path / "abl").exists()  # the baseline, listed first, did not train
+
+
+def test_compare_plot_names_runs_without_a_validation_split(cli, tmp_path, write_recipe, two_runs):
+    pytest.importorskip("matplotlib")
+    recipe = write_recipe(train={"max_steps": 2})
+    assert cli("run", recipe, "--runs-dir", tmp_path / "noval", "-q", "--set", "data.val_fraction=0").exit_code == 0
+    noval = next((tmp_path / "noval").iterdir())
+    result = cli("compare", two_runs[0], noval, "--plot", tmp_path / "c.png")
+    assert result.exit_code == 0, result.output
+    (warning,) = [line for line in result.output.splitlines() if line.startswith("warning: --plot leaves out")]
+    assert warning.endswith(f"{noval.name} (no validation split: data.val_fraction is 0)"), warning  # only it
+    assert warning.count("(") == 1
+    assert "yet" not in result.output
+    alone = cli("compare", noval, "--plot", tmp_path / "d.png")
+    assert alone.exit_code == 2 and "error: --plot: none of these runs has a validation loss, nor ever will (no " \
+        "validation split: data.val_fraction is 0); nothing to draw" in alone.output, alone.output
+
+
+@pytest.mark.parametrize("where", ["runs-dir", "out", "out-below"])
+def test_an_ablation_folder_that_cannot_be_made_is_refused_before_the_plan(cli, tmp_path, write_recipe, where):
+    recipe = write_recipe(train={"max_steps": 2})
+    (tmp_path / "notes.txt").write_text("mine")
+    flag, value = {"runs-dir": ("--runs-dir", "notes.txt"), "out": ("--out", "notes.txt/abl"),
+                   "out-below": ("--out", "notes.txt/a/abl")}[where]
+    before = set(tmp_path.rglob("*"))
+    result = cli("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", flag, value)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: cannot create the ablation folder notes.txt/")
+    fix = "pass --out with a folder that can be created" if flag == "--out" else \
+        "pass --runs-dir with a writable folder"
+    assert result.output.endswith(f": {tmp_path / 'notes.txt'} is a file, not a folder; {fix}\n"), result.output
+    assert set(tmp_path.rglob("*")) == before and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_an_ablation_folder_in_an_unwritable_folder_is_refused_before_the_plan(cli, tmp_path, write_recipe):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    result = cli("ablate", write_recipe(), "--vary", "model.norm=layernorm", "--seeds", "1", "--runs-dir", "ro")
+    assert result.exit_code == 2 and result.output.startswith("error: cannot create the ablation folder ro/ablations/")
+    assert f"{tmp_path / 'ro'} is not writable; pass --runs-dir with a writable folder" in result.output
+
+
+def test_an_ablation_keeps_its_baseline_recipe(cli, tmp_path, write_recipe):
+    """ablation.yaml names a snapshot of the baseline recipe: the recipe the ablation started from may
+    change, and the folder's ablation is still the one it holds."""
+    recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    args = ("ablate", recipe, "--vary", "model.norm=layernorm", "--set", "train.lr=0.002", "--seeds", "1",
+            "--runs-dir", tmp_path / "runs")
+    first = cli(*args)
+    assert first.exit_code == 0, first.output
+    (out,) = (tmp_path / "runs" / "ablations").iterdir()
+    manifest = yaml.safe_load((out / "ablation.yaml").read_text())
+    assert manifest["recipe"] == "baseline.yaml" and manifest["set"] == {"train.lr": 0.002}
+    snapshot = yaml.safe_load((out / "baseline.yaml").read_text())
+    assert snapshot == yaml.safe_load((out / "baseline" / "seed-0" / "recipe.yaml").read_text())  # resolved, lr set
+    assert snapshot["train"]["lr"] == 0.002 and Path(snapshot["data"]["path"]).is_absolute()
+    assert plan(load_ablation(out / "ablation.yaml")).digest == out.name.rsplit("-", 1)[1]  # the same folder
+    again = cli(*args)  # the command as first given still finds the folder
+    assert again.exit_code == 0 and "2 of 2 runs finished earlier" in again.output, again.output
+
+    text = recipe.read_text()
+    recipe.write_text(text.replace("n_embd: 32", "n_embd: 64"))  # the user edits the recipe
+    resumed = cli("ablate", out / "ablation.yaml", "--out", out, "--seeds", "0,1")
+    assert resumed.exit_code == 0 and "2 of 4 runs finished earlier" in resumed.output, resumed.output
+    trained = yaml.safe_load((out / "baseline" / "seed-1" / "recipe.yaml").read_text())
+    assert trained["model"]["n_embd"] == 32 and (out / "baseline.yaml").read_text().count("n_embd: 32") == 1
+
+    # A folder from before the snapshot, whose ablation.yaml names the recipe itself, resumes as it did.
+    recipe.write_text(text)
+    (out / "baseline.yaml").unlink()
+    old = (out / "ablation.yaml").read_text().replace("recipe: baseline.yaml", f"recipe: {recipe}")
+    (out / "ablation.yaml").write_text(old)
+    older = cli("ablate", out / "ablation.yaml", "--out", out)
+    assert older.exit_code == 0 and "4 of 4 runs finished earlier" in older.output, older.output
+    assert yaml.safe_load((out / "ablation.yaml").read_text())["recipe"] == "baseline.yaml"
+    assert yaml.safe_load((out / "baseline.yaml").read_text()) == snapshot

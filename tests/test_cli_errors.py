@@ -303,3 +303,71 @@ def test_compare_says_a_summary_is_damaged_and_which_runs_the_plot_leaves_out(cl
     assert "damaged (summary.json unreadable)" in status and "no summary.json" not in status
     assert result.stderr == "warning: --plot leaves out nometrics (no metrics.jsonl)\n"
     assert f"Wrote {tmp_path / 'c.png'}" in result.stdout
+
+
+# --- validate checks the data as run does; string values read as other types say how to quote them ----
+
+DATA_CASES = [c for c in CASES if c[0] in ("missing-corpus", "batch-too-large", "block-too-large",
+                                           "prompt-unknown-characters")]
+DATA_CASES += [
+    ("not-utf8", lambda c: (c.write_bytes(b"caf\xe9 au lait\n" * 100), recipe_text(c))[1], [], ["is not UTF-8 text"]),
+    ("short-text", lambda c: (c.write_text("short\n"), recipe_text(c))[1], [], ["fewer than one block"]),
+    ("set-batch-too-large", lambda c: recipe_text(c), ["--set", "train.batch_size=99999"],
+     ["train.batch_size 99999 is larger than the"]),
+]
+
+
+@pytest.mark.parametrize("make,args,fragments", [c[1:] for c in DATA_CASES], ids=[c[0] for c in DATA_CASES])
+def test_validate_makes_the_data_checks_run_makes(cli, tmp_path, corpus, make, args, fragments):
+    path = tmp_path / "bad.yaml"
+    path.write_text(make(corpus), encoding="utf-8")
+    validated = cli("validate", path, *args)
+    ran = cli("run", path, "--runs-dir", tmp_path / "runs", *args)
+    assert validated.exit_code == ran.exit_code == 2, validated.output
+    assert validated.output == ran.output and validated.output.startswith("error: ")
+    assert validated.output.count("\n") == 1 and validated.stdout == ""
+    assert all(fragment in validated.output for fragment in fragments), validated.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_validate_of_a_good_recipe_prints_only_the_resolved_recipe(cli, write_recipe):
+    from gptkit.recipe import load_recipe, yaml as recipe_yaml
+
+    path = write_recipe()
+    result = cli("validate", path)
+    assert result.exit_code == 0 and result.stderr == ""
+    assert result.stdout == recipe_yaml.dump(load_recipe(path).to_dict())
+
+
+def test_validate_leaves_a_corpus_to_create_to_the_first_run(cli, tmp_path, write_recipe):
+    target = tmp_path / "new" / "text.txt"
+    result = cli("validate", write_recipe(train={"batch_size": 10**6}),  # not checked: there is no text yet
+                 "--set", f"data.path={target}", "--set", "data.corpus=shakespeare")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (f"note: data.path {target} does not exist yet: the 'shakespeare' corpus will create it "
+                             "on the first run, which checks the data then\n")
+    assert yaml.safe_load(result.stdout)["data"]["path"] == str(target)
+    assert not (tmp_path / "new").exists()  # nothing is written
+
+
+def test_validate_help_says_what_it_checks(cli):
+    text = " ".join(cli("validate", "--help").output.split())
+    assert "data.path exists" in text and "train.batch_size" in text and "sample.prompt" in text
+    assert "would create on the first run is not created" in text
+
+
+@pytest.mark.parametrize("command", [["validate"], ["bench", "--vary", "train.lr=0.001"]])
+def test_a_prompt_read_as_a_mapping_says_how_to_quote_it(cli, write_recipe, command):
+    result = cli(command[0], write_recipe(), *command[1:], "--set", "sample.prompt=KING:")
+    assert result.exit_code == 2 and result.output == (
+        "error: --set sample.prompt=KING:: sample.prompt: Input should be a valid string (got {'KING': None}) "
+        """(YAML read KING: as a mapping; quote it: --set 'sample.prompt="KING:"')\n"""), result.output
+
+
+def test_a_vary_value_read_as_a_mapping_says_how_to_quote_it(cli, write_recipe):
+    result = cli("bench", write_recipe(), "--vary", "sample.prompt=KING:,QUEEN")
+    assert result.exit_code == 2 and result.output.startswith("error: --vary sample.prompt=KING:: ") \
+        and result.output.endswith("""(YAML read KING: as a mapping; quote it: --vary 'sample.prompt="KING:",...')\n"""), \
+        result.output
+    quoted = cli("validate", write_recipe(), "--set", 'sample.prompt="KING:"')
+    assert quoted.exit_code == 0 and "prompt: 'KING:'" in quoted.stdout

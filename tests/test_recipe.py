@@ -297,3 +297,80 @@ def test_validated_recipe_validates_again_and_a_run_named_1e5_resumes(write_reci
     resumed = cli("run", "--resume", run, "--set", "train.max_steps=3", "-q")
     assert resumed.exit_code == 0 and json.loads((run / "summary.json").read_text())["steps"] == 3, resumed.output
     assert load((run / "recipe.yaml").read_text(encoding="utf-8"), "recipe.yaml")[0]["name"] == "1e5"
+
+
+# --- A string field given what YAML reads as another type says how to quote it ------------------------
+
+@pytest.mark.parametrize("override, hint", [
+    ("sample.prompt=ROMEO:", """--set sample.prompt=ROMEO:: sample.prompt: Input should be a valid string (got """
+                             """{'ROMEO': None}) (YAML read ROMEO: as a mapping; quote it: --set 'sample.prompt="ROMEO:"')"""),
+    ("name=2024", """--set name=2024: name: Input should be a valid string (got 2024) (YAML read 2024 as a number; """
+                  """quote it: --set 'name="2024"')"""),
+    ("sample.prompt=1e-3", "(YAML read 1e-3 as a number; quote it: --set 'sample.prompt=\"1e-3\"')"),
+    ("sample.prompt=true", "(YAML read true as a boolean; quote it: --set 'sample.prompt=\"true\"')"),
+    ("sample.prompt=[KING]", "(YAML read [KING] as a list; quote it: --set 'sample.prompt=\"[KING]\"')"),
+    ("sample.prompt=", "(YAML read an empty value as null; quote it: --set 'sample.prompt=\"\"')"),
+])
+def test_a_string_override_read_as_another_type_says_how_to_quote_it(write_recipe, override, hint):
+    path = write_recipe()
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path, [override])
+    assert hint in str(e.value)
+    key, _, value = override.partition("=")
+    section, _, field = key.rpartition(".")
+    quoted = load_recipe(path, [f'{key}="{value}"'])  # the fix the hint gives (in the shell's quotes)
+    assert getattr(getattr(quoted, section) if section else quoted, field) == value
+
+
+def test_a_string_vary_value_says_how_to_quote_it(write_recipe):
+    """bench and ablate name a value of --vary as the recipe's loader is told (origins)."""
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write_recipe(), ["sample.prompt=KING:"], origins={"sample.prompt=KING:": "--vary sample.prompt=KING:"})
+    assert str(e.value) == ("--vary sample.prompt=KING:: sample.prompt: Input should be a valid string (got "
+                            """{'KING': None}) (YAML read KING: as a mapping; quote it: --vary 'sample.prompt="KING:",...'""" ")")
+    with pytest.raises(YAMLError, match=r"""mapping values are not allowed here \(a value containing ': ' or ending """
+                                        r"""in ':' must be quoted: --vary 'sample.prompt="a: b: c",...'\)"""):
+        load_recipe(write_recipe(), ["sample.prompt=a: b: c"], origins={"sample.prompt=a: b: c": "--vary sample.prompt=a: b: c"})
+
+
+def test_a_string_in_a_file_read_as_another_type_says_how_to_quote_it(write_recipe):
+    path = write_recipe()
+    text = path.read_text().replace("name: tiny", "name: 2024").replace("prompt: 'KING:'", "prompt: {KING: 1}")
+    assert text != path.read_text() and "{KING: 1}" in text
+    path.write_text(text)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    message = str(e.value)
+    assert """name: Input should be a valid string (got 2024) (YAML read 2024 as a number; quote it: name: "2024")""" \
+        in message
+    assert """sample.prompt: Input should be a valid string (got {'KING': 1}) (YAML read {KING: 1} as a mapping; """ \
+           """quote it: prompt: "{KING: 1}")""" in message
+    assert message.startswith(f"{path} has 2 problems:") and message.count(f"{path}:") == 2  # each with its line
+
+
+def test_an_unquoted_colon_in_a_file_value_says_how_to_quote_it(write_recipe):
+    path = write_recipe()
+    path.write_text(path.read_text().replace("prompt: 'KING:'", "prompt: KING:  # who speaks"))
+    with pytest.raises(YAMLError) as e:
+        load_recipe(path)
+    line = path.read_text().splitlines().index("  prompt: KING:  # who speaks") + 1
+    assert str(e.value) == (f"{path}:{line}: not valid YAML: mapping values are not allowed here (a value containing "
+                            """': ' or ending in ':' must be quoted: prompt: "KING:")""")
+    path.write_text(path.read_text().replace("prompt: KING:", 'prompt: "KING:"'))
+    assert load_recipe(path).sample.prompt == "KING:"
+
+
+def test_a_string_parameter_of_a_component_says_how_to_quote_it(write_recipe, temporary_component):
+    from gptkit.components.base import Params as BaseParams
+    from gptkit.components.norm import RMSNorm
+
+    class Labelled(RMSNorm):
+        class Params(BaseParams):
+            eps: float = 1e-5
+            label: str = "x"
+
+    temporary_component("norm", "labelled", Labelled)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write_recipe(), ["model.norm={name: labelled, label: 7}"])
+    assert """model.norm.label: Input should be a valid string (got 7) (YAML read 7 as a number; quote it: """ \
+           """label: "7")""" in str(e.value)

@@ -268,6 +268,10 @@ def test_real_signals_then_resume(tmp_path, signals_reference, sig, code):
     if sig != signal.SIGKILL:
         assert "checkpoint saved" in out and f"gptkit run --resume {run}" in out and "Traceback" not in out
         assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    else:  # nothing recorded the kill: the summary is the one refreshed with a checkpoint, the last or the one before
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "running" and summary["steps"] % 7 == 0
+        assert 7 <= summary["steps"] <= load_checkpoint(run)["step"] and summary["tokens"] > 0
     resumed = run_cli(["run", "--resume", run, "--runs-dir", tmp_path / "runs"], cwd=tmp_path)
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
@@ -656,3 +660,161 @@ def test_a_run_being_trained_by_another_process_is_not_taken_over(tmp_path, writ
         auto = cli("run", path, "--resume", "auto", "--runs-dir", tmp_path / "runs")
         assert auto.exit_code == 0 and "Run folder:" in auto.output  # a new run, not this one
     assert cli("run", "--resume", run).exit_code == 0  # released: the run can be resumed now
+
+
+# A gptkit process whose Trainer.fit waits for the file READER_GONE: the test closes the pipe the run's
+# output goes to while it is set up, before training prints anything more.
+WAIT_FOR_THE_READER_TO_GO = """
+import os, time
+from gptkit.training.trainer import Trainer
+fit = Trainer.fit
+def waiting(self):
+    while not os.path.exists(os.environ["READER_GONE"]):
+        time.sleep(0.01)
+    return fit(self)
+Trainer.fit = waiting
+from gptkit._entry import main
+main()
+"""
+SMALL = {"model": {"n_layer": 1, "n_head": 2}, "train": {"max_steps": 8, "log_every": 1, "eval_every": 4}}
+
+
+def cli_env(buffered: bool = True) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("PYTHONUNBUFFERED", None)
+    return env if buffered else {**env, "PYTHONUNBUFFERED": "1"}
+
+
+def with_reader_gone(args, cwd, buffered=True, stderr_too=False) -> subprocess.CompletedProcess:
+    """`gptkit ARGS` writing into a pipe nobody reads any more (`| head` that has exited); with
+    `stderr_too`, stderr as well (`2>&1 | tee log`, and the tee died)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, "-m", "gptkit", *map(str, args)], cwd=cwd, env=cli_env(buffered),
+                              stdout=write, stderr=write if stderr_too else subprocess.PIPE, timeout=300)
+    finally:
+        os.close(write)
+
+
+def test_a_run_whose_reader_goes_away_trains_on_and_finishes(tmp_path, write_recipe):
+    """gptkit run RECIPE | head -2: training goes on, silently, to its end."""
+    path, gone = write_recipe(**SMALL), tmp_path / "gone"
+    proc = subprocess.Popen([sys.executable, "-c", WAIT_FOR_THE_READER_TO_GO, "run", path, "--runs-dir", "runs"],
+                            cwd=tmp_path, env={**cli_env(), "READER_GONE": str(gone)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "runs").glob("*/summary.json")):  # written just before fit
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.02)
+    proc.stdout.close()  # the reader goes; the run has more to print
+    gone.touch()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "error" not in err and "Traceback" not in err, err
+    (run,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 8, summary
+    assert (run / "samples.txt").is_file()
+    sampled = with_reader_gone(["sample", run, "--tokens", "50"], tmp_path)  # gptkit sample RUN | head -c 5
+    assert sampled.returncode == 0 and b"error" not in sampled.stderr, sampled.stderr
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "python-u"])
+def test_a_command_whose_reader_is_gone_ends_quietly(tmp_path, buffered):
+    """gptkit list | head -2"""
+    result = with_reader_gone(["list"], tmp_path, buffered)
+    assert result.returncode == 0 and result.stderr == b"", result.stderr
+
+
+def test_an_ablation_whose_reader_is_gone_trains_every_run(tmp_path, write_recipe):
+    """gptkit ablate ... 2>&1 | tee log, and the tee dies"""
+    path = write_recipe(**SMALL)
+    result = with_reader_gone(["ablate", path, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", "abl"],
+                              tmp_path, stderr_too=True)
+    assert result.returncode == 0
+    assert "2 of 2 runs finished." in (tmp_path / "abl" / "results.md").read_text()
+
+
+# --- --resume auto passes by runs it could not resume; summary.json is as fresh as the checkpoint -------
+
+ONE_LAYER = {"n_layer": 1, "n_head": 2}
+
+
+def interrupted_at(monkeypatch, path: Path, runs: Path, step: int, overrides=()) -> Path:
+    with monkeypatch.context() as m:
+        stop_at(m, "train_step", step)
+        with pytest.raises(Interrupted) as e:
+            train(load_recipe(path, list(overrides)), runs_dir=runs, quiet=True)
+    return e.value.run_dir
+
+
+def test_resume_auto_passes_by_a_run_whose_recipe_differs(tmp_path, write_recipe, monkeypatch, capsys, cli):
+    path = write_recipe(model=ONE_LAYER, train={"max_steps": 6, "checkpoint_every": 2})
+    runs = tmp_path / "runs"
+    same = interrupted_at(monkeypatch, path, runs, 2)
+    time.sleep(0.02)  # the newer folder by its time
+    other = interrupted_at(monkeypatch, path, runs, 2, ["train.lr=0.002"])
+    capsys.readouterr()
+    result = train(load_recipe(path), runs_dir=runs, quiet=True, resume="auto")  # the older one, of this recipe
+    assert result.run_dir == same and result.summary["status"] == "finished" and result.summary["steps"] == 6
+    assert capsys.readouterr().err == (f"note: not resuming {other}: its recipe differs (train.lr); to go on with its "
+                                       f"own recipe: gptkit run --resume {other}\n")
+    auto = cli("run", path, "--set", "train.lr=0.003", "--resume", "auto", "--runs-dir", runs, "-q")
+    assert auto.exit_code == 0, auto.output
+    assert f"note: not resuming {other}: its recipe differs (train.lr)" in auto.stderr
+    assert len(list(runs.iterdir())) == 3  # a new run
+    explicit = cli("run", path, "--resume", other)  # named, it is refused as before
+    assert explicit.exit_code == 2 and "the recipe changed in ways that matter:\n  train.lr: 0.002 -> 0.001" in explicit.output
+
+
+def test_resume_auto_passes_by_a_run_of_another_text(tmp_path, write_recipe, monkeypatch, corpus, cli):
+    path = write_recipe(model=ONE_LAYER, train={"max_steps": 6, "checkpoint_every": 2})
+    run = interrupted_at(monkeypatch, path, tmp_path / "runs", 2)
+    lines = corpus.read_text(encoding="utf-8").splitlines(keepends=True)
+    corpus.write_text("".join(reversed(lines)), encoding="utf-8")
+    auto = cli("run", path, "--resume", "auto", "--runs-dir", tmp_path / "runs", "-q")
+    assert auto.exit_code == 0, auto.output
+    assert auto.stderr == f"note: not resuming {run}: it was trained on another text than {corpus}\n"
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def test_resume_auto_says_the_unfinished_run_is_in_use(tmp_path, write_recipe, monkeypatch, cli):
+    import fcntl
+
+    path = write_recipe(model=ONE_LAYER, train={"max_steps": 6, "checkpoint_every": 2})
+    run = interrupted_at(monkeypatch, path, tmp_path / "runs", 2)
+    with open(run / ".lock", "a") as held:  # as the process training it holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        auto = cli("run", path, "--resume", "auto", "--runs-dir", tmp_path / "runs")
+    assert auto.exit_code == 0, auto.output
+    assert f"note: not resuming {run}: it is being trained by another process\n" in auto.stderr
+    assert f"No other run of tiny in {tmp_path / 'runs'} to resume; starting a new one." in auto.stdout
+    assert "No run of tiny" not in auto.output
+
+
+def test_a_killed_runs_summary_is_as_fresh_as_its_checkpoint(tmp_path, write_recipe, monkeypatch):
+    import gptkit.training.run as run_module
+
+    class Killed(BaseException):
+        pass
+
+    def killed_at_step_5(self, *args):
+        if self.state.step == 5:
+            raise Killed
+        return original_step(self, *args)
+
+    path = write_recipe(model=ONE_LAYER, train={"max_steps": 8, "checkpoint_every": 3, "log_every": 2})
+    original_step = Trainer.train_step
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_step", killed_at_step_5)
+        m.setattr(run_module, "record_failure", lambda *args, **kwargs: None)  # SIGKILL: nothing is recorded
+        with pytest.raises(Killed):
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    (run,) = (tmp_path / "runs").iterdir()
+    summary, state = json.loads((run / "summary.json").read_text()), load_checkpoint(run)["trainer"]["state"]
+    assert summary["status"] == "running" and summary["resumable"] and summary["steps"] == state["step"] == 3
+    assert summary["tokens"] == state["tokens"] > 0 and summary["wall_seconds"] == state["seconds"] > 0
+    assert summary["tokens_per_s"] > 0 and summary["final_train_loss"] == state["train_loss"] is not None
+    result = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")  # running: unfinished
+    assert result.run_dir == run and result.summary["status"] == "finished" and result.summary["steps"] == 8

@@ -1,7 +1,8 @@
 """Running an ablation's arms × seeds into one folder, skipping the runs that already finished.
 
-Layout: `<folder>/ablation.yaml` (what was asked), `<folder>/<arm>/seed-<n>/` (one run folder each),
-`results.csv`, `results.md`, `loss_curves.png`. The default folder name is derived from the arms'
+Layout: `<folder>/ablation.yaml` (what was asked), `<folder>/baseline.yaml` (the base recipe it varies,
+as resolved), `<folder>/<arm>/seed-<n>/` (one run folder each), `results.csv`, `results.md`,
+`loss_curves.png`. The default folder name is derived from the arms'
 resolved recipes (not the seeds), so rerunning the same command finds it again and resumes; adding
 seeds later reuses the finished ones.
 """
@@ -17,9 +18,9 @@ from ..data.dataset import CharDataset, load_dataset
 from ..device import keep_random_state
 from ..diagnose import check_forward
 from ..errors import Diverged, UserError
-from ..io import write_text
+from ..io import cannot_make_folder, write_text
 from ..model import build_model_on
-from ..recipe import Recipe, apply_override, flatten
+from ..recipe import Recipe, apply_override, flatten, yaml
 from ..training import train
 from ..training.progress import fmt_duration
 from ..training.run import resolve_device
@@ -35,8 +36,25 @@ from .spec import UNFAIR, Arm, Plan, yaml_text
 MAY_DIFFER = tuple(p for p in MAY_CHANGE if not any(p == k or p.startswith(k + ".") for k in UNFAIR))
 
 
+# The baseline's recipe, resolved, which ablation.yaml names: editing the recipe the ablation was started
+# from must not change the ablation its folder holds. No arm's folder is named so: theirs are `baseline`
+# and names with a "-" in them (see spec.slugify), and they are folders.
+BASELINE = "baseline.yaml"
+
+
 def ablation_dir(plan: Plan, runs_dir: str | Path = "runs", out: str | Path | None = None) -> Path:
     return Path(out) if out is not None else Path(runs_dir) / "ablations" / f"{plan.name}-{plan.digest}"
+
+
+def check_can_make(folder: Path, out: str | Path | None) -> None:
+    """The ablation folder can be made (or written in, if it exists): else one error naming the flag that
+    chose it (`out`: --out, else --runs-dir), before the plan is printed, rather than an OSError once it is."""
+    why = cannot_make_folder(folder)
+    if why is None:
+        return
+    fix = "pass --out with a folder that can be created" if out is not None else \
+        "pass --runs-dir with a writable folder"
+    raise UserError(f"cannot create the ablation folder {folder}: {why}; {fix}")
 
 
 @contextlib.contextmanager
@@ -124,6 +142,7 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
         # Unfinished runs too: their --resume would refuse another text, but only once earlier runs trained.
         check_same_text(folder / row.run_dir, row.arm.recipe.data.path, texts[row.arm.slug])
     folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / BASELINE, baseline_recipe(plan))  # first: ablation.yaml names it
     write_text(folder / "ablation.yaml", manifest(plan, folder))
     skipped = sum(r.summary is not None for r in rows)
     gone = sum(r.summary is not None and not finished(r.summary) for r in rows)
@@ -169,7 +188,8 @@ def continue_from(run_dir: Path) -> Path | None:
 
 def check_folder(folder: Path) -> None:
     """Ablation files are written only into a new or empty folder, or an ablation's own."""
-    if folder.is_dir() and not (folder / "ablation.yaml").is_file() and any(folder.iterdir()):
+    if folder.is_dir() and not (folder / "ablation.yaml").is_file() \
+            and any(p.name != BASELINE for p in folder.iterdir()):  # (alone: stopped before writing ablation.yaml)
         raise UserError(f"{folder} is not empty and is not an ablation folder (it has no ablation.yaml); "
                         "pass --out with a new or empty folder")
 
@@ -243,14 +263,24 @@ def plot(folder: Path, rows: list[RunRow], title: str) -> bool:
     return plot_curves(curves, folder / "loss_curves.png", title)
 
 
+def baseline_recipe(plan: Plan) -> str:
+    """baseline.yaml: the recipe the ablation varies as it resolved (its `set` applied, every default filled
+    in, every path absolute), written as a run folder's recipe.yaml is."""
+    return ("# The baseline recipe of the ablation in this folder, as resolved when it last ran; ablation.yaml's\n"
+            "# `recipe`, so that a change to the recipe it was started from does not change this ablation.\n"
+            + yaml.dump(plan.baseline.recipe.to_dict()))
+
+
 def manifest(plan: Plan, folder: Path) -> str:
     """ablation.yaml: an ablation file for exactly this ablation, so that it can be resumed or given more
-    seeds from anywhere, with its arms' folders in comments. One line per key, each value written as
-    gptkit's YAML reads it back (PyYAML would leave 1e5 unquoted, which YAML 1.2 reads as a number)."""
+    seeds from anywhere, with its arms' folders in comments. Its recipe is the snapshot beside it
+    (baseline.yaml, relative to the file as an ablation file's recipe is), its other paths absolute. One
+    line per key, each value written as gptkit's YAML reads it back (PyYAML would leave 1e5 unquoted,
+    which YAML 1.2 reads as a number)."""
     a = plan.ablation
     data = {
         "name": plan.name,
-        "recipe": str(a.recipe.resolve()),
+        "recipe": BASELINE,
         "set": dict(_value(text) for text in a.overrides),
         "vary": {key: [_value(f"{key}={v}")[1] for v in values] for key, values in a.vary.items()},
         "mode": a.mode,

@@ -1,6 +1,10 @@
 """The `gptkit` command. Each subcommand lives in its own module of this package."""
 
+import contextlib
+import io
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -11,7 +15,12 @@ from ..errors import RunStopped, UserError
 
 class Group(click.Group):
     """Turns a user's mistake into one message on stderr and exit code 2, a stopped run into its
-    documented exit code, and a Ctrl-C outside training into 130."""
+    documented exit code, and a Ctrl-C outside training into 130. A reader that goes away (`| head`,
+    a `tee` that dies) ends nothing: see `reader_may_go`."""
+
+    def main(self, *args, **kwargs):
+        with reader_may_go():
+            return super().main(*args, **kwargs)
 
     def invoke(self, ctx):
         try:
@@ -37,6 +46,68 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("\ninterrupted", err=True)
             ctx.exit(130)
+
+
+class _ReaderMayGo(io.FileIO):
+    """The file descriptor of stdout or stderr, whose writes never fail because its reader went away: at
+    the first broken pipe it is pointed at os.devnull (see Python's docs on SIGPIPE), so that this
+    write and every later one succeed, as if read and thrown away."""
+
+    def write(self, b) -> int:
+        try:
+            return super().write(b)
+        except BrokenPipeError:
+            _to_devnull(self.fileno())
+            return memoryview(b).nbytes
+
+
+def _to_devnull(fd: int) -> None:
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def _pipe_safe(stream, original) -> io.TextIOWrapper | None:
+    """`stream` (sys.stdout or sys.stderr) as the same kind of stream over a `_ReaderMayGo`; None where it
+    is not the process's own over a plain file descriptor (a test's captured output, a Windows console)."""
+    if stream is None or stream is not original or type(stream) is not io.TextIOWrapper:
+        return None
+    buffer = stream.buffer
+    raw = buffer.raw if type(buffer) is io.BufferedWriter else buffer  # raw itself under python -u
+    if type(raw) is not io.FileIO:
+        return None
+    safe = _ReaderMayGo(raw.fileno(), "wb", closefd=False)
+    safe.name = raw.name  # "<stdout>"
+    try:
+        stream.flush()
+    except BrokenPipeError:  # gone already: what it held goes where later writes will
+        _to_devnull(raw.fileno())
+        stream.flush()
+    return io.TextIOWrapper(io.BufferedWriter(safe) if buffer is not raw else safe, encoding=stream.encoding,
+                            errors=stream.errors, newline=None if os.name == "nt" else "\n",
+                            line_buffering=stream.line_buffering, write_through=stream.write_through)
+
+
+@contextlib.contextmanager
+def reader_may_go() -> Iterator[None]:
+    """Within it, writing to stdout or stderr once its reader has gone (`gptkit run ... | head -2`, a
+    `tee` that died) neither raises nor stops anything: a run trains on and finishes (its progress is in
+    metrics.jsonl anyway), and any command ends as it would have, printing into the void."""
+    swapped = {}
+    for name in ("stdout", "stderr"):
+        safe = _pipe_safe(getattr(sys, name), getattr(sys, f"__{name}__"))
+        if safe is not None:
+            swapped[name] = getattr(sys, name)
+            setattr(sys, name, safe)
+    try:
+        yield
+    finally:
+        for name, original in swapped.items():
+            with contextlib.suppress(OSError, ValueError):
+                getattr(sys, name).flush()
+            setattr(sys, name, original)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -4,7 +4,8 @@ from pathlib import Path
 import click
 
 from ..ablation.plot import HINT
-from ..ablation.runner import ablation_dir, describe, plot, run_ablation, write_reports
+from ..ablation.runner import (ablation_dir, check_can_make, check_folder, check_no_strays, describe, plot,
+                               run_ablation, write_reports)
 from ..ablation.spec import Ablation, check_name, load_ablation, parse_seeds, parse_vary, plan
 from ..errors import RunStopped, UserError
 from ..io import read_text
@@ -60,6 +61,11 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
 
     p = plan(ablation)
     folder = ablation_dir(p, runs_dir, out)
+    # Said before the plan, as `gptkit run` says it before training: a folder that cannot be made or used
+    # (run_ablation checks the last two again, for callers in Python).
+    check_can_make(folder, out)
+    check_folder(folder)
+    check_no_strays(p, folder)
     margin = ablation.param_margin
     click.echo(f"Ablation folder: {folder}  (rerun the same command to resume)")
     click.echo(f"{len(p.arms)} arms × {len(p.seeds)} seeds (seeds {', '.join(map(str, p.seeds))}) = "

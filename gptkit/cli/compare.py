@@ -7,6 +7,7 @@ from ..ablation.plot import HINT, plot_curves
 from ..ablation.report import table
 from ..ablation.runs import read_summary, val_curve
 from ..errors import UserError
+from ..io import cannot_make_folder
 from ..recipe import flatten
 from ..training.progress import fmt_duration
 from ..training.resume import is_locked, run_recipe
@@ -54,17 +55,33 @@ def compare(run_dirs, plot_path):
     click.echo("Final figures:\n" + table(["", *names], rows), nl=False)
     if plot_path:
         curves = {name: [val_curve(d)] for name, d in zip(names, dirs)}
-        if not any(curve for (curve,) in curves.values()):
+        missing = {name: no_curve(d) for name, d in zip(names, dirs) if not curves[name][0]}
+        if len(missing) == len(dirs):
+            if all(why == NO_SPLIT for why in missing.values()):
+                raise UserError(f"--plot: none of these runs has a validation loss, nor ever will ({NO_SPLIT}); "
+                                "nothing to draw")
             raise UserError("--plot: none of these runs has a validation loss yet (metrics.jsonl); nothing to draw")
-        left_off = [f"{name} ({'no validation loss yet' if (d / 'metrics.jsonl').is_file() else 'no metrics.jsonl'})"
-                    for name, d in zip(names, dirs) if not curves[name][0]]
-        if left_off:
-            click.echo(f"warning: --plot leaves out {', '.join(left_off)}", err=True)
+        if missing:
+            left_off = ", ".join(f"{name} ({why})" for name, why in missing.items())
+            click.echo(f"warning: --plot leaves out {left_off}", err=True)
         try:
             plot_curves(curves, Path(plot_path), "validation loss")  # matplotlib is there: check_plot_path
         except OSError as e:
             raise UserError(f"--plot {plot_path}: cannot write it: {e.strerror}; choose another file") from None
         click.echo(f"Wrote {plot_path}")
+
+
+NO_SPLIT = "no validation split: data.val_fraction is 0"
+
+
+def no_curve(run_dir: Path) -> str:
+    """Why a run has no validation curve to draw."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        return "no metrics.jsonl"
+    data = run_recipe(run_dir).get("data")
+    if isinstance(data, dict) and data.get("val_fraction") == 0:  # it never will have one
+        return NO_SPLIT
+    return "no validation loss yet"
 
 
 def check_plot_path(path: Path) -> None:
@@ -74,6 +91,9 @@ def check_plot_path(path: Path) -> None:
         plot.image_format(path)
     except ValueError as e:
         raise UserError(f"--plot {path}: {e}") from None
+    why = cannot_make_folder(path.parent)
+    if why is not None:
+        raise UserError(f"--plot {path}: cannot write it there: {why}; choose another file")
 
 
 def summary_or_status(run_dir: Path) -> dict:

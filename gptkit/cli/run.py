@@ -17,7 +17,7 @@ from . import main, overrides_option
               help="Folder that receives the run folder.")
 @click.option("--resume", metavar="RUN_DIR|auto",
               help="Continue a run from its last checkpoint. 'auto': the newest unfinished run of RECIPE "
-                   "in --runs-dir, or a new run if there is none.")
+                   "in --runs-dir that it can resume, or a new run if there is none.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the run folder and the final figures.")
 def run(recipe, overrides, runs_dir, resume, quiet):
     """Train the model RECIPE describes.

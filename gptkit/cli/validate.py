@@ -1,6 +1,7 @@
 import click
 
 from ..recipe import load_recipe, yaml
+from ..training.run import check_data
 from . import main, overrides_option
 
 
@@ -8,6 +9,17 @@ from . import main, overrides_option
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @overrides_option
 def validate(recipe, overrides):
-    """Check RECIPE and print it fully resolved, with every default filled in."""
+    """Check RECIPE and print it fully resolved, with every default filled in.
+
+    Checks every field, and the data as `gptkit run` does before it trains: data.path exists and is
+    UTF-8 text with more than one block for training (and for validation), train.batch_size is at most
+    its training windows per epoch, and sample.prompt's characters are in its vocabulary. Nothing is
+    written: a data.path that data.corpus would create on the first run is not created, and its checks
+    are left to that run (a note on stderr says so).
+    """
     resolved = load_recipe(recipe, overrides)
+    if check_data(resolved) is None:
+        data = resolved.data
+        click.echo(f"note: data.path {data.path} does not exist yet: the '{data.corpus.name}' corpus will "
+                   "create it on the first run, which checks the data then", err=True)
     click.echo(yaml.dump(resolved.to_dict()), nl=False)  # validates again: a recipe named 1e5 stays a string

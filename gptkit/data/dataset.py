@@ -126,10 +126,15 @@ def corpus_text(spec) -> str:
     return text
 
 
+def will_create(data) -> bool:
+    """Whether `load_dataset(data, ...)` would first create data.path from data.corpus (on first use)."""
+    return data.corpus is not None and not Path(data.path).exists()
+
+
 def load_dataset(data, block_size: int) -> CharDataset:
     """The dataset a recipe's `data` section describes, creating the corpus file on first use."""
     path: Path = data.path
-    if not path.exists() and data.corpus is not None:
+    if will_create(data):
         text = corpus_text(data.corpus)
         try:
             write_text(path, text)

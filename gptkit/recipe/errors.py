@@ -2,6 +2,7 @@
 
 import types
 import typing
+from collections.abc import Callable
 
 from pydantic import BaseModel, ValidationError
 
@@ -28,10 +29,46 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], extra_keys: se
             issues.append((loc, f"unknown key{did_you_mean(key, valid)}. Valid keys here: {listing(valid)}"))
         elif err["type"] == "missing":
             issues.append((loc, "required key is missing"))
+        elif err["type"] == "string_type":  # YAML read the value as another type: see string_hint
+            issues.append((loc, NotAString(f"{err['msg']} (got {err['input']!r})", err["input"])))
         else:
             msg = err["msg"].removeprefix("Value error, ")
             issues.append((loc, f"{msg} (got {err['input']!r})"))
     return issues
+
+
+class NotAString(str):
+    """The message for a string field that YAML read as something else (`prompt: 2024`, `--set
+    sample.prompt=ROMEO:`); `value` is what it read. Whoever knows how the value was written adds
+    `string_hint`'s fix to it."""
+
+    value: object
+
+    def __new__(cls, message: str, value: object):
+        self = super().__new__(cls, message)
+        self.value = value
+        return self
+
+
+def _read_as(value: object) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def string_hint(value: object, written: str | None, quoted: Callable[[str], str] | None) -> str:
+    """Why a string field got `value`, and how to make it a string: `(YAML read ROMEO: as a mapping;
+    quote it: --set 'sample.prompt="ROMEO:"')`. `written` is the value as the user wrote it (None if
+    unknown); `quoted(text)` says how to write `text` quoted where the user wrote it (None: unknown)."""
+    what = "an empty value" if written == "" else written if written is not None else "the value"
+    fix = f"quote it: {quoted(written)}" if written is not None and quoted else "quote it to make it a string"
+    return f"(YAML read {what} as {_read_as(value)}; {fix})"
 
 
 def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:

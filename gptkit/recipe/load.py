@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..io import read_text
 from . import yaml
 from .components import loading_model_only
-from .errors import describe_errors
+from .errors import NotAString, describe_errors, string_hint
 from .schema import Recipe, RecipePath, _resolve
 
 
@@ -30,14 +30,14 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
         raise TypeError(f"load_recipe takes a recipe file's path, got {type(path).__name__}; change a loaded Recipe "
                         "by assigning its fields, or with train_model(recipe, overrides=[...])")
     path = Path(path)
-    data, lines = yaml.load(read_text(path, "recipe"), str(path))
+    data, lines, source = yaml.load_with_source(read_text(path, "recipe"), str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping with keys such as name, data, model, train; got {type(data).__name__}")
     _refuse_ablation_file(path, data)
     applied = apply_overrides(data, overrides, origins)
-    return validate(data, origin=str(path), base_dir=path.parent, lines=lines, overrides=applied)
+    return validate(data, origin=str(path), base_dir=path.parent, lines=lines, overrides=applied, source=source)
 
 
 def _refuse_ablation_file(path: Path, data: dict) -> None:
@@ -91,18 +91,22 @@ def check_overrides(overrides: Sequence[str] | None) -> Sequence[str]:
 
 
 def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
-             lines: dict | None = None, overrides: Sequence[tuple[tuple, str]] = ()) -> Recipe:
+             lines: dict | None = None, overrides: Sequence[tuple[tuple, str]] = (),
+             source: yaml.Source | None = None) -> Recipe:
+    """The Recipe `data` describes, or one RecipeError listing every problem; `source` (of the file's
+    text) lets a string field given a number or a mapping say how to quote it as it was written."""
     unrun = _import_files(data, origin, base_dir, lines or {})
     try:
         return Recipe.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
         if unrun:  # the likely cause of an unknown component
-            raise RecipeError(f"{_problems(e, origin, lines, overrides)}\n(its imports could not be run: "
+            raise RecipeError(f"{_problems(e, origin, lines, overrides, source)}\n(its imports could not be run: "
                               f"{'; '.join(unrun)})") from None
-        raise RecipeError(_problems(e, origin, lines, overrides)) from None
+        raise RecipeError(_problems(e, origin, lines, overrides, source)) from None
 
 
-def _problems(e: ValidationError, origin: str, lines: dict | None, overrides: Sequence[tuple[tuple, str]]) -> str:
+def _problems(e: ValidationError, origin: str, lines: dict | None, overrides: Sequence[tuple[tuple, str]],
+              source: yaml.Source | None = None) -> str:
     """Every validation error, on a line of its own, named by its file line or by its override."""
     problems = []  # (the override's index, the line, the text): the recipe's own in file order, then --set's
     for loc, msg in describe_errors(e, Recipe):
@@ -111,6 +115,8 @@ def _problems(e: ValidationError, origin: str, lines: dict | None, overrides: Se
         # several, the last, whose value won.
         blamed = next((i for i, (keys, _) in reversed(list(enumerate(overrides)))
                        if loc[: len(keys)] == keys or (loc and keys[: len(loc)] == loc)), None)
+        if isinstance(msg, NotAString):
+            msg = f"{msg} {_string_hint(msg.value, loc, overrides[blamed] if blamed is not None else None, source)}"
         if blamed is not None:
             problems.append((blamed, 0, f"{overrides[blamed][1]}: {key}: {msg}"))
         else:
@@ -120,6 +126,28 @@ def _problems(e: ValidationError, origin: str, lines: dict | None, overrides: Se
     if len(texts) == 1:
         return texts[0]
     return f"{origin} has {len(texts)} problems:\n" + "\n".join(f"  {t}" for t in texts)
+
+
+def _string_hint(value, loc: tuple, override: tuple[tuple, str] | None, source: yaml.Source | None) -> str:
+    """string_hint for the string field at `loc` given `value`, by the `override` (key path, label) to
+    blame, or else by the recipe file whose `source` tells how the value was written."""
+    def in_file(written: str) -> str:  # `prompt: "MENENIUS:"`, or `- "x"` in a list
+        return f"{loc[-1]}: {yaml.quote(written)}" if loc and isinstance(loc[-1], str) else f"- {yaml.quote(written)}"
+
+    if override is None:
+        return string_hint(value, source.text(loc) if source else None, in_file)
+    keys, label = override
+    flag, _, text = label.partition(" ")
+    if not (flag in ("--set", "--vary") and loc[: len(keys)] == keys):  # an ablation file's key, say
+        return string_hint(value, None, None)
+    written = text.partition("=")[2].strip()
+    if loc == keys:  # --set 'sample.prompt="ROMEO:"'; --vary 'sample.prompt="ROMEO:",...', as it splits its values
+        return string_hint(value, written, lambda w: f"{flag} {yaml.quote_flag('.'.join(keys), w, flag == '--vary')}")
+    try:  # below the override's key: --set 'model.attention={name: mine, mode: 1}'
+        below = yaml.load_with_source(written, label)[2].text(loc[len(keys):])
+    except UserError:
+        below = None
+    return string_hint(value, below, in_file)
 
 
 _FILES = TypeAdapter(list[RecipePath])

@@ -7,7 +7,9 @@ data is built: tags that would construct objects are refused. `dump` writes what
 as the same data (PyYAML's writer leaves the string "1e5" unquoted, which `load` reads as a float).
 """
 
+import json
 import re
+import shlex
 
 import yaml
 
@@ -55,6 +57,12 @@ def load(text: str, origin: str) -> tuple[object, dict[Path, int]]:
     """Parse one YAML document into plain data, and the 1-based line of every key path.
 
     `origin` names the text in errors (a file name, or `--set key`)."""
+    data, lines, _ = load_with_source(text, origin)
+    return data, lines
+
+
+def load_with_source(text: str, origin: str) -> tuple[object, dict[Path, int], "Source"]:
+    """`load`, and the Source that tells how each value was written (for hints: `name: 2024` is a number)."""
     loader = None
     try:
         loader = _Loader(text)  # the reader already refuses control characters here
@@ -62,7 +70,7 @@ def load(text: str, origin: str) -> tuple[object, dict[Path, int]]:
         builder = _Builder(loader, origin)
         data = builder.build(node, ()) if node is not None else None
     except yaml.MarkedYAMLError as e:
-        raise YAMLError(_describe(e, origin)) from None
+        raise YAMLError(_describe(e, origin, text)) from None
     except yaml.YAMLError as e:
         raise YAMLError(f"{origin}: not valid YAML: {e}") from None
     except RecursionError:
@@ -70,7 +78,23 @@ def load(text: str, origin: str) -> tuple[object, dict[Path, int]]:
     finally:
         if loader is not None:
             loader.dispose()
-    return data, builder.lines
+    return data, builder.lines, Source(text, builder.spans)
+
+
+class Source:
+    """How the values of a YAML text were written: `text(path)` is the value at a key path as it stands
+    in the text (`2024`, `{a: 1}`, `"x"` with its quotes), or None if it spans several lines. Only
+    positions are kept until a value's text is asked for (aliases may repeat a long value many times)."""
+
+    def __init__(self, text: str, spans: dict[Path, tuple[int, int]]):
+        self._text, self._spans = text, spans
+
+    def text(self, path: Path) -> str | None:
+        if path not in self._spans:
+            return None
+        start, end = self._spans[path]
+        written = self._text[start:end].strip()
+        return None if _LINE_BREAKS.search(written) else written
 
 
 class _Builder:
@@ -79,12 +103,15 @@ class _Builder:
     def __init__(self, loader: _Loader, origin: str):
         self.loader, self.origin = loader, origin
         self.lines: dict[Path, int] = {}
+        self.spans: dict[Path, tuple[int, int]] = {}  # where each value at a key path is written
         self.values = 0
         self.open: set[int] = set()  # the nodes being built: an alias to one of them would never end
 
     def build(self, node, path: Path, lines: dict | None = None):
         line = node.start_mark.line + 1
         (self.lines if lines is None else lines).setdefault(path, line)
+        if lines is None:  # not a key, nor a mapping merged in (whose values are built again below it)
+            self.spans.setdefault(path, (node.start_mark.index, node.end_mark.index))
         self.values += 1
         if self.values > MAX_VALUES:
             raise YAMLError(f"{self.origin}: more than {MAX_VALUES:,} values (aliases expanding?); a recipe is smaller")
@@ -125,6 +152,7 @@ class _Builder:
                 raise YAMLError(f"{self.origin}:{line}: duplicate key '{where}' (first at line {own_lines[key]}); "
                                 "YAML would silently keep only the last one. Remove one.")
             own_lines[key] = self.lines[path + (key,)] = line
+            self.spans.pop(path + (key,), None)  # a value merged in before is overridden by this one
             own[key] = self.build(value_node, path + (key,))
         return {**merged, **own}  # a mapping's own keys override merged ones
 
@@ -140,7 +168,7 @@ class _Builder:
         return out
 
 
-def _describe(e: yaml.MarkedYAMLError, origin: str) -> str:
+def _describe(e: yaml.MarkedYAMLError, origin: str, text: str) -> str:
     mark = e.problem_mark or e.context_mark
     where = f"{origin}:{mark.line + 1}" if mark else origin
     problem = e.problem or e.context or "not valid YAML"
@@ -149,7 +177,37 @@ def _describe(e: yaml.MarkedYAMLError, origin: str) -> str:
     opened = e.context_mark
     if e.context and opened and mark and opened.line != mark.line:
         problem += f" ({e.context} at line {opened.line + 1})"
+    if problem.startswith("mapping values are not allowed"):  # `prompt: MENENIUS:`, `--set sample.prompt=a: b: c`
+        problem += f" ({_quote_hint(origin, text, mark.line if mark else None)})"
     return f"{where}: not valid YAML: {problem}"
+
+
+COLON_HINT = "a value containing ': ' or ending in ':' must be quoted"
+_KEY_VALUE = re.compile(r"""^\s*(?:-\s+)*([^\s#'"{\[\]}&*!|>%@`,-][^:#]*?)\s*:\s+(.+?)(?:\s+#.*)?$""")
+
+
+def _quote_hint(origin: str, text: str, line: int | None) -> str:
+    """How to quote the value YAML read as a mapping where it may not be one: for a `--set KEY` (or
+    `--vary KEY`) origin, the flag with its value quoted; for a file, the line's `key: "value"`."""
+    if origin.startswith("--") and " " in origin:
+        flag, _, rest = origin.partition(" ")
+        return f"{COLON_HINT}: {flag} {quote_flag(rest.partition('=')[0], text.strip(), flag == '--vary')}"
+    lines = text.splitlines()
+    match = _KEY_VALUE.match(lines[line]) if line is not None and line < len(lines) else None
+    if match and (": " in match[2] or match[2].endswith(":")):
+        return f"{COLON_HINT}: {match[1]}: {quote(match[2])}"
+    return f'{COLON_HINT}, e.g. prompt: "MENENIUS: good day"'
+
+
+def quote(text: str) -> str:
+    """`text` as a double-quoted YAML string, which reads back as exactly `text`."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def quote_flag(key: str, text: str, more: bool = False) -> str:
+    """`KEY="TEXT"` quoted for a shell: what --set (or, with `more` values after it, --vary) reads back
+    as the string `text`."""
+    return shlex.quote(f"{key}={quote(text)}{',...' if more else ''}")
 
 
 class _Dumper(yaml.SafeDumper):

@@ -36,10 +36,29 @@ def differing(a: dict, b: dict, may_change: tuple[str, ...] = MAY_CHANGE) -> lis
                   if a.get(k) != b.get(k) and not any(fnmatch.fnmatchcase(k, p) for p in may_change))
 
 
+def recipe_changes(old: dict, new: dict) -> list[tuple[str, str]]:
+    """(key, 'key: old -> new') for every key of two recipes whose value differs and that may not change."""
+    a, b = flatten(old), flatten(new)
+    return [(k, f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}") for k in differing(a, b)]
+
+
 def recipe_diff(old: dict, new: dict) -> list[str]:
     """'key: old -> new' for every key whose value differs and that may not change."""
-    a, b = flatten(old), flatten(new)
-    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in differing(a, b)]
+    return [how for _, how in recipe_changes(old, new)]
+
+
+def changes_since(checkpoint: dict, recipe: Recipe, dataset) -> list[tuple[str, str]]:
+    """What keeps `recipe` and its text (a CharDataset) from resuming the run `checkpoint` was saved by,
+    as (what, how) pairs: ("train.lr", "train.lr: 0.002 -> 0.001") for each recipe key that differs and
+    may not change (MAY_CHANGE), ("vocabulary", ...) or ("text", ...) for another text; [] if it may resume."""
+    changes = recipe_changes(checkpoint["recipe"], recipe.to_dict())
+    if checkpoint["itos"] != list(dataset.itos):
+        changes.append(("vocabulary", f"vocabulary: {len(checkpoint['itos'])} characters -> {len(dataset.itos)} "
+                                      "(the text changed)"))
+    elif checkpoint.get("text_sha256", dataset.fingerprint) != dataset.fingerprint:  # absent: an older checkpoint
+        changes.append(("text", f"data: the text at {recipe.data.path} is not the one the run was trained on "
+                                f"(SHA-256 {checkpoint['text_sha256'][:12]}... -> {dataset.fingerprint[:12]}...)"))
+    return changes
 
 
 def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset, warn: Callable[[str], None]) -> None:
@@ -49,13 +68,7 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset, wa
     if "trainer" not in checkpoint:
         raise UserError(f"{run_dir}/checkpoint.pt holds weights only, no training state to resume from")
     refuse_if_stopped_for_good(run_dir)
-    changes = recipe_diff(checkpoint["recipe"], recipe.to_dict())
-    if checkpoint["itos"] != list(dataset.itos):
-        changes.append(f"vocabulary: {len(checkpoint['itos'])} characters -> {len(dataset.itos)} (the text changed)")
-    elif checkpoint.get("text_sha256", dataset.fingerprint) != dataset.fingerprint:  # absent: an older checkpoint
-        changes.append(f"data: the text at {recipe.data.path} is not the one the run was trained on "
-                       f"(SHA-256 {checkpoint['text_sha256'][:12]}... -> {dataset.fingerprint[:12]}...)")
-    refuse_changes(run_dir, changes)
+    refuse_changes(run_dir, [how for _, how in changes_since(checkpoint, recipe, dataset)])
     for change in plugin_changes(checkpoint.get("plugins"), recipe):
         warn(f"warning: {change}; resuming {run_dir} with it")
 
@@ -182,20 +195,52 @@ def remove_leftovers(run_dir: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def find_resumable(runs_dir: Path, name: str, log: Callable[[str], None]) -> Path | None:
-    """The newest run of recipe `name` that has a checkpoint and can go on (not finished, not diverged),
-    or None. Folders are named
-    NAME-YYYYmmdd-HHMMSS[-N]: a recipe named `tiny` must not pick a run of `tiny-wide`."""
+def find_resumable(runs_dir: Path, recipe: Recipe, dataset, log: Callable[[str], None],
+                   warn: Callable[[str], None] = lambda message: None) -> tuple[Path, dict] | None:
+    """The newest run of `recipe` (by its name) that has a checkpoint and that this recipe and its text
+    (a CharDataset) could resume, with that checkpoint loaded; or None. A run is passed by when it
+    finished or diverged, silently, or, with a note through `warn`, when another process trains it, or
+    its recipe or text differs in a way `check_resumable` would refuse (`changes_since`), or its
+    checkpoint cannot be read. Folders are named NAME-YYYYmmdd-HHMMSS[-N]: a recipe named `tiny` must
+    not pick a run of `tiny-wide`."""
+    name = recipe.name
     own = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?")
     runs = [p for p in runs_dir.glob(f"{name}-*") if own.fullmatch(p.name)]
     candidates = sorted((p for p in runs if (p / "checkpoint.pt").is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
+    passed = 0
     for run in candidates:
-        if resumable(summary_of(run)) and not is_locked(run):  # locked: another process trains it now
-            return run
+        if not resumable(summary_of(run)):  # finished, or diverged
+            continue
+        why = passed_by(run, recipe, dataset)
+        if isinstance(why, str):
+            warn(f"note: not resuming {run}: {why}")
+            passed += 1
+            continue
+        return run, why
     early = sum(resumable(summary_of(p)) for p in runs if p not in candidates)
-    log(f"No run of {name} in {runs_dir} to resume{f' ({early} stopped before their first checkpoint)' if early else ''}; "
-        "starting a new one.")
+    log(f"No {'other ' if passed else ''}run of {name} in {runs_dir} to resume"
+        f"{f' ({early} stopped before their first checkpoint)' if early else ''}; starting a new one.")
     return None
+
+
+def passed_by(run: Path, recipe: Recipe, dataset) -> str | dict:
+    """Why `--resume auto` passes the unfinished run `run` by, or its checkpoint if it may resume it."""
+    if is_locked(run):  # another process trains it now
+        return "it is being trained by another process"
+    try:
+        checkpoint = load_checkpoint(run / "checkpoint.pt")
+    except UserError as e:
+        return str(e)
+    if "trainer" not in checkpoint:
+        return "its checkpoint.pt holds weights only, no training state to resume from"
+    changes = [what for what, _ in changes_since(checkpoint, recipe, dataset)]
+    keys = [what for what in changes if what not in ("vocabulary", "text")]
+    differs, text = f"its recipe differs ({', '.join(keys)})", f"it was trained on another text than {recipe.data.path}"
+    if keys and keys == changes:  # the run's own recipe.yaml would go on with it
+        return f"{differs}; to go on with its own recipe: gptkit run --resume {run}"
+    if changes:
+        return f"{differs} and {text}" if keys else text
+    return checkpoint
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import torch
 
-from ..data.dataset import CharDataset, load_dataset
+from ..data.dataset import CharDataset, load_dataset, will_create
 from ..device import keep_random_state
 from ..diagnose import blaming, check_forward
 from ..errors import CheckpointError, ComponentError, Diverged, RunStopped, UserError
@@ -108,6 +108,17 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
         return _train(recipe, dist, device, runs_dir, quiet, resume, run_dir)
 
 
+def check_data(recipe: Recipe) -> CharDataset | None:
+    """The data checks `train` makes before training (load_dataset, then check_run), for `gptkit validate`,
+    which writes nothing: None, unchecked, when data.path does not exist yet and data.corpus would create
+    it on the first run."""
+    if will_create(recipe.data):
+        return None
+    dataset = load_dataset(recipe.data, recipe.model.block_size)  # creates nothing: the path exists, or no corpus
+    dataset.check_run(recipe.train.batch_size, recipe.sample.prompt)
+    return dataset
+
+
 def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, runs_dir: str | Path, quiet: bool,
            resume: str | Path | None, run_dir: str | Path | None) -> RunResult:
     """`train` on `device`, as the process `dist` of its job."""
@@ -119,15 +130,18 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     dist.check_same("the training text", int(dataset.fingerprint[:15], 16),
                     "every machine needs the same file at data.path")
     dataset.check_run(recipe.train.batch_size, recipe.sample.prompt)
-    if resume is not None:
-        run_dir = find_resumable(Path(runs_dir), recipe.name, log) if resume == "auto" else check_run_dir(resume)
     checkpoint = None
+    if resume == "auto":  # a run it passes by is named, and why: another process trains it, another recipe...
+        run_dir, checkpoint = find_resumable(Path(runs_dir), recipe, dataset, log, warn) or (None, None)
+    elif resume is not None:
+        run_dir = check_run_dir(resume)
     if resume is not None and run_dir is not None:
         run_dir = Path(run_dir)
         if is_locked(run_dir):  # said first: nothing else about a folder another process is changing holds
             raise busy(run_dir)
-        if (run_dir / "checkpoint.pt").exists():
+        if checkpoint is None and (run_dir / "checkpoint.pt").exists():  # (auto's choice is loaded already)
             checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+        if checkpoint is not None:
             check_resumable(run_dir, checkpoint, recipe, dataset, warn)
         else:  # stopped before its first checkpoint: nothing to continue from, so it starts over
             check_restartable(run_dir, recipe)
@@ -259,6 +273,8 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
 
 
 def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, metrics: BinaryIO) -> None:
+    """The checkpoint, then summary.json as fresh as it (still `running`): a run killed later (SIGKILL,
+    a power cut) shows the steps, tokens, time and losses it can be resumed from, not those of its start."""
     try:
         os.fsync(metrics.fileno())  # the metrics always reach at least as far as the checkpoint
         save_checkpoint(run_dir / "checkpoint.pt", trainer.model, recipe.to_dict(), dataset.itos,
@@ -267,6 +283,11 @@ def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, 
     except OSError as e:
         raise CheckpointError(f"could not save the checkpoint in {run_dir}: {e.strerror or e}; {kept(run_dir)}. "
                               "Free some space and resume with --resume") from None
+    try:
+        write_summary(run_dir, recipe, trainer, "running")  # atomic, as the checkpoint: the old one or the new
+    except OSError as e:
+        raise CheckpointError(f"could not write summary.json in {run_dir}: {e.strerror or e}; the checkpoint is "
+                              "saved. Free some space and resume with --resume") from None
 
 
 def kept(run_dir: Path) -> str:
