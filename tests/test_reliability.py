@@ -818,3 +818,19 @@ def test_a_killed_runs_summary_is_as_fresh_as_its_checkpoint(tmp_path, write_rec
     assert summary["tokens_per_s"] > 0 and summary["final_train_loss"] == state["train_loss"] is not None
     result = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")  # running: unfinished
     assert result.run_dir == run and result.summary["status"] == "finished" and result.summary["steps"] == 8
+
+
+def test_a_stop_signal_is_taken_when_stderr_is_gone(monkeypatch):
+    import signal
+    from types import SimpleNamespace
+
+    from gptkit.training import trainer as trainer_module
+
+    def gone(fd, data):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    trainer = SimpleNamespace(stop_signal=None, dist=SimpleNamespace(is_main=True))
+    monkeypatch.setattr(trainer_module.os, "write", gone)  # the handler's note cannot be written
+    with trainer_module.stop_on_signals(trainer):
+        signal.raise_signal(signal.SIGTERM)
+    assert trainer.stop_signal == signal.SIGTERM

@@ -153,7 +153,8 @@ def stop_on_signals(trainer: "Trainer"):
             note = f"\n{name}: stopping after this step and saving a checkpoint...\n"
         else:
             note = f"\n{name}: still saving; the checkpoint is written atomically, please wait.\n"
-        os.write(2, note.encode())  # not print(): a handler may interrupt a print in progress
+        with contextlib.suppress(OSError):  # stderr's reader gone: the stop goes ahead unannounced
+            os.write(2, note.encode())  # not print(): a handler may interrupt a print in progress
 
     return _on_signals(handler)
 
