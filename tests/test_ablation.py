@@ -196,7 +196,11 @@ def test_finished_runs_are_reused_only_on_the_text_they_trained_on(cli, tmp_path
     assert "delete that run folder" in result.output and not (out / "baseline" / "seed-1").exists()
 
 
-def test_finished_runs_are_reused_only_with_the_plugin_versions_they_trained_with(cli, tmp_path, write_recipe, install):
+@pytest.mark.parametrize("finished", [True, False])
+def test_runs_are_reused_or_resumed_only_with_the_plugin_versions_they_trained_with(cli, tmp_path, write_recipe,
+                                                                                    install, finished):
+    import json
+
     from test_plugins import NORM, upgrade
 
     install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_pooled:UnitNorm"}}, {"acme_pooled": NORM})
@@ -204,14 +208,19 @@ def test_finished_runs_are_reused_only_with_the_plugin_versions_they_trained_wit
     out = tmp_path / "abl"
     first = cli("ablate", recipe, "--vary", "model.positional=rope", "--seeds", "1", "--out", out)
     assert first.exit_code == 0, first.output
+    run = out / "baseline" / "seed-0"
+    if not finished:  # as if stopped after its checkpoint: resuming it would mix the two versions within one run
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps(summary | {"status": "interrupted", "resumable": True}))
     upgrade(install, tmp_path, "acme_pooled", "1.3")
     result = cli("ablate", out / "ablation.yaml", "--out", out, "--seeds", "0,1")
     assert result.exit_code == 2, result.output
-    assert (f"{out / 'baseline' / 'seed-0'} ended with other plugin versions than are installed now (model.norm "
+    assert (f"{run} was trained with other plugin versions than are installed now (model.norm "
             "(unitnorm) was trained with acme-norms 1.2 and now comes from acme-norms 1.3); seeds trained with "
             "different plugin versions are not pooled: delete that run folder to train it again, or pass --out "
             "with a new folder") in result.output
     assert not (out / "baseline" / "seed-1").exists()
+    assert json.loads((run / "summary.json").read_text())["plugins"]["model.norm"] == "unitnorm from acme-norms 1.2"
 
 
 def test_settings_that_do_not_change_training_keep_finished_runs(cli, tmp_path, write_recipe):

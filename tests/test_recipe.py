@@ -348,6 +348,20 @@ def test_a_string_in_a_file_read_as_another_type_says_how_to_quote_it(write_reci
     assert message.startswith(f"{path} has 2 problems:") and message.count(f"{path}:") == 2  # each with its line
 
 
+def test_an_anchored_or_aliased_value_is_quoted_as_written(write_recipe):
+    path = write_recipe()
+    text = path.read_text().replace("name: tiny", "name: &year 2024").replace("prompt: 'KING:'", "prompt: *year")
+    assert text != path.read_text() and "*year" in text
+    path.write_text(text)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    message = str(e.value)
+    assert """name: Input should be a valid string (got 2024) (YAML read 2024 as a number; quote it: name: "2024")""" \
+        in message  # not "&year 2024": the anchor is not part of the value
+    assert "sample.prompt: Input should be a valid string (got 2024) (YAML read the value as a number; quote it to " \
+           "make it a string)" in message  # written as *year: quoting the anchor's text would leave the anchor dangling
+
+
 def test_an_unquoted_colon_in_a_file_value_says_how_to_quote_it(write_recipe):
     path = write_recipe()
     path.write_text(path.read_text().replace("prompt: 'KING:'", "prompt: KING:  # who speaks"))

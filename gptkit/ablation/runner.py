@@ -24,7 +24,7 @@ from ..recipe import Recipe, apply_override, flatten, yaml
 from ..training import train
 from ..training.progress import fmt_duration
 from ..training.run import resolve_device
-from ..training.resume import MAY_CHANGE, differing, is_locked, plugin_changes, run_recipe, summary_of
+from ..training.resume import MAY_CHANGE, differing, is_locked, plugin_changes, run_recipe, trained_with
 from .plot import plot_curves
 from .report import RunRow, arm_stats, markdown, write_csv
 from .runs import ended_summary, finished, read_summary, trained_text, val_curve
@@ -139,6 +139,8 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
     for row in rows:
         if row.summary is not None:
             check_same(folder / row.run_dir, row.arm.for_seed(row.seed))
+        else:  # resumed below: with a warning only, were it not checked here
+            check_same_plugins(folder / row.run_dir, row.arm.for_seed(row.seed))
         # Unfinished runs too: their --resume would refuse another text, but only once earlier runs trained.
         check_same_text(folder / row.run_dir, row.arm.recipe.data.path, texts[row.arm.slug])
     folder.mkdir(parents=True, exist_ok=True)
@@ -217,11 +219,17 @@ def check_same(run_dir: Path, recipe: Recipe) -> None:
     if differ:
         raise UserError(f"{run_dir} ended with a different recipe ({', '.join(differ[:5])} differ); "
                         "delete that folder, or pass --out with a new folder")
-    changed = plugin_changes(summary_of(run_dir).get("plugins"), recipe)
-    if changed:  # the same recipe, other code: seeds trained with both must not be averaged together
-        raise UserError(f"{run_dir} ended with other plugin versions than are installed now ({'; '.join(changed)}); "
-                        "seeds trained with different plugin versions are not pooled: delete that run folder "
-                        "to train it again, or pass --out with a new folder")
+    check_same_plugins(run_dir, recipe)
+
+
+def check_same_plugins(run_dir: Path, recipe: Recipe) -> None:
+    """A run is reused, or resumed, only with the plugin versions it trained with: seeds trained with other
+    code must not be averaged together (`gptkit run --resume` alone only warns)."""
+    changed = plugin_changes(trained_with(run_dir), recipe)
+    if changed:
+        raise UserError(f"{run_dir} was trained with other plugin versions than are installed now "
+                        f"({'; '.join(changed)}); seeds trained with different plugin versions are not pooled: "
+                        "delete that run folder to train it again, or pass --out with a new folder")
 
 
 def check_same_text(run_dir: Path, path: Path, sha256: str) -> None:

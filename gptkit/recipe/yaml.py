@@ -81,6 +81,9 @@ def load_with_source(text: str, origin: str) -> tuple[object, dict[Path, int], "
     return data, builder.lines, Source(text, builder.spans)
 
 
+_ANCHOR = re.compile(r"^&\S+\s+")
+
+
 class Source:
     """How the values of a YAML text were written: `text(path)` is the value at a key path as it stands
     in the text (`2024`, `{a: 1}`, `"x"` with its quotes), or None if it spans several lines. Only
@@ -93,7 +96,7 @@ class Source:
         if path not in self._spans:
             return None
         start, end = self._spans[path]
-        written = self._text[start:end].strip()
+        written = _ANCHOR.sub("", self._text[start:end].strip())  # `&name 2024` is the value 2024
         return None if _LINE_BREAKS.search(written) else written
 
 
@@ -104,13 +107,15 @@ class _Builder:
         self.loader, self.origin = loader, origin
         self.lines: dict[Path, int] = {}
         self.spans: dict[Path, tuple[int, int]] = {}  # where each value at a key path is written
+        self.spanned: set[int] = set()  # the nodes given a span: an alias to one is written elsewhere
         self.values = 0
         self.open: set[int] = set()  # the nodes being built: an alias to one of them would never end
 
     def build(self, node, path: Path, lines: dict | None = None):
         line = node.start_mark.line + 1
         (self.lines if lines is None else lines).setdefault(path, line)
-        if lines is None:  # not a key, nor a mapping merged in (whose values are built again below it)
+        if lines is None and id(node) not in self.spanned:  # not a key, nor a mapping merged in (whose values
+            self.spanned.add(id(node))                       # are built again below it), nor an alias (`*name`)
             self.spans.setdefault(path, (node.start_mark.index, node.end_mark.index))
         self.values += 1
         if self.values > MAX_VALUES:
