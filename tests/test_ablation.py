@@ -634,8 +634,6 @@ def test_an_arm_whose_component_cannot_be_built_on_the_meta_device_still_runs(cl
                                        "it raised ValueError: no norm today"),
     ("model.feedforward=swiglu,wide", "error: arm feedforward=wide: feedforward 'wide' from {file} is broken: its "
                                       "forward returned (1, 2, 64) torch.float32 for an input of (1, 2, 32)"),
-    ("model.positional=sinusoidal,from0", "error: arm positional=from0: positional 'from0' from {file} is broken: the "
-                                          "logits of 4 tokens fed through a key/value cache"),
 ])
 def test_a_broken_arm_is_named_before_any_arm_trains(cli, tmp_path, write_recipe, scratch_registries, vary, message):
     (tmp_path / "mine.py").write_text(COMPONENTS)
@@ -644,6 +642,19 @@ def test_a_broken_arm_is_named_before_any_arm_trains(cli, tmp_path, write_recipe
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert message.format(file=tmp_path / "mine.py") in result.output, result.output
     assert not (tmp_path / "abl").exists()  # the baseline, listed first, did not train
+
+
+def test_an_arm_whose_key_value_cache_does_not_match_trains_and_warns_once(cli, tmp_path, write_recipe,
+                                                                         scratch_registries):
+    (tmp_path / "mine.py").write_text(COMPONENTS)
+    recipe = write_recipe(imports=["mine.py"], train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    result = cli("ablate", recipe, "--vary", "model.positional=sinusoidal,from0", "--seeds", "1", "--out",
+                 tmp_path / "abl")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    (warning,) = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]  # its own run's
+    assert warning.startswith("warning: the logits of 4 tokens fed through a key/value cache") and \
+        "positional 'from0', the model's only plugin component, breaks it" in warning, warning
+    assert "2 of 2 runs finished." in (tmp_path / "abl" / "results.md").read_text()
 
 
 def test_compare_plot_names_runs_without_a_validation_split(cli, tmp_path, write_recipe, two_runs):

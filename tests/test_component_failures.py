@@ -513,10 +513,11 @@ def test_a_bug_met_only_while_sampling_is_named(run_with, cli, tmp_path):
     assert sampled.stdout == "KING:\n" and sampled.stderr == f"error: {error.format('')}\n", sampled.output
 
 
-# Components that break the key/value cache's contract: each passes a full forward pass (the check
-# before training used to be only that), and gives other logits, or raises, only through a cache.
+# Components that break the key/value cache's contract: each passes a full forward pass, and gives other
+# logits, or raises, only through a cache. `plain` is a correct plugin attention.
 CACHE_BREAKERS = """
 import torch.nn.functional as F
+from gptkit.components.attention import NaiveAttention
 from gptkit.components.positional import ALiBi, Learned, RoPE
 
 @register("attention", "fullmask")
@@ -525,6 +526,10 @@ class FullMask(Attention):
 
     def attend(self, q, k, v, bias):  # masks as if t_q == t_k: one cached query sees only the first key
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+@register("attention", "plain")
+class Plain(NaiveAttention):
+    pass
 
 @register("positional", "squarebias")
 class SquareBias(ALiBi):
@@ -540,45 +545,57 @@ class EmbedFrom0(Learned):
 class RotateFrom0(RoPE):
     def rotate(self, q, k, start=0):
         return super().rotate(q, k)  # start ignored
+
+@register("feedforward", "previous")
+class Previous(FeedForward):
+    def forward(self, x):  # mixes in the previous token: causal, but a token fed alone through a cache has none
+        return x + F.pad(x, (0, 0, 1, 0))[:, :-1]
 """
 
+DIFFER = "the logits of 4 tokens fed through a key/value cache (as 2, then one at a time) differ from one forward pass " \
+    "over them by up to "
+RAISED = "a forward pass of 4 tokens fed through a key/value cache (as 2, then one at a time) raised RuntimeError: "
 
-@pytest.mark.parametrize("sets, blamed, what", [
-    (["model.attention=fullmask", "model.positional=rope"], "attention 'fullmask'",
-     "the logits of 4 tokens fed through a key/value cache (as 2, then one at a time) differ from one forward pass "
-     "over them by up to "),
-    (["model.positional=squarebias"], "positional 'squarebias'",
-     "a forward pass through a key/value cache (4 tokens fed as 2, then one at a time) raised RuntimeError: "),
-    (["model.positional=squarebias", "model.attention=naive"], "positional 'squarebias'",
-     "a forward pass through a key/value cache (4 tokens fed as 2, then one at a time) raised RuntimeError: "),
-    (["model.positional=embedfrom0"], "positional 'embedfrom0'", "differ from one forward pass over them by up to "),
-    (["model.positional=rotatefrom0"], "positional 'rotatefrom0'", "differ from one forward pass over them by up to "),
-    (["model.attention=fullmask", "model.positional=embedfrom0"], "attention 'fullmask'",
-     "differ from one forward pass over them by up to "),
+
+@pytest.mark.parametrize("sets, named, what", [
+    (["model.attention=fullmask", "model.positional=rope"], ["attention fullmask"], DIFFER),
+    (["model.positional=squarebias"], ["positional squarebias"], RAISED),
+    (["model.positional=squarebias", "model.attention=naive"], ["positional squarebias"], RAISED),
+    (["model.positional=embedfrom0"], ["positional embedfrom0"], DIFFER),
+    (["model.positional=rotatefrom0"], ["positional rotatefrom0"], DIFFER),
+    (["model.attention=fullmask", "model.positional=embedfrom0"], ["attention fullmask", "positional embedfrom0"],
+     DIFFER),
+    # A correct plugin attention beside the feedforward that breaks the cache is not blamed alone.
+    (["model.attention=plain", "model.feedforward=previous"], ["attention plain", "feedforward previous"], DIFFER),
 ])
-def test_a_component_breaking_the_key_value_cache_is_named_before_training(run_with, tmp_path, sets, blamed, what):
+def test_a_key_value_cache_that_does_not_match_is_warned_of_and_sampled_without(run_with, cli, tmp_path, sets,
+                                                                               named, what):
     result = run_with(CACHE_BREAKERS, *sets)
     file = tmp_path / "mine.py"
-    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    (line,) = result.output.splitlines()  # before the run folder: nothing else was logged
-    assert line.startswith(f"error: {blamed} from {file} is broken: ") and what in line, line
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    (line,) = [line for line in result.stderr.splitlines() if line]  # one warning, and nothing else on stderr
+    assert line.startswith(f"warning: {what}"), line
     assert ("attend(q, k, v, bias) gets fewer queries than keys (t_q < t_k), the queries being the last t_q positions"
             in line and "score_bias(t_q, t_k) must return (n_head, t_q, t_k)" in line
             and "embed(x, start) and rotate(q, k, start) must honour start" in line), line
-    kind, name = blamed.replace("'", "").split()
-    assert f"`gptkit check {kind} {name} --import {file}` says which of its checks fails" in line
+    assert line.endswith("Samples recompute the context instead (slower, the same text)"), line
+    for component in named:
+        kind, name = component.split()
+        assert f"{kind} '{name}' (`gptkit check {kind} {name} --import {file}`)" in line \
+            if len(named) > 1 else f"{kind} '{name}', the model's only plugin component, breaks it: " \
+            f"`gptkit check {kind} {name} --import {file}` says which of its checks fails" in line, line
     if "squarebias" in sets[0]:
-        assert "(its score_bias(1, 4) returned (4, 4, 4) torch.float32, not (4, 1, 4))" in line
-    if sets == ["model.attention=fullmask", "model.positional=embedfrom0"]:  # both plugins: the positional is mentioned
-        assert f"(positional 'embedfrom0' is a plugin too: `gptkit check positional embedfrom0 --import {file}` " \
-               "checks it)" in line
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+        assert "(the positional's score_bias(1, 4) returned (4, 4, 4) torch.float32, not (4, 1, 4))" in line
+    (run,) = (tmp_path / "runs").iterdir()
+    assert yaml.safe_load((run / "summary.json").read_text())["status"] == "finished"
+    seed = yaml.safe_load((run / "recipe.yaml").read_text())["seed"]
+    recomputed = cli("sample", run, "--no-cache", "--seed", seed)  # the final sample recomputed the context
+    assert recomputed.exit_code == 0 and recomputed.stdout == (run / "samples.txt").read_text() + "\n"
 
 
-def test_gptkits_own_pairs_pass_the_cache_check_and_are_never_blamed(monkeypatch):
+def test_gptkits_own_pairs_pass_the_cache_check(monkeypatch):
     from gptkit.components.positional import ALiBi, RoPE
     from gptkit.diagnose import check_forward
-    from gptkit.errors import ComponentError
     from gptkit.model import build_model
     from gptkit.recipe.schema import ModelSection
 
@@ -586,24 +603,35 @@ def test_gptkits_own_pairs_pass_the_cache_check_and_are_never_blamed(monkeypatch
         section = ModelSection(n_embd=32, n_head=4, n_layer=2, block_size=8, **components)
         model = build_model(section, 11)
         state = torch.get_rng_state()
-        check_forward(model, section)
+        warning = check_forward(model, section)
         assert torch.equal(state, torch.get_rng_state()) and model.training  # as it was
+        return warning
 
-    for attention in registry("attention").names():  # installed plugins too: a conformant pair is never blamed
+    for attention in registry("attention").names():  # installed plugins too: a conformant pair passes
         for positional in registry("positional").names():
-            check(attention=attention, positional=positional)
-    # A built-in pair that broke the contract would be gptkit's bug: left to sampling, or raised as it is.
+            assert check(attention=attention, positional=positional) is None, (attention, positional)
+    # A built-in pair that broke the contract would be gptkit's bug: a warning, and samples recompute.
     original = RoPE.rotate
     monkeypatch.setattr(RoPE, "rotate", lambda self, q, k, start=0: original(self, q, k, 0))
-    check(attention="naive", positional="rope")
+    warning = check(attention="naive", positional="rope")
+    assert warning.startswith("warning: the logits of 4 tokens fed through a key/value cache") and \
+        "the model has only gptkit's own components: a bug of gptkit's, please report it" in warning, warning
     square = ALiBi.score_bias
     monkeypatch.setattr(ALiBi, "score_bias", lambda self, t_q, t_k: square(self, t_k, t_k))
-    with pytest.raises(RuntimeError) as e:
-        check(attention="naive", positional="alibi")
-    assert not isinstance(e.value, ComponentError)
+    assert "raised RuntimeError: " in check(attention="naive", positional="alibi")
 
 
-def test_sample_checks_the_key_value_cache_before_sampling(run_with, cli, tmp_path, monkeypatch):
+def test_logits_as_large_or_as_rounded_as_a_trained_models_are_the_same_through_the_cache():
+    from gptkit.diagnose import same_logits
+
+    full = torch.linspace(-21, 21, 64).view(1, 4, 16)
+    assert same_logits(full + 1e-4, full)  # large logits: fp32 rounding of a longer sum
+    small = torch.linspace(-1, 1, 64).view(1, 4, 16)
+    assert same_logits(small + 5.6e-5, small)  # an attention computing in bf16 and casting back
+    assert not same_logits(small + 1e-2, small) and not same_logits(full + 0.1, full)
+
+
+def test_sample_warns_of_a_key_value_cache_that_does_not_match_and_recomputes(run_with, cli, tmp_path, monkeypatch):
     result = run_with("""
         import os
         from gptkit.components.positional import Learned
@@ -613,16 +641,19 @@ def test_sample_checks_the_key_value_cache_before_sampling(run_with, cli, tmp_pa
             def embed(self, x, start=0):
                 return super().embed(x, 0 if os.environ.get("FORGET_START") else start)
     """, "model.positional=forgetful")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and result.stderr == "", result.output
     (run,) = (tmp_path / "runs").iterdir()
     monkeypatch.setenv("FORGET_START", "1")  # the same weights, a positional that now ignores start
-    sampled = cli("sample", run, "--tokens", "5")
-    assert sampled.exit_code == 2 and "Traceback" not in sampled.output, sampled.output
-    (line,) = sampled.output.splitlines()  # before any text
-    assert line.startswith(f"error: positional 'forgetful' from {tmp_path / 'mine.py'} is broken: the logits of 4 "
-                           "tokens fed through a key/value cache"), line
-    recomputed = cli("sample", run, "--tokens", "5", "--no-cache")  # never hands it a start but 0
-    assert recomputed.exit_code == 0, recomputed.output
+    sampled = cli("sample", run, "--tokens", "5", "--seed", "3")
+    assert sampled.exit_code == 0 and "Traceback" not in sampled.output, sampled.output
+    warning, timing = sampled.stderr.splitlines()
+    assert warning.startswith("warning: the logits of 4 tokens fed through a key/value cache") and \
+        f"positional 'forgetful', the model's only plugin component, breaks it: `gptkit check positional " \
+        f"forgetful --import {tmp_path / 'mine.py'}`" in warning, warning
+    assert timing.startswith("5 tokens in ") and timing.endswith(" (recomputed: the key/value cache did not match a "
+                                                                 "full pass)"), timing
+    recomputed = cli("sample", run, "--tokens", "5", "--seed", "3", "--no-cache")  # never hands it a start but 0
+    assert recomputed.exit_code == 0 and recomputed.stdout == sampled.stdout, recomputed.output
 
 
 def test_a_signal_inside_a_plugins_forward_while_sampling_is_not_its_bug(write_recipe, tmp_path, temporary_component):

@@ -720,6 +720,21 @@ def test_a_run_whose_reader_goes_away_trains_on_and_finishes(tmp_path, write_rec
     assert sampled.returncode == 0 and b"error" not in sampled.stderr, sampled.stderr
 
 
+def test_a_sample_whose_reader_goes_away_stops_there(tmp_path, write_recipe):
+    """gptkit sample RUN --tokens 10000000 | head -c 5: sampling ends at the first write nobody reads,
+    quietly, rather than generating every token into the void (hours of it: some 2,000 tokens/s)."""
+    run = train(load_recipe(write_recipe(**SMALL)), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    proc = subprocess.Popen([sys.executable, "-m", "gptkit", "sample", str(run), "--tokens", "10000000"], cwd=tmp_path,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(5) == b"KING:"  # the prompt, then the reader goes
+    proc.stdout.close()
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and err == b"", err  # nor the "10000000 tokens in ..." line: it stopped early
+
+
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "python-u"])
 def test_a_command_whose_reader_is_gone_ends_quietly(tmp_path, buffered):
     """gptkit list | head -2"""

@@ -94,9 +94,9 @@ def check_arms(plan: Plan) -> dict[str, str]:
 def sizes(plan: Plan) -> dict[str, tuple[int, int]]:
     """{arm slug: (parameters, training FLOPs per token)}, for every arm before any trains, each arm's
     model built once, on its training device, and given the check `gptkit run` makes there before
-    training (a forward pass, and the key/value cache against it): an arm's broken component is named,
-    with the arm, before the earlier arms trained rather than after. Built in turn and let go, with
-    the random state put back."""
+    training (a forward pass; not the key/value cache, of which each run warns itself): an arm's broken
+    component is named, with the arm, before the earlier arms trained rather than after. Built in turn
+    and let go, with the random state put back."""
     data, out = datasets(plan), {}
     for arm in plan.arms:
         with blamed(arm):
@@ -104,7 +104,7 @@ def sizes(plan: Plan) -> dict[str, tuple[int, int]]:
             with keep_random_state(device):
                 torch.manual_seed(arm.recipe.seed)  # the same weights, and so the same check, each time
                 model = build_model_on(arm.recipe.model, data[arm.slug].vocab_size, device)
-                check_forward(model, arm.recipe.model)
+                check_forward(model, arm.recipe.model, cache=False)
         out[arm.slug] = (model.num_params(), model.flops_per_token())
         del model
     return out

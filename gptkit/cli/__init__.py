@@ -48,16 +48,26 @@ class Group(click.Group):
             ctx.exit(130)
 
 
+_gone: set[int] = set()  # the file descriptors whose reader went away
+
+
+def reader_gone() -> bool:
+    """Whether stdout's reader has gone away (`gptkit sample RUN | head -c 50`, and head exited): a
+    command whose only product is its output (`gptkit sample`) may stop then."""
+    return 1 in _gone
+
+
 class _ReaderMayGo(io.FileIO):
     """The file descriptor of stdout or stderr, whose writes never fail because its reader went away: at
     the first broken pipe it is pointed at os.devnull (see Python's docs on SIGPIPE), so that this
-    write and every later one succeed, as if read and thrown away."""
+    write and every later one succeed, as if read and thrown away; `reader_gone` says it happened."""
 
     def write(self, b) -> int:
         try:
             return super().write(b)
         except BrokenPipeError:
             _to_devnull(self.fileno())
+            _gone.add(self.fileno())
             return memoryview(b).nbytes
 
 
@@ -84,6 +94,7 @@ def _pipe_safe(stream, original) -> io.TextIOWrapper | None:
         stream.flush()
     except BrokenPipeError:  # gone already: what it held goes where later writes will
         _to_devnull(raw.fileno())
+        _gone.add(raw.fileno())
         stream.flush()
     return io.TextIOWrapper(io.BufferedWriter(safe) if buffer is not raw else safe, encoding=stream.encoding,
                             errors=stream.errors, newline=None if os.name == "nt" else "\n",
@@ -94,7 +105,8 @@ def _pipe_safe(stream, original) -> io.TextIOWrapper | None:
 def reader_may_go() -> Iterator[None]:
     """Within it, writing to stdout or stderr once its reader has gone (`gptkit run ... | head -2`, a
     `tee` that died) neither raises nor stops anything: a run trains on and finishes (its progress is in
-    metrics.jsonl anyway), and any command ends as it would have, printing into the void."""
+    metrics.jsonl anyway), and any command ends as it would have, printing into the void (but
+    `gptkit sample`, which asks `reader_gone`)."""
     swapped = {}
     for name in ("stdout", "stderr"):
         safe = _pipe_safe(getattr(sys, name), getattr(sys, f"__{name}__"))

@@ -9,7 +9,7 @@ from ..sampling import MAX_TOKENS
 from ..sampling import sample as sample_model
 from ..training.checkpoint import load_model
 from ..training.run import resolve_device
-from . import main
+from . import main, reader_gone
 
 
 def finite(ctx, param, value):
@@ -50,16 +50,24 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
         where = "--prompt" if given else "the run's sample.prompt"
         raise UserError(f"{where} {prompt!r}: {e}") from None
     # A plugin component's bug is one error naming it: found before any text where the check before
-    # training finds it (a key/value cache the model's attention or positional scheme breaks, say), else
-    # where it is met.
-    check_forward(model, recipe.model, cache=cache and bool(tokens))
+    # training finds it, else where it is met. A key/value cache that does not match a full pass is a
+    # warning: the text is then sampled by recomputing the context, which is always right.
+    cache_warning = check_forward(model, recipe.model, cache=cache and bool(tokens))
+    if cache_warning:
+        click.echo(cache_warning, err=True)
+    use_cache = cache and not cache_warning
+
+    def show(text: str) -> None:
+        click.echo(text, nl=False)
+        if reader_gone():  # `gptkit sample RUN | head -c 50`: the text is all this command makes, so it ends here
+            raise click.exceptions.Exit(0)  # (raised outside any component's method: `blaming` lets it through)
+
     t0 = time.perf_counter()
     # Streamed as it is made (click.echo flushes): a long sample shows progress, and a Ctrl-C keeps
     # the text so far on stdout before the CLI reports the interruption.
     try:
         with blaming(component_specs(model, recipe.model), "while sampling"):
-            sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, cache,
-                         on_text=lambda text: click.echo(text, nl=False))
+            sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, use_cache, on_text=show)
     except UserError:
         click.echo()  # the error, on stderr, starts a line of its own after the text so far
         raise
@@ -69,6 +77,8 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
         return
     if not cache:
         how = "recomputed, --no-cache"
+    elif cache_warning:
+        how = "recomputed: the key/value cache did not match a full pass"
     elif model.supports_kv_cache:
         how = "key/value cache"
     else:

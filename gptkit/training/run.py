@@ -151,7 +151,9 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
 
     torch.manual_seed(recipe.seed)  # the same on every rank: the same initial weights
     model = build_model_on(recipe.model, dataset.vocab_size, device)
-    check_forward(model, recipe.model)  # a component's bug is named before there is a run folder
+    cache_warning = check_forward(model, recipe.model)  # a component's bug is named before there is a run folder
+    if cache_warning:  # a key/value cache that does not match a full pass: the final sample recomputes instead
+        warn(cache_warning)
     dataset.to(device)
     if checkpoint is not None:
         load_weights(model, checkpoint, run_dir / "checkpoint.pt")
@@ -178,7 +180,8 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         dist.any_rank(False)
 
     try:
-        return _train_main(recipe, trainer, dataset, checkpoint, runs_dir, run_dir, quiet, log, start)
+        return _train_main(recipe, trainer, dataset, checkpoint, runs_dir, run_dir, quiet, log, start,
+                           use_cache=cache_warning is None)
     except BaseException as e:
         if not ready:  # rank 0's alone: the others, waiting, stop quietly rather than meet its closed connection
             dist.abort(getattr(e, "exit_code", 1))
@@ -187,14 +190,14 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
 
 def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoint: dict | None,
                 runs_dir: str | Path, run_dir: str | Path | None, quiet: bool, log: Callable[[str], None],
-                start: Callable[[], None]) -> RunResult:
+                start: Callable[[], None], use_cache: bool = True) -> RunResult:
     """Rank 0's part of `_train`: the run folder, made or resumed, around `train_in`."""
     created = checkpoint is None and (run_dir is None or not Path(run_dir).exists())  # an ablation names its runs'
     if checkpoint is None:  # the folder is made only once every input has been checked
         run_dir = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
     try:
         with lock_run(run_dir):
-            return train_in(run_dir, recipe, trainer, dataset, checkpoint, log, start)
+            return train_in(run_dir, recipe, trainer, dataset, checkpoint, log, start, use_cache)
     except (OSError, ComponentError) as e:
         # A folder with nothing of the run is not left behind: a full disk before summary.json, or a
         # component's bug met before the first step (its schedule's factor(0), say).
@@ -212,9 +215,9 @@ def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoi
 
 
 def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoint: dict | None,
-             log: Callable[[str], None], start: Callable[[], None]) -> RunResult:
+             log: Callable[[str], None], start: Callable[[], None], use_cache: bool = True) -> RunResult:
     """Rank 0's part of `train`: the run folder's files around `trainer.fit()`; `start()` once they are
-    set up, before training."""
+    set up, before training. The final sample goes through a key/value cache with `use_cache`."""
     model, device = trainer.model, trainer.device
     remove_leftovers(run_dir)  # of a save that was killed midway
     if checkpoint is not None:
@@ -258,7 +261,8 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
             sp = recipe.sample
             with (interrupt_on_signals("sampling, after training finished; resume the run to write samples.txt"),
                   blaming(trainer.specs, "while sampling after training")):
-                text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
+                text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed,
+                              use_cache)
             write_text(run_dir / "samples.txt", text)
             log(f"Sample ({sp.tokens:,} characters after the prompt, in samples.txt too):\n{text}\n")
         except RunStopped as e:
