@@ -333,33 +333,27 @@ def test_a_string_vary_value_says_how_to_quote_it(write_recipe):
         load_recipe(write_recipe(), ["sample.prompt=a: b: c"], origins={"sample.prompt=a: b: c": "--vary sample.prompt=a: b: c"})
 
 
-def test_a_string_in_a_file_read_as_another_type_says_how_to_quote_it(write_recipe):
+NAME_2024 = """name: Input should be a valid string (got 2024) (YAML read 2024 as a number; quote it: name: "2024")"""
+
+
+@pytest.mark.parametrize("name, prompt, prompt_problem", [
+    ("2024", "{KING: 1}", """sample.prompt: Input should be a valid string (got {'KING': 1}) (YAML read {KING: 1} as a """
+                          """mapping; quote it: prompt: "{KING: 1}")"""),
+    # The anchor is not part of the value; an alias is written as *year, so quoting the anchor's text would
+    # leave it dangling: the generic hint.
+    ("&year 2024", "*year", "sample.prompt: Input should be a valid string (got 2024) (YAML read the value as a "
+                            "number; quote it to make it a string)"),
+])
+def test_a_string_in_a_file_read_as_another_type_says_how_to_quote_it(write_recipe, name, prompt, prompt_problem):
     path = write_recipe()
-    text = path.read_text().replace("name: tiny", "name: 2024").replace("prompt: 'KING:'", "prompt: {KING: 1}")
-    assert text != path.read_text() and "{KING: 1}" in text
+    text = path.read_text().replace("name: tiny", f"name: {name}").replace("prompt: 'KING:'", f"prompt: {prompt}")
+    assert text != path.read_text() and prompt in text
     path.write_text(text)
     with pytest.raises(RecipeError) as e:
         load_recipe(path)
     message = str(e.value)
-    assert """name: Input should be a valid string (got 2024) (YAML read 2024 as a number; quote it: name: "2024")""" \
-        in message
-    assert """sample.prompt: Input should be a valid string (got {'KING': 1}) (YAML read {KING: 1} as a mapping; """ \
-           """quote it: prompt: "{KING: 1}")""" in message
+    assert NAME_2024 in message and prompt_problem in message, message
     assert message.startswith(f"{path} has 2 problems:") and message.count(f"{path}:") == 2  # each with its line
-
-
-def test_an_anchored_or_aliased_value_is_quoted_as_written(write_recipe):
-    path = write_recipe()
-    text = path.read_text().replace("name: tiny", "name: &year 2024").replace("prompt: 'KING:'", "prompt: *year")
-    assert text != path.read_text() and "*year" in text
-    path.write_text(text)
-    with pytest.raises(RecipeError) as e:
-        load_recipe(path)
-    message = str(e.value)
-    assert """name: Input should be a valid string (got 2024) (YAML read 2024 as a number; quote it: name: "2024")""" \
-        in message  # not "&year 2024": the anchor is not part of the value
-    assert "sample.prompt: Input should be a valid string (got 2024) (YAML read the value as a number; quote it to " \
-           "make it a string)" in message  # written as *year: quoting the anchor's text would leave the anchor dangling
 
 
 def test_an_unquoted_colon_in_a_file_value_says_how_to_quote_it(write_recipe):
