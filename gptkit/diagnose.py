@@ -15,7 +15,7 @@ from torch import nn
 
 from .components.base import GPTConfig
 from .device import keep_random_state
-from .errors import RunStopped, UserError, out_of_memory
+from .errors import RunStopped, UserError, one_line, out_of_memory
 from .model import GPT
 from .plugins import LOCAL_PREFIX
 from .registry import registry
@@ -94,7 +94,7 @@ def check_cache(gpt: GPT, model) -> str | None:
     rounding. None if they do (or the model samples without a cache); else a one-line warning saying
     how they differ (or what the cached pass raised), naming the model's plugin components and their
     checks: not an error, since sampling by recomputing the context (use_cache=False) is always right.
-    An exception in the full pass, without the cache, is a bug, named as by `_check_shapes`. Run by
+    An exception in the full pass, without the cache, is a plugin's bug, named (see `blaming`). Run by
     `check_forward`, in evaluation mode and without gradients, in fp32 matmuls."""
     config = gpt.config
     if not gpt.supports_kv_cache or config.block_size < 2:
@@ -106,15 +106,8 @@ def check_cache(gpt: GPT, model) -> str | None:
     specs = component_specs(gpt, model)
     fed = f"{T} tokens fed through a key/value cache (as {cuts[1]}, then one at a time)"
     with _fp32_matmuls():  # TF32 would make the two passes differ by more than rounding
-        try:
+        with blaming(specs, f"for {T} tokens"):  # without the cache: a plugin's bug, as anywhere else
             full, _ = gpt(idx)
-        except UserError:
-            raise
-        except Exception as e:  # without the cache: the component is named as by the pass before
-            owner, method = culprit(e, specs)
-            if owner is None or specs[owner].built_in:
-                raise
-            raise specs[owner].error(f"its {method}() raised for {T} tokens", e) from e
         if not torch.isfinite(full).all():  # not the cache's doing; training will say what it is
             return None
         try:
@@ -123,9 +116,7 @@ def check_cache(gpt: GPT, model) -> str | None:
         except Exception as e:
             if isinstance(e, (UserError, RunStopped)) or out_of_memory(e):
                 raise
-            message = (str(e).strip().splitlines() or [""])[0]
-            return _cache_warning(gpt, model, f"a forward pass of {fed} raised {type(e).__name__}"
-                                              f"{f': {message}' if message else ''}")
+            return _cache_warning(gpt, model, f"a forward pass of {fed} raised {one_line(e)}")
     if cached.shape != full.shape:
         return _cache_warning(gpt, model, f"the logits of {fed} are {tuple(cached.shape)}, not {tuple(full.shape)}")
     if not same_logits(cached, full):

@@ -72,3 +72,10 @@ class CheckpointError(RunStopped):
     checkpoint, if there is one, is intact."""
 
     exit_code = 4
+
+
+def one_line(e: BaseException) -> str:
+    """'TypeName: the first line of its message' (or the type's name alone): an exception as one line
+    of an error that names whose it was."""
+    message = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__

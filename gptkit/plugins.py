@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 GROUP_PREFIX = "gptkit."
 
@@ -133,7 +133,7 @@ def import_file(path: Path) -> None:
         raise UserError(f"{path}: {e}") from None
     except (Exception, SystemExit) as e:  # the file may raise anything, even exit: the user needs the line
         del sys.modules[module_name]
-        raise UserError(f"{path}{line_in(path, e)}: {one_line(e)}") from None
+        raise UserError(f"{path}{line_in(path, e)}: {load_failure(e)}") from None
     finally:
         sys.path.remove(str(path.parent))
 
@@ -143,17 +143,16 @@ _UNHANDLED_TYPE = ("schema-for-unknown-type", "invalid-for-json-schema")
 PLAIN_TYPES = "int, float, bool, str, Literal, lists of those"
 
 
-def one_line(e: BaseException) -> str:
-    """'TypeName: the first line of its message', for a plugin or file that failed to load: what a
-    listing of broken components can hold. pydantic's several paragraphs about a field type it cannot
-    handle become the fix a component's author needs."""
+def load_failure(e: BaseException) -> str:
+    """`one_line(e)`, for a plugin or file that failed to load: what a listing of broken components can
+    hold. pydantic's several paragraphs about a field type it cannot handle become the fix a
+    component's author needs."""
     if getattr(e, "code", None) in _UNHANDLED_TYPE:
         found = re.search(r"<class '([^']+)'>", str(e))
         what = f"a field of type {found.group(1)}" if found else "a field's type"
         return (f"{what} is not one pydantic can check and write to a recipe; give Params fields plain "
                 f"types ({PLAIN_TYPES})")
-    message = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+    return one_line(e)
 
 
 def line_in(path: Path, e: BaseException) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, PydanticUserError
 
 from . import plugins
-from .errors import UserError, did_you_mean, listing
+from .errors import UserError, did_you_mean, listing, one_line
 
 
 class RegistryError(UserError):
@@ -211,7 +211,7 @@ class Registry:
             obj = plugin.entry_point.load()
             self._validate(obj)
         except (Exception, SystemExit) as e:  # a plugin's import may raise anything, even exit; only this name pays
-            error = str(e) if isinstance(e, RegistryError) else plugins.one_line(e)
+            error = str(e) if isinstance(e, RegistryError) else plugins.load_failure(e)
             return replace(entry, error=(
                 f"{self.kind} '{plugin.name}' from {plugin.source} ({plugin.value}) is broken: {error}. "
                 "Fix or uninstall that package (GPTKIT_NO_PLUGINS=1 turns plugins off)"))
@@ -227,7 +227,7 @@ class Registry:
         try:  # a model pydantic cannot describe cannot be listed or written to a recipe
             obj.Params.model_json_schema()
         except PydanticUserError as e:
-            raise RegistryError(f"its Params: {plugins.one_line(e)}") from None
+            raise RegistryError(f"its Params: {plugins.load_failure(e)}") from None
         if any("name" in (n, f.alias) for n, f in obj.Params.model_fields.items()):
             raise RegistryError("its Params may not have a field called 'name': in a recipe, 'name' says "
                                 "which component it is")
@@ -268,9 +268,7 @@ def raised(what: str, e: BaseException, refused: str) -> str:
     """A component's code that raised something other than the ValueError gptkit reads as its refusal of
     what it was given, said in one line (the first of `e`'s message) for `Registry.broken`: "its
     check(config, params) raised TypeError: ...; refuse a configuration ... by raising ValueError"."""
-    message = (str(e).strip().splitlines() or [""])[0]
-    return (f"{what} raised {type(e).__name__}{f': {message}' if message else ''}; refuse {refused} by "
-            "raising ValueError")
+    return f"{what} raised {one_line(e)}; refuse {refused} by raising ValueError"
 
 
 def abstract_methods(cls: type) -> list[str]:

@@ -81,23 +81,23 @@ def datasets(plan: Plan) -> dict[str, CharDataset]:
     return out
 
 
-def check_arms(plan: Plan) -> dict[str, str]:
-    """What each run checks of its data before training (CharDataset.check_run), for every arm before any
-    trains (else an arm fails after the others trained); returns {arm slug: SHA-256 of its text}."""
-    data = datasets(plan)
+def check_arms(plan: Plan, data: dict[str, CharDataset]) -> dict[str, str]:
+    """What each run checks of its data (`data`, from `datasets`) before training (CharDataset.check_run),
+    for every arm before any trains (else an arm fails after the others trained); returns {arm slug:
+    SHA-256 of its text}."""
     for arm in plan.arms:
         with blamed(arm):
             data[arm.slug].check_run(arm.recipe.train.batch_size, arm.recipe.sample.prompt)
     return {slug: dataset.fingerprint for slug, dataset in data.items()}
 
 
-def sizes(plan: Plan) -> dict[str, tuple[int, int]]:
+def sizes(plan: Plan, data: dict[str, CharDataset]) -> dict[str, tuple[int, int]]:
     """{arm slug: (parameters, training FLOPs per token)}, for every arm before any trains, each arm's
     model built once, on its training device, and given the check `gptkit run` makes there before
     training (a forward pass; not the key/value cache, of which each run warns itself): an arm's broken
     component is named, with the arm, before the earlier arms trained rather than after. Built in turn
-    and let go, with the random state put back."""
-    data, out = datasets(plan), {}
+    and let go, with the random state put back. `data`: from `datasets`."""
+    out = {}
     for arm in plan.arms:
         with blamed(arm):
             device = resolve_device(arm.recipe.train.device)
@@ -110,9 +110,9 @@ def sizes(plan: Plan) -> dict[str, tuple[int, int]]:
     return out
 
 
-def describe(plan: Plan, margin: float) -> list[str]:
-    """One line per arm: parameters and FLOPs per token, flagged when far from the baseline's."""
-    size = sizes(plan)
+def describe(plan: Plan, margin: float, data: dict[str, CharDataset]) -> list[str]:
+    """One line per arm: parameters and FLOPs per token, flagged when far from the baseline's (see `sizes`)."""
+    size = sizes(plan, data)
     base = size[plan.baseline.slug][0]
     width = max(len(a.label) for a in plan.arms)
     lines = []
@@ -126,16 +126,17 @@ def describe(plan: Plan, margin: float) -> list[str]:
 
 
 def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], None] = print,
-                 verbose: bool = False) -> list[RunRow]:
+                 verbose: bool = False, texts: dict[str, str] | None = None) -> list[RunRow]:
     """Train every (arm, seed) not finished yet, seed by seed (so an interrupted ablation has whole
     seeds to compare), rewriting results.csv and results.md after each run. A run that diverges is
-    a result too: it is reported, left out of the averages, and not tried again."""
+    a result too: it is reported, left out of the averages, and not tried again. `texts`: what
+    `check_arms` returned, if the caller has checked the arms already."""
     jobs = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
     rows = [RunRow(arm, seed, f"{arm.slug}/seed-{seed}", ended_summary(folder / arm.slug / f"seed-{seed}"))
             for arm, seed in jobs]
     check_folder(folder)  # before anything is written: --out may name someone else's folder
     check_no_strays(plan, folder)
-    texts = check_arms(plan)
+    texts = check_arms(plan, datasets(plan)) if texts is None else texts
     for row in rows:
         if row.summary is not None:
             check_same(folder / row.run_dir, row.arm.for_seed(row.seed))

@@ -2,9 +2,7 @@
 
 from pathlib import Path
 
-import torch
-
-from ..training.checkpoint import load_checkpoint
+from ..training.checkpoint import peek
 from ..training.resume import damaged, metric_records, run_recipe, stopped_for_good, summary_of
 
 
@@ -24,15 +22,9 @@ def ended_summary(run_dir: Path) -> dict | None:
 
 
 def trained_text(run_dir: Path) -> str | None:
-    """The SHA-256 of the text the run's checkpoint was trained on; None without a checkpoint. Mapped,
-    not read: only the checkpoint's small record is, not its weights (one per run of the ablation)."""
+    """The SHA-256 of the text the run's checkpoint was trained on; None without a checkpoint."""
     path = run_dir / "checkpoint.pt"
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["text_sha256"]
-    except Exception:  # damaged, or not a checkpoint: load_checkpoint says which
-        return load_checkpoint(path).get("text_sha256")
+    return peek(path, "text_sha256") if path.is_file() else None
 
 
 def val_curve(run_dir: Path) -> list[tuple[int, float]]:

@@ -4,8 +4,8 @@ from pathlib import Path
 import click
 
 from ..ablation.plot import HINT
-from ..ablation.runner import (ablation_dir, check_can_make, check_folder, check_no_strays, describe, plot,
-                               run_ablation, write_reports)
+from ..ablation.runner import (ablation_dir, check_arms, check_can_make, check_folder, check_no_strays, datasets,
+                               describe, plot, run_ablation, write_reports)
 from ..ablation.spec import Ablation, check_name, load_ablation, parse_seeds, parse_vary, plan
 from ..errors import RunStopped, UserError
 from ..io import read_text
@@ -70,9 +70,13 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
     click.echo(f"Ablation folder: {folder}  (rerun the same command to resume)")
     click.echo(f"{len(p.arms)} arms × {len(p.seeds)} seeds (seeds {', '.join(map(str, p.seeds))}) = "
                f"{len(p.arms) * len(p.seeds)} runs, {ablation.mode}:")
-    click.echo("\n".join(describe(p, margin)))
+    data = datasets(p)  # read once for every check before training, and let go before it
+    texts = check_arms(p, data)
+    arms = describe(p, margin, data)
+    del data
+    click.echo("\n".join(arms))
     try:
-        rows = run_ablation(p, folder, margin, log=click.echo, verbose=verbose)
+        rows = run_ablation(p, folder, margin, log=click.echo, verbose=verbose, texts=texts)
     except RunStopped as e:  # the ablation, not the one run, is what goes on
         e.continue_with = "rerun the same gptkit ablate command"
         raise

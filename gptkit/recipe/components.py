@@ -18,7 +18,7 @@ from pydantic import ConfigDict, Field, PlainSerializer, PlainValidator, Validat
 from pydantic_core import to_jsonable_python
 
 from ..components.base import Params
-from ..errors import ComponentError, UserError, listing, out_of_memory
+from ..errors import ComponentError, UserError, listing, one_line, out_of_memory
 from ..plugins import line_in
 from ..registry import RegistryError, raised, registry
 
@@ -78,8 +78,7 @@ class ComponentSpec:
         """The error "attention 'mine' from my_components.py is broken: WHAT", and after WHAT the type and
         first line of `e` and the line of the component's own file it was raised from, if any."""
         if e is not None:
-            message = (str(e).strip().splitlines() or [""])[0]
-            what = f"{what} {type(e).__name__}{f': {message}' if message else ''}{self._line_of(e)}"
+            what = f"{what} {one_line(e)}{self._line_of(e)}"
         return registry(self.kind).broken(self.name, what, ComponentError)
 
     def _line_of(self, e: BaseException) -> str:

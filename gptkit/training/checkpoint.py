@@ -124,6 +124,15 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def peek(path: Path, key: str):
+    """The checkpoint's `key` entry (None if it has none), read by mapping the file: only that entry is
+    read, not the weights (an ablation asks every run's). A damaged file is load_checkpoint's error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(key)
+    except Exception:  # damaged, or not a checkpoint: load_checkpoint says which
+        return load_checkpoint(path).get(key)
+
+
 REQUIRED = {"model": dict, "recipe": dict, "vocab_size": int, "itos": list, "step": int}
 
 

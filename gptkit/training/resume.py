@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..io import read_text, write_text
 from ..recipe import Recipe, flatten
 from ..recipe.components import ComponentSpec
-from .checkpoint import load_checkpoint, missing_plugins
+from .checkpoint import load_checkpoint, missing_plugins, peek
 
 # Keys that may change between a run and its resumption without making it a different run (the text
 # itself is checked by its SHA-256, wherever it lives and however it was made; compiling and
@@ -100,7 +100,7 @@ def trained_with(run_dir: Path) -> dict:
     """The run's plugins record (see `plugin_changes`): its checkpoint's, or, without a readable one, its
     summary.json's; {} if neither has one."""
     try:
-        used = load_checkpoint(run_dir / "checkpoint.pt").get("plugins")
+        used = peek(run_dir / "checkpoint.pt", "plugins")
     except UserError:  # none yet, or damaged: the summary, written at the start, records the same
         used = None
     if not isinstance(used, dict):
