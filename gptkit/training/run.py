@@ -226,7 +226,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
     else:
         log(f"Run folder: {run_dir}")
     write_text(run_dir / "recipe.yaml", yaml.dump(recipe.to_dict()))  # read back by --resume: quoted so that it reads the same
-    log(f"{model.num_params():,} parameters on {device}; {dataset.vocab_size} characters, "
+    log(f"{model.num_params():,} parameters on {device} ({trainer.describe()}); {dataset.vocab_size} characters, "
         f"{len(dataset.train):,} training and {len(dataset.val):,} validation tokens")
 
     # Unbuffered: a full disk fails the write that hit it, not a later flush or the file's closing.

@@ -257,6 +257,15 @@ class Trainer:
     def tokens_per_step(self) -> int:
         return self.cfg.batch_size * self.dataset.block_size
 
+    def describe(self) -> str:
+        """How a step runs, for the run's opening lines: e.g. "bf16 autocast, torch.compile"."""
+        parts = ["bf16 autocast" if use_bf16(self.cfg.precision, self.device) else "fp32"]
+        if self.train_forward is not self.wrapped:
+            parts.append("torch.compile")
+        if self.micro_batch < self.cfg.batch_size // self.dist.world_size:
+            parts.append(f"micro-batches of {self.micro_batch} rows")
+        return ", ".join(parts)
+
     # ---- checkpointable state ----------------------------------------------------------------
     def state_dict(self) -> dict:
         rng = {"torch": torch.get_rng_state()}

@@ -3,6 +3,7 @@ the speed does not depend on them). Not collected by pytest; run from the reposi
 
     PYTHONPATH=. python tests/bench/sampling.py recipes/shakespeare-cpu.yaml --threads 2
     PYTHONPATH=. python tests/bench/sampling.py recipes/shakespeare.yaml --set model.attention=naive
+    PYTHONPATH=. python tests/bench/sampling.py recipes/shakespeare.yaml --device cuda
 """
 
 import argparse
@@ -24,21 +25,27 @@ def main():
     ap.add_argument("--tokens", type=at_least(1), default=500)
     ap.add_argument("--rounds", type=at_least(1), default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     recipe = load_recipe(args.recipe, args.overrides)
     torch.manual_seed(0)
-    model = build_model(recipe.model, vocab_size=65).eval()
-    prompt = torch.randint(0, 65, (1, 9))
+    model = build_model(recipe.model, vocab_size=65).to(device).eval()
+    prompt = torch.randint(0, 65, (1, 9), device=device)
+    for use_cache in (True, False):  # untimed: kernels, allocator and thread pools start here
+        generate(model, prompt, 8, use_cache=use_cache)
     seconds = {True: [], False: []}
     for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits both alike
         for use_cache in (True, False):
             t0 = time.perf_counter()
-            generate(model, prompt, args.tokens, 0.8, 40, torch.Generator().manual_seed(0), use_cache=use_cache)
+            out = generate(model, prompt, args.tokens, 0.8, 40, torch.Generator(device).manual_seed(0), use_cache=use_cache)
+            out[0, -1].item()  # waits for a GPU's work
             seconds[use_cache].append(time.perf_counter() - t0)
     cached, recomputed = statistics.median(seconds[True]), statistics.median(seconds[False])
     ratios = sorted(r / c for c, r in zip(seconds[True], seconds[False]))  # each round's own ratio
-    print(f"{args.tokens} tokens, {args.threads} threads, median of {args.rounds}: cached {cached:.3f} s, "
+    where = f"{args.threads} threads" if device.type == "cpu" else str(device)
+    print(f"{args.tokens} tokens, {where}, median of {args.rounds}: cached {cached:.3f} s, "
           f"recomputed {recomputed:.3f} s, speed-up {statistics.median(ratios):.2f}x "
           f"(rounds {ratios[0]:.2f}x to {ratios[-1]:.2f}x)")
 
