@@ -17,7 +17,8 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category
 _EXPORTS = {
     "train_model": ".api",
     "GPTConfig": ".components", "Params": ".components",
-    "UserError": ".errors",
+    "UserError": ".errors", "RunStopped": ".errors", "Interrupted": ".errors", "Diverged": ".errors",
+    "Vocab": ".data.vocab",
     "GPT": ".model", "Block": ".model", "build_model": ".model",
     "Recipe": ".recipe", "load_recipe": ".recipe",
     "generate": ".sampling", "sample": ".sampling",
@@ -32,7 +33,8 @@ __all__ = sorted([*_EXPORTS, "registry"])
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .api import train_model
     from .components import GPTConfig, Params
-    from .errors import UserError
+    from .data.vocab import Vocab
+    from .errors import Diverged, Interrupted, RunStopped, UserError
     from .model import GPT, Block, build_model
     from .recipe import Recipe, load_recipe
     from .sampling import generate, sample

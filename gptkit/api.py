@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from .data.dataset import CharDataset
+from .errors import UserError
 from .model import GPT
 from .recipe import Recipe, load_recipe, validate
 from .recipe.load import apply_overrides, check_overrides
@@ -24,16 +25,23 @@ def train_model(config_path: str | Path | Recipe, data_path: str | Path | None =
     one to resume from). Under torchrun, rank 0 alone writes both.
     """
     overrides = list(check_overrides(overrides))
+    origins = {}  # an error names the argument the user gave, not a --set they never typed
     if data_path is not None:
-        overrides.append(f"data.path={json.dumps(str(Path(data_path).absolute()))}")  # quoted: '#' or ': ' in a path
+        text = f"data.path={json.dumps(str(Path(data_path).absolute()))}"  # quoted: '#' or ': ' in a path
+        overrides.append(text)
+        origins[text] = f"data_path={str(data_path)!r}"
     if epochs is not None:  # as given: the recipe refuses 0.5 with its own message, not int()'s 0
-        overrides.append(f"train.epochs={json.dumps(getattr(epochs, 'item', lambda: epochs)())}")  # numpy too
+        text = f"train.epochs={json.dumps(getattr(epochs, 'item', lambda: epochs)())}"  # numpy too
+        overrides.append(text)
+        origins[text] = f"epochs={epochs!r}"
     if isinstance(config_path, Recipe):
-        recipe = _overridden(config_path, overrides)
+        recipe = _overridden(config_path, overrides, origins)
     elif isinstance(config_path, str | os.PathLike):
-        recipe = load_recipe(config_path, overrides)
+        recipe = load_recipe(config_path, overrides, origins)
     else:
         raise TypeError(f"train_model takes a recipe file's path or a Recipe, got {type(config_path).__name__}")
+    if save_path is not None:
+        check_save_path(Path(save_path))
     result = train(recipe, runs_dir=runs_dir, quiet=quiet)
     if save_path is not None and result.run_dir is not None:  # None: a torchrun rank but 0, which writes nothing
         save_checkpoint(Path(save_path), result.model, recipe.to_dict(), result.dataset.itos, step=result.summary["steps"],
@@ -41,10 +49,20 @@ def train_model(config_path: str | Path | Recipe, data_path: str | Path | None =
     return result.model, result.dataset
 
 
-def _overridden(recipe: Recipe, overrides: list[str]) -> Recipe:
+def _overridden(recipe: Recipe, overrides: list[str], origins: dict[str, str]) -> Recipe:
     """`recipe` with `overrides` applied, validated as `load_recipe` validates a file's (its paths are
     absolute already, and those of overrides are relative to the working directory)."""
     if not overrides:
         return recipe
     data = recipe.to_dict()
-    return validate(data, origin=f"recipe {recipe.name}", overrides=apply_overrides(data, overrides))
+    return validate(data, origin=f"recipe {recipe.name}", overrides=apply_overrides(data, overrides, origins))
+
+
+def check_save_path(path: Path) -> None:
+    """Before training, not after it: a save_path that cannot be written is one error."""
+    if path.is_dir():
+        raise UserError(f"save_path {path} is a folder; give a file name, e.g. {path / 'model.pt'}")
+    if not path.parent.is_dir():
+        raise UserError(f"save_path {path}: the folder {path.parent} does not exist; create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"save_path {path}: the folder {path.parent} cannot be written; choose another")

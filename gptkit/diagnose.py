@@ -93,9 +93,16 @@ def check_cache(gpt: GPT, model) -> str | None:
     fed through a cache as sampling feeds them (a prefill, then one token at a time) must agree to float
     rounding. None if they do (or the model samples without a cache); else a one-line warning saying
     how they differ (or what the cached pass raised), naming the model's plugin components and their
-    checks: not an error, since sampling by recomputing the context (use_cache=False) is always right.
+    checks: not an error, since sampling by recomputing the context is always right, and the model
+    does so from then on (the warning is its `cache_mismatch`: `generate` then uses no cache).
     An exception in the full pass, without the cache, is a plugin's bug, named (see `blaming`). Run by
     `check_forward`, in evaluation mode and without gradients, in fp32 matmuls."""
+    gpt.cache_mismatch = None
+    gpt.cache_mismatch = _cache_mismatch(gpt, model)
+    return gpt.cache_mismatch
+
+
+def _cache_mismatch(gpt: GPT, model) -> str | None:
     config = gpt.config
     if not gpt.supports_kv_cache or config.block_size < 2:
         return None

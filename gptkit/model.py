@@ -47,6 +47,7 @@ class GPT(nn.Module):
             ln_f=ln_f,
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.cache_mismatch: str | None = None  # set by diagnose.check_cache: how cached logits differ from a full pass
         if tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -76,7 +77,9 @@ class GPT(nn.Module):
 
     @property
     def supports_kv_cache(self) -> bool:
-        return all(caches(block.attn) for block in self.transformer.h)
+        """Whether generation may use a key/value cache: every block's attention takes one, and no check
+        found the cached logits to differ from a full pass's (`cache_mismatch`)."""
+        return self.cache_mismatch is None and all(caches(block.attn) for block in self.transformer.h)
 
     def new_cache(self) -> list[KVCache]:
         """An empty key/value cache for `forward`, one per block (needs `supports_kv_cache`)."""

@@ -60,6 +60,10 @@ def _stale(obj: Any) -> bool:
     return module.startswith(plugins.LOCAL_PREFIX) and getattr(sys.modules.get(module), obj.__qualname__, None) is not obj
 
 
+def _name_of(obj: Any) -> str:
+    return getattr(obj, "__qualname__", None) or type(obj).__name__
+
+
 def _source_of(obj: Any) -> str:
     module = getattr(obj, "__module__", "") or ""
     if module == "gptkit" or module.startswith("gptkit."):
@@ -81,7 +85,10 @@ class Registry:
     _loaded: dict[str, Entry] = field(default_factory=dict, repr=False)  # plugins imported, or broken
 
     def register(self, name: str, obj: Any = None, *, source: str | None = None):
-        """Register `obj` under `name`; used bare as a decorator: `@attention.register("flash")`."""
+        """Register `obj` under `name`; as a decorator, with the name alone: `@attention.register("flash")`."""
+        if not isinstance(name, str):  # `@registry("norm").register` without a name would register nothing
+            raise TypeError(f"register takes the name first, e.g. @registry({self.kind!r}).register('my_{self.kind}'); "
+                            f"got {getattr(name, '__name__', type(name).__name__)}")
 
         def add(obj: Any) -> Any:
             problem = name_problem(self.kind, name)
@@ -95,14 +102,17 @@ class Registry:
             if name in self._entries:
                 old = self._entries[name]
                 same_class = old.obj.__qualname__ == obj.__qualname__
-                if getattr(old.obj, "__module__", None) == getattr(obj, "__module__", None) and (same_class or _stale(old.obj)):
-                    self._entries[name] = new  # defined again (a notebook cell run again, a module reloaded): the newest wins
+                module = getattr(obj, "__module__", None)
+                if getattr(old.obj, "__module__", None) == module and (same_class or module == "__main__" or _stale(old.obj)):
+                    # Defined again (a notebook cell run again, perhaps with the class renamed; a module
+                    # reloaded): the newest wins, as a name defined twice in one module does.
+                    self._entries[name] = new
                     return obj
                 if same_class and ":" in new.where and old.where == new.where:
                     return obj  # one file imported under two module names (a script, then a recipe's imports)
                 raise RegistryError(
-                    f"{self.kind} '{name}' is registered twice: by {old.source} at {old.where} "
-                    f"and by {new.source} at {new.where}. Rename one of them."
+                    f"{self.kind} '{name}' is registered twice: {_name_of(old.obj)} by {old.source} at {old.where} "
+                    f"and {_name_of(obj)} by {new.source} at {new.where}. Rename one of them."
                 )
             self._entries[name] = new
             return obj

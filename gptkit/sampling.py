@@ -24,7 +24,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
 
     `on_tokens`, for streaming, is called with each run of new tokens, a (B, k) view of the output:
     every STREAM_EVERY tokens, at the end, and when a KeyboardInterrupt stops generation (which is
-    then raised again), so that nothing generated is lost.
+    then raised again), so that nothing generated is lost. The model runs in evaluation mode (no
+    dropout), and is left in the mode it was in.
     """
     max_new_tokens, temperature, top_k = check_sampling(max_new_tokens, temperature, top_k, count="max_new_tokens")
     if not (isinstance(idx, torch.Tensor) and idx.dim() == 2 and not (idx.is_floating_point() or idx.is_complex())
@@ -50,6 +51,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
             new, shown = out[:, shown:n], n  # counted first: a Ctrl-C inside on_tokens must not repeat them
             on_tokens(new)
 
+    was_training = model.training
+    model.eval()
     try:
         for _ in range(max_new_tokens):
             if n - start > block_size:
@@ -66,6 +69,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     except KeyboardInterrupt:
         stream()
         raise
+    finally:  # a Ctrl-C in a notebook leaves the model as it was
+        model.train(was_training)
     stream()
     return out
 
@@ -135,13 +140,8 @@ def sample(model, vocab, prompt: str, tokens: int, temperature: float = 0.8, top
         g.seed()
     else:
         g.manual_seed(seed)
-    was_training = model.training
-    model.eval()
     stream = None if on_text is None else lambda ids: on_text(vocab.decode(ids[0].tolist()))
-    try:
-        if on_text is not None:
-            on_text(prompt)
-        out = generate(model, idx, tokens, temperature, top_k, generator=g, use_cache=use_cache, on_tokens=stream)
-    finally:  # a Ctrl-C in a notebook leaves the model as it was
-        model.train(was_training)
+    if on_text is not None:
+        on_text(prompt)
+    out = generate(model, idx, tokens, temperature, top_k, generator=g, use_cache=use_cache, on_tokens=stream)
     return vocab.decode(out[0].tolist())

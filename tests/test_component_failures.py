@@ -593,6 +593,19 @@ def test_a_key_value_cache_that_does_not_match_is_warned_of_and_sampled_without(
     assert recomputed.exit_code == 0 and recomputed.stdout == (run / "samples.txt").read_text() + "\n"
 
 
+def test_a_model_whose_cache_does_not_match_samples_without_it_in_python(run_with, tmp_path):
+    from gptkit.sampling import sample
+
+    assert run_with(CACHE_BREAKERS, "model.attention=fullmask", "model.positional=rope").exit_code == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    with pytest.warns(UserWarning, match="differ from one forward pass over them") as warned:
+        model, recipe, vocab = load_model(run)
+    assert len(warned) == 1 and model.cache_mismatch and not model.supports_kv_cache
+    s = recipe.sample  # the run's final sample recomputed the context: so does this one, unasked
+    assert sample(model, vocab, s.prompt, s.tokens, s.temperature, s.top_k, recipe.seed) == \
+        (run / "samples.txt").read_text()
+
+
 def test_gptkits_own_pairs_pass_the_cache_check(monkeypatch):
     from gptkit.components.positional import ALiBi, RoPE
     from gptkit.diagnose import check_forward

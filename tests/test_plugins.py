@@ -484,7 +484,7 @@ FOLDER = object()
     ("oops.py", "x = 1\nraise RuntimeError('half done')\n", "{dir}/oops.py:2: RuntimeError: half done"),
     ("oops.py", "def f(:\n", "{dir}/oops.py:1: SyntaxError:"),
     ("oops.py", "from gptkit.components import Norm, register\n@register('norm', 'rmsnorm')\nclass R(Norm):\n    forward = lambda self, x: x\n",
-     "{dir}/oops.py: norm 'rmsnorm' is registered twice: by built-in at"),
+     "{dir}/oops.py: norm 'rmsnorm' is registered twice: RMSNorm by built-in at"),
     ("oops.py", "import sys\nsys.exit(3)\n", "{dir}/oops.py:2: SystemExit: 3"),
     ("ok.yaml", "imports: []\n", "component file {dir}/ok.yaml must be a .py file"),
     ("mine", FOLDER, "component file {dir}/mine is a directory, not a .py file"),

@@ -1,6 +1,7 @@
 """Using gptkit from Python: wrong arguments are one clear error, and a call leaves the caller's objects and
 random state as they were."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -177,3 +178,59 @@ def test_load_recipe_takes_a_path_not_a_recipe(write_recipe):
     recipe = load_recipe(write_recipe())
     with pytest.raises(TypeError, match=r"load_recipe takes a recipe file's path, got Recipe; .*train_model\(recipe"):
         load_recipe(recipe, ["train.lr=0.1"])
+
+
+def test_train_model_checks_save_path_before_training(tmp_path, write_recipe):
+    for path, message in [(tmp_path, "is a folder; give a file name"), (tmp_path / "no" / "m.pt", "does not exist")]:
+        with pytest.raises(UserError, match=f"save_path {path}: the folder|save_path {path} is a folder") as e:
+            train_model(write_recipe(), save_path=path, runs_dir=tmp_path / "runs", quiet=True)
+        assert message in str(e.value)
+    assert not (tmp_path / "runs").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize("kwargs, named", [({"epochs": 0.5}, "epochs=0.5"), ({"epochs": True}, "epochs=True")])
+def test_train_model_errors_name_its_own_arguments(write_recipe, kwargs, named):
+    with pytest.raises(RecipeError) as e:
+        train_model(write_recipe(), **kwargs)
+    assert str(e.value).startswith(named) and "--set" not in str(e.value), e.value
+
+
+def test_generate_runs_in_evaluation_mode_and_leaves_the_mode_as_it_was():
+    torch.manual_seed(0)
+    model = tiny_model(dataclasses.replace(CONFIG, dropout=0.5))  # in training mode, as build_model returns it
+    idx = torch.zeros(1, 1, dtype=torch.long)
+    cached, recomputed = (generate(model, idx, 30, generator=torch.Generator().manual_seed(0), use_cache=c)
+                          for c in (True, False))
+    assert torch.equal(cached, recomputed) and model.training
+
+
+def test_register_without_a_name_is_an_error(scratch_registries):
+    from gptkit.components import Norm
+    from gptkit.registry import registry
+
+    with pytest.raises(TypeError, match=r"register takes the name first, e.g. @registry\('norm'\).register"):
+        @registry("norm").register
+        class Mine(Norm):
+            def forward(self, x):
+                return x
+
+
+def test_a_class_renamed_in_a_notebook_replaces_the_one_registered_under_its_name(scratch_registries):
+    from gptkit.components import Norm
+    from gptkit.registry import registry
+
+    def cell(class_name):  # a class defined in a notebook cell: module __main__
+        cls = type(class_name, (Norm,), {"forward": lambda self, x: x, "__module__": "__main__"})
+        return registry("norm").register("cellnorm", cls)
+
+    cell("First")
+    renamed = cell("Second")
+    assert registry("norm").get("cellnorm") is renamed
+
+
+def test_errors_and_the_vocabulary_are_exported():
+    import gptkit
+    from gptkit.errors import Diverged, Interrupted, RunStopped
+
+    assert (gptkit.Interrupted, gptkit.Diverged, gptkit.RunStopped, gptkit.Vocab) == (Interrupted, Diverged,
+                                                                                     RunStopped, Vocab)

@@ -132,7 +132,7 @@ def test_an_interrupted_sample_command_keeps_the_text_generated_so_far(cli, monk
     section = ModelSection(n_embd=CONFIG.n_embd, n_head=CONFIG.n_head, n_layer=CONFIG.n_layer,
                            block_size=CONFIG.block_size, dropout=CONFIG.dropout)  # peaky_model's
     recipe = SimpleNamespace(model=section, sample=SampleSection(prompt="AB"))
-    monkeypatch.setattr("gptkit.cli.sample.load_model", lambda path, device: (model, recipe, vocab))
+    monkeypatch.setattr("gptkit.cli.sample.load_model", lambda path, device, check: (model, recipe, vocab))
     result = cli("sample", "some-run", "--tokens", "100000", "--seed", "5")
     assert result.exit_code == 130 and "interrupted" in result.stderr
     assert result.stdout == expected

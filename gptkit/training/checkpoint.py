@@ -3,6 +3,7 @@
 import codecs
 import collections
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 
 from .. import plugins
 from ..data.vocab import Vocab
+from ..diagnose import check_forward
 from ..errors import UserError
 from ..io import atomic_write
 from ..model import build_model
@@ -151,9 +153,12 @@ def _is_text(path: Path) -> bool:
     return bool(head) and b"\0" not in head
 
 
-def load_model(path: Path, device: str | torch.device = "cpu"):
+def load_model(path: Path, device: str | torch.device = "cpu", check: bool = True):
     """(model, recipe, vocab) from a checkpoint or run folder, ready for inference on `device` (auto, cpu,
-    cuda, cuda:N or mps, or a torch.device)."""
+    cuda, cuda:N or mps, or a torch.device). With `check`, the checks before training run on it
+    (`diagnose.check_forward`): a plugin component whose forward is broken is an error naming it, and
+    a key/value cache that does not match a full pass is a UserWarning; the model then samples
+    without the cache."""
     from .run import resolve_device  # here: run.py imports this module
 
     device = resolve_device(str(device), "load_model's device")  # before loading: a missing GPU is said first
@@ -165,7 +170,12 @@ def load_model(path: Path, device: str | torch.device = "cpu"):
         raise UserError(f"{e}{missing_plugins(state.get('plugins', {}))}") from None
     model = build_model(recipe.model, state["vocab_size"])
     load_weights(model, state, path)
-    return model.to(device).eval(), recipe, Vocab(state["itos"])
+    model = model.to(device).eval()
+    if check:
+        warning = check_forward(model, recipe.model)
+        if warning:
+            warnings.warn(warning.removeprefix("warning: "), stacklevel=2)
+    return model, recipe, Vocab(state["itos"])
 
 
 def missing_plugins(used: dict[str, str], prefix: str = "model.") -> str:
@@ -179,8 +189,12 @@ def missing_plugins(used: dict[str, str], prefix: str = "model.") -> str:
             and key.rpartition(".")[2] in known and what.split(" from ")[0] not in registry(key.rpartition(".")[2])]
     if not gone:
         return ""
-    why = "is it installed?" if plugins.enabled() else \
-        "plugins are turned off by GPTKIT_NO_PLUGINS (or gptkit --no-plugins); unset it to use them"
+    if all(g.endswith((".py", " from __main__")) for g in gone):  # a script's or notebook's, not a package's
+        why = "registered in Python, not installed: register it in this process first (run or import that code)"
+    elif plugins.enabled():
+        why = "is it installed?"
+    else:
+        why = "plugins are turned off by GPTKIT_NO_PLUGINS (or gptkit --no-plugins); unset it to use them"
     return f"\n(the run was trained with {'; '.join(gone)}: {why})"
 
 
