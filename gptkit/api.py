@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .data.dataset import CharDataset
 from .errors import UserError
+from .io import cannot_make_folder
 from .model import GPT
 from .recipe import Recipe, load_recipe, validate
 from .recipe.load import apply_overrides, check_overrides
@@ -62,7 +63,6 @@ def check_save_path(path: Path) -> None:
     """Before training, not after it: a save_path that cannot be written is one error."""
     if path.is_dir():
         raise UserError(f"save_path {path} is a folder; give a file name, e.g. {path / 'model.pt'}")
-    if not path.parent.is_dir():
-        raise UserError(f"save_path {path}: the folder {path.parent} does not exist; create it first")
-    if not os.access(path.parent, os.W_OK):
-        raise UserError(f"save_path {path}: the folder {path.parent} cannot be written; choose another")
+    problem = cannot_make_folder(path.parent)  # a missing folder is made
+    if problem:
+        raise UserError(f"save_path {path} cannot be written: {problem}")

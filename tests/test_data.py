@@ -1,4 +1,6 @@
+import os
 import re
+import time
 
 import pytest
 import torch
@@ -118,3 +120,19 @@ def test_a_corpus_that_cannot_be_written_names_data_path(tmp_path, write_recipe,
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"data.path: cannot create {target} from the 'shakespeare' corpus: " in result.output
     assert "choose a writable data.path" in result.output and not (tmp_path / "runs").exists()
+
+
+def test_creating_a_corpus_removes_what_a_killed_creation_left_but_not_a_creation_under_way(tmp_path):
+    from types import SimpleNamespace
+
+    from gptkit.data.dataset import load_dataset
+
+    path = tmp_path / "shakespeare.txt"
+    stale, fresh = (tmp_path / f".shakespeare.txt.{n}.tmp" for n in ("killed", "writing"))
+    for leftover in (stale, fresh):
+        leftover.write_text("half a play")
+    os.utime(stale, (time.time() - 3600,) * 2)
+    data = SimpleNamespace(path=path, corpus=parse_component("corpus", "shakespeare"), max_lines=40, val_fraction=0.0,
+                           stride=1)
+    load_dataset(data, block_size=4)
+    assert path.exists() and not stale.exists() and fresh.exists()

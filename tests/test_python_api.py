@@ -181,8 +181,10 @@ def test_load_recipe_takes_a_path_not_a_recipe(write_recipe):
 
 
 def test_train_model_checks_save_path_before_training(tmp_path, write_recipe):
-    for path, message in [(tmp_path, "is a folder; give a file name"), (tmp_path / "no" / "m.pt", "does not exist")]:
-        with pytest.raises(UserError, match=f"save_path {path}: the folder|save_path {path} is a folder") as e:
+    (tmp_path / "afile").write_text("x")
+    for path, message in [(tmp_path, f"save_path {tmp_path} is a folder; give a file name"),
+                          (tmp_path / "afile" / "m.pt", f"cannot be written: {tmp_path / 'afile'} is a file")]:
+        with pytest.raises(UserError) as e:
             train_model(write_recipe(), save_path=path, runs_dir=tmp_path / "runs", quiet=True)
         assert message in str(e.value)
     assert not (tmp_path / "runs").exists()  # nothing was trained

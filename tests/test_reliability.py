@@ -363,16 +363,17 @@ def test_a_failed_save_stops_the_run_loudly(tmp_path, write_recipe, monkeypatch)
     assert e.value.exit_code == 4
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and "No space left" in summary["reason"]
-    assert load_checkpoint(run)["step"] == 2 and not list(run.glob(".*.tmp"))
+    assert load_checkpoint(run)["step"] == summary["checkpoint_step"] == 2 and not list(run.glob(".*.tmp"))
 
 
-def test_a_failed_first_save_says_that_no_checkpoint_was_saved(tmp_path, write_recipe, monkeypatch):
-    def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+@pytest.mark.parametrize("code, fix", [(errno.ENOSPC, "Free some space"), (errno.EACCES, "Make the run folder writable")])
+def test_a_failed_first_save_says_that_no_checkpoint_was_saved(tmp_path, write_recipe, monkeypatch, code, fix):
+    def fails(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(CheckpointError, match=r"No space left on device; no checkpoint was saved yet \(resuming "
-                                              r"starts the run over\)") as e:
+    monkeypatch.setattr(torch, "save", fails)
+    with pytest.raises(CheckpointError, match=rf"{os.strerror(code)}; no checkpoint was saved yet \(resuming "
+                                              rf"starts the run over\)\. {fix} and resume with --resume") as e:
         train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True)
     assert e.value.exit_code == 4 and not (e.value.run_dir / "checkpoint.pt").exists()
 

@@ -174,6 +174,24 @@ def test_resuming_a_folder_that_cannot_be_written_is_one_error(tmp_path, write_r
         "copy it somewhere writable and resume the copy"], result.output
 
 
+def test_resuming_a_folder_whose_files_cannot_be_written_is_one_error(tmp_path, write_recipe, cli, monkeypatch):
+    import errno
+
+    from gptkit.training import run as run_module
+
+    path = write_recipe()
+    run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir
+
+    def not_permitted(file, *args):  # the folder takes its lock file, but not changes to the others (chattr +i)
+        raise OSError(errno.EPERM, "Operation not permitted", str(file))
+
+    monkeypatch.setattr(run_module, "truncate_metrics", not_permitted)
+    result = cli("run", path, "--resume", run, "--set", "train.max_steps=20")
+    assert result.exit_code == 2 and result.output.splitlines() == [
+        f"error: cannot resume {run}: Operation not permitted: {run / 'metrics.jsonl'}; nothing was trained: make "
+        "the run folder writable and try again"], result.output
+
+
 def test_a_checkpoint_whose_characters_do_not_match_its_vocabulary_size_is_refused(tmp_path, write_recipe, cli):
     run = train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True).run_dir
     state = torch.load(run / "checkpoint.pt", weights_only=True)

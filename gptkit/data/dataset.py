@@ -4,8 +4,10 @@ Tokens are stored once, as the text's character ids; batches are gathered from w
 offsets, so memory stays proportional to the text, never to the number of windows.
 """
 
+import contextlib
 import hashlib
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -131,11 +133,21 @@ def will_create(data) -> bool:
     return data.corpus is not None and not Path(data.path).exists()
 
 
+def remove_stale_temporaries(path: Path, age: float = 60.0) -> None:
+    """The temporary files of an earlier creation of `path` that was killed midway: older than `age`
+    seconds, so that another process creating the same file now keeps its own."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - leftover.stat().st_mtime > age:
+                leftover.unlink()
+
+
 def load_dataset(data, block_size: int) -> CharDataset:
     """The dataset a recipe's `data` section describes, creating the corpus file on first use."""
     path: Path = data.path
     if will_create(data):
         text = corpus_text(data.corpus)
+        remove_stale_temporaries(path)
         try:
             write_text(path, text)
         except OSError as e:

@@ -34,6 +34,18 @@ class PeerFailed(RunStopped):
         self.exit_code = exit_code
 
 
+class PeerLost(RunStopped):
+    """Under torchrun, another process ended in the middle of a collective (killed, or stopped by an
+    error of its own, which it reports): this one cannot go on without it."""
+
+
+def lost_peer(e: BaseException) -> bool:
+    """Whether `e`, raised by a collective, says another process is gone (gloo's closed or reset
+    connection, NCCL's backend error) rather than something wrong in this one."""
+    return isinstance(e, td.DistBackendError) or (isinstance(e, RuntimeError) and "gloo" in str(e)
+                                                   and "by peer" in str(e))
+
+
 @dataclass(frozen=True)
 class Distributed:
     """This process's place in the job."""

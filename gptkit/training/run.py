@@ -64,6 +64,12 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 FREE_SPACE = "free some space, or pass --runs-dir with a folder on another disk"
 
 
+def then_resume(e: OSError) -> str:
+    """What to do about a write that failed in a run folder, then: ". Free some space and resume with --resume"."""
+    fix = "Free some space" if e.errno in DISK_FULL else "Make the run folder writable"
+    return f". {fix} and resume with --resume"
+
+
 def new_run_dir(runs_dir: Path, name: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
@@ -171,6 +177,9 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         except (distributed.PeerFailed, Diverged):  # rank 0 says why (and records a divergence): let it end first
             dist.outlive()  # here, out of fit: its SIGTERM handler would make torchrun's stop of this rank a note
             raise
+        except UserError as e:  # this rank's alone (a plugin's bug met in its share of a batch): it says so itself
+            e.every_rank = True
+            raise
         return RunResult(model.eval(), dataset, None, {})
     ready = False
 
@@ -211,6 +220,10 @@ def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoi
                                       f"removed: {fix}") from None
             if not quiet:  # its "Run folder:" line is stale
                 raise ComponentError(f"{e}\n(nothing was trained: {run_dir} is removed)") from e
+        if isinstance(e, OSError) and checkpoint is not None and trainer.state.step == checkpoint["step"]:
+            fix = "free some space" if e.errno in DISK_FULL else "make the run folder writable"
+            raise UserError(f"cannot resume {run_dir}: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; "
+                            f"nothing was trained: {fix} and try again") from None
         raise
 
 
@@ -243,7 +256,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
                 metrics.write((json.dumps(record) + "\n").encode("utf-8"))
             except OSError as e:
                 raise alone(CheckpointError(f"could not write metrics.jsonl in {run_dir}: {e.strerror or e}; "
-                                            f"{kept(run_dir)}. Free some space and resume with --resume")) from None
+                                            f"{kept(run_dir)}{then_resume(e)}")) from None
 
         def on_checkpoint(trainer: Trainer) -> None:
             try:
@@ -285,13 +298,13 @@ def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, 
                         step=trainer.state.step, trainer=trainer.state_dict(), text_sha256=dataset.fingerprint,
                         plugins=recipe.plugin_sources())
     except OSError as e:
-        raise CheckpointError(f"could not save the checkpoint in {run_dir}: {e.strerror or e}; {kept(run_dir)}. "
-                              "Free some space and resume with --resume") from None
-    try:
-        write_summary(run_dir, recipe, trainer, "running")  # atomic, as the checkpoint: the old one or the new
+        raise CheckpointError(f"could not save the checkpoint in {run_dir}: {e.strerror or e}; "
+                              f"{kept(run_dir)}{then_resume(e)}") from None
+    try:  # atomic, as the checkpoint: the old one or the new
+        write_summary(run_dir, recipe, trainer, "running", checkpoint_step=trainer.state.step)
     except OSError as e:
         raise CheckpointError(f"could not write summary.json in {run_dir}: {e.strerror or e}; the checkpoint is "
-                              "saved. Free some space and resume with --resume") from None
+                              f"saved{then_resume(e)}") from None
 
 
 def kept(run_dir: Path) -> str:
@@ -311,7 +324,7 @@ def record_failure(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str,
 
 
 def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, reason: str | None = None,
-                  resumable: bool = True) -> dict:
+                  resumable: bool = True, checkpoint_step: int | None = None) -> dict:
     s = trainer.state
     summary = {
         "name": recipe.name,
@@ -324,6 +337,7 @@ def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, 
         "params": trainer.model.num_params(),
         "flops_per_token": trainer.model.flops_per_token(),
         "steps": s.step,
+        "checkpoint_step": trainer.saved_step if checkpoint_step is None else checkpoint_step,  # where --resume goes on
         "total_steps": trainer.total_steps,
         "epochs": s.epoch + 1,
         "tokens": s.tokens,

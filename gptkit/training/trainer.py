@@ -28,7 +28,7 @@ from ..model import GPT
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
 from .checkpoint import unloadable
-from .distributed import Distributed
+from .distributed import Distributed, PeerLost, lost_peer
 from .progress import Progress
 from .speed import compile_failures, compiled, micro_batch_size
 
@@ -251,7 +251,7 @@ class Trainer:
         self.stopping = False
         self._pending = PendingSteps(min(self.cfg.log_every, self.steps_per_epoch), device)  # flushed by then
         self._interval_t0 = time.perf_counter()
-        self._saved_step: int | None = None
+        self.saved_step: int | None = None  # of the last checkpoint written, or resumed from
 
     @property
     def tokens_per_step(self) -> int:
@@ -286,13 +286,28 @@ class Trainer:
                             f"({self.cfg.optimizer.name}): {e}. It was written with another optimizer or by an "
                             "older gptkit; start a new run instead of resuming") from None
         self.state = TrainState(**saved["state"])
-        self._saved_step = self.state.step  # the checkpoint resumed from
+        self.saved_step = self.state.step  # the checkpoint resumed from
         torch.set_rng_state(saved["rng"]["torch"])
         if "cuda" in saved["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(saved["rng"]["cuda"], self.device)
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self) -> TrainState:
+        """Train to the end of the budget, or until a stop (see `RunStopped`)."""
+        try:
+            return self._fit()
+        except RuntimeError as e:
+            if self.dist.world_size == 1 or not lost_peer(e):
+                raise
+            if threading.current_thread() is threading.main_thread():
+                # torchrun stops the job now that a process has ended: its SIGTERM must not cut short
+                # the record of why, or the message, of a process that is ending anyway.
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.progress.close()
+            raise PeerLost(f"another process of this torchrun job ended at step {self.state.step + 1} (its "
+                           f"connection closed); it says why itself if it could, and {self._checkpoint_note()}") from None
+
+    def _fit(self) -> TrainState:
         state = self.state
         timer = EpochTimer(self.device)
         t0 = time.perf_counter() - state.seconds
@@ -452,10 +467,10 @@ class Trainer:
         return losses
 
     def _save(self) -> None:
-        if self._saved_step != self.state.step or self.state.eval_pending:
+        if self.saved_step != self.state.step or self.state.eval_pending:
             self._flush()
             self.on_checkpoint(self)
-            self._saved_step = self.state.step
+            self.saved_step = self.state.step
             self._interval_t0 = time.perf_counter()  # and the saving
 
     def _backward_culprit(self, e: BaseException):
@@ -496,7 +511,11 @@ class Trainer:
         self.state.step = step - 1  # the summary counts good steps only, as the metrics and checkpoints do
         self.state.tokens = self.state.step * self.tokens_per_step
         self.progress.close()
-        saved = ("no checkpoint had been saved yet" if self._saved_step is None
-                 else f"the last good checkpoint (step {self._saved_step:,}) is intact")
-        raise Diverged(f"training diverged at step {step}: {what}. Nothing from that step on was saved and {saved}; "
-                       "try a lower train.lr, warm-up, or train.grad_clip")
+        raise Diverged(f"training diverged at step {step}: {what}. Nothing from that step on was saved and "
+                       f"{self._checkpoint_note(good=True)}; try a lower train.lr, warm-up, or train.grad_clip")
+
+    def _checkpoint_note(self, good: bool = False) -> str:
+        """What a stopped run can go on from: 'the last checkpoint (step 1,200) is intact'."""
+        if self.saved_step is None:
+            return "no checkpoint had been saved yet"
+        return f"the last {'good ' if good else ''}checkpoint (step {self.saved_step:,}) is intact"
