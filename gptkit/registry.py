@@ -10,10 +10,12 @@ loaded is recorded as broken with its distribution and the original error, and o
 """
 
 import fnmatch
+import hashlib
 import inspect
 import sys
 import typing
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, PydanticUserError
@@ -36,6 +38,12 @@ class Entry:
     source: str = "built-in"  # or "<distribution> <version>", or a local file
     error: str | None = None
     value: str | None = None  # an entry point's `module:object`
+    sha256: str | None = None  # a local file's contents when it registered: a run records which code it trained
+
+    @property
+    def origin(self) -> str:
+        """Where it comes from, as a run records it: "acme-norms 1.2", "/x/mine.py (sha256 1a2b3c4d5e6f)"."""
+        return self.source + (f" (sha256 {self.sha256[:12]})" if self.sha256 else "")
 
     @property
     def where(self) -> str:
@@ -62,6 +70,16 @@ def _stale(obj: Any) -> bool:
 
 def _name_of(obj: Any) -> str:
     return getattr(obj, "__qualname__", None) or type(obj).__name__
+
+
+def _file_sha256(source: str) -> str | None:
+    """The SHA-256 of `source` if it is a Python file (a local component's), else None."""
+    if not source.endswith(".py"):
+        return None
+    try:
+        return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _source_of(obj: Any) -> str:
@@ -98,7 +116,8 @@ class Registry:
                 self._validate(obj)
             except RegistryError as e:
                 raise RegistryError(f"{self.kind} '{name}': {e}") from None
-            new = Entry(self.kind, name, obj, source or _source_of(obj))
+            came_from = source or _source_of(obj)
+            new = Entry(self.kind, name, obj, came_from, sha256=_file_sha256(came_from))
             if name in self._entries:
                 old = self._entries[name]
                 same_class = old.obj.__qualname__ == obj.__qualname__

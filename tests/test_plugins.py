@@ -476,6 +476,25 @@ def test_recipe_imports_local_files(write_recipe, cli, tmp_path, scratch_registr
     assert cli("sample", run, "--tokens", "5").exit_code == 0  # the checkpoint's recipe imports it again
 
 
+def test_resuming_after_a_local_component_file_changed_warns(write_recipe, cli, tmp_path, scratch_registries):
+    import hashlib
+
+    file = tmp_path / "local_norm.py"
+    file.write_text(textwrap.dedent(LOCAL))
+    recipe = write_recipe(model={"norm": "localnorm"}, imports=["local_norm.py"], train={"max_steps": 2})
+    assert cli("run", recipe, "--runs-dir", tmp_path / "runs").exit_code == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    before = hashlib.sha256(file.read_bytes()).hexdigest()[:12]
+    assert json.loads((run / "summary.json").read_text())["plugins"] == {
+        "model.norm": f"localnorm from {file} (sha256 {before})"}
+    file.write_text(textwrap.dedent(LOCAL).replace("unit length", "length one"))  # edited since
+    after = hashlib.sha256(file.read_bytes()).hexdigest()[:12]
+    result = cli("run", "--resume", run, "--set", "train.max_steps=3", "-q")
+    assert result.exit_code == 0, result.output
+    assert (f"warning: model.norm (localnorm) was trained with {file} (sha256 {before}) and now comes from {file} "
+            f"(sha256 {after}); resuming {run} with it\n") in result.output
+
+
 FOLDER = object()
 
 

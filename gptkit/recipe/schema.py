@@ -181,8 +181,9 @@ class Recipe(Section):
 
     def plugin_sources(self) -> dict[str, str]:
         """{"model.norm": "unitnorm from acme-norms 1.2"} for each component not built in: what a run
-        needs installed to be resumed (to be sampled, the model.* ones)."""
+        needs installed to be resumed (to be sampled, the model.* ones). A local file's record holds a
+        hash of its contents: "mynorm from /x/mine.py (sha256 1a2b3c4d5e6f)"."""
         picked = {f"{s}.{k}": v for s in ("data", "model", "train")
                   for k, v in vars(getattr(self, s)).items() if isinstance(v, ComponentSpec)}
-        sources = {key: (spec.name, registry(spec.kind).entry(spec.name).source) for key, spec in picked.items()}
-        return {key: f"{name} from {source}" for key, (name, source) in sources.items() if source != "built-in"}
+        entries = {key: registry(spec.kind).entry(spec.name) for key, spec in picked.items()}
+        return {key: f"{entry.name} from {entry.origin}" for key, entry in entries.items() if entry.source != "built-in"}

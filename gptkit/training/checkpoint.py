@@ -3,6 +3,7 @@
 import codecs
 import collections
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -189,7 +190,7 @@ def missing_plugins(used: dict[str, str], prefix: str = "model.") -> str:
             and key.rpartition(".")[2] in known and what.split(" from ")[0] not in registry(key.rpartition(".")[2])]
     if not gone:
         return ""
-    if all(g.endswith((".py", " from __main__")) for g in gone):  # a script's or notebook's, not a package's
+    if all(re.search(r" from (__main__|\S+\.py( \(sha256 \w+\))?)$", g) for g in gone):  # a script's, not a package's
         why = "registered in Python, not installed: register it in this process first (run or import that code)"
     elif plugins.enabled():
         why = "is it installed?"
