@@ -164,6 +164,9 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     if checkpoint is not None:
         load_weights(model, checkpoint, run_dir / "checkpoint.pt")
     trainer = Trainer(recipe, model, dataset, device, quiet=quiet or not dist.is_main, dist=dist)
+    schedule_warning = trainer.schedule_warning()
+    if schedule_warning:
+        warn(schedule_warning)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint["trainer"])  # rank 0's random stream
         if checkpoint["step"] > trainer.total_steps:  # (at the budget, it only saves new sample settings)

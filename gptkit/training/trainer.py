@@ -257,6 +257,17 @@ class Trainer:
     def tokens_per_step(self) -> int:
         return self.cfg.batch_size * self.dataset.block_size
 
+    def schedule_warning(self) -> str | None:
+        """A warning when the schedule never reaches train.lr in this run's steps: a warm-up longer than a
+        short run (a smoke test's max_steps) would compare or train at a learning rate no one chose."""
+        n = self.total_steps
+        steps = range(n) if n <= 10_000 else (i * (n - 1) // 9_999 for i in range(10_000))
+        peak = max((self._factor(step) for step in steps), default=1.0)
+        if peak >= 0.999:
+            return None
+        return (f"warning: train.schedule ({self.cfg.schedule.name}) never reaches train.lr in this run's {n:,} "
+                f"steps (at most {peak:.2g} of it): is its warm-up longer than the run?")
+
     def describe(self) -> str:
         """How a step runs, for the run's opening lines: e.g. "bf16 autocast, torch.compile"."""
         parts = ["bf16 autocast" if use_bf16(self.cfg.precision, self.device) else "fp32"]
