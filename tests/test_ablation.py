@@ -93,6 +93,10 @@ def test_shipped_ablation_plans_over_the_four_kinds():
     (["--vary", "model.norm=layernorm", "--seeds", "100000000000"], "100,000,000,000 seeds per arm; at most 1,000"),
     (["--vary", "model.norm=layernorm", "--set", "seed=18446744073709551615"],
      "the seeds from the recipe's seed 18446744073709551615 on run past 18446744073709551615"),
+    ([], "nothing is varied, so the baseline is the only arm and there is nothing to compare it with; vary a "
+         "field to values other than the recipe's, e.g. --vary model.norm=rmsnorm,layernorm"),
+    (["--vary", "model.norm=rmsnorm", "--vary", "model.positional=sinusoidal"],
+     "every value given for model.norm, model.positional is the recipe's own, so the baseline is the only arm"),
 ])
 def test_bad_ablations_are_one_clear_error(cli, tmp_path, write_recipe, args, message):
     result = cli("ablate", write_recipe(), "--out", tmp_path / "abl", *args)
@@ -188,9 +192,9 @@ def test_every_arm_is_checked_against_its_data_before_any_trains(cli, tmp_path, 
 def test_finished_runs_are_reused_only_on_the_text_they_trained_on(cli, tmp_path, write_recipe, corpus):
     recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
     out = tmp_path / "abl"
-    assert cli("ablate", recipe, "--vary", "model.norm=rmsnorm", "--seeds", "1", "--out", out).exit_code == 0
+    assert cli("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", out).exit_code == 0
     corpus.write_text(corpus.read_text().upper())  # the same file, another text: seeds must not mix texts
-    result = cli("ablate", recipe, "--vary", "model.norm=rmsnorm", "--seeds", "2", "--out", out)
+    result = cli("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "2", "--out", out)
     assert result.exit_code == 2, result.output
     assert f"{out / 'baseline' / 'seed-0'} was trained on another text than {corpus} now holds" in result.output
     assert "delete that run folder" in result.output and not (out / "baseline" / "seed-1").exists()
@@ -226,11 +230,15 @@ def test_runs_are_reused_or_resumed_only_with_the_plugin_versions_they_trained_w
 def test_settings_that_do_not_change_training_keep_finished_runs(cli, tmp_path, write_recipe):
     recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
     out = tmp_path / "abl"
-    assert cli("ablate", recipe, "--vary", "model.norm=rmsnorm", "--seeds", "1", "--out", out).exit_code == 0
-    again = cli("ablate", out / "ablation.yaml", "--out", out, "--set", "sample.tokens=5", "--set", "train.log_every=1")
-    assert again.exit_code == 0 and "1 of 1 runs finished earlier: skipping them" in again.output, again.output
+    assert cli("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", out).exit_code == 0
+    again = cli("ablate", out / "ablation.yaml", "--out", out, "--set", "sample.tokens=5",
+                "--set", "train.checkpoint_every=1")
+    assert again.exit_code == 0 and "2 of 2 runs finished earlier: skipping them" in again.output, again.output
     budget = cli("ablate", out / "ablation.yaml", "--out", out, "--set", "train.max_steps=3")  # not its figures
     assert budget.exit_code == 2 and "ended with a different recipe (train.max_steps differ)" in budget.output
+    # final_train_loss is the mean of the last log_every steps: runs logged otherwise do not pool
+    logged = cli("ablate", out / "ablation.yaml", "--out", out, "--set", "train.log_every=1")
+    assert logged.exit_code == 2 and "ended with a different recipe (train.log_every differ)" in logged.output
 
 
 def test_the_written_ablation_file_resumes_from_anywhere(cli, tmp_path, write_recipe, monkeypatch):
@@ -285,7 +293,8 @@ def test_an_ablation_files_recipe_is_found_beside_it(cli, tmp_path, monkeypatch)
 @pytest.mark.parametrize("value", ["the #cat", "the: cat", "null", "true", "1e-3", "[x]", "it's", "a\nb"])
 def test_file_strings_reach_the_recipe_unchanged(tmp_path, write_recipe, value):
     path = tmp_path / "abl.yaml"
-    for entry, arm in [({"set": {"sample.prompt": value}}, 0), ({"vary": {"sample.prompt": [value]}}, 1)]:
+    for entry, arm in [({"set": {"sample.prompt": value}, "vary": {"model.norm": ["layernorm"]}}, 0),
+                       ({"vary": {"sample.prompt": [value]}}, 1)]:
         path.write_text(json.dumps({"recipe": write_recipe().name, **entry}))  # JSON is YAML, and quotes every string
         assert plan(load_ablation(path)).arms[arm].recipe.sample.prompt == value
 
@@ -483,7 +492,8 @@ def test_a_diverging_arm_is_a_result_not_the_end_of_the_ablation(cli, tmp_path, 
     assert first.exit_code == 0, first.output
     assert "feedforward=goes-nan, seed 0: training diverged at step 3" in first.output
     table = md_rows((out / "results.md").read_text())
-    assert table["feedforward=goes-nan"][1:2] == ["0 (2 diverged)"] and "diverged" in table["feedforward=goes-nan"]
+    assert table["feedforward=goes-nan"][1] == "0 (2 diverged)" and table["feedforward=goes-nan"][5] == \
+        "diverged on 2/2 seeds"
     assert table["feedforward=mlp"][1] == "2" and "2 of 4 runs finished, 2 diverged." in (out / "results.md").read_text()
     with open(out / "results.csv", newline="") as f:
         statuses = {(r["arm"], r["seed"]): (r["status"], r["reason"]) for r in csv.DictReader(f)}
@@ -731,3 +741,170 @@ def test_an_ablation_keeps_its_baseline_recipe(cli, tmp_path, write_recipe):
     assert older.exit_code == 0 and "4 of 4 runs finished earlier" in older.output, older.output
     assert yaml.safe_load((out / "ablation.yaml").read_text())["recipe"] == "baseline.yaml"
     assert yaml.safe_load((out / "baseline.yaml").read_text()) == snapshot
+
+
+FINISHED = {"status": "finished", "resumable": False}
+DIVERGED = {"status": "failed", "resumable": False, "reason": "training diverged at step 3: the loss is nan"}
+
+
+def rows_of(p, finals: dict[str, list]) -> list[report.RunRow]:
+    """RunRows of plan `p`'s arms ({label: [final val loss, or a summary, per seed]}), as summary.json says."""
+    arms = {a.label: a for a in p.arms}
+    def summary(v):
+        return v if isinstance(v, dict) or v is None else {**FINISHED, "final_val_loss": v, "best_val_loss": v}
+
+    return [report.RunRow(arms[label], seed, f"{arms[label].slug}/seed-{seed}", summary(v))
+            for label, values in finals.items() for seed, v in enumerate(values)]
+
+
+def test_an_arm_with_diverged_seeds_is_never_better_and_ranks_after_the_others(tmp_path, write_recipe, monkeypatch):
+    """Its mean covers only the seeds that survived: it is not compared as if it covered them all."""
+    import matplotlib.pyplot as plt
+
+    import gptkit.ablation.runner as runner
+
+    p = plan(Ablation(recipe=write_recipe(), vary={"model.positional": ["sinusoidal", "rope", "alibi"]}))
+    rows = rows_of(p, {"positional=sinusoidal": [2.0, 2.1, 2.2, 2.3], "positional=rope": [2.01, 2.12, 2.21, 2.33],
+                       "positional=alibi": [1.7, 1.81, DIVERGED, DIVERGED]})
+    stats = report.arm_stats(rows)
+    assert [s.arm.label for s in stats] == ["positional=sinusoidal", "positional=rope", "positional=alibi"]
+    runner.write_reports(tmp_path, rows, 0.1)
+    text = (tmp_path / "results.md").read_text()
+    alibi = md_rows(text)["positional=alibi"]
+    assert alibi[1] == "2 (2 diverged)" and alibi[5] == "diverged on 2/4 seeds"
+    mean, half = report.mean_ci([1.7 - 2.0, 1.81 - 2.1])  # paired over the seeds both finished
+    assert alibi[4] == f"{mean:+.4f} ± {half:.4f} (2 of 4 seeds)"
+    assert md_rows(text)["positional=rope"][5] == "worse"
+    assert "4 of 4 runs finished" not in text and "10 of 12 runs finished, 2 diverged." in text
+    assert "no correction for multiple comparisons" in text
+
+    figures = []
+    monkeypatch.setattr(runner, "val_curve", lambda run_dir: [(0, 3.0), (512, 2.0)])
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert runner.plot(tmp_path, rows, "t")
+    legend = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert "positional=alibi (n=2; diverged on 2/4 seeds)" in legend and "positional=rope (n=4)" in legend
+
+
+def test_arms_that_did_not_run_or_failed_say_so(write_recipe):
+    p = plan(Ablation(recipe=write_recipe(), vary={"model.positional": ["sinusoidal", "rope", "alibi"]}))
+    broken = {"status": "failed", "reason": "ComponentError: positional 'alibi' is broken\nTraceback line"}
+    rows = rows_of(p, {"positional=sinusoidal": [2.0, 2.1], "positional=rope": [None, None],
+                       "positional=alibi": [broken, 2.0]})
+    table = md_rows(report.markdown(report.arm_stats(rows), 0.1))
+    assert table["positional=rope"][1:2] + table["positional=rope"][5:6] == ["0", "not run"]
+    assert table["positional=alibi"][1] == "1 (1 failed)"
+    assert table["positional=alibi"][5] == "failed on 1/2 seeds (ComponentError: positional 'alibi' is broken)"
+
+
+def test_arms_on_unequal_terms_show_their_budgets_and_are_not_called_better(write_recipe):
+    import gptkit.ablation.runner as runner
+
+    p = plan(Ablation(recipe=write_recipe(train={"max_steps": 2}), vary={"train.max_steps": ["2", "4"]},
+                      allow_unfair=True))
+    plan_lines = runner.describe(p, 0.1, runner.datasets(p))
+    assert "2 steps, 512 tokens" in plan_lines[0] and "4 steps, 1,024 tokens" in plan_lines[1]
+    budget = lambda steps: {"steps": steps, "tokens": steps * 256}  # noqa: E731
+    rows = rows_of(p, {"max_steps=2": [{**FINISHED, "final_val_loss": v, **budget(2)} for v in (3.0, 3.1)],
+                       "max_steps=4": [{**FINISHED, "final_val_loss": v, **budget(4)} for v in (2.0, 2.05)]})
+    text = report.markdown(report.arm_stats(rows), 0.1)
+    assert "| steps | tokens" in text.replace("  ", "")
+    longer = md_rows(text)["max_steps=4"]
+    assert longer[5] == "better, not on equal terms (train.max_steps differ)" and longer[-2:] == ["4", "1,024"]
+    same = plan(Ablation(recipe=write_recipe(), vary={"model.norm": ["rmsnorm", "layernorm"]}))
+    assert runner.describe(same, 0.1, runner.datasets(same))[-1] == "Each run: 6 steps, 1,536 tokens"
+
+
+def test_fewer_or_other_seeds_keep_the_seeds_run_earlier(cli, tmp_path, write_recipe):
+    recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    out = tmp_path / "abl"
+    args = ("ablate", recipe, "--vary", "model.norm=layernorm", "--out", out)
+
+    def seeds_reported():
+        with open(out / "results.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert all(r["status"] == "finished" for r in rows)
+        return sorted(int(r["seed"]) for r in rows), yaml.safe_load((out / "ablation.yaml").read_text())["seeds"]
+
+    assert cli(*args, "--seeds", "2").exit_code == 0
+    fewer = cli(*args, "--seeds", "1")
+    assert fewer.exit_code == 0 and "Also reported: 2 runs of seeds 1, which earlier commands ended" in fewer.output
+    assert "2 of 2 runs finished earlier" in fewer.output and seeds_reported() == ([0, 0, 1, 1], [0, 1])
+    assert md_rows((out / "results.md").read_text())["baseline"][1] == "2"
+    other = cli(*args, "--set", "seed=7", "--seeds", "1")  # the same folder: the seed does not name it
+    assert other.exit_code == 0 and "Also reported: 4 runs of seeds 0, 1" in other.output, other.output
+    assert seeds_reported() == ([0, 0, 1, 1, 7, 7], [0, 1, 7])
+    again = cli("ablate", out / "ablation.yaml", "--out", out)
+    assert again.exit_code == 0 and "6 of 6 runs finished earlier: skipping them" in again.output, again.output
+
+
+def fails_late(after: int) -> type:
+    """A feedforward that raises from its training step `after + 1` on: a plugin's bug met in training."""
+    from gptkit.components.feedforward import MLP
+
+    class FailsLate(MLP):
+        def __init__(self, config, params):
+            super().__init__(config, params)
+            self.steps = 0
+
+        def forward(self, x):
+            self.steps += self.training
+            if self.steps > after:
+                raise ValueError("out of ideas\nsecond line")
+            return super().forward(x)
+
+    return FailsLate
+
+
+def test_an_arm_whose_component_fails_in_training_does_not_stop_the_others(cli, tmp_path, write_recipe,
+                                                                           temporary_component):
+    temporary_component("feedforward", "fails-late", fails_late(after=2))
+    recipe = write_recipe(model={"feedforward": "mlp"}, train={"max_steps": 4, "eval_every": 2, "eval_batches": 1})
+    out = tmp_path / "abl"
+    args = ("ablate", recipe, "--vary", "model.feedforward=mlp,fails-late,swiglu", "--seeds", "2", "--out", out)
+    first = cli(*args)
+    assert first.exit_code == 2 and "Traceback" not in first.output, first.output
+    assert "feedforward=fails-late, seed 0 failed: feedforward 'fails-late' from test is broken" in first.output
+    assert first.output.splitlines()[-1].startswith("error: 2 of 6 runs failed (first: feedforward=fails-late, seed 0: "
+                                                    "ComponentError: feedforward 'fails-late'")
+    assert json.loads((out / "feedforward-swiglu" / "seed-1" / "summary.json").read_text())["status"] == "finished"
+    summary = json.loads((out / "feedforward-fails-late" / "seed-0" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "out of ideas" in summary["reason"]
+    row = md_rows((out / "results.md").read_text())["feedforward=fails-late"]
+    assert row[1] == "0 (2 failed)" and row[5].startswith("failed on 2/2 seeds (ComponentError: ")
+    assert "out of ideas" in row[5] and "second line" not in row[5]
+    assert "4 of 6 runs finished, 2 failed." in (out / "results.md").read_text()
+    again = cli(*args)  # a rerun trains them again: the component may have been fixed
+    assert again.exit_code == 2 and "4 of 6 runs finished earlier: skipping them" in again.output
+    assert "feedforward=fails-late, seed 1 failed" in again.output
+
+
+def test_an_error_that_is_not_an_arms_stops_the_ablation_at_once(cli, tmp_path, write_recipe, monkeypatch):
+    import gptkit.ablation.runner as runner
+    from gptkit.errors import UserError
+
+    calls = []
+
+    def refused(*args, run_dir, **kwargs):
+        calls.append(run_dir)
+        raise UserError("cannot resume: the recipe changed")
+
+    monkeypatch.setattr(runner, "train", refused)
+    result = cli("ablate", write_recipe(), "--vary", "model.norm=layernorm", "--seeds", "2", "--out", tmp_path / "a")
+    assert result.exit_code == 2 and "error: cannot resume: the recipe changed" in result.output and len(calls) == 1
+
+
+def test_compare_tells_runs_on_other_texts_or_plugins_apart(cli, tmp_path, write_recipe, corpus):
+    recipe = write_recipe(train={"max_steps": 2})
+    for runs, text in (("a", corpus.read_text()), ("b", corpus.read_text()), ("c", corpus.read_text().upper())):
+        corpus.write_text(text)
+        assert cli("run", recipe, "--runs-dir", tmp_path / runs, "-q").exit_code == 0
+    a, b, c = (next((tmp_path / runs).iterdir()) for runs in "abc")
+    assert "The recipes, training texts and plugin versions are identical." in cli("compare", a, b).output
+    other_text = cli("compare", a, c).output
+    texts = md_rows(other_text.split("Final figures:")[0])["text SHA-256"][1:]
+    assert "identical" not in other_text and len(set(texts)) == 2 and all(t.endswith("...") for t in texts)
+    summary = json.loads((b / "summary.json").read_text())
+    (b / "summary.json").write_text(json.dumps({**summary, "plugins": {"model.norm": "unitnorm from acme-norms 1.2"}}))
+    plugins = md_rows(cli("compare", a, b).output.split("Final figures:")[0])["plugins"]
+    assert plugins[1:] == ["none (built-in components only)", "model.norm: unitnorm from acme-norms 1.2"]

@@ -42,9 +42,11 @@ def image_format(path: Path) -> str:
     return fmt
 
 
-def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, title: str) -> bool:
+def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, title: str,
+                notes: dict[str, str] | None = None) -> bool:
     """Draw `curves` ({label: [one [(tokens, val_loss)] per seed]}) into `path`, in the format its
-    extension names (image_format). False, drawing nothing, when matplotlib is missing."""
+    extension names (image_format), each label followed by its number of seeds and its `notes` entry
+    ("diverged on 5/8 seeds"), if any. False, drawing nothing, when matplotlib is missing."""
     if not have_matplotlib():
         return False
     import matplotlib
@@ -59,7 +61,9 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
             continue
         common = sorted(set.intersection(*(set(t for t, _ in r) for r in runs)))  # evaluated by every seed
         points = [[dict(r)[t] for r in runs] for t in common]
-        (line,) = ax.plot(common, [sum(p) / len(p) for p in points], label=f"{label} (n={len(runs)})")
+        note = (notes or {}).get(label)
+        (line,) = ax.plot(common, [sum(p) / len(p) for p in points],
+                          label=f"{label} (n={len(runs)}{f'; {note}' if note else ''})")
         if len(runs) > 1:
             ax.fill_between(common, [min(p) for p in points], [max(p) for p in points], color=line.get_color(),
                             alpha=0.2, linewidth=0)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..io import write_text
 from ..training.progress import fmt_duration
-from .runs import finished
-from .spec import Arm
+from .runs import diverged, failed, finished
+from .spec import Arm, unequal_terms
 
 CSV_FIELDS = ["arm", "baseline", "seed", "run_dir", "status", "final_val_loss", "best_val_loss", "final_train_loss",
               "params", "flops_per_token", "steps", "tokens", "tokens_per_s", "wall_seconds", "reason"]
@@ -66,49 +66,85 @@ class ArmStats:
     arm: Arm
     n: int                       # finished seeds
     diverged: int                # seeds that diverged, left out of the figures
+    failed: int                  # seeds that failed (a component's error), left out of the figures
+    reason: str | None           # the first failed seed's reason, its first line
     final: tuple
     best: tuple
     diff: tuple                  # paired final-val-loss difference to the baseline, (mean, half-width)
+    paired: int                  # seeds in `diff`: those both this arm and the baseline finished
+    unequal: list[str]           # fields that make it unfair to compare with the baseline (--allow-unfair)
     params: int | None
     flops_per_token: int | None
+    steps: int | None
+    tokens: int | None
     tokens_per_s: float | None
     wall_seconds: float | None
+
+    @property
+    def ran(self) -> int:
+        """Seeds that ended, whichever way."""
+        return self.n + self.diverged + self.failed
+
+    @property
+    def trouble(self) -> str:
+        """"diverged on 5/8 seeds", "failed on 1/3 seeds (ComponentError: ...)", or "" when every seed that
+        ran finished. Such an arm's mean covers only its surviving seeds: no better or worse is claimed."""
+        parts = [f"diverged on {self.diverged}/{self.ran} seeds"] if self.diverged else []
+        if self.failed:
+            parts.append(f"failed on {self.failed}/{self.ran} seeds ({self.reason})")
+        return "; ".join(parts)
 
     @property
     def verdict(self) -> str:
         mean, half = self.diff
         if self.arm.baseline:
-            return "baseline"
-        if self.diverged and not self.n:
-            return "diverged"
+            return f"baseline ({self.trouble})" if self.trouble else "baseline"
+        if self.trouble:
+            return self.trouble
+        if not self.n:
+            return "not run"
         if half is None:  # fewer than two seeds paired with a finished baseline run
             return "n/a (needs 2 seeds)" if self.n < 2 else "n/a (needs 2 seeds whose baseline run finished)"
-        if abs(mean) <= half:
-            return "within noise"
-        return "better" if mean < 0 else "worse"
+        verdict = "within noise" if abs(mean) <= half else "better" if mean < 0 else "worse"
+        return f"{verdict}, not on equal terms ({', '.join(self.unequal)} differ)" if self.unequal else verdict
 
 
 def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
-    """One ArmStats per arm, sorted by mean final validation loss (unfinished arms last)."""
+    """One ArmStats per arm, sorted by mean final validation loss; arms with diverged or failed seeds
+    after the others (their means cover only the seeds that survived), unfinished arms last."""
     done = [r for r in rows if finished(r.summary) and r.summary.get("final_val_loss") is not None]
     base = {r.seed: r.summary["final_val_loss"] for r in done if r.arm.baseline}
+    baseline = next((r.arm for r in rows if r.arm.baseline), None)
     arms = list(dict.fromkeys(r.arm.label for r in rows))
     stats = []
     for label in arms:
         mine = [r for r in done if r.arm.label == label]
         arm = next(r.arm for r in rows if r.arm.label == label)
+        broken = [r.summary for r in rows if r.arm.label == label and failed(r.summary)]
 
         def values(key):
             return [r.summary[key] for r in mine if r.summary.get(key) is not None]
 
+        def first(key):
+            return next(iter(values(key)), None)
+
+        def mean(key):
+            return statistics.fmean(values(key)) if values(key) else None
+
         diffs = [r.summary["final_val_loss"] - base[r.seed] for r in mine if r.seed in base]
-        gone = sum(r.arm.label == label and r.summary is not None and not finished(r.summary) for r in rows)
-        stats.append(ArmStats(arm, len(mine), gone, mean_ci(values("final_val_loss")), mean_ci(values("best_val_loss")),
-                              mean_ci(diffs), next(iter(values("params")), None),
-                              next(iter(values("flops_per_token")), None),
-                              statistics.fmean(values("tokens_per_s")) if values("tokens_per_s") else None,
-                              statistics.fmean(values("wall_seconds")) if values("wall_seconds") else None))
-    return sorted(stats, key=lambda s: (s.final[0] is None, s.final[0] or 0.0))
+        gone = sum(r.arm.label == label and diverged(r.summary) for r in rows)
+        reason = first_line(broken[0].get("reason")) if broken else None
+        unequal = unequal_terms(arm.recipe, baseline.recipe) if baseline is not None else []
+        stats.append(ArmStats(arm, len(mine), gone, len(broken), reason, mean_ci(values("final_val_loss")),
+                              mean_ci(values("best_val_loss")), mean_ci(diffs), len(diffs), unequal, first("params"),
+                              first("flops_per_token"), first("steps"), first("tokens"), mean("tokens_per_s"),
+                              mean("wall_seconds")))
+    return sorted(stats, key=lambda s: (bool(s.trouble), s.final[0] is None, s.final[0] or 0.0))
+
+
+def first_line(text: str | None) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[0] if lines else "no reason recorded"
 
 
 def fmt_ci(mean_half: tuple, signed: bool = False) -> str:
@@ -130,14 +166,34 @@ def params_cell(s: ArmStats, base: ArmStats | None, margin: float) -> str:
 
 def markdown(stats: list[ArmStats], margin: float) -> str:
     base = next((s for s in stats if s.arm.baseline), None)
+    unfair = any(s.unequal for s in stats)  # then the budgets may differ: shown beside the losses
     header = ["arm", "seeds", "final val loss", "best val loss", "Δ final vs baseline", "verdict", "params",
-              "FLOPs/token", "tokens/s", "wall/run"]
-    rows = [[s.arm.title, f"{s.n} ({s.diverged} diverged)" if s.diverged else str(s.n),
-             fmt_ci(s.final), fmt_ci(s.best), "-" if s.arm.baseline else fmt_ci(s.diff, signed=True), s.verdict,
+              "FLOPs/token", "tokens/s", "wall/run", *(["steps", "tokens"] if unfair else [])]
+    rows = [[s.arm.title, seeds_cell(s), fmt_ci(s.final), fmt_ci(s.best), diff_cell(s), s.verdict,
              params_cell(s, base, margin), f"{s.flops_per_token:,}" if s.flops_per_token else "-",
              f"{s.tokens_per_s:,.0f}" if s.tokens_per_s else "-",
-             fmt_duration(s.wall_seconds) if s.wall_seconds is not None else "-"] for s in stats]
+             fmt_duration(s.wall_seconds) if s.wall_seconds is not None else "-",
+             *([count(s.steps), count(s.tokens)] if unfair else [])] for s in stats]
     return table(header, rows)
+
+
+def seeds_cell(s: ArmStats) -> str:
+    """"3", or "3 (5 diverged)", "0 (2 failed)": finished seeds, and those left out."""
+    left_out = [f"{k} {what}" for k, what in ((s.diverged, "diverged"), (s.failed, "failed")) if k]
+    return f"{s.n} ({', '.join(left_out)})" if left_out else str(s.n)
+
+
+def diff_cell(s: ArmStats) -> str:
+    """Δ, saying over how many seeds when not over every seed the arm ran: only seeds both it and the
+    baseline finished are paired."""
+    if s.arm.baseline:
+        return "-"
+    text = fmt_ci(s.diff, signed=True)
+    return f"{text} ({s.paired} of {s.ran} seeds)" if s.paired and s.paired < s.ran else text
+
+
+def count(value) -> str:
+    return f"{value:,}" if value is not None else "-"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

@@ -8,6 +8,7 @@ seeds later reuses the finished ones.
 """
 
 import contextlib
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from ..data.dataset import CharDataset, load_dataset
 from ..device import keep_random_state
 from ..diagnose import check_forward
-from ..errors import Diverged, UserError
+from ..errors import ComponentError, Diverged, UserError
 from ..io import cannot_make_folder, write_text
 from ..model import build_model_on
 from ..recipe import Recipe, apply_override, flatten, yaml
@@ -25,15 +26,17 @@ from ..training import train
 from ..training.progress import fmt_duration
 from ..training.run import resolve_device
 from ..training.resume import MAY_CHANGE, differing, is_locked, plugin_changes, run_recipe, trained_with
+from ..training.trainer import total_steps
 from .plot import plot_curves
-from .report import RunRow, arm_stats, markdown, write_csv
-from .runs import ended_summary, finished, read_summary, trained_text, val_curve
-from .spec import UNFAIR, Arm, Plan, yaml_text
+from .report import RunRow, arm_stats, first_line, markdown, write_csv
+from .runs import diverged, ended_summary, failed, finished, read_summary, trained_text, val_curve
+from .spec import Arm, Plan, unfair_field, yaml_text
 
 # What an ended run may differ in from its arm and still be reused: what --resume lets change, except
 # what shapes the figures the run reports (its budget, evaluation and data: the fields that, varied,
-# would make arms unfair). The ablation folder's hash still counts them all: these matter with --out.
-MAY_DIFFER = tuple(p for p in MAY_CHANGE if not any(p == k or p.startswith(k + ".") for k in UNFAIR))
+# would make arms unfair; and train.log_every, the steps final_train_loss is the mean of). The ablation
+# folder's hash still counts them all: these matter with --out.
+MAY_DIFFER = tuple(p for p in MAY_CHANGE if not unfair_field(p) and p != "train.log_every")
 
 
 # The baseline's recipe, resolved, which ablation.yaml names: editing the recipe the ablation was started
@@ -110,10 +113,20 @@ def sizes(plan: Plan, data: dict[str, CharDataset]) -> dict[str, tuple[int, int]
     return out
 
 
+def budget(recipe: Recipe, dataset: CharDataset) -> str:
+    """"600 steps, 1,228,800 tokens": what one run of `recipe` trains for, counted as the Trainer counts it."""
+    t = recipe.train
+    steps = total_steps(t, dataset.steps_per_epoch(t.batch_size))
+    return f"{steps:,} steps, {steps * t.batch_size * dataset.block_size:,} tokens"
+
+
 def describe(plan: Plan, margin: float, data: dict[str, CharDataset]) -> list[str]:
-    """One line per arm: parameters and FLOPs per token, flagged when far from the baseline's (see `sizes`)."""
+    """One line per arm: parameters and FLOPs per token, flagged when far from the baseline's (see `sizes`);
+    then the steps and tokens of each run, on each arm's line when they differ between arms."""
     size = sizes(plan, data)
     base = size[plan.baseline.slug][0]
+    budgets = {arm.slug: budget(arm.recipe, data[arm.slug]) for arm in plan.arms}
+    same = len(set(budgets.values())) == 1
     width = max(len(a.label) for a in plan.arms)
     lines = []
     for arm in plan.arms:
@@ -121,19 +134,21 @@ def describe(plan: Plan, margin: float, data: dict[str, CharDataset]) -> list[st
         rel = params / base - 1
         flag = f"  ⚠ {rel:+.1%} parameters vs the baseline (margin {margin:.0%})" if abs(rel) > margin else ""
         lines.append(f"  {arm.label.ljust(width)}  {params:>12,} params  {flops / 1e6:>9.2f} MFLOPs/token"
-                     f"{'  (baseline)' if arm.baseline else ''}{flag}")
-    return lines
+                     f"{'' if same else f'  {budgets[arm.slug]}'}{'  (baseline)' if arm.baseline else ''}{flag}")
+    return lines + ([f"Each run: {budgets[plan.baseline.slug]}"] if same else [])
 
 
 def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], None] = print,
                  verbose: bool = False, texts: dict[str, str] | None = None) -> list[RunRow]:
     """Train every (arm, seed) not finished yet, seed by seed (so an interrupted ablation has whole
     seeds to compare), rewriting results.csv and results.md after each run. A run that diverges is
-    a result too: it is reported, left out of the averages, and not tried again. `texts`: what
-    `check_arms` returned, if the caller has checked the arms already."""
-    jobs = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
+    a result too: it is reported, left out of the averages, and not tried again. A run that fails with
+    its component's error is reported as failed and the others go on; a rerun trains it again. The
+    rows returned, and the reports, also hold the runs of other seeds that earlier commands ended in
+    `folder`: fewer seeds this time drop no result. `texts`: what `check_arms` returned, if the caller
+    has checked the arms already."""
     rows = [RunRow(arm, seed, f"{arm.slug}/seed-{seed}", ended_summary(folder / arm.slug / f"seed-{seed}"))
-            for arm, seed in jobs]
+            for arm, seed in earlier_runs(plan, folder) + [(arm, seed) for seed in plan.seeds for arm in plan.arms]]
     check_folder(folder)  # before anything is written: --out may name someone else's folder
     check_no_strays(plan, folder)
     texts = check_arms(plan, datasets(plan)) if texts is None else texts
@@ -146,34 +161,83 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
         check_same_text(folder / row.run_dir, row.arm.recipe.data.path, texts[row.arm.slug])
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / BASELINE, baseline_recipe(plan))  # first: ablation.yaml names it
-    write_text(folder / "ablation.yaml", manifest(plan, folder))
-    skipped = sum(r.summary is not None for r in rows)
-    gone = sum(r.summary is not None and not finished(r.summary) for r in rows)
+    write_text(folder / "ablation.yaml", manifest(plan, folder, sorted({r.seed for r in rows})))
+    jobs = [r for r in rows if r.seed in plan.seeds]
+    earlier = sorted({r.seed for r in rows} - set(plan.seeds))
+    if earlier:
+        log(f"Also reported: {len(rows) - len(jobs)} runs of seeds {', '.join(map(str, earlier))}, which earlier "
+            "commands ended in this folder")
+    skipped = sum(r.summary is not None for r in jobs)
+    gone = sum(diverged(r.summary) for r in jobs)
     if skipped:
-        log(f"{skipped} of {len(rows)} runs finished earlier{f' ({gone} of them diverged)' if gone else ''}: "
+        log(f"{skipped} of {len(jobs)} runs finished earlier{f' ({gone} of them diverged)' if gone else ''}: "
             "skipping them")
-    for i, row in enumerate(rows, 1):
-        run_dir, recipe = folder / row.run_dir, row.arm.for_seed(row.seed)
-        if row.summary is not None:
-            continue
-        resume = continue_from(run_dir)
-        log(f"[{i}/{len(rows)}] {row.arm.label}, seed {row.seed} {'(resuming)' if resume else ''}...")
-        try:
-            row.summary = train(recipe, run_dir=run_dir, resume=resume, quiet=not verbose).summary
-        except Diverged as e:
-            row.summary = read_summary(run_dir)
-            log(f"[{i}/{len(rows)}] {row.arm.label}, seed {row.seed}: {e}; left out of the averages")
-        except UserError:
-            if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):  # its run folder was removed
-                run_dir.parent.rmdir()
-            raise
-        else:
-            s = row.summary
-            log(f"[{i}/{len(rows)}] {row.arm.label}, seed {row.seed}: val loss {s['final_val_loss']:.4f} "
-                f"(best {s['best_val_loss']:.4f}), {fmt_duration(s['wall_seconds'])}")
-        write_reports(folder, rows, margin)
+    for i, row in enumerate(jobs, 1):
+        if row.summary is None:
+            train_row(row, folder, f"[{i}/{len(jobs)}] {row.arm.label}, seed {row.seed}", log, verbose)
+            write_reports(folder, rows, margin)
     write_reports(folder, rows, margin)
     return rows
+
+
+def train_row(row: RunRow, folder: Path, name: str, log: Callable[[str], None], verbose: bool) -> None:
+    """Train one run of the ablation, its summary into `row`, logged as `name`. One that diverges, or fails
+    with its component's error, is logged and recorded as such; any other error stops the ablation."""
+    run_dir = folder / row.run_dir
+    resume = continue_from(run_dir)
+    log(f"{name} {'(resuming)' if resume else ''}...")
+    try:
+        row.summary = train(row.arm.for_seed(row.seed), run_dir=run_dir, resume=resume, quiet=not verbose).summary
+    except Diverged as e:
+        row.summary = read_summary(run_dir)
+        log(f"{name}: {e}; left out of the averages")
+    except UserError as e:
+        if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):  # its run folder was removed
+            run_dir.parent.rmdir()
+        row.summary = arm_failure(e, run_dir)
+        if row.summary is None:
+            raise
+        log(f"{name} failed: {first_line(str(e))}; left out of the averages, the other runs go on")
+    else:
+        s = row.summary
+        log(f"{name}: val loss {s['final_val_loss']:.4f} (best {s['best_val_loss']:.4f}), "
+            f"{fmt_duration(s['wall_seconds'])}")
+
+
+def arm_failure(e: UserError, run_dir: Path) -> dict | None:
+    """The summary of a run that failed with `e` because of its arm: a component's error, or a UserError
+    a plugin raised while the run trained (the run recorded it as its failure). None for any other
+    error (a recipe's, a folder's), which is the ablation's to stop at."""
+    reason = f"{type(e).__name__}: {e}"
+    summary = read_summary(run_dir)
+    if failed(summary) and summary.get("reason") == reason:
+        return summary
+    # A component's error before the run's first step leaves no run folder: the failure is kept in the report.
+    return {"status": "failed", "reason": reason} if isinstance(e, ComponentError) else None
+
+
+def failures(rows: list[RunRow]) -> str | None:
+    """An error naming the runs that failed (see `arm_failure`), or None if none did."""
+    bad = [r for r in rows if failed(r.summary)]
+    if not bad:
+        return None
+    first = bad[0]
+    return (f"{len(bad)} of {len(rows)} runs failed (first: {first.arm.label}, seed {first.seed}: "
+            f"{first_line(first.summary.get('reason'))}); fix the component, then rerun the same command to "
+            "train them again")
+
+
+def earlier_runs(plan: Plan, folder: Path) -> list[tuple[Arm, int]]:
+    """(arm, seed) for each run in `folder` that ended (finished or diverged) with a seed this command
+    does not ask for: another --seeds, or a --set seed= earlier (the folder's name does not depend on
+    the seeds). In seed order, then the arms'."""
+    found = []
+    for index, arm in enumerate(plan.arms):
+        for run_dir in (folder / arm.slug).glob("seed-*"):
+            seed = re.fullmatch(r"seed-(-?\d+)", run_dir.name)
+            if seed and int(seed[1]) not in plan.seeds and ended_summary(run_dir) is not None:
+                found.append((int(seed[1]), index, arm))
+    return [(arm, seed) for seed, _, arm in sorted(found, key=lambda f: f[:2])]
 
 
 def continue_from(run_dir: Path) -> Path | None:
@@ -248,19 +312,27 @@ def check_same_text(run_dir: Path, path: Path, sha256: str) -> None:
                         "to train it again on this one, or pass --out with a new folder")
 
 
-LEGEND = ("Δ: final validation loss minus the baseline's, paired by seed; ± is the half-width of the 95% "
-          "confidence interval (Student t over seeds); within noise: the interval of Δ contains 0; "
+LEGEND = ("Δ: final validation loss minus the baseline's, paired by seed, over the seeds both finished (said when "
+          "not every seed the arm ran); ± is the half-width of the 95% confidence interval (Student t over seeds); "
+          "within noise: the interval of Δ contains 0. Each arm is tested against the baseline on its own, with no "
+          "correction for multiple comparisons: with many arms, some may be called better or worse by chance. "
+          "An arm with diverged or failed seeds is neither: its means cover only the seeds that finished. "
           "⚠: parameters differ from the baseline's by more than {margin:.0%}.")
+UNEQUAL = (" Not on equal terms: the arm differs from the baseline in its budget, data or evaluation "
+           "(--allow-unfair); compare its steps and tokens.")
 
 
 def write_reports(folder: Path, rows: list[RunRow], margin: float) -> str:
     """Write results.csv and results.md; returns the Markdown table and its legend."""
     write_csv(folder / "results.csv", rows)
-    text = markdown(arm_stats(rows), margin) + "\n" + LEGEND.format(margin=margin) + "\n"
+    stats = arm_stats(rows)
+    legend = LEGEND.format(margin=margin) + (UNEQUAL if any(s.unequal for s in stats) else "")
+    text = markdown(stats, margin) + "\n" + legend + "\n"
     done = sum(finished(r.summary) for r in rows)
-    gone = sum(r.summary is not None and not finished(r.summary) for r in rows)
+    left_out = [f"{k} {what}" for k, what in ((sum(diverged(r.summary) for r in rows), "diverged"),
+                                              (sum(failed(r.summary) for r in rows), "failed")) if k]
     write_text(folder / "results.md", f"# {folder.name}\n\n{done} of {len(rows)} runs finished"
-               f"{f', {gone} diverged' if gone else ''}.\n\n{text}")
+               f"{''.join(', ' + x for x in left_out)}.\n\n{text}")
     return text
 
 
@@ -269,7 +341,8 @@ def plot(folder: Path, rows: list[RunRow], title: str) -> bool:
     for r in rows:
         if finished(r.summary):
             curves.setdefault(r.arm.title, []).append(val_curve(folder / r.run_dir))
-    return plot_curves(curves, folder / "loss_curves.png", title)
+    notes = {s.arm.title: s.trouble for s in arm_stats(rows)}  # a curve over the seeds that survived says so
+    return plot_curves(curves, folder / "loss_curves.png", title, notes)
 
 
 def baseline_recipe(plan: Plan) -> str:
@@ -280,7 +353,7 @@ def baseline_recipe(plan: Plan) -> str:
             + yaml.dump(plan.baseline.recipe.to_dict()))
 
 
-def manifest(plan: Plan, folder: Path) -> str:
+def manifest(plan: Plan, folder: Path, seeds: list[int]) -> str:
     """ablation.yaml: an ablation file for exactly this ablation, so that it can be resumed or given more
     seeds from anywhere, with its arms' folders in comments. Its recipe is the snapshot beside it
     (baseline.yaml, relative to the file as an ablation file's recipe is), its other paths absolute. One
@@ -293,7 +366,7 @@ def manifest(plan: Plan, folder: Path) -> str:
         "set": dict(_value(text) for text in a.overrides),
         "vary": {key: [_value(f"{key}={v}")[1] for v in values] for key, values in a.vary.items()},
         "mode": a.mode,
-        "seeds": plan.seeds,
+        "seeds": seeds,
         "param_margin": a.param_margin,
         "allow_unfair": a.allow_unfair,
     }

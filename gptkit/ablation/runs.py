@@ -1,4 +1,4 @@
-"""Reading run folders for the reports: which runs ended (finished or diverged), validation curves."""
+"""Reading run folders for the reports: which runs ended (finished or diverged) or failed, validation curves."""
 
 from pathlib import Path
 
@@ -15,10 +15,19 @@ def finished(summary: dict | None) -> bool:
     return summary is not None and summary.get("status") == "finished"
 
 
+def diverged(summary: dict | None) -> bool:
+    return summary is not None and stopped_for_good(summary)
+
+
+def failed(summary: dict | None) -> bool:
+    """Failed, but not for good: a component's error, which a rerun trains again (once it is fixed)."""
+    return summary is not None and summary.get("status") == "failed" and not stopped_for_good(summary)
+
+
 def ended_summary(run_dir: Path) -> dict | None:
     """The run's summary if the run will not go on (finished or diverged), else None."""
     summary = read_summary(run_dir)
-    return summary if finished(summary) or (summary is not None and stopped_for_good(summary)) else None
+    return summary if finished(summary) or diverged(summary) else None
 
 
 def trained_text(run_dir: Path) -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import UserError, did_you_mean, listing
 from ..io import read_text
-from ..recipe import Recipe, load_recipe, yaml
+from ..recipe import Recipe, flatten, load_recipe, yaml
 from ..recipe.load import absolute_paths, is_path
 from ..recipe.schema import SEEDS
 
@@ -246,12 +246,23 @@ def holds(wanted, value) -> bool:
     return wanted == value
 
 
+def unfair_field(key: str) -> str | None:
+    """The UNFAIR entry a dotted key falls under ("data" for data.path), or None."""
+    return next((k for k in UNFAIR if key == k or key.startswith(k + ".")), None)
+
+
+def unequal_terms(recipe: Recipe, baseline: Recipe) -> list[str]:
+    """The fields that make `recipe` unfair to compare with `baseline` (UNFAIR) in which the two differ."""
+    a, b = flatten(recipe.to_dict()), flatten(baseline.to_dict())
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and unfair_field(k))
+
+
 def check_fair(ablation: Ablation) -> None:
     for key in ablation.vary:
         where = ablation.named(f"--vary {key}")
         if key in ("seed", "name"):
             raise UserError(f"{where}: {'seeds are set with --seeds' if key == 'seed' else 'every arm is named for you'}")
-        hit = next((k for k in UNFAIR if key == k or key.startswith(k + ".")), None)
+        hit = unfair_field(key)
         if hit and not ablation.allow_unfair:
             raise UserError(f"{where} changes {UNFAIR[hit]}, so the arms would not be compared on equal "
                             "terms; pass --allow-unfair (allow_unfair: true in a file) if that is what you want")
@@ -297,6 +308,8 @@ def plan(ablation: Ablation) -> Plan:
         arm = Arm(label, slug, changes, recipe)
         arms.append(arm)
         seen[canonical(recipe)] = arm
+    if len(arms) == 1:
+        raise UserError(nothing_to_compare(ablation))
     unique_slugs(arms[1:])
     base_seed = arms[0].recipe.seed
     seeds = list(range(base_seed, base_seed + ablation.seeds)) if isinstance(ablation.seeds, int) else ablation.seeds
@@ -307,6 +320,16 @@ def plan(ablation: Ablation) -> Plan:
     key = [canonical(arms[0].recipe), sorted(canonical(a.recipe) for a in arms[1:])]
     digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:8]
     return Plan(ablation.name or arms[0].recipe.name, arms, seeds, digest, ablation)
+
+
+def nothing_to_compare(ablation: Ablation) -> str:
+    """Why an ablation whose only arm is the baseline is refused: its runs would train seeds and compare nothing."""
+    if ablation.vary:
+        why = f"every value given for {', '.join(ablation.vary)} is the recipe's own, so the baseline is the only arm"
+    else:
+        why = "nothing is varied, so the baseline is the only arm"
+    return (f"{why} and there is nothing to compare it with; vary a field to values other than the recipe's, "
+            "e.g. --vary model.norm=rmsnorm,layernorm (or `vary:` in an ablation file)")
 
 
 def spelling(key: str, text: str):

@@ -5,7 +5,7 @@ import click
 
 from ..ablation.plot import HINT
 from ..ablation.runner import (ablation_dir, check_arms, check_can_make, check_folder, check_no_strays, datasets,
-                               describe, plot, run_ablation, write_reports)
+                               describe, failures, plot, run_ablation, write_reports)
 from ..ablation.spec import Ablation, check_name, load_ablation, parse_seeds, parse_vary, plan
 from ..errors import RunStopped, UserError
 from ..io import read_text
@@ -86,6 +86,9 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
                + (f", {folder / 'loss_curves.png'}" if drew else ""))
     if not drew:
         click.echo(f"No loss_curves.png: matplotlib is not installed; {HINT}")
+    failed = failures(rows)
+    if failed:  # said last, so that it is not lost above the table
+        raise UserError(failed)
 
 
 def from_source(path: Path) -> Ablation:

@@ -5,7 +5,7 @@ import click
 from ..ablation import plot
 from ..ablation.plot import HINT, plot_curves
 from ..ablation.report import table
-from ..ablation.runs import read_summary, val_curve
+from ..ablation.runs import read_summary, trained_text, val_curve
 from ..errors import UserError
 from ..io import cannot_make_folder
 from ..recipe import flatten
@@ -33,7 +33,8 @@ FIGURES = {
               help="Also draw their validation curves in this file, in the format its extension names "
                    "(.png, .pdf, .svg, ...).")
 def compare(run_dirs, plot_path):
-    """Print how the recipes of several runs differ, and their final figures side by side.
+    """Print how the recipes, training texts and plugins of several runs differ, and their final figures
+    side by side.
 
     \b
     gptkit compare runs/shakespeare-cpu-20261125-101500 runs/shakespeare-cpu-20261125-103000
@@ -43,13 +44,15 @@ def compare(run_dirs, plot_path):
         check_plot_path(Path(plot_path))
     dirs = [Path(d) for d in run_dirs]
     recipes = [flatten(run_recipe(d)) for d in dirs]
+    keys = sorted(set().union(*recipes)) + list(PROVENANCE)  # what shapes a run besides its recipe, last
+    recipes = [r | {key: row(d) for key, row in PROVENANCE.items()} for r, d in zip(recipes, dirs)]
     names = short_names(dirs)
-    differ = sorted(k for k in set().union(*recipes) if len({repr(r.get(k, ABSENT)) for r in recipes}) > 1)
+    differ = [k for k in keys if differs([r.get(k, ABSENT) for r in recipes])]
     if differ:
-        click.echo("Recipe differences:\n" + table(["key", *names], [[k, *(show(r.get(k, ABSENT)) for r in recipes)]
-                                                                      for k in differ]))
+        click.echo("Differences:\n" + table(["key", *names], [[k, *(show(r.get(k, ABSENT)) for r in recipes)]
+                                                               for k in differ]))
     else:
-        click.echo("The recipes are identical.\n")
+        click.echo("The recipes, training texts and plugin versions are identical.\n")
     summaries = [with_live_status(d, summary_or_status(d)) for d in dirs]
     rows = [[key, *(cell(fmt, s.get(key)) for s in summaries)] for key, fmt in FIGURES.items()]
     click.echo("Final figures:\n" + table(["", *names], rows), nl=False)
@@ -124,6 +127,38 @@ def cell(fmt, value) -> str:
 
 
 ABSENT = object()
+
+
+class Unknown(str):
+    """A text or plugin record a run folder cannot tell: never taken as the same as another run's."""
+
+
+def text_row(run_dir: Path) -> str:
+    """The text the run trained on: its checkpoint's SHA-256 (the same data.path may hold another text)."""
+    path = run_dir / "checkpoint.pt"
+    try:
+        sha256 = trained_text(run_dir)
+    except UserError:  # a damaged checkpoint: the figures are still worth showing
+        return Unknown("unknown (checkpoint.pt unreadable)")
+    if not isinstance(sha256, str):
+        return Unknown("unknown (checkpoint.pt has none)" if path.is_file() else "unknown (no checkpoint.pt)")
+    return f"{sha256[:12]}..."
+
+
+def plugins_row(run_dir: Path) -> str:
+    """The plugin components the run trained with, and their versions, from summary.json's record."""
+    plugins = (read_summary(run_dir) or {}).get("plugins")
+    if not isinstance(plugins, dict):
+        return Unknown("unknown (summary.json has no plugins record)")
+    return "; ".join(f"{k}: {v}" for k, v in sorted(plugins.items())) or "none (built-in components only)"
+
+
+PROVENANCE = {"text SHA-256": text_row, "plugins": plugins_row}
+
+
+def differs(values: list) -> bool:
+    """Whether the runs differ in a row, or may: what a run cannot tell is not the same as another's."""
+    return len({repr(v) for v in values}) > 1 or len(values) > 1 and any(isinstance(v, Unknown) for v in values)
 
 
 def show(value) -> str:

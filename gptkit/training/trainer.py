@@ -51,6 +51,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             for role, ps in roles.items()]
 
 
+def total_steps(train, steps_per_epoch: int) -> int:
+    """A run's step budget (`train`: a recipe's train section): its epochs, cut short by max_steps."""
+    steps = train.epochs * steps_per_epoch
+    return steps if train.max_steps is None else min(steps, train.max_steps)
+
+
 def flat_gradients(model: torch.nn.Module) -> None:
     """Point every trainable parameter's `.grad` at its slice of one zeroed buffer per (device, dtype);
     backward accumulates into them and the trainer zeroes them in place (DDP copies its averaged
@@ -230,9 +236,7 @@ class Trainer:
         self.dist = dist
         self.on_metrics, self.on_checkpoint = on_metrics, on_checkpoint
         self.steps_per_epoch = dataset.steps_per_epoch(self.cfg.batch_size)
-        self.total_steps = self.cfg.epochs * self.steps_per_epoch
-        if self.cfg.max_steps is not None:
-            self.total_steps = min(self.total_steps, self.cfg.max_steps)
+        self.total_steps = total_steps(self.cfg, self.steps_per_epoch)
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)  # fewer than asked if max_steps binds
         self.optimizer = build_optimizer(self.cfg.optimizer, param_groups(model, self.cfg.weight_decay), self.cfg.lr)
         # Every component and the optimizer, each with the spec it was built from: whose bug an exception is.
