@@ -28,6 +28,9 @@ def train_model(config_path: str | Path | Recipe, data_path: str | Path | None =
     overrides = list(check_overrides(overrides))
     origins = {}  # an error names the argument the user gave, not a --set they never typed
     if data_path is not None:
+        if not Path(data_path).is_file():  # said as the argument it is, not as the recipe's data.path
+            raise UserError(f"data_path={str(data_path)!r}: file not found"
+                            f"{' (it is a folder)' if Path(data_path).is_dir() else ''}")
         text = f"data.path={json.dumps(str(Path(data_path).absolute()))}"  # quoted: '#' or ': ' in a path
         overrides.append(text)
         origins[text] = f"data_path={str(data_path)!r}"

@@ -35,6 +35,8 @@ class GPT(nn.Module):
     """Token embedding, the positional module, the blocks, a final norm and the LM head (tied to the
     embedding by default). Returns (logits, loss); loss is None without targets."""
 
+    cache_mismatch: str | None = None  # set by diagnose.check_cache: how cached logits differ from a full pass
+
     def __init__(self, config: GPTConfig, pos: nn.Module, blocks: list[Block], ln_f: nn.Module,
                  tie_embeddings: bool = True):
         super().__init__()
@@ -47,7 +49,6 @@ class GPT(nn.Module):
             ln_f=ln_f,
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.cache_mismatch: str | None = None  # set by diagnose.check_cache: how cached logits differ from a full pass
         if tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)

@@ -68,6 +68,13 @@ def _stale(obj: Any) -> bool:
     return module.startswith(plugins.LOCAL_PREFIX) and getattr(sys.modules.get(module), obj.__qualname__, None) is not obj
 
 
+def _interactive() -> bool:
+    """Whether this is an interactive session (a notebook, IPython, python -i), where cells run again."""
+    import builtins
+
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive) or getattr(builtins, "__IPYTHON__", False)
+
+
 def _name_of(obj: Any) -> str:
     return getattr(obj, "__qualname__", None) or type(obj).__name__
 
@@ -122,9 +129,10 @@ class Registry:
                 old = self._entries[name]
                 same_class = old.obj.__qualname__ == obj.__qualname__
                 module = getattr(obj, "__module__", None)
-                if getattr(old.obj, "__module__", None) == module and (same_class or module == "__main__" or _stale(old.obj)):
+                renamed_in_session = module == "__main__" and _interactive()
+                if getattr(old.obj, "__module__", None) == module and (same_class or renamed_in_session or _stale(old.obj)):
                     # Defined again (a notebook cell run again, perhaps with the class renamed; a module
-                    # reloaded): the newest wins, as a name defined twice in one module does.
+                    # reloaded): the newest wins. In a script, two classes under one name are a mistake.
                     self._entries[name] = new
                     return obj
                 if same_class and ":" in new.where and old.where == new.where:

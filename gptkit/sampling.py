@@ -18,7 +18,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
 
     The context is a window of at most block_size tokens; once it is full it restarts from its
     last half, so positions never run past block_size. With a key/value cache (when `use_cache`
-    and every attention layer supports one) the model is fed only the new token, and the kept half
+    and `model.supports_kv_cache`: every attention layer takes one, and no check found the cache to
+    differ from a full pass) the model is fed only the new token, and the kept half
     again when the window restarts; otherwise it recomputes the window for every token. Both paths
     see the same context, so they give the same tokens.
 

@@ -815,6 +815,15 @@ def test_arms_on_unequal_terms_show_their_budgets_and_are_not_called_better(writ
     assert runner.describe(same, 0.1, runner.datasets(same))[-1] == "Each run: 6 steps, 1,536 tokens"
 
 
+def test_a_warm_up_longer_than_the_runs_is_said_once_in_the_plan(cli, tmp_path, write_recipe):
+    recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1,
+                                 "schedule": {"name": "cosine", "warmup_steps": 50}})
+    result = cli("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "2", "--out", tmp_path / "abl")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("warning: train.schedule (cosine) never reaches train.lr in 2 steps (at most 4% of "
+                               "it): its warmup_steps (50) is longer than the run") == 1, result.output
+
+
 def test_fewer_or_other_seeds_keep_the_seeds_run_earlier(cli, tmp_path, write_recipe):
     recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
     out = tmp_path / "abl"

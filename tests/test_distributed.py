@@ -267,30 +267,30 @@ def test_a_failure_of_rank_0_alone_is_said_once_and_the_others_stop_quietly(tmp_
         assert not list((tmp_path / "ddp").iterdir())
 
 
-FAILS_ON_RANK_1 = """
+FAILS = """
 import os
 from gptkit.components import register
 from gptkit.components.feedforward import MLP
 
-@register("feedforward", "rank1fails")
-class Rank1Fails(MLP):
+@register("feedforward", "fails")
+class Fails(MLP):
     calls = 0
 
     def forward(self, x):
-        if self.training and os.environ["RANK"] == "1":
-            Rank1Fails.calls += 1
-            if Rank1Fails.calls > 4 * 2 * 4:  # in step 5: 2 layers, 4 one-row micro-batches a step on each rank
-                raise ValueError("boom on rank 1")
+        if self.training and os.environ["RANK"] in {ranks!r}:
+            Fails.calls += 1
+            if Fails.calls > 4 * 2 * 4:  # in step 5: 2 layers, 4 one-row micro-batches a step on each rank
+                raise ValueError("boom")
         return super().forward(x)
 """
 
 
 def test_a_plugin_failing_on_one_rank_is_said_by_it_and_the_others_stop_without_a_traceback(tmp_path, write_recipe):
-    (tmp_path / "rank1fails.py").write_text(FAILS_ON_RANK_1)
-    recipe = write_recipe(imports=["rank1fails.py"], model={"feedforward": "rank1fails"},
+    (tmp_path / "fails.py").write_text(FAILS.format(ranks=["1"]))
+    recipe = write_recipe(imports=["fails.py"], model={"feedforward": "fails"},
                           train={"batch_size": 8, "micro_batch_size": 1, "max_steps": 8, "checkpoint_every": 2})
     out = torchrun("run", recipe, "--runs-dir", tmp_path / "ddp", "-q").stdout
-    assert out.count("error (rank 1): feedforward 'rank1fails' from ") == 1 and "boom on rank 1" in out, out
+    assert out.count("error (rank 1): feedforward 'fails' from ") == 1 and "ValueError: boom" in out, out
     assert out.count("stopped: another process of this torchrun job ended at step 5 (its connection closed)") == 1, out
     assert "the last checkpoint (step 4) is intact" in out, out
     assert "[rank0]" not in out and "[rank1]" not in out and "pair.cc" not in out, out  # no worker's traceback
@@ -298,6 +298,15 @@ def test_a_plugin_failing_on_one_rank_is_said_by_it_and_the_others_stop_without_
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["reason"].startswith("another process") and summary["resumable"]
     assert summary["checkpoint_step"] == 4
+
+
+def test_a_plugin_failing_on_every_rank_is_said_once(tmp_path, write_recipe):
+    (tmp_path / "fails.py").write_text(FAILS.format(ranks=["0", "1"]))
+    recipe = write_recipe(imports=["fails.py"], model={"feedforward": "fails"},
+                          train={"batch_size": 8, "micro_batch_size": 1, "max_steps": 8})
+    out = torchrun("run", recipe, "--runs-dir", tmp_path / "ddp", "-q").stdout
+    assert out.count("ValueError: boom") == 1 and "error: feedforward 'fails' from " in out, out
+    assert "another process" not in out and "[rank1]" not in out, out
 
 
 TRAIN_MODEL = """

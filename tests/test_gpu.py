@@ -43,10 +43,18 @@ def test_a_gpu_run_uses_bf16_compile_and_cuda_events_and_learns(cli, tmp_path, w
     assert all(t.dtype == torch.float32 for t in state["model"].values())  # autocast keeps fp32 weights
 
 
-def test_adamw_is_fused_on_the_gpu():
-    weight = torch.nn.Parameter(torch.ones(4, 4, device="cuda"))
-    optimizer = adamw([{"params": [weight], "weight_decay": 0.0}], 1e-3, AdamWParams())
-    assert optimizer.fused
+def test_adamw_is_fused_on_the_gpu_and_steps_as_the_unfused_one_does():
+    start, grad = torch.randn(8, 8, device="cuda"), torch.randn(8, 8, device="cuda")
+    stepped = []
+    for fused in (None, False):  # None: fused wherever torch supports it
+        weight = torch.nn.Parameter(start.clone())
+        weight.grad = grad.clone()
+        optimizer = adamw([{"params": [weight], "weight_decay": 0.1}], 1e-2, AdamWParams(fused=fused))
+        assert optimizer.fused is (fused is None)
+        optimizer.step()
+        stepped.append(weight.detach())
+    assert not torch.equal(stepped[0], start)
+    torch.testing.assert_close(*stepped)
 
 
 def test_a_stopped_gpu_run_resumes_where_it_stopped(tmp_path, write_recipe, monkeypatch):

@@ -680,3 +680,12 @@ def test_a_local_file_run_again_may_rename_its_class_or_be_gone(write_recipe, tm
     assert load_recipe(recipe).model.norm.cls.__name__ == "Renamed"  # the edited file's class, not a clash
     (tmp_path / "renamed.py").unlink()
     assert load_recipe(recipe).model.norm.cls.__name__ == "Renamed"  # gone since it ran: still registered
+
+
+def test_a_local_file_recorded_before_records_held_its_hash_is_the_same_source(write_recipe, tmp_path,
+                                                                               scratch_registries):
+    from gptkit.training.resume import plugin_changes
+
+    (tmp_path / "local_norm.py").write_text(textwrap.dedent(LOCAL))
+    recipe = load_recipe(write_recipe(model={"norm": "localnorm"}, imports=["local_norm.py"]))
+    assert plugin_changes({"model.norm": f"localnorm from {tmp_path / 'local_norm.py'}"}, recipe) == []

@@ -190,9 +190,10 @@ def test_train_model_checks_save_path_before_training(tmp_path, write_recipe):
     assert not (tmp_path / "runs").exists()  # nothing was trained
 
 
-@pytest.mark.parametrize("kwargs, named", [({"epochs": 0.5}, "epochs=0.5"), ({"epochs": True}, "epochs=True")])
+@pytest.mark.parametrize("kwargs, named", [({"epochs": 0.5}, "epochs=0.5"), ({"epochs": True}, "epochs=True"),
+                                           ({"data_path": "/no/such.txt"}, "data_path='/no/such.txt': file not found")])
 def test_train_model_errors_name_its_own_arguments(write_recipe, kwargs, named):
-    with pytest.raises(RecipeError) as e:
+    with pytest.raises(UserError) as e:
         train_model(write_recipe(), **kwargs)
     assert str(e.value).startswith(named) and "--set" not in str(e.value), e.value
 
@@ -217,17 +218,27 @@ def test_register_without_a_name_is_an_error(scratch_registries):
                 return x
 
 
-def test_a_class_renamed_in_a_notebook_replaces_the_one_registered_under_its_name(scratch_registries):
+@pytest.mark.parametrize("notebook", [True, False], ids=["notebook", "script"])
+def test_a_class_renamed_in_a_notebook_replaces_the_one_registered_under_its_name(scratch_registries, monkeypatch,
+                                                                                 notebook):
+    import builtins
+
     from gptkit.components import Norm
     from gptkit.registry import registry
 
-    def cell(class_name):  # a class defined in a notebook cell: module __main__
+    def cell(class_name):  # a class defined in a notebook cell, or a script: module __main__
         cls = type(class_name, (Norm,), {"forward": lambda self, x: x, "__module__": "__main__"})
         return registry("norm").register("cellnorm", cls)
 
+    if notebook:
+        monkeypatch.setattr(builtins, "__IPYTHON__", True, raising=False)
     cell("First")
-    renamed = cell("Second")
-    assert registry("norm").get("cellnorm") is renamed
+    if notebook:
+        renamed = cell("Second")
+        assert registry("norm").get("cellnorm") is renamed
+    else:  # two classes under one name in a script: a mistake
+        with pytest.raises(RegistryError, match="norm 'cellnorm' is registered twice: First by .* and Second by"):
+            cell("Second")
 
 
 def test_errors_and_the_vocabulary_are_exported():

@@ -26,7 +26,7 @@ from ..training import train
 from ..training.progress import fmt_duration
 from ..training.run import resolve_device
 from ..training.resume import MAY_CHANGE, differing, is_locked, plugin_changes, run_recipe, trained_with
-from ..training.trainer import total_steps
+from ..training.trainer import schedule_warning, total_steps
 from .plot import plot_curves
 from .report import RunRow, arm_stats, first_line, markdown, write_csv
 from .runs import diverged, ended_summary, failed, finished, read_summary, trained_text, val_curve
@@ -113,11 +113,25 @@ def sizes(plan: Plan, data: dict[str, CharDataset]) -> dict[str, tuple[int, int]
     return out
 
 
+def run_steps(recipe: Recipe, dataset: CharDataset) -> int:
+    """The steps one run of `recipe` trains, counted as the Trainer counts them."""
+    return total_steps(recipe.train, dataset.steps_per_epoch(recipe.train.batch_size))
+
+
 def budget(recipe: Recipe, dataset: CharDataset) -> str:
-    """"600 steps, 1,228,800 tokens": what one run of `recipe` trains for, counted as the Trainer counts it."""
-    t = recipe.train
-    steps = total_steps(t, dataset.steps_per_epoch(t.batch_size))
-    return f"{steps:,} steps, {steps * t.batch_size * dataset.block_size:,} tokens"
+    """"600 steps, 1,228,800 tokens": what one run of `recipe` trains for."""
+    steps = run_steps(recipe, dataset)
+    return f"{steps:,} steps, {steps * recipe.train.batch_size * dataset.block_size:,} tokens"
+
+
+def schedule_note(recipe: Recipe, dataset: CharDataset) -> str | None:
+    """The runs' schedule_warning, if any: said once in the plan, not by every run (a schedule's bug is
+    left for its run to name)."""
+    schedule, steps = recipe.train.schedule, run_steps(recipe, dataset)
+    try:
+        return schedule_warning(schedule, schedule.build(steps).factor, steps)
+    except Exception:
+        return None
 
 
 def describe(plan: Plan, margin: float, data: dict[str, CharDataset]) -> list[str]:
@@ -135,7 +149,12 @@ def describe(plan: Plan, margin: float, data: dict[str, CharDataset]) -> list[st
         flag = f"  ⚠ {rel:+.1%} parameters vs the baseline (margin {margin:.0%})" if abs(rel) > margin else ""
         lines.append(f"  {arm.label.ljust(width)}  {params:>12,} params  {flops / 1e6:>9.2f} MFLOPs/token"
                      f"{'' if same else f'  {budgets[arm.slug]}'}{'  (baseline)' if arm.baseline else ''}{flag}")
-    return lines + ([f"Each run: {budgets[plan.baseline.slug]}"] if same else [])
+    lines += [f"Each run: {budgets[plan.baseline.slug]}"] if same else []
+    notes = {arm.label: schedule_note(arm.recipe, data[arm.slug]) for arm in plan.arms}
+    if len(set(notes.values())) == 1:  # the same for every arm: said once
+        note = notes[plan.baseline.label]
+        return lines + ([f"warning: {note}"] if note else [])
+    return lines + [f"warning: {label}: {note}" for label, note in notes.items() if note]
 
 
 def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], None] = print,

@@ -55,7 +55,6 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     cache_warning = check_forward(model, recipe.model, cache=cache and bool(tokens))
     if cache_warning:
         click.echo(cache_warning, err=True)
-    use_cache = cache and not cache_warning
 
     def show(text: str) -> None:
         click.echo(text, nl=False)
@@ -67,7 +66,7 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     # the text so far on stdout before the CLI reports the interruption.
     try:
         with blaming(component_specs(model, recipe.model), "while sampling"):
-            sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, use_cache, on_text=show)
+            sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, cache, on_text=show)
     except UserError:
         click.echo()  # the error, on stderr, starts a line of its own after the text so far
         raise

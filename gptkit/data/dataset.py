@@ -5,6 +5,7 @@ offsets, so memory stays proportional to the text, never to the number of window
 """
 
 import contextlib
+import glob
 import hashlib
 import sys
 import time
@@ -136,7 +137,7 @@ def will_create(data) -> bool:
 def remove_stale_temporaries(path: Path, age: float = 60.0) -> None:
     """The temporary files of an earlier creation of `path` that was killed midway: older than `age`
     seconds, so that another process creating the same file now keeps its own."""
-    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         with contextlib.suppress(OSError):
             if time.time() - leftover.stat().st_mtime > age:
                 leftover.unlink()

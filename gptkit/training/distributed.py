@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import math
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -146,6 +147,29 @@ class Distributed:
             with contextlib.suppress(RuntimeError):
                 td.barrier(group=self.host_group)
 
+    def failed_in_training(self, step: int) -> None:
+        """Rank 0, failing with a user's error (a plugin's bug) in training step `step`: tell the other
+        ranks, which may be failing with the same error, that rank 0 says it (see `fails_alone`)."""
+        if self.world_size > 1 and self.is_main:
+            with contextlib.suppress(Exception):  # the error itself matters more
+                _store().set(f"{ERROR_KEY}/{step}", "1")
+
+    def fails_alone(self, step: int, wait: float = 3.0) -> bool:
+        """A rank but 0, failing with a user's error in training step `step`: whether rank 0 did not fail
+        with one there too (a bug met in this rank's share of the batch alone), so that this rank must say
+        it itself. A plugin's bug met by every rank is then said once, by rank 0. Through the job's
+        key-value store, not a collective: rank 0 may be waiting in one that this rank never joins."""
+        deadline = time.monotonic() + wait
+        try:
+            store = _store()
+            while not store.check([f"{ERROR_KEY}/{step}"]):  # polled: the store's own timed wait logs its timeout
+                if time.monotonic() > deadline:  # rank 0 trains on, waiting for this one
+                    return True
+                time.sleep(0.05)
+        except Exception:  # the store is gone with rank 0
+            return True
+        return False
+
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         return self.sum(t) / self.world_size if self.world_size > 1 else t
 
@@ -186,6 +210,15 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
         atexit.register(_leave)
     host_group = None if td.get_backend() == "gloo" else td.new_group(backend="gloo")
     return Distributed(td.get_rank(), td.get_world_size(), local_rank, host_group), device
+
+
+ERROR_KEY = "gptkit/rank-0-failed-at-step"
+
+
+def _store() -> td.Store:
+    from torch.distributed.distributed_c10d import _get_default_store  # torch's own handle on torchrun's store
+
+    return _get_default_store()
 
 
 def _leave() -> None:

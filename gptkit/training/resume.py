@@ -91,7 +91,7 @@ def plugin_changes(trained, recipe: Recipe) -> list[str]:
         if not isinstance(spec, ComponentSpec) or spec.name != name:
             continue
         current = now.get(key, f"{name} from built-in").partition(" from ")[2]
-        if current != source:
+        if current != source and current.partition(" (sha256 ")[0] != source:  # a record from before hashes
             changes.append(f"{key} ({name}) was trained with {source} and now comes from {current}")
     return changes
 

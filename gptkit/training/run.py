@@ -64,10 +64,18 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 FREE_SPACE = "free some space, or pass --runs-dir with a folder on another disk"
 
 
+def remedy(e: OSError) -> str:
+    """What to do about a write that failed in a run folder, by its errno: "free some space"."""
+    if e.errno in DISK_FULL:
+        return "free some space"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make the run folder writable"
+    return "check the disk"
+
+
 def then_resume(e: OSError) -> str:
-    """What to do about a write that failed in a run folder, then: ". Free some space and resume with --resume"."""
-    fix = "Free some space" if e.errno in DISK_FULL else "Make the run folder writable"
-    return f". {fix} and resume with --resume"
+    """The end of a failed save's message: ". Free some space and resume with --resume"."""
+    return f". {remedy(e).capitalize()} and resume with --resume"
 
 
 def new_run_dir(runs_dir: Path, name: str) -> Path:
@@ -158,15 +166,15 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     torch.manual_seed(recipe.seed)  # the same on every rank: the same initial weights
     model = build_model_on(recipe.model, dataset.vocab_size, device)
     cache_warning = check_forward(model, recipe.model)  # a component's bug is named before there is a run folder
-    if cache_warning:  # a key/value cache that does not match a full pass: the final sample recomputes instead
+    if cache_warning:  # a key/value cache that does not match a full pass: the model samples without it from now on
         warn(cache_warning)
     dataset.to(device)
     if checkpoint is not None:
         load_weights(model, checkpoint, run_dir / "checkpoint.pt")
     trainer = Trainer(recipe, model, dataset, device, quiet=quiet or not dist.is_main, dist=dist)
     schedule_warning = trainer.schedule_warning()
-    if schedule_warning:
-        warn(schedule_warning)
+    if schedule_warning and not quiet:  # (an ablation, whose runs are quiet, says it once, in its plan)
+        warn(f"warning: {schedule_warning}")
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint["trainer"])  # rank 0's random stream
         if checkpoint["step"] > trainer.total_steps:  # (at the budget, it only saves new sample settings)
@@ -180,8 +188,8 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         except (distributed.PeerFailed, Diverged):  # rank 0 says why (and records a divergence): let it end first
             dist.outlive()  # here, out of fit: its SIGTERM handler would make torchrun's stop of this rank a note
             raise
-        except UserError as e:  # this rank's alone (a plugin's bug met in its share of a batch): it says so itself
-            e.every_rank = True
+        except UserError as e:  # a plugin's bug: said by rank 0, unless it was met in this rank's share alone
+            e.every_rank = dist.fails_alone(trainer.state.step)
             raise
         return RunResult(model.eval(), dataset, None, {})
     ready = False
@@ -192,8 +200,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         dist.any_rank(False)
 
     try:
-        return _train_main(recipe, trainer, dataset, checkpoint, runs_dir, run_dir, quiet, log, start,
-                           use_cache=cache_warning is None)
+        return _train_main(recipe, trainer, dataset, checkpoint, runs_dir, run_dir, quiet, log, start)
     except BaseException as e:
         if not ready:  # rank 0's alone: the others, waiting, stop quietly rather than meet its closed connection
             dist.abort(getattr(e, "exit_code", 1))
@@ -202,14 +209,14 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
 
 def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoint: dict | None,
                 runs_dir: str | Path, run_dir: str | Path | None, quiet: bool, log: Callable[[str], None],
-                start: Callable[[], None], use_cache: bool = True) -> RunResult:
+                start: Callable[[], None]) -> RunResult:
     """Rank 0's part of `_train`: the run folder, made or resumed, around `train_in`."""
     created = checkpoint is None and (run_dir is None or not Path(run_dir).exists())  # an ablation names its runs'
     if checkpoint is None:  # the folder is made only once every input has been checked
         run_dir = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
     try:
         with lock_run(run_dir):
-            return train_in(run_dir, recipe, trainer, dataset, checkpoint, log, start, use_cache)
+            return train_in(run_dir, recipe, trainer, dataset, checkpoint, log, start)
     except (OSError, ComponentError) as e:
         # A folder with nothing of the run is not left behind: a full disk before summary.json, or a
         # component's bug met before the first step (its schedule's factor(0), say).
@@ -224,16 +231,15 @@ def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoi
             if not quiet:  # its "Run folder:" line is stale
                 raise ComponentError(f"{e}\n(nothing was trained: {run_dir} is removed)") from e
         if isinstance(e, OSError) and checkpoint is not None and trainer.state.step == checkpoint["step"]:
-            fix = "free some space" if e.errno in DISK_FULL else "make the run folder writable"
             raise UserError(f"cannot resume {run_dir}: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; "
-                            f"nothing was trained: {fix} and try again") from None
+                            f"nothing was trained: {remedy(e)} and try again") from None
         raise
 
 
 def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoint: dict | None,
-             log: Callable[[str], None], start: Callable[[], None], use_cache: bool = True) -> RunResult:
+             log: Callable[[str], None], start: Callable[[], None]) -> RunResult:
     """Rank 0's part of `train`: the run folder's files around `trainer.fit()`; `start()` once they are
-    set up, before training. The final sample goes through a key/value cache with `use_cache`."""
+    set up, before training."""
     model, device = trainer.model, trainer.device
     remove_leftovers(run_dir)  # of a save that was killed midway
     if checkpoint is not None:
@@ -277,8 +283,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
             sp = recipe.sample
             with (interrupt_on_signals("sampling, after training finished; resume the run to write samples.txt"),
                   blaming(trainer.specs, "while sampling after training")):
-                text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed,
-                              use_cache)
+                text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
             write_text(run_dir / "samples.txt", text)
             log(f"Sample ({sp.tokens:,} characters after the prompt, in samples.txt too):\n{text}\n")
         except RunStopped as e:
@@ -286,6 +291,8 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
             e.run_dir = run_dir
             raise
         except BaseException as e:
+            if isinstance(e, UserError):
+                trainer.dist.failed_in_training(trainer.state.step)
             record_failure(run_dir, recipe, trainer, "failed", f"{type(e).__name__}: {e}")
             raise
     summary = write_summary(run_dir, recipe, trainer, "finished", resumable=False)

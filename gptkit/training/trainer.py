@@ -57,6 +57,19 @@ def total_steps(train, steps_per_epoch: int) -> int:
     return steps if train.max_steps is None else min(steps, train.max_steps)
 
 
+def schedule_warning(spec: ComponentSpec, factor: Callable[[int], float], n: int) -> str | None:
+    """A warning when the schedule `spec` (its `factor`) never comes within 1% of train.lr in a run of `n`
+    steps: a warm-up longer than a short run (a smoke test's max_steps) trains, or compares arms, at a
+    learning rate no one chose. Sampled at 10,000 steps at most."""
+    steps = range(n) if n <= 10_000 else (i * (n - 1) // 9_999 for i in range(10_000))
+    peak = max((factor(step) for step in steps), default=1.0)
+    if peak >= 0.99:
+        return None
+    warmup = getattr(spec.params, "warmup_steps", None)
+    why = f": its warmup_steps ({warmup:,}) is longer than the run" if isinstance(warmup, int) and warmup >= n else ""
+    return f"train.schedule ({spec.name}) never reaches train.lr in {n:,} steps (at most {peak:.0%} of it){why}"
+
+
 def flat_gradients(model: torch.nn.Module) -> None:
     """Point every trainable parameter's `.grad` at its slice of one zeroed buffer per (device, dtype);
     backward accumulates into them and the trainer zeroes them in place (DDP copies its averaged
@@ -262,15 +275,8 @@ class Trainer:
         return self.cfg.batch_size * self.dataset.block_size
 
     def schedule_warning(self) -> str | None:
-        """A warning when the schedule never reaches train.lr in this run's steps: a warm-up longer than a
-        short run (a smoke test's max_steps) would compare or train at a learning rate no one chose."""
-        n = self.total_steps
-        steps = range(n) if n <= 10_000 else (i * (n - 1) // 9_999 for i in range(10_000))
-        peak = max((self._factor(step) for step in steps), default=1.0)
-        if peak >= 0.999:
-            return None
-        return (f"warning: train.schedule ({self.cfg.schedule.name}) never reaches train.lr in this run's {n:,} "
-                f"steps (at most {peak:.2g} of it): is its warm-up longer than the run?")
+        """See `schedule_warning`; a schedule whose factor() cannot be taken is its own error, named."""
+        return schedule_warning(self.cfg.schedule, self._factor, self.total_steps)
 
     def describe(self) -> str:
         """How a step runs, for the run's opening lines: e.g. "bf16 autocast, torch.compile"."""
