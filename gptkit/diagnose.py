@@ -18,6 +18,7 @@ from .device import keep_random_state
 from .errors import RunStopped, UserError, one_line, out_of_memory
 from .model import GPT
 from .plugins import LOCAL_PREFIX
+from .recipe.components import MODEL_KINDS
 from .registry import registry
 
 
@@ -153,7 +154,7 @@ def _cache_warning(gpt: GPT, model, what: str) -> str:
     """The warning of a key/value cache that does not match a full pass: `what` went wrong, the model's
     plugin components (any may be the cause: a feedforward mixing in the previous token breaks the
     cache as surely as an attention) with the check to run on each, and the contract."""
-    plugins = [spec for spec in (model.attention, model.positional, model.norm, model.feedforward) if not spec.built_in]
+    plugins = [spec for spec in (getattr(model, kind) for kind in MODEL_KINDS) if not spec.built_in]
     if len(plugins) == 1:
         who = (f"{plugins[0].kind} '{plugins[0].name}', the model's only plugin component, breaks it: "
                f"{_check_command(plugins[0])} says which of its checks fails")
@@ -163,7 +164,7 @@ def _cache_warning(gpt: GPT, model, what: str) -> str:
     else:
         who = "the model has only gptkit's own components: a bug of gptkit's, please report it"
     note = _bias_note(gpt, 1, min(CACHE_TOKENS, gpt.config.block_size)) if not model.positional.built_in else ""
-    return (f"warning: {what}; {who}{note}. {CACHE_CONTRACT}. Samples recompute the context instead "
+    return (f"{what}; {who}{note}. {CACHE_CONTRACT}. Samples recompute the context instead "
             "(slower, the same text)")
 
 

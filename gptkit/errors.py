@@ -79,3 +79,9 @@ def one_line(e: BaseException) -> str:
     of an error that names whose it was."""
     message = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+def failure_reason(e: BaseException) -> str:
+    """The exception that ended a run as summary.json records it (an ablation reads it back to tell an
+    arm's failure from its own)."""
+    return f"{type(e).__name__}: {e}"

@@ -1,8 +1,9 @@
 """Named component registries, one per kind.
 
-The surface is catalogue's: `register` (decorator or call), `get`, `names`, `find`. Built-in and
-local-file components register by calling `register`; installed packages declare entry points
-(see plugins.py), which are imported one at a time, when their component is first used.
+The surface is catalogue's: `register` (decorator or call), `get`, `names`, `find`; and `entry`, `find`
+without raising (a broken plugin comes back with its error), for listings. Built-in and local-file
+components register by calling `register`; installed packages declare entry points (see plugins.py),
+which are imported one at a time, when their component is first used.
 
 A name has exactly one source. Two registrations, a plugin naming a built-in, or two distributions
 claiming one name are errors that name both sources, never a silent winner. A plugin that cannot be
@@ -66,6 +67,17 @@ def _stale(obj: Any) -> bool:
     this class renamed): its module no longer holds it."""
     module = getattr(obj, "__module__", "") or ""
     return module.startswith(plugins.LOCAL_PREFIX) and getattr(sys.modules.get(module), obj.__qualname__, None) is not obj
+
+
+def parse_record(text) -> tuple[str, str, str | None]:
+    """(name, source, content hash or None) of a run's record of a component's origin, as `Entry.origin`
+    and Recipe.plugin_sources write it: "unitnorm from acme-norms 1.2", "mynorm from /x/mine.py (sha256
+    1a2b3c4d5e6f)"; ("", "", None) for anything else (a damaged record)."""
+    if not isinstance(text, str) or " from " not in text:
+        return "", "", None
+    name, _, origin = text.partition(" from ")
+    source, _, digest = origin.partition(" (sha256 ")
+    return name, source, digest.removesuffix(")") or None
 
 
 def _interactive() -> bool:
@@ -173,7 +185,7 @@ class Registry:
             local = None  # a plugin's module that registers what it declares: one source, not two
         sources = ([local.source] if local else []) + [p.source for p in claims]
         if not sources:
-            raise RegistryError(self.unknown(name))
+            raise RegistryError(self._unknown(name))
         if len(sources) > 1:
             return Entry(self.kind, name, source=" and ".join(sources), error=(
                 f"{self.kind} '{name}' is claimed by {' and by '.join(sources)}; a name must have one "
@@ -187,7 +199,7 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._entries or name in plugins.declared(self.kind)
 
-    def unknown(self, name: str) -> str:
+    def _unknown(self, name: str) -> str:
         names = self.names()
         return f"unknown {self.kind} {name!r}{did_you_mean(name, names)}. Available: {listing(names)}"
 

@@ -625,7 +625,7 @@ def test_gptkits_own_pairs_pass_the_cache_check(monkeypatch):
     original = RoPE.rotate
     monkeypatch.setattr(RoPE, "rotate", lambda self, q, k, start=0: original(self, q, k, 0))
     warning = check(attention="naive", positional="rope")
-    assert warning.startswith("warning: the logits of 4 tokens fed through a key/value cache") and \
+    assert warning.startswith("the logits of 4 tokens fed through a key/value cache") and \
         "the model has only gptkit's own components: a bug of gptkit's, please report it" in warning, warning
     square = ALiBi.score_bias
     monkeypatch.setattr(ALiBi, "score_bias", lambda self, t_q, t_k: square(self, t_k, t_k))

@@ -18,7 +18,7 @@ import torch
 from ..data.dataset import CharDataset, load_dataset
 from ..device import keep_random_state
 from ..diagnose import check_forward
-from ..errors import ComponentError, Diverged, UserError
+from ..errors import ComponentError, Diverged, UserError, failure_reason
 from ..io import cannot_make_folder, write_text
 from ..model import build_model_on
 from ..recipe import Recipe, apply_override, flatten, yaml
@@ -227,7 +227,7 @@ def arm_failure(e: UserError, run_dir: Path) -> dict | None:
     """The summary of a run that failed with `e` because of its arm: a component's error, or a UserError
     a plugin raised while the run trained (the run recorded it as its failure). None for any other
     error (a recipe's, a folder's), which is the ablation's to stop at."""
-    reason = f"{type(e).__name__}: {e}"
+    reason = failure_reason(e)
     summary = read_summary(run_dir)
     if failed(summary) and summary.get("reason") == reason:
         return summary

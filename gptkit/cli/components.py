@@ -9,7 +9,7 @@ from pydantic_core import to_json
 
 from .. import plugins
 from ..errors import did_you_mean
-from ..registry import Entry, RegistryError, kinds, registry
+from ..registry import Entry, kinds, registry
 from . import imports_option, main
 
 # pydantic/annotated_types constraint attributes, as a reader would write them
@@ -114,10 +114,7 @@ def show(kind, name, as_json):
     \b
     gptkit show positional rope
     """
-    entry = registry(kind).entry(name)
-    if entry.error:
-        raise RegistryError(entry.error)
-    r = describe(entry, full=True)
+    r = describe(registry(kind).find(name), full=True)
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return

@@ -54,7 +54,7 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     # warning: the text is then sampled by recomputing the context, which is always right.
     cache_warning = check_forward(model, recipe.model, cache=cache and bool(tokens))
     if cache_warning:
-        click.echo(cache_warning, err=True)
+        click.echo(f"warning: {cache_warning}", err=True)
 
     def show(text: str) -> None:
         click.echo(text, nl=False)

@@ -134,11 +134,9 @@ def parse_component(kind: str, value: Any) -> ComponentSpec:
         raise RecipeIssue([((), f"expected a {kind} name or a mapping with 'name', got {value!r}")])
     if _model_only.get() and kind not in MODEL_KINDS:
         return ComponentSpec(kind, name, Unchecked.model_validate(params))
-    if name not in reg:
-        raise RecipeIssue([((), reg.unknown(name))])
     try:
         cls = reg.get(name)
-    except UserError as e:  # a component that exists but cannot be loaded
+    except UserError as e:  # unknown (the error lists what exists), or a component that cannot be loaded
         raise RecipeIssue([((), str(e))]) from None
     try:
         return ComponentSpec(kind, name, validate_params(cls.Params, params, kind, name))

@@ -74,7 +74,8 @@ class ModelSection(Section):
     positional: component("positional", "sinusoidal")
 
     def config(self, vocab_size: int) -> GPTConfig:
-        return GPTConfig(vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd, self.dropout)
+        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
+                         n_embd=self.n_embd, dropout=self.dropout)
 
     @model_validator(mode="after")
     def _compatible(self):

@@ -3,7 +3,6 @@
 import codecs
 import collections
 import pickle
-import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -13,12 +12,12 @@ import torch
 from .. import plugins
 from ..data.vocab import Vocab
 from ..diagnose import check_forward
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..io import atomic_write
 from ..model import build_model
 from ..recipe import validate
 from ..recipe.components import model_only
-from ..registry import kinds, registry
+from ..registry import kinds, parse_record, registry
 
 FORMAT = "gptkit-checkpoint"
 VERSION = 1
@@ -105,7 +104,7 @@ def load_checkpoint(path: Path) -> dict:
         with zipfile.ZipFile(path) as archive:  # in the weights would load without a word
             bad = archive.testzip()
     except Exception as e:  # zipfile raises more than BadZipFile on a damaged directory
-        raise UserError(f"{damaged} ({type(e).__name__}: {e})") from None
+        raise UserError(f"{damaged} ({one_line(e)})") from None
     if bad is not None:
         raise UserError(f"{damaged} ({bad} fails its checksum)")
     try:
@@ -116,7 +115,7 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(f"checkpoint {path} holds objects other than tensors and plain values; refused "
                         f"without running them{f' ({what})' if what else ''}") from None
     except Exception as e:
-        raise UserError(f"{damaged} ({type(e).__name__}: {e})") from None
+        raise UserError(f"{damaged} ({one_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a gptkit checkpoint")
     wrong = [key for key, kind in REQUIRED.items() if not isinstance(state.get(key), kind)]
@@ -175,7 +174,7 @@ def load_model(path: Path, device: str | torch.device = "cpu", check: bool = Tru
     if check:
         warning = check_forward(model, recipe.model)
         if warning:
-            warnings.warn(warning.removeprefix("warning: "), stacklevel=2)
+            warnings.warn(warning, stacklevel=2)
     return model, recipe, Vocab(state["itos"])
 
 
@@ -185,12 +184,12 @@ def missing_plugins(used: dict[str, str], prefix: str = "model.") -> str:
     sample, only the model's components are needed) or resumption (prefix "": all of them). Not for a
     clash or a broken plugin, whose errors say so themselves."""
     known = kinds()
-    gone = [f"{key}: {what}" for key, what in (used.items() if isinstance(used, dict) else ())
-            if isinstance(key, str) and isinstance(what, str) and key.startswith(prefix)
-            and key.rpartition(".")[2] in known and what.split(" from ")[0] not in registry(key.rpartition(".")[2])]
+    gone = {f"{key}: {what}": parse_record(what)[1] for key, what in (used.items() if isinstance(used, dict) else ())
+            if isinstance(key, str) and isinstance(what, str) and key.startswith(prefix) and key.rpartition(".")[2] in known
+            and parse_record(what)[0] not in registry(key.rpartition(".")[2])}  # {line: source}
     if not gone:
         return ""
-    if all(re.search(r" from (__main__|\S+\.py( \(sha256 \w+\))?)$", g) for g in gone):  # a script's, not a package's
+    if all(source == "__main__" or source.endswith(".py") for source in gone.values()):  # a script's, not a package's
         why = "registered in Python, not installed: register it in this process first (run or import that code)"
     elif plugins.enabled():
         why = "is it installed?"

@@ -19,6 +19,7 @@ from ..errors import UserError
 from ..io import read_text, write_text
 from ..recipe import Recipe, flatten
 from ..recipe.components import ComponentSpec
+from ..registry import parse_record
 from .checkpoint import load_checkpoint, missing_plugins, peek
 
 # Keys that may change between a run and its resumption without making it a different run (the text
@@ -87,12 +88,14 @@ def plugin_changes(trained, recipe: Recipe) -> list[str]:
     for key, was in sorted(trained.items()):
         section, _, field = str(key).partition(".")
         spec = getattr(getattr(recipe, section, None), field, None) if field else None
-        name, _, source = was.partition(" from ") if isinstance(was, str) else ("", "", "")
+        name, source, digest = parse_record(was)
         if not isinstance(spec, ComponentSpec) or spec.name != name:
             continue
-        current = now.get(key, f"{name} from built-in").partition(" from ")[2]
-        if current != source and current.partition(" (sha256 ")[0] != source:  # a record from before hashes
-            changes.append(f"{key} ({name}) was trained with {source} and now comes from {current}")
+        current = now.get(key, f"{name} from built-in")
+        _, now_source, now_digest = parse_record(current)
+        if (now_source, now_digest if digest else None) != (source, digest):  # a record from before hashes has none
+            changes.append(f"{key} ({name}) was trained with {was.partition(' from ')[2]} and now comes from "
+                           f"{current.partition(' from ')[2]}")
     return changes
 
 

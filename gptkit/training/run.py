@@ -23,7 +23,7 @@ import torch
 from ..data.dataset import CharDataset, load_dataset, will_create
 from ..device import keep_random_state
 from ..diagnose import blaming, check_forward
-from ..errors import CheckpointError, ComponentError, Diverged, RunStopped, UserError
+from ..errors import CheckpointError, ComponentError, Diverged, RunStopped, UserError, failure_reason
 from ..io import write_json, write_text
 from ..model import GPT, build_model_on
 from ..recipe import Recipe, yaml
@@ -167,7 +167,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     model = build_model_on(recipe.model, dataset.vocab_size, device)
     cache_warning = check_forward(model, recipe.model)  # a component's bug is named before there is a run folder
     if cache_warning:  # a key/value cache that does not match a full pass: the model samples without it from now on
-        warn(cache_warning)
+        warn(f"warning: {cache_warning}")
     dataset.to(device)
     if checkpoint is not None:
         load_weights(model, checkpoint, run_dir / "checkpoint.pt")
@@ -293,7 +293,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
         except BaseException as e:
             if isinstance(e, UserError):
                 trainer.dist.failed_in_training(trainer.state.step)
-            record_failure(run_dir, recipe, trainer, "failed", f"{type(e).__name__}: {e}")
+            record_failure(run_dir, recipe, trainer, "failed", failure_reason(e))
             raise
     summary = write_summary(run_dir, recipe, trainer, "finished", resumable=False)
     return RunResult(model.eval(), dataset, run_dir, summary)  # ready to generate: no dropout
