@@ -15,14 +15,14 @@ from .components.base import GPTConfig, Params
 from .components.positional import Positional
 from .components.schedule import is_factor
 from .device import keep_random_state
-from .diagnose import exercise, same_logits
+from .diagnose import cached_logits, exercise, same_logits
 from .errors import listing
 from .model import build_model
 from .recipe.components import MODEL_KINDS, ComponentSpec, parse_component
 from .recipe.schema import ModelSection
 from .registry import RegistryError, registry
 from .training.checkpoint import state_dict_mismatch, unloadable
-from .training.trainer import build_optimizer, flat_gradients, param_groups, set_lr
+from .training.optim_setup import build_optimizer, flat_gradients, param_groups, set_lr
 
 PAIRED = ("attention", "positional")  # each must work with every component of the other kind
 CONFIG = GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0)
@@ -147,10 +147,9 @@ def _assert_cache_matches(model, config):
     x = tokens(config)
     t = config.block_size // 2
     cuts = [0, t, t + 3, *range(t + 4, config.block_size + 1)]
-    cache = model.new_cache()
     with torch.no_grad():
         full = model(x)[0]
-        cached = torch.cat([model(x[:, a:b], cache=cache)[0] for a, b in zip(cuts, cuts[1:])], dim=1)
+        cached = cached_logits(model, x, cuts)
     if not same_logits(cached, full):
         raise AssertionError(f"cached logits differ from a full forward pass by {(cached - full).abs().max():.2e}")
 

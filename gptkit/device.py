@@ -1,8 +1,31 @@
-"""What the device can do fast, for the choices made by `auto` settings (training, bench, optimizers)."""
+"""The device a recipe or command names, and what it can do fast, for the choices made by `auto`
+settings (training, bench, optimizers)."""
 
 import functools
+import os
+import re
 
 import torch
+
+from .errors import UserError
+
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?|mps)$"
+
+
+def resolve_device(name: str, what: str = "train.device") -> torch.device:
+    """The torch device `name` (auto, cpu, cuda, cuda:N or mps) names; `what` is where it was given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(DEVICE_PATTERN, name):
+        raise UserError(f"{what}: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"{what}: {name} was asked for, but no such CUDA device is visible; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
+        torch.cuda.set_device(device)  # CUDA events and autocast's checks use the current device (torchrun sets its own)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{what}: mps was asked for, but it is not available here; use auto or cpu")
+    return device
 
 
 @functools.cache  # asked every micro-batch: a capability query per call would cost host time

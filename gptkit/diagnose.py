@@ -119,8 +119,7 @@ def _cache_mismatch(gpt: GPT, model) -> str | None:
         if not torch.isfinite(full).all():  # not the cache's doing; training will say what it is
             return None
         try:
-            cache = gpt.new_cache()
-            cached = torch.cat([gpt(idx[:, a:b], cache=cache)[0] for a, b in itertools.pairwise(cuts)], dim=1)
+            cached = cached_logits(gpt, idx, cuts)
         except Exception as e:
             if isinstance(e, (UserError, RunStopped)) or out_of_memory(e):
                 raise
@@ -131,6 +130,14 @@ def _cache_mismatch(gpt: GPT, model) -> str | None:
         return _cache_warning(gpt, model, f"the logits of {fed} differ from one forward pass over them by up to "
                                           f"{(cached - full).abs().max().item():.2g}")
     return None
+
+
+def cached_logits(gpt: GPT, idx: torch.Tensor, cuts: list[int]) -> torch.Tensor:
+    """The logits of `idx` fed through a new key/value cache in the pieces between consecutive `cuts`
+    (a prefill, then a token or a few at a time, as sampling feeds them), concatenated: for
+    `same_logits` to compare with one forward pass over `idx`, here and in the conformance kit."""
+    cache = gpt.new_cache()
+    return torch.cat([gpt(idx[:, a:b], cache=cache)[0] for a, b in itertools.pairwise(cuts)], dim=1)
 
 
 def same_logits(cached: torch.Tensor, full: torch.Tensor) -> bool:

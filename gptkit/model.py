@@ -14,7 +14,6 @@ from torch import nn
 
 from .components.attention import KVCache, caches
 from .components.base import GPTConfig, dropout_layer
-from .errors import UserError, out_of_memory
 
 
 class Block(nn.Module):
@@ -121,21 +120,3 @@ def build_model(model, vocab_size: int) -> GPT:
         for _ in range(config.n_layer)
     ]
     return GPT(config, pos, blocks, ln_f=model.norm.build(config), tie_embeddings=model.tie_embeddings)
-
-
-def build_model_on(model, vocab_size: int, device: torch.device) -> GPT:
-    """build_model on `device`; a model too large for its memory is one error saying how large."""
-    try:
-        return build_model(model, vocab_size).to(device)
-    except Exception as e:
-        if not out_of_memory(e):  # a component's own error is its own (see ComponentSpec.build)
-            raise
-    try:
-        with torch.device("meta"):  # counted without memory
-            size = f"{build_model(model, vocab_size).num_params():,} parameters"
-    except Exception:  # a component that cannot be built on the meta device
-        size = "its sizes"
-    error = UserError(f"the model does not fit in memory on {device}: {size} (model.n_layer {model.n_layer}, "
-                      f"n_embd {model.n_embd}); make it smaller")
-    error.every_rank = True
-    raise error

@@ -35,20 +35,25 @@ def make_text(n_lines: int = 600, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
-def goes_nan(after: int) -> type:
-    """A feedforward whose output turns NaN from its training step `after + 1` on: a run that diverges."""
+def breaks_after(after: int, how: str) -> type:
+    """A feedforward that breaks from its training step `after + 1` on: its output turns NaN (how="nan":
+    a run that diverges) or its forward raises (how="raise": a plugin's bug met in training)."""
     from gptkit.components.feedforward import MLP
 
-    class GoesNaN(MLP):
+    class BreaksAfter(MLP):
         def __init__(self, config, params):
             super().__init__(config, params)
             self.steps = 0
 
         def forward(self, x):
             self.steps += self.training
-            return super().forward(x) * (float("nan") if self.steps > after else 1.0)
+            if self.steps <= after:
+                return super().forward(x)
+            if how == "raise":
+                raise ValueError("out of ideas\nsecond line")
+            return super().forward(x) * float("nan")
 
-    return GoesNaN
+    return BreaksAfter
 
 
 @pytest.fixture

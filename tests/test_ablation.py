@@ -15,7 +15,7 @@ import yaml
 from gptkit.ablation import report
 from gptkit.ablation.spec import Ablation, canonical, load_ablation, plan, split_values
 from gptkit.errors import Interrupted
-from conftest import goes_nan
+from conftest import breaks_after
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -484,7 +484,7 @@ def test_compare_reports_a_damaged_recipe(cli, tmp_path, text, args, message):
 
 
 def test_a_diverging_arm_is_a_result_not_the_end_of_the_ablation(cli, tmp_path, write_recipe, temporary_component):
-    temporary_component("feedforward", "goes-nan", goes_nan(after=2))
+    temporary_component("feedforward", "goes-nan", breaks_after(2, how="nan"))
     recipe = write_recipe(model={"feedforward": "mlp"}, train={"max_steps": 4, "eval_every": 2, "eval_batches": 2})
     out = tmp_path / "abl"
     args = ("ablate", recipe, "--vary", "model.feedforward=mlp,goes-nan", "--seeds", "2", "--out", out)
@@ -847,27 +847,9 @@ def test_fewer_or_other_seeds_keep_the_seeds_run_earlier(cli, tmp_path, write_re
     assert again.exit_code == 0 and "6 of 6 runs finished earlier: skipping them" in again.output, again.output
 
 
-def fails_late(after: int) -> type:
-    """A feedforward that raises from its training step `after + 1` on: a plugin's bug met in training."""
-    from gptkit.components.feedforward import MLP
-
-    class FailsLate(MLP):
-        def __init__(self, config, params):
-            super().__init__(config, params)
-            self.steps = 0
-
-        def forward(self, x):
-            self.steps += self.training
-            if self.steps > after:
-                raise ValueError("out of ideas\nsecond line")
-            return super().forward(x)
-
-    return FailsLate
-
-
 def test_an_arm_whose_component_fails_in_training_does_not_stop_the_others(cli, tmp_path, write_recipe,
                                                                            temporary_component):
-    temporary_component("feedforward", "fails-late", fails_late(after=2))
+    temporary_component("feedforward", "fails-late", breaks_after(2, how="raise"))
     recipe = write_recipe(model={"feedforward": "mlp"}, train={"max_steps": 4, "eval_every": 2, "eval_batches": 1})
     out = tmp_path / "abl"
     args = ("ablate", recipe, "--vary", "model.feedforward=mlp,fails-late,swiglu", "--seeds", "2", "--out", out)

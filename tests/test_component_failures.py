@@ -54,28 +54,24 @@ def assert_one_error(result, tmp_path, message: str, logged: int = 0):
     assert not runs.exists() or not any(runs.iterdir())  # no half-made run folder
 
 
-def test_a_feedforward_returning_the_wrong_shape_is_named(run_with, tmp_path):
-    result = run_with("""
+@pytest.mark.parametrize("source, override, what", [
+    ("""
         @register("feedforward", "wide")
         class Wide(FeedForward):
             def forward(self, x):
                 return torch.cat((x, x), dim=-1)  # (B, T, 2C)
-    """, "model.feedforward=wide")
-    assert_one_error(result, tmp_path, f"feedforward 'wide' from {tmp_path / 'mine.py'} is broken: its forward "
-                     "returned (1, 2, 64) torch.float32 for an input of (1, 2, 32) torch.float32; it must return a "
-                     "tensor of its input's shape and dtype")
-
-
-def test_an_attend_returning_the_wrong_shape_is_named(run_with, tmp_path):
-    result = run_with("""
+    """, "model.feedforward=wide", "feedforward 'wide' from {file} is broken: its forward returned (1, 2, 64) "
+     "torch.float32 for an input of (1, 2, 32) torch.float32; it must return a tensor of its input's shape and dtype"),
+    ("""
         @register("attention", "short")
         class Short(Attention):
             def attend(self, q, k, v, bias):
                 return q[..., :1]
-    """, "model.attention=short")
-    assert_one_error(result, tmp_path, f"attention 'short' from {tmp_path / 'mine.py'} is broken: its forward() "
-                     "raised RuntimeError: Short.attend returned shape (1, 4, 2, 1); it must return (B, n_head, T, "
-                     "head_dim) = (1, 4, 2, 8), like q")
+    """, "model.attention=short", "attention 'short' from {file} is broken: its forward() raised RuntimeError: "
+     "Short.attend returned shape (1, 4, 2, 1); it must return (B, n_head, T, head_dim) = (1, 4, 2, 8), like q"),
+], ids=["feedforward", "attend"])
+def test_an_output_of_the_wrong_shape_is_named(run_with, tmp_path, source, override, what):
+    assert_one_error(run_with(source, override), tmp_path, what.format(file=tmp_path / "mine.py"))
 
 
 def test_an_error_inside_a_forward_is_blamed_on_the_component_and_its_line(run_with, tmp_path):

@@ -13,7 +13,8 @@ from gptkit.model import build_model
 from gptkit.optim import AdamW, Muon, orthogonalise
 from gptkit.registry import registry
 from gptkit.training.checkpoint import load_checkpoint
-from gptkit.training.trainer import Trainer, param_groups
+from gptkit.training.optim_setup import param_groups
+from gptkit.training.trainer import Trainer
 
 OPTIMIZERS = registry("optimizer").names()
 

@@ -25,7 +25,7 @@ from gptkit.ablation.runs import val_curve
 from gptkit.training.checkpoint import load_checkpoint
 from gptkit.training.resume import recipe_diff
 from gptkit.training.trainer import Trainer
-from conftest import goes_nan, make_text, stop_at, tiny_recipe
+from conftest import breaks_after, make_text, stop_at, tiny_recipe
 
 RELIABLE = {"model": {"dropout": 0.1}, "train": {"max_steps": 12, "checkpoint_every": 3, "eval_every": 4, "log_every": 5}}
 
@@ -378,7 +378,7 @@ def test_a_failed_first_save_says_that_no_checkpoint_was_saved(tmp_path, write_r
     assert e.value.exit_code == 4 and not (e.value.run_dir / "checkpoint.pt").exists()
 
 
-GoesNaN = goes_nan(after=10)  # diverges at step 11
+GoesNaN = breaks_after(10, how="nan")  # diverges at step 11
 
 
 def test_divergence_at_the_first_step_stops_the_run(tmp_path, write_recipe):
@@ -840,13 +840,13 @@ def test_a_stop_signal_is_taken_when_stderr_is_gone(monkeypatch):
     import signal
     from types import SimpleNamespace
 
-    from gptkit.training import trainer as trainer_module
+    from gptkit.training import signals
 
     def gone(fd, data):
         raise BrokenPipeError(32, "Broken pipe")
 
     trainer = SimpleNamespace(stop_signal=None, dist=SimpleNamespace(is_main=True))
-    monkeypatch.setattr(trainer_module.os, "write", gone)  # the handler's note cannot be written
-    with trainer_module.stop_on_signals(trainer):
+    monkeypatch.setattr(signals.os, "write", gone)  # the handler's note cannot be written
+    with signals.stop_on_signals(trainer):
         signal.raise_signal(signal.SIGTERM)
     assert trainer.stop_signal == signal.SIGTERM

@@ -16,15 +16,14 @@ from pathlib import Path
 import torch
 
 from ..data.dataset import CharDataset, load_dataset
-from ..device import keep_random_state
+from ..device import keep_random_state, resolve_device
 from ..diagnose import check_forward
 from ..errors import ComponentError, Diverged, UserError, failure_reason
 from ..io import cannot_make_folder, write_text
-from ..model import build_model_on
 from ..recipe import Recipe, apply_override, flatten, yaml
 from ..training import train
+from ..training.build import build_model_on
 from ..training.progress import fmt_duration
-from ..training.run import resolve_device
 from ..training.resume import MAY_CHANGE, differing, is_locked, plugin_changes, run_recipe, trained_with
 from ..training.trainer import schedule_warning, total_steps
 from .plot import plot_curves

@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 
 from ..ablation import spec
+from ..device import resolve_device, use_bf16
 from ..errors import RunStopped, UserError
 from ..recipe import load_recipe, yaml
-from ..training.run import resolve_device
-from ..device import use_bf16
 from . import worker
 from .peak import matmul_peak
 

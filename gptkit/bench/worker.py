@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from ..data.dataset import load_dataset
+from ..device import resolve_device
 from ..diagnose import check_forward
 from ..errors import UserError
-from ..model import build_model_on
 from ..recipe.load import validate
-from ..training.run import resolve_device
+from ..training.build import build_model_on
 from ..training.trainer import Trainer
 from .peak import sync
 

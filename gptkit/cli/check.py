@@ -1,11 +1,11 @@
 import click
 
 from ..conformance import CONFIG, check_component
+from ..device import resolve_device
 from ..errors import UserError
 from ..recipe import yaml
 from ..recipe.components import MODEL_KINDS, RecipeIssue
 from ..registry import RegistryError, registry
-from ..training.run import resolve_device
 from . import imports_option, main
 
 

@@ -3,12 +3,12 @@ import time
 
 import click
 
+from ..device import resolve_device
 from ..diagnose import blaming, check_forward, component_specs
 from ..errors import UserError
 from ..sampling import MAX_TOKENS
 from ..sampling import sample as sample_model
 from ..training.checkpoint import load_model
-from ..training.run import resolve_device
 from . import main, reader_gone
 
 

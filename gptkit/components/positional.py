@@ -67,7 +67,7 @@ class Sinusoidal(Positional):
         if config.n_embd % 2:
             raise ValueError(f"sinusoidal needs an even n_embd, got {config.n_embd}")
 
-    def __init__(self, config: GPTConfig, params: BaseParams):
+    def __init__(self, config: GPTConfig, params: SinusoidalParams):
         super().__init__(config, params)
         pos = torch.arange(config.block_size).unsqueeze(1)  # (T, 1)
         freq = torch.exp(torch.arange(0, config.n_embd, 2) * (-math.log(params.base) / config.n_embd))

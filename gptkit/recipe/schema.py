@@ -12,6 +12,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       model_validator)
 
 from ..components.base import GPTConfig
+from ..device import DEVICE_PATTERN
 from ..registry import RegistryError, registry
 from ..sampling import MAX_TOKENS
 from .components import MODEL_KINDS, ComponentSpec, RecipeIssue, component
@@ -28,7 +29,6 @@ def _resolve(value, info: ValidationInfo) -> Path:
 
 
 RecipePath = Annotated[Path, BeforeValidator(_resolve)]
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?|mps)$"
 PositiveInt = Annotated[int, Field(gt=0)]
 
 

@@ -11,6 +11,7 @@ import torch
 
 from .. import plugins
 from ..data.vocab import Vocab
+from ..device import resolve_device
 from ..diagnose import check_forward
 from ..errors import UserError, one_line
 from ..io import atomic_write
@@ -159,8 +160,6 @@ def load_model(path: Path, device: str | torch.device = "cpu", check: bool = Tru
     (`diagnose.check_forward`): a plugin component whose forward is broken is an error naming it, and
     a key/value cache that does not match a full pass is a UserWarning; the model then samples
     without the cache."""
-    from .run import resolve_device  # here: run.py imports this module
-
     device = resolve_device(str(device), "load_model's device")  # before loading: a missing GPU is said first
     state = load_checkpoint(path)
     try:

@@ -8,7 +8,6 @@ import errno
 import functools
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -21,19 +20,20 @@ from typing import BinaryIO
 import torch
 
 from ..data.dataset import CharDataset, load_dataset, will_create
-from ..device import keep_random_state
+from ..device import keep_random_state, resolve_device
 from ..diagnose import blaming, check_forward
 from ..errors import CheckpointError, ComponentError, Diverged, RunStopped, UserError, failure_reason
 from ..io import write_json, write_text
-from ..model import GPT, build_model_on
+from ..model import GPT
 from ..recipe import Recipe, yaml
-from ..recipe.schema import DEVICE_PATTERN
 from ..sampling import sample
 from . import distributed
+from .build import build_model_on
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .resume import (busy, check_restartable, check_resumable, check_run_dir, find_resumable, is_locked, lock_run,
                      remove_leftovers, truncate_metrics)
-from .trainer import Trainer, interrupt_on_signals
+from .signals import interrupt_on_signals
+from .trainer import Trainer
 
 
 @dataclass
@@ -42,22 +42,6 @@ class RunResult:
     dataset: CharDataset
     run_dir: Path | None  # None on every process of a torchrun job but rank 0
     summary: dict
-
-
-def resolve_device(name: str, what: str = "train.device") -> torch.device:
-    """The torch device `name` (auto, cpu, cuda, cuda:N or mps) names; `what` is where it was given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not re.fullmatch(DEVICE_PATTERN, name):
-        raise UserError(f"{what}: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    device = torch.device(name)
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"{what}: {name} was asked for, but no such CUDA device is visible; use auto or cpu")
-    if device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
-        torch.cuda.set_device(device)  # CUDA events and autocast's checks use the current device (torchrun sets its own)
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"{what}: mps was asked for, but it is not available here; use auto or cpu")
-    return device
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

@@ -7,9 +7,7 @@ the running figures. A run stopped at step k and resumed takes the same steps, b
 """
 
 import contextlib
-import inspect
 import math
-import os
 import signal
 import threading
 import time
@@ -29,26 +27,10 @@ from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
 from .checkpoint import unloadable
 from .distributed import Distributed, PeerLost, lost_peer
+from .optim_setup import build_optimizer, flat_gradients, param_groups, set_lr
 from .progress import Progress
+from .signals import stop_on_signals
 from .speed import compile_failures, compiled, micro_batch_size
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Groups by role (see `gptkit.components.optimizer`). Matrices and embeddings decay; gains and
-    biases (1-D tensors) never do. Embeddings are the tables of `nn.Embedding`s and the `lm_head`."""
-    tables = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
-    head = getattr(model, "lm_head", None)
-    tables |= {id(p) for p in (head.parameters() if head is not None else ())}
-    roles = {"matrix": [], "embedding": [], "vector": []}
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        if p.dim() < 2:
-            roles["vector"].append(p)
-        else:
-            roles["embedding" if id(p) in tables or p.dim() > 2 else "matrix"].append(p)
-    return [{"params": ps, "weight_decay": 0.0 if role == "vector" else weight_decay, "role": role}
-            for role, ps in roles.items()]
 
 
 def total_steps(train, steps_per_epoch: int) -> int:
@@ -68,30 +50,6 @@ def schedule_warning(spec: ComponentSpec, factor: Callable[[int], float], n: int
     warmup = getattr(spec.params, "warmup_steps", None)
     why = f": its warmup_steps ({warmup:,}) is longer than the run" if isinstance(warmup, int) and warmup >= n else ""
     return f"train.schedule ({spec.name}) never reaches train.lr in {n:,} steps (at most {peak:.0%} of it){why}"
-
-
-def flat_gradients(model: torch.nn.Module) -> None:
-    """Point every trainable parameter's `.grad` at its slice of one zeroed buffer per (device, dtype);
-    backward accumulates into them and the trainer zeroes them in place (DDP copies its averaged
-    buckets into them). A few long-lived allocations instead of a tensor per parameter freed and
-    re-made each step among the activations: on CPU that churn fragments the heap (about 9 MB of peak
-    memory on recipes/tinyshakespeare-fast.yaml)."""
-    groups: dict[tuple, list[torch.nn.Parameter]] = {}
-    for p in model.parameters():
-        if p.requires_grad:
-            groups.setdefault((p.device, p.dtype), []).append(p)
-    for (device, dtype), params in groups.items():
-        flat = torch.zeros(sum(p.numel() for p in params), device=device, dtype=dtype)
-        offset = 0
-        for p in params:
-            p.grad = flat[offset : offset + p.numel()].view_as(p)
-            offset += p.numel()
-
-
-def set_lr(optimizer, lr: float) -> None:
-    """The step's learning rate in every group, times the group's `lr_scale` (Muon's own scale)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def autocast(device: torch.device, precision: str):
@@ -157,78 +115,6 @@ class PendingSteps:
         values, lrs = self.values[: len(self)].clone(), self.lrs
         self.lrs = []
         return values, lrs
-
-
-def stop_on_signals(trainer: "Trainer"):
-    """While training, SIGINT and SIGTERM only ask the trainer to stop at the next step boundary."""
-
-    def handler(signum, frame):
-        name = signal.Signals(signum).name
-        if not trainer.dist.is_main:  # under torchrun, rank 0 alone prints; the stop vote tells it
-            trainer.stop_signal = trainer.stop_signal or signum
-            return
-        if trainer.stop_signal is None:
-            trainer.stop_signal = signum
-            note = f"\n{name}: stopping after this step and saving a checkpoint...\n"
-        else:
-            note = f"\n{name}: still saving; the checkpoint is written atomically, please wait.\n"
-        with contextlib.suppress(OSError):  # stderr's reader gone: the stop goes ahead unannounced
-            os.write(2, note.encode())  # not print(): a handler may interrupt a print in progress
-
-    return _on_signals(handler)
-
-
-def interrupt_on_signals(what: str):
-    """After training, with nothing left to save: SIGINT and SIGTERM raise Interrupted at once (a
-    SIGTERM would otherwise end the process before the run folder records why)."""
-
-    def handler(signum, frame):
-        raise Interrupted(signum, f"{signal.Signals(signum).name} received while {what}")
-
-    return _on_signals(handler)
-
-
-@contextlib.contextmanager
-def _on_signals(handler):
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-# Every call the trainer makes of the object an optimizer component's build(groups, lr) returns (as
-# README's optimizer row says), besides setting each of its param_groups' "lr": (call, args, kwargs).
-OPTIMIZER_CALLS = [("step()", (), {}), ("zero_grad(set_to_none=False)", (), {"set_to_none": False}),
-                   ("state_dict()", (), {}), ("load_state_dict(state)", ({},), {})]
-
-
-def build_optimizer(spec: ComponentSpec, groups: list[dict], lr: float):
-    """The optimizer `spec` names over `groups`, checked for each call the trainer will make of it: a
-    method that is missing or takes other arguments is the component's error now, not a traceback at
-    the first step."""
-    component = spec.build()
-    with spec.blamed("build(groups, lr)"):
-        optimizer = component.build(groups, lr)
-    built = getattr(optimizer, "param_groups", None)
-    if not (isinstance(built, list) and all(isinstance(g, dict) for g in built)):
-        raise spec.error(f"build(groups, lr) returned {type(optimizer).__name__}, whose param_groups is not a list "
-                         "of dicts")
-    for call, args, kwargs in OPTIMIZER_CALLS:
-        method = getattr(optimizer, call.split("(")[0], None)
-        try:
-            inspect.signature(method).bind(*args, **kwargs)
-        except TypeError as e:  # not callable, or the arguments do not fit
-            reason = "has no such method" if not callable(method) else e
-            raise spec.error(f"build(groups, lr) returned {type(optimizer).__name__}, which the trainer cannot call "
-                             f"as {call}: {reason}") from None
-        except ValueError:  # a method without a signature to read (written in C): taken on trust
-            pass
-    return optimizer
 
 
 class Trainer:

@@ -27,7 +27,8 @@ from plain_gpt import PlainGPT  # noqa: E402
 from gptkit.data.dataset import load_dataset  # noqa: E402
 from gptkit.model import build_model  # noqa: E402
 from gptkit.recipe import load_recipe  # noqa: E402
-from gptkit.training.trainer import Trainer, param_groups  # noqa: E402
+from gptkit.training.optim_setup import param_groups  # noqa: E402
+from gptkit.training.trainer import Trainer  # noqa: E402
 
 ROOT = Path(__file__).parents[2]
 

@@ -1,0 +1,24 @@
+"""A run's model, built on its training device (by `gptkit run`, ablations and the bench)."""
+
+import torch
+
+from ..errors import UserError, out_of_memory
+from ..model import GPT, build_model
+
+
+def build_model_on(model, vocab_size: int, device: torch.device) -> GPT:
+    """build_model on `device`; a model too large for its memory is one error saying how large."""
+    try:
+        return build_model(model, vocab_size).to(device)
+    except Exception as e:
+        if not out_of_memory(e):  # a component's own error is its own (see ComponentSpec.build)
+            raise
+    try:
+        with torch.device("meta"):  # counted without memory
+            size = f"{build_model(model, vocab_size).num_params():,} parameters"
+    except Exception:  # a component that cannot be built on the meta device
+        size = "its sizes"
+    error = UserError(f"the model does not fit in memory on {device}: {size} (model.n_layer {model.n_layer}, "
+                      f"n_embd {model.n_embd}); make it smaller")
+    error.every_rank = True
+    raise error

@@ -1,0 +1,55 @@
+"""SIGINT and SIGTERM while a run trains (a stop at the next step boundary, with a checkpoint) and
+after it (an Interrupted at once)."""
+
+import contextlib
+import os
+import signal
+import threading
+from typing import TYPE_CHECKING
+
+from ..errors import Interrupted
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+def stop_on_signals(trainer: "Trainer"):
+    """While training, SIGINT and SIGTERM only ask the trainer to stop at the next step boundary."""
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if not trainer.dist.is_main:  # under torchrun, rank 0 alone prints; the stop vote tells it
+            trainer.stop_signal = trainer.stop_signal or signum
+            return
+        if trainer.stop_signal is None:
+            trainer.stop_signal = signum
+            note = f"\n{name}: stopping after this step and saving a checkpoint...\n"
+        else:
+            note = f"\n{name}: still saving; the checkpoint is written atomically, please wait.\n"
+        with contextlib.suppress(OSError):  # stderr's reader gone: the stop goes ahead unannounced
+            os.write(2, note.encode())  # not print(): a handler may interrupt a print in progress
+
+    return _on_signals(handler)
+
+
+def interrupt_on_signals(what: str):
+    """After training, with nothing left to save: SIGINT and SIGTERM raise Interrupted at once (a
+    SIGTERM would otherwise end the process before the run folder records why)."""
+
+    def handler(signum, frame):
+        raise Interrupted(signum, f"{signal.Signals(signum).name} received while {what}")
+
+    return _on_signals(handler)
+
+
+@contextlib.contextmanager
+def _on_signals(handler):
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
