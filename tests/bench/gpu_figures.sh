@@ -5,10 +5,10 @@
 #   bash tests/bench/gpu_figures.sh            # results in $OUT, else runs/gpu-figures
 #
 #   1. env.txt       nvidia-smi, torch and the GPU
-#   2. tests.txt     tests/test_gpu.py and the GPU conformance checks
-#   3. bench.json    gptkit bench of the reference recipe (recipes/shakespeare.yaml), eager vs compiled
-#   4. run.log       the reference recipe as shipped: 10 epochs, CUDA-event epoch times; summary.json
-#   5. sampling.txt  500 tokens with and without the key/value cache, on the GPU
+#   2. bench.json    gptkit bench of the reference recipe (recipes/shakespeare.yaml), eager vs compiled
+#   3. run.log       the reference recipe as shipped: 10 epochs, CUDA-event epoch times; summary.json
+#   4. sampling.txt  500 tokens with and without the key/value cache, on the GPU
+#   5. tests.txt     tests/test_gpu.py and the GPU conformance checks (last: the figures come first)
 #
 # A machine without gptkit's dependencies installed takes them as wheels from .whl/ (git-ignored;
 # carry it to the machine), downloaded beforehand where a package index is reachable (the versions of
@@ -32,10 +32,6 @@ runs=$(mktemp -d)  # the run's checkpoint stays here: it is larger than what $OU
     > "$out/env.txt" 2>&1
 cat "$out/env.txt"
 
-echo "== CUDA tests"
-timeout 170 $py -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_conformance_kinds.py -k "gpu" \
-    2>&1 | tee "$out/tests.txt" | tail -5
-
 echo "== bench: the reference recipe, eager vs compiled"
 timeout 120 $py -m gptkit bench recipes/shakespeare.yaml --vary train.compile=false,true --steps 10 --rounds 3 \
     --json > "$out/bench.json" 2> "$out/bench.log"
@@ -51,3 +47,7 @@ cp "$runs"/*/summary.json "$out/" 2>/dev/null
 
 echo "== sampling, 500 tokens"
 timeout 60 $py tests/bench/sampling.py recipes/shakespeare.yaml --device cuda --rounds 5 2>&1 | tee "$out/sampling.txt"
+
+echo "== CUDA tests"
+timeout 170 $py -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_conformance_kinds.py -k "gpu" \
+    2>&1 | tee "$out/tests.txt" | tail -5
