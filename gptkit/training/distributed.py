@@ -43,8 +43,9 @@ class PeerLost(RunStopped):
 def lost_peer(e: BaseException) -> bool:
     """Whether `e`, raised by a collective, says another process is gone (gloo's closed or reset
     connection, NCCL's backend error) rather than something wrong in this one."""
-    return isinstance(e, td.DistBackendError) or (isinstance(e, RuntimeError) and "gloo" in str(e)
-                                                   and "by peer" in str(e))
+    message = str(e)
+    return isinstance(e, td.DistBackendError) or (isinstance(e, RuntimeError) and "gloo" in message and any(
+        lost in message for lost in ("closed by peer", "reset by peer", "Broken pipe")))
 
 
 @dataclass(frozen=True)
