@@ -98,7 +98,7 @@ def check_cache(gpt: GPT, model) -> str | None:
     does so from then on (the warning is its `cache_mismatch`: `generate` then uses no cache).
     An exception in the full pass, without the cache, is a plugin's bug, named (see `blaming`). Run by
     `check_forward`, in evaluation mode and without gradients, in fp32 matmuls."""
-    gpt.cache_mismatch = None
+    gpt.cache_mismatch = None  # checked afresh: supports_kv_cache must not count an earlier check's result
     gpt.cache_mismatch = _cache_mismatch(gpt, model)
     return gpt.cache_mismatch
 
