@@ -100,7 +100,12 @@ def _normalize(name: str) -> str:
 
 
 LOCAL_PREFIX = "gptkit_local_"  # the module names of local files
-_ran: dict[str, str] = {}  # a local file's module name -> the SHA-1 of the source it last ran
+_ran: dict[str, str] = {}  # a local file's module name -> the SHA-256 of the source it last ran
+
+
+def file_sha256(path: Path | str) -> str:
+    """The SHA-256 of a file's bytes: how a run records which local component code it trained."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def import_file(path: Path) -> None:
@@ -118,7 +123,7 @@ def import_file(path: Path) -> None:
         raise UserError(f"component file {path} not found")
     if path.suffix != ".py":  # importlib finds no loader for other names
         raise UserError(f"component file {path} must be a .py file")
-    source = hashlib.sha1(path.read_bytes()).hexdigest()
+    source = file_sha256(path)
     if _ran.get(module_name) == source and module_name in sys.modules:
         return  # an edited file runs again, and its components replace the earlier ones (see Registry.register)
     spec = importlib.util.spec_from_file_location(module_name, path)

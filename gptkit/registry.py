@@ -11,12 +11,10 @@ loaded is recorded as broken with its distribution and the original error, and o
 """
 
 import fnmatch
-import hashlib
 import inspect
 import sys
 import typing
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, PydanticUserError
@@ -96,7 +94,7 @@ def _file_sha256(source: str) -> str | None:
     if not source.endswith(".py"):
         return None
     try:
-        return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+        return plugins.file_sha256(source)
     except OSError:
         return None
 
