@@ -214,36 +214,36 @@ def find_resumable(runs_dir: Path, recipe: Recipe, dataset, log: Callable[[str],
     for run in candidates:
         if not resumable(summary_of(run)):  # finished, or diverged
             continue
-        why = passed_by(run, recipe, dataset)
-        if isinstance(why, str):
+        checkpoint, why = checkpoint_to_resume(run, recipe, dataset)
+        if checkpoint is None:
             warn(f"note: not resuming {run}: {why}")
             passed += 1
             continue
-        return run, why
+        return run, checkpoint
     early = sum(resumable(summary_of(p)) for p in runs if p not in candidates)
     log(f"No {'other ' if passed else ''}run of {name} in {runs_dir} to resume"
         f"{f' ({early} stopped before their first checkpoint)' if early else ''}; starting a new one.")
     return None
 
 
-def passed_by(run: Path, recipe: Recipe, dataset) -> str | dict:
-    """Why `--resume auto` passes the unfinished run `run` by, or its checkpoint if it may resume it."""
+def checkpoint_to_resume(run: Path, recipe: Recipe, dataset) -> tuple[dict | None, str]:
+    """The checkpoint of the unfinished run `run` if `--resume auto` may resume it; else None and why not."""
     if is_locked(run):  # another process trains it now
-        return "it is being trained by another process"
+        return None, "it is being trained by another process"
     try:
         checkpoint = load_checkpoint(run / "checkpoint.pt")
     except UserError as e:
-        return str(e)
+        return None, str(e)
     if "trainer" not in checkpoint:
-        return "its checkpoint.pt holds weights only, no training state to resume from"
+        return None, "its checkpoint.pt holds weights only, no training state to resume from"
     changes = [what for what, _ in changes_since(checkpoint, recipe, dataset)]
     keys = [what for what in changes if what not in ("vocabulary", "text")]
     differs, text = f"its recipe differs ({', '.join(keys)})", f"it was trained on another text than {recipe.data.path}"
     if keys and keys == changes:  # the run's own recipe.yaml would go on with it
-        return f"{differs}; to go on with its own recipe: gptkit run --resume {run}"
+        return None, f"{differs}; to go on with its own recipe: gptkit run --resume {run}"
     if changes:
-        return f"{differs} and {text}" if keys else text
-    return checkpoint
+        return None, (f"{differs} and {text}" if keys else text)
+    return checkpoint, ""
 
 
 @contextlib.contextmanager
