@@ -11,22 +11,41 @@ from .errors import UserError
 
 
 def read_text(path: Path, what: str) -> str:
-    """The UTF-8 text of `path`, without a byte-order mark; a missing, unreadable or non-UTF-8 file is a
-    UserError naming it."""
+    """The UTF-8 text of `path` with `\n` line endings and no byte-order mark (a text joined from files by
+    `cat` may hold several); a missing, unreadable or non-UTF-8 file is a UserError naming it."""
     if not path.is_file():
         raise UserError(f"{what} file {path} not found{' (it is a folder)' if path.is_dir() else ''}")
     try:
-        return path.read_text(encoding="utf-8-sig")
+        text = path.read_text(encoding="utf-8")  # universal newlines: \r\n and a lone \r become \n
     except UnicodeDecodeError as e:
-        source = encoding_of(e.object[:4096])
-        if source is None:
-            raise UserError(f"{what} file {path} contains NUL bytes: it looks like a binary file, not text") from None
-        raise UserError(
-            f"{what} file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start:,}); "
-            f"convert it first, e.g. iconv -f {source} -t utf-8"
-        ) from None
+        raise UserError(f"{what} file {path} {not_utf8(e)}") from None
     except OSError as e:
         raise UserError(f"cannot read {what} file {path}: {e.strerror}") from None
+    if "\0" in text:  # ASCII text in UTF-16 without a byte-order mark is valid UTF-8, NULs and all
+        source = encoding_of(path.read_bytes()[:4096])
+        if source is None:
+            raise UserError(f"{what} file {path} contains NUL bytes: it looks like a binary file, not text")
+        raise UserError(f"{what} file {path} is not UTF-8 text; convert it first, e.g. iconv -f {source} -t utf-8")
+    return text.replace("\ufeff", "")
+
+
+def not_utf8(e: UnicodeDecodeError) -> str:
+    """Why bytes are not UTF-8, and what to do, as the rest of a sentence naming the file. A file cut
+    short, or UTF-8 text with a stray byte, must not be converted as a whole: that garbles every other
+    non-ASCII character."""
+    data, at = e.object, e.start
+    line = data.count(b"\n", 0, at) + 1
+    where = f"at offset {at:,}, line {line:,}"
+    if e.end == len(data) and e.reason == "unexpected end of data":
+        return (f"ends in the middle of a UTF-8 character {where}: it looks cut short; "
+                "copy it again, or drop the last bytes")
+    if not data[:at].isascii():  # UTF-8 characters before the bad byte: the text is UTF-8 but for it
+        return (f"is UTF-8 text with an invalid byte {data[at]:#04x} {where}; correct it there, or drop every "
+                "invalid byte with iconv -f utf-8 -t utf-8 -c")
+    source = encoding_of(data[:4096])
+    if source is None:
+        return "contains NUL bytes: it looks like a binary file, not text"
+    return f"is not UTF-8 text (byte {data[at]:#04x} {where}); convert it first, e.g. iconv -f {source} -t utf-8"
 
 
 def encoding_of(head: bytes) -> str | None:

@@ -114,9 +114,16 @@ def test_user_mistakes(cli, tmp_path, corpus, monkeypatch, make, args, fragments
 
 
 @pytest.mark.parametrize("content,fragment", [
-    (b"caf\xe9 au lait\n" * 100, "is not UTF-8 text (byte 0xe9 at offset 3); convert it first, e.g. iconv -f latin1"),
-    ("caf\xe9 au lait\n".encode("utf-16") * 100, "is not UTF-8 text (byte 0xff at offset 0); convert it first, e.g. "
-                                                   "iconv -f utf-16 -t utf-8"),
+    (b"caf\xe9 au lait\n" * 100, "is not UTF-8 text (byte 0xe9 at offset 3, line 1); convert it first, e.g. "
+                                 "iconv -f latin1"),
+    ("caf\xe9 au lait\n".encode("utf-16") * 100, "is not UTF-8 text (byte 0xff at offset 0, line 1); convert it first, "
+                                                   "e.g. iconv -f utf-16 -t utf-8"),
+    ("hello world\n".encode("utf-16-le") * 100, "not UTF-8 text; convert it first, e.g. iconv -f utf-16le"),  # valid UTF-8
+    # UTF-8 cut short, or with one stray byte: converting the whole file from latin1 would garble it
+    ("caf\u00e9 au lait\n".encode() * 100 + "\u00e9".encode()[:1], "ends in the middle of a UTF-8 character at offset "
+                                                                   "1,400, line 101: it looks cut short"),
+    ("caf\u00e9 au lait\n".encode() * 100 + b"don\x92t\n", "is UTF-8 text with an invalid byte 0x92 at offset 1,403, "
+                                                           "line 101; correct it there, or drop every invalid byte"),
     (b"", "has 0 training characters, fewer than one block"),
     (b"short\n", "fewer than one block"),
     (b"\x00\x01\x02binary" * 100, "looks like a binary file"),

@@ -105,6 +105,14 @@ def test_max_lines_counts_newlines_only_and_a_byte_order_mark_is_not_text(tmp_pa
     assert "\ufeff" not in ds.itos
 
 
+def test_byte_order_marks_inside_a_text_joined_by_cat_are_dropped_too(tmp_path):
+    from gptkit.io import read_text
+
+    path = tmp_path / "t.txt"
+    path.write_bytes("\ufeffab\r\n".encode() + "\ufeffcd\n".encode())  # two files of Windows' Notepad, joined
+    assert read_text(path, "data.path") == "ab\ncd\n"
+
+
 def test_undecodable_bytes_of_an_argument_are_unknown_characters():
     with pytest.raises(UserError, match="not in the vocabulary"):
         Vocab.of("ab").encode("a\udcffb")  # how Python passes b"a\xffb" from the command line
