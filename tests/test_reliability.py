@@ -184,6 +184,13 @@ def test_resume_may_read_the_text_from_another_path():
     assert recipe_diff(old, {"data": {**moved["data"], "max_lines": 20}}) == ["data.max_lines: 10 -> 20"]
 
 
+def test_a_stride_of_one_block_is_no_change_from_the_default():
+    old = {"data": {"path": "t.txt", "stride": None}, "model": {"block_size": 32}}
+    assert recipe_diff(old, {"data": {"path": "t.txt", "stride": 32}, "model": {"block_size": 32}}) == []
+    assert recipe_diff(old, {"data": {"path": "t.txt", "stride": 16}, "model": {"block_size": 32}}) == [
+        "data.stride: 32 -> 16"]
+
+
 def test_resume_auto_picks_only_runs_of_its_own_recipe(tmp_path, write_recipe, monkeypatch):
     monkeypatch.setattr(Trainer, "evaluate", lambda self: None)
     tiny, wide = write_recipe(name="tiny"), write_recipe(name="tiny-wide", model={"n_embd": 64})

@@ -39,8 +39,15 @@ def differing(a: dict, b: dict, may_change: tuple[str, ...] = MAY_CHANGE) -> lis
 
 def recipe_changes(old: dict, new: dict) -> list[tuple[str, str]]:
     """(key, 'key: old -> new') for every key of two recipes whose value differs and that may not change."""
-    a, b = flatten(old), flatten(new)
+    a, b = effective(flatten(old)), effective(flatten(new))
     return [(k, f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}") for k in differing(a, b)]
+
+
+def effective(flat: dict) -> dict:
+    """A flattened recipe with the values its unset keys stand for: no data.stride is a stride of one block."""
+    if flat.get("data.stride") is None and "model.block_size" in flat:
+        flat = {**flat, "data.stride": flat["model.block_size"]}
+    return flat
 
 
 def recipe_diff(old: dict, new: dict) -> list[str]:
