@@ -14,7 +14,8 @@ def read_text(path: Path, what: str) -> str:
     """The UTF-8 text of `path` with `\n` line endings and no byte-order mark (a text joined from files by
     `cat` may hold several); a missing, unreadable or non-UTF-8 file is a UserError naming it."""
     if not path.is_file():
-        raise UserError(f"{what} file {path} not found{' (it is a folder)' if path.is_dir() else ''}")
+        why = "is a folder, not a file" if path.is_dir() else "is not a regular file" if path.exists() else "not found"
+        raise UserError(f"{what} file {path} {why}")
     try:
         text = path.read_text(encoding="utf-8")  # universal newlines: \r\n and a lone \r become \n
     except UnicodeDecodeError as e:

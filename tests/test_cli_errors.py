@@ -321,6 +321,12 @@ DATA_CASES += [
     ("short-text", lambda c: (c.write_text("short\n"), recipe_text(c))[1], [], ["fewer than one block"]),
     ("set-batch-too-large", lambda c: recipe_text(c), ["--set", "train.batch_size=99999"],
      ["train.batch_size 99999 is larger than the"]),
+    ("cut-too-short", lambda c: recipe_text(c), ["--set", "data.max_lines=1"],
+     ["(its first 1 line, data.max_lines) has", "fewer than one block"]),
+    ("a-device", lambda c: recipe_text(c), ["--set", "data.path=/dev/null"], ["data.path file /dev/null is not a regular file"]),
+    ("name-too-long", lambda c: recipe_text(c), ["--set", f"data.path={'x' * 300}.txt"], ["File name too long"]),
+    ("a-number", lambda c: recipe_text(c), ["--set", "data.path=2024"], ["quote it: --set 'data.path=\"2024\"'"]),
+    ("stride-huge", lambda c: recipe_text(c), ["--set", f"data.stride={10**24}"], ["less than or equal to 1099511627776"]),
 ]
 
 

@@ -153,6 +153,10 @@ def test_optimizer_and_schedule_bugs_are_named(run_with, tmp_path):
 @pytest.mark.parametrize("body,what", [
     ("return 'text'.encode()", "text() returned bytes; it must return the corpus as a str"),
     ("raise OSError('no network')  # here", "text() raised OSError: no network (at {line})"),
+    ("return ''", "text() returned an empty str; it must return the corpus's text"),  # written, it would stay
+    ("return b'caf\\xe9'.decode('utf-8', 'surrogateescape')",
+     "text() returned a str that is not valid Unicode (surrogates not allowed at index 3); decode its bytes with "
+     "errors='replace', or fix them"),
 ])
 def test_a_corpus_that_fails_is_named(run_with, tmp_path, body, what):
     result = run_with(f"""

@@ -144,3 +144,16 @@ def test_creating_a_corpus_removes_what_a_killed_creation_left_but_not_a_creatio
                            stride=1)
     load_dataset(data, block_size=4)
     assert path.exists() and not stale.exists() and fresh.exists()
+
+
+def test_a_corpus_under_a_file_says_that_file_is_no_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from gptkit.data.dataset import load_dataset
+    from gptkit.recipe.components import ComponentSpec
+
+    (tmp_path / "notes.txt").write_text("x")
+    data = SimpleNamespace(path=tmp_path / "notes.txt" / "corpus.txt", corpus=ComponentSpec(kind="corpus", name="shakespeare", params={}),
+                           max_lines=None, val_fraction=0.1, stride=None)
+    with pytest.raises(UserError, match=f"cannot create .* corpus: {tmp_path / 'notes.txt'} is a file, not a folder"):
+        load_dataset(data, block_size=8)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..io import read_text, write_text
+from ..io import cannot_make_folder, read_text, write_text
 from .vocab import Vocab
 
 
@@ -126,12 +126,27 @@ def corpus_text(spec) -> str:
         text = spec.build().text()
     if not isinstance(text, str):
         raise spec.error(f"text() returned {type(text).__name__}; it must return the corpus as a str")
+    if not text:  # written, it would be the file every later run trains on
+        raise spec.error("text() returned an empty str; it must return the corpus's text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate, from bytes decoded with errors="surrogateescape"
+        raise spec.error(f"text() returned a str that is not valid Unicode ({e.reason} at index {e.start:,}); "
+                         "decode its bytes with errors='replace', or fix them") from None
     return text
 
 
 def will_create(data) -> bool:
     """Whether `load_dataset(data, ...)` would first create data.path from data.corpus (on first use)."""
-    return data.corpus is not None and not Path(data.path).exists()
+    return data.corpus is not None and not exists(Path(data.path))
+
+
+def exists(path: Path) -> bool:
+    """Whether `path` exists, or a UserError naming data.path where the question has no answer."""
+    try:
+        return path.exists()
+    except OSError as e:  # a name too long for the file system
+        raise UserError(f"data.path {path}: {e.strerror}; choose another data.path") from None
 
 
 def remove_stale_temporaries(path: Path, age: float = 60.0) -> None:
@@ -152,15 +167,18 @@ def load_dataset(data, block_size: int) -> CharDataset:
         try:
             write_text(path, text)
         except OSError as e:
-            raise UserError(f"data.path: cannot create {path} from the '{data.corpus.name}' corpus: {e.strerror}; "
+            why = cannot_make_folder(path.parent) or e.strerror
+            raise UserError(f"data.path: cannot create {path} from the '{data.corpus.name}' corpus: {why}; "
                             "choose a writable data.path") from None
         lines = path.read_text(encoding="utf-8").count("\n")
         print(f"Created {path} ({lines:,} lines) from the '{data.corpus.name}' corpus.", file=sys.stderr)
-    if not path.exists():
+    if not exists(path):
         raise UserError(f"data.path: file {path} not found (paths in a recipe file are relative to its folder, "
                         "on the command line to the current folder)")
-    text = read_text(path, "data.path")
+    text, source = read_text(path, "data.path"), f"data.path {path}"
     if data.max_lines is not None:  # lines end at "\n" only, as for head -n (splitlines ends them at \f too)
         lines = text.split("\n", min(data.max_lines, len(text)))  # a bound str.split can take
-        text = "\n".join(lines[: data.max_lines]) + ("\n" if len(lines) > data.max_lines else "")
-    return CharDataset(text, block_size, data.val_fraction, data.stride, source=f"data.path {path}")
+        if len(lines) > data.max_lines:  # what is too short may be the cut, not the file
+            text = "\n".join(lines[: data.max_lines]) + "\n"
+            source += f" (its first {data.max_lines:,} line{'s' if data.max_lines > 1 else ''}, data.max_lines)"
+    return CharDataset(text, block_size, data.val_fraction, data.stride, source=source)

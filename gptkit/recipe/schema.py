@@ -10,6 +10,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
                       model_validator)
+from pydantic_core import PydanticCustomError
 
 from ..components.base import GPTConfig
 from ..device import DEVICE_PATTERN
@@ -21,8 +22,8 @@ from .components import MODEL_KINDS, ComponentSpec, RecipeIssue, component
 def _resolve(value, info: ValidationInfo) -> Path:
     """Absolute, so that the copy of a recipe saved in a run folder still names the same files
     wherever it is read from (`gptkit run --resume RUN`, `gptkit sample RUN`, an ablation rerun)."""
-    if not isinstance(value, (str, Path)):
-        raise ValueError("expected a file path")
+    if not isinstance(value, (str, Path)):  # string_type: `path: 2024` gets the hint to quote it
+        raise PydanticCustomError("string_type", "Input should be a file path")
     path = Path(value).expanduser()
     base = (info.context or {}).get("base_dir")
     return Path(os.path.abspath(path if base is None else Path(base) / path))  # an absolute `path` stays itself
@@ -56,7 +57,8 @@ class DataSection(Section):
     corpus: component("corpus", None) = Field(None, description="creates `path` on first use if it does not exist")
     max_lines: PositiveInt | None = Field(None, description="use only the first N lines")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="the last fraction of the text is held out")
-    stride: PositiveInt | None = Field(None, description="chars between window starts in an epoch; default block_size")
+    stride: PositiveInt | None = Field(None, le=2**40, description="chars between window starts in an epoch; "
+                                       "default block_size")
 
 
 class ModelSection(Section):
