@@ -182,6 +182,9 @@ def test_a_folder_that_is_not_an_ablations_is_refused(cli, tmp_path, write_recip
      "error: arm batch_size=100000: train.batch_size 100000 is larger than the"),
     (["--vary", "model.norm=layernorm", "--set", "train.batch_size=100000"], "error: train.batch_size 100000 is larger"),
     (["--vary", "sample.prompt=KING,zzz"], "error: arm prompt=zzz: sample.prompt 'zzz': characters not in the vocabulary"),
+    (["--vary", "data.val_fraction=0.1,0", "--allow-unfair"],  # a varied arm's too, not only the baseline's
+     "error: arm val_fraction=0: data.val_fraction is 0: an ablation compares validation losses"),
+    (["--set", "data.val_fraction=0"], "error: data.val_fraction is 0: an ablation compares validation losses"),
 ])
 def test_every_arm_is_checked_against_its_data_before_any_trains(cli, tmp_path, write_recipe, args, message):
     result = cli("ablate", write_recipe(), "--seeds", "1", "--out", tmp_path / "abl", *args)

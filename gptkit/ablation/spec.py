@@ -282,15 +282,16 @@ def plan(ablation: Ablation) -> Plan:
 
     def resolve(changes, label) -> Recipe:
         try:
-            return load_recipe(ablation.recipe, [*ablation.overrides, *(f"{k}={v}" for k, v in changes)],
-                               origins=ablation.origin)
+            recipe = load_recipe(ablation.recipe, [*ablation.overrides, *(f"{k}={v}" for k, v in changes)],
+                                 origins=ablation.origin)
+            if recipe.data.val_fraction == 0:  # every arm's: a varied one too
+                raise UserError("data.val_fraction is 0: an ablation compares validation losses, so it needs a "
+                                "validation split; set data.val_fraction, e.g. --set data.val_fraction=0.1")
+            return recipe
         except UserError as e:
             raise UserError(f"arm {label}: {e}" if changes else str(e)) from None
 
     arms: list[Arm] = [Arm("baseline", "baseline", [], resolve([], "baseline"), baseline=True)]
-    if arms[0].recipe.data.val_fraction == 0:
-        raise UserError("data.val_fraction is 0: an ablation compares validation losses, so it needs a validation "
-                        "split; set data.val_fraction, e.g. --set data.val_fraction=0.1")
     seen = {canonical(arms[0].recipe): arms[0]}
     for changes in combos:
         label = " ".join(f"{short[k]}={v}" for k, v in changes)
