@@ -20,8 +20,9 @@ def finite(ctx, param, value):
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--prompt", default=None, help="Text to continue; an empty one starts from a newline, as a speech does (printed with "
-                   "the text).  [default: the run's sample.prompt]")
+@click.option("--prompt", default=None,
+              help="Text to continue; an empty one starts from a newline, as a speech does (printed with the "
+                   "text).  [default: the run's sample.prompt]")
 @click.option("--tokens", default=None, type=click.IntRange(min=0, max=MAX_TOKENS),
               help="Characters to generate.  [default: the run's sample.tokens]")
 @click.option("--temperature", default=None, type=click.FloatRange(min=0, min_open=True), callback=finite,
