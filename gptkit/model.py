@@ -14,6 +14,9 @@ from torch import nn
 
 from .components.attention import KVCache, caches
 from .components.base import GPTConfig, dropout_layer
+from .errors import UserError
+from .recipe.components import MODEL_KINDS
+from .registry import RegistryError, registry
 
 
 class Block(nn.Module):
@@ -32,7 +35,11 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     """Token embedding, the positional module, the blocks, a final norm and the LM head (tied to the
-    embedding by default). Returns (logits, loss); loss is None without targets."""
+    embedding by default). Returns (logits, loss); loss is None without targets.
+
+    Every nn.Linear and nn.Embedding, components' included, starts with GPT-2's initialisation, so
+    ablations compare like with like; then each submodule that defines `init_weights()` runs it (under
+    no_grad, parts before the module holding them), so a component has the last word on its weights."""
 
     cache_mismatch: str | None = None  # set by diagnose.check_cache: how cached logits differ from a full pass
 
@@ -54,6 +61,10 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # residual projections, scaled as in GPT-2
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        with torch.no_grad():  # so a hook may write its weights in place (`self.gate.bias.fill_(-4.0)`)
+            for module in reversed(list(self.modules())):  # innermost first: a component overrides its parts
+                if module is not self and callable(getattr(module, "init_weights", None)):
+                    module.init_weights()
 
     @staticmethod
     def _init_weights(module):
@@ -109,6 +120,7 @@ def build_model(model, vocab_size: int) -> GPT:
         raise TypeError(f"build_model takes a recipe's model section, got {type(model).__name__}: "
                         "build_model(recipe.model, vocab_size)")
     config = model.config(vocab_size)
+    check_components(model, config)
     pos = model.positional.build(config)
     blocks = [
         Block(
@@ -119,4 +131,41 @@ def build_model(model, vocab_size: int) -> GPT:
         )
         for _ in range(config.n_layer)
     ]
-    return GPT(config, pos, blocks, ln_f=model.norm.build(config), tie_embeddings=model.tie_embeddings)
+    ln_f = model.norm.build(config)
+    try:
+        return GPT(config, pos, blocks, ln_f=ln_f, tie_embeddings=model.tie_embeddings)
+    except Exception as e:  # a component's init_weights() raised: its bug, named as a constructor's is
+        specs = {pos: model.positional, ln_f: model.norm}  # pos first: every attention holds it too
+        for b in blocks:
+            specs |= {b.ln_1: model.norm, b.attn: model.attention, b.ln_2: model.norm, b.mlp: model.feedforward}
+        spec = _init_culprit(e, specs)
+        if spec is None:
+            raise
+        with spec.blamed("its init_weights()"):
+            raise
+
+
+def check_components(model, config: GPTConfig) -> None:
+    """Each component's `check(config, params)` again, now with the real vocab_size (a recipe is
+    validated with 1, before the text is read): a refusal is one error naming its recipe key."""
+    issues = []
+    for kind in MODEL_KINDS:
+        spec = getattr(model, kind)
+        try:
+            registry(kind).check(spec.name, config, spec.params)
+        except ValueError as e:
+            issues.append(f"model.{kind}: {spec.name}: {e} (with vocab_size {config.vocab_size})")
+        except RegistryError as e:  # a bug in the component's check, which names it
+            issues.append(f"model.{kind}: {e}")
+    if issues:
+        raise UserError("; ".join(issues))
+
+
+def _init_culprit(e: BaseException, specs: dict):
+    """The spec in `specs` ({component: spec}) of the component whose `init_weights()`, or one of its
+    parts', raised `e` (the first such frame is GPT's call), or None."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_name != "init_weights":
+        tb = tb.tb_next
+    owner = tb.tb_frame.f_locals.get("self") if tb is not None else None
+    return next((s for m, s in specs.items() if any(owner is sub for sub in m.modules())), None)

@@ -357,3 +357,87 @@ def test_an_attention_without_attend_or_forward_is_refused_when_registered():
     with pytest.raises(NotImplementedError, match=r"^Lazy implements neither attend\(q, k, v, bias\) nor a whole "
                                                   r"forward\(x, cache=None\)$"):
         Lazy(CONFIG, AttentionParams(), NoPositional(CONFIG, NoPositional.Params()))(torch.zeros(1, 2, CONFIG.n_embd))
+
+
+class Gate(torch.nn.Linear):
+    """A part with an init_weights() of its own, inside a component's: the component's runs after it."""
+
+    def init_weights(self):
+        torch.nn.init.zeros_(self.weight)
+        torch.nn.init.constant_(self.bias, -1.0)
+
+
+def gated_feedforward(hook: bool):
+    """An MLP times a sigmoid gate whose bias is -4 (closed at init), set in __init__ and, with `hook`,
+    again in init_weights(), where its gate is a `Gate`."""
+    from gptkit.components.feedforward import MLP
+
+    class Gated(MLP):
+        def __init__(self, config, params):
+            super().__init__(config, params)
+            self.gate = (Gate if hook else torch.nn.Linear)(config.n_embd, config.n_embd)
+            torch.nn.init.constant_(self.gate.bias, -4.0)
+
+        def forward(self, x):
+            return super().forward(x) * torch.sigmoid(self.gate(x))
+
+    if hook:
+        Gated.init_weights = lambda self: self.gate.bias.fill_(-4.0)  # in place: the model runs it without grad
+    return Gated
+
+
+def test_a_component_with_init_weights_keeps_its_values_and_the_rest_gets_gpt2s_init(temporary_component):
+    import math
+
+    temporary_component("feedforward", "gated", gated_feedforward(hook=True))
+    torch.manual_seed(0)
+    model = tiny_model(feedforward="gated")
+    for block in model.transformer.h:
+        assert torch.equal(block.mlp.gate.bias, torch.full_like(block.mlp.gate.bias, -4.0))  # the component's last
+        assert torch.equal(block.mlp.gate.weight, torch.zeros_like(block.mlp.gate.weight))  # its part's own hook
+        assert block.mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.1)  # GPT-2's, as everywhere else
+        assert block.mlp.c_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * CONFIG.n_layer), rel=0.1)
+
+
+def test_a_component_without_init_weights_gets_gpt2s_init(temporary_component):
+    temporary_component("feedforward", "gated", gated_feedforward(hook=False))
+    torch.manual_seed(0)
+    gate = tiny_model(feedforward="gated").transformer.h[0].mlp.gate
+    assert torch.equal(gate.bias, torch.zeros_like(gate.bias))  # the -4 set in __init__ is overwritten
+    assert gate.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_an_init_weights_that_raises_is_blamed_on_its_component(temporary_component):
+    from gptkit.errors import ComponentError
+
+    class Broken(gated_feedforward(hook=False)):
+        def init_weights(self):
+            raise ValueError("no gate here")
+
+    temporary_component("feedforward", "broken", Broken)
+    with pytest.raises(ComponentError, match=r"^feedforward 'broken' from test is broken: its init_weights\(\) raised "
+                                             r"ValueError: no gate here \(at .*test_components.py:\d+\)$"):
+        tiny_model(feedforward="broken")
+
+
+def test_a_check_runs_again_with_the_texts_vocabulary(write_recipe, cli, tmp_path, scratch_registries):
+    import textwrap
+
+    (tmp_path / "mine.py").write_text(textwrap.dedent("""
+        from gptkit.components import register
+        from gptkit.components.norm import RMSNorm
+
+        @register("norm", "smallvocab")
+        class SmallVocab(RMSNorm):
+            @classmethod
+            def check(cls, config, params):
+                if config.vocab_size > 20:
+                    raise ValueError(f"at most 20 tokens, not {config.vocab_size}")
+    """))
+    path = write_recipe(imports=["mine.py"], model={"norm": "smallvocab"})
+    assert cli("validate", path).exit_code == 0  # validated with vocab_size 1: the text is not read yet
+    result = cli("run", path, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    expected = "error: model.norm: smallvocab: at most 20 tokens, not 47 (with vocab_size 47)"
+    assert result.output.splitlines() == [expected]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -178,3 +178,73 @@ def test_resuming_with_an_optimizer_state_that_does_not_fit_is_a_clear_error(wri
     trainer = Trainer(recipe, result.model, result.dataset, torch.device("cpu"), quiet=True)
     with pytest.raises(UserError, match=r"optimizer state does not fit train.optimizer \(adamw\).*start a new run"):
         trainer.load_state_dict(saved)
+
+
+def by_shape(model) -> dict[str, str]:
+    """{name: role} by the rule roles followed before the owning module decided: the built-ins' groups."""
+    tables = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    tables.add(id(model.lm_head.weight))
+    return {n: "vector" if p.dim() < 2 else "embedding" if id(p) in tables or p.dim() > 2 else "matrix"
+            for n, p in model.named_parameters()}
+
+
+def test_the_built_in_components_keep_their_roles():
+    from itertools import product
+
+    from gptkit.conformance import tiny_model
+    from gptkit.recipe.components import MODEL_KINDS
+
+    built_in = [[n for n in registry(kind).names() if registry(kind).entry(n).source == "built-in"]
+                for kind in MODEL_KINDS]
+    for names in product(*built_in):
+        parts = dict(zip(MODEL_KINDS, names))
+        parts["attention"] = {"name": parts["attention"], "bias": True}  # with biases too
+        model = tiny_model(**parts)
+        assert {n: role for role, ns in roles(model).items() for n in ns} == by_shape(model), names
+
+
+def test_roles_follow_the_owning_component_not_the_shape(temporary_component):
+    import torch.nn.functional as F
+    from torch import nn
+
+    from gptkit.components.feedforward import MLP
+    from gptkit.components.norm import Norm
+    from gptkit.components.positional import Positional
+    from gptkit.conformance import tiny_model
+
+    class GroupGain(Norm):  # a 2-D gain, one row per group of channels: still a norm's, never decayed
+        def __init__(self, config, params):
+            super().__init__(config, params)
+            self.weight = nn.Parameter(torch.ones(4, config.n_embd // 4))
+
+        def forward(self, x):
+            return F.rms_norm(x, (x.size(-1),)) * self.weight.flatten()
+
+    class RawTable(Positional):  # a table of positions as a bare nn.Parameter, and a scalar gain
+        def __init__(self, config, params):
+            super().__init__(config, params)
+            self.table = nn.Parameter(torch.zeros(config.block_size, config.n_embd))
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def embed(self, x, start=0):
+            return x + self.scale * self.table[start : start + x.size(1)]
+
+    class HeadNormed(MLP):  # holds a torch norm with a 2-D gain and bias
+        def __init__(self, config, params):
+            super().__init__(config, params)
+            self.ln = nn.LayerNorm((4, config.n_embd // 4))
+
+        def forward(self, x):
+            return super().forward(self.ln(x.unflatten(-1, (4, -1))).flatten(-2))
+
+    for kind, cls in (("norm", GroupGain), ("positional", RawTable), ("feedforward", HeadNormed)):
+        temporary_component(kind, cls.__name__.lower(), cls)
+    model = tiny_model(norm="groupgain", positional="rawtable", feedforward="headnormed")
+    r = roles(model)
+    norms = {n for n in r["vector"] if ".ln_" in n or ".mlp.ln." in n}
+    assert norms == {n for n, _ in model.named_parameters() if ".ln_" in n or ".mlp.ln." in n}  # ln_f's too
+    assert "transformer.pos.scale" in r["vector"]
+    assert r["embedding"] == {"transformer.wte.weight", "transformer.pos.table"}
+    assert r["matrix"] == {n for n, p in model.named_parameters() if p.dim() == 2} - norms - r["embedding"]
+    decay = {g["role"]: g["weight_decay"] for g in param_groups(model, 0.1)}
+    assert decay == {"matrix": 0.1, "embedding": 0.1, "vector": 0.0}

@@ -31,14 +31,19 @@ class GPTConfig:
 
 
 class Component:
-    """Mixin for registered classes: a `Params` model and an optional compatibility check."""
+    """Mixin for registered classes: a `Params` model and an optional compatibility check.
+
+    A model's component (an nn.Module) may also define `init_weights(self)`: the model calls it after
+    giving every nn.Linear and nn.Embedding GPT-2's initialisation, to set weights of its own choosing."""
 
     Params: ClassVar[type[Params]] = Params
 
     @classmethod
     def check(cls, config: GPTConfig, params: Params) -> None:
         """Raise ValueError when this component cannot work with `config`. Called when a recipe is
-        validated, so a bad combination fails there and not inside a forward pass."""
+        validated, so a bad combination fails there and not inside a forward pass; the text is not read
+        yet, so `config.vocab_size` is 1 then. Called again with the real vocab_size when the model is
+        built, before training."""
 
 
 def dropout_layer(p: float) -> nn.Module:

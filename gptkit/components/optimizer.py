@@ -1,7 +1,8 @@
 """Optimizers. The trainer hands over parameter groups that already carry their weight decay and a
-`role`: "matrix" (2-D weights inside the blocks), "embedding" (token/position tables, the LM head, any
-tensor of more than two dimensions) or "vector" (gains and biases). An optimizer may treat roles
-differently, as Muon does."""
+`role`: "matrix" (2-D weights inside the blocks' attention and feedforward), "embedding" (token and
+position tables, the LM head, any tensor of more than two dimensions) or "vector" (gains and biases,
+and every parameter of a norm, whatever its shape). An optimizer may treat roles differently, as Muon
+does."""
 
 from abc import abstractmethod
 from typing import Literal

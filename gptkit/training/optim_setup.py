@@ -7,24 +7,37 @@ import inspect
 import torch
 
 from ..recipe.components import ComponentSpec
+from ..registry import registry
+
+# torch's own norms, which a component may hold (a per-head LayerNorm((n_head, head_dim)) has a 2-D gain)
+TORCH_NORMS = (torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.GroupNorm)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Groups by role (see `gptkit.components.optimizer`). Matrices and embeddings decay; gains and
-    biases (1-D tensors) never do. Embeddings are the tables of `nn.Embedding`s and the `lm_head`."""
-    tables = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    """Groups by role (see `gptkit.components.optimizer`). The module owning a parameter decides before
+    its shape does: every parameter of a norm is a `vector` (never decayed), whatever its shape, and the
+    positional component's tables (2-D and up) are `embedding`s, as are `nn.Embedding`s' and the
+    `lm_head`'s. Otherwise gains and biases (under 2-D) are `vector`s, 2-D weights `matrix`, and larger
+    tensors `embedding`s. Matrices and embeddings decay."""
+    norms = _owned(model, (registry("norm").base, *TORCH_NORMS))
+    tables = _owned(model, (registry("positional").base, torch.nn.Embedding))
     head = getattr(model, "lm_head", None)
     tables |= {id(p) for p in (head.parameters() if head is not None else ())}
     roles = {"matrix": [], "embedding": [], "vector": []}
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        if p.dim() < 2:
+        if id(p) in norms or p.dim() < 2:
             roles["vector"].append(p)
         else:
             roles["embedding" if id(p) in tables or p.dim() > 2 else "matrix"].append(p)
     return [{"params": ps, "weight_decay": 0.0 if role == "vector" else weight_decay, "role": role}
             for role, ps in roles.items()]
+
+
+def _owned(model: torch.nn.Module, types: tuple[type, ...]) -> set[int]:
+    """The ids of every parameter of `model`'s modules of `types`, their submodules' included."""
+    return {id(p) for m in model.modules() if isinstance(m, types) for p in m.parameters()}
 
 
 def flat_gradients(model: torch.nn.Module) -> None:
