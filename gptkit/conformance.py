@@ -143,7 +143,9 @@ def _assert_causal(model, config):
 
 def _assert_cache_matches(model, config):
     """A prefix, then a few tokens at once, then one at a time through the cache: the logits of one
-    forward pass over the whole sequence."""
+    forward pass over the whole sequence. With the parameters randomised: a cache bug can hide behind
+    initial values (a learned scale that starts at 1, applied to full passes only)."""
+    _randomised(model, buffers=False)  # buffers hold tables and masks, not what training changes
     x = tokens(config)
     t = config.block_size // 2
     cuts = [0, t, t + 3, *range(t + 4, config.block_size + 1)]
@@ -292,9 +294,9 @@ def _assert_same(part, whole, what):
                              f"{(part - whole).abs().max():.2e})")
 
 
-def _randomised(module):
+def _randomised(module, buffers=True):
     with torch.no_grad():
-        for t in [*module.parameters(), *module.buffers()]:
+        for t in [*module.parameters(), *(module.buffers() if buffers else ())]:
             if t.is_floating_point():
                 t.add_(_randn(t.shape, generator=torch.Generator().manual_seed(t.numel())) * 0.5)
     return module
@@ -337,7 +339,7 @@ def check_uses_positional(spec, config):
 
 def check_kv_cache(spec, config):
     """Feeding a prefix, then a few tokens at once, then one at a time through a key/value cache,
-    gives the logits of one forward pass over the whole sequence."""
+    gives the logits of one forward pass over the whole sequence, with the parameters randomised."""
     model = tiny_model(config, **{spec.kind: spec}).eval()
     if not model.supports_kv_cache:
         raise NotApplicable("the attention does not support a key/value cache; generation recomputes")
@@ -518,16 +520,17 @@ def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG,
         registry(kind).get(name)  # unknown or broken: the registry's error, not a recipe's (parse_component's)
     spec = parse_component(kind, name_or_spec)
     registry(kind).check(spec.name, config, spec.params)  # ValueError: the component refuses `config`
-    _assert_defaults_usable()
+    _assert_defaults_usable(config, kind)
     device = torch.device(device)
     with keep_random_state(device), device:  # the default device: what the checks build and draw lands there
         return [run_check(check, spec, config) for check, (kinds, _) in CHECKS.items() if kind in kinds]
 
 
-def _assert_defaults_usable():
+def _assert_defaults_usable(config: GPTConfig, checked: str):
     """The test model takes the recipe's default for every kind it is not given. One that cannot be
-    loaded (a plugin claiming its name, say) would fail nearly every check of every component, each
-    with a validation error of the whole model: it is one error, up front, instead."""
+    loaded (a plugin claiming its name, say), or that refuses `config`'s sizes, would fail nearly every
+    check of every component, each with a validation error of the whole model: it is one error, up
+    front, instead (a ValueError for sizes)."""
     for kind in MODEL_KINDS:
         name = ModelSection.model_fields[kind].default
         try:
@@ -535,6 +538,11 @@ def _assert_defaults_usable():
         except RegistryError as e:
             raise RegistryError(f"the conformance test model uses the default {kind} '{name}', which is "
                                 f"unusable: {e}") from None
+        if kind != checked:
+            try:
+                registry(kind).check(name, config, parse_component(kind, name).params)
+            except ValueError as e:
+                raise ValueError(f"the test model's default {kind} '{name}' refuses them: {e}") from None
 
 
 def assert_conformant(kind: str, name_or_spec, config: GPTConfig = CONFIG, device: torch.device | str = "cpu") -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from .components.base import GPTConfig
 from .device import keep_random_state
-from .errors import RunStopped, UserError, one_line, out_of_memory
+from .errors import ComponentError, RunStopped, UserError, one_line, out_of_memory
 from .model import GPT
 from .plugins import LOCAL_PREFIX
 from .recipe.components import MODEL_KINDS
@@ -76,13 +76,13 @@ def _check_shapes(gpt: GPT, model) -> None:
         module, method = culprit(e, specs)
         if module is None:
             raise
-        raise specs[module].error(f"its {method}() raised", e) from e
+        raise (_fed_error(module, specs, "", e) or specs[module].error(f"its {method}() raised", e)) from e
     finally:
         for hook in hooks:
             hook.remove()
 
 
-CACHE_TOKENS = 4  # fed to check_cache's full pass, and through the cache as a prefill of half, then one at a time
+CACHE_TOKENS = 4  # check_cache's short pass: fed through the cache as a prefill of half, then one at a time
 CACHE_CONTRACT = ("Through a key/value cache, attention's attend(q, k, v, bias) gets fewer queries than keys (t_q < t_k), "
                   "the queries being the last t_q positions (causal_mask(t_q, t_k, device)); the positional's "
                   "score_bias(t_q, t_k) must return (n_head, t_q, t_k), and its embed(x, start) and rotate(q, k, start) "
@@ -92,10 +92,12 @@ CACHE_CONTRACT = ("Through a key/value cache, attention's attend(q, k, v, bias) 
 def check_cache(gpt: GPT, model) -> str | None:
     """When `gpt` samples through a key/value cache: the logits of a few tokens in one forward pass and
     fed through a cache as sampling feeds them (a prefill, then one token at a time) must agree to float
-    rounding. None if they do (or the model samples without a cache); else a one-line warning saying
-    how they differ (or what the cached pass raised), naming the model's plugin components and their
-    checks: not an error, since sampling by recomputing the context is always right, and the model
-    does so from then on (the warning is its `cache_mismatch`: `generate` then uses no cache).
+    rounding; then the same for a whole block, its last tokens fed one at a time, as after a window
+    restart (a bug at long offsets, such as a sliding window's, shows only there). None if they do (or
+    the model samples without a cache); else a one-line warning saying how they differ (or what the
+    cached pass raised), naming the model's plugin components and their checks: not an error, since
+    sampling by recomputing the context is always right, and the model does so from then on (the
+    warning is its `cache_mismatch`: `generate` then uses no cache).
     An exception in the full pass, without the cache, is a plugin's bug, named (see `blaming`). Run by
     `check_forward`, in evaluation mode and without gradients, in fp32 matmuls."""
     gpt.cache_mismatch = None  # checked afresh: supports_kv_cache must not count an earlier check's result
@@ -104,26 +106,35 @@ def check_cache(gpt: GPT, model) -> str | None:
 
 
 def _cache_mismatch(gpt: GPT, model) -> str | None:
-    config = gpt.config
-    if not gpt.supports_kv_cache or config.block_size < 2:
+    block = gpt.config.block_size
+    if not gpt.supports_kv_cache or block < 2:
         return None
-    T = min(CACHE_TOKENS, config.block_size)
-    cuts = [0, T // 2, *range(T // 2 + 1, T + 1)]
-    idx = torch.randint(config.vocab_size, (1, T), generator=torch.Generator().manual_seed(0))
+    T = min(CACHE_TOKENS, block)
+    idx = torch.randint(gpt.config.vocab_size, (1, block), generator=torch.Generator().manual_seed(0))
     idx = idx.to(gpt.lm_head.weight.device)
     specs = component_specs(gpt, model)
-    fed = f"{T} tokens fed through a key/value cache (as {cuts[1]}, then one at a time)"
     with _fp32_matmuls():  # TF32 would make the two passes differ by more than rounding
-        with blaming(specs, f"for {T} tokens"):  # without the cache: a plugin's bug, as anywhere else
-            full, _ = gpt(idx)
-        if not torch.isfinite(full).all():  # not the cache's doing; training will say what it is
-            return None
-        try:
-            cached = cached_logits(gpt, idx, cuts)
-        except Exception as e:
-            if isinstance(e, (UserError, RunStopped)) or out_of_memory(e):
-                raise
-            return _cache_warning(gpt, model, f"a forward pass of {fed} raised {one_line(e)}")
+        found = _mismatch(gpt, model, specs, idx[:, :T], T // 2)
+        if found is None and block > T:  # costs a forward pass of the block and a prefill of nearly as many
+            found = _mismatch(gpt, model, specs, idx, block - T // 2)
+    return found
+
+
+def _mismatch(gpt: GPT, model, specs: dict, idx: torch.Tensor, prefill: int) -> str | None:
+    """How the logits of `idx` fed through a cache (`prefill` tokens, then one at a time) differ from
+    one forward pass over them, as `_cache_warning`; None if they do not."""
+    T = idx.size(1)
+    fed = f"{T} tokens fed through a key/value cache (as {prefill}, then one at a time)"
+    with blaming(specs, f"for {T} tokens"):  # without the cache: a plugin's bug, as anywhere else
+        full, _ = gpt(idx)
+    if not torch.isfinite(full).all():  # not the cache's doing; training will say what it is
+        return None
+    try:
+        cached = cached_logits(gpt, idx, [0, *range(prefill, T + 1)])
+    except Exception as e:
+        if isinstance(e, (UserError, RunStopped)) or out_of_memory(e):
+            raise
+        return _cache_warning(gpt, model, f"a forward pass of {fed} raised {one_line(e)}")
     if cached.shape != full.shape:
         return _cache_warning(gpt, model, f"the logits of {fed} are {tuple(cached.shape)}, not {tuple(full.shape)}")
     if not same_logits(cached, full):
@@ -218,9 +229,24 @@ def plugin_error(e: Exception, specs: dict, where: str,
     owner, method = culprit(e, specs)
     if owner is None and backward is not None:
         owner, method = backward(e), "backward"
-    if owner is None or specs[owner].built_in:
+    if owner is None:
         return e
+    if specs[owner].built_in:
+        return _fed_error(owner, specs, f", {where},", e) or e
     return specs[owner].error(f"its {method}() raised, {where},", e)
+
+
+def _fed_error(owner, specs: dict, where: str, e: Exception) -> Exception | None:
+    """When gptkit's own `owner` raised `e` on what a plugin component handed it (an attention, on its
+    positional's rotate and score_bias): an error naming that plugin, else None. Built-in attentions pass
+    their checks with every built-in positional, so the plugin is the likelier culprit."""
+    spec, fed = specs[owner], specs.get(getattr(owner, "pos", None))
+    if fed is None or fed.built_in:
+        return None
+    entry = registry(fed.kind).entry(fed.name)
+    origin = f"{entry.source} ({entry.value})" if entry.value else entry.source
+    return ComponentError(f"{spec.kind} '{spec.name}' (built-in) raised{where} {one_line(e)}, on what {fed.kind} "
+                          f"'{fed.name}' from {origin} gave it; {_check_command(fed)} tests it")
 
 
 def exercise(kind: str, module: nn.Module, x: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -256,8 +282,8 @@ def backward_culprit(e: BaseException, specs: dict, config: GPTConfig, device: t
         dtype = weights[0].dtype if weights else torch.get_default_dtype()
         x = torch.randn(2, config.block_size, config.n_embd, device=device, dtype=dtype, requires_grad=True)
         with keep_random_state(device), torch.enable_grad():
-            try:
-                y = exercise(spec.kind, module, x, config.n_head)
+            try:  # a copy of x, not a leaf, as in the model: an in-place op on its input fails in backward there
+                y = exercise(spec.kind, module, x.clone(), config.n_head)
             except Exception:  # fails alone in its forward: not the failure met in training
                 continue
             try:  # gradients returned, not accumulated: the parameters' .grad stay as they are

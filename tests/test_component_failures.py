@@ -369,6 +369,18 @@ def test_a_bug_met_only_in_a_training_step_is_named(run_with, tmp_path):
             def forward(self, x):
                 return Doubled.apply(x)
     """, "feedforward 'doubled'"),
+    ("""
+        @register("norm", "inplacenorm")
+        class InPlaceNorm(Norm):
+            def __init__(self, config, params):
+                super().__init__(config, params)
+                self.weight = nn.Parameter(torch.ones(config.n_embd))
+
+            def forward(self, x):
+                y = x * self.weight
+                x.mul_(1.0)  # the product's backward needs x as it was
+                return y
+    """, "norm 'inplacenorm'"),
 ])
 def test_a_bug_in_a_components_backward_is_named(run_with, tmp_path, source, name):
     # The traceback of a backward has no frame of the component's forward: the trainer finds the culprit
@@ -397,6 +409,30 @@ def test_a_plugin_calling_a_built_in_wrongly_is_the_one_blamed(run_with, tmp_pat
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert f"error: attention 'careless' from {tmp_path / 'mine.py'} is broken: its forward() raised TypeError" \
         in result.output and f"(at {line_of(tmp_path, 'should be the start')})" in result.output
+
+
+@pytest.mark.parametrize("attention, name, source, what", [
+    ("naive", "f64bias", """
+        from gptkit.components.positional import ALiBi
+
+        @register("positional", "f64bias")
+        class F64Bias(ALiBi):
+            def score_bias(self, t_q, t_k):
+                return super().score_bias(t_q, t_k).double()
+    """, "RuntimeError: expected scalar type Double but found Float"),
+    ("flash", "transposed", """
+        @register("positional", "transposed")
+        class Transposed(Positional):
+            def rotate(self, q, k, start=0):
+                return q.transpose(1, 2), k  # (B, T, nh, hs)
+    """, "RuntimeError: The size of tensor a (2) must match the size of tensor b (4) at non-singleton dimension 1"),
+], ids=["score_bias", "rotate"])
+def test_a_built_in_attention_failing_on_a_plugin_positionals_output_names_the_plugin(run_with, tmp_path, attention,
+                                                                                       name, source, what):
+    file = tmp_path / "mine.py"
+    result = run_with(source, f"model.attention={attention}", f"model.positional={name}")
+    assert_one_error(result, tmp_path, f"attention '{attention}' (built-in) raised {what}, on what positional "
+                     f"'{name}' from {file} gave it; `gptkit check positional {name} --import {file}` tests it")
 
 
 def test_a_model_loads_without_the_local_files_it_only_trained_with(run_with, tmp_path):
@@ -548,6 +584,24 @@ class RotateFrom0(RoPE):
 class Previous(FeedForward):
     def forward(self, x):  # mixes in the previous token: causal, but a token fed alone through a cache has none
         return x + F.pad(x, (0, 0, 1, 0))[:, :-1]
+
+@register("attention", "logscaled")
+class LogScaled(NaiveAttention):
+    def __init__(self, config, params, pos):
+        super().__init__(config, params, pos)
+        self.logscale = nn.Parameter(torch.zeros(config.n_head, 1, 1))
+
+    def attend(self, q, k, v, bias):  # scaled in full passes only: unseen while the scale is exp(0) = 1
+        return super().attend(q * self.logscale.exp() if q.size(-2) == k.size(-2) else q, k, v, bias)
+
+@register("attention", "window")
+class Window(NaiveAttention):
+    matches_naive = False
+
+    def attend(self, q, k, v, bias):  # the last 8 keys, counted as if the queries were the first positions
+        far = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril(-8)
+        far = torch.zeros(far.shape, device=q.device).masked_fill(far, float("-inf"))
+        return super().attend(q, k, v, far if bias is None else bias + far)
 """
 
 DIFFER = "the logits of 4 tokens fed through a key/value cache (as 2, then one at a time) differ from one forward pass " \
@@ -565,6 +619,12 @@ RAISED = "a forward pass of 4 tokens fed through a key/value cache (as 2, then o
      DIFFER),
     # A correct plugin attention beside the feedforward that breaks the cache is not blamed alone.
     (["model.attention=plain", "model.feedforward=previous"], ["attention plain", "feedforward previous"], DIFFER),
+    # Found once training has moved the scale: the trained model's cache is checked before the final sample.
+    (["model.attention=logscaled", "model.positional=none", "train.lr=0.05"], ["attention logscaled"], DIFFER),
+    # Found only at offsets past the window: a whole block is checked too, its last tokens fed one at a time.
+    (["model.attention=window", "model.positional=none"], ["attention window"],
+     "the logits of 32 tokens fed through a key/value cache (as 30, then one at a time) differ from one forward pass "
+     "over them by up to "),
 ])
 def test_a_key_value_cache_that_does_not_match_is_warned_of_and_sampled_without(run_with, cli, tmp_path, sets,
                                                                                named, what):

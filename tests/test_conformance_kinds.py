@@ -222,3 +222,48 @@ def test_a_positional_with_a_scalar_parameter_is_checked(temporary_component):
     temporary_component("positional", "scaled-learned", ScaledLearned)
     results = {r.check: r for r in check_component("positional", "scaled-learned")}
     assert results["offsets"].status == "pass", results["offsets"]
+
+
+def test_a_cache_bug_hidden_by_the_initial_weights_fails_the_kv_cache_check(temporary_component):
+    from gptkit.components.attention import NaiveAttention
+
+    class LogScaled(NaiveAttention):
+        """A learned temperature applied in full passes only: unseen while it is exp(0) = 1."""
+
+        def __init__(self, config, params, pos):
+            super().__init__(config, params, pos)
+            self.logscale = torch.nn.Parameter(torch.zeros(config.n_head, 1, 1))
+
+        def attend(self, q, k, v, bias):
+            return super().attend(q * self.logscale.exp() if q.size(-2) == k.size(-2) else q, k, v, bias)
+
+    temporary_component("attention", "logscaled", LogScaled)
+    results = {r.check: r for r in check_component("attention", "logscaled")}
+    assert results["kv cache"].status == "fail", results["kv cache"]
+    assert results["kv cache"].detail.startswith("AssertionError: cached logits differ from a full forward pass by ")
+
+
+def test_check_takes_the_test_models_sizes(cli, temporary_component):
+    from gptkit.components import Norm
+
+    class Grouped(Norm):
+        @classmethod
+        def check(cls, config, params):
+            if config.n_embd % 48:
+                raise ValueError(f"needs n_embd a multiple of 48, got {config.n_embd}")
+
+        def forward(self, x):
+            return x
+
+    temporary_component("norm", "grouped", Grouped)
+    refused = cli("check", "norm", "grouped")
+    assert refused.exit_code == 2 and refused.output == (
+        "error: norm 'grouped' cannot be checked with the test model's sizes (n_embd=32, n_head=4, block_size=16): "
+        "needs n_embd a multiple of 48, got 32; set others with --n-embd, --n-head and --block-size\n"), refused.output
+    result = cli("check", "norm", "grouped", "--n-embd", "48", "--n-head", "6", "--block-size", "8")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("norm 'grouped' from test; the test model has n_embd=48, n_head=6, block_size=8")
+    # Sizes the test model's own defaults refuse are said once, not as every check failing.
+    result = cli("check", "norm", "grouped", "--n-embd", "48", "--n-head", "5")
+    assert result.exit_code == 2 and "the test model's default attention 'flash' refuses them: n_embd 48 is not " \
+        "divisible by n_head 5; set others with --n-embd" in result.output, result.output

@@ -136,3 +136,28 @@ def test_an_interrupted_sample_command_keeps_the_text_generated_so_far(cli, monk
     result = cli("sample", "some-run", "--tokens", "100000", "--seed", "5")
     assert result.exit_code == 130 and "interrupted" in result.stderr
     assert result.stdout == expected
+
+
+def test_a_cache_bug_at_long_offsets_is_found_before_sampling_and_sampled_around(temporary_component):
+    """A sliding window whose mask ignores the cache's offset agrees with a full pass over a few tokens; the
+    check before sampling feeds a whole block too, its last tokens one at a time, as generation does."""
+    from gptkit.diagnose import check_forward
+    from gptkit.recipe.schema import ModelSection
+
+    class Window(NaiveAttention):
+        matches_naive = False
+
+        def attend(self, q, k, v, bias):  # the last 4 keys, counted as if the queries were the first positions
+            far = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool).tril(-4)
+            return super().attend(q, k, v, torch.zeros(far.shape).masked_fill(far, float("-inf")))
+
+    temporary_component("attention", "window", Window)
+    model = peaky_model(attention="window", positional="none")
+    section = ModelSection(n_embd=CONFIG.n_embd, n_head=CONFIG.n_head, n_layer=CONFIG.n_layer, dropout=CONFIG.dropout,
+                           block_size=CONFIG.block_size, attention="window", positional="none")  # peaky_model's
+    warning = check_forward(model, section)
+    assert warning.startswith(f"the logits of {CONFIG.block_size} tokens fed through a key/value cache (as "
+                              f"{CONFIG.block_size - 2}, then one at a time) differ"), warning
+    assert not model.supports_kv_cache
+    (cached, _), (recomputed, _) = (run(model, 5, None, use_cache) for use_cache in (True, False))
+    assert torch.equal(cached, recomputed)

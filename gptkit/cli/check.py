@@ -1,3 +1,5 @@
+import dataclasses
+
 import click
 
 from ..conformance import CONFIG, check_component
@@ -17,7 +19,13 @@ from . import imports_option, main
               help="Check with this parameter instead of its default, e.g. --param n_kv_head=2. Repeatable.")
 @click.option("--device", default="cpu", show_default=True,
               help="Run the checks on this device: auto, cpu, cuda, cuda:N or mps (a component with a GPU kernel of its own).")
-def check(kind, name, params, device):
+@click.option("--n-embd", type=click.IntRange(min=1), default=CONFIG.n_embd, show_default=True,
+              help="The test model's width, for a component that refuses the default sizes.")
+@click.option("--n-head", type=click.IntRange(min=1), default=CONFIG.n_head, show_default=True,
+              help="The test model's number of attention heads.")
+@click.option("--block-size", type=click.IntRange(min=2), default=CONFIG.block_size, show_default=True,
+              help="The test model's context length.")
+def check(kind, name, params, device, n_embd, n_head, block_size):
     """Run the conformance checks on one component of any kind and print a pass/fail table (exit code 1
     if any check fails). Model components: construction, shapes and dtype, finite outputs, backward,
     state_dict round trip, causality, positional offsets, attention calling its positional hooks, every
@@ -31,6 +39,7 @@ def check(kind, name, params, device):
     gptkit check feedforward reglu --import my_components.py
     gptkit check schedule cosine --param warmup_steps=100
     gptkit check attention my_triton --import my_components.py --device cuda
+    gptkit check norm my_grouped --import my_components.py --n-embd 48 --n-head 6
     """
     reg = registry(kind)  # an unknown kind: an error listing every kind
     spec = {"name": name}
@@ -42,8 +51,10 @@ def check(kind, name, params, device):
             raise UserError(f"--param {text}: the component is the NAME argument ({name}), not a parameter")
         spec[key.strip()] = yaml.load(raw, f"--param {key}")[0]
     device = resolve_device(device, "--device")
+    config = dataclasses.replace(CONFIG, n_embd=n_embd, n_head=n_head, block_size=block_size)
+    sizes = f"n_embd={n_embd}, n_head={n_head}, block_size={block_size}"
     try:
-        results = check_component(kind, spec, device=device)
+        results = check_component(kind, spec, config, device=device)
     except RegistryError as e:  # unknown, broken (which its message says), or a default of the test model unusable
         if name in reg:
             raise
@@ -51,10 +62,11 @@ def check(kind, name, params, device):
     except RecipeIssue as e:  # parameters that do not validate
         raise UserError(f"{kind} '{name}': {e}") from None
     except ValueError as e:  # the component's own check refuses the test model's sizes
-        raise UserError(f"{kind} '{name}' cannot be built with the test model {CONFIG}: {e}") from None
+        raise UserError(f"{kind} '{name}' cannot be checked with the test model's sizes ({sizes}): {e}; set "
+                        "others with --n-embd, --n-head and --block-size") from None
 
-    sizes = f"; the test model has n_embd={CONFIG.n_embd}, n_head={CONFIG.n_head}, block_size={CONFIG.block_size}"
-    click.echo(f"{kind} '{name}' from {reg.entry(name).source}{sizes if kind in MODEL_KINDS else ''}; on {device}")
+    has = f"; the test model has {sizes}" if kind in MODEL_KINDS else ""
+    click.echo(f"{kind} '{name}' from {reg.entry(name).source}{has}; on {device}")
     width = max(len(r.check) for r in results)
     for r in results:
         click.echo(f"  {r.check:<{width}}  {r.status.upper():<4}  {r.detail}".rstrip())

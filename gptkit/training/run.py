@@ -267,6 +267,10 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
             sp = recipe.sample
             with (interrupt_on_signals("sampling, after training finished; resume the run to write samples.txt"),
                   blaming(trainer.specs, "while sampling after training")):
+                if sp.tokens and model.cache_mismatch is None:  # a cache bug hidden by the initial weights shows now
+                    cache_warning = check_forward(model, recipe.model)  # (samples then recompute the context)
+                    if cache_warning:
+                        print(f"warning: {cache_warning}", file=sys.stderr)
                 text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
             write_text(run_dir / "samples.txt", text)
             log(f"Sample ({sp.tokens:,} characters after the prompt, in samples.txt too):\n{text}\n")
