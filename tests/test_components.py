@@ -435,9 +435,10 @@ def test_a_check_runs_again_with_the_texts_vocabulary(write_recipe, cli, tmp_pat
                     raise ValueError(f"at most 20 tokens, not {config.vocab_size}")
     """))
     path = write_recipe(imports=["mine.py"], model={"norm": "smallvocab"})
-    assert cli("validate", path).exit_code == 0  # validated with vocab_size 1: the text is not read yet
+    expected = "error: model.norm: smallvocab: at most 20 tokens, not 47 (with vocab_size 47)"
+    validated = cli("validate", path)  # the recipe alone passes (vocab_size 1); validate reads the text, as run does
+    assert validated.exit_code == 2 and validated.output.splitlines() == [expected], validated.output
     result = cli("run", path, "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    expected = "error: model.norm: smallvocab: at most 20 tokens, not 47 (with vocab_size 47)"
     assert result.output.splitlines() == [expected]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

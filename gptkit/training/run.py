@@ -24,7 +24,7 @@ from ..device import keep_random_state, resolve_device
 from ..diagnose import blaming, check_forward
 from ..errors import CheckpointError, ComponentError, Diverged, RunStopped, UserError, failure_reason
 from ..io import write_json, write_text
-from ..model import GPT
+from ..model import GPT, check_components
 from ..recipe import Recipe, yaml
 from ..sampling import sample
 from . import distributed
@@ -114,6 +114,7 @@ def check_data(recipe: Recipe) -> CharDataset | None:
         return None
     dataset = load_dataset(recipe.data, recipe.model.block_size)  # creates nothing: the path exists, or no corpus
     dataset.check_run(recipe.train.batch_size, recipe.sample.prompt)
+    check_components(recipe.model, recipe.model.config(dataset.vocab_size))  # as building the model will
     return dataset
 
 
