@@ -15,8 +15,6 @@ from torch import nn
 from .components.attention import KVCache, caches
 from .components.base import GPTConfig, dropout_layer
 from .errors import UserError
-from .recipe.components import MODEL_KINDS
-from .registry import RegistryError, registry
 
 
 class Block(nn.Module):
@@ -148,17 +146,9 @@ def build_model(model, vocab_size: int) -> GPT:
 def check_components(model, config: GPTConfig) -> None:
     """Each component's `check(config, params)` again, now with the real vocab_size (a recipe is
     validated with 1, before the text is read): a refusal is one error naming its recipe key."""
-    issues = []
-    for kind in MODEL_KINDS:
-        spec = getattr(model, kind)
-        try:
-            registry(kind).check(spec.name, config, spec.params)
-        except ValueError as e:
-            issues.append(f"model.{kind}: {spec.name}: {e} (with vocab_size {config.vocab_size})")
-        except RegistryError as e:  # a bug in the component's check, which names it
-            issues.append(f"model.{kind}: {e}")
+    issues = model.component_issues(config)
     if issues:
-        raise UserError("; ".join(issues))
+        raise UserError("; ".join(f"model.{kind}: {why} (with vocab_size {config.vocab_size})" for kind, why in issues))
 
 
 def _init_culprit(e: BaseException, specs: dict):

@@ -85,19 +85,24 @@ class ModelSection(Section):
             divisors = [h for h in range(1, min(self.n_embd, 64) + 1) if self.n_embd % h == 0]
             raise RecipeIssue([(("n_head",), f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}; "
                                 f"n_head must divide n_embd, e.g. one of {divisors[-6:]}")])
-        config = self.config(vocab_size=1)  # the vocabulary is not known until the corpus is read
+        issues = self.component_issues(self.config(vocab_size=1))  # the vocabulary is unknown until the text is read
+        if issues:
+            raise RecipeIssue([((kind,), message) for kind, message in issues])
+        return self
+
+    def component_issues(self, config: GPTConfig) -> list[tuple[str, str]]:
+        """(kind, why) for each component whose `check` refuses `config`: "name: its message", or the
+        registry's error naming it when the check itself is broken."""
         issues = []
         for kind in MODEL_KINDS:
             spec = getattr(self, kind)
             try:
                 registry(kind).check(spec.name, config, spec.params)
             except ValueError as e:
-                issues.append(((kind,), f"{spec.name}: {e}"))
+                issues.append((kind, f"{spec.name}: {e}"))
             except RegistryError as e:  # a bug in the component's check, which names it
-                issues.append(((kind,), str(e)))
-        if issues:
-            raise RecipeIssue(issues)
-        return self
+                issues.append((kind, str(e)))
+        return issues
 
 
 CompileModes = Literal[True, False, "auto", "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"]
