@@ -200,6 +200,11 @@ def test_a_checkpoint_whose_characters_do_not_match_its_vocabulary_size_is_refus
     result = cli("sample", tmp_path / "cut.pt", "--tokens", "50")
     assert result.exit_code == 2 and "lacks a valid itos (as many characters as vocab_size)" in result.output, \
         result.output
+    for bad, why in ((5, "a list of single characters"), ("ab", "a list of single characters"),
+                     (state["itos"][1], "each character once")):
+        torch.save({**state, "itos": [bad, *state["itos"][1:]], "vocab_size": len(state["itos"])}, tmp_path / "bad.pt")
+        result = cli("sample", tmp_path / "bad.pt", "--tokens", "5")
+        assert result.exit_code == 2 and f"lacks a valid itos ({why})" in result.output, result.output
 
 
 def test_a_warm_up_longer_than_the_run_is_warned_of(cli, tmp_path, write_recipe):

@@ -122,6 +122,10 @@ def load_checkpoint(path: Path) -> dict:
     wrong = [key for key, kind in REQUIRED.items() if not isinstance(state.get(key), kind)]
     if not wrong and len(state["itos"]) != state["vocab_size"]:
         wrong = ["itos (as many characters as vocab_size)"]
+    elif not wrong and not all(isinstance(c, str) and len(c) == 1 for c in state["itos"]):
+        wrong = ["itos (a list of single characters)"]
+    elif not wrong and len(set(state["itos"])) != len(state["itos"]):
+        wrong = ["itos (each character once)"]
     if wrong:  # a hand-made or damaged file: said here, not as a KeyError deep in resume or sampling
         raise UserError(f"checkpoint {path} lacks a valid {', '.join(wrong)}; it cannot be used")
     return state
