@@ -1,12 +1,29 @@
 """`gptkit bench`: variants measured side by side, as a table or as JSON."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from gptkit.bench import format_report, parse_vary, peak, run_bench, variants
 from gptkit.errors import UserError
+
+SHORT_CORPUS = """
+from gptkit.components import register
+from gptkit.components.corpus import Corpus
+
+@register("corpus", "short")
+class Short(Corpus):
+    def text(self):
+        return "KING: hail.\\n" * 300
+"""
 
 EXPLODES = """
 from gptkit.components import register
@@ -48,6 +65,9 @@ def test_bench_json_reports_every_variant_against_the_first(cli, write_recipe):
     (["--vary", "model.attention=flash,naive", "--vary", "model.attention=flash"], "--vary model.attention is given "
                                                                                     "twice; list all its values in one --vary"),
     (["--warmup", "0"], "Invalid value for '--warmup'"),  # a compile's fallback to eager would be timed
+    (["--vary", "model.attention=flash,naive,flash"], "--vary model.attention: flash is given twice; give each value once"),
+    (["--vary", "model.norm=rmsnorm,{name: rmsnorm}"], "--vary model.norm=rmsnorm and model.norm={name: rmsnorm} give "
+                                                       "the same recipe; give each value once"),
 ])
 def test_bench_rejects_a_bad_variant_before_any_work(cli, write_recipe, args, message):
     result = cli("bench", write_recipe(), *args)
@@ -76,7 +96,28 @@ def test_vary_is_split_as_ablate_splits_it(cli, write_recipe):
 
 def test_bench_reports_a_batch_too_large_for_the_data(cli, write_recipe):
     result = cli("bench", write_recipe(), "--set", "train.batch_size=100000", "--steps", "1", "--rounds", "1")
-    assert result.exit_code == 2 and "train.batch_size 100000" in result.output
+    assert result.exit_code == 2 and "error: train.batch_size 100000" in result.output  # no "variant baseline: "
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--vary", "train.batch_size=4,4000"], "error: variant train.batch_size=4000: train.batch_size 4000 is larger than"),
+    (["--set", "data.path=absent.txt", "--vary", "train.batch_size=4,8"], "error: variant train.batch_size=4: data.path: "
+                                                                          "file "),
+])
+def test_every_variants_data_is_checked_before_any_work(cli, write_recipe, args, message):
+    result = cli("bench", write_recipe(sample={"prompt": "no such characters: #%&"}), *args)  # nothing is sampled
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Peak" not in result.output and "warmed up" not in result.output
+
+
+def test_a_corpus_that_makes_too_little_data_is_found_out_before_any_work(cli, write_recipe, tmp_path,
+                                                                          scratch_registries):
+    (tmp_path / "short.py").write_text(SHORT_CORPUS)
+    path = write_recipe(imports=["short.py"], data={"path": str(tmp_path / "made.txt"), "corpus": "short"})
+    result = cli("bench", path, "--vary", "train.batch_size=8,100000")
+    assert result.exit_code == 2 and "Peak" not in result.output, result.output
+    assert "error: variant train.batch_size=100000: train.batch_size 100000 is larger than" in result.output
+    assert (tmp_path / "made.txt").read_text() == "KING: hail.\n" * 300  # as the first worker would have made it
 
 
 def test_each_variant_reports_its_own_peak_memory(write_recipe):
@@ -118,3 +159,47 @@ def test_each_variant_is_measured_against_the_peak_of_its_own_dtype(write_recipe
 def test_run_bench_checks_its_arguments(write_recipe, kwargs, error):
     with pytest.raises(error):
         run_bench(write_recipe(), **kwargs)
+
+
+# Run at the interpreter's start in every bench worker (and nowhere else): it writes its pid, then lingers
+# as a slow import would, so that a signal meets a worker that has not reached worker.main yet.
+SLOW_START = """
+import os, sys, time
+if "--multiprocessing-fork" in sys.orig_argv:
+    with open(os.environ["WORKER_PID"] + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(os.environ["WORKER_PID"] + ".tmp", os.environ["WORKER_PID"])
+    time.sleep(5)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX signals")
+@pytest.mark.parametrize("sig, whom, code, last_line", [
+    (signal.SIGINT, "group", 130, "interrupted"),  # Ctrl-C: the terminal signals the whole process group
+    (signal.SIGINT, "worker", 0, "(tokens/step 256; micro-batch 8)"),  # the parent's to handle: ignored
+    (signal.SIGTERM, "parent", 143, "stopped: SIGTERM received while benchmarking"),
+    (signal.SIGKILL, "parent", -9, None),  # the worker must go quietly of itself
+])
+def test_a_signal_while_a_worker_starts_ends_all_quietly(write_recipe, tmp_path, sig, whom, code, last_line):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_START)
+    worker_pid = tmp_path / "worker.pid"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(Path(__file__).parents[1])]),
+           "WORKER_PID": str(worker_pid)}
+    proc = subprocess.Popen([sys.executable, "-m", "gptkit", "bench", write_recipe(), "--steps", "1", "--rounds", "1",
+                             "--warmup", "1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        while not worker_pid.exists():
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.05)
+        if whom == "group":
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(int(worker_pid.read_text()) if whom == "worker" else proc.pid, sig)
+        out, _ = proc.communicate(timeout=120)  # its end of stdout closed: the parent and its workers, all ended
+    finally:
+        proc.kill()
+    assert proc.returncode == code and "Traceback" not in out and "Error" not in out, out
+    if last_line:
+        assert out.rstrip().splitlines()[-1] == last_line, out

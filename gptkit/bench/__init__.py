@@ -9,17 +9,24 @@ FLOPs per token are analytic (GPT.flops_per_token, PaLM's estimate: 6 per matmul
 FLOP/s by the device's measured matmul peak (peak.py).
 """
 
+import contextlib
 import itertools
+import json
 import multiprocessing
+import signal
 import statistics
+import threading
 from dataclasses import asdict, dataclass, field
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 import torch
 
 from ..ablation import spec
 from ..device import resolve_device, use_bf16
-from ..errors import RunStopped, UserError
+from ..data.dataset import load_dataset
+from ..errors import Interrupted, RunStopped, UserError
+from ..model import check_components
 from ..recipe import load_recipe, yaml
 from . import worker
 from .peak import matmul_peak
@@ -46,6 +53,11 @@ class Variant:
     compiled: bool = False
     round_ms: list[float] = field(default_factory=list)
 
+    @property
+    def which(self) -> str:
+        """How its errors begin: its name, when there are variants to tell apart."""
+        return f"variant {self.label}: " if self.overrides else ""
+
 
 def parse_vary(texts: list[str]) -> list[tuple[str, list[str]]]:
     """["model.attention=flash,naive"] -> [("model.attention", ["flash", "naive"])], split as ablate splits
@@ -54,6 +66,8 @@ def parse_vary(texts: list[str]) -> list[tuple[str, list[str]]]:
     for key, values in axes:
         for value in values:  # here, or a syntax error would be reported as the --set it becomes
             yaml.load(value, f"--vary {key}={value}")
+            if values.count(value) > 1:
+                raise UserError(f"--vary {key}: {value} is given twice; give each value once")
     return axes
 
 
@@ -76,12 +90,15 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     found = variants(parse_vary(list(vary)))
     recipes = [load_recipe(recipe_path, [*overrides, *v.overrides], origins={t: f"--vary {t}" for t in v.overrides})
-               for v in found]  # all checked before any work
+               for v in found]  # all checked before any work, their data too
+    check_distinct(found, recipes)
+    check_variant_data(found, recipes)
     threads = threads or torch.get_num_threads()
-    peaks = measure_peaks(found, recipes, threads, log)
+    with sigterm_interrupts():
+        peaks = measure_peaks(found, recipes, threads, log)
+        memory_kind = measure(found, recipes, threads, warmup, steps, rounds, log)
     device, _ = first = peak_key(recipes[0].train)
     peak, peak_source = peaks[first]
-    memory_kind = measure(found, recipes, threads, warmup, steps, rounds, log)
     for v in found:
         v.ms_per_step = statistics.median(v.round_ms)
         v.tokens_per_s = v.tokens_per_step / (v.ms_per_step / 1000)
@@ -103,6 +120,69 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
         "rounds": rounds,
         "variants": [asdict(v) for v in found],
     }
+
+
+def check_distinct(found: list[Variant], recipes: list) -> None:
+    """Two variants that resolve to the same recipe would measure one thing twice: refused."""
+    seen = {}
+    for v, recipe in zip(found, recipes):
+        same = seen.setdefault(json.dumps(recipe.to_dict(), sort_keys=True), v)
+        if same is not v:  # values spelled apart (parse_vary refuses a value given twice)
+            a, b = zip(*[(x, y) for x, y in zip(same.overrides, v.overrides) if x != y])
+            raise UserError(f"--vary {' '.join(a)} and {' '.join(b)} give the same recipe; give each value once")
+
+
+def check_variant_data(found: list[Variant], recipes: list) -> None:
+    """Every variant's data checked as `gptkit run` checks it before training (but for sample.prompt:
+    nothing is sampled), here rather than after the peak and the earlier variants' warm-ups."""
+    for v, recipe in zip(found, recipes):
+        try:
+            dataset = load_dataset(recipe.data, recipe.model.block_size)  # creates a corpus file, as the worker would
+            dataset.check_batch_size(recipe.train.batch_size)
+            check_components(recipe.model, recipe.model.config(dataset.vocab_size))
+        except UserError as e:
+            raise UserError(v.which + str(e)) from None
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """A SIGTERM stops the benchmark as a Ctrl-C does, its workers with it (Interrupted: exit code 143),
+    rather than ending this process alone."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum, "SIGTERM received while benchmarking")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Around a worker's start. The worker inherits SIGINT blocked (masks survive exec), so that a Ctrl-C
+    cannot raise KeyboardInterrupt in it before worker.main ignores SIGINT (multiprocessing guards its
+    resource tracker so, bpo-33613); and the parent acts on SIGINT or SIGTERM only once the worker is
+    among those it stops, not halfway through its start (the worker would print an EOFError)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    resource_tracker.ensure_running()  # now: when the first start launches it, it unblocks SIGINT after
+    came = []
+    previous = {s: signal.signal(s, lambda signum, frame: came.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in came:  # handled as they would have been, now that the worker can be stopped
+            signal.raise_signal(s)
 
 
 def measure_peaks(found: list[Variant], recipes: list, threads: int, log) -> dict:
@@ -131,21 +211,22 @@ def measure(found: list[Variant], recipes: list, threads: int, warmup: int, step
         for v, recipe in zip(found, recipes):
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker.main, args=(child, recipe.to_dict(), threads), daemon=True)
-            proc.start()
-            procs.append(proc)
+            with signals_held():
+                proc.start()
+                procs.append(proc)
             conns.append(parent)
-            info = ask(parent, ("warmup", warmup), proc, v.label)
+            info = ask(parent, ("warmup", warmup), proc, v.which)
             v.warmup_seconds = info["build_seconds"] + info["seconds"]
             for key in ("params", "flops_per_token", "tokens_per_step", "micro_batch_size", "compiled"):
                 setattr(v, key, info[key])
             log(f"  warmed up {v.label} in {v.warmup_seconds:.1f} s")
         for r in range(rounds):
             for v, conn, proc in zip(found, conns, procs):
-                v.round_ms.append(1000 * ask(conn, ("run", steps), proc, v.label)["seconds"] / steps)
+                v.round_ms.append(1000 * ask(conn, ("run", steps), proc, v.which)["seconds"] / steps)
             log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{ms:,.0f}" for ms in (v.round_ms[-1] for v in found)) + " ms/step")
         memory_kind = ""
         for v, conn, proc in zip(found, conns, procs):
-            stats = ask(conn, ("stop",), proc, v.label)
+            stats = ask(conn, ("stop",), proc, v.which)
             v.peak_memory, memory_kind = stats["peak_memory"], stats["memory_kind"]
         return memory_kind
     except BaseException:  # the others wait for a message that will not come: end them now
@@ -169,9 +250,8 @@ class BenchFailed(RunStopped):
     """A variant's worker process died or raised: the benchmark cannot finish (exit code 1)."""
 
 
-def ask(conn, message: tuple, proc, label: str) -> dict:
-    """The worker's reply to `message`; its failure names the variant (`label`; empty: the only one)."""
-    which = f"variant {label}: " if label else ""
+def ask(conn, message: tuple, proc, which: str) -> dict:
+    """The worker's reply to `message`; its failure begins with `which` (Variant.which)."""
     conn.send(message)
     while not conn.poll(1):
         if not proc.is_alive():

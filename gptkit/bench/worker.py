@@ -6,10 +6,13 @@ behind (allocator caches, compiled graphs) slows the others. The parent drives i
     ("stop",)     -> {"peak_memory", "memory_kind"}    then the process exits
 """
 
+import multiprocessing
+import os
 import re
 import resource
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -77,8 +80,27 @@ class Bench:
 
 
 def main(conn, recipe_dict: dict, threads: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle: it stops the workers
+    # A Ctrl-C is the parent's to handle: it stops the workers. (SIGINT is blocked from this process's
+    # start, see bench.signals_held; ignored, a pending one is dropped.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=exit_with_parent, daemon=True).start()
     torch.set_num_threads(threads)
+    try:
+        serve(conn, recipe_dict)
+    except (EOFError, ConnectionError):  # the parent has gone: there is no one to answer or tell
+        pass
+
+
+def exit_with_parent() -> None:
+    """Ends this process as soon as the parent has gone, however it went (SIGKILL too), rather than
+    training on for no one."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(0)
+
+
+def serve(conn, recipe_dict: dict) -> None:
     bench = None
     try:
         while True:
@@ -96,6 +118,8 @@ def main(conn, recipe_dict: dict, threads: int) -> None:
                 memory, kind = peak_memory(bench.device)
                 conn.send({"peak_memory": memory, "memory_kind": kind})
                 return
+    except (EOFError, ConnectionError):
+        raise
     except UserError as e:
         conn.send({"user_error": str(e)})
     except Exception:  # reported to the parent, which has the terminal

@@ -54,7 +54,8 @@ class CosineParams(WarmupParams):
 @schedule.register("cosine")
 class Cosine(Schedule):
     """Linear warm-up, then cosine decay to `min_factor` at the last step (Loshchilov & Hutter 2016,
-    arXiv:1608.03983)."""
+    arXiv:1608.03983). The step after warm-up is the peak, even when it is the last one (warmup_steps
+    = total - 1, or a one-step run): there is then no step left to decay over."""
 
     Params = CosineParams
 
