@@ -327,6 +327,7 @@ DATA_CASES += [
     ("name-too-long", lambda c: recipe_text(c), ["--set", f"data.path={'x' * 300}.txt"], ["File name too long"]),
     ("a-number", lambda c: recipe_text(c), ["--set", "data.path=2024"], ["quote it: --set 'data.path=\"2024\"'"]),
     ("stride-huge", lambda c: recipe_text(c), ["--set", f"data.stride={10**24}"], ["less than or equal to 1099511627776"]),
+    ("no-such-gpu", lambda c: recipe_text(c), ["--set", "train.device=cuda:7"], ["train.device: cuda:7 was asked for"]),
 ]
 
 

@@ -1,5 +1,6 @@
 import click
 
+from ..device import resolve_device
 from ..recipe import load_recipe, yaml
 from ..training.run import check_data
 from . import main, overrides_option
@@ -11,13 +12,14 @@ from . import main, overrides_option
 def validate(recipe, overrides):
     """Check RECIPE and print it fully resolved, with every default filled in.
 
-    Checks every field, and the data as `gptkit run` does before it trains: data.path exists and is
-    UTF-8 text with more than one block for training (and for validation), train.batch_size is at most
-    its training windows per epoch, and sample.prompt's characters are in its vocabulary. Nothing is
-    written: a data.path that data.corpus would create on the first run is not created, and its checks
+    Checks every field, and what `gptkit run` checks before it trains: train.device is here, data.path
+    exists and is UTF-8 text with more than one block for training (and for validation),
+    train.batch_size is at most its training windows per epoch, sample.prompt's characters are in its
+    vocabulary, and the components accept its size. Nothing is written: a data.path that data.corpus would create on the first run is not created, and its checks
     are left to that run (a note on stderr says so).
     """
     resolved = load_recipe(recipe, overrides)
+    resolve_device(resolved.train.device)
     if check_data(resolved) is None:
         data = resolved.data
         click.echo(f"note: data.path {data.path} does not exist yet: the '{data.corpus.name}' corpus will "
