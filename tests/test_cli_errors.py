@@ -153,6 +153,28 @@ def test_missing_recipe(cli, tmp_path):
     assert result.exit_code == 2 and "recipe file" in result.output and "not found" in result.output
 
 
+def test_a_folder_given_as_the_recipe_says_how_to_resume_a_run(cli, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.yaml").write_text("name: x\n")
+    result = cli("run", tmp_path / "run")
+    assert result.exit_code == 2 and result.output.splitlines() == [
+        f"error: {tmp_path / 'run'} is a folder, not a recipe file; to continue that run: gptkit run --resume "
+        f"{tmp_path / 'run'}"], result.output
+    result = cli("run", tmp_path)
+    assert result.exit_code == 2 and result.output.splitlines() == [f"error: {tmp_path} is a folder, not a recipe file"]
+
+
+def test_runs_dir_beside_an_explicit_resume_is_said_to_be_unused(cli, tmp_path, write_recipe):
+    runs = tmp_path / "runs"
+    assert cli("run", write_recipe(train={"max_steps": 2}), "--runs-dir", runs, "-q").exit_code == 0
+    (run_dir,) = runs.iterdir()
+    assert "is not used" not in cli("run", "--resume", run_dir, "--runs-dir", runs, "-q").stderr
+    result = cli("run", "--resume", run_dir, "--runs-dir", tmp_path / "elsewhere", "-q")
+    assert result.exit_code == 0 and result.stderr.startswith(
+        f"note: --runs-dir {tmp_path / 'elsewhere'} is not used: a resumed run stays in its folder, {run_dir}\n")
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_unwritable_runs_dir(cli, tmp_path, write_recipe):
     if os.geteuid() == 0:  # root may write anywhere a normal file system allows; /proc refuses even root
         if not os.path.isdir("/proc/self"):

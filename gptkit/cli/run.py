@@ -11,7 +11,7 @@ from . import main, overrides_option
 
 
 @main.command()
-@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.argument("recipe", required=False, type=click.Path())
 @overrides_option
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(),
               help="Folder that receives the run folder.")
@@ -31,6 +31,13 @@ def run(recipe, overrides, runs_dir, resume, quiet):
     Exit codes: 0 finished; 2 a mistake in the input; 3 training diverged; 4 a checkpoint could not be
     saved; 130 / 143 stopped by SIGINT / SIGTERM after saving a checkpoint (resume with --resume).
     """
+    explicit = resume not in (None, "auto")
+    if recipe is not None and Path(recipe).is_dir():  # a run folder, most likely, given where a recipe goes
+        hint = f"; to continue that run: gptkit run --resume {recipe}" if (Path(recipe) / "recipe.yaml").is_file() else ""
+        raise UserError(f"{recipe} is a folder, not a recipe file{hint}")
+    runs_dir_given = click.get_current_context().get_parameter_source("runs_dir") is not click.core.ParameterSource.DEFAULT
+    if explicit and runs_dir_given and Path(resume).resolve().parent != Path(runs_dir).resolve():
+        click.echo(f"note: --runs-dir {runs_dir} is not used: a resumed run stays in its folder, {resume}", err=True)
     if recipe is None:
         if resume in (None, "auto"):
             raise UserError("give a RECIPE to run, or --resume RUN_DIR to continue a run")
@@ -40,7 +47,7 @@ def run(recipe, overrides, runs_dir, resume, quiet):
     try:
         loaded = load_recipe(recipe, overrides)
     except UserError as e:  # a component the run was trained with may be unknown here: say which package it was
-        if resume in (None, "auto"):
+        if not explicit:
             raise
         raise with_plugin_hint(e, Path(resume)) from None
     result = train(loaded, runs_dir=runs_dir, quiet=quiet, resume=resume)
