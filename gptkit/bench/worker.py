@@ -4,6 +4,8 @@ behind (allocator caches, compiled graphs) slows the others. The parent drives i
     ("warmup", n) -> {"seconds", "build_seconds", "flops_per_token", "tokens_per_step", "params", ...}
     ("run", n)    -> {"seconds"}                       n timed training steps, synchronised at the end
     ("stop",)     -> {"peak_memory", "memory_kind"}    then the process exits
+
+Signals are the parent's to handle (it stops its workers); a worker whose parent has gone ends quietly.
 """
 
 import multiprocessing
@@ -80,9 +82,7 @@ class Bench:
 
 
 def main(conn, recipe_dict: dict, threads: int) -> None:
-    # A Ctrl-C is the parent's to handle: it stops the workers. (SIGINT is blocked from this process's
-    # start, see bench.signals_held; ignored, a pending one is dropped.)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # blocked since this process started (bench.signals_held)
     threading.Thread(target=exit_with_parent, daemon=True).start()
     torch.set_num_threads(threads)
     try:
@@ -118,7 +118,7 @@ def serve(conn, recipe_dict: dict) -> None:
                 memory, kind = peak_memory(bench.device)
                 conn.send({"peak_memory": memory, "memory_kind": kind})
                 return
-    except (EOFError, ConnectionError):
+    except (EOFError, ConnectionError):  # the parent has gone: see main
         raise
     except UserError as e:
         conn.send({"user_error": str(e)})
