@@ -84,7 +84,7 @@ def test_shipped_ablation_plans_over_the_four_kinds():
     (["--vary", "model.positional=rope", "--vary", "model.positional=alibi"], "given twice"),
     (["--vary", "model.positional=rpoe"], "arm positional=rpoe: --vary model.positional=rpoe: model.positional: "
                                           "unknown positional 'rpoe' (did you mean 'rope'?)"),
-    (["--vary", "model.positional=[rope"], "arm positional=[rope: --vary model.positional:1: not valid YAML"),
+    (["--vary", "model.positional=[rope"], "arm positional=[rope: --vary model.positional=[rope: not valid YAML"),
     (["--vary", "model.positionl=rope"], "did you mean 'positional'?"),
     (["--seeds", "x"], "--seeds x: expected a count"),
     (["--vary", "model.norm=layernorm", "--set", "data.val_fraction=0"], "an ablation compares validation losses"),

@@ -38,7 +38,11 @@ def test_scalars_follow_yaml_1_2(text, expected):
     ("a: !!python/object/apply:os.system ['echo hi']\n", "YAML tag '!!python/object/apply:os.system' is not allowed"),
     ("a: !!python/name:os.system\n", "is not allowed"),
     ("a: !custom 1\n", "YAML tag '!custom' is not allowed"),
-    ("a:\n\tb: 1\n", "r.yaml:2: a tab character is not allowed"),
+    ("a:\n\tb: 1\n", "r.yaml:2: a tab character is not allowed for indentation in YAML; indent with spaces"),
+    ("m:\n  \tb: 1\n", "r.yaml:2: a tab character is not allowed for indentation"),
+    ("m:\n  n_head: 2\t\n", "r.yaml:2: a tab character after 'n_head: 2' is not allowed in YAML; remove it"),
+    ("m:\n  n_head: 2\t# heads\n", "r.yaml:2: a tab character after 'n_head: 2' is not allowed in YAML; remove it"),
+    ("a:\t1\n", "r.yaml:1: a tab character between 'a:' and '1' is not allowed in YAML; use a space"),
     ("a: [1, 2\n", "r.yaml:2: not valid YAML"),
     ("a: 'open\n", "not valid YAML"),
     ("data: &a {path: x, y: *a}\n", "r.yaml:1: an alias refers to a value that contains it"),
@@ -127,6 +131,19 @@ def test_naming_the_component_a_recipe_already_has_keeps_its_parameters(write_re
     assert other.name == "alibi" and "base" not in type(other.params).model_fields
 
 
+def test_naming_another_component_by_its_name_starts_from_its_defaults(write_recipe):
+    """`X.name=OTHER` is `X=OTHER` (README), as `--vary train.optimizer.name=adamw,muon` makes each arm."""
+    path = write_recipe(model={"positional": {"name": "rope", "base": 500}}, train={"optimizer": {"name": "muon", "beta2": 0.99}})
+    by_name = load_recipe(path, ["train.optimizer.name=adamw"]).train.optimizer
+    assert by_name == load_recipe(path, ["train.optimizer=adamw"]).train.optimizer and by_name.params.beta2 == 0.999
+    assert load_recipe(path, ["model.positional.name=learned"]).model.positional.name == "learned"  # no rope base left
+    assert load_recipe(path, ["model.positional.name=rope"]).model.positional.params.base == 500  # the same: unchanged
+    for overrides in (["train.optimizer.beta2=0.9", "train.optimizer.name=adamw"],  # its parameters go after it
+                      ["train.optimizer.name=adamw", "train.optimizer.beta2=0.9"]):
+        optimizer = load_recipe(path, overrides).train.optimizer
+        assert (optimizer.name, optimizer.params.beta2) == ("adamw", 0.9)
+
+
 def test_override_gives_a_default_component_parameters(write_recipe):
     r = load_recipe(write_recipe(), ["model.attention.bias=true", "train.schedule.warmup_steps=3"])
     assert r.model.attention.name == "flash" and r.model.attention.params.bias
@@ -141,6 +158,40 @@ def test_an_override_is_blamed_for_an_error_above_its_key(write_recipe):
 def test_of_two_overrides_of_a_key_the_last_is_blamed(write_recipe):
     with pytest.raises(RecipeError, match=r"^--set train.lr=x: train.lr"):
         load_recipe(write_recipe(), ["train.lr=0.1", "train.lr=x"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.n_embd=30", "--set model.n_embd=30: model.n_head: n_embd 30 is not divisible by n_head 4"),
+    ("model.n_embd=36", "--set model.n_embd=36: model.positional: rope: rope needs an even head size"),
+])
+def test_an_override_is_blamed_for_an_error_it_causes_at_another_key(write_recipe, override, message):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write_recipe(model={"positional": "rope"}), [override])
+    assert str(e.value).startswith(message)
+
+
+def test_an_error_the_file_causes_is_not_blamed_on_an_unrelated_override(write_recipe):
+    path = write_recipe(model={"n_embd": 30})
+    line = path.read_text().splitlines().index("  n_head: 4") + 1
+    with pytest.raises(RecipeError, match=rf"^{path}:{line}: model.n_head: n_embd 30 is not divisible"):
+        load_recipe(path, ["model.tie_embeddings=false", "train.lr=0.1"])
+
+
+def test_an_override_is_blamed_for_an_import_that_fails(write_recipe, tmp_path):
+    (tmp_path / "bad.py").write_text("raise ValueError('no')\n")
+    with pytest.raises(RecipeError, match=rf"^--set imports=\[{tmp_path}/bad.py\]: imports: {tmp_path}/bad.py:1: "):
+        load_recipe(write_recipe(), [f"imports=[{tmp_path}/bad.py]"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.n_embd=[1", "--set model.n_embd=[1: not valid YAML: expected ',' or ']'"),
+    ("model.n_embd={a: 1, a: 2}", "--set model.n_embd={a: 1, a: 2}: duplicate key 'a'; YAML would silently keep"),
+    ("model.n_embd=1\t", "--set model.n_embd=1\t: a tab character after '1' is not allowed in YAML; remove it"),
+])
+def test_a_yaml_error_in_an_override_names_it_whole(write_recipe, override, message):
+    with pytest.raises(YAMLError) as e:
+        load_recipe(write_recipe(), [override])
+    assert str(e.value).startswith(message)
 
 
 def test_override_paths_are_relative_to_the_cwd(write_recipe, tmp_path, monkeypatch):

@@ -28,11 +28,13 @@ MODEL_KINDS = ("attention", "feedforward", "norm", "positional")
 
 
 class RecipeIssue(ValueError):
-    """A validation failure that knows its location below the field it was raised for."""
+    """A validation failure that knows its location below the field it was raised for, and `causes`:
+    the other keys there whose values make it a failure too (n_embd, for an n_head that does not divide
+    it), so that an override of one of them is named as its cause."""
 
-    def __init__(self, issues: list[tuple[tuple, str]]):
+    def __init__(self, issues: list[tuple[tuple, str]], causes: tuple[tuple, ...] = ()):
         super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" if loc else msg for loc, msg in issues))
-        self.issues = issues
+        self.issues, self.causes = issues, causes
 
 
 @dataclass(frozen=True)

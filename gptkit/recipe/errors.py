@@ -37,6 +37,17 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], extra_keys: se
     return issues
 
 
+def causes(exc: ValidationError) -> dict[Loc, list[Loc]]:
+    """For each error of `exc` that other keys cause too (see RecipeIssue), its key path: their key paths."""
+    found = {}
+    for err in exc.errors():
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, RecipeIssue) and cause.causes:
+            loc = tuple(err["loc"])
+            found |= {loc + sub: [loc + key for key in cause.causes] for sub, _ in cause.issues}
+    return found
+
+
 class NotAString(str):
     """The message for a string field that YAML read as something else (`prompt: 2024`, `--set
     sample.prompt=ROMEO:`); `value` is what it read. Whoever knows how the value was written adds

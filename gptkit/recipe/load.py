@@ -14,8 +14,8 @@ from .. import plugins
 from ..errors import UserError
 from ..io import read_text
 from . import yaml
-from .components import loading_model_only
-from .errors import NotAString, describe_errors, string_hint
+from .components import ComponentSpec, loading_model_only
+from .errors import NotAString, causes, describe_errors, string_hint
 from .schema import Recipe, RecipePath, _resolve
 
 
@@ -56,10 +56,13 @@ def _refuse_ablation_file(path: Path, data: dict) -> None:
 def apply_overrides(data: dict, overrides: Sequence[str] | None, origins: Mapping[str, str] | None = None
                     ) -> list[tuple[tuple, str]]:
     """apply_override for each of `overrides`, in order, except that a key goes before the keys below it
-    (model.positional=rope before model.positional.base=500, whichever came first: else naming the
-    component would start it from its defaults, silently dropping the parameter); what they return."""
+    (model.positional=rope, or model.positional.name=rope, before model.positional.base=500, whichever
+    came first: else naming the component would start it from its defaults, silently dropping the
+    parameter); what they return."""
     texts = check_overrides(overrides)
-    depth_first = sorted(range(len(texts)), key=lambda i: texts[i].partition("=")[0].count("."))  # stable
+    # X.name=OTHER is X=OTHER (see apply_override): at X's depth.
+    depth = [t.partition("=")[0].strip().removesuffix(".name").count(".") for t in texts]
+    depth_first = sorted(range(len(texts)), key=depth.__getitem__)  # stable
     done = {i: apply_override(data, texts[i], (origins or {}).get(texts[i])) for i in depth_first}
     applied = [done[i] for i in range(len(texts))]  # in the order given: problems are reported in it
     keys = [k for k, _ in applied]
@@ -95,7 +98,7 @@ def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
              source: yaml.Source | None = None) -> Recipe:
     """The Recipe `data` describes, or one RecipeError listing every problem; `source` (of the file's
     text) lets a string field given a number or a mapping say how to quote it as it was written."""
-    unrun = _import_files(data, origin, base_dir, lines or {})
+    unrun = _import_files(data, origin, base_dir, lines or {}, overrides)
     try:
         return Recipe.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
@@ -109,23 +112,30 @@ def _problems(e: ValidationError, origin: str, lines: dict | None, overrides: Se
               source: yaml.Source | None = None) -> str:
     """Every validation error, on a line of its own, named by its file line or by its override."""
     problems = []  # (the override's index, the line, the text): the recipe's own in file order, then --set's
+    also = causes(e)
     for loc, msg in describe_errors(e, Recipe):
-        key = ".".join(map(str, loc))
-        # An override is to blame for errors at or below its key, and above it (train.lr.x=5); of
-        # several, the last, whose value won.
-        blamed = next((i for i, (keys, _) in reversed(list(enumerate(overrides)))
-                       if loc[: len(keys)] == keys or (loc and keys[: len(loc)] == loc)), None)
+        blamed, line, where = _blame(loc, also.get(loc, []), origin, lines or {}, overrides)
         if isinstance(msg, NotAString):
-            msg = f"{msg} {_string_hint(msg.value, loc, overrides[blamed] if blamed is not None else None, source)}"
-        if blamed is not None:
-            problems.append((blamed, 0, f"{overrides[blamed][1]}: {key}: {msg}"))
-        else:
-            line = next(((lines or {})[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in (lines or {})), None)
-            problems.append((-1, line or 0, f"{origin}{f':{line}' if line else ''}: {key}: {msg}"))
+            msg = f"{msg} {_string_hint(msg.value, loc, overrides[blamed] if blamed >= 0 else None, source)}"
+        problems.append((blamed, line, f"{where}: {'.'.join(map(str, loc))}: {msg}"))
     texts = [text for *_, text in sorted(problems, key=lambda p: p[:2])]
     if len(texts) == 1:
         return texts[0]
     return f"{origin} has {len(texts)} problems:\n" + "\n".join(f"  {t}" for t in texts)
+
+
+def _blame(loc: tuple, causes: list[tuple], origin: str, lines: dict, overrides: Sequence[tuple[tuple, str]]
+           ) -> tuple[int, int, str]:
+    """Who is to blame for an error at `loc` that the values at `causes` make one too, as (the override's
+    index, or -1 for the file; its line, or 0; how errors name it). An override is to blame for errors at
+    or below its key, above it (train.lr.x=5), or at a cause (--set model.n_embd=1 for n_head); of
+    several, the last, whose value won. Else the file is, at the nearest line it has."""
+    for i in reversed(range(len(overrides))):
+        keys, label = overrides[i]
+        if any(at[: len(keys)] == keys or (at and keys[: len(at)] == at) for at in [loc, *causes]):
+            return i, 0, label
+    line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), 0)
+    return -1, line, f"{origin}{f':{line}' if line else ''}"
 
 
 def _string_hint(value, loc: tuple, override: tuple[tuple, str] | None, source: yaml.Source | None) -> str:
@@ -153,7 +163,8 @@ def _string_hint(value, loc: tuple, override: tuple[tuple, str] | None, source: 
 _FILES = TypeAdapter(list[RecipePath])
 
 
-def _import_files(data: dict, origin: str, base_dir: Path | None, lines: dict) -> list[str]:
+def _import_files(data: dict, origin: str, base_dir: Path | None, lines: dict,
+                  overrides: Sequence[tuple[tuple, str]]) -> list[str]:
     """Run the files under `imports` before anything else is validated: the components they register
     are names the rest of the recipe may use. Loading a model only, a file that fails is passed by
     (returned, as its error) rather than refused."""
@@ -164,12 +175,11 @@ def _import_files(data: dict, origin: str, base_dir: Path | None, lines: dict) -
         return []  # a malformed list is reported below, with every other problem
     unrun = []
     for i, path in enumerate(files):
-        line = lines.get(("imports", i))
         try:
             plugins.import_file(path)
         except UserError as e:
             if not loading_model_only():
-                raise RecipeError(f"{origin}{f':{line}' if line else ''}: imports: {e}") from None
+                raise RecipeError(f"{_blame(('imports', i), [], origin, lines, overrides)[2]}: imports: {e}") from None
             unrun.append(str(e))  # it may have held training components only, which a model does not need
     return unrun
 
@@ -182,7 +192,7 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
     parts = tuple(key.strip().split("."))
     if not sep or not all(p.strip() for p in parts):
         raise RecipeError(f"{label}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=3e-4")
-    value, _ = yaml.load(raw, label.split("=", 1)[0] if label.startswith("--") else label)  # --set KEY, --vary KEY
+    value, _ = yaml.load(raw, label)
     if len(parts) == 1 and isinstance(data.get(key), dict) and isinstance(value, dict) and value:
         first = next(iter(value))  # a whole section would silently drop the recipe's other keys in it
         raise RecipeError(f"{label}: replaces the whole {key} section, dropping the recipe's other {key} keys; "
@@ -202,6 +212,8 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
     old = node.get(parts[-1])
     if isinstance(value, str) and isinstance(old, dict) and old.get("name") == value:
         return parts, label  # the component it is already: its parameters stay, as the baseline's do in an ablation
+    if parts[-1] == "name" and value != old and _is_component(parts[:-1]):
+        node.clear()  # another component, from its own defaults: X.name=OTHER is X=OTHER
     node[parts[-1]] = value
     return parts, label
 
@@ -216,6 +228,12 @@ def _field(parts: tuple) -> FieldInfo | None:
             return None
         model = field.annotation
     return field
+
+
+def _is_component(parts: tuple) -> bool:
+    """Whether the recipe field at `parts` (("train", "optimizer")) picks a component."""
+    field = _field(parts)
+    return field is not None and ComponentSpec in (field.annotation, *typing.get_args(field.annotation))
 
 
 def absolute_paths(parts: tuple, value, base: Path | None = None):

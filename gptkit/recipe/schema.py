@@ -61,6 +61,9 @@ class DataSection(Section):
                                        "default block_size")
 
 
+CONFIG_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")  # the sizes a component's check is given
+
+
 class ModelSection(Section):
     # Upper bounds far past any model trained with this toolkit: a typo's extra digits are an error here,
     # not minutes of building layers or a failed allocation.
@@ -76,18 +79,18 @@ class ModelSection(Section):
     positional: component("positional", "sinusoidal")
 
     def config(self, vocab_size: int) -> GPTConfig:
-        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
-                         n_embd=self.n_embd, dropout=self.dropout)
+        return GPTConfig(vocab_size=vocab_size, **{key: getattr(self, key) for key in CONFIG_KEYS})
 
     @model_validator(mode="after")
     def _compatible(self):
         if self.n_embd % self.n_head:
             divisors = [h for h in range(1, min(self.n_embd, 64) + 1) if self.n_embd % h == 0]
             raise RecipeIssue([(("n_head",), f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}; "
-                                f"n_head must divide n_embd, e.g. one of {divisors[-6:]}")])
+                                f"n_head must divide n_embd, e.g. one of {divisors[-6:]}")], causes=(("n_embd",),))
         issues = self.component_issues(self.config(vocab_size=1))  # the vocabulary is unknown until the text is read
         if issues:
-            raise RecipeIssue([((kind,), message) for kind, message in issues])
+            raise RecipeIssue([((kind,), message) for kind, message in issues],
+                              causes=tuple((key,) for key in CONFIG_KEYS))
         return self
 
     def component_issues(self, config: GPTConfig) -> list[tuple[str, str]]:

@@ -56,7 +56,7 @@ MAX_VALUES = 100_000  # per document: aliases may not expand a small file into a
 def load(text: str, origin: str) -> tuple[object, dict[Path, int]]:
     """Parse one YAML document into plain data, and the 1-based line of every key path.
 
-    `origin` names the text in errors (a file name, or `--set key`)."""
+    `origin` names the text in errors: a file name, or a flag with its value (`--set KEY=VALUE`)."""
     data, lines, _ = load_with_source(text, origin)
     return data, lines
 
@@ -121,10 +121,10 @@ class _Builder:
         if self.values > MAX_VALUES:
             raise YAMLError(f"{self.origin}: more than {MAX_VALUES:,} values (aliases expanding?); a recipe is smaller")
         if id(node) in self.open:
-            raise YAMLError(f"{self.origin}:{line}: an alias refers to a value that contains it")
+            raise YAMLError(f"{_at(self.origin, line)}: an alias refers to a value that contains it")
         if node.tag not in _PLAIN_TAGS:
             raise YAMLError(
-                f"{self.origin}:{line}: YAML tag '{node.tag.replace('tag:yaml.org,2002:', '!!')}' is not allowed; "
+                f"{_at(self.origin, line)}: YAML tag '{node.tag.replace('tag:yaml.org,2002:', '!!')}' is not allowed; "
                 "a recipe holds plain data only (no tags that build objects)"
             )
         if isinstance(node, yaml.ScalarNode):
@@ -132,7 +132,7 @@ class _Builder:
                 return self.loader.construct_object(node, deep=True)
             except (ValueError, KeyError):  # !!int abc, !!bool maybe, an integer of 5,000 digits
                 tag = node.tag.replace("tag:yaml.org,2002:", "")
-                raise YAMLError(f"{self.origin}:{line}: {node.value[:40]!r} is not a valid {tag}") from None
+                raise YAMLError(f"{_at(self.origin, line)}: {node.value[:40]!r} is not a valid {tag}") from None
         self.open.add(id(node))
         try:
             return self._mapping(node, path) if isinstance(node, yaml.MappingNode) else \
@@ -151,10 +151,11 @@ class _Builder:
                 continue
             key = self.build(key_node, path, {})
             if not isinstance(key, (str, int)):
-                raise YAMLError(f"{self.origin}:{line}: a key must be a name, got {key!r}")
+                raise YAMLError(f"{_at(self.origin, line)}: a key must be a name, got {key!r}")
             if key in own:
                 where = ".".join(map(str, path + (key,)))
-                raise YAMLError(f"{self.origin}:{line}: duplicate key '{where}' (first at line {own_lines[key]}); "
+                first = "" if _is_flag(self.origin) else f" (first at line {own_lines[key]})"
+                raise YAMLError(f"{_at(self.origin, line)}: duplicate key '{where}'{first}; "
                                 "YAML would silently keep only the last one. Remove one.")
             own_lines[key] = self.lines[path + (key,)] = line
             self.spans.pop(path + (key,), None)  # a value merged in before is overridden by this one
@@ -167,24 +168,46 @@ class _Builder:
         out = {}
         for source in sources:
             if not isinstance(source, yaml.MappingNode):
-                raise YAMLError(f"{self.origin}:{line}: '<<' merges mappings only")
+                raise YAMLError(f"{_at(self.origin, line)}: '<<' merges mappings only")
             for k, v in self.build(source, path, {}).items():
                 out.setdefault(k, v)
         return out
 
 
+def _is_flag(origin: str) -> bool:
+    """Whether `origin` is a flag with its value (`--set KEY=VALUE`), not a file."""
+    return origin.startswith("--") and " " in origin
+
+
+def _at(origin: str, line: int) -> str:
+    """Where an error is: FILE:LINE, or a flag alone, whose value (one line) has no lines worth naming."""
+    return origin if _is_flag(origin) else f"{origin}:{line}"
+
+
 def _describe(e: yaml.MarkedYAMLError, origin: str, text: str) -> str:
     mark = e.problem_mark or e.context_mark
-    where = f"{origin}:{mark.line + 1}" if mark else origin
+    where = _at(origin, mark.line + 1) if mark else origin
     problem = e.problem or e.context or "not valid YAML"
-    if "'\\t'" in problem:
-        return f"{where}: a tab character is not allowed for indentation in YAML; indent with spaces"
+    if "'\\t'" in problem and mark:
+        return f"{where}: {_tab(text, mark.index)}"
     opened = e.context_mark
     if e.context and opened and mark and opened.line != mark.line:
         problem += f" ({e.context} at line {opened.line + 1})"
     if problem.startswith("mapping values are not allowed"):  # `prompt: MENENIUS:`, `--set sample.prompt=a: b: c`
         problem += f" ({_quote_hint(origin, text, mark.line if mark else None)})"
     return f"{where}: not valid YAML: {problem}"
+
+
+def _tab(text: str, index: int) -> str:
+    """What is wrong with the tab at `index`: PyYAML takes one nowhere it would separate tokens, be it
+    as indentation, at the end of a line, or after a key, a value or a dash."""
+    before = _LINE_BREAKS.split(text[:index])[-1].strip(" \t")
+    after = _LINE_BREAKS.split(text[index + 1:], maxsplit=1)[0].strip(" \t")
+    if not before:
+        return "a tab character is not allowed for indentation in YAML; indent with spaces"
+    if not after or after.startswith("#"):
+        return f"a tab character after {before!r} is not allowed in YAML; remove it"
+    return f"a tab character between {before!r} and {after!r} is not allowed in YAML; use a space"
 
 
 COLON_HINT = "a value containing ': ' or ending in ':' must be quoted"
@@ -194,7 +217,7 @@ _KEY_VALUE = re.compile(r"""^\s*(?:-\s+)*([^\s#'"{\[\]}&*!|>%@`,-][^:#]*?)\s*:\s
 def _quote_hint(origin: str, text: str, line: int | None) -> str:
     """How to quote the value YAML read as a mapping where it may not be one: for a `--set KEY` (or
     `--vary KEY`) origin, the flag with its value quoted; for a file, the line's `key: "value"`."""
-    if origin.startswith("--") and " " in origin:
+    if _is_flag(origin):
         flag, _, rest = origin.partition(" ")
         return f"{COLON_HINT}: {flag} {quote_flag(rest.partition('=')[0], text.strip(), flag == '--vary')}"
     lines = text.splitlines()
