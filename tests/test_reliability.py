@@ -235,6 +235,51 @@ def test_a_longer_budget_may_resume(tmp_path, reference):
     assert result.summary["steps"] == 15 and result.run_dir == ref
 
 
+def test_a_run_resumed_with_a_budget_at_its_stop_ends_with_that_steps_evaluation(tmp_path, write_recipe,
+                                                                                 monkeypatch, cli):
+    path = write_recipe(**RELIABLE)  # evaluates every 4 steps: none at step 5
+    run = interrupted_at(monkeypatch, path, tmp_path / "runs", 5)
+    result = cli("run", "--resume", run, "--set", "train.max_steps=5")
+    assert result.exit_code == 0, result.output
+    fresh = train(load_recipe(path, ["train.max_steps=5"]), runs_dir=tmp_path / "fresh", quiet=True).run_dir
+    assert_same_run(fresh, run)  # its final figures are step 5's, as a 5-step run's are
+    final = json.loads((run / "summary.json").read_text())["final_val_loss"]
+    assert f"Finished: val loss {final:.4f}" in result.output
+    again = cli("run", "--resume", run, "--set", "train.max_steps=5", "--set", "sample.tokens=3")
+    assert again.exit_code == 0 and losses(run) == losses(fresh)  # evaluated once: not again
+
+
+def signalled_in(monkeypatch, name: str, sig: int) -> None:
+    """A real `sig` to this process right after the first call of gptkit.training.run's `name` returns."""
+    import gptkit.training.run as run_module
+
+    original = getattr(run_module, name)
+
+    def signalling(*args, **kwargs):
+        out = original(*args, **kwargs)
+        monkeypatch.setattr(run_module, name, original)
+        os.kill(os.getpid(), sig)
+        return out
+
+    monkeypatch.setattr(run_module, name, signalling)
+
+
+@pytest.mark.parametrize("step", ["new_run_dir", "remove_leftovers", "write_summary"])
+def test_a_ctrl_c_while_the_run_folder_is_set_up_leaves_a_run_to_resume(tmp_path, write_recipe, monkeypatch, cli,
+                                                                         step):
+    path = write_recipe(model=ONE_LAYER)
+    with monkeypatch.context() as m:
+        signalled_in(m, step, signal.SIGINT)
+        with pytest.raises((Interrupted, KeyboardInterrupt)) as e:  # (a KeyboardInterrupt: a half-made folder)
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    assert e.type is Interrupted and e.value.exit_code == 130
+    run = e.value.run_dir
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert load_checkpoint(run)["step"] == 1  # stopped at its first step boundary
+    resumed = cli("run", "--resume", run, "-q")
+    assert resumed.exit_code == 0 and json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
 def run_cli(args, cwd, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "gptkit", *map(str, args)], cwd=cwd, env=env,

@@ -32,7 +32,7 @@ from .build import build_model_on
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .resume import (busy, check_restartable, check_resumable, check_run_dir, find_resumable, is_locked, lock_run,
                      remove_leftovers, truncate_metrics)
-from .signals import interrupt_on_signals
+from .signals import interrupt_on_signals, stop_on_signals
 from .trainer import Trainer
 
 
@@ -185,7 +185,10 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         dist.any_rank(False)
 
     try:
-        return _train_main(recipe, trainer, dataset, checkpoint, runs_dir, run_dir, quiet, log, start)
+        # From before the folder is made: a Ctrl-C while it is set up stops the run at its first step
+        # boundary, with a checkpoint, instead of leaving a folder that is neither a run nor removed.
+        with stop_on_signals(trainer):
+            return _train_main(recipe, trainer, dataset, checkpoint, runs_dir, run_dir, quiet, log, start)
     except BaseException as e:
         if not ready:  # rank 0's alone: the others, waiting, stop quietly rather than meet its closed connection
             dist.abort(getattr(e, "exit_code", 1))

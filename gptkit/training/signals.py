@@ -1,5 +1,5 @@
-"""SIGINT and SIGTERM while a run trains (a stop at the next step boundary, with a checkpoint) and
-after it (an Interrupted at once)."""
+"""SIGINT and SIGTERM while a run sets up its folder and trains (a stop at the next step boundary,
+with a checkpoint) and after it (an Interrupted at once)."""
 
 import contextlib
 import os
@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 
 def stop_on_signals(trainer: "Trainer"):
-    """While training, SIGINT and SIGTERM only ask the trainer to stop at the next step boundary."""
+    """While training (and setting up the run folder), SIGINT and SIGTERM only ask the trainer to stop
+    at the next step boundary."""
 
     def handler(signum, frame):
         name = signal.Signals(signum).name

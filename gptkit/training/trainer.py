@@ -89,6 +89,7 @@ class TrainState:
     tokens: int = 0
     seconds: float = 0.0  # training wall time, summed over resumed sessions
     eval_pending: bool = False  # an evaluation was due when the run was stopped
+    eval_step: int | None = None  # of the last evaluation: a run ends with one at its last step
 
 
 class PendingSteps:
@@ -155,6 +156,7 @@ class Trainer:
         self._pending = PendingSteps(min(self.cfg.log_every, self.steps_per_epoch), device)  # flushed by then
         self._interval_t0 = time.perf_counter()
         self.saved_step: int | None = None  # of the last checkpoint written, or resumed from
+        self._saved_eval_step: int | None = None  # the evaluation that checkpoint holds
 
     @property
     def tokens_per_step(self) -> int:
@@ -193,7 +195,7 @@ class Trainer:
                             f"({self.cfg.optimizer.name}): {e}. It was written with another optimizer or by an "
                             "older gptkit; start a new run instead of resuming") from None
         self.state = TrainState(**saved["state"])
-        self.saved_step = self.state.step  # the checkpoint resumed from
+        self.saved_step, self._saved_eval_step = self.state.step, self.state.eval_step  # the checkpoint resumed from
         torch.set_rng_state(saved["rng"]["torch"])
         if "cuda" in saved["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(saved["rng"]["cuda"], self.device)
@@ -253,6 +255,9 @@ class Trainer:
                          f"stopped at batch {done}/{self.steps_per_epoch} (train.max_steps) after")
                 self.progress.log(f"Epoch {epoch + 1}/{self.epochs} {ended} {timer.seconds():.2f} s"
                                   f"{' (CUDA events)' if timer.cuda else ''}")
+            if state.eval_step != state.step:  # resumed at its budget after a stop between evaluations
+                self.evaluate()  # a run's final figures are its last step's
+            self._checkpoint_and_stop_if_asked()  # a stop asked with no step left to take it at
         state.seconds = time.perf_counter() - t0
         self.progress.close()
         return state
@@ -317,7 +322,7 @@ class Trainer:
         state.eval_pending = True
         self._flush()  # keep metrics in step order: this step's train loss before its val loss
         if not len(self.eval_starts):
-            state.eval_pending = False
+            state.eval_pending, state.eval_step = False, state.step
             return None
         self.model.eval()
         total = torch.zeros((), device=self.device)
@@ -338,7 +343,7 @@ class Trainer:
                 _, loss = self.model(x, y)
             total += loss.float() * len(starts)
         self.model.train()
-        state.eval_pending = False
+        state.eval_pending, state.eval_step = False, state.step
         state.val_loss = float(self.dist.sum(total)) / len(self.eval_starts)
         self._interval_t0 = time.perf_counter()  # the next steps' tokens/s leaves the evaluation out
         state.best_val_loss = min(state.val_loss, state.best_val_loss or math.inf)
@@ -374,10 +379,13 @@ class Trainer:
         return losses
 
     def _save(self) -> None:
-        if self.saved_step != self.state.step or self.state.eval_pending:
+        s = self.state
+        # Also after an evaluation at a step already saved (a resumed run's final one): else a resume from
+        # that checkpoint would evaluate the step again and write its record twice.
+        if (self.saved_step, self._saved_eval_step) != (s.step, s.eval_step) or s.eval_pending:
             self._flush()
             self.on_checkpoint(self)
-            self.saved_step = self.state.step
+            self.saved_step, self._saved_eval_step = s.step, s.eval_step
             self._interval_t0 = time.perf_counter()  # and the saving
 
     def _backward_culprit(self, e: BaseException):
