@@ -212,8 +212,8 @@ def test_an_entry_point_in_no_kinds_group_is_reported(install, cli):
     install("acme-typo", "1.0", {"gptkit.norms": {"unitnorm": "acme_typo:UnitNorm"}}, {"acme_typo": NORM})
     result = cli("list")
     assert result.exit_code == 0
-    assert ("error: acme-typo 1.0 declares 'unitnorm' in entry point group 'gptkit.norms', which is not a "
-            "component kind (did you mean 'norm'?)") in result.output
+    assert ("warning: acme-typo 1.0 declares 'unitnorm' in entry point group 'gptkit.norms', which is not a "
+            "component kind (did you mean 'norm'?)") in result.stderr
     assert any(r["kind"] == "norms" and r["status"] == "broken" for r in json.loads(cli("list", "--json").output))
 
 

@@ -88,9 +88,9 @@ def list_(kind, as_json):
             for p in r["params"]:
                 click.echo(f"      {_param_line(p)}")
         click.echo()
-    for r in records:
+    for r in records:  # the listing is whole: a warning (on stderr), as a BROKEN line is no failure either
         if r["kind"] not in kinds():
-            click.echo(f"error: {r['error']}")
+            click.echo(f"warning: {r['error']}", err=True)
 
 
 def _misplaced() -> list[dict]:
