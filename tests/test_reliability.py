@@ -83,16 +83,21 @@ def test_a_stop_between_log_lines_leaves_the_final_figures_as_they_would_have_be
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_while_sampling_is_recorded_and_resuming_just_samples(tmp_path, write_recipe, monkeypatch, sig):
+@pytest.mark.parametrize("at", ["sample", "write_text"])  # the sample drawn, or being written to samples.txt
+def test_a_signal_while_sampling_is_recorded_and_resuming_just_samples(tmp_path, write_recipe, monkeypatch, sig, at):
     import gptkit.training.run
 
+    real = getattr(gptkit.training.run, at)
+
     def signalled(*args):
+        if at == "write_text" and args[0].name != "samples.txt":
+            return real(*args)
         os.kill(os.getpid(), sig)  # a real signal, handled as the process would handle it
         time.sleep(5)
 
     path = write_recipe()
     with monkeypatch.context() as m:
-        m.setattr(gptkit.training.run, "sample", signalled)
+        m.setattr(gptkit.training.run, at, signalled)
         with pytest.raises(Interrupted, match="received while sampling, after training finished") as e:
             train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
     run = e.value.run_dir
@@ -247,6 +252,16 @@ def test_a_run_resumed_with_a_budget_at_its_stop_ends_with_that_steps_evaluation
     assert f"Finished: val loss {final:.4f}" in result.output
     again = cli("run", "--resume", run, "--set", "train.max_steps=5", "--set", "sample.tokens=3")
     assert again.exit_code == 0 and losses(run) == losses(fresh)  # evaluated once: not again
+
+
+def test_an_older_checkpoint_resumed_at_its_budget_is_not_evaluated_again(tmp_path, write_recipe, cli):
+    run = train(load_recipe(write_recipe(**RELIABLE)), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    del state["trainer"]["state"]["eval_step"]  # as checkpoints were written before it was recorded
+    torch.save(state, run / "checkpoint.pt")
+    before = losses(run)
+    assert cli("run", "--resume", run, "--set", "sample.tokens=3").exit_code == 0
+    assert losses(run) == before  # its last step's evaluation is not written twice
 
 
 def signalled_in(monkeypatch, name: str, sig: int) -> None:

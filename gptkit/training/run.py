@@ -266,18 +266,20 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
         try:
             start()
             trainer.fit()
-            if checkpoint is not None and trainer.state.step == checkpoint["step"]:
-                save(run_dir, trainer, recipe, dataset, metrics)  # no step to save, but the sample settings may be new
+            # No step boundary left to stop at: a signal from here on stops the run at once (resumable).
+            with interrupt_on_signals("saving, after training finished; resume the run to write samples.txt"):
+                if checkpoint is not None and trainer.state.step == checkpoint["step"]:
+                    save(run_dir, trainer, recipe, dataset, metrics)  # no step to save, but the sample settings may be new
             sp = recipe.sample
-            with (interrupt_on_signals("sampling, after training finished; resume the run to write samples.txt"),
-                  blaming(trainer.specs, "while sampling after training")):
-                if sp.tokens and model.cache_mismatch is None:  # a cache bug hidden by the initial weights shows now
-                    cache_warning = check_forward(model, recipe.model)  # (samples then recompute the context)
-                    if cache_warning:
-                        print(f"warning: {cache_warning}", file=sys.stderr)
-                text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
-            write_text(run_dir / "samples.txt", text)
-            log(f"Sample ({sp.tokens:,} characters after the prompt, in samples.txt too):\n{text}\n")
+            with interrupt_on_signals("sampling, after training finished; resume the run to write samples.txt"):
+                with blaming(trainer.specs, "while sampling after training"):
+                    if sp.tokens and model.cache_mismatch is None:  # a cache bug hidden by the initial weights shows now
+                        cache_warning = check_forward(model, recipe.model)  # (samples then recompute the context)
+                        if cache_warning:
+                            print(f"warning: {cache_warning}", file=sys.stderr)
+                    text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
+                write_text(run_dir / "samples.txt", text)
+                log(f"Sample ({sp.tokens:,} characters after the prompt, in samples.txt too):\n{text}\n")
         except RunStopped as e:
             record_failure(run_dir, recipe, trainer, e.status, str(e), e.resumable)
             e.run_dir = run_dir

@@ -195,6 +195,8 @@ class Trainer:
                             f"({self.cfg.optimizer.name}): {e}. It was written with another optimizer or by an "
                             "older gptkit; start a new run instead of resuming") from None
         self.state = TrainState(**saved["state"])
+        if "eval_step" not in saved["state"]:  # an older checkpoint's: its step was evaluated, as it then assumed
+            self.state.eval_step = self.state.step
         self.saved_step, self._saved_eval_step = self.state.step, self.state.eval_step  # the checkpoint resumed from
         torch.set_rng_state(saved["rng"]["torch"])
         if "cuda" in saved["rng"] and self.device.type == "cuda":
