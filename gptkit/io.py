@@ -26,7 +26,10 @@ def read_text(path: Path, what: str) -> str:
         source = encoding_of(path.read_bytes()[:4096])
         if source is None:
             raise UserError(f"{what} file {path} contains NUL bytes: it looks like a binary file, not text")
-        raise UserError(f"{what} file {path} is not UTF-8 text; convert it first, e.g. iconv -f {source} -t utf-8")
+        if source.startswith("utf-16"):
+            raise UserError(f"{what} file {path} is not UTF-8 text; convert it first, e.g. iconv -f {source} -t utf-8")
+        line = text.count("\n", 0, text.index("\0")) + 1  # UTF-8 text with a NUL past its first bytes
+        raise UserError(f"{what} file {path} has a NUL character on line {line:,}; remove it, e.g. with tr -d '\\000'")
     return text.replace("\ufeff", "")
 
 
@@ -37,7 +40,7 @@ def not_utf8(e: UnicodeDecodeError) -> str:
     data, at = e.object, e.start
     line = data.count(b"\n", 0, at) + 1
     where = f"at offset {at:,}, line {line:,}"
-    if e.end == len(data) and e.reason == "unexpected end of data":
+    if e.end == len(data) and e.reason == "unexpected end of data" and not data[:at].isascii():
         return (f"ends in the middle of a UTF-8 character {where}: it looks cut short; "
                 "copy it again, or drop the last bytes")
     if not data[:at].isascii():  # UTF-8 characters before the bad byte: the text is UTF-8 but for it

@@ -60,8 +60,8 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):  # residual projections, scaled as in GPT-2
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         with torch.no_grad():  # so a hook may write its weights in place (`self.gate.bias.fill_(-4.0)`)
-            for module in reversed(list(self.modules())):  # innermost first: a component overrides its parts
-                if module is not self and callable(getattr(module, "init_weights", None)):
+            for module in _parts_first(self, set()):  # a component overrides its parts, attention its positional
+                if callable(getattr(module, "init_weights", None)):
                     module.init_weights()
 
     @staticmethod
@@ -110,6 +110,16 @@ class GPT(nn.Module):
             return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
         return logits, loss
+
+
+def _parts_first(module: nn.Module, seen: set):
+    """`module`'s submodules, each once and after all of its own: a module shared by several (the
+    positional, held by the model and by every attention) comes before the first that holds it."""
+    for child in module.children():
+        if id(child) not in seen:
+            seen.add(id(child))
+            yield from _parts_first(child, seen)
+            yield child
 
 
 def build_model(model, vocab_size: int) -> GPT:

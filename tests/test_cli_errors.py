@@ -119,6 +119,8 @@ def test_user_mistakes(cli, tmp_path, corpus, monkeypatch, make, args, fragments
     ("caf\xe9 au lait\n".encode("utf-16") * 100, "is not UTF-8 text (byte 0xff at offset 0, line 1); convert it first, "
                                                    "e.g. iconv -f utf-16 -t utf-8"),
     ("hello world\n".encode("utf-16-le") * 100, "not UTF-8 text; convert it first, e.g. iconv -f utf-16le"),  # valid UTF-8
+    ("caf\u00e9 au lait\n".encode() * 400 + b"\0\n", "has a NUL character on line 401; remove it"),  # past the 4 KB read
+    (b"Hello cafe\xe9", "is not UTF-8 text (byte 0xe9 at offset 10, line 1); convert it first, e.g. iconv -f latin1"),
     # UTF-8 cut short, or with one stray byte: converting the whole file from latin1 would garble it
     ("caf\u00e9 au lait\n".encode() * 100 + "\u00e9".encode()[:1], "ends in the middle of a UTF-8 character at offset "
                                                                    "1,400, line 101: it looks cut short"),

@@ -407,6 +407,23 @@ def test_a_component_without_init_weights_gets_gpt2s_init(temporary_component):
     assert gate.weight.std().item() == pytest.approx(0.02, rel=0.1)
 
 
+def test_a_shared_positionals_init_weights_runs_before_the_attentions_that_hold_it(temporary_component):
+    calls = []
+
+    class Pos(registry("positional").get("learned")):
+        def init_weights(self):
+            calls.append("pos")
+
+    class Attn(registry("attention").get("flash")):
+        def init_weights(self):  # may set what its positional holds: it has the last word
+            calls.append("attn")
+
+    temporary_component("positional", "pos_hook", Pos)
+    temporary_component("attention", "attn_hook", Attn)
+    tiny_model(positional="pos_hook", attention="attn_hook")
+    assert calls == ["pos"] + ["attn"] * CONFIG.n_layer  # once each, the shared positional first
+
+
 def test_an_init_weights_that_raises_is_blamed_on_its_component(temporary_component):
     from gptkit.errors import ComponentError
 

@@ -177,6 +177,15 @@ def test_an_error_the_file_causes_is_not_blamed_on_an_unrelated_override(write_r
         load_recipe(path, ["model.tie_embeddings=false", "train.lr=0.1"])
 
 
+def test_a_components_refusal_is_blamed_on_an_override_of_it_before_one_of_a_size(write_recipe):
+    path = write_recipe(model={"n_embd": 36, "positional": "rope"})  # head size 9: rope refuses it
+    line = path.read_text().splitlines().index("  positional: rope") + 1
+    with pytest.raises(RecipeError, match=rf"^{path}:{line}: model.positional: rope: "):
+        load_recipe(path, ["model.dropout=0.1"])  # no size rope checks
+    with pytest.raises(RecipeError, match=r"^--set model.positional=rope: model.positional: rope: "):
+        load_recipe(path, ["model.positional=rope", "model.n_head=4"])
+
+
 def test_an_override_is_blamed_for_an_import_that_fails(write_recipe, tmp_path):
     (tmp_path / "bad.py").write_text("raise ValueError('no')\n")
     with pytest.raises(RecipeError, match=rf"^--set imports=\[{tmp_path}/bad.py\]: imports: {tmp_path}/bad.py:1: "):
@@ -271,6 +280,7 @@ def test_another_data_path_is_the_users_text_not_the_corpus(write_recipe, tmp_pa
     assert load_recipe(recipe, [f"data.path={tmp_path / 'mine.txt'}"]).data.corpus is None
     kept = load_recipe(recipe, [f"data.path={tmp_path / 'mine.txt'}", "data.corpus=shakespeare"])
     assert kept.data.corpus.name == "shakespeare"
+    assert load_recipe(recipe, [f"data.path={tmp_path / 'mine.txt'}", "data.corpus.name=shakespeare"]).data.corpus
     result = cli("run", recipe, "--set", f"data.path={tmp_path / 'mine.txt'}", "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and f"data.path: file {tmp_path / 'mine.txt'} not found" in result.output
     assert not (tmp_path / "mine.txt").exists()

@@ -66,7 +66,8 @@ def apply_overrides(data: dict, overrides: Sequence[str] | None, origins: Mappin
     done = {i: apply_override(data, texts[i], (origins or {}).get(texts[i])) for i in depth_first}
     applied = [done[i] for i in range(len(texts))]  # in the order given: problems are reported in it
     keys = [k for k, _ in applied]
-    if ("data", "path") in keys and ("data", "corpus") not in keys and isinstance(data.get("data"), dict):
+    corpus_set = any(k[:2] == ("data", "corpus") for k in keys)  # data.corpus, or data.corpus.name
+    if ("data", "path") in keys and not corpus_set and isinstance(data.get("data"), dict):
         # The corpus makes the recipe's own file. Another path is the user's text: a typo in its name
         # must be "not found", not the corpus written under that name.
         data["data"]["corpus"] = None
@@ -130,10 +131,11 @@ def _blame(loc: tuple, causes: list[tuple], origin: str, lines: dict, overrides:
     index, or -1 for the file; its line, or 0; how errors name it). An override is to blame for errors at
     or below its key, above it (train.lr.x=5), or at a cause (--set model.n_embd=1 for n_head); of
     several, the last, whose value won. Else the file is, at the nearest line it has."""
-    for i in reversed(range(len(overrides))):
-        keys, label = overrides[i]
-        if any(at[: len(keys)] == keys or (at and keys[: len(at)] == at) for at in [loc, *causes]):
-            return i, 0, label
+    for ats in ([loc], causes):  # an override of the key itself first: a cause only if none is
+        for i in reversed(range(len(overrides))):
+            keys, label = overrides[i]
+            if any(at[: len(keys)] == keys or (at and keys[: len(at)] == at) for at in ats):
+                return i, 0, label
     line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), 0)
     return -1, line, f"{origin}{f':{line}' if line else ''}"
 

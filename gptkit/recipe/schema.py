@@ -61,7 +61,8 @@ class DataSection(Section):
                                        "default block_size")
 
 
-CONFIG_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")  # the sizes a component's check is given
+CONFIG_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")  # what a component's check is given
+SHAPE_KEYS = ("block_size", "n_head", "n_embd")  # what built-in checks refuse: an override of one may be the cause
 
 
 class ModelSection(Section):
@@ -90,7 +91,7 @@ class ModelSection(Section):
         issues = self.component_issues(self.config(vocab_size=1))  # the vocabulary is unknown until the text is read
         if issues:
             raise RecipeIssue([((kind,), message) for kind, message in issues],
-                              causes=tuple((key,) for key in CONFIG_KEYS))
+                              causes=tuple((key,) for key in SHAPE_KEYS))
         return self
 
     def component_issues(self, config: GPTConfig) -> list[tuple[str, str]]:
