@@ -902,3 +902,89 @@ def test_compare_tells_runs_on_other_texts_or_plugins_apart(cli, tmp_path, write
     (b / "summary.json").write_text(json.dumps({**summary, "plugins": {"model.norm": "unitnorm from acme-norms 1.2"}}))
     plugins = md_rows(cli("compare", a, b).output.split("Final figures:")[0])["plugins"]
     assert plugins[1:] == ["none (built-in components only)", "model.norm: unitnorm from acme-norms 1.2"]
+
+
+def interrupted_ablation(cli, monkeypatch, args, step=3):
+    """Run `args` (an ablate command), stopped by SIGTERM at training step `step` of its first run, after a
+    checkpoint; returns that run's folder."""
+    from conftest import stop_at
+
+    with monkeypatch.context() as m:
+        stop_at(m, "train_step", step)
+        first = cli(*args)
+    assert first.exit_code == 143, first.output
+    run = next(p.parent for p in Path(args[args.index("--out") + 1]).glob("*/seed-*/checkpoint.pt"))
+    assert json.loads((run / "summary.json").read_text())["status"] != "finished"
+    return run
+
+
+@pytest.mark.parametrize("change", ["train.max_steps=4", "train.eval_batches=3"])
+def test_an_unfinished_run_resumes_only_with_exactly_its_arms_recipe(cli, tmp_path, write_recipe, monkeypatch, change):
+    recipe = write_recipe(train={"max_steps": 6, "eval_every": 2, "eval_batches": 1, "checkpoint_every": 2})
+    out = tmp_path / "abl"
+    args = ("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", out)
+    run = interrupted_ablation(cli, monkeypatch, args)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    changed = cli(*args, "--set", change)  # its budget or evaluation: the run would not be the arm's
+    assert changed.exit_code == 2 and "(resuming)" not in changed.output, changed.output
+    assert (f"{run} was stopped with a different recipe ({change.split('=')[0]} differ); delete that folder, "
+            "or pass --out with a new folder") in changed.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    again = cli(*args)
+    assert again.exit_code == 0 and "(resuming)" in again.output, again.output
+
+
+def test_another_ablation_in_the_same_folder_is_refused_before_anything_is_written(cli, tmp_path, write_recipe,
+                                                                                    monkeypatch):
+    recipe = write_recipe(train={"max_steps": 6, "eval_every": 2, "eval_batches": 1, "checkpoint_every": 2})
+    out = tmp_path / "abl"
+    args = ("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", out)
+    run = interrupted_ablation(cli, monkeypatch, (*args, "--set", "train.lr=0.01"))
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = cli(*args, "--set", "train.lr=0.02")
+    assert other.exit_code == 2, other.output
+    assert f"{run} was stopped with a different recipe (train.lr differ)" in other.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # ablation.yaml, baseline.yaml too
+
+
+FLAKY = """
+from gptkit.components import register
+from gptkit.components.feedforward import MLP
+
+
+@register("feedforward", "flaky")
+class Flaky(MLP):
+    def __init__(self, config, params):
+        super().__init__(config, params)
+        self.steps = 0
+
+    def forward(self, x):
+        self.steps += self.training
+        if self.steps > 3:
+            raise ValueError("out of ideas")
+        return super().forward(x)
+"""
+
+
+def test_a_run_that_failed_after_a_checkpoint_trains_again_from_scratch_once_fixed(cli, tmp_path, write_recipe,
+                                                                                   scratch_registries):
+    (tmp_path / "mine.py").write_text(FLAKY)
+    recipe = write_recipe(imports=["mine.py"], train={"max_steps": 6, "eval_every": 2, "eval_batches": 1,
+                                                      "checkpoint_every": 2})
+    out = tmp_path / "abl"
+    args = ("ablate", recipe, "--vary", "model.feedforward=flaky", "--seeds", "1", "--out", out)
+    first = cli(*args)
+    assert first.exit_code == 2 and "fix the component, then rerun the same command" in first.output, first.output
+    run = out / "feedforward-flaky" / "seed-0"
+    assert (run / "checkpoint.pt").is_file()  # made with the old code
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    (run / "stale.txt").write_text("from the failed run")
+    (tmp_path / "mine.py").write_text(FLAKY.replace("self.steps > 3", "False"))  # fixed
+    again = cli(*args)
+    assert again.exit_code == 0, again.output
+    assert "1 of 2 runs finished earlier" in again.output and "(resuming)" not in again.output
+    assert not (run / "stale.txt").exists()  # its folder's old files went first
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps.count(1) == 1  # one run, from its first step

@@ -170,13 +170,8 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
     check_folder(folder)  # before anything is written: --out may name someone else's folder
     check_no_strays(plan, folder)
     texts = check_arms(plan, datasets(plan)) if texts is None else texts
-    for row in rows:
-        if row.summary is not None:
-            check_same(folder / row.run_dir, row.arm.for_seed(row.seed))
-        else:  # resumed below: with a warning only, were it not checked here
-            check_same_plugins(folder / row.run_dir, row.arm.for_seed(row.seed))
-        # Unfinished runs too: their --resume would refuse another text, but only once earlier runs trained.
-        check_same_text(folder / row.run_dir, row.arm.recipe.data.path, texts[row.arm.slug])
+    for arm, seed, run_dir in existing_runs(plan, folder):  # every run, before anything is written
+        check_existing(run_dir, arm, seed, texts[arm.slug], trains=seed in plan.seeds)
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / BASELINE, baseline_recipe(plan))  # first: ablation.yaml names it
     write_text(folder / "ablation.yaml", manifest(plan, folder, sorted({r.seed for r in rows})))
@@ -258,13 +253,47 @@ def earlier_runs(plan: Plan, folder: Path) -> list[tuple[Arm, int]]:
     return [(arm, seed) for seed, _, arm in sorted(found, key=lambda f: f[:2])]
 
 
+def existing_runs(plan: Plan, folder: Path) -> list[tuple[Arm, int, Path]]:
+    """(arm, seed, run folder) for each run folder of this ablation's arms in `folder`, whatever its seed
+    and state."""
+    found = []
+    for arm in plan.arms:
+        for run_dir in sorted((folder / arm.slug).glob("seed-*")):
+            seed = re.fullmatch(r"seed-(-?\d+)", run_dir.name)
+            if seed and run_dir.is_dir():
+                found.append((arm, int(seed[1]), run_dir))
+    return found
+
+
+def check_existing(run_dir: Path, arm: Arm, seed: int, sha256: str, trains: bool) -> None:
+    """A run already in the folder belongs to this ablation, checked before anything is written (--out may
+    name another ablation's folder): one that ended is reused, and one with a checkpoint resumed, only if
+    it trained exactly its arm's recipe, with the same plugin versions and text; one that failed (its
+    component's error: trained again from scratch) or never saved a checkpoint (started over) only if
+    it was made with its arm's recipe, as is an unfinished one this command leaves alone (`trains`: the
+    command asks for its seed)."""
+    recipe = arm.for_seed(seed)
+    summary = read_summary(run_dir)
+    if ended_summary(run_dir) is not None:
+        check_same(run_dir, recipe)
+    elif trains and (run_dir / "checkpoint.pt").is_file() and not failed(summary):  # resumed: --resume alone would let
+        check_same(run_dir, recipe, "was stopped")                          # its budget and evaluation change
+    else:  # started over: only its recipe (if it wrote one) tells whose it is
+        if (run_dir / "recipe.yaml").is_file():
+            check_same_recipe(run_dir, recipe, "failed" if failed(summary) else "was stopped")
+        return
+    # Unfinished runs too: their --resume would refuse another text, but only once earlier runs trained.
+    check_same_text(run_dir, arm.recipe.data.path, sha256)
+
+
 def continue_from(run_dir: Path) -> Path | None:
-    """An unfinished run continues exactly from its last checkpoint; one without a checkpoint
-    starts over (unless another process is training it right now)."""
+    """An unfinished run continues exactly from its last checkpoint; one without a checkpoint, or one that
+    failed (its component's error: the code may have been fixed since its checkpoint), starts over
+    (unless another process is training it right now)."""
     if is_locked(run_dir):
         raise UserError(f"{run_dir} is being trained by another process (another gptkit ablate?); wait for it "
                         "to end, or stop it")
-    if (run_dir / "checkpoint.pt").is_file():
+    if (run_dir / "checkpoint.pt").is_file() and not failed(read_summary(run_dir)):
         return run_dir
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -291,18 +320,24 @@ def check_no_strays(plan: Plan, folder: Path) -> None:
                         "exponents with + and paths); pass --out with a new folder, or delete or rename those")
 
 
-def check_same(run_dir: Path, recipe: Recipe) -> None:
-    """A finished (or diverged) run is reused only if it trained exactly what this ablation would train now,
-    with the same versions of the plugins it uses."""
+def check_same(run_dir: Path, recipe: Recipe, how: str = "ended") -> None:
+    """A finished (or diverged) run is reused, and an unfinished one resumed, only if it trained exactly what
+    this ablation would train now, with the same versions of the plugins it uses."""
+    check_same_recipe(run_dir, recipe, how)
+    check_same_plugins(run_dir, recipe)
+
+
+def check_same_recipe(run_dir: Path, recipe: Recipe, how: str) -> None:
+    """The run's recipe is `recipe`, but for MAY_DIFFER; else an error saying the run `how` ("ended",
+    "was stopped"...) with another."""
     stored, wanted = flatten(run_recipe(run_dir)), flatten(recipe.to_dict())
     for flat in (stored, wanted):
         if "data.path" in flat:  # absent only from a damaged recipe.yaml: reported below as a difference
             flat["data.path"] = str(Path(flat["data.path"]).resolve())
     differ = differing(stored, wanted, MAY_DIFFER)
     if differ:
-        raise UserError(f"{run_dir} ended with a different recipe ({', '.join(differ[:5])} differ); "
+        raise UserError(f"{run_dir} {how} with a different recipe ({', '.join(differ[:5])} differ); "
                         "delete that folder, or pass --out with a new folder")
-    check_same_plugins(run_dir, recipe)
 
 
 def check_same_plugins(run_dir: Path, recipe: Recipe) -> None:
