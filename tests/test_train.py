@@ -216,3 +216,8 @@ def test_a_warm_up_longer_than_the_run_is_warned_of(cli, tmp_path, write_recipe)
     short = {"schedule": {"name": "cosine", "warmup_steps": 4}}
     long_enough = cli("run", write_recipe(train=short), "--runs-dir", tmp_path / "runs", "-q")
     assert long_enough.exit_code == 0 and "warning" not in long_enough.output, long_enough.output
+    no_decay = {"schedule": {"name": "cosine", "warmup_steps": 5}}  # the last step is the peak
+    result = cli("run", write_recipe(train=no_decay), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0 and result.stderr.startswith(
+        "warning: train.schedule (cosine) never decays to its min_factor (0.1) in 6 steps: its warmup_steps (5) "
+        "leave no step to decay over\n"), result.output

@@ -42,12 +42,18 @@ def total_steps(train, steps_per_epoch: int) -> int:
 def schedule_warning(spec: ComponentSpec, factor: Callable[[int], float], n: int) -> str | None:
     """A warning when the schedule `spec` (its `factor`) never comes within 1% of train.lr in a run of `n`
     steps: a warm-up longer than a short run (a smoke test's max_steps) trains, or compares arms, at a
-    learning rate no one chose. Sampled at 10,000 steps at most."""
+    learning rate no one chose; or, for one with a `min_factor`, when it never decays to it (a warm-up
+    as long as the run but one step). Sampled at 10,000 steps at most."""
     steps = range(n) if n <= 10_000 else (i * (n - 1) // 9_999 for i in range(10_000))
     peak = max((factor(step) for step in steps), default=1.0)
-    if peak >= 0.99:
-        return None
     warmup = getattr(spec.params, "warmup_steps", None)
+    floor = getattr(spec.params, "min_factor", None)
+    if peak >= 0.99:  # a decay that warm-up leaves no step for: the last step trains at the peak
+        no_room = isinstance(warmup, int) and isinstance(floor, (int, float)) and n > 1 and warmup >= n - 1
+        if no_room and factor(n - 1) > floor + 0.01:
+            return (f"train.schedule ({spec.name}) never decays to its min_factor ({floor:g}) in {n:,} steps: "
+                    f"its warmup_steps ({warmup:,}) leave{'s' if warmup == 1 else ''} no step to decay over")
+        return None
     why = f": its warmup_steps ({warmup:,}) is longer than the run" if isinstance(warmup, int) and warmup >= n else ""
     return f"train.schedule ({spec.name}) never reaches train.lr in {n:,} steps (at most {peak:.0%} of it){why}"
 
