@@ -26,8 +26,8 @@ from ..ablation import spec
 from ..device import resolve_device, use_bf16
 from ..data.dataset import load_dataset
 from ..errors import Interrupted, RunStopped, UserError
-from ..model import check_components
 from ..recipe import load_recipe, yaml
+from ..training.run import check_fits
 from . import worker
 from .peak import matmul_peak
 
@@ -138,8 +138,7 @@ def check_variant_data(found: list[Variant], recipes: list) -> None:
     for v, recipe in zip(found, recipes):
         try:
             dataset = load_dataset(recipe.data, recipe.model.block_size)  # creates a corpus file, as the worker would
-            dataset.check_batch_size(recipe.train.batch_size)
-            check_components(recipe.model, recipe.model.config(dataset.vocab_size))
+            check_fits(recipe, dataset, prompt=None)
         except UserError as e:
             raise UserError(v.which + str(e)) from None
 

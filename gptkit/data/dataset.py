@@ -78,10 +78,12 @@ class CharDataset:
             raise UserError(f"train.batch_size {batch_size} is larger than the {self.windows_per_epoch:,} training "
                             "windows per epoch; lower train.batch_size or data.stride, or use a longer text")
 
-    def check_run(self, batch_size: int, prompt: str) -> None:
+    def check_run(self, batch_size: int, prompt: str | None) -> None:
         """What a run checks of its data before it trains, not after hours of it: the batch fits the text,
-        and the sample prompt's characters are in the vocabulary."""
+        and the sample prompt's characters (None: nothing is sampled) are in the vocabulary."""
         self.check_batch_size(batch_size)
+        if prompt is None:
+            return
         try:
             self.vocab.encode(prompt)
         except UserError as e:

@@ -113,9 +113,15 @@ def check_data(recipe: Recipe) -> CharDataset | None:
     if will_create(recipe.data):
         return None
     dataset = load_dataset(recipe.data, recipe.model.block_size)  # creates nothing: the path exists, or no corpus
-    dataset.check_run(recipe.train.batch_size, recipe.sample.prompt)
-    check_components(recipe.model, recipe.model.config(dataset.vocab_size))  # as building the model will
+    check_fits(recipe, dataset, recipe.sample.prompt)
     return dataset
+
+
+def check_fits(recipe: Recipe, dataset: CharDataset, prompt: str | None) -> None:
+    """The batch fits the text, `prompt` (None: nothing is sampled) is in its vocabulary, and the model's
+    components accept its vocabulary size (as building the model will check)."""
+    dataset.check_run(recipe.train.batch_size, prompt)
+    check_components(recipe.model, recipe.model.config(dataset.vocab_size))
 
 
 def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, runs_dir: str | Path, quiet: bool,
