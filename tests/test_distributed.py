@@ -75,6 +75,41 @@ def test_two_processes_take_the_steps_of_one(tmp_path, write_recipe, micro_batch
         torch.testing.assert_close(two[name], weight, atol=1e-5, rtol=1e-4, msg=name)
 
 
+OPEN_AT_EXIT = """
+import atexit
+import os
+
+from gptkit.cli import main
+
+
+def sockets() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:  # listdir's own descriptor, closed already
+            pass
+    return n
+
+
+# Registered before gptkit joins the job, so run after gptkit's own exit handler (atexit is last in, first out).
+atexit.register(lambda: print(f"rank {os.environ['RANK']} sockets at exit: {sockets()}", flush=True))
+main(prog_name="gptkit")
+"""
+
+
+def test_a_finished_run_closes_its_connections_before_python_shuts_down(tmp_path, write_recipe):
+    # gloo's threads and connections left to the interpreter's shutdown met the other rank's closing now
+    # and then, and aborted the process ("terminate called without an active exception") after a good run.
+    script = tmp_path / "open_at_exit.py"
+    script.write_text(OPEN_AT_EXIT)
+    result = torchrun("run", write_recipe(train={"batch_size": 8, "max_steps": 2}), "--runs-dir", tmp_path / "ddp",
+                      "-q", entry=(script,))
+    assert result.returncode == 0, result.stdout
+    assert sorted(line for line in result.stdout.splitlines() if "sockets at exit" in line) == [
+        "rank 0 sockets at exit: 0", "rank 1 sockets at exit: 0"], result.stdout
+
+
 def worker_of_rank(agent: int, rank: int) -> int:
     """The pid of torchrun's worker process with RANK=rank."""
     for child in Path(f"/proc/{agent}/task/{agent}/children").read_text().split():

@@ -9,7 +9,9 @@ Without torchrun (or with one process) everything here is a no-op.
 
 import atexit
 import contextlib
+import gc
 import hashlib
+import importlib
 import inspect
 import math
 import os
@@ -207,6 +209,10 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not td.is_initialized():
+        # Before the group exists: torch._dynamo imported after it (DDP imports it) holds on to the group for
+        # good, so that its gloo threads and connections outlived destroy_process_group into the
+        # interpreter's shutdown, where a peer closing its end now and then aborted the process.
+        importlib.import_module("torch._dynamo")
         td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         atexit.register(_leave)
     host_group = None if td.get_backend() == "gloo" else td.new_group(backend="gloo")
@@ -223,5 +229,8 @@ def _store() -> td.Store:
 
 
 def _leave() -> None:
+    """Close the job's connections while Python is whole, not in its shutdown: a trainer's DDP wrapper,
+    garbage in a reference cycle, still holds the group until collected."""
     if td.is_initialized():
+        gc.collect()
         td.destroy_process_group()
