@@ -10,7 +10,6 @@ MAX_TOKENS = 10**7  # per sample: the output is allocated up front, and that is 
 STREAM_EVERY = 64  # tokens per on_tokens call: reading them back syncs a GPU, too rarely to cost anything
 
 
-@torch.inference_mode()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, generator: torch.Generator | None = None,
              use_cache: bool = True, on_tokens: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
@@ -26,7 +25,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     `on_tokens`, for streaming, is called with each run of new tokens, a (B, k) view of the output:
     every STREAM_EVERY tokens, at the end, and when a KeyboardInterrupt stops generation (which is
     then raised again), so that nothing generated is lost. The model runs in evaluation mode (no
-    dropout), and is left in the mode it was in.
+    dropout), and is left in the mode it was in. Returns int64 ids, an ordinary tensor (not an
+    inference-mode one), which may be fed back into training.
     """
     max_new_tokens, temperature, top_k = check_sampling(max_new_tokens, temperature, top_k, count="max_new_tokens")
     if not (isinstance(idx, torch.Tensor) and idx.dim() == 2 and not (idx.is_floating_point() or idx.is_complex())
@@ -36,11 +36,17 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
                         f"vocab.encode(text)[None, :]; got {got}")
     if idx.size(1) == 0:
         raise ValueError("idx must hold at least one token to continue")
+    lo, hi, V = int(idx.min()), int(idx.max()), model.config.vocab_size
+    if lo < 0 or hi >= V:  # else the embedding's bare "index out of range"
+        raise ValueError(f"idx holds token id {lo if lo < 0 else hi}, outside the model's vocabulary (ids 0 to "
+                         f"{V - 1}); encode text with the vocabulary the model was trained with")
     block_size = model.config.block_size
     keep = max(1, block_size // 2)
     cache = model.new_cache() if use_cache and model.supports_kv_cache else None
     B, n = idx.shape  # n: tokens so far
-    out = torch.empty(B, n + max_new_tokens, dtype=idx.dtype, device=idx.device)
+    # int64, as embeddings take: a dataset holds its tokens as uint8 (int32 past 256 characters). Made
+    # outside inference mode, so that autograd may save it later; inference mode may still write to it.
+    out = torch.empty(B, n + max_new_tokens, dtype=torch.long, device=idx.device)
     out[:, :n] = idx
     start = max(0, n - block_size)  # the window's first token
     fed = start  # tokens before this one are in the cache
@@ -55,18 +61,19 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     was_training = model.training
     model.eval()
     try:
-        for _ in range(max_new_tokens):
-            if n - start > block_size:
-                start = fed = n - keep
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                if n - start > block_size:
+                    start = fed = n - keep
+                    if cache is not None:
+                        cache = model.new_cache()
+                logits, _ = model(out[:, fed:n], cache=cache)
                 if cache is not None:
-                    cache = model.new_cache()
-            logits, _ = model(out[:, fed:n], cache=cache)
-            if cache is not None:
-                fed = n
-            out[:, n : n + 1] = next_token(logits[:, -1, :], temperature, top_k, generator)
-            n += 1
-            if on_tokens is not None and n - shown >= STREAM_EVERY:
-                stream()
+                    fed = n
+                out[:, n : n + 1] = next_token(logits[:, -1, :], temperature, top_k, generator)
+                n += 1
+                if on_tokens is not None and n - shown >= STREAM_EVERY:
+                    stream()
     except KeyboardInterrupt:
         stream()
         raise

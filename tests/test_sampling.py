@@ -97,6 +97,23 @@ def test_a_tiny_temperature_samples_the_likeliest_token():
     assert next_token(logits, 1e-40, None, torch.Generator().manual_seed(0)).item() == 1
 
 
+def test_generate_continues_a_datasets_own_tokens_and_its_output_may_train():
+    model = peaky_model()
+    prompt = torch.tensor([[1, 2, 3]], dtype=torch.uint8)  # as a dataset holds them (int32 past 256 characters)
+    out = generate(model, prompt, 10, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, generate(model, prompt.long(), 10, generator=torch.Generator().manual_seed(0)))
+    assert out.dtype == torch.int64 and not out.is_inference()
+    _, loss = model(out[:, :-1], out[:, 1:])
+    loss.backward()  # generated ids fed back into training: autograd may save them
+
+
+@pytest.mark.parametrize("ids, named", [([[0, CONFIG.vocab_size]], CONFIG.vocab_size), ([[-1, 0]], -1)])
+def test_token_ids_outside_the_vocabulary_are_named(ids, named):
+    with pytest.raises(ValueError, match=f"idx holds token id {named}, outside the model's vocabulary "
+                                         f"\\(ids 0 to {CONFIG.vocab_size - 1}\\)"):
+        generate(peaky_model(), torch.tensor(ids), 3)
+
+
 def test_on_tokens_streams_every_new_token_once_without_changing_them():
     from gptkit.sampling import STREAM_EVERY
 
