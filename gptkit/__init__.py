@@ -18,11 +18,12 @@ _EXPORTS = {
     "train_model": ".api",
     "GPTConfig": ".components", "Params": ".components",
     "UserError": ".errors", "RunStopped": ".errors", "Interrupted": ".errors", "Diverged": ".errors",
+    "ComponentError": ".errors", "RecipeError": ".recipe.load", "RegistryError": ".registry",
     "Vocab": ".data.vocab",
     "GPT": ".model", "Block": ".model", "build_model": ".model",
     "Recipe": ".recipe", "load_recipe": ".recipe",
     "generate": ".sampling", "sample": ".sampling",
-    "load_checkpoint": ".training", "train": ".training",
+    "load_checkpoint": ".training", "train": ".training", "RunResult": ".training.run",
     "load_model": ".training.checkpoint",
 }
 # Bound now, cheaply: importing the submodule of the same name would otherwise shadow the function.
@@ -34,12 +35,15 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .api import train_model
     from .components import GPTConfig, Params
     from .data.vocab import Vocab
-    from .errors import Diverged, Interrupted, RunStopped, UserError
+    from .errors import ComponentError, Diverged, Interrupted, RunStopped, UserError
     from .model import GPT, Block, build_model
     from .recipe import Recipe, load_recipe
+    from .recipe.load import RecipeError
+    from .registry import RegistryError
     from .sampling import generate, sample
     from .training import load_checkpoint, train
     from .training.checkpoint import load_model
+    from .training.run import RunResult
 
 
 def __getattr__(name: str):

@@ -279,6 +279,14 @@ def test_the_package_imports_its_names_on_first_use():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_the_errors_and_results_the_readme_names_are_the_packages():
+    import gptkit
+
+    assert all(issubclass(getattr(gptkit, name), gptkit.UserError)
+               for name in ("RecipeError", "RegistryError", "ComponentError"))  # "except gptkit.RecipeError:"
+    assert gptkit.RunResult.__name__ == "RunResult"  # what train() returns
+
+
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_an_ablation_file_given_as_a_recipe_is_one_error(cli, tmp_path, command):
     abl = tmp_path / "abl.yaml"
