@@ -694,8 +694,12 @@ def test_a_finished_run_without_its_checkpoint_is_not_trained_again(tmp_path, wr
 def test_resuming_with_new_sample_settings_and_no_step_left_saves_them(tmp_path, write_recipe, cli):
     path = write_recipe()
     run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    finished = json.loads((run / "summary.json").read_text())
     assert cli("run", path, "--resume", run, "--set", "sample.tokens=3").exit_code == 0
     assert load_checkpoint(run)["recipe"]["sample"]["tokens"] == 3  # what `gptkit sample RUN` then uses
+    resumed = json.loads((run / "summary.json").read_text())
+    for key in ("wall_seconds", "tokens_per_s", "steps", "final_val_loss"):  # nothing trained: the run's own figures
+        assert resumed[key] == finished[key], key
 
 
 def test_a_budget_below_the_steps_trained_is_refused(tmp_path, reference, cli):

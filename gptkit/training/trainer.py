@@ -227,7 +227,7 @@ class Trainer:
     def _fit(self) -> TrainState:
         state = self.state
         timer = EpochTimer(self.device)
-        t0 = time.perf_counter() - state.seconds
+        self._t0 = t0 = time.perf_counter() - state.seconds
         self._interval_t0 = time.perf_counter()
         self.model.train()
         with stop_on_signals(self):
@@ -266,7 +266,8 @@ class Trainer:
             if state.eval_step != state.step:  # resumed at its budget after a stop between evaluations
                 self.evaluate()  # a run's final figures are its last step's
             self._checkpoint_and_stop_if_asked()  # a stop asked with no step left to take it at
-        state.seconds = time.perf_counter() - t0
+        if (state.step, state.eval_step) != (self.saved_step, self._saved_eval_step):
+            state.seconds = time.perf_counter() - t0  # else the checkpoint's: a resume with nothing to do keeps it
         self.progress.close()
         return state
 
@@ -392,6 +393,7 @@ class Trainer:
         # that checkpoint would evaluate the step again and write its record twice.
         if (self.saved_step, self._saved_eval_step) != (s.step, s.eval_step) or s.eval_pending:
             self._flush()
+            s.seconds = time.perf_counter() - self._t0  # the evaluation before the save too
             self.on_checkpoint(self)
             self.saved_step, self._saved_eval_step = s.step, s.eval_step
             self._interval_t0 = time.perf_counter()  # and the saving
