@@ -26,7 +26,7 @@ def train_model(config_path: str | Path | Recipe, data_path: str | Path | None =
     one to resume from). Under torchrun, rank 0 alone writes both.
     """
     overrides = list(check_overrides(overrides))
-    origins = {}  # an error names the argument the user gave, not a --set they never typed
+    origins = {text: f"overrides {text!r}" for text in overrides}  # an error names what the user gave, not a --set
     if data_path is not None:
         if not Path(data_path).is_file():  # said as the argument it is, not as the recipe's data.path
             raise UserError(f"data_path={str(data_path)!r}: file not found"

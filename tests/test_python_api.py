@@ -119,9 +119,11 @@ def test_train_model_trains_a_recipe_object_with_overrides_and_leaves_it_as_it_w
     assert saved.train.epochs == 2 and saved.train.max_steps == 3 and saved.model.n_layer == 1
 
 
-def test_train_model_names_a_bad_override_of_a_recipe_object(tmp_path, write_recipe):
-    with pytest.raises(RecipeError, match=r"^--set train.lr=-1: train.lr: "):
-        train_model(load_recipe(write_recipe()), overrides=["train.lr=-1"], runs_dir=tmp_path / "runs")
+@pytest.mark.parametrize("loaded", [True, False], ids=["recipe-object", "recipe-file"])
+def test_train_model_names_a_bad_override_as_given(tmp_path, write_recipe, loaded):
+    recipe = load_recipe(write_recipe()) if loaded else write_recipe()
+    with pytest.raises(RecipeError, match=r"^overrides 'train.lr=-1': train.lr: "):  # not a --set never typed
+        train_model(recipe, overrides=["train.lr=-1"], runs_dir=tmp_path / "runs")
 
 
 def test_train_model_data_path_of_a_recipe_object_is_the_users_text_not_a_corpus_to_create(tmp_path, write_recipe,
@@ -157,6 +159,14 @@ def test_train_leaves_the_callers_random_state(tmp_path, write_recipe):
     torch.manual_seed(456)  # training seeds itself: the caller's state does not change the run
     second = train(recipe, runs_dir=tmp_path / "runs", quiet=True)
     assert second.summary["final_train_loss"] == first.summary["final_train_loss"]
+
+
+def test_load_model_leaves_the_callers_random_state(tmp_path, write_recipe):
+    run = train(load_recipe(write_recipe(train={"max_steps": 1})), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    load_model(run)  # its initial weights, drawn and then overwritten by the checkpoint's, draw nothing of the caller's
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_conformance_checks_leave_the_callers_random_state():

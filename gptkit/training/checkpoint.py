@@ -11,7 +11,7 @@ import torch
 
 from .. import plugins
 from ..data.vocab import Vocab
-from ..device import resolve_device
+from ..device import keep_random_state, resolve_device
 from ..diagnose import check_forward
 from ..errors import UserError, one_line
 from ..io import atomic_write
@@ -171,13 +171,13 @@ def load_model(path: Path, device: str | torch.device = "cpu", check: bool = Tru
             recipe = validate(state["recipe"], origin=f"the recipe stored in {path}")
     except UserError as e:
         raise UserError(f"{e}{missing_plugins(state.get('plugins', {}))}") from None
-    model = build_model(recipe.model, state["vocab_size"])
-    load_weights(model, state, path)
-    model = model.to(device).eval()
-    if check:
-        warning = check_forward(model, recipe.model)
-        if warning:
-            warnings.warn(warning, stacklevel=2)
+    with keep_random_state(device):  # the initial weights drawn and overwritten cost a notebook's later draws nothing
+        model = build_model(recipe.model, state["vocab_size"])
+        load_weights(model, state, path)
+        model = model.to(device).eval()
+        warning = check_forward(model, recipe.model) if check else None
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     return model, recipe, Vocab(state["itos"])
 
 
