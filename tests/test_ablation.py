@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import statistics
 from pathlib import Path
@@ -304,7 +305,8 @@ def test_file_strings_reach_the_recipe_unchanged(tmp_path, write_recipe, value):
 
 def md_rows(text: str) -> dict[str, list[str]]:
     lines = [line for line in text.splitlines() if line.startswith("| ")][1:]
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip().removeprefix("|").removesuffix("|"))]
+             for line in lines]  # a cell's own "|" is escaped
     return {c[0].removesuffix(" (baseline)"): c for c in cells}
 
 
@@ -432,6 +434,17 @@ def test_compare(cli, tmp_path, two_runs):
     assert missing.exit_code == 2 and f"{tmp_path}: not a run folder (it has no recipe.yaml)" in missing.output
     missing = cli("compare", two_runs[0], tmp_path / "nowhere")
     assert missing.exit_code == 2 and f"{tmp_path / 'nowhere'}: no such folder" in missing.output
+
+
+def test_compare_shows_every_value_on_one_line_of_its_own_cell():
+    from gptkit.ablation.report import table
+    from gptkit.cli.compare import ABSENT, show
+
+    values = ["KING:\nThe", "", " ROMEO", "null", "a|b", None, ABSENT, "plain"]
+    text = table(["key", *map(str, range(len(values)))], [["sample.prompt", *map(show, values)]])
+    assert len(text.splitlines()) == 3  # header, rule, the one row
+    assert md_rows(text)["sample.prompt"] == ["sample.prompt", '"KING:\\nThe"', '""', '" ROMEO"', '"null"', "a\\|b",
+                                              "null", "(absent)", "plain"]
 
 
 def test_compare_plots(cli, tmp_path, two_runs):

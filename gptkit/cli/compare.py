@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import click
@@ -162,8 +163,15 @@ def differs(values: list) -> bool:
 
 
 def show(value) -> str:
-    """A recipe value in the differences table: a key one recipe lacks is not the same as null."""
-    return "(absent)" if value is ABSENT else "null" if value is None else str(value)
+    """A recipe value in the differences table: a key one recipe lacks is not the same as null, and a
+    string that would not read as itself in a cell (empty, padded, on several lines, or reading as null)
+    is quoted, as JSON; a `|` would end the cell."""
+    if value is ABSENT:
+        return "(absent)"
+    text = "null" if value is None else str(value)
+    if isinstance(value, str) and (value != value.strip() or not value.isprintable() or value in ("", "null", "(absent)")):
+        text = json.dumps(value, ensure_ascii=False)
+    return text.replace("|", "\\|")
 
 
 def short_names(dirs: list[Path]) -> list[str]:
