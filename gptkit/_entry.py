@@ -1,6 +1,7 @@
 """The `gptkit` console script. The command line (and torch with it) is imported here, inside the
 Ctrl-C handling, so that an interrupt in the first seconds ends as quietly as one later."""
 
+import os
 import sys
 
 
@@ -8,6 +9,7 @@ def main() -> None:
     try:
         from .cli import main as cli
     except KeyboardInterrupt:
-        sys.stderr.write("\ninterrupted\n")
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # under torchrun, once per machine (cli.first_on_machine)
+            sys.stderr.write("\ninterrupted\n")
         raise SystemExit(130) from None
     cli(prog_name="gptkit")

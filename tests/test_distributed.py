@@ -365,3 +365,120 @@ def test_train_model_under_torchrun_saves_on_rank_0_alone(tmp_path, write_recipe
     result = torchrun(write_recipe(train={"batch_size": 8}), saved, tmp_path / "ddp", entry=(script,))
     assert result.returncode == 0 and result.stdout.count("returned") == 2, result.stdout
     assert torch.load(saved, weights_only=True)["step"] == 6
+
+
+EXIT_CODES = """
+try:
+    main(prog_name="gptkit")
+except SystemExit as e:  # what this process exits with, as torchrun does not say it when it is signalled itself
+    print(f"rank {os.environ['RANK']} exits with {e.code}", flush=True)
+    raise
+"""
+
+SIGNAL_WHILE_RANK_0_SETS_UP = """
+import os, signal, sys, time
+from gptkit.cli import main
+from gptkit.training import run
+
+remove_leftovers = run.remove_leftovers
+sig = getattr(signal, sys.argv.pop(1))
+
+def signalled_while_setting_up(run_dir):  # as on a slow disk: torchrun is signalled while rank 0 sets up its folder
+    time.sleep(1)  # rank 1 waits for the folder by now
+    os.kill(os.getppid(), sig)  # torchrun's agent, which passes it on to every process
+    time.sleep(2)
+    remove_leftovers(run_dir)
+
+if os.environ["RANK"] == "0":
+    run.remove_leftovers = signalled_while_setting_up
+""" + EXIT_CODES
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_rank_0_sets_up_the_run_folder_stops_the_run_at_its_first_step(tmp_path, write_recipe, sig):
+    # Rank 1, waiting for the folder, stops with rank 0 at the first step boundary, as one process does;
+    # it used to die there (SIGTERM) or stop alone (SIGINT), and rank 0 met its closed connection.
+    script = tmp_path / "signal_in_setup.py"
+    script.write_text(SIGNAL_WHILE_RANK_0_SETS_UP)
+    out = torchrun(sig, "run", write_recipe(train={"batch_size": 8}), "--runs-dir", tmp_path / "ddp", "-q",
+                   entry=(script,)).stdout
+    (run_dir,) = (tmp_path / "ddp").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["reason"].startswith(f"{sig} received"), (summary, out)
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 1, out
+    assert out.count(f"stopped: {sig} received: stopped at step 1 with a checkpoint saved") == 1, out
+    assert out.count(f"{sig}: stopping after this step") == 1 and "interrupted\n" not in out, out
+    code = 128 + getattr(signal, sig)
+    assert f"rank 0 exits with {code}" in out and f"rank 1 exits with {code}" in out, out
+    assert "[rank0]" not in out and "[rank1]" not in out and "Connection closed" not in out, out
+
+
+RANK_1_KILLED = """
+import atexit, os, signal, sys, time
+from gptkit.cli import main
+from gptkit.training.distributed import Distributed
+from gptkit.training.trainer import Trainer
+
+when = sys.argv.pop(1)
+if os.environ["RANK"] == "1":
+    if when == "setup":  # as rank 1 starts waiting for rank 0's run folder
+        Distributed.any_rank = lambda self, flag: os.kill(os.getpid(), signal.SIGKILL)
+    else:  # in its third training step
+        train_step = Trainer.train_step
+
+        def killed_in_step_3(self, *args):
+            if self.state.step == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return train_step(self, *args)
+
+        Trainer.train_step = killed_in_step_3
+else:  # rank 0 ends slowly (a slow disk, a busy machine): torchrun's SIGTERM, sent as rank 1 dies, finds it still there
+    atexit.register(time.sleep, 2)
+""" + EXIT_CODES
+
+
+@pytest.mark.parametrize("when", ["setup", "training"])
+def test_rank_0_says_once_that_another_process_was_killed_and_ends_with_exit_code_1(tmp_path, write_recipe, when):
+    # Rank 0 ignores torchrun's SIGTERM from then on to its exit, which used to kill it (exit code -15)
+    # after its message; a peer lost while rank 0 set up its folder used to be a traceback and a run
+    # recorded as failed with gloo's error.
+    script = tmp_path / "rank_1_killed.py"
+    script.write_text(RANK_1_KILLED)
+    recipe = write_recipe(train={"batch_size": 8, "max_steps": 8, "checkpoint_every": 2})
+    out = torchrun(when, "run", recipe, "--runs-dir", tmp_path / "ddp", "-q", entry=(script,)).stdout
+    said = ("before training started" if when == "setup" else
+            "at step 3 (its connection closed); it says why itself if it could, and the last checkpoint (step 2) is intact")
+    assert out.count(f"stopped: another process of this torchrun job ended {said}") == 1, out
+    assert "rank 0 exits with 1" in out and "SIGTERM" not in out.split("Failures:")[-1], out
+    assert re.search(r"rank\s*: 0 \(local_rank: 0\)\s*exitcode\s*: 1\b", out.split("Root Cause")[0]), out
+    assert "[rank0]" not in out and "Connection closed" not in out, out
+    (run_dir,) = (tmp_path / "ddp").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["reason"].startswith("another process"), summary
+    assert summary["checkpoint_step"] == (None if when == "setup" else 2), summary
+
+
+INTERRUPTED_BEFORE_TRAINING = """
+import os, signal
+from gptkit.cli import main
+from gptkit.training import run
+
+load_dataset = run.load_dataset
+
+def interrupted(*args):  # a Ctrl-C to the job before its run starts: every process is interrupted
+    os.kill(os.getpid(), signal.SIGINT)
+    return load_dataset(*args)
+
+run.load_dataset = interrupted
+""" + EXIT_CODES
+
+
+def test_what_every_process_would_say_before_the_run_starts_is_said_once(tmp_path, write_recipe):
+    recipe = write_recipe(train={"batch_size": 8, "max_steps": 2})
+    stopped = train(load_recipe(recipe), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED_BEFORE_TRAINING)
+    out = torchrun("run", "--resume", stopped, "--runs-dir", tmp_path / "elsewhere", entry=(script,)).stdout
+    assert out.count("note: --runs-dir ") == 1, out
+    assert out.splitlines().count("interrupted") == 1, out
+    assert "rank 0 exits with 130" in out and "rank 1 exits with 130" in out, out

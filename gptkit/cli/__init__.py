@@ -29,7 +29,7 @@ class Group(click.Group):
             if e.every_rank:  # met by this process alone (its GPU's memory): the others cannot say it
                 rank = os.environ.get("RANK")
                 click.echo(f"error{f' (rank {rank})' if rank else ''}: {e}", err=True)
-            elif os.environ.get("LOCAL_RANK", "0") == "0":  # under torchrun, once per machine, not per process
+            elif first_on_machine():
                 click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
         except RunStopped as e:
@@ -43,9 +43,16 @@ class Group(click.Group):
         except OSError as e:  # the machine's, not the user's: a full disk, a vanished folder
             click.echo(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", err=True)
             ctx.exit(1)
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted", err=True)
+        except KeyboardInterrupt:  # (torchrun passes a Ctrl-C on to every process)
+            if first_on_machine():
+                click.echo("\ninterrupted", err=True)
             ctx.exit(130)
+
+
+def first_on_machine() -> bool:
+    """Whether this process speaks for its machine: under torchrun, every process of a machine meets the
+    same command line, mistake and Ctrl-C, and its local rank 0 alone says so."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 _gone: set[int] = set()  # the file descriptors whose reader went away

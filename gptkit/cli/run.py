@@ -7,7 +7,7 @@ from ..recipe import load_recipe
 from ..training import train
 from ..training.resume import check_run_dir, not_a_run, with_plugin_hint
 from ..training.progress import fmt_duration
-from . import main, overrides_option
+from . import first_on_machine, main, overrides_option
 
 
 @main.command()
@@ -36,7 +36,7 @@ def run(recipe, overrides, runs_dir, resume, quiet):
         hint = f"; to continue that run: gptkit run --resume {recipe}" if (Path(recipe) / "recipe.yaml").is_file() else ""
         raise UserError(f"{recipe} is a folder, not a recipe file{hint}")
     runs_dir_given = click.get_current_context().get_parameter_source("runs_dir") is not click.core.ParameterSource.DEFAULT
-    if explicit and runs_dir_given and Path(resume).resolve().parent != Path(runs_dir).resolve():
+    if explicit and runs_dir_given and Path(resume).resolve().parent != Path(runs_dir).resolve() and first_on_machine():
         click.echo(f"note: --runs-dir {runs_dir} is not used: a resumed run stays in its folder, {resume}", err=True)
     if recipe is None:
         if resume in (None, "auto"):

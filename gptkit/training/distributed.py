@@ -15,6 +15,8 @@ import importlib
 import inspect
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -40,6 +42,15 @@ class PeerFailed(RunStopped):
 class PeerLost(RunStopped):
     """Under torchrun, another process ended in the middle of a collective (killed, or stopped by an
     error of its own, which it reports): this one cannot go on without it."""
+
+
+def lost(message: str) -> PeerLost:
+    """PeerLost(message), for a process that found another one gone. torchrun stops the job now that a
+    process has ended: its SIGTERM must not cut short the record of why, or the message, of a process that
+    is ending anyway, so it is ignored from here to the process's exit (no signal context restores it)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return PeerLost(message)
 
 
 def lost_peer(e: BaseException) -> bool:
@@ -96,6 +107,18 @@ class Distributed:
         finally:  # on an error too: the others then meet it themselves and report it, instead of waiting
             if self.world_size > 1 and not self.local_rank:
                 td.barrier(group=self.host_group)
+
+    @contextlib.contextmanager
+    def needing_peers(self, when: str):
+        """Within it, a collective that finds another process gone raises PeerLost ("another process of this
+        torchrun job ended `when`"), said once by rank 0, instead of gloo's error and a traceback."""
+        try:
+            yield
+        except RuntimeError as e:
+            if self.world_size == 1 or not lost_peer(e):
+                raise
+            raise lost(f"another process of this torchrun job ended {when} (its connection closed); it says why "
+                       "itself if it could") from None
 
     def seed(self, seed: int, step: int) -> None:
         """Give every rank but 0 a random stream of its own (dropout masks), derived from (seed, rank,

@@ -102,7 +102,8 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
     if not isinstance(recipe, Recipe):
         raise TypeError(f"train takes a Recipe, got {type(recipe).__name__}: train(load_recipe(path))")
     dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
-    with keep_random_state(device):
+    # The set-up's collectives (training's are the trainer's): a process gone is one message, not a traceback.
+    with keep_random_state(device), dist.needing_peers("before training started"):
         return _train(recipe, dist, device, runs_dir, quiet, resume, run_dir)
 
 
@@ -174,8 +175,12 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
                             "steps (train.epochs, and train.max_steps if set)")
     if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
         try:
-            dist.any_rank(False)  # waits for rank 0's run folder: PeerFailed if it could not set it up
-            trainer.fit()  # PeerFailed at a stop vote if rank 0 could not write a checkpoint or metrics
+            # From before the wait for rank 0's folder, which rank 0 sets up under its own handler: a signal
+            # meanwhile is a stop request that every rank agrees on at the first step's vote, with a checkpoint,
+            # not this rank's death (SIGTERM) or KeyboardInterrupt (SIGINT) alone.
+            with stop_on_signals(trainer):
+                dist.any_rank(False)  # waits for rank 0's run folder: PeerFailed if it could not set it up
+                trainer.fit()  # PeerFailed at a stop vote if rank 0 could not write a checkpoint or metrics
         except (distributed.PeerFailed, Diverged):  # rank 0 says why (and records a divergence): let it end first
             dist.outlive()  # here, out of fit: its SIGTERM handler would make torchrun's stop of this rank a note
             raise
@@ -188,7 +193,8 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     def start() -> None:  # the run folder is set up: the other ranks, waiting for this vote, train too
         nonlocal ready
         ready = True
-        dist.any_rank(False)
+        with dist.needing_peers("before training started"):  # said and recorded as a stop, not as gloo's error
+            dist.any_rank(False)
 
     try:
         # From before the folder is made: a Ctrl-C while it is set up stops the run at its first step

@@ -53,4 +53,7 @@ def _on_signals(handler):
         yield
     finally:
         for s, h in previous.items():
-            signal.signal(s, h)
+            # Only a handler still ours: one set inside the block stays (SIGTERM ignored once torchrun's job
+            # lost a process, up to this process's exit: see distributed.lost).
+            if signal.getsignal(s) is handler:
+                signal.signal(s, h)

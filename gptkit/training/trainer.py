@@ -9,7 +9,6 @@ the running figures. A run stopped at step k and resumed takes the same steps, b
 import contextlib
 import math
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ from ..model import GPT
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
 from .checkpoint import unloadable
-from .distributed import Distributed, PeerLost, lost_peer
+from .distributed import Distributed, lost, lost_peer
 from .optim_setup import build_optimizer, flat_gradients, param_groups, set_lr
 from .progress import Progress
 from .signals import stop_on_signals
@@ -216,13 +215,9 @@ class Trainer:
         except RuntimeError as e:
             if self.dist.world_size == 1 or not lost_peer(e):
                 raise
-            if threading.current_thread() is threading.main_thread():
-                # torchrun stops the job now that a process has ended: its SIGTERM must not cut short
-                # the record of why, or the message, of a process that is ending anyway.
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.progress.close()
-            raise PeerLost(f"another process of this torchrun job ended at step {self.state.step + 1} (its "
-                           f"connection closed); it says why itself if it could, and {self._checkpoint_note()}") from None
+            raise lost(f"another process of this torchrun job ended at step {self.state.step + 1} (its "
+                       f"connection closed); it says why itself if it could, and {self._checkpoint_note()}") from None
 
     def _fit(self) -> TrainState:
         state = self.state
