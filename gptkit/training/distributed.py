@@ -16,6 +16,7 @@ import inspect
 import math
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -165,13 +166,16 @@ class Distributed:
                 td.all_reduce(torch.tensor([float(FAILED + exit_code)]), op=td.ReduceOp.MAX, group=self.host_group)
 
     def outlive(self) -> None:
-        """Wait until every rank gets here, or ends: after PeerFailed, the rank that failed has then said why
-        and ended (its closed connection ends this barrier, which it never joins), so that torchrun names it,
-        not this rank, as the job's failure; after a stop, rank 0 has saved its checkpoint before any rank
-        ends (torchrun stops the rest of a job when one process ends with an error)."""
+        """Wait until every rank gets here, or ends: after PeerFailed, the rank that failed (rank 0) has then
+        said why and ended, so that torchrun names it, not this rank, as the job's failure; after a stop,
+        rank 0 has saved its checkpoint before any rank ends (torchrun stops the rest of a job when one
+        process ends with an error)."""
         if self.world_size > 1:
-            with contextlib.suppress(RuntimeError):
+            try:
                 td.barrier(group=self.host_group)
+            except RuntimeError:  # a connection closed, which rank 0 does on its way out: see it gone too
+                if self.rank:
+                    _wait_for_rank_0_to_end()
 
     def failed_in_training(self, step: int) -> None:
         """Rank 0, failing with a user's error (a plugin's bug) in training step `step`: tell the other
@@ -239,10 +243,30 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
         td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         atexit.register(_leave)
     host_group = None if td.get_backend() == "gloo" else td.new_group(backend="gloo")
+    if td.get_rank() == 0:
+        _store().set(RANK_0_KEY, f"{socket.gethostname()} {os.getpid()}")
     return Distributed(td.get_rank(), td.get_world_size(), local_rank, host_group), device
 
 
 ERROR_KEY = "gptkit/rank-0-failed-at-step"
+RANK_0_KEY = "gptkit/rank-0-process"  # its machine and pid
+
+
+def _wait_for_rank_0_to_end(limit: float = 30.0) -> None:
+    """On rank 0's machine, until its process is gone and reaped by torchrun (which then names it as the
+    job's failure), at most `limit` seconds; elsewhere its own machine's torchrun names it."""
+    try:
+        store = _store()
+        host, pid = store.get(RANK_0_KEY).decode().split() if store.check([RANK_0_KEY]) else ("", "0")
+    except Exception:  # no torchrun store to ask (it went with rank 0)
+        return
+    deadline = time.monotonic() + limit
+    while host == socket.gethostname() and time.monotonic() < deadline:
+        try:
+            os.kill(int(pid), 0)  # a zombie answers too, until torchrun has seen it end
+        except (ProcessLookupError, PermissionError):  # (another user's: not rank 0)
+            return
+        time.sleep(0.05)
 
 
 def _store() -> td.Store:
