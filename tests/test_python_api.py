@@ -149,6 +149,11 @@ def test_load_model_of_a_recipe_says_it_is_not_a_checkpoint(write_recipe):
         load_model(recipe)
 
 
+def test_train_takes_its_options_by_keyword_only(tmp_path, write_recipe):
+    with pytest.raises(TypeError):  # a run folder given third would have been `quiet`, and a new run started
+        train(load_recipe(write_recipe()), tmp_path / "runs", tmp_path / "runs" / "earlier")
+
+
 # ---- the caller's random state is left as it was ----------------------------------------------------
 def test_train_leaves_the_callers_random_state(tmp_path, write_recipe):
     recipe = load_recipe(write_recipe(train={"max_steps": 2}))

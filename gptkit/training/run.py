@@ -87,7 +87,7 @@ def make_run_dir(path: Path) -> Path:
     return path
 
 
-def train(recipe: Recipe, runs_dir: str | Path = "runs", quiet: bool = False,
+def train(recipe: Recipe, runs_dir: str | Path = "runs", *, quiet: bool = False,
           resume: str | Path | None = None, run_dir: str | Path | None = None) -> RunResult:
     """Train the model `recipe` describes; everything the run produces lands in a run folder: a new
     one under `runs_dir`, or `run_dir` when given (created if missing; an ablation names its runs).
