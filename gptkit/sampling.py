@@ -36,7 +36,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
                         f"vocab.encode(text)[None, :]; got {got}")
     if idx.size(1) == 0:
         raise ValueError("idx must hold at least one token to continue")
-    lo, hi, V = int(idx.min()), int(idx.max()), model.config.vocab_size
+    V = model.config.vocab_size
+    lo, hi = (int(idx.min()), int(idx.max())) if idx.numel() else (0, 0)  # (a batch of none has no ids)
     if lo < 0 or hi >= V:  # else the embedding's bare "index out of range"
         raise ValueError(f"idx holds token id {lo if lo < 0 else hi}, outside the model's vocabulary (ids 0 to "
                          f"{V - 1}); encode text with the vocabulary the model was trained with")

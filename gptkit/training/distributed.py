@@ -244,7 +244,8 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
         atexit.register(_leave)
     host_group = None if td.get_backend() == "gloo" else td.new_group(backend="gloo")
     if td.get_rank() == 0:
-        _store().set(RANK_0_KEY, f"{socket.gethostname()} {os.getpid()}")
+        with contextlib.suppress(Exception):  # a group made without a store: the others only wait less
+            _store().set(RANK_0_KEY, f"{socket.gethostname()} {os.getpid()}")
     return Distributed(td.get_rank(), td.get_world_size(), local_rank, host_group), device
 
 
