@@ -380,20 +380,31 @@ except SystemExit as e:  # what this process exits with, as torchrun does not sa
 
 SIGNAL_WHILE_RANK_0_SETS_UP = """
 import os, signal, sys, time
+from pathlib import Path
 from gptkit.cli import main
 from gptkit.training import run
+from gptkit.training.distributed import Distributed
 
-remove_leftovers = run.remove_leftovers
-sig = getattr(signal, sys.argv.pop(1))
+remove_leftovers, any_rank = run.remove_leftovers, Distributed.any_rank
+sig, waiting = getattr(signal, sys.argv.pop(1)), Path(sys.argv.pop(1))
 
 def signalled_while_setting_up(run_dir):  # as on a slow disk: torchrun is signalled while rank 0 sets up its folder
-    time.sleep(1)  # rank 1 waits for the folder by now
+    deadline = time.monotonic() + 60
+    while not waiting.exists() and time.monotonic() < deadline:  # until rank 1 waits for the folder
+        time.sleep(0.05)
+    time.sleep(0.2)
     os.kill(os.getppid(), sig)  # torchrun's agent, which passes it on to every process
     time.sleep(2)
     remove_leftovers(run_dir)
 
+def says_it_waits(self, flag):  # rank 1's first vote: the wait for rank 0's folder
+    waiting.touch()
+    return any_rank(self, flag)
+
 if os.environ["RANK"] == "0":
     run.remove_leftovers = signalled_while_setting_up
+else:
+    Distributed.any_rank = says_it_waits
 """ + EXIT_CODES
 
 
@@ -403,8 +414,8 @@ def test_a_signal_while_rank_0_sets_up_the_run_folder_stops_the_run_at_its_first
     # it used to die there (SIGTERM) or stop alone (SIGINT), and rank 0 met its closed connection.
     script = tmp_path / "signal_in_setup.py"
     script.write_text(SIGNAL_WHILE_RANK_0_SETS_UP)
-    out = torchrun(sig, "run", write_recipe(train={"batch_size": 8}), "--runs-dir", tmp_path / "ddp", "-q",
-                   entry=(script,)).stdout
+    out = torchrun(sig, tmp_path / "rank-1-waits", "run", write_recipe(train={"batch_size": 8}), "--runs-dir",
+                   tmp_path / "ddp", "-q", entry=(script,)).stdout
     (run_dir,) = (tmp_path / "ddp").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["reason"].startswith(f"{sig} received"), (summary, out)
