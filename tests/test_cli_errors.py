@@ -284,7 +284,9 @@ def test_the_errors_and_results_the_readme_names_are_the_packages():
 
     assert all(issubclass(getattr(gptkit, name), gptkit.UserError)
                for name in ("RecipeError", "RegistryError", "ComponentError"))  # "except gptkit.RecipeError:"
-    assert gptkit.RunResult.__name__ == "RunResult"  # what train() returns
+    from gptkit.training.run import RunResult
+
+    assert gptkit.RunResult is RunResult  # what train() returns
 
 
 @pytest.mark.parametrize("command", ["validate", "run"])

@@ -150,7 +150,7 @@ def test_load_model_of_a_recipe_says_it_is_not_a_checkpoint(write_recipe):
 
 
 def test_train_takes_its_options_by_keyword_only(tmp_path, write_recipe):
-    with pytest.raises(TypeError):  # a run folder given third would have been `quiet`, and a new run started
+    with pytest.raises(TypeError, match="positional"):  # a run folder given third was `quiet`: a new run started
         train(load_recipe(write_recipe()), tmp_path / "runs", tmp_path / "runs" / "earlier")
 
 
