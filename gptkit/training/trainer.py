@@ -222,7 +222,7 @@ class Trainer:
     def _fit(self) -> TrainState:
         state = self.state
         timer = EpochTimer(self.device)
-        self._t0 = t0 = time.perf_counter() - state.seconds
+        self._t0 = time.perf_counter() - state.seconds  # as if this session went on from the earlier ones
         self._interval_t0 = time.perf_counter()
         self.model.train()
         with stop_on_signals(self):
@@ -245,7 +245,7 @@ class Trainer:
                     end_of_epoch = batch + 1 == self.steps_per_epoch
                     if (batch + 1) % self.cfg.log_every == 0 or end_of_epoch or last:
                         self._log(epoch, batch, self._flush())
-                    state.seconds = time.perf_counter() - t0
+                    state.seconds = self._elapsed()
                     self.progress.update(state.step, state.train_loss, state.tokens / state.seconds, state.seconds)
                     if last or (end_of_epoch if self.cfg.eval_every is None else state.step % self.cfg.eval_every == 0):
                         self.evaluate()
@@ -262,7 +262,7 @@ class Trainer:
                 self.evaluate()  # a run's final figures are its last step's
             self._checkpoint_and_stop_if_asked()  # a stop asked with no step left to take it at
         if (state.step, state.eval_step) != (self.saved_step, self._saved_eval_step):
-            state.seconds = time.perf_counter() - t0  # else the checkpoint's: a resume with nothing to do keeps it
+            state.seconds = self._elapsed()  # else the checkpoint's: a resume with nothing to do keeps it
         self.progress.close()
         return state
 
@@ -382,13 +382,17 @@ class Trainer:
         self._interval_t0 = now
         return losses
 
+    def _elapsed(self) -> float:
+        """Training wall time, summed over the sessions of a resumed run."""
+        return time.perf_counter() - self._t0
+
     def _save(self) -> None:
         s = self.state
         # Also after an evaluation at a step already saved (a resumed run's final one): else a resume from
         # that checkpoint would evaluate the step again and write its record twice.
         if (self.saved_step, self._saved_eval_step) != (s.step, s.eval_step) or s.eval_pending:
             self._flush()
-            s.seconds = time.perf_counter() - self._t0  # the evaluation before the save too
+            s.seconds = self._elapsed()  # the evaluation before the save too
             self.on_checkpoint(self)
             self.saved_step, self._saved_eval_step = s.step, s.eval_step
             self._interval_t0 = time.perf_counter()  # and the saving
