@@ -155,10 +155,21 @@ def test_each_variant_is_measured_against_the_peak_of_its_own_dtype(write_recipe
 
 
 @pytest.mark.parametrize("kwargs, error", [({"steps": 0}, ValueError), ({"rounds": 0}, ValueError),
+                                           ({"threads": 0}, ValueError), ({"threads": -1}, ValueError),
+                                           ({"threads": 2.5}, ValueError), ({"steps": True}, ValueError),
                                            ({"vary": "model.norm=layernorm"}, TypeError)])
 def test_run_bench_checks_its_arguments(write_recipe, kwargs, error):
-    with pytest.raises(error):
+    name = next(iter(kwargs))
+    with pytest.raises(error, match=f"^{name} " if error is ValueError else None):  # torch's own error did not name it
         run_bench(write_recipe(), **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_variant_on_a_missing_device_is_named_before_the_peak(cli, write_recipe):
+    result = cli("bench", write_recipe(), "--vary", "train.device=cpu,cuda", "--steps", "1", "--warmup", "1",
+                 "--rounds", "1")
+    assert result.exit_code == 2 and "Peak" not in result.output, result.output
+    assert result.output.startswith("error: variant train.device=cuda: train.device: cuda was asked for"), result.output
 
 
 # Run at the interpreter's start in every bench worker (and nowhere else): it writes its pid, then lingers

@@ -85,8 +85,9 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
     for name, value in (("overrides", overrides), ("vary", vary)):
         if isinstance(value, str):
             raise TypeError(f"{name} takes a list of strings, e.g. [{value!r}]")
-    for name, value in (("steps", steps), ("warmup", warmup), ("rounds", rounds)):
-        if not (isinstance(value, int) and value >= 1):
+    counts = {"steps": steps, "warmup": warmup, "rounds": rounds} | ({} if threads is None else {"threads": threads})
+    for name, value in counts.items():  # threads=None: torch's own count
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     found = variants(parse_vary(list(vary)))
     recipes = [load_recipe(recipe_path, [*overrides, *v.overrides], origins={t: f"--vary {t}" for t in v.overrides})
@@ -133,10 +134,11 @@ def check_distinct(found: list[Variant], recipes: list) -> None:
 
 
 def check_variant_data(found: list[Variant], recipes: list) -> None:
-    """Every variant's data checked as `gptkit run` checks it before training (but for sample.prompt:
-    nothing is sampled), here rather than after the peak and the earlier variants' warm-ups."""
+    """Every variant's device and data checked as `gptkit run` checks them before training (but for
+    sample.prompt: nothing is sampled), here rather than after the peak and the earlier variants' warm-ups."""
     for v, recipe in zip(found, recipes):
         try:
+            peak_key(recipe.train)  # a device that is not there
             dataset = load_dataset(recipe.data, recipe.model.block_size)  # creates a corpus file, as the worker would
             check_fits(recipe, dataset, prompt=None)
         except UserError as e:
