@@ -408,6 +408,32 @@ def test_ablate_draws_the_loss_curves(cli, tmp_path, write_recipe):
     assert (tmp_path / "abl" / "loss_curves.png").read_bytes().startswith(PNG)
 
 
+def test_plot_shows_single_evaluations_and_names_a_label_it_cannot_draw(tmp_path, monkeypatch, capsys):
+    """A short run evaluates once, at its end: one point, which a line without markers leaves invisible."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from gptkit.ablation.plot import plot_curves
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    curves = {"one seed": [[(512, 2.5)]], "two seeds": [[(512, 2.4)], [(512, 2.6)]],
+              "apart": [[(256, 2.0)], [(512, 2.1)]]}  # its seeds were never evaluated at the same step
+    assert plot_curves(curves, tmp_path / "c.png", "t", {"two seeds": "diverged on 1/3 seeds"})
+    ax = figures[0].axes[0]
+    drawn = {line.get_label(): line for line in ax.get_lines() if len(line.get_xdata())}
+    assert set(drawn) == {"one seed (n=1)", "two seeds (n=2; diverged on 1/3 seeds)"}
+    for line in drawn.values():
+        assert list(line.get_xdata()) == [512] and line.get_marker() not in ("", "None", None) and line.get_visible()
+    assert drawn["two seeds (n=2; diverged on 1/3 seeds)"].get_ydata()[0] == pytest.approx(2.5)
+    (spread,) = [c for c in ax.collections if c.get_segments()]  # the min-max band of one point: a bar
+    assert [list(map(list, s)) for s in spread.get_segments()] == [[[512, 2.4], [512, 2.6]]]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "apart: not drawn, its seeds share no evaluation step" in legend
+    err = capsys.readouterr().err
+    assert err == f"warning: {tmp_path / 'c.png'} leaves out apart (its seeds share no evaluation step)\n"
+
+
 @pytest.fixture
 def two_runs(cli, tmp_path, write_recipe):
     """Run folders of the tiny recipe with sinusoidal and with rope positions."""

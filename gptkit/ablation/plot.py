@@ -6,8 +6,11 @@ prints a one-line hint.
 
 from pathlib import Path
 
+import click
+
 from ..io import atomic_write
 
+NO_SHARED_STEP = "its seeds share no evaluation step"
 HINT = "pip install 'gptkit[plot]'  (or: pip install matplotlib)"
 
 
@@ -46,7 +49,8 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
                 notes: dict[str, str] | None = None) -> bool:
     """Draw `curves` ({label: [one [(tokens, val_loss)] per seed]}) into `path`, in the format its
     extension names (image_format), each label followed by its number of seeds and its `notes` entry
-    ("diverged on 5/8 seeds"), if any. False, drawing nothing, when matplotlib is missing."""
+    ("diverged on 5/8 seeds"), if any. A label whose seeds share no evaluation step has no mean to draw: the
+    legend and a warning on stderr name it. False, drawing nothing, when matplotlib is missing."""
     if not have_matplotlib():
         return False
     import matplotlib
@@ -55,18 +59,28 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    left_out = []
     for label, runs in curves.items():
         runs = [r for r in runs if r]
         if not runs:
             continue
         common = sorted(set.intersection(*(set(t for t, _ in r) for r in runs)))  # evaluated by every seed
+        if not common:  # a mean over the seeds has no point to stand on
+            left_out.append(f"{label} ({NO_SHARED_STEP})")
+            ax.plot([], [], " ", label=f"{label}: not drawn, {NO_SHARED_STEP}")  # the image names it too
+            continue
         points = [[dict(r)[t] for r in runs] for t in common]
+        lo, hi = [min(p) for p in points], [max(p) for p in points]
         note = (notes or {}).get(label)
-        (line,) = ax.plot(common, [sum(p) / len(p) for p in points],
+        # markers: a run evaluated only at its end has one point, which a line alone does not show
+        (line,) = ax.plot(common, [sum(p) / len(p) for p in points], marker="o", markersize=3,
                           label=f"{label} (n={len(runs)}{f'; {note}' if note else ''})")
-        if len(runs) > 1:
-            ax.fill_between(common, [min(p) for p in points], [max(p) for p in points], color=line.get_color(),
-                            alpha=0.2, linewidth=0)
+        if len(runs) > 1 and len(common) > 1:
+            ax.fill_between(common, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        elif len(runs) > 1:  # a band one point wide has no area: show the spread as a bar
+            ax.vlines(common, lo, hi, color=line.get_color(), alpha=0.4)
+    if left_out:
+        click.echo(f"warning: {path} leaves out {', '.join(left_out)}", err=True)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation loss")
     ax.set_title(title)
