@@ -15,6 +15,7 @@ import pytest
 
 from gptkit.recipe import RecipeError, load_recipe
 from gptkit.registry import RegistryError, forget_plugins, registry
+from gptkit.training.checkpoint import missing_plugins
 
 NORM = """
     import torch
@@ -493,6 +494,14 @@ def test_resuming_after_a_local_component_file_changed_warns(write_recipe, cli, 
     assert result.exit_code == 0, result.output
     assert (f"warning: model.norm (localnorm) was trained with {file} (sha256 {before}) and now comes from {file} "
             f"(sha256 {after}); resuming {run} with it\n") in result.output
+
+
+def test_a_run_whose_component_file_is_gone_is_told_to_put_it_back(tmp_path):
+    used = {"model.norm": f"gonenorm from {tmp_path / 'gone.py'} (sha256 0123456789ab)"}
+    assert missing_plugins(used) == f"\n(the run was trained with model.norm: {used['model.norm']}: that file is gone: put it back)"
+    (tmp_path / "gone.py").write_text("")  # there again, but no longer registering the component
+    assert missing_plugins(used).endswith(": registered in Python, not installed: register it in this process first "
+                                          "(run or import that code))")
 
 
 FOLDER = object()

@@ -192,7 +192,10 @@ def missing_plugins(used: dict[str, str], prefix: str = "model.") -> str:
             and parse_record(what)[0] not in registry(key.rpartition(".")[2])}  # {line: source}
     if not gone:
         return ""
-    if all(source == "__main__" or source.endswith(".py") for source in gone.values()):  # a script's, not a package's
+    files = sorted({source for source in gone.values() if source.endswith(".py")})
+    if files and all(source in files and not Path(source).is_file() for source in gone.values()):
+        why = "that file is gone: put it back" if len(files) == 1 else "those files are gone: put them back"
+    elif all(source == "__main__" or source in files for source in gone.values()):  # a script's, not a package's
         why = "registered in Python, not installed: register it in this process first (run or import that code)"
     elif plugins.enabled():
         why = "is it installed?"
