@@ -157,3 +157,16 @@ def test_a_corpus_under_a_file_says_that_file_is_no_folder(tmp_path):
                            max_lines=None, val_fraction=0.1, stride=None)
     with pytest.raises(UserError, match=f"cannot create .* corpus: {tmp_path / 'notes.txt'} is a file, not a folder"):
         load_dataset(data, block_size=8)
+
+
+@pytest.mark.parametrize("text, lines", [("KING:\nhail\n", 2), ("KING:\nhail", 2), ("xyz", 1)])
+def test_creating_a_corpus_counts_a_last_line_without_its_newline(tmp_path, monkeypatch, capsys, text, lines):
+    from types import SimpleNamespace
+
+    from gptkit.data import dataset
+
+    monkeypatch.setattr(dataset, "corpus_text", lambda corpus: text)
+    data = SimpleNamespace(path=tmp_path / "c.txt", corpus=parse_component("corpus", "shakespeare"), max_lines=None,
+                           val_fraction=0.0, stride=1)
+    dataset.load_dataset(data, block_size=1)
+    assert f"Created {data.path} ({lines} line{'s' if lines > 1 else ''}) from" in capsys.readouterr().err

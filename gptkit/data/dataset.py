@@ -172,8 +172,8 @@ def load_dataset(data, block_size: int) -> CharDataset:
             why = cannot_make_folder(path.parent) or e.strerror
             raise UserError(f"data.path: cannot create {path} from the '{data.corpus.name}' corpus: {why}; "
                             "choose a writable data.path") from None
-        lines = path.read_text(encoding="utf-8").count("\n")
-        print(f"Created {path} ({lines:,} lines) from the '{data.corpus.name}' corpus.", file=sys.stderr)
+        lines = text.count("\n") + (text[-1:] not in ("", "\n"))  # a last line without its newline counts too
+        print(f"Created {path} ({lines:,} line{'s' if lines != 1 else ''}) from the '{data.corpus.name}' corpus.", file=sys.stderr)
     if not exists(path):
         raise UserError(f"data.path: file {path} not found (paths in a recipe file are relative to its folder, "
                         "on the command line to the current folder)")
