@@ -264,6 +264,18 @@ def test_an_older_checkpoint_resumed_at_its_budget_is_not_evaluated_again(tmp_pa
     assert losses(run) == before  # its last step's evaluation is not written twice
 
 
+def test_an_older_checkpoint_counts_its_wall_time_as_its_steps_time(tmp_path, write_recipe, cli):
+    run = train(load_recipe(write_recipe(**RELIABLE)), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    del state["trainer"]["state"]["step_seconds"]  # as checkpoints were written before it was recorded
+    torch.save(state, run / "checkpoint.pt")
+    steps = state["trainer"]["state"]["step"]
+    assert cli("run", "--resume", run, "--set", f"train.max_steps={steps + 2}", "-q").exit_code == 0
+    summary = json.loads((run / "summary.json").read_text())
+    # Not the new steps' time alone, which would make all the run's tokens look trained in it.
+    assert summary["tokens"] / summary["tokens_per_s"] > state["trainer"]["state"]["seconds"]
+
+
 def signalled_in(monkeypatch, name: str, sig: int) -> None:
     """A real `sig` to this process right after the first call of gptkit.training.run's `name` returns."""
     import gptkit.training.run as run_module

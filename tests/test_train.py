@@ -39,6 +39,10 @@ def test_run_writes_everything_a_user_needs(cli, tmp_path, write_recipe):
     assert [r["step"] for r in steps] == list(range(1, 7))
     assert all({"epoch", "lr", "grad_norm", "tokens_per_s"} <= r.keys() for r in steps)
     assert [r for r in records if "val_loss" in r][-1]["val_loss"] == summary["final_val_loss"]
+    # The run's tokens/s is its steps', as metrics.jsonl gives them: evaluations, saves and the sample left out.
+    per_step = summary["tokens"] / summary["steps"]
+    assert summary["tokens_per_s"] == pytest.approx(summary["tokens"] / sum(per_step / r["tokens_per_s"] for r in steps))
+    assert summary["tokens"] / summary["wall_seconds"] < summary["tokens_per_s"]
 
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert {"model", "recipe", "vocab_size", "stoi", "itos"} <= state.keys()

@@ -357,7 +357,7 @@ def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, 
         "total_steps": trainer.total_steps,
         "epochs": s.epoch + 1,
         "tokens": s.tokens,
-        "tokens_per_s": s.tokens / s.seconds if s.seconds else None,
+        "tokens_per_s": s.tokens / s.step_seconds if s.step_seconds else None,  # of the steps, as metrics.jsonl's
         "wall_seconds": s.seconds,
         "device": str(trainer.device),
         "plugins": recipe.plugin_sources(),  # what resuming needs installed; sampling, the model.* ones

@@ -93,6 +93,7 @@ class TrainState:
     best_val_loss: float | None = None
     tokens: int = 0
     seconds: float = 0.0  # training wall time, summed over resumed sessions
+    step_seconds: float = 0.0  # of it, in training steps: evaluations and saves left out
     eval_pending: bool = False  # an evaluation was due when the run was stopped
     eval_step: int | None = None  # of the last evaluation: a run ends with one at its last step
 
@@ -202,6 +203,8 @@ class Trainer:
         self.state = TrainState(**saved["state"])
         if "eval_step" not in saved["state"]:  # an older checkpoint's: its step was evaluated, as it then assumed
             self.state.eval_step = self.state.step
+        if "step_seconds" not in saved["state"]:  # an older checkpoint's: its steps' time is not known apart
+            self.state.step_seconds = self.state.seconds
         self.saved_step, self._saved_eval_step = self.state.step, self.state.eval_step  # the checkpoint resumed from
         torch.set_rng_state(saved["rng"]["torch"])
         if "cuda" in saved["rng"] and self.device.type == "cuda":
@@ -363,6 +366,7 @@ class Trainer:
         if not len(self._pending):
             return []
         now = time.perf_counter()
+        self.state.step_seconds += now - self._interval_t0
         tokens_per_s = len(self._pending) * self.tokens_per_step / max(now - self._interval_t0, 1e-9)
         values, lrs = self._pending.take()
         losses, norms = self.dist.mean(values[:, 0]).tolist(), values[:, 1].tolist()  # norms: of the shared gradients
