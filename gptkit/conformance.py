@@ -7,19 +7,21 @@ component, and a plugin's test suite can call `check_component` or `assert_confo
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 
 from .components.attention import KVCache, caches
 from .components.base import GPTConfig, Params
 from .components.positional import Positional
 from .components.schedule import is_factor
-from .device import keep_random_state
+from .device import keep_random_state, resolve_device
 from .diagnose import cached_logits, exercise, same_logits
-from .errors import listing
+from .errors import UserError, listing
 from .model import build_model
-from .recipe.components import MODEL_KINDS, ComponentSpec, parse_component
-from .recipe.schema import ModelSection
+from .recipe.components import MODEL_KINDS, ComponentSpec, RecipeIssue, parse_component
+from .recipe.schema import CONFIG_KEYS, ModelSection
 from .registry import RegistryError, registry
 from .training.checkpoint import state_dict_mismatch, unloadable
 from .training.optim_setup import build_optimizer, flat_gradients, param_groups, set_lr
@@ -511,19 +513,56 @@ def run_check(check: str, spec: ComponentSpec, config: GPTConfig = CONFIG) -> Re
 def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG,
                     device: torch.device | str = "cpu") -> list[Result]:
     """Run every check of its kind on one component, on `device` (a component with a GPU kernel of its
-    own is checked on the GPU); raises only when it cannot be checked (unknown or broken: RegistryError;
-    parameters that do not validate, or refusing `config`: ValueError; a default of the test model
-    unusable), never for a failing check. The checks seed torch's global generator; the caller's random
-    state is put back afterwards."""
+    own is checked on the GPU); never raises for a failing check. Raises a UserError when it cannot be
+    checked as asked: unknown or broken (RegistryError), parameters that do not validate, a size of
+    `config` past a recipe's limit (SizeError), a device that is not there; and a ValueError when the
+    component, or a default of the test model, refuses `config`. The checks seed torch's global
+    generator; the caller's random state is put back afterwards."""
     name = name_or_spec.get("name") if isinstance(name_or_spec, dict) else name_or_spec
     if isinstance(name, str):
         registry(kind).get(name)  # unknown or broken: the registry's error, not a recipe's (parse_component's)
-    spec = parse_component(kind, name_or_spec)
+    try:
+        spec = parse_component(kind, name_or_spec)
+    except RecipeIssue as e:
+        if isinstance(e, UserError):  # BrokenParams: a RegistryError that names the component already
+            raise
+        raise UserError(f"{kind} '{name}': {e}" if isinstance(name, str) else f"{kind}: {e}") from None
+    _assert_recipe_limits(config)
     registry(kind).check(spec.name, config, spec.params)  # ValueError: the component refuses `config`
     _assert_defaults_usable(config, kind)
-    device = torch.device(device)
+    device = _device(device)
     with keep_random_state(device), device:  # the default device: what the checks build and draw lands there
         return [run_check(check, spec, config) for check, (kinds, _) in CHECKS.items() if kind in kinds]
+
+
+class SizeError(UserError):
+    """A size of the test model past the limit a recipe sets on it; `key` names it."""
+
+    def __init__(self, key: str, value, reason: str):
+        super().__init__(f"config.{key} {value!r}: {reason}")
+        self.key, self.value, self.reason = key, value, reason
+
+
+def _assert_recipe_limits(config: GPTConfig):
+    """The limits ModelSection sets on a recipe's sizes, from its own fields: past them, building the
+    component alone could try to allocate more memory than the machine has, before any check fails."""
+    for key in CONFIG_KEYS:
+        field, value = ModelSection.model_fields[key], getattr(config, key)
+        try:
+            TypeAdapter(Annotated[field.annotation, *field.metadata]).validate_python(value, strict=True)
+        except ValidationError as e:
+            raise SizeError(key, value, f"{e.errors()[0]['msg']}, as in a recipe") from None
+
+
+def _device(device: torch.device | str) -> torch.device:
+    """`device` as `--device` takes it: a GPU that is not there is resolve_device's UserError, not
+    torch's AssertionError at first use. Any other device torch names (meta: shapes without numbers)
+    is taken as it is."""
+    try:
+        device = torch.device(device)
+    except RuntimeError:  # auto, or a typo (which resolve_device's error says, listing the names)
+        return resolve_device(str(device), "device")
+    return resolve_device(str(device), "device") if device.type in ("cuda", "mps") else device
 
 
 def _assert_defaults_usable(config: GPTConfig, checked: str):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gptkit.conformance import CONFIG, assert_conformant, check_component, run_check, tiny_model, tokens
+from gptkit.errors import UserError
 from gptkit.recipe.components import parse_component
 from gptkit.registry import RegistryError, kinds, registry
 
@@ -235,7 +236,7 @@ def test_rope_rotates_channel_pairs_so_scores_depend_on_offset_only():
 
 
 def test_assert_conformant_names_a_mistyped_parameter():
-    with pytest.raises(ValueError, match=r"^eps_: unknown key \(did you mean 'eps'\?\)"):
+    with pytest.raises(UserError, match=r"^norm 'rmsnorm': eps_: unknown key \(did you mean 'eps'\?\)"):
         assert_conformant("norm", {"name": "rmsnorm", "eps_": 1e-5})
 
 

@@ -1,6 +1,7 @@
 """The contract of the kinds that are not part of the model (schedule, optimizer, corpus) against
 subtly broken components; every registered one is checked in test_components.py."""
 
+import dataclasses
 import itertools
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from gptkit.components import Corpus, Optimizer, Schedule
-from gptkit.conformance import CHECKS, assert_conformant, check_component
+from gptkit.conformance import CHECKS, CONFIG, assert_conformant, check_component
+from gptkit.errors import UserError
 
 
 class Linear(Schedule):
@@ -267,3 +269,40 @@ def test_check_takes_the_test_models_sizes(cli, temporary_component):
     result = cli("check", "norm", "grouped", "--n-embd", "48", "--n-head", "5")
     assert result.exit_code == 2 and "the test model's default attention 'flash' refuses them: n_embd 48 is not " \
         "divisible by n_head 5; set others with --n-embd" in result.output, result.output
+
+
+@pytest.mark.parametrize("key, value, limit", [("n_embd", 70000, 65536), ("block_size", 2_000_000, 2**20)])
+def test_sizes_past_a_recipes_limit_are_one_error_before_anything_is_built(cli, temporary_component, key, value,
+                                                                             limit):
+    from gptkit.components import FeedForward
+
+    built = []
+
+    class Recorded(FeedForward):  # allocates nothing: the test cannot run out of memory whatever it is given
+        def __init__(self, config, params):
+            super().__init__(config, params)
+            built.append(config)
+
+        def forward(self, x):
+            return x
+
+    temporary_component("feedforward", "recorded", Recorded)
+    reason = f"Input should be less than or equal to {limit}, as in a recipe"
+    with pytest.raises(UserError, match=f"^config.{key} {value}: {reason}$"):
+        check_component("feedforward", "recorded", dataclasses.replace(CONFIG, **{key: value}))
+    option = f"--{key.replace('_', '-')}"
+    result = cli("check", "feedforward", "recorded", option, value)
+    assert result.exit_code == 2 and result.output == f"error: {option} {value}: {reason}\n", result.output
+    assert not built
+
+
+@pytest.mark.parametrize("spec, device, message", [
+    ({"name": "mlp", "hidden": "x"}, "cpu", r"feedforward 'mlp': hidden: Input should be a valid integer \(got 'x'\)"),
+    ({"hidden": 64}, "cpu", r"feedforward: name: say which feedforward to use with 'name: \.\.\.'; one of: .*mlp.*"),
+    pytest.param("mlp", "cuda", r"device: cuda was asked for, but no such CUDA device is visible; use auto or cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")),
+    ("mlp", "cdua", r"device: unknown device 'cdua'; use auto, cpu, cuda, cuda:N or mps"),
+])
+def test_a_mistake_in_what_check_component_is_asked_is_one_user_error(spec, device, message):
+    with pytest.raises(UserError, match=f"^{message}$"):
+        check_component("feedforward", spec, device=device)

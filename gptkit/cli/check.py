@@ -2,11 +2,11 @@ import dataclasses
 
 import click
 
-from ..conformance import CONFIG, check_component
+from ..conformance import CONFIG, SizeError, check_component
 from ..device import resolve_device
 from ..errors import UserError
 from ..recipe import yaml
-from ..recipe.components import MODEL_KINDS, RecipeIssue
+from ..recipe.components import MODEL_KINDS
 from ..registry import RegistryError, registry
 from . import imports_option, main
 
@@ -59,8 +59,8 @@ def check(kind, name, params, device, n_embd, n_head, block_size):
         if name in reg:
             raise
         raise UserError(f"{e}; a component in a local file: --import FILE.py") from None
-    except RecipeIssue as e:  # parameters that do not validate
-        raise UserError(f"{kind} '{name}': {e}") from None
+    except SizeError as e:  # past a recipe's limit: named as the option that set it, not the config's field
+        raise UserError(f"--{e.key.replace('_', '-')} {e.value}: {e.reason}") from None
     except ValueError as e:  # the component's own check refuses the test model's sizes
         raise UserError(f"{kind} '{name}' cannot be checked with the test model's sizes ({sizes}): {e}; set "
                         "others with --n-embd, --n-head and --block-size") from None
