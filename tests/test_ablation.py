@@ -510,6 +510,15 @@ def test_compare_plot_without_matplotlib_is_a_clear_error(cli, tmp_path, two_run
     assert not (tmp_path / "c.png").exists()
 
 
+def test_compare_reads_an_edited_recipe_as_recipes_are_read(cli, two_runs):
+    """YAML 1.2, as gptkit's recipes: 1e-3 is a number (PyYAML's YAML 1.1 reads a string)."""
+    path = two_runs[0] / "recipe.yaml"
+    lr = re.search(r"^  lr: (.*)$", path.read_text(), re.M)
+    path.write_text(path.read_text().replace(lr.group(0), f"  lr: {float(lr.group(1)):.0e}".replace("e-0", "e-")))
+    result = cli("compare", *two_runs)
+    assert result.exit_code == 0 and "train.lr" not in result.output.split("Final figures:")[0], result.output
+
+
 @pytest.mark.parametrize("text, args, message", [
     ("not: [valid", [], "recipe.yaml is damaged (it is not valid YAML)"),
     ("- 1\n", [], "recipe.yaml is damaged (it holds no mapping of recipe fields)"),

@@ -8,8 +8,6 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 try:
     import fcntl
 except ImportError:  # Windows
@@ -17,7 +15,7 @@ except ImportError:  # Windows
 
 from ..errors import UserError
 from ..io import read_text, write_text
-from ..recipe import Recipe, flatten
+from ..recipe import Recipe, flatten, yaml
 from ..recipe.components import ComponentSpec
 from ..registry import parse_record
 from .checkpoint import load_checkpoint, missing_plugins, peek
@@ -133,8 +131,8 @@ def run_recipe(run_dir: Path) -> dict:
     path = run_dir / "recipe.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir}: {'no such folder' if not run_dir.exists() else 'not a run folder (it has no recipe.yaml)'}")
-    try:
-        recipe = yaml.safe_load(read_text(path, "run recipe"))
+    try:  # read as recipes are (YAML 1.2's 1e-3 and no), or an edited file would differ from itself
+        recipe, _ = yaml.load(read_text(path, "run recipe"), str(path))
     except yaml.YAMLError:
         problem = "it is not valid YAML"
     else:
