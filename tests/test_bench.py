@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from gptkit.bench import format_report, parse_vary, peak, run_bench, variants
-from gptkit.errors import UserError
+from gptkit.errors import ComponentError, UserError
+from gptkit.recipe import load_recipe
+from conftest import breaks_after
 
 SHORT_CORPUS = """
 from gptkit.components import register
@@ -134,6 +136,16 @@ def test_a_failing_variant_is_named_and_stops_the_bench(cli, write_recipe, tmp_p
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output  # as `gptkit run` reports it
     assert (f"error: variant model.feedforward=explodes: feedforward 'explodes' from {tmp_path / 'explodes.py'} is "
             "broken: its forward() raised RuntimeError: boom") in result.output, result.output
+
+
+def test_a_component_failing_in_a_bench_names_the_step_it_failed_at(write_recipe, temporary_component):
+    from gptkit.bench.worker import Bench
+
+    temporary_component("feedforward", "breaks", breaks_after(3, how="raise"))
+    bench = Bench(load_recipe(write_recipe(model={"feedforward": "breaks"})).to_dict())
+    bench.steps(2)  # warm-up, say: the step count goes on from it
+    with pytest.raises(ComponentError, match="its forward\\(\\) raised, in training step 4, ValueError"):
+        bench.steps(5)
 
 
 def test_a_cpu_peak_shrinks_its_matmul_to_the_time_budget(monkeypatch):

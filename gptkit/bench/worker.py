@@ -57,7 +57,7 @@ class Bench:
         dataset.check_batch_size(recipe.train.batch_size)
         self.trainer = Trainer(recipe, model, dataset, self.device, quiet=True)
         self.starts = dataset.epoch_starts(recipe.seed, 0)
-        self.lr, self.step = recipe.train.lr, 0
+        self.lr = recipe.train.lr
         self.info = {
             "build_seconds": time.perf_counter() - t0,
             "device": str(self.device),
@@ -72,10 +72,11 @@ class Bench:
         sync(self.device)
         t0 = time.perf_counter()
         losses = []
+        state = self.trainer.state  # its step names the step in a component's error, as in a run
         for _ in range(n):
-            loss, _ = self.trainer.train_step(self.starts, self.step % self.trainer.steps_per_epoch, self.lr)
+            loss, _ = self.trainer.train_step(self.starts, state.step % self.trainer.steps_per_epoch, self.lr)
             losses.append(loss)
-            self.step += 1
+            state.step += 1
         torch.stack(losses).tolist()  # waits for the steps' work on any device
         sync(self.device)
         return time.perf_counter() - t0
