@@ -61,7 +61,8 @@ class Interrupted(RunStopped):
 
 
 class Diverged(RunStopped):
-    """A non-finite loss or gradient norm, caught before the optimizer step."""
+    """A non-finite loss or gradient norm, found where the step's figures are read (the next log line,
+    evaluation or checkpoint): nothing from that step on is written or saved."""
 
     exit_code = 3
     resumable = False  # resumed as it was, it would diverge again; and train.lr may not change

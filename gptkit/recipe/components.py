@@ -157,20 +157,19 @@ class BrokenParams(RegistryError, RecipeIssue):
         RecipeIssue.__init__(self, [((), message)])
 
 
-def validate_params(P: type[Params], params: dict[str, Any], kind: str | None = None,
-                    name: str | None = None) -> Params:
+def validate_params(P: type[Params], params: dict[str, Any], kind: str, name: str) -> Params:
     """`params` validated as JSON, which a recipe is: still strict, but an enum, tuple or path takes
     the string or list that YAML and a saved recipe hold it as. (The registry has checked that P's
-    defaults survive the same round trip.) Given the component's `kind` and `name`, a validator that
-    raises anything but ValueError or AssertionError (which pydantic reports as invalid values) is
-    told as the component's bug, one BrokenParams naming it."""
+    defaults survive the same round trip.) A validator that raises anything but ValueError or
+    AssertionError (which pydantic reports as invalid values) is told as the bug of the component
+    (`kind`, `name`), one BrokenParams naming it."""
     text = json.dumps(to_jsonable_python(params))
     try:
         return P.model_validate_json(text)
     except (ValueError, UserError):  # ValidationError; a UserError is explained already
         raise
     except Exception as e:
-        if kind is None or out_of_memory(e):
+        if out_of_memory(e):
             raise
         raise registry(kind).broken(name, raised("its Params", e, "a bad value"), BrokenParams) from None
 

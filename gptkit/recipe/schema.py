@@ -141,7 +141,7 @@ class TrainSection(Section):
     epochs: PositiveInt = 10
     max_steps: PositiveInt | None = Field(None, description="stop after this many steps, even mid-epoch")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW decay; never applied to norms and biases")
+    weight_decay: float = Field(0.01, ge=0, description="decoupled weight decay (AdamW's, Muon's); never applied to norms and biases")
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; null turns clipping off")
     optimizer: component("optimizer", "adamw")
     schedule: component("schedule", "constant")

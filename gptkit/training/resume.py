@@ -23,7 +23,7 @@ from .checkpoint import load_checkpoint, missing_plugins, peek
 # Keys that may change between a run and its resumption without making it a different run (the text
 # itself is checked by its SHA-256, wherever it lives and however it was made; compiling and
 # micro-batches change the speed and float rounding, not the optimisation, so a GPU run may go on on
-# a CPU, though not bit for bit). The budget may grow (a cosine schedule then stretches over the new total); anything else that shapes
+# a CPU, though not bit for bit). The budget may change, down to the step reached (a cosine schedule then fits the new total); anything else that shapes
 # the model, the data, or the optimisation must stay as it was.
 MAY_CHANGE = ("name", "sample.*", "data.path", "data.corpus", "data.corpus.*", "train.device", "train.compile", "train.micro_batch_size", "train.log_every", "train.eval_every",
               "train.eval_batches", "train.checkpoint_every", "train.epochs", "train.max_steps")
