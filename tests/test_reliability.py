@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from gptkit import load_recipe, train
 from gptkit.errors import CheckpointError, Diverged, Interrupted, UserError
@@ -465,6 +466,22 @@ def test_divergence_at_the_first_step_stops_the_run(tmp_path, write_recipe):
     with pytest.raises(Diverged, match=r"training diverged at step \d+: the (loss|gradient norm) is (nan|inf). "
                                        r"Nothing from that step on was saved and no checkpoint had been saved yet"):
         train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+
+
+@pytest.mark.parametrize("lr, val_fraction, what", [
+    (1e10, 0.1, "the validation loss after it is nan"),  # its last update broke the weights: its loss came before
+    (1e38, 0.0, "its update left weights that are not finite"),  # no validation to find it: the save does
+])
+def test_a_last_step_that_breaks_the_weights_is_a_divergence(tmp_path, write_recipe, lr, val_fraction, what):
+    """Not a finished run with a loss of NaN (which broke an ablation's report), nor a save's traceback."""
+    path = write_recipe(train={"max_steps": 1, "lr": lr, "grad_clip": None})
+    data = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**data, "data": {**data["data"], "val_fraction": val_fraction}}))
+    with pytest.raises(Diverged, match=f"^training diverged at step 1: {what}. Nothing from that step on was saved"):
+        train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    (run,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and not summary["resumable"] and not (run / "checkpoint.pt").exists()
 
 
 @pytest.mark.parametrize("log_every", [1, 7])

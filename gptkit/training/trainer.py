@@ -350,8 +350,11 @@ class Trainer:
                 _, loss = self.model(x, y)
             total += loss.float() * len(starts)
         self.model.train()
+        val_loss = float(self.dist.sum(total)) / len(self.eval_starts)
+        if not math.isfinite(val_loss):  # the last step's update broke the weights; its loss came before it
+            self._diverged(state.step, f"the validation loss after it is {val_loss}")
         state.eval_pending, state.eval_step = False, state.step
-        state.val_loss = float(self.dist.sum(total)) / len(self.eval_starts)
+        state.val_loss = val_loss
         self._interval_t0 = time.perf_counter()  # the next steps' tokens/s leaves the evaluation out
         state.best_val_loss = min(state.val_loss, state.best_val_loss or math.inf)
         self.progress.log(f"Step {state.step} | Val loss: {state.val_loss:.4f} (best {state.best_val_loss:.4f})")
@@ -382,7 +385,8 @@ class Trainer:
             recent = self.state.recent_losses = (self.state.recent_losses + losses[:good])[-self.cfg.log_every:]
             self.state.train_loss = sum(recent) / len(recent)
         if good < len(losses):
-            self._diverged(first + good, losses[good], norms[good])
+            loss, norm = losses[good], norms[good]
+            self._diverged(first + good, f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}")
         self._interval_t0 = now
         return losses
 
@@ -396,6 +400,8 @@ class Trainer:
         # that checkpoint would evaluate the step again and write its record twice.
         if (self.saved_step, self._saved_eval_step) != (s.step, s.eval_step) or s.eval_pending:
             self._flush()
+            if not all(bool(p.isfinite().all()) for p in self.model.parameters()):  # as the last step left them
+                self._diverged(s.step, "its update left weights that are not finite")
             s.seconds = self._elapsed()  # the evaluation before the save too
             self.on_checkpoint(self)
             self.saved_step, self._saved_eval_step = s.step, s.eval_step
@@ -434,8 +440,7 @@ class Trainer:
         name = signal.Signals(self.stop_signal).name
         raise Interrupted(self.stop_signal, f"{name} received: stopped at step {self.state.step} with a checkpoint saved")
 
-    def _diverged(self, step: int, loss: float, norm: float) -> None:
-        what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
+    def _diverged(self, step: int, what: str) -> None:
         self.state.step = step - 1  # the summary counts good steps only, as the metrics and checkpoints do
         self.state.tokens = self.state.step * self.tokens_per_step
         self.progress.close()
