@@ -718,6 +718,18 @@ def test_an_arm_whose_key_value_cache_does_not_match_trains_and_warns_once(cli, 
     assert "2 of 2 runs finished." in (tmp_path / "abl" / "results.md").read_text()
 
 
+def test_compare_says_a_run_diverged(cli, tmp_path, write_recipe, two_runs):
+    pytest.importorskip("matplotlib")
+    recipe = write_recipe(train={"max_steps": 1, "lr": 1e10, "grad_clip": None})
+    assert cli("run", recipe, "--runs-dir", tmp_path / "nan", "-q").exit_code == 3
+    gone = next((tmp_path / "nan").iterdir())
+    result = cli("compare", two_runs[0], gone, "--plot", tmp_path / "c.png")
+    assert result.exit_code == 0, result.output
+    assert md_rows(result.output.split("Final figures:")[1])["status"][1:] == ["finished", "diverged"]
+    (warning,) = [line for line in result.output.splitlines() if line.startswith("warning: --plot leaves out")]
+    assert warning.endswith(f"{gone.name} (it diverged before its first validation)"), warning
+
+
 def test_compare_plot_names_runs_without_a_validation_split(cli, tmp_path, write_recipe, two_runs):
     pytest.importorskip("matplotlib")
     recipe = write_recipe(train={"max_steps": 2})
@@ -835,6 +847,28 @@ def test_an_arm_with_diverged_seeds_is_never_better_and_ranks_after_the_others(t
     assert runner.plot(tmp_path, rows, "t")
     legend = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
     assert "positional=alibi (n=2; diverged on 2/4 seeds)" in legend and "positional=rope (n=4)" in legend
+
+
+def test_differences_of_a_few_rounding_steps_are_within_noise_though_every_seed_agrees(write_recipe):
+    """Naive and flash attention: the same maths, losses a float32 step or two apart on every seed. The
+    interval of identical differences has no width; it is no evidence of a difference."""
+    p = plan(Ablation(recipe=write_recipe(), vary={"model.attention": ["flash", "naive"]}))
+    step = 2.0 ** -22  # a float32 step of a loss near 2.5
+    rows = rows_of(p, {"attention=flash": [2.5, 2.6], "attention=naive": [2.5 - 3 * step, 2.6 - 3 * step]})
+    assert md_rows(report.markdown(report.arm_stats(rows), 0.1))["attention=naive"][5] == "within noise"
+    rows = rows_of(p, {"attention=flash": [2.5, 2.6], "attention=naive": [2.49, 2.59]})  # a real, constant gain
+    assert md_rows(report.markdown(report.arm_stats(rows), 0.1))["attention=naive"][5] == "better"
+
+
+def test_a_run_recorded_as_finished_with_a_loss_of_nan_counts_as_diverged(tmp_path, write_recipe):
+    """As an older gptkit recorded a run whose last update broke its weights: its NaN broke the report."""
+    import gptkit.ablation.runner as runner
+
+    p = plan(Ablation(recipe=write_recipe(), vary={"model.positional": ["sinusoidal", "rope"]}))
+    rows = rows_of(p, {"positional=sinusoidal": [2.0, 2.1], "positional=rope": [float("nan"), float("nan")]})
+    runner.write_reports(tmp_path, rows, 0.1)
+    table = md_rows((tmp_path / "results.md").read_text())
+    assert table["positional=rope"][1] == "0 (2 diverged)" and table["positional=rope"][5] == "diverged on 2/2 seeds"
 
 
 def test_arms_that_did_not_run_or_failed_say_so(write_recipe):

@@ -19,6 +19,10 @@ from ..training.progress import fmt_duration
 from .runs import diverged, failed, finished
 from .spec import Arm, unequal_terms
 
+# A validation loss is a float32 model's mean: seeds that all differ from the baseline by the same few
+# rounding steps are no evidence of a difference, though their interval has no width.
+FLOAT_NOISE = 1e-5  # relative to the arm's loss
+
 CSV_FIELDS = ["arm", "baseline", "seed", "run_dir", "status", "final_val_loss", "best_val_loss", "final_train_loss",
               "params", "flops_per_token", "steps", "tokens", "tokens_per_s", "wall_seconds", "reason"]
 
@@ -105,7 +109,8 @@ class ArmStats:
             return "not run"
         if half is None:  # fewer than two seeds paired with a finished baseline run
             return "n/a (needs 2 seeds)" if self.n < 2 else "n/a (needs 2 seeds whose baseline run finished)"
-        verdict = "within noise" if abs(mean) <= half else "better" if mean < 0 else "worse"
+        noise = max(half, FLOAT_NOISE * abs(self.final[0]))  # identical differences have an interval of width 0
+        verdict = "within noise" if abs(mean) <= noise else "better" if mean < 0 else "worse"
         return f"{verdict}, not on equal terms ({', '.join(self.unequal)} differ)" if self.unequal else verdict
 
 

@@ -1,5 +1,6 @@
 """Reading run folders for the reports: which runs ended (finished or diverged) or failed, validation curves."""
 
+import math
 from pathlib import Path
 
 from ..training.checkpoint import peek
@@ -12,11 +13,19 @@ def read_summary(run_dir: Path) -> dict | None:
 
 
 def finished(summary: dict | None) -> bool:
-    return summary is not None and summary.get("status") == "finished"
+    return summary is not None and summary.get("status") == "finished" and not _loss_not_finite(summary)
 
 
 def diverged(summary: dict | None) -> bool:
-    return summary is not None and stopped_for_good(summary)
+    return summary is not None and (stopped_for_good(summary) or summary.get("status") == "finished"
+                                    and _loss_not_finite(summary))
+
+
+def _loss_not_finite(summary: dict) -> bool:
+    """A final validation loss of NaN or inf: a run an older gptkit recorded as finished after its last
+    step broke the weights (one now stops as diverged)."""
+    loss = summary.get("final_val_loss")
+    return isinstance(loss, float) and not math.isfinite(loss)
 
 
 def failed(summary: dict | None) -> bool:

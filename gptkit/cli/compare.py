@@ -6,7 +6,7 @@ import click
 from ..ablation import plot
 from ..ablation.plot import HINT, plot_curves
 from ..ablation.report import table
-from ..ablation.runs import read_summary, trained_text, val_curve
+from ..ablation.runs import diverged, read_summary, trained_text, val_curve
 from ..errors import UserError
 from ..io import cannot_make_folder
 from ..recipe import flatten
@@ -85,6 +85,8 @@ def no_curve(run_dir: Path) -> str:
     data = run_recipe(run_dir).get("data")
     if isinstance(data, dict) and data.get("val_fraction") == 0:  # it never will have one
         return NO_SPLIT
+    if diverged(read_summary(run_dir)):
+        return "it diverged before its first validation"
     return "no validation loss yet"
 
 
@@ -104,7 +106,7 @@ def summary_or_status(run_dir: Path) -> dict:
     """The run's summary, or a status saying why there is none to show."""
     summary = read_summary(run_dir)
     if summary:
-        return summary
+        return {**summary, "status": "diverged"} if diverged(summary) else summary  # recorded as failed
     if (run_dir / "summary.json").exists():  # but not a JSON object: cut short or hand-edited
         return {"status": "damaged (summary.json unreadable)"}
     return {"status": "unknown (no summary.json)"}
