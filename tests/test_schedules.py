@@ -2,7 +2,10 @@
 right after warm-up and ends exactly at min_factor on the last step. (Every registered schedule's factors
 are checked by the conformance checks.)"""
 
+import json
+
 import pytest
+import torch
 
 from gptkit.recipe.components import parse_component
 
@@ -46,3 +49,23 @@ def test_a_schedule_factor_no_rate_can_be_made_of_is_the_schedules_error(tempora
     temporary_component("schedule", "broken", Broken)
     result = cli("run", write_recipe(train={"schedule": "broken"}), "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and f"schedule 'broken' from test is broken: factor(2) returned {value!r}" in result.output, result.output
+
+
+def test_a_factor_of_any_real_number_type_is_taken_as_a_float(temporary_component, write_recipe, cli, tmp_path):
+    """numpy's float32, say (here a Fraction, which needs no numpy): a finite number >= 0 all the same."""
+    from fractions import Fraction
+
+    from gptkit.components.schedule import Schedule
+
+    class Halved(Schedule):
+        def factor(self, step):
+            return Fraction(1, 2)
+
+    temporary_component("schedule", "halved", Halved)
+    assert cli("check", "schedule", "halved").exit_code == 0
+    result = cli("run", write_recipe(train={"schedule": "halved", "lr": 0.002}), "--runs-dir", tmp_path / "runs", "-q")
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    lrs = [json.loads(line).get("lr") for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {type(lr) for lr in lrs if lr is not None} == {float} and 0.001 in lrs
+    torch.load(run / "checkpoint.pt", weights_only=True)  # no Fraction in the optimizer's state

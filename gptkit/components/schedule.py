@@ -1,6 +1,7 @@
 """Learning-rate schedules: `factor(step)` multiplies `train.lr` at each (0-based) step."""
 
 import math
+import numbers
 from abc import abstractmethod
 
 from pydantic import Field
@@ -25,8 +26,9 @@ schedule = new_registry("schedule", Schedule, "learning-rate schedule")
 
 
 def is_factor(value) -> bool:
-    """Whether `value` is what `factor(step)` must return: a finite number >= 0 (a bool is a mistake)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+    """Whether `value` is what `factor(step)` must return: a finite real number >= 0, of any type that
+    says it is one (numpy's too; a bool is a mistake)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < math.inf
 
 
 class WarmupParams(Params):

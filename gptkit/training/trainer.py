@@ -419,7 +419,7 @@ class Trainer:
         if not is_factor(factor):
             raise self.cfg.schedule.error(f"factor({step}) returned {factor!r}; a schedule's factor must be a "
                                           "finite number >= 0")
-        return factor
+        return float(factor)  # a numpy scalar in the optimizer's state would make the checkpoint unsafe to load
 
     def _log(self, epoch: int, batch: int, losses: list[float]) -> None:
         if losses:
