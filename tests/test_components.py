@@ -168,6 +168,25 @@ def test_an_attention_with_a_parameter_of_its_own_is_still_compared_with_naive(t
     assert all(r.status != "fail" for r in results.values()), [(r.check, r.detail) for r in results.values()]
 
 
+def test_an_attention_asking_its_positional_in_another_order_passes(temporary_component):
+    from gptkit.components.attention import FlashAttention
+
+    class BiasFirst(FlashAttention):  # asks score_bias before rotate: the same attention
+        def forward(self, x, cache=None):
+            B, T, C = x.size()
+            start = len(cache) if cache is not None else 0
+            bias = self.pos.score_bias(T, start + T)
+            q, k, v = (t.transpose(1, 2) for t in self.c_attn(x).view(B, T, 3, self.n_head, -1).unbind(2))
+            q, k = self.pos.rotate(q, k, start)
+            if cache is not None:
+                k, v = cache.extend(k, v)
+            return self.c_proj(self.attend(q, k, v, bias).transpose(1, 2).reshape(B, T, C))
+
+    temporary_component("attention", "bias-first", BiasFirst)
+    results = check_component("attention", "bias-first")
+    assert all(r.status != "fail" for r in results), [(r.check, r.detail) for r in results if r.status == "fail"]
+
+
 def test_naive_attention_is_not_compared_with_itself():
     from gptkit.conformance import NotApplicable, check_matches_naive
 
