@@ -36,7 +36,7 @@ def check_forward(gpt: GPT, model, cache: bool = True) -> str | None:
     """One tiny forward pass of `gpt`, which `model` (a ModelSection) described, before training: a
     component whose forward raises, or returns anything but a tensor of its input's shape and dtype, is
     named as the culprit, instead of a traceback from the training step or from whichever later
-    layer trips over its output. Batch 1, two tokens, without gradients, in evaluation mode, and with
+    layer trips over its output. Batch 2, two tokens, without gradients, in evaluation mode, and with
     the random state put back, so that the run that follows is the same as without it. With `cache`,
     `check_cache` follows: its warning, if any, is returned (sample without the cache then)."""
     training = gpt.training
@@ -65,7 +65,9 @@ def _check_shapes(gpt: GPT, model) -> None:
             raise model.positional.error(f"its embed(x, start) returned {_what(x)}; it must return a tensor of x's shape "
                                          f"and dtype, {(B, T, gpt.config.n_embd)} {t.wte.weight.dtype}")
 
-    idx = torch.zeros(1, min(2, gpt.config.block_size), dtype=torch.long, device=gpt.lm_head.weight.device)
+    # Two sequences, not one: a component that reduces over the batch (x.mean(0, keepdim=True)) returns
+    # another shape then, instead of passing and mixing the samples through a broadcast residual.
+    idx = torch.zeros(2, min(2, gpt.config.block_size), dtype=torch.long, device=gpt.lm_head.weight.device)
     hooks = [t.drop.register_forward_pre_hook(embedded)]
     hooks += [module.register_forward_hook(same_as_input) for module in specs if module is not t.pos]
     try:
@@ -241,7 +243,7 @@ def _fed_error(owner, specs: dict, where: str, e: Exception) -> Exception | None
     positional's rotate and score_bias): an error naming that plugin, else None. Built-in attentions pass
     their checks with every built-in positional, so the plugin is the likelier culprit."""
     spec, fed = specs[owner], specs.get(getattr(owner, "pos", None))
-    if fed is None or fed.built_in:
+    if not spec.built_in or fed is None or fed.built_in:  # a plugin's own error is its own, whatever it was fed
         return None
     entry = registry(fed.kind).entry(fed.name)
     origin = f"{entry.source} ({entry.value})" if entry.value else entry.source
@@ -296,7 +298,7 @@ def backward_culprit(e: BaseException, specs: dict, config: GPTConfig, device: t
 
 
 def _what(value) -> str:
-    """'(1, 2, 32) torch.float32' for a tensor, else its type's name: what a component returned."""
+    """'(2, 2, 32) torch.float32' for a tensor, else its type's name: what a component returned."""
     return f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 

@@ -694,7 +694,7 @@ def test_an_arm_whose_component_cannot_be_built_on_the_meta_device_still_runs(cl
     ("model.norm=rmsnorm,unbuildable", "error: arm norm=unbuildable: norm 'unbuildable' from {file} is broken: building "
                                        "it raised ValueError: no norm today"),
     ("model.feedforward=swiglu,wide", "error: arm feedforward=wide: feedforward 'wide' from {file} is broken: its "
-                                      "forward returned (1, 2, 64) torch.float32 for an input of (1, 2, 32)"),
+                                      "forward returned (2, 2, 64) torch.float32 for an input of (2, 2, 32)"),
 ])
 def test_a_broken_arm_is_named_before_any_arm_trains(cli, tmp_path, write_recipe, scratch_registries, vary, message):
     (tmp_path / "mine.py").write_text(COMPONENTS)

@@ -60,18 +60,46 @@ def assert_one_error(result, tmp_path, message: str, logged: int = 0):
         class Wide(FeedForward):
             def forward(self, x):
                 return torch.cat((x, x), dim=-1)  # (B, T, 2C)
-    """, "model.feedforward=wide", "feedforward 'wide' from {file} is broken: its forward returned (1, 2, 64) "
-     "torch.float32 for an input of (1, 2, 32) torch.float32; it must return a tensor of its input's shape and dtype"),
+    """, "model.feedforward=wide", "feedforward 'wide' from {file} is broken: its forward returned (2, 2, 64) "
+     "torch.float32 for an input of (2, 2, 32) torch.float32; it must return a tensor of its input's shape and dtype"),
+    # Reducing over the batch: with one sequence its output would have its input's shape, and the residual's
+    # broadcast would then mix the samples of every training batch without a word.
+    ("""
+        @register("feedforward", "batchmean")
+        class BatchMean(FeedForward):
+            def forward(self, x):
+                return x.mean(0, keepdim=True)  # (1, T, C)
+    """, "model.feedforward=batchmean", "feedforward 'batchmean' from {file} is broken: its forward returned (1, 2, 32) "
+     "torch.float32 for an input of (2, 2, 32) torch.float32; it must return a tensor of its input's shape and dtype"),
     ("""
         @register("attention", "short")
         class Short(Attention):
             def attend(self, q, k, v, bias):
                 return q[..., :1]
     """, "model.attention=short", "attention 'short' from {file} is broken: its forward() raised RuntimeError: "
-     "Short.attend returned shape (1, 4, 2, 1); it must return (B, n_head, T, head_dim) = (1, 4, 2, 8), like q"),
-], ids=["feedforward", "attend"])
+     "Short.attend returned shape (2, 4, 2, 1); it must return (B, n_head, T, head_dim) = (2, 4, 2, 8), like q"),
+], ids=["feedforward", "batch", "attend"])
 def test_an_output_of_the_wrong_shape_is_named(run_with, tmp_path, source, override, what):
     assert_one_error(run_with(source, override), tmp_path, what.format(file=tmp_path / "mine.py"))
+
+
+def test_a_plugin_attention_failing_with_a_plugin_positional_is_the_one_blamed(run_with, tmp_path):
+    # Only a built-in attention's error is laid on the plugin positional that fed it (see the test below):
+    # a plugin attention's own bug is its own, whichever positional the model has.
+    result = run_with("""
+        @register("positional", "zerobias")
+        class ZeroBias(Positional):
+            def score_bias(self, t_q, t_k):
+                return torch.zeros(4, t_q, t_k)  # (n_head, t_q, t_k): innocent
+
+        @register("attention", "badattend")
+        class BadAttend(Attention):
+            def attend(self, q, k, v, bias):
+                return q.transpose(1, 2)  # (B, T, nh, hs)
+    """, "model.attention=badattend", "model.positional=zerobias")
+    assert_one_error(result, tmp_path, f"attention 'badattend' from {tmp_path / 'mine.py'} is broken: its forward() "
+                     "raised RuntimeError: BadAttend.attend returned shape (2, 2, 4, 8); it must return "
+                     "(B, n_head, T, head_dim) = (2, 4, 2, 8), like q")
 
 
 def test_an_error_inside_a_forward_is_blamed_on_the_component_and_its_line(run_with, tmp_path):
@@ -86,7 +114,7 @@ def test_an_error_inside_a_forward_is_blamed_on_the_component_and_its_line(run_w
                 return self.c_fc(x)  # in_features one too many: torch's Linear raises
     """, "model.feedforward=misfit")
     assert_one_error(result, tmp_path, f"feedforward 'misfit' from {tmp_path / 'mine.py'} is broken: its forward() "
-                     "raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x32 and 33x32) "
+                     "raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (4x32 and 33x32) "
                      f"(at {line_of(tmp_path, 'one too many')})")
 
 
@@ -516,7 +544,7 @@ def test_a_bug_met_only_in_validation_is_named(run_with, tmp_path):
         @register("feedforward", "evalonly")
         class EvalOnly(FeedForward):
             def forward(self, x):
-                if not self.training and x.size(0) > 1:  # the check before training passes one sequence
+                if not self.training and x.size(0) > 2:  # the check before training passes two sequences
                     raise ValueError("batched evaluation")  # eval
                 return x
     """, "model.feedforward=evalonly")
