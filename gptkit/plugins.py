@@ -3,8 +3,8 @@
 A package declares one entry point per component in the group `gptkit.<kind>`, named like the
 component, with the value `module:object`. Entry points are read from package metadata once per
 process, on first need, without importing anything; a component's module is imported only when
-that component is used (see `Registry.entry`). `GPTKIT_NO_PLUGINS=1` or `gptkit --no-plugins`
-turns all of it off.
+that component is used (see `Registry.entry`). `GPTKIT_NO_PLUGINS=1` (any value but
+empty, 0, false, no or off) or `gptkit --no-plugins` turns all of it off.
 """
 
 import hashlib
@@ -41,8 +41,13 @@ class Plugin:
 _declared: dict[str, dict[str, list[Plugin]]] | None = None  # kind -> name -> claims, one per distribution
 
 
+OFF = "plugins are turned off by GPTKIT_NO_PLUGINS or --no-plugins"  # said where a plugin's name is unknown
+
+
 def enabled() -> bool:
-    return os.environ.get("GPTKIT_NO_PLUGINS", "") in ("", "0")
+    """Whether installed plugins are used: GPTKIT_NO_PLUGINS unset, or set to a false spelling (empty, 0,
+    false, no, off, in any case); any other value (1, true, yes, ...) turns them off."""
+    return os.environ.get("GPTKIT_NO_PLUGINS", "").strip().lower() in ("", "0", "false", "no", "off")
 
 
 def switch_off() -> None:

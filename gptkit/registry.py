@@ -12,6 +12,7 @@ loaded is recorded as broken with its distribution and the original error, and o
 
 import fnmatch
 import inspect
+import re
 import sys
 import typing
 from dataclasses import dataclass, field, replace
@@ -199,7 +200,8 @@ class Registry:
 
     def _unknown(self, name: str) -> str:
         names = self.names()
-        return f"unknown {self.kind} {name!r}{did_you_mean(name, names)}. Available: {listing(names)}"
+        off = "" if plugins.enabled() else f" ({plugins.OFF})"  # an installed plugin's name may be the one meant
+        return f"unknown {self.kind} {name!r}{did_you_mean(name, names)}. Available: {listing(names)}{off}"
 
     def _clash_fix(self, local: Entry | None, claims: list[plugins.Plugin]) -> str:
         """How to settle a name claimed twice, which depends on who claims it."""
@@ -288,7 +290,9 @@ class Registry:
         if required:  # a recipe may name a component alone, and the conformance kit builds it so
             raise RegistryError(f"its Params must give every field a default; {', '.join(required)} has none")
         try:  # as a run's saved recipe holds them, and as resuming or sampling reads them back
-            obj.Params.model_validate_json(obj.Params().model_dump_json(by_alias=True))
+            # warnings=False: a default of the wrong type (`hidden: int = "abc"`) makes pydantic's serializer
+            # warn on stderr; validating it back below is what reports it, once, as gptkit's own error
+            obj.Params.model_validate_json(obj.Params().model_dump_json(by_alias=True, warnings=False))
         except ValueError as e:  # pydantic's ValidationError, or a default_factory's own error
             problems = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in e.errors()) \
                 if hasattr(e, "errors") else str(e)
@@ -303,12 +307,18 @@ class Registry:
             raise RegistryError(f"does not implement {', '.join(missing)}")
 
 
+# An ASCII letter, then ASCII letters, digits, _ and -: a plain YAML string in a recipe (never a number
+# such as 1e5 or 012), one `--set KEY=NAME` or `--vary KEY=A,B` value, and never taken for an option (-x).
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+NAME_RULE = "ASCII letters, digits, _ and -, starting with a letter"
+
+
 def name_problem(kind: str, name: Any) -> str | None:
     """What is wrong with `name` as the name of a `kind` component, or None: the one rule for names
     registered and for installed packages' entry points (a recipe must be able to write it)."""
-    if isinstance(name, str) and name.replace("-", "_").isidentifier():
+    if isinstance(name, str) and _NAME.fullmatch(name):
         return None
-    return f"{kind} name {name!r} must be a word such as 'my_norm' (letters, digits, _ and -)"
+    return f"{kind} name {name!r} must be a word such as 'my_norm' ({NAME_RULE})"
 
 
 def raised(what: str, e: BaseException, refused: str) -> str:

@@ -231,6 +231,38 @@ def test_plugins_can_be_switched_off(install, cli, monkeypatch):
     assert result.exit_code == 0 and "unitnorm" not in result.output and "rmsnorm" in result.output
 
 
+@pytest.mark.parametrize("value,on", [("", True), ("0", True), ("false", True), ("False", True), ("no", True),
+                                      ("NO", True), ("off", True), (" Off ", True), ("1", False), ("true", False),
+                                      ("yes", False), ("on", False), ("2", False)])
+def test_the_usual_false_spellings_of_gptkit_no_plugins_keep_plugins_on(install, monkeypatch, value, on):
+    from gptkit import plugins
+
+    install("acme-norms", "1.0", {"gptkit.norm": {"unitnorm": "acme_spelled:UnitNorm"}}, {"acme_spelled": NORM})
+    monkeypatch.setenv("GPTKIT_NO_PLUGINS", value)
+    assert plugins.enabled() is on
+    assert ("unitnorm" in registry("norm").names()) is on
+
+
+def test_a_wrong_typed_params_default_is_broken_without_pydantic_warnings(install, cli):
+    install("acme-typed", "0.1", {"gptkit.norm": {"typednorm": "acme_typed:Bad"}}, {"acme_typed": (
+        "from gptkit.components import Norm, Params\n"
+        "class P(Params):\n    hidden: int = 'abc'\n"
+        "class Bad(Norm):\n    Params = P\n    forward = lambda self, x: x\n")})
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        entry = registry("norm").entry("typednorm")
+    assert entry.error == ("norm 'typednorm' from acme-typed 0.1 (acme_typed:Bad) is broken: its Params' defaults "
+                           "do not survive being written to a recipe and read back: hidden: Input should be a valid "
+                           "integer. Fix or uninstall that package (GPTKIT_NO_PLUGINS=1 turns plugins off)")
+    assert [str(w.message) for w in caught] == []
+    forget_plugins()  # load it again, through the command line
+    for args in (("list",), ("list", "attention"), ("show", "norm", "typednorm")):
+        result = cli(*args)
+        assert "Warning" not in result.stderr and "pydantic" not in result.stderr, (args, result.stderr)
+
+
 def test_no_plugins_reaches_bench_workers(install, cli, write_recipe, monkeypatch):
     # Workers are started afresh (spawn): the switch must reach them, or they meet this clash with a default.
     install("acme-clash", "2.0", {"gptkit.attention": {"flash": "acme_flash:Flash"}})
@@ -357,8 +389,8 @@ def test_an_entry_point_name_a_recipe_could_not_write_is_the_plugins_error(insta
     entry = registry("attention").entry("bad name")
     assert entry.error == (
         "attention 'bad name' from acme-spaces 1.0 (acme_spaces:Thing) is broken: its entry point 'bad name' in "
-        "group gptkit.attention: attention name 'bad name' must be a word such as 'my_norm' (letters, digits, _ "
-        "and -); rename that entry point in acme-spaces's metadata (GPTKIT_NO_PLUGINS=1 turns plugins off)")
+        "group gptkit.attention: attention name 'bad name' must be a word such as 'my_norm' (ASCII letters, digits, "
+        "_ and -, starting with a letter); rename that entry point in acme-spaces's metadata (GPTKIT_NO_PLUGINS=1 turns plugins off)")
     assert "acme_spaces" not in sys.modules  # refused before it is imported
     listed = cli("list", "attention")
     assert listed.exit_code == 0 and f"BROKEN: {entry.error}" in listed.output
@@ -433,11 +465,12 @@ def test_resuming_a_run_whose_plugin_is_gone_says_which_package_it_was(install, 
     trained = f"{norm}; train.optimizer: plainsgd from acme-opt 0.5"  # resuming needs both, sampling the model's
 
     monkeypatch.setenv("GPTKIT_NO_PLUGINS", "1")
-    off = "plugins are turned off by GPTKIT_NO_PLUGINS (or gptkit --no-plugins); unset it to use them)"
+    off = "unset GPTKIT_NO_PLUGINS (or leave out --no-plugins) to use them)"
     for args, used in ((("run", "--resume", run), trained), (("sample", run), norm)):
         result = cli(*args)
         assert result.exit_code == 2 and "unknown norm 'unitnorm'" in result.output, result.output
         assert f"(the run was trained with {used}: {off}" in result.output and "installed" not in result.output
+        assert "plugins are turned off" in result.output.split("(the run was trained")[0], result.output  # said once
     monkeypatch.delenv("GPTKIT_NO_PLUGINS")
 
     shutil.rmtree(tmp_path / "site")  # uninstalled

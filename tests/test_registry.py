@@ -103,3 +103,32 @@ def test_a_component_defined_in_an_interactive_session_registers(monkeypatch):
     exec("class Typed(Norm):\n    forward = nn.Identity.forward", namespace)
     reg.register("typed", namespace["Typed"])
     assert reg.find("typed").source == "__main__"
+
+
+@pytest.mark.parametrize("name", ["my_norm", "rms-norm", "norm2", "T5bias", "a"])
+def test_a_name_of_ascii_letters_digits_underscores_and_dashes_is_accepted(name):
+    from gptkit.registry import name_problem
+
+    assert name_problem("norm", name) is None
+
+
+@pytest.mark.parametrize("name", ["2norm", "-x", "_x", "é", "normé", "my norm", "my.norm", "", "1e5", None])
+def test_any_other_name_is_refused_by_the_rule_its_message_states(name):
+    from gptkit.registry import name_problem
+
+    assert name_problem("norm", name) == (f"norm name {name!r} must be a word such as 'my_norm' "
+                                          "(ASCII letters, digits, _ and -, starting with a letter)")
+    if isinstance(name, str):  # register(None, ...) is a TypeError: the name goes first
+        with pytest.raises(RegistryError, match="starting with a letter"):
+            Registry("norm", Norm).register(name, registry("norm").get("rmsnorm"))
+
+
+def test_an_unknown_name_says_when_plugins_are_off(monkeypatch):
+    hint = "(plugins are turned off by GPTKIT_NO_PLUGINS or --no-plugins)"
+    with pytest.raises(RegistryError) as e:
+        registry("attention").get("cosattn")
+    assert str(e.value) == f"unknown attention 'cosattn'. Available: flash, naive {hint}"
+    monkeypatch.setenv("GPTKIT_NO_PLUGINS", "0")
+    with pytest.raises(RegistryError) as e:
+        registry("attention").get("cosattn")
+    assert "plugins are turned off" not in str(e.value)

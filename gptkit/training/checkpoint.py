@@ -199,8 +199,8 @@ def missing_plugins(used: dict[str, str], prefix: str = "model.") -> str:
         why = "registered in Python, not installed: register it in this process first (run or import that code)"
     elif plugins.enabled():
         why = "is it installed?"
-    else:
-        why = "plugins are turned off by GPTKIT_NO_PLUGINS (or gptkit --no-plugins); unset it to use them"
+    else:  # the registry's error has said that plugins are off
+        why = "unset GPTKIT_NO_PLUGINS (or leave out --no-plugins) to use them"
     return f"\n(the run was trained with {'; '.join(gone)}: {why})"
 
 
