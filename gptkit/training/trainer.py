@@ -386,7 +386,8 @@ class Trainer:
             self.state.train_loss = sum(recent) / len(recent)
         if good < len(losses):
             loss, norm = losses[good], norms[good]
-            self._diverged(first + good, f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}")
+            what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
+            self._diverged(first + good, what)
         self._interval_t0 = now
         return losses
 
