@@ -16,7 +16,7 @@ from torch import nn
 from .components.base import GPTConfig
 from .device import keep_random_state
 from .errors import ComponentError, RunStopped, UserError, one_line, out_of_memory
-from .model import GPT
+from .model import GPT, built_from
 from .plugins import LOCAL_PREFIX
 from .recipe.components import MODEL_KINDS
 from .registry import registry
@@ -25,11 +25,7 @@ from .registry import registry
 def component_specs(gpt: GPT, model) -> dict:
     """{module: the spec in `model` (a ModelSection) it was built from}, for every component of `gpt`."""
     t = gpt.transformer
-    specs = {t.pos: model.positional, t.ln_f: model.norm}
-    for block in t.h:
-        specs |= {block.ln_1: model.norm, block.attn: model.attention, block.ln_2: model.norm,
-                  block.mlp: model.feedforward}
-    return specs
+    return built_from(model, t.pos, t.h, t.ln_f)
 
 
 def check_forward(gpt: GPT, model, cache: bool = True) -> str | None:

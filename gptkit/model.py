@@ -143,14 +143,20 @@ def build_model(model, vocab_size: int) -> GPT:
     try:
         return GPT(config, pos, blocks, ln_f=ln_f, tie_embeddings=model.tie_embeddings)
     except Exception as e:  # a component's init_weights() raised: its bug, named as a constructor's is
-        specs = {pos: model.positional, ln_f: model.norm}  # pos first: every attention holds it too
-        for b in blocks:
-            specs |= {b.ln_1: model.norm, b.attn: model.attention, b.ln_2: model.norm, b.mlp: model.feedforward}
-        spec = _init_culprit(e, specs)
+        spec = _init_culprit(e, built_from(model, pos, blocks, ln_f))
         if spec is None:
             raise
         with spec.blamed("its init_weights()"):
             raise
+
+
+def built_from(model, pos: nn.Module, blocks: list[Block], ln_f: nn.Module) -> dict:
+    """{component module: the spec in `model` (a ModelSection) it was built from}; the positional first,
+    since every attention holds it too."""
+    specs = {pos: model.positional, ln_f: model.norm}
+    for b in blocks:
+        specs |= {b.ln_1: model.norm, b.attn: model.attention, b.ln_2: model.norm, b.mlp: model.feedforward}
+    return specs
 
 
 def check_components(model, config: GPTConfig) -> None:
