@@ -522,6 +522,9 @@ def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG,
     `config` past a recipe's limit (SizeError), a device that is not there; and a ValueError when the
     component, or a default of the test model, refuses `config`. The checks seed torch's global
     generator; the caller's random state is put back afterwards."""
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"config must be a GPTConfig, e.g. dataclasses.replace(CONFIG, n_embd=64), got "
+                        f"{type(config).__name__}")
     name = name_or_spec.get("name") if isinstance(name_or_spec, dict) else name_or_spec
     if isinstance(name, str):
         registry(kind).get(name)  # unknown or broken: the registry's error, not a recipe's (parse_component's)

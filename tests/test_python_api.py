@@ -154,6 +154,33 @@ def test_train_takes_its_options_by_keyword_only(tmp_path, write_recipe):
         train(load_recipe(write_recipe()), tmp_path / "runs", tmp_path / "runs" / "earlier")
 
 
+def test_train_refuses_folders_at_odds_before_anything_is_written(tmp_path, write_recipe):
+    recipe = load_recipe(write_recipe(train={"max_steps": 2}))
+    done = train(recipe, run_dir=tmp_path / "done", quiet=True).run_dir
+    before = (done / "checkpoint.pt").read_bytes()
+    recipe.model.n_embd = 64  # another run: it must not overwrite the finished one
+    with pytest.raises(UserError, match=rf"^run_dir='{done}' holds a run already; resume it with resume='{done}'"):
+        train(recipe, run_dir=done, quiet=True)
+    with pytest.raises(UserError, match="a resumed run goes on in its own folder; give one of them"):
+        train(recipe, resume=done, run_dir=tmp_path / "other", quiet=True)
+    assert (done / "checkpoint.pt").read_bytes() == before and not (tmp_path / "other").exists()
+    for name in ("runs_dir", "resume", "run_dir"):
+        with pytest.raises(TypeError, match=f"^{name} must be a path"):
+            train(recipe, **{"runs_dir": tmp_path, name: 5})
+
+
+@pytest.mark.parametrize("seed", ["1", 1.5, True, 2**70])
+def test_sample_names_a_seed_no_generator_takes(seed):
+    model = tiny_model(CONFIG).eval()
+    with pytest.raises(ValueError, match="^seed must be None"):
+        sample(model, Vocab([chr(97 + i) for i in range(CONFIG.vocab_size)]), "a", tokens=2, seed=seed)
+
+
+def test_check_component_takes_a_gpt_config():
+    with pytest.raises(TypeError, match="^config must be a GPTConfig"):
+        check_component("norm", "rmsnorm", config={"n_embd": 16})
+
+
 # ---- the caller's random state is left as it was ----------------------------------------------------
 def test_train_leaves_the_callers_random_state(tmp_path, write_recipe):
     recipe = load_recipe(write_recipe(train={"max_steps": 2}))

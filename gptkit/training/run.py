@@ -101,10 +101,27 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", *, quiet: bool = False,
     """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"train takes a Recipe, got {type(recipe).__name__}: train(load_recipe(path))")
+    check_folders(runs_dir, resume, run_dir)
     dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
     # The set-up's collectives (training's are the trainer's): a process gone is one message, not a traceback.
     with keep_random_state(device), dist.needing_peers("before training started"):
         return _train(recipe, dist, device, runs_dir, quiet, resume, run_dir)
+
+
+def check_folders(runs_dir, resume, run_dir) -> None:
+    """`train`'s folder arguments: paths, and not at odds (a resumed run stays in its folder, and a
+    new run does not overwrite one)."""
+    for name, value in (("runs_dir", runs_dir), ("resume", resume), ("run_dir", run_dir)):
+        if not (isinstance(value, str | os.PathLike) or value is None and name != "runs_dir"):
+            raise TypeError(f"{name} must be a path (a str or Path), got {type(value).__name__}")
+    if run_dir is None:
+        return
+    if resume is not None and (resume == "auto" or Path(resume).absolute() != Path(run_dir).absolute()):
+        raise UserError(f"resume={str(resume)!r} and run_dir={str(run_dir)!r}: a resumed run goes on in its own "
+                        "folder; give one of them")
+    if resume is None and any((Path(run_dir) / name).exists() for name in ("recipe.yaml", "checkpoint.pt")):
+        raise UserError(f"run_dir={str(run_dir)!r} holds a run already; resume it with resume={str(run_dir)!r}, "
+                        "or give another folder")
 
 
 def check_data(recipe: Recipe) -> CharDataset | None:
