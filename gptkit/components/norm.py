@@ -27,7 +27,7 @@ norm = new_registry("norm", Norm, "normalisation layer used before attention, fe
 
 
 class EpsParams(Params):
-    eps: float = Field(1e-5, gt=0, description="added to the variance for numerical stability")
+    eps: float = Field(1e-5, gt=0, description="added under the square root for numerical stability")
 
 
 @norm.register("rmsnorm")

@@ -32,7 +32,7 @@ def is_factor(value) -> bool:
 
 
 class WarmupParams(Params):
-    warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up from 0")
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up, from lr/warmup_steps at step 0 up to lr")
 
 
 def warmup(step: int, warmup_steps: int) -> float:
