@@ -7,6 +7,7 @@ Axis letters: B batch, T time, C channels (n_embd), V vocabulary.
 """
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -127,7 +128,9 @@ def build_model(model, vocab_size: int) -> GPT:
     if not all(hasattr(model, k) for k in ("config", "positional", "attention")):  # a Recipe, a GPTConfig
         raise TypeError(f"build_model takes a recipe's model section, got {type(model).__name__}: "
                         "build_model(recipe.model, vocab_size)")
-    config = model.config(vocab_size)
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be a whole number >= 1 (a dataset's vocab_size), got {vocab_size!r}")
+    config = model.config(int(vocab_size))
     check_components(model, config)
     pos = model.positional.build(config)
     blocks = [

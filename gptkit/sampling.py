@@ -140,6 +140,9 @@ def sample(model, vocab, prompt: str, tokens: int, temperature: float = 0.8, top
     likeliest (None: from all). `on_text`, for streaming, is called with the prompt, then with the
     characters as generate's on_tokens hands them over."""
     tokens, temperature, top_k = check_sampling(tokens, temperature, top_k)
+    if not (hasattr(vocab, "encode") and hasattr(vocab, "stoi")):
+        raise TypeError(f"vocab must be the model's Vocab (a dataset's .vocab, or load_model's third value), "
+                        f"got {type(vocab).__name__}")
     if seed is not None and not (_whole(seed) is not None and -2**63 <= seed < 2**64):  # what a generator takes
         raise ValueError(f"seed must be None (a new draw each time) or a whole number from -2**63 to 2**64 - 1, "
                          f"got {seed!r}")

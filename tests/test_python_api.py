@@ -176,6 +176,19 @@ def test_sample_names_a_seed_no_generator_takes(seed):
         sample(model, Vocab([chr(97 + i) for i in range(CONFIG.vocab_size)]), "a", tokens=2, seed=seed)
 
 
+def test_arguments_of_the_wrong_kind_are_named(tmp_path, write_recipe):
+    recipe = load_recipe(write_recipe())
+    with pytest.raises(TypeError, match="^quiet must be True or False, got 'yes'"):
+        train(recipe, runs_dir=tmp_path, quiet="yes")
+    for vocab_size in ("65", 0, True):
+        with pytest.raises(ValueError, match="^vocab_size must be a whole number >= 1"):
+            build_model(recipe.model, vocab_size)
+    assert build_model(recipe.model, np.int64(5)).config.vocab_size == 5
+    with pytest.raises(TypeError, match="^vocab must be the model's Vocab"):
+        sample(tiny_model(CONFIG).eval(), ["a", "b"], "a", tokens=2)
+    assert not tmp_path.joinpath("runs").exists()
+
+
 def test_check_component_takes_a_gpt_config():
     with pytest.raises(TypeError, match="^config must be a GPTConfig"):
         check_component("norm", "rmsnorm", config={"n_embd": 16})

@@ -101,16 +101,18 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", *, quiet: bool = False,
     """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"train takes a Recipe, got {type(recipe).__name__}: train(load_recipe(path))")
-    check_folders(runs_dir, resume, run_dir)
+    check_arguments(runs_dir, quiet, resume, run_dir)
     dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
     # The set-up's collectives (training's are the trainer's): a process gone is one message, not a traceback.
     with keep_random_state(device), dist.needing_peers("before training started"):
         return _train(recipe, dist, device, runs_dir, quiet, resume, run_dir)
 
 
-def check_folders(runs_dir, resume, run_dir) -> None:
-    """`train`'s folder arguments: paths, and not at odds (a resumed run stays in its folder, and a
-    new run does not overwrite one)."""
+def check_arguments(runs_dir, quiet, resume, run_dir) -> None:
+    """`train`'s options: of their types, and folders not at odds (a resumed run stays in its folder,
+    and a new run does not overwrite one)."""
+    if not isinstance(quiet, bool):  # quiet="no" would be taken as True
+        raise TypeError(f"quiet must be True or False, got {quiet!r}")
     for name, value in (("runs_dir", runs_dir), ("resume", resume), ("run_dir", run_dir)):
         if not (isinstance(value, str | os.PathLike) or value is None and name != "runs_dir"):
             raise TypeError(f"{name} must be a path (a str or Path), got {type(value).__name__}")
