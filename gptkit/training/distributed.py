@@ -19,6 +19,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -110,16 +111,18 @@ class Distributed:
                 td.barrier(group=self.host_group)
 
     @contextlib.contextmanager
-    def needing_peers(self, when: str):
+    def needing_peers(self, when: str | Callable[[], str], more: Callable[[], str] = lambda: ""):
         """Within it, a collective that finds another process gone raises PeerLost ("another process of this
-        torchrun job ended `when`"), said once by rank 0, instead of gloo's error and a traceback."""
+        torchrun job ended `when`", then `more()`), said once by rank 0, instead of gloo's error and a
+        traceback. `when` may be a function, asked once it has happened (the step it happened at)."""
         try:
             yield
         except RuntimeError as e:
             if self.world_size == 1 or not lost_peer(e):
                 raise
+            when = when() if callable(when) else when
             raise lost(f"another process of this torchrun job ended {when} (its connection closed); it says why "
-                       "itself if it could") from None
+                       f"itself if it could{more()}") from None
 
     def seed(self, seed: int, step: int) -> None:
         """Give every rank but 0 a random stream of its own (dropout masks), derived from (seed, rank,

@@ -25,7 +25,7 @@ from ..model import GPT
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
 from .checkpoint import unloadable
-from .distributed import Distributed, lost, lost_peer
+from .distributed import Distributed
 from .optim_setup import build_optimizer, flat_gradients, param_groups, set_lr
 from .progress import Progress
 from .signals import stop_on_signals
@@ -214,13 +214,11 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train to the end of the budget, or until a stop (see `RunStopped`)."""
         try:
-            return self._fit()
-        except RuntimeError as e:
-            if self.dist.world_size == 1 or not lost_peer(e):
-                raise
-            self.progress.close()
-            raise lost(f"another process of this torchrun job ended at step {self.state.step + 1} (its "
-                       f"connection closed); it says why itself if it could, and {self._checkpoint_note()}") from None
+            with self.dist.needing_peers(lambda: f"at step {self.state.step + 1}",
+                                         lambda: f", and {self._checkpoint_note()}"):
+                return self._fit()
+        finally:
+            self.progress.close()  # the live line ends before any message
 
     def _fit(self) -> TrainState:
         state = self.state
