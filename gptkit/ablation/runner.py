@@ -13,16 +13,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from ..data.dataset import CharDataset, load_dataset
 from ..device import keep_random_state, resolve_device
-from ..diagnose import check_forward
 from ..errors import ComponentError, Diverged, UserError, failure_reason
 from ..io import cannot_make_folder, write_text
 from ..recipe import Recipe, apply_override, flatten, yaml
 from ..training import train
-from ..training.build import build_model_on
+from ..training.build import build_checked
 from ..training.progress import fmt_duration
 from ..training.resume import MAY_CHANGE, differing, is_locked, plugin_changes, run_recipe, trained_with
 from ..training.trainer import schedule_warning, total_steps
@@ -104,9 +101,7 @@ def sizes(plan: Plan, data: dict[str, CharDataset]) -> dict[str, tuple[int, int]
         with blamed(arm):
             device = resolve_device(arm.recipe.train.device)
             with keep_random_state(device):
-                torch.manual_seed(arm.recipe.seed)  # the same weights, and so the same check, each time
-                model = build_model_on(arm.recipe.model, data[arm.slug].vocab_size, device)
-                check_forward(model, arm.recipe.model, cache=False)
+                model, _ = build_checked(arm.recipe, data[arm.slug].vocab_size, device, cache=False)
         out[arm.slug] = (model.num_params(), model.flops_per_token())
         del model
     return out

@@ -23,10 +23,9 @@ import torch
 
 from ..data.dataset import load_dataset
 from ..device import resolve_device
-from ..diagnose import check_forward
 from ..errors import UserError
 from ..recipe.load import validate
-from ..training.build import build_model_on
+from ..training.build import build_checked
 from ..training.trainer import Trainer
 from .peak import sync
 
@@ -50,9 +49,7 @@ class Bench:
         recipe = validate(recipe_dict)
         self.device = resolve_device(recipe.train.device)
         dataset = load_dataset(recipe.data, recipe.model.block_size)
-        torch.manual_seed(recipe.seed)
-        model = build_model_on(recipe.model, dataset.vocab_size, self.device)
-        check_forward(model, recipe.model)  # a component's bug is one error naming it, as in `gptkit run`
+        model, _ = build_checked(recipe, dataset.vocab_size, self.device)  # as `gptkit run` builds and checks it
         dataset.to(self.device)
         dataset.check_batch_size(recipe.train.batch_size)
         self.trainer = Trainer(recipe, model, dataset, self.device, quiet=True)

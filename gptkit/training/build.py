@@ -2,8 +2,19 @@
 
 import torch
 
+from ..diagnose import check_forward
 from ..errors import UserError, out_of_memory
 from ..model import GPT, build_model
+from ..recipe import Recipe
+
+
+def build_checked(recipe: Recipe, vocab_size: int, device: torch.device, cache: bool = True) -> tuple[GPT, str | None]:
+    """The model a run of `recipe` starts from: weights drawn from `recipe.seed` (the same on every rank,
+    in every run and in the bench), on `device`, then check_forward's pass, so that a component's bug is
+    one error naming it before anything trains. Returns the model and check_forward's cache warning."""
+    torch.manual_seed(recipe.seed)
+    model = build_model_on(recipe.model, vocab_size, device)
+    return model, check_forward(model, recipe.model, cache)
 
 
 def build_model_on(model, vocab_size: int, device: torch.device) -> GPT:

@@ -28,7 +28,7 @@ from ..model import GPT, check_components
 from ..recipe import Recipe, yaml
 from ..sampling import sample
 from . import distributed
-from .build import build_model_on
+from .build import build_checked
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .resume import (busy, check_restartable, check_resumable, check_run_dir, find_resumable, is_locked, lock_run,
                      remove_leftovers, truncate_metrics)
@@ -174,9 +174,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     dist.check_same("the step to resume from", -1 if checkpoint is None else checkpoint["step"],
                     "--resume needs the run folder on a file system every machine sees")
 
-    torch.manual_seed(recipe.seed)  # the same on every rank: the same initial weights
-    model = build_model_on(recipe.model, dataset.vocab_size, device)
-    cache_warning = check_forward(model, recipe.model)  # a component's bug is named before there is a run folder
+    model, cache_warning = build_checked(recipe, dataset.vocab_size, device)  # before there is a run folder
     if cache_warning:  # a key/value cache that does not match a full pass: the model samples without it from now on
         warn(f"warning: {cache_warning}")
     dataset.to(device)
