@@ -136,9 +136,55 @@ def _mismatch(gpt: GPT, model, specs: dict, idx: torch.Tensor, prefill: int) -> 
     if cached.shape != full.shape:
         return _cache_warning(gpt, model, f"the logits of {fed} are {tuple(cached.shape)}, not {tuple(full.shape)}")
     if not same_logits(cached, full):
-        return _cache_warning(gpt, model, f"the logits of {fed} differ from one forward pass over them by up to "
-                                          f"{(cached - full).abs().max().item():.2g}")
+        return _noise_warning(gpt, model, specs, idx) or _cache_warning(
+            gpt, model, f"the logits of {fed} differ from one forward pass over them by up to "
+                        f"{(cached - full).abs().max().item():.2g}")
     return None
+
+
+def _noise_warning(gpt: GPT, model, specs: dict, idx: torch.Tensor) -> str | None:
+    """When two forward passes over `idx` disagree, no cache can match one: the warning naming the
+    component whose output differed first (its input was the same both times), instead of blaming the
+    cache's contract. None if they agree. Two more passes, made only once the cache check has failed."""
+    first, second = (_outputs(gpt, specs, idx) for _ in range(2))
+    (_, a), (_, b) = first[-1], second[-1]  # the logits
+    if same_logits(a, b):
+        return None
+    module = next((m for (m, x), (_, y) in zip(first, second) if not same_logits(x, y)), None)
+    who = _noisy(specs[module], model) if module is not None else "the model is not deterministic"
+    return (f"two forward passes over the same {idx.size(1)} tokens in evaluation mode give logits that differ by up "
+            f"to {(a - b).abs().max().item():.2g}: {who}. "
+            "No key/value cache can match a full pass then: samples recompute the context instead")
+
+
+def _outputs(gpt: GPT, specs: dict, idx: torch.Tensor) -> list[tuple[nn.Module | None, torch.Tensor]]:
+    """(component module, a copy of its output) for each component call of a forward pass over `idx`, in
+    order, the positional's being its embed's (what `t.drop` receives); last (None, the logits)."""
+    t, seen = gpt.transformer, []
+    hooks = [t.drop.register_forward_pre_hook(lambda m, args: seen.append((t.pos, args[0].clone())))]
+    hooks += [m.register_forward_hook(lambda m, args, out: seen.append((m, out.clone()))) for m in specs if m is not t.pos]
+    try:
+        with blaming(specs, f"for {idx.size(1)} tokens"):
+            seen.append((None, gpt(idx)[0]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def _noisy(spec, model) -> str:
+    """Who is not deterministic, said with the check to run, `spec` being the component whose output
+    differed first. An attention's output depends on its positional's rotate and score_bias too: a
+    built-in attention is deterministic, so then a plugin positional is the one."""
+    pos = model.positional
+    if spec.kind != "attention" or pos.built_in:
+        return f"{spec.kind} '{spec.name}' is not deterministic (its output differs first); {_check_command(spec)} says so"
+    if spec.built_in:
+        return (f"positional '{pos.name}' is not deterministic (the output of attention '{spec.name}', which calls its "
+                f"rotate and score_bias, differs first); {_check_command(pos)} says so")
+    return (f"attention '{spec.name}' or positional '{pos.name}', whose rotate and score_bias it calls, is not "
+            f"deterministic (the attention's output differs first); {_check_command(spec)} and "
+            f"{_check_command(pos)} say which")
 
 
 def cached_logits(gpt: GPT, idx: torch.Tensor, cuts: list[int]) -> torch.Tensor:
@@ -253,9 +299,9 @@ def exercise(kind: str, module: nn.Module, x: torch.Tensor, n_head: int) -> torc
     if kind != "positional":
         return module(x)
     q = k = x.view(*x.shape[:2], n_head, -1).transpose(1, 2)  # (B, nh, T, hs)
-    q, k = module.rotate(q, k)
+    q, k = module.rotate(q, k, 0)  # start given: the README's signature has no default
     bias = module.score_bias(x.size(1), x.size(1))
-    out = module.embed(x) + (q + k).transpose(1, 2).reshape(x.shape)
+    out = module.embed(x, 0) + (q + k).transpose(1, 2).reshape(x.shape)
     return out if bias is None else out + bias.sum()
 
 

@@ -218,10 +218,19 @@ def test_sample_refuses_options_it_cannot_use(cli, tmp_path, option):
 @pytest.mark.parametrize("param,fragment", [
     ("base=abc", "error: positional 'rope': base: Input should be a valid number (got 'abc')"),
     ("name=alibi", "error: --param name=alibi: the component is the NAME argument (rope), not a parameter"),
+    # name is a key of a recipe's component block, not a --param: not among the keys listed
+    ("bse=500", "error: --param bse=500: positional 'rope' has no parameter 'bse' (did you mean 'base'?); its "
+                "parameters: base\n"),
 ])
 def test_check_names_the_bad_parameter(cli, param, fragment):
     result = cli("check", "positional", "rope", "--param", param)
     assert result.exit_code == 2 and fragment in result.output, result.output
+
+
+def test_check_says_a_component_without_parameters_takes_none(cli):
+    result = cli("check", "positional", "alibi", "--param", "init_scale=2")
+    assert result.exit_code == 2 and result.output == "error: --param init_scale=2: positional 'alibi' has no " \
+        "parameter 'init_scale'; it takes none\n", result.output
 
 
 def test_check_names_an_unknown_component_once(cli, monkeypatch):

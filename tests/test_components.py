@@ -213,6 +213,66 @@ def test_the_contract_catches_subtly_broken_components(temporary_component, kind
     assert {r.check for r in results if r.status == "fail"} == failing, [(r.check, r.detail) for r in results]
 
 
+def test_a_positional_written_with_the_documented_signatures_conforms(temporary_component):
+    """embed(x, start) and rotate(q, k, start) as README gives them, start without a default: every
+    caller passes start, as the model does."""
+    from gptkit.components.positional import RoPE, Sinusoidal
+
+    class Rotates(RoPE):
+        def rotate(self, q, k, start):
+            return super().rotate(q, k, start)
+
+    class Embeds(Sinusoidal):
+        def embed(self, x, start):
+            return super().embed(x, start)
+
+    for name, cls in (("rotates", Rotates), ("embeds", Embeds)):
+        temporary_component("positional", name, cls)
+        failed = [(r.check, r.detail) for r in check_component("positional", name) if r.status == "fail"]
+        assert not failed, (name, failed)
+
+
+class Noisy:
+    """Adds noise in eval mode too: each pass differs, so every check comparing two passes would fail."""
+
+    @staticmethod
+    def feedforward():
+        from gptkit.components.feedforward import MLP
+
+        class NoisyMLP(MLP):
+            def forward(self, x):
+                return super().forward(x) + 0.1 * torch.randn_like(x)
+
+        return NoisyMLP
+
+    @staticmethod
+    def positional():
+        from gptkit.components.positional import ALiBi
+
+        class NoisyBias(ALiBi):
+            def score_bias(self, t_q, t_k):
+                return super().score_bias(t_q, t_k) + torch.randn(t_q, t_k)
+
+        return NoisyBias
+
+
+@pytest.mark.parametrize("kind", ["feedforward", "positional"])
+def test_a_component_that_is_not_deterministic_fails_that_check_alone(temporary_component, kind):
+    temporary_component(kind, "noisy", getattr(Noisy, kind)())
+    results = {r.check: r for r in check_component(kind, "noisy")}
+    assert [c for c, r in results.items() if r.status == "fail"] == ["deterministic"], results
+    assert results["deterministic"].detail.startswith("AssertionError: not deterministic in eval mode: two passes "
+                                                      "over the same input differ by ")
+    for check in ("state_dict round trip", "causal"):  # which noise alone would fail, saying something else
+        assert (results[check].status, results[check].detail) == ("n/a", "skipped: not deterministic in eval mode")
+
+
+def test_a_partner_that_is_not_deterministic_is_skipped_as_such(temporary_component):
+    temporary_component("positional", "noisy", Noisy.positional())
+    result = run_check("every partner", parse_component("attention", "flash"))
+    assert result.status == "pass" and "positional noisy skipped: broken on its own (deterministic: " in result.detail
+
+
 @pytest.mark.parametrize("n_embd", [128, 256, 768])
 def test_swiglu_and_mlp_have_comparable_parameter_counts(n_embd):
     from gptkit.components import GPTConfig

@@ -116,6 +116,13 @@ def test_a_failure_says_what_was_wrong(temporary_component):
                       "finite number >= 0")
 
 
+def test_a_tensor_factor_is_said_to_be_a_tensor_not_a_negative_number(temporary_component):
+    temporary_component("schedule", "tensor", Tensor)
+    detail = next(r.detail for r in check_component("schedule", "tensor") if r.check == "factors")
+    assert detail == ("AssertionError: factor(0) = tensor(1.) with total_steps=1; a factor must be a Python number "
+                      "(a float), not a torch.Tensor: return its .item(), or compute it with math")
+
+
 def test_check_takes_every_kind(cli):
     result = cli("check", "schedule", "cosine", "--param", "warmup_steps=3")
     assert result.exit_code == 0, result.output

@@ -51,6 +51,22 @@ def test_a_schedule_factor_no_rate_can_be_made_of_is_the_schedules_error(tempora
     assert result.exit_code == 2 and f"schedule 'broken' from test is broken: factor(2) returned {value!r}" in result.output, result.output
 
 
+def test_a_tensor_factor_is_told_to_be_a_python_number(temporary_component, write_recipe, cli, tmp_path):
+    """tensor(1.) is finite and >= 0: what is wrong is its type (taking a GPU tensor's value every step
+    would wait for the GPU)."""
+    from gptkit.components.schedule import Schedule
+
+    class Torchy(Schedule):
+        def factor(self, step):
+            return torch.tensor(1.0)
+
+    temporary_component("schedule", "torchy", Torchy)
+    result = cli("run", write_recipe(train={"schedule": "torchy"}), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "schedule 'torchy' from test is broken: factor(0) returned tensor(1.); a " \
+        "schedule's factor must be a Python number (a float), not a torch.Tensor: return its .item()" in result.output
+    assert "finite number" not in result.output, result.output
+
+
 def test_a_factor_of_any_real_number_type_is_taken_as_a_float(temporary_component, write_recipe, cli, tmp_path):
     """numpy's float32, say (here a Fraction, which needs no numpy): a finite number >= 0 all the same."""
     from fractions import Fraction

@@ -4,7 +4,7 @@ import click
 
 from ..conformance import CONFIG, SizeError, check_component
 from ..device import resolve_device
-from ..errors import UserError
+from ..errors import UserError, did_you_mean, listing
 from ..recipe import yaml
 from ..recipe.components import MODEL_KINDS
 from ..registry import RegistryError, registry
@@ -27,9 +27,10 @@ from . import imports_option, main
               help="The test model's context length.")
 def check(kind, name, params, device, n_embd, n_head, block_size):
     """Run the conformance checks on one component of any kind and print a pass/fail table (exit code 1
-    if any check fails). Model components: construction, shapes and dtype, finite outputs, backward,
-    state_dict round trip, causality, positional offsets, attention calling its positional hooks, every
-    attention x positional pairing, agreement with the reference naive attention, the key/value cache.
+    if any check fails). Model components: construction, shapes and dtype, finite outputs, determinism
+    in eval mode, backward, state_dict round trip, causality, positional offsets, attention calling its
+    positional hooks, every attention x positional pairing, agreement with the reference naive
+    attention, the key/value cache.
     Schedules: finite factors >= 0, a pure function of the step. Optimizers: lowering the loss, the lr
     set in param_groups, an exact resume from state_dict, zero_grad. Corpora: the same non-empty text.
 
@@ -54,6 +55,7 @@ def check(kind, name, params, device, n_embd, n_head, block_size):
     config = dataclasses.replace(CONFIG, n_embd=n_embd, n_head=n_head, block_size=block_size)
     sizes = f"n_embd={n_embd}, n_head={n_head}, block_size={block_size}"
     try:
+        _assert_known_params(kind, name, reg.get(name), params)
         results = check_component(kind, spec, config, device=device)
     except RegistryError as e:  # unknown, broken (which its message says), or a default of the test model unusable
         if name in reg:
@@ -74,3 +76,15 @@ def check(kind, name, params, device, n_embd, n_head, block_size):
     click.echo(f"{counts['pass']} passed, {counts['fail']} failed, {counts['n/a']} not applicable")
     if counts["fail"]:
         raise SystemExit(1)
+
+
+def _assert_known_params(kind: str, name: str, cls: type, params: tuple[str, ...]) -> None:
+    """An unknown --param key, said with the component's parameters only: a recipe's error would list
+    `name` as a valid key too, which --param refuses (NAME is the argument)."""
+    keys = {f.alias or n for n, f in cls.Params.model_fields.items()}  # as a recipe writes them
+    for text in params:
+        key = text.partition("=")[0].strip()
+        if key not in keys:
+            takes = f"its parameters: {listing(keys)}" if keys else "it takes none"
+            raise UserError(f"--param {text}: {kind} '{name}' has no parameter '{key}'{did_you_mean(key, keys)}; "
+                            f"{takes}")

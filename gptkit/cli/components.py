@@ -8,6 +8,7 @@ import click
 from pydantic_core import to_json
 
 from .. import plugins
+from ..components.attention import caches
 from ..errors import did_you_mean
 from ..registry import Entry, kinds, registry
 from . import imports_option, main
@@ -40,6 +41,8 @@ def describe(entry: Entry, full: bool = False) -> dict:
     if full:
         obj = entry.obj
         record.update(object=f"{obj.__module__}:{obj.__qualname__}", defined_at=entry.where, doc=inspect.getdoc(obj) or "")
+        if entry.kind == "attention":  # the flag and a forward that takes the cache, as generation asks
+            record.update(supports_kv_cache=caches(obj))
     return record
 
 
@@ -119,6 +122,9 @@ def show(kind, name, as_json):
         click.echo(json.dumps(r, indent=2))
         return
     click.echo(f"{kind} '{name}'\n  source:     {r['source']}\n  defined at: {r['defined_at']}  ({r['object']})")
+    if "supports_kv_cache" in r:
+        click.echo("  kv cache:   " + ("yes (sampling feeds it one token at a time)" if r["supports_kv_cache"]
+                                      else "no (sampling recomputes the whole context for every token)"))
     if r["doc"]:
         click.echo("\n" + "\n".join(f"  {line}" for line in r["doc"].splitlines()))
     click.echo("\n  parameters:" if r["params"] else "\n  parameters: none")

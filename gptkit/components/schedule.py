@@ -4,6 +4,7 @@ import math
 import numbers
 from abc import abstractmethod
 
+import torch
 from pydantic import Field
 
 from ..registry import new_registry
@@ -19,7 +20,7 @@ class Schedule(Component):
 
     @abstractmethod
     def factor(self, step: int) -> float:
-        """The multiplier of train.lr at `step` (0-based): a finite number >= 0."""
+        """The multiplier of train.lr at `step` (0-based): a finite number >= 0 (a float, not a tensor)."""
 
 
 schedule = new_registry("schedule", Schedule, "learning-rate schedule")
@@ -29,6 +30,14 @@ def is_factor(value) -> bool:
     """Whether `value` is what `factor(step)` must return: a finite real number >= 0, of any type that
     says it is one (numpy's too; a bool is a mistake)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
+def factor_rule(value) -> str:
+    """What a factor must be, said for `value`, which is not one: for a tensor, that it must be a
+    Python number (taking a GPU tensor's value would wait for the GPU at every step)."""
+    if isinstance(value, torch.Tensor):
+        return "must be a Python number (a float), not a torch.Tensor: return its .item(), or compute it with math"
+    return "must be a finite number >= 0"
 
 
 class WarmupParams(Params):

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..components.schedule import is_factor
+from ..components.schedule import factor_rule, is_factor
 from ..data.dataset import CharDataset
 from ..device import use_bf16
 from ..diagnose import backward_culprit, blaming, component_specs
@@ -416,8 +416,8 @@ class Trainer:
         with self.cfg.schedule.blamed(f"factor({step})"):
             factor = self.schedule.factor(step)
         if not is_factor(factor):
-            raise self.cfg.schedule.error(f"factor({step}) returned {factor!r}; a schedule's factor must be a "
-                                          "finite number >= 0")
+            raise self.cfg.schedule.error(f"factor({step}) returned {factor!r}; a schedule's factor "
+                                          f"{factor_rule(factor)}")
         return float(factor)  # a numpy scalar in the optimizer's state would make the checkpoint unsafe to load
 
     def _log(self, epoch: int, batch: int, losses: list[float]) -> None:
