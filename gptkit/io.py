@@ -1,5 +1,7 @@
-"""File reading and atomic writing: a reader never sees a half-written file."""
+"""File reading and atomic writing (a reader never sees a half-written file), and what a path names:
+a ~ to expand, a file that is missing."""
 
+import errno
 import json
 import os
 import tempfile
@@ -14,7 +16,7 @@ def read_text(path: Path, what: str) -> str:
     """The UTF-8 text of `path` with `\n` line endings and no byte-order mark (a text joined from files by
     `cat` may hold several); a missing, unreadable or non-UTF-8 file is a UserError naming it."""
     if not path.is_file():
-        why = "is a folder, not a file" if path.is_dir() else "is not a regular file" if path.exists() else "not found"
+        why = "is a folder, not a file" if path.is_dir() else "is not a regular file" if path.exists() else missing(path)
         raise UserError(f"{what} file {path} {why}")
     try:
         text = path.read_text(encoding="utf-8")  # universal newlines: \r\n and a lone \r become \n
@@ -24,9 +26,9 @@ def read_text(path: Path, what: str) -> str:
         raise UserError(f"cannot read {what} file {path}: {e.strerror}") from None
     if "\0" in text:  # ASCII text in UTF-16 without a byte-order mark is valid UTF-8, NULs and all
         source = encoding_of(path.read_bytes()[:4096])
-        if source is None:
+        if source is None and looks_binary(text[:4096]):
             raise UserError(f"{what} file {path} contains NUL bytes: it looks like a binary file, not text")
-        if source.startswith("utf-16"):
+        if source and source.startswith("utf-16"):
             raise UserError(f"{what} file {path} is not UTF-8 text; convert it first, e.g. iconv -f {source} -t utf-8")
         line = text.count("\n", 0, text.index("\0")) + 1  # UTF-8 text with a NUL past its first bytes
         raise UserError(f"{what} file {path} has a NUL character on line {line:,}; remove it, e.g. with tr -d '\\000'")
@@ -50,6 +52,39 @@ def not_utf8(e: UnicodeDecodeError) -> str:
     if source is None:
         return "contains NUL bytes: it looks like a binary file, not text"
     return f"is not UTF-8 text (byte {data[at]:#04x} {where}); convert it first, e.g. iconv -f {source} -t utf-8"
+
+
+def looks_binary(head: str) -> bool:
+    """Whether text that decodes as UTF-8 is a binary file's bytes all the same: control characters in
+    more than one of its first hundred characters, where text holds a stray NUL or two."""
+    controls = sum(c < " " and c not in "\t\n\r\f\v\x1b" for c in head)
+    return controls > max(1, len(head) // 100)
+
+
+def missing(path: Path) -> str:
+    """Why `path`, which does not exist, is not there, as the rest of a sentence naming it: "not found",
+    or a symbolic link that leads nowhere."""
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symbolic link loop (following its links leads back to it); point it at a file"
+    except ValueError:  # a NUL in the name
+        pass
+    if path.is_symlink():
+        return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+    return "not found"
+
+
+def expand_home(path: str | os.PathLike) -> Path:
+    """`path` with a leading ~ or ~USER made that home folder; a ValueError saying why where there is
+    none (no such user; HOME unset and no home for this user in the password file)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # pathlib's "Could not determine home directory." for both
+        first = Path(path).parts[0]
+        who = "HOME is not set and this user has no home folder" if first == "~" else f"there is no user {first[1:]}"
+        raise ValueError(f"cannot expand {first}: {who}; write the path out in full") from None
 
 
 def encoding_of(head: bytes) -> str | None:
@@ -89,11 +124,13 @@ def cannot_make_folder(folder: Path) -> str | None:
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write through `write(file)` to a temporary file beside `path`, flush it to disk, then rename it
     over `path`. A crash at any point leaves either the old file or the new one, never a mix. An
-    OSError names `path`, not the temporary file the user never asked for."""
-    path.parent.mkdir(parents=True, exist_ok=True)  # its error names the folder it could not make
+    OSError names `path`, not the temporary file the user never asked for. Folders it made for `path`
+    are removed again when the write fails."""
+    made = make_folders(path.parent)  # its error names the folder it could not make
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
+        remove_empty(made)
         raise _naming(e, path) from None
     try:
         if hasattr(os, "fchmod"):  # mkstemp's 0600 would make every file private to its owner
@@ -106,9 +143,40 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         _fsync_dir(path.parent)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        remove_empty(made)
         if isinstance(e, OSError) and e.errno is not None:
             raise _naming(e, path) from None
         raise
+
+
+def make_folders(folder: Path, exist_ok: bool = True) -> list[Path]:
+    """`folder.mkdir(parents=True)`; the folders it made, deepest first, for `remove_empty` to remove
+    when what they were made for fails. A failure midway removes those it had made."""
+    made = []
+    for above in (folder, *folder.parents):
+        if os.path.isdir(above):
+            break
+        made.append(above)
+    try:
+        folder.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:  # made meanwhile by another process, whose folder it is
+        raise
+    except BaseException:
+        remove_empty(made)
+        raise
+    return made
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove `folders`, deepest first, while they are empty: one that is not (another process wrote
+    in it meanwhile) stays, and so do those above it."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:  # where making them stopped
+            continue
+        except OSError:
+            return
 
 
 def _naming(e: OSError, path: Path) -> OSError:

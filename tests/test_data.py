@@ -1,3 +1,4 @@
+import errno
 import os
 import re
 import time
@@ -127,7 +128,41 @@ def test_a_corpus_that_cannot_be_written_names_data_path(tmp_path, write_recipe,
                  "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"data.path: cannot create {target} from the 'shakespeare' corpus: " in result.output
-    assert "choose a writable data.path" in result.output and not (tmp_path / "runs").exists()
+    assert "choose a writable data.path, e.g. --set data.path=FILE --set data.corpus=shakespeare" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_full_disk_while_creating_a_corpus_says_to_free_space_and_leaves_no_folder(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from gptkit import io
+    from gptkit.data.dataset import load_dataset
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io.os, "fsync", disk_full)
+    data = SimpleNamespace(path=tmp_path / "data" / "new" / "s.txt", corpus=parse_component("corpus", "shakespeare"),
+                           max_lines=None, val_fraction=0.1, stride=None)
+    with pytest.raises(UserError) as e:
+        load_dataset(data, block_size=8)
+    assert str(e.value) == (f"data.path: cannot create {data.path} from the 'shakespeare' corpus: No space left on "
+                            "device; free some space, or create it on another disk: --set data.path=FILE --set "
+                            "data.corpus=shakespeare")
+    assert list(tmp_path.iterdir()) == []  # the folders made for it are gone too
+
+
+def test_a_corpus_file_cut_short_is_to_be_deleted_and_rebuilt(tmp_path):
+    from types import SimpleNamespace
+
+    from gptkit.data.dataset import load_dataset
+
+    (tmp_path / "s.txt").write_text("")  # a creation on a full disk, a copy cut short
+    data = SimpleNamespace(path=tmp_path / "s.txt", corpus=parse_component("corpus", "shakespeare"), max_lines=None,
+                           val_fraction=0.1, stride=None)
+    with pytest.raises(UserError, match=r"has 0 training characters, fewer than one block \(model.block_size \+ 1 = 9\); "
+                                        "delete it to rebuild it from the 'shakespeare' corpus or use a smaller"):
+        load_dataset(data, block_size=8)
 
 
 def test_creating_a_corpus_removes_what_a_killed_creation_left_but_not_a_creation_under_way(tmp_path):
@@ -144,6 +179,10 @@ def test_creating_a_corpus_removes_what_a_killed_creation_left_but_not_a_creatio
                            stride=1)
     load_dataset(data, block_size=4)
     assert path.exists() and not stale.exists() and fresh.exists()
+    stale.write_text("half a play")  # killed while another process created it: it is left once the corpus exists
+    os.utime(stale, (time.time() - 3600,) * 2)
+    load_dataset(data, block_size=4)
+    assert not stale.exists() and fresh.exists()
 
 
 def test_a_corpus_under_a_file_says_that_file_is_no_folder(tmp_path):

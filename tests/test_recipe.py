@@ -209,6 +209,22 @@ def test_override_paths_are_relative_to_the_cwd(write_recipe, tmp_path, monkeypa
     assert r.data.path == tmp_path / "other.txt"
 
 
+def test_a_home_folder_that_cannot_be_found_is_named_with_its_key(write_recipe, tmp_path, monkeypatch):
+    import pwd
+
+    def no_entry(uid):
+        raise KeyError(uid)
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)  # a container's user with no line in /etc/passwd
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write_recipe(), ["data.path=~/x.txt", "imports=[~/mine.py]"])
+    assert str(e.value).splitlines()[1:] == [
+        f"  --set {key}: {at}: cannot expand ~: HOME is not set and this user has no home folder; write the path out "
+        f"in full (got '~/{name}')" for key, at, name in [("data.path=~/x.txt", "data.path", "x.txt"),
+                                                          ("imports=[~/mine.py]", "imports.0", "mine.py")]]
+
+
 def test_file_paths_are_relative_to_the_recipe(tmp_path):
     (tmp_path / "sub").mkdir()
     path = tmp_path / "sub" / "r.yaml"

@@ -1,8 +1,9 @@
 import click
 
+from ..data.dataset import corpus_text, dataset_of
 from ..device import resolve_device
 from ..recipe import load_recipe, yaml
-from ..training.run import check_data
+from ..training.run import check_data, check_fits
 from . import main, overrides_option
 
 
@@ -15,13 +16,18 @@ def validate(recipe, overrides):
     Checks every field, and what `gptkit run` checks before it trains: train.device is here, data.path
     exists and is UTF-8 text with more than one block for training (and for validation),
     train.batch_size is at most its training windows per epoch, sample.prompt's characters are in its
-    vocabulary, and the components accept its size. Nothing is written: a data.path that data.corpus would create on the first run is not created, and its checks
-    are left to that run (a note on stderr says so).
+    vocabulary, and the components accept its size. Nothing is written: a data.path that data.corpus
+    would create on the first run is not created; the corpus's text is made and checked in memory
+    (a note on stderr says so).
     """
     resolved = load_recipe(recipe, overrides)
     resolve_device(resolved.train.device)
     if check_data(resolved) is None:
         data = resolved.data
+        # What the first run would meet making it (a package the corpus needs, say), met now.
+        dataset = dataset_of(corpus_text(data.corpus), data, resolved.model.block_size,
+                             f"the '{data.corpus.name}' corpus")
+        check_fits(resolved, dataset, resolved.sample.prompt)
         click.echo(f"note: data.path {data.path} does not exist yet: the '{data.corpus.name}' corpus will "
-                   "create it on the first run, which checks the data then", err=True)
+                   "create it on the first run (its text is checked here, in memory)", err=True)
     click.echo(yaml.dump(resolved.to_dict()), nl=False)  # validates again: a recipe named 1e5 stays a string

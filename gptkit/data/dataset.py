@@ -5,6 +5,7 @@ offsets, so memory stays proportional to the text, never to the number of window
 """
 
 import contextlib
+import errno
 import glob
 import hashlib
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..io import cannot_make_folder, read_text, write_text
+from ..io import cannot_make_folder, missing, read_text, write_text
 from .vocab import Vocab
 
 
@@ -27,7 +28,7 @@ class CharDataset:
     """
 
     def __init__(self, text: str, block_size: int, val_fraction: float = 0.1, stride: int | None = None,
-                 source: str = "the text"):
+                 source: str = "the text", longer: str = "use a longer text"):
         if "\x00" in text:
             raise UserError(f"{source} contains NUL bytes: it looks like a binary file, not text")
         self.block_size = block_size
@@ -39,9 +40,11 @@ class CharDataset:
         self.train, self.val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
         need = block_size + 1
         if len(self.train) < need:
+            # `longer`: what lengthens the text (a corpus's file cut short is rebuilt, not lengthened)
+            fix = "lower data.val_fraction" if len(tokens) >= need else longer
             raise UserError(
                 f"{source} has {len(self.train):,} training characters, fewer than one block "
-                f"(model.block_size + 1 = {need:,}); use a longer text or a smaller model.block_size"
+                f"(model.block_size + 1 = {need:,}); {fix} or use a smaller model.block_size"
             )
         if val_fraction and len(self.val) < need:  # 0 characters too: a split asked for is never dropped silently
             raise UserError(
@@ -163,24 +166,47 @@ def remove_stale_temporaries(path: Path, age: float = 60.0) -> None:
 def load_dataset(data, block_size: int) -> CharDataset:
     """The dataset a recipe's `data` section describes, creating the corpus file on first use."""
     path: Path = data.path
-    if will_create(data):
-        text = corpus_text(data.corpus)
+    if data.corpus is not None:  # a creation killed midway left its temporary file, even if a later one finished
         remove_stale_temporaries(path)
-        try:
-            write_text(path, text)
-        except OSError as e:
-            why = cannot_make_folder(path.parent) or e.strerror
-            raise UserError(f"data.path: cannot create {path} from the '{data.corpus.name}' corpus: {why}; "
-                            "choose a writable data.path") from None
-        lines = text.count("\n") + (text[-1:] not in ("", "\n"))  # a last line without its newline counts too
-        print(f"Created {path} ({lines:,} line{'s' if lines != 1 else ''}) from the '{data.corpus.name}' corpus.", file=sys.stderr)
+    created = will_create(data)
+    if created:
+        create(path, data.corpus)
     if not exists(path):
-        raise UserError(f"data.path: file {path} not found (paths in a recipe file are relative to its folder, "
-                        "on the command line to the current folder)")
-    text, source = read_text(path, "data.path"), f"data.path {path}"
+        why = missing(path)  # a symbolic link loop exists() takes for no file at all
+        where = " (paths in a recipe file are relative to its folder, on the command line to the current folder)"
+        raise UserError(f"data.path: file {path} {why}{where if why == 'not found' else ''}")
+    text = read_text(path, "data.path")
+    # A corpus's file cut short (a full disk, a copy) is made again, not lengthened.
+    longer = f"delete it to rebuild it from the '{data.corpus.name}' corpus" if data.corpus and not created else None
+    return dataset_of(text, data, block_size, f"data.path {path}", longer)
+
+
+def dataset_of(text: str, data, block_size: int, source: str, longer: str | None = None) -> CharDataset:
+    """The dataset of `text` as the `data` section cuts and splits it; errors name it as `source`, and
+    say to `longer` (default: use a longer text) where it is too short."""
     if data.max_lines is not None:  # lines end at "\n" only, as for head -n (splitlines ends them at \f too)
         lines = text.split("\n", min(data.max_lines, len(text)))  # a bound str.split can take
         if len(lines) > data.max_lines:  # what is too short may be the cut, not the file
             text = "\n".join(lines[: data.max_lines]) + "\n"
             source += f" (its first {data.max_lines:,} line{'s' if data.max_lines > 1 else ''}, data.max_lines)"
-    return CharDataset(text, block_size, data.val_fraction, data.stride, source=source)
+            longer = "raise data.max_lines"
+    return CharDataset(text, block_size, data.val_fraction, data.stride, source=source,
+                       longer=longer or "use a longer text")
+
+
+def create(path: Path, corpus) -> None:
+    """Write the text of `corpus` (a ComponentSpec) to `path`, or say what to do instead. Another path
+    on the command line must name the corpus again: alone, it is the user's own text (see apply_overrides)."""
+    text = corpus_text(corpus)
+    try:
+        write_text(path, text)
+    except OSError as e:
+        elsewhere = f"--set data.path=FILE --set data.corpus={corpus.name}"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            why, fix = e.strerror, f"free some space, or create it on another disk: {elsewhere}"
+        else:
+            why, fix = cannot_make_folder(path.parent) or e.strerror, f"choose a writable data.path, e.g. {elsewhere}"
+        raise UserError(f"data.path: cannot create {path} from the '{corpus.name}' corpus: {why}; {fix}") from None
+    lines = text.count("\n") + (text[-1:] not in ("", "\n"))  # a last line without its newline counts too
+    print(f"Created {path} ({lines:,} line{'s' if lines != 1 else ''}) from the '{corpus.name}' corpus.",
+          file=sys.stderr)

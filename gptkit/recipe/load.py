@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 import typing
 from pathlib import Path
@@ -12,7 +13,7 @@ from pydantic.fields import FieldInfo
 
 from .. import plugins
 from ..errors import UserError
-from ..io import read_text
+from ..io import expand_home, read_text
 from . import yaml
 from .components import ComponentSpec, loading_model_only
 from .errors import NotAString, causes, describe_errors, string_hint
@@ -48,9 +49,9 @@ def _refuse_ablation_file(path: Path, data: dict) -> None:
         return
     if "recipe" in data:
         raise RecipeError(f"{path} looks like an ablation file (it has `recipe:`), not a recipe; "
-                          f"run it with: gptkit ablate {path}")
+                          f"run it with: gptkit ablate {shlex.quote(str(path))}")
     raise RecipeError(f"{path} looks like an ablation file (it has `vary:`) but lacks `recipe:`, the base recipe "
-                      f"to vary; add `recipe: PATH` and run it with: gptkit ablate {path}")
+                      f"to vary; add `recipe: PATH` and run it with: gptkit ablate {shlex.quote(str(path))}")
 
 
 def apply_overrides(data: dict, overrides: Sequence[str] | None, origins: Mapping[str, str] | None = None
@@ -194,6 +195,8 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
     parts = tuple(key.strip().split("."))
     if not sep or not all(p.strip() for p in parts):
         raise RecipeError(f"{label}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=3e-4")
+    if not is_text(key):  # a byte that is not UTF-8, which Python passes on as a lone surrogate
+        raise RecipeError(f"{label}: the key {key.strip()!r} holds a byte that is not UTF-8 text; retype it")
     value, _ = yaml.load(raw, label)
     if len(parts) == 1 and isinstance(data.get(key), dict) and isinstance(value, dict) and value:
         first = next(iter(value))  # a whole section would silently drop the recipe's other keys in it
@@ -220,6 +223,14 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
     return parts, label
 
 
+def is_text(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _field(parts: tuple) -> FieldInfo | None:
     """The schema's field at a dotted key, if the recipe's sections have one there."""
     model: Any = Recipe
@@ -243,7 +254,13 @@ def absolute_paths(parts: tuple, value, base: Path | None = None):
     made absolute from `base`, by default the current directory; any other value as it is."""
     if not is_path(parts):
         return value
-    absolute = lambda v: os.path.abspath((base or Path()) / Path(v).expanduser()) if isinstance(v, str) else v  # noqa: E731
+
+    def absolute(v):
+        try:
+            return os.path.abspath((base or Path()) / expand_home(v)) if isinstance(v, str) else v
+        except ValueError:  # a ~ with no home to expand to: validation refuses it, naming the field and the override
+            return v
+
     return [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
 
 
