@@ -24,7 +24,7 @@ _EXPORTS = {
     "Recipe": ".recipe", "load_recipe": ".recipe",
     "generate": ".sampling", "sample": ".sampling",
     "load_checkpoint": ".training", "train": ".training", "RunResult": ".training.run",
-    "load_model": ".training.checkpoint",
+    "load_model": ".training.checkpoint", "PluginChangedWarning": ".training.checkpoint",
 }
 # Bound now, cheaply: importing the submodule of the same name would otherwise shadow the function.
 from .registry import registry  # noqa: E402
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .registry import RegistryError
     from .sampling import generate, sample
     from .training import load_checkpoint, train
-    from .training.checkpoint import load_model
+    from .training.checkpoint import PluginChangedWarning, load_model
     from .training.run import RunResult
 
 

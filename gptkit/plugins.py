@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError, one_line
+from .io import missing
 
 GROUP_PREFIX = "gptkit."
 
@@ -75,9 +76,11 @@ def _read() -> dict[str, dict[str, list[Plugin]]]:
 
 
 def forget() -> None:
-    """Read entry points afresh on the next look-up (after installing a package, or in tests)."""
+    """Read entry points and plugins' code afresh on the next look-up (after installing a package or
+    editing one, or in tests)."""
     global _declared
     _declared = None
+    _code.clear()
 
 
 def _scan() -> dict[str, dict[str, list[Plugin]]]:
@@ -104,6 +107,40 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
 
 
+_code: dict[str, str | None] = {}  # a top-level package's (or module's) name -> code_sha256 of it
+
+
+def code_sha256(obj) -> str | None:
+    """The SHA-256 of the source of the package that defines `obj`: every .py file under its top-level
+    package's folder, in path order (or the one file of a top-level module). How a run records which
+    code of a plugin it trained: an editable install (pip install -e) changes it without a new
+    version. Read once per package per process; None for code with no source files."""
+    top = (getattr(obj, "__module__", None) or "").partition(".")[0]
+    if top not in _code:
+        _code[top] = _tree_sha256(sys.modules.get(top))
+    return _code[top]
+
+
+def _tree_sha256(module) -> str | None:
+    folders = [Path(p) for p in getattr(module, "__path__", None) or ()]  # a package (a namespace one has several)
+    file = getattr(module, "__file__", None) or ""
+    if folders:
+        files = [(f.relative_to(d), f) for d in folders for f in sorted(d.rglob("*.py"))]
+    elif file.endswith(".py"):
+        files = [(Path(Path(file).name), Path(file))]
+    else:
+        return None
+    h = hashlib.sha256()
+    try:
+        for name, path in files:  # each file's name too: a file renamed or moved is other code
+            data = path.read_bytes()
+            h.update(f"{name.as_posix()}\0{len(data)}\0".encode())
+            h.update(data)
+    except OSError:  # unreadable: no hash, rather than one of part of the code
+        return None
+    return h.hexdigest() if files else None
+
+
 LOCAL_PREFIX = "gptkit_local_"  # the module names of local files
 _ran: dict[str, str] = {}  # a local file's module name -> the SHA-256 of the source it last ran
 
@@ -117,7 +154,10 @@ def import_file(path: Path) -> None:
     """Run a local Python file, so the components it registers exist: once per process, and again once
     it is edited. It may import modules beside it, as a script may. An error in it becomes a UserError
     naming the file and line."""
-    path = Path(path).resolve()
+    try:
+        path = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop (RuntimeError); a NUL or lone surrogate in the name
+        raise UserError(f"component file {path} {missing(Path(path))}") from None
     stem = re.sub(r"\W", "_", path.stem)
     module_name = f"{LOCAL_PREFIX}{stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"  # one per file
     if not path.exists() and module_name in sys.modules:

@@ -10,6 +10,7 @@ claiming one name are errors that name both sources, never a silent winner. A pl
 loaded is recorded as broken with its distribution and the original error, and only that name fails.
 """
 
+import contextlib
 import fnmatch
 import inspect
 import re
@@ -38,11 +39,12 @@ class Entry:
     source: str = "built-in"  # or "<distribution> <version>", or a local file
     error: str | None = None
     value: str | None = None  # an entry point's `module:object`
-    sha256: str | None = None  # a local file's contents when it registered: a run records which code it trained
+    sha256: str | None = None  # its code (a local file's, a plugin's package's) when loaded: a run records which it trained
 
     @property
     def origin(self) -> str:
-        """Where it comes from, as a run records it: "acme-norms 1.2", "/x/mine.py (sha256 1a2b3c4d5e6f)"."""
+        """Where it comes from, as a run records it: "acme-norms 1.2 (sha256 9f8e7d6c5b4a)", "/x/mine.py
+        (sha256 1a2b3c4d5e6f)"."""
         return self.source + (f" (sha256 {self.sha256[:12]})" if self.sha256 else "")
 
     @property
@@ -70,13 +72,46 @@ def _stale(obj: Any) -> bool:
 
 def parse_record(text) -> tuple[str, str, str | None]:
     """(name, source, content hash or None) of a run's record of a component's origin, as `Entry.origin`
-    and Recipe.plugin_sources write it: "unitnorm from acme-norms 1.2", "mynorm from /x/mine.py (sha256
-    1a2b3c4d5e6f)"; ("", "", None) for anything else (a damaged record)."""
+    and Recipe.plugin_sources write it: "unitnorm from acme-norms 1.2 (sha256 9f8e7d6c5b4a)", "mynorm from
+    /x/mine.py (sha256 1a2b3c4d5e6f)", "unitnorm from acme-norms 1.2" (recorded before gptkit hashed a
+    plugin's code); ("", "", None) for anything else (a damaged record)."""
     if not isinstance(text, str) or " from " not in text:
         return "", "", None
     name, _, origin = text.partition(" from ")
     source, _, digest = origin.partition(" (sha256 ")
     return name, source, digest.removesuffix(")") or None
+
+
+def record_change(was: str, now: str) -> str | None:
+    """How the origin of a component differs between a run's record of it, `was`, and `now` (both as
+    `parse_record` reads them), as what follows "model.norm (unitnorm)" in a message: "was trained with
+    acme-norms 1.2 and now comes from acme-norms 1.3", "was trained with acme-norms 1.2, whose code has
+    changed since (sha256 ... -> ...)"; None if it is the same. The same for a plugin and a local file.
+    Hashes are compared only when both records hold one: a run recorded before gptkit hashed a
+    plugin's code is not told that its code changed."""
+    _, source, digest = parse_record(was)
+    _, now_source, now_digest = parse_record(now)
+    if now_source != source:
+        return f"was trained with {source} and now comes from {now_source}"
+    if digest and now_digest and digest[:12] != now_digest[:12]:  # records hold 12 digits
+        return f"was trained with {source}, whose code has changed since (sha256 {digest[:12]} -> {now_digest[:12]})"
+    return None
+
+
+_listing = False  # see `clashes_listed`
+
+
+@contextlib.contextmanager
+def clashes_listed():
+    """Within it (`gptkit list` and `show` importing local files), a name registered twice raises nothing:
+    it becomes a broken entry naming both (as a plugin's clash with a built-in is), so that a file's
+    every clash is listed and its other components still register. Elsewhere it stays an error."""
+    global _listing
+    _listing, before = True, _listing
+    try:
+        yield
+    finally:
+        _listing = before
 
 
 def _interactive() -> bool:
@@ -138,6 +173,8 @@ class Registry:
             new = Entry(self.kind, name, obj, came_from, sha256=_file_sha256(came_from))
             if name in self._entries:
                 old = self._entries[name]
+                if old.error:  # a clash listed already (see `clashes_listed`)
+                    return obj
                 same_class = old.obj.__qualname__ == obj.__qualname__
                 module = getattr(obj, "__module__", None)
                 renamed_in_session = module == "__main__" and _interactive()
@@ -148,10 +185,13 @@ class Registry:
                     return obj
                 if same_class and ":" in new.where and old.where == new.where:
                     return obj  # one file imported under two module names (a script, then a recipe's imports)
-                raise RegistryError(
-                    f"{self.kind} '{name}' is registered twice: {_name_of(old.obj)} by {old.source} at {old.where} "
-                    f"and {_name_of(obj)} by {new.source} at {new.where}. Rename one of them."
-                )
+                error = (f"{self.kind} '{name}' is registered twice: {_name_of(old.obj)} by {old.source} at "
+                         f"{old.where} and {_name_of(obj)} by {new.source} at {new.where}. "
+                         + (f"Rename the one in {new.source}." if old.source == "built-in" else "Rename one of them."))
+                if not _listing:
+                    raise RegistryError(error)
+                self._entries[name] = Entry(self.kind, name, source=f"{old.source} and {new.source}", error=error)
+                return obj
             self._entries[name] = new
             return obj
 
@@ -264,7 +304,7 @@ class Registry:
             return replace(entry, error=(
                 f"{self.kind} '{plugin.name}' from {plugin.source} ({plugin.value}) is broken: {error}. "
                 "Fix or uninstall that package (GPTKIT_NO_PLUGINS=1 turns plugins off)"))
-        return replace(entry, obj=obj)
+        return replace(entry, obj=obj, sha256=plugins.code_sha256(obj))
 
     def _validate(self, obj: Any) -> None:
         from .components.base import Params  # deferred: components import this module

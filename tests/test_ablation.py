@@ -164,7 +164,10 @@ def test_a_folder_holding_another_ablation_is_refused(cli, tmp_path, write_recip
     assert first.exit_code == 0, first.output
     before = (out / "ablation.yaml").read_text()
     other = cli("ablate", recipe, "--vary", "model.feedforward=swiglu,mlp", "--seeds", "1", "--out", out)
-    assert other.exit_code == 2 and "holds runs of arms this ablation does not have (norm-layernorm)" in other.output
+    assert other.exit_code == 2 and other.output.endswith(
+        f"error: {out} holds runs of arms this ablation does not have (norm-layernorm): they are another ablation's, "
+        "or this one's from an older gptkit that named some arms' folders differently; pass --out with a new "
+        "folder, or move those folders out of it\n")
     assert (out / "ablation.yaml").read_text() == before
 
 
@@ -200,8 +203,9 @@ def test_finished_runs_are_reused_only_on_the_text_they_trained_on(cli, tmp_path
     corpus.write_text(corpus.read_text().upper())  # the same file, another text: seeds must not mix texts
     result = cli("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "2", "--out", out)
     assert result.exit_code == 2, result.output
-    assert f"{out / 'baseline' / 'seed-0'} was trained on another text than {corpus} now holds" in result.output
-    assert "delete that run folder" in result.output and not (out / "baseline" / "seed-1").exists()
+    for run in ("baseline/seed-0", "norm-layernorm/seed-0"):  # each run is named, in one error
+        assert f"\n  {run} was trained on another text than {corpus} now holds" in result.output, result.output
+    assert "Delete them to train them again (rm -r " in result.output and not (out / "baseline" / "seed-1").exists()
 
 
 @pytest.mark.parametrize("finished", [True, False])
@@ -214,7 +218,7 @@ def test_runs_are_reused_or_resumed_only_with_the_plugin_versions_they_trained_w
     install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_pooled:UnitNorm"}}, {"acme_pooled": NORM})
     recipe = write_recipe(model={"norm": "unitnorm"}, train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
     out = tmp_path / "abl"
-    first = cli("ablate", recipe, "--vary", "model.positional=rope", "--seeds", "1", "--out", out)
+    first = cli("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", out)  # one arm uses it
     assert first.exit_code == 0, first.output
     run = out / "baseline" / "seed-0"
     if not finished:  # as if stopped after its checkpoint: resuming it would mix the two versions within one run
@@ -223,12 +227,53 @@ def test_runs_are_reused_or_resumed_only_with_the_plugin_versions_they_trained_w
     upgrade(install, tmp_path, "acme_pooled", "1.3")
     result = cli("ablate", out / "ablation.yaml", "--out", out, "--seeds", "0,1")
     assert result.exit_code == 2, result.output
-    assert (f"{run} was trained with other plugin versions than are installed now (model.norm "
+    assert (f"{run} was trained with other plugin versions or code than are installed now (model.norm "
             "(unitnorm) was trained with acme-norms 1.2 and now comes from acme-norms 1.3); seeds trained with "
-            "different plugin versions are not pooled: delete that run folder to train it again, or pass --out "
+            "different code are not pooled: delete that run folder to train it again, or pass --out "
             "with a new folder") in result.output
     assert not (out / "baseline" / "seed-1").exists()
-    assert json.loads((run / "summary.json").read_text())["plugins"]["model.norm"] == "unitnorm from acme-norms 1.2"
+    assert json.loads((run / "summary.json").read_text())["plugins"]["model.norm"].startswith(
+        "unitnorm from acme-norms 1.2 (sha256 ")
+
+
+def test_every_run_a_plugin_upgrade_refuses_is_named_in_one_error(cli, tmp_path, write_recipe, install, monkeypatch):
+    import gptkit.ablation.runner as runner
+    from test_plugins import NORM, upgrade
+
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_every:UnitNorm"}}, {"acme_every": NORM})
+    recipe = write_recipe(model={"norm": "unitnorm"}, train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    out = tmp_path / "abl"
+    first = cli("ablate", recipe, "--vary", "model.positional=rope", "--seeds", "2", "--out", out)
+    assert first.exit_code == 0, first.output
+    upgrade(install, tmp_path, "acme_every", "1.3")
+    monkeypatch.setattr(runner, "SHOWN", 3)  # as if there were more runs than an error names
+    result = cli("ablate", out / "ablation.yaml", "--out", out)
+    assert result.exit_code == 2, result.output
+    runs = sorted(p.parent for p in out.glob("*/seed-*/summary.json"))
+    change = ("was trained with other plugin versions or code than are installed now (model.norm (unitnorm) was "
+              "trained with acme-norms 1.2 and now comes from acme-norms 1.3)")
+    assert len(runs) == 4 and result.output.splitlines()[-6:] == [
+        f"error: 4 runs in {out} cannot be reused or resumed as they are:",
+        *(f"  {run.relative_to(out)} {change}" for run in runs[:3]), "  and 1 more",
+        f"Delete them to train them again (rm -r {' '.join(map(str, runs))}), or pass --out with a new folder"]
+
+
+def test_runs_of_a_plugins_earlier_code_are_not_pooled_with_new_seeds(cli, tmp_path, write_recipe, install):
+    from test_plugins import NORM, code_hash, edit
+
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_edited_abl:UnitNorm"}}, {"acme_edited_abl": NORM})
+    recipe = write_recipe(model={"norm": "unitnorm"}, train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    out = tmp_path / "abl"
+    first = cli("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", out)  # one arm uses it
+    assert first.exit_code == 0, first.output
+    before = code_hash("acme_edited_abl")
+    edit(tmp_path, "acme_edited_abl")  # pip install -e: the same version, other code
+    result = cli("ablate", out / "ablation.yaml", "--out", out, "--seeds", "0,1")
+    assert result.exit_code == 2, result.output
+    assert (f"{out / 'baseline' / 'seed-0'} was trained with other plugin versions or code than are installed now "
+            f"(model.norm (unitnorm) was trained with acme-norms 1.2, whose code has changed since (sha256 {before} -> "
+            f"{code_hash('acme_edited_abl')})); seeds trained with different code are not pooled") in result.output
+    assert not (out / "baseline" / "seed-1").exists()
 
 
 def test_settings_that_do_not_change_training_keep_finished_runs(cli, tmp_path, write_recipe):
@@ -401,6 +446,23 @@ def test_ablate_without_matplotlib_hints_at_it(cli, tmp_path, write_recipe, monk
     assert "n/a (needs 2 seeds)" in result.output
 
 
+def test_the_plan_and_the_table_write_figures_alike(cli, tmp_path, write_recipe):
+    result = ablate_one_arm(cli, tmp_path, write_recipe)
+    assert result.exit_code == 0, result.output
+    table = md_rows(result.output)
+    for label in ("baseline", "norm=layernorm"):
+        planned = re.search(rf"^  {label} +([\d,]+) params +([\d,]+) FLOPs/token", result.output, re.M)
+        assert planned and table[label][6].startswith(planned[1]) and table[label][7] == planned[2], result.output
+
+
+@pytest.mark.parametrize("seconds, text", [(0.04, "<0.1 s"), (0.43, "0.4 s"), (1.7, "0:01"), (62, "1:02"),
+                                           (3723, "1:02:03")])
+def test_wall_times_under_a_second_are_not_zero(seconds, text):
+    from gptkit.training.progress import fmt_duration
+
+    assert fmt_duration(seconds) == text
+
+
 def test_ablate_draws_the_loss_curves(cli, tmp_path, write_recipe):
     pytest.importorskip("matplotlib")
     result = ablate_one_arm(cli, tmp_path, write_recipe)
@@ -460,6 +522,18 @@ def test_compare(cli, tmp_path, two_runs):
     assert missing.exit_code == 2 and f"{tmp_path}: not a run folder (it has no recipe.yaml)" in missing.output
     missing = cli("compare", two_runs[0], tmp_path / "nowhere")
     assert missing.exit_code == 2 and f"{tmp_path / 'nowhere'}: no such folder" in missing.output
+
+
+def test_compare_of_an_ablation_folder_points_at_its_runs(cli, tmp_path, two_runs):
+    folder = tmp_path / "abl"
+    for run in ("baseline/seed-12", "baseline/seed-3", "norm-layernorm/seed-3"):
+        (folder / run).mkdir(parents=True)
+    (folder / "ablation.yaml").write_text("name: abl\n")
+    (folder / "results.md").write_text("# abl\n")
+    result = cli("compare", two_runs[0], folder)
+    assert result.exit_code == 2 and result.output == (
+        f"error: {folder} is an ablation folder, not a run folder: its results are in {folder / 'results.md'}; "
+        f"compare its arms' runs of one seed with: gptkit compare {folder}/*/seed-3\n")
 
 
 def test_compare_shows_every_value_on_one_line_of_its_own_cell():

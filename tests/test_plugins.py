@@ -4,6 +4,7 @@ list/show/check commands. No mock of the registry: every case goes through impor
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -283,6 +284,28 @@ def test_show_describes_a_plugin_in_full(install, cli, tmp_path):
                                  "description": "keeps the division finite"}]
 
 
+def test_show_says_whether_an_attention_supports_the_key_value_cache(cli, temporary_component):
+    from gptkit.components.attention import Attention, FlashAttention
+
+    class ForwardAlone(FlashAttention):  # inherits the flag, not a forward that takes the cache
+        def forward(self, x):
+            return super().forward(x)
+
+    class Recomputes(Attention):
+        def attend(self, q, k, v, bias):
+            return v
+
+    temporary_component("attention", "forward_alone", ForwardAlone)
+    temporary_component("attention", "recomputes", Recomputes)
+    for name, cached in (("flash", True), ("forward_alone", False), ("recomputes", False)):
+        shown = cli("show", "attention", name).output
+        assert ("  kv cache:   yes (sampling feeds it one token at a time)" if cached else
+                "  kv cache:   no (sampling recomputes the whole context for every token)") in shown.splitlines(), shown
+        assert json.loads(cli("show", "attention", name, "--json").output)["supports_kv_cache"] is cached
+    assert "kv cache" not in cli("show", "norm", "rmsnorm").output
+    assert "supports_kv_cache" not in json.loads(cli("show", "norm", "rmsnorm", "--json").output)
+
+
 def test_list_and_show_give_a_default_factorys_value_as_valid_json(install, cli):
     install("acme-norms", "1.0", {"gptkit.norm": {"facnorm": "acme_fac:FacNorm"}}, {"acme_fac": NORM + """
     class FacParams(Params):
@@ -424,6 +447,15 @@ def test_a_params_field_type_pydantic_cannot_handle_is_one_line(install, cli, co
     assert f"BROKEN: {error}\n" in listed and "For further information" not in listed
 
 
+def code_hash(module: str) -> str:
+    """What a run records of the code of a plugin that is the one file `module`.py (see plugins.code_sha256)."""
+    import hashlib
+    import importlib.util
+
+    data = Path(importlib.util.find_spec(module).origin).read_bytes()
+    return hashlib.sha256(f"{module}.py\0{len(data)}\0".encode() + data).hexdigest()[:12]
+
+
 def upgrade(install, tmp_path, module, version):
     """acme-norms, installed at 1.2, replaced by `version` (the same code)."""
     shutil.rmtree(tmp_path / "site" / "acme_norms-1.2.dist-info")
@@ -445,6 +477,82 @@ def test_resuming_with_another_plugin_version_warns(install, write_recipe, cli, 
             f"resuming {run} with it\n") in result.output
 
 
+def edit(tmp_path, module):
+    """The plugin file `module`.py edited in place, as with `pip install -e`: the same version, other code."""
+    path = tmp_path / "site" / f"{module}.py"
+    path.write_text(path.read_text().replace("unit length", "length one"))
+    sys.modules.pop(module, None)
+    forget_plugins()  # as a new process would see it
+
+
+def test_a_plugins_record_holds_a_hash_of_its_whole_package(install, tmp_path):
+    install("acme-pkg", "1.0", {"gptkit.norm": {"pkgnorm": "acme_pkg.norm:UnitNorm"}})
+    package = tmp_path / "site" / "acme_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "norm.py").write_text(textwrap.dedent(NORM))
+    (package / "helpers.py").write_text("SCALE = 1\n")
+    first = registry("norm").entry("pkgnorm").origin
+    assert first.startswith("acme-pkg 1.0 (sha256 ") and len(first) == len("acme-pkg 1.0 (sha256 123456789abc)")
+    (package / "helpers.py").write_text("SCALE = 2\n")  # not the class's module, but code it may use
+    assert registry("norm").entry("pkgnorm").origin == first  # read once per process
+    forget_plugins()
+    assert registry("norm").entry("pkgnorm").origin != first
+    sys.modules.pop("acme_pkg.norm", None)
+    sys.modules.pop("acme_pkg", None)
+
+
+def test_resuming_after_a_plugins_code_changed_warns(install, write_recipe, cli, tmp_path):
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_edited:UnitNorm"}}, {"acme_edited": NORM})
+    runs = tmp_path / "runs"
+    assert cli("run", write_recipe(model={"norm": "unitnorm"}, train={"max_steps": 2}), "--runs-dir", runs).exit_code == 0
+    (run,) = runs.iterdir()
+    before = code_hash("acme_edited")
+    edit(tmp_path, "acme_edited")
+    result = cli("run", "--resume", run, "--set", "train.max_steps=3", "-q")
+    assert result.exit_code == 0, result.output
+    assert (f"warning: model.norm (unitnorm) was trained with acme-norms 1.2, whose code has changed since (sha256 "
+            f"{before} -> {code_hash('acme_edited')}); resuming {run} with it\n") in result.output
+
+
+def test_sampling_and_load_model_warn_of_another_plugin_version_or_code(install, write_recipe, cli, tmp_path):
+    from gptkit.training.checkpoint import PluginChangedWarning, load_model
+
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_sampled:UnitNorm"}}, {"acme_sampled": NORM})
+    runs = tmp_path / "runs"
+    assert cli("run", write_recipe(model={"norm": "unitnorm"}, train={"max_steps": 2}), "--runs-dir", runs).exit_code == 0
+    (run,) = runs.iterdir()
+    same = cli("sample", run, "--tokens", "3")
+    assert same.exit_code == 0 and "warning" not in same.stderr, same.output
+    before = code_hash("acme_sampled")
+    edit(tmp_path, "acme_sampled")
+    changed = (f"model.norm (unitnorm) was trained with acme-norms 1.2, whose code has changed since (sha256 {before} "
+               f"-> {code_hash('acme_sampled')}); sampling with it")
+    result = cli("sample", run, "--tokens", "3")
+    assert result.exit_code == 0 and result.stderr.startswith(f"warning: {changed}\n"), result.output
+    with pytest.warns(PluginChangedWarning, match=re.escape(changed)):
+        load_model(run)
+    upgrade(install, tmp_path, "acme_sampled", "1.3")
+    result = cli("sample", run, "--tokens", "3")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("warning: model.norm (unitnorm) was trained with acme-norms 1.2 and now comes from "
+                                    "acme-norms 1.3; sampling with it\n"), result.output
+
+
+def test_a_run_recorded_before_plugins_code_was_hashed_is_the_same_source(install, write_recipe):
+    from gptkit.registry import record_change
+    from gptkit.training.checkpoint import plugin_changes
+
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_old:UnitNorm"}}, {"acme_old": NORM})
+    recipe = load_recipe(write_recipe(model={"norm": "unitnorm"}))
+    assert recipe.plugin_sources()["model.norm"].startswith("unitnorm from acme-norms 1.2 (sha256 ")
+    assert plugin_changes({"model.norm": "unitnorm from acme-norms 1.2"}, recipe) == []
+    assert plugin_changes({"model.norm": "unitnorm from acme-norms 1.2 (sha256 000000000000)"}, recipe) == [
+        f"model.norm (unitnorm) was trained with acme-norms 1.2, whose code has changed since (sha256 000000000000 -> "
+        f"{code_hash('acme_old')})"]
+    assert record_change("n from a 1 (sha256 0123456789ab)", "n from a 1") is None  # only where both have a hash
+
+
 def test_resuming_a_run_whose_plugin_is_gone_says_which_package_it_was(install, write_recipe, cli, tmp_path,
                                                                        monkeypatch):
     install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_left:UnitNorm"}}, {"acme_left": NORM})
@@ -461,8 +569,9 @@ def test_resuming_a_run_whose_plugin_is_gone_says_which_package_it_was(install, 
     result = cli("run", recipe, "--runs-dir", runs)
     assert result.exit_code == 0, result.output
     (run,) = runs.iterdir()
-    norm = "model.norm: unitnorm from acme-norms 1.2"
-    trained = f"{norm}; train.optimizer: plainsgd from acme-opt 0.5"  # resuming needs both, sampling the model's
+    norm = f"model.norm: unitnorm from acme-norms 1.2 (sha256 {code_hash('acme_left')})"
+    # resuming needs both, sampling the model's
+    trained = f"{norm}; train.optimizer: plainsgd from acme-opt 0.5 (sha256 {code_hash('acme_opt')})"
 
     monkeypatch.setenv("GPTKIT_NO_PLUGINS", "1")
     off = "unset GPTKIT_NO_PLUGINS (or leave out --no-plugins) to use them)"
@@ -525,8 +634,8 @@ def test_resuming_after_a_local_component_file_changed_warns(write_recipe, cli, 
     after = hashlib.sha256(file.read_bytes()).hexdigest()[:12]
     result = cli("run", "--resume", run, "--set", "train.max_steps=3", "-q")
     assert result.exit_code == 0, result.output
-    assert (f"warning: model.norm (localnorm) was trained with {file} (sha256 {before}) and now comes from {file} "
-            f"(sha256 {after}); resuming {run} with it\n") in result.output
+    assert (f"warning: model.norm (localnorm) was trained with {file}, whose code has changed since (sha256 {before} -> "
+            f"{after}); resuming {run} with it\n") in result.output
 
 
 def test_a_run_whose_component_file_is_gone_is_told_to_put_it_back(tmp_path):
@@ -558,6 +667,45 @@ def test_errors_in_imported_files_name_the_file(write_recipe, cli, tmp_path, scr
     result = cli("run", write_recipe(imports=[name]), "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert ": imports: " in result.output and fragment.format(dir=tmp_path) in result.output
+
+
+CLASHING = """
+    from gptkit.components import Norm, register
+    from gptkit.components.attention import FlashAttention
+
+    @register("attention", "flash")
+    class MyFlash(FlashAttention):
+        pass
+
+    @register("norm", "layernorm")
+    class MyNorm(Norm):
+        forward = lambda self, x: x
+
+    @register("norm", "fine_norm")
+    class Fine(Norm):
+        \"\"\"Mine.\"\"\"
+        forward = lambda self, x: x
+"""
+
+
+def test_a_local_files_clashes_are_listed_as_broken_and_refused_where_used(cli, tmp_path, scratch_registries):
+    """As a plugin's clash with a built-in: `list` and `show` show it, all of a file's clashes; what uses it stops."""
+    path = tmp_path / "clashing.py"
+    path.write_text(textwrap.dedent(CLASHING))
+    checked = cli("check", "norm", "fine_norm", "--import", path)
+    assert checked.exit_code == 2 and checked.output.startswith(
+        f"error: {path}: attention 'flash' is registered twice: FlashAttention by built-in at "), checked.output
+    listed = cli("list", "--import", path)
+    assert listed.exit_code == 0, listed.output
+    for kind, name, cls, builtin, line in (("attention", "flash", "MyFlash", "FlashAttention", 5),
+                                           ("norm", "layernorm", "MyNorm", "LayerNorm", 9)):
+        assert re.search(rf"  {name}  \[built-in and {re.escape(str(path))}\] +BROKEN: {kind} '{name}' is registered "
+                         rf"twice: {builtin} by built-in at \S+ and {cls} by {re.escape(f'{path} at {path}:{line}')}\. "
+                         rf"Rename the one in {re.escape(str(path))}\.\n", listed.output), listed.output
+    assert re.search(rf"  fine_norm  \[{re.escape(str(path))}\] +Mine\.\n", listed.output), listed.output
+    assert cli("show", "norm", "fine_norm", "--import", path).exit_code == 0
+    shown = cli("show", "attention", "flash", "--import", path)
+    assert shown.exit_code == 2 and shown.output.startswith("error: attention 'flash' is registered twice"), shown.output
 
 
 def test_the_shipped_extras_recipe_trains(cli, tmp_path, corpus):
@@ -674,13 +822,14 @@ def test_a_run_names_the_plugins_it_needs(install, write_recipe, cli, tmp_path):
     runs = tmp_path / "runs"
     assert cli("run", write_recipe(model={"norm": "unitnorm"}), "--runs-dir", runs).exit_code == 0
     (run,) = runs.iterdir()
-    assert json.loads((run / "summary.json").read_text())["plugins"] == {"model.norm": "unitnorm from acme-norms 1.2"}
+    record = f"unitnorm from acme-norms 1.2 (sha256 {code_hash('acme_gone')})"
+    assert json.loads((run / "summary.json").read_text())["plugins"] == {"model.norm": record}
     shutil.rmtree(tmp_path / "site")  # uninstalled
     sys.modules.pop("acme_gone", None)
     forget_plugins()
     result = cli("sample", run)
     assert result.exit_code == 2 and "unknown norm 'unitnorm'" in result.output
-    assert "(the run was trained with model.norm: unitnorm from acme-norms 1.2: is it installed?)" in result.output
+    assert f"(the run was trained with model.norm: {record}: is it installed?)" in result.output
 
 
 def test_check_show_and_list_take_a_local_file(cli, tmp_path, scratch_registries):

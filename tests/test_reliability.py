@@ -241,6 +241,23 @@ def test_a_longer_budget_may_resume(tmp_path, reference):
     assert result.summary["steps"] == 15 and result.run_dir == ref
 
 
+@pytest.mark.parametrize("schedule, warned", [
+    ({"name": "cosine", "warmup_steps": 0}, "stretched over 8 steps instead of the 4 this run trained toward: the "
+     "learning rate goes from 0.0002 at step 4 to 0.0009 at step 5, and the run matches neither a run of 4 steps "
+     "nor one of 8 (a new run follows one schedule throughout)"),
+    ("constant", None),
+    ({"name": "cosine", "warmup_steps": 6}, None),  # its 4 steps warmed up as an 8-step run's would
+])
+def test_a_new_budget_that_stretches_the_schedule_is_warned_of(tmp_path, write_recipe, cli, schedule, warned):
+    path = write_recipe(train={"max_steps": 4, "lr": 0.002, "schedule": schedule})
+    run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    result = cli("run", "--resume", run, "--set", "train.max_steps=8", "-q")
+    assert result.exit_code == 0, result.output
+    assert ("warning: train.schedule" in result.output) == bool(warned), result.output
+    if warned:
+        assert f"warning: train.schedule (cosine) is now {warned}\n" in result.output
+
+
 def test_a_run_resumed_with_a_budget_at_its_stop_ends_with_that_steps_evaluation(tmp_path, write_recipe,
                                                                                  monkeypatch, cli):
     path = write_recipe(**RELIABLE)  # evaluates every 4 steps: none at step 5
@@ -425,6 +442,20 @@ def test_a_full_disk_that_cannot_take_a_run_folder_is_a_failed_save(tmp_path, wr
     result = cli("run", write_recipe(), "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 4 and "cannot create a run folder in " in result.output, result.output
     assert "No space left on device; free some space, or pass --runs-dir" in result.output
+
+
+def test_runs_folders_made_for_a_run_folder_that_cannot_be_made_are_removed(tmp_path, write_recipe, cli, monkeypatch):
+    mkdir = Path.mkdir
+
+    def disk_full(path, *args, **kwargs):  # the runs folders fit, the run's own does not
+        if path.name.startswith("tiny-") and path.parent.is_dir():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", disk_full)
+    result = cli("run", write_recipe(), "--runs-dir", tmp_path / "runs" / "sub")
+    assert result.exit_code == 4 and "No space left on device" in result.output, result.output
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_failed_save_stops_the_run_loudly(tmp_path, write_recipe, monkeypatch):

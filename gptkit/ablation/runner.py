@@ -9,6 +9,7 @@ seeds later reuses the finished ones.
 
 import contextlib
 import re
+import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -129,8 +130,9 @@ def schedule_note(recipe: Recipe, dataset: CharDataset) -> str | None:
 
 
 def describe(plan: Plan, margin: float, data: dict[str, CharDataset]) -> list[str]:
-    """One line per arm: parameters and FLOPs per token, flagged when far from the baseline's (see `sizes`);
-    then the steps and tokens of each run, on each arm's line when they differ between arms."""
+    """One line per arm: parameters and FLOPs per token (written as the report's table writes them), flagged
+    when far from the baseline's (see `sizes`); then the steps and tokens of each run, on each arm's line
+    when they differ between arms."""
     size = sizes(plan, data)
     base = size[plan.baseline.slug][0]
     budgets = {arm.slug: budget(arm.recipe, data[arm.slug]) for arm in plan.arms}
@@ -141,7 +143,7 @@ def describe(plan: Plan, margin: float, data: dict[str, CharDataset]) -> list[st
         params, flops = size[arm.slug]
         rel = params / base - 1
         flag = f"  ⚠ {rel:+.1%} parameters vs the baseline (margin {margin:.0%})" if abs(rel) > margin else ""
-        lines.append(f"  {arm.label.ljust(width)}  {params:>12,} params  {flops / 1e6:>9.2f} MFLOPs/token"
+        lines.append(f"  {arm.label.ljust(width)}  {params:>12,} params  {flops:>12,} FLOPs/token"
                      f"{'' if same else f'  {budgets[arm.slug]}'}{'  (baseline)' if arm.baseline else ''}{flag}")
     lines += [f"Each run: {budgets[plan.baseline.slug]}"] if same else []
     notes = {arm.label: schedule_note(arm.recipe, data[arm.slug]) for arm in plan.arms}
@@ -165,8 +167,7 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
     check_folder(folder)  # before anything is written: --out may name someone else's folder
     check_no_strays(plan, folder)
     texts = check_arms(plan, datasets(plan)) if texts is None else texts
-    for arm, seed, run_dir in existing_runs(plan, folder):  # every run, before anything is written
-        check_existing(run_dir, arm, seed, texts[arm.slug], trains=seed in plan.seeds)
+    check_runs(plan, folder, texts)
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / BASELINE, baseline_recipe(plan))  # first: ablation.yaml names it
     write_text(folder / "ablation.yaml", manifest(plan, folder, sorted({r.seed for r in rows})))
@@ -260,6 +261,39 @@ def existing_runs(plan: Plan, folder: Path) -> list[tuple[Arm, int, Path]]:
     return found
 
 
+class Refused(UserError):
+    """A run already in the ablation folder that this ablation may not reuse or resume: its folder, what
+    is wrong with it (said after the folder) and what to do."""
+
+    def __init__(self, run_dir: Path, problem: str, fix: str):
+        super().__init__(f"{run_dir} {problem}; {fix}")
+        self.run_dir, self.problem = run_dir, problem
+
+
+SHOWN = 10  # refused runs named in one error; the rest are counted
+
+
+def check_runs(plan: Plan, folder: Path, texts: dict[str, str]) -> None:
+    """`check_existing` on every run in `folder`, before anything is written; the runs refused are named
+    together in one error (a plugin upgraded refuses every run that used it), with one fix for them all.
+    `texts`: what `check_arms` returned."""
+    refused = []
+    for arm, seed, run_dir in existing_runs(plan, folder):
+        try:
+            check_existing(run_dir, arm, seed, texts[arm.slug], trains=seed in plan.seeds)
+        except Refused as e:
+            refused.append(e)
+    if len(refused) == 1:
+        raise refused[0]
+    if refused:
+        lines = [f"  {e.run_dir.relative_to(folder)} {e.problem}" for e in refused[:SHOWN]]
+        more = [f"  and {len(refused) - SHOWN} more"] if len(refused) > SHOWN else []
+        paths = " ".join(shlex.quote(str(e.run_dir)) for e in refused)
+        raise UserError("\n".join([f"{len(refused)} runs in {folder} cannot be reused or resumed as they are:",
+                                   *lines, *more, f"Delete them to train them again (rm -r {paths}), or pass --out "
+                                   "with a new folder"]))
+
+
 def check_existing(run_dir: Path, arm: Arm, seed: int, sha256: str, trains: bool) -> None:
     """A run already in the folder belongs to this ablation, checked before anything is written (--out may
     name another ablation's folder): one that ended is reused, and one with a checkpoint resumed, only if
@@ -304,15 +338,16 @@ def check_folder(folder: Path) -> None:
 
 
 def check_no_strays(plan: Plan, folder: Path) -> None:
-    """A folder with runs of arms this ablation does not have is another ablation's (an --out reused):
-    its results would be overwritten with a table that leaves those runs out."""
+    """A folder with runs of arms this ablation does not have is another ablation's (an --out reused), or
+    this one's named by an older gptkit (whose arm folders differed for {name: ...} values, exponents
+    with + and paths): its results would be overwritten with a table that leaves those runs out."""
     arms = {arm.slug for arm in plan.arms}
     strays = sorted(d.name for d in folder.iterdir() if d.name not in arms and any(d.glob("seed-*/summary.json"))) \
         if folder.is_dir() else []
     if strays:
-        raise UserError(f"{folder} holds runs of arms this ablation does not have ({', '.join(strays[:3])}): it is "
-                        "another ablation's folder (or one an earlier gptkit named otherwise: {name: ...} values, "
-                        "exponents with + and paths); pass --out with a new folder, or delete or rename those")
+        raise UserError(f"{folder} holds runs of arms this ablation does not have ({', '.join(strays[:3])}): they are "
+                        "another ablation's, or this one's from an older gptkit that named some arms' folders "
+                        "differently; pass --out with a new folder, or move those folders out of it")
 
 
 def check_same(run_dir: Path, recipe: Recipe, how: str = "ended") -> None:
@@ -331,18 +366,18 @@ def check_same_recipe(run_dir: Path, recipe: Recipe, how: str) -> None:
             flat["data.path"] = str(Path(flat["data.path"]).resolve())
     differ = differing(stored, wanted, MAY_DIFFER)
     if differ:
-        raise UserError(f"{run_dir} {how} with a different recipe ({', '.join(differ[:5])} differ); "
-                        "delete that folder, or pass --out with a new folder")
+        raise Refused(run_dir, f"{how} with a different recipe ({', '.join(differ[:5])} differ)",
+                      "delete that folder, or pass --out with a new folder")
 
 
 def check_same_plugins(run_dir: Path, recipe: Recipe) -> None:
-    """A run is reused, or resumed, only with the plugin versions it trained with: seeds trained with other
-    code must not be averaged together (`gptkit run --resume` alone only warns)."""
+    """A run is reused, or resumed, only with the plugin versions and code (and local files) it trained with:
+    seeds trained with other code must not be averaged together (`gptkit run --resume` alone only warns)."""
     changed = plugin_changes(trained_with(run_dir), recipe)
     if changed:
-        raise UserError(f"{run_dir} was trained with other plugin versions than are installed now "
-                        f"({'; '.join(changed)}); seeds trained with different plugin versions are not pooled: "
-                        "delete that run folder to train it again, or pass --out with a new folder")
+        raise Refused(run_dir, f"was trained with other plugin versions or code than are installed now "
+                      f"({'; '.join(changed)})", "seeds trained with different code are not pooled: delete that "
+                      "run folder to train it again, or pass --out with a new folder")
 
 
 def check_same_text(run_dir: Path, path: Path, sha256: str) -> None:
@@ -355,9 +390,9 @@ def check_same_text(run_dir: Path, path: Path, sha256: str) -> None:
         raise UserError(f"{e}, so the text {run_dir} was trained on cannot be checked; delete that run folder "
                         "to train it again") from None
     if trained is not None and trained != sha256:
-        raise UserError(f"{run_dir} was trained on another text than {path} now holds (SHA-256 {trained[:12]}... -> "
-                        f"{sha256[:12]}...); restore that text, delete that run folder (or the whole ablation folder) "
-                        "to train it again on this one, or pass --out with a new folder")
+        raise Refused(run_dir, f"was trained on another text than {path} now holds (SHA-256 {trained[:12]}... -> "
+                      f"{sha256[:12]}...)", "restore that text, delete that run folder (or the whole ablation "
+                      "folder) to train it again on this one, or pass --out with a new folder")
 
 
 LEGEND = ("Δ: final validation loss minus the baseline's, paired by seed, over the seeds both finished (said when "

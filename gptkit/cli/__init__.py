@@ -3,8 +3,10 @@
 import contextlib
 import io
 import os
+import shlex
 import sys
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import click
@@ -37,7 +39,8 @@ class Group(click.Group):
                 click.echo(f"stopped: {e}", err=True)
             if e.run_dir is not None:
                 resumable = e.resumable and (e.run_dir / "checkpoint.pt").is_file()
-                hint = f"  (continue: {e.continue_with or f'gptkit run --resume {e.run_dir}'})" if resumable else ""
+                again = e.continue_with or f"gptkit run --resume {quote(e.run_dir)}"
+                hint = f"  (continue: {again})" if resumable else ""
                 click.echo(f"Run folder: {e.run_dir}{hint}", err=True)
             ctx.exit(e.exit_code)
         except OSError as e:  # the machine's, not the user's: a full disk, a vanished folder
@@ -47,6 +50,11 @@ class Group(click.Group):
             if first_on_machine():
                 click.echo("\ninterrupted", err=True)
             ctx.exit(130)
+
+
+def quote(path) -> str:
+    """`path` as a printed command must hold it to be pasted into a shell: 'runs/my run' quoted."""
+    return shlex.quote(str(path))
 
 
 def first_on_machine() -> bool:
@@ -129,8 +137,16 @@ def reader_may_go() -> Iterator[None]:
             setattr(sys, name, original)
 
 
+def version() -> str:
+    """gptkit's installed version; a source folder on PYTHONPATH has none (click's own lookup raises)."""
+    try:
+        return metadata.version("gptkit")
+    except metadata.PackageNotFoundError:
+        return "unknown: not installed (pip install -e . in its folder)"
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="gptkit")
+@click.version_option(version(), prog_name="gptkit")
 @click.option("--no-plugins", is_flag=True,
               help="Use built-in components only; ignore installed packages' (same as GPTKIT_NO_PLUGINS=1).")
 def main(no_plugins):

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import click
@@ -12,7 +13,7 @@ from ..io import cannot_make_folder
 from ..recipe import flatten
 from ..training.progress import fmt_duration
 from ..training.resume import is_locked, run_recipe
-from . import main
+from . import main, quote
 
 FIGURES = {
     "status": str,
@@ -44,6 +45,8 @@ def compare(run_dirs, plot_path):
     if plot_path:  # before any work: a wrong name is not worth reading every run first
         check_plot_path(Path(plot_path))
     dirs = [Path(d) for d in run_dirs]
+    for d in dirs:
+        refuse_ablation_folder(d)
     recipes = [flatten(run_recipe(d)) for d in dirs]
     keys = sorted(set().union(*recipes)) + list(PROVENANCE)  # what shapes a run besides its recipe, last
     recipes = [r | {key: row(d) for key, row in PROVENANCE.items()} for r, d in zip(recipes, dirs)]
@@ -76,6 +79,17 @@ def compare(run_dirs, plot_path):
 
 
 NO_SPLIT = "no validation split: data.val_fraction is 0"
+
+
+def refuse_ablation_folder(path: Path) -> None:
+    """An ablation folder given for a run folder: said as such, with its report and its runs' folders
+    (ARM/seed-N inside it, see ablation.runner)."""
+    if not (path / "ablation.yaml").is_file() or (path / "recipe.yaml").is_file():
+        return
+    seeds = sorted(int(m[1]) for p in path.glob("*/seed-*") if (m := re.fullmatch(r"seed-(-?\d+)", p.name)))
+    report = f"its results are in {path / 'results.md'}; " if (path / "results.md").is_file() else ""
+    raise UserError(f"{path} is an ablation folder, not a run folder: {report}compare its arms' runs of one seed "
+                    f"with: gptkit compare {quote(path)}/*/seed-{min(seeds, default=0)}")
 
 
 def no_curve(run_dir: Path) -> str:

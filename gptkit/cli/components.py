@@ -10,7 +10,7 @@ from pydantic_core import to_json
 from .. import plugins
 from ..components.attention import caches
 from ..errors import did_you_mean
-from ..registry import Entry, kinds, registry
+from ..registry import Entry, clashes_listed, kinds, registry
 from . import imports_option, main
 
 # pydantic/annotated_types constraint attributes, as a reader would write them
@@ -58,7 +58,17 @@ def _param_line(p: dict) -> str:
     return f"{p['name']}: {p['type']} = {json.dumps(p['default'])}{constraints}{description}"
 
 
-@main.command("list")
+class Listing(click.Command):
+    """`list` and `show`: a local file (--import) that registers a name taken already is listed with that
+    name BROKEN, as a plugin's clash is, and its other components with it; run, validate and check,
+    which need the components, refuse it."""
+
+    def parse_args(self, ctx, args):
+        with clashes_listed():  # --import's files run while the options are parsed
+            return super().parse_args(ctx, args)
+
+
+@main.command("list", cls=Listing)
 @click.argument("kind", required=False)
 @imports_option
 @click.option("--json", "as_json", is_flag=True, help="Print the same as a JSON list.")
@@ -106,7 +116,7 @@ def _misplaced() -> list[dict]:
             for name, claims in plugins.declared(k).items() for p in claims]
 
 
-@main.command()
+@main.command(cls=Listing)
 @click.argument("kind")
 @click.argument("name")
 @imports_option

@@ -1,5 +1,6 @@
 import math
 import time
+import warnings
 
 import click
 
@@ -8,8 +9,23 @@ from ..diagnose import blaming, check_forward, component_specs
 from ..errors import UserError
 from ..sampling import MAX_TOKENS
 from ..sampling import sample as sample_model
-from ..training.checkpoint import load_model
+from ..training.checkpoint import PluginChangedWarning, load_model
 from . import main, reader_gone
+
+
+def load(run_dir, device):
+    """load_model's (model, recipe, vocab), unchecked (sample checks it), with one line on stderr for each
+    model component whose plugin version or code differs from the run's: the text may differ, so
+    it is said, not refused. Other warnings go on as they would."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PluginChangedWarning)
+        loaded = load_model(run_dir, device, check=False)
+    for w in caught:
+        if issubclass(w.category, PluginChangedWarning):
+            click.echo(f"warning: {w.message}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return loaded
 
 
 def finite(ctx, param, value):
@@ -39,7 +55,7 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     \b
     gptkit sample runs/shakespeare-cpu-20260101-120000 --prompt "ROMEO:" --tokens 300
     """
-    model, recipe, vocab = load_model(run_dir, resolve_device(device, "--device"), check=False)  # checked below
+    model, recipe, vocab = load(run_dir, resolve_device(device, "--device"))
     s = recipe.sample  # what the run itself sampled with, unless the command line says otherwise
     given = prompt is not None
     prompt = s.prompt if prompt is None else prompt

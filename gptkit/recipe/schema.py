@@ -14,6 +14,7 @@ from pydantic_core import PydanticCustomError
 
 from ..components.base import GPTConfig
 from ..device import DEVICE_PATTERN
+from ..io import expand_home
 from ..registry import RegistryError, registry
 from ..sampling import MAX_TOKENS
 from .components import MODEL_KINDS, ComponentSpec, RecipeIssue, component
@@ -24,7 +25,7 @@ def _resolve(value, info: ValidationInfo) -> Path:
     wherever it is read from (`gptkit run --resume RUN`, `gptkit sample RUN`, an ablation rerun)."""
     if not isinstance(value, (str, Path)):  # string_type: `path: 2024` gets the hint to quote it
         raise PydanticCustomError("string_type", "Input should be a file path")
-    path = Path(value).expanduser()
+    path = expand_home(value)  # a ValueError, reported as this field's error, where ~ has no home to expand to
     base = (info.context or {}).get("base_dir")
     return Path(os.path.abspath(path if base is None else Path(base) / path))  # an absolute `path` stays itself
 
@@ -173,10 +174,18 @@ def section(cls: type[Section]):
     return Annotated[cls, BeforeValidator(_not_empty)]
 
 
+def _run_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):  # pydantic's own message would show the pattern
+        fixed = re.sub(r"[^A-Za-z0-9._-]+", "-", value).lstrip("._-").rstrip("-") or "my-run"
+        raise ValueError(f"use only letters, digits, '.', '_' and '-', starting with a letter or digit (it names "
+                         f"the run folder); e.g. {fixed}")
+    return value
+
+
 class Recipe(Section):
     """A whole training run."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100, description="names the run folder")
+    name: Annotated[str, AfterValidator(_run_name)] = Field(max_length=100, description="names the run folder")
     seed: int = Field(1337, ge=SEEDS.start, lt=SEEDS.stop, description="torch's seeds are 64-bit")
     imports: list[RecipePath] = Field(default_factory=list, description="local Python files that register "
                                       "components (with gptkit.components.register); relative to the recipe file")
@@ -191,11 +200,13 @@ class Recipe(Section):
         """Plain values only: safe in a weights_only checkpoint and as YAML."""
         return self.model_dump(mode="json")
 
-    def plugin_sources(self) -> dict[str, str]:
-        """{"model.norm": "unitnorm from acme-norms 1.2"} for each component not built in: what a run
-        needs installed to be resumed (to be sampled, the model.* ones). A local file's record holds a
-        hash of its contents: "mynorm from /x/mine.py (sha256 1a2b3c4d5e6f)"."""
+    def plugin_sources(self, prefix: str = "") -> dict[str, str]:
+        """{"model.norm": "unitnorm from acme-norms 1.2 (sha256 9f8e7d6c5b4a)"} for each component not built
+        in (whose key starts with `prefix`): what a run needs installed to be resumed (to be sampled, the
+        model.* ones). The hash is of the component's code: a plugin package's source files, or a local
+        file's contents ("mynorm from /x/mine.py (sha256 1a2b3c4d5e6f)"), which an edit changes without
+        a new version."""
         picked = {f"{s}.{k}": v for s in ("data", "model", "train")
                   for k, v in vars(getattr(self, s)).items() if isinstance(v, ComponentSpec)}
-        entries = {key: registry(spec.kind).entry(spec.name) for key, spec in picked.items()}
+        entries = {key: registry(spec.kind).entry(spec.name) for key, spec in picked.items() if key.startswith(prefix)}
         return {key: f"{entry.name} from {entry.origin}" for key, entry in entries.items() if entry.source != "built-in"}

@@ -16,9 +16,9 @@ from ..diagnose import check_forward
 from ..errors import UserError, one_line
 from ..io import atomic_write
 from ..model import build_model
-from ..recipe import validate
-from ..recipe.components import model_only
-from ..registry import kinds, parse_record, registry
+from ..recipe import Recipe, validate
+from ..recipe.components import ComponentSpec, model_only
+from ..registry import kinds, parse_record, record_change, registry
 
 FORMAT = "gptkit-checkpoint"
 VERSION = 1
@@ -163,7 +163,8 @@ def load_model(path: Path, device: str | torch.device = "cpu", check: bool = Tru
     cuda, cuda:N or mps, or a torch.device). With `check`, the checks before training run on it
     (`diagnose.check_forward`): a plugin component whose forward is broken is an error naming it, and
     a key/value cache that does not match a full pass is a UserWarning; the model then samples
-    without the cache."""
+    without the cache. A model component that now comes from another version of its plugin, or other
+    code, than the run was trained with is a PluginChangedWarning: the weights fit, the text may differ."""
     device = resolve_device(str(device), "load_model's device")  # before loading: a missing GPU is said first
     state = load_checkpoint(path)
     try:
@@ -171,6 +172,8 @@ def load_model(path: Path, device: str | torch.device = "cpu", check: bool = Tru
             recipe = validate(state["recipe"], origin=f"the recipe stored in {path}")
     except UserError as e:
         raise UserError(f"{e}{missing_plugins(state.get('plugins', {}))}") from None
+    for change in plugin_changes(state.get("plugins"), recipe, prefix="model."):
+        warnings.warn(f"{change}; sampling with it", PluginChangedWarning, stacklevel=2)
     with keep_random_state(device):  # the initial weights drawn and overwritten cost a notebook's later draws nothing
         model = build_model(recipe.model, state["vocab_size"])
         load_weights(model, state, path)
@@ -179,6 +182,34 @@ def load_model(path: Path, device: str | torch.device = "cpu", check: bool = Tru
     if warning:
         warnings.warn(warning, stacklevel=2)
     return model, recipe, Vocab(state["itos"])
+
+
+class PluginChangedWarning(UserWarning):
+    """A loaded model's component comes from another plugin version, or other code, than it trained with."""
+
+
+def plugin_changes(trained, recipe: Recipe, prefix: str = "") -> list[str]:
+    """What has changed in where a run's components come from: "model.norm (unitnorm) was trained with
+    acme-norms 1.2 and now comes from acme-norms 1.3", or "... was trained with acme-norms 1.2, whose code
+    has changed since (sha256 ...)", for each component under `prefix` of the run's plugins record
+    (`trained`: {"model.norm": "unitnorm from acme-norms 1.2 (sha256 ...)"}, as Recipe.plugin_sources
+    writes it into checkpoint.pt and summary.json) that `recipe` would now take from another version
+    of its package, other code, another package (or file, or gptkit itself). A component the recipe no
+    longer has, or names otherwise, is a change of recipe, not of source."""
+    if not isinstance(trained, dict):  # absent: a checkpoint written before gptkit recorded plugins
+        return []
+    now = recipe.plugin_sources(prefix)
+    changes = []
+    for key, was in sorted(trained.items()):
+        section, _, field = str(key).partition(".")
+        spec = getattr(getattr(recipe, section, None), field, None) if field and str(key).startswith(prefix) else None
+        name = parse_record(was)[0]
+        if not isinstance(spec, ComponentSpec) or spec.name != name:
+            continue
+        change = record_change(was, now.get(key, f"{name} from built-in"))
+        if change:
+            changes.append(f"{key} ({name}) {change}")
+    return changes
 
 
 def missing_plugins(used: dict[str, str], prefix: str = "model.") -> str:

@@ -5,6 +5,9 @@ import time
 
 
 def fmt_duration(seconds: float) -> str:
+    """"1:02:03", "2:03", or "0.4 s" under a second (a tiny run's wall time, not "0:00")."""
+    if seconds < 1:
+        return f"{seconds:.1f} s" if seconds >= 0.05 else "<0.1 s"
     seconds = int(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)

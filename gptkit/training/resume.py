@@ -16,14 +16,12 @@ except ImportError:  # Windows
 from ..errors import UserError
 from ..io import read_text, write_text
 from ..recipe import Recipe, flatten, yaml
-from ..recipe.components import ComponentSpec
-from ..registry import parse_record
-from .checkpoint import load_checkpoint, missing_plugins, peek
+from .checkpoint import load_checkpoint, missing_plugins, peek, plugin_changes
 
 # Keys that may change between a run and its resumption without making it a different run (the text
 # itself is checked by its SHA-256, wherever it lives and however it was made; compiling and
 # micro-batches change the speed and float rounding, not the optimisation, so a GPU run may go on on
-# a CPU, though not bit for bit). The budget may change, down to the step reached (a cosine schedule then fits the new total); anything else that shapes
+# a CPU, though not bit for bit). The budget may change, down to the step reached (a cosine schedule then fits the new total, with a warning); anything else that shapes
 # the model, the data, or the optimisation must stay as it was.
 MAY_CHANGE = ("name", "sample.*", "data.path", "data.corpus", "data.corpus.*", "train.device", "train.compile", "train.micro_batch_size", "train.log_every", "train.eval_every",
               "train.eval_batches", "train.checkpoint_every", "train.epochs", "train.max_steps")
@@ -70,38 +68,14 @@ def changes_since(checkpoint: dict, recipe: Recipe, dataset) -> list[tuple[str, 
 def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset, warn: Callable[[str], None]) -> None:
     """Refuse to resume `run_dir` if the recipe or the text (a CharDataset) is no longer the run's. A
     component that now comes from another version of its package (or another package) is allowed, with
-    a warning through `warn`: its weights must still fit, but the steps from here on run other code."""
+    a warning through `warn` (as is a plugin or local file whose code changed since): its weights must still
+    fit, but the steps from here on run other code."""
     if "trainer" not in checkpoint:
         raise UserError(f"{run_dir}/checkpoint.pt holds weights only, no training state to resume from")
     refuse_if_stopped_for_good(run_dir)
     refuse_changes(run_dir, [how for _, how in changes_since(checkpoint, recipe, dataset)])
     for change in plugin_changes(checkpoint.get("plugins"), recipe):
         warn(f"warning: {change}; resuming {run_dir} with it")
-
-
-def plugin_changes(trained, recipe: Recipe) -> list[str]:
-    """What has changed in where a run's components come from: "model.norm (unitnorm) was trained with
-    acme-norms 1.2 and now comes from acme-norms 1.3" for each component of the run's plugins record
-    (`trained`: {"model.norm": "unitnorm from acme-norms 1.2"}, as Recipe.plugin_sources writes it into
-    checkpoint.pt and summary.json) that `recipe` would now take from another version of its package,
-    or from another package (or file, or gptkit itself). A component the recipe no longer has, or names
-    otherwise, is a change of recipe, not of source."""
-    if not isinstance(trained, dict):  # absent: a checkpoint written before gptkit recorded plugins
-        return []
-    now = recipe.plugin_sources()
-    changes = []
-    for key, was in sorted(trained.items()):
-        section, _, field = str(key).partition(".")
-        spec = getattr(getattr(recipe, section, None), field, None) if field else None
-        name, source, digest = parse_record(was)
-        if not isinstance(spec, ComponentSpec) or spec.name != name:
-            continue
-        current = now.get(key, f"{name} from built-in")
-        _, now_source, now_digest = parse_record(current)
-        if (now_source, now_digest if digest else None) != (source, digest):  # a record from before hashes has none
-            changes.append(f"{key} ({name}) was trained with {was.partition(' from ')[2]} and now comes from "
-                           f"{current.partition(' from ')[2]}")
-    return changes
 
 
 def trained_with(run_dir: Path) -> dict:

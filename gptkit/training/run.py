@@ -23,7 +23,7 @@ from ..data.dataset import CharDataset, load_dataset, will_create
 from ..device import keep_random_state, resolve_device
 from ..diagnose import blaming, check_forward
 from ..errors import CheckpointError, ComponentError, Diverged, RunStopped, UserError, failure_reason
-from ..io import write_json, write_text
+from ..io import make_folders, write_json, write_text
 from ..model import GPT, check_components
 from ..recipe import Recipe, yaml
 from ..sampling import sample
@@ -67,7 +67,7 @@ def new_run_dir(runs_dir: Path, name: str) -> Path:
     for n in range(1000):
         path = runs_dir / (f"{name}-{stamp}" + (f"-{n}" if n else ""))
         try:
-            path.mkdir(parents=True)
+            make_folders(path, exist_ok=False)  # a runs folder made for it is removed again when it fails
             return path
         except FileExistsError:
             continue
@@ -190,6 +190,9 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
             raise UserError(f"{run_dir} has trained {checkpoint['step']:,} steps, past this recipe's budget of "
                             f"{trainer.total_steps:,}; resume it with a budget of at least {checkpoint['step']:,} "
                             "steps (train.epochs, and train.max_steps if set)")
+        stretched = trainer.restretch_warning(checkpoint["recipe"])
+        if stretched:  # (said even when quiet, as a plugin's change is: an ablation never resumes with another budget)
+            warn(f"warning: {stretched}")
     if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
         try:
             # From before the wait for rank 0's folder, which rank 0 sets up under its own handler: a signal

@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -36,6 +37,16 @@ def total_steps(train, steps_per_epoch: int) -> int:
     """A run's step budget (`train`: a recipe's train section): its epochs, cut short by max_steps."""
     steps = train.epochs * steps_per_epoch
     return steps if train.max_steps is None else min(steps, train.max_steps)
+
+
+def trained_toward(recipe: dict, steps_per_epoch: int) -> int | None:
+    """The step budget of a run's saved recipe (a dict, as a checkpoint holds it), its text and batch
+    size being this run's (which make an epoch's steps: resuming keeps them); None where it does not say."""
+    train = recipe.get("train")
+    epochs, max_steps = (train.get("epochs"), train.get("max_steps")) if isinstance(train, dict) else (None, None)
+    if type(epochs) is not int or not (max_steps is None or type(max_steps) is int):
+        return None
+    return total_steps(SimpleNamespace(epochs=epochs, max_steps=max_steps), steps_per_epoch)
 
 
 def schedule_warning(spec: ComponentSpec, factor: Callable[[int], float], n: int) -> str | None:
@@ -171,6 +182,25 @@ class Trainer:
     def schedule_warning(self) -> str | None:
         """See `schedule_warning`; a schedule whose factor() cannot be taken is its own error, named."""
         return schedule_warning(self.cfg.schedule, self._factor, self.total_steps)
+
+    def restretch_warning(self, saved_recipe: dict) -> str | None:
+        """A warning when this run, resumed (from a checkpoint holding `saved_recipe`), goes on with a schedule
+        built for another budget than it trained toward, and the next step's rate is not the one the old
+        schedule would give: the rest is stretched (or squeezed) over the new budget, and the run matches
+        neither a run of the old budget nor one of the new. None for a constant schedule, or in a warm-up."""
+        taken, n = self.state.step, self.total_steps
+        toward = trained_toward(saved_recipe, self.steps_per_epoch)
+        if toward is None or toward == n or not 0 < taken < n:
+            return None
+        old = self.cfg.schedule.build(toward)
+        if math.isclose(self._factor(taken, old), self._factor(taken), rel_tol=1e-9, abs_tol=1e-12):
+            return None
+        was, now = self.cfg.lr * self._factor(taken - 1, old), self.cfg.lr * self._factor(taken)
+        how = "stretched" if n > toward else "squeezed"
+        return (f"train.schedule ({self.cfg.schedule.name}) is now {how} over {n:,} steps instead of the "
+                f"{toward:,} this run trained toward: the learning rate goes from {was:.3g} at step {taken:,} "
+                f"to {now:.3g} at step {taken + 1:,}, and the run matches neither a run of {toward:,} steps nor one "
+                f"of {n:,} (a new run follows one schedule throughout)")
 
     def describe(self) -> str:
         """How a step runs, for the run's opening lines: e.g. "bf16 autocast, torch.compile"."""
@@ -410,11 +440,12 @@ class Trainer:
         """The plugin component whose backward raised `e` in a training step, if one did."""
         return backward_culprit(e, self.specs, self.model.config, self.device)
 
-    def _factor(self, step: int) -> float:
-        """The schedule's multiplier of train.lr; a value no learning rate can be made of is the
-        schedule's bug, named as such rather than met as a divergence or a traceback later."""
+    def _factor(self, step: int, schedule=None) -> float:
+        """The schedule's multiplier of train.lr (`schedule`: this run's, unless another built from the
+        same spec); a value no learning rate can be made of is the schedule's bug, named as such rather
+        than met as a divergence or a traceback later."""
         with self.cfg.schedule.blamed(f"factor({step})"):
-            factor = self.schedule.factor(step)
+            factor = (self.schedule if schedule is None else schedule).factor(step)
         if not is_factor(factor):
             raise self.cfg.schedule.error(f"factor({step}) returned {factor!r}; a schedule's factor "
                                           f"{factor_rule(factor)}")
