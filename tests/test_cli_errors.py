@@ -68,6 +68,8 @@ CASES = [
       "e.g. escape (got '../escape')"]),
     ("name-with-a-space", lambda c: recipe_text(c), ["--set", 'name="my run"'],
      ["--set name=\"my run\": name: use only letters", "e.g. my-run (got 'my run')"]),
+    ("top-k-zero", lambda c: recipe_text(c), ["--set", "sample.top_k=0"],
+     ["sample.top_k: must be at least 1; null samples from every character (got 0)"]),
     ("not-a-mapping", lambda c: "- a\n- b\n", [], ["a recipe is a mapping"]),
     ("duplicate-key", lambda c: GOOD.replace("CORPUS", str(c)) + "name: again\n", [],
      [":8: duplicate key 'name' (first at line 1)"]),
@@ -222,6 +224,15 @@ def test_runs_dir_expands_a_home_folder_and_printed_commands_are_quoted(cli, tmp
     assert result.exit_code == 2 and result.output == ("error: --runs-dir ~nosuchuser/runs: cannot expand ~nosuchuser: "
                                                        "there is no user nosuchuser; write the path out in full\n")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "~nosuchuser").exists()
+
+
+@pytest.mark.parametrize("option", ["--runs-dir", "--out"])
+def test_ablate_folders_expand_a_home_folder_and_refuse_an_empty_one(cli, tmp_path, write_recipe, option):
+    result = cli("ablate", write_recipe(), "--vary", "model.norm=rmsnorm,layernorm", option, "")
+    assert result.exit_code == 2 and result.output == f"error: {option} is empty; give a folder, e.g. {option} runs\n"
+    result = cli("ablate", write_recipe(), "--vary", "model.norm=rmsnorm,layernorm", option, "~nosuchuser/x")
+    assert result.exit_code == 2 and result.output.startswith(f"error: {option} ~nosuchuser/x: cannot expand ~nosuchuser")
+    assert not (tmp_path / "~nosuchuser").exists() and not (tmp_path / "runs").exists()
 
 
 def test_runs_dir_that_is_a_file(cli, tmp_path, write_recipe):

@@ -426,7 +426,19 @@ def test_a_full_disk_before_the_run_starts_leaves_no_half_made_folder(tmp_path, 
                      r"nothing was trained and the folder is removed: free some space, or pass --runs-dir",
                      result.output, re.M), result.output
     assert result.output.count("No space left") == 1 and "Traceback" not in result.output
-    assert not list((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "runs").exists()  # made for the run folder, removed with it
+
+
+def test_a_run_removed_before_it_started_leaves_a_runs_folder_it_did_not_make(tmp_path, write_recipe, cli, monkeypatch):
+    import gptkit.training.run as run_module
+
+    def disk_full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(run_module, "write_text", disk_full)
+    assert cli("run", write_recipe(), "--runs-dir", tmp_path / "runs").exit_code == 4
+    assert (tmp_path / "runs").is_dir() and not list((tmp_path / "runs").iterdir())
 
 
 def test_a_full_disk_that_cannot_take_a_run_folder_is_a_failed_save(tmp_path, write_recipe, cli, monkeypatch):

@@ -454,7 +454,8 @@ def manifest(plan: Plan, folder: Path, seeds: list[int]) -> str:
         "allow_unfair": a.allow_unfair,
     }
     arms = "".join(f"#   {arm.slug}/  {arm.title}\n" for arm in plan.arms)
-    return (f"# Resume, or add seeds: gptkit ablate {folder.resolve() / 'ablation.yaml'} --out {folder.resolve()}\n"
+    return (f"# Resume, or add seeds: gptkit ablate {shlex.quote(str(folder.resolve() / 'ablation.yaml'))} "
+            f"--out {shlex.quote(str(folder.resolve()))}\n"
             f"# Arms (folder, label):\n{arms}" + "".join(f"{key}: {yaml_text(value)}\n" for key, value in data.items()))
 
 

@@ -13,6 +13,7 @@ import click
 
 from .. import plugins
 from ..errors import RunStopped, UserError
+from ..io import expand_home
 
 
 class Group(click.Group):
@@ -50,6 +51,20 @@ class Group(click.Group):
             if first_on_machine():
                 click.echo("\ninterrupted", err=True)
             ctx.exit(130)
+
+
+def folder_option(ctx, param, value):
+    """A folder option (--runs-dir, --out) with ~ expanded, as data.path's is (quoted, the shell leaves it
+    to us); an empty one, which would scatter folders in the current folder, is refused."""
+    name = param.opts[0]
+    if value is None:
+        return None
+    if not value.strip():
+        raise UserError(f"{name} is empty; give a folder, e.g. {name} runs")
+    try:
+        return str(expand_home(value))
+    except ValueError as e:
+        raise UserError(f"{name} {value}: {e}") from None
 
 
 def quote(path) -> str:

@@ -10,7 +10,7 @@ from ..ablation.spec import Ablation, check_name, load_ablation, parse_seeds, pa
 from ..errors import RunStopped, UserError
 from ..io import read_text
 from ..recipe import yaml
-from . import main, overrides_option
+from . import folder_option, main, overrides_option
 
 
 @main.command()
@@ -23,9 +23,9 @@ from . import main, overrides_option
               help="Every combination of the varied values (default), or one field changed at a time.")
 @overrides_option
 @click.option("--name", help="Names the ablation folder (default: the ablation file's or the recipe's name).")
-@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(),
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(), callback=folder_option,
               help="The ablation folder goes in RUNS_DIR/ablations/.")
-@click.option("--out", type=click.Path(file_okay=False), help="Use exactly this ablation folder.")
+@click.option("--out", type=click.Path(file_okay=False), callback=folder_option, help="Use exactly this ablation folder.")
 @click.option("--param-margin", type=click.FloatRange(min=0), default=None,
               help="Flag arms whose parameter count differs from the baseline's by more than this fraction.  [default: 0.1]")
 @click.option("--allow-unfair", is_flag=True,

@@ -3,18 +3,17 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from ..io import expand_home
 from ..recipe import load_recipe
 from ..training import train
 from ..training.resume import check_run_dir, not_a_run, with_plugin_hint
 from ..training.progress import fmt_duration
-from . import first_on_machine, main, overrides_option, quote
+from . import first_on_machine, folder_option, main, overrides_option, quote
 
 
 @main.command()
 @click.argument("recipe", required=False, type=click.Path())
 @overrides_option
-@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(),
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(), callback=folder_option,
               help="Folder that receives the run folder.")
 @click.option("--resume", metavar="RUN_DIR|auto",
               help="Continue a run from its last checkpoint. 'auto': the newest unfinished run of RECIPE "
@@ -37,7 +36,6 @@ def run(recipe, overrides, runs_dir, resume, quiet):
         a_run = (Path(recipe) / "recipe.yaml").is_file()
         hint = f"; to continue that run: gptkit run --resume {quote(recipe)}" if a_run else ""
         raise UserError(f"{recipe} is a folder, not a recipe file{hint}")
-    runs_dir = checked_runs_dir(runs_dir)
     runs_dir_given = click.get_current_context().get_parameter_source("runs_dir") is not click.core.ParameterSource.DEFAULT
     if explicit and runs_dir_given and Path(resume).resolve().parent != Path(runs_dir).resolve() and first_on_machine():
         click.echo(f"note: --runs-dir {runs_dir} is not used: a resumed run stays in its folder, {resume}", err=True)
@@ -62,14 +60,3 @@ def run(recipe, overrides, runs_dir, resume, quiet):
     click.echo(f"Finished: {val}{train_loss}{s['steps']:,} steps, {s['tokens_per_s'] or 0:,.0f} tokens/s, "
                f"{fmt_duration(s['wall_seconds'])} wall, {s['params']:,} parameters")
     click.echo(f"Run folder: {result.run_dir}  (sample: gptkit sample {quote(result.run_dir)})")
-
-
-def checked_runs_dir(runs_dir: str) -> str:
-    """--runs-dir with ~ expanded, as data.path's is (quoted, the shell leaves it to us); an empty one,
-    which would scatter run folders in the current folder, is refused."""
-    if not runs_dir.strip():
-        raise UserError("--runs-dir is empty; give a folder, e.g. --runs-dir runs")
-    try:
-        return str(expand_home(runs_dir))
-    except ValueError as e:
-        raise UserError(f"--runs-dir {runs_dir}: {e}") from None

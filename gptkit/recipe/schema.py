@@ -157,11 +157,18 @@ class TrainSection(Section):
                             "auto: only where it measured a win, counting compile time")
 
 
+def _top_k(value):
+    if isinstance(value, int) and not isinstance(value, bool) and value < 1:  # gptkit sample's --top-k 0 is null
+        raise ValueError("must be at least 1; null samples from every character")
+    return value
+
+
 class SampleSection(Section):
     prompt: str = Field("", description="text to continue; empty: a newline, or the text's first character if it has none")
     tokens: int = Field(500, ge=0, le=MAX_TOKENS)
     temperature: float = Field(0.8, gt=0)
-    top_k: PositiveInt | None = 40
+    top_k: Annotated[PositiveInt | None, BeforeValidator(_top_k)] = Field(
+        40, description="sample from the k likeliest characters; null: from every character")
 
 
 def _not_empty(value):

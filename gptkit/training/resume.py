@@ -5,6 +5,7 @@ import copy
 import fnmatch
 import json
 import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -219,7 +220,7 @@ def checkpoint_to_resume(run: Path, recipe: Recipe, dataset) -> tuple[dict | Non
     keys = [what for what in changes if what not in ("vocabulary", "text")]
     differs, text = f"its recipe differs ({', '.join(keys)})", f"it was trained on another text than {recipe.data.path}"
     if keys and keys == changes:  # the run's own recipe.yaml would go on with it
-        return None, f"{differs}; to go on with its own recipe: gptkit run --resume {run}"
+        return None, f"{differs}; to go on with its own recipe: gptkit run --resume {shlex.quote(str(run))}"
     if changes:
         return None, (f"{differs} and {text}" if keys else text)
     return checkpoint, ""

@@ -6,6 +6,7 @@ failed. Runs are resumed from their last checkpoint with `resume=`.
 
 import errno
 import functools
+import itertools
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from ..data.dataset import CharDataset, load_dataset, will_create
 from ..device import keep_random_state, resolve_device
 from ..diagnose import blaming, check_forward
 from ..errors import CheckpointError, ComponentError, Diverged, RunStopped, UserError, failure_reason
-from ..io import make_folders, write_json, write_text
+from ..io import make_folders, remove_empty, write_json, write_text
 from ..model import GPT, check_components
 from ..recipe import Recipe, yaml
 from ..sampling import sample
@@ -232,6 +233,8 @@ def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoi
                 start: Callable[[], None]) -> RunResult:
     """Rank 0's part of `_train`: the run folder, made or resumed, around `train_in`."""
     created = checkpoint is None and (run_dir is None or not Path(run_dir).exists())  # an ablation names its runs'
+    base = Path(runs_dir) if run_dir is None else Path(run_dir).parent
+    made_above = list(itertools.takewhile(lambda d: not d.exists(), (base, *base.parents))) if created else []
     if checkpoint is None:  # the folder is made only once every input has been checked
         run_dir = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
     try:
@@ -243,6 +246,7 @@ def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoi
         nothing = trainer.state.step == 0 if isinstance(e, ComponentError) else not (run_dir / "summary.json").exists()
         if created and nothing:
             shutil.rmtree(run_dir, ignore_errors=True)
+            remove_empty(made_above)  # and the folders above it made for it
             if isinstance(e, OSError):  # a save that failed before anything was made: said as one, exit code 4
                 fix = FREE_SPACE if e.errno in DISK_FULL else "pass --runs-dir with a writable folder"
                 raise CheckpointError(f"could not write {Path(e.filename or run_dir).name} in the new run folder "
