@@ -108,7 +108,9 @@ def test_bad_ablations_are_one_clear_error(cli, tmp_path, write_recipe, args, me
 def test_ablate_refuses_to_run_under_torchrun(cli, tmp_path, write_recipe, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # every process would train, and write, every arm
     result = cli("ablate", write_recipe(), "--out", tmp_path / "abl", "--vary", "model.norm=rmsnorm,layernorm")
-    assert result.exit_code == 2 and "run it without torchrun" in result.output
+    assert result.exit_code == 2 and result.output == (
+        "error: gptkit ablate runs in one process; run it without torchrun (`gptkit run` alone trains on several: "
+        "torchrun ... -m gptkit run RECIPE)\n")
     assert not (tmp_path / "abl").exists()
 
 

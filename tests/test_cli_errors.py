@@ -510,3 +510,22 @@ def test_version_of_a_source_folder_that_is_not_installed_is_said_not_raised(mon
     assert version() == metadata.version("gptkit")
     monkeypatch.setattr(metadata, "version", not_installed)
     assert version() == "unknown: not installed (pip install -e . in its folder)"
+
+
+@pytest.mark.parametrize("command", [["sample", "runs/x"], ["bench", "r.yaml"], ["validate", "r.yaml"], ["list"]])
+def test_commands_but_run_refuse_torchrun_once_per_machine(cli, monkeypatch, command):
+    """Each process would sample, benchmark (against the others, on the same cores) or print, at once."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = cli(*command)
+    assert result.exit_code == 2 and result.output.startswith(f"error: gptkit {command[0]} runs in one process; run "
+                                                              "it without torchrun"), result.output
+    monkeypatch.setenv("LOCAL_RANK", "1")  # the machine's other processes say nothing
+    assert cli(*command).output == ""
+
+
+def test_a_usage_error_under_torchrun_is_said_once_per_machine(cli, monkeypatch, write_recipe):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "No such option '--bogus'" in cli("run", write_recipe(), "--bogus").output
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    result = cli("run", write_recipe(), "--bogus")
+    assert result.exit_code == 2 and result.output == ""

@@ -28,6 +28,10 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.ClickException as e:  # click's own usage errors (an unknown option): once per machine too
+            if not first_on_machine():
+                ctx.exit(e.exit_code)
+            raise
         except UserError as e:
             if e.every_rank:  # met by this process alone (its GPU's memory): the others cannot say it
                 rank = os.environ.get("RANK")
@@ -168,6 +172,10 @@ def main(no_plugins):
     """Assemble GPTs from named components, train them from YAML recipes, and compare them."""
     if no_plugins:
         plugins.switch_off()
+    command = click.get_current_context().invoked_subcommand
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and command not in (None, "run"):  # each process would do it all
+        raise UserError(f"gptkit {command} runs in one process; run it without torchrun (`gptkit run` alone trains "
+                        "on several: torchrun ... -m gptkit run RECIPE)")
 
 
 def imports_option(f):

@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import click
@@ -42,9 +41,6 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
         --vary model.norm=rmsnorm,layernorm --seeds 3
     gptkit ablate recipes/ablations/components-cpu.yaml
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would run, and write, every arm
-        raise UserError("gptkit ablate runs one process that trains its runs one after another; run it without "
-                        "torchrun (train a single recipe on several processes with torchrun ... -m gptkit run)")
     ablation = from_source(Path(source))
     given = parse_vary(vary)
     ablation.vary.update(given)

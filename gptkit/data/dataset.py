@@ -32,6 +32,7 @@ class CharDataset:
         if "\x00" in text:
             raise UserError(f"{source} contains NUL bytes: it looks like a binary file, not text")
         self.block_size = block_size
+        self.source = source  # what the text is, as a run's opening lines say: "data.path X (its first N lines, ...)"
         self.stride = stride or block_size
         self.fingerprint = sha256(text)  # a resumed run must train on the same text
         self.vocab = Vocab.of(text)

@@ -273,7 +273,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
         log(f"Run folder: {run_dir}")
     write_text(run_dir / "recipe.yaml", yaml.dump(recipe.to_dict()))  # read back by --resume: quoted so that it reads the same
     log(f"{model.num_params():,} parameters on {device} ({trainer.describe()}); {dataset.vocab_size} characters, "
-        f"{len(dataset.train):,} training and {len(dataset.val):,} validation tokens")
+        f"{len(dataset.train):,} training and {len(dataset.val):,} validation tokens of {dataset.source}")
 
     # Unbuffered: a full disk fails the write that hit it, not a later flush or the file's closing.
     with open(run_dir / "metrics.jsonl", "ab" if checkpoint else "wb", buffering=0) as metrics:

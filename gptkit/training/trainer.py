@@ -244,11 +244,16 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train to the end of the budget, or until a stop (see `RunStopped`)."""
         try:
-            with self.dist.needing_peers(lambda: f"at step {self.state.step + 1}",
-                                         lambda: f", and {self._checkpoint_note()}"):
+            with self.dist.needing_peers(self.where, lambda: f", and {self._checkpoint_note()}"):
                 return self._fit()
         finally:
             self.progress.close()  # the live line ends before any message
+
+    def where(self) -> str:
+        """Where training is, for what happened there: "at step 21", or "in the validation at step 20"
+        (a validation follows its step: saying the next one would name a step never taken)."""
+        s = self.state
+        return f"in the validation at step {s.step}" if s.eval_pending else f"at step {s.step + 1}"
 
     def _fit(self) -> TrainState:
         state = self.state
