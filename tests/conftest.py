@@ -83,6 +83,29 @@ def tiny_recipe(folder: Path, corpus: Path, model=None, train=None, name="tiny",
     return path
 
 
+def trainer_for(path, *overrides):
+    """A Trainer on the CPU for the recipe at `path` (gradient clipping off unless an override sets it),
+    and the first epoch's window starts."""
+    from gptkit.data.dataset import load_dataset
+    from gptkit.model import build_model
+    from gptkit.recipe import load_recipe
+    from gptkit.training.trainer import Trainer
+
+    recipe = load_recipe(path, ["train.grad_clip=null", *overrides])
+    dataset = load_dataset(recipe.data, recipe.model.block_size)
+    torch.manual_seed(0)
+    model = build_model(recipe.model, dataset.vocab_size)
+    return Trainer(recipe, model, dataset, torch.device("cpu"), quiet=True), dataset.epoch_starts(0, 0)
+
+
+def gradients_and_loss(trainer, starts):
+    """The loss of one step and the gradients the optimizer was about to apply."""
+    grads = []
+    trainer.optimizer.step = lambda: grads.extend(p.grad.clone() for p in trainer.model.parameters())
+    loss, _ = trainer.train_step(starts, 0, 1e-3)
+    return grads, loss
+
+
 @pytest.fixture
 def write_recipe(tmp_path, corpus):
     """write_recipe(model={...}, train={...}, **top) -> path of a tiny recipe on the test corpus."""

@@ -57,6 +57,18 @@ def test_bench_json_reports_every_variant_against_the_first(cli, write_recipe):
     assert "model.attention=naive" in table and "tokens/s" in table and "MFU" in table
 
 
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_flops_per_token_is_six_per_matmul_weight_plus_the_attention_scores(tie):
+    """PaLM's estimate (README, "Performance"). The token embedding is a lookup, not a matmul: tied or
+    not, only the LM head's V x C weights count."""
+    from gptkit.conformance import CONFIG, tiny_model
+
+    model = tiny_model(feedforward="mlp", tie_embeddings=tie)
+    V, T, L, C = CONFIG.vocab_size, CONFIG.block_size, CONFIG.n_layer, CONFIG.n_embd
+    per_layer = C * 3 * C + C * C + C * 4 * C + 4 * C * C  # qkv, attention out, MLP in, MLP out
+    assert model.flops_per_token() == 6 * (L * per_layer + V * C) + 12 * L * C * T
+
+
 @pytest.mark.parametrize("args, message", [
     (["--vary", "model.attention=flash,flsh"], "--vary model.attention=flsh: model.attention: unknown attention "
                                                "'flsh' (did you mean 'flash'?)"),

@@ -314,6 +314,84 @@ def test_rope_rotates_channel_pairs_so_scores_depend_on_offset_only():
     assert (at(q, 3) * at(k, 0)).sum().item() != pytest.approx((at(q, 4) * at(k, 0)).sum().item())
 
 
+def test_rope_rotates_keys_as_it_rotates_queries_so_every_score_depends_on_offset_only():
+    rope = parse_component("positional", "rope").build(CONFIG)
+    hs, t = CONFIG.head_dim, CONFIG.block_size
+    torch.manual_seed(0)
+    q, k = torch.randn(2, hs).unbind()
+    q_rot, k_rot = (x[0, 0] for x in rope.rotate(q.expand(1, 1, t, hs), k.expand(1, 1, t, hs)))  # at every position
+
+    # position p turns channels i and i + hs/2 together by p * base^(-2i/hs)
+    angle = torch.arange(t)[:, None] * rope.params.base ** (-torch.arange(0, hs, 2) / hs)  # (t, hs/2)
+
+    def rotated(x):
+        x1, x2 = x[: hs // 2], x[hs // 2 :]
+        return torch.cat((x1 * angle.cos() - x2 * angle.sin(), x2 * angle.cos() + x1 * angle.sin()), dim=-1)
+
+    torch.testing.assert_close(q_rot, rotated(q))
+    torch.testing.assert_close(k_rot, rotated(k))
+    scores = q_rot @ k_rot.T  # (t, t): query i against key j
+    for offset in range(t):
+        diagonal = scores.diagonal(-offset)  # every (i, i - offset)
+        torch.testing.assert_close(diagonal, diagonal[:1].expand_as(diagonal), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_head", [4, 8])
+def test_alibi_penalises_each_head_by_its_slope_times_the_distance_back(n_head):
+    from gptkit.components import GPTConfig
+
+    t = 6
+    alibi = parse_component("positional", "alibi").build(GPTConfig(vocab_size=10, n_head=n_head, n_embd=32))
+    bias = alibi.score_bias(t, t)
+    assert bias.shape == (n_head, t, t)
+    for h in range(n_head):
+        slope = 2 ** (-8 / n_head * (h + 1))
+        for i in range(t):
+            for j in range(i + 1):
+                assert bias[h, i, j].item() == pytest.approx(-slope * (i - j))
+    assert torch.all(bias.diagonal(dim1=1, dim2=2) == 0)
+    torch.testing.assert_close(alibi.score_bias(2, t), bias[:, -2:])  # queries continuing a cache are the last ones
+
+
+def test_rmsnorm_scales_by_the_root_mean_square_without_centring():
+    from gptkit.components import GPTConfig
+
+    norm = parse_component("norm", {"name": "rmsnorm", "eps": 1e-5}).build(GPTConfig(vocab_size=10, n_embd=32))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(32))
+    x = torch.randn(2, 3, 32) + 3  # far from zero mean: centring would show
+    expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    torch.testing.assert_close(norm(x), expected)
+
+
+def test_swiglu_gates_the_value_with_silu_of_the_gate():
+    from gptkit.components import GPTConfig
+
+    ff = parse_component("feedforward", "swiglu").build(GPTConfig(vocab_size=10, n_embd=32))
+    hidden = ff.c_proj.in_features
+    w_gate, w_value = ff.c_fc.weight[:hidden], ff.c_fc.weight[hidden:]  # one matmul: gate rows, then value rows
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32)
+    gate = x @ w_gate.T
+    expected = (gate * torch.sigmoid(gate) * (x @ w_value.T)) @ ff.c_proj.weight.T  # silu(g) = g * sigmoid(g)
+    torch.testing.assert_close(ff(x), expected)
+
+
+@pytest.mark.parametrize("n_embd, multiple_of, hidden", [
+    (128, 8, 344),  # 8/3 * 128 = 341.3, up to 344
+    (100, 8, 272),  # 266.7, up to 272
+    (128, 64, 384),  # up to a multiple of 64
+    (96, 8, 256),  # exactly 256 already
+])
+def test_swiglu_hidden_width_is_8_thirds_of_n_embd_rounded_up(n_embd, multiple_of, hidden):
+    from gptkit.components import GPTConfig
+
+    spec = parse_component("feedforward", {"name": "swiglu", "multiple_of": multiple_of})
+    ff = spec.build(GPTConfig(vocab_size=10, n_embd=n_embd))
+    assert ff.c_proj.in_features == hidden and ff.c_fc.out_features == 2 * hidden
+
+
 def test_assert_conformant_names_a_mistyped_parameter():
     with pytest.raises(UserError, match=r"^norm 'rmsnorm': eps_: unknown key \(did you mean 'eps'\?\)"):
         assert_conformant("norm", {"name": "rmsnorm", "eps_": 1e-5})

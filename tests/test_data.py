@@ -1,4 +1,5 @@
 import errno
+import math
 import os
 import re
 import time
@@ -65,6 +66,18 @@ def test_eval_windows_are_fixed_and_non_overlapping():
     starts = ds.eval_starts()
     assert torch.all(starts[1:] - starts[:-1] == 16)
     assert len(ds.eval_starts(3)) == 3 and torch.equal(ds.eval_starts(3), ds.eval_starts(3))
+
+
+def test_eval_windows_are_thinned_evenly_across_the_whole_split():
+    ds = CharDataset(make_text(), block_size=16)
+    every = ds.eval_starts().tolist()
+    for n in (2, 5, 7):
+        kept = ds.eval_starts(n).tolist()
+        assert len(kept) == n and kept[0] == every[0] and kept[-1] == every[-1]  # from the first window to the last
+        gaps = [(b - a) // 16 for a, b in zip(kept, kept[1:])]  # in windows
+        even = (len(every) - 1) / (n - 1)
+        assert all(math.floor(even) <= g <= math.ceil(even) for g in gaps), gaps
+    assert ds.eval_starts(len(every) + 5).tolist() == every  # fewer than asked for: all of them
 
 
 def test_markdown_to_plain():

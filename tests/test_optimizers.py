@@ -15,6 +15,7 @@ from gptkit.registry import registry
 from gptkit.training.checkpoint import load_checkpoint
 from gptkit.training.optim_setup import param_groups
 from gptkit.training.trainer import Trainer
+from conftest import trainer_for
 
 OPTIMIZERS = registry("optimizer").names()
 
@@ -48,6 +49,14 @@ def test_muon_takes_the_matrices_and_adamw_the_rest(write_recipe):
     matrices = next(g["params"] for g in param_groups(model, 0.1) if g["role"] == "matrix")
     assert {id(p) for g in muon.param_groups for p in g["params"]} == {id(p) for p in matrices}
     assert all(g["lr"] == 2e-3 for g in muon.param_groups) and all(g["lr"] == 1e-3 for g in adamw.param_groups)
+
+
+def test_each_step_gives_muons_matrices_their_lr_scale_times_the_scheduled_rate(write_recipe):
+    trainer, starts = trainer_for(write_recipe(), "train.optimizer={name: muon, lr_scale: 2.0}", "train.lr=1e-3")
+    trainer.train_step(starts, 0, 0.01)  # the schedule's rate for this step: not train.lr
+    muon, adamw = trainer.optimizer.optimizers["muon"], trainer.optimizer.optimizers["adamw"]
+    assert [g["lr"] for g in muon.param_groups] == [0.02] * len(muon.param_groups)
+    assert [g["lr"] for g in adamw.param_groups] == [0.01] * len(adamw.param_groups)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

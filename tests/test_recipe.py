@@ -150,6 +150,14 @@ def test_override_gives_a_default_component_parameters(write_recipe):
     assert r.train.schedule.name == "constant" and r.train.schedule.params.warmup_steps == 3
 
 
+@pytest.mark.parametrize("lr", [0, 0.0, -1e-3])
+def test_a_learning_rate_that_is_not_positive_is_refused(write_recipe, lr):
+    with pytest.raises(RecipeError, match=r"^\S+:\d+: train.lr: "):
+        load_recipe(write_recipe(train={"lr": lr}))
+    with pytest.raises(RecipeError, match=rf"^--set train.lr={lr}: train.lr: "):
+        load_recipe(write_recipe(), [f"train.lr={lr}"])
+
+
 def test_an_override_is_blamed_for_an_error_above_its_key(write_recipe):
     with pytest.raises(RecipeError, match=r"^--set train.lr.x=5: train.lr: Input should be a valid number"):
         load_recipe(write_recipe(), ["train.lr.x=5"])

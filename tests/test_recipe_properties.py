@@ -5,6 +5,7 @@ around a valid skeleton (every registered component, with random parameters) rea
 the model and train sections and of each component's parameters.
 """
 
+import os
 import re
 import string
 
@@ -97,9 +98,56 @@ def test_any_recipe_validates_or_names_the_key_at_fault(tmp_path, corpus, recipe
             assert re.match(rf"{at}(:\d+)?: (model|train)(\.\S+)?: \S", problem), problem
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(overrides=st.lists(st.text(alphabet=string.printable, max_size=30), max_size=3))
+# Overrides a recipe accepts (random text hardly ever is one), each of which must then be applied.
+VALID = {
+    "name": ["r2", "'2024'"], "seed": ["0", "-7"], "imports": ["[]"], "data.path": ["x.txt", "~/x.txt"],
+    "data.val_fraction": ["0", "0.5"], "data.max_lines": ["null", "64"], "data.corpus": ["shakespeare", "null"],
+    "data.stride": ["3"], "model.n_layer": ["1"], "model.n_embd": ["512"], "model.dropout": ["0.5"],
+    "model.tie_embeddings": ["false"], "model.attention": ["naive", "{name: flash, bias: true}"],
+    "model.positional": ["rope", "alibi", "{name: rope, base: 500}"], "model.positional.name": ["learned", "none"],
+    "model.positional.base": ["500"], "model.feedforward": ["mlp"], "model.feedforward.hidden": ["64"],
+    "model.norm": ["layernorm"], "model.norm.eps": ["1e-3"], "train.lr": ["0.5", "2"], "train.batch_size": ["4"],
+    "train.micro_batch_size": ["auto", "null", "2"], "train.grad_clip": ["null", "0.5"], "train.epochs": ["1"],
+    "train.optimizer": ["muon", "{name: muon, lr_scale: 2}"], "train.optimizer.beta2": ["0.99"],
+    "train.schedule": ["cosine", "{name: cosine, warmup_steps: 2}"], "train.schedule.warmup_steps": ["3"],
+    "train.device": ["cpu", "cuda:1"], "train.precision": ["fp32"], "train.compile": ["true", "max-autotune"],
+    "train.eval_every": ["null", "5"], "sample.prompt": ["'KING:'", "''"], "sample.top_k": ["null", "1"],
+    "sample.temperature": ["0.5"], "sample.tokens": ["0"]}
+valid = st.sampled_from([f"{key}={value}" for key, values in VALID.items() for value in values])
+PATHS = {("data", "path"), ("imports",)}  # made absolute, from the current directory
+MISSING = object()
+
+
+def holds(resolved, value) -> bool:
+    """Whether `resolved` (a part of Recipe.to_dict()) is what an override read as `value` set: a component
+    named by a string is that component, with its parameters; a mapping's keys hold their values."""
+    if isinstance(value, dict):
+        return isinstance(resolved, dict) and all(holds(resolved.get(k, MISSING), v) for k, v in value.items())
+    if isinstance(value, str) and isinstance(resolved, dict):
+        return resolved.get("name") == value
+    return resolved == value
+
+
+@settings(max_examples=85, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(overrides=st.lists(st.one_of(st.text(alphabet=string.printable, max_size=30), valid), max_size=3))
 def test_any_override_is_applied_or_a_clean_error(tmp_path, corpus, overrides):
     path = tmp_path / "r.yaml"
-    path.write_text(f"name: r\ndata: {{path: {corpus}}}\n", encoding="utf-8")
-    load_or_error(path, overrides)
+    path.write_text(f"name: r\ndata: {{path: {corpus}}}\nmodel: {{positional: {{name: rope, base: 500}}}}\n",
+                    encoding="utf-8")
+    try:
+        resolved = load_recipe(path, overrides).to_dict()
+    except UserError as e:
+        assert str(e)
+        return
+    keys = [tuple(o.partition("=")[0].strip().split(".")) for o in overrides]
+    for i, (override, key) in enumerate(zip(overrides, keys)):
+        if any(j != i and (k[: len(key)] == key or key[: len(k)] == k) for j, k in enumerate(keys)):
+            continue  # another override sets this key, or one above or below it
+        value = load(override.partition("=")[2], "override")[0]
+        if key in PATHS:
+            value = [os.path.abspath(os.path.expanduser(v)) for v in value] if isinstance(value, list) \
+                else os.path.abspath(os.path.expanduser(value))
+        at = resolved
+        for part in key:
+            at = at.get(part, MISSING) if isinstance(at, dict) else MISSING
+        assert holds(at, value), (override, at)

@@ -97,6 +97,14 @@ def test_a_tiny_temperature_samples_the_likeliest_token():
     assert next_token(logits, 1e-40, None, torch.Generator().manual_seed(0)).item() == 1
 
 
+def test_top_k_draws_only_from_the_k_likeliest_tokens():
+    from gptkit.sampling import next_token
+
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]]).expand(200, 4)  # 200 draws at once
+    drawn = {k: set(next_token(logits, 1.0, k, torch.Generator().manual_seed(0)).flatten().tolist()) for k in (1, 2)}
+    assert drawn == {1: {1}, 2: {1, 2}}
+
+
 def test_generate_continues_a_datasets_own_tokens_and_its_output_may_train():
     model = peaky_model()
     prompt = torch.tensor([[1, 2, 3]], dtype=torch.uint8)  # as a dataset holds them (int32 past 256 characters)

@@ -3,6 +3,7 @@ right after warm-up and ends exactly at min_factor on the last step. (Every regi
 are checked by the conformance checks.)"""
 
 import json
+import math
 
 import pytest
 import torch
@@ -85,3 +86,16 @@ def test_a_factor_of_any_real_number_type_is_taken_as_a_float(temporary_componen
     lrs = [json.loads(line).get("lr") for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {type(lr) for lr in lrs if lr is not None} == {float} and 0.001 in lrs
     torch.load(run / "checkpoint.pt", weights_only=True)  # no Fraction in the optimizer's state
+
+
+def test_each_step_trains_at_train_lr_times_its_schedule_factor(write_recipe, tmp_path):
+    from gptkit import load_recipe, train
+
+    schedule = {"name": "cosine", "warmup_steps": 3, "min_factor": 0.1}
+    path = write_recipe(train={"lr": 0.01, "max_steps": 6, "log_every": 1, "schedule": schedule})
+    result = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: r["lr"] for r in records if "lr" in r}  # steps are numbered from 1: step s is factor(s - 1)
+    warmup = [1 / 3, 2 / 3, 3 / 3]  # (k + 1) / warmup_steps
+    decay = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)) for p in (0, 1 / 2, 1)]  # over steps 3 to 5 = total - 1
+    assert lrs == pytest.approx({s: 0.01 * f for s, f in enumerate(warmup + decay, start=1)})

@@ -5,35 +5,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptkit.data.dataset import load_dataset
-from gptkit.model import build_model
 from gptkit.recipe import load_recipe
 from gptkit.training.speed import micro_batch_size
-from gptkit.training.trainer import Trainer
+from conftest import gradients_and_loss, trainer_for
 
 
-def trainer_for(path, *overrides):
-    recipe = load_recipe(path, ["train.grad_clip=null", *overrides])
-    dataset = load_dataset(recipe.data, recipe.model.block_size)
-    torch.manual_seed(0)
-    model = build_model(recipe.model, dataset.vocab_size)
-    return Trainer(recipe, model, dataset, torch.device("cpu"), quiet=True), dataset.epoch_starts(0, 0)
-
-
-def gradients_and_loss(trainer, starts):
-    """The loss of one step and the gradients the optimizer was about to apply."""
-    grads = []
-    trainer.optimizer.step = lambda: grads.extend(p.grad.clone() for p in trainer.model.parameters())
-    loss, _ = trainer.train_step(starts, 0, 1e-3)
-    return grads, loss
-
-
-@pytest.mark.parametrize("micro, rows", [(1, 1), (3, 2), (4, 4)])  # 3 is rounded down to a divisor of 8
-def test_micro_batches_give_the_whole_batchs_loss_and_gradients(write_recipe, micro, rows):
-    path = write_recipe(train={"batch_size": 8})
+@pytest.mark.parametrize("batch, micro, rows", [(8, 1, 1), (8, 3, 2), (8, 4, 4),  # 3 is rounded down to a divisor of 8
+                                                (7, 5, 5)])  # uneven: 5 rows, then 2, weighted by their rows
+def test_micro_batches_give_the_whole_batchs_loss_and_gradients(write_recipe, batch, micro, rows):
+    path = write_recipe(train={"batch_size": batch})
     whole, starts = trainer_for(path, "train.micro_batch_size=null")
     split, _ = trainer_for(path, f"train.micro_batch_size={micro}")
-    assert split.micro_batch == rows and whole.micro_batch == 8
+    assert split.micro_batch == rows and whole.micro_batch == batch
     g_whole, loss_whole = gradients_and_loss(whole, starts)
     g_split, loss_split = gradients_and_loss(split, starts)
     assert float(loss_split) == pytest.approx(float(loss_whole), rel=1e-5)

@@ -12,6 +12,7 @@ import yaml
 from gptkit import load_recipe, train, train_model
 from gptkit.registry import registry
 from gptkit.training.checkpoint import load_model
+from conftest import trainer_for
 
 
 def only_run(runs):
@@ -61,6 +62,14 @@ def test_the_epoch_line_says_when_max_steps_cut_the_epoch_short(cli, tmp_path, w
                "--runs-dir", tmp_path / "full")
     assert full.exit_code == 0, full.output
     assert re.search(r"^Epoch 1/1 done in [\d.]+ s$", full.output, re.M) and "stopped at" not in full.output
+
+
+def test_the_opening_lines_say_when_data_max_lines_cuts_the_text(cli, tmp_path, write_recipe, corpus):
+    """A file of one's own under a recipe with max_lines (the Shakespeare ones) trains on its first lines
+    only: said where the run describes its data, not only in errors."""
+    result = cli("run", write_recipe(data={"path": str(corpus), "max_lines": 300}, train={"max_steps": 1}))
+    assert result.exit_code == 0, result.output
+    assert f"validation tokens of data.path {corpus} (its first 300 lines, data.max_lines)\n" in result.output
 
 
 def test_sample_command(cli, tmp_path, write_recipe):
@@ -225,3 +234,43 @@ def test_a_warm_up_longer_than_the_run_is_warned_of(cli, tmp_path, write_recipe)
     assert result.exit_code == 0 and result.stderr.startswith(
         "warning: train.schedule (cosine) never decays to its min_factor (0.1) in 6 steps: its warmup_steps (5) "
         "leave no step to decay over\n"), result.output
+
+
+def test_gradients_are_clipped_to_train_grad_clip_and_no_further(write_recipe):
+    path = write_recipe()
+
+    def step(grad_clip):
+        """The gradients the optimizer was given, flat, and the norm the step recorded."""
+        trainer, starts = trainer_for(path, f"train.grad_clip={grad_clip}")
+        with torch.no_grad():
+            trainer.model.lm_head.weight.mul_(10)  # sharper logits: a gradient norm well above 1
+        grads = []
+        trainer.optimizer.step = lambda: grads.extend(p.grad.flatten().clone() for p in trainer.model.parameters())
+        _, norm = trainer.train_step(starts, 0, 1e-3)
+        return torch.cat(grads), float(norm)
+
+    free, norm = step("null")
+    assert norm == pytest.approx(float(free.norm()), rel=1e-5) and norm > 1.5
+    clipped, recorded = step(0.5)
+    assert recorded == pytest.approx(norm, rel=1e-5)  # the norm before clipping
+    assert float(clipped.norm()) <= 0.5 + 1e-5
+    torch.testing.assert_close(clipped, free * 0.5 / norm)  # scaled as a whole, its direction kept
+    loose, _ = step(norm + 1)
+    assert torch.equal(loose, free)
+
+
+def test_validation_loss_is_the_mean_over_every_window_however_the_batches_fall(write_recipe):
+    trainer, _ = trainer_for(write_recipe(train={"batch_size": 7}))
+    windows = trainer.dataset.eval_starts()
+    assert len(trainer.eval_starts) == len(windows) and len(windows) % 7  # a last batch of fewer rows
+    with torch.no_grad():
+        _, expected = trainer.model.eval()(*trainer.dataset.batch(windows, split="val"))  # all at once
+    assert trainer.evaluate() == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_what_happens_during_a_validation_is_placed_at_its_step_not_the_next(write_recipe):
+    trainer, _ = trainer_for(write_recipe())
+    trainer.state.step = 20
+    assert trainer.where() == "at step 21"  # in training: the step being taken
+    trainer.state.eval_pending = True
+    assert trainer.where() == "in the validation at step 20"
