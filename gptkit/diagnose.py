@@ -49,14 +49,13 @@ def _check_shapes(gpt: GPT, model) -> None:
     t = gpt.transformer
     specs = component_specs(gpt, model)
 
-    def same_as_input(module, args, output):
-        x = args[0]
+    def same_as_input(module, x, output):
         if not (isinstance(output, torch.Tensor) and output.shape == x.shape and output.dtype == x.dtype):
             raise specs[module].error(f"its forward returned {_what(output)} for an input of {tuple(x.shape)} {x.dtype}; it "
                                       "must return a tensor of its input's shape and dtype")
 
-    def embedded(module, args):  # `t.drop` receives what the positional module's embed(x, start) returned
-        x, (B, T) = args[0], idx.shape
+    def embedded(x):
+        B, T = idx.shape
         if not (isinstance(x, torch.Tensor) and x.shape == (B, T, gpt.config.n_embd) and x.dtype == t.wte.weight.dtype):
             raise model.positional.error(f"its embed(x, start) returned {_what(x)}; it must return a tensor of x's shape "
                                          f"and dtype, {(B, T, gpt.config.n_embd)} {t.wte.weight.dtype}")
@@ -64,10 +63,9 @@ def _check_shapes(gpt: GPT, model) -> None:
     # Two sequences, not one: a component that reduces over the batch (x.mean(0, keepdim=True)) returns
     # another shape then, instead of passing and mixing the samples through a broadcast residual.
     idx = torch.zeros(2, min(2, gpt.config.block_size), dtype=torch.long, device=gpt.lm_head.weight.device)
-    hooks = [t.drop.register_forward_pre_hook(embedded)]
-    hooks += [module.register_forward_hook(same_as_input) for module in specs if module is not t.pos]
     try:
-        gpt(idx)
+        with watching(gpt, specs, embedded, same_as_input):
+            gpt(idx)
     except UserError:
         raise
     except Exception as e:
@@ -75,6 +73,18 @@ def _check_shapes(gpt: GPT, model) -> None:
         if module is None:
             raise
         raise (_fed_error(module, specs, "", e) or specs[module].error(f"its {method}() raised", e)) from e
+
+
+@contextlib.contextmanager
+def watching(gpt: GPT, specs: dict, embedded: Callable, returned: Callable):
+    """Within it, a forward pass of `gpt` hands what the positional's embed(x, start) returned (what
+    `t.drop` receives) to `embedded(x)`, and each other component of `specs` its input and output to
+    `returned(module, x, output)`."""
+    t = gpt.transformer
+    hooks = [t.drop.register_forward_pre_hook(lambda m, args: embedded(args[0]))]
+    hooks += [m.register_forward_hook(lambda m, args, out: returned(m, args[0], out)) for m in specs if m is not t.pos]
+    try:
+        yield
     finally:
         for hook in hooks:
             hook.remove()
@@ -160,15 +170,10 @@ def _noise_warning(gpt: GPT, model, specs: dict, idx: torch.Tensor) -> str | Non
 def _outputs(gpt: GPT, specs: dict, idx: torch.Tensor) -> list[tuple[nn.Module | None, torch.Tensor]]:
     """(component module, a copy of its output) for each component call of a forward pass over `idx`, in
     order, the positional's being its embed's (what `t.drop` receives); last (None, the logits)."""
-    t, seen = gpt.transformer, []
-    hooks = [t.drop.register_forward_pre_hook(lambda m, args: seen.append((t.pos, args[0].clone())))]
-    hooks += [m.register_forward_hook(lambda m, args, out: seen.append((m, out.clone()))) for m in specs if m is not t.pos]
-    try:
-        with blaming(specs, f"for {idx.size(1)} tokens"):
-            seen.append((None, gpt(idx)[0]))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    seen = []
+    with watching(gpt, specs, lambda x: seen.append((gpt.transformer.pos, x.clone())),
+                  lambda m, x, out: seen.append((m, out.clone()))), blaming(specs, f"for {idx.size(1)} tokens"):
+        seen.append((None, gpt(idx)[0]))
     return seen
 
 

@@ -4,6 +4,7 @@ a ~ to expand, a file that is missing."""
 import errno
 import json
 import os
+import shlex
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +75,11 @@ def missing(path: Path) -> str:
     if path.is_symlink():
         return f"is a symbolic link to {os.readlink(path)}, which does not exist"
     return "not found"
+
+
+def quote(path: str | os.PathLike) -> str:
+    """`path` as a command printed to be pasted into a shell must hold it: 'runs/my run' quoted."""
+    return shlex.quote(str(path))
 
 
 def expand_home(path: str | os.PathLike) -> Path:

@@ -111,25 +111,28 @@ _code: dict[str, str | None] = {}  # a top-level package's (or module's) name ->
 
 
 def code_sha256(obj) -> str | None:
-    """The SHA-256 of the source of the package that defines `obj`: every .py file under its top-level
-    package's folder, in path order (or the one file of a top-level module). How a run records which
-    code of a plugin it trained: an editable install (pip install -e) changes it without a new
-    version. Read once per package per process; None for code with no source files."""
-    top = (getattr(obj, "__module__", None) or "").partition(".")[0]
+    """The SHA-256 of the source of the package that defines `obj`: every .py file under the folder of its
+    outermost regular package (a namespace package above it holds other distributions too), in path
+    order, or the one file of a top-level module. How a run records which code of a plugin it trained:
+    an editable install (pip install -e) changes it without a new version (compiled extensions are not
+    read). Read once per package per process; None for code with no source files."""
+    parts = (getattr(obj, "__module__", None) or "").split(".")
+    names = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    top = next((n for n in names if getattr(sys.modules.get(n), "__file__", None)), names[-1])
     if top not in _code:
         _code[top] = _tree_sha256(sys.modules.get(top))
     return _code[top]
 
 
 def _tree_sha256(module) -> str | None:
-    folders = [Path(p) for p in getattr(module, "__path__", None) or ()]  # a package (a namespace one has several)
+    folders = [Path(p) for p in getattr(module, "__path__", None) or ()]  # a package's
     file = getattr(module, "__file__", None) or ""
-    if folders:
-        files = [(f.relative_to(d), f) for d in folders for f in sorted(d.rglob("*.py"))]
-    elif file.endswith(".py"):
-        files = [(Path(Path(file).name), Path(file))]
-    else:
-        return None
+    if not folders:  # a module of one file: hashed as a local file is
+        try:
+            return file_sha256(file) if file.endswith(".py") else None
+        except OSError:
+            return None
+    files = [(f.relative_to(d), f) for d in folders for f in sorted(d.rglob("*.py"))]
     h = hashlib.sha256()
     try:
         for name, path in files:  # each file's name too: a file renamed or moved is other code

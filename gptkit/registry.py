@@ -103,9 +103,10 @@ _listing = False  # see `clashes_listed`
 
 @contextlib.contextmanager
 def clashes_listed():
-    """Within it (`gptkit list` and `show` importing local files), a name registered twice raises nothing:
-    it becomes a broken entry naming both (as a plugin's clash with a built-in is), so that a file's
-    every clash is listed and its other components still register. Elsewhere it stays an error."""
+    """Within it (`gptkit list` and `show`, for as long as they run), a name registered twice raises
+    nothing: the name reads as a broken entry naming both (as a plugin's clash with a built-in does), so
+    that a file's every clash is listed and its other components still register. Outside it, the name
+    is its first entry's still; registering it again there is an error."""
     global _listing
     _listing, before = True, _listing
     try:
@@ -154,6 +155,7 @@ class Registry:
     description: str = ""
     _entries: dict[str, Entry] = field(default_factory=dict, repr=False)  # registered in this process
     _loaded: dict[str, Entry] = field(default_factory=dict, repr=False)  # plugins imported, or broken
+    _clashes: dict[str, Entry] = field(default_factory=dict, repr=False)  # see `clashes_listed`
 
     def register(self, name: str, obj: Any = None, *, source: str | None = None):
         """Register `obj` under `name`; as a decorator, with the name alone: `@attention.register("flash")`."""
@@ -173,8 +175,6 @@ class Registry:
             new = Entry(self.kind, name, obj, came_from, sha256=_file_sha256(came_from))
             if name in self._entries:
                 old = self._entries[name]
-                if old.error:  # a clash listed already (see `clashes_listed`)
-                    return obj
                 same_class = old.obj.__qualname__ == obj.__qualname__
                 module = getattr(obj, "__module__", None)
                 renamed_in_session = module == "__main__" and _interactive()
@@ -190,7 +190,7 @@ class Registry:
                          + (f"Rename the one in {new.source}." if old.source == "built-in" else "Rename one of them."))
                 if not _listing:
                     raise RegistryError(error)
-                self._entries[name] = Entry(self.kind, name, source=f"{old.source} and {new.source}", error=error)
+                self._clashes[name] = Entry(self.kind, name, source=f"{old.source} and {new.source}", error=error)
                 return obj
             self._entries[name] = new
             return obj
@@ -218,6 +218,8 @@ class Registry:
     def entry(self, name: str) -> Entry:
         """The entry for `name`, importing its plugin on first use. Never raises for a name that
         exists: a broken plugin or a clash comes back with `error` set."""
+        if _listing and name in self._clashes:
+            return self._clashes[name]
         claims = plugins.declared(self.kind).get(name, [])
         local = self._entries.get(name)
         if local and any(self._declares(p, local.obj) for p in claims):

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from gptkit.ablation import report
-from gptkit.ablation.spec import Ablation, canonical, load_ablation, plan, split_values
+from gptkit.ablation.spec import Ablation, canonical, load_ablation, plan
+from gptkit.recipe.vary import split_values
 from gptkit.errors import Interrupted
 from conftest import breaks_after
 

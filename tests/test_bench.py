@@ -99,7 +99,7 @@ def test_vary_makes_every_combination_with_the_first_values_as_baseline():
 
 
 def test_vary_is_split_as_ablate_splits_it(cli, write_recipe):
-    from gptkit.ablation.spec import parse_vary as ablate_parse_vary
+    from gptkit.recipe.vary import parse_vary as ablate_parse_vary
 
     texts = ['sample.prompt="a,b",c', "model.positional={name: rope, base: 500},'x,y'", "train.lr=1e-3, 2e-3"]
     assert parse_vary(texts)[0] == ("sample.prompt", ['"a,b"', "c"])

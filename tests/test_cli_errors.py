@@ -527,5 +527,6 @@ def test_a_usage_error_under_torchrun_is_said_once_per_machine(cli, monkeypatch,
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert "No such option '--bogus'" in cli("run", write_recipe(), "--bogus").output
     monkeypatch.setenv("LOCAL_RANK", "1")
-    result = cli("run", write_recipe(), "--bogus")
-    assert result.exit_code == 2 and result.output == ""
+    for args in (["run", write_recipe(), "--bogus"], ["--bogus", "run", write_recipe()]):  # a command's, gptkit's
+        result = cli(*args)
+        assert result.exit_code == 2 and result.output == "", result.output

@@ -452,8 +452,7 @@ def code_hash(module: str) -> str:
     import hashlib
     import importlib.util
 
-    data = Path(importlib.util.find_spec(module).origin).read_bytes()
-    return hashlib.sha256(f"{module}.py\0{len(data)}\0".encode() + data).hexdigest()[:12]
+    return hashlib.sha256(Path(importlib.util.find_spec(module).origin).read_bytes()).hexdigest()[:12]  # as a local file
 
 
 def upgrade(install, tmp_path, module, version):
@@ -500,6 +499,23 @@ def test_a_plugins_record_holds_a_hash_of_its_whole_package(install, tmp_path):
     assert registry("norm").entry("pkgnorm").origin != first
     sys.modules.pop("acme_pkg.norm", None)
     sys.modules.pop("acme_pkg", None)
+
+
+def test_a_plugin_in_a_namespace_package_is_hashed_without_its_neighbours(install, tmp_path):
+    """acme.norms and acme.other are two distributions under one namespace: editing one is not the other's
+    change."""
+    install("acme-norms", "1.0", {"gptkit.norm": {"nsnorm": "acme.norms:UnitNorm"}})
+    namespace = tmp_path / "site" / "acme"  # no __init__.py: a namespace package
+    (namespace / "norms").mkdir(parents=True)
+    (namespace / "norms" / "__init__.py").write_text(textwrap.dedent(NORM))
+    (namespace / "other").mkdir()
+    (namespace / "other" / "__init__.py").write_text("X = 1\n")
+    first = registry("norm").entry("nsnorm").origin
+    (namespace / "other" / "__init__.py").write_text("X = 2\n")
+    forget_plugins()
+    assert registry("norm").entry("nsnorm").origin == first
+    for name in ("acme.norms", "acme"):
+        sys.modules.pop(name, None)
 
 
 def test_resuming_after_a_plugins_code_changed_warns(install, write_recipe, cli, tmp_path):
@@ -706,6 +722,10 @@ def test_a_local_files_clashes_are_listed_as_broken_and_refused_where_used(cli, 
     assert cli("show", "norm", "fine_norm", "--import", path).exit_code == 0
     shown = cli("show", "attention", "flash", "--import", path)
     assert shown.exit_code == 2 and shown.output.startswith("error: attention 'flash' is registered twice"), shown.output
+    from gptkit.components.norm import LayerNorm  # listing leaves the built-in what the name gives elsewhere
+    from gptkit.registry import registry
+
+    assert registry("norm").get("layernorm") is LayerNorm
 
 
 def test_the_shipped_extras_recipe_trains(cli, tmp_path, corpus):

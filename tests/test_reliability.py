@@ -22,8 +22,8 @@ import yaml
 from gptkit import load_recipe, train
 from gptkit.errors import CheckpointError, Diverged, Interrupted, UserError
 from gptkit.registry import registry
-from gptkit.ablation.runs import val_curve
 from gptkit.training.checkpoint import load_checkpoint
+from gptkit.training.folder import val_curve
 from gptkit.training.resume import recipe_diff
 from gptkit.training.trainer import Trainer
 from conftest import breaks_after, make_text, stop_at, tiny_recipe
@@ -256,6 +256,29 @@ def test_a_new_budget_that_stretches_the_schedule_is_warned_of(tmp_path, write_r
     assert ("warning: train.schedule" in result.output) == bool(warned), result.output
     if warned:
         assert f"warning: train.schedule (cosine) is now {warned}\n" in result.output
+
+
+def test_a_longer_budget_is_compared_with_the_steps_the_old_schedule_covers(tmp_path, write_recipe, cli,
+                                                                          temporary_component):
+    """A finished run's next step is past its old schedule's last: a schedule that only answers for its own
+    steps (a table) is not asked for it, and is not called broken for a comparison."""
+    from gptkit.components.schedule import Cosine
+
+    class Table(Cosine):
+        def __init__(self, params, total_steps):
+            super().__init__(params, total_steps)
+            self.table = [super(Table, self).factor(k) for k in range(total_steps)]
+
+        def factor(self, step):
+            return self.table[step]
+
+    temporary_component("schedule", "table", Table)
+    path = write_recipe(train={"max_steps": 4, "lr": 0.002, "schedule": {"name": "table", "warmup_steps": 0}})
+    run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    result = cli("run", "--resume", run, "--set", "train.max_steps=8", "-q")
+    assert result.exit_code == 0, result.output
+    assert "warning: train.schedule (table) is now stretched over 8 steps instead of the 4 this run trained toward: " \
+           "the learning rate goes from 0.0002 at step 4 to 0.0009 at step 5" in result.output, result.output
 
 
 def test_a_run_resumed_with_a_budget_at_its_stop_ends_with_that_steps_evaluation(tmp_path, write_recipe,

@@ -15,8 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..io import write_text
+from ..training.folder import diverged, failed, finished
 from ..training.progress import fmt_duration
-from .runs import diverged, failed, finished
 from .spec import Arm, unequal_terms
 
 # A validation loss is a float32 model's mean: seeds that all differ from the baseline by the same few

@@ -9,7 +9,6 @@ seeds later reuses the finished ones.
 
 import contextlib
 import re
-import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,16 +16,18 @@ from pathlib import Path
 from ..data.dataset import CharDataset, load_dataset
 from ..device import keep_random_state, resolve_device
 from ..errors import ComponentError, Diverged, UserError, failure_reason
-from ..io import cannot_make_folder, write_text
+from ..io import cannot_make_folder, quote, write_text
 from ..recipe import Recipe, apply_override, flatten, yaml
 from ..training import train
 from ..training.build import build_checked
+from ..training.checkpoint import plugin_changes
+from ..training.folder import (diverged, ended_summary, failed, finished, read_summary, run_recipe, trained_text,
+                               trained_with, val_curve)
 from ..training.progress import fmt_duration
-from ..training.resume import MAY_CHANGE, differing, is_locked, plugin_changes, run_recipe, trained_with
+from ..training.resume import MAY_CHANGE, differing, is_locked
 from ..training.trainer import schedule_warning, total_steps
 from .plot import plot_curves
 from .report import RunRow, arm_stats, first_line, markdown, write_csv
-from .runs import diverged, ended_summary, failed, finished, read_summary, trained_text, val_curve
 from .spec import Arm, Plan, unfair_field, yaml_text
 
 # What an ended run may differ in from its arm and still be reused: what --resume lets change, except
@@ -288,7 +289,7 @@ def check_runs(plan: Plan, folder: Path, texts: dict[str, str]) -> None:
     if refused:
         lines = [f"  {e.run_dir.relative_to(folder)} {e.problem}" for e in refused[:SHOWN]]
         more = [f"  and {len(refused) - SHOWN} more"] if len(refused) > SHOWN else []
-        paths = " ".join(shlex.quote(str(e.run_dir)) for e in refused)
+        paths = " ".join(quote(e.run_dir) for e in refused)
         raise UserError("\n".join([f"{len(refused)} runs in {folder} cannot be reused or resumed as they are:",
                                    *lines, *more, f"Delete them to train them again (rm -r {paths}), or pass --out "
                                    "with a new folder"]))
@@ -454,8 +455,8 @@ def manifest(plan: Plan, folder: Path, seeds: list[int]) -> str:
         "allow_unfair": a.allow_unfair,
     }
     arms = "".join(f"#   {arm.slug}/  {arm.title}\n" for arm in plan.arms)
-    return (f"# Resume, or add seeds: gptkit ablate {shlex.quote(str(folder.resolve() / 'ablation.yaml'))} "
-            f"--out {shlex.quote(str(folder.resolve()))}\n"
+    return (f"# Resume, or add seeds: gptkit ablate {quote(folder.resolve() / 'ablation.yaml')} "
+            f"--out {quote(folder.resolve())}\n"
             f"# Arms (folder, label):\n{arms}" + "".join(f"{key}: {yaml_text(value)}\n" for key, value in data.items()))
 
 

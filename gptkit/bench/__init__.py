@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from ..ablation import spec
 from ..device import resolve_device, use_bf16
 from ..data.dataset import load_dataset
 from ..errors import Interrupted, RunStopped, UserError
 from ..recipe import load_recipe, yaml
+from ..recipe.vary import parse_vary as parse_vary_flags
 from ..training.run import check_fits
 from . import worker
 from .peak import matmul_peak
@@ -62,7 +62,7 @@ class Variant:
 def parse_vary(texts: list[str]) -> list[tuple[str, list[str]]]:
     """["model.attention=flash,naive"] -> [("model.attention", ["flash", "naive"])], split as ablate splits
     them: --vary 'model.positional={name: rope, base: 500},sinusoidal' --vary 'sample.prompt="a,b",c'."""
-    axes = list(spec.parse_vary(texts, "KEY=VALUE1,VALUE2,..., e.g. --vary model.attention=flash,naive").items())
+    axes = list(parse_vary_flags(texts, "KEY=VALUE1,VALUE2,..., e.g. --vary model.attention=flash,naive").items())
     for key, values in axes:
         for value in values:  # here, or a syntax error would be reported as the --set it becomes
             yaml.load(value, f"--vary {key}={value}")

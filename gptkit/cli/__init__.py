@@ -3,7 +3,6 @@
 import contextlib
 import io
 import os
-import shlex
 import sys
 from collections.abc import Iterator
 from importlib import metadata
@@ -13,7 +12,7 @@ import click
 
 from .. import plugins
 from ..errors import RunStopped, UserError
-from ..io import expand_home
+from ..io import expand_home, quote
 
 
 class Group(click.Group):
@@ -25,13 +24,17 @@ class Group(click.Group):
         with reader_may_go():
             return super().main(*args, **kwargs)
 
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.ClickException as e:  # in gptkit's own options: `gptkit --bogus run`
+            raise said_once(e) from None
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except click.ClickException as e:  # click's own usage errors (an unknown option): once per machine too
-            if not first_on_machine():
-                ctx.exit(e.exit_code)
-            raise
+        except click.ClickException as e:  # in a command's options (an unknown one, a missing argument)
+            raise said_once(e) from None
         except UserError as e:
             if e.every_rank:  # met by this process alone (its GPU's memory): the others cannot say it
                 rank = os.environ.get("RANK")
@@ -57,6 +60,17 @@ class Group(click.Group):
             ctx.exit(130)
 
 
+def said_once(e: click.ClickException) -> Exception:
+    """click's usage error `e`, to raise: said by the first process of a machine only (under torchrun every
+    process meets the same command line), the others ending with its exit code in silence."""
+    return e if first_on_machine() else click.exceptions.Exit(e.exit_code)
+
+
+def under_torchrun() -> bool:
+    """Whether this process is one of several of a torchrun job."""
+    return os.environ.get("WORLD_SIZE", "").strip() not in ("", "0", "1")
+
+
 def folder_option(ctx, param, value):
     """A folder option (--runs-dir, --out) with ~ expanded, as data.path's is (quoted, the shell leaves it
     to us); an empty one, which would scatter folders in the current folder, is refused."""
@@ -69,11 +83,6 @@ def folder_option(ctx, param, value):
         return str(expand_home(value))
     except ValueError as e:
         raise UserError(f"{name} {value}: {e}") from None
-
-
-def quote(path) -> str:
-    """`path` as a printed command must hold it to be pasted into a shell: 'runs/my run' quoted."""
-    return shlex.quote(str(path))
 
 
 def first_on_machine() -> bool:
@@ -173,7 +182,7 @@ def main(no_plugins):
     if no_plugins:
         plugins.switch_off()
     command = click.get_current_context().invoked_subcommand
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and command not in (None, "run"):  # each process would do it all
+    if under_torchrun() and command not in (None, "run"):  # each process would do it all, at once
         raise UserError(f"gptkit {command} runs in one process; run it without torchrun (`gptkit run` alone trains "
                         "on several: torchrun ... -m gptkit run RECIPE)")
 

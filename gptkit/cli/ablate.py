@@ -5,10 +5,11 @@ import click
 from ..ablation.plot import HINT
 from ..ablation.runner import (ablation_dir, check_arms, check_can_make, check_folder, check_no_strays, datasets,
                                describe, failures, plot, run_ablation, write_reports)
-from ..ablation.spec import Ablation, check_name, load_ablation, parse_seeds, parse_vary, plan
+from ..ablation.spec import Ablation, check_name, load_ablation, parse_seeds, plan
 from ..errors import RunStopped, UserError
 from ..io import read_text
 from ..recipe import yaml
+from ..recipe.vary import parse_vary
 from . import folder_option, main, overrides_option
 
 

@@ -7,13 +7,13 @@ import click
 from ..ablation import plot
 from ..ablation.plot import HINT, plot_curves
 from ..ablation.report import table
-from ..ablation.runs import diverged, read_summary, trained_text, val_curve
 from ..errors import UserError
-from ..io import cannot_make_folder
+from ..io import cannot_make_folder, quote
 from ..recipe import flatten
+from ..training.folder import diverged, read_summary, run_recipe, trained_text, val_curve
 from ..training.progress import fmt_duration
-from ..training.resume import is_locked, run_recipe
-from . import main, quote
+from ..training.resume import is_locked
+from . import main
 
 FIGURES = {
     "status": str,

@@ -64,8 +64,8 @@ class Listing(click.Command):
     which need the components, refuse it."""
 
     def parse_args(self, ctx, args):
-        with clashes_listed():  # --import's files run while the options are parsed
-            return super().parse_args(ctx, args)
+        ctx.with_resource(clashes_listed())  # from --import, which runs its files while parsing, to the end
+        return super().parse_args(ctx, args)
 
 
 @main.command("list", cls=Listing)

@@ -3,11 +3,12 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from ..io import quote
 from ..recipe import load_recipe
 from ..training import train
 from ..training.resume import check_run_dir, not_a_run, with_plugin_hint
 from ..training.progress import fmt_duration
-from . import first_on_machine, folder_option, main, overrides_option, quote
+from . import first_on_machine, folder_option, main, overrides_option
 
 
 @main.command()

@@ -1,9 +1,8 @@
 import click
 
-from ..data.dataset import corpus_text, dataset_of
 from ..device import resolve_device
 from ..recipe import load_recipe, yaml
-from ..training.run import check_data, check_fits
+from ..training.run import check_data
 from . import main, overrides_option
 
 
@@ -22,12 +21,8 @@ def validate(recipe, overrides):
     """
     resolved = load_recipe(recipe, overrides)
     resolve_device(resolved.train.device)
-    if check_data(resolved) is None:
+    if check_data(resolved):
         data = resolved.data
-        # What the first run would meet making it (a package the corpus needs, say), met now.
-        dataset = dataset_of(corpus_text(data.corpus), data, resolved.model.block_size,
-                             f"the '{data.corpus.name}' corpus")
-        check_fits(resolved, dataset, resolved.sample.prompt)
         click.echo(f"note: data.path {data.path} does not exist yet: the '{data.corpus.name}' corpus will "
                    "create it on the first run (its text is checked here, in memory)", err=True)
     click.echo(yaml.dump(resolved.to_dict()), nl=False)  # validates again: a recipe named 1e5 stays a string

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shlex
 from collections.abc import Mapping, Sequence
 import typing
 from pathlib import Path
@@ -13,7 +12,7 @@ from pydantic.fields import FieldInfo
 
 from .. import plugins
 from ..errors import UserError
-from ..io import expand_home, read_text
+from ..io import expand_home, quote, read_text
 from . import yaml
 from .components import ComponentSpec, loading_model_only
 from .errors import NotAString, causes, describe_errors, string_hint
@@ -49,9 +48,9 @@ def _refuse_ablation_file(path: Path, data: dict) -> None:
         return
     if "recipe" in data:
         raise RecipeError(f"{path} looks like an ablation file (it has `recipe:`), not a recipe; "
-                          f"run it with: gptkit ablate {shlex.quote(str(path))}")
+                          f"run it with: gptkit ablate {quote(path)}")
     raise RecipeError(f"{path} looks like an ablation file (it has `vary:`) but lacks `recipe:`, the base recipe "
-                      f"to vary; add `recipe: PATH` and run it with: gptkit ablate {shlex.quote(str(path))}")
+                      f"to vary; add `recipe: PATH` and run it with: gptkit ablate {quote(path)}")
 
 
 def apply_overrides(data: dict, overrides: Sequence[str] | None, origins: Mapping[str, str] | None = None

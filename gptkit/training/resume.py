@@ -3,9 +3,7 @@
 import contextlib
 import copy
 import fnmatch
-import json
 import re
-import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,9 +13,10 @@ except ImportError:  # Windows
     fcntl = None
 
 from ..errors import UserError
-from ..io import read_text, write_text
-from ..recipe import Recipe, flatten, yaml
-from .checkpoint import load_checkpoint, missing_plugins, peek, plugin_changes
+from ..io import quote, write_text
+from ..recipe import Recipe, flatten
+from .checkpoint import load_checkpoint, missing_plugins, plugin_changes
+from .folder import metric_records, resumable, run_recipe, stopped_for_good, summary_of, trained_with
 
 # Keys that may change between a run and its resumption without making it a different run (the text
 # itself is checked by its SHA-256, wherever it lives and however it was made; compiling and
@@ -79,18 +78,6 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset, wa
         warn(f"warning: {change}; resuming {run_dir} with it")
 
 
-def trained_with(run_dir: Path) -> dict:
-    """The run's plugins record (see `plugin_changes`): its checkpoint's, or, without a readable one, its
-    summary.json's; {} if neither has one."""
-    try:
-        used = peek(run_dir / "checkpoint.pt", "plugins")
-    except UserError:  # none yet, or damaged: the summary, written at the start, records the same
-        used = None
-    if not isinstance(used, dict):
-        used = summary_of(run_dir).get("plugins")
-    return used if isinstance(used, dict) else {}
-
-
 def with_plugin_hint(e: UserError, run_dir: Path) -> UserError:
     """`e`, met reading the recipe of the run `run_dir` to resume it, with the hint `load_model` gives when
     a component the run was trained with is no longer known here (a plugin uninstalled, or turned off)."""
@@ -100,25 +87,6 @@ def with_plugin_hint(e: UserError, run_dir: Path) -> UserError:
     hinted = copy.copy(e)  # of its own class: its exit code, and what catches it, stay
     hinted.args = (f"{e}{hint}",)
     return hinted
-
-
-def run_recipe(run_dir: Path) -> dict:
-    path = run_dir / "recipe.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir}: {'no such folder' if not run_dir.exists() else 'not a run folder (it has no recipe.yaml)'}")
-    try:  # read as recipes are (YAML 1.2's 1e-3 and no), or an edited file would differ from itself
-        recipe, _ = yaml.load(read_text(path, "run recipe"), str(path))
-    except yaml.YAMLError:
-        problem = "it is not valid YAML"
-    else:
-        problem = None if isinstance(recipe, dict) else "it holds no mapping of recipe fields"
-    if problem:
-        raise damaged(path, problem)
-    return recipe
-
-
-def damaged(path: Path, problem: str) -> UserError:
-    return UserError(f"{path} is damaged ({problem}); restore it, or leave that run out")
 
 
 def check_restartable(run_dir: Path, recipe: Recipe) -> None:
@@ -138,17 +106,6 @@ def refuse_if_stopped_for_good(run_dir: Path) -> None:
     summary = summary_of(run_dir)
     if stopped_for_good(summary):
         raise UserError(f"cannot resume {run_dir}: {summary.get('reason')}\nStart a new run without --resume.")
-
-
-def stopped_for_good(summary: dict) -> bool:
-    """Failed in a way that resuming would repeat: diverged."""
-    return summary.get("status") == "failed" and not resumable(summary)
-
-
-def resumable(summary: dict) -> bool:
-    """Whether the run whose summary.json this is can go on: not finished, not diverged. A missing or
-    damaged summary.json ({}) does not stop a run that has a checkpoint."""
-    return bool(summary.get("resumable", True))
 
 
 def refuse_changes(run_dir: Path, changes: list[str]) -> None:
@@ -220,7 +177,7 @@ def checkpoint_to_resume(run: Path, recipe: Recipe, dataset) -> tuple[dict | Non
     keys = [what for what in changes if what not in ("vocabulary", "text")]
     differs, text = f"its recipe differs ({', '.join(keys)})", f"it was trained on another text than {recipe.data.path}"
     if keys and keys == changes:  # the run's own recipe.yaml would go on with it
-        return None, f"{differs}; to go on with its own recipe: gptkit run --resume {shlex.quote(str(run))}"
+        return None, f"{differs}; to go on with its own recipe: gptkit run --resume {quote(run)}"
     if changes:
         return None, (f"{differs} and {text}" if keys else text)
     return checkpoint, ""
@@ -265,31 +222,6 @@ def is_locked(run_dir: Path) -> bool:
     except OSError:  # no lock file: never trained by this version, or not ours to read
         return False
     return False
-
-
-def summary_of(run: Path) -> dict:
-    """The run's summary.json; empty if it is missing or partial."""
-    try:
-        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
-
-
-def metric_records(path: Path):
-    """(line, record) for each record of a metrics.jsonl, up to the first that is not one: a line cut
-    short by a kill, or damage (bytes that are not UTF-8 JSON, a record without an integer step)."""
-    if not path.is_file():
-        return
-    for raw in path.read_bytes().splitlines(keepends=True):
-        try:
-            line = raw.decode("utf-8")
-            record = json.loads(line)
-        except (ValueError, RecursionError):  # UnicodeDecodeError included; RecursionError: [[[[...
-            return
-        if not (isinstance(record, dict) and type(record.get("step")) is int):
-            return
-        yield line, record
 
 
 def truncate_metrics(path: Path, step: int, eval_pending: bool = False) -> None:

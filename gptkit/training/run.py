@@ -6,7 +6,6 @@ failed. Runs are resumed from their last checkpoint with `resume=`.
 
 import errno
 import functools
-import itertools
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from typing import BinaryIO
 
 import torch
 
-from ..data.dataset import CharDataset, load_dataset, will_create
+from ..data.dataset import CharDataset, corpus_text, dataset_of, load_dataset, will_create
 from ..device import keep_random_state, resolve_device
 from ..diagnose import blaming, check_forward
 from ..errors import CheckpointError, ComponentError, Diverged, RunStopped, UserError, failure_reason
@@ -63,13 +62,13 @@ def then_resume(e: OSError) -> str:
     return f". {remedy(e).capitalize()} and resume with --resume"
 
 
-def new_run_dir(runs_dir: Path, name: str) -> Path:
+def new_run_dir(runs_dir: Path, name: str) -> tuple[Path, list[Path]]:
+    """A new folder NAME-STAMP in `runs_dir`, and the folders made for it (`make_folders`)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
         path = runs_dir / (f"{name}-{stamp}" + (f"-{n}" if n else ""))
         try:
-            make_folders(path, exist_ok=False)  # a runs folder made for it is removed again when it fails
-            return path
+            return path, make_folders(path, exist_ok=False)
         except FileExistsError:
             continue
         except OSError as e:
@@ -80,12 +79,12 @@ def new_run_dir(runs_dir: Path, name: str) -> Path:
     raise UserError(f"too many runs named {name} in {runs_dir} this second")
 
 
-def make_run_dir(path: Path) -> Path:
+def make_run_dir(path: Path) -> tuple[Path, list[Path]]:
+    """The run folder `path` (an ablation's), and the folders made for it (`make_folders`)."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        return path, make_folders(path)
     except OSError as e:
         raise UserError(f"cannot create the run folder {path}: {e.strerror}") from None
-    return path
 
 
 def train(recipe: Recipe, runs_dir: str | Path = "runs", *, quiet: bool = False,
@@ -127,15 +126,18 @@ def check_arguments(runs_dir, quiet, resume, run_dir) -> None:
                         "or give another folder")
 
 
-def check_data(recipe: Recipe) -> CharDataset | None:
+def check_data(recipe: Recipe) -> bool:
     """The data checks `train` makes before training (load_dataset, then check_run), for `gptkit validate`,
-    which writes nothing: None, unchecked, when data.path does not exist yet and data.corpus would create
-    it on the first run."""
-    if will_create(recipe.data):
-        return None
-    dataset = load_dataset(recipe.data, recipe.model.block_size)  # creates nothing: the path exists, or no corpus
+    which writes nothing: a data.path that data.corpus would create on the first run is not created, but
+    the corpus's text is made and checked in memory (what the first run would meet making it, such as a
+    package the corpus needs, is met now). Returns whether that was the case."""
+    data, later = recipe.data, will_create(recipe.data)
+    if later:
+        dataset = dataset_of(corpus_text(data.corpus), data, recipe.model.block_size, f"the '{data.corpus.name}' corpus")
+    else:
+        dataset = load_dataset(data, recipe.model.block_size)  # creates nothing: the path exists, or no corpus
     check_fits(recipe, dataset, recipe.sample.prompt)
-    return dataset
+    return later
 
 
 def check_fits(recipe: Recipe, dataset: CharDataset, prompt: str | None) -> None:
@@ -232,11 +234,9 @@ def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoi
                 runs_dir: str | Path, run_dir: str | Path | None, quiet: bool, log: Callable[[str], None],
                 start: Callable[[], None]) -> RunResult:
     """Rank 0's part of `_train`: the run folder, made or resumed, around `train_in`."""
-    created = checkpoint is None and (run_dir is None or not Path(run_dir).exists())  # an ablation names its runs'
-    base = Path(runs_dir) if run_dir is None else Path(run_dir).parent
-    made_above = list(itertools.takewhile(lambda d: not d.exists(), (base, *base.parents))) if created else []
+    made = []  # the folders made for this run: none for one that exists (an ablation's run, restarted)
     if checkpoint is None:  # the folder is made only once every input has been checked
-        run_dir = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
+        run_dir, made = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
     try:
         with lock_run(run_dir):
             return train_in(run_dir, recipe, trainer, dataset, checkpoint, log, start)
@@ -244,9 +244,9 @@ def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoi
         # A folder with nothing of the run is not left behind: a full disk before summary.json, or a
         # component's bug met before the first step (its schedule's factor(0), say).
         nothing = trainer.state.step == 0 if isinstance(e, ComponentError) else not (run_dir / "summary.json").exists()
-        if created and nothing:
+        if made and nothing:
             shutil.rmtree(run_dir, ignore_errors=True)
-            remove_empty(made_above)  # and the folders above it made for it
+            remove_empty(made[1:])  # and the folders above it made for it
             if isinstance(e, OSError):  # a save that failed before anything was made: said as one, exit code 4
                 fix = FREE_SPACE if e.errno in DISK_FULL else "pass --runs-dir with a writable folder"
                 raise CheckpointError(f"could not write {Path(e.filename or run_dir).name} in the new run folder "

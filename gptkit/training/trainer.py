@@ -185,17 +185,20 @@ class Trainer:
 
     def restretch_warning(self, saved_recipe: dict) -> str | None:
         """A warning when this run, resumed (from a checkpoint holding `saved_recipe`), goes on with a schedule
-        built for another budget than it trained toward, and the next step's rate is not the one the old
-        schedule would give: the rest is stretched (or squeezed) over the new budget, and the run matches
-        neither a run of the old budget nor one of the new. None for a constant schedule, or in a warm-up."""
+        built for another budget than it trained toward, which disagrees with the old one at the last step
+        taken: the rest is stretched (or squeezed) over the new budget, and the run matches neither a run
+        of the old budget nor one of the new. None for a constant schedule, or in a warm-up."""
         taken, n = self.state.step, self.total_steps
         toward = trained_toward(saved_recipe, self.steps_per_epoch)
         if toward is None or toward == n or not 0 < taken < n:
             return None
-        old = self.cfg.schedule.build(toward)
-        if math.isclose(self._factor(taken, old), self._factor(taken), rel_tol=1e-9, abs_tol=1e-12):
+        try:  # the last step taken, which the old schedule covers (a finished run's next is past its steps)
+            last = float(self.cfg.schedule.build(toward).factor(taken - 1))
+        except Exception:  # only a comparison: a schedule that fails it is not this run's error
             return None
-        was, now = self.cfg.lr * self._factor(taken - 1, old), self.cfg.lr * self._factor(taken)
+        if math.isclose(last, self._factor(taken - 1), rel_tol=1e-9, abs_tol=1e-12):
+            return None
+        was, now = self.cfg.lr * last, self.cfg.lr * self._factor(taken)
         how = "stretched" if n > toward else "squeezed"
         return (f"train.schedule ({self.cfg.schedule.name}) is now {how} over {n:,} steps instead of the "
                 f"{toward:,} this run trained toward: the learning rate goes from {was:.3g} at step {taken:,} "
@@ -445,12 +448,11 @@ class Trainer:
         """The plugin component whose backward raised `e` in a training step, if one did."""
         return backward_culprit(e, self.specs, self.model.config, self.device)
 
-    def _factor(self, step: int, schedule=None) -> float:
-        """The schedule's multiplier of train.lr (`schedule`: this run's, unless another built from the
-        same spec); a value no learning rate can be made of is the schedule's bug, named as such rather
-        than met as a divergence or a traceback later."""
+    def _factor(self, step: int) -> float:
+        """The schedule's multiplier of train.lr; a value no learning rate can be made of is the
+        schedule's bug, named as such rather than met as a divergence or a traceback later."""
         with self.cfg.schedule.blamed(f"factor({step})"):
-            factor = (self.schedule if schedule is None else schedule).factor(step)
+            factor = self.schedule.factor(step)
         if not is_factor(factor):
             raise self.cfg.schedule.error(f"factor({step}) returned {factor!r}; a schedule's factor "
                                           f"{factor_rule(factor)}")

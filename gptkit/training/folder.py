@@ -1,0 +1,128 @@
+"""Reading a run folder: its summary.json (how the run ended, or why it stopped), recipe.yaml,
+metrics.jsonl (the validation curve), and what its checkpoint records (the text's SHA-256, the plugins)."""
+
+import json
+import math
+from pathlib import Path
+
+from ..errors import UserError
+from ..io import read_text
+from ..recipe import yaml
+from .checkpoint import peek
+
+
+def summary_of(run: Path) -> dict:
+    """The run's summary.json; empty if it is missing or partial."""
+    try:
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's summary.json, or None if it is missing or partial."""
+    return summary_of(run_dir) or None
+
+
+def resumable(summary: dict) -> bool:
+    """Whether the run whose summary.json this is can go on: not finished, not diverged. A missing or
+    damaged summary.json ({}) does not stop a run that has a checkpoint."""
+    return bool(summary.get("resumable", True))
+
+
+def stopped_for_good(summary: dict) -> bool:
+    """Failed in a way that resuming would repeat: diverged."""
+    return summary.get("status") == "failed" and not resumable(summary)
+
+
+def finished(summary: dict | None) -> bool:
+    return summary is not None and summary.get("status") == "finished" and not _loss_not_finite(summary)
+
+
+def diverged(summary: dict | None) -> bool:
+    return summary is not None and (stopped_for_good(summary) or summary.get("status") == "finished"
+                                    and _loss_not_finite(summary))
+
+
+def _loss_not_finite(summary: dict) -> bool:
+    """A final validation loss of NaN or inf: a run an older gptkit recorded as finished after its last
+    step broke the weights (one now stops as diverged)."""
+    loss = summary.get("final_val_loss")
+    return isinstance(loss, float) and not math.isfinite(loss)
+
+
+def failed(summary: dict | None) -> bool:
+    """Failed, but not for good: a component's error, which a rerun trains again (once it is fixed)."""
+    return summary is not None and summary.get("status") == "failed" and not stopped_for_good(summary)
+
+
+def ended_summary(run_dir: Path) -> dict | None:
+    """The run's summary if the run will not go on (finished or diverged), else None."""
+    summary = read_summary(run_dir)
+    return summary if finished(summary) or diverged(summary) else None
+
+
+def run_recipe(run_dir: Path) -> dict:
+    path = run_dir / "recipe.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: {'no such folder' if not run_dir.exists() else 'not a run folder (it has no recipe.yaml)'}")
+    try:  # read as recipes are (YAML 1.2's 1e-3 and no), or an edited file would differ from itself
+        recipe, _ = yaml.load(read_text(path, "run recipe"), str(path))
+    except yaml.YAMLError:
+        problem = "it is not valid YAML"
+    else:
+        problem = None if isinstance(recipe, dict) else "it holds no mapping of recipe fields"
+    if problem:
+        raise damaged(path, problem)
+    return recipe
+
+
+def damaged(path: Path, problem: str) -> UserError:
+    return UserError(f"{path} is damaged ({problem}); restore it, or leave that run out")
+
+
+def metric_records(path: Path):
+    """(line, record) for each record of a metrics.jsonl, up to the first that is not one: a line cut
+    short by a kill, or damage (bytes that are not UTF-8 JSON, a record without an integer step)."""
+    if not path.is_file():
+        return
+    for raw in path.read_bytes().splitlines(keepends=True):
+        try:
+            line = raw.decode("utf-8")
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # UnicodeDecodeError included; RecursionError: [[[[...
+            return
+        if not (isinstance(record, dict) and type(record.get("step")) is int):
+            return
+        yield line, record
+
+
+def val_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """[(tokens seen, validation loss)] in step order, from metrics.jsonl."""
+    recipe = run_recipe(run_dir)
+    try:
+        tokens_per_step = recipe["train"]["batch_size"] * recipe["model"]["block_size"]
+    except (KeyError, TypeError):
+        raise damaged(run_dir / "recipe.yaml", "it lacks train.batch_size or model.block_size") from None
+    return [(record["step"] * tokens_per_step, record["val_loss"])
+            for _, record in metric_records(run_dir / "metrics.jsonl")
+            if isinstance(record.get("val_loss"), int | float) and not isinstance(record["val_loss"], bool)]
+
+
+def trained_text(run_dir: Path) -> str | None:
+    """The SHA-256 of the text the run's checkpoint was trained on; None without a checkpoint."""
+    path = run_dir / "checkpoint.pt"
+    return peek(path, "text_sha256") if path.is_file() else None
+
+
+def trained_with(run_dir: Path) -> dict:
+    """The run's plugins record (see `plugin_changes`): its checkpoint's, or, without a readable one, its
+    summary.json's; {} if neither has one."""
+    try:
+        used = peek(run_dir / "checkpoint.pt", "plugins")
+    except UserError:  # none yet, or damaged: the summary, written at the start, records the same
+        used = None
+    if not isinstance(used, dict):
+        used = summary_of(run_dir).get("plugins")
+    return used if isinstance(used, dict) else {}
