@@ -118,7 +118,7 @@ def _cache_mismatch(gpt: GPT, model) -> str | None:
     if not gpt.supports_kv_cache or block < 2:
         return None
     T = min(CACHE_TOKENS, block)
-    idx = torch.randint(gpt.config.vocab_size, (1, block), generator=torch.Generator().manual_seed(0))
+    idx = torch.randint(gpt.config.vocab_size, (1, block), generator=torch.Generator().manual_seed(0), device="cpu")
     idx = idx.to(gpt.lm_head.weight.device)
     specs = component_specs(gpt, model)
     with _fp32_matmuls():  # TF32 would make the two passes differ by more than rounding

@@ -130,6 +130,7 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
     # An exponential race, the draw torch.multinomial makes for one sample (the same tokens for a seed),
     # without the checks that read the probabilities back to the host: no GPU sync per token.
     race = torch.empty_like(probs).exponential_(1, generator=generator)
+    race.clamp_min_(torch.finfo(race.dtype).tiny)  # MPS may draw -0.0 (pytorch#192577): probs / -0.0 would win
     choice = (probs / race).argmax(dim=-1, keepdim=True)  # (B, 1)
     return choice if ids is None else ids.gather(-1, choice)
 

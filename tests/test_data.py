@@ -222,3 +222,11 @@ def test_creating_a_corpus_counts_a_last_line_without_its_newline(tmp_path, monk
                            val_fraction=0.0, stride=1)
     dataset.load_dataset(data, block_size=1)
     assert f"Created {data.path} ({lines} line{'s' if lines > 1 else ''}) from" in capsys.readouterr().err
+
+
+def test_an_epochs_order_is_drawn_on_the_cpu_whatever_the_default_device():
+    """A notebook's torch.set_default_device("cuda") must not meet the CPU generator's draws (meta stands in)."""
+    ds = CharDataset(make_text(), block_size=16)
+    with torch.device("meta"):
+        starts = ds.epoch_starts(seed=3, epoch=1)
+    assert torch.equal(starts, ds.epoch_starts(seed=3, epoch=1))

@@ -1016,3 +1016,23 @@ def test_a_stop_signal_is_taken_when_stderr_is_gone(monkeypatch):
     with signals.stop_on_signals(trainer):
         signal.raise_signal(signal.SIGTERM)
     assert trainer.stop_signal == signal.SIGTERM
+
+
+def test_a_checkpoint_holds_its_optimizer_state_on_the_cpu(tmp_path, monkeypatch):
+    """A GPU run's AdamW moments would make `torch.load(weights_only=True)` fail on a machine without CUDA:
+    every tensor of the training state goes through .cpu() (a CPU run cannot show the device itself)."""
+    from gptkit.training.checkpoint import save_checkpoint
+
+    moment, step = torch.ones(3), torch.tensor(4.0)
+    moved, cpu = [], torch.Tensor.cpu
+
+    def recording(t):
+        moved.append(t.data_ptr())  # of the tensor or a view of it (detached)
+        return cpu(t)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", recording)
+    save_checkpoint(tmp_path / "c.pt", torch.nn.Linear(2, 2), {}, ["a"], step=1,
+                    trainer={"optimizer": {"state": {0: {"exp_avg": moment, "step": step}}}, "losses": [moment]})
+    assert {moment.data_ptr(), step.data_ptr()} <= set(moved)
+    loaded = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert torch.equal(loaded["trainer"]["optimizer"]["state"][0]["exp_avg"], moment)

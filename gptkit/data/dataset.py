@@ -97,9 +97,10 @@ class CharDataset:
         """(windows_per_epoch,) shuffled window starts of one epoch, a function of (seed, epoch) only."""
         g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
         n, room = self.windows_per_epoch, len(self.train) - self.block_size
-        offset = int(torch.randint(min(self.stride, room - (n - 1) * self.stride), (1,), generator=g))
+        offset = int(torch.randint(min(self.stride, room - (n - 1) * self.stride), (1,), generator=g, device="cpu"))
         dtype = torch.int32 if len(self.train) < 2**31 else torch.int64  # half the memory of a long per window
-        order = torch.randperm(n, generator=g, dtype=dtype).mul_(self.stride).add_(offset)
+        # On the CPU, as `g`, whatever torch.set_default_device says: a CPU generator cannot draw a CUDA tensor.
+        order = torch.randperm(n, generator=g, dtype=dtype, device="cpu").mul_(self.stride).add_(offset)
         return order.to(self.train.device)
 
     def batch(self, starts: torch.Tensor, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:

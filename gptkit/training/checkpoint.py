@@ -54,6 +54,17 @@ def unloadable(value, where: str) -> str | None:
     return None
 
 
+def on_cpu(value):
+    """`value` with every tensor in it (in dicts, lists and tuples) on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: on_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(on_cpu(v) for v in value)
+    return value
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict, itos: list[str], **extra) -> None:
     """Write atomically: a crash mid-save leaves the previous checkpoint intact. Only tensors and plain
     values, or no `torch.load(weights_only=True)` could read it back: refused here, not when resuming."""
@@ -64,6 +75,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict, itos: list
     found = unloadable(extra, "checkpoint")
     if found:
         raise ValueError(f"refusing to save a checkpoint that could not be loaded safely: it holds {found}")
+    extra = on_cpu(extra)  # an optimizer's state on a GPU: torch.load without map_location fails where there is none
     state = {
         "format": FORMAT,
         "version": VERSION,

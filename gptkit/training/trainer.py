@@ -404,11 +404,11 @@ class Trainer:
         step at or after it is saved; the steps before it are written, as the summary counts them."""
         if not len(self._pending):
             return []
-        now = time.perf_counter()
-        self.state.step_seconds += now - self._interval_t0
-        tokens_per_s = len(self._pending) * self.tokens_per_step / max(now - self._interval_t0, 1e-9)
         values, lrs = self._pending.take()
         losses, norms = self.dist.mean(values[:, 0]).tolist(), values[:, 1].tolist()  # norms: of the shared gradients
+        now = time.perf_counter()  # after the sync: on a GPU the host runs ahead of the steps it timed
+        self.state.step_seconds += now - self._interval_t0
+        tokens_per_s = len(lrs) * self.tokens_per_step / max(now - self._interval_t0, 1e-9)
         first = self.state.step - len(losses) + 1
         good = next((i for i, (loss, norm) in enumerate(zip(losses, norms))
                      if not (math.isfinite(loss) and math.isfinite(norm))), len(losses))
