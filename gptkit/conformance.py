@@ -18,7 +18,7 @@ from .components.positional import Positional
 from .components.schedule import factor_rule, is_factor
 from .device import keep_random_state, resolve_device
 from .diagnose import cached_logits, exercise, same_logits
-from .errors import UserError, listing
+from .errors import UserError, listing, out_of_memory
 from .model import build_model
 from .recipe.components import MODEL_KINDS, ComponentSpec, RecipeIssue, parse_component
 from .recipe.schema import CONFIG_KEYS, ModelSection
@@ -515,7 +515,8 @@ CHECKS: dict[str, tuple[tuple[str, ...], Callable]] = {  # name: (the kinds it a
 
 
 def run_check(check: str, spec: ComponentSpec, config: GPTConfig = CONFIG) -> Result:
-    """One check's result; never raises for a failing check."""
+    """One check's result; never raises for a failing check. Running out of memory is not the
+    component failing but the test model too big for the machine: raised, for check_component to say."""
     kinds, fn = CHECKS[check]
     if spec.kind not in kinds:
         return Result(check, "n/a", f"only for {listing(kinds)} components")
@@ -524,6 +525,8 @@ def run_check(check: str, spec: ComponentSpec, config: GPTConfig = CONFIG) -> Re
     except NotApplicable as e:
         return Result(check, "n/a", str(e))
     except Exception as e:  # a check reports any failure of the component, whatever it raised
+        if out_of_memory(e):
+            raise
         return Result(check, "fail", f"{type(e).__name__}: {e}")
     return Result(check, "pass", note or "")
 
@@ -549,7 +552,8 @@ def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG,
     """Run every check of its kind on one component, on `device` (a component with a GPU kernel of its
     own is checked on the GPU); never raises for a failing check. Raises a UserError when it cannot be
     checked as asked: unknown or broken (RegistryError), parameters that do not validate, a size of
-    `config` past a recipe's limit (SizeError), a device that is not there; and a ValueError when the
+    `config` past a recipe's limit (SizeError), a device that is not there, a test model that does not
+    fit in the device's memory; and a ValueError when the
     component, or a default of the test model, refuses `config`. The checks seed torch's global
     generator; the caller's random state is put back afterwards."""
     if not isinstance(config, GPTConfig):
@@ -568,8 +572,15 @@ def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG,
     registry(kind).check(spec.name, config, spec.params)  # ValueError: the component refuses `config`
     _assert_defaults_usable(config, kind)
     device = _device(device)
-    with keep_random_state(device), device:  # the default device: what the checks build and draw lands there
-        return run_checks([check for check, (kinds, _) in CHECKS.items() if kind in kinds], spec, config)
+    try:
+        with keep_random_state(device), device:  # the default device: what the checks build and draw lands there
+            return run_checks([check for check, (kinds, _) in CHECKS.items() if kind in kinds], spec, config)
+    except Exception as e:  # one error, not every check failing alike
+        if not out_of_memory(e):
+            raise
+        sizes = ", ".join(f"{key}={getattr(config, key)}" for key in ("n_embd", "n_head", "block_size", "n_layer"))
+        raise UserError(f"the test model does not fit in memory on {device} ({sizes}); use smaller "
+                        "--n-embd/--n-head/--block-size") from None
 
 
 class SizeError(UserError):

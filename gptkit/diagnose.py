@@ -221,13 +221,12 @@ def _cache_warning(gpt: GPT, model, what: str) -> str:
     """The warning of a key/value cache that does not match a full pass: `what` went wrong, the model's
     plugin components (any may be the cause: a feedforward mixing in the previous token breaks the
     cache as surely as an attention) with the check to run on each, and the contract."""
-    plugins = [spec for spec in (getattr(model, kind) for kind in MODEL_KINDS) if not spec.built_in]
+    plugins = plugin_components(model)
     if len(plugins) == 1:
         who = (f"{plugins[0].kind} '{plugins[0].name}', the model's only plugin component, breaks it: "
                f"{_check_command(plugins[0])} says which of its checks fails")
     elif plugins:
-        who = "one of the model's plugin components breaks it: " + "; ".join(
-            f"{spec.kind} '{spec.name}' ({_check_command(spec)})" for spec in plugins)
+        who = "one of the model's plugin components breaks it: " + with_checks(plugins)
     else:
         who = "the model has only gptkit's own components: a bug of gptkit's, please report it"
     note = _bias_note(gpt, 1, min(CACHE_TOKENS, gpt.config.block_size)) if not model.positional.built_in else ""
@@ -245,6 +244,16 @@ def _bias_note(gpt: GPT, t_q: int, t_k: int) -> str:
     if bias is None or (isinstance(bias, torch.Tensor) and tuple(bias.shape[-2:]) == (t_q, t_k)):
         return ""
     return f" (the positional's score_bias({t_q}, {t_k}) returned {_what(bias)}, not {(gpt.config.n_head, t_q, t_k)})"
+
+
+def plugin_components(model) -> list:
+    """The specs of `model`'s (a ModelSection's) plugin and local components, in MODEL_KINDS order."""
+    return [spec for spec in (getattr(model, kind) for kind in MODEL_KINDS) if not spec.built_in]
+
+
+def with_checks(specs: list) -> str:
+    """"feedforward 'mine' (`gptkit check feedforward mine`); ..." for each of `specs`."""
+    return "; ".join(f"{spec.kind} '{spec.name}' ({_check_command(spec)})" for spec in specs)
 
 
 def _check_command(spec) -> str:

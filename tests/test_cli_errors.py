@@ -229,7 +229,8 @@ def test_runs_dir_expands_a_home_folder_and_printed_commands_are_quoted(cli, tmp
 @pytest.mark.parametrize("option", ["--runs-dir", "--out"])
 def test_ablate_folders_expand_a_home_folder_and_refuse_an_empty_one(cli, tmp_path, write_recipe, option):
     result = cli("ablate", write_recipe(), "--vary", "model.norm=rmsnorm,layernorm", option, "")
-    assert result.exit_code == 2 and result.output == f"error: {option} is empty; give a folder, e.g. {option} runs\n"
+    example = {"--runs-dir": "runs", "--out": "runs/ablations/mine"}[option]
+    assert result.exit_code == 2 and result.output == f"error: {option} is empty; give a folder, e.g. {option} {example}\n"
     result = cli("ablate", write_recipe(), "--vary", "model.norm=rmsnorm,layernorm", option, "~nosuchuser/x")
     assert result.exit_code == 2 and result.output.startswith(f"error: {option} ~nosuchuser/x: cannot expand ~nosuchuser")
     assert not (tmp_path / "~nosuchuser").exists() and not (tmp_path / "runs").exists()
@@ -530,3 +531,43 @@ def test_a_usage_error_under_torchrun_is_said_once_per_machine(cli, monkeypatch,
     for args in (["run", write_recipe(), "--bogus"], ["--bogus", "run", write_recipe()]):  # a command's, gptkit's
         result = cli(*args)
         assert result.exit_code == 2 and result.output == "", result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", ""], "error: RECIPE is empty; give a path\n"),
+    (["validate", ""], "error: RECIPE is empty; give a path\n"),
+    (["sample", ""], "error: RUN_DIR is empty; give a path\n"),
+    (["compare", "", "runs/x"], "error: RUN_DIR... is empty; give a path\n"),
+    (["ablate", ""], "error: RECIPE_OR_ABLATION is empty; give a path\n"),
+    (["ablate", "r.yaml", "--param-margin", "nan"], "Invalid value for '--param-margin': nan is not a finite number."),
+    (["compare", "a", "b", "--plot", ""], "error: --plot is empty; give an image file, e.g. --plot curves.png\n"),
+])
+def test_empty_and_non_finite_arguments_are_refused(cli, args, message):
+    """"" would be the current folder (a recipe `.`, `./checkpoint.pt`); nan would be written to ablation.yaml,
+    which then refuses it."""
+    result = cli(*args)
+    assert result.exit_code == 2 and (result.output == message if message.startswith("error") else message in result.output), \
+        result.output
+
+
+def test_an_empty_data_path_is_said_to_be_empty_not_to_be_quoted(cli, write_recipe):
+    for value in ("", '""'):
+        result = cli("validate", write_recipe(), "--set", f"data.path={value}")
+        assert result.exit_code == 2 and "data.path: is empty; give a file path" in result.output, result.output
+
+
+def test_validate_refuses_a_corpus_that_could_not_be_created_where_run_would(cli, tmp_path, write_recipe):
+    blocker = tmp_path / "text.txt"
+    blocker.write_text("x")
+    result = cli("validate", write_recipe(), "--set", f"data.path={blocker}/made.txt", "--set", "data.corpus=shakespeare")
+    assert result.exit_code == 2 and f"{blocker} is a file, not a folder; choose a writable data.path" in result.output
+
+
+def test_compare_refuses_a_run_given_twice_and_does_not_compare_one_run_with_itself(cli, write_recipe, tmp_path):
+    runs = tmp_path / "runs"
+    assert cli("run", write_recipe(train={"max_steps": 1}), "--runs-dir", runs, "-q").exit_code == 0
+    (run,) = runs.iterdir()
+    twice = cli("compare", run, f"{run}/")
+    assert twice.exit_code == 2 and twice.output == f"error: {run} is given twice; give each run once\n"
+    alone = cli("compare", run)
+    assert alone.exit_code == 0 and "identical" not in alone.output and "Final figures" in alone.output

@@ -303,6 +303,21 @@ def test_sizes_past_a_recipes_limit_are_one_error_before_anything_is_built(cli, 
     assert not built
 
 
+def test_running_out_of_memory_is_one_error_naming_the_sizes(cli, monkeypatch):
+    from gptkit import conformance
+
+    def out_of_memory(spec, config):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 4294967296 bytes. Error code 12 (Cannot allocate memory)")
+
+    kinds, _ = conformance.CHECKS["deterministic"]
+    monkeypatch.setitem(conformance.CHECKS, "deterministic", (kinds, out_of_memory))
+    result = cli("check", "attention", "naive", "--n-embd", "64", "--n-head", "1")
+    assert result.exit_code == 2 and result.output == (
+        "error: the test model does not fit in memory on cpu (n_embd=64, n_head=1, block_size=16, n_layer=2); "
+        "use smaller --n-embd/--n-head/--block-size\n"), result.output
+
+
 @pytest.mark.parametrize("spec, device, message", [
     ({"name": "mlp", "hidden": "x"}, "cpu", r"feedforward 'mlp': hidden: Input should be a valid integer \(got 'x'\)"),
     ({"hidden": 64}, "cpu", r"feedforward: name: say which feedforward to use with 'name: \.\.\.'; one of: .*mlp.*"),

@@ -136,7 +136,7 @@ def test_a_corpus_that_cannot_be_written_names_data_path(tmp_path, write_recipe,
     (tmp_path / "afile").write_text("x")
     target = tmp_path / "afile" / "shakespeare.txt"  # under a file: no folder can be made there
     result = cli("validate", write_recipe(), "--set", f"data.path={target}", "--set", "data.corpus=shakespeare")
-    assert result.exit_code == 0  # validating builds nothing
+    assert result.exit_code == 2 and f"cannot create {target}" in result.output  # said before a run, building nothing
     result = cli("run", write_recipe(), "--set", f"data.path={target}", "--set", "data.corpus=shakespeare",
                  "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "Traceback" not in result.output
@@ -160,7 +160,7 @@ def test_a_full_disk_while_creating_a_corpus_says_to_free_space_and_leaves_no_fo
     with pytest.raises(UserError) as e:
         load_dataset(data, block_size=8)
     assert str(e.value) == (f"data.path: cannot create {data.path} from the 'shakespeare' corpus: No space left on "
-                            "device; free some space, or create it on another disk: --set data.path=FILE --set "
+                            "device; free some space, or create it on another disk, e.g. --set data.path=FILE --set "
                             "data.corpus=shakespeare")
     assert list(tmp_path.iterdir()) == []  # the folders made for it are gone too
 

@@ -534,6 +534,28 @@ def test_divergence_at_the_first_step_stops_the_run(tmp_path, write_recipe):
         train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
 
 
+def test_a_loss_not_finite_before_any_update_names_the_plugin_components_not_the_lr(tmp_path, write_recipe,
+                                                                                     temporary_component):
+    temporary_component("feedforward", "nan-from-the-start", breaks_after(0, how="nan"))
+    path = write_recipe(model={"feedforward": "nan-from-the-start"}, train={"max_steps": 2})
+    with pytest.raises(Diverged) as e:
+        train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    assert e.value.exit_code == 3 and str(e.value) == (
+        "training diverged at step 1: the model's loss is nan before any update, so the learning rate is not the "
+        "cause. Nothing from that step on was saved and no checkpoint had been saved yet; its plugin component may "
+        "compute it: feedforward 'nan-from-the-start' (`gptkit check feedforward nan-from-the-start`)")
+
+
+def test_a_loss_not_finite_before_any_update_of_built_in_components_points_at_the_data(tmp_path, write_recipe,
+                                                                                      monkeypatch):
+    cross_entropy = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: cross_entropy(*a, **k) * math.inf)
+    with pytest.raises(Diverged, match=r"^training diverged at step 1: the model's loss is (inf|nan) before any "
+                                       r"update, so the learning rate is not the cause\. .*; the model has only "
+                                       r"gptkit's own components: check the training text and the model's sizes"):
+        train(load_recipe(write_recipe(train={"max_steps": 2})), runs_dir=tmp_path / "runs", quiet=True)
+
+
 @pytest.mark.parametrize("lr, val_fraction, what", [
     (1e10, 0.1, "the validation loss after it is nan"),  # its last update broke the weights: its loss came before
     (1e38, 0.0, "its update left weights that are not finite"),  # no validation to find it: the save does
@@ -776,6 +798,32 @@ def test_resume_of_something_that_is_not_a_run_folder(tmp_path, cli, where, mess
         target.mkdir()
     result = cli("run", "--resume", target)
     assert result.exit_code == 2 and f"--resume {target}: {message}" in result.output
+
+
+def test_resume_or_sample_of_an_ablation_folder_says_so(tmp_path, cli):
+    folder = tmp_path / "abl"
+    (folder / "baseline" / "seed-3").mkdir(parents=True)
+    (folder / "ablation.yaml").write_text("name: abl\n")
+    result = cli("run", "--resume", folder)
+    assert result.exit_code == 2 and result.output == (
+        f"error: --resume {folder}: an ablation folder, not a run folder; to resume the ablation: "
+        f"gptkit ablate {folder / 'ablation.yaml'} --out {folder}\n")
+    result = cli("sample", folder)
+    assert result.exit_code == 2 and result.output == (
+        f"error: checkpoint {folder / 'checkpoint.pt'} not found: {folder} is an ablation folder, not a run "
+        f"folder: sample one of its runs, e.g. gptkit sample {folder / 'baseline' / 'seed-3'}\n")
+
+
+def test_sample_of_a_run_that_failed_before_its_first_save_says_why(tmp_path, cli):
+    run = tmp_path / "run"
+    run.mkdir()
+    reason = "training diverged at step 1: the loss is nan"
+    (run / "summary.json").write_text(json.dumps({"status": "failed", "reason": reason, "resumable": False}))
+    with pytest.raises(UserError, match=re.escape(f"not found: the run's summary.json says it failed ({reason}) "
+                                                  "before its first save, so nothing was saved")):
+        load_checkpoint(run)
+    with pytest.raises(UserError, match=r"checkpoint .*checkpoint\.pt not found$"):  # a folder that says nothing
+        load_checkpoint(tmp_path)
 
 
 def test_a_finished_run_without_its_checkpoint_is_not_trained_again(tmp_path, write_recipe, cli):

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -71,6 +72,23 @@ def under_torchrun() -> bool:
     return os.environ.get("WORLD_SIZE", "").strip() not in ("", "0", "1")
 
 
+def finite(ctx, param, value):
+    """A float option that is a number: click's FloatRange lets nan and inf through."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number.")
+    return value
+
+
+def given(ctx, param, value):
+    """A path argument that is not empty: "" would be taken for the current folder."""
+    if any(v is not None and not str(v).strip() for v in (value if isinstance(value, tuple) else (value,))):
+        raise UserError(f"{param.human_readable_name} is empty; give a path")
+    return value
+
+
+EXAMPLE_FOLDERS = {"--runs-dir": "runs", "--out": "runs/ablations/mine"}
+
+
 def folder_option(ctx, param, value):
     """A folder option (--runs-dir, --out) with ~ expanded, as data.path's is (quoted, the shell leaves it
     to us); an empty one, which would scatter folders in the current folder, is refused."""
@@ -78,7 +96,7 @@ def folder_option(ctx, param, value):
     if value is None:
         return None
     if not value.strip():
-        raise UserError(f"{name} is empty; give a folder, e.g. {name} runs")
+        raise UserError(f"{name} is empty; give a folder, e.g. {name} {EXAMPLE_FOLDERS[name]}")
     try:
         return str(expand_home(value))
     except ValueError as e:

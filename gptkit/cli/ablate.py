@@ -10,11 +10,11 @@ from ..errors import RunStopped, UserError
 from ..io import read_text
 from ..recipe import yaml
 from ..recipe.vary import parse_vary
-from . import folder_option, main, overrides_option
+from . import finite, folder_option, given, main, overrides_option
 
 
 @main.command()
-@click.argument("source", metavar="RECIPE_OR_ABLATION", type=click.Path(dir_okay=False))
+@click.argument("source", metavar="RECIPE_OR_ABLATION", type=click.Path(dir_okay=False), callback=given)
 @click.option("--vary", "vary", multiple=True, metavar="KEY=V1,V2,...",
               help="A field and the values its arms take, e.g. --vary model.positional=sinusoidal,rope. Repeatable.")
 @click.option("--seeds", metavar="N|S1,S2,...",
@@ -26,7 +26,7 @@ from . import folder_option, main, overrides_option
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(), callback=folder_option,
               help="The ablation folder goes in RUNS_DIR/ablations/.")
 @click.option("--out", type=click.Path(file_okay=False), callback=folder_option, help="Use exactly this ablation folder.")
-@click.option("--param-margin", type=click.FloatRange(min=0), default=None,
+@click.option("--param-margin", type=click.FloatRange(min=0), default=None, callback=finite,
               help="Flag arms whose parameter count differs from the baseline's by more than this fraction.  [default: 0.1]")
 @click.option("--allow-unfair", is_flag=True,
               help="Allow varying data, block size, batch size, epochs, max_steps or evaluation fields.")

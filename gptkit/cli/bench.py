@@ -4,11 +4,11 @@ import os
 import click
 
 from ..bench import format_report, run_bench
-from . import main, overrides_option
+from . import given, main, overrides_option
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", type=click.Path(dir_okay=False), callback=given)
 @overrides_option
 @click.option("--vary", multiple=True, metavar="KEY=V1,V2,...",
               help="Compare values of a field; repeat for every combination. The first value is the baseline.")

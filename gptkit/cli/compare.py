@@ -1,5 +1,4 @@
 import json
-import re
 from pathlib import Path
 
 import click
@@ -10,10 +9,11 @@ from ..ablation.report import table
 from ..errors import UserError
 from ..io import cannot_make_folder, quote
 from ..recipe import flatten
-from ..training.folder import diverged, read_summary, run_recipe, trained_text, val_curve
+from ..training.folder import (ablation_seeds, diverged, is_ablation_folder, read_summary, run_recipe, trained_text,
+                              val_curve)
 from ..training.progress import fmt_duration
 from ..training.resume import is_locked
-from . import main
+from . import given, main
 
 FIGURES = {
     "status": str,
@@ -30,7 +30,8 @@ FIGURES = {
 
 
 @main.command()
-@click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path(file_okay=False),
+                callback=given)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Also draw their validation curves in this file, in the format its extension names "
                    "(.png, .pdf, .svg, ...).")
@@ -42,9 +43,14 @@ def compare(run_dirs, plot_path):
     gptkit compare runs/shakespeare-cpu-20261125-101500 runs/shakespeare-cpu-20261125-103000
     gptkit compare runs/ablations/components-cpu-*/*/seed-1337 --plot curves.png
     """
-    if plot_path:  # before any work: a wrong name is not worth reading every run first
+    if plot_path is not None:  # before any work: a wrong name is not worth reading every run first
+        if not plot_path.strip():
+            raise UserError("--plot is empty; give an image file, e.g. --plot curves.png")
         check_plot_path(Path(plot_path))
     dirs = [Path(d) for d in run_dirs]
+    twice = next((d for i, d in enumerate(dirs) if d.resolve() in {e.resolve() for e in dirs[:i]}), None)
+    if twice is not None:
+        raise UserError(f"{twice} is given twice; give each run once")
     for d in dirs:
         refuse_ablation_folder(d)
     recipes = [flatten(run_recipe(d)) for d in dirs]
@@ -55,12 +61,12 @@ def compare(run_dirs, plot_path):
     if differ:
         click.echo("Differences:\n" + table(["key", *names], [[k, *(show(r.get(k, ABSENT)) for r in recipes)]
                                                                for k in differ]))
-    else:
+    elif len(dirs) > 1:
         click.echo("The recipes, training texts and plugin versions are identical.\n")
     summaries = [with_live_status(d, summary_or_status(d)) for d in dirs]
     rows = [[key, *(cell(fmt, s.get(key)) for s in summaries)] for key, fmt in FIGURES.items()]
     click.echo("Final figures:\n" + table(["", *names], rows), nl=False)
-    if plot_path:
+    if plot_path is not None:
         curves = {name: [val_curve(d)] for name, d in zip(names, dirs)}
         missing = {name: no_curve(d) for name, d in zip(names, dirs) if not curves[name][0]}
         if len(missing) == len(dirs):
@@ -84,9 +90,9 @@ NO_SPLIT = "no validation split: data.val_fraction is 0"
 def refuse_ablation_folder(path: Path) -> None:
     """An ablation folder given for a run folder: said as such, with its report and its runs' folders
     (ARM/seed-N inside it, see ablation.runner)."""
-    if not (path / "ablation.yaml").is_file() or (path / "recipe.yaml").is_file():
+    if not is_ablation_folder(path):
         return
-    seeds = sorted(int(m[1]) for p in path.glob("*/seed-*") if (m := re.fullmatch(r"seed-(-?\d+)", p.name)))
+    seeds = ablation_seeds(path)
     report = f"its results are in {path / 'results.md'}; " if (path / "results.md").is_file() else ""
     raise UserError(f"{path} is an ablation folder, not a run folder: {report}compare its arms' runs of one seed "
                     f"with: gptkit compare {quote(path)}/*/seed-{min(seeds, default=0)}")

@@ -1,4 +1,3 @@
-import math
 import time
 import warnings
 
@@ -10,7 +9,7 @@ from ..errors import UserError
 from ..sampling import MAX_TOKENS
 from ..sampling import sample as sample_model
 from ..training.checkpoint import PluginChangedWarning, load_model
-from . import main, reader_gone
+from . import finite, given, main, reader_gone
 
 
 def load(run_dir, device):
@@ -28,14 +27,8 @@ def load(run_dir, device):
     return loaded
 
 
-def finite(ctx, param, value):
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number.")
-    return value
-
-
 @main.command()
-@click.argument("run_dir", type=click.Path())
+@click.argument("run_dir", type=click.Path(), callback=given)
 @click.option("--prompt", default=None,
               help="Text to continue; an empty one starts from a newline, as a speech does (printed with the "
                    "text).  [default: the run's sample.prompt]")

@@ -3,11 +3,11 @@ import click
 from ..device import resolve_device
 from ..recipe import load_recipe, yaml
 from ..training.run import check_data
-from . import main, overrides_option
+from . import given, main, overrides_option
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", type=click.Path(dir_okay=False), callback=given)
 @overrides_option
 def validate(recipe, overrides):
     """Check RECIPE and print it fully resolved, with every default filled in.

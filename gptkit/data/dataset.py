@@ -196,6 +196,12 @@ def dataset_of(text: str, data, block_size: int, source: str, longer: str | None
                        longer=longer or "use a longer text")
 
 
+def cannot_create(path: Path, corpus, why: str, fix: str = "choose a writable data.path") -> UserError:
+    """The error for a corpus file that cannot be written at `path`, `why`, and what to do."""
+    return UserError(f"data.path: cannot create {path} from the '{corpus.name}' corpus: {why}; {fix}, e.g. "
+                     f"--set data.path=FILE --set data.corpus={corpus.name}")
+
+
 def create(path: Path, corpus) -> None:
     """Write the text of `corpus` (a ComponentSpec) to `path`, or say what to do instead. Another path
     on the command line must name the corpus again: alone, it is the user's own text (see apply_overrides)."""
@@ -203,12 +209,9 @@ def create(path: Path, corpus) -> None:
     try:
         write_text(path, text)
     except OSError as e:
-        elsewhere = f"--set data.path=FILE --set data.corpus={corpus.name}"
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            why, fix = e.strerror, f"free some space, or create it on another disk: {elsewhere}"
-        else:
-            why, fix = cannot_make_folder(path.parent) or e.strerror, f"choose a writable data.path, e.g. {elsewhere}"
-        raise UserError(f"data.path: cannot create {path} from the '{corpus.name}' corpus: {why}; {fix}") from None
+            raise cannot_create(path, corpus, e.strerror, "free some space, or create it on another disk") from None
+        raise cannot_create(path, corpus, cannot_make_folder(path.parent) or e.strerror) from None
     lines = text.count("\n") + (text[-1:] not in ("", "\n"))  # a last line without its newline counts too
     print(f"Created {path} ({lines:,} line{'s' if lines != 1 else ''}) from the '{corpus.name}' corpus.",
           file=sys.stderr)

@@ -256,7 +256,7 @@ def absolute_paths(parts: tuple, value, base: Path | None = None):
 
     def absolute(v):
         try:
-            return os.path.abspath((base or Path()) / expand_home(v)) if isinstance(v, str) else v
+            return os.path.abspath((base or Path()) / expand_home(v)) if isinstance(v, str) and v.strip() else v
         except ValueError:  # a ~ with no home to expand to: validation refuses it, naming the field and the override
             return v
 

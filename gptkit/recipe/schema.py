@@ -23,6 +23,8 @@ from .components import MODEL_KINDS, ComponentSpec, RecipeIssue, component
 def _resolve(value, info: ValidationInfo) -> Path:
     """Absolute, so that the copy of a recipe saved in a run folder still names the same files
     wherever it is read from (`gptkit run --resume RUN`, `gptkit sample RUN`, an ablation rerun)."""
+    if value is None or isinstance(value, str) and not value.strip():  # "" would be the current folder
+        raise ValueError("is empty; give a file path")
     if not isinstance(value, (str, Path)):  # string_type: `path: 2024` gets the hint to quote it
         raise PydanticCustomError("string_type", "Input should be a file path")
     path = expand_home(value)  # a ValueError, reported as this field's error, where ~ has no home to expand to

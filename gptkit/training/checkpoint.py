@@ -14,7 +14,7 @@ from ..data.vocab import Vocab
 from ..device import keep_random_state, resolve_device
 from ..diagnose import check_forward
 from ..errors import UserError, one_line
-from ..io import atomic_write
+from ..io import atomic_write, quote
 from ..model import build_model
 from ..recipe import Recipe, validate
 from ..recipe.components import ComponentSpec, model_only
@@ -106,6 +106,8 @@ def load_checkpoint(path: Path) -> dict:
     anything but tensors and plain values."""
     path = Path(path)
     if path.is_dir():
+        if not (path / "checkpoint.pt").is_file():
+            raise UserError(f"checkpoint {path / 'checkpoint.pt'} not found{_why_no_checkpoint(path)}")
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
@@ -141,6 +143,21 @@ def load_checkpoint(path: Path) -> dict:
     if wrong:  # a hand-made or damaged file: said here, not as a KeyError deep in resume or sampling
         raise UserError(f"checkpoint {path} lacks a valid {', '.join(wrong)}; it cannot be used")
     return state
+
+
+def _why_no_checkpoint(folder: Path) -> str:
+    """Why the folder has no checkpoint.pt, when it says: an ablation's folder, or a run that stopped
+    before its first save. "" otherwise."""
+    from .folder import ablation_run_example, is_ablation_folder, summary_of  # folder reads checkpoints
+    if is_ablation_folder(folder):
+        return (f": {folder} is an ablation folder, not a run folder: sample one of its runs, e.g. "
+                f"gptkit sample {quote(folder / ablation_run_example(folder))}")
+    summary = summary_of(folder)
+    if summary.get("status") == "failed":
+        reason = summary.get("reason")
+        return (f": the run's summary.json says it failed{f' ({reason})' if reason else ''} before its first "
+                "save, so nothing was saved; fix that and train it again")
+    return ""
 
 
 def peek(path: Path, key: str):

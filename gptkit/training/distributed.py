@@ -226,7 +226,7 @@ class Distributed:
 def setup(device: torch.device) -> tuple[Distributed, torch.device]:
     """Join the torchrun job this process belongs to, if any: (its place, the device it trains on).
     NCCL on CUDA, each rank on the GPU numbered by its LOCAL_RANK; gloo elsewhere."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = int(os.environ.get("WORLD_SIZE") or 1)  # set and empty: not under torchrun
     if world_size == 1:
         return Distributed(), device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

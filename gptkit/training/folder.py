@@ -3,12 +3,29 @@ metrics.jsonl (the validation curve), and what its checkpoint records (the text'
 
 import json
 import math
+import re
 from pathlib import Path
 
 from ..errors import UserError
 from ..io import read_text
 from ..recipe import yaml
 from .checkpoint import peek
+
+
+def is_ablation_folder(path: Path) -> bool:
+    """An ablation's folder (its ablation.yaml, its runs in ARM/seed-N, see ablation.runner), not a run's."""
+    return (path / "ablation.yaml").is_file() and not (path / "recipe.yaml").is_file()
+
+
+def ablation_seeds(path: Path) -> list[int]:
+    """The seeds of the ablation folder's runs (ARM/seed-N), in order."""
+    return sorted({int(m[1]) for p in path.glob("*/seed-*") if (m := re.fullmatch(r"seed-(-?\d+)", p.name))})
+
+
+def ablation_run_example(path: Path) -> str:
+    """One run of the ablation folder, as ARM/seed-N: a real one if it has any."""
+    runs = sorted(p for p in path.glob("*/seed-*") if p.is_dir() and re.fullmatch(r"seed-(-?\d+)", p.name))
+    return f"{runs[0].parent.name}/{runs[0].name}" if runs else "ARM/seed-N"
 
 
 def summary_of(run: Path) -> dict:

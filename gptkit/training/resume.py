@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..io import quote, write_text
 from ..recipe import Recipe, flatten
 from .checkpoint import load_checkpoint, missing_plugins, plugin_changes
-from .folder import metric_records, resumable, run_recipe, stopped_for_good, summary_of, trained_with
+from .folder import is_ablation_folder, metric_records, resumable, run_recipe, stopped_for_good, summary_of, trained_with
 
 # Keys that may change between a run and its resumption without making it a different run (the text
 # itself is checked by its SHA-256, wherever it lives and however it was made; compiling and
@@ -120,6 +120,9 @@ def check_run_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise not_a_run(path, "not a folder" if path.exists() else "no such folder")
+    if is_ablation_folder(path):
+        raise UserError(f"--resume {path}: an ablation folder, not a run folder; to resume the ablation: "
+                        f"gptkit ablate {quote(path / 'ablation.yaml')} --out {quote(path)}")
     return path
 
 

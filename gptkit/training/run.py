@@ -19,11 +19,11 @@ from typing import BinaryIO
 
 import torch
 
-from ..data.dataset import CharDataset, corpus_text, dataset_of, load_dataset, will_create
+from ..data.dataset import CharDataset, cannot_create, corpus_text, dataset_of, load_dataset, will_create
 from ..device import keep_random_state, resolve_device
 from ..diagnose import blaming, check_forward
 from ..errors import CheckpointError, ComponentError, Diverged, RunStopped, UserError, failure_reason
-from ..io import make_folders, remove_empty, write_json, write_text
+from ..io import cannot_make_folder, make_folders, remove_empty, write_json, write_text
 from ..model import GPT, check_components
 from ..recipe import Recipe, yaml
 from ..sampling import sample
@@ -133,6 +133,9 @@ def check_data(recipe: Recipe) -> bool:
     package the corpus needs, is met now). Returns whether that was the case."""
     data, later = recipe.data, will_create(recipe.data)
     if later:
+        why = cannot_make_folder(data.path.parent)
+        if why:
+            raise cannot_create(data.path, data.corpus, why)
         dataset = dataset_of(corpus_text(data.corpus), data, recipe.model.block_size, f"the '{data.corpus.name}' corpus")
     else:
         dataset = load_dataset(data, recipe.model.block_size)  # creates nothing: the path exists, or no corpus

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..components.schedule import factor_rule, is_factor
 from ..data.dataset import CharDataset
 from ..device import use_bf16
-from ..diagnose import backward_culprit, blaming, component_specs
+from ..diagnose import backward_culprit, blaming, component_specs, plugin_components, with_checks
 from ..errors import Diverged, Interrupted, UserError
 from ..model import GPT
 from ..recipe import Recipe
@@ -422,6 +422,9 @@ class Trainer:
             self.state.train_loss = sum(recent) / len(recent)
         if good < len(losses):
             loss, norm = losses[good], norms[good]
+            if first + good == 1 and not math.isfinite(loss):  # computed before any update: not the learning rate
+                self._diverged(1, f"the model's loss is {loss} before any update, so the learning rate is not the "
+                               "cause", self._broken_from_the_start())
             what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
             self._diverged(first + good, what)
         self._interval_t0 = now
@@ -477,12 +480,23 @@ class Trainer:
         name = signal.Signals(self.stop_signal).name
         raise Interrupted(self.stop_signal, f"{name} received: stopped at step {self.state.step} with a checkpoint saved")
 
-    def _diverged(self, step: int, what: str) -> None:
+    def _diverged(self, step: int, what: str,
+                  fix: str = "try a lower train.lr, warm-up, or train.grad_clip") -> None:
         self.state.step = step - 1  # the summary counts good steps only, as the metrics and checkpoints do
         self.state.tokens = self.state.step * self.tokens_per_step
         self.progress.close()
         raise Diverged(f"training diverged at step {step}: {what}. Nothing from that step on was saved and "
-                       f"{self._checkpoint_note(good=True)}; try a lower train.lr, warm-up, or train.grad_clip")
+                       f"{self._checkpoint_note(good=True)}; {fix}")
+
+    def _broken_from_the_start(self) -> str:
+        """What to look at when the untrained model's loss is not finite: its plugin components, or else
+        the data and the sizes."""
+        plugins = plugin_components(self.recipe.model)
+        if plugins:
+            which = "its plugin component" if len(plugins) == 1 else "one of its plugin components"
+            return f"{which} may compute it: {with_checks(plugins)}"
+        return ("the model has only gptkit's own components: check the training text and the model's sizes "
+                "(model.n_embd, model.n_layer, model.block_size)")
 
     def _checkpoint_note(self, good: bool = False) -> str:
         """What a stopped run can go on from: 'the last checkpoint (step 1,200) is intact'."""
