@@ -571,3 +571,14 @@ def test_compare_refuses_a_run_given_twice_and_does_not_compare_one_run_with_its
     assert twice.exit_code == 2 and twice.output == f"error: {run} is given twice; give each run once\n"
     alone = cli("compare", run)
     assert alone.exit_code == 0 and "identical" not in alone.output and "Final figures" in alone.output
+
+
+def test_check_refuses_a_parameter_given_twice(cli):
+    result = cli("check", "positional", "rope", "--param", "base=2", "--param", "base=3")
+    assert result.exit_code == 2 and result.output == "error: --param base is given twice; give each parameter once\n"
+
+
+def test_help_is_given_under_torchrun(cli, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = cli("list", "-h")
+    assert result.exit_code == 0 and result.output.startswith("Usage: "), result.output

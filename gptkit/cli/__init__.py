@@ -31,6 +31,13 @@ class Group(click.Group):
         except click.ClickException as e:  # in gptkit's own options: `gptkit --bogus run`
             raise said_once(e) from None
 
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if under_torchrun() and name != "run" and not any(a in ("-h", "--help") for a in rest):
+            raise UserError(f"gptkit {name} runs in one process; run it without torchrun (`gptkit run` alone trains "
+                            "on several: torchrun ... -m gptkit run RECIPE)")  # each process would do it all, at once
+        return name, command, rest
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -199,10 +206,6 @@ def main(no_plugins):
     """Assemble GPTs from named components, train them from YAML recipes, and compare them."""
     if no_plugins:
         plugins.switch_off()
-    command = click.get_current_context().invoked_subcommand
-    if under_torchrun() and command not in (None, "run"):  # each process would do it all, at once
-        raise UserError(f"gptkit {command} runs in one process; run it without torchrun (`gptkit run` alone trains "
-                        "on several: torchrun ... -m gptkit run RECIPE)")
 
 
 def imports_option(f):
