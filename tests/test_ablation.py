@@ -550,6 +550,12 @@ def test_compare_shows_every_value_on_one_line_of_its_own_cell():
                                               "null", "(absent)", "plain"]
 
 
+def test_compare_writes_booleans_as_a_recipe_does():
+    from gptkit.cli.compare import show
+
+    assert [show(True), show(False), show("True")] == ["true", "false", "True"]
+
+
 def test_compare_plots(cli, tmp_path, two_runs):
     pytest.importorskip("matplotlib")
     result = cli("compare", *two_runs, "--plot", tmp_path / "c.png")

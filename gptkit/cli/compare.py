@@ -190,7 +190,7 @@ def show(value) -> str:
     is quoted, as JSON; a `|` would end the cell."""
     if value is ABSENT:
         return "(absent)"
-    text = "null" if value is None else str(value)
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)  # as YAML
     if isinstance(value, str) and (value != value.strip() or not value.isprintable() or value in ("", "null", "(absent)")):
         text = json.dumps(value, ensure_ascii=False)
     return text.replace("|", "\\|")

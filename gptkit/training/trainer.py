@@ -440,7 +440,8 @@ class Trainer:
         # that checkpoint would evaluate the step again and write its record twice.
         if (self.saved_step, self._saved_eval_step) != (s.step, s.eval_step) or s.eval_pending:
             self._flush()
-            if not all(bool(p.isfinite().all()) for p in self.model.parameters()):  # as the last step left them
+            finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()  # one host sync
+            if not finite:  # as the last step left them
                 self._diverged(s.step, "its update left weights that are not finite")
             s.seconds = self._elapsed()  # the evaluation before the save too
             self.on_checkpoint(self)
