@@ -1084,3 +1084,12 @@ def test_a_checkpoint_holds_its_optimizer_state_on_the_cpu(tmp_path, monkeypatch
     assert {moment.data_ptr(), step.data_ptr()} <= set(moved)
     loaded = torch.load(tmp_path / "c.pt", weights_only=True)
     assert torch.equal(loaded["trainer"]["optimizer"]["state"][0]["exp_avg"], moment)
+
+
+def test_a_recipe_diff_writes_values_as_a_recipe_does():
+    from gptkit.training.resume import recipe_diff
+
+    old = {"model": {"dropout": 0.0, "tie_embeddings": True, "positional": {"name": "sinusoidal", "amplitude": 0.02}}}
+    new = {"model": {"dropout": 0.1, "tie_embeddings": False, "positional": {"name": "rope"}}}
+    assert recipe_diff(old, new) == ["model.dropout: 0.0 -> 0.1", "model.positional.amplitude: 0.02 -> (absent)",
+                                     "model.positional.name: sinusoidal -> rope", "model.tie_embeddings: true -> false"]

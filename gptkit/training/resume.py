@@ -14,7 +14,7 @@ except ImportError:  # Windows
 
 from ..errors import UserError
 from ..io import quote, write_text
-from ..recipe import Recipe, flatten
+from ..recipe import Recipe, flatten, yaml
 from .checkpoint import load_checkpoint, missing_plugins, plugin_changes
 from .folder import is_ablation_folder, metric_records, resumable, run_recipe, stopped_for_good, summary_of, trained_with
 
@@ -36,7 +36,8 @@ def differing(a: dict, b: dict, may_change: tuple[str, ...] = MAY_CHANGE) -> lis
 def recipe_changes(old: dict, new: dict) -> list[tuple[str, str]]:
     """(key, 'key: old -> new') for every key of two recipes whose value differs and that may not change."""
     a, b = effective(flatten(old)), effective(flatten(new))
-    return [(k, f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}") for k in differing(a, b)]
+    spelled = lambda flat, k: yaml.dump(flat[k], flow=True) if k in flat else "(absent)"  # noqa: E731  as a recipe writes it
+    return [(k, f"{k}: {spelled(a, k)} -> {spelled(b, k)}") for k in differing(a, b)]
 
 
 def effective(flat: dict) -> dict:
