@@ -111,7 +111,8 @@ def sizes(plan: Plan, data: dict[str, CharDataset]) -> dict[str, tuple[int, int]
 
 def run_steps(recipe: Recipe, dataset: CharDataset) -> int:
     """The steps one run of `recipe` trains, counted as the Trainer counts them."""
-    return total_steps(recipe.train, dataset.steps_per_epoch(recipe.train.batch_size))
+    train = recipe.train
+    return total_steps(train.epochs, train.max_steps, dataset.steps_per_epoch(train.batch_size))
 
 
 def budget(recipe: Recipe, dataset: CharDataset) -> str:

@@ -17,15 +17,21 @@ def is_ablation_folder(path: Path) -> bool:
     return (path / "ablation.yaml").is_file() and not (path / "recipe.yaml").is_file()
 
 
+def ablation_runs(path: Path) -> dict[Path, int]:
+    """The ablation folder's run folders (ARM/seed-N), in path order, with their seeds."""
+    found = ((p, re.fullmatch(r"seed-(-?\d+)", p.name)) for p in sorted(path.glob("*/seed-*")) if p.is_dir())
+    return {p: int(m[1]) for p, m in found if m}
+
+
 def ablation_seeds(path: Path) -> list[int]:
-    """The seeds of the ablation folder's runs (ARM/seed-N), in order."""
-    return sorted({int(m[1]) for p in path.glob("*/seed-*") if (m := re.fullmatch(r"seed-(-?\d+)", p.name))})
+    """The seeds of the ablation folder's runs, in order."""
+    return sorted(set(ablation_runs(path).values()))
 
 
 def ablation_run_example(path: Path) -> str:
     """One run of the ablation folder, as ARM/seed-N: a real one if it has any."""
-    runs = sorted(p for p in path.glob("*/seed-*") if p.is_dir() and re.fullmatch(r"seed-(-?\d+)", p.name))
-    return f"{runs[0].parent.name}/{runs[0].name}" if runs else "ARM/seed-N"
+    run = next(iter(ablation_runs(path)), None)
+    return f"{run.parent.name}/{run.name}" if run else "ARM/seed-N"
 
 
 def summary_of(run: Path) -> dict:

@@ -12,7 +12,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from types import SimpleNamespace
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -33,10 +32,10 @@ from .signals import stop_on_signals
 from .speed import compile_failures, compiled, micro_batch_size
 
 
-def total_steps(train, steps_per_epoch: int) -> int:
-    """A run's step budget (`train`: a recipe's train section): its epochs, cut short by max_steps."""
-    steps = train.epochs * steps_per_epoch
-    return steps if train.max_steps is None else min(steps, train.max_steps)
+def total_steps(epochs: int, max_steps: int | None, steps_per_epoch: int) -> int:
+    """A run's step budget (a recipe's train.epochs and train.max_steps): its epochs, cut short by max_steps."""
+    steps = epochs * steps_per_epoch
+    return steps if max_steps is None else min(steps, max_steps)
 
 
 def trained_toward(recipe: dict, steps_per_epoch: int) -> int | None:
@@ -46,7 +45,7 @@ def trained_toward(recipe: dict, steps_per_epoch: int) -> int | None:
     epochs, max_steps = (train.get("epochs"), train.get("max_steps")) if isinstance(train, dict) else (None, None)
     if type(epochs) is not int or not (max_steps is None or type(max_steps) is int):
         return None
-    return total_steps(SimpleNamespace(epochs=epochs, max_steps=max_steps), steps_per_epoch)
+    return total_steps(epochs, max_steps, steps_per_epoch)
 
 
 def schedule_warning(spec: ComponentSpec, factor: Callable[[int], float], n: int) -> str | None:
@@ -153,7 +152,7 @@ class Trainer:
         self.dist = dist
         self.on_metrics, self.on_checkpoint = on_metrics, on_checkpoint
         self.steps_per_epoch = dataset.steps_per_epoch(self.cfg.batch_size)
-        self.total_steps = total_steps(self.cfg, self.steps_per_epoch)
+        self.total_steps = total_steps(self.cfg.epochs, self.cfg.max_steps, self.steps_per_epoch)
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)  # fewer than asked if max_steps binds
         self.optimizer = build_optimizer(self.cfg.optimizer, param_groups(model, self.cfg.weight_decay), self.cfg.lr)
         # Every component and the optimizer, each with the spec it was built from: whose bug an exception is.
