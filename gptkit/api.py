@@ -1,5 +1,6 @@
 """The Python API in one call, shaped like the original script's `train_model`."""
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -14,19 +15,22 @@ from .training import train
 from .training.checkpoint import save_checkpoint
 
 
-def train_model(config_path: str | Path | Recipe, data_path: str | Path | None = None, epochs: int | None = None,
+def train_model(config_path: str | Path | Recipe | dict, data_path: str | Path | None = None, epochs: int | None = None,
                 save_path: str | Path | None = None, overrides: list[str] = (), runs_dir: str | Path = "runs",
                 quiet: bool = False) -> tuple[GPT, CharDataset]:
-    """Train from a recipe file, or a Recipe already loaded (`load_recipe`), and return `(model, dataset)`.
+    """Train from a recipe file, a Recipe already loaded (`load_recipe`), or a dict of a recipe's contents
+    (as `yaml.safe_load` reads a file), and return `(model, dataset)`. A dict is validated as
+    `gptkit.recipe.validate` validates it: its `imports` run, and its relative paths are relative to the
+    working directory.
 
     `data_path` and `epochs` override the recipe; `overrides` takes `--set`-style "key=value"
-    strings (a Recipe is validated again with them, and left as it was). The run folder is created
+    strings (a Recipe or dict is validated again with them, and left as it was). The run folder is created
     under `runs_dir` as with `gptkit run`; `save_path`, if given, receives the final weights with the
     recipe and vocabulary (for `load_model` and `gptkit sample`; the run folder's checkpoint is the
     one to resume from). Under torchrun, rank 0 alone writes both.
     """
     overrides = list(check_overrides(overrides))
-    origins = {text: f"overrides {text!r}" for text in overrides}  # an error names what the user gave, not a --set
+    origins = {}  # data_path and epochs are named in errors as the arguments they were, not as overrides
     if data_path is not None:
         if not Path(data_path).is_file():  # said as the argument it is, not as the recipe's data.path
             raise UserError(f"data_path={str(data_path)!r}: file not found"
@@ -39,11 +43,14 @@ def train_model(config_path: str | Path | Recipe, data_path: str | Path | None =
         overrides.append(text)
         origins[text] = f"epochs={epochs!r}"
     if isinstance(config_path, Recipe):
-        recipe = _overridden(config_path, overrides, origins)
+        recipe = _overridden(config_path.to_dict(), f"recipe {config_path.name}", overrides, origins) \
+            if overrides else config_path
+    elif isinstance(config_path, dict):  # copied: the caller's dict is left as it was
+        recipe = _overridden(copy.deepcopy(config_path), "recipe", overrides, origins)
     elif isinstance(config_path, str | os.PathLike):
         recipe = load_recipe(config_path, overrides, origins)
     else:
-        raise TypeError(f"train_model takes a recipe file's path or a Recipe, got {type(config_path).__name__}")
+        raise TypeError(f"train_model takes a recipe file's path, a Recipe or a dict, got {type(config_path).__name__}")
     if save_path is not None:
         check_save_path(Path(save_path))
     result = train(recipe, runs_dir=runs_dir, quiet=quiet)
@@ -53,13 +60,10 @@ def train_model(config_path: str | Path | Recipe, data_path: str | Path | None =
     return result.model, result.dataset
 
 
-def _overridden(recipe: Recipe, overrides: list[str], origins: dict[str, str]) -> Recipe:
-    """`recipe` with `overrides` applied, validated as `load_recipe` validates a file's (its paths are
-    absolute already, and those of overrides are relative to the working directory)."""
-    if not overrides:
-        return recipe
-    data = recipe.to_dict()
-    return validate(data, origin=f"recipe {recipe.name}", overrides=apply_overrides(data, overrides, origins))
+def _overridden(data: dict, origin: str, overrides: list[str], origins: dict[str, str]) -> Recipe:
+    """The recipe `data` holds with `overrides` applied (to `data`), validated as `load_recipe` validates a
+    file's, but for relative paths, which are relative to the working directory (a Recipe's are absolute)."""
+    return validate(data, origin=origin, overrides=apply_overrides(data, overrides, origins))
 
 
 def check_save_path(path: Path) -> None:

@@ -2,12 +2,12 @@
 settings (training, bench, optimizers)."""
 
 import functools
-import os
 import re
 
 import torch
 
 from .errors import UserError
+from .ranks import under_torchrun
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?|mps)$"
 
@@ -21,7 +21,7 @@ def resolve_device(name: str, what: str = "train.device") -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise UserError(f"{what}: {name} was asked for, but no such CUDA device is visible; use auto or cpu")
-    if device.type == "cuda" and device.index is not None and os.environ.get("WORLD_SIZE", "").strip() in ("", "0", "1"):
+    if device.type == "cuda" and device.index is not None and not under_torchrun():
         torch.cuda.set_device(device)  # CUDA events and autocast's checks use the current device (torchrun's processes set their own)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"{what}: mps was asked for, but it is not available here; use auto or cpu")

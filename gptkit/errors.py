@@ -1,7 +1,9 @@
 """Errors that are the user's to fix: the CLI prints them as one message and exits with code 2."""
 
+import contextlib
+import contextvars
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 
 class UserError(Exception):
@@ -57,7 +59,11 @@ class Interrupted(RunStopped):
 
     def __init__(self, signum: int, message: str):
         super().__init__(message)
+        self.signum = signum
         self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+
+    def __reduce__(self):  # unpickled by calling the class with its args: a worker's stop reaches its parent
+        return type(self), (self.signum, *self.args), self.__dict__
 
 
 class Diverged(RunStopped):
@@ -73,6 +79,46 @@ class CheckpointError(RunStopped):
     checkpoint, if there is one, is intact."""
 
     exit_code = 4
+
+
+# How errors name what the caller gave: from Python (the default), the function's arguments; within a
+# `gptkit` command (the CLI sets it for the whole command), its flags.
+_command_line = contextvars.ContextVar("command_line", default=False)
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """Within it, errors name the command line's flags (--runs-dir) rather than Python's arguments (runs_dir)."""
+    token = _command_line.set(True)
+    try:
+        yield
+    finally:
+        _command_line.reset(token)
+
+
+def on_command_line() -> bool:
+    return _command_line.get()
+
+
+def arg(name: str) -> str:
+    """An argument as the caller names it: '--runs-dir' on the command line, 'runs_dir' from Python."""
+    return f"--{name.replace('_', '-')}" if on_command_line() else name
+
+
+def given(name: str, value) -> str:
+    """An argument with the value given: '--resume runs/x' on the command line, "resume='runs/x'" from Python."""
+    return f"{arg(name)} {value}" if on_command_line() else f"{name}={str(value)!r}"
+
+
+def override(text: str) -> str:
+    """A recipe override as the caller gave it: '--set train.lr=1' on the command line, "overrides
+    'train.lr=1'" (one of the list) from Python."""
+    return f"--set {text}" if on_command_line() else f"overrides {text!r}"
+
+
+def overrides_example(*texts: str) -> str:
+    """Overrides to give, as the caller would: '--set a=1 --set b=2', or "overrides=['a=1', 'b=2']"."""
+    return " ".join(map(override, texts)) if on_command_line() else f"overrides={list(texts)!r}"
 
 
 def one_line(e: BaseException) -> str:

@@ -12,6 +12,8 @@ from typing import IO
 
 from .errors import UserError
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # a write's errno for want of space, or of the user's quota of it
+
 
 def read_text(path: Path, what: str) -> str:
     """The UTF-8 text of `path` with `\n` line endings and no byte-order mark (a text joined from files by

@@ -128,10 +128,7 @@ def _tree_sha256(module) -> str | None:
     folders = [Path(p) for p in getattr(module, "__path__", None) or ()]  # a package's
     file = getattr(module, "__file__", None) or ""
     if not folders:  # a module of one file: hashed as a local file is
-        try:
-            return file_sha256(file) if file.endswith(".py") else None
-        except OSError:
-            return None
+        return python_file_sha256(file)
     files = [(f.relative_to(d), f) for d in folders for f in sorted(d.rglob("*.py"))]
     h = hashlib.sha256()
     try:
@@ -151,6 +148,17 @@ _ran: dict[str, str] = {}  # a local file's module name -> the SHA-256 of the so
 def file_sha256(path: Path | str) -> str:
     """The SHA-256 of a file's bytes: how a run records which local component code it trained."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def python_file_sha256(path: str) -> str | None:
+    """file_sha256 of `path` if it is a readable Python file (a local component's, a one-file plugin's), else
+    None: code with no source to record."""
+    if not path.endswith(".py"):
+        return None
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
 
 
 def import_file(path: Path) -> None:

@@ -122,18 +122,15 @@ def _interactive() -> bool:
     return hasattr(sys, "ps1") or bool(sys.flags.interactive) or getattr(builtins, "__IPYTHON__", False)
 
 
+def _code_of(plugin: plugins.Plugin, obj: Any) -> bool:
+    """Whether `obj` comes from the package of `plugin`'s entry point, whose modules may register what it
+    declares: as they are imported, too early to compare `obj` with what the entry point loads."""
+    module = getattr(obj, "__module__", None) or ""
+    return module.partition(".")[0] == plugin.entry_point.module.partition(".")[0]
+
+
 def _name_of(obj: Any) -> str:
     return getattr(obj, "__qualname__", None) or type(obj).__name__
-
-
-def _file_sha256(source: str) -> str | None:
-    """The SHA-256 of `source` if it is a Python file (a local component's), else None."""
-    if not source.endswith(".py"):
-        return None
-    try:
-        return plugins.file_sha256(source)
-    except OSError:
-        return None
 
 
 def _source_of(obj: Any) -> str:
@@ -172,7 +169,15 @@ class Registry:
             except RegistryError as e:
                 raise RegistryError(f"{self.kind} '{name}': {e}") from None
             came_from = source or _source_of(obj)
-            new = Entry(self.kind, name, obj, came_from, sha256=_file_sha256(came_from))
+            new = Entry(self.kind, name, obj, came_from, sha256=plugins.python_file_sha256(came_from))
+            # A name an installed package declares is refused to other code now: kept, it would fail at
+            # its first use, and go on failing for the session. (A built-in's clash is the plugin's to
+            # settle; within `clashes_listed`, `entry` reports the clash.)
+            claims = [] if came_from == "built-in" or _listing else [
+                p for p in plugins.declared(self.kind).get(name, []) if not _code_of(p, obj)]
+            if claims:
+                raise RegistryError(f"{self.kind} '{name}' is claimed by {' and by '.join(p.source for p in claims)} "
+                                    f"already; a name must have one source. {self._clash_fix(new, claims)}")
             if name in self._entries:
                 old = self._entries[name]
                 same_class = old.obj.__qualname__ == obj.__qualname__

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 MAX_TOKENS = 10**7  # per sample: the output is allocated up front, and that is hours of generation on a CPU
+SEEDS = range(-(2**63), 2**64)  # what torch.manual_seed and a generator's take
 STREAM_EVERY = 64  # tokens per on_tokens call: reading them back syncs a GPU, too rarely to cost anything
 
 
@@ -144,7 +145,8 @@ def sample(model, vocab, prompt: str, tokens: int, temperature: float = 0.8, top
     if not (hasattr(vocab, "encode") and hasattr(vocab, "stoi")):
         raise TypeError(f"vocab must be the model's Vocab (a dataset's .vocab, or load_model's third value), "
                         f"got {type(vocab).__name__}")
-    if seed is not None and not (_whole(seed) is not None and -2**63 <= seed < 2**64):  # what a generator takes
+    whole_seed = None if seed is None else _whole(seed)  # a Python int: a generator takes no numpy or torch one
+    if seed is not None and not (whole_seed is not None and SEEDS.start <= whole_seed < SEEDS.stop):
         raise ValueError(f"seed must be None (a new draw each time) or a whole number from -2**63 to 2**64 - 1, "
                          f"got {seed!r}")
     device = next(model.parameters()).device
@@ -155,7 +157,7 @@ def sample(model, vocab, prompt: str, tokens: int, temperature: float = 0.8, top
     if seed is None:
         g.seed()
     else:
-        g.manual_seed(seed)
+        g.manual_seed(whole_seed)
     stream = None if on_text is None else lambda ids: on_text(vocab.decode(ids[0].tolist()))
     if on_text is not None:
         on_text(prompt)

@@ -131,6 +131,57 @@ def test_a_stopped_ablation_says_to_rerun_the_ablation(cli, tmp_path, write_reci
     assert "gptkit run --resume" not in result.output
 
 
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raising KeyboardInterrupt, as in a terminal (a background job's may be ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def reported(out: Path) -> tuple[int, int]:
+    """(finished runs results.csv lists, finished runs results.md counts)."""
+    with open(out / "results.csv", newline="") as f:
+        rows = sum(r["status"] == "finished" for r in csv.DictReader(f))
+    return rows, int(re.search(r"^(\d+) of \d+ runs finished", (out / "results.md").read_text(), re.M)[1])
+
+
+@pytest.mark.parametrize("module, name, nth, made", [
+    ("gptkit.ablation.runner", "continue_from", 2, 2),  # between the two runs
+    ("gptkit.ablation.runner", "markdown", 2, 2),  # rendering the reports of both runs
+    # writing results.csv after the second run (after baseline.yaml, ablation.yaml and the first reports): its
+    # results.md is written too before the Ctrl-C takes effect
+    ("gptkit.ablation.runner", "write_text", 5, 6),
+    ("gptkit.cli.ablate", "plot", 1, 1),  # drawing the curves
+])
+def test_a_ctrl_c_outside_a_runs_training_says_to_rerun_and_keeps_the_reports_in_step(cli, tmp_path, write_recipe,
+                                                                                      monkeypatch, ctrl_c, module,
+                                                                                      name, nth, made):
+    import importlib
+
+    real, calls = getattr(importlib.import_module(module), name), []
+
+    def pressed(*a, **k):  # Ctrl-C at the nth call
+        calls.append(a)
+        if len(calls) == nth:
+            signal.raise_signal(signal.SIGINT)
+        return real(*a, **k)
+
+    out = tmp_path / "abl"
+    args = ("ablate", write_recipe(train={"max_steps": 2}), "--vary", "model.norm=layernorm", "--seeds", "1",
+            "--out", out)
+    with monkeypatch.context() as m:
+        m.setattr(f"{module}.{name}", pressed)
+        result = cli(*args)
+    assert result.exit_code == 130 and len(calls) == made, result.output
+    assert result.output.endswith(f"\nstopped: SIGINT received\nAblation folder: {out}  (continue: rerun the same "
+                                  "gptkit ablate command)\n"), result.output
+    rows, said = reported(out)
+    assert rows == said
+    again = cli(*args)
+    assert again.exit_code == 0 and reported(out) == (2, 2), again.output
+
+
 def test_bad_ablation_file(cli, tmp_path, write_recipe):
     path = tmp_path / "abl.yaml"
     path.write_text(f"recipe: {write_recipe().name}\nvary: {{model.norm: [layernorm]}}\nseed: 3\n")
@@ -458,6 +509,21 @@ def test_the_plan_and_the_table_write_figures_alike(cli, tmp_path, write_recipe)
         assert planned and table[label][6].startswith(planned[1]) and table[label][7] == planned[2], result.output
 
 
+@pytest.mark.parametrize("margin, said", [(0.015, "1.5%"), (0.005, "0.5%"), (0.05, "5%")])
+def test_the_parameter_margin_is_said_as_given(tmp_path, write_recipe, monkeypatch, margin, said):
+    """Not rounded: as "2%", a margin of 0.015 would flag an arm 1.8% off as more than 2% off."""
+    import gptkit.ablation.runner as runner
+
+    p = plan(Ablation(recipe=write_recipe(), vary={"model.norm": ["rmsnorm", "layernorm"]}))
+    base, arm = p.arms
+    monkeypatch.setattr(runner, "sizes", lambda plan, data: {base.slug: (1000, 1),
+                                                             arm.slug: (round(1000 * (1 + margin)) + 3, 1)})
+    flagged = runner.describe(p, margin, runner.datasets(p))[1]
+    assert flagged.endswith(f" parameters vs the baseline (margin {said})"), flagged
+    runner.write_reports(tmp_path, rows_of(p, {base.label: [2.0], arm.label: [2.0]}), margin)
+    assert f"more than {said}." in (tmp_path / "results.md").read_text()
+
+
 @pytest.mark.parametrize("seconds, text", [(0.04, "<0.1 s"), (0.43, "0.4 s"), (1.7, "0:01"), (62, "1:02"),
                                            (3723, "1:02:03")])
 def test_wall_times_under_a_second_are_not_zero(seconds, text):
@@ -537,6 +603,17 @@ def test_compare_of_an_ablation_folder_points_at_its_runs(cli, tmp_path, two_run
     assert result.exit_code == 2 and result.output == (
         f"error: {folder} is an ablation folder, not a run folder: its results are in {folder / 'results.md'}; "
         f"compare its arms' runs of one seed with: gptkit compare {folder}/*/seed-3\n")
+
+
+def test_compare_names_each_runs_folder_when_their_folders_differ(tmp_path):
+    from gptkit.cli.compare import short_names
+
+    abl = tmp_path / "abl"
+    assert short_names([abl / "baseline/seed-1337", abl / "baseline/seed-1338", abl / "norm-layernorm/seed-1339"]) \
+        == ["baseline/seed-1337", "baseline/seed-1338", "norm-layernorm/seed-1339"]  # not three seeds of one arm
+    assert short_names([abl / "rope/seed-0", abl / "alibi/seed-0"]) == ["rope/seed-0", "alibi/seed-0"]
+    assert short_names([tmp_path / "run-1", tmp_path / "run-2"]) == ["run-1", "run-2"]  # one folder: said by none
+    assert short_names([tmp_path / "x/abl/seed-1", tmp_path / "y/abl/seed-2"]) == ["x/abl/seed-1", "y/abl/seed-2"]
 
 
 def test_compare_shows_every_value_on_one_line_of_its_own_cell():
@@ -1110,6 +1187,39 @@ def test_another_ablation_in_the_same_folder_is_refused_before_anything_is_writt
     assert other.exit_code == 2, other.output
     assert f"{run} was stopped with a different recipe (train.lr differ)" in other.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # ablation.yaml, baseline.yaml too
+
+
+def test_a_stopped_run_is_reported_as_far_as_it_got(cli, tmp_path, write_recipe, monkeypatch):
+    from conftest import stop_at
+
+    import gptkit.ablation.runner as runner
+
+    recipe = write_recipe(train={"max_steps": 6, "eval_every": 2, "eval_batches": 1, "checkpoint_every": 2})
+    out = tmp_path / "abl"
+    args = ("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", out)
+    real_train, calls = runner.train, []
+
+    def train(*a, **k):  # SIGTERM at step 3 of the second run, the arm's
+        calls.append(Path(k["run_dir"]))
+        with monkeypatch.context() as m:
+            if len(calls) == 2:
+                stop_at(m, "train_step", 3)
+            return real_train(*a, **k)
+
+    monkeypatch.setattr(runner, "train", train)
+    first = cli(*args)
+    assert first.exit_code == 143, first.output
+    summary = json.loads((calls[1] / "summary.json").read_text())
+    with open(out / "results.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["arm"] == "norm=layernorm")
+    assert row["status"] == summary["status"] == "interrupted" and int(row["steps"]) == summary["steps"] > 0
+    text = (out / "results.md").read_text()
+    assert "1 of 2 runs finished, 1 interrupted." in text
+    arm = md_rows(text)["norm=layernorm"]
+    assert arm[1:3] == ["0 (1 interrupted)", "-"] and arm[5] == "in progress (1 interrupted)"  # no loss yet
+    again = cli(*args)
+    assert again.exit_code == 0 and "(resuming)" in again.output, again.output
+    assert "2 of 2 runs finished." in (out / "results.md").read_text()
 
 
 FLAKY = """

@@ -119,6 +119,26 @@ def test_max_lines_counts_newlines_only_and_a_byte_order_mark_is_not_text(tmp_pa
     assert "\ufeff" not in ds.itos
 
 
+@pytest.mark.parametrize("text, cut", [("a\nb\nc\nd\n", False), ("a\nb\nc\nd", False), ("a\nb\nc\nd\ne\n", True)],
+                         ids=["4-lines", "4-lines-no-last-newline", "5-lines"])
+def test_max_lines_cuts_only_a_file_with_more_lines(tmp_path, text, cut):
+    """A file of exactly max_lines lines is all read: too short, it is the file that is, and raising
+    data.max_lines would not help."""
+    from types import SimpleNamespace
+
+    from gptkit.data.dataset import load_dataset
+
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    data = SimpleNamespace(path=path, corpus=None, max_lines=4, val_fraction=0.0, stride=1)
+    first_lines = f"data.path {path} (its first 4 lines, data.max_lines)"
+    assert load_dataset(data, block_size=2).source == (first_lines if cut else f"data.path {path}")
+    with pytest.raises(UserError) as e:
+        load_dataset(data, block_size=99)
+    assert str(e.value).startswith(first_lines if cut else f"data.path {path} has ")
+    assert ("raise data.max_lines" if cut else "use a longer text") in str(e.value)
+
+
 def test_byte_order_marks_inside_a_text_joined_by_cat_are_dropped_too(tmp_path):
     from gptkit.io import read_text
 
@@ -160,8 +180,8 @@ def test_a_full_disk_while_creating_a_corpus_says_to_free_space_and_leaves_no_fo
     with pytest.raises(UserError) as e:
         load_dataset(data, block_size=8)
     assert str(e.value) == (f"data.path: cannot create {data.path} from the 'shakespeare' corpus: No space left on "
-                            "device; free some space, or create it on another disk, e.g. --set data.path=FILE --set "
-                            "data.corpus=shakespeare")
+                            "device; free some space, or create it on another disk, e.g. "
+                            "overrides=['data.path=FILE', 'data.corpus=shakespeare']")
     assert list(tmp_path.iterdir()) == []  # the folders made for it are gone too
 
 

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as td
 
 from gptkit import load_recipe, train
 from gptkit.errors import UserError
+from gptkit.ranks import under_torchrun
+from gptkit.training import distributed
 from gptkit.training.distributed import Distributed, setup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,6 +221,36 @@ def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
     with pytest.raises(UserError, match="started 4 processes on this machine, which has 2 CUDA devices; use "
                                         "--nproc_per_node 2 or fewer"):
         setup(torch.device("cuda"))
+
+
+@pytest.mark.parametrize("world_size", ["", " ", "0", "1"])
+def test_a_world_size_the_command_line_takes_for_one_process_is_one_process_to_setup_too(monkeypatch, world_size):
+    def join(*args, **kwargs):
+        raise AssertionError("joined a process group")
+
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    monkeypatch.setattr(td, "init_process_group", join)
+    assert not under_torchrun()  # as the command line has it: gptkit sample and the like run
+    assert setup(torch.device("cpu")) == (Distributed(), torch.device("cpu"))
+
+
+class Counting(torch.nn.Module):
+    """A plugin component with a buffer it updates as it trains (`seen`), beside a derived table."""
+
+    def __init__(self, persistent: bool):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+        self.register_buffer("table", torch.arange(2.0), persistent=False)  # derived, as positional tables are
+        self.register_buffer("seen", torch.zeros(()), persistent=persistent)
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_ddp_syncs_buffers_only_for_a_model_with_a_persistent_one(monkeypatch, persistent):
+    made = {}
+    monkeypatch.setattr(distributed, "DistributedDataParallel", lambda model, **options: made.update(options))
+    Distributed(0, 2).wrap(Counting(persistent), torch.device("cpu"))
+    option = "forward_sync_buffers" if "forward_sync_buffers" in distributed.DDP_OPTIONS else "broadcast_buffers"
+    assert made[option] is persistent  # unsynced, the ranks' counts would drift apart
 
 
 RANK_STREAMS = """

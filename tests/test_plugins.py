@@ -210,6 +210,25 @@ def test_a_plugin_that_registers_what_it_declares_is_one_source(install, cli, sc
         registry("norm").get("othernorm")
 
 
+def test_registering_a_name_a_plugin_declares_is_refused_at_once(install, scratch_registries):
+    from gptkit.components import Norm
+
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_unit:UnitNorm"}}, {"acme_unit": NORM})
+
+    def cell(name):  # a class defined in a notebook cell
+        cls = type("Mine", (Norm,), {"forward": lambda self, x: x, "__module__": "__main__"})
+        return registry("norm").register(name, cls)
+
+    for _ in range(2):  # refused each time, not accepted to fail where a recipe uses it
+        with pytest.raises(RegistryError, match=r"^norm 'unitnorm' is claimed by acme-norms 1.2 already; a name "
+                                                r"must have one source. Rename the component in .*, or rename the "
+                                                r"entry point in acme-norms, or uninstall acme-norms"):
+            cell("unitnorm")
+    renamed = cell("mynorm")
+    assert registry("norm").get("mynorm") is renamed and "acme_unit" not in sys.modules  # refused from metadata alone
+    assert registry("norm").find("unitnorm").source == "acme-norms 1.2"
+
+
 def test_an_entry_point_in_no_kinds_group_is_reported(install, cli):
     install("acme-typo", "1.0", {"gptkit.norms": {"unitnorm": "acme_typo:UnitNorm"}}, {"acme_typo": NORM})
     result = cli("list")

@@ -3,16 +3,19 @@ random state as they were."""
 
 import dataclasses
 import json
+import pickle
+import textwrap
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from pydantic import ValidationError
 
-from gptkit import GPTConfig, build_model, load_model, load_recipe, train, train_model
+from gptkit import GPTConfig, build_model, errors, load_model, load_recipe, train, train_model
 from gptkit.conformance import CONFIG, assert_conformant, check_component, tiny_model
 from gptkit.data.vocab import Vocab
-from gptkit.errors import UserError
+from gptkit.errors import Interrupted, UserError
 from gptkit.recipe import RecipeError
 from gptkit.registry import RegistryError
 from gptkit.sampling import generate, sample
@@ -78,8 +81,8 @@ def test_sample_refuses_a_bool_top_k():
                          ids=["numpy", "tensor"])
 def test_numbers_of_numpy_and_torch_types_are_taken(whole, real):
     model = tiny_model()
-    text = sample(model, VOCAB, "A", tokens=whole, temperature=real, top_k=whole, seed=0)
-    assert text == sample(model, VOCAB, "A", tokens=3, temperature=0.5, top_k=3, seed=0) and len(text) == 4
+    text = sample(model, VOCAB, "A", tokens=whole, temperature=real, top_k=whole, seed=whole)
+    assert text == sample(model, VOCAB, "A", tokens=3, temperature=0.5, top_k=3, seed=3) and len(text) == 4
     out = generate(model.eval(), torch.tensor([[1]]), whole, real, whole, torch.Generator().manual_seed(0))
     assert out.shape == (1, 4)
 
@@ -99,9 +102,31 @@ def test_build_model_takes_a_recipes_model_section(write_recipe, what):
         build_model(given, 30)
 
 
-def test_train_model_takes_a_path_or_a_recipe(tmp_path):
-    with pytest.raises(TypeError, match="^train_model takes a recipe file's path or a Recipe, got dict"):
-        train_model({"name": "tiny"}, runs_dir=tmp_path / "runs")
+def test_train_model_takes_a_path_a_recipe_or_a_dict(tmp_path):
+    with pytest.raises(TypeError, match="^train_model takes a recipe file's path, a Recipe or a dict, got list"):
+        train_model([{"name": "tiny"}], runs_dir=tmp_path / "runs")
+
+
+def test_train_model_takes_a_recipes_contents_as_validate_does(tmp_path, write_recipe, monkeypatch, scratch_registries):
+    (tmp_path / "mine.py").write_text(textwrap.dedent("""
+        from gptkit.components import Norm, register
+
+        @register("norm", "dictnorm")
+        class DictNorm(Norm):
+            def forward(self, x):
+                return x
+    """))
+    contents = yaml.safe_load(write_recipe().read_text())
+    contents.update(imports=["mine.py"], data={"path": "corpus.txt"})  # relative to the working directory
+    contents["model"]["norm"] = "dictnorm"
+    before = json.dumps(contents)
+    monkeypatch.chdir(tmp_path)
+    model, _ = train_model(contents, overrides=["train.max_steps=1"], runs_dir=tmp_path / "runs", quiet=True)
+    assert type(model.transformer.ln_f).__name__ == "DictNorm" and json.dumps(contents) == before
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "summary.json").read_text())["steps"] == 1
+    with pytest.raises(RecipeError, match=r"^recipe: train.lr: "):
+        train_model({**contents, "train": {"lr": -1}}, runs_dir=tmp_path / "runs")
 
 
 def test_train_model_trains_a_recipe_object_with_overrides_and_leaves_it_as_it_was(tmp_path, write_recipe):
@@ -253,6 +278,31 @@ def test_train_model_errors_name_its_own_arguments(write_recipe, kwargs, named):
     assert str(e.value).startswith(named) and "--set" not in str(e.value), e.value
 
 
+def test_errors_name_the_arguments_given_not_command_line_flags(tmp_path, write_recipe, cli):
+    afile, path = tmp_path / "afile", write_recipe()
+    afile.write_text("x")
+    with pytest.raises(UserError, match=r"^cannot create a run folder in .*; pass a writable folder as runs_dir$"):
+        train_model(path, runs_dir=afile, quiet=True)
+    result = cli("run", path, "--runs-dir", afile)  # the command line names its flags, as before
+    assert result.exit_code == 2 and result.output.endswith("; pass --runs-dir with a writable folder\n"), result.output
+    with pytest.raises(UserError) as e:
+        train(load_recipe(path), resume=afile, quiet=True)
+    assert str(e.value) == (f"resume='{afile}': not a folder; give a run folder such as runs/NAME-YYYYmmdd-HHMMSS, "
+                            "or resume='auto' with a recipe")
+    with pytest.raises(RecipeError, match=r"^overrides 'train.lrr=1': train.lrr: unknown key"):
+        load_recipe(path, ["train.lrr=1"])
+    with pytest.raises(RecipeError) as e:
+        train_model(path, overrides=["train.lr"])
+    assert str(e.value) == ("overrides 'train.lr': expected KEY=VALUE with a dotted key, "
+                            "e.g. overrides=['train.lr=3e-4']")
+    with pytest.raises(UserError) as e:
+        load_recipe(path, ["sample.prompt=a: b: c"])
+    assert str(e.value) == ("overrides 'sample.prompt=a: b: c': not valid YAML: mapping values are not allowed here "
+                            "(a value containing ': ' or ending in ':' must be quoted: "
+                            """overrides=['sample.prompt="a: b: c"'])""")
+    assert load_recipe(path, ['sample.prompt="a: b: c"']).sample.prompt == "a: b: c"  # the fix it gives
+
+
 def test_generate_runs_in_evaluation_mode_and_leaves_the_mode_as_it_was():
     torch.manual_seed(0)
     model = tiny_model(dataclasses.replace(CONFIG, dropout=0.5))  # in training mode, as build_model returns it
@@ -294,6 +344,26 @@ def test_a_class_renamed_in_a_notebook_replaces_the_one_registered_under_its_nam
     else:  # two classes under one name in a script: a mistake
         with pytest.raises(RegistryError, match="norm 'cellnorm' is registered twice: First by .* and Second by"):
             cell("Second")
+
+
+def test_load_model_gives_the_recipe_load_recipe_gives(tmp_path, write_recipe):
+    path = write_recipe(train={"max_steps": 1})
+    run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    _, recipe, _ = load_model(str(run))
+    assert recipe == load_recipe(path)  # its training components' parameters too, e.g. AdamWParams
+
+
+ERRORS = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, BaseException)
+          and c.__module__ == errors.__name__]
+
+
+@pytest.mark.parametrize("cls", ERRORS, ids=lambda c: c.__name__)
+def test_errors_survive_pickling_with_their_attributes(tmp_path, cls):
+    """As a run stopped in a multiprocessing or joblib worker reports back."""
+    e = cls(2, "stopped") if cls is Interrupted else cls("stopped")
+    e.run_dir, e.every_rank = tmp_path, True  # as train, and a torchrun rank, set them
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is cls and str(back) == "stopped" and vars(back) == vars(e) and back.exit_code == e.exit_code
 
 
 def test_errors_and_the_vocabulary_are_exported():

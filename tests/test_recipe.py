@@ -8,11 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptkit.errors import UserError
+from gptkit.errors import UserError, command_line
 from gptkit.recipe import RecipeError, load_recipe
 from gptkit.recipe.yaml import YAMLError, load
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _named_as_the_command_line_gives_them():
+    """Overrides here are named as `gptkit run --set` gives them (test_python_api.py has Python's names)."""
+    with command_line():
+        yield
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -519,9 +519,10 @@ def test_a_failed_first_save_says_that_no_checkpoint_was_saved(tmp_path, write_r
 
     monkeypatch.setattr(torch, "save", fails)
     with pytest.raises(CheckpointError, match=rf"{os.strerror(code)}; no checkpoint was saved yet \(resuming "
-                                              rf"starts the run over\)\. {fix} and resume with --resume") as e:
+                                              rf"starts the run over\)\. {fix} and resume with resume='") as e:
         train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True)
     assert e.value.exit_code == 4 and not (e.value.run_dir / "checkpoint.pt").exists()
+    assert str(e.value).endswith(f"resume with resume='{e.value.run_dir}'")  # named as train's argument
 
 
 GoesNaN = breaks_after(10, how="nan")  # diverges at step 11
@@ -989,10 +990,11 @@ def test_resume_auto_passes_by_a_run_whose_recipe_differs(tmp_path, write_recipe
     result = train(load_recipe(path), runs_dir=runs, quiet=True, resume="auto")  # the older one, of this recipe
     assert result.run_dir == same and result.summary["status"] == "finished" and result.summary["steps"] == 6
     assert capsys.readouterr().err == (f"note: not resuming {other}: its recipe differs (train.lr); to go on with its "
-                                       f"own recipe: gptkit run --resume {other}\n")
+                                       f"own recipe: train(load_recipe('{other / 'recipe.yaml'}'), resume='{other}')\n")
     auto = cli("run", path, "--set", "train.lr=0.003", "--resume", "auto", "--runs-dir", runs, "-q")
     assert auto.exit_code == 0, auto.output
-    assert f"note: not resuming {other}: its recipe differs (train.lr)" in auto.stderr
+    assert f"note: not resuming {other}: its recipe differs (train.lr); to go on with its own recipe: gptkit run " \
+           f"--resume {other}\n" in auto.stderr
     assert len(list(runs.iterdir())) == 3  # a new run
     explicit = cli("run", path, "--resume", other)  # named, it is refused as before
     assert explicit.exit_code == 2 and "the recipe changed in ways that matter:\n  train.lr: 0.002 -> 0.001" in explicit.output

@@ -12,9 +12,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
-from ..io import write_text
 from ..training.folder import diverged, failed, finished
 from ..training.progress import fmt_duration
 from .spec import Arm, unequal_terms
@@ -62,7 +60,12 @@ class RunRow:
     arm: Arm
     seed: int
     run_dir: str                 # relative to the ablation folder
-    summary: dict | None         # None while the run is not finished (or diverged)
+    summary: dict | None         # its summary.json; None before it wrote one
+
+
+def interrupted(summary: dict | None) -> bool:
+    """Stopped before its end (a Ctrl-C, a kill), to be resumed by the next command: not yet a result."""
+    return summary is not None and not (finished(summary) or diverged(summary) or failed(summary))
 
 
 @dataclass
@@ -72,6 +75,7 @@ class ArmStats:
     diverged: int                # seeds that diverged, left out of the figures
     failed: int                  # seeds that failed (a component's error), left out of the figures
     reason: str | None           # the first failed seed's reason, its first line
+    interrupted: int             # seeds stopped before their end, not in the figures until resumed
     final: tuple
     best: tuple
     diff: tuple                  # paired final-val-loss difference to the baseline, (mean, half-width)
@@ -106,7 +110,7 @@ class ArmStats:
         if self.trouble:
             return self.trouble
         if not self.n:
-            return "not run"
+            return f"in progress ({self.interrupted} interrupted)" if self.interrupted else "not run"
         if half is None:  # fewer than two seeds paired with a finished baseline run
             return "n/a (needs 2 seeds)" if self.n < 2 else "n/a (needs 2 seeds whose baseline run finished)"
         noise = max(half, FLOAT_NOISE * abs(self.final[0]))  # identical differences have an interval of width 0
@@ -138,9 +142,10 @@ def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
 
         diffs = [r.summary["final_val_loss"] - base[r.seed] for r in mine if r.seed in base]
         gone = sum(r.arm.label == label and diverged(r.summary) for r in rows)
+        stopped = sum(r.arm.label == label and interrupted(r.summary) for r in rows)
         reason = first_line(broken[0].get("reason")) if broken else None
         unequal = unequal_terms(arm.recipe, baseline.recipe) if baseline is not None else []
-        stats.append(ArmStats(arm, len(mine), gone, len(broken), reason, mean_ci(values("final_val_loss")),
+        stats.append(ArmStats(arm, len(mine), gone, len(broken), reason, stopped, mean_ci(values("final_val_loss")),
                               mean_ci(values("best_val_loss")), mean_ci(diffs), len(diffs), unequal, first("params"),
                               first("flops_per_token"), first("steps"), first("tokens"), mean("tokens_per_s"),
                               mean("wall_seconds")))
@@ -183,8 +188,9 @@ def markdown(stats: list[ArmStats], margin: float) -> str:
 
 
 def seeds_cell(s: ArmStats) -> str:
-    """"3", or "3 (5 diverged)", "0 (2 failed)": finished seeds, and those left out."""
-    left_out = [f"{k} {what}" for k, what in ((s.diverged, "diverged"), (s.failed, "failed")) if k]
+    """"3", or "3 (5 diverged)", "0 (2 failed)", "1 (1 interrupted)": finished seeds, and those left out."""
+    left_out = [f"{k} {what}" for k, what in ((s.diverged, "diverged"), (s.failed, "failed"),
+                                              (s.interrupted, "interrupted")) if k]
     return f"{s.n} ({', '.join(left_out)})" if left_out else str(s.n)
 
 
@@ -208,7 +214,8 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]) + "\n"
 
 
-def write_csv(path: Path, rows: list[RunRow]) -> None:
+def csv_text(rows: list[RunRow]) -> str:
+    """results.csv: one row per run, as its summary.json says."""
     text = io.StringIO()
     writer = csv.DictWriter(text, CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -216,4 +223,4 @@ def write_csv(path: Path, rows: list[RunRow]) -> None:
         s = r.summary or {}
         writer.writerow({"arm": r.arm.label, "baseline": r.arm.baseline, "seed": r.seed, "run_dir": r.run_dir,
                          "status": s.get("status", "unfinished"), **{k: s.get(k) for k in CSV_FIELDS[5:]}})
-    write_text(path, text.getvalue())
+    return text.getvalue()

@@ -10,24 +10,26 @@ seeds later reuses the finished ones.
 import contextlib
 import re
 import shutil
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from ..data.dataset import CharDataset, load_dataset
 from ..device import keep_random_state, resolve_device
-from ..errors import ComponentError, Diverged, UserError, failure_reason
+from ..errors import ComponentError, Diverged, Interrupted, UserError, failure_reason
 from ..io import cannot_make_folder, quote, write_text
 from ..recipe import Recipe, apply_override, flatten, yaml
 from ..training import train
 from ..training.build import build_checked
 from ..training.checkpoint import plugin_changes
-from ..training.folder import (diverged, ended_summary, failed, finished, read_summary, run_recipe, trained_text,
+from ..training.folder import (diverged, ended, failed, finished, run_recipe, summary_of, trained_text,
                                trained_with, val_curve)
 from ..training.progress import fmt_duration
 from ..training.resume import MAY_CHANGE, differing, is_locked
 from ..training.trainer import schedule_warning, total_steps
 from .plot import plot_curves
-from .report import RunRow, arm_stats, first_line, markdown, write_csv
+from .report import RunRow, arm_stats, csv_text, first_line, interrupted, markdown
 from .spec import Arm, Plan, unfair_field, yaml_text
 
 # What an ended run may differ in from its arm and still be reused: what --resume lets change, except
@@ -144,7 +146,7 @@ def describe(plan: Plan, margin: float, data: dict[str, CharDataset]) -> list[st
     for arm in plan.arms:
         params, flops = size[arm.slug]
         rel = params / base - 1
-        flag = f"  ⚠ {rel:+.1%} parameters vs the baseline (margin {margin:.0%})" if abs(rel) > margin else ""
+        flag = f"  ⚠ {rel:+.1%} parameters vs the baseline (margin {percent(margin)})" if abs(rel) > margin else ""
         lines.append(f"  {arm.label.ljust(width)}  {params:>12,} params  {flops:>12,} FLOPs/token"
                      f"{'' if same else f'  {budgets[arm.slug]}'}{'  (baseline)' if arm.baseline else ''}{flag}")
     lines += [f"Each run: {budgets[plan.baseline.slug]}"] if same else []
@@ -155,16 +157,22 @@ def describe(plan: Plan, margin: float, data: dict[str, CharDataset]) -> list[st
     return lines + [f"warning: {label}: {note}" for label, note in notes.items() if note]
 
 
+def percent(margin: float) -> str:
+    """The parameter margin as given: 0.015 is 1.5%, where rounded to 2% an arm 1.8% off would be "more than 2%"."""
+    return f"{margin * 100:g}%"
+
+
 def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], None] = print,
                  verbose: bool = False, texts: dict[str, str] | None = None) -> list[RunRow]:
     """Train every (arm, seed) not finished yet, seed by seed (so an interrupted ablation has whole
-    seeds to compare), rewriting results.csv and results.md after each run. A run that diverges is
-    a result too: it is reported, left out of the averages, and not tried again. A run that fails with
-    its component's error is reported as failed and the others go on; a rerun trains it again. The
+    seeds to compare), rewriting results.csv and results.md after each run, and when one is stopped (as
+    far as it got: the next command resumes it). A run that diverges is a result too: it is reported,
+    left out of the averages, and not tried again. A run that fails with its component's error is
+    reported as failed and the others go on; a rerun trains it again. The
     rows returned, and the reports, also hold the runs of other seeds that earlier commands ended in
     `folder`: fewer seeds this time drop no result. `texts`: what `check_arms` returned, if the caller
     has checked the arms already."""
-    rows = [RunRow(arm, seed, f"{arm.slug}/seed-{seed}", ended_summary(folder / arm.slug / f"seed-{seed}"))
+    rows = [RunRow(arm, seed, f"{arm.slug}/seed-{seed}", summary_of(folder / arm.slug / f"seed-{seed}") or None)
             for arm, seed in earlier_runs(plan, folder) + [(arm, seed) for seed in plan.seeds for arm in plan.arms]]
     check_folder(folder)  # before anything is written: --out may name someone else's folder
     check_no_strays(plan, folder)
@@ -178,14 +186,19 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
     if earlier:
         log(f"Also reported: {len(rows) - len(jobs)} runs of seeds {', '.join(map(str, earlier))}, which earlier "
             "commands ended in this folder")
-    skipped = sum(r.summary is not None for r in jobs)
+    skipped = sum(ended(r.summary) for r in jobs)
     gone = sum(diverged(r.summary) for r in jobs)
     if skipped:
         log(f"{skipped} of {len(jobs)} runs finished earlier{f' ({gone} of them diverged)' if gone else ''}: "
             "skipping them")
     for i, row in enumerate(jobs, 1):
-        if row.summary is None:
-            train_row(row, folder, f"[{i}/{len(jobs)}] {row.arm.label}, seed {row.seed}", log, verbose)
+        if not ended(row.summary):
+            try:
+                train_row(row, folder, f"[{i}/{len(jobs)}] {row.arm.label}, seed {row.seed}", log, verbose)
+            except (Interrupted, KeyboardInterrupt):  # stopped by the user: the reports say how far it got
+                row.summary = summary_of(folder / row.run_dir) or None
+                write_reports(folder, rows, margin)
+                raise
             write_reports(folder, rows, margin)
     write_reports(folder, rows, margin)
     return rows
@@ -200,7 +213,7 @@ def train_row(row: RunRow, folder: Path, name: str, log: Callable[[str], None], 
     try:
         row.summary = train(row.arm.for_seed(row.seed), run_dir=run_dir, resume=resume, quiet=not verbose).summary
     except Diverged as e:
-        row.summary = read_summary(run_dir)
+        row.summary = summary_of(run_dir) or None
         log(f"{name}: {e}; left out of the averages")
     except UserError as e:
         if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):  # its run folder was removed
@@ -220,7 +233,7 @@ def arm_failure(e: UserError, run_dir: Path) -> dict | None:
     a plugin raised while the run trained (the run recorded it as its failure). None for any other
     error (a recipe's, a folder's), which is the ablation's to stop at."""
     reason = failure_reason(e)
-    summary = read_summary(run_dir)
+    summary = summary_of(run_dir)
     if failed(summary) and summary.get("reason") == reason:
         return summary
     # A component's error before the run's first step leaves no run folder: the failure is kept in the report.
@@ -246,7 +259,7 @@ def earlier_runs(plan: Plan, folder: Path) -> list[tuple[Arm, int]]:
     for index, arm in enumerate(plan.arms):
         for run_dir in (folder / arm.slug).glob("seed-*"):
             seed = re.fullmatch(r"seed-(-?\d+)", run_dir.name)
-            if seed and int(seed[1]) not in plan.seeds and ended_summary(run_dir) is not None:
+            if seed and int(seed[1]) not in plan.seeds and ended(summary_of(run_dir)):
                 found.append((int(seed[1]), index, arm))
     return [(arm, seed) for seed, _, arm in sorted(found, key=lambda f: f[:2])]
 
@@ -304,8 +317,8 @@ def check_existing(run_dir: Path, arm: Arm, seed: int, sha256: str, trains: bool
     it was made with its arm's recipe, as is an unfinished one this command leaves alone (`trains`: the
     command asks for its seed)."""
     recipe = arm.for_seed(seed)
-    summary = read_summary(run_dir)
-    if ended_summary(run_dir) is not None:
+    summary = summary_of(run_dir)
+    if ended(summary):
         check_same(run_dir, recipe)
     elif trains and (run_dir / "checkpoint.pt").is_file() and not failed(summary):  # resumed: --resume alone would let
         check_same(run_dir, recipe, "was stopped")                          # its budget and evaluation change
@@ -324,7 +337,7 @@ def continue_from(run_dir: Path) -> Path | None:
     if is_locked(run_dir):
         raise UserError(f"{run_dir} is being trained by another process (another gptkit ablate?); wait for it "
                         "to end, or stop it")
-    if (run_dir / "checkpoint.pt").is_file() and not failed(read_summary(run_dir)):
+    if (run_dir / "checkpoint.pt").is_file() and not failed(summary_of(run_dir)):
         return run_dir
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -402,23 +415,43 @@ LEGEND = ("Δ: final validation loss minus the baseline's, paired by seed, over 
           "within noise: the interval of Δ contains 0. Each arm is tested against the baseline on its own, with no "
           "correction for multiple comparisons: with many arms, some may be called better or worse by chance. "
           "An arm with diverged or failed seeds is neither: its means cover only the seeds that finished. "
-          "⚠: parameters differ from the baseline's by more than {margin:.0%}.")
+          "⚠: parameters differ from the baseline's by more than {margin}.")
 UNEQUAL = (" Not on equal terms: the arm differs from the baseline in its budget, data or evaluation "
            "(--allow-unfair); compare its steps and tokens.")
 
 
 def write_reports(folder: Path, rows: list[RunRow], margin: float) -> str:
-    """Write results.csv and results.md; returns the Markdown table and its legend."""
-    write_csv(folder / "results.csv", rows)
+    """Write results.csv and results.md, which always tell the same runs: both are rendered first, then
+    written with Ctrl-C held. Returns the Markdown table and its legend."""
     stats = arm_stats(rows)
-    legend = LEGEND.format(margin=margin) + (UNEQUAL if any(s.unequal for s in stats) else "")
+    legend = LEGEND.format(margin=percent(margin)) + (UNEQUAL if any(s.unequal for s in stats) else "")
     text = markdown(stats, margin) + "\n" + legend + "\n"
     done = sum(finished(r.summary) for r in rows)
     left_out = [f"{k} {what}" for k, what in ((sum(diverged(r.summary) for r in rows), "diverged"),
-                                              (sum(failed(r.summary) for r in rows), "failed")) if k]
-    write_text(folder / "results.md", f"# {folder.name}\n\n{done} of {len(rows)} runs finished"
-               f"{''.join(', ' + x for x in left_out)}.\n\n{text}")
+                                              (sum(failed(r.summary) for r in rows), "failed"),
+                                              (sum(interrupted(r.summary) for r in rows), "interrupted")) if k]
+    results = f"# {folder.name}\n\n{done} of {len(rows)} runs finished{''.join(', ' + x for x in left_out)}.\n\n{text}"
+    table = csv_text(rows)
+    with ctrl_c_held():
+        write_text(folder / "results.csv", table)
+        write_text(folder / "results.md", results)
     return text
+
+
+@contextlib.contextmanager
+def ctrl_c_held():
+    """A Ctrl-C within it takes effect at its end: the files written within it are written together."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    came = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if came:  # handled as it would have been: a KeyboardInterrupt, or nothing where SIGINT is ignored
+            signal.raise_signal(signal.SIGINT)
 
 
 def plot(folder: Path, rows: list[RunRow], title: str) -> bool:

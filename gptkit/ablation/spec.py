@@ -22,7 +22,7 @@ from ..errors import UserError, did_you_mean, listing
 from ..io import read_text
 from ..recipe import Recipe, flatten, load_recipe, yaml
 from ..recipe.load import absolute_paths, is_path
-from ..recipe.schema import SEEDS
+from ..sampling import SEEDS
 
 # Varying one of these changes what the arms are trained or judged on, not just the model.
 UNFAIR = {

@@ -57,7 +57,6 @@ class Bench:
         self.lr = recipe.train.lr
         self.info = {
             "build_seconds": time.perf_counter() - t0,
-            "device": str(self.device),
             "params": model.num_params(),
             "flops_per_token": model.flops_per_token(),
             "tokens_per_step": self.trainer.tokens_per_step,
@@ -106,10 +105,9 @@ def serve(conn, recipe_dict: dict) -> None:
             if command == "warmup":
                 bench = Bench(recipe_dict)
                 seconds = bench.steps(args[0])  # a compilation that fails here falls back to eager
-                compiled = bench.trainer.train_forward is not bench.trainer.wrapped
                 if bench.device.type == "cuda":  # the timed steps' memory, not compilation's or autotuning's
                     torch.cuda.reset_peak_memory_stats(bench.device)
-                conn.send({**bench.info, "compiled": compiled, "seconds": seconds})
+                conn.send({**bench.info, "compiled": bench.trainer.is_compiled, "seconds": seconds})
             elif command == "run":
                 conn.send({"seconds": bench.steps(args[0])})
             else:

@@ -12,8 +12,9 @@ from pathlib import Path
 import click
 
 from .. import plugins
-from ..errors import RunStopped, UserError
+from ..errors import RunStopped, UserError, command_line
 from ..io import expand_home, quote
+from ..ranks import first_on_machine, rank, under_torchrun
 
 
 class Group(click.Group):
@@ -22,7 +23,7 @@ class Group(click.Group):
     a `tee` that dies) ends nothing: see `reader_may_go`."""
 
     def main(self, *args, **kwargs):
-        with reader_may_go():
+        with reader_may_go(), command_line():  # errors name this command's flags, not Python's arguments
             return super().main(*args, **kwargs)
 
     def make_context(self, *args, **kwargs):
@@ -45,13 +46,12 @@ class Group(click.Group):
             raise said_once(e) from None
         except UserError as e:
             if e.every_rank:  # met by this process alone (its GPU's memory): the others cannot say it
-                rank = os.environ.get("RANK")
-                click.echo(f"error{f' (rank {rank})' if rank else ''}: {e}", err=True)
+                click.echo(f"error{f' (rank {rank()})' if under_torchrun() else ''}: {e}", err=True)
             elif first_on_machine():
                 click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
         except RunStopped as e:
-            if os.environ.get("RANK", "0") == "0":  # under torchrun, all stop at the same step: one says so
+            if rank() == 0:  # under torchrun, all stop at the same step: one says so
                 click.echo(f"stopped: {e}", err=True)
             if e.run_dir is not None:
                 resumable = e.resumable and (e.run_dir / "checkpoint.pt").is_file()
@@ -72,11 +72,6 @@ def said_once(e: click.ClickException) -> Exception:
     """click's usage error `e`, to raise: said by the first process of a machine only (under torchrun every
     process meets the same command line), the others ending with its exit code in silence."""
     return e if first_on_machine() else click.exceptions.Exit(e.exit_code)
-
-
-def under_torchrun() -> bool:
-    """Whether this process is one of several of a torchrun job."""
-    return os.environ.get("WORLD_SIZE", "").strip() not in ("", "0", "1")
 
 
 def finite(ctx, param, value):
@@ -108,12 +103,6 @@ def folder_option(ctx, param, value):
         return str(expand_home(value))
     except ValueError as e:
         raise UserError(f"{name} {value}: {e}") from None
-
-
-def first_on_machine() -> bool:
-    """Whether this process speaks for its machine: under torchrun, every process of a machine meets the
-    same command line, mistake and Ctrl-C, and its local rank 0 alone says so."""
-    return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 _gone: set[int] = set()  # the file descriptors whose reader went away

@@ -72,13 +72,17 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
     arms = describe(p, margin, data)
     del data
     click.echo("\n".join(arms))
+    again = "rerun the same gptkit ablate command"
     try:
         rows = run_ablation(p, folder, margin, log=click.echo, verbose=verbose, texts=texts)
+        click.echo("\n" + write_reports(folder, rows, margin), nl=False)
+        drew = plot(folder, rows, f"{p.name}: validation loss, mean over seeds (band: min to max)")
     except RunStopped as e:  # the ablation, not the one run, is what goes on
-        e.continue_with = "rerun the same gptkit ablate command"
+        e.continue_with = again
         raise
-    click.echo("\n" + write_reports(folder, rows, margin), nl=False)
-    drew = plot(folder, rows, f"{p.name}: validation loss, mean over seeds (band: min to max)")
+    except KeyboardInterrupt:  # between runs, or while the reports are written: no run to name, nothing lost
+        click.echo(f"\nstopped: SIGINT received\nAblation folder: {folder}  (continue: {again})", err=True)
+        click.get_current_context().exit(130)
     click.echo(f"Wrote {folder / 'results.csv'}, {folder / 'results.md'}"
                + (f", {folder / 'loss_curves.png'}" if drew else ""))
     if not drew:

@@ -9,7 +9,7 @@ from ..ablation.report import table
 from ..errors import UserError
 from ..io import cannot_make_folder, quote
 from ..recipe import flatten
-from ..training.folder import (ablation_seeds, diverged, is_ablation_folder, read_summary, run_recipe, trained_text,
+from ..training.folder import (ablation_seeds, diverged, is_ablation_folder, run_recipe, summary_of, trained_text,
                               val_curve)
 from ..training.progress import fmt_duration
 from ..training.resume import is_locked
@@ -105,7 +105,7 @@ def no_curve(run_dir: Path) -> str:
     data = run_recipe(run_dir).get("data")
     if isinstance(data, dict) and data.get("val_fraction") == 0:  # it never will have one
         return NO_SPLIT
-    if diverged(read_summary(run_dir)):
+    if diverged(summary_of(run_dir)):
         return "it diverged before its first validation"
     return "no validation loss yet"
 
@@ -124,7 +124,7 @@ def check_plot_path(path: Path) -> None:
 
 def summary_or_status(run_dir: Path) -> dict:
     """The run's summary, or a status saying why there is none to show."""
-    summary = read_summary(run_dir)
+    summary = summary_of(run_dir)
     if summary:
         return {**summary, "status": "diverged"} if diverged(summary) else summary  # recorded as failed
     if (run_dir / "summary.json").exists():  # but not a JSON object: cut short or hand-edited
@@ -170,7 +170,7 @@ def text_row(run_dir: Path) -> str:
 
 def plugins_row(run_dir: Path) -> str:
     """The plugin components the run trained with, and their versions, from summary.json's record."""
-    plugins = (read_summary(run_dir) or {}).get("plugins")
+    plugins = summary_of(run_dir).get("plugins")
     if not isinstance(plugins, dict):
         return Unknown("unknown (summary.json has no plugins record)")
     return "; ".join(f"{k}: {v}" for k, v in sorted(plugins.items())) or "none (built-in components only)"
@@ -197,10 +197,12 @@ def show(value) -> str:
 
 
 def short_names(dirs: list[Path]) -> list[str]:
-    """The shortest path tails that tell the runs apart: seed-0 twice becomes rope/seed-0, alibi/seed-0."""
+    """The shortest path tails that tell the runs apart, and their folders too where these differ: seed-0
+    twice becomes rope/seed-0, alibi/seed-0; baseline/seed-1 beside rope/seed-2 keeps its arm."""
     parts = [d.resolve().parts for d in dirs]
+    folders = len({p[:-1] for p in parts})
     for n in range(1, max(map(len, parts)) + 1):
         names = ["/".join(p[-n:]) for p in parts]
-        if len(set(names)) == len(names):
+        if len(set(names)) == len(names) and len({p[-n:-1] for p in parts}) == folders:
             return names
     return [str(d) for d in dirs]

@@ -6,7 +6,7 @@ import click
 from ..device import resolve_device
 from ..diagnose import blaming, check_forward, component_specs
 from ..errors import UserError
-from ..sampling import MAX_TOKENS
+from ..sampling import MAX_TOKENS, SEEDS
 from ..sampling import sample as sample_model
 from ..training.checkpoint import PluginChangedWarning, load_model
 from . import finite, given, main, reader_gone
@@ -38,7 +38,7 @@ def load(run_dir, device):
               help="[default: the run's sample.temperature]")
 @click.option("--top-k", default=None, type=click.IntRange(min=0),
               help="Sample among the k likeliest; 0: among all.  [default: the run's sample.top_k]")
-@click.option("--seed", default=None, type=click.IntRange(-(2**63), 2**64 - 1), help="Make the sample reproducible.")
+@click.option("--seed", default=None, type=click.IntRange(SEEDS.start, SEEDS.stop - 1), help="Make the sample reproducible.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="Reuse attention keys/values between tokens; --no-cache recomputes the context (same text, slower).")

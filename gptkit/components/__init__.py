@@ -18,7 +18,7 @@ from .schedule import Schedule
 
 def register(kind: str, name: str):
     """Decorator registering a class as component `name` of `kind`, for local files:
-    `@register("norm", "scalenorm")`. Installed packages declare entry points instead."""
+    `@register("norm", "unitnorm")`. Installed packages declare entry points instead."""
     from ..registry import registry
 
     return registry(kind).register(name)

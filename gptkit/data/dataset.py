@@ -5,7 +5,6 @@ offsets, so memory stays proportional to the text, never to the number of window
 """
 
 import contextlib
-import errno
 import glob
 import hashlib
 import sys
@@ -14,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from ..io import cannot_make_folder, missing, read_text, write_text
+from ..errors import UserError, overrides_example
+from ..io import DISK_FULL, cannot_make_folder, missing, read_text, write_text
 from .vocab import Vocab
 
 
@@ -188,7 +187,9 @@ def dataset_of(text: str, data, block_size: int, source: str, longer: str | None
     say to `longer` (default: use a longer text) where it is too short."""
     if data.max_lines is not None:  # lines end at "\n" only, as for head -n (splitlines ends them at \f too)
         lines = text.split("\n", min(data.max_lines, len(text)))  # a bound str.split can take
-        if len(lines) > data.max_lines:  # what is too short may be the cut, not the file
+        # Cut where text follows the last line kept (a file of exactly max_lines lines is whole): what is
+        # too short may then be the cut, not the file.
+        if len(lines) > data.max_lines and lines[-1]:
             text = "\n".join(lines[: data.max_lines]) + "\n"
             source += f" (its first {data.max_lines:,} line{'s' if data.max_lines > 1 else ''}, data.max_lines)"
             longer = "raise data.max_lines"
@@ -199,7 +200,7 @@ def dataset_of(text: str, data, block_size: int, source: str, longer: str | None
 def cannot_create(path: Path, corpus, why: str, fix: str = "choose a writable data.path") -> UserError:
     """The error for a corpus file that cannot be written at `path`, `why`, and what to do."""
     return UserError(f"data.path: cannot create {path} from the '{corpus.name}' corpus: {why}; {fix}, e.g. "
-                     f"--set data.path=FILE --set data.corpus={corpus.name}")
+                     f"{overrides_example('data.path=FILE', f'data.corpus={corpus.name}')}")
 
 
 def create(path: Path, corpus) -> None:
@@ -209,7 +210,7 @@ def create(path: Path, corpus) -> None:
     try:
         write_text(path, text)
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno in DISK_FULL:
             raise cannot_create(path, corpus, e.strerror, "free some space, or create it on another disk") from None
         raise cannot_create(path, corpus, cannot_make_folder(path.parent) or e.strerror) from None
     lines = text.count("\n") + (text[-1:] not in ("", "\n"))  # a last line without its newline counts too

@@ -23,7 +23,8 @@ class Vocab:
         """(len(text),) ids of `dtype`, looked up without a Python loop over the text.
 
         A long text is encoded a slice at a time, so its temporaries stay small: whole-text ones would
-        take 16 bytes per character, ten times a uint8 result, and leave the heap fragmented.
+        take 20 bytes per character (its UTF-32 codes and two int64 index tensors), twenty times a uint8
+        result, and leave the heap fragmented.
         """
         # Code points in ascending order, as searchsorted needs them, and the id of each.
         known, id_of = torch.tensor([ord(c) for c in self.itos], dtype=torch.int32).sort()

@@ -11,7 +11,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from .. import plugins
-from ..errors import UserError
+from ..errors import UserError, override, overrides_example
 from ..io import expand_home, quote, read_text
 from . import yaml
 from .components import ComponentSpec, loading_model_only
@@ -25,7 +25,8 @@ class RecipeError(UserError):
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mapping[str, str] | None = None) -> Recipe:
     """The validated recipe in `path` with `overrides` ("train.lr=3e-4") applied. Errors name an override
-    as `origins[text]` (say `--vary KEY=VALUE`, or an ablation file's key), by default `--set TEXT`."""
+    as `origins[text]` (say `--vary KEY=VALUE`, or an ablation file's key), by default as the caller gave
+    it (`errors.override`: `--set TEXT` on the command line)."""
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"load_recipe takes a recipe file's path, got {type(path).__name__}; change a loaded Recipe "
                         "by assigning its fields, or with train_model(recipe, overrides=[...])")
@@ -188,19 +189,19 @@ def _import_files(data: dict, origin: str, base_dir: Path | None, lines: dict,
 
 def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tuple, str]:
     """Set `key.path=value` in `data`; the value is read as YAML. Returns (key path, `label`), the label
-    naming the override in errors (default `--set TEXT`)."""
-    label = label or f"--set {text}"
+    naming the override in errors (default: as the caller gave it, `errors.override`)."""
+    label = label or override(text)
     key, sep, raw = text.partition("=")
     parts = tuple(key.strip().split("."))
     if not sep or not all(p.strip() for p in parts):
-        raise RecipeError(f"{label}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=3e-4")
+        raise RecipeError(f"{label}: expected KEY=VALUE with a dotted key, e.g. {overrides_example('train.lr=3e-4')}")
     if not is_text(key):  # a byte that is not UTF-8, which Python passes on as a lone surrogate
         raise RecipeError(f"{label}: the key {key.strip()!r} holds a byte that is not UTF-8 text; retype it")
     value, _ = yaml.load(raw, label)
     if len(parts) == 1 and isinstance(data.get(key), dict) and isinstance(value, dict) and value:
         first = next(iter(value))  # a whole section would silently drop the recipe's other keys in it
         raise RecipeError(f"{label}: replaces the whole {key} section, dropping the recipe's other {key} keys; "
-                          f"set keys one by one, e.g. --set {key}.{first}={json.dumps(value[first])}")
+                          f"set keys one by one, e.g. {overrides_example(f'{key}.{first}={json.dumps(value[first])}')}")
     value = absolute_paths(parts, value)  # paths on the command line are relative to the cwd
     node = data
     for i, part in enumerate(parts[:-1]):

@@ -16,7 +16,7 @@ from ..components.base import GPTConfig
 from ..device import DEVICE_PATTERN
 from ..io import expand_home
 from ..registry import RegistryError, registry
-from ..sampling import MAX_TOKENS
+from ..sampling import MAX_TOKENS, SEEDS
 from .components import MODEL_KINDS, ComponentSpec, RecipeIssue, component
 
 
@@ -34,9 +34,6 @@ def _resolve(value, info: ValidationInfo) -> Path:
 
 RecipePath = Annotated[Path, BeforeValidator(_resolve)]
 PositiveInt = Annotated[int, Field(gt=0)]
-
-
-SEEDS = range(-(2**63), 2**64)  # what torch.manual_seed takes
 
 
 class Section(BaseModel):

@@ -7,6 +7,7 @@ data is built: tags that would construct objects are refused. `dump` writes what
 as the same data (PyYAML's writer leaves the string "1e5" unquoted, which `load` reads as a float).
 """
 
+import ast
 import json
 import re
 import shlex
@@ -154,7 +155,7 @@ class _Builder:
                 raise YAMLError(f"{_at(self.origin, line)}: a key must be a name, got {key!r}")
             if key in own:
                 where = ".".join(map(str, path + (key,)))
-                first = "" if _is_flag(self.origin) else f" (first at line {own_lines[key]})"
+                first = "" if _is_override(self.origin) else f" (first at line {own_lines[key]})"
                 raise YAMLError(f"{_at(self.origin, line)}: duplicate key '{where}'{first}; "
                                 "YAML would silently keep only the last one. Remove one.")
             own_lines[key] = self.lines[path + (key,)] = line
@@ -174,14 +175,15 @@ class _Builder:
         return out
 
 
-def _is_flag(origin: str) -> bool:
-    """Whether `origin` is a flag with its value (`--set KEY=VALUE`), not a file."""
-    return origin.startswith("--") and " " in origin
+def _is_override(origin: str) -> bool:
+    """Whether `origin` is one override, not a file: a flag with its value (`--set KEY=VALUE`), or from
+    Python `overrides 'KEY=VALUE'` (see errors.override)."""
+    return origin.startswith(("--", "overrides '")) and " " in origin
 
 
 def _at(origin: str, line: int) -> str:
-    """Where an error is: FILE:LINE, or a flag alone, whose value (one line) has no lines worth naming."""
-    return origin if _is_flag(origin) else f"{origin}:{line}"
+    """Where an error is: FILE:LINE, or an override alone, whose value (one line) has no lines worth naming."""
+    return origin if _is_override(origin) else f"{origin}:{line}"
 
 
 def _describe(e: yaml.MarkedYAMLError, origin: str, text: str) -> str:
@@ -216,9 +218,13 @@ _KEY_VALUE = re.compile(r"""^\s*(?:-\s+)*([^\s#'"{\[\]}&*!|>%@`,-][^:#]*?)\s*:\s
 
 def _quote_hint(origin: str, text: str, line: int | None) -> str:
     """How to quote the value YAML read as a mapping where it may not be one: for a `--set KEY` (or
-    `--vary KEY`) origin, the flag with its value quoted; for a file, the line's `key: "value"`."""
-    if _is_flag(origin):
+    `--vary KEY`) origin, the flag with its value quoted; from Python, the overrides list's item; for a
+    file, the line's `key: "value"`."""
+    if _is_override(origin):
         flag, _, rest = origin.partition(" ")
+        if flag == "overrides":  # from Python: the list's item, as Python writes it
+            item = f"{ast.literal_eval(rest).partition('=')[0]}={quote(text.strip())}"
+            return f"{COLON_HINT}: overrides=[{item!r}]"
         return f"{COLON_HINT}: {flag} {quote_flag(rest.partition('=')[0], text.strip(), flag == '--vary')}"
     lines = text.splitlines()
     match = _KEY_VALUE.match(lines[line]) if line is not None and line < len(lines) else None

@@ -101,7 +101,7 @@ def _save(state: dict, f) -> None:
         raise cause from None
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: str | Path) -> dict:
     """The checkpoint at `path` (or `path/checkpoint.pt` for a run folder), loaded without unpickling
     anything but tensors and plain values."""
     path = Path(path)
@@ -187,20 +187,18 @@ def _is_text(path: Path) -> bool:
     return bool(head) and b"\0" not in head
 
 
-def load_model(path: Path, device: str | torch.device = "cpu", check: bool = True):
+def load_model(path: str | Path, device: str | torch.device = "cpu", check: bool = True):
     """(model, recipe, vocab) from a checkpoint or run folder, ready for inference on `device` (auto, cpu,
-    cuda, cuda:N or mps, or a torch.device). With `check`, the checks before training run on it
-    (`diagnose.check_forward`): a plugin component whose forward is broken is an error naming it, and
-    a key/value cache that does not match a full pass is a UserWarning; the model then samples
-    without the cache. A model component that now comes from another version of its plugin, or other
-    code, than the run was trained with is a PluginChangedWarning: the weights fit, the text may differ."""
+    cuda, cuda:N or mps, or a torch.device), its recipe validated as `load_recipe` validates one (unless a
+    plugin the run only trained with is gone: its components then keep their parameters as written).
+    With `check`, the checks before training run on it (`diagnose.check_forward`): a plugin component
+    whose forward is broken is an error naming it, and a key/value cache that does not match a full
+    pass is a UserWarning; the model then samples without the cache. A model component that now comes
+    from another version of its plugin, or other code, than the run was trained with is a
+    PluginChangedWarning: the weights fit, the text may differ."""
     device = resolve_device(str(device), "load_model's device")  # before loading: a missing GPU is said first
     state = load_checkpoint(path)
-    try:
-        with model_only():  # the plugins the run only trained with need not be installed
-            recipe = validate(state["recipe"], origin=f"the recipe stored in {path}")
-    except UserError as e:
-        raise UserError(f"{e}{missing_plugins(state.get('plugins', {}))}") from None
+    recipe = stored_recipe(state, path)
     for change in plugin_changes(state.get("plugins"), recipe, prefix="model."):
         warnings.warn(f"{change}; sampling with it", PluginChangedWarning, stacklevel=2)
     with keep_random_state(device):  # the initial weights drawn and overwritten cost a notebook's later draws nothing
@@ -211,6 +209,22 @@ def load_model(path: Path, device: str | torch.device = "cpu", check: bool = Tru
     if warning:
         warnings.warn(warning, stacklevel=2)
     return model, recipe, Vocab(state["itos"])
+
+
+def stored_recipe(state: dict, path: str | Path) -> Recipe:
+    """The recipe of checkpoint `state`, validated in full, as `load_recipe` validates it; failing that (a
+    plugin the run only trained with is gone, say), with its training-only components kept as written
+    (`model_only`): sampling needs only the model's."""
+    origin = f"the recipe stored in {path}"
+    try:
+        return validate(state["recipe"], origin=origin)
+    except UserError:
+        pass
+    try:
+        with model_only():
+            return validate(state["recipe"], origin=origin)
+    except UserError as e:
+        raise UserError(f"{e}{missing_plugins(state.get('plugins', {}))}") from None
 
 
 class PluginChangedWarning(UserWarning):

@@ -27,6 +27,7 @@ import torch.distributed as td
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import RunStopped, UserError
+from ..ranks import under_torchrun
 
 DDP_OPTIONS = inspect.signature(DistributedDataParallel).parameters
 FAILED = 2  # what a rank that failed alone adds to a vote, plus its exit code: a stop vote's flags are 0 and 1
@@ -216,18 +217,25 @@ class Distributed:
         """The model that training steps call: DDP averages its gradients across ranks."""
         if self.world_size == 1:
             return model
-        # The only buffers are fixed positional tables, so there is nothing to broadcast each step
-        # (torch >= 2.13 names the option forward_sync_buffers and deprecates broadcast_buffers).
+        # torch >= 2.13 names the option forward_sync_buffers and deprecates broadcast_buffers.
         option = "forward_sync_buffers" if "forward_sync_buffers" in DDP_OPTIONS else "broadcast_buffers"
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                       **{option: False})
+                                       **{option: has_state_buffers(model)})
+
+
+def has_state_buffers(model: torch.nn.Module) -> bool:
+    """Whether `model` has a persistent buffer (one its state_dict holds): state a component may update as
+    it trains (a running statistic), which DDP must then broadcast from rank 0 before every forward, or
+    the ranks drift apart. Non-persistent buffers are tables derived from the config, the same on every
+    rank: a model with only those has nothing to sync each step."""
+    saved = model.state_dict().keys()
+    return any(name in saved for name, _ in model.named_buffers())
 
 
 def setup(device: torch.device) -> tuple[Distributed, torch.device]:
     """Join the torchrun job this process belongs to, if any: (its place, the device it trains on).
     NCCL on CUDA, each rank on the GPU numbered by its LOCAL_RANK; gloo elsewhere."""
-    world_size = int(os.environ.get("WORLD_SIZE") or 1)  # set and empty: not under torchrun
-    if world_size == 1:
+    if not under_torchrun():
         return Distributed(), device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":

@@ -43,11 +43,6 @@ def summary_of(run: Path) -> dict:
     return summary if isinstance(summary, dict) else {}
 
 
-def read_summary(run_dir: Path) -> dict | None:
-    """The run's summary.json, or None if it is missing or partial."""
-    return summary_of(run_dir) or None
-
-
 def resumable(summary: dict) -> bool:
     """Whether the run whose summary.json this is can go on: not finished, not diverged. A missing or
     damaged summary.json ({}) does not stop a run that has a checkpoint."""
@@ -80,10 +75,9 @@ def failed(summary: dict | None) -> bool:
     return summary is not None and summary.get("status") == "failed" and not stopped_for_good(summary)
 
 
-def ended_summary(run_dir: Path) -> dict | None:
-    """The run's summary if the run will not go on (finished or diverged), else None."""
-    summary = read_summary(run_dir)
-    return summary if finished(summary) or diverged(summary) else None
+def ended(summary: dict | None) -> bool:
+    """Whether the run whose summary this is will not go on: finished or diverged (a result, reused as it is)."""
+    return finished(summary) or diverged(summary)
 
 
 def run_recipe(run_dir: Path) -> dict:

@@ -12,7 +12,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-from ..errors import UserError
+from ..errors import UserError, arg, given, on_command_line
 from ..io import quote, write_text
 from ..recipe import Recipe, flatten, yaml
 from .checkpoint import load_checkpoint, missing_plugins, plugin_changes
@@ -99,37 +99,37 @@ def check_restartable(run_dir: Path, recipe: Recipe) -> None:
     refuse_if_stopped_for_good(run_dir)
     if summary.get("status") == "finished":
         raise UserError(f"cannot resume {run_dir}: it finished, and its checkpoint.pt is gone; "
-                        "start a new run without --resume")
+                        f"start a new run without {arg('resume')}")
     refuse_changes(run_dir, recipe_diff(run_recipe(run_dir), recipe.to_dict()))
 
 
 def refuse_if_stopped_for_good(run_dir: Path) -> None:
     summary = summary_of(run_dir)
     if stopped_for_good(summary):
-        raise UserError(f"cannot resume {run_dir}: {summary.get('reason')}\nStart a new run without --resume.")
+        raise UserError(f"cannot resume {run_dir}: {summary.get('reason')}\nStart a new run without {arg('resume')}.")
 
 
 def refuse_changes(run_dir: Path, changes: list[str]) -> None:
     if changes:
         raise UserError(f"cannot resume {run_dir}: the recipe changed in ways that matter:\n"
                         + "\n".join(f"  {c}" for c in changes)
-                        + "\nUndo these changes, or start a new run without --resume.")
+                        + f"\nUndo these changes, or start a new run without {arg('resume')}.")
 
 
 def check_run_dir(path: str | Path) -> Path:
-    """`--resume PATH`, which must be a run folder."""
+    """The path given to resume (`--resume PATH`), which must be a run folder."""
     path = Path(path)
     if not path.is_dir():
         raise not_a_run(path, "not a folder" if path.exists() else "no such folder")
     if is_ablation_folder(path):
-        raise UserError(f"--resume {path}: an ablation folder, not a run folder; to resume the ablation: "
+        raise UserError(f"{given('resume', path)}: an ablation folder, not a run folder; to resume the ablation: "
                         f"gptkit ablate {quote(path / 'ablation.yaml')} --out {quote(path)}")
     return path
 
 
 def not_a_run(path: Path, problem: str) -> UserError:
-    return UserError(f"--resume {path}: {problem}; give a run folder such as runs/NAME-YYYYmmdd-HHMMSS, or "
-                     "--resume auto with a recipe")
+    return UserError(f"{given('resume', path)}: {problem}; give a run folder such as runs/NAME-YYYYmmdd-HHMMSS, or "
+                     f"{given('resume', 'auto')} with a recipe")
 
 
 def remove_leftovers(run_dir: Path) -> None:
@@ -181,7 +181,9 @@ def checkpoint_to_resume(run: Path, recipe: Recipe, dataset) -> tuple[dict | Non
     keys = [what for what in changes if what not in ("vocabulary", "text")]
     differs, text = f"its recipe differs ({', '.join(keys)})", f"it was trained on another text than {recipe.data.path}"
     if keys and keys == changes:  # the run's own recipe.yaml would go on with it
-        return None, f"{differs}; to go on with its own recipe: gptkit run --resume {quote(run)}"
+        again = (f"gptkit run --resume {quote(run)}" if on_command_line()
+                 else f"train(load_recipe({str(run / 'recipe.yaml')!r}), resume={str(run)!r})")
+        return None, f"{differs}; to go on with its own recipe: {again}"
     if changes:
         return None, (f"{differs} and {text}" if keys else text)
     return checkpoint, ""

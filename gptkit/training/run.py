@@ -22,8 +22,9 @@ import torch
 from ..data.dataset import CharDataset, cannot_create, corpus_text, dataset_of, load_dataset, will_create
 from ..device import keep_random_state, resolve_device
 from ..diagnose import blaming, check_forward
-from ..errors import CheckpointError, ComponentError, Diverged, RunStopped, UserError, failure_reason
-from ..io import cannot_make_folder, make_folders, remove_empty, write_json, write_text
+from ..errors import (CheckpointError, ComponentError, Diverged, RunStopped, UserError, arg, failure_reason, given,
+                      on_command_line)
+from ..io import DISK_FULL, cannot_make_folder, make_folders, remove_empty, write_json, write_text
 from ..model import GPT, check_components
 from ..recipe import Recipe, yaml
 from ..sampling import sample
@@ -44,8 +45,13 @@ class RunResult:
     summary: dict
 
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-FREE_SPACE = "free some space, or pass --runs-dir with a folder on another disk"
+def other_runs_dir(folder: str) -> str:
+    """'pass --runs-dir with FOLDER' on the command line, 'pass FOLDER as runs_dir' from Python."""
+    return f"pass --runs-dir with {folder}" if on_command_line() else f"pass {folder} as runs_dir"
+
+
+def free_space() -> str:
+    return f"free some space, or {other_runs_dir('a folder on another disk')}"
 
 
 def remedy(e: OSError) -> str:
@@ -57,9 +63,11 @@ def remedy(e: OSError) -> str:
     return "check the disk"
 
 
-def then_resume(e: OSError) -> str:
-    """The end of a failed save's message: ". Free some space and resume with --resume"."""
-    return f". {remedy(e).capitalize()} and resume with --resume"
+def then_resume(e: OSError, run_dir: Path) -> str:
+    """The end of a failed save's message: ". Free some space and resume with --resume" (the command line
+    says the whole command next), or from Python "... with resume='RUN_DIR'"."""
+    again = "--resume" if on_command_line() else given("resume", run_dir)
+    return f". {remedy(e).capitalize()} and resume with {again}"
 
 
 def new_run_dir(runs_dir: Path, name: str) -> tuple[Path, list[Path]]:
@@ -73,9 +81,10 @@ def new_run_dir(runs_dir: Path, name: str) -> tuple[Path, list[Path]]:
             continue
         except OSError as e:
             if e.errno in DISK_FULL:  # a failed save, as one later in the run would be
-                raise CheckpointError(f"cannot create a run folder in {runs_dir}: {e.strerror}; {FREE_SPACE}") from None
-            raise UserError(f"cannot create a run folder in {runs_dir}: {e.strerror}; pass --runs-dir "
-                            "with a writable folder") from None
+                raise CheckpointError(f"cannot create a run folder in {runs_dir}: {e.strerror}; "
+                                      f"{free_space()}") from None
+            raise UserError(f"cannot create a run folder in {runs_dir}: {e.strerror}; "
+                            f"{other_runs_dir('a writable folder')}") from None
     raise UserError(f"too many runs named {name} in {runs_dir} this second")
 
 
@@ -178,7 +187,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
             check_restartable(run_dir, recipe)
             log(f"{run_dir} has no checkpoint yet: starting it over")
     dist.check_same("the step to resume from", -1 if checkpoint is None else checkpoint["step"],
-                    "--resume needs the run folder on a file system every machine sees")
+                    f"{arg('resume')} needs the run folder on a file system every machine sees")
 
     model, cache_warning = build_checked(recipe, dataset.vocab_size, device)  # before there is a run folder
     if cache_warning:  # a key/value cache that does not match a full pass: the model samples without it from now on
@@ -251,7 +260,7 @@ def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoi
             shutil.rmtree(run_dir, ignore_errors=True)
             remove_empty(made[1:])  # and the folders above it made for it
             if isinstance(e, OSError):  # a save that failed before anything was made: said as one, exit code 4
-                fix = FREE_SPACE if e.errno in DISK_FULL else "pass --runs-dir with a writable folder"
+                fix = free_space() if e.errno in DISK_FULL else other_runs_dir("a writable folder")
                 raise CheckpointError(f"could not write {Path(e.filename or run_dir).name} in the new run folder "
                                       f"{run_dir}: {e.strerror or e}; nothing was trained and the folder is "
                                       f"removed: {fix}") from None
@@ -292,7 +301,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
                 metrics.write((json.dumps(record) + "\n").encode("utf-8"))
             except OSError as e:
                 raise alone(CheckpointError(f"could not write metrics.jsonl in {run_dir}: {e.strerror or e}; "
-                                            f"{kept(run_dir)}{then_resume(e)}")) from None
+                                            f"{kept(run_dir)}{then_resume(e, run_dir)}")) from None
 
         def on_checkpoint(trainer: Trainer) -> None:
             try:
@@ -342,12 +351,12 @@ def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, 
                         plugins=recipe.plugin_sources())
     except OSError as e:
         raise CheckpointError(f"could not save the checkpoint in {run_dir}: {e.strerror or e}; "
-                              f"{kept(run_dir)}{then_resume(e)}") from None
+                              f"{kept(run_dir)}{then_resume(e, run_dir)}") from None
     try:  # atomic, as the checkpoint: the old one or the new
         write_summary(run_dir, recipe, trainer, "running", checkpoint_step=trainer.state.step)
     except OSError as e:
         raise CheckpointError(f"could not write summary.json in {run_dir}: {e.strerror or e}; the checkpoint is "
-                              f"saved{then_resume(e)}") from None
+                              f"saved{then_resume(e, run_dir)}") from None
 
 
 def kept(run_dir: Path) -> str:

@@ -20,7 +20,7 @@ from ..components.schedule import factor_rule, is_factor
 from ..data.dataset import CharDataset
 from ..device import use_bf16
 from ..diagnose import backward_culprit, blaming, component_specs, plugin_components, with_checks
-from ..errors import Diverged, Interrupted, UserError
+from ..errors import Diverged, Interrupted, UserError, one_line
 from ..model import GPT
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
@@ -204,10 +204,15 @@ class Trainer:
                 f"to {now:.3g} at step {taken + 1:,}, and the run matches neither a run of {toward:,} steps nor one "
                 f"of {n:,} (a new run follows one schedule throughout)")
 
+    @property
+    def is_compiled(self) -> bool:
+        """Whether steps run through torch.compile: not once a compilation failed (see _compile_failed)."""
+        return self.train_forward is not self.wrapped
+
     def describe(self) -> str:
         """How a step runs, for the run's opening lines: e.g. "bf16 autocast, torch.compile"."""
         parts = ["bf16 autocast" if use_bf16(self.cfg.precision, self.device) else "fp32"]
-        if self.train_forward is not self.wrapped:
+        if self.is_compiled:
             parts.append("torch.compile")
         if self.micro_batch < self.cfg.batch_size // self.dist.world_size:
             parts.append(f"micro-batches of {self.micro_batch} rows")
@@ -344,8 +349,7 @@ class Trainer:
         """torch.compile could not build the step (its forward on the first call, its backward lazily on
         the first backward): training goes on without it, since the recipe asked for speed, not for
         the compiler, and the same step runs eagerly."""
-        inner = getattr(e, "inner_exception", e)
-        reason = f"{type(inner).__name__}: {inner}".splitlines()[0]
+        reason = one_line(getattr(e, "inner_exception", e))
         self.progress.log(f"warning: train.compile: torch.compile failed ({reason}); training without it. "
                           "Set train.compile=false to skip compiling")
         self.train_forward = self.wrapped
