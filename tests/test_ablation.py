@@ -154,17 +154,18 @@ def reported(out: Path) -> tuple[int, int]:
     ("gptkit.ablation.runner", "write_text", 5, 6),
     ("gptkit.cli.ablate", "plot", 1, 1),  # drawing the curves
 ])
-def test_a_ctrl_c_outside_a_runs_training_says_to_rerun_and_keeps_the_reports_in_step(cli, tmp_path, write_recipe,
-                                                                                      monkeypatch, ctrl_c, module,
-                                                                                      name, nth, made):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_outside_a_runs_training_says_to_rerun_and_keeps_the_reports_in_step(cli, tmp_path, write_recipe,
+                                                                                    monkeypatch, ctrl_c, module,
+                                                                                    name, nth, made, signum):
     import importlib
 
     real, calls = getattr(importlib.import_module(module), name), []
 
-    def pressed(*a, **k):  # Ctrl-C at the nth call
+    def pressed(*a, **k):  # the signal at the nth call
         calls.append(a)
         if len(calls) == nth:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signum)
         return real(*a, **k)
 
     out = tmp_path / "abl"
@@ -173,9 +174,10 @@ def test_a_ctrl_c_outside_a_runs_training_says_to_rerun_and_keeps_the_reports_in
     with monkeypatch.context() as m:
         m.setattr(f"{module}.{name}", pressed)
         result = cli(*args)
-    assert result.exit_code == 130 and len(calls) == made, result.output
-    assert result.output.endswith(f"\nstopped: SIGINT received\nAblation folder: {out}  (continue: rerun the same "
-                                  "gptkit ablate command)\n"), result.output
+    assert result.exit_code == 128 + signum and len(calls) == made, result.output
+    assert result.output.endswith(f"\nstopped: {signal.Signals(signum).name} received while running the ablation\n"
+                                  f"Ablation folder: {out}  (continue: rerun the same gptkit ablate command)\n"), \
+        result.output
     rows, said = reported(out)
     assert rows == said
     again = cli(*args)

@@ -10,8 +10,6 @@ seeds later reuses the finished ones.
 import contextlib
 import re
 import shutil
-import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from ..training.folder import (diverged, ended, failed, finished, run_recipe, su
                                trained_with, val_curve)
 from ..training.progress import fmt_duration
 from ..training.resume import MAY_CHANGE, differing, is_locked
+from ..training.signals import signals_held
 from ..training.trainer import schedule_warning, total_steps
 from .plot import plot_curves
 from .report import RunRow, arm_stats, csv_text, first_line, interrupted, markdown
@@ -422,7 +421,7 @@ UNEQUAL = (" Not on equal terms: the arm differs from the baseline in its budget
 
 def write_reports(folder: Path, rows: list[RunRow], margin: float) -> str:
     """Write results.csv and results.md, which always tell the same runs: both are rendered first, then
-    written with Ctrl-C held. Returns the Markdown table and its legend."""
+    written with Ctrl-C and SIGTERM held. Returns the Markdown table and its legend."""
     stats = arm_stats(rows)
     legend = LEGEND.format(margin=percent(margin)) + (UNEQUAL if any(s.unequal for s in stats) else "")
     text = markdown(stats, margin) + "\n" + legend + "\n"
@@ -432,26 +431,10 @@ def write_reports(folder: Path, rows: list[RunRow], margin: float) -> str:
                                               (sum(interrupted(r.summary) for r in rows), "interrupted")) if k]
     results = f"# {folder.name}\n\n{done} of {len(rows)} runs finished{''.join(', ' + x for x in left_out)}.\n\n{text}"
     table = csv_text(rows)
-    with ctrl_c_held():
+    with signals_held():
         write_text(folder / "results.csv", table)
         write_text(folder / "results.md", results)
     return text
-
-
-@contextlib.contextmanager
-def ctrl_c_held():
-    """A Ctrl-C within it takes effect at its end: the files written within it are written together."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    came = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if came:  # handled as it would have been: a KeyboardInterrupt, or nothing where SIGINT is ignored
-            signal.raise_signal(signal.SIGINT)
 
 
 def plot(folder: Path, rows: list[RunRow], title: str) -> bool:

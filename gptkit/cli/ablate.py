@@ -10,6 +10,7 @@ from ..errors import RunStopped, UserError
 from ..io import read_text
 from ..recipe import yaml
 from ..recipe.vary import parse_vary
+from ..training.signals import interrupt_on_signals
 from . import finite, folder_option, given, main, overrides_option
 
 
@@ -73,16 +74,17 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
     del data
     click.echo("\n".join(arms))
     again = "rerun the same gptkit ablate command"
-    try:
-        rows = run_ablation(p, folder, margin, log=click.echo, verbose=verbose, texts=texts)
-        click.echo("\n" + write_reports(folder, rows, margin), nl=False)
-        drew = plot(folder, rows, f"{p.name}: validation loss, mean over seeds (band: min to max)")
+    try:  # a run's training handles its own signals; between runs, these raise Interrupted
+        with interrupt_on_signals("running the ablation"):
+            rows = run_ablation(p, folder, margin, log=click.echo, verbose=verbose, texts=texts)
+            click.echo("\n" + write_reports(folder, rows, margin), nl=False)
+            drew = plot(folder, rows, f"{p.name}: validation loss, mean over seeds (band: min to max)")
     except RunStopped as e:  # the ablation, not the one run, is what goes on
         e.continue_with = again
+        if e.run_dir is None:  # between runs, or while the reports are written: no run to name, nothing lost
+            click.echo(f"\nstopped: {e}\nAblation folder: {folder}  (continue: {again})", err=True)
+            click.get_current_context().exit(e.exit_code)
         raise
-    except KeyboardInterrupt:  # between runs, or while the reports are written: no run to name, nothing lost
-        click.echo(f"\nstopped: SIGINT received\nAblation folder: {folder}  (continue: {again})", err=True)
-        click.get_current_context().exit(130)
     click.echo(f"Wrote {folder / 'results.csv'}, {folder / 'results.md'}"
                + (f", {folder / 'loss_curves.png'}" if drew else ""))
     if not drew:

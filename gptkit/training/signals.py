@@ -44,6 +44,24 @@ def interrupt_on_signals(what: str):
 
 
 @contextlib.contextmanager
+def signals_held():
+    """SIGINT and SIGTERM within it take effect at its end, as they would have (the handler then in place
+    runs): the files written within it are written together."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    came = []
+    previous = {s: signal.signal(s, lambda signum, frame: came.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(came):
+            signal.raise_signal(s)
+
+
+@contextlib.contextmanager
 def _on_signals(handler):
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
