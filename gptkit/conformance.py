@@ -18,7 +18,7 @@ from .components.positional import Positional
 from .components.schedule import factor_rule, is_factor
 from .device import keep_random_state, resolve_device
 from .diagnose import cached_logits, exercise, same_logits
-from .errors import UserError, listing, out_of_memory
+from .errors import UserError, listing, on_command_line, out_of_memory
 from .model import build_model
 from .recipe.components import MODEL_KINDS, ComponentSpec, RecipeIssue, parse_component
 from .recipe.schema import CONFIG_KEYS, ModelSection
@@ -579,8 +579,9 @@ def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG,
         if not out_of_memory(e):
             raise
         sizes = ", ".join(f"{key}={getattr(config, key)}" for key in ("n_embd", "n_head", "block_size", "n_layer"))
-        raise UserError(f"the test model does not fit in memory on {device} ({sizes}); use smaller "
-                        "--n-embd/--n-head/--block-size") from None
+        smaller = "smaller --n-embd/--n-head/--block-size" if on_command_line() else \
+            "a config with smaller n_embd, n_head or block_size"
+        raise UserError(f"the test model does not fit in memory on {device} ({sizes}); use {smaller}") from None
 
 
 class SizeError(UserError):

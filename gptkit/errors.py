@@ -1,9 +1,18 @@
 """Errors that are the user's to fix: the CLI prints them as one message and exits with code 2."""
 
+import ast
 import contextlib
 import contextvars
+import copyreg
 import difflib
 from collections.abc import Iterable, Iterator
+
+
+def rebuilt(e: BaseException):
+    """`__reduce__` for an exception whose __init__ takes other than its args (Refused's run_dir, problem
+    and fix; PeerFailed's exit code): unpickled with its args and attributes as they were, without calling
+    __init__ again. How an error in a worker (multiprocessing, joblib) reaches its parent."""
+    return copyreg.__newobj__, (type(e), *e.args), e.__dict__
 
 
 class UserError(Exception):
@@ -11,6 +20,7 @@ class UserError(Exception):
 
     exit_code = 2
     every_rank = False  # under torchrun, printed by every process: one that only its own process meets
+    __reduce__ = rebuilt
 
 
 class ComponentError(UserError):
@@ -37,6 +47,11 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def counted(n: int, noun: str) -> str:
+    """"1 step", "2 steps", "1,000 steps": a count with its noun."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def listing(choices: Iterable[str]) -> str:
     choices = sorted(choices)
     return ", ".join(choices) if choices else "(none)"
@@ -50,6 +65,7 @@ class RunStopped(Exception):
     run_dir = None  # set once the run folder exists
     resumable = True  # whether `gptkit run --resume` can take it on from its last checkpoint
     continue_with = None  # the command that goes on, when it is not `gptkit run --resume RUN_DIR`
+    __reduce__ = rebuilt
 
 
 class Interrupted(RunStopped):
@@ -61,9 +77,6 @@ class Interrupted(RunStopped):
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
-
-    def __reduce__(self):  # unpickled by calling the class with its args: a worker's stop reaches its parent
-        return type(self), (self.signum, *self.args), self.__dict__
 
 
 class Diverged(RunStopped):
@@ -114,6 +127,16 @@ def override(text: str) -> str:
     """A recipe override as the caller gave it: '--set train.lr=1' on the command line, "overrides
     'train.lr=1'" (one of the list) from Python."""
     return f"--set {text}" if on_command_line() else f"overrides {text!r}"
+
+
+def overridden(label: str) -> str | None:
+    """The override that `override` names `label` from Python, as given; None for another label (--vary's,
+    an argument such as data_path=, an ablation file's key). To give it back another way: quoted."""
+    try:
+        text = ast.literal_eval(label.removeprefix("overrides "))
+    except (ValueError, SyntaxError):
+        return None
+    return text if isinstance(text, str) and override(text) == label else None
 
 
 def overrides_example(*texts: str) -> str:

@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError, one_line
+from .errors import UserError, on_command_line, one_line
 from .io import missing
 
 GROUP_PREFIX = "gptkit."
@@ -42,7 +42,10 @@ class Plugin:
 _declared: dict[str, dict[str, list[Plugin]]] | None = None  # kind -> name -> claims, one per distribution
 
 
-OFF = "plugins are turned off by GPTKIT_NO_PLUGINS or --no-plugins"  # said where a plugin's name is unknown
+def turned_off() -> str:
+    """Said where a plugin's name is unknown: what turns plugins off, as the caller can (--no-plugins is a
+    `gptkit` command's)."""
+    return f"plugins are turned off by GPTKIT_NO_PLUGINS{' or --no-plugins' if on_command_line() else ''}"
 
 
 def enabled() -> bool:

@@ -18,5 +18,6 @@ def rank() -> int:
 
 def first_on_machine() -> bool:
     """Whether this process speaks for its machine: under torchrun, every process of a machine meets the
-    same command line, mistake and Ctrl-C, and its local rank 0 alone says so."""
-    return os.environ.get("LOCAL_RANK", "0") == "0"
+    same command line, mistake and Ctrl-C, and its local rank 0 alone says so. Outside one, a LOCAL_RANK
+    left in the environment (by a job before) says nothing."""
+    return not under_torchrun() or os.environ.get("LOCAL_RANK", "0") == "0"

@@ -122,11 +122,17 @@ def _interactive() -> bool:
     return hasattr(sys, "ps1") or bool(sys.flags.interactive) or getattr(builtins, "__IPYTHON__", False)
 
 
-def _code_of(plugin: plugins.Plugin, obj: Any) -> bool:
-    """Whether `obj` comes from the package of `plugin`'s entry point, whose modules may register what it
-    declares: as they are imported, too early to compare `obj` with what the entry point loads."""
-    module = getattr(obj, "__module__", None) or ""
-    return module.partition(".")[0] == plugin.entry_point.module.partition(".")[0]
+def _importing(plugin: plugins.Plugin) -> bool:
+    """Whether the module of `plugin`'s entry point is being imported, below this call (by `_load`, or by
+    code that imports it itself): what it runs, its own code or another package's that it re-exports,
+    may register what it declares, too early to compare with what the entry point loads. `entry` compares
+    them once it is imported, and reports a clash if they differ."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == plugin.entry_point.module:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _name_of(obj: Any) -> str:
@@ -170,11 +176,11 @@ class Registry:
                 raise RegistryError(f"{self.kind} '{name}': {e}") from None
             came_from = source or _source_of(obj)
             new = Entry(self.kind, name, obj, came_from, sha256=plugins.python_file_sha256(came_from))
-            # A name an installed package declares is refused to other code now: kept, it would fail at
-            # its first use, and go on failing for the session. (A built-in's clash is the plugin's to
-            # settle; within `clashes_listed`, `entry` reports the clash.)
+            # A name an installed package declares is refused now to code other than its entry point's
+            # import: kept, it would fail at its first use, and go on failing for the session. (A
+            # built-in's clash is the plugin's to settle; within `clashes_listed`, `entry` reports the clash.)
             claims = [] if came_from == "built-in" or _listing else [
-                p for p in plugins.declared(self.kind).get(name, []) if not _code_of(p, obj)]
+                p for p in plugins.declared(self.kind).get(name, []) if not _importing(p)]
             if claims:
                 raise RegistryError(f"{self.kind} '{name}' is claimed by {' and by '.join(p.source for p in claims)} "
                                     f"already; a name must have one source. {self._clash_fix(new, claims)}")
@@ -247,8 +253,12 @@ class Registry:
 
     def _unknown(self, name: str) -> str:
         names = self.names()
-        off = "" if plugins.enabled() else f" ({plugins.OFF})"  # an installed plugin's name may be the one meant
-        return f"unknown {self.kind} {name!r}{did_you_mean(name, names)}. Available: {listing(names)}{off}"
+        guess = did_you_mean(name, names)
+        if not plugins.enabled():  # the name meant may be a plugin's
+            hint = f" ({plugins.turned_off()})"
+        else:  # nothing like it here: perhaps a plugin package's, not installed (recipes say which in comments)
+            hint = "" if guess else "; a plugin package's components are available once it is installed (pip install it)"
+        return f"unknown {self.kind} {name!r}{guess}. Available: {listing(names)}{hint}"
 
     def _clash_fix(self, local: Entry | None, claims: list[plugins.Plugin]) -> str:
         """How to settle a name claimed twice, which depends on who claims it."""

@@ -533,6 +533,13 @@ def test_a_usage_error_under_torchrun_is_said_once_per_machine(cli, monkeypatch,
         assert result.exit_code == 2 and result.output == "", result.output
 
 
+def test_a_local_rank_left_outside_torchrun_silences_nothing(cli, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # left by a job before: one process alone speaks for itself
+    result = cli("run", "nonexist.yaml")
+    assert result.exit_code == 2 and result.output == "error: recipe file nonexist.yaml not found\n", result.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["run", ""], "error: RECIPE is empty; give a path\n"),
     (["validate", ""], "error: RECIPE is empty; give a path\n"),
@@ -582,3 +589,21 @@ def test_help_is_given_under_torchrun(cli, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     result = cli("list", "-h")
     assert result.exit_code == 0 and result.output.startswith("Usage: "), result.output
+
+
+def test_counts_and_articles_read_as_english(cli, write_recipe, tmp_path):
+    one = cli("run", write_recipe(train={"max_steps": 1}), "--runs-dir", tmp_path / "runs", "-q")
+    assert one.exit_code == 0 and " 1 step, " in one.output, one.output
+    bad = cli("validate", write_recipe(), "--set", "model.attention=[1]")
+    assert bad.exit_code == 2 and "expected an attention name or a mapping" in bad.output, bad.output
+    ablate = cli("ablate", write_recipe(train={"max_steps": 1}), "--vary", "model.norm=layernorm", "--seeds", "1",
+                 "--out", tmp_path / "abl")
+    assert "2 arms × 1 seed (seeds 0) = 2 runs, grid:" in ablate.output, ablate.output
+
+
+def test_an_unknown_name_like_nothing_here_says_a_plugin_may_provide_it(cli, write_recipe):
+    far = cli("validate", write_recipe(), "--set", "model.attention=zzz")
+    assert far.exit_code == 2 and "Available: " in far.output, far.output
+    assert far.output.rstrip().endswith("a plugin package's components are available once it is installed (pip install it)")
+    near = cli("validate", write_recipe(), "--set", "model.attention=flsh")
+    assert "did you mean 'flash'?" in near.output and "pip install" not in near.output

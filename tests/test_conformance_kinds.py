@@ -316,6 +316,10 @@ def test_running_out_of_memory_is_one_error_naming_the_sizes(cli, monkeypatch):
     assert result.exit_code == 2 and result.output == (
         "error: the test model does not fit in memory on cpu (n_embd=64, n_head=1, block_size=16, n_layer=2); "
         "use smaller --n-embd/--n-head/--block-size\n"), result.output
+    with pytest.raises(UserError) as e:  # from Python: the config's fields
+        check_component("attention", "naive", dataclasses.replace(CONFIG, n_embd=64, n_head=1))
+    assert str(e.value) == ("the test model does not fit in memory on cpu (n_embd=64, n_head=1, block_size=16, "
+                            "n_layer=2); use a config with smaller n_embd, n_head or block_size")
 
 
 @pytest.mark.parametrize("spec, device, message", [

@@ -199,15 +199,62 @@ def test_a_plugin_that_registers_what_it_declares_is_one_source(install, cli, sc
 
         class Other(UnitNorm):
             pass
+
+        register("norm", "othernorm")(UnitNorm)  # not the class its entry point names
     """})
     for _ in range(2):
         assert registry("norm").find("selfnorm").source == "acme-self 1.0"
     result = cli("check", "norm", "selfnorm")
     assert result.exit_code == 0 and result.output.startswith("norm 'selfnorm' from acme-self 1.0"), result.output
 
-    registry("norm").register("othernorm", sys.modules["acme_self"].UnitNorm)  # another class: still a clash
     with pytest.raises(RegistryError, match="norm 'othernorm' is claimed by .*acme_self.py and by acme-self 1.0"):
-        registry("norm").get("othernorm")
+        registry("norm").get("othernorm")  # another class: still a clash
+    with pytest.raises(RegistryError, match="^norm 'othernorm' is claimed by acme-self 1.0 already"):
+        registry("norm").register("othernorm", sys.modules["acme_self"].Other)  # not by its import: refused at once
+
+
+def test_a_plugin_may_re_export_a_class_another_package_registers(install, scratch_registries):
+    """The entry point's module imports the class from a package of another name, whose import registers it."""
+    install("acme-norms", "1.0", {"gptkit.norm": {"mine": "acme_reexport:Mine"}}, {
+        "acme_reexport": "from acme_core_norms import Mine\n",
+        "acme_core_norms": """
+            from gptkit.components import Norm, register
+
+            @register("norm", "mine")
+            class Mine(Norm):
+                def forward(self, x):
+                    return x
+        """})
+    for _ in range(2):
+        entry = registry("norm").entry("mine")
+        assert entry.error is None and entry.source == "acme-norms 1.0", entry.error
+        assert entry.obj is sys.modules["acme_core_norms"].Mine
+
+    cell = type("Mine", (entry.obj,), {"__module__": "__main__"})  # a notebook's, once the plugin is loaded
+    with pytest.raises(RegistryError, match="^norm 'mine' is claimed by acme-norms 1.0 already"):
+        registry("norm").register("mine", cell)
+    assert registry("norm").get("mine") is entry.obj
+
+
+def test_a_namespace_neighbour_may_not_register_what_a_plugin_declares(install, tmp_path, scratch_registries):
+    """acme.other shares the top-level name acme with acme.norms, not its entry point."""
+    install("acme-norms", "1.0", {"gptkit.norm": {"nsnorm": "acme.norms:UnitNorm"}})
+    namespace = tmp_path / "site" / "acme"  # no __init__.py: a namespace package
+    (namespace / "other").mkdir(parents=True)
+    (namespace / "other" / "__init__.py").write_text(textwrap.dedent("""
+        from gptkit.components import Norm, register
+
+        @register("norm", "nsnorm")
+        class Other(Norm):
+            def forward(self, x):
+                return x
+    """))
+    try:
+        with pytest.raises(RegistryError, match="^norm 'nsnorm' is claimed by acme-norms 1.0 already"):
+            import acme.other  # noqa: F401
+    finally:
+        for name in ("acme.other", "acme"):
+            sys.modules.pop(name, None)
 
 
 def test_registering_a_name_a_plugin_declares_is_refused_at_once(install, scratch_registries):
@@ -615,6 +662,8 @@ def test_resuming_a_run_whose_plugin_is_gone_says_which_package_it_was(install, 
         assert result.exit_code == 2 and "unknown norm 'unitnorm'" in result.output, result.output
         assert f"(the run was trained with {used}: {off}" in result.output and "installed" not in result.output
         assert "plugins are turned off" in result.output.split("(the run was trained")[0], result.output  # said once
+    assert missing_plugins({"model.norm": norm.partition(": ")[2]}).endswith(  # from Python
+        ": unset GPTKIT_NO_PLUGINS to use them)")
     monkeypatch.delenv("GPTKIT_NO_PLUGINS")
 
     shutil.rmtree(tmp_path / "site")  # uninstalled

@@ -2,9 +2,12 @@
 random state as they were."""
 
 import dataclasses
+import importlib
 import json
 import pickle
+import pkgutil
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +15,13 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from gptkit import GPTConfig, build_model, errors, load_model, load_recipe, train, train_model
+import gptkit
+from gptkit import GPTConfig, build_model, load_model, load_recipe, train, train_model
 from gptkit.conformance import CONFIG, assert_conformant, check_component, tiny_model
 from gptkit.data.vocab import Vocab
-from gptkit.errors import Interrupted, UserError
+from gptkit.errors import RunStopped, UserError
 from gptkit.recipe import RecipeError
+from gptkit.recipe.components import RecipeIssue
 from gptkit.registry import RegistryError
 from gptkit.sampling import generate, sample
 
@@ -301,6 +306,17 @@ def test_errors_name_the_arguments_given_not_command_line_flags(tmp_path, write_
                             "(a value containing ': ' or ending in ':' must be quoted: "
                             """overrides=['sample.prompt="a: b: c"'])""")
     assert load_recipe(path, ['sample.prompt="a: b: c"']).sample.prompt == "a: b: c"  # the fix it gives
+    with pytest.raises(UserError) as e:  # written with "" by repr: still the one override, with no line
+        load_recipe(path, ["sample.prompt=it's: b: c"])
+    assert str(e.value) == ("""overrides "sample.prompt=it's: b: c": not valid YAML: mapping values are not allowed """
+                            """here (a value containing ': ' or ending in ':' must be quoted: """
+                            """overrides=['sample.prompt="it\\'s: b: c"'])""")
+    assert load_recipe(path, ['sample.prompt="it\'s: b: c"']).sample.prompt == "it's: b: c"
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path, ["sample.prompt=5"])
+    assert str(e.value) == ("overrides 'sample.prompt=5': sample.prompt: Input should be a valid string (got 5) "
+                            """(YAML read 5 as a number; quote it: overrides=['sample.prompt="5"'])""")
+    assert load_recipe(path, ['sample.prompt="5"']).sample.prompt == "5"
 
 
 def test_generate_runs_in_evaluation_mode_and_leaves_the_mode_as_it_was():
@@ -353,22 +369,39 @@ def test_load_model_gives_the_recipe_load_recipe_gives(tmp_path, write_recipe):
     assert recipe == load_recipe(path)  # its training components' parameters too, e.g. AdamWParams
 
 
-ERRORS = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, BaseException)
-          and c.__module__ == errors.__name__]
+def _subclasses(cls: type) -> list[type]:
+    return [cls] + [c for sub in cls.__subclasses__() for c in _subclasses(sub)]
 
 
-@pytest.mark.parametrize("cls", ERRORS, ids=lambda c: c.__name__)
+for _module in pkgutil.walk_packages(gptkit.__path__, "gptkit."):  # every error class there is
+    if not _module.name.endswith("__main__"):  # which would run the command line
+        importlib.import_module(_module.name)
+# RecipeIssue is no UserError, but BrokenParams is both
+ERRORS = {c for root in (UserError, RunStopped, RecipeIssue) for c in _subclasses(root)
+          if c.__module__.partition(".")[0] == "gptkit"}
+ARGS = {  # each class's constructor arguments: a class without a case fails the test
+    "UserError": ("stopped",), "ComponentError": ("stopped",), "RegistryError": ("stopped",),
+    "YAMLError": ("stopped",), "RecipeError": ("stopped",), "BrokenParams": ("stopped",),
+    "RecipeIssue": ([(("a", 0), "stopped")], (("b",),)), "SizeError": ("n_embd", 5, "stopped"),
+    "Refused": (Path("runs/x"), "is stopped", "remove it"),
+    "RunStopped": ("stopped",), "Interrupted": (2, "stopped"), "Diverged": ("stopped",),
+    "CheckpointError": ("stopped",), "PeerFailed": (3,), "PeerLost": ("stopped",), "BenchFailed": ("stopped",),
+}
+
+
+@pytest.mark.parametrize("cls", sorted(ERRORS, key=lambda c: c.__name__), ids=lambda c: c.__name__)
 def test_errors_survive_pickling_with_their_attributes(tmp_path, cls):
     """As a run stopped in a multiprocessing or joblib worker reports back."""
-    e = cls(2, "stopped") if cls is Interrupted else cls("stopped")
+    assert cls.__name__ in ARGS, f"give {cls.__module__}.{cls.__name__}'s constructor arguments in ARGS"
+    e = cls(*ARGS[cls.__name__])
     e.run_dir, e.every_rank = tmp_path, True  # as train, and a torchrun rank, set them
     back = pickle.loads(pickle.dumps(e))
-    assert type(back) is cls and str(back) == "stopped" and vars(back) == vars(e) and back.exit_code == e.exit_code
+    assert type(back) is cls and str(back) == str(e) and back.args == e.args and vars(back) == vars(e)
+    assert getattr(back, "exit_code", None) == getattr(e, "exit_code", None)
 
 
 def test_errors_and_the_vocabulary_are_exported():
-    import gptkit
-    from gptkit.errors import Diverged, Interrupted, RunStopped
+    from gptkit.errors import Diverged, Interrupted
 
     assert (gptkit.Interrupted, gptkit.Diverged, gptkit.RunStopped, gptkit.Vocab) == (Interrupted, Diverged,
                                                                                      RunStopped, Vocab)

@@ -4,6 +4,7 @@ import pytest
 from torch import nn
 
 from gptkit.components.norm import Norm
+from gptkit.errors import command_line
 from gptkit.registry import Registry, RegistryError, kinds, registry
 
 
@@ -124,10 +125,12 @@ def test_any_other_name_is_refused_by_the_rule_its_message_states(name):
 
 
 def test_an_unknown_name_says_when_plugins_are_off(monkeypatch):
-    hint = "(plugins are turned off by GPTKIT_NO_PLUGINS or --no-plugins)"
     with pytest.raises(RegistryError) as e:
         registry("attention").get("cosattn")
-    assert str(e.value) == f"unknown attention 'cosattn'. Available: flash, naive {hint}"
+    assert str(e.value) == "unknown attention 'cosattn'. Available: flash, naive (plugins are turned off by GPTKIT_NO_PLUGINS)"
+    with command_line(), pytest.raises(RegistryError) as e:  # within a `gptkit` command, its flag turns them off too
+        registry("attention").get("cosattn")
+    assert str(e.value).endswith(" (plugins are turned off by GPTKIT_NO_PLUGINS or --no-plugins)")
     monkeypatch.setenv("GPTKIT_NO_PLUGINS", "0")
     with pytest.raises(RegistryError) as e:
         registry("attention").get("cosattn")

@@ -24,7 +24,7 @@ import torch
 
 from ..device import resolve_device, use_bf16
 from ..data.dataset import load_dataset
-from ..errors import Interrupted, RunStopped, UserError
+from ..errors import Interrupted, RunStopped, UserError, counted
 from ..recipe import load_recipe, yaml
 from ..recipe.vary import parse_vary as parse_vary_flags
 from ..training.run import check_fits
@@ -65,7 +65,7 @@ def parse_vary(texts: list[str]) -> list[tuple[str, list[str]]]:
     axes = list(parse_vary_flags(texts, "KEY=VALUE1,VALUE2,..., e.g. --vary model.attention=flash,naive").items())
     for key, values in axes:
         for value in values:  # here, or a syntax error would be reported as the --set it becomes
-            yaml.load(value, f"--vary {key}={value}")
+            yaml.load(value, f"--vary {key}={value}", yaml.flag_quoted("--vary", key))
             if values.count(value) > 1:
                 raise UserError(f"--vary {key}: {value} is given twice; give each value once")
     return axes
@@ -269,10 +269,11 @@ def ask(conn, message: tuple, proc, which: str) -> dict:
 def format_report(report: dict) -> str:
     peaks = "; ".join(f"{p['flops'] / 1e9:,.1f} GFLOP/s ({p['source']})" for p in report["peaks"])
     lines = [
-        f"device {report['device']}" + (f", {report['threads']} threads" if report["threads"] else "") + f"; peak {peaks}",
+        f"device {report['device']}" + (f", {counted(report['threads'], 'thread')}" if report["threads"] else "")
+        + f"; peak {peaks}",
         f"FLOPs/token = {report['flops_formula']}",
-        f"{report['warmup_steps']} warm-up steps, then {report['rounds']} interleaved rounds of "
-        f"{report['steps_per_round']} steps; medians; memory is the {report['memory_kind']}",
+        f"{counted(report['warmup_steps'], 'warm-up step')}, then {counted(report['rounds'], 'interleaved round')} "
+        f"of {counted(report['steps_per_round'], 'step')}; medians; memory is the {report['memory_kind']}",
         "",
     ]
     width = max(len("variant"), *(len(v["label"]) for v in report["variants"]))

@@ -52,7 +52,7 @@ def check(kind, name, params, device, n_embd, n_head, block_size):
             raise UserError(f"--param {text}: the component is the NAME argument ({name}), not a parameter")
         if key.strip() in spec:
             raise UserError(f"--param {key.strip()} is given twice; give each parameter once")
-        spec[key.strip()] = yaml.load(raw, f"--param {text}")[0]
+        spec[key.strip()] = yaml.load(raw, f"--param {text}", yaml.flag_quoted("--param", key.strip()))[0]
     device = resolve_device(device, "--device")
     config = dataclasses.replace(CONFIG, n_embd=n_embd, n_head=n_head, block_size=block_size)
     sizes = f"n_embd={n_embd}, n_head={n_head}, block_size={block_size}"

@@ -18,7 +18,7 @@ from pydantic import ConfigDict, Field, PlainSerializer, PlainValidator, Validat
 from pydantic_core import to_jsonable_python
 
 from ..components.base import Params
-from ..errors import ComponentError, UserError, listing, one_line, out_of_memory
+from ..errors import ComponentError, UserError, listing, one_line, out_of_memory, rebuilt
 from ..plugins import line_in
 from ..registry import RegistryError, raised, registry
 
@@ -35,6 +35,8 @@ class RecipeIssue(ValueError):
     def __init__(self, issues: list[tuple[tuple, str]], causes: tuple[tuple, ...] = ()):
         super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" if loc else msg for loc, msg in issues))
         self.issues, self.causes = issues, causes
+
+    __reduce__ = rebuilt
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,8 @@ def parse_component(kind: str, value: Any) -> ComponentSpec:
         if not isinstance(name, str):
             raise RecipeIssue([(("name",), f"say which {kind} to use with 'name: ...'; one of: {listing(reg.names())}")])
     else:
-        raise RecipeIssue([((), f"expected a {kind} name or a mapping with 'name', got {value!r}")])
+        an = "an" if kind[0] in "aeiou" else "a"  # an attention, an optimizer
+        raise RecipeIssue([((), f"expected {an} {kind} name or a mapping with 'name', got {value!r}")])
     if _model_only.get() and kind not in MODEL_KINDS:
         return ComponentSpec(kind, name, Unchecked.model_validate(params))
     try:

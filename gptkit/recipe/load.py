@@ -11,7 +11,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from .. import plugins
-from ..errors import UserError, override, overrides_example
+from ..errors import UserError, overridden, override, overrides_example
 from ..io import expand_home, quote, read_text
 from . import yaml
 from .components import ComponentSpec, loading_model_only
@@ -150,17 +150,30 @@ def _string_hint(value, loc: tuple, override: tuple[tuple, str] | None, source: 
     if override is None:
         return string_hint(value, source.text(loc) if source else None, in_file)
     keys, label = override
-    flag, _, text = label.partition(" ")
-    if not (flag in ("--set", "--vary") and loc[: len(keys)] == keys):  # an ablation file's key, say
+    given = _given(label, ".".join(keys))
+    if given is None or loc[: len(keys)] != keys:  # an ablation file's key, say
         return string_hint(value, None, None)
+    text, quoted = given
     written = text.partition("=")[2].strip()
     if loc == keys:  # --set 'sample.prompt="ROMEO:"'; --vary 'sample.prompt="ROMEO:",...', as it splits its values
-        return string_hint(value, written, lambda w: f"{flag} {yaml.quote_flag('.'.join(keys), w, flag == '--vary')}")
+        return string_hint(value, written, quoted)
     try:  # below the override's key: --set 'model.attention={name: mine, mode: 1}'
         below = yaml.load_with_source(written, label)[2].text(loc[len(keys):])
     except UserError:
         below = None
     return string_hint(value, below, in_file)
+
+
+def _given(label: str, key: str) -> tuple[str, yaml.Quoted] | None:
+    """The override that `label` names, KEY=VALUE as given, and how its giver would give `key` the string
+    TEXT: `--set 'KEY="TEXT"'` (or --vary's) on the command line, `overrides=['KEY="TEXT"']` from Python.
+    None for another label (an ablation file's key, an argument such as data_path=): gptkit wrote that
+    value, quoted."""
+    flag, _, text = label.partition(" ")
+    if flag in ("--set", "--vary"):
+        return text, yaml.flag_quoted(flag, key)
+    text = overridden(label)
+    return None if text is None else (text, lambda w: overrides_example(f"{key}={yaml.quote(w)}"))
 
 
 _FILES = TypeAdapter(list[RecipePath])
@@ -197,7 +210,8 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
         raise RecipeError(f"{label}: expected KEY=VALUE with a dotted key, e.g. {overrides_example('train.lr=3e-4')}")
     if not is_text(key):  # a byte that is not UTF-8, which Python passes on as a lone surrogate
         raise RecipeError(f"{label}: the key {key.strip()!r} holds a byte that is not UTF-8 text; retype it")
-    value, _ = yaml.load(raw, label)
+    given = _given(label, key.strip())
+    value, _ = yaml.load(raw, label, given[1] if given else yaml.quote)  # one value: no line to name
     if len(parts) == 1 and isinstance(data.get(key), dict) and isinstance(value, dict) and value:
         first = next(iter(value))  # a whole section would silently drop the recipe's other keys in it
         raise RecipeError(f"{label}: replaces the whole {key} section, dropping the recipe's other {key} keys; "

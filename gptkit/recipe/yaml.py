@@ -7,10 +7,10 @@ data is built: tags that would construct objects are refused. `dump` writes what
 as the same data (PyYAML's writer leaves the string "1e5" unquoted, which `load` reads as a float).
 """
 
-import ast
 import json
 import re
 import shlex
+from collections.abc import Callable
 
 import yaml
 
@@ -54,24 +54,30 @@ class YAMLError(UserError):
 MAX_VALUES = 100_000  # per document: aliases may not expand a small file into a huge one ("billion laughs")
 
 
-def load(text: str, origin: str) -> tuple[object, dict[Path, int]]:
+Quoted = Callable[[str], str]  # how the giver of a value would give TEXT quoted: `--set 'KEY="TEXT"'`
+
+
+def load(text: str, origin: str, quoted: Quoted | None = None) -> tuple[object, dict[Path, int]]:
     """Parse one YAML document into plain data, and the 1-based line of every key path.
 
-    `origin` names the text in errors: a file name, or a flag with its value (`--set KEY=VALUE`)."""
-    data, lines, _ = load_with_source(text, origin)
+    `origin` names the text in errors: a file name, or an override or a flag with its value (`--set
+    KEY=VALUE`). `quoted` is given for such a value, which is given alone rather than in a file: errors
+    then name no line (its one line is not worth naming), and say how to quote a value that must be."""
+    data, lines, _ = load_with_source(text, origin, quoted)
     return data, lines
 
 
-def load_with_source(text: str, origin: str) -> tuple[object, dict[Path, int], "Source"]:
+def load_with_source(text: str, origin: str, quoted: Quoted | None = None
+                     ) -> tuple[object, dict[Path, int], "Source"]:
     """`load`, and the Source that tells how each value was written (for hints: `name: 2024` is a number)."""
     loader = None
     try:
         loader = _Loader(text)  # the reader already refuses control characters here
         node = loader.get_single_node()
-        builder = _Builder(loader, origin)
+        builder = _Builder(loader, origin, quoted is not None)
         data = builder.build(node, ()) if node is not None else None
     except yaml.MarkedYAMLError as e:
-        raise YAMLError(_describe(e, origin, text)) from None
+        raise YAMLError(_describe(e, origin, text, quoted)) from None
     except yaml.YAMLError as e:
         raise YAMLError(f"{origin}: not valid YAML: {e}") from None
     except RecursionError:
@@ -104,13 +110,16 @@ class Source:
 class _Builder:
     """Plain data from composed nodes, with the line of every key path."""
 
-    def __init__(self, loader: _Loader, origin: str):
-        self.loader, self.origin = loader, origin
+    def __init__(self, loader: _Loader, origin: str, alone: bool):
+        self.loader, self.origin, self.alone = loader, origin, alone
         self.lines: dict[Path, int] = {}
         self.spans: dict[Path, tuple[int, int]] = {}  # where each value at a key path is written
         self.spanned: set[int] = set()  # the nodes given a span: an alias to one is written elsewhere
         self.values = 0
         self.open: set[int] = set()  # the nodes being built: an alias to one of them would never end
+
+    def _at(self, line: int) -> str:
+        return _at(self.origin, line, self.alone)
 
     def build(self, node, path: Path, lines: dict | None = None):
         line = node.start_mark.line + 1
@@ -122,10 +131,10 @@ class _Builder:
         if self.values > MAX_VALUES:
             raise YAMLError(f"{self.origin}: more than {MAX_VALUES:,} values (aliases expanding?); a recipe is smaller")
         if id(node) in self.open:
-            raise YAMLError(f"{_at(self.origin, line)}: an alias refers to a value that contains it")
+            raise YAMLError(f"{self._at(line)}: an alias refers to a value that contains it")
         if node.tag not in _PLAIN_TAGS:
             raise YAMLError(
-                f"{_at(self.origin, line)}: YAML tag '{node.tag.replace('tag:yaml.org,2002:', '!!')}' is not allowed; "
+                f"{self._at(line)}: YAML tag '{node.tag.replace('tag:yaml.org,2002:', '!!')}' is not allowed; "
                 "a recipe holds plain data only (no tags that build objects)"
             )
         if isinstance(node, yaml.ScalarNode):
@@ -133,7 +142,7 @@ class _Builder:
                 return self.loader.construct_object(node, deep=True)
             except (ValueError, KeyError):  # !!int abc, !!bool maybe, an integer of 5,000 digits
                 tag = node.tag.replace("tag:yaml.org,2002:", "")
-                raise YAMLError(f"{_at(self.origin, line)}: {node.value[:40]!r} is not a valid {tag}") from None
+                raise YAMLError(f"{self._at(line)}: {node.value[:40]!r} is not a valid {tag}") from None
         self.open.add(id(node))
         try:
             return self._mapping(node, path) if isinstance(node, yaml.MappingNode) else \
@@ -152,11 +161,11 @@ class _Builder:
                 continue
             key = self.build(key_node, path, {})
             if not isinstance(key, (str, int)):
-                raise YAMLError(f"{_at(self.origin, line)}: a key must be a name, got {key!r}")
+                raise YAMLError(f"{self._at(line)}: a key must be a name, got {key!r}")
             if key in own:
                 where = ".".join(map(str, path + (key,)))
-                first = "" if _is_override(self.origin) else f" (first at line {own_lines[key]})"
-                raise YAMLError(f"{_at(self.origin, line)}: duplicate key '{where}'{first}; "
+                first = "" if self.alone else f" (first at line {own_lines[key]})"
+                raise YAMLError(f"{self._at(line)}: duplicate key '{where}'{first}; "
                                 "YAML would silently keep only the last one. Remove one.")
             own_lines[key] = self.lines[path + (key,)] = line
             self.spans.pop(path + (key,), None)  # a value merged in before is overridden by this one
@@ -169,26 +178,20 @@ class _Builder:
         out = {}
         for source in sources:
             if not isinstance(source, yaml.MappingNode):
-                raise YAMLError(f"{_at(self.origin, line)}: '<<' merges mappings only")
+                raise YAMLError(f"{self._at(line)}: '<<' merges mappings only")
             for k, v in self.build(source, path, {}).items():
                 out.setdefault(k, v)
         return out
 
 
-def _is_override(origin: str) -> bool:
-    """Whether `origin` is one override, not a file: a flag with its value (`--set KEY=VALUE`), or from
-    Python `overrides 'KEY=VALUE'` (see errors.override)."""
-    return origin.startswith(("--", "overrides '")) and " " in origin
+def _at(origin: str, line: int, alone: bool) -> str:
+    """Where an error is: FILE:LINE, or a value given alone, which has no lines worth naming."""
+    return origin if alone else f"{origin}:{line}"
 
 
-def _at(origin: str, line: int) -> str:
-    """Where an error is: FILE:LINE, or an override alone, whose value (one line) has no lines worth naming."""
-    return origin if _is_override(origin) else f"{origin}:{line}"
-
-
-def _describe(e: yaml.MarkedYAMLError, origin: str, text: str) -> str:
+def _describe(e: yaml.MarkedYAMLError, origin: str, text: str, quoted: Quoted | None) -> str:
     mark = e.problem_mark or e.context_mark
-    where = _at(origin, mark.line + 1) if mark else origin
+    where = _at(origin, mark.line + 1, quoted is not None) if mark else origin
     problem = e.problem or e.context or "not valid YAML"
     if "'\\t'" in problem and mark:
         return f"{where}: {_tab(text, mark.index)}"
@@ -196,7 +199,7 @@ def _describe(e: yaml.MarkedYAMLError, origin: str, text: str) -> str:
     if e.context and opened and mark and opened.line != mark.line:
         problem += f" ({e.context} at line {opened.line + 1})"
     if problem.startswith("mapping values are not allowed"):  # `prompt: MENENIUS:`, `--set sample.prompt=a: b: c`
-        problem += f" ({_quote_hint(origin, text, mark.line if mark else None)})"
+        problem += f" ({_quote_hint(text, mark.line if mark else None, quoted)})"
     return f"{where}: not valid YAML: {problem}"
 
 
@@ -216,16 +219,11 @@ COLON_HINT = "a value containing ': ' or ending in ':' must be quoted"
 _KEY_VALUE = re.compile(r"""^\s*(?:-\s+)*([^\s#'"{\[\]}&*!|>%@`,-][^:#]*?)\s*:\s+(.+?)(?:\s+#.*)?$""")
 
 
-def _quote_hint(origin: str, text: str, line: int | None) -> str:
-    """How to quote the value YAML read as a mapping where it may not be one: for a `--set KEY` (or
-    `--vary KEY`) origin, the flag with its value quoted; from Python, the overrides list's item; for a
-    file, the line's `key: "value"`."""
-    if _is_override(origin):
-        flag, _, rest = origin.partition(" ")
-        if flag == "overrides":  # from Python: the list's item, as Python writes it
-            item = f"{ast.literal_eval(rest).partition('=')[0]}={quote(text.strip())}"
-            return f"{COLON_HINT}: overrides=[{item!r}]"
-        return f"{COLON_HINT}: {flag} {quote_flag(rest.partition('=')[0], text.strip(), flag == '--vary')}"
+def _quote_hint(text: str, line: int | None, quoted: Quoted | None) -> str:
+    """How to quote the value YAML read as a mapping where it may not be one: given alone, as its giver
+    would (`quoted`); in a file, the line's `key: "value"`."""
+    if quoted:
+        return f"{COLON_HINT}: {quoted(text.strip())}"
     lines = text.splitlines()
     match = _KEY_VALUE.match(lines[line]) if line is not None and line < len(lines) else None
     if match and (": " in match[2] or match[2].endswith(":")):
@@ -238,10 +236,10 @@ def quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def quote_flag(key: str, text: str, more: bool = False) -> str:
-    """`KEY="TEXT"` quoted for a shell: what --set (or, with `more` values after it, --vary) reads back
-    as the string `text`."""
-    return shlex.quote(f"{key}={quote(text)}{',...' if more else ''}")
+def flag_quoted(flag: str, key: str) -> Quoted:
+    """How `flag KEY=VALUE` gives a value TEXT quoted, for a shell: `--set 'KEY="TEXT"'`, which reads back
+    as the string TEXT (--vary's with more values after it: `--vary 'KEY="TEXT",...'`)."""
+    return lambda text: f"{flag} {shlex.quote(f'{key}={quote(text)}' + (',...' if flag == '--vary' else ''))}"
 
 
 class _Dumper(yaml.SafeDumper):

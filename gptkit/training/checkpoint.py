@@ -13,7 +13,7 @@ from .. import plugins
 from ..data.vocab import Vocab
 from ..device import keep_random_state, resolve_device
 from ..diagnose import check_forward
-from ..errors import UserError, one_line
+from ..errors import UserError, on_command_line, one_line
 from ..io import atomic_write, quote
 from ..model import build_model
 from ..recipe import Recipe, validate
@@ -274,7 +274,7 @@ def missing_plugins(used: dict[str, str], prefix: str = "model.") -> str:
     elif plugins.enabled():
         why = "is it installed?"
     else:  # the registry's error has said that plugins are off
-        why = "unset GPTKIT_NO_PLUGINS (or leave out --no-plugins) to use them"
+        why = f"unset GPTKIT_NO_PLUGINS{' (or leave out --no-plugins)' if on_command_line() else ''} to use them"
     return f"\n(the run was trained with {'; '.join(gone)}: {why})"
 
 
