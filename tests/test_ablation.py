@@ -61,6 +61,14 @@ def test_grid_and_one_at_a_time(write_recipe):
     assert one.digest != grid.digest and one.digest == plan(Ablation(recipe=path, vary=vary, mode="one-at-a-time")).digest
 
 
+def test_folder_names_read_as_the_changes(write_recipe):
+    path = write_recipe(model={"positional": "sinusoidal", "norm": "rmsnorm"})
+    vary = {"model.positional": ["sinusoidal", "{name: rope, base: 500}"], "model.norm": ["rmsnorm", "layernorm"]}
+    slugs = [a.slug for a in plan(Ablation(recipe=path, vary=vary)).arms[1:]]
+    assert slugs == ["norm-layernorm_positional-sinusoidal", "norm-rmsnorm_positional-name-rope-base-500",
+                     "norm-layernorm_positional-name-rope-base-500"]
+
+
 def test_the_order_of_the_varied_keys_and_values_finds_the_same_folders(write_recipe):
     """Rerunning a command whose --vary flags come in another order resumes the same ablation."""
     path = write_recipe(model={"positional": "sinusoidal", "norm": "rmsnorm"})
@@ -195,9 +203,10 @@ def test_bad_ablation_file(cli, tmp_path, write_recipe):
     ("name: ../../evil", [], "abl.yaml:3: name: '../../evil' cannot name the ablation folder"),
     ("", ["--name", "a/b"], "--name: 'a/b' cannot name the ablation folder"),
     ("param_margin: -0.5", [], "abl.yaml:3: param_margin: expected a fraction of at least 0"),
-    ("seeds: 0", [], "abl.yaml:3: seeds: expected at least one seed"),
+    ("seeds: 0", [], "abl.yaml:3: seeds: expected a count of at least 1 (3: seeds 0, 1 and 2) or a list"),
     ("seeds: [1, 1]", [], "abl.yaml:3: seeds: expected at least one seed, each once"),
-    ("", ["--seeds", "0"], "error: --seeds: expected at least one seed"),
+    ("", ["--seeds", "0"], "error: --seeds: expected a count of at least 1"),
+    ("", ["--seeds", "-1"], "error: --seeds: expected a count of at least 1 (3: seeds 0, 1 and 2) or a list of seeds (0,1,2); got -1"),
     ("set: {model.nrm: rmsnorm}", [], "abl.yaml:3: set.model.nrm: model.nrm: unknown key (did you mean 'norm'?)"),
     ("vary: {model.nrm: [layernorm]}", [], "abl.yaml:2: vary.model.nrm: model.nrm: unknown key (did you mean 'norm'?)"),
     ("vary: {train.max_steps: [2, 4]}", [], "abl.yaml:2: vary.train.max_steps changes the token budget"),

@@ -53,6 +53,19 @@ def test_run_writes_everything_a_user_needs(cli, tmp_path, write_recipe):
     assert not list(run.glob(".*.tmp"))
 
 
+def test_the_log_line_and_the_summary_give_the_same_train_loss(cli, tmp_path, write_recipe):
+    """The mean of the last log_every steps: a single step's loss would seem to jump at the end."""
+    runs = tmp_path / "runs"
+    result = cli("run", write_recipe(), "--runs-dir", runs, "--set", "train.log_every=3")  # 6 steps
+    assert result.exit_code == 0, result.output
+    run = only_run(runs)
+    losses = [r["train_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if "train_loss" in r]
+    logged = [float(x) for x in re.findall(r"\| Loss: ([\d.]+)$", result.output, re.M)]
+    assert logged == pytest.approx([sum(losses[:3]) / 3, sum(losses[3:]) / 3], abs=1e-4)
+    assert json.loads((run / "summary.json").read_text())["final_train_loss"] == pytest.approx(logged[-1], abs=1e-4)
+
+
 def test_the_epoch_line_says_when_max_steps_cut_the_epoch_short(cli, tmp_path, write_recipe):
     cut = cli("run", write_recipe(), "--runs-dir", tmp_path / "cut")  # max_steps 6, in a longer epoch
     assert cut.exit_code == 0, cut.output

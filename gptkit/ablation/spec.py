@@ -110,7 +110,10 @@ MAX_SEEDS = 1000  # per arm; more is a typo, and the list of seeds is built up f
 
 
 def check_seeds(seeds: int | list[int], where: str) -> None:
-    if isinstance(seeds, int) and seeds < 1 or isinstance(seeds, list) and (not seeds or len(set(seeds)) != len(seeds)):
+    if isinstance(seeds, int) and seeds < 1:  # a single number is a count
+        raise UserError(f"{where}: expected a count of at least 1 (3: seeds 0, 1 and 2) or a list of seeds "
+                        f"(0,1,2); got {seeds}")
+    if isinstance(seeds, list) and (not seeds or len(set(seeds)) != len(seeds)):
         raise UserError(f"{where}: expected at least one seed, each once; got {seeds}")
     count = seeds if isinstance(seeds, int) else len(seeds)
     if count > MAX_SEEDS:
@@ -261,7 +264,7 @@ def plan(ablation: Ablation) -> Plan:
         # The folder's name lists the changes in key order, the label in the command's, and spells each
         # value one way (1e-3 and 0.001 alike, see spelling): --vary flags given in another order or
         # spelling, an ablation file, and the ablation.yaml written for them, find the same folders.
-        slug = slugify(" ".join(sorted(f"{short[k]}={yaml_text(spelling(k, v))}" for k, v in changes)))
+        slug = "_".join(sorted(slugify(f"{short[k]}={yaml_text(spelling(k, v))}") for k, v in changes)) or "arm"
         arm = Arm(label, slug, changes, recipe)
         arms.append(arm)
         seen[canonical(recipe)] = arm
@@ -329,9 +332,11 @@ def canonical(recipe: Recipe) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-def slugify(label: str) -> str:
-    # "+" stays: 1e+30 and 1e-30 must not share a folder, nor 1e+30 be named as if it were 1e-30
-    return re.sub(r"[^A-Za-z0-9._+]+", "-", label.replace(" ", "_").replace("=", "-")).strip("-") or "arm"
+def slugify(term: str) -> str:
+    """A folder name's part for one change, `key=value`: positional-rope, positional-name-rope-base-500
+    for {name: rope, base: 500}. "+" stays: 1e+30 and 1e-30 must not share a folder, nor 1e+30 be named
+    as if it were 1e-30."""
+    return re.sub(r"[^A-Za-z0-9._+]+", "-", term).strip("-")
 
 
 def unique_slugs(arms: list[Arm]) -> None:

@@ -6,7 +6,7 @@ from ..ablation.plot import HINT
 from ..ablation.runner import (ablation_dir, check_arms, check_can_make, check_folder, check_no_strays, datasets,
                                describe, failures, plot, run_ablation, write_reports)
 from ..ablation.spec import Ablation, check_name, load_ablation, parse_seeds, plan
-from ..errors import RunStopped, UserError
+from ..errors import RunStopped, UserError, counted
 from ..io import read_text
 from ..recipe import yaml
 from ..recipe.vary import parse_vary
@@ -66,8 +66,8 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
     check_no_strays(p, folder)
     margin = ablation.param_margin
     click.echo(f"Ablation folder: {folder}  (rerun the same command to resume)")
-    click.echo(f"{len(p.arms)} arms × {len(p.seeds)} seeds (seeds {', '.join(map(str, p.seeds))}) = "
-               f"{len(p.arms) * len(p.seeds)} runs, {ablation.mode}:")
+    click.echo(f"{counted(len(p.arms), 'arm')} × {counted(len(p.seeds), 'seed')} (seeds {', '.join(map(str, p.seeds))}) "
+               f"= {counted(len(p.arms) * len(p.seeds), 'run')}, {ablation.mode}:")
     data = datasets(p)  # read once for every check before training, and let go before it
     texts = check_arms(p, data)
     arms = describe(p, margin, data)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import UserError
+from ..errors import UserError, counted
 from ..io import quote
 from ..recipe import load_recipe
 from ..training import train
@@ -58,6 +58,6 @@ def run(recipe, overrides, runs_dir, resume, quiet):
     s = result.summary
     val = f"val loss {s['final_val_loss']:.4f} (best {s['best_val_loss']:.4f}), " if s["final_val_loss"] is not None else ""
     train_loss = f"train loss {s['final_train_loss']:.4f}, " if s["final_train_loss"] is not None else ""
-    click.echo(f"Finished: {val}{train_loss}{s['steps']:,} steps, {s['tokens_per_s'] or 0:,.0f} tokens/s, "
+    click.echo(f"Finished: {val}{train_loss}{counted(s['steps'], 'step')}, {s['tokens_per_s'] or 0:,.0f} tokens/s, "
                f"{fmt_duration(s['wall_seconds'])} wall, {s['params']:,} parameters")
     click.echo(f"Run folder: {result.run_dir}  (sample: gptkit sample {quote(result.run_dir)})")

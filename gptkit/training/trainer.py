@@ -466,10 +466,10 @@ class Trainer:
         return float(factor)  # a numpy scalar in the optimizer's state would make the checkpoint unsafe to load
 
     def _log(self, epoch: int, batch: int, losses: list[float]) -> None:
-        if losses:
+        if losses:  # the loss of the last log_every steps, as the live line and the summary's train loss say
             pct = 100 * (batch + 1) / self.steps_per_epoch
             self.progress.log(f"Epoch {epoch + 1}/{self.epochs} | Batch {batch + 1}/{self.steps_per_epoch} "
-                              f"({pct:.1f}%) | Loss: {losses[-1]:.4f}")
+                              f"({pct:.1f}%) | Loss: {self.state.train_loss:.4f}")
 
     def _checkpoint_and_stop_if_asked(self) -> None:
         # Every rank must stop at the same step, or the others hang; asking costs no GPU sync. Only the
