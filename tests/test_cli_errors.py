@@ -607,3 +607,13 @@ def test_an_unknown_name_like_nothing_here_says_a_plugin_may_provide_it(cli, wri
     assert far.output.rstrip().endswith("a plugin package's components are available once it is installed (pip install it)")
     near = cli("validate", write_recipe(), "--set", "model.attention=flsh")
     assert "did you mean 'flash'?" in near.output and "pip install" not in near.output
+
+
+@pytest.mark.parametrize("text", ["First Citizen:\nBefore we proceed any further, hear me speak.\n", "hello world\n"])
+def test_a_text_given_as_the_recipe_says_where_a_text_goes(cli, tmp_path, text):
+    path = tmp_path / "play.txt"
+    path.write_text(text)
+    result = cli("validate", path)
+    assert result.exit_code == 2 and result.output == (
+        f"error: {path} is not a recipe (a YAML file such as recipes/shakespeare-cpu.yaml); to train on this text, "
+        f"name it in a recipe's data.path, e.g. --set data.path={path}\n"), result.output

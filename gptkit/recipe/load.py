@@ -2,8 +2,8 @@
 
 import json
 import os
-from collections.abc import Mapping, Sequence
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,14 +31,27 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
         raise TypeError(f"load_recipe takes a recipe file's path, got {type(path).__name__}; change a loaded Recipe "
                         "by assigning its fields, or with train_model(recipe, overrides=[...])")
     path = Path(path)
-    data, lines, source = yaml.load_with_source(read_text(path, "recipe"), str(path))
+    try:
+        data, lines, source = yaml.load_with_source(read_text(path, "recipe"), str(path))
+    except yaml.YAMLError as e:
+        raise _not_a_recipe(path, e) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping with keys such as name, data, model, train; got {type(data).__name__}")
+        raise _not_a_recipe(path, RecipeError(f"{path}: a recipe is a mapping with keys such as name, data, model, "
+                                              f"train; got {type(data).__name__}"))
     _refuse_ablation_file(path, data)
     applied = apply_overrides(data, overrides, origins)
     return validate(data, origin=str(path), base_dir=path.parent, lines=lines, overrides=applied, source=source)
+
+
+def _not_a_recipe(path: Path, e: UserError) -> UserError:
+    """`e`, or for a file named otherwise than .yaml/.yml (a .txt: likely the text meant to train on), what a
+    recipe is."""
+    if path.suffix.lower() in ("", ".yaml", ".yml"):
+        return e
+    return RecipeError(f"{path} is not a recipe (a YAML file such as recipes/shakespeare-cpu.yaml); to train on "
+                       f"this text, name it in a recipe's data.path, e.g. --set data.path={quote(path)}")
 
 
 def _refuse_ablation_file(path: Path, data: dict) -> None:
