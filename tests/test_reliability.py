@@ -852,6 +852,14 @@ def test_a_budget_below_the_steps_trained_is_refused(tmp_path, reference, cli):
     assert result.exit_code == 2 and "past this recipe's budget of 3" in result.output, result.output
 
 
+def test_a_refused_resume_says_nothing_of_the_schedule_it_would_have_run(tmp_path, write_recipe, cli):
+    path = write_recipe(train={"max_steps": 6, "schedule": {"name": "cosine", "warmup_steps": 4}})
+    run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    result = cli("run", "--resume", run, "--set", "train.max_steps=3")  # warm-up longer than the run, too
+    assert result.exit_code == 2 and "past this recipe's budget of 3" in result.output, result.output
+    assert "warning" not in result.output, result.output
+
+
 def test_a_run_being_trained_by_another_process_is_not_taken_over(tmp_path, write_recipe, cli):
     import fcntl
 

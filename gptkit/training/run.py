@@ -197,14 +197,15 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         load_weights(model, checkpoint, run_dir / "checkpoint.pt")
     trainer = Trainer(recipe, model, dataset, device, quiet=quiet or not dist.is_main, dist=dist)
     schedule_warning = trainer.schedule_warning()
-    if schedule_warning and not quiet:  # (an ablation, whose runs are quiet, says it once, in its plan)
-        warn(f"warning: {schedule_warning}")
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint["trainer"])  # rank 0's random stream
         if checkpoint["step"] > trainer.total_steps:  # (at the budget, it only saves new sample settings)
             raise UserError(f"{run_dir} has trained {checkpoint['step']:,} steps, past this recipe's budget of "
                             f"{trainer.total_steps:,}; resume it with a budget of at least {checkpoint['step']:,} "
                             "steps (train.epochs, and train.max_steps if set)")
+    if schedule_warning and not quiet:  # after the refusals (an ablation, whose runs are quiet, says it in its plan)
+        warn(f"warning: {schedule_warning}")
+    if checkpoint is not None:
         stretched = trainer.restretch_warning(checkpoint["recipe"])
         if stretched:  # (said even when quiet, as a plugin's change is: an ablation never resumes with another budget)
             warn(f"warning: {stretched}")
