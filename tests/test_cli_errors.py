@@ -617,3 +617,10 @@ def test_a_text_given_as_the_recipe_says_where_a_text_goes(cli, tmp_path, text):
     assert result.exit_code == 2 and result.output == (
         f"error: {path} is not a recipe (a YAML file such as recipes/shakespeare-cpu.yaml); to train on this text, "
         f"name it in a recipe's data.path, e.g. --set data.path={path}\n"), result.output
+
+
+def test_check_refuses_sizes_for_a_kind_checked_without_a_model(cli):
+    result = cli("check", "schedule", "cosine", "--n-embd", "48")
+    assert result.exit_code == 2 and result.output == (
+        "error: --n-embd: a schedule is checked without a test model, so there is nothing to size; leave it out\n")
+    assert cli("check", "optimizer", "adamw", "--n-embd", "48", "--n-head", "6").exit_code == 0  # an optimizer trains one

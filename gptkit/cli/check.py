@@ -1,6 +1,7 @@
 import dataclasses
 
 import click
+from click.core import ParameterSource
 
 from ..conformance import CONFIG, SizeError, check_component
 from ..device import resolve_device
@@ -9,6 +10,8 @@ from ..recipe import yaml
 from ..recipe.components import MODEL_KINDS
 from ..registry import RegistryError, registry
 from . import imports_option, main
+
+UNSIZED = ("schedule", "corpus")  # kinds whose checks build no test model (an optimizer's train one)
 
 
 @main.command()
@@ -43,6 +46,11 @@ def check(kind, name, params, device, n_embd, n_head, block_size):
     gptkit check norm my_grouped --import my_components.py --n-embd 48 --n-head 6
     """
     reg = registry(kind)  # an unknown kind: an error listing every kind
+    sized = [f"--{key.replace('_', '-')}" for key in ("n_embd", "n_head", "block_size")
+             if click.get_current_context().get_parameter_source(key) is not ParameterSource.DEFAULT]
+    if sized and kind in UNSIZED:
+        raise UserError(f"{' and '.join(sized)}: a {kind} is checked without a test model, so there is nothing to "
+                        f"size; leave {'it' if len(sized) == 1 else 'them'} out")
     spec = {"name": name}
     for text in params:
         key, sep, raw = text.partition("=")
