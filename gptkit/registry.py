@@ -122,19 +122,6 @@ def _interactive() -> bool:
     return hasattr(sys, "ps1") or bool(sys.flags.interactive) or getattr(builtins, "__IPYTHON__", False)
 
 
-def _importing(plugin: plugins.Plugin) -> bool:
-    """Whether the module of `plugin`'s entry point is being imported, below this call (by `_load`, or by
-    code that imports it itself): what it runs, its own code or another package's that it re-exports,
-    may register what it declares, too early to compare with what the entry point loads. `entry` compares
-    them once it is imported, and reports a clash if they differ."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == plugin.entry_point.module:
-            return True
-        frame = frame.f_back
-    return False
-
-
 def _name_of(obj: Any) -> str:
     return getattr(obj, "__qualname__", None) or type(obj).__name__
 
@@ -176,11 +163,12 @@ class Registry:
                 raise RegistryError(f"{self.kind} '{name}': {e}") from None
             came_from = source or _source_of(obj)
             new = Entry(self.kind, name, obj, came_from, sha256=plugins.python_file_sha256(came_from))
-            # A name an installed package declares is refused now to code other than its entry point's
-            # import: kept, it would fail at its first use, and go on failing for the session. (A
-            # built-in's clash is the plugin's to settle; within `clashes_listed`, `entry` reports the clash.)
-            claims = [] if came_from == "built-in" or _listing else [
-                p for p in plugins.declared(self.kind).get(name, []) if not _importing(p)]
+            # A class of `__main__` (a notebook cell, a script) taking a name an installed package declares
+            # is refused now: kept, it would fail at its first use, and go on failing for the session,
+            # renamed or not. A package's registrations are left to `entry`, which compares them with
+            # what its entry points load (a plugin registers what it declares; a local file's clash is
+            # reported where it is used).
+            claims = plugins.declared(self.kind).get(name, []) if getattr(obj, "__module__", None) == "__main__" else []
             if claims:
                 raise RegistryError(f"{self.kind} '{name}' is claimed by {' and by '.join(p.source for p in claims)} "
                                     f"already; a name must have one source. {self._clash_fix(new, claims)}")
@@ -234,6 +222,8 @@ class Registry:
         claims = plugins.declared(self.kind).get(name, [])
         local = self._entries.get(name)
         if local and any(self._declares(p, local.obj) for p in claims):
+            if name in self._loaded and self._loaded[name].obj is not local.obj:  # its module was reloaded
+                del self._loaded[name]
             local = None  # a plugin's module that registers what it declares: one source, not two
         sources = ([local.source] if local else []) + [p.source for p in claims]
         if not sources:
@@ -246,6 +236,8 @@ class Registry:
             return local
         if name not in self._loaded:
             self._loaded[name] = self._load(claims[0])
+            if name in self._entries:  # its import registered the name too: the object it names, or a clash
+                return self.entry(name)
         return self._loaded[name]
 
     def __contains__(self, name: str) -> bool:
