@@ -234,6 +234,18 @@ def test_a_world_size_the_command_line_takes_for_one_process_is_one_process_to_s
     assert setup(torch.device("cpu")) == (Distributed(), torch.device("cpu"))
 
 
+def test_a_world_size_left_in_the_environment_is_one_error_not_torchs_traceback(monkeypatch, cli, write_recipe):
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    result = cli("run", write_recipe())
+    assert result.exit_code == 2 and result.output == (
+        "error: WORLD_SIZE=2 says this is one of several processes, but MASTER_ADDR and MASTER_PORT are not set, as "
+        "torchrun sets them: start the processes with torchrun (torchrun --nproc_per_node N -m gptkit run ...), or "
+        "unset WORLD_SIZE to train in one\n"), result.output
+
+
 class Counting(torch.nn.Module):
     """A plugin component with a buffer it updates as it trains (`seen`), beside a derived table."""
 
