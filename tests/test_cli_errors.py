@@ -624,3 +624,14 @@ def test_check_refuses_sizes_for_a_kind_checked_without_a_model(cli):
     assert result.exit_code == 2 and result.output == (
         "error: --n-embd: a schedule is checked without a test model, so there is nothing to size; leave it out\n")
     assert cli("check", "optimizer", "adamw", "--n-embd", "48", "--n-head", "6").exit_code == 0  # an optimizer trains one
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["run", "-h"]])
+def test_under_torchrun_help_and_version_are_said_once_per_machine(cli, monkeypatch, args):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    first = cli(*args)
+    assert first.exit_code == 0 and first.output.strip(), first.output
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    other = cli(*args)
+    assert other.exit_code == 0 and other.output == "", other.output

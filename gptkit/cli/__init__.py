@@ -22,9 +22,12 @@ class Group(click.Group):
     documented exit code, and a Ctrl-C outside training into 130. A reader that goes away (`| head`,
     a `tee` that dies) ends nothing: see `reader_may_go`."""
 
-    def main(self, *args, **kwargs):
-        with reader_may_go(), command_line():  # errors name this command's flags, not Python's arguments
-            return super().main(*args, **kwargs)
+    def main(self, args=None, *rest, **kwargs):
+        words = sys.argv[1:] if args is None else list(args)
+        # Under torchrun every process meets the same command line: help and version said once per machine.
+        said = first_on_machine() or not any(w in ("-h", "--help", "--version") for w in words)
+        with reader_may_go(), command_line(), (contextlib.nullcontext() if said else silenced()):
+            return super().main(args, *rest, **kwargs)  # errors name this command's flags, not Python's arguments
 
     def make_context(self, *args, **kwargs):
         try:
@@ -156,6 +159,13 @@ def _pipe_safe(stream, original) -> io.TextIOWrapper | None:
     return io.TextIOWrapper(io.BufferedWriter(safe) if buffer is not raw else safe, encoding=stream.encoding,
                             errors=stream.errors, newline=None if os.name == "nt" else "\n",
                             line_buffering=stream.line_buffering, write_through=stream.write_through)
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """Within it, what is printed on stdout goes nowhere."""
+    with open(os.devnull, "w") as void, contextlib.redirect_stdout(void):
+        yield
 
 
 @contextlib.contextmanager
