@@ -2,6 +2,7 @@
 summary.json files, resuming after an interruption, and `gptkit compare`."""
 
 import csv
+import io
 import json
 import math
 import os
@@ -1274,3 +1275,12 @@ def test_a_run_that_failed_after_a_checkpoint_trains_again_from_scratch_once_fix
     assert summary["status"] == "finished"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps.count(1) == 1  # one run, from its first step
+
+
+def test_a_killed_runs_csv_row_says_interrupted_as_results_md_counts_it(write_recipe):
+    arm = plan(Ablation(recipe=write_recipe(), vary={"model.norm": ["layernorm"]})).arms[1]
+    rows = [report.RunRow(arm, 0, "a/seed-0", {"status": "running", "steps": 3}),  # kill -9: its summary says so
+            report.RunRow(arm, 1, "a/seed-1", {"status": "finished", "steps": 6}),
+            report.RunRow(arm, 2, "a/seed-2", None)]
+    statuses = [r["status"] for r in csv.DictReader(io.StringIO(report.csv_text(rows)))]
+    assert statuses == ["interrupted", "finished", "unfinished"]

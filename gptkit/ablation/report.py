@@ -215,12 +215,13 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def csv_text(rows: list[RunRow]) -> str:
-    """results.csv: one row per run, as its summary.json says."""
+    """results.csv: one row per run, as its summary.json says; one stopped before its end is `interrupted`,
+    as results.md counts it, though a killed run's summary still says `running`."""
     text = io.StringIO()
     writer = csv.DictWriter(text, CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
         s = r.summary or {}
         writer.writerow({"arm": r.arm.label, "baseline": r.arm.baseline, "seed": r.seed, "run_dir": r.run_dir,
-                         "status": s.get("status", "unfinished"), **{k: s.get(k) for k in CSV_FIELDS[5:]}})
+                         "status": "interrupted" if interrupted(r.summary) else s.get("status", "unfinished"), **{k: s.get(k) for k in CSV_FIELDS[5:]}})
     return text.getvalue()
