@@ -225,6 +225,9 @@ class Registry:
             if name in self._loaded and self._loaded[name].obj is not local.obj:  # its module was reloaded
                 del self._loaded[name]
             local = None  # a plugin's module that registers what it declares: one source, not two
+        elif local and name in self._loaded and self._loaded[name].error and any(
+                getattr(local.obj, "__module__", None) == p.entry_point.module for p in claims):
+            local = None  # registered by a plugin's import that then failed: the plugin's error, not a clash
         sources = ([local.source] if local else []) + [p.source for p in claims]
         if not sources:
             raise RegistryError(self._unknown(name))
@@ -236,8 +239,8 @@ class Registry:
             return local
         if name not in self._loaded:
             self._loaded[name] = self._load(claims[0])
-            if name in self._entries:  # its import registered the name too: the object it names, or a clash
-                return self.entry(name)
+            if name in self._entries and not self._loaded[name].error:  # its import registered the name too:
+                return self.entry(name)                                   # the object it names, or a clash
         return self._loaded[name]
 
     def __contains__(self, name: str) -> bool:

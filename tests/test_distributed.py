@@ -238,6 +238,8 @@ def test_a_world_size_left_in_the_environment_is_one_error_not_torchs_traceback(
     for key in ("RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
+    result = cli("run", write_recipe())
+    assert result.exit_code == 2 and "but RANK, MASTER_ADDR and MASTER_PORT are not set" in result.output
     monkeypatch.setenv("RANK", "0")
     result = cli("run", write_recipe())
     assert result.exit_code == 2 and result.output == (

@@ -227,6 +227,23 @@ def test_a_plugin_registering_another_class_than_its_entry_point_names_is_a_clas
             registry("norm").get("wrongnorm")
 
 
+def test_a_plugin_whose_import_fails_after_registering_is_broken_not_a_clash(install, scratch_registries):
+    install("acme-half", "1.0", {"gptkit.norm": {"halfnorm": "acme_half:UnitNorm"}}, {"acme_half": """
+        from gptkit.components import Norm, register
+
+        @register("norm", "halfnorm")
+        class UnitNorm(Norm):
+            def forward(self, x):
+                return x
+
+        import not_a_module_anywhere  # noqa: F401  (fails after the registration ran)
+    """})
+    for _ in range(2):
+        error = registry("norm").entry("halfnorm").error
+        assert error.startswith("norm 'halfnorm' from acme-half 1.0 (acme_half:UnitNorm) is broken: ") and \
+            "not_a_module_anywhere" in error and "claimed" not in error, error
+
+
 def test_reloading_a_plugins_module_gives_its_new_class(install, scratch_registries):
     import importlib
 

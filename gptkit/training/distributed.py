@@ -249,10 +249,11 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
     if not td.is_initialized():
         missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k, "").strip()]
         if missing:  # a WORLD_SIZE left in the environment: else torch's traceback from the rendezvous
+            names = " and ".join(filter(None, (", ".join(missing[:-1]), missing[-1])))  # RANK, MASTER_ADDR and ...
             raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE'].strip()} says this is one of several processes, "
-                            f"but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set, as torchrun "
-                            "sets them: start the processes with torchrun (torchrun --nproc_per_node N -m gptkit run "
-                            "...), or unset WORLD_SIZE to train in one")
+                            f"but {names} {'is' if len(missing) == 1 else 'are'} not set, as torchrun sets them: "
+                            "start the processes with torchrun (torchrun --nproc_per_node N -m gptkit run ...), or "
+                            "unset WORLD_SIZE to train in one")
         # Before the group exists: torch._dynamo imported after it (DDP imports it) holds on to the group for
         # good, so that its gloo threads and connections outlived destroy_process_group into the
         # interpreter's shutdown, where a peer closing its end now and then aborted the process.
