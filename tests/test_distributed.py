@@ -100,8 +100,9 @@ def gloo_threads() -> int:  # pt_gloo_runloop, gloo_tcp_loop
 
 
 # Registered before gptkit joins the job, so run after gptkit's own exit handler (atexit is last in, first out).
-atexit.register(lambda: print(f"rank {os.environ['RANK']} at exit: {sockets()} sockets, {gloo_threads()} gloo threads",
-                              flush=True))
+# One write per line: print's text and newline, written apart, interleave with the other process's.
+atexit.register(lambda: os.write(1, f"rank {os.environ['RANK']} at exit: {sockets()} sockets, "
+                                    f"{gloo_threads()} gloo threads\\n".encode()))
 main(prog_name="gptkit")
 """
 
