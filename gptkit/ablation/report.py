@@ -60,12 +60,12 @@ class RunRow:
     arm: Arm
     seed: int
     run_dir: str                 # relative to the ablation folder
-    summary: dict | None         # its summary.json; None before it wrote one
+    summary: dict | None         # its summary.json; empty (or None) before it wrote one
 
 
 def interrupted(summary: dict | None) -> bool:
     """Stopped before its end (a Ctrl-C, a kill), to be resumed by the next command: not yet a result."""
-    return summary is not None and not (finished(summary) or diverged(summary) or failed(summary))
+    return bool(summary) and not (finished(summary) or diverged(summary) or failed(summary))
 
 
 @dataclass

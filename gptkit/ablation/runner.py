@@ -171,7 +171,7 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
     rows returned, and the reports, also hold the runs of other seeds that earlier commands ended in
     `folder`: fewer seeds this time drop no result. `texts`: what `check_arms` returned, if the caller
     has checked the arms already."""
-    rows = [RunRow(arm, seed, f"{arm.slug}/seed-{seed}", summary_of(folder / arm.slug / f"seed-{seed}") or None)
+    rows = [RunRow(arm, seed, f"{arm.slug}/seed-{seed}", summary_of(folder / arm.slug / f"seed-{seed}"))
             for arm, seed in earlier_runs(plan, folder) + [(arm, seed) for seed in plan.seeds for arm in plan.arms]]
     check_folder(folder)  # before anything is written: --out may name someone else's folder
     check_no_strays(plan, folder)
@@ -195,7 +195,7 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
             try:
                 train_row(row, folder, f"[{i}/{len(jobs)}] {row.arm.label}, seed {row.seed}", log, verbose)
             except (Interrupted, KeyboardInterrupt):  # stopped by the user: the reports say how far it got
-                row.summary = summary_of(folder / row.run_dir) or None
+                row.summary = summary_of(folder / row.run_dir)
                 write_reports(folder, rows, margin)
                 raise
             write_reports(folder, rows, margin)
@@ -212,7 +212,7 @@ def train_row(row: RunRow, folder: Path, name: str, log: Callable[[str], None], 
     try:
         row.summary = train(row.arm.for_seed(row.seed), run_dir=run_dir, resume=resume, quiet=not verbose).summary
     except Diverged as e:
-        row.summary = summary_of(run_dir) or None
+        row.summary = summary_of(run_dir)
         log(f"{name}: {e}; left out of the averages")
     except UserError as e:
         if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):  # its run folder was removed
