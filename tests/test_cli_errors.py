@@ -239,8 +239,11 @@ def test_ablate_folders_expand_a_home_folder_and_refuse_an_empty_one(cli, tmp_pa
 def test_runs_dir_that_is_a_file(cli, tmp_path, write_recipe):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = cli("run", write_recipe(), "--runs-dir", blocker)
-    assert result.exit_code == 2 and "cannot create a run folder" in result.output
+    warns = write_recipe(train={"max_steps": 2, "schedule": {"name": "cosine", "warmup_steps": 10}})
+    result = cli("run", warns, "--runs-dir", blocker)
+    assert result.exit_code == 2 and result.stderr.startswith("error: cannot create a run folder")  # the refusal alone
+    result = cli("run", warns, "--runs-dir", tmp_path / "runs")  # the warning once the run folder is made
+    assert result.exit_code == 0 and result.stderr.startswith("warning: train.schedule (cosine) never reaches")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

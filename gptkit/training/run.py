@@ -189,9 +189,11 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     dist.check_same("the step to resume from", -1 if checkpoint is None else checkpoint["step"],
                     f"{arg('resume')} needs the run folder on a file system every machine sees")
 
+    # Said once the run folder is made: not before a refusal to make it (--runs-dir /proc/x).
+    warnings = []
     model, cache_warning = build_checked(recipe, dataset.vocab_size, device)  # before there is a run folder
     if cache_warning:  # a key/value cache that does not match a full pass: the model samples without it from now on
-        warn(f"warning: {cache_warning}")
+        warnings.append(cache_warning)
     dataset.to(device)
     if checkpoint is not None:
         load_weights(model, checkpoint, run_dir / "checkpoint.pt")
@@ -203,12 +205,12 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
             raise UserError(f"{run_dir} has trained {checkpoint['step']:,} steps, past this recipe's budget of "
                             f"{trainer.total_steps:,}; resume it with a budget of at least {checkpoint['step']:,} "
                             "steps (train.epochs, and train.max_steps if set)")
-    if schedule_warning and not quiet:  # after the refusals (an ablation, whose runs are quiet, says it in its plan)
-        warn(f"warning: {schedule_warning}")
+    if schedule_warning and not quiet:  # (an ablation, whose runs are quiet, says it in its plan)
+        warnings.append(schedule_warning)
     if checkpoint is not None:
         stretched = trainer.restretch_warning(checkpoint["recipe"])
         if stretched:  # (said even when quiet, as a plugin's change is: an ablation never resumes with another budget)
-            warn(f"warning: {stretched}")
+            warnings.append(stretched)
     if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
         try:
             # From before the wait for rank 0's folder, which rank 0 sets up under its own handler: a signal
@@ -226,6 +228,10 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         return RunResult(model.eval(), dataset, None, {})
     ready = False
 
+    def say_warnings() -> None:
+        for w in warnings:
+            warn(f"warning: {w}")
+
     def start() -> None:  # the run folder is set up: the other ranks, waiting for this vote, train too
         nonlocal ready
         ready = True
@@ -236,7 +242,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         # From before the folder is made: a Ctrl-C while it is set up stops the run at its first step
         # boundary, with a checkpoint, instead of leaving a folder that is neither a run nor removed.
         with stop_on_signals(trainer):
-            return _train_main(recipe, trainer, dataset, checkpoint, runs_dir, run_dir, quiet, log, start)
+            return _train_main(recipe, trainer, dataset, checkpoint, runs_dir, run_dir, quiet, log, start, say_warnings)
     except BaseException as e:
         if not ready:  # rank 0's alone: the others, waiting, stop quietly rather than meet its closed connection
             dist.abort(getattr(e, "exit_code", 1))
@@ -245,11 +251,12 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
 
 def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoint: dict | None,
                 runs_dir: str | Path, run_dir: str | Path | None, quiet: bool, log: Callable[[str], None],
-                start: Callable[[], None]) -> RunResult:
+                start: Callable[[], None], say_warnings: Callable[[], None]) -> RunResult:
     """Rank 0's part of `_train`: the run folder, made or resumed, around `train_in`."""
     made = []  # the folders made for this run: none for one that exists (an ablation's run, restarted)
     if checkpoint is None:  # the folder is made only once every input has been checked
         run_dir, made = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
+    say_warnings()
     try:
         with lock_run(run_dir):
             return train_in(run_dir, recipe, trainer, dataset, checkpoint, log, start)
