@@ -6,8 +6,8 @@
 `speed`: the user's reference model (n_embd 256, 8 heads, 6 layers, block 256) at batch 128 on the
 CPU: nanoGPT's train.py against `gptkit run recipes/shakespeare.yaml`, same dropout, a few steps
 each; tokens/s is the median over steps after the first two, memory the process's peak RSS.
-`loss`: nanoGPT's README CPU recipe on tiny Shakespeare against `recipes/tinyshakespeare-fast.yaml`:
-wall time from process start to exit, final validation loss, peak RSS.
+`loss`: nanoGPT's README CPU recipe on tiny Shakespeare against `recipes/tinyshakespeare-fast.yaml`
+with `--text` as its data.path: wall time from process start to exit, final validation loss, peak RSS.
 Rounds alternate between the two programs, so drift on a shared machine hits both; figures are
 medians. nanoGPT is not shipped: pass a checkout of https://github.com/karpathy/nanoGPT. Its
 shakespeare_char data is prepared from `--text` (no download) when missing.
@@ -36,7 +36,7 @@ NANOGPT_CPU = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_inte
 
 
 def run(cmd: list[str], cwd: Path) -> tuple[str, float, float]:
-    """stdout+stderr, wall seconds and peak RSS in MB of a whole process."""
+    """stdout+stderr, wall seconds and peak RSS in MiB of a whole process."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -66,7 +66,7 @@ def nanogpt_speed(nanogpt: Path, steps: int, dropout: float) -> dict:
                        "--always_save_checkpoint=False"], nanogpt)
     ms = [float(t) for t in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", out, re.M)]
     tokens = r["batch_size"] * r["block_size"]
-    return {"tokens_per_s": statistics.median(tokens / (t / 1000) for t in ms[2:]), "peak_rss_mb": rss}
+    return {"tokens_per_s": statistics.median(tokens / (t / 1000) for t in ms[2:]), "peak_rss_mib": rss}
 
 
 def gptkit_speed(steps: int, dropout: float, runs: Path) -> dict:
@@ -77,21 +77,21 @@ def gptkit_speed(steps: int, dropout: float, runs: Path) -> dict:
     run_dir = re.search(r"^Run folder: (\S+)", out, re.M).group(1)
     records = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
     tps = [r["tokens_per_s"] for r in records if "train_loss" in r and r["step"] > 2]
-    return {"tokens_per_s": statistics.median(tps), "peak_rss_mb": rss}
+    return {"tokens_per_s": statistics.median(tps), "peak_rss_mib": rss}
 
 
 def nanogpt_loss(nanogpt: Path) -> dict:
     out, wall, rss = run([sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_CPU,
                           "--always_save_checkpoint=False"], nanogpt)
     val = float(re.findall(r"^step \d+: train loss [\d.]+, val loss ([\d.]+)", out, re.M)[-1])
-    return {"val_loss": val, "wall_s": wall, "peak_rss_mb": rss}
+    return {"val_loss": val, "wall_s": wall, "peak_rss_mib": rss}
 
 
-def gptkit_loss(runs: Path) -> dict:
+def gptkit_loss(runs: Path, text: Path) -> dict:
     out, wall, rss = run([sys.executable, "-m", "gptkit", "run", str(ROOT / "recipes/tinyshakespeare-fast.yaml"),
-                          "--runs-dir", str(runs)], ROOT)
+                          "--runs-dir", str(runs), "--set", f"data.path={json.dumps(str(text.absolute()))}"], ROOT)
     val = float(re.search(r"^Finished: val loss ([\d.]+)", out, re.M).group(1))
-    return {"val_loss": val, "wall_s": wall, "peak_rss_mb": rss}
+    return {"val_loss": val, "wall_s": wall, "peak_rss_mib": rss}
 
 
 def compare(title: str, programs: dict, rounds: int) -> dict:
@@ -114,8 +114,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not (args.nanogpt / "train.py").exists() or not (args.nanogpt / "model.py").exists():
         ap.error(f"--nanogpt {args.nanogpt}: not a nanoGPT checkout (no train.py and model.py there)")
-    if not (args.nanogpt / "data/shakespeare_char/train.bin").exists() and not args.text.exists():
-        ap.error(f"--text {args.text}: not found; nanoGPT's data is prepared from it")
+    if not args.text.is_file() and (args.only != "speed" or not (args.nanogpt / "data/shakespeare_char/train.bin").exists()):
+        ap.error(f"--text {args.text}: not found; nanoGPT's data is prepared from it, and gptkit's loss run reads it")
     prepare_nanogpt(args.nanogpt, args.text)
     runs = Path(tempfile.mkdtemp(prefix="vs-nanogpt-"))
     try:
@@ -124,16 +124,16 @@ def main(argv=None) -> int:
                                   "gptkit": lambda: gptkit_speed(args.steps, args.dropout, runs)}, args.rounds)
             n, g = m["nanoGPT"], m["gptkit"]
             print(f"speed, reference model, batch 128, dropout {args.dropout}: nanoGPT {n['tokens_per_s']:,.0f} "
-                  f"tokens/s, {n['peak_rss_mb']:,.0f} MB; gptkit {g['tokens_per_s']:,.0f} tokens/s, "
-                  f"{g['peak_rss_mb']:,.0f} MB: {g['tokens_per_s'] / n['tokens_per_s']:.2f}x the tokens/s "
-                  f"(goal >= 1.4x), {g['peak_rss_mb'] / n['peak_rss_mb']:.2f}x the memory (goal <= 0.5x)")
+                  f"tokens/s, {n['peak_rss_mib']:,.0f} MiB; gptkit {g['tokens_per_s']:,.0f} tokens/s, "
+                  f"{g['peak_rss_mib']:,.0f} MiB: {g['tokens_per_s'] / n['tokens_per_s']:.2f}x the tokens/s "
+                  f"(goal >= 1.4x), {g['peak_rss_mib'] / n['peak_rss_mib']:.2f}x the memory (goal <= 0.5x)")
         if args.only in (None, "loss"):
             m = compare("loss", {"nanoGPT": lambda: nanogpt_loss(args.nanogpt),
-                                 "gptkit": lambda: gptkit_loss(runs)}, args.rounds)
+                                 "gptkit": lambda: gptkit_loss(runs, args.text)}, args.rounds)
             n, g = m["nanoGPT"], m["gptkit"]
             print(f"loss per minute: nanoGPT val {n['val_loss']:.3f} in {n['wall_s']:.1f} s, "
-                  f"{n['peak_rss_mb']:,.0f} MB; "
-                  f"gptkit val {g['val_loss']:.3f} in {g['wall_s']:.1f} s, {g['peak_rss_mb']:,.0f} MB "
+                  f"{n['peak_rss_mib']:,.0f} MiB; "
+                  f"gptkit val {g['val_loss']:.3f} in {g['wall_s']:.1f} s, {g['peak_rss_mib']:,.0f} MiB "
                   f"(goal: val <= 1.70 within nanoGPT's time and memory)")
     finally:
         shutil.rmtree(runs, ignore_errors=True)
