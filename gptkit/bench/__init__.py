@@ -283,11 +283,11 @@ def format_report(report: dict) -> str:
         "",
     ]
     width = max(len("variant"), *(len(v["label"]) for v in report["variants"]))
-    lines.append(f"{'variant':<{width}}  {'ms/step':>9}  {'tokens/s':>9}  {'ratio':>6}  {'peak mem':>9}  "
+    lines.append(f"{'variant':<{width}}  {'ms/step':>9}  {'tokens/s':>9}  {'ratio':>6}  {'peak mem':>10}  "
                  f"{'MFLOP/tok':>9}  {'GFLOP/s':>8}  {'MFU':>6}  {'warm-up':>8}")
     for v in report["variants"]:
         lines.append(f"{v['label']:<{width}}  {v['ms_per_step']:>9,.1f}  {v['tokens_per_s']:>9,.0f}  "
-                     f"{v['ratio']:>5.2f}x  {v['peak_memory'] / 2**20:>6,.0f} MB  {v['flops_per_token'] / 1e6:>9.3g}  "
+                     f"{v['ratio']:>5.2f}x  {v['peak_memory'] / 2**20:>6,.0f} MiB  {v['flops_per_token'] / 1e6:>9.3g}  "
                      f"{v['flops_per_s'] / 1e9:>8,.1f}  {100 * v['mfu']:>5.1f}%  {v['warmup_seconds']:>7.1f}s")
     lines.append("(tokens/step " + ", ".join(f"{v['tokens_per_step']:,}" for v in report["variants"]) + "; micro-batch "
                  + ", ".join(f"{v['micro_batch_size']}{' compiled' if v['compiled'] else ''}" for v in report["variants"]) + ")")
