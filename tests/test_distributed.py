@@ -62,13 +62,16 @@ def losses(run_dir: Path, key: str) -> list[float]:
 def test_two_processes_take_the_steps_of_one(tmp_path, write_recipe, micro_batch):
     recipe = write_recipe(train={"batch_size": 8, "max_steps": 5, "log_every": 1, "eval_every": 2, "eval_batches": 3,
                                  "micro_batch_size": micro_batch})
-    result = torchrun("run", recipe, "--runs-dir", tmp_path / "ddp", "-q")
+    result = torchrun("run", recipe, "--runs-dir", tmp_path / "ddp")
     assert result.returncode == 0, result.stdout
     (run_dir,) = (tmp_path / "ddp").iterdir()  # rank 0 alone made a run folder...
     assert result.stdout.count("Finished:") == 1  # ...and reported
+    assert " on cpu (fp32, 2 processes with gloo, 4 rows of each batch apiece" in result.stdout
     assert {"checkpoint.pt", "metrics.jsonl", "summary.json"} <= {p.name for p in run_dir.iterdir()}
+    assert json.loads((run_dir / "summary.json").read_text())["processes"] == 2
 
     single = train(load_recipe(recipe), runs_dir=tmp_path / "one", quiet=True).run_dir
+    assert json.loads((single / "summary.json").read_text())["processes"] == 1
     assert len(losses(run_dir, "train_loss")) == 5
     assert losses(run_dir, "train_loss") == pytest.approx(losses(single, "train_loss"), abs=1e-5)
     assert losses(run_dir, "val_loss") == pytest.approx(losses(single, "val_loss"), abs=1e-5)

@@ -212,6 +212,9 @@ class Trainer:
     def describe(self) -> str:
         """How a step runs, for the run's opening lines: e.g. "bf16 autocast, torch.compile"."""
         parts = ["bf16 autocast" if use_bf16(self.cfg.precision, self.device) else "fp32"]
+        if self.dist.world_size > 1:  # DistributedDataParallel under torchrun
+            parts.append(f"{self.dist.world_size} processes with {torch.distributed.get_backend()}, "
+                         f"{self.cfg.batch_size // self.dist.world_size} rows of each batch apiece")
         if self.is_compiled:
             parts.append("torch.compile")
         if self.micro_batch < self.cfg.batch_size // self.dist.world_size:
