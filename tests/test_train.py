@@ -112,6 +112,18 @@ def test_sample_command_defaults_to_the_runs_own_sampling(cli, tmp_path, write_r
     assert own.stdout != cli("sample", run, "--seed", "1", "--temperature", "0.5", "--top-k", "1", "--tokens", "7").stdout
 
 
+def test_a_run_with_sample_tokens_0_samples_nothing(cli, tmp_path, write_recipe):
+    runs = tmp_path / "runs"
+    result = cli("run", write_recipe(train={"max_steps": 2}), "--runs-dir", runs, "--set", "sample.tokens=0")
+    assert result.exit_code == 0 and "Finished:" in result.stdout and "Sample (" not in result.stdout
+    run = only_run(runs)
+    assert not (run / "samples.txt").exists()
+    result = cli("run", "--resume", run, "--set", "sample.tokens=5")  # a finished run's new sample settings
+    assert result.exit_code == 0 and "Sample (5 characters" in result.stdout and (run / "samples.txt").exists()
+    assert cli("run", "--resume", run, "--set", "sample.tokens=0").exit_code == 0
+    assert not (run / "samples.txt").exists()  # not left from the earlier settings
+
+
 def test_training_lowers_the_loss(tmp_path, write_recipe):
     recipe = load_recipe(write_recipe(train={"max_steps": 60, "lr": 3e-3, "log_every": 20}))
     result = train(recipe, runs_dir=tmp_path / "runs", quiet=True)

@@ -164,7 +164,8 @@ def _top_k(value):
 
 class SampleSection(Section):
     prompt: str = Field("", description="text to continue; empty: a newline, or the text's first character if it has none")
-    tokens: int = Field(500, ge=0, le=MAX_TOKENS)
+    tokens: int = Field(500, ge=0, le=MAX_TOKENS, description="characters sampled after training (samples.txt) and by "
+                        "`gptkit sample` unless --tokens says; 0: none")
     temperature: float = Field(0.8, gt=0)
     top_k: Annotated[PositiveInt | None, BeforeValidator(_top_k)] = Field(
         40, description="sample from the k likeliest characters; null: from every character")

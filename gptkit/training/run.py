@@ -327,15 +327,18 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
                 if checkpoint is not None and trainer.state.step == checkpoint["step"]:
                     save(run_dir, trainer, recipe, dataset, metrics)  # no step to save, but the sample settings may be new
             sp = recipe.sample
-            with interrupt_on_signals("sampling, after training finished; resume the run to write samples.txt"):
-                with blaming(trainer.specs, "while sampling after training"):
-                    if sp.tokens and model.cache_mismatch is None:  # a cache bug hidden by the initial weights shows now
-                        cache_warning = check_forward(model, recipe.model)  # (samples then recompute the context)
-                        if cache_warning:
-                            print(f"warning: {cache_warning}", file=sys.stderr)
-                    text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
-                write_text(run_dir / "samples.txt", text)
-                log(f"Sample ({sp.tokens:,} characters after the prompt, in samples.txt too):\n{text}\n")
+            if sp.tokens:  # sample.tokens 0: no sample, and no samples.txt
+                with interrupt_on_signals("sampling, after training finished; resume the run to write samples.txt"):
+                    with blaming(trainer.specs, "while sampling after training"):
+                        if model.cache_mismatch is None:  # a cache bug hidden by the initial weights shows now
+                            cache_warning = check_forward(model, recipe.model)  # (samples then recompute the context)
+                            if cache_warning:
+                                print(f"warning: {cache_warning}", file=sys.stderr)
+                        text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
+                    write_text(run_dir / "samples.txt", text)
+                    log(f"Sample ({sp.tokens:,} characters after the prompt, in samples.txt too):\n{text}\n")
+            else:  # one made before by a resumed run would not be of these settings
+                (run_dir / "samples.txt").unlink(missing_ok=True)
         except RunStopped as e:
             record_failure(run_dir, recipe, trainer, e.status, str(e), e.resumable)
             e.run_dir = run_dir
@@ -404,6 +407,7 @@ def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, 
         "tokens_per_s": s.tokens / s.step_seconds if s.step_seconds else None,  # of the steps, as metrics.jsonl's
         "wall_seconds": s.seconds,
         "device": str(trainer.device),
+        "processes": trainer.dist.world_size,  # under torchrun, each on its share of every batch
         "plugins": recipe.plugin_sources(),  # what resuming needs installed; sampling, the model.* ones
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
