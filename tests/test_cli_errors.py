@@ -265,6 +265,13 @@ def test_sample_refuses_options_it_cannot_use(cli, tmp_path, option):
     assert result.exit_code == 2 and f"Invalid value for '{option[0]}'" in result.output, result.output
 
 
+def test_sample_help_gives_the_seed_range_in_words(cli):
+    result = cli("sample", "--help")
+    assert "--seed INTEGER" in result.output and "18446744073709551615" not in result.output
+    result = cli("sample", "run", "--seed", str(-(2**63) - 1))
+    assert result.exit_code == 2 and "is not a seed: use a whole number from -2**63 to 2**64 - 1" in result.output
+
+
 @pytest.mark.parametrize("param,fragment", [
     ("base=abc", "error: positional 'rope': base: Input should be a valid number (got 'abc')"),
     ("name=alibi", "error: --param name=alibi: the component is the NAME argument (rope), not a parameter"),

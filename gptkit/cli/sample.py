@@ -27,6 +27,18 @@ def load(run_dir, device):
     return loaded
 
 
+class Seed(click.ParamType):
+    """A whole number torch takes as a seed; its help does not spell out the 20-digit bounds."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        number = click.INT.convert(value, param, ctx)
+        if number not in SEEDS:
+            self.fail(f"{value} is not a seed: use a whole number from -2**63 to 2**64 - 1", param, ctx)
+        return number
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(), callback=given)
 @click.option("--prompt", default=None,
@@ -38,7 +50,7 @@ def load(run_dir, device):
               help="[default: the run's sample.temperature]")
 @click.option("--top-k", default=None, type=click.IntRange(min=0),
               help="Sample among the k likeliest; 0: among all.  [default: the run's sample.top_k]")
-@click.option("--seed", default=None, type=click.IntRange(SEEDS.start, SEEDS.stop - 1), help="Make the sample reproducible.")
+@click.option("--seed", default=None, type=Seed(), help="Make the sample reproducible.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="Reuse attention keys/values between tokens; --no-cache recomputes the context (same text, slower).")
