@@ -96,11 +96,11 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
     check_variant_data(found, recipes)
     threads = threads or torch.get_num_threads()
     with sigterm_interrupts():
-        peaks = measure_peaks(found, recipes, threads, log)
+        peaks = measure_peaks(recipes, threads, log)
         memory_kind = measure(found, recipes, threads, warmup, steps, rounds, log)
         # Again once the workers are done: a neighbour on the host can slow one measurement by a third,
         # which would inflate every MFU (past 100%); the faster of the two is nearer the truth.
-        after = measure_peaks(found, recipes, threads, log, again=True)
+        after = measure_peaks(recipes, threads, log, again=True)
         peaks = {key: (max(flops, after[key][0]), f"{source}, before the variants ran and after, the faster")
                  for key, (flops, source) in peaks.items()}
         for v, recipe in zip(found, recipes):
@@ -193,7 +193,7 @@ def signals_held():
             signal.raise_signal(s)
 
 
-def measure_peaks(found: list[Variant], recipes: list, threads: int, log, again: bool = False) -> dict:
+def measure_peaks(recipes: list, threads: int, log, again: bool = False) -> dict:
     """{(device, dtype): (FLOP/s, how it was measured)} for every variant's, in the variants' order."""
     caller_threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # for the peak; each worker sets its own

@@ -190,10 +190,10 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
                     f"{arg('resume')} needs the run folder on a file system every machine sees")
 
     # Said once the run folder is made: not before a refusal to make it (--runs-dir /proc/x).
-    warnings = []
+    to_warn = []
     model, cache_warning = build_checked(recipe, dataset.vocab_size, device)  # before there is a run folder
     if cache_warning:  # a key/value cache that does not match a full pass: the model samples without it from now on
-        warnings.append(cache_warning)
+        to_warn.append(cache_warning)
     dataset.to(device)
     if checkpoint is not None:
         load_weights(model, checkpoint, run_dir / "checkpoint.pt")
@@ -206,11 +206,11 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
                             f"{trainer.total_steps:,}; resume it with a budget of at least {checkpoint['step']:,} "
                             "steps (train.epochs, and train.max_steps if set)")
     if schedule_warning and not quiet:  # (an ablation, whose runs are quiet, says it in its plan)
-        warnings.append(schedule_warning)
+        to_warn.append(schedule_warning)
     if checkpoint is not None:
         stretched = trainer.restretch_warning(checkpoint["recipe"])
         if stretched:  # (said even when quiet, as a plugin's change is: an ablation never resumes with another budget)
-            warnings.append(stretched)
+            to_warn.append(stretched)
     if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
         try:
             # From before the wait for rank 0's folder, which rank 0 sets up under its own handler: a signal
@@ -229,7 +229,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     ready = False
 
     def say_warnings() -> None:
-        for w in warnings:
+        for w in to_warn:
             warn(f"warning: {w}")
 
     def start() -> None:  # the run folder is set up: the other ranks, waiting for this vote, train too
