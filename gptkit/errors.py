@@ -28,6 +28,11 @@ class ComponentError(UserError):
     returned what its kind may not), told as one line naming the component and where it comes from."""
 
 
+class OutOfMemory(UserError):
+    """Training needed more memory than its device has: the settings ask too much of it (exit code 2).
+    The run's last checkpoint, if it has one, is intact."""
+
+
 def out_of_memory(e: BaseException) -> bool:
     """Whether `e` is the machine running out of memory, rather than code that merely says "allocate"."""
     import torch  # here, not above: `import gptkit` stays free of torch (see __init__.py and _entry.py)
@@ -111,6 +116,24 @@ def command_line() -> Iterator[None]:
 
 def on_command_line() -> bool:
     return _command_line.get()
+
+
+# How a stopped run goes on, when it is not by resuming it (an ablation's run: by rerunning the ablation).
+_goes_on = contextvars.ContextVar("goes_on", default=None)
+
+
+@contextlib.contextmanager
+def going_on_by(how: str) -> Iterator[None]:
+    """Within it, a failed save says to `how` ("rerun the same gptkit ablate command"), not to resume the run."""
+    token = _goes_on.set(how)
+    try:
+        yield
+    finally:
+        _goes_on.reset(token)
+
+
+def goes_on_by() -> str | None:
+    return _goes_on.get()
 
 
 def arg(name: str) -> str:

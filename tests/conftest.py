@@ -35,9 +35,15 @@ def make_text(n_lines: int = 600, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+# What torch's CPU allocator raises when the OS refuses memory (torch 2.13, Linux).
+CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+           "to allocate 2147483648 bytes. Error code 12 (Cannot allocate memory)")
+
+
 def breaks_after(after: int, how: str) -> type:
     """A feedforward that breaks from its training step `after + 1` on: its output turns NaN (how="nan":
-    a run that diverges) or its forward raises (how="raise": a plugin's bug met in training)."""
+    a run that diverges), its forward raises (how="raise": a plugin's bug met in training) or the machine
+    runs out of memory in it (how="oom")."""
     from gptkit.components.feedforward import MLP
 
     class BreaksAfter(MLP):
@@ -51,6 +57,8 @@ def breaks_after(after: int, how: str) -> type:
                 return super().forward(x)
             if how == "raise":
                 raise ValueError("out of ideas\nsecond line")
+            if how == "oom":
+                raise RuntimeError(CPU_OOM)
             return super().forward(x) * float("nan")
 
     return BreaksAfter

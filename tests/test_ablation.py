@@ -2,6 +2,7 @@
 summary.json files, resuming after an interruption, and `gptkit compare`."""
 
 import csv
+import errno
 import io
 import json
 import math
@@ -1125,6 +1126,33 @@ def test_an_arm_whose_component_fails_in_training_does_not_stop_the_others(cli, 
     again = cli(*args)  # a rerun trains them again: the component may have been fixed
     assert again.exit_code == 2 and "4 of 6 runs finished earlier: skipping them" in again.output
     assert "feedforward=fails-late, seed 1 failed" in again.output
+
+
+def test_an_arm_that_runs_out_of_memory_does_not_stop_the_others(cli, tmp_path, write_recipe, temporary_component):
+    temporary_component("feedforward", "hungry", breaks_after(0, how="oom"))  # before its first step: no run folder
+    recipe = write_recipe(model={"feedforward": "mlp"}, train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    out = tmp_path / "abl"
+    result = cli("ablate", recipe, "--vary", "model.feedforward=mlp,hungry", "--seeds", "1", "--out", out)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "feedforward=hungry, seed 0 failed: out of memory on cpu at step 1" in result.output
+    assert json.loads((out / "baseline" / "seed-0" / "summary.json").read_text())["status"] == "finished"
+    row = md_rows((out / "results.md").read_text())["feedforward=hungry"]
+    assert row[5].startswith("failed on 1/1 seeds (OutOfMemory: out of memory on cpu at step 1")
+
+
+def test_a_full_disk_in_an_ablation_says_to_rerun_the_ablation(cli, tmp_path, write_recipe, monkeypatch):
+    import gptkit.training.run as run_module
+
+    def disk_full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(run_module, "save_checkpoint", disk_full)
+    out = tmp_path / "abl"
+    result = cli("ablate", write_recipe(train={"max_steps": 2}), "--vary", "model.norm=layernorm", "--seeds", "1",
+                 "--out", out)
+    assert result.exit_code == 4 and "Traceback" not in result.output, result.output
+    assert "No space left on device; no checkpoint was saved yet (the run will start over). Free some space and " \
+           "rerun the same gptkit ablate command\n" in result.stderr and "--resume" not in result.output, result.output
 
 
 def test_an_error_that_is_not_an_arms_stops_the_ablation_at_once(cli, tmp_path, write_recipe, monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gptkit.bench import format_report, parse_vary, peak, run_bench, variants
-from gptkit.errors import ComponentError, UserError
+from gptkit.errors import ComponentError, OutOfMemory, UserError
 from gptkit.recipe import load_recipe
 from conftest import breaks_after
 
@@ -157,6 +157,17 @@ def test_a_component_failing_in_a_bench_names_the_step_it_failed_at(write_recipe
     bench = Bench(load_recipe(write_recipe(model={"feedforward": "breaks"})).to_dict())
     bench.steps(2)  # warm-up, say: the step count goes on from it
     with pytest.raises(ComponentError, match="its forward\\(\\) raised, in training step 4, ValueError"):
+        bench.steps(5)
+
+
+def test_a_bench_that_runs_out_of_memory_says_what_the_settings_ask(write_recipe, temporary_component):
+    from gptkit.bench.worker import Bench
+
+    temporary_component("feedforward", "hungry", breaks_after(3, how="oom"))
+    bench = Bench(load_recipe(write_recipe(model={"feedforward": "hungry"})).to_dict())
+    with pytest.raises(OutOfMemory, match=r"^out of memory on cpu at step 4: micro-batches of 8 rows of 32 tokens need "
+                                          r"more than it has; lower train.micro_batch_size, model.block_size or the "
+                                          r"model's size$"):
         bench.steps(5)
 
 

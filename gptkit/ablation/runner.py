@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..data.dataset import CharDataset, load_dataset
 from ..device import keep_random_state, resolve_device
-from ..errors import ComponentError, Diverged, Interrupted, UserError, failure_reason
+from ..errors import ComponentError, Diverged, Interrupted, OutOfMemory, UserError, failure_reason
 from ..io import cannot_make_folder, quote, write_text
 from ..recipe import Recipe, apply_override, flatten, yaml
 from ..training import train
@@ -228,15 +228,16 @@ def train_row(row: RunRow, folder: Path, name: str, log: Callable[[str], None], 
 
 
 def arm_failure(e: UserError, run_dir: Path) -> dict | None:
-    """The summary of a run that failed with `e` because of its arm: a component's error, or a UserError
-    a plugin raised while the run trained (the run recorded it as its failure). None for any other
-    error (a recipe's, a folder's), which is the ablation's to stop at."""
+    """The summary of a run that failed with `e` because of its arm: a component's error, too little memory
+    for it, or a UserError a plugin raised while the run trained (the run recorded it as its failure). None
+    for any other error (a recipe's, a folder's), which is the ablation's to stop at."""
     reason = failure_reason(e)
     summary = summary_of(run_dir)
     if failed(summary) and summary.get("reason") == reason:
         return summary
-    # A component's error before the run's first step leaves no run folder: the failure is kept in the report.
-    return {"status": "failed", "reason": reason} if isinstance(e, ComponentError) else None
+    # A component's error or too little memory before the run's first step leaves no run folder: the failure
+    # is kept in the report.
+    return {"status": "failed", "reason": reason} if isinstance(e, ComponentError | OutOfMemory) else None
 
 
 def failures(rows: list[RunRow]) -> str | None:

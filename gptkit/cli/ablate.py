@@ -6,7 +6,7 @@ from ..ablation.plot import HINT
 from ..ablation.runner import (ablation_dir, check_arms, check_can_make, check_folder, check_no_strays, datasets,
                                describe, failures, plot, run_ablation, write_reports)
 from ..ablation.spec import Ablation, check_name, load_ablation, parse_seeds, plan
-from ..errors import RunStopped, UserError, counted
+from ..errors import RunStopped, UserError, counted, going_on_by
 from ..io import read_text
 from ..recipe import yaml
 from ..recipe.vary import parse_vary
@@ -75,7 +75,7 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
     click.echo("\n".join(arms))
     again = "rerun the same gptkit ablate command"
     try:  # a run's training handles its own signals; between runs, these raise Interrupted
-        with interrupt_on_signals("running the ablation"):
+        with interrupt_on_signals("running the ablation"), going_on_by(again):
             rows = run_ablation(p, folder, margin, log=click.echo, verbose=verbose, texts=texts)
             click.echo("\n" + write_reports(folder, rows, margin), nl=False)
             drew = plot(folder, rows, f"{p.name}: validation loss, mean over seeds (band: min to max)")

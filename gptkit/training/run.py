@@ -22,8 +22,8 @@ import torch
 from ..data.dataset import CharDataset, cannot_create, corpus_text, dataset_of, load_dataset, will_create
 from ..device import keep_random_state, resolve_device
 from ..diagnose import blaming, check_forward
-from ..errors import (CheckpointError, ComponentError, Diverged, RunStopped, UserError, arg, failure_reason, given,
-                      on_command_line)
+from ..errors import (CheckpointError, ComponentError, Diverged, OutOfMemory, RunStopped, UserError, arg, failure_reason,
+                      given, goes_on_by, on_command_line)
 from ..io import DISK_FULL, cannot_make_folder, make_folders, remove_empty, write_json, write_text
 from ..model import GPT, check_components
 from ..recipe import Recipe, yaml
@@ -65,7 +65,10 @@ def remedy(e: OSError) -> str:
 
 def then_resume(e: OSError, run_dir: Path) -> str:
     """The end of a failed save's message: ". Free some space and resume with --resume" (the command line
-    says the whole command next), or from Python "... with resume='RUN_DIR'"."""
+    says the whole command next), or from Python "... with resume='RUN_DIR'"; an ablation's run, how the
+    ablation goes on (`going_on_by`)."""
+    if goes_on_by():
+        return f". {remedy(e).capitalize()} and {goes_on_by()}"
     again = "--resume" if on_command_line() else given("resume", run_dir)
     return f". {remedy(e).capitalize()} and resume with {again}"
 
@@ -260,10 +263,10 @@ def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoi
     try:
         with lock_run(run_dir):
             return train_in(run_dir, recipe, trainer, dataset, checkpoint, log, start)
-    except (OSError, ComponentError) as e:
+    except (OSError, ComponentError, OutOfMemory) as e:
         # A folder with nothing of the run is not left behind: a full disk before summary.json, or a
-        # component's bug met before the first step (its schedule's factor(0), say).
-        nothing = trainer.state.step == 0 if isinstance(e, ComponentError) else not (run_dir / "summary.json").exists()
+        # component's bug (its schedule's factor(0), say) or too little memory met before the first step.
+        nothing = not (run_dir / "summary.json").exists() if isinstance(e, OSError) else trainer.state.step == 0
         if made and nothing:
             shutil.rmtree(run_dir, ignore_errors=True)
             remove_empty(made[1:])  # and the folders above it made for it
@@ -273,7 +276,7 @@ def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoi
                                       f"{run_dir}: {e.strerror or e}; nothing was trained and the folder is "
                                       f"removed: {fix}") from None
             if not quiet:  # its "Run folder:" line is stale
-                raise ComponentError(f"{e}\n(nothing was trained: {run_dir} is removed)") from e
+                raise type(e)(f"{e}\n(nothing was trained: {run_dir} is removed)") from e
         if isinstance(e, OSError) and checkpoint is not None and trainer.state.step == checkpoint["step"]:
             raise UserError(f"cannot resume {run_dir}: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; "
                             f"nothing was trained: {remedy(e)} and try again") from None
@@ -374,7 +377,7 @@ def kept(run_dir: Path) -> str:
     """What a failed save left to resume from (the temporary file beside the checkpoint is gone)."""
     if (run_dir / "checkpoint.pt").exists():
         return "the previous checkpoint is intact"
-    return "no checkpoint was saved yet (resuming starts the run over)"
+    return f"no checkpoint was saved yet ({'the run will start' if goes_on_by() else 'resuming starts the run'} over)"
 
 
 def record_failure(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, reason: str,

@@ -20,7 +20,7 @@ from ..components.schedule import factor_rule, is_factor
 from ..data.dataset import CharDataset
 from ..device import use_bf16
 from ..diagnose import backward_culprit, blaming, component_specs, plugin_components, with_checks
-from ..errors import Diverged, Interrupted, UserError, one_line
+from ..errors import Diverged, Interrupted, OutOfMemory, UserError, counted, one_line, out_of_memory
 from ..model import GPT
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
@@ -214,11 +214,11 @@ class Trainer:
         parts = ["bf16 autocast" if use_bf16(self.cfg.precision, self.device) else "fp32"]
         if self.dist.world_size > 1:  # DistributedDataParallel under torchrun
             parts.append(f"{self.dist.world_size} processes with {torch.distributed.get_backend()}, "
-                         f"{self.cfg.batch_size // self.dist.world_size} rows of each batch apiece")
+                         f"{counted(self.cfg.batch_size // self.dist.world_size, 'row')} of each batch apiece")
         if self.is_compiled:
             parts.append("torch.compile")
         if self.micro_batch < self.cfg.batch_size // self.dist.world_size:
-            parts.append(f"micro-batches of {self.micro_batch} rows")
+            parts.append(f"micro-batches of {counted(self.micro_batch, 'row')}")
         return ", ".join(parts)
 
     # ---- checkpointable state ----------------------------------------------------------------
@@ -256,8 +256,26 @@ class Trainer:
         try:
             with self.dist.needing_peers(self.where, lambda: f", and {self._checkpoint_note()}"):
                 return self._fit()
+        except Exception as e:
+            if not out_of_memory(e):
+                raise
+            note = self._checkpoint_note()
+            if self.saved_step is not None:
+                note += ": a resumed run may take smaller micro-batches (train.micro_batch_size)"
+            raise OutOfMemory(f"{self.memory_error()} ({note})") from None
         finally:
             self.progress.close()  # the live line ends before any message
+
+    def memory_error(self) -> OutOfMemory:
+        """Running out of memory in a step or a validation, said as what the settings ask of the device."""
+        block = self.model.config.block_size
+        if self.state.eval_pending:  # validation takes train.batch_size rows at a time, without gradients
+            ask, fix = f"batches of {counted(self.cfg.batch_size, 'row')}", "train.batch_size, model.block_size"
+        else:
+            ask = f"micro-batches of {counted(self.micro_batch, 'row')}"
+            fix = "train.micro_batch_size, model.block_size" if self.micro_batch > 1 else "model.block_size"
+        return OutOfMemory(f"out of memory on {self.device} {self.where()}: {ask} of {block:,} tokens need more than "
+                           f"it has; lower {fix} or the model's size")
 
     def where(self) -> str:
         """Where training is, for what happened there: "at step 21", or "in the validation at step 20"
