@@ -148,7 +148,7 @@ def test_user_mistakes(cli, tmp_path, corpus, monkeypatch, make, args, fragments
                                                                    "1,400, line 101: it looks cut short"),
     ("caf\u00e9 au lait\n".encode() * 100 + b"don\x92t\n", "is UTF-8 text with an invalid byte 0x92 at offset 1,403, "
                                                            "line 101; correct it there, or drop every invalid byte"),
-    (b"", "has 0 training characters, fewer than one block"),
+    (b"", "is empty; give it some text"),
     (b"short\n", "fewer than one block"),
     (b"\x00\x01\x02binary" * 100, "looks like a binary file"),
     (b"PK\x03\x04\x00\xff\xfe" * 100, "contains NUL bytes: it looks like a binary file, not text"),  # not UTF-8 either

@@ -193,8 +193,7 @@ def test_a_corpus_file_cut_short_is_to_be_deleted_and_rebuilt(tmp_path):
     (tmp_path / "s.txt").write_text("")  # a creation on a full disk, a copy cut short
     data = SimpleNamespace(path=tmp_path / "s.txt", corpus=parse_component("corpus", "shakespeare"), max_lines=None,
                            val_fraction=0.1, stride=None)
-    with pytest.raises(UserError, match=r"has 0 training characters, fewer than one block \(model.block_size \+ 1 = 9\); "
-                                        "delete it to rebuild it from the 'shakespeare' corpus or use a smaller"):
+    with pytest.raises(UserError, match=r" is empty; delete it to rebuild it from the 'shakespeare' corpus$"):
         load_dataset(data, block_size=8)
 
 
@@ -250,3 +249,13 @@ def test_an_epochs_order_is_drawn_on_the_cpu_whatever_the_default_device():
     with torch.device("meta"):
         starts = ds.epoch_starts(seed=3, epoch=1)
     assert torch.equal(starts, ds.epoch_starts(seed=3, epoch=1))
+
+
+def test_a_batch_that_does_not_fit_names_a_validation_split_larger_than_the_training_text():
+    text = "KING: hail to thee, and to thy house.\n" * 10  # 380 characters
+    with pytest.raises(UserError, match=r"larger than the 1 training window per epoch; lower train.batch_size or "
+                                        r"data.stride, or data.val_fraction \(it holds out 342 of the text's "
+                                        r"characters\), or use a longer text$"):
+        CharDataset(text, block_size=16, val_fraction=0.9).check_batch_size(4)
+    with pytest.raises(UserError, match=r"stride, or use a longer text$"):  # a training text just too short
+        CharDataset(text, block_size=16, val_fraction=0.1).check_batch_size(100)

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError, overrides_example
+from ..errors import UserError, counted, overrides_example
 from ..io import DISK_FULL, cannot_make_folder, missing, read_text, write_text
 from .vocab import Vocab
+
+
+LONGER = "use a longer text"  # CharDataset's advice for a text too short, unless the caller knows better
 
 
 class CharDataset:
@@ -27,9 +30,11 @@ class CharDataset:
     """
 
     def __init__(self, text: str, block_size: int, val_fraction: float = 0.1, stride: int | None = None,
-                 source: str = "the text", longer: str = "use a longer text"):
+                 source: str = "the text", longer: str = LONGER):
         if "\x00" in text:
             raise UserError(f"{source} contains NUL bytes: it looks like a binary file, not text")
+        if not text:  # a copy cut short, a file made and not filled
+            raise UserError(f"{source} is empty; {'give it some text' if longer == LONGER else longer}")
         self.block_size = block_size
         self.source = source  # what the text is, as a run's opening lines say: "data.path X (its first N lines, ...)"
         self.stride = stride or block_size
@@ -43,7 +48,7 @@ class CharDataset:
             # `longer`: what lengthens the text (a corpus's file cut short is rebuilt, not lengthened)
             fix = "lower data.val_fraction" if len(tokens) >= need else longer
             raise UserError(
-                f"{source} has {len(self.train):,} training characters, fewer than one block "
+                f"{source} has {counted(len(self.train), 'training character')}, fewer than one block "
                 f"(model.block_size + 1 = {need:,}); {fix} or use a smaller model.block_size"
             )
         if val_fraction and len(self.val) < need:  # 0 characters too: a split asked for is never dropped silently
@@ -78,8 +83,10 @@ class CharDataset:
 
     def check_batch_size(self, batch_size: int) -> None:
         if self.steps_per_epoch(batch_size) == 0:
-            raise UserError(f"train.batch_size {batch_size} is larger than the {self.windows_per_epoch:,} training "
-                            "windows per epoch; lower train.batch_size or data.stride, or use a longer text")
+            held_out = f", or data.val_fraction (it holds out {len(self.val):,} of the text's characters)" \
+                if len(self.val) > len(self.train) else ""
+            raise UserError(f"train.batch_size {batch_size} is larger than the {counted(self.windows_per_epoch, 'training window')} "
+                            f"per epoch; lower train.batch_size or data.stride{held_out}, or use a longer text")
 
     def check_run(self, batch_size: int, prompt: str | None) -> None:
         """What a run checks of its data before it trains, not after hours of it: the batch fits the text,
@@ -194,7 +201,7 @@ def dataset_of(text: str, data, block_size: int, source: str, longer: str | None
             source += f" (its first {data.max_lines:,} line{'s' if data.max_lines > 1 else ''}, data.max_lines)"
             longer = "raise data.max_lines"
     return CharDataset(text, block_size, data.val_fraction, data.stride, source=source,
-                       longer=longer or "use a longer text")
+                       longer=longer or LONGER)
 
 
 def cannot_create(path: Path, corpus, why: str, fix: str = "choose a writable data.path") -> UserError:

@@ -3,6 +3,7 @@
 import codecs
 import collections
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -125,10 +126,10 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # checksums fine: written so, not damaged
-        # torch's message also suggests loading it unsafely: the one thing not to do here
-        what = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
-        raise UserError(f"checkpoint {path} holds objects other than tensors and plain values; refused "
-                        f"without running them{f' ({what})' if what else ''}") from None
+        # Only the class's name: torch's message goes on to suggest allowing it, the one thing not to do here.
+        what = re.search(r"GLOBAL ([\w.]+)", str(e))
+        raise UserError(f"checkpoint {path} holds objects other than tensors and plain values"
+                        f"{f' ({what[1]})' if what else ''}; refused without running them") from None
     except Exception as e:
         raise UserError(f"{damaged} ({one_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
