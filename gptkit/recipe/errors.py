@@ -1,5 +1,6 @@
 """Turn pydantic's validation errors into one line per problem: key path, what is wrong, a fix."""
 
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -31,6 +32,11 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], extra_keys: se
             issues.append((loc, "required key is missing"))
         elif err["type"] == "string_type":  # YAML read the value as another type: see string_hint
             issues.append((loc, NotAString(f"{err['msg']} (got {err['input']!r})", err["input"])))
+        elif err["type"] in ("model_type", "dict_type"):  # pydantic would name the section's class
+            issues.append((loc, f"Input should be a section of keys (got {err['input']!r})"))
+        elif err["type"] == "literal_error":  # the choices as a recipe writes them: true, not Python's True
+            msg = re.sub(r"\bTrue\b", "true", re.sub(r"\bFalse\b", "false", re.sub(r"\bNone\b", "null", err["msg"])))
+            issues.append((loc, f"{msg} (got {err['input']!r})"))
         else:
             msg = err["msg"].removeprefix("Value error, ")
             issues.append((loc, f"{msg} (got {err['input']!r})"))
