@@ -170,6 +170,11 @@ def test_an_override_is_blamed_for_an_error_above_its_key(write_recipe):
         load_recipe(write_recipe(), ["train.lr.x=5"])
 
 
+def test_of_two_overrides_of_a_key_the_last_is_taken(write_recipe):
+    assert load_recipe(write_recipe(), ["train.lr=0.1", "train.lr=0.2"]).train.lr == 0.2
+    assert load_recipe(write_recipe(), ["model.positional=rope", "model.positional=alibi"]).model.positional.name == "alibi"
+
+
 def test_of_two_overrides_of_a_key_the_last_is_blamed(write_recipe):
     with pytest.raises(RecipeError, match=r"^--set train.lr=x: train.lr"):
         load_recipe(write_recipe(), ["train.lr=0.1", "train.lr=x"])
