@@ -111,8 +111,8 @@ MAX_SEEDS = 1000  # per arm; more is a typo, and the list of seeds is built up f
 
 def check_seeds(seeds: int | list[int], where: str) -> None:
     if isinstance(seeds, int) and seeds < 1:  # a single number is a count
-        raise UserError(f"{where}: expected a count of at least 1 (3: the recipe's seed and the next two) or a list of seeds "
-                        f"(0,1,2); got {seeds}")
+        raise UserError(f"{where}: expected a count of at least 1 (3: the recipe's seed and the next two) or a "
+                        f"list of seeds (0,1,2); got {seeds}")
     if isinstance(seeds, list) and (not seeds or len(set(seeds)) != len(seeds)):
         raise UserError(f"{where}: expected at least one seed, each once; got {seeds}")
     count = seeds if isinstance(seeds, int) else len(seeds)

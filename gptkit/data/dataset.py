@@ -85,8 +85,9 @@ class CharDataset:
         if self.steps_per_epoch(batch_size) == 0:
             held_out = f", or data.val_fraction (it holds out {len(self.val):,} of the text's characters)" \
                 if len(self.val) > len(self.train) else ""
-            raise UserError(f"train.batch_size {batch_size} is larger than the {counted(self.windows_per_epoch, 'training window')} "
-                            f"per epoch; lower train.batch_size or data.stride{held_out}, or use a longer text")
+            windows = counted(self.windows_per_epoch, "training window")
+            raise UserError(f"train.batch_size {batch_size} is larger than the {windows} per epoch; lower "
+                            f"train.batch_size or data.stride{held_out}, or use a longer text")
 
     def check_run(self, batch_size: int, prompt: str | None) -> None:
         """What a run checks of its data before it trains, not after hours of it: the batch fits the text,
