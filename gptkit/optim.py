@@ -1,7 +1,7 @@
 """The optimizers' maths: AdamW (torch's fused kernel) and Muon, on a base with torch.optim.Optimizer's
 surface (`param_groups`, `state`, `step`, `zero_grad`, `state_dict`, `load_state_dict`, same state
 dict layout). Not torch.optim itself: its first optimizer imports torch._dynamo, which costs a process
-70 MB of memory and over a second of start-up that a short CPU run feels (README, "Performance")."""
+70 MiB of memory and over a second of start-up that a short CPU run feels (README, "Performance")."""
 
 import math
 from collections import defaultdict

@@ -1289,7 +1289,7 @@ def test_a_run_that_failed_after_a_checkpoint_trains_again_from_scratch_once_fix
     out = tmp_path / "abl"
     args = ("ablate", recipe, "--vary", "model.feedforward=flaky", "--seeds", "1", "--out", out)
     first = cli(*args)
-    assert first.exit_code == 2 and "fix the component, then rerun the same command" in first.output, first.output
+    assert first.exit_code == 2 and "fix the component (or, for memory, the arm's sizes), then rerun the same command" in first.output, first.output
     run = out / "feedforward-flaky" / "seed-0"
     assert (run / "checkpoint.pt").is_file()  # made with the old code
     assert json.loads((run / "summary.json").read_text())["status"] == "failed"

@@ -479,3 +479,18 @@ def test_a_string_parameter_of_a_component_says_how_to_quote_it(write_recipe, te
         load_recipe(write_recipe(), ["model.norm={name: labelled, label: 7}"])
     assert """model.norm.label: Input should be a valid string (got 7) (YAML read 7 as a number; quote it: """ \
            """label: "7")""" in str(e.value)
+
+
+def test_choices_are_listed_as_yaml_writes_them_and_quoted_ones_as_they_are():
+    from typing import Literal
+
+    from pydantic import BaseModel, ValidationError
+
+    from gptkit.recipe.errors import describe_errors
+
+    class Choice(BaseModel):
+        mode: Literal[True, None, "None", "True-ish"]
+
+    with pytest.raises(ValidationError) as e:
+        Choice(mode="x")
+    assert describe_errors(e.value, Choice) == [(("mode",), "Input should be true, null, 'None' or 'True-ish' (got 'x')")]

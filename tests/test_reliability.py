@@ -1132,3 +1132,25 @@ def test_running_out_of_memory_later_keeps_the_run_and_says_what_to_resume_with(
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["resumable"] and summary["checkpoint_step"] == 2
     assert summary["reason"].startswith("OutOfMemory: out of memory on cpu at step 4")
+
+
+def test_validation_runs_in_micro_batches_and_running_out_of_memory_there_says_so(cli, tmp_path, write_recipe,
+                                                                                  temporary_component):
+    from gptkit.components.feedforward import MLP
+    from conftest import CPU_OOM
+
+    class HungryInValidation(MLP):  # more than 4 rows at once do not fit, in validation alone
+        def forward(self, x):
+            if not self.training and x.size(0) > 4:
+                raise RuntimeError(CPU_OOM)
+            return super().forward(x)
+
+    temporary_component("feedforward", "hungry", HungryInValidation)
+    recipe = write_recipe(model={"feedforward": "hungry"}, train={"eval_every": 2, "checkpoint_every": 2})
+    result = cli("run", recipe, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and result.stderr.startswith(
+        "error: out of memory on cpu in the validation at step 2: micro-batches of 8 rows of 32 tokens need more than "
+        "it has; lower train.micro_batch_size, "), result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    result = cli("run", "--resume", run_dir, "--set", "train.micro_batch_size=4")  # what the message says to lower
+    assert result.exit_code == 0 and "Finished:" in result.stdout, result.output

@@ -166,8 +166,8 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
     """Train every (arm, seed) not finished yet, seed by seed (so an interrupted ablation has whole
     seeds to compare), rewriting results.csv and results.md after each run, and when one is stopped (as
     far as it got: the next command resumes it). A run that diverges is a result too: it is reported,
-    left out of the averages, and not tried again. A run that fails with its component's error is
-    reported as failed and the others go on; a rerun trains it again. The
+    left out of the averages, and not tried again. A run that fails with its component's error, or runs
+    out of memory, is reported as failed and the others go on; a rerun trains it again. The
     rows returned, and the reports, also hold the runs of other seeds that earlier commands ended in
     `folder`: fewer seeds this time drop no result. `texts`: what `check_arms` returned, if the caller
     has checked the arms already."""
@@ -205,7 +205,8 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
 
 def train_row(row: RunRow, folder: Path, name: str, log: Callable[[str], None], verbose: bool) -> None:
     """Train one run of the ablation, its summary into `row`, logged as `name`. One that diverges, or fails
-    with its component's error, is logged and recorded as such; any other error stops the ablation."""
+    with its component's error or for memory, is logged and recorded as such; any other error stops the
+    ablation."""
     run_dir = folder / row.run_dir
     resume = continue_from(run_dir)
     log(f"{name} {'(resuming)' if resume else ''}...")
@@ -247,8 +248,8 @@ def failures(rows: list[RunRow]) -> str | None:
         return None
     first = bad[0]
     return (f"{len(bad)} of {len(rows)} runs failed (first: {first.arm.label}, seed {first.seed}: "
-            f"{first_line(first.summary.get('reason'))}); fix the component, then rerun the same command to "
-            "train them again")
+            f"{first_line(first.summary.get('reason'))}); fix the component (or, for memory, the arm's sizes), then "
+            "rerun the same command to train them again")
 
 
 def earlier_runs(plan: Plan, folder: Path) -> list[tuple[Arm, int]]:

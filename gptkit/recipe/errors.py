@@ -11,6 +11,7 @@ from ..errors import did_you_mean, listing
 from .components import RecipeIssue
 
 Loc = tuple
+YAML_WORDS = {"True": "true", "False": "false", "None": "null"}  # Python's constants as a recipe writes them
 
 
 def describe_errors(exc: ValidationError, model: type[BaseModel], extra_keys: set[str] = frozenset()) -> list[tuple[Loc, str]]:
@@ -35,7 +36,7 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], extra_keys: se
         elif err["type"] in ("model_type", "dict_type"):  # pydantic would name the section's class
             issues.append((loc, f"Input should be a section of keys (got {err['input']!r})"))
         elif err["type"] == "literal_error":  # the choices as a recipe writes them: true, not Python's True
-            msg = re.sub(r"\bTrue\b", "true", re.sub(r"\bFalse\b", "false", re.sub(r"\bNone\b", "null", err["msg"])))
+            msg = re.sub(r"'[^']*'|\b(True|False|None)\b", lambda m: YAML_WORDS.get(m[1], m[0]), err["msg"])  # quoted: as is
             issues.append((loc, f"{msg} (got {err['input']!r})"))
         else:
             msg = err["msg"].removeprefix("Value error, ")

@@ -20,7 +20,7 @@ from ..components.schedule import factor_rule, is_factor
 from ..data.dataset import CharDataset
 from ..device import use_bf16
 from ..diagnose import backward_culprit, blaming, component_specs, plugin_components, with_checks
-from ..errors import Diverged, Interrupted, OutOfMemory, UserError, counted, one_line, out_of_memory
+from ..errors import Diverged, Interrupted, OutOfMemory, UserError, counted, goes_on_by, one_line, out_of_memory
 from ..model import GPT
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
@@ -260,7 +260,7 @@ class Trainer:
             if not out_of_memory(e):
                 raise
             note = self._checkpoint_note()
-            if self.saved_step is not None:
+            if self.saved_step is not None and not goes_on_by():  # (an ablation's failed run starts over)
                 note += ": a resumed run may take smaller micro-batches (train.micro_batch_size)"
             raise OutOfMemory(f"{self.memory_error()} ({note})") from None
         finally:
@@ -269,11 +269,8 @@ class Trainer:
     def memory_error(self) -> OutOfMemory:
         """Running out of memory in a step or a validation, said as what the settings ask of the device."""
         block = self.model.config.block_size
-        if self.state.eval_pending:  # validation takes train.batch_size rows at a time, without gradients
-            ask, fix = f"batches of {counted(self.cfg.batch_size, 'row')}", "train.batch_size, model.block_size"
-        else:
-            ask = f"micro-batches of {counted(self.micro_batch, 'row')}"
-            fix = "train.micro_batch_size, model.block_size" if self.micro_batch > 1 else "model.block_size"
+        ask = f"micro-batches of {counted(self.micro_batch, 'row')}"  # validation's too
+        fix = "train.micro_batch_size, model.block_size" if self.micro_batch > 1 else "model.block_size"
         return OutOfMemory(f"out of memory on {self.device} {self.where()}: {ask} of {block:,} tokens need more than "
                            f"it has; lower {fix} or the model's size")
 
@@ -406,9 +403,10 @@ class Trainer:
             if not len(starts):  # this rank's share is one window short
                 continue
             x, y = self.dataset.batch(starts, split="val")
-            with autocast(self.device, self.cfg.precision), blaming(self.specs, f"in validation at step {state.step}"):
-                _, loss = self.model(x, y)
-            total += loss.float() * len(starts)
+            for xm, ym in zip(x.split(self.micro_batch), y.split(self.micro_batch)):  # as training's memory allows
+                with autocast(self.device, self.cfg.precision), blaming(self.specs, f"in validation at step {state.step}"):
+                    _, loss = self.model(xm, ym)
+                total += loss.float() * len(xm)
         self.model.train()
         val_loss = float(self.dist.sum(total)) / len(self.eval_starts)
         if not math.isfinite(val_loss):  # the last step's update broke the weights; its loss came before it
