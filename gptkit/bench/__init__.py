@@ -101,8 +101,9 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
         # Again once the workers are done: a neighbour on the host can slow one measurement by a third,
         # which would inflate every MFU (past 100%); the faster of the two is nearer the truth.
         after = measure_peaks(recipes, threads, log, again=True)
+        faster = {key: max(before, after[key]) for key, before in peaks.items()}  # (FLOP/s, how): by FLOP/s
         peaks = {key: (flops, f"{source}, before the variants ran and after, the faster")
-                 for key, (flops, source) in ((k, max(p, after[k])) for k, p in peaks.items())}
+                 for key, (flops, source) in faster.items()}
         for v, recipe in zip(found, recipes):
             v.peak_flops = peaks[peak_key(recipe.train)][0]
     device, _ = first = peak_key(recipes[0].train)
