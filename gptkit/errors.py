@@ -105,13 +105,17 @@ _command_line = contextvars.ContextVar("command_line", default=False)
 
 
 @contextlib.contextmanager
-def command_line() -> Iterator[None]:
-    """Within it, errors name the command line's flags (--runs-dir) rather than Python's arguments (runs_dir)."""
-    token = _command_line.set(True)
+def _setting(var: contextvars.ContextVar, value) -> Iterator[None]:
+    token = var.set(value)
     try:
         yield
     finally:
-        _command_line.reset(token)
+        var.reset(token)
+
+
+def command_line() -> contextlib.AbstractContextManager[None]:
+    """Within it, errors name the command line's flags (--runs-dir) rather than Python's arguments (runs_dir)."""
+    return _setting(_command_line, True)
 
 
 def on_command_line() -> bool:
@@ -122,14 +126,9 @@ def on_command_line() -> bool:
 _goes_on = contextvars.ContextVar("goes_on", default=None)
 
 
-@contextlib.contextmanager
-def going_on_by(how: str) -> Iterator[None]:
+def going_on_by(how: str) -> contextlib.AbstractContextManager[None]:
     """Within it, a failed save says to `how` ("rerun the same gptkit ablate command"), not to resume the run."""
-    token = _goes_on.set(how)
-    try:
-        yield
-    finally:
-        _goes_on.reset(token)
+    return _setting(_goes_on, how)
 
 
 def goes_on_by() -> str | None:

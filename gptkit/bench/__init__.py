@@ -28,6 +28,7 @@ from ..errors import Interrupted, RunStopped, UserError, counted
 from ..recipe import load_recipe, yaml
 from ..recipe.vary import parse_vary as parse_vary_flags
 from ..training.run import check_fits
+from ..training.signals import signals_held
 from . import worker
 from .peak import matmul_peak
 
@@ -172,7 +173,7 @@ def sigterm_interrupts():
 
 
 @contextlib.contextmanager
-def signals_held():
+def worker_starting():
     """Around a worker's start. The worker inherits SIGINT blocked (masks survive exec), so that a Ctrl-C
     cannot raise KeyboardInterrupt in it before worker.main ignores SIGINT (multiprocessing guards its
     resource tracker so, bpo-33613); and the parent acts on SIGINT or SIGTERM only once the worker is
@@ -181,17 +182,12 @@ def signals_held():
         yield
         return
     resource_tracker.ensure_running()  # now: when the first start launches it, it unblocks SIGINT after
-    came = []
-    previous = {s: signal.signal(s, lambda signum, frame: came.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        for s in came:  # handled as they would have been, now that the worker can be stopped
-            signal.raise_signal(s)
+    with signals_held():
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def measure_peaks(recipes: list, threads: int, log, again: bool = False) -> dict:
@@ -219,7 +215,7 @@ def measure(found: list[Variant], recipes: list, threads: int, warmup: int, step
         for v, recipe in zip(found, recipes):
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker.main, args=(child, recipe.to_dict(), threads), daemon=True)
-            with signals_held():
+            with worker_starting():
                 proc.start()
                 procs.append(proc)
             conns.append(parent)

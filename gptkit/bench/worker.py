@@ -84,7 +84,7 @@ class Bench:
 
 
 def main(conn, recipe_dict: dict, threads: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # blocked since this process started (bench.signals_held)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # blocked since this process started (bench.worker_starting)
     threading.Thread(target=exit_with_parent, daemon=True).start()
     torch.set_num_threads(threads)
     try:
