@@ -1134,6 +1134,29 @@ def test_running_out_of_memory_later_keeps_the_run_and_says_what_to_resume_with(
     assert summary["reason"].startswith("OutOfMemory: out of memory on cpu at step 4")
 
 
+def test_running_out_of_memory_saving_a_checkpoint_is_a_failed_save_not_a_step_too_large(cli, tmp_path, write_recipe,
+                                                                                          monkeypatch):
+    import gptkit.training.run as run_module
+
+    def save_checkpoint(path, model, recipe, itos, **extra):
+        if extra["step"] == 4:
+            raise MemoryError
+        real_save(path, model, recipe, itos, **extra)
+
+    real_save = run_module.save_checkpoint
+    monkeypatch.setattr(run_module, "save_checkpoint", save_checkpoint)
+    result = cli("run", write_recipe(train={"checkpoint_every": 2}), "--runs-dir", tmp_path / "runs")
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert result.exit_code == 4 and "Traceback" not in result.output, result.output
+    assert result.stderr == (f"stopped: could not save the checkpoint in {run_dir}: out of memory (a save copies the "
+                             "model and optimizer state into the machine's memory); the previous checkpoint is intact. "
+                             "Free some memory (close other programs) and resume with --resume\n"
+                             f"Run folder: {run_dir}  (continue: gptkit run --resume {run_dir})\n")
+    assert load_checkpoint(run_dir)["step"] == 2
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["resumable"] and summary["checkpoint_step"] == 2
+
+
 def test_validation_runs_in_micro_batches_and_running_out_of_memory_there_says_so(cli, tmp_path, write_recipe,
                                                                                   temporary_component):
     from gptkit.components.feedforward import MLP

@@ -299,3 +299,19 @@ def test_what_happens_during_a_validation_is_placed_at_its_step_not_the_next(wri
     assert trainer.where() == "at step 21"  # in training: the step being taken
     trainer.state.eval_pending = True
     assert trainer.where() == "in the validation at step 20"
+
+
+def test_running_out_of_memory_outside_the_steps_and_validations_does_not_blame_the_micro_batches(write_recipe):
+    from gptkit.errors import OutOfMemory
+
+    trainer, _ = trainer_for(write_recipe(train={"checkpoint_every": 2}))
+
+    def on_checkpoint(trainer):
+        if trainer.state.step == 4:
+            raise MemoryError
+
+    trainer.on_checkpoint = on_checkpoint
+    with pytest.raises(OutOfMemory) as e:
+        trainer.fit()
+    assert str(e.value) == ("out of memory on cpu after step 4, outside the training steps and validations; free "
+                            "some memory (close other programs) and try again (the last checkpoint (step 2) is intact)")

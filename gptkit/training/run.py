@@ -23,7 +23,7 @@ from ..data.dataset import CharDataset, cannot_create, corpus_text, dataset_of, 
 from ..device import keep_random_state, resolve_device
 from ..diagnose import blaming, check_forward
 from ..errors import (CheckpointError, ComponentError, Diverged, OutOfMemory, RunStopped, UserError, arg, failure_reason,
-                      given, goes_on_by, on_command_line)
+                      given, goes_on_by, on_command_line, out_of_memory)
 from ..io import DISK_FULL, cannot_make_folder, make_folders, remove_empty, write_json, write_text
 from ..model import GPT, check_components
 from ..recipe import Recipe, yaml
@@ -54,8 +54,10 @@ def free_space() -> str:
     return f"free some space, or {other_runs_dir('a folder on another disk')}"
 
 
-def remedy(e: OSError) -> str:
-    """What to do about a write that failed in a run folder, by its errno: "free some space"."""
+def remedy(e: Exception) -> str:
+    """What to do about a write that failed in a run folder (by an OSError's errno): "free some space"."""
+    if out_of_memory(e):
+        return "free some memory (close other programs)"
     if e.errno in DISK_FULL:
         return "free some space"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -63,7 +65,7 @@ def remedy(e: OSError) -> str:
     return "check the disk"
 
 
-def then_resume(e: OSError, run_dir: Path) -> str:
+def then_resume(e: Exception, run_dir: Path) -> str:
     """The end of a failed save's message: ". Free some space and resume with --resume" (the command line
     says the whole command next), or from Python "... with resume='RUN_DIR'"; an ablation's run, how the
     ablation goes on (`going_on_by`)."""
@@ -366,6 +368,13 @@ def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, 
     except OSError as e:
         raise CheckpointError(f"could not save the checkpoint in {run_dir}: {e.strerror or e}; "
                               f"{kept(run_dir)}{then_resume(e, run_dir)}") from None
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        # A failed save, as a full disk is: no setting that sizes a step would help
+        raise CheckpointError(f"could not save the checkpoint in {run_dir}: out of memory (a save copies the model "
+                              f"and optimizer state into the machine's memory); {kept(run_dir)}"
+                              f"{then_resume(e, run_dir)}") from None
     try:  # atomic, as the checkpoint: the old one or the new
         write_summary(run_dir, recipe, trainer, "running", checkpoint_step=trainer.state.step)
     except OSError as e:

@@ -10,7 +10,7 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -257,14 +257,29 @@ class Trainer:
             with self.dist.needing_peers(self.where, lambda: f", and {self._checkpoint_note()}"):
                 return self._fit()
         except Exception as e:
+            if not out_of_memory(e):  # (a step's or a validation's is an OutOfMemory already)
+                raise
+            # Elsewhere (an epoch's order, the check of the weights before a save) no setting of a step is
+            # to blame. A save's own is the run's failed save.
+            raise OutOfMemory(f"out of memory on {self.device} after step {self.state.step:,}, outside the training "
+                              f"steps and validations; free some memory (close other programs) and try again "
+                              f"({self._checkpoint_note()})") from None
+        finally:
+            self.progress.close()  # the live line ends before any message
+
+    @contextlib.contextmanager
+    def _sized_by_settings(self) -> Iterator[None]:
+        """Within it (a step's or a validation's computation), running out of memory is what the settings
+        ask of the device, and one error says which to lower."""
+        try:
+            yield
+        except Exception as e:
             if not out_of_memory(e):
                 raise
             note = self._checkpoint_note()
             if self.saved_step is not None and not goes_on_by():  # (an ablation's failed run starts over)
                 note += ": a resumed run may take smaller micro-batches (train.micro_batch_size)"
             raise OutOfMemory(f"{self.memory_error()} ({note})") from None
-        finally:
-            self.progress.close()  # the live line ends before any message
 
     def memory_error(self) -> OutOfMemory:
         """Running out of memory in a step or a validation, said as what the settings ask of the device."""
@@ -299,7 +314,9 @@ class Trainer:
                     if state.step >= self.total_steps:
                         break
                     lr = self.cfg.lr * self._factor(state.step)
-                    self._pending.add(*self.train_step(starts, batch, lr), lr)
+                    with self._sized_by_settings():
+                        loss, norm = self.train_step(starts, batch, lr)
+                    self._pending.add(loss, norm, lr)
                     state.step += 1
                     state.tokens += self.tokens_per_step
                     last = state.step == self.total_steps
@@ -395,6 +412,7 @@ class Trainer:
         # abandon the evaluation together: one leaving alone would pair its next collective with the
         # others' sum of the losses.
         most = -(-len(self.eval_starts) // self.dist.world_size)
+        where = f"in validation at step {state.step}"
         for i in range(0, most, self.cfg.batch_size):
             if self.dist.any_rank(self.stop_signal is not None):
                 self.model.train()
@@ -402,11 +420,12 @@ class Trainer:
             starts = mine[i : i + self.cfg.batch_size]
             if not len(starts):  # this rank's share is one window short
                 continue
-            x, y = self.dataset.batch(starts, split="val")
-            for xm, ym in zip(x.split(self.micro_batch), y.split(self.micro_batch)):  # as training's memory allows
-                with autocast(self.device, self.cfg.precision), blaming(self.specs, f"in validation at step {state.step}"):
-                    _, loss = self.model(xm, ym)
-                total += loss.float() * len(xm)
+            with self._sized_by_settings():
+                x, y = self.dataset.batch(starts, split="val")
+                for xm, ym in zip(x.split(self.micro_batch), y.split(self.micro_batch)):  # as training's memory allows
+                    with autocast(self.device, self.cfg.precision), blaming(self.specs, where):
+                        _, loss = self.model(xm, ym)
+                    total += loss.float() * len(xm)
         self.model.train()
         val_loss = float(self.dist.sum(total)) / len(self.eval_starts)
         if not math.isfinite(val_loss):  # the last step's update broke the weights; its loss came before it
