@@ -29,8 +29,8 @@ class ComponentError(UserError):
 
 
 class OutOfMemory(UserError):
-    """Training needed more memory than its device has: the settings ask too much of it (exit code 2).
-    The run's last checkpoint, if it has one, is intact."""
+    """Training or sampling needed more memory than its device has: the settings ask too much of it, or
+    other programs hold it (exit code 2). The run's last checkpoint, if it has one, is intact."""
 
 
 def out_of_memory(e: BaseException) -> bool:

@@ -1157,6 +1157,33 @@ def test_running_out_of_memory_saving_a_checkpoint_is_a_failed_save_not_a_step_t
     assert summary["status"] == "failed" and summary["resumable"] and summary["checkpoint_step"] == 2
 
 
+def test_running_out_of_memory_in_the_final_sample_keeps_the_run_finished_and_says_how_to_sample_it(
+        cli, tmp_path, write_recipe, monkeypatch):
+    import gptkit.training.run as run_module
+    from conftest import CPU_OOM
+
+    recipe, runs = write_recipe(), tmp_path / "runs"
+    assert cli("run", recipe, "--runs-dir", runs).exit_code == 0
+    (run,) = runs.iterdir()
+
+    def sample(*args):
+        raise RuntimeError(CPU_OOM)
+
+    monkeypatch.setattr(run_module, "sample", sample)
+    result = cli("run", "--resume", run, "--set", "train.max_steps=8")  # trained further, then sampled
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert result.stderr == (f"warning: out of memory on cpu while sampling after training, so there is no samples.txt; "
+                             f"the run is finished and its checkpoint saved: sample it with gptkit sample {run}, which "
+                             "holds no training state\n")
+    assert "Finished: " in result.stdout
+    assert not (run / "samples.txt").exists()  # the first session's, of the model 2 steps ago
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == summary["checkpoint_step"] == 8
+    assert load_checkpoint(run)["step"] == 8
+    monkeypatch.undo()
+    assert cli("sample", run, "--tokens", "5").exit_code == 0  # as the warning says
+
+
 def test_validation_runs_in_micro_batches_and_running_out_of_memory_there_says_so(cli, tmp_path, write_recipe,
                                                                                   temporary_component):
     from gptkit.components.feedforward import MLP

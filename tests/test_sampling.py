@@ -135,8 +135,9 @@ def test_on_tokens_streams_every_new_token_once_without_changing_them():
     assert torch.equal(out, generate(model, prompt, tokens, generator=torch.Generator().manual_seed(2)))
 
 
-def test_an_interrupted_sample_command_keeps_the_text_generated_so_far(cli, monkeypatch):
-    """Ctrl-C during `gptkit sample` prints the text made before it, then exits 130 as interrupted."""
+def sampled_by_the_command(monkeypatch, raise_at_token_100):
+    """peaky_model, which `gptkit sample` loads as a run's (sample.prompt "AB"), raising
+    `raise_at_token_100()` as it generates its 100th token; and its first 99 tokens, seed 5."""
     from types import SimpleNamespace
 
     from gptkit.data.vocab import Vocab
@@ -148,19 +149,59 @@ def test_an_interrupted_sample_command_keeps_the_text_generated_so_far(cli, monk
     expected = sample(model, vocab, "AB", 99, seed=5)  # the first 99 tokens of any longer sample with this seed
     forwards = []
 
-    def ctrl_c_at_token_100(module, args):
+    def at_token_100(module, args):
         forwards.append(torch.is_inference_mode_enabled())  # generating; not the check before it (no_grad)
         if sum(forwards) == 100:
-            raise KeyboardInterrupt
+            raise raise_at_token_100()
 
-    model.register_forward_pre_hook(ctrl_c_at_token_100)
+    model.register_forward_pre_hook(at_token_100)
     section = ModelSection(n_embd=CONFIG.n_embd, n_head=CONFIG.n_head, n_layer=CONFIG.n_layer,
                            block_size=CONFIG.block_size, dropout=CONFIG.dropout)  # peaky_model's
     recipe = SimpleNamespace(model=section, sample=SampleSection(prompt="AB"))
     monkeypatch.setattr("gptkit.cli.sample.load_model", lambda path, device, check: (model, recipe, vocab))
+    return expected
+
+
+def test_an_interrupted_sample_command_keeps_the_text_generated_so_far(cli, monkeypatch):
+    """Ctrl-C during `gptkit sample` prints the text made before it, then exits 130 as interrupted."""
+    expected = sampled_by_the_command(monkeypatch, KeyboardInterrupt)
     result = cli("sample", "some-run", "--tokens", "100000", "--seed", "5")
     assert result.exit_code == 130 and "interrupted" in result.stderr
     assert result.stdout == expected
+
+
+def test_a_sample_command_that_runs_out_of_memory_is_one_error_after_the_text_so_far(cli, monkeypatch):
+    from conftest import CPU_OOM
+
+    from gptkit.sampling import STREAM_EVERY
+
+    expected = sampled_by_the_command(monkeypatch, lambda: RuntimeError(CPU_OOM))
+    result = cli("sample", "some-run", "--tokens", "100000", "--seed", "5", "--device", "cpu")
+    shown = expected[: len("AB") + STREAM_EVERY]  # streamed before the failing token (a Ctrl-C's streams the rest)
+    assert result.exit_code == 2 and result.stdout == shown + "\n", result.output
+    assert result.stderr == ("error: out of memory on cpu while sampling: the model needs more memory than it has "
+                             "free; close other programs that use it\n")
+
+
+def test_a_sample_command_that_runs_out_of_memory_loading_the_model_says_the_same(cli, monkeypatch):
+    def load_model(path, device, check):
+        raise MemoryError
+
+    monkeypatch.setattr("gptkit.cli.sample.load_model", load_model)
+    result = cli("sample", "some-run", "--device", "cpu")
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert result.stderr == ("error: out of memory on cpu while sampling: the model needs more memory than it has "
+                             "free; close other programs that use it\n")
+
+
+def test_running_out_of_memory_sampling_on_a_gpu_says_to_sample_on_the_cpu():
+    from gptkit.cli.sample import sampling_memory
+    from gptkit.errors import OutOfMemory
+
+    with pytest.raises(OutOfMemory) as e, sampling_memory(torch.device("cuda:0")):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert str(e.value) == ("out of memory on cuda:0 while sampling: the model needs more memory than it has free; "
+                            "close other programs that use it, or sample on the CPU with --device cpu")
 
 
 def test_a_cache_bug_at_long_offsets_is_found_before_sampling_and_sampled_around(temporary_component):

@@ -1,11 +1,14 @@
+import contextlib
 import time
 import warnings
+from collections.abc import Iterator
 
 import click
+import torch
 
 from ..device import resolve_device
 from ..diagnose import blaming, check_forward, component_specs
-from ..errors import UserError
+from ..errors import OutOfMemory, UserError, out_of_memory
 from ..sampling import MAX_TOKENS, SEEDS
 from ..sampling import sample as sample_model
 from ..training.checkpoint import PluginChangedWarning, load_model
@@ -25,6 +28,20 @@ def load(run_dir, device):
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return loaded
+
+
+@contextlib.contextmanager
+def sampling_memory(device: torch.device) -> Iterator[None]:
+    """Within it, running out of memory is one error. No option of the sample sizes it much (one row of at
+    most the run's model.block_size tokens): the model does, on whatever device holds it."""
+    try:
+        yield
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        elsewhere = "" if device.type == "cpu" else ", or sample on the CPU with --device cpu"
+        raise OutOfMemory(f"out of memory on {device} while sampling: the model needs more memory than it has "
+                          f"free; close other programs that use it{elsewhere}") from None
 
 
 class Seed(click.ParamType):
@@ -60,7 +77,9 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     \b
     gptkit sample runs/shakespeare-cpu-20260101-120000 --prompt "ROMEO:" --tokens 300
     """
-    model, recipe, vocab = load(run_dir, resolve_device(device, "--device"))
+    device = resolve_device(device, "--device")
+    with sampling_memory(device):  # taking the model onto the device
+        model, recipe, vocab = load(run_dir, device)
     s = recipe.sample  # what the run itself sampled with, unless the command line says otherwise
     given = prompt is not None
     prompt = s.prompt if prompt is None else prompt
@@ -75,7 +94,8 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     # A plugin component's bug is one error naming it: found before any text where the check before
     # training finds it, else where it is met. A key/value cache that does not match a full pass is a
     # warning: the text is then sampled by recomputing the context, which is always right.
-    cache_warning = check_forward(model, recipe.model, cache=cache and bool(tokens))
+    with sampling_memory(device):
+        cache_warning = check_forward(model, recipe.model, cache=cache and bool(tokens))
     if cache_warning:
         click.echo(f"warning: {cache_warning}", err=True)
 
@@ -88,7 +108,7 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     # Streamed as it is made (click.echo flushes): a long sample shows progress, and a Ctrl-C keeps
     # the text so far on stdout before the CLI reports the interruption.
     try:
-        with blaming(component_specs(model, recipe.model), "while sampling"):
+        with blaming(component_specs(model, recipe.model), "while sampling"), sampling_memory(device):
             sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, cache, on_text=show)
     except UserError:
         click.echo()  # the error, on stderr, starts a line of its own after the text so far

@@ -24,7 +24,7 @@ from ..device import keep_random_state, resolve_device
 from ..diagnose import blaming, check_forward
 from ..errors import (CheckpointError, ComponentError, Diverged, OutOfMemory, RunStopped, UserError, arg, failure_reason,
                       given, goes_on_by, on_command_line, out_of_memory)
-from ..io import DISK_FULL, cannot_make_folder, make_folders, remove_empty, write_json, write_text
+from ..io import DISK_FULL, cannot_make_folder, make_folders, quote, remove_empty, write_json, write_text
 from ..model import GPT, check_components
 from ..recipe import Recipe, yaml
 from ..sampling import sample
@@ -334,14 +334,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
             sp = recipe.sample
             if sp.tokens:  # sample.tokens 0: no sample, and no samples.txt
                 with interrupt_on_signals("sampling, after training finished; resume the run to write samples.txt"):
-                    with blaming(trainer.specs, "while sampling after training"):
-                        if model.cache_mismatch is None:  # a cache bug hidden by the initial weights shows now
-                            cache_warning = check_forward(model, recipe.model)  # (samples then recompute the context)
-                            if cache_warning:
-                                print(f"warning: {cache_warning}", file=sys.stderr)
-                        text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
-                    write_text(run_dir / "samples.txt", text)
-                    log(f"Sample ({sp.tokens:,} characters after the prompt, in samples.txt too):\n{text}\n")
+                    write_sample(run_dir, recipe, trainer, dataset, log)
             else:  # one made before by a resumed run would not be of these settings
                 (run_dir / "samples.txt").unlink(missing_ok=True)
         except RunStopped as e:
@@ -355,6 +348,31 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
             raise
     summary = write_summary(run_dir, recipe, trainer, "finished", resumable=False)
     return RunResult(model.eval(), dataset, run_dir, summary)  # ready to generate: no dropout
+
+
+def write_sample(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDataset,
+                 log: Callable[[str], None]) -> None:
+    """samples.txt: the trained model's text, as recipe.sample says. Running out of memory for it is a
+    warning: the run is trained and its checkpoint saved, and `gptkit sample` needs less memory than
+    this process, which holds the optimizer's state and the gradients too."""
+    model, sp = trainer.model, recipe.sample
+    try:
+        with blaming(trainer.specs, "while sampling after training"):
+            if model.cache_mismatch is None:  # a cache bug hidden by the initial weights shows now
+                cache_warning = check_forward(model, recipe.model)  # (samples then recompute the context)
+                if cache_warning:
+                    print(f"warning: {cache_warning}", file=sys.stderr)
+            text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        (run_dir / "samples.txt").unlink(missing_ok=True)  # an earlier session's, of another model
+        print(f"warning: out of memory on {trainer.device} while sampling after training, so there is no samples.txt; "
+              f"the run is finished and its checkpoint saved: sample it with gptkit sample {quote(run_dir)}, which "
+              "holds no training state", file=sys.stderr)
+        return
+    write_text(run_dir / "samples.txt", text)
+    log(f"Sample ({sp.tokens:,} characters after the prompt, in samples.txt too):\n{text}\n")
 
 
 def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, metrics: BinaryIO) -> None:
