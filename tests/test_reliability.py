@@ -692,6 +692,21 @@ def test_a_damaged_checkpoint_is_reported_with_its_path(tmp_path, write_recipe, 
         assert result.exit_code == 2 and f"checkpoint {ckpt} is truncated or corrupted" in result.output, result.output
 
 
+def test_running_out_of_memory_loading_a_checkpoint_is_not_called_damage(tmp_path, write_recipe, cli, monkeypatch):
+    recipe = write_recipe()
+    run = train(load_recipe(recipe), runs_dir=tmp_path / "runs", quiet=True).run_dir
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(torch, "load", no_memory)
+    for command in (["sample", run], ["run", recipe, "--resume", run]):
+        result = cli(*command)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (f"error: out of memory loading checkpoint {run / 'checkpoint.pt'} (the model's "
+                                         "weights and optimizer state); close other programs that use the machine's memory")
+
+
 def test_weights_that_do_not_fit_the_recipe_are_a_clear_error(tmp_path, write_recipe, cli):
     run = train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True).run_dir
     state = torch.load(run / "checkpoint.pt", weights_only=True)

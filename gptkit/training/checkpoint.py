@@ -14,7 +14,7 @@ from .. import plugins
 from ..data.vocab import Vocab
 from ..device import keep_random_state, resolve_device
 from ..diagnose import check_forward
-from ..errors import UserError, on_command_line, one_line
+from ..errors import OutOfMemory, UserError, on_command_line, one_line, out_of_memory
 from ..io import atomic_write, quote
 from ..model import build_model
 from ..recipe import Recipe, validate
@@ -131,6 +131,9 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"checkpoint {path} holds objects other than tensors and plain values"
                         f"{f' ({what[1]})' if what else ''}; refused without running them") from None
     except Exception as e:
+        if out_of_memory(e):  # not the file's fault
+            raise OutOfMemory(f"out of memory loading checkpoint {path} (the model's weights and optimizer state); "
+                              "close other programs that use the machine's memory") from None
         raise UserError(f"{damaged} ({one_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a gptkit checkpoint")
