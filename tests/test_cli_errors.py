@@ -99,6 +99,9 @@ CASES = [
     ("set-yes", lambda c: recipe_text(c), ["--set", "train.lr=yes"], ["train.lr: Input should be a valid number"]),
     ("set-section-to-a-value", lambda c: recipe_text(c), ["--set", "model=x"],
      ["--set model=x: model: Input should be a section of keys (got 'x')"]),
+    ("set-below-a-value", lambda c: recipe_text(c), ["--set", "data.path.x=1"],
+     ["--set data.path.x=1: data.path is a single value, with no x below it; set data.path itself, "
+      "e.g. --set data.path=VALUE\n"]),
     ("choice-as-yaml-writes-it", lambda c: recipe_text(c), ["--set", "train.compile=maybe"],
      ["train.compile: Input should be true, false, 'auto', "]),
     ("missing-corpus", lambda c: recipe_text(c, data__path="nowhere.txt"), [], ["data.path: file", "nowhere.txt not found"]),

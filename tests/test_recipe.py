@@ -166,8 +166,17 @@ def test_a_learning_rate_that_is_not_positive_is_refused(write_recipe, lr):
 
 
 def test_an_override_is_blamed_for_an_error_above_its_key(write_recipe):
-    with pytest.raises(RecipeError, match=r"^--set train.lr.x=5: train.lr: Input should be a valid number"):
-        load_recipe(write_recipe(), ["train.lr.x=5"])
+    with pytest.raises(RecipeError, match=r"^--set model.attention.bias.x=5: model.attention.bias: Input should be a valid boolean"):
+        load_recipe(write_recipe(), ["model.attention.bias.x=5"])
+
+
+@pytest.mark.parametrize("key", ["data.path", "train.lr", "train.device", "sample.prompt", "name"])
+def test_a_key_below_a_single_value_is_refused_as_given(write_recipe, key):
+    """Not as a {name: ...} made up of the value, as a component named by a string gains parameters."""
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write_recipe(), [f"{key}.x=1"])
+    assert str(e.value) == (f"--set {key}.x=1: {key} is a single value, with no x below it; set {key} itself, "
+                            f"e.g. --set {key}=VALUE")
 
 
 def test_of_two_overrides_of_a_key_the_last_is_taken(write_recipe):

@@ -232,14 +232,18 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
     value = absolute_paths(parts, value)  # paths on the command line are relative to the cwd
     node = data
     for i, part in enumerate(parts[:-1]):
+        at = ".".join(parts[: i + 1])
+        if not _holds_keys(parts[: i + 1]):  # data.path.x=1: said as given, not as a made-up {name: ...} of data.path
+            raise RecipeError(f"{label}: {at} is a single value, with no {parts[i + 1]} below it; set {at} itself, "
+                              f"e.g. {overrides_example(f'{at}=VALUE')}")
         child = node.get(part)
         if child is None:  # a component left at its default keeps it: model.attention.bias=true
             default = getattr(_field(parts[: i + 1]), "default", None)
             child = node[part] = {"name": default} if isinstance(default, str) else {}
-        elif isinstance(child, str):  # a component given by name gains parameters: {name: ...}
+        elif isinstance(child, str) and _is_component(parts[: i + 1]):  # a component given by name gains parameters
             child = node[part] = {"name": child}
         elif not isinstance(child, dict):
-            raise RecipeError(f"{label}: {'.'.join(parts[: i + 1])} is {child!r}, not a section with keys")
+            raise RecipeError(f"{label}: {at} is {child!r}, not a section with keys")
         node = child
     old = node.get(parts[-1])
     if isinstance(value, str) and isinstance(old, dict) and old.get("name") == value:
@@ -268,6 +272,14 @@ def _field(parts: tuple) -> FieldInfo | None:
             return None
         model = field.annotation
     return field
+
+
+def _holds_keys(parts: tuple) -> bool:
+    """Whether the recipe field at `parts` may have keys below it: a section, a component, or a key the
+    schema does not know (a component's parameter, a typo), which validation then judges."""
+    field = _field(parts)
+    return field is None or _is_component(parts) or (isinstance(field.annotation, type)
+                                                       and issubclass(field.annotation, BaseModel))
 
 
 def _is_component(parts: tuple) -> bool:
