@@ -1034,6 +1034,23 @@ def test_resume_auto_passes_by_a_run_of_another_text(tmp_path, write_recipe, mon
     assert len(list((tmp_path / "runs").iterdir())) == 2
 
 
+def test_a_checkpoint_whose_stored_recipe_is_invalid_is_said_so_not_as_a_change(tmp_path, write_recipe, monkeypatch, cli):
+    path = write_recipe(model=ONE_LAYER, train={"max_steps": 6, "checkpoint_every": 2})
+    run = interrupted_at(monkeypatch, path, tmp_path / "runs", 2)
+    checkpoint = run / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["recipe"]["model"]["n_layer"] = "three"  # edited by hand
+    torch.save(state, checkpoint)
+    problem = f"the recipe stored in {checkpoint}: model.n_layer: Input should be a valid integer (got 'three')"
+    resumed = cli("run", "--resume", run)
+    assert resumed.exit_code == 2 and resumed.output == (f"error: cannot resume {run}: {problem}\nThe run cannot go on "
+                                                         "from that checkpoint; start a new run without --resume.\n")
+    auto = cli("run", path, "--resume", "auto", "--runs-dir", tmp_path / "runs", "-q")
+    assert auto.exit_code == 0 and auto.stderr == f"note: not resuming {run}: {problem}\n", auto.output
+    sampled = cli("sample", checkpoint, "--tokens", "1")  # as `gptkit sample` says it
+    assert sampled.exit_code == 2 and sampled.output == f"error: {problem}\n"
+
+
 def test_resume_auto_says_the_unfinished_run_is_in_use(tmp_path, write_recipe, monkeypatch, cli):
     import fcntl
 

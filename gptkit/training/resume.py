@@ -15,7 +15,7 @@ except ImportError:  # Windows
 from ..errors import UserError, arg, given, on_command_line
 from ..io import quote, write_text
 from ..recipe import Recipe, flatten, yaml
-from .checkpoint import load_checkpoint, missing_plugins, plugin_changes
+from .checkpoint import load_checkpoint, missing_plugins, plugin_changes, stored_recipe
 from .folder import is_ablation_folder, metric_records, resumable, run_recipe, stopped_for_good, summary_of, trained_with
 
 # Keys that may change between a run and its resumption without making it a different run (the text
@@ -74,6 +74,11 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset, wa
     if "trainer" not in checkpoint:
         raise UserError(f"{run_dir}/checkpoint.pt holds weights only, no training state to resume from")
     refuse_if_stopped_for_good(run_dir)
+    try:  # an invalid stored recipe (edited by hand) is said as `gptkit sample` says it, not as changes to undo
+        stored_recipe(checkpoint, run_dir / "checkpoint.pt")
+    except UserError as e:
+        raise UserError(f"cannot resume {run_dir}: {e}\nThe run cannot go on from that checkpoint; start a new run "
+                        f"without {arg('resume')}.") from None
     refuse_changes(run_dir, [how for _, how in changes_since(checkpoint, recipe, dataset)])
     for change in plugin_changes(checkpoint.get("plugins"), recipe):
         warn(f"warning: {change}; resuming {run_dir} with it")
@@ -177,6 +182,10 @@ def checkpoint_to_resume(run: Path, recipe: Recipe, dataset) -> tuple[dict | Non
         return None, str(e)
     if "trainer" not in checkpoint:
         return None, "its checkpoint.pt holds weights only, no training state to resume from"
+    try:
+        stored_recipe(checkpoint, run / "checkpoint.pt")
+    except UserError as e:
+        return None, str(e)
     changes = [what for what, _ in changes_since(checkpoint, recipe, dataset)]
     keys = [what for what in changes if what not in ("vocabulary", "text")]
     differs, text = f"its recipe differs ({', '.join(keys)})", f"it was trained on another text than {recipe.data.path}"
