@@ -1051,6 +1051,17 @@ def test_a_checkpoint_whose_stored_recipe_is_invalid_is_said_so_not_as_a_change(
     assert sampled.exit_code == 2 and sampled.output == f"error: {problem}\n"
 
 
+def test_resuming_without_its_text_names_the_file_and_how_to_go_on(tmp_path, write_recipe, monkeypatch, corpus, cli):
+    run = interrupted_at(monkeypatch, write_recipe(model=ONE_LAYER, train={"max_steps": 6, "checkpoint_every": 2}),
+                         tmp_path / "runs", 2)
+    moved = corpus.rename(tmp_path / "moved.txt")
+    result = cli("run", "--resume", run)  # its recipe.yaml names the text by an absolute path: nothing relative to explain
+    assert result.exit_code == 2 and result.output == (f"error: data.path: file {corpus} not found; restore it, or point "
+                                                       f"data.path at a copy of the text {run} was trained on, e.g. "
+                                                       "--set data.path=FILE\n")
+    assert cli("run", "--resume", run, "--set", f"data.path={moved}", "-q").exit_code == 0  # as it says
+
+
 def test_resume_auto_says_the_unfinished_run_is_in_use(tmp_path, write_recipe, monkeypatch, cli):
     import fcntl
 

@@ -172,8 +172,13 @@ def remove_stale_temporaries(path: Path, age: float = 60.0) -> None:
                 leftover.unlink()
 
 
-def load_dataset(data, block_size: int) -> CharDataset:
-    """The dataset a recipe's `data` section describes, creating the corpus file on first use."""
+# Said after a data.path "not found": where a path the user wrote relative was looked for.
+RELATIVE = " (paths in a recipe file are relative to its folder, on the command line to the current folder)"
+
+
+def load_dataset(data, block_size: int, if_missing: str = RELATIVE) -> CharDataset:
+    """The dataset a recipe's `data` section describes, creating the corpus file on first use; `if_missing`
+    follows the error for a data.path not found."""
     path: Path = data.path
     if data.corpus is not None:  # a creation killed midway left its temporary file, even if a later one finished
         remove_stale_temporaries(path)
@@ -182,8 +187,7 @@ def load_dataset(data, block_size: int) -> CharDataset:
         create(path, data.corpus)
     if not exists(path):
         why = missing(path)  # a symbolic link loop exists() takes for no file at all
-        where = " (paths in a recipe file are relative to its folder, on the command line to the current folder)"
-        raise UserError(f"data.path: file {path} {why}{where if why == 'not found' else ''}")
+        raise UserError(f"data.path: file {path} {why}{if_missing if why == 'not found' else ''}")
     text = read_text(path, "data.path")
     # A corpus's file cut short (a full disk, a copy) is made again, not lengthened.
     longer = f"delete it to rebuild it from the '{data.corpus.name}' corpus" if data.corpus and not created else None

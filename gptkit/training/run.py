@@ -19,11 +19,11 @@ from typing import BinaryIO
 
 import torch
 
-from ..data.dataset import CharDataset, cannot_create, corpus_text, dataset_of, load_dataset, will_create
+from ..data.dataset import RELATIVE, CharDataset, cannot_create, corpus_text, dataset_of, load_dataset, will_create
 from ..device import keep_random_state, resolve_device
 from ..diagnose import blaming, check_forward
 from ..errors import (CheckpointError, ComponentError, Diverged, OutOfMemory, RunStopped, UserError, arg, failure_reason,
-                      given, goes_on_by, on_command_line, out_of_memory)
+                      given, goes_on_by, on_command_line, out_of_memory, overrides_example)
 from ..io import DISK_FULL, cannot_make_folder, make_folders, quote, remove_empty, write_json, write_text
 from ..model import GPT, check_components
 from ..recipe import Recipe, yaml
@@ -170,8 +170,12 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     log = (lambda *a: None) if quiet or not dist.is_main else print
     warn = (lambda *a: None) if not dist.is_main else functools.partial(print, file=sys.stderr)  # even when quiet
     dist.check_batch_size(recipe.train.batch_size, resuming=resume is not None)
+    # A resumed run's recipe.yaml names its text by an absolute path: no relative one to explain, and the same
+    # text may be read from elsewhere (data.path may change; the text's SHA-256 is checked).
+    missing = RELATIVE if resume in (None, "auto") else (f"; restore it, or point data.path at a copy of the text "
+                                                         f"{resume} was trained on, e.g. {overrides_example('data.path=FILE')}")
     with dist.local_main_first():  # a corpus file is created once per machine
-        dataset = load_dataset(recipe.data, recipe.model.block_size)
+        dataset = load_dataset(recipe.data, recipe.model.block_size, missing)
     dist.check_same("the training text", int(dataset.fingerprint[:15], 16),
                     "every machine needs the same file at data.path")
     dataset.check_run(recipe.train.batch_size, recipe.sample.prompt)
