@@ -259,6 +259,15 @@ def test_cuda_asked_for_without_a_gpu(cli, tmp_path, write_recipe):
     assert result.exit_code == 2 and "no such CUDA device is visible" in result.output
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", [["run", "--runs-dir", "runs"], ["validate"]])
+def test_cuda_asked_for_by_a_set_without_a_gpu_names_the_set(cli, tmp_path, write_recipe, command):
+    result = cli(command[0], write_recipe(), "--set", "train.device=cuda", *command[1:])
+    assert result.exit_code == 2 and result.output == ("error: --set train.device=cuda: train.device: cuda was asked for, "
+                                                       "but no such CUDA device is visible; use auto or cpu\n")
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("device", ["foo", "cuda:x"])
 def test_sample_names_a_bad_device_option(cli, tmp_path, device):
     result = cli("sample", tmp_path / "run", "--device", device)

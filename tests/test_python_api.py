@@ -283,6 +283,13 @@ def test_train_model_errors_name_its_own_arguments(write_recipe, kwargs, named):
     assert str(e.value).startswith(named) and "--set" not in str(e.value), e.value
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_train_model_names_the_override_that_asked_for_a_missing_gpu(tmp_path, write_recipe):
+    with pytest.raises(UserError, match=r"^overrides 'train.device=cuda': train.device: cuda was asked for, but no such"):
+        train_model(write_recipe(), overrides=["train.device=cuda"], runs_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_errors_name_the_arguments_given_not_command_line_flags(tmp_path, write_recipe, cli):
     afile, path = tmp_path / "afile", write_recipe()
     afile.write_text("x")

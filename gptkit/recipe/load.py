@@ -108,6 +108,14 @@ def check_overrides(overrides: Sequence[str] | None) -> Sequence[str]:
     return overrides
 
 
+def key_label(key: str, overrides: Sequence[str] | None = ()) -> str:
+    """How an error met after validation (a device that is not here) names the recipe key `key`: as
+    validation's own errors do, by the last of `overrides` to set it ('--set train.device=cuda:
+    train.device'), else as itself."""
+    texts = [t for t in check_overrides(overrides) if t.partition("=")[0].strip() == key]
+    return f"{override(texts[-1])}: {key}" if texts else key
+
+
 def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
              lines: dict | None = None, overrides: Sequence[tuple[tuple, str]] = (),
              source: yaml.Source | None = None) -> Recipe:
