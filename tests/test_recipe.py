@@ -166,7 +166,8 @@ def test_a_learning_rate_that_is_not_positive_is_refused(write_recipe, lr):
 
 
 def test_an_override_is_blamed_for_an_error_above_its_key(write_recipe):
-    with pytest.raises(RecipeError, match=r"^--set model.attention.bias.x=5: model.attention.bias: Input should be a valid boolean"):
+    with pytest.raises(RecipeError, match=r"^--set model.attention.bias.x=5: model.attention.bias: Input should be a "
+                                          r"valid boolean"):
         load_recipe(write_recipe(), ["model.attention.bias.x=5"])
 
 

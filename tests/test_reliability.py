@@ -1034,7 +1034,8 @@ def test_resume_auto_passes_by_a_run_of_another_text(tmp_path, write_recipe, mon
     assert len(list((tmp_path / "runs").iterdir())) == 2
 
 
-def test_a_checkpoint_whose_stored_recipe_is_invalid_is_said_so_not_as_a_change(tmp_path, write_recipe, monkeypatch, cli):
+def test_a_checkpoint_whose_stored_recipe_is_invalid_is_said_so_not_as_a_change(tmp_path, write_recipe, monkeypatch,
+                                                                                   cli):
     path = write_recipe(model=ONE_LAYER, train={"max_steps": 6, "checkpoint_every": 2})
     run = interrupted_at(monkeypatch, path, tmp_path / "runs", 2)
     checkpoint = run / "checkpoint.pt"
@@ -1055,7 +1056,7 @@ def test_resuming_without_its_text_names_the_file_and_how_to_go_on(tmp_path, wri
     run = interrupted_at(monkeypatch, write_recipe(model=ONE_LAYER, train={"max_steps": 6, "checkpoint_every": 2}),
                          tmp_path / "runs", 2)
     moved = corpus.rename(tmp_path / "moved.txt")
-    result = cli("run", "--resume", run)  # its recipe.yaml names the text by an absolute path: nothing relative to explain
+    result = cli("run", "--resume", run)  # its recipe.yaml names the text by an absolute path: nothing relative
     assert result.exit_code == 2 and result.output == (f"error: data.path: file {corpus} not found; restore it, or point "
                                                        f"data.path at a copy of the text {run} was trained on, e.g. "
                                                        "--set data.path=FILE\n")
