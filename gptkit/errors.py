@@ -57,6 +57,20 @@ def counted(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
+QUOTED_WIDTH = 80  # characters of a text an error quotes: a minified line or a 1 MB value is not quoted whole
+
+
+def clipped(text: str, at: int = 0, width: int = QUOTED_WIDTH) -> str:
+    """`text`, or if it is longer than `width`, the `width` characters of it around index `at` (where the
+    problem is; by default the start) with '…' standing for what is left out on either side."""
+    if len(text) <= width:
+        return text
+    start = max(0, min(at - width // 2, len(text) - width))
+    head = "…" if start else ""
+    tail = "…" if start + width < len(text) else ""
+    return head + text[start + len(head):start + width - len(tail)] + tail
+
+
 def listing(choices: Iterable[str]) -> str:
     choices = sorted(choices)
     return ", ".join(choices) if choices else "(none)"

@@ -661,3 +661,24 @@ def test_under_torchrun_help_and_version_are_said_once_per_machine(cli, monkeypa
     monkeypatch.setenv("LOCAL_RANK", "1")
     other = cli(*args)
     assert other.exit_code == 0 and other.output == "", other.output
+
+
+HUGE = 1_000_000  # characters: a value pasted whole, or a minified line
+
+
+@pytest.mark.parametrize("line,fragments", [
+    ("  prompt: " + "x" * HUGE + ": y", ["must be quoted: prompt: \"…xxx", "xxx: y\")"]),
+    ("  prompt: " + "x" * HUGE + "\t" + "y" * HUGE, ["a tab character between '…xxx", "' and 'yyy", "yyy…' is not"]),
+    ("  prompt: " + "7" * 4000, ["sample.prompt: Input should be a valid string (got 777", "777…) (YAML read 777",
+                                 "quote it: prompt: \"777"]),
+    ("  prompt: [" + "1, " * 30_000 + "2]", ["sample.prompt: Input should be a valid string (got [1, 1, "]),
+    ("  top_k: " + "x" * HUGE, ["sample.top_k: ", "(got 'xxx", "xxx…)"]),
+])
+def test_a_huge_line_is_quoted_clipped_around_its_problem(cli, tmp_path, corpus, line, fragments):
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace("CORPUS", str(corpus)) + "sample:\n" + line + "\n", encoding="utf-8")
+    result = cli("validate", "bad.yaml")  # cli runs in tmp_path
+    assert result.exit_code == 2 and result.output.startswith("error: bad.yaml:9: ") and "Traceback" not in result.output
+    assert len(result.output) < 400 and result.output.count("\n") == 1, result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output

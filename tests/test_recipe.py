@@ -504,3 +504,19 @@ def test_choices_are_listed_as_yaml_writes_them_and_quoted_ones_as_they_are():
     with pytest.raises(ValidationError) as e:
         Choice(mode="x")
     assert describe_errors(e.value, Choice) == [(("mode",), "Input should be true, null, 'None' or 'True-ish' (got 'x')")]
+
+
+@pytest.mark.parametrize("at,expected", [
+    (0, "abcdefghi…"), (12, "…ijklmnop…"), (25, "…rstuvwxyz"), (99, "…rstuvwxyz"),
+])
+def test_a_quoted_text_is_clipped_around_its_problem(at, expected):
+    from gptkit.errors import clipped
+    assert clipped("abcdefghijklmnopqrstuvwxyz", at, width=10) == expected
+    assert clipped("short", at, width=10) == "short"
+
+
+def test_a_long_value_given_alone_is_quoted_clipped_around_its_colon():
+    with pytest.raises(YAMLError) as e:
+        load("x" * 100_000 + ": a", "--set sample.prompt=...", lambda text: f"--set 'sample.prompt={text}'")
+    assert "must be quoted: --set 'sample.prompt=…xxx" in str(e.value) and str(e.value).endswith("xxx: a')")
+    assert len(str(e.value)) < 250

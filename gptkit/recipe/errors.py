@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import did_you_mean, listing
+from ..errors import clipped, did_you_mean, listing
 from .components import RecipeIssue
 
 Loc = tuple
@@ -32,16 +32,20 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], extra_keys: se
         elif err["type"] == "missing":
             issues.append((loc, "required key is missing"))
         elif err["type"] == "string_type":  # YAML read the value as another type: see string_hint
-            issues.append((loc, NotAString(f"{err['msg']} (got {err['input']!r})", err["input"])))
+            issues.append((loc, NotAString(f"{err['msg']} {_got(err)}", err["input"])))
         elif err["type"] in ("model_type", "dict_type"):  # pydantic would name the section's class
-            issues.append((loc, f"Input should be a section of keys (got {err['input']!r})"))
+            issues.append((loc, f"Input should be a section of keys {_got(err)}"))
         elif err["type"] == "literal_error":  # the choices as a recipe writes them: true, not Python's True
             msg = re.sub(r"'[^']*'|\b(True|False|None)\b", lambda m: YAML_WORDS.get(m[1], m[0]), err["msg"])  # quoted: as is
-            issues.append((loc, f"{msg} (got {err['input']!r})"))
+            issues.append((loc, f"{msg} {_got(err)}"))
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            issues.append((loc, f"{msg} (got {err['input']!r})"))
+            issues.append((loc, f"{msg} {_got(err)}"))
     return issues
+
+
+def _got(err: dict) -> str:
+    return f"(got {clipped(repr(err['input']))})"  # a 1 MB value is not quoted whole
 
 
 def causes(exc: ValidationError) -> dict[Loc, list[Loc]]:
@@ -84,6 +88,7 @@ def string_hint(value: object, written: str | None, quoted: Callable[[str], str]
     """Why a string field got `value`, and how to make it a string: `(YAML read ROMEO: as a mapping;
     quote it: --set 'sample.prompt="ROMEO:"')`. `written` is the value as the user wrote it (None if
     unknown); `quoted(text)` says how to write `text` quoted where the user wrote it (None: unknown)."""
+    written = None if written is None else clipped(written)
     what = "an empty value" if written == "" else written if written is not None else "the value"
     fix = f"quote it: {quoted(written)}" if written is not None and quoted else "quote it to make it a string"
     return f"(YAML read {what} as {_read_as(value)}; {fix})"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import yaml
 
-from ..errors import UserError
+from ..errors import UserError, clipped
 
 _BOOL = "tag:yaml.org,2002:bool"
 _INT = "tag:yaml.org,2002:int"
@@ -161,7 +161,7 @@ class _Builder:
                 continue
             key = self.build(key_node, path, {})
             if not isinstance(key, (str, int)):
-                raise YAMLError(f"{self._at(line)}: a key must be a name, got {key!r}")
+                raise YAMLError(f"{self._at(line)}: a key must be a name, got {clipped(repr(key))}")
             if key in own:
                 where = ".".join(map(str, path + (key,)))
                 first = "" if self.alone else f" (first at line {own_lines[key]})"
@@ -199,7 +199,7 @@ def _describe(e: yaml.MarkedYAMLError, origin: str, text: str, quoted: Quoted | 
     if e.context and opened and mark and opened.line != mark.line:
         problem += f" ({e.context} at line {opened.line + 1})"
     if problem.startswith("mapping values are not allowed"):  # `prompt: MENENIUS:`, `--set sample.prompt=a: b: c`
-        problem += f" ({_quote_hint(text, mark.line if mark else None, quoted)})"
+        problem += f" ({_quote_hint(text, mark, quoted)})"
     return f"{where}: not valid YAML: {problem}"
 
 
@@ -210,24 +210,27 @@ def _tab(text: str, index: int) -> str:
     after = _LINE_BREAKS.split(text[index + 1:], maxsplit=1)[0].strip(" \t")
     if not before:
         return "a tab character is not allowed for indentation in YAML; indent with spaces"
+    before = clipped(before, len(before))  # the end of it, next to the tab
     if not after or after.startswith("#"):
         return f"a tab character after {before!r} is not allowed in YAML; remove it"
-    return f"a tab character between {before!r} and {after!r} is not allowed in YAML; use a space"
+    return f"a tab character between {before!r} and {clipped(after)!r} is not allowed in YAML; use a space"
 
 
 COLON_HINT = "a value containing ': ' or ending in ':' must be quoted"
 _KEY_VALUE = re.compile(r"""^\s*(?:-\s+)*([^\s#'"{\[\]}&*!|>%@`,-][^:#]*?)\s*:\s+(.+?)(?:\s+#.*)?$""")
 
 
-def _quote_hint(text: str, line: int | None, quoted: Quoted | None) -> str:
+def _quote_hint(text: str, mark: yaml.Mark | None, quoted: Quoted | None) -> str:
     """How to quote the value YAML read as a mapping where it may not be one: given alone, as its giver
-    would (`quoted`); in a file, the line's `key: "value"`."""
+    would (`quoted`); in a file, the line's `key: "value"`. A long value is clipped around the colon
+    that `mark` points to."""
     if quoted:
-        return f"{COLON_HINT}: {quoted(text.strip())}"
+        value = text.strip()
+        return f"{COLON_HINT}: {quoted(clipped(value, mark.index - text.index(value) if mark else 0))}"
     lines = text.splitlines()
-    match = _KEY_VALUE.match(lines[line]) if line is not None and line < len(lines) else None
+    match = _KEY_VALUE.match(lines[mark.line]) if mark and mark.line < len(lines) else None
     if match and (": " in match[2] or match[2].endswith(":")):
-        return f"{COLON_HINT}: {match[1]}: {quote(match[2])}"
+        return f"{COLON_HINT}: {clipped(match[1])}: {quote(clipped(match[2], mark.column - match.start(2)))}"
     return f'{COLON_HINT}, e.g. prompt: "MENENIUS: good day"'
 
 
