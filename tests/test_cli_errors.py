@@ -682,3 +682,25 @@ def test_a_huge_line_is_quoted_clipped_around_its_problem(cli, tmp_path, corpus,
     assert len(result.output) < 400 and result.output.count("\n") == 1, result.output
     for fragment in fragments:
         assert fragment in result.output, result.output
+
+
+LONG = "7" * 5000  # digits: past Python's int-string-conversion limit (4,300)
+SEED_RANGE = "seed must be >= -9223372036854775808 and < 18446744073709551616"
+
+
+@pytest.mark.parametrize("edit,args,message", [
+    ("seed: " + LONG, [], f"bad.yaml:8: seed: an integer of 5,000 digits is too long to read; {SEED_RANGE}"),
+    ("seed: -" + LONG, [], f"bad.yaml:8: seed: an integer of 5,000 digits is too long to read; {SEED_RANGE}"),
+    ("seed: 1", ["--set", "seed=" + LONG], f"--set seed={LONG}: an integer of 5,000 digits is too long to read; "
+                                           f"{SEED_RANGE}"),
+    ("sample: {tokens: " + LONG + "}", [], "bad.yaml:8: sample.tokens: an integer of 5,000 digits is too long to "
+                                          "read; sample.tokens must be >= 0 and <= 10000000"),
+    ("seed: 1", ["--set", "model.n_embd=" + LONG], "model.n_embd must be > 0 and <= 65536"),
+    ("seed: 1", ["--set", "train.max_steps=" + LONG], "train.max_steps=" + LONG + ": an integer of 5,000 digits is "
+                                                      "too long to read\n"),  # any positive number is in its range
+])
+def test_an_integer_too_long_to_read_names_its_key_and_range(cli, tmp_path, corpus, edit, args, message):
+    (tmp_path / "bad.yaml").write_text(GOOD.replace("CORPUS", str(corpus)) + edit + "\n", encoding="utf-8")
+    result = cli("validate", "bad.yaml", *args)  # cli runs in tmp_path
+    assert result.exit_code == 2 and result.output.startswith("error: ") and "Traceback" not in result.output
+    assert message in result.output and result.output.count("\n") == 1, result.output

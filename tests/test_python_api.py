@@ -393,6 +393,7 @@ ARGS = {  # each class's constructor arguments: a class without a case fails the
     "Refused": (Path("runs/x"), "is stopped", "remove it"),
     "RunStopped": ("stopped",), "Interrupted": (2, "stopped"), "Diverged": ("stopped",),
     "CheckpointError": ("stopped",), "PeerFailed": (3,), "PeerLost": ("stopped",), "BenchFailed": ("stopped",),
+    "IntegerTooLong": ("r.yaml:1", ("seed",), "7" * 5000),
 }
 
 

@@ -61,7 +61,8 @@ def test_scalars_follow_yaml_1_2(text, expected):
     ("a: 1\nn_layer: !!int abc\n", "r.yaml:2: 'abc' is not a valid int"),
     ("lr: !!float abc\n", "r.yaml:1: 'abc' is not a valid float"),
     ("x: !!bool maybe\n", "r.yaml:1: 'maybe' is not a valid bool"),
-    ("x: " + "9" * 5000 + "\n", "is not a valid int"),
+    ("m:\n  x: " + "9" * 5000 + "\n", "r.yaml:2: m.x: an integer of 5,000 digits is too long to read"),
+    ("x: [1, -" + "9" * 5000 + "]\n", "r.yaml:1: x.1: an integer of 5,000 digits is too long to read"),
     ("d: &d {a: 1}\nm: {<<: *d, b: 2, b: 3}\n", "r.yaml:2: duplicate key 'm.b'"),
 ])
 def test_yaml_errors_name_the_line(text, message):

@@ -34,7 +34,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
     try:
         data, lines, source = yaml.load_with_source(read_text(path, "recipe"), str(path))
     except yaml.YAMLError as e:
-        raise _not_a_recipe(path, e) from None
+        raise _not_a_recipe(path, _with_range(e)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -232,7 +232,10 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
     if not is_text(key):  # a byte that is not UTF-8, which Python passes on as a lone surrogate
         raise RecipeError(f"{label}: the key {key.strip()!r} holds a byte that is not UTF-8 text; retype it")
     given = _given(label, key.strip())
-    value, _ = yaml.load(raw, label, given[1] if given else yaml.quote)  # one value: no line to name
+    try:
+        value, _ = yaml.load(raw, label, given[1] if given else yaml.quote)  # one value: no line to name
+    except yaml.YAMLError as e:
+        raise _with_range(e, parts) from None
     if len(parts) == 1 and isinstance(data.get(key), dict) and isinstance(value, dict) and value:
         first = next(iter(value))  # a whole section would silently drop the recipe's other keys in it
         raise RecipeError(f"{label}: replaces the whole {key} section, dropping the recipe's other {key} keys; "
@@ -314,12 +317,29 @@ def absolute_paths(parts: tuple, value, base: Path | None = None):
 def is_path(parts: tuple) -> bool:
     """Whether the recipe field at `parts` (("data", "path")) holds a path, or a list of paths."""
     field = _field(parts)
-    if field is None:
-        return False
-    metadata = list(field.metadata) + [  # list[RecipePath] keeps the marker inside
-        m for arg in typing.get_args(field.annotation) if typing.get_origin(arg) is Annotated
-        for m in typing.get_args(arg)[1:]]
-    return any(getattr(m, "func", None) is _resolve for m in metadata)
+    return field is not None and any(getattr(m, "func", None) is _resolve for m in _metadata(field))
+
+
+def _metadata(field: FieldInfo) -> list:
+    """The field's metadata, with what its type keeps inside: list[RecipePath]'s marker, PositiveInt | None's > 0."""
+    inside = [m for arg in typing.get_args(field.annotation) if typing.get_origin(arg) is Annotated
+              for m in typing.get_args(arg)[1:]]
+    return list(field.metadata) + [n for m in inside for n in (m.metadata if isinstance(m, FieldInfo) else [m])]
+
+
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}  # annotated_types' attributes, as `gptkit show` writes them
+
+
+def _with_range(e: yaml.YAMLError, keys: tuple = ()) -> UserError:
+    """`e`, and for an integer too long to read at `keys` + its key path, the range the schema allows there
+    if it has an upper bound (max_steps has none: "too long to read" is all there is to say)."""
+    field = _field(keys + e.key) if isinstance(e, yaml.IntegerTooLong) else None
+    bounds = sorted((f"{sym} {getattr(m, attr)}" for m in (_metadata(field) if field else [])
+                     for attr, sym in _BOUNDS.items() if getattr(m, attr, None) is not None),
+                    key=lambda bound: bound.startswith("<"))  # the lower bound first
+    if not bounds or not bounds[-1].startswith("<"):
+        return e
+    return RecipeError(f"{e}; {'.'.join(map(str, keys + e.key))} must be {' and '.join(bounds)}")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:

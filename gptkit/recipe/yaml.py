@@ -51,6 +51,16 @@ class YAMLError(UserError):
     pass
 
 
+class IntegerTooLong(YAMLError):
+    """An integer with more digits than Python reads (4,300 by default), far past any key's range. `key`
+    is its key path in the text, for a reader that knows the range to add it."""
+
+    def __init__(self, where: str, key: Path, digits: str):
+        named = f"{'.'.join(map(str, key))}: " if key else ""  # a value given alone: `where` names its key
+        super().__init__(f"{where}: {named}an integer of {len(digits.lstrip('+-')):,} digits is too long to read")
+        self.key = key
+
+
 MAX_VALUES = 100_000  # per document: aliases may not expand a small file into a huge one ("billion laughs")
 
 
@@ -89,6 +99,7 @@ def load_with_source(text: str, origin: str, quoted: Quoted | None = None
 
 
 _ANCHOR = re.compile(r"^&\S+\s+")
+_DIGITS = re.compile(r"[-+]?[0-9]+")
 
 
 class Source:
@@ -141,8 +152,10 @@ class _Builder:
             try:
                 return self.loader.construct_object(node, deep=True)
             except (ValueError, KeyError):  # !!int abc, !!bool maybe, an integer of 5,000 digits
+                if node.tag == _INT and _DIGITS.fullmatch(node.value):  # past Python's int-string-conversion limit
+                    raise IntegerTooLong(self._at(line), path, node.value) from None
                 tag = node.tag.replace("tag:yaml.org,2002:", "")
-                raise YAMLError(f"{self._at(line)}: {node.value[:40]!r} is not a valid {tag}") from None
+                raise YAMLError(f"{self._at(line)}: {clipped(repr(node.value))} is not a valid {tag}") from None
         self.open.add(id(node))
         try:
             return self._mapping(node, path) if isinstance(node, yaml.MappingNode) else \
