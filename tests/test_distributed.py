@@ -298,10 +298,10 @@ from gptkit.training import run
 
 load_dataset = run.load_dataset
 
-def load_other_text_on_rank_1(data, block_size):
+def load_other_text_on_rank_1(data, *args):
     if os.environ["RANK"] == "1":  # a machine whose copy of the data file differs
         data = data.model_copy(update={"max_lines": 30})
-    return load_dataset(data, block_size)
+    return load_dataset(data, *args)
 
 run.load_dataset = load_other_text_on_rank_1
 main(prog_name="gptkit")
