@@ -1,6 +1,7 @@
-"""gptkit against nanoGPT on the same machine, both run as their users run them (whole processes).
+"""gptkit against nanoGPT on the same machine, both run as their users run them (whole processes), and
+against a plain hand-written model: every comparison of the Performance section in one command.
 
-    PYTHONPATH=. python tests/bench/vs_nanogpt.py --nanogpt ~/src/nanoGPT            # both comparisons
+    PYTHONPATH=. python tests/bench/vs_nanogpt.py --nanogpt ~/src/nanoGPT            # all three comparisons
     PYTHONPATH=. python tests/bench/vs_nanogpt.py --nanogpt ~/src/nanoGPT --only speed --rounds 3
 
 `speed`: the user's reference model (n_embd 256, 8 heads, 6 layers, block 256) at batch 128 on the
@@ -8,9 +9,12 @@ CPU: nanoGPT's train.py against `gptkit run recipes/shakespeare.yaml`, same drop
 each; tokens/s is the median over steps after the first two, memory the process's peak RSS.
 `loss`: nanoGPT's README CPU recipe on tiny Shakespeare against `recipes/tinyshakespeare-fast.yaml`
 with `--text` as its data.path: wall time from process start to exit, final validation loss, peak RSS.
+Then, without --only: framework_tax.py --compiled, gptkit's trainer step against the plain model of the same
+weights (tests/bench/plain_gpt.py) at batch 16, eager and compiled, in its own process.
 Rounds alternate between the two programs, so drift on a shared machine hits both; figures are
-medians. nanoGPT is not shipped: pass a checkout of https://github.com/karpathy/nanoGPT. Its
-shakespeare_char data is prepared from `--text` (no download) when missing.
+medians; the verdicts are printed together at the end. nanoGPT is not shipped: pass a checkout of
+https://github.com/karpathy/nanoGPT. Its shakespeare_char data is prepared from `--text` (no download)
+when missing.
 """
 
 import argparse
@@ -35,15 +39,15 @@ NANOGPT_CPU = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_inte
                "--lr_decay_iters=2000", "--dropout=0.0"]
 
 
-def run(cmd: list[str], cwd: Path) -> tuple[str, float, float]:
-    """stdout+stderr, wall seconds and peak RSS in MiB of a whole process."""
+def run(cmd: list[str], cwd: Path, check: bool = True) -> tuple[str, float, float]:
+    """stdout+stderr, wall seconds and peak RSS in MiB of a whole process; exits if it fails and `check`."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status):
+    if check and os.waitstatus_to_exitcode(status):
         sys.exit(f"failed: {' '.join(cmd)}\n{out[-3000:]}")
     return out, wall, usage.ru_maxrss / 1024
 
@@ -94,6 +98,17 @@ def gptkit_loss(runs: Path, text: Path) -> dict:
     return {"val_loss": val, "wall_s": wall, "peak_rss_mib": rss}
 
 
+def versus_plain(rounds: int) -> str:
+    """framework_tax.py's verdict lines (it exits 1 below its 0.97x goal: a result here, not a failure)."""
+    out, _, _ = run([sys.executable, str(Path(__file__).with_name("framework_tax.py")), "--compiled",
+                     "--rounds", str(rounds)], ROOT, check=False)
+    print("\n".join(f"  plain {line}" for line in out.splitlines()), flush=True)
+    verdict = [line for line in out.splitlines() if "tokens/s" in line]
+    if not verdict:
+        sys.exit(f"failed: framework_tax.py\n{out[-3000:]}")
+    return "against the plain model, reference model, " + "; ".join(verdict)
+
+
 def compare(title: str, programs: dict, rounds: int) -> dict:
     results = {name: [] for name in programs}
     for r in range(rounds):
@@ -107,7 +122,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nanogpt", type=Path, required=True, help="a checkout of karpathy/nanoGPT")
     ap.add_argument("--text", type=Path, default=TEXT, help="tiny Shakespeare, for nanoGPT's data")
-    ap.add_argument("--only", choices=["speed", "loss"])
+    ap.add_argument("--only", choices=["speed", "loss"], help="one nanoGPT comparison, without the plain model")
     ap.add_argument("--rounds", type=at_least(1), default=3)
     ap.add_argument("--steps", type=at_least(3), default=6, help="training steps per speed measurement")
     ap.add_argument("--dropout", type=float, default=0.0, help="both models' dropout in the speed comparison")
@@ -118,25 +133,29 @@ def main(argv=None) -> int:
         ap.error(f"--text {args.text}: not found; nanoGPT's data is prepared from it, and gptkit's loss run reads it")
     prepare_nanogpt(args.nanogpt, args.text)
     runs = Path(tempfile.mkdtemp(prefix="vs-nanogpt-"))
+    verdicts = []
     try:
         if args.only in (None, "speed"):
             m = compare("speed", {"nanoGPT": lambda: nanogpt_speed(args.nanogpt, args.steps, args.dropout),
                                   "gptkit": lambda: gptkit_speed(args.steps, args.dropout, runs)}, args.rounds)
             n, g = m["nanoGPT"], m["gptkit"]
-            print(f"speed, reference model, batch 128, dropout {args.dropout}: nanoGPT {n['tokens_per_s']:,.0f} "
-                  f"tokens/s, {n['peak_rss_mib']:,.0f} MiB; gptkit {g['tokens_per_s']:,.0f} tokens/s, "
-                  f"{g['peak_rss_mib']:,.0f} MiB: {g['tokens_per_s'] / n['tokens_per_s']:.2f}x the tokens/s "
-                  f"(goal >= 1.4x), {g['peak_rss_mib'] / n['peak_rss_mib']:.2f}x the memory (goal <= 0.5x)")
+            verdicts.append(f"speed, reference model, batch 128, dropout {args.dropout}: nanoGPT "
+                            f"{n['tokens_per_s']:,.0f} tokens/s, {n['peak_rss_mib']:,.0f} MiB; gptkit {g['tokens_per_s']:,.0f} tokens/s, "
+                            f"{g['peak_rss_mib']:,.0f} MiB: {g['tokens_per_s'] / n['tokens_per_s']:.2f}x the tokens/s "
+                            f"(goal >= 1.4x), {g['peak_rss_mib'] / n['peak_rss_mib']:.2f}x the memory (goal <= 0.5x)")
         if args.only in (None, "loss"):
             m = compare("loss", {"nanoGPT": lambda: nanogpt_loss(args.nanogpt),
                                  "gptkit": lambda: gptkit_loss(runs, args.text)}, args.rounds)
             n, g = m["nanoGPT"], m["gptkit"]
-            print(f"loss per minute: nanoGPT val {n['val_loss']:.3f} in {n['wall_s']:.1f} s, "
-                  f"{n['peak_rss_mib']:,.0f} MiB; "
-                  f"gptkit val {g['val_loss']:.3f} in {g['wall_s']:.1f} s, {g['peak_rss_mib']:,.0f} MiB "
-                  f"(goal: val <= 1.70 within nanoGPT's time and memory)")
+            verdicts.append(f"loss per minute: nanoGPT val {n['val_loss']:.3f} in {n['wall_s']:.1f} s, "
+                            f"{n['peak_rss_mib']:,.0f} MiB; "
+                            f"gptkit val {g['val_loss']:.3f} in {g['wall_s']:.1f} s, {g['peak_rss_mib']:,.0f} MiB "
+                            f"(goal: val <= 1.70 within nanoGPT's time and memory)")
+        if args.only is None:
+            verdicts.append(versus_plain(args.rounds))
     finally:
         shutil.rmtree(runs, ignore_errors=True)
+    print("\n".join(verdicts))
     return 0
 
 
