@@ -9,26 +9,20 @@ from pydantic_core import to_json
 
 from .. import plugins
 from ..components.attention import caches
+from ..components.base import constraints
 from ..errors import did_you_mean
 from ..registry import Entry, clashes_listed, kinds, registry
 from . import imports_option, main
-
-# pydantic/annotated_types constraint attributes, as a reader would write them
-_CONSTRAINTS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("multiple_of", "multiple of"),
-                ("min_length", "length >="), ("max_length", "length <="), ("pattern", "matches"))
-
 
 def describe_params(entry: Entry) -> list[dict]:
     """Each parameter of a component: name, type, default, constraints and description."""
     out, defaults = [], {}
     for name, f in entry.obj.Params.model_fields.items():
-        constraints = [f"{sym} {getattr(m, attr)}" for m in f.metadata for attr, sym in _CONSTRAINTS
-                       if getattr(m, attr, None) is not None]
         # A default_factory's value (f.default is a placeholder then), made as pydantic does: it may read earlier fields
         defaults[name] = f.get_default(call_default_factory=True, validated_data=defaults)
         default = json.loads(to_json(defaults[name], inf_nan_mode="strings", fallback=repr))  # valid JSON: inf as "Infinity"
         out.append({"name": f.alias or name, "type": _type_name(f.annotation), "default": default,  # as recipes write it
-                    "constraints": constraints, "description": f.description or ""})
+                    "constraints": constraints(f.metadata), "description": f.description or ""})
     return out
 
 
@@ -53,9 +47,9 @@ def _type_name(annotation) -> str:
 
 
 def _param_line(p: dict) -> str:
-    constraints = f" ({', '.join(p['constraints'])})" if p["constraints"] else ""
+    limits = f" ({', '.join(p['constraints'])})" if p["constraints"] else ""
     description = f"  {p['description']}" if p["description"] else ""
-    return f"{p['name']}: {p['type']} = {json.dumps(p['default'])}{constraints}{description}"
+    return f"{p['name']}: {p['type']} = {json.dumps(p['default'])}{limits}{description}"
 
 
 class Listing(click.Command):

@@ -1,5 +1,6 @@
 """What every component shares: its typed parameters and the model sizes it is built with."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -12,6 +13,17 @@ class Params(BaseModel):
     strict (no `"1e-3"` string or `true` where a number belongs)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+# pydantic/annotated_types constraint attributes, as a reader would write them
+_CONSTRAINTS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("multiple_of", "multiple of"),
+                ("min_length", "length >="), ("max_length", "length <="), ("pattern", "matches"))
+
+
+def constraints(metadata: Iterable) -> list[str]:
+    """A field's constraints (its FieldInfo.metadata) as a reader writes them: ['> 0', '<= 65536']."""
+    return [f"{sym} {getattr(m, attr)}" for m in metadata for attr, sym in _CONSTRAINTS
+            if getattr(m, attr, None) is not None]
 
 
 @dataclass(frozen=True)

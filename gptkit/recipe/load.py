@@ -11,6 +11,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from .. import plugins
+from ..components.base import constraints
 from ..errors import UserError, overridden, override, overrides_example
 from ..io import expand_home, quote, read_text
 from . import yaml
@@ -327,15 +328,11 @@ def _metadata(field: FieldInfo) -> list:
     return list(field.metadata) + [n for m in inside for n in (m.metadata if isinstance(m, FieldInfo) else [m])]
 
 
-_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}  # annotated_types' attributes, as `gptkit show` writes them
-
-
 def _with_range(e: yaml.YAMLError, keys: tuple = ()) -> UserError:
     """`e`, and for an integer too long to read at `keys` + its key path, the range the schema allows there
     if it has an upper bound (max_steps has none: "too long to read" is all there is to say)."""
     field = _field(keys + e.key) if isinstance(e, yaml.IntegerTooLong) else None
-    bounds = sorted((f"{sym} {getattr(m, attr)}" for m in (_metadata(field) if field else [])
-                     for attr, sym in _BOUNDS.items() if getattr(m, attr, None) is not None),
+    bounds = sorted((c for c in constraints(_metadata(field) if field else []) if c[0] in "<>"),
                     key=lambda bound: bound.startswith("<"))  # the lower bound first
     if not bounds or not bounds[-1].startswith("<"):
         return e
