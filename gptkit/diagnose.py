@@ -70,7 +70,7 @@ def _check_shapes(gpt: GPT, model) -> None:
         raise
     except Exception as e:
         module, method = culprit(e, specs)
-        if module is None:
+        if module is None or out_of_memory(e):  # the machine's failing, not the component's
             raise
         raise (_fed_error(module, specs, "", e) or specs[module].error(f"its {method}() raised", e)) from e
 

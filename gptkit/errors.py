@@ -5,7 +5,7 @@ import contextlib
 import contextvars
 import copyreg
 import difflib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 
 def rebuilt(e: BaseException):
@@ -41,6 +41,26 @@ def out_of_memory(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and any(m in str(e) for m in CPU_OUT_OF_MEMORY))
 
 
+def out_of_memory_on(e: BaseException, device) -> str:
+    """The device `e` (out_of_memory) ran out on: `device` for torch's own OutOfMemoryError (an
+    accelerator's), else the machine's memory ("cpu"), which a model on a GPU is loaded through."""
+    import torch
+
+    return str(device) if isinstance(e, torch.OutOfMemoryError) else "cpu"
+
+
+@contextlib.contextmanager
+def out_of_memory_as(error: Callable[[BaseException], BaseException]) -> Iterator[None]:
+    """Within it, the machine running out of memory raises `error(e)` instead, without the traceback; any
+    other exception passes."""
+    try:
+        yield
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        raise error(e) from None
+
+
 # What torch's CPU allocator says when the OS refuses memory (a RuntimeError, in torch 2.13): the first
 # on Linux and macOS, the second on Windows.
 CPU_OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
@@ -58,12 +78,13 @@ def counted(n: int, noun: str) -> str:
 
 
 QUOTED_WIDTH = 80  # characters of a text an error quotes: a minified line or a 1 MB value is not quoted whole
+FIX_WIDTH = 300  # characters of a value a fix to copy may hold: a fix is whole or not offered, never clipped
 
 
 def clipped(text: str, at: int = 0, width: int = QUOTED_WIDTH) -> str:
     """`text`, or if it is longer than `width`, the `width` characters of it around index `at` (where the
     problem is; by default the start) with '…' standing for what is left out on either side."""
-    if len(text) <= width:
+    if len(text) <= width or width < 3:
         return text
     start = max(0, min(at - width // 2, len(text) - width))
     head = "…" if start else ""

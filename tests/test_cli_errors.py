@@ -667,10 +667,10 @@ HUGE = 1_000_000  # characters: a value pasted whole, or a minified line
 
 
 @pytest.mark.parametrize("line,fragments", [
-    ("  prompt: " + "x" * HUGE + ": y", ["must be quoted: prompt: \"…xxx", "xxx: y\")"]),
+    ("  prompt: " + "x" * HUGE + ": y", ["must be quoted, e.g. prompt: \"MENENIUS: good day\")"]),
     ("  prompt: " + "x" * HUGE + "\t" + "y" * HUGE, ["a tab character between '…xxx", "' and 'yyy", "yyy…' is not"]),
     ("  prompt: " + "7" * 4000, ["sample.prompt: Input should be a valid string (got 777", "777…) (YAML read 777",
-                                 "quote it: prompt: \"777"]),
+                                 "777… as a number; quote it to make it a string)"]),
     ("  prompt: [" + "1, " * 30_000 + "2]", ["sample.prompt: Input should be a valid string (got [1, 1, "]),
     ("  top_k: " + "x" * HUGE, ["sample.top_k: ", "(got 'xxx", "xxx…)"]),
 ])

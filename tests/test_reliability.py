@@ -1248,3 +1248,38 @@ def test_validation_runs_in_micro_batches_and_running_out_of_memory_there_says_s
     (run_dir,) = (tmp_path / "runs").iterdir()
     result = cli("run", "--resume", run_dir, "--set", "train.micro_batch_size=4")  # what the message says to lower
     assert result.exit_code == 0 and "Finished:" in result.stdout, result.output
+
+
+def test_running_out_of_memory_in_the_check_before_sampling_is_not_blamed_on_a_component(cli, tmp_path, write_recipe,
+                                                                                        monkeypatch):
+    from conftest import CPU_OOM
+
+    from gptkit.components.attention import FlashAttention
+
+    recipe, runs = write_recipe(), tmp_path / "runs"
+    assert cli("run", recipe, "--runs-dir", runs).exit_code == 0
+    (run,) = runs.iterdir()
+
+    def attend(self, *args):
+        raise RuntimeError(CPU_OOM)
+
+    monkeypatch.setattr(FlashAttention, "attend", attend)
+    result = cli("sample", run, "--tokens", "5")
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert result.stderr == ("error: out of memory on cpu while sampling: the model needs more memory than it has "
+                             "free; close other programs that use it\n")
+
+
+def test_resume_auto_does_not_pass_by_a_run_it_has_no_memory_to_load(tmp_path, write_recipe, cli, monkeypatch):
+    from conftest import CPU_OOM
+
+    recipe, runs = write_recipe(model=ONE_LAYER, train={"max_steps": 6, "checkpoint_every": 2}), tmp_path / "runs"
+    run = interrupted_at(monkeypatch, recipe, runs, 2)
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError(CPU_OOM)
+
+    monkeypatch.setattr(torch, "load", no_memory)
+    result = cli("run", recipe, "--runs-dir", runs, "--resume", "auto")
+    assert result.exit_code == 2 and result.output.startswith("error: out of memory loading checkpoint "), result.output
+    assert list(runs.iterdir()) == [run]  # no new run started beside it

@@ -204,6 +204,19 @@ def test_running_out_of_memory_sampling_on_a_gpu_says_to_sample_on_the_cpu():
                             "close other programs that use it, or sample on the CPU with --device cpu")
 
 
+def test_the_machines_memory_running_out_under_a_gpu_sample_is_said_of_the_cpu():
+    """A checkpoint is loaded through the machine's memory: the GPU is not what ran out there."""
+    from conftest import CPU_OOM
+
+    from gptkit.cli.sample import sampling_memory
+    from gptkit.errors import OutOfMemory
+
+    with pytest.raises(OutOfMemory) as e, sampling_memory(torch.device("cuda:0")):
+        raise RuntimeError(CPU_OOM)
+    assert str(e.value) == ("out of memory on cpu while sampling: the model needs more memory than it has free; "
+                            "close other programs that use it")
+
+
 def test_a_cache_bug_at_long_offsets_is_found_before_sampling_and_sampled_around(temporary_component):
     """A sliding window whose mask ignores the cache's offset agrees with a full pass over a few tokens; the
     check before sampling feeds a whole block too, its last tokens one at a time, as generation does."""

@@ -1,14 +1,12 @@
 import contextlib
 import time
 import warnings
-from collections.abc import Iterator
 
 import click
-import torch
 
 from ..device import resolve_device
 from ..diagnose import blaming, check_forward, component_specs
-from ..errors import OutOfMemory, UserError, out_of_memory
+from ..errors import OutOfMemory, UserError, out_of_memory_as, out_of_memory_on
 from ..sampling import MAX_TOKENS, SEEDS
 from ..sampling import sample as sample_model
 from ..training.checkpoint import PluginChangedWarning, load_model
@@ -30,18 +28,17 @@ def load(run_dir, device):
     return loaded
 
 
-@contextlib.contextmanager
-def sampling_memory(device: torch.device) -> Iterator[None]:
+def sampling_memory(device) -> contextlib.AbstractContextManager[None]:
     """Within it, running out of memory is one error. No option of the sample sizes it much (one row of at
     most the run's model.block_size tokens): the model does, on whatever device holds it."""
-    try:
-        yield
-    except Exception as e:
-        if not out_of_memory(e):
-            raise
-        elsewhere = "" if device.type == "cpu" else ", or sample on the CPU with --device cpu"
-        raise OutOfMemory(f"out of memory on {device} while sampling: the model needs more memory than it has "
-                          f"free; close other programs that use it{elsewhere}") from None
+
+    def error(e: BaseException) -> OutOfMemory:
+        on = out_of_memory_on(e, device)  # a checkpoint is loaded through the machine's memory
+        elsewhere = "" if on == "cpu" else ", or sample on the CPU with --device cpu"
+        return OutOfMemory(f"out of memory on {on} while sampling: the model needs more memory than it has "
+                           f"free; close other programs that use it{elsewhere}")
+
+    return out_of_memory_as(error)
 
 
 class Seed(click.ParamType):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import clipped, did_you_mean, listing
+from ..errors import FIX_WIDTH, clipped, did_you_mean, listing
 from .components import RecipeIssue
 
 Loc = tuple
@@ -88,9 +88,9 @@ def string_hint(value: object, written: str | None, quoted: Callable[[str], str]
     """Why a string field got `value`, and how to make it a string: `(YAML read ROMEO: as a mapping;
     quote it: --set 'sample.prompt="ROMEO:"')`. `written` is the value as the user wrote it (None if
     unknown); `quoted(text)` says how to write `text` quoted where the user wrote it (None: unknown)."""
-    written = None if written is None else clipped(written)
-    what = "an empty value" if written == "" else written if written is not None else "the value"
-    fix = f"quote it: {quoted(written)}" if written is not None and quoted else "quote it to make it a string"
+    what = "an empty value" if written == "" else clipped(written) if written is not None else "the value"
+    fix = (f"quote it: {quoted(written)}" if written is not None and quoted and len(written) <= FIX_WIDTH
+           else "quote it to make it a string")
     return f"(YAML read {what} as {_read_as(value)}; {fix})"
 
 

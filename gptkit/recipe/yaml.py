@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import yaml
 
-from ..errors import UserError, clipped
+from ..errors import FIX_WIDTH, UserError, clipped
 
 _BOOL = "tag:yaml.org,2002:bool"
 _INT = "tag:yaml.org,2002:int"
@@ -235,15 +235,15 @@ _KEY_VALUE = re.compile(r"""^\s*(?:-\s+)*([^\s#'"{\[\]}&*!|>%@`,-][^:#]*?)\s*:\s
 
 def _quote_hint(text: str, mark: yaml.Mark | None, quoted: Quoted | None) -> str:
     """How to quote the value YAML read as a mapping where it may not be one: given alone, as its giver
-    would (`quoted`); in a file, the line's `key: "value"`. A long value is clipped around the colon
-    that `mark` points to."""
-    if quoted:
-        value = text.strip()
-        return f"{COLON_HINT}: {quoted(clipped(value, mark.index - text.index(value) if mark else 0))}"
+    would (`quoted`); in a file, the line's `key: "value"`. A value too long to copy from an error
+    gets the rule alone."""
+    if quoted and len(text.strip()) <= FIX_WIDTH:
+        return f"{COLON_HINT}: {quoted(text.strip())}"
     lines = text.splitlines()
-    match = _KEY_VALUE.match(lines[mark.line]) if mark and mark.line < len(lines) else None
+    line = lines[mark.line] if mark and mark.line < len(lines) and not quoted else ""
+    match = _KEY_VALUE.match(line) if len(line) <= FIX_WIDTH else None
     if match and (": " in match[2] or match[2].endswith(":")):
-        return f"{COLON_HINT}: {clipped(match[1])}: {quote(clipped(match[2], mark.column - match.start(2)))}"
+        return f"{COLON_HINT}: {match[1]}: {quote(match[2])}"
     return f'{COLON_HINT}, e.g. prompt: "MENENIUS: good day"'
 
 

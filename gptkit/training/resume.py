@@ -12,7 +12,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-from ..errors import UserError, arg, given, on_command_line
+from ..errors import OutOfMemory, UserError, arg, given, on_command_line
 from ..io import quote, write_text
 from ..recipe import Recipe, flatten, yaml
 from .checkpoint import load_checkpoint, missing_plugins, plugin_changes, stored_recipe
@@ -74,11 +74,10 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset, wa
     if "trainer" not in checkpoint:
         raise UserError(f"{run_dir}/checkpoint.pt holds weights only, no training state to resume from")
     refuse_if_stopped_for_good(run_dir)
-    try:  # an invalid stored recipe (edited by hand) is said as `gptkit sample` says it, not as changes to undo
-        stored_recipe(checkpoint, run_dir / "checkpoint.pt")
-    except UserError as e:
-        raise UserError(f"cannot resume {run_dir}: {e}\nThe run cannot go on from that checkpoint; start a new run "
-                        f"without {arg('resume')}.") from None
+    invalid = invalid_recipe(checkpoint, run_dir)  # said as `gptkit sample` says it, not as changes to undo
+    if invalid:
+        raise UserError(f"cannot resume {run_dir}: {invalid}\nThe run cannot go on from that checkpoint; start a new "
+                        f"run without {arg('resume')}.")
     refuse_changes(run_dir, [how for _, how in changes_since(checkpoint, recipe, dataset)])
     for change in plugin_changes(checkpoint.get("plugins"), recipe):
         warn(f"warning: {change}; resuming {run_dir} with it")
@@ -172,20 +171,30 @@ def find_resumable(runs_dir: Path, recipe: Recipe, dataset, log: Callable[[str],
     return None
 
 
+def invalid_recipe(checkpoint: dict, run_dir: Path) -> str | None:
+    """What is wrong with the recipe stored in the run's checkpoint (edited by hand), or None."""
+    try:
+        stored_recipe(checkpoint, run_dir / "checkpoint.pt")
+    except UserError as e:
+        return str(e)
+    return None
+
+
 def checkpoint_to_resume(run: Path, recipe: Recipe, dataset) -> tuple[dict | None, str]:
     """The checkpoint of the unfinished run `run` if `--resume auto` may resume it; else None and why not."""
     if is_locked(run):  # another process trains it now
         return None, "it is being trained by another process"
     try:
         checkpoint = load_checkpoint(run / "checkpoint.pt")
+    except OutOfMemory:  # the machine's state, not the run's: passing the run by would start another
+        raise
     except UserError as e:
         return None, str(e)
     if "trainer" not in checkpoint:
         return None, "its checkpoint.pt holds weights only, no training state to resume from"
-    try:
-        stored_recipe(checkpoint, run / "checkpoint.pt")
-    except UserError as e:
-        return None, str(e)
+    invalid = invalid_recipe(checkpoint, run)
+    if invalid:
+        return None, invalid
     changes = [what for what, _ in changes_since(checkpoint, recipe, dataset)]
     keys = [what for what in changes if what not in ("vocabulary", "text")]
     differs, text = f"its recipe differs ({', '.join(keys)})", f"it was trained on another text than {recipe.data.path}"

@@ -23,7 +23,8 @@ from ..data.dataset import RELATIVE, CharDataset, cannot_create, corpus_text, da
 from ..device import keep_random_state, resolve_device
 from ..diagnose import blaming, check_forward
 from ..errors import (CheckpointError, ComponentError, Diverged, OutOfMemory, RunStopped, UserError, arg, failure_reason,
-                      given, goes_on_by, on_command_line, out_of_memory, overrides_example)
+                      given, goes_on_by, on_command_line, out_of_memory, out_of_memory_as, out_of_memory_on,
+                      overrides_example)
 from ..io import DISK_FULL, cannot_make_folder, make_folders, quote, remove_empty, write_json, write_text
 from ..model import GPT, check_components
 from ..recipe import Recipe, yaml
@@ -372,7 +373,7 @@ def write_sample(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharD
         if not out_of_memory(e):
             raise
         (run_dir / "samples.txt").unlink(missing_ok=True)  # an earlier session's, of another model
-        print(f"warning: out of memory on {trainer.device} while sampling after training, so there is no samples.txt; "
+        print(f"warning: out of memory on {out_of_memory_on(e, trainer.device)} while sampling after training, so there is no samples.txt; "
               f"the run is finished and its checkpoint saved: sample it with gptkit sample {quote(run_dir)}, which "
               "holds no training state", file=sys.stderr)
         return
@@ -383,21 +384,19 @@ def write_sample(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharD
 def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, metrics: BinaryIO) -> None:
     """The checkpoint, then summary.json as fresh as it (still `running`): a run killed later (SIGKILL,
     a power cut) shows the steps, tokens, time and losses it can be resumed from, not those of its start."""
+    # Out of memory, a failed save, as a full disk is: no setting that sizes a step would help
+    no_memory = out_of_memory_as(lambda e: CheckpointError(
+        f"could not save the checkpoint in {run_dir}: out of memory (a save copies the model and optimizer state "
+        f"into the machine's memory); {kept(run_dir)}{then_resume(e, run_dir)}"))
     try:
-        os.fsync(metrics.fileno())  # the metrics always reach at least as far as the checkpoint
-        save_checkpoint(run_dir / "checkpoint.pt", trainer.model, recipe.to_dict(), dataset.itos,
-                        step=trainer.state.step, trainer=trainer.state_dict(), text_sha256=dataset.fingerprint,
-                        plugins=recipe.plugin_sources())
+        with no_memory:
+            os.fsync(metrics.fileno())  # the metrics always reach at least as far as the checkpoint
+            save_checkpoint(run_dir / "checkpoint.pt", trainer.model, recipe.to_dict(), dataset.itos,
+                            step=trainer.state.step, trainer=trainer.state_dict(), text_sha256=dataset.fingerprint,
+                            plugins=recipe.plugin_sources())
     except OSError as e:
         raise CheckpointError(f"could not save the checkpoint in {run_dir}: {e.strerror or e}; "
                               f"{kept(run_dir)}{then_resume(e, run_dir)}") from None
-    except Exception as e:
-        if not out_of_memory(e):
-            raise
-        # A failed save, as a full disk is: no setting that sizes a step would help
-        raise CheckpointError(f"could not save the checkpoint in {run_dir}: out of memory (a save copies the model "
-                              f"and optimizer state into the machine's memory); {kept(run_dir)}"
-                              f"{then_resume(e, run_dir)}") from None
     try:  # atomic, as the checkpoint: the old one or the new
         write_summary(run_dir, recipe, trainer, "running", checkpoint_step=trainer.state.step)
     except OSError as e:

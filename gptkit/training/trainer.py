@@ -10,7 +10,7 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -20,7 +20,8 @@ from ..components.schedule import factor_rule, is_factor
 from ..data.dataset import CharDataset
 from ..device import use_bf16
 from ..diagnose import backward_culprit, blaming, component_specs, plugin_components, with_checks
-from ..errors import Diverged, Interrupted, OutOfMemory, UserError, counted, goes_on_by, one_line, out_of_memory
+from ..errors import (Diverged, Interrupted, OutOfMemory, UserError, counted, goes_on_by, one_line, out_of_memory_as,
+                      out_of_memory_on)
 from ..model import GPT
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
@@ -254,32 +255,32 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train to the end of the budget, or until a stop (see `RunStopped`)."""
         try:
-            with self.dist.needing_peers(self.where, lambda: f", and {self._checkpoint_note()}"):
+            # A step's or a validation's out-of-memory is an OutOfMemory already (_sized_by_settings). Elsewhere
+            # (an epoch's order, the check of the weights before a save) no setting of a step is to blame; a
+            # save's own is the run's failed save.
+            with self.dist.needing_peers(self.where, lambda: f", and {self._checkpoint_note()}"), \
+                    out_of_memory_as(self._elsewhere):
                 return self._fit()
-        except Exception as e:
-            if not out_of_memory(e):  # (a step's or a validation's is an OutOfMemory already)
-                raise
-            # Elsewhere (an epoch's order, the check of the weights before a save) no setting of a step is
-            # to blame. A save's own is the run's failed save.
-            raise OutOfMemory(f"out of memory on {self.device} after step {self.state.step:,}, outside the training "
-                              f"steps and validations; free some memory (close other programs) and try again "
-                              f"({self._checkpoint_note()})") from None
         finally:
             self.progress.close()  # the live line ends before any message
 
-    @contextlib.contextmanager
-    def _sized_by_settings(self) -> Iterator[None]:
+    def _elsewhere(self, e: BaseException) -> OutOfMemory:
+        when = f"after step {self.state.step:,}" if self.state.step else "before the first step"
+        return OutOfMemory(f"out of memory on {out_of_memory_on(e, self.device)} {when}, outside the training steps "
+                           f"and validations; free some memory (close other programs) and try again "
+                           f"({self._checkpoint_note()})")
+
+    def _sized_by_settings(self) -> contextlib.AbstractContextManager[None]:
         """Within it (a step's or a validation's computation), running out of memory is what the settings
         ask of the device, and one error says which to lower."""
-        try:
-            yield
-        except Exception as e:
-            if not out_of_memory(e):
-                raise
+
+        def error(e: BaseException) -> OutOfMemory:
             note = self._checkpoint_note()
             if self.saved_step is not None and not goes_on_by():  # (an ablation's failed run starts over)
                 note += ": a resumed run may take smaller micro-batches (train.micro_batch_size)"
-            raise OutOfMemory(f"{self.memory_error()} ({note})") from None
+            return OutOfMemory(f"{self.memory_error()} ({note})")
+
+        return out_of_memory_as(error)
 
     def memory_error(self) -> OutOfMemory:
         """Running out of memory in a step or a validation, said as what the settings ask of the device."""

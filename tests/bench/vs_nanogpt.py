@@ -9,12 +9,12 @@ CPU: nanoGPT's train.py against `gptkit run recipes/shakespeare.yaml`, same drop
 each; tokens/s is the median over steps after the first two, memory the process's peak RSS.
 `loss`: nanoGPT's README CPU recipe on tiny Shakespeare against `recipes/tinyshakespeare-fast.yaml`
 with `--text` as its data.path: wall time from process start to exit, final validation loss, peak RSS.
-Then, without --only: framework_tax.py --compiled, gptkit's trainer step against the plain model of the same
-weights (tests/bench/plain_gpt.py) at batch 16, eager and compiled, in its own process.
+Then, without --only: framework_tax.py --compiled, gptkit's trainer step against the plain model of
+the same weights (tests/bench/plain_gpt.py) at batch 16, eager and compiled, in its own process.
 Rounds alternate between the two programs, so drift on a shared machine hits both; figures are
-medians; the verdicts are printed together at the end. nanoGPT is not shipped: pass a checkout of
-https://github.com/karpathy/nanoGPT. Its shakespeare_char data is prepared from `--text` (no download)
-when missing.
+medians; each verdict is printed when measured, and all together at the end. nanoGPT is not shipped:
+pass a checkout of https://github.com/karpathy/nanoGPT. Its shakespeare_char data is prepared from
+`--text` (no download) when missing.
 """
 
 import argparse
@@ -103,7 +103,7 @@ def versus_plain(rounds: int) -> str:
     out, _, _ = run([sys.executable, str(Path(__file__).with_name("framework_tax.py")), "--compiled",
                      "--rounds", str(rounds)], ROOT, check=False)
     print("\n".join(f"  plain {line}" for line in out.splitlines()), flush=True)
-    verdict = [line for line in out.splitlines() if "tokens/s" in line]
+    verdict = [line for line in out.splitlines() if "tokens/s" in line or "same loss: False" in line]
     if not verdict:
         sys.exit(f"failed: framework_tax.py\n{out[-3000:]}")
     return "against the plain model, reference model, " + "; ".join(verdict)
@@ -134,28 +134,33 @@ def main(argv=None) -> int:
     prepare_nanogpt(args.nanogpt, args.text)
     runs = Path(tempfile.mkdtemp(prefix="vs-nanogpt-"))
     verdicts = []
+
+    def say(verdict: str):  # now, in case a later comparison fails, and again with the others at the end
+        verdicts.append(verdict)
+        print(verdict, flush=True)
+
     try:
         if args.only in (None, "speed"):
             m = compare("speed", {"nanoGPT": lambda: nanogpt_speed(args.nanogpt, args.steps, args.dropout),
                                   "gptkit": lambda: gptkit_speed(args.steps, args.dropout, runs)}, args.rounds)
             n, g = m["nanoGPT"], m["gptkit"]
-            verdicts.append(f"speed, reference model, batch 128, dropout {args.dropout}: nanoGPT "
-                            f"{n['tokens_per_s']:,.0f} tokens/s, {n['peak_rss_mib']:,.0f} MiB; gptkit {g['tokens_per_s']:,.0f} tokens/s, "
-                            f"{g['peak_rss_mib']:,.0f} MiB: {g['tokens_per_s'] / n['tokens_per_s']:.2f}x the tokens/s "
-                            f"(goal >= 1.4x), {g['peak_rss_mib'] / n['peak_rss_mib']:.2f}x the memory (goal <= 0.5x)")
+            say(f"speed, reference model, batch 128, dropout {args.dropout}: nanoGPT {n['tokens_per_s']:,.0f} "
+                f"tokens/s, {n['peak_rss_mib']:,.0f} MiB; gptkit {g['tokens_per_s']:,.0f} tokens/s, "
+                f"{g['peak_rss_mib']:,.0f} MiB: {g['tokens_per_s'] / n['tokens_per_s']:.2f}x the tokens/s "
+                f"(goal >= 1.4x), {g['peak_rss_mib'] / n['peak_rss_mib']:.2f}x the memory (goal <= 0.5x)")
         if args.only in (None, "loss"):
             m = compare("loss", {"nanoGPT": lambda: nanogpt_loss(args.nanogpt),
                                  "gptkit": lambda: gptkit_loss(runs, args.text)}, args.rounds)
             n, g = m["nanoGPT"], m["gptkit"]
-            verdicts.append(f"loss per minute: nanoGPT val {n['val_loss']:.3f} in {n['wall_s']:.1f} s, "
-                            f"{n['peak_rss_mib']:,.0f} MiB; "
-                            f"gptkit val {g['val_loss']:.3f} in {g['wall_s']:.1f} s, {g['peak_rss_mib']:,.0f} MiB "
-                            f"(goal: val <= 1.70 within nanoGPT's time and memory)")
+            say(f"loss per minute: nanoGPT val {n['val_loss']:.3f} in {n['wall_s']:.1f} s, "
+                f"{n['peak_rss_mib']:,.0f} MiB; "
+                f"gptkit val {g['val_loss']:.3f} in {g['wall_s']:.1f} s, {g['peak_rss_mib']:,.0f} MiB "
+                f"(goal: val <= 1.70 within nanoGPT's time and memory)")
         if args.only is None:
-            verdicts.append(versus_plain(args.rounds))
+            say(versus_plain(args.rounds))
     finally:
         shutil.rmtree(runs, ignore_errors=True)
-    print("\n".join(verdicts))
+    print("\n" + "\n".join(verdicts))
     return 0
 
 
