@@ -100,7 +100,7 @@ CASES = [
     ("set-section-to-a-value", lambda c: recipe_text(c), ["--set", "model=x"],
      ["--set model=x: model: Input should be a section of keys (got 'x')"]),
     ("set-below-a-value", lambda c: recipe_text(c), ["--set", "data.path.x=1"],
-     ["--set data.path.x=1: data.path is a single value, with no x below it; set data.path itself, "
+     ["--set data.path.x=1: data.path takes a value, with no keys below it (x); set data.path itself, "
       "e.g. --set data.path=VALUE\n"]),
     ("choice-as-yaml-writes-it", lambda c: recipe_text(c), ["--set", "train.compile=maybe"],
      ["train.compile: Input should be true, false, 'auto', "]),

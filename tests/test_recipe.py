@@ -172,12 +172,12 @@ def test_an_override_is_blamed_for_an_error_above_its_key(write_recipe):
         load_recipe(write_recipe(), ["model.attention.bias.x=5"])
 
 
-@pytest.mark.parametrize("key", ["data.path", "train.lr", "train.device", "sample.prompt", "name"])
+@pytest.mark.parametrize("key", ["data.path", "train.lr", "train.device", "sample.prompt", "name", "imports"])
 def test_a_key_below_a_single_value_is_refused_as_given(write_recipe, key):
     """Not as a {name: ...} made up of the value, as a component named by a string gains parameters."""
     with pytest.raises(RecipeError) as e:
         load_recipe(write_recipe(), [f"{key}.x=1"])
-    assert str(e.value) == (f"--set {key}.x=1: {key} is a single value, with no x below it; set {key} itself, "
+    assert str(e.value) == (f"--set {key}.x=1: {key} takes a value, with no keys below it (x); set {key} itself, "
                             f"e.g. --set {key}=VALUE")
 
 

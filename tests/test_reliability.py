@@ -1060,6 +1060,9 @@ def test_resuming_without_its_text_names_the_file_and_how_to_go_on(tmp_path, wri
     assert result.exit_code == 2 and result.output == (f"error: data.path: file {corpus} not found; restore it, or point "
                                                        f"data.path at a copy of the text {run} was trained on, e.g. "
                                                        "--set data.path=FILE\n")
+    with pytest.raises(UserError) as e:  # from Python, where train() takes no overrides
+        train(load_recipe(run / "recipe.yaml"), resume=run, quiet=True)
+    assert str(e.value).endswith("trained on (the recipe's data.path)")
     assert cli("run", "--resume", run, "--set", f"data.path={moved}", "-q").exit_code == 0  # as it says
 
 

@@ -246,8 +246,8 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
     for i, part in enumerate(parts[:-1]):
         at = ".".join(parts[: i + 1])
         if not _holds_keys(parts[: i + 1]):  # data.path.x=1: said as given, not as a made-up {name: ...} of data.path
-            raise RecipeError(f"{label}: {at} is a single value, with no {parts[i + 1]} below it; set {at} itself, "
-                              f"e.g. {overrides_example(f'{at}=VALUE')}")
+            raise RecipeError(f"{label}: {at} takes a value, with no keys below it ({parts[i + 1]}); set {at} "
+                              f"itself, e.g. {overrides_example(f'{at}=VALUE')}")
         child = node.get(part)
         if child is None:  # a component left at its default keeps it: model.attention.bias=true
             default = getattr(_field(parts[: i + 1]), "default", None)

@@ -173,9 +173,9 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     dist.check_batch_size(recipe.train.batch_size, resuming=resume is not None)
     # A resumed run's recipe.yaml names its text by an absolute path: no relative one to explain, and the same
     # text may be read from elsewhere (data.path may change; the text's SHA-256 is checked).
+    elsewhere = f", e.g. {overrides_example('data.path=FILE')}" if on_command_line() else " (the recipe's data.path)"
     missing = RELATIVE if resume in (None, "auto") else (
-        f"; restore it, or point data.path at a copy of the text {resume} was trained on, e.g. "
-        f"{overrides_example('data.path=FILE')}")
+        f"; restore it, or point data.path at a copy of the text {resume} was trained on{elsewhere}")
     with dist.local_main_first():  # a corpus file is created once per machine
         dataset = load_dataset(recipe.data, recipe.model.block_size, missing)
     dist.check_same("the training text", int(dataset.fingerprint[:15], 16),
