@@ -211,11 +211,12 @@ def test_run_bench_checks_its_arguments(write_recipe, kwargs, error):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_a_variant_on_a_missing_device_is_named_before_the_peak(cli, write_recipe):
-    result = cli("bench", write_recipe(), "--vary", "train.device=cpu,cuda", "--steps", "1", "--warmup", "1",
-                 "--rounds", "1")
+@pytest.mark.parametrize("flags,named", [(["--vary", "train.device=cpu,cuda"], "--vary train.device=cuda"),
+                                         (["--set", "train.device=cuda"], "--set train.device=cuda")])
+def test_a_missing_device_is_named_by_its_flag_before_the_peak(cli, write_recipe, flags, named):
+    result = cli("bench", write_recipe(), *flags, "--steps", "1", "--warmup", "1", "--rounds", "1")
     assert result.exit_code == 2 and "Peak" not in result.output, result.output
-    assert result.output.startswith("error: variant train.device=cuda: train.device: cuda was asked for"), result.output
+    assert result.output.startswith(f"error: {named}: train.device: cuda was asked for"), result.output
 
 
 # Run at the interpreter's start in every bench worker (and nowhere else): it writes its pid, then lingers

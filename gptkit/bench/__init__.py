@@ -26,6 +26,7 @@ from ..device import resolve_device, use_bf16
 from ..data.dataset import load_dataset
 from ..errors import Interrupted, RunStopped, UserError, counted
 from ..recipe import load_recipe, yaml
+from ..recipe.load import key_label
 from ..recipe.vary import parse_vary as parse_vary_flags
 from ..training.run import check_fits
 from ..training.signals import signals_held
@@ -53,6 +54,11 @@ class Variant:
     micro_batch_size: int = 0
     compiled: bool = False
     round_ms: list[float] = field(default_factory=list)
+
+    @property
+    def origins(self) -> dict[str, str]:
+        """Its overrides as errors name them (load_recipe's origins)."""
+        return {t: f"--vary {t}" for t in self.overrides}
 
     @property
     def which(self) -> str:
@@ -91,10 +97,9 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     found = variants(parse_vary(list(vary)))
-    recipes = [load_recipe(recipe_path, [*overrides, *v.overrides], origins={t: f"--vary {t}" for t in v.overrides})
-               for v in found]  # all checked before any work, their data too
-    check_distinct(found, recipes)
-    check_variant_data(found, recipes)
+    recipes = [load_recipe(recipe_path, [*overrides, *v.overrides], origins=v.origins) for v in found]
+    check_distinct(found, recipes)  # all checked before any work, their device and data too
+    check_variant_data(found, recipes, overrides)
     threads = threads or torch.get_num_threads()
     with sigterm_interrupts():
         peaks = measure_peaks(recipes, threads, log)
@@ -142,12 +147,13 @@ def check_distinct(found: list[Variant], recipes: list) -> None:
             raise UserError(f"--vary {' '.join(a)} and {' '.join(b)} give the same recipe; give each value once")
 
 
-def check_variant_data(found: list[Variant], recipes: list) -> None:
+def check_variant_data(found: list[Variant], recipes: list, overrides: list[str]) -> None:
     """Every variant's device and data checked as `gptkit run` checks them before training (but for
-    sample.prompt: nothing is sampled), here rather than after the peak and the earlier variants' warm-ups."""
+    sample.prompt: nothing is sampled), here rather than after the peak and the earlier variants' warm-ups.
+    A device that is not there is named by the --set or --vary that asked for it."""
     for v, recipe in zip(found, recipes):
+        resolve_device(recipe.train.device, key_label("train.device", [*overrides, *v.overrides], v.origins))
         try:
-            peak_key(recipe.train)  # a device that is not there
             dataset = load_dataset(recipe.data, recipe.model.block_size)  # creates a corpus file, as the worker would
             check_fits(recipe, dataset, prompt=None)
         except UserError as e:

@@ -109,12 +109,12 @@ def check_overrides(overrides: Sequence[str] | None) -> Sequence[str]:
     return overrides
 
 
-def key_label(key: str, overrides: Sequence[str] | None = ()) -> str:
+def key_label(key: str, overrides: Sequence[str] | None = (), origins: Mapping[str, str] | None = None) -> str:
     """How an error met after validation (a device that is not here) names the recipe key `key`: as
     validation's own errors do, by the last of `overrides` to set it ('--set train.device=cuda:
-    train.device'), else as itself."""
+    train.device', or as `origins` names it, as in load_recipe), else as itself."""
     texts = [t for t in check_overrides(overrides) if t.partition("=")[0].strip() == key]
-    return f"{override(texts[-1])}: {key}" if texts else key
+    return f"{(origins or {}).get(texts[-1]) or override(texts[-1])}: {key}" if texts else key
 
 
 def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
