@@ -116,6 +116,20 @@ def test_bad_ablations_are_one_clear_error(cli, tmp_path, write_recipe, args, me
     assert not (tmp_path / "abl").exists()
 
 
+@pytest.mark.parametrize("args,named", [
+    (["--vary", "model.norm=rmsnorm,layernorm", "--set", "train.device=cuda"], "arm norm=rmsnorm: --set train.device=cuda"),
+    (["--vary", "train.device=cpu,cuda"], "arm device=cuda: --vary train.device=cuda"),
+])
+def test_a_missing_device_is_named_by_its_flag_before_any_arm_trains(cli, tmp_path, write_recipe, args, named):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    result = cli("ablate", write_recipe(), "--out", tmp_path / "abl", *args)
+    assert result.exit_code == 2 and f"error: {named}: train.device: cuda was asked for" in result.output, result.output
+    assert not (tmp_path / "abl").exists()
+
+
 def test_ablate_refuses_to_run_under_torchrun(cli, tmp_path, write_recipe, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # every process would train, and write, every arm
     result = cli("ablate", write_recipe(), "--out", tmp_path / "abl", "--vary", "model.norm=rmsnorm,layernorm")

@@ -18,6 +18,7 @@ from ..device import keep_random_state, resolve_device
 from ..errors import ComponentError, Diverged, Interrupted, OutOfMemory, UserError, failure_reason
 from ..io import cannot_make_folder, quote, write_text
 from ..recipe import Recipe, apply_override, flatten, yaml
+from ..recipe.load import key_label
 from ..training import train
 from ..training.build import build_checked
 from ..training.checkpoint import plugin_changes
@@ -102,7 +103,8 @@ def sizes(plan: Plan, data: dict[str, CharDataset]) -> dict[str, tuple[int, int]
     out = {}
     for arm in plan.arms:
         with blamed(arm):
-            device = resolve_device(arm.recipe.train.device)
+            overrides = [*plan.ablation.overrides, *(f"{k}={v}" for k, v in arm.changes)]
+            device = resolve_device(arm.recipe.train.device, key_label("train.device", overrides, plan.ablation.origin))
             with keep_random_state(device):
                 model, _ = build_checked(arm.recipe, data[arm.slug].vocab_size, device, cache=False)
         out[arm.slug] = (model.num_params(), model.flops_per_token())
