@@ -84,7 +84,7 @@ FIX_WIDTH = 300  # characters of a value a fix to copy may hold: a fix is whole 
 def clipped(text: str, at: int = 0, width: int = QUOTED_WIDTH) -> str:
     """`text`, or if it is longer than `width`, the `width` characters of it around index `at` (where the
     problem is; by default the start) with '…' standing for what is left out on either side."""
-    if len(text) <= width or width < 3:
+    if len(text) <= width:
         return text
     start = max(0, min(at - width // 2, len(text) - width))
     head = "…" if start else ""

@@ -1286,3 +1286,38 @@ def test_resume_auto_does_not_pass_by_a_run_it_has_no_memory_to_load(tmp_path, w
     result = cli("run", recipe, "--runs-dir", runs, "--resume", "auto")
     assert result.exit_code == 2 and result.output.startswith("error: out of memory loading checkpoint "), result.output
     assert list(runs.iterdir()) == [run]  # no new run started beside it
+
+
+def test_running_out_of_memory_in_the_first_forward_pass_is_one_error_before_any_run_folder(cli, tmp_path,
+                                                                                            write_recipe, monkeypatch):
+    from conftest import CPU_OOM
+
+    from gptkit.components.attention import FlashAttention
+
+    def attend(self, *args):
+        raise RuntimeError(CPU_OOM)
+
+    monkeypatch.setattr(FlashAttention, "attend", attend)
+    result = cli("run", write_recipe(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and result.output == (
+        "error: out of memory on cpu in the model's first forward pass (2 tokens), before training; free some "
+        "memory (close other programs that use it) and try again\n"), result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_running_out_of_memory_loading_the_optimizer_state_to_resume_is_one_error(cli, tmp_path, write_recipe,
+                                                                                   monkeypatch):
+    from conftest import CPU_OOM
+
+    run = interrupted_at(monkeypatch, write_recipe(model=ONE_LAYER, train={"max_steps": 6, "checkpoint_every": 2}),
+                         tmp_path / "runs", 2)
+
+    def load_state_dict(self, saved):
+        raise RuntimeError(CPU_OOM)
+
+    monkeypatch.setattr(Trainer, "load_state_dict", load_state_dict)
+    result = cli("run", "--resume", run)
+    assert result.exit_code == 2 and result.output.startswith(
+        "error: out of memory on cpu taking the text and the checkpoint onto it, before training; free some memory "
+        "(close other programs that use it) and try again\n"), result.output
+    assert load_checkpoint(run)["step"] == 2  # the run is as it was

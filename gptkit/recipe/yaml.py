@@ -237,8 +237,8 @@ def _quote_hint(text: str, mark: yaml.Mark | None, quoted: Quoted | None) -> str
     """How to quote the value YAML read as a mapping where it may not be one: given alone, as its giver
     would (`quoted`); in a file, the line's `key: "value"`. A value too long to copy from an error
     gets the rule alone."""
-    if quoted and len(text.strip()) <= FIX_WIDTH:
-        return f"{COLON_HINT}: {quoted(text.strip())}"
+    if quoted:
+        return f"{COLON_HINT}: {quoted(text.strip())}" if len(text.strip()) <= FIX_WIDTH else COLON_HINT
     lines = text.splitlines()
     line = lines[mark.line] if mark and mark.line < len(lines) and not quoted else ""
     match = _KEY_VALUE.match(line) if len(line) <= FIX_WIDTH else None

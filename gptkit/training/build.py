@@ -3,7 +3,7 @@
 import torch
 
 from ..diagnose import check_forward
-from ..errors import UserError, out_of_memory
+from ..errors import OutOfMemory, UserError, out_of_memory, out_of_memory_as, out_of_memory_on
 from ..model import GPT, build_model
 from ..recipe import Recipe
 
@@ -14,7 +14,16 @@ def build_checked(recipe: Recipe, vocab_size: int, device: torch.device, cache: 
     one error naming it before anything trains. Returns the model and check_forward's cache warning."""
     torch.manual_seed(recipe.seed)
     model = build_model_on(recipe.model, vocab_size, device)
-    return model, check_forward(model, recipe.model, cache)
+    with out_of_memory_as(lambda e: every_rank(OutOfMemory(
+            f"out of memory on {out_of_memory_on(e, device)} in the model's first forward pass (2 tokens), before "
+            "training; free some memory (close other programs that use it) and try again"))):
+        return model, check_forward(model, recipe.model, cache)
+
+
+def every_rank(error: UserError) -> UserError:
+    """`error`, said by every torchrun process (each one's own machine or GPU ran out), not rank 0's alone."""
+    error.every_rank = True
+    return error
 
 
 def build_model_on(model, vocab_size: int, device: torch.device) -> GPT:
@@ -29,7 +38,5 @@ def build_model_on(model, vocab_size: int, device: torch.device) -> GPT:
             size = f"{build_model(model, vocab_size).num_params():,} parameters"
     except Exception:  # a component that cannot be built on the meta device
         size = "its sizes"
-    error = UserError(f"the model does not fit in memory on {device}: {size} (model.n_layer {model.n_layer}, "
-                      f"n_embd {model.n_embd}); make it smaller")
-    error.every_rank = True
-    raise error
+    raise every_rank(UserError(f"the model does not fit in memory on {device}: {size} (model.n_layer {model.n_layer}, "
+                               f"n_embd {model.n_embd}); make it smaller"))

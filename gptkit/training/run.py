@@ -30,7 +30,7 @@ from ..model import GPT, check_components
 from ..recipe import Recipe, yaml
 from ..sampling import sample
 from . import distributed
-from .build import build_checked
+from .build import build_checked, every_rank
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .resume import (busy, check_restartable, check_resumable, check_run_dir, find_resumable, is_locked, lock_run,
                      remove_leftovers, truncate_metrics)
@@ -205,13 +205,17 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     model, cache_warning = build_checked(recipe, dataset.vocab_size, device)  # before there is a run folder
     if cache_warning:  # a key/value cache that does not match a full pass: the model samples without it from now on
         to_warn.append(cache_warning)
-    dataset.to(device)
-    if checkpoint is not None:
-        load_weights(model, checkpoint, run_dir / "checkpoint.pt")
-    trainer = Trainer(recipe, model, dataset, device, quiet=quiet or not dist.is_main, dist=dist)
+    with out_of_memory_as(lambda e: every_rank(OutOfMemory(
+            f"out of memory on {out_of_memory_on(e, device)} taking the text{' and the checkpoint' if checkpoint else ''} "
+            "onto it, before training; free some memory (close other programs that use it) and try again"))):
+        dataset.to(device)
+        if checkpoint is not None:
+            load_weights(model, checkpoint, run_dir / "checkpoint.pt")
+        trainer = Trainer(recipe, model, dataset, device, quiet=quiet or not dist.is_main, dist=dist)
+        if checkpoint is not None:  # the optimizer's state, twice the weights' size with AdamW, onto the device
+            trainer.load_state_dict(checkpoint["trainer"])  # rank 0's random stream
     schedule_warning = trainer.schedule_warning()
     if checkpoint is not None:
-        trainer.load_state_dict(checkpoint["trainer"])  # rank 0's random stream
         if checkpoint["step"] > trainer.total_steps:  # (at the budget, it only saves new sample settings)
             raise UserError(f"{run_dir} has trained {checkpoint['step']:,} steps, past this recipe's budget of "
                             f"{trainer.total_steps:,}; resume it with a budget of at least {checkpoint['step']:,} "
