@@ -92,6 +92,11 @@ def clipped(text: str, at: int = 0, width: int = QUOTED_WIDTH) -> str:
     return head + text[start + len(head):start + width - len(tail)] + tail
 
 
+def clipped_repr(value) -> str:
+    """repr(value), clipped as `clipped` does; a string keeps its closing quote: 'xxxx…'."""
+    return repr(clipped(value)) if isinstance(value, str) else clipped(repr(value))
+
+
 def listing(choices: Iterable[str]) -> str:
     choices = sorted(choices)
     return ", ".join(choices) if choices else "(none)"

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, PydanticUserError
 
 from . import plugins
-from .errors import UserError, clipped, did_you_mean, listing, one_line
+from .errors import UserError, clipped_repr, did_you_mean, listing, one_line
 
 
 class RegistryError(UserError):
@@ -253,7 +253,7 @@ class Registry:
             hint = f" ({plugins.turned_off()})"
         else:  # nothing like it here: perhaps a plugin package's, not installed (recipes say which in comments)
             hint = "" if guess else "; a plugin package's components are available once it is installed (pip install it)"
-        return f"unknown {self.kind} {clipped(repr(name))}{guess}. Available: {listing(names)}{hint}"
+        return f"unknown {self.kind} {clipped_repr(name)}{guess}. Available: {listing(names)}{hint}"
 
     def _clash_fix(self, local: Entry | None, claims: list[plugins.Plugin]) -> str:
         """How to settle a name claimed twice, which depends on who claims it."""

@@ -672,7 +672,7 @@ HUGE = 1_000_000  # characters: a value pasted whole, or a minified line
     ("  prompt: " + "7" * 4000, ["sample.prompt: Input should be a valid string (got 777", "777…) (YAML read 777",
                                  "777… as a number; quote it to make it a string)"]),
     ("  prompt: [" + "1, " * 30_000 + "2]", ["sample.prompt: Input should be a valid string (got [1, 1, "]),
-    ("  top_k: " + "x" * HUGE, ["sample.top_k: ", "(got 'xxx", "xxx…)"]),
+    ("  top_k: " + "x" * HUGE, ["sample.top_k: ", "(got 'xxx", "xxx…')"]),
 ])
 def test_a_huge_line_is_quoted_clipped_around_its_problem(cli, tmp_path, corpus, line, fragments):
     path = tmp_path / "bad.yaml"

@@ -18,7 +18,7 @@ from pydantic import ConfigDict, Field, PlainSerializer, PlainValidator, Validat
 from pydantic_core import to_jsonable_python
 
 from ..components.base import Params
-from ..errors import ComponentError, UserError, clipped, listing, one_line, out_of_memory, rebuilt
+from ..errors import ComponentError, UserError, clipped_repr, listing, one_line, out_of_memory, rebuilt
 from ..plugins import line_in
 from ..registry import RegistryError, raised, registry
 
@@ -136,7 +136,7 @@ def parse_component(kind: str, value: Any) -> ComponentSpec:
             raise RecipeIssue([(("name",), f"say which {kind} to use with 'name: ...'; one of: {listing(reg.names())}")])
     else:
         an = "an" if kind[0] in "aeiou" else "a"  # an attention, an optimizer
-        raise RecipeIssue([((), f"expected {an} {kind} name or a mapping with 'name', got {clipped(repr(value))}")])
+        raise RecipeIssue([((), f"expected {an} {kind} name or a mapping with 'name', got {clipped_repr(value)}")])
     if _model_only.get() and kind not in MODEL_KINDS:
         return ComponentSpec(kind, name, Unchecked.model_validate(params))
     try:

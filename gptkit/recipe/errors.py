@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import FIX_WIDTH, clipped, did_you_mean, listing
+from ..errors import FIX_WIDTH, clipped, clipped_repr, did_you_mean, listing
 from .components import RecipeIssue
 
 Loc = tuple
@@ -45,7 +45,7 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], extra_keys: se
 
 
 def _got(err: dict) -> str:
-    return f"(got {clipped(repr(err['input']))})"  # a 1 MB value is not quoted whole
+    return f"(got {clipped_repr(err['input'])})"  # a 1 MB value is not quoted whole
 
 
 def causes(exc: ValidationError) -> dict[Loc, list[Loc]]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import yaml
 
-from ..errors import FIX_WIDTH, UserError, clipped
+from ..errors import FIX_WIDTH, UserError, clipped, clipped_repr
 
 _BOOL = "tag:yaml.org,2002:bool"
 _INT = "tag:yaml.org,2002:int"
@@ -155,7 +155,7 @@ class _Builder:
                 if node.tag == _INT and _DIGITS.fullmatch(node.value):  # past Python's int-string-conversion limit
                     raise IntegerTooLong(self._at(line), path, node.value) from None
                 tag = node.tag.replace("tag:yaml.org,2002:", "")
-                raise YAMLError(f"{self._at(line)}: {clipped(repr(node.value))} is not a valid {tag}") from None
+                raise YAMLError(f"{self._at(line)}: {clipped_repr(node.value)} is not a valid {tag}") from None
         self.open.add(id(node))
         try:
             return self._mapping(node, path) if isinstance(node, yaml.MappingNode) else \
@@ -174,7 +174,7 @@ class _Builder:
                 continue
             key = self.build(key_node, path, {})
             if not isinstance(key, (str, int)):
-                raise YAMLError(f"{self._at(line)}: a key must be a name, got {clipped(repr(key))}")
+                raise YAMLError(f"{self._at(line)}: a key must be a name, got {clipped_repr(key)}")
             if key in own:
                 where = ".".join(map(str, path + (key,)))
                 first = "" if self.alone else f" (first at line {own_lines[key]})"
