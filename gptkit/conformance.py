@@ -18,7 +18,7 @@ from .components.positional import Positional
 from .components.schedule import factor_rule, is_factor
 from .device import keep_random_state, resolve_device
 from .diagnose import cached_logits, exercise, same_logits
-from .errors import UserError, listing, on_command_line, out_of_memory
+from .errors import UserError, listing, on_command_line, out_of_memory, out_of_memory_as, out_of_memory_on
 from .model import build_model
 from .recipe.components import MODEL_KINDS, ComponentSpec, RecipeIssue, parse_component
 from .recipe.schema import CONFIG_KEYS, ModelSection
@@ -572,16 +572,16 @@ def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG,
     registry(kind).check(spec.name, config, spec.params)  # ValueError: the component refuses `config`
     _assert_defaults_usable(config, kind)
     device = _device(device)
-    try:
-        with keep_random_state(device), device:  # the default device: what the checks build and draw lands there
-            return run_checks([check for check, (kinds, _) in CHECKS.items() if kind in kinds], spec, config)
-    except Exception as e:  # one error, not every check failing alike
-        if not out_of_memory(e):
-            raise
+
+    def too_large(e: BaseException) -> UserError:  # one error, not every check failing alike
         sizes = ", ".join(f"{key}={getattr(config, key)}" for key in ("n_embd", "n_head", "block_size", "n_layer"))
         smaller = "smaller --n-embd/--n-head/--block-size" if on_command_line() else \
             "a config with smaller n_embd, n_head or block_size"
-        raise UserError(f"the test model does not fit in memory on {device} ({sizes}); use {smaller}") from None
+        return UserError(f"the test model does not fit in memory on {out_of_memory_on(e, device)} ({sizes}); "
+                         f"use {smaller}")
+
+    with out_of_memory_as(too_large), keep_random_state(device), device:  # device: where the checks build and draw
+        return run_checks([check for check, (kinds, _) in CHECKS.items() if kind in kinds], spec, config)
 
 
 class SizeError(UserError):

@@ -23,7 +23,7 @@ import torch
 
 from ..data.dataset import load_dataset
 from ..device import resolve_device
-from ..errors import UserError, out_of_memory
+from ..errors import UserError, out_of_memory_as
 from ..recipe.load import validate
 from ..training.build import build_checked
 from ..training.trainer import Trainer
@@ -70,12 +70,8 @@ class Bench:
         losses = []
         state = self.trainer.state  # its step names the step in a component's error, as in a run
         for _ in range(n):
-            try:
+            with out_of_memory_as(self.trainer.memory_error):
                 loss, _ = self.trainer.train_step(self.starts, state.step % self.trainer.steps_per_epoch, self.lr)
-            except Exception as e:
-                if not out_of_memory(e):
-                    raise
-                raise self.trainer.memory_error() from None
             losses.append(loss)
             state.step += 1
         torch.stack(losses).tolist()  # waits for the steps' work on any device

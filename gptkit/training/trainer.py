@@ -278,16 +278,16 @@ class Trainer:
             note = self._checkpoint_note()
             if self.saved_step is not None and not goes_on_by():  # (an ablation's failed run starts over)
                 note += ": a resumed run may take smaller micro-batches (train.micro_batch_size)"
-            return OutOfMemory(f"{self.memory_error()} ({note})")
+            return OutOfMemory(f"{self.memory_error(e)} ({note})")
 
         return out_of_memory_as(error)
 
-    def memory_error(self) -> OutOfMemory:
-        """Running out of memory in a step or a validation, said as what the settings ask of the device."""
+    def memory_error(self, e: BaseException) -> OutOfMemory:
+        """Running out of memory (`e`) in a step or a validation, said as what the settings ask of the device."""
         block = self.model.config.block_size
         ask = f"micro-batches of {counted(self.micro_batch, 'row')}"  # validation's too
         fix = "train.micro_batch_size, model.block_size" if self.micro_batch > 1 else "model.block_size"
-        return OutOfMemory(f"out of memory on {self.device} {self.where()}: {ask} of {block:,} tokens need more than "
+        return OutOfMemory(f"out of memory on {out_of_memory_on(e, self.device)} {self.where()}: {ask} of {block:,} tokens need more than "
                            f"it has; lower {fix} or the model's size")
 
     def where(self) -> str:
