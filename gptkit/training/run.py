@@ -377,9 +377,9 @@ def write_sample(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharD
         if not out_of_memory(e):
             raise
         (run_dir / "samples.txt").unlink(missing_ok=True)  # an earlier session's, of another model
-        print(f"warning: out of memory on {out_of_memory_on(e, trainer.device)} while sampling after training, so there is no samples.txt; "
-              f"the run is finished and its checkpoint saved: sample it with gptkit sample {quote(run_dir)}, which "
-              "holds no training state", file=sys.stderr)
+        print(f"warning: out of memory on {out_of_memory_on(e, trainer.device)} while sampling after training, so "
+              f"there is no samples.txt; the run is finished and its checkpoint saved: sample it with gptkit sample "
+              f"{quote(run_dir)}, which holds no training state", file=sys.stderr)
         return
     write_text(run_dir / "samples.txt", text)
     log(f"Sample ({sp.tokens:,} characters after the prompt, in samples.txt too):\n{text}\n")
