@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..data.dataset import CharDataset, load_dataset
-from ..device import keep_random_state, resolve_device
+from ..device import keep_random_state
 from ..errors import ComponentError, Diverged, Interrupted, OutOfMemory, UserError, failure_reason
 from ..io import cannot_make_folder, quote, write_text
 from ..recipe import Recipe, apply_override, flatten, yaml
-from ..recipe.load import key_label
+from ..recipe.load import recipe_device
 from ..training import train
 from ..training.build import build_checked
 from ..training.checkpoint import plugin_changes
@@ -104,7 +104,7 @@ def sizes(plan: Plan, data: dict[str, CharDataset]) -> dict[str, tuple[int, int]
     for arm in plan.arms:
         with blamed(arm):
             overrides = [*plan.ablation.overrides, *(f"{k}={v}" for k, v in arm.changes)]
-            device = resolve_device(arm.recipe.train.device, key_label("train.device", overrides, plan.ablation.origin))
+            device = recipe_device(arm.recipe, overrides, plan.ablation.origin)
             with keep_random_state(device):
                 model, _ = build_checked(arm.recipe, data[arm.slug].vocab_size, device, cache=False)
         out[arm.slug] = (model.num_params(), model.flops_per_token())

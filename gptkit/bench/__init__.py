@@ -26,7 +26,7 @@ from ..device import resolve_device, use_bf16
 from ..data.dataset import load_dataset
 from ..errors import Interrupted, RunStopped, UserError, counted
 from ..recipe import load_recipe, yaml
-from ..recipe.load import key_label
+from ..recipe.load import recipe_device
 from ..recipe.vary import parse_vary as parse_vary_flags
 from ..training.run import check_fits
 from ..training.signals import signals_held
@@ -152,7 +152,7 @@ def check_variant_data(found: list[Variant], recipes: list, overrides: list[str]
     sample.prompt: nothing is sampled), here rather than after the peak and the earlier variants' warm-ups.
     A device that is not there is named by the --set or --vary that asked for it."""
     for v, recipe in zip(found, recipes):
-        resolve_device(recipe.train.device, key_label("train.device", [*overrides, *v.overrides], v.origins))
+        recipe_device(recipe, [*overrides, *v.overrides], v.origins)
         try:
             dataset = load_dataset(recipe.data, recipe.model.block_size)  # creates a corpus file, as the worker would
             check_fits(recipe, dataset, prompt=None)

@@ -2,10 +2,9 @@ from pathlib import Path
 
 import click
 
-from ..device import resolve_device
 from ..errors import UserError, counted
 from ..io import quote
-from ..recipe.load import key_label, load_recipe
+from ..recipe.load import load_recipe, recipe_device
 from ..training import train
 from ..training.resume import check_run_dir, not_a_run, with_plugin_hint
 from ..training.progress import fmt_duration
@@ -54,7 +53,7 @@ def run(recipe, overrides, runs_dir, resume, quiet):
         if not explicit:
             raise
         raise with_plugin_hint(e, Path(resume)) from None
-    resolve_device(loaded.train.device, key_label("train.device", overrides))  # here, where a --set of it is known
+    recipe_device(loaded, overrides)  # here, where a --set of it is known
     result = train(loaded, runs_dir=runs_dir, quiet=quiet, resume=resume)
     if result.run_dir is None:  # a torchrun process other than rank 0, which reports for all
         return

@@ -1,8 +1,7 @@
 import click
 
-from ..device import resolve_device
 from ..recipe import yaml
-from ..recipe.load import key_label, load_recipe
+from ..recipe.load import load_recipe, recipe_device
 from ..training.run import check_data
 from . import given, main, overrides_option
 
@@ -21,7 +20,7 @@ def validate(recipe, overrides):
     (a note on stderr says so).
     """
     resolved = load_recipe(recipe, overrides)
-    resolve_device(resolved.train.device, key_label("train.device", overrides))
+    recipe_device(resolved, overrides)
     if check_data(resolved):
         data = resolved.data
         click.echo(f"note: data.path {data.path} does not exist yet: the '{data.corpus.name}' corpus will "

@@ -7,11 +7,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from .. import plugins
 from ..components.base import constraints
+from ..device import resolve_device
 from ..errors import UserError, overridden, override, overrides_example
 from ..io import expand_home, quote, read_text
 from . import yaml
@@ -109,12 +111,15 @@ def check_overrides(overrides: Sequence[str] | None) -> Sequence[str]:
     return overrides
 
 
-def key_label(key: str, overrides: Sequence[str] | None = (), origins: Mapping[str, str] | None = None) -> str:
-    """How an error met after validation (a device that is not here) names the recipe key `key`: as
-    validation's own errors do, by the last of `overrides` to set it ('--set train.device=cuda:
-    train.device', or as `origins` names it, as in load_recipe), else as itself."""
+def recipe_device(recipe: Recipe, overrides: Sequence[str] | None = (),
+                  origins: Mapping[str, str] | None = None) -> torch.device:
+    """The device `recipe`'s train.device resolves to here. One that is not here is named as validation's
+    errors name a key: by the last of the recipe's `overrides` to set it ('--set train.device=cuda:
+    train.device', or as `origins` names it, as in load_recipe), else as the key itself."""
+    key = "train.device"
     texts = [t for t in check_overrides(overrides) if t.partition("=")[0].strip() == key]
-    return f"{(origins or {}).get(texts[-1]) or override(texts[-1])}: {key}" if texts else key
+    label = f"{(origins or {}).get(texts[-1]) or override(texts[-1])}: {key}" if texts else key
+    return resolve_device(recipe.train.device, label)
 
 
 def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,

@@ -226,7 +226,7 @@ def _tab(text: str, index: int) -> str:
     before = clipped(before, len(before))  # the end of it, next to the tab
     if not after or after.startswith("#"):
         return f"a tab character after {before!r} is not allowed in YAML; remove it"
-    return f"a tab character between {before!r} and {clipped(after)!r} is not allowed in YAML; use a space"
+    return f"a tab character between {before!r} and {clipped_repr(after)} is not allowed in YAML; use a space"
 
 
 COLON_HINT = "a value containing ': ' or ending in ':' must be quoted"
@@ -240,7 +240,7 @@ def _quote_hint(text: str, mark: yaml.Mark | None, quoted: Quoted | None) -> str
     if quoted:
         return f"{COLON_HINT}: {quoted(text.strip())}" if len(text.strip()) <= FIX_WIDTH else COLON_HINT
     lines = text.splitlines()
-    line = lines[mark.line] if mark and mark.line < len(lines) and not quoted else ""
+    line = lines[mark.line] if mark and mark.line < len(lines) else ""
     match = _KEY_VALUE.match(line) if len(line) <= FIX_WIDTH else None
     if match and (": " in match[2] or match[2].endswith(":")):
         return f"{COLON_HINT}: {match[1]}: {quote(match[2])}"

@@ -287,8 +287,8 @@ class Trainer:
         block = self.model.config.block_size
         ask = f"micro-batches of {counted(self.micro_batch, 'row')}"  # validation's too
         fix = "train.micro_batch_size, model.block_size" if self.micro_batch > 1 else "model.block_size"
-        return OutOfMemory(f"out of memory on {out_of_memory_on(e, self.device)} {self.where()}: {ask} of {block:,} tokens need more than "
-                           f"it has; lower {fix} or the model's size")
+        return OutOfMemory(f"out of memory on {out_of_memory_on(e, self.device)} {self.where()}: {ask} of {block:,} "
+                           f"tokens need more than it has; lower {fix} or the model's size")
 
     def where(self) -> str:
         """Where training is, for what happened there: "at step 21", or "in the validation at step 20"
