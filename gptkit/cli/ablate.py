@@ -65,13 +65,13 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
     check_folder(folder)
     check_no_strays(p, folder)
     margin = ablation.param_margin
+    data = datasets(p)  # read once for every check before training, and let go before it
+    texts = check_arms(p, data)
+    arms = describe(p, margin, data)  # builds each arm's model: one that cannot run is said before the folder is named
+    del data
     click.echo(f"Ablation folder: {folder}  (rerun the same command to resume)")
     click.echo(f"{counted(len(p.arms), 'arm')} × {counted(len(p.seeds), 'seed')} (seeds {', '.join(map(str, p.seeds))}) "
                f"= {counted(len(p.arms) * len(p.seeds), 'run')}, {ablation.mode}:")
-    data = datasets(p)  # read once for every check before training, and let go before it
-    texts = check_arms(p, data)
-    arms = describe(p, margin, data)
-    del data
     click.echo("\n".join(arms))
     again = "rerun the same gptkit ablate command"
     try:  # a run's training handles its own signals; between runs, these raise Interrupted
