@@ -566,11 +566,46 @@ def test_a_last_step_that_breaks_the_weights_is_a_divergence(tmp_path, write_rec
     path = write_recipe(train={"max_steps": 1, "lr": lr, "grad_clip": None})
     data = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**data, "data": {**data["data"], "val_fraction": val_fraction}}))
-    with pytest.raises(Diverged, match=f"^training diverged at step 1: {what}. Nothing from that step on was saved"):
+    with pytest.raises(Diverged, match=f"^training diverged at step 1: {what}. Nothing after its training loss was "
+                                       "saved and no checkpoint had been saved yet"):
         train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
     (run,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and not summary["resumable"] and not (run / "checkpoint.pt").exists()
+    # Its loss, taken before the update, is a good one, and written: the summary counts the step, as the metrics do.
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1] and "val_loss" not in records[0] and summary["steps"] == 1
+
+
+def test_a_finished_run_resumed_takes_no_step_and_reports_no_epoch(tmp_path, write_recipe, cli):
+    """train.max_steps ends it mid-epoch; resumed to sample again, it has no epoch to go on with."""
+    run = train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    result = cli("run", "--resume", run, "--set", "sample.tokens=5")
+    assert result.exit_code == 0 and "Epoch" not in result.output and "Val loss" not in result.output, result.output
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
+
+
+def test_the_best_validation_loss_compares_the_same_windows_only(tmp_path, write_recipe, monkeypatch):
+    """Resumed with another train.eval_batches, the validation is another measure: the best starts again."""
+    path = write_recipe(train={"max_steps": 6, "eval_every": 3, "eval_batches": 1})
+    with monkeypatch.context() as m:
+        stop_at(m, "train_step", 4)
+        with pytest.raises(Interrupted) as e:
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    run = e.value.run_dir
+    load = Trainer.load_state_dict
+
+    def better_before(self, saved):  # the first windows' best beats any loss the second may give
+        load(self, saved)
+        self.state.best_val_loss = 1e-9
+
+    monkeypatch.setattr(Trainer, "load_state_dict", better_before)
+    logs = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", logs)
+    result = train(load_recipe(path, ["train.eval_batches=2"]), runs_dir=tmp_path / "runs", resume=run)
+    vals = [r["val_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+    assert len(vals) == 2 and result.summary["best_val_loss"] == vals[1] > 1e-9
+    assert "The validation now takes 16 windows, not 8 (train.eval_batches)" in logs.getvalue()
 
 
 @pytest.mark.parametrize("log_every", [1, 7])

@@ -107,6 +107,7 @@ class TrainState:
     step_seconds: float = 0.0  # of it, in training steps: evaluations and saves left out
     eval_pending: bool = False  # an evaluation was due when the run was stopped
     eval_step: int | None = None  # of the last evaluation: a run ends with one at its last step
+    eval_windows: int | None = None  # how many the evaluations took: best_val_loss compares those alone
 
 
 class PendingSteps:
@@ -246,6 +247,8 @@ class Trainer:
             self.state.eval_step = self.state.step
         if "step_seconds" not in saved["state"]:  # an older checkpoint's: its steps' time is not known apart
             self.state.step_seconds = self.state.seconds
+        if "eval_windows" not in saved["state"]:  # an older checkpoint's: taken to be the windows of today
+            self.state.eval_windows = len(self.eval_starts)
         self.saved_step, self._saved_eval_step = self.state.step, self.state.eval_step  # the checkpoint resumed from
         torch.set_rng_state(saved["rng"]["torch"])
         if "cuda" in saved["rng"] and self.device.type == "cuda":
@@ -307,7 +310,8 @@ class Trainer:
                 self.evaluate()
                 self._checkpoint_and_stop_if_asked()
             first_epoch, first_batch = divmod(state.step, self.steps_per_epoch)
-            for epoch in range(first_epoch, self.epochs):
+            # Resumed at its budget (train.max_steps, mid-epoch), a run has no epoch to go on with, or to report.
+            for epoch in range(first_epoch, self.epochs if state.step < self.total_steps else first_epoch):
                 state.epoch = epoch
                 starts = self.dataset.epoch_starts(self.recipe.seed, epoch)
                 timer.start()
@@ -430,11 +434,17 @@ class Trainer:
         self.model.train()
         val_loss = float(self.dist.sum(total)) / len(self.eval_starts)
         if not math.isfinite(val_loss):  # the last step's update broke the weights; its loss came before it
-            self._diverged(state.step, f"the validation loss after it is {val_loss}")
+            self._diverged(state.step, f"the validation loss after it is {val_loss}", update=True)
         state.eval_pending, state.eval_step = False, state.step
         state.val_loss = val_loss
         self._interval_t0 = time.perf_counter()  # the next steps' tokens/s leaves the evaluation out
-        state.best_val_loss = min(state.val_loss, state.best_val_loss or math.inf)
+        if state.eval_windows != len(self.eval_starts):  # resumed with another train.eval_batches
+            if state.best_val_loss is not None:
+                self.progress.log(f"The validation now takes {len(self.eval_starts):,} windows, not "
+                                  f"{state.eval_windows:,} (train.eval_batches): the best validation loss starts "
+                                  "again from this one")
+            state.best_val_loss, state.eval_windows = None, len(self.eval_starts)
+        state.best_val_loss = val_loss if state.best_val_loss is None else min(val_loss, state.best_val_loss)
         self.progress.log(f"Step {state.step} | Val loss: {state.val_loss:.4f} (best {state.best_val_loss:.4f})")
         self.on_metrics({"step": state.step, "epoch": state.epoch + 1, "val_loss": state.val_loss})
         return state.val_loss
@@ -484,7 +494,7 @@ class Trainer:
             self._flush()
             finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()  # one host sync
             if not finite:  # as the last step left them
-                self._diverged(s.step, "its update left weights that are not finite")
+                self._diverged(s.step, "its update left weights that are not finite", update=True)
             s.seconds = self._elapsed()  # the evaluation before the save too
             self.on_checkpoint(self)
             self.saved_step, self._saved_eval_step = s.step, s.eval_step
@@ -523,13 +533,16 @@ class Trainer:
         name = signal.Signals(self.stop_signal).name
         raise Interrupted(self.stop_signal, f"{name} received: stopped at step {self.state.step} with a checkpoint saved")
 
-    def _diverged(self, step: int, what: str,
-                  fix: str = "try a lower train.lr, warm-up, or train.grad_clip") -> None:
-        self.state.step = step - 1  # the summary counts good steps only, as the metrics and checkpoints do
+    def _diverged(self, step: int, what: str, fix: str = "try a lower train.lr, warm-up, or train.grad_clip",
+                  update: bool = False) -> None:
+        """Stop at `step`, whose loss or gradient was not finite, or (`update`) whose loss was, and was
+        written, but whose update broke the weights. The summary counts the steps the metrics hold."""
+        self.state.step = step if update else step - 1
         self.state.tokens = self.state.step * self.tokens_per_step
         self.progress.close()
-        raise Diverged(f"training diverged at step {step}: {what}. Nothing from that step on was saved and "
-                       f"{self._checkpoint_note(good=True)}; {fix}")
+        kept = "Nothing after its training loss was saved" if update else "Nothing from that step on was saved"
+        raise Diverged(f"training diverged at step {step}: {what}. {kept} and {self._checkpoint_note(good=True)}; "
+                       f"{fix}")
 
     def _broken_from_the_start(self) -> str:
         """What to look at when the untrained model's loss is not finite: its plugin components, or else
