@@ -109,6 +109,36 @@ def test_muon_follows_torch_muon(nesterov):
         torch.testing.assert_close(p, q, atol=2e-3, rtol=0)
 
 
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("adjust_lr", ["match_rms_adamw", "original"])
+def test_muon_steps_as_torch_muon_does_around_the_orthogonalisation(monkeypatch, nesterov, adjust_lr):
+    """Momentum, Nesterov, decay and the adjusted learning rate as torch.optim.Muon's, to float32 rounding:
+    both orthogonalise with ours in float32 (bf16's rounding above would hide a misplaced decay)."""
+    from torch.optim import _muon
+
+    def ours_in_fp32(grad, coefficients, steps, eps):
+        assert coefficients == (3.4445, -4.7750, 2.0315) and eps == 1e-7  # what orthogonalise uses
+        return orthogonalise(grad[None], steps, torch.float32)[0]
+
+    monkeypatch.setattr(_muon, "_zeropower_via_newtonschulz", ours_in_fp32)
+    torch.manual_seed(0)
+    shapes = [(48, 16), (16, 48), (48, 16), (32, 32)]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    kw = dict(lr=0.02, momentum=0.9, nesterov=nesterov, ns_steps=5, weight_decay=0.1)
+    a = Muon(ours, adjust_lr=adjust_lr, ns_dtype=torch.float32, **kw)
+    b = torch.optim.Muon(theirs, adjust_lr_fn=adjust_lr, **kw)
+    for _ in range(3):
+        grads = [torch.randn(s) for s in shapes]
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        a.step()
+        b.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "foreach"])
 def test_adamw_follows_torch_adamw(fused):
     """Same steps as torch.optim.AdamW, across groups with and without decay and a learning rate that
