@@ -371,6 +371,25 @@ def test_settings_that_do_not_change_training_keep_finished_runs(cli, tmp_path, 
     assert logged.exit_code == 2 and "ended with a different recipe (train.log_every differ)" in logged.output
 
 
+def test_a_rerun_that_changes_only_what_runs_may_differ_in_goes_on_in_the_same_folder(cli, tmp_path, write_recipe):
+    """Smaller micro-batches (after running out of memory, say) or another sample on the same command: the
+    same ablation, and finished runs kept. A component spelled out with its defaults is the same arm."""
+    recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    args = ["ablate", recipe, "--seeds", "1", "--runs-dir", tmp_path / "runs"]
+    assert cli(*args, "--vary", "model.positional=rope").exit_code == 0
+    again = cli(*args, "--vary", "model.positional={name: rope, base: 10000}", "--set", "train.micro_batch_size=4",
+                "--set", "sample.tokens=5")
+    assert again.exit_code == 0 and "2 of 2 runs finished earlier: skipping them" in again.output, again.output
+    (folder,) = (tmp_path / "runs" / "ablations").iterdir()
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["baseline", "positional-rope"]
+
+
+def test_a_varied_setting_that_runs_may_differ_in_still_names_the_folder(write_recipe):
+    path = write_recipe()
+    a, b = (plan(Ablation(recipe=path, vary={"train.micro_batch_size": [v]})) for v in ("2", "4"))
+    assert a.digest != b.digest and [x.slug for x in a.arms[1:]] == ["micro_batch_size-2"]
+
+
 def test_the_written_ablation_file_resumes_from_anywhere(cli, tmp_path, write_recipe, monkeypatch):
     recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
     out = tmp_path / "abl"

@@ -25,19 +25,12 @@ from ..training.checkpoint import plugin_changes
 from ..training.folder import (diverged, ended, failed, finished, run_recipe, summary_of, trained_text,
                                trained_with, val_curve)
 from ..training.progress import fmt_duration
-from ..training.resume import MAY_CHANGE, differing, is_locked
+from ..training.resume import differing, is_locked
 from ..training.signals import signals_held
 from ..training.trainer import schedule_warning, total_steps
 from .plot import plot_curves
 from .report import RunRow, arm_stats, csv_text, first_line, interrupted, markdown
-from .spec import Arm, Plan, unfair_field, yaml_text
-
-# What an ended run may differ in from its arm and still be reused: what --resume lets change, except
-# what shapes the figures the run reports (its budget, evaluation and data: the fields that, varied,
-# would make arms unfair; and train.log_every, the steps final_train_loss is the mean of). The ablation
-# folder's hash still counts them all: these matter with --out.
-MAY_DIFFER = tuple(p for p in MAY_CHANGE if not unfair_field(p) and p != "train.log_every")
-
+from .spec import MAY_DIFFER, Arm, Plan, yaml_text
 
 # The baseline's recipe, resolved, which ablation.yaml names: editing the recipe the ablation was started
 # from must not change the ablation its folder holds. No arm's folder is named so: theirs are `baseline`

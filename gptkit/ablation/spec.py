@@ -11,6 +11,7 @@ token budget. Fields that would break that are refused unless `allow_unfair` say
 """
 
 import collections
+import fnmatch
 import hashlib
 import itertools
 import json
@@ -21,8 +22,10 @@ from pathlib import Path
 from ..errors import UserError, did_you_mean, listing
 from ..io import read_text
 from ..recipe import Recipe, flatten, load_recipe, yaml
+from ..recipe.components import ComponentSpec
 from ..recipe.load import absolute_paths, is_path
 from ..sampling import SEEDS
+from ..training.resume import MAY_CHANGE
 
 # Varying one of these changes what the arms are trained or judged on, not just the model.
 UNFAIR = {
@@ -210,6 +213,14 @@ def unfair_field(key: str) -> str | None:
     return next((k for k in UNFAIR if key == k or key.startswith(k + ".")), None)
 
 
+# What an ended run may differ in from its arm and still be reused: what --resume lets change, except
+# what shapes the figures the run reports (its budget, evaluation and data: the fields that, varied,
+# would make arms unfair; and train.log_every, the steps final_train_loss is the mean of). The
+# ablation folder's name leaves them out, unless varied: rerun with smaller micro-batches, say, an
+# ablation goes on in its folder.
+MAY_DIFFER = tuple(p for p in MAY_CHANGE if not unfair_field(p) and p != "train.log_every")
+
+
 def unequal_terms(recipe: Recipe, baseline: Recipe) -> list[str]:
     """The fields that make `recipe` unfair to compare with `baseline` (UNFAIR) in which the two differ."""
     a, b = flatten(recipe.to_dict()), flatten(baseline.to_dict())
@@ -264,7 +275,7 @@ def plan(ablation: Ablation) -> Plan:
         # The folder's name lists the changes in key order, the label in the command's, and spells each
         # value one way (1e-3 and 0.001 alike, see spelling): --vary flags given in another order or
         # spelling, an ablation file, and the ablation.yaml written for them, find the same folders.
-        slug = "_".join(sorted(slugify(f"{short[k]}={yaml_text(spelling(k, v))}") for k, v in changes)) or "arm"
+        slug = "_".join(sorted(slugify(f"{short[k]}={yaml_text(spelling(k, v, recipe))}") for k, v in changes)) or "arm"
         arm = Arm(label, slug, changes, recipe)
         arms.append(arm)
         seen[canonical(recipe)] = arm
@@ -277,7 +288,8 @@ def plan(ablation: Ablation) -> Plan:
         raise UserError(f"--seeds {ablation.seeds}: the seeds from the recipe's seed {base_seed} on run past "
                         f"{SEEDS.stop - 1}; give a list of seeds instead")
     # Which arm is the baseline matters (it is what the others are compared with); their order does not.
-    key = [canonical(arms[0].recipe), sorted(canonical(a.recipe) for a in arms[1:])]
+    same = [p for p in MAY_DIFFER if not any(fnmatch.fnmatchcase(k, p) or p.startswith(k + ".") for k in keys)]
+    key = [canonical(arms[0].recipe, same), sorted(canonical(a.recipe, same) for a in arms[1:])]
     digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:8]
     return Plan(ablation.name or arms[0].recipe.name, arms, seeds, digest, ablation)
 
@@ -292,10 +304,17 @@ def nothing_to_compare(ablation: Ablation) -> str:
             "e.g. --vary model.norm=rmsnorm,layernorm (or `vary:` in an ablation file)")
 
 
-def spelling(key: str, text: str):
-    """The value that names an arm's folder: a component given by its name only ({name: alibi}) as that
-    name, a path (relative to one folder or another, or absolute as in ablation.yaml) as its file's name."""
+def spelling(key: str, text: str, recipe: Recipe):
+    """The value that names an arm's folder: a component by its name and the parameters given that `recipe`
+    (the arm's) does not hold at their defaults ({name: rope, base: 10000} is `rope`, as {name: rope} is),
+    a path (relative to one folder or another, or absolute as in ablation.yaml) as its file's name."""
     value = yaml.load(text, key)[0]
+    spec = recipe
+    for part in key.split("."):
+        spec = getattr(spec, part, None)
+    if isinstance(spec, ComponentSpec) and isinstance(value, dict):
+        changed = spec.params.model_dump(by_alias=True, exclude_defaults=True)
+        value = {k: v for k, v in value.items() if k == "name" or k in changed}
     if isinstance(value, dict) and value.keys() == {"name"}:
         return value["name"]
     if is_path(tuple(key.split("."))):
@@ -323,12 +342,15 @@ def check_claims(ablation: Ablation, recipe: Recipe, changes: list[tuple[str, st
                             "give each field one value per arm")
 
 
-def canonical(recipe: Recipe) -> str:
-    """The recipe as JSON, minus what every arm may differ in (its name and seed); the data path is
-    absolute, so the same command from another folder finds the same ablation."""
+def canonical(recipe: Recipe, leave_out: list[str] | tuple[str, ...] = ()) -> str:
+    """The recipe as JSON, minus what every arm may differ in (its name and seed) and the keys matching
+    `leave_out`'s patterns; the data path is absolute, so the same command from another folder finds the
+    same ablation."""
     data = recipe.to_dict()
     data.pop("name"), data.pop("seed")
     data["data"]["path"] = str(Path(data["data"]["path"]).resolve())
+    if leave_out:
+        data = {k: v for k, v in flatten(data).items() if not any(fnmatch.fnmatchcase(k, p) for p in leave_out)}
     return json.dumps(data, sort_keys=True)
 
 
