@@ -543,11 +543,20 @@ def test_version_of_a_source_folder_that_is_not_installed_is_said_not_raised(mon
 def test_commands_but_run_refuse_torchrun_once_per_machine(cli, monkeypatch, command):
     """Each process would sample, benchmark (against the others, on the same cores) or print, at once."""
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
     result = cli(*command)
     assert result.exit_code == 2 and result.output.startswith(f"error: gptkit {command[0]} runs in one process; run "
                                                               "it without torchrun"), result.output
     monkeypatch.setenv("LOCAL_RANK", "1")  # the machine's other processes say nothing
     assert cli(*command).output == ""
+
+
+def test_a_world_size_left_in_the_environment_is_not_blamed_on_torchrun(cli, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = cli("validate", "r.yaml")
+    assert result.exit_code == 2 and result.output == (
+        "error: WORLD_SIZE=2 says this is one of several processes, but torchrun did not start it (no RANK) and "
+        "gptkit validate runs in one; unset WORLD_SIZE\n")
 
 
 def test_a_usage_error_under_torchrun_is_said_once_per_machine(cli, monkeypatch, write_recipe):

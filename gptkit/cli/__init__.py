@@ -38,6 +38,10 @@ class Group(click.Group):
     def resolve_command(self, ctx, args):
         name, command, rest = super().resolve_command(ctx, args)
         if under_torchrun() and name != "run" and not any(a in ("-h", "--help") for a in rest):
+            if not os.environ.get("RANK", "").strip():  # which torchrun sets: a WORLD_SIZE left in the environment
+                raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE'].strip()} says this is one of several processes, "
+                                f"but torchrun did not start it (no RANK) and gptkit {name} runs in one; unset "
+                                "WORLD_SIZE")
             raise UserError(f"gptkit {name} runs in one process; run it without torchrun (`gptkit run` alone trains "
                             "on several: torchrun ... -m gptkit run RECIPE)")  # each process would do it all, at once
         return name, command, rest
