@@ -192,9 +192,9 @@ def import_file(path: Path) -> None:
     try:
         spec.loader.exec_module(module)
         _ran[module_name] = source
-    except UserError as e:  # e.g. a name registered twice: already explained, say which file did it
+    except UserError as e:  # e.g. a name registered twice: already explained, say where in the file
         del sys.modules[module_name]
-        raise UserError(f"{path}: {e}") from None
+        raise UserError(f"{path}{line_in(path, e)}: {e}") from None
     except (Exception, SystemExit) as e:  # the file may raise anything, even exit: the user needs the line
         del sys.modules[module_name]
         raise UserError(f"{path}{line_in(path, e)}: {load_failure(e)}") from None

@@ -787,7 +787,9 @@ FOLDER = object()
     ("oops.py", "x = 1\nraise RuntimeError('half done')\n", "{dir}/oops.py:2: RuntimeError: half done"),
     ("oops.py", "def f(:\n", "{dir}/oops.py:1: SyntaxError:"),
     ("oops.py", "from gptkit.components import Norm, register\n@register('norm', 'rmsnorm')\nclass R(Norm):\n    forward = lambda self, x: x\n",
-     "{dir}/oops.py: norm 'rmsnorm' is registered twice: RMSNorm by built-in at"),
+     "{dir}/oops.py:2: norm 'rmsnorm' is registered twice: RMSNorm by built-in at"),
+    ("oops.py", "from gptkit.components import Norm, register\n\n@register('nrom', 'mine')\nclass R(Norm):\n    pass\n",
+     "{dir}/oops.py:3: unknown component kind 'nrom' (did you mean 'norm'?)"),
     ("oops.py", "import sys\nsys.exit(3)\n", "{dir}/oops.py:2: SystemExit: 3"),
     ("ok.yaml", "imports: []\n", "component file {dir}/ok.yaml must be a .py file"),
     ("mine", FOLDER, "component file {dir}/mine is a directory, not a .py file"),
@@ -827,7 +829,7 @@ def test_a_local_files_clashes_are_listed_as_broken_and_refused_where_used(cli, 
     path.write_text(textwrap.dedent(CLASHING))
     checked = cli("check", "norm", "fine_norm", "--import", path)
     assert checked.exit_code == 2 and checked.output.startswith(
-        f"error: {path}: attention 'flash' is registered twice: FlashAttention by built-in at "), checked.output
+        f"error: {path}:5: attention 'flash' is registered twice: FlashAttention by built-in at "), checked.output
     listed = cli("list", "--import", path)
     assert listed.exit_code == 0, listed.output
     for kind, name, cls, builtin, line in (("attention", "flash", "MyFlash", "FlashAttention", 5),
