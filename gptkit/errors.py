@@ -97,6 +97,13 @@ def clipped_repr(value) -> str:
     return repr(clipped(value)) if isinstance(value, str) else clipped(repr(value))
 
 
+def problems(origin: str, texts: list[str]) -> str:
+    """One error for every problem of `origin`: the one alone, or 'ORIGIN has N problems:' and each on a line."""
+    if len(texts) == 1:
+        return texts[0]
+    return f"{origin} has {len(texts)} problems:\n" + "\n".join(f"  {t}" for t in texts)
+
+
 def listing(choices: Iterable[str]) -> str:
     choices = sorted(choices)
     return ", ".join(choices) if choices else "(none)"

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from gptkit.ablation import report
-from gptkit.ablation.spec import Ablation, canonical, load_ablation, plan
+from gptkit.ablation.spec import FILE_KEYS, Ablation, canonical, load_ablation, plan
 from gptkit.recipe.vary import split_values
 from gptkit.errors import Interrupted
 from conftest import breaks_after
@@ -214,6 +214,20 @@ def test_bad_ablation_file(cli, tmp_path, write_recipe):
     path.write_text(f"recipe: {write_recipe().name}\nvary: {{model.norm: [layernorm]}}\nseed: 3\n")
     result = cli("ablate", path)
     assert result.exit_code == 2 and "seed: unknown key (did you mean 'seeds'?)" in result.output
+
+
+def test_an_ablation_files_problems_are_said_together(cli, tmp_path, write_recipe):
+    path = tmp_path / "abl.yaml"
+    path.write_text(f"recipe: {write_recipe().name}\nvary: {{model.norm: layernorm, model.positional: [rope]}}\n"
+                    "seed: 3\nmode: one-at-a-tim\nname: a/b\n")
+    result = cli("ablate", path)
+    assert result.exit_code == 2 and result.output == (
+        f"error: {path} has 4 problems:\n"
+        f"  {path}:2: vary.model.norm: expected a list of values, e.g. [sinusoidal, rope]\n"
+        f"  {path}:3: seed: unknown key (did you mean 'seeds'?). Valid keys: {', '.join(sorted(FILE_KEYS))}\n"
+        f"  {path}:4: mode: expected one of grid, one-at-a-time, got 'one-at-a-tim'\n"
+        f"  {path}:5: name: 'a/b' cannot name the ablation folder: use letters, digits, '.', '_' and '-', starting "
+        "with a letter or digit, at most 100 characters (e.g. norm-sweep)\n"), result.output
 
 
 @pytest.mark.parametrize("lines, args, message", [

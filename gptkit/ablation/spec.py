@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError, did_you_mean, listing
+from ..errors import UserError, did_you_mean, listing, problems
 from ..io import read_text
 from ..recipe import Recipe, flatten, load_recipe, yaml
 from ..recipe.components import ComponentSpec
@@ -140,42 +140,61 @@ def yaml_text(value) -> str:
 
 
 def load_ablation(path: Path) -> Ablation:
-    """The ablation a YAML file in recipes/ablations/ describes."""
+    """The ablation a YAML file in recipes/ablations/ describes; every problem of the file in one error."""
     data, lines = yaml.load(read_text(path, "ablation"), str(path))
     if not isinstance(data, dict) or "recipe" not in data:
         raise UserError(f"{path}: an ablation file is a mapping with at least `recipe:` and `vary:`")
+    found: list[tuple[int, str]] = []  # (line, problem): said in the file's order
+
+    def line(*key) -> int:
+        return lines.get(key) or lines.get(key[:1]) or 0
 
     def at(*key) -> str:  # "abl.yaml:7: vary.model.norm", as a recipe's errors name their lines
-        line = lines.get(key) or lines.get(key[:1])
-        return f"{path}{f':{line}' if line else ''}: {'.'.join(map(str, key))}"
+        return f"{path}{f':{line(*key)}' if line(*key) else ''}: {'.'.join(map(str, key))}"
+
+    def problem(key: tuple, text: str) -> None:
+        found.append((line(*key), f"{at(*key)}: {text}"))
 
     for key in data:
         if key not in FILE_KEYS:
-            raise UserError(f"{at(key)}: unknown key{did_you_mean(str(key), FILE_KEYS)}. "
-                            f"Valid keys: {listing(FILE_KEYS)}")
+            problem((key,), f"unknown key{did_you_mean(str(key), FILE_KEYS)}. Valid keys: {listing(FILE_KEYS)}")
 
-    def typed(key, kind, default):
+    def typed(key, kind, default):  # the value, or (a problem found) the default
         value = data.get(key, default)
         if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-            raise UserError(f"{at(key)}: expected {FILE_KEYS[key]}, got {value!r}")
+            problem((key,), f"expected {FILE_KEYS[key]}, got {value!r}")
+            return default
         return value
+
+    def checked(key, check, value):  # check(value, at(key))'s result, or (a problem found) None
+        try:
+            return check(value, at(key))
+        except UserError as e:
+            found.append((line(key), str(e)))
 
     recipe = path.parent / typed("recipe", str, "")
     if not recipe.is_file():
-        raise UserError(f"{at('recipe')}: recipe file {recipe.resolve()} not found (a path relative to the ablation file)")
+        problem(("recipe",), f"recipe file {recipe.resolve()} not found (a path relative to the ablation file)")
     vary, sets, seeds = typed("vary", dict, {}), typed("set", dict, {}), typed("seeds", (int, list), 3)
     for key, values in vary.items():
         if not isinstance(values, list) or not values:
-            raise UserError(f"{at('vary', key)}: expected a list of values, e.g. [sinusoidal, rope]")
+            problem(("vary", key), "expected a list of values, e.g. [sinusoidal, rope]")
+    vary = {k: v for k, v in vary.items() if isinstance(v, list)}
     if isinstance(seeds, list) and not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise UserError(f"{at('seeds')}: expected a count or a list of integers, got {seeds!r}")
-    check_seeds(seeds, at("seeds"))
+        problem(("seeds",), f"expected a count or a list of integers, got {seeds!r}")
+    else:
+        checked("seeds", check_seeds, seeds)
     mode = typed("mode", str, "grid")
     if mode not in MODES:
-        raise UserError(f"{at('mode')}: expected one of {', '.join(MODES)}, got {mode!r}")
+        problem(("mode",), f"expected one of {', '.join(MODES)}, got {mode!r}")
     margin = float(typed("param_margin", (int, float), 0.1))
     if not margin >= 0:
-        raise UserError(f"{at('param_margin')}: expected a fraction of at least 0, e.g. 0.1, got {margin!r}")
+        problem(("param_margin",), f"expected a fraction of at least 0, e.g. 0.1, got {margin!r}")
+    name = checked("name", check_name, typed("name", str, "")) if "name" in data else path.stem
+    allow_unfair = typed("allow_unfair", bool, False)
+    if found:
+        raise UserError(problems(str(path), [text for _, text in sorted(found, key=lambda p: p[0])]))
+
     def written(key, value) -> str:  # paths relative to the file, as `recipe:` is (--set's: to the current directory)
         return yaml_text(absolute_paths(tuple(str(key).split(".")), value, path.parent))
 
@@ -185,17 +204,8 @@ def load_ablation(path: Path) -> Ablation:
     for k, values in texts.items():
         origin[f"--vary {k}"] = at("vary", k)
         origin |= {f"{k}={v}": at("vary", k) for v in values}  # an arm's value, as the recipe applies it
-    return Ablation(
-        recipe=recipe,
-        vary=texts,
-        overrides=list(overrides),
-        seeds=seeds,
-        mode=mode,
-        name=check_name(typed("name", str, ""), at("name")) if "name" in data else path.stem,
-        param_margin=margin,
-        allow_unfair=typed("allow_unfair", bool, False),
-        origin=origin,
-    )
+    return Ablation(recipe=recipe, vary=texts, overrides=list(overrides), seeds=seeds, mode=mode, name=name,
+                    param_margin=margin, allow_unfair=allow_unfair, origin=origin)
 
 
 def holds(wanted, value) -> bool:

@@ -14,7 +14,7 @@ from pydantic.fields import FieldInfo
 from .. import plugins
 from ..components.base import constraints
 from ..device import resolve_device
-from ..errors import UserError, overridden, override, overrides_example
+from ..errors import UserError, overridden, override, overrides_example, problems
 from ..io import expand_home, quote, read_text
 from . import yaml
 from .components import ComponentSpec, loading_model_only
@@ -140,17 +140,14 @@ def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
 def _problems(e: ValidationError, origin: str, lines: dict | None, overrides: Sequence[tuple[tuple, str]],
               source: yaml.Source | None = None) -> str:
     """Every validation error, on a line of its own, named by its file line or by its override."""
-    problems = []  # (the override's index, the line, the text): the recipe's own in file order, then --set's
+    found = []  # (the override's index, the line, the text): the recipe's own in file order, then --set's
     also = causes(e)
     for loc, msg in describe_errors(e, Recipe):
         blamed, line, where = _blame(loc, also.get(loc, []), origin, lines or {}, overrides)
         if isinstance(msg, NotAString):
             msg = f"{msg} {_string_hint(msg.value, loc, overrides[blamed] if blamed >= 0 else None, source)}"
-        problems.append((blamed, line, f"{where}: {'.'.join(map(str, loc))}: {msg}"))
-    texts = [text for *_, text in sorted(problems, key=lambda p: p[:2])]
-    if len(texts) == 1:
-        return texts[0]
-    return f"{origin} has {len(texts)} problems:\n" + "\n".join(f"  {t}" for t in texts)
+        found.append((blamed, line, f"{where}: {'.'.join(map(str, loc))}: {msg}"))
+    return problems(origin, [text for *_, text in sorted(found, key=lambda p: p[:2])])
 
 
 def _blame(loc: tuple, causes: list[tuple], origin: str, lines: dict, overrides: Sequence[tuple[tuple, str]]
@@ -209,21 +206,22 @@ _FILES = TypeAdapter(list[RecipePath])
 def _import_files(data: dict, origin: str, base_dir: Path | None, lines: dict,
                   overrides: Sequence[tuple[tuple, str]]) -> list[str]:
     """Run the files under `imports` before anything else is validated: the components they register
-    are names the rest of the recipe may use. Loading a model only, a file that fails is passed by
-    (returned, as its error) rather than refused."""
+    are names the rest of the recipe may use. Every file that fails is named, in one error; loading a
+    model only, they are passed by (returned, as their errors) rather than refused."""
     try:
         listed = data.get("imports") if isinstance(data, dict) else None
         files = _FILES.validate_python(listed or [], context={"base_dir": base_dir})
     except ValidationError:
         return []  # a malformed list is reported below, with every other problem
-    unrun = []
+    unrun, failed = [], []
     for i, path in enumerate(files):
         try:
             plugins.import_file(path)
         except UserError as e:
-            if not loading_model_only():
-                raise RecipeError(f"{_blame(('imports', i), [], origin, lines, overrides)[2]}: imports: {e}") from None
-            unrun.append(str(e))  # it may have held training components only, which a model does not need
+            unrun.append(str(e))  # loading a model: it may have held training components only, which it does not need
+            failed.append(f"{_blame(('imports', i), [], origin, lines, overrides)[2]}: imports: {e}")
+    if failed and not loading_model_only():
+        raise RecipeError(problems(origin, failed))
     return unrun
 
 
