@@ -10,7 +10,7 @@ from .errors import UserError
 from .io import cannot_make_folder
 from .model import GPT
 from .recipe import Recipe, load_recipe, validate
-from .recipe.load import apply_overrides, check_overrides, recipe_device
+from .recipe.load import apply_overrides, check_overrides, named_by_overrides, recipe_device
 from .training import train
 from .training.checkpoint import save_checkpoint
 
@@ -53,8 +53,9 @@ def train_model(config_path: str | Path | Recipe | dict, data_path: str | Path |
         raise TypeError(f"train_model takes a recipe file's path, a Recipe or a dict, got {type(config_path).__name__}")
     if save_path is not None:
         check_save_path(Path(save_path))
-    recipe_device(recipe, overrides)  # a device that is not here, named by its override if one set it
-    result = train(recipe, runs_dir=runs_dir, quiet=quiet)
+    recipe_device(recipe, overrides, origins)  # a device that is not here, named by its override if one set it
+    with named_by_overrides(overrides, origins):  # data_path= not found, say
+        result = train(recipe, runs_dir=runs_dir, quiet=quiet)
     if save_path is not None and result.run_dir is not None:  # None: a torchrun rank but 0, which writes nothing
         save_checkpoint(Path(save_path), result.model, recipe.to_dict(), result.dataset.itos, step=result.summary["steps"],
                         plugins=recipe.plugin_sources())

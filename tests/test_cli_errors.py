@@ -268,6 +268,20 @@ def test_cuda_asked_for_by_a_set_without_a_gpu_names_the_set(cli, tmp_path, writ
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("command", [["run", "--runs-dir", "runs"], ["validate"]])
+@pytest.mark.parametrize("setting, said", [
+    ("data.path=nope.txt", "data.path: file {dir}/nope.txt not found"),
+    ("train.batch_size=100000", "train.batch_size 100000 is larger than the "),
+    ('sample.prompt="ZZZ"', "sample.prompt 'ZZZ': characters not in the vocabulary: 'Z'"),
+])
+def test_a_set_that_does_not_fit_the_data_is_named(cli, tmp_path, write_recipe, command, setting, said):
+    """The checks against the text come after validation, and name the --set to blame as it does."""
+    result = cli(command[0], write_recipe(), "--set", setting, *command[1:])
+    assert result.exit_code == 2 and result.output.startswith(f"error: --set {setting}: {said.format(dir=tmp_path)}"), \
+        result.output
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("device", ["foo", "cuda:x"])
 def test_sample_names_a_bad_device_option(cli, tmp_path, device):
     result = cli("sample", tmp_path / "run", "--device", device)

@@ -283,6 +283,12 @@ def test_train_model_errors_name_its_own_arguments(write_recipe, kwargs, named):
     assert str(e.value).startswith(named) and "--set" not in str(e.value), e.value
 
 
+def test_train_model_names_the_override_that_does_not_fit_the_data(tmp_path, write_recipe):
+    with pytest.raises(UserError, match=r"^overrides 'train.batch_size=100000': train.batch_size 100000 is larger"):
+        train_model(write_recipe(), overrides=["train.batch_size=100000"], runs_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_train_model_names_the_override_that_asked_for_a_missing_gpu(tmp_path, write_recipe):
     with pytest.raises(UserError, match=r"^overrides 'train.device=cuda': train.device: cuda was asked for, but no such"):

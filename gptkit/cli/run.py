@@ -4,7 +4,7 @@ import click
 
 from ..errors import UserError, counted
 from ..io import quote
-from ..recipe.load import load_recipe, recipe_device
+from ..recipe.load import load_recipe, named_by_overrides, recipe_device
 from ..training import train
 from ..training.resume import check_run_dir, not_a_run, with_plugin_hint
 from ..training.progress import fmt_duration
@@ -54,7 +54,8 @@ def run(recipe, overrides, runs_dir, resume, quiet):
             raise
         raise with_plugin_hint(e, Path(resume)) from None
     recipe_device(loaded, overrides)  # here, where a --set of it is known
-    result = train(loaded, runs_dir=runs_dir, quiet=quiet, resume=resume)
+    with named_by_overrides(overrides):  # data.path not found, a batch larger than the text...
+        result = train(loaded, runs_dir=runs_dir, quiet=quiet, resume=resume)
     if result.run_dir is None:  # a torchrun process other than rank 0, which reports for all
         return
     s = result.summary

@@ -1,7 +1,7 @@
 import click
 
 from ..recipe import yaml
-from ..recipe.load import load_recipe, recipe_device
+from ..recipe.load import load_recipe, named_by_overrides, recipe_device
 from ..training.run import check_data
 from . import given, main, overrides_option
 
@@ -21,7 +21,9 @@ def validate(recipe, overrides):
     """
     resolved = load_recipe(recipe, overrides)
     recipe_device(resolved, overrides)
-    if check_data(resolved):
+    with named_by_overrides(overrides):
+        later = check_data(resolved)
+    if later:
         data = resolved.data
         click.echo(f"note: data.path {data.path} does not exist yet: the '{data.corpus.name}' corpus will "
                    "create it on the first run (its text is checked here, in memory)", err=True)

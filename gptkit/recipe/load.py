@@ -1,9 +1,11 @@
 """Read a recipe file, apply `--set key=value` overrides, validate, and report every problem at once."""
 
+import contextlib
 import json
 import os
+import re
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -117,9 +119,30 @@ def recipe_device(recipe: Recipe, overrides: Sequence[str] | None = (),
     errors name a key: by the last of the recipe's `overrides` to set it ('--set train.device=cuda:
     train.device', or as `origins` names it, as in load_recipe), else as the key itself."""
     key = "train.device"
-    texts = [t for t in check_overrides(overrides) if t.partition("=")[0].strip() == key]
-    label = f"{(origins or {}).get(texts[-1]) or override(texts[-1])}: {key}" if texts else key
-    return resolve_device(recipe.train.device, label)
+    setter = override_of(key, overrides, origins)
+    return resolve_device(recipe.train.device, f"{setter}: {key}" if setter else key)
+
+
+def override_of(key: str, overrides: Sequence[str] | None, origins: Mapping[str, str] | None = None) -> str | None:
+    """How errors name the last of `overrides` to set `key` (or a key above it): '--set data.path=x.txt',
+    or as `origins` names it (as in load_recipe); None if none did."""
+    texts = [t for t in check_overrides(overrides) if (key + ".").startswith(t.partition("=")[0].strip() + ".")]
+    return ((origins or {}).get(texts[-1]) or override(texts[-1])) if texts else None
+
+
+@contextlib.contextmanager
+def named_by_overrides(overrides: Sequence[str] | None, origins: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Within it, a UserError about a key (its message starts with it: "data.path: file x.txt not found",
+    "train.batch_size 9999 is larger ...") that one of `overrides` set is named by that override first, as
+    validation's errors are: the checks of a recipe against its data, made after it is validated."""
+    try:
+        yield
+    except UserError as e:
+        found = re.match(r"([a-z_]+(?:\.[a-z_0-9]+)+)[: ]", str(e))
+        setter = found and override_of(found.group(1), overrides, origins)
+        if setter:
+            e.args = (f"{setter}: {e}", *e.args[1:])
+        raise
 
 
 def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
