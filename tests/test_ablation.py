@@ -18,7 +18,7 @@ import yaml
 from gptkit.ablation import report
 from gptkit.ablation.spec import FILE_KEYS, Ablation, canonical, load_ablation, plan
 from gptkit.recipe.vary import split_values
-from gptkit.errors import Interrupted
+from gptkit.errors import Interrupted, UserError
 from conftest import breaks_after
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,6 +214,16 @@ def test_bad_ablation_file(cli, tmp_path, write_recipe):
     path.write_text(f"recipe: {write_recipe().name}\nvary: {{model.norm: [layernorm]}}\nseed: 3\n")
     result = cli("ablate", path)
     assert result.exit_code == 2 and "seed: unknown key (did you mean 'seeds'?)" in result.output
+
+
+@pytest.mark.parametrize("key, value", [("recipe", "5"), ("name", "5")])
+def test_a_value_of_the_wrong_type_in_an_ablation_file_is_one_problem(tmp_path, write_recipe, key, value):
+    path = tmp_path / "abl.yaml"
+    given = {"recipe": write_recipe().name, key: value}
+    path.write_text("vary: {model.norm: [layernorm]}\n" + "".join(f"{k}: {v}\n" for k, v in given.items()))
+    with pytest.raises(UserError) as e:
+        load_ablation(path)
+    assert str(e.value) == f"{path}:{2 + list(given).index(key)}: {key}: expected {FILE_KEYS[key]}, got 5"
 
 
 def test_an_ablation_files_problems_are_said_together(cli, tmp_path, write_recipe):

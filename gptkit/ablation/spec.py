@@ -172,9 +172,10 @@ def load_ablation(path: Path) -> Ablation:
         except UserError as e:
             found.append((line(key), str(e)))
 
-    recipe = path.parent / typed("recipe", str, "")
-    if not recipe.is_file():
-        problem(("recipe",), f"recipe file {recipe.resolve()} not found (a path relative to the ablation file)")
+    recipe = typed("recipe", str, None)
+    if recipe is not None and not (path.parent / recipe).is_file():
+        problem(("recipe",), f"recipe file {(path.parent / recipe).resolve()} not found (a path relative to the "
+                "ablation file)")
     vary, sets, seeds = typed("vary", dict, {}), typed("set", dict, {}), typed("seeds", (int, list), 3)
     for key, values in vary.items():
         if not isinstance(values, list) or not values:
@@ -190,7 +191,9 @@ def load_ablation(path: Path) -> Ablation:
     margin = float(typed("param_margin", (int, float), 0.1))
     if not margin >= 0:
         problem(("param_margin",), f"expected a fraction of at least 0, e.g. 0.1, got {margin!r}")
-    name = checked("name", check_name, typed("name", str, "")) if "name" in data else path.stem
+    name = typed("name", str, None) if "name" in data else path.stem
+    if "name" in data and name is not None:
+        name = checked("name", check_name, name)
     allow_unfair = typed("allow_unfair", bool, False)
     if found:
         raise UserError(problems(str(path), [text for _, text in sorted(found, key=lambda p: p[0])]))
@@ -204,7 +207,7 @@ def load_ablation(path: Path) -> Ablation:
     for k, values in texts.items():
         origin[f"--vary {k}"] = at("vary", k)
         origin |= {f"{k}={v}": at("vary", k) for v in values}  # an arm's value, as the recipe applies it
-    return Ablation(recipe=recipe, vary=texts, overrides=list(overrides), seeds=seeds, mode=mode, name=name,
+    return Ablation(recipe=path.parent / recipe, vary=texts, overrides=list(overrides), seeds=seeds, mode=mode, name=name,
                     param_margin=margin, allow_unfair=allow_unfair, origin=origin)
 
 
