@@ -585,18 +585,23 @@ def test_a_finished_run_resumed_takes_no_step_and_reports_no_epoch(tmp_path, wri
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
 
 
-def test_the_best_validation_loss_compares_the_same_windows_only(tmp_path, write_recipe, monkeypatch):
-    """Resumed with another train.eval_batches, the validation is another measure: the best starts again."""
+@pytest.mark.parametrize("older", [False, True], ids=["checkpoint", "older-checkpoint"])
+def test_the_best_validation_loss_compares_the_same_windows_only(tmp_path, write_recipe, monkeypatch, older):
+    """Resumed with another train.eval_batches, the validation is another measure: the best starts again
+    (an older checkpoint's state does not count its windows: its recipe says them)."""
     path = write_recipe(train={"max_steps": 6, "eval_every": 3, "eval_batches": 1})
     with monkeypatch.context() as m:
         stop_at(m, "train_step", 4)
+        if older:
+            state_dict = Trainer.state_dict
+            m.setattr(Trainer, "state_dict", lambda self: (d := state_dict(self)) and d["state"].pop("eval_windows") and d)
         with pytest.raises(Interrupted) as e:
             train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
     run = e.value.run_dir
     load = Trainer.load_state_dict
 
-    def better_before(self, saved):  # the first windows' best beats any loss the second may give
-        load(self, saved)
+    def better_before(self, saved, *args):  # the first windows' best beats any loss the second may give
+        load(self, saved, *args)
         self.state.best_val_loss = 1e-9
 
     monkeypatch.setattr(Trainer, "load_state_dict", better_before)
@@ -1347,7 +1352,7 @@ def test_running_out_of_memory_loading_the_optimizer_state_to_resume_is_one_erro
     run = interrupted_at(monkeypatch, write_recipe(model=ONE_LAYER, train={"max_steps": 6, "checkpoint_every": 2}),
                          tmp_path / "runs", 2)
 
-    def load_state_dict(self, saved):
+    def load_state_dict(self, saved, saved_recipe=None):
         raise RuntimeError(CPU_OOM)
 
     monkeypatch.setattr(Trainer, "load_state_dict", load_state_dict)

@@ -213,7 +213,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
             load_weights(model, checkpoint, run_dir / "checkpoint.pt")
         trainer = Trainer(recipe, model, dataset, device, quiet=quiet or not dist.is_main, dist=dist)
         if checkpoint is not None:  # the optimizer's state, twice the weights' size with AdamW, onto the device
-            trainer.load_state_dict(checkpoint["trainer"])  # rank 0's random stream
+            trainer.load_state_dict(checkpoint["trainer"], checkpoint["recipe"])  # rank 0's random stream too
     schedule_warning = trainer.schedule_warning()
     if checkpoint is not None:
         if checkpoint["step"] > trainer.total_steps:  # (at the budget, it only saves new sample settings)

@@ -235,7 +235,9 @@ class Trainer:
                                            "torch.load(weights_only=True) cannot; keep tensors and plain Python values there")
         return {"optimizer": optimizer, "state": asdict(self.state), "rng": rng}
 
-    def load_state_dict(self, saved: dict) -> None:
+    def load_state_dict(self, saved: dict, saved_recipe: dict | None = None) -> None:
+        """Go on from a `state_dict`, saved under `saved_recipe` (a Recipe's to_dict(); None: this one), whose
+        train.eval_batches counts an older checkpoint's evaluation windows."""
         try:
             self.optimizer.load_state_dict(saved["optimizer"])
         except (ValueError, KeyError) as e:  # parameter groups that do not line up
@@ -247,8 +249,10 @@ class Trainer:
             self.state.eval_step = self.state.step
         if "step_seconds" not in saved["state"]:  # an older checkpoint's: its steps' time is not known apart
             self.state.step_seconds = self.state.seconds
-        if "eval_windows" not in saved["state"]:  # an older checkpoint's: taken to be the windows of today
-            self.state.eval_windows = len(self.eval_starts)
+        if "eval_windows" not in saved["state"]:  # an older checkpoint's
+            batches = saved_recipe["train"].get("eval_batches") if saved_recipe else self.cfg.eval_batches
+            windows = None if batches is None else batches * self.cfg.batch_size
+            self.state.eval_windows = len(self.dataset.eval_starts(windows))
         self.saved_step, self._saved_eval_step = self.state.step, self.state.eval_step  # the checkpoint resumed from
         torch.set_rng_state(saved["rng"]["torch"])
         if "cuda" in saved["rng"] and self.device.type == "cuda":
