@@ -3,6 +3,7 @@ summary.json files, resuming after an interruption, and `gptkit compare`."""
 
 import csv
 import errno
+import hashlib
 import io
 import json
 import math
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from gptkit.ablation import report
+from gptkit.ablation.runner import ablation_dir
 from gptkit.ablation.spec import FILE_KEYS, Ablation, canonical, load_ablation, plan
 from gptkit.recipe.vary import split_values
 from gptkit.errors import Interrupted, UserError
@@ -413,6 +415,21 @@ def test_a_varied_setting_that_runs_may_differ_in_still_names_the_folder(write_r
     path = write_recipe()
     a, b = (plan(Ablation(recipe=path, vary={"train.micro_batch_size": [v]})) for v in ("2", "4"))
     assert a.digest != b.digest and [x.slug for x in a.arms[1:]] == ["micro_batch_size-2"]
+    # the others of its kind are still left out
+    c, d = (plan(Ablation(recipe=path, vary={"sample.temperature": ["0.5"]}, overrides=o)) for o in ([], ["sample.tokens=5"]))
+    assert c.digest == d.digest
+
+
+def test_an_ablation_folder_named_by_an_older_gptkit_is_resumed_where_it_is(tmp_path, write_recipe):
+    """Before its name left out what runs may differ in, it hashed the whole recipes."""
+    p = plan(Ablation(recipe=write_recipe(), vary={"model.positional": ["rope"]}))
+    whole = [canonical(p.arms[0].recipe), sorted(canonical(a.recipe) for a in p.arms[1:])]
+    older = tmp_path / "ablations" / f"tiny-{hashlib.sha1(json.dumps(whole).encode()).hexdigest()[:8]}"
+    assert ablation_dir(p, tmp_path) == tmp_path / "ablations" / f"tiny-{p.digest}" != older
+    older.mkdir(parents=True)
+    assert ablation_dir(p, tmp_path) == older
+    (tmp_path / "ablations" / f"tiny-{p.digest}").mkdir()  # both: the newer is the one
+    assert ablation_dir(p, tmp_path) == tmp_path / "ablations" / f"tiny-{p.digest}"
 
 
 def test_the_written_ablation_file_resumes_from_anywhere(cli, tmp_path, write_recipe, monkeypatch):

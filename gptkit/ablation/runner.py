@@ -39,7 +39,11 @@ BASELINE = "baseline.yaml"
 
 
 def ablation_dir(plan: Plan, runs_dir: str | Path = "runs", out: str | Path | None = None) -> Path:
-    return Path(out) if out is not None else Path(runs_dir) / "ablations" / f"{plan.name}-{plan.digest}"
+    if out is not None:
+        return Path(out)
+    folder = Path(runs_dir) / "ablations" / f"{plan.name}-{plan.digest}"
+    older = folder.with_name(f"{plan.name}-{plan.older_digest}")
+    return older if plan.older_digest and older.is_dir() and not folder.exists() else folder  # resumed where it is
 
 
 def check_can_make(folder: Path, out: str | Path | None) -> None:

@@ -94,6 +94,7 @@ class Plan:
     seeds: list[int]
     digest: str                        # names the default folder; independent of the seeds
     ablation: Ablation
+    older_digest: str = ""             # the name gptkit gave it before `digest` left MAY_DIFFER out
 
     @property
     def baseline(self) -> Arm:
@@ -207,8 +208,8 @@ def load_ablation(path: Path) -> Ablation:
     for k, values in texts.items():
         origin[f"--vary {k}"] = at("vary", k)
         origin |= {f"{k}={v}": at("vary", k) for v in values}  # an arm's value, as the recipe applies it
-    return Ablation(recipe=path.parent / recipe, vary=texts, overrides=list(overrides), seeds=seeds, mode=mode, name=name,
-                    param_margin=margin, allow_unfair=allow_unfair, origin=origin)
+    return Ablation(recipe=path.parent / recipe, vary=texts, overrides=list(overrides), seeds=seeds, mode=mode,
+                    name=name, param_margin=margin, allow_unfair=allow_unfair, origin=origin)
 
 
 def holds(wanted, value) -> bool:
@@ -300,11 +301,13 @@ def plan(ablation: Ablation) -> Plan:
     if seeds[-1] not in SEEDS:
         raise UserError(f"--seeds {ablation.seeds}: the seeds from the recipe's seed {base_seed} on run past "
                         f"{SEEDS.stop - 1}; give a list of seeds instead")
-    # Which arm is the baseline matters (it is what the others are compared with); their order does not.
-    same = [p for p in MAY_DIFFER if not any(fnmatch.fnmatchcase(k, p) or p.startswith(k + ".") for k in keys)]
-    key = [canonical(arms[0].recipe, same), sorted(canonical(a.recipe, same) for a in arms[1:])]
-    digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:8]
-    return Plan(ablation.name or arms[0].recipe.name, arms, seeds, digest, ablation)
+
+    def digest(*leave_out: str) -> str:  # which arm is the baseline matters; the others' order does not
+        key = [canonical(arms[0].recipe, leave_out, keys),
+               sorted(canonical(a.recipe, leave_out, keys) for a in arms[1:])]
+        return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:8]
+
+    return Plan(ablation.name or arms[0].recipe.name, arms, seeds, digest(*MAY_DIFFER), ablation, digest())
 
 
 def nothing_to_compare(ablation: Ablation) -> str:
@@ -355,15 +358,21 @@ def check_claims(ablation: Ablation, recipe: Recipe, changes: list[tuple[str, st
                             "give each field one value per arm")
 
 
-def canonical(recipe: Recipe, leave_out: list[str] | tuple[str, ...] = ()) -> str:
+def canonical(recipe: Recipe, leave_out: tuple[str, ...] = (), keep: list[str] | tuple[str, ...] = ()) -> str:
     """The recipe as JSON, minus what every arm may differ in (its name and seed) and the keys matching
-    `leave_out`'s patterns; the data path is absolute, so the same command from another folder finds the
-    same ablation."""
+    `leave_out`'s patterns but for those at or below a key in `keep`; the data path is absolute, so the
+    same command from another folder finds the same ablation."""
     data = recipe.to_dict()
     data.pop("name"), data.pop("seed")
     data["data"]["path"] = str(Path(data["data"]["path"]).resolve())
-    if leave_out:
-        data = {k: v for k, v in flatten(data).items() if not any(fnmatch.fnmatchcase(k, p) for p in leave_out)}
+    for key in flatten(data):
+        varied = any((key + ".").startswith(k + ".") for k in keep)
+        if not varied and any(fnmatch.fnmatchcase(key, p) for p in leave_out):
+            *parents, last = key.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            del node[last]
     return json.dumps(data, sort_keys=True)
 
 
