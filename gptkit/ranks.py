@@ -4,6 +4,8 @@ free of torch, so that the command line can ask before torch is imported (see _e
 
 import os
 
+from .errors import UserError
+
 
 def under_torchrun() -> bool:
     """Whether this process is one of several of a torchrun job: a WORLD_SIZE that is unset, blank, 0 or 1
@@ -21,3 +23,22 @@ def first_on_machine() -> bool:
     same command line, mistake and Ctrl-C, and its local rank 0 alone says so. Outside one, a LOCAL_RANK
     left in the environment (by a job before) says nothing."""
     return not under_torchrun() or os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def unset_by_torchrun() -> list[str]:
+    """What torchrun sets for every process of a job that is not set here: all of it outside one."""
+    return [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k, "").strip()]
+
+
+def stray_world_size(fix: str) -> UserError | None:
+    """The error for a WORLD_SIZE of several processes that torchrun did not start (a WORLD_SIZE left in the
+    environment: RANK, MASTER_ADDR or MASTER_PORT not set), ending in `fix`; None otherwise. Said by
+    every process: none other is there to say it for them."""
+    missing = unset_by_torchrun()
+    if not (under_torchrun() and missing):
+        return None
+    names = " and ".join(filter(None, (", ".join(missing[:-1]), missing[-1])))  # RANK, MASTER_ADDR and ...
+    error = UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE'].strip()} says this is one of several processes, but "
+                      f"{names} {'is' if len(missing) == 1 else 'are'} not set, as torchrun sets them: {fix}")
+    error.every_rank = True
+    return error

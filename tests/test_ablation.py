@@ -134,7 +134,8 @@ def test_a_missing_device_is_named_by_its_flag_before_any_arm_trains(cli, tmp_pa
 
 def test_ablate_refuses_to_run_under_torchrun(cli, tmp_path, write_recipe, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # every process would train, and write, every arm
-    monkeypatch.setenv("RANK", "0")
+    for k, v in dict(RANK="0", MASTER_ADDR="localhost", MASTER_PORT="29500").items():
+        monkeypatch.setenv(k, v)
     result = cli("ablate", write_recipe(), "--out", tmp_path / "abl", "--vary", "model.norm=rmsnorm,layernorm")
     assert result.exit_code == 2 and result.output == (
         "error: gptkit ablate runs in one process; run it without torchrun (`gptkit run` alone trains on several: "

@@ -557,7 +557,8 @@ def test_version_of_a_source_folder_that_is_not_installed_is_said_not_raised(mon
 def test_commands_but_run_refuse_torchrun_once_per_machine(cli, monkeypatch, command):
     """Each process would sample, benchmark (against the others, on the same cores) or print, at once."""
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
+    for k, v in dict(RANK="0", MASTER_ADDR="localhost", MASTER_PORT="29500").items():
+        monkeypatch.setenv(k, v)
     result = cli(*command)
     assert result.exit_code == 2 and result.output.startswith(f"error: gptkit {command[0]} runs in one process; run "
                                                               "it without torchrun"), result.output
@@ -565,12 +566,16 @@ def test_commands_but_run_refuse_torchrun_once_per_machine(cli, monkeypatch, com
     assert cli(*command).output == ""
 
 
-def test_a_world_size_left_in_the_environment_is_not_blamed_on_torchrun(cli, monkeypatch):
+@pytest.mark.parametrize("local_rank", [None, "1"])
+def test_a_world_size_left_in_the_environment_is_not_blamed_on_torchrun(cli, monkeypatch, local_rank):
+    """Said even where LOCAL_RANK, left too, says another process speaks for the machine: none does."""
     monkeypatch.setenv("WORLD_SIZE", "2")
+    if local_rank:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
     result = cli("validate", "r.yaml")
     assert result.exit_code == 2 and result.output == (
-        "error: WORLD_SIZE=2 says this is one of several processes, but torchrun did not start it (no RANK) and "
-        "gptkit validate runs in one; unset WORLD_SIZE\n")
+        "error: WORLD_SIZE=2 says this is one of several processes, but RANK, MASTER_ADDR and MASTER_PORT are not "
+        "set, as torchrun sets them: gptkit validate runs in one process; unset WORLD_SIZE\n")
 
 
 def test_a_usage_error_under_torchrun_is_said_once_per_machine(cli, monkeypatch, write_recipe):

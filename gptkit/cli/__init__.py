@@ -14,7 +14,7 @@ import click
 from .. import plugins
 from ..errors import RunStopped, UserError, command_line
 from ..io import expand_home, quote
-from ..ranks import first_on_machine, rank, under_torchrun
+from ..ranks import first_on_machine, rank, stray_world_size, under_torchrun, unset_by_torchrun
 
 
 class Group(click.Group):
@@ -38,10 +38,9 @@ class Group(click.Group):
     def resolve_command(self, ctx, args):
         name, command, rest = super().resolve_command(ctx, args)
         if under_torchrun() and name != "run" and not any(a in ("-h", "--help") for a in rest):
-            if not os.environ.get("RANK", "").strip():  # which torchrun sets: a WORLD_SIZE left in the environment
-                raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE'].strip()} says this is one of several processes, "
-                                f"but torchrun did not start it (no RANK) and gptkit {name} runs in one; unset "
-                                "WORLD_SIZE")
+            stray = stray_world_size(f"gptkit {name} runs in one process; unset WORLD_SIZE")
+            if stray:
+                raise stray
             raise UserError(f"gptkit {name} runs in one process; run it without torchrun (`gptkit run` alone trains "
                             "on several: torchrun ... -m gptkit run RECIPE)")  # each process would do it all, at once
         return name, command, rest
@@ -53,7 +52,8 @@ class Group(click.Group):
             raise said_once(e) from None
         except UserError as e:
             if e.every_rank:  # met by this process alone (its GPU's memory): the others cannot say it
-                click.echo(f"error{f' (rank {rank()})' if under_torchrun() else ''}: {e}", err=True)
+                click.echo(f"error{f' (rank {rank()})' if under_torchrun() and not unset_by_torchrun() else ''}: {e}",
+                           err=True)
             elif first_on_machine():
                 click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)

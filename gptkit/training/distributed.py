@@ -27,7 +27,7 @@ import torch.distributed as td
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import RunStopped, UserError
-from ..ranks import under_torchrun
+from ..ranks import stray_world_size, under_torchrun
 
 DDP_OPTIONS = inspect.signature(DistributedDataParallel).parameters
 FAILED = 2  # what a rank that failed alone adds to a vote, plus its exit code: a stop vote's flags are 0 and 1
@@ -247,13 +247,10 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not td.is_initialized():
-        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k, "").strip()]
-        if missing:  # a WORLD_SIZE left in the environment: else torch's traceback from the rendezvous
-            names = " and ".join(filter(None, (", ".join(missing[:-1]), missing[-1])))  # RANK, MASTER_ADDR and ...
-            raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE'].strip()} says this is one of several processes, "
-                            f"but {names} {'is' if len(missing) == 1 else 'are'} not set, as torchrun sets them: "
-                            "start the processes with torchrun (torchrun --nproc_per_node N -m gptkit run ...), or "
-                            "unset WORLD_SIZE to train in one")
+        stray = stray_world_size("start the processes with torchrun (torchrun --nproc_per_node N -m gptkit run "
+                                 "...), or unset WORLD_SIZE to train in one")
+        if stray:  # else torch's traceback from the rendezvous
+            raise stray
         # Before the group exists: torch._dynamo imported after it (DDP imports it) holds on to the group for
         # good, so that its gloo threads and connections outlived destroy_process_group into the
         # interpreter's shutdown, where a peer closing its end now and then aborted the process.
