@@ -12,7 +12,7 @@ from .model import GPT
 from .recipe import Recipe, load_recipe, validate
 from .recipe.load import apply_overrides, check_overrides, named_by_overrides, recipe_device
 from .training import train
-from .training.checkpoint import save_checkpoint
+from .training.checkpoint import save_checkpoint, saved_model
 
 
 def train_model(config_path: str | Path | Recipe | dict, data_path: str | Path | None = None, epochs: int | None = None,
@@ -69,9 +69,16 @@ def _overridden(data: dict, origin: str, overrides: list[str], origins: dict[str
 
 
 def check_save_path(path: Path) -> None:
-    """Before training, not after it: a save_path that cannot be written is one error."""
+    """Before training, not after it: a save_path that cannot be written, or that holds anything but a model
+    an earlier train_model saved (a recipe, a text, a run's checkpoint), is one error."""
     if path.is_dir():
         raise UserError(f"save_path {path} is a folder; give a file name, e.g. {path / 'model.pt'}")
+    if path.name == "checkpoint.pt" and (path.parent / "recipe.yaml").is_file():
+        raise UserError(f"save_path {path} is the checkpoint of the run in {path.parent}, which it goes on from; "
+                        f"give another file name, e.g. {path.with_name('model.pt')}")
+    if path.exists() and not saved_model(path):
+        raise UserError(f"save_path {path} exists and is not a model saved by train_model, and would be "
+                        "overwritten; give another file name, or delete it first")
     problem = cannot_make_folder(path.parent)  # a missing folder is made
     if problem:
         raise UserError(f"save_path {path} cannot be written: {problem}")

@@ -23,6 +23,7 @@ from gptkit.errors import RunStopped, UserError
 from gptkit.recipe import RecipeError
 from gptkit.recipe.components import RecipeIssue
 from gptkit.registry import RegistryError
+from gptkit.training.checkpoint import load_checkpoint
 from gptkit.sampling import generate, sample
 
 VOCAB = Vocab([chr(65 + i) for i in range(CONFIG.vocab_size)])
@@ -265,14 +266,32 @@ def test_load_recipe_takes_a_path_not_a_recipe(write_recipe):
         load_recipe(recipe, ["train.lr=0.1"])
 
 
-def test_train_model_checks_save_path_before_training(tmp_path, write_recipe):
+def test_train_model_checks_save_path_before_training(tmp_path, write_recipe, corpus):
     (tmp_path / "afile").write_text("x")
-    for path, message in [(tmp_path, f"save_path {tmp_path} is a folder; give a file name"),
-                          (tmp_path / "afile" / "m.pt", f"cannot be written: {tmp_path / 'afile'} is a file")]:
+    recipe = write_recipe()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.yaml").write_text(recipe.read_text())
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"PK")
+    for path, message in [
+        (tmp_path, f"save_path {tmp_path} is a folder; give a file name"),
+        (tmp_path / "afile" / "m.pt", f"cannot be written: {tmp_path / 'afile'} is a file"),
+        (recipe, f"save_path {recipe} exists and is not a model saved by train_model, and would be overwritten"),
+        (corpus, f"save_path {corpus} exists and is not a model saved by train_model"),  # the text it trains on
+        (tmp_path / "run" / "checkpoint.pt", f"is the checkpoint of the run in {tmp_path / 'run'}, which it goes on from"),
+    ]:
+        before = path.read_bytes() if path.is_file() else None
         with pytest.raises(UserError) as e:
-            train_model(write_recipe(), save_path=path, runs_dir=tmp_path / "runs", quiet=True)
-        assert message in str(e.value)
+            train_model(recipe, save_path=path, runs_dir=tmp_path / "runs", quiet=True)
+        assert message in str(e.value) and (before is None or path.read_bytes() == before)
     assert not (tmp_path / "runs").exists()  # nothing was trained
+
+
+def test_train_model_saves_over_a_model_it_saved_before(tmp_path, write_recipe):
+    save = tmp_path / "model.pt"
+    for steps in (1, 2):
+        train_model(write_recipe(), overrides=[f"train.max_steps={steps}"], save_path=save, runs_dir=tmp_path / "runs",
+                    quiet=True)
+    assert load_checkpoint(save)["step"] == 2
 
 
 @pytest.mark.parametrize("kwargs, named", [({"epochs": 0.5}, "epochs=0.5"), ({"epochs": True}, "epochs=True"),

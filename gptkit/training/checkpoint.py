@@ -176,6 +176,16 @@ def peek(path: Path, key: str):
 REQUIRED = {"model": dict, "recipe": dict, "vocab_size": int, "itos": list, "step": int}
 
 
+def saved_model(path: Path) -> bool:
+    """Whether `path` holds a model as train_model saves one: a checkpoint without a run's training state.
+    Only its entries' index is read (mapped), not the weights."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a checkpoint at all (text, a damaged file): not one to overwrite unasked
+        return False
+    return isinstance(state, dict) and REQUIRED.keys() <= state.keys() and "trainer" not in state
+
+
 def _is_text(path: Path) -> bool:
     """Whether the file starts as UTF-8 text. A checkpoint, even a damaged one, does not: torch writes a
     zip archive, whose headers hold zero bytes."""
