@@ -89,13 +89,14 @@ def check_shape_and_dtype(spec, config):
         raise AssertionError(f"output dtype {y.dtype}, expected {x.dtype}")
 
 
+NOT_FINITE = "output has NaN or inf"
+NOT_DETERMINISTIC = "not deterministic in eval mode"
+
+
 def check_finite(spec, config):
     y = exercise(spec.kind, _module(spec, config), _input(config) * 10, config.n_head)
     if not torch.isfinite(y).all():
-        raise AssertionError("output has NaN or inf")
-
-
-NOT_DETERMINISTIC = "not deterministic in eval mode"
+        raise AssertionError(NOT_FINITE)
 
 
 def check_deterministic(spec, config):
@@ -105,6 +106,8 @@ def check_deterministic(spec, config):
     x = _input(config)
     with torch.no_grad():
         a, b = (exercise(spec.kind, module, x, config.n_head) for _ in range(2))
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):  # NaN equals nothing, not even itself
+        raise AssertionError(NOT_FINITE)
     if not same_logits(a, b):
         raise AssertionError(f"{NOT_DETERMINISTIC}: two passes over the same input differ by {(a - b).abs().max():.2e}")
 
@@ -531,18 +534,20 @@ def run_check(check: str, spec: ComponentSpec, config: GPTConfig = CONFIG) -> Re
     return Result(check, "pass", note or "")
 
 
-# Checks that compare two passes: a component that is not deterministic would fail them, each with a
-# misleading reason, so they are skipped once "deterministic" has found it so.
+# Checks that compare two passes: a component that is not deterministic, or whose output is not finite,
+# would fail them, each with a misleading reason, so they are skipped once "deterministic" has found it so.
 COMPARE_PASSES = ("state_dict round trip", "causal", "offsets", "every partner", "matches naive", "kv cache")
 
 
 def run_checks(checks: list[str], spec: ComponentSpec, config: GPTConfig = CONFIG) -> list[Result]:
-    """`checks`' results in order, those of COMPARE_PASSES skipped when the component is not deterministic
-    (not when "deterministic" fails otherwise: raising, or on the meta device, which has no values)."""
+    """`checks`' results in order, those of COMPARE_PASSES skipped when "deterministic" found the component
+    not deterministic or its output not finite (not when it fails otherwise: raising, or on the meta device,
+    which has no values)."""
     results = []
     for check in checks:
-        noisy = any(r.check == "deterministic" and NOT_DETERMINISTIC in r.detail for r in results)
-        results.append(Result(check, "n/a", f"skipped: {NOT_DETERMINISTIC}") if noisy and check in COMPARE_PASSES
+        why = next((w for r in results if r.check == "deterministic" for w in (NOT_DETERMINISTIC, NOT_FINITE)
+                    if w in r.detail), None)
+        results.append(Result(check, "n/a", f"skipped: {why}") if why and check in COMPARE_PASSES
                        else run_check(check, spec, config))
     return results
 

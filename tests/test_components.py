@@ -267,6 +267,22 @@ def test_a_component_that_is_not_deterministic_fails_that_check_alone(temporary_
         assert (results[check].status, results[check].detail) == ("n/a", "skipped: not deterministic in eval mode")
 
 
+def test_a_component_whose_output_is_not_finite_is_not_also_called_acausal(temporary_component):
+    """NaN equals nothing: the checks comparing two passes would blame causality or the state dict."""
+    from gptkit.components.feedforward import MLP
+
+    class NaNs(MLP):
+        def forward(self, x):
+            return super().forward(x) * float("nan")
+
+    temporary_component("feedforward", "nans", NaNs)
+    results = {r.check: r for r in check_component("feedforward", "nans")}
+    for check in ("finite", "deterministic"):
+        assert (results[check].status, results[check].detail) == ("fail", "AssertionError: output has NaN or inf")
+    for check in ("state_dict round trip", "causal"):
+        assert (results[check].status, results[check].detail) == ("n/a", "skipped: output has NaN or inf")
+
+
 def test_a_partner_that_is_not_deterministic_is_skipped_as_such(temporary_component):
     temporary_component("positional", "noisy", Noisy.positional())
     result = run_check("every partner", parse_component("attention", "flash"))
