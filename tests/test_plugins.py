@@ -807,7 +807,7 @@ def test_errors_in_imported_files_name_the_file(write_recipe, cli, tmp_path, scr
 def test_every_imported_file_that_fails_is_named_in_one_error(write_recipe, cli, tmp_path, scratch_registries):
     (tmp_path / "a.py").write_text("raise RuntimeError('first')\n")
     (tmp_path / "b.py").write_text("x = 1\nraise ValueError('second')\n")
-    recipe = write_recipe(imports=["a.py", "b.py"])
+    recipe = write_recipe(imports=["a.py", "b.py", "a.py"])  # one listed twice is said once
     result = cli("validate", recipe)
     assert result.exit_code == 2 and re.fullmatch(
         rf"error: {re.escape(str(recipe))} has 2 problems:\n"

@@ -18,7 +18,7 @@ from ..device import keep_random_state
 from ..errors import ComponentError, Diverged, Interrupted, OutOfMemory, UserError, failure_reason
 from ..io import cannot_make_folder, quote, write_text
 from ..recipe import Recipe, apply_override, flatten, yaml
-from ..recipe.load import recipe_device
+from ..recipe.load import named_by_overrides, recipe_device
 from ..training import train
 from ..training.build import build_checked
 from ..training.checkpoint import plugin_changes
@@ -58,10 +58,16 @@ def check_can_make(folder: Path, out: str | Path | None) -> None:
 
 
 @contextlib.contextmanager
-def blamed(arm: Arm):
-    """An arm's error names the arm (the baseline's is the recipe's own)."""
+def blamed(arm: Arm, plan: Plan | None = None):
+    """An arm's error names the arm (the baseline's is the recipe's own), and, given its `plan`, the --set or
+    --vary that set the key it is about (a batch larger than the text: errors of the checks against the data)."""
     try:
-        yield
+        if plan is None:
+            yield
+        else:
+            with named_by_overrides([*plan.ablation.overrides, *(f"{k}={v}" for k, v in arm.changes)],
+                                    plan.ablation.origin):
+                yield
     except UserError as e:
         if not arm.changes:
             raise
@@ -75,7 +81,7 @@ def datasets(plan: Plan) -> dict[str, CharDataset]:
     for arm in plan.arms:
         key = (arm.recipe.data.model_dump_json(), arm.recipe.model.block_size)
         if key not in loaded:
-            with blamed(arm):
+            with blamed(arm, plan):
                 loaded[key] = load_dataset(arm.recipe.data, arm.recipe.model.block_size)
         out[arm.slug] = loaded[key]
     return out
@@ -86,7 +92,7 @@ def check_arms(plan: Plan, data: dict[str, CharDataset]) -> dict[str, str]:
     for every arm before any trains (else an arm fails after the others trained); returns {arm slug:
     SHA-256 of its text}."""
     for arm in plan.arms:
-        with blamed(arm):
+        with blamed(arm, plan):
             data[arm.slug].check_run(arm.recipe.train.batch_size, arm.recipe.sample.prompt)
     return {slug: dataset.fingerprint for slug, dataset in data.items()}
 

@@ -238,6 +238,8 @@ def _import_files(data: dict, origin: str, base_dir: Path | None, lines: dict,
         return []  # a malformed list is reported below, with every other problem
     unrun, failed = [], []
     for i, path in enumerate(files):
+        if path in files[:i]:  # listed twice: run, and its error said, once
+            continue
         try:
             plugins.import_file(path)
         except UserError as e:
