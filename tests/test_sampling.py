@@ -1,6 +1,7 @@
 """Generation with and without the key/value cache, for every attention x positional pair."""
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -88,6 +89,29 @@ def test_sample_refuses_settings_that_cannot_sample(kwargs, message):
     args = {"tokens": 3, "temperature": 0.8, "top_k": None, **kwargs}
     with pytest.raises(ValueError, match=message):
         sample(tiny_model(), Vocab([chr(65 + i) for i in range(CONFIG.vocab_size)]), "A", **args)
+
+
+@pytest.mark.parametrize("model, prompt, message", [
+    ("run/model.pt", "A", "model must be a GPT (train_model's or load_model's first value), got str"),
+    (None, 5, "prompt must be a string, e.g. 'ROMEO:' ('' for a newline), got int"),
+])
+def test_sample_names_an_argument_of_the_wrong_type(model, prompt, message):
+    from gptkit.data.vocab import Vocab
+    from gptkit.sampling import sample
+
+    with pytest.raises(TypeError, match=re.escape(message)):
+        sample(model or tiny_model(), Vocab([chr(65 + i) for i in range(CONFIG.vocab_size)]), prompt, 3)
+
+
+def test_a_prompts_line_endings_are_read_as_a_texts_are():
+    """\\r\\n (a prompt pasted from Windows) and a lone \\r are \\n, which the vocabulary has; \\r it never has."""
+    from gptkit.data.vocab import Vocab
+    from gptkit.recipe.schema import SampleSection
+    from gptkit.sampling import sample
+
+    vocab = Vocab(["\n", *(chr(65 + i) for i in range(CONFIG.vocab_size - 1))])
+    assert sample(tiny_model(), vocab, "A\r\nB\r", 3, seed=0).startswith("A\nB\n")
+    assert SampleSection(prompt="ROMEO:\r\n").prompt == "ROMEO:\n"
 
 
 def test_a_tiny_temperature_samples_the_likeliest_token():

@@ -7,7 +7,7 @@ import click
 from ..device import resolve_device
 from ..diagnose import blaming, check_forward, component_specs
 from ..errors import OutOfMemory, UserError, out_of_memory_as, out_of_memory_on
-from ..sampling import MAX_TOKENS, SEEDS
+from ..sampling import MAX_TOKENS, SEEDS, one_newline
 from ..sampling import sample as sample_model
 from ..training.checkpoint import PluginChangedWarning, load_model
 from . import finite, given, main, reader_gone
@@ -79,7 +79,7 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
         model, recipe, vocab = load(run_dir, device)
     s = recipe.sample  # what the run itself sampled with, unless the command line says otherwise
     given = prompt is not None
-    prompt = s.prompt if prompt is None else prompt
+    prompt = s.prompt if prompt is None else one_newline(prompt)
     tokens = s.tokens if tokens is None else tokens
     temperature = s.temperature if temperature is None else temperature
     top_k = s.top_k if top_k is None else (top_k or None)

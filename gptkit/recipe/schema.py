@@ -16,7 +16,7 @@ from ..components.base import GPTConfig
 from ..device import DEVICE_PATTERN
 from ..io import expand_home
 from ..registry import RegistryError, registry
-from ..sampling import MAX_TOKENS, SEEDS
+from ..sampling import MAX_TOKENS, SEEDS, one_newline
 from .components import MODEL_KINDS, ComponentSpec, RecipeIssue, component
 
 
@@ -163,7 +163,8 @@ def _top_k(value):
 
 
 class SampleSection(Section):
-    prompt: str = Field("", description="text to continue; empty: a newline, or the text's first character if it has none")
+    prompt: Annotated[str, AfterValidator(one_newline)] = Field(
+        "", description="text to continue; empty: a newline, or the text's first character if it has none")
     tokens: int = Field(500, ge=0, le=MAX_TOKENS, description="characters sampled after training (samples.txt) and by "
                         "`gptkit sample` unless --tokens says; 0: none")
     temperature: float = Field(0.8, gt=0)
