@@ -684,6 +684,15 @@ def test_compare(cli, tmp_path, two_runs):
     assert missing.exit_code == 2 and f"{tmp_path}: not a run folder (it has no recipe.yaml)" in missing.output
     missing = cli("compare", two_runs[0], tmp_path / "nowhere")
     assert missing.exit_code == 2 and f"{tmp_path / 'nowhere'}: no such folder" in missing.output
+    # a folder of runs (runs/ itself, an arm's folder of seed-N runs): one of them, by name
+    holding = cli("compare", two_runs[0], tmp_path / "rope")
+    assert holding.exit_code == 2 and holding.output == (f"error: {tmp_path / 'rope'}: not a run folder (it has no "
+                                                         f"recipe.yaml); it holds runs: give one of them, e.g. "
+                                                         f"{two_runs[1]}\n"), holding.output
+    sampled = cli("sample", tmp_path / "rope")
+    assert sampled.exit_code == 2 and sampled.output == (f"error: checkpoint {tmp_path / 'rope' / 'checkpoint.pt'} not "
+                                                         f"found: {tmp_path / 'rope'} is not a run folder; it holds runs: "
+                                                         f"give one of them, e.g. {two_runs[1]}\n"), sampled.output
 
 
 def test_compare_of_an_ablation_folder_points_at_its_runs(cli, tmp_path, two_runs):

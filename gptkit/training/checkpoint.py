@@ -152,10 +152,12 @@ def load_checkpoint(path: str | Path) -> dict:
 def _why_no_checkpoint(folder: Path) -> str:
     """Why the folder has no checkpoint.pt, when it says: an ablation's folder, or a run that stopped
     before its first save. "" otherwise."""
-    from .folder import ablation_run_example, is_ablation_folder, summary_of  # folder reads checkpoints
+    from .folder import ablation_run_example, is_ablation_folder, runs_within, summary_of  # folder reads checkpoints
     if is_ablation_folder(folder):
         return (f": {folder} is an ablation folder, not a run folder: sample one of its runs, e.g. "
                 f"gptkit sample {quote(folder / ablation_run_example(folder))}")
+    if not (folder / "recipe.yaml").is_file() and runs_within(folder):
+        return f": {folder} is not a run folder{runs_within(folder)}"
     summary = summary_of(folder)
     if summary.get("status") == "failed":
         reason = summary.get("reason")

@@ -23,6 +23,19 @@ def ablation_runs(path: Path) -> dict[Path, int]:
     return {p: int(m[1]) for p, m in found if m}
 
 
+def runs_within(folder: Path) -> str:
+    """'; it holds runs: give one of them, e.g. FOLDER/RUN' for a folder whose subfolders are runs (runs/
+    itself, an ablation arm's folder of seed-N runs), the newest named; "" otherwise."""
+    try:
+        runs = [p for p in folder.iterdir() if (p / "recipe.yaml").is_file()]
+    except OSError:
+        return ""
+    if not runs:
+        return ""
+    newest = max(runs, key=lambda p: (p / "recipe.yaml").stat().st_mtime)
+    return f"; it holds runs: give one of them, e.g. {newest}"
+
+
 def ablation_seeds(path: Path) -> list[int]:
     """The seeds of the ablation folder's runs, in order."""
     return sorted(set(ablation_runs(path).values()))
@@ -83,7 +96,9 @@ def ended(summary: dict | None) -> bool:
 def run_recipe(run_dir: Path) -> dict:
     path = run_dir / "recipe.yaml"
     if not path.is_file():
-        raise UserError(f"{run_dir}: {'no such folder' if not run_dir.exists() else 'not a run folder (it has no recipe.yaml)'}")
+        problem = ("no such folder" if not run_dir.exists() else
+                   f"not a run folder (it has no recipe.yaml){runs_within(run_dir)}")
+        raise UserError(f"{run_dir}: {problem}")
     try:  # read as recipes are (YAML 1.2's 1e-3 and no), or an edited file would differ from itself
         recipe, _ = yaml.load(read_text(path, "run recipe"), str(path))
     except yaml.YAMLError:
