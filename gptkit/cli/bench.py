@@ -26,8 +26,10 @@ def bench(recipe, overrides, vary, steps, warmup, rounds, threads, as_json):
     gptkit bench recipes/shakespeare.yaml --set train.batch_size=16 --vary model.attention=flash,naive
     gptkit bench recipes/shakespeare.yaml --vary train.micro_batch_size=null,auto --json
 
-    Every variant's recipe and data are checked before anything is measured. Exit codes: 0 done; 1 a
-    variant's process failed; 2 a mistake in the input; 130 / 143 stopped by SIGINT / SIGTERM.
+    Every variant's recipe and data are checked before anything is measured; a variant that fails while
+    measured stops the benchmark, named. Exit codes: 0 done; 1 a variant's process died or failed
+    unexpectedly; 2 a mistake in the input, or a variant's component or memory at fault (one error);
+    130 / 143 stopped by SIGINT / SIGTERM.
     """
     log = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     report = run_bench(recipe, overrides, vary, steps=steps, warmup=warmup, rounds=rounds, threads=threads, log=log)
