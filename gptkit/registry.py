@@ -249,8 +249,11 @@ class Registry:
     def _unknown(self, name: str) -> str:
         names = self.names()
         guess = did_you_mean(name, names)
+        misplaced = [text for _, n, _, text in misplaced_entry_points() if n == name]
         if not plugins.enabled():  # the name meant may be a plugin's
             hint = f" ({plugins.turned_off()})"
+        elif misplaced:  # installed, under a misspelt group
+            hint = f"; {misplaced[0]}: fix the group in its pyproject.toml and install it again"
         else:  # nothing like it here: perhaps a plugin package's, not installed (recipes say which in comments)
             hint = "" if guess else "; a plugin package's components are available once it is installed (pip install it)"
         return f"unknown {self.kind} {clipped_repr(name)}{guess}. Available: {listing(names)}{hint}"
@@ -427,6 +430,17 @@ def kinds() -> list[str]:
     from . import components  # noqa: F401
 
     return list(_registries)
+
+
+def misplaced_entry_points() -> list[tuple[str, str, plugins.Plugin, str]]:
+    """(group's kind, name, plugin, what is wrong) for each entry point in a `gptkit.*` group that is no
+    kind: a plugin author's typo, which `gptkit list` warns of and an unknown name's error points out."""
+    known = kinds()
+    groups = ", ".join(f"gptkit.{kind}" for kind in sorted(known))
+    return [(k, name, p, f"{p.source} declares '{name}' in entry point group 'gptkit.{k}', which is not a "
+                         f"component kind{did_you_mean(k, known)}; the groups are: {groups}")
+            for k in plugins.declared_kinds() if k not in known
+            for name, claims in plugins.declared(k).items() for p in claims]
 
 
 def forget_plugins() -> None:

@@ -325,13 +325,19 @@ def test_registering_a_name_a_plugin_declares_is_refused_at_once(install, scratc
     assert registry("norm").find("unitnorm").source == "acme-norms 1.2"
 
 
-def test_an_entry_point_in_no_kinds_group_is_reported(install, cli):
+def test_an_entry_point_in_no_kinds_group_is_reported(install, cli, write_recipe):
     install("acme-typo", "1.0", {"gptkit.norms": {"unitnorm": "acme_typo:UnitNorm"}}, {"acme_typo": NORM})
     result = cli("list")
     assert result.exit_code == 0
     assert ("warning: acme-typo 1.0 declares 'unitnorm' in entry point group 'gptkit.norms', which is not a "
             "component kind (did you mean 'norm'?)") in result.stderr
     assert any(r["kind"] == "norms" and r["status"] == "broken" for r in json.loads(cli("list", "--json").output))
+    for command in (["show", "norm", "unitnorm"], ["validate", write_recipe(), "--set", "model.norm=unitnorm"]):
+        said = cli(*command).output  # not "available once it is installed": it is
+        assert "unknown norm 'unitnorm'" in said and ("; acme-typo 1.0 declares 'unitnorm' in entry point group "
+                                                      "'gptkit.norms', which is not a component kind (did you mean "
+                                                      "'norm'?)") in said, said
+        assert said.rstrip().endswith("fix the group in its pyproject.toml and install it again"), said
 
 
 def test_plugins_can_be_switched_off(install, cli, monkeypatch):

@@ -11,7 +11,7 @@ from .. import plugins
 from ..components.attention import caches
 from ..components.base import constraints
 from ..errors import did_you_mean
-from ..registry import Entry, clashes_listed, kinds, registry
+from ..registry import Entry, clashes_listed, kinds, misplaced_entry_points, registry
 from . import imports_option, main
 
 def describe_params(entry: Entry) -> list[dict]:
@@ -102,12 +102,8 @@ def list_(kind, as_json):
 
 def _misplaced() -> list[dict]:
     """Entry points in a `gptkit.*` group that is no kind: a typo a plugin author should hear about."""
-    return [{"kind": k, "name": name, "source": p.source, "status": "broken", "object": p.value,
-             "error": f"{p.source} declares '{name}' in entry point group 'gptkit.{k}', which is not a "
-                      f"component kind{did_you_mean(k, kinds())}; the groups are: "
-                      + ", ".join(f"gptkit.{kind}" for kind in sorted(kinds()))}
-            for k in plugins.declared_kinds() if k not in kinds()
-            for name, claims in plugins.declared(k).items() for p in claims]
+    return [{"kind": k, "name": name, "source": p.source, "status": "broken", "object": p.value, "error": error}
+            for k, name, p, error in misplaced_entry_points()]
 
 
 @main.command(cls=Listing)
