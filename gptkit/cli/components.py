@@ -7,12 +7,11 @@ import json
 import click
 from pydantic_core import to_json
 
-from .. import plugins
 from ..components.attention import caches
 from ..components.base import constraints
-from ..errors import did_you_mean
 from ..registry import Entry, clashes_listed, kinds, misplaced_entry_points, registry
 from . import imports_option, main
+
 
 def describe_params(entry: Entry) -> list[dict]:
     """Each parameter of a component: name, type, default, constraints and description."""
