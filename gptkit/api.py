@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .data.dataset import CharDataset
 from .errors import UserError
-from .io import cannot_make_folder
+from .io import cannot_make_folder, check_path_argument
 from .model import GPT
 from .recipe import Recipe, load_recipe, validate
 from .recipe.load import apply_overrides, check_overrides, named_by_overrides, recipe_device
@@ -30,6 +30,8 @@ def train_model(config_path: str | Path | Recipe | dict, data_path: str | Path |
     one to resume from). Under torchrun, rank 0 alone writes both.
     """
     overrides = list(check_overrides(overrides))
+    for name, value in (("data_path", data_path), ("save_path", save_path), ("runs_dir", runs_dir)):
+        check_path_argument(name, value, optional=name != "runs_dir")
     origins = {}  # data_path and epochs are named in errors as the arguments they were, not as overrides
     if data_path is not None:
         if not Path(data_path).is_file():  # said as the argument it is, not as the recipe's data.path

@@ -79,6 +79,13 @@ def missing(path: Path) -> str:
     return "not found"
 
 
+def check_path_argument(name: str, value, optional: bool = False) -> None:
+    """A TypeError naming the argument `name` unless `value` is a path (a str or os.PathLike; or None, if
+    `optional`), rather than one from deep inside pathlib."""
+    if not (isinstance(value, str | os.PathLike) or optional and value is None):
+        raise TypeError(f"{name} must be a path (a str or Path), got {type(value).__name__}")
+
+
 def quote(path: str | os.PathLike) -> str:
     """`path` as a command printed to be pasted into a shell must hold it: 'runs/my run' quoted."""
     return shlex.quote(str(path))

@@ -217,6 +217,9 @@ class Registry:
     def entry(self, name: str) -> Entry:
         """The entry for `name`, importing its plugin on first use. Never raises for a name that
         exists: a broken plugin or a clash comes back with `error` set."""
+        if not isinstance(name, str):
+            raise TypeError(f"a component's name is a string ({self.kind}: {listing(self.names())}); got "
+                            f"{type(name).__name__}")
         if _listing and name in self._clashes:
             return self._clashes[name]
         claims = plugins.declared(self.kind).get(name, [])
@@ -417,6 +420,9 @@ def registry(kind: str) -> Registry:
     """The registry of one kind ('attention', 'norm', ...)."""
     from . import components  # noqa: F401  (registers the built-ins)
 
+    if not isinstance(kind, str):
+        raise TypeError(f"a component kind is a name, e.g. 'attention' (kinds(): {listing(_registries)}); got "
+                        f"{type(kind).__name__}")
     try:
         return _registries[kind]
     except KeyError:

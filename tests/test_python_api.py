@@ -22,7 +22,7 @@ from gptkit.data.vocab import Vocab
 from gptkit.errors import RunStopped, UserError
 from gptkit.recipe import RecipeError
 from gptkit.recipe.components import RecipeIssue
-from gptkit.registry import RegistryError
+from gptkit.registry import RegistryError, registry
 from gptkit.training.checkpoint import load_checkpoint
 from gptkit.sampling import generate, sample
 
@@ -292,6 +292,26 @@ def test_train_model_saves_over_a_model_it_saved_before(tmp_path, write_recipe):
         train_model(write_recipe(), overrides=[f"train.max_steps={steps}"], save_path=save, runs_dir=tmp_path / "runs",
                     quiet=True)
     assert load_checkpoint(save)["step"] == 2
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda r, t: train_model(r, data_path=5), "data_path must be a path (a str or Path), got int"),
+    (lambda r, t: train_model(r, save_path=3), "save_path must be a path (a str or Path), got int"),
+    (lambda r, t: load_model(None), "load_model's path must be a path (a str or Path), got NoneType"),
+    (lambda r, t: registry(3), "a component kind is a name, e.g. 'attention' (kinds(): "),
+    (lambda r, t: registry("norm").get(None), "a component's name is a string (norm: "),
+    (lambda r, t: assert_conformant(3, "x"), "a component kind is a name, e.g. 'attention'"),
+])
+def test_an_argument_of_the_wrong_type_is_named(write_recipe, tmp_path, call, message):
+    with pytest.raises(TypeError) as e:
+        call(write_recipe(), tmp_path)
+    assert str(e.value).startswith(message), e.value
+
+
+def test_train_into_a_run_dir_that_is_a_file_is_refused(write_recipe, tmp_path):
+    (tmp_path / "t.txt").write_text("x")
+    with pytest.raises(UserError, match=rf"^run_dir='{tmp_path}/t.txt' is a file, not a folder; give a folder"):
+        train(load_recipe(write_recipe()), run_dir=tmp_path / "t.txt", quiet=True)
 
 
 @pytest.mark.parametrize("kwargs, named", [({"epochs": 0.5}, "epochs=0.5"), ({"epochs": True}, "epochs=True"),

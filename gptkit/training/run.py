@@ -25,7 +25,8 @@ from ..diagnose import blaming, check_forward
 from ..errors import (CheckpointError, ComponentError, Diverged, OutOfMemory, RunStopped, UserError, arg, failure_reason,
                       given, goes_on_by, on_command_line, out_of_memory, out_of_memory_as, out_of_memory_on,
                       overrides_example)
-from ..io import DISK_FULL, cannot_make_folder, make_folders, quote, remove_empty, write_json, write_text
+from ..io import (DISK_FULL, cannot_make_folder, check_path_argument, make_folders, quote, remove_empty, write_json,
+                  write_text)
 from ..model import GPT, check_components
 from ..recipe import Recipe, yaml
 from ..sampling import sample
@@ -129,10 +130,11 @@ def check_arguments(runs_dir, quiet, resume, run_dir) -> None:
     if not isinstance(quiet, bool):  # quiet="no" would be taken as True
         raise TypeError(f"quiet must be True or False, got {quiet!r}")
     for name, value in (("runs_dir", runs_dir), ("resume", resume), ("run_dir", run_dir)):
-        if not (isinstance(value, str | os.PathLike) or value is None and name != "runs_dir"):
-            raise TypeError(f"{name} must be a path (a str or Path), got {type(value).__name__}")
+        check_path_argument(name, value, optional=name != "runs_dir")
     if run_dir is None:
         return
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise UserError(f"run_dir={str(run_dir)!r} is a file, not a folder; give a folder for the run")
     if resume is not None and (resume == "auto" or Path(resume).absolute() != Path(run_dir).absolute()):
         raise UserError(f"resume={str(resume)!r} and run_dir={str(run_dir)!r}: a resumed run goes on in its own "
                         "folder; give one of them")
