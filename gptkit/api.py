@@ -56,7 +56,7 @@ def train_model(config_path: str | Path | Recipe | dict, data_path: str | Path |
     if save_path is not None:
         check_save_path(Path(save_path))
     recipe_device(recipe, overrides, origins)  # a device that is not here, named by its override if one set it
-    with named_by_overrides(overrides, origins):  # data_path= not found, say
+    with named_by_overrides(overrides, origins):  # an override's batch larger than the text, say
         result = train(recipe, runs_dir=runs_dir, quiet=quiet)
     if save_path is not None and result.run_dir is not None:  # None: a torchrun rank but 0, which writes nothing
         save_checkpoint(Path(save_path), result.model, recipe.to_dict(), result.dataset.itos, step=result.summary["steps"],

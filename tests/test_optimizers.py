@@ -88,17 +88,15 @@ def test_every_optimizer_resumes_bit_for_bit(write_recipe, tmp_path, monkeypatch
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
-@pytest.mark.parametrize("nesterov", [True, False])
-def test_muon_follows_torch_muon(nesterov):
-    """Same steps as torch.optim.Muon when both orthogonalise in bf16 (torch's precision)."""
+def muon_against_torchs(nesterov: bool, adjust_lr: str, ns_dtype: torch.dtype, atol: float) -> None:
+    """Three steps of ours and of torch.optim.Muon on the same matrices and gradients, compared to `atol`."""
     torch.manual_seed(0)
     shapes = [(48, 16), (16, 48), (48, 16), (32, 32)]
     ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     kw = dict(lr=0.02, momentum=0.9, nesterov=nesterov, ns_steps=5, weight_decay=0.1)
-    a = Muon(ours, adjust_lr="match_rms_adamw", ns_dtype=torch.bfloat16, **kw)
-    b = torch.optim.Muon(theirs, adjust_lr_fn="match_rms_adamw", **kw)
+    a = Muon(ours, adjust_lr=adjust_lr, ns_dtype=ns_dtype, **kw)
+    b = torch.optim.Muon(theirs, adjust_lr_fn=adjust_lr, **kw)
     for _ in range(3):
         grads = [torch.randn(s) for s in shapes]
         for p, q, g in zip(ours, theirs, grads):
@@ -106,7 +104,14 @@ def test_muon_follows_torch_muon(nesterov):
         a.step()
         b.step()
     for p, q in zip(ours, theirs):
-        torch.testing.assert_close(p, q, atol=2e-3, rtol=0)
+        torch.testing.assert_close(p, q, atol=atol, rtol=0)
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_muon_follows_torch_muon(nesterov):
+    """Same steps as torch.optim.Muon when both orthogonalise in bf16 (torch's precision)."""
+    muon_against_torchs(nesterov, "match_rms_adamw", torch.bfloat16, atol=2e-3)
 
 
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
@@ -122,21 +127,7 @@ def test_muon_steps_as_torch_muon_does_around_the_orthogonalisation(monkeypatch,
         return orthogonalise(grad[None], steps, torch.float32)[0]
 
     monkeypatch.setattr(_muon, "_zeropower_via_newtonschulz", ours_in_fp32)
-    torch.manual_seed(0)
-    shapes = [(48, 16), (16, 48), (48, 16), (32, 32)]
-    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
-    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    kw = dict(lr=0.02, momentum=0.9, nesterov=nesterov, ns_steps=5, weight_decay=0.1)
-    a = Muon(ours, adjust_lr=adjust_lr, ns_dtype=torch.float32, **kw)
-    b = torch.optim.Muon(theirs, adjust_lr_fn=adjust_lr, **kw)
-    for _ in range(3):
-        grads = [torch.randn(s) for s in shapes]
-        for p, q, g in zip(ours, theirs, grads):
-            p.grad, q.grad = g.clone(), g.clone()
-        a.step()
-        b.step()
-    for p, q in zip(ours, theirs):
-        torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
+    muon_against_torchs(nesterov, adjust_lr, torch.float32, atol=1e-6)
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "foreach"])

@@ -156,8 +156,9 @@ def _why_no_checkpoint(folder: Path) -> str:
     if is_ablation_folder(folder):
         return (f": {folder} is an ablation folder, not a run folder: sample one of its runs, e.g. "
                 f"gptkit sample {quote(folder / ablation_run_example(folder))}")
-    if not (folder / "recipe.yaml").is_file() and runs_within(folder):
-        return f": {folder} is not a run folder{runs_within(folder)}"
+    within = "" if (folder / "recipe.yaml").is_file() else runs_within(folder)
+    if within:
+        return f": {folder} is not a run folder{within}"
     summary = summary_of(folder)
     if summary.get("status") == "failed":
         reason = summary.get("reason")
