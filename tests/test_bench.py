@@ -140,13 +140,32 @@ def test_each_variant_reports_its_own_peak_memory(write_recipe):
     assert 10 * 2**20 < report["variants"][0]["peak_memory"] < 400 * 2**20
 
 
-def test_a_failing_variant_is_named_and_stops_the_bench(cli, write_recipe, tmp_path, scratch_registries):
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_failing_variant_is_named_and_the_others_are_measured(cli, write_recipe, tmp_path, scratch_registries,
+                                                                as_json):
     (tmp_path / "explodes.py").write_text(EXPLODES)
-    result = cli("bench", write_recipe(imports=["explodes.py"]), "--vary", "model.feedforward=mlp,explodes",
-                 "--steps", "1", "--warmup", "1", "--rounds", "1")
+    result = cli("bench", write_recipe(imports=["explodes.py"]), "--vary", "model.feedforward=explodes,mlp,swiglu",
+                 "--steps", "1", "--warmup", "1", "--rounds", "2", *(["--json"] if as_json else []))
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output  # as `gptkit run` reports it
-    assert (f"error: variant model.feedforward=explodes: feedforward 'explodes' from {tmp_path / 'explodes.py'} is "
-            "broken: its forward() raised RuntimeError: boom") in result.output, result.output
+    failure = (f"feedforward 'explodes' from {tmp_path / 'explodes.py'} is broken: its forward() raised "
+               f"RuntimeError: boom (at {tmp_path / 'explodes.py'}:8)")
+    assert result.stderr.endswith(f"error: variant model.feedforward=explodes: {failure}\n"), result.stderr
+    if as_json:
+        explodes, mlp, swiglu = json.loads(result.stdout)["variants"]
+        assert explodes["failed"] == failure and mlp["failed"] is None and len(mlp["round_ms"]) == 2
+        assert mlp["ratio"] == 1.0 and swiglu["ratio"] > 0  # to the first measured
+    else:
+        rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("model.feedforward=")}
+        assert rows["model.feedforward=explodes"].split(None, 1)[1] == f"failed: {failure}"
+        assert "1.00x" in rows["model.feedforward=mlp"] and "ms/step" in result.stdout
+        assert "(ratios to model.feedforward=mlp: the first variant failed)" in result.stdout
+
+
+def test_a_bench_whose_every_variant_fails_is_that_error(write_recipe, tmp_path, scratch_registries):
+    (tmp_path / "explodes.py").write_text(EXPLODES)
+    with pytest.raises(UserError, match="^feedforward 'explodes' from .* is broken: its forward"):
+        run_bench(write_recipe(imports=["explodes.py"], model={"feedforward": "explodes"}), steps=1, warmup=1, rounds=1,
+                  log=lambda *a: None)
 
 
 def test_a_component_failing_in_a_bench_names_the_step_it_failed_at(write_recipe, temporary_component):

@@ -54,6 +54,7 @@ class Variant:
     micro_batch_size: int = 0
     compiled: bool = False
     round_ms: list[float] = field(default_factory=list)
+    failed: str | None = None  # why it stopped while measured: the others went on
 
     @property
     def origins(self) -> dict[str, str]:
@@ -88,7 +89,9 @@ def variants(axes: list[tuple[str, list[str]]]) -> list[Variant]:
 
 def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str] = (), steps: int = 5,
               warmup: int = 2, rounds: int = 3, threads: int | None = None, log=print) -> dict:
-    """Benchmark every variant; returns the report (also what --json prints)."""
+    """Benchmark every variant; returns the report (also what --json prints). A variant that fails while
+    measured is left out of the rounds that follow and the others go on: then BenchIncomplete, holding
+    the report and the variants' errors, is raised once they are done."""
     for name, value in (("overrides", overrides), ("vary", vary)):
         if isinstance(value, str):
             raise TypeError(f"{name} takes a list of strings, e.g. [{value!r}]")
@@ -103,7 +106,7 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
     threads = threads or torch.get_num_threads()
     with sigterm_interrupts():
         peaks = measure_peaks(recipes, threads, log)
-        memory_kind = measure(found, recipes, threads, warmup, steps, rounds, log)
+        memory_kind, errors = measure(found, recipes, threads, warmup, steps, rounds, log)
         # Again once the workers are done: a neighbour on the host can slow one measurement by a third,
         # which would inflate every MFU (past 100%); the faster of the two is nearer the truth.
         after = measure_peaks(recipes, threads, log, again=True)
@@ -114,13 +117,16 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
             v.peak_flops = peaks[peak_key(recipe.train)][0]
     device, _ = first = peak_key(recipes[0].train)
     peak, peak_source = peaks[first]
-    for v in found:
+    measured = [v for v in found if v.label not in errors]
+    for v in measured:
         v.ms_per_step = statistics.median(v.round_ms)
         v.tokens_per_s = v.tokens_per_step / (v.ms_per_step / 1000)
         v.flops_per_s = v.flops_per_token * v.tokens_per_s
         v.mfu = v.flops_per_s / v.peak_flops
-        v.ratio = v.tokens_per_s / found[0].tokens_per_s
-    return {
+        v.ratio = v.tokens_per_s / measured[0].tokens_per_s  # the first variant's, or the first still measured
+    for v in found:
+        v.failed = str(errors[v.label]).removeprefix(v.which) if v.label in errors else None
+    report = {
         "recipe": str(recipe_path),
         "overrides": list(overrides),
         "device": str(device),
@@ -135,6 +141,22 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
         "rounds": rounds,
         "variants": [asdict(v) for v in found],
     }
+    if errors:
+        raise BenchIncomplete(report, list(errors.values()))
+    return report
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [""])[0]
+
+
+class BenchIncomplete(Exception):
+    """Variants failed while measured, the others not: `report` holds every figure measured, `errors` why
+    each of the others stopped."""
+
+    def __init__(self, report: dict, errors: list[BaseException]):
+        super().__init__(f"{counted(len(errors), 'variant')} failed")
+        self.report, self.errors = report, errors
 
 
 def check_distinct(found: list[Variant], recipes: list) -> None:
@@ -212,11 +234,29 @@ def measure_peaks(recipes: list, threads: int, log, again: bool = False) -> dict
     return peaks
 
 
-def measure(found: list[Variant], recipes: list, threads: int, warmup: int, steps: int, rounds: int, log) -> str:
+def measure(found: list[Variant], recipes: list, threads: int, warmup: int, steps: int, rounds: int, log
+            ) -> tuple[str, dict[str, UserError | RunStopped]]:
     """Train every variant in its own worker process: warm-up, then `rounds` of `steps` steps, the
-    workers taking turns. Fills in the variants' figures; returns what their peak memory measures."""
+    workers taking turns. Fills in the variants' figures; returns what their peak memory measures, and
+    {label: error} for the variants that failed (the others went on without them; if every one
+    failed, the first one's error is raised)."""
     ctx = multiprocessing.get_context("spawn")  # a forked OpenMP runtime can hang; spawn is safe everywhere
-    procs, conns = [], []
+    procs, conns, errors = [], [], {}
+
+    def reply(v: Variant, conn, proc, message: tuple) -> dict | None:
+        try:
+            return ask(conn, message, proc, v.which)
+        except (UserError, BenchFailed) as e:  # this variant's: the others go on
+            errors[v.label] = e
+            proc.kill()
+            log(f"  {v.label} failed: {first_line(e).removeprefix(v.which)}")
+            return None
+
+    def going():  # the variants not failed, with their pipes and processes
+        if len(errors) == len(found):  # nothing left to measure: the first failure is the benchmark's
+            raise next(iter(errors.values()))
+        return [(v, conn, proc) for v, conn, proc in zip(found, conns, procs) if v.label not in errors]
+
     try:
         for v, recipe in zip(found, recipes):
             parent, child = ctx.Pipe()
@@ -225,20 +265,27 @@ def measure(found: list[Variant], recipes: list, threads: int, warmup: int, step
                 proc.start()
                 procs.append(proc)
             conns.append(parent)
-            info = ask(parent, ("warmup", warmup), proc, v.which)
+            info = reply(v, parent, proc, ("warmup", warmup))
+            if info is None:
+                continue
             v.warmup_seconds = info["build_seconds"] + info["seconds"]
             for key in ("params", "flops_per_token", "tokens_per_step", "micro_batch_size", "compiled"):
                 setattr(v, key, info[key])
             log(f"  warmed up {v.label} in {v.warmup_seconds:.1f} s")
         for r in range(rounds):
-            for v, conn, proc in zip(found, conns, procs):
-                v.round_ms.append(1000 * ask(conn, ("run", steps), proc, v.which)["seconds"] / steps)
-            log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{ms:,.0f}" for ms in (v.round_ms[-1] for v in found)) + " ms/step")
+            for v, conn, proc in going():
+                done = reply(v, conn, proc, ("run", steps))
+                if done is not None:
+                    v.round_ms.append(1000 * done["seconds"] / steps)
+            times = ", ".join(f"{v.round_ms[-1]:,.0f}" for v, _, _ in going())
+            log(f"  round {r + 1}/{rounds}: {times} ms/step")
         memory_kind = ""
-        for v, conn, proc in zip(found, conns, procs):
-            stats = ask(conn, ("stop",), proc, v.which)
-            v.peak_memory, memory_kind = stats["peak_memory"], stats["memory_kind"]
-        return memory_kind
+        for v, conn, proc in going():
+            stats = reply(v, conn, proc, ("stop",))
+            if stats is not None:
+                v.peak_memory, memory_kind = stats["peak_memory"], stats["memory_kind"]
+        going()  # raises if every variant failed, the last while stopping
+        return memory_kind, errors
     except BaseException:  # the others wait for a message that will not come: end them now
         for proc in procs:
             proc.kill()
@@ -288,10 +335,16 @@ def format_report(report: dict) -> str:
     width = max(len("variant"), *(len(v["label"]) for v in report["variants"]))
     lines.append(f"{'variant':<{width}}  {'ms/step':>9}  {'tokens/s':>9}  {'ratio':>6}  {'peak mem':>10}  "
                  f"{'MFLOP/tok':>9}  {'GFLOP/s':>8}  {'MFU':>6}  {'warm-up':>8}")
+    measured = [v for v in report["variants"] if not v["failed"]]
     for v in report["variants"]:
+        if v["failed"]:
+            lines.append(f"{v['label']:<{width}}  failed: {v['failed'].splitlines()[0]}")
+            continue
         lines.append(f"{v['label']:<{width}}  {v['ms_per_step']:>9,.1f}  {v['tokens_per_s']:>9,.0f}  "
                      f"{v['ratio']:>5.2f}x  {v['peak_memory'] / 2**20:>6,.0f} MiB  {v['flops_per_token'] / 1e6:>9.3g}  "
                      f"{v['flops_per_s'] / 1e9:>8,.1f}  {100 * v['mfu']:>5.1f}%  {v['warmup_seconds']:>7.1f}s")
-    lines.append("(tokens/step " + ", ".join(f"{v['tokens_per_step']:,}" for v in report["variants"]) + "; micro-batch "
-                 + ", ".join(f"{v['micro_batch_size']}{' compiled' if v['compiled'] else ''}" for v in report["variants"]) + ")")
+    lines.append("(tokens/step " + ", ".join(f"{v['tokens_per_step']:,}" for v in measured) + "; micro-batch "
+                 + ", ".join(f"{v['micro_batch_size']}{' compiled' if v['compiled'] else ''}" for v in measured) + ")")
+    if measured[0] is not report["variants"][0]:
+        lines.append(f"(ratios to {measured[0]['label']}: the first variant failed)")
     return "\n".join(lines)

@@ -3,7 +3,8 @@ import os
 
 import click
 
-from ..bench import format_report, run_bench
+from ..bench import BenchIncomplete, format_report, run_bench
+from ..errors import UserError
 from . import given, main, overrides_option
 
 
@@ -27,10 +28,14 @@ def bench(recipe, overrides, vary, steps, warmup, rounds, threads, as_json):
     gptkit bench recipes/shakespeare.yaml --vary train.micro_batch_size=null,auto --json
 
     Every variant's recipe and data are checked before anything is measured; a variant that fails while
-    measured stops the benchmark, named. Exit codes: 0 done; 1 a variant's process died or failed
-    unexpectedly; 2 a mistake in the input, or a variant's component or memory at fault (one error);
+    measured is reported as failed and the others go on. Exit codes: 0 done; 1 a variant's process died
+    or failed unexpectedly; 2 a mistake in the input, or a variant's component or memory at fault;
     130 / 143 stopped by SIGINT / SIGTERM.
     """
     log = (lambda line: click.echo(line, err=True)) if as_json else click.echo
-    report = run_bench(recipe, overrides, vary, steps=steps, warmup=warmup, rounds=rounds, threads=threads, log=log)
+    try:
+        report = run_bench(recipe, overrides, vary, steps=steps, warmup=warmup, rounds=rounds, threads=threads, log=log)
+    except BenchIncomplete as e:  # the figures measured, then the failure (a process's death said first)
+        click.echo(json.dumps(e.report, indent=2) if as_json else "\n" + format_report(e.report))
+        raise sorted(e.errors, key=lambda error: isinstance(error, UserError))[0] from None
     click.echo(json.dumps(report, indent=2) if as_json else "\n" + format_report(report))
