@@ -75,10 +75,10 @@ def check_save_path(path: Path) -> None:
     an earlier train_model saved (a recipe, a text, a run's checkpoint), is one error."""
     if path.is_dir():
         raise UserError(f"save_path {path} is a folder; give a file name, e.g. {path / 'model.pt'}")
-    if path.name == "checkpoint.pt" and (path.parent / "recipe.yaml").is_file():
-        raise UserError(f"save_path {path} is the checkpoint of the run in {path.parent}, which it goes on from; "
-                        f"give another file name, e.g. {path.with_name('model.pt')}")
-    if path.exists() and not saved_model(path):
+    if path.name == "checkpoint.pt" and (path.parent / "summary.json").is_file():
+        raise UserError(f"save_path {path} is the checkpoint of the run in {path.parent}, which gptkit run --resume "
+                        f"goes on from; give another file name, e.g. {path.with_name('model.pt')}")
+    if path.exists() and not (path.is_file() and saved_model(path)):  # (read only a file: a FIFO would block)
         raise UserError(f"save_path {path} exists and is not a model saved by train_model, and would be "
                         "overwritten; give another file name, or delete it first")
     problem = cannot_make_folder(path.parent)  # a missing folder is made

@@ -11,6 +11,7 @@ loaded is recorded as broken with its distribution and the original error, and o
 """
 
 import contextlib
+import difflib
 import fnmatch
 import inspect
 import re
@@ -252,7 +253,9 @@ class Registry:
     def _unknown(self, name: str) -> str:
         names = self.names()
         guess = did_you_mean(name, names)
-        misplaced = [text for _, n, _, text in misplaced_entry_points() if n == name]
+        # Declared under a misspelt group that means this kind (gptkit.norms for a norm), not another's
+        misplaced = [text for k, n, _, text in misplaced_entry_points()
+                     if n == name and difflib.get_close_matches(k, kinds(), n=1) == [self.kind]]
         if not plugins.enabled():  # the name meant may be a plugin's
             hint = f" ({plugins.turned_off()})"
         elif misplaced:  # installed, under a misspelt group

@@ -141,16 +141,16 @@ def one_newline(prompt: str) -> str:
     return prompt.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def sample(model, vocab, prompt: str, tokens: int, temperature: float = 0.8, top_k: int | None = 40,
+def sample(model, vocab, prompt: str | None, tokens: int, temperature: float = 0.8, top_k: int | None = 40,
            seed: int | None = None, use_cache: bool = True, on_text: Callable[[str], None] | None = None) -> str:
     """`prompt` followed by `tokens` sampled characters, drawn at `temperature` (> 0) from the `top_k`
     likeliest (None: from all). `on_text`, for streaming, is called with the prompt, then with the
     characters as generate's on_tokens hands them over."""
     if not (hasattr(model, "parameters") and hasattr(model, "config")):
         raise TypeError(f"model must be a GPT (train_model's or load_model's first value), got {type(model).__name__}")
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a string, e.g. 'ROMEO:' ('' for a newline), got {type(prompt).__name__}")
-    prompt = one_newline(prompt)
+    if not isinstance(prompt, str | None):
+        raise TypeError(f"prompt must be a string, e.g. 'ROMEO:' ('' or None for a newline), got {type(prompt).__name__}")
+    prompt = one_newline(prompt or "")
     tokens, temperature, top_k = check_sampling(tokens, temperature, top_k)
     if not (hasattr(vocab, "encode") and hasattr(vocab, "stoi")):
         raise TypeError(f"vocab must be the model's Vocab (a dataset's .vocab, or load_model's third value), "

@@ -218,13 +218,25 @@ def test_every_rank_but_0_draws_from_a_stream_of_its_own():
 
 
 def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    monkeypatch.setenv("LOCAL_RANK", "0")
+    for key, value in dict(WORLD_SIZE="4", LOCAL_WORLD_SIZE="4", LOCAL_RANK="0", RANK="0", MASTER_ADDR="localhost",
+                           MASTER_PORT="29500").items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(UserError, match="started 4 processes on this machine, which has 2 CUDA devices; use "
                                         "--nproc_per_node 2 or fewer"):
         setup(torch.device("cuda"))
+
+
+def test_a_stray_world_size_on_a_gpu_machine_is_not_taken_for_torchruns_processes(monkeypatch):
+    """Said first, by every process (a stray LOCAL_RANK=1 would silence a machine's error): not torchrun's."""
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match="^WORLD_SIZE=2 says this is one of several processes, but RANK, ") as e:
+        setup(torch.device("cuda"))
+    assert e.value.every_rank
 
 
 @pytest.mark.parametrize("world_size", ["", " ", "0", "1"])

@@ -338,6 +338,8 @@ def test_an_entry_point_in_no_kinds_group_is_reported(install, cli, write_recipe
                                                       "'gptkit.norms', which is not a component kind (did you mean "
                                                       "'norm'?)") in said, said
         assert said.rstrip().endswith("fix the group in its pyproject.toml and install it again"), said
+    said = cli("show", "attention", "unitnorm").output  # gptkit.norms means a norm: no hint for an attention
+    assert "unknown attention 'unitnorm'" in said and "entry point group" not in said, said
 
 
 def test_plugins_can_be_switched_off(install, cli, monkeypatch):

@@ -4,6 +4,7 @@ random state as they were."""
 import dataclasses
 import importlib
 import json
+import os
 import pickle
 import pkgutil
 import textwrap
@@ -272,12 +273,16 @@ def test_train_model_checks_save_path_before_training(tmp_path, write_recipe, co
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "recipe.yaml").write_text(recipe.read_text())
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"PK")
+    (tmp_path / "run" / "summary.json").write_text("{}")
+    os.mkfifo(tmp_path / "fifo")  # not read (it would block): refused as any other file
     for path, message in [
         (tmp_path, f"save_path {tmp_path} is a folder; give a file name"),
         (tmp_path / "afile" / "m.pt", f"cannot be written: {tmp_path / 'afile'} is a file"),
         (recipe, f"save_path {recipe} exists and is not a model saved by train_model, and would be overwritten"),
         (corpus, f"save_path {corpus} exists and is not a model saved by train_model"),  # the text it trains on
-        (tmp_path / "run" / "checkpoint.pt", f"is the checkpoint of the run in {tmp_path / 'run'}, which it goes on from"),
+        (tmp_path / "run" / "checkpoint.pt", f"is the checkpoint of the run in {tmp_path / 'run'}, which gptkit run "
+                                             "--resume goes on from"),
+        (tmp_path / "fifo", f"save_path {tmp_path / 'fifo'} exists and is not a model saved by train_model"),
     ]:
         before = path.read_bytes() if path.is_file() else None
         with pytest.raises(UserError) as e:
@@ -287,7 +292,8 @@ def test_train_model_checks_save_path_before_training(tmp_path, write_recipe, co
 
 
 def test_train_model_saves_over_a_model_it_saved_before(tmp_path, write_recipe):
-    save = tmp_path / "model.pt"
+    (tmp_path / "recipe.yaml").write_text(write_recipe().read_text())  # a project's folder, not a run's
+    save = tmp_path / "checkpoint.pt"
     for steps in (1, 2):
         train_model(write_recipe(), overrides=[f"train.max_steps={steps}"], save_path=save, runs_dir=tmp_path / "runs",
                     quiet=True)

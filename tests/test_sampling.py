@@ -93,7 +93,7 @@ def test_sample_refuses_settings_that_cannot_sample(kwargs, message):
 
 @pytest.mark.parametrize("model, prompt, message", [
     ("run/model.pt", "A", "model must be a GPT (train_model's or load_model's first value), got str"),
-    (None, 5, "prompt must be a string, e.g. 'ROMEO:' ('' for a newline), got int"),
+    (None, 5, "prompt must be a string, e.g. 'ROMEO:' ('' or None for a newline), got int"),
 ])
 def test_sample_names_an_argument_of_the_wrong_type(model, prompt, message):
     from gptkit.data.vocab import Vocab

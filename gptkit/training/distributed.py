@@ -237,6 +237,11 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
     NCCL on CUDA, each rank on the GPU numbered by its LOCAL_RANK; gloo elsewhere."""
     if not under_torchrun():
         return Distributed(), device
+    stray = None if td.is_initialized() else stray_world_size(
+        "start the processes with torchrun (torchrun --nproc_per_node N -m gptkit run ...), or unset WORLD_SIZE to "
+        "train in one")
+    if stray:  # first: a stray LOCAL_RANK must not be taken for a process torchrun placed; else, later, torch's
+        raise stray  # traceback from the rendezvous
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         here, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1)), torch.cuda.device_count()
@@ -247,10 +252,6 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not td.is_initialized():
-        stray = stray_world_size("start the processes with torchrun (torchrun --nproc_per_node N -m gptkit run "
-                                 "...), or unset WORLD_SIZE to train in one")
-        if stray:  # else torch's traceback from the rendezvous
-            raise stray
         # Before the group exists: torch._dynamo imported after it (DDP imports it) holds on to the group for
         # good, so that its gloo threads and connections outlived destroy_process_group into the
         # interpreter's shutdown, where a peer closing its end now and then aborted the process.

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import read_text
+from ..io import quote, read_text
 from ..recipe import yaml
 from .checkpoint import peek
 
@@ -33,7 +33,7 @@ def runs_within(folder: Path) -> str:
     if not runs:
         return ""
     newest = max(runs, key=lambda p: (p / "recipe.yaml").stat().st_mtime)
-    return f"; it holds runs: give one of them, e.g. {newest}"
+    return f"; it holds runs: give one of them, e.g. {quote(newest)}"
 
 
 def ablation_seeds(path: Path) -> list[int]:

@@ -16,7 +16,8 @@ from ..errors import OutOfMemory, UserError, arg, given, on_command_line
 from ..io import quote, write_text
 from ..recipe import Recipe, flatten, yaml
 from .checkpoint import load_checkpoint, missing_plugins, plugin_changes, stored_recipe
-from .folder import is_ablation_folder, metric_records, resumable, run_recipe, stopped_for_good, summary_of, trained_with
+from .folder import (is_ablation_folder, metric_records, resumable, run_recipe, runs_within, stopped_for_good,
+                     summary_of, trained_with)
 
 # Keys that may change between a run and its resumption without making it a different run (the text
 # itself is checked by its SHA-256, wherever it lives and however it was made; compiling and
@@ -132,8 +133,8 @@ def check_run_dir(path: str | Path) -> Path:
 
 
 def not_a_run(path: Path, problem: str) -> UserError:
-    return UserError(f"{given('resume', path)}: {problem}; give a run folder such as runs/NAME-YYYYmmdd-HHMMSS, or "
-                     f"{given('resume', 'auto')} with a recipe")
+    fix = runs_within(Path(path)) or "; give a run folder such as runs/NAME-YYYYmmdd-HHMMSS"  # runs/ itself: one of them
+    return UserError(f"{given('resume', path)}: {problem}{fix}, or {given('resume', 'auto')} with a recipe")
 
 
 def remove_leftovers(run_dir: Path) -> None:
