@@ -692,6 +692,9 @@ def test_compare(cli, tmp_path, two_runs):
     assert sampled.exit_code == 2 and sampled.output == (f"error: checkpoint {tmp_path / 'rope' / 'checkpoint.pt'} not "
                                                          f"found: {tmp_path / 'rope'} is not a run folder; it holds runs: "
                                                          f"give one of them, e.g. {two_runs[1]}\n"), sampled.output
+    resumed = cli("run", "--resume", tmp_path / "rope")
+    assert resumed.exit_code == 2 and f"it holds runs: give one of them, e.g. {two_runs[1]}, or --resume auto" in \
+        resumed.output, resumed.output
 
 
 def test_compare_of_an_ablation_folder_points_at_its_runs(cli, tmp_path, two_runs):
