@@ -125,7 +125,8 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
         v.mfu = v.flops_per_s / v.peak_flops
         v.ratio = v.tokens_per_s / measured[0].tokens_per_s  # the first variant's, or the first still measured
     for v in found:
-        v.failed = str(errors[v.label]).removeprefix(v.which) if v.label in errors else None
+        if v.label in errors:  # no figures, not even a ratio of 1
+            v.failed, v.ratio = str(errors[v.label]).removeprefix(v.which), 0.0
     report = {
         "recipe": str(recipe_path),
         "overrides": list(overrides),
