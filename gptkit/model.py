@@ -6,6 +6,7 @@ which component is at fault when one fails is `diagnose.py`'s business.
 Axis letters: B batch, T time, C channels (n_embd), V vocabulary.
 """
 
+import hashlib
 import math
 import numbers
 
@@ -38,12 +39,15 @@ class GPT(nn.Module):
 
     Every nn.Linear and nn.Embedding, components' included, starts with GPT-2's initialisation, so
     ablations compare like with like; then each submodule that defines `init_weights()` runs it (under
-    no_grad, parts before the module holding them), so a component has the last word on its weights."""
+    no_grad, parts before the module holding them), so a component has the last word on its weights.
+    Each module draws from a generator of its own, seeded by `init_seed` (default: drawn from torch's
+    global one) and its name: two models of one seed start every part they share (same name and shape)
+    from the same values, whatever their other components drew while they were built."""
 
     cache_mismatch: str | None = None  # set by diagnose.check_cache: how cached logits differ from a full pass
 
     def __init__(self, config: GPTConfig, pos: nn.Module, blocks: list[Block], ln_f: nn.Module,
-                 tie_embeddings: bool = True):
+                 tie_embeddings: bool = True, init_seed: int | None = None):
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(dict(
@@ -56,23 +60,24 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):  # residual projections, scaled as in GPT-2
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        seed = new_init_seed() if init_seed is None else init_seed
+        names = {}  # module -> its name (a shared one, the positional, by its first)
         with torch.no_grad():  # so a hook may write its weights in place (`self.gate.bias.fill_(-4.0)`)
+            for name, module in self.named_modules():
+                names[module] = name
+                if isinstance(module, nn.Linear | nn.Embedding):
+                    nn.init.normal_(module.weight, mean=0.0, std=0.02, generator=_generator(seed, name, module.weight))
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):  # residual projections, scaled as in GPT-2
+                    std = 0.02 / math.sqrt(2 * config.n_layer)
+                    nn.init.normal_(p, mean=0.0, std=std, generator=_generator(seed, name, p))
             for module in _parts_first(self, set()):  # a component overrides its parts, attention its positional
                 if callable(getattr(module, "init_weights", None)):
+                    torch.manual_seed(_derived(seed, names[module]))  # a hook draws from the global generator
                     module.init_weights()
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        torch.manual_seed(_derived(seed, ""))  # so what is drawn next (dropout) does not depend on the components
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -113,6 +118,24 @@ class GPT(nn.Module):
         return logits, loss
 
 
+def new_init_seed() -> int:
+    """A seed for a model's initial weights, drawn from torch's global generator (on the CPU whatever the
+    default device: building on the meta device counts parameters)."""
+    return int(torch.randint(2**62, (), device="cpu"))
+
+
+def _derived(seed: int, name: str) -> int:
+    """A seed for the module or parameter called `name`, from the model's `seed`."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") % 2**63
+
+
+def _generator(seed: int, name: str, tensor: torch.Tensor) -> torch.Generator | None:
+    """The generator `name`'s weights are drawn from, on their device (none on the meta device: no values)."""
+    if tensor.device.type == "meta":
+        return None
+    return torch.Generator(device=tensor.device).manual_seed(_derived(seed, name))
+
+
 def _parts_first(module: nn.Module, seen: set):
     """`module`'s submodules, each once and after all of its own: a module shared by several (the
     positional, held by the model and by every attention) comes before the first that holds it."""
@@ -132,6 +155,7 @@ def build_model(model, vocab_size: int) -> GPT:
         raise ValueError(f"vocab_size must be a whole number >= 1 (a dataset's vocab_size), got {vocab_size!r}")
     config = model.config(int(vocab_size))
     check_components(model, config)
+    init_seed = new_init_seed()  # before the components' constructors draw, each as many numbers as it likes
     pos = model.positional.build(config)
     blocks = [
         Block(
@@ -144,7 +168,7 @@ def build_model(model, vocab_size: int) -> GPT:
     ]
     ln_f = model.norm.build(config)
     try:
-        return GPT(config, pos, blocks, ln_f=ln_f, tie_embeddings=model.tie_embeddings)
+        return GPT(config, pos, blocks, ln_f=ln_f, tie_embeddings=model.tie_embeddings, init_seed=init_seed)
     except Exception as e:  # a component's init_weights() raised: its bug, named as a constructor's is
         spec = _init_culprit(e, built_from(model, pos, blocks, ln_f))
         if spec is None:

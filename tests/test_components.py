@@ -581,6 +581,24 @@ def test_a_component_without_init_weights_gets_gpt2s_init(temporary_component):
     assert gate.weight.std().item() == pytest.approx(0.02, rel=0.1)
 
 
+PART = {"attention": ".attn.", "feedforward": ".mlp.", "norm": "ln_", "positional": "pos."}
+
+
+@pytest.mark.parametrize("kind, name", [(k, n) for k in PART for n in registry(k).names()])
+def test_a_swapped_component_leaves_the_rest_of_the_model_as_it_starts(kind, name):
+    """An ablation's arms of one seed start every part they share from the same values, and draw the same
+    afterwards (dropout): only the component swapped differs, whatever its constructor drew."""
+    def built(**components):
+        torch.manual_seed(0)
+        model = tiny_model(**components)
+        return model.state_dict(), torch.rand(4)
+
+    (base, after), (swapped, after_swapped) = built(), built(**{kind: name})
+    shared = [k for k in base if k in swapped and PART[kind] not in k and base[k].shape == swapped[k].shape]
+    assert "transformer.wte.weight" in shared and all(torch.equal(base[k], swapped[k]) for k in shared)
+    assert torch.equal(after, after_swapped)
+
+
 def test_a_shared_positionals_init_weights_runs_before_the_attentions_that_hold_it(temporary_component):
     calls = []
 
