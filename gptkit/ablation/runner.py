@@ -29,7 +29,7 @@ from ..training.resume import differing, is_locked
 from ..training.signals import signals_held
 from ..training.trainer import schedule_warning, total_steps
 from .plot import plot_curves
-from .report import RunRow, arm_stats, csv_text, first_line, interrupted, markdown
+from .report import FLOAT_NOISE, RunRow, arm_stats, csv_text, first_line, interrupted, markdown
 from .spec import MAY_DIFFER, Arm, Plan, yaml_text
 
 # The baseline's recipe, resolved, which ablation.yaml names: editing the recipe the ablation was started
@@ -418,7 +418,7 @@ def check_same_text(run_dir: Path, path: Path, sha256: str) -> None:
 
 LEGEND = ("Δ: final validation loss minus the baseline's, paired by seed, over the seeds both finished (said when "
           "not every seed the arm ran); ± is the half-width of the 95% confidence interval (Student t over seeds); "
-          "within noise: the interval of Δ contains 0. Each arm is tested against the baseline on its own, with no "
+          "within noise: the interval of Δ contains 0, or Δ is within float32 rounding ({noise:g} of the loss). Each arm is tested against the baseline on its own, with no "
           "correction for multiple comparisons: with many arms, some may be called better or worse by chance. "
           "An arm with diverged or failed seeds is neither: its means cover only the seeds that finished. "
           "⚠: parameters differ from the baseline's by more than {margin}.")
@@ -430,7 +430,7 @@ def write_reports(folder: Path, rows: list[RunRow], margin: float) -> str:
     """Write results.csv and results.md, which always tell the same runs: both are rendered first, then
     written with Ctrl-C and SIGTERM held. Returns the Markdown table and its legend."""
     stats = arm_stats(rows)
-    legend = LEGEND.format(margin=percent(margin)) + (UNEQUAL if any(s.unequal for s in stats) else "")
+    legend = LEGEND.format(margin=percent(margin), noise=FLOAT_NOISE) + (UNEQUAL if any(s.unequal for s in stats) else "")
     text = markdown(stats, margin) + "\n" + legend + "\n"
     done = sum(finished(r.summary) for r in rows)
     left_out = [f"{k} {what}" for k, what in ((sum(diverged(r.summary) for r in rows), "diverged"),
