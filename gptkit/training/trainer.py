@@ -160,8 +160,7 @@ class Trainer:
         # Every component and the optimizer, each with the spec it was built from: whose bug an exception is.
         self.specs = component_specs(model, recipe.model) | {self.optimizer: self.cfg.optimizer}
         self.schedule = self.cfg.schedule.build(self.total_steps)
-        self.eval_starts = dataset.eval_starts(None if self.cfg.eval_batches is None
-                                               else self.cfg.eval_batches * self.cfg.batch_size)
+        self.eval_starts = self._eval_starts(self.cfg.eval_batches)
         self.progress = Progress(self.total_steps, quiet=quiet)
         self.state = TrainState()
         self.micro_batch = micro_batch_size(self.cfg.micro_batch_size, self.cfg.batch_size // dist.world_size,
@@ -235,6 +234,10 @@ class Trainer:
                                            "torch.load(weights_only=True) cannot; keep tensors and plain Python values there")
         return {"optimizer": optimizer, "state": asdict(self.state), "rng": rng}
 
+    def _eval_starts(self, eval_batches: int | None) -> torch.Tensor:
+        """The validation windows `eval_batches` batches take (None: every one)."""
+        return self.dataset.eval_starts(None if eval_batches is None else eval_batches * self.cfg.batch_size)
+
     def load_state_dict(self, saved: dict, saved_recipe: dict | None = None) -> None:
         """Go on from a `state_dict`, saved under `saved_recipe` (a Recipe's to_dict(); None: this one), whose
         train.eval_batches counts an older checkpoint's evaluation windows."""
@@ -251,8 +254,7 @@ class Trainer:
             self.state.step_seconds = self.state.seconds
         if "eval_windows" not in saved["state"]:  # an older checkpoint's
             batches = saved_recipe["train"].get("eval_batches") if saved_recipe else self.cfg.eval_batches
-            windows = None if batches is None else batches * self.cfg.batch_size
-            self.state.eval_windows = len(self.dataset.eval_starts(windows))
+            self.state.eval_windows = len(self._eval_starts(batches))
         self.saved_step, self._saved_eval_step = self.state.step, self.state.eval_step  # the checkpoint resumed from
         torch.set_rng_state(saved["rng"]["torch"])
         if "cuda" in saved["rng"] and self.device.type == "cuda":
