@@ -61,13 +61,10 @@ def check_can_make(folder: Path, out: str | Path | None) -> None:
 def blamed(arm: Arm, plan: Plan | None = None):
     """An arm's error names the arm (the baseline's is the recipe's own), and, given its `plan`, the --set or
     --vary that set the key it is about (a batch larger than the text: errors of the checks against the data)."""
+    overrides = [] if plan is None else [*plan.ablation.overrides, *(f"{k}={v}" for k, v in arm.changes)]
     try:
-        if plan is None:
+        with named_by_overrides(overrides, plan and plan.ablation.origin):
             yield
-        else:
-            with named_by_overrides([*plan.ablation.overrides, *(f"{k}={v}" for k, v in arm.changes)],
-                                    plan.ablation.origin):
-                yield
     except UserError as e:
         if not arm.changes:
             raise
