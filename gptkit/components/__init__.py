@@ -12,7 +12,7 @@ from .corpus import Corpus
 from .feedforward import FeedForward
 from .norm import Norm
 from .optimizer import Optimizer
-from .positional import Positional
+from .positional import Positional, past_distance
 from .schedule import Schedule
 
 
@@ -25,4 +25,5 @@ def register(kind: str, name: str):
 
 
 __all__ = ["Attention", "AttentionParams", "Component", "Corpus", "FeedForward", "GPTConfig", "KVCache", "Norm",
-           "Optimizer", "Params", "Positional", "Schedule", "causal_mask", "register"]
+           "Optimizer", "Params", "Positional", "Schedule", "causal_mask", "past_distance",
+           "register"]

@@ -91,10 +91,7 @@ class Attention(Component, nn.Module):
         """x (B, T, C) continues the positions held in `cache`, if given, and is added to it."""
         B, T, C = x.size()
         start = len(cache) if cache is not None else 0
-        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # q, k, v side by side
-        # Unbinding the q/k/v axis where it is keeps their gradients' stack a single copy into c_attn's
-        # output layout (a permute first costs another copy in backward: attention 1.1x slower on CPU).
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, nh, T, hs) each
+        q, k, v = self.project(x)  # (B, nh, T, hs) each
         q, k = self.pos.rotate(q, k, start)
         if cache is not None:
             k, v = cache.extend(k, v)  # (B, nh, start + T, hs)
@@ -104,6 +101,16 @@ class Attention(Component, nn.Module):
                                f"(B, n_head, T, head_dim) = {tuple(q.shape)}, like q")
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The queries, keys and values of x (B, T, C), (B, heads, T, hs) each: what a subclass with other
+        projections (fewer key/value heads, say) overrides."""
+        B, T, C = x.size()
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # q, k, v side by side
+        # Unbinding the q/k/v axis where it is keeps their gradients' stack a single copy into c_attn's
+        # output layout (a permute first costs another copy in backward: attention 1.1x slower on CPU).
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, nh, T, hs) each
+        return q, k, v
 
     def attend(self, q, k, v, bias: torch.Tensor | None) -> torch.Tensor:
         """Causal attention of q over k/v, with an optional additive score bias (nh, t_q, t_k)."""

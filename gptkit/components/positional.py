@@ -21,6 +21,13 @@ from ..registry import new_registry
 from .base import Component, GPTConfig, Params
 
 
+def past_distance(t_q: int, t_k: int, device) -> torch.Tensor:
+    """(t_q, t_k) long: how many positions key j lies before query i, the queries being the last t_q
+    positions; 0 where the key is in the future (the causal mask hides it anyway)."""
+    q_pos = torch.arange(t_k - t_q, t_k, device=device)
+    return (q_pos[:, None] - torch.arange(t_k, device=device)[None, :]).clamp(min=0)
+
+
 class Positional(Component, nn.Module):
     """Base class: built with `(config, params)`; every hook defaults to doing nothing."""
 
@@ -149,7 +156,4 @@ class ALiBi(Positional):
         return torch.tensor(slopes)
 
     def score_bias(self, t_q, t_k):
-        q_pos = torch.arange(t_k - t_q, t_k, device=self.slopes.device)
-        k_pos = torch.arange(t_k, device=self.slopes.device)
-        distance = (k_pos[None, :] - q_pos[:, None]).clamp(max=0)  # (t_q, t_k), <= 0 for the past
-        return self.slopes[:, None, None] * distance  # (nh, t_q, t_k)
+        return self.slopes[:, None, None] * -past_distance(t_q, t_k, self.slopes.device)  # (nh, t_q, t_k)

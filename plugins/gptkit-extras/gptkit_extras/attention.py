@@ -3,7 +3,7 @@
 Axis letters: B batch, T time, C channels, nh query heads, nkv key/value heads, hs head size.
 """
 
-from gptkit.components.attention import AttentionParams, FlashAttention, KVCache
+from gptkit.components.attention import AttentionParams, FlashAttention
 from pydantic import Field
 from torch import nn
 
@@ -37,19 +37,16 @@ class GroupedQueryAttention(FlashAttention):
         # queries for n_head heads, then keys and values for n_kv_head heads, in one matmul
         self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv, bias=params.bias)
 
-    def forward(self, x, cache: KVCache | None = None):
+    def project(self, x):
         B, T, C = x.size()
         hs = C // self.n_head
-        start = len(cache) if cache is not None else 0
         q, k, v = self.c_attn(x).split([C, self.n_kv_head * hs, self.n_kv_head * hs], dim=2)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        q, k = self.pos.rotate(q, k, start)
-        if cache is not None:  # the cache holds only the nkv shared heads: GQA's memory saving
-            k, v = cache.extend(k, v)  # (B, nkv, start + T, hs)
+        return q, k, v  # the cache holds only the nkv shared heads: GQA's memory saving
+
+    def attend(self, q, k, v, bias):
         group = self.n_head // self.n_kv_head
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, nh, start + T, hs)
-        y = self.attend(q, k, v, self.pos.score_bias(T, k.size(-2)))  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, nh, t_k, hs)
+        return super().attend(q, k, v, bias)

@@ -3,7 +3,7 @@
 import math
 
 import torch
-from gptkit.components import GPTConfig, Params, Positional
+from gptkit.components import GPTConfig, Params, Positional, past_distance
 from pydantic import Field
 from torch import nn
 
@@ -30,10 +30,7 @@ class T5RelativeBias(Positional):
         self.relative_bias = nn.Embedding(params.buckets, config.n_head)  # (buckets, nh)
 
     def score_bias(self, t_q, t_k):
-        device = self.relative_bias.weight.device
-        q_pos = torch.arange(t_k - t_q, t_k, device=device)
-        k_pos = torch.arange(t_k, device=device)
-        distance = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)  # (t_q, t_k), > 0 for the past
+        distance = past_distance(t_q, t_k, self.relative_bias.weight.device)  # (t_q, t_k)
         return self.relative_bias(self.bucket(distance)).permute(2, 0, 1)  # (nh, t_q, t_k)
 
     def bucket(self, distance: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,14 @@ def test_gqa_shrinks_the_key_value_projections():
     assert c_attn_rows(1) == CONFIG.n_embd + 2 * hs  # multi-query: one key and one value head
 
 
+def test_gqa_caches_only_its_key_value_heads():
+    model = tiny_model(attention={"name": "gqa", "n_kv_head": 1}).eval()
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.zeros(2, 5, dtype=torch.long), cache=cache)
+    assert cache[0].k.shape == cache[0].v.shape == (2, 1, 5, CONFIG.n_embd // CONFIG.n_head)  # (B, nkv, T, hs)
+
+
 def test_gqa_refuses_a_grouping_that_does_not_divide_the_heads():
     spec = parse_component("attention", {"name": "gqa", "n_kv_head": 3})
     with pytest.raises(ValueError, match="n_head 4 is not divisible by n_kv_head 3"):
