@@ -332,3 +332,15 @@ def test_running_out_of_memory_is_one_error_naming_the_sizes(cli, monkeypatch):
 def test_a_mistake_in_what_check_component_is_asked_is_one_user_error(spec, device, message):
     with pytest.raises(UserError, match=f"^{message}$"):
         check_component("feedforward", spec, device=device)
+
+
+def test_randomising_for_the_cache_check_gives_each_tensor_values_of_its_own():
+    # Every layer's norm gain starts at ones: randomised alike, a cache path that took one layer's for
+    # another's would still match the full pass.
+    from torch import nn
+
+    from gptkit.conformance import _randomised
+
+    layers = _randomised(nn.ModuleList([nn.LayerNorm(8), nn.LayerNorm(8)]))
+    assert not torch.equal(layers[0].weight, layers[1].weight)
+    assert not torch.equal(layers[0].weight, layers[0].bias + 1)
