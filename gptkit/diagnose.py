@@ -1,9 +1,9 @@
 """Which component is at fault: a bug in a third-party component is reported as one error naming it,
 not as a traceback from deep inside the model or torch.
 
-`check_forward` runs before training and sampling; `blaming` turns an exception met in a training step,
-a validation or a sample into the error of the plugin component behind it, which `culprit` and
-`backward_culprit` find.
+`check_forward` runs before training and sampling, `check_causal` before training; `blaming` turns an
+exception met in a training step, a validation or a sample into the error of the plugin component
+behind it, which `culprit` and `backward_culprit` find.
 """
 
 import contextlib
@@ -167,12 +167,17 @@ def _noise_warning(gpt: GPT, model, specs: dict, idx: torch.Tensor) -> str | Non
             "No key/value cache can match a full pass then: samples recompute the context instead")
 
 
-def _outputs(gpt: GPT, specs: dict, idx: torch.Tensor) -> list[tuple[nn.Module | None, torch.Tensor]]:
+def _outputs(gpt: GPT, specs: dict, idx: torch.Tensor, where: str | None = None,
+             seed: int | None = None) -> list[tuple[nn.Module | None, torch.Tensor]]:
     """(component module, a copy of its output) for each component call of a forward pass over `idx`, in
-    order, the positional's being its embed's (what `t.drop` receives); last (None, the logits)."""
+    order, the positional's being its embed's (what `t.drop` receives); last (None, the logits). A
+    plugin's error names `where` (default: the number of tokens). With `seed`, torch is seeded with it
+    first: passes in training mode then share their dropout masks."""
+    if seed is not None:
+        torch.manual_seed(seed)
     seen = []
     with watching(gpt, specs, lambda x: seen.append((gpt.transformer.pos, x.clone())),
-                  lambda m, x, out: seen.append((m, out.clone()))), blaming(specs, f"for {idx.size(1)} tokens"):
+                  lambda m, x, out: seen.append((m, out.clone()))), blaming(specs, where or f"for {idx.size(1)} tokens"):
         seen.append((None, gpt(idx)[0]))
     return seen
 
@@ -215,6 +220,55 @@ def _fp32_matmuls() -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(precision)
+
+
+CAUSAL_TOKENS = 8  # check_causal's sequences: the second half of their tokens changed
+
+
+def check_causal(gpt: GPT, model) -> None:
+    """Before training a model with plugin or local components (gptkit's own are tested): changing the
+    tokens of the second half of a sequence leaves the logits of the first half as they were, in
+    evaluation and in training mode (the same dropout masks for both passes). A model that sees the
+    future reads the tokens it is to predict: it trains to a low loss, tops any ablation and generates
+    nonsense. Else a ComponentError names the component whose output moved first. Nothing is said of
+    a model whose two passes over the same tokens differ (check_cache's warning says that)."""
+    V, block = gpt.config.vocab_size, gpt.config.block_size
+    if not plugin_components(model) or block < 2 or V < 2:
+        return
+    T = min(CAUSAL_TOKENS, block)
+    t = T // 2
+    idx = torch.randint(V, (2, T), generator=torch.Generator().manual_seed(0)).to(gpt.lm_head.weight.device)
+    changed = idx.clone()
+    changed[:, t:] = (changed[:, t:] + 1) % V
+    specs = component_specs(gpt, model)
+    training = gpt.training
+    try:
+        with torch.no_grad(), keep_random_state(gpt.lm_head.weight.device), _fp32_matmuls():
+            for mode in ("evaluation", "training"):
+                gpt.train(mode == "training")
+                where = f"in {mode} mode, before training"
+                before, again, after = (_outputs(gpt, specs, x, where, seed=0) for x in (idx, idx, changed))
+                if not all(same_logits(a[:, :t], b[:, :t]) for (_, a), (_, b) in zip(before, again)):
+                    return
+                moved = next((m for (m, a), (_, b) in zip(before, after) if not same_logits(a[:, :t], b[:, :t])), None)
+                if moved is not None:
+                    raise _sees_the_future(specs[moved], model, t, mode)
+    finally:
+        gpt.train(training)
+
+
+def _sees_the_future(spec, model, t: int, mode: str) -> ComponentError:
+    """The error of `spec`'s component, whose output before position `t` changed with the tokens from `t`
+    on; an attention's output depends on its positional's rotate and score_bias, so with a built-in
+    attention the plugin positional is the one."""
+    pos = model.positional
+    blame_pos = spec.kind == "attention" and spec.built_in and not pos.built_in
+    what = (f"the output of attention '{spec.name}', which calls its rotate and score_bias," if blame_pos
+            else "its output")
+    why = (f"changing the tokens from position {t} on changed {what} before position {t} ({mode} mode); a model "
+           f"trained with it would read the tokens it is to predict; {_check_command(pos if blame_pos else spec)} "
+           "says more")
+    return pos.error(f"it lets attention see the future: {why}") if blame_pos else spec.error(f"it sees the future: {why}")
 
 
 def _cache_warning(gpt: GPT, model, what: str) -> str:

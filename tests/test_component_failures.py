@@ -347,7 +347,7 @@ def test_a_bug_met_only_in_a_training_step_is_named(run_with, tmp_path):
         @register("feedforward", "trainonly")
         class TrainOnly(FeedForward):
             def forward(self, x):
-                if self.training:
+                if torch.is_grad_enabled():  # the checks before training run without gradients
                     raise ValueError("dropout mask of the wrong size")  # train mode
                 return x
 
@@ -360,7 +360,7 @@ def test_a_bug_met_only_in_a_training_step_is_named(run_with, tmp_path):
             def build(self, groups, lr):
                 return Stepless(groups, lr)
     """
-    result = run_with(source, "model.feedforward=trainonly")  # the check before training runs in eval mode
+    result = run_with(source, "model.feedforward=trainonly")
     assert_one_error(result, tmp_path, f"feedforward 'trainonly' from {tmp_path / 'mine.py'} is broken: its forward() "
                      "raised, in training step 1, ValueError: dropout mask of the wrong size "
                      f"(at {line_of(tmp_path, '# train mode')})", logged=2)
@@ -809,3 +809,77 @@ def test_a_signal_inside_a_plugins_forward_while_sampling_is_not_its_bug(write_r
     temporary_component("feedforward", "slow", Slow)
     with pytest.raises(Interrupted, match="SIGTERM received while sampling, after training finished"):
         train(load_recipe(write_recipe(model={"feedforward": "slow"})), runs_dir=tmp_path / "runs", quiet=True)
+
+
+# Components that let the model see the future: a run with one would read the tokens it is to predict.
+FUTURE_SEERS = """
+import torch.nn.functional as F
+from gptkit.components.attention import NaiveAttention
+from gptkit.components.positional import RoPE
+
+@register("attention", "unmasked")
+class Unmasked(Attention):
+    supports_kv_cache = True
+
+    def attend(self, q, k, v, bias):
+        return F.scaled_dot_product_attention(q, k, v)  # no mask
+
+@register("attention", "unmaskedintraining")
+class UnmaskedInTraining(NaiveAttention):
+    def attend(self, q, k, v, bias):  # causal when evaluated, not while training
+        return F.scaled_dot_product_attention(q, k, v) if self.training else super().attend(q, k, v, bias)
+
+@register("norm", "centredovertime")
+class CentredOverTime(Norm):
+    def forward(self, x):
+        return x - x.mean(dim=1, keepdim=True)  # (B, T, C): the mean over every position, later ones too
+
+@register("positional", "pooledkeys")
+class PooledKeys(RoPE):
+    def rotate(self, q, k, start=0):
+        q, k = super().rotate(q, k, start)
+        return q + k.mean(dim=2, keepdim=True), k  # every key in each query, later ones too
+
+@register("attention", "droppedout")
+class DroppedOut(NaiveAttention):  # causal, with dropout on its weights in training: no false alarm
+    pass
+"""
+
+
+@pytest.mark.parametrize("sets, culprit, what", [
+    (["model.attention=unmasked"], "attention 'unmasked'", "sees the future: changing the tokens from position 4 on "
+     "changed its output before position 4 (evaluation mode)"),
+    (["model.attention=unmaskedintraining"], "attention 'unmaskedintraining'", "sees the future: changing the tokens "
+     "from position 4 on changed its output before position 4 (training mode)"),
+    (["model.norm=centredovertime"], "norm 'centredovertime'", "sees the future: changing the tokens from position 4 "
+     "on changed its output before position 4 (evaluation mode)"),
+    (["model.positional=pooledkeys", "model.attention=naive"], "positional 'pooledkeys'", "lets attention see the "
+     "future: changing the tokens from position 4 on changed the output of attention 'naive', which calls its rotate "
+     "and score_bias, before position 4 (evaluation mode)"),
+])
+def test_a_component_that_sees_the_future_is_refused_before_training(run_with, tmp_path, sets, culprit, what):
+    """A leak trains to a low loss and would top an ablation's table: refused, naming the component."""
+    result = run_with(FUTURE_SEERS, *sets)
+    kind, name = culprit.split()
+    assert_one_error(result, tmp_path, f"{culprit} from {tmp_path / 'mine.py'} is broken: it {what}; a model trained "
+                     f"with it would read the tokens it is to predict; `gptkit check {kind} {name.strip(chr(39))} "
+                     f"--import {tmp_path / 'mine.py'}` says more")
+
+
+def test_a_forward_failing_in_training_mode_is_named_before_training(run_with, tmp_path):
+    result = run_with("""
+        @register("feedforward", "trainonly")
+        class TrainOnly(FeedForward):
+            def forward(self, x):
+                if self.training:
+                    raise ValueError("dropout mask of the wrong size")  # train mode
+                return x
+    """, "model.feedforward=trainonly")
+    assert_one_error(result, tmp_path, f"feedforward 'trainonly' from {tmp_path / 'mine.py'} is broken: its forward() "
+                     "raised, in training mode, before training, ValueError: dropout mask of the wrong size "
+                     f"(at {line_of(tmp_path, '# train mode')})")
+
+
+def test_a_causal_plugin_with_dropout_trains(run_with, tmp_path):
+    result = run_with(FUTURE_SEERS, "model.attention=droppedout", "model.dropout=0.5")
+    assert result.exit_code == 0 and result.stderr == "", result.output

@@ -2,7 +2,7 @@
 
 import torch
 
-from ..diagnose import check_forward
+from ..diagnose import check_causal, check_forward
 from ..errors import OutOfMemory, UserError, out_of_memory, out_of_memory_as, out_of_memory_on
 from ..model import GPT, build_model
 from ..recipe import Recipe
@@ -11,13 +11,16 @@ from ..recipe import Recipe
 def build_checked(recipe: Recipe, vocab_size: int, device: torch.device, cache: bool = True) -> tuple[GPT, str | None]:
     """The model a run of `recipe` starts from: weights drawn from `recipe.seed` (the same on every rank,
     in every run and in the bench), on `device`, then check_forward's pass, so that a component's bug is
-    one error naming it before anything trains. Returns the model and check_forward's cache warning."""
+    one error naming it before anything trains, as is a plugin's that lets the model see the future
+    (check_causal). Returns the model and check_forward's cache warning."""
     torch.manual_seed(recipe.seed)
     model = build_model_on(recipe.model, vocab_size, device)
     with out_of_memory_as(lambda e: every_rank(OutOfMemory(
             f"out of memory on {out_of_memory_on(e, device)} in the model's first forward pass (2 tokens), before "
             "training; free some memory (close other programs that use it) and try again"))):
-        return model, check_forward(model, recipe.model, cache)
+        warning = check_forward(model, recipe.model, cache)
+        check_causal(model, recipe.model)
+        return model, warning
 
 
 def every_rank(error: UserError) -> UserError:
