@@ -531,7 +531,7 @@ def run_check(check: str, spec: ComponentSpec, config: GPTConfig = CONFIG) -> Re
     except Exception as e:  # a check reports any failure of the component, whatever it raised
         if out_of_memory(e):
             raise
-        return Result(check, "fail", f"{type(e).__name__}: {e}")
+        return Result(check, "fail", f"{type(e).__name__}: {e}{spec.line_of(e)}")  # where the component raised
     return Result(check, "pass", note or "")
 
 
@@ -540,16 +540,22 @@ def run_check(check: str, spec: ComponentSpec, config: GPTConfig = CONFIG) -> Re
 COMPARE_PASSES = ("state_dict round trip", "causal", "offsets", "every partner", "matches naive", "kv cache")
 
 
+# Checks every later one builds on: once one fails, the rest would fail alike (the same constructor
+# error, a dtype mismatch deep inside torch), so they are skipped, and its failure is said once.
+GATES = ("construct", "shape and dtype")
+
+
 def run_checks(checks: list[str], spec: ComponentSpec, config: GPTConfig = CONFIG) -> list[Result]:
-    """`checks`' results in order, those of COMPARE_PASSES skipped when "deterministic" found the component
-    not deterministic or its output not finite (not when it fails otherwise: raising, or on the meta device,
-    which has no values)."""
+    """`checks`' results in order: every one after a failed GATES check skipped, and those of COMPARE_PASSES
+    when "deterministic" found the component not deterministic or its output not finite (not when it fails
+    otherwise: raising, or on the meta device, which has no values)."""
     results = []
     for check in checks:
-        why = next((w for r in results if r.check == "deterministic" for w in (NOT_DETERMINISTIC, NOT_FINITE)
-                    if w in r.detail), None)
-        results.append(Result(check, "n/a", f"skipped: {why}") if why and check in COMPARE_PASSES
-                       else run_check(check, spec, config))
+        gate = next((r.check for r in results if r.check in GATES and r.status == "fail"), None)
+        why = f"{gate} failed" if gate else next(
+            (w for r in results if r.check == "deterministic" for w in (NOT_DETERMINISTIC, NOT_FINITE)
+             if w in r.detail and check in COMPARE_PASSES), None)
+        results.append(Result(check, "n/a", f"skipped: {why}") if why else run_check(check, spec, config))
     return results
 
 

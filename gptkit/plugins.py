@@ -219,6 +219,25 @@ def load_failure(e: BaseException) -> str:
     return one_line(e)
 
 
+def raised_in_package(module: str, e: BaseException) -> str:
+    """' (at FILE:LINE)': the deepest line of `module`'s top-level package (or module) that `e` was
+    raised through; '' if none (the package cannot be found without importing it, `e` never passed
+    through it, or is a SyntaxError, whose message says where)."""
+    try:
+        spec = importlib.util.find_spec(module.partition(".")[0])  # top level: finding it runs nothing
+    except (ImportError, ValueError):
+        return ""
+    if spec is None:
+        return ""
+    roots = [Path(d) for d in spec.submodule_search_locations or ()]
+
+    def ours(file: str) -> bool:
+        return file == spec.origin or any(Path(file).is_relative_to(root) for root in roots)
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if ours(f.filename)]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
 def line_in(path: Path, e: BaseException) -> str:
     """':LINE' of the deepest frame of `e` inside `path` (or of a syntax error in it), else ''."""
     if isinstance(e, SyntaxError) and e.filename == str(path) and e.lineno:

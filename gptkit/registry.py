@@ -321,7 +321,8 @@ class Registry:
             obj = plugin.entry_point.load()
             self._validate(obj)
         except (Exception, SystemExit) as e:  # a plugin's import may raise anything, even exit; only this name pays
-            error = str(e) if isinstance(e, RegistryError) else plugins.load_failure(e)
+            error = str(e) if isinstance(e, RegistryError) else \
+                plugins.load_failure(e) + plugins.raised_in_package(plugin.entry_point.module, e)
             return replace(entry, error=(
                 f"{self.kind} '{plugin.name}' from {plugin.source} ({plugin.value}) is broken: {error}. "
                 "Fix or uninstall that package (GPTKIT_NO_PLUGINS=1 turns plugins off)"))

@@ -147,6 +147,26 @@ def test_a_constructor_that_raises_is_named(run_with, tmp_path, error):
                      f"{type(raised).__name__}: {raised} (at {line_of(tmp_path, '# here')})")
 
 
+@pytest.mark.parametrize("kind, base, signature, given, built_with", [
+    ("attention", "FlashAttention", "config, params", 4, "(config, params, pos)"),
+    ("norm", "RMSNorm", "config", 3, "(config, params)"),
+    ("schedule", "Cosine", "total_steps", 3, "(params, total_steps)"),
+])
+def test_a_constructor_of_the_wrong_signature_is_told_its_kinds(run_with, tmp_path, kind, base, signature, given,
+                                                                built_with):
+    result = run_with(f"""
+        from gptkit.components.{kind} import {base}
+
+        @register("{kind}", "mine")
+        class Mine({base}):
+            def __init__(self, {signature}):
+                pass
+    """, f"{'train' if kind == 'schedule' else 'model'}.{kind}=mine")
+    assert_one_error(result, tmp_path, f"{kind} 'mine' from {tmp_path / 'mine.py'} is broken: building it raised "
+                     f"TypeError: Mine.__init__() takes {given - 1} positional arguments but {given} were given; "
+                     f"a{'n' if kind == 'attention' else ''} {kind} is built with {built_with}")
+
+
 def test_optimizer_and_schedule_bugs_are_named(run_with, tmp_path):
     source = """
         @register("optimizer", "crashy")

@@ -418,12 +418,13 @@ def test_a_partner_broken_on_its_own_is_skipped_not_blamed(temporary_component):
 
     class Exploding(Positional):
         def embed(self, x, start=0):
-            raise RuntimeError("boom")
+            raise RuntimeError("boom")  # raised here
 
     temporary_component("positional", "exploding", Exploding)
     results = {r.check: r for r in check_component("attention", "flash")}
     assert results["every partner"].status == "pass", results["every partner"]
-    skipped = "positional exploding skipped: broken on its own (backward: RuntimeError: boom)"
+    line = next(i for i, text in enumerate(open(__file__).read().splitlines(), 1) if text.endswith("# raised here"))
+    skipped = f"positional exploding skipped: broken on its own (backward: RuntimeError: boom (at {__file__}:{line}))"
     assert skipped in results["every partner"].detail
     assert results["matches naive"].status == "pass"
 

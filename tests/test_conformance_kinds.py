@@ -344,3 +344,27 @@ def test_randomising_for_the_cache_check_gives_each_tensor_values_of_its_own():
     layers = _randomised(nn.ModuleList([nn.LayerNorm(8), nn.LayerNorm(8)]))
     assert not torch.equal(layers[0].weight, layers[1].weight)
     assert not torch.equal(layers[0].weight, layers[0].bias + 1)
+
+
+def test_a_failed_construct_or_shape_check_is_said_once_and_the_rest_skipped(temporary_component):
+    from gptkit.components.norm import Norm
+
+    class Unbuildable(Norm):
+        def __init__(self, config, params):
+            raise RuntimeError("no weights today")  # raised here
+
+    class Half(Norm):
+        def forward(self, x):
+            return x.half()
+
+    temporary_component("norm", "unbuildable", Unbuildable)
+    temporary_component("norm", "half", Half)
+    for name, gate, detail in [("unbuildable", "construct", "no weights today (at "), ("half", "shape and dtype", "")]:
+        results = check_component("norm", name)
+        failed = [r for r in results if r.status == "fail"]
+        assert [r.check for r in failed] == [gate], results
+        after = results[[r.check for r in results].index(gate) + 1:]
+        assert after and all(r.status == "n/a" and r.detail == f"skipped: {gate} failed" for r in after), after
+        assert detail in failed[0].detail
+    line = next(i for i, text in enumerate(open(__file__).read().splitlines(), 1) if text.endswith("# raised here"))
+    assert check_component("norm", "unbuildable")[0].detail.endswith(f"(at {__file__}:{line})")

@@ -107,6 +107,17 @@ BROKEN = [
 ]
 
 
+@pytest.mark.parametrize("source, line, error", [
+    ("import torch\n\nimport nowhere_to_be_found\n", 3, "ModuleNotFoundError: No module named 'nowhere_to_be_found'"),
+    ("X = 1\ndef helper():\n    raise RuntimeError('needs a GPU')\nhelper()\n", 3, "RuntimeError: needs a GPU"),
+])
+def test_a_plugin_failing_to_import_is_named_with_its_line(install, tmp_path, source, line, error):
+    install("acme-late", "1.0", {"gptkit.norm": {"late": "acme_late:Thing"}}, {"acme_late": source})
+    with pytest.raises(RegistryError) as e:
+        registry("norm").get("late")
+    assert f"is broken: {error} (at {tmp_path / 'site' / 'acme_late.py'}:{line}). Fix or uninstall" in str(e.value)
+
+
 @pytest.mark.parametrize("kind, method", [("norm", "forward"), ("feedforward", "forward"), ("schedule", "factor"),
                                           ("optimizer", "build"), ("corpus", "text")])
 def test_a_component_without_what_its_kind_requires_is_refused_at_registration(kind, method):

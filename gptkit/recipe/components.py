@@ -6,7 +6,7 @@ is looked up, so validating a recipe never imports components it does not use.
 
 import inspect
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -60,15 +60,27 @@ class ComponentSpec:
         `params` second for a model's parts (`(config, params, pos)`) and first otherwise
         (`(params, total_steps)`), whatever a component names them."""
         cls = self.cls
-        with self.blamed("building it"):
-            if self.kind in MODEL_KINDS:
-                return cls(args[0], self.params, *args[1:])
-            return cls(self.params, *args)
+        args = (args[0], self.params, *args[1:]) if self.kind in MODEL_KINDS else (self.params, *args)
+        with self.blamed("building it", lambda: self._signature_hint(cls, args)):
+            return cls(*args)
+
+    def _signature_hint(self, cls: type, args: tuple) -> str:
+        """'; a norm is built with (config, params)' when `cls` cannot take `args`, as its kind's base can."""
+        try:
+            inspect.signature(cls).bind(*args)
+            return ""
+        except TypeError:
+            base = registry(self.kind).base
+            names = list(inspect.signature(base.__init__).parameters)[1:]  # without self
+            return f"; a{'n' if self.kind[0] in 'aeiou' else ''} {self.kind} is built with ({', '.join(names)})"
+        except ValueError:  # no signature to read (a class written in C)
+            return ""
 
     @contextmanager
-    def blamed(self, doing: str) -> Iterator[None]:
-        """Within it, an exception is this component's bug, raised again as one error naming it.
-        A UserError is already explained, and running out of memory is the machine's, not a bug."""
+    def blamed(self, doing: str, hint: Callable[[], str] = str) -> Iterator[None]:
+        """Within it, an exception is this component's bug, raised again as one error naming it, followed
+        by what `hint()` says of it. A UserError is already explained, and running out of memory is the
+        machine's, not a bug."""
         try:
             yield
         except UserError:
@@ -76,16 +88,17 @@ class ComponentSpec:
         except Exception as e:
             if out_of_memory(e):
                 raise
-            raise self.error(f"{doing} raised", e) from e
+            raise self.error(f"{doing} raised", e, hint()) from e
 
-    def error(self, what: str, e: BaseException | None = None) -> ComponentError:
+    def error(self, what: str, e: BaseException | None = None, hint: str = "") -> ComponentError:
         """The error "attention 'mine' from my_components.py is broken: WHAT", and after WHAT the type and
-        first line of `e` and the line of the component's own file it was raised from, if any."""
+        first line of `e`, the line of the component's own file it was raised from, if any, and `hint`."""
         if e is not None:
-            what = f"{what} {one_line(e)}{self._line_of(e)}"
+            what = f"{what} {one_line(e)}{self.line_of(e)}{hint}"
         return registry(self.kind).broken(self.name, what, ComponentError)
 
-    def _line_of(self, e: BaseException) -> str:
+    def line_of(self, e: BaseException) -> str:
+        """' (at FILE:LINE)': the deepest line of the component's own file that `e` was raised through, if any."""
         try:
             file = inspect.getsourcefile(self.cls)
         except (TypeError, OSError):  # defined where no file is (an interactive session)
