@@ -118,8 +118,42 @@ def test_bad_ablations_are_one_clear_error(cli, tmp_path, write_recipe, args, me
     assert not (tmp_path / "abl").exists()
 
 
+def test_every_arms_mistake_is_said_in_one_error(cli, tmp_path, write_recipe):
+    result = cli("ablate", write_recipe(), "--out", tmp_path / "abl", "--vary", "model.positional=rope,rpoe,[rope",
+                 "--vary", "model.n_head=4,3")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    lines = result.output.splitlines()
+    # each mistake once, after the arms it is about
+    assert lines[0] == "error: the ablation has 3 problems:", result.output
+    assert lines[1].startswith("  arm positional=rope n_head=3: --vary model.n_head=3: model.n_head: n_embd 32 is not "
+                               "divisible by n_head 3"), result.output
+    assert lines[2].startswith("  arms positional=rpoe n_head=4, positional=rpoe n_head=3: --vary model.positional=rpoe: "
+                               "model.positional: unknown positional 'rpoe' (did you mean 'rope'?)"), result.output
+    assert lines[3].startswith("  arms positional=[rope n_head=4, positional=[rope n_head=3: --vary "
+                               "model.positional=[rope: not valid YAML"), result.output
+    assert len(lines) == 4
+    assert not (tmp_path / "abl").exists()
+
+
+def test_every_arm_that_cannot_be_built_is_named_before_any_trains(cli, tmp_path, write_recipe, temporary_component):
+    from gptkit.components.norm import RMSNorm
+
+    class Unbuildable(RMSNorm):
+        def __init__(self, config, params):
+            raise RuntimeError("no weights today")
+
+    temporary_component("norm", "unbuildable", Unbuildable)
+    temporary_component("norm", "unbuildable2", Unbuildable)
+    result = cli("ablate", write_recipe(), "--out", tmp_path / "abl", "--vary", "model.norm=unbuildable,unbuildable2")
+    assert result.exit_code == 2 and result.output.startswith("error: the ablation has 2 problems:\n"), result.output
+    for name in ("unbuildable", "unbuildable2"):
+        assert f"  arm norm={name}: norm '{name}' from test is broken: building it raised RuntimeError: no weights " \
+               f"today (at " in result.output, result.output
+    assert not (tmp_path / "abl").exists()
+
+
 @pytest.mark.parametrize("args,named", [
-    (["--vary", "model.norm=rmsnorm,layernorm", "--set", "train.device=cuda"], "arm norm=rmsnorm: --set train.device=cuda"),
+    (["--vary", "model.norm=rmsnorm,layernorm", "--set", "train.device=cuda"], "--set train.device=cuda"),  # said once
     (["--vary", "train.device=cpu,cuda"], "arm device=cuda: --vary train.device=cuda"),
 ])
 def test_a_missing_device_is_named_by_its_flag_before_any_arm_trains(cli, tmp_path, write_recipe, args, named):
@@ -1355,6 +1389,7 @@ def test_a_stopped_run_is_reported_as_far_as_it_got(cli, tmp_path, write_recipe,
 
 
 FLAKY = """
+import torch
 from gptkit.components import register
 from gptkit.components.feedforward import MLP
 
@@ -1366,7 +1401,7 @@ class Flaky(MLP):
         self.steps = 0
 
     def forward(self, x):
-        self.steps += self.training
+        self.steps += self.training and torch.is_grad_enabled()  # training steps
         if self.steps > 3:
             raise ValueError("out of ideas")
         return super().forward(x)

@@ -30,7 +30,7 @@ from ..training.signals import signals_held
 from ..training.trainer import schedule_warning, total_steps
 from .plot import plot_curves
 from .report import FLOAT_NOISE, RunRow, arm_stats, csv_text, first_line, interrupted, markdown
-from .spec import MAY_DIFFER, Arm, Plan, yaml_text
+from .spec import MAY_DIFFER, Arm, Plan, refusal, yaml_text
 
 # The baseline's recipe, resolved, which ablation.yaml names: editing the recipe the ablation was started
 # from must not change the ablation its folder holds. No arm's folder is named so: theirs are `baseline`
@@ -57,30 +57,34 @@ def check_can_make(folder: Path, out: str | Path | None) -> None:
     raise UserError(f"cannot create the ablation folder {folder}: {why}; {fix}")
 
 
-@contextlib.contextmanager
-def blamed(arm: Arm, plan: Plan | None = None):
-    """An arm's error names the arm (the baseline's is the recipe's own), and, given its `plan`, the --set or
-    --vary that set the key it is about (a batch larger than the text: errors of the checks against the data)."""
-    overrides = [] if plan is None else [*plan.ablation.overrides, *(f"{k}={v}" for k, v in arm.changes)]
-    try:
-        with named_by_overrides(overrides, plan and plan.ablation.origin):
-            yield
-    except UserError as e:
-        if not arm.changes:
-            raise
-        raise UserError(f"arm {arm.label}: {e}") from None
+def each_arm(plan: Plan, check: Callable[[Arm], None], overrides: bool = True) -> None:
+    """`check(arm)` for every arm, all their errors in one (see refusal): one at a time would take a run
+    of the command per mistake. With `overrides`, an error about a key names the --set or --vary that
+    set it (errors of the checks against the data: a batch larger than the text)."""
+    found: dict[str, list[str]] = {}
+    for arm in plan.arms:
+        names = [*plan.ablation.overrides, *(f"{k}={v}" for k, v in arm.changes)] if overrides else []
+        try:
+            with named_by_overrides(names, plan.ablation.origin):
+                check(arm)
+        except UserError as e:
+            found.setdefault(str(e), []).append(arm.label)
+    if found:
+        raise refusal(found, len(plan.arms))
 
 
 def datasets(plan: Plan) -> dict[str, CharDataset]:
     """{arm slug: its dataset}, each distinct data section (and block size) loaded once."""
     loaded: dict[tuple[str, int], CharDataset] = {}
     out = {}
-    for arm in plan.arms:
+
+    def load(arm: Arm) -> None:
         key = (arm.recipe.data.model_dump_json(), arm.recipe.model.block_size)
         if key not in loaded:
-            with blamed(arm, plan):
-                loaded[key] = load_dataset(arm.recipe.data, arm.recipe.model.block_size)
+            loaded[key] = load_dataset(arm.recipe.data, arm.recipe.model.block_size)
         out[arm.slug] = loaded[key]
+
+    each_arm(plan, load)
     return out
 
 
@@ -88,9 +92,7 @@ def check_arms(plan: Plan, data: dict[str, CharDataset]) -> dict[str, str]:
     """What each run checks of its data (`data`, from `datasets`) before training (CharDataset.check_run),
     for every arm before any trains (else an arm fails after the others trained); returns {arm slug:
     SHA-256 of its text}."""
-    for arm in plan.arms:
-        with blamed(arm, plan):
-            data[arm.slug].check_run(arm.recipe.train.batch_size, arm.recipe.sample.prompt)
+    each_arm(plan, lambda arm: data[arm.slug].check_run(arm.recipe.train.batch_size, arm.recipe.sample.prompt))
     return {slug: dataset.fingerprint for slug, dataset in data.items()}
 
 
@@ -101,14 +103,15 @@ def sizes(plan: Plan, data: dict[str, CharDataset]) -> dict[str, tuple[int, int]
     component is named, with the arm, before the earlier arms trained rather than after. Built in turn
     and let go, with the random state put back. `data`: from `datasets`."""
     out = {}
-    for arm in plan.arms:
-        with blamed(arm):
-            overrides = [*plan.ablation.overrides, *(f"{k}={v}" for k, v in arm.changes)]
-            device = recipe_device(arm.recipe, overrides, plan.ablation.origin)
-            with keep_random_state(device):
-                model, _ = build_checked(arm.recipe, data[arm.slug].vocab_size, device, cache=False)
+
+    def size(arm: Arm) -> None:
+        overrides = [*plan.ablation.overrides, *(f"{k}={v}" for k, v in arm.changes)]
+        device = recipe_device(arm.recipe, overrides, plan.ablation.origin)
+        with keep_random_state(device):
+            model, _ = build_checked(arm.recipe, data[arm.slug].vocab_size, device, cache=False)
         out[arm.slug] = (model.num_params(), model.flops_per_token())
-        del model
+
+    each_arm(plan, size, overrides=False)
     return out
 
 

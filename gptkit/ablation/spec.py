@@ -252,6 +252,17 @@ def check_fair(ablation: Ablation) -> None:
                             "terms; pass --allow-unfair (allow_unfair: true in a file) if that is what you want")
 
 
+def refusal(found: dict[str, list[str]], arms: int) -> UserError:
+    """One error for the mistakes found checking the arms, {message: labels of the arms it is about}: a
+    message of every arm (a --set's) or of the baseline alone said as it is, others after their arms'."""
+    if len(found) == 1:
+        (message, about), = found.items()
+        if len(about) == arms or about == ["baseline"]:
+            return UserError(message)
+    return UserError(problems("the ablation", [f"arm{'s' if len(about) > 1 else ''} {', '.join(about)}: {message}"
+                                               for message, about in found.items()]))
+
+
 def plan(ablation: Ablation) -> Plan:
     """Expand `ablation` into arms, each validated like a recipe before anything trains."""
     check_fair(ablation)
@@ -264,7 +275,7 @@ def plan(ablation: Ablation) -> Plan:
     else:
         combos = [[(k, v)] for k in keys for v in ablation.vary[k]]
 
-    def resolve(changes, label) -> Recipe:
+    def resolve(changes) -> Recipe:
         try:
             recipe = load_recipe(ablation.recipe, [*ablation.overrides, *(f"{k}={v}" for k, v in changes)],
                                  origins=ablation.origin)
@@ -273,14 +284,19 @@ def plan(ablation: Ablation) -> Plan:
                                 "validation split; set data.val_fraction, e.g. --set data.val_fraction=0.1")
             return recipe
         except UserError as e:
-            raise UserError(f"arm {label}: {e}" if changes else str(e)) from None
+            raise UserError(str(e)) from None
 
-    arms: list[Arm] = [Arm("baseline", "baseline", [], resolve([], "baseline"), baseline=True)]
+    arms: list[Arm] = [Arm("baseline", "baseline", [], resolve([]), baseline=True)]
     seen = {canonical(arms[0].recipe): arms[0]}
+    refused: dict[str, list[str]] = {}  # every arm's mistake at once, not one per run of the command
     for changes in combos:
         label = " ".join(f"{short[k]}={v}" for k, v in changes)
-        recipe = resolve(changes, label)
-        check_claims(ablation, recipe, changes, label)
+        try:
+            recipe = resolve(changes)
+            check_claims(ablation, recipe, changes)
+        except UserError as e:
+            refused.setdefault(str(e), []).append(label)
+            continue
         same = seen.get(canonical(recipe))
         if same is not None:  # e.g. the recipe's own value among the varied ones
             if same.baseline and ablation.mode == "grid" and same.label == "baseline":
@@ -293,6 +309,8 @@ def plan(ablation: Ablation) -> Plan:
         arm = Arm(label, slug, changes, recipe)
         arms.append(arm)
         seen[canonical(recipe)] = arm
+    if refused:
+        raise refusal(refused, len(combos) + 1)  # the baseline had none
     if len(arms) == 1:
         raise UserError(nothing_to_compare(ablation))
     unique_slugs(arms[1:])
@@ -339,7 +357,7 @@ def spelling(key: str, text: str, recipe: Recipe):
     return value
 
 
-def check_claims(ablation: Ablation, recipe: Recipe, changes: list[tuple[str, str]], label: str) -> None:
+def check_claims(ablation: Ablation, recipe: Recipe, changes: list[tuple[str, str]]) -> None:
     """Every value an arm's label lists holds in its recipe. A key's own fields are set after it (see
     apply_overrides), so one set below a varied key, by the arm or by --set for all, wins over it:
     --set model.positional.base=500 with --vary 'model.positional={name: rope, base: 1000}'."""
@@ -354,7 +372,7 @@ def check_claims(ablation: Ablation, recipe: Recipe, changes: list[tuple[str, st
             below = [name for t, name in named.items() if t.partition("=")[0].strip().startswith(key + ".")]
             verb = "sets" if len(below) == 1 else "set"
             by = f" ({' and '.join(below)} {verb} a field in it)" if below else ""
-            raise UserError(f"arm {label}: its {key} would be {yaml_text(have)}, not {text}{by}; "
+            raise UserError(f"its {key} would be {yaml_text(have)}, not {text}{by}; "
                             "give each field one value per arm")
 
 
