@@ -228,10 +228,11 @@ CAUSAL_TOKENS = 8  # check_causal's sequences: the second half of their tokens c
 def check_causal(gpt: GPT, model) -> None:
     """Before training a model with plugin or local components (gptkit's own are tested): changing the
     tokens of the second half of a sequence leaves the logits of the first half as they were, in
-    evaluation and in training mode (the same dropout masks for both passes). A model that sees the
-    future reads the tokens it is to predict: it trains to a low loss, tops any ablation and generates
-    nonsense. Else a ComponentError names the component whose output moved first. Nothing is said of
-    a model whose two passes over the same tokens differ (check_cache's warning says that)."""
+    evaluation and in training mode (the same dropout masks for both passes; buffers put back after).
+    A model that sees the future reads the tokens it is to predict: it trains to a low loss, tops any
+    ablation and generates nonsense. Else a ComponentError names the component whose output moved
+    first. Nothing is said of a model whose two passes over the same tokens differ (check_cache's
+    warning says that), or whose output is not finite (training says it diverges)."""
     V, block = gpt.config.vocab_size, gpt.config.block_size
     if not plugin_components(model) or block < 2 or V < 2:
         return
@@ -242,12 +243,15 @@ def check_causal(gpt: GPT, model) -> None:
     changed[:, t:] = (changed[:, t:] + 1) % V
     specs = component_specs(gpt, model)
     training = gpt.training
+    buffers = {name: b.clone() for name, b in gpt.named_buffers()}  # running statistics a training pass moves
     try:
         with torch.no_grad(), keep_random_state(gpt.lm_head.weight.device), _fp32_matmuls():
             for mode in ("evaluation", "training"):
                 gpt.train(mode == "training")
                 where = f"in {mode} mode, before training"
                 before, again, after = (_outputs(gpt, specs, x, where, seed=0) for x in (idx, idx, changed))
+                if not all(torch.isfinite(out).all() for _, out in before):  # training will say it diverges
+                    return
                 if not all(same_logits(a[:, :t], b[:, :t]) for (_, a), (_, b) in zip(before, again)):
                     return
                 moved = next((m for (m, a), (_, b) in zip(before, after) if not same_logits(a[:, :t], b[:, :t])), None)
@@ -255,6 +259,9 @@ def check_causal(gpt: GPT, model) -> None:
                     raise _sees_the_future(specs[moved], model, t, mode)
     finally:
         gpt.train(training)
+        with torch.no_grad():
+            for name, b in gpt.named_buffers():
+                b.copy_(buffers[name])
 
 
 def _sees_the_future(spec, model, t: int, mode: str) -> ComponentError:

@@ -52,7 +52,7 @@ def breaks_after(after: int, how: str) -> type:
             self.steps = 0
 
         def forward(self, x):
-            self.steps += self.training
+            self.steps += self.training and torch.is_grad_enabled()  # the checks before training have no gradients
             if self.steps <= after:
                 return super().forward(x)
             if how == "raise":

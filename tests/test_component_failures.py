@@ -903,3 +903,45 @@ def test_a_forward_failing_in_training_mode_is_named_before_training(run_with, t
 def test_a_causal_plugin_with_dropout_trains(run_with, tmp_path):
     result = run_with(FUTURE_SEERS, "model.attention=droppedout", "model.dropout=0.5")
     assert result.exit_code == 0 and result.stderr == "", result.output
+
+
+def test_the_causality_check_leaves_the_model_as_it_was(temporary_component):
+    """Its passes in training mode move no running statistics, draw nothing from the run's random
+    stream, and leave the model in the mode it was in."""
+    from gptkit.components.norm import RMSNorm
+    from gptkit.diagnose import check_causal
+    from gptkit.model import build_model
+    from gptkit.recipe.schema import ModelSection
+
+    class RunningMean(RMSNorm):
+        def __init__(self, config, params):
+            super().__init__(config, params)
+            self.register_buffer("mean", torch.zeros(config.n_embd))
+
+        def forward(self, x):
+            if self.training:
+                self.mean.lerp_(x.detach().mean(dim=(0, 1)), 0.1)  # per channel, over the batch and every position
+            return super().forward(x)
+
+    temporary_component("norm", "runningmean", RunningMean)
+    section = ModelSection(n_embd=32, n_head=4, n_layer=2, block_size=8, dropout=0.1, norm="runningmean")
+    model = build_model(section, 11)
+    state = torch.get_rng_state()
+    check_causal(model, section)
+    assert model.training and torch.equal(state, torch.get_rng_state())
+    assert all(not b.any() for name, b in model.named_buffers() if name.endswith(".mean"))
+
+
+def test_the_causality_check_leaves_an_output_that_is_not_finite_to_training(temporary_component):
+    from gptkit.components.feedforward import MLP
+    from gptkit.diagnose import check_causal
+    from gptkit.model import build_model
+    from gptkit.recipe.schema import ModelSection
+
+    class Nan(MLP):
+        def forward(self, x):
+            return super().forward(x) * float("nan")
+
+    temporary_component("feedforward", "nan", Nan)
+    section = ModelSection(n_embd=32, n_head=4, n_layer=2, block_size=8, feedforward="nan")
+    assert check_causal(build_model(section, 11), section) is None  # training says it diverges
