@@ -12,7 +12,7 @@ from typing import Annotated
 import torch
 from pydantic import TypeAdapter, ValidationError
 
-from .components.attention import KVCache, caches
+from .components.attention import KVCache, caches, why_not_cached
 from .components.base import GPTConfig, Params
 from .components.positional import Positional
 from .components.schedule import factor_rule, is_factor
@@ -366,7 +366,8 @@ def check_kv_cache(spec, config):
     gives the logits of one forward pass over the whole sequence, with the parameters randomised."""
     model = tiny_model(config, **{spec.kind: spec}).eval()
     if not model.supports_kv_cache:
-        raise NotApplicable("the attention does not support a key/value cache; generation recomputes")
+        why = why_not_cached(model.transformer.h[0].attn)
+        raise NotApplicable(f"the attention takes no key/value cache ({why}); generation recomputes the context")
     _assert_cache_matches(model, config)
 
 

@@ -420,6 +420,7 @@ def test_show_describes_a_plugin_in_full(install, cli, tmp_path):
 
 def test_show_says_whether_an_attention_supports_the_key_value_cache(cli, temporary_component):
     from gptkit.components.attention import Attention, FlashAttention
+    from gptkit.conformance import check_component
 
     class ForwardAlone(FlashAttention):  # inherits the flag, not a forward that takes the cache
         def forward(self, x):
@@ -431,11 +432,21 @@ def test_show_says_whether_an_attention_supports_the_key_value_cache(cli, tempor
 
     temporary_component("attention", "forward_alone", ForwardAlone)
     temporary_component("attention", "recomputes", Recomputes)
-    for name, cached in (("flash", True), ("forward_alone", False), ("recomputes", False)):
+    flag = "its supports_kv_cache is True, but its forward takes no cache: write forward(x, cache=None), or only " \
+        "attend() and let the base forward cache"
+    no_flag = "it does not set supports_kv_cache = True: set it if its attend handles fewer queries than keys, the " \
+        "queries being the last positions"
+    for name, why in (("flash", None), ("forward_alone", flag), ("recomputes", no_flag)):
         shown = cli("show", "attention", name).output
-        assert ("  kv cache:   yes (sampling feeds it one token at a time)" if cached else
-                "  kv cache:   no (sampling recomputes the whole context for every token)") in shown.splitlines(), shown
-        assert json.loads(cli("show", "attention", name, "--json").output)["supports_kv_cache"] is cached
+        assert ("  kv cache:   yes (sampling feeds it one token at a time)" if why is None else
+                f"  kv cache:   no (sampling recomputes the whole context for every token; {why})") \
+            in shown.splitlines(), shown
+        record = json.loads(cli("show", "attention", name, "--json").output)
+        assert record["supports_kv_cache"] is (why is None) and record.get("kv_cache_note") == why
+        if why:  # and the conformance kit says why its cache check does not apply
+            (row,) = [r for r in check_component("attention", name) if r.check == "kv cache"]
+            assert row.status == "n/a" and row.detail == (f"the attention takes no key/value cache ({why}); "
+                                                          "generation recomputes the context"), row
     assert "kv cache" not in cli("show", "norm", "rmsnorm").output
     assert "supports_kv_cache" not in json.loads(cli("show", "norm", "rmsnorm", "--json").output)
 

@@ -7,7 +7,7 @@ import json
 import click
 from pydantic_core import to_json
 
-from ..components.attention import caches
+from ..components.attention import why_not_cached
 from ..components.base import constraints
 from ..registry import Entry, clashes_listed, kinds, misplaced_entry_points, registry
 from . import imports_option, main
@@ -35,7 +35,8 @@ def describe(entry: Entry, full: bool = False) -> dict:
         obj = entry.obj
         record.update(object=f"{obj.__module__}:{obj.__qualname__}", defined_at=entry.where, doc=inspect.getdoc(obj) or "")
         if entry.kind == "attention":  # the flag and a forward that takes the cache, as generation asks
-            record.update(supports_kv_cache=caches(obj))
+            why = why_not_cached(obj)
+            record.update(supports_kv_cache=why is None, **({"kv_cache_note": why} if why else {}))
     return record
 
 
@@ -123,7 +124,7 @@ def show(kind, name, as_json):
     click.echo(f"{kind} '{name}'\n  source:     {r['source']}\n  defined at: {r['defined_at']}  ({r['object']})")
     if "supports_kv_cache" in r:
         click.echo("  kv cache:   " + ("yes (sampling feeds it one token at a time)" if r["supports_kv_cache"]
-                                      else "no (sampling recomputes the whole context for every token)"))
+                                      else f"no (sampling recomputes the whole context for every token; {r['kv_cache_note']})"))
     if r["doc"]:
         click.echo("\n" + "\n".join(f"  {line}" for line in r["doc"].splitlines()))
     click.echo("\n  parameters:" if r["params"] else "\n  parameters: none")

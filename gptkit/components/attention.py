@@ -124,6 +124,17 @@ def caches(attn: nn.Module) -> bool:
     return getattr(attn, "supports_kv_cache", False) and "cache" in inspect.signature(attn.forward).parameters
 
 
+def why_not_cached(attn) -> str | None:
+    """Why generation may not hand `attn` (a module or class) a KVCache, said for its author; None if it may."""
+    if caches(attn):
+        return None
+    if getattr(attn, "supports_kv_cache", False):
+        return ("its supports_kv_cache is True, but its forward takes no cache: write forward(x, cache=None), or "
+                "only attend() and let the base forward cache")
+    return ("it does not set supports_kv_cache = True: set it if its attend handles fewer queries than keys, the "
+            "queries being the last positions")
+
+
 attention = new_registry("attention", Attention, "causal self-attention")
 
 
