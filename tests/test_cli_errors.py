@@ -303,7 +303,7 @@ def test_sample_help_gives_the_seed_range_in_words(cli):
 
 
 @pytest.mark.parametrize("param,fragment", [
-    ("base=abc", "error: positional 'rope': base: Input should be a valid number (got 'abc')"),
+    ("base=abc", "error: --param base=abc: positional 'rope': base: Input should be a valid number (got 'abc')\n"),
     ("name=alibi", "error: --param name=alibi: the component is the NAME argument (rope), not a parameter"),
     # name is a key of a recipe's component block, not a --param: not among the keys listed
     ("bse=500", "error: --param bse=500: positional 'rope' has no parameter 'bse' (did you mean 'base'?); its "
@@ -312,6 +312,21 @@ def test_sample_help_gives_the_seed_range_in_words(cli):
 def test_check_names_the_bad_parameter(cli, param, fragment):
     result = cli("check", "positional", "rope", "--param", param)
     assert result.exit_code == 2 and fragment in result.output, result.output
+
+
+def test_check_names_every_bad_parameter_by_its_flag(cli):
+    result = cli("check", "attention", "flash", "--param", "bias=yes")
+    assert result.exit_code == 2 and result.output == "error: --param bias=yes: attention 'flash': bias: Input should " \
+        "be a valid boolean (got 'yes'); write true or false\n", result.output
+    result = cli("check", "positional", "rope", "--param", "base=-1", "--param", "base_=2")
+    assert result.exit_code == 2 and result.output.startswith("error: --param base_=2: positional 'rope' has no "), \
+        result.output  # unknown keys first: a value of a misspelt key was never checked
+    result = cli("check", "feedforward", "swiglu", "--param", "multiple_of=x", "--param", "bias=maybe")
+    assert result.exit_code == 2 and result.output == (
+        "error: feedforward 'swiglu' has 2 problems:\n"
+        "  --param multiple_of=x: multiple_of: Input should be a valid integer (got 'x')\n"
+        "  --param bias=maybe: bias: Input should be a valid boolean (got 'maybe'); write true or false\n"), \
+        result.output
 
 
 def test_check_says_a_component_without_parameters_takes_none(cli):

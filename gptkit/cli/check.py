@@ -5,9 +5,9 @@ from click.core import ParameterSource
 
 from ..conformance import CONFIG, SizeError, check_component
 from ..device import resolve_device
-from ..errors import UserError, did_you_mean, listing
+from ..errors import UserError, did_you_mean, listing, problems
 from ..recipe import yaml
-from ..recipe.components import MODEL_KINDS
+from ..recipe.components import MODEL_KINDS, RecipeIssue, parse_component
 from ..registry import RegistryError, registry
 from . import imports_option, main
 
@@ -66,6 +66,7 @@ def check(kind, name, params, device, n_embd, n_head, block_size):
     sizes = f"n_embd={n_embd}, n_head={n_head}, block_size={block_size}"
     try:
         _assert_known_params(kind, name, reg.get(name), params)
+        _assert_valid_params(kind, name, spec, params)
         results = check_component(kind, spec, config, device=device)
     except RegistryError as e:  # unknown, broken (which its message says), or a default of the test model unusable
         if name in reg:
@@ -86,6 +87,23 @@ def check(kind, name, params, device, n_embd, n_head, block_size):
     click.echo(f"{counts['pass']} passed, {counts['fail']} failed, {counts['n/a']} not applicable")
     if counts["fail"]:
         raise SystemExit(1)
+
+
+def _assert_valid_params(kind: str, name: str, spec: dict, params: tuple[str, ...]) -> None:
+    """Values its Params refuse, each named by the --param that gave it (every one at once)."""
+    try:
+        parse_component(kind, spec)
+    except RecipeIssue as e:
+        if isinstance(e, UserError):  # BrokenParams: the component's own bug, which it names
+            raise
+        given = {text.partition("=")[0].strip(): text for text in params}
+        found = [(f"--param {given[str(loc[0])]}: " if loc and str(loc[0]) in given else "",
+                  f"{'.'.join(map(str, loc))}: {msg}" if loc else msg) for loc, msg in e.issues]
+        if len(found) == 1:  # as for an unknown key: the flag, then the component
+            raise UserError(f"{found[0][0]}{kind} '{name}': {found[0][1]}") from None
+        order = [f"--param {text}: " for text in params]  # as the command line gives them
+        found.sort(key=lambda f: order.index(f[0]) if f[0] in order else len(order))
+        raise UserError(problems(f"{kind} '{name}'", [flag + what for flag, what in found])) from None
 
 
 def _assert_known_params(kind: str, name: str, cls: type, params: tuple[str, ...]) -> None:

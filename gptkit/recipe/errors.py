@@ -38,6 +38,8 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], extra_keys: se
         elif err["type"] == "literal_error":  # the choices as a recipe writes them: true, not Python's True
             msg = re.sub(r"'[^']*'|\b(True|False|None)\b", lambda m: YAML_WORDS.get(m[1], m[0]), err["msg"])  # quoted: as is
             issues.append((loc, f"{msg} {_got(err)}"))
+        elif err["type"] in ("bool_type", "bool_parsing"):  # yes/no/on/off are strings in YAML 1.2, as here
+            issues.append((loc, f"{err['msg']} {_got(err)}; write true or false"))
         else:
             msg = err["msg"].removeprefix("Value error, ")
             issues.append((loc, f"{msg} {_got(err)}"))
