@@ -104,6 +104,11 @@ def problems(origin: str, texts: list[str]) -> str:
     return f"{origin} has {len(texts)} problems:\n" + "\n".join(f"  {t}" for t in texts)
 
 
+def a(noun: str) -> str:
+    """'a norm', 'an attention'."""
+    return f"{'an' if noun[:1] in tuple('aeiou') else 'a'} {noun}"
+
+
 def listing(choices: Iterable[str]) -> str:
     choices = sorted(choices)
     return ", ".join(choices) if choices else "(none)"

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, PydanticUserError
 
 from . import plugins
-from .errors import UserError, clipped_repr, did_you_mean, listing, one_line
+from .errors import UserError, a, clipped_repr, did_you_mean, listing, one_line
 
 
 class RegistryError(UserError):
@@ -256,7 +256,10 @@ class Registry:
         # Declared under a misspelt group that means this kind (gptkit.norms for a norm), not another's
         misplaced = [text for k, n, _, text in misplaced_entry_points()
                      if n == name and difflib.get_close_matches(k, kinds(), n=1) == [self.kind]]
-        if not plugins.enabled():  # the name meant may be a plugin's
+        other = [k for k in kinds() if k != self.kind and name in registry(k)] if not guess else []
+        if other:  # given for the wrong kind: --set model.norm=gqa
+            hint = f"; {clipped_repr(name)} is {' and '.join(map(a, other))}, not {a(self.kind)}"
+        elif not plugins.enabled():  # the name meant may be a plugin's
             hint = f" ({plugins.turned_off()})"
         elif misplaced:  # installed, under a misspelt group
             hint = f"; {misplaced[0]}: fix the group in its pyproject.toml and install it again"

@@ -747,3 +747,14 @@ def test_an_integer_too_long_to_read_names_its_key_and_range(cli, tmp_path, corp
     result = cli("validate", "bad.yaml", *args)  # cli runs in tmp_path
     assert result.exit_code == 2 and result.output.startswith("error: ") and "Traceback" not in result.output
     assert message in result.output and result.output.count("\n") == 1, result.output
+
+
+@pytest.mark.parametrize("key, value, said", [
+    ("model.norm", "flash", "'flash' is an attention, not a norm"),
+    ("model.attention", "rmsnorm", "'rmsnorm' is a norm, not an attention"),
+    ("train.optimizer", "cosine", "'cosine' is a schedule, not an optimizer"),
+])
+def test_a_name_of_another_kind_says_which_kind_it_is(cli, write_recipe, key, value, said):
+    result = cli("validate", write_recipe(), "--set", f"{key}={value}")
+    assert result.exit_code == 2 and result.output.rstrip().endswith(f"; {said}"), result.output
+    assert "pip install" not in result.output

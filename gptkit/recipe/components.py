@@ -18,7 +18,7 @@ from pydantic import ConfigDict, Field, PlainSerializer, PlainValidator, Validat
 from pydantic_core import to_jsonable_python
 
 from ..components.base import Params
-from ..errors import ComponentError, UserError, clipped_repr, listing, one_line, out_of_memory, rebuilt
+from ..errors import ComponentError, UserError, a, clipped_repr, listing, one_line, out_of_memory, rebuilt
 from ..plugins import line_in
 from ..registry import RegistryError, raised, registry
 
@@ -72,7 +72,7 @@ class ComponentSpec:
         except TypeError:
             base = registry(self.kind).base
             names = list(inspect.signature(base.__init__).parameters)[1:]  # without self
-            return f"; a{'n' if self.kind[0] in 'aeiou' else ''} {self.kind} is built with ({', '.join(names)})"
+            return f"; {a(self.kind)} is built with ({', '.join(names)})"
         except ValueError:  # no signature to read (a class written in C)
             return ""
 
