@@ -59,8 +59,12 @@ def train_model(config_path: str | Path | Recipe | dict, data_path: str | Path |
     with named_by_overrides(overrides, origins):  # an override's batch larger than the text, say
         result = train(recipe, runs_dir=runs_dir, quiet=quiet)
     if save_path is not None and result.run_dir is not None:  # None: a torchrun rank but 0, which writes nothing
-        save_checkpoint(Path(save_path), result.model, recipe.to_dict(), result.dataset.itos, step=result.summary["steps"],
-                        plugins=recipe.plugin_sources())
+        try:
+            save_checkpoint(Path(save_path), result.model, recipe.to_dict(), result.dataset.itos,
+                            step=result.summary["steps"], plugins=recipe.plugin_sources())
+        except OSError as e:  # a full disk: the run is saved all the same
+            raise UserError(f"save_path {save_path} could not be written ({e.strerror or e}); the run finished and is "
+                            f"saved in {result.run_dir}: load_model({str(result.run_dir)!r}) loads it") from None
     return result.model, result.dataset
 
 

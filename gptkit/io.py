@@ -64,14 +64,14 @@ def looks_binary(head: str) -> bool:
     return controls > max(1, len(head) // 100)
 
 
-def missing(path: Path) -> str:
+def missing(path: Path, what: str = "a file") -> str:
     """Why `path`, which does not exist, is not there, as the rest of a sentence naming it: "not found",
-    or a symbolic link that leads nowhere."""
+    or a symbolic link that leads nowhere (to be pointed at `what`)."""
     try:
         path.stat()
     except OSError as e:
         if e.errno == errno.ELOOP:
-            return "is a symbolic link loop (following its links leads back to it); point it at a file"
+            return f"is a symbolic link loop (following its links leads back to it); point it at {what}"
     except ValueError:  # a NUL in the name
         pass
     if path.is_symlink():
@@ -125,6 +125,8 @@ def cannot_make_folder(folder: Path) -> str | None:
         try:
             is_dir = path.is_dir()
             if not is_dir and not path.exists():
+                if path.is_symlink():  # a link that leads nowhere: no folder can be made in its place
+                    return f"{path} {missing(path, 'a folder')}"
                 continue
         except OSError:  # a folder above it that may not be entered: checked below, as a parent
             continue

@@ -101,6 +101,9 @@ def test_shipped_ablation_plans_over_the_four_kinds():
     (["--vary", "model.positional=[rope"], "arm positional=[rope: --vary model.positional=[rope: not valid YAML"),
     (["--vary", "model.positionl=rope"], "did you mean 'positional'?"),
     (["--seeds", "x"], "--seeds x: expected a count"),
+    (["--vary", "model.norm=layernorm", "--seeds=-1,0,18446744073709551615"],
+     "--seeds: seeds -1 and 18446744073709551615 are one seed to torch, which takes them "
+     "modulo 2**64; give seeds that differ"),
     (["--vary", "model.norm=layernorm", "--set", "data.val_fraction=0"], "an ablation compares validation losses"),
     (["--vary", "model.norm=layernorm", "--set", "data.val_fraction=1e-9"], "validation split has 0 characters"),
     (["--vary", "model.norm=layernorm", "--seeds", "1,99999999999999999999999"], "seed 99999999999999999999999 is out"),

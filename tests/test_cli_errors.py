@@ -758,3 +758,22 @@ def test_a_name_of_another_kind_says_which_kind_it_is(cli, write_recipe, key, va
     result = cli("validate", write_recipe(), "--set", f"{key}={value}")
     assert result.exit_code == 2 and result.output.rstrip().endswith(f"; {said}"), result.output
     assert "pip install" not in result.output
+
+
+def test_a_symbolic_link_that_leads_nowhere_is_named_as_such(cli, write_recipe, tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    nowhere = f"{tmp_path / 'dangling'} is a symbolic link to {tmp_path / 'nowhere'}, which does not exist"
+    loop = "is a symbolic link loop (following its links leads back to it); point it at a"
+    for args, said in [
+        (["run", write_recipe(), "--runs-dir", tmp_path / "dangling"], f"cannot create a run folder in "
+         f"{tmp_path / 'dangling'}: {nowhere}; pass --runs-dir with a writable folder"),
+        (["ablate", write_recipe(), "--vary", "model.norm=layernorm", "--out", tmp_path / "dangling"], nowhere),
+        (["compare", tmp_path / "loop1", tmp_path / "loop2"], f"{tmp_path / 'loop1'}: {loop} run folder"),
+        (["sample", tmp_path / "loop1"], f"checkpoint {tmp_path / 'loop1'} {loop} checkpoint or a run folder"),
+        (["run", "--resume", tmp_path / "loop1"], f"--resume {tmp_path / 'loop1'}: {loop} run folder"),
+    ]:
+        result = cli(*args)
+        assert result.exit_code == 2 and "Traceback" not in result.output and said in result.output, result.output
+        assert "Ablation folder" not in result.output and "arms ×" not in result.output  # refused before the plan

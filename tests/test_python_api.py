@@ -291,6 +291,23 @@ def test_train_model_checks_save_path_before_training(tmp_path, write_recipe, co
     assert not (tmp_path / "runs").exists()  # nothing was trained
 
 
+def test_train_model_says_where_the_run_is_when_save_path_cannot_be_written_after_training(tmp_path, write_recipe,
+                                                                                          monkeypatch):
+    import errno
+
+    import gptkit.api as api
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(api, "save_checkpoint", full)
+    with pytest.raises(UserError) as e:
+        train_model(write_recipe(), save_path=tmp_path / "model.pt", runs_dir=tmp_path / "runs", quiet=True)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert str(e.value) == (f"save_path {tmp_path / 'model.pt'} could not be written (No space left on device); the run "
+                            f"finished and is saved in {run}: load_model({str(run)!r}) loads it")
+
+
 def test_train_model_saves_over_a_model_it_saved_before(tmp_path, write_recipe):
     (tmp_path / "recipe.yaml").write_text(write_recipe().read_text())  # a project's folder, not a run's
     save = tmp_path / "checkpoint.pt"

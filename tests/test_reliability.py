@@ -770,6 +770,84 @@ def test_a_checkpoint_lacking_what_gptkit_reads_is_a_clear_error(tmp_path, write
             result.output
 
 
+@pytest.mark.parametrize("edit, lacks", [
+    (lambda s: s.__setitem__("step", -5), "checkpoint {ckpt} lacks a valid step (a count of steps, 0 or more)"),
+    (lambda s: s.__setitem__("step", True), "checkpoint {ckpt} lacks a valid step"),
+    (lambda s: s.__setitem__("version", "1"), "checkpoint {ckpt} lacks a valid version"),
+    (lambda s: s["trainer"].__setitem__("optimizer", "x"), "cannot resume {run}: its checkpoint.pt lacks a valid "
+     "optimizer state; sample it with gptkit sample {run}, or start a new run without --resume"),
+    (lambda s: s.__setitem__("trainer", "garbage"), "its checkpoint.pt lacks a valid training state;"),
+    (lambda s: s["trainer"].__setitem__("state", "x"), "lacks a valid training state (step, epoch, losses, time)"),
+    (lambda s: s["trainer"]["state"].__setitem__("recent_losses", "x"), "lacks a valid training state (step, epoch"),
+    (lambda s: s["trainer"]["state"].__setitem__("seconds", "1.5"), "lacks a valid training state (step, epoch"),
+    (lambda s: s["trainer"]["state"].__setitem__("unknown", 1), "lacks a valid training state (step, epoch"),
+    (lambda s: s["trainer"]["state"].__setitem__("step", 2), "lacks a valid training state (of step 2, in the "
+     "checkpoint of step 3)"),
+    (lambda s: s["trainer"].__setitem__("rng", {"cpu": torch.zeros(3)}), "lacks a valid random state;"),
+    (lambda s: s.__setitem__("text_sha256", 5), "lacks a valid text_sha256;"),
+])
+def test_a_training_state_damaged_or_edited_by_hand_is_refused_before_resuming(tmp_path, write_recipe, cli, edit, lacks):
+    recipe = write_recipe(train={"max_steps": 3})
+    run = train(load_recipe(recipe), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    edit(state)
+    torch.save(state, run / "checkpoint.pt")
+    metrics = (run / "metrics.jsonl").read_text()
+    result = cli("run", recipe, "--resume", run)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert lacks.format(ckpt=run / "checkpoint.pt", run=run) in result.output, result.output
+    assert (run / "metrics.jsonl").read_text() == metrics  # nothing written
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused(tmp_path, write_recipe, cli):
+    run = train(load_recipe(write_recipe(train={"max_steps": 1})), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["version"] = 99
+    torch.save(state, run / "checkpoint.pt")
+    result = cli("sample", run)
+    assert result.exit_code == 2 and result.output == (
+        f"error: checkpoint {run / 'checkpoint.pt'} was written by a newer gptkit (checkpoint format 99; this one reads "
+        "format 1); upgrade gptkit to use it\n"), result.output
+
+
+def test_an_unreadable_checkpoint_is_said_so_not_called_damaged(tmp_path, write_recipe, cli, monkeypatch):
+    import zipfile
+
+    run = train(load_recipe(write_recipe(train={"max_steps": 1})), runs_dir=tmp_path / "runs", quiet=True).run_dir
+
+    def denied(*args, **kwargs):  # what chmod 000 does to a user without root's override
+        raise PermissionError(13, "Permission denied", str(run / "checkpoint.pt"))
+
+    monkeypatch.setattr(zipfile, "ZipFile", denied)
+    result = cli("sample", run)
+    assert result.exit_code == 2 and result.output == (
+        f"error: cannot read checkpoint {run / 'checkpoint.pt'}: Permission denied; give yourself read access to "
+        "it\n"), result.output
+
+
+def test_a_full_disk_at_the_final_sample_keeps_the_run_finished_and_says_how_to_sample_it(
+        cli, tmp_path, write_recipe, monkeypatch):
+    import errno
+
+    import gptkit.training.run as run_module
+
+    real = run_module.write_text
+
+    def write_text(path, text):
+        if path.name == "samples.txt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, text)
+
+    monkeypatch.setattr(run_module, "write_text", write_text)
+    result = cli("run", write_recipe(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    assert result.stderr == (f"warning: could not write samples.txt in {run}: No space left on device; the run is "
+                             f"finished and its checkpoint saved: sample it with gptkit sample {run}\n")
+    assert "characters after the prompt, not saved):" in result.stdout and not (run / "samples.txt").exists()
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
 def test_gptkit_never_unpickles_arbitrary_objects():
     root = Path(__file__).resolve().parents[1] / "gptkit"
     offenders = [p for p in root.rglob("*.py") if "weights_only=False" in p.read_text() or "pickle.load(" in p.read_text()]

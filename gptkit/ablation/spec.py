@@ -125,6 +125,11 @@ def check_seeds(seeds: int | list[int], where: str) -> None:
     outside = [s for s in ([] if isinstance(seeds, int) else seeds) if s not in SEEDS]
     if outside:
         raise UserError(f"{where}: seed {outside[0]} is out of range; seeds are from {SEEDS.start} to {SEEDS.stop - 1}")
+    alike = [(a, b) for i, a in enumerate(seeds if isinstance(seeds, list) else []) for b in seeds[i + 1:]
+             if (a - b) % 2**64 == 0]
+    if alike:  # paired as two seeds, their identical runs would make a zero-width interval
+        raise UserError(f"{where}: seeds {alike[0][0]} and {alike[0][1]} are one seed to torch, which takes them modulo "
+                        "2**64; give seeds that differ")
 
 
 def check_name(name: str, where: str) -> str:

@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import click
@@ -48,7 +49,8 @@ def compare(run_dirs, plot_path):
             raise UserError("--plot is empty; give an image file, e.g. --plot curves.png")
         check_plot_path(Path(plot_path))
     dirs = [Path(d) for d in run_dirs]
-    twice = next((d for i, d in enumerate(dirs) if d.resolve() in {e.resolve() for e in dirs[:i]}), None)
+    real = [os.path.realpath(d) for d in dirs]  # (Path.resolve raises on a symbolic link loop)
+    twice = next((d for i, d in enumerate(dirs) if real[i] in real[:i]), None)
     if twice is not None:
         raise UserError(f"{twice} is given twice; give each run once")
     for d in dirs:
@@ -199,7 +201,7 @@ def show(value) -> str:
 def short_names(dirs: list[Path]) -> list[str]:
     """The shortest path tails that tell the runs apart, and their folders too where these differ: seed-0
     twice becomes rope/seed-0, alibi/seed-0; baseline/seed-1 beside rope/seed-2 keeps its arm."""
-    parts = [d.resolve().parts for d in dirs]
+    parts = [Path(os.path.realpath(d)).parts for d in dirs]
     folders = len({p[:-1] for p in parts})
     for n in range(1, max(map(len, parts)) + 1):
         names = ["/".join(p[-n:]) for p in parts]

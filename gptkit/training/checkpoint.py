@@ -15,7 +15,7 @@ from ..data.vocab import Vocab
 from ..device import keep_random_state, resolve_device
 from ..diagnose import check_forward
 from ..errors import OutOfMemory, UserError, on_command_line, one_line, out_of_memory
-from ..io import atomic_write, check_path_argument, quote
+from ..io import atomic_write, check_path_argument, missing, quote
 from ..model import build_model
 from ..recipe import Recipe, validate
 from ..recipe.components import ComponentSpec, model_only
@@ -111,7 +111,7 @@ def load_checkpoint(path: str | Path) -> dict:
             raise UserError(f"checkpoint {path / 'checkpoint.pt'} not found{_why_no_checkpoint(path)}")
         path = path / "checkpoint.pt"
     if not path.is_file():
-        raise UserError(f"checkpoint {path} not found")
+        raise UserError(f"checkpoint {path} {missing(path, 'a checkpoint or a run folder')}")
     if _is_text(path):  # a recipe or a corpus given by mistake: not a checkpoint, damaged or not
         raise UserError(f"{path} is a text file, not a gptkit checkpoint; give a run folder or the checkpoint.pt "
                         "in one (a recipe is trained first: gptkit run RECIPE, or train_model(RECIPE))")
@@ -119,6 +119,8 @@ def load_checkpoint(path: str | Path) -> dict:
     try:  # torch.save writes a zip archive, whose checksums torch.load does not check: a flipped bit
         with zipfile.ZipFile(path) as archive:  # in the weights would load without a word
             bad = archive.testzip()
+    except PermissionError as e:  # not damaged, for all we know: it cannot be read
+        raise UserError(f"cannot read checkpoint {path}: {e.strerror}; give yourself read access to it") from None
     except Exception as e:  # zipfile raises more than BadZipFile on a damaged directory
         raise UserError(f"{damaged} ({one_line(e)})") from None
     if bad is not None:
@@ -137,8 +139,16 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"{damaged} ({one_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a gptkit checkpoint")
-    wrong = [key for key, kind in REQUIRED.items() if not isinstance(state.get(key), kind)]
-    if not wrong and len(state["itos"]) != state["vocab_size"]:
+    version = state.get("version", VERSION)
+    if isinstance(version, int) and version > VERSION:
+        raise UserError(f"checkpoint {path} was written by a newer gptkit (checkpoint format {version}; this one reads "
+                        f"format {VERSION}); upgrade gptkit to use it")
+    wrong = [key for key, kind in REQUIRED.items() if not isinstance(state.get(key), kind) or isinstance(state[key], bool)]
+    if not isinstance(version, int):
+        wrong.append("version")
+    elif not wrong and state["step"] < 0:
+        wrong = ["step (a count of steps, 0 or more)"]
+    elif not wrong and len(state["itos"]) != state["vocab_size"]:
         wrong = ["itos (as many characters as vocab_size)"]
     elif not wrong and not all(isinstance(c, str) and len(c) == 1 for c in state["itos"]):
         wrong = ["itos (a list of single characters)"]

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import quote, read_text
+from ..io import missing, quote, read_text
 from ..recipe import yaml
 from .checkpoint import peek
 
@@ -93,10 +93,16 @@ def ended(summary: dict | None) -> bool:
     return finished(summary) or diverged(summary)
 
 
+def no_such_folder(path: Path) -> str:
+    """"no such folder", or why a symbolic link by that name leads to none."""
+    why = missing(path, "a run folder")
+    return "no such folder" if why == "not found" else why
+
+
 def run_recipe(run_dir: Path) -> dict:
     path = run_dir / "recipe.yaml"
     if not path.is_file():
-        problem = ("no such folder" if not run_dir.exists() else
+        problem = (no_such_folder(run_dir) if not run_dir.exists() else
                    f"not a run folder (it has no recipe.yaml){runs_within(run_dir)}")
         raise UserError(f"{run_dir}: {problem}")
     try:  # read as recipes are (YAML 1.2's 1e-3 and no), or an edited file would differ from itself

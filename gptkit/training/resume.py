@@ -16,8 +16,9 @@ from ..errors import OutOfMemory, UserError, arg, given, on_command_line
 from ..io import quote, write_text
 from ..recipe import Recipe, flatten, yaml
 from .checkpoint import load_checkpoint, missing_plugins, plugin_changes, stored_recipe
-from .folder import (is_ablation_folder, metric_records, resumable, run_recipe, runs_within, stopped_for_good,
-                     summary_of, trained_with)
+from .trainer import state_dict_problem
+from .folder import (is_ablation_folder, metric_records, no_such_folder, resumable, run_recipe, runs_within,
+                     stopped_for_good, summary_of, trained_with)
 
 # Keys that may change between a run and its resumption without making it a different run (the text
 # itself is checked by its SHA-256, wherever it lives and however it was made; compiling and
@@ -74,6 +75,12 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset, wa
     fit, but the steps from here on run other code."""
     if "trainer" not in checkpoint:
         raise UserError(f"{run_dir}/checkpoint.pt holds weights only, no training state to resume from")
+    lacks = state_dict_problem(checkpoint["trainer"], checkpoint["step"])
+    if lacks is None and not isinstance(checkpoint.get("text_sha256", ""), str):
+        lacks = "text_sha256"
+    if lacks:
+        raise UserError(f"cannot resume {run_dir}: its checkpoint.pt lacks a valid {lacks}; sample it with gptkit "
+                        f"sample {quote(run_dir)}, or start a new run without {arg('resume')}")
     refuse_if_stopped_for_good(run_dir)
     invalid = invalid_recipe(checkpoint, run_dir)  # said as `gptkit sample` says it, not as changes to undo
     if invalid:
@@ -125,7 +132,7 @@ def check_run_dir(path: str | Path) -> Path:
     """The path given to resume (`--resume PATH`), which must be a run folder."""
     path = Path(path)
     if not path.is_dir():
-        raise not_a_run(path, "not a folder" if path.exists() else "no such folder")
+        raise not_a_run(path, "not a folder" if path.exists() else no_such_folder(path))
     if is_ablation_folder(path):
         raise UserError(f"{given('resume', path)}: an ablation folder, not a run folder; to resume the ablation: "
                         f"gptkit ablate {quote(path / 'ablation.yaml')} --out {quote(path)}")

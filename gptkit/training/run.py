@@ -79,6 +79,9 @@ def then_resume(e: Exception, run_dir: Path) -> str:
 
 def new_run_dir(runs_dir: Path, name: str) -> tuple[Path, list[Path]]:
     """A new folder NAME-STAMP in `runs_dir`, and the folders made for it (`make_folders`)."""
+    blocked = cannot_make_folder(runs_dir)  # a link that leads nowhere would pass for a name taken
+    if blocked:
+        raise UserError(f"cannot create a run folder in {runs_dir}: {blocked}; {other_runs_dir('a writable folder')}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
         path = runs_dir / (f"{name}-{stamp}" + (f"-{n}" if n else ""))
@@ -383,8 +386,14 @@ def write_sample(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharD
               f"there is no samples.txt; the run is finished and its checkpoint saved: sample it with gptkit sample "
               f"{quote(run_dir)}, which holds no training state", file=sys.stderr)
         return
-    write_text(run_dir / "samples.txt", text)
-    log(f"Sample ({sp.tokens:,} characters after the prompt, in samples.txt too):\n{text}\n")
+    try:
+        write_text(run_dir / "samples.txt", text)
+        where = "in samples.txt too"
+    except OSError as e:  # a full disk, say: the run is trained and saved all the same
+        print(f"warning: could not write samples.txt in {run_dir}: {e.strerror or e}; the run is finished and its "
+              f"checkpoint saved: sample it with gptkit sample {quote(run_dir)}", file=sys.stderr)
+        where = "not saved"
+    log(f"Sample ({sp.tokens:,} characters after the prompt, {where}):\n{text}\n")
 
 
 def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, metrics: BinaryIO) -> None:

@@ -10,6 +10,8 @@ import contextlib
 import math
 import signal
 import time
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -108,6 +110,38 @@ class TrainState:
     eval_pending: bool = False  # an evaluation was due when the run was stopped
     eval_step: int | None = None  # of the last evaluation: a run ends with one at its last step
     eval_windows: int | None = None  # how many the evaluations took: best_val_loss compares those alone
+
+
+def _fits(value, hint) -> bool:
+    """Whether `value` is of the type `hint` (of TrainState's fields: int, float, bool, None, list[...],
+    unions), as a checkpoint holds it: an int passes for a float, a bool for neither."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    if hint in (int, float):
+        return isinstance(value, int if hint is int else int | float) and not isinstance(value, bool)
+    return value is None if hint is type(None) else isinstance(value, hint)
+
+
+def state_dict_problem(saved, step: int) -> str | None:
+    """What a checkpoint's training state (Trainer.state_dict(), of the checkpoint of `step`) lacks, for one
+    damaged or edited by hand, said as "its optimizer state"; None if nothing: else resuming would fail deep
+    inside with a traceback, or go on from nonsense."""
+    if not isinstance(saved, dict):
+        return "training state"
+    if not isinstance(saved.get("optimizer"), dict):
+        return "optimizer state"
+    state, hints = saved.get("state"), typing.get_type_hints(TrainState)
+    if not (isinstance(state, dict) and "step" in state and all(k in hints and _fits(v, hints[k]) for k, v in state.items())):
+        return "training state (step, epoch, losses, time)"
+    if state["step"] != step:
+        return f"training state (of step {state['step']}, in the checkpoint of step {step})"
+    rng = saved.get("rng")
+    if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8
+            and all(isinstance(v, torch.Tensor) for v in rng.values())):
+        return "random state"
+    return None
 
 
 class PendingSteps:
