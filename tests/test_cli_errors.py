@@ -777,3 +777,14 @@ def test_a_symbolic_link_that_leads_nowhere_is_named_as_such(cli, write_recipe, 
         result = cli(*args)
         assert result.exit_code == 2 and "Traceback" not in result.output and said in result.output, result.output
         assert "Ablation folder" not in result.output and "arms ×" not in result.output  # refused before the plan
+
+
+def test_a_character_yaml_does_not_allow_is_named_with_how_to_write_it(cli, write_recipe, tmp_path):
+    escape = 'retype it, or write it as an escape in a double-quoted string ("\\t", "\\u00e9")'
+    result = cli("validate", write_recipe(), "--set", "sample.prompt=A\udcff")  # how a shell's byte 0xff arrives
+    assert result.exit_code == 2 and result.output == (
+        f"error: --set sample.prompt=A\\udcff: holds a byte that is not UTF-8 text, which YAML does not allow; {escape}\n")
+    (tmp_path / "bell.yaml").write_text('name: x\nsample:\n  prompt: "A\x07"\n')
+    result = cli("validate", tmp_path / "bell.yaml")
+    assert result.exit_code == 2 and result.output == (
+        f"error: {tmp_path / 'bell.yaml'}:3: holds the character '\\x07', which YAML does not allow; {escape}\n")

@@ -36,7 +36,7 @@ class Vocab:
             found = torch.searchsorted(known, codes).clamp_(max=len(known) - 1)
             if (known[found] != codes).any():
                 missing = sorted(set(text) - set(self.stoi))
-                raise UserError(f"characters not in the vocabulary: {''.join(missing)!r}; the model only knows "
+                raise UserError(f"characters not in the vocabulary: {', '.join(map(repr, missing))}; the model only knows "
                                 f"the {len(self)} characters of its training text")
             ids[i : i + ENCODE_SLICE] = id_of[found]
         return ids

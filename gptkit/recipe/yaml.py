@@ -88,6 +88,11 @@ def load_with_source(text: str, origin: str, quoted: Quoted | None = None
         data = builder.build(node, ()) if node is not None else None
     except yaml.MarkedYAMLError as e:
         raise YAMLError(_describe(e, origin, text, quoted)) from None
+    except yaml.reader.ReaderError as e:  # its message spans lines and names a code point, not the character
+        what = "a byte that is not UTF-8 text" if 0xDC80 <= e.character <= 0xDCFF else f"the character {chr(e.character)!r}"
+        where = _at(origin, text.count("\n", 0, e.position) + 1, quoted is not None)
+        raise YAMLError(f"{where}: holds {what}, which YAML does not allow; retype it, or write it as an "
+                        'escape in a double-quoted string ("\\t", "\\u00e9")') from None
     except yaml.YAMLError as e:
         raise YAMLError(f"{origin}: not valid YAML: {e}") from None
     except RecursionError:
