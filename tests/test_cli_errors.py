@@ -788,3 +788,10 @@ def test_a_character_yaml_does_not_allow_is_named_with_how_to_write_it(cli, writ
     result = cli("validate", tmp_path / "bell.yaml")
     assert result.exit_code == 2 and result.output == (
         f"error: {tmp_path / 'bell.yaml'}:3: holds the character '\\x07', which YAML does not allow; {escape}\n")
+
+
+@pytest.mark.parametrize("command", [["run", "--resume", "a" * 300], ["sample", "a" * 300], ["compare", "a" * 300, "b"]])
+def test_a_path_too_long_for_the_file_system_is_the_users_mistake(cli, command):
+    result = cli(*command)
+    assert result.exit_code == 2 and result.output.startswith("error: a file name too long for the file system: ") \
+        and result.output.endswith("; give a shorter path\n"), result.output

@@ -1,6 +1,7 @@
 """The `gptkit` command. Each subcommand lives in its own module of this package."""
 
 import contextlib
+import errno
 import io
 import math
 import os
@@ -67,6 +68,10 @@ class Group(click.Group):
                 click.echo(f"Run folder: {e.run_dir}{hint}", err=True)
             ctx.exit(e.exit_code)
         except OSError as e:  # the machine's, not the user's: a full disk, a vanished folder
+            if e.errno == errno.ENAMETOOLONG:  # but a path given too long is the user's
+                click.echo(f"error: a file name too long for the file system: {e.filename}; give a shorter path",
+                           err=True)
+                ctx.exit(2)
             click.echo(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:  # (torchrun passes a Ctrl-C on to every process)
