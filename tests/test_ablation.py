@@ -518,8 +518,30 @@ def test_an_ablation_files_recipe_is_found_beside_it(cli, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path / "sub")
     result = cli("ablate", "abl.yaml")
     assert result.exit_code == 2
-    assert f"abl.yaml:2: recipe: recipe file {tmp_path / 'nope.yaml'} not found (a path relative to the ablation file)" \
+    assert f"abl.yaml:2: recipe: recipe file {tmp_path / 'nope.yaml'} (a path relative to the ablation file) not found" \
         in result.output
+
+
+@pytest.mark.parametrize("recipe, said", [
+    ("abl.yaml", "abl.yaml:1: recipe: names this ablation file itself; give the recipe it varies"),
+    ("other.yaml", "abl.yaml:1: recipe: {tmp}/other.yaml (a path relative to the ablation file) is another ablation "
+                   "file, not a recipe; give the recipe it varies"),
+    (".", "abl.yaml:1: recipe: {tmp} (a path relative to the ablation file) is a folder; give the recipe file"),
+])
+def test_an_ablation_files_recipe_that_is_not_one_is_said_so(cli, tmp_path, monkeypatch, recipe, said):
+    (tmp_path / "other.yaml").write_text("recipe: abl.yaml\nvary: {model.norm: [layernorm]}\n")
+    (tmp_path / "abl.yaml").write_text(f"recipe: {recipe}\nvary: {{model.norm: [layernorm]}}\n")
+    monkeypatch.chdir(tmp_path)
+    result = cli("ablate", "abl.yaml")
+    assert result.exit_code == 2 and result.output == f"error: {said.format(tmp=tmp_path)}\n", result.output
+
+
+def test_a_whole_section_under_an_ablation_files_set_is_told_the_files_way(cli, tmp_path, write_recipe):
+    (tmp_path / "abl.yaml").write_text(f"recipe: {write_recipe().name}\nset: {{train: {{lr: 0.1}}}}\n"
+                                       "vary: {model.norm: [layernorm]}\n")
+    result = cli("ablate", tmp_path / "abl.yaml")
+    assert result.exit_code == 2 and "replaces the whole train section, dropping the recipe's other train keys; set " \
+        "keys one by one, e.g. train.lr: 0.1 under set:\n" in result.output, result.output
 
 
 @pytest.mark.parametrize("value", ["the #cat", "the: cat", "null", "true", "1e-3", "[x]", "it's", "a\nb"])

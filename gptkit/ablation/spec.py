@@ -15,6 +15,7 @@ import fnmatch
 import hashlib
 import itertools
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,24 @@ def yaml_text(value) -> str:
     return yaml.dump(value, flow=True)
 
 
+def _not_a_recipe(target: Path, path: Path) -> str | None:
+    """What is wrong with `target` as the recipe the ablation file `path` varies, or None."""
+    where = f"{os.path.realpath(target)} (a path relative to the ablation file)"
+    if target.is_dir():
+        return f"{where} is a folder; give the recipe file"
+    if not target.is_file():
+        return f"recipe file {where} not found"
+    if os.path.samefile(target, path):
+        return "names this ablation file itself; give the recipe it varies"
+    try:
+        data, _ = yaml.load(read_text(target, "recipe"), str(target))
+    except UserError:  # said when the recipe is read
+        return None
+    if isinstance(data, dict) and "recipe" in data:
+        return f"{where} is another ablation file, not a recipe; give the recipe it varies"
+    return None
+
+
 def load_ablation(path: Path) -> Ablation:
     """The ablation a YAML file in recipes/ablations/ describes; every problem of the file in one error."""
     data, lines = yaml.load(read_text(path, "ablation"), str(path))
@@ -179,9 +198,10 @@ def load_ablation(path: Path) -> Ablation:
             found.append((line(key), str(e)))
 
     recipe = typed("recipe", str, None)
-    if recipe is not None and not (path.parent / recipe).is_file():
-        problem(("recipe",), f"recipe file {(path.parent / recipe).resolve()} not found (a path relative to the "
-                "ablation file)")
+    if recipe is not None:
+        wrong = _not_a_recipe(path.parent / recipe, path)
+        if wrong:
+            problem(("recipe",), wrong)
     vary, sets, seeds = typed("vary", dict, {}), typed("set", dict, {}), typed("seeds", (int, list), 3)
     for key, values in vary.items():
         if not isinstance(values, list) or not values:
