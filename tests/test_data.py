@@ -259,3 +259,10 @@ def test_a_batch_that_does_not_fit_names_a_validation_split_larger_than_the_trai
         CharDataset(text, block_size=16, val_fraction=0.9).check_batch_size(4)
     with pytest.raises(UserError, match=r"stride, or use a longer text$"):  # a training text just too short
         CharDataset(text, block_size=16, val_fraction=0.1).check_batch_size(100)
+
+
+@pytest.mark.parametrize("text", ["\n" * 5000, "a"])
+def test_a_text_of_one_character_repeated_is_refused(text):
+    with pytest.raises(UserError, match=f"^the text holds a single character \\({re.escape(repr(text[0]))}\\), repeated: "
+                                        "there is nothing to predict; give it a text$"):
+        CharDataset(text, block_size=8)

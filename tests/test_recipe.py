@@ -320,6 +320,17 @@ def test_override_imports_are_relative_to_the_cwd(write_recipe, tmp_path, monkey
     assert r.imports == [tmp_path / "work" / "mine.py"]
 
 
+@pytest.mark.parametrize("override, said", [
+    ("imports=mine.py", "imports: expected a list of files, even of one: [mine.py] (got '{cwd}/mine.py')"),
+    ("imports=null", "imports: empty; give a list of files, e.g. [my_components.py], or remove the key (got None)"),
+])
+def test_imports_that_are_not_a_list_say_how_to_write_one(write_recipe, tmp_path, monkeypatch, override, said):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        load_recipe(write_recipe(), [override])
+    assert str(e.value) == f"--set {override}: {said.format(cwd=tmp_path)}"
+
+
 def test_another_data_path_is_the_users_text_not_the_corpus(write_recipe, tmp_path, cli):
     """A typo in --set data.path must not have the recipe's corpus written under the typo's name."""
     recipe = write_recipe(data={"path": str(tmp_path / "corpus.txt"), "corpus": "shakespeare"})

@@ -9,6 +9,8 @@ import time
 
 import torch
 
+from ..errors import counted
+
 
 # On a CPU one matmul of the measurement takes at most about this long: a dtype the CPU only emulates
 # (bf16 without AVX-512 BF16 or AMX runs at ~1 GFLOP/s) made a 1536-wide peak take two minutes.
@@ -33,7 +35,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, 
     if device.type == "cuda":  # the workers, not this process, need the memory now
         torch.cuda.empty_cache()
     name = str(dtype).removeprefix("torch.")
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    threads = f", {counted(torch.get_num_threads(), 'thread')}" if device.type == "cpu" else ""
     return 2 * n**3 / best, f"measured: {name} {n}x{n} matmul on {device_name(device)}{threads}, best of {runs}"
 
 

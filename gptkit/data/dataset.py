@@ -35,6 +35,9 @@ class CharDataset:
             raise UserError(f"{source} contains NUL bytes: it looks like a binary file, not text")
         if not text:  # a copy cut short, a file made and not filled
             raise UserError(f"{source} is empty; {'give it some text' if longer == LONGER else longer}")
+        if len(set(text[:2**16])) == 1 and len(set(text)) == 1:  # every next character is known: the loss falls to 0
+            raise UserError(f"{source} holds a single character ({text[0]!r}), repeated: there is nothing to predict; "
+                            "give it a text")
         self.block_size = block_size
         self.source = source  # what the text is, as a run's opening lines say: "data.path X (its first N lines, ...)"
         self.stride = stride or block_size

@@ -190,13 +190,22 @@ def _run_name(value: str) -> str:
     return value
 
 
+def _file_list(value):
+    if value is None:  # a bare `imports:` line
+        raise ValueError("empty; give a list of files, e.g. [my_components.py], or remove the key")
+    if isinstance(value, str):
+        raise ValueError(f"expected a list of files, even of one: [{Path(value).name}]")
+    return value
+
+
 class Recipe(Section):
     """A whole training run."""
 
     name: Annotated[str, AfterValidator(_run_name)] = Field(max_length=100, description="names the run folder")
     seed: int = Field(1337, ge=SEEDS.start, lt=SEEDS.stop, description="torch's seeds are 64-bit")
-    imports: list[RecipePath] = Field(default_factory=list, description="local Python files that register "
-                                      "components (with gptkit.components.register); relative to the recipe file")
+    imports: Annotated[list[RecipePath], BeforeValidator(_file_list)] = Field(
+        default_factory=list, description="local Python files that register components (with "
+                                          "gptkit.components.register); relative to the recipe file")
     data: section(DataSection)
     # Built when a recipe is validated, not at import: a component default may be unusable (a plugin
     # claiming its name), and that must be a recipe error, not a crash of every command.
