@@ -795,3 +795,16 @@ def test_a_path_too_long_for_the_file_system_is_the_users_mistake(cli, command):
     result = cli(*command)
     assert result.exit_code == 2 and result.output.startswith("error: a file name too long for the file system: ") \
         and result.output.endswith("; give a shorter path\n"), result.output
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "summary.json", "metrics.jsonl", "samples.txt"])
+def test_a_run_folders_file_given_for_a_recipe_says_what_to_do_with_the_run(cli, write_recipe, tmp_path, name):
+    runs = tmp_path / "runs"
+    assert cli("run", write_recipe(train={"max_steps": 1}), "--runs-dir", runs).exit_code == 0
+    (run,) = runs.iterdir()
+    for command in ("run", "validate"):
+        result = cli(command, run / name)
+        assert result.exit_code == 2 and result.output == (
+            f"error: {run / name} is a file of the run folder {run}, not a recipe; resume the run with gptkit run "
+            f"--resume {run}, sample it with gptkit sample {run}, or train its recipe anew with gptkit run "
+            f"{run / 'recipe.yaml'}\n"), result.output

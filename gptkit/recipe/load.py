@@ -36,6 +36,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
         raise TypeError(f"load_recipe takes a recipe file's path, got {type(path).__name__}; change a loaded Recipe "
                         "by assigning its fields, or with train_model(recipe, overrides=[...])")
     path = Path(path)
+    _refuse_run_file(path)
     try:
         data, lines, source = yaml.load_with_source(read_text(path, "recipe"), str(path))
     except yaml.YAMLError as e:
@@ -57,6 +58,15 @@ def _not_a_recipe(path: Path, e: UserError) -> UserError:
         return e
     return RecipeError(f"{path} is not a recipe (a YAML file such as recipes/shakespeare-cpu.yaml); to train on "
                        f"this text, name it in a recipe's data.path, e.g. --set data.path={quote(path)}")
+
+
+def _refuse_run_file(path: Path) -> None:
+    """Another file of a run folder (its checkpoint.pt, summary.json) given for a recipe: what to give instead."""
+    run = path.parent
+    if path.name != "recipe.yaml" and (run / "recipe.yaml").is_file() and (run / "summary.json").is_file():
+        raise RecipeError(f"{path} is a file of the run folder {run}, not a recipe; resume the run with gptkit run "
+                          f"--resume {quote(run)}, sample it with gptkit sample {quote(run)}, or train its recipe anew "
+                          f"with gptkit run {quote(run / 'recipe.yaml')}")
 
 
 def _refuse_ablation_file(path: Path, data: dict) -> None:
