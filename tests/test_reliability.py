@@ -848,6 +848,17 @@ def test_a_full_disk_at_the_final_sample_keeps_the_run_finished_and_says_how_to_
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
 
 
+def test_a_checkpoint_that_is_a_folder_is_said_so(tmp_path, write_recipe, cli):
+    recipe = write_recipe(train={"max_steps": 1})
+    run = train(load_recipe(recipe), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    (run / "checkpoint.pt").unlink()
+    (run / "checkpoint.pt").mkdir()
+    for command in (["sample", run], ["run", "--resume", run], ["sample", run / "checkpoint.pt"]):
+        result = cli(*command)
+        assert result.exit_code == 2 and result.output == (f"error: checkpoint {run / 'checkpoint.pt'} is a folder, not "
+                                                           "a file; it cannot be used\n"), result.output
+
+
 def test_gptkit_never_unpickles_arbitrary_objects():
     root = Path(__file__).resolve().parents[1] / "gptkit"
     offenders = [p for p in root.rglob("*.py") if "weights_only=False" in p.read_text() or "pickle.load(" in p.read_text()]

@@ -106,10 +106,12 @@ def load_checkpoint(path: str | Path) -> dict:
     """The checkpoint at `path` (or `path/checkpoint.pt` for a run folder), loaded without unpickling
     anything but tensors and plain values."""
     path = Path(path)
-    if path.is_dir():
-        if not (path / "checkpoint.pt").is_file():
+    if path.is_dir() and path.name != "checkpoint.pt":  # a run folder
+        if not (path / "checkpoint.pt").exists():
             raise UserError(f"checkpoint {path / 'checkpoint.pt'} not found{_why_no_checkpoint(path)}")
         path = path / "checkpoint.pt"
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder, not a file; it cannot be used")
     if not path.is_file():
         raise UserError(f"checkpoint {path} {missing(path, 'a checkpoint or a run folder')}")
     if _is_text(path):  # a recipe or a corpus given by mistake: not a checkpoint, damaged or not
