@@ -17,7 +17,7 @@ from .components.base import GPTConfig, Params
 from .components.positional import Positional
 from .components.schedule import factor_rule, is_factor
 from .device import keep_random_state, resolve_device
-from .diagnose import cached_logits, exercise, same_logits
+from .diagnose import cached_logits, causal_splits, exercise, same_logits
 from .errors import UserError, listing, on_command_line, out_of_memory, out_of_memory_as, out_of_memory_on
 from .model import build_model
 from .recipe.components import MODEL_KINDS, ComponentSpec, RecipeIssue, parse_component
@@ -145,7 +145,7 @@ def _assert_causal(model, config):
         getattr(model, mode)()
         with torch.no_grad():
             before = model(x)[0]
-        for t in (1, T // 2, T - 1):
+        for t in causal_splits(T):
             changed = x.clone()
             changed[:, t:] = (changed[:, t:] + 1) % config.vocab_size  # another token for any vocabulary of 2 or more
             with torch.no_grad():

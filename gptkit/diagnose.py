@@ -7,6 +7,7 @@ behind it, which `culprit` and `backward_culprit` find.
 """
 
 import contextlib
+import copy
 import itertools
 from collections.abc import Callable, Iterator
 
@@ -183,18 +184,23 @@ def _outputs(gpt: GPT, specs: dict, idx: torch.Tensor, where: str | None = None,
 
 
 def _noisy(spec, model) -> str:
-    """Who is not deterministic, said with the check to run, `spec` being the component whose output
-    differed first. An attention's output depends on its positional's rotate and score_bias too: a
-    built-in attention is deterministic, so then a plugin positional is the one."""
+    """Who is not deterministic, `spec` being the component whose output differed first."""
+    return _who(spec, model, "is not deterministic", "differs first")
+
+
+def _who(spec, model, fault: str, moved: str) -> str:
+    """"feedforward 'mine' FAULT (its output MOVED); `gptkit check feedforward mine` says so", where `spec` is
+    the component whose output MOVED first. An attention's output depends on its positional's rotate and
+    score_bias too: gptkit's own are tested, so beside a built-in attention a plugin positional is the
+    one, beside a plugin attention either of them."""
     pos = model.positional
     if spec.kind != "attention" or pos.built_in:
-        return f"{spec.kind} '{spec.name}' is not deterministic (its output differs first); {_check_command(spec)} says so"
+        return f"{spec.kind} '{spec.name}' {fault} (its output {moved}); {_check_command(spec)} says so"
     if spec.built_in:
-        return (f"positional '{pos.name}' is not deterministic (the output of attention '{spec.name}', which calls its "
-                f"rotate and score_bias, differs first); {_check_command(pos)} says so")
-    return (f"attention '{spec.name}' or positional '{pos.name}', whose rotate and score_bias it calls, is not "
-            f"deterministic (the attention's output differs first); {_check_command(spec)} and "
-            f"{_check_command(pos)} say which")
+        return (f"positional '{pos.name}' {fault} (the output of attention '{spec.name}', which calls its rotate and "
+                f"score_bias, {moved}); {_check_command(pos)} says so")
+    return (f"attention '{spec.name}' or positional '{pos.name}', whose rotate and score_bias it calls, {fault} (the "
+            f"attention's output {moved}); {_check_command(spec)} and {_check_command(pos)} say which")
 
 
 def cached_logits(gpt: GPT, idx: torch.Tensor, cuts: list[int]) -> torch.Tensor:
@@ -222,60 +228,56 @@ def _fp32_matmuls() -> Iterator[None]:
         torch.set_float32_matmul_precision(precision)
 
 
-CAUSAL_TOKENS = 8  # check_causal's sequences: the second half of their tokens changed
+CAUSAL_TOKENS = 8  # check_causal's sequences
+
+
+def causal_splits(T: int) -> list[int]:
+    """Where causality checks change a sequence of T tokens from: early, middle and late, so that a leak
+    within blocks (bidirectional chunks of 2 or 4) crosses one of them."""
+    return sorted({t for t in (1, T // 2, T - 1) if 0 < t < T})
 
 
 def check_causal(gpt: GPT, model) -> None:
     """Before training a model with plugin or local components (gptkit's own are tested): changing the
-    tokens of the second half of a sequence leaves the logits of the first half as they were, in
-    evaluation and in training mode (the same dropout masks for both passes; buffers put back after).
-    A model that sees the future reads the tokens it is to predict: it trains to a low loss, tops any
-    ablation and generates nonsense. Else a ComponentError names the component whose output moved
-    first. Nothing is said of a model whose two passes over the same tokens differ (check_cache's
+    tokens of a sequence from position t on leaves the logits before t as they were, for several t, in
+    evaluation and in training mode (with the same dropout masks). A model that sees the future reads
+    the tokens it is to predict: it trains to a low loss, tops any ablation and generates nonsense.
+    Else a ComponentError names the component whose output moved first. Run on a copy of `gpt` whose
+    parameters are moved off their initial values (a leak behind an output projection that starts at
+    zero shows then), so that the model itself, its buffers and its components' counters, are left
+    as they were. Nothing is said of a model whose two passes over the same tokens differ (check_cache's
     warning says that), or whose output is not finite (training says it diverges)."""
     V, block = gpt.config.vocab_size, gpt.config.block_size
     if not plugin_components(model) or block < 2 or V < 2:
         return
-    T = min(CAUSAL_TOKENS, block)
-    t = T // 2
-    idx = torch.randint(V, (2, T), generator=torch.Generator().manual_seed(0)).to(gpt.lm_head.weight.device)
-    changed = idx.clone()
-    changed[:, t:] = (changed[:, t:] + 1) % V
-    specs = component_specs(gpt, model)
-    training = gpt.training
-    buffers = {name: b.clone() for name, b in gpt.named_buffers()}  # running statistics a training pass moves
+    device = gpt.lm_head.weight.device
     try:
-        with torch.no_grad(), keep_random_state(gpt.lm_head.weight.device), _fp32_matmuls():
-            for mode in ("evaluation", "training"):
-                gpt.train(mode == "training")
-                where = f"in {mode} mode, before training"
-                before, again, after = (_outputs(gpt, specs, x, where, seed=0) for x in (idx, idx, changed))
-                if not all(torch.isfinite(out).all() for _, out in before):  # training will say it diverges
-                    return
-                if not all(same_logits(a[:, :t], b[:, :t]) for (_, a), (_, b) in zip(before, again)):
-                    return
+        probe = copy.deepcopy(gpt)
+    except Exception:  # a component holding what cannot be copied: `gptkit check` tests its causality
+        return
+    specs = component_specs(probe, model)
+    T = min(CAUSAL_TOKENS, block)
+    idx = torch.randint(V, (2, T), generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad(), keep_random_state(device), _fp32_matmuls():
+        g = torch.Generator().manual_seed(0)
+        for p in probe.parameters():
+            p.add_(torch.randn(p.shape, generator=g).to(p) * 0.02)  # (GPT-2's initial scale)
+        for mode in ("evaluation", "training"):
+            probe.train(mode == "training")
+            where = f"in {mode} mode, before training"
+            before, again = (_outputs(probe, specs, idx, where, seed=0) for _ in range(2))
+            if not all(torch.isfinite(out).all() and same_logits(out, other)
+                       for (_, out), (_, other) in zip(before, again)):
+                return
+            for t in causal_splits(T):
+                changed = idx.clone()
+                changed[:, t:] = (changed[:, t:] + 1) % V
+                after = _outputs(probe, specs, changed, where, seed=0)
                 moved = next((m for (m, a), (_, b) in zip(before, after) if not same_logits(a[:, :t], b[:, :t])), None)
                 if moved is not None:
-                    raise _sees_the_future(specs[moved], model, t, mode)
-    finally:
-        gpt.train(training)
-        with torch.no_grad():
-            for name, b in gpt.named_buffers():
-                b.copy_(buffers[name])
-
-
-def _sees_the_future(spec, model, t: int, mode: str) -> ComponentError:
-    """The error of `spec`'s component, whose output before position `t` changed with the tokens from `t`
-    on; an attention's output depends on its positional's rotate and score_bias, so with a built-in
-    attention the plugin positional is the one."""
-    pos = model.positional
-    blame_pos = spec.kind == "attention" and spec.built_in and not pos.built_in
-    what = (f"the output of attention '{spec.name}', which calls its rotate and score_bias," if blame_pos
-            else "its output")
-    why = (f"changing the tokens from position {t} on changed {what} before position {t} ({mode} mode); a model "
-           f"trained with it would read the tokens it is to predict; {_check_command(pos if blame_pos else spec)} "
-           "says more")
-    return pos.error(f"it lets attention see the future: {why}") if blame_pos else spec.error(f"it sees the future: {why}")
+                    raise ComponentError(_who(specs[moved], model, "lets the model see the future",
+                                              f"before position {t} changed with the tokens from position {t} on, "
+                                              f"in {mode} mode"))
 
 
 def _cache_warning(gpt: GPT, model, what: str) -> str:
