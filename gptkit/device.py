@@ -1,6 +1,7 @@
 """The device a recipe or command names, and what it can do fast, for the choices made by `auto`
 settings (training, bench, optimizers)."""
 
+import contextlib
 import functools
 import re
 
@@ -40,9 +41,19 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and native_bf16(device))
 
 
+@contextlib.contextmanager
 def keep_random_state(device: torch.device | None = None):
     """torch.random.fork_rng over the CPU and `device` if it is a GPU: within it, seeding leaves the
     caller's random state as it was afterwards. Only the GPU in use: reading every GPU's state would
     start a CUDA context on each, in every process of a multi-GPU job (torch.manual_seed seeds the
-    others lazily, and their state is not put back)."""
-    return torch.random.fork_rng([device] if device is not None and device.type == "cuda" else [])
+    others lazily, and their state is not put back). On Apple's GPU, whose generator torch.manual_seed
+    seeds too and fork_rng leaves alone, its state is put back as well."""
+    with torch.random.fork_rng([device] if device is not None and device.type == "cuda" else []):
+        if device is None or device.type != "mps":
+            yield
+            return
+        state = torch.mps.get_rng_state()
+        try:
+            yield
+        finally:
+            torch.mps.set_rng_state(state)

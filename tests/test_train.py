@@ -315,3 +315,18 @@ def test_running_out_of_memory_outside_the_steps_and_validations_does_not_blame_
         trainer.fit()
     assert str(e.value) == ("out of memory on cpu after step 4, outside the training steps and validations; free "
                             "some memory (close other programs) and try again (the last checkpoint (step 2) is intact)")
+
+
+def test_keeping_the_random_state_puts_back_apples_gpus_too(monkeypatch):
+    """torch.manual_seed seeds the MPS generator as well, which fork_rng leaves alone."""
+    from gptkit.device import keep_random_state
+
+    calls = []
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: calls.append("get") or torch.tensor([7]))
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda state: calls.append(("set", int(state))))
+    with keep_random_state(torch.device("mps")):
+        calls.append("inside")
+    assert calls == ["get", "inside", ("set", 7)]
+    with keep_random_state(torch.device("cpu")):
+        pass
+    assert len(calls) == 3  # not asked of a CPU run
