@@ -518,15 +518,15 @@ def test_an_ablation_files_recipe_is_found_beside_it(cli, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path / "sub")
     result = cli("ablate", "abl.yaml")
     assert result.exit_code == 2
-    assert f"abl.yaml:2: recipe: recipe file {tmp_path / 'nope.yaml'} (a path relative to the ablation file) not found" \
-        in result.output
+    assert f"abl.yaml:2: recipe: recipe file {tmp_path / 'nope.yaml'} not found (recipe: is a path relative to the " \
+        "ablation file)" in result.output
 
 
 @pytest.mark.parametrize("recipe, said", [
     ("abl.yaml", "abl.yaml:1: recipe: names this ablation file itself; give the recipe it varies"),
-    ("other.yaml", "abl.yaml:1: recipe: {tmp}/other.yaml (a path relative to the ablation file) is another ablation "
-                   "file, not a recipe; give the recipe it varies"),
-    (".", "abl.yaml:1: recipe: {tmp} (a path relative to the ablation file) is a folder; give the recipe file"),
+    ("other.yaml", "abl.yaml:1: recipe: {tmp}/other.yaml is another ablation file, not a recipe; give the recipe it "
+                   "varies"),
+    (".", "abl.yaml:1: recipe: {tmp} is a folder; give the recipe file"),
 ])
 def test_an_ablation_files_recipe_that_is_not_one_is_said_so(cli, tmp_path, monkeypatch, recipe, said):
     (tmp_path / "other.yaml").write_text("recipe: abl.yaml\nvary: {model.norm: [layernorm]}\n")
@@ -536,12 +536,17 @@ def test_an_ablation_files_recipe_that_is_not_one_is_said_so(cli, tmp_path, monk
     assert result.exit_code == 2 and result.output == f"error: {said.format(tmp=tmp_path)}\n", result.output
 
 
-def test_a_whole_section_under_an_ablation_files_set_is_told_the_files_way(cli, tmp_path, write_recipe):
-    (tmp_path / "abl.yaml").write_text(f"recipe: {write_recipe().name}\nset: {{train: {{lr: 0.1}}}}\n"
-                                       "vary: {model.norm: [layernorm]}\n")
+@pytest.mark.parametrize("entries, key", [
+    ("set: {train: {lr: 0.1}}\nvary: {model.norm: [layernorm]}", "set.train"),
+    ("vary: {train: [{lr: 0.1}, {lr: 0.2}]}", "vary.train"),
+])
+def test_a_whole_section_in_an_ablation_file_is_told_the_files_way(cli, tmp_path, write_recipe, entries, key):
+    (tmp_path / "abl.yaml").write_text(f"recipe: {write_recipe().name}\n{entries}\n")
     result = cli("ablate", tmp_path / "abl.yaml")
-    assert result.exit_code == 2 and "replaces the whole train section, dropping the recipe's other train keys; set " \
-        "keys one by one, e.g. train.lr: 0.1 under set:\n" in result.output, result.output
+    assert result.exit_code == 2 and result.output.endswith(  # said once, for every arm
+        f"abl.yaml:2: {key}: replaces the whole train section, dropping the recipe's other train keys; set keys one by "
+        "one, e.g. train.lr as the key\n"), result.output
+    assert result.output.count("replaces") == 1
 
 
 @pytest.mark.parametrize("value", ["the #cat", "the: cat", "null", "true", "1e-3", "[x]", "it's", "a\nb"])
@@ -1464,3 +1469,24 @@ def test_a_killed_runs_csv_row_says_interrupted_as_results_md_counts_it(write_re
             report.RunRow(arm, 2, "a/seed-2", None)]
     statuses = [r["status"] for r in csv.DictReader(io.StringIO(report.csv_text(rows)))]
     assert statuses == ["interrupted", "finished", "unfinished"]
+
+
+def test_running_out_of_memory_building_an_arm_stops_the_checks_there(cli, tmp_path, write_recipe, monkeypatch):
+    import gptkit.ablation.runner as runner
+    from gptkit.errors import OutOfMemory
+
+    built = []
+    real = runner.build_checked
+
+    def build_checked(recipe, *args, **kwargs):
+        built.append(recipe.model.norm.name)
+        if recipe.model.norm.name == "layernorm":
+            raise OutOfMemory("the model does not fit in memory on cpu")
+        return real(recipe, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "build_checked", build_checked)
+    result = cli("ablate", write_recipe(), "--vary", "model.norm=layernorm,rmsnorm", "--vary", "model.n_layer=1,2",
+                 "--out", tmp_path / "abl")
+    assert result.exit_code == 2 and result.output.startswith("error: arm norm=layernorm n_layer=1: the model does not "
+                                                              "fit in memory on cpu\n"), result.output
+    assert built.count("layernorm") == 1  # not every other arm in turn

@@ -67,6 +67,8 @@ def each_arm(plan: Plan, check: Callable[[Arm], None], overrides: bool = True) -
         try:
             with named_by_overrides(names, plan.ablation.origin):
                 check(arm)
+        except OutOfMemory as e:  # the machine's limit, which every later arm would meet too: said now
+            raise UserError(f"arm {arm.label}: {e}" if arm.changes else str(e)) from None
         except UserError as e:
             found.setdefault(str(e), []).append(arm.label)
     if found:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError, did_you_mean, listing, problems
-from ..io import read_text
+from ..io import missing, read_text
 from ..recipe import Recipe, flatten, load_recipe, yaml
 from ..recipe.components import ComponentSpec
 from ..recipe.load import absolute_paths, is_path
@@ -148,11 +148,12 @@ def yaml_text(value) -> str:
 
 def _not_a_recipe(target: Path, path: Path) -> str | None:
     """What is wrong with `target` as the recipe the ablation file `path` varies, or None."""
-    where = f"{os.path.realpath(target)} (a path relative to the ablation file)"
+    where = os.path.realpath(target)
+    relative = " (recipe: is a path relative to the ablation file)"
     if target.is_dir():
         return f"{where} is a folder; give the recipe file"
     if not target.is_file():
-        return f"recipe file {where} not found"
+        return f"recipe file {where} {missing(target, 'a recipe')}{relative}"
     if os.path.samefile(target, path):
         return "names this ablation file itself; give the recipe it varies"
     try:

@@ -277,11 +277,11 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
         raise _with_range(e, parts) from None
     if len(parts) == 1 and isinstance(data.get(key), dict) and isinstance(value, dict) and value:
         first = next(iter(value))  # a whole section would silently drop the recipe's other keys in it
-        one = f"{key}.{first}={json.dumps(value[first])}"
-        if not label.startswith(("--", "overrides ")):  # an ablation file's `set:`, whose keys are written so
-            one = f"{key}.{first}: {json.dumps(value[first])} under set:"
+        example = overrides_example(f"{key}.{first}={json.dumps(value[first])}")
+        if not label.startswith(("--", "overrides ")):  # an ablation file's set: or vary:, which write keys so
+            example = f"{key}.{first} as the key"
         raise RecipeError(f"{label}: replaces the whole {key} section, dropping the recipe's other {key} keys; "
-                          f"set keys one by one, e.g. {one if ': ' in one else overrides_example(one)}")
+                          f"set keys one by one, e.g. {example}")
     value = absolute_paths(parts, value)  # paths on the command line are relative to the cwd
     node = data
     for i, part in enumerate(parts[:-1]):

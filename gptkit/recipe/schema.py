@@ -194,7 +194,7 @@ def _file_list(value):
     if value is None:  # a bare `imports:` line
         raise ValueError("empty; give a list of files, e.g. [my_components.py], or remove the key")
     if isinstance(value, str):
-        raise ValueError(f"expected a list of files, even of one: [{Path(value).name}]")
+        raise ValueError(f"expected a list of files, even of one: [{value}]")
     return value
 
 
