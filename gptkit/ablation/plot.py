@@ -1,6 +1,6 @@
 """Validation loss against tokens, one line per arm (the mean over seeds) with a min-max band.
 
-matplotlib is optional (`pip install 'gptkit[plot]'`); without it nothing is drawn and the caller
+matplotlib is optional (`pip install matplotlib`); without it nothing is drawn and the caller
 prints a one-line hint.
 """
 
@@ -11,7 +11,7 @@ import click
 from ..io import atomic_write
 
 NO_SHARED_STEP = "its seeds share no evaluation step"
-HINT = "pip install 'gptkit[plot]'  (or: pip install matplotlib)"
+HINT = "pip install matplotlib (or, in gptkit's checkout, pip install -e '.[plot]')"
 
 
 def have_matplotlib() -> bool:

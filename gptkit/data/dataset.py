@@ -175,13 +175,16 @@ def remove_stale_temporaries(path: Path, age: float = 60.0) -> None:
                 leftover.unlink()
 
 
-# Said after a data.path "not found": where a path the user wrote relative was looked for.
-RELATIVE = " (paths in a recipe file are relative to its folder, on the command line to the current folder)"
+def not_found_hint() -> str:
+    """Said after a data.path "not found": where a path written relative was looked for, and what to do."""
+    return (" (paths in a recipe file are relative to its folder, on the command line to the current folder); put "
+            f"the text there, or point data.path at it, e.g. {overrides_example('data.path=FILE')}")
 
 
-def load_dataset(data, block_size: int, if_missing: str = RELATIVE) -> CharDataset:
+def load_dataset(data, block_size: int, if_missing: str | None = None) -> CharDataset:
     """The dataset a recipe's `data` section describes, creating the corpus file on first use; `if_missing`
-    follows the error for a data.path not found."""
+    (default: not_found_hint()) follows the error for a data.path not found."""
+    if_missing = not_found_hint() if if_missing is None else if_missing
     path: Path = data.path
     if data.corpus is not None:  # a creation killed midway left its temporary file, even if a later one finished
         remove_stale_temporaries(path)

@@ -152,8 +152,8 @@ class TrainSection(Section):
     device: Annotated[str, AfterValidator(_device)] = Field("auto", description="auto: CUDA if present, else CPU")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on a CUDA GPU with native bf16 (Ampere on), fp32 elsewhere")
     compile: Annotated[CompileModes, BeforeValidator(_bool_or_name)] = Field(
-        "auto", description="torch.compile the training forward pass (true, or one of torch.compile's modes); "
-                            "auto: only where it measured a win, counting compile time")
+        "auto", description="torch.compile the training step (true, or one of torch.compile's modes); auto: on "
+                            "CUDA only, where it is a measured win (on a CPU, a run of minutes does not repay it)")
 
 
 def _top_k(value):

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import torch
 
-from ..data.dataset import RELATIVE, CharDataset, cannot_create, corpus_text, dataset_of, load_dataset, will_create
+from ..data.dataset import CharDataset, cannot_create, corpus_text, dataset_of, load_dataset, will_create
 from ..device import keep_random_state, resolve_device
 from ..diagnose import blaming, check_forward
 from ..errors import (CheckpointError, ComponentError, Diverged, OutOfMemory, RunStopped, UserError, arg, failure_reason,
@@ -179,7 +179,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     # A resumed run's recipe.yaml names its text by an absolute path: no relative one to explain, and the same
     # text may be read from elsewhere (data.path may change; the text's SHA-256 is checked).
     elsewhere = f", e.g. {overrides_example('data.path=FILE')}" if on_command_line() else " (the recipe's data.path)"
-    missing = RELATIVE if resume in (None, "auto") else (
+    missing = None if resume in (None, "auto") else (
         f"; restore it, or point data.path at a copy of the text {resume} was trained on{elsewhere}")
     with dist.local_main_first():  # a corpus file is created once per machine
         dataset = load_dataset(recipe.data, recipe.model.block_size, missing)
