@@ -481,3 +481,9 @@ def test_errors_and_the_vocabulary_are_exported():
 
     assert (gptkit.Interrupted, gptkit.Diverged, gptkit.RunStopped, gptkit.Vocab) == (Interrupted, Diverged,
                                                                                      RunStopped, Vocab)
+
+
+def test_a_python_object_where_a_path_goes_is_not_blamed_on_yaml(tmp_path):
+    with pytest.raises(UserError) as e:
+        train_model({"name": "x", "data": {"path": object()}}, runs_dir=tmp_path / "runs")
+    assert str(e.value).endswith(") (give a str)") and "YAML" not in str(e.value), str(e.value)

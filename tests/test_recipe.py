@@ -429,7 +429,7 @@ def test_validated_recipe_validates_again_and_a_run_named_1e5_resumes(write_reci
     ("sample.prompt=1e-3", "(YAML read 1e-3 as a number; quote it: --set 'sample.prompt=\"1e-3\"')"),
     ("sample.prompt=true", "(YAML read true as a boolean; quote it: --set 'sample.prompt=\"true\"')"),
     ("sample.prompt=[KING]", "(YAML read [KING] as a list; quote it: --set 'sample.prompt=\"[KING]\"')"),
-    ("sample.prompt=", "(YAML read an empty value as null; quote it: --set 'sample.prompt=\"\"')"),
+    ("sample.prompt=", "(YAML read an empty value as null; write one, or --set 'sample.prompt=\"\"' for an empty text)"),
 ])
 def test_a_string_override_read_as_another_type_says_how_to_quote_it(write_recipe, override, hint):
     path = write_recipe()

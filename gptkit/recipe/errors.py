@@ -83,17 +83,24 @@ def _read_as(value: object) -> str:
         return "a boolean"
     if value is None:
         return "null"
-    return "a number"
+    if isinstance(value, int | float):
+        return "a number"
+    return ""  # not what YAML reads: a Python object given in a dict
 
 
 def string_hint(value: object, written: str | None, quoted: Callable[[str], str] | None) -> str:
     """Why a string field got `value`, and how to make it a string: `(YAML read ROMEO: as a mapping;
     quote it: --set 'sample.prompt="ROMEO:"')`. `written` is the value as the user wrote it (None if
     unknown); `quoted(text)` says how to write `text` quoted where the user wrote it (None: unknown)."""
+    read_as = _read_as(value)
+    if not read_as:
+        return "(give a str)"
     what = "an empty value" if written == "" else clipped(written) if written is not None else "the value"
     fix = (f"quote it: {quoted(written)}" if written is not None and quoted and len(written) <= FIX_WIDTH
            else "quote it to make it a string")
-    return f"(YAML read {what} as {_read_as(value)}; {fix})"
+    if written == "":  # nothing after the colon: most likely a value left out
+        fix = f"write one, or {quoted(written)} for an empty text" if quoted else "write one"
+    return f"(YAML read {what} as {read_as}; {fix})"
 
 
 def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
