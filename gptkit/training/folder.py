@@ -137,7 +137,8 @@ def metric_records(path: Path):
 
 
 def val_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """[(tokens seen, validation loss)] in step order, from metrics.jsonl."""
+    """[(tokens seen, validation loss)] in step order, from metrics.jsonl: finite losses only (a run that
+    diverged, NaN from there on, is drawn up to its last finite one)."""
     recipe = run_recipe(run_dir)
     try:
         tokens_per_step = recipe["train"]["batch_size"] * recipe["model"]["block_size"]
@@ -145,7 +146,8 @@ def val_curve(run_dir: Path) -> list[tuple[int, float]]:
         raise damaged(run_dir / "recipe.yaml", "it lacks train.batch_size or model.block_size") from None
     return [(record["step"] * tokens_per_step, record["val_loss"])
             for _, record in metric_records(run_dir / "metrics.jsonl")
-            if isinstance(record.get("val_loss"), int | float) and not isinstance(record["val_loss"], bool)]
+            if isinstance(record.get("val_loss"), int | float) and not isinstance(record["val_loss"], bool)
+            and math.isfinite(record["val_loss"])]
 
 
 def trained_text(run_dir: Path) -> str | None:
