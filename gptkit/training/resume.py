@@ -16,9 +16,9 @@ from ..errors import OutOfMemory, UserError, arg, given, on_command_line
 from ..io import quote, write_text
 from ..recipe import Recipe, flatten, yaml
 from .checkpoint import load_checkpoint, missing_plugins, plugin_changes, stored_recipe
-from .trainer import state_dict_problem
 from .folder import (is_ablation_folder, metric_records, no_such_folder, resumable, run_recipe, runs_within,
                      stopped_for_good, summary_of, trained_with)
+from .trainer import state_dict_problem
 
 # Keys that may change between a run and its resumption without making it a different run (the text
 # itself is checked by its SHA-256, wherever it lives and however it was made; compiling and

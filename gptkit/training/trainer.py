@@ -125,9 +125,9 @@ def _fits(value, hint) -> bool:
 
 
 def state_dict_problem(saved, step: int) -> str | None:
-    """What a checkpoint's training state (Trainer.state_dict(), of the checkpoint of `step`) lacks, for one
-    damaged or edited by hand, said as "its optimizer state"; None if nothing: else resuming would fail deep
-    inside with a traceback, or go on from nonsense."""
+    """What a checkpoint's training state (Trainer.state_dict(), in the checkpoint of `step`) lacks, for one
+    damaged or edited by hand ("optimizer state", "random state", ...); None if nothing. Checked before
+    resuming, which would otherwise fail deep inside with a traceback, or go on from nonsense."""
     if not isinstance(saved, dict):
         return "training state"
     if not isinstance(saved.get("optimizer"), dict):
