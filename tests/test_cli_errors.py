@@ -2,6 +2,7 @@
 and never shows a traceback."""
 
 import os
+import sys
 
 import pytest
 import torch
@@ -808,3 +809,16 @@ def test_a_run_folders_file_given_for_a_recipe_says_what_to_do_with_the_run(cli,
             f"error: {run / name} is a file of the run folder {run}, not a recipe; resume the run with gptkit run "
             f"--resume {run}, sample it with gptkit sample {run}, or train its recipe anew with gptkit run "
             f"{run / 'recipe.yaml'}\n"), result.output
+
+
+def test_a_character_the_outputs_encoding_lacks_is_escaped_not_a_crash(tmp_path):
+    """cp1252 (Windows' default for a redirected stdout) has no 'Δ', which ablate's table and samples hold."""
+    import subprocess
+
+    (tmp_path / "delta.txt").write_text("ΔΔ hello world\n" * 2000, encoding="utf-8")
+    (tmp_path / "d.yaml").write_text('name: d\ndata: {path: delta.txt}\nmodel: {n_embd: 16, n_head: 2, n_layer: 1, '
+                                     'block_size: 16}\nsample: {prompt: "Δ"}\n', encoding="utf-8")
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252"}
+    result = subprocess.run([sys.executable, "-m", "gptkit", "validate", str(tmp_path / "d.yaml")], env=env,
+                            capture_output=True)
+    assert result.returncode == 0 and b"  prompt: \\u0394\n" in result.stdout, result.stderr.decode()

@@ -1,5 +1,6 @@
 """The `gptkit` command. Each subcommand lives in its own module of this package."""
 
+import codecs
 import contextlib
 import errno
 import io
@@ -165,8 +166,10 @@ def _pipe_safe(stream, original) -> io.TextIOWrapper | None:
         _to_devnull(raw.fileno())
         _gone.add(raw.fileno())
         stream.flush()
+    # An encoding without a character gptkit prints (cp1252 lacks the table's "Δ") escapes it, not raises.
+    errors = stream.errors if codecs.lookup(stream.encoding).name == "utf-8" else "backslashreplace"
     return io.TextIOWrapper(io.BufferedWriter(safe) if buffer is not raw else safe, encoding=stream.encoding,
-                            errors=stream.errors, newline=None if os.name == "nt" else "\n",
+                            errors=errors, newline=None if os.name == "nt" else "\n",
                             line_buffering=stream.line_buffering, write_through=stream.write_through)
 
 
