@@ -42,6 +42,21 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 
 @contextlib.contextmanager
+def torch_defaults():
+    """Within it, torch's defaults as gptkit builds and trains models under, whatever a notebook set
+    before (set_default_dtype(torch.float64), set_default_device, set_grad_enabled(False), inference
+    mode), and put back after: float32 weights (the precision is the recipe's train.precision alone),
+    tensors on the CPU unless placed, and gradients on."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        with torch.device("cpu"), torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        torch.set_default_dtype(dtype)
+
+
+@contextlib.contextmanager
 def keep_random_state(device: torch.device | None = None):
     """torch.random.fork_rng over the CPU and `device` if it is a GPU: within it, seeding leaves the
     caller's random state as it was afterwards. Only the GPU in use: reading every GPU's state would

@@ -487,3 +487,27 @@ def test_a_python_object_where_a_path_goes_is_not_blamed_on_yaml(tmp_path):
     with pytest.raises(UserError) as e:
         train_model({"name": "x", "data": {"path": object()}}, runs_dir=tmp_path / "runs")
     assert str(e.value).endswith(") (give a str)") and "YAML" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("notebook", [
+    lambda: torch.set_default_dtype(torch.float64),
+    lambda: torch.set_grad_enabled(False),
+    lambda: torch.set_default_device("meta"),
+])
+def test_training_and_loading_ignore_torch_defaults_a_notebook_changed(tmp_path, write_recipe, notebook):
+    """float32 weights (the precision is the recipe's), gradients on, tensors built on the CPU: as in a
+    fresh process. The caller's defaults are theirs again afterwards."""
+    reference = train_model(write_recipe(), runs_dir=tmp_path / "ref", quiet=True)[0]
+    dtype, grad, device = torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_default_device()
+    notebook()
+    try:
+        changed = (torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_default_device())
+        model = train_model(write_recipe(), runs_dir=tmp_path / "runs", quiet=True)[0]
+        (run,) = (tmp_path / "runs").iterdir()
+        loaded = load_model(run)[0]
+        assert (torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_default_device()) == changed
+    finally:
+        torch.set_default_dtype(dtype), torch.set_grad_enabled(grad), torch.set_default_device(device)
+    for m in (model, loaded):
+        assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in m.parameters())
+        assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), reference.state_dict().values()))

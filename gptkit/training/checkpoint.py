@@ -12,7 +12,7 @@ import torch
 
 from .. import plugins
 from ..data.vocab import Vocab
-from ..device import keep_random_state, resolve_device
+from ..device import keep_random_state, resolve_device, torch_defaults
 from ..diagnose import check_forward
 from ..errors import OutOfMemory, UserError, on_command_line, one_line, out_of_memory
 from ..io import atomic_write, check_path_argument, missing, quote
@@ -231,7 +231,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", check: bool
     recipe = stored_recipe(state, path)
     for change in plugin_changes(state.get("plugins"), recipe, prefix="model."):
         warnings.warn(f"{change}; sampling with it", PluginChangedWarning, stacklevel=2)
-    with keep_random_state(device):  # the initial weights drawn and overwritten cost a notebook's later draws nothing
+    # float32 weights whatever the caller's default dtype; the initial weights drawn and overwritten cost a
+    # notebook's later draws nothing
+    with torch_defaults(), keep_random_state(device):
         model = build_model(recipe.model, state["vocab_size"])
         load_weights(model, state, path)
         model = model.to(device).eval()

@@ -20,7 +20,7 @@ from typing import BinaryIO
 import torch
 
 from ..data.dataset import CharDataset, cannot_create, corpus_text, dataset_of, load_dataset, will_create
-from ..device import keep_random_state, resolve_device
+from ..device import keep_random_state, resolve_device, torch_defaults
 from ..diagnose import blaming, check_forward
 from ..errors import (CheckpointError, ComponentError, Diverged, OutOfMemory, RunStopped, UserError, arg, failure_reason,
                       given, goes_on_by, on_command_line, out_of_memory, out_of_memory_as, out_of_memory_on,
@@ -116,15 +116,17 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", *, quiet: bool = False,
     finished nor diverged, and is not being trained by another process, or starts a new run.
 
     Training seeds torch's global random generators with `recipe.seed`; the caller's random state is
-    put back afterwards, so that a notebook's later draws do not depend on having trained.
+    put back afterwards, so that a notebook's later draws do not depend on having trained. It runs under
+    torch's own defaults (see `torch_defaults`), whatever the caller set.
     """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"train takes a Recipe, got {type(recipe).__name__}: train(load_recipe(path))")
     check_arguments(runs_dir, quiet, resume, run_dir)
-    dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
-    # The set-up's collectives (training's are the trainer's): a process gone is one message, not a traceback.
-    with keep_random_state(device), dist.needing_peers("before training started"):
-        return _train(recipe, dist, device, runs_dir, quiet, resume, run_dir)
+    with torch_defaults():
+        dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
+        # The set-up's collectives (training's are the trainer's): a process gone is one message, not a traceback.
+        with keep_random_state(device), dist.needing_peers("before training started"):
+            return _train(recipe, dist, device, runs_dir, quiet, resume, run_dir)
 
 
 def check_arguments(runs_dir, quiet, resume, run_dir) -> None:
