@@ -16,7 +16,7 @@ from torch import nn
 
 from .components.base import GPTConfig
 from .device import keep_random_state
-from .errors import ComponentError, RunStopped, UserError, one_line, out_of_memory
+from .errors import ComponentError, RunStopped, UserError, on_command_line, one_line, out_of_memory
 from .model import GPT, built_from
 from .plugins import LOCAL_PREFIX
 from .recipe.components import MODEL_KINDS
@@ -320,7 +320,10 @@ def with_checks(specs: list) -> str:
 
 
 def _check_command(spec) -> str:
-    """The `gptkit check` command line that runs the conformance checks on `spec`'s component."""
+    """How the caller runs the conformance checks on `spec`'s component: the `gptkit check` command line,
+    or from Python (where the component may be a notebook's, which no command sees) check_component."""
+    if not on_command_line():
+        return f"`gptkit.conformance.check_component({spec.kind!r}, {spec.name!r})`"
     local = spec.cls.__module__.startswith(LOCAL_PREFIX)
     imports = f" --import {registry(spec.kind).entry(spec.name).source}" if local else ""
     return f"`gptkit check {spec.kind} {spec.name}{imports}`"

@@ -741,10 +741,11 @@ def test_gptkits_own_pairs_pass_the_cache_check(monkeypatch):
 
 
 @pytest.mark.parametrize("kind, named", [
-    ("feedforward", "feedforward 'noisy' is not deterministic (its output differs first); `gptkit check feedforward "
-                    "noisy` says so"),
+    # from Python, the check to run is check_component's (a notebook's component is no command's)
+    ("feedforward", "feedforward 'noisy' is not deterministic (its output differs first); "
+                    "`gptkit.conformance.check_component('feedforward', 'noisy')` says so"),
     ("positional", "positional 'noisy' is not deterministic (the output of attention 'naive', which calls its rotate "
-                   "and score_bias, differs first); `gptkit check positional noisy` says so"),
+                   "and score_bias, differs first); `gptkit.conformance.check_component('positional', 'noisy')` says so"),
 ])
 def test_a_component_that_is_not_deterministic_is_named_not_the_cache(temporary_component, kind, named):
     """Two full passes that differ: no cache can match one. The noisy component is the warning's, not
