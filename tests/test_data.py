@@ -266,3 +266,10 @@ def test_a_text_of_one_character_repeated_is_refused(text):
     with pytest.raises(UserError, match=f"^the text holds a single character \\({re.escape(repr(text[0]))}\\), repeated: "
                                         "there is nothing to predict; give it a text$"):
         CharDataset(text, block_size=8)
+
+
+@pytest.mark.parametrize("ids", [[-1], [3], [0, 99]])
+def test_decoding_an_id_outside_the_vocabulary_names_the_range(ids):
+    with pytest.raises(ValueError, match=r"^id -?\d+ is outside the vocabulary \(ids 0 to 2\)$"):
+        Vocab.of("abc").decode(ids)
+    assert Vocab.of("abc").decode(torch.tensor([2, 0])) == "ca"

@@ -99,3 +99,12 @@ def test_each_step_trains_at_train_lr_times_its_schedule_factor(write_recipe, tm
     warmup = [1 / 3, 2 / 3, 3 / 3]  # (k + 1) / warmup_steps
     decay = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)) for p in (0, 1 / 2, 1)]  # over steps 3 to 5 = total - 1
     assert lrs == pytest.approx({s: 0.01 * f for s, f in enumerate(warmup + decay, start=1)})
+
+
+def test_the_warning_of_a_schedule_that_never_reaches_its_peak_counts_one_step_as_one():
+    from gptkit.training.trainer import schedule_warning
+
+    spec = parse_component("schedule", {"name": "cosine", "warmup_steps": 10})
+    assert schedule_warning(spec, spec.build(1).factor, 1) == ("train.schedule (cosine) never reaches train.lr in 1 "
+                                                                "step (at most 10% of it): its warmup_steps (10) is "
+                                                                "longer than the run")

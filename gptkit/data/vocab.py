@@ -42,4 +42,8 @@ class Vocab:
         return ids
 
     def decode(self, ids) -> str:
+        ids = [int(i) for i in ids]  # (a tensor's ids too)
+        wrong = next((i for i in ids if not 0 <= i < len(self.itos)), None)
+        if wrong is not None:  # a negative id would index from the end without a word
+            raise ValueError(f"id {wrong} is outside the vocabulary (ids 0 to {len(self.itos) - 1})")
         return "".join(self.itos[i] for i in ids)

@@ -63,11 +63,11 @@ def schedule_warning(spec: ComponentSpec, factor: Callable[[int], float], n: int
     if peak >= 0.99:  # a decay that warm-up leaves no step for: the last step trains at the peak
         no_room = isinstance(warmup, int) and isinstance(floor, (int, float)) and n > 1 and warmup >= n - 1
         if no_room and factor(n - 1) > floor + 0.01:
-            return (f"train.schedule ({spec.name}) never decays to its min_factor ({floor:g}) in {n:,} steps: "
+            return (f"train.schedule ({spec.name}) never decays to its min_factor ({floor:g}) in {counted(n, 'step')}: "
                     f"its warmup_steps ({warmup:,}) leave{'s' if warmup == 1 else ''} no step to decay over")
         return None
     why = f": its warmup_steps ({warmup:,}) is longer than the run" if isinstance(warmup, int) and warmup >= n else ""
-    return f"train.schedule ({spec.name}) never reaches train.lr in {n:,} steps (at most {peak:.0%} of it){why}"
+    return f"train.schedule ({spec.name}) never reaches train.lr in {counted(n, 'step')} (at most {peak:.0%} of it){why}"
 
 
 def autocast(device: torch.device, precision: str):
