@@ -179,7 +179,7 @@ def import_file(path: Path) -> None:
     if path.is_dir():
         raise UserError(f"component file {path} is a directory, not a .py file")
     if not path.is_file():
-        raise UserError(f"component file {path} not found")
+        raise UserError(f"component file {path} {'is not a regular file' if path.exists() else missing(path)}")
     if path.suffix != ".py":  # importlib finds no loader for other names
         raise UserError(f"component file {path} must be a .py file")
     source = file_sha256(path)

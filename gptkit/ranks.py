@@ -21,8 +21,8 @@ def rank() -> int:
 def first_on_machine() -> bool:
     """Whether this process speaks for its machine: under torchrun, every process of a machine meets the
     same command line, mistake and Ctrl-C, and its local rank 0 alone says so. Outside one, a LOCAL_RANK
-    left in the environment (by a job before) says nothing."""
-    return not under_torchrun() or os.environ.get("LOCAL_RANK", "0") == "0"
+    left in the environment (by a job before) says nothing, even beside a stray WORLD_SIZE."""
+    return not under_torchrun() or bool(unset_by_torchrun()) or os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def unset_by_torchrun() -> list[str]:

@@ -68,7 +68,14 @@ def _stale(obj: Any) -> bool:
     """Whether `obj` comes from an earlier run of a local file that has run again since (edited, with
     this class renamed): its module no longer holds it."""
     module = getattr(obj, "__module__", "") or ""
-    return module.startswith(plugins.LOCAL_PREFIX) and getattr(sys.modules.get(module), obj.__qualname__, None) is not obj
+    if not module.startswith(plugins.LOCAL_PREFIX):
+        return False
+    if "<locals>" in obj.__qualname__:  # made inside a function: no module attribute holds it to compare
+        return True
+    held = sys.modules.get(module)
+    for part in obj.__qualname__.split("."):  # a class nested in a class: A.Norm
+        held = getattr(held, part, None)
+    return held is not obj
 
 
 def parse_record(text) -> tuple[str, str, str | None]:

@@ -594,8 +594,22 @@ def test_a_world_size_left_in_the_environment_is_not_blamed_on_torchrun(cli, mon
         "set, as torchrun sets them: gptkit validate runs in one process; unset WORLD_SIZE\n")
 
 
-def test_a_usage_error_under_torchrun_is_said_once_per_machine(cli, monkeypatch, write_recipe):
+def test_a_usage_error_beside_a_stray_world_size_and_local_rank_is_said(cli, monkeypatch):
+    """torchrun did not start this process (no RANK, MASTER_ADDR, MASTER_PORT): no other speaks for it."""
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    result = cli("bogus")
+    assert result.exit_code == 2 and "No such command 'bogus'" in result.output, result.output
+
+
+def under_torchrun(monkeypatch) -> None:
+    """The environment torchrun gives each of 2 processes (LOCAL_RANK: the test's)."""
+    for k, v in dict(WORLD_SIZE="2", RANK="0", MASTER_ADDR="localhost", MASTER_PORT="29500").items():
+        monkeypatch.setenv(k, v)
+
+
+def test_a_usage_error_under_torchrun_is_said_once_per_machine(cli, monkeypatch, write_recipe):
+    under_torchrun(monkeypatch)
     assert "No such option '--bogus'" in cli("run", write_recipe(), "--bogus").output
     monkeypatch.setenv("LOCAL_RANK", "1")
     for args in (["run", write_recipe(), "--bogus"], ["--bogus", "run", write_recipe()]):  # a command's, gptkit's
@@ -698,7 +712,7 @@ def test_check_refuses_sizes_for_a_kind_checked_without_a_model(cli):
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["run", "-h"]])
 def test_under_torchrun_help_and_version_are_said_once_per_machine(cli, monkeypatch, args):
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    under_torchrun(monkeypatch)
     monkeypatch.setenv("LOCAL_RANK", "0")
     first = cli(*args)
     assert first.exit_code == 0 and first.output.strip(), first.output

@@ -809,7 +809,7 @@ def test_a_run_whose_component_file_is_gone_is_told_to_put_it_back(tmp_path):
                                           "(run or import that code))")
 
 
-FOLDER = object()
+FOLDER, FIFO = object(), object()
 
 
 @pytest.mark.parametrize("name,source,fragment", [
@@ -823,10 +823,13 @@ FOLDER = object()
     ("oops.py", "import sys\nsys.exit(3)\n", "{dir}/oops.py:2: SystemExit: 3"),
     ("ok.yaml", "imports: []\n", "component file {dir}/ok.yaml must be a .py file"),
     ("mine", FOLDER, "component file {dir}/mine is a directory, not a .py file"),
+    ("fifo.py", FIFO, "component file {dir}/fifo.py is not a regular file"),
 ])
 def test_errors_in_imported_files_name_the_file(write_recipe, cli, tmp_path, scratch_registries, name, source, fragment):
     if source is FOLDER:
         (tmp_path / name).mkdir()
+    elif source is FIFO:
+        os.mkfifo(tmp_path / name)
     elif source is not None:
         (tmp_path / name).write_text(source)
     result = cli("run", write_recipe(imports=[name]), "--runs-dir", tmp_path / "runs")

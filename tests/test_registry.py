@@ -66,6 +66,15 @@ def test_duplicate_registration_names_both_places():
     assert "registered twice" in msg and msg.count("test_registry.py:") == 2
 
 
+def test_two_classes_nested_in_a_local_file_under_one_name_are_a_clash(cli, tmp_path, scratch_registries):
+    (tmp_path / "nested.py").write_text(
+        "from gptkit.components import Norm, register\n\nclass A:\n    @register('norm', 'twice')\n"
+        "    class N(Norm):\n        forward = lambda self, x: x\n\nclass B:\n    @register('norm', 'twice')\n"
+        "    class N(Norm):\n        forward = lambda self, x: 2 * x\n")
+    result = cli("show", "norm", "twice", "--import", tmp_path / "nested.py")
+    assert result.exit_code == 2 and "norm 'twice' is registered twice: A.N by" in result.output, result.output
+
+
 def test_registering_an_invalid_class_fails_at_once_naming_it():
     """What is invalid is test_plugins.py's catalogue; registering in code raises there and then."""
     reg = Registry("norm", Norm)
