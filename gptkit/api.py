@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .data.dataset import CharDataset
 from .errors import UserError
-from .io import cannot_make_folder, check_path_argument
+from .io import cannot_make_folder, check_path_argument, expand_home
 from .model import GPT
 from .recipe import Recipe, load_recipe, validate
 from .recipe.load import apply_overrides, check_overrides, named_by_overrides, recipe_device
@@ -34,10 +34,10 @@ def train_model(config_path: str | Path | Recipe | dict, data_path: str | Path |
         check_path_argument(name, value, optional=name != "runs_dir")
     origins = {}  # data_path and epochs are named in errors as the arguments they were, not as overrides
     if data_path is not None:
-        if not Path(data_path).is_file():  # said as the argument it is, not as the recipe's data.path
-            raise UserError(f"data_path={str(data_path)!r}: file not found"
-                            f"{' (it is a folder)' if Path(data_path).is_dir() else ''}")
-        text = f"data.path={json.dumps(str(Path(data_path).absolute()))}"  # quoted: '#' or ': ' in a path
+        path = expand_home(data_path)  # ~/text.txt, as a recipe's paths may say
+        if not path.is_file():  # said as the argument it is, not as the recipe's data.path
+            raise UserError(f"data_path={str(data_path)!r}: file not found{' (it is a folder)' if path.is_dir() else ''}")
+        text = f"data.path={json.dumps(str(path.absolute()))}"  # quoted: '#' or ': ' in a path
         overrides.append(text)
         origins[text] = f"data_path={str(data_path)!r}"
     if epochs is not None:  # as given: the recipe refuses 0.5 with its own message, not int()'s 0
@@ -54,13 +54,14 @@ def train_model(config_path: str | Path | Recipe | dict, data_path: str | Path |
     else:
         raise TypeError(f"train_model takes a recipe file's path, a Recipe or a dict, got {type(config_path).__name__}")
     if save_path is not None:
-        check_save_path(Path(save_path))
+        save_path = expand_home(save_path)
+        check_save_path(save_path, recipe)
     recipe_device(recipe, overrides, origins)  # a device that is not here, named by its override if one set it
     with named_by_overrides(overrides, origins):  # an override's batch larger than the text, say
         result = train(recipe, runs_dir=runs_dir, quiet=quiet)
     if save_path is not None and result.run_dir is not None:  # None: a torchrun rank but 0, which writes nothing
         try:
-            save_checkpoint(Path(save_path), result.model, recipe.to_dict(), result.dataset.itos,
+            save_checkpoint(save_path, result.model, recipe.to_dict(), result.dataset.itos,
                             step=result.summary["steps"], plugins=recipe.plugin_sources())
         except OSError as e:  # a full disk: the run is saved all the same
             raise UserError(f"save_path {save_path} could not be written ({e.strerror or e}); the run finished and is "
@@ -74,9 +75,15 @@ def _overridden(data: dict, origin: str, overrides: list[str], origins: dict[str
     return validate(data, origin=origin, overrides=apply_overrides(data, overrides, origins))
 
 
-def check_save_path(path: Path) -> None:
+def check_save_path(path: Path, recipe: Recipe) -> None:
     """Before training, not after it: a save_path that cannot be written, or that holds anything but a model
-    an earlier train_model saved (a recipe, a text, a run's checkpoint), is one error."""
+    an earlier train_model saved (a recipe, a text, a run's checkpoint), or will (the text a corpus is to
+    make at `recipe`'s data.path, a file it imports), is one error."""
+    inputs = [("the recipe's data.path", recipe.data.path), *(("a file the recipe imports", f) for f in recipe.imports)]
+    for what, used in inputs:
+        if os.path.abspath(path) == os.path.abspath(used):
+            raise UserError(f"save_path {path} is {what}, which training reads; give another file name, e.g. "
+                            f"{path.with_name('model.pt')}")
     if path.is_dir():
         raise UserError(f"save_path {path} is a folder; give a file name, e.g. {path / 'model.pt'}")
     if path.name == "checkpoint.pt" and (path.parent / "summary.json").is_file():

@@ -1,6 +1,7 @@
 """File reading and atomic writing (a reader never sees a half-written file), and what a path names:
 a ~ to expand, a file that is missing."""
 
+import contextlib
 import errno
 import json
 import os
@@ -150,9 +151,10 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         remove_empty(made)
         raise _naming(e, path) from None
     try:
-        if hasattr(os, "fchmod"):  # mkstemp's 0600 would make every file private to its owner
-            os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:  # owns the descriptor from here, whatever follows raises
+            if hasattr(os, "fchmod"):  # mkstemp's 0600 would make every file private to its owner
+                with contextlib.suppress(OSError):  # best effort: a file system that keeps its own modes
+                    os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -279,7 +279,7 @@ def test_train_model_checks_save_path_before_training(tmp_path, write_recipe, co
         (tmp_path, f"save_path {tmp_path} is a folder; give a file name"),
         (tmp_path / "afile" / "m.pt", f"cannot be written: {tmp_path / 'afile'} is a file"),
         (recipe, f"save_path {recipe} exists and is not a model saved by train_model, and would be overwritten"),
-        (corpus, f"save_path {corpus} exists and is not a model saved by train_model"),  # the text it trains on
+        (corpus, f"save_path {corpus} is the recipe's data.path, which training reads"),  # the text it trains on
         (tmp_path / "run" / "checkpoint.pt", f"is the checkpoint of the run in {tmp_path / 'run'}, which gptkit run "
                                              "--resume goes on from"),
         (tmp_path / "fifo", f"save_path {tmp_path / 'fifo'} exists and is not a model saved by train_model"),
@@ -511,3 +511,19 @@ def test_training_and_loading_ignore_torch_defaults_a_notebook_changed(tmp_path,
     for m in (model, loaded):
         assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in m.parameters())
         assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), reference.state_dict().values()))
+
+
+def test_train_model_refuses_a_save_path_that_is_what_training_reads(tmp_path, write_recipe):
+    text = tmp_path / "made.txt"  # a corpus would make it, then the save would overwrite it
+    with pytest.raises(UserError, match=f"^save_path {text} is the recipe's data.path, which training reads; give "
+                                        "another file name"):
+        train_model(write_recipe(), save_path=text, overrides=[f"data.path={text}", "data.corpus=shakespeare"],
+                    runs_dir=tmp_path / "runs", quiet=True)
+    assert not text.exists() and not (tmp_path / "runs").exists()
+
+
+def test_paths_given_to_the_python_api_may_start_with_the_home_folder(tmp_path, write_recipe, corpus, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    train_model(write_recipe(), data_path="~/" + corpus.name, save_path="~/model.pt", runs_dir=tmp_path / "runs",
+                quiet=True)
+    assert (tmp_path / "model.pt").is_file() and load_model("~/model.pt")[0] is not None

@@ -1450,3 +1450,19 @@ def test_running_out_of_memory_loading_the_optimizer_state_to_resume_is_one_erro
         "error: out of memory on cpu taking the text and the checkpoint onto it, before training; free some memory "
         "(close other programs that use it) and try again\n"), result.output
     assert load_checkpoint(run)["step"] == 2  # the run is as it was
+
+
+def test_a_file_system_refusing_permission_bits_still_gets_the_file_and_keeps_no_descriptor(tmp_path, monkeypatch):
+    import errno
+
+    from gptkit.io import write_text
+
+    def refuse(fd, mode):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refuse)
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(3):
+        write_text(tmp_path / "f.txt", f"text {i}")
+    assert (tmp_path / "f.txt").read_text() == "text 2" and len(os.listdir("/proc/self/fd")) == before
+    assert not list(tmp_path.glob(".*.tmp"))
