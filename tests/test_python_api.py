@@ -527,3 +527,18 @@ def test_paths_given_to_the_python_api_may_start_with_the_home_folder(tmp_path, 
     train_model(write_recipe(), data_path="~/" + corpus.name, save_path="~/model.pt", runs_dir=tmp_path / "runs",
                 quiet=True)
     assert (tmp_path / "model.pt").is_file() and load_model("~/model.pt")[0] is not None
+
+
+def test_a_run_stopped_in_python_says_how_to_go_on_from_python(tmp_path, write_recipe, monkeypatch):
+    from conftest import stop_at
+
+    from gptkit.errors import Interrupted
+
+    stop_at(monkeypatch, "train_step", 3)
+    with pytest.raises(Interrupted) as e:
+        train_model(write_recipe(), runs_dir=tmp_path / "runs", quiet=True)
+    (run,) = (tmp_path / "runs").iterdir()
+    go_on = f"train(load_recipe({str(run / 'recipe.yaml')!r}), resume={str(run)!r})"
+    assert str(e.value).endswith(f" (go on with {go_on})"), str(e.value)
+    monkeypatch.undo()
+    assert eval(go_on).summary["status"] == "finished"  # noqa: S307  (what the message says to run)

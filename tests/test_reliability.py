@@ -544,7 +544,8 @@ def test_a_loss_not_finite_before_any_update_names_the_plugin_components_not_the
     assert e.value.exit_code == 3 and str(e.value) == (
         "training diverged at step 1: the model's loss is nan before any update, so the learning rate is not the "
         "cause. Nothing from that step on was saved and no checkpoint had been saved yet; its plugin component may "
-        "compute it: feedforward 'nan-from-the-start' (`gptkit check feedforward nan-from-the-start`)")
+        "compute it: feedforward 'nan-from-the-start' (`gptkit.conformance.check_component('feedforward', "
+        "'nan-from-the-start')`)")  # from Python: a notebook's component is no command's
 
 
 def test_a_loss_not_finite_before_any_update_of_built_in_components_points_at_the_data(tmp_path, write_recipe,

@@ -122,11 +122,19 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", *, quiet: bool = False,
     if not isinstance(recipe, Recipe):
         raise TypeError(f"train takes a Recipe, got {type(recipe).__name__}: train(load_recipe(path))")
     check_arguments(runs_dir, quiet, resume, run_dir)
-    with torch_defaults():
-        dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
-        # The set-up's collectives (training's are the trainer's): a process gone is one message, not a traceback.
-        with keep_random_state(device), dist.needing_peers("before training started"):
-            return _train(recipe, dist, device, runs_dir, quiet, resume, run_dir)
+    try:
+        with torch_defaults():
+            dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
+            # The set-up's collectives (training's are the trainer's): a process gone is one message, not a traceback.
+            with keep_random_state(device), dist.needing_peers("before training started"):
+                return _train(recipe, dist, device, runs_dir, quiet, resume, run_dir)
+    except RunStopped as e:
+        if not (on_command_line() or goes_on_by()) and e.run_dir is not None and e.resumable and e.continue_with is None \
+                and (e.run_dir / "checkpoint.pt").is_file():  # the command line's "(continue: ...)", from Python
+            folder = str(e.run_dir)
+            e.args = (f"{e} (go on with train(load_recipe({str(e.run_dir / 'recipe.yaml')!r}), resume={folder!r}))",
+                      *e.args[1:])
+        raise
 
 
 def check_arguments(runs_dir, quiet, resume, run_dir) -> None:
