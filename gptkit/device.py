@@ -47,13 +47,17 @@ def torch_defaults():
     before (set_default_dtype(torch.float64), set_default_device, set_grad_enabled(False), inference
     mode), and put back after: float32 weights (the precision is the recipe's train.precision alone),
     tensors on the CPU unless placed, and gradients on."""
-    dtype = torch.get_default_dtype()
+    dtype, device = torch.get_default_dtype(), torch.get_default_device()
     torch.set_default_dtype(torch.float32)
+    if device.type != "cpu":  # (not `with torch.device("cpu")`: its mode costs every eager op 1.5 us more)
+        torch.set_default_device(None)
     try:
-        with torch.device("cpu"), torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             yield
     finally:
         torch.set_default_dtype(dtype)
+        if device.type != "cpu":
+            torch.set_default_device(device)
 
 
 @contextlib.contextmanager
