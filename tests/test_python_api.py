@@ -498,7 +498,7 @@ def test_training_and_loading_ignore_torch_defaults_a_notebook_changed(tmp_path,
     """float32 weights (the precision is the recipe's), gradients on, tensors built on the CPU: as in a
     fresh process. The caller's defaults are theirs again afterwards."""
     reference = train_model(write_recipe(), runs_dir=tmp_path / "ref", quiet=True)[0]
-    dtype, grad, device = torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_default_device()
+    dtype, grad = torch.get_default_dtype(), torch.is_grad_enabled()
     notebook()
     try:
         changed = (torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_default_device())
@@ -507,7 +507,7 @@ def test_training_and_loading_ignore_torch_defaults_a_notebook_changed(tmp_path,
         loaded = load_model(run)[0]
         assert (torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_default_device()) == changed
     finally:
-        torch.set_default_dtype(dtype), torch.set_grad_enabled(grad), torch.set_default_device(device)
+        torch.set_default_dtype(dtype), torch.set_grad_enabled(grad), torch.set_default_device(None)  # (no mode)
     for m in (model, loaded):
         assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in m.parameters())
         assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), reference.state_dict().values()))

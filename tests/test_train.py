@@ -339,5 +339,6 @@ def test_torch_defaults_add_no_mode_every_eager_op_would_go_through():
 
     from gptkit.device import torch_defaults
 
+    outside = _get_current_function_mode_stack()
     with torch_defaults():
-        assert _get_current_function_mode_stack() == []
+        assert _get_current_function_mode_stack() == outside
