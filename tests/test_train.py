@@ -251,6 +251,8 @@ def test_a_warm_up_longer_than_the_run_is_warned_of(cli, tmp_path, write_recipe)
     assert result.exit_code == 0 and result.stderr.startswith(
         "warning: train.schedule (cosine) never reaches train.lr in 6 steps (at most 12% of it): its warmup_steps "
         "(50) is longer than the run\n"), result.output
+    quiet = cli("run", write_recipe(train=warmup), "--runs-dir", tmp_path / "runs", "-q")
+    assert quiet.stderr == result.stderr  # -q quiets the progress, not a warning
     short = {"schedule": {"name": "cosine", "warmup_steps": 4}}
     long_enough = cli("run", write_recipe(train=short), "--runs-dir", tmp_path / "runs", "-q")
     assert long_enough.exit_code == 0 and "warning" not in long_enough.output, long_enough.output

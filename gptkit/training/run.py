@@ -235,7 +235,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
             raise UserError(f"{run_dir} has trained {checkpoint['step']:,} steps, past this recipe's budget of "
                             f"{trainer.total_steps:,}; resume it with a budget of at least {checkpoint['step']:,} "
                             "steps (train.epochs, and train.max_steps if set)")
-    if schedule_warning and not quiet:  # (an ablation, whose runs are quiet, says it in its plan)
+    if schedule_warning and not goes_on_by():  # even when quiet (an ablation says it once, in its plan)
         to_warn.append(schedule_warning)
     if checkpoint is not None:
         stretched = trainer.restretch_warning(checkpoint["recipe"])
