@@ -29,9 +29,9 @@ def run(recipe, overrides, runs_dir, resume, quiet):
     gptkit run --resume runs/shakespeare-cpu-20260101-120000
     gptkit run recipes/shakespeare-cpu.yaml --resume auto
 
-    Exit codes: 0 finished; 2 a mistake in the input (or settings too large for memory); 3 training
-    diverged; 4 a checkpoint could not be saved; 130 / 143 stopped by SIGINT / SIGTERM after saving a
-    checkpoint (resume with --resume).
+    Exit codes: 0 finished; 1 the machine failed (a file system error, another torchrun process lost); 2 a
+    mistake in the input (or settings too large for memory); 3 training diverged; 4 a checkpoint could
+    not be saved; 130 / 143 stopped by SIGINT / SIGTERM after saving a checkpoint (resume with --resume).
     """
     explicit = resume not in (None, "auto")
     if recipe is not None and Path(recipe).is_dir():  # a run folder, most likely, given where a recipe goes
