@@ -218,10 +218,15 @@ def overrides_example(*texts: str) -> str:
     return " ".join(map(override, texts)) if on_command_line() else f"overrides={list(texts)!r}"
 
 
+def first_line(text: object) -> str:
+    """The first line of `text` (a message, an exception's), '' if it has none."""
+    return (str(text).strip().splitlines() or [""])[0]
+
+
 def one_line(e: BaseException) -> str:
     """'TypeName: the first line of its message' (or the type's name alone): an exception as one line
     of an error that names whose it was."""
-    message = (str(e).strip().splitlines() or [""])[0]
+    message = first_line(e)
     return f"{type(e).__name__}: {message}" if message else type(e).__name__
 
 

@@ -13,6 +13,7 @@ import statistics
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ..errors import first_line
 from ..training.folder import diverged, failed, finished
 from ..training.progress import fmt_duration
 from .spec import Arm, unequal_terms
@@ -143,7 +144,7 @@ def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
         diffs = [r.summary["final_val_loss"] - base[r.seed] for r in mine if r.seed in base]
         gone = sum(r.arm.label == label and diverged(r.summary) for r in rows)
         stopped = sum(r.arm.label == label and interrupted(r.summary) for r in rows)
-        reason = first_line(broken[0].get("reason")) if broken else None
+        reason = reason_line(broken[0].get("reason")) if broken else None
         unequal = unequal_terms(arm.recipe, baseline.recipe) if baseline is not None else []
         stats.append(ArmStats(arm, len(mine), gone, len(broken), reason, stopped, mean_ci(values("final_val_loss")),
                               mean_ci(values("best_val_loss")), mean_ci(diffs), len(diffs), unequal, first("params"),
@@ -152,9 +153,9 @@ def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
     return sorted(stats, key=lambda s: (bool(s.trouble), s.final[0] is None, s.final[0] or 0.0))
 
 
-def first_line(text: str | None) -> str:
-    lines = str(text or "").strip().splitlines()
-    return lines[0] if lines else "no reason recorded"
+def reason_line(text: str | None) -> str:
+    """A failed run's recorded reason, its first line."""
+    return first_line(text or "") or "no reason recorded"
 
 
 def fmt_ci(mean_half: tuple, signed: bool = False) -> str:

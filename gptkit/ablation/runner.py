@@ -7,7 +7,6 @@ resolved recipes (not the seeds), so rerunning the same command finds it again a
 seeds later reuses the finished ones.
 """
 
-import contextlib
 import re
 import shutil
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from ..training.resume import differing, is_locked
 from ..training.signals import signals_held
 from ..training.trainer import schedule_warning, total_steps
 from .plot import plot_curves
-from .report import FLOAT_NOISE, RunRow, arm_stats, csv_text, first_line, interrupted, markdown
+from .report import FLOAT_NOISE, RunRow, arm_stats, csv_text, interrupted, markdown, reason_line
 from .spec import MAY_DIFFER, Arm, Plan, refusal, yaml_text
 
 # The baseline's recipe, resolved, which ablation.yaml names: editing the recipe the ablation was started
@@ -228,7 +227,7 @@ def train_row(row: RunRow, folder: Path, name: str, log: Callable[[str], None], 
         row.summary = arm_failure(e, run_dir)
         if row.summary is None:
             raise
-        log(f"{name} failed: {first_line(str(e))}; left out of the averages, the other runs go on")
+        log(f"{name} failed: {reason_line(str(e))}; left out of the averages, the other runs go on")
     else:
         s = row.summary
         log(f"{name}: val loss {s['final_val_loss']:.4f} (best {s['best_val_loss']:.4f}), "
@@ -255,7 +254,7 @@ def failures(rows: list[RunRow]) -> str | None:
         return None
     first = bad[0]
     return (f"{len(bad)} of {len(rows)} runs failed (first: {first.arm.label}, seed {first.seed}: "
-            f"{first_line(first.summary.get('reason'))}); fix the component (or, for memory, the arm's sizes), then "
+            f"{reason_line(first.summary.get('reason'))}); fix the component (or, for memory, the arm's sizes), then "
             "rerun the same command to train them again")
 
 

@@ -24,7 +24,7 @@ import torch
 
 from ..device import resolve_device, use_bf16
 from ..data.dataset import load_dataset
-from ..errors import Interrupted, RunStopped, UserError, counted
+from ..errors import Interrupted, RunStopped, UserError, counted, first_line
 from ..recipe import load_recipe, yaml
 from ..recipe.load import recipe_device
 from ..recipe.vary import parse_vary as parse_vary_flags
@@ -145,10 +145,6 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
     if errors:
         raise BenchIncomplete(report, list(errors.values()))
     return report
-
-
-def first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [""])[0]
 
 
 class BenchIncomplete(Exception):
