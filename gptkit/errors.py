@@ -114,8 +114,10 @@ def listing(choices: Iterable[str]) -> str:
     return ", ".join(choices) if choices else "(none)"
 
 
-class RunStopped(Exception):
-    """Training stopped before its end. The run folder records why and keeps the last good checkpoint."""
+class RunStopped(BaseException):
+    """Training stopped before its end. The run folder records why and keeps the last good checkpoint.
+    `Interrupted` is also a KeyboardInterrupt, every other stop (`RunFailed`) an Exception: a notebook's
+    sweep with `except Exception: continue` goes on past a diverged run, not past a Ctrl-C."""
 
     exit_code = 1
     status = "failed"
@@ -125,7 +127,7 @@ class RunStopped(Exception):
     __reduce__ = rebuilt
 
 
-class Interrupted(RunStopped):
+class Interrupted(RunStopped, KeyboardInterrupt):
     """SIGINT or SIGTERM: a checkpoint was saved at a step boundary; the run can be resumed."""
 
     status = "interrupted"
@@ -136,7 +138,11 @@ class Interrupted(RunStopped):
         self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
 
 
-class Diverged(RunStopped):
+class RunFailed(RunStopped, Exception):
+    """A run that stopped on its own, not by a signal."""
+
+
+class Diverged(RunFailed):
     """A non-finite loss or gradient norm, found where the step's figures are read (the next log line,
     evaluation or checkpoint): nothing from that step on is written or saved."""
 
@@ -144,7 +150,7 @@ class Diverged(RunStopped):
     resumable = False  # resumed as it was, it would diverge again; and train.lr may not change
 
 
-class CheckpointError(RunStopped):
+class CheckpointError(RunFailed):
     """A checkpoint or another run file could not be written (disk full, permissions); the previous
     checkpoint, if there is one, is intact."""
 

@@ -459,7 +459,7 @@ ARGS = {  # each class's constructor arguments: a class without a case fails the
     "RegistryError": ("stopped",), "YAMLError": ("stopped",), "RecipeError": ("stopped",), "BrokenParams": ("stopped",),
     "RecipeIssue": ([(("a", 0), "stopped")], (("b",),)), "SizeError": ("n_embd", 5, "stopped"),
     "Refused": (Path("runs/x"), "is stopped", "remove it"),
-    "RunStopped": ("stopped",), "Interrupted": (2, "stopped"), "Diverged": ("stopped",),
+    "RunStopped": ("stopped",), "Interrupted": (2, "stopped"), "RunFailed": ("stopped",), "Diverged": ("stopped",),
     "CheckpointError": ("stopped",), "PeerFailed": (3,), "PeerLost": ("stopped",), "BenchFailed": ("stopped",),
     "IntegerTooLong": ("r.yaml:1", ("seed",), "7" * 5000),
 }
@@ -542,3 +542,29 @@ def test_a_run_stopped_in_python_says_how_to_go_on_from_python(tmp_path, write_r
     assert str(e.value).endswith(f" (go on with {go_on})"), str(e.value)
     monkeypatch.undo()
     assert eval(go_on).summary["status"] == "finished"  # noqa: S307  (what the message says to run)
+
+
+def test_a_sweep_that_skips_failed_runs_is_stopped_by_a_ctrl_c(tmp_path, write_recipe, monkeypatch):
+    """`except Exception: continue` over runs, as a notebook writes it, passes a diverged run, not a Ctrl-C
+    or SIGTERM (Interrupted is a KeyboardInterrupt)."""
+    from conftest import stop_at
+
+    from gptkit.errors import Diverged, Interrupted, RunFailed
+
+    def sweep(*lrs) -> list[Exception]:
+        failed = []
+        for lr in lrs:
+            try:
+                train(load_recipe(write_recipe(train={"max_steps": 30, "lr": lr, "grad_clip": None})),
+                      runs_dir=tmp_path / "runs", quiet=True)
+            except Exception as e:  # noqa: PERF203
+                failed.append(e)
+        return failed
+
+    (diverged,) = sweep(1e6)
+    assert isinstance(diverged, Diverged) and isinstance(diverged, RunFailed)
+    stop_at(monkeypatch, "train_step", 3)
+    with pytest.raises(Interrupted) as e:
+        sweep(1e-3, 1e-2)
+    assert isinstance(e.value, KeyboardInterrupt) and e.value.exit_code == 143
+    assert len(list((tmp_path / "runs").iterdir())) == 2  # the second lr never started

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..data.dataset import CharDataset, load_dataset
 from ..device import keep_random_state
-from ..errors import ComponentError, Diverged, Interrupted, OutOfMemory, UserError, failure_reason
+from ..errors import ComponentError, Diverged, OutOfMemory, UserError, failure_reason
 from ..io import cannot_make_folder, quote, write_text
 from ..recipe import Recipe, apply_override, flatten, yaml
 from ..recipe.load import named_by_overrides, recipe_device
@@ -200,7 +200,7 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
         if not ended(row.summary):
             try:
                 train_row(row, folder, f"[{i}/{len(jobs)}] {row.arm.label}, seed {row.seed}", log, verbose)
-            except (Interrupted, KeyboardInterrupt):  # stopped by the user: the reports say how far it got
+            except KeyboardInterrupt:  # Interrupted too: stopped by the user, the reports say how far it got
                 row.summary = summary_of(folder / row.run_dir)
                 write_reports(folder, rows, margin)
                 raise

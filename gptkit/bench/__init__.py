@@ -24,7 +24,7 @@ import torch
 
 from ..device import resolve_device, use_bf16
 from ..data.dataset import load_dataset
-from ..errors import Interrupted, RunStopped, UserError, counted, first_line
+from ..errors import Interrupted, RunFailed, RunStopped, UserError, counted, first_line
 from ..recipe import load_recipe, yaml
 from ..recipe.load import recipe_device
 from ..recipe.vary import parse_vary as parse_vary_flags
@@ -300,7 +300,7 @@ def peak_key(train) -> tuple[torch.device, torch.dtype]:
     return device, torch.bfloat16 if use_bf16(train.precision, device) else torch.float32
 
 
-class BenchFailed(RunStopped):
+class BenchFailed(RunFailed):
     """A variant's worker process died or raised: the benchmark cannot finish (exit code 1)."""
 
 

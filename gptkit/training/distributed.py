@@ -26,14 +26,14 @@ import torch
 import torch.distributed as td
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import RunStopped, UserError
+from ..errors import RunFailed, UserError
 from ..ranks import stray_world_size, under_torchrun
 
 DDP_OPTIONS = inspect.signature(DistributedDataParallel).parameters
 FAILED = 2  # what a rank that failed alone adds to a vote, plus its exit code: a stop vote's flags are 0 and 1
 
 
-class PeerFailed(RunStopped):
+class PeerFailed(RunFailed):
     """Under torchrun, another rank failed alone (rank 0, writing the run folder) and reports why: this
     one stops without a word, with its exit code, instead of meeting its closed connection."""
 
@@ -42,7 +42,7 @@ class PeerFailed(RunStopped):
         self.exit_code = exit_code
 
 
-class PeerLost(RunStopped):
+class PeerLost(RunFailed):
     """Under torchrun, another process ended in the middle of a collective (killed, or stopped by an
     error of its own, which it reports): this one cannot go on without it."""
 
