@@ -97,6 +97,8 @@ CASES = [
      ["imports: component file ", ".py not found"]),
     ("set-whole-section", lambda c: recipe_text(c), ["--set", "train={lr: 0.1}"],
      ["--set train={lr: 0.1}: replaces the whole train section", "e.g. --set train.lr=0.1"]),
+    ("set-whole-section-spaced", lambda c: recipe_text(c), ["--set", "train ={lr: 0.1}"],
+     ["--set train ={lr: 0.1}: replaces the whole train section", "e.g. --set train.lr=0.1"]),
     ("set-yes", lambda c: recipe_text(c), ["--set", "train.lr=yes"], ["train.lr: Input should be a valid number"]),
     ("set-section-to-a-value", lambda c: recipe_text(c), ["--set", "model=x"],
      ["--set model=x: model: Input should be a section of keys (got 'x')"]),

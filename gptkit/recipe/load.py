@@ -265,8 +265,8 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
     naming the override in errors (default: as the caller gave it, `errors.override`)."""
     label = label or override(text)
     key, sep, raw = text.partition("=")
-    parts = tuple(key.strip().split("."))
-    if not sep or not all(p.strip() for p in parts):
+    parts = tuple(p.strip() for p in key.split("."))  # `model = {...}` is model's, as YAML would read it
+    if not sep or not all(parts):
         raise RecipeError(f"{label}: expected KEY=VALUE with a dotted key, e.g. {overrides_example('train.lr=3e-4')}")
     if not is_text(key):  # a byte that is not UTF-8, which Python passes on as a lone surrogate
         raise RecipeError(f"{label}: the key {key.strip()!r} holds a byte that is not UTF-8 text; retype it")
@@ -275,13 +275,13 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
         value, _ = yaml.load(raw, label, given[1] if given else yaml.quote)  # one value: no line to name
     except yaml.YAMLError as e:
         raise _with_range(e, parts) from None
-    if len(parts) == 1 and isinstance(data.get(key), dict) and isinstance(value, dict) and value:
-        first = next(iter(value))  # a whole section would silently drop the recipe's other keys in it
-        example = overrides_example(f"{key}.{first}={json.dumps(value[first])}")
+    if len(parts) == 1 and isinstance(data.get(parts[0]), dict) and isinstance(value, dict) and value:
+        section, first = parts[0], next(iter(value))  # a whole section would silently drop its other keys
+        example = overrides_example(f"{section}.{first}={json.dumps(value[first])}")
         if not label.startswith(("--", "overrides ")):  # an ablation file's set: or vary:, which write keys so
-            example = f"{key}.{first} as the key"
-        raise RecipeError(f"{label}: replaces the whole {key} section, dropping the recipe's other {key} keys; "
-                          f"set keys one by one, e.g. {example}")
+            example = f"{section}.{first} as the key"
+        raise RecipeError(f"{label}: replaces the whole {section} section, dropping the recipe's other {section} "
+                          f"keys; set keys one by one, e.g. {example}")
     value = absolute_paths(parts, value)  # paths on the command line are relative to the cwd
     node = data
     for i, part in enumerate(parts[:-1]):
