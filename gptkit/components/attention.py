@@ -83,7 +83,7 @@ class Attention(Component, nn.Module):
         self.dropout = config.dropout
         self.pos = pos
         bias = getattr(params, "bias", False)  # a subclass's Params need not derive from AttentionParams
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=bias)
+        self.c_attn = nn.Linear(config.n_embd, self.qkv_width(config, params), bias=bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)
         self.resid_dropout = dropout_layer(config.dropout)
 
@@ -101,6 +101,10 @@ class Attention(Component, nn.Module):
                                f"(B, n_head, T, head_dim) = {tuple(q.shape)}, like q")
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def qkv_width(self, config: GPTConfig, params) -> int:
+        """Output features of c_attn, the q/k/v projection: `project`'s input, overridden with it."""
+        return 3 * config.n_embd
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The queries, keys and values of x (B, T, C), (B, heads, T, hs) each: what a subclass with other

@@ -5,7 +5,6 @@ Axis letters: B batch, T time, C channels, nh query heads, nkv key/value heads, 
 
 from gptkit.components.attention import AttentionParams, FlashAttention
 from pydantic import Field
-from torch import nn
 
 
 class GQAParams(AttentionParams):
@@ -33,9 +32,10 @@ class GroupedQueryAttention(FlashAttention):
     def __init__(self, config, params: GQAParams, pos):
         super().__init__(config, params, pos)
         self.n_kv_head = params.n_kv_head
-        kv = params.n_kv_head * config.head_dim
+
+    def qkv_width(self, config, params: GQAParams) -> int:
         # queries for n_head heads, then keys and values for n_kv_head heads, in one matmul
-        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv, bias=params.bias)
+        return config.n_embd + 2 * params.n_kv_head * config.head_dim
 
     def project(self, x):
         B, T, C = x.size()

@@ -48,6 +48,17 @@ def test_gqa_shrinks_the_key_value_projections():
     assert c_attn_rows(1) == CONFIG.n_embd + 2 * hs  # multi-query: one key and one value head
 
 
+def test_gqa_builds_only_its_own_projections(monkeypatch):
+    """Not the full 3 * n_embd projection first, thrown away: at a large n_embd, that is a layer's weights."""
+    widths = []
+    init = torch.nn.Linear.__init__
+    monkeypatch.setattr(torch.nn.Linear, "__init__", lambda self, i, o, **kw: (widths.append(o), init(self, i, o, **kw))[1])
+    spec = parse_component("attention", {"name": "gqa", "n_kv_head": 1})
+    spec.build(CONFIG, registry("positional").get("none")(CONFIG, None))
+    hs = CONFIG.n_embd // CONFIG.n_head
+    assert sorted(widths) == [CONFIG.n_embd, CONFIG.n_embd + 2 * hs]  # c_proj, c_attn
+
+
 def test_gqa_caches_only_its_key_value_heads():
     model = tiny_model(attention={"name": "gqa", "n_kv_head": 1}).eval()
     cache = model.new_cache()
