@@ -3,6 +3,7 @@
 import contextlib
 import copy
 import fnmatch
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ except ImportError:  # Windows
     fcntl = None
 
 from ..errors import OutOfMemory, UserError, arg, given, on_command_line
-from ..io import quote, write_text
+from ..io import quote, temporaries, write_text
 from ..recipe import Recipe, flatten, yaml
 from .checkpoint import load_checkpoint, missing_plugins, plugin_changes, stored_recipe
 from .folder import (is_ablation_folder, metric_records, no_such_folder, resumable, run_recipe, runs_within,
@@ -23,10 +24,12 @@ from .trainer import state_dict_problem
 # Keys that may change between a run and its resumption without making it a different run (the text
 # itself is checked by its SHA-256, wherever it lives and however it was made; compiling and
 # micro-batches change the speed and float rounding, not the optimisation, so a GPU run may go on on
-# a CPU, though not bit for bit). The budget may change, down to the step reached (a cosine schedule then fits the new total, with a warning); anything else that shapes
-# the model, the data, or the optimisation must stay as it was.
-MAY_CHANGE = ("name", "sample.*", "data.path", "data.corpus", "data.corpus.*", "train.device", "train.compile", "train.micro_batch_size", "train.log_every", "train.eval_every",
-              "train.eval_batches", "train.checkpoint_every", "train.epochs", "train.max_steps")
+# a CPU, though not bit for bit). The budget may change (run.py refuses one below the step reached; a
+# cosine schedule then fits the new total, with a warning); anything else that shapes the model, the
+# data, or the optimisation must stay as it was.
+MAY_CHANGE = ("name", "sample.*", "data.path", "data.corpus", "data.corpus.*", "train.device", "train.compile",
+              "train.micro_batch_size", "train.log_every", "train.eval_every", "train.eval_batches",
+              "train.checkpoint_every", "train.epochs", "train.max_steps")
 
 
 def differing(a: dict, b: dict, may_change: tuple[str, ...] = MAY_CHANGE) -> list[str]:
@@ -147,8 +150,15 @@ def not_a_run(path: Path, problem: str) -> UserError:
 def remove_leftovers(run_dir: Path) -> None:
     """Temporary files of a save that was killed midway. Rank 0's business alone under torchrun: it
     writes files of its own in the folder while other ranks would still be looking."""
-    for leftover in run_dir.glob(".*.tmp"):
+    for leftover in temporaries(run_dir):
         leftover.unlink(missing_ok=True)
+
+
+def _modified(folder: Path) -> float:
+    try:
+        return folder.stat().st_mtime
+    except OSError:  # removed since it was listed: its checkpoint is then not found either
+        return -math.inf
 
 
 def find_resumable(runs_dir: Path, recipe: Recipe, dataset, log: Callable[[str], None],
@@ -162,7 +172,7 @@ def find_resumable(runs_dir: Path, recipe: Recipe, dataset, log: Callable[[str],
     name = recipe.name
     own = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?")
     runs = [p for p in runs_dir.glob(f"{name}-*") if own.fullmatch(p.name)]
-    candidates = sorted((p for p in runs if (p / "checkpoint.pt").is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = sorted((p for p in runs if (p / "checkpoint.pt").is_file()), key=_modified, reverse=True)
     passed = 0
     for run in candidates:
         if not resumable(summary_of(run)):  # finished, or diverged
