@@ -155,7 +155,7 @@ class Registry:
     _loaded: dict[str, Entry] = field(default_factory=dict, repr=False)  # plugins imported, or broken
     _clashes: dict[str, Entry] = field(default_factory=dict, repr=False)  # see `clashes_listed`
 
-    def register(self, name: str, obj: Any = None, *, source: str | None = None):
+    def register(self, name: str, obj: Any = None):
         """Register `obj` under `name`; as a decorator, with the name alone: `@attention.register("flash")`."""
         if not isinstance(name, str):  # `@registry("norm").register` without a name would register nothing
             raise TypeError(f"register takes the name first, e.g. @registry({self.kind!r}).register('my_{self.kind}'); "
@@ -169,7 +169,7 @@ class Registry:
                 self._validate(obj)
             except RegistryError as e:
                 raise RegistryError(f"{self.kind} '{name}': {e}") from None
-            came_from = source or _source_of(obj)
+            came_from = _source_of(obj)
             new = Entry(self.kind, name, obj, came_from, sha256=plugins.python_file_sha256(came_from))
             # A class of `__main__` (a notebook cell, a script) taking a name an installed package declares
             # is refused now: kept, it would fail at its first use, and go on failing for the session,

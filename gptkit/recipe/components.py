@@ -148,8 +148,7 @@ def parse_component(kind: str, value: Any) -> ComponentSpec:
         if not isinstance(name, str):
             raise RecipeIssue([(("name",), f"say which {kind} to use with 'name: ...'; one of: {listing(reg.names())}")])
     else:
-        an = "an" if kind[0] in "aeiou" else "a"  # an attention, an optimizer
-        raise RecipeIssue([((), f"expected {an} {kind} name or a mapping with 'name', got {clipped_repr(value)}")])
+        raise RecipeIssue([((), f"expected {a(kind)} name or a mapping with 'name', got {clipped_repr(value)}")])
     if _model_only.get() and kind not in MODEL_KINDS:
         return ComponentSpec(kind, name, Unchecked.model_validate(params))
     try:
