@@ -3,11 +3,12 @@ a ~ to expand, a file that is missing."""
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import shlex
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -146,7 +147,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     are removed again when the write fails."""
     made = make_folders(path.parent)  # its error names the folder it could not make
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # see `temporaries`
     except OSError as e:
         remove_empty(made)
         raise _naming(e, path) from None
@@ -166,6 +167,11 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         if isinstance(e, OSError) and e.errno is not None:
             raise _naming(e, path) from None
         raise
+
+
+def temporaries(folder: Path, name: str | None = None) -> Iterator[Path]:
+    """The temporary files in `folder` of `atomic_write`s killed midway: of the file `name`, or of any."""
+    return folder.glob(f".{'*' if name is None else glob.escape(name)}.*.tmp")
 
 
 def make_folders(folder: Path, exist_ok: bool = True) -> list[Path]:

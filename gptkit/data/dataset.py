@@ -5,7 +5,6 @@ offsets, so memory stays proportional to the text, never to the number of window
 """
 
 import contextlib
-import glob
 import hashlib
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError, counted, overrides_example
-from ..io import DISK_FULL, cannot_make_folder, missing, read_text, write_text
+from ..io import DISK_FULL, cannot_make_folder, missing, read_text, temporaries, write_text
 from .vocab import Vocab
 
 
@@ -169,7 +168,7 @@ def exists(path: Path) -> bool:
 def remove_stale_temporaries(path: Path, age: float = 60.0) -> None:
     """The temporary files of an earlier creation of `path` that was killed midway: older than `age`
     seconds, so that another process creating the same file now keeps its own."""
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for leftover in temporaries(path.parent, path.name):
         with contextlib.suppress(OSError):
             if time.time() - leftover.stat().st_mtime > age:
                 leftover.unlink()
