@@ -94,7 +94,7 @@ def finite(ctx, param, value):
     return value
 
 
-def given(ctx, param, value):
+def non_empty_path(ctx, param, value):
     """A path argument that is not empty: "" would be taken for the current folder."""
     if any(v is not None and not str(v).strip() for v in (value if isinstance(value, tuple) else (value,))):
         raise UserError(f"{param.human_readable_name} is empty; give a path")

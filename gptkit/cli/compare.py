@@ -14,7 +14,7 @@ from ..training.folder import (ablation_seeds, diverged, is_ablation_folder, run
                               val_curve)
 from ..training.progress import fmt_duration
 from ..training.resume import is_locked
-from . import given, main
+from . import main, non_empty_path
 
 FIGURES = {
     "status": str,
@@ -32,7 +32,7 @@ FIGURES = {
 
 @main.command()
 @click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path(file_okay=False),
-                callback=given)
+                callback=non_empty_path)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Also draw their validation curves in this file, in the format its extension names "
                    "(.png, .pdf, .svg, ...).")

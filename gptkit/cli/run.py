@@ -8,11 +8,11 @@ from ..recipe.load import load_recipe, named_by_overrides, recipe_device
 from ..training import train
 from ..training.resume import check_run_dir, not_a_run, with_plugin_hint
 from ..training.progress import fmt_duration
-from . import first_on_machine, folder_option, given, main, overrides_option
+from . import first_on_machine, folder_option, main, non_empty_path, overrides_option
 
 
 @main.command()
-@click.argument("recipe", required=False, type=click.Path(), callback=given)
+@click.argument("recipe", required=False, type=click.Path(), callback=non_empty_path)
 @overrides_option
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(), callback=folder_option,
               help="Folder that receives the run folder.")

@@ -10,7 +10,7 @@ from ..errors import OutOfMemory, UserError, out_of_memory_as, out_of_memory_on
 from ..sampling import MAX_TOKENS, SEEDS, one_newline
 from ..sampling import sample as sample_model
 from ..training.checkpoint import PluginChangedWarning, load_model
-from . import finite, given, main, reader_gone
+from . import finite, main, non_empty_path, reader_gone
 
 
 def load(run_dir, device):
@@ -54,7 +54,7 @@ class Seed(click.ParamType):
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(), callback=given)
+@click.argument("run_dir", type=click.Path(), callback=non_empty_path)
 @click.option("--prompt", default=None,
               help="Text to continue; an empty one starts from a newline, as a speech does (printed with the "
                    "text).  [default: the run's sample.prompt]")
@@ -78,7 +78,7 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     with sampling_memory(device):  # taking the model onto the device
         model, recipe, vocab = load(run_dir, device)
     s = recipe.sample  # what the run itself sampled with, unless the command line says otherwise
-    given = prompt is not None
+    prompt_given = prompt is not None
     prompt = s.prompt if prompt is None else one_newline(prompt)
     tokens = s.tokens if tokens is None else tokens
     temperature = s.temperature if temperature is None else temperature
@@ -86,7 +86,7 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     try:
         vocab.encode(prompt)
     except UserError as e:
-        where = "--prompt" if given else "the run's sample.prompt"
+        where = "--prompt" if prompt_given else "the run's sample.prompt"
         raise UserError(f"{where} {prompt!r}: {e}") from None
     # A plugin component's bug is one error naming it: found before any text where the check before
     # training finds it, else where it is met. A key/value cache that does not match a full pass is a
