@@ -58,34 +58,37 @@ def losses(run_dir: Path, key: str) -> list[float]:
     return [r[key] for r in records if key in r]
 
 
-@pytest.mark.parametrize("micro_batch", [None, 2], ids=["whole-batch", "micro-batches"])
-def test_two_processes_take_the_steps_of_one(tmp_path, write_recipe, micro_batch):
-    recipe = write_recipe(train={"batch_size": 8, "max_steps": 5, "log_every": 1, "eval_every": 2, "eval_batches": 3,
-                                 "micro_batch_size": micro_batch})
-    result = torchrun("run", recipe, "--runs-dir", tmp_path / "ddp")
-    assert result.returncode == 0, result.stdout
-    (run_dir,) = (tmp_path / "ddp").iterdir()  # rank 0 alone made a run folder...
-    assert result.stdout.count("Finished:") == 1  # ...and reported
-    assert " on cpu (fp32, 2 processes with gloo, 4 rows of each batch apiece" in result.stdout
-    assert {"checkpoint.pt", "metrics.jsonl", "summary.json"} <= {p.name for p in run_dir.iterdir()}
-    assert json.loads((run_dir / "summary.json").read_text())["processes"] == 2
-
-    single = train(load_recipe(recipe), runs_dir=tmp_path / "one", quiet=True).run_dir
-    assert json.loads((single / "summary.json").read_text())["processes"] == 1
-    assert len(losses(run_dir, "train_loss")) == 5
-    assert losses(run_dir, "train_loss") == pytest.approx(losses(single, "train_loss"), abs=1e-5)
-    assert losses(run_dir, "val_loss") == pytest.approx(losses(single, "val_loss"), abs=1e-5)
-    two = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
-    one = torch.load(single / "checkpoint.pt", weights_only=True)["model"]
-    for name, weight in one.items():
-        torch.testing.assert_close(two[name], weight, atol=1e-5, rtol=1e-4, msg=name)
-
-
-OPEN_AT_EXIT = """
+PROBE = """
 import atexit
+import json
 import os
 
+import torch.distributed.algorithms.ddp_comm_hooks.default_hooks as hooks
+
 from gptkit.cli import main
+from gptkit.data.dataset import CharDataset
+from gptkit.training.distributed import Distributed
+
+rows, buckets, reduced = [], set(), []
+batch, wrap = CharDataset.batch, Distributed.wrap
+
+
+def batch_recorded(self, starts, split="train"):
+    if split == "train":
+        rows.append(starts.tolist())
+    return batch(self, starts, split)
+
+
+def wrap_counted(self, model, device):  # counts DDP's gradient all-reduces, bucket by bucket
+    ddp = wrap(self, model, device)
+
+    def hook(state, bucket):
+        buckets.add(bucket.index())
+        reduced.append(bucket.index())
+        return hooks.allreduce_hook(None, bucket)
+
+    ddp.register_comm_hook(None, hook)
+    return ddp
 
 
 def sockets() -> int:
@@ -102,24 +105,59 @@ def gloo_threads() -> int:  # pt_gloo_runloop, gloo_tcp_loop
     return sum("gloo" in open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task"))
 
 
+def report():
+    with open(os.path.join(os.environ["PROBE_DIR"], f"rank{os.environ['RANK']}.json"), "w") as f:
+        json.dump({"rows": rows, "buckets": len(buckets), "all_reduces": len(reduced),
+                   "sockets": sockets(), "gloo_threads": gloo_threads()}, f)
+
+
+CharDataset.batch, Distributed.wrap = batch_recorded, wrap_counted
 # Registered before gptkit joins the job, so run after gptkit's own exit handler (atexit is last in, first out).
-# One write per line: print's text and newline, written apart, interleave with the other process's.
-atexit.register(lambda: os.write(1, f"rank {os.environ['RANK']} at exit: {sockets()} sockets, "
-                                    f"{gloo_threads()} gloo threads\\n".encode()))
+atexit.register(report)
 main(prog_name="gptkit")
 """
 
 
-def test_a_finished_run_closes_its_connections_before_python_shuts_down(tmp_path, write_recipe):
-    # A gloo thread left running into the interpreter's shutdown dropped a tensor there now and then, and
-    # the process aborted ("terminate called without an active exception") after a good run.
-    script = tmp_path / "open_at_exit.py"
-    script.write_text(OPEN_AT_EXIT)
-    result = torchrun("run", write_recipe(train={"batch_size": 8, "max_steps": 2}), "--runs-dir", tmp_path / "ddp",
-                      "-q", entry=(script,))
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="counts sockets and threads through /proc")
+@pytest.mark.parametrize("micro_batch", [None, 2], ids=["whole-batch", "micro-batches"])
+def test_two_processes_take_the_steps_of_one(tmp_path, write_recipe, micro_batch, monkeypatch):
+    """Each process trains on its own half of every batch; gradients are all-reduced once per step,
+    micro-batches or not; the losses and weights are those of one process on the whole batch."""
+    recipe = write_recipe(train={"batch_size": 8, "max_steps": 5, "log_every": 1, "eval_every": 2, "eval_batches": 3,
+                                 "micro_batch_size": micro_batch})
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    monkeypatch.setenv("PROBE_DIR", str(tmp_path))
+    result = torchrun("run", recipe, "--runs-dir", tmp_path / "ddp", entry=(script,))
     assert result.returncode == 0, result.stdout
-    assert sorted(line for line in result.stdout.splitlines() if " at exit: " in line) == [
-        "rank 0 at exit: 0 sockets, 0 gloo threads", "rank 1 at exit: 0 sockets, 0 gloo threads"], result.stdout
+    (run_dir,) = (tmp_path / "ddp").iterdir()  # rank 0 alone made a run folder...
+    assert result.stdout.count("Finished:") == 1  # ...and reported
+    assert " on cpu (fp32, 2 processes with gloo, 4 rows of each batch apiece" in result.stdout
+    assert {"checkpoint.pt", "metrics.jsonl", "summary.json"} <= {p.name for p in run_dir.iterdir()}
+    assert json.loads((run_dir / "summary.json").read_text())["processes"] == 2
+    probes = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    from gptkit.data.dataset import CharDataset
+
+    batch, single_rows = CharDataset.batch, []
+    monkeypatch.setattr(CharDataset, "batch", lambda self, starts, split="train": (
+        single_rows.append(starts.tolist()) if split == "train" else None, batch(self, starts, split))[1])
+    single = train(load_recipe(recipe), runs_dir=tmp_path / "one", quiet=True).run_dir
+    assert [a + b for a, b in zip(probes[0]["rows"], probes[1]["rows"])] == single_rows  # halves of each batch
+    assert all(len(r) == 4 for probe in probes for r in probe["rows"]) and len(single_rows) == 5
+    for probe in probes:  # no_sync: micro-batches but the last keep their gradients local
+        assert probe["all_reduces"] == 5 * probe["buckets"], probe
+        # A gloo thread left running into the interpreter's shutdown dropped a tensor there now and then, and
+        # the process aborted ("terminate called without an active exception") after a good run.
+        assert (probe["sockets"], probe["gloo_threads"]) == (0, 0), probe
+    assert json.loads((single / "summary.json").read_text())["processes"] == 1
+    assert len(losses(run_dir, "train_loss")) == 5
+    assert losses(run_dir, "train_loss") == pytest.approx(losses(single, "train_loss"), abs=1e-5)
+    assert losses(run_dir, "val_loss") == pytest.approx(losses(single, "val_loss"), abs=1e-5)
+    two = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+    one = torch.load(single / "checkpoint.pt", weights_only=True)["model"]
+    for name, weight in one.items():
+        torch.testing.assert_close(two[name], weight, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def worker_of_rank(agent: int, rank: int) -> int:
