@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from gptkit import load_recipe, train, train_model
-from gptkit.registry import registry
+from gptkit.recipe import Recipe
+from gptkit.registry import kinds, registry
 from gptkit.training.checkpoint import load_model
 from conftest import trainer_for
 
@@ -182,9 +183,14 @@ def test_seed_makes_runs_identical(tmp_path, write_recipe):
     assert la == lb
 
 
-COMPONENT_FIELDS = {"attention": "model", "feedforward": "model", "norm": "model", "positional": "model",
-                    "optimizer": "train", "schedule": "train"}
+# Every recipe field named after a component kind (model.attention, train.optimizer, data.corpus, ...).
+COMPONENT_FIELDS = {field: section for section, info in Recipe.model_fields.items()
+                    for field in getattr(info.annotation, "model_fields", {}) if field in kinds()}
 SWAPS = [f"{section}.{kind}={name}" for kind, section in COMPONENT_FIELDS.items() for name in registry(kind).names()]
+
+
+def test_every_kind_is_a_recipe_field():
+    assert sorted(COMPONENT_FIELDS) == sorted(kinds())
 
 
 @pytest.mark.parametrize("override", SWAPS + ["train.precision=bf16", "model.dropout=0.1"])
@@ -192,6 +198,20 @@ def test_every_component_and_setting_trains(tmp_path, write_recipe, override):
     result = train(load_recipe(write_recipe(train={"max_steps": 2}), [override]), runs_dir=tmp_path / "runs", quiet=True)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and math.isfinite(summary["final_val_loss"]), summary
+
+
+def test_bf16_trains_in_bf16_on_a_cpu(tmp_path, write_recipe, monkeypatch):
+    """train.precision: bf16 is autocast (the CPU too, when asked): matmuls in bf16, weights in fp32."""
+    from gptkit.model import GPT
+
+    seen = []
+    forward = GPT.forward
+    monkeypatch.setattr(GPT, "forward", lambda self, *a, **k: (
+        seen.append((torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None,
+                     self.lm_head.weight.dtype)), forward(self, *a, **k))[1])
+    train(load_recipe(write_recipe(train={"max_steps": 1, "precision": "bf16", "device": "cpu"})),
+          runs_dir=tmp_path / "runs", quiet=True)
+    assert (torch.bfloat16, torch.float32) in seen, seen  # (the checks before training run in fp32)
 
 
 def test_resuming_a_folder_that_cannot_be_written_is_one_error(tmp_path, write_recipe, cli, monkeypatch):
