@@ -103,6 +103,16 @@ def test_sample_names_an_argument_of_the_wrong_type(model, prompt, message):
         sample(model or tiny_model(), Vocab([chr(65 + i) for i in range(CONFIG.vocab_size)]), prompt, 3)
 
 
+def test_a_seed_repeats_a_sample_and_no_seed_draws_anew():
+    from gptkit.data.vocab import Vocab
+    from gptkit.sampling import sample
+
+    vocab = Vocab([chr(65 + i) for i in range(CONFIG.vocab_size)])
+    model = tiny_model()  # untrained: near-uniform over its vocabulary, so 40 tokens repeat by chance ~never
+    assert sample(model, vocab, "A", 40, temperature=1.0, seed=3) == sample(model, vocab, "A", 40, temperature=1.0, seed=3)
+    assert sample(model, vocab, "A", 40, temperature=1.0) != sample(model, vocab, "A", 40, temperature=1.0)
+
+
 def test_a_prompts_line_endings_are_read_as_a_texts_are():
     """\\r\\n (a prompt pasted from Windows) and a lone \\r are \\n, which the vocabulary has; \\r it never has."""
     from gptkit.data.vocab import Vocab
