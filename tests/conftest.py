@@ -15,9 +15,16 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from hypothesis import settings
 
 from gptkit.cli import main
 from gptkit.registry import forget_plugins
+
+# The same examples on every run, so that CI's verdict is the code's, not the draw's; search anew with
+# HYPOTHESIS_PROFILE=explore.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 WORDS = ("the king and queen speak of love and war to all who hear my lord good night sweet "
          "prince what say you now come hither fair lady I pray thee tell me true").split()
@@ -205,3 +212,10 @@ def install(tmp_path, monkeypatch):
     for module in modules:
         sys.modules.pop(module, None)
     forget_plugins()
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """A machine without CUDA, on any machine: the errors for a GPU asked for and not there."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)

@@ -51,7 +51,9 @@ def test_bench_json_reports_every_variant_against_the_first(cli, write_recipe):
         assert len(v["round_ms"]) == 2 and v["ms_per_step"] > 0
         assert v["tokens_per_s"] == pytest.approx(8 * 32 / (v["ms_per_step"] / 1000))  # batch 8 x block 32
         assert v["flops_per_s"] == pytest.approx(v["flops_per_token"] * v["tokens_per_s"])
-        assert 0 < v["mfu"] < 1 and v["peak_memory"] > 10 * 2**20  # a whole process: torch alone is more
+        # (not mfu < 1: a peak measured while a neighbour slowed the machine can put a step above it)
+        assert v["mfu"] == pytest.approx(v["flops_per_s"] / report["peak_flops"]) and v["mfu"] > 0
+        assert v["peak_memory"] > 10 * 2**20  # a whole process: torch alone is more
     table = format_report(report)
     assert "model.attention=naive" in table and "tokens/s" in table and "MFU" in table
 
@@ -134,10 +136,10 @@ def test_a_corpus_that_makes_too_little_data_is_found_out_before_any_work(cli, w
 
 
 def test_each_variant_reports_its_own_peak_memory(write_recipe):
-    ballast = torch.ones(100 * 2**20)  # 400 MB in the parent, which a worker's peak must not inherit
+    ballast = torch.ones(2**28)  # 1 GiB in the parent, which a worker's peak must not inherit
     report = run_bench(write_recipe(), steps=1, warmup=1, rounds=1, log=lambda *a: None)
     del ballast
-    assert 10 * 2**20 < report["variants"][0]["peak_memory"] < 400 * 2**20
+    assert 10 * 2**20 < report["variants"][0]["peak_memory"] < 2**30
 
 
 @pytest.mark.parametrize("as_json", [False, True])
@@ -197,14 +199,17 @@ def test_a_cpu_peak_shrinks_its_matmul_to_the_time_budget(monkeypatch):
     assert peak.cpu_size(torch.float32, 1536) == 1536
 
 
-def test_each_variant_is_measured_against_the_peak_of_its_own_dtype(write_recipe):
+def test_each_variant_is_measured_against_the_peak_of_its_own_dtype(write_recipe, monkeypatch):
+    # Not measured: a CPU without native bf16 emulates it, for seconds.
+    monkeypatch.setattr("gptkit.bench.matmul_peak", lambda device, dtype: (
+        {torch.float32: 2e9, torch.bfloat16: 5e9}[dtype], f"measured: {str(dtype).removeprefix('torch.')} matmul"))
     threads = torch.get_num_threads()
     report = run_bench(write_recipe(), vary=["train.precision=fp32,bf16"], steps=1, warmup=1, rounds=1,
                        threads=1, log=lambda line: None)
     assert torch.get_num_threads() == threads  # the caller's setting is left as it was
     assert [p["source"].split()[1] for p in report["peaks"]] == ["float32", "bfloat16"]
-    for v, peak in zip(report["variants"], report["peaks"]):
-        assert v["peak_flops"] == peak["flops"] and v["mfu"] == pytest.approx(v["flops_per_s"] / peak["flops"])
+    for v, measured in zip(report["variants"], report["peaks"]):
+        assert v["peak_flops"] == measured["flops"] and v["mfu"] == pytest.approx(v["flops_per_s"] / measured["flops"])
     assert "tokens/step 256, 256;" in format_report(report)
 
 
@@ -230,10 +235,9 @@ def test_run_bench_checks_its_arguments(write_recipe, kwargs, error):
         run_bench(write_recipe(), **kwargs)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("flags,named", [(["--vary", "train.device=cpu,cuda"], "--vary train.device=cuda"),
                                          (["--set", "train.device=cuda"], "--set train.device=cuda")])
-def test_a_missing_device_is_named_by_its_flag_before_the_peak(cli, write_recipe, flags, named):
+def test_a_missing_device_is_named_by_its_flag_before_the_peak(cli, write_recipe, flags, named, no_gpu):
     result = cli("bench", write_recipe(), *flags, "--steps", "1", "--warmup", "1", "--rounds", "1")
     assert result.exit_code == 2 and "Peak" not in result.output, result.output
     assert result.output.startswith(f"error: {named}: train.device: cuda was asked for"), result.output
@@ -247,7 +251,7 @@ if "--multiprocessing-fork" in sys.orig_argv:
     with open(os.environ["WORKER_PID"] + ".tmp", "w") as f:
         f.write(str(os.getpid()))
     os.replace(os.environ["WORKER_PID"] + ".tmp", os.environ["WORKER_PID"])
-    time.sleep(5)
+    time.sleep(2)  # the test signals as soon as the pid is written
 """
 
 

@@ -5,7 +5,6 @@ import os
 import sys
 
 import pytest
-import torch
 import yaml
 
 GOOD = """name: bad
@@ -256,15 +255,13 @@ def test_runs_dir_that_is_a_file(cli, tmp_path, write_recipe):
     assert result.exit_code == 0 and result.stderr.startswith("warning: train.schedule (cosine) never reaches")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_asked_for_without_a_gpu(cli, tmp_path, write_recipe):
+def test_cuda_asked_for_without_a_gpu(cli, tmp_path, write_recipe, no_gpu):
     result = cli("run", write_recipe(train={"device": "cuda"}), "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and "no such CUDA device is visible" in result.output
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("command", [["run", "--runs-dir", "runs"], ["validate"]])
-def test_cuda_asked_for_by_a_set_without_a_gpu_names_the_set(cli, tmp_path, write_recipe, command):
+def test_cuda_asked_for_by_a_set_without_a_gpu_names_the_set(cli, tmp_path, write_recipe, command, no_gpu):
     result = cli(command[0], write_recipe(), "--set", "train.device=cuda", *command[1:])
     assert result.exit_code == 2 and result.output == ("error: --set train.device=cuda: train.device: cuda was asked for, "
                                                        "but no such CUDA device is visible; use auto or cpu\n")

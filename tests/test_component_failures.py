@@ -969,7 +969,8 @@ def test_the_causality_check_leaves_the_model_as_it_was(temporary_component):
     assert norms and all(not m.mean.any() and m.seen is None and m.calls == 0 for m in norms)
 
 
-def test_the_causality_check_leaves_an_output_that_is_not_finite_to_training(temporary_component):
+def test_the_causality_check_leaves_an_output_that_is_not_finite_to_training(temporary_component, write_recipe,
+                                                                            tmp_path):
     from gptkit.components.feedforward import MLP
     from gptkit.diagnose import check_causal
     from gptkit.model import build_model
@@ -981,4 +982,9 @@ def test_the_causality_check_leaves_an_output_that_is_not_finite_to_training(tem
 
     temporary_component("feedforward", "nan", Nan)
     section = ModelSection(n_embd=32, n_head=4, n_layer=2, block_size=8, feedforward="nan")
-    check_causal(build_model(section, 11), section)  # raises nothing: training says it diverges
+    check_causal(build_model(section, 11), section)  # raises nothing: NaN != NaN is no leak of the future
+    from gptkit import load_recipe, train
+    from gptkit.errors import Diverged
+
+    with pytest.raises(Diverged, match="^training diverged at step 1: the model's loss is nan before any update"):
+        train(load_recipe(write_recipe(model={"feedforward": "nan"}, train={"max_steps": 2})), runs_dir=tmp_path, quiet=True)

@@ -211,8 +211,7 @@ def test_checks_run_on_the_device_asked_for(temporary_component):
     assert seen == {"meta"} and torch.get_default_device().type == "cpu"  # and the default is put back
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")
-def test_check_on_a_missing_gpu_is_one_error(cli):
+def test_check_on_a_missing_gpu_is_one_error(cli, no_gpu):
     result = cli("check", "norm", "rmsnorm", "--device", "cuda")
     assert result.exit_code == 2 and "error: --device: cuda was asked for, but no such CUDA device is visible" \
         in result.output, result.output
@@ -340,11 +339,10 @@ def test_running_out_of_memory_is_one_error_naming_the_sizes(cli, monkeypatch):
 @pytest.mark.parametrize("spec, device, message", [
     ({"name": "mlp", "hidden": "x"}, "cpu", r"feedforward 'mlp': hidden: Input should be a valid integer \(got 'x'\)"),
     ({"hidden": 64}, "cpu", r"feedforward: name: say which feedforward to use with 'name: \.\.\.'; one of: .*mlp.*"),
-    pytest.param("mlp", "cuda", r"device: cuda was asked for, but no such CUDA device is visible; use auto or cpu",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")),
+    ("mlp", "cuda", r"device: cuda was asked for, but no such CUDA device is visible; use auto or cpu"),
     ("mlp", "cdua", r"device: unknown device 'cdua'; use auto, cpu, cuda, cuda:N or mps"),
 ])
-def test_a_mistake_in_what_check_component_is_asked_is_one_user_error(spec, device, message):
+def test_a_mistake_in_what_check_component_is_asked_is_one_user_error(spec, device, message, no_gpu):
     with pytest.raises(UserError, match=f"^{message}$"):
         check_component("feedforward", spec, device=device)
 

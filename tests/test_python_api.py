@@ -168,9 +168,8 @@ def test_train_model_data_path_of_a_recipe_object_is_the_users_text_not_a_corpus
 
 
 # ---- load_model: a device that is not there, and a file that is not a checkpoint ------------------
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("device", ["cuda", torch.device("cuda", 0)], ids=["str", "torch.device"])
-def test_load_model_on_a_missing_gpu_is_a_user_error(tmp_path, device):
+def test_load_model_on_a_missing_gpu_is_a_user_error(tmp_path, device, no_gpu):
     with pytest.raises(UserError, match="load_model.s device: cuda.* was asked for, but no such CUDA device is"):
         load_model(tmp_path, device=device)
 
@@ -351,8 +350,7 @@ def test_train_model_names_the_override_that_does_not_fit_the_data(tmp_path, wri
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_train_model_names_the_override_that_asked_for_a_missing_gpu(tmp_path, write_recipe):
+def test_train_model_names_the_override_that_asked_for_a_missing_gpu(tmp_path, write_recipe, no_gpu):
     with pytest.raises(UserError, match=r"^overrides 'train.device=cuda': train.device: cuda was asked for, but no such"):
         train_model(write_recipe(), overrides=["train.device=cuda"], runs_dir=tmp_path / "runs")
     assert not (tmp_path / "runs").exists()

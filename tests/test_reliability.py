@@ -1137,8 +1137,8 @@ def test_resume_auto_passes_by_a_run_whose_recipe_differs(tmp_path, write_recipe
     path = write_recipe(model=ONE_LAYER, train={"max_steps": 6, "checkpoint_every": 2})
     runs = tmp_path / "runs"
     same = interrupted_at(monkeypatch, path, runs, 2)
-    time.sleep(0.02)  # the newer folder by its time
     other = interrupted_at(monkeypatch, path, runs, 2, ["train.lr=0.002"])
+    os.utime(same, (time.time() - 60, time.time() - 60))  # the newer folder by its time, whatever the clock's grain
     capsys.readouterr()
     result = train(load_recipe(path), runs_dir=runs, quiet=True, resume="auto")  # the older one, of this recipe
     assert result.run_dir == same and result.summary["status"] == "finished" and result.summary["steps"] == 6
