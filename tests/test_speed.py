@@ -104,6 +104,14 @@ def test_a_failed_compilation_falls_back_to_the_same_eager_step(write_recipe, ca
         torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 
+def test_a_step_through_dynamo_matches_eager(write_recipe, monkeypatch):
+    """The trainer's compiled path (graph capture, AOT autograd, micro-batches through the compiled model)
+    in the default suite: the slow test below adds inductor's generated kernels."""
+    compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: compile(model, backend="aot_eager"))
+    test_compiled_step_matches_eager(write_recipe)
+
+
 @pytest.mark.slow
 def test_compiled_step_matches_eager(write_recipe):
     path = write_recipe(train={"batch_size": 8})
@@ -111,6 +119,7 @@ def test_compiled_step_matches_eager(write_recipe):
     fast, _ = trainer_for(path, "train.compile=true", "train.micro_batch_size=4")
     g_eager, loss_eager = gradients_and_loss(eager, starts)
     g_fast, loss_fast = gradients_and_loss(fast, starts)
+    assert fast.is_compiled  # and did not fall back to eager
     assert float(loss_fast) == pytest.approx(float(loss_eager), rel=1e-4)
     for a, b in zip(g_eager, g_fast, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
