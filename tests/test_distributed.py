@@ -154,6 +154,26 @@ def test_two_processes_take_the_steps_of_one(tmp_path, write_recipe, micro_batch
         torch.testing.assert_close(two[name], weight, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_a_run_stopped_in_one_process_goes_on_in_two(tmp_path, write_recipe, monkeypatch):
+    """The same global batch, taken apart otherwise: the steps after the resumption are close to an
+    uninterrupted run's, not bit-identical."""
+    from conftest import stop_at
+
+    from gptkit.errors import Interrupted
+
+    recipe = write_recipe(train={"batch_size": 8, "max_steps": 6, "log_every": 1})
+    whole = train(load_recipe(recipe), runs_dir=tmp_path / "whole", quiet=True).run_dir
+    with monkeypatch.context() as m:
+        stop_at(m, "train_step", 3)
+        with pytest.raises(Interrupted) as e:
+            train(load_recipe(recipe), runs_dir=tmp_path / "runs", quiet=True)
+    result = torchrun("run", "--resume", e.value.run_dir, "-q")
+    assert result.returncode == 0, result.stdout
+    summary = json.loads((e.value.run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["steps"], summary["processes"]) == ("finished", 6, 2), summary
+    assert losses(e.value.run_dir, "train_loss") == pytest.approx(losses(whole, "train_loss"), abs=1e-4)
+
+
 def worker_of_rank(agent: int, rank: int) -> int:
     """The pid of torchrun's worker process with RANK=rank."""
     for child in Path(f"/proc/{agent}/task/{agent}/children").read_text().split():
