@@ -17,7 +17,7 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category
 _EXPORTS = {
     "train_model": ".api",
     "GPTConfig": ".components", "Params": ".components",
-    "UserError": ".errors", "RunStopped": ".errors", "Interrupted": ".errors", "RunFailed": ".errors",
+    "UserError": ".errors", "GptkitWarning": ".errors", "RunStopped": ".errors", "Interrupted": ".errors", "RunFailed": ".errors",
     "Diverged": ".errors",
     "ComponentError": ".errors", "RecipeError": ".recipe.load", "RegistryError": ".registry",
     "Vocab": ".data.vocab",
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .api import train_model
     from .components import GPTConfig, Params
     from .data.vocab import Vocab
-    from .errors import ComponentError, Diverged, Interrupted, RunFailed, RunStopped, UserError
+    from .errors import ComponentError, Diverged, GptkitWarning, Interrupted, RunFailed, RunStopped, UserError
     from .model import GPT, Block, build_model
     from .recipe import Recipe, load_recipe
     from .recipe.load import RecipeError

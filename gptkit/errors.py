@@ -5,6 +5,8 @@ import contextlib
 import contextvars
 import copyreg
 import difflib
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 
 
@@ -112,6 +114,19 @@ def a(noun: str) -> str:
 def listing(choices: Iterable[str]) -> str:
     choices = sorted(choices)
     return ", ".join(choices) if choices else "(none)"
+
+
+class GptkitWarning(UserWarning):
+    """What gptkit warns of: a `gptkit` command prints each as one line, `warning: MESSAGE`; from Python,
+    filter them as any warning, e.g. `warnings.simplefilter("ignore", gptkit.GptkitWarning)`."""
+
+
+def warn(message: str, category: type[Warning] = GptkitWarning) -> None:
+    """warnings.warn(message), attributed to the first caller outside gptkit (a notebook's `train(...)` line)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "gptkit":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 class RunStopped(BaseException):

@@ -285,3 +285,32 @@ def test_a_signal_while_a_worker_starts_ends_all_quietly(write_recipe, tmp_path,
     assert proc.returncode == code and "Traceback" not in out and "Error" not in out, out
     if last_line:
         assert out.rstrip().splitlines()[-1] == last_line, out
+
+
+NO_COMPILER = """
+import multiprocessing
+
+import torch
+from torch._inductor.exc import InductorError
+
+
+def no_compiler(graph, example_inputs):  # fails as inductor does without a C++ compiler
+    raise InductorError(RuntimeError("InvalidCxxCompiler: no working C++ compiler"), None)
+
+
+if multiprocessing.parent_process() is not None:  # a bench worker, not the test's own process
+    compile = torch.compile
+    torch.compile = lambda model, mode=None: compile(model, backend=no_compiler)
+"""
+
+
+def test_a_variant_whose_compilation_fails_is_measured_eager_and_says_so(cli, write_recipe, tmp_path):
+    (tmp_path / "no_compiler.py").write_text(NO_COMPILER)  # imported by the workers, which compile
+    result = cli("bench", write_recipe(imports=["no_compiler.py"]), "--vary", "train.compile=true,false",
+                 "--steps", "1", "--warmup", "1", "--rounds", "1", "--json")
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.stderr.splitlines() if "warning" in line]  # (--json: the progress is there too)
+    assert said == ["warning: variant train.compile=true: train.compile: torch.compile failed (RuntimeError: "
+                    "InvalidCxxCompiler: no working C++ compiler); training without it. Set train.compile=false to "
+                    "skip compiling"], result.stderr
+    assert [v["compiled"] for v in json.loads(result.stdout)["variants"]] == [False, False]

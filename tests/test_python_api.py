@@ -566,3 +566,17 @@ def test_a_sweep_that_skips_failed_runs_is_stopped_by_a_ctrl_c(tmp_path, write_r
         sweep(1e-3, 1e-2)
     assert isinstance(e.value, KeyboardInterrupt) and e.value.exit_code == 143
     assert len(list((tmp_path / "runs").iterdir())) == 2  # the second lr never started
+
+
+def test_training_warnings_are_python_warnings_from_the_callers_line(tmp_path, write_recipe, capsys):
+    """Filtered as any warning; said at the line that called train, not inside gptkit."""
+    import warnings
+
+    path = write_recipe(train={"schedule": {"name": "cosine", "warmup_steps": 50}})  # longer than the run
+    with pytest.warns(gptkit.GptkitWarning, match=r"^train\.schedule \(cosine\) never reaches train\.lr") as caught:
+        train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    assert [Path(w.filename).name for w in caught] == [Path(__file__).name], [(w.filename, w.message) for w in caught]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gptkit.GptkitWarning)
+        train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    assert capsys.readouterr().err == ""

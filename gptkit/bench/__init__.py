@@ -24,7 +24,7 @@ import torch
 
 from ..device import resolve_device, use_bf16
 from ..data.dataset import load_dataset
-from ..errors import Interrupted, RunFailed, RunStopped, UserError, counted, first_line
+from ..errors import Interrupted, RunFailed, RunStopped, UserError, counted, first_line, warn
 from ..recipe import load_recipe, yaml
 from ..recipe.load import recipe_device
 from ..recipe.vary import parse_vary as parse_vary_flags
@@ -265,6 +265,8 @@ def measure(found: list[Variant], recipes: list, threads: int, warmup: int, step
             info = reply(v, parent, proc, ("warmup", warmup))
             if info is None:
                 continue
+            for said in info["warnings"]:  # a compilation that failed, say: the variant is measured without it
+                warn(f"{v.which}{said}")
             v.warmup_seconds = info["build_seconds"] + info["seconds"]
             for key in ("params", "flops_per_token", "tokens_per_step", "micro_batch_size", "compiled"):
                 setattr(v, key, info[key])

@@ -17,13 +17,14 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..data.dataset import load_dataset
 from ..device import resolve_device
-from ..errors import UserError, out_of_memory_as
+from ..errors import GptkitWarning, UserError, out_of_memory_as
 from ..recipe.load import validate
 from ..training.build import build_checked
 from ..training.trainer import Trainer
@@ -104,11 +105,17 @@ def serve(conn, recipe_dict: dict) -> None:
         while True:
             command, *args = conn.recv()
             if command == "warmup":
-                bench = Bench(recipe_dict)
-                seconds = bench.steps(args[0])  # a compilation that fails here falls back to eager
+                with warnings.catch_warnings(record=True) as caught:  # gptkit's, for the parent to say
+                    warnings.simplefilter("always", GptkitWarning)
+                    bench = Bench(recipe_dict)
+                    seconds = bench.steps(args[0])  # a compilation that fails here falls back to eager
+                for w in caught:
+                    if not issubclass(w.category, GptkitWarning):
+                        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
                 if bench.device.type == "cuda":  # the timed steps' memory, not compilation's or autotuning's
                     torch.cuda.reset_peak_memory_stats(bench.device)
-                conn.send({**bench.info, "compiled": bench.trainer.is_compiled, "seconds": seconds})
+                said = [str(w.message) for w in caught if issubclass(w.category, GptkitWarning)]
+                conn.send({**bench.info, "compiled": bench.trainer.is_compiled, "seconds": seconds, "warnings": said})
             elif command == "run":
                 conn.send({"seconds": bench.steps(args[0])})
             else:

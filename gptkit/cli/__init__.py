@@ -7,6 +7,7 @@ import io
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import click
 
 from .. import plugins
-from ..errors import RunStopped, UserError, command_line
+from ..errors import GptkitWarning, RunStopped, UserError, command_line
 from ..io import expand_home, quote
 from ..ranks import first_on_machine, rank, stray_world_size, under_torchrun, unset_by_torchrun
 
@@ -28,7 +29,7 @@ class Group(click.Group):
         words = sys.argv[1:] if args is None else list(args)
         # Under torchrun every process meets the same command line: help and version said once per machine.
         said = first_on_machine() or not any(w in ("-h", "--help", "--version") for w in words)
-        with reader_may_go(), command_line(), (contextlib.nullcontext() if said else silenced()):
+        with reader_may_go(), command_line(), one_line_warnings(), (contextlib.nullcontext() if said else silenced()):
             return super().main(args, *rest, **kwargs)  # errors name this command's flags, not Python's arguments
 
     def make_context(self, *args, **kwargs):
@@ -171,6 +172,24 @@ def _pipe_safe(stream, original) -> io.TextIOWrapper | None:
     return io.TextIOWrapper(io.BufferedWriter(safe) if buffer is not raw else safe, encoding=stream.encoding,
                             errors=errors, newline=None if os.name == "nt" else "\n",
                             line_buffering=stream.line_buffering, write_through=stream.write_through)
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Within it, each of gptkit's warnings is one line on stderr, `warning: MESSAGE`, every time it is
+    warned (an ablation's runs may each warn the same); other warnings are shown as Python shows them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", GptkitWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, *rest, **kwargs):
+            if issubclass(category, GptkitWarning):
+                click.echo(f"warning: {message}", err=True)
+            else:
+                shown(message, category, *rest, **kwargs)
+
+        warnings.showwarning = show
+        yield
 
 
 @contextlib.contextmanager

@@ -1,6 +1,5 @@
 import contextlib
 import time
-import warnings
 
 import click
 
@@ -9,23 +8,8 @@ from ..diagnose import blaming, check_forward, component_specs
 from ..errors import OutOfMemory, UserError, out_of_memory_as, out_of_memory_on
 from ..sampling import MAX_TOKENS, SEEDS, one_newline
 from ..sampling import sample as sample_model
-from ..training.checkpoint import PluginChangedWarning, load_model
+from ..training.checkpoint import load_model
 from . import finite, main, non_empty_path, reader_gone
-
-
-def load(run_dir, device):
-    """load_model's (model, recipe, vocab), unchecked (sample checks it), with one line on stderr for each
-    model component whose plugin version or code differs from the run's: the text may differ, so
-    it is said, not refused. Other warnings go on as they would."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PluginChangedWarning)
-        loaded = load_model(run_dir, device, check=False)
-    for w in caught:
-        if issubclass(w.category, PluginChangedWarning):
-            click.echo(f"warning: {w.message}", err=True)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    return loaded
 
 
 def sampling_memory(device) -> contextlib.AbstractContextManager[None]:
@@ -76,7 +60,8 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     """
     device = resolve_device(device, "--device")
     with sampling_memory(device):  # taking the model onto the device
-        model, recipe, vocab = load(run_dir, device)
+        # unchecked: checked below, as --cache asks; a component from another plugin version is a warning
+        model, recipe, vocab = load_model(run_dir, device, check=False)
     s = recipe.sample  # what the run itself sampled with, unless the command line says otherwise
     prompt_given = prompt is not None
     prompt = s.prompt if prompt is None else one_newline(prompt)

@@ -4,7 +4,6 @@ import codecs
 import collections
 import pickle
 import re
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from .. import plugins
 from ..data.vocab import Vocab
 from ..device import keep_random_state, resolve_device, torch_defaults
 from ..diagnose import check_forward
-from ..errors import OutOfMemory, UserError, on_command_line, one_line, out_of_memory
+from ..errors import GptkitWarning, OutOfMemory, UserError, on_command_line, one_line, out_of_memory, warn
 from ..io import atomic_write, check_path_argument, expand_home, missing, quote
 from ..model import build_model
 from ..recipe import Recipe, validate
@@ -231,7 +230,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", check: bool
     state = load_checkpoint(path)
     recipe = stored_recipe(state, path)
     for change in plugin_changes(state.get("plugins"), recipe, prefix="model."):
-        warnings.warn(f"{change}; sampling with it", PluginChangedWarning, stacklevel=2)
+        warn(f"{change}; sampling with it", PluginChangedWarning)
     # float32 weights whatever the caller's default dtype; the initial weights drawn and overwritten cost a
     # notebook's later draws nothing
     with torch_defaults(), keep_random_state(device):
@@ -240,7 +239,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", check: bool
         model = model.to(device).eval()
         warning = check_forward(model, recipe.model) if check else None
     if warning:
-        warnings.warn(warning, stacklevel=2)
+        warn(warning)
     return model, recipe, Vocab(state["itos"])
 
 
@@ -260,7 +259,7 @@ def stored_recipe(state: dict, path: str | Path) -> Recipe:
         raise UserError(f"{e}{missing_plugins(state.get('plugins', {}))}") from None
 
 
-class PluginChangedWarning(UserWarning):
+class PluginChangedWarning(GptkitWarning):
     """A loaded model's component comes from another plugin version, or other code, than it trained with."""
 
 

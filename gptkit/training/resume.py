@@ -91,7 +91,7 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset, wa
                         f"run without {arg('resume')}.")
     refuse_changes(run_dir, [how for _, how in changes_since(checkpoint, recipe, dataset)])
     for change in plugin_changes(checkpoint.get("plugins"), recipe):
-        warn(f"warning: {change}; resuming {run_dir} with it")
+        warn(f"{change}; resuming {run_dir} with it")
 
 
 def with_plugin_hint(e: UserError, run_dir: Path) -> UserError:
@@ -162,10 +162,10 @@ def _modified(folder: Path) -> float:
 
 
 def find_resumable(runs_dir: Path, recipe: Recipe, dataset, log: Callable[[str], None],
-                   warn: Callable[[str], None] = lambda message: None) -> tuple[Path, dict] | None:
+                   note: Callable[[str], None] = lambda message: None) -> tuple[Path, dict] | None:
     """The newest run of `recipe` (by its name) that has a checkpoint and that this recipe and its text
     (a CharDataset) could resume, with that checkpoint loaded; or None. A run is passed by when it
-    finished or diverged, silently, or, with a note through `warn`, when another process trains it, or
+    finished or diverged, silently, or, with a note through `note`, when another process trains it, or
     its recipe or text differs in a way `check_resumable` would refuse (`changes_since`), or its
     checkpoint cannot be read. Folders are named NAME-YYYYmmdd-HHMMSS[-N]: a recipe named `tiny` must
     not pick a run of `tiny-wide`."""
@@ -179,7 +179,7 @@ def find_resumable(runs_dir: Path, recipe: Recipe, dataset, log: Callable[[str],
             continue
         checkpoint, why = checkpoint_to_resume(run, recipe, dataset)
         if checkpoint is None:
-            warn(f"note: not resuming {run}: {why}")
+            note(f"note: not resuming {run}: {why}")
             passed += 1
             continue
         return run, checkpoint

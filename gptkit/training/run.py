@@ -24,7 +24,7 @@ from ..device import keep_random_state, resolve_device, torch_defaults
 from ..diagnose import blaming, check_forward
 from ..errors import (CheckpointError, ComponentError, Diverged, OutOfMemory, RunStopped, UserError, arg, failure_reason,
                       given, goes_on_by, on_command_line, out_of_memory, out_of_memory_as, out_of_memory_on,
-                      overrides_example)
+                      overrides_example, warn)
 from ..io import (DISK_FULL, cannot_make_folder, check_path_argument, make_folders, quote, remove_empty, write_json,
                   write_text)
 from ..model import GPT, check_components
@@ -184,7 +184,9 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
            resume: str | Path | None, run_dir: str | Path | None) -> RunResult:
     """`train` on `device`, as the process `dist` of its job."""
     log = (lambda *a: None) if quiet or not dist.is_main else print
-    warn = (lambda *a: None) if not dist.is_main else functools.partial(print, file=sys.stderr)  # even when quiet
+    # Even when quiet: notes on stderr, warnings as GptkitWarnings (one line each on the command line).
+    note = (lambda *a: None) if not dist.is_main else functools.partial(print, file=sys.stderr)
+    warn_once = (lambda *a: None) if not dist.is_main else warn  # rank 0 says it for the job
     dist.check_batch_size(recipe.train.batch_size, resuming=resume is not None)
     # A resumed run's recipe.yaml names its text by an absolute path: no relative one to explain, and the same
     # text may be read from elsewhere (data.path may change; the text's SHA-256 is checked).
@@ -198,7 +200,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     dataset.check_run(recipe.train.batch_size, recipe.sample.prompt)
     checkpoint = None
     if resume == "auto":  # a run it passes by is named, and why: another process trains it, another recipe...
-        run_dir, checkpoint = find_resumable(Path(runs_dir), recipe, dataset, log, warn) or (None, None)
+        run_dir, checkpoint = find_resumable(Path(runs_dir), recipe, dataset, log, note) or (None, None)
     elif resume is not None:
         run_dir = check_run_dir(resume)
     if resume is not None and run_dir is not None:
@@ -208,7 +210,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         if checkpoint is None and (run_dir / "checkpoint.pt").exists():  # (auto's choice is loaded already)
             checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
         if checkpoint is not None:
-            check_resumable(run_dir, checkpoint, recipe, dataset, warn)
+            check_resumable(run_dir, checkpoint, recipe, dataset, warn_once)
         else:  # stopped before its first checkpoint: nothing to continue from, so it starts over
             check_restartable(run_dir, recipe)
             log(f"{run_dir} has no checkpoint yet: starting it over")
@@ -260,7 +262,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
 
     def say_warnings() -> None:
         for w in to_warn:
-            warn(f"warning: {w}")
+            warn_once(w)
 
     def start() -> None:  # the run folder is set up: the other ranks, waiting for this vote, train too
         nonlocal ready
@@ -386,22 +388,22 @@ def write_sample(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharD
             if model.cache_mismatch is None:  # a cache bug hidden by the initial weights shows now
                 cache_warning = check_forward(model, recipe.model)  # (samples then recompute the context)
                 if cache_warning:
-                    print(f"warning: {cache_warning}", file=sys.stderr)
+                    warn(cache_warning)
             text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
     except Exception as e:
         if not out_of_memory(e):
             raise
         (run_dir / "samples.txt").unlink(missing_ok=True)  # an earlier session's, of another model
-        print(f"warning: out of memory on {out_of_memory_on(e, trainer.device)} while sampling after training, so "
-              f"there is no samples.txt; the run is finished and its checkpoint saved: sample it with gptkit sample "
-              f"{quote(run_dir)}, which holds no training state", file=sys.stderr)
+        warn(f"out of memory on {out_of_memory_on(e, trainer.device)} while sampling after training, so there is "
+             f"no samples.txt; the run is finished and its checkpoint saved: sample it with gptkit sample "
+             f"{quote(run_dir)}, which holds no training state")
         return
     try:
         write_text(run_dir / "samples.txt", text)
         where = "in samples.txt too"
     except OSError as e:  # a full disk, say: the run is trained and saved all the same
-        print(f"warning: could not write samples.txt in {run_dir}: {e.strerror or e}; the run is finished and its "
-              f"checkpoint saved: sample it with gptkit sample {quote(run_dir)}", file=sys.stderr)
+        warn(f"could not write samples.txt in {run_dir}: {e.strerror or e}; the run is finished and its checkpoint "
+             f"saved: sample it with gptkit sample {quote(run_dir)}")
         where = "not saved"
     log(f"Sample ({sp.tokens:,} characters after the prompt, {where}):\n{text}\n")
 

@@ -23,7 +23,7 @@ from ..data.dataset import CharDataset
 from ..device import use_bf16
 from ..diagnose import backward_culprit, blaming, component_specs, plugin_components, with_checks
 from ..errors import (Diverged, Interrupted, OutOfMemory, UserError, counted, goes_on_by, one_line, out_of_memory_as,
-                      out_of_memory_on)
+                      out_of_memory_on, warn)
 from ..model import GPT
 from ..recipe import Recipe
 from ..recipe.components import ComponentSpec
@@ -430,8 +430,9 @@ class Trainer:
         the first backward): training goes on without it, since the recipe asked for speed, not for
         the compiler, and the same step runs eagerly."""
         reason = one_line(getattr(e, "inner_exception", e))
-        self.progress.log(f"warning: train.compile: torch.compile failed ({reason}); training without it. "
-                          "Set train.compile=false to skip compiling")
+        if self.dist.is_main:
+            warn(f"train.compile: torch.compile failed ({reason}); training without it. Set train.compile=false "
+                 "to skip compiling")
         self.train_forward = self.wrapped
 
     def _accumulating(self, last: bool):
