@@ -251,8 +251,10 @@ def test_a_longer_budget_may_resume(tmp_path, reference):
 def test_a_new_budget_that_stretches_the_schedule_is_warned_of(tmp_path, write_recipe, cli, schedule, warned):
     path = write_recipe(train={"max_steps": 4, "lr": 0.002, "schedule": schedule})
     run = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True).run_dir
-    result = cli("run", "--resume", run, "--set", "train.max_steps=8", "-q")
+    result = cli("run", "--resume", run, "--set", "train.max_steps=8")
     assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"Resuming {run} from step 4 of 8 (it trained toward 4 steps; the recipe now "
+                                    "says 8)\n"), result.stdout
     assert ("warning: train.schedule" in result.output) == bool(warned), result.output
     if warned:
         assert f"warning: train.schedule (cosine) is now {warned}\n" in result.output
@@ -584,6 +586,8 @@ def test_a_finished_run_resumed_takes_no_step_and_reports_no_epoch(tmp_path, wri
     result = cli("run", "--resume", run, "--set", "sample.tokens=5")
     assert result.exit_code == 0 and "Epoch" not in result.output and "Val loss" not in result.output, result.output
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
+    assert result.stdout.startswith(f"{run} has taken all 6 steps of its budget: nothing to train (raise "
+                                    "train.max_steps or train.epochs to train on)"), result.stdout
 
 
 @pytest.mark.parametrize("older", [False, True], ids=["checkpoint", "older-checkpoint"])

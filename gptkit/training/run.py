@@ -36,7 +36,7 @@ from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .resume import (busy, check_restartable, check_resumable, check_run_dir, find_resumable, is_locked, lock_run,
                      remove_leftovers, truncate_metrics)
 from .signals import interrupt_on_signals, stop_on_signals
-from .trainer import Trainer
+from .trainer import Trainer, trained_toward
 
 
 @dataclass
@@ -320,7 +320,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
     remove_leftovers(run_dir)  # of a save that was killed midway
     if checkpoint is not None:
         truncate_metrics(run_dir / "metrics.jsonl", checkpoint["step"], checkpoint["trainer"]["state"]["eval_pending"])
-        log(f"Resuming {run_dir} from step {checkpoint['step']:,}")
+        log(resuming(run_dir, checkpoint, trainer))
     else:
         log(f"Run folder: {run_dir}")
     write_text(run_dir / "recipe.yaml", yaml.dump(recipe.to_dict()))  # read back by --resume: quoted so that it reads the same
@@ -375,6 +375,18 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
             raise
     summary = write_summary(run_dir, recipe, trainer, "finished", resumable=False)
     return RunResult(model.eval(), dataset, run_dir, summary)  # ready to generate: no dropout
+
+
+def resuming(run_dir: Path, checkpoint: dict, trainer: Trainer) -> str:
+    """The opening line of a resumed run: where it goes from, and to, and a budget that is not the one it
+    trained toward (a recipe given again without the --set that shortened it trains on for longer)."""
+    step, total = checkpoint["step"], trainer.total_steps
+    if step == total:
+        return (f"{run_dir} has taken all {total:,} steps of its budget: nothing to train (raise train.max_steps or "
+                "train.epochs to train on); its sample settings are saved and its sample made again")
+    toward = trained_toward(checkpoint["recipe"], trainer.steps_per_epoch)
+    changed = "" if toward in (None, total) else f" (it trained toward {toward:,} steps; the recipe now says {total:,})"
+    return f"Resuming {run_dir} from step {step:,} of {total:,}{changed}"
 
 
 def write_sample(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDataset,
