@@ -562,7 +562,8 @@ def md_rows(text: str) -> dict[str, list[str]]:
     lines = [line for line in text.splitlines() if line.startswith("| ")][1:]
     cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip().removeprefix("|").removesuffix("|"))]
              for line in lines]  # a cell's own "|" is escaped
-    return {c[0].removesuffix(" (baseline)"): c for c in cells}
+    # Keyed by label: "baseline (norm=rmsnorm)" (its values of what varies) as "baseline", "x (baseline)" as "x"
+    return {re.sub(r"^baseline \(.*\)$", "baseline", c[0].removesuffix(" (baseline)")): c for c in cells}
 
 
 def test_ablation_table_matches_the_run_summaries_and_resumes(cli, tmp_path, write_recipe, monkeypatch):
@@ -660,8 +661,9 @@ def test_the_plan_and_the_table_write_figures_alike(cli, tmp_path, write_recipe)
     result = ablate_one_arm(cli, tmp_path, write_recipe)
     assert result.exit_code == 0, result.output
     table = md_rows(result.output)
-    for label in ("baseline", "norm=layernorm"):
-        planned = re.search(rf"^  {label} +([\d,]+) params +([\d,]+) FLOPs/token", result.output, re.M)
+    assert table["baseline"][0] == "baseline (norm=rmsnorm)"  # with its value of what varies, in the plan too
+    for title, label in (("baseline (norm=rmsnorm)", "baseline"), ("norm=layernorm", "norm=layernorm")):
+        planned = re.search(rf"^  {re.escape(title)} +([\d,]+) params +([\d,]+) FLOPs/token", result.output, re.M)
         assert planned and table[label][6].startswith(planned[1]) and table[label][7] == planned[2], result.output
 
 

@@ -146,14 +146,14 @@ def describe(plan: Plan, margin: float, data: dict[str, CharDataset]) -> list[st
     base = size[plan.baseline.slug][0]
     budgets = {arm.slug: budget(arm.recipe, data[arm.slug]) for arm in plan.arms}
     same = len(set(budgets.values())) == 1
-    width = max(len(a.label) for a in plan.arms)
+    width = max(len(a.title) for a in plan.arms)
     lines = []
     for arm in plan.arms:
         params, flops = size[arm.slug]
         rel = params / base - 1
         flag = f"  ⚠ {rel:+.1%} parameters vs the baseline (margin {percent(margin)})" if abs(rel) > margin else ""
-        lines.append(f"  {arm.label.ljust(width)}  {params:>12,} params  {flops:>12,} FLOPs/token"
-                     f"{'' if same else f'  {budgets[arm.slug]}'}{'  (baseline)' if arm.baseline else ''}{flag}")
+        lines.append(f"  {arm.title.ljust(width)}  {params:>12,} params  {flops:>12,} FLOPs/token"
+                     f"{'' if same else f'  {budgets[arm.slug]}'}{flag}")
     lines += [f"Each run: {budgets[plan.baseline.slug]}"] if same else []
     notes = {arm.label: schedule_note(arm.recipe, data[arm.slug]) for arm in plan.arms}
     if len(set(notes.values())) == 1:  # the same for every arm: said once

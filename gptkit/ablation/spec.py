@@ -78,11 +78,14 @@ class Arm:
     changes: list[tuple[str, str]]     # (dotted key, YAML text) on top of the baseline
     recipe: Recipe                     # resolved, with the base recipe's seed
     baseline: bool = False
+    values: str = ""                   # the baseline's: its values of the varied keys, "positional=learned"
 
     @property
     def title(self) -> str:
-        """The label, saying so when it is the baseline's."""
-        return self.label + (" (baseline)" if self.baseline and self.label != "baseline" else "")
+        """The label, saying so when it is the baseline's, whose values of the varied keys it gives."""
+        if self.label == "baseline":
+            return f"baseline ({self.values})" if self.values else "baseline"
+        return self.label + (" (baseline)" if self.baseline else "")
 
     def for_seed(self, seed: int) -> Recipe:
         return self.recipe.model_copy(update={"seed": seed})
@@ -337,6 +340,8 @@ def plan(ablation: Ablation) -> Plan:
         seen[canonical(recipe)] = arm
     if refused:
         raise refusal(refused, len(combos) + 1)  # the baseline had none
+    flat = flatten(arms[0].recipe.to_dict())  # a component's value is its name
+    arms[0].values = " ".join(f"{short[k]}={yaml_text(flat[k] if k in flat else flat.get(f'{k}.name'))}" for k in keys)
     if len(arms) == 1:
         raise UserError(nothing_to_compare(ablation))
     unique_slugs(arms[1:])
