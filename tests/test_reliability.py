@@ -972,8 +972,29 @@ def test_sample_of_a_run_that_failed_before_its_first_save_says_why(tmp_path, cl
     with pytest.raises(UserError, match=re.escape(f"not found: the run's summary.json says it failed ({reason}) "
                                                   "before its first save, so nothing was saved")):
         load_checkpoint(run)
-    with pytest.raises(UserError, match=r"checkpoint .*checkpoint\.pt not found$"):  # a folder that says nothing
-        load_checkpoint(tmp_path)
+    with pytest.raises(UserError, match=r"checkpoint .*checkpoint\.pt not found$"):  # a run that says nothing more
+        (run / "summary.json").unlink()
+        (run / "recipe.yaml").write_text("name: run\n")
+        load_checkpoint(run)
+
+
+def test_sample_of_a_folder_or_path_that_is_no_run_says_what_to_give(tmp_path, cli):
+    (tmp_path / "notes").mkdir()
+    result = cli("sample", tmp_path / "notes")
+    assert result.exit_code == 2 and result.output == (
+        f"error: checkpoint {tmp_path / 'notes' / 'checkpoint.pt'} not found: {tmp_path / 'notes'} is not a run "
+        "folder; give a run folder (runs/NAME-YYYYmmdd-HHMMSS) or a checkpoint file\n")
+    result = cli("sample", tmp_path / "nowhere")
+    assert result.exit_code == 2 and result.output == (
+        f"error: checkpoint or run folder {tmp_path / 'nowhere'} not found; give a run folder "
+        "(runs/NAME-YYYYmmdd-HHMMSS) or a checkpoint file\n")
+    run = tmp_path / "runs" / "tiny-20260101-120000"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text("name: tiny\n")
+    result = cli("sample", tmp_path / "runs" / "tiny-2026")  # a name cut short: the runs beside it are named
+    assert result.exit_code == 2 and result.output == (
+        f"error: checkpoint or run folder {tmp_path / 'runs' / 'tiny-2026'} not found; {tmp_path / 'runs'} holds runs: "
+        f"give one of them, e.g. {run}\n")
 
 
 def test_a_finished_run_without_its_checkpoint_is_not_trained_again(tmp_path, write_recipe, cli):

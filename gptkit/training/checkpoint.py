@@ -112,7 +112,13 @@ def load_checkpoint(path: str | Path) -> dict:
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a folder, not a file; it cannot be used")
     if not path.is_file():
-        raise UserError(f"checkpoint {path} {missing(path, 'a checkpoint or a run folder')}")
+        from .folder import runs_within  # (folder reads checkpoints)
+
+        why = missing(path, "a checkpoint or a run folder")
+        if why != "not found":  # a link that leads nowhere
+            raise UserError(f"checkpoint {path} {why}")
+        near = runs_within(path.parent, called=str(path.parent)) or f"; give {RUN_OR_CHECKPOINT}"
+        raise UserError(f"checkpoint or run folder {path} not found{near}")
     if _is_text(path):  # a recipe or a corpus given by mistake: not a checkpoint, damaged or not
         raise UserError(f"{path} is a text file, not a gptkit checkpoint; give a run folder or the checkpoint.pt "
                         "in one (a recipe is trained first: gptkit run RECIPE, or train_model(RECIPE))")
@@ -160,6 +166,9 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+RUN_OR_CHECKPOINT = "a run folder (runs/NAME-YYYYmmdd-HHMMSS) or a checkpoint file"
+
+
 def _why_no_checkpoint(folder: Path) -> str:
     """Why the folder has no checkpoint.pt, when it says: an ablation's folder, or a run that stopped
     before its first save. "" otherwise."""
@@ -175,7 +184,7 @@ def _why_no_checkpoint(folder: Path) -> str:
         reason = summary.get("reason")
         return (f": the run's summary.json says it failed{f' ({reason})' if reason else ''} before its first "
                 "save, so nothing was saved; fix that and train it again")
-    return ""
+    return "" if (folder / "recipe.yaml").is_file() else f": {folder} is not a run folder; give {RUN_OR_CHECKPOINT}"
 
 
 def peek(path: Path, key: str):

@@ -23,9 +23,10 @@ def ablation_runs(path: Path) -> dict[Path, int]:
     return {p: int(m[1]) for p, m in found if m}
 
 
-def runs_within(folder: Path) -> str:
+def runs_within(folder: Path, called: str = "it") -> str:
     """'; it holds runs: give one of them, e.g. FOLDER/RUN' for a folder whose subfolders are runs (runs/
-    itself, an ablation arm's folder of seed-N runs), the newest named; "" otherwise."""
+    itself, an ablation arm's folder of seed-N runs), the newest named; "" otherwise. `called`: the
+    folder's name in that sentence."""
     try:
         runs = [p for p in folder.iterdir() if (p / "recipe.yaml").is_file()]
     except OSError:
@@ -33,7 +34,7 @@ def runs_within(folder: Path) -> str:
     if not runs:
         return ""
     newest = max(runs, key=lambda p: (p / "recipe.yaml").stat().st_mtime)
-    return f"; it holds runs: give one of them, e.g. {quote(newest)}"
+    return f"; {called} holds runs: give one of them, e.g. {quote(newest)}"
 
 
 def ablation_seeds(path: Path) -> list[int]:
