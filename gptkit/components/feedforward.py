@@ -17,7 +17,8 @@ from .base import Component, GPTConfig, Params, dropout_layer
 
 
 class FeedForwardParams(Params):
-    hidden: int | None = Field(None, gt=0, description="hidden width; default keeps parameters equal to a 4x MLP")
+    hidden: int | None = Field(None, gt=0, description="hidden width; default 4 * n_embd, or 8/3 * n_embd for a "
+                               "gated unit (about as many weights)")
     bias: bool = Field(False, description="learn biases in the linear layers")
 
 
