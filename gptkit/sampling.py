@@ -93,8 +93,8 @@ def check_sampling(tokens, temperature, top_k, count: str = "tokens") -> tuple[i
     if n is None or not 0 <= n <= MAX_TOKENS:
         raise ValueError(f"{count} must be a whole number from 0 to {MAX_TOKENS:,}, got {tokens!r}")
     t = _real(temperature)
-    if t is None or not (math.isfinite(t) and t > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if t is None or not (math.isfinite(t) and t >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0: the likeliest character), got {temperature!r}")
     k = None if top_k is None else _whole(top_k)
     if top_k is not None and (k is None or k < 1):
         raise ValueError(f"top_k must be None (all characters) or a whole number >= 1, got {top_k!r}")
@@ -121,7 +121,10 @@ def _real(value) -> float | None:
 
 def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
                generator: torch.Generator | None) -> torch.Tensor:
-    """(B, 1) ids drawn from softmax(logits / temperature) over each row's `top_k` largest logits (B, V)."""
+    """(B, 1) ids drawn from softmax(logits / temperature) over each row's `top_k` largest logits (B, V);
+    at temperature 0, each row's largest (greedy decoding)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
     ids = None
     if top_k is not None and top_k < logits.size(-1):
         logits, ids = torch.topk(logits, top_k)  # (B, k)
@@ -143,7 +146,7 @@ def one_newline(prompt: str) -> str:
 
 def sample(model, vocab, prompt: str | None, tokens: int, temperature: float = 0.8, top_k: int | None = 40,
            seed: int | None = None, use_cache: bool = True, on_text: Callable[[str], None] | None = None) -> str:
-    """`prompt` followed by `tokens` sampled characters, drawn at `temperature` (> 0) from the `top_k`
+    """`prompt` followed by `tokens` sampled characters, drawn at `temperature` (0: greedy) from the `top_k`
     likeliest (None: from all). `on_text`, for streaming, is called with the prompt, then with the
     characters as generate's on_tokens hands them over."""
     if not (hasattr(model, "parameters") and hasattr(model, "config")):

@@ -60,9 +60,9 @@ def test_an_accepted_assignment_still_takes_effect(write_recipe):
 
 # ---- generate and sample check their arguments ----------------------------------------------------
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"temperature": 0.0}, ValueError, "temperature must be a finite number > 0, got 0.0"),
-    ({"temperature": -1.0}, ValueError, "temperature must be a finite number > 0"),
-    ({"temperature": "hot"}, ValueError, "temperature must be a finite number > 0, got 'hot'"),
+    ({"temperature": -0.5}, ValueError, r"temperature must be a finite number >= 0 \(0: the likeliest character\), got -0.5"),
+    ({"temperature": -1.0}, ValueError, "temperature must be a finite number >= 0"),
+    ({"temperature": "hot"}, ValueError, r"temperature must be a finite number >= 0 \(0: the likeliest character\), got 'hot'"),
     ({"top_k": 0}, ValueError, "top_k must be None .* got 0"),
     ({"top_k": -1}, ValueError, "top_k must be None .* got -1"),
     ({"top_k": True}, ValueError, "top_k must be None .* got True"),

@@ -76,9 +76,9 @@ def test_attention_without_cache_support_falls_back_to_recomputation(temporary_c
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"temperature": 0.0}, "temperature must be a finite number > 0"),
-    ({"temperature": -1.0}, "temperature must be a finite number > 0"),
-    ({"temperature": float("nan")}, "temperature must be a finite number > 0"),
+    ({"temperature": -1e-9}, "temperature must be a finite number >= 0"),
+    ({"temperature": -1.0}, "temperature must be a finite number >= 0"),
+    ({"temperature": float("nan")}, "temperature must be a finite number >= 0"),
     ({"top_k": 0}, "top_k must be None"),
     ({"tokens": -1}, "tokens must be a whole number"),
 ])
@@ -124,11 +124,24 @@ def test_a_prompts_line_endings_are_read_as_a_texts_are():
     assert SampleSection(prompt="ROMEO:\r\n").prompt == "ROMEO:\n"
 
 
-def test_a_tiny_temperature_samples_the_likeliest_token():
+def test_a_tiny_temperature_samples_the_likeliest_token_and_zero_always_does():
     from gptkit.sampling import next_token
 
     logits = torch.tensor([[1.0, 3.0, 2.0]])
     assert next_token(logits, 1e-40, None, torch.Generator().manual_seed(0)).item() == 1
+    assert next_token(torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, 1.0]]), 0, 2, None).flatten().tolist() == [1, 0]
+
+
+def test_greedy_sampling_from_the_command_line(tmp_path, write_recipe, cli):
+    from gptkit import load_model, load_recipe, train
+    from gptkit.sampling import sample
+
+    run = train(load_recipe(write_recipe(sample={"temperature": 0})), runs_dir=tmp_path, quiet=True).run_dir
+    model, _, vocab = load_model(run)
+    greedy = sample(model, vocab, "A", 30, temperature=0)
+    assert greedy == sample(model, vocab, "A", 30, temperature=0, top_k=None)  # no draw: no seed, no top-k needed
+    result = cli("sample", run, "--prompt", "A", "--tokens", "30", "--temperature", "0")
+    assert result.exit_code == 0 and result.stdout == greedy + "\n", result.output
 
 
 def test_top_k_draws_only_from_the_k_likeliest_tokens():

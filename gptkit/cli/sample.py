@@ -44,8 +44,8 @@ class Seed(click.ParamType):
                    "text).  [default: the run's sample.prompt]")
 @click.option("--tokens", default=None, type=click.IntRange(min=0, max=MAX_TOKENS),
               help="Characters to generate.  [default: the run's sample.tokens]")
-@click.option("--temperature", default=None, type=click.FloatRange(min=0, min_open=True), callback=finite,
-              help="[default: the run's sample.temperature]")
+@click.option("--temperature", default=None, type=click.FloatRange(min=0), callback=finite,
+              help="0 takes the likeliest character every time.  [default: the run's sample.temperature]")
 @click.option("--top-k", default=None, type=click.IntRange(min=0),
               help="Sample among the k likeliest; 0: among all.  [default: the run's sample.top_k]")
 @click.option("--seed", default=None, type=Seed(), help="Make the sample reproducible.")

@@ -167,7 +167,7 @@ class SampleSection(Section):
         "", description="text to continue; empty: a newline, or the text's first character if it has none")
     tokens: int = Field(500, ge=0, le=MAX_TOKENS, description="characters sampled after training (samples.txt) and by "
                         "`gptkit sample` unless --tokens says; 0: none")
-    temperature: float = Field(0.8, gt=0)
+    temperature: float = Field(0.8, ge=0, description="softmax temperature; 0: always the likeliest character")
     top_k: Annotated[PositiveInt | None, BeforeValidator(_top_k)] = Field(
         40, description="sample from the k likeliest characters; null: from every character")
 
