@@ -53,11 +53,11 @@ class NoPositional(Positional):
     """No positional information; causal attention alone orders tokens (Haviv et al. 2022, arXiv:2203.16634)."""
 
 
-class BaseParams(Params):
+class WavelengthParams(Params):
     base: float = Field(10000.0, gt=1, description="wavelength base of the sinusoids")
 
 
-class SinusoidalParams(BaseParams):
+class SinusoidalParams(WavelengthParams):
     # Unit-amplitude sinusoids would drown token embeddings initialised at std 0.02 (GPT-2) about
     # 35 to 1, and training stalls at the unigram loss; the paper instead scales embeddings up.
     amplitude: float = Field(0.02, gt=0, description="peak value of each sine/cosine; 0.02 matches the token embeddings' init")
@@ -104,7 +104,7 @@ class Learned(Positional):
 class RoPE(Positional):
     """Rotary embeddings: rotate query/key channel pairs by position (Su et al. 2021, arXiv:2104.09864)."""
 
-    Params = BaseParams
+    Params = WavelengthParams
 
     @classmethod
     def check(cls, config, params):
@@ -114,7 +114,7 @@ class RoPE(Positional):
                 f"= {config.head_dim}; pick n_head so that n_embd/n_head is even"
             )
 
-    def __init__(self, config: GPTConfig, params: BaseParams):
+    def __init__(self, config: GPTConfig, params: WavelengthParams):
         super().__init__(config, params)
         hs = config.head_dim
         inv_freq = params.base ** (-torch.arange(0, hs, 2, dtype=torch.float32) / hs)  # (hs/2,)
