@@ -369,7 +369,8 @@ class Trainer:
                     if (batch + 1) % self.cfg.log_every == 0 or end_of_epoch or last:
                         self._log(epoch, batch, self._flush())
                     state.seconds = self._elapsed()
-                    self.progress.update(state.step, state.train_loss, state.tokens / state.seconds, state.seconds)
+                    in_steps = state.step_seconds + time.perf_counter() - self._interval_t0  # as the summary's
+                    self.progress.update(state.step, state.train_loss, state.tokens / in_steps, state.seconds)
                     if last or (end_of_epoch if self.cfg.eval_every is None else state.step % self.cfg.eval_every == 0):
                         self.evaluate()
                     every = self.cfg.checkpoint_every
