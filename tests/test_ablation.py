@@ -1499,3 +1499,11 @@ def test_running_out_of_memory_building_an_arm_stops_the_checks_there(cli, tmp_p
     assert result.exit_code == 2 and result.output.startswith("error: arm norm=layernorm n_layer=1: the model does not "
                                                               "fit in memory on cpu\n"), result.output
     assert built.count("layernorm") == 1  # not every other arm in turn
+
+
+def test_the_baseline_is_titled_with_its_values_of_what_varies(write_recipe):
+    """A --set baseline shows in the reports: its component's parameters too, when it sets any."""
+    ablation = Ablation(recipe=Path(write_recipe()), vary={"model.positional": ["rope", "alibi"], "train.lr": ["0.003"]},
+                        overrides=["model.positional={name: rope, base: 500}"], mode="one-at-a-time")
+    assert [arm.title for arm in plan(ablation).arms] == [
+        "baseline (positional={name: rope, base: 500.0} lr=0.001)", "positional=alibi", "lr=0.003"]

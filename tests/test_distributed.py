@@ -85,7 +85,9 @@ def wrap_counted(self, model, device):  # counts DDP's gradient all-reduces, buc
     return ddp
 
 
-def sockets() -> int:
+def sockets() -> int | None:  # None without /proc
+    if not os.path.isdir("/proc/self/fd"):
+        return None
     n = 0
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -95,7 +97,9 @@ def sockets() -> int:
     return n
 
 
-def gloo_threads() -> int:  # pt_gloo_runloop, gloo_tcp_loop
+def gloo_threads() -> int | None:  # pt_gloo_runloop, gloo_tcp_loop
+    if not os.path.isdir("/proc/self/task"):
+        return None
     return sum("gloo" in open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task"))
 
 
@@ -112,7 +116,6 @@ main(prog_name="gptkit")
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="counts sockets and threads through /proc")
 @pytest.mark.parametrize("micro_batch", [None, 2], ids=["whole-batch", "micro-batches"])
 def test_two_processes_take_the_steps_of_one(tmp_path, write_recipe, micro_batch, monkeypatch):
     """Each process trains on its own half of every batch; gradients are all-reduced once per step,
@@ -143,7 +146,7 @@ def test_two_processes_take_the_steps_of_one(tmp_path, write_recipe, micro_batch
         assert probe["all_reduces"] == 5 * probe["buckets"], probe
         # A gloo thread left running into the interpreter's shutdown dropped a tensor there now and then, and
         # the process aborted ("terminate called without an active exception") after a good run.
-        assert (probe["sockets"], probe["gloo_threads"]) == (0, 0), probe
+        assert probe["sockets"] in (0, None) and probe["gloo_threads"] in (0, None), probe  # None: no /proc
     assert json.loads((single / "summary.json").read_text())["processes"] == 1
     assert len(losses(run_dir, "train_loss")) == 5
     assert losses(run_dir, "train_loss") == pytest.approx(losses(single, "train_loss"), abs=1e-5)

@@ -587,7 +587,12 @@ def test_a_finished_run_resumed_takes_no_step_and_reports_no_epoch(tmp_path, wri
     assert result.exit_code == 0 and "Epoch" not in result.output and "Val loss" not in result.output, result.output
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
     assert result.stdout.startswith(f"{run} has taken all 6 steps of its budget: nothing to train (raise "
-                                    "train.max_steps or train.epochs to train on)"), result.stdout
+                                    "train.max_steps to train on); its sample settings are saved and its sample made "
+                                    "again\n"), result.stdout
+    result = cli("run", "--resume", run, "--set", "sample.tokens=0")
+    assert result.exit_code == 0 and result.stdout.startswith(
+        f"{run} has taken all 6 steps of its budget: nothing to train (raise train.max_steps to train on); its sample "
+        "settings are saved and its sample not made (sample.tokens is 0)\n"), result.stdout
 
 
 @pytest.mark.parametrize("older", [False, True], ids=["checkpoint", "older-checkpoint"])
@@ -969,9 +974,10 @@ def test_sample_of_a_run_that_failed_before_its_first_save_says_why(tmp_path, cl
     run.mkdir()
     reason = "training diverged at step 1: the loss is nan"
     (run / "summary.json").write_text(json.dumps({"status": "failed", "reason": reason, "resumable": False}))
-    with pytest.raises(UserError, match=re.escape(f"not found: the run's summary.json says it failed ({reason}) "
-                                                  "before its first save, so nothing was saved")):
-        load_checkpoint(run)
+    for given in (run, run / "checkpoint.pt"):  # the folder, or the checkpoint in it
+        with pytest.raises(UserError, match=re.escape(f"not found: the run's summary.json says it failed ({reason}) "
+                                                      "before its first save, so nothing was saved")):
+            load_checkpoint(given)
     with pytest.raises(UserError, match=r"checkpoint .*checkpoint\.pt not found$"):  # a run that says nothing more
         (run / "summary.json").unlink()
         (run / "recipe.yaml").write_text("name: run\n")

@@ -143,6 +143,18 @@ def check_name(name: str, where: str) -> str:
     return name
 
 
+def value_of(recipe: Recipe, key: str):
+    """The recipe's value at dotted `key`: a component's name, or {name, parameters it sets} when it sets any
+    (`{name: rope, base: 500}`)."""
+    node = recipe
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
+    if isinstance(node, ComponentSpec):
+        changed = node.params.model_dump(mode="json", exclude_defaults=True)
+        return {"name": node.name, **changed} if changed else node.name
+    return node.model_dump(mode="json") if hasattr(node, "model_dump") else node
+
+
 def yaml_text(value) -> str:
     """`value` as one line of YAML that `--set` reads back as exactly `value` (mappings in order: `set`
     overrides apply in turn)."""
@@ -340,8 +352,7 @@ def plan(ablation: Ablation) -> Plan:
         seen[canonical(recipe)] = arm
     if refused:
         raise refusal(refused, len(combos) + 1)  # the baseline had none
-    flat = flatten(arms[0].recipe.to_dict())  # a component's value is its name
-    arms[0].values = " ".join(f"{short[k]}={yaml_text(flat[k] if k in flat else flat.get(f'{k}.name'))}" for k in keys)
+    arms[0].values = " ".join(f"{short[k]}={yaml_text(value_of(arms[0].recipe, k))}" for k in keys)
     if len(arms) == 1:
         raise UserError(nothing_to_compare(ablation))
     unique_slugs(arms[1:])

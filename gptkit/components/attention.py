@@ -103,7 +103,7 @@ class Attention(Component, nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
     def qkv_width(self, config: GPTConfig, params) -> int:
-        """Output features of c_attn, the q/k/v projection: `project`'s input, overridden with it."""
+        """Output features of c_attn, the q/k/v projection that `project` splits: overridden with it."""
         return 3 * config.n_embd
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

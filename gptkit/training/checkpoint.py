@@ -117,6 +117,8 @@ def load_checkpoint(path: str | Path) -> dict:
         why = missing(path, "a checkpoint or a run folder")
         if why != "not found":  # a link that leads nowhere
             raise UserError(f"checkpoint {path} {why}")
+        if path.name == "checkpoint.pt" and path.parent.is_dir():  # RUN/checkpoint.pt: as RUN would be told
+            raise UserError(f"checkpoint {path} not found{_why_no_checkpoint(path.parent)}")
         near = runs_within(path.parent, called=str(path.parent)) or f"; give {RUN_OR_CHECKPOINT}"
         raise UserError(f"checkpoint or run folder {path} not found{near}")
     if _is_text(path):  # a recipe or a corpus given by mistake: not a checkpoint, damaged or not
@@ -230,7 +232,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", check: bool
     plugin the run only trained with is gone: its components then keep their parameters as written).
     With `check`, the checks before training run on it (`diagnose.check_forward`): a plugin component
     whose forward is broken is an error naming it, and a key/value cache that does not match a full
-    pass is a UserWarning; the model then samples without the cache. A model component that now comes
+    pass is a GptkitWarning; the model then samples without the cache. A model component that now comes
     from another version of its plugin, or other code, than the run was trained with is a
     PluginChangedWarning: the weights fit, the text may differ."""
     check_path_argument("load_model's path", path)

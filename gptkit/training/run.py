@@ -382,8 +382,11 @@ def resuming(run_dir: Path, checkpoint: dict, trainer: Trainer) -> str:
     trained toward (a recipe given again without the --set that shortened it trains on for longer)."""
     step, total = checkpoint["step"], trainer.total_steps
     if step == total:
-        return (f"{run_dir} has taken all {total:,} steps of its budget: nothing to train (raise train.max_steps or "
-                "train.epochs to train on); its sample settings are saved and its sample made again")
+        train = trainer.recipe.train
+        limit = "train.max_steps" if train.max_steps is not None and train.max_steps <= total else "train.epochs"
+        sample = "made again" if trainer.recipe.sample.tokens else "not made (sample.tokens is 0)"
+        return (f"{run_dir} has taken all {total:,} steps of its budget: nothing to train (raise {limit} to train "
+                f"on); its sample settings are saved and its sample {sample}")
     toward = trained_toward(checkpoint["recipe"], trainer.steps_per_epoch)
     changed = "" if toward in (None, total) else f" (it trained toward {toward:,} steps; the recipe now says {total:,})"
     return f"Resuming {run_dir} from step {step:,} of {total:,}{changed}"
