@@ -152,7 +152,7 @@ def value_of(recipe: Recipe, key: str):
     if isinstance(node, ComponentSpec):
         changed = node.params.model_dump(mode="json", exclude_defaults=True)
         return {"name": node.name, **changed} if changed else node.name
-    return node.model_dump(mode="json") if hasattr(node, "model_dump") else node
+    return flatten(recipe.to_dict()).get(key, node)  # as the recipe writes it: a path as a str
 
 
 def yaml_text(value) -> str:
