@@ -621,6 +621,42 @@ def test_resuming_with_another_plugin_version_warns(install, write_recipe, cli, 
             f"resuming {run} with it\n") in result.output
 
 
+def test_a_new_version_adding_a_parameter_at_its_default_resumes_old_runs(install, write_recipe, cli, tmp_path):
+    """The stored recipe predates the parameter: it is not a change the user made, nor one to undo."""
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_grown:UnitNorm"}}, {"acme_grown": NORM})
+    recipe = write_recipe(model={"norm": "unitnorm"}, train={"max_steps": 2})
+    assert cli("run", recipe, "--runs-dir", tmp_path / "runs").exit_code == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    shutil.rmtree(tmp_path / "site" / "acme_norms-1.2.dist-info")
+    grown = NORM.replace("        eps: float", "        center: bool = Field(False, description='new in 1.3')\n        eps: float")
+    install("acme-norms", "1.3", {"gptkit.norm": {"unitnorm": "acme_grown:UnitNorm"}}, {"acme_grown": grown})
+    sys.modules.pop("acme_grown", None)
+    forget_plugins()
+    result = cli("run", "--resume", run, "--set", "train.max_steps=3", "-q")
+    assert result.exit_code == 0, result.output
+    assert "was trained with acme-norms 1.2 and now comes from acme-norms 1.3" in result.stderr, result.output
+    changed = cli("run", "--resume", run, "--set", "train.max_steps=4", "--set", "model.norm.center=true")
+    assert changed.exit_code == 2 and "model.norm.center: false -> true" in changed.output, changed.output
+
+
+def test_a_new_version_that_renamed_a_parameter_is_named_as_the_cause(install, write_recipe, cli, tmp_path):
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_renamed:UnitNorm"}}, {"acme_renamed": NORM})
+    recipe = write_recipe(model={"norm": {"name": "unitnorm", "eps": 1e-5}}, train={"max_steps": 2})
+    assert cli("run", recipe, "--runs-dir", tmp_path / "runs").exit_code == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    shutil.rmtree(tmp_path / "site" / "acme_norms-1.2.dist-info")
+    renamed = NORM.replace("        eps: float", "        epsilon: float").replace("self.params.eps", "self.params.epsilon")
+    install("acme-norms", "1.3", {"gptkit.norm": {"unitnorm": "acme_renamed:UnitNorm"}}, {"acme_renamed": renamed})
+    sys.modules.pop("acme_renamed", None)
+    forget_plugins()
+    hint = ("(model.norm (unitnorm) was trained with acme-norms 1.2 and now comes from acme-norms 1.3: its parameters "
+            "may differ from that version's; install the version the run was trained with to use the run)")
+    for command in (["run", "--resume", run, "--set", "train.max_steps=3"], ["sample", run, "--tokens", "3"]):
+        result = cli(*command)
+        assert result.exit_code == 2 and "model.norm.eps: unknown key" in result.output, result.output
+        assert result.output.rstrip().endswith(hint), result.output
+
+
 def edit(tmp_path, module):
     """The plugin file `module`.py edited in place, as with `pip install -e`: the same version, other code."""
     path = tmp_path / "site" / f"{module}.py"

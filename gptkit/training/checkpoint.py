@@ -267,7 +267,8 @@ def stored_recipe(state: dict, path: str | Path) -> Recipe:
         with model_only():
             return validate(state["recipe"], origin=origin)
     except UserError as e:
-        raise UserError(f"{e}{missing_plugins(state.get('plugins', {}))}") from None
+        used = state.get("plugins", {})
+        raise UserError(f"{e}{missing_plugins(used)}{changed_plugins(used)}") from None
 
 
 class PluginChangedWarning(GptkitWarning):
@@ -319,6 +320,25 @@ def missing_plugins(used: dict[str, str], prefix: str = "model.") -> str:
     else:  # the registry's error has said that plugins are off
         why = f"unset GPTKIT_NO_PLUGINS{' (or leave out --no-plugins)' if on_command_line() else ''} to use them"
     return f"\n(the run was trained with {'; '.join(gone)}: {why})"
+
+
+def changed_plugins(used: dict[str, str], prefix: str = "model.") -> str:
+    """A hint naming the components of a run's plugins record under `prefix` that are known here but come
+    from another version of their package, or other code: parameters renamed or removed since are the
+    likely cause of a stored recipe that no longer validates."""
+    changes = []
+    for key, was in used.items() if isinstance(used, dict) else ():
+        kind = str(key).rpartition(".")[2]
+        if not (isinstance(was, str) and str(key).startswith(prefix) and kind in kinds()):
+            continue
+        name = parse_record(was)[0]
+        if name in registry(kind):
+            change = record_change(was, f"{name} from {registry(kind).entry(name).origin}")
+            changes += [f"{key} ({name}) {change}"] if change else []
+    if not changes:
+        return ""
+    return (f"\n({'; '.join(sorted(changes))}: its parameters may differ from that version's; install the version "
+            "the run was trained with to use the run)")
 
 
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:

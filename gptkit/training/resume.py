@@ -16,7 +16,7 @@ except ImportError:  # Windows
 from ..errors import OutOfMemory, UserError, arg, given, on_command_line
 from ..io import quote, temporaries, write_text
 from ..recipe import Recipe, flatten, yaml
-from .checkpoint import load_checkpoint, missing_plugins, plugin_changes, stored_recipe
+from .checkpoint import changed_plugins, load_checkpoint, missing_plugins, plugin_changes, stored_recipe
 from .folder import (is_ablation_folder, metric_records, no_such_folder, resumable, run_recipe, runs_within,
                      stopped_for_good, summary_of, trained_with)
 from .trainer import state_dict_problem
@@ -57,11 +57,13 @@ def recipe_diff(old: dict, new: dict) -> list[str]:
     return [how for _, how in recipe_changes(old, new)]
 
 
-def changes_since(checkpoint: dict, recipe: Recipe, dataset) -> list[tuple[str, str]]:
-    """What keeps `recipe` and its text (a CharDataset) from resuming the run `checkpoint` was saved by,
-    as (what, how) pairs: ("train.lr", "train.lr: 0.002 -> 0.001") for each recipe key that differs and
-    may not change (MAY_CHANGE), ("vocabulary", ...) or ("text", ...) for another text; [] if it may resume."""
-    changes = recipe_changes(checkpoint["recipe"], recipe.to_dict())
+def changes_since(checkpoint: dict, run_dir: Path, recipe: Recipe, dataset) -> list[tuple[str, str]]:
+    """What keeps `recipe` and its text (a CharDataset) from resuming the run `checkpoint` (of `run_dir`)
+    was saved by, as (what, how) pairs: ("train.lr", "train.lr: 0.002 -> 0.001") for each recipe key that
+    differs and may not change (MAY_CHANGE), ("vocabulary", ...) or ("text", ...) for another text; [] if
+    it may resume. The stored recipe is compared as it validates now: a parameter a component's new
+    version added, at its default, is no change (the stored recipe only predates it)."""
+    changes = recipe_changes(stored_recipe(checkpoint, run_dir / "checkpoint.pt").to_dict(), recipe.to_dict())
     if checkpoint["itos"] != list(dataset.itos):
         changes.append(("vocabulary", f"vocabulary: {len(checkpoint['itos'])} characters -> {len(dataset.itos)} "
                                       "(the text changed)"))
@@ -89,15 +91,17 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset, wa
     if invalid:
         raise UserError(f"cannot resume {run_dir}: {invalid}\nThe run cannot go on from that checkpoint; start a new "
                         f"run without {arg('resume')}.")
-    refuse_changes(run_dir, [how for _, how in changes_since(checkpoint, recipe, dataset)])
+    refuse_changes(run_dir, [how for _, how in changes_since(checkpoint, run_dir, recipe, dataset)])
     for change in plugin_changes(checkpoint.get("plugins"), recipe):
         warn(f"{change}; resuming {run_dir} with it")
 
 
 def with_plugin_hint(e: UserError, run_dir: Path) -> UserError:
-    """`e`, met reading the recipe of the run `run_dir` to resume it, with the hint `load_model` gives when
-    a component the run was trained with is no longer known here (a plugin uninstalled, or turned off)."""
-    hint = missing_plugins(trained_with(run_dir), prefix="")
+    """`e`, met reading the recipe of the run `run_dir` to resume it, with the hints `load_model` gives when
+    a component the run was trained with is no longer known here (a plugin uninstalled, or turned off), or
+    comes from another version (whose parameters may have been renamed)."""
+    used = trained_with(run_dir)
+    hint = missing_plugins(used, prefix="") + changed_plugins(used, prefix="")
     if not hint:
         return e
     hinted = copy.copy(e)  # of its own class: its exit code, and what catches it, stay
@@ -213,7 +217,7 @@ def checkpoint_to_resume(run: Path, recipe: Recipe, dataset) -> tuple[dict | Non
     invalid = invalid_recipe(checkpoint, run)
     if invalid:
         return None, invalid
-    changes = [what for what, _ in changes_since(checkpoint, recipe, dataset)]
+    changes = [what for what, _ in changes_since(checkpoint, run, recipe, dataset)]
     keys = [what for what in changes if what not in ("vocabulary", "text")]
     differs, text = f"its recipe differs ({', '.join(keys)})", f"it was trained on another text than {recipe.data.path}"
     if keys and keys == changes:  # the run's own recipe.yaml would go on with it
