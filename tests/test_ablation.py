@@ -1507,3 +1507,14 @@ def test_the_baseline_is_titled_with_its_values_of_what_varies(write_recipe):
                         overrides=["model.positional={name: rope, base: 500}"], mode="one-at-a-time")
     assert [arm.title for arm in plan(ablation).arms] == [
         "baseline (positional={name: rope, base: 500.0} lr=0.001)", "positional=alibi", "lr=0.003"]
+
+
+def test_varying_a_components_name_is_varying_the_component(write_recipe):
+    """--vary train.optimizer.name=... and --vary train.optimizer=... are one ablation: the same arms, labels,
+    folders and digest, so that either spelling resumes the other's runs."""
+    path = Path(write_recipe())
+    by_name, by_component = (plan(Ablation(recipe=path, vary={key: ["muon", "adamw"]}))
+                             for key in ("train.optimizer.name", "train.optimizer"))
+    assert [(a.title, a.slug) for a in by_name.arms] == [(a.title, a.slug) for a in by_component.arms] == [
+        ("optimizer=adamw (baseline)", "baseline"), ("optimizer=muon", "optimizer-muon")]
+    assert by_name.digest == by_component.digest

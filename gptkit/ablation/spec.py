@@ -24,7 +24,7 @@ from ..errors import UserError, did_you_mean, listing, problems
 from ..io import missing, read_text
 from ..recipe import Recipe, flatten, load_recipe, yaml
 from ..recipe.components import ComponentSpec
-from ..recipe.load import absolute_paths, is_path
+from ..recipe.load import absolute_paths, is_path, names_component
 from ..sampling import SEEDS
 from ..training.resume import MAY_CHANGE
 
@@ -309,8 +309,9 @@ def plan(ablation: Ablation) -> Plan:
     check_fair(ablation)
     check_seeds(ablation.seeds, "--seeds")
     keys = list(ablation.vary)
-    short = {k: k.rsplit(".", 1)[-1] if sum(o.rsplit(".", 1)[-1] == k.rsplit(".", 1)[-1] for o in keys) == 1 else k
-             for k in keys}
+    shown = {k: names_component(k) or k for k in keys}  # train.optimizer.name=lion is train.optimizer=lion's arm
+    last = {k: shown[k].rsplit(".", 1)[-1] for k in keys}
+    short = {k: last[k] if list(last.values()).count(last[k]) == 1 else shown[k] for k in keys}
     if ablation.mode == "grid":
         combos = [list(zip(keys, values)) for values in itertools.product(*ablation.vary.values())] if keys else []
     else:

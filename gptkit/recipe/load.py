@@ -335,6 +335,12 @@ def _holds_keys(parts: tuple) -> bool:
                                                        and issubclass(field.annotation, BaseModel))
 
 
+def names_component(key: str) -> str | None:
+    """The component key a dotted `key` sets the name of ("train.optimizer" for "train.optimizer.name"), or None."""
+    parent, _, last = key.rpartition(".")
+    return parent if last == "name" and _is_component(tuple(parent.split("."))) else None
+
+
 def _is_component(parts: tuple) -> bool:
     """Whether the recipe field at `parts` (("train", "optimizer")) picks a component."""
     field = _field(parts)
