@@ -22,6 +22,7 @@ class UserError(Exception):
 
     exit_code = 2
     every_rank = False  # under torchrun, printed by every process: one that only its own process meets
+    run_dir = None  # met in training, once the run folder exists: its last checkpoint resumes once it is fixed
     __reduce__ = rebuilt
 
 

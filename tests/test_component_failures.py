@@ -3,6 +3,7 @@ line naming the component, where it comes from and the line of its own file that
 code 2 and no half-made run folder; components receive their arguments positionally, as README
 documents; a trained model loads for sampling with only its model's components installed."""
 
+import re
 import shutil
 import sys
 import textwrap
@@ -988,3 +989,28 @@ def test_the_causality_check_leaves_an_output_that_is_not_finite_to_training(tem
 
     with pytest.raises(Diverged, match="^training diverged at step 1: the model's loss is nan before any update"):
         train(load_recipe(write_recipe(model={"feedforward": "nan"}, train={"max_steps": 2})), runs_dir=tmp_path, quiet=True)
+
+
+def test_a_component_failing_later_in_training_names_the_run_to_resume_once_fixed(run_with, cli, tmp_path,
+                                                                                 monkeypatch):
+    result = run_with("""
+        import os
+
+        @register("norm", "flaky")
+        class Flaky(Norm):
+            calls = 0
+
+            def forward(self, x):
+                if torch.is_grad_enabled() and self.training:
+                    Flaky.calls += 1
+                    if Flaky.calls > 20 and not os.environ.get("FIXED"):  # after a few steps
+                        raise ValueError("flaked")
+                return x
+    """, "model.norm=flaky", "train.checkpoint_every=1")
+    (run,) = (tmp_path / "runs").iterdir()
+    assert result.exit_code == 2 and result.stderr.splitlines()[-1] == (
+        f"Run folder: {run}  (its last checkpoint is intact; once that is fixed, continue: gptkit run --resume {run})")
+    assert re.search(r"its forward\(\) raised, in training step [2-9]", result.stderr), result.stderr
+    monkeypatch.setenv("FIXED", "1")
+    resumed = cli("run", "--resume", run, "-q")
+    assert resumed.exit_code == 0, resumed.output

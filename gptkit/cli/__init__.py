@@ -59,6 +59,9 @@ class Group(click.Group):
                            err=True)
             elif first_on_machine():
                 click.echo(f"error: {e}", err=True)
+            if e.run_dir is not None and rank() == 0 and (e.run_dir / "checkpoint.pt").is_file():
+                click.echo(f"Run folder: {e.run_dir}  (its last checkpoint is intact; once that is fixed, continue: "
+                           f"gptkit run --resume {quote(e.run_dir)})", err=True)
             ctx.exit(e.exit_code)
         except RunStopped as e:
             if rank() == 0:  # under torchrun, all stop at the same step: one says so

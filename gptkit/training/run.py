@@ -371,6 +371,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
         except BaseException as e:
             if isinstance(e, UserError):
                 trainer.dist.failed_in_training(trainer.state.step)
+                e.run_dir = run_dir
             record_failure(run_dir, recipe, trainer, "failed", failure_reason(e))
             raise
     summary = write_summary(run_dir, recipe, trainer, "finished", resumable=False)
