@@ -561,6 +561,23 @@ def run_checks(checks: list[str], spec: ComponentSpec, config: GPTConfig = CONFI
     return results
 
 
+def resume_warning(spec: ComponentSpec) -> str | None:
+    """For a plugin or local optimizer that does not resume exactly ("resumes exactly" fails: state kept
+    outside its state_dict, say), the warning a run gives before training, which trains all the same;
+    None otherwise. Checked on the CPU test model, the caller's random state left as it was."""
+    if spec.kind != "optimizer" or spec.built_in:
+        return None
+    with keep_random_state(torch.device("cpu")):  # (train builds on the CPU: see device.torch_defaults)
+        result = run_check("resumes exactly", spec)
+    if result.status != "fail" or not result.detail.startswith("AssertionError"):  # (one that raises: training says)
+        return None
+    from .diagnose import check_command
+
+    return (f"train.optimizer ({spec.name}) does not resume exactly ({result.detail}): a resumed run will not take "
+            f"the steps an uninterrupted one takes; keep what its steps need in state_dict() (self.state[p], "
+            f"the param groups). {check_command(spec)} tests it")
+
+
 def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG,
                     device: torch.device | str = "cpu") -> list[Result]:
     """Run every check of its kind on one component, on `device` (a component with a GPU kernel of its

@@ -195,12 +195,12 @@ def _who(spec, model, fault: str, moved: str) -> str:
     one, beside a plugin attention either of them."""
     pos = model.positional
     if spec.kind != "attention" or pos.built_in:
-        return f"{spec.kind} '{spec.name}' {fault} (its output {moved}); {_check_command(spec)} says so"
+        return f"{spec.kind} '{spec.name}' {fault} (its output {moved}); {check_command(spec)} says so"
     if spec.built_in:
         return (f"positional '{pos.name}' {fault} (the output of attention '{spec.name}', which calls its rotate and "
-                f"score_bias, {moved}); {_check_command(pos)} says so")
+                f"score_bias, {moved}); {check_command(pos)} says so")
     return (f"attention '{spec.name}' or positional '{pos.name}', whose rotate and score_bias it calls, {fault} (the "
-            f"attention's output {moved}); {_check_command(spec)} and {_check_command(pos)} say which")
+            f"attention's output {moved}); {check_command(spec)} and {check_command(pos)} say which")
 
 
 def cached_logits(gpt: GPT, idx: torch.Tensor, cuts: list[int]) -> torch.Tensor:
@@ -287,7 +287,7 @@ def _cache_warning(gpt: GPT, model, what: str) -> str:
     plugins = plugin_components(model)
     if len(plugins) == 1:
         who = (f"{plugins[0].kind} '{plugins[0].name}', the model's only plugin component, breaks it: "
-               f"{_check_command(plugins[0])} says which of its checks fails")
+               f"{check_command(plugins[0])} says which of its checks fails")
     elif plugins:
         who = "one of the model's plugin components breaks it: " + with_checks(plugins)
     else:
@@ -316,10 +316,10 @@ def plugin_components(model) -> list:
 
 def with_checks(specs: list) -> str:
     """"feedforward 'mine' (`gptkit check feedforward mine`); ..." for each of `specs`."""
-    return "; ".join(f"{spec.kind} '{spec.name}' ({_check_command(spec)})" for spec in specs)
+    return "; ".join(f"{spec.kind} '{spec.name}' ({check_command(spec)})" for spec in specs)
 
 
-def _check_command(spec) -> str:
+def check_command(spec) -> str:
     """How the caller runs the conformance checks on `spec`'s component: the `gptkit check` command line,
     or from Python (where the component may be a notebook's, which no command sees) check_component."""
     if not on_command_line():
@@ -370,7 +370,7 @@ def _fed_error(owner, specs: dict, where: str, e: Exception) -> Exception | None
     entry = registry(fed.kind).entry(fed.name)
     origin = f"{entry.source} ({entry.value})" if entry.value else entry.source
     return ComponentError(f"{spec.kind} '{spec.name}' (built-in) raised{where} {one_line(e)}, on what {fed.kind} "
-                          f"'{fed.name}' from {origin} gave it; {_check_command(fed)} tests it")
+                          f"'{fed.name}' from {origin} gave it; {check_command(fed)} tests it")
 
 
 def exercise(kind: str, module: nn.Module, x: torch.Tensor, n_head: int) -> torch.Tensor:

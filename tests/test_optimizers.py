@@ -278,3 +278,27 @@ def test_roles_follow_the_owning_component_not_the_shape(temporary_component):
     assert r["matrix"] == {n for n, p in model.named_parameters() if p.dim() == 2} - norms - r["embedding"]
     decay = {g["role"]: g["weight_decay"] for g in param_groups(model, 0.1)}
     assert decay == {"matrix": 0.1, "embedding": 0.1, "vector": 0.0}
+
+
+def test_a_plugin_optimizer_that_does_not_resume_exactly_is_warned_of_before_training(tmp_path, write_recipe,
+                                                                                      temporary_component):
+    from gptkit import GptkitWarning
+    from gptkit.components import Optimizer
+
+    class Forgets(torch.optim.AdamW):  # its state never reaches the checkpoint
+        def load_state_dict(self, state_dict):
+            pass
+
+    temporary_component("optimizer", "forgets", type("ForgetsOpt", (Optimizer,), {
+        "build": lambda self, groups, lr: Forgets(groups, lr=lr)}))
+    path = write_recipe(train={"optimizer": "forgets", "max_steps": 2})
+    with pytest.warns(GptkitWarning, match=r"^train\.optimizer \(forgets\) does not resume exactly \(AssertionError: "
+                                           r"after loading the state_dict, the next step gives other values of .*\): "
+                                           r"a resumed run will not take the steps an uninterrupted one takes"):
+        result = train(load_recipe(path), runs_dir=tmp_path, quiet=True)
+    assert result.summary["status"] == "finished"  # trained all the same
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GptkitWarning)  # the built-in optimizers: nothing said
+        train(load_recipe(write_recipe(train={"max_steps": 2})), runs_dir=tmp_path, quiet=True)
