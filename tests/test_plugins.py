@@ -343,6 +343,8 @@ def test_an_entry_point_in_no_kinds_group_is_reported(install, cli, write_recipe
     assert ("warning: acme-typo 1.0 declares 'unitnorm' in entry point group 'gptkit.norms', which is not a "
             "component kind (did you mean 'norm'?)") in result.stderr
     assert any(r["kind"] == "norms" and r["status"] == "broken" for r in json.loads(cli("list", "--json").output))
+    assert "'gptkit.norms'" in cli("list", "norm").stderr  # where its author looks for it
+    assert cli("list", "attention").stderr == ""
     for command in (["show", "norm", "unitnorm"], ["validate", write_recipe(), "--set", "model.norm=unitnorm"]):
         said = cli(*command).output  # not "available once it is installed": it is
         assert "unknown norm 'unitnorm'" in said and ("; acme-typo 1.0 declares 'unitnorm' in entry point group "

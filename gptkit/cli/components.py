@@ -9,6 +9,7 @@ from pydantic_core import to_json
 
 from ..components.attention import why_not_cached
 from ..components.base import constraints
+from ..errors import did_you_mean
 from ..registry import Entry, clashes_listed, kinds, misplaced_entry_points, registry
 from . import imports_option, main
 
@@ -77,8 +78,8 @@ def list_(kind, as_json):
     """
     regs = [registry(kind)] if kind else [registry(k) for k in sorted(kinds())]
     records = [describe(reg.entry(name)) for reg in regs for name in reg.names()]
-    if not kind:
-        records += _misplaced()
+    # An entry point group that is no kind, with the rest; with KIND, a near miss of it (gptkit.optimiser)
+    records += [r for r in _misplaced() if not kind or did_you_mean(r["kind"], [kind])]
     if as_json:
         click.echo(json.dumps(records, indent=2))
         return
