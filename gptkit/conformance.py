@@ -429,6 +429,21 @@ def check_honours_lr(spec, config):
         raise AssertionError(f"with every param_group's lr set to 0, a step changed {', '.join(moved[:3])}")
 
 
+def check_honours_weight_decay(spec, config):
+    """Each group's weight_decay (train.weight_decay, on matrices and embeddings) is applied: the same
+    steps with it at 0.5 and at 0 end at other weights."""
+    ends = []
+    for weight_decay in (0.0, 0.5):
+        model = _seeded_model(config)
+        flat_gradients(model)
+        _train(model, build_optimizer(spec, param_groups(model, weight_decay=weight_decay), LR), config, steps=2)
+        ends.append(dict(model.named_parameters()))
+    decayed = {n for n, p in ends[0].items() if p.dim() >= 2}  # (as param_groups gives matrices their decay)
+    if all(torch.equal(ends[0][n], ends[1][n]) for n in decayed):
+        raise AssertionError("a step with weight_decay 0.5 in the param_groups gave the weights it gives with 0: "
+                             "apply each group's weight_decay in step()")
+
+
 def check_resumes_exactly(spec, config):
     """A fresh optimizer on a copy of the weights that loads another's state_dict takes the very step
     that one takes: what `gptkit run --resume` relies on."""
@@ -514,6 +529,7 @@ CHECKS: dict[str, tuple[tuple[str, ...], Callable]] = {  # name: (the kinds it a
     "pure function of step": (("schedule",), check_pure_function_of_step),
     "lowers the loss": (("optimizer",), check_lowers_the_loss),
     "honours lr": (("optimizer",), check_honours_lr),
+    "honours weight_decay": (("optimizer",), check_honours_weight_decay),
     "resumes exactly": (("optimizer",), check_resumes_exactly),
     "zero_grad": (("optimizer",), check_zero_grad),
     "text": (("corpus",), check_text),

@@ -66,6 +66,11 @@ class NoLoad(torch.optim.AdamW):
         pass
 
 
+class NoDecay(torch.optim.AdamW):
+    def __init__(self, groups, lr):
+        super().__init__([{**g, "weight_decay": 0.0} for g in groups], lr=lr)
+
+
 class NoZeroGrad(torch.optim.AdamW):
     def zero_grad(self, set_to_none=True):
         pass
@@ -93,10 +98,12 @@ BROKEN = [
     ("schedule", PerCall, {"pure function of step"}),
     ("schedule", ToTheEnd, {"factors", "pure function of step"}),
     ("schedule", Tensor, {"factors"}),
-    ("optimizer", component(NoStep), {"lowers the loss"}),
+    ("optimizer", component(NoStep), {"lowers the loss", "honours weight_decay"}),
     ("optimizer", component(BuildsLr), {"honours lr"}),
     ("optimizer", component(NoLoad), {"resumes exactly"}),
     ("optimizer", component(NoZeroGrad), {"zero_grad", "resumes exactly"}),
+    ("optimizer", type("NoDecay", (Optimizer,), {"build": lambda self, groups, lr: NoDecay(groups, lr)}),
+     {"honours weight_decay"}),
     ("corpus", Empty, {"text"}),
     ("corpus", Changing, {"text"}),
 ]
