@@ -258,7 +258,7 @@ class Registry:
         return name in self._entries or name in plugins.declared(self.kind)
 
     def _unknown(self, name: str) -> str:
-        names = self.names()
+        names = [n for n in self.names() if not (n in self._loaded and self._loaded[n].error)]  # broken: no choice
         guess = did_you_mean(name, names)
         # Declared under a misspelt group that means this kind (gptkit.norms for a norm), not another's
         misplaced = [text for k, n, _, text in misplaced_entry_points()

@@ -3,6 +3,7 @@ subtly broken components; every registered one is checked in test_components.py.
 
 import dataclasses
 import itertools
+import math
 import subprocess
 import sys
 import textwrap
@@ -40,6 +41,11 @@ class ToTheEnd(Schedule):
 
     def factor(self, step):
         return 1 - step / (self.total_steps - 1)
+
+
+class NaNFactor(Schedule):
+    def factor(self, step):
+        return math.nan
 
 
 class Tensor(Schedule):
@@ -98,6 +104,7 @@ BROKEN = [
     ("schedule", PerCall, {"pure function of step"}),
     ("schedule", ToTheEnd, {"factors", "pure function of step"}),
     ("schedule", Tensor, {"factors"}),
+    ("schedule", NaNFactor, {"factors"}),  # not "pure function of step" too: nan != nan
     ("optimizer", component(NoStep), {"lowers the loss", "honours weight_decay"}),
     ("optimizer", component(BuildsLr), {"honours lr"}),
     ("optimizer", component(NoLoad), {"resumes exactly"}),

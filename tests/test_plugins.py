@@ -149,6 +149,10 @@ def test_a_broken_plugin_is_contained_and_explained(install, write_recipe, cli, 
     for command in (("show", "norm", "badnorm"), ("check", "norm", "badnorm")):
         result = cli(*command)
         assert result.exit_code == 2 and report in result.output, command
+    with pytest.raises(RegistryError) as e:  # known broken: no choice to offer
+        registry("norm").get("nosuchnorm")
+    available = str(e.value).partition("Available: ")[2]
+    assert "rmsnorm" in available and "badnorm" not in available, str(e.value)
 
 
 def test_a_plugin_naming_a_built_in_is_a_clash(install, write_recipe):
