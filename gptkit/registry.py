@@ -366,8 +366,8 @@ class Registry:
             # warn on stderr; validating it back below is what reports it, once, as gptkit's own error
             obj.Params.model_validate_json(obj.Params().model_dump_json(by_alias=True, warnings=False))
         except ValueError as e:  # pydantic's ValidationError, or a default_factory's own error
-            problems = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in e.errors()) \
-                if hasattr(e, "errors") else str(e)
+            problems = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']} (its default is {clipped_repr(d['input'])})"
+                                 if d.get("loc") else d["msg"] for d in e.errors()) if hasattr(e, "errors") else str(e)
             raise RegistryError(f"its Params' defaults do not survive being written to a recipe and read "
                                 f"back: {problems}") from None
         except Exception as e:  # a validator's bug, met on the defaults

@@ -396,7 +396,8 @@ def test_a_wrong_typed_params_default_is_broken_without_pydantic_warnings(instal
         entry = registry("norm").entry("typednorm")
     assert entry.error == ("norm 'typednorm' from acme-typed 0.1 (acme_typed:Bad) is broken: its Params' defaults "
                            "do not survive being written to a recipe and read back: hidden: Input should be a valid "
-                           "integer. Fix or uninstall that package (GPTKIT_NO_PLUGINS=1 turns plugins off)")
+                           "integer (its default is 'abc'). Fix or uninstall that package (GPTKIT_NO_PLUGINS=1 turns "
+                           "plugins off)")
     assert [str(w.message) for w in caught] == []
     forget_plugins()  # load it again, through the command line
     for args in (("list",), ("list", "attention"), ("show", "norm", "typednorm")):
@@ -1026,7 +1027,7 @@ def test_a_default_that_breaks_its_own_constraint_fails_at_once(write_recipe, cl
     (tmp_path / "zero.py").write_text(textwrap.dedent(ZERO))
     result = cli("validate", write_recipe(model={"norm": "zeronorm"}, imports=["zero.py"]))
     assert result.exit_code == 2 and "norm 'zeronorm': its Params' defaults do not survive being written to a " \
-        "recipe and read back: k: Input should be greater than 0" in result.output, result.output
+        "recipe and read back: k: Input should be greater than 0 (its default is 0)" in result.output, result.output
 
 
 def test_a_local_file_may_import_a_module_beside_it(write_recipe, cli, tmp_path, scratch_registries, monkeypatch):
