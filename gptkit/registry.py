@@ -102,7 +102,8 @@ def record_change(was: str, now: str) -> str | None:
     if now_source != source:
         return f"was trained with {source} and now comes from {now_source}"
     if digest and now_digest and digest[:12] != now_digest[:12]:  # records hold 12 digits
-        return f"was trained with {source}, whose code has changed since (sha256 {digest[:12]} -> {now_digest[:12]})"
+        code = "code" if source.endswith(".py") else "code (one hash for all of the package's files)"
+        return f"was trained with {source}, whose {code} has changed since (sha256 {digest[:12]} -> {now_digest[:12]})"
     return None
 
 
