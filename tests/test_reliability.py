@@ -1332,11 +1332,12 @@ def test_running_out_of_memory_later_keeps_the_run_and_says_what_to_resume_with(
     runs = tmp_path / "runs"
     result = cli("run", write_recipe(model={"feedforward": "hungry"}, train={"checkpoint_every": 2}), "--runs-dir", runs)
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    (run_dir,) = runs.iterdir()
     assert result.stderr == ("error: out of memory on cpu at step 4: micro-batches of 8 rows of 32 tokens need more "
                              "than it has; lower train.micro_batch_size, model.block_size or the model's size (the last "
                              "checkpoint (step 2) is intact: a resumed run may take smaller micro-batches "
-                             "(train.micro_batch_size))\n")
-    (run_dir,) = runs.iterdir()
+                             f"(train.micro_batch_size))\nRun folder: {run_dir}  (its last checkpoint is intact; once "
+                             f"that is fixed, continue: gptkit run --resume {run_dir})\n")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["resumable"] and summary["checkpoint_step"] == 2
     assert summary["reason"].startswith("OutOfMemory: out of memory on cpu at step 4")
