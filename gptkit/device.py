@@ -41,18 +41,24 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and native_bf16(device))
 
 
+AUTOCAST_DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
 @contextlib.contextmanager
 def torch_defaults():
     """Within it, torch's defaults as gptkit builds and trains models under, whatever a notebook set
     before (set_default_dtype(torch.float64), set_default_device, set_grad_enabled(False), inference
-    mode), and put back after: float32 weights (the precision is the recipe's train.precision alone),
-    tensors on the CPU unless placed, and gradients on."""
+    mode, an autocast block), and put back after: float32 weights and arithmetic (the precision is the
+    recipe's train.precision alone), tensors on the CPU unless placed, and gradients on."""
     dtype, device = torch.get_default_dtype(), torch.get_default_device()
     torch.set_default_dtype(torch.float32)
     if device.type != "cpu":  # (not `with torch.device("cpu")`: its mode costs every eager op 1.5 us more)
         torch.set_default_device(None)
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), contextlib.ExitStack() as stack:
+            for kind in AUTOCAST_DEVICES:
+                if torch.is_autocast_enabled(kind):
+                    stack.enter_context(torch.autocast(kind, enabled=False))
             yield
     finally:
         torch.set_default_dtype(dtype)

@@ -511,6 +511,19 @@ def test_training_and_loading_ignore_torch_defaults_a_notebook_changed(tmp_path,
         assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), reference.state_dict().values()))
 
 
+def test_training_and_loading_inside_a_notebooks_autocast_block_are_as_outside_it(tmp_path, write_recipe):
+    """The precision is train.precision's alone: an autocast around the call (bf16 on a CPU) changes nothing,
+    and no built-in is blamed for the dtype it returns."""
+    reference = train_model(write_recipe(), runs_dir=tmp_path / "ref", quiet=True)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model = train_model(write_recipe(), runs_dir=tmp_path / "runs", quiet=True)[0]
+        (run,) = (tmp_path / "runs").iterdir()
+        loaded = load_model(run)[0]
+        assert torch.is_autocast_enabled("cpu")  # the caller's again
+    for m in (model, loaded):
+        assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), reference.state_dict().values()))
+
+
 def test_train_model_refuses_a_save_path_that_is_what_training_reads(tmp_path, write_recipe):
     text = tmp_path / "made.txt"  # a corpus would make it, then the save would overwrite it
     with pytest.raises(UserError, match=f"^save_path {text} is the recipe's data.path, which training reads; give "
