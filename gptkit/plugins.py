@@ -153,6 +153,33 @@ def file_sha256(path: Path | str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def class_code_sha256(cls: type) -> str:
+    """A SHA-256 of what a class defined in a notebook cell (or anywhere without a source file) runs: the
+    bytecode, names and constants of its methods and of its bases' up to gptkit's, and its Params' fields.
+    Not file names or line numbers, which change every time a notebook re-runs an unchanged cell."""
+    h = hashlib.sha256()
+
+    def code(c) -> None:
+        h.update(c.co_code)
+        h.update(repr((c.co_names, c.co_varnames)).encode())
+        for const in c.co_consts:
+            code(const) if hasattr(const, "co_code") else h.update(repr(const).encode())
+
+    for klass in cls.__mro__:
+        if klass.__module__.partition(".")[0] in ("gptkit", "torch", "builtins", "abc", "typing"):
+            continue
+        for name, value in sorted(vars(klass).items()):
+            func = getattr(value, "__func__", value)  # a classmethod's or staticmethod's function
+            func = getattr(func, "fget", func)  # a property's getter
+            if hasattr(func, "__code__"):
+                h.update(f"{name}\0{func.__defaults__!r}".encode())
+                code(func.__code__)
+    params = getattr(cls, "Params", None)
+    if params is not None and hasattr(params, "model_json_schema"):
+        h.update(repr(sorted(params.model_json_schema().items())).encode())
+    return h.hexdigest()
+
+
 def python_file_sha256(path: str) -> str | None:
     """file_sha256 of `path` if it is a readable Python file (a local component's, a one-file plugin's), else
     None: code with no source to record."""

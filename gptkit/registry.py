@@ -102,7 +102,8 @@ def record_change(was: str, now: str) -> str | None:
     if now_source != source:
         return f"was trained with {source} and now comes from {now_source}"
     if digest and now_digest and digest[:12] != now_digest[:12]:  # records hold 12 digits
-        code = "code" if source.endswith(".py") else "code (one hash for all of the package's files)"
+        code = "code" if source.endswith(".py") or source == "__main__" else \
+            "code (one hash for all of the package's files)"
         return f"was trained with {source}, whose {code} has changed since (sha256 {digest[:12]} -> {now_digest[:12]})"
     return None
 
@@ -171,7 +172,10 @@ class Registry:
             except RegistryError as e:
                 raise RegistryError(f"{self.kind} '{name}': {e}") from None
             came_from = _source_of(obj)
-            new = Entry(self.kind, name, obj, came_from, sha256=plugins.python_file_sha256(came_from))
+            # A file's hash, or for a class with none (a notebook cell's), a hash of its code
+            digest = plugins.python_file_sha256(came_from) or (plugins.class_code_sha256(obj) if came_from == "__main__"
+                                                                 and isinstance(obj, type) else None)
+            new = Entry(self.kind, name, obj, came_from, sha256=digest)
             # A class of `__main__` (a notebook cell, a script) taking a name an installed package declares
             # is refused now: kept, it would fail at its first use, and go on failing for the session,
             # renamed or not. A package's registrations are left to `entry`, which compares them with

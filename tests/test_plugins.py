@@ -1107,3 +1107,41 @@ def test_a_local_file_recorded_before_records_held_its_hash_is_the_same_source(w
     (tmp_path / "local_norm.py").write_text(textwrap.dedent(LOCAL))
     recipe = load_recipe(write_recipe(model={"norm": "localnorm"}, imports=["local_norm.py"]))
     assert plugin_changes({"model.norm": f"localnorm from {tmp_path / 'local_norm.py'}"}, recipe) == []
+
+
+NOTEBOOK = """
+import sys, warnings
+import torch
+from gptkit import load_model, train_model
+from gptkit.components import Norm, register
+
+@register("norm", "cellnorm")
+class CellNorm(Norm):
+    def forward(self, x):
+        return x * SCALE
+
+if sys.argv[1] == "train":
+    train_model(sys.argv[2], save_path=sys.argv[3], runs_dir=sys.argv[4], quiet=True)
+else:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_model(sys.argv[3])
+    print([str(w.message) for w in caught])
+"""
+
+
+@pytest.mark.parametrize("scale", ["1.0", "2.0"], ids=["same-code", "edited"])
+def test_a_component_defined_without_a_file_is_hashed_by_its_code(tmp_path, write_recipe, scale):
+    """As a notebook cell's class is (python -c has no file either): editing it is noticed on load."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def python(code: str, *args) -> str:
+        done = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    recipe, model = write_recipe(model={"norm": "cellnorm"}, train={"max_steps": 2}), tmp_path / "m.pt"
+    python(NOTEBOOK.replace("SCALE", "1.0"), "train", recipe, model, tmp_path / "runs")
+    said = python(NOTEBOOK.replace("SCALE", scale), "load", recipe, model)
+    changed = "model.norm (cellnorm) was trained with __main__, whose code has changed since (sha256 "
+    assert (changed in said) == (scale != "1.0"), said
