@@ -593,3 +593,15 @@ def test_training_warnings_are_python_warnings_from_the_callers_line(tmp_path, w
         warnings.simplefilter("ignore", gptkit.GptkitWarning)
         train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
     assert capsys.readouterr().err == ""
+
+
+def test_a_recipe_changed_by_assignment_is_validated_as_a_file_is_before_training(tmp_path, write_recipe):
+    """pydantic checks an assignment's type alone: imports that are not there would train a run that no command
+    could read back."""
+    from gptkit.recipe import RecipeError
+
+    recipe = load_recipe(write_recipe())
+    recipe.imports = [str(tmp_path / "nope.py")]
+    with pytest.raises(RecipeError, match=r"^recipe tiny: imports: component file .*nope\.py not found$"):
+        train(recipe, runs_dir=tmp_path / "runs", quiet=True)
+    assert not (tmp_path / "runs").exists()

@@ -28,7 +28,7 @@ from ..errors import (CheckpointError, ComponentError, Diverged, OutOfMemory, Ru
 from ..io import (DISK_FULL, cannot_make_folder, check_path_argument, make_folders, quote, remove_empty, write_json,
                   write_text)
 from ..model import GPT, check_components
-from ..recipe import Recipe, yaml
+from ..recipe import Recipe, validate, yaml
 from ..sampling import sample
 from . import distributed
 from .build import build_checked, every_rank
@@ -122,6 +122,9 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", *, quiet: bool = False,
     if not isinstance(recipe, Recipe):
         raise TypeError(f"train takes a Recipe, got {type(recipe).__name__}: train(load_recipe(path))")
     check_arguments(runs_dir, quiet, resume, run_dir)
+    # Validated again as load_recipe validates a file: an assignment pydantic checks only for its type
+    # (recipe.imports = [a file that is not there]) would otherwise train a run no command can read back.
+    recipe = validate(recipe.to_dict(), origin=f"recipe {recipe.name}")
     try:
         with torch_defaults():
             dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
