@@ -605,3 +605,16 @@ def test_a_recipe_changed_by_assignment_is_validated_as_a_file_is_before_trainin
     with pytest.raises(RecipeError, match=r"^recipe tiny: imports: component file .*nope\.py not found$"):
         train(recipe, runs_dir=tmp_path / "runs", quiet=True)
     assert not (tmp_path / "runs").exists()
+
+
+def test_assigning_a_mapping_to_a_whole_section_is_refused_as_set_refuses_it(write_recipe):
+    from pydantic import ValidationError
+
+    recipe = load_recipe(write_recipe())
+    batch = recipe.train.batch_size
+    with pytest.raises(ValidationError, match=r"a mapping would replace the whole train section, its other keys back "
+                                              r"to their defaults; set keys one by one, e.g. recipe\.train\.lr = \.\.\."):
+        recipe.train = {"lr": 0.1}
+    assert recipe.train.batch_size == batch  # left as it was
+    recipe.train.lr = 0.1  # as the error says
+    assert recipe.train.lr == 0.1

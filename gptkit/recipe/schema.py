@@ -10,7 +10,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
                       model_validator)
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..components.base import GPTConfig
 from ..device import DEVICE_PATTERN
@@ -40,6 +40,12 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
     def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, dict) and isinstance(getattr(self, name, None), Section):  # as --set train={...} is
+            raise ValidationError.from_exception_data(type(self).__name__, [InitErrorDetails(
+                type=PydanticCustomError("whole_section", "a mapping would replace the whole {name} section, its "
+                                         "other keys back to their defaults; set keys one by one, e.g. "
+                                         "recipe.{name}.{key} = ...", {"name": name, "key": next(iter(value), "KEY")}),
+                loc=(name,), input=value)])
         # pydantic stores an assigned field before it runs the model's own validator (ModelSection's
         # _compatible), and keeps it when that validator refuses (pydantic#7105): a refused assignment
         # would leave a section no recipe could hold. So it is undone here.
