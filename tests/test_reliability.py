@@ -1499,3 +1499,14 @@ def test_a_file_system_refusing_permission_bits_still_gets_the_file_and_keeps_no
         write_text(tmp_path / "f.txt", f"text {i}")
     assert (tmp_path / "f.txt").read_text() == "text 2" and len(os.listdir("/proc/self/fd")) == before
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_auto_passes_by_a_run_trained_past_the_recipes_budget(tmp_path, write_recipe, monkeypatch, capsys):
+    path = write_recipe(model=ONE_LAYER, train={"max_steps": 6})
+    runs = tmp_path / "runs"
+    longer = interrupted_at(monkeypatch, path, runs, 4, ["train.max_steps=8"])
+    capsys.readouterr()
+    result = train(load_recipe(path, ["train.max_steps=3"]), runs_dir=runs, quiet=True, resume="auto")
+    assert result.run_dir != longer and result.summary["steps"] == 3  # a new run, not an error
+    assert capsys.readouterr().err == (f"note: not resuming {longer}: it has trained 4 steps, past this recipe's "
+                                       "budget of 3\n")
