@@ -29,6 +29,10 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     dropout), and is left in the mode it was in. Returns int64 ids, an ordinary tensor (not an
     inference-mode one), which may be fed back into training.
     """
+    check_model(model)
+    if not (generator is None or isinstance(generator, torch.Generator)):
+        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None, got "
+                        f"{type(generator).__name__}")
     max_new_tokens, temperature, top_k = check_sampling(max_new_tokens, temperature, top_k, count="max_new_tokens")
     if not (isinstance(idx, torch.Tensor) and idx.dim() == 2 and not (idx.is_floating_point() or idx.is_complex())
             and idx.dtype != torch.bool):
@@ -83,6 +87,11 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
         model.train(was_training)
     stream()
     return out
+
+
+def check_model(model) -> None:
+    if not (hasattr(model, "parameters") and hasattr(model, "config")):
+        raise TypeError(f"model must be a GPT (train_model's or load_model's first value), got {type(model).__name__}")
 
 
 def check_sampling(tokens, temperature, top_k, count: str = "tokens") -> tuple[int, float, int | None]:
@@ -149,8 +158,7 @@ def sample(model, vocab, prompt: str | None, tokens: int, temperature: float = 0
     """`prompt` followed by `tokens` sampled characters, drawn at `temperature` (0: greedy) from the `top_k`
     likeliest (None: from all). `on_text`, for streaming, is called with the prompt, then with the
     characters as generate's on_tokens hands them over."""
-    if not (hasattr(model, "parameters") and hasattr(model, "config")):
-        raise TypeError(f"model must be a GPT (train_model's or load_model's first value), got {type(model).__name__}")
+    check_model(model)
     if not isinstance(prompt, str | None):
         raise TypeError(f"prompt must be a string, e.g. 'ROMEO:' ('' or None for a newline), got {type(prompt).__name__}")
     prompt = one_newline(prompt or "")

@@ -72,11 +72,15 @@ def test_an_accepted_assignment_still_takes_effect(write_recipe):
     ({"idx": torch.tensor([1, 2])}, TypeError, "idx must be a 2-D integer tensor .* got a 1-D torch.int64 tensor"),
     ({"idx": [[1, 2]]}, TypeError, "idx must be a 2-D integer tensor .* got list"),
     ({"idx": torch.ones(1, 2)}, TypeError, "got a 2-D torch.float32 tensor"),
+    ({"generator": 123}, TypeError, r"^generator must be a torch.Generator \(e.g. torch.Generator\(\).manual_seed\(0\)\) "
+                                    "or None, got int$"),
+    ({"model": "model.pt"}, TypeError, r"^model must be a GPT \(train_model's or load_model's first value\), got str$"),
 ])
 def test_generate_refuses_arguments_it_cannot_use(kwargs, error, message):
-    args = {"idx": torch.tensor([[1, 2]]), "max_new_tokens": 3, "temperature": 1.0, "top_k": None, **kwargs}
+    args = {"model": tiny_model().eval(), "idx": torch.tensor([[1, 2]]), "max_new_tokens": 3, "temperature": 1.0,
+            "top_k": None, **kwargs}
     with pytest.raises(error, match=message):
-        generate(tiny_model().eval(), **args)
+        generate(**args)
 
 
 def test_sample_refuses_a_bool_top_k():
