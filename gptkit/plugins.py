@@ -7,6 +7,7 @@ that component is used (see `Registry.entry`). `GPTKIT_NO_PLUGINS=1` (any value 
 empty, 0, false, no or off) or `gptkit --no-plugins` turns all of it off.
 """
 
+import contextlib
 import hashlib
 import importlib.metadata as metadata
 import importlib.util
@@ -162,8 +163,11 @@ def class_code_sha256(cls: type) -> str:
     def code(c) -> None:
         h.update(c.co_code)
         h.update(repr((c.co_names, c.co_varnames)).encode())
-        for const in c.co_consts:
-            code(const) if hasattr(const, "co_code") else h.update(repr(const).encode())
+        for const in c.co_consts:  # (a frozenset's order changes with the process's string hashing)
+            if hasattr(const, "co_code"):
+                code(const)
+            else:
+                h.update(repr(sorted(map(repr, const)) if isinstance(const, frozenset) else const).encode())
 
     for klass in cls.__mro__:
         if klass.__module__.partition(".")[0] in ("gptkit", "torch", "builtins", "abc", "typing"):
@@ -175,7 +179,7 @@ def class_code_sha256(cls: type) -> str:
                 h.update(f"{name}\0{func.__defaults__!r}".encode())
                 code(func.__code__)
     params = getattr(cls, "Params", None)
-    if params is not None and hasattr(params, "model_json_schema"):
+    with contextlib.suppress(Exception):  # a Params that cannot say its schema is BROKEN: the registry says why
         h.update(repr(sorted(params.model_json_schema().items())).encode())
     return h.hexdigest()
 
