@@ -622,3 +622,14 @@ def test_assigning_a_mapping_to_a_whole_section_is_refused_as_set_refuses_it(wri
     assert recipe.train.batch_size == batch  # left as it was
     recipe.train.lr = 0.1  # as the error says
     assert recipe.train.lr == 0.1
+
+
+def test_a_warning_a_caller_turns_into_an_error_leaves_no_run_folder(tmp_path, write_recipe):
+    import warnings
+
+    path = write_recipe(train={"schedule": {"name": "cosine", "warmup_steps": 50}})  # longer than the run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gptkit.GptkitWarning)
+        with pytest.raises(gptkit.GptkitWarning, match=r"^train\.schedule \(cosine\) never reaches"):
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    assert not (tmp_path / "runs").exists()

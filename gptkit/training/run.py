@@ -22,9 +22,9 @@ import torch
 from ..data.dataset import CharDataset, cannot_create, corpus_text, dataset_of, load_dataset, will_create
 from ..device import keep_random_state, resolve_device, torch_defaults
 from ..diagnose import blaming, check_forward
-from ..errors import (CheckpointError, ComponentError, Diverged, OutOfMemory, RunStopped, UserError, arg, failure_reason,
-                      given, goes_on_by, on_command_line, out_of_memory, out_of_memory_as, out_of_memory_on,
-                      overrides_example, warn)
+from ..errors import (CheckpointError, ComponentError, Diverged, GptkitWarning, OutOfMemory, RunStopped, UserError, arg,
+                      failure_reason, given, goes_on_by, on_command_line, out_of_memory, out_of_memory_as,
+                      out_of_memory_on, overrides_example, warn)
 from ..io import (DISK_FULL, cannot_make_folder, check_path_argument, make_folders, quote, remove_empty, write_json,
                   write_text)
 from ..model import GPT, check_components
@@ -295,11 +295,11 @@ def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoi
     made = []  # the folders made for this run: none for one that exists (an ablation's run, restarted)
     if checkpoint is None:  # the folder is made only once every input has been checked
         run_dir, made = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
-    say_warnings()
     try:
+        say_warnings()  # (a GptkitWarning raised by a caller's "error" filter: nothing is trained)
         with lock_run(run_dir):
             return train_in(run_dir, recipe, trainer, dataset, checkpoint, log, start)
-    except (OSError, ComponentError, OutOfMemory) as e:
+    except (OSError, ComponentError, OutOfMemory, GptkitWarning) as e:
         # A folder with nothing of the run is not left behind: a full disk before summary.json, or a
         # component's bug (its schedule's factor(0), say) or too little memory met before the first step.
         nothing = not (run_dir / "summary.json").exists() if isinstance(e, OSError) else trainer.state.step == 0
