@@ -285,18 +285,21 @@ def plugin_changes(trained, recipe: Recipe, prefix: str = "") -> list[str]:
     longer has, or names otherwise, is a change of recipe, not of source."""
     if not isinstance(trained, dict):  # absent: a checkpoint written before gptkit recorded plugins
         return []
-    now = recipe.plugin_sources(prefix)
     changes = []
     for key, was in sorted(trained.items()):
         section, _, field = str(key).partition(".")
         spec = getattr(getattr(recipe, section, None), field, None) if field and str(key).startswith(prefix) else None
-        name = parse_record(was)[0]
-        if not isinstance(spec, ComponentSpec) or spec.name != name:
-            continue
-        change = record_change(was, now.get(key, f"{name} from built-in"))
-        if change:
-            changes.append(f"{key} ({name}) {change}")
+        if isinstance(spec, ComponentSpec) and spec.name == parse_record(was)[0]:
+            changes += filter(None, [_source_change(str(key), was)])
     return changes
+
+
+def _source_change(key: str, was: str) -> str | None:
+    """"model.norm (unitnorm) was trained with acme-norms 1.2 and now comes from ..." for the run's record
+    `was` of the component at `key`, which is known here (see `record_change`); None if it is the same."""
+    kind, name = key.rpartition(".")[2], parse_record(was)[0]
+    change = record_change(was, f"{name} from {registry(kind).entry(name).origin}")  # a built-in's: "built-in"
+    return f"{key} ({name}) {change}" if change else None
 
 
 def missing_plugins(used: dict[str, str], prefix: str = "model.") -> str:
@@ -326,15 +329,10 @@ def changed_plugins(used: dict[str, str], prefix: str = "model.") -> str:
     """A hint naming the components of a run's plugins record under `prefix` that are known here but come
     from another version of their package, or other code: parameters renamed or removed since are the
     likely cause of a stored recipe that no longer validates."""
-    changes = []
-    for key, was in used.items() if isinstance(used, dict) else ():
-        kind = str(key).rpartition(".")[2]
-        if not (isinstance(was, str) and str(key).startswith(prefix) and kind in kinds()):
-            continue
-        name = parse_record(was)[0]
-        if name in registry(kind):
-            change = record_change(was, f"{name} from {registry(kind).entry(name).origin}")
-            changes += [f"{key} ({name}) {change}"] if change else []
+    changes = [_source_change(key, was) for key, was in (used.items() if isinstance(used, dict) else ())
+               if isinstance(key, str) and isinstance(was, str) and key.startswith(prefix)
+               and key.rpartition(".")[2] in kinds() and parse_record(was)[0] in registry(key.rpartition(".")[2])]
+    changes = [c for c in changes if c]
     if not changes:
         return ""
     return (f"\n({'; '.join(sorted(changes))}: its parameters may differ from that version's; install the version "

@@ -234,8 +234,8 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         trainer = Trainer(recipe, model, dataset, device, quiet=quiet or not dist.is_main, dist=dist)
         if checkpoint is not None:  # the optimizer's state, twice the weights' size with AdamW, onto the device
             trainer.load_state_dict(checkpoint["trainer"], checkpoint["recipe"])  # rank 0's random stream too
-    if dist.is_main:  # trains all the same; a resumed run then differs from an uninterrupted one
-        from ..conformance import resume_warning  # (conformance builds on training's modules)
+    if dist.is_main and not recipe.train.optimizer.built_in:  # trains all the same; a resumed run then differs
+        from ..conformance import resume_warning  # (conformance builds on training's modules; only for a plugin's)
 
         to_warn += filter(None, [resume_warning(recipe.train.optimizer)])
     schedule_warning = trainer.schedule_warning()
