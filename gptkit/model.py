@@ -101,12 +101,13 @@ class GPT(nn.Module):
         return [KVCache() for _ in self.transformer.h]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None):
-        """With a `cache`, `idx` continues the positions it holds, and is added to it."""
+        """With a `cache`, `idx` continues the positions it holds, and is added to it. Ids may be of any
+        integer type (a dataset holds its tokens as uint8)."""
         B, T = idx.size()
         start = len(cache[0]) if cache else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")
-        x = self.transformer.wte(idx)  # (B, T, C)
+        x = self.transformer.wte(_long(idx))  # (B, T, C)
         x = self.transformer.drop(self.transformer.pos.embed(x, start))
         for block, layer_cache in zip(self.transformer.h, cache or [None] * len(self.transformer.h)):
             x = block(x, layer_cache)
@@ -114,8 +115,13 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, V)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), _long(targets).reshape(-1))
         return logits, loss
+
+
+def _long(ids: torch.Tensor) -> torch.Tensor:
+    """Integer `ids` as int64, which embeddings and cross_entropy take (not a dataset's uint8 or int32)."""
+    return ids.long() if ids.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) else ids
 
 
 def new_init_seed() -> int:

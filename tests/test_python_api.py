@@ -405,6 +405,16 @@ def test_generate_runs_in_evaluation_mode_and_leaves_the_mode_as_it_was():
     assert torch.equal(cached, recomputed) and model.training
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+def test_the_model_takes_token_ids_of_any_integer_type_as_a_dataset_holds_them(dtype):
+    torch.manual_seed(0)
+    model = tiny_model(CONFIG).eval()
+    ids = torch.randint(CONFIG.vocab_size, (2, 9))
+    logits, loss = model(ids[:, :-1].to(dtype), ids[:, 1:].to(dtype))
+    expected_logits, expected_loss = model(ids[:, :-1], ids[:, 1:])
+    assert torch.equal(logits, expected_logits) and torch.equal(loss, expected_loss)
+
+
 def test_register_without_a_name_is_an_error(scratch_registries):
     from gptkit.components import Norm
     from gptkit.registry import registry
