@@ -217,7 +217,7 @@ def _with_every_partner(spec, config, test: Callable, hint: str = "") -> str:
 
 
 # A partner's own checks that a pairing relies on, each run with the default for the other kind.
-PARTNER_SCREEN = ("backward", "deterministic", "causal", "offsets", "kv cache")
+PARTNER_SCREEN = ("backward", "deterministic", "causal", "offsets", "uses positional", "kv cache")
 
 
 def _partners(kind: str, config: GPTConfig, skipped: list[str]):

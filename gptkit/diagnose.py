@@ -228,7 +228,7 @@ def _fp32_matmuls() -> Iterator[None]:
         torch.set_float32_matmul_precision(precision)
 
 
-CAUSAL_TOKENS = 8  # check_causal's sequences
+CAUSAL_TOKENS = 8  # check_causal's short sequences (it tests a whole block too)
 
 
 def causal_splits(T: int) -> list[int]:
@@ -240,13 +240,15 @@ def causal_splits(T: int) -> list[int]:
 def check_causal(gpt: GPT, model) -> None:
     """Before training a model with plugin or local components (gptkit's own are tested): changing the
     tokens of a sequence from position t on leaves the logits before t as they were, for several t, in
-    evaluation and in training mode (with the same dropout masks). A model that sees the future reads
-    the tokens it is to predict: it trains to a low loss, tops any ablation and generates nonsense.
-    Else a ComponentError names the component whose output moved first. Run on a copy of `gpt` whose
-    parameters are moved off their initial values (a leak behind an output projection that starts at
-    zero shows then), so that the model itself, its buffers and its components' counters, are left
-    as they were. Nothing is said of a model whose two passes over the same tokens differ (check_cache's
-    warning says that), or whose output is not finite (training says it diverges)."""
+    evaluation and in training mode (with the same dropout masks), for a few tokens and for a whole
+    block (a leak may start only past some length, as a bug at a window's edge does). A model that
+    sees the future reads the tokens it is to predict: it trains to a low loss, tops any ablation and
+    generates nonsense. Else a ComponentError names the component whose output moved first. Run on a
+    copy of `gpt` whose parameters are moved off their initial values (a leak behind an output
+    projection that starts at zero shows then), so that the model itself, its buffers and its
+    components' counters, are left as they were. Nothing is said of a model whose two passes over the
+    same tokens differ (check_cache's warning says that), or whose output is not finite (training says
+    it diverges)."""
     V, block = gpt.config.vocab_size, gpt.config.block_size
     if not plugin_components(model) or block < 2 or V < 2:
         return
@@ -256,28 +258,37 @@ def check_causal(gpt: GPT, model) -> None:
     except Exception:  # a component holding what cannot be copied: `gptkit check` tests its causality
         return
     specs = component_specs(probe, model)
-    T = min(CAUSAL_TOKENS, block)
-    idx = torch.randint(V, (2, T), generator=torch.Generator().manual_seed(0)).to(device)
+    idx = torch.randint(V, (2, block), generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad(), keep_random_state(device), _fp32_matmuls():
         g = torch.Generator().manual_seed(0)
         for p in probe.parameters():
             p.add_(torch.randn(p.shape, generator=g).to(p) * 0.02)  # (GPT-2's initial scale)
-        for mode in ("evaluation", "training"):
+        for T, mode in itertools.product(sorted({min(CAUSAL_TOKENS, block), block}), ("evaluation", "training")):
             probe.train(mode == "training")
-            where = f"in {mode} mode, before training"
-            before, again = (_outputs(probe, specs, idx, where, seed=0) for _ in range(2))
-            if not all(torch.isfinite(out).all() and same_logits(out, other)
-                       for (_, out), (_, other) in zip(before, again)):
-                return
-            for t in causal_splits(T):
-                changed = idx.clone()
-                changed[:, t:] = (changed[:, t:] + 1) % V
-                after = _outputs(probe, specs, changed, where, seed=0)
-                moved = next((m for (m, a), (_, b) in zip(before, after) if not same_logits(a[:, :t], b[:, :t])), None)
-                if moved is not None:
-                    raise ComponentError(_who(specs[moved], model, "lets the model see the future",
-                                              f"before position {t} changed with the tokens from position {t} on, "
-                                              f"in {mode} mode"))
+            moved = _leak(probe, specs, idx[:, :T], f"in {mode} mode, before training")
+            if moved is not None:
+                module, t = moved
+                over = f", over a whole block of {T} tokens" if T > CAUSAL_TOKENS else ""
+                raise ComponentError(_who(specs[module], model, "lets the model see the future",
+                                          f"before position {t} changed with the tokens from position {t} on, in "
+                                          f"{mode} mode{over}"))
+
+
+def _leak(probe: GPT, specs: dict, idx: torch.Tensor, where: str) -> tuple[nn.Module, int] | None:
+    """(the component whose output before position t moved first, t) when the tokens of `idx` change from
+    some t on (see causal_splits); None if none moved, or if two passes over `idx` already differ."""
+    V = probe.config.vocab_size
+    before, again = (_outputs(probe, specs, idx, where, seed=0) for _ in range(2))
+    if not all(torch.isfinite(out).all() and same_logits(out, other) for (_, out), (_, other) in zip(before, again)):
+        return None
+    for t in causal_splits(idx.size(1)):
+        changed = idx.clone()
+        changed[:, t:] = (changed[:, t:] + 1) % V
+        after = _outputs(probe, specs, changed, where, seed=0)
+        moved = next((m for (m, a), (_, b) in zip(before, after) if not same_logits(a[:, :t], b[:, :t])), None)
+        if moved is not None:
+            return moved, t
+    return None
 
 
 def _cache_warning(gpt: GPT, model, what: str) -> str:

@@ -878,6 +878,13 @@ class Chunks(NaiveAttention):  # bidirectional within chunks of 4 positions: cro
         within = (t[:, None] // 4 == t[None, :] // 4) | (t[:, None] >= t[None, :])
         return F.scaled_dot_product_attention(q, k, v, attn_mask=within)
 
+@register("attention", "lateleak")
+class LateLeak(NaiveAttention):  # sees one key ahead once there are more than 8: past the short sequences
+    def attend(self, q, k, v, bias):
+        t_q, t_k = q.size(-2), k.size(-2)
+        seen = torch.ones(t_q, t_k, dtype=torch.bool).tril(t_k - t_q + (t_k > 8))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=seen)
+
 @register("attention", "plainplugin")
 class PlainPlugin(NaiveAttention):  # correct: beside a plugin positional, either may be at fault
     supports_kv_cache = False
@@ -898,6 +905,8 @@ class PlainPlugin(NaiveAttention):  # correct: beside a plugin positional, eithe
      "position 1 on, in evaluation mode"),
     (["model.attention=chunks"], "attention 'chunks'", "its output before position 1 changed with the tokens from "
      "position 1 on, in evaluation mode"),
+    (["model.attention=lateleak"], "attention 'lateleak'", "its output before position 1 changed with the tokens "
+     "from position 1 on, in evaluation mode, over a whole block of 32 tokens"),
     (["model.positional=pooledkeys", "model.attention=naive"], "positional 'pooledkeys'", "the output of attention "
      "'naive', which calls its rotate and score_bias, before position 4 changed with the tokens from position 4 on, in "
      "evaluation mode"),  # (at position 0, one key: its weight is 1, whatever the query)

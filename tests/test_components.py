@@ -448,6 +448,26 @@ def test_a_partner_is_screened_with_its_own_checks_not_only_backward_and_causali
                "start=9) is not the matching part" in result.detail
 
 
+def test_an_attention_partner_that_loses_the_caches_offset_is_skipped_not_blamed_on_every_positional(
+        temporary_component):
+    from gptkit.components.attention import FlashAttention
+
+    class ForgetsStart(FlashAttention):  # a whole forward that rotates a cache's new tokens from position 0
+        def forward(self, x, cache=None):
+            q, k, v = self.project(x)
+            q, k = self.pos.rotate(q, k)
+            if cache is not None:
+                k, v = cache.extend(k, v)
+            y = self.attend(q, k, v, self.pos.score_bias(q.size(-2), k.size(-2)))
+            return self.c_proj(y.transpose(1, 2).flatten(2))
+
+    temporary_component("attention", "forgets_start", ForgetsStart)
+    result = run_check("every partner", parse_component("positional", "rope"))
+    assert result.status == "pass", result
+    assert "attention forgets_start skipped: broken on its own (uses positional: AssertionError: expected the calls" \
+        in result.detail
+
+
 class SlidingWindow:
     """Mixed into an attention: each query sees itself and the 3 keys before it (Beltagy et al. 2020)."""
 
