@@ -288,7 +288,8 @@ def _assert_matches_naive(attention, positional, config):
 def check_offsets(spec, config):
     """A positional scheme's hooks asked for positions s.. (what a key/value cache continues from)
     give the tail of what they give for positions 0..; with every parameter and buffer randomised,
-    as tables that start at zero hide an ignored offset."""
+    as tables that start at zero hide an ignored offset. And rotate keeps k's shape when it has fewer
+    heads than q."""
     pos = _randomised(_module(spec, config))
     T, s, g = config.block_size, config.block_size // 2 + 1, torch.Generator().manual_seed(2)
     x = _randn((2, T, config.n_embd), generator=g)
@@ -303,6 +304,20 @@ def check_offsets(spec, config):
             raise AssertionError("score_bias is None for some shapes only")
         if whole is not None:
             _assert_same(tail, whole[..., s:, :], f"score_bias({T - s}, {T})")
+        _assert_keeps_shapes(pos, q, k[:, :1])
+
+
+def _assert_keeps_shapes(pos, q, k):
+    """rotate(q, k) returns q and k each in its own shape, k having fewer heads than q as grouped- or
+    multi-query attention hands it: keys broadcast to every head would fill the cache as many times."""
+    heads = f"k of {k.size(1)} head and q of {q.size(1)}, as multi-query attention hands them"
+    try:
+        q_r, k_r = pos.rotate(q, k, 0)
+    except Exception as e:
+        raise AssertionError(f"rotate(q, k) with {heads}, raised {type(e).__name__}: {e}") from e
+    if (q_r.shape, k_r.shape) != (q.shape, k.shape):
+        raise AssertionError(f"rotate(q, k) with {heads}, returned shapes {tuple(q_r.shape)} and {tuple(k_r.shape)}; "
+                             "it must return each in its own shape")
 
 
 def _assert_same(part, whole, what):

@@ -236,6 +236,22 @@ def test_a_positional_written_with_the_documented_signatures_conforms(temporary_
         assert not failed, (name, failed)
 
 
+def test_a_positional_must_rotate_keys_of_fewer_heads_than_queries(temporary_component):
+    """Grouped-query attention hands rotate fewer key heads: keys broadcast to every head pass every other
+    check, and fill the cache as many times over."""
+    from gptkit.components.positional import RoPE
+
+    class Broadcasts(RoPE):
+        def rotate(self, q, k, start=0):
+            return super().rotate(q, k.expand_as(q), start)
+
+    temporary_component("positional", "broadcasts", Broadcasts)
+    result = run_check("offsets", parse_component("positional", "broadcasts"))
+    assert result.status == "fail" and "rotate(q, k) with k of 1 head and q of 4, as multi-query attention hands " \
+        "them, returned shapes (2, 4, 16, 8) and (2, 4, 16, 8); it must return each in its own shape" in result.detail, \
+        result
+
+
 class Noisy:
     """Adds noise in eval mode too: each pass differs, so every check comparing two passes would fail."""
 

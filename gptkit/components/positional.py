@@ -4,11 +4,12 @@ One module is built per model and handed both to the model input and to every at
 Each scheme overrides only the hook where it acts; the others stay no-ops:
 
 - `embed(x, start)`: added to token embeddings at the input           x: (B, T, C)
-- `rotate(q, k, start)`: applied to queries and keys inside attention  q, k: (B, nh, T, hs)
+- `rotate(q, k, start)`: applied to queries and keys inside attention  q: (B, nh, T, hs), k: (B, nkv, T, hs)
 - `score_bias(t_q, t_k)`: added to attention scores before softmax    (nh, t_q, t_k)
 
-`start` is the position of the first token, so cached generation can continue a sequence.
-Axis letters: B batch, T time, C channels, nh heads, hs head size.
+`start` is the position of the first token, so cached generation can continue a sequence. Keys may
+have fewer heads than queries (nkv < nh: grouped-query attention); rotate returns each in its own shape.
+Axis letters: B batch, T time, C channels, nh heads, nkv key/value heads, hs head size.
 """
 
 import math
