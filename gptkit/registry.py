@@ -18,6 +18,7 @@ import re
 import sys
 import typing
 from dataclasses import dataclass, field, replace
+from types import FunctionType
 from typing import Any
 
 from pydantic import BaseModel, PydanticUserError
@@ -347,7 +348,10 @@ class Registry:
         from .components.base import Params  # deferred: components import this module
 
         if not (inspect.isclass(obj) and issubclass(obj, self.base)):
-            raise RegistryError(f"must be a subclass of {self.base.__module__}.{self.base.__qualname__}, got {obj!r}")
+            other = next((k for k, r in _registries.items() if inspect.isclass(obj) and issubclass(obj, r.base)), None)
+            hint = f": it is {a(other)} component; register it as one (entry point group gptkit.{other})" if other else ""
+            raise RegistryError(f"must be a subclass of {self.base.__module__}.{self.base.__qualname__}, got {obj!r}"
+                                f"{hint}")
         if not (inspect.isclass(obj.Params) and issubclass(obj.Params, Params)):
             raise RegistryError(f"its Params must be a subclass of gptkit.components.Params, got {obj.Params!r}")
         try:  # a model pydantic cannot describe cannot be listed or written to a recipe
@@ -382,6 +386,9 @@ class Registry:
         missing = obj.unimplemented() if hasattr(obj, "unimplemented") else abstract_methods(obj)
         if missing:
             raise RegistryError(f"does not implement {', '.join(missing)}")
+        wrong = miscalled_methods(obj, self.base)
+        if wrong:
+            raise RegistryError("; ".join(wrong))
 
 
 # An ASCII letter, then ASCII letters, digits, _ and -: a plain YAML string in a recipe (never a number
@@ -409,6 +416,29 @@ def abstract_methods(cls: type) -> list[str]:
     """'name()' of each @abstractmethod `cls` leaves unwritten (nn.Module is no ABC: nothing else
     would refuse such a class before it is first called)."""
     return [f"{n}()" for n in dir(cls) if getattr(getattr(cls, n, None), "__isabstractmethod__", False)]
+
+
+def miscalled_methods(cls: type, base: type) -> list[str]:
+    """What is wrong with each method of gptkit's base classes that `cls` overrides so that it cannot
+    be called as gptkit calls it: with every parameter of the base's method, positionally (forward:
+    with its required ones; attention takes a cache only if its forward says so)."""
+    problems = []
+    ours = {n for c in base.__mro__ if c.__module__.startswith("gptkit.") for n, v in vars(c).items()
+            if not n.startswith("_") and isinstance(v, FunctionType | classmethod)}
+    for name in sorted(ours):
+        theirs, expected = getattr(cls, name, None), getattr(base, name)
+        if theirs is expected or not callable(theirs):
+            continue
+        try:
+            want, got = inspect.signature(expected), inspect.signature(theirs)
+        except (TypeError, ValueError):  # a builtin's
+            continue
+        passed = [p for p in want.parameters.values() if name != "forward" or p.default is p.empty]
+        try:
+            got.bind(*passed)
+        except TypeError:
+            problems.append(f"its {name}{got} cannot be called as gptkit calls it: {name}({', '.join(p.name for p in passed)})")
+    return problems
 
 
 def _lax_models(annotation: Any, seen: set | None = None):

@@ -148,6 +148,23 @@ def test_a_constructor_that_raises_is_named(run_with, tmp_path, error):
                      f"{type(raised).__name__}: {raised} (at {line_of(tmp_path, '# here')})")
 
 
+def test_a_parameter_read_but_not_declared_is_told_how_to_declare_it(run_with, tmp_path):
+    result = run_with("""
+        from gptkit.components.attention import FlashAttention
+
+        @register("attention", "windowed")
+        class Windowed(FlashAttention):
+            def __init__(self, config, params, pos):
+                super().__init__(config, params, pos)
+                self.window = params.window  # here
+    """, "model.attention=windowed")
+    assert_one_error(result, tmp_path, f"attention 'windowed' from {tmp_path / 'mine.py'} is broken: building it raised "
+                     f"AttributeError: 'AttentionParams' object has no attribute 'window' (at "
+                     f"{line_of(tmp_path, '# here')}); a component reads only the parameters its Params declare: "
+                     "subclass AttentionParams with a field `window` (and a default), and set `Params = ` that class on "
+                     "the component")
+
+
 @pytest.mark.parametrize("kind, base, signature, given, built_with", [
     ("attention", "FlashAttention", "config, params", 4, "(config, params, pos)"),
     ("norm", "RMSNorm", "config", 3, "(config, params)"),

@@ -5,6 +5,8 @@ are in test_conformance_kinds.py).
 Parametrized over the registry: a newly registered component is tested with no new test code.
 """
 
+import re
+
 import pytest
 import torch
 
@@ -572,6 +574,32 @@ def test_an_attention_without_attend_or_forward_is_refused_when_registered():
     with pytest.raises(NotImplementedError, match=r"^Lazy implements neither attend\(q, k, v, bias\) nor a whole "
                                                   r"forward\(x, cache=None\)$"):
         Lazy(CONFIG, AttentionParams(), NoPositional(CONFIG, NoPositional.Params()))(torch.zeros(1, 2, CONFIG.n_embd))
+
+
+@pytest.mark.parametrize("kind, methods, refused", [
+    ("attention", {"attend": lambda self, q, k, v: q}, "its attend(self, q, k, v) cannot be called as gptkit calls "
+     "it: attend(self, q, k, v, bias)"),
+    ("positional", {"rotate": lambda self, q, k: (q, k)}, "its rotate(self, q, k) cannot be called as gptkit calls it: "
+     "rotate(self, q, k, start)"),
+    ("norm", {"forward": lambda self, x, eps: x}, "its forward(self, x, eps) cannot be called as gptkit calls it: "
+     "forward(self, x)"),
+    ("schedule", {"factor": lambda self: 1.0}, "its factor(self) cannot be called as gptkit calls it: "
+     "factor(self, step)"),
+    ("attention", {"forward": lambda self, x: x}, None),  # no cache: sampled by recomputing the context
+    ("positional", {"rotate": lambda self, *qk_start: qk_start[:2]}, None),
+    ("norm", {"forward": lambda self, x, scale=1.0: x * scale}, None),
+])
+def test_a_method_that_cannot_take_what_gptkit_passes_is_refused_when_registered(kind, methods, refused):
+    from gptkit.registry import Registry
+
+    base = registry(kind).base
+    reg = Registry(kind, base)
+    cls = type("Mine", (base,), methods)
+    if refused is None:
+        reg.register("mine", cls)
+    else:
+        with pytest.raises(RegistryError, match=f"^{kind} 'mine': {re.escape(refused)}$"):
+            reg.register("mine", cls)
 
 
 class Gate(torch.nn.Linear):

@@ -65,6 +65,12 @@ BROKEN = [
      "AttributeError: module 'acme_empty' has no attribute 'Missing'"),
     ("not-a-norm", "acme_wrong:Linear", {"acme_wrong": "from torch.nn import Linear\n"},
      "must be a subclass of gptkit.components.norm.Norm"),
+    ("a-positional-as-a-norm", "acme_rope:RoPE", {"acme_rope": "from gptkit.components.positional import RoPE\n"},
+     "must be a subclass of gptkit.components.norm.Norm, got <class 'gptkit.components.positional.RoPE'>: it is a "
+     "positional component; register it as one (entry point group gptkit.positional)"),
+    ("wrong-signature", "acme_sig:Bad", {"acme_sig": "from gptkit.components import Norm\n"
+                                                     "class Bad(Norm):\n    forward = lambda self: 0\n"},
+     "its forward(self) cannot be called as gptkit calls it: forward(self, x)"),
     ("params-not-a-model", "acme_params:Bad", {"acme_params": "from gptkit.components import Norm\n"
                                                                "class Bad(Norm):\n    Params = dict\n"},
      "its Params must be a subclass of gptkit.components.Params"),
