@@ -226,6 +226,9 @@ def test_runs_dir_expands_a_home_folder_and_printed_commands_are_quoted(cli, tmp
     assert result.exit_code == 0, result.output
     (run_dir,) = (tmp_path / "home" / "my runs").iterdir()  # not ./~/my runs
     assert f"(sample: gptkit sample '{run_dir}')" in result.output and not (tmp_path / "~").exists()
+    compared = cli("compare", f"~/my runs/{run_dir.name}", "~nosuchuser/run")  # quoted, as the shell leaves them
+    assert compared.exit_code == 2 and compared.output == ("error: ~nosuchuser/run: cannot expand ~nosuchuser: there is "
+                                                           "no user nosuchuser; write the path out in full\n")
     result = cli("run", write_recipe(), "--runs-dir", "")  # not the current folder
     assert result.exit_code == 2
     assert result.output == "error: --runs-dir is empty; give a folder, e.g. --runs-dir runs\n"

@@ -548,10 +548,19 @@ def test_train_model_refuses_a_save_path_that_is_what_training_reads(tmp_path, w
 
 
 def test_paths_given_to_the_python_api_may_start_with_the_home_folder(tmp_path, write_recipe, corpus, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    train_model(write_recipe(), data_path="~/" + corpus.name, save_path="~/model.pt", runs_dir=tmp_path / "runs",
-                quiet=True)
-    assert (tmp_path / "model.pt").is_file() and load_model("~/model.pt")[0] is not None
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    (home / "r.yaml").write_text(Path(write_recipe(train={"max_steps": 1})).read_text())
+    (home / corpus.name).write_text(corpus.read_text())
+    train_model("~/r.yaml", data_path="~/" + corpus.name, save_path="~/model.pt", runs_dir="~/runs", quiet=True)
+    assert (home / "model.pt").is_file() and load_model("~/model.pt")[0] is not None
+    (run,) = (home / "runs").iterdir()
+    recipe = load_recipe("~/r.yaml", ["train.max_steps=2"])
+    assert train(recipe, resume=f"~/runs/{run.name}", quiet=True).run_dir == run
+    assert train(recipe, run_dir="~/mine", quiet=True).run_dir == home / "mine"
+    assert not (tmp_path / "~").exists()  # not a folder called ~ in the working directory
 
 
 def test_a_run_stopped_in_python_says_how_to_go_on_from_python(tmp_path, write_recipe, monkeypatch):

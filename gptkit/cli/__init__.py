@@ -116,10 +116,16 @@ def folder_option(ctx, param, value):
         return None
     if not value.strip():
         raise UserError(f"{name} is empty; give a folder, e.g. {name} {EXAMPLE_FOLDERS[name]}")
+    return str(home_expanded(value, f"{name} {value}"))
+
+
+def home_expanded(value: str, named: str | None = None) -> Path:
+    """A path argument with ~ expanded (quoted, the shell leaves it to us); a UserError naming it as
+    `named` (default: the path) where there is no home to expand to."""
     try:
-        return str(expand_home(value))
+        return expand_home(value)
     except ValueError as e:
-        raise UserError(f"{name} {value}: {e}") from None
+        raise UserError(f"{named or value}: {e}") from None
 
 
 _gone: set[int] = set()  # the file descriptors whose reader went away

@@ -35,7 +35,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"load_recipe takes a recipe file's path, got {type(path).__name__}; change a loaded Recipe "
                         "by assigning its fields, or with train_model(recipe, overrides=[...])")
-    path = Path(path)
+    path = expand_home(path)
     _refuse_run_file(path)
     try:
         data, lines, source = yaml.load_with_source(read_text(path, "recipe"), str(path))
