@@ -156,7 +156,8 @@ def one_newline(prompt: str) -> str:
 def sample(model, vocab, prompt: str | None, tokens: int, temperature: float = 0.8, top_k: int | None = 40,
            seed: int | None = None, use_cache: bool = True, on_text: Callable[[str], None] | None = None) -> str:
     """`prompt` followed by `tokens` sampled characters, drawn at `temperature` (0: greedy) from the `top_k`
-    likeliest (None: from all). `on_text`, for streaming, is called with the prompt, then with the
+    likeliest (None: from all). An empty prompt (or None) starts from a newline, the start of a speech
+    (from the vocabulary's first character if it has no newline), which begins the text returned. `on_text`, for streaming, is called with the prompt, then with the
     characters as generate's on_tokens hands them over."""
     check_model(model)
     if not isinstance(prompt, str | None):

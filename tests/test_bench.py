@@ -111,13 +111,14 @@ def test_vary_is_split_as_ablate_splits_it(cli, write_recipe):
 
 def test_bench_reports_a_batch_too_large_for_the_data(cli, write_recipe):
     result = cli("bench", write_recipe(), "--set", "train.batch_size=100000", "--steps", "1", "--rounds", "1")
-    assert result.exit_code == 2 and "error: train.batch_size 100000" in result.output  # no "variant baseline: "
+    assert result.exit_code == 2 and "error: --set train.batch_size=100000: train.batch_size 100000" in result.output, \
+        result.output  # no "variant baseline: "
 
 
 @pytest.mark.parametrize("args, message", [
     (["--vary", "train.batch_size=4,4000"], "error: variant train.batch_size=4000: train.batch_size 4000 is larger than"),
-    (["--set", "data.path=absent.txt", "--vary", "train.batch_size=4,8"], "error: variant train.batch_size=4: data.path: "
-                                                                          "file "),
+    (["--set", "data.path=absent.txt", "--vary", "train.batch_size=4,8"], "error: variant train.batch_size=4: --set "
+                                                                          "data.path=absent.txt: data.path: file "),
 ])
 def test_every_variants_data_is_checked_before_any_work(cli, write_recipe, args, message):
     result = cli("bench", write_recipe(sample={"prompt": "no such characters: #%&"}), *args)  # nothing is sampled

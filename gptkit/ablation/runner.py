@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..data.dataset import CharDataset, load_dataset
 from ..device import keep_random_state
-from ..errors import ComponentError, Diverged, OutOfMemory, UserError, failure_reason
+from ..errors import ComponentError, Diverged, OutOfMemory, UserError, counted, failure_reason
 from ..io import cannot_make_folder, quote, write_text
 from ..recipe import Recipe, apply_override, flatten, yaml
 from ..recipe.load import named_by_overrides, recipe_device
@@ -125,7 +125,7 @@ def run_steps(recipe: Recipe, dataset: CharDataset) -> int:
 def budget(recipe: Recipe, dataset: CharDataset) -> str:
     """"600 steps, 1,228,800 tokens": what one run of `recipe` trains for."""
     steps = run_steps(recipe, dataset)
-    return f"{steps:,} steps, {steps * recipe.train.batch_size * dataset.block_size:,} tokens"
+    return f"{counted(steps, 'step')}, {steps * recipe.train.batch_size * dataset.block_size:,} tokens"
 
 
 def schedule_note(recipe: Recipe, dataset: CharDataset) -> str | None:

@@ -26,7 +26,7 @@ from ..device import resolve_device, use_bf16
 from ..data.dataset import load_dataset
 from ..errors import Interrupted, RunFailed, RunStopped, UserError, counted, first_line, warn
 from ..recipe import load_recipe, yaml
-from ..recipe.load import recipe_device
+from ..recipe.load import named_by_overrides, recipe_device
 from ..recipe.vary import parse_vary as parse_vary_flags
 from ..training.run import check_fits
 from ..training.signals import signals_held
@@ -173,8 +173,9 @@ def check_variant_data(found: list[Variant], recipes: list, overrides: list[str]
     for v, recipe in zip(found, recipes):
         recipe_device(recipe, [*overrides, *v.overrides], v.origins)
         try:
-            dataset = load_dataset(recipe.data, recipe.model.block_size)  # creates a corpus file, as the worker would
-            check_fits(recipe, dataset, prompt=None)
+            with named_by_overrides(overrides):  # --set train.batch_size=100000 (a variant is named below)
+                dataset = load_dataset(recipe.data, recipe.model.block_size)  # creates a corpus file, as the worker would
+                check_fits(recipe, dataset, prompt=None)
         except UserError as e:
             raise UserError(v.which + str(e)) from None
 

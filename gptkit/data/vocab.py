@@ -8,6 +8,9 @@ ENCODE_SLICE = 1 << 14  # characters encoded at a time
 
 
 class Vocab:
+    """A character-level vocabulary: `itos` (id -> character, in id order) and `stoi` (character -> id);
+    `encode(text)` gives a 1-D tensor of ids, `decode(ids)` the text."""
+
     def __init__(self, itos: list[str]):
         self.itos = list(itos)
         self.stoi = {ch: i for i, ch in enumerate(self.itos)}

@@ -41,6 +41,10 @@ from .trainer import Trainer, trained_toward
 
 @dataclass
 class RunResult:
+    """What `train` returns: the trained `model` (in evaluation mode), the `dataset` it trained on
+    (`dataset.vocab`; `dataset.train`/`dataset.val` hold token ids), the `run_dir` and its `summary`
+    (the figures of summary.json)."""
+
     model: GPT
     dataset: CharDataset
     run_dir: Path | None  # None on every process of a torchrun job but rank 0
@@ -113,7 +117,9 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", *, quiet: bool = False,
 
     `resume` continues a run folder from its last checkpoint (or starts over one stopped before its
     first); "auto" picks the newest run of this recipe in `runs_dir` that has a checkpoint, is neither
-    finished nor diverged, and is not being trained by another process, or starts a new run.
+    finished nor diverged, is not being trained by another process, and could be resumed (its recipe
+    differs only where it may change, its text is the same, it has not trained past the budget), or
+    starts a new run.
 
     Training seeds torch's global random generators with `recipe.seed`; the caller's random state is
     put back afterwards, so that a notebook's later draws do not depend on having trained. It runs under

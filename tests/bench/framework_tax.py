@@ -39,7 +39,7 @@ def plain_for(recipe, vocab_size: int) -> PlainGPT:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe", nargs="?", default=str(ROOT / "recipes/shakespeare.yaml"))
     ap.add_argument("--batch-size", type=at_least(1), default=16)
     ap.add_argument("--steps", type=at_least(1), default=5, help="steps per round")

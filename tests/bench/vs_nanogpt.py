@@ -119,7 +119,7 @@ def compare(title: str, programs: dict, rounds: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nanogpt", type=Path, required=True, help="a checkout of karpathy/nanoGPT")
     ap.add_argument("--text", type=Path, default=TEXT, help="tiny Shakespeare, for nanoGPT's data")
     ap.add_argument("--only", choices=["speed", "loss"], help="one nanoGPT comparison, without the plain model")
