@@ -517,6 +517,29 @@ def test_a_failed_save_stops_the_run_loudly(tmp_path, write_recipe, monkeypatch)
     assert load_checkpoint(run)["step"] == summary["checkpoint_step"] == 2 and not list(run.glob(".*.tmp"))
 
 
+def test_a_full_disk_for_the_last_summary_is_a_failed_save_that_resuming_finishes(tmp_path, write_recipe, monkeypatch):
+    from gptkit.training import run as run_module
+
+    write_summary = run_module.write_summary
+
+    def disk_full_at_the_end(run_dir, recipe, trainer, status, *args, **kwargs):
+        if status == "finished":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir / ".summary.json.tmp"))
+        return write_summary(run_dir, recipe, trainer, status, *args, **kwargs)
+
+    recipe = load_recipe(write_recipe(train={"max_steps": 3}))
+    monkeypatch.setattr(run_module, "write_summary", disk_full_at_the_end)
+    with pytest.raises(CheckpointError, match=r"could not write summary.json in .*: No space left on device; the run is "
+                                              r"trained and its checkpoint saved .*Free some space and resume") as e:
+        train(recipe, runs_dir=tmp_path / "runs", quiet=True)
+    run = e.value.run_dir
+    assert e.value.exit_code == 4 and (run / "samples.txt").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "running" and summary["checkpoint_step"] == 3  # as of the last save
+    monkeypatch.setattr(run_module, "write_summary", write_summary)  # space freed
+    assert train(recipe, resume=run, quiet=True).summary["status"] == "finished"
+
+
 @pytest.mark.parametrize("code, fix", [(errno.ENOSPC, "Free some space"), (errno.EACCES, "Make the run folder writable")])
 def test_a_failed_first_save_says_that_no_checkpoint_was_saved(tmp_path, write_recipe, monkeypatch, code, fix):
     def fails(*args, **kwargs):
