@@ -1146,6 +1146,23 @@ def test_a_run_whose_reader_goes_away_trains_on_and_finishes(tmp_path, write_rec
     assert sampled.returncode == 0 and b"error" not in sampled.stderr, sampled.stderr
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a file whose every write finds the disk full")
+def test_a_log_on_a_full_disk_is_dropped_and_the_run_trains_on(tmp_path, write_recipe):
+    """gptkit run RECIPE > log, the log's disk full: the run is not the log; a sample, whose output is its
+    product, fails."""
+    with open("/dev/full", "w") as full:
+        ran = subprocess.run([sys.executable, "-m", "gptkit", "run", write_recipe(**SMALL), "--runs-dir", "runs"],
+                             cwd=tmp_path, env=cli_env(), stdout=full, stderr=subprocess.PIPE, timeout=300, text=True)
+        assert ran.returncode == 0, ran.stderr
+        assert "warning: cannot write to stdout (No space left on device): its output from here on is dropped\n" \
+            in ran.stderr and "error" not in ran.stderr, ran.stderr
+        (run,) = (tmp_path / "runs").iterdir()
+        assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+        sampled = subprocess.run([sys.executable, "-m", "gptkit", "sample", run, "--tokens", "50"], cwd=tmp_path,
+                                 env=cli_env(), stdout=full, stderr=subprocess.PIPE, timeout=300, text=True)
+    assert sampled.returncode == 1 and sampled.stderr.startswith("warning: cannot write to stdout"), sampled.stderr
+
+
 def test_a_sample_whose_reader_goes_away_stops_there(tmp_path, write_recipe):
     """gptkit sample RUN --tokens 10000000 | head -c 5: sampling ends at the first write nobody reads,
     quietly, rather than generating every token into the void (hours of it: some 2,000 tokens/s)."""

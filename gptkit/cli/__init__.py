@@ -128,26 +128,45 @@ def home_expanded(value: str, named: str | None = None) -> Path:
         raise UserError(f"{named or value}: {e}") from None
 
 
-_gone: set[int] = set()  # the file descriptors whose reader went away
+_gone: dict[int, bool] = {}  # the file descriptors whose reader went away: whether their file was full instead
 
 
 def reader_gone() -> bool:
-    """Whether stdout's reader has gone away (`gptkit sample RUN | head -c 50`, and head exited): a
-    command whose only product is its output (`gptkit sample`) may stop then."""
+    """Whether stdout's reader has gone away (`gptkit sample RUN | head -c 50`, and head exited), or the
+    file it went to is full (see `stdout_full`): a command whose only product is its output (`gptkit
+    sample`) may stop then."""
     return 1 in _gone
+
+
+def stdout_full() -> bool:
+    """Whether stdout went to a file on a full disk (said on stderr when met), not to a reader gone."""
+    return _gone.get(1, False)
+
+
+# A log file that cannot grow: like a reader gone, not a reason to stop training (its files may be elsewhere)
+UNWRITABLE_LOG = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class _ReaderMayGo(io.FileIO):
     """The file descriptor of stdout or stderr, whose writes never fail because its reader went away: at
     the first broken pipe it is pointed at os.devnull (see Python's docs on SIGPIPE), so that this
-    write and every later one succeed, as if read and thrown away; `reader_gone` says it happened."""
+    write and every later one succeed, as if read and thrown away; `reader_gone` says it happened. So
+    does a full disk under the file it was redirected to (`gptkit run ... > log`), said once on the
+    other stream."""
 
     def write(self, b) -> int:
         try:
             return super().write(b)
-        except BrokenPipeError:
+        except OSError as e:
+            if not (isinstance(e, BrokenPipeError) or e.errno in UNWRITABLE_LOG):
+                raise
             _to_devnull(self.fileno())
-            _gone.add(self.fileno())
+            _gone[self.fileno()] = not isinstance(e, BrokenPipeError)
+            if not isinstance(e, BrokenPipeError):
+                other, name = (2, "stdout") if self.fileno() == 1 else (1, "stderr")
+                with contextlib.suppress(OSError):
+                    os.write(other, f"warning: cannot write to {name} ({e.strerror}): its output from here on is "
+                                    f"dropped\n".encode())
             return memoryview(b).nbytes
 
 
@@ -174,7 +193,7 @@ def _pipe_safe(stream, original) -> io.TextIOWrapper | None:
         stream.flush()
     except BrokenPipeError:  # gone already: what it held goes where later writes will
         _to_devnull(raw.fileno())
-        _gone.add(raw.fileno())
+        _gone[raw.fileno()] = False
         stream.flush()
     # An encoding without a character gptkit prints (cp1252 lacks the table's "Δ") escapes it, not raises.
     errors = stream.errors if codecs.lookup(stream.encoding).name == "utf-8" else "backslashreplace"
