@@ -3,6 +3,7 @@ import math
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,6 +146,22 @@ def test_byte_order_marks_inside_a_text_joined_by_cat_are_dropped_too(tmp_path):
     path = tmp_path / "t.txt"
     path.write_bytes("\ufeffab\r\n".encode() + "\ufeffcd\n".encode())  # two files of Windows' Notepad, joined
     assert read_text(path, "data.path") == "ab\ncd\n"
+
+
+def test_a_text_too_large_for_memory_is_one_error_naming_it(tmp_path, monkeypatch):
+    from gptkit.io import read_text
+
+    path = tmp_path / "huge.txt"
+    path.write_text("abc\n")
+
+    def no_memory(self, *args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(Path, "read_text", no_memory)
+    with pytest.raises(UserError, match=rf"^data.path file {re.escape(str(path))} \(4 bytes\) is too large for this "
+                                        r"machine's memory; train on a part of it \(head -n 1000000 FILE > part.txt, "
+                                        r"say\)$"):
+        read_text(path, "data.path")
 
 
 def test_undecodable_bytes_of_an_argument_are_unknown_characters():
