@@ -72,6 +72,20 @@ def test_stop_and_resume_is_bitwise_identical(tmp_path, monkeypatch, reference, 
     assert_same_run(ref, run)
 
 
+def test_a_damaged_line_of_metrics_is_dropped_alone_when_resuming(tmp_path, monkeypatch, reference):
+    path, ref = reference
+    with monkeypatch.context() as m:
+        stop_at(m, "train_step", 5)
+        with pytest.raises(Interrupted) as e:
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    run = e.value.run_dir
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text("".join([lines[0], "GARBAGE{\n", *lines[2:]]))  # step 2's record damaged by hand
+    train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume=run)
+    assert losses(run) == [r for r in losses(ref) if r[0] != 2]  # steps 3 to 5 kept, not dropped with it
+
+
 def test_a_stop_between_log_lines_leaves_the_final_figures_as_they_would_have_been(tmp_path, write_recipe,
                                                                                    monkeypatch):
     path = write_recipe(train={"max_steps": 8, "log_every": 4})

@@ -122,7 +122,7 @@ def damaged(path: Path, problem: str) -> UserError:
 
 
 def metric_records(path: Path):
-    """(line, record) for each record of a metrics.jsonl, up to the first that is not one: a line cut
+    """(line, record) for each record of a metrics.jsonl, passing by lines that are not one: the last cut
     short by a kill, or damage (bytes that are not UTF-8 JSON, a record without an integer step)."""
     if not path.is_file():
         return
@@ -131,10 +131,9 @@ def metric_records(path: Path):
             line = raw.decode("utf-8")
             record = json.loads(line)
         except (ValueError, RecursionError):  # UnicodeDecodeError included; RecursionError: [[[[...
-            return
-        if not (isinstance(record, dict) and type(record.get("step")) is int):
-            return
-        yield line, record
+            continue
+        if isinstance(record, dict) and type(record.get("step")) is int:
+            yield line, record
 
 
 def val_curve(run_dir: Path) -> list[tuple[int, float]]:

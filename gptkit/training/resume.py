@@ -280,6 +280,6 @@ def truncate_metrics(path: Path, step: int, eval_pending: bool = False) -> None:
     it, and a run that then fails before its next checkpoint may be resumed from this one again)."""
     if not path.is_file():
         return
-    kept = [line for line, record in metric_records(path)
+    kept = [line.rstrip("\n") + "\n" for line, record in metric_records(path)  # (a kill just before a newline)
             if not (record["step"] > step or (eval_pending and record["step"] == step and "val_loss" in record))]
     write_text(path, "".join(kept))
