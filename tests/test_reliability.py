@@ -943,7 +943,8 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over_in_its_folder(tmp
     (run / "checkpoint.pt").unlink()  # as if killed before the first save
     (run / "samples.txt").unlink()
     summary = json.loads((run / "summary.json").read_text())
-    (run / "summary.json").write_text(json.dumps({**summary, "status": "running", "resumable": True}))
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "running", "resumable": True,
+                                                  "checkpoint_step": None}))
     (run / ".checkpoint.pt.abc.tmp").write_bytes(b"half")
     other = cli("run", path, "--resume", run, "--set", "train.lr=0.5")
     assert other.exit_code == 2 and "train.lr: 0.001 -> 0.5" in other.output, other.output
@@ -966,7 +967,7 @@ def test_resume_of_a_users_folder_holding_a_recipe_leaves_it_alone(tmp_path, wri
     assert {p.name: p.read_text() for p in folder.iterdir()} == notes
 
 
-def test_damaged_metrics_are_cut_at_the_damage_on_resume(tmp_path, monkeypatch, write_recipe, cli):
+def test_damaged_metrics_at_the_end_are_dropped_on_resume(tmp_path, monkeypatch, write_recipe, cli):
     path = write_recipe(train={"max_steps": 8, "log_every": 1, "eval_every": 2})
     with monkeypatch.context() as m:
         stop_at(m, "train_step", 4)
@@ -976,7 +977,7 @@ def test_damaged_metrics_are_cut_at_the_damage_on_resume(tmp_path, monkeypatch, 
     metrics = run / "metrics.jsonl"
     curve = val_curve(run)
     metrics.write_bytes(metrics.read_bytes() + b'{"step": "x"}\n\xff\xfe garbage\n[1]\n')
-    assert curve and val_curve(run) == curve  # read up to the damage
+    assert curve and val_curve(run) == curve  # the damage passed by
     result = cli("run", "--resume", run, "-q")
     assert result.exit_code == 0, result.output
     steps = [json.loads(line)["step"] for line in metrics.read_text(encoding="utf-8").splitlines()]
@@ -1049,6 +1050,22 @@ def test_a_finished_run_without_its_checkpoint_is_not_trained_again(tmp_path, wr
     result = cli("run", "--resume", run)
     assert result.exit_code == 2 and "it finished, and its checkpoint.pt is gone" in result.output
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_stopped_run_whose_checkpoint_is_gone_is_not_started_over(tmp_path, write_recipe, cli, monkeypatch):
+    path = write_recipe(train={"max_steps": 6, "checkpoint_every": 2})
+    with monkeypatch.context() as m:
+        stop_at(m, "train_step", 3)
+        with pytest.raises(Interrupted) as e:
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    run = e.value.run_dir
+    (run / "checkpoint.pt").unlink()
+    metrics = (run / "metrics.jsonl").read_text()
+    result = cli("run", "--resume", run)
+    assert result.exit_code == 2 and result.output == (
+        f"error: cannot resume {run}: its checkpoint.pt (of step 3) is gone; put it back, or start a new run without "
+        "--resume\n"), result.output
+    assert (run / "metrics.jsonl").read_text() == metrics
 
 
 def test_resuming_with_new_sample_settings_and_no_step_left_saves_them(tmp_path, write_recipe, cli):

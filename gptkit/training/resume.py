@@ -119,6 +119,10 @@ def check_restartable(run_dir: Path, recipe: Recipe) -> None:
     if summary.get("status") == "finished":
         raise UserError(f"cannot resume {run_dir}: it finished, and its checkpoint.pt is gone; "
                         f"start a new run without {arg('resume')}")
+    saved = summary.get("checkpoint_step")
+    if type(saved) is int and saved > 0:  # starting over would overwrite what it trained
+        raise UserError(f"cannot resume {run_dir}: its checkpoint.pt (of step {saved:,}) is gone; put it back, or start "
+                        f"a new run without {arg('resume')}")
     refuse_changes(run_dir, recipe_diff(run_recipe(run_dir), recipe.to_dict()))
 
 
