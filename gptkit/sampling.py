@@ -131,8 +131,9 @@ def _real(value) -> float | None:
 def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
                generator: torch.Generator | None) -> torch.Tensor:
     """(B, 1) ids drawn from softmax(logits / temperature) over each row's `top_k` largest logits (B, V);
-    at temperature 0, each row's largest (greedy decoding)."""
-    if temperature == 0:
+    at temperature 0, each row's largest (greedy decoding), as at any below float32's smallest normal
+    number, which dividing float32 logits by would make 0/0."""
+    if temperature < torch.finfo(torch.float32).tiny:
         return logits.argmax(dim=-1, keepdim=True)
     ids = None
     if top_k is not None and top_k < logits.size(-1):

@@ -807,6 +807,17 @@ def test_weights_that_do_not_fit_the_recipe_are_a_clear_error(tmp_path, write_re
     assert 'Missing key(s) in state_dict: "lm_head.weight"' in result.output  # what does not fit
 
 
+def test_weights_that_are_not_finite_are_a_clear_error_not_a_sample_of_newlines(tmp_path, write_recipe, cli):
+    run = train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["model"]["transformer.h.0.mlp.c_fc.weight"][0, 0] = math.nan
+    torch.save(state, run / "checkpoint.pt")
+    for result in (cli("sample", run, "--tokens", "5"), cli("run", "--resume", run)):
+        assert result.exit_code == 2 and result.output.startswith(f"error: checkpoint {run}") and result.output.endswith(
+            ": its weights are not finite (transformer.h.0.mlp.c_fc.weight holds NaN or inf), so the model computes "
+            "nothing; the file was damaged or edited: use another checkpoint\n"), result.output
+
+
 @pytest.mark.parametrize("key, value", [("itos", None), ("step", "7"), ("recipe", [1])])
 def test_a_checkpoint_lacking_what_gptkit_reads_is_a_clear_error(tmp_path, write_recipe, cli, key, value):
     recipe = write_recipe()

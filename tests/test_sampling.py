@@ -128,7 +128,8 @@ def test_a_tiny_temperature_samples_the_likeliest_token_and_zero_always_does():
     from gptkit.sampling import next_token
 
     logits = torch.tensor([[1.0, 3.0, 2.0]])
-    assert next_token(logits, 1e-40, None, torch.Generator().manual_seed(0)).item() == 1
+    for temperature in (1e-40, 1e-300, 5e-324):  # the last two are 0 in float32: 0/0 would draw token 0
+        assert next_token(logits, temperature, None, torch.Generator().manual_seed(0)).item() == 1, temperature
     assert next_token(torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, 1.0]]), 0, 2, None).flatten().tolist() == [1, 0]
 
 

@@ -346,3 +346,7 @@ def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
     except RuntimeError as e:
         raise UserError(f"checkpoint {path}: its weights do not fit the model its recipe describes "
                         f"({state_dict_mismatch(e)}); was it written by another version of a component?") from None
+    bad = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:  # gptkit never saves such weights (a diverged step is not saved): damage, or an edit
+        raise UserError(f"checkpoint {path}: its weights are not finite ({bad} holds NaN or inf), so the model "
+                        "computes nothing; the file was damaged or edited: use another checkpoint")
