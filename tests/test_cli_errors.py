@@ -276,6 +276,9 @@ def test_cuda_asked_for_by_a_set_without_a_gpu_names_the_set(cli, tmp_path, writ
     ("data.path=nope.txt", "data.path: file {dir}/nope.txt not found"),
     ("train.batch_size=100000", "train.batch_size 100000 is larger than the "),
     ('sample.prompt="ZZZ"', "sample.prompt 'ZZZ': characters not in the vocabulary: 'Z'"),
+    ("data.stride=100000000", "train.batch_size 8 is larger than the 1 training window per epoch; lower "
+                              "train.batch_size or data.stride"),  # the key said first is not the one set
+    ("data.max_lines=1", "data.path {dir}/corpus.txt (its first 1 line, data.max_lines) has "),
 ])
 def test_a_set_that_does_not_fit_the_data_is_named(cli, tmp_path, write_recipe, command, setting, said):
     """The checks against the text come after validation, and name the --set to blame as it does."""

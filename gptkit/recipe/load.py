@@ -142,16 +142,17 @@ def override_of(key: str, overrides: Sequence[str] | None, origins: Mapping[str,
 
 @contextlib.contextmanager
 def named_by_overrides(overrides: Sequence[str] | None, origins: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Within it, a UserError about a key (its message starts with it: "data.path: file x.txt not found",
-    "train.batch_size 9999 is larger ...") that one of `overrides` set is named by that override first, as
-    validation's errors are: the checks of a recipe against its data, made after it is validated."""
+    """Within it, a UserError naming keys ("data.path: file x.txt not found", "train.batch_size 9999 is
+    larger than the 3 training windows ...; lower train.batch_size or data.stride") that `overrides` set
+    is named by those overrides first, as validation's errors are: the checks of a recipe against its
+    data, made after it is validated, where the key said first need not be the one overridden."""
     try:
         yield
     except UserError as e:
-        found = re.match(r"([a-z_]+(?:\.[a-z_0-9]+)+)[: ]", str(e))
-        setter = found and override_of(found.group(1), overrides, origins)
-        if setter:
-            e.args = (f"{setter}: {e}", *e.args[1:])
+        keys = re.findall(rf"(?<![\w./-])((?:{'|'.join(Recipe.model_fields)})(?:\.[a-z_0-9]+)+)", str(e))
+        setters = dict.fromkeys(filter(None, (override_of(key, overrides, origins) for key in keys)))
+        if setters:
+            e.args = (f"{' and '.join(setters)}: {e}", *e.args[1:])
         raise
 
 
