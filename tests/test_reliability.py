@@ -51,6 +51,15 @@ def assert_same_run(a: Path, b: Path):
     assert {k: sa[k] for k in figures} == {k: sb[k] for k in figures}
 
 
+def interrupted_at(monkeypatch, path: Path, runs: Path, step: int, overrides=()) -> Path:
+    """The run folder of `path` trained in `runs` until a stop, as a signal's, after step `step`."""
+    with monkeypatch.context() as m:
+        stop_at(m, "train_step", step)
+        with pytest.raises(Interrupted) as e:
+            train(load_recipe(path, list(overrides)), runs_dir=runs, quiet=True)
+    return e.value.run_dir
+
+
 @pytest.fixture
 def reference(tmp_path, write_recipe):
     path = write_recipe(**RELIABLE)
@@ -74,11 +83,7 @@ def test_stop_and_resume_is_bitwise_identical(tmp_path, monkeypatch, reference, 
 
 def test_a_damaged_line_of_metrics_is_dropped_alone_when_resuming(tmp_path, monkeypatch, reference):
     path, ref = reference
-    with monkeypatch.context() as m:
-        stop_at(m, "train_step", 5)
-        with pytest.raises(Interrupted) as e:
-            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
-    run = e.value.run_dir
+    run = interrupted_at(monkeypatch, path, tmp_path / "runs", 5)
     metrics = run / "metrics.jsonl"
     lines = metrics.read_text().splitlines(keepends=True)
     metrics.write_text("".join([lines[0], "GARBAGE{\n", *lines[2:]]))  # step 2's record damaged by hand
@@ -90,12 +95,9 @@ def test_a_stop_between_log_lines_leaves_the_final_figures_as_they_would_have_be
                                                                                    monkeypatch):
     path = write_recipe(train={"max_steps": 8, "log_every": 4})
     ref = train(load_recipe(path), runs_dir=tmp_path / "reference", quiet=True).run_dir
-    with monkeypatch.context() as m:
-        stop_at(m, "train_step", 5)
-        with pytest.raises(Interrupted) as e:
-            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
-    train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume=e.value.run_dir)
-    assert_same_run(ref, e.value.run_dir)
+    run = interrupted_at(monkeypatch, path, tmp_path / "runs", 5)
+    train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume=run)
+    assert_same_run(ref, run)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -980,11 +982,7 @@ def test_resume_of_a_users_folder_holding_a_recipe_leaves_it_alone(tmp_path, wri
 
 def test_damaged_metrics_at_the_end_are_dropped_on_resume(tmp_path, monkeypatch, write_recipe, cli):
     path = write_recipe(train={"max_steps": 8, "log_every": 1, "eval_every": 2})
-    with monkeypatch.context() as m:
-        stop_at(m, "train_step", 4)
-        with pytest.raises(Interrupted) as e:
-            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
-    run = e.value.run_dir
+    run = interrupted_at(monkeypatch, path, tmp_path / "runs", 4)
     metrics = run / "metrics.jsonl"
     curve = val_curve(run)
     metrics.write_bytes(metrics.read_bytes() + b'{"step": "x"}\n\xff\xfe garbage\n[1]\n')
@@ -1065,11 +1063,7 @@ def test_a_finished_run_without_its_checkpoint_is_not_trained_again(tmp_path, wr
 
 def test_a_stopped_run_whose_checkpoint_is_gone_is_not_started_over(tmp_path, write_recipe, cli, monkeypatch):
     path = write_recipe(train={"max_steps": 6, "checkpoint_every": 2})
-    with monkeypatch.context() as m:
-        stop_at(m, "train_step", 3)
-        with pytest.raises(Interrupted) as e:
-            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
-    run = e.value.run_dir
+    run = interrupted_at(monkeypatch, path, tmp_path / "runs", 3)
     (run / "checkpoint.pt").unlink()
     metrics = (run / "metrics.jsonl").read_text()
     result = cli("run", "--resume", run)
@@ -1239,14 +1233,6 @@ def test_an_ablation_whose_reader_is_gone_trains_every_run(tmp_path, write_recip
 # --- --resume auto passes by runs it could not resume; summary.json is as fresh as the checkpoint -------
 
 ONE_LAYER = {"n_layer": 1, "n_head": 2}
-
-
-def interrupted_at(monkeypatch, path: Path, runs: Path, step: int, overrides=()) -> Path:
-    with monkeypatch.context() as m:
-        stop_at(m, "train_step", step)
-        with pytest.raises(Interrupted) as e:
-            train(load_recipe(path, list(overrides)), runs_dir=runs, quiet=True)
-    return e.value.run_dir
 
 
 def test_resume_auto_passes_by_a_run_whose_recipe_differs(tmp_path, write_recipe, monkeypatch, capsys, cli):
