@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .data.dataset import CharDataset
 from .errors import UserError
-from .io import cannot_make_folder, check_path_argument, expand_home
+from .io import cannot_make_folder, check_path_argument, home_path
 from .model import GPT
 from .recipe import Recipe, load_recipe, validate
 from .recipe.load import apply_overrides, check_overrides, named_by_overrides, recipe_device
@@ -34,7 +34,7 @@ def train_model(config_path: str | Path | Recipe | dict, data_path: str | Path |
         check_path_argument(name, value, optional=name != "runs_dir")
     origins = {}  # data_path and epochs are named in errors as the arguments they were, not as overrides
     if data_path is not None:
-        path = expand_home(data_path)  # ~/text.txt, as a recipe's paths may say
+        path = home_path(data_path, f"data_path={str(data_path)!r}")  # ~/text.txt, as a recipe's paths may say
         if not path.is_file():  # said as the argument it is, not as the recipe's data.path
             raise UserError(f"data_path={str(data_path)!r}: file not found{' (it is a folder)' if path.is_dir() else ''}")
         text = f"data.path={json.dumps(str(path.absolute()))}"  # quoted: '#' or ': ' in a path
@@ -54,7 +54,7 @@ def train_model(config_path: str | Path | Recipe | dict, data_path: str | Path |
     else:
         raise TypeError(f"train_model takes a recipe file's path, a Recipe or a dict, got {type(config_path).__name__}")
     if save_path is not None:
-        save_path = expand_home(save_path)
+        save_path = home_path(save_path, f"save_path={str(save_path)!r}")
         check_save_path(save_path, recipe)
     recipe_device(recipe, overrides, origins)  # a device that is not here, named by its override if one set it
     with named_by_overrides(overrides, origins):  # an override's batch larger than the text, say

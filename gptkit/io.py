@@ -107,6 +107,15 @@ def expand_home(path: str | os.PathLike) -> Path:
         raise ValueError(f"cannot expand {first}: {who}; write the path out in full") from None
 
 
+def home_path(path: str | os.PathLike, named: str) -> Path:
+    """`path` with ~ expanded (`expand_home`), or a UserError naming it as `named` ("--resume ~x/run")
+    where there is no home to expand to."""
+    try:
+        return expand_home(path)
+    except ValueError as e:
+        raise UserError(f"{named}: {e}") from None
+
+
 def encoding_of(head: bytes) -> str | None:
     """A guess at the encoding of text that is not UTF-8, from its first bytes: UTF-16 starts with its
     byte-order mark or, without one, has NUL in every other byte of ASCII text; an 8-bit encoding holds

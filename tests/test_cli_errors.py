@@ -226,9 +226,15 @@ def test_runs_dir_expands_a_home_folder_and_printed_commands_are_quoted(cli, tmp
     assert result.exit_code == 0, result.output
     (run_dir,) = (tmp_path / "home" / "my runs").iterdir()  # not ./~/my runs
     assert f"(sample: gptkit sample '{run_dir}')" in result.output and not (tmp_path / "~").exists()
+    no_home = "cannot expand ~nosuchuser: there is no user nosuchuser; write the path out in full\n"
     compared = cli("compare", f"~/my runs/{run_dir.name}", "~nosuchuser/run")  # quoted, as the shell leaves them
-    assert compared.exit_code == 2 and compared.output == ("error: ~nosuchuser/run: cannot expand ~nosuchuser: there is "
-                                                           "no user nosuchuser; write the path out in full\n")
+    assert compared.exit_code == 2 and compared.output == f"error: ~nosuchuser/run: {no_home}"
+    for args, named in ([["run", "~nosuchuser/r.yaml"], "recipe file ~nosuchuser/r.yaml"],
+                        [["validate", "~nosuchuser/r.yaml"], "recipe file ~nosuchuser/r.yaml"],
+                        [["run", "--resume", "~nosuchuser/run"], "--resume ~nosuchuser/run"],
+                        [["sample", "~nosuchuser/run"], "~nosuchuser/run"]):
+        result = cli(*args)
+        assert result.exit_code == 2 and result.output == f"error: {named}: {no_home}", result.output
     result = cli("run", write_recipe(), "--runs-dir", "")  # not the current folder
     assert result.exit_code == 2
     assert result.output == "error: --runs-dir is empty; give a folder, e.g. --runs-dir runs\n"

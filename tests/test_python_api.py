@@ -561,6 +561,8 @@ def test_paths_given_to_the_python_api_may_start_with_the_home_folder(tmp_path, 
     assert train(recipe, resume=f"~/runs/{run.name}", quiet=True).run_dir == run
     assert train(recipe, run_dir="~/mine", quiet=True).run_dir == home / "mine"
     assert not (tmp_path / "~").exists()  # not a folder called ~ in the working directory
+    with pytest.raises(UserError, match=r"^run_dir='~nosuchuser/x': cannot expand ~nosuchuser: there is no user"):
+        train(recipe, run_dir="~nosuchuser/x", quiet=True)
 
 
 def test_a_run_stopped_in_python_says_how_to_go_on_from_python(tmp_path, write_recipe, monkeypatch):

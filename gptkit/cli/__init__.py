@@ -16,7 +16,7 @@ import click
 
 from .. import plugins
 from ..errors import GptkitWarning, RunStopped, UserError, command_line
-from ..io import expand_home, quote
+from ..io import home_path, quote
 from ..ranks import first_on_machine, rank, stray_world_size, under_torchrun, unset_by_torchrun
 
 
@@ -116,16 +116,7 @@ def folder_option(ctx, param, value):
         return None
     if not value.strip():
         raise UserError(f"{name} is empty; give a folder, e.g. {name} {EXAMPLE_FOLDERS[name]}")
-    return str(home_expanded(value, f"{name} {value}"))
-
-
-def home_expanded(value: str, named: str | None = None) -> Path:
-    """A path argument with ~ expanded (quoted, the shell leaves it to us); a UserError naming it as
-    `named` (default: the path) where there is no home to expand to."""
-    try:
-        return expand_home(value)
-    except ValueError as e:
-        raise UserError(f"{named or value}: {e}") from None
+    return str(home_path(value, f"{name} {value}"))
 
 
 _gone: dict[int, bool] = {}  # the file descriptors whose reader went away: whether their file was full instead

@@ -8,13 +8,13 @@ from ..ablation import plot
 from ..ablation.plot import HINT, plot_curves
 from ..ablation.report import table
 from ..errors import UserError
-from ..io import cannot_make_folder, quote
+from ..io import cannot_make_folder, home_path, quote
 from ..recipe import flatten
 from ..training.folder import (ablation_seeds, diverged, is_ablation_folder, run_recipe, summary_of, trained_text,
                               val_curve)
 from ..training.progress import fmt_duration
 from ..training.resume import is_locked
-from . import home_expanded, main, non_empty_path
+from . import main, non_empty_path
 
 FIGURES = {
     "status": str,
@@ -47,9 +47,9 @@ def compare(run_dirs, plot_path):
     if plot_path is not None:  # before any work: a wrong name is not worth reading every run first
         if not plot_path.strip():
             raise UserError("--plot is empty; give an image file, e.g. --plot curves.png")
-        plot_path = home_expanded(plot_path)
+        plot_path = home_path(plot_path, f"--plot {plot_path}")
         check_plot_path(plot_path)
-    dirs = [home_expanded(d) for d in run_dirs]
+    dirs = [home_path(d, d) for d in run_dirs]
     real = [os.path.realpath(d) for d in dirs]  # (Path.resolve raises on a symbolic link loop)
     twice = next((d for i, d in enumerate(dirs) if real[i] in real[:i]), None)
     if twice is not None:

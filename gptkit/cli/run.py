@@ -3,7 +3,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError, counted
-from ..io import quote
+from ..io import home_path, quote
 from ..recipe.load import load_recipe, named_by_overrides, recipe_device
 from ..training import train
 from ..training.resume import check_run_dir, not_a_run, with_plugin_hint
@@ -34,6 +34,8 @@ def run(recipe, overrides, runs_dir, resume, quiet):
     not be saved; 130 / 143 stopped by SIGINT / SIGTERM after saving a checkpoint (resume with --resume).
     """
     explicit = resume not in (None, "auto")
+    if explicit:  # quoted, the shell leaves ~ to us
+        resume = str(home_path(resume, f"--resume {resume}"))
     if recipe is not None and Path(recipe).is_dir():  # a run folder, most likely, given where a recipe goes
         a_run = (Path(recipe) / "recipe.yaml").is_file()
         hint = f"; to continue that run: gptkit run --resume {quote(recipe)}" if a_run else ""

@@ -17,7 +17,7 @@ from .. import plugins
 from ..components.base import constraints
 from ..device import resolve_device
 from ..errors import UserError, overridden, override, overrides_example, problems
-from ..io import expand_home, quote, read_text
+from ..io import expand_home, home_path, quote, read_text
 from . import yaml
 from .components import ComponentSpec, loading_model_only
 from .errors import NotAString, causes, describe_errors, string_hint
@@ -35,7 +35,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"load_recipe takes a recipe file's path, got {type(path).__name__}; change a loaded Recipe "
                         "by assigning its fields, or with train_model(recipe, overrides=[...])")
-    path = expand_home(path)
+    path = home_path(path, f"recipe file {path}")
     _refuse_run_file(path)
     try:
         data, lines, source = yaml.load_with_source(read_text(path, "recipe"), str(path))

@@ -14,7 +14,7 @@ from ..data.vocab import Vocab
 from ..device import keep_random_state, resolve_device, torch_defaults
 from ..diagnose import check_forward
 from ..errors import GptkitWarning, OutOfMemory, UserError, on_command_line, one_line, out_of_memory, warn
-from ..io import atomic_write, check_path_argument, expand_home, missing, quote
+from ..io import atomic_write, check_path_argument, home_path, missing, quote
 from ..model import build_model
 from ..recipe import Recipe, validate
 from ..recipe.components import ComponentSpec, model_only
@@ -236,7 +236,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", check: bool
     from another version of its plugin, or other code, than the run was trained with is a
     PluginChangedWarning: the weights fit, the text may differ."""
     check_path_argument("load_model's path", path)
-    path = expand_home(path)  # ~/model.pt, as train_model's save_path may have been
+    path = home_path(path, str(path))  # ~/model.pt, as train_model's save_path may have been
     device = resolve_device(str(device), "load_model's device")  # before loading: a missing GPU is said first
     state = load_checkpoint(path)
     recipe = stored_recipe(state, path)

@@ -25,7 +25,7 @@ from ..diagnose import blaming, check_forward
 from ..errors import (CheckpointError, ComponentError, Diverged, GptkitWarning, OutOfMemory, RunStopped, UserError, arg,
                       failure_reason, given, goes_on_by, on_command_line, out_of_memory, out_of_memory_as,
                       out_of_memory_on, overrides_example, warn)
-from ..io import (DISK_FULL, cannot_make_folder, check_path_argument, expand_home, make_folders, quote, remove_empty,
+from ..io import (DISK_FULL, cannot_make_folder, check_path_argument, home_path, make_folders, quote, remove_empty,
                   write_json, write_text)
 from ..model import GPT, check_components
 from ..recipe import Recipe, validate, yaml
@@ -128,8 +128,9 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", *, quiet: bool = False,
     if not isinstance(recipe, Recipe):
         raise TypeError(f"train takes a Recipe, got {type(recipe).__name__}: train(load_recipe(path))")
     check_arguments(runs_dir, quiet, resume, run_dir)
-    runs_dir, run_dir = expand_home(runs_dir), (None if run_dir is None else expand_home(run_dir))  # as gptkit run's
-    resume = resume if resume in (None, "auto") else expand_home(resume)
+    runs_dir = home_path(runs_dir, given("runs_dir", runs_dir))  # ~/runs, as a recipe's paths may say
+    run_dir = None if run_dir is None else home_path(run_dir, given("run_dir", run_dir))
+    resume = resume if resume in (None, "auto") else home_path(resume, given("resume", resume))
     # Validated again as load_recipe validates a file: an assignment pydantic checks only for its type
     # (recipe.imports = [a file that is not there]) would otherwise train a run no command can read back.
     recipe = validate(recipe.to_dict(), origin=f"recipe {recipe.name}")
