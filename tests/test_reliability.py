@@ -1197,6 +1197,14 @@ def test_a_log_on_a_full_disk_is_dropped_and_the_run_trains_on(tmp_path, write_r
         sampled = subprocess.run([sys.executable, "-m", "gptkit", "sample", run, "--tokens", "50"], cwd=tmp_path,
                                  env=cli_env(), stdout=full, stderr=subprocess.PIPE, timeout=300, text=True)
     assert sampled.returncode == 1 and sampled.stderr.startswith("warning: cannot write to stdout"), sampled.stderr
+    with open("/dev/full", "w") as full:
+        listed = subprocess.run([sys.executable, "-m", "gptkit", "list"], cwd=tmp_path, env=cli_env(), stdout=full,
+                                stderr=subprocess.PIPE, timeout=300, text=True)
+        assert listed.returncode == 1, listed.stderr  # its output was all it made
+        quiet_log = subprocess.run([sys.executable, "-m", "gptkit", "sample", run, "--tokens", "5", "--seed", "0"],
+                                   cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=full, timeout=300,
+                                   text=True)
+    assert quiet_log.returncode == 0 and "warning" not in quiet_log.stdout, quiet_log.stdout  # not said in the product
 
 
 def test_a_sample_whose_reader_goes_away_stops_there(tmp_path, write_recipe):

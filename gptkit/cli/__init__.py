@@ -20,6 +20,9 @@ from ..io import home_path, quote
 from ..ranks import first_on_machine, rank, stray_world_size, under_torchrun, unset_by_torchrun
 
 
+LOG_ONLY = ("run", "ablate")  # commands whose stdout is a log: their product is a folder
+
+
 class Group(click.Group):
     """Turns a user's mistake into one message on stderr and exit code 2, a stopped run into its
     documented exit code, and a Ctrl-C outside training into 130. A reader that goes away (`| head`,
@@ -50,7 +53,13 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            if ctx.invoked_subcommand not in LOG_ONLY:  # its output is its product: lost to a full disk, it failed
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stdout.flush()  # (what is still buffered meets the full disk now)
+                if stdout_full():
+                    raise click.exceptions.Exit(1)
+            return result
         except click.ClickException as e:  # in a command's options (an unknown one, a missing argument)
             raise said_once(e) from None
         except UserError as e:
@@ -122,7 +131,7 @@ def folder_option(ctx, param, value):
 _gone: dict[int, bool] = {}  # the file descriptors whose reader went away: whether their file was full instead
 
 
-def reader_gone() -> bool:
+def stdout_dropped() -> bool:
     """Whether stdout's reader has gone away (`gptkit sample RUN | head -c 50`, and head exited), or the
     file it went to is full (see `stdout_full`): a command whose only product is its output (`gptkit
     sample`) may stop then."""
@@ -141,9 +150,9 @@ UNWRITABLE_LOG = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 class _ReaderMayGo(io.FileIO):
     """The file descriptor of stdout or stderr, whose writes never fail because its reader went away: at
     the first broken pipe it is pointed at os.devnull (see Python's docs on SIGPIPE), so that this
-    write and every later one succeed, as if read and thrown away; `reader_gone` says it happened. So
-    does a full disk under the file it was redirected to (`gptkit run ... > log`), said once on the
-    other stream."""
+    write and every later one succeed, as if read and thrown away; `stdout_dropped` says it happened. So
+    does a full disk under the file it was redirected to (`gptkit run ... > log`), said once on stderr
+    for stdout (where a command other than run and ablate then fails: its output was its product)."""
 
     def write(self, b) -> int:
         try:
@@ -153,11 +162,10 @@ class _ReaderMayGo(io.FileIO):
                 raise
             _to_devnull(self.fileno())
             _gone[self.fileno()] = not isinstance(e, BrokenPipeError)
-            if not isinstance(e, BrokenPipeError):
-                other, name = (2, "stdout") if self.fileno() == 1 else (1, "stderr")
+            if self.fileno() == 1 and _gone[1]:  # (stdout is a command's product: a full stderr is not said there)
                 with contextlib.suppress(OSError):
-                    os.write(other, f"warning: cannot write to {name} ({e.strerror}): its output from here on is "
-                                    f"dropped\n".encode())
+                    os.write(2, f"warning: cannot write to stdout ({e.strerror}): its output from here on is "
+                                "dropped\n".encode())
             return memoryview(b).nbytes
 
 
@@ -223,7 +231,7 @@ def reader_may_go() -> Iterator[None]:
     """Within it, writing to stdout or stderr once its reader has gone (`gptkit run ... | head -2`, a
     `tee` that died) neither raises nor stops anything: a run trains on and finishes (its progress is in
     metrics.jsonl anyway), and any command ends as it would have, printing into the void (but
-    `gptkit sample`, which asks `reader_gone`)."""
+    `gptkit sample`, which asks `stdout_dropped`)."""
     swapped = {}
     for name in ("stdout", "stderr"):
         safe = _pipe_safe(getattr(sys, name), getattr(sys, f"__{name}__"))

@@ -9,7 +9,7 @@ from ..errors import OutOfMemory, UserError, out_of_memory_as, out_of_memory_on
 from ..sampling import MAX_TOKENS, SEEDS, one_newline
 from ..sampling import sample as sample_model
 from ..training.checkpoint import load_model
-from . import finite, main, non_empty_path, reader_gone, stdout_full
+from . import finite, main, non_empty_path, stdout_dropped, stdout_full
 
 
 def sampling_memory(device) -> contextlib.AbstractContextManager[None]:
@@ -83,7 +83,7 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
 
     def show(text: str) -> None:
         click.echo(text, nl=False)
-        if reader_gone():  # `gptkit sample RUN | head -c 50`: the text is all this command makes, so it ends here
+        if stdout_dropped():  # `gptkit sample RUN | head -c 50`: the text is all this command makes, so it ends here
             # (raised outside any component's method: `blaming` lets it through); a full disk under it failed
             raise click.exceptions.Exit(1 if stdout_full() else 0)
 
