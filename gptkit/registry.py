@@ -426,19 +426,31 @@ def miscalled_methods(cls: type, base: type) -> list[str]:
     ours = {n for c in base.__mro__ if c.__module__.startswith("gptkit.") for n, v in vars(c).items()
             if not n.startswith("_") and isinstance(v, FunctionType | classmethod)}
     for name in sorted(ours):
-        theirs, expected = getattr(cls, name, None), getattr(base, name)
-        if theirs is expected or not callable(theirs):
+        if inspect.getattr_static(cls, name) is inspect.getattr_static(base, name):
             continue
-        try:
-            want, got = inspect.signature(expected), inspect.signature(theirs)
-        except (TypeError, ValueError):  # a builtin's
+        want, got = _as_called(base, name), _as_called(cls, name)
+        if want is None or got is None:  # not a callable gptkit can inspect (a builtin's): its call will say
             continue
-        passed = [p for p in want.parameters.values() if name != "forward" or p.default is p.empty]
+        passed = [p.name for p in want.parameters.values() if name != "forward" or p.default is p.empty]
         try:
             got.bind(*passed)
         except TypeError:
-            problems.append(f"its {name}{got} cannot be called as gptkit calls it: {name}({', '.join(p.name for p in passed)})")
+            problems.append(f"its {name}{got} cannot be called as gptkit calls it: {name}({', '.join(passed)})")
     return problems
+
+
+def _as_called(owner: type, name: str) -> inspect.Signature | None:
+    """The signature of `owner`'s attribute `name` as called on an instance (a method without self, a
+    staticmethod as it is, a classmethod without cls, a callable object's __call__), or None."""
+    raw = inspect.getattr_static(owner, name)
+    try:
+        bound = raw.__get__(_AN_INSTANCE, owner) if hasattr(type(raw), "__get__") else raw
+        return inspect.signature(bound)
+    except Exception:  # a property, a builtin without a signature
+        return None
+
+
+_AN_INSTANCE = object()  # binds a method as an instance would, without building one
 
 
 def _lax_models(annotation: Any, seen: set | None = None):

@@ -577,17 +577,24 @@ def test_an_attention_without_attend_or_forward_is_refused_when_registered():
 
 
 @pytest.mark.parametrize("kind, methods, refused", [
-    ("attention", {"attend": lambda self, q, k, v: q}, "its attend(self, q, k, v) cannot be called as gptkit calls "
-     "it: attend(self, q, k, v, bias)"),
-    ("positional", {"rotate": lambda self, q, k: (q, k)}, "its rotate(self, q, k) cannot be called as gptkit calls it: "
-     "rotate(self, q, k, start)"),
-    ("norm", {"forward": lambda self, x, eps: x}, "its forward(self, x, eps) cannot be called as gptkit calls it: "
-     "forward(self, x)"),
-    ("schedule", {"factor": lambda self: 1.0}, "its factor(self) cannot be called as gptkit calls it: "
-     "factor(self, step)"),
+    ("attention", {"attend": lambda self, q, k, v: q}, "its attend(q, k, v) cannot be called as gptkit calls "
+     "it: attend(q, k, v, bias)"),
+    ("positional", {"rotate": lambda self, q, k: (q, k)}, "its rotate(q, k) cannot be called as gptkit calls it: "
+     "rotate(q, k, start)"),
+    ("norm", {"forward": lambda self, x, eps: x}, "its forward(x, eps) cannot be called as gptkit calls it: "
+     "forward(x)"),
+    ("schedule", {"factor": lambda self: 1.0}, "its factor() cannot be called as gptkit calls it: "
+     "factor(step)"),
     ("attention", {"forward": lambda self, x: x}, None),  # no cache: sampled by recomputing the context
     ("positional", {"rotate": lambda self, *qk_start: qk_start[:2]}, None),
     ("norm", {"forward": lambda self, x, scale=1.0: x * scale}, None),
+    ("schedule", {"factor": staticmethod(lambda step: 1.0)}, None),  # bound otherwise, called the same
+    ("attention", {"attend": staticmethod(lambda q, k, v, bias: q)}, None),
+    ("attention", {"attend": lambda self, q, k, v, bias: q, "qkv_width": classmethod(lambda cls, config, params: 96)},
+     None),
+    ("feedforward", {"forward": type("Doubles", (), {"__call__": lambda self, x: 2 * x})()}, None),
+    ("schedule", {"factor": staticmethod(lambda: 1.0)}, "its factor() cannot be called as gptkit calls it: "
+     "factor(step)"),
 ])
 def test_a_method_that_cannot_take_what_gptkit_passes_is_refused_when_registered(kind, methods, refused):
     from gptkit.registry import Registry

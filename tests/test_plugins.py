@@ -70,7 +70,7 @@ BROKEN = [
      "positional component; register it as one (entry point group gptkit.positional)"),
     ("wrong-signature", "acme_sig:Bad", {"acme_sig": "from gptkit.components import Norm\n"
                                                      "class Bad(Norm):\n    forward = lambda self: 0\n"},
-     "its forward(self) cannot be called as gptkit calls it: forward(self, x)"),
+     "its forward() cannot be called as gptkit calls it: forward(x)"),
     ("params-not-a-model", "acme_params:Bad", {"acme_params": "from gptkit.components import Norm\n"
                                                                "class Bad(Norm):\n    Params = dict\n"},
      "its Params must be a subclass of gptkit.components.Params"),
