@@ -288,8 +288,7 @@ def _assert_matches_naive(attention, positional, config):
 def check_offsets(spec, config):
     """A positional scheme's hooks asked for positions s.. (what a key/value cache continues from)
     give the tail of what they give for positions 0..; with every parameter and buffer randomised,
-    as tables that start at zero hide an ignored offset. And rotate keeps k's shape when it has fewer
-    heads than q."""
+    as tables that start at zero hide an ignored offset."""
     pos = _randomised(_module(spec, config))
     T, s, g = config.block_size, config.block_size // 2 + 1, torch.Generator().manual_seed(2)
     x = _randn((2, T, config.n_embd), generator=g)
@@ -304,15 +303,17 @@ def check_offsets(spec, config):
             raise AssertionError("score_bias is None for some shapes only")
         if whole is not None:
             _assert_same(tail, whole[..., s:, :], f"score_bias({T - s}, {T})")
-        _assert_keeps_shapes(pos, q, k[:, :1])
 
 
-def _assert_keeps_shapes(pos, q, k):
+def check_fewer_key_heads(spec, config):
     """rotate(q, k) returns q and k each in its own shape, k having fewer heads than q as grouped- or
     multi-query attention hands it: keys broadcast to every head would fill the cache as many times."""
+    pos, g = _module(spec, config), torch.Generator().manual_seed(2)
+    q, k = _randn((2, config.n_head, 5, config.head_dim), generator=g), _randn((2, 1, 5, config.head_dim), generator=g)
     heads = f"k of {k.size(1)} head and q of {q.size(1)}, as multi-query attention hands them"
     try:
-        q_r, k_r = pos.rotate(q, k, 0)
+        with torch.no_grad():
+            q_r, k_r = pos.rotate(q, k, 0)
     except Exception as e:
         raise AssertionError(f"rotate(q, k) with {heads}, raised {type(e).__name__}: {e}") from e
     if (q_r.shape, k_r.shape) != (q.shape, k.shape):
@@ -536,6 +537,7 @@ CHECKS: dict[str, tuple[tuple[str, ...], Callable]] = {  # name: (the kinds it a
     "state_dict round trip": (MODEL_KINDS, check_state_dict_round_trip),
     "causal": (MODEL_KINDS, check_causal),
     "offsets": (("positional",), check_offsets),
+    "fewer key heads": (("positional",), check_fewer_key_heads),
     "uses positional": (("attention",), check_uses_positional),
     "every partner": (PAIRED, check_every_partner),
     "matches naive": (PAIRED, check_matches_naive),

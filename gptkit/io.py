@@ -30,8 +30,9 @@ def read_text(path: Path, what: str) -> str:
     except OSError as e:
         raise UserError(f"cannot read {what} file {path}: {e.strerror}") from None
     except MemoryError:  # a whole text is read at once: a text of gigabytes on a small machine
-        raise UserError(f"{what} file {path} ({path.stat().st_size:,} bytes) is too large for this machine's memory; "
-                        "train on a part of it (head -n 1000000 FILE > part.txt, say)") from None
+        part = "; train on a part of it (head -n 1000000 FILE > part.txt, say)" if what == "data.path" else ""
+        raise UserError(f"{what} file {path} ({path.stat().st_size:,} bytes) is too large for this machine's "
+                        f"memory{part}") from None
     if "\0" in text:  # ASCII text in UTF-16 without a byte-order mark is valid UTF-8, NULs and all
         source = encoding_of(path.read_bytes()[:4096])
         if source is None and looks_binary(text[:4096]):

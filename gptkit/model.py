@@ -120,8 +120,10 @@ class GPT(nn.Module):
 
 
 def _long(ids: torch.Tensor) -> torch.Tensor:
-    """Integer `ids` as int64, which embeddings and cross_entropy take (not a dataset's uint8 or int32)."""
-    return ids.long() if ids.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32) else ids
+    """Integer `ids` as int64, which embeddings and cross_entropy take (not a dataset's uint8 or int32);
+    other tensors as they are, for torch to refuse."""
+    integer = not (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool)
+    return ids.long() if integer and ids.dtype != torch.long else ids
 
 
 def new_init_seed() -> int:

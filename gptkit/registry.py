@@ -349,7 +349,8 @@ class Registry:
 
         if not (inspect.isclass(obj) and issubclass(obj, self.base)):
             other = next((k for k, r in _registries.items() if inspect.isclass(obj) and issubclass(obj, r.base)), None)
-            hint = f": it is {a(other)} component; register it as one (entry point group gptkit.{other})" if other else ""
+            hint = (f": it is {a(other)} component; register it as one (@register(\"{other}\", ...), or the entry "
+                    f"point group gptkit.{other})") if other else ""
             raise RegistryError(f"must be a subclass of {self.base.__module__}.{self.base.__qualname__}, got {obj!r}"
                                 f"{hint}")
         if not (inspect.isclass(obj.Params) and issubclass(obj.Params, Params)):

@@ -158,8 +158,9 @@ def sample(model, vocab, prompt: str | None, tokens: int, temperature: float = 0
            seed: int | None = None, use_cache: bool = True, on_text: Callable[[str], None] | None = None) -> str:
     """`prompt` followed by `tokens` sampled characters, drawn at `temperature` (0: greedy) from the `top_k`
     likeliest (None: from all). An empty prompt (or None) starts from a newline, the start of a speech
-    (from the vocabulary's first character if it has no newline), which begins the text returned. `on_text`, for streaming, is called with the prompt, then with the
-    characters as generate's on_tokens hands them over."""
+    (from the vocabulary's first character if it has no newline), which begins the text returned.
+    `on_text`, for streaming, is called with the prompt, then with the characters as generate's
+    on_tokens hands them over."""
     check_model(model)
     if not isinstance(prompt, str | None):
         raise TypeError(f"prompt must be a string, e.g. 'ROMEO:' ('' or None for a newline), got {type(prompt).__name__}")

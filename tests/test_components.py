@@ -248,9 +248,9 @@ def test_a_positional_must_rotate_keys_of_fewer_heads_than_queries(temporary_com
             return super().rotate(q, k.expand_as(q), start)
 
     temporary_component("positional", "broadcasts", Broadcasts)
-    result = run_check("offsets", parse_component("positional", "broadcasts"))
+    result = run_check("fewer key heads", parse_component("positional", "broadcasts"))
     assert result.status == "fail" and "rotate(q, k) with k of 1 head and q of 4, as multi-query attention hands " \
-        "them, returned shapes (2, 4, 16, 8) and (2, 4, 16, 8); it must return each in its own shape" in result.detail, \
+        "them, returned shapes (2, 4, 5, 8) and (2, 4, 5, 8); it must return each in its own shape" in result.detail, \
         result
 
 

@@ -67,7 +67,8 @@ BROKEN = [
      "must be a subclass of gptkit.components.norm.Norm"),
     ("a-positional-as-a-norm", "acme_rope:RoPE", {"acme_rope": "from gptkit.components.positional import RoPE\n"},
      "must be a subclass of gptkit.components.norm.Norm, got <class 'gptkit.components.positional.RoPE'>: it is a "
-     "positional component; register it as one (entry point group gptkit.positional)"),
+     "positional component; register it as one (@register(\"positional\", ...), or the entry point group "
+     "gptkit.positional)"),
     ("wrong-signature", "acme_sig:Bad", {"acme_sig": "from gptkit.components import Norm\n"
                                                      "class Bad(Norm):\n    forward = lambda self: 0\n"},
      "its forward() cannot be called as gptkit calls it: forward(x)"),

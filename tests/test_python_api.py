@@ -405,7 +405,7 @@ def test_generate_runs_in_evaluation_mode_and_leaves_the_mode_as_it_was():
     assert torch.equal(cached, recomputed) and model.training
 
 
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32])
 def test_the_model_takes_token_ids_of_any_integer_type_as_a_dataset_holds_them(dtype):
     torch.manual_seed(0)
     model = tiny_model(CONFIG).eval()

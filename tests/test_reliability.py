@@ -1541,8 +1541,8 @@ def test_running_out_of_memory_in_the_first_forward_pass_is_one_error_before_any
     monkeypatch.setattr(FlashAttention, "attend", attend)
     result = cli("run", write_recipe(), "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2 and result.output == (
-        "error: out of memory on cpu in the checks before training (forward passes of a few tokens); free some "
-        "memory (close other programs that use it) and try again\n"), result.output
+        "error: out of memory on cpu in the checks before training (forward passes of a few tokens, and of one sequence "
+        "of a block); free some memory (close other programs that use it) and try again\n"), result.output
     assert not (tmp_path / "runs").exists()
 
 

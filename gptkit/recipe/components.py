@@ -44,7 +44,10 @@ def _undeclared(e: BaseException) -> str:
     params = getattr(e, "obj", None) if isinstance(e, AttributeError) else None
     if not isinstance(params, Params):
         return ""
-    return (f"; a component reads only the parameters its Params declare: subclass {type(params).__name__} with a "
+    declared = type(params).__name__
+    if not type(params).__module__.startswith("gptkit."):  # the component's own Params already
+        return f"; a component reads only the parameters its Params declare: add a field `{e.name}` to {declared}"
+    return (f"; a component reads only the parameters its Params declare: subclass {declared} with a "
             f"field `{e.name}` (and a default), and set `Params = ` that class on the component")
 
 

@@ -149,7 +149,7 @@ def named_by_overrides(overrides: Sequence[str] | None, origins: Mapping[str, st
     try:
         yield
     except UserError as e:
-        keys = re.findall(rf"(?<![\w./-])((?:{'|'.join(Recipe.model_fields)})(?:\.[a-z_0-9]+)+)", str(e))
+        keys = re.findall(rf"(?<![\w./\\:-])((?:{'|'.join(Recipe.model_fields)})(?:\.[a-z_0-9]+)+)", str(e))
         setters = dict.fromkeys(filter(None, (override_of(key, overrides, origins) for key in keys)))
         if setters:
             e.args = (f"{' and '.join(setters)}: {e}", *e.args[1:])

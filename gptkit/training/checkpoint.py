@@ -65,11 +65,16 @@ def on_cpu(value):
     return value
 
 
+def non_finite(weights: dict) -> list[str]:
+    """The names of the floating-point tensors of a state dict that hold NaN or inf."""
+    return [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict, itos: list[str], **extra) -> None:
     """Write atomically: a crash mid-save leaves the previous checkpoint intact. Only tensors and plain
     values, or no `torch.load(weights_only=True)` could read it back: refused here, not when resuming."""
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite(weights)
     if bad:  # never let a diverged model overwrite a good checkpoint
         raise ValueError(f"refusing to save non-finite weights: {', '.join(bad[:3])}")
     found = unloadable(extra, "checkpoint")
@@ -346,7 +351,7 @@ def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
     except RuntimeError as e:
         raise UserError(f"checkpoint {path}: its weights do not fit the model its recipe describes "
                         f"({state_dict_mismatch(e)}); was it written by another version of a component?") from None
-    bad = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
-    if bad is not None:  # gptkit never saves such weights (a diverged step is not saved): damage, or an edit
-        raise UserError(f"checkpoint {path}: its weights are not finite ({bad} holds NaN or inf), so the model "
+    bad = non_finite(state["model"])
+    if bad:  # save_checkpoint never writes such weights (a diverged step is not saved): damage, or an edit
+        raise UserError(f"checkpoint {path}: its weights are not finite ({bad[0]} holds NaN or inf), so the model "
                         "computes nothing; the file was damaged or edited: use another checkpoint")

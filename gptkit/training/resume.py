@@ -111,7 +111,8 @@ def with_plugin_hint(e: UserError, run_dir: Path) -> UserError:
 
 def check_restartable(run_dir: Path, recipe: Recipe) -> None:
     """A run folder without a checkpoint starts over, but only with the recipe it was made with, and
-    not once it finished (its checkpoint was deleted: starting over would overwrite its results)."""
+    not once it finished or saved one (its checkpoint was deleted: starting over would overwrite what
+    it trained)."""
     summary = summary_of(run_dir)
     if not summary:  # a folder of the user's own: training there would overwrite and delete files
         raise not_a_run(run_dir, "not a run folder (no readable summary.json)")
