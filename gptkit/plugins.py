@@ -145,6 +145,33 @@ def _tree_sha256(module) -> str | None:
     return h.hexdigest() if files else None
 
 
+def software() -> dict[str, str]:
+    """What trained a run besides its recipe and plugins: gptkit's version with a hash of its code (an
+    editable install changes without a new version), torch's and Python's versions. Seeds trained by
+    other software are not pooled in an ablation (a change of numerics shows as a change of loss)."""
+    import platform
+
+    import torch  # (imported by gptkit already: named here for its version)
+
+    try:
+        version = metadata.version("gptkit")
+    except metadata.PackageNotFoundError:  # a source folder on PYTHONPATH
+        version = "unknown"
+    code = code_sha256(software)
+    return {"gptkit": f"{version} (sha256 {code[:12] if code else 'unknown'})", "torch": str(torch.__version__),
+            "python": platform.python_version()}
+
+
+def software_changes(trained) -> list[str]:
+    """"gptkit 0.1.0 (sha256 a1), now 0.1.0 (sha256 b2)" for gptkit and torch where `trained` (a run's
+    `software` record; absent before gptkit recorded it: nothing can be said) differs from this process's."""
+    if not isinstance(trained, dict):
+        return []
+    now = software()
+    return [f"{name} {trained[name]}, now {now[name]}" for name in ("gptkit", "torch")
+            if isinstance(trained.get(name), str) and trained[name] != now[name]]
+
+
 LOCAL_PREFIX = "gptkit_local_"  # the module names of local files
 _ran: dict[str, str] = {}  # a local file's module name -> the SHA-256 of the source it last ran
 

@@ -357,6 +357,29 @@ def test_finished_runs_are_reused_only_on_the_text_they_trained_on(cli, tmp_path
     assert "Delete them to train them again (rm -r " in result.output and not (out / "baseline" / "seed-1").exists()
 
 
+def test_runs_trained_by_other_gptkit_code_or_torch_are_not_pooled(cli, tmp_path, write_recipe):
+    import json
+
+    from gptkit.plugins import software
+
+    recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    out = tmp_path / "abl"
+    first = cli("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", out)
+    assert first.exit_code == 0, first.output
+    run = out / "baseline" / "seed-0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["software"] == software() and summary["precision"] == "fp32"
+    old = {**software(), "gptkit": "0.0.9 (sha256 0123456789ab)"}  # as before a git pull
+    (run / "summary.json").write_text(json.dumps(summary | {"software": old}))
+    result = cli("ablate", out / "ablation.yaml", "--out", out, "--seeds", "0,1")
+    assert result.exit_code == 2 and (
+        f"{run} was trained with other software than this (gptkit 0.0.9 (sha256 0123456789ab), now "
+        f"{software()['gptkit']}); seeds trained with different code are not pooled") in result.output, result.output
+    del summary["software"]  # a run from before gptkit recorded it: nothing can tell
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert cli("ablate", out / "ablation.yaml", "--out", out, "--seeds", "0,1").exit_code == 0
+
+
 @pytest.mark.parametrize("finished", [True, False])
 def test_runs_are_reused_or_resumed_only_with_the_plugin_versions_they_trained_with(cli, tmp_path, write_recipe,
                                                                                     install, finished):

@@ -81,6 +81,19 @@ def test_stop_and_resume_is_bitwise_identical(tmp_path, monkeypatch, reference, 
     assert_same_run(ref, run)
 
 
+def test_resuming_with_other_gptkit_code_says_so(tmp_path, monkeypatch, write_recipe):
+    from gptkit.plugins import software
+
+    path = write_recipe(train={"max_steps": 6, "checkpoint_every": 2})
+    run = interrupted_at(monkeypatch, path, tmp_path / "runs", 3)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["software"] == software()
+    torch.save({**state, "software": {**software(), "torch": "2.4.0"}}, run / "checkpoint.pt")
+    with pytest.warns(GptkitWarning, match=rf"^{re.escape(str(run))} was trained with torch 2.4.0, now "
+                                           rf"{re.escape(software()['torch'])}; resuming it with the new$"):
+        train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume=run)
+
+
 def test_a_damaged_line_of_metrics_is_dropped_alone_when_resuming(tmp_path, monkeypatch, reference):
     path, ref = reference
     run = interrupted_at(monkeypatch, path, tmp_path / "runs", 5)

@@ -16,6 +16,7 @@ from ..data.dataset import CharDataset, load_dataset
 from ..device import keep_random_state
 from ..errors import ComponentError, Diverged, OutOfMemory, UserError, counted, failure_reason
 from ..io import cannot_make_folder, quote, write_text
+from ..plugins import software_changes
 from ..recipe import Recipe, apply_override, flatten, yaml
 from ..recipe.load import named_by_overrides, recipe_device
 from ..training import train
@@ -374,9 +375,10 @@ def check_no_strays(plan: Plan, folder: Path) -> None:
 
 def check_same(run_dir: Path, recipe: Recipe, how: str = "ended") -> None:
     """A finished (or diverged) run is reused, and an unfinished one resumed, only if it trained exactly what
-    this ablation would train now, with the same versions of the plugins it uses."""
+    this ablation would train now, with the same versions of the plugins it uses, of gptkit and of torch."""
     check_same_recipe(run_dir, recipe, how)
     check_same_plugins(run_dir, recipe)
+    check_same_software(run_dir)
 
 
 def check_same_recipe(run_dir: Path, recipe: Recipe, how: str) -> None:
@@ -400,6 +402,16 @@ def check_same_plugins(run_dir: Path, recipe: Recipe) -> None:
         raise Refused(run_dir, f"was trained with other plugin versions or code than are installed now "
                       f"({'; '.join(changed)})", "seeds trained with different code are not pooled: delete that "
                       "run folder to train it again, or pass --out with a new folder")
+
+
+def check_same_software(run_dir: Path) -> None:
+    """As check_same_plugins, for gptkit's own code and torch (a run from before gptkit recorded them is
+    taken as it is: nothing can tell)."""
+    changed = software_changes(summary_of(run_dir).get("software"))
+    if changed:
+        raise Refused(run_dir, f"was trained with other software than this ({'; '.join(changed)})",
+                      "seeds trained with different code are not pooled: delete that run folder to train it "
+                      "again, or pass --out with a new folder")
 
 
 def check_same_text(run_dir: Path, path: Path, sha256: str) -> None:

@@ -15,6 +15,7 @@ except ImportError:  # Windows
 
 from ..errors import OutOfMemory, UserError, arg, given, on_command_line
 from ..io import quote, temporaries, write_text
+from ..plugins import software_changes
 from ..recipe import Recipe, flatten, yaml
 from .checkpoint import changed_plugins, load_checkpoint, missing_plugins, plugin_changes, stored_recipe
 from .folder import (is_ablation_folder, metric_records, no_such_folder, resumable, run_recipe, runs_within,
@@ -94,6 +95,8 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset, wa
     refuse_changes(run_dir, [how for _, how in changes_since(checkpoint, run_dir, recipe, dataset)])
     for change in plugin_changes(checkpoint.get("plugins"), recipe):
         warn(f"{change}; resuming {run_dir} with it")
+    for change in software_changes(checkpoint.get("software")):  # its losses from here on may differ
+        warn(f"{run_dir} was trained with {change}; resuming it with the new")
 
 
 def with_plugin_hint(e: UserError, run_dir: Path) -> UserError:

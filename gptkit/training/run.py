@@ -28,6 +28,7 @@ from ..errors import (CheckpointError, ComponentError, Diverged, GptkitWarning, 
 from ..io import (DISK_FULL, cannot_make_folder, check_path_argument, home_path, make_folders, quote, remove_empty,
                   write_json, write_text)
 from ..model import GPT, check_components
+from ..plugins import software
 from ..recipe import Recipe, validate, yaml
 from ..sampling import sample
 from . import distributed
@@ -459,7 +460,7 @@ def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, 
             os.fsync(metrics.fileno())  # the metrics always reach at least as far as the checkpoint
             save_checkpoint(run_dir / "checkpoint.pt", trainer.model, recipe.to_dict(), dataset.itos,
                             step=trainer.state.step, trainer=trainer.state_dict(), text_sha256=dataset.fingerprint,
-                            plugins=recipe.plugin_sources())
+                            plugins=recipe.plugin_sources(), software=software())
     except OSError as e:
         raise CheckpointError(f"could not save the checkpoint in {run_dir}: {e.strerror or e}; "
                               f"{kept(run_dir)}{then_resume(e, run_dir)}") from None
@@ -509,6 +510,8 @@ def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, 
         "device": str(trainer.device),
         "processes": trainer.dist.world_size,  # under torchrun, each on its share of every batch
         "plugins": recipe.plugin_sources(),  # what resuming needs installed; sampling, the model.* ones
+        "precision": trainer.arithmetic,  # what train.precision resolved to
+        "software": software(),  # an ablation pools only seeds trained by the same
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(run_dir / "summary.json", summary)

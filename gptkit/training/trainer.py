@@ -244,9 +244,14 @@ class Trainer:
         """Whether steps run through torch.compile: not once a compilation failed (see _compile_failed)."""
         return self.train_forward is not self.wrapped
 
+    @property
+    def arithmetic(self) -> str:
+        """What `train.precision` resolved to here: "bf16 autocast" or "fp32"."""
+        return "bf16 autocast" if use_bf16(self.cfg.precision, self.device) else "fp32"
+
     def describe(self) -> str:
         """How a step runs, for the run's opening lines: e.g. "bf16 autocast, torch.compile"."""
-        parts = ["bf16 autocast" if use_bf16(self.cfg.precision, self.device) else "fp32"]
+        parts = [self.arithmetic]
         if self.dist.world_size > 1:  # DistributedDataParallel under torchrun
             parts.append(f"{self.dist.world_size} processes with {torch.distributed.get_backend()}, "
                          f"{counted(self.cfg.batch_size // self.dist.world_size, 'row')} of each batch apiece")
