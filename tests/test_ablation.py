@@ -909,7 +909,7 @@ def test_a_diverging_arm_is_a_result_not_the_end_of_the_ablation(cli, tmp_path, 
     assert table["feedforward=mlp"][1] == "2" and "2 of 4 runs finished, 2 diverged." in (out / "results.md").read_text()
     with open(out / "results.csv", newline="") as f:
         statuses = {(r["arm"], r["seed"]): (r["status"], r["reason"]) for r in csv.DictReader(f)}
-    assert statuses[("feedforward=goes-nan", "1")][0] == "failed" and "diverged" in statuses[("feedforward=goes-nan", "1")][1]
+    assert statuses[("feedforward=goes-nan", "1")][0] == "diverged" and "diverged" in statuses[("feedforward=goes-nan", "1")][1]
 
     again = cli(*args)  # rerunning does not train the diverged runs again
     assert again.exit_code == 0 and "4 of 4 runs finished earlier (2 of them diverged): skipping them" in again.output
@@ -1498,9 +1498,19 @@ def test_a_killed_runs_csv_row_says_interrupted_as_results_md_counts_it(write_re
     arm = plan(Ablation(recipe=write_recipe(), vary={"model.norm": ["layernorm"]})).arms[1]
     rows = [report.RunRow(arm, 0, "a/seed-0", {"status": "running", "steps": 3}),  # kill -9: its summary says so
             report.RunRow(arm, 1, "a/seed-1", {"status": "finished", "steps": 6}),
-            report.RunRow(arm, 2, "a/seed-2", None)]
+            report.RunRow(arm, 2, "a/seed-2", None),
+            report.RunRow(arm, 3, "a/seed-3", {**DIVERGED, "final_val_loss": 2.5})]  # its loss of before
     statuses = [r["status"] for r in csv.DictReader(io.StringIO(report.csv_text(rows)))]
-    assert statuses == ["interrupted", "finished", "unfinished"]
+    assert statuses == ["interrupted", "finished", "unfinished", "diverged"]
+
+
+def test_a_baseline_with_seeds_an_arm_lacks_is_said_beside_the_paired_difference(write_recipe):
+    """Each mean covers its own seeds, the difference only those both finished: the cell says so."""
+    p = plan(Ablation(recipe=write_recipe(), vary={"model.norm": ["rmsnorm", "layernorm"]}))
+    stats = {s.arm.label: s for s in report.arm_stats(rows_of(p, {"norm=rmsnorm": [2.0, 2.1, 2.2, 2.8],
+                                                                  "norm=layernorm": [2.01, 2.11, 2.21, None]}))}
+    mean, half = report.mean_ci([0.01, 0.01, 0.01])
+    assert report.diff_cell(stats["norm=layernorm"]) == f"{mean:+.4f} ± {half:.4f} (3 of 4 seeds)"
 
 
 def test_running_out_of_memory_building_an_arm_stops_the_checks_there(cli, tmp_path, write_recipe, monkeypatch):

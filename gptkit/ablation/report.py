@@ -81,6 +81,7 @@ class ArmStats:
     best: tuple
     diff: tuple                  # paired final-val-loss difference to the baseline, (mean, half-width)
     paired: int                  # seeds in `diff`: those both this arm and the baseline finished
+    baseline_seeds: int          # seeds the baseline finished: more than `paired`, and the means differ in seeds
     unequal: list[str]           # fields that make it unfair to compare with the baseline (--allow-unfair)
     params: int | None
     flops_per_token: int | None
@@ -147,7 +148,8 @@ def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
         reason = reason_line(broken[0].get("reason")) if broken else None
         unequal = unequal_terms(arm.recipe, baseline.recipe) if baseline is not None else []
         stats.append(ArmStats(arm, len(mine), gone, len(broken), reason, stopped, mean_ci(values("final_val_loss")),
-                              mean_ci(values("best_val_loss")), mean_ci(diffs), len(diffs), unequal, first("params"),
+                              mean_ci(values("best_val_loss")), mean_ci(diffs), len(diffs), len(base), unequal,
+                              first("params"),
                               first("flops_per_token"), first("steps"), first("tokens"), mean("tokens_per_s"),
                               mean("wall_seconds")))
     return sorted(stats, key=lambda s: (bool(s.trouble), s.final[0] is None, s.final[0] or 0.0))
@@ -196,12 +198,12 @@ def seeds_cell(s: ArmStats) -> str:
 
 
 def diff_cell(s: ArmStats) -> str:
-    """Δ, saying over how many seeds when not over every seed the arm ran: only seeds both it and the
-    baseline finished are paired."""
+    """Δ, saying over how many seeds when not over every seed the arm or the baseline ran: only seeds
+    both finished are paired (and the two means, over their own seeds, may then disagree with it)."""
     if s.arm.baseline:
         return "-"
-    text = fmt_ci(s.diff, signed=True)
-    return f"{text} ({s.paired} of {s.ran} seeds)" if s.paired and s.paired < s.ran else text
+    text, of = fmt_ci(s.diff, signed=True), max(s.ran, s.baseline_seeds)
+    return f"{text} ({s.paired} of {of} seeds)" if s.paired and s.paired < of else text
 
 
 def count(value) -> str:
@@ -217,12 +219,14 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def csv_text(rows: list[RunRow]) -> str:
     """results.csv: one row per run, as its summary.json says; one stopped before its end is `interrupted`,
-    as results.md counts it, though a killed run's summary still says `running`."""
+    as results.md counts it, though a killed run's summary still says `running`, and one that diverged
+    `diverged` (its summary's status is `failed`; its losses are those of before the divergence)."""
     text = io.StringIO()
     writer = csv.DictWriter(text, CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
         s = r.summary or {}
         writer.writerow({"arm": r.arm.label, "baseline": r.arm.baseline, "seed": r.seed, "run_dir": r.run_dir,
-                         "status": "interrupted" if interrupted(r.summary) else s.get("status", "unfinished"), **{k: s.get(k) for k in CSV_FIELDS[5:]}})
+                         "status": "interrupted" if interrupted(r.summary) else "diverged" if diverged(r.summary)
+                         else s.get("status", "unfinished"), **{k: s.get(k) for k in CSV_FIELDS[5:]}})
     return text.getvalue()
