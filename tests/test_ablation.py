@@ -1208,6 +1208,11 @@ def test_an_arm_with_diverged_seeds_is_never_better_and_ranks_after_the_others(t
     assert runner.plot(tmp_path, rows, "t")
     legend = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
     assert "positional=alibi (n=2; diverged on 2/4 seeds)" in legend and "positional=rope (n=4)" in legend
+    rows = rows_of(p, {"positional=sinusoidal": [2.0, 2.1], "positional=rope": [2.01, 2.12],
+                       "positional=alibi": [DIVERGED, DIVERGED]})  # no seed to draw: the legend says why
+    assert runner.plot(tmp_path, rows, "t")
+    legend = [t.get_text() for t in figures[1].axes[0].get_legend().get_texts()]
+    assert "positional=alibi: not drawn, diverged on 2/2 seeds" in legend
 
 
 def test_differences_of_a_few_rounding_steps_are_within_noise_though_every_seed_agrees(write_recipe):

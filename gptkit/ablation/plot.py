@@ -49,7 +49,7 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
                 notes: dict[str, str] | None = None) -> bool:
     """Draw `curves` ({label: [one [(tokens, val_loss)] per seed]}) into `path`, in the format its
     extension names (image_format), each label followed by its number of seeds and its `notes` entry
-    ("diverged on 5/8 seeds"), if any. A label whose seeds share no evaluation step has no mean to draw: the
+    ("diverged on 5/8 seeds"), if any; a label with no curve but a note is named in the legend alone. A label whose seeds share no evaluation step has no mean to draw: the
     legend and a warning on stderr name it. False, drawing nothing, when matplotlib is missing."""
     if not have_matplotlib():
         return False
@@ -63,6 +63,9 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
     for label, runs in curves.items():
         runs = [r for r in runs if r]
         if not runs:
+            note = (notes or {}).get(label)
+            if note:  # every seed diverged or failed: nothing to draw, and the legend says so (the table says why)
+                ax.plot([], [], " ", label=f"{label}: not drawn, {note if len(note) <= 60 else note[:59] + '…'}")
             continue
         common = sorted(set.intersection(*(set(t for t, _ in r) for r in runs)))  # evaluated by every seed
         if not common:  # a mean over the seeds has no point to stand on

@@ -458,10 +458,10 @@ def write_reports(folder: Path, rows: list[RunRow], margin: float) -> str:
 
 
 def plot(folder: Path, rows: list[RunRow], title: str) -> bool:
-    curves: dict[str, list] = {}
+    curves: dict[str, list] = {r.arm.title: [] for r in rows}  # an arm of no finished seed too: its note says why
     for r in rows:
         if finished(r.summary):
-            curves.setdefault(r.arm.title, []).append(val_curve(folder / r.run_dir))
+            curves[r.arm.title].append(val_curve(folder / r.run_dir))
     notes = {s.arm.title: s.trouble for s in arm_stats(rows)}  # a curve over the seeds that survived says so
     return plot_curves(curves, folder / "loss_curves.png", title, notes)
 
