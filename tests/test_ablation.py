@@ -907,6 +907,11 @@ def test_a_diverging_arm_is_a_result_not_the_end_of_the_ablation(cli, tmp_path, 
     assert table["feedforward=goes-nan"][1] == "0 (2 diverged)" and table["feedforward=goes-nan"][5] == \
         "diverged on 2/2 seeds"
     assert table["feedforward=mlp"][1] == "2" and "2 of 4 runs finished, 2 diverged." in (out / "results.md").read_text()
+    from gptkit.plugins import software
+
+    assert (f"2 diverged. Seeds: 0, 1. Each baseline run: 4 steps, 1,024 tokens. Trained with gptkit "
+            f"{software()['gptkit']}, torch {software()['torch']}. The recipe is baseline.yaml, the arms and seeds "
+            "ablation.yaml.\n") in (out / "results.md").read_text()  # enough to stand on its own
     with open(out / "results.csv", newline="") as f:
         statuses = {(r["arm"], r["seed"]): (r["status"], r["reason"]) for r in csv.DictReader(f)}
     assert statuses[("feedforward=goes-nan", "1")][0] == "diverged" and "diverged" in statuses[("feedforward=goes-nan", "1")][1]
@@ -1507,6 +1512,15 @@ def test_a_killed_runs_csv_row_says_interrupted_as_results_md_counts_it(write_re
             report.RunRow(arm, 3, "a/seed-3", {**DIVERGED, "final_val_loss": 2.5})]  # its loss of before
     statuses = [r["status"] for r in csv.DictReader(io.StringIO(report.csv_text(rows)))]
     assert statuses == ["interrupted", "finished", "unfinished", "diverged"]
+
+
+def test_an_arm_whose_loss_rose_far_above_its_best_says_so_beside_its_verdict(write_recipe):
+    """A learning rate too high: seeds fall apart by different amounts, an interval too wide to call it worse."""
+    p = plan(Ablation(recipe=write_recipe(), vary={"train.lr": ["1e-3", "30"]}))
+    collapsed = [{**FINISHED, "final_val_loss": v, "best_val_loss": 4.17} for v in (5.0, 40.0, 600.0)]
+    stats = {s.arm.label: s for s in report.arm_stats(rows_of(p, {"lr=1e-3": [2.0, 2.1, 2.2], "lr=30": collapsed}))}
+    assert stats["lr=30"].verdict == "within noise; final val loss 52x its best"  # (5 + 40 + 600) / 3 / 4.17
+    assert stats["lr=1e-3"].verdict == "baseline"
 
 
 def test_a_baseline_with_seeds_an_arm_lacks_is_said_beside_the_paired_difference(write_recipe):

@@ -106,6 +106,18 @@ class ArmStats:
 
     @property
     def verdict(self) -> str:
+        """The comparison with the baseline (see `_verdict`), and a final loss well above the arm's best: a
+        run that fell apart late (a learning rate too high) may be "within noise" of the baseline only
+        because its seeds fell apart by different amounts."""
+        (final, _), (best, _) = self.final, self.best
+        if not (final and best and final > 1.1 * best):
+            return self._verdict
+        ratio = final / best
+        return self._verdict + (f"; final val loss {ratio:.0f}x its best" if ratio >= 2 else
+                                f"; final val loss {ratio - 1:.0%} above its best")
+
+    @property
+    def _verdict(self) -> str:
         mean, half = self.diff
         if self.arm.baseline:
             return f"baseline ({self.trouble})" if self.trouble else "baseline"
@@ -153,6 +165,19 @@ def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
                               first("flops_per_token"), first("steps"), first("tokens"), mean("tokens_per_s"),
                               mean("wall_seconds")))
     return sorted(stats, key=lambda s: (bool(s.trouble), s.final[0] is None, s.final[0] or 0.0))
+
+
+def provenance(rows: list[RunRow], stats: list[ArmStats]) -> str:
+    """What results.md needs to stand on its own: the seeds, the baseline's budget, the software that
+    trained the runs, and the files that hold the rest."""
+    seeds = sorted({r.seed for r in rows})
+    base = next((s for s in stats if s.arm.baseline and s.steps is not None), None)
+    budget = f" Each baseline run: {base.steps:,} steps, {base.tokens:,} tokens." if base and base.tokens else ""
+    used = {f"gptkit {s['gptkit']}, torch {s['torch']}" for r in rows
+            if isinstance(s := (r.summary or {}).get("software"), dict) and {"gptkit", "torch"} <= s.keys()}
+    software = f" Trained with {'; '.join(sorted(used))}." if used else ""
+    return (f"Seeds: {', '.join(map(str, seeds))}.{budget}{software} The recipe is baseline.yaml, the arms and "
+            "seeds ablation.yaml.")
 
 
 def reason_line(text: str | None) -> str:

@@ -29,7 +29,7 @@ from ..training.resume import differing, is_locked
 from ..training.signals import signals_held
 from ..training.trainer import schedule_warning, total_steps
 from .plot import plot_curves
-from .report import FLOAT_NOISE, RunRow, arm_stats, csv_text, interrupted, markdown, reason_line
+from .report import FLOAT_NOISE, RunRow, arm_stats, csv_text, interrupted, markdown, provenance, reason_line
 from .spec import MAY_DIFFER, Arm, Plan, refusal, yaml_text
 
 # The baseline's recipe, resolved, which ablation.yaml names: editing the recipe the ablation was started
@@ -449,7 +449,8 @@ def write_reports(folder: Path, rows: list[RunRow], margin: float) -> str:
     left_out = [f"{k} {what}" for k, what in ((sum(diverged(r.summary) for r in rows), "diverged"),
                                               (sum(failed(r.summary) for r in rows), "failed"),
                                               (sum(interrupted(r.summary) for r in rows), "interrupted")) if k]
-    results = f"# {folder.name}\n\n{done} of {len(rows)} runs finished{''.join(', ' + x for x in left_out)}.\n\n{text}"
+    results = (f"# {folder.name}\n\n{done} of {len(rows)} runs finished{''.join(', ' + x for x in left_out)}. "
+               f"{provenance(rows, stats)}\n\n{text}")
     table = csv_text(rows)
     with signals_held():
         write_text(folder / "results.csv", table)
