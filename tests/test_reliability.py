@@ -433,6 +433,20 @@ def test_real_signals_then_resume(tmp_path, signals_reference, sig, code):
     assert_same_run(ref, run)
 
 
+def test_a_run_started_ignoring_sigint_keeps_ignoring_it(tmp_path, write_recipe):
+    """`gptkit run ... &` in a script: the shell starts it ignoring SIGINT, so a Ctrl-C at the terminal
+    (sent to the whole foreground group) leaves it running, as every Unix program does."""
+    path = write_recipe(train={"max_steps": 20, "log_every": 1})
+    proc = run_cli(["run", path, "--runs-dir", tmp_path / "runs"], cwd=tmp_path,
+                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    wait_for_metrics(tmp_path / "runs", 3, proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "SIGINT" not in out, out
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
 def test_killed_mid_save_leaves_the_previous_checkpoint(tmp_path, write_recipe, monkeypatch):
     import gptkit.io
 

@@ -51,7 +51,7 @@ def signals_held():
         yield
         return
     came = []
-    previous = {s: signal.signal(s, lambda signum, frame: came.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, lambda signum, frame: came.append(signum)) for s in _heeded()}
     try:
         yield
     finally:
@@ -61,12 +61,18 @@ def signals_held():
             signal.raise_signal(s)
 
 
+def _heeded() -> list[signal.Signals]:
+    """SIGINT and SIGTERM, but one this process was started ignoring: a shell starts a background job
+    (`gptkit run ... &` in a script) ignoring SIGINT, so that a Ctrl-C at the terminal leaves it running."""
+    return [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+
+
 @contextlib.contextmanager
 def _on_signals(handler):
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in _heeded()}
     try:
         yield
     finally:
