@@ -309,7 +309,8 @@ def check_fewer_key_heads(spec, config):
     """rotate(q, k) returns q and k each in its own shape, k having fewer heads than q as grouped- or
     multi-query attention hands it: keys broadcast to every head would fill the cache as many times."""
     pos, g = _module(spec, config), torch.Generator().manual_seed(2)
-    q, k = _randn((2, config.n_head, 5, config.head_dim), generator=g), _randn((2, 1, 5, config.head_dim), generator=g)
+    T = min(5, config.block_size)  # (positions past the block have no table)
+    q, k = _randn((2, config.n_head, T, config.head_dim), generator=g), _randn((2, 1, T, config.head_dim), generator=g)
     heads = f"k of {k.size(1)} head and q of {q.size(1)}, as multi-query attention hands them"
     try:
         with torch.no_grad():

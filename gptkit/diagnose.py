@@ -240,8 +240,8 @@ def causal_splits(T: int) -> list[int]:
 def check_causal(gpt: GPT, model) -> None:
     """Before training a model with plugin or local components (gptkit's own are tested): changing the
     tokens of a sequence from position t on leaves the logits before t as they were, for several t, in
-    evaluation and in training mode (with the same dropout masks), for a few tokens, and in evaluation
-    mode for a whole block (a leak may start only past some length, as a bug at a window's edge does). A model that
+    evaluation and in training mode (with the same dropout masks), for a few tokens and for a whole block
+    (a leak may start only past some length, as a bug at a window's edge does). A model that
     sees the future reads the tokens it is to predict: it trains to a low loss, tops any ablation and
     generates nonsense. Else a ComponentError names the component whose output moved first. Run on a
     copy of `gpt` whose parameters are moved off their initial values (a leak behind an output
@@ -264,11 +264,9 @@ def check_causal(gpt: GPT, model) -> None:
         for p in probe.parameters():
             p.add_(torch.randn(p.shape, generator=g).to(p) * 0.02)  # (GPT-2's initial scale)
         short = min(CAUSAL_TOKENS, block)
-        # The whole block once, in evaluation mode, for one sequence: ten passes of it would cost seconds
-        # at a block of 1,024, for every run; a leak of training mode alone shows in the short sequences.
-        probes = [(idx[:, :short], "evaluation"), (idx[:, :short], "training")] + (
-            [(idx[:1], "evaluation")] if block > short else [])
-        for ids, mode in probes:
+        # The whole block for one sequence, not two: its passes cost seconds at a block of 1,024, every run.
+        lengths = [idx[:, :short]] + ([idx[:1]] if block > short else [])
+        for ids, mode in itertools.product(lengths, ("evaluation", "training")):
             T = ids.size(1)
             probe.train(mode == "training")
             moved = _leak(probe, specs, ids, f"in {mode} mode, before training")

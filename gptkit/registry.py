@@ -18,6 +18,7 @@ import re
 import sys
 import typing
 from dataclasses import dataclass, field, replace
+from functools import partialmethod
 from types import FunctionType
 from typing import Any
 
@@ -429,7 +430,8 @@ def miscalled_methods(cls: type, base: type) -> list[str]:
     for name in sorted(ours):
         if inspect.getattr_static(cls, name) is inspect.getattr_static(base, name):
             continue
-        want, got = _as_called(base, name), _as_called(cls, name)
+        on_class = isinstance(inspect.getattr_static(base, name), classmethod)  # check(config, params): on the class
+        want, got = _as_called(base, name, on_class), _as_called(cls, name, on_class)
         if want is None or got is None:  # not a callable gptkit can inspect (a builtin's): its call will say
             continue
         passed = [p.name for p in want.parameters.values() if name != "forward" or p.default is p.empty]
@@ -440,14 +442,16 @@ def miscalled_methods(cls: type, base: type) -> list[str]:
     return problems
 
 
-def _as_called(owner: type, name: str) -> inspect.Signature | None:
-    """The signature of `owner`'s attribute `name` as called on an instance (a method without self, a
-    staticmethod as it is, a classmethod without cls, a callable object's __call__), or None."""
+def _as_called(owner: type, name: str, on_class: bool) -> inspect.Signature | None:
+    """The signature of `owner`'s attribute `name` as gptkit calls it, on an instance or (`on_class`) on
+    the class: a method without self (with it, on the class), a staticmethod as it is, a classmethod
+    without cls, a callable object's __call__; None for anything else (a property: never run here)."""
     raw = inspect.getattr_static(owner, name)
     try:
-        bound = raw.__get__(_AN_INSTANCE, owner) if hasattr(type(raw), "__get__") else raw
-        return inspect.signature(bound)
-    except Exception:  # a property, a builtin without a signature
+        if isinstance(raw, FunctionType | staticmethod | classmethod | partialmethod):
+            return inspect.signature(raw.__get__(None if on_class else _AN_INSTANCE, owner))
+        return inspect.signature(raw) if callable(raw) else None
+    except (TypeError, ValueError):  # a builtin without a signature
         return None
 
 

@@ -902,6 +902,11 @@ class LateLeak(NaiveAttention):  # sees one key ahead once there are more than 8
         seen = torch.ones(t_q, t_k, dtype=torch.bool).tril(t_k - t_q + (t_k > 8))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=seen)
 
+@register("feedforward", "lateleakintraining")
+class LateLeakInTraining(FeedForward):  # a length-dependent training path (a chunked kernel's, say) that leaks
+    def forward(self, x):
+        return x + x.roll(-1, 1) if self.training and x.size(1) > 8 else x
+
 @register("attention", "plainplugin")
 class PlainPlugin(NaiveAttention):  # correct: beside a plugin positional, either may be at fault
     supports_kv_cache = False
@@ -924,6 +929,8 @@ class PlainPlugin(NaiveAttention):  # correct: beside a plugin positional, eithe
      "position 1 on, in evaluation mode"),
     (["model.attention=lateleak"], "attention 'lateleak'", "its output before position 1 changed with the tokens "
      "from position 1 on, in evaluation mode, over a whole block of 32 tokens"),
+    (["model.feedforward=lateleakintraining"], "feedforward 'lateleakintraining'", "its output before position 1 "
+     "changed with the tokens from position 1 on, in training mode, over a whole block of 32 tokens"),
     (["model.positional=pooledkeys", "model.attention=naive"], "positional 'pooledkeys'", "the output of attention "
      "'naive', which calls its rotate and score_bias, before position 4 changed with the tokens from position 4 on, in "
      "evaluation mode"),  # (at position 0, one key: its weight is 1, whatever the query)

@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 
+from gptkit.components.base import GPTConfig
 from gptkit.conformance import CHECKS, CONFIG, assert_conformant, check_component, run_check, tiny_model, tokens
 from gptkit.errors import UserError
 from gptkit.recipe.components import parse_component
@@ -236,6 +237,11 @@ def test_a_positional_written_with_the_documented_signatures_conforms(temporary_
         temporary_component("positional", name, cls)
         failed = [(r.check, r.detail) for r in check_component("positional", name) if r.status == "fail"]
         assert not failed, (name, failed)
+
+
+def test_the_fewer_key_heads_check_fits_a_small_block():
+    assert run_check("fewer key heads", parse_component("positional", "rope"),
+                     GPTConfig(vocab_size=CONFIG.vocab_size, n_embd=32, n_head=4, block_size=4)).status == "pass"
 
 
 def test_a_positional_must_rotate_keys_of_fewer_heads_than_queries(temporary_component):
@@ -595,6 +601,9 @@ def test_an_attention_without_attend_or_forward_is_refused_when_registered():
     ("feedforward", {"forward": type("Doubles", (), {"__call__": lambda self, x: 2 * x})()}, None),
     ("schedule", {"factor": staticmethod(lambda: 1.0)}, "its factor() cannot be called as gptkit calls it: "
      "factor(step)"),
+    ("norm", {"forward": lambda self, x: x, "check": lambda self, config, params: None},  # @classmethod forgotten
+     "its check(self, config, params) cannot be called as gptkit calls it: check(config, params)"),
+    ("norm", {"forward": lambda self, x: x, "check": staticmethod(lambda config, params: None)}, None),
 ])
 def test_a_method_that_cannot_take_what_gptkit_passes_is_refused_when_registered(kind, methods, refused):
     from gptkit.registry import Registry
