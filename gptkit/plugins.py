@@ -146,30 +146,38 @@ def _tree_sha256(module) -> str | None:
 
 
 def software() -> dict[str, str]:
-    """What trained a run besides its recipe and plugins: gptkit's version with a hash of its code (an
-    editable install changes without a new version), torch's and Python's versions. Seeds trained by
-    other software are not pooled in an ablation (a change of numerics shows as a change of loss)."""
+    """What trained a run besides its recipe and plugins: gptkit's version and a hash of its code (an
+    editable install changes without a new version; the version names the installed copy, which need
+    not be the one imported), torch's and Python's versions. Seeds trained by other gptkit code or
+    another torch are not pooled in an ablation (a change of numerics shows as a change of loss)."""
     import platform
 
     import torch  # (imported by gptkit already: named here for its version)
 
+    global _own_code
+    if _own_code is None:  # read once, and not forgotten with the plugins' (forget_plugins)
+        _own_code = _tree_sha256(sys.modules[__package__]) or "unknown"
     try:
         version = metadata.version("gptkit")
     except metadata.PackageNotFoundError:  # a source folder on PYTHONPATH
         version = "unknown"
-    code = code_sha256(software)
-    return {"gptkit": f"{version} (sha256 {code[:12] if code else 'unknown'})", "torch": str(torch.__version__),
+    return {"gptkit": version, "gptkit_sha256": _own_code[:12], "torch": str(torch.__version__),
             "python": platform.python_version()}
 
 
+_own_code: str | None = None
+
+
 def software_changes(trained) -> list[str]:
-    """"gptkit 0.1.0 (sha256 a1), now 0.1.0 (sha256 b2)" for gptkit and torch where `trained` (a run's
-    `software` record; absent before gptkit recorded it: nothing can be said) differs from this process's."""
+    """"gptkit code sha256 a1b2c3d4e5f6, now 0a1b2c3d4e5f" and "torch 2.4.0, now 2.13.0" where `trained` (a
+    run's `software` record; absent before gptkit recorded it: nothing can be said) differs from this
+    process's: gptkit by its code alone (the same code run from its folder or installed is the same)."""
     if not isinstance(trained, dict):
         return []
     now = software()
-    return [f"{name} {trained[name]}, now {now[name]}" for name in ("gptkit", "torch")
-            if isinstance(trained.get(name), str) and trained[name] != now[name]]
+    return [f"{what} {trained[key]}, now {now[key]}" for key, what in (("gptkit_sha256", "gptkit code sha256"),
+                                                                       ("torch", "torch"))
+            if isinstance(trained.get(key), str) and trained[key] != now[key]]
 
 
 LOCAL_PREFIX = "gptkit_local_"  # the module names of local files

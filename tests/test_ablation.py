@@ -369,12 +369,15 @@ def test_runs_trained_by_other_gptkit_code_or_torch_are_not_pooled(cli, tmp_path
     run = out / "baseline" / "seed-0"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["software"] == software() and summary["precision"] == "fp32"
-    old = {**software(), "gptkit": "0.0.9 (sha256 0123456789ab)"}  # as before a git pull
+    old = {**software(), "gptkit_sha256": "0123456789ab"}  # as before a git pull
     (run / "summary.json").write_text(json.dumps(summary | {"software": old}))
+    compared = cli("compare", run, out / "norm-layernorm" / "seed-0").output
+    assert f"| software        | gptkit {software()['gptkit']} (sha256 0123456789ab), torch" in compared, compared
     result = cli("ablate", out / "ablation.yaml", "--out", out, "--seeds", "0,1")
     assert result.exit_code == 2 and (
-        f"{run} was trained with other software than this (gptkit 0.0.9 (sha256 0123456789ab), now "
-        f"{software()['gptkit']}); seeds trained with different code are not pooled") in result.output, result.output
+        f"{run} was trained with other software than this (gptkit code sha256 0123456789ab, now "
+        f"{software()['gptkit_sha256']}); seeds trained with different code are not pooled") in result.output, \
+        result.output
     del summary["software"]  # a run from before gptkit recorded it: nothing can tell
     (run / "summary.json").write_text(json.dumps(summary))
     assert cli("ablate", out / "ablation.yaml", "--out", out, "--seeds", "0,1").exit_code == 0
@@ -910,8 +913,8 @@ def test_a_diverging_arm_is_a_result_not_the_end_of_the_ablation(cli, tmp_path, 
     from gptkit.plugins import software
 
     assert (f"2 diverged. Seeds: 0, 1. Each baseline run: 4 steps, 1,024 tokens. Trained with gptkit "
-            f"{software()['gptkit']}, torch {software()['torch']}. The recipe is baseline.yaml, the arms and seeds "
-            "ablation.yaml.\n") in (out / "results.md").read_text()  # enough to stand on its own
+            f"{software()['gptkit']} (sha256 {software()['gptkit_sha256']}), torch {software()['torch']}. The recipe "
+            "is baseline.yaml, the arms and seeds ablation.yaml.\n") in (out / "results.md").read_text()  # on its own
     with open(out / "results.csv", newline="") as f:
         statuses = {(r["arm"], r["seed"]): (r["status"], r["reason"]) for r in csv.DictReader(f)}
     assert statuses[("feedforward=goes-nan", "1")][0] == "diverged" and "diverged" in statuses[("feedforward=goes-nan", "1")][1]
@@ -1374,7 +1377,8 @@ def test_compare_tells_runs_on_other_texts_or_plugins_apart(cli, tmp_path, write
         corpus.write_text(text)
         assert cli("run", recipe, "--runs-dir", tmp_path / runs, "-q").exit_code == 0
     a, b, c = (next((tmp_path / runs).iterdir()) for runs in "abc")
-    assert "The recipes, training texts and plugin versions are identical." in cli("compare", a, b).output
+    assert "The recipes, training texts, plugin versions, software and precision are identical." in \
+        cli("compare", a, b).output
     other_text = cli("compare", a, c).output
     texts = md_rows(other_text.split("Final figures:")[0])["text SHA-256"][1:]
     assert "identical" not in other_text and len(set(texts)) == 2 and all(t.endswith("...") for t in texts)

@@ -232,7 +232,8 @@ def test_runs_dir_expands_a_home_folder_and_printed_commands_are_quoted(cli, tmp
     for args, named in ([["run", "~nosuchuser/r.yaml"], "recipe file ~nosuchuser/r.yaml"],
                         [["validate", "~nosuchuser/r.yaml"], "recipe file ~nosuchuser/r.yaml"],
                         [["run", "--resume", "~nosuchuser/run"], "--resume ~nosuchuser/run"],
-                        [["sample", "~nosuchuser/run"], "~nosuchuser/run"]):
+                        [["sample", "~nosuchuser/run"], "~nosuchuser/run"],
+                        [["list", "--import", "~nosuchuser/mine.py"], "--import ~nosuchuser/mine.py"]):
         result = cli(*args)
         assert result.exit_code == 2 and result.output == f"error: {named}: {no_home}", result.output
     result = cli("run", write_recipe(), "--runs-dir", "")  # not the current folder

@@ -81,7 +81,7 @@ class ArmStats:
     best: tuple
     diff: tuple                  # paired final-val-loss difference to the baseline, (mean, half-width)
     paired: int                  # seeds in `diff`: those both this arm and the baseline finished
-    baseline_seeds: int          # seeds the baseline finished: more than `paired`, and the means differ in seeds
+    baseline_seeds: int          # seeds the baseline finished (when more than `paired`, the means cover other seeds)
     unequal: list[str]           # fields that make it unfair to compare with the baseline (--allow-unfair)
     params: int | None
     flops_per_token: int | None
@@ -170,12 +170,16 @@ def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
 def provenance(rows: list[RunRow], stats: list[ArmStats]) -> str:
     """What results.md needs to stand on its own: the seeds, the baseline's budget, the software that
     trained the runs, and the files that hold the rest."""
-    seeds = sorted({r.seed for r in rows})
+    seeds = sorted({r.seed for r in rows if r.summary})  # those that ran, whichever way they ended
     base = next((s for s in stats if s.arm.baseline and s.steps is not None), None)
     budget = f" Each baseline run: {base.steps:,} steps, {base.tokens:,} tokens." if base and base.tokens else ""
-    used = {f"gptkit {s['gptkit']}, torch {s['torch']}" for r in rows
-            if isinstance(s := (r.summary or {}).get("software"), dict) and {"gptkit", "torch"} <= s.keys()}
-    software = f" Trained with {'; '.join(sorted(used))}." if used else ""
+    ran = [r.summary for r in rows if r.summary]
+    used = {f"gptkit {s['gptkit']} (sha256 {s['gptkit_sha256']}), torch {s['torch']}" for r in ran
+            if isinstance(s := r.get("software"), dict) and {"gptkit", "gptkit_sha256", "torch"} <= s.keys()}
+    older = sum(not isinstance(r.get("software"), dict) for r in ran)
+    software = f" Trained with {'; '.join(sorted(used))}" if used else ""
+    software += (f"{' and' if used else ' Trained'} {older} runs with an older gptkit, which recorded no software"
+                 if older else "") + ("." if used or older else "")
     return (f"Seeds: {', '.join(map(str, seeds))}.{budget}{software} The recipe is baseline.yaml, the arms and "
             "seeds ablation.yaml.")
 

@@ -270,7 +270,7 @@ def imports_option(f):
 
     def load(ctx, param, paths):
         for path in paths:
-            plugins.import_file(Path(path).absolute())
+            plugins.import_file(home_path(path, f"--import {path}").absolute())
         return paths
 
     return click.option("--import", "imports", multiple=True, metavar="FILE.py", callback=load, expose_value=False,

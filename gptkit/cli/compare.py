@@ -65,7 +65,7 @@ def compare(run_dirs, plot_path):
         click.echo("Differences:\n" + table(["key", *names], [[k, *(show(r.get(k, ABSENT)) for r in recipes)]
                                                                for k in differ]))
     elif len(dirs) > 1:
-        click.echo("The recipes, training texts and plugin versions are identical.\n")
+        click.echo("The recipes, training texts, plugin versions, software and precision are identical.\n")
     summaries = [with_live_status(d, summary_or_status(d)) for d in dirs]
     rows = [[key, *(cell(fmt, s.get(key)) for s in summaries)] for key, fmt in FIGURES.items()]
     click.echo("Final figures:\n" + table(["", *names], rows), nl=False)
@@ -179,7 +179,21 @@ def plugins_row(run_dir: Path) -> str:
     return "; ".join(f"{k}: {v}" for k, v in sorted(plugins.items())) or "none (built-in components only)"
 
 
-PROVENANCE = {"text SHA-256": text_row, "plugins": plugins_row}
+def software_row(run_dir: Path) -> str:
+    """gptkit's code and torch, as an ablation compares them before pooling seeds (summary.json's record)."""
+    used = summary_of(run_dir).get("software")
+    if not (isinstance(used, dict) and {"gptkit", "gptkit_sha256", "torch"} <= used.keys()):
+        return Unknown("unknown (from an older gptkit, which recorded none)")
+    return f"gptkit {used['gptkit']} (sha256 {used['gptkit_sha256']}), torch {used['torch']}"
+
+
+def precision_row(run_dir: Path) -> str:
+    """What train.precision resolved to (`auto` is bf16 on one machine, fp32 on another)."""
+    precision = summary_of(run_dir).get("precision")
+    return str(precision) if precision else Unknown("unknown (from an older gptkit)")
+
+
+PROVENANCE = {"text SHA-256": text_row, "plugins": plugins_row, "software": software_row, "precision": precision_row}
 
 
 def differs(values: list) -> bool:
