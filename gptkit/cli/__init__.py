@@ -10,7 +10,6 @@ import sys
 import warnings
 from collections.abc import Iterator
 from importlib import metadata
-from pathlib import Path
 
 import click
 
