@@ -49,8 +49,9 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
                 notes: dict[str, str] | None = None) -> bool:
     """Draw `curves` ({label: [one [(tokens, val_loss)] per seed]}) into `path`, in the format its
     extension names (image_format), each label followed by its number of seeds and its `notes` entry
-    ("diverged on 5/8 seeds"), if any; a label with no curve but a note is named in the legend alone. A label whose seeds share no evaluation step has no mean to draw: the
-    legend and a warning on stderr name it. False, drawing nothing, when matplotlib is missing."""
+    ("diverged on 5/8 seeds"), if any; a label with no curve but a note is named in the legend alone. A
+    label whose seeds share no evaluation step has no mean to draw: the legend and a warning on stderr
+    name it. False, drawing nothing, when matplotlib is missing."""
     if not have_matplotlib():
         return False
     import matplotlib

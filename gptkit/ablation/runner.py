@@ -430,8 +430,10 @@ def check_same_text(run_dir: Path, path: Path, sha256: str) -> None:
 
 
 LEGEND = ("Δ: final validation loss minus the baseline's, paired by seed, over the seeds both finished (said when "
-          "not every seed the arm or the baseline ran: the two means then cover different seeds); ± is the half-width of the 95% confidence interval (Student t over seeds); "
-          "within noise: the interval of Δ contains 0, or Δ is within float32 rounding ({noise:g} of the loss). Each arm is tested against the baseline on its own, with no "
+          "not every seed the arm or the baseline ran: the two means then cover different seeds); ± is the "
+          "half-width of the 95% confidence interval (Student t over seeds); within noise: the interval of Δ "
+          "contains 0, or Δ is within float32 rounding ({noise:g} of the loss). Each arm is tested against the "
+          "baseline on its own, with no "
           "correction for multiple comparisons: with many arms, some may be called better or worse by chance. "
           "An arm with diverged or failed seeds is neither: its means cover only the seeds that finished. "
           "⚠: parameters differ from the baseline's by more than {margin}.")

@@ -17,7 +17,8 @@ def build_checked(recipe: Recipe, vocab_size: int, device: torch.device, cache: 
     model = build_model_on(recipe.model, vocab_size, device)
     with out_of_memory_as(lambda e: every_rank(OutOfMemory(
             f"out of memory on {out_of_memory_on(e, device)} in the checks before training (forward passes of "
-            "a few tokens, and of one sequence of a block); free some memory (close other programs that use it) and try again"))):
+            "a few tokens, and of one sequence of a block); free some memory (close other programs that use it) "
+            "and try again"))):
         warning = check_forward(model, recipe.model, cache)
         check_causal(model, recipe.model)
         return model, warning

@@ -232,8 +232,8 @@ def _is_text(path: Path) -> bool:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", check: bool = True):
-    """(model, recipe, vocab) from a checkpoint or run folder, ready for inference on `device` (default cpu;
-    auto, cpu, cuda, cuda:N or mps, or a torch.device), its recipe validated as `load_recipe` validates one (unless a
+    """(model, recipe, vocab) from a checkpoint or run folder, ready for inference on `device` (default
+    cpu; auto, cpu, cuda, cuda:N or mps, or a torch.device), its recipe validated as `load_recipe` validates one (unless a
     plugin the run only trained with is gone: its components then keep their parameters as written).
     With `check`, the checks before training run on it (`diagnose.check_forward`): a plugin component
     whose forward is broken is an error naming it, and a key/value cache that does not match a full
