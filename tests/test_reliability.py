@@ -94,6 +94,23 @@ def test_resuming_with_other_gptkit_code_says_so(tmp_path, monkeypatch, write_re
         train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume=run)
 
 
+def test_a_run_resumed_with_other_software_keeps_its_earlier_sessions_and_is_not_pooled(tmp_path, monkeypatch,
+                                                                                        write_recipe):
+    from gptkit.ablation.runner import Refused, check_same_software
+    from gptkit.plugins import software
+
+    path = write_recipe(train={"max_steps": 6, "checkpoint_every": 2})
+    run = interrupted_at(monkeypatch, path, tmp_path / "runs", 3)
+    old = {**software(), "gptkit_sha256": "0123456789ab"}  # its first session, before a git pull
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "software": old}))
+    train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume=run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["software"] == software() and summary["software_history"] == [old]
+    with pytest.raises(Refused, match="gptkit code sha256 0123456789ab, now"):
+        check_same_software(run)  # an ablation does not take it for a run of today's code alone
+
+
 def test_a_damaged_line_of_metrics_is_dropped_alone_when_resuming(tmp_path, monkeypatch, reference):
     path, ref = reference
     run = interrupted_at(monkeypatch, path, tmp_path / "runs", 5)

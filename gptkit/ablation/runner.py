@@ -407,7 +407,9 @@ def check_same_plugins(run_dir: Path, recipe: Recipe) -> None:
 def check_same_software(run_dir: Path) -> None:
     """As check_same_plugins, for gptkit's own code and torch (a run from before gptkit recorded them is
     taken as it is: nothing can tell)."""
-    changed = software_changes(summary_of(run_dir).get("software"))
+    summary = summary_of(run_dir)  # every session's: one resumed by `gptkit run --resume` with newer code too
+    records = [summary.get("software"), *(summary.get("software_history") or [])]
+    changed = list(dict.fromkeys(c for record in records for c in software_changes(record)))
     if changed:
         raise Refused(run_dir, f"was trained with other software than this ({'; '.join(changed)})",
                       "seeds trained with different code are not pooled: delete that run folder to train it "

@@ -34,6 +34,7 @@ from ..sampling import sample
 from . import distributed
 from .build import build_checked, every_rank
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
+from .folder import summary_of
 from .resume import (busy, check_restartable, check_resumable, check_run_dir, find_resumable, is_locked, lock_run,
                      remove_leftovers, truncate_metrics)
 from .signals import interrupt_on_signals, stop_on_signals
@@ -487,6 +488,19 @@ def record_failure(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str,
         pass
 
 
+def software_history(run_dir: Path) -> dict:
+    """{"software_history": [...]}: the software of the run's earlier sessions that differs from this one's,
+    from its summary.json so far (none: {}), so that a run resumed with newer gptkit code or torch is not
+    taken for one trained by it alone."""
+    before = summary_of(run_dir)
+    history = [r for r in before.get("software_history", []) if isinstance(r, dict)] \
+        if isinstance(before.get("software_history"), list) else []
+    earlier = before.get("software")
+    if isinstance(earlier, dict) and earlier != software() and earlier not in history:
+        history.append(earlier)
+    return {"software_history": history} if history else {}
+
+
 def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, reason: str | None = None,
                   resumable: bool = True, checkpoint_step: int | None = None) -> dict:
     s = trainer.state
@@ -512,6 +526,7 @@ def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, 
         "plugins": recipe.plugin_sources(),  # what resuming needs installed; sampling, the model.* ones
         "precision": trainer.arithmetic,  # what train.precision resolved to
         "software": software(),  # an ablation pools only seeds trained by the same
+        **software_history(run_dir),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(run_dir / "summary.json", summary)
