@@ -467,7 +467,7 @@ for _module in pkgutil.walk_packages(gptkit.__path__, "gptkit."):  # every error
 ERRORS = {c for root in (UserError, RunStopped, RecipeIssue) for c in _subclasses(root)
           if c.__module__.partition(".")[0] == "gptkit"}
 ARGS = {  # each class's constructor arguments: a class without a case fails the test
-    "UserError": ("stopped",), "ComponentError": ("stopped",), "OutOfMemory": ("stopped",),
+    "UserError": ("stopped",), "ComponentError": ("stopped",), "OutOfMemory": ("stopped",), "RunBusy": ("stopped",),
     "RegistryError": ("stopped",), "YAMLError": ("stopped",), "RecipeError": ("stopped",), "BrokenParams": ("stopped",),
     "RecipeIssue": ([(("a", 0), "stopped")], (("b",),)), "SizeError": ("n_embd", 5, "stopped"),
     "Refused": (Path("runs/x"), "is stopped", "remove it"),

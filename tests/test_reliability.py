@@ -111,6 +111,32 @@ def test_a_run_resumed_with_other_software_keeps_its_earlier_sessions_and_is_not
         check_same_software(run)  # an ablation does not take it for a run of today's code alone
 
 
+def test_resume_auto_that_loses_its_run_to_another_process_chooses_again(tmp_path, monkeypatch, write_recipe):
+    """Two `--resume auto` started at once choose the same run; the one that locks it second passes it by."""
+    import fcntl
+
+    from gptkit.training import run as run_module
+
+    path = write_recipe(train={"max_steps": 6, "checkpoint_every": 2})
+    run = interrupted_at(monkeypatch, path, tmp_path / "runs", 3)
+    choose, held = run_module.find_resumable, []
+
+    def chosen_then_taken(*args, **kwargs):  # the other process locks the run just after this one chose it
+        found = choose(*args, **kwargs)
+        if found and not held:
+            held.append(open(found[0] / ".lock", "a"))
+            fcntl.flock(held[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return found
+
+    monkeypatch.setattr(run_module, "find_resumable", chosen_then_taken)
+    try:
+        result = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")
+    finally:
+        held[0].close()
+    assert result.run_dir != run and result.summary["status"] == "finished"  # a new run, not an error
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"  # left to its process
+
+
 def test_a_damaged_line_of_metrics_is_dropped_alone_when_resuming(tmp_path, monkeypatch, reference):
     path, ref = reference
     run = interrupted_at(monkeypatch, path, tmp_path / "runs", 5)

@@ -262,9 +262,13 @@ def lock_run(run_dir: Path):
         yield
 
 
-def busy(run_dir: Path) -> UserError:
-    return UserError(f"{run_dir} is being trained by another process; wait for it to end, or stop it "
-                     "(Ctrl-C or kill), then resume")
+class RunBusy(UserError):
+    """The run folder is being trained by another process."""
+
+
+def busy(run_dir: Path) -> RunBusy:
+    return RunBusy(f"{run_dir} is being trained by another process; wait for it to end, or stop it "
+                   "(Ctrl-C or kill), then resume")
 
 
 def is_locked(run_dir: Path) -> bool:

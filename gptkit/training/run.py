@@ -35,8 +35,8 @@ from . import distributed
 from .build import build_checked, every_rank
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .folder import summary_of
-from .resume import (busy, check_restartable, check_resumable, check_run_dir, find_resumable, is_locked, lock_run,
-                     remove_leftovers, truncate_metrics)
+from .resume import (RunBusy, busy, check_restartable, check_resumable, check_run_dir, find_resumable, is_locked,
+                     lock_run, remove_leftovers, truncate_metrics)
 from .signals import interrupt_on_signals, stop_on_signals
 from .trainer import Trainer, trained_toward
 
@@ -141,6 +141,13 @@ def train(recipe: Recipe, runs_dir: str | Path = "runs", *, quiet: bool = False,
             dist, device = distributed.setup(resolve_device(recipe.train.device))  # one process unless under torchrun
             # The set-up's collectives (training's are the trainer's): a process gone is one message, not a traceback.
             with keep_random_state(device), dist.needing_peers("before training started"):
+                try:
+                    return _train(recipe, dist, device, runs_dir, quiet, resume, run_dir)
+                except RunBusy:
+                    if resume != "auto" or dist.world_size > 1:
+                        raise
+                # Another process took the run auto chose, between choosing and locking it (two started at
+                # once): choose again, which passes that run by as one being trained.
                 return _train(recipe, dist, device, runs_dir, quiet, resume, run_dir)
     except RunStopped as e:
         if not (on_command_line() or goes_on_by()) and e.run_dir is not None and e.resumable and e.continue_with is None \
