@@ -383,6 +383,29 @@ def test_runs_trained_by_other_gptkit_code_or_torch_are_not_pooled(cli, tmp_path
     assert cli("ablate", out / "ablation.yaml", "--out", out, "--seeds", "0,1").exit_code == 0
 
 
+def test_every_sessions_plugins_record_of_a_run_is_checked_before_it_is_pooled(tmp_path, write_recipe,
+                                                                              scratch_registries):
+    """A seed resumed by `gptkit run --resume` with another plugin version keeps the earlier record in
+    plugins_history: the ablation refuses it as if that version had trained it all."""
+    import json
+
+    from gptkit.ablation.runner import Refused, check_same_plugins
+    from gptkit.recipe import load_recipe
+    from gptkit.training import run as run_module
+
+    (tmp_path / "mine.py").write_text("from gptkit.components import register\nfrom gptkit.components.norm import "
+                                      "RMSNorm\n\n@register('norm', 'mynorm')\nclass MyNorm(RMSNorm):\n    pass\n")
+    recipe = load_recipe(write_recipe(imports=["mine.py"], model={"norm": "mynorm"}))
+    now, old = recipe.plugin_sources(), {"model.norm": "mynorm from /elsewhere/mine.py (sha256 0123456789ab)"}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"plugins": old}))
+    assert run_module.history(run, "plugins", now) == {"plugins_history": [old]}  # as a resumed session writes it
+    (run / "summary.json").write_text(json.dumps({"plugins": now, "plugins_history": [old]}))
+    with pytest.raises(Refused, match=r"was trained with other plugin versions or code .*model.norm \(mynorm\)"):
+        check_same_plugins(run, recipe)
+
+
 @pytest.mark.parametrize("finished", [True, False])
 def test_runs_are_reused_or_resumed_only_with_the_plugin_versions_they_trained_with(cli, tmp_path, write_recipe,
                                                                                     install, finished):

@@ -397,7 +397,9 @@ def check_same_recipe(run_dir: Path, recipe: Recipe, how: str) -> None:
 def check_same_plugins(run_dir: Path, recipe: Recipe) -> None:
     """A run is reused, or resumed, only with the plugin versions and code (and local files) it trained with:
     seeds trained with other code must not be averaged together (`gptkit run --resume` alone only warns)."""
-    changed = plugin_changes(trained_with(run_dir), recipe)
+    earlier = summary_of(run_dir).get("plugins_history")  # sessions resumed by `gptkit run --resume` with others
+    records = [trained_with(run_dir), *(earlier if isinstance(earlier, list) else [])]
+    changed = list(dict.fromkeys(c for record in records for c in plugin_changes(record, recipe)))
     if changed:
         raise Refused(run_dir, f"was trained with other plugin versions or code than are installed now "
                       f"({'; '.join(changed)})", "seeds trained with different code are not pooled: delete that "
@@ -408,7 +410,8 @@ def check_same_software(run_dir: Path) -> None:
     """As check_same_plugins, for gptkit's own code and torch (a run from before gptkit recorded them is
     taken as it is: nothing can tell)."""
     summary = summary_of(run_dir)  # every session's: one resumed by `gptkit run --resume` with newer code too
-    records = [summary.get("software"), *(summary.get("software_history") or [])]
+    earlier = summary.get("software_history")
+    records = [summary.get("software"), *(earlier if isinstance(earlier, list) else [])]
     changed = list(dict.fromkeys(c for record in records for c in software_changes(record)))
     if changed:
         raise Refused(run_dir, f"was trained with other software than this ({'; '.join(changed)})",

@@ -495,17 +495,17 @@ def record_failure(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str,
         pass
 
 
-def software_history(run_dir: Path) -> dict:
-    """{"software_history": [...]}: the software of the run's earlier sessions that differs from this one's,
-    from its summary.json so far (none: {}), so that a run resumed with newer gptkit code or torch is not
-    taken for one trained by it alone."""
+def history(run_dir: Path, key: str, now: dict) -> dict:
+    """{"KEY_history": [...]}: the run's earlier sessions' records of `key` ("software", "plugins") that
+    differ from this session's (`now`), from its summary.json so far (none: {}), so that a run resumed
+    with other code is not taken for one trained by this session's alone (an ablation checks them all)."""
     before = summary_of(run_dir)
-    history = [r for r in before.get("software_history", []) if isinstance(r, dict)] \
-        if isinstance(before.get("software_history"), list) else []
-    earlier = before.get("software")
-    if isinstance(earlier, dict) and earlier != software() and earlier not in history:
-        history.append(earlier)
-    return {"software_history": history} if history else {}
+    kept = before.get(f"{key}_history")
+    records = [r for r in kept if isinstance(r, dict)] if isinstance(kept, list) else []
+    earlier = before.get(key)
+    if isinstance(earlier, dict) and earlier != now and earlier not in records:
+        records.append(earlier)
+    return {f"{key}_history": records} if records else {}
 
 
 def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, reason: str | None = None,
@@ -530,10 +530,11 @@ def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, 
         "wall_seconds": s.seconds,
         "device": str(trainer.device),
         "processes": trainer.dist.world_size,  # under torchrun, each on its share of every batch
-        "plugins": recipe.plugin_sources(),  # what resuming needs installed; sampling, the model.* ones
+        "plugins": (plugins := recipe.plugin_sources()),  # what resuming needs installed; sampling, the model.* ones
+        **history(run_dir, "plugins", plugins),
         "precision": trainer.arithmetic,  # what train.precision resolved to
         "software": software(),  # an ablation pools only seeds trained by the same
-        **software_history(run_dir),
+        **history(run_dir, "software", software()),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(run_dir / "summary.json", summary)
