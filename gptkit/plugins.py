@@ -8,6 +8,7 @@ empty, 0, false, no or off) or `gptkit --no-plugins` turns all of it off.
 """
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata as metadata
 import importlib.util
@@ -145,6 +146,7 @@ def _tree_sha256(module) -> str | None:
     return h.hexdigest() if files else None
 
 
+@functools.cache  # read once per process (not forgotten with the plugins' code hashes): do not change it
 def software() -> dict[str, str]:
     """What trained a run besides its recipe and plugins: gptkit's version and a hash of its code (an
     editable install changes without a new version; the version names the installed copy, which need
@@ -154,18 +156,21 @@ def software() -> dict[str, str]:
 
     import torch  # (imported by gptkit already: named here for its version)
 
-    global _own_code
-    if _own_code is None:  # read once, and not forgotten with the plugins' (forget_plugins)
-        _own_code = _tree_sha256(sys.modules[__package__]) or "unknown"
     try:
         version = metadata.version("gptkit")
     except metadata.PackageNotFoundError:  # a source folder on PYTHONPATH
         version = "unknown"
-    return {"gptkit": version, "gptkit_sha256": _own_code[:12], "torch": str(torch.__version__),
+    code = _tree_sha256(sys.modules[__package__]) or "unknown"
+    return {"gptkit": version, "gptkit_sha256": code[:12], "torch": str(torch.__version__),
             "python": platform.python_version()}
 
 
-_own_code: str | None = None
+def software_text(record) -> str | None:
+    """"gptkit 0.1.0 (sha256 a1b2c3d4e5f6), torch 2.13.0" for a run's `software` record; None for none (a run
+    from before gptkit recorded it) or a damaged one."""
+    if not (isinstance(record, dict) and {"gptkit", "gptkit_sha256", "torch"} <= record.keys()):
+        return None
+    return f"gptkit {record['gptkit']} (sha256 {record['gptkit_sha256']}), torch {record['torch']}"
 
 
 def software_changes(trained) -> list[str]:

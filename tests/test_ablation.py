@@ -392,6 +392,7 @@ def test_every_sessions_plugins_record_of_a_run_is_checked_before_it_is_pooled(t
     from gptkit.ablation.runner import Refused, check_same_plugins
     from gptkit.recipe import load_recipe
     from gptkit.training import run as run_module
+    from gptkit.training.folder import summary_of
 
     (tmp_path / "mine.py").write_text("from gptkit.components import register\nfrom gptkit.components.norm import "
                                       "RMSNorm\n\n@register('norm', 'mynorm')\nclass MyNorm(RMSNorm):\n    pass\n")
@@ -400,7 +401,8 @@ def test_every_sessions_plugins_record_of_a_run_is_checked_before_it_is_pooled(t
     run = tmp_path / "run"
     run.mkdir()
     (run / "summary.json").write_text(json.dumps({"plugins": old}))
-    assert run_module.history(run, "plugins", now) == {"plugins_history": [old]}  # as a resumed session writes it
+    assert run_module.history(summary_of(run), "plugins", now) == {"plugins_history": [old]}  # as a resumed session
+    # writes it
     (run / "summary.json").write_text(json.dumps({"plugins": now, "plugins_history": [old]}))
     with pytest.raises(Refused, match=r"was trained with other plugin versions or code .*model.norm \(mynorm\)"):
         check_same_plugins(run, recipe)

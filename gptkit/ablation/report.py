@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..errors import first_line
+from ..plugins import software_text
 from ..training.folder import diverged, failed, finished
 from ..training.progress import fmt_duration
 from .spec import Arm, unequal_terms
@@ -174,8 +175,7 @@ def provenance(rows: list[RunRow], stats: list[ArmStats]) -> str:
     base = next((s for s in stats if s.arm.baseline and s.steps is not None), None)
     budget = f" Each baseline run: {base.steps:,} steps, {base.tokens:,} tokens." if base and base.tokens else ""
     ran = [r.summary for r in rows if r.summary]
-    used = {f"gptkit {s['gptkit']} (sha256 {s['gptkit_sha256']}), torch {s['torch']}" for r in ran
-            if isinstance(s := r.get("software"), dict) and {"gptkit", "gptkit_sha256", "torch"} <= s.keys()}
+    used = {text for r in ran if (text := software_text(r.get("software")))}
     older = sum(not isinstance(r.get("software"), dict) for r in ran)
     software = f" Trained with {'; '.join(sorted(used))}" if used else ""
     software += (f"{' and' if used else ' Trained'} {older} runs with an older gptkit, which recorded no software"

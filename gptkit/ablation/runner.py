@@ -22,12 +22,12 @@ from ..recipe.load import named_by_overrides, recipe_device
 from ..training import train
 from ..training.build import build_checked
 from ..training.checkpoint import plugin_changes
-from ..training.folder import (diverged, ended, failed, finished, run_recipe, summary_of, trained_text,
-                               trained_with, val_curve)
+from ..training.folder import (diverged, earlier_sessions, ended, failed, finished, run_recipe, summary_of,
+                               trained_text, trained_with, val_curve)
 from ..training.progress import fmt_duration
 from ..training.resume import differing, is_locked
 from ..training.signals import signals_held
-from ..training.trainer import schedule_warning, total_steps
+from ..training.trainer import run_steps, schedule_warning
 from .plot import plot_curves
 from .report import FLOAT_NOISE, RunRow, arm_stats, csv_text, interrupted, markdown, provenance, reason_line
 from .spec import MAY_DIFFER, Arm, Plan, refusal, yaml_text
@@ -115,12 +115,6 @@ def sizes(plan: Plan, data: dict[str, CharDataset]) -> dict[str, tuple[int, int]
 
     each_arm(plan, size, overrides=False)
     return out
-
-
-def run_steps(recipe: Recipe, dataset: CharDataset) -> int:
-    """The steps one run of `recipe` trains, counted as the Trainer counts them."""
-    train = recipe.train
-    return total_steps(train.epochs, train.max_steps, dataset.steps_per_epoch(train.batch_size))
 
 
 def budget(recipe: Recipe, dataset: CharDataset) -> str:
@@ -397,26 +391,26 @@ def check_same_recipe(run_dir: Path, recipe: Recipe, how: str) -> None:
 def check_same_plugins(run_dir: Path, recipe: Recipe) -> None:
     """A run is reused, or resumed, only with the plugin versions and code (and local files) it trained with:
     seeds trained with other code must not be averaged together (`gptkit run --resume` alone only warns)."""
-    earlier = summary_of(run_dir).get("plugins_history")  # sessions resumed by `gptkit run --resume` with others
-    records = [trained_with(run_dir), *(earlier if isinstance(earlier, list) else [])]
+    # Every session's: one resumed by `gptkit run --resume` with other code too
+    records = [trained_with(run_dir), *earlier_sessions(summary_of(run_dir), "plugins")]
     changed = list(dict.fromkeys(c for record in records for c in plugin_changes(record, recipe)))
     if changed:
         raise Refused(run_dir, f"was trained with other plugin versions or code than are installed now "
-                      f"({'; '.join(changed)})", "seeds trained with different code are not pooled: delete that "
-                      "run folder to train it again, or pass --out with a new folder")
+                      f"({'; '.join(changed)})", NOT_POOLED)
 
 
 def check_same_software(run_dir: Path) -> None:
     """As check_same_plugins, for gptkit's own code and torch (a run from before gptkit recorded them is
     taken as it is: nothing can tell)."""
-    summary = summary_of(run_dir)  # every session's: one resumed by `gptkit run --resume` with newer code too
-    earlier = summary.get("software_history")
-    records = [summary.get("software"), *(earlier if isinstance(earlier, list) else [])]
+    summary = summary_of(run_dir)
+    records = [summary.get("software"), *earlier_sessions(summary, "software")]
     changed = list(dict.fromkeys(c for record in records for c in software_changes(record)))
     if changed:
-        raise Refused(run_dir, f"was trained with other software than this ({'; '.join(changed)})",
-                      "seeds trained with different code are not pooled: delete that run folder to train it "
-                      "again, or pass --out with a new folder")
+        raise Refused(run_dir, f"was trained with other software than this ({'; '.join(changed)})", NOT_POOLED)
+
+
+NOT_POOLED = "seeds trained with different code are not pooled: delete that run folder to train it again, or pass " \
+    "--out with a new folder"
 
 
 def check_same_text(run_dir: Path, path: Path, sha256: str) -> None:

@@ -9,6 +9,7 @@ from ..ablation.plot import HINT, plot_curves
 from ..ablation.report import table
 from ..errors import UserError
 from ..io import cannot_make_folder, home_path, quote
+from ..plugins import software_text
 from ..recipe import flatten
 from ..training.folder import (ablation_seeds, diverged, is_ablation_folder, run_recipe, summary_of, trained_text,
                               val_curve)
@@ -181,10 +182,8 @@ def plugins_row(run_dir: Path) -> str:
 
 def software_row(run_dir: Path) -> str:
     """gptkit's code and torch, as an ablation compares them before pooling seeds (summary.json's record)."""
-    used = summary_of(run_dir).get("software")
-    if not (isinstance(used, dict) and {"gptkit", "gptkit_sha256", "torch"} <= used.keys()):
-        return Unknown("unknown (from an older gptkit, which recorded none)")
-    return f"gptkit {used['gptkit']} (sha256 {used['gptkit_sha256']}), torch {used['torch']}"
+    return software_text(summary_of(run_dir).get("software")) or Unknown("unknown (from an older gptkit, which "
+                                                                         "recorded none)")
 
 
 def precision_row(run_dir: Path) -> str:

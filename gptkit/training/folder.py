@@ -57,6 +57,13 @@ def summary_of(run: Path) -> dict:
     return summary if isinstance(summary, dict) else {}
 
 
+def earlier_sessions(summary: dict, key: str) -> list[dict]:
+    """A run's records of `key` ("software", "plugins") from its earlier sessions that differ from its
+    last's (summary.json's KEY_history: a run resumed with other code)."""
+    kept = summary.get(f"{key}_history")
+    return [r for r in kept if isinstance(r, dict)] if isinstance(kept, list) else []
+
+
 def resumable(summary: dict) -> bool:
     """Whether the run whose summary.json this is can go on: not finished, not diverged. A missing or
     damaged summary.json ({}) does not stop a run that has a checkpoint."""

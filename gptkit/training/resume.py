@@ -20,7 +20,7 @@ from ..recipe import Recipe, flatten, yaml
 from .checkpoint import changed_plugins, load_checkpoint, missing_plugins, plugin_changes, stored_recipe
 from .folder import (is_ablation_folder, metric_records, no_such_folder, resumable, run_recipe, runs_within,
                      stopped_for_good, summary_of, trained_with)
-from .trainer import state_dict_problem, total_steps
+from .trainer import run_steps, state_dict_problem
 
 # Keys that may change between a run and its resumption without making it a different run (the text
 # itself is checked by its SHA-256, wherever it lives and however it was made; compiling and
@@ -234,8 +234,7 @@ def checkpoint_to_resume(run: Path, recipe: Recipe, dataset) -> tuple[dict | Non
         return None, f"{differs}; to go on with its own recipe: {again}"
     if changes:
         return None, (f"{differs} and {text}" if keys else text)
-    train = recipe.train
-    budget = total_steps(train.epochs, train.max_steps, dataset.steps_per_epoch(train.batch_size))
+    budget = run_steps(recipe, dataset)
     if checkpoint["step"] > budget:  # resumed, it would be refused: there is nothing left to train
         return None, f"it has trained {checkpoint['step']:,} steps, past this recipe's budget of {budget:,}"
     return checkpoint, ""

@@ -34,7 +34,7 @@ from ..sampling import sample
 from . import distributed
 from .build import build_checked, every_rank
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
-from .folder import summary_of
+from .folder import earlier_sessions, summary_of
 from .resume import (RunBusy, busy, check_restartable, check_resumable, check_run_dir, find_resumable, is_locked,
                      lock_run, remove_leftovers, truncate_metrics)
 from .signals import interrupt_on_signals, stop_on_signals
@@ -495,13 +495,12 @@ def record_failure(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str,
         pass
 
 
-def history(run_dir: Path, key: str, now: dict) -> dict:
-    """{"KEY_history": [...]}: the run's earlier sessions' records of `key` ("software", "plugins") that
-    differ from this session's (`now`), from its summary.json so far (none: {}), so that a run resumed
-    with other code is not taken for one trained by this session's alone (an ablation checks them all)."""
-    before = summary_of(run_dir)
-    kept = before.get(f"{key}_history")
-    records = [r for r in kept if isinstance(r, dict)] if isinstance(kept, list) else []
+def history(before: dict, key: str, now: dict) -> dict:
+    """{"KEY_history": [...]}: the records of `key` ("software", "plugins") of the run's sessions before
+    this one that differ from this session's (`now`), from its summary.json so far (`before`; none: {}),
+    so that a run resumed with other code is not taken for one trained by this session's alone (an
+    ablation checks them all)."""
+    records = earlier_sessions(before, key)
     earlier = before.get(key)
     if isinstance(earlier, dict) and earlier != now and earlier not in records:
         records.append(earlier)
@@ -510,7 +509,7 @@ def history(run_dir: Path, key: str, now: dict) -> dict:
 
 def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, reason: str | None = None,
                   resumable: bool = True, checkpoint_step: int | None = None) -> dict:
-    s = trainer.state
+    s, before = trainer.state, summary_of(run_dir)
     summary = {
         "name": recipe.name,
         "status": status,
@@ -531,10 +530,10 @@ def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, 
         "device": str(trainer.device),
         "processes": trainer.dist.world_size,  # under torchrun, each on its share of every batch
         "plugins": (plugins := recipe.plugin_sources()),  # what resuming needs installed; sampling, the model.* ones
-        **history(run_dir, "plugins", plugins),
+        **history(before, "plugins", plugins),
         "precision": trainer.arithmetic,  # what train.precision resolved to
         "software": software(),  # an ablation pools only seeds trained by the same
-        **history(run_dir, "software", software()),
+        **history(before, "software", software()),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(run_dir / "summary.json", summary)

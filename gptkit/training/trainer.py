@@ -41,6 +41,12 @@ def total_steps(epochs: int, max_steps: int | None, steps_per_epoch: int) -> int
     return steps if max_steps is None else min(steps, max_steps)
 
 
+def run_steps(recipe: Recipe, dataset: CharDataset) -> int:
+    """The steps one run of `recipe` trains on `dataset`, counted as the Trainer counts them."""
+    train = recipe.train
+    return total_steps(train.epochs, train.max_steps, dataset.steps_per_epoch(train.batch_size))
+
+
 def trained_toward(recipe: dict, steps_per_epoch: int) -> int | None:
     """The step budget of a run's saved recipe (a dict, as a checkpoint holds it), its text and batch
     size being this run's (which make an epoch's steps: resuming keeps them); None where it does not say."""
