@@ -564,6 +564,10 @@ def test_an_unusable_default_of_the_test_model_is_one_error_not_every_check_fail
     result = cli("check", "attention", "naive")
     assert result.exit_code == 2 and result.output.startswith(f"error: {expected}"), result.output
     assert len(result.output.splitlines()) == 1 and "Traceback" not in result.output
+    # A schedule's and a corpus's checks build no test model: its defaults are none of their business
+    for kind, name in (("schedule", "cosine"), ("corpus", "shakespeare")):
+        result = cli("check", kind, name)
+        assert result.exit_code == 0 and "unusable" not in result.output, result.output
 
 
 def test_an_attention_without_attend_or_forward_is_refused_when_registered():

@@ -3,7 +3,7 @@ import dataclasses
 import click
 from click.core import ParameterSource
 
-from ..conformance import CONFIG, SizeError, check_component
+from ..conformance import CONFIG, UNSIZED, SizeError, check_component
 from ..device import resolve_device
 from ..errors import UserError, did_you_mean, listing, problems
 from ..recipe import yaml
@@ -11,7 +11,6 @@ from ..recipe.components import MODEL_KINDS, RecipeIssue, parse_component
 from ..registry import RegistryError, registry
 from . import imports_option, main
 
-UNSIZED = ("schedule", "corpus")  # kinds whose checks build no test model (an optimizer's train one)
 
 
 @main.command()
