@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .components.base import GPTConfig
+from .components.positional import BiasShapeError, checked_bias
 from .device import keep_random_state
 from .errors import ComponentError, RunStopped, UserError, on_command_line, one_line, out_of_memory
 from .model import GPT, built_from
@@ -73,7 +74,7 @@ def _check_shapes(gpt: GPT, model) -> None:
         module, method = culprit(e, specs)
         if module is None or out_of_memory(e):  # the machine's failing, not the component's
             raise
-        raise (_fed_error(module, specs, "", e) or specs[module].error(f"its {method}() raised", e)) from e
+        raise (_fed_error(module, specs, "", e) or specs[module].error(_did(method, e), e)) from e
 
 
 @contextlib.contextmanager
@@ -143,7 +144,8 @@ def _mismatch(gpt: GPT, model, specs: dict, idx: torch.Tensor, prefill: int) -> 
     except Exception as e:
         if isinstance(e, (UserError, RunStopped)) or out_of_memory(e):
             raise
-        return _cache_warning(gpt, model, f"a forward pass of {fed} raised {one_line(e)}")
+        return _cache_warning(gpt, model, f"a forward pass of {fed} raised {one_line(e)}",
+                              bias_said=isinstance(e, BiasShapeError))
     if cached.shape != full.shape:
         return _cache_warning(gpt, model, f"the logits of {fed} are {tuple(cached.shape)}, not {tuple(full.shape)}")
     if not same_logits(cached, full):
@@ -295,10 +297,11 @@ def _leak(probe: GPT, specs: dict, idx: torch.Tensor, where: str) -> tuple[nn.Mo
     return None
 
 
-def _cache_warning(gpt: GPT, model, what: str) -> str:
+def _cache_warning(gpt: GPT, model, what: str, bias_said: bool = False) -> str:
     """The warning of a key/value cache that does not match a full pass: `what` went wrong, the model's
     plugin components (any may be the cause: a feedforward mixing in the previous token breaks the
-    cache as surely as an attention) with the check to run on each, and the contract."""
+    cache as surely as an attention) with the check to run on each, and the contract; and a plugin
+    positional's score_bias of the wrong shape, unless `what` said so (`bias_said`)."""
     plugins = plugin_components(model)
     if len(plugins) == 1:
         who = (f"{plugins[0].kind} '{plugins[0].name}', the model's only plugin component, breaks it: "
@@ -307,7 +310,8 @@ def _cache_warning(gpt: GPT, model, what: str) -> str:
         who = "one of the model's plugin components breaks it: " + with_checks(plugins)
     else:
         who = "the model has only gptkit's own components: a bug of gptkit's, please report it"
-    note = _bias_note(gpt, 1, min(CACHE_TOKENS, gpt.config.block_size)) if not model.positional.built_in else ""
+    note = _bias_note(gpt, 1, min(CACHE_TOKENS, gpt.config.block_size)) \
+        if not (model.positional.built_in or bias_said) else ""
     return (f"{what}; {who}{note}. {CACHE_CONTRACT}. Samples recompute the context instead "
             "(slower, the same text)")
 
@@ -372,7 +376,7 @@ def plugin_error(e: Exception, specs: dict, where: str,
         return e
     if specs[owner].built_in:
         return _fed_error(owner, specs, f", {where},", e) or e
-    return specs[owner].error(f"its {method}() raised, {where},", e)
+    return specs[owner].error(_did(method, e, where), e)
 
 
 def _fed_error(owner, specs: dict, where: str, e: Exception) -> Exception | None:
@@ -395,7 +399,7 @@ def exercise(kind: str, module: nn.Module, x: torch.Tensor, n_head: int) -> torc
         return module(x)
     q = k = x.view(*x.shape[:2], n_head, -1).transpose(1, 2)  # (B, nh, T, hs)
     q, k = module.rotate(q, k, 0)  # start given: the README's signature has no default
-    bias = module.score_bias(x.size(1), x.size(1))
+    bias = checked_bias(module, module.score_bias(x.size(1), x.size(1)), n_head, x.size(1), x.size(1))
     out = module.embed(x, 0) + (q + k).transpose(1, 2).reshape(x.shape)
     return out if bias is None else out + bias.sum()
 
@@ -439,11 +443,22 @@ def _what(value) -> str:
     return f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
+def _did(method: str, e: BaseException, where: str = "") -> str:
+    """"its forward() raised, WHERE,", or what else the culprit's `method` did to cause `e`: what precedes `e`
+    in its error."""
+    where = f", {where}" if where else ""
+    if isinstance(e, BiasShapeError):
+        return f"its {method}() returned a bias attention cannot use{where}:"
+    return f"its {method}() raised{where}{',' if where else ''}"
+
+
 def culprit(e: BaseException, specs: dict) -> tuple[object | None, str | None]:
     """Which component of `specs` ({module or optimizer: its ComponentSpec}) raised `e`, and in which of
     its methods: the innermost frame of the traceback that is a method of one of them (their submodules,
     torch's own layers, are passed by). A plugin's frame beats a built-in's: a plugin attention that
     calls a built-in positional's rotate() wrongly is the one to blame."""
+    if isinstance(e, BiasShapeError) and e.pos in specs:  # raised by attention, on what the positional gave it
+        return e.pos, "score_bias"
     calling = nn.Module.__call__.__code__.co_filename  # torch's machinery around every forward
     frames = []
     tb = e.__traceback__

@@ -103,6 +103,52 @@ def test_a_plugin_attention_failing_with_a_plugin_positional_is_the_one_blamed(r
                      "(B, n_head, T, head_dim) = (2, 4, 2, 8), like q")
 
 
+@pytest.mark.parametrize("attention", ["flash", "naive", "plainattend"])
+def test_a_score_bias_of_the_wrong_shape_is_blamed_on_the_positional(run_with, tmp_path, attention):
+    # Three heads' bias for a model of four: it would fail inside attention's arithmetic, a plugin
+    # attention's own included, and be laid on that attention.
+    result = run_with("""
+        @register("positional", "threeheads")
+        class ThreeHeads(Positional):
+            def score_bias(self, t_q, t_k):
+                return torch.zeros(3, t_q, t_k)
+
+        @register("attention", "plainattend")
+        class PlainAttend(Attention):
+            def attend(self, q, k, v, bias):
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=bias is None)
+    """, f"model.attention={attention}", "model.positional=threeheads")
+    assert_one_error(result, tmp_path, f"positional 'threeheads' from {tmp_path / 'mine.py'} is broken: its "
+                     "score_bias() returned a bias attention cannot use: BiasShapeError: score_bias(2, 2) returned "
+                     "shape (3, 2, 2); it must return None or (n_head, t_q, t_k) = (4, 2, 2)")
+
+
+def test_a_score_bias_wrong_only_for_a_longer_sequence_is_blamed_on_the_positional(run_with, tmp_path):
+    result = run_with("""
+        @register("positional", "longwrong")
+        class LongWrong(Positional):
+            def score_bias(self, t_q, t_k):
+                return torch.zeros(4 if t_q <= 2 else 3, t_q, t_k)  # right for the 2-token check only
+    """, "model.positional=longwrong")
+    assert_one_error(result, tmp_path, f"positional 'longwrong' from {tmp_path / 'mine.py'} is broken: its score_bias() "
+                     "returned a bias attention cannot use, for 4 tokens: BiasShapeError: score_bias(4, 4) returned "
+                     "shape (3, 4, 4); it must return None or (n_head, t_q, t_k) = (4, 4, 4)")
+
+
+def test_a_score_bias_of_the_wrong_shape_fails_its_conformance_check(temporary_component):
+    from gptkit.components import Positional
+    from gptkit.conformance import check_component
+
+    class ThreeHeads(Positional):
+        def score_bias(self, t_q, t_k):
+            return torch.zeros(3, t_q, t_k)
+
+    temporary_component("positional", "threeheads", ThreeHeads)
+    shape = next(r for r in check_component("positional", "threeheads") if r.check == "shape and dtype")
+    assert shape.status == "fail" and "returned shape (3, 16, 16); it must return None or (n_head, t_q, t_k) = " \
+        "(4, 16, 16)" in shape.detail, shape
+
+
 def test_an_error_inside_a_forward_is_blamed_on_the_component_and_its_line(run_with, tmp_path):
     result = run_with("""
         @register("feedforward", "misfit")
@@ -636,6 +682,11 @@ class SquareBias(ALiBi):
     def score_bias(self, t_q, t_k):
         return super().score_bias(t_k, t_k)  # (nh, t_k, t_k)
 
+@register("positional", "querybias")
+class QueryBias(ALiBi):
+    def score_bias(self, t_q, t_k):
+        return super().score_bias(t_q, t_q)  # (nh, t_q, t_q): broadcasts over the keys when t_q = 1
+
 @register("positional", "embedfrom0")
 class EmbedFrom0(Learned):
     def embed(self, x, start=0):
@@ -672,13 +723,15 @@ class Window(NaiveAttention):
 
 DIFFER = "the logits of 4 tokens fed through a key/value cache (as 2, then one at a time) differ from one forward pass " \
     "over them by up to "
-RAISED = "a forward pass of 4 tokens fed through a key/value cache (as 2, then one at a time) raised RuntimeError: "
+RAISED = "a forward pass of 4 tokens fed through a key/value cache (as 2, then one at a time) raised BiasShapeError: " \
+    "score_bias(1, 3) returned shape (4, 3, 3); it must return None or (n_head, t_q, t_k) = (4, 1, 3); "
 
 
 @pytest.mark.parametrize("sets, named, what", [
     (["model.attention=fullmask", "model.positional=rope"], ["attention fullmask"], DIFFER),
     (["model.positional=squarebias"], ["positional squarebias"], RAISED),
     (["model.positional=squarebias", "model.attention=naive"], ["positional squarebias"], RAISED),
+    (["model.positional=querybias"], ["positional querybias"], DIFFER),
     (["model.positional=embedfrom0"], ["positional embedfrom0"], DIFFER),
     (["model.positional=rotatefrom0"], ["positional rotatefrom0"], DIFFER),
     (["model.attention=fullmask", "model.positional=embedfrom0"], ["attention fullmask", "positional embedfrom0"],
@@ -708,8 +761,9 @@ def test_a_key_value_cache_that_does_not_match_is_warned_of_and_sampled_without(
         assert f"{kind} '{name}' (`gptkit check {kind} {name} --import {file}`)" in line \
             if len(named) > 1 else f"{kind} '{name}', the model's only plugin component, breaks it: " \
             f"`gptkit check {kind} {name} --import {file}` says which of its checks fails" in line, line
-    if "squarebias" in sets[0]:
-        assert "(the positional's score_bias(1, 4) returned (4, 4, 4) torch.float32, not (4, 1, 4))" in line
+    # A bias that broadcasts into the wrong shape is named; one of a shape attention refuses, by the error alone
+    noted = "(the positional's score_bias(1, 4) returned (4, 1, 1) torch.float32, not (4, 1, 4))"
+    assert (noted in line) == ("model.positional=querybias" in sets), line
     (run,) = (tmp_path / "runs").iterdir()
     assert yaml.safe_load((run / "summary.json").read_text())["status"] == "finished"
     seed = yaml.safe_load((run / "recipe.yaml").read_text())["seed"]
@@ -755,7 +809,8 @@ def test_gptkits_own_pairs_pass_the_cache_check(monkeypatch):
         "the model has only gptkit's own components: a bug of gptkit's, please report it" in warning, warning
     square = ALiBi.score_bias
     monkeypatch.setattr(ALiBi, "score_bias", lambda self, t_q, t_k: square(self, t_k, t_k))
-    assert "raised RuntimeError: " in check(attention="naive", positional="alibi")
+    assert "raised BiasShapeError: score_bias(1, 3) returned shape (4, 3, 3)" in check(attention="naive",
+                                                                                      positional="alibi")
 
 
 @pytest.mark.parametrize("kind, named", [

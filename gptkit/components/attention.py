@@ -14,7 +14,7 @@ from torch import nn
 
 from ..registry import abstract_methods, new_registry
 from .base import Component, GPTConfig, Params, dropout_layer
-from .positional import Positional
+from .positional import Positional, checked_bias
 
 
 class AttentionParams(Params):
@@ -95,7 +95,8 @@ class Attention(Component, nn.Module):
         q, k = self.pos.rotate(q, k, start)
         if cache is not None:
             k, v = cache.extend(k, v)  # (B, nh, start + T, hs)
-        y = self.attend(q, k, v, self.pos.score_bias(T, k.size(-2)))  # (B, nh, T, hs)
+        bias = checked_bias(self.pos, self.pos.score_bias(T, k.size(-2)), self.n_head, T, k.size(-2))
+        y = self.attend(q, k, v, bias)  # (B, nh, T, hs)
         if y.shape != q.shape:  # else the view below would scramble it without a word
             raise RuntimeError(f"{type(self).__name__}.attend returned shape {tuple(y.shape)}; it must return "
                                f"(B, n_head, T, head_dim) = {tuple(q.shape)}, like q")

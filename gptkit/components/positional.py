@@ -29,6 +29,33 @@ def past_distance(t_q: int, t_k: int, device) -> torch.Tensor:
     return (q_pos[:, None] - torch.arange(t_k, device=device)[None, :]).clamp(min=0)
 
 
+class BiasShapeError(RuntimeError):
+    """A score_bias attention cannot add to its (B, nh, t_q, t_k) scores: raised where attention gets it,
+    blamed on `pos`, the positional module that made it."""
+
+    def __init__(self, pos: nn.Module, message: str):
+        super().__init__(message)
+        self.pos = pos
+
+
+def checked_bias(pos: nn.Module, bias, n_head: int, t_q: int, t_k: int) -> torch.Tensor | None:
+    """`bias`, what `pos.score_bias(t_q, t_k)` returned, if attention with `n_head` query heads can add it
+    to its scores: None, or a tensor that broadcasts to (n_head, t_q, t_k). Else a BiasShapeError: a
+    wrong shape would otherwise fail inside attention's arithmetic, or broadcast into the wrong heads."""
+    want = (n_head, t_q, t_k)
+    if bias is None:
+        return None
+    if isinstance(bias, torch.Tensor) and bias.dim() <= 3:
+        try:
+            if torch.broadcast_shapes(bias.shape, want) == want:
+                return bias
+        except RuntimeError:
+            pass
+    got = f"shape {tuple(bias.shape)}" if isinstance(bias, torch.Tensor) else f"a {type(bias).__name__}"
+    raise BiasShapeError(pos, f"score_bias({t_q}, {t_k}) returned {got}; it must return None or (n_head, t_q, t_k) = "
+                              f"{want}")
+
+
 class Positional(Component, nn.Module):
     """Base class: built with `(config, params)`; every hook defaults to doing nothing."""
 
