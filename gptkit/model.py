@@ -2,7 +2,8 @@
 
 The classes here know no component by name: a block receives already-built norm, attention and
 feedforward modules, and the model receives the positional module (which attention shares). Finding
-which component is at fault when one fails is `diagnose.py`'s business.
+which component is at fault when one fails is `diagnose.py`'s business, but for a component's
+`init_weights()`, which only the model's constructor runs (`_init_culprit`).
 Axis letters: B batch, T time, C channels (n_embd), V vocabulary.
 """
 
@@ -104,6 +105,9 @@ class GPT(nn.Module):
         """With a `cache`, `idx` continues the positions it holds, and is added to it. Ids may be of any
         integer type (a dataset holds its tokens as uint8)."""
         B, T = idx.size()
+        if cache is not None and len(cache) != len(self.transformer.h):  # zip would skip the blocks past its end
+            raise ValueError(f"the cache holds {len(cache)} layers' keys and values, the model has "
+                             f"{len(self.transformer.h)} blocks; make one with model.new_cache()")
         start = len(cache[0]) if cache else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")

@@ -58,6 +58,13 @@ def test_the_context_never_exceeds_block_size_and_restarts_from_its_last_half():
     assert fed[CONFIG.block_size - 4 : CONFIG.block_size - 4 + half] == list(range(half, CONFIG.block_size))
 
 
+def test_a_cache_for_fewer_blocks_than_the_model_has_is_refused():
+    model = tiny_model().eval()
+    with pytest.raises(ValueError, match=r"^the cache holds 1 layers' keys and values, the model has 2 blocks; make "
+                                         r"one with model.new_cache\(\)$"):
+        model(torch.zeros(1, 3, dtype=torch.long), cache=model.new_cache()[:1])
+
+
 @pytest.mark.parametrize("says_it_caches", [False, True])  # True: inherited from a built-in, but forward(x) takes no cache
 def test_attention_without_cache_support_falls_back_to_recomputation(temporary_component, says_it_caches):
     class Uncached(NaiveAttention):

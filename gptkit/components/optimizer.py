@@ -35,7 +35,7 @@ class AdamWParams(Params):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0)
-    fused: bool | None = Field(None, description="fused kernel; default: on wherever torch supports it")
+    fused: bool | None = Field(None, description="fused kernel; default: on for parameters on a CPU or CUDA device")
 
 
 def adamw(groups: list[dict], lr: float, p: AdamWParams) -> optim.AdamW:

@@ -68,7 +68,7 @@ class DataSection(Section):
 
 
 CONFIG_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")  # what a component's check is given
-SHAPE_KEYS = ("block_size", "n_head", "n_embd")  # what built-in checks refuse: an override of one may be the cause
+SHAPE_KEYS = ("block_size", "n_head", "n_embd")  # sizes components' checks refuse: an override of one may be the cause
 
 
 class ModelSection(Section):
