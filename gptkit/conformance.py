@@ -306,6 +306,35 @@ def check_offsets(spec, config):
             _assert_same(tail, whole[..., s:, :], f"score_bias({T - s}, {T})")
 
 
+def check_tells_positions_apart(spec, config):
+    """With the same token at every position, what the scheme gives attention differs from one position
+    to the next: its embed of x, its rotate of q and k, or its score_bias over the keys of the last
+    query; with its parameters randomised, as a learned table may start at zero (its fixed tables, its
+    buffers, are its design). Else an ablation against `none` would compare two models that cannot
+    tell positions apart, without a word."""
+    if not spec.cls.encodes_position:
+        raise NotApplicable(f"{spec.cls.__name__} sets encodes_position = False: it adds no positional information")
+    pos, T = _randomised(_module(spec, config), buffers=False), config.block_size
+    x = _randn((1, 1, config.n_embd), generator=torch.Generator().manual_seed(3)).expand(1, T, -1).contiguous()
+    q = x.view(1, T, config.n_head, config.head_dim).transpose(1, 2)  # (1, nh, T, hs), every position alike
+    with torch.no_grad():
+        given = {"embed": (pos.embed(x, 0), 1), **dict(zip(("rotate of q", "rotate of k"),
+                                                            ((t, 2) for t in pos.rotate(q, q.clone(), 0))))}
+        bias = pos.score_bias(T, T)
+        if bias is not None:
+            given["score_bias"] = (bias[..., -1, :], -1)  # the last query sees every key
+    if not any(_varies(t, dim) for t, dim in given.values()):
+        raise AssertionError(f"with the same token at each of {T} positions, its {', '.join(given)} give every "
+                             "position the same: the model cannot tell positions apart; a scheme meant to add no "
+                             "positional information sets encodes_position = False on its class")
+
+
+def _varies(t: torch.Tensor, dim: int) -> bool:
+    """Whether `t` differs along `dim` by more than rounding."""
+    first = t.narrow(dim, 0, 1)
+    return bool(((t - first).abs().max() > 1e-6 * (1 + first.abs().max())).item())
+
+
 def check_fewer_key_heads(spec, config):
     """rotate(q, k) returns q and k each in its own shape, k having fewer heads than q as grouped- or
     multi-query attention hands it: keys broadcast to every head would fill the cache as many times."""
@@ -539,6 +568,7 @@ CHECKS: dict[str, tuple[tuple[str, ...], Callable]] = {  # name: (the kinds it a
     "state_dict round trip": (MODEL_KINDS, check_state_dict_round_trip),
     "causal": (MODEL_KINDS, check_causal),
     "offsets": (("positional",), check_offsets),
+    "tells positions apart": (("positional",), check_tells_positions_apart),
     "fewer key heads": (("positional",), check_fewer_key_heads),
     "uses positional": (("attention",), check_uses_positional),
     "every partner": (PAIRED, check_every_partner),

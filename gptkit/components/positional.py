@@ -13,6 +13,7 @@ Axis letters: B batch, T time, C channels, nh heads, nkv key/value heads, hs hea
 """
 
 import math
+from typing import ClassVar
 
 import torch
 from pydantic import Field
@@ -57,7 +58,11 @@ def checked_bias(pos: nn.Module, bias, n_head: int, t_q: int, t_k: int) -> torch
 
 
 class Positional(Component, nn.Module):
-    """Base class: built with `(config, params)`; every hook defaults to doing nothing."""
+    """Base class: built with `(config, params)`; every hook defaults to doing nothing. A scheme meant to
+    add no positional information sets `encodes_position = False`: the conformance check that it tells
+    positions apart then says it does not apply."""
+
+    encodes_position: ClassVar[bool] = True
 
     def __init__(self, config: GPTConfig, params: Params):
         super().__init__()
@@ -79,6 +84,8 @@ positional = new_registry("positional", Positional, "how token positions enter t
 @positional.register("none")
 class NoPositional(Positional):
     """No positional information; causal attention alone orders tokens (Haviv et al. 2022, arXiv:2203.16634)."""
+
+    encodes_position = False
 
 
 class WavelengthParams(Params):
