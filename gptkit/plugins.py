@@ -68,6 +68,26 @@ def declared(kind: str) -> dict[str, list[Plugin]]:
     return _read().get(kind, {}) if enabled() else {}
 
 
+def package_of(module: str) -> str | None:
+    """The installed distribution that declares components and whose package holds `module` (one of its
+    entry points lives in the same package), or None: a local file, a notebook, gptkit itself, a package
+    that declares no component."""
+    home = _home(module)
+    return next((p.dist for kind in declared_kinds() for claims in declared(kind).values() for p in claims
+                 if _home(p.entry_point.module) == home), None)
+
+
+def _home(module: str) -> str:
+    """The package `module` belongs to: its top-level one, or below a namespace package (acme.norms and
+    acme.other, of two distributions sharing `acme`), the first level that is not one."""
+    parts = module.split(".")
+    for i in range(1, len(parts)):
+        loaded = sys.modules.get(".".join(parts[:i]))
+        if loaded is None or getattr(loaded, "__file__", None) is not None:
+            return ".".join(parts[:i])
+    return module
+
+
 def declared_kinds() -> list[str]:
     """Every kind some installed package declares components for, known to gptkit or not."""
     return sorted(_read()) if enabled() else []

@@ -187,6 +187,7 @@ class Registry:
             if claims:
                 raise RegistryError(f"{self.kind} '{name}' is claimed by {' and by '.join(p.source for p in claims)} "
                                     f"already; a name must have one source. {self._clash_fix(new, claims)}")
+            self._refuse_undeclared(name, obj)
             if name in self._entries:
                 old = self._entries[name]
                 same_class = old.obj.__qualname__ == obj.__qualname__
@@ -210,6 +211,21 @@ class Registry:
             return obj
 
         return add if obj is None else add(obj)
+
+    def _refuse_undeclared(self, name: str, obj: Any) -> None:
+        """A plugin package's module registers only names its distribution declares: one it does not is
+        found only once something else imports the module, so a run trained with it could be neither
+        resumed nor sampled in another process."""
+        module = getattr(obj, "__module__", None) or ""
+        dist = plugins.package_of(module)
+        if dist is None or any(p.dist == dist for p in plugins.declared(self.kind).get(name, [])):
+            return
+        raise RegistryError(
+            f"{self.kind} '{name}' is registered by {module}, a module of the installed package {dist}, which "
+            f"declares no entry point {name!r} in group gptkit.{self.kind}: gptkit finds a plugin's components by "
+            f"their entry points, without importing it. Declare it in {dist}'s pyproject.toml, under "
+            f"[project.entry-points.\"gptkit.{self.kind}\"]: {name} = \"{module}:{_name_of(obj)}\", and install "
+            "the package again; or drop the register call")
 
     def get(self, name: str) -> Any:
         """The component registered as `name`; the error lists what exists, or why it is broken."""
@@ -246,6 +262,13 @@ class Registry:
         elif local and name in self._loaded and self._loaded[name].error and any(
                 getattr(local.obj, "__module__", None) == p.entry_point.module for p in claims):
             local = None  # registered by a plugin's import that then failed: the plugin's error, not a clash
+        own = next((p for p in claims if local and plugins.package_of(local.obj.__module__) == p.dist), None)
+        if own:  # the plugin's own module registers another class than its entry point names
+            module, cls = local.obj.__module__, _name_of(local.obj)
+            return Entry(self.kind, name, source=own.source, error=(
+                f"{self.kind} '{name}' from {own.source}: its entry point names {own.value}, but its module {module} "
+                f"registers {cls} under that name; a name has one class. Point the entry point at {module}:{cls} in "
+                f"{own.dist}'s pyproject.toml (and install it again), or drop that register call"))
         sources = ([local.source] if local else []) + [p.source for p in claims]
         if not sources:
             raise RegistryError(self._unknown(name))

@@ -228,7 +228,11 @@ def test_a_plugin_that_registers_what_it_declares_is_one_source(install, cli, sc
     assert result.exit_code == 0 and result.output.startswith("norm 'selfnorm' from acme-self 1.0"), result.output
 
     registry("norm").register("othernorm", sys.modules["acme_self"].UnitNorm)  # another class: still a clash
-    with pytest.raises(RegistryError, match="norm 'othernorm' is claimed by .*acme_self.py and by acme-self 1.0"):
+    with pytest.raises(RegistryError, match=r"^norm 'othernorm' from acme-self 1.0: its entry point names "
+                                            r"acme_self:Other, but its module acme_self registers UnitNorm under "
+                                            r"that name; a name has one class. Point the entry point at "
+                                            r"acme_self:UnitNorm in acme-self's pyproject.toml \(and install it "
+                                            r"again\), or drop that register call$"):
         registry("norm").get("othernorm")
 
 
@@ -245,8 +249,34 @@ def test_a_plugin_registering_another_class_than_its_entry_point_names_is_a_clas
             pass
     """})
     for _ in range(2):  # the first use too, not only once the entry point's import has registered B
-        with pytest.raises(RegistryError, match="norm 'wrongnorm' is claimed by .*acme_wrong.py and by acme-wrong 1.0"):
+        with pytest.raises(RegistryError, match="^norm 'wrongnorm' from acme-wrong 1.0: its entry point names "
+                                                "acme_wrong:A, but its module acme_wrong registers B under that name"):
             registry("norm").get("wrongnorm")
+
+
+def test_a_plugin_registering_a_name_it_does_not_declare_is_broken(install, cli, scratch_registries):
+    # Found only once the declared name's import ran: a run trained with it could not be resumed elsewhere.
+    install("acme-extra", "1.0", {"gptkit.norm": {"declared": "acme_extra:Declared"}}, {"acme_extra": """
+        from gptkit.components import Norm, register
+
+        class Declared(Norm):
+            def forward(self, x):
+                return x
+
+        @register("norm", "undeclared")
+        class Undeclared(Declared):
+            pass
+    """})
+    expected = ("norm 'declared' from acme-extra 1.0 (acme_extra:Declared) is broken: norm 'undeclared' is "
+                "registered by acme_extra, a module of the installed package acme-extra, which declares no entry "
+                "point 'undeclared' in group gptkit.norm: gptkit finds a plugin's components by their entry points, "
+                "without importing it. Declare it in acme-extra's pyproject.toml, under "
+                "[project.entry-points.\"gptkit.norm\"]: undeclared = \"acme_extra:Undeclared\", and install the "
+                "package again; or drop the register call. Fix or uninstall that package")
+    assert registry("norm").entry("declared").error.startswith(expected)
+    assert "undeclared" not in registry("norm").names()
+    result = cli("check", "norm", "declared")
+    assert result.exit_code == 2 and result.output.startswith(f"error: {expected}"), result.output
 
 
 def test_a_plugin_whose_import_fails_after_registering_is_broken_not_a_clash(install, scratch_registries):
