@@ -9,6 +9,9 @@ behind it, which `culprit` and `backward_culprit` find.
 import contextlib
 import copy
 import itertools
+import json
+import re
+import shlex
 from collections.abc import Callable, Iterator
 
 import torch
@@ -21,6 +24,7 @@ from .errors import ComponentError, RunStopped, UserError, on_command_line, one_
 from .model import GPT, built_from
 from .plugins import LOCAL_PREFIX
 from .recipe.components import MODEL_KINDS
+from .recipe.schema import SHAPE_KEYS
 from .registry import registry
 
 
@@ -197,12 +201,12 @@ def _who(spec, model, fault: str, moved: str) -> str:
     one, beside a plugin attention either of them."""
     pos = model.positional
     if spec.kind != "attention" or pos.built_in:
-        return f"{spec.kind} '{spec.name}' {fault} (its output {moved}); {check_command(spec)} says so"
+        return f"{spec.kind} '{spec.name}' {fault} (its output {moved}); {check_command(spec, model)} says so"
     if spec.built_in:
         return (f"positional '{pos.name}' {fault} (the output of attention '{spec.name}', which calls its rotate and "
-                f"score_bias, {moved}); {check_command(pos)} says so")
+                f"score_bias, {moved}); {check_command(pos, model)} says so")
     return (f"attention '{spec.name}' or positional '{pos.name}', whose rotate and score_bias it calls, {fault} (the "
-            f"attention's output {moved}); {check_command(spec)} and {check_command(pos)} say which")
+            f"attention's output {moved}); {check_command(spec, model)} and {check_command(pos, model)} say which")
 
 
 def cached_logits(gpt: GPT, idx: torch.Tensor, cuts: list[int]) -> torch.Tensor:
@@ -305,9 +309,9 @@ def _cache_warning(gpt: GPT, model, what: str, bias_said: bool = False) -> str:
     plugins = plugin_components(model)
     if len(plugins) == 1:
         who = (f"{plugins[0].kind} '{plugins[0].name}', the model's only plugin component, breaks it: "
-               f"{check_command(plugins[0])} says which of its checks fails")
+               f"{check_command(plugins[0], model)} says which of its checks fails")
     elif plugins:
-        who = "one of the model's plugin components breaks it: " + with_checks(plugins)
+        who = "one of the model's plugin components breaks it: " + with_checks(plugins, model)
     else:
         who = "the model has only gptkit's own components: a bug of gptkit's, please report it"
     note = _bias_note(gpt, 1, min(CACHE_TOKENS, gpt.config.block_size)) \
@@ -333,19 +337,40 @@ def plugin_components(model) -> list:
     return [spec for spec in (getattr(model, kind) for kind in MODEL_KINDS) if not spec.built_in]
 
 
-def with_checks(specs: list) -> str:
-    """"feedforward 'mine' (`gptkit check feedforward mine`); ..." for each of `specs`."""
-    return "; ".join(f"{spec.kind} '{spec.name}' ({check_command(spec)})" for spec in specs)
+def with_checks(specs: list, model=None) -> str:
+    """"feedforward 'mine' (`gptkit check feedforward mine`); ..." for each of `specs`, parts of `model`."""
+    return "; ".join(f"{spec.kind} '{spec.name}' ({check_command(spec, model)})" for spec in specs)
 
 
-def check_command(spec) -> str:
-    """How the caller runs the conformance checks on `spec`'s component: the `gptkit check` command line,
-    or from Python (where the component may be a notebook's, which no command sees) check_component."""
+def check_command(spec, model=None) -> str:
+    """How the caller runs the conformance checks on `spec`'s component as the run has it: with the
+    parameters it was given (those not at their defaults) and, given the `model` (a ModelSection) it is a
+    part of, at the model's sizes where they differ from the test model's (a fault may show only at the
+    run's block size). The `gptkit check` command line, or from Python (where the component may be a
+    notebook's, which no command sees) check_component."""
+    from .conformance import CONFIG  # (which imports this module)
+
+    defaults = type(spec.params)().model_dump(mode="json", by_alias=True)
+    params = {k: v for k, v in spec.params.model_dump(mode="json", by_alias=True).items() if defaults.get(k) != v}
+    sizes = {} if model is None else {k: getattr(model, k) for k in SHAPE_KEYS if getattr(model, k) != getattr(CONFIG, k)}
     if not on_command_line():
-        return f"`gptkit.conformance.check_component({spec.kind!r}, {spec.name!r})`"
+        what = repr({"name": spec.name, **params}) if params else repr(spec.name)
+        config = f", dataclasses.replace(gptkit.conformance.CONFIG, {', '.join(f'{k}={v}' for k, v in sizes.items())})" if sizes else ""
+        return f"`gptkit.conformance.check_component({spec.kind!r}, {what}{config})`"
     local = spec.cls.__module__.startswith(LOCAL_PREFIX)
-    imports = f" --import {registry(spec.kind).entry(spec.name).source}" if local else ""
-    return f"`gptkit check {spec.kind} {spec.name}{imports}`"
+    imports = f" --import {shlex.quote(registry(spec.kind).entry(spec.name).source)}" if local else ""
+    given = "".join(f" --param {shlex.quote(f'{k}={_flow(v)}')}" for k, v in params.items())
+    sized = "".join(f" --{k.replace('_', '-')} {v}" for k, v in sizes.items())
+    return f"`gptkit check {spec.kind} {spec.name}{imports}{given}{sized}`"
+
+
+def _flow(value) -> str:
+    """`value` as a --param reads it back: YAML, in flow style."""
+    plain = isinstance(value, str) and re.fullmatch(r"[A-Za-z_][\w.-]*", value) and value.lower() not in YAML_WORDS
+    return value if plain else json.dumps(value)
+
+
+YAML_WORDS = {"true", "false", "null", "yes", "no", "on", "off", "y", "n", "nan", "inf"}  # plain, not strings
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ code 2 and no half-made run folder; components receive their arguments positiona
 documents; a trained model loads for sampling with only its model's components installed."""
 
 import re
+import shlex
 import shutil
 import sys
 import textwrap
@@ -758,9 +759,10 @@ def test_a_key_value_cache_that_does_not_match_is_warned_of_and_sampled_without(
     assert line.endswith("Samples recompute the context instead (slower, the same text)"), line
     for component in named:
         kind, name = component.split()
-        assert f"{kind} '{name}' (`gptkit check {kind} {name} --import {file}`)" in line \
+        # at the run's block size, 32, not the test model's 16: a fault may show only there
+        assert f"{kind} '{name}' (`gptkit check {kind} {name} --import {file} --block-size 32`)" in line \
             if len(named) > 1 else f"{kind} '{name}', the model's only plugin component, breaks it: " \
-            f"`gptkit check {kind} {name} --import {file}` says which of its checks fails" in line, line
+            f"`gptkit check {kind} {name} --import {file} --block-size 32` says which of its checks fails" in line, line
     # A bias that broadcasts into the wrong shape is named; one of a shape attention refuses, by the error alone
     noted = "(the positional's score_bias(1, 4) returned (4, 1, 1) torch.float32, not (4, 1, 4))"
     assert (noted in line) == ("model.positional=querybias" in sets), line
@@ -816,9 +818,11 @@ def test_gptkits_own_pairs_pass_the_cache_check(monkeypatch):
 @pytest.mark.parametrize("kind, named", [
     # from Python, the check to run is check_component's (a notebook's component is no command's)
     ("feedforward", "feedforward 'noisy' is not deterministic (its output differs first); "
-                    "`gptkit.conformance.check_component('feedforward', 'noisy')` says so"),
+                    "`gptkit.conformance.check_component('feedforward', 'noisy', "
+                    "dataclasses.replace(gptkit.conformance.CONFIG, block_size=8))` says so"),
     ("positional", "positional 'noisy' is not deterministic (the output of attention 'naive', which calls its rotate "
-                   "and score_bias, differs first); `gptkit.conformance.check_component('positional', 'noisy')` says so"),
+                   "and score_bias, differs first); `gptkit.conformance.check_component('positional', 'noisy', "
+                   "dataclasses.replace(gptkit.conformance.CONFIG, block_size=8))` says so"),
 ])
 def test_a_component_that_is_not_deterministic_is_named_not_the_cache(temporary_component, kind, named):
     """Two full passes that differ: no cache can match one. The noisy component is the warning's, not
@@ -876,7 +880,7 @@ def test_sample_warns_of_a_key_value_cache_that_does_not_match_and_recomputes(ru
     warning, timing = sampled.stderr.splitlines()
     assert warning.startswith("warning: the logits of 4 tokens fed through a key/value cache") and \
         f"positional 'forgetful', the model's only plugin component, breaks it: `gptkit check positional " \
-        f"forgetful --import {tmp_path / 'mine.py'}`" in warning, warning
+        f"forgetful --import {tmp_path / 'mine.py'} --block-size 32`" in warning, warning
     assert timing.startswith("5 tokens in ") and timing.endswith(" (recomputed: the key/value cache did not match a "
                                                                  "full pass)"), timing
     recomputed = cli("sample", run, "--tokens", "5", "--seed", "3", "--no-cache")  # never hands it a start but 0
@@ -995,7 +999,30 @@ def test_a_component_that_sees_the_future_is_refused_before_training(run_with, t
     result = run_with(FUTURE_SEERS, *sets)
     kind, name = who.replace("'", "").split()
     assert_one_error(result, tmp_path, f"{who} lets the model see the future ({moved}); `gptkit check {kind} {name} "
-                     f"--import {tmp_path / 'mine.py'}` says so")
+                     f"--import {tmp_path / 'mine.py'} --block-size 32` says so")
+
+
+def test_the_check_a_refusal_names_reproduces_it_with_the_runs_parameters_and_sizes(run_with, cli, tmp_path):
+    # Causal with its defaults and at the test model's 16 positions: only the recipe's shift (and block of
+    # 32) show the leak, so a command without them would pass every check.
+    result = run_with("""
+        class ShiftParams(Params):
+            shift: int = 0
+            mode: str = "yes"  # a string YAML would read as a bool, were it not quoted
+
+        @register("feedforward", "shiftmix")
+        class ShiftMix(FeedForward):
+            Params = ShiftParams
+
+            def forward(self, x):
+                late = x[:, 20:].roll(-self.params.shift, dims=1)  # past position 20, from `shift` ahead
+                return torch.cat((x[:, :20], late), dim=1) if self.params.shift else x
+    """, "model.feedforward={name: shiftmix, shift: 2, mode: 'no'}")
+    assert result.exit_code == 2, result.output
+    command = re.search(r"`(gptkit check [^`]*)` says so", result.output).group(1)
+    assert command.endswith("--param shift=2 --param 'mode=\"no\"' --block-size 32"), command
+    checked = cli(*shlex.split(command)[1:])
+    assert checked.exit_code == 1 and re.search(r"causal +FAIL", checked.output), checked.output
 
 
 def test_a_plugin_attention_beside_a_leaking_plugin_positional_is_not_blamed_alone(run_with, tmp_path):
@@ -1004,7 +1031,8 @@ def test_a_plugin_attention_beside_a_leaking_plugin_positional_is_not_blamed_alo
     assert_one_error(result, tmp_path, "attention 'plainplugin' or positional 'pooledkeys', whose rotate and score_bias "
                      "it calls, lets the model see the future (the attention's output before position 4 changed with "
                      f"the tokens from position 4 on, in evaluation mode); `gptkit check attention plainplugin --import "
-                     f"{file}` and `gptkit check positional pooledkeys --import {file}` say which")
+                     f"{file} --block-size 32` and `gptkit check positional pooledkeys --import {file} --block-size 32` "
+                     "say which")
 
 
 def test_a_forward_failing_in_training_mode_is_named_before_training(run_with, tmp_path):
