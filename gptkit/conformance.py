@@ -626,21 +626,31 @@ def run_checks(checks: list[str], spec: ComponentSpec, config: GPTConfig = CONFI
     return results
 
 
-def resume_warning(spec: ComponentSpec) -> str | None:
-    """For a plugin or local optimizer that does not resume exactly ("resumes exactly" fails: state kept
-    outside its state_dict, say), the warning a run gives before training, which trains all the same;
-    None otherwise. Checked on the CPU test model, the caller's random state left as it was."""
+def optimizer_warnings(spec: ComponentSpec, weight_decay: float) -> list[str]:
+    """For a plugin or local optimizer, the warnings a run gives before training, which trains all the
+    same: one that does not resume exactly ("resumes exactly" fails: state kept outside its state_dict,
+    say), and with a `weight_decay` (train.weight_decay) above 0, one that does not apply it ("honours
+    weight_decay"). Checked on the CPU test model, the caller's random state left as it was."""
     if spec.kind != "optimizer" or spec.built_in:
-        return None
-    with keep_random_state(torch.device("cpu")):  # (train builds on the CPU: see device.torch_defaults)
-        result = run_check("resumes exactly", spec)
-    if result.status != "fail" or not result.detail.startswith("AssertionError"):  # (one that raises: training says)
-        return None
+        return []
     from .diagnose import check_command
 
-    return (f"train.optimizer ({spec.name}) does not resume exactly ({result.detail}): a resumed run will not take "
-            f"the steps an uninterrupted one takes; keep what its steps need in state_dict() (self.state[p], "
-            f"the param groups). {check_command(spec)} tests it")
+    said = {  # check: (what the optimizer does not do, what that means)
+        "resumes exactly": ("resume exactly", "a resumed run will not take the steps an uninterrupted one takes; keep "
+                                              "what its steps need in state_dict() (self.state[p], the param groups)"),
+        "honours weight_decay": ("honour weight_decay", f"it trains as if train.weight_decay were 0, not "
+                                 f"{weight_decay:g}, and an ablation against an optimizer that applies it compares "
+                                 "unequal terms; apply each param group's weight_decay in step()")}
+    warnings = []
+    for check, (fails, means) in said.items():
+        if check == "honours weight_decay" and weight_decay == 0:
+            continue
+        with keep_random_state(torch.device("cpu")):  # (train builds on the CPU: see device.torch_defaults)
+            result = run_check(check, spec)
+        if result.status == "fail" and result.detail.startswith("AssertionError"):  # (one that raises: training says)
+            warnings.append(f"train.optimizer ({spec.name}) does not {fails} ({result.detail}): {means}. "
+                            f"{check_command(spec)} tests it")
+    return warnings
 
 
 def check_component(kind: str, name_or_spec, config: GPTConfig = CONFIG,

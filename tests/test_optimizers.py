@@ -280,7 +280,7 @@ def test_roles_follow_the_owning_component_not_the_shape(temporary_component):
     assert decay == {"matrix": 0.1, "embedding": 0.1, "vector": 0.0}
 
 
-def test_a_plugin_optimizer_that_does_not_resume_exactly_is_warned_of_before_training(tmp_path, write_recipe,
+def test_a_plugin_optimizer_that_does_not_resume_exactly_or_ignores_weight_decay_is_warned_of(tmp_path, write_recipe,
                                                                                       temporary_component):
     from gptkit import GptkitWarning
     from gptkit.components import Optimizer
@@ -297,8 +297,24 @@ def test_a_plugin_optimizer_that_does_not_resume_exactly_is_warned_of_before_tra
                                            r"a resumed run will not take the steps an uninterrupted one takes"):
         result = train(load_recipe(path), runs_dir=tmp_path, quiet=True)
     assert result.summary["status"] == "finished"  # trained all the same
+
+    class NoDecay(torch.optim.SGD):  # builds its groups anew, without their weight_decay
+        def __init__(self, groups, lr):
+            super().__init__([{"params": g["params"]} for g in groups], lr=lr)
+
+    temporary_component("optimizer", "nodecay", type("NoDecayOpt", (Optimizer,), {
+        "build": lambda self, groups, lr: NoDecay(groups, lr)}))
+    with pytest.warns(GptkitWarning, match=r"^train\.optimizer \(nodecay\) does not honour weight_decay "
+                                           r"\(AssertionError: .*\): it trains as if train.weight_decay were 0, not "
+                                           r"0.1, and an ablation against an optimizer that applies it compares "
+                                           r"unequal terms; apply each param group's weight_decay in step\(\)"):
+        train(load_recipe(write_recipe(train={"optimizer": "nodecay", "max_steps": 2, "weight_decay": 0.1})),
+              runs_dir=tmp_path, quiet=True)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", GptkitWarning)  # the built-in optimizers: nothing said
         train(load_recipe(write_recipe(train={"max_steps": 2})), runs_dir=tmp_path, quiet=True)
+        # nor of one that ignores a weight decay of 0
+        train(load_recipe(write_recipe(train={"optimizer": "nodecay", "max_steps": 2, "weight_decay": 0})),
+              runs_dir=tmp_path, quiet=True)

@@ -253,9 +253,9 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         if checkpoint is not None:  # the optimizer's state, twice the weights' size with AdamW, onto the device
             trainer.load_state_dict(checkpoint["trainer"], checkpoint["recipe"])  # rank 0's random stream too
     if dist.is_main and not recipe.train.optimizer.built_in:  # trains all the same; a resumed run then differs
-        from ..conformance import resume_warning  # (conformance builds on training's modules; only for a plugin's)
+        from ..conformance import optimizer_warnings  # (conformance builds on training's modules; only for a plugin's)
 
-        to_warn += filter(None, [resume_warning(recipe.train.optimizer)])
+        to_warn += optimizer_warnings(recipe.train.optimizer, recipe.train.weight_decay)
     schedule_warning = trainer.schedule_warning()
     if checkpoint is not None:
         if checkpoint["step"] > trainer.total_steps:  # (at the budget, it only saves new sample settings)
