@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import statistics
 from pathlib import Path
@@ -488,6 +489,11 @@ def test_settings_that_do_not_change_training_keep_finished_runs(cli, tmp_path, 
     # final_train_loss is the mean of the last log_every steps: runs logged otherwise do not pool
     logged = cli("ablate", out / "ablation.yaml", "--out", out, "--set", "train.log_every=1")
     assert logged.exit_code == 2 and "ended with a different recipe (train.log_every differ)" in logged.output
+    # one run refused: its fix alone, not also "continue: gptkit run --resume" of a run the ablation refuses
+    one = next(out.glob("*/seed-0"))
+    shutil.rmtree(next(p for p in out.glob("*/seed-0") if p != one))
+    single = cli("ablate", out / "ablation.yaml", "--out", out, "--set", "train.log_every=1")
+    assert single.exit_code == 2 and single.stderr.count("\n") == 1 and "--resume" not in single.output, single.output
 
 
 def test_a_rerun_that_changes_only_what_runs_may_differ_in_goes_on_in_the_same_folder(cli, tmp_path, write_recipe):

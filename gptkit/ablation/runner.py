@@ -284,7 +284,8 @@ class Refused(UserError):
 
     def __init__(self, run_dir: Path, problem: str, fix: str):
         super().__init__(f"{run_dir} {problem}; {fix}")
-        self.run_dir, self.problem = run_dir, problem
+        # Not UserError's run_dir, which would add "continue: gptkit run --resume" to a run this refuses
+        self.refused_dir, self.problem = run_dir, problem
 
 
 SHOWN = 10  # refused runs named in one error; the rest are counted
@@ -303,9 +304,9 @@ def check_runs(plan: Plan, folder: Path, texts: dict[str, str]) -> None:
     if len(refused) == 1:
         raise refused[0]
     if refused:
-        lines = [f"  {e.run_dir.relative_to(folder)} {e.problem}" for e in refused[:SHOWN]]
+        lines = [f"  {e.refused_dir.relative_to(folder)} {e.problem}" for e in refused[:SHOWN]]
         more = [f"  and {len(refused) - SHOWN} more"] if len(refused) > SHOWN else []
-        paths = " ".join(quote(e.run_dir) for e in refused)
+        paths = " ".join(quote(e.refused_dir) for e in refused)
         raise UserError("\n".join([f"{len(refused)} runs in {folder} cannot be reused or resumed as they are:",
                                    *lines, *more, f"Delete them to train them again (rm -r {paths}), or pass --out "
                                    "with a new folder"]))
