@@ -943,7 +943,8 @@ def test_a_diverging_arm_is_a_result_not_the_end_of_the_ablation(cli, tmp_path, 
     assert table["feedforward=mlp"][1] == "2" and "2 of 4 runs finished, 2 diverged." in (out / "results.md").read_text()
     from gptkit.plugins import software
 
-    assert (f"2 diverged. Seeds: 0, 1. Each baseline run: 4 steps, 1,024 tokens. Trained with gptkit "
+    assert (f"2 diverged. Seeds: 0, 1. Each baseline run: 4 steps, 1,024 tokens. Data: 47 characters, 9,351 training "
+            f"and 1,038 validation tokens of data.path {tmp_path / 'corpus.txt'}. Trained with gptkit "
             f"{software()['gptkit']} (sha256 {software()['gptkit_sha256']}), torch {software()['torch']}. The recipe "
             "is baseline.yaml, the arms and seeds ablation.yaml.\n") in (out / "results.md").read_text()  # on its own
     with open(out / "results.csv", newline="") as f:
@@ -1302,7 +1303,27 @@ def test_arms_on_unequal_terms_show_their_budgets_and_are_not_called_better(writ
     longer = md_rows(text)["max_steps=4"]
     assert longer[5] == "better, not on equal terms (train.max_steps differ)" and longer[-2:] == ["4", "1,024"]
     same = plan(Ablation(recipe=write_recipe(), vary={"model.norm": ["rmsnorm", "layernorm"]}))
-    assert runner.describe(same, 0.1, runner.datasets(same))[-1] == "Each run: 6 steps, 1,536 tokens"
+    *_, each, data = runner.describe(same, 0.1, runner.datasets(same))
+    assert each == "Each run: 6 steps, 1,536 tokens"
+    assert re.fullmatch(r"Data: 47 characters, 9,351 training and 1,038 validation tokens of data\.path .*corpus\.txt",
+                        data), data  # said once, the same for both arms
+
+
+def test_the_data_an_ablation_trains_on_is_in_its_plan_and_results(cli, tmp_path, write_recipe):
+    recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    result = cli("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", tmp_path / "abl",
+                 "--set", "data.max_lines=40")
+    said = r"[0-9]+ characters, [0-9,]+ training and [0-9,]+ validation tokens of data\.path \S+ \(its first 40 " \
+        r"lines, data\.max_lines\)"
+    assert result.exit_code == 0 and re.search(f"^Data: {said}$", result.output, re.M), result.output
+    assert re.search(f" Data: {said}\\. ", (tmp_path / "abl" / "results.md").read_text())
+    # --allow-unfair may vary the data: each arm's is said
+    lines = cli("ablate", recipe, "--vary", "data.max_lines=40,50", "--seeds", "1", "--allow-unfair",
+                "--out", tmp_path / "unfair").output
+    assert re.search(r"^Data of baseline: 47 characters, 9,351 training .*corpus\.txt$", lines, re.M), lines
+    assert re.search(r"^Data of max_lines=40: .*its first 40 lines", lines, re.M), lines
+    assert re.search(r"^Data of max_lines=50: .*its first 50 lines", lines, re.M), lines
+    assert "Data: differs between runs (see their summary.json)." in (tmp_path / "unfair" / "results.md").read_text()
 
 
 def test_a_warm_up_longer_than_the_runs_is_said_once_in_the_plan(cli, tmp_path, write_recipe):

@@ -180,8 +180,11 @@ def provenance(rows: list[RunRow], stats: list[ArmStats]) -> str:
     software = f" Trained with {'; '.join(sorted(used))}" if used else ""
     software += (f"{' and' if used else ' Trained'} {older} runs with an older gptkit, which recorded no software"
                  if older else "") + ("." if used or older else "")
-    return (f"Seeds: {', '.join(map(str, seeds))}.{budget}{software} The recipe is baseline.yaml, the arms and "
-            "seeds ablation.yaml.")
+    data = list(dict.fromkeys(r["data"] for r in ran if isinstance(r.get("data"), str)))
+    data_line = f" Data: {data[0]}." if len(data) == 1 else " Data: differs between runs (see their summary.json)." \
+        if data else ""
+    return (f"Seeds: {', '.join(map(str, seeds))}.{budget}{data_line}{software} The recipe is baseline.yaml, the arms "
+            "and seeds ablation.yaml.")
 
 
 def reason_line(text: str | None) -> str:

@@ -150,6 +150,9 @@ def describe(plan: Plan, margin: float, data: dict[str, CharDataset]) -> list[st
         lines.append(f"  {arm.title.ljust(width)}  {params:>12,} params  {flops:>12,} FLOPs/token"
                      f"{'' if same else f'  {budgets[arm.slug]}'}{flag}")
     lines += [f"Each run: {budgets[plan.baseline.slug]}"] if same else []
+    texts = {arm.label: data[arm.slug].describe() for arm in plan.arms}  # an arm may vary the data (--allow-unfair)
+    lines += [f"Data: {texts[plan.baseline.label]}"] if len(set(texts.values())) == 1 else \
+        [f"Data of {label}: {text}" for label, text in texts.items()]
     notes = {arm.label: schedule_note(arm.recipe, data[arm.slug]) for arm in plan.arms}
     if len(set(notes.values())) == 1:  # the same for every arm: said once
         note = notes[plan.baseline.label]

@@ -59,6 +59,12 @@ class CharDataset:
                 f"({need:,}); raise data.val_fraction, lower model.block_size, or set data.val_fraction: 0"
             )
 
+    def describe(self) -> str:
+        """"62 characters, 241,457 training and 26,828 validation tokens of data.path X (its first 10,000
+        lines, data.max_lines)": what a run trains on, as its log, its summary and an ablation say it."""
+        return (f"{self.vocab_size} characters, {len(self.train):,} training and {len(self.val):,} validation tokens "
+                f"of {self.source}")
+
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)

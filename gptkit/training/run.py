@@ -349,8 +349,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
     else:
         log(f"Run folder: {run_dir}")
     write_text(run_dir / "recipe.yaml", yaml.dump(recipe.to_dict()))  # read back by --resume: quoted so that it reads the same
-    log(f"{model.num_params():,} parameters on {device} ({trainer.describe()}); {dataset.vocab_size} characters, "
-        f"{len(dataset.train):,} training and {len(dataset.val):,} validation tokens of {dataset.source}")
+    log(f"{model.num_params():,} parameters on {device} ({trainer.describe()}); {dataset.describe()}")
 
     # Unbuffered: a full disk fails the write that hit it, not a later flush or the file's closing.
     with open(run_dir / "metrics.jsonl", "ab" if checkpoint else "wb", buffering=0) as metrics:
@@ -525,6 +524,7 @@ def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, 
         "total_steps": trainer.total_steps,
         "epochs": s.epoch + 1,
         "tokens": s.tokens,
+        "data": trainer.dataset.describe(),  # what it trained on: a data.max_lines cut, the validation split
         "tokens_per_s": s.tokens / s.step_seconds if s.step_seconds else None,  # of the steps, as metrics.jsonl's
         "wall_seconds": s.seconds,
         "device": str(trainer.device),
