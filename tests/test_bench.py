@@ -1,6 +1,7 @@
 """`gptkit bench`: variants measured side by side, as a table or as JSON."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -56,6 +57,29 @@ def test_bench_json_reports_every_variant_against_the_first(cli, write_recipe):
         assert v["peak_memory"] > 10 * 2**20  # a whole process: torch alone is more
     table = format_report(report)
     assert "model.attention=naive" in table and "tokens/s" in table and "MFU" in table
+    assert first["round_ratios"] == [1.0, 1.0] and second["round_ratios"] == pytest.approx(
+        [f / s for f, s in zip(first["round_ms"], second["round_ms"])])  # each round's own (same tokens per step)
+    lo, hi = min(second["round_ratios"]), max(second["round_ratios"])
+    assert re.search(rf"^model\.attention=naive .* {second['ratio']:.2f}x +{lo:.2f}-{hi:.2f}x ", table, re.M), table
+
+
+def test_rounds_that_disagree_are_said_to():
+    from gptkit.bench import DRIFT
+
+    variant = dict(label="v", ms_per_step=100, tokens_per_s=2560, ratio=1.0, round_ratios=[1.0, 1.0, 1.0],
+                   peak_memory=2**28, flops_per_token=10**6, flops_per_s=1e9, mfu=0.5, warmup_seconds=1.0,
+                   tokens_per_step=256, micro_batch_size=8, compiled=False, failed=None)
+    report = dict(device="cpu", threads=2, peaks=[{"flops": 1e11, "source": "x"}], flops_formula="f", warmup_steps=1,
+                  rounds=3, steps_per_round=1, memory_kind="peak RSS",
+                  variants=[variant, {**variant, "label": "w", "ratio": 0.89, "round_ratios": [0.3, 0.89, 1.2]}])
+    table = format_report(report)
+    assert re.search(r"^w .* 0\.89x +0\.30-1\.20x ", table, re.M) and "per round" in table, table
+    assert table.splitlines()[-1].startswith(f"note: a variant's ratio differs by more than {DRIFT - 1:.0%} from round "
+                                             "to round"), table
+    steady = {**report, "variants": [variant, {**variant, "label": "w", "round_ratios": [0.9, 0.95, 1.0]}]}
+    assert "note:" not in format_report(steady)
+    single = {**report, "rounds": 1, "variants": [variant, {**variant, "label": "w", "round_ratios": [0.5]}]}
+    assert "per round" not in format_report(single)  # one round: nothing to range over
 
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])

@@ -54,6 +54,7 @@ class Variant:
     micro_batch_size: int = 0
     compiled: bool = False
     round_ms: list[float] = field(default_factory=list)
+    round_ratios: list[float] = field(default_factory=list)  # each round's tokens/s to the first's in that round
     failed: str | None = None  # why it stopped while measured: the others went on
 
     @property
@@ -124,6 +125,8 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
         v.flops_per_s = v.flops_per_token * v.tokens_per_s
         v.mfu = v.flops_per_s / v.peak_flops
         v.ratio = v.tokens_per_s / measured[0].tokens_per_s  # the first variant's, or the first still measured
+        v.round_ratios = [(v.tokens_per_step / ms) / (measured[0].tokens_per_step / first_ms)
+                          for ms, first_ms in zip(v.round_ms, measured[0].round_ms)]
     for v in found:
         if v.label in errors:  # no figures, not even a ratio of 1
             v.failed, v.ratio = str(errors[v.label]).removeprefix(v.which), 0.0
@@ -333,18 +336,31 @@ def format_report(report: dict) -> str:
         "",
     ]
     width = max(len("variant"), *(len(v["label"]) for v in report["variants"]))
-    lines.append(f"{'variant':<{width}}  {'ms/step':>9}  {'tokens/s':>9}  {'ratio':>6}  {'peak mem':>10}  "
-                 f"{'MFLOP/tok':>9}  {'GFLOP/s':>8}  {'MFU':>6}  {'warm-up':>8}")
     measured = [v for v in report["variants"] if not v["failed"]]
+    spread = lambda v: f"{min(v['round_ratios']):.2f}-{max(v['round_ratios']):.2f}x"  # noqa: E731
+    ranged = report["rounds"] > 1 and len(measured) > 1  # each round's own ratio: how far the machine drifted
+    span = max(len("per round"), *(len(spread(v)) for v in measured)) if ranged else 0
+    lines.append(f"{'variant':<{width}}  {'ms/step':>9}  {'tokens/s':>9}  {'ratio':>6}  "
+                 + (f"{'per round':>{span}}  " if ranged else "")
+                 + f"{'peak mem':>10}  {'MFLOP/tok':>9}  {'GFLOP/s':>8}  {'MFU':>6}  {'warm-up':>8}")
     for v in report["variants"]:
         if v["failed"]:
             lines.append(f"{v['label']:<{width}}  failed: {v['failed'].splitlines()[0]}")
             continue
         lines.append(f"{v['label']:<{width}}  {v['ms_per_step']:>9,.1f}  {v['tokens_per_s']:>9,.0f}  "
-                     f"{v['ratio']:>5.2f}x  {v['peak_memory'] / 2**20:>6,.0f} MiB  {v['flops_per_token'] / 1e6:>9.3g}  "
+                     f"{v['ratio']:>5.2f}x  " + (f"{spread(v):>{span}}  " if ranged else "")
+                     + f"{v['peak_memory'] / 2**20:>6,.0f} MiB  {v['flops_per_token'] / 1e6:>9.3g}  "
                      f"{v['flops_per_s'] / 1e9:>8,.1f}  {100 * v['mfu']:>5.1f}%  {v['warmup_seconds']:>7.1f}s")
     lines.append("(tokens/step " + ", ".join(f"{v['tokens_per_step']:,}" for v in measured) + "; micro-batch "
                  + ", ".join(f"{v['micro_batch_size']}{' compiled' if v['compiled'] else ''}" for v in measured) + ")")
     if measured[0] is not report["variants"][0]:
         lines.append(f"(ratios to {measured[0]['label']}: the first variant failed)")
+    if ranged and any(max(v["round_ratios"]) > DRIFT * min(v["round_ratios"]) for v in measured):
+        lines.append(f"note: a variant's ratio differs by more than {DRIFT - 1:.0%} from round to round (per round: the "
+                     "lowest and highest of each round's own ratio): the machine's speed changed while measuring "
+                     "(other programs, a busy host), and a difference between variants smaller than that is not "
+                     "measured; close other programs, or give more --rounds")
     return "\n".join(lines)
+
+
+DRIFT = 1.25  # rounds whose ratios differ by more than this factor: the machine drifted
