@@ -64,6 +64,12 @@ def test_grid_and_one_at_a_time(write_recipe):
     assert [a.label for a in one.arms] == ["baseline", "positional=rope", "positional=alibi", "norm=layernorm"]
     assert one.arms[1].for_seed(7).seed == 7 and one.arms[1].recipe.model.positional.name == "rope"
     assert one.digest != grid.digest and one.digest == plan(Ablation(recipe=path, vary=vary, mode="one-at-a-time")).digest
+    # every arm's value of every varied key (results.csv's columns): the baseline recipe's where it changes none
+    assert [a.factors for a in one.arms] == [
+        {"model.positional": p, "model.norm": n} for p, n in
+        [("sinusoidal", "rmsnorm"), ("rope", "rmsnorm"), ("alibi", "rmsnorm"), ("sinusoidal", "layernorm")]]
+    assert {tuple(a.factors.values()) for a in grid.arms} == {(p, n) for p in vary["model.positional"]
+                                                              for n in vary["model.norm"]}
 
 
 def test_folder_names_read_as_the_changes(write_recipe):
@@ -664,6 +670,9 @@ def test_ablation_table_matches_the_run_summaries_and_resumes(cli, tmp_path, wri
     for row in rows:
         s = summaries[(Path(row["run_dir"]).parent.name, int(row["seed"]))]
         assert float(row["final_val_loss"]) == s["final_val_loss"] and int(row["params"]) == s["params"]
+        # the varied key's value in a column of its own, the baseline's too: a table to pivot
+        assert row["model.positional"] == row["arm"].removeprefix("positional="), row
+    assert list(rows[0])[:4] == ["arm", "baseline", "model.positional", "seed"]
 
     table = md_rows((out / "results.md").read_text())
     assert table == md_rows(second.output)  # the printed table is the file's

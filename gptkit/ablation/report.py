@@ -250,15 +250,18 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def csv_text(rows: list[RunRow]) -> str:
-    """results.csv: one row per run, as its summary.json says; one stopped before its end is `interrupted`,
+    """results.csv: one row per run, as its summary.json says, with a column per varied key (its dotted
+    name) holding the run's value of it; one stopped before its end is `interrupted`,
     as results.md counts it, though a killed run's summary still says `running`, and one that diverged
     `diverged` (its summary's status is `failed`; its losses are those of before the divergence)."""
+    factors = list(rows[0].arm.factors) if rows else []  # a column per varied key: its value in the run's arm
     text = io.StringIO()
-    writer = csv.DictWriter(text, CSV_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(text, [*CSV_FIELDS[:2], *factors, *CSV_FIELDS[2:]], lineterminator="\n")
     writer.writeheader()
     for r in rows:
         s = r.summary or {}
-        writer.writerow({"arm": r.arm.label, "baseline": r.arm.baseline, "seed": r.seed, "run_dir": r.run_dir,
+        writer.writerow({"arm": r.arm.label, "baseline": r.arm.baseline, **r.arm.factors, "seed": r.seed,
+                         "run_dir": r.run_dir,
                          "status": "interrupted" if interrupted(r.summary) else "diverged" if diverged(r.summary)
                          else s.get("status", "unfinished"), **{k: s.get(k) for k in CSV_FIELDS[5:]}})
     return text.getvalue()

@@ -79,6 +79,7 @@ class Arm:
     recipe: Recipe                     # resolved, with the base recipe's seed
     baseline: bool = False
     values: str = ""                   # the baseline's: its values of the varied keys, "positional=learned"
+    factors: dict[str, str] = field(default_factory=dict)  # every varied key's value (YAML text) in this arm
 
     @property
     def title(self) -> str:
@@ -354,6 +355,8 @@ def plan(ablation: Ablation) -> Plan:
     if refused:
         raise refusal(refused, len(combos) + 1)  # the baseline had none
     arms[0].values = " ".join(f"{short[k]}={yaml_text(value_of(arms[0].recipe, k))}" for k in keys)
+    for arm in arms:  # the values it was given, else the baseline recipe's (one-at-a-time, or the baseline)
+        arm.factors = {k: dict(arm.changes).get(k) or yaml_text(value_of(arm.recipe, k)) for k in keys}
     if len(arms) == 1:
         raise UserError(nothing_to_compare(ablation))
     unique_slugs(arms[1:])
