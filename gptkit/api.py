@@ -61,7 +61,7 @@ def train_model(config_path: str | Path | Recipe | dict, data_path: str | Path |
         result = train(recipe, runs_dir=runs_dir, quiet=quiet)
     if save_path is not None and result.run_dir is not None:  # None: a torchrun rank but 0, which writes nothing
         try:
-            save_checkpoint(save_path, result.model, recipe.to_dict(), result.dataset.itos,
+            save_checkpoint(save_path, result.model, recipe.to_dict(), result.dataset.itos, parents=True,
                             step=result.summary["steps"], plugins=recipe.plugin_sources())
         except OSError as e:  # a full disk: the run is saved all the same
             raise UserError(f"save_path {save_path} could not be written ({e.strerror or e}); the run finished and is "

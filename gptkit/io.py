@@ -153,12 +153,13 @@ def cannot_make_folder(folder: Path) -> str | None:
     return None
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None], parents: bool = False) -> None:
     """Write through `write(file)` to a temporary file beside `path`, flush it to disk, then rename it
     over `path`. A crash at any point leaves either the old file or the new one, never a mix. An
-    OSError names `path`, not the temporary file the user never asked for. Folders it made for `path`
-    are removed again when the write fails."""
-    made = make_folders(path.parent)  # its error names the folder it could not make
+    OSError names `path`, not the temporary file the user never asked for. With `parents`, the folders
+    `path` needs are made (and removed again when the write fails); without, a folder that is not there
+    is an error: a run's folder moved or deleted while it trains is not made again, half empty."""
+    made = make_folders(path.parent) if parents else []  # its error names the folder it could not make
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # see `temporaries`
     except OSError as e:
@@ -222,8 +223,8 @@ def _naming(e: OSError, path: Path) -> OSError:
     return OSError(e.errno, e.strerror, str(path))
 
 
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+def write_text(path: Path, text: str, parents: bool = False) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), parents)
 
 
 def write_json(path: Path, data) -> None:

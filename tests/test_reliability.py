@@ -775,6 +775,32 @@ def test_a_diverged_run_is_not_resumed(tmp_path, write_recipe, temporary_compone
     assert json.loads((again.value.run_dir / "summary.json").read_text())["steps"] == 10
 
 
+def test_a_run_folder_moved_while_it_trains_is_not_made_again(tmp_path, write_recipe, cli, monkeypatch):
+    moved = tmp_path / "moved"
+    original = Trainer.train_step
+
+    def move_at_step_3(self, *args, **kwargs):  # as `mv` in another terminal would
+        out = original(self, *args, **kwargs)
+        if self.state.step == 3:
+            (folder,) = (tmp_path / "runs").iterdir()
+            folder.rename(moved)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", move_at_step_3)
+    result = cli("run", write_recipe(train={"max_steps": 6, "checkpoint_every": 2}), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 4, result.output
+    assert re.search(r"^stopped: the run folder \S+ is gone: it was moved or deleted while the run trained, so nothing "
+                     r"more is saved; if it was moved, resume it from where it is now \(gptkit run --resume "
+                     r"NEW_FOLDER\)$", result.stderr, re.M), result.stderr
+    assert "Run folder:" not in result.stderr  # it is not there to point at
+    assert not any((tmp_path / "runs").iterdir())  # not made again, half empty
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed = cli("run", "--resume", moved)  # from its checkpoint of step 2, where it is now
+    assert resumed.exit_code == 0 and "Resuming" in resumed.output and "from step 2 of 6" in resumed.output, \
+        resumed.output
+    assert json.loads((moved / "summary.json").read_text())["status"] == "finished"
+
+
 def test_a_full_disk_while_writing_metrics_stops_the_run_like_a_failed_save(tmp_path, write_recipe, monkeypatch):
     import gptkit.training.run as run_module
 

@@ -92,6 +92,6 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
     ax.legend(fontsize="small")
     fig.tight_layout()
     fmt = image_format(path)  # savefig cannot see the name through a file object: it would write PNG
-    atomic_write(path, lambda f: fig.savefig(f, format=fmt))
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt), parents=True)
     plt.close(fig)
     return True

@@ -74,7 +74,7 @@ class Group(click.Group):
         except RunStopped as e:
             if rank() == 0:  # under torchrun, all stop at the same step: one says so
                 click.echo(f"stopped: {e}", err=True)
-            if e.run_dir is not None:
+            if e.run_dir is not None and e.run_dir.is_dir():  # (not one moved or deleted while it trained)
                 resumable = e.resumable and (e.run_dir / "checkpoint.pt").is_file()
                 again = e.continue_with or f"gptkit run --resume {quote(e.run_dir)}"
                 hint = f"  (continue: {again})" if resumable else ""

@@ -231,7 +231,7 @@ def create(path: Path, corpus) -> None:
     on the command line must name the corpus again: alone, it is the user's own text (see apply_overrides)."""
     text = corpus_text(corpus)
     try:
-        write_text(path, text)
+        write_text(path, text, parents=True)  # data/ may not exist yet
     except OSError as e:
         if e.errno in DISK_FULL:
             raise cannot_create(path, corpus, e.strerror, "free some space, or create it on another disk") from None

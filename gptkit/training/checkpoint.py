@@ -70,9 +70,11 @@ def non_finite(weights: dict) -> list[str]:
     return [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict, itos: list[str], **extra) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict, itos: list[str], parents: bool = False,
+                    **extra) -> None:
     """Write atomically: a crash mid-save leaves the previous checkpoint intact. Only tensors and plain
-    values, or no `torch.load(weights_only=True)` could read it back: refused here, not when resuming."""
+    values, or no `torch.load(weights_only=True)` could read it back: refused here, not when resuming.
+    `parents`: make the folders `path` needs (see atomic_write)."""
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     bad = non_finite(weights)
     if bad:  # never let a diverged model overwrite a good checkpoint
@@ -91,7 +93,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, recipe: dict, itos: list
         "itos": list(itos),
         **extra,
     }
-    atomic_write(path, lambda f: _save(state, f))
+    atomic_write(path, lambda f: _save(state, f), parents)
 
 
 def _save(state: dict, f) -> None:

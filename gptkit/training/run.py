@@ -401,7 +401,7 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
     try:
         summary = write_summary(run_dir, recipe, trainer, "finished", resumable=False)
     except OSError as e:  # a full disk at the very end: summary.json still says running, as of the last save
-        failed = CheckpointError(f"could not write summary.json in {run_dir}: {e.strerror or e}; the run is trained "
+        failed = gone(run_dir) or CheckpointError(f"could not write summary.json in {run_dir}: {e.strerror or e}; the run is trained "
                                  f"and its checkpoint saved (resuming it records it as finished, with nothing to "
                                  f"train){then_resume(e, run_dir)}")
         failed.run_dir = run_dir
@@ -469,13 +469,23 @@ def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, 
                             step=trainer.state.step, trainer=trainer.state_dict(), text_sha256=dataset.fingerprint,
                             plugins=recipe.plugin_sources(), software=software())
     except OSError as e:
-        raise CheckpointError(f"could not save the checkpoint in {run_dir}: {e.strerror or e}; "
-                              f"{kept(run_dir)}{then_resume(e, run_dir)}") from None
+        raise gone(run_dir) or CheckpointError(f"could not save the checkpoint in {run_dir}: {e.strerror or e}; "
+                                               f"{kept(run_dir)}{then_resume(e, run_dir)}") from None
     try:  # atomic, as the checkpoint: the old one or the new
         write_summary(run_dir, recipe, trainer, "running", checkpoint_step=trainer.state.step)
     except OSError as e:
-        raise CheckpointError(f"could not write summary.json in {run_dir}: {e.strerror or e}; the checkpoint is "
-                              f"saved{then_resume(e, run_dir)}") from None
+        raise gone(run_dir) or CheckpointError(f"could not write summary.json in {run_dir}: {e.strerror or e}; the "
+                                               f"checkpoint is saved{then_resume(e, run_dir)}") from None
+
+
+def gone(run_dir: Path) -> CheckpointError | None:
+    """The error of a save that failed because the run's folder is no longer there, moved or deleted while
+    the run trained (writes do not make it again, half empty); None while it is there."""
+    if run_dir.is_dir():
+        return None
+    again = "gptkit run --resume NEW_FOLDER" if on_command_line() else given("resume", "NEW_FOLDER")
+    return CheckpointError(f"the run folder {run_dir} is gone: it was moved or deleted while the run trained, so "
+                           f"nothing more is saved; if it was moved, resume it from where it is now ({again})")
 
 
 def kept(run_dir: Path) -> str:
