@@ -848,3 +848,21 @@ def test_a_character_the_outputs_encoding_lacks_is_escaped_not_a_crash(tmp_path)
     result = subprocess.run([sys.executable, "-m", "gptkit", "validate", str(tmp_path / "d.yaml")], env=env,
                             capture_output=True)
     assert result.returncode == 0 and b"  prompt: \\u0394\n" in result.stdout, result.stderr.decode()
+
+
+@pytest.mark.parametrize("closed", [1, 2])
+def test_a_closed_stdout_or_stderr_throws_its_output_away_and_the_command_works(tmp_path, write_recipe, closed):
+    """`gptkit run ... 2>&-`: Python starts with sys.stderr None; what would go there is dropped."""
+    import subprocess
+
+    def gptkit(*args):  # in a shell that closes the descriptor (`2>&-`), as a user's may
+        line = " ".join(f"'{a}'" for a in [sys.executable, "-m", "gptkit", *map(str, args)])
+        return subprocess.run(["bash", "-c", f"{line} {closed}>&-"], capture_output=True, text=True, cwd=tmp_path)
+
+    ran = gptkit("run", write_recipe(train={"max_steps": 2}), "--runs-dir", tmp_path / "runs")
+    assert ran.returncode == 0 and "Traceback" not in ran.stdout + ran.stderr, ran.stdout + ran.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / "checkpoint.pt").is_file()
+    for args in (("list",), ("sample", run, "--tokens", "3")):
+        result = gptkit(*args)
+        assert result.returncode == 0 and "Traceback" not in result.stdout + result.stderr, result.stderr

@@ -233,6 +233,10 @@ def reader_may_go() -> Iterator[None]:
     `gptkit sample`, which asks `stdout_dropped`)."""
     swapped = {}
     for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:  # closed by the caller (2>&-): what it would say is thrown away
+            swapped[name] = None
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (closed below)
+            continue
         safe = _pipe_safe(getattr(sys, name), getattr(sys, f"__{name}__"))
         if safe is not None:
             swapped[name] = getattr(sys, name)
@@ -243,6 +247,8 @@ def reader_may_go() -> Iterator[None]:
         for name, original in swapped.items():
             with contextlib.suppress(OSError, ValueError):
                 getattr(sys, name).flush()
+                if original is None:
+                    getattr(sys, name).close()
             setattr(sys, name, original)
 
 

@@ -22,7 +22,7 @@ class Progress:
         self.total_steps = total_steps
         self.quiet = quiet
         self.stream = sys.stderr
-        self.live = not quiet and self.stream.isatty()
+        self.live = not quiet and self.stream is not None and self.stream.isatty()  # None: closed (pythonw, 2>&-)
         self._last_draw = 0.0
         self._width = 0
 
