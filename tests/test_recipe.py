@@ -1,6 +1,7 @@
 """Recipe loading: YAML's traps, overrides, and one clear message per user mistake."""
 
 import json
+import shlex
 from importlib import metadata
 from pathlib import Path
 
@@ -474,6 +475,17 @@ def test_a_string_in_a_file_read_as_another_type_says_how_to_quote_it(write_reci
     message = str(e.value)
     assert NAME_2024 in message and prompt_problem in message, message
     assert message.startswith(f"{path} has 2 problems:") and message.count(f"{path}:") == 2  # each with its line
+
+
+@pytest.mark.parametrize("given, kept", [("the fox #2", "the value would be 'the fox'"), ("#2", "nothing is left"),
+                                         ("{name: rope, base: 500}  # b", "the value would be '{name: rope, base: 500}'")])
+def test_an_unquoted_comment_in_a_set_value_is_refused_not_cut_short(write_recipe, given, kept):
+    # A --set value is one line typed on a command line: a ' #' in it is never meant as a comment
+    with pytest.raises(YAMLError) as e:
+        load_recipe(write_recipe(), [f"sample.prompt={given}"])
+    assert str(e.value) == (f"--set sample.prompt={given}: a '#' first or after a space starts a YAML comment, so "
+                            f"{kept}; quote it: --set {shlex.quote(f'sample.prompt={json.dumps(given)}')}"), str(e.value)
+    assert load_recipe(write_recipe(), ['sample.prompt="fox #2"', "data.path=a#b.txt"]).sample.prompt == "fox #2"
 
 
 def test_an_unquoted_colon_in_a_file_value_says_how_to_quote_it(write_recipe):

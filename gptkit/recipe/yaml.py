@@ -86,6 +86,8 @@ def load_with_source(text: str, origin: str, quoted: Quoted | None = None
         node = loader.get_single_node()
         builder = _Builder(loader, origin, quoted is not None)
         data = builder.build(node, ()) if node is not None else None
+        if quoted is not None:  # one value on a command line, where a comment is never meant
+            _refuse_comment(text, node.end_mark.index if node is not None else 0, origin, quoted)
     except yaml.MarkedYAMLError as e:
         raise YAMLError(_describe(e, origin, text, quoted)) from None
     except yaml.reader.ReaderError as e:  # its message spans lines and names a code point, not the character
@@ -101,6 +103,15 @@ def load_with_source(text: str, origin: str, quoted: Quoted | None = None
         if loader is not None:
             loader.dispose()
     return data, builder.lines, Source(text, builder.spans)
+
+
+def _refuse_comment(text: str, end: int, origin: str, quoted: Quoted) -> None:
+    """A value given alone whose text goes on past its end (`end`) with a comment, ` #` in
+    `--set 'prompt=the fox #2'`: cut short without a word, it would be another value than the one typed."""
+    if text[end:].strip().startswith("#"):
+        kept = f"the value would be {clipped_repr(text[:end].strip())}" if text[:end].strip() else "nothing is left"
+        fix = quoted(text.strip()) if len(text.strip()) <= FIX_WIDTH else "quote the value"
+        raise YAMLError(f"{origin}: a '#' first or after a space starts a YAML comment, so {kept}; quote it: {fix}")
 
 
 _ANCHOR = re.compile(r"^&\S+\s+")
