@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import statistics
+import warnings
 from pathlib import Path
 
 import pytest
@@ -788,6 +789,19 @@ def test_plot_shows_single_evaluations_and_names_a_label_it_cannot_draw(tmp_path
     assert "apart: not drawn, its seeds share no evaluation step" in legend
     err = capsys.readouterr().err
     assert err == f"warning: {tmp_path / 'c.png'} leaves out apart (its seeds share no evaluation step)\n"
+
+
+def test_labels_the_plots_font_cannot_draw_are_one_warning_line(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from gptkit.ablation.plot import plot_curves
+
+    curves = {"運行-日本語": [[(256, 2.5), (512, 2.0)]], "run": [[(256, 2.4), (512, 2.1)]]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none escapes as Python's several-line warning
+        assert plot_curves(curves, tmp_path / "c.png", "t")
+    err = capsys.readouterr().err
+    assert (tmp_path / "c.png").stat().st_size > 0 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"warning: {tmp_path / 'c.png'}: its font has no ") and "drawn as boxes" in err, err
 
 
 @pytest.fixture

@@ -4,10 +4,13 @@ matplotlib is optional (`pip install matplotlib`); without it nothing is drawn a
 prints a one-line hint.
 """
 
+import re
+import warnings
 from pathlib import Path
 
 import click
 
+from ..errors import one_line
 from ..io import atomic_write
 
 NO_SHARED_STEP = "its seeds share no evaluation step"
@@ -90,8 +93,17 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout()
     fmt = image_format(path)  # savefig cannot see the name through a file object: it would write PNG
-    atomic_write(path, lambda f: fig.savefig(f, format=fmt), parents=True)
+    with warnings.catch_warnings(record=True) as said:  # matplotlib's, each several lines: said once, below
+        warnings.simplefilter("always")
+        fig.tight_layout()
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt), parents=True)
     plt.close(fig)
+    glyphs = sorted({m[1] for w in said if (m := re.search(r"Glyph \d+ \((.+?)\) missing", str(w.message)))})
+    if glyphs:  # run folders named in another script than the font's
+        click.echo(f"warning: {path}: its font has no {', '.join(glyphs[:8])}{' ...' if len(glyphs) > 8 else ''}, "
+                   "drawn as boxes in the legend", err=True)
+    for w in said:
+        if not re.search(r"Glyph \d+ .* missing", str(w.message)):
+            click.echo(f"warning: {path}: {one_line(w.message)}", err=True)
     return True
