@@ -1244,6 +1244,35 @@ def rows_of(p, finals: dict[str, list]) -> list[report.RunRow]:
             for label, values in finals.items() for seed, v in enumerate(values)]
 
 
+def test_a_grid_reports_each_keys_main_effect_paired_over_the_other_keys(write_recipe):
+    p = plan(Ablation(recipe=write_recipe(model={"positional": "sinusoidal", "norm": "rmsnorm"}),
+                      vary={"model.positional": ["sinusoidal", "rope"], "model.norm": ["rmsnorm", "layernorm"]}))
+    # rope is 0.3 better beside rmsnorm and 0.1 beside layernorm; layernorm 0.05 worse beside either, give or take
+    rows = rows_of(p, {"positional=sinusoidal norm=rmsnorm": [2.0, 2.1, 2.2],
+                       "positional=rope norm=rmsnorm": [1.7, 1.8, 1.9],
+                       "positional=sinusoidal norm=layernorm": [2.05, 2.16, 2.24],
+                       "positional=rope norm=layernorm": [1.95, 2.06, 2.14]})
+    section = report.main_effects(rows)
+    effects = {r[0]: r for r in ([c.strip() for c in line.strip("| ").split(" | ")]
+                                 for line in section.splitlines()[4:8] if "=" in line)}
+    rope = [1.7 - 2.0, 1.8 - 2.1, 1.9 - 2.2, 1.95 - 2.05, 2.06 - 2.16, 2.14 - 2.24]  # paired by seed and norm
+    mean, half = report.mean_ci(rope)
+    assert effects["positional=rope"][1:] == ["positional=sinusoidal", f"{mean:+.4f} ± {half:.4f}", "6", "better"]
+    layernorm = [2.05 - 2.0, 2.16 - 2.1, 2.24 - 2.2, 1.95 - 1.7, 2.06 - 1.8, 2.14 - 1.9]
+    mean, half = report.mean_ci(layernorm)
+    assert effects["norm=layernorm"][1:] == ["norm=rmsnorm", f"{mean:+.4f} ± {half:.4f}", "6", "worse"]
+    assert set(effects) == {"positional=rope", "norm=layernorm"} and "interaction" in section
+    # a seed one cell lacks leaves only the pairs both runs of which finished
+    rows[1].summary = None
+    assert "| 5 " in report.main_effects(rows).split("positional=rope")[1].splitlines()[0]
+    # one key, or one at a time: the arms' table is the comparison
+    one = plan(Ablation(recipe=write_recipe(), vary={"model.norm": ["rmsnorm", "layernorm"]}))
+    assert report.main_effects(rows_of(one, {a.label: [2.0, 2.1] for a in one.arms})) == ""
+    oat = plan(Ablation(recipe=write_recipe(), mode="one-at-a-time",
+                        vary={"model.positional": ["rope"], "model.norm": ["layernorm"]}))
+    assert report.main_effects(rows_of(oat, {a.label: [2.0, 2.1] for a in oat.arms})) == ""
+
+
 def test_an_arm_with_diverged_seeds_is_never_better_and_ranks_after_the_others(tmp_path, write_recipe, monkeypatch):
     """Its mean covers only the seeds that survived: it is not compared as if it covered them all."""
     import matplotlib.pyplot as plt

@@ -187,6 +187,47 @@ def provenance(rows: list[RunRow], stats: list[ArmStats]) -> str:
             "and seeds ablation.yaml.")
 
 
+def main_effects(rows: list[RunRow]) -> str:
+    """For a grid of two or more keys: each value of each key against its reference value (the baseline's,
+    else the first), the final-validation-loss difference paired by seed and by the other keys' values,
+    averaged over them: the key's main effect. Markdown with its legend, or "" when there is no such grid."""
+    cells = [r for r in rows if len(r.arm.factors) > 1 and set(dict(r.arm.changes)) == set(r.arm.factors)]
+    if not cells:
+        return ""
+    keys = list(cells[0].arm.factors)
+    loss = {(tuple(r.arm.factors.values()), r.seed): r.summary["final_val_loss"] for r in cells
+            if finished(r.summary) and r.summary.get("final_val_loss") is not None}
+    levels = {k: list(dict.fromkeys(r.arm.factors[k] for r in cells)) for k in keys}
+    base = next((r.arm for r in rows if r.arm.baseline), None)
+    last = {k: k.rsplit(".", 1)[-1] for k in keys}
+    name = {k: last[k] if list(last.values()).count(last[k]) == 1 else k for k in keys}
+    lines = []
+    for i, k in enumerate(keys):
+        ref = base.factors[k] if base is not None and base.factors.get(k) in levels[k] else levels[k][0]
+        for value in levels[k]:
+            if value == ref:
+                continue
+            pairs = [(v, loss[(cell[:i] + (ref,) + cell[i + 1:], seed)]) for (cell, seed), v in loss.items()
+                     if cell[i] == value and (cell[:i] + (ref,) + cell[i + 1:], seed) in loss]
+            mean, half = mean_ci([a - b for a, b in pairs])
+            if half is None:
+                verdict = "n/a (needs 2 pairs)"
+            else:
+                noise = max(half, FLOAT_NOISE * statistics.fmean(b for _, b in pairs))
+                verdict = "within noise" if abs(mean) <= noise else "better" if mean < 0 else "worse"
+            lines.append([f"{name[k]}={value}", f"{name[k]}={ref}", fmt_ci((mean, half), signed=True), str(len(pairs)),
+                          verdict])
+    return ("\n## Main effects\n\n" + table(["value", "against", "Δ final val loss", "pairs", "verdict"], lines)
+            + "\n" + MAIN_EFFECTS + "\n")
+
+
+MAIN_EFFECTS = ("Each value of a varied key against its reference (the baseline's value), the final validation "
+                "loss difference paired by seed and by the other keys' values, then averaged over them; pairs: the "
+                "(seed, other values) pairs whose two runs both finished; ± and within noise as above. An "
+                "interaction (a value that helps beside one value of another key and hurts beside another) is "
+                "averaged away: the table above has every cell.")
+
+
 def reason_line(text: str | None) -> str:
     """A failed run's recorded reason, its first line."""
     return first_line(text or "") or "no reason recorded"

@@ -29,7 +29,8 @@ from ..training.resume import differing, is_locked
 from ..training.signals import signals_held
 from ..training.trainer import run_steps, schedule_warning
 from .plot import plot_curves
-from .report import FLOAT_NOISE, RunRow, arm_stats, csv_text, interrupted, markdown, provenance, reason_line
+from .report import (FLOAT_NOISE, RunRow, arm_stats, csv_text, interrupted, main_effects, markdown, provenance,
+                     reason_line)
 from .spec import MAY_DIFFER, Arm, Plan, refusal, yaml_text
 
 # The baseline's recipe, resolved, which ablation.yaml names: editing the recipe the ablation was started
@@ -449,7 +450,7 @@ def write_reports(folder: Path, rows: list[RunRow], margin: float) -> str:
     written with Ctrl-C and SIGTERM held. Returns the Markdown table and its legend."""
     stats = arm_stats(rows)
     legend = LEGEND.format(margin=percent(margin), noise=FLOAT_NOISE) + (UNEQUAL if any(s.unequal for s in stats) else "")
-    text = markdown(stats, margin) + "\n" + legend + "\n"
+    text = markdown(stats, margin) + "\n" + legend + "\n" + main_effects(rows)
     done = sum(finished(r.summary) for r in rows)
     left_out = [f"{k} {what}" for k, what in ((sum(diverged(r.summary) for r in rows), "diverged"),
                                               (sum(failed(r.summary) for r in rows), "failed"),
