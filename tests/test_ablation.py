@@ -1263,8 +1263,21 @@ def test_a_grid_reports_each_keys_main_effect_paired_over_the_other_keys(write_r
     assert effects["norm=layernorm"][1:] == ["norm=rmsnorm", f"{mean:+.4f} ± {half:.4f}", "6", "worse"]
     assert set(effects) == {"positional=rope", "norm=layernorm"} and "interaction" in section
     # a seed one cell lacks leaves only the pairs both runs of which finished
-    rows[1].summary = None
+    rows[3].summary = None
     assert "| 5 " in report.main_effects(rows).split("positional=rope")[1].splitlines()[0]
+    # one that diverged, or failed, leaves its value neither better nor worse, as in the arms' table
+    rows[4].summary, rows[5].summary = DIVERGED, {"status": "failed", "reason": "ComponentError: x"}
+    effects = report.main_effects(rows)
+    assert re.search(r"^\| positional=rope .* \| 1 run diverged; 1 run failed +\|$", effects, re.M), effects
+    # (and norm=layernorm's, whose reference cells hold them)
+    assert re.search(r"^\| norm=layernorm .* \| 1 run diverged; 1 run failed +\|$", effects, re.M), effects
+    # one value, however spelled, reads one way; keys are named as the arms' labels name them
+    spelt = plan(Ablation(recipe=write_recipe(train={"lr": 0.001}), vary={
+        "train.optimizer.name": ["adamw", "muon"], "train.lr": ["3e-3", "1e-3"]}))
+    assert spelt.baseline.factors == {"train.optimizer.name": "adamw", "train.lr": "0.001"}
+    assert {a.factors["train.lr"] for a in spelt.arms} == {"0.001", "0.003"}
+    effects = report.main_effects(rows_of(spelt, {a.label: [2.0, 2.1] for a in spelt.arms}))
+    assert "| optimizer=muon " in effects and "| lr=0.003 " in effects and "| lr=0.001 " in effects, effects
     # one key, or one at a time: the arms' table is the comparison
     one = plan(Ablation(recipe=write_recipe(), vary={"model.norm": ["rmsnorm", "layernorm"]}))
     assert report.main_effects(rows_of(one, {a.label: [2.0, 2.1] for a in one.arms})) == ""

@@ -17,7 +17,7 @@ from ..errors import first_line
 from ..plugins import software_text
 from ..training.folder import diverged, failed, finished
 from ..training.progress import fmt_duration
-from .spec import Arm, unequal_terms
+from .spec import Arm, short_names, unequal_terms
 
 # A validation loss is a float32 model's mean: seeds that all differ from the baseline by the same few
 # rounding steps are no evidence of a difference, though their interval has no width.
@@ -199,8 +199,7 @@ def main_effects(rows: list[RunRow]) -> str:
             if finished(r.summary) and r.summary.get("final_val_loss") is not None}
     levels = {k: list(dict.fromkeys(r.arm.factors[k] for r in cells)) for k in keys}
     base = next((r.arm for r in rows if r.arm.baseline), None)
-    last = {k: k.rsplit(".", 1)[-1] for k in keys}
-    name = {k: last[k] if list(last.values()).count(last[k]) == 1 else k for k in keys}
+    name = short_names(keys)  # as the arms' labels name them
     lines = []
     for i, k in enumerate(keys):
         ref = base.factors[k] if base is not None and base.factors.get(k) in levels[k] else levels[k][0]
@@ -210,7 +209,13 @@ def main_effects(rows: list[RunRow]) -> str:
             pairs = [(v, loss[(cell[:i] + (ref,) + cell[i + 1:], seed)]) for (cell, seed), v in loss.items()
                      if cell[i] == value and (cell[:i] + (ref,) + cell[i + 1:], seed) in loss]
             mean, half = mean_ci([a - b for a, b in pairs])
-            if half is None:
+            # As an arm with such seeds, never better or worse: its means cover only the runs that survived
+            lost = [r.summary for r in cells if r.arm.factors[k] in (value, ref)
+                    and (diverged(r.summary) or failed(r.summary))]
+            if lost:
+                verdict = "; ".join(f"{n} run{'s' if n > 1 else ''} {what}" for n, what in (
+                    (sum(map(diverged, lost)), "diverged"), (sum(not diverged(x) for x in lost), "failed")) if n)
+            elif half is None:
                 verdict = "n/a (needs 2 pairs)"
             else:
                 noise = max(half, FLOAT_NOISE * statistics.fmean(b for _, b in pairs))
@@ -223,7 +228,8 @@ def main_effects(rows: list[RunRow]) -> str:
 
 MAIN_EFFECTS = ("Each value of a varied key against its reference (the baseline's value), the final validation "
                 "loss difference paired by seed and by the other keys' values, then averaged over them; pairs: the "
-                "(seed, other values) pairs whose two runs both finished; ± and within noise as above. An "
+                "(seed, other values) pairs whose two runs both finished; ± and within noise as above; a value "
+                "whose runs, or its reference's, diverged or failed is neither better nor worse. An "
                 "interaction (a value that helps beside one value of another key and hurts beside another) is "
                 "averaged away: the table above has every cell.")
 

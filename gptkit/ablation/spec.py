@@ -305,14 +305,20 @@ def refusal(found: dict[str, list[str]], arms: int) -> UserError:
                                                for message, about in found.items()]))
 
 
+def short_names(keys: list[str]) -> dict[str, str]:
+    """{dotted key: how arm labels name it}: its last part (`positional` for model.positional), or the
+    whole key where two keys share one; train.optimizer.name=lion is train.optimizer=lion's arm."""
+    shown = {k: names_component(k) or k for k in keys}
+    last = {k: shown[k].rsplit(".", 1)[-1] for k in keys}
+    return {k: last[k] if list(last.values()).count(last[k]) == 1 else shown[k] for k in keys}
+
+
 def plan(ablation: Ablation) -> Plan:
     """Expand `ablation` into arms, each validated like a recipe before anything trains."""
     check_fair(ablation)
     check_seeds(ablation.seeds, "--seeds")
     keys = list(ablation.vary)
-    shown = {k: names_component(k) or k for k in keys}  # train.optimizer.name=lion is train.optimizer=lion's arm
-    last = {k: shown[k].rsplit(".", 1)[-1] for k in keys}
-    short = {k: last[k] if list(last.values()).count(last[k]) == 1 else shown[k] for k in keys}
+    short = short_names(keys)
     if ablation.mode == "grid":
         combos = [list(zip(keys, values)) for values in itertools.product(*ablation.vary.values())] if keys else []
     else:
@@ -355,8 +361,8 @@ def plan(ablation: Ablation) -> Plan:
     if refused:
         raise refusal(refused, len(combos) + 1)  # the baseline had none
     arms[0].values = " ".join(f"{short[k]}={yaml_text(value_of(arms[0].recipe, k))}" for k in keys)
-    for arm in arms:  # the values it was given, else the baseline recipe's (one-at-a-time, or the baseline)
-        arm.factors = {k: dict(arm.changes).get(k) or yaml_text(value_of(arm.recipe, k)) for k in keys}
+    for arm in arms:  # as its recipe holds them, so that one value reads one way (1e-3 given, 0.001 in the recipe)
+        arm.factors = {k: yaml_text(value_of(arm.recipe, k)) for k in keys}
     if len(arms) == 1:
         raise UserError(nothing_to_compare(ablation))
     unique_slugs(arms[1:])
