@@ -43,6 +43,7 @@ class Entry:
     error: str | None = None
     value: str | None = None  # an entry point's `module:object`
     sha256: str | None = None  # its code (a local file's, a plugin's package's) when loaded: a run records which it trained
+    by: str | None = None  # the module that registered it (a local file may register a plugin's class)
 
     @property
     def origin(self) -> str:
@@ -134,6 +135,15 @@ def _interactive() -> bool:
     return hasattr(sys, "ps1") or bool(sys.flags.interactive) or getattr(builtins, "__IPYTHON__", False)
 
 
+def _registering_module() -> str:
+    """The module whose code calls `register`: the first frame outside gptkit's own (a plugin's module, a
+    local file, a notebook's __main__); "gptkit" for a built-in."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "gptkit":
+        frame = frame.f_back
+    return frame.f_globals.get("__name__", "") if frame is not None else "gptkit"
+
+
 def _name_of(obj: Any) -> str:
     return getattr(obj, "__qualname__", None) or type(obj).__name__
 
@@ -177,7 +187,8 @@ class Registry:
             # A file's hash, or for a class with none (a notebook cell's), a hash of its code
             digest = plugins.python_file_sha256(came_from) or (plugins.class_code_sha256(obj) if came_from == "__main__"
                                                                  and isinstance(obj, type) else None)
-            new = Entry(self.kind, name, obj, came_from, sha256=digest)
+            by = _registering_module()
+            new = Entry(self.kind, name, obj, came_from, sha256=digest, by=by)
             # A class of `__main__` (a notebook cell, a script) taking a name an installed package declares
             # is refused now: kept, it would fail at its first use, and go on failing for the session,
             # renamed or not. A package's registrations are left to `entry`, which compares them with
@@ -187,7 +198,7 @@ class Registry:
             if claims:
                 raise RegistryError(f"{self.kind} '{name}' is claimed by {' and by '.join(p.source for p in claims)} "
                                     f"already; a name must have one source. {self._clash_fix(new, claims)}")
-            self._refuse_undeclared(name, obj)
+            self._refuse_undeclared(name, obj, by)
             if name in self._entries:
                 old = self._entries[name]
                 same_class = old.obj.__qualname__ == obj.__qualname__
@@ -212,11 +223,11 @@ class Registry:
 
         return add if obj is None else add(obj)
 
-    def _refuse_undeclared(self, name: str, obj: Any) -> None:
-        """A plugin package's module registers only names its distribution declares: one it does not is
-        found only once something else imports the module, so a run trained with it could be neither
-        resumed nor sampled in another process."""
-        module = getattr(obj, "__module__", None) or ""
+    def _refuse_undeclared(self, name: str, obj: Any, module: str) -> None:
+        """A plugin package's module (`module`, registering `obj`) registers only names its distribution
+        declares: one it does not is found only once something else imports the module, so a run trained
+        with it could be neither resumed nor sampled in another process. A local file may register a
+        plugin's class under a name of its own."""
         dist = plugins.package_of(module)
         if dist is None or any(p.dist == dist for p in plugins.declared(self.kind).get(name, [])):
             return
@@ -262,13 +273,14 @@ class Registry:
         elif local and name in self._loaded and self._loaded[name].error and any(
                 getattr(local.obj, "__module__", None) == p.entry_point.module for p in claims):
             local = None  # registered by a plugin's import that then failed: the plugin's error, not a clash
-        own = next((p for p in claims if local and plugins.package_of(local.obj.__module__) == p.dist), None)
+        own = next((p for p in claims if local and plugins.package_of(local.by or "") == p.dist), None)
         if own:  # the plugin's own module registers another class than its entry point names
-            module, cls = local.obj.__module__, _name_of(local.obj)
+            cls = _name_of(local.obj)
             return Entry(self.kind, name, source=own.source, error=(
-                f"{self.kind} '{name}' from {own.source}: its entry point names {own.value}, but its module {module} "
-                f"registers {cls} under that name; a name has one class. Point the entry point at {module}:{cls} in "
-                f"{own.dist}'s pyproject.toml (and install it again), or drop that register call"))
+                f"{self.kind} '{name}' from {own.source}: its entry point names {own.value}, but its module {local.by} "
+                f"registers {cls} under that name; a name has one class. Point the entry point at "
+                f"{local.obj.__module__}:{cls} in {own.dist}'s pyproject.toml (and install it again), or drop that "
+                "register call"))
         sources = ([local.source] if local else []) + [p.source for p in claims]
         if not sources:
             raise RegistryError(self._unknown(name))
