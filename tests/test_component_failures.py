@@ -124,6 +124,18 @@ def test_a_score_bias_of_the_wrong_shape_is_blamed_on_the_positional(run_with, t
                      "shape (3, 2, 2); it must return None or (n_head, t_q, t_k) = (4, 2, 2)")
 
 
+def test_a_score_bias_that_broadcasts_to_the_scores_trains(run_with):
+    result = run_with("""
+        from gptkit.components.positional import ALiBi
+
+        @register("positional", "alibi4d")
+        class ALiBi4D(ALiBi):
+            def score_bias(self, t_q, t_k):
+                return super().score_bias(t_q, t_k)[None]  # (1, nh, t_q, t_k)
+    """, "model.positional=alibi4d")
+    assert result.exit_code == 0 and "Finished" in result.output, result.output
+
+
 def test_a_score_bias_wrong_only_for_a_longer_sequence_is_blamed_on_the_positional(run_with, tmp_path):
     result = run_with("""
         @register("positional", "longwrong")

@@ -41,14 +41,16 @@ class BiasShapeError(RuntimeError):
 
 def checked_bias(pos: nn.Module, bias, n_head: int, t_q: int, t_k: int) -> torch.Tensor | None:
     """`bias`, what `pos.score_bias(t_q, t_k)` returned, if attention with `n_head` query heads can add it
-    to its scores: None, or a tensor that broadcasts to (n_head, t_q, t_k). Else a BiasShapeError: a
-    wrong shape would otherwise fail inside attention's arithmetic, or broadcast into the wrong heads."""
+    to its (B, n_head, t_q, t_k) scores: None, or a tensor that broadcasts to (1, n_head, t_q, t_k) (so
+    (n_head, t_q, t_k) too). Else a BiasShapeError: a wrong shape would otherwise fail inside attention's
+    arithmetic, or broadcast into the wrong heads. Attention's base forward checks it; an attention that
+    writes its own forward calls this on what score_bias gives it, for the positional to be named."""
     want = (n_head, t_q, t_k)
     if bias is None:
         return None
-    if isinstance(bias, torch.Tensor) and bias.dim() <= 3:
+    if isinstance(bias, torch.Tensor) and bias.dim() <= 4:
         try:
-            if torch.broadcast_shapes(bias.shape, want) == want:
+            if torch.broadcast_shapes(bias.shape, (1, *want)) == (1, *want):
                 return bias
         except RuntimeError:
             pass
