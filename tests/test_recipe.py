@@ -483,9 +483,17 @@ def test_an_unquoted_comment_in_a_set_value_is_refused_not_cut_short(write_recip
     # A --set value is one line typed on a command line: a ' #' in it is never meant as a comment
     with pytest.raises(YAMLError) as e:
         load_recipe(write_recipe(), [f"sample.prompt={given}"])
+    fix = f"quote it to keep the '#': --set {shlex.quote(f'sample.prompt={json.dumps(given)}')}, or leave the " \
+        "comment out" if not given.startswith("{") else "leave the comment out"  # (a mapping is no string)
     assert str(e.value) == (f"--set sample.prompt={given}: a '#' first or after a space starts a YAML comment, so "
-                            f"{kept}; quote it: --set {shlex.quote(f'sample.prompt={json.dumps(given)}')}"), str(e.value)
-    assert load_recipe(write_recipe(), ['sample.prompt="fox #2"', "data.path=a#b.txt"]).sample.prompt == "fox #2"
+                            f"{kept}; {fix}"), str(e.value)
+    # quoted, within a word, or in a quoted string: no comment
+    recipe = load_recipe(write_recipe(), ['sample.prompt="fox #2"', "data.path=a#b.txt"])
+    assert recipe.sample.prompt == "fox #2" and recipe.data.path.name == "a#b.txt"
+    with pytest.raises(YAMLError, match="so the value would be \"it's\""):  # an apostrophe opens no string
+        load_recipe(write_recipe(), ["sample.prompt=it's #1"])
+    with pytest.raises(YAMLError, match="so the value would be '- a'; leave the comment out"):
+        load_recipe(write_recipe(), ["imports=- a #1.py"])  # a block list, whose node ends past the comment
 
 
 def test_an_unquoted_colon_in_a_file_value_says_how_to_quote_it(write_recipe):

@@ -87,7 +87,7 @@ def load_with_source(text: str, origin: str, quoted: Quoted | None = None
         builder = _Builder(loader, origin, quoted is not None)
         data = builder.build(node, ()) if node is not None else None
         if quoted is not None:  # one value on a command line, where a comment is never meant
-            _refuse_comment(text, node.end_mark.index if node is not None else 0, origin, quoted)
+            _refuse_comment(text, data, origin, quoted)
     except yaml.MarkedYAMLError as e:
         raise YAMLError(_describe(e, origin, text, quoted)) from None
     except yaml.reader.ReaderError as e:  # its message spans lines and names a code point, not the character
@@ -105,13 +105,37 @@ def load_with_source(text: str, origin: str, quoted: Quoted | None = None
     return data, builder.lines, Source(text, builder.spans)
 
 
-def _refuse_comment(text: str, end: int, origin: str, quoted: Quoted) -> None:
-    """A value given alone whose text goes on past its end (`end`) with a comment, ` #` in
-    `--set 'prompt=the fox #2'`: cut short without a word, it would be another value than the one typed."""
-    if text[end:].strip().startswith("#"):
-        kept = f"the value would be {clipped_repr(text[:end].strip())}" if text[:end].strip() else "nothing is left"
-        fix = quoted(text.strip()) if len(text.strip()) <= FIX_WIDTH else "quote the value"
-        raise YAMLError(f"{origin}: a '#' first or after a space starts a YAML comment, so {kept}; quote it: {fix}")
+def _refuse_comment(text: str, data, origin: str, quoted: Quoted) -> None:
+    """A value given alone whose text holds a comment, ` #` in `--set 'prompt=the fox #2'`: YAML would cut
+    it short without a word, and read another value than the one typed. `data`: what YAML read."""
+    at = _comment_at(text)
+    if at is None:
+        return
+    kept = text[:at].strip()
+    what = f"the value would be {clipped_repr(kept)}" if kept else "nothing is left"
+    keep = f"quote it to keep the '#': {quoted(text.strip())}" if len(text.strip()) <= FIX_WIDTH else \
+        "quote it to keep the '#'"
+    fix = f"{keep}, or leave the comment out" if isinstance(data, str) or data is None else "leave the comment out"
+    raise YAMLError(f"{origin}: a '#' first or after a space starts a YAML comment, so {what}; {fix}")
+
+
+def _comment_at(text: str) -> int | None:
+    """Where a comment starts in one line of YAML: a '#' first or after white space, outside quotes (a
+    quote opens a string only where a value starts: "it's" holds none)."""
+    quote = None
+    for i, c in enumerate(text):
+        if quote:
+            if c == "\\" and quote == '"':
+                quote = "\\"  # the next character is escaped
+            elif quote == "\\":
+                quote = '"'
+            elif c == quote:
+                quote = None
+        elif c in "'\"" and (i == 0 or text[i - 1] in " \t[{,:-"):
+            quote = c
+        elif c == "#" and (i == 0 or text[i - 1] in " \t"):
+            return i
+    return None
 
 
 _ANCHOR = re.compile(r"^&\S+\s+")
