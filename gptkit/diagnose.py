@@ -355,7 +355,8 @@ def check_command(spec, model=None) -> str:
     sizes = {} if model is None else {k: getattr(model, k) for k in SHAPE_KEYS if getattr(model, k) != getattr(CONFIG, k)}
     if not on_command_line():
         what = repr({"name": spec.name, **params}) if params else repr(spec.name)
-        config = f", dataclasses.replace(gptkit.conformance.CONFIG, {', '.join(f'{k}={v}' for k, v in sizes.items())})" if sizes else ""
+        sized = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        config = f", dataclasses.replace(gptkit.conformance.CONFIG, {sized})" if sizes else ""
         return f"`gptkit.conformance.check_component({spec.kind!r}, {what}{config})`"
     local = spec.cls.__module__.startswith(LOCAL_PREFIX)
     imports = f" --import {shlex.quote(registry(spec.kind).entry(spec.name).source)}" if local else ""

@@ -12,7 +12,6 @@ from ..registry import RegistryError, registry
 from . import imports_option, main
 
 
-
 @main.command()
 @click.argument("kind")
 @click.argument("name")

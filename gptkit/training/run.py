@@ -401,9 +401,9 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
     try:
         summary = write_summary(run_dir, recipe, trainer, "finished", resumable=False)
     except OSError as e:  # a full disk at the very end: summary.json still says running, as of the last save
-        failed = gone(run_dir) or CheckpointError(f"could not write summary.json in {run_dir}: {e.strerror or e}; the run is trained "
-                                 f"and its checkpoint saved (resuming it records it as finished, with nothing to "
-                                 f"train){then_resume(e, run_dir)}")
+        failed = gone(run_dir) or CheckpointError(
+            f"could not write summary.json in {run_dir}: {e.strerror or e}; the run is trained and its checkpoint "
+            f"saved (resuming it records it as finished, with nothing to train){then_resume(e, run_dir)}")
         failed.run_dir = run_dir
         raise failed from None
     return RunResult(model.eval(), dataset, run_dir, summary)  # ready to generate: no dropout
