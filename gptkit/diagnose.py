@@ -9,8 +9,6 @@ behind it, which `culprit` and `backward_culprit` find.
 import contextlib
 import copy
 import itertools
-import json
-import re
 import shlex
 from collections.abc import Callable, Iterator
 
@@ -23,6 +21,7 @@ from .device import keep_random_state
 from .errors import ComponentError, RunStopped, UserError, on_command_line, one_line, out_of_memory
 from .model import GPT, built_from
 from .plugins import LOCAL_PREFIX
+from .recipe import yaml
 from .recipe.components import MODEL_KINDS
 from .recipe.schema import SHAPE_KEYS
 from .registry import registry
@@ -350,8 +349,7 @@ def check_command(spec, model=None) -> str:
     notebook's, which no command sees) check_component."""
     from .conformance import CONFIG  # (which imports this module)
 
-    defaults = type(spec.params)().model_dump(mode="json", by_alias=True)
-    params = {k: v for k, v in spec.params.model_dump(mode="json", by_alias=True).items() if defaults.get(k) != v}
+    params = spec.params.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     sizes = {} if model is None else {k: getattr(model, k) for k in SHAPE_KEYS if getattr(model, k) != getattr(CONFIG, k)}
     if not on_command_line():
         what = repr({"name": spec.name, **params}) if params else repr(spec.name)
@@ -360,18 +358,18 @@ def check_command(spec, model=None) -> str:
         return f"`gptkit.conformance.check_component({spec.kind!r}, {what}{config})`"
     local = spec.cls.__module__.startswith(LOCAL_PREFIX)
     imports = f" --import {shlex.quote(registry(spec.kind).entry(spec.name).source)}" if local else ""
-    given = "".join(f" --param {shlex.quote(f'{k}={_flow(v)}')}" for k, v in params.items())
+    given = "".join(f" {_param(k, v)}" for k, v in params.items())
     sized = "".join(f" --{k.replace('_', '-')} {v}" for k, v in sizes.items())
     return f"`gptkit check {spec.kind} {spec.name}{imports}{given}{sized}`"
 
 
-def _flow(value) -> str:
-    """`value` as a --param reads it back: YAML, in flow style."""
-    plain = isinstance(value, str) and re.fullmatch(r"[A-Za-z_][\w.-]*", value) and value.lower() not in YAML_WORDS
-    return value if plain else json.dumps(value)
-
-
-YAML_WORDS = {"true", "false", "null", "yes", "no", "on", "off", "y", "n", "nan", "inf"}  # plain, not strings
+def _param(key: str, value) -> str:
+    """`--param KEY=VALUE` that reads back as `value`: a string YAML would read otherwise double-quoted, as
+    gptkit's own hints quote one."""
+    text = yaml.dump(value, flow=True)
+    if isinstance(value, str) and text != value:
+        return yaml.flag_quoted("--param", key)(value)
+    return f"--param {shlex.quote(f'{key}={text}')}"
 
 
 @contextlib.contextmanager

@@ -128,9 +128,16 @@ class ArmStats:
             return f"in progress ({self.interrupted} interrupted)" if self.interrupted else "not run"
         if half is None:  # fewer than two seeds paired with a finished baseline run
             return "n/a (needs 2 seeds)" if self.n < 2 else "n/a (needs 2 seeds whose baseline run finished)"
-        noise = max(half, FLOAT_NOISE * abs(self.final[0]))  # identical differences have an interval of width 0
-        verdict = "within noise" if abs(mean) <= noise else "better" if mean < 0 else "worse"
+        verdict = compared(mean, half, self.final[0])
         return f"{verdict}, not on equal terms ({', '.join(self.unequal)} differ)" if self.unequal else verdict
+
+
+def compared(mean: float, half: float, loss: float) -> str:
+    """A paired difference's verdict: "within noise" when its interval (`mean` ± `half`) holds 0 or it is
+    within float32 rounding of `loss` (identical differences have an interval of width 0), else "better"
+    (lower) or "worse"."""
+    noise = max(half, FLOAT_NOISE * abs(loss))
+    return "within noise" if abs(mean) <= noise else "better" if mean < 0 else "worse"
 
 
 def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
@@ -218,8 +225,7 @@ def main_effects(rows: list[RunRow]) -> str:
             elif half is None:
                 verdict = "n/a (needs 2 pairs)"
             else:
-                noise = max(half, FLOAT_NOISE * statistics.fmean(b for _, b in pairs))
-                verdict = "within noise" if abs(mean) <= noise else "better" if mean < 0 else "worse"
+                verdict = compared(mean, half, statistics.fmean(b for _, b in pairs))
             lines.append([f"{name[k]}={value}", f"{name[k]}={ref}", fmt_ci((mean, half), signed=True), str(len(pairs)),
                           verdict])
     return ("\n## Main effects\n\n" + table(["value", "against", "Δ final val loss", "pairs", "verdict"], lines)
