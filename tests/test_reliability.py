@@ -1357,6 +1357,8 @@ def test_resume_auto_passes_by_a_run_whose_recipe_differs(tmp_path, write_recipe
     assert len(list(runs.iterdir())) == 3  # a new run
     explicit = cli("run", path, "--resume", other)  # named, it is refused as before
     assert explicit.exit_code == 2 and "the recipe changed in ways that matter:\n  train.lr: 0.002 -> 0.001" in explicit.output
+    seeded = cli("run", path, "--resume", other, "--set", "seed=5")  # its --set named, as every other error names it
+    assert seeded.exit_code == 2 and f"error: --set seed=5: cannot resume {other}" in seeded.output, seeded.output
 
 
 def test_resume_auto_passes_by_a_run_of_another_text(tmp_path, write_recipe, monkeypatch, corpus, cli):

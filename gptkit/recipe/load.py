@@ -149,7 +149,8 @@ def named_by_overrides(overrides: Sequence[str] | None, origins: Mapping[str, st
     try:
         yield
     except UserError as e:
-        keys = re.findall(rf"(?<![\w./\\:-])((?:{'|'.join(Recipe.model_fields)})(?:\.[a-z_0-9]+)+)", str(e))
+        top = "|".join(Recipe.model_fields)  # a dotted key, or a top-level one as a change lists it: "seed: 1 -> 5"
+        keys = re.findall(rf"(?<![\w./\\:-])((?:{top})(?:\.[a-z_0-9]+)+|(?:{top})(?=: ))", str(e))
         setters = dict.fromkeys(filter(None, (override_of(key, overrides, origins) for key in keys)))
         if setters:
             e.args = (f"{' and '.join(setters)}: {e}", *e.args[1:])
