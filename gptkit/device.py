@@ -41,6 +41,11 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and native_bf16(device))
 
 
+def arithmetic(precision: str, device: torch.device) -> str:
+    """What a recipe's `precision` resolves to on `device`, as a run's summary.json records it."""
+    return "bf16 autocast" if use_bf16(precision, device) else "fp32"
+
+
 AUTOCAST_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 

@@ -391,6 +391,37 @@ def test_runs_trained_by_other_gptkit_code_or_torch_are_not_pooled(cli, tmp_path
     assert cli("ablate", out / "ablation.yaml", "--out", out, "--seeds", "0,1").exit_code == 0
 
 
+def test_runs_trained_in_other_arithmetic_are_not_pooled(cli, tmp_path, write_recipe):
+    """train.device may differ between seeds, but precision auto is bf16 on a recent GPU and fp32 here: a
+    seed trained there (or resumed there for a while: precision_history) is not averaged with these."""
+    import json
+
+    recipe = write_recipe(train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
+    out = tmp_path / "abl"
+    assert cli("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", out).exit_code == 0
+    run = out / "baseline" / "seed-0"
+    summary = json.loads((run / "summary.json").read_text())
+    for trained in ({"precision": "bf16 autocast"}, {"precision_history": ["bf16 autocast"]}):
+        (run / "summary.json").write_text(json.dumps(summary | trained))
+        result = cli("ablate", out / "ablation.yaml", "--out", out, "--seeds", "0,1")
+        assert result.exit_code == 2 and (
+            f"{run} was trained in bf16 autocast arithmetic, and would be in fp32 on cpu (train.precision auto); "
+            "seeds of different arithmetic are not pooled") in result.output, result.output
+        assert not (out / "baseline" / "seed-1").exists()
+    del summary["precision"]  # a run from before gptkit recorded it: nothing can tell
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert cli("ablate", out / "ablation.yaml", "--out", out, "--seeds", "0,1").exit_code == 0
+
+
+def test_a_resumed_runs_summary_keeps_the_arithmetic_of_its_earlier_sessions():
+    from gptkit.training.run import history
+
+    assert history({"precision": "bf16 autocast"}, "precision", "fp32") == {"precision_history": ["bf16 autocast"]}
+    assert history({"precision": "fp32"}, "precision", "fp32") == {}
+    assert history({"precision": "fp32", "precision_history": ["bf16 autocast"]}, "precision", "fp32") == \
+        {"precision_history": ["bf16 autocast"]}
+
+
 def test_every_sessions_plugins_record_of_a_run_is_checked_before_it_is_pooled(tmp_path, write_recipe,
                                                                               scratch_registries):
     """A seed resumed by `gptkit run --resume` with another plugin version keeps the earlier record in

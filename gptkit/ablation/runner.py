@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..data.dataset import CharDataset, load_dataset
-from ..device import keep_random_state
+from ..device import arithmetic, keep_random_state
 from ..errors import ComponentError, Diverged, OutOfMemory, UserError, counted, failure_reason
 from ..io import cannot_make_folder, quote, write_text
 from ..plugins import software_changes
@@ -378,6 +378,7 @@ def check_same(run_dir: Path, recipe: Recipe, how: str = "ended") -> None:
     check_same_recipe(run_dir, recipe, how)
     check_same_plugins(run_dir, recipe)
     check_same_software(run_dir)
+    check_same_precision(run_dir, recipe)
 
 
 def check_same_recipe(run_dir: Path, recipe: Recipe, how: str) -> None:
@@ -412,6 +413,20 @@ def check_same_software(run_dir: Path) -> None:
     changed = list(dict.fromkeys(c for record in records for c in software_changes(record)))
     if changed:
         raise Refused(run_dir, f"was trained with other software than this ({'; '.join(changed)})", NOT_POOLED)
+
+
+def check_same_precision(run_dir: Path, recipe: Recipe) -> None:
+    """As check_same_software, for the arithmetic: train.device may differ (MAY_DIFFER), but precision auto
+    trains in bf16 on a recent GPU and in fp32 elsewhere, and seeds of both are not averaged together."""
+    summary, device = summary_of(run_dir), recipe_device(recipe)
+    now = arithmetic(recipe.train.precision, device)
+    records = [summary.get("precision"), *earlier_sessions(summary, "precision", str)]  # None: an older gptkit's
+    other = list(dict.fromkeys(r for r in records if isinstance(r, str) and r != now))
+    if other:
+        raise Refused(run_dir, f"was trained in {' and '.join(other)} arithmetic, and would be in {now} on {device} "
+                      f"(train.precision {recipe.train.precision})", "seeds of different arithmetic are not pooled: "
+                      "go on where it trained, delete that run folder to train it again here, or pass --out with a new "
+                      "folder")
 
 
 NOT_POOLED = "seeds trained with different code are not pooled: delete that run folder to train it again, or pass " \

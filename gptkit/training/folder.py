@@ -57,11 +57,11 @@ def summary_of(run: Path) -> dict:
     return summary if isinstance(summary, dict) else {}
 
 
-def earlier_sessions(summary: dict, key: str) -> list[dict]:
-    """A run's records of `key` ("software", "plugins") from its earlier sessions that differ from its
-    last's (summary.json's KEY_history: a run resumed with other code)."""
+def earlier_sessions(summary: dict, key: str, kind: type = dict) -> list:
+    """A run's records of `key` ("software", "plugins", "precision": of type `kind`) from its earlier
+    sessions that differ from its last's (summary.json's KEY_history: a run resumed with other code)."""
     kept = summary.get(f"{key}_history")
-    return [r for r in kept if isinstance(r, dict)] if isinstance(kept, list) else []
+    return [r for r in kept if isinstance(r, kind)] if isinstance(kept, list) else []
 
 
 def resumable(summary: dict) -> bool:

@@ -504,14 +504,14 @@ def record_failure(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str,
         pass
 
 
-def history(before: dict, key: str, now: dict) -> dict:
-    """{"KEY_history": [...]}: the records of `key` ("software", "plugins") of the run's sessions before
-    this one that differ from this session's (`now`), from its summary.json so far (`before`; none: {}),
-    so that a run resumed with other code is not taken for one trained by this session's alone (an
-    ablation checks them all)."""
-    records = earlier_sessions(before, key)
+def history(before: dict, key: str, now: dict | str) -> dict:
+    """{"KEY_history": [...]}: the records of `key` ("software", "plugins", "precision") of the run's sessions
+    before this one that differ from this session's (`now`), from its summary.json so far (`before`; none:
+    {}), so that a run resumed with other code, or on a device of other arithmetic, is not taken for one
+    trained by this session's alone (an ablation checks them all)."""
+    records = earlier_sessions(before, key, type(now))
     earlier = before.get(key)
-    if isinstance(earlier, dict) and earlier != now and earlier not in records:
+    if isinstance(earlier, type(now)) and earlier != now and earlier not in records:
         records.append(earlier)
     return {f"{key}_history": records} if records else {}
 
@@ -541,7 +541,8 @@ def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, 
         "processes": trainer.dist.world_size,  # under torchrun, each on its share of every batch
         "plugins": (plugins := recipe.plugin_sources()),  # what resuming needs installed; sampling, the model.* ones
         **history(before, "plugins", plugins),
-        "precision": trainer.arithmetic,  # what train.precision resolved to
+        "precision": trainer.arithmetic,  # what train.precision resolved to: another device may resolve it otherwise
+        **history(before, "precision", trainer.arithmetic),
         "software": software(),  # an ablation pools only seeds trained by the same
         **history(before, "software", software()),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..components.schedule import factor_rule, is_factor
 from ..data.dataset import CharDataset
-from ..device import use_bf16
+from ..device import arithmetic, use_bf16
 from ..diagnose import backward_culprit, blaming, component_specs, plugin_components, with_checks
 from ..errors import (Diverged, Interrupted, OutOfMemory, UserError, counted, goes_on_by, one_line, out_of_memory_as,
                       out_of_memory_on, warn)
@@ -253,7 +253,7 @@ class Trainer:
     @property
     def arithmetic(self) -> str:
         """What `train.precision` resolved to here: "bf16 autocast" or "fp32"."""
-        return "bf16 autocast" if use_bf16(self.cfg.precision, self.device) else "fp32"
+        return arithmetic(self.cfg.precision, self.device)
 
     def describe(self) -> str:
         """How a step runs, for the run's opening lines: e.g. "bf16 autocast, torch.compile"."""
