@@ -253,13 +253,20 @@ def fmt_ci(mean_half: tuple, signed: bool = False) -> str:
     return text + (f" ± {half:.4f}" if half is not None else "")
 
 
+def params_change(params: int, base: int, margin: float) -> tuple[float, bool]:
+    """An arm's parameters relative to the baseline's (+0.05: 5% more), and whether that is past `margin`:
+    a comparison of models of other sizes, flagged in the plan and the report alike."""
+    rel = params / base - 1
+    return rel, abs(rel) > margin
+
+
 def params_cell(s: ArmStats, base: ArmStats | None, margin: float) -> str:
     if s.params is None:
         return "-"
     if base is None or base.params is None or s.arm.baseline:
         return f"{s.params:,}"
-    rel = s.params / base.params - 1
-    return f"{s.params:,} ({rel:+.1%}){' ⚠' if abs(rel) > margin else ''}"
+    rel, off = params_change(s.params, base.params, margin)
+    return f"{s.params:,} ({rel:+.1%}){' ⚠' if off else ''}"
 
 
 def markdown(stats: list[ArmStats], margin: float) -> str:

@@ -29,8 +29,8 @@ from ..training.resume import differing, is_locked
 from ..training.signals import signals_held
 from ..training.trainer import run_steps, schedule_warning
 from .plot import plot_curves
-from .report import (FLOAT_NOISE, RunRow, arm_stats, csv_text, interrupted, main_effects, markdown, provenance,
-                     reason_line)
+from .report import (FLOAT_NOISE, RunRow, arm_stats, csv_text, interrupted, main_effects, markdown, params_change,
+                     provenance, reason_line)
 from .spec import MAY_DIFFER, Arm, Plan, refusal, yaml_text
 
 # The baseline's recipe, resolved, which ablation.yaml names: editing the recipe the ablation was started
@@ -146,8 +146,8 @@ def describe(plan: Plan, margin: float, data: dict[str, CharDataset]) -> list[st
     lines = []
     for arm in plan.arms:
         params, flops = size[arm.slug]
-        rel = params / base - 1
-        flag = f"  ⚠ {rel:+.1%} parameters vs the baseline (margin {percent(margin)})" if abs(rel) > margin else ""
+        rel, off = params_change(params, base, margin)
+        flag = f"  ⚠ {rel:+.1%} parameters vs the baseline (margin {percent(margin)})" if off else ""
         lines.append(f"  {arm.title.ljust(width)}  {params:>12,} params  {flops:>12,} FLOPs/token"
                      f"{'' if same else f'  {budgets[arm.slug]}'}{flag}")
     lines += [f"Each run: {budgets[plan.baseline.slug]}"] if same else []

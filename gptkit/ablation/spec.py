@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from ..errors import UserError, did_you_mean, listing, problems
 from ..io import missing, read_text
 from ..recipe import Recipe, flatten, load_recipe, yaml
@@ -147,13 +149,19 @@ def check_name(name: str, where: str) -> str:
 def value_of(recipe: Recipe, key: str):
     """The recipe's value at dotted `key`: a component's name, or {name, parameters it sets} when it sets any
     (`{name: rope, base: 500}`)."""
-    node = recipe
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
+    node = at_key(recipe, key)
     if isinstance(node, ComponentSpec):
         changed = node.params.model_dump(mode="json", exclude_defaults=True)
         return {"name": node.name, **changed} if changed else node.name
     return flatten(recipe.to_dict()).get(key, node)  # as the recipe writes it: a path as a str
+
+
+def at_key(node: Recipe | dict, key: str):
+    """What a recipe (or its dict) holds at dotted `key`; None where a part is missing."""
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else getattr(node, part, None) \
+            if isinstance(node, BaseModel | ComponentSpec) else None  # not a str's methods
+    return node
 
 
 def yaml_text(value) -> str:
@@ -394,10 +402,7 @@ def spelling(key: str, text: str, recipe: Recipe):
     """The value that names an arm's folder: a component by its name and the parameters given that `recipe`
     (the arm's) does not hold at their defaults ({name: rope, base: 10000} is `rope`, as {name: rope} is),
     a path (relative to one folder or another, or absolute as in ablation.yaml) as its file's name."""
-    value = yaml.load(text, key)[0]
-    spec = recipe
-    for part in key.split("."):
-        spec = getattr(spec, part, None)
+    value, spec = yaml.load(text, key)[0], at_key(recipe, key)
     if isinstance(spec, ComponentSpec) and isinstance(value, dict):
         changed = spec.params.model_dump(by_alias=True, exclude_defaults=True)
         value = {k: v for k, v in value.items() if k == "name" or k in changed}
@@ -417,9 +422,7 @@ def check_claims(ablation: Ablation, recipe: Recipe, changes: list[tuple[str, st
     named = {t: ablation.origin.get(t, f"--set {t}") for t in ablation.overrides}
     named |= {f"{k}={v}": ablation.origin.get(f"{k}={v}", f"--vary {k}={v}") for k, v in changes}
     for key, text in changes:
-        have, wanted = data, absolute_paths(tuple(key.split(".")), yaml.load(text, key)[0])
-        for part in key.split("."):
-            have = have.get(part) if isinstance(have, dict) else None
+        have, wanted = at_key(data, key), absolute_paths(tuple(key.split(".")), yaml.load(text, key)[0])
         if not holds(wanted, have):
             below = [name for t, name in named.items() if t.partition("=")[0].strip().startswith(key + ".")]
             verb = "sets" if len(below) == 1 else "set"
