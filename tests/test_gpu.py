@@ -81,6 +81,30 @@ def test_cached_and_recomputed_generation_give_the_same_tokens_on_the_gpu(attent
     assert cached.device.type == "cuda" and torch.equal(cached, recomputed)
 
 
+POSITIONALS = registry("positional").names()
+
+
+@pytest.mark.parametrize("positional", POSITIONALS)
+def test_flash_attention_matches_naive_under_bf16_autocast(positional):
+    """The conformance check compares attentions in fp32 only; under autocast the fused kernel takes its
+    mask, score bias included, in bf16 while naive adds the bias in fp32: both must stay near fp32 (on a
+    CPU under bf16 autocast both are within 0.4% of the largest logit)."""
+    from gptkit.conformance import tokens
+
+    models = {}
+    for name in ("naive", "flash"):
+        torch.manual_seed(0)  # the same weights for both
+        models[name] = tiny_model(attention=name, positional=positional).cuda().eval()
+    idx = tokens(CONFIG).cuda()
+    with torch.no_grad():
+        reference = models["naive"](idx)[0].float()
+        scale = reference.abs().max()
+        for name, model in models.items():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model(idx)[0].float()
+            torch.testing.assert_close(logits, reference, atol=float(2e-2 * scale), rtol=0, msg=lambda m: f"{name}: {m}")
+
+
 def test_sample_command_runs_a_cpu_checkpoint_on_the_gpu(cli, tmp_path, write_recipe):
     runs = tmp_path / "runs"
     assert cli("run", write_recipe(), "--runs-dir", runs, "-q").exit_code == 0  # trained on the CPU
