@@ -541,8 +541,8 @@ def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, 
         "processes": trainer.dist.world_size,  # under torchrun, each on its share of every batch
         "plugins": (plugins := recipe.plugin_sources()),  # what resuming needs installed; sampling, the model.* ones
         **history(before, "plugins", plugins),
-        "precision": trainer.arithmetic,  # what train.precision resolved to: another device may resolve it otherwise
-        **history(before, "precision", trainer.arithmetic),
+        "precision": (precision := trainer.arithmetic),  # what train.precision resolved to: another device may differ
+        **history(before, "precision", precision),
         "software": software(),  # an ablation pools only seeds trained by the same
         **history(before, "software", software()),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
