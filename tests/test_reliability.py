@@ -1,6 +1,7 @@
 """Interruptions lose at most the work since the last checkpoint, and a resumed run is the run that
 would have happened: the same per-step losses and final weights, bit for bit (CPU, same threads)."""
 
+import contextlib
 import errno
 import io
 import json
@@ -135,6 +136,43 @@ def test_resume_auto_that_loses_its_run_to_another_process_chooses_again(tmp_pat
         held[0].close()
     assert result.run_dir != run and result.summary["status"] == "finished"  # a new run, not an error
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"  # left to its process
+
+
+@pytest.mark.parametrize("resume", ["run", "auto"])
+def test_a_resume_whose_run_another_process_trained_meanwhile_does_not_train_it_again(tmp_path, monkeypatch,
+                                                                                       write_recipe, resume):
+    """Two resumes started at once both read the checkpoint before either locks the run: the one that
+    locks it second, after the first has finished it, must not train again from the stale checkpoint and
+    write over the finished run."""
+    from gptkit.training import run as run_module
+
+    path = write_recipe(train={"max_steps": 6, "checkpoint_every": 2})
+    run = interrupted_at(monkeypatch, path, tmp_path / "runs", 3)
+    other = []
+
+    def overtaken(*args) -> None:  # the other process resumes and finishes the run, once, meanwhile
+        if not other:
+            other.append(None)
+            other[0] = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume=run)
+
+    lock = run_module.lock_run
+
+    @contextlib.contextmanager
+    def locked_after_the_other(run_dir):  # after this one read the checkpoint (auto, while choosing the run)
+        overtaken()
+        with lock(run_dir):
+            yield
+
+    monkeypatch.setattr(run_module, "lock_run", locked_after_the_other)
+    if resume == "auto":  # it chooses again, passing the finished run by
+        result = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")
+        assert result.run_dir != run and result.summary["status"] == "finished"
+    else:
+        with pytest.raises(UserError, match="was trained by another process while this one made ready to resume"):
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume=run)
+    finished = json.loads((run / "summary.json").read_text())
+    assert finished == other[0].summary and finished["status"] == "finished"
+    assert load_checkpoint(run)["step"] == 6
 
 
 def test_a_damaged_line_of_metrics_is_dropped_alone_when_resuming(tmp_path, monkeypatch, reference):

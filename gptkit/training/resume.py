@@ -174,9 +174,9 @@ def _modified(folder: Path) -> float:
 
 
 def find_resumable(runs_dir: Path, recipe: Recipe, dataset, log: Callable[[str], None],
-                   note: Callable[[str], None] = lambda message: None) -> tuple[Path, dict] | None:
+                   note: Callable[[str], None] = lambda message: None) -> tuple[Path, dict, tuple | None] | None:
     """The newest run of `recipe` (by its name) that has a checkpoint and that this recipe and its text
-    (a CharDataset) could resume, with that checkpoint loaded; or None. A run is passed by when it
+    (a CharDataset) could resume, with that checkpoint loaded and which save it is (`saved`); or None. A run is passed by when it
     finished or diverged, silently, or, with a note through `note`, when another process trains it, or
     its recipe or text differs in a way `check_resumable` would refuse (`changes_since`), or its
     checkpoint cannot be read. Folders are named NAME-YYYYmmdd-HHMMSS[-N]: a recipe named `tiny` must
@@ -189,12 +189,13 @@ def find_resumable(runs_dir: Path, recipe: Recipe, dataset, log: Callable[[str],
     for run in candidates:
         if not resumable(summary_of(run)):  # finished, or diverged
             continue
+        save = saved(run)  # (before it is read: a save meanwhile is then seen as one)
         checkpoint, why = checkpoint_to_resume(run, recipe, dataset)
         if checkpoint is None:
             note(f"note: not resuming {run}: {why}")
             passed += 1
             continue
-        return run, checkpoint
+        return run, checkpoint, save
     early = sum(resumable(summary_of(p)) for p in runs if p not in candidates)
     log(f"No {'other ' if passed else ''}run of {name} in {runs_dir} to resume"
         f"{f' ({early} stopped before their first checkpoint)' if early else ''}; starting a new one.")
@@ -259,6 +260,24 @@ def lock_run(run_dir: Path):
         except BlockingIOError:
             raise busy(run_dir) from None
         yield
+
+
+def saved(run_dir: Path) -> tuple | None:
+    """Which save of the run's checkpoint is on disk, or None before the first: each save replaces the file."""
+    try:
+        stat = (run_dir / "checkpoint.pt").stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def check_unchanged(run_dir: Path, save: tuple | None) -> None:
+    """Refuse to resume `run_dir` from the save `save` once another process has saved over it: checked
+    when the run is locked, since the checkpoint was read before, unlocked, and two resumes started at
+    once both read it; the later one would train again from there and write over the other's run."""
+    if saved(run_dir) != save:
+        raise RunBusy(f"{run_dir} was trained by another process while this one made ready to resume it; "
+                      "nothing was trained: resume it again to go on from where that process left it")
 
 
 class RunBusy(UserError):

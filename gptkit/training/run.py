@@ -35,8 +35,8 @@ from . import distributed
 from .build import build_checked, every_rank
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .folder import earlier_sessions, summary_of
-from .resume import (RunBusy, busy, check_restartable, check_resumable, check_run_dir, find_resumable, is_locked,
-                     lock_run, remove_leftovers, truncate_metrics)
+from .resume import (RunBusy, busy, check_restartable, check_resumable, check_run_dir, check_unchanged,
+                     find_resumable, is_locked, lock_run, remove_leftovers, saved, truncate_metrics)
 from .signals import interrupt_on_signals, stop_on_signals
 from .trainer import Trainer, trained_toward
 
@@ -219,9 +219,9 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     dist.check_same("the training text", int(dataset.fingerprint[:15], 16),
                     "every machine needs the same file at data.path")
     dataset.check_run(recipe.train.batch_size, recipe.sample.prompt)
-    checkpoint = None
+    checkpoint = save = None
     if resume == "auto":  # a run it passes by is named, and why: another process trains it, another recipe...
-        run_dir, checkpoint = find_resumable(Path(runs_dir), recipe, dataset, log, note) or (None, None)
+        run_dir, checkpoint, save = find_resumable(Path(runs_dir), recipe, dataset, log, note) or (None,) * 3
     elif resume is not None:
         run_dir = check_run_dir(resume)
     if resume is not None and run_dir is not None:
@@ -229,6 +229,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         if is_locked(run_dir):  # said first: nothing else about a folder another process is changing holds
             raise busy(run_dir)
         if checkpoint is None and (run_dir / "checkpoint.pt").exists():  # (auto's choice is loaded already)
+            save = saved(run_dir)
             checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
         if checkpoint is not None:
             check_resumable(run_dir, checkpoint, recipe, dataset, warn_once)
@@ -289,6 +290,10 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         for w in to_warn:
             warn_once(w)
 
+    def locked() -> None:  # the run folder is this process's now
+        if resume is not None and run_dir is not None:  # (None: auto found none to resume)
+            check_unchanged(run_dir, save)
+
     def start() -> None:  # the run folder is set up: the other ranks, waiting for this vote, train too
         nonlocal ready
         ready = True
@@ -299,7 +304,8 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         # From before the folder is made: a Ctrl-C while it is set up stops the run at its first step
         # boundary, with a checkpoint, instead of leaving a folder that is neither a run nor removed.
         with stop_on_signals(trainer):
-            return _train_main(recipe, trainer, dataset, checkpoint, runs_dir, run_dir, quiet, log, start, say_warnings)
+            return _train_main(recipe, trainer, dataset, checkpoint, runs_dir, run_dir, quiet, log, start, say_warnings,
+                                   locked)
     except BaseException as e:
         if not ready:  # rank 0's alone: the others, waiting, stop quietly rather than meet its closed connection
             dist.abort(getattr(e, "exit_code", 1))
@@ -308,14 +314,16 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
 
 def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoint: dict | None,
                 runs_dir: str | Path, run_dir: str | Path | None, quiet: bool, log: Callable[[str], None],
-                start: Callable[[], None], say_warnings: Callable[[], None]) -> RunResult:
-    """Rank 0's part of `_train`: the run folder, made or resumed, around `train_in`."""
+                start: Callable[[], None], say_warnings: Callable[[], None], locked: Callable[[], None]) -> RunResult:
+    """Rank 0's part of `_train`: the run folder, made or resumed, around `train_in`; `locked()` once it
+    holds the folder's lock."""
     made = []  # the folders made for this run: none for one that exists (an ablation's run, restarted)
     if checkpoint is None:  # the folder is made only once every input has been checked
         run_dir, made = new_run_dir(Path(runs_dir), recipe.name) if run_dir is None else make_run_dir(Path(run_dir))
     try:
         say_warnings()  # (a GptkitWarning raised by a caller's "error" filter: nothing is trained)
         with lock_run(run_dir):
+            locked()
             return train_in(run_dir, recipe, trainer, dataset, checkpoint, log, start)
     except (OSError, ComponentError, OutOfMemory, GptkitWarning) as e:
         # A folder with nothing of the run is not left behind: a full disk before summary.json, or a
