@@ -1656,6 +1656,37 @@ def test_a_run_that_failed_after_a_checkpoint_trains_again_from_scratch_once_fix
     assert steps == sorted(steps) and steps.count(1) == 1  # one run, from its first step
 
 
+def test_a_failed_run_trains_again_when_its_fix_changes_the_components_defaults(cli, tmp_path, write_recipe,
+                                                                               scratch_registries):
+    """The recipe stored with the failed run holds the component's old defaults: a fix may change them, add
+    parameters or drop some, and the run is still its arm's; a parameter the recipe sets must still match."""
+    from gptkit.ablation.runner import Refused, check_same_recipe
+    from gptkit.recipe import load_recipe
+
+    flaky = FLAKY.replace("from gptkit.components.feedforward import MLP",
+                          "from gptkit.components.feedforward import MLP, FeedForwardParams\n\n\n"
+                          "class FlakyParams(FeedForwardParams):\n    fail_after: int = 3\n    patience: int = 1\n")
+    flaky = flaky.replace("class Flaky(MLP):\n", "class Flaky(MLP):\n    Params = FlakyParams\n\n")
+    flaky = flaky.replace("self.steps > 3", "self.steps > self.params.fail_after")
+    (tmp_path / "mine.py").write_text(flaky)
+    recipe = write_recipe(imports=["mine.py"], train={"max_steps": 6, "checkpoint_every": 2})
+    out = tmp_path / "abl"
+    args = ("ablate", recipe, "--vary", "model.feedforward=flaky", "--seeds", "1", "--out", out)
+    assert cli(*args).exit_code == 2
+    run = out / "feedforward-flaky" / "seed-0"
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    fixed = flaky.replace("fail_after: int = 3\n    patience: int = 1", "fail_after: int = 100\n    warmup: int = 0")
+    (tmp_path / "mine.py").write_text(fixed)
+    again = cli(*args)
+    assert again.exit_code == 0, again.output
+    trained = yaml.safe_load((run / "recipe.yaml").read_text())["model"]["feedforward"]
+    assert (trained["fail_after"], trained["warmup"], "patience" in trained) == (100, 0, False)
+    set_by_hand = load_recipe(recipe, ["model.feedforward={name: flaky, fail_after: 50}", "seed=0"])
+    with pytest.raises(Refused, match=r"failed with a different recipe \(model.feedforward.fail_after differ\)"):
+        check_same_recipe(run, set_by_hand, "failed", anew=True)
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
 def test_a_killed_runs_csv_row_says_interrupted_as_results_md_counts_it(write_recipe):
     arm = plan(Ablation(recipe=write_recipe(), vary={"model.norm": ["layernorm"]})).arms[1]
     rows = [report.RunRow(arm, 0, "a/seed-0", {"status": "running", "steps": 3}),  # kill -9: its summary says so

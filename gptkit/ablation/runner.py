@@ -331,7 +331,8 @@ def check_existing(run_dir: Path, arm: Arm, seed: int, sha256: str, trains: bool
         check_same(run_dir, recipe, "was stopped")                          # its budget and evaluation change
     else:  # started over: only its recipe (if it wrote one) tells whose it is
         if (run_dir / "recipe.yaml").is_file():
-            check_same_recipe(run_dir, recipe, "failed" if failed(summary) else "was stopped")
+            anew = failed(summary) or not (run_dir / "checkpoint.pt").is_file()
+            check_same_recipe(run_dir, recipe, "failed" if failed(summary) else "was stopped", anew)
         return
     # Unfinished runs too: their --resume would refuse another text, but only once earlier runs trained.
     check_same_text(run_dir, arm.recipe.data.path, sha256)
@@ -381,17 +382,29 @@ def check_same(run_dir: Path, recipe: Recipe, how: str = "ended") -> None:
     check_same_precision(run_dir, recipe)
 
 
-def check_same_recipe(run_dir: Path, recipe: Recipe, how: str) -> None:
+def check_same_recipe(run_dir: Path, recipe: Recipe, how: str, anew: bool = False) -> None:
     """The run's recipe is `recipe`, but for MAY_DIFFER; else an error saying the run `how` ("ended",
-    "was stopped"...) with another."""
+    "was stopped"...) with another. A run trained `anew`, from scratch, may differ in the parameters
+    `recipe` leaves to its components' defaults too: a fix to a failed component may change them."""
     stored, wanted = flatten(run_recipe(run_dir)), flatten(recipe.to_dict())
     for flat in (stored, wanted):
         if "data.path" in flat:  # absent only from a damaged recipe.yaml: reported below as a difference
             flat["data.path"] = str(Path(flat["data.path"]).resolve())
     differ = differing(stored, wanted, MAY_DIFFER)
+    if anew:
+        differ = [key for key in differ if not left_to_default(key, recipe, stored)]
     if differ:
         raise Refused(run_dir, f"{how} with a different recipe ({', '.join(differ[:5])} differ)",
                       "delete that folder, or pass --out with a new folder")
+
+
+def left_to_default(key: str, recipe: Recipe, stored: dict) -> bool:
+    """Whether `key` is a parameter that `recipe` does not set of a component it picks by the name that the
+    flattened recipe `stored` picks it by too: one its code set (or no longer has)."""
+    component, _, param = key.rpartition(".")
+    spec = recipe.components().get(component)
+    return spec is not None and param != "name" and stored.get(f"{component}.name") == spec.name \
+        and param not in spec.params.model_fields_set
 
 
 def check_same_plugins(run_dir: Path, recipe: Recipe) -> None:

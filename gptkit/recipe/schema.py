@@ -223,13 +223,17 @@ class Recipe(Section):
         """Plain values only: safe in a weights_only checkpoint and as YAML."""
         return self.model_dump(mode="json")
 
+    def components(self) -> dict[str, ComponentSpec]:
+        """The components the recipe picks, by key: {"model.norm": ComponentSpec, ...}."""
+        return {f"{s}.{k}": v for s in ("data", "model", "train")
+                for k, v in vars(getattr(self, s)).items() if isinstance(v, ComponentSpec)}
+
     def plugin_sources(self, prefix: str = "") -> dict[str, str]:
         """{"model.norm": "unitnorm from acme-norms 1.2 (sha256 9f8e7d6c5b4a)"} for each component not built
         in (whose key starts with `prefix`): what a run needs installed to be resumed (to be sampled, the
         model.* ones). The hash is of the component's code: a plugin package's source files, or a local
         file's contents ("mynorm from /x/mine.py (sha256 1a2b3c4d5e6f)"), which an edit changes without
         a new version."""
-        picked = {f"{s}.{k}": v for s in ("data", "model", "train")
-                  for k, v in vars(getattr(self, s)).items() if isinstance(v, ComponentSpec)}
-        entries = {key: registry(spec.kind).entry(spec.name) for key, spec in picked.items() if key.startswith(prefix)}
+        entries = {key: registry(spec.kind).entry(spec.name) for key, spec in self.components().items()
+                   if key.startswith(prefix)}
         return {key: f"{entry.name} from {entry.origin}" for key, entry in entries.items() if entry.source != "built-in"}
