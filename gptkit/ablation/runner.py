@@ -195,6 +195,7 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
     if skipped:
         log(f"{skipped} of {len(jobs)} runs finished earlier{f' ({gone} of them diverged)' if gone else ''}: "
             "skipping them")
+    trained = False
     for i, row in enumerate(jobs, 1):
         if not ended(row.summary):
             try:
@@ -204,7 +205,9 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
                 write_reports(folder, rows, margin)
                 raise
             write_reports(folder, rows, margin)
-    write_reports(folder, rows, margin)
+            trained = True
+    if not trained:  # every run ended earlier: reports of this command's seeds, with the earlier ones
+        write_reports(folder, rows, margin)
     return rows
 
 
@@ -473,12 +476,18 @@ UNEQUAL = (" Not on equal terms: the arm differs from the baseline in its budget
            "(--allow-unfair); compare its steps and tokens.")
 
 
-def write_reports(folder: Path, rows: list[RunRow], margin: float) -> str:
-    """Write results.csv and results.md, which always tell the same runs: both are rendered first, then
-    written with Ctrl-C and SIGTERM held. Returns the Markdown table and its legend."""
-    stats = arm_stats(rows)
+def report_text(rows: list[RunRow], margin: float, stats: list | None = None) -> str:
+    """The Markdown table, its legend and the main effects: the body of results.md, as printed at the end."""
+    stats = arm_stats(rows) if stats is None else stats
     legend = LEGEND.format(margin=percent(margin), noise=FLOAT_NOISE) + (UNEQUAL if any(s.unequal for s in stats) else "")
-    text = markdown(stats, margin) + "\n" + legend + "\n" + main_effects(rows)
+    return markdown(stats, margin) + "\n" + legend + "\n" + main_effects(rows)
+
+
+def write_reports(folder: Path, rows: list[RunRow], margin: float) -> None:
+    """Write results.csv and results.md, which always tell the same runs: both are rendered first, then
+    written with Ctrl-C and SIGTERM held."""
+    stats = arm_stats(rows)
+    text = report_text(rows, margin, stats)
     done = sum(finished(r.summary) for r in rows)
     left_out = [f"{k} {what}" for k, what in ((sum(diverged(r.summary) for r in rows), "diverged"),
                                               (sum(failed(r.summary) for r in rows), "failed"),
@@ -489,7 +498,6 @@ def write_reports(folder: Path, rows: list[RunRow], margin: float) -> str:
     with signals_held():
         write_text(folder / "results.csv", table)
         write_text(folder / "results.md", results)
-    return text
 
 
 def plot(folder: Path, rows: list[RunRow], title: str) -> bool:

@@ -4,7 +4,7 @@ import click
 
 from ..ablation.plot import HINT
 from ..ablation.runner import (ablation_dir, check_arms, check_can_make, check_folder, check_no_strays, datasets,
-                               describe, failures, plot, run_ablation, write_reports)
+                               describe, failures, plot, report_text, run_ablation)
 from ..ablation.spec import Ablation, check_name, load_ablation, parse_seeds, plan
 from ..errors import RunStopped, UserError, counted, going_on_by
 from ..io import read_text
@@ -77,7 +77,7 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
     try:  # a run's training handles its own signals; between runs, these raise Interrupted
         with interrupt_on_signals("running the ablation"), going_on_by(again):
             rows = run_ablation(p, folder, margin, log=click.echo, verbose=verbose, texts=texts)
-            click.echo("\n" + write_reports(folder, rows, margin), nl=False)
+            click.echo("\n" + report_text(rows, margin), nl=False)
             drew = plot(folder, rows, f"{p.name}: validation loss, mean over seeds (band: min to max)")
     except RunStopped as e:  # the ablation, not the one run, is what goes on
         e.continue_with = again
