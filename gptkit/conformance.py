@@ -400,6 +400,7 @@ def check_uses_positional(spec, config):
             attn(x[:, :t], cache)
             attn(x[:, t:], cache)
             expected += [("rotate", t, 0), ("score_bias", t, t), ("rotate", T - t, t), ("score_bias", T - t, T)]
+
     def each_hook(calls):  # in order for each hook, whichever of them the attention asks first
         return {hook: [c for c in calls if c[0] == hook] for hook in ("rotate", "score_bias")}
 

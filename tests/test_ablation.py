@@ -1268,6 +1268,7 @@ DIVERGED = {"status": "failed", "resumable": False, "reason": "training diverged
 def rows_of(p, finals: dict[str, list]) -> list[report.RunRow]:
     """RunRows of plan `p`'s arms ({label: [final val loss, or a summary, per seed]}), as summary.json says."""
     arms = {a.label: a for a in p.arms}
+
     def summary(v):
         return v if isinstance(v, dict) or v is None else {**FINISHED, "final_val_loss": v, "best_val_loss": v}
 
