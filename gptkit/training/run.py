@@ -220,22 +220,8 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
                     "every machine needs the same file at data.path")
     dataset.check_run(recipe.train.batch_size, recipe.sample.prompt)
     checkpoint = save = None
-    if resume == "auto":  # a run it passes by is named, and why: another process trains it, another recipe...
-        run_dir, checkpoint, save = find_resumable(Path(runs_dir), recipe, dataset, log, note) or (None,) * 3
-    elif resume is not None:
-        run_dir = check_run_dir(resume)
-    if resume is not None and run_dir is not None:
-        run_dir = Path(run_dir)
-        if is_locked(run_dir):  # said first: nothing else about a folder another process is changing holds
-            raise busy(run_dir)
-        if checkpoint is None and (run_dir / "checkpoint.pt").exists():  # (auto's choice is loaded already)
-            save = saved(run_dir)
-            checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
-        if checkpoint is not None:
-            check_resumable(run_dir, checkpoint, recipe, dataset, warn_once)
-        else:  # stopped before its first checkpoint: nothing to continue from, so it starts over
-            check_restartable(run_dir, recipe)
-            log(f"{run_dir} has no checkpoint yet: starting it over")
+    if resume is not None:
+        run_dir, checkpoint, save = run_to_resume(recipe, dataset, resume, Path(runs_dir), log, note, warn_once)
     dist.check_same("the step to resume from", -1 if checkpoint is None else checkpoint["step"],
                     f"{arg('resume')} needs the run folder on a file system every machine sees")
 
@@ -310,6 +296,34 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         if not ready:  # rank 0's alone: the others, waiting, stop quietly rather than meet its closed connection
             dist.abort(getattr(e, "exit_code", 1))
         raise
+
+
+Resumed = tuple[Path | None, dict | None, tuple | None]
+
+
+def run_to_resume(recipe: Recipe, dataset: CharDataset, resume: str | Path, runs_dir: Path,
+                  log: Callable[[str], None], note: Callable[[str], None], warn_once: Callable[[str], None]) -> Resumed:
+    """The run folder `resume` names (or "auto" finds), its checkpoint loaded (None for a run stopped before
+    its first) and which save that is, once checked that `recipe` and its text can go on with it; or three
+    Nones when auto finds no run to resume."""
+    checkpoint = save = None
+    if resume == "auto":  # a run it passes by is named, and why: another process trains it, another recipe...
+        run_dir, checkpoint, save = find_resumable(runs_dir, recipe, dataset, log, note) or (None,) * 3
+        if run_dir is None:
+            return None, None, None
+    else:
+        run_dir = check_run_dir(resume)
+    if is_locked(run_dir):  # said first: nothing else about a folder another process is changing holds
+        raise busy(run_dir)
+    if checkpoint is None and (run_dir / "checkpoint.pt").exists():  # (auto's choice is loaded already)
+        save = saved(run_dir)
+        checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    if checkpoint is not None:
+        check_resumable(run_dir, checkpoint, recipe, dataset, warn_once)
+    else:  # stopped before its first checkpoint: nothing to continue from, so it starts over
+        check_restartable(run_dir, recipe)
+        log(f"{run_dir} has no checkpoint yet: starting it over")
+    return run_dir, checkpoint, save
 
 
 def _train_main(recipe: Recipe, trainer: Trainer, dataset: CharDataset, checkpoint: dict | None,
