@@ -296,6 +296,17 @@ def test_problems_are_listed_in_file_order_then_the_overrides(tmp_path, monkeypa
         "--set model.n_head=x"]
 
 
+@pytest.mark.parametrize("order", [1, -1], ids=["parameter first", "component first"])
+def test_a_parameter_the_component_set_after_it_lacks_is_named_by_its_own_override(write_recipe, order):
+    """The component's name is applied first, whatever the order given: the parameter's override, applied
+    last, is the one to blame, not the override that picked the component."""
+    sets = ["model.positional.base=500", "model.positional=alibi"][::order]
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write_recipe(), sets)
+    assert str(e.value).splitlines()[-1] == ("--set model.positional.base=500: model.positional.base: unknown key. "
+                                             "Valid keys here: name")
+
+
 def test_an_empty_section_is_named_as_such(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("name: r\ndata:\nmodel:\ntrain:\nsample:\n")  # bare lines: None, not {}

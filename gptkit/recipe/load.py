@@ -89,9 +89,7 @@ def apply_overrides(data: dict, overrides: Sequence[str] | None, origins: Mappin
     came first: else naming the component would start it from its defaults, silently dropping the
     parameter); what they return."""
     texts = check_overrides(overrides)
-    # X.name=OTHER is X=OTHER (see apply_override): at X's depth.
-    depth = [t.partition("=")[0].strip().removesuffix(".name").count(".") for t in texts]
-    depth_first = sorted(range(len(texts)), key=depth.__getitem__)  # stable
+    depth_first = sorted(range(len(texts)), key=lambda i: _depth(texts[i]))  # stable
     done = {i: apply_override(data, texts[i], (origins or {}).get(texts[i])) for i in depth_first}
     applied = [done[i] for i in range(len(texts))]  # in the order given: problems are reported in it
     keys = [k for k, _ in applied]
@@ -101,6 +99,11 @@ def apply_overrides(data: dict, overrides: Sequence[str] | None, origins: Mappin
         # must be "not found", not the corpus written under that name.
         data["data"]["corpus"] = None
     return applied
+
+
+def _depth(text: str) -> int:
+    """How deep the key an override sets is; X.name=OTHER is X=OTHER (see apply_override): at X's depth."""
+    return text.partition("=")[0].strip().removesuffix(".name").count(".")
 
 
 def check_overrides(overrides: Sequence[str] | None) -> Sequence[str]:
@@ -134,10 +137,13 @@ def recipe_device(recipe: Recipe, overrides: Sequence[str] | None = (),
 
 
 def override_of(key: str, overrides: Sequence[str] | None, origins: Mapping[str, str] | None = None) -> str | None:
-    """How errors name the last of `overrides` to set `key` (or a key above it): '--set data.path=x.txt',
-    or as `origins` names it (as in load_recipe); None if none did."""
+    """How errors name the override of `overrides` that set `key` (or a key above it), the one applied last
+    (apply_overrides): '--set data.path=x.txt', or as `origins` names it (as in load_recipe); None if none did."""
     texts = [t for t in check_overrides(overrides) if (key + ".").startswith(t.partition("=")[0].strip() + ".")]
-    return ((origins or {}).get(texts[-1]) or override(texts[-1])) if texts else None
+    if not texts:
+        return None
+    last = max(reversed(texts), key=_depth)  # (of the deepest, the first found: the last given)
+    return (origins or {}).get(last) or override(last)
 
 
 @contextlib.contextmanager
@@ -190,12 +196,14 @@ def _blame(loc: tuple, causes: list[tuple], origin: str, lines: dict, overrides:
     """Who is to blame for an error at `loc` that the values at `causes` make one too, as (the override's
     index, or -1 for the file; its line, or 0; how errors name it). An override is to blame for errors at
     or below its key, above it (train.lr.x=5), or at a cause (--set model.n_embd=1 for n_head); of
-    several, the last, whose value won. Else the file is, at the nearest line it has."""
+    several, the one applied last, whose value won: the deepest key (apply_overrides), then the last
+    given. Else the file is, at the nearest line it has."""
     for ats in ([loc], causes):  # an override of the key itself first: a cause only if none is
-        for i in reversed(range(len(overrides))):
-            keys, label = overrides[i]
-            if any(at[: len(keys)] == keys or (at and keys[: len(at)] == at) for at in ats):
-                return i, 0, label
+        blamed = [i for i, (keys, _) in enumerate(overrides)
+                  if any(at[: len(keys)] == keys or (at and keys[: len(at)] == at) for at in ats)]
+        if blamed:
+            i = max(blamed, key=lambda i: (len(overrides[i][0]) - (overrides[i][0][-1:] == ("name",)), i))
+            return i, 0, overrides[i][1]
     line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), 0)
     return -1, line, f"{origin}{f':{line}' if line else ''}"
 
