@@ -239,22 +239,12 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         trainer = Trainer(recipe, model, dataset, device, quiet=quiet or not dist.is_main, dist=dist)
         if checkpoint is not None:  # the optimizer's state, twice the weights' size with AdamW, onto the device
             trainer.load_state_dict(checkpoint["trainer"], checkpoint["recipe"])  # rank 0's random stream too
-    if dist.is_main and not recipe.train.optimizer.built_in:  # trains all the same; a resumed run then differs
-        from ..conformance import optimizer_warnings  # (conformance builds on training's modules; only for a plugin's)
-
-        to_warn += optimizer_warnings(recipe.train.optimizer, recipe.train.weight_decay)
-    schedule_warning = trainer.schedule_warning()
-    if checkpoint is not None:
-        if checkpoint["step"] > trainer.total_steps:  # (at the budget, it only saves new sample settings)
-            raise UserError(f"{run_dir} has trained {checkpoint['step']:,} steps, past this recipe's budget of "
-                            f"{trainer.total_steps:,}; resume it with a budget of at least {checkpoint['step']:,} "
-                            "steps (train.epochs, and train.max_steps if set)")
-    if schedule_warning and not goes_on_by():  # even when quiet (an ablation says it once, in its plan)
-        to_warn.append(schedule_warning)
-    if checkpoint is not None:
-        stretched = trainer.restretch_warning(checkpoint["recipe"])
-        if stretched:  # (said even when quiet, as a plugin's change is: an ablation never resumes with another budget)
-            to_warn.append(stretched)
+    # (At the budget, a resumed run only saves new sample settings.)
+    if checkpoint is not None and checkpoint["step"] > trainer.total_steps:
+        raise UserError(f"{run_dir} has trained {checkpoint['step']:,} steps, past this recipe's budget of "
+                        f"{trainer.total_steps:,}; resume it with a budget of at least {checkpoint['step']:,} "
+                        "steps (train.epochs, and train.max_steps if set)")
+    to_warn += training_warnings(recipe, trainer, checkpoint, dist.is_main)  # every rank: a schedule may raise
     if not dist.is_main:  # other ranks only train; rank 0 prints and writes the run folder
         try:
             # From before the wait for rank 0's folder, which rank 0 sets up under its own handler: a signal
@@ -299,6 +289,24 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
 
 
 Resumed = tuple[Path | None, dict | None, tuple | None]
+
+
+def training_warnings(recipe: Recipe, trainer: Trainer, checkpoint: dict | None, is_main: bool) -> list[str]:
+    """What is said before training, even when quiet: a plugin optimizer's departures from the update rule
+    its name implies (checked by rank 0, `is_main`), a schedule that never reaches train.lr, and a resumed
+    run's schedule stretched to another budget."""
+    said = []
+    if is_main and not recipe.train.optimizer.built_in:  # trains all the same; a resumed run then differs
+        from ..conformance import optimizer_warnings  # (conformance builds on training's modules; only for a plugin's)
+
+        said += optimizer_warnings(recipe.train.optimizer, recipe.train.weight_decay)
+    schedule = trainer.schedule_warning()
+    if schedule and not goes_on_by():  # (an ablation says it once, in its plan)
+        said.append(schedule)
+    stretched = checkpoint and trainer.restretch_warning(checkpoint["recipe"])
+    if stretched:  # (as a plugin's change is: an ablation never resumes with another budget)
+        said.append(stretched)
+    return said
 
 
 def run_to_resume(recipe: Recipe, dataset: CharDataset, resume: str | Path, runs_dir: Path,
