@@ -61,10 +61,15 @@ class Entry:
         return f"{file}:{line}"
 
     @property
+    def doc(self) -> str:
+        """The component's own docstring: not its base class's (inspect.getdoc's), which describes the kind."""
+        doc = vars(self.obj).get("__doc__") if inspect.isclass(self.obj) else getattr(self.obj, "__doc__", None)
+        return inspect.cleandoc(doc) if isinstance(doc, str) else ""
+
+    @property
     def summary(self) -> str:
         """The docstring's first paragraph, on one line."""
-        doc = (inspect.getdoc(self.obj) or "").strip() if self.obj is not None else ""
-        return " ".join(doc.split("\n\n")[0].split())
+        return " ".join(self.doc.split("\n\n")[0].split())
 
 
 def _stale(obj: Any) -> bool:

@@ -148,6 +148,18 @@ def test_a_score_bias_wrong_only_for_a_longer_sequence_is_blamed_on_the_position
                      "shape (3, 4, 4); it must return None or (n_head, t_q, t_k) = (4, 4, 4)")
 
 
+def test_a_component_without_a_docstring_is_not_described_by_its_base_class(temporary_component):
+    from gptkit.components import FeedForward
+
+    class Undocumented(FeedForward):
+        def forward(self, x):
+            return x
+
+    temporary_component("feedforward", "undocumented", Undocumented)
+    entry = registry("feedforward").entry("undocumented")
+    assert FeedForward.__doc__ and (entry.doc, entry.summary) == ("", "")
+
+
 def test_no_normalisation_passes_every_check_in_a_deep_model(temporary_component):
     """An identity "norm" (ablating normalisation) in 6 layers with randomised weights overflows: the key/value
     cache is then checked with smaller random changes, not failed with torch's own error about NaN."""

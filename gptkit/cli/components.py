@@ -1,7 +1,6 @@
 """`gptkit list` and `gptkit show`: what components exist, where they come from, what they take."""
 
 import enum
-import inspect
 import json
 
 import click
@@ -34,7 +33,7 @@ def describe(entry: Entry, full: bool = False) -> dict:
     record.update(description=entry.summary, params=describe_params(entry))
     if full:
         obj = entry.obj
-        record.update(object=f"{obj.__module__}:{obj.__qualname__}", defined_at=entry.where, doc=inspect.getdoc(obj) or "")
+        record.update(object=f"{obj.__module__}:{obj.__qualname__}", defined_at=entry.where, doc=entry.doc)
         if entry.kind == "attention":  # the flag and a forward that takes the cache, as generation asks
             why = why_not_cached(obj)
             record.update(supports_kv_cache=why is None, **({"kv_cache_note": why} if why else {}))
