@@ -718,6 +718,9 @@ def _assert_recipe_limits(config: GPTConfig):
             TypeAdapter(Annotated[field.annotation, *field.metadata]).validate_python(value, strict=True)
         except ValidationError as e:
             raise SizeError(key, value, f"{e.errors()[0]['msg']}, as in a recipe") from None
+    vocab = config.vocab_size
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:  # (a dataset's: no recipe sets it)
+        raise SizeError("vocab_size", vocab, "must be a whole number >= 1")
 
 
 def _device(device: torch.device | str) -> torch.device:

@@ -160,6 +160,14 @@ def test_a_component_without_a_docstring_is_not_described_by_its_base_class(temp
     assert FeedForward.__doc__ and (entry.doc, entry.summary) == ("", "")
 
 
+def test_a_test_model_without_characters_is_refused_before_any_check():
+    from gptkit.components import GPTConfig
+    from gptkit.conformance import check_component
+
+    with pytest.raises(UserError, match=r"config.vocab_size 0: must be a whole number >= 1"):  # not rmsnorm's fault
+        check_component("norm", "rmsnorm", config=GPTConfig(vocab_size=0, n_embd=32, n_head=4, block_size=16))
+
+
 def test_no_normalisation_passes_every_check_in_a_deep_model(temporary_component):
     """An identity "norm" (ablating normalisation) in 6 layers with randomised weights overflows: the key/value
     cache is then checked with smaller random changes, not failed with torch's own error about NaN."""
