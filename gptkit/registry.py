@@ -111,7 +111,7 @@ def record_change(was: str, now: str) -> str | None:
         return f"was trained with {source} and now comes from {now_source}"
     if digest and now_digest and digest[:12] != now_digest[:12]:  # records hold 12 digits
         code = "code" if source.endswith(".py") or source == "__main__" else \
-            "code (one hash for all of the package's files)"
+            "code (one hash of its package's files, or of its module's file)"
         return f"was trained with {source}, whose {code} has changed since (sha256 {digest[:12]} -> {now_digest[:12]})"
     return None
 

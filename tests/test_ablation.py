@@ -510,7 +510,7 @@ def test_runs_of_a_plugins_earlier_code_are_not_pooled_with_new_seeds(cli, tmp_p
     result = cli("ablate", out / "ablation.yaml", "--out", out, "--seeds", "0,1")
     assert result.exit_code == 2, result.output
     assert (f"{out / 'baseline' / 'seed-0'} was trained with other plugin versions or code than are installed now "
-            f"(model.norm (unitnorm) was trained with acme-norms 1.2, whose code (one hash for all of the package's files) has changed since (sha256 {before} -> "
+            f"(model.norm (unitnorm) was trained with acme-norms 1.2, whose code (one hash of its package's files, or of its module's file) has changed since (sha256 {before} -> "
             f"{code_hash('acme_edited_abl')})); seeds trained with different code are not pooled") in result.output
     assert not (out / "baseline" / "seed-1").exists()
 

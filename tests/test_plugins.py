@@ -752,7 +752,7 @@ def test_resuming_after_a_plugins_code_changed_warns(install, write_recipe, cli,
     edit(tmp_path, "acme_edited")
     result = cli("run", "--resume", run, "--set", "train.max_steps=3", "-q")
     assert result.exit_code == 0, result.output
-    assert (f"warning: model.norm (unitnorm) was trained with acme-norms 1.2, whose code (one hash for all of the package's files) has changed since (sha256 "
+    assert (f"warning: model.norm (unitnorm) was trained with acme-norms 1.2, whose code (one hash of its package's files, or of its module's file) has changed since (sha256 "
             f"{before} -> {code_hash('acme_edited')}); resuming {run} with it\n") in result.output
 
 
@@ -767,7 +767,7 @@ def test_sampling_and_load_model_warn_of_another_plugin_version_or_code(install,
     assert same.exit_code == 0 and "warning" not in same.stderr, same.output
     before = code_hash("acme_sampled")
     edit(tmp_path, "acme_sampled")
-    changed = (f"model.norm (unitnorm) was trained with acme-norms 1.2, whose code (one hash for all of the package's files) has changed since (sha256 {before} "
+    changed = (f"model.norm (unitnorm) was trained with acme-norms 1.2, whose code (one hash of its package's files, or of its module's file) has changed since (sha256 {before} "
                f"-> {code_hash('acme_sampled')}); sampling with it")
     result = cli("sample", run, "--tokens", "3")
     assert result.exit_code == 0 and result.stderr.startswith(f"warning: {changed}\n"), result.output
@@ -789,7 +789,7 @@ def test_a_run_recorded_before_plugins_code_was_hashed_is_the_same_source(instal
     assert recipe.plugin_sources()["model.norm"].startswith("unitnorm from acme-norms 1.2 (sha256 ")
     assert plugin_changes({"model.norm": "unitnorm from acme-norms 1.2"}, recipe) == []
     assert plugin_changes({"model.norm": "unitnorm from acme-norms 1.2 (sha256 000000000000)"}, recipe) == [
-        f"model.norm (unitnorm) was trained with acme-norms 1.2, whose code (one hash for all of the package's files) has changed since (sha256 000000000000 -> "
+        f"model.norm (unitnorm) was trained with acme-norms 1.2, whose code (one hash of its package's files, or of its module's file) has changed since (sha256 000000000000 -> "
         f"{code_hash('acme_old')})"]
     assert record_change("n from a 1 (sha256 0123456789ab)", "n from a 1") is None  # only where both have a hash
 
