@@ -84,6 +84,8 @@ def check_construct(spec, config):
 def check_shape_and_dtype(spec, config):
     x = _input(config)
     y = exercise(spec.kind, _module(spec, config), x, config.n_head)
+    if not isinstance(y, torch.Tensor):  # (a tuple: a forward written like a module that also returns state)
+        raise AssertionError(f"output is a {type(y).__name__}; it must be a tensor of its input's shape and dtype")
     if y.shape != x.shape:
         raise AssertionError(f"output shape {tuple(y.shape)}, expected {tuple(x.shape)}")
     if y.dtype != x.dtype:

@@ -160,6 +160,20 @@ def test_a_component_without_a_docstring_is_not_described_by_its_base_class(temp
     assert FeedForward.__doc__ and (entry.doc, entry.summary) == ("", "")
 
 
+def test_a_component_returning_a_tuple_fails_its_shape_check_saying_so(temporary_component):
+    from gptkit.components import FeedForward
+    from gptkit.conformance import check_component
+
+    class Paired(FeedForward):
+        def forward(self, x):
+            return x, None
+
+    temporary_component("feedforward", "paired", Paired)
+    shape = next(r for r in check_component("feedforward", "paired") if r.check == "shape and dtype")
+    assert (shape.status, shape.detail) == ("fail", "AssertionError: output is a tuple; it must be a tensor of its "
+                                                    "input's shape and dtype")
+
+
 def test_a_test_model_without_characters_is_refused_before_any_check():
     from gptkit.components import GPTConfig
     from gptkit.conformance import check_component
