@@ -295,11 +295,13 @@ def test_check_takes_the_test_models_sizes(cli, temporary_component):
     temporary_component("norm", "grouped", Grouped)
     refused = cli("check", "norm", "grouped")
     assert refused.exit_code == 2 and refused.output == (
-        "error: norm 'grouped' cannot be checked with the test model's sizes (n_embd=32, n_head=4, block_size=16): "
-        "needs n_embd a multiple of 48, got 32; set others with --n-embd, --n-head and --block-size\n"), refused.output
-    result = cli("check", "norm", "grouped", "--n-embd", "48", "--n-head", "6", "--block-size", "8")
+        "error: norm 'grouped' cannot be checked with the test model's sizes (n_embd=32, n_head=4, block_size=16, "
+        "vocab_size=17): needs n_embd a multiple of 48, got 32; set others with --n-embd, --n-head, --block-size and "
+        "--vocab-size\n"), refused.output
+    result = cli("check", "norm", "grouped", "--n-embd", "48", "--n-head", "6", "--block-size", "8", "--vocab-size", "40")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("norm 'grouped' from test; the test model has n_embd=48, n_head=6, block_size=8")
+    assert result.output.startswith("norm 'grouped' from test; the test model has n_embd=48, n_head=6, block_size=8, "
+                                    "vocab_size=40")
     # Sizes the test model's own defaults refuse are said once, not as every check failing.
     result = cli("check", "norm", "grouped", "--n-embd", "48", "--n-head", "5")
     assert result.exit_code == 2 and "the test model's default attention 'flash' refuses them: n_embd 48 is not " \

@@ -26,7 +26,9 @@ from . import imports_option, main
               help="The test model's number of attention heads.")
 @click.option("--block-size", type=click.IntRange(min=2), default=CONFIG.block_size, show_default=True,
               help="The test model's context length.")
-def check(kind, name, params, device, n_embd, n_head, block_size):
+@click.option("--vocab-size", type=click.IntRange(min=1), default=CONFIG.vocab_size, show_default=True,
+              help="The test model's number of characters (its vocabulary).")
+def check(kind, name, params, device, n_embd, n_head, block_size, vocab_size):
     """Run the conformance checks on one component of any kind and print a pass/fail table (exit code 1
     if any check fails). Model components: construction, shapes and dtype, finite outputs, determinism
     in eval mode, backward, state_dict round trip, causality, positional offsets, attention calling its
@@ -44,7 +46,7 @@ def check(kind, name, params, device, n_embd, n_head, block_size):
     gptkit check norm my_grouped --import my_components.py --n-embd 48 --n-head 6
     """
     reg = registry(kind)  # an unknown kind: an error listing every kind
-    sized = [f"--{key.replace('_', '-')}" for key in ("n_embd", "n_head", "block_size")
+    sized = [f"--{key.replace('_', '-')}" for key in ("n_embd", "n_head", "block_size", "vocab_size")
              if click.get_current_context().get_parameter_source(key) is not ParameterSource.DEFAULT]
     if sized and kind in UNSIZED:
         raise UserError(f"{' and '.join(sized)}: a {kind} is checked without a test model, so there is nothing to "
@@ -60,8 +62,8 @@ def check(kind, name, params, device, n_embd, n_head, block_size):
             raise UserError(f"--param {key.strip()} is given twice; give each parameter once")
         spec[key.strip()] = yaml.load(raw, f"--param {text}", yaml.flag_quoted("--param", key.strip()))[0]
     device = resolve_device(device, "--device")
-    config = dataclasses.replace(CONFIG, n_embd=n_embd, n_head=n_head, block_size=block_size)
-    sizes = f"n_embd={n_embd}, n_head={n_head}, block_size={block_size}"
+    config = dataclasses.replace(CONFIG, n_embd=n_embd, n_head=n_head, block_size=block_size, vocab_size=vocab_size)
+    sizes = f"n_embd={n_embd}, n_head={n_head}, block_size={block_size}, vocab_size={vocab_size}"
     try:
         _assert_known_params(kind, name, reg.get(name), params)
         _assert_valid_params(kind, name, spec, params)
@@ -74,7 +76,7 @@ def check(kind, name, params, device, n_embd, n_head, block_size):
         raise UserError(f"--{e.key.replace('_', '-')} {e.value}: {e.reason}") from None
     except ValueError as e:  # the component's own check refuses the test model's sizes
         raise UserError(f"{kind} '{name}' cannot be checked with the test model's sizes ({sizes}): {e}; set "
-                        "others with --n-embd, --n-head and --block-size") from None
+                        "others with --n-embd, --n-head, --block-size and --vocab-size") from None
 
     has = f"; the test model has {sizes}" if kind in MODEL_KINDS else ""
     click.echo(f"{kind} '{name}' from {reg.entry(name).source}{has}; on {device}")
