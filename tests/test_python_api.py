@@ -654,3 +654,12 @@ def test_a_warning_a_caller_turns_into_an_error_leaves_no_run_folder(tmp_path, w
         with pytest.raises(gptkit.GptkitWarning, match=r"^train\.schedule \(cosine\) never reaches"):
             train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
     assert not (tmp_path / "runs").exists()
+
+
+def test_changing_a_components_parameter_in_place_says_how_to_change_it(write_recipe):
+    recipe = load_recipe(write_recipe(model={"positional": "rope"}))
+    with pytest.raises(TypeError, match=r"cannot set base = 500\.0: a component's parameters are fixed .* "
+                                        r"recipe.model.positional = \{'name': 'rope', 'base': 500.0\}"):
+        recipe.model.positional.params.base = 500.0
+    recipe.model.positional = {"name": "rope", "base": 500.0}  # the way it names
+    assert recipe.model.positional.params.base == 500.0

@@ -14,6 +14,12 @@ class Params(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
+    def __setattr__(self, name: str, value) -> None:  # pydantic's own says only "Instance is frozen"
+        raise TypeError(f"cannot set {name} = {value!r}: a component's parameters are fixed once validated (the "
+                        "recipe checked the component with them); give the component anew, its name with its "
+                        "parameters, e.g. recipe.model.positional = {'name': 'rope', 'base': 500.0}, or load the "
+                        "recipe with overrides=['model.positional.base=500']")
+
 
 # pydantic/annotated_types constraint attributes, as a reader would write them
 _CONSTRAINTS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("multiple_of", "multiple of"),
