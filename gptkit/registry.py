@@ -63,6 +63,8 @@ class Entry:
     @property
     def doc(self) -> str:
         """The component's own docstring: not its base class's (inspect.getdoc's), which describes the kind."""
+        if self.obj is None:  # not loaded: a broken plugin's
+            return ""
         doc = vars(self.obj).get("__doc__") if inspect.isclass(self.obj) else getattr(self.obj, "__doc__", None)
         return inspect.cleandoc(doc) if isinstance(doc, str) else ""
 
