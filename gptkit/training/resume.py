@@ -177,9 +177,9 @@ def find_resumable(runs_dir: Path, recipe: Recipe, dataset, log: Callable[[str],
                    note: Callable[[str], None] = lambda message: None) -> tuple[Path, dict, tuple | None] | None:
     """The newest run of `recipe` (by its name) that has a checkpoint and that this recipe and its text
     (a CharDataset) could resume, with that checkpoint loaded and which save it is (`saved`); or None.
-    A run is passed by when it finished or diverged, silently, or, with a note through `note`, when another process trains it, or
-    its recipe or text differs in a way `check_resumable` would refuse (`changes_since`), or its
-    checkpoint cannot be read. Folders are named NAME-YYYYmmdd-HHMMSS[-N]: a recipe named `tiny` must
+    A run is passed by when it finished or diverged, silently, or, with a note through `note`, when
+    another process trains it, or its recipe or text differs in a way `check_resumable` would refuse
+    (`changes_since`), or its checkpoint cannot be read. Folders are named NAME-YYYYmmdd-HHMMSS[-N]: a recipe named `tiny` must
     not pick a run of `tiny-wide`."""
     name = recipe.name
     own = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?")
