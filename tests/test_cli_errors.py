@@ -866,3 +866,9 @@ def test_a_closed_stdout_or_stderr_throws_its_output_away_and_the_command_works(
     for args in (("list",), ("sample", run, "--tokens", "3")):
         result = gptkit(*args)
         assert result.returncode == 0 and "Traceback" not in result.stdout + result.stderr, result.stderr
+
+
+def test_resume_auto_without_a_recipe_says_it_needs_one(cli):
+    result = cli("run", "--resume", "auto")
+    assert result.exit_code == 2 and "error: --resume auto needs the RECIPE whose newest run to continue: gptkit run " \
+        "RECIPE --resume auto" in result.output, result.output

@@ -44,7 +44,10 @@ def run(recipe, overrides, runs_dir, resume, quiet):
     if explicit and runs_dir_given and Path(resume).resolve().parent != Path(runs_dir).resolve() and first_on_machine():
         click.echo(f"note: --runs-dir {runs_dir} is not used: a resumed run stays in its folder, {resume}", err=True)
     if recipe is None:
-        if resume in (None, "auto"):
+        if resume == "auto":  # it finds the newest run of a recipe: which one must be said
+            raise UserError("--resume auto needs the RECIPE whose newest run to continue: gptkit run RECIPE --resume "
+                            "auto (or --resume RUN_DIR for one run)")
+        if resume is None:
             raise UserError("give a RECIPE to run, or --resume RUN_DIR to continue a run")
         recipe = check_run_dir(resume) / "recipe.yaml"
         if not recipe.is_file():
