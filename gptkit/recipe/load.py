@@ -101,9 +101,11 @@ def apply_overrides(data: dict, overrides: Sequence[str] | None, origins: Mappin
     return applied
 
 
-def _depth(text: str) -> int:
-    """How deep the key an override sets is; X.name=OTHER is X=OTHER (see apply_override): at X's depth."""
-    return text.partition("=")[0].strip().removesuffix(".name").count(".")
+def _depth(override: str | tuple) -> int:
+    """How deep the key an override sets is (given as KEY=VALUE or as its key path); X.name=OTHER is
+    X=OTHER (see apply_override): at X's depth."""
+    keys = tuple(override.partition("=")[0].strip().split(".")) if isinstance(override, str) else override
+    return len(keys) - (len(keys) > 1 and keys[-1] == "name")
 
 
 def check_overrides(overrides: Sequence[str] | None) -> Sequence[str]:
@@ -202,7 +204,7 @@ def _blame(loc: tuple, causes: list[tuple], origin: str, lines: dict, overrides:
         blamed = [i for i, (keys, _) in enumerate(overrides)
                   if any(at[: len(keys)] == keys or (at and keys[: len(at)] == at) for at in ats)]
         if blamed:
-            i = max(blamed, key=lambda i: (len(overrides[i][0]) - (overrides[i][0][-1:] == ("name",)), i))
+            i = max(blamed, key=lambda i: (_depth(overrides[i][0]), i))
             return i, 0, overrides[i][1]
     line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), 0)
     return -1, line, f"{origin}{f':{line}' if line else ''}"

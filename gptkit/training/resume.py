@@ -179,8 +179,8 @@ def find_resumable(runs_dir: Path, recipe: Recipe, dataset, log: Callable[[str],
     (a CharDataset) could resume, with that checkpoint loaded and which save it is (`saved`); or None.
     A run is passed by when it finished or diverged, silently, or, with a note through `note`, when
     another process trains it, or its recipe or text differs in a way `check_resumable` would refuse
-    (`changes_since`), or its checkpoint cannot be read. Folders are named NAME-YYYYmmdd-HHMMSS[-N]: a recipe named `tiny` must
-    not pick a run of `tiny-wide`."""
+    (`changes_since`), or its checkpoint cannot be read. Folders are named NAME-YYYYmmdd-HHMMSS[-N]: a
+    recipe named `tiny` must not pick a run of `tiny-wide`."""
     name = recipe.name
     own = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?")
     runs = [p for p in runs_dir.glob(f"{name}-*") if own.fullmatch(p.name)]

@@ -280,8 +280,8 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         # From before the folder is made: a Ctrl-C while it is set up stops the run at its first step
         # boundary, with a checkpoint, instead of leaving a folder that is neither a run nor removed.
         with stop_on_signals(trainer):
-            return _train_main(recipe, trainer, dataset, checkpoint, runs_dir, run_dir, quiet, log, start, say_warnings,
-                                   locked)
+            return _train_main(recipe, trainer, dataset, checkpoint, runs_dir, run_dir, quiet, log, start,
+                               say_warnings, locked)
     except BaseException as e:
         if not ready:  # rank 0's alone: the others, waiting, stop quietly rather than meet its closed connection
             dist.abort(getattr(e, "exit_code", 1))
