@@ -373,6 +373,31 @@ def test_a_new_budget_that_stretches_the_schedule_is_warned_of(tmp_path, write_r
         assert f"warning: train.schedule (cosine) is now {warned}\n" in result.output
 
 
+def test_a_recipe_given_again_without_the_runs_overrides_says_what_the_run_goes_on_with(tmp_path, write_recipe,
+                                                                                       monkeypatch, cli):
+    """The recipe file given with --resume (or auto) is not the run's own: settings the run was started with
+    by --set, and that may change, revert; they are listed, the budget too when -q hides the opening line."""
+    path = write_recipe(train={"max_steps": 12, "log_every": 2, "eval_every": 4})
+    run = interrupted_at(monkeypatch, path, tmp_path / "runs", 3,
+                         ["train.max_steps=6", "train.log_every=1", "sample.tokens=5"])
+    listed = (f"note: resuming {run} with settings other than those it trained with:\n"
+              "  sample.tokens: 5 -> 20\n  train.log_every: 1 -> 2\n")
+    result = cli("run", path, "--resume", run, "-q", "--runs-dir", run.parent)
+    assert result.exit_code == 0, result.output
+    assert f"{listed}  train.max_steps: 6 -> 12\n" in result.stderr, result.stderr
+    again = interrupted_at(monkeypatch, path, tmp_path / "again", 3,
+                           ["train.max_steps=6", "train.log_every=1", "sample.tokens=5"])
+    result = cli("run", path, "--resume", "auto", "--runs-dir", again.parent)  # the opening line says the budget
+    assert result.exit_code == 0 and result.stderr.startswith(listed.replace(str(run), str(again))), result.output
+    assert f"Resuming {again} from step 3 of 12 (it trained toward 6 steps; the recipe now says 12)" in result.stdout
+
+
+def test_the_runs_own_recipe_resumed_with_a_set_notes_nothing(tmp_path, write_recipe, monkeypatch, cli):
+    run = interrupted_at(monkeypatch, write_recipe(), tmp_path / "runs", 3, ["sample.tokens=5"])
+    result = cli("run", "--resume", run, "--set", "train.max_steps=8")
+    assert result.exit_code == 0 and result.stderr == "", result.output
+
+
 def test_a_longer_budget_is_compared_with_the_steps_the_old_schedule_covers(tmp_path, write_recipe, cli,
                                                                           temporary_component):
     """A finished run's next step is past its old schedule's last: a schedule that only answers for its own

@@ -33,17 +33,36 @@ MAY_CHANGE = ("name", "sample.*", "data.path", "data.corpus", "data.corpus.*", "
               "train.checkpoint_every", "train.epochs", "train.max_steps")
 
 
+# Of the keys that may change, those a resumed run need not say it goes on with: the text is checked by its
+# SHA-256 wherever it comes from; the budget is said by the run's opening line ("trained toward 60 steps").
+UNSAID = ("name", "data.path", "data.corpus", "data.corpus.*")
+BUDGET = ("train.epochs", "train.max_steps")
+
+
+def matches(key: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
 def differing(a: dict, b: dict, may_change: tuple[str, ...] = MAY_CHANGE) -> list[str]:
     """The keys of two flattened recipes whose values differ, but for those `may_change` (patterns)."""
-    return sorted(k for k in a.keys() | b.keys()
-                  if a.get(k) != b.get(k) and not any(fnmatch.fnmatchcase(k, p) for p in may_change))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not matches(k, may_change))
 
 
-def recipe_changes(old: dict, new: dict) -> list[tuple[str, str]]:
-    """(key, 'key: old -> new') for every key of two recipes whose value differs and that may not change."""
+def recipe_changes(old: dict, new: dict, may_change: tuple[str, ...] = MAY_CHANGE) -> list[tuple[str, str]]:
+    """(key, 'key: old -> new') for every key of two recipes whose value differs, but for those `may_change`."""
     a, b = effective(flatten(old)), effective(flatten(new))
     spelled = lambda flat, k: yaml.dump(flat[k], flow=True) if k in flat else "(absent)"  # noqa: E731  as a recipe writes it
-    return [(k, f"{k}: {spelled(a, k)} -> {spelled(b, k)}") for k in differing(a, b)]
+    return [(k, f"{k}: {spelled(a, k)} -> {spelled(b, k)}") for k in differing(a, b, may_change)]
+
+
+def settings_changed(checkpoint: dict, run_dir: Path, recipe: Recipe, budget: bool) -> list[str]:
+    """'key: old -> new' for each key that may change (MAY_CHANGE) and did since the run's checkpoint: what
+    `recipe` resumes it with that it did not train with, such as a recipe file given again without the
+    --set values the run was started with. Not its name or where its text comes from (UNSAID), and its
+    budget (BUDGET) only if `budget`."""
+    unsaid = UNSAID + (() if budget else BUDGET)
+    changes = recipe_changes(stored_recipe(checkpoint, run_dir / "checkpoint.pt").to_dict(), recipe.to_dict(), ())
+    return [how for key, how in changes if matches(key, MAY_CHANGE) and not matches(key, unsaid)]
 
 
 def effective(flat: dict) -> dict:
