@@ -1754,3 +1754,15 @@ def test_varying_a_components_name_is_varying_the_component(write_recipe):
     assert [(a.title, a.slug) for a in by_name.arms] == [(a.title, a.slug) for a in by_component.arms] == [
         ("optimizer=adamw (baseline)", "baseline"), ("optimizer=muon", "optimizer-muon")]
     assert by_name.digest == by_component.digest
+
+
+def test_ablate_takes_one_plan_from_the_command_line(cli, tmp_path, write_recipe):
+    abl = tmp_path / "abl.yaml"
+    abl.write_text(f"recipe: {write_recipe(train={'max_steps': 2})}\nmode: grid\nseeds: 1\nvary:\n"
+                   "  model.norm: [rmsnorm, layernorm]\n  model.positional: [rope, learned]\n")
+    both = cli("ablate", abl, "--grid", "--one-at-a-time")
+    assert both.exit_code == 2 and both.output == "error: --grid and --one-at-a-time: give one of them (every " \
+        "combination of the varied values, or one field changed at a time)\n", both.output
+    one = cli("ablate", abl, "--one-at-a-time", "--out", tmp_path / "one")  # over the file's mode
+    assert one.exit_code == 0 and "4 arms × 1 seed (seeds 0) = 4 runs, one-at-a-time:\n  baseline (norm=rmsnorm " \
+        "positional=sinusoidal)" in one.output, one.output

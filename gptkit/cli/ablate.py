@@ -20,8 +20,8 @@ from . import finite, folder_option, main, non_empty_path, overrides_option
               help="A field and the values its arms take, e.g. --vary model.positional=sinusoidal,rope. Repeatable.")
 @click.option("--seeds", metavar="N|S1,S2,...",
               help="A number of seeds (the recipe's seed and the next ones) or a list.  [default: 3]")
-@click.option("--grid/--one-at-a-time", "grid", default=None,
-              help="Every combination of the varied values (default), or one field changed at a time.")
+@click.option("--grid", is_flag=True, help="Every combination of the varied values (the default).")
+@click.option("--one-at-a-time", is_flag=True, help="One field changed at a time, the others at the baseline's values.")
 @overrides_option
 @click.option("--name", help="Names the ablation folder (default: the ablation file's or the recipe's name).")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(), callback=folder_option,
@@ -32,7 +32,8 @@ from . import finite, folder_option, main, non_empty_path, overrides_option
 @click.option("--allow-unfair", is_flag=True,
               help="Allow varying data, block size, batch size, epochs, max_steps or evaluation fields.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every run's training log.")
-def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_margin, allow_unfair, verbose):
+def ablate(source, vary, seeds, grid, one_at_a_time, overrides, name, runs_dir, out, param_margin, allow_unfair,
+           verbose):
     """Train every arm of an ablation for every seed and compare them.
 
     RECIPE_OR_ABLATION is a recipe (the baseline, varied with --vary) or an ablation file from
@@ -43,6 +44,9 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
         --vary model.norm=rmsnorm,layernorm --seeds 3
     gptkit ablate recipes/ablations/components-cpu.yaml
     """
+    if grid and one_at_a_time:  # (a --grid/--one-at-a-time switch would take the last given, silently)
+        raise UserError("--grid and --one-at-a-time: give one of them (every combination of the varied values, "
+                        "or one field changed at a time)")
     ablation = from_source(Path(source))
     given = parse_vary(vary)
     ablation.vary.update(given)
@@ -50,7 +54,7 @@ def ablate(source, vary, seeds, grid, overrides, name, runs_dir, out, param_marg
     ablation.overrides += overrides
     if seeds is not None:
         ablation.seeds = parse_seeds(seeds)
-    if grid is not None:
+    if grid or one_at_a_time:
         ablation.mode = "grid" if grid else "one-at-a-time"
     if name is not None:
         ablation.name = check_name(name, "--name")
