@@ -197,6 +197,21 @@ def test_a_folder_given_as_the_recipe_says_how_to_resume_a_run(cli, tmp_path):
     assert result.exit_code == 2 and result.output.splitlines() == [f"error: {tmp_path} is a folder, not a recipe file"]
 
 
+@pytest.mark.parametrize("command", ["validate", "bench", "ablate"])
+def test_a_folder_given_as_the_recipe_says_which_file_is_meant(cli, tmp_path, command):
+    run, ablation, recipes = tmp_path / "run", tmp_path / "abl", tmp_path / "recipes"
+    for folder, name in ((run, "recipe.yaml"), (ablation, "ablation.yaml"), (recipes, "b.yaml"), (recipes, "a.yaml")):
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_text("name: x\n")
+    said = {run: f"for that run's recipe: gptkit {command} {run / 'recipe.yaml'}",
+            ablation: f"to go on with that ablation: gptkit ablate {ablation / 'ablation.yaml'} --out {ablation}",
+            recipes: f"give a recipe in it, e.g. {recipes / 'a.yaml'}"}
+    for folder, hint in said.items():
+        result = cli(command, folder)
+        assert result.exit_code == 2 and result.output == f"error: {folder} is a folder, not a recipe file; {hint}\n", \
+            result.output
+
+
 def test_runs_dir_beside_an_explicit_resume_is_said_to_be_unused(cli, tmp_path, write_recipe):
     runs = tmp_path / "runs"
     assert cli("run", write_recipe(train={"max_steps": 2}), "--runs-dir", runs, "-q").exit_code == 0

@@ -10,6 +10,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from importlib import metadata
+from pathlib import Path
 
 import click
 
@@ -111,6 +112,26 @@ def non_empty_path(ctx, param, value):
     if any(v is not None and not str(v).strip() for v in (value if isinstance(value, tuple) else (value,))):
         raise UserError(f"{param.human_readable_name} is empty; give a path")
     return value
+
+
+def recipe_path(ctx, param, value):
+    """A recipe argument (non_empty_path) that is not a folder: a run's or an ablation's, most likely, given
+    where a recipe goes; said with the command meant."""
+    value = non_empty_path(ctx, param, value)
+    if value is None or not Path(value).expanduser().is_dir():
+        return value
+    from ..training.folder import is_ablation_folder
+
+    folder, command = Path(value).expanduser(), ctx.info_name
+    hint = ""
+    if is_ablation_folder(folder):
+        hint = f"; to go on with that ablation: gptkit ablate {quote(folder / 'ablation.yaml')} --out {quote(folder)}"
+    elif (folder / "recipe.yaml").is_file():
+        hint = (f"; to continue that run: gptkit run --resume {quote(value)}" if command == "run" else
+                f"; for that run's recipe: gptkit {command} {quote(folder / 'recipe.yaml')}")
+    elif any(folder.glob("*.yaml")):
+        hint = f"; give a recipe in it, e.g. {quote(min(folder.glob('*.yaml')))}"
+    raise UserError(f"{value} is a folder, not a recipe file{hint}")
 
 
 EXAMPLE_FOLDERS = {"--runs-dir": "runs", "--out": "runs/ablations/mine"}

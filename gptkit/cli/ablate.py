@@ -11,11 +11,11 @@ from ..io import read_text
 from ..recipe import yaml
 from ..recipe.vary import parse_vary
 from ..training.signals import interrupt_on_signals
-from . import finite, folder_option, main, non_empty_path, overrides_option
+from . import finite, folder_option, main, overrides_option, recipe_path
 
 
 @main.command()
-@click.argument("source", metavar="RECIPE_OR_ABLATION", type=click.Path(dir_okay=False), callback=non_empty_path)
+@click.argument("source", metavar="RECIPE_OR_ABLATION", type=click.Path(), callback=recipe_path)
 @click.option("--vary", "vary", multiple=True, metavar="KEY=V1,V2,...",
               help="A field and the values its arms take, e.g. --vary model.positional=sinusoidal,rope. Repeatable.")
 @click.option("--seeds", metavar="N|S1,S2,...",

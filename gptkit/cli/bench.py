@@ -5,11 +5,11 @@ import click
 
 from ..bench import BenchIncomplete, format_report, run_bench
 from ..errors import UserError
-from . import main, non_empty_path, overrides_option
+from . import main, overrides_option, recipe_path
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False), callback=non_empty_path)
+@click.argument("recipe", type=click.Path(), callback=recipe_path)
 @overrides_option
 @click.option("--vary", multiple=True, metavar="KEY=V1,V2,...",
               help="Compare values of a field; repeat for every combination. The first value is the baseline.")

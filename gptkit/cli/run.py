@@ -8,11 +8,11 @@ from ..recipe.load import load_recipe, named_by_overrides, recipe_device
 from ..training import train
 from ..training.resume import check_run_dir, not_a_run, with_plugin_hint
 from ..training.progress import fmt_duration
-from . import first_on_machine, folder_option, main, non_empty_path, overrides_option
+from . import first_on_machine, folder_option, main, overrides_option, recipe_path
 
 
 @main.command()
-@click.argument("recipe", required=False, type=click.Path(), callback=non_empty_path)
+@click.argument("recipe", required=False, type=click.Path(), callback=recipe_path)
 @overrides_option
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(), callback=folder_option,
               help="Folder that receives the run folder.")
@@ -36,10 +36,6 @@ def run(recipe, overrides, runs_dir, resume, quiet):
     explicit = resume not in (None, "auto")
     if explicit:  # quoted, the shell leaves ~ to us
         resume = str(home_path(resume, f"--resume {resume}"))
-    if recipe is not None and Path(recipe).is_dir():  # a run folder, most likely, given where a recipe goes
-        a_run = (Path(recipe) / "recipe.yaml").is_file()
-        hint = f"; to continue that run: gptkit run --resume {quote(recipe)}" if a_run else ""
-        raise UserError(f"{recipe} is a folder, not a recipe file{hint}")
     runs_dir_given = click.get_current_context().get_parameter_source("runs_dir") is not click.core.ParameterSource.DEFAULT
     if explicit and runs_dir_given and Path(resume).resolve().parent != Path(runs_dir).resolve() and first_on_machine():
         click.echo(f"note: --runs-dir {runs_dir} is not used: a resumed run stays in its folder, {resume}", err=True)

@@ -3,11 +3,11 @@ import click
 from ..recipe import yaml
 from ..recipe.load import load_recipe, named_by_overrides, recipe_device
 from ..training.run import check_data
-from . import main, non_empty_path, overrides_option
+from . import main, overrides_option, recipe_path
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False), callback=non_empty_path)
+@click.argument("recipe", type=click.Path(), callback=recipe_path)
 @overrides_option
 def validate(recipe, overrides):
     """Check RECIPE and print it fully resolved, with every default filled in.
