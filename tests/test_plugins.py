@@ -474,13 +474,20 @@ def test_show_says_whether_an_attention_supports_the_key_value_cache(cli, tempor
         def attend(self, q, k, v, bias):
             return v
 
+    class OwnForward(Attention):  # neither the flag nor the cache argument
+        def forward(self, x):
+            return self.c_proj(x)
+
     temporary_component("attention", "forward_alone", ForwardAlone)
     temporary_component("attention", "recomputes", Recomputes)
+    temporary_component("attention", "own_forward", OwnForward)
     flag = "its supports_kv_cache is True, but its forward takes no cache: write forward(x, cache=None), or only " \
         "attend() and let the base forward cache"
     no_flag = "it does not set supports_kv_cache = True: set it if its attend handles fewer queries than keys, the " \
         "queries being the last positions"
-    for name, why in (("flash", None), ("forward_alone", flag), ("recomputes", no_flag)):
+    neither = "it neither sets supports_kv_cache = True nor takes a cache: write forward(x, cache=None) and set the " \
+        "flag, or write only attend() and set it if attend handles fewer queries than keys"
+    for name, why in (("flash", None), ("forward_alone", flag), ("recomputes", no_flag), ("own_forward", neither)):
         shown = cli("show", "attention", name).output
         assert ("  kv cache:   yes (sampling feeds it one token at a time)" if why is None else
                 f"  kv cache:   no (sampling recomputes the whole context for every token; {why})") \

@@ -136,6 +136,9 @@ def why_not_cached(attn) -> str | None:
     if getattr(attn, "supports_kv_cache", False):
         return ("its supports_kv_cache is True, but its forward takes no cache: write forward(x, cache=None), or "
                 "only attend() and let the base forward cache")
+    if "cache" not in inspect.signature(attn.forward).parameters:  # the flag alone would not do
+        return ("it neither sets supports_kv_cache = True nor takes a cache: write forward(x, cache=None) and set "
+                "the flag, or write only attend() and set it if attend handles fewer queries than keys")
     return ("it does not set supports_kv_cache = True: set it if its attend handles fewer queries than keys, the "
             "queries being the last positions")
 
