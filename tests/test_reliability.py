@@ -376,7 +376,7 @@ def test_a_new_budget_that_stretches_the_schedule_is_warned_of(tmp_path, write_r
 def test_a_recipe_given_again_without_the_runs_overrides_says_what_the_run_goes_on_with(tmp_path, write_recipe,
                                                                                        monkeypatch, cli):
     """The recipe file given with --resume (or auto) is not the run's own: settings the run was started with
-    by --set, and that may change, revert; they are listed, the budget too when -q hides the opening line."""
+    by --set, and that may change, revert; they are listed, but for the budget, which the opening line says."""
     path = write_recipe(train={"max_steps": 12, "log_every": 2, "eval_every": 4})
     run = interrupted_at(monkeypatch, path, tmp_path / "runs", 3,
                          ["train.max_steps=6", "train.log_every=1", "sample.tokens=5"])
@@ -384,7 +384,7 @@ def test_a_recipe_given_again_without_the_runs_overrides_says_what_the_run_goes_
               "  sample.tokens: 5 -> 20\n  train.log_every: 1 -> 2\n")
     result = cli("run", path, "--resume", run, "-q", "--runs-dir", run.parent)
     assert result.exit_code == 0, result.output
-    assert f"{listed}  train.max_steps: 6 -> 12\n" in result.stderr, result.stderr
+    assert listed in result.stderr and "max_steps" not in result.stderr, result.stderr
     again = interrupted_at(monkeypatch, path, tmp_path / "again", 3,
                            ["train.max_steps=6", "train.log_every=1", "sample.tokens=5"])
     result = cli("run", path, "--resume", "auto", "--runs-dir", again.parent)  # the opening line says the budget
@@ -394,7 +394,7 @@ def test_a_recipe_given_again_without_the_runs_overrides_says_what_the_run_goes_
 
 def test_the_runs_own_recipe_resumed_with_a_set_notes_nothing(tmp_path, write_recipe, monkeypatch, cli):
     run = interrupted_at(monkeypatch, write_recipe(), tmp_path / "runs", 3, ["sample.tokens=5"])
-    result = cli("run", "--resume", run, "--set", "train.max_steps=8")
+    result = cli("run", "--resume", run, "--set", "train.max_steps=8", "-q")
     assert result.exit_code == 0 and result.stderr == "", result.output
 
 

@@ -34,9 +34,9 @@ MAY_CHANGE = ("name", "sample.*", "data.path", "data.corpus", "data.corpus.*", "
 
 
 # Of the keys that may change, those a resumed run need not say it goes on with: the text is checked by its
-# SHA-256 wherever it comes from; the budget is said by the run's opening line ("trained toward 60 steps").
-UNSAID = ("name", "data.path", "data.corpus", "data.corpus.*")
-BUDGET = ("train.epochs", "train.max_steps")
+# SHA-256 wherever it comes from; the budget is said by the run's opening line ("it trained toward 60 steps")
+# and its last ("1,500 steps").
+UNSAID = ("name", "data.path", "data.corpus", "data.corpus.*", "train.epochs", "train.max_steps")
 
 
 def matches(key: str, patterns: tuple[str, ...]) -> bool:
@@ -55,14 +55,12 @@ def recipe_changes(old: dict, new: dict, may_change: tuple[str, ...] = MAY_CHANG
     return [(k, f"{k}: {spelled(a, k)} -> {spelled(b, k)}") for k in differing(a, b, may_change)]
 
 
-def settings_changed(checkpoint: dict, run_dir: Path, recipe: Recipe, budget: bool) -> list[str]:
+def settings_changed(checkpoint: dict, run_dir: Path, recipe: Recipe) -> list[str]:
     """'key: old -> new' for each key that may change (MAY_CHANGE) and did since the run's checkpoint: what
     `recipe` resumes it with that it did not train with, such as a recipe file given again without the
-    --set values the run was started with. Not its name or where its text comes from (UNSAID), and its
-    budget (BUDGET) only if `budget`."""
-    unsaid = UNSAID + (() if budget else BUDGET)
+    --set values the run was started with. Not its name, where its text comes from or its budget (UNSAID)."""
     changes = recipe_changes(stored_recipe(checkpoint, run_dir / "checkpoint.pt").to_dict(), recipe.to_dict(), ())
-    return [how for key, how in changes if matches(key, MAY_CHANGE) and not matches(key, unsaid)]
+    return [how for key, how in changes if matches(key, MAY_CHANGE) and not matches(key, UNSAID)]
 
 
 def effective(flat: dict) -> dict:

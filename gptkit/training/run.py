@@ -222,7 +222,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     dataset.check_run(recipe.train.batch_size, recipe.sample.prompt)
     checkpoint = save = None
     if resume is not None:
-        run_dir, checkpoint, save = run_to_resume(recipe, dataset, resume, Path(runs_dir), quiet, log, note, warn_once)
+        run_dir, checkpoint, save = run_to_resume(recipe, dataset, resume, Path(runs_dir), log, note, warn_once)
     dist.check_same("the step to resume from", -1 if checkpoint is None else checkpoint["step"],
                     f"{arg('resume')} needs the run folder on a file system every machine sees")
 
@@ -310,12 +310,12 @@ def training_warnings(recipe: Recipe, trainer: Trainer, checkpoint: dict | None,
     return said
 
 
-def run_to_resume(recipe: Recipe, dataset: CharDataset, resume: str | Path, runs_dir: Path, quiet: bool,
+def run_to_resume(recipe: Recipe, dataset: CharDataset, resume: str | Path, runs_dir: Path,
                   log: Callable[[str], None], note: Callable[[str], None], warn_once: Callable[[str], None]) -> Resumed:
     """The run folder `resume` names (or "auto" finds), its checkpoint loaded (None for a run stopped before
     its first) and which save that is, once checked that `recipe` and its text can go on with it; or three
     Nones when auto finds no run to resume. Settings the run goes on with that it did not train with are
-    noted (the budget only when `quiet`: otherwise the opening line says it)."""
+    noted (settings_changed)."""
     checkpoint = save = None
     if resume == "auto":  # a run it passes by is named, and why: another process trains it, another recipe...
         run_dir, checkpoint, save = find_resumable(runs_dir, recipe, dataset, log, note) or (None,) * 3
@@ -330,7 +330,7 @@ def run_to_resume(recipe: Recipe, dataset: CharDataset, resume: str | Path, runs
         checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     if checkpoint is not None:
         check_resumable(run_dir, checkpoint, recipe, dataset, warn_once)
-        changed = settings_changed(checkpoint, run_dir, recipe, budget=quiet)
+        changed = settings_changed(checkpoint, run_dir, recipe)
         if changed:
             note(f"note: resuming {run_dir} with settings other than those it trained with:\n"
                  + "\n".join(f"  {how}" for how in changed))
