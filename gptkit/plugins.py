@@ -7,6 +7,7 @@ that component is used (see `Registry.entry`). `GPTKIT_NO_PLUGINS=1` (any value 
 empty, 0, false, no or off) or `gptkit --no-plugins` turns all of it off.
 """
 
+import ast
 import contextlib
 import functools
 import hashlib
@@ -242,6 +243,57 @@ def class_code_sha256(cls: type) -> str:
     with contextlib.suppress(Exception):  # a Params that cannot say its schema is BROKEN: the registry says why
         h.update(repr(sorted(params.model_json_schema().items())).encode())
     return h.hexdigest()
+
+
+def local_code_sha256(path: str) -> str | None:
+    """The SHA-256 of a local component file's code: python_file_sha256 of the file alone if it imports no
+    module beside it; else of the file and every module (or package) beside it that it imports, theirs too
+    (found by reading their import statements), each with its name: an edit to a helper module is then an
+    edit to the file's code, which a resumed run warns of. None for no readable Python file."""
+    files = _local_code_files(Path(path)) if path.endswith(".py") else []
+    if len(files) <= 1:
+        return python_file_sha256(path)
+    h = hashlib.sha256()
+    try:
+        for f in files:
+            data = f.read_bytes()
+            h.update(f"{f.relative_to(files[0].parent).as_posix()}\0{len(data)}\0".encode())
+            h.update(data)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _local_code_files(path: Path) -> list[Path]:
+    """`path` and the files of the modules beside it that it imports, theirs too, in a fixed order. gptkit
+    itself is not one of them, even beside a checkout of it: its code is recorded apart (`software`)."""
+    folder, files, todo = path.parent, [], [path]
+    while todo:
+        file = todo.pop(0)
+        if file in files:
+            continue
+        files.append(file)
+        for name in sorted(_imported_names(file) - {"gptkit"}):
+            if (folder / f"{name}.py").is_file():
+                todo.append(folder / f"{name}.py")
+            elif (folder / name / "__init__.py").is_file():
+                todo += sorted((folder / name).rglob("*.py"))
+    return files
+
+
+def _imported_names(file: Path) -> set[str]:
+    """The top-level names of the modules `file` imports absolutely (`import a.b`, `from a import b`: a)."""
+    try:
+        tree = ast.parse(file.read_bytes())
+    except (OSError, SyntaxError, ValueError):  # running it says what is wrong
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.partition(".")[0])
+    return names
 
 
 def python_file_sha256(path: str) -> str | None:

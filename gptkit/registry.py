@@ -191,10 +191,12 @@ class Registry:
             except RegistryError as e:
                 raise RegistryError(f"{self.kind} '{name}': {e}") from None
             came_from = _source_of(obj)
-            # A file's hash, or for a class with none (a notebook cell's), a hash of its code
-            digest = plugins.python_file_sha256(came_from) or (plugins.class_code_sha256(obj) if came_from == "__main__"
-                                                                 and isinstance(obj, type) else None)
             by = _registering_module()
+            # A file's hash (a local file's, with the modules beside it that it imports), or for a class with
+            # none (a notebook cell's), a hash of its code
+            file_sha256 = plugins.local_code_sha256 if by.startswith(plugins.LOCAL_PREFIX) else plugins.python_file_sha256
+            digest = file_sha256(came_from) or (plugins.class_code_sha256(obj) if came_from == "__main__"
+                                                and isinstance(obj, type) else None)
             new = Entry(self.kind, name, obj, came_from, sha256=digest, by=by)
             # A class of `__main__` (a notebook cell, a script) taking a name an installed package declares
             # is refused now: kept, it would fail at its first use, and go on failing for the session,

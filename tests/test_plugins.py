@@ -888,6 +888,35 @@ def test_resuming_after_a_local_component_file_changed_warns(write_recipe, cli, 
             f"{after}); resuming {run} with it\n") in result.output
 
 
+def test_resuming_after_a_module_a_local_file_imports_changed_warns(write_recipe, tmp_path):
+    """A local file's code is the file and the modules beside it that it imports (a package too), theirs
+    as well; each command is a process of its own, as it is for a user."""
+    (tmp_path / "norm_file.py").write_text("import json\nfrom scale import unit\nfrom gptkit.components import Norm, "
+                                           "register\n\n@register('norm', 'helpednorm')\nclass Helped(Norm):\n"
+                                           "    def forward(self, x):\n        return unit(x)\n")
+    (tmp_path / "scale.py").write_text("import eps_pkg.values\n\ndef unit(x):\n"
+                                       "    return x / x.norm(dim=-1, keepdim=True).clamp(min=eps_pkg.values.EPS)\n")
+    (tmp_path / "eps_pkg").mkdir()
+    (tmp_path / "eps_pkg" / "__init__.py").write_text("")
+    (tmp_path / "eps_pkg" / "values.py").write_text("EPS = 1e-6\n")
+    recipe = write_recipe(model={"norm": "helpednorm"}, imports=["norm_file.py"], train={"max_steps": 2})
+
+    def gptkit(*args):
+        done = subprocess.run([sys.executable, "-m", "gptkit", *map(str, args)], capture_output=True, text=True,
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    assert gptkit("run", recipe, "--runs-dir", tmp_path / "runs", "-q") == ""
+    (run,) = (tmp_path / "runs").iterdir()
+    assert gptkit("run", "--resume", run, "--set", "train.max_steps=3", "-q") == ""  # nothing changed
+    for steps, file in enumerate(("scale.py", "eps_pkg/values.py"), start=4):
+        (tmp_path / file).write_text((tmp_path / file).read_text() + "# edited\n")
+        said = gptkit("run", "--resume", run, "--set", f"train.max_steps={steps}", "-q")
+        assert f"warning: model.norm (helpednorm) was trained with {tmp_path / 'norm_file.py'}, whose code has " \
+            "changed since (sha256 " in said, said
+
+
 def test_a_run_whose_component_file_is_gone_is_told_to_put_it_back(tmp_path):
     used = {"model.norm": f"gonenorm from {tmp_path / 'gone.py'} (sha256 0123456789ab)"}
     assert missing_plugins(used) == f"\n(the run was trained with model.norm: {used['model.norm']}: that file is gone: put it back)"
