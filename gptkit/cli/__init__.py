@@ -10,7 +10,6 @@ import sys
 import warnings
 from collections.abc import Iterator
 from importlib import metadata
-from pathlib import Path
 
 import click
 
@@ -118,11 +117,12 @@ def recipe_path(ctx, param, value):
     """A recipe argument (non_empty_path) that is not a folder: a run's or an ablation's, most likely, given
     where a recipe goes; said with the command meant."""
     value = non_empty_path(ctx, param, value)
-    if value is None or not Path(value).expanduser().is_dir():
+    folder = None if value is None else home_path(value, f"recipe file {value}")  # as load_recipe says it
+    if folder is None or not folder.is_dir():
         return value
     from ..training.folder import is_ablation_folder
 
-    folder, command = Path(value).expanduser(), ctx.info_name
+    command = ctx.info_name
     hint = ""
     if is_ablation_folder(folder):
         hint = f"; to go on with that ablation: gptkit ablate {quote(folder / 'ablation.yaml')} --out {quote(folder)}"
