@@ -6,6 +6,8 @@
 
 import importlib
 import importlib.util
+import sys
+import types
 import warnings
 from typing import TYPE_CHECKING
 
@@ -26,11 +28,22 @@ _EXPORTS = {
     "generate": ".sampling", "sample": ".sampling",
     "load_checkpoint": ".training", "train": ".training", "RunResult": ".training.run",
     "load_model": ".training.checkpoint", "PluginChangedWarning": ".training.checkpoint",
+    "registry": ".registry",
 }
-# Bound now, cheaply: importing the submodule of the same name would otherwise shadow the function.
-from .registry import registry  # noqa: E402
+__all__ = sorted(_EXPORTS)
 
-__all__ = sorted([*_EXPORTS, "registry"])
+
+class _Package(types.ModuleType):
+    """gptkit itself, whose `registry` stays the function when the submodule of that name is imported
+    (the import system then sets the package's attribute to the submodule)."""
+
+    def __setattr__(self, name, value):
+        if name == "registry" and isinstance(value, types.ModuleType):
+            value = value.registry
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .api import train_model
@@ -40,7 +53,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .model import GPT, Block, build_model
     from .recipe import Recipe, load_recipe
     from .recipe.load import RecipeError
-    from .registry import RegistryError
+    from .registry import RegistryError, registry
     from .sampling import generate, sample
     from .training import load_checkpoint, train
     from .training.checkpoint import PluginChangedWarning, load_model
