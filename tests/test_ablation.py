@@ -1363,6 +1363,39 @@ def test_differences_of_a_few_rounding_steps_are_within_noise_though_every_seed_
     assert md_rows(report.markdown(report.arm_stats(rows), 0.1))["attention=naive"][5] == "better"
 
 
+def test_t_tests_p_values_match_tables_and_holms_adjustment_steps_down():
+    # t = 4.303 with 2 degrees of freedom, 2.262 with 9: p = 0.05 (two-sided); t = 12.71 with 1: 0.05
+    for diffs, df, t in (([1.0, 2.0, 3.0], 2, 4.3027), ([0.5, 1.5], 1, 12.7062)):
+        mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+        shifted = [d - mean + t * sd / math.sqrt(len(diffs)) for d in diffs]  # mean moved to put t at the 5% point
+        assert report.paired_p(shifted) == pytest.approx(0.05, abs=1e-4)
+    assert report.t_cdf(50, 1) == pytest.approx(0.5 + math.atan(50) / math.pi, abs=1e-12)  # Cauchy: a heavy tail
+    assert report.paired_p([0.01, 0.01, 0.01]) == 0.0 and report.paired_p([0.0, 0.0]) == 1.0
+    assert report.paired_p([0.1]) is None
+    assert report.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # ranked 1st, 3rd, 2nd
+    assert report.holm([0.2, 0.001]) == pytest.approx([0.2, 0.002])
+
+
+def test_a_verdict_that_does_not_survive_holms_correction_over_the_arms_says_so(write_recipe):
+    """Five arms against one baseline at 95% each: one of them may come out "better" by chance."""
+    p = plan(Ablation(recipe=write_recipe(model={"positional": "sinusoidal"}),
+                      vary={"model.positional": ["sinusoidal", "rope", "alibi", "learned", "none"]}))
+    base = [2.0, 2.1, 2.2]
+    rows = rows_of(p, {"positional=sinusoidal": base,
+                       "positional=rope": [1.7, 1.8, 1.9],  # 0.3 better on every seed: p = 0
+                       "positional=alibi": [1.98, 2.07, 2.16],  # better at 95% alone (p 0.035), not among 4
+                       "positional=learned": [2.01, 2.09, 2.23], "positional=none": [2.3, 2.1, 2.6]})
+    assert report.paired_p([-0.02, -0.03, -0.04]) == pytest.approx(0.0353, abs=1e-3)
+    verdicts = {arm: row[5] for arm, row in md_rows(report.markdown(report.arm_stats(rows), 0.1)).items()}
+    assert verdicts == {"positional=sinusoidal": "baseline", "positional=rope": "better",
+                        "positional=alibi": "better (not after Holm's correction for 4 arms)",
+                        "positional=learned": "within noise", "positional=none": "within noise"}
+    alone = rows_of(plan(Ablation(recipe=write_recipe(model={"positional": "sinusoidal"}),
+                                  vary={"model.positional": ["sinusoidal", "alibi"]})),
+                    {"positional=sinusoidal": base, "positional=alibi": [1.98, 2.07, 2.16]})
+    assert md_rows(report.markdown(report.arm_stats(alone), 0.1))["positional=alibi"][5] == "better"
+
+
 def test_a_run_recorded_as_finished_with_a_loss_of_nan_counts_as_diverged(tmp_path, write_recipe):
     """As an older gptkit recorded a run whose last update broke its weights: its NaN broke the report."""
     import gptkit.ablation.runner as runner

@@ -4,6 +4,7 @@ to the baseline, results.csv (one row per run) and results.md (one row per arm).
 The difference to the baseline is *paired by seed*: arm and baseline runs of one seed share the data,
 the batch order and the validation windows, so the per-seed differences remove that shared noise.
 Its interval is Student's t over those differences; an arm whose interval contains 0 is "within noise".
+A verdict that does not survive Holm's correction across the arms compared says so.
 """
 
 import csv
@@ -27,23 +28,48 @@ CSV_FIELDS = ["arm", "baseline", "seed", "run_dir", "status", "final_val_loss", 
               "params", "flops_per_token", "steps", "tokens", "tokens_per_s", "wall_seconds", "reason"]
 
 
+def t_cdf(x: float, df: int, n: int = 2000) -> float:
+    """P(T <= x) for Student's t with `df` degrees of freedom, x >= 0. With t = sqrt(df) tan(phi) the
+    density is proportional to cos(phi)^(df - 1) on [0, pi/2): smooth and bounded, so Simpson's rule
+    (n even) is accurate out in the tails too, where a t-test's p-value lies."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(math.pi)  # (of the density in phi)
+    h = math.atan(x / math.sqrt(df)) / n
+    f = [math.cos(i * h) ** (df - 1) for i in range(n + 1)]
+    return 0.5 + math.exp(log_c) * h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+
 @lru_cache(maxsize=None)
 def t_quantile(p: float, df: int) -> float:
-    """Student's t quantile (p > 0.5): bisection on the CDF, which is integrated with Simpson's rule."""
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def cdf(x: float, n: int = 2000) -> float:  # P(T <= x) for x >= 0, n even
-        h = x / n
-        f = [math.exp(log_c - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(n + 1)]
-        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
-
+    """Student's t quantile (p > 0.5): bisection on the CDF."""
     lo, hi = 0.0, 1.0
-    while cdf(hi) < p:
+    while t_cdf(hi, df) < p:
         hi *= 2
     for _ in range(50):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
     return (lo + hi) / 2
+
+
+def paired_p(diffs: list[float]) -> float | None:
+    """The two-sided p-value of a paired t-test that the differences' mean is 0; None below 2. Differences
+    all alike (no spread) give 0, or 1 when they are all 0."""
+    if len(diffs) < 2:
+        return None
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    if sd == 0:
+        return 1.0 if mean == 0 else 0.0
+    return max(0.0, 2 * (1 - t_cdf(abs(mean) / (sd / math.sqrt(len(diffs))), len(diffs) - 1)))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values tested together: each adjusted one below 0.05 holds with a
+    family-wise error rate of 5% across all of them (Holm 1979)."""
+    order = sorted(range(len(p_values)), key=p_values.__getitem__)
+    adjusted, running = [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def mean_ci(values: list[float], level: float = 0.95) -> tuple[float | None, float | None]:
@@ -90,6 +116,8 @@ class ArmStats:
     tokens: int | None
     tokens_per_s: float | None
     wall_seconds: float | None
+    p_holm: float | None = None  # the paired t-test's p-value, Holm-adjusted over the arms compared
+    compared_arms: int = 0       # how many arms were compared with the baseline
 
     @property
     def ran(self) -> int:
@@ -129,6 +157,8 @@ class ArmStats:
         if half is None:  # fewer than two seeds paired with a finished baseline run
             return "n/a (needs 2 seeds)" if self.n < 2 else "n/a (needs 2 seeds whose baseline run finished)"
         verdict = compared(mean, half, self.final[0])
+        if verdict != "within noise" and self.compared_arms > 1 and self.p_holm >= 0.05:  # one of several, by chance?
+            verdict += f" (not after Holm's correction for {self.compared_arms} arms)"
         return f"{verdict}, not on equal terms ({', '.join(self.unequal)} differ)" if self.unequal else verdict
 
 
@@ -147,7 +177,7 @@ def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
     base = {r.seed: r.summary["final_val_loss"] for r in done if r.arm.baseline}
     baseline = next((r.arm for r in rows if r.arm.baseline), None)
     arms = list(dict.fromkeys(r.arm.label for r in rows))
-    stats = []
+    stats, diffs_of = [], {}
     for label in arms:
         mine = [r for r in done if r.arm.label == label]
         arm = next(r.arm for r in rows if r.arm.label == label)
@@ -162,7 +192,7 @@ def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
         def mean(key):
             return statistics.fmean(values(key)) if values(key) else None
 
-        diffs = [r.summary["final_val_loss"] - base[r.seed] for r in mine if r.seed in base]
+        diffs = diffs_of[label] = [r.summary["final_val_loss"] - base[r.seed] for r in mine if r.seed in base]
         gone = sum(r.arm.label == label and diverged(r.summary) for r in rows)
         stopped = sum(r.arm.label == label and interrupted(r.summary) for r in rows)
         reason = reason_line(broken[0].get("reason")) if broken else None
@@ -172,6 +202,10 @@ def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
                               first("params"),
                               first("flops_per_token"), first("steps"), first("tokens"), mean("tokens_per_s"),
                               mean("wall_seconds")))
+    tested = [(s, p) for s in stats for p in [paired_p(diffs_of[s.arm.label])]
+              if not s.arm.baseline and not s.trouble and s.diff[1] is not None and p is not None]
+    for (s, _), adjusted in zip(tested, holm([p for _, p in tested])):
+        s.p_holm, s.compared_arms = adjusted, len(tested)
     return sorted(stats, key=lambda s: (bool(s.trouble), s.final[0] is None, s.final[0] or 0.0))
 
 
