@@ -308,6 +308,35 @@ def test_check_takes_the_test_models_sizes(cli, temporary_component):
         "divisible by n_head 5; set others with --n-embd" in result.output, result.output
 
 
+def test_a_param_the_components_check_refuses_is_blamed_not_the_test_models_sizes(cli, temporary_component):
+    from pydantic import Field
+
+    from gptkit.components import Params
+    from gptkit.components.feedforward import MLP
+
+    class ActParams(Params):
+        act: str = Field("relu")
+        hidden: int | None = None
+        bias: bool = False
+
+    class Activated(MLP):
+        Params = ActParams
+
+        @classmethod
+        def check(cls, config, params):
+            if params.act not in ("relu", "gelu"):
+                raise ValueError("act must be relu or gelu")
+            if config.n_embd % 16:
+                raise ValueError(f"needs n_embd a multiple of 16, got {config.n_embd}")
+
+    temporary_component("feedforward", "activated", Activated)
+    refused = cli("check", "feedforward", "activated", "--param", "act=tanh")
+    assert refused.exit_code == 2 and refused.output == "error: --param act=tanh: feedforward 'activated': act must " \
+        "be relu or gelu\n", refused.output
+    sizes = cli("check", "feedforward", "activated", "--param", "act=gelu", "--n-embd", "40", "--n-head", "4")
+    assert sizes.exit_code == 2 and "cannot be checked with the test model's sizes (n_embd=40" in sizes.output
+
+
 @pytest.mark.parametrize("key, value, limit", [("n_embd", 70000, 65536), ("block_size", 2_000_000, 2**20)])
 def test_sizes_past_a_recipes_limit_are_one_error_before_anything_is_built(cli, temporary_component, key, value,
                                                                              limit):

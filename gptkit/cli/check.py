@@ -74,7 +74,9 @@ def check(kind, name, params, device, n_embd, n_head, block_size, vocab_size):
         raise UserError(f"{e}; a component in a local file: --import FILE.py") from None
     except SizeError as e:  # past a recipe's limit: named as the option that set it, not the config's field
         raise UserError(f"--{e.key.replace('_', '-')} {e.value}: {e.reason}") from None
-    except ValueError as e:  # the component's own check refuses the test model's sizes
+    except ValueError as e:  # the component's own check refuses its parameters, or the test model's sizes
+        if params and _accepts_default_params(kind, name, config):  # named as a recipe names its --set
+            raise UserError(f"{' and '.join(f'--param {p}' for p in params)}: {kind} '{name}': {e}") from None
         raise UserError(f"{kind} '{name}' cannot be checked with the test model's sizes ({sizes}): {e}; set "
                         "others with --n-embd, --n-head, --block-size and --vocab-size") from None
 
@@ -87,6 +89,16 @@ def check(kind, name, params, device, n_embd, n_head, block_size, vocab_size):
     click.echo(f"{counts['pass']} passed, {counts['fail']} failed, {counts['n/a']} not applicable")
     if counts["fail"]:
         raise SystemExit(1)
+
+
+def _accepts_default_params(kind: str, name: str, config) -> bool:
+    """Whether the component's own check accepts the test model with its default parameters: then the
+    --param values are what it refuses."""
+    try:
+        registry(kind).check(name, config, parse_component(kind, name).params)
+    except ValueError:
+        return False
+    return True
 
 
 def _assert_valid_params(kind: str, name: str, spec: dict, params: tuple[str, ...]) -> None:
