@@ -218,8 +218,12 @@ class Registry:
                     # reloaded): the newest wins. In a script, two classes under one name are a mistake.
                     self._entries[name] = new
                     return obj
-                if same_class and ":" in new.where and old.where == new.where:
-                    return obj  # one file imported under two module names (a script, then a recipe's imports)
+                if same_class and ":" in new.where and old.where.rpartition(":")[0] == new.where.rpartition(":")[0]:
+                    # One file imported under two module names (a script's `import mine`, then a recipe's
+                    # imports): the first class stays, unless the file was edited in between.
+                    if new.sha256 != old.sha256:
+                        self._entries[name] = new
+                    return obj
                 error = (f"{self.kind} '{name}' is registered twice: {_name_of(old.obj)} by {old.source} at "
                          f"{old.where} and {_name_of(obj)} by {new.source} at {new.where}. "
                          + (f"Rename the one in {new.source}." if old.source == "built-in" else "Rename one of them."))

@@ -2,6 +2,7 @@
 sys.path entry, as pip leaves them), local files named by a recipe's `imports`, and the
 list/show/check commands. No mock of the registry: every case goes through importlib.metadata."""
 
+import inspect
 import json
 import os
 import re
@@ -867,6 +868,26 @@ def test_recipe_imports_local_files(write_recipe, cli, tmp_path, scratch_registr
     assert cli("run", recipe, "--runs-dir", runs).exit_code == 0
     (run,) = runs.iterdir()
     assert cli("sample", run, "--tokens", "5").exit_code == 0  # the checkpoint's recipe imports it again
+
+
+def test_a_local_file_also_imported_as_a_module_and_then_edited_is_taken_anew(write_recipe, tmp_path, monkeypatch,
+                                                                              scratch_registries):
+    """A notebook's `import local_norm` beside a recipe's imports of the same file: an edit, even one that
+    moves the class down a line, replaces the class on the next load_recipe, as without the import."""
+    file = tmp_path / "local_norm.py"
+    file.write_text(textwrap.dedent(LOCAL))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "local_norm", raising=False)
+    import local_norm
+
+    monkeypatch.setitem(sys.modules, "local_norm", local_norm)  # dropped after the test
+    recipe = write_recipe(model={"norm": "localnorm"}, imports=["local_norm.py"])
+    load_recipe(recipe)
+    assert registry("norm").get("localnorm") is local_norm.UnitNorm  # the same code: the first import kept
+    file.write_text("# edited\n" + textwrap.dedent(LOCAL).replace("clamp(min=1e-6)", "clamp(min=1e-3)"))
+    load_recipe(recipe)
+    taken = registry("norm").get("localnorm")
+    assert taken is not local_norm.UnitNorm and "1e-3" in inspect.getsource(taken.forward)
 
 
 def test_resuming_after_a_local_component_file_changed_warns(write_recipe, cli, tmp_path, scratch_registries):
