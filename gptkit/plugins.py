@@ -337,10 +337,10 @@ def import_file(path: Path) -> None:
         _ran[module_name] = source
     except UserError as e:  # e.g. a name registered twice: already explained, say where in the file
         del sys.modules[module_name]
-        raise UserError(f"{path}{line_in(path, e)}: {e}") from None
+        raise UserError(f"{path}{line_in(path, e)}{raised_beside(path, e)}: {e}") from None
     except (Exception, SystemExit) as e:  # the file may raise anything, even exit: the user needs the line
         del sys.modules[module_name]
-        raise UserError(f"{path}{line_in(path, e)}: {load_failure(e)}") from None
+        raise UserError(f"{path}{line_in(path, e)}{raised_beside(path, e)}: {load_failure(e)}") from None
     finally:
         sys.path.remove(str(path.parent))
 
@@ -379,6 +379,15 @@ def raised_in_package(module: str, e: BaseException) -> str:
 
     frames = [f for f in traceback.extract_tb(e.__traceback__) if ours(f.filename)]
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def raised_beside(path: Path, e: BaseException) -> str:
+    """', at helpers.py:3' where `e` was raised in a module beside the file `path` that the file imports
+    (its deepest frame in that folder), else '' (a syntax error names its file itself)."""
+    beside = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).parent == path.parent]
+    if not beside or beside[-1].filename == str(path):
+        return ""
+    return f", at {Path(beside[-1].filename).name}:{beside[-1].lineno}"
 
 
 def line_in(path: Path, e: BaseException) -> str:

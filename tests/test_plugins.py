@@ -974,6 +974,16 @@ def test_errors_in_imported_files_name_the_file(write_recipe, cli, tmp_path, scr
     assert ": imports: " in result.output and fragment.format(dir=tmp_path) in result.output
 
 
+def test_an_error_in_a_module_an_imported_file_imports_names_both_lines(write_recipe, cli, tmp_path,
+                                                                        scratch_registries, monkeypatch):
+    monkeypatch.delitem(sys.modules, "oops_helper", raising=False)
+    (tmp_path / "oops_helper.py").write_text("X = 1\n\nY = 1 / 0\n")
+    (tmp_path / "oops.py").write_text("import json\nimport oops_helper\n")
+    result = cli("validate", write_recipe(imports=["oops.py"]))
+    assert result.exit_code == 2 and f"imports: {tmp_path}/oops.py:2, at oops_helper.py:3: ZeroDivisionError: " \
+        "division by zero\n" in result.output, result.output
+
+
 def test_every_imported_file_that_fails_is_named_in_one_error(write_recipe, cli, tmp_path, scratch_registries):
     (tmp_path / "a.py").write_text("raise RuntimeError('first')\n")
     (tmp_path / "b.py").write_text("x = 1\nraise ValueError('second')\n")
