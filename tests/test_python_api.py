@@ -663,3 +663,7 @@ def test_changing_a_components_parameter_in_place_says_how_to_change_it(write_re
         recipe.model.positional.params.base = 500.0
     recipe.model.positional = {"name": "rope", "base": 500.0}  # the way it names
     assert recipe.model.positional.params.base == 500.0
+    with pytest.raises(TypeError, match=r"cannot set hidden = 40: .* recipe.model.feedforward = \{'name': 'swiglu', "
+                                        r"'hidden': 40, 'bias': False, 'multiple_of': 8\}, or load the recipe with "
+                                        r"overrides=\['model.feedforward.hidden=40'\]"):
+        recipe.model.feedforward.params.hidden = 40  # named as the component it is

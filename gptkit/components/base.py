@@ -15,10 +15,26 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     def __setattr__(self, name: str, value) -> None:  # pydantic's own says only "Instance is frozen"
+        owner = self._owner()
+        key, given, set_ = (owner[0], {"name": owner[1], **self.model_dump(mode="json"), name: value}, f"{name}={value}") \
+            if owner else ("model.positional", {"name": "rope", "base": 500.0}, "base=500")  # (not one component's)
         raise TypeError(f"cannot set {name} = {value!r}: a component's parameters are fixed once validated (the "
                         "recipe checked the component with them); give the component anew, its name with its "
-                        "parameters, e.g. recipe.model.positional = {'name': 'rope', 'base': 500.0}, or load the "
-                        "recipe with overrides=['model.positional.base=500']")
+                        f"parameters, e.g. recipe.{key} = {given!r}, or load the recipe with "
+                        f"overrides=['{key}.{set_}']")
+
+    def _owner(self) -> tuple[str, str] | None:
+        """(its recipe key, its name) of the one registered component these are the parameters of, if one:
+        ("model.feedforward", "swiglu")."""
+        from ..registry import kinds, registry  # (the registry imports the components)
+
+        owners = [(kind, entry.name) for kind in kinds() for entry in registry(kind)._entries.values()
+                  if getattr(entry.obj, "Params", None) is type(self)]
+        if len(owners) != 1:
+            return None
+        kind, name = owners[0]
+        section = "data" if kind == "corpus" else "train" if kind in ("optimizer", "schedule") else "model"
+        return f"{section}.{kind}", name
 
 
 # pydantic/annotated_types constraint attributes, as a reader would write them
