@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gptkit.errors import UserError, command_line
-from gptkit.recipe import RecipeError, load_recipe
+from gptkit.recipe import RecipeError, load_recipe, validate
 from gptkit.recipe.yaml import YAMLError, load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,6 +283,17 @@ def test_all_problems_are_reported_at_once(tmp_path, monkeypatch):
     assert f"{path}:6: train.lr: Input should be a valid number (got 'yes')" in msg
     assert f"{path}:7: train.epoch: unknown key (did you mean 'epochs'?)" in msg
     assert msg.index(f"{path}:4:") < msg.index(f"{path}:6:") < msg.index(f"{path}:7:")
+
+
+def test_a_number_given_as_a_string_says_how_to_give_it(corpus):
+    """PyYAML's safe_load (YAML 1.1) reads 1e-3 as a string, where gptkit's loader reads a float."""
+    with pytest.raises(RecipeError) as e:
+        validate({"name": "r", "data": {"path": str(corpus)}, "train": {"lr": "5e-4", "batch_size": "8"}})
+    assert str(e.value).splitlines()[1:] == [
+        "  recipe: train.batch_size: Input should be a valid integer (got '8'); a string: write the number without "
+        "quotes",
+        "  recipe: train.lr: Input should be a valid number (got '5e-4'); a string (quoted, or read by PyYAML's "
+        "safe_load, which takes 5e-4 for one): write 5.0e-4, unquoted, or load the file with gptkit's load_recipe"]
 
 
 def test_problems_are_listed_in_file_order_then_the_overrides(tmp_path, monkeypatch):

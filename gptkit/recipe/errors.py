@@ -40,10 +40,29 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], extra_keys: se
             issues.append((loc, f"{msg} {_got(err)}"))
         elif err["type"] in ("bool_type", "bool_parsing"):  # yes/no/on/off are strings in YAML 1.2, as here
             issues.append((loc, f"{err['msg']} {_got(err)}; write true or false"))
+        elif err["type"] in ("float_type", "int_type") and _number_text(err["input"]):  # quoted, or PyYAML's 1e-3
+            issues.append((loc, f"{err['msg']} {_got(err)}; {_number_text(err['input'])}"))
         else:
             msg = err["msg"].removeprefix("Value error, ")
             issues.append((loc, f"{msg} {_got(err)}"))
     return issues
+
+
+def _number_text(value: object) -> str | None:
+    """How to give a number that came as a string of one, else None. PyYAML (YAML 1.1) reads 1e-3, with no
+    dot, as a string: a recipe dict made with yaml.safe_load holds one where gptkit's loader reads a float."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if re.fullmatch(r"[+-]?\d+[eE][+-]?\d+", text):
+        dotted = re.sub(r"^([+-]?\d+)", r"\1.0", text)
+        return (f"a string (quoted, or read by PyYAML's safe_load, which takes {text} for one): write {dotted}, "
+                "unquoted, or load the file with gptkit's load_recipe")
+    try:
+        float(value)
+    except ValueError:
+        return None
+    return "a string: write the number without quotes"
 
 
 def _got(err: dict) -> str:
