@@ -948,8 +948,9 @@ def test_compare_plot_of_runs_without_validation_losses_draws_nothing(cli, tmp_p
 def test_compare_plot_leaves_out_validation_losses_that_are_not_finite(cli, tmp_path, two_runs):
     pytest.importorskip("matplotlib")
     (two_runs[0] / "metrics.jsonl").write_text('{"step": 1, "val_loss": NaN}\n{"step": 2, "val_loss": Infinity}\n')
-    result = cli("compare", *two_runs, "--plot", tmp_path / "c.png")
-    assert result.exit_code == 0 and f"{two_runs[0].name} (no validation loss yet)" in result.output, result.output
+    result = cli("compare", *two_runs, "--plot", tmp_path / "c.png")  # a finished run: none will come
+    assert result.exit_code == 0 and f"{two_runs[0].name} (no validation loss in its metrics.jsonl)" in result.output, \
+        result.output
 
 
 def test_compare_plot_without_matplotlib_is_a_clear_error(cli, tmp_path, two_runs, monkeypatch):

@@ -483,6 +483,10 @@ def test_compare_says_a_summary_is_damaged_and_which_runs_the_plot_leaves_out(cl
     assert result.exit_code == 0, result.output
     status = next(line for line in result.stdout.splitlines() if line.startswith("| status"))
     assert "damaged (summary.json unreadable)" in status and "no summary.json" not in status
+    software = next(line for line in result.stdout.splitlines() if line.startswith("| software"))
+    assert [c.strip() for c in software.split("|")[2:-1]] == [
+        "unknown (from an older gptkit, which recorded none)", "unknown (summary.json unreadable)",
+        "unknown (from an older gptkit, which recorded none)"], software  # not blamed on the gptkit that made it
     assert result.stderr == "warning: --plot leaves out nometrics (no metrics.jsonl)\n"
     assert f"Wrote {tmp_path / 'c.png'}" in result.stdout
 

@@ -109,9 +109,12 @@ def no_curve(run_dir: Path) -> str:
     data = run_recipe(run_dir).get("data")
     if isinstance(data, dict) and data.get("val_fraction") == 0:  # it never will have one
         return NO_SPLIT
-    if diverged(summary_of(run_dir)):
+    summary = summary_of(run_dir)
+    if diverged(summary):
         return "it diverged before its first validation"
-    return "no validation loss yet"
+    if summary.get("status") in ("running", "interrupted"):  # one may come
+        return "no validation loss yet"
+    return "no validation loss in its metrics.jsonl"
 
 
 def check_plot_path(path: Path) -> None:
@@ -176,20 +179,27 @@ def plugins_row(run_dir: Path) -> str:
     """The plugin components the run trained with, and their versions, from summary.json's record."""
     plugins = summary_of(run_dir).get("plugins")
     if not isinstance(plugins, dict):
-        return Unknown("unknown (summary.json has no plugins record)")
+        return unrecorded(run_dir, "summary.json has no plugins record")
     return "; ".join(f"{k}: {v}" for k, v in sorted(plugins.items())) or "none (built-in components only)"
 
 
 def software_row(run_dir: Path) -> str:
     """gptkit's code and torch, as an ablation compares them before pooling seeds (summary.json's record)."""
-    return software_text(summary_of(run_dir).get("software")) or Unknown("unknown (from an older gptkit, which "
-                                                                         "recorded none)")
+    return software_text(summary_of(run_dir).get("software")) or unrecorded(run_dir, "from an older gptkit, which "
+                                                                                     "recorded none")
 
 
 def precision_row(run_dir: Path) -> str:
     """What train.precision resolved to (`auto` is bf16 on one machine, fp32 on another)."""
     precision = summary_of(run_dir).get("precision")
-    return str(precision) if precision else Unknown("unknown (from an older gptkit)")
+    return str(precision) if precision else unrecorded(run_dir, "from an older gptkit")
+
+
+def unrecorded(run_dir: Path, why: str) -> Unknown:
+    """A record the run's summary.json lacks, and `why`; or, without a summary to read, that."""
+    if not summary_of(run_dir):
+        why = "summary.json unreadable" if (run_dir / "summary.json").exists() else "no summary.json"
+    return Unknown(f"unknown ({why})")
 
 
 PROVENANCE = {"text SHA-256": text_row, "plugins": plugins_row, "software": software_row, "precision": precision_row}
