@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptkit.bench import format_report, parse_vary, peak, run_bench, variants
+from gptkit.bench import format_report, notes, parse_vary, peak, run_bench, variants
 from gptkit.errors import ComponentError, OutOfMemory, UserError
 from gptkit.recipe import load_recipe
 from conftest import breaks_after
@@ -57,6 +57,7 @@ def test_bench_json_reports_every_variant_against_the_first(cli, write_recipe):
         assert v["peak_memory"] > 10 * 2**20  # a whole process: torch alone is more
     table = format_report(report)
     assert "model.attention=naive" in table and "tokens/s" in table and "MFU" in table
+    assert report["notes"] == notes(report) and all(note in table for note in report["notes"])  # --json has them too
     assert first["round_ratios"] == [1.0, 1.0] and second["round_ratios"] == pytest.approx(
         [f / s for f, s in zip(first["round_ms"], second["round_ms"])])  # each round's own (same tokens per step)
     lo, hi = min(second["round_ratios"]), max(second["round_ratios"])
@@ -80,6 +81,12 @@ def test_rounds_that_disagree_are_said_to():
     assert "note:" not in format_report(steady)
     single = {**report, "rounds": 1, "variants": [variant, {**variant, "label": "w", "round_ratios": [0.5]}]}
     assert "per round" not in format_report(single)  # one round: nothing to range over
+    past_peak = {**report, "variants": [variant, {**variant, "label": "w", "round_ratios": [0.9, 0.95, 1.0],
+                                                  "mfu": 1.48}]}
+    assert notes(past_peak) == ["note: an MFU above 100%: the machine was slower while its peak was measured, before "
+                                "the variants ran and after, than while they ran (other programs, a busy host); the "
+                                "ratios stand, the MFU does not: measure again on a quieter machine"]
+    assert format_report(past_peak).endswith(notes(past_peak)[0]) and notes(steady) == []
 
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])

@@ -145,6 +145,7 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
         "rounds": rounds,
         "variants": [asdict(v) for v in found],
     }
+    report["notes"] = notes(report)  # what the figures cannot be trusted for, as the table says it
     if errors:
         raise BenchIncomplete(report, list(errors.values()))
     return report
@@ -355,12 +356,25 @@ def format_report(report: dict) -> str:
                  + ", ".join(f"{v['micro_batch_size']}{' compiled' if v['compiled'] else ''}" for v in measured) + ")")
     if measured[0] is not report["variants"][0]:
         lines.append(f"(ratios to {measured[0]['label']}: the first variant failed)")
-    if ranged and any(max(v["round_ratios"]) > DRIFT * min(v["round_ratios"]) for v in measured):
-        lines.append(f"note: a variant's ratio differs by more than {DRIFT - 1:.0%} from round to round (per round: the "
-                     "lowest and highest of each round's own ratio): the machine's speed changed while measuring "
-                     "(other programs, a busy host), and a difference between variants smaller than that is not "
-                     "measured; close other programs, or give more --rounds")
-    return "\n".join(lines)
+    return "\n".join(lines + notes(report))
+
+
+def notes(report: dict) -> list[str]:
+    """What a report's figures cannot be trusted for: rounds whose ratios disagree (the machine drifted),
+    an MFU past 100% (the peak was measured while the machine was slower than when the variants ran)."""
+    measured = [v for v in report["variants"] if not v["failed"]]
+    said = []
+    if report["rounds"] > 1 and len(measured) > 1 and any(
+            max(v["round_ratios"]) > DRIFT * min(v["round_ratios"]) for v in measured):
+        said.append(f"note: a variant's ratio differs by more than {DRIFT - 1:.0%} from round to round (per round: the "
+                    "lowest and highest of each round's own ratio): the machine's speed changed while measuring "
+                    "(other programs, a busy host), and a difference between variants smaller than that is not "
+                    "measured; close other programs, or give more --rounds")
+    if any(v["mfu"] > 1 for v in measured):
+        said.append("note: an MFU above 100%: the machine was slower while its peak was measured, before the variants "
+                    "ran and after, than while they ran (other programs, a busy host); the ratios stand, the MFU does "
+                    "not: measure again on a quieter machine")
+    return said
 
 
 DRIFT = 1.25  # rounds whose ratios differ by more than this factor: the machine drifted
