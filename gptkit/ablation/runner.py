@@ -468,8 +468,8 @@ LEGEND = ("Δ: final validation loss minus the baseline's, paired by seed, over 
           "not every seed the arm or the baseline ran: the two means then cover different seeds); ± is the "
           "half-width of the 95% confidence interval (Student t over seeds); within noise: the interval of Δ "
           "contains 0, or Δ is within float32 rounding ({noise:g} of the loss). Each arm is tested against the "
-          "baseline on its own, with no "
-          "correction for multiple comparisons: with many arms, some may be called better or worse by chance. "
+          "baseline at 95%; with several arms, a better or worse that does not hold under Holm's correction "
+          "across them (a family-wise error rate of 5%, from each arm's paired t-test) says so. "
           "An arm with diverged or failed seeds is neither: its means cover only the seeds that finished. "
           "⚠: parameters differ from the baseline's by more than {margin}.")
 UNEQUAL = (" Not on equal terms: the arm differs from the baseline in its budget, data or evaluation "
