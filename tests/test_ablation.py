@@ -1319,6 +1319,14 @@ def test_a_grid_reports_each_keys_main_effect_paired_over_the_other_keys(write_r
     assert report.main_effects(rows_of(oat, {a.label: [2.0, 2.1] for a in oat.arms})) == ""
 
 
+def test_an_arm_whose_every_seed_diverged_still_shows_its_size(write_recipe):
+    p = plan(Ablation(recipe=write_recipe(), vary={"train.lr": ["0.001", "10.0"]}))
+    gone = {**DIVERGED, "params": 27328, "flops_per_token": 187584}
+    rows = rows_of(p, {"lr=0.001": [2.0, 2.1], "lr=10.0": [gone, gone]})
+    cells = md_rows(report.markdown(report.arm_stats(rows), 0.1))["lr=10.0"]
+    assert cells[1] == "0 (2 diverged)" and cells[6:8] == ["27,328", "187,584"], cells
+
+
 def test_an_arm_with_diverged_seeds_is_never_better_and_ranks_after_the_others(tmp_path, write_recipe, monkeypatch):
     """Its mean covers only the seeds that survived: it is not compared as if it covered them all."""
     import matplotlib.pyplot as plt

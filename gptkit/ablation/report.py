@@ -189,6 +189,10 @@ def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
         def first(key):
             return next(iter(values(key)), None)
 
+        def of_model(key):  # the same for every run of the arm: a diverged or failed one's will do
+            return first(key) or next((r.summary[key] for r in rows if r.arm.label == label and r.summary
+                                       and isinstance(r.summary.get(key), int)), None)
+
         def mean(key):
             return statistics.fmean(values(key)) if values(key) else None
 
@@ -199,8 +203,8 @@ def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
         unequal = unequal_terms(arm.recipe, baseline.recipe) if baseline is not None else []
         stats.append(ArmStats(arm, len(mine), gone, len(broken), reason, stopped, mean_ci(values("final_val_loss")),
                               mean_ci(values("best_val_loss")), mean_ci(diffs), len(diffs), len(base), unequal,
-                              first("params"),
-                              first("flops_per_token"), first("steps"), first("tokens"), mean("tokens_per_s"),
+                              of_model("params"),
+                              of_model("flops_per_token"), first("steps"), first("tokens"), mean("tokens_per_s"),
                               mean("wall_seconds")))
     tested = [(s, p) for s in stats for p in [paired_p(diffs_of[s.arm.label])]
               if not s.arm.baseline and not s.trouble and s.diff[1] is not None and p is not None]
