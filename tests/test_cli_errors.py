@@ -100,7 +100,10 @@ CASES = [
      ["--set train ={lr: 0.1}: replaces the whole train section", "e.g. --set train.lr=0.1"]),
     ("set-yes", lambda c: recipe_text(c), ["--set", "train.lr=yes"], ["train.lr: Input should be a valid number"]),
     ("set-section-to-a-value", lambda c: recipe_text(c), ["--set", "model=x"],
-     ["--set model=x: model: Input should be a section of keys (got 'x')"]),
+     ["--set model=x: model is a section of keys (n_embd, n_head, n_layer, block_size, dropout, tie_embeddings, "
+      "attention, feedforward, norm, positional), not one value; set one of them\n"]),
+    ("set-section-to-a-component", lambda c: recipe_text(c), ["--set", "model=rope", "--set", "model.n_layer=2"],
+     ["--set model=rope: model is a section of keys (", "set one of them, e.g. --set model.positional=rope\n"]),
     ("set-below-a-value", lambda c: recipe_text(c), ["--set", "data.path.x=1"],
      ["--set data.path.x=1: data.path takes a value, with no keys below it (x); set data.path itself, "
       "e.g. --set data.path=VALUE\n"]),

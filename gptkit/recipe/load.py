@@ -14,6 +14,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from .. import plugins
+from ..registry import kinds, registry
 from ..components.base import constraints
 from ..device import resolve_device
 from ..errors import UserError, overridden, override, overrides_example, problems
@@ -287,6 +288,13 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
         value, _ = yaml.load(raw, label, given[1] if given else yaml.quote)  # one value: no line to name
     except yaml.YAMLError as e:
         raise _with_range(e, parts) from None
+    section = _field(parts).annotation if len(parts) == 1 and _field(parts) else None
+    if isinstance(section, type) and issubclass(section, BaseModel) and not isinstance(value, dict):
+        keys = list(section.model_fields)  # (model=rope: a component's name, for its key, most likely)
+        kind = next((k for k in keys if k in kinds() and isinstance(value, str) and value in registry(k)), None)
+        example = f", e.g. {overrides_example(f'{parts[0]}.{kind}={raw.strip()}')}" if kind else ""
+        raise RecipeError(f"{label}: {parts[0]} is a section of keys ({', '.join(keys)}), not one value; set one of "
+                          f"them{example}")
     if len(parts) == 1 and isinstance(data.get(parts[0]), dict) and isinstance(value, dict) and value:
         section, first = parts[0], next(iter(value))  # a whole section would silently drop its other keys
         example = overrides_example(f"{section}.{first}={json.dumps(value[first])}")
