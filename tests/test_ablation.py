@@ -1218,6 +1218,22 @@ def test_an_ablation_folder_that_cannot_be_made_is_refused_before_the_plan(cli, 
     assert set(tmp_path.rglob("*")) == before and (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_an_ablation_folder_that_only_trying_shows_cannot_be_made_is_one_error(cli, write_recipe, tmp_path, monkeypatch):
+    """As a folder under /proc, which looks writable to root, but in which no folder can be made."""
+    mkdir = Path.mkdir
+
+    def refused(self, *args, **kwargs):
+        if self.name == "pseudo":
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    result = cli("ablate", write_recipe(), "--vary", "model.norm=layernorm", "--seeds", "1", "--out", tmp_path / "pseudo")
+    assert result.exit_code == 2 and result.output.splitlines()[-1] == (
+        f"error: cannot create the ablation folder {tmp_path / 'pseudo'}: No such file or directory; choose another "
+        "with --out or --runs-dir"), result.output
+
+
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
 def test_an_ablation_folder_in_an_unwritable_folder_is_refused_before_the_plan(cli, tmp_path, write_recipe):
     (tmp_path / "ro").mkdir(mode=0o555)

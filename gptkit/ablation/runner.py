@@ -51,11 +51,16 @@ def check_can_make(folder: Path, out: str | Path | None) -> None:
     """The ablation folder can be made (or written in, if it exists): else one error naming the flag that
     chose it (`out`: --out, else --runs-dir), before the plan is printed, rather than an OSError once it is."""
     why = cannot_make_folder(folder)
-    if why is None:
-        return
-    fix = "pass --out with a folder that can be created" if out is not None else \
-        "pass --runs-dir with a writable folder"
-    raise UserError(f"cannot create the ablation folder {folder}: {why}; {fix}")
+    if why is not None:
+        raise cannot_create(folder, why, out)
+
+
+def cannot_create(folder: Path, why: str, out: str | Path | None = "unknown") -> UserError:
+    """The ablation folder cannot be made, `why`; the fix names the flag that chose it (`out`: --out, None:
+    --runs-dir, "unknown": either)."""
+    fix = {None: "pass --runs-dir with a writable folder", "unknown": "choose another with --out or --runs-dir"}.get(
+        out, "pass --out with a folder that can be created")
+    return UserError(f"cannot create the ablation folder {folder}: {why}; {fix}")
 
 
 def each_arm(plan: Plan, check: Callable[[Arm], None], overrides: bool = True) -> None:
@@ -182,7 +187,10 @@ def run_ablation(plan: Plan, folder: Path, margin: float, log: Callable[[str], N
     check_no_strays(plan, folder)
     texts = check_arms(plan, datasets(plan)) if texts is None else texts
     check_runs(plan, folder, texts)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # what only trying shows (a pseudo file system such as /proc)
+        raise cannot_create(folder, e.strerror or str(e)) from None
     write_text(folder / BASELINE, baseline_recipe(plan))  # first: ablation.yaml names it
     write_text(folder / "ablation.yaml", manifest(plan, folder, sorted({r.seed for r in rows})))
     jobs = [r for r in rows if r.seed in plan.seeds]
