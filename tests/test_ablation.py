@@ -20,7 +20,7 @@ import yaml
 
 from gptkit.ablation import report
 from gptkit.ablation.runner import ablation_dir
-from gptkit.ablation.spec import FILE_KEYS, Ablation, canonical, load_ablation, plan
+from gptkit.ablation.spec import FILE_KEYS, Ablation, canonical, load_ablation, parse_seeds, plan
 from gptkit.recipe.vary import split_values
 from gptkit.errors import Interrupted, UserError
 from conftest import breaks_after
@@ -115,7 +115,9 @@ def test_shipped_ablation_plans_over_the_four_kinds():
     (["--vary", "model.norm=layernorm", "--set", "data.val_fraction=0"], "an ablation compares validation losses"),
     (["--vary", "model.norm=layernorm", "--set", "data.val_fraction=1e-9"], "validation split has 0 characters"),
     (["--vary", "model.norm=layernorm", "--seeds", "1,99999999999999999999999"], "seed 99999999999999999999999 is out"),
-    (["--vary", "model.norm=layernorm", "--seeds", "100000000000"], "100,000,000,000 seeds per arm; at most 1,000"),
+    (["--vary", "model.norm=layernorm", "--seeds", "100000000000"], "100,000,000,000 seeds per arm; at most 1,000 "
+     "(the one seed 100000000000: 100000000000, as a list)"),
+    (["--seeds", "1,,2"], "--seeds 1,,2: expected a count (--seeds 3) or a list (--seeds 0,1,2; one seed: --seeds 7,)"),
     (["--vary", "model.norm=layernorm", "--set", "seed=18446744073709551615"],
      "the seeds from the recipe's seed 18446744073709551615 on run past 18446744073709551615"),
     ([], "nothing is varied, so the baseline is the only arm and there is nothing to compare it with; vary a "
@@ -127,6 +129,10 @@ def test_bad_ablations_are_one_clear_error(cli, tmp_path, write_recipe, args, me
     result = cli("ablate", write_recipe(), "--out", tmp_path / "abl", *args)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "abl").exists()
+
+
+def test_one_seed_is_a_list_of_one():
+    assert parse_seeds("1338,") == [1338] and parse_seeds("1338") == 1338 and parse_seeds("0,5") == [0, 5]
 
 
 def test_every_arms_mistake_is_said_in_one_error(cli, tmp_path, write_recipe):

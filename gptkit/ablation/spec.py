@@ -109,11 +109,12 @@ class Plan:
 
 
 def parse_seeds(text: str) -> int | list[int]:
-    """"3" -> 3 seeds; "0,1,2" -> those seeds."""
+    """"3" -> 3 seeds; "0,1,2" -> those seeds; "7," -> the one seed 7."""
     try:
-        seeds = [int(s) for s in text.split(",")]
+        seeds = [int(s) for s in text.strip().removesuffix(",").split(",")]
     except ValueError:
-        raise UserError(f"--seeds {text}: expected a count (--seeds 3) or a list (--seeds 0,1,2)") from None
+        raise UserError(f"--seeds {text}: expected a count (--seeds 3) or a list (--seeds 0,1,2; one seed: "
+                        "--seeds 7,)") from None
     return seeds[0] if len(seeds) == 1 and "," not in text else seeds
 
 
@@ -128,7 +129,8 @@ def check_seeds(seeds: int | list[int], where: str) -> None:
         raise UserError(f"{where}: expected at least one seed, each once; got {seeds}")
     count = seeds if isinstance(seeds, int) else len(seeds)
     if count > MAX_SEEDS:
-        raise UserError(f"{where}: {count:,} seeds per arm; at most {MAX_SEEDS:,}")
+        one = f" (the one seed {seeds}: {seeds}, as a list)" if isinstance(seeds, int) else ""
+        raise UserError(f"{where}: {count:,} seeds per arm; at most {MAX_SEEDS:,}{one}")
     outside = [s for s in ([] if isinstance(seeds, int) else seeds) if s not in SEEDS]
     if outside:
         raise UserError(f"{where}: seed {outside[0]} is out of range; seeds are from {SEEDS.start} to {SEEDS.stop - 1}")
