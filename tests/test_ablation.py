@@ -115,8 +115,8 @@ def test_shipped_ablation_plans_over_the_four_kinds():
     (["--vary", "model.norm=layernorm", "--set", "data.val_fraction=0"], "an ablation compares validation losses"),
     (["--vary", "model.norm=layernorm", "--set", "data.val_fraction=1e-9"], "validation split has 0 characters"),
     (["--vary", "model.norm=layernorm", "--seeds", "1,99999999999999999999999"], "seed 99999999999999999999999 is out"),
-    (["--vary", "model.norm=layernorm", "--seeds", "100000000000"], "100,000,000,000 seeds per arm; at most 1,000 "
-     "(the one seed 100000000000: 100000000000, as a list)"),
+    (["--vary", "model.norm=layernorm", "--seeds", "100000000000"], "100,000,000,000 seeds per arm; at most 1,000; "
+     "for the one seed 100000000000, give a list of one (100000000000, on the command line, [100000000000] in a file)"),
     (["--seeds", "1,,2"], "--seeds 1,,2: expected a count (--seeds 3) or a list (--seeds 0,1,2; one seed: --seeds 7,)"),
     (["--vary", "model.norm=layernorm", "--set", "seed=18446744073709551615"],
      "the seeds from the recipe's seed 18446744073709551615 on run past 18446744073709551615"),

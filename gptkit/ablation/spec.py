@@ -129,7 +129,8 @@ def check_seeds(seeds: int | list[int], where: str) -> None:
         raise UserError(f"{where}: expected at least one seed, each once; got {seeds}")
     count = seeds if isinstance(seeds, int) else len(seeds)
     if count > MAX_SEEDS:
-        one = f" (the one seed {seeds}: {seeds}, as a list)" if isinstance(seeds, int) else ""
+        one = f"; for the one seed {seeds}, give a list of one ({seeds}, on the command line, [{seeds}] in a file)" \
+            if isinstance(seeds, int) else ""
         raise UserError(f"{where}: {count:,} seeds per arm; at most {MAX_SEEDS:,}{one}")
     outside = [s for s in ([] if isinstance(seeds, int) else seeds) if s not in SEEDS]
     if outside:

@@ -14,11 +14,11 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from .. import plugins
-from ..registry import kinds, registry
 from ..components.base import constraints
 from ..device import resolve_device
 from ..errors import UserError, overridden, override, overrides_example, problems
 from ..io import expand_home, home_path, quote, read_text
+from ..registry import kinds, registry
 from . import yaml
 from .components import ComponentSpec, loading_model_only
 from .errors import NotAString, causes, describe_errors, string_hint
@@ -288,9 +288,9 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
         value, _ = yaml.load(raw, label, given[1] if given else yaml.quote)  # one value: no line to name
     except yaml.YAMLError as e:
         raise _with_range(e, parts) from None
-    section = _field(parts).annotation if len(parts) == 1 and _field(parts) else None
-    if isinstance(section, type) and issubclass(section, BaseModel) and not isinstance(value, dict):
-        keys = list(section.model_fields)  # (model=rope: a component's name, for its key, most likely)
+    schema = _field(parts).annotation if len(parts) == 1 and _field(parts) else None
+    if isinstance(schema, type) and issubclass(schema, BaseModel) and not isinstance(value, dict):
+        keys = list(schema.model_fields)  # (model=rope: a component's name, for its key, most likely)
         kind = next((k for k in keys if k in kinds() and isinstance(value, str) and value in registry(k)), None)
         example = f", e.g. {overrides_example(f'{parts[0]}.{kind}={raw.strip()}')}" if kind else ""
         raise RecipeError(f"{label}: {parts[0]} is a section of keys ({', '.join(keys)}), not one value; set one of "
