@@ -117,6 +117,8 @@ def test_shipped_ablation_plans_over_the_four_kinds():
     (["--vary", "model.norm=layernorm", "--seeds", "1,99999999999999999999999"], "seed 99999999999999999999999 is out"),
     (["--vary", "model.norm=layernorm", "--seeds", "100000000000"], "100,000,000,000 seeds per arm; at most 1,000; "
      "for the one seed 100000000000, give a list of one (100000000000, on the command line, [100000000000] in a file)"),
+    (["--vary", "model=rope,alibi"], "arm model=rope: --vary model=rope: model is a section of keys (n_embd, "),
+    (["--vary", "model=rope,alibi"], "not one value; set one of them, e.g. --vary model.positional=alibi\n"),
     (["--seeds", "1,,2"], "--seeds 1,,2: expected a count (--seeds 3) or a list (--seeds 0,1,2; one seed: --seeds 7,)"),
     (["--vary", "model.norm=layernorm", "--set", "seed=18446744073709551615"],
      "the seeds from the recipe's seed 18446744073709551615 on run past 18446744073709551615"),

@@ -292,7 +292,9 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
     if isinstance(schema, type) and issubclass(schema, BaseModel) and not isinstance(value, dict):
         keys = list(schema.model_fields)  # (model=rope: a component's name, for its key, most likely)
         kind = next((k for k in keys if k in kinds() and isinstance(value, str) and value in registry(k)), None)
-        example = f", e.g. {overrides_example(f'{parts[0]}.{kind}={raw.strip()}')}" if kind else ""
+        fix = f"{parts[0]}.{kind}={raw.strip()}"
+        example = "" if not kind else f", e.g. --vary {fix}" if label.startswith("--vary") else \
+            f", e.g. {overrides_example(fix)}"
         raise RecipeError(f"{label}: {parts[0]} is a section of keys ({', '.join(keys)}), not one value; set one of "
                           f"them{example}")
     if len(parts) == 1 and isinstance(data.get(parts[0]), dict) and isinstance(value, dict) and value:
