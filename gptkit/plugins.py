@@ -307,6 +307,11 @@ def python_file_sha256(path: str) -> str | None:
         return None
 
 
+def local_files() -> list[str]:
+    """The local component files run in this process (a recipe's imports, --import), by name."""
+    return sorted({Path(sys.modules[m].__file__).name for m in _ran if getattr(sys.modules.get(m), "__file__", None)})
+
+
 def import_file(path: Path) -> None:
     """Run a local Python file, so the components it registers exist: once per process, and again once
     it is edited. It may import modules beside it, as a script may. An error in it becomes a UserError

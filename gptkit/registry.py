@@ -327,6 +327,11 @@ class Registry:
             hint = f"; {misplaced[0]}: fix the group in its pyproject.toml and install it again"
         else:  # nothing like it here: perhaps a plugin package's, not installed (recipes say which in comments)
             hint = "" if guess else "; a plugin package's components are available once it is installed (pip install it)"
+        files = plugins.local_files()
+        if files and not other:  # a local file meant to define it (--import, imports:) has no register call for it
+            hint += (f"; the local file{'s' if len(files) > 1 else ''} run ({', '.join(files)}) register"
+                     f"{'' if len(files) > 1 else 's'} no {self.kind} by that name: register its class with "
+                     f"@register({self.kind!r}, {name!r})")
         return f"unknown {self.kind} {clipped_repr(name)}{guess}. Available: {listing(names)}{hint}"
 
     def _clash_fix(self, local: Entry | None, claims: list[plugins.Plugin]) -> str:

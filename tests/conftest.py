@@ -159,6 +159,16 @@ def _deterministic():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _local_files_forgotten():
+    """The local files a test runs are not left run for the next (errors name the local files run in the
+    process, as a command's are its own)."""
+    before = {m for m in sys.modules if m.startswith("gptkit_local_")}
+    yield
+    for module in {m for m in sys.modules if m.startswith("gptkit_local_")} - before:
+        del sys.modules[module]
+
+
 @pytest.fixture
 def temporary_component(monkeypatch):
     """temporary_component(kind, name, cls): registered for this test only."""

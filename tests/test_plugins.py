@@ -984,6 +984,21 @@ def test_an_error_in_a_module_an_imported_file_imports_names_both_lines(write_re
         "division by zero\n" in result.output, result.output
 
 
+def test_a_local_file_that_registers_nothing_by_the_name_asked_for_says_so(write_recipe, cli, tmp_path,
+                                                                            scratch_registries):
+    """README's ReGLU, packaged, declares itself by entry point: as a local file it needs a register call."""
+    (tmp_path / "my_components.py").write_text("from gptkit.components import FeedForward\n\n"
+                                               "class ReGLU(FeedForward):\n    pass\n")
+    said = "; the local file run (my_components.py) registers no feedforward by that name: register its class with " \
+           "@register('feedforward', 'reglu')\n"
+    for args in (["check", "feedforward", "reglu", "--import", "my_components.py"],
+                 ["show", "feedforward", "reglu", "--import", "my_components.py"],
+                 ["validate", write_recipe(model={"feedforward": "reglu"}, imports=["my_components.py"])]):
+        result = cli(*args)
+        assert result.exit_code == 2 and result.output.endswith(said) and "--import FILE.py" not in result.output, \
+            result.output
+
+
 def test_every_imported_file_that_fails_is_named_in_one_error(write_recipe, cli, tmp_path, scratch_registries):
     (tmp_path / "a.py").write_text("raise RuntimeError('first')\n")
     (tmp_path / "b.py").write_text("x = 1\nraise ValueError('second')\n")

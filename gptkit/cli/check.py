@@ -3,6 +3,7 @@ import dataclasses
 import click
 from click.core import ParameterSource
 
+from .. import plugins
 from ..conformance import CONFIG, UNSIZED, SizeError, check_component
 from ..device import resolve_device
 from ..errors import UserError, did_you_mean, listing, problems
@@ -71,7 +72,8 @@ def check(kind, name, params, device, n_embd, n_head, block_size, vocab_size):
     except RegistryError as e:  # unknown, broken (which its message says), or a default of the test model unusable
         if name in reg:
             raise
-        raise UserError(f"{e}; a component in a local file: --import FILE.py") from None
+        raise UserError(f"{e}{'' if plugins.local_files() else '; a component in a local file: --import FILE.py'}") \
+            from None
     except SizeError as e:  # past a recipe's limit: named as the option that set it, not the config's field
         raise UserError(f"--{e.key.replace('_', '-')} {e.value}: {e.reason}") from None
     except ValueError as e:  # the component's own check refuses its parameters, or the test model's sizes
