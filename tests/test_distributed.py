@@ -615,3 +615,13 @@ def test_what_every_process_would_say_before_the_run_starts_is_said_once(tmp_pat
     assert out.count("note: --runs-dir ") == 1, out
     assert out.splitlines().count("interrupted") == 1, out
     assert "rank 0 exits with 130" in out and "rank 1 exits with 130" in out, out
+
+
+def test_a_run_resumed_with_another_number_of_processes_keeps_the_earlier_count(tmp_path, write_recipe):
+    from gptkit import load_recipe, train
+
+    run = train(load_recipe(write_recipe(train={"max_steps": 2})), runs_dir=tmp_path, quiet=True).run_dir
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "processes": 2}))  # as a 2-process torchrun session's
+    resumed = train(load_recipe(run / "recipe.yaml", ["train.max_steps=3"]), quiet=True, resume=run).summary
+    assert resumed["processes"] == 1 and resumed["processes_history"] == [2]

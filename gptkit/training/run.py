@@ -541,7 +541,7 @@ def record_failure(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str,
 
 
 def history(before: dict, key: str, now: dict | str) -> dict:
-    """{"KEY_history": [...]}: the records of `key` ("software", "plugins", "precision") of the run's sessions
+    """{"KEY_history": [...]}: the records of `key` ("software", "plugins", "precision", "processes") of the run's sessions
     before this one that differ from this session's (`now`), from its summary.json so far (`before`; none:
     {}), so that a run resumed with other code, or on a device of other arithmetic, is not taken for one
     trained by this session's alone (an ablation checks them all)."""
@@ -574,7 +574,8 @@ def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, 
         "tokens_per_s": s.tokens / s.step_seconds if s.step_seconds else None,  # of the steps, as metrics.jsonl's
         "wall_seconds": s.seconds,
         "device": str(trainer.device),
-        "processes": trainer.dist.world_size,  # under torchrun, each on its share of every batch
+        "processes": (processes := trainer.dist.world_size),  # under torchrun, each on its share of every batch
+        **history(before, "processes", processes),  # resumed with others: close to one unbroken run, not equal
         "plugins": (plugins := recipe.plugin_sources()),  # what resuming needs installed; sampling, the model.* ones
         **history(before, "plugins", plugins),
         "precision": (precision := trainer.arithmetic),  # what train.precision resolved to: another device may differ
