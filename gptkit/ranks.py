@@ -32,13 +32,17 @@ def unset_by_torchrun() -> list[str]:
 
 def stray_world_size(fix: str) -> UserError | None:
     """The error for a WORLD_SIZE of several processes that torchrun did not start (a WORLD_SIZE left in the
-    environment: RANK, MASTER_ADDR or MASTER_PORT not set), ending in `fix`; None otherwise. Said by
+    environment: RANK, MASTER_ADDR or MASTER_PORT not set), or of no count at all (-2), ending in `fix`;
+    None otherwise. Said by
     every process: none other is there to say it for them."""
-    missing = unset_by_torchrun()
-    if not (under_torchrun() and missing):
+    missing, size = unset_by_torchrun(), os.environ.get("WORLD_SIZE", "").strip()
+    if not under_torchrun() or size.isdigit() and not missing:
         return None
-    names = " and ".join(filter(None, (", ".join(missing[:-1]), missing[-1])))  # RANK, MASTER_ADDR and ...
-    error = UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE'].strip()} says this is one of several processes, but "
-                      f"{names} {'is' if len(missing) == 1 else 'are'} not set, as torchrun sets them: {fix}")
+    if not size.isdigit():  # -2, abc: no count of processes at all
+        error = UserError(f"WORLD_SIZE={size} is not a number of processes, as torchrun sets it: {fix}")
+    else:
+        names = " and ".join(filter(None, (", ".join(missing[:-1]), missing[-1])))  # RANK, MASTER_ADDR and ...
+        error = UserError(f"WORLD_SIZE={size} says this is one of several processes, but {names} "
+                          f"{'is' if len(missing) == 1 else 'are'} not set, as torchrun sets them: {fix}")
     error.every_rank = True
     return error

@@ -630,6 +630,15 @@ def test_a_world_size_left_in_the_environment_is_not_blamed_on_torchrun(cli, mon
         "set, as torchrun sets them: gptkit validate runs in one process; unset WORLD_SIZE\n")
 
 
+@pytest.mark.parametrize("size", ["-2", "abc"])
+def test_a_world_size_that_is_no_count_of_processes_is_said_to_be(cli, monkeypatch, size):
+    monkeypatch.setenv("WORLD_SIZE", size)
+    result = cli("validate", "r.yaml")
+    assert result.exit_code == 2 and result.output == (
+        f"error: WORLD_SIZE={size} is not a number of processes, as torchrun sets it: gptkit validate runs in one "
+        "process; unset WORLD_SIZE\n"), result.output
+
+
 def test_a_usage_error_beside_a_stray_world_size_and_local_rank_is_said(cli, monkeypatch):
     """torchrun did not start this process (no RANK, MASTER_ADDR, MASTER_PORT): no other speaks for it."""
     monkeypatch.setenv("WORLD_SIZE", "2")
