@@ -625,3 +625,23 @@ def test_a_run_resumed_with_another_number_of_processes_keeps_the_earlier_count(
     (run / "summary.json").write_text(json.dumps({**summary, "processes": 2}))  # as a 2-process torchrun session's
     resumed = train(load_recipe(run / "recipe.yaml", ["train.max_steps=3"]), quiet=True, resume=run).summary
     assert resumed["processes"] == 1 and resumed["processes_history"] == [2]
+
+
+def test_a_process_whose_peers_never_join_says_it_waits_and_stops_at_once_on_ctrl_c(tmp_path, write_recipe):
+    """Joining waits in torch's C++ for up to 30 minutes, where Python's Ctrl-C handling cannot run."""
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    note = f"note: rank 0 is waiting for the other processes of its job (WORLD_SIZE=2) to join at 127.0.0.1:" \
+           f"{env['MASTER_PORT']}; torchrun starts them all\n"
+    with open(tmp_path / "stderr", "w") as stderr:
+        p = subprocess.Popen([sys.executable, "-m", "gptkit", "run", str(write_recipe()), "--runs-dir",
+                              str(tmp_path / "runs")], env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 90  # a few seconds (JOIN_NOTE_AFTER) once gptkit and torch are imported
+    while note not in (tmp_path / "stderr").read_text() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=20)  # at once, not after torch's timeout
+    err = (tmp_path / "stderr").read_text()
+    assert p.returncode == -signal.SIGINT and note in err, (p.returncode, err)
+    assert not (tmp_path / "runs").exists()

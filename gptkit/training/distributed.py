@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -256,13 +257,39 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
         # good, so that its gloo threads and connections outlived destroy_process_group into the
         # interpreter's shutdown, where a peer closing its end now and then aborted the process.
         importlib.import_module("torch._dynamo")
-        td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        with joining():
+            td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         atexit.register(_leave)
     host_group = None if td.get_backend() == "gloo" else td.new_group(backend="gloo")
     if td.get_rank() == 0:
         with contextlib.suppress(Exception):  # a group made without a store: the others only wait less
             _store().set(RANK_0_KEY, f"{socket.gethostname()} {os.getpid()}")
     return Distributed(td.get_rank(), td.get_world_size(), local_rank, host_group), device
+
+
+JOIN_NOTE_AFTER = 5.0  # seconds of waiting for the job's other processes before it is said
+
+
+@contextlib.contextmanager
+def joining():
+    """Around joining the job, which waits in torch's C++ (gloo's or NCCL's rendezvous) for every process,
+    up to torch's 30-minute timeout, where Python's Ctrl-C handling cannot run: SIGINT then ends the process
+    at once, as nothing is there to save yet; and a wait of more than a few seconds is said (a process
+    started by hand, its peers never)."""
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    note = (f"note: rank {os.environ.get('RANK', '?')} is waiting for the other processes of its job "
+            f"(WORLD_SIZE={os.environ.get('WORLD_SIZE')}) to join at {where}; torchrun starts them all")
+    timer = threading.Timer(JOIN_NOTE_AFTER, lambda: print(note, file=sys.stderr, flush=True))
+    timer.daemon = True
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL) if main else None
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 ERROR_KEY = "gptkit/rank-0-failed-at-step"
