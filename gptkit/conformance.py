@@ -5,6 +5,7 @@ component, and a plugin's test suite can call `check_component` or `assert_confo
 """
 
 import copy
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -278,8 +279,10 @@ def _assert_matches_naive(attention, positional, config):
     reference, model = models
     try:  # parameters of its own (a learned temperature, say) keep their initial values
         unexpected = model.load_state_dict(reference.state_dict(), strict=False).unexpected_keys
-    except RuntimeError as e:
-        unexpected = [state_dict_mismatch(e)]
+    except RuntimeError as e:  # torch says it of a checkpoint: here, naive attention's weights
+        unexpected = [re.sub(r"^size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from "
+                             r"checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)\.?$",
+                             r"\1 is \3 here, \2 in naive attention", state_dict_mismatch(e))]
     if unexpected:
         raise NotApplicable(f"weights are not interchangeable with naive attention's: {unexpected[0]}")
     x = tokens(config)

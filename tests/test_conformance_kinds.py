@@ -426,3 +426,25 @@ def test_a_failed_construct_or_shape_check_is_said_once_and_the_rest_skipped(tem
         assert detail in failed[0].detail
     line = next(i for i, text in enumerate(open(__file__).read().splitlines(), 1) if text.endswith("# raised here"))
     assert check_component("norm", "unbuildable")[0].detail.endswith(f"(at {__file__}:{line})")
+
+
+def test_weights_that_do_not_fit_naive_attentions_are_said_in_its_terms(temporary_component):
+    """torch's own words speak of a checkpoint; here there is none, only naive attention's weights."""
+    from gptkit.components.attention import FlashAttention
+
+    class FewerKeys(FlashAttention):  # as grouped-query attention: fewer key/value heads, a narrower c_attn
+        def qkv_width(self, config, params):
+            return 2 * config.n_embd
+
+        def project(self, x):
+            q, kv = self.c_attn(x).split(x.size(-1), dim=2)
+            B, T, C = x.size()
+            q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+            k = kv.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+            return q, k, k
+
+    temporary_component("attention", "fewer_keys", FewerKeys)
+    (row,) = [r for r in check_component("attention", "fewer_keys") if r.check == "matches naive"]
+    assert row.status == "n/a" and row.detail == ("weights are not interchangeable with naive attention's: "
+                                                  "transformer.h.0.attn.c_attn.weight is [64, 32] here, [96, 32] in "
+                                                  "naive attention"), row

@@ -36,7 +36,7 @@ def check(kind, name, params, device, n_embd, n_head, block_size, vocab_size):
     positional hooks, every attention x positional pairing, agreement with the reference naive
     attention, the key/value cache.
     Schedules: finite factors >= 0, a pure function of the step. Optimizers: lowering the loss, the lr
-    set in param_groups, an exact resume from state_dict, zero_grad. Corpora: the same non-empty text.
+    and weight_decay set in param_groups, an exact resume from state_dict, zero_grad. Corpora: the same non-empty text.
 
     \b
     gptkit check attention naive
