@@ -33,8 +33,7 @@ def unset_by_torchrun() -> list[str]:
 def stray_world_size(fix: str) -> UserError | None:
     """The error for a WORLD_SIZE of several processes that torchrun did not start (a WORLD_SIZE left in the
     environment: RANK, MASTER_ADDR or MASTER_PORT not set), or of no count at all (-2), ending in `fix`;
-    None otherwise. Said by
-    every process: none other is there to say it for them."""
+    None otherwise. Said by every process: none other is there to say it for them."""
     missing, size = unset_by_torchrun(), os.environ.get("WORLD_SIZE", "").strip()
     if not under_torchrun() or size.isdigit() and not missing:
         return None
