@@ -70,8 +70,11 @@ CPU_OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAl
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """' (did you mean 'flash'?)' for the closest choice, or ''."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    """' (did you mean 'flash'?)' for the closest choice, or '': FLASH too, as letters' case aside."""
+    choices = list(choices)
+    by_lower = {c.lower(): c for c in reversed(choices)}  # (the first of two that differ only in case)
+    close = [c for c in choices if c != word and c.lower() == word.lower()][:1] or \
+        [by_lower[c] for c in difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)]
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

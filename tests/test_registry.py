@@ -31,6 +31,9 @@ def test_unknown_name_suggests_and_lists():
         registry("attention").get("flsh")
     assert "did you mean 'flash'" in str(e.value)
     assert "flash, naive" in str(e.value)
+    for typed, meant in (("FLASH", "flash"), ("RMSNorm", "rmsnorm"), ("LayerNrom", "layernorm")):  # case aside
+        with pytest.raises(RegistryError, match=f"did you mean '{meant}'"):
+            registry("attention" if meant == "flash" else "norm").get(typed)
 
 
 def test_unknown_kind_lists_kinds():
