@@ -949,7 +949,10 @@ def test_compare_plot_of_runs_without_validation_losses_draws_nothing(cli, tmp_p
     for run in two_runs:
         (run / "metrics.jsonl").write_text('{"step": 1, "train_loss": 3.0}\n')
     result = cli("compare", *two_runs, "--plot", tmp_path / "c.png")
-    assert result.exit_code == 2 and "none of these runs has a validation loss yet" in result.output
+    names = [f"{run.parent.name}/{run.name}" for run in two_runs]
+    assert result.exit_code == 2 and result.output.splitlines()[-1] == (
+        f"error: --plot: none of these runs has a validation loss to draw ({names[0]}: no validation loss in its "
+        f"metrics.jsonl; {names[1]}: no validation loss in its metrics.jsonl)"), result.output  # finished: none will come
     assert not (tmp_path / "c.png").exists()
 
 

@@ -77,7 +77,8 @@ def compare(run_dirs, plot_path):
             if all(why == NO_SPLIT for why in missing.values()):
                 raise UserError(f"--plot: none of these runs has a validation loss, nor ever will ({NO_SPLIT}); "
                                 "nothing to draw")
-            raise UserError("--plot: none of these runs has a validation loss yet (metrics.jsonl); nothing to draw")
+            raise UserError(f"--plot: none of these runs has a validation loss to draw "
+                            f"({'; '.join(f'{name}: {why}' for name, why in missing.items())})")
         if missing:
             left_off = ", ".join(f"{name} ({why})" for name, why in missing.items())
             click.echo(f"warning: --plot leaves out {left_off}", err=True)
