@@ -52,14 +52,11 @@ def check_can_make(folder: Path, out: str | Path | None) -> None:
     chose it (`out`: --out, else --runs-dir), before the plan is printed, rather than an OSError once it is."""
     why = cannot_make_folder(folder)
     if why is not None:
-        raise cannot_create(folder, why, out)
+        raise cannot_create(folder, why, "pass --out with a folder that can be created" if out is not None else
+                            "pass --runs-dir with a writable folder")
 
 
-def cannot_create(folder: Path, why: str, out: str | Path | None = "unknown") -> UserError:
-    """The ablation folder cannot be made, `why`; the fix names the flag that chose it (`out`: --out, None:
-    --runs-dir, "unknown": either)."""
-    fix = {None: "pass --runs-dir with a writable folder", "unknown": "choose another with --out or --runs-dir"}.get(
-        out, "pass --out with a folder that can be created")
+def cannot_create(folder: Path, why: str, fix: str = "choose another with --out or --runs-dir") -> UserError:
     return UserError(f"cannot create the ablation folder {folder}: {why}; {fix}")
 
 

@@ -135,9 +135,16 @@ def summary_or_status(run_dir: Path) -> dict:
     summary = summary_of(run_dir)
     if summary:
         return {**summary, "status": "diverged"} if diverged(summary) else summary  # recorded as failed
-    if (run_dir / "summary.json").exists():  # but not a JSON object: cut short or hand-edited
-        return {"status": "damaged (summary.json unreadable)"}
-    return {"status": "unknown (no summary.json)"}
+    why = no_summary(run_dir)
+    return {"status": f"{'damaged' if why == UNREADABLE else 'unknown'} ({why})"}
+
+
+UNREADABLE = "summary.json unreadable"
+
+
+def no_summary(run_dir: Path) -> str:
+    """Why a run has no summary to read (summary_of gave none)."""
+    return UNREADABLE if (run_dir / "summary.json").exists() else "no summary.json"  # there: cut short, hand-edited
 
 
 def with_live_status(run_dir: Path, summary: dict) -> dict:
@@ -198,9 +205,7 @@ def precision_row(run_dir: Path) -> str:
 
 def unrecorded(run_dir: Path, why: str) -> Unknown:
     """A record the run's summary.json lacks, and `why`; or, without a summary to read, that."""
-    if not summary_of(run_dir):
-        why = "summary.json unreadable" if (run_dir / "summary.json").exists() else "no summary.json"
-    return Unknown(f"unknown ({why})")
+    return Unknown(f"unknown ({why if summary_of(run_dir) else no_summary(run_dir)})")
 
 
 PROVENANCE = {"text SHA-256": text_row, "plugins": plugins_row, "software": software_row, "precision": precision_row}

@@ -288,7 +288,7 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
         value, _ = yaml.load(raw, label, given[1] if given else yaml.quote)  # one value: no line to name
     except yaml.YAMLError as e:
         raise _with_range(e, parts) from None
-    schema = _field(parts).annotation if len(parts) == 1 and _field(parts) else None
+    schema = getattr(_field(parts) if len(parts) == 1 else None, "annotation", None)
     if isinstance(schema, type) and issubclass(schema, BaseModel) and not isinstance(value, dict):
         keys = list(schema.model_fields)  # (model=rope: a component's name, for its key, most likely)
         kind = next((k for k in keys if k in kinds() and isinstance(value, str) and value in registry(k)), None)
