@@ -667,3 +667,14 @@ def test_changing_a_components_parameter_in_place_says_how_to_change_it(write_re
                                         r"'hidden': 40, 'bias': False, 'multiple_of': 8\}, or load the recipe with "
                                         r"overrides=\['model.feedforward.hidden=40'\]"):
         recipe.model.feedforward.params.hidden = 40  # named as the component it is
+
+
+def test_changing_a_components_name_in_place_says_how_to_change_it(write_recipe):
+    recipe = load_recipe(write_recipe())
+    with pytest.raises(TypeError, match=r"^cannot set name of recipe\.model\.attention: .* give it anew .*, "
+                                        r"e\.g\. recipe\.model\.attention = 'naive'$"):
+        recipe.model.attention.name = "naive"
+    with pytest.raises(TypeError, match=r"recipe\.train\.optimizer = \{'name': 'adamw', .*'beta2': 0\.99"):
+        recipe.train.optimizer.params = None
+    recipe.model.attention = "naive"  # the way it names
+    assert recipe.model.attention.name == "naive"

@@ -26,16 +26,15 @@ class Params(BaseModel):
     def _owner(self) -> tuple[str, str] | None:
         """(its recipe key, its name) of the one registered component these are the parameters of, if one:
         ("model.feedforward", "swiglu")."""
-        from ..recipe import Recipe  # (both import the components)
+        from ..recipe.components import recipe_key  # (it imports the components)
         from ..registry import kinds, registry
 
         owners = [(kind, entry.name) for kind in kinds() for entry in registry(kind)._entries.values()
                   if getattr(entry.obj, "Params", None) is type(self)]
         if len(owners) != 1:
             return None
-        kind, name = owners[0]  # a kind is the key of its section that picks it: model.norm, train.optimizer
-        section = next(s for s, f in Recipe.model_fields.items() if kind in getattr(f.annotation, "model_fields", {}))
-        return f"{section}.{kind}", name
+        kind, name = owners[0]
+        return recipe_key(kind), name
 
 
 # pydantic/annotated_types constraint attributes, as a reader would write them

@@ -122,6 +122,25 @@ class ComponentSpec:
         return {"name": self.name, **self.params.model_dump(mode="json", by_alias=True)}
 
 
+def recipe_key(kind: str) -> str:
+    """The recipe key that picks a component of `kind`, by the section whose fields name it: model.norm,
+    train.optimizer, data.corpus."""
+    from .schema import Recipe  # (it imports this module)
+
+    section = next(s for s, f in Recipe.model_fields.items() if kind in getattr(f.annotation, "model_fields", {}))
+    return f"{section}.{kind}"
+
+
+def _fixed(spec: ComponentSpec, name: str, value) -> None:
+    """A ComponentSpec's __setattr__: the dataclass's own says only "cannot assign to field 'name'"."""
+    key = recipe_key(spec.kind)
+    given = value if name == "name" and isinstance(value, str) else spec.as_recipe()
+    raise TypeError(f"cannot set {name} of recipe.{key}: a recipe's component is fixed once validated; give it "
+                    f"anew and the recipe checks it, e.g. recipe.{key} = {given!r}")
+
+
+ComponentSpec.__setattr__ = _fixed  # after the class: a frozen dataclass may not define its own
+
 class Unchecked(Params):
     """The parameters of a component that was not looked up, kept as the recipe wrote them."""
 
