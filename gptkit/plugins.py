@@ -307,9 +307,14 @@ def python_file_sha256(path: str) -> str | None:
         return None
 
 
+def local_paths() -> set[str]:
+    """The local component files run in this process (a recipe's imports, --import)."""
+    return {sys.modules[m].__file__ for m in _ran if getattr(sys.modules.get(m), "__file__", None)}
+
+
 def local_files() -> list[str]:
-    """The local component files run in this process (a recipe's imports, --import), by name."""
-    return sorted({Path(sys.modules[m].__file__).name for m in _ran if getattr(sys.modules.get(m), "__file__", None)})
+    """local_paths(), by name."""
+    return sorted({Path(p).name for p in local_paths()})
 
 
 def import_file(path: Path) -> None:
@@ -330,6 +335,8 @@ def import_file(path: Path) -> None:
         raise UserError(f"component file {path} {'is not a regular file' if path.exists() else missing(path)}")
     if path.suffix != ".py":  # importlib finds no loader for other names
         raise UserError(f"component file {path} must be a .py file")
+    from .registry import registering_again  # (it imports this module)
+
     source = file_sha256(path)
     if _ran.get(module_name) == source and module_name in sys.modules:
         return  # an edited file runs again, and its components replace the earlier ones (see Registry.register)
@@ -338,7 +345,8 @@ def import_file(path: Path) -> None:
     sys.modules[module_name] = module
     sys.path.insert(0, str(path.parent))  # only while it runs: the folder must not shadow other imports later
     try:
-        spec.loader.exec_module(module)
+        with registering_again(module_name):
+            spec.loader.exec_module(module)
         _ran[module_name] = source
     except UserError as e:  # e.g. a name registered twice: already explained, say where in the file
         del sys.modules[module_name]

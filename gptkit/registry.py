@@ -17,6 +17,7 @@ import inspect
 import re
 import sys
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import partialmethod
 from types import FunctionType
@@ -549,6 +550,18 @@ def registry(kind: str) -> Registry:
             f"unknown component kind '{kind}'{did_you_mean(kind, _registries)}. "
             f"Kinds: {listing(_registries)}"
         ) from None
+
+
+@contextlib.contextmanager
+def registering_again(module: str) -> Iterator[None]:
+    """Within it, the module `module` runs again (an edited local file): when it has run, what it
+    registered before and registers no more is dropped, as if it had run first now. If it raises, its
+    earlier components are kept."""
+    before = [(r, name, e) for r in _registries.values() for name, e in r._entries.items() if e.by == module]
+    yield
+    for r, name, e in before:
+        if r._entries.get(name) is e:  # not registered again: a new run's entry would be another
+            del r._entries[name]
 
 
 def kinds() -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gptkit import plugins
 from gptkit.recipe import RecipeError, load_recipe
 from gptkit.registry import RegistryError, forget_plugins, registry
 from gptkit.training.checkpoint import missing_plugins
@@ -938,12 +939,15 @@ def test_resuming_after_a_module_a_local_file_imports_changed_warns(write_recipe
             "changed since (sha256 " in said, said
 
 
-def test_a_run_whose_component_file_is_gone_is_told_to_put_it_back(tmp_path):
+def test_a_run_whose_component_file_is_gone_is_told_to_put_it_back(tmp_path, scratch_registries):
     used = {"model.norm": f"gonenorm from {tmp_path / 'gone.py'} (sha256 0123456789ab)"}
     assert missing_plugins(used) == f"\n(the run was trained with model.norm: {used['model.norm']}: that file is gone: put it back)"
     (tmp_path / "gone.py").write_text("")  # there again, but no longer registering the component
     assert missing_plugins(used).endswith(": registered in Python, not installed: register it in this process first "
                                           "(run or import that code))")
+    plugins.import_file(tmp_path / "gone.py")  # run here (a recipe's imports), and registering it no more
+    assert missing_plugins(used).endswith(": that file, run here, registers it no more: was the component renamed "
+                                          "or removed since the run?)")
 
 
 FOLDER, FIFO = object(), object()
@@ -1217,6 +1221,23 @@ def test_a_local_file_run_again_may_rename_its_class_or_be_gone(write_recipe, tm
     assert load_recipe(recipe).model.norm.cls.__name__ == "Renamed"  # the edited file's class, not a clash
     (tmp_path / "renamed.py").unlink()
     assert load_recipe(recipe).model.norm.cls.__name__ == "Renamed"  # gone since it ran: still registered
+
+
+def test_a_name_an_edited_local_file_no_longer_registers_is_gone(write_recipe, tmp_path, scratch_registries):
+    """Running the edited file again is as if it had run first now: a component renamed in it is known
+    only by its new name, as in a new process; a file that fails to run keeps what it registered."""
+    source = textwrap.dedent(LOCAL).replace('"localnorm"', '"firstnorm"')
+    (tmp_path / "names.py").write_text(source)
+    load_recipe(write_recipe(model={"norm": "firstnorm"}, imports=["names.py"]))
+    (tmp_path / "names.py").write_text(source.replace('"firstnorm"', '"secondnorm"'))
+    load_recipe(write_recipe(model={"norm": "secondnorm"}, imports=["names.py"]))
+    assert "secondnorm" in registry("norm").names() and "firstnorm" not in registry("norm").names()
+    with pytest.raises(RecipeError, match=r"unknown norm 'firstnorm'"):
+        load_recipe(write_recipe(model={"norm": "firstnorm"}, imports=["names.py"]))
+    (tmp_path / "names.py").write_text(source.replace('"firstnorm"', '"thirdnorm"') + "\nraise RuntimeError('oops')\n")
+    with pytest.raises(RecipeError, match="oops"):
+        load_recipe(write_recipe(model={"norm": "secondnorm"}, imports=["names.py"]))
+    assert "secondnorm" in registry("norm").names()  # a failed run takes nothing away
 
 
 def test_a_local_file_recorded_before_records_held_its_hash_is_the_same_source(write_recipe, tmp_path,

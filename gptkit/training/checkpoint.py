@@ -323,6 +323,11 @@ def missing_plugins(used: dict[str, str], prefix: str = "model.") -> str:
     files = sorted({source for source in gone.values() if source.endswith(".py")})
     if files and all(source in files and not Path(source).is_file() for source in gone.values()):
         why = "that file is gone: put it back" if len(files) == 1 else "those files are gone: put them back"
+    elif files and all(source in plugins.local_paths() for source in gone.values()):
+        one = len(gone) == 1
+        why = (f"{'that file, run here, registers' if len(files) == 1 else 'those files, run here, register'} "
+               f"{'it' if one else 'them'} no more: {'was the component' if one else 'were the components'} "
+               "renamed or removed since the run?")
     elif all(source == "__main__" or source in files for source in gone.values()):  # a script's, not a package's
         why = "registered in Python, not installed: register it in this process first (run or import that code)"
     elif plugins.enabled():
