@@ -27,7 +27,8 @@ def train_model(config_path: str | Path | Recipe | dict, data_path: str | Path |
     strings (a Recipe or dict is validated again with them, and left as it was). The run folder is created
     under `runs_dir` as with `gptkit run`; `save_path`, if given, receives the final weights with the
     recipe and vocabulary (for `load_model` and `gptkit sample`; the run folder's checkpoint is the
-    one to resume from). Under torchrun, rank 0 alone writes both.
+    one to resume from). Under torchrun, rank 0 alone writes both. `gptkit.train` returns the run
+    folder and its figures (summary.json's) as well.
     """
     overrides = list(check_overrides(overrides))
     for name, value in (("data_path", data_path), ("save_path", save_path), ("runs_dir", runs_dir)):

@@ -159,6 +159,8 @@ def sample(model, vocab, prompt: str | None, tokens: int, temperature: float = 0
     """`prompt` followed by `tokens` sampled characters, drawn at `temperature` (0: greedy) from the `top_k`
     likeliest (None: from all). An empty prompt (or None) starts from a newline, the start of a speech
     (from the vocabulary's first character if it has no newline), which begins the text returned.
+    The draws come from a generator seeded with `seed`, or with None from torch's global generator of
+    the model's device, as torch's own sampling does (`torch.manual_seed` makes them repeatable too).
     `on_text`, for streaming, is called with the prompt, then with the characters as generate's
     on_tokens hands them over."""
     check_model(model)
@@ -169,19 +171,18 @@ def sample(model, vocab, prompt: str | None, tokens: int, temperature: float = 0
     if not (hasattr(vocab, "encode") and hasattr(vocab, "stoi")):
         raise TypeError(f"vocab must be the model's Vocab (a dataset's .vocab, or load_model's third value), "
                         f"got {type(vocab).__name__}")
+    if len(vocab) != model.config.vocab_size:  # another run's: its ids would name other characters
+        raise ValueError(f"vocab holds {len(vocab)} characters, the model was trained with {model.config.vocab_size}: "
+                         "give the model's own Vocab (load_model's third value, or the dataset it trained on's .vocab)")
     whole_seed = None if seed is None else _whole(seed)  # a Python int: a generator takes no numpy or torch one
     if seed is not None and not (whole_seed is not None and SEEDS.start <= whole_seed < SEEDS.stop):
-        raise ValueError(f"seed must be None (a new draw each time) or a whole number from -2**63 to 2**64 - 1, "
+        raise ValueError(f"seed must be None (torch's global generator) or a whole number from -2**63 to 2**64 - 1, "
                          f"got {seed!r}")
     device = next(model.parameters()).device
     if not prompt:  # the start of a speech in the classic format, where there is one
         prompt = "\n" if "\n" in vocab.stoi else vocab.itos[0]
     idx = vocab.encode(prompt).to(device)[None, :]  # (1, T)
-    g = torch.Generator(device=device)
-    if seed is None:
-        g.seed()
-    else:
-        g.manual_seed(whole_seed)
+    g = None if seed is None else torch.Generator(device=device).manual_seed(whole_seed)
     stream = None if on_text is None else lambda ids: on_text(vocab.decode(ids[0].tolist()))
     if on_text is not None:
         on_text(prompt)

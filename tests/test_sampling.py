@@ -118,6 +118,21 @@ def test_a_seed_repeats_a_sample_and_no_seed_draws_anew():
     model = tiny_model()  # untrained: near-uniform over its vocabulary, so 40 tokens repeat by chance ~never
     assert sample(model, vocab, "A", 40, temperature=1.0, seed=3) == sample(model, vocab, "A", 40, temperature=1.0, seed=3)
     assert sample(model, vocab, "A", 40, temperature=1.0) != sample(model, vocab, "A", 40, temperature=1.0)
+    draws = []
+    for _ in range(2):  # no seed: torch's global generator, which a notebook seeds
+        torch.manual_seed(7)
+        draws.append(sample(model, vocab, "A", 40, temperature=1.0))
+    assert draws[0] == draws[1] == sample(model, vocab, "A", 40, temperature=1.0, seed=7)  # the same stream
+
+
+def test_sample_refuses_a_vocabulary_of_another_size():
+    from gptkit.data.vocab import Vocab
+    from gptkit.sampling import sample
+
+    for size in (CONFIG.vocab_size - 1, CONFIG.vocab_size + 3):  # ids past the model's, or characters it never saw
+        with pytest.raises(ValueError, match=rf"^vocab holds {size} characters, the model was trained with "
+                                             rf"{CONFIG.vocab_size}: give the model's own Vocab"):
+            sample(tiny_model(), Vocab([chr(65 + i) for i in range(size)]), "A", 3)
 
 
 def test_a_prompts_line_endings_are_read_as_a_texts_are():
