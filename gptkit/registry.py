@@ -310,6 +310,10 @@ class Registry:
                 return self.entry(name)                                   # the object it names, or a clash
         return self._loaded[name]
 
+    def _names_of(self, obj: Any) -> list[str]:
+        """The names `obj` is registered under in this process (a plugin's, once loaded)."""
+        return sorted({n for n, e in [*self._loaded.items(), *self._entries.items()] if e.obj is obj})
+
     def __contains__(self, name: str) -> bool:
         return name in self._entries or name in plugins.declared(self.kind)
 

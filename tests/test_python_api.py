@@ -678,3 +678,23 @@ def test_changing_a_components_name_in_place_says_how_to_change_it(write_recipe)
         recipe.train.optimizer.params = None
     recipe.model.attention = "naive"  # the way it names
     assert recipe.model.attention.name == "naive"
+
+
+def test_a_component_class_given_for_a_recipe_key_is_taken_by_its_registered_name(write_recipe, scratch_registries):
+    from gptkit.components import Norm, register
+    from gptkit.components.norm import RMSNorm
+
+    recipe = load_recipe(write_recipe())
+    recipe.model.norm = RMSNorm  # as a notebook holds it
+    assert recipe.to_dict()["model"]["norm"]["name"] == "rmsnorm"  # a recipe still: YAML holds the name
+
+    class UnitNorm(Norm):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ValidationError, match=r"UnitNorm is not registered as a norm: register it with "
+                                              r"@register\('norm', 'unit_norm'\) above its class, then give that name"):
+        recipe.model.norm = UnitNorm
+    register("norm", "unit")(UnitNorm)
+    recipe.model.norm = UnitNorm
+    assert recipe.model.norm.name == "unit"

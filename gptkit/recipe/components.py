@@ -6,6 +6,7 @@ is looked up, so validating a recipe never imports components it does not use.
 
 import inspect
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -178,6 +179,8 @@ def parse_component(kind: str, value: Any) -> ComponentSpec:
         name = params.pop("name", None)
         if not isinstance(name, str):
             raise RecipeIssue([(("name",), f"say which {kind} to use with 'name: ...'; one of: {listing(reg.names())}")])
+    elif isinstance(value, type):  # a notebook's `recipe.model.norm = MyNorm`: the name it is registered under
+        name, params = _registered_name(kind, value), {}
     else:
         raise RecipeIssue([((), f"expected {a(kind)} name or a mapping with 'name', got {clipped_repr(value)}")])
     if _model_only.get() and kind not in MODEL_KINDS:
@@ -192,6 +195,17 @@ def parse_component(kind: str, value: Any) -> ComponentSpec:
         from .errors import describe_errors  # deferred: errors.py formats with the schema
 
         raise RecipeIssue(describe_errors(e, cls.Params, {"name"})) from None
+
+
+def _registered_name(kind: str, cls: type) -> str:
+    names = registry(kind)._names_of(cls)
+    if len(names) == 1:
+        return names[0]
+    if names:
+        raise RecipeIssue([((), f"{cls.__name__} is registered as {' and as '.join(map(repr, names))}; give one name")])
+    example = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cls.__name__).lower()
+    raise RecipeIssue([((), f"{cls.__name__} is not registered as {a(kind)}: register it with "
+                            f"@register({kind!r}, {example!r}) above its class, then give that name")])
 
 
 class BrokenParams(RegistryError, RecipeIssue):
