@@ -620,16 +620,13 @@ def test_training_warnings_are_python_warnings_from_the_callers_line(tmp_path, w
     assert capsys.readouterr().err == ""
 
 
-def test_a_recipe_changed_by_assignment_is_validated_as_a_file_is_before_training(tmp_path, write_recipe):
+def test_imports_assigned_that_are_not_there_are_refused_at_once(tmp_path, write_recipe):
     """pydantic checks an assignment's type alone: imports that are not there would train a run that no command
     could read back."""
-    from gptkit.recipe import RecipeError
-
     recipe = load_recipe(write_recipe())
-    recipe.imports = [str(tmp_path / "nope.py")]
-    with pytest.raises(RecipeError, match=r"^recipe tiny: imports: component file .*nope\.py not found$"):
-        train(recipe, runs_dir=tmp_path / "runs", quiet=True)
-    assert not (tmp_path / "runs").exists()
+    with pytest.raises(gptkit.UserError, match=r"^imports: component file .*nope\.py not found$"):
+        recipe.imports = [str(tmp_path / "nope.py")]
+    assert recipe.imports == []  # as it was
 
 
 def test_assigning_a_mapping_to_a_whole_section_is_refused_as_set_refuses_it(write_recipe):
@@ -698,3 +695,17 @@ def test_a_component_class_given_for_a_recipe_key_is_taken_by_its_registered_nam
     register("norm", "unit")(UnitNorm)
     recipe.model.norm = UnitNorm
     assert recipe.model.norm.name == "unit"
+
+
+def test_assigning_a_recipes_imports_runs_them(write_recipe, tmp_path, monkeypatch, scratch_registries):
+    monkeypatch.chdir(tmp_path)  # relative to the working directory, as a dict's paths are
+    (tmp_path / "assigned.py").write_text(
+        "from gptkit.components import Norm, register\n\n@register('norm', 'assignednorm')\n"
+        "class AssignedNorm(Norm):\n    def forward(self, x):\n        return x\n")
+    recipe = load_recipe(write_recipe())
+    recipe.imports = ["assigned.py"]
+    recipe.model.norm = "assignednorm"  # what the file registers is known at once, as in a recipe file
+    assert recipe.model.norm.cls.__name__ == "AssignedNorm"
+    with pytest.raises(gptkit.UserError, match=r"^imports: component file .*nope\.py not found$"):
+        recipe.imports = ["assigned.py", "nope.py"]
+    assert recipe.imports == [tmp_path / "assigned.py"]  # as it was

@@ -12,8 +12,10 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from .. import plugins
 from ..components.base import GPTConfig
 from ..device import DEVICE_PATTERN
+from ..errors import UserError
 from ..io import expand_home
 from ..registry import RegistryError, registry
 from ..sampling import MAX_TOKENS, SEEDS, one_newline
@@ -218,6 +220,17 @@ class Recipe(Section):
     model: section(ModelSection) = Field(default_factory=dict, validate_default=True)
     train: section(TrainSection) = Field(default_factory=dict, validate_default=True)
     sample: section(SampleSection) = SampleSection()
+
+    def __setattr__(self, name: str, value) -> None:
+        before = self.imports
+        super().__setattr__(name, value)
+        if name == "imports":  # run, as a recipe file's are when it loads: the rest may name what they register
+            try:
+                for path in self.imports:
+                    plugins.import_file(path)
+            except UserError as e:
+                super().__setattr__(name, before)
+                raise UserError(f"imports: {e}") from None
 
     def to_dict(self) -> dict:
         """Plain values only: safe in a weights_only checkpoint and as YAML."""
