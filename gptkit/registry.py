@@ -74,6 +74,11 @@ class Entry:
         """The docstring's first paragraph, on one line."""
         return " ".join(self.doc.split("\n\n")[0].split())
 
+    def __repr__(self) -> str:  # what `find` promises, not the fields (a sha256 of 64 digits)
+        if self.error:
+            return f"<{self.kind} {self.name!r} from {self.source}, broken: {self.error}>"
+        return f"<{self.kind} {self.name!r} from {self.origin} at {self.where}{': ' + self.summary if self.summary else ''}>"
+
 
 def _stale(obj: Any) -> bool:
     """Whether `obj` comes from an earlier run of a local file that has run again since (edited, with

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import pkgutil
+import re
 import textwrap
 from pathlib import Path
 
@@ -709,3 +710,15 @@ def test_assigning_a_recipes_imports_runs_them(write_recipe, tmp_path, monkeypat
     with pytest.raises(gptkit.UserError, match=r"^imports: component file .*nope\.py not found$"):
         recipe.imports = ["assigned.py", "nope.py"]
     assert recipe.imports == [tmp_path / "assigned.py"]  # as it was
+
+
+def test_what_a_notebook_shows_of_a_run_its_data_vocabulary_and_a_component(tmp_path, write_recipe):
+    result = train(load_recipe(write_recipe(train={"max_steps": 1})), runs_dir=tmp_path / "runs", quiet=True)
+    shown = repr(result)
+    assert shown.startswith(f"RunResult(run_dir={str(result.run_dir)!r}, status='finished', steps=1, final_val_loss=")
+    assert f"model=<GPT of {result.model.num_params():,} parameters>" in shown and "Linear" not in shown
+    assert repr(result.dataset) == f"<CharDataset: {result.dataset.describe()}>"
+    vocab = result.dataset.vocab
+    assert repr(vocab) == f"Vocab({len(vocab)} characters: {''.join(vocab.itos[:40])!r}...)"
+    entry = registry("norm").find("rmsnorm")
+    assert re.fullmatch(r"<norm 'rmsnorm' from built-in at .*norm\.py:\d+: \S.*>", repr(entry)), repr(entry)

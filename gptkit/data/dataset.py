@@ -65,6 +65,9 @@ class CharDataset:
         return (f"{self.vocab_size} characters, {len(self.train):,} training and {len(self.val):,} validation tokens "
                 f"of {self.source}")
 
+    def __repr__(self) -> str:
+        return f"<CharDataset: {self.describe()}>"
+
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)

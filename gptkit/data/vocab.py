@@ -22,6 +22,10 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.itos)
 
+    def __repr__(self) -> str:
+        shown = "".join(self.itos[:40])
+        return f"Vocab({len(self)} characters: {shown!r}{'...' if len(self) > 40 else ''})"
+
     def encode(self, text: str, dtype: torch.dtype = torch.long) -> torch.Tensor:
         """(len(text),) ids of `dtype`, looked up without a Python loop over the text.
 
