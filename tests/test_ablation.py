@@ -1315,16 +1315,21 @@ def test_a_grid_reports_each_keys_main_effect_paired_over_the_other_keys(write_r
     section = report.main_effects(rows)
     effects = {r[0]: r for r in ([c.strip() for c in line.strip("| ").split(" | ")]
                                  for line in section.splitlines()[4:8] if "=" in line)}
-    rope = [1.7 - 2.0, 1.8 - 2.1, 1.9 - 2.2, 1.95 - 2.05, 2.06 - 2.16, 2.14 - 2.24]  # paired by seed and norm
+    # paired by seed and norm, averaged over the norms within each seed: the seeds' runs are no independent repeats
+    rope = [(1.7 - 2.0 + 1.95 - 2.05) / 2, (1.8 - 2.1 + 2.06 - 2.16) / 2, (1.9 - 2.2 + 2.14 - 2.24) / 2]
     mean, half = report.mean_ci(rope)
-    assert effects["positional=rope"][1:] == ["positional=sinusoidal", f"{mean:+.4f} ± {half:.4f}", "6", "better"]
-    layernorm = [2.05 - 2.0, 2.16 - 2.1, 2.24 - 2.2, 1.95 - 1.7, 2.06 - 1.8, 2.14 - 1.9]
+    assert effects["positional=rope"][1:] == ["positional=sinusoidal", f"{mean:+.4f} ± {half:.4f}", "3 (6)", "better"]
+    layernorm = [(2.05 - 2.0 + 1.95 - 1.7) / 2, (2.16 - 2.1 + 2.06 - 1.8) / 2, (2.24 - 2.2 + 2.14 - 1.9) / 2]
     mean, half = report.mean_ci(layernorm)
-    assert effects["norm=layernorm"][1:] == ["norm=rmsnorm", f"{mean:+.4f} ± {half:.4f}", "6", "worse"]
+    assert effects["norm=layernorm"][1:] == ["norm=rmsnorm", f"{mean:+.4f} ± {half:.4f}", "3 (6)", "worse"]
     assert set(effects) == {"positional=rope", "norm=layernorm"} and "interaction" in section
+    # one seed is no interval, however many cells it has
+    one_seed = [r for r in rows if r.seed == rows[0].seed]
+    assert re.search(r"^\| positional=rope .* \| -0\.2000 +\| 1 \(2\) +\| n/a \(needs 2 seeds\) +\|$",
+                     report.main_effects(one_seed), re.M)
     # a seed one cell lacks leaves only the pairs both runs of which finished
     rows[3].summary = None
-    assert "| 5 " in report.main_effects(rows).split("positional=rope")[1].splitlines()[0]
+    assert "| 3 (5) " in report.main_effects(rows).split("positional=rope")[1].splitlines()[0]
     # one that diverged, or failed, leaves its value neither better nor worse, as in the arms' table
     rows[4].summary, rows[5].summary = DIVERGED, {"status": "failed", "reason": "ComponentError: x"}
     effects = report.main_effects(rows)
@@ -1772,8 +1777,27 @@ def test_an_arm_whose_loss_rose_far_above_its_best_says_so_beside_its_verdict(wr
     p = plan(Ablation(recipe=write_recipe(), vary={"train.lr": ["1e-3", "30"]}))
     collapsed = [{**FINISHED, "final_val_loss": v, "best_val_loss": 4.17} for v in (5.0, 40.0, 600.0)]
     stats = {s.arm.label: s for s in report.arm_stats(rows_of(p, {"lr=1e-3": [2.0, 2.1, 2.2], "lr=30": collapsed}))}
-    assert stats["lr=30"].verdict == "within noise; final val loss 52x its best"  # (5 + 40 + 600) / 3 / 4.17
+    # (5 + 40 + 600) / 3 / 4.17; all three seeds worse, by amounts too different for an interval to exclude 0
+    assert stats["lr=30"].verdict == "within noise, though every seed was worse; final val loss 52x its best"
     assert stats["lr=1e-3"].verdict == "baseline"
+    for run in collapsed:  # recorded since: what a uniform guess over the vocabulary scores
+        run["vocab_size"] = 65
+    stats = {s.arm.label: s for s in report.arm_stats(rows_of(p, {"lr=1e-3": [2.0, 2.1, 2.2], "lr=30": collapsed}))}
+    assert stats["lr=30"].verdict.endswith("52x its best; final val loss above a uniform guess's (ln 65 = 4.17): it "
+                                           "learned nothing")
+
+
+def test_seeds_that_all_went_one_way_are_said_only_from_three(write_recipe):
+    p = plan(Ablation(recipe=write_recipe(), vary={"model.norm": ["rmsnorm", "layernorm"]}))
+
+    def verdict(base, arm):
+        return {s.arm.label: s for s in report.arm_stats(rows_of(p, {"norm=rmsnorm": base,
+                                                                     "norm=layernorm": arm}))}["norm=layernorm"].verdict
+
+    assert verdict([2.0, 2.1], [2.01, 2.4]) == "within noise"  # two alike by chance half the time
+    assert verdict([2.0, 2.1, 2.2], [2.01, 2.4, 2.21]) == "within noise, though every seed was worse"
+    assert verdict([2.0, 2.1, 2.2], [1.99, 1.8, 2.19]) == "within noise, though every seed was better"
+    assert verdict([2.0, 2.1, 2.2], [2.01, 2.4, 2.19]) == "within noise"
 
 
 def test_a_baseline_with_seeds_an_arm_lacks_is_said_beside_the_paired_difference(write_recipe):

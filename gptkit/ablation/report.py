@@ -116,6 +116,8 @@ class ArmStats:
     tokens: int | None
     tokens_per_s: float | None
     wall_seconds: float | None
+    diffs: list[float] = ()      # the paired differences of `diff`, one per seed
+    vocab_size: int | None = None
     p_holm: float | None = None  # the paired t-test's p-value, Holm-adjusted over the arms compared
     compared_arms: int = 0       # how many arms were compared with the baseline
 
@@ -135,15 +137,19 @@ class ArmStats:
 
     @property
     def verdict(self) -> str:
-        """The comparison with the baseline (see `_verdict`), and a final loss well above the arm's best: a
-        run that fell apart late (a learning rate too high) may be "within noise" of the baseline only
-        because its seeds fell apart by different amounts."""
+        """The comparison with the baseline (see `_verdict`), and a final loss well above the arm's best or
+        above a uniform guess's: a run that fell apart (a learning rate too high) may be "within noise" of
+        the baseline only because its seeds fell apart by different amounts."""
         (final, _), (best, _) = self.final, self.best
-        if not (final and best and final > 1.1 * best):
-            return self._verdict
-        ratio = final / best
-        return self._verdict + (f"; final val loss {ratio:.0f}x its best" if ratio >= 2 else
-                                f"; final val loss {ratio - 1:.0%} above its best")
+        notes = []
+        if final and best and final > 1.1 * best:
+            ratio = final / best
+            notes.append(f"final val loss {ratio:.0f}x its best" if ratio >= 2 else
+                         f"final val loss {ratio - 1:.0%} above its best")
+        if final and self.vocab_size and final > math.log(self.vocab_size):
+            notes.append(f"final val loss above a uniform guess's (ln {self.vocab_size} = "
+                         f"{math.log(self.vocab_size):.2f}): it learned nothing")
+        return "; ".join([self._verdict, *notes])
 
     @property
     def _verdict(self) -> str:
@@ -156,18 +162,24 @@ class ArmStats:
             return f"in progress ({self.interrupted} interrupted)" if self.interrupted else "not run"
         if half is None:  # fewer than two seeds paired with a finished baseline run
             return "n/a (needs 2 seeds)" if self.n < 2 else "n/a (needs 2 seeds whose baseline run finished)"
-        verdict = compared(mean, half, self.final[0])
-        if verdict != "within noise" and self.compared_arms > 1 and self.p_holm >= 0.05:  # one of several, by chance?
+        verdict = compared(self.diffs, self.final[0])
+        if verdict in ("better", "worse") and self.compared_arms > 1 and self.p_holm >= 0.05:  # one of several, by chance?
             verdict += f" (not after Holm's correction for {self.compared_arms} arms)"
         return f"{verdict}, not on equal terms ({', '.join(self.unequal)} differ)" if self.unequal else verdict
 
 
-def compared(mean: float, half: float, loss: float) -> str:
-    """A paired difference's verdict: "within noise" when its interval (`mean` ± `half`) holds 0 or it is
-    within float32 rounding of `loss` (identical differences have an interval of width 0), else "better"
-    (lower) or "worse"."""
-    noise = max(half, FLOAT_NOISE * abs(loss))
-    return "within noise" if abs(mean) <= noise else "better" if mean < 0 else "worse"
+def compared(diffs: list[float], loss: float) -> str:
+    """The verdict of paired differences (two or more): "within noise" when their interval holds 0 or
+    their mean is within float32 rounding of `loss` (identical differences have an interval of width 0),
+    else "better" (lower) or "worse". Within noise though three or more all went one way past rounding
+    says so: their interval is wide because they went by very different amounts, which more seeds may settle."""
+    mean, half = mean_ci(diffs)
+    rounding = FLOAT_NOISE * abs(loss)
+    if abs(mean) > max(half, rounding):
+        return "better" if mean < 0 else "worse"
+    if len(diffs) >= 3 and (all(d > rounding for d in diffs) or all(d < -rounding for d in diffs)):
+        return f"within noise, though every seed was {'better' if mean < 0 else 'worse'}"
+    return "within noise"
 
 
 def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
@@ -205,7 +217,7 @@ def arm_stats(rows: list[RunRow]) -> list[ArmStats]:
                               mean_ci(values("best_val_loss")), mean_ci(diffs), len(diffs), len(base), unequal,
                               of_model("params"),
                               of_model("flops_per_token"), first("steps"), first("tokens"), mean("tokens_per_s"),
-                              mean("wall_seconds")))
+                              mean("wall_seconds"), diffs, of_model("vocab_size")))
     tested = [(s, p) for s in stats for p in [paired_p(diffs_of[s.arm.label])]
               if not s.arm.baseline and not s.trouble and s.diff[1] is not None and p is not None]
     for (s, _), adjusted in zip(tested, holm([p for _, p in tested])):
@@ -235,7 +247,9 @@ def provenance(rows: list[RunRow], stats: list[ArmStats]) -> str:
 def main_effects(rows: list[RunRow]) -> str:
     """For a grid of two or more keys: each value of each key against its reference value (the baseline's,
     else the first), the final-validation-loss difference paired by seed and by the other keys' values,
-    averaged over them: the key's main effect. Markdown with its legend, or "" when there is no such grid."""
+    averaged over those within each seed, then over seeds: the key's main effect. Its interval is over
+    the seeds' averages: runs of one seed share their data order and initial values, so the other keys'
+    cells are no independent repeats. Markdown with its legend, or "" when there is no such grid."""
     cells = [r for r in rows if len(r.arm.factors) > 1 and set(dict(r.arm.changes)) == set(r.arm.factors)]
     if not cells:
         return ""
@@ -251,9 +265,13 @@ def main_effects(rows: list[RunRow]) -> str:
         for value in levels[k]:
             if value == ref:
                 continue
-            pairs = [(v, loss[(cell[:i] + (ref,) + cell[i + 1:], seed)]) for (cell, seed), v in loss.items()
-                     if cell[i] == value and (cell[:i] + (ref,) + cell[i + 1:], seed) in loss]
-            mean, half = mean_ci([a - b for a, b in pairs])
+            by_seed: dict[int, list[tuple[float, float]]] = {}
+            for (cell, seed), v in loss.items():
+                against = loss.get((cell[:i] + (ref,) + cell[i + 1:], seed))
+                if cell[i] == value and against is not None:
+                    by_seed.setdefault(seed, []).append((v, against))
+            diffs = [statistics.fmean(a - b for a, b in pairs) for pairs in by_seed.values()]
+            mean, half = mean_ci(diffs)
             # As an arm with such seeds, never better or worse: its means cover only the runs that survived
             lost = [r.summary for r in cells if r.arm.factors[k] in (value, ref)
                     and (diverged(r.summary) or failed(r.summary))]
@@ -261,18 +279,20 @@ def main_effects(rows: list[RunRow]) -> str:
                 verdict = "; ".join(f"{n} run{'s' if n > 1 else ''} {what}" for n, what in (
                     (sum(map(diverged, lost)), "diverged"), (sum(not diverged(x) for x in lost), "failed")) if n)
             elif half is None:
-                verdict = "n/a (needs 2 pairs)"
+                verdict = "n/a (needs 2 seeds)"
             else:
-                verdict = compared(mean, half, statistics.fmean(b for _, b in pairs))
-            lines.append([f"{name[k]}={value}", f"{name[k]}={ref}", fmt_ci((mean, half), signed=True), str(len(pairs)),
-                          verdict])
-    return ("\n## Main effects\n\n" + table(["value", "against", "Δ final val loss", "pairs", "verdict"], lines)
+                verdict = compared(diffs, statistics.fmean(b for pairs in by_seed.values() for _, b in pairs))
+            lines.append([f"{name[k]}={value}", f"{name[k]}={ref}", fmt_ci((mean, half), signed=True),
+                          f"{len(diffs)} ({sum(map(len, by_seed.values()))})", verdict])
+    return ("\n## Main effects\n\n" + table(["value", "against", "Δ final val loss", "seeds (pairs)", "verdict"], lines)
             + "\n" + MAIN_EFFECTS + "\n")
 
 
 MAIN_EFFECTS = ("Each value of a varied key against its reference (the baseline's value), the final validation "
-                "loss difference paired by seed and by the other keys' values, then averaged over them; pairs: the "
-                "(seed, other values) pairs whose two runs both finished; ± and within noise as above; a value "
+                "loss difference paired by seed and by the other keys' values, averaged over the other keys' values "
+                "within each seed, then over the seeds; ± is over the seeds' averages (runs of one seed share their "
+                "data order and initial values: no independent repeats); seeds (pairs): the seeds, and the (seed, "
+                "other values) pairs whose two runs both finished; within noise as above; a value "
                 "whose runs, or its reference's, diverged or failed is neither better nor worse. An "
                 "interaction (a value that helps beside one value of another key and hurts beside another) is "
                 "averaged away: the table above has every cell.")

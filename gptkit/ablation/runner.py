@@ -472,10 +472,13 @@ def check_same_text(run_dir: Path, path: Path, sha256: str) -> None:
 LEGEND = ("Δ: final validation loss minus the baseline's, paired by seed, over the seeds both finished (said when "
           "not every seed the arm or the baseline ran: the two means then cover different seeds); ± is the "
           "half-width of the 95% confidence interval (Student t over seeds); within noise: the interval of Δ "
-          "contains 0, or Δ is within float32 rounding ({noise:g} of the loss). Each arm is tested against the "
+          "contains 0, or Δ is within float32 rounding ({noise:g} of the loss). Though every seed was worse (or "
+          "better): three or more seeds all went that way, by amounts too different to bound; more seeds may tell. "
+          "Each arm is tested against the "
           "baseline at 95%; with several arms, a better or worse that does not hold under Holm's correction "
           "across them (a family-wise error rate of 5%, from each arm's paired t-test) says so. "
-          "An arm with diverged or failed seeds is neither: its means cover only the seeds that finished. "
+          "An arm with diverged or failed seeds is neither: its means cover only the seeds that finished. A "
+          "final val loss above a uniform guess's (ln of the vocabulary's size) learned nothing. "
           "⚠: parameters differ from the baseline's by more than {margin}.")
 UNEQUAL = (" Not on equal terms: the arm differs from the baseline in its budget, data or evaluation "
            "(--allow-unfair); compare its steps and tokens.")

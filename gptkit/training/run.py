@@ -570,6 +570,7 @@ def write_summary(run_dir: Path, recipe: Recipe, trainer: Trainer, status: str, 
         "final_val_loss": s.val_loss,
         "best_val_loss": s.best_val_loss,
         "params": trainer.model.num_params(),
+        "vocab_size": trainer.model.config.vocab_size,  # ln of it: a uniform guess's loss, which a run should beat
         "flops_per_token": trainer.model.flops_per_token(),
         "steps": s.step,
         "checkpoint_step": trainer.saved_step if checkpoint_step is None else checkpoint_step,  # where --resume goes on
