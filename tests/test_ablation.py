@@ -133,6 +133,19 @@ def test_bad_ablations_are_one_clear_error(cli, tmp_path, write_recipe, args, me
     assert not (tmp_path / "abl").exists()
 
 
+def test_a_bare_component_name_that_keeps_the_recipes_parameters_is_said(cli, tmp_path, write_recipe):
+    """{name: rope, base: 500} in the recipe: `rope` is that, not rope at its defaults, and is no new arm."""
+    recipe = write_recipe(model={"positional": {"name": "rope", "base": 500.0}})
+    note = "model.positional=rope keeps the recipe's {base: 500.0}; {name: rope} is rope with its defaults"
+    p = plan(Ablation(recipe=recipe, vary={"model.positional": ["sinusoidal", "rope", "{name: rope}"]}))
+    assert [a.title for a in p.arms] == ["positional=rope (baseline)", "positional=sinusoidal", "positional={name: rope}"]
+    assert p.notes == [note]
+    result = cli("ablate", recipe, "--out", tmp_path / "abl", "--vary", "model.positional=rope")
+    assert result.exit_code == 2 and "the only arm and there is nothing to compare it with" in result.output
+    assert f"\n({note})" in result.output, result.output
+    assert plan(Ablation(recipe=write_recipe(), vary={"model.positional": ["rope", "alibi"]})).notes == []  # defaults
+
+
 def test_one_seed_is_a_list_of_one():
     assert parse_seeds("1338,") == [1338] and parse_seeds("1338") == 1338 and parse_seeds("0,5") == [0, 5]
 

@@ -153,6 +153,7 @@ def describe(plan: Plan, margin: float, data: dict[str, CharDataset]) -> list[st
         lines.append(f"  {arm.title.ljust(width)}  {params:>12,} params  {flops:>12,} FLOPs/token"
                      f"{'' if same else f'  {budgets[arm.slug]}'}{flag}")
     lines += [f"Each run: {budgets[plan.baseline.slug]}"] if same else []
+    lines += [f"note: {note}" for note in plan.notes]
     texts = {arm.label: data[arm.slug].describe() for arm in plan.arms}  # an arm may vary the data (--allow-unfair)
     lines += [f"Data: {texts[plan.baseline.label]}"] if len(set(texts.values())) == 1 else \
         [f"Data of {label}: {text}" for label, text in texts.items()]

@@ -102,6 +102,7 @@ class Plan:
     digest: str                        # names the default folder; independent of the seeds
     ablation: Ablation
     older_digest: str = ""             # the name gptkit gave it before `digest` left MAY_DIFFER out
+    notes: list[str] = field(default_factory=list)  # said with the plan: a bare name that kept parameters
 
     @property
     def baseline(self) -> Arm:
@@ -349,6 +350,7 @@ def plan(ablation: Ablation) -> Plan:
     arms: list[Arm] = [Arm("baseline", "baseline", [], resolve([]), baseline=True)]
     seen = {canonical(arms[0].recipe): arms[0]}
     refused: dict[str, list[str]] = {}  # every arm's mistake at once, not one per run of the command
+    notes: dict[str, None] = {}
     for changes in combos:
         label = " ".join(f"{short[k]}={v}" for k, v in changes)
         try:
@@ -357,6 +359,7 @@ def plan(ablation: Ablation) -> Plan:
         except UserError as e:
             refused.setdefault(str(e), []).append(label)
             continue
+        notes |= dict.fromkeys(filter(None, (kept_parameters(k, v, recipe) for k, v in changes)))
         same = seen.get(canonical(recipe))
         if same is not None:  # e.g. the recipe's own value among the varied ones
             if same.baseline and ablation.mode == "grid" and same.label == "baseline":
@@ -375,7 +378,7 @@ def plan(ablation: Ablation) -> Plan:
     for arm in arms:  # as its recipe holds them, so that one value reads one way (1e-3 given, 0.001 in the recipe)
         arm.factors = {k: yaml_text(value_of(arm.recipe, k)) for k in keys}
     if len(arms) == 1:
-        raise UserError(nothing_to_compare(ablation))
+        raise UserError(nothing_to_compare(ablation) + "".join(f"\n({note})" for note in notes))
     unique_slugs(arms[1:])
     base_seed = arms[0].recipe.seed
     seeds = list(range(base_seed, base_seed + ablation.seeds)) if isinstance(ablation.seeds, int) else ablation.seeds
@@ -388,7 +391,19 @@ def plan(ablation: Ablation) -> Plan:
                sorted(canonical(a.recipe, leave_out, keys) for a in arms[1:])]
         return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:8]
 
-    return Plan(ablation.name or arms[0].recipe.name, arms, seeds, digest(*MAY_DIFFER), ablation, digest())
+    return Plan(ablation.name or arms[0].recipe.name, arms, seeds, digest(*MAY_DIFFER), ablation, digest(), list(notes))
+
+
+def kept_parameters(key: str, text: str, recipe: Recipe) -> str | None:
+    """What a bare component name given for `key` kept of the recipe's parameters, when not its defaults:
+    "model.feedforward=relumlp keeps the recipe's {expansion: 2}; {name: relumlp} is relumlp with its
+    defaults". (A name changes the component's name alone; another component's parameters are dropped.)"""
+    spec = at_key(recipe, key)
+    if not (isinstance(spec, ComponentSpec) and isinstance(yaml.load(text, key)[0], str)):
+        return None
+    kept = spec.params.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    return (f"{key}={text} keeps the recipe's {yaml_text(kept)}; {{name: {spec.name}}} is {spec.name} with its "
+            "defaults") if kept else None
 
 
 def nothing_to_compare(ablation: Ablation) -> str:
