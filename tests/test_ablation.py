@@ -1354,6 +1354,9 @@ def test_a_grid_reports_each_keys_main_effect_paired_over_the_other_keys(write_r
         "train.optimizer.name": ["adamw", "muon"], "train.lr": ["3e-3", "1e-3"]}))
     assert spelt.baseline.factors == {"train.optimizer.name": "adamw", "train.lr": "0.001"}
     assert {a.factors["train.lr"] for a in spelt.arms} == {"0.001", "0.003"}
+    # and the labels as the main effects and ablation.yaml (which a resumed ablation reads) write it
+    assert [a.title for a in spelt.arms] == ["optimizer=adamw lr=0.001 (baseline)", "optimizer=adamw lr=0.003",
+                                             "optimizer=muon lr=0.003", "optimizer=muon lr=0.001"]
     effects = report.main_effects(rows_of(spelt, {a.label: [2.0, 2.1] for a in spelt.arms}))
     assert "| optimizer=muon " in effects and "| lr=0.003 " in effects and "| lr=0.001 " in effects, effects
     # one key, or one at a time: the arms' table is the comparison
@@ -1789,13 +1792,13 @@ def test_an_arm_whose_loss_rose_far_above_its_best_says_so_beside_its_verdict(wr
     """A learning rate too high: seeds fall apart by different amounts, an interval too wide to call it worse."""
     p = plan(Ablation(recipe=write_recipe(), vary={"train.lr": ["1e-3", "30"]}))
     collapsed = [{**FINISHED, "final_val_loss": v, "best_val_loss": 4.17} for v in (5.0, 40.0, 600.0)]
-    stats = {s.arm.label: s for s in report.arm_stats(rows_of(p, {"lr=1e-3": [2.0, 2.1, 2.2], "lr=30": collapsed}))}
+    stats = {s.arm.label: s for s in report.arm_stats(rows_of(p, {"lr=0.001": [2.0, 2.1, 2.2], "lr=30": collapsed}))}
     # (5 + 40 + 600) / 3 / 4.17; all three seeds worse, by amounts too different for an interval to exclude 0
     assert stats["lr=30"].verdict == "within noise, though every seed was worse; final val loss 52x its best"
-    assert stats["lr=1e-3"].verdict == "baseline"
+    assert stats["lr=0.001"].verdict == "baseline"
     for run in collapsed:  # recorded since: what a uniform guess over the vocabulary scores
         run["vocab_size"] = 65
-    stats = {s.arm.label: s for s in report.arm_stats(rows_of(p, {"lr=1e-3": [2.0, 2.1, 2.2], "lr=30": collapsed}))}
+    stats = {s.arm.label: s for s in report.arm_stats(rows_of(p, {"lr=0.001": [2.0, 2.1, 2.2], "lr=30": collapsed}))}
     assert stats["lr=30"].verdict.endswith("52x its best; final val loss above a uniform guess's (ln 65 = 4.17): it "
                                            "learned nothing")
 

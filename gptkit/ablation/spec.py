@@ -352,7 +352,7 @@ def plan(ablation: Ablation) -> Plan:
     refused: dict[str, list[str]] = {}  # every arm's mistake at once, not one per run of the command
     notes: dict[str, None] = {}
     for changes in combos:
-        label = " ".join(f"{short[k]}={v}" for k, v in changes)
+        label = " ".join(f"{short[k]}={label_value(k, v)}" for k, v in changes)
         try:
             recipe = resolve(changes)
             check_claims(ablation, recipe, changes)
@@ -392,6 +392,16 @@ def plan(ablation: Ablation) -> Plan:
         return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:8]
 
     return Plan(ablation.name or arms[0].recipe.name, arms, seeds, digest(*MAY_DIFFER), ablation, digest(), list(notes))
+
+
+def label_value(key: str, text: str) -> str:
+    """A varied value as arms' labels write it: as read back, so that one value reads one way however it
+    was given (1e-2 is 0.01, as in the main effects and in ablation.yaml, which the next command reads);
+    as given if it is not YAML, for the error that says so."""
+    try:
+        return yaml_text(yaml.load(text, key)[0])
+    except UserError:
+        return text
 
 
 def kept_parameters(key: str, text: str, recipe: Recipe) -> str | None:
