@@ -843,6 +843,25 @@ def test_plot_shows_single_evaluations_and_names_a_label_it_cannot_draw(tmp_path
     assert err == f"warning: {tmp_path / 'c.png'} leaves out apart (its seeds share no evaluation step)\n"
 
 
+def test_the_baseline_is_drawn_over_the_arms_that_match_it_and_named_first(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from gptkit.ablation.plot import plot_curves
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    same = [[(256, 2.5), (512, 2.0)]]
+    curves = {"attention=naive": same, "baseline (attention=flash)": same, "norm=layernorm": [[(256, 2.4), (512, 2.1)]]}
+    assert plot_curves(curves, tmp_path / "c.png", "t", reference="baseline (attention=flash)")
+    ax = figures[0].axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    base = lines["baseline (attention=flash) (n=1)"]
+    assert base.get_color() == "black" and base.get_linestyle() == "--"
+    assert base.get_zorder() > max(line.get_zorder() for line in lines.values() if line is not base)
+    assert [t.get_text() for t in ax.get_legend().get_texts()][0] == "baseline (attention=flash) (n=1)"
+
+
 def test_labels_the_plots_font_cannot_draw_are_one_warning_line(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     from gptkit.ablation.plot import plot_curves

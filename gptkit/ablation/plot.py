@@ -49,12 +49,13 @@ def image_format(path: Path) -> str:
 
 
 def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, title: str,
-                notes: dict[str, str] | None = None) -> bool:
+                notes: dict[str, str] | None = None, reference: str | None = None) -> bool:
     """Draw `curves` ({label: [one [(tokens, val_loss)] per seed]}) into `path`, in the format its
     extension names (image_format), each label followed by its number of seeds and its `notes` entry
     ("diverged on 5/8 seeds"), if any; a label with no curve but a note is named in the legend alone. A
     label whose seeds share no evaluation step has no mean to draw: the legend and a warning on stderr
-    name it. False, drawing nothing, when matplotlib is missing."""
+    name it. The `reference` label (an ablation's baseline) is drawn black and dashed, over the others,
+    which would otherwise hide it where they match it. False, drawing nothing, when matplotlib is missing."""
     if not have_matplotlib():
         return False
     import matplotlib
@@ -80,8 +81,9 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
         lo, hi = [min(p) for p in points], [max(p) for p in points]
         note = (notes or {}).get(label)
         # markers: a run evaluated only at its end has one point, which a line alone does not show
+        style = dict(color="black", linestyle="--", zorder=3) if label == reference else {}
         (line,) = ax.plot(common, [sum(p) / len(p) for p in points], marker="o", markersize=3,
-                          label=f"{label} (n={len(runs)}{f'; {note}' if note else ''})")
+                          label=f"{label} (n={len(runs)}{f'; {note}' if note else ''})", **style)
         if len(runs) > 1 and len(common) > 1:
             ax.fill_between(common, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         elif len(runs) > 1:  # a band one point wide has no area: show the spread as a bar
@@ -92,7 +94,9 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
     ax.set_ylabel("validation loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    handles, labels = ax.get_legend_handles_labels()  # the reference first, as the table names it first
+    first = sorted(range(len(labels)), key=lambda i: not labels[i].startswith(f"{reference} (n="))
+    ax.legend([handles[i] for i in first], [labels[i] for i in first], fontsize="small", framealpha=0.8)
     fmt = image_format(path)  # savefig cannot see the name through a file object: it would write PNG
     with warnings.catch_warnings(record=True) as said:  # matplotlib's, each several lines: said once, below
         warnings.simplefilter("always")

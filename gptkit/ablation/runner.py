@@ -515,7 +515,8 @@ def plot(folder: Path, rows: list[RunRow], title: str) -> bool:
         if finished(r.summary):
             curves[r.arm.title].append(val_curve(folder / r.run_dir))
     notes = {s.arm.title: s.trouble for s in arm_stats(rows)}  # a curve over the seeds that survived says so
-    return plot_curves(curves, folder / "loss_curves.png", title, notes)
+    baseline = next((r.arm.title for r in rows if r.arm.baseline), None)
+    return plot_curves(curves, folder / "loss_curves.png", title, notes, reference=baseline)
 
 
 def baseline_recipe(plan: Plan) -> str:
