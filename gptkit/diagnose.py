@@ -58,16 +58,26 @@ def _check_shapes(gpt: GPT, model) -> None:
         if not (isinstance(output, torch.Tensor) and output.shape == x.shape and output.dtype == x.dtype):
             raise specs[module].error(f"its forward returned {_what(output)} for an input of {tuple(x.shape)} {x.dtype}; it "
                                       "must return a tensor of its input's shape and dtype")
+        finite(specs[module], "its forward", x, output)
 
     def embedded(x):
         B, T = idx.shape
         if not (isinstance(x, torch.Tensor) and x.shape == (B, T, gpt.config.n_embd) and x.dtype == t.wte.weight.dtype):
             raise model.positional.error(f"its embed(x, start) returned {_what(x)}; it must return a tensor of x's shape "
                                          f"and dtype, {(B, T, gpt.config.n_embd)} {t.wte.weight.dtype}")
+        finite(model.positional, "its embed(x, start)", t.wte(idx), x)
+
+    def finite(spec, what: str, x: torch.Tensor, output: torch.Tensor) -> None:
+        # Else training stops at its first step as "diverged", though no update, and no learning rate, was to blame
+        if torch.isfinite(x).all() and not torch.isfinite(output).all():
+            raise spec.error(f"{what} returned {'nan' if output.isnan().any() else 'inf'} for a finite input (the "
+                             "untrained model, in evaluation mode); its output must be finite")
 
     # Two sequences, not one: a component that reduces over the batch (x.mean(0, keepdim=True)) returns
-    # another shape then, instead of passing and mixing the samples through a broadcast residual.
-    idx = torch.zeros(2, min(2, gpt.config.block_size), dtype=torch.long, device=gpt.lm_head.weight.device)
+    # another shape then, instead of passing and mixing the samples through a broadcast residual. Other
+    # tokens everywhere: a component that divides by a spread over the sequence is not fed one of 0.
+    T = min(2, gpt.config.block_size)
+    idx = torch.arange(2 * T, device=gpt.lm_head.weight.device).view(2, T) % gpt.config.vocab_size
     try:
         with watching(gpt, specs, embedded, same_as_input):
             gpt(idx)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from gptkit.errors import UserError, out_of_memory
+from gptkit.errors import ComponentError, UserError, out_of_memory
 from gptkit.registry import forget_plugins, registry
 from gptkit.training.checkpoint import load_model
 
@@ -1147,8 +1147,8 @@ def test_the_causality_check_leaves_the_model_as_it_was(temporary_component):
     assert norms and all(not m.mean.any() and m.seen is None and m.calls == 0 for m in norms)
 
 
-def test_the_causality_check_leaves_an_output_that_is_not_finite_to_training(temporary_component, write_recipe,
-                                                                            tmp_path):
+def test_the_causality_check_leaves_an_output_that_is_not_finite_to_the_forward_check(temporary_component,
+                                                                                     write_recipe, tmp_path):
     from gptkit.components.feedforward import MLP
     from gptkit.diagnose import check_causal
     from gptkit.model import build_model
@@ -1162,10 +1162,29 @@ def test_the_causality_check_leaves_an_output_that_is_not_finite_to_training(tem
     section = ModelSection(n_embd=32, n_head=4, n_layer=2, block_size=8, feedforward="nan")
     check_causal(build_model(section, 11), section)  # raises nothing: NaN != NaN is no leak of the future
     from gptkit import load_recipe, train
-    from gptkit.errors import Diverged
 
-    with pytest.raises(Diverged, match="^training diverged at step 1: the model's loss is nan before any update"):
-        train(load_recipe(write_recipe(model={"feedforward": "nan"}, train={"max_steps": 2})), runs_dir=tmp_path, quiet=True)
+    # A bug of the component, said before training, not a divergence "at step 1" of a run left behind
+    with pytest.raises(ComponentError, match=r"^feedforward 'nan' from test is broken: its forward returned nan for "
+                                             r"a finite input \(the untrained model, in evaluation mode\); its output "
+                                             r"must be finite"):
+        train(load_recipe(write_recipe(model={"feedforward": "nan"}, train={"max_steps": 2})),
+              runs_dir=tmp_path / "runs", quiet=True)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_positional_embedding_that_is_not_finite_is_its_error(temporary_component, write_recipe, tmp_path):
+    from gptkit import load_recipe, train
+    from gptkit.components.positional import Learned
+
+    class Inf(Learned):
+        def embed(self, x, start=0):
+            return super().embed(x, start) / 0.0
+
+    temporary_component("positional", "inf", Inf)
+    with pytest.raises(ComponentError, match=r"^positional 'inf' from test is broken: its embed\(x, start\) returned "
+                                             r"(inf|nan) for a finite input"):
+        train(load_recipe(write_recipe(model={"positional": "inf"}, train={"max_steps": 2})),
+              runs_dir=tmp_path / "runs", quiet=True)
 
 
 def test_a_component_failing_later_in_training_names_the_run_to_resume_once_fixed(run_with, cli, tmp_path,
