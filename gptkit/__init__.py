@@ -25,7 +25,7 @@ _EXPORTS = {
     "Vocab": ".data.vocab",
     "GPT": ".model", "Block": ".model", "build_model": ".model",
     "Recipe": ".recipe", "load_recipe": ".recipe",
-    "generate": ".sampling", "sample": ".sampling",
+    "generate": ".sampling", "sample": ".sampling", "text_loss": ".scoring",
     "load_checkpoint": ".training", "train": ".training", "RunResult": ".training.run",
     "load_model": ".training.checkpoint", "PluginChangedWarning": ".training.checkpoint",
     "registry": ".registry",
@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .recipe.load import RecipeError
     from .registry import RegistryError, registry
     from .sampling import generate, sample
+    from .scoring import text_loss
     from .training import load_checkpoint, train
     from .training.checkpoint import PluginChangedWarning, load_model
     from .training.run import RunResult

@@ -94,6 +94,15 @@ def check_model(model) -> None:
         raise TypeError(f"model must be a GPT (train_model's or load_model's first value), got {type(model).__name__}")
 
 
+def check_vocab(model, vocab) -> None:
+    if not (hasattr(vocab, "encode") and hasattr(vocab, "stoi")):
+        raise TypeError(f"vocab must be the model's Vocab (a dataset's .vocab, or load_model's third value), "
+                        f"got {type(vocab).__name__}")
+    if len(vocab) != model.config.vocab_size:  # another run's: its ids would name other characters
+        raise ValueError(f"vocab holds {len(vocab)} characters, the model was trained with {model.config.vocab_size}: "
+                         "give the model's own Vocab (load_model's third value, or the dataset it trained on's .vocab)")
+
+
 def check_sampling(tokens, temperature, top_k, count: str = "tokens") -> tuple[int, float, int | None]:
     """The settings as Python numbers, or a ValueError for settings that cannot sample (a recipe's sample
     section refuses them too); `count` names `tokens` in it. A number may be of any type that converts
@@ -168,12 +177,7 @@ def sample(model, vocab, prompt: str | None, tokens: int, temperature: float = 0
         raise TypeError(f"prompt must be a string, e.g. 'ROMEO:' ('' or None for a newline), got {type(prompt).__name__}")
     prompt = one_newline(prompt or "")
     tokens, temperature, top_k = check_sampling(tokens, temperature, top_k)
-    if not (hasattr(vocab, "encode") and hasattr(vocab, "stoi")):
-        raise TypeError(f"vocab must be the model's Vocab (a dataset's .vocab, or load_model's third value), "
-                        f"got {type(vocab).__name__}")
-    if len(vocab) != model.config.vocab_size:  # another run's: its ids would name other characters
-        raise ValueError(f"vocab holds {len(vocab)} characters, the model was trained with {model.config.vocab_size}: "
-                         "give the model's own Vocab (load_model's third value, or the dataset it trained on's .vocab)")
+    check_vocab(model, vocab)
     whole_seed = None if seed is None else _whole(seed)  # a Python int: a generator takes no numpy or torch one
     if seed is not None and not (whole_seed is not None and SEEDS.start <= whole_seed < SEEDS.stop):
         raise ValueError(f"seed must be None (torch's global generator) or a whole number from -2**63 to 2**64 - 1, "

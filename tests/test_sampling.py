@@ -8,6 +8,7 @@ import torch
 
 from gptkit.components.attention import NaiveAttention
 from gptkit.conformance import CONFIG, tiny_model
+from gptkit.errors import UserError
 from gptkit.registry import registry
 from gptkit.sampling import generate
 
@@ -310,3 +311,35 @@ def test_a_cache_bug_at_long_offsets_is_found_before_sampling_and_sampled_around
     assert not model.supports_kv_cache
     (cached, _), (recomputed, _) = (run(model, 5, None, use_cache) for use_cache in (True, False))
     assert torch.equal(cached, recomputed)
+
+
+def test_text_loss_predicts_every_character_but_the_first_once():
+    import torch.nn.functional as F
+
+    from gptkit import text_loss
+    from gptkit.data.vocab import Vocab
+
+    vocab = Vocab([chr(65 + i) for i in range(CONFIG.vocab_size)])
+    model = peaky_model().train()
+    T = CONFIG.block_size
+    text = "".join(chr(65 + (i * 7) % CONFIG.vocab_size) for i in range(2 * T + 4))  # 2 windows, then 3 more
+    ids = vocab.encode(text)
+    with torch.no_grad():
+        model.eval()
+        windows = [model(ids[s : s + T][None], ids[s + 1 : s + T + 1][None])[1] * T for s in (0, T)]
+        tail = model(ids[T + 3 : 2 * T + 3][None])[0][0, -3:]  # the last 3, with a whole block of context
+        expected = (sum(windows) + F.cross_entropy(tail, ids[2 * T + 1 :], reduction="sum")) / (2 * T + 3)
+        model.train()
+    assert text_loss(model, vocab, text) == pytest.approx(expected.item(), rel=1e-5)
+    assert text_loss(model, vocab, text, batch_size=1) == pytest.approx(expected.item(), rel=1e-5)
+    assert model.training  # left as it was
+    short = text[:5]  # shorter than a window: the tail alone
+    with torch.no_grad():
+        assert text_loss(model, vocab, short) == pytest.approx(model.eval()(ids[:4][None], ids[1:5][None])[1].item(),
+                                                               rel=1e-5)
+    with pytest.raises(ValueError, match=r"^text must hold at least 2 characters \(the first is context only\), got 1"):
+        text_loss(model, vocab, "A")
+    with pytest.raises(ValueError, match=r"^batch_size must be a whole number >= 1, got 0"):
+        text_loss(model, vocab, text, batch_size=0)
+    with pytest.raises(UserError, match=r"^characters not in the vocabulary: 'z'"):
+        text_loss(model, vocab, "ABz")
