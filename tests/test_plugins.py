@@ -1240,6 +1240,23 @@ def test_a_name_an_edited_local_file_no_longer_registers_is_gone(write_recipe, t
     assert "secondnorm" in registry("norm").names()  # a failed run takes nothing away
 
 
+def test_weights_that_no_longer_fit_an_edited_local_component_name_it(write_recipe, tmp_path, scratch_registries):
+    from gptkit import UserError, load_model, train
+    from gptkit.training.checkpoint import PluginChangedWarning
+
+    source = textwrap.dedent(LOCAL).replace('"localnorm"', '"gainnorm"').replace(
+        "    def forward(self, x):", "    def __init__(self, config, params):\n        super().__init__(config, params)\n"
+        "        self.gain = torch.nn.Parameter(torch.ones(config.n_embd))\n\n    def forward(self, x):")
+    (tmp_path / "gain.py").write_text("import torch\n" + source)
+    run = train(load_recipe(write_recipe(model={"norm": "gainnorm"}, imports=["gain.py"], train={"max_steps": 1})),
+                runs_dir=tmp_path / "runs", quiet=True).run_dir
+    (tmp_path / "gain.py").write_text((tmp_path / "gain.py").read_text().replace("self.gain", "self.scale"))
+    with pytest.warns(PluginChangedWarning), pytest.raises(UserError, match=r"its weights do not fit the model its recipe describes \(.*\): "
+                                                  r"model\.norm \(gainnorm\) was trained with .*gain\.py.*; the "
+                                                  r"weights are that code's$"):
+        load_model(run)
+
+
 def test_a_local_file_recorded_before_records_held_its_hash_is_the_same_source(write_recipe, tmp_path,
                                                                                scratch_registries):
     from gptkit.training.resume import plugin_changes

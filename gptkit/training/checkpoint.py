@@ -247,13 +247,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", check: bool
     device = resolve_device(str(device), "load_model's device")  # before loading: a missing GPU is said first
     state = load_checkpoint(path)
     recipe = stored_recipe(state, path)
-    for change in plugin_changes(state.get("plugins"), recipe, prefix="model."):
+    changes = plugin_changes(state.get("plugins"), recipe, prefix="model.")
+    for change in changes:
         warn(f"{change}; sampling with it", PluginChangedWarning)
     # float32 weights whatever the caller's default dtype; the initial weights drawn and overwritten cost a
     # notebook's later draws nothing
     with torch_defaults(), keep_random_state(device):
         model = build_model(recipe.model, state["vocab_size"])
-        load_weights(model, state, path)
+        load_weights(model, state, path, changes)
         model = model.to(device).eval()
         warning = check_forward(model, recipe.model) if check else None
     if warning:
@@ -351,13 +352,16 @@ def changed_plugins(used: dict[str, str], prefix: str = "model.") -> str:
             "the run was trained with to use the run)")
 
 
-def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
-    """The checkpoint's weights into `model`, which its recipe built."""
+def load_weights(model: torch.nn.Module, state: dict, path: Path, changes: list[str] = ()) -> None:
+    """The checkpoint's weights into `model`, which its recipe built; `changes`: the model's components
+    that come from other code than the run trained with (plugin_changes), the likely cause of a misfit."""
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
+        why = f": {'; '.join(changes)}; the weights are that code's" if changes else \
+            "; was it written by another version of a component?"
         raise UserError(f"checkpoint {path}: its weights do not fit the model its recipe describes "
-                        f"({state_dict_mismatch(e)}); was it written by another version of a component?") from None
+                        f"({state_dict_mismatch(e)}){why}") from None
     bad = non_finite(state["model"])
     if bad:  # save_checkpoint never writes such weights (a diverged step is not saved): damage, or an edit
         raise UserError(f"checkpoint {path}: its weights are not finite ({bad[0]} holds NaN or inf), so the model "

@@ -33,7 +33,7 @@ from ..recipe import Recipe, validate, yaml
 from ..sampling import sample
 from . import distributed
 from .build import build_checked, every_rank
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import load_checkpoint, load_weights, plugin_changes, save_checkpoint
 from .folder import earlier_sessions, summary_of
 from .resume import (RunBusy, busy, check_restartable, check_resumable, check_run_dir, check_unchanged,
                      find_resumable, is_locked, lock_run, remove_leftovers, saved, settings_changed,
@@ -242,7 +242,8 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
             "onto it, before training; free some memory (close other programs that use it) and try again"))):
         dataset.to(device)
         if checkpoint is not None:
-            load_weights(model, checkpoint, run_dir / "checkpoint.pt")
+            load_weights(model, checkpoint, run_dir / "checkpoint.pt",
+                         plugin_changes(checkpoint.get("plugins"), recipe, prefix="model."))
         trainer = Trainer(recipe, model, dataset, device, quiet=quiet or not dist.is_main, dist=dist)
         if checkpoint is not None:  # the optimizer's state, twice the weights' size with AdamW, onto the device
             trainer.load_state_dict(checkpoint["trainer"], checkpoint["recipe"])  # rank 0's random stream too
