@@ -196,28 +196,37 @@ def test_a_stop_between_log_lines_leaves_the_final_figures_as_they_would_have_be
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("at", ["sample", "write_text"])  # the sample drawn, or being written to samples.txt
-def test_a_signal_while_sampling_is_recorded_and_resuming_just_samples(tmp_path, write_recipe, monkeypatch, sig, at):
+def test_a_signal_while_sampling_stops_the_sample_not_the_finished_run(tmp_path, write_recipe, monkeypatch, sig, at):
     import gptkit.training.run
 
     real = getattr(gptkit.training.run, at)
 
-    def signalled(*args):
+    def signalled(*args, **kwargs):
         if at == "write_text" and args[0].name != "samples.txt":
-            return real(*args)
+            return real(*args, **kwargs)
+        if at == "sample":  # some characters made, then the signal
+            kwargs["on_text"]("ROMEO:")
+            kwargs["on_text"]("abc")
         os.kill(os.getpid(), sig)  # a real signal, handled as the process would handle it
-        time.sleep(5)
+        time.sleep(5 if at == "sample" else 0)  # (one held while samples.txt is written comes after it)
+        return real(*args, **kwargs) if at == "write_text" else None
 
-    path = write_recipe()
+    path = write_recipe(sample={"prompt": "ROMEO:", "tokens": 50})
     with monkeypatch.context() as m:
         m.setattr(gptkit.training.run, at, signalled)
-        with pytest.raises(Interrupted, match="received while sampling, after training finished") as e:
+        with pytest.raises(Interrupted, match="received while sampling, after training finished: the run is finished "
+                                              "and saved, its sample ") as e:
             train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
     run = e.value.run_dir
-    assert e.value.exit_code == 128 + sig
+    assert e.value.exit_code == 128 + sig and not e.value.resumable
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["steps"] == 6 and not (run / "samples.txt").exists()
-    result = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")
-    assert result.run_dir == run and result.summary["status"] == "finished" and (run / "samples.txt").exists()
+    assert summary["status"] == "finished" and summary["steps"] == 6 and not summary["resumable"]
+    if at == "sample":
+        assert "cut short at 3 of 50 characters, in samples.txt" in str(e.value)
+        assert (run / "samples.txt").read_text() == "ROMEO:abc"
+    else:
+        assert len((run / "samples.txt").read_text()) == len("ROMEO:") + 50  # whole, and written
+        assert "its sample in samples.txt" in str(e.value)
 
 
 def test_run_files_are_as_readable_as_the_umask_allows(tmp_path, write_recipe):

@@ -22,8 +22,8 @@ import torch
 from ..data.dataset import CharDataset, cannot_create, corpus_text, dataset_of, load_dataset, will_create
 from ..device import keep_random_state, resolve_device, torch_defaults
 from ..diagnose import blaming, check_forward
-from ..errors import (CheckpointError, ComponentError, Diverged, GptkitWarning, OutOfMemory, RunStopped, UserError, arg,
-                      failure_reason, given, goes_on_by, on_command_line, out_of_memory, out_of_memory_as,
+from ..errors import (CheckpointError, ComponentError, Diverged, GptkitWarning, Interrupted, OutOfMemory, RunStopped,
+                      UserError, arg, failure_reason, given, goes_on_by, on_command_line, out_of_memory, out_of_memory_as,
                       out_of_memory_on, overrides_example, warn)
 from ..io import (DISK_FULL, cannot_make_folder, check_path_argument, home_path, make_folders, quote, remove_empty,
                   write_json, write_text)
@@ -38,7 +38,7 @@ from .folder import earlier_sessions, summary_of
 from .resume import (RunBusy, busy, check_restartable, check_resumable, check_run_dir, check_unchanged,
                      find_resumable, is_locked, lock_run, remove_leftovers, saved, settings_changed,
                      truncate_metrics)
-from .signals import interrupt_on_signals, stop_on_signals
+from .signals import interrupt_on_signals, signals_held, stop_on_signals
 from .trainer import Trainer, trained_toward
 
 
@@ -425,10 +425,10 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
             with interrupt_on_signals("saving, after training finished; resume the run to write samples.txt"):
                 if checkpoint is not None and trainer.state.step == checkpoint["step"]:
                     save(run_dir, trainer, recipe, dataset, metrics)  # no step to save, but the sample settings may be new
-            sp = recipe.sample
+            sp, cut = recipe.sample, None
             if sp.tokens:  # sample.tokens 0: no sample, and no samples.txt
-                with interrupt_on_signals("sampling, after training finished; resume the run to write samples.txt"):
-                    write_sample(run_dir, recipe, trainer, dataset, log)
+                with interrupt_on_signals("sampling, after training finished"):
+                    cut = write_sample(run_dir, recipe, trainer, dataset, log)
             else:  # one made before by a resumed run would not be of these settings
                 (run_dir / "samples.txt").unlink(missing_ok=True)
         except RunStopped as e:
@@ -449,6 +449,9 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
             f"saved (resuming it records it as finished, with nothing to train){then_resume(e, run_dir)}")
         failed.run_dir = run_dir
         raise failed from None
+    if cut is not None:  # a Ctrl-C cut the sample short, not the run: finished, and said so, with the signal's exit code
+        cut.run_dir, cut.resumable = run_dir, False
+        raise cut
     return RunResult(model.eval(), dataset, run_dir, summary)  # ready to generate: no dropout
 
 
@@ -468,18 +471,24 @@ def resuming(run_dir: Path, checkpoint: dict, trainer: Trainer) -> str:
 
 
 def write_sample(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDataset,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None]) -> Interrupted | None:
     """samples.txt: the trained model's text, as recipe.sample says. Running out of memory for it is a
     warning: the run is trained and its checkpoint saved, and `gptkit sample` needs less memory than
-    this process, which holds the optimizer's state and the gradients too."""
+    this process, which holds the optimizer's state and the gradients too. A SIGINT or SIGTERM (under
+    interrupt_on_signals) stops the sample, not the run: what was made is written, and the Interrupted
+    to raise once the run is recorded as finished is returned."""
     model, sp = trainer.model, recipe.sample
+    made, stopped = [], None  # the prompt, then the characters as they come
     try:
         with blaming(trainer.specs, "while sampling after training"):
             if model.cache_mismatch is None:  # a cache bug hidden by the initial weights shows now
                 cache_warning = check_forward(model, recipe.model)  # (samples then recompute the context)
                 if cache_warning:
                     warn(cache_warning)
-            text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed)
+            text = sample(model, dataset.vocab, sp.prompt, sp.tokens, sp.temperature, sp.top_k, recipe.seed,
+                          on_text=made.append)
+    except Interrupted as e:
+        text, stopped = "".join(made), e
     except Exception as e:
         if not out_of_memory(e):
             raise
@@ -487,15 +496,26 @@ def write_sample(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharD
         warn(f"out of memory on {out_of_memory_on(e, trainer.device)} while sampling after training, so there is "
              f"no samples.txt; the run is finished and its checkpoint saved: sample it with gptkit sample "
              f"{quote(run_dir)}, which holds no training state")
-        return
+        return None
+    count = sum(map(len, made[1:])) if stopped else sp.tokens
     try:
-        write_text(run_dir / "samples.txt", text)
-        where = "in samples.txt too"
+        with signals_held():  # a signal while it is written: once it is
+            write_text(run_dir / "samples.txt", text)
+            where = "in samples.txt too"
     except OSError as e:  # a full disk, say: the run is trained and saved all the same
         warn(f"could not write samples.txt in {run_dir}: {e.strerror or e}; the run is finished and its checkpoint "
              f"saved: sample it with gptkit sample {quote(run_dir)}")
         where = "not saved"
-    log(f"Sample ({sp.tokens:,} characters after the prompt, {where}):\n{text}\n")
+    except Interrupted as e:
+        stopped = stopped or e
+    log(f"Sample ({count:,} characters after the prompt{' of ' + f'{sp.tokens:,}' if count < sp.tokens else ''}, "
+        f"{where}):\n{text}\n")
+    if stopped is None:
+        return None
+    more = f"gptkit sample {quote(run_dir)}" if on_command_line() else f"sample(*load_model({str(run_dir)!r}))"
+    cut = f"cut short at {count:,} of {sp.tokens:,} characters, " if count < sp.tokens else ""
+    return Interrupted(stopped.signum, f"{stopped}: the run is finished and saved, its sample {cut}in samples.txt; "
+                                       f"{more} makes more")
 
 
 def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, metrics: BinaryIO) -> None:
