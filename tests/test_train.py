@@ -72,10 +72,17 @@ def test_the_epoch_line_says_when_max_steps_cut_the_epoch_short(cli, tmp_path, w
     assert cut.exit_code == 0, cut.output
     assert re.search(r"^Epoch 1/1 stopped at batch 6/\d+ \(train\.max_steps\) after [\d.]+ s$", cut.output, re.M)
     assert "done in" not in cut.output
+    # the opening lines say the budget the epoch counter counts toward, not only the recipe's epochs
+    per = int(re.search(r"stopped at batch 6/(\d+)", cut.output)[1])
+    assert re.search(rf"^Budget: 6 steps \(train\.max_steps: {6 / per:.1f} of 1 epoch of {per} batches\)$", cut.output,
+                     re.M), cut.output
     full = cli("run", write_recipe(), "--set", "data.max_lines=40", "--set", "train.max_steps=null",
-               "--runs-dir", tmp_path / "full")
+               "--set", "train.epochs=2", "--runs-dir", tmp_path / "full")
     assert full.exit_code == 0, full.output
-    assert re.search(r"^Epoch 1/1 done in [\d.]+ s$", full.output, re.M) and "stopped at" not in full.output
+    assert re.search(r"^Budget: (\d+) steps \(2 epochs of \d+ batches\)$", full.output, re.M), full.output
+    # a log without the live line (a file) says what is left at each epoch's end but the last
+    assert re.search(r"^Epoch 1/2 done in [\d.]+ s \(about (\d+:\d\d|[<\d.]+ s) left\)$", full.output, re.M), full.output
+    assert re.search(r"^Epoch 2/2 done in [\d.]+ s$", full.output, re.M) and "stopped at" not in full.output
 
 
 def test_the_opening_lines_say_when_data_max_lines_cuts_the_text(cli, tmp_path, write_recipe, corpus):

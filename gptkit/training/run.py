@@ -393,6 +393,8 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
         log(f"Run folder: {run_dir}")
     write_text(run_dir / "recipe.yaml", yaml.dump(recipe.to_dict()))  # read back by --resume: quoted so that it reads the same
     log(f"{model.num_params():,} parameters on {device} ({trainer.describe()}); {dataset.describe()}")
+    if checkpoint is None:  # (a resumed run's first line says where it goes from, and to)
+        log(trainer.budget())
 
     # Unbuffered: a full disk fails the write that hit it, not a later flush or the file's closing.
     with open(run_dir / "metrics.jsonl", "ab" if checkpoint else "wb", buffering=0) as metrics:

@@ -30,7 +30,7 @@ from ..recipe.components import ComponentSpec
 from .checkpoint import unloadable
 from .distributed import Distributed
 from .optim_setup import build_optimizer, flat_gradients, param_groups, set_lr
-from .progress import Progress
+from .progress import Progress, fmt_duration
 from .signals import stop_on_signals
 from .speed import compile_failures, compiled, micro_batch_size
 
@@ -255,6 +255,14 @@ class Trainer:
         """What `train.precision` resolved to here: "bf16 autocast" or "fp32"."""
         return arithmetic(self.cfg.precision, self.device)
 
+    def budget(self) -> str:
+        """A new run's opening line of what it trains: "1,500 steps (train.max_steps: 6.6 of 10 epochs of 226
+        batches)" or "1,560 steps (10 epochs of 156 batches)", the epochs its log counts toward."""
+        per, total, epochs = self.steps_per_epoch, self.total_steps, self.cfg.epochs
+        if total < epochs * per:
+            return f"Budget: {total:,} steps (train.max_steps: {total / per:.1f} of {counted(epochs, 'epoch')} of {per:,} batches)"
+        return f"Budget: {total:,} steps ({counted(epochs, 'epoch')} of {per:,} batches)"
+
     def describe(self) -> str:
         """How a step runs, for the run's opening lines: e.g. "bf16 autocast, torch.compile"."""
         parts = [self.arithmetic]
@@ -391,8 +399,11 @@ class Trainer:
                 done = state.step - epoch * self.steps_per_epoch  # fewer than an epoch: max_steps cut it short
                 ended = ("done in" if done >= self.steps_per_epoch else
                          f"stopped at batch {done}/{self.steps_per_epoch} (train.max_steps) after")
+                # what is left, for a log without the live line (a file, a job's output): at this run's pace so far
+                left = (self.total_steps - state.step) * state.seconds / state.step
                 self.progress.log(f"Epoch {epoch + 1}/{self.epochs} {ended} {timer.seconds():.2f} s"
-                                  f"{' (CUDA events)' if timer.cuda else ''}")
+                                  f"{' (CUDA events)' if timer.cuda else ''}"
+                                  f"{f' (about {fmt_duration(left)} left)' if state.step < self.total_steps else ''}")
             if state.eval_step != state.step:  # resumed at its budget after a stop between evaluations
                 self.evaluate()  # a run's final figures are its last step's
             self._checkpoint_and_stop_if_asked()  # a stop asked with no step left to take it at
