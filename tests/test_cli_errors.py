@@ -121,7 +121,8 @@ CASES = [
      ["--set model.norm.eps=.nan: model.norm.eps: Input should be a finite number (got nan)"]),
     ("seed-too-large", lambda c: recipe_text(c, seed=2**64), [], ["seed: Input should be less than 18446744073709551616"]),
     ("prompt-unknown-characters", lambda c: recipe_text(c, sample__prompt="ZEUS:"), [],  # found before training
-     ["sample.prompt 'ZEUS:': characters not in the vocabulary: 'Z'", "change sample.prompt"]),
+     ["sample.prompt 'ZEUS:': characters not in the vocabulary: 'Z'", "characters of its training text (data.path ",
+      "change sample.prompt to characters of that text, or to \"\" to start from a newline: --set 'sample.prompt=\"\"'"]),
     ("empty-section", lambda c: GOOD.replace("CORPUS", str(c)) + "sample:\n", [],
      ["bad.yaml:8: sample: empty section; give it keys, or remove it\n"]),
     ("ablation-file", lambda c: "recipe: r.yaml\nmode: grid\nseeds: 2\nset: {train.lr: 0.01}\nvary: {model.norm: [rmsnorm]}\n",
@@ -905,3 +906,11 @@ def test_resume_auto_without_a_recipe_says_it_needs_one(cli):
     result = cli("run", "--resume", "auto")
     assert result.exit_code == 2 and "error: --resume auto needs the RECIPE whose newest run to continue: gptkit run " \
         "RECIPE --resume auto" in result.output, result.output
+
+
+def test_a_prompt_another_text_lacks_names_the_override_of_the_text(cli, tmp_path, write_recipe):
+    (tmp_path / "upper.txt").write_text("THE TEXT IN CAPITALS, WITH NOTHING ELSE IN IT.\n" * 200)
+    result = cli("run", write_recipe(sample={"prompt": "ROMEo"}), "--set", f"data.path={tmp_path / 'upper.txt'}")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: --set data.path={tmp_path / 'upper.txt'}: sample.prompt 'ROMEo': "
+                                    "characters not in the vocabulary: 'M', 'R', 'o'"), result.output

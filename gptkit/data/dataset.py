@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError, counted, overrides_example
-from ..io import DISK_FULL, cannot_make_folder, missing, read_text, temporaries, write_text
+from ..errors import UserError, counted, on_command_line, overrides_example
+from ..io import DISK_FULL, cannot_make_folder, missing, quote, read_text, temporaries, write_text
 from .vocab import Vocab
 
 
@@ -108,8 +108,11 @@ class CharDataset:
             return
         try:
             self.vocab.encode(prompt)
-        except UserError as e:
-            raise UserError(f"sample.prompt {prompt!r}: {e}; change sample.prompt") from None
+        except UserError as e:  # data.path named: an override of it (another text) is then named as the cause
+            empty = 'sample.prompt=""'
+            fix = f"--set {quote(empty)}" if on_command_line() else f"overrides=[{empty!r}]"
+            raise UserError(f"sample.prompt {prompt!r}: {e} ({self.source}); change sample.prompt to characters of "
+                            f"that text, or to \"\" to start from a newline: {fix}") from None
 
     def epoch_starts(self, seed: int, epoch: int) -> torch.Tensor:
         """(windows_per_epoch,) shuffled window starts of one epoch, a function of (seed, epoch) only."""
