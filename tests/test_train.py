@@ -371,3 +371,21 @@ def test_torch_defaults_add_no_mode_every_eager_op_would_go_through():
     outside = _get_current_function_mode_stack()
     with torch_defaults():
         assert _get_current_function_mode_stack() == outside
+
+
+def test_sampling_a_run_not_finished_says_how_far_it_trained(cli, tmp_path, write_recipe, monkeypatch):
+    from conftest import stop_at
+
+    from gptkit.errors import Interrupted
+
+    stop_at(monkeypatch, "train_step", 3)
+    with pytest.raises(Interrupted) as e:
+        train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True)
+    monkeypatch.undo()
+    run = e.value.run_dir
+    result = cli("sample", run, "--tokens", "5", "--seed", "0")
+    assert result.exit_code == 0, result.output
+    assert f"note: {run} is trained as far as step 3 of 6 (interrupted): its checkpoint's model is sampled\n" \
+        in result.output
+    train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True, resume=run)
+    assert "note:" not in cli("sample", run, "--tokens", "5", "--seed", "0").output  # finished: nothing to say

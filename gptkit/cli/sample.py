@@ -1,5 +1,6 @@
 import contextlib
 import time
+from pathlib import Path
 
 import click
 
@@ -9,6 +10,7 @@ from ..errors import OutOfMemory, UserError, out_of_memory_as, out_of_memory_on
 from ..sampling import MAX_TOKENS, SEEDS, one_newline
 from ..sampling import sample as sample_model
 from ..training.checkpoint import load_model
+from ..training.folder import summary_of
 from . import finite, main, non_empty_path, stdout_dropped, stdout_full
 
 
@@ -37,6 +39,16 @@ class Seed(click.ParamType):
         return number
 
 
+def part_trained(run: Path) -> str | None:
+    """'RUN is trained as far as step 18 of 40 (interrupted)' for a run folder whose summary.json says it is
+    not finished: its sample is of a model partly trained."""
+    summary = summary_of(run) if run.is_dir() else {}
+    step, total, status = (summary.get(k) for k in ("checkpoint_step", "total_steps", "status"))
+    if status == "finished" or not (isinstance(step, int) and isinstance(total, int) and isinstance(status, str)):
+        return None
+    return f"{run} is trained as far as step {step:,} of {total:,} ({status}): its checkpoint's model is sampled"
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(), callback=non_empty_path)
 @click.option("--prompt", default=None,
@@ -62,6 +74,9 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     with sampling_memory(device):  # taking the model onto the device
         # unchecked: checked below, as --cache asks; a component from another plugin version is a warning
         model, recipe, vocab = load_model(run_dir, device, check=False)
+    unfinished = part_trained(Path(run_dir))
+    if unfinished:
+        click.echo(f"note: {unfinished}", err=True)
     s = recipe.sample  # what the run itself sampled with, unless the command line says otherwise
     prompt_given = prompt is not None
     prompt = s.prompt if prompt is None else one_newline(prompt)
