@@ -1134,7 +1134,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over_in_its_folder(tmp
     assert (run / "checkpoint.pt").is_file() and (run / "samples.txt").is_file()
     assert len(list((tmp_path / "runs").iterdir())) == 1 and not list(run.glob(".*.tmp"))
     auto = cli("run", path, "--resume", "auto", "--runs-dir", tmp_path / "runs")
-    assert "No run of tiny in" in auto.output  # the finished run is not resumed
+    assert f"No unfinished run of tiny in {tmp_path / 'runs'} to resume (1 ended); starting a new one." in auto.output
 
 
 def test_resume_of_a_users_folder_holding_a_recipe_leaves_it_alone(tmp_path, write_recipe, cli):
@@ -1486,8 +1486,8 @@ def test_resume_auto_says_the_unfinished_run_is_in_use(tmp_path, write_recipe, m
         auto = cli("run", path, "--resume", "auto", "--runs-dir", tmp_path / "runs")
     assert auto.exit_code == 0, auto.output
     assert f"note: not resuming {run}: it is being trained by another process\n" in auto.stderr
-    assert f"No other run of tiny in {tmp_path / 'runs'} to resume; starting a new one." in auto.stdout
-    assert "No run of tiny" not in auto.output
+    assert f"No other unfinished run of tiny in {tmp_path / 'runs'} to resume; starting a new one." in auto.stdout
+    assert "No unfinished run of tiny" not in auto.output
 
 
 def test_a_killed_runs_summary_is_as_fresh_as_its_checkpoint(tmp_path, write_recipe, monkeypatch):
