@@ -462,6 +462,22 @@ def test_show_describes_a_plugin_in_full(install, cli, tmp_path):
     record = json.loads(cli("show", "norm", "unitnorm", "--json").output)
     assert record["params"] == [{"name": "eps", "type": "float", "default": 1e-6, "constraints": ["> 0"],
                                  "description": "keeps the division finite"}]
+    assert cli("show", "unitnorm").output == result.output  # the one kind with that name
+
+
+def test_show_without_a_kind_finds_the_one_that_has_the_name(cli, temporary_component):
+    from gptkit.components.feedforward import MLP
+
+    assert cli("show", "rope").output.startswith("positional 'rope'\n")
+    said = cli("show", "norm")
+    assert said.exit_code == 2 and "error: give the norm's name too: gptkit show norm NAME, NAME one of: " \
+        in said.output and "layernorm, rmsnorm" in said.output, said.output
+    said = cli("show", "rpoe")
+    assert said.exit_code == 2 and "error: no component is named 'rpoe' (did you mean 'rope'?)" in said.output
+    temporary_component("feedforward", "rope", MLP)  # two kinds with one name: which is meant?
+    said = cli("show", "rope")
+    assert said.exit_code == 2 and "error: 'rope' names a feedforward and a positional; give the kind too" \
+        in said.output, said.output
 
 
 def test_show_says_whether_an_attention_supports_the_key_value_cache(cli, temporary_component):

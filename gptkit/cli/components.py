@@ -8,7 +8,7 @@ from pydantic_core import to_json
 
 from ..components.attention import why_not_cached
 from ..components.base import constraints
-from ..errors import did_you_mean
+from ..errors import UserError, a, did_you_mean, listing
 from ..registry import Entry, clashes_listed, kinds, misplaced_entry_points, registry
 from . import imports_option, main
 
@@ -106,17 +106,36 @@ def _misplaced() -> list[dict]:
             for k, name, p, error in misplaced_entry_points()]
 
 
+def kind_of(name: str) -> str:
+    """The kind a component named `name` is of, for `gptkit show NAME`: the one kind with that name."""
+    if name in kinds():
+        raise UserError(f"give the {name}'s name too: gptkit show {name} NAME, NAME one of: "
+                        f"{listing(registry(name).names())}")
+    found = [k for k in kinds() if name in registry(k)]
+    if len(found) > 1:
+        raise UserError(f"{name!r} names {' and '.join(a(k) for k in found)}; give the kind too, e.g. gptkit show "
+                        f"{found[0]} {name}")
+    if not found:
+        guess = did_you_mean(name, [n for k in kinds() for n in registry(k).names()])
+        raise UserError(f"no component is named {name!r}{guess}; gptkit list lists them all")
+    return found[0]
+
+
 @main.command(cls=Listing)
 @click.argument("kind")
-@click.argument("name")
+@click.argument("name", required=False)
 @imports_option
 @click.option("--json", "as_json", is_flag=True, help="Print the same as JSON.")
 def show(kind, name, as_json):
-    """Show one component in full: source, where it is defined, its docstring and parameters.
+    """Show one component in full: source, where it is defined, its docstring and parameters. The kind
+    may be left out where one kind alone has a component of that name.
 
     \b
     gptkit show positional rope
+    gptkit show rope
     """
+    if name is None:
+        kind, name = kind_of(kind), kind
     r = describe(registry(kind).find(name), full=True)
     if as_json:
         click.echo(json.dumps(r, indent=2))
