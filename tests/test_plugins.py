@@ -476,7 +476,7 @@ def test_show_without_a_kind_finds_the_one_that_has_the_name(cli, temporary_comp
     assert said.exit_code == 2 and "error: no component is named 'rpoe' (did you mean 'rope'?)" in said.output
     temporary_component("feedforward", "rope", MLP)  # two kinds with one name: which is meant?
     said = cli("show", "rope")
-    assert said.exit_code == 2 and "error: 'rope' names a feedforward and a positional; give the kind too" \
+    assert said.exit_code == 2 and "error: 'rope' names a positional and a feedforward; give the kind too" \
         in said.output, said.output
 
 
