@@ -45,7 +45,8 @@ def line_of(tmp_path, marker: str) -> str:
 
 
 def assert_one_error(result, tmp_path, message: str, logged: int = 0):
-    """The run ended with `message`, after `logged` lines of its log, and left no run folder."""
+    """The run ended with `message`, after `logged` lines of its log (a new run's: its folder, model and
+    budget), and left no run folder."""
     assert result.exit_code == 2, result.output
     lines = result.output.splitlines()
     removed = [line for line in lines if line.startswith("(nothing was trained: ") and line.endswith(" is removed)")]
@@ -509,11 +510,11 @@ def test_a_bug_met_only_in_a_training_step_is_named(run_with, tmp_path):
     result = run_with(source, "model.feedforward=trainonly")
     assert_one_error(result, tmp_path, f"feedforward 'trainonly' from {tmp_path / 'mine.py'} is broken: its forward() "
                      "raised, in training step 1, ValueError: dropout mask of the wrong size "
-                     f"(at {line_of(tmp_path, '# train mode')})", logged=2)
+                     f"(at {line_of(tmp_path, '# train mode')})", logged=3)
     result = run_with(source, "train.optimizer=stepless")
     assert_one_error(result, tmp_path, f"optimizer 'stepless' from {tmp_path / 'mine.py'} is broken: its step() "
                      f"raised, in training step 1, RuntimeError: no step today (at {line_of(tmp_path, '# step')})",
-                     logged=2)
+                     logged=3)
 
 
 @pytest.mark.parametrize("source, name", [

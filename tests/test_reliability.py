@@ -1624,7 +1624,7 @@ def test_running_out_of_memory_in_the_final_sample_keeps_the_run_finished_and_sa
     assert cli("run", recipe, "--runs-dir", runs).exit_code == 0
     (run,) = runs.iterdir()
 
-    def sample(*args):
+    def sample(*args, **kwargs):
         raise RuntimeError(CPU_OOM)
 
     monkeypatch.setattr(run_module, "sample", sample)

@@ -44,7 +44,8 @@ def part_trained(run: Path) -> str | None:
     not finished: its sample is of a model partly trained."""
     summary = summary_of(run) if run.is_dir() else {}
     step, total, status = (summary.get(k) for k in ("checkpoint_step", "total_steps", "status"))
-    if status == "finished" or not (isinstance(step, int) and isinstance(total, int) and isinstance(status, str)):
+    if status == "finished" or not (isinstance(step, int) and isinstance(total, int) and isinstance(status, str)) \
+            or step >= total:  # (trained to its end, then failed in its final sample, say)
         return None
     return f"{run} is trained as far as step {step:,} of {total:,} ({status}): its checkpoint's model is sampled"
 
