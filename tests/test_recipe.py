@@ -2,6 +2,7 @@
 
 import json
 import shlex
+import re
 from importlib import metadata
 from pathlib import Path
 
@@ -283,6 +284,20 @@ def test_all_problems_are_reported_at_once(tmp_path, monkeypatch):
     assert f"{path}:6: train.lr: Input should be a valid number (got 'yes')" in msg
     assert f"{path}:7: train.epoch: unknown key (did you mean 'epochs'?)" in msg
     assert msg.index(f"{path}:4:") < msg.index(f"{path}:6:") < msg.index(f"{path}:7:")
+    # a duplicate key among them, in line order: not the one error that hides the others
+    path.write_text("name: r\ndata: {path: c.txt}\nmodel:\n  attention: flsh\ntrain:\n  lr: 0.1\n  lr: 0.2\n  epoch: 3\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    said = str(e.value).splitlines()
+    assert said[0] == f"{path} has 3 problems:" and len(said) == 4, said
+    assert said[1].startswith(f"  {path}:4: model.attention: unknown attention 'flsh'")
+    assert said[2] == f"  {path}:7: duplicate key 'train.lr' (first at line 6); YAML would silently keep only the last " \
+        "one. Remove one."
+    assert said[3].startswith(f"  {path}:8: train.epoch: unknown key (did you mean 'epochs'?)")
+    path.write_text(f"name: r\ndata: {{path: {tmp_path / 'c.txt'}}}\nname: s\n")  # alone, when all else is well
+    (tmp_path / "c.txt").write_text("some text to train on. " * 100)
+    with pytest.raises(RecipeError, match=rf"^{re.escape(str(path))}:3: duplicate key 'name' \(first at line 1\)"):
+        load_recipe(path)
 
 
 def test_a_number_given_as_a_string_says_how_to_give_it(corpus):

@@ -39,7 +39,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
     path = home_path(path, f"recipe file {path}")
     _refuse_run_file(path)
     try:
-        data, lines, source = yaml.load_with_source(read_text(path, "recipe"), str(path))
+        data, lines, source = yaml.load_with_source(read_text(path, "recipe"), str(path), keep_going=True)
     except yaml.YAMLError as e:
         raise _not_a_recipe(path, _with_range(e)) from None
     if data is None:
@@ -173,12 +173,15 @@ def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
     text) lets a string field given a number or a mapping say how to quote it as it was written."""
     unrun = _import_files(data, origin, base_dir, lines or {}, overrides)
     try:
-        return Recipe.model_validate(data, context={"base_dir": base_dir})
+        recipe = Recipe.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
         if unrun:  # the likely cause of an unknown component
             raise RecipeError(f"{_problems(e, origin, lines, overrides, source)}\n(its imports could not be run: "
                               f"{'; '.join(unrun)})") from None
         raise RecipeError(_problems(e, origin, lines, overrides, source)) from None
+    if source is not None and source.duplicates:  # said with the other mistakes, when there are any
+        raise RecipeError(problems(origin, [error for _, error in source.duplicates]))
+    return recipe
 
 
 def _problems(e: ValidationError, origin: str, lines: dict | None, overrides: Sequence[tuple[tuple, str]],
@@ -191,6 +194,7 @@ def _problems(e: ValidationError, origin: str, lines: dict | None, overrides: Se
         if isinstance(msg, NotAString):
             msg = f"{msg} {_string_hint(msg.value, loc, overrides[blamed] if blamed >= 0 else None, source)}"
         found.append((blamed, line, f"{where}: {'.'.join(map(str, loc))}: {msg}"))
+    found += [(-1, line, error) for line, error in (source.duplicates if source is not None else [])]
     return problems(origin, [text for *_, text in sorted(found, key=lambda p: p[:2])])
 
 

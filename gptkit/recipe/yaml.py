@@ -77,14 +77,16 @@ def load(text: str, origin: str, quoted: Quoted | None = None) -> tuple[object, 
     return data, lines
 
 
-def load_with_source(text: str, origin: str, quoted: Quoted | None = None
+def load_with_source(text: str, origin: str, quoted: Quoted | None = None, keep_going: bool = False
                      ) -> tuple[object, dict[Path, int], "Source"]:
-    """`load`, and the Source that tells how each value was written (for hints: `name: 2024` is a number)."""
+    """`load`, and the Source that tells how each value was written (for hints: `name: 2024` is a number).
+    With `keep_going`, a duplicate key keeps its first value and is told in the Source's `duplicates`
+    rather than raised, so that a recipe's other mistakes are said with it."""
     loader = None
     try:
         loader = _Loader(text)  # the reader already refuses control characters here
         node = loader.get_single_node()
-        builder = _Builder(loader, origin, quoted is not None)
+        builder = _Builder(loader, origin, quoted is not None, keep_going)
         data = builder.build(node, ()) if node is not None else None
         if quoted is not None:  # one value on a command line, where a comment is never meant
             _refuse_comment(text, data, origin, quoted)
@@ -102,7 +104,7 @@ def load_with_source(text: str, origin: str, quoted: Quoted | None = None
     finally:
         if loader is not None:
             loader.dispose()
-    return data, builder.lines, Source(text, builder.spans)
+    return data, builder.lines, Source(text, builder.spans, builder.duplicates)
 
 
 def _refuse_comment(text: str, data, origin: str, quoted: Quoted) -> None:
@@ -147,8 +149,9 @@ class Source:
     in the text (`2024`, `{a: 1}`, `"x"` with its quotes), or None if it spans several lines. Only
     positions are kept until a value's text is asked for (aliases may repeat a long value many times)."""
 
-    def __init__(self, text: str, spans: dict[Path, tuple[int, int]]):
+    def __init__(self, text: str, spans: dict[Path, tuple[int, int]], duplicates: list[tuple[int, str]] = ()):
         self._text, self._spans = text, spans
+        self.duplicates = list(duplicates)  # (line, error) of each duplicate key passed by (keep_going)
 
     def text(self, path: Path) -> str | None:
         if path not in self._spans:
@@ -161,8 +164,9 @@ class Source:
 class _Builder:
     """Plain data from composed nodes, with the line of every key path."""
 
-    def __init__(self, loader: _Loader, origin: str, alone: bool):
-        self.loader, self.origin, self.alone = loader, origin, alone
+    def __init__(self, loader: _Loader, origin: str, alone: bool, keep_going: bool = False):
+        self.loader, self.origin, self.alone, self.keep_going = loader, origin, alone, keep_going
+        self.duplicates: list[tuple[int, str]] = []
         self.lines: dict[Path, int] = {}
         self.spans: dict[Path, tuple[int, int]] = {}  # where each value at a key path is written
         self.spanned: set[int] = set()  # the nodes given a span: an alias to one is written elsewhere
@@ -218,8 +222,12 @@ class _Builder:
             if key in own:
                 where = ".".join(map(str, path + (key,)))
                 first = "" if self.alone else f" (first at line {own_lines[key]})"
-                raise YAMLError(f"{self._at(line)}: duplicate key '{where}'{first}; "
-                                "YAML would silently keep only the last one. Remove one.")
+                error = (f"{self._at(line)}: duplicate key '{where}'{first}; YAML would silently keep only the last "
+                         "one. Remove one.")
+                if not self.keep_going:
+                    raise YAMLError(error)
+                self.duplicates.append((line, error))
+                continue
             own_lines[key] = self.lines[path + (key,)] = line
             self.spans.pop(path + (key,), None)  # a value merged in before is overridden by this one
             own[key] = self.build(value_node, path + (key,))
