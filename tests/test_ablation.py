@@ -144,6 +144,9 @@ def test_a_bare_component_name_that_keeps_the_recipes_parameters_is_said(cli, tm
     assert result.exit_code == 2 and "the only arm and there is nothing to compare it with" in result.output
     assert f"\n({note})" in result.output, result.output
     assert plan(Ablation(recipe=write_recipe(), vary={"model.positional": ["rope", "alibi"]})).notes == []  # defaults
+    assert plan(Ablation(recipe=write_recipe(), vary={"sample.temperature": ["0.5", "1.0"]})).notes == [
+        "sample.temperature does not change training: its arms train alike, and differ only in their final sample "
+        "(gptkit sample RUN_DIR samples any run with other settings)"]
 
 
 def test_one_seed_is_a_list_of_one():

@@ -350,7 +350,9 @@ def plan(ablation: Ablation) -> Plan:
     arms: list[Arm] = [Arm("baseline", "baseline", [], resolve([]), baseline=True)]
     seen = {canonical(arms[0].recipe): arms[0]}
     refused: dict[str, list[str]] = {}  # every arm's mistake at once, not one per run of the command
-    notes: dict[str, None] = {}
+    notes = dict.fromkeys(f"{k} does not change training: its arms train alike, and differ only in their final "
+                          f"sample (gptkit sample RUN_DIR samples any run with other settings)"
+                          for k in keys if k.split(".")[0] == "sample")
     for changes in combos:
         label = " ".join(f"{short[k]}={label_value(k, v)}" for k, v in changes)
         try:
