@@ -1897,3 +1897,21 @@ def test_ablate_takes_one_plan_from_the_command_line(cli, tmp_path, write_recipe
     one = cli("ablate", abl, "--one-at-a-time", "--out", tmp_path / "one")  # over the file's mode
     assert one.exit_code == 0 and "4 arms × 1 seed (seeds 0) = 4 runs, one-at-a-time:\n  baseline (norm=rmsnorm " \
         "positional=sinusoidal)" in one.output, one.output
+
+
+def test_a_signal_in_a_runs_final_sample_says_how_to_go_on_with_the_ablation(cli, tmp_path, write_recipe,
+                                                                            monkeypatch):
+    """The run is finished (not resumable), but the ablation has runs left: its own command goes on."""
+    import gptkit.training.run
+
+    def signalled(*args, on_text, **kwargs):
+        on_text("KING:")
+        on_text("abc")
+        os.kill(os.getpid(), signal.SIGTERM)  # a real signal, handled as the process would handle it
+
+    monkeypatch.setattr(gptkit.training.run, "sample", signalled)
+    result = cli("ablate", write_recipe(sample={"prompt": "KING:", "tokens": 20}), "--vary", "model.norm=layernorm",
+                 "--seeds", "2", "--out", tmp_path / "abl")
+    assert result.exit_code == 143, result.output
+    assert "its sample cut short at 3 of 20 characters, in samples.txt" in result.output
+    assert "(continue: rerun the same gptkit ablate command)" in result.output, result.output

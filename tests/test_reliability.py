@@ -223,6 +223,11 @@ def test_a_signal_while_sampling_stops_the_sample_not_the_finished_run(tmp_path,
     assert summary["status"] == "finished" and summary["steps"] == 6 and not summary["resumable"]
     if at == "sample":
         assert "cut short at 3 of 50 characters, in samples.txt" in str(e.value)
+        said = f"model, _, vocab = load_model({str(run)!r}); sample(model, vocab, prompt, tokens) makes more"
+        assert str(e.value).endswith(said)  # from Python, as it would be run
+        from gptkit import load_model, sample
+        model, _, vocab = load_model(run)
+        assert sample(model, vocab, "ROMEO:", 3).startswith("ROMEO:")
         assert (run / "samples.txt").read_text() == "ROMEO:abc"
     else:
         assert len((run / "samples.txt").read_text()) == len("ROMEO:") + 50  # whole, and written

@@ -75,7 +75,8 @@ class Group(click.Group):
             if rank() == 0:  # under torchrun, all stop at the same step: one says so
                 click.echo(f"stopped: {e}", err=True)
             if e.run_dir is not None and e.run_dir.is_dir():  # (not one moved or deleted while it trained)
-                resumable = e.resumable and (e.run_dir / "checkpoint.pt").is_file()
+                # (an ablation goes on by its own command, whether or not this run is resumable)
+                resumable = e.continue_with or (e.resumable and (e.run_dir / "checkpoint.pt").is_file())
                 again = e.continue_with or f"gptkit run --resume {quote(e.run_dir)}"
                 hint = f"  (continue: {again})" if resumable else ""
                 click.echo(f"Run folder: {e.run_dir}{hint}", err=True)

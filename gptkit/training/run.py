@@ -501,23 +501,28 @@ def write_sample(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharD
         return None
     count = sum(map(len, made[1:])) if stopped else sp.tokens
     try:
-        with signals_held():  # a signal while it is written: once it is
-            write_text(run_dir / "samples.txt", text)
-            where = "in samples.txt too"
+        with signals_held():  # a signal while it is written and shown: once it is
+            if text:
+                write_text(run_dir / "samples.txt", text)
+                where = "in samples.txt too"
+            else:  # stopped before the prompt: nothing made (an earlier session's file is of other settings)
+                (run_dir / "samples.txt").unlink(missing_ok=True)
+                where = "none made"
+            log(f"Sample ({count:,} characters after the prompt{f' of {sp.tokens:,}' if count < sp.tokens else ''}, "
+                f"{where}):\n{text}\n")
     except OSError as e:  # a full disk, say: the run is trained and saved all the same
         warn(f"could not write samples.txt in {run_dir}: {e.strerror or e}; the run is finished and its checkpoint "
              f"saved: sample it with gptkit sample {quote(run_dir)}")
-        where = "not saved"
     except Interrupted as e:
         stopped = stopped or e
-    log(f"Sample ({count:,} characters after the prompt{' of ' + f'{sp.tokens:,}' if count < sp.tokens else ''}, "
-        f"{where}):\n{text}\n")
     if stopped is None:
         return None
-    more = f"gptkit sample {quote(run_dir)}" if on_command_line() else f"sample(*load_model({str(run_dir)!r}))"
-    cut = f"cut short at {count:,} of {sp.tokens:,} characters, " if count < sp.tokens else ""
-    return Interrupted(stopped.signum, f"{stopped}: the run is finished and saved, its sample {cut}in samples.txt; "
-                                       f"{more} makes more")
+    more = f"gptkit sample {quote(run_dir)}" if on_command_line() else \
+        f"model, _, vocab = load_model({str(run_dir)!r}); sample(model, vocab, prompt, tokens)"
+    made_text = (f"cut short at {count:,} of {sp.tokens:,} characters, in samples.txt" if text else "not made") \
+        if count < sp.tokens else "in samples.txt"
+    return Interrupted(stopped.signum, f"{stopped}: the run is finished and saved, its sample {made_text}; "
+                                       f"{more} makes {'more' if text else 'one'}")
 
 
 def save(run_dir: Path, trainer: Trainer, recipe: Recipe, dataset: CharDataset, metrics: BinaryIO) -> None:
