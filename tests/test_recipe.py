@@ -294,6 +294,11 @@ def test_all_problems_are_reported_at_once(tmp_path, monkeypatch):
     assert said[2] == f"  {path}:7: duplicate key 'train.lr' (first at line 6); YAML would silently keep only the last " \
         "one. Remove one."
     assert said[3].startswith(f"  {path}:8: train.epoch: unknown key (did you mean 'epochs'?)")
+    # imports given twice: refused before either list's files run
+    (tmp_path / "side.py").write_text("raise RuntimeError('it ran')\n")
+    path.write_text("name: r\nimports: [side.py]\nimports: [side.py]\ndata: {path: c.txt}\nmodel: {n_head: 0}\n")
+    with pytest.raises(RecipeError, match=rf"^{re.escape(str(path))}:3: duplicate key 'imports' \(first at line 2\)"):
+        load_recipe(path)
     path.write_text(f"name: r\ndata: {{path: {tmp_path / 'c.txt'}}}\nname: s\n")  # alone, when all else is well
     (tmp_path / "c.txt").write_text("some text to train on. " * 100)
     with pytest.raises(RecipeError, match=rf"^{re.escape(str(path))}:3: duplicate key 'name' \(first at line 1\)"):

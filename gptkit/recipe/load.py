@@ -171,6 +171,10 @@ def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
              source: yaml.Source | None = None) -> Recipe:
     """The Recipe `data` describes, or one RecipeError listing every problem; `source` (of the file's
     text) lets a string field given a number or a mapping say how to quote it as it was written."""
+    found = source.duplicates if source is not None else []
+    duplicates = [error for _, error, _ in found]
+    if any(path == ("imports",) for _, _, path in found):
+        raise RecipeError(problems(origin, duplicates))  # before any file runs: which list is meant?
     unrun = _import_files(data, origin, base_dir, lines or {}, overrides)
     try:
         recipe = Recipe.model_validate(data, context={"base_dir": base_dir})
@@ -179,8 +183,8 @@ def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
             raise RecipeError(f"{_problems(e, origin, lines, overrides, source)}\n(its imports could not be run: "
                               f"{'; '.join(unrun)})") from None
         raise RecipeError(_problems(e, origin, lines, overrides, source)) from None
-    if source is not None and source.duplicates:  # said with the other mistakes, when there are any
-        raise RecipeError(problems(origin, [error for _, error in source.duplicates]))
+    if duplicates:  # said with the other mistakes, when there are any
+        raise RecipeError(problems(origin, duplicates))
     return recipe
 
 
@@ -194,7 +198,7 @@ def _problems(e: ValidationError, origin: str, lines: dict | None, overrides: Se
         if isinstance(msg, NotAString):
             msg = f"{msg} {_string_hint(msg.value, loc, overrides[blamed] if blamed >= 0 else None, source)}"
         found.append((blamed, line, f"{where}: {'.'.join(map(str, loc))}: {msg}"))
-    found += [(-1, line, error) for line, error in (source.duplicates if source is not None else [])]
+    found += [(-1, line, error) for line, error, _ in (source.duplicates if source is not None else [])]
     return problems(origin, [text for *_, text in sorted(found, key=lambda p: p[:2])])
 
 

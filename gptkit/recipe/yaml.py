@@ -149,9 +149,9 @@ class Source:
     in the text (`2024`, `{a: 1}`, `"x"` with its quotes), or None if it spans several lines. Only
     positions are kept until a value's text is asked for (aliases may repeat a long value many times)."""
 
-    def __init__(self, text: str, spans: dict[Path, tuple[int, int]], duplicates: list[tuple[int, str]] = ()):
+    def __init__(self, text: str, spans: dict[Path, tuple[int, int]], duplicates: list[tuple[int, str, Path]] = ()):
         self._text, self._spans = text, spans
-        self.duplicates = list(duplicates)  # (line, error) of each duplicate key passed by (keep_going)
+        self.duplicates = list(duplicates)  # (line, error, key path) of each duplicate key passed by (keep_going)
 
     def text(self, path: Path) -> str | None:
         if path not in self._spans:
@@ -166,7 +166,7 @@ class _Builder:
 
     def __init__(self, loader: _Loader, origin: str, alone: bool, keep_going: bool = False):
         self.loader, self.origin, self.alone, self.keep_going = loader, origin, alone, keep_going
-        self.duplicates: list[tuple[int, str]] = []
+        self.duplicates: list[tuple[int, str, Path]] = []
         self.lines: dict[Path, int] = {}
         self.spans: dict[Path, tuple[int, int]] = {}  # where each value at a key path is written
         self.spanned: set[int] = set()  # the nodes given a span: an alias to one is written elsewhere
@@ -226,7 +226,7 @@ class _Builder:
                          "one. Remove one.")
                 if not self.keep_going:
                     raise YAMLError(error)
-                self.duplicates.append((line, error))
+                self.duplicates.append((line, error, path + (key,)))
                 continue
             own_lines[key] = self.lines[path + (key,)] = line
             self.spans.pop(path + (key,), None)  # a value merged in before is overridden by this one
