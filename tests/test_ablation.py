@@ -107,6 +107,7 @@ def test_shipped_ablation_plans_over_the_four_kinds():
     (["--vary", "model.positional=rpoe"], "arm positional=rpoe: --vary model.positional=rpoe: model.positional: "
                                           "unknown positional 'rpoe' (did you mean 'rope'?)"),
     (["--vary", "model.positional=[rope"], "arm positional=[rope: --vary model.positional=[rope: not valid YAML"),
+    (["--vary", "model.norm=yes"], "arm norm=yes: --vary model.norm=yes: model.norm: unknown norm 'yes'"),  # as given
     (["--vary", "model.positionl=rope"], "did you mean 'positional'?"),
     (["--seeds", "x"], "--seeds x: expected a count"),
     (["--vary", "model.norm=layernorm", "--seeds=-1,0,18446744073709551615"],
@@ -136,13 +137,23 @@ def test_bad_ablations_are_one_clear_error(cli, tmp_path, write_recipe, args, me
 def test_a_bare_component_name_that_keeps_the_recipes_parameters_is_said(cli, tmp_path, write_recipe):
     """{name: rope, base: 500} in the recipe: `rope` is that, not rope at its defaults, and is no new arm."""
     recipe = write_recipe(model={"positional": {"name": "rope", "base": 500.0}})
-    note = "model.positional=rope keeps the recipe's {base: 500.0}; {name: rope} is rope with its defaults"
+    note = ("model.positional=rope keeps the baseline's {base: 500.0}; model.positional={name: rope} is rope with its "
+            "defaults")
     p = plan(Ablation(recipe=recipe, vary={"model.positional": ["sinusoidal", "rope", "{name: rope}"]}))
-    assert [a.title for a in p.arms] == ["positional=rope (baseline)", "positional=sinusoidal", "positional={name: rope}"]
+    # labels write each arm's component as its recipe holds it: the kept parameter shows
+    assert [a.title for a in p.arms] == ["positional={name: rope, base: 500.0} (baseline)", "positional=sinusoidal",
+                                         "positional=rope"]
     assert p.notes == [note]
+    named = plan(Ablation(recipe=recipe, vary={"model.positional.name": ["rope", "alibi"]}))
+    assert named.notes == [note.replace("model.positional=rope", "model.positional.name=rope", 1)]
+    # not where a --set gives it to every arm, nor where the baseline's component is another
+    assert plan(Ablation(recipe=recipe, vary={"model.positional": ["rope"], "model.norm": ["layernorm"]},
+                         overrides=["model.positional.base=700"])).notes == []
     result = cli("ablate", recipe, "--out", tmp_path / "abl", "--vary", "model.positional=rope")
     assert result.exit_code == 2 and "the only arm and there is nothing to compare it with" in result.output
     assert f"\n({note})" in result.output, result.output
+    assert plan(Ablation(recipe=write_recipe(), vary={"model.positional": ["rope"],  # (the same file, rewritten)
+                                                      "model.positional.base": ["100", "1000"]})).notes == []
     assert plan(Ablation(recipe=write_recipe(), vary={"model.positional": ["rope", "alibi"]})).notes == []  # defaults
     assert plan(Ablation(recipe=write_recipe(), vary={"sample.temperature": ["0.5", "1.0"]})).notes == [
         "sample.temperature does not change training: its arms train alike, and differ only in their final sample "
@@ -1814,14 +1825,14 @@ def test_an_arm_whose_loss_rose_far_above_its_best_says_so_beside_its_verdict(wr
     """A learning rate too high: seeds fall apart by different amounts, an interval too wide to call it worse."""
     p = plan(Ablation(recipe=write_recipe(), vary={"train.lr": ["1e-3", "30"]}))
     collapsed = [{**FINISHED, "final_val_loss": v, "best_val_loss": 4.17} for v in (5.0, 40.0, 600.0)]
-    stats = {s.arm.label: s for s in report.arm_stats(rows_of(p, {"lr=0.001": [2.0, 2.1, 2.2], "lr=30": collapsed}))}
+    stats = {s.arm.label: s for s in report.arm_stats(rows_of(p, {"lr=0.001": [2.0, 2.1, 2.2], "lr=30.0": collapsed}))}
     # (5 + 40 + 600) / 3 / 4.17; all three seeds worse, by amounts too different for an interval to exclude 0
-    assert stats["lr=30"].verdict == "within noise, though every seed was worse; final val loss 52x its best"
+    assert stats["lr=30.0"].verdict == "within noise, though every seed was worse; final val loss 52x its best"
     assert stats["lr=0.001"].verdict == "baseline"
     for run in collapsed:  # recorded since: what a uniform guess over the vocabulary scores
         run["vocab_size"] = 65
-    stats = {s.arm.label: s for s in report.arm_stats(rows_of(p, {"lr=0.001": [2.0, 2.1, 2.2], "lr=30": collapsed}))}
-    assert stats["lr=30"].verdict.endswith("52x its best; final val loss above a uniform guess's (ln 65 = 4.17): it "
+    stats = {s.arm.label: s for s in report.arm_stats(rows_of(p, {"lr=0.001": [2.0, 2.1, 2.2], "lr=30.0": collapsed}))}
+    assert stats["lr=30.0"].verdict.endswith("52x its best; final val loss above a uniform guess's (ln 65 = 4.17): it "
                                            "learned nothing")
 
 

@@ -353,15 +353,16 @@ def plan(ablation: Ablation) -> Plan:
     notes = dict.fromkeys(f"{k} does not change training: its arms train alike, and differ only in their final "
                           f"sample (gptkit sample RUN_DIR samples any run with other settings)"
                           for k in keys if k.split(".")[0] == "sample")
+    notes |= dict.fromkeys(filter(None, (kept_parameters(ablation, k, v, arms[0].recipe)
+                                         for k, values in ablation.vary.items() for v in values)))
     for changes in combos:
-        label = " ".join(f"{short[k]}={label_value(k, v)}" for k, v in changes)
         try:
             recipe = resolve(changes)
             check_claims(ablation, recipe, changes)
-        except UserError as e:
-            refused.setdefault(str(e), []).append(label)
+        except UserError as e:  # the arm named as given: its value may not read back
+            refused.setdefault(str(e), []).append(" ".join(f"{short[k]}={v}" for k, v in changes))
             continue
-        notes |= dict.fromkeys(filter(None, (kept_parameters(k, v, recipe) for k, v in changes)))
+        label = " ".join(f"{short[k]}={label_value(k, v, recipe)}" for k, v in changes)
         same = seen.get(canonical(recipe))
         if same is not None:  # e.g. the recipe's own value among the varied ones
             if same.baseline and ablation.mode == "grid" and same.label == "baseline":
@@ -396,26 +397,30 @@ def plan(ablation: Ablation) -> Plan:
     return Plan(ablation.name or arms[0].recipe.name, arms, seeds, digest(*MAY_DIFFER), ablation, digest(), list(notes))
 
 
-def label_value(key: str, text: str) -> str:
-    """A varied value as arms' labels write it: as read back, so that one value reads one way however it
-    was given (1e-2 is 0.01, as in the main effects and in ablation.yaml, which the next command reads);
-    as given if it is not YAML, for the error that says so."""
+def label_value(key: str, text: str, recipe: Recipe) -> str:
+    """A varied value as an arm's label writes it: as its recipe holds it (value_of), as the main effects
+    and ablation.yaml (which the next command reads) do, one value one way however it was given (1e-2
+    is 0.01, a component its parameters kept); a path as given, not made absolute."""
+    return text if is_path(tuple(key.split("."))) else yaml_text(value_of(recipe, key))
+
+
+def kept_parameters(ablation: Ablation, key: str, text: str, baseline: Recipe) -> str | None:
+    """What a varied bare name of the baseline's own component keeps of its parameters, not at their
+    defaults: "model.feedforward=relumlp keeps the baseline's {expansion: 2}; model.feedforward={name:
+    relumlp} is relumlp with its defaults". (A name changes the component's name alone; another
+    component's parameters are dropped.) None where a --set gives them to every arm anyway."""
+    at = key.removesuffix(".name")  # model.positional.name=rope names model.positional's component
+    spec = at_key(baseline, at)
     try:
-        return yaml_text(yaml.load(text, key)[0])
-    except UserError:
-        return text
-
-
-def kept_parameters(key: str, text: str, recipe: Recipe) -> str | None:
-    """What a bare component name given for `key` kept of the recipe's parameters, when not its defaults:
-    "model.feedforward=relumlp keeps the recipe's {expansion: 2}; {name: relumlp} is relumlp with its
-    defaults". (A name changes the component's name alone; another component's parameters are dropped.)"""
-    spec = at_key(recipe, key)
-    if not (isinstance(spec, ComponentSpec) and isinstance(yaml.load(text, key)[0], str)):
+        value = yaml.load(text, key)[0]
+    except UserError:  # said where the arm is refused
+        return None
+    if not (isinstance(spec, ComponentSpec) and value == spec.name) or \
+            any(t.partition("=")[0].strip().startswith(at + ".") for t in ablation.overrides):
         return None
     kept = spec.params.model_dump(mode="json", by_alias=True, exclude_defaults=True)
-    return (f"{key}={text} keeps the recipe's {yaml_text(kept)}; {{name: {spec.name}}} is {spec.name} with its "
-            "defaults") if kept else None
+    return (f"{key}={text} keeps the baseline's {yaml_text(kept)}; {at}={{name: {spec.name}}} is {spec.name} with "
+            "its defaults") if kept else None
 
 
 def nothing_to_compare(ablation: Ablation) -> str:
