@@ -70,8 +70,8 @@ def _check_shapes(gpt: GPT, model) -> None:
     def finite(spec, what: str, x: torch.Tensor, output: torch.Tensor) -> None:
         # Else training stops at its first step as "diverged", though no update, and no learning rate, was to blame
         if torch.isfinite(x).all() and not torch.isfinite(output).all():
-            raise spec.error(f"{what} returned {'nan' if output.isnan().any() else 'inf'} for a finite input (the "
-                             "untrained model, in evaluation mode); its output must be finite")
+            raise spec.error(f"{what} returned {'nan' if output.isnan().any() else 'inf'} for a finite input (in "
+                             "evaluation mode); its output must be finite")
 
     # Two sequences, not one: a component that reduces over the batch (x.mean(0, keepdim=True)) returns
     # another shape then, instead of passing and mixing the samples through a broadcast residual. Other

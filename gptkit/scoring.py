@@ -29,19 +29,19 @@ def text_loss(model, vocab, text: str, batch_size: int = 32) -> float:
     x, y = ids[: full * T].view(full, T), ids[1 : full * T + 1].view(full, T)  # (full, T)
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: one sync at the end
+    total = 0.0  # in Python's double: float64 tensors are not on every device (MPS)
     try:
         with torch.inference_mode():
             for i in range(0, full, size):
                 logits, _ = model(x[i : i + size].to(device))  # (b, T, V)
                 total += F.cross_entropy(logits.flatten(0, 1).float(), y[i : i + size].flatten().to(device),
-                                         reduction="sum")
+                                         reduction="sum").item()
             rest = n - full * T
             if rest:  # the text's end, shorter than a window: as much context before it as a window holds
                 start = max(0, n - T)
                 logits, _ = model(ids[start:n][None].to(device))  # (1, n - start, V)
                 total += F.cross_entropy(logits[0, -rest:].float(), ids[n - rest + 1 : n + 1].to(device),
-                                         reduction="sum")
+                                         reduction="sum").item()
     finally:
         model.train(was_training)
-    return total.item() / n
+    return total / n

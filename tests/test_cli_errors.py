@@ -122,7 +122,7 @@ CASES = [
     ("seed-too-large", lambda c: recipe_text(c, seed=2**64), [], ["seed: Input should be less than 18446744073709551616"]),
     ("prompt-unknown-characters", lambda c: recipe_text(c, sample__prompt="ZEUS:"), [],  # found before training
      ["sample.prompt 'ZEUS:': characters not in the vocabulary: 'Z'", "characters of its training text (data.path ",
-      "change sample.prompt to characters of that text, or to \"\" to start from a newline: --set 'sample.prompt=\"\"'"]),
+      "change sample.prompt to characters of that text, or leave it empty: --set 'sample.prompt=\"\"'"]),
     ("empty-section", lambda c: GOOD.replace("CORPUS", str(c)) + "sample:\n", [],
      ["bad.yaml:8: sample: empty section; give it keys, or remove it\n"]),
     ("ablation-file", lambda c: "recipe: r.yaml\nmode: grid\nseeds: 2\nset: {train.lr: 0.01}\nvary: {model.norm: [rmsnorm]}\n",

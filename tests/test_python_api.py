@@ -625,7 +625,7 @@ def test_imports_assigned_that_are_not_there_are_refused_at_once(tmp_path, write
     """pydantic checks an assignment's type alone: imports that are not there would train a run that no command
     could read back."""
     recipe = load_recipe(write_recipe())
-    with pytest.raises(gptkit.UserError, match=r"^imports: component file .*nope\.py not found$"):
+    with pytest.raises(ValidationError, match=r"\nimports\n  component file .*nope\.py not found \[type=import_failed"):
         recipe.imports = [str(tmp_path / "nope.py")]
     assert recipe.imports == []  # as it was
 
@@ -696,6 +696,8 @@ def test_a_component_class_given_for_a_recipe_key_is_taken_by_its_registered_nam
     register("norm", "unit")(UnitNorm)
     recipe.model.norm = UnitNorm
     assert recipe.model.norm.name == "unit"
+    with pytest.raises(ValidationError, match=r"RMSNorm is a norm \('rmsnorm'\), not an attention"):
+        recipe.model.attention = RMSNorm
 
 
 def test_assigning_a_recipes_imports_runs_them(write_recipe, tmp_path, monkeypatch, scratch_registries):
@@ -707,7 +709,7 @@ def test_assigning_a_recipes_imports_runs_them(write_recipe, tmp_path, monkeypat
     recipe.imports = ["assigned.py"]
     recipe.model.norm = "assignednorm"  # what the file registers is known at once, as in a recipe file
     assert recipe.model.norm.cls.__name__ == "AssignedNorm"
-    with pytest.raises(gptkit.UserError, match=r"^imports: component file .*nope\.py not found$"):
+    with pytest.raises(ValidationError, match=r"\nimports\n  component file .*nope\.py not found"):
         recipe.imports = ["assigned.py", "nope.py"]
     assert recipe.imports == [tmp_path / "assigned.py"]  # as it was
 
@@ -717,6 +719,8 @@ def test_what_a_notebook_shows_of_a_run_its_data_vocabulary_and_a_component(tmp_
     shown = repr(result)
     assert shown.startswith(f"RunResult(run_dir={str(result.run_dir)!r}, status='finished', steps=1, final_val_loss=")
     assert f"model=<GPT of {result.model.num_params():,} parameters>" in shown and "Linear" not in shown
+    other_rank = dataclasses.replace(result, run_dir=None, summary={})  # a torchrun process but rank 0's
+    assert repr(other_rank).startswith("RunResult(run_dir=None, model=<GPT of ")
     assert repr(result.dataset) == f"<CharDataset: {result.dataset.describe()}>"
     vocab = result.dataset.vocab
     assert repr(vocab) == f"Vocab({len(vocab)} characters: {''.join(vocab.itos[:40])!r}...)"

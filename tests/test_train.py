@@ -387,5 +387,6 @@ def test_sampling_a_run_not_finished_says_how_far_it_trained(cli, tmp_path, writ
     assert result.exit_code == 0, result.output
     assert f"note: {run} is trained as far as step 3 of 6 (interrupted): its checkpoint's model is sampled\n" \
         in result.output
+    assert "note: " in cli("sample", run / "checkpoint.pt", "--tokens", "5").output  # its checkpoint given
     train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True, resume=run)
     assert "note:" not in cli("sample", run, "--tokens", "5", "--seed", "0").output  # finished: nothing to say

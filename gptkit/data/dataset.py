@@ -112,7 +112,7 @@ class CharDataset:
             empty = 'sample.prompt=""'
             fix = f"--set {quote(empty)}" if on_command_line() else f"overrides=[{empty!r}]"
             raise UserError(f"sample.prompt {prompt!r}: {e} ({self.source}); change sample.prompt to characters of "
-                            f"that text, or to \"\" to start from a newline: {fix}") from None
+                            f"that text, or leave it empty: {fix}") from None
 
     def epoch_starts(self, seed: int, epoch: int) -> torch.Tensor:
         """(windows_per_epoch,) shuffled window starts of one epoch, a function of (seed, epoch) only."""

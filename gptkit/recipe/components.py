@@ -21,7 +21,7 @@ from pydantic_core import to_jsonable_python
 from ..components.base import Params
 from ..errors import ComponentError, UserError, a, clipped_repr, listing, one_line, out_of_memory, rebuilt
 from ..plugins import line_in
-from ..registry import RegistryError, raised, registry
+from ..registry import RegistryError, kinds, raised, registry
 
 # The kinds a model is made of: built with the model's sizes first, `(config, params, ...)`; the
 # others (optimizer, schedule, corpus) with `(params, ...)`.
@@ -203,6 +203,9 @@ def _registered_name(kind: str, cls: type) -> str:
         return names[0]
     if names:
         raise RecipeIssue([((), f"{cls.__name__} is registered as {' and as '.join(map(repr, names))}; give one name")])
+    elsewhere = [f"{a(k)} ({n!r})" for k in kinds() if k != kind for n in registry(k)._names_of(cls)]
+    if elsewhere:
+        raise RecipeIssue([((), f"{cls.__name__} is {' and '.join(elsewhere)}, not {a(kind)}")])
     example = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cls.__name__).lower()
     raise RecipeIssue([((), f"{cls.__name__} is not registered as {a(kind)}: register it with "
                             f"@register({kind!r}, {example!r}) above its class, then give that name")])

@@ -228,9 +228,11 @@ class Recipe(Section):
             try:
                 for path in self.imports:
                     plugins.import_file(path)
-            except UserError as e:
+            except UserError as e:  # refused as any assignment is: a ValidationError, the recipe as it was
                 super().__setattr__(name, before)
-                raise UserError(f"imports: {e}") from None
+                raise ValidationError.from_exception_data(type(self).__name__, [InitErrorDetails(
+                    type=PydanticCustomError("import_failed", "{message}", {"message": str(e)}), loc=(name,),
+                    input=value)]) from None
 
     def to_dict(self) -> dict:
         """Plain values only: safe in a weights_only checkpoint and as YAML."""

@@ -54,10 +54,9 @@ class RunResult:
     summary: dict
 
     def __repr__(self) -> str:  # not the model's every module
-        figures = ", ".join(f"{k}={self.summary[k]!r}" for k in ("status", "steps", "final_val_loss")
-                            if k in self.summary)
-        return (f"RunResult(run_dir={str(self.run_dir) if self.run_dir else None!r}, {figures}, "
-                f"model=<GPT of {self.model.num_params():,} parameters>, dataset={self.dataset!r})")
+        figures = [f"{k}={self.summary[k]!r}" for k in ("status", "steps", "final_val_loss") if k in self.summary]
+        return ", ".join([f"RunResult(run_dir={str(self.run_dir) if self.run_dir else None!r}", *figures,
+                          f"model=<GPT of {self.model.num_params():,} parameters>", f"dataset={self.dataset!r})"])
 
 
 def other_runs_dir(folder: str) -> str:

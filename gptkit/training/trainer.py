@@ -257,7 +257,7 @@ class Trainer:
 
     def budget(self) -> str:
         """A new run's opening line of what it trains: "1,500 steps (train.max_steps: 6.6 of 10 epochs of 226
-        batches)" or "1,560 steps (10 epochs of 156 batches)", the epochs its log counts toward."""
+        batches)" (its log then counts 7 epochs) or "1,560 steps (10 epochs of 156 batches)"."""
         per, total, epochs = self.steps_per_epoch, self.total_steps, self.cfg.epochs
         if total < epochs * per:
             return f"Budget: {total:,} steps (train.max_steps: {total / per:.1f} of {counted(epochs, 'epoch')} of {per:,} batches)"
