@@ -501,17 +501,19 @@ def write_sample(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharD
     count = sum(map(len, made[1:])) if stopped else sp.tokens
     try:
         with signals_held():  # a signal while it is written and shown: once it is
-            if text:
-                write_text(run_dir / "samples.txt", text)
-                where = "in samples.txt too"
-            else:  # stopped before the prompt: nothing made (an earlier session's file is of other settings)
-                (run_dir / "samples.txt").unlink(missing_ok=True)
-                where = "none made"
+            try:
+                if text:
+                    write_text(run_dir / "samples.txt", text)
+                    where = "in samples.txt too"
+                else:  # stopped before the prompt: nothing made (an earlier session's file is of other settings)
+                    (run_dir / "samples.txt").unlink(missing_ok=True)
+                    where = "none made"
+            except OSError as e:  # a full disk, say: the run is trained and saved all the same
+                warn(f"could not write samples.txt in {run_dir}: {e.strerror or e}; the run is finished and its "
+                     f"checkpoint saved: sample it with gptkit sample {quote(run_dir)}")
+                where = "not saved"
             log(f"Sample ({count:,} characters after the prompt{f' of {sp.tokens:,}' if count < sp.tokens else ''}, "
                 f"{where}):\n{text}\n")
-    except OSError as e:  # a full disk, say: the run is trained and saved all the same
-        warn(f"could not write samples.txt in {run_dir}: {e.strerror or e}; the run is finished and its checkpoint "
-             f"saved: sample it with gptkit sample {quote(run_dir)}")
     except Interrupted as e:
         stopped = stopped or e
     if stopped is None:
