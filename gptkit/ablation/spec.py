@@ -102,7 +102,7 @@ class Plan:
     digest: str                        # names the default folder; independent of the seeds
     ablation: Ablation
     older_digest: str = ""             # the name gptkit gave it before `digest` left MAY_DIFFER out
-    notes: list[str] = field(default_factory=list)  # said with the plan: a bare name that kept parameters
+    notes: list[str] = field(default_factory=list)  # said with the plan: kept parameters, keys training ignores
 
     @property
     def baseline(self) -> Arm:
