@@ -270,6 +270,9 @@ def main_effects(rows: list[RunRow]) -> str:
                 against = loss.get((cell[:i] + (ref,) + cell[i + 1:], seed))
                 if cell[i] == value and against is not None:
                     by_seed.setdefault(seed, []).append((v, against))
+            # Only seeds with every pair: an average over other cells would weigh an interaction otherwise
+            every = math.prod(len(levels[j]) for j in keys if j != k)
+            by_seed = {seed: pairs for seed, pairs in by_seed.items() if len(pairs) == every}
             diffs = [statistics.fmean(a - b for a, b in pairs) for pairs in by_seed.values()]
             mean, half = mean_ci(diffs)
             # As an arm with such seeds, never better or worse: its means cover only the runs that survived
@@ -291,8 +294,8 @@ def main_effects(rows: list[RunRow]) -> str:
 MAIN_EFFECTS = ("Each value of a varied key against its reference (the baseline's value), the final validation "
                 "loss difference paired by seed and by the other keys' values, averaged over the other keys' values "
                 "within each seed, then over the seeds; ± is over the seeds' averages (runs of one seed share their "
-                "data order and initial values: no independent repeats); seeds (pairs): the seeds, and the (seed, "
-                "other values) pairs whose two runs both finished; within noise as above; a value "
+                "data order and initial values: no independent repeats); seeds (pairs): the seeds whose every "
+                "(seed, other values) pair has both its runs finished, and those pairs; within noise as above; a value "
                 "whose runs, or its reference's, diverged or failed is neither better nor worse. An "
                 "interaction (a value that helps beside one value of another key and hurts beside another) is "
                 "averaged away: the table above has every cell.")
