@@ -104,6 +104,11 @@ def test_sample_command(cli, tmp_path, write_recipe):
     assert first.stdout == second.stdout
     assert re.fullmatch(r"40 tokens in [\d.]+ s, [\d,]+ tokens/s \(key/value cache\)\n", first.stderr)
     assert cli(*args, "--no-cache").stdout == first.stdout
+    unseeded = []
+    for _ in range(2):  # without --seed a new draw, whatever state torch's global generators are in
+        torch.manual_seed(0)
+        unseeded.append(cli(*args[:-2], "--tokens", "60").stdout)
+    assert unseeded[0] != unseeded[1]
     unknown = cli("sample", run, "--prompt", "Ωmega")
     assert unknown.exit_code == 2 and "--prompt 'Ωmega': characters not in the vocabulary: 'Ω'" in unknown.output
 

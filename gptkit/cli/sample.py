@@ -1,4 +1,5 @@
 import contextlib
+import secrets
 import time
 from pathlib import Path
 
@@ -109,6 +110,9 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     # the text so far on stdout before the CLI reports the interruption.
     try:
         with blaming(component_specs(model, recipe.model), "while sampling"), sampling_memory(device):
+            # Without --seed, a new draw each time on any device: a process's global CUDA generator starts
+            # from the same seed every time, where the CPU's does not
+            seed = secrets.randbits(64) if seed is None else seed
             sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, cache, on_text=show)
     except UserError:
         click.echo()  # the error, on stderr, starts a line of its own after the text so far
