@@ -152,8 +152,8 @@ def test_a_bare_component_name_that_keeps_the_recipes_parameters_is_said(cli, tm
     result = cli("ablate", recipe, "--out", tmp_path / "abl", "--vary", "model.positional=rope")
     assert result.exit_code == 2 and "the only arm and there is nothing to compare it with" in result.output
     assert f"\n({note})" in result.output, result.output
-    assert plan(Ablation(recipe=write_recipe(), vary={"model.positional": ["rope"],  # (the same file, rewritten)
-                                                      "model.positional.base": ["100", "1000"]})).notes == []
+    assert plan(Ablation(recipe=recipe, vary={"model.positional": ["rope"],  # another varied key gives them
+                                              "model.positional.base": ["100", "1000"]})).notes == []
     assert plan(Ablation(recipe=write_recipe(), vary={"model.positional": ["rope", "alibi"]})).notes == []  # defaults
     assert plan(Ablation(recipe=write_recipe(), vary={"sample.temperature": ["0.5", "1.0"]})).notes == [
         "sample.temperature does not change training: its arms train alike, and differ only in their final sample "

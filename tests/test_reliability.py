@@ -234,6 +234,33 @@ def test_a_signal_while_sampling_stops_the_sample_not_the_finished_run(tmp_path,
         assert "its sample in samples.txt" in str(e.value)
 
 
+def test_a_sample_cut_short_and_not_written_says_so(tmp_path, write_recipe, monkeypatch):
+    import errno
+
+    import gptkit.training.run
+
+    def signalled(*args, on_text, **kwargs):
+        on_text("ROMEO:")
+        on_text("abc")
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+
+    real = gptkit.training.run.write_text
+
+    def full(path, text):
+        if path.name != "samples.txt":
+            return real(path, text)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(gptkit.training.run, "sample", signalled)
+    monkeypatch.setattr(gptkit.training.run, "write_text", full)
+    with pytest.warns(GptkitWarning, match="could not write samples.txt"), \
+            pytest.raises(Interrupted, match="its sample cut short at 3 of 50 characters, not saved; ") as e:
+        train(load_recipe(write_recipe(sample={"prompt": "ROMEO:", "tokens": 50})), runs_dir=tmp_path / "runs",
+              quiet=True)
+    assert not (e.value.run_dir / "samples.txt").exists()
+
+
 def test_run_files_are_as_readable_as_the_umask_allows(tmp_path, write_recipe):
     old = os.umask(0o022)
     try:

@@ -408,15 +408,16 @@ def kept_parameters(ablation: Ablation, key: str, text: str, baseline: Recipe) -
     """What a varied bare name of the baseline's own component keeps of its parameters, not at their
     defaults: "model.feedforward=relumlp keeps the baseline's {expansion: 2}; model.feedforward={name:
     relumlp} is relumlp with its defaults". (A name changes the component's name alone; another
-    component's parameters are dropped.) None where a --set gives them to every arm anyway."""
+    component's parameters are dropped.) None where a --set or another varied key gives them anyway."""
     at = key.removesuffix(".name")  # model.positional.name=rope names model.positional's component
     spec = at_key(baseline, at)
     try:
         value = yaml.load(text, key)[0]
     except UserError:  # said where the arm is refused
         return None
+    below = [t.partition("=")[0].strip() for t in ablation.overrides] + list(ablation.vary)
     if not (isinstance(spec, ComponentSpec) and value == spec.name) or \
-            any(t.partition("=")[0].strip().startswith(at + ".") for t in ablation.overrides):
+            any(k.startswith(at + ".") and k != key for k in below):  # given them anyway, by a --set or a --vary
         return None
     kept = spec.params.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     return (f"{key}={text} keeps the baseline's {yaml_text(kept)}; {at}={{name: {spec.name}}} is {spec.name} with "

@@ -499,6 +499,7 @@ def write_sample(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharD
              f"{quote(run_dir)}, which holds no training state")
         return None
     count = sum(map(len, made[1:])) if stopped else sp.tokens
+    where = "not saved"  # till it is
     try:
         with signals_held():  # a signal while it is written and shown: once it is
             try:
@@ -520,8 +521,9 @@ def write_sample(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharD
         return None
     more = f"gptkit sample {quote(run_dir)}" if on_command_line() else \
         f"model, _, vocab = load_model({str(run_dir)!r}); sample(model, vocab, prompt, tokens)"
-    made_text = (f"cut short at {count:,} of {sp.tokens:,} characters, in samples.txt" if text else "not made") \
-        if count < sp.tokens else "in samples.txt"
+    kept = "not saved" if where == "not saved" else "in samples.txt"
+    made_text = (f"cut short at {count:,} of {sp.tokens:,} characters, {kept}" if text else "not made") \
+        if count < sp.tokens else kept
     return Interrupted(stopped.signum, f"{stopped}: the run is finished and saved, its sample {made_text}; "
                                        f"{more} makes {'more' if text else 'one'}")
 
