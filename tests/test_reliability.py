@@ -261,6 +261,22 @@ def test_a_sample_cut_short_and_not_written_says_so(tmp_path, write_recipe, monk
     assert not (e.value.run_dir / "samples.txt").exists()
 
 
+def test_a_signal_anywhere_in_the_final_sample_leaves_the_run_finished(tmp_path, write_recipe, monkeypatch):
+    """Even between the parts write_sample stops itself in (after sampling, before samples.txt is written)."""
+    import gptkit.training.run
+
+    def signalled(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+
+    monkeypatch.setattr(gptkit.training.run, "write_sample", signalled)
+    with pytest.raises(Interrupted, match=r"^SIGINT received while sampling, after training finished: the run is "
+                                          r"finished and saved$") as e:
+        train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True)
+    summary = json.loads((e.value.run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and not e.value.resumable and e.value.exit_code == 130
+
+
 def test_run_files_are_as_readable_as_the_umask_allows(tmp_path, write_recipe):
     old = os.umask(0o022)
     try:

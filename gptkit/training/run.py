@@ -429,7 +429,10 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
             sp, cut = recipe.sample, None
             if sp.tokens:  # sample.tokens 0: no sample, and no samples.txt
                 with interrupt_on_signals("sampling, after training finished"):
-                    cut = write_sample(run_dir, recipe, trainer, dataset, log)
+                    try:
+                        cut = write_sample(run_dir, recipe, trainer, dataset, log)
+                    except Interrupted as e:  # between the parts it stops itself in: the run is trained all the same
+                        cut = Interrupted(e.signum, f"{e}: the run is finished and saved")
             else:  # one made before by a resumed run would not be of these settings
                 (run_dir / "samples.txt").unlink(missing_ok=True)
         except RunStopped as e:
