@@ -76,9 +76,9 @@ class Group(click.Group):
                 click.echo(f"stopped: {e}", err=True)
             if e.run_dir is not None and e.run_dir.is_dir():  # (not one moved or deleted while it trained)
                 # (an ablation goes on by its own command, whether or not this run is resumable)
-                resumable = e.continue_with or (e.resumable and (e.run_dir / "checkpoint.pt").is_file())
+                goes_on = e.continue_with or (e.resumable and (e.run_dir / "checkpoint.pt").is_file())
                 again = e.continue_with or f"gptkit run --resume {quote(e.run_dir)}"
-                hint = f"  (continue: {again})" if resumable else ""
+                hint = f"  (continue: {again})" if goes_on else ""
                 click.echo(f"Run folder: {e.run_dir}{hint}", err=True)
             ctx.exit(e.exit_code)
         except OSError as e:  # the machine's, not the user's: a full disk, a vanished folder

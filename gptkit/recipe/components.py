@@ -142,6 +142,7 @@ def _fixed(spec: ComponentSpec, name: str, value) -> None:
 
 ComponentSpec.__setattr__ = _fixed  # after the class: a frozen dataclass may not define its own
 
+
 class Unchecked(Params):
     """The parameters of a component that was not looked up, kept as the recipe wrote them."""
 

@@ -14,6 +14,11 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def time_left(total_steps: int, step: int, elapsed: float) -> float:
+    """Seconds to the last of `total_steps` at the pace of the `step` taken in `elapsed` seconds."""
+    return (total_steps - step) * elapsed / step if step else 0.0
+
+
 class Progress:
     """Log lines go to stdout; the live line (step, loss, tokens/s, time left) is redrawn in place on
     stderr, only when stderr is a terminal, at most a few times a second."""
@@ -37,7 +42,7 @@ class Progress:
         if not self.live or now - self._last_draw < 0.25:
             return
         self._last_draw = now
-        left = (self.total_steps - step) * elapsed / step if step else 0.0
+        left = time_left(self.total_steps, step, elapsed)
         loss_text = f"{loss:.4f}" if loss is not None else "-"
         text = (f"step {step}/{self.total_steps} | loss {loss_text} | {tokens_per_s:,.0f} tok/s | "
                 f"{fmt_duration(elapsed)} elapsed, {fmt_duration(left)} left")

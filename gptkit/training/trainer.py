@@ -30,7 +30,7 @@ from ..recipe.components import ComponentSpec
 from .checkpoint import unloadable
 from .distributed import Distributed
 from .optim_setup import build_optimizer, flat_gradients, param_groups, set_lr
-from .progress import Progress, fmt_duration
+from .progress import Progress, fmt_duration, time_left
 from .signals import stop_on_signals
 from .speed import compile_failures, compiled, micro_batch_size
 
@@ -259,9 +259,10 @@ class Trainer:
         """A new run's opening line of what it trains: "1,500 steps (train.max_steps: 6.6 of 10 epochs of 226
         batches)" (its log then counts 7 epochs) or "1,560 steps (10 epochs of 156 batches)"."""
         per, total, epochs = self.steps_per_epoch, self.total_steps, self.cfg.epochs
+        of = f"{counted(epochs, 'epoch')} of {per:,} batches"
         if total < epochs * per:
-            return f"Budget: {total:,} steps (train.max_steps: {total / per:.1f} of {counted(epochs, 'epoch')} of {per:,} batches)"
-        return f"Budget: {total:,} steps ({counted(epochs, 'epoch')} of {per:,} batches)"
+            return f"Budget: {total:,} steps (train.max_steps: {total / per:.1f} of {of})"
+        return f"Budget: {total:,} steps ({of})"
 
     def describe(self) -> str:
         """How a step runs, for the run's opening lines: e.g. "bf16 autocast, torch.compile"."""
@@ -400,7 +401,7 @@ class Trainer:
                 ended = ("done in" if done >= self.steps_per_epoch else
                          f"stopped at batch {done}/{self.steps_per_epoch} (train.max_steps) after")
                 # what is left, for a log without the live line (a file, a job's output): at this run's pace so far
-                left = (self.total_steps - state.step) * state.seconds / state.step
+                left = time_left(self.total_steps, state.step, state.seconds)
                 self.progress.log(f"Epoch {epoch + 1}/{self.epochs} {ended} {timer.seconds():.2f} s"
                                   f"{' (CUDA events)' if timer.cuda else ''}"
                                   f"{f' (about {fmt_duration(left)} left)' if state.step < self.total_steps else ''}")
