@@ -2,6 +2,7 @@
 and never shows a traceback."""
 
 import os
+import re
 import sys
 
 import pytest
@@ -144,6 +145,33 @@ def test_user_mistakes(cli, tmp_path, corpus, monkeypatch, make, args, fragments
         assert fragment in result.output
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_checks_after_validation_name_the_file_line(cli, tmp_path, corpus, command):
+    """A recipe's own value that its data refuses (a prompt, a missing text, a batch larger than the text)
+    is named by its line, as validation's errors are; one set by --set, by the --set."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace("CORPUS", str(corpus)) + "sample: {prompt: ZEUS}\n", encoding="utf-8")
+    result = cli(command, path)
+    assert result.exit_code == 2 and result.output.startswith(f"error: {path}:8: sample.prompt 'ZEUS': "), result.output
+    path.write_text(GOOD.replace("CORPUS", str(tmp_path / "none.txt")), encoding="utf-8")
+    assert cli(command, path).output.startswith(f"error: {path}:2: data.path: file ")
+    result = cli(command, path, "--set", f"data.path={tmp_path / 'other.txt'}")
+    assert result.output.startswith(f"error: --set data.path={tmp_path / 'other.txt'}: data.path: file ")
+
+
+def test_python_api_names_no_line_of_a_changed_recipe(tmp_path, corpus):
+    """A Recipe read from a file and changed since names no line of the file: it may not hold the value."""
+    import gptkit
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD.replace("CORPUS", str(corpus)) + "sample: {prompt: ZEUS}\n", encoding="utf-8")
+    with pytest.raises(gptkit.UserError, match=f"^{re.escape(str(path))}:8: sample.prompt 'ZEUS'"):
+        gptkit.train_model(path, runs_dir=tmp_path / "runs", quiet=True)
+    recipe = gptkit.load_recipe(path)
+    recipe.sample.prompt = "ZEUS!"
+    with pytest.raises(gptkit.UserError, match="^sample.prompt 'ZEUS!'"):
+        gptkit.train_model(recipe, runs_dir=tmp_path / "runs", quiet=True)
 
 
 @pytest.mark.parametrize("content,fragment", [

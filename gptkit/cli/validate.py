@@ -21,7 +21,7 @@ def validate(recipe, overrides):
     """
     resolved = load_recipe(recipe, overrides)
     recipe_device(resolved, overrides)
-    with named_by_overrides(overrides):
+    with named_by_overrides(overrides, path=recipe):
         later = check_data(resolved)
     if later:
         data = resolved.data

@@ -150,11 +150,13 @@ def override_of(key: str, overrides: Sequence[str] | None, origins: Mapping[str,
 
 
 @contextlib.contextmanager
-def named_by_overrides(overrides: Sequence[str] | None, origins: Mapping[str, str] | None = None) -> Iterator[None]:
+def named_by_overrides(overrides: Sequence[str] | None, origins: Mapping[str, str] | None = None,
+                       path: str | Path | None = None) -> Iterator[None]:
     """Within it, a UserError naming keys ("data.path: file x.txt not found", "train.batch_size 9999 is
     larger than the 3 training windows ...; lower train.batch_size or data.stride") that `overrides` set
     is named by those overrides first, as validation's errors are: the checks of a recipe against its
-    data, made after it is validated, where the key said first need not be the one overridden."""
+    data, made after it is validated, where the key said first need not be the one overridden. Else one
+    that opens with a key is named by its line in the recipe file at `path`, if the file gives it."""
     try:
         yield
     except UserError as e:
@@ -163,7 +165,22 @@ def named_by_overrides(overrides: Sequence[str] | None, origins: Mapping[str, st
         setters = dict.fromkeys(filter(None, (override_of(key, overrides, origins) for key in keys)))
         if setters:
             e.args = (f"{' and '.join(setters)}: {e}", *e.args[1:])
+        elif path is not None and keys and str(e).startswith(keys[0]):  # (not a key named in passing)
+            where = _line_of(path, keys[0])
+            if where:
+                e.args = (f"{where}: {e}", *e.args[1:])
         raise
+
+
+def _line_of(path: str | Path, key: str) -> str | None:
+    """"FILE:LINE", the line of the recipe file at `path` that gives `key` ("sample.prompt"); None if it
+    does not (or no longer reads)."""
+    try:
+        path = home_path(path, "")
+        line = yaml.load_with_source(read_text(path, "recipe"), str(path), keep_going=True)[1].get(tuple(key.split(".")))
+    except (UserError, OSError):
+        return None
+    return f"{path}:{line}" if line else None
 
 
 def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
