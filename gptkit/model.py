@@ -94,8 +94,10 @@ class GPT(nn.Module):
     @property
     def supports_kv_cache(self) -> bool:
         """Whether generation may use a key/value cache: every block's attention takes one, and no check
-        found the cached logits to differ from a full pass's (`cache_mismatch`)."""
-        return self.cache_mismatch is None and all(caches(block.attn) for block in self.transformer.h)
+        found the cached logits to differ from a full pass's (`cache_mismatch`). Not without blocks: a
+        cache's length is where the next token's position starts."""
+        blocks = self.transformer.h
+        return self.cache_mismatch is None and len(blocks) > 0 and all(caches(block.attn) for block in blocks)
 
     def new_cache(self) -> list[KVCache]:
         """An empty key/value cache for `forward`, one per block (needs `supports_kv_cache`)."""

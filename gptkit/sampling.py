@@ -50,6 +50,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     keep = max(1, block_size // 2)
     cache = model.new_cache() if use_cache and model.supports_kv_cache else None
     B, n = idx.shape  # n: tokens so far
+    first = n
     # int64, as embeddings take: a dataset holds its tokens as uint8 (int32 past 256 characters). Made
     # outside inference mode, so that autograd may save it later; inference mode may still write to it.
     out = torch.empty(B, n + max_new_tokens, dtype=torch.long, device=idx.device)
@@ -74,6 +75,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
                     if cache is not None:
                         cache = model.new_cache()
                 logits, _ = model(out[:, fed:n], cache=cache)
+                if n == first:  # once, not a sync per token: NaN logits would pick id 0 again and again, silently
+                    check_finite(logits[:, -1])
                 if cache is not None:
                     fed = n
                 out[:, n : n + 1] = next_token(logits[:, -1, :], temperature, top_k, generator)
@@ -87,6 +90,12 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
         model.train(was_training)
     stream()
     return out
+
+
+def check_finite(logits: torch.Tensor) -> None:
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("the model's logits are not finite (NaN or inf): its weights hold such values, or overflow "
+                         "in its dtype; nothing can be sampled from it (a model that diverged in training?)")
 
 
 def check_model(model) -> None:

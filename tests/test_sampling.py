@@ -66,6 +66,26 @@ def test_a_cache_for_fewer_blocks_than_the_model_has_is_refused():
         model(torch.zeros(1, 3, dtype=torch.long), cache=model.new_cache()[:1])
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_model_with_nan_weights_is_refused_not_sampled_as_token_zero(use_cache):
+    model = tiny_model().eval()
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^the model's logits are not finite \(NaN or inf\)"):
+        generate(model, torch.zeros(1, 3, dtype=torch.long), 5, use_cache=use_cache)
+
+
+def test_a_model_without_blocks_generates_without_a_cache():
+    """A cache's length is where the next position starts: with no block to hold one, every token would
+    be embedded at position 0."""
+    model = tiny_model(positional="learned").eval()
+    model.transformer.h = torch.nn.ModuleList()
+    assert not model.supports_kv_cache
+    prompt = torch.tensor([[1, 2, 3]])
+    assert torch.equal(generate(model, prompt, 10, temperature=0), generate(model, prompt, 10, temperature=0,
+                                                                             use_cache=False))
+
+
 @pytest.mark.parametrize("says_it_caches", [False, True])  # True: inherited from a built-in, but forward(x) takes no cache
 def test_attention_without_cache_support_falls_back_to_recomputation(temporary_component, says_it_caches):
     class Uncached(NaiveAttention):
