@@ -745,7 +745,8 @@ def test_a_check_runs_again_with_the_texts_vocabulary(write_recipe, cli, tmp_pat
                     raise ValueError(f"at most 20 tokens, not {config.vocab_size}")
     """))
     path = write_recipe(imports=["mine.py"], model={"norm": "smallvocab"})
-    expected = "error: model.norm: smallvocab: at most 20 tokens, not 47 (with vocab_size 47)"
+    line = path.read_text().splitlines().index("  norm: smallvocab") + 1  # named by its line, as validation names keys
+    expected = f"error: {path}:{line}: model.norm: smallvocab: at most 20 tokens, not 47 (with vocab_size 47)"
     validated = cli("validate", path)  # the recipe alone passes (vocab_size 1); validate reads the text, as run does
     assert validated.exit_code == 2 and validated.output.splitlines() == [expected], validated.output
     result = cli("run", path, "--runs-dir", tmp_path / "runs")
