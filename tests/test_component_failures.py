@@ -81,7 +81,31 @@ def assert_one_error(result, tmp_path, message: str, logged: int = 0):
                 return q[..., :1]
     """, "model.attention=short", "attention 'short' from {file} is broken: its forward() raised RuntimeError: "
      "Short.attend returned shape (2, 4, 2, 1); it must return (B, n_head, T, head_dim) = (2, 4, 2, 8), like q"),
-], ids=["feedforward", "batch", "attend"])
+    # Wrong only past the first pass's two tokens or two sequences: a traceback from the residual sum of the
+    # first training step then, or (B, T, 1) broadcast through it into a run that trains.
+    ("""
+        @register("feedforward", "cut")
+        class Cut(FeedForward):
+            def forward(self, x):
+                return x[:, :16]
+    """, "model.feedforward=cut", "feedforward 'cut' from {file} is broken: its forward returned (3, 16, 32) "
+     "torch.float32 for an input of (3, 32, 32) torch.float32; it must return a tensor of its input's shape and dtype"),
+    ("""
+        @register("feedforward", "onechannel")
+        class OneChannel(FeedForward):
+            def forward(self, x):
+                return x.mean(-1, keepdim=True) if x.size(1) > 2 else x
+    """, "model.feedforward=onechannel", "feedforward 'onechannel' from {file} is broken: its forward returned "
+     "(3, 32, 1) torch.float32 for an input of (3, 32, 32) torch.float32; it must return a tensor of its input's "
+     "shape and dtype"),
+    ("""
+        @register("norm", "firsttwo")
+        class FirstTwo(Norm):
+            def forward(self, x):
+                return x[:2]
+    """, "model.norm=firsttwo", "norm 'firsttwo' from {file} is broken: its forward returned (2, 32, 32) "
+     "torch.float32 for an input of (3, 32, 32) torch.float32; it must return a tensor of its input's shape and dtype"),
+], ids=["feedforward", "batch", "attend", "longer", "broadcast", "larger-batch"])
 def test_an_output_of_the_wrong_shape_is_named(run_with, tmp_path, source, override, what):
     assert_one_error(run_with(source, override), tmp_path, what.format(file=tmp_path / "mine.py"))
 
@@ -145,8 +169,8 @@ def test_a_score_bias_wrong_only_for_a_longer_sequence_is_blamed_on_the_position
                 return torch.zeros(4 if t_q <= 2 else 3, t_q, t_k)  # right for the 2-token check only
     """, "model.positional=longwrong")
     assert_one_error(result, tmp_path, f"positional 'longwrong' from {tmp_path / 'mine.py'} is broken: its score_bias() "
-                     "returned a bias attention cannot use, for 4 tokens: BiasShapeError: score_bias(4, 4) returned "
-                     "shape (3, 4, 4); it must return None or (n_head, t_q, t_k) = (4, 4, 4)")
+                     "returned a bias attention cannot use: BiasShapeError: score_bias(32, 32) returned "
+                     "shape (3, 32, 32); it must return None or (n_head, t_q, t_k) = (4, 32, 32)")
 
 
 def test_a_component_without_a_docstring_is_not_described_by_its_base_class(temporary_component):
@@ -691,7 +715,7 @@ def test_a_bug_met_only_in_validation_is_named(run_with, tmp_path):
         @register("feedforward", "evalonly")
         class EvalOnly(FeedForward):
             def forward(self, x):
-                if not self.training and x.size(0) > 2:  # the check before training passes two sequences
+                if not self.training and x.size(0) > 3:  # the checks before training pass two and three sequences
                     raise ValueError("batched evaluation")  # eval
                 return x
     """, "model.feedforward=evalonly")
