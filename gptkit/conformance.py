@@ -119,8 +119,12 @@ def check_deterministic(spec, config):
 def check_backward(spec, config):
     model = tiny_model(config, **{spec.kind: spec})
     _, loss = model(tokens(config), tokens(config))
+    if not torch.isfinite(loss):  # else the first parameter's gradient, the embedding's, would be blamed
+        raise AssertionError(f"the loss of a forward pass is {loss.item()}: no gradient can be finite")
     loss.backward()
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # frozen on purpose: training leaves it alone too
+            continue
         if p.grad is None:
             raise AssertionError(f"{name} got no gradient")
         if not torch.isfinite(p.grad).all():

@@ -321,6 +321,22 @@ def test_a_component_whose_output_is_not_finite_is_not_also_called_acausal(tempo
         assert (results[check].status, results[check].detail) == ("fail", "AssertionError: output has NaN or inf")
     for check in ("state_dict round trip", "causal"):
         assert (results[check].status, results[check].detail) == ("n/a", "skipped: output has NaN or inf")
+    # not "transformer.wte.weight has a non-finite gradient": the embedding is innocent
+    assert results["backward"].detail == "AssertionError: the loss of a forward pass is nan: no gradient can be finite"
+
+
+def test_a_frozen_parameter_passes_the_backward_check(temporary_component):
+    """A parameter with requires_grad=False gets no gradient by design; training leaves it alone too."""
+    from gptkit.components.norm import RMSNorm
+
+    class FrozenGain(RMSNorm):
+        def __init__(self, config, params):
+            super().__init__(config, params)
+            self.weight.requires_grad_(False)
+
+    temporary_component("norm", "frozen", FrozenGain)
+    failed = [f"{r.check}: {r.detail}" for r in check_component("norm", "frozen") if r.status == "fail"]
+    assert failed == []
 
 
 def test_a_partner_that_is_not_deterministic_is_skipped_as_such(temporary_component):
