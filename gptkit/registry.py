@@ -204,15 +204,20 @@ class Registry:
             digest = file_sha256(came_from) or (plugins.class_code_sha256(obj) if came_from == "__main__"
                                                 and isinstance(obj, type) else None)
             new = Entry(self.kind, name, obj, came_from, sha256=digest, by=by)
-            # A class of `__main__` (a notebook cell, a script) taking a name an installed package declares
-            # is refused now: kept, it would fail at its first use, and go on failing for the session,
-            # renamed or not. A package's registrations are left to `entry`, which compares them with
-            # what its entry points load (a plugin registers what it declares; a local file's clash is
-            # reported where it is used).
-            claims = plugins.declared(self.kind).get(name, []) if getattr(obj, "__module__", None) == "__main__" else []
+            # A class of `__main__` (a notebook cell, a script) or of a local file taking a name an installed
+            # package declares is refused now, as one taking a built-in's: kept, it would fail at its first
+            # use, and go on failing for the session, renamed or not. A package's registrations are left to
+            # `entry`, which compares them with what its entry points load (a plugin registers what it declares).
+            main = getattr(obj, "__module__", None) == "__main__"
+            claims = [p for p in plugins.declared(self.kind).get(name, []) if not self._declares(p, obj)] \
+                if main or by.startswith(plugins.LOCAL_PREFIX) else []
             if claims:
-                raise RegistryError(f"{self.kind} '{name}' is claimed by {' and by '.join(p.source for p in claims)} "
-                                    f"already; a name must have one source. {self._clash_fix(new, claims)}")
+                error = (f"{self.kind} '{name}' is claimed by {' and by '.join(p.source for p in claims)} already; "
+                         f"a name must have one source. {self._clash_fix(new, claims)}")
+                if main or not _listing:
+                    raise RegistryError(error)
+                self._clashes[name] = Entry(self.kind, name, source=f"{new.source} and {claims[0].source}", error=error)
+                return obj
             self._refuse_undeclared(name, obj, by)
             if name in self._entries:
                 old = self._entries[name]
@@ -324,12 +329,13 @@ class Registry:
 
     def _unknown(self, name: str) -> str:
         names = [n for n in self.names() if not (n in self._loaded and self._loaded[n].error)]  # broken: no choice
-        guess = did_you_mean(name, names)
+        # Given for the wrong kind (--set model.norm=gqa): said so, not a lookalike of this kind's
+        other = [k for k in kinds() if k != self.kind and name in registry(k)]
+        guess = "" if other else did_you_mean(name, names)
         # Declared under a misspelt group that means this kind (gptkit.norms for a norm), not another's
         misplaced = [text for k, n, _, text in misplaced_entry_points()
                      if n == name and difflib.get_close_matches(k, kinds(), n=1) == [self.kind]]
-        other = [k for k in kinds() if k != self.kind and name in registry(k)] if not guess else []
-        if other:  # given for the wrong kind: --set model.norm=gqa
+        if other:
             hint = f"; {clipped_repr(name)} is {' and '.join(map(a, other))}, not {a(self.kind)}"
         elif not plugins.enabled():  # the name meant may be a plugin's
             hint = f" ({plugins.turned_off()})"

@@ -189,6 +189,7 @@ def scratch_registries(monkeypatch):
 
     for kind in kinds():
         monkeypatch.setattr(registry(kind), "_entries", dict(registry(kind)._entries))
+        monkeypatch.setattr(registry(kind), "_clashes", dict(registry(kind)._clashes))  # what `gptkit list` found
     before = set(sys.modules)
     yield
     for module in set(sys.modules) - before:

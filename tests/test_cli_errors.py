@@ -849,6 +849,16 @@ def test_a_name_of_another_kind_says_which_kind_it_is(cli, write_recipe, key, va
     assert "pip install" not in result.output
 
 
+def test_a_name_of_another_kind_is_said_so_even_beside_a_lookalike_of_this_kind(cli, write_recipe,
+                                                                               temporary_component):
+    from gptkit.components.attention import FlashAttention
+
+    temporary_component("attention", "qknorm", FlashAttention)  # spelt like rmsnorm
+    result = cli("validate", write_recipe(), "--set", "model.norm=qknorm")
+    assert result.output.rstrip().endswith("; 'qknorm' is an attention, not a norm"), result.output
+    assert "did you mean" not in result.output
+
+
 def test_a_symbolic_link_that_leads_nowhere_is_named_as_such(cli, write_recipe, tmp_path):
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     (tmp_path / "loop1").symlink_to(tmp_path / "loop2")

@@ -379,6 +379,30 @@ def test_registering_a_name_a_plugin_declares_is_refused_at_once(install, scratc
     assert registry("norm").find("unitnorm").source == "acme-norms 1.2"
 
 
+def test_a_local_file_registering_a_name_a_plugin_declares_is_refused_even_unused(install, cli, write_recipe,
+                                                                                   tmp_path, scratch_registries):
+    """As one registering a built-in's name is: not only once a recipe names it."""
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_unit:UnitNorm"}}, {"acme_unit": NORM})
+    (tmp_path / "mine.py").write_text(textwrap.dedent("""
+        from gptkit.components import register
+        from gptkit.components.norm import RMSNorm
+
+        @register("norm", "unitnorm")
+        class Mine(RMSNorm):
+            \"\"\"Mine.\"\"\"
+    """))
+    recipe = write_recipe(imports=["mine.py"])  # its norm is the default, rmsnorm
+    for command in (["validate", recipe], ["check", "norm", "rmsnorm", "--import", tmp_path / "mine.py"]):
+        result = cli(*command)
+        assert result.exit_code == 2 and "norm 'unitnorm' is claimed by acme-norms 1.2 already; a name must have one " \
+            f"source. Rename the component in {tmp_path / 'mine.py'}, or rename the entry point in acme-norms" \
+            in result.output, result.output
+    listed = json.loads(cli("list", "norm", "--import", tmp_path / "mine.py", "--json").output)
+    (row,) = [r for r in listed if r["name"] == "unitnorm"]
+    assert row["status"] == "broken" and "is claimed by acme-norms 1.2 already" in row["error"], row
+    assert "acme_unit" not in sys.modules  # refused from metadata alone
+
+
 def test_an_entry_point_in_no_kinds_group_is_reported(install, cli, write_recipe):
     install("acme-typo", "1.0", {"gptkit.norms": {"unitnorm": "acme_typo:UnitNorm"}}, {"acme_typo": NORM})
     result = cli("list")
