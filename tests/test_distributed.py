@@ -386,10 +386,42 @@ def test_processes_that_read_different_text_are_stopped(tmp_path, write_recipe):
     assert not (tmp_path / "ddp").exists()
 
 
+A_SET_ON_RANK_1 = """
+import os, sys
+from gptkit.cli import main
+
+if os.environ["RANK"] == "1":  # one machine's command has a --set the other's lacks
+    sys.argv += ["--set", "train.lr=0.1", "--set", "model.n_layer=3"]
+main(prog_name="gptkit")
+"""
+
+
+def test_processes_given_different_settings_are_stopped_naming_them(tmp_path, write_recipe):
+    """Before anything trains: else another lr trains silently, another n_layer is DDP's traceback, another
+    max_steps a collective mismatch that aborts one rank."""
+    script = tmp_path / "set_on_rank_1.py"
+    script.write_text(A_SET_ON_RANK_1)
+    result = torchrun("run", write_recipe(train={"batch_size": 8, "lr": 0.002}), "--runs-dir", tmp_path / "ddp", "-q",
+                      entry=(script,))
+    assert result.returncode != 0  # (torchrun's own, whatever its workers' are)
+    assert result.stdout.count("error: the 2 processes disagree on the recipe: model.n_layer: 2 on rank 0, 3 on rank 1; "
+                               "train.lr: 0.002 on rank 0, 0.1 on rank 1; every process must run the same recipe with "
+                               "the same --set") == 1, result.stdout
+    assert not (tmp_path / "ddp").exists()
+
+
+def test_a_batch_changed_on_resuming_under_torchrun_is_refused_as_a_change_not_for_its_split(tmp_path, write_recipe):
+    run = train(load_recipe(write_recipe(train={"batch_size": 8, "max_steps": 2})), runs_dir=tmp_path,
+                quiet=True).run_dir
+    result = torchrun("run", "--resume", run, "--set", "train.batch_size=7", "--set", "train.max_steps=4", "-q")
+    assert result.returncode != 0 and result.stdout.count("error: ") == 1, result.stdout
+    assert "train.batch_size: 8 -> 7" in result.stdout and "split evenly" not in result.stdout, result.stdout
+
+
 def test_a_user_error_under_torchrun_is_printed_once(tmp_path, write_recipe):
     result = torchrun("run", write_recipe(train={"batch_size": 7}), "--runs-dir", tmp_path / "ddp", "-q")
     assert result.returncode != 0
-    assert result.stdout.count("error: train.batch_size 7 is the global batch") == 1, result.stdout
+    assert result.stdout.count("train.batch_size 7 is the global batch") == 1, result.stdout
 
 
 DISK_FULL_ON_RANK_0 = """

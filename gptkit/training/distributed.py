@@ -13,6 +13,7 @@ import gc
 import hashlib
 import importlib
 import inspect
+import json
 import math
 import os
 import signal
@@ -93,12 +94,31 @@ class Distributed:
     def check_same(self, what: str, value: int, fix: str) -> None:
         """UserError on every rank unless all ranks hold the same `value`: a mismatch found later would
         crash a collective (or hang one on NCCL), or train on different data without a word."""
-        if self.world_size == 1:
+        if not self._agree(value):
+            raise UserError(f"the {self.world_size} processes disagree on {what}; {fix}")
+
+    def check_same_settings(self, settings: dict[str, object], fix: str) -> None:
+        """As check_same, for {key: value} (a recipe, flattened, JSON values): the error names the keys
+        that differ, with each rank's value (rank 0's first), so that a --set given to one machine's
+        command and not another's is found before it trains the ranks on different settings."""
+        text = json.dumps(settings, sort_keys=True)
+        if self._agree(int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)):
             return
+        every = [None] * self.world_size
+        td.all_gather_object(every, settings, group=self.host_group)
+        keys = [k for k in sorted(set().union(*every)) if len({json.dumps(s.get(k)) for s in every}) > 1]
+        said = "; ".join(f"{k}: " + ", ".join(f"{json.dumps(s.get(k))} on rank {r}" for r, s in enumerate(every)
+                                              if r == 0 or s.get(k) != every[0].get(k)) for k in keys[:4])
+        raise UserError(f"the {self.world_size} processes disagree on the recipe: {said}"
+                        f"{f' (and {len(keys) - 4} more keys)' if len(keys) > 4 else ''}; {fix}")
+
+    def _agree(self, value: int) -> bool:
+        """Whether every rank holds the same `value` (a 60-bit hash, say)."""
+        if self.world_size == 1:
+            return True
         t = torch.tensor([value, -value], dtype=torch.int64)
         td.all_reduce(t, op=td.ReduceOp.MIN, group=self.host_group)  # (min, -max)
-        if int(t[0]) != -int(t[1]):
-            raise UserError(f"the {self.world_size} processes disagree on {what}; {fix}")
+        return int(t[0]) == -int(t[1])
 
     @contextlib.contextmanager
     def local_main_first(self):

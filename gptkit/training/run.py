@@ -30,6 +30,7 @@ from ..io import (DISK_FULL, cannot_make_folder, check_path_argument, home_path,
 from ..model import GPT, check_components
 from ..plugins import software
 from ..recipe import Recipe, validate, yaml
+from ..recipe.load import flatten
 from ..sampling import sample
 from . import distributed
 from .build import build_checked, every_rank
@@ -214,7 +215,12 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     # Even when quiet: notes on stderr, warnings as GptkitWarnings (one line each on the command line).
     note = (lambda *a: None) if not dist.is_main else functools.partial(print, file=sys.stderr)
     warn_once = (lambda *a: None) if not dist.is_main else warn  # rank 0 says it for the job
-    dist.check_batch_size(recipe.train.batch_size, resuming=resume is not None)
+    # Every rank runs its own command: a --set on one machine's and not another's would train on other settings
+    # (paths aside: a text's copy may lie elsewhere on each machine, and is compared by its SHA-256 below).
+    dist.check_same_settings({k: v for k, v in flatten(recipe.to_dict()).items() if k not in ("data.path", "imports")},
+                             "every process must run the same recipe with the same --set")
+    if resume is None:  # (a resumed run's batch may not change: said first, by the checks of what may)
+        dist.check_batch_size(recipe.train.batch_size)
     # A resumed run's recipe.yaml names its text by an absolute path: no relative one to explain, and the same
     # text may be read from elsewhere (data.path may change; the text's SHA-256 is checked).
     elsewhere = f", e.g. {overrides_example('data.path=FILE')}" if on_command_line() else " (the recipe's data.path)"
@@ -228,6 +234,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     checkpoint = save = None
     if resume is not None:
         run_dir, checkpoint, save = run_to_resume(recipe, dataset, resume, Path(runs_dir), log, note, warn_once)
+        dist.check_batch_size(recipe.train.batch_size, resuming=checkpoint is not None)
     dist.check_same("the step to resume from", -1 if checkpoint is None else checkpoint["step"],
                     f"{arg('resume')} needs the run folder on a file system every machine sees")
 
