@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptkit.bench import format_report, notes, parse_vary, peak, run_bench, variants
+from gptkit.bench import BenchIncomplete, format_report, notes, parse_vary, peak, run_bench, variants
 from gptkit.errors import ComponentError, OutOfMemory, UserError
 from gptkit.recipe import load_recipe
 from conftest import breaks_after
@@ -196,11 +196,23 @@ def test_a_failing_variant_is_named_and_the_others_are_measured(cli, write_recip
         assert "(ratios to model.feedforward=mlp: the first variant failed)" in result.stdout
 
 
-def test_a_bench_whose_every_variant_fails_is_that_error(write_recipe, tmp_path, scratch_registries):
+def test_a_bench_whose_every_variant_fails_reports_each_failure(write_recipe, cli, tmp_path, scratch_registries):
     (tmp_path / "explodes.py").write_text(EXPLODES)
-    with pytest.raises(UserError, match="^feedforward 'explodes' from .* is broken: its forward"):
-        run_bench(write_recipe(imports=["explodes.py"], model={"feedforward": "explodes"}), steps=1, warmup=1, rounds=1,
-                  log=lambda *a: None)
+    recipe = write_recipe(imports=["explodes.py"], model={"feedforward": "explodes"})
+    with pytest.raises(BenchIncomplete) as e:
+        run_bench(recipe, steps=1, warmup=1, rounds=1, log=lambda *a: None)
+    (error,) = e.value.errors
+    assert isinstance(error, UserError) and re.match("^feedforward 'explodes' from .* is broken: its forward", str(error))
+    # --json prints the report all the same, every variant in it failed, as when some were measured
+    result = cli("bench", recipe, "--vary", "model.norm=rmsnorm,layernorm", "--steps", "1", "--warmup", "1",
+                 "--rounds", "2", "--json")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert [v["failed"].split(":")[0] for v in json.loads(result.stdout)["variants"]] == \
+        [f"feedforward 'explodes' from {tmp_path / 'explodes.py'} is broken"] * 2
+    assert result.stderr.endswith("error: variant model.norm=rmsnorm: " + e.value.errors[0].args[0] + "\n")
+    result = cli("bench", recipe, "--vary", "model.norm=rmsnorm,layernorm", "--steps", "1", "--warmup", "1")
+    assert result.exit_code == 2 and result.stdout.count("failed: ") == 2 and "ms/step" not in result.stdout, \
+        result.stdout  # each said as it failed; no table of nothing measured
 
 
 def test_a_component_failing_in_a_bench_names_the_step_it_failed_at(write_recipe, temporary_component):

@@ -92,7 +92,7 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
               warmup: int = 2, rounds: int = 3, threads: int | None = None, log=print) -> dict:
     """Benchmark every variant; returns the report (also what --json prints). A variant that fails while
     measured is left out of the rounds that follow and the others go on: then BenchIncomplete, holding
-    the report and the variants' errors, is raised once they are done."""
+    the report and the variants' errors, is raised once they are done (or at once if none is left)."""
     for name, value in (("overrides", overrides), ("vary", vary)):
         if isinstance(value, str):
             raise TypeError(f"{name} takes a list of strings, e.g. [{value!r}]")
@@ -152,8 +152,8 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
 
 
 class BenchIncomplete(Exception):
-    """Variants failed while measured, the others not: `report` holds every figure measured, `errors` why
-    each of the others stopped."""
+    """Variants failed while measured: `report` holds every figure measured (of the others, if any),
+    `errors` why each failed variant stopped."""
 
     def __init__(self, report: dict, errors: list[BaseException]):
         super().__init__(f"{counted(len(errors), 'variant')} failed")
@@ -240,8 +240,7 @@ def measure(found: list[Variant], recipes: list, threads: int, warmup: int, step
             ) -> tuple[str, dict[str, UserError | RunStopped]]:
     """Train every variant in its own worker process: warm-up, then `rounds` of `steps` steps, the
     workers taking turns. Fills in the variants' figures; returns what their peak memory measures, and
-    {label: error} for the variants that failed (the others went on without them; if every one
-    failed, the first one's error is raised)."""
+    {label: error} for the variants that failed (the others went on without them)."""
     ctx = multiprocessing.get_context("spawn")  # a forked OpenMP runtime can hang; spawn is safe everywhere
     procs, conns, errors = [], [], {}
 
@@ -255,8 +254,6 @@ def measure(found: list[Variant], recipes: list, threads: int, warmup: int, step
             return None
 
     def going():  # the variants not failed, with their pipes and processes
-        if len(errors) == len(found):  # nothing left to measure: the first failure is the benchmark's
-            raise next(iter(errors.values()))
         return [(v, conn, proc) for v, conn, proc in zip(found, conns, procs) if v.label not in errors]
 
     try:
@@ -277,18 +274,20 @@ def measure(found: list[Variant], recipes: list, threads: int, warmup: int, step
                 setattr(v, key, info[key])
             log(f"  warmed up {v.label} in {v.warmup_seconds:.1f} s")
         for r in range(rounds):
+            if not going():  # every variant failed: nothing left to measure
+                break
             for v, conn, proc in going():
                 done = reply(v, conn, proc, ("run", steps))
                 if done is not None:
                     v.round_ms.append(1000 * done["seconds"] / steps)
-            times = ", ".join(f"{v.round_ms[-1]:,.0f}" for v, _, _ in going())
-            log(f"  round {r + 1}/{rounds}: {times} ms/step")
+            if going():
+                times = ", ".join(f"{v.round_ms[-1]:,.0f}" for v, _, _ in going())
+                log(f"  round {r + 1}/{rounds}: {times} ms/step")
         memory_kind = ""
         for v, conn, proc in going():
             stats = reply(v, conn, proc, ("stop",))
             if stats is not None:
                 v.peak_memory, memory_kind = stats["peak_memory"], stats["memory_kind"]
-        going()  # raises if every variant failed, the last while stopping
         return memory_kind, errors
     except BaseException:  # the others wait for a message that will not come: end them now
         for proc in procs:
@@ -352,6 +351,8 @@ def format_report(report: dict) -> str:
                      f"{v['ratio']:>5.2f}x  " + (f"{spread(v):>{span}}  " if ranged else "")
                      + f"{v['peak_memory'] / 2**20:>6,.0f} MiB  {v['flops_per_token'] / 1e6:>9.3g}  "
                      f"{v['flops_per_s'] / 1e9:>8,.1f}  {100 * v['mfu']:>5.1f}%  {v['warmup_seconds']:>7.1f}s")
+    if not measured:
+        return "\n".join(lines)
     lines.append("(tokens/step " + ", ".join(f"{v['tokens_per_step']:,}" for v in measured) + "; micro-batch "
                  + ", ".join(f"{v['micro_batch_size']}{' compiled' if v['compiled'] else ''}" for v in measured) + ")")
     if measured[0] is not report["variants"][0]:

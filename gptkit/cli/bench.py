@@ -36,6 +36,9 @@ def bench(recipe, overrides, vary, steps, warmup, rounds, threads, as_json):
     try:
         report = run_bench(recipe, overrides, vary, steps=steps, warmup=warmup, rounds=rounds, threads=threads, log=log)
     except BenchIncomplete as e:  # the figures measured, then the failure (a process's death said first)
-        click.echo(json.dumps(e.report, indent=2) if as_json else "\n" + format_report(e.report))
+        if as_json:  # every variant, failed ones too, even when none was measured
+            click.echo(json.dumps(e.report, indent=2))
+        elif any(not v["failed"] for v in e.report["variants"]):  # (else the log said each failure already)
+            click.echo("\n" + format_report(e.report))
         raise sorted(e.errors, key=lambda error: isinstance(error, UserError))[0] from None
     click.echo(json.dumps(report, indent=2) if as_json else "\n" + format_report(report))
