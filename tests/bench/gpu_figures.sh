@@ -31,13 +31,17 @@ runs=$(mktemp -d)  # the run's checkpoint stays here: it is larger than what $OU
 { nvidia-smi; $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"; } \
     > "$out/env.txt" 2>&1
 cat "$out/env.txt"
+if ! $py -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+    echo "error: no CUDA device is visible to torch here (see $out/env.txt); these figures are of a GPU" >&2
+    exit 2
+fi
 
 echo "== bench: the reference recipe, eager vs compiled"
 timeout 120 $py -m gptkit bench recipes/shakespeare.yaml --vary train.compile=false,true --steps 10 --rounds 3 \
     --json > "$out/bench.json" 2> "$out/bench.log"
 tail -3 "$out/bench.log"
-$py -c "import sys, json; from gptkit.bench import format_report; print(format_report(json.load(open(sys.argv[1]))))" \
-    "$out/bench.json"
+[ -s "$out/bench.json" ] && $py -c "import sys, json; from gptkit.bench import format_report; \
+print(format_report(json.load(open(sys.argv[1]))))" "$out/bench.json"
 
 echo "== the reference recipe, 10 epochs"
 timeout 200 $py -m gptkit run recipes/shakespeare.yaml --runs-dir "$runs" 2>&1 | tr '\r' '\n' \

@@ -57,7 +57,9 @@ def prepare_nanogpt(nanogpt: Path, text: Path):
     if not (data / "train.bin").exists():
         if not (data / "input.txt").exists():
             shutil.copyfile(text, data / "input.txt")  # prepare.py then skips its download
-        run([sys.executable, "prepare.py"], data)
+        # prepare.py imports requests for that download, which needs it no more: a stand-in if it is not installed
+        run([sys.executable, "-c", "import runpy, sys, types; sys.modules.setdefault('requests', "
+             "types.ModuleType('requests')); runpy.run_path('prepare.py', run_name='__main__')"], data)
 
 
 def nanogpt_speed(nanogpt: Path, steps: int, dropout: float) -> dict:
@@ -123,12 +125,14 @@ def main(argv=None) -> int:
     ap.add_argument("--nanogpt", type=Path, required=True, help="a checkout of karpathy/nanoGPT")
     ap.add_argument("--text", type=Path, default=TEXT, help="tiny Shakespeare, for nanoGPT's data")
     ap.add_argument("--only", choices=["speed", "loss"], help="one nanoGPT comparison, without the plain model")
-    ap.add_argument("--rounds", type=at_least(1), default=3)
+    ap.add_argument("--rounds", type=at_least(1), default=3, help="rounds, alternating the programs (default: 3)")
     ap.add_argument("--steps", type=at_least(3), default=6, help="training steps per speed measurement")
     ap.add_argument("--dropout", type=float, default=0.0, help="both models' dropout in the speed comparison")
     args = ap.parse_args(argv)
     if not (args.nanogpt / "train.py").exists() or not (args.nanogpt / "model.py").exists():
         ap.error(f"--nanogpt {args.nanogpt}: not a nanoGPT checkout (no train.py and model.py there)")
+    if not (args.nanogpt / "data/shakespeare_char/prepare.py").exists():
+        ap.error(f"--nanogpt {args.nanogpt}: no data/shakespeare_char/prepare.py there, which prepares its data")
     if not args.text.is_file() and (args.only != "speed" or not (args.nanogpt / "data/shakespeare_char/train.bin").exists()):
         ap.error(f"--text {args.text}: not found; nanoGPT's data is prepared from it, and gptkit's loss run reads it")
     prepare_nanogpt(args.nanogpt, args.text)
