@@ -1211,6 +1211,26 @@ def test_a_positional_embedding_that_is_not_finite_is_its_error(temporary_compon
               runs_dir=tmp_path / "runs", quiet=True)
 
 
+def test_a_component_failing_before_the_first_checkpoint_names_the_run_it_leaves(run_with, cli, tmp_path):
+    result = run_with("""
+        @register("norm", "late")
+        class Late(Norm):
+            calls = 0
+
+            def forward(self, x):
+                if torch.is_grad_enabled() and self.training:
+                    Late.calls += 1
+                    if Late.calls > 20:  # after a few steps, before any save
+                        raise ValueError("late")
+                return x
+    """, "model.norm=late")
+    (run,) = (tmp_path / "runs").iterdir()
+    assert result.exit_code == 2 and result.stderr.splitlines()[-1] == (
+        f"Run folder: {run}  (no checkpoint was saved yet; once that is fixed, gptkit run --resume {run} starts it "
+        "over)"), result.stderr
+    assert not (run / "checkpoint.pt").exists()
+
+
 def test_a_component_failing_later_in_training_names_the_run_to_resume_once_fixed(run_with, cli, tmp_path,
                                                                                  monkeypatch):
     result = run_with("""

@@ -205,6 +205,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, write_
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["reason"].startswith("SIGINT received"), (summary, out)
     assert out.count("stopped: SIGINT received") == 1 and "SIGINT: stopping" not in out, out  # said once, by rank 0
+    assert f"Run folder: {run_dir}  (continue: torchrun ... -m gptkit run --resume {run_dir})" in out, out
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert saved["step"] == len(losses(run_dir, "train_loss")) > 0  # a common last step, saved once
 
@@ -256,6 +257,8 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused():
         Distributed(0, 4).check_batch_size(30)
     with pytest.raises(UserError, match=r"4 processes; run 1, 2, 3, 5, 6, 10, 15, 30 processes$"):
         Distributed(0, 4).check_batch_size(30, resuming=True)  # a resumed run cannot change its batch
+    with pytest.raises(UserError, match=r"2 processes; use a multiple of 2, e.g. 2, or run 1 process$"):
+        Distributed(0, 2).check_batch_size(1)
 
 
 def test_every_rank_but_0_draws_from_a_stream_of_its_own():

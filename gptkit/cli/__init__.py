@@ -69,7 +69,10 @@ class Group(click.Group):
                 click.echo(f"error: {e}", err=True)
             if e.run_dir is not None and rank() == 0 and (e.run_dir / "checkpoint.pt").is_file():
                 click.echo(f"Run folder: {e.run_dir}  (its last checkpoint is intact; once that is fixed, continue: "
-                           f"gptkit run --resume {quote(e.run_dir)})", err=True)
+                           f"{resume_command(e.run_dir)})", err=True)
+            elif e.run_dir is not None and rank() == 0 and e.run_dir.is_dir():  # failed before its first save
+                click.echo(f"Run folder: {e.run_dir}  (no checkpoint was saved yet; once that is fixed, "
+                           f"{resume_command(e.run_dir)} starts it over)", err=True)
             ctx.exit(e.exit_code)
         except RunStopped as e:
             if rank() == 0:  # under torchrun, all stop at the same step: one says so
@@ -77,7 +80,7 @@ class Group(click.Group):
             if e.run_dir is not None and e.run_dir.is_dir():  # (not one moved or deleted while it trained)
                 # (an ablation goes on by its own command, whether or not this run is resumable)
                 goes_on = e.continue_with or (e.resumable and (e.run_dir / "checkpoint.pt").is_file())
-                again = e.continue_with or f"gptkit run --resume {quote(e.run_dir)}"
+                again = e.continue_with or resume_command(e.run_dir)
                 hint = f"  (continue: {again})" if goes_on else ""
                 click.echo(f"Run folder: {e.run_dir}{hint}", err=True)
             ctx.exit(e.exit_code)
@@ -92,6 +95,13 @@ class Group(click.Group):
             if first_on_machine():
                 click.echo("\ninterrupted", err=True)
             ctx.exit(130)
+
+
+def resume_command(run_dir) -> str:
+    """The command that resumes `run_dir`: under torchrun, with torchrun's options as this job was started."""
+    if under_torchrun():
+        return f"torchrun ... -m gptkit run --resume {quote(run_dir)}"
+    return f"gptkit run --resume {quote(run_dir)}"
 
 
 def said_once(e: click.ClickException) -> Exception:

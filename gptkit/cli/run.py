@@ -28,6 +28,10 @@ def run(recipe, overrides, runs_dir, resume, quiet):
     gptkit run recipes/shakespeare.yaml --set train.max_steps=200 --set model.positional=rope
     gptkit run --resume runs/shakespeare-cpu-20260101-120000
     gptkit run recipes/shakespeare-cpu.yaml --resume auto
+    torchrun --standalone --nproc_per_node 4 -m gptkit run recipes/shakespeare.yaml
+
+    Under torchrun, every process trains a share of each batch (train.batch_size is the global batch)
+    and rank 0 alone writes the run folder.
 
     Exit codes: 0 finished; 1 the machine failed (a file system error, another torchrun process lost); 2 a
     mistake in the input (or settings too large for memory); 3 training diverged; 4 a checkpoint could

@@ -85,9 +85,10 @@ class Distributed:
             return
         divisors = ", ".join(map(str, sorted({d for n in range(1, math.isqrt(batch_size) + 1) if not batch_size % n
                                                for d in (n, batch_size // n)})[:16]))
-        other = f"run {divisors} processes" if resuming else (
+        run = f"run {divisors} process{'es' if batch_size > 1 else ''}"
+        other = run if resuming else (
             f"use a multiple of {self.world_size}, e.g. {max(1, batch_size // self.world_size) * self.world_size}, "
-            f"or run {divisors} processes")
+            f"or {run}")
         raise UserError(f"train.batch_size {batch_size} is the global batch and must split evenly over the "
                         f"{self.world_size} processes; {other}")
 
