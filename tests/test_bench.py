@@ -150,6 +150,10 @@ def test_bench_reports_a_batch_too_large_for_the_data(cli, write_recipe):
     (["--vary", "train.batch_size=4,4000"], "error: variant train.batch_size=4000: train.batch_size 4000 is larger than"),
     (["--set", "data.path=absent.txt", "--vary", "train.batch_size=4,8"], "error: variant train.batch_size=4: --set "
                                                                           "data.path=absent.txt: data.path: file "),
+    # each variant would set the key after the --set: it would count for nothing
+    (["--set", "model.attention=naive", "--vary", "model.attention=flash,naive"],
+     "error: --set model.attention=naive: --vary model.attention gives that key its value in every variant; drop the "
+     "--set, or give its value among the --vary's\n"),
 ])
 def test_every_variants_data_is_checked_before_any_work(cli, write_recipe, args, message):
     result = cli("bench", write_recipe(sample={"prompt": "no such characters: #%&"}), *args)  # nothing is sampled

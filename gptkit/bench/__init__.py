@@ -24,9 +24,9 @@ import torch
 
 from ..device import resolve_device, use_bf16
 from ..data.dataset import load_dataset
-from ..errors import Interrupted, RunFailed, RunStopped, UserError, counted, first_line, warn
+from ..errors import Interrupted, RunFailed, RunStopped, UserError, counted, first_line, override, warn
 from ..recipe import load_recipe, yaml
-from ..recipe.load import named_by_overrides, recipe_device
+from ..recipe.load import check_overrides, named_by_overrides, recipe_device
 from ..recipe.vary import parse_vary as parse_vary_flags
 from ..training.run import check_fits
 from ..training.signals import signals_held
@@ -100,7 +100,14 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
     for name, value in counts.items():  # threads=None: torch's own count
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    found = variants(parse_vary(list(vary)))
+    axes = parse_vary(list(vary))
+    varied = {key for key, _ in axes}
+    for text in check_overrides(overrides):  # each variant sets the key after it: the --set would count for nothing
+        key = text.partition("=")[0].strip()
+        if key in varied:
+            raise UserError(f"{override(text)}: --vary {key} gives that key its value in every variant; drop the "
+                            "--set, or give its value among the --vary's")
+    found = variants(axes)
     recipes = [load_recipe(recipe_path, [*overrides, *v.overrides], origins=v.origins) for v in found]
     check_distinct(found, recipes)  # all checked before any work, their device and data too
     check_variant_data(found, recipes, overrides)
