@@ -141,6 +141,25 @@ def clashes_listed():
         _listing = before
 
 
+def _target_problem(plugin: plugins.Plugin, e: BaseException) -> str | None:
+    """What is wrong with `plugin`'s entry point itself (module:Class), which failed to load with `e`: a
+    module or class renamed in the code and not in the metadata (installed before the rename), or a
+    target written without its class; None if the target loaded, or its own import failed."""
+    ep = plugin.entry_point
+    if isinstance(e, ModuleNotFoundError) and e.name and (ep.module + ".").startswith(e.name + "."):
+        parent, _, last = ep.module.rpartition(".")
+        if not ep.attr and parent and e.name == ep.module and parent in sys.modules:  # module.Class, with a dot
+            return f"Its entry point names the module {ep.module}: a class is written module:Class ({parent}:{last})"
+        return f"Its entry point names the module {ep.module}, which is not there"
+    module = sys.modules.get(ep.module)
+    if isinstance(e, AttributeError) and module is not None and ep.attr and not hasattr(module, ep.attr.split(".")[0]):
+        classes = [n for n, v in vars(module).items() if inspect.isclass(v) and v.__module__ == module.__name__]
+        return f"Its entry point names {ep.attr}, which {ep.module} does not define{did_you_mean(ep.attr, classes)}"
+    if not ep.attr and inspect.ismodule(module):  # module.Class with a dot, or no class at all
+        return f"Its entry point names the module {ep.module}, not a class in it: write it as module:Class"
+    return None
+
+
 def _interactive() -> bool:
     """Whether this is an interactive session (a notebook, IPython, python -i), where cells run again."""
     import builtins
@@ -409,9 +428,12 @@ class Registry:
         except (Exception, SystemExit) as e:  # a plugin's import may raise anything, even exit; only this name pays
             error = str(e) if isinstance(e, RegistryError) else \
                 plugins.load_failure(e) + plugins.raised_in_package(plugin.entry_point.module, e)
+            target = _target_problem(plugin, e)
+            fix = f"{target}; correct it in {plugin.dist}'s pyproject.toml and install it again" if target else \
+                "Fix or uninstall that package"
             return replace(entry, error=(
                 f"{self.kind} '{plugin.name}' from {plugin.source} ({plugin.value}) is broken: {error}. "
-                "Fix or uninstall that package (GPTKIT_NO_PLUGINS=1 turns plugins off)"))
+                f"{fix} (GPTKIT_NO_PLUGINS=1 turns plugins off)"))
         return replace(entry, obj=obj, sha256=plugins.code_sha256(obj))
 
     def _validate(self, obj: Any) -> None:

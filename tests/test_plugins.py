@@ -403,6 +403,32 @@ def test_a_local_file_registering_a_name_a_plugin_declares_is_refused_even_unuse
     assert "acme_unit" not in sys.modules  # refused from metadata alone
 
 
+@pytest.mark.parametrize("value, said", [
+    ("acme_unit:UnitNrom", "Its entry point names UnitNrom, which acme_unit does not define (did you mean "
+                           "'UnitNorm'?); correct it in acme-norms's pyproject.toml and install it again"),
+    ("acme_renamed:UnitNorm", "Its entry point names the module acme_renamed, which is not there; correct it in "
+                              "acme-norms's pyproject.toml and install it again"),
+    ("acme_unit.UnitNorm", "Its entry point names the module acme_unit.UnitNorm: a class is written module:Class "
+                           "(acme_unit:UnitNorm); correct it in"),
+    ("acme_unit", "Its entry point names the module acme_unit, not a class in it: write it as module:Class; correct "
+                  "it in"),
+])
+def test_an_entry_point_naming_what_is_not_there_says_to_correct_and_reinstall(install, value, said):
+    """A module or class renamed in the code, not in the metadata (or installed before the rename)."""
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": value}}, {"acme_unit": NORM})
+    error = registry("norm").entry("unitnorm").error
+    assert error.startswith(f"norm 'unitnorm' from acme-norms 1.2 ({value}) is broken: ") and said in error, error
+    assert error.endswith(" (GPTKIT_NO_PLUGINS=1 turns plugins off)")
+
+
+def test_a_plugin_whose_own_import_fails_is_told_to_be_fixed(install):
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_unit:UnitNorm"}},
+            {"acme_unit": "import acme_missing_dependency\n" + textwrap.dedent(NORM)})
+    error = registry("norm").entry("unitnorm").error
+    assert "ModuleNotFoundError: No module named 'acme_missing_dependency'" in error and \
+        error.endswith("Fix or uninstall that package (GPTKIT_NO_PLUGINS=1 turns plugins off)"), error
+
+
 def test_an_entry_point_in_no_kinds_group_is_reported(install, cli, write_recipe):
     install("acme-typo", "1.0", {"gptkit.norms": {"unitnorm": "acme_typo:UnitNorm"}}, {"acme_typo": NORM})
     result = cli("list")
