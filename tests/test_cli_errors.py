@@ -952,3 +952,12 @@ def test_a_prompt_another_text_lacks_names_the_override_of_the_text(cli, tmp_pat
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"error: --set data.path={tmp_path / 'upper.txt'}: sample.prompt 'ROMEo': "
                                     "characters not in the vocabulary: 'M', 'R', 'o'"), result.output
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "bench", "ablate"])
+def test_import_where_a_recipe_lists_its_files_says_how_to_give_them(cli, write_recipe, tmp_path, command):
+    """list, show and check take --import; a recipe's commands run the files its imports: lists."""
+    result = cli(command, write_recipe(), "--import", tmp_path / "mine.py")
+    assert result.exit_code == 2 and result.output.rstrip().endswith(
+        "Error: No such option: --import. A recipe runs its local component files itself: list them under imports: "
+        "in it, or --set 'imports=[FILE.py]'"), result.output

@@ -142,6 +142,7 @@ def test_check_takes_every_kind(cli):
     result = cli("check", "schedule", "cosine", "--param", "warmup_steps=3")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
+    assert lines[0] == "schedule 'cosine' with warmup_steps=3 from built-in; on cpu"  # which configuration passed
     assert any(line.split()[:2] == ["factors", "PASS"] for line in lines)
     assert not any(line.split()[:1] == ["causal"] for line in lines)  # a model component's check: not listed
     result = cli("check", "schedul", "cosine")

@@ -60,6 +60,10 @@ class Group(click.Group):
                     raise click.exceptions.Exit(1)
             return result
         except click.ClickException as e:  # in a command's options (an unknown one, a missing argument)
+            if isinstance(e, click.NoSuchOption) and e.option_name == "--import":  # list, show and check take it
+                e.message = (f"No such option: --import. A recipe runs its local component files itself: list them "
+                             f"under imports: in it, or --set 'imports=[FILE.py]'")
+                e.possibilities = None  # (click's "Did you mean '--out'?")
             raise said_once(e) from None
         except UserError as e:
             if e.every_rank:  # met by this process alone (its GPU's memory): the others cannot say it

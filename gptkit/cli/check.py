@@ -83,7 +83,9 @@ def check(kind, name, params, device, n_embd, n_head, block_size, vocab_size):
                         "others with --n-embd, --n-head, --block-size and --vocab-size") from None
 
     has = f"; the test model has {sizes}" if kind in MODEL_KINDS else ""
-    click.echo(f"{kind} '{name}' from {reg.entry(name).source}{has}; on {device}")
+    given = f" with {', '.join(f'{k}={yaml.dump(v, flow=True)}' for k, v in spec.items() if k != 'name')}" \
+        if len(spec) > 1 else ""  # which configuration passed, in saved output
+    click.echo(f"{kind} '{name}'{given} from {reg.entry(name).source}{has}; on {device}")
     width = max(len(r.check) for r in results)
     for r in results:
         click.echo(f"  {r.check:<{width}}  {r.status.upper():<4}  {r.detail}".rstrip())
