@@ -61,8 +61,8 @@ class Group(click.Group):
             return result
         except click.ClickException as e:  # in a command's options (an unknown one, a missing argument)
             if isinstance(e, click.NoSuchOption) and e.option_name == "--import":  # list, show and check take it
-                e.message = (f"No such option: --import. A recipe runs its local component files itself: list them "
-                             f"under imports: in it, or --set 'imports=[FILE.py]'")
+                e.message = ("No such option: --import. A recipe runs its local component files itself: list them "
+                             "under imports: in it, or --set 'imports=[FILE.py]'")
                 e.possibilities = None  # (click's "Did you mean '--out'?")
             raise said_once(e) from None
         except UserError as e:
