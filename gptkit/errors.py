@@ -107,7 +107,7 @@ def problems(origin: str, texts: list[str]) -> str:
     """One error for every problem of `origin`: the one alone, or 'ORIGIN has N problems:' and each on a line."""
     if len(texts) == 1:
         return texts[0]
-    return f"{origin} has {len(texts)} problems:\n" + "\n".join(f"  {t}" for t in texts)
+    return f"{origin} has {len(texts)} problems:\n" + "\n".join(f"  {t.removeprefix(origin + ': ')}" for t in texts)
 
 
 def a(noun: str) -> str:

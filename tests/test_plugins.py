@@ -907,7 +907,8 @@ def test_resuming_a_run_whose_plugin_is_gone_says_which_package_it_was(install, 
     result = cli("run", "--resume", run, "--set", "train.max_steps=4")
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "unknown norm 'unitnorm'" in result.output
-    assert f"(the run was trained with {trained}: is it installed?)" in result.output
+    assert f"(the run was trained with {trained}: install acme-norms==1.2 and acme-opt==0.5, the versions it " \
+        "trained with)" in result.output
 
 
 LOCAL = """
@@ -1245,7 +1246,8 @@ def test_a_run_names_the_plugins_it_needs(install, write_recipe, cli, tmp_path):
     forget_plugins()
     result = cli("sample", run)
     assert result.exit_code == 2 and "unknown norm 'unitnorm'" in result.output
-    assert f"(the run was trained with model.norm: {record}: is it installed?)" in result.output
+    assert f"(the run was trained with model.norm: {record}: install acme-norms==1.2, the version it trained " \
+        "with)" in result.output
 
 
 def test_check_show_and_list_take_a_local_file(cli, tmp_path, scratch_registries):

@@ -310,9 +310,9 @@ def test_a_number_given_as_a_string_says_how_to_give_it(corpus):
     with pytest.raises(RecipeError) as e:
         validate({"name": "r", "data": {"path": str(corpus)}, "train": {"lr": "5e-4", "batch_size": "8"}})
     assert str(e.value).splitlines()[1:] == [
-        "  recipe: train.batch_size: Input should be a valid integer (got '8'); a string: write the number without "
+        "  train.batch_size: Input should be a valid integer (got '8'); a string: write the number without "
         "quotes",
-        "  recipe: train.lr: Input should be a valid number (got '5e-4'); a string (quoted, or read by PyYAML's "
+        "  train.lr: Input should be a valid number (got '5e-4'); a string (quoted, or read by PyYAML's "
         "safe_load, which takes 5e-4 for one): write 5.0e-4, unquoted, or load the file with gptkit's load_recipe"]
 
 
@@ -601,3 +601,12 @@ def test_a_fix_to_copy_is_never_clipped():
     with pytest.raises(YAMLError) as e:  # (two colons: one would be a mapping, said later by string_hint)
         load(prompt, "--set sample.prompt=...", lambda text: f"--set 'sample.prompt={text}'")
     assert str(e.value).endswith(f"must be quoted: --set 'sample.prompt={prompt}')")
+
+
+def test_several_problems_of_one_origin_name_it_once():
+    from gptkit.errors import problems
+
+    origin = "the recipe stored in runs/x"
+    assert problems(origin, [f"{origin}: model.norm: unknown norm 'a'", f"{origin}:3: seed: bad", "train.lr: bad"]) == (
+        f"{origin} has 3 problems:\n  model.norm: unknown norm 'a'\n  {origin}:3: seed: bad\n  train.lr: bad")
+    assert problems(origin, [f"{origin}: model.norm: unknown norm 'a'"]) == f"{origin}: model.norm: unknown norm 'a'"

@@ -331,8 +331,10 @@ def missing_plugins(used: dict[str, str], prefix: str = "model.") -> str:
                "renamed or removed since the run?")
     elif all(source == "__main__" or source in files for source in gone.values()):  # a script's, not a package's
         why = "registered in Python, not installed: register it in this process first (run or import that code)"
-    elif plugins.enabled():
-        why = "is it installed?"
+    elif plugins.enabled():  # a package's: which, at which version (the one it trained with)
+        pins = sorted({f"{d}=={v}" for d, _, v in (s.rpartition(" ") for s in gone.values() if s not in files) if d})
+        why = f"install {' and '.join(pins)}, the version{'s' if len(pins) > 1 else ''} it trained with" if pins \
+            else "is it installed?"
     else:  # the registry's error has said that plugins are off
         why = f"unset GPTKIT_NO_PLUGINS{' (or leave out --no-plugins)' if on_command_line() else ''} to use them"
     return f"\n(the run was trained with {'; '.join(gone)}: {why})"
