@@ -136,8 +136,12 @@ def test_vary_is_split_as_ablate_splits_it(cli, write_recipe):
     texts = ['sample.prompt="a,b",c', "model.positional={name: rope, base: 500},'x,y'", "train.lr=1e-3, 2e-3"]
     assert parse_vary(texts)[0] == ("sample.prompt", ['"a,b"', "c"])
     assert parse_vary(texts) == list(ablate_parse_vary(texts).items())
-    result = cli("bench", write_recipe(), "--vary", 'sample.prompt="a,b",c', "--vary", "train.batch_size=8,x")
-    assert result.exit_code == 2 and "--vary train.batch_size=x: train.batch_size" in result.output  # prompts read
+    result = cli("bench", write_recipe(), "--vary", "model.positional={name: rope, base: 500},sinusoidal", "--vary",
+                 "train.batch_size=8,x")
+    assert result.exit_code == 2 and "--vary train.batch_size=x: train.batch_size" in result.output  # the mapping read
+    result = cli("bench", write_recipe(), "--vary", 'sample.prompt="a,b",c')  # split, then refused: not timed
+    assert result.exit_code == 2 and result.output.startswith("error: --vary sample.prompt: a benchmark times training "
+                                                              "steps, which sample.prompt does not change"), result.output
 
 
 def test_bench_reports_a_batch_too_large_for_the_data(cli, write_recipe):
@@ -362,3 +366,16 @@ def test_a_variant_whose_compilation_fails_is_measured_eager_and_says_so(cli, wr
                     "InvalidCxxCompiler: no working C++ compiler); training without it. Set train.compile=false to "
                     "skip compiling"], result.stderr
     assert [v["compiled"] for v in json.loads(result.stdout)["variants"]] == [False, False]
+
+
+@pytest.mark.parametrize("vary, said", [
+    (["seed=1,2"], "error: --vary seed: a benchmark times training steps, which seed does not change (nor name, "
+                   "sample.*, train.epochs, "),
+    (["train.max_steps=10,20"], "error: --vary train.max_steps: a benchmark times training steps, which "),
+    (["train.micro_batch_size=2,3"], "error: --vary train.micro_batch_size=2 and train.micro_batch_size=3 time the "
+                                     "same steps here: on cpu, with micro-batches of 2 rows; give values that differ"),
+    (["train.device=cpu,auto"], "error: --vary train.device=cpu and train.device=auto time the same steps here: on cpu"),
+])
+def test_variants_that_would_time_the_same_steps_are_refused(cli, write_recipe, no_gpu, vary, said):
+    result = cli("bench", write_recipe(), *[a for v in vary for a in ("--vary", v)])
+    assert result.exit_code == 2 and result.output.startswith(said) and "Peak" not in result.output, result.output

@@ -611,9 +611,9 @@ def test_a_prompt_read_as_a_mapping_says_how_to_quote_it(cli, write_recipe, comm
 
 
 def test_a_vary_value_read_as_a_mapping_says_how_to_quote_it(cli, write_recipe):
-    result = cli("bench", write_recipe(), "--vary", "sample.prompt=KING:,QUEEN")
-    assert result.exit_code == 2 and result.output.startswith("error: --vary sample.prompt=KING:: ") \
-        and result.output.endswith("""(YAML read KING: as a mapping; quote it: --vary 'sample.prompt="KING:",...')\n"""), \
+    result = cli("bench", write_recipe(), "--vary", "train.device=cpu:,auto")
+    assert result.exit_code == 2 and result.output.startswith("error: --vary train.device=cpu:: ") \
+        and result.output.endswith("""(YAML read cpu: as a mapping; quote it: --vary 'train.device="cpu:",...')\n"""), \
         result.output
     quoted = cli("validate", write_recipe(), "--set", 'sample.prompt="KING:"')
     assert quoted.exit_code == 0 and "prompt: 'KING:'" in quoted.stdout

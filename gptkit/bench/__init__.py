@@ -30,6 +30,7 @@ from ..recipe.load import check_overrides, named_by_overrides, recipe_device
 from ..recipe.vary import parse_vary as parse_vary_flags
 from ..training.run import check_fits
 from ..training.signals import signals_held
+from ..training.speed import micro_batch_size
 from . import worker
 from .peak import matmul_peak
 
@@ -107,10 +108,12 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
         if key in varied:
             raise UserError(f"{override(text)}: --vary {key} gives that key its value in every variant; drop the "
                             "--set, or give its value among the --vary's")
+    check_timed(axes)
     found = variants(axes)
     recipes = [load_recipe(recipe_path, [*overrides, *v.overrides], origins=v.origins) for v in found]
     check_distinct(found, recipes)  # all checked before any work, their device and data too
     check_variant_data(found, recipes, overrides)
+    check_resolved_distinct(found, recipes)
     threads = threads or torch.get_num_threads()
     with sigterm_interrupts():
         peaks = measure_peaks(recipes, threads, log)
@@ -167,6 +170,19 @@ class BenchIncomplete(Exception):
         self.report, self.errors = report, errors
 
 
+# Keys a benchmark's training steps do not depend on: varied, every variant would time the same steps
+UNTIMED = ("name", "seed", "sample", "train.epochs", "train.max_steps", "train.log_every", "train.eval_every",
+           "train.eval_batches", "train.checkpoint_every")
+
+
+def check_timed(axes: list[tuple[str, list[str]]]) -> None:
+    for key, _ in axes:
+        if any(key == k or key.startswith(k + ".") for k in UNTIMED):
+            raise UserError(f"--vary {key}: a benchmark times training steps, which {key} does not change (nor "
+                            f"{', '.join(k + ('.*' if k == 'sample' else '') for k in UNTIMED if k != key)}); "
+                            "vary what may change their speed, or compare the runs themselves with gptkit ablate")
+
+
 def check_distinct(found: list[Variant], recipes: list) -> None:
     """Two variants that resolve to the same recipe would measure one thing twice: refused."""
     seen = {}
@@ -175,6 +191,24 @@ def check_distinct(found: list[Variant], recipes: list) -> None:
         if same is not v:  # values spelled apart (parse_vary refuses a value given twice)
             a, b = zip(*[(x, y) for x, y in zip(same.overrides, v.overrides) if x != y])
             raise UserError(f"--vary {' '.join(a)} and {' '.join(b)} give the same recipe; give each value once")
+
+
+def check_resolved_distinct(found: list[Variant], recipes: list) -> None:
+    """Two variants whose device and micro-batch resolve alike here, and differ in nothing else, would
+    time one thing twice (train.device cpu and auto on a machine without a GPU; micro_batch_size 3 and 2
+    at batch 8, both 2 rows): refused. Called once every variant's device is known to be there."""
+    seen = {}
+    for v, recipe in zip(found, recipes):
+        t = recipe.train
+        device = resolve_device(t.device, "train.device")
+        rows = micro_batch_size(t.micro_batch_size, t.batch_size, recipe.model.block_size, device)
+        data = recipe.to_dict()
+        data["train"] |= {"device": str(device), "micro_batch_size": rows}
+        same = seen.setdefault(json.dumps(data, sort_keys=True), v)
+        if same is not v:
+            a, b = zip(*[(x, y) for x, y in zip(same.overrides, v.overrides) if x != y])
+            raise UserError(f"--vary {' '.join(a)} and {' '.join(b)} time the same steps here: on {device}, with "
+                            f"micro-batches of {counted(rows, 'row')}; give values that differ here")
 
 
 def check_variant_data(found: list[Variant], recipes: list, overrides: list[str]) -> None:
