@@ -237,6 +237,10 @@ def provenance(rows: list[RunRow], stats: list[ArmStats]) -> str:
     software = f" Trained with {'; '.join(sorted(used))}" if used else ""
     software += (f"{' and' if used else ' Trained'} {older} runs with an older gptkit, which recorded no software"
                  if older else "") + ("." if used or older else "")
+    # The code of every component not built in, as the runs recorded it: a package's version and hash, a file's hash
+    records = sorted({f"{key}: {what}" for r in ran if isinstance(r.get("plugins"), dict)
+                      for key, what in r["plugins"].items() if isinstance(what, str)})
+    software += f" Components not built in: {'; '.join(records)}." if records else ""
     data = list(dict.fromkeys(r["data"] for r in ran if isinstance(r.get("data"), str)))
     data_line = f" Data: {data[0]}." if len(data) == 1 else " Data: differs between runs (see their summary.json)." \
         if data else ""
