@@ -816,8 +816,8 @@ def test_the_parameter_margin_is_said_as_given(tmp_path, write_recipe, monkeypat
     assert f"more than {said}." in text and "or Δ is within float32 rounding (1e-05 of the loss)." in text
 
 
-@pytest.mark.parametrize("seconds, text", [(0.04, "<0.1 s"), (0.43, "0.4 s"), (0.94, "0.9 s"), (0.96, "0:01"), (1.7, "0:01"), (62, "1:02"),
-                                           (3723, "1:02:03")])
+@pytest.mark.parametrize("seconds, text", [(0.04, "<0.1 s"), (0.43, "0.4 s"), (0.94, "0.9 s"), (0.96, "0:01"),
+                                           (1.7, "0:01"), (62, "1:02"), (3723, "1:02:03")])
 def test_wall_times_under_a_second_are_not_zero(seconds, text):
     from gptkit.training.progress import fmt_duration
 

@@ -8,7 +8,7 @@ def fmt_duration(seconds: float) -> str:
     """"1:02:03", "2:03", or "0.4 s" under a second (a tiny run's wall time, not "0:00")."""
     if round(seconds, 1) < 1:  # (0.96 s is "0:01", as 1.2 s is: not "1.0 s" beside it)
         return f"{seconds:.1f} s" if seconds >= 0.05 else "<0.1 s"
-    seconds = int(seconds)
+    seconds = max(1, int(seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
