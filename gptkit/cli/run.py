@@ -59,7 +59,8 @@ def run(recipe, overrides, runs_dir, resume, quiet):
             raise
         raise with_plugin_hint(e, Path(resume)) from None
     recipe_device(loaded, overrides)  # here, where a --set of it is known
-    with named_by_overrides(overrides, path=recipe):  # data.path not found, a batch larger than the text...
+    # data.path not found, a batch larger than the text...: named by the line of the user's recipe, not the run's copy
+    with named_by_overrides(overrides, path=None if explicit else recipe):
         result = train(loaded, runs_dir=runs_dir, quiet=quiet, resume=resume)
     if result.run_dir is None:  # a torchrun process other than rank 0, which reports for all
         return
