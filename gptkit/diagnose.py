@@ -34,10 +34,10 @@ def component_specs(gpt: GPT, model) -> dict:
 
 
 def check_forward(gpt: GPT, model, cache: bool = True) -> str | None:
-    """Two small forward passes of `gpt`, which `model` (a ModelSection) described, before training: a
+    """Small forward passes of `gpt`, which `model` (a ModelSection) described, before training: a
     component whose forward raises, or returns anything but a tensor of its input's shape and dtype, is
     named as the culprit, instead of a traceback from the training step or from whichever later layer
-    trips over its output. A batch of 2 sequences of two tokens, then 3 of block_size; without
+    trips over its output. Batches of 2 sequences of two tokens, 3 of three, and 1 of block_size; without
     gradients, in evaluation mode, and with the random state put back, so that the run that follows is
     the same as without it. With `cache`,
     `check_cache` follows: its warning, if any, is returned (sample without the cache then)."""
@@ -77,10 +77,11 @@ def _check_shapes(gpt: GPT, model) -> None:
     # Two sequences, not one: a component that reduces over the batch (x.mean(0, keepdim=True)) returns
     # another shape then, instead of passing and mixing the samples through a broadcast residual. Other
     # tokens everywhere: a component that divides by a spread over the sequence is not fed one of 0.
-    # Then three whole blocks: a shape wrong only for longer sequences or larger batches (x[:, :16],
-    # x[:2]) would otherwise fail in the residual sum of the first training step, where no component is
-    # named, or broadcast through it.
-    for B, T in ((2, min(2, gpt.config.block_size)), (3, gpt.config.block_size)):
+    # Then three sequences, and one whole block: a shape wrong only for larger batches or longer sequences
+    # (x[:2], x[:, :16]) would otherwise fail in the residual sum of the first training step, where no
+    # component is named, or broadcast through it. (One row of a block: no more memory than sampling needs.)
+    block = gpt.config.block_size
+    for B, T in ((2, min(2, block)), (3, min(3, block)), (1, block)):
         idx = torch.arange(B * T, device=gpt.lm_head.weight.device).view(B, T) % gpt.config.vocab_size
         try:
             with watching(gpt, specs, embedded, same_as_input):

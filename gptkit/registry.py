@@ -148,11 +148,13 @@ def _target_problem(plugin: plugins.Plugin, e: BaseException) -> str | None:
     ep = plugin.entry_point
     if isinstance(e, ModuleNotFoundError) and e.name and (ep.module + ".").startswith(e.name + "."):
         parent, _, last = ep.module.rpartition(".")
-        if not ep.attr and parent and e.name == ep.module and parent in sys.modules:  # module.Class, with a dot
+        if not ep.attr and e.name == ep.module and inspect.isclass(getattr(sys.modules.get(parent), last, None)):
             return f"Its entry point names the module {ep.module}: a class is written module:Class ({parent}:{last})"
         return f"Its entry point names the module {ep.module}, which is not there"
     module = sys.modules.get(ep.module)
-    if isinstance(e, AttributeError) and module is not None and ep.attr and not hasattr(module, ep.attr.split(".")[0]):
+    # (an AttributeError of the module's own code, a lazy __getattr__'s say, is another: its own traceback line)
+    if isinstance(e, AttributeError) and module is not None and ep.attr and getattr(e, "obj", None) is module \
+            and e.name == ep.attr.split(".")[0]:
         classes = [n for n, v in vars(module).items() if inspect.isclass(v) and v.__module__ == module.__name__]
         return f"Its entry point names {ep.attr}, which {ep.module} does not define{did_you_mean(ep.attr, classes)}"
     if not ep.attr and inspect.ismodule(module):  # module.Class with a dot, or no class at all
@@ -429,7 +431,7 @@ class Registry:
             error = str(e) if isinstance(e, RegistryError) else \
                 plugins.load_failure(e) + plugins.raised_in_package(plugin.entry_point.module, e)
             target = _target_problem(plugin, e)
-            fix = f"{target}; correct it in {plugin.dist}'s pyproject.toml and install it again" if target else \
+            fix = f"{target}; correct it in {plugin.dist}'s pyproject.toml if it is wrong, and install it again" if target else \
                 "Fix or uninstall that package"
             return replace(entry, error=(
                 f"{self.kind} '{plugin.name}' from {plugin.source} ({plugin.value}) is broken: {error}. "

@@ -370,11 +370,15 @@ def test_a_variant_whose_compilation_fails_is_measured_eager_and_says_so(cli, wr
 
 @pytest.mark.parametrize("vary, said", [
     (["seed=1,2"], "error: --vary seed: a benchmark times training steps, which seed does not change (nor name, "
-                   "sample.*, train.epochs, "),
+                   "sample.*, train.lr, train.schedule, "),
     (["train.max_steps=10,20"], "error: --vary train.max_steps: a benchmark times training steps, which "),
     (["train.micro_batch_size=2,3"], "error: --vary train.micro_batch_size=2 and train.micro_batch_size=3 time the "
-                                     "same steps here: on cpu, with micro-batches of 2 rows; give values that differ"),
-    (["train.device=cpu,auto"], "error: --vary train.device=cpu and train.device=auto time the same steps here: on cpu"),
+                                     "same steps here (device \"cpu\", micro_batch_size 2, precision \"fp32\", compile "
+                                     "false); give values that differ here"),
+    (["train.device=cpu,auto"], "error: --vary train.device=cpu and train.device=auto time the same steps here"),
+    (["train.compile=false,auto"], "error: --vary train.compile=false and train.compile=auto time the same steps"),
+    (["train.precision=auto,fp32"], "error: --vary train.precision=auto and train.precision=fp32 time the same steps"),
+    (["train.lr=1e-3,2e-3"], "error: --vary train.lr: a benchmark times training steps, which train.lr does not "),
 ])
 def test_variants_that_would_time_the_same_steps_are_refused(cli, write_recipe, no_gpu, vary, said):
     result = cli("bench", write_recipe(), *[a for v in vary for a in ("--vary", v)])

@@ -159,6 +159,12 @@ def test_checks_after_validation_name_the_file_line(cli, tmp_path, corpus, comma
     assert cli(command, path).output.startswith(f"error: {path}:2: data.path: file ")
     result = cli(command, path, "--set", f"data.path={tmp_path / 'other.txt'}")
     assert result.output.startswith(f"error: --set data.path={tmp_path / 'other.txt'}: data.path: file ")
+    # a --set the message does not name may be what makes the file's value wrong: no line then
+    path.write_text(GOOD.replace("CORPUS", str(corpus)).replace("batch_size: 4", "batch_size: 100000"), encoding="utf-8")
+    assert cli(command, path).output.startswith(f"error: {path}:5: train.batch_size 100000 is larger than ")
+    (tmp_path / "short.txt").write_text(corpus.read_text()[:2000], encoding="utf-8")
+    result = cli(command, path, "--set", f"data.path={tmp_path / 'short.txt'}")
+    assert result.output.startswith("error: train.batch_size 100000 is larger than "), result.output
 
 
 def test_python_api_names_no_line_of_a_changed_recipe(tmp_path, corpus):
@@ -602,7 +608,7 @@ def test_validate_help_says_what_it_checks(cli):
     assert "would create on the first run is not created" in text
 
 
-@pytest.mark.parametrize("command", [["validate"], ["bench", "--vary", "train.lr=0.001"]])
+@pytest.mark.parametrize("command", [["validate"], ["bench", "--vary", "train.weight_decay=0.1"]])
 def test_a_prompt_read_as_a_mapping_says_how_to_quote_it(cli, write_recipe, command):
     result = cli(command[0], write_recipe(), *command[1:], "--set", "sample.prompt=KING:")
     assert result.exit_code == 2 and result.output == (
@@ -955,9 +961,15 @@ def test_a_prompt_another_text_lacks_names_the_override_of_the_text(cli, tmp_pat
 
 
 @pytest.mark.parametrize("command", ["run", "validate", "bench", "ablate"])
-def test_import_where_a_recipe_lists_its_files_says_how_to_give_them(cli, write_recipe, tmp_path, command):
+@pytest.mark.parametrize("flag", ["--import", "--imports"])
+def test_import_where_a_recipe_lists_its_files_says_how_to_give_them(cli, write_recipe, tmp_path, command, flag):
     """list, show and check take --import; a recipe's commands run the files its imports: lists."""
-    result = cli(command, write_recipe(), "--import", tmp_path / "mine.py")
+    result = cli(command, write_recipe(), flag, tmp_path / "mine.py")
     assert result.exit_code == 2 and result.output.rstrip().endswith(
-        "Error: No such option: --import. A recipe runs its local component files itself: list them under imports: "
-        "in it, or --set 'imports=[FILE.py]'"), result.output
+        f"Error: No such option: {flag}. A recipe runs its local component files itself: add them to its imports: "
+        "list (--set 'imports=[...]' replaces that list)"), result.output
+
+
+def test_import_given_to_sample_gets_no_advice_of_a_set_it_lacks(cli, tmp_path):
+    result = cli("sample", tmp_path, "--import", tmp_path / "mine.py")
+    assert result.exit_code == 2 and "imports" not in result.output, result.output

@@ -88,23 +88,23 @@ def assert_one_error(result, tmp_path, message: str, logged: int = 0):
         class Cut(FeedForward):
             def forward(self, x):
                 return x[:, :16]
-    """, "model.feedforward=cut", "feedforward 'cut' from {file} is broken: its forward returned (3, 16, 32) "
-     "torch.float32 for an input of (3, 32, 32) torch.float32; it must return a tensor of its input's shape and dtype"),
+    """, "model.feedforward=cut", "feedforward 'cut' from {file} is broken: its forward returned (1, 16, 32) "
+     "torch.float32 for an input of (1, 32, 32) torch.float32; it must return a tensor of its input's shape and dtype"),
     ("""
         @register("feedforward", "onechannel")
         class OneChannel(FeedForward):
             def forward(self, x):
                 return x.mean(-1, keepdim=True) if x.size(1) > 2 else x
     """, "model.feedforward=onechannel", "feedforward 'onechannel' from {file} is broken: its forward returned "
-     "(3, 32, 1) torch.float32 for an input of (3, 32, 32) torch.float32; it must return a tensor of its input's "
+     "(3, 3, 1) torch.float32 for an input of (3, 3, 32) torch.float32; it must return a tensor of its input's "
      "shape and dtype"),
     ("""
         @register("norm", "firsttwo")
         class FirstTwo(Norm):
             def forward(self, x):
                 return x[:2]
-    """, "model.norm=firsttwo", "norm 'firsttwo' from {file} is broken: its forward returned (2, 32, 32) "
-     "torch.float32 for an input of (3, 32, 32) torch.float32; it must return a tensor of its input's shape and dtype"),
+    """, "model.norm=firsttwo", "norm 'firsttwo' from {file} is broken: its forward returned (2, 3, 32) "
+     "torch.float32 for an input of (3, 3, 32) torch.float32; it must return a tensor of its input's shape and dtype"),
 ], ids=["feedforward", "batch", "attend", "longer", "broadcast", "larger-batch"])
 def test_an_output_of_the_wrong_shape_is_named(run_with, tmp_path, source, override, what):
     assert_one_error(run_with(source, override), tmp_path, what.format(file=tmp_path / "mine.py"))
@@ -169,8 +169,8 @@ def test_a_score_bias_wrong_only_for_a_longer_sequence_is_blamed_on_the_position
                 return torch.zeros(4 if t_q <= 2 else 3, t_q, t_k)  # right for the 2-token check only
     """, "model.positional=longwrong")
     assert_one_error(result, tmp_path, f"positional 'longwrong' from {tmp_path / 'mine.py'} is broken: its score_bias() "
-                     "returned a bias attention cannot use: BiasShapeError: score_bias(32, 32) returned "
-                     "shape (3, 32, 32); it must return None or (n_head, t_q, t_k) = (4, 32, 32)")
+                     "returned a bias attention cannot use: BiasShapeError: score_bias(3, 3) returned "
+                     "shape (3, 3, 3); it must return None or (n_head, t_q, t_k) = (4, 3, 3)")
 
 
 def test_a_component_without_a_docstring_is_not_described_by_its_base_class(temporary_component):

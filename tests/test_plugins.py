@@ -405,9 +405,10 @@ def test_a_local_file_registering_a_name_a_plugin_declares_is_refused_even_unuse
 
 @pytest.mark.parametrize("value, said", [
     ("acme_unit:UnitNrom", "Its entry point names UnitNrom, which acme_unit does not define (did you mean "
-                           "'UnitNorm'?); correct it in acme-norms's pyproject.toml and install it again"),
+                           "'UnitNorm'?); correct it in acme-norms's pyproject.toml if it is wrong, and install it "
+                           "again"),
     ("acme_renamed:UnitNorm", "Its entry point names the module acme_renamed, which is not there; correct it in "
-                              "acme-norms's pyproject.toml and install it again"),
+                              "acme-norms's pyproject.toml if it is wrong, and install it again"),
     ("acme_unit.UnitNorm", "Its entry point names the module acme_unit.UnitNorm: a class is written module:Class "
                            "(acme_unit:UnitNorm); correct it in"),
     ("acme_unit", "Its entry point names the module acme_unit, not a class in it: write it as module:Class; correct "
@@ -419,6 +420,14 @@ def test_an_entry_point_naming_what_is_not_there_says_to_correct_and_reinstall(i
     error = registry("norm").entry("unitnorm").error
     assert error.startswith(f"norm 'unitnorm' from acme-norms 1.2 ({value}) is broken: ") and said in error, error
     assert error.endswith(" (GPTKIT_NO_PLUGINS=1 turns plugins off)")
+
+
+def test_an_attribute_error_of_a_plugins_own_code_is_not_blamed_on_its_entry_point(install):
+    lazy = "import torch\n\ndef __getattr__(name):\n    return torch.nn.NoSuchLayerInThisTorch\n"
+    install("acme-norms", "1.2", {"gptkit.norm": {"unitnorm": "acme_lazy:UnitNorm"}}, {"acme_lazy": lazy})
+    error = registry("norm").entry("unitnorm").error
+    assert "NoSuchLayerInThisTorch" in error and "entry point" not in error and \
+        error.endswith("Fix or uninstall that package (GPTKIT_NO_PLUGINS=1 turns plugins off)"), error
 
 
 def test_a_plugin_whose_own_import_fails_is_told_to_be_fixed(install):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..device import resolve_device, use_bf16
+from ..device import arithmetic, resolve_device, use_bf16
 from ..data.dataset import load_dataset
 from ..errors import Interrupted, RunFailed, RunStopped, UserError, counted, first_line, override, warn
 from ..recipe import load_recipe, yaml
@@ -30,7 +30,7 @@ from ..recipe.load import check_overrides, named_by_overrides, recipe_device
 from ..recipe.vary import parse_vary as parse_vary_flags
 from ..training.run import check_fits
 from ..training.signals import signals_held
-from ..training.speed import micro_batch_size
+from ..training.speed import compile_setting, micro_batch_size
 from . import worker
 from .peak import matmul_peak
 
@@ -93,7 +93,8 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
               warmup: int = 2, rounds: int = 3, threads: int | None = None, log=print) -> dict:
     """Benchmark every variant; returns the report (also what --json prints). A variant that fails while
     measured is left out of the rounds that follow and the others go on: then BenchIncomplete, holding
-    the report and the variants' errors, is raised once they are done (or at once if none is left)."""
+    the report and the variants' errors, is raised once they are done (every variant's error if none was
+    measured)."""
     for name, value in (("overrides", overrides), ("vary", vary)):
         if isinstance(value, str):
             raise TypeError(f"{name} takes a list of strings, e.g. [{value!r}]")
@@ -113,17 +114,18 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
     recipes = [load_recipe(recipe_path, [*overrides, *v.overrides], origins=v.origins) for v in found]
     check_distinct(found, recipes)  # all checked before any work, their device and data too
     check_variant_data(found, recipes, overrides)
-    check_resolved_distinct(found, recipes)
+    check_distinct(found, recipes, resolved=True)
     threads = threads or torch.get_num_threads()
     with sigterm_interrupts():
         peaks = measure_peaks(recipes, threads, log)
         memory_kind, errors = measure(found, recipes, threads, warmup, steps, rounds, log)
         # Again once the workers are done: a neighbour on the host can slow one measurement by a third,
         # which would inflate every MFU (past 100%); the faster of the two is nearer the truth.
-        after = measure_peaks(recipes, threads, log, again=True)
-        faster = {key: max(before, after[key]) for key, before in peaks.items()}  # (FLOP/s, how): by FLOP/s
-        peaks = {key: (flops, f"{source}, before the variants ran and after, the faster")
-                 for key, (flops, source) in faster.items()}
+        if len(errors) < len(found):  # (no MFU to compute when nothing was measured)
+            after = measure_peaks(recipes, threads, log, again=True)
+            faster = {key: max(before, after[key]) for key, before in peaks.items()}  # (FLOP/s, how): by FLOP/s
+            peaks = {key: (flops, f"{source}, before the variants ran and after, the faster")
+                     for key, (flops, source) in faster.items()}
         for v, recipe in zip(found, recipes):
             v.peak_flops = peaks[peak_key(recipe.train)][0]
     device, _ = first = peak_key(recipes[0].train)
@@ -171,8 +173,11 @@ class BenchIncomplete(Exception):
 
 
 # Keys a benchmark's training steps do not depend on: varied, every variant would time the same steps
-UNTIMED = ("name", "seed", "sample", "train.epochs", "train.max_steps", "train.log_every", "train.eval_every",
-           "train.eval_batches", "train.checkpoint_every")
+UNTIMED = ("name", "seed", "sample", "train.lr", "train.schedule", "train.epochs", "train.max_steps",
+           "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every")
+
+
+RESOLVED = ("device", "micro_batch_size", "precision", "compile")  # train.* keys `auto` leaves to the machine
 
 
 def check_timed(axes: list[tuple[str, list[str]]]) -> None:
@@ -183,32 +188,27 @@ def check_timed(axes: list[tuple[str, list[str]]]) -> None:
                             "vary what may change their speed, or compare the runs themselves with gptkit ablate")
 
 
-def check_distinct(found: list[Variant], recipes: list) -> None:
-    """Two variants that resolve to the same recipe would measure one thing twice: refused."""
+def check_distinct(found: list[Variant], recipes: list, resolved: bool = False) -> None:
+    """Two variants that resolve to the same recipe would measure one thing twice: refused. With `resolved`
+    (once every variant's device is known to be there), also two that differ only in how this machine
+    resolves them: train.device cpu and auto without a GPU, train.compile auto and false on a CPU,
+    micro_batch_size 3 and 2 at batch 8 (both 2 rows)."""
     seen = {}
     for v, recipe in zip(found, recipes):
-        same = seen.setdefault(json.dumps(recipe.to_dict(), sort_keys=True), v)
+        data = recipe.to_dict()
+        if resolved:
+            t = recipe.train
+            device = resolve_device(t.device, "train.device")
+            rows = micro_batch_size(t.micro_batch_size, t.batch_size, recipe.model.block_size, device)
+            data["train"] |= {"device": str(device), "micro_batch_size": rows, "precision": arithmetic(t.precision, device),
+                              "compile": compile_setting(t.compile, device)}
+        same = seen.setdefault(json.dumps(data, sort_keys=True), v)
         if same is not v:  # values spelled apart (parse_vary refuses a value given twice)
             a, b = zip(*[(x, y) for x, y in zip(same.overrides, v.overrides) if x != y])
-            raise UserError(f"--vary {' '.join(a)} and {' '.join(b)} give the same recipe; give each value once")
-
-
-def check_resolved_distinct(found: list[Variant], recipes: list) -> None:
-    """Two variants whose device and micro-batch resolve alike here, and differ in nothing else, would
-    time one thing twice (train.device cpu and auto on a machine without a GPU; micro_batch_size 3 and 2
-    at batch 8, both 2 rows): refused. Called once every variant's device is known to be there."""
-    seen = {}
-    for v, recipe in zip(found, recipes):
-        t = recipe.train
-        device = resolve_device(t.device, "train.device")
-        rows = micro_batch_size(t.micro_batch_size, t.batch_size, recipe.model.block_size, device)
-        data = recipe.to_dict()
-        data["train"] |= {"device": str(device), "micro_batch_size": rows}
-        same = seen.setdefault(json.dumps(data, sort_keys=True), v)
-        if same is not v:
-            a, b = zip(*[(x, y) for x, y in zip(same.overrides, v.overrides) if x != y])
-            raise UserError(f"--vary {' '.join(a)} and {' '.join(b)} time the same steps here: on {device}, with "
-                            f"micro-batches of {counted(rows, 'row')}; give values that differ here")
+            how = ", ".join(f"{k} {json.dumps(data['train'][k])}" for k in RESOLVED)
+            raise UserError(f"--vary {' '.join(a)} and {' '.join(b)} " + (
+                f"time the same steps here ({how}); give values that differ here" if resolved else
+                "give the same recipe; give each value once"))
 
 
 def check_variant_data(found: list[Variant], recipes: list, overrides: list[str]) -> None:

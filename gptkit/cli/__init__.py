@@ -60,9 +60,10 @@ class Group(click.Group):
                     raise click.exceptions.Exit(1)
             return result
         except click.ClickException as e:  # in a command's options (an unknown one, a missing argument)
-            if isinstance(e, click.NoSuchOption) and e.option_name == "--import":  # list, show and check take it
-                e.message = ("No such option: --import. A recipe runs its local component files itself: list them "
-                             "under imports: in it, or --set 'imports=[FILE.py]'")
+            if isinstance(e, click.NoSuchOption) and e.option_name in ("--import", "--imports") \
+                    and ctx.invoked_subcommand in RECIPE_COMMANDS:  # (list, show and check take --import)
+                e.message = (f"No such option: {e.option_name}. A recipe runs its local component files itself: add "
+                             "them to its imports: list (--set 'imports=[...]' replaces that list)")
                 e.possibilities = None  # (click's "Did you mean '--out'?")
             raise said_once(e) from None
         except UserError as e:
@@ -99,6 +100,9 @@ class Group(click.Group):
             if first_on_machine():
                 click.echo("\ninterrupted", err=True)
             ctx.exit(130)
+
+
+RECIPE_COMMANDS = ("run", "validate", "bench", "ablate")  # the commands that read a recipe, and take --set
 
 
 def resume_command(run_dir) -> str:

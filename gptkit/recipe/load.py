@@ -155,8 +155,9 @@ def named_by_overrides(overrides: Sequence[str] | None, origins: Mapping[str, st
     """Within it, a UserError naming keys ("data.path: file x.txt not found", "train.batch_size 9999 is
     larger than the 3 training windows ...; lower train.batch_size or data.stride") that `overrides` set
     is named by those overrides first, as validation's errors are: the checks of a recipe against its
-    data, made after it is validated, where the key said first need not be the one overridden. Else one
-    that opens with a key is named by its line in the recipe file at `path`, if the file gives it."""
+    data, made after it is validated, where the key said first need not be the one overridden. Without
+    overrides, one that opens with a key is named by its line in the recipe file at `path`, if the file
+    gives it."""
     try:
         yield
     except UserError as e:
@@ -165,7 +166,9 @@ def named_by_overrides(overrides: Sequence[str] | None, origins: Mapping[str, st
         setters = dict.fromkeys(filter(None, (override_of(key, overrides, origins) for key in keys)))
         if setters:
             e.args = (f"{' and '.join(setters)}: {e}", *e.args[1:])
-        elif path is not None and keys and str(e).startswith(keys[0]):  # (not a key named in passing)
+        elif path is not None and not overrides and keys and str(e).startswith(keys[0]):
+            # (not a key named in passing; nor with overrides: one of a key the message names not, such as
+            # data.path for a batch larger than the text, may be what made the file's value wrong)
             where = _line_of(path, keys[0])
             if where:
                 e.args = (f"{where}: {e}", *e.args[1:])

@@ -332,7 +332,7 @@ def missing_plugins(used: dict[str, str], prefix: str = "model.") -> str:
     elif all(source == "__main__" or source in files for source in gone.values()):  # a script's, not a package's
         why = "registered in Python, not installed: register it in this process first (run or import that code)"
     elif plugins.enabled():  # a package's: which, at which version (the one it trained with)
-        pins = sorted({f"{d}=={v}" for d, _, v in (s.rpartition(" ") for s in gone.values() if s not in files) if d})
+        pins = sorted({f"{d}=={v}" for d, v in (s.split(" ") for s in gone.values() if re.fullmatch(r"[\w.-]+ \S+", s))})
         why = f"install {' and '.join(pins)}, the version{'s' if len(pins) > 1 else ''} it trained with" if pins \
             else "is it installed?"
     else:  # the registry's error has said that plugins are off

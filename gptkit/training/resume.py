@@ -33,6 +33,14 @@ MAY_CHANGE = ("name", "sample.*", "data.path", "data.corpus", "data.corpus.*", "
               "train.checkpoint_every", "train.epochs", "train.max_steps")
 
 
+# Of the keys that may change, those that decide when torchrun's processes meet (a step budget, an
+# evaluation, a save): the others may also differ between the processes of one job (one machine's own
+# --set data.path, train.micro_batch_size or train.compile), and imports, files at a path of each machine's.
+MEET = ("train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every", "train.epochs",
+        "train.max_steps")
+MAY_DIFFER_BY_PROCESS = (*(k for k in MAY_CHANGE if k not in MEET), "imports")
+
+
 # Of the keys that may change, those a resumed run need not say it goes on with: the text is checked by its
 # SHA-256 wherever it comes from; the budget is said by the run's opening line ("it trained toward 60 steps")
 # and its last ("1,500 steps").
@@ -53,6 +61,16 @@ def recipe_changes(old: dict, new: dict, may_change: tuple[str, ...] = MAY_CHANG
     a, b = effective(flatten(old)), effective(flatten(new))
     spelled = lambda flat, k: yaml.dump(flat[k], flow=True) if k in flat else "(absent)"  # noqa: E731  as a recipe writes it
     return [(k, f"{k}: {spelled(a, k)} -> {spelled(b, k)}") for k in differing(a, b, may_change)]
+
+
+def process_differences(every: list[dict]) -> str:
+    """'train.lr: 0.001 on rank 0, 0.1 on rank 1; ...' for the keys of every process's flattened recipe (in
+    rank order) that differ from rank 0's, but for those MAY_DIFFER_BY_PROCESS; '' if none do."""
+    keys = sorted({k for s in every[1:] for k in differing(every[0], s, MAY_DIFFER_BY_PROCESS)})
+    spelled = lambda s, k: yaml.dump(s[k], flow=True) if k in s else "(absent)"  # noqa: E731  as a recipe writes it
+    said = [f"{k}: " + ", ".join(f"{spelled(s, k)} on rank {r}" for r, s in enumerate(every)
+                                  if r == 0 or s.get(k) != every[0].get(k)) for k in keys[:4]]
+    return "; ".join(said) + (f" (and {len(keys) - 4} more keys)" if len(keys) > 4 else "")
 
 
 def settings_changed(checkpoint: dict, run_dir: Path, recipe: Recipe) -> list[str]:

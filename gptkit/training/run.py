@@ -37,8 +37,8 @@ from .build import build_checked, every_rank
 from .checkpoint import load_checkpoint, load_weights, plugin_changes, save_checkpoint
 from .folder import earlier_sessions, summary_of
 from .resume import (RunBusy, busy, check_restartable, check_resumable, check_run_dir, check_unchanged,
-                     find_resumable, is_locked, lock_run, remove_leftovers, saved, settings_changed,
-                     truncate_metrics)
+                     find_resumable, is_locked, lock_run, process_differences, remove_leftovers, saved,
+                     settings_changed, truncate_metrics)
 from .signals import interrupt_on_signals, signals_held, stop_on_signals
 from .trainer import Trainer, trained_toward
 
@@ -216,9 +216,11 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     note = (lambda *a: None) if not dist.is_main else functools.partial(print, file=sys.stderr)
     warn_once = (lambda *a: None) if not dist.is_main else warn  # rank 0 says it for the job
     # Every rank runs its own command: a --set on one machine's and not another's would train on other settings
-    # (paths aside: a text's copy may lie elsewhere on each machine, and is compared by its SHA-256 below).
-    dist.check_same_settings({k: v for k, v in flatten(recipe.to_dict()).items() if k not in ("data.path", "imports")},
-                             "every process must run the same recipe with the same --set")
+    # (but for those a machine may set its own way: the text is compared by its SHA-256 below).
+    apart = dist.every_rank_if_apart(flatten(recipe.to_dict()))
+    if apart is not None and process_differences(apart):
+        raise UserError(f"the {dist.world_size} processes disagree on the recipe: {process_differences(apart)}; every "
+                        "process must run the same recipe with the same --set")
     if resume is None:  # (a resumed run's batch may not change: said first, by the checks of what may)
         dist.check_batch_size(recipe.train.batch_size)
     # A resumed run's recipe.yaml names its text by an absolute path: no relative one to explain, and the same

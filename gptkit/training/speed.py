@@ -27,12 +27,15 @@ def micro_batch_size(setting: int | str | None, batch_size: int, block_size: int
     return divisor if 2 * divisor >= setting else setting
 
 
+def compile_setting(setting: bool | str, device: torch.device) -> bool | str:
+    """What a recipe's train.compile means on `device`: `auto` compiles on CUDA only (on a CPU its compile
+    time outweighed the gain in runs of a few minutes); a string other than `auto` is torch.compile's mode."""
+    return device.type == "cuda" if setting == "auto" else setting
+
+
 def compiled(model: torch.nn.Module, setting: bool | str, device: torch.device) -> torch.nn.Module:
-    """`model`, or a torch.compile'd view of it sharing its parameters; a string other than `auto` is
-    torch.compile's mode. `auto` compiles on CUDA only: on a CPU its compile time outweighed the gain
-    in runs of a few minutes."""
-    if setting == "auto":
-        setting = device.type == "cuda"
+    """`model`, or a torch.compile'd view of it sharing its parameters, as `compile_setting` says."""
+    setting = compile_setting(setting, device)
     if setting is False:
         return model
     return torch.compile(model, mode=None if setting is True else setting)
