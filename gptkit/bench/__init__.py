@@ -28,6 +28,7 @@ from ..errors import Interrupted, RunFailed, RunStopped, UserError, counted, fir
 from ..recipe import load_recipe, yaml
 from ..recipe.load import check_overrides, named_by_overrides, recipe_device
 from ..recipe.vary import parse_vary as parse_vary_flags
+from ..training.resume import MEET
 from ..training.run import check_fits
 from ..training.signals import signals_held
 from ..training.speed import compile_setting, micro_batch_size
@@ -173,8 +174,8 @@ class BenchIncomplete(Exception):
 
 
 # Keys a benchmark's training steps do not depend on: varied, every variant would time the same steps
-UNTIMED = ("name", "seed", "sample", "train.lr", "train.schedule", "train.epochs", "train.max_steps",
-           "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every")
+# (the learning rate is held at its peak; the budget and the intervals of logs, evaluations and saves)
+UNTIMED = ("name", "seed", "sample", "train.lr", "train.schedule", *MEET)
 
 
 RESOLVED = ("device", "micro_batch_size", "precision", "compile")  # train.* keys `auto` leaves to the machine
