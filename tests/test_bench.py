@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gptkit.bench import BenchIncomplete, format_report, notes, parse_vary, peak, run_bench, variants
-from gptkit.errors import ComponentError, OutOfMemory, UserError
+from gptkit.errors import ComponentError, Interrupted, OutOfMemory, UserError
 from gptkit.recipe import load_recipe
 from conftest import breaks_after
 
@@ -383,3 +383,39 @@ def test_a_variant_whose_compilation_fails_is_measured_eager_and_says_so(cli, wr
 def test_variants_that_would_time_the_same_steps_are_refused(cli, write_recipe, no_gpu, vary, said):
     result = cli("bench", write_recipe(), *[a for v in vary for a in ("--vary", v)])
     assert result.exit_code == 2 and result.output.startswith(said) and "Peak" not in result.output, result.output
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+@pytest.mark.parametrize("stop, code, last_line", [
+    (KeyboardInterrupt, 130, "interrupted"),
+    (lambda: Interrupted(signal.SIGTERM, "SIGTERM received while benchmarking"), 143,
+     "stopped: SIGTERM received while benchmarking")])
+def test_an_interrupted_bench_reports_its_whole_rounds(cli, write_recipe, monkeypatch, as_json, stop, code, last_line):
+    """Stopped in its third round, a benchmark of 4 shows the first two, then ends as a stopped one does."""
+    import gptkit.bench
+
+    runs, ask = [], gptkit.bench.ask
+
+    def stopped_in_round_3(conn, message, *args):
+        if message[0] == "run":
+            runs.append(message)
+            if len(runs) == 6:  # round 3, the second variant's turn
+                raise stop()
+        return ask(conn, message, *args)
+
+    monkeypatch.setattr(gptkit.bench, "ask", stopped_in_round_3)
+    result = cli("bench", write_recipe(), "--vary", "model.norm=rmsnorm,layernorm", "--steps", "1", "--warmup", "1",
+                 "--rounds", "4", *(["--json"] if as_json else []))
+    assert result.exit_code == code and result.output.rstrip().splitlines()[-1] == last_line, result.output
+    if as_json:
+        report = json.loads(result.stdout)
+        assert report["rounds"] == 2 and [len(v["round_ms"]) for v in report["variants"]] == [2, 2]
+        assert [v["peak_memory"] for v in report["variants"]] == [None, None]
+        assert report["notes"][-1] == ("note: interrupted after 2 rounds of 4: the figures are of those; peak memory "
+                                       "was not measured")
+    else:
+        rows = [line for line in result.stdout.splitlines() if line.startswith("model.norm=")]
+        assert len(rows) == 2 and "1.00x" in rows[0] and "MiB" not in result.stdout, result.stdout
+        assert "2 interleaved rounds of 1 step; medians\n" in result.stdout  # no memory to name
+        assert result.stdout.rstrip().endswith("note: interrupted after 2 rounds of 4: the figures are of those; peak "
+                                               "memory was not measured")

@@ -45,7 +45,7 @@ class Variant:
     ms_per_step: float = 0.0
     tokens_per_s: float = 0.0
     ratio: float = 1.0
-    peak_memory: int = 0
+    peak_memory: int | None = 0  # None: not asked for (the benchmark was interrupted)
     flops_per_token: int = 0
     flops_per_s: float = 0.0
     mfu: float = 0.0
@@ -119,10 +119,10 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
     threads = threads or torch.get_num_threads()
     with sigterm_interrupts():
         peaks = measure_peaks(recipes, threads, log)
-        memory_kind, errors = measure(found, recipes, threads, warmup, steps, rounds, log)
+        memory_kind, errors, stopped = measure(found, recipes, threads, warmup, steps, rounds, log)
         # Again once the workers are done: a neighbour on the host can slow one measurement by a third,
         # which would inflate every MFU (past 100%); the faster of the two is nearer the truth.
-        if len(errors) < len(found):  # (no MFU to compute when nothing was measured)
+        if len(errors) < len(found) and stopped is None:  # (no MFU to compute when nothing was measured)
             after = measure_peaks(recipes, threads, log, again=True)
             faster = {key: max(before, after[key]) for key, before in peaks.items()}  # (FLOP/s, how): by FLOP/s
             peaks = {key: (flops, f"{source}, before the variants ran and after, the faster")
@@ -155,13 +155,26 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
         "memory_kind": memory_kind,
         "warmup_steps": warmup,
         "steps_per_round": steps,
-        "rounds": rounds,
+        "rounds": min((len(v.round_ms) for v in measured), default=0) if stopped else rounds,
         "variants": [asdict(v) for v in found],
     }
     report["notes"] = notes(report)  # what the figures cannot be trusted for, as the table says it
+    if stopped is not None:
+        report["notes"].append(f"note: interrupted after {counted(report['rounds'], 'round')} of {rounds}: the figures "
+                               "are of those; peak memory was not measured")
+        raise BenchInterrupted(report, stopped)
     if errors:
         raise BenchIncomplete(report, list(errors.values()))
     return report
+
+
+class BenchInterrupted(Exception):
+    """A SIGINT or SIGTERM stopped the benchmark after whole rounds: `report` holds their figures, `stopped`
+    the KeyboardInterrupt or Interrupted to raise once it is shown."""
+
+    def __init__(self, report: dict, stopped: BaseException):
+        super().__init__(f"interrupted after {counted(report['rounds'], 'round')}")
+        self.report, self.stopped = report, stopped
 
 
 class BenchIncomplete(Exception):
@@ -279,10 +292,12 @@ def measure_peaks(recipes: list, threads: int, log, again: bool = False) -> dict
 
 
 def measure(found: list[Variant], recipes: list, threads: int, warmup: int, steps: int, rounds: int, log
-            ) -> tuple[str, dict[str, UserError | RunStopped]]:
+            ) -> tuple[str, dict[str, UserError | RunStopped], BaseException | None]:
     """Train every variant in its own worker process: warm-up, then `rounds` of `steps` steps, the
-    workers taking turns. Fills in the variants' figures; returns what their peak memory measures, and
-    {label: error} for the variants that failed (the others went on without them)."""
+    workers taking turns. Fills in the variants' figures; returns what their peak memory measures,
+    {label: error} for the variants that failed (the others went on without them), and the SIGINT's
+    KeyboardInterrupt or SIGTERM's Interrupted that stopped the rounds after one at least was whole
+    (their figures kept, the round under way dropped; before then it is raised)."""
     ctx = multiprocessing.get_context("spawn")  # a forked OpenMP runtime can hang; spawn is safe everywhere
     procs, conns, errors = [], [], {}
 
@@ -315,22 +330,34 @@ def measure(found: list[Variant], recipes: list, threads: int, warmup: int, step
             for key in ("params", "flops_per_token", "tokens_per_step", "micro_batch_size", "compiled"):
                 setattr(v, key, info[key])
             log(f"  warmed up {v.label} in {v.warmup_seconds:.1f} s")
-        for r in range(rounds):
-            if not going():  # every variant failed: nothing left to measure
-                break
-            for v, conn, proc in going():
-                done = reply(v, conn, proc, ("run", steps))
-                if done is not None:
-                    v.round_ms.append(1000 * done["seconds"] / steps)
-            if going():
-                times = ", ".join(f"{v.round_ms[-1]:,.0f}" for v, _, _ in going())
-                log(f"  round {r + 1}/{rounds}: {times} ms/step")
+        whole = 0  # rounds every variant still measured has finished
+        try:
+            for r in range(rounds):
+                if not going():  # every variant failed: nothing left to measure
+                    break
+                for v, conn, proc in going():
+                    done = reply(v, conn, proc, ("run", steps))
+                    if done is not None:
+                        v.round_ms.append(1000 * done["seconds"] / steps)
+                if going():
+                    times = ", ".join(f"{v.round_ms[-1]:,.0f}" for v, _, _ in going())
+                    log(f"  round {r + 1}/{rounds}: {times} ms/step")
+                whole = r + 1
+        except (KeyboardInterrupt, Interrupted) as e:
+            if not (whole and going()):
+                raise
+            for proc in procs:  # (one may be mid-round: its answer would come first)
+                proc.kill()
+            for v, _, _ in going():
+                del v.round_ms[whole:]
+                v.peak_memory = None
+            return "", errors, e
         memory_kind = ""
         for v, conn, proc in going():
             stats = reply(v, conn, proc, ("stop",))
             if stats is not None:
                 v.peak_memory, memory_kind = stats["peak_memory"], stats["memory_kind"]
-        return memory_kind, errors
+        return memory_kind, errors, None
     except BaseException:  # the others wait for a message that will not come: end them now
         for proc in procs:
             proc.kill()
@@ -374,7 +401,8 @@ def format_report(report: dict) -> str:
         + f"; peak {peaks}",
         f"FLOPs/token = {report['flops_formula']}",
         f"{counted(report['warmup_steps'], 'warm-up step')}, then {counted(report['rounds'], 'interleaved round')} "
-        f"of {counted(report['steps_per_round'], 'step')}; medians; memory is the {report['memory_kind']}",
+        f"of {counted(report['steps_per_round'], 'step')}; medians"
+        + (f"; memory is the {report['memory_kind']}" if report["memory_kind"] else ""),
         "",
     ]
     width = max(len("variant"), *(len(v["label"]) for v in report["variants"]))
@@ -391,7 +419,8 @@ def format_report(report: dict) -> str:
             continue
         lines.append(f"{v['label']:<{width}}  {v['ms_per_step']:>9,.1f}  {v['tokens_per_s']:>9,.0f}  "
                      f"{v['ratio']:>5.2f}x  " + (f"{spread(v):>{span}}  " if ranged else "")
-                     + f"{v['peak_memory'] / 2**20:>6,.0f} MiB  {v['flops_per_token'] / 1e6:>9.3g}  "
+                     + (f"{v['peak_memory'] / 2**20:>6,.0f} MiB" if v["peak_memory"] is not None else f"{'-':>10}")
+                     + f"  {v['flops_per_token'] / 1e6:>9.3g}  "
                      f"{v['flops_per_s'] / 1e9:>8,.1f}  {100 * v['mfu']:>5.1f}%  {v['warmup_seconds']:>7.1f}s")
     if not measured:
         return "\n".join(lines)
@@ -399,7 +428,7 @@ def format_report(report: dict) -> str:
                  + ", ".join(f"{v['micro_batch_size']}{' compiled' if v['compiled'] else ''}" for v in measured) + ")")
     if measured[0] is not report["variants"][0]:
         lines.append(f"(ratios to {measured[0]['label']}: the first variant failed)")
-    return "\n".join(lines + notes(report))
+    return "\n".join(lines + report.get("notes", notes(report)))  # (a report of before notes were kept: made now)
 
 
 def notes(report: dict) -> list[str]:

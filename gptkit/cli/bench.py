@@ -3,7 +3,7 @@ import os
 
 import click
 
-from ..bench import BenchIncomplete, format_report, run_bench
+from ..bench import BenchIncomplete, BenchInterrupted, format_report, run_bench
 from ..errors import UserError
 from . import main, overrides_option, recipe_path
 
@@ -35,6 +35,9 @@ def bench(recipe, overrides, vary, steps, warmup, rounds, threads, as_json):
     log = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     try:
         report = run_bench(recipe, overrides, vary, steps=steps, warmup=warmup, rounds=rounds, threads=threads, log=log)
+    except BenchInterrupted as e:  # the whole rounds' figures, then the interruption's own report and exit code
+        click.echo(json.dumps(e.report, indent=2) if as_json else "\n" + format_report(e.report))
+        raise e.stopped from None
     except BenchIncomplete as e:  # the figures measured, then the failure (a process's death said first)
         if as_json:  # every variant, failed ones too, even when none was measured
             click.echo(json.dumps(e.report, indent=2))
