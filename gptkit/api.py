@@ -58,7 +58,7 @@ def train_model(config_path: str | Path | Recipe | dict, data_path: str | Path |
         save_path = home_path(save_path, f"save_path={str(save_path)!r}")
         check_save_path(save_path, recipe)
     recipe_device(recipe, overrides, origins)  # a device that is not here, named by its override if one set it
-    file = config_path if isinstance(config_path, str | os.PathLike) else None  # (not a Recipe changed since it was read)
+    file = config_path if isinstance(config_path, str | os.PathLike) else None  # (not a Recipe, maybe changed since)
     with named_by_overrides(overrides, origins, file):
         result = train(recipe, runs_dir=runs_dir, quiet=quiet)
     if save_path is not None and result.run_dir is not None:  # None: a torchrun rank but 0, which writes nothing

@@ -39,8 +39,8 @@ def check_forward(gpt: GPT, model, cache: bool = True) -> str | None:
     named as the culprit, instead of a traceback from the training step or from whichever later layer
     trips over its output. Batches of 2 sequences of two tokens, 3 of three, and 1 of block_size; without
     gradients, in evaluation mode, and with the random state put back, so that the run that follows is
-    the same as without it. With `cache`,
-    `check_cache` follows: its warning, if any, is returned (sample without the cache then)."""
+    the same as without it. With `cache`, `check_cache` follows: its warning, if any, is returned
+    (sample without the cache then)."""
     training = gpt.training
     try:
         with torch.no_grad(), keep_random_state(gpt.lm_head.weight.device):

@@ -431,8 +431,8 @@ class Registry:
             error = str(e) if isinstance(e, RegistryError) else \
                 plugins.load_failure(e) + plugins.raised_in_package(plugin.entry_point.module, e)
             target = _target_problem(plugin, e)
-            fix = f"{target}; correct it in {plugin.dist}'s pyproject.toml if it is wrong, and install it again" if target else \
-                "Fix or uninstall that package"
+            fix = (f"{target}; correct it in {plugin.dist}'s pyproject.toml if it is wrong, and install it again"
+                   if target else "Fix or uninstall that package")
             return replace(entry, error=(
                 f"{self.kind} '{plugin.name}' from {plugin.source} ({plugin.value}) is broken: {error}. "
                 f"{fix} (GPTKIT_NO_PLUGINS=1 turns plugins off)"))

@@ -214,8 +214,8 @@ def check_distinct(found: list[Variant], recipes: list, resolved: bool = False) 
             t = recipe.train
             device = resolve_device(t.device, "train.device")
             rows = micro_batch_size(t.micro_batch_size, t.batch_size, recipe.model.block_size, device)
-            data["train"] |= {"device": str(device), "micro_batch_size": rows, "precision": arithmetic(t.precision, device),
-                              "compile": compile_setting(t.compile, device)}
+            data["train"] |= {"device": str(device), "micro_batch_size": rows,
+                              "precision": arithmetic(t.precision, device), "compile": compile_setting(t.compile, device)}
         same = seen.setdefault(json.dumps(data, sort_keys=True), v)
         if same is not v:  # values spelled apart (parse_vary refuses a value given twice)
             a, b = zip(*[(x, y) for x, y in zip(same.overrides, v.overrides) if x != y])
