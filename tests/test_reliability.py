@@ -1807,3 +1807,25 @@ def test_resume_auto_passes_by_a_run_trained_past_the_recipes_budget(tmp_path, w
     assert result.run_dir != longer and result.summary["steps"] == 3  # a new run, not an error
     assert capsys.readouterr().err == (f"note: not resuming {longer}: it has trained 4 steps, past this recipe's "
                                        "budget of 3\n")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_while_a_finished_command_exits_changes_nothing(tmp_path, write_recipe):
+    """The interpreter takes half a second to end (torch's exit handlers): a Ctrl-C then must neither print a
+    traceback nor turn a finished run's exit code into an interruption's."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "gptkit", "run", str(write_recipe(model=ONE_LAYER)), "-q",
+                             "--runs-dir", str(tmp_path / "runs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in iter(proc.stdout.readline, ""):
+            if line.startswith("Run folder"):  # its last line: from here on, the process only ends
+                for _ in range(10):
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGINT)
+                    time.sleep(0.03)
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "Exception ignored" not in err, err
+    finally:
+        proc.kill()
