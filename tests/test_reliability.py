@@ -1829,3 +1829,18 @@ def test_ctrl_c_while_a_finished_command_exits_changes_nothing(tmp_path, write_r
         assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "Exception ignored" not in err, err
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize("status, said", [
+    ("running", "(stopped (killed?), before its first save); gptkit run --resume {run} starts it over"),
+    ("interrupted", "(interrupted, before its first save); gptkit run --resume {run} starts it over")])
+def test_sampling_a_run_stopped_before_its_first_save_says_so(cli, write_recipe, tmp_path, status, said):
+    run = tmp_path / "runs" / "tiny-1"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text(Path(write_recipe()).read_text())
+    (run / "summary.json").write_text(json.dumps({"name": "tiny", "status": status}))
+    (run / ".lock").touch()  # held by no process: a "running" run was killed
+    result = cli("sample", run)
+    assert result.exit_code == 2 and result.output == (
+        f"error: checkpoint {run / 'checkpoint.pt'} not found: the run has no checkpoint yet "
+        f"{said.format(run=run)}\n"), result.output

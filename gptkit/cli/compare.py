@@ -14,7 +14,7 @@ from ..recipe import flatten
 from ..training.folder import (ablation_seeds, diverged, is_ablation_folder, run_recipe, summary_of, trained_text,
                               val_curve)
 from ..training.progress import fmt_duration
-from ..training.resume import is_locked
+from ..training.resume import with_live_status
 from . import main, non_empty_path
 
 FIGURES = {
@@ -145,14 +145,6 @@ UNREADABLE = "summary.json unreadable"
 def no_summary(run_dir: Path) -> str:
     """Why a run has no summary to read (summary_of gave none)."""
     return UNREADABLE if (run_dir / "summary.json").exists() else "no summary.json"  # there: cut short, hand-edited
-
-
-def with_live_status(run_dir: Path, summary: dict) -> dict:
-    """A run whose summary says "running" while no process holds its lock was killed (kill -9, a lost
-    machine): it cannot say so itself. Resuming it continues from its last checkpoint."""
-    if summary.get("status") == "running" and (run_dir / ".lock").exists() and not is_locked(run_dir):
-        return {**summary, "status": "stopped (killed?)"}
-    return summary
 
 
 def cell(fmt, value) -> str:

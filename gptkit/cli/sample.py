@@ -12,6 +12,7 @@ from ..sampling import MAX_TOKENS, SEEDS, one_newline
 from ..sampling import sample as sample_model
 from ..training.checkpoint import load_model
 from ..training.folder import summary_of
+from ..training.resume import with_live_status
 from . import finite, main, non_empty_path, stdout_dropped, stdout_full
 
 
@@ -44,7 +45,7 @@ def part_trained(run: Path) -> str | None:
     """'RUN is trained as far as step 18 of 40 (interrupted)' for a run folder whose summary.json says it is
     not finished: its sample is of a model partly trained."""
     folder = run if run.is_dir() else run.parent if run.name == "checkpoint.pt" else None  # (not a save_path's)
-    summary = summary_of(folder) if folder is not None else {}
+    summary = with_live_status(folder, summary_of(folder)) if folder is not None else {}
     step, total, status = (summary.get(k) for k in ("checkpoint_step", "total_steps", "status"))
     if status == "finished" or not (isinstance(step, int) and isinstance(total, int) and isinstance(status, str)) \
             or step >= total:  # (trained to its end, then failed in its final sample, say)

@@ -188,11 +188,17 @@ def _why_no_checkpoint(folder: Path) -> str:
     within = "" if (folder / "recipe.yaml").is_file() else runs_within(folder)
     if within:
         return f": {folder} is not a run folder{within}"
-    summary = summary_of(folder)
-    if summary.get("status") == "failed":
+    from .resume import with_live_status  # (resume reads checkpoints)
+
+    summary = with_live_status(folder, summary_of(folder))
+    status = summary.get("status")
+    if status == "failed":
         reason = summary.get("reason")
         return (f": the run's summary.json says it failed{f' ({reason})' if reason else ''} before its first "
                 "save, so nothing was saved; fix that and train it again")
+    if isinstance(status, str) and (folder / "recipe.yaml").is_file():  # running, interrupted, killed
+        return (f": the run has no checkpoint yet ({status}, before its first save)"
+                + ("" if status == "running" else f"; gptkit run --resume {quote(folder)} starts it over"))
     return "" if (folder / "recipe.yaml").is_file() else f": {folder} is not a run folder; give {RUN_OR_CHECKPOINT}"
 
 

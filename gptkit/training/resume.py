@@ -327,6 +327,14 @@ def busy(run_dir: Path) -> RunBusy:
                    "(Ctrl-C or kill), then resume")
 
 
+def with_live_status(run_dir: Path, summary: dict) -> dict:
+    """A run whose summary says "running" while no process holds its lock was killed (kill -9, a lost
+    machine): it cannot say so itself. Resuming it continues from its last checkpoint."""
+    if summary.get("status") == "running" and (run_dir / ".lock").exists() and not is_locked(run_dir):
+        return {**summary, "status": "stopped (killed?)"}
+    return summary
+
+
 def is_locked(run_dir: Path) -> bool:
     """Whether a process trains in `run_dir` now. A shared probe, and only of an existing lock file:
     probes (every rank of a torchrun job looks) neither block each other nor create files."""
