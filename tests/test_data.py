@@ -290,3 +290,16 @@ def test_decoding_an_id_outside_the_vocabulary_names_the_range(ids):
     with pytest.raises(ValueError, match=r"^id -?\d+ is outside the vocabulary \(ids 0 to 2\)$"):
         Vocab.of("abc").decode(ids)
     assert Vocab.of("abc").decode(torch.tensor([2, 0])) == "ca"
+
+
+def test_a_text_cut_by_max_lines_is_told_to_keep_more_lines(write_recipe, cli, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("a short first line\n" + "and a much longer second line of text, " * 20 + "\n", encoding="utf-8")
+    result = cli("validate", write_recipe(data={"path": str(text), "max_lines": 1, "val_fraction": 0.5},
+                                          model={"block_size": 9}))
+    assert result.exit_code == 2 and "(its first 1 line, data.max_lines)'s validation split has 9 characters, fewer " \
+        "than one block (10); raise data.max_lines, raise data.val_fraction" in result.output, result.output
+    result = cli("validate", write_recipe(data={"path": str(text), "max_lines": 1, "val_fraction": 0},
+                                          model={"block_size": 8}))
+    assert result.exit_code == 2 and result.output.rstrip().endswith(
+        "lower train.batch_size or data.stride, or raise data.max_lines"), result.output

@@ -39,6 +39,7 @@ class CharDataset:
                             "give it a text")
         self.block_size = block_size
         self.source = source  # what the text is, as a run's opening lines say: "data.path X (its first N lines, ...)"
+        self.longer = longer  # what lengthens it: "raise data.max_lines" for a text cut short
         self.stride = stride or block_size
         self.fingerprint = sha256(text)  # a resumed run must train on the same text
         self.vocab = Vocab.of(text)
@@ -55,8 +56,9 @@ class CharDataset:
             )
         if val_fraction and len(self.val) < need:  # 0 characters too: a split asked for is never dropped silently
             raise UserError(
-                f"{source}'s validation split has {len(self.val):,} characters, fewer than one block "
-                f"({need:,}); raise data.val_fraction, lower model.block_size, or set data.val_fraction: 0"
+                f"{source}'s validation split has {counted(len(self.val), 'character')}, fewer than one block "
+                f"({need:,}); {'' if longer == LONGER else longer + ', '}raise data.val_fraction, lower "
+                f"model.block_size, or set data.val_fraction: 0"
             )
 
     def describe(self) -> str:
@@ -98,7 +100,7 @@ class CharDataset:
                 if len(self.val) > len(self.train) else ""
             windows = counted(self.windows_per_epoch, "training window")
             raise UserError(f"train.batch_size {batch_size} is larger than the {windows} per epoch; lower "
-                            f"train.batch_size or data.stride{held_out}, or use a longer text")
+                            f"train.batch_size or data.stride{held_out}, or {self.longer}")
 
     def check_run(self, batch_size: int, prompt: str | None) -> None:
         """What a run checks of its data before it trains, not after hours of it: the batch fits the text,

@@ -259,10 +259,11 @@ class Trainer:
         """A new run's opening line of what it trains: "1,500 steps (train.max_steps: 6.6 of 10 epochs of 226
         batches)" (its log then counts 7 epochs) or "1,560 steps (10 epochs of 156 batches)"."""
         per, total, epochs = self.steps_per_epoch, self.total_steps, self.cfg.epochs
-        of = f"{counted(epochs, 'epoch')} of {per:,} batches"
+        of = f"{counted(epochs, 'epoch')} of {per:,} batch{'' if per == 1 else 'es'}"
         if total < epochs * per:
-            return f"Budget: {total:,} steps (train.max_steps: {total / per:.1f} of {of})"
-        return f"Budget: {total:,} steps ({of})"
+            share = f"{total / per:.1f}" if total >= per / 10 else f"{total / per:.1g}"  # 0.0004 of an epoch, not 0.0
+            return f"Budget: {counted(total, 'step')} (train.max_steps: {share} of {of})"
+        return f"Budget: {counted(total, 'step')} ({of})"
 
     def describe(self) -> str:
         """How a step runs, for the run's opening lines: e.g. "bf16 autocast, torch.compile"."""
