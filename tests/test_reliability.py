@@ -1844,3 +1844,14 @@ def test_sampling_a_run_stopped_before_its_first_save_says_so(cli, write_recipe,
     assert result.exit_code == 2 and result.output == (
         f"error: checkpoint {run / 'checkpoint.pt'} not found: the run has no checkpoint yet "
         f"{said.format(run=run)}\n"), result.output
+
+
+def test_resume_auto_counts_a_run_stopped_before_its_first_checkpoint(cli, write_recipe, tmp_path):
+    path = write_recipe(model=ONE_LAYER, train={"max_steps": 2})
+    run = tmp_path / "runs" / "tiny-20260101-120000"  # named as gptkit names runs
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text(Path(path).read_text())
+    (run / "summary.json").write_text(json.dumps({"name": "tiny", "status": "interrupted", "resumable": True}))
+    result = cli("run", path, "--resume", "auto", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0 and (f"No unfinished run of tiny in {tmp_path / 'runs'} to resume (1 stopped before its "
+                                      "first checkpoint); starting a new one.") in result.output, result.output

@@ -233,7 +233,8 @@ def find_resumable(runs_dir: Path, recipe: Recipe, dataset, log: Callable[[str],
         return run, checkpoint, save
     early = sum(resumable(summary_of(p)) for p in runs if p not in candidates)
     ended = len(runs) - passed - early  # finished or diverged (or lacking a summary)
-    others = ", ".join(f"{n} {what}" for n, what in ((early, "stopped before their first checkpoint"),
+    others = ", ".join(f"{n} {what}" for n, what in ((early, f"stopped before {'its' if early == 1 else 'their'} "
+                                                                    "first checkpoint"),
                                                      (ended, "ended")) if n)
     log(f"No {'other ' if passed else ''}unfinished run of {name} in {runs_dir} to resume"
         f"{f' ({others})' if others else ''}; starting a new one.")
