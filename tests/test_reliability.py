@@ -382,7 +382,8 @@ def test_resume_refuses_another_text_with_the_same_characters(tmp_path, referenc
     path, ref = reference
     lines = corpus.read_text(encoding="utf-8").splitlines(keepends=True)
     corpus.write_text("".join(reversed(lines)), encoding="utf-8")
-    with pytest.raises(UserError, match=r"data: the text at .*corpus.txt is not the one the run was trained on"):
+    with pytest.raises(UserError, match=r"its text changed in ways that matter:\n  data: the text at .*corpus.txt is "
+                                        r"not the one the run was trained on"):  # not "the recipe": it is as it was
         train(load_recipe(path, ["train.max_steps=15"]), runs_dir=tmp_path, quiet=True, resume=ref)
 
 

@@ -93,6 +93,9 @@ def recipe_diff(old: dict, new: dict) -> list[str]:
     return [how for _, how in recipe_changes(old, new)]
 
 
+TEXT_CHANGES = ("vocabulary: ", "data: the text at ")  # how changes_since says the text is another
+
+
 def changes_since(checkpoint: dict, run_dir: Path, recipe: Recipe, dataset) -> list[tuple[str, str]]:
     """What keeps `recipe` and its text (a CharDataset) from resuming the run `checkpoint` (of `run_dir`)
     was saved by, as (what, how) pairs: ("train.lr", "train.lr: 0.002 -> 0.001") for each recipe key that
@@ -173,7 +176,9 @@ def refuse_if_stopped_for_good(run_dir: Path) -> None:
 
 def refuse_changes(run_dir: Path, changes: list[str]) -> None:
     if changes:
-        raise UserError(f"cannot resume {run_dir}: the recipe changed in ways that matter:\n"
+        text = [c for c in changes if c.startswith(TEXT_CHANGES)]
+        what = "its text" if len(text) == len(changes) else "the recipe and its text" if text else "the recipe"
+        raise UserError(f"cannot resume {run_dir}: {what} changed in ways that matter:\n"
                         + "\n".join(f"  {c}" for c in changes)
                         + f"\nUndo these changes, or start a new run without {arg('resume')}.")
 
