@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import torch
 
+from .errors import Interrupted
+
 MAX_TOKENS = 10**7  # per sample: the output is allocated up front, and that is hours of generation on a CPU
 SEEDS = range(-(2**63), 2**64)  # what torch.manual_seed and a generator's take
 STREAM_EVERY = 64  # tokens per on_tokens call: reading them back syncs a GPU, too rarely to cost anything
@@ -83,7 +85,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
                 n += 1
                 if on_tokens is not None and n - shown >= STREAM_EVERY:
                     stream()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):  # a Ctrl-C, or a SIGTERM under interrupt_on_sigterm
         stream()
         raise
     finally:  # a Ctrl-C in a notebook leaves the model as it was

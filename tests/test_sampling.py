@@ -1,7 +1,12 @@
 """Generation with and without the key/value cache, for every attention x positional pair."""
 
 import itertools
+import os
 import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -259,6 +264,36 @@ def test_an_interrupted_sample_command_keeps_the_text_generated_so_far(cli, monk
     result = cli("sample", "some-run", "--tokens", "100000", "--seed", "5")
     assert result.exit_code == 130 and "interrupted" in result.stderr
     assert result.stdout == expected
+
+
+def test_a_sigterm_to_the_sample_command_keeps_the_text_generated_so_far(cli, monkeypatch):
+    """As a Ctrl-C does, with SIGTERM's exit code; the text's line ended before the report."""
+    from gptkit.errors import Interrupted
+
+    expected = sampled_by_the_command(monkeypatch, lambda: Interrupted(signal.SIGTERM, "SIGTERM received while "
+                                                                                         "sampling"))
+    result = cli("sample", "some-run", "--tokens", "100000", "--seed", "5")
+    assert result.exit_code == 143 and result.stderr == "stopped: SIGTERM received while sampling\n", result.stderr
+    assert result.stdout == expected + "\n"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+def test_a_sigterm_to_a_sampling_process_is_heeded(tmp_path, write_recipe, cli):
+    from gptkit import load_recipe, train
+
+    run = train(load_recipe(write_recipe(train={"max_steps": 2})), runs_dir=tmp_path / "runs", quiet=True).run_dir
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "gptkit", "sample", str(run), "--tokens", "10000000", "--no-cache"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        proc.stdout.read(200)  # sampling under way
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and err.endswith("stopped: SIGTERM received while sampling\n"), err
+    assert out.endswith("\n")
 
 
 def test_a_sample_command_that_runs_out_of_memory_is_one_error_after_the_text_so_far(cli, monkeypatch):

@@ -30,7 +30,7 @@ from ..recipe.load import check_overrides, named_by_overrides, recipe_device
 from ..recipe.vary import parse_vary as parse_vary_flags
 from ..training.resume import MEET
 from ..training.run import check_fits
-from ..training.signals import signals_held
+from ..training.signals import interrupt_on_sigterm, signals_held
 from ..training.speed import compile_setting, micro_batch_size
 from . import worker
 from .peak import matmul_peak
@@ -117,7 +117,7 @@ def run_bench(recipe_path: str | Path, overrides: list[str] = (), vary: list[str
     check_variant_data(found, recipes, overrides)
     check_distinct(found, recipes, resolved=True)
     threads = threads or torch.get_num_threads()
-    with sigterm_interrupts():
+    with interrupt_on_sigterm("benchmarking"):  # its workers stopped too, not this process alone
         peaks = measure_peaks(recipes, threads, log)
         memory_kind, errors, stopped = measure(found, recipes, threads, warmup, steps, rounds, log)
         # Again once the workers are done: a neighbour on the host can slow one measurement by a third,
@@ -237,24 +237,6 @@ def check_variant_data(found: list[Variant], recipes: list, overrides: list[str]
                 check_fits(recipe, dataset, prompt=None)
         except UserError as e:
             raise UserError(v.which + str(e)) from None
-
-
-@contextlib.contextmanager
-def sigterm_interrupts():
-    """A SIGTERM stops the benchmark as a Ctrl-C does, its workers with it (Interrupted: exit code 143),
-    rather than ending this process alone."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Interrupted(signum, "SIGTERM received while benchmarking")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

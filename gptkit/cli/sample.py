@@ -7,12 +7,13 @@ import click
 
 from ..device import resolve_device
 from ..diagnose import blaming, check_forward, component_specs
-from ..errors import OutOfMemory, UserError, out_of_memory_as, out_of_memory_on
+from ..errors import Interrupted, OutOfMemory, UserError, out_of_memory_as, out_of_memory_on
 from ..sampling import MAX_TOKENS, SEEDS, one_newline
 from ..sampling import sample as sample_model
 from ..training.checkpoint import load_model
 from ..training.folder import summary_of
 from ..training.resume import with_live_status
+from ..training.signals import interrupt_on_sigterm
 from . import finite, main, non_empty_path, stdout_dropped, stdout_full
 
 
@@ -110,12 +111,13 @@ def sample(run_dir, prompt, tokens, temperature, top_k, seed, device, cache):
     # Streamed as it is made (click.echo flushes): a long sample shows progress, and a Ctrl-C keeps
     # the text so far on stdout before the CLI reports the interruption.
     try:
-        with blaming(component_specs(model, recipe.model), "while sampling"), sampling_memory(device):
+        with blaming(component_specs(model, recipe.model), "while sampling"), sampling_memory(device), \
+                interrupt_on_sigterm("sampling"):
             # Without --seed, a new draw each time on any device: a process's global CUDA generator starts
             # from the same seed every time, where the CPU's does not
             seed = secrets.randbits(64) if seed is None else seed
             sample_model(model, vocab, prompt, tokens, temperature, top_k, seed, cache, on_text=show)
-    except UserError:
+    except (UserError, Interrupted):
         click.echo()  # the error, on stderr, starts a line of its own after the text so far
         raise
     seconds = time.perf_counter() - t0

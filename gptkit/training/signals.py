@@ -43,6 +43,17 @@ def interrupt_on_signals(what: str):
     return _on_signals(handler)
 
 
+def interrupt_on_sigterm(what: str):
+    """A SIGTERM raises Interrupted (exit code 143), as a Ctrl-C raises KeyboardInterrupt: what a command
+    keeps on a Ctrl-C (the text sampled so far, the rounds benchmarked, the workers stopped) it keeps on a
+    SIGTERM too, rather than ending at once."""
+
+    def handler(signum, frame):
+        raise Interrupted(signum, f"SIGTERM received while {what}")
+
+    return _on_signals(handler, [signal.SIGTERM])
+
+
 @contextlib.contextmanager
 def signals_held():
     """SIGINT and SIGTERM within it take effect at its end, as they would have (the handler then in place
@@ -68,11 +79,11 @@ def _heeded() -> list[signal.Signals]:
 
 
 @contextlib.contextmanager
-def _on_signals(handler):
+def _on_signals(handler, signals: list[signal.Signals] | None = None):
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-    previous = {s: signal.signal(s, handler) for s in _heeded()}
+    previous = {s: signal.signal(s, handler) for s in _heeded() if signals is None or s in signals}
     try:
         yield
     finally:
