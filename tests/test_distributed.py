@@ -446,7 +446,7 @@ main(prog_name="gptkit")
 """
 
 
-@pytest.mark.parametrize("fails", ["write_text", "save_checkpoint"])  # before training (recipe.yaml); at the first save
+@pytest.mark.parametrize("fails", ["write_text", pytest.param("save_checkpoint", marks=pytest.mark.slow)])  # before training (recipe.yaml); at the first save
 def test_a_failure_of_rank_0_alone_is_said_once_and_the_others_stop_quietly(tmp_path, write_recipe, fails):
     script = tmp_path / "disk_full.py"
     script.write_text(DISK_FULL_ON_RANK_0)
@@ -563,7 +563,7 @@ else:
 """ + EXIT_CODES
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", ["SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow)])
 def test_a_signal_while_rank_0_sets_up_the_run_folder_stops_the_run_at_its_first_step(tmp_path, write_recipe, sig):
     # Rank 1, waiting for the folder, stops with rank 0 at the first step boundary, as one process does;
     # it used to die there (SIGTERM) or stop alone (SIGINT), and rank 0 met its closed connection.
@@ -606,7 +606,7 @@ else:  # rank 0 ends slowly (a slow disk, a busy machine): torchrun's SIGTERM, s
 """ + EXIT_CODES
 
 
-@pytest.mark.parametrize("when", ["setup", "training"])
+@pytest.mark.parametrize("when", [pytest.param("setup", marks=pytest.mark.slow), "training"])
 def test_rank_0_says_once_that_another_process_was_killed_and_ends_with_exit_code_1(tmp_path, write_recipe, when):
     # Rank 0 ignores torchrun's SIGTERM from then on to its exit, which used to kill it (exit code -15)
     # after its message; a peer lost while rank 0 set up its folder used to be a traceback and a run
