@@ -185,7 +185,8 @@ def _why_no_checkpoint(folder: Path) -> str:
     if is_ablation_folder(folder):
         return (f": {folder} is an ablation folder, not a run folder: sample one of its runs, e.g. "
                 f"gptkit sample {quote(folder / ablation_run_example(folder))}")
-    within = "" if (folder / "recipe.yaml").is_file() else runs_within(folder)
+    is_run = (folder / "recipe.yaml").is_file()
+    within = "" if is_run else runs_within(folder)
     if within:
         return f": {folder} is not a run folder{within}"
     from .resume import with_live_status  # (resume reads checkpoints)
@@ -196,10 +197,10 @@ def _why_no_checkpoint(folder: Path) -> str:
         reason = summary.get("reason")
         return (f": the run's summary.json says it failed{f' ({reason})' if reason else ''} before its first "
                 "save, so nothing was saved; fix that and train it again")
-    if isinstance(status, str) and (folder / "recipe.yaml").is_file():  # running, interrupted, killed
+    if isinstance(status, str) and is_run:  # running, interrupted, killed
         return (f": the run has no checkpoint yet ({status}, before its first save)"
                 + ("" if status == "running" else f"; gptkit run --resume {quote(folder)} starts it over"))
-    return "" if (folder / "recipe.yaml").is_file() else f": {folder} is not a run folder; give {RUN_OR_CHECKPOINT}"
+    return "" if is_run else f": {folder} is not a run folder; give {RUN_OR_CHECKPOINT}"
 
 
 def peek(path: Path, key: str):

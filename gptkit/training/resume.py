@@ -93,9 +93,6 @@ def recipe_diff(old: dict, new: dict) -> list[str]:
     return [how for _, how in recipe_changes(old, new)]
 
 
-TEXT_CHANGES = ("vocabulary: ", "data: the text at ")  # how changes_since says the text is another
-
-
 def changes_since(checkpoint: dict, run_dir: Path, recipe: Recipe, dataset) -> list[tuple[str, str]]:
     """What keeps `recipe` and its text (a CharDataset) from resuming the run `checkpoint` (of `run_dir`)
     was saved by, as (what, how) pairs: ("train.lr", "train.lr: 0.002 -> 0.001") for each recipe key that
@@ -130,7 +127,7 @@ def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset, wa
     if invalid:
         raise UserError(f"cannot resume {run_dir}: {invalid}\nThe run cannot go on from that checkpoint; start a new "
                         f"run without {arg('resume')}.")
-    refuse_changes(run_dir, [how for _, how in changes_since(checkpoint, run_dir, recipe, dataset)])
+    refuse_changes(run_dir, changes_since(checkpoint, run_dir, recipe, dataset))
     for change in plugin_changes(checkpoint.get("plugins"), recipe):
         warn(f"{change}; resuming {run_dir} with it")
     for change in software_changes(checkpoint.get("software")):  # its losses from here on may differ
@@ -165,7 +162,7 @@ def check_restartable(run_dir: Path, recipe: Recipe) -> None:
     if type(saved) is int and saved > 0:  # starting over would overwrite what it trained
         raise UserError(f"cannot resume {run_dir}: its checkpoint.pt (of step {saved:,}) is gone; put it back, or start "
                         f"a new run without {arg('resume')}")
-    refuse_changes(run_dir, recipe_diff(run_recipe(run_dir), recipe.to_dict()))
+    refuse_changes(run_dir, recipe_changes(run_recipe(run_dir), recipe.to_dict()))
 
 
 def refuse_if_stopped_for_good(run_dir: Path) -> None:
@@ -174,12 +171,13 @@ def refuse_if_stopped_for_good(run_dir: Path) -> None:
         raise UserError(f"cannot resume {run_dir}: {summary.get('reason')}\nStart a new run without {arg('resume')}.")
 
 
-def refuse_changes(run_dir: Path, changes: list[str]) -> None:
+def refuse_changes(run_dir: Path, changes: list[tuple[str, str]]) -> None:
+    """Refuse to resume `run_dir` for `changes`, (what, how) pairs as changes_since gives them."""
     if changes:
-        text = [c for c in changes if c.startswith(TEXT_CHANGES)]
-        what = "its text" if len(text) == len(changes) else "the recipe and its text" if text else "the recipe"
+        text = sum(what in ("text", "vocabulary") for what, _ in changes)
+        what = "its text" if text == len(changes) else "the recipe and its text" if text else "the recipe"
         raise UserError(f"cannot resume {run_dir}: {what} changed in ways that matter:\n"
-                        + "\n".join(f"  {c}" for c in changes)
+                        + "\n".join(f"  {how}" for _, how in changes)
                         + f"\nUndo these changes, or start a new run without {arg('resume')}.")
 
 
