@@ -38,6 +38,21 @@ class Explodes(MLP):
 """
 
 
+NAN_FROM_STEP_3 = """
+import torch
+from gptkit.components import register
+from gptkit.components.feedforward import MLP
+
+@register("feedforward", "nan_from_step_3")
+class NanFromStep3(MLP):
+    calls = 0
+
+    def forward(self, x):
+        self.calls += self.training and torch.is_grad_enabled()  # the checks before training have no gradients
+        return super().forward(x) * (float("nan") if self.calls >= 3 else 1.0)
+"""
+
+
 def test_bench_json_reports_every_variant_against_the_first(cli, write_recipe):
     result = cli("bench", write_recipe(), "--vary", "model.attention=flash,naive", "--steps", "1",
                  "--warmup", "1", "--rounds", "2", "--json")
@@ -229,8 +244,26 @@ def test_a_component_failing_in_a_bench_names_the_step_it_failed_at(write_recipe
     temporary_component("feedforward", "breaks", breaks_after(3, how="raise"))
     bench = Bench(load_recipe(write_recipe(model={"feedforward": "breaks"})).to_dict())
     bench.steps(2)  # warm-up, say: the step count goes on from it
+    assert bench.diverged_at is None
     with pytest.raises(ComponentError, match="its forward\\(\\) raised, in training step 4, ValueError"):
         bench.steps(5)
+
+
+def test_a_variant_that_diverges_is_measured_with_a_note(cli, write_recipe, tmp_path, scratch_registries):
+    (tmp_path / "nan.py").write_text(NAN_FROM_STEP_3)
+    result = cli("bench", write_recipe(imports=["nan.py"], model={"feedforward": "nan_from_step_3"}), "--steps", "2",
+                 "--warmup", "1", "--rounds", "2", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    (variant,) = report["variants"]
+    assert variant["diverged_at"] == 3 and variant["ms_per_step"] > 0  # warm-up step 1, then rounds of steps 2-3, 4-5
+    assert report["notes"] == ["note: the loss was not finite from step 3 on: it diverged (a benchmark trains at "
+                               "train.lr from its first step, without the schedule's warm-up), and its figures time "
+                               "steps of NaN or inf, which a run stops at; lower train.lr with --set"]
+    two = {**report, "variants": [{**variant, "label": "a", "diverged_at": None}, {**variant, "label": "b"}]}
+    assert notes(two) == [report["notes"][0].replace("the loss", "variant b's loss")]
+    del two["notes"]  # (made by format_report)
+    assert format_report(two).endswith(notes(two)[0])
 
 
 def test_a_bench_that_runs_out_of_memory_says_what_the_settings_ask(write_recipe, temporary_component):

@@ -58,6 +58,7 @@ class Variant:
     round_ms: list[float] = field(default_factory=list)
     round_ratios: list[float] = field(default_factory=list)  # each round's tokens/s to the first's in that round
     failed: str | None = None  # why it stopped while measured: the others went on
+    diverged_at: int | None = None  # the first step (warm-up counted) whose loss was not finite
 
     @property
     def origins(self) -> dict[str, str]:
@@ -308,7 +309,7 @@ def measure(found: list[Variant], recipes: list, threads: int, warmup: int, step
                 continue
             for said in info["warnings"]:  # a compilation that failed, say: the variant is measured without it
                 warn(f"{v.which}{said}")
-            v.warmup_seconds = info["build_seconds"] + info["seconds"]
+            v.warmup_seconds, v.diverged_at = info["build_seconds"] + info["seconds"], info["diverged_at"]
             for key in ("params", "flops_per_token", "tokens_per_step", "micro_batch_size", "compiled"):
                 setattr(v, key, info[key])
             log(f"  warmed up {v.label} in {v.warmup_seconds:.1f} s")
@@ -321,6 +322,7 @@ def measure(found: list[Variant], recipes: list, threads: int, warmup: int, step
                     done = reply(v, conn, proc, ("run", steps))
                     if done is not None:
                         v.round_ms.append(1000 * done["seconds"] / steps)
+                        v.diverged_at = done["diverged_at"]
                 if going():
                     times = ", ".join(f"{v.round_ms[-1]:,.0f}" for v, _, _ in going())
                     log(f"  round {r + 1}/{rounds}: {times} ms/step")
@@ -415,7 +417,8 @@ def format_report(report: dict) -> str:
 
 def notes(report: dict) -> list[str]:
     """What a report's figures cannot be trusted for: rounds whose ratios disagree (the machine drifted),
-    an MFU past 100% (the peak was measured while the machine was slower than when the variants ran)."""
+    an MFU past 100% (the peak was measured while the machine was slower than when the variants ran), a
+    variant that diverged (its steps compute NaN or inf, which no run would time)."""
     measured = [v for v in report["variants"] if not v["failed"]]
     said = []
     if report["rounds"] > 1 and len(measured) > 1 and any(
@@ -428,6 +431,12 @@ def notes(report: dict) -> list[str]:
         said.append("note: an MFU above 100%: the machine was slower while its peak was measured, before the variants "
                     "ran and after, than while they ran (other programs, a busy host); the ratios stand, the MFU does "
                     "not: measure again on a quieter machine")
+    for v in measured:
+        if v.get("diverged_at") is not None:  # (a report of before it was kept has none)
+            whose = f"variant {v['label']}'s" if len(report["variants"]) > 1 else "the"
+            said.append(f"note: {whose} loss was not finite from step {v['diverged_at']:,} on: it diverged (a benchmark trains at train.lr from its "
+                        "first step, without the schedule's warm-up), and its figures time steps of NaN or inf, "
+                        "which a run stops at; lower train.lr with --set")
     return said
 
 

@@ -1,13 +1,14 @@
 """One benchmark variant in its own process, so its peak memory is its own and nothing it leaves
 behind (allocator caches, compiled graphs) slows the others. The parent drives it over a pipe:
 
-    ("warmup", n) -> {"seconds", "build_seconds", "flops_per_token", "tokens_per_step", "params", ...}
-    ("run", n)    -> {"seconds"}                       n timed training steps, synchronised at the end
+    ("warmup", n) -> {"seconds", "diverged_at", "build_seconds", "flops_per_token", "tokens_per_step", ...}
+    ("run", n)    -> {"seconds", "diverged_at"}        n timed training steps, synchronised at the end
     ("stop",)     -> {"peak_memory", "memory_kind"}    then the process exits
 
 Signals are the parent's to handle (it stops its workers); a worker whose parent has gone ends quietly.
 """
 
+import math
 import multiprocessing
 import os
 import re
@@ -56,6 +57,7 @@ class Bench:
         self.trainer = Trainer(recipe, model, dataset, self.device, quiet=True)
         self.starts = dataset.epoch_starts(recipe.seed, 0)
         self.lr = recipe.train.lr
+        self.diverged_at = None  # the first step whose loss was not finite
         self.info = {
             "build_seconds": time.perf_counter() - t0,
             "params": model.num_params(),
@@ -75,9 +77,13 @@ class Bench:
                 loss, _ = self.trainer.train_step(self.starts, state.step % self.trainer.steps_per_epoch, self.lr)
             losses.append(loss)
             state.step += 1
-        torch.stack(losses).tolist()  # waits for the steps' work on any device
+        values = torch.stack(losses).tolist()  # waits for the steps' work on any device
         sync(self.device)
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        if self.diverged_at is None:  # read after the clock stopped: the timed steps hold no check
+            first = state.step - n + 1
+            self.diverged_at = next((first + i for i, x in enumerate(values) if not math.isfinite(x)), None)
+        return seconds
 
 
 def main(conn, recipe_dict: dict, threads: int) -> None:
@@ -115,9 +121,10 @@ def serve(conn, recipe_dict: dict) -> None:
                 if bench.device.type == "cuda":  # the timed steps' memory, not compilation's or autotuning's
                     torch.cuda.reset_peak_memory_stats(bench.device)
                 said = [str(w.message) for w in caught if issubclass(w.category, GptkitWarning)]
-                conn.send({**bench.info, "compiled": bench.trainer.is_compiled, "seconds": seconds, "warnings": said})
+                conn.send({**bench.info, "compiled": bench.trainer.is_compiled, "seconds": seconds, "warnings": said,
+                           "diverged_at": bench.diverged_at})
             elif command == "run":
-                conn.send({"seconds": bench.steps(args[0])})
+                conn.send({"seconds": bench.steps(args[0]), "diverged_at": bench.diverged_at})
             else:
                 memory, kind = peak_memory(bench.device)
                 conn.send({"peak_memory": memory, "memory_kind": kind})
