@@ -387,6 +387,19 @@ def test_resume_refuses_another_text_with_the_same_characters(tmp_path, referenc
         train(load_recipe(path, ["train.max_steps=15"]), runs_dir=tmp_path, quiet=True, resume=ref)
 
 
+def test_resume_refuses_a_text_of_other_characters_naming_them(tmp_path, reference, corpus):
+    path, ref = reference
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text(encoding="utf-8").replace("a", "Ω").replace("e", "ß"), encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        train(load_recipe(path, [f"data.path={other}", "train.max_steps=15"]), runs_dir=tmp_path, quiet=True,
+              resume=ref)
+    n = len(set(corpus.read_text(encoding="utf-8")))
+    assert str(e.value) == (f"cannot resume {ref}: its text changed in ways that matter:\n  data: the text at {other} "
+                            f"is not the one the run was trained on (its vocabulary: {n} characters -> {n}, without "
+                            f"'a', 'e', with 'ß', 'Ω')\nUndo these changes, or start a new run without resume.")
+
+
 def test_the_resume_command_printed_after_a_stop_works_from_anywhere(tmp_path, corpus, monkeypatch, cli):
     (tmp_path / "recipes").mkdir()
     recipe = tmp_path / "recipes" / "r.yaml"  # a path relative to the recipe, as the shipped recipes have
@@ -432,19 +445,21 @@ def test_a_new_budget_that_stretches_the_schedule_is_warned_of(tmp_path, write_r
 
 
 def test_a_recipe_given_again_without_the_runs_overrides_says_what_the_run_goes_on_with(tmp_path, write_recipe,
-                                                                                       monkeypatch, cli):
+                                                                                       monkeypatch, cli, no_gpu):
     """The recipe file given with --resume (or auto) is not the run's own: settings the run was started with
-    by --set, and that may change, revert; they are listed, but for the budget, which the opening line says."""
-    path = write_recipe(train={"max_steps": 12, "log_every": 2, "eval_every": 4})
+    by --set, and that may change, revert; they are listed, but for the budget, which the opening line says,
+    and those this machine resolves alike (no GPU: train.device auto is the CPU, and compile auto is off)."""
+    path = write_recipe(train={"max_steps": 12, "log_every": 2, "eval_every": 4, "micro_batch_size": 4})
+    alike = ["train.device=auto", "train.compile=false", "train.micro_batch_size=5"]  # 5: 4 rows, a divisor of 8
     run = interrupted_at(monkeypatch, path, tmp_path / "runs", 3,
-                         ["train.max_steps=6", "train.log_every=1", "sample.tokens=5"])
+                         ["train.max_steps=6", "train.log_every=1", "sample.tokens=5", *alike])
     listed = (f"note: resuming {run} with settings other than those it trained with:\n"
               "  sample.tokens: 5 -> 20\n  train.log_every: 1 -> 2\n")
     result = cli("run", path, "--resume", run, "-q", "--runs-dir", run.parent)
     assert result.exit_code == 0, result.output
     assert listed in result.stderr and "max_steps" not in result.stderr, result.stderr
     again = interrupted_at(monkeypatch, path, tmp_path / "again", 3,
-                           ["train.max_steps=6", "train.log_every=1", "sample.tokens=5"])
+                           ["train.max_steps=6", "train.log_every=1", "sample.tokens=5", *alike])
     result = cli("run", path, "--resume", "auto", "--runs-dir", again.parent)  # the opening line says the budget
     assert result.exit_code == 0 and result.stderr.startswith(listed.replace(str(run), str(again))), result.output
     assert f"Resuming {again} from step 3 of 12 (it trained toward 6 steps; the recipe now says 12)" in result.stdout

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..device import arithmetic, resolve_device, use_bf16
+from ..device import resolve_device, use_bf16
 from ..data.dataset import load_dataset
 from ..errors import Interrupted, RunFailed, RunStopped, UserError, counted, first_line, override, warn
 from ..recipe import load_recipe, yaml
@@ -31,7 +31,7 @@ from ..recipe.vary import parse_vary as parse_vary_flags
 from ..training.resume import MEET
 from ..training.run import check_fits
 from ..training.signals import interrupt_on_sigterm, signals_held
-from ..training.speed import compile_setting, micro_batch_size
+from ..training.speed import resolved_speed
 from . import worker
 from .peak import matmul_peak
 
@@ -192,9 +192,6 @@ class BenchIncomplete(Exception):
 UNTIMED = ("name", "seed", "sample", "train.lr", "train.schedule", *MEET)
 
 
-RESOLVED = ("device", "micro_batch_size", "precision", "compile")  # train.* keys `auto` leaves to the machine
-
-
 def check_timed(axes: list[tuple[str, list[str]]]) -> None:
     for key, _ in axes:
         if any(key == k or key.startswith(k + ".") for k in UNTIMED):
@@ -211,16 +208,12 @@ def check_distinct(found: list[Variant], recipes: list, resolved: bool = False) 
     seen = {}
     for v, recipe in zip(found, recipes):
         data = recipe.to_dict()
-        if resolved:
-            t = recipe.train
-            device = resolve_device(t.device, "train.device")
-            rows = micro_batch_size(t.micro_batch_size, t.batch_size, recipe.model.block_size, device)
-            data["train"] |= {"device": str(device), "micro_batch_size": rows,
-                              "precision": arithmetic(t.precision, device), "compile": compile_setting(t.compile, device)}
+        here = resolved_speed(recipe) if resolved else {}
+        data["train"] |= {key.removeprefix("train."): value for key, value in here.items()}
         same = seen.setdefault(json.dumps(data, sort_keys=True), v)
         if same is not v:  # values spelled apart (parse_vary refuses a value given twice)
             a, b = zip(*[(x, y) for x, y in zip(same.overrides, v.overrides) if x != y])
-            how = ", ".join(f"{k} {json.dumps(data['train'][k])}" for k in RESOLVED)
+            how = ", ".join(f"{k.removeprefix('train.')} {json.dumps(value)}" for k, value in here.items())
             raise UserError(f"--vary {' '.join(a)} and {' '.join(b)} " + (
                 f"time the same steps here ({how}); give values that differ here" if resolved else
                 "give the same recipe; give each value once"))

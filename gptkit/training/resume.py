@@ -20,6 +20,7 @@ from ..recipe import Recipe, flatten, yaml
 from .checkpoint import changed_plugins, load_checkpoint, missing_plugins, plugin_changes, stored_recipe
 from .folder import (is_ablation_folder, metric_records, no_such_folder, resumable, run_recipe, runs_within,
                      stopped_for_good, summary_of, trained_with)
+from .speed import resolved_speed
 from .trainer import run_steps, state_dict_problem
 
 # Keys that may change between a run and its resumption without making it a different run (the text
@@ -77,8 +78,20 @@ def settings_changed(checkpoint: dict, run_dir: Path, recipe: Recipe) -> list[st
     """'key: old -> new' for each key that may change (MAY_CHANGE) and did since the run's checkpoint: what
     `recipe` resumes it with that it did not train with, such as a recipe file given again without the
     --set values the run was started with. Not its name, where its text comes from or its budget (UNSAID)."""
-    changes = recipe_changes(stored_recipe(checkpoint, run_dir / "checkpoint.pt").to_dict(), recipe.to_dict(), ())
-    return [how for key, how in changes if matches(key, MAY_CHANGE) and not matches(key, UNSAID)]
+    old = stored_recipe(checkpoint, run_dir / "checkpoint.pt")
+    alike = resolved_alike(old, recipe)
+    return [how for key, how in recipe_changes(old.to_dict(), recipe.to_dict(), ())
+            if matches(key, MAY_CHANGE) and not matches(key, UNSAID) and key not in alike]
+
+
+def resolved_alike(a: Recipe, b: Recipe) -> set[str]:
+    """The keys two recipes spell apart that this machine resolves alike (resolved_speed): train.device cpu
+    and auto without a GPU, train.compile auto and false on a CPU. None if either's device is not here."""
+    try:
+        here = resolved_speed(b)
+        return {key for key, value in resolved_speed(a).items() if here[key] == value}
+    except UserError:
+        return set()
 
 
 def effective(flat: dict) -> dict:
@@ -100,13 +113,26 @@ def changes_since(checkpoint: dict, run_dir: Path, recipe: Recipe, dataset) -> l
     it may resume. The stored recipe is compared as it validates now: a parameter a component's new
     version added, at its default, is no change (the stored recipe only predates it)."""
     changes = recipe_changes(stored_recipe(checkpoint, run_dir / "checkpoint.pt").to_dict(), recipe.to_dict())
+    another = f"data: the text at {recipe.data.path} is not the one the run was trained on"
     if checkpoint["itos"] != list(dataset.itos):
-        changes.append(("vocabulary", f"vocabulary: {len(checkpoint['itos'])} characters -> {len(dataset.itos)} "
-                                      "(the text changed)"))
+        old, new = set(checkpoint["itos"]), set(dataset.itos)
+        changes.append(("vocabulary", f"{another} (its vocabulary: {len(old)} characters -> {len(new)}"
+                                      f"{characters_changed(old, new)})"))
     elif checkpoint.get("text_sha256", dataset.fingerprint) != dataset.fingerprint:  # absent: an older checkpoint
-        changes.append(("text", f"data: the text at {recipe.data.path} is not the one the run was trained on "
-                                f"(SHA-256 {checkpoint['text_sha256'][:12]}... -> {dataset.fingerprint[:12]}...)"))
+        changes.append(("text", f"{another} (SHA-256 {checkpoint['text_sha256'][:12]}... -> "
+                                f"{dataset.fingerprint[:12]}...)"))
     return changes
+
+
+def characters_changed(old: set[str], new: set[str]) -> str:
+    """', without 'x', with 'Ω' and 2 more': how two vocabularies differ, a few characters named."""
+    said = []
+    for how, chars in (("without", old - new), ("with", new - old)):
+        if chars:
+            listed = sorted(chars)
+            more = f" and {len(listed) - 3} more" if len(listed) > 3 else ""
+            said.append(f"{how} {', '.join(map(repr, listed[:3]))}{more}")
+    return "".join(f", {s}" for s in said)
 
 
 def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset, warn: Callable[[str], None]) -> None:

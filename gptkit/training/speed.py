@@ -7,6 +7,8 @@ larger than the caches; on CUDA the whole batch in one pass keeps the GPU busy.
 
 import torch
 
+from ..device import arithmetic, resolve_device
+
 # CPU micro-batches of about this many tokens ran fastest on the reference model (2 threads).
 CPU_MICRO_BATCH_TOKENS = 4096
 
@@ -50,3 +52,14 @@ def compile_failures(model: torch.nn.Module) -> tuple[type[Exception], ...]:
     from torch._dynamo.exc import BackendCompilerFailed
 
     return (BackendCompilerFailed,)
+
+
+def resolved_speed(recipe) -> dict[str, object]:
+    """How this machine resolves the train keys a recipe may leave to it (`auto`), which set only how fast
+    and in what arithmetic its steps run: {"train.device": "cpu", "train.micro_batch_size": 16, ...}. A
+    UserError names train.device if this machine lacks it."""
+    t = recipe.train
+    device = resolve_device(t.device, "train.device")
+    return {"train.device": str(device),
+            "train.micro_batch_size": micro_batch_size(t.micro_batch_size, t.batch_size, recipe.model.block_size, device),
+            "train.precision": arithmetic(t.precision, device), "train.compile": compile_setting(t.compile, device)}
