@@ -465,6 +465,14 @@ def test_a_recipe_given_again_without_the_runs_overrides_says_what_the_run_goes_
     assert f"Resuming {again} from step 3 of 12 (it trained toward 6 steps; the recipe now says 12)" in result.stdout
 
 
+def test_a_resumed_epoch_says_which_of_its_batches_its_time_is_of(tmp_path, write_recipe, monkeypatch, cli):
+    run = interrupted_at(monkeypatch, write_recipe(), tmp_path / "runs", 3)  # max_steps 6
+    result = cli("run", "--resume", run)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^Epoch 1/1 stopped at batch 6/\d+ \(train\.max_steps\) after [\d.]+ s for batches 4 to 6 "
+                     r"\(resumed after batch 3\)$", result.output, re.M), result.output
+
+
 def test_the_runs_own_recipe_resumed_with_a_set_notes_nothing(tmp_path, write_recipe, monkeypatch, cli):
     run = interrupted_at(monkeypatch, write_recipe(), tmp_path / "runs", 3, ["sample.tokens=5"])
     result = cli("run", "--resume", run, "--set", "train.max_steps=8", "-q")

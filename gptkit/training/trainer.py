@@ -403,8 +403,10 @@ class Trainer:
                          f"stopped at batch {done}/{self.steps_per_epoch} (train.max_steps) after")
                 # what is left, for a log without the live line (a file, a job's output): at this run's pace so far
                 left = time_left(self.total_steps, state.step, state.seconds)
+                resumed = first_batch if epoch == first_epoch else 0  # this session timed only the batches after it
+                part = f" for batches {resumed + 1:,} to {done:,} (resumed after batch {resumed:,})" if resumed else ""
                 self.progress.log(f"Epoch {epoch + 1}/{self.epochs} {ended} {timer.seconds():.2f} s"
-                                  f"{' (CUDA events)' if timer.cuda else ''}"
+                                  f"{' (CUDA events)' if timer.cuda else ''}{part}"
                                   f"{f' (about {fmt_duration(left)} left)' if state.step < self.total_steps else ''}")
             if state.eval_step != state.step:  # resumed at its budget after a stop between evaluations
                 self.evaluate()  # a run's final figures are its last step's
