@@ -133,8 +133,11 @@ def test_a_run_with_sample_tokens_0_samples_nothing(cli, tmp_path, write_recipe)
     assert not (run / "samples.txt").exists()
     result = cli("run", "--resume", run, "--set", "sample.tokens=5")  # a finished run's new sample settings
     assert result.exit_code == 0 and "Sample (5 characters" in result.stdout and (run / "samples.txt").exists()
-    assert cli("run", "--resume", run, "--set", "sample.tokens=0").exit_code == 0
-    assert not (run / "samples.txt").exists()  # not left from the earlier settings
+    result = cli("run", "--resume", run, "--set", "sample.tokens=0")
+    assert result.exit_code == 0 and not (run / "samples.txt").exists()  # not left from the earlier settings
+    assert "No sample (sample.tokens is 0): the samples.txt an earlier session made is removed\n" in result.stdout
+    result = cli("run", "--resume", run, "--set", "sample.tokens=0")
+    assert result.exit_code == 0 and "No sample" not in result.stdout  # nothing to remove
 
 
 def test_training_lowers_the_loss(tmp_path, write_recipe):

@@ -442,8 +442,9 @@ def train_in(run_dir: Path, recipe: Recipe, trainer: Trainer, dataset: CharDatas
                         cut = write_sample(run_dir, recipe, trainer, dataset, log)
                     except Interrupted as e:  # between the parts it stops itself in: the run is trained all the same
                         cut = Interrupted(e.signum, f"{e}: the run is finished and saved")
-            else:  # one made before by a resumed run would not be of these settings
-                (run_dir / "samples.txt").unlink(missing_ok=True)
+            elif (run_dir / "samples.txt").exists():  # made by an earlier session: not of these settings
+                (run_dir / "samples.txt").unlink()
+                log("No sample (sample.tokens is 0): the samples.txt an earlier session made is removed")
         except RunStopped as e:
             record_failure(run_dir, recipe, trainer, e.status, str(e), e.resumable)
             e.run_dir = run_dir
