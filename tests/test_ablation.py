@@ -1401,6 +1401,26 @@ def test_a_grid_reports_each_keys_main_effect_paired_over_the_other_keys(write_r
     assert report.main_effects(rows_of(oat, {a.label: [2.0, 2.1] for a in oat.arms})) == ""
 
 
+def test_main_effects_that_do_not_survive_holms_correction_say_so(write_recipe):
+    p = plan(Ablation(recipe=write_recipe(model={"positional": "sinusoidal", "norm": "rmsnorm"}),
+                      vary={"model.positional": ["sinusoidal", "rope"], "model.norm": ["rmsnorm", "layernorm"]}))
+    base, rope, layernorm = [2.0, 2.1, 2.2], [-0.10, -0.13, -0.18], [0.10, 0.13, 0.18]  # each key's effect by seed
+    assert 0.025 < report.paired_p(rope) == report.paired_p(layernorm) < 0.05  # alone each holds; two at once not
+    cells = {"positional=sinusoidal norm=rmsnorm": base,
+             "positional=rope norm=rmsnorm": [b + r for b, r in zip(base, rope)],
+             "positional=sinusoidal norm=layernorm": [b + n for b, n in zip(base, layernorm)],
+             "positional=rope norm=layernorm": [b + r + n for b, r, n in zip(base, rope, layernorm)]}
+    effects = report.main_effects(rows_of(p, cells))
+    assert re.search(r"^\| positional=rope .* \| better \(not after Holm's correction for 2 values\) +\|$", effects, re.M)
+    assert re.search(r"^\| norm=layernorm .* \| worse \(not after Holm's correction for 2 values\) +\|$", effects, re.M)
+    assert "Holm's correction across the values compared" in effects
+    strong = {**cells, "positional=rope norm=rmsnorm": [b - 0.3 for b in base],  # rope 0.3 better beside rmsnorm
+              "positional=rope norm=layernorm": [b - 0.3 + n for b, n in zip(base, layernorm)]}
+    effects = report.main_effects(rows_of(p, strong))  # Holm's step-down: the weaker one is tested at 5% alone
+    assert re.search(r"^\| positional=rope .* \| better +\|$", effects, re.M), effects
+    assert re.search(r"^\| norm=layernorm .* \| worse +\|$", effects, re.M), effects
+
+
 def test_an_arm_whose_every_seed_diverged_still_shows_its_size(write_recipe):
     p = plan(Ablation(recipe=write_recipe(), vary={"train.lr": ["0.001", "10.0"]}))
     gone = {**DIVERGED, "params": 27328, "flops_per_token": 187584}

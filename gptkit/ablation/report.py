@@ -263,7 +263,7 @@ def main_effects(rows: list[RunRow]) -> str:
     levels = {k: list(dict.fromkeys(r.arm.factors[k] for r in cells)) for k in keys}
     base = next((r.arm for r in rows if r.arm.baseline), None)
     name = short_names(keys)  # as the arms' labels name them
-    lines = []
+    lines, tested = [], []  # tested: (line, p-value) of the values compared over 2 seeds or more
     for i, k in enumerate(keys):
         ref = base.factors[k] if base is not None and base.factors.get(k) in levels[k] else levels[k][0]
         for value in levels[k]:
@@ -291,6 +291,11 @@ def main_effects(rows: list[RunRow]) -> str:
                 verdict = compared(diffs, statistics.fmean(b for pairs in by_seed.values() for _, b in pairs))
             lines.append([f"{name[k]}={value}", f"{name[k]}={ref}", fmt_ci((mean, half), signed=True),
                           f"{len(diffs)} ({sum(map(len, by_seed.values()))})", verdict])
+            if not lost and half is not None:
+                tested.append((lines[-1], paired_p(diffs)))
+    for (line, _), adjusted in zip(tested, holm([p for _, p in tested])):  # as the arms are: one of several, by chance?
+        if line[-1] in ("better", "worse") and len(tested) > 1 and adjusted >= 0.05:
+            line[-1] += f" (not after Holm's correction for {len(tested)} values)"
     return ("\n## Main effects\n\n" + table(["value", "against", "Δ final val loss", "seeds (pairs)", "verdict"], lines)
             + "\n" + MAIN_EFFECTS + "\n")
 
@@ -300,7 +305,8 @@ MAIN_EFFECTS = ("Each value of a varied key against its reference (the baseline'
                 "within each seed, then over the seeds; ± is over the seeds' averages (runs of one seed share their "
                 "data order and initial values: no independent repeats); seeds (pairs): the seeds whose every "
                 "(seed, other values) pair has both its runs finished, and those pairs; within noise as above; a value "
-                "whose runs, or its reference's, diverged or failed is neither better nor worse. An "
+                "whose runs, or its reference's, diverged or failed is neither better nor worse; a verdict that "
+                "does not survive Holm's correction across the values compared says so. An "
                 "interaction (a value that helps beside one value of another key and hurts beside another) is "
                 "averaged away: the table above has every cell.")
 
