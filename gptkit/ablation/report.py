@@ -4,7 +4,7 @@ to the baseline, results.csv (one row per run) and results.md (one row per arm).
 The difference to the baseline is *paired by seed*: arm and baseline runs of one seed share the data,
 the batch order and the validation windows, so the per-seed differences remove that shared noise.
 Its interval is Student's t over those differences; an arm whose interval contains 0 is "within noise".
-A verdict that does not survive Holm's correction across the arms compared says so.
+A verdict that does not survive Holm's correction across the arms (or main effects) compared says so.
 """
 
 import csv
