@@ -141,7 +141,7 @@ def _cache_mismatch(gpt: GPT, model) -> str | None:
     idx = torch.randint(gpt.config.vocab_size, (1, block), generator=torch.Generator().manual_seed(0), device="cpu")
     idx = idx.to(gpt.lm_head.weight.device)
     specs = component_specs(gpt, model)
-    with _fp32_matmuls():  # TF32 would make the two passes differ by more than rounding
+    with fp32_matmuls():  # TF32 would make the two passes differ by more than rounding
         found = _mismatch(gpt, model, specs, idx[:, :T], T // 2)
         if found is None and block > T:  # costs a forward pass of the block and a prefill of nearly as many
             found = _mismatch(gpt, model, specs, idx, block - T // 2)
@@ -232,20 +232,35 @@ def cached_logits(gpt: GPT, idx: torch.Tensor, cuts: list[int]) -> torch.Tensor:
 
 
 def same_logits(cached: torch.Tensor, full: torch.Tensor) -> bool:
-    """Whether logits computed through a key/value cache are a full pass's, to rounding: relative to
-    the largest logit (fp32 rounding is some 1e-7 of it, a plugin computing in bf16 some 1e-5), here
-    and in the conformance kit."""
+    """Whether logits computed through a key/value cache are a full pass's, to float32 rounding: relative
+    to the largest logit (rounding is some 1e-7 of it; 1e-4 leaves room for kernels that sum in another
+    order), here and in the conformance kit. A component computing in bf16 inside differs by some 1e-2:
+    its cache is taken for a broken one (generation then recomputes, which is always right)."""
     return torch.allclose(cached, full, rtol=1e-4, atol=1e-5 + 1e-4 * full.abs().max().item())
 
 
 @contextlib.contextmanager
-def _fp32_matmuls() -> Iterator[None]:
+def fp32_matmuls() -> Iterator[None]:
+    """Within it, float32 matmuls in full float32 (no TF32): two passes compared differ by rounding alone."""
     precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
         torch.set_float32_matmul_precision(precision)
+
+
+def randomised(module: nn.Module, buffers: bool = True, scale: float = 0.5) -> nn.Module:
+    """`module`, its floating-point parameters (and buffers) moved in place by normal noise of `scale`, drawn
+    on the CPU from one seeded stream (tensors of one shape, every layer's norm gain, move apart): what
+    initial values hide shows then, such as a leak behind an output projection that starts at zero, or
+    a state_dict that leaves out a gain that starts at one."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in [*module.parameters(), *(module.buffers() if buffers else ())]:
+            if t.is_floating_point():
+                t.add_(torch.randn(t.shape, generator=g, device="cpu").to(t) * scale)  # (whatever the default device)
+    return module
 
 
 CAUSAL_TOKENS = 8  # check_causal's short sequences (it tests a whole block too)
@@ -279,10 +294,8 @@ def check_causal(gpt: GPT, model) -> None:
         return
     specs = component_specs(probe, model)
     idx = torch.randint(V, (2, block), generator=torch.Generator().manual_seed(0)).to(device)
-    with torch.no_grad(), keep_random_state(device), _fp32_matmuls():
-        g = torch.Generator().manual_seed(0)
-        for p in probe.parameters():
-            p.add_(torch.randn(p.shape, generator=g).to(p) * 0.02)  # (GPT-2's initial scale)
+    with torch.no_grad(), keep_random_state(device), fp32_matmuls():
+        randomised(probe, buffers=False, scale=0.02)  # (GPT-2's initial scale)
         short = min(CAUSAL_TOKENS, block)
         # The whole block for one sequence, not two: its passes cost seconds at a block of 1,024, every run.
         lengths = [idx[:, :short]] + ([idx[:1]] if block > short else [])
@@ -439,7 +452,12 @@ def exercise(kind: str, module: nn.Module, x: torch.Tensor, n_head: int) -> torc
     q = k = x.view(*x.shape[:2], n_head, -1).transpose(1, 2)  # (B, nh, T, hs)
     q, k = module.rotate(q, k, 0)  # start given: the README's signature has no default
     bias = checked_bias(module, module.score_bias(x.size(1), x.size(1)), n_head, x.size(1), x.size(1))
-    out = module.embed(x, 0) + (q + k).transpose(1, 2).reshape(x.shape)
+    embedded = module.embed(x, 0)
+    if not isinstance(embedded, torch.Tensor) or embedded.shape != x.shape:  # else the sum below would broadcast it
+        got = f"shape {tuple(embedded.shape)}" if isinstance(embedded, torch.Tensor) else f"a {type(embedded).__name__}"
+        raise ValueError(f"embed(x, start) returned {got}; it must return x plus the positions' embeddings, of x's "
+                         f"shape {tuple(x.shape)}")
+    out = embedded + (q + k).transpose(1, 2).reshape(x.shape)
     return out if bias is None else out + bias.sum()
 
 

@@ -203,7 +203,7 @@ def test_a_test_model_without_characters_is_refused_before_any_check():
     from gptkit.components import GPTConfig
     from gptkit.conformance import check_component
 
-    with pytest.raises(UserError, match=r"config.vocab_size 0: must be a whole number >= 1"):  # not rmsnorm's fault
+    with pytest.raises(UserError, match=r"config.vocab_size 0: must be a whole number from 1 to 1,114,112"):  # not rmsnorm's fault
         check_component("norm", "rmsnorm", config=GPTConfig(vocab_size=0, n_embd=32, n_head=4, block_size=16))
 
 

@@ -154,7 +154,45 @@ def broken_components():
             cos, sin = self.cos[:1], self.sin[:1]
             return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
+    class LeaksBehindAZeroProjection(MLP):  # the next token, through a projection that starts at zero
+        def __init__(self, config, params):
+            super().__init__(config, params)
+            self.leak = torch.nn.Linear(config.n_embd, config.n_embd, bias=False)
+
+        def init_weights(self):
+            self.leak.weight.zero_()
+
+        def forward(self, x):
+            return super().forward(x) + self.leak(x.roll(-1, 1))
+
+    class ForgetsItsSavedGain(RMSNorm):  # loads nothing: its gain starts at one, as the saved one did
+        def _load_from_state_dict(self, *args):
+            pass
+
+    class KeepsStateOutOfItsStateDict(RMSNorm):  # what training sets, in a buffer no checkpoint holds
+        def __init__(self, config, params):
+            super().__init__(config, params)
+            self.register_buffer("scale", torch.ones(()), persistent=False)
+
+        def forward(self, x):
+            if self.training:
+                self.scale.fill_(2.0)
+            return super().forward(x) * self.scale
+
+    class ChangesItsInput(RMSNorm):  # scales the residual stream, to which the norm itself is blind
+        def forward(self, x):
+            return super().forward(x.mul_(2))
+
+    class ReturnsItsTable(Learned):  # the positions' embeddings alone, (T, C), which broadcasts
+        def embed(self, x, start=0):
+            return self.wpe(torch.arange(start, start + x.size(1), device=x.device))
+
     return [
+        ("positional", ReturnsItsTable, {"shape and dtype"}),
+        ("feedforward", LeaksBehindAZeroProjection, {"causal", "kv cache"}),
+        ("norm", ForgetsItsSavedGain, {"state_dict round trip"}),
+        ("norm", KeepsStateOutOfItsStateDict, {"state_dict round trip"}),
+        ("norm", ChangesItsInput, {"input unchanged"}),
         ("positional", AddsNothing, {"tells positions apart"}),
         ("positional", SameRotation, {"tells positions apart"}),
         ("norm", PoolsOverTime, {"causal", "kv cache"}),  # a cached step sees no future to pool
@@ -249,6 +287,36 @@ def test_a_positional_written_with_the_documented_signatures_conforms(temporary_
         temporary_component("positional", name, cls)
         failed = [(r.check, r.detail) for r in check_component("positional", name) if r.status == "fail"]
         assert not failed, (name, failed)
+
+
+def test_correct_positionals_of_other_rounding_or_broadcast_biases_conform(temporary_component):
+    """Angles computed on the fly from the start round otherwise at a long block than a table's (some 1e-4
+    of q at 512 positions), and a bias of (n_head, 1, t_k) serves every query, as attention adds it."""
+    import dataclasses
+
+    from gptkit.components.positional import ALiBi, RoPE
+
+    class RoPEOnTheFly(RoPE):
+        def rotate(self, q, k, start=0):
+            hs, t = q.size(-1), q.size(-2)
+            inv_freq = self.params.base ** (-torch.arange(0, hs, 2, dtype=torch.float32, device=q.device) / hs)
+            angles = start * inv_freq + torch.arange(t, dtype=torch.float32, device=q.device)[:, None] * inv_freq
+            cos = torch.cat((angles.cos(), angles.cos()), -1)
+            sin = torch.cat((-angles.sin(), angles.sin()), -1)
+            return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+
+    class KeyBias(ALiBi):  # a learned-style bias of each key alone: no query axis to spell out
+        def score_bias(self, t_q, t_k):
+            return -self.slopes[:, None, None] * torch.arange(t_k, 0, -1, device=self.slopes.device)[None, None, :]
+
+    long = dataclasses.replace(CONFIG, block_size=512, n_layer=1)
+    for name, cls, config in (("on-the-fly", RoPEOnTheFly, long), ("key-bias", KeyBias, CONFIG)):
+        temporary_component("positional", name, cls)
+        assert run_check("offsets", parse_component("positional", name), config).status == "pass", name
+    temporary_component("positional", "from-zero", type("FromZero", (RoPE,), {  # still strict: an ignored start fails
+        "rotate": lambda self, q, k, start=0: RoPE.rotate(self, q, k, 0)}))
+    ignored = run_check("offsets", parse_component("positional", "from-zero"), CONFIG)
+    assert ignored.status == "fail" and "rotate(..., start=9) of q" in ignored.detail
 
 
 def test_the_fewer_key_heads_check_fits_a_small_block():

@@ -307,6 +307,11 @@ def test_check_takes_the_test_models_sizes(cli, temporary_component):
     result = cli("check", "norm", "grouped", "--n-embd", "48", "--n-head", "5")
     assert result.exit_code == 2 and "the test model's default attention 'flash' refuses them: n_embd 48 is not " \
         "divisible by n_head 5; set others with --n-embd" in result.output, result.output
+    # with a --param too: the sizes are at fault, not the parameter
+    result = cli("check", "norm", "rmsnorm", "--param", "eps=1e-6", "--n-head", "5")
+    assert result.exit_code == 2 and result.output.startswith(
+        "error: norm 'rmsnorm' cannot be checked with the test model's sizes (n_embd=32, n_head=5, "), result.output
+    assert "--param" not in result.output and "default attention 'flash' refuses them" in result.output
 
 
 def test_a_param_the_components_check_refuses_is_blamed_not_the_test_models_sizes(cli, temporary_component):
@@ -363,6 +368,46 @@ def test_sizes_past_a_recipes_limit_are_one_error_before_anything_is_built(cli, 
     assert not built
 
 
+def test_partners_that_refuse_the_test_sizes_are_said_to_be_left_out():
+    results = {r.check: r for r in check_component("attention", "naive", dataclasses.replace(CONFIG, n_embd=36))}
+    assert results["every partner"].status == "pass"  # head size 9: rope has no pairs of channels to rotate
+    assert results["every partner"].detail == ("positional rope skipped: it refuses the test sizes (rope needs an even "
+                                               "head size, but n_embd/n_head = 36/4 = 9; pick n_head so that "
+                                               "n_embd/n_head is even)")
+
+
+def test_a_vocabulary_past_every_unicode_character_is_refused(cli):
+    result = cli("check", "feedforward", "mlp", "--vocab-size", 0x110001)
+    assert result.exit_code == 2 and result.output == ("error: --vocab-size 1114113: must be a whole number from 1 to "
+                                                       "1,114,112, the characters a text can hold\n"), result.output
+
+
+def test_a_vocabulary_of_one_character_has_no_causality_to_check():
+    results = {r.check: r for r in check_component("norm", "rmsnorm", dataclasses.replace(CONFIG, vocab_size=1))}
+    assert results["causal"].status == "n/a" and "one character" in results["causal"].detail
+    assert [r.check for r in results.values() if r.status == "fail"] == []
+
+
+@pytest.mark.parametrize("setting", ["no_grad", "inference_mode", "autocast", "float64"])
+def test_the_checks_run_under_gptkits_defaults_whatever_the_caller_set(setting):
+    import contextlib
+
+    def float64():
+        torch.set_default_dtype(torch.float64)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(torch.float32)
+
+    around = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode,
+              "autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+              "float64": contextlib.contextmanager(float64)}[setting]
+    with around():
+        results = check_component("attention", "naive") + check_component("feedforward", "mlp")
+    assert [(r.check, r.detail) for r in results if r.status == "fail"] == []
+    assert next(r for r in results if r.check == "every partner").detail == ""  # every partner tested, none skipped
+
+
 def test_running_out_of_memory_is_one_error_naming_the_sizes(cli, monkeypatch):
     from gptkit import conformance
 
@@ -374,12 +419,13 @@ def test_running_out_of_memory_is_one_error_naming_the_sizes(cli, monkeypatch):
     monkeypatch.setitem(conformance.CHECKS, "deterministic", (kinds, out_of_memory))
     result = cli("check", "attention", "naive", "--n-embd", "64", "--n-head", "1")
     assert result.exit_code == 2 and result.output == (
-        "error: the test model does not fit in memory on cpu (n_embd=64, n_head=1, block_size=16, n_layer=2); "
-        "use smaller --n-embd/--n-head/--block-size\n"), result.output
+        "error: the test model does not fit in memory on cpu (n_embd=64, n_head=1, block_size=16, vocab_size=17, "
+        "n_layer=2); use smaller --n-embd/--n-head/--block-size/--vocab-size\n"), result.output
     with pytest.raises(UserError) as e:  # from Python: the config's fields
         check_component("attention", "naive", dataclasses.replace(CONFIG, n_embd=64, n_head=1))
     assert str(e.value) == ("the test model does not fit in memory on cpu (n_embd=64, n_head=1, block_size=16, "
-                            "n_layer=2); use a config with smaller n_embd, n_head or block_size")
+                            "vocab_size=17, n_layer=2); use a config with smaller n_embd, n_head, block_size or "
+                            "vocab_size")
 
 
 @pytest.mark.parametrize("spec, device, message", [
@@ -398,9 +444,9 @@ def test_randomising_for_the_cache_check_gives_each_tensor_values_of_its_own():
     # another's would still match the full pass.
     from torch import nn
 
-    from gptkit.conformance import _randomised
+    from gptkit.diagnose import randomised
 
-    layers = _randomised(nn.ModuleList([nn.LayerNorm(8), nn.LayerNorm(8)]))
+    layers = randomised(nn.ModuleList([nn.LayerNorm(8), nn.LayerNorm(8)]))
     assert not torch.equal(layers[0].weight, layers[1].weight)
     assert not torch.equal(layers[0].weight, layers[0].bias + 1)
 

@@ -4,7 +4,7 @@ import click
 from click.core import ParameterSource
 
 from .. import plugins
-from ..conformance import CONFIG, UNSIZED, SizeError, check_component
+from ..conformance import CONFIG, UNSIZED, DefaultRefuses, SizeError, check_component
 from ..device import resolve_device
 from ..errors import UserError, did_you_mean, listing, problems
 from ..recipe import yaml
@@ -31,7 +31,7 @@ from . import imports_option, main
               help="The test model's number of characters (its vocabulary).")
 def check(kind, name, params, device, n_embd, n_head, block_size, vocab_size):
     """Run the conformance checks on one component of any kind and print a pass/fail table (exit code 1
-    if any check fails). Model components: construction, shapes and dtype, finite outputs, determinism
+    if any check fails). Model components: construction, shapes and dtype, input unchanged, finite outputs, determinism
     in eval mode, backward, state_dict round trip, causality, positional offsets, attention calling its
     positional hooks, every attention x positional pairing, agreement with the reference naive
     attention, the key/value cache.
@@ -77,7 +77,8 @@ def check(kind, name, params, device, n_embd, n_head, block_size, vocab_size):
     except SizeError as e:  # past a recipe's limit: named as the option that set it, not the config's field
         raise UserError(f"--{e.key.replace('_', '-')} {e.value}: {e.reason}") from None
     except ValueError as e:  # the component's own check refuses its parameters, or the test model's sizes
-        if params and _accepts_default_params(kind, name, config):  # named as a recipe names its --set
+        if params and not isinstance(e, DefaultRefuses) and _accepts_default_params(kind, name, config):
+            # named as a recipe names its --set
             raise UserError(f"{' and '.join(f'--param {p}' for p in params)}: {kind} '{name}': {e}") from None
         raise UserError(f"{kind} '{name}' cannot be checked with the test model's sizes ({sizes}): {e}; set "
                         "others with --n-embd, --n-head, --block-size and --vocab-size") from None
