@@ -18,10 +18,11 @@ from .components.base import GPTConfig, Params
 from .components.positional import Positional, checked_bias
 from .components.schedule import factor_rule, is_factor
 from .device import keep_random_state, resolve_device, torch_defaults
-from .diagnose import cached_logits, causal_splits, exercise, fp32_matmuls, randomised, same_logits
-from .errors import UserError, listing, on_command_line, out_of_memory, out_of_memory_as, out_of_memory_on
+from .diagnose import (CACHE_CONTRACT, cached_logits, causal_splits, changed_since, exercise, fp32_matmuls, randomised,
+                       same_logits, snapshot)
+from .errors import UserError, first_line, listing, on_command_line, out_of_memory, out_of_memory_as, out_of_memory_on
 from .model import build_model
-from .recipe.components import MODEL_KINDS, ComponentSpec, RecipeIssue, parse_component
+from .recipe.components import MODEL_KINDS, ComponentSpec, RecipeIssue, parse_component, undeclared_hint
 from .recipe.schema import CONFIG_KEYS, ModelSection
 from .registry import RegistryError, registry
 from .training.checkpoint import state_dict_mismatch, unloadable
@@ -125,6 +126,17 @@ def check_deterministic(spec, config):
         raise AssertionError(NOT_FINITE)
     if not same_logits(a, b):
         raise AssertionError(f"{NOT_DETERMINISTIC}: two passes over the same input differ by {(a - b).abs().max():.2e}")
+    # In the model too: a forward that writes to another component's tables (the positional's, which attention
+    # holds) passes alone, then makes the model's passes differ
+    model = tiny_model(config, **{spec.kind: spec}).eval()
+    state = snapshot(model)
+    with torch.no_grad():
+        model(tokens(config))
+    written = changed_since(model, state)
+    if written:
+        raise AssertionError(f"{NOT_DETERMINISTIC}: an evaluation-mode pass of the test model changed "
+                             f"{', '.join(written[:3])}; a forward must not write to parameters or buffers, its own "
+                             "or another component's (state a training step changes may change in training mode)")
 
 
 def check_backward(spec, config):
@@ -171,7 +183,11 @@ def _assert_causal(model, config):
     for mode in ("eval", "train"):
         getattr(model, mode)()
         with torch.no_grad():
-            before = model(x)[0]
+            before, again = model(x)[0], model(x)[0]
+        if not same_logits(again, before):  # state a pass changes (a counter, a buffer written to): no leak to tell
+            raise AssertionError(f"two passes over the same tokens in {mode} mode differ by "
+                                 f"{(again - before).abs().max():.2e}: a forward pass changes state its next one "
+                                 "reads (a counter, a buffer or parameter written to), so causality cannot be told")
         for t in causal_splits(T):
             changed = x.clone()
             changed[:, t:] = (changed[:, t:] + 1) % config.vocab_size  # another token for any vocabulary of 2 or more
@@ -208,7 +224,8 @@ def _assert_cache_matches(model, config):
     with torch.no_grad():
         cached = cached_logits(model, x, cuts)
     if not same_logits(cached, full):
-        raise AssertionError(f"cached logits differ from a full forward pass by {(cached - full).abs().max():.2e}")
+        raise AssertionError(f"cached logits differ from a full forward pass by {(cached - full).abs().max():.2e}. "
+                             f"{CACHE_CONTRACT}")
 
 
 def check_causal(spec, config):
@@ -264,8 +281,10 @@ def _partners(kind: str, config: GPTConfig, skipped: list[str]):
     own PARTNER_SCREEN checks: a plugin broken on its own is its own failure, not every other
     component's (its name and first failure go to `skipped`)."""
     for name in registry(kind).names():
-        if registry(kind).entry(name).error:
-            continue  # a broken plugin is reported on its own, not against another component
+        broken = registry(kind).entry(name).error
+        if broken:  # reported on its own, not against another component
+            skipped.append(f"{kind} {name} skipped: unusable ({first_line(str(broken))})")
+            continue
         try:
             partner = parse_component(kind, name)
             registry(kind).check(name, config, partner.params)
@@ -636,7 +655,7 @@ def run_check(check: str, spec: ComponentSpec, config: GPTConfig = CONFIG) -> Re
     except Exception as e:  # a check reports any failure of the component, whatever it raised
         if out_of_memory(e):
             raise
-        return Result(check, "fail", f"{type(e).__name__}: {e}{spec.line_of(e)}")  # where the component raised
+        return Result(check, "fail", f"{type(e).__name__}: {e}{spec.line_of(e)}{undeclared_hint(e)}")  # where it raised
     return Result(check, "pass", note or "")
 
 

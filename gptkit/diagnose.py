@@ -177,12 +177,20 @@ def _noise_warning(gpt: GPT, model, specs: dict, idx: torch.Tensor) -> str | Non
     """When two forward passes over `idx` disagree, no cache can match one: the warning naming the
     component whose output differed first (its input was the same both times), instead of blaming the
     cache's contract. None if they agree. Two more passes, made only once the cache check has failed."""
+    state = snapshot(gpt)
     first, second = (_outputs(gpt, specs, idx) for _ in range(2))
     (_, a), (_, b) = first[-1], second[-1]  # the logits
     if same_logits(a, b):
         return None
+    written = changed_since(gpt, state)
     module = next((m for (m, x), (_, y) in zip(first, second) if not same_logits(x, y)), None)
-    who = _noisy(specs[module], model) if module is not None else "the model is not deterministic"
+    if written:  # the component whose output moved first may only read what another wrote
+        plugins = plugin_components(model)
+        who = (f"a forward pass changes {', '.join(written[:3])}{' and more' if len(written) > 3 else ''}, which no "
+               "forward may write to in evaluation mode" + (f" (one of the model's plugin components does: "
+                                                            f"{with_checks(plugins, model)})" if plugins else ""))
+    else:
+        who = _noisy(specs[module], model) if module is not None else "the model is not deterministic"
     return (f"two forward passes over the same {idx.size(1)} tokens in evaluation mode give logits that differ by up "
             f"to {(a - b).abs().max().item():.2g}: {who}. "
             "No key/value cache can match a full pass then: samples recompute the context instead")
@@ -201,6 +209,21 @@ def _outputs(gpt: GPT, specs: dict, idx: torch.Tensor, where: str | None = None,
                   lambda m, x, out: seen.append((m, out.clone()))), blaming(specs, where or f"for {idx.size(1)} tokens"):
         seen.append((None, gpt(idx)[0]))
     return seen
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of `module`'s parameters and buffers, by name, for `changed_since`."""
+    return {name: t.detach().clone() for name, t in _state(module)}
+
+
+def changed_since(module: nn.Module, before: dict[str, torch.Tensor]) -> list[str]:
+    """The names of `module`'s parameters and buffers that differ from their `snapshot` (NaN equal to NaN)."""
+    return [name for name, t in _state(module)
+            if name in before and not torch.equal(t.nan_to_num(), before[name].nan_to_num())]
+
+
+def _state(module: nn.Module):
+    return itertools.chain(module.named_parameters(), module.named_buffers())
 
 
 def _noisy(spec, model) -> str:

@@ -1679,6 +1679,10 @@ def test_compare_tells_runs_on_other_texts_or_plugins_apart(cli, tmp_path, write
     (b / "summary.json").write_text(json.dumps({**summary, "plugins": {"model.norm": "unitnorm from acme-norms 1.2"}}))
     plugins = md_rows(cli("compare", a, b).output.split("Final figures:")[0])["plugins"]
     assert plugins[1:] == ["none (built-in components only)", "model.norm: unitnorm from acme-norms 1.2"]
+    # what a resumed run's earlier sessions trained with, too (an ablation would not pool it)
+    (b / "summary.json").write_text(json.dumps({**summary, "precision_history": ["bf16 autocast"]}))
+    rows = md_rows(cli("compare", a, b).output.split("Final figures:")[0])
+    assert rows["precision"][1:] == ["fp32", "fp32 (earlier sessions: bf16 autocast)"], rows
 
 
 def interrupted_ablation(cli, monkeypatch, args, step=3):
@@ -1855,6 +1859,20 @@ def test_an_arm_whose_loss_rose_far_above_its_best_says_so_beside_its_verdict(wr
     stats = {s.arm.label: s for s in report.arm_stats(rows_of(p, {"lr=0.001": [2.0, 2.1, 2.2], "lr=30.0": collapsed}))}
     assert stats["lr=30.0"].verdict.endswith("52x its best; final val loss above a uniform guess's (ln 65 = 4.17): it "
                                            "learned nothing")
+
+
+def test_an_arm_that_changed_nothing_says_so(write_recipe):
+    """A parameter that does not bind at these settings (a window as long as the block): the same bits."""
+    p = plan(Ablation(recipe=write_recipe(), vary={"model.norm": ["rmsnorm", "layernorm"]}))
+
+    def verdict(base, arm):
+        return {s.arm.label: s for s in report.arm_stats(rows_of(p, {"norm=rmsnorm": base,
+                                                                     "norm=layernorm": arm}))}["norm=layernorm"].verdict
+
+    assert verdict([2.0, 2.1], [2.0, 2.1]) == ("within noise; the baseline's final val loss on every seed, to the last "
+                                               "bit: the change did nothing here (a window as long as the block, say)")
+    assert verdict([2.0], [2.0]).startswith("n/a (needs 2 seeds); the baseline's final val loss on its seed, to the ")
+    assert verdict([2.0, 2.1], [2.0, 2.1000001]) == "within noise"  # rounding apart: something changed
 
 
 def test_seeds_that_all_went_one_way_are_said_only_from_three(write_recipe):

@@ -939,6 +939,29 @@ def test_a_component_that_is_not_deterministic_is_named_not_the_cache(temporary_
     assert not model.supports_kv_cache
 
 
+def test_a_component_writing_to_anothers_table_is_blamed_not_the_table(temporary_component):
+    """An attention that scales its positional's table as it goes: the positional's embed differs first, but
+    what changed is named, and the plugin components that may have written it, not the built-in."""
+    from gptkit.components.attention import FlashAttention
+    from gptkit.diagnose import check_forward
+    from gptkit.model import build_model
+    from gptkit.recipe.schema import ModelSection
+
+    class Scales(FlashAttention):
+        def attend(self, q, k, v, bias):
+            for t in self.pos.buffers():
+                t.mul_(1.01)
+            return super().attend(q, k, v, bias)
+
+    temporary_component("attention", "scales", Scales)
+    section = ModelSection(n_embd=32, n_head=4, n_layer=2, block_size=8, attention="scales", positional="sinusoidal")
+    warning = check_forward(build_model(section, 11), section)
+    assert ("a forward pass changes transformer.pos.pe, which no forward may write to in evaluation mode (one of the "
+            "model's plugin components does: attention 'scales' (`gptkit.conformance.check_component('attention', "
+            "'scales', dataclasses.replace(gptkit.conformance.CONFIG, block_size=8))`))") in warning, warning
+    assert "positional 'sinusoidal'" not in warning
+
+
 def test_logits_as_large_or_as_rounded_as_a_trained_models_are_the_same_through_the_cache():
     from gptkit.diagnose import same_logits
 

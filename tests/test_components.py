@@ -187,7 +187,25 @@ def broken_components():
         def embed(self, x, start=0):
             return self.wpe(torch.arange(start, start + x.size(1), device=x.device))
 
+    class ScalesItsPositionalsTable(FlashAttention):  # shared state: passes alone, beside a `none` positional
+        def attend(self, q, k, v, bias):
+            for t in self.pos.buffers():
+                t.mul_(1.01)
+            return super().attend(q, k, v, bias)
+
+    class CountsItsTrainingPasses(FlashAttention):  # a counter that scales q in training mode only
+        def __init__(self, config, params, pos):
+            super().__init__(config, params, pos)
+            self.register_buffer("n", torch.zeros(()))
+
+        def attend(self, q, k, v, bias):
+            if self.training:
+                self.n += 1
+            return super().attend(q * (1 + self.n), k, v, bias)
+
     return [
+        ("attention", ScalesItsPositionalsTable, {"deterministic"}),
+        ("attention", CountsItsTrainingPasses, {"causal", "every partner", "matches naive"}),
         ("positional", ReturnsItsTable, {"shape and dtype"}),
         ("feedforward", LeaksBehindAZeroProjection, {"causal", "kv cache"}),
         ("norm", ForgetsItsSavedGain, {"state_dict round trip"}),
@@ -287,6 +305,57 @@ def test_a_positional_written_with_the_documented_signatures_conforms(temporary_
         temporary_component("positional", name, cls)
         failed = [(r.check, r.detail) for r in check_component("positional", name) if r.status == "fail"]
         assert not failed, (name, failed)
+
+
+def test_a_component_that_changes_state_between_passes_is_not_called_acausal(temporary_component):
+    counts = dict(broken_components_by_name())["CountsItsTrainingPasses"]
+    temporary_component("attention", "counts", counts)
+    results = {r.check: r for r in check_component("attention", "counts")}
+    assert results["causal"].detail.startswith("AssertionError: two passes over the same tokens in train mode differ "
+                                               "by "), results["causal"]
+    assert "a forward pass changes state its next one reads" in results["causal"].detail
+    scales = dict(broken_components_by_name())["ScalesItsPositionalsTable"]
+    temporary_component("attention", "scales", scales)
+    results = {r.check: r for r in check_component("attention", "scales")}
+    assert results["deterministic"].detail == (
+        "AssertionError: not deterministic in eval mode: an evaluation-mode pass of the test model changed "
+        "transformer.pos.pe; a forward must not write to parameters or buffers, its own or another component's "
+        "(state a training step changes may change in training mode)")
+    assert all(results[c].detail == "skipped: not deterministic in eval mode" for c in ("causal", "kv cache"))
+
+
+def test_a_component_setting_its_own_params_is_told_to_keep_state_on_itself(temporary_component):
+    from gptkit.components.attention import FlashAttention
+
+    class Toggles(FlashAttention):
+        def attend(self, q, k, v, bias):
+            self.params.bias = not self.params.bias
+            return super().attend(q, k, v, bias)
+
+    temporary_component("attention", "toggles", Toggles)
+    results = {r.check: r for r in check_component("attention", "toggles")}
+    assert results["shape and dtype"].detail.startswith(
+        "TypeError: cannot set self.params.bias = True in Toggles: a component's parameters are fixed once validated "
+        "(the run's recipe.yaml holds them); keep what changes as the module's own state (self.bias_now = ..., a "
+        "buffer if a checkpoint must hold it)"), results["shape and dtype"].detail
+
+
+def test_a_component_reading_an_undeclared_parameter_is_told_how_to_declare_it(temporary_component):
+    from gptkit.components.attention import FlashAttention
+
+    class Windowed(FlashAttention):
+        def attend(self, q, k, v, bias):
+            return super().attend(q, k, v, bias) if self.params.window else None
+
+    temporary_component("attention", "windowed", Windowed)
+    detail = next(r.detail for r in check_component("attention", "windowed") if r.status == "fail")
+    assert detail.startswith("AttributeError: 'AttentionParams' object has no attribute 'window'") and detail.endswith(
+        "; a component reads only the parameters its Params declare: subclass AttentionParams with a field `window` "
+        "(and a default), and set `Params = ` that class on the component"), detail
+
+
+def broken_components_by_name():
+    return [(cls.__name__, cls) for _, cls, _ in broken_components()]
 
 
 def test_correct_positionals_of_other_rounding_or_broadcast_biases_conform(temporary_component):

@@ -265,6 +265,7 @@ def test_a_cache_bug_hidden_by_the_initial_weights_fails_the_kv_cache_check(temp
     results = {r.check: r for r in check_component("attention", "logscaled")}
     assert results["kv cache"].status == "fail", results["kv cache"]
     assert results["kv cache"].detail.startswith("AssertionError: cached logits differ from a full forward pass by ")
+    assert "the queries being the last t_q positions" in results["kv cache"].detail  # what a cached pass hands it
 
 
 def test_a_norm_that_computes_otherwise_on_one_position_fails_the_kv_cache_check(temporary_component):
@@ -374,6 +375,17 @@ def test_partners_that_refuse_the_test_sizes_are_said_to_be_left_out():
     assert results["every partner"].detail == ("positional rope skipped: it refuses the test sizes (rope needs an even "
                                                "head size, but n_embd/n_head = 36/4 = 9; pick n_head so that "
                                                "n_embd/n_head is even)")
+
+
+def test_an_unusable_partner_is_said_to_be_left_out(monkeypatch):
+    from gptkit.registry import Entry, registry
+
+    broken = Entry("positional", "gone", None, "a-package 1.0", error="positional 'gone' from a-package 1.0 is broken: "
+                                                                        "its module was not found\nsecond line")
+    monkeypatch.setitem(registry("positional")._entries, "gone", broken)
+    results = {r.check: r for r in check_component("attention", "naive")}
+    assert results["every partner"].status == "pass" and results["every partner"].detail == (
+        "positional gone skipped: unusable (positional 'gone' from a-package 1.0 is broken: its module was not found)")
 
 
 def test_a_vocabulary_past_every_unicode_character_is_refused(cli):

@@ -1,5 +1,6 @@
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -11,8 +12,8 @@ from ..errors import UserError
 from ..io import cannot_make_folder, home_path, quote
 from ..plugins import software_text
 from ..recipe import flatten
-from ..training.folder import (ablation_seeds, diverged, is_ablation_folder, run_recipe, summary_of, trained_text,
-                              val_curve)
+from ..training.folder import (ablation_seeds, diverged, earlier_sessions, is_ablation_folder, run_recipe, summary_of,
+                              trained_text, val_curve)
 from ..training.progress import fmt_duration
 from ..training.resume import with_live_status
 from . import main, non_empty_path
@@ -177,22 +178,38 @@ def text_row(run_dir: Path) -> str:
 
 def plugins_row(run_dir: Path) -> str:
     """The plugin components the run trained with, and their versions, from summary.json's record."""
-    plugins = summary_of(run_dir).get("plugins")
-    if not isinstance(plugins, dict):
+    summary = summary_of(run_dir)
+    if not isinstance(summary.get("plugins"), dict):
         return unrecorded(run_dir, "summary.json has no plugins record")
+    return with_earlier(summary, "plugins", plugins_text)
+
+
+def plugins_text(plugins: dict) -> str:
     return "; ".join(f"{k}: {v}" for k, v in sorted(plugins.items())) or "none (built-in components only)"
 
 
 def software_row(run_dir: Path) -> str:
     """gptkit's code and torch, as an ablation compares them before pooling seeds (summary.json's record)."""
-    return software_text(summary_of(run_dir).get("software")) or unrecorded(run_dir, "from an older gptkit, which "
-                                                                                     "recorded none")
+    summary = summary_of(run_dir)
+    if not software_text(summary.get("software")):
+        return unrecorded(run_dir, "from an older gptkit, which recorded none")
+    return with_earlier(summary, "software", software_text)
 
 
 def precision_row(run_dir: Path) -> str:
     """What train.precision resolved to (`auto` is bf16 on one machine, fp32 on another)."""
-    precision = summary_of(run_dir).get("precision")
-    return str(precision) if precision else unrecorded(run_dir, "from an older gptkit")
+    summary = summary_of(run_dir)
+    if not summary.get("precision"):
+        return unrecorded(run_dir, "from an older gptkit")
+    return with_earlier(summary, "precision", str, kind=str)
+
+
+def with_earlier(summary: dict, key: str, text: Callable, kind: type = dict) -> str:
+    """summary.json's record of `key` as `text` writes it, and the records of the run's earlier sessions that
+    differ from it (a run resumed with other code, or on a device of other arithmetic), as an ablation
+    checks them all before pooling seeds."""
+    earlier = [text(r) for r in earlier_sessions(summary, key, kind)]
+    return text(summary[key]) + (f" (earlier sessions: {'; '.join(earlier)})" if earlier else "")
 
 
 def unrecorded(run_dir: Path, why: str) -> Unknown:

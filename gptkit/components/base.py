@@ -1,5 +1,6 @@
 """What every component shares: its typed parameters and the model sizes it is built with."""
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -15,6 +16,12 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     def __setattr__(self, name: str, value) -> None:  # pydantic's own says only "Instance is frozen"
+        caller = sys._getframe(1).f_locals.get("self")
+        if isinstance(caller, nn.Module):  # a component's own code (its forward, say), not a notebook's
+            raise TypeError(f"cannot set self.params.{name} = {value!r} in {type(caller).__name__}: a component's "
+                            "parameters are fixed once validated (the run's recipe.yaml holds them); keep what "
+                            f"changes as the module's own state (self.{name}_now = ..., a buffer if a checkpoint "
+                            "must hold it)")
         owner = self._owner()
         key, given, set_ = (owner[0], {"name": owner[1], **self.model_dump(mode="json"), name: value}, f"{name}={value}") \
             if owner else ("model.positional", {"name": "rope", "base": 500.0}, "base=500")  # (not one component's)

@@ -40,7 +40,7 @@ class RecipeIssue(ValueError):
     __reduce__ = rebuilt
 
 
-def _undeclared(e: BaseException) -> str:
+def undeclared_hint(e: BaseException) -> str:
     """A hint for a component that read a parameter its Params do not declare (`self.params.window`)."""
     params = getattr(e, "obj", None) if isinstance(e, AttributeError) else None
     if not isinstance(params, Params):
@@ -107,7 +107,7 @@ class ComponentSpec:
         """The error "attention 'mine' from my_components.py is broken: WHAT", and after WHAT the type and
         first line of `e`, the line of the component's own file it was raised from, if any, and `hint`."""
         if e is not None:
-            what = f"{what} {one_line(e)}{self.line_of(e)}{hint}{_undeclared(e)}"
+            what = f"{what} {one_line(e)}{self.line_of(e)}{hint}{undeclared_hint(e)}"
         return registry(self.kind).broken(self.name, what, ComponentError)
 
     def line_of(self, e: BaseException) -> str:
