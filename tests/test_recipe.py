@@ -334,8 +334,27 @@ def test_a_parameter_the_component_set_after_it_lacks_is_named_by_its_own_overri
     sets = ["model.positional.base=500", "model.positional=alibi"][::order]
     with pytest.raises(RecipeError) as e:
         load_recipe(write_recipe(), sets)
-    assert str(e.value).splitlines()[-1] == ("--set model.positional.base=500: model.positional.base: unknown key. "
-                                             "Valid keys here: name")
+    assert str(e.value).splitlines()[-1].startswith("--set model.positional.base=500: model.positional.base: unknown "
+                                                    "key. Valid keys here: name; positional ")
+
+
+def test_a_parameter_of_another_component_names_the_components_that_take_it(write_recipe, scratch_registries,
+                                                                             temporary_component):
+    from gptkit.components.positional import Learned, WavelengthParams
+
+    temporary_component("positional", "learned-waves", type("LearnedWaves", (Learned,), {"Params": WavelengthParams}))
+    with pytest.raises(RecipeError) as e:  # set without switching from the recipe's alibi
+        load_recipe(write_recipe(model={"positional": "alibi"}), ["model.positional.base=500"])
+    assert str(e.value).endswith("model.positional.base: unknown key. Valid keys here: name; positional 'learned-waves', "
+                                 "'rope', 'sinusoidal' take base: pick one with its parameters, e.g. {name: "
+                                 "learned-waves, base: ...}"), str(e.value)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write_recipe(model={"positional": "rope"}), ["model.positional.amplitude=0.1"])
+    assert str(e.value).endswith("positional 'sinusoidal' takes amplitude: pick it with its parameters, e.g. {name: "
+                                 "sinusoidal, amplitude: ...}"), str(e.value)
+    with pytest.raises(RecipeError) as e:  # a key no component takes: the valid keys alone
+        load_recipe(write_recipe(model={"positional": "rope"}), ["model.positional.nothing=1"])
+    assert str(e.value).endswith("unknown key. Valid keys here: base, name"), str(e.value)
 
 
 def test_an_empty_section_is_named_as_such(tmp_path):

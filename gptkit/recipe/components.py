@@ -195,7 +195,29 @@ def parse_component(kind: str, value: Any) -> ComponentSpec:
     except ValidationError as e:
         from .errors import describe_errors  # deferred: errors.py formats with the schema
 
-        raise RecipeIssue(describe_errors(e, cls.Params, {"name"})) from None
+        raise RecipeIssue([(loc, msg + _taken_elsewhere(kind, name, loc)) for loc, msg in
+                           describe_errors(e, cls.Params, {"name"})]) from None
+
+
+def _taken_elsewhere(kind: str, name: str, loc: tuple) -> str:
+    """For a parameter `name` has not: which other components of `kind` take it (a --set of it without
+    switching the component, say), and how to pick one with it; '' for any other error."""
+    if len(loc) != 1 or not isinstance(loc[0], str):
+        return ""
+    key, reg, takers = loc[0], registry(kind), []
+    for other in reg.names():
+        if other == name or reg.entry(other).error:
+            continue
+        try:
+            params = reg.get(other).Params.model_fields
+        except Exception:  # a plugin that cannot be loaded: its own error, said where it is asked for
+            continue
+        if key in {f.alias or k for k, f in params.items()}:
+            takers.append(other)
+    if not takers:
+        return ""
+    return (f"; {kind} {', '.join(map(repr, sorted(takers)))} {'takes' if len(takers) == 1 else 'take'} {key}: pick "
+            f"{'it' if len(takers) == 1 else 'one'} with its parameters, e.g. {{name: {takers[0]}, {key}: ...}}")
 
 
 def _registered_name(kind: str, cls: type) -> str:
