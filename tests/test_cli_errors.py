@@ -682,6 +682,13 @@ def test_a_usage_error_beside_a_stray_world_size_and_local_rank_is_said(cli, mon
     assert result.exit_code == 2 and "No such command 'bogus'" in result.output, result.output
 
 
+@pytest.mark.parametrize("word, meant", [("components", "list"), ("train", "run"), ("generate", "sample")])
+def test_another_tools_word_for_a_command_suggests_gptkits(cli, word, meant):
+    result = cli(word, "x")
+    assert result.exit_code == 2 and result.output.endswith(
+        f"Error: No such command '{word}'. Did you mean '{meant}'?\n"), result.output
+
+
 def under_torchrun(monkeypatch) -> None:
     """The environment torchrun gives each of 2 processes (LOCAL_RANK: the test's)."""
     for k, v in dict(WORLD_SIZE="2", RANK="0", MASTER_ADDR="localhost", MASTER_PORT="29500").items():

@@ -19,6 +19,9 @@ from ..io import home_path, quote
 from ..ranks import first_on_machine, rank, stray_world_size, under_torchrun, unset_by_torchrun
 
 
+# Words other tools use for a command, which click's lookalike suggestions do not reach
+SYNONYMS = {"components": "list", "ls": "list", "info": "show", "describe": "show", "train": "run", "generate": "sample",
+            "ablation": "ablate", "benchmark": "bench", "diff": "compare", "conformance": "check"}
 LOG_ONLY = ("run", "ablate")  # commands whose stdout is a log: their product is a folder
 
 
@@ -41,6 +44,9 @@ class Group(click.Group):
             raise said_once(e) from None
 
     def resolve_command(self, ctx, args):
+        meant = SYNONYMS.get(args[0]) if args else None
+        if meant and self.get_command(ctx, args[0]) is None:  # click suggests only lookalikes
+            ctx.fail(f"No such command '{args[0]}'. Did you mean '{meant}'?")
         name, command, rest = super().resolve_command(ctx, args)
         if under_torchrun() and name != "run" and not any(a in ("-h", "--help") for a in rest):
             stray = stray_world_size(f"gptkit {name} runs in one process; unset WORLD_SIZE")
