@@ -195,13 +195,13 @@ def parse_component(kind: str, value: Any) -> ComponentSpec:
     except ValidationError as e:
         from .errors import describe_errors  # deferred: errors.py formats with the schema
 
-        raise RecipeIssue([(loc, msg + _taken_elsewhere(kind, name, loc)) for loc, msg in
-                           describe_errors(e, cls.Params, {"name"})]) from None
+        raise RecipeIssue([(loc, msg + _taken_elsewhere(kind, name, loc) if str(msg).startswith("unknown key") else msg)
+                           for loc, msg in describe_errors(e, cls.Params, {"name"})]) from None
 
 
 def _taken_elsewhere(kind: str, name: str, loc: tuple) -> str:
-    """For a parameter `name` has not: which other components of `kind` take it (a --set of it without
-    switching the component, say), and how to pick one with it; '' for any other error."""
+    """For a parameter `name` has not (an unknown key at `loc`): which other components of `kind` take it (a
+    --set of it without switching the component, say), and how to pick one with it."""
     if len(loc) != 1 or not isinstance(loc[0], str):
         return ""
     key, reg, takers = loc[0], registry(kind), []
