@@ -427,9 +427,9 @@ def notes(report: dict) -> list[str]:
     for v in measured:
         if v.get("diverged_at") is not None:  # (a report of before it was kept has none)
             whose = f"variant {v['label']}'s" if len(report["variants"]) > 1 else "the"
-            said.append(f"note: {whose} loss was not finite from step {v['diverged_at']:,} on: it diverged (a benchmark trains at train.lr from its "
-                        "first step, without the schedule's warm-up), and its figures time steps of NaN or inf, "
-                        "which a run stops at; lower train.lr with --set")
+            said.append(f"note: {whose} loss was not finite from step {v['diverged_at']:,} on: it diverged (a "
+                        "benchmark trains at train.lr from its first step, without the schedule's warm-up), and its "
+                        "figures time steps of NaN or inf, which a run stops at; lower train.lr with --set")
     return said
 
 
