@@ -99,6 +99,8 @@ CASES = [
      ["--set train={lr: 0.1}: replaces the whole train section", "e.g. --set train.lr=0.1"]),
     ("set-whole-section-spaced", lambda c: recipe_text(c), ["--set", "train ={lr: 0.1}"],
      ["--set train ={lr: 0.1}: replaces the whole train section", "e.g. --set train.lr=0.1"]),
+    ("set-whole-section-empty", lambda c: recipe_text(c), ["--set", "model={}"],  # every key back to its default
+     ["--set model={}: replaces the whole model section", "e.g. --set model.n_embd=VALUE"]),
     ("set-yes", lambda c: recipe_text(c), ["--set", "train.lr=yes"], ["train.lr: Input should be a valid number"]),
     ("set-section-to-a-value", lambda c: recipe_text(c), ["--set", "model=x"],
      ["--set model=x: model is a section of keys (n_embd, n_head, n_layer, block_size, dropout, tie_embeddings, "

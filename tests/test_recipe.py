@@ -36,9 +36,17 @@ def _named_as_the_command_line_gives_them():
     ("lr: 012", 12),
     ("lr: 2024-01-01", "2024-01-01"),
     ("lr: ~", None),
+    ("lr: =", "="),  # YAML 1.1's value key
+    ("lr: <<", "<<"),  # a merge key only where a key is
 ])
 def test_scalars_follow_yaml_1_2(text, expected):
     assert load(text, "r.yaml")[0]["lr"] == expected
+
+
+def test_a_merge_after_a_mappings_own_keys_keeps_their_lines():
+    data, lines = load("train:\n  lr: 0.1\n  batch_size: -1\n  <<: {batch_size: 4, epochs: 2}\n", "r.yaml")
+    assert data == {"train": {"lr": 0.1, "batch_size": -1, "epochs": 2}}  # its own keys win
+    assert lines[("train", "batch_size")] == 3 and lines[("train", "lr")] == 2 and lines[("train", "epochs")] == 4
 
 
 @pytest.mark.parametrize("text,message", [
@@ -553,6 +561,7 @@ def test_an_unquoted_comment_in_a_set_value_is_refused_not_cut_short(write_recip
     assert recipe.sample.prompt == "fox #2" and recipe.data.path.name == "a#b.txt"
     with pytest.raises(YAMLError, match="so the value would be \"it's\""):  # an apostrophe opens no string
         load_recipe(write_recipe(), ["sample.prompt=it's #1"])
+    assert load_recipe(write_recipe(), ["sample.prompt='it''s #1'"]).sample.prompt == "it's #1"  # '' is a quote within
     with pytest.raises(YAMLError, match="so the value would be '- a'; leave the comment out"):
         load_recipe(write_recipe(), ["imports=- a #1.py"])  # a block list, whose node ends past the comment
 

@@ -325,9 +325,11 @@ def apply_override(data: dict, text: str, label: str | None = None) -> tuple[tup
             f", e.g. {overrides_example(fix)}"
         raise RecipeError(f"{label}: {parts[0]} is a section of keys ({', '.join(keys)}), not one value; set one of "
                           f"them{example}")
-    if len(parts) == 1 and isinstance(data.get(parts[0]), dict) and isinstance(value, dict) and value:
-        section, first = parts[0], next(iter(value))  # a whole section would silently drop its other keys
-        example = overrides_example(f"{section}.{first}={json.dumps(value[first])}")
+    if len(parts) == 1 and isinstance(data.get(parts[0]), dict) and isinstance(value, dict):
+        # A whole section would silently drop its other keys ({} too: every key back to its default)
+        section = parts[0]
+        first = next(iter(value), None) or next(iter(getattr(schema, "model_fields", None) or ["KEY"]))
+        example = overrides_example(f"{section}.{first}={json.dumps(value[first]) if first in value else 'VALUE'}")
         if not label.startswith(("--", "overrides ")):  # an ablation file's set: or vary:, which write keys so
             example = f"{section}.{first} as the key"
         raise RecipeError(f"{label}: replaces the whole {section} section, dropping the recipe's other {section} "

@@ -21,6 +21,7 @@ _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MERGE = "tag:yaml.org,2002:merge"
+_VALUE = "tag:yaml.org,2002:value"  # YAML 1.1's `=`: a plain string in 1.2
 _PLAIN_TAGS = {_BOOL, _INT, _FLOAT} | {f"tag:yaml.org,2002:{t}" for t in ("str", "null", "map", "seq")}
 
 
@@ -29,7 +30,7 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT, _TIMESTAMP)]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT, _TIMESTAMP, _VALUE)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
@@ -124,13 +125,13 @@ def _refuse_comment(text: str, data, origin: str, quoted: Quoted) -> None:
 def _comment_at(text: str) -> int | None:
     """Where a comment starts in one line of YAML: a '#' first or after white space, outside quotes (a
     quote opens a string only where a value starts: "it's" holds none)."""
-    quote = None
+    quote, escaped = None, False
     for i, c in enumerate(text):
-        if quote:
-            if c == "\\" and quote == '"':
-                quote = "\\"  # the next character is escaped
-            elif quote == "\\":
-                quote = '"'
+        if escaped:  # the second quote of '' inside single quotes, or the character after \ inside double ones
+            escaped = False
+        elif quote:
+            if c == "\\" and quote == '"' or c == quote == "'" and text[i + 1 : i + 2] == "'":
+                escaped = True
             elif c == quote:
                 quote = None
         elif c in "'\"" and (i == 0 or text[i - 1] in " \t[{,:-"):
@@ -187,6 +188,8 @@ class _Builder:
             raise YAMLError(f"{self.origin}: more than {MAX_VALUES:,} values (aliases expanding?); a recipe is smaller")
         if id(node) in self.open:
             raise YAMLError(f"{self._at(line)}: an alias refers to a value that contains it")
+        if node.tag == _MERGE and isinstance(node, yaml.ScalarNode):  # `<<` as a value, not a merge key: a string
+            return node.value
         if node.tag not in _PLAIN_TAGS:
             raise YAMLError(
                 f"{self._at(line)}: YAML tag '{node.tag.replace('tag:yaml.org,2002:', '!!')}' is not allowed; "
@@ -202,19 +205,21 @@ class _Builder:
                 raise YAMLError(f"{self._at(line)}: {clipped_repr(node.value)} is not a valid {tag}") from None
         self.open.add(id(node))
         try:
-            return self._mapping(node, path) if isinstance(node, yaml.MappingNode) else \
-                [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+            return self._mapping(node, path, lines) if isinstance(node, yaml.MappingNode) else \
+                [self.build(item, path + (i,), lines) for i, item in enumerate(node.value)]
         finally:
             self.open.discard(id(node))
 
-    def _mapping(self, node, path: Path) -> dict:
+    def _mapping(self, node, path: Path, lines: dict | None = None) -> dict:
+        """With `lines` (a mapping merged in, built again where it is merged), the lines of its keys go there:
+        they must not take the place of the lines of the keys of the mapping it is merged into."""
         merged, own, own_lines = {}, {}, {}
         for key_node, value_node in node.value:
             line = key_node.start_mark.line + 1
             if key_node.tag == _MERGE:  # `<<: *defaults`: built here, so every merged value is counted
                 for k, v in self._merged(value_node, path, line).items():
                     merged.setdefault(k, v)
-                    self.lines.setdefault(path + (k,), line)
+                    (self.lines if lines is None else lines).setdefault(path + (k,), line)
                 continue
             key = self.build(key_node, path, {})
             if not isinstance(key, (str, int)):
@@ -228,9 +233,11 @@ class _Builder:
                     raise YAMLError(error)
                 self.duplicates.append((line, error, path + (key,)))
                 continue
-            own_lines[key] = self.lines[path + (key,)] = line
-            self.spans.pop(path + (key,), None)  # a value merged in before is overridden by this one
-            own[key] = self.build(value_node, path + (key,))
+            own_lines[key] = line
+            if lines is None:
+                self.lines[path + (key,)] = line
+                self.spans.pop(path + (key,), None)  # a value merged in before is overridden by this one
+            own[key] = self.build(value_node, path + (key,), lines)
         return {**merged, **own}  # a mapping's own keys override merged ones
 
     def _merged(self, node, path: Path, line: int) -> dict:
