@@ -111,19 +111,20 @@ def forget() -> None:
 
 def _scan() -> dict[str, dict[str, list[Plugin]]]:
     found: dict[str, dict[str, list[Plugin]]] = {}
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[str] = set()
     for dist in metadata.distributions():
-        dist_name = dist.metadata["Name"] or "?"
+        dist_name = dist.metadata["Name"] or Path(str(getattr(dist, "_path", "?"))).name  # (metadata without a name)
         key = _normalize(dist_name)
+        # A distribution found again further down sys.path (an editable install's egg-info beside its
+        # dist-info, a stale copy in the user site) is not another claim: only the first is the one
+        # imported, and its entry points alone count, as importlib.metadata.entry_points() has it.
+        if key in seen:
+            continue
+        seen.add(key)
         for ep in dist.entry_points:
             if not ep.group.startswith(GROUP_PREFIX):
                 continue
             kind = ep.group.removeprefix(GROUP_PREFIX)
-            # The same distribution found twice on sys.path (an editable install's egg-info beside its
-            # dist-info, say) is one claim, not a clash: keep the first, which is the one imported.
-            if (kind, ep.name, key) in seen:
-                continue
-            seen.add((kind, ep.name, key))
             plugin = Plugin(kind, ep.name, ep.value, dist_name, dist.version, ep)
             found.setdefault(kind, {}).setdefault(ep.name, []).append(plugin)
     return found

@@ -210,6 +210,18 @@ def test_the_same_distribution_seen_twice_is_not_a_clash(install):
     assert registry("norm").find("unitnorm").source in ("acme-norms 1.0", "acme_norms 1.0")
 
 
+def test_a_stale_copy_of_a_distribution_further_down_sys_path_adds_nothing(install, tmp_path):
+    # A stale egg-info or user-site copy: its entry points are not the imported distribution's
+    install("acme-norms", "2.0", {"gptkit.norm": {"unitnorm": "acme_new:UnitNorm"}}, {"acme_new": NORM}, site="new")
+    install("acme-norms", "1.0", {"gptkit.norm": {"unitnorm": "acme_old:UnitNorm", "oldnorm": "acme_old:UnitNorm"}},
+            site="old")
+    sys.path.remove(str(tmp_path / "new"))  # the newer first on sys.path, as the one imported is
+    sys.path.insert(0, str(tmp_path / "new"))
+    plugins.forget()
+    assert [ep.name for ep in metadata.entry_points(group="gptkit.norm") if ep.value.startswith("acme")] == ["unitnorm"]
+    assert "oldnorm" not in registry("norm").names() and registry("norm").find("unitnorm").source == "acme-norms 2.0"
+
+
 def test_a_plugin_that_registers_what_it_declares_is_one_source(install, cli, scratch_registries):
     # The entry point's import runs the module's own `register`: the same class, under the same name.
     install("acme-self", "1.0", {"gptkit.norm": {"selfnorm": "acme_self:UnitNorm", "othernorm": "acme_self:Other"}},
