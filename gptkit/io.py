@@ -159,6 +159,12 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], parents: bool =
     OSError names `path`, not the temporary file the user never asked for. With `parents`, the folders
     `path` needs are made (and removed again when the write fails); without, a folder that is not there
     is an error: a run's folder moved or deleted while it trains is not made again, half empty."""
+    if path.is_symlink():  # written where the link leads, which stays a link (to a shared drive, say)
+        path = Path(os.path.realpath(path))
+    try:  # a file written anew keeps its permissions (a private one stays private)
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~_umask()
     made = make_folders(path.parent) if parents else []  # its error names the folder it could not make
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # see `temporaries`
@@ -169,7 +175,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], parents: bool =
         with os.fdopen(fd, "wb") as f:  # owns the descriptor from here, whatever follows raises
             if hasattr(os, "fchmod"):  # mkstemp's 0600 would make every file private to its owner
                 with contextlib.suppress(OSError):  # best effort: a file system that keeps its own modes
-                    os.fchmod(f.fileno(), 0o666 & ~_umask())
+                    os.fchmod(f.fileno(), mode)
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -287,6 +287,22 @@ def test_run_files_are_as_readable_as_the_umask_allows(tmp_path, write_recipe):
         f.name: "0o644" for f in run.iterdir()}
 
 
+def test_a_file_rewritten_keeps_its_mode_and_a_link_to_it_stays_a_link(tmp_path):
+    from gptkit.io import write_text
+
+    real, link = tmp_path / "real.txt", tmp_path / "link.txt"
+    real.write_text("old")
+    real.chmod(0o640)
+    link.symlink_to(real)
+    write_text(link, "new")
+    assert link.is_symlink() and real.read_text() == "new" and oct(real.stat().st_mode & 0o777) == "0o640"
+    dangling = tmp_path / "dangling.txt"
+    dangling.symlink_to(tmp_path / "gone" / "x.txt")  # (an unmounted drive): not replaced by a file
+    with pytest.raises(OSError):
+        write_text(dangling, "new")
+    assert dangling.is_symlink()
+
+
 def stop_during_the_evaluation_at_step_4(monkeypatch, path: Path, runs: Path) -> Interrupted:
     """Train until a Ctrl-C lands during the evaluation at step 4; its checkpoint has that evaluation to do."""
     original = Trainer.evaluate
