@@ -77,8 +77,30 @@ def test_folder_names_read_as_the_changes(write_recipe):
     path = write_recipe(model={"positional": "sinusoidal", "norm": "rmsnorm"})
     vary = {"model.positional": ["sinusoidal", "{name: rope, base: 500}"], "model.norm": ["rmsnorm", "layernorm"]}
     slugs = [a.slug for a in plan(Ablation(recipe=path, vary=vary)).arms[1:]]
-    assert slugs == ["norm-layernorm_positional-sinusoidal", "norm-rmsnorm_positional-name-rope-base-500",
-                     "norm-layernorm_positional-name-rope-base-500"]
+    assert slugs == ["norm-layernorm_positional-sinusoidal", "norm-rmsnorm_positional-name-rope-base-500.0",
+                     "norm-layernorm_positional-name-rope-base-500.0"]
+
+
+@pytest.mark.parametrize("key, spellings", [
+    ("train.grad_clip", ["2", "2.0", "2e0"]),
+    ("model.positional", ["{name: rope, base: 500}", "{base: 500, name: rope}", "{name: rope, base: 500.0}"]),
+])
+def test_a_value_spelled_otherwise_names_the_same_arm_folder(write_recipe, key, spellings):
+    """The ablation folder's hash is of the recipes, the arm folders' names too: a rerun spelling a value
+    otherwise resumes it rather than finding arms it does not have."""
+    plans = [plan(Ablation(recipe=write_recipe(), vary={key: [v]})) for v in spellings]
+    assert len({p.digest for p in plans}) == 1 and len({p.arms[1].slug for p in plans}) == 1, \
+        [p.arms[1].slug for p in plans]
+
+
+def test_a_hashed_arm_folder_does_not_depend_on_what_a_rerun_may_change(write_recipe):
+    vary = {"train.schedule": ["{name: cosine, warmup_steps: 5, min_factor: 0.2}"],
+            "model.positional": ["{name: rope, base: 500}"], "train.weight_decay": ["0.05"]}
+    plans = [plan(Ablation(recipe=write_recipe(), vary=vary, overrides=sets))
+             for sets in ([], ["train.micro_batch_size=4"], ["sample.tokens=5"])]
+    assert len(plans[0].arms[1].slug) <= 80 and len({p.arms[1].slug for p in plans}) == 1, \
+        [p.arms[1].slug for p in plans]
+    assert len({p.digest for p in plans}) == 1
 
 
 def test_the_order_of_the_varied_keys_and_values_finds_the_same_folders(write_recipe):
@@ -299,14 +321,33 @@ def test_bad_ablation_file(cli, tmp_path, write_recipe):
     assert result.exit_code == 2 and "seed: unknown key (did you mean 'seeds'?)" in result.output
 
 
-@pytest.mark.parametrize("key, value", [("recipe", "5"), ("name", "5")])
-def test_a_value_of_the_wrong_type_in_an_ablation_file_is_one_problem(tmp_path, write_recipe, key, value):
+def test_a_vary_the_command_line_replaces_is_named_as_the_command_lines(cli, tmp_path, write_recipe):
+    path = tmp_path / "u.yaml"
+    path.write_text(f"recipe: {write_recipe().name}\nvary: {{train.max_steps: [10, 30]}}\n")
+    result = cli("ablate", path, "--vary", "train.max_steps=5,7")
+    assert result.exit_code == 2 and result.output.startswith("error: --vary train.max_steps changes the token "
+                                                              "budget"), result.output
+    result = cli("ablate", path)  # the file's own
+    assert result.exit_code == 2 and result.output.startswith(f"error: {path}:2: vary.train.max_steps changes"), \
+        result.output
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("recipe", "5", "the base recipe's path, relative to this file"),
+    ("name", "5", "a folder name, for the ablation's folder"),
+    ("param_margin", "x", "a fraction such as 0.1 (arms whose parameter count differs from the baseline's by more are "
+                          "flagged)"),
+    ("allow_unfair", "5", "true or false (true allows varying data, budget or evaluation fields)"),
+])
+def test_a_value_of_the_wrong_type_in_an_ablation_file_is_one_problem(tmp_path, write_recipe, key, value, expected):
     path = tmp_path / "abl.yaml"
     given = {"recipe": write_recipe().name, key: value}
     path.write_text("vary: {model.norm: [layernorm]}\n" + "".join(f"{k}: {v}\n" for k, v in given.items()))
     with pytest.raises(UserError) as e:
         load_ablation(path)
-    assert str(e.value) == f"{path}:{2 + list(given).index(key)}: {key}: expected {FILE_KEYS[key]}, got 5"
+    got = 5 if value == "5" else repr(value)
+    assert str(e.value) == f"{path}:{2 + list(given).index(key)}: {key}: expected {expected}, got {got}"
+    assert FILE_KEYS[key] == expected
 
 
 def test_an_ablation_files_problems_are_said_together(cli, tmp_path, write_recipe):
@@ -358,6 +399,10 @@ def test_a_folder_holding_another_ablation_is_refused(cli, tmp_path, write_recip
         "or this one's from an older gptkit that named some arms' folders differently; pass --out with a new "
         "folder, or move those folders out of it\n")
     assert (out / "ablation.yaml").read_text() == before
+    for arm in ("a", "b", "c"):  # more than are named: counted
+        shutil.copytree(out / "norm-layernorm", out / f"norm-{arm}")
+    other = cli("ablate", recipe, "--vary", "model.feedforward=swiglu,mlp", "--seeds", "1", "--out", out)
+    assert "(norm-a, norm-b, norm-c and 1 more): they are" in other.output, other.output
 
 
 def test_a_folder_that_is_not_an_ablations_is_refused(cli, tmp_path, write_recipe):
@@ -874,6 +919,15 @@ def test_the_baseline_is_drawn_over_the_arms_that_match_it_and_named_first(tmp_p
     assert base.get_color() == "black" and base.get_linestyle() == "--"
     assert base.get_zorder() > max(line.get_zorder() for line in lines.values() if line is not base)
     assert [t.get_text() for t in ax.get_legend().get_texts()][0] == "baseline (attention=flash) (n=1)"
+
+
+def test_a_dollar_in_a_label_or_title_is_drawn_as_it_is(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from gptkit.ablation.plot import plot_curves
+
+    curves = {"prompt=$x^$": [[(256, 2.5), (512, 2.0)]], "prompt=$5 or $3": [[(256, 2.4), (512, 2.1)]]}
+    assert plot_curves(curves, tmp_path / "c.png", "$\\frac{$", {"prompt=$x^$": "$"})  # no maths: no parse error
+    assert (tmp_path / "c.png").read_bytes().startswith(PNG) and capsys.readouterr().err == ""
 
 
 def test_labels_the_plots_font_cannot_draw_are_one_warning_line(tmp_path, capsys):

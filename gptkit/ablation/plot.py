@@ -97,6 +97,8 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
     handles, labels = ax.get_legend_handles_labels()  # the reference first, as the table names it first
     first = sorted(range(len(labels)), key=lambda i: not labels[i].startswith(f"{reference} (n="))
     ax.legend([handles[i] for i in first], [labels[i] for i in first], fontsize="small", framealpha=0.8)
+    for text in fig.findobj(matplotlib.text.Text):  # labels are values and names: a `$` in one starts no maths
+        text.set_parse_math(False)
     fmt = image_format(path)  # savefig cannot see the name through a file object: it would write PNG
     with warnings.catch_warnings(record=True) as said:  # matplotlib's, each several lines: said once, below
         warnings.simplefilter("always")

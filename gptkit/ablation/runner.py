@@ -377,7 +377,8 @@ def check_no_strays(plan: Plan, folder: Path) -> None:
     strays = sorted(d.name for d in folder.iterdir() if d.name not in arms and any(d.glob("seed-*/summary.json"))) \
         if folder.is_dir() else []
     if strays:
-        raise UserError(f"{folder} holds runs of arms this ablation does not have ({', '.join(strays[:3])}): they are "
+        more = f" and {len(strays) - 3} more" if len(strays) > 3 else ""
+        raise UserError(f"{folder} holds runs of arms this ablation does not have ({', '.join(strays[:3])}{more}): they are "
                         "another ablation's, or this one's from an older gptkit that named some arms' folders "
                         "differently; pass --out with a new folder, or move those folders out of it")
 

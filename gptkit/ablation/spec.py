@@ -40,15 +40,15 @@ UNFAIR = {
     "train.eval_every": "when validation loss is measured",
     "train.eval_batches": "the validation windows",
 }
-FILE_KEYS = {
-    "name": "names the ablation folder",
-    "recipe": "the base recipe, relative to this file",
-    "set": "overrides applied to every arm: {dotted.key: value}",
+FILE_KEYS = {  # each key of an ablation file, and what it takes (said when it gets another type)
+    "name": "a folder name, for the ablation's folder",
+    "recipe": "the base recipe's path, relative to this file",
+    "set": "overrides applied to every arm, {dotted.key: value}",
     "vary": "{dotted.key: [value, ...]}",
     "seeds": "a count, or a list of seeds",
     "mode": "grid or one-at-a-time",
-    "param_margin": "flag arms whose parameters differ from the baseline's by more than this fraction",
-    "allow_unfair": "allow varying data, budget or evaluation fields",
+    "param_margin": "a fraction such as 0.1 (arms whose parameter count differs from the baseline's by more are flagged)",
+    "allow_unfair": "true or false (true allows varying data, budget or evaluation fields)",
 }
 MODES = ("grid", "one-at-a-time")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a recipe name's rule: one folder, inside runs/ablations/
@@ -382,7 +382,7 @@ def plan(ablation: Ablation) -> Plan:
         arm.factors = {k: yaml_text(value_of(arm.recipe, k)) for k in keys}
     if len(arms) == 1:
         raise UserError(nothing_to_compare(ablation) + "".join(f"\n({note})" for note in notes))
-    unique_slugs(arms[1:])
+    unique_slugs(arms[1:], keys)
     base_seed = arms[0].recipe.seed
     seeds = list(range(base_seed, base_seed + ablation.seeds)) if isinstance(ablation.seeds, int) else ablation.seeds
     if seeds[-1] not in SEEDS:
@@ -435,15 +435,17 @@ def nothing_to_compare(ablation: Ablation) -> str:
 
 
 def spelling(key: str, text: str, recipe: Recipe):
-    """The value that names an arm's folder: a component by its name and the parameters given that `recipe`
-    (the arm's) does not hold at their defaults ({name: rope, base: 10000} is `rope`, as {name: rope} is),
-    a path (relative to one folder or another, or absolute as in ablation.yaml) as its file's name."""
-    value, spec = yaml.load(text, key)[0], at_key(recipe, key)
-    if isinstance(spec, ComponentSpec) and isinstance(value, dict):
-        changed = spec.params.model_dump(by_alias=True, exclude_defaults=True)
-        value = {k: v for k, v in value.items() if k == "name" or k in changed}
-    if isinstance(value, dict) and value.keys() == {"name"}:
-        return value["name"]
+    """The value that names an arm's folder, as `recipe` (the arm's) holds it, however it was given (2 and
+    2.0 for a float alike): a component by its name and the parameters given that it does not hold at their
+    defaults, in sorted order ({name: rope, base: 10000} is `rope`, as {name: rope} is; {base: 500, name:
+    rope} is {name: rope, base: 500.0}), a path (relative to one folder or another, or absolute as in
+    ablation.yaml) as its file's name."""
+    given, spec = yaml.load(text, key)[0], at_key(recipe, key)
+    if isinstance(spec, ComponentSpec):
+        changed = spec.params.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        keys = sorted(k for k in given if k != "name" and k in changed) if isinstance(given, dict) else []
+        return {"name": spec.name, **{k: changed[k] for k in keys}} if keys else spec.name
+    value = value_of(recipe, key)
     if is_path(tuple(key.split("."))):
         name = lambda v: Path(v).name if isinstance(v, str) else v
         return [name(v) for v in value] if isinstance(value, list) else name(value)
@@ -492,10 +494,11 @@ def slugify(term: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+]+", "-", term).strip("-")
 
 
-def unique_slugs(arms: list[Arm]) -> None:
+def unique_slugs(arms: list[Arm], keys: list[str]) -> None:
     """A name too long for a folder, or shared by two arms, ends in a hash of the arm's recipe: folder
-    names must not depend on the order of the arms, as suffixes -2, -3 would."""
+    names must not depend on the order of the arms, as suffixes -2, -3 would; nor on what a rerun may
+    change (MAY_DIFFER, as the ablation folder's own hash leaves out, but for the varied `keys`)."""
     counts = collections.Counter(a.slug for a in arms)
     for a in arms:
         if len(a.slug) > 80 or counts[a.slug] > 1 or a.slug == "baseline":
-            a.slug = f"{a.slug[:71]}-{hashlib.sha1(canonical(a.recipe).encode()).hexdigest()[:8]}"
+            a.slug = f"{a.slug[:71]}-{hashlib.sha1(canonical(a.recipe, MAY_DIFFER, keys).encode()).hexdigest()[:8]}"

@@ -49,6 +49,9 @@ def ablate(source, vary, seeds, grid, one_at_a_time, overrides, name, runs_dir, 
                         "or one field changed at a time)")
     ablation = from_source(Path(source))
     given = parse_vary(vary)
+    for key in given:  # the file's values of a key the command line varies are not what errors name
+        ablation.origin = {t: o for t, o in ablation.origin.items()
+                           if t != f"--vary {key}" and t.partition("=")[0] != key}
     ablation.vary.update(given)
     ablation.origin |= {f"{k}={v}": f"--vary {k}={v}" for k, values in given.items() for v in values}
     ablation.overrides += overrides
