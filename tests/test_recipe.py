@@ -34,6 +34,8 @@ def _named_as_the_command_line_gives_them():
     ("lr: NO", "NO"),
     ("lr: true", True),
     ("lr: 012", 12),
+    ("lr: 0x1F", 31),
+    ("lr: 0o17", 15),
     ("lr: 2024-01-01", "2024-01-01"),
     ("lr: ~", None),
     ("lr: =", "="),  # YAML 1.1's value key

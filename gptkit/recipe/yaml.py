@@ -34,7 +34,7 @@ _Loader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-_Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(_INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
 _Loader.add_implicit_resolver(
     _FLOAT,
     re.compile(
@@ -43,7 +43,13 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
-_Loader.add_constructor(_INT, lambda loader, node: int(loader.construct_scalar(node)))
+_Loader.add_constructor(_INT, lambda loader, node: _int(loader.construct_scalar(node)))
+
+
+def _int(text: str) -> int:
+    """YAML 1.2's integers: decimal (012 is twelve, not octal), 0o octal and 0x hexadecimal."""
+    base = {"0o": 8, "0x": 16}.get(text[:2], 10)
+    return int(text[2:] if base != 10 else text, base)
 
 Path = tuple[str | int, ...]  # a key path such as ("model", "attention", "name")
 
