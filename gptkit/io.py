@@ -159,6 +159,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], parents: bool =
     OSError names `path`, not the temporary file the user never asked for. With `parents`, the folders
     `path` needs are made (and removed again when the write fails); without, a folder that is not there
     is an error: a run's folder moved or deleted while it trains is not made again, half empty."""
+    given = path  # what errors name
     if path.is_symlink():  # written where the link leads, which stays a link (to a shared drive, say)
         path = Path(os.path.realpath(path))
     try:  # a file written anew keeps its permissions (a private one stays private)
@@ -170,7 +171,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], parents: bool =
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # see `temporaries`
     except OSError as e:
         remove_empty(made)
-        raise _naming(e, path) from None
+        raise _naming(e, given) from None
     try:
         with os.fdopen(fd, "wb") as f:  # owns the descriptor from here, whatever follows raises
             if hasattr(os, "fchmod"):  # mkstemp's 0600 would make every file private to its owner
@@ -185,7 +186,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], parents: bool =
         Path(tmp).unlink(missing_ok=True)
         remove_empty(made)
         if isinstance(e, OSError) and e.errno is not None:
-            raise _naming(e, path) from None
+            raise _naming(e, given) from None
         raise
 
 

@@ -354,6 +354,36 @@ def test_a_component_reading_an_undeclared_parameter_is_told_how_to_declare_it(t
         "(and a default), and set `Params = ` that class on the component"), detail
 
 
+def test_a_table_filled_on_first_use_is_deterministic_and_a_small_leak_is_not_causal(temporary_component):
+    """A cache written once, on the first pass, is no state a forward changes; a leak of 1e-5 of the sequence's
+    mean is a leak (training grows it), not rounding."""
+    from gptkit.components.feedforward import MLP
+    from gptkit.components.positional import RoPE
+
+    class FillsOnFirstUse(RoPE):
+        def __init__(self, config, params):
+            super().__init__(config, params)
+            self.full = (self.cos.clone(), self.sin.clone())
+            self.cos.zero_(), self.sin.zero_()
+            self.register_buffer("filled", torch.zeros((), dtype=torch.bool), persistent=False)
+
+        def rotate(self, q, k, start=0):
+            if not self.filled:
+                self.cos.copy_(self.full[0]), self.sin.copy_(self.full[1]), self.filled.fill_(True)
+            return super().rotate(q, k, start)
+
+    class LeaksALittle(MLP):
+        def forward(self, x):
+            return super().forward(x) + 1e-5 * x.mean(dim=1, keepdim=True)
+
+    temporary_component("positional", "fills", FillsOnFirstUse)
+    results = {r.check: r for r in check_component("positional", "fills")}
+    assert results["deterministic"].status == "pass", results["deterministic"]
+    temporary_component("feedforward", "leaks", LeaksALittle)
+    results = {r.check: r for r in check_component("feedforward", "leaks")}
+    assert results["causal"].status == "fail" and "changed an earlier output" in results["causal"].detail
+
+
 def broken_components_by_name():
     return [(cls.__name__, cls) for _, cls, _ in broken_components()]
 

@@ -355,13 +355,13 @@ def test_a_parameter_of_another_component_names_the_components_that_take_it(writ
     temporary_component("positional", "learned-waves", type("LearnedWaves", (Learned,), {"Params": WavelengthParams}))
     with pytest.raises(RecipeError) as e:  # set without switching from the recipe's alibi
         load_recipe(write_recipe(model={"positional": "alibi"}), ["model.positional.base=500"])
-    assert str(e.value).endswith("model.positional.base: unknown key. Valid keys here: name; positional 'learned-waves', "
-                                 "'rope', 'sinusoidal' take base: pick one with its parameters, e.g. {name: "
-                                 "learned-waves, base: ...}"), str(e.value)
+    assert str(e.value).endswith("model.positional.base: unknown key. Valid keys here: name; positional "
+                                 "'learned-waves', 'rope', 'sinusoidal' take base: pick one with its parameters, e.g. "
+                                 "model.positional={name: learned-waves, base: ...}"), str(e.value)
     with pytest.raises(RecipeError) as e:
         load_recipe(write_recipe(model={"positional": "rope"}), ["model.positional.amplitude=0.1"])
-    assert str(e.value).endswith("positional 'sinusoidal' takes amplitude: pick it with its parameters, e.g. {name: "
-                                 "sinusoidal, amplitude: ...}"), str(e.value)
+    assert str(e.value).endswith("positional 'sinusoidal' takes amplitude: pick it with its parameters, e.g. "
+                                 "model.positional={name: sinusoidal, amplitude: ...}"), str(e.value)
     with pytest.raises(RecipeError) as e:  # a key no component takes: the valid keys alone
         load_recipe(write_recipe(model={"positional": "rope"}), ["model.positional.nothing=1"])
     assert str(e.value).endswith("unknown key. Valid keys here: base, name"), str(e.value)

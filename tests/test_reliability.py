@@ -489,6 +489,18 @@ def test_a_resumed_epoch_says_which_of_its_batches_its_time_is_of(tmp_path, writ
                      r"\(resumed after batch 3\)$", result.output, re.M), result.output
 
 
+def test_a_run_trained_on_another_device_is_noted_even_where_the_settings_resolve_alike(tmp_path, write_recipe,
+                                                                                     monkeypatch, cli, no_gpu):
+    """device auto trained on a GPU, resumed here (no GPU) with --set train.device=cpu: auto resolved on this
+    machine says nothing of where the run trained."""
+    run = interrupted_at(monkeypatch, write_recipe(), tmp_path / "runs", 3, ["train.device=auto"])
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "device": "cuda:0"}))
+    result = cli("run", "--resume", run, "--set", "train.device=cpu")
+    assert result.exit_code == 0, result.output
+    assert "settings other than those it trained with:\n  train.device: auto -> cpu\n" in result.stderr, result.output
+
+
 def test_the_runs_own_recipe_resumed_with_a_set_notes_nothing(tmp_path, write_recipe, monkeypatch, cli):
     run = interrupted_at(monkeypatch, write_recipe(), tmp_path / "runs", 3, ["sample.tokens=5"])
     result = cli("run", "--resume", run, "--set", "train.max_steps=8", "-q")

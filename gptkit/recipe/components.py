@@ -217,7 +217,8 @@ def _taken_elsewhere(kind: str, name: str, loc: tuple) -> str:
     if not takers:
         return ""
     return (f"; {kind} {', '.join(map(repr, sorted(takers)))} {'takes' if len(takers) == 1 else 'take'} {key}: pick "
-            f"{'it' if len(takers) == 1 else 'one'} with its parameters, e.g. {{name: {takers[0]}, {key}: ...}}")
+            f"{'it' if len(takers) == 1 else 'one'} with its parameters, e.g. {recipe_key(kind)}={{name: {takers[0]}, "
+            f"{key}: ...}}")
 
 
 def _registered_name(kind: str, cls: type) -> str:

@@ -79,17 +79,22 @@ def settings_changed(checkpoint: dict, run_dir: Path, recipe: Recipe) -> list[st
     `recipe` resumes it with that it did not train with, such as a recipe file given again without the
     --set values the run was started with. Not its name, where its text comes from or its budget (UNSAID)."""
     old = stored_recipe(checkpoint, run_dir / "checkpoint.pt")
-    alike = resolved_alike(old, recipe)
+    alike = resolved_alike(old, recipe, summary_of(run_dir).get("device"))
     return [how for key, how in recipe_changes(old.to_dict(), recipe.to_dict(), ())
             if matches(key, MAY_CHANGE) and not matches(key, UNSAID) and key not in alike]
 
 
-def resolved_alike(a: Recipe, b: Recipe) -> set[str]:
-    """The keys two recipes spell apart that this machine resolves alike (resolved_speed): train.device cpu
-    and auto without a GPU, train.compile auto and false on a CPU. None if either's device is not here."""
+def resolved_alike(old: Recipe, new: Recipe, trained_on: str | None) -> set[str]:
+    """The keys the recipes a run trained with (`old`, on the device `trained_on`, as its summary.json
+    records it) and resumes with (`new`) spell apart that resolve alike (resolved_speed): train.device cpu
+    and auto without a GPU, train.compile auto and false on a CPU. None unless the run trained on the
+    device it resumes on (`old` resolved here says nothing of a GPU it trained on), or if its device is
+    not here."""
     try:
-        here = resolved_speed(b)
-        return {key for key, value in resolved_speed(a).items() if here[key] == value}
+        here = resolved_speed(new)
+        if trained_on != here["train.device"]:
+            return set()
+        return {key for key, value in resolved_speed(old).items() if here[key] == value}
     except UserError:
         return set()
 
