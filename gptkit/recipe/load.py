@@ -402,8 +402,8 @@ def _is_component(parts: tuple) -> bool:
 def absolute_paths(parts: tuple, value, base: Path | None = None):
     """`value` for the field at `parts` with a relative path (or each of a list of paths, as `imports`)
     made absolute from `base`, by default the current directory; any other value as it is."""
-    if not is_path(parts):
-        return value
+    if not is_path(parts) or isinstance(value, str) and typing.get_origin(_field(parts).annotation) is list:
+        return value  # (a list's field given one string: refused as given, not as a path made absolute)
 
     def absolute(v):
         try:
