@@ -480,7 +480,8 @@ LEGEND = ("Δ: final validation loss minus the baseline's, paired by seed, over 
           "baseline at 95%; with several arms, a better or worse that does not hold under Holm's correction "
           "across them (a family-wise error rate of 5%, from each arm's paired t-test) says so. "
           "An arm with diverged or failed seeds is neither: its means cover only the seeds that finished. A "
-          "final val loss above a uniform guess's (ln of the vocabulary's size) learned nothing. "
+          "final val loss above a uniform guess's (ln of the vocabulary's size) learned nothing; one whose every "
+          "seed ends at the baseline's final val loss to the last bit changed nothing at these settings. "
           "⚠: parameters differ from the baseline's by more than {margin}.")
 UNEQUAL = (" Not on equal terms: the arm differs from the baseline in its budget, data or evaluation "
            "(--allow-unfair); compare its steps and tokens.")
