@@ -378,9 +378,9 @@ def check_no_strays(plan: Plan, folder: Path) -> None:
         if folder.is_dir() else []
     if strays:
         more = f" and {len(strays) - 3} more" if len(strays) > 3 else ""
-        raise UserError(f"{folder} holds runs of arms this ablation does not have ({', '.join(strays[:3])}{more}): they are "
-                        "another ablation's, or this one's from an older gptkit that named some arms' folders "
-                        "differently; pass --out with a new folder, or move those folders out of it")
+        raise UserError(f"{folder} holds runs of arms this ablation does not have ({', '.join(strays[:3])}{more}): "
+                        "they are another ablation's, or this one's from an older gptkit that named some arms' "
+                        "folders differently; pass --out with a new folder, or move those folders out of it")
 
 
 def check_same(run_dir: Path, recipe: Recipe, how: str = "ended") -> None:

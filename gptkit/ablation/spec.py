@@ -47,7 +47,8 @@ FILE_KEYS = {  # each key of an ablation file, and what it takes (said when it g
     "vary": "{dotted.key: [value, ...]}",
     "seeds": "a count, or a list of seeds",
     "mode": "grid or one-at-a-time",
-    "param_margin": "a fraction such as 0.1 (arms whose parameter count differs from the baseline's by more are flagged)",
+    "param_margin": "a fraction such as 0.1 (arms whose parameter count differs from the baseline's by more are "
+                    "flagged)",
     "allow_unfair": "true or false (true allows varying data, budget or evaluation fields)",
 }
 MODES = ("grid", "one-at-a-time")

@@ -20,8 +20,8 @@ from ..ranks import first_on_machine, rank, stray_world_size, under_torchrun, un
 
 
 # Words other tools use for a command, which click's lookalike suggestions do not reach
-SYNONYMS = {"components": "list", "ls": "list", "info": "show", "describe": "show", "train": "run", "generate": "sample",
-            "ablation": "ablate", "benchmark": "bench", "diff": "compare", "conformance": "check"}
+SYNONYMS = {"components": "list", "ls": "list", "info": "show", "describe": "show", "train": "run",
+            "generate": "sample", "ablation": "ablate", "benchmark": "bench", "diff": "compare", "conformance": "check"}
 LOG_ONLY = ("run", "ablate")  # commands whose stdout is a log: their product is a folder
 
 

@@ -61,5 +61,6 @@ def resolved_speed(recipe) -> dict[str, object]:
     t = recipe.train
     device = resolve_device(t.device, "train.device")
     return {"train.device": str(device),
-            "train.micro_batch_size": micro_batch_size(t.micro_batch_size, t.batch_size, recipe.model.block_size, device),
+            "train.micro_batch_size": micro_batch_size(t.micro_batch_size, t.batch_size, recipe.model.block_size,
+                                                       device),
             "train.precision": arithmetic(t.precision, device), "train.compile": compile_setting(t.compile, device)}
