@@ -14,8 +14,10 @@ def under_torchrun() -> bool:
 
 
 def rank() -> int:
-    """This process's rank in its torchrun job; 0 outside one."""
-    return int(os.environ.get("RANK") or 0) if under_torchrun() else 0
+    """This process's rank in its torchrun job; 0 outside one (or before stray_world_size refuses a RANK that
+    is no number)."""
+    value = os.environ.get("RANK", "").strip()
+    return int(value) if under_torchrun() and value.isdigit() else 0
 
 
 def first_on_machine() -> bool:
@@ -35,9 +37,16 @@ def stray_world_size(fix: str) -> UserError | None:
     environment: RANK, MASTER_ADDR or MASTER_PORT not set), or of no count at all (-2), ending in `fix`;
     None otherwise. Said by every process: none other is there to say it for them."""
     missing, size = unset_by_torchrun(), os.environ.get("WORLD_SIZE", "").strip()
-    if not under_torchrun() or size.isdigit() and not missing:
+    if not under_torchrun():
         return None
-    if not size.isdigit():  # -2, abc: no count of processes at all
+    if size.isdigit() and not missing:  # torchrun's, but for a RANK or LOCAL_RANK that is no process's number
+        bad = [f"{k}={os.environ[k]}" for k in ("RANK", "LOCAL_RANK")
+               if k in os.environ and not os.environ[k].strip().isdigit()]
+        if not bad:
+            return None
+        error = UserError(f"{' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a process's number, as "
+                          f"torchrun sets {'it' if len(bad) == 1 else 'them'}: {fix}")
+    elif not size.isdigit():  # -2, abc: no count of processes at all
         error = UserError(f"WORLD_SIZE={size} is not a number of processes, as torchrun sets it: {fix}")
     else:
         names = " and ".join(filter(None, (", ".join(missing[:-1]), missing[-1])))  # RANK, MASTER_ADDR and ...

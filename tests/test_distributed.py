@@ -322,6 +322,17 @@ def test_a_world_size_left_in_the_environment_is_one_error_not_torchs_traceback(
         "unset WORLD_SIZE to train in one\n"), result.output
 
 
+@pytest.mark.parametrize("rank, local_rank, said", [("1", "x", "LOCAL_RANK=x is"), ("abc", "0", "RANK=abc is"),
+                                                     ("1", "", "LOCAL_RANK= is")])
+def test_a_rank_that_is_no_number_is_one_error_not_a_traceback(monkeypatch, cli, write_recipe, rank, local_rank, said):
+    for key, value in dict(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29999", RANK=rank,
+                           LOCAL_RANK=local_rank).items():
+        monkeypatch.setenv(key, value)
+    result = cli("run", write_recipe())
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"{said} not a process's number, as torchrun sets it: start the processes with torchrun" in result.output
+
+
 class Counting(torch.nn.Module):
     """A plugin component with a buffer it updates as it trains (`seen`), beside a derived table."""
 

@@ -501,6 +501,14 @@ def test_a_run_trained_on_another_device_is_noted_even_where_the_settings_resolv
     assert "settings other than those it trained with:\n  train.device: auto -> cpu\n" in result.stderr, result.output
 
 
+def test_a_precision_that_resolves_as_the_runs_did_is_no_change(tmp_path, write_recipe, monkeypatch, cli, no_gpu):
+    run = interrupted_at(monkeypatch, write_recipe(), tmp_path / "runs", 3)  # precision auto: fp32 on a CPU
+    refused = cli("run", "--resume", run, "--set", "train.precision=bf16")
+    assert refused.exit_code == 2 and "train.precision: auto -> bf16" in refused.output, refused.output
+    result = cli("run", "--resume", run, "--set", "train.precision=fp32")
+    assert result.exit_code == 0, result.output
+
+
 def test_the_runs_own_recipe_resumed_with_a_set_notes_nothing(tmp_path, write_recipe, monkeypatch, cli):
     run = interrupted_at(monkeypatch, write_recipe(), tmp_path / "runs", 3, ["sample.tokens=5"])
     result = cli("run", "--resume", run, "--set", "train.max_steps=8", "-q")
