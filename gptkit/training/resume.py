@@ -118,9 +118,9 @@ def changes_since(checkpoint: dict, run_dir: Path, recipe: Recipe, dataset) -> l
     it may resume. The stored recipe is compared as it validates now: a parameter a component's new
     version added, at its default, is no change (the stored recipe only predates it), nor is a value that
     resolves as the old one did on the device the run trained on (train.precision auto and fp32 on a CPU)."""
-    old = stored_recipe(checkpoint, run_dir / "checkpoint.pt")
-    alike = resolved_alike(old, recipe, summary_of(run_dir).get("device"))  # precision auto and fp32 on a CPU
-    changes = [(key, how) for key, how in recipe_changes(old.to_dict(), recipe.to_dict()) if key not in alike]
+    stored = stored_recipe(checkpoint, run_dir / "checkpoint.pt")
+    alike = resolved_alike(stored, recipe, summary_of(run_dir).get("device"))  # precision auto and fp32 on a CPU
+    changes = [(key, how) for key, how in recipe_changes(stored.to_dict(), recipe.to_dict()) if key not in alike]
     another = f"data: the text at {recipe.data.path} is not the one the run was trained on"
     if checkpoint["itos"] != list(dataset.itos):
         old, new = set(checkpoint["itos"]), set(dataset.itos)
