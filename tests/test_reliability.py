@@ -26,9 +26,14 @@ from gptkit.errors import CheckpointError, Diverged, Interrupted, UserError
 from gptkit.registry import registry
 from gptkit.training.checkpoint import load_checkpoint
 from gptkit.training.folder import val_curve
-from gptkit.training.resume import recipe_diff
+from gptkit.training.resume import recipe_changes
 from gptkit.training.trainer import Trainer
 from conftest import breaks_after, make_text, stop_at, tiny_recipe
+
+
+def recipe_diff(old: dict, new: dict) -> list[str]:
+    """'key: old -> new' for every key whose value differs and that may not change, as a refusal lists them."""
+    return [how for _, how in recipe_changes(old, new)]
 
 RELIABLE = {"model": {"dropout": 0.1}, "train": {"max_steps": 12, "checkpoint_every": 3, "eval_every": 4, "log_every": 5}}
 
@@ -1662,8 +1667,6 @@ def test_a_checkpoint_holds_its_optimizer_state_on_the_cpu(tmp_path, monkeypatch
 
 
 def test_a_recipe_diff_writes_values_as_a_recipe_does():
-    from gptkit.training.resume import recipe_diff
-
     old = {"model": {"dropout": 0.0, "tie_embeddings": True, "positional": {"name": "sinusoidal", "amplitude": 0.02}}}
     new = {"model": {"dropout": 0.1, "tie_embeddings": False, "positional": {"name": "rope"}}}
     assert recipe_diff(old, new) == ["model.dropout: 0.0 -> 0.1", "model.positional.amplitude: 0.02 -> (absent)",

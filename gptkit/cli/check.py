@@ -8,7 +8,7 @@ from ..conformance import CONFIG, UNSIZED, DefaultRefuses, SizeError, check_comp
 from ..device import resolve_device
 from ..errors import UserError, did_you_mean, listing, problems
 from ..recipe import yaml
-from ..recipe.components import MODEL_KINDS, RecipeIssue, parse_component
+from ..recipe.components import MODEL_KINDS, RecipeIssue, parse_component, written_keys
 from ..registry import RegistryError, registry
 from . import imports_option, main
 
@@ -126,7 +126,7 @@ def _assert_valid_params(kind: str, name: str, spec: dict, params: tuple[str, ..
 def _assert_known_params(kind: str, name: str, cls: type, params: tuple[str, ...]) -> None:
     """An unknown --param key, said with the component's parameters only: a recipe's error would list
     `name` as a valid key too, which --param refuses (NAME is the argument)."""
-    keys = {f.alias or n for n, f in cls.Params.model_fields.items()}  # as a recipe writes them
+    keys = set(written_keys(cls.Params))
     for text in params:
         key = text.partition("=")[0].strip()
         if key not in keys:

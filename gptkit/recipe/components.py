@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
 from pydantic_core import to_jsonable_python
 
 from ..components.base import Params
@@ -209,16 +209,21 @@ def _taken_elsewhere(kind: str, name: str, loc: tuple) -> str:
         if other == name or reg.entry(other).error:
             continue
         try:
-            params = reg.get(other).Params.model_fields
+            params = reg.get(other).Params
         except Exception:  # a plugin that cannot be loaded: its own error, said where it is asked for
             continue
-        if key in {f.alias or k for k, f in params.items()}:
+        if key in written_keys(params):
             takers.append(other)
     if not takers:
         return ""
     return (f"; {kind} {', '.join(map(repr, sorted(takers)))} {'takes' if len(takers) == 1 else 'take'} {key}: pick "
             f"{'it' if len(takers) == 1 else 'one'} with its parameters, e.g. {recipe_key(kind)}={{name: {takers[0]}, "
             f"{key}: ...}}")
+
+
+def written_keys(model: type[BaseModel]) -> dict:
+    """A model's fields by the key a recipe writes them with: their alias, if they have one."""
+    return {f.alias or name: f for name, f in model.model_fields.items()}
 
 
 def _registered_name(kind: str, cls: type) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pydantic import BaseModel, ValidationError
 
 from ..errors import FIX_WIDTH, clipped, clipped_repr, did_you_mean, listing
-from .components import RecipeIssue
+from .components import RecipeIssue, written_keys
 
 Loc = tuple
 YAML_WORDS = {"True": "true", "False": "false", "None": "null"}  # Python's constants as a recipe writes them
@@ -24,7 +24,7 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], extra_keys: se
             issues += [(loc + sub, msg) for sub, msg in cause.issues]
         elif err["type"] == "extra_forbidden":
             parent = _model_at(model, loc[:-1])
-            valid = set(_keys(parent)) if parent else set()
+            valid = set(written_keys(parent)) if parent else set()
             if parent is model:
                 valid |= extra_keys
             key = str(loc[-1])
@@ -124,18 +124,13 @@ def string_hint(value: object, written: str | None, quoted: Callable[[str], str]
 
 def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
     for part in loc:
-        field = _keys(model).get(part) if isinstance(part, str) else None
+        field = written_keys(model).get(part) if isinstance(part, str) else None
         if field is None:
             return None
         model = next((a for a in _flatten(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
         if model is None:
             return None
     return model
-
-
-def _keys(model: type[BaseModel]) -> dict:
-    """Fields by the key a recipe writes them with: their alias, if they have one."""
-    return {f.alias or name: f for name, f in model.model_fields.items()}
 
 
 def _flatten(annotation) -> list:

@@ -78,10 +78,19 @@ def settings_changed(checkpoint: dict, run_dir: Path, recipe: Recipe) -> list[st
     """'key: old -> new' for each key that may change (MAY_CHANGE) and did since the run's checkpoint: what
     `recipe` resumes it with that it did not train with, such as a recipe file given again without the
     --set values the run was started with. Not its name, where its text comes from or its budget (UNSAID)."""
-    old = stored_recipe(checkpoint, run_dir / "checkpoint.pt")
-    alike = resolved_alike(old, recipe, summary_of(run_dir).get("device"))
-    return [how for key, how in recipe_changes(old.to_dict(), recipe.to_dict(), ())
-            if matches(key, MAY_CHANGE) and not matches(key, UNSAID) and key not in alike]
+    return [how for key, how in differences(checkpoint, run_dir, recipe)
+            if matches(key, MAY_CHANGE) and not matches(key, UNSAID)]
+
+
+def differences(checkpoint: dict, run_dir: Path, recipe: Recipe) -> list[tuple[str, str]]:
+    """(key, 'key: old -> new') for every key of the recipe `checkpoint` (of `run_dir`) was saved with that
+    `recipe` gives another value, but for those that resolve as the old one did on the device the run
+    trained on (train.precision auto and fp32 on a CPU). The stored recipe is compared as it validates now:
+    a parameter a component's new version added, at its default, is no change (the stored recipe only
+    predates it)."""
+    stored = stored_recipe(checkpoint, run_dir / "checkpoint.pt")
+    alike = resolved_alike(stored, recipe, summary_of(run_dir).get("device"))
+    return [(key, how) for key, how in recipe_changes(stored.to_dict(), recipe.to_dict(), ()) if key not in alike]
 
 
 def resolved_alike(old: Recipe, new: Recipe, trained_on: str | None) -> set[str]:
@@ -106,21 +115,12 @@ def effective(flat: dict) -> dict:
     return flat
 
 
-def recipe_diff(old: dict, new: dict) -> list[str]:
-    """'key: old -> new' for every key whose value differs and that may not change."""
-    return [how for _, how in recipe_changes(old, new)]
-
-
 def changes_since(checkpoint: dict, run_dir: Path, recipe: Recipe, dataset) -> list[tuple[str, str]]:
     """What keeps `recipe` and its text (a CharDataset) from resuming the run `checkpoint` (of `run_dir`)
     was saved by, as (what, how) pairs: ("train.lr", "train.lr: 0.002 -> 0.001") for each recipe key that
-    differs and may not change (MAY_CHANGE), ("vocabulary", ...) or ("text", ...) for another text; [] if
-    it may resume. The stored recipe is compared as it validates now: a parameter a component's new
-    version added, at its default, is no change (the stored recipe only predates it), nor is a value that
-    resolves as the old one did on the device the run trained on (train.precision auto and fp32 on a CPU)."""
-    stored = stored_recipe(checkpoint, run_dir / "checkpoint.pt")
-    alike = resolved_alike(stored, recipe, summary_of(run_dir).get("device"))  # precision auto and fp32 on a CPU
-    changes = [(key, how) for key, how in recipe_changes(stored.to_dict(), recipe.to_dict()) if key not in alike]
+    differs and may not change (MAY_CHANGE; see `differences`), ("vocabulary", ...) or ("text", ...) for
+    another text; [] if it may resume."""
+    changes = [(key, how) for key, how in differences(checkpoint, run_dir, recipe) if not matches(key, MAY_CHANGE)]
     another = f"data: the text at {recipe.data.path} is not the one the run was trained on"
     if checkpoint["itos"] != list(dataset.itos):
         old, new = set(checkpoint["itos"]), set(dataset.itos)
