@@ -15,10 +15,11 @@ import torch
 import torch.distributed as td
 
 from gptkit import load_recipe, train
-from gptkit.errors import UserError
+from gptkit.errors import Interrupted, UserError
 from gptkit.ranks import under_torchrun
 from gptkit.training import distributed
 from gptkit.training.distributed import Distributed, setup
+from conftest import stop_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -430,6 +431,35 @@ def test_a_batch_changed_on_resuming_under_torchrun_is_refused_as_a_change_not_f
     result = torchrun("run", "--resume", run, "--set", "train.batch_size=7", "--set", "train.max_steps=4", "-q")
     assert result.returncode != 0 and result.stdout.count("error: ") == 1, result.stdout
     assert "train.batch_size: 8 -> 7" in result.stdout and "split evenly" not in result.stdout, result.stdout
+
+
+OLDEST_RUN_ON_RANK_1 = """
+import os
+from gptkit.cli import main
+from gptkit.training import resume
+
+if os.environ["RANK"] == "1":  # a machine that sees the runs' times otherwise (a clock, a copy of the folder)
+    modified = resume._modified
+    resume._modified = lambda folder: -modified(folder)
+main(prog_name="gptkit")
+"""
+
+
+def test_resume_auto_that_chooses_other_runs_on_two_processes_is_stopped(tmp_path, monkeypatch, write_recipe):
+    """Two unfinished runs stopped at the same step: were only the step compared, each process would train on
+    from another run's weights."""
+    path = write_recipe(train={"batch_size": 8, "max_steps": 4})
+    for _ in range(2):
+        with monkeypatch.context() as m, pytest.raises(Interrupted):
+            stop_at(m, "train_step", 2)
+            train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True)
+    script = tmp_path / "oldest_on_rank_1.py"
+    script.write_text(OLDEST_RUN_ON_RANK_1)
+    result = torchrun("run", path, "--runs-dir", tmp_path / "runs", "--resume", "auto", "-q", entry=(script,))
+    assert result.returncode != 0
+    assert result.stdout.count("error: the 2 processes disagree on the run to resume and its step; --resume needs the "
+                               "run folder on a file system every machine sees, and --resume auto may choose another "
+                               "run on each: name the run to resume") == 1, result.stdout
 
 
 def test_a_user_error_under_torchrun_is_printed_once(tmp_path, write_recipe):

@@ -92,16 +92,16 @@ class Distributed:
         raise UserError(f"train.batch_size {batch_size} is the global batch and must split evenly over the "
                         f"{self.world_size} processes; {other}")
 
-    def check_same(self, what: str, value: int, fix: str) -> None:
+    def check_same(self, what: str, value: str, fix: str) -> None:
         """UserError on every rank unless all ranks hold the same `value`: a mismatch found later would
         crash a collective (or hang one on NCCL), or train on different data without a word."""
-        if not self._agree(value):
+        if not self._agree(_hash(value)):
             raise UserError(f"the {self.world_size} processes disagree on {what}; {fix}")
 
     def every_rank_if_apart(self, settings: dict[str, object]) -> list[dict] | None:
         """None if every rank holds the same `settings` (JSON values, compared by a hash); else every rank's,
         in rank order, for an error that says which differ."""
-        if self._agree(int(hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:15], 16)):
+        if self._agree(_hash(json.dumps(settings, sort_keys=True))):
             return None
         every = [None] * self.world_size
         td.all_gather_object(every, settings, group=self.host_group)
@@ -237,6 +237,11 @@ class Distributed:
         option = "forward_sync_buffers" if "forward_sync_buffers" in DDP_OPTIONS else "broadcast_buffers"
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                        **{option: has_state_buffers(model)})
+
+
+def _hash(text: str) -> int:
+    """60 bits of `text`'s SHA-256: a value `_agree` compares across ranks."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
 
 
 def has_state_buffers(model: torch.nn.Module) -> bool:

@@ -230,15 +230,19 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
         f"; restore it, or point data.path at a copy of the text {resume} was trained on{elsewhere}")
     with dist.local_main_first():  # a corpus file is created once per machine
         dataset = load_dataset(recipe.data, recipe.model.block_size, missing)
-    dist.check_same("the training text", int(dataset.fingerprint[:15], 16),
+    dist.check_same("the training text", dataset.fingerprint,
                     "every machine needs the same file at data.path")
     dataset.check_run(recipe.train.batch_size, recipe.sample.prompt)
     checkpoint = save = None
     if resume is not None:
         run_dir, checkpoint, save = run_to_resume(recipe, dataset, resume, Path(runs_dir), log, note, warn_once)
         dist.check_batch_size(recipe.train.batch_size, resuming=checkpoint is not None)
-    dist.check_same("the step to resume from", -1 if checkpoint is None else checkpoint["step"],
-                    f"{arg('resume')} needs the run folder on a file system every machine sees")
+    # By its folder's name too: `--resume auto` is chosen by each process, and two runs may be at one step.
+    resumed = "" if checkpoint is None else f"{run_dir.name} at step {checkpoint['step']}"
+    chosen = f", and {given('resume', 'auto')} may choose another run on each: name the run to resume" \
+        if resume == "auto" else ""
+    dist.check_same("the run to resume and its step", resumed,
+                    f"{arg('resume')} needs the run folder on a file system every machine sees{chosen}")
 
     # Said once the run folder is made: not before a refusal to make it (--runs-dir /proc/x).
     to_warn = []
