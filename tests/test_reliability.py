@@ -379,6 +379,21 @@ def test_resume_may_read_the_text_from_another_path():
     assert recipe_diff(old, {"data": {**moved["data"], "max_lines": 20}}) == ["data.max_lines: 10 -> 20"]
 
 
+def test_resume_may_cut_the_same_text_by_other_lines(tmp_path, write_recipe, corpus):
+    """A file shortened to the lines the run read is the same text without data.max_lines; a cut that changes the
+    text is said as the change it is, beside the text's."""
+    path = write_recipe(data={"path": str(corpus), "max_lines": 40}, train={"max_steps": 2, "epochs": 50})
+    run = train(load_recipe(path), runs_dir=tmp_path, quiet=True).run_dir
+    short = tmp_path / "short.txt"
+    short.write_text("".join(corpus.read_text(encoding="utf-8").splitlines(keepends=True)[:40]), encoding="utf-8")
+    resumed = train(load_recipe(path, [f"data.path={short}", "data.max_lines=null", "train.max_steps=4"]),
+                    runs_dir=tmp_path, quiet=True, resume=run)
+    assert resumed.summary["steps"] == 4
+    with pytest.raises(UserError) as e:
+        train(load_recipe(path, ["data.max_lines=30", "train.max_steps=6"]), runs_dir=tmp_path, quiet=True, resume=run)
+    assert "  data.max_lines: null -> 30\n  data: the text at " in str(e.value)  # (null: as the run went on)
+
+
 def test_a_stride_of_one_block_is_no_change_from_the_default():
     old = {"data": {"path": "t.txt", "stride": None}, "model": {"block_size": 32}}
     assert recipe_diff(old, {"data": {"path": "t.txt", "stride": 32}, "model": {"block_size": 32}}) == []

@@ -118,9 +118,12 @@ def effective(flat: dict) -> dict:
 def changes_since(checkpoint: dict, run_dir: Path, recipe: Recipe, dataset) -> list[tuple[str, str]]:
     """What keeps `recipe` and its text (a CharDataset) from resuming the run `checkpoint` (of `run_dir`)
     was saved by, as (what, how) pairs: ("train.lr", "train.lr: 0.002 -> 0.001") for each recipe key that
-    differs and may not change (MAY_CHANGE; see `differences`), ("vocabulary", ...) or ("text", ...) for
-    another text; [] if it may resume."""
-    changes = [(key, how) for key, how in differences(checkpoint, run_dir, recipe) if not matches(key, MAY_CHANGE)]
+    differs and may not change (MAY_CHANGE; see `differences`; data.max_lines only with another text),
+    ("vocabulary", ...) or ("text", ...) for another text; [] if it may resume."""
+    same_text = checkpoint["itos"] == list(dataset.itos) and checkpoint.get("text_sha256") == dataset.fingerprint
+    # Lines cut otherwise from the same text (a file shortened to the lines the run read) go on; else the cut is said.
+    changes = [(key, how) for key, how in differences(checkpoint, run_dir, recipe)
+               if not matches(key, MAY_CHANGE) and not (same_text and key == "data.max_lines")]
     another = f"data: the text at {recipe.data.path} is not the one the run was trained on"
     if checkpoint["itos"] != list(dataset.itos):
         old, new = set(checkpoint["itos"]), set(dataset.itos)
