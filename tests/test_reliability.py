@@ -333,6 +333,17 @@ def test_stop_during_evaluation_redoes_it_on_resume(tmp_path, monkeypatch, refer
     assert_same_run(ref, stopped.run_dir)
 
 
+def test_a_stop_during_an_evaluation_at_a_save_step_saves_once(tmp_path, monkeypatch, write_recipe):
+    from gptkit.training import run
+
+    path = write_recipe(**{**RELIABLE, "train": {**RELIABLE["train"], "checkpoint_every": 4}})
+    saves = []
+    original = run.save_checkpoint
+    monkeypatch.setattr(run, "save_checkpoint", lambda *args, **kwargs: saves.append(args[0]) or original(*args, **kwargs))
+    stopped = stop_during_the_evaluation_at_step_4(monkeypatch, path, tmp_path / "runs")
+    assert len(saves) == 1 and load_checkpoint(stopped.run_dir)["trainer"]["state"]["eval_pending"]
+
+
 def test_a_run_that_fails_after_redoing_an_evaluation_resumes_without_repeating_its_record(
         tmp_path, monkeypatch, reference):
     path, ref = reference

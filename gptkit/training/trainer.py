@@ -213,7 +213,7 @@ class Trainer:
         self._pending = PendingSteps(min(self.cfg.log_every, self.steps_per_epoch), device)  # flushed by then
         self._interval_t0 = time.perf_counter()
         self.saved_step: int | None = None  # of the last checkpoint written, or resumed from
-        self._saved_eval_step: int | None = None  # the evaluation that checkpoint holds
+        self._saved_eval: tuple[int | None, bool] = (None, False)  # the evaluation that checkpoint holds, and if one was due
 
     @property
     def tokens_per_step(self) -> int:
@@ -310,7 +310,7 @@ class Trainer:
         if "eval_windows" not in saved["state"]:  # an older checkpoint's
             batches = saved_recipe["train"].get("eval_batches") if saved_recipe else self.cfg.eval_batches
             self.state.eval_windows = len(self._eval_starts(batches))
-        self.saved_step, self._saved_eval_step = self.state.step, self.state.eval_step  # the checkpoint resumed from
+        self.saved_step, self._saved_eval = self.state.step, self._evaluation()  # the checkpoint resumed from
         torch.set_rng_state(saved["rng"]["torch"])
         if "cuda" in saved["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(saved["rng"]["cuda"], self.device)
@@ -411,7 +411,7 @@ class Trainer:
             if state.eval_step != state.step:  # resumed at its budget after a stop between evaluations
                 self.evaluate()  # a run's final figures are its last step's
             self._checkpoint_and_stop_if_asked()  # a stop asked with no step left to take it at
-        if (state.step, state.eval_step) != (self.saved_step, self._saved_eval_step):
+        if not self._saved():
             state.seconds = self._elapsed()  # else the checkpoint's: a resume with nothing to do keeps it
         self.progress.close()
         return state
@@ -558,15 +558,22 @@ class Trainer:
         s = self.state
         # Also after an evaluation at a step already saved (a resumed run's final one): else a resume from
         # that checkpoint would evaluate the step again and write its record twice.
-        if (self.saved_step, self._saved_eval_step) != (s.step, s.eval_step) or s.eval_pending:
+        if not self._saved():
             self._flush()
             finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()  # one host sync
             if not finite:  # as the last step left them
                 self._diverged(s.step, "its update left weights that are not finite", update=True)
             s.seconds = self._elapsed()  # the evaluation before the save too
             self.on_checkpoint(self)
-            self.saved_step, self._saved_eval_step = s.step, s.eval_step
+            self.saved_step, self._saved_eval = s.step, self._evaluation()
             self._interval_t0 = time.perf_counter()  # and the saving
+
+    def _evaluation(self) -> tuple[int | None, bool]:
+        return self.state.eval_step, self.state.eval_pending
+
+    def _saved(self) -> bool:
+        """Whether the last checkpoint holds the state as it is (its step, evaluation and one due)."""
+        return (self.saved_step, self._saved_eval) == (self.state.step, self._evaluation())
 
     def _backward_culprit(self, e: BaseException):
         """The plugin component whose backward raised `e` in a training step, if one did."""
