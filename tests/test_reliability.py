@@ -364,6 +364,24 @@ def test_a_run_that_fails_after_redoing_an_evaluation_resumes_without_repeating_
     assert_same_run(ref, run)
 
 
+def test_a_checkpoint_of_weights_only_is_not_resumed(tmp_path, monkeypatch, write_recipe, capsys):
+    """A checkpoint.pt without the training state (written by hand, or train_model's save_path copied in): one
+    error naming the run and what to do, and `--resume auto` passes it by saying why."""
+    path = write_recipe()
+    run = interrupted_at(monkeypatch, path, tmp_path / "runs", 3)
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    del checkpoint["trainer"]
+    torch.save(checkpoint, run / "checkpoint.pt")
+    with pytest.raises(UserError) as e:
+        train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume=run)
+    assert str(e.value) == (f"cannot resume {run}: its checkpoint.pt holds weights only, no training state to resume "
+                            f"from; sample it with gptkit sample {run}, or start a new run without resume")
+    result = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")
+    assert result.run_dir != run
+    assert (f"note: not resuming {run}: its checkpoint.pt holds weights only, no training state to resume from\n"
+            in capsys.readouterr().err)
+
+
 def test_resume_auto_starts_fresh_when_nothing_is_unfinished(tmp_path, write_recipe):
     path = write_recipe()
     first = train(load_recipe(path), runs_dir=tmp_path / "runs", quiet=True, resume="auto")

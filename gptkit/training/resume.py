@@ -146,19 +146,23 @@ def characters_changed(old: set[str], new: set[str]) -> str:
     return "".join(f", {s}" for s in said)
 
 
+WEIGHTS_ONLY = "its checkpoint.pt holds weights only, no training state to resume from"
+
+
 def check_resumable(run_dir: Path, checkpoint: dict, recipe: Recipe, dataset, warn: Callable[[str], None]) -> None:
     """Refuse to resume `run_dir` if the recipe or the text (a CharDataset) is no longer the run's. A
     component that now comes from another version of its package (or another package) is allowed, with
     a warning through `warn` (as is a plugin or local file whose code changed since): its weights must still
     fit, but the steps from here on run other code."""
     if "trainer" not in checkpoint:
-        raise UserError(f"{run_dir}/checkpoint.pt holds weights only, no training state to resume from")
-    lacks = state_dict_problem(checkpoint["trainer"], checkpoint["step"])
-    if lacks is None and not isinstance(checkpoint.get("text_sha256", ""), str):
-        lacks = "text_sha256"
-    if lacks:
-        raise UserError(f"cannot resume {run_dir}: its checkpoint.pt lacks a valid {lacks}; sample it with gptkit "
-                        f"sample {quote(run_dir)}, or start a new run without {arg('resume')}")
+        problem = WEIGHTS_ONLY
+    else:
+        lacks = state_dict_problem(checkpoint["trainer"], checkpoint["step"]) or (
+            None if isinstance(checkpoint.get("text_sha256", ""), str) else "text_sha256")
+        problem = lacks and f"its checkpoint.pt lacks a valid {lacks}"
+    if problem:
+        raise UserError(f"cannot resume {run_dir}: {problem}; sample it with gptkit sample {quote(run_dir)}, or start "
+                        f"a new run without {arg('resume')}")
     refuse_if_stopped_for_good(run_dir)
     invalid = invalid_recipe(checkpoint, run_dir)  # said as `gptkit sample` says it, not as changes to undo
     if invalid:
@@ -301,7 +305,7 @@ def checkpoint_to_resume(run: Path, recipe: Recipe, dataset) -> tuple[dict | Non
     except UserError as e:
         return None, str(e)
     if "trainer" not in checkpoint:
-        return None, "its checkpoint.pt holds weights only, no training state to resume from"
+        return None, WEIGHTS_ONLY
     invalid = invalid_recipe(checkpoint, run)
     if invalid:
         return None, invalid
