@@ -18,8 +18,8 @@ from .components.base import GPTConfig, Params
 from .components.positional import Positional, checked_bias
 from .components.schedule import factor_rule, is_factor
 from .device import keep_random_state, resolve_device, torch_defaults
-from .diagnose import (CACHE_CONTRACT, cached_logits, causal_splits, changed_since, exercise, fp32_matmuls, randomised,
-                       same_logits, snapshot)
+from .diagnose import (CACHE_CONTRACT, cached_logits, causal_splits, changed_from, changed_since, exercise, fp32_matmuls,
+                       randomised, same_logits, snapshot)
 from .errors import UserError, first_line, listing, on_command_line, out_of_memory, out_of_memory_as, out_of_memory_on
 from .model import build_model
 from .recipe.components import MODEL_KINDS, ComponentSpec, RecipeIssue, parse_component, undeclared_hint
@@ -201,9 +201,7 @@ def _assert_causal(model, config):
                                  "reads (a counter, a buffer or parameter written to), or draws random numbers "
                                  "from a generator of its own, so causality cannot be told")
         for t in causal_splits(T):
-            changed = x.clone()
-            changed[:, t:] = (changed[:, t:] + 1) % config.vocab_size  # another token for any vocabulary of 2 or more
-            after = logits(changed)
+            after = logits(changed_from(x, t, config.vocab_size))
             if not torch.allclose(before[:, :t], after[:, :t], atol=1e-6):  # float32 rounding: a small leak grows
                 raise AssertionError(f"changing a later token changed an earlier output ({mode} mode, tokens from "
                                      f"position {t} on changed)")

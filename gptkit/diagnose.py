@@ -303,6 +303,14 @@ def causal_splits(T: int) -> list[int]:
     return sorted({t for t in (1, T // 2, T - 1) if 0 < t < T})
 
 
+def changed_from(idx: torch.Tensor, t: int, vocab_size: int) -> torch.Tensor:
+    """A copy of the token ids `idx` (B, T) with every token from position t on replaced by another (any
+    vocabulary of 2 or more)."""
+    changed = idx.clone()
+    changed[:, t:] = (changed[:, t:] + 1) % vocab_size
+    return changed
+
+
 def check_causal(gpt: GPT, model) -> None:
     """Before training a model with plugin or local components (gptkit's own are tested): changing the
     tokens of a sequence from position t on leaves the logits before t as they were, for several t, in
@@ -350,9 +358,7 @@ def _leak(probe: GPT, specs: dict, idx: torch.Tensor, where: str) -> tuple[nn.Mo
     if not all(torch.isfinite(out).all() and same_logits(out, other) for (_, out), (_, other) in zip(before, again)):
         return None
     for t in causal_splits(idx.size(1)):
-        changed = idx.clone()
-        changed[:, t:] = (changed[:, t:] + 1) % V
-        after = _outputs(probe, specs, changed, where, seed=0)
+        after = _outputs(probe, specs, changed_from(idx, t, V), where, seed=0)
         moved = next((m for (m, a), (_, b) in zip(before, after) if not same_logits(a[:, :t], b[:, :t])), None)
         if moved is not None:
             return moved, t
