@@ -448,6 +448,42 @@ def test_a_ctrl_c_while_the_command_line_is_still_importing_is_quiet(monkeypatch
     assert e.value.code == 130 and capsys.readouterr().err == "\ninterrupted\n"
 
 
+@pytest.mark.parametrize("code", [2, 130])
+def test_a_ctrl_c_while_a_command_ends_keeps_its_exit_code(monkeypatch, capsys, tmp_path, code):
+    """A second Ctrl-C landing while the command unwinds, its message said and its exit code chosen (a stopped
+    run's 130, an error's 2): no traceback, and the code stays."""
+    import contextlib
+    import signal
+
+    from gptkit import _entry, cli
+
+    @contextlib.contextmanager
+    def interrupted_on_the_way_out():
+        try:
+            yield
+        finally:
+            raise KeyboardInterrupt
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # the run's stop, which the command says and turns into 130
+
+    monkeypatch.setattr(cli, "reader_may_go", interrupted_on_the_way_out)
+    if code == 130:
+        monkeypatch.setattr("gptkit.cli.validate.load_recipe", stopped)
+    monkeypatch.setattr(sys, "argv", ["gptkit", "validate", str(tmp_path / "missing.yaml")])
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        _entry.main()
+    except BaseException as e:  # (a KeyboardInterrupt that gets through must fail this test, not stop pytest)
+        raised = e
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    err = capsys.readouterr().err
+    assert isinstance(raised, SystemExit), repr(raised)
+    assert raised.code == code and err.count("interrupted") == (code == 130) and "Traceback" not in err
+    assert err.startswith("error: recipe file " if code == 2 else "\ninterrupted\n"), err
+
+
 def test_the_package_imports_its_names_on_first_use():
     import subprocess
     import sys
