@@ -1753,6 +1753,23 @@ def interrupted_ablation(cli, monkeypatch, args, step=3):
     return run
 
 
+def test_a_run_of_an_ablation_is_resumed_by_the_ablation_not_alone(cli, tmp_path, write_recipe, monkeypatch):
+    """`gptkit run RECIPE --resume` of one of its runs would train it on with the recipe file's budget, and the
+    ablation would then refuse the run as another recipe's; named as the ablation's, with its command."""
+    recipe = write_recipe(train={"max_steps": 4, "checkpoint_every": 2})
+    out = tmp_path / "abl"
+    args = ("ablate", recipe, "--vary", "model.norm=layernorm", "--seeds", "1", "--out", out)
+    run = interrupted_ablation(cli, monkeypatch, args, step=2)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for alone in (("run", recipe, "--resume", run, "--set", "train.max_steps=8"), ("run", "--resume", run)):
+        result = cli(*alone)
+        assert result.exit_code == 2 and result.output == (
+            f"error: --resume {run}: a run of the ablation in {out}, which resumes its runs itself: gptkit ablate "
+            f"{out / 'ablation.yaml'} --out {out} (to train this run further alone, copy its folder out first)\n")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert cli(*args).exit_code == 0
+
+
 @pytest.mark.parametrize("change", ["train.max_steps=4", "train.eval_batches=3"])
 def test_an_unfinished_run_resumes_only_with_exactly_its_arms_recipe(cli, tmp_path, write_recipe, monkeypatch, change):
     recipe = write_recipe(train={"max_steps": 6, "eval_every": 2, "eval_batches": 1, "checkpoint_every": 2})

@@ -22,8 +22,8 @@ from ..recipe.load import named_by_overrides, recipe_device
 from ..training import train
 from ..training.build import build_checked
 from ..training.checkpoint import plugin_changes
-from ..training.folder import (diverged, earlier_sessions, ended, failed, finished, run_recipe, summary_of,
-                               trained_text, trained_with, val_curve)
+from ..training.folder import (ablate_again, diverged, earlier_sessions, ended, failed, finished, run_recipe,
+                               summary_of, trained_text, trained_with, val_curve)
 from ..training.progress import fmt_duration
 from ..training.resume import differing, is_locked
 from ..training.signals import signals_held
@@ -547,8 +547,7 @@ def manifest(plan: Plan, folder: Path, seeds: list[int]) -> str:
         "allow_unfair": a.allow_unfair,
     }
     arms = "".join(f"#   {arm.slug}/  {arm.title}\n" for arm in plan.arms)
-    return (f"# Resume, or add seeds: gptkit ablate {quote(folder.resolve() / 'ablation.yaml')} "
-            f"--out {quote(folder.resolve())}\n"
+    return (f"# Resume, or add seeds: {ablate_again(folder.resolve())}\n"
             f"# Arms (folder, label):\n{arms}" + "".join(f"{key}: {yaml_text(value)}\n" for key, value in data.items()))
 
 

@@ -145,12 +145,12 @@ def recipe_path(ctx, param, value):
     folder = None if value is None else home_path(value, f"recipe file {value}")  # as load_recipe says it
     if folder is None or not folder.is_dir():
         return value
-    from ..training.folder import is_ablation_folder
+    from ..training.folder import ablate_again, is_ablation_folder
 
     command = ctx.info_name
     hint = ""
     if is_ablation_folder(folder):
-        hint = f"; to go on with that ablation: gptkit ablate {quote(folder / 'ablation.yaml')} --out {quote(folder)}"
+        hint = f"; to go on with that ablation: {ablate_again(folder)}"
     elif (folder / "recipe.yaml").is_file():
         hint = (f"; to continue that run: gptkit run --resume {quote(value)}" if command == "run" else
                 f"; for that run's recipe: gptkit {command} {quote(folder / 'recipe.yaml')}")

@@ -17,6 +17,11 @@ def is_ablation_folder(path: Path) -> bool:
     return (path / "ablation.yaml").is_file() and not (path / "recipe.yaml").is_file()
 
 
+def ablate_again(folder: Path) -> str:
+    """The command that resumes the ablation in `folder` (or gives it more seeds)."""
+    return f"gptkit ablate {quote(folder / 'ablation.yaml')} --out {quote(folder)}"
+
+
 def ablation_runs(path: Path) -> dict[Path, int]:
     """The ablation folder's run folders (ARM/seed-N), in path order, with their seeds."""
     found = ((p, re.fullmatch(r"seed-(-?\d+)", p.name)) for p in sorted(path.glob("*/seed-*")) if p.is_dir())

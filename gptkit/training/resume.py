@@ -13,13 +13,13 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-from ..errors import OutOfMemory, UserError, arg, given, on_command_line
+from ..errors import OutOfMemory, UserError, arg, given, goes_on_by, on_command_line
 from ..io import quote, temporaries, write_text
 from ..plugins import software_changes
 from ..recipe import Recipe, flatten, yaml
 from .checkpoint import changed_plugins, load_checkpoint, missing_plugins, plugin_changes, stored_recipe
-from .folder import (is_ablation_folder, metric_records, no_such_folder, resumable, run_recipe, runs_within,
-                     stopped_for_good, summary_of, trained_with)
+from .folder import (ablate_again, is_ablation_folder, metric_records, no_such_folder, resumable, run_recipe,
+                     runs_within, stopped_for_good, summary_of, trained_with)
 from .speed import resolved_speed
 from .trainer import run_steps, state_dict_problem
 
@@ -229,7 +229,12 @@ def check_run_dir(path: str | Path) -> Path:
         raise not_a_run(path, "not a folder" if path.exists() else no_such_folder(path))
     if is_ablation_folder(path):
         raise UserError(f"{given('resume', path)}: an ablation folder, not a run folder; to resume the ablation: "
-                        f"gptkit ablate {quote(path / 'ablation.yaml')} --out {quote(path)}")
+                        f"{ablate_again(path)}")
+    ablation = path.absolute().parent.parent
+    if not goes_on_by() and re.fullmatch(r"seed-(-?\d+)", path.name) and is_ablation_folder(ablation):
+        # Resumed alone, with a recipe file's budget say, it would be no longer the ablation's: refused there.
+        raise UserError(f"{given('resume', path)}: a run of the ablation in {ablation}, which resumes its runs "
+                        f"itself: {ablate_again(ablation)} (to train this run further alone, copy its folder out first)")
     return path
 
 
