@@ -432,7 +432,18 @@ def test_a_typo_in_a_model_size_is_refused_and_a_huge_max_lines_reads_everything
     assert result.exit_code == 0, result.output
 
 
-def test_a_ctrl_c_while_the_command_line_is_still_importing_is_quiet(monkeypatch, capsys):
+@pytest.fixture
+def sigint_kept():
+    """The test process's SIGINT handler, restored after a test of the console script, which ignores SIGINT
+    once its command is done."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
+def test_a_ctrl_c_while_the_command_line_is_still_importing_is_quiet(monkeypatch, capsys, sigint_kept):
     import sys
     import types
 
@@ -449,11 +460,10 @@ def test_a_ctrl_c_while_the_command_line_is_still_importing_is_quiet(monkeypatch
 
 
 @pytest.mark.parametrize("code", [2, 130])
-def test_a_ctrl_c_while_a_command_ends_keeps_its_exit_code(monkeypatch, capsys, tmp_path, code):
+def test_a_ctrl_c_while_a_command_ends_keeps_its_exit_code(monkeypatch, capsys, tmp_path, sigint_kept, code):
     """A second Ctrl-C landing while the command unwinds, its message said and its exit code chosen (a stopped
     run's 130, an error's 2): no traceback, and the code stays."""
     import contextlib
-    import signal
 
     from gptkit import _entry, cli
 
@@ -471,13 +481,10 @@ def test_a_ctrl_c_while_a_command_ends_keeps_its_exit_code(monkeypatch, capsys, 
     if code == 130:
         monkeypatch.setattr("gptkit.cli.validate.load_recipe", stopped)
     monkeypatch.setattr(sys, "argv", ["gptkit", "validate", str(tmp_path / "missing.yaml")])
-    handler = signal.getsignal(signal.SIGINT)
     try:
         _entry.main()
     except BaseException as e:  # (a KeyboardInterrupt that gets through must fail this test, not stop pytest)
         raised = e
-    finally:
-        signal.signal(signal.SIGINT, handler)
     err = capsys.readouterr().err
     assert isinstance(raised, SystemExit), repr(raised)
     assert raised.code == code and err.count("interrupted") == (code == 130) and "Traceback" not in err

@@ -260,6 +260,23 @@ def test_creating_a_corpus_counts_a_last_line_without_its_newline(tmp_path, monk
     assert f"Created {data.path} ({lines} line{'s' if lines > 1 else ''}) from" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args", [("--resume", "runs/typo"), ("--runs-dir", "afile"), ("--set", "sample.prompt=€"),
+                                  ("--set", "train.batch_size=100000")], ids=["resume", "runs-dir", "prompt", "batch"])
+def test_a_run_refused_before_it_starts_leaves_no_corpus_file(cli, tmp_path, monkeypatch, write_recipe, args):
+    """The corpus is made on first use: not by a command that is then refused, which would say it made a file
+    before its error."""
+    from gptkit.data import dataset
+
+    monkeypatch.setattr(dataset, "corpus_text", lambda corpus: make_text())
+    (tmp_path / "afile").write_text("")
+    recipe = write_recipe(data={"path": "data/corpus.txt", "corpus": "shakespeare"})
+    result = cli("run", recipe, *args, "-q")
+    assert result.exit_code == 2 and result.output.startswith("error: ") and "Created" not in result.output, \
+        result.output
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+    assert cli("run", recipe, "--set", "train.max_steps=1", "-q").exit_code == 0 and (tmp_path / "data/corpus.txt").exists()
+
+
 def test_an_epochs_order_is_drawn_on_the_cpu_whatever_the_default_device():
     """A notebook's torch.set_default_device("cuda") must not meet the CPU generator's draws (meta stands in)."""
     ds = CharDataset(make_text(), block_size=16)

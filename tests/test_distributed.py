@@ -380,10 +380,10 @@ from gptkit.training import run
 
 load_dataset = run.load_dataset
 
-def load_other_text_on_rank_1(data, *args):
+def load_other_text_on_rank_1(data, *args, **kwargs):
     if os.environ["RANK"] == "1":  # a machine whose copy of the data file differs
         data = data.model_copy(update={"max_lines": 30})
-    return load_dataset(data, *args)
+    return load_dataset(data, *args, **kwargs)
 
 run.load_dataset = load_other_text_on_rank_1
 main(prog_name="gptkit")
@@ -675,9 +675,9 @@ from gptkit.training import run
 
 load_dataset = run.load_dataset
 
-def interrupted(*args):  # a Ctrl-C to the job before its run starts: every process is interrupted
+def interrupted(*args, **kwargs):  # a Ctrl-C to the job before its run starts: every process is interrupted
     os.kill(os.getpid(), signal.SIGINT)
-    return load_dataset(*args)
+    return load_dataset(*args, **kwargs)
 
 run.load_dataset = interrupted
 """ + EXIT_CODES

@@ -8,12 +8,14 @@ import contextlib
 import hashlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError, counted, on_command_line, overrides_example
-from ..io import DISK_FULL, cannot_make_folder, missing, quote, read_text, temporaries, write_text
+from ..io import (DISK_FULL, cannot_make_folder, make_folders, missing, quote, read_text, remove_empty, temporaries,
+                  write_text)
 from .vocab import Vocab
 
 
@@ -194,23 +196,36 @@ def not_found_hint() -> str:
             f"the text there, or point data.path at it, e.g. {overrides_example('data.path=FILE')}")
 
 
-def load_dataset(data, block_size: int, if_missing: str | None = None) -> CharDataset:
+def load_dataset(data, block_size: int, if_missing: str | None = None,
+                 check: Callable[[CharDataset], None] = lambda dataset: None) -> CharDataset:
     """The dataset a recipe's `data` section describes, creating the corpus file on first use; `if_missing`
-    (default: not_found_hint()) follows the error for a data.path not found."""
+    (default: not_found_hint()) follows the error for a data.path not found. `check(dataset)` may refuse
+    it: a corpus file made for a run that is then refused (a batch too large for the text) is removed."""
     if_missing = not_found_hint() if if_missing is None else if_missing
     path: Path = data.path
     if data.corpus is not None:  # a creation killed midway left its temporary file, even if a later one finished
         remove_stale_temporaries(path)
     created = will_create(data)
+    made = create(path, data.corpus) if created else []
+    try:
+        if not exists(path):
+            why = missing(path)  # a symbolic link loop exists() takes for no file at all
+            raise UserError(f"data.path: file {path} {why}{if_missing if why == 'not found' else ''}")
+        text = read_text(path, "data.path")
+        # A corpus's file cut short (a full disk, a copy) is made again, not lengthened.
+        longer = f"delete it to rebuild it from the '{data.corpus.name}' corpus" if data.corpus and not created else None
+        dataset = dataset_of(text, data, block_size, f"data.path {path}", longer)
+        check(dataset)
+    except UserError:
+        if created:
+            path.unlink(missing_ok=True)
+            remove_empty(made)
+        raise
     if created:
-        create(path, data.corpus)
-    if not exists(path):
-        why = missing(path)  # a symbolic link loop exists() takes for no file at all
-        raise UserError(f"data.path: file {path} {why}{if_missing if why == 'not found' else ''}")
-    text = read_text(path, "data.path")
-    # A corpus's file cut short (a full disk, a copy) is made again, not lengthened.
-    longer = f"delete it to rebuild it from the '{data.corpus.name}' corpus" if data.corpus and not created else None
-    return dataset_of(text, data, block_size, f"data.path {path}", longer)
+        lines = text.count("\n") + (text[-1:] not in ("", "\n"))  # a last line without its newline counts too
+        print(f"Created {path} ({lines:,} line{'s' if lines != 1 else ''}) from the '{data.corpus.name}' corpus.",
+              file=sys.stderr)
+    return dataset
 
 
 def dataset_of(text: str, data, block_size: int, source: str, longer: str | None = None) -> CharDataset:
@@ -234,16 +249,18 @@ def cannot_create(path: Path, corpus, why: str, fix: str = "choose a writable da
                      f"{overrides_example('data.path=FILE', f'data.corpus={corpus.name}')}")
 
 
-def create(path: Path, corpus) -> None:
-    """Write the text of `corpus` (a ComponentSpec) to `path`, or say what to do instead. Another path
-    on the command line must name the corpus again: alone, it is the user's own text (see apply_overrides)."""
+def create(path: Path, corpus) -> list[Path]:
+    """Write the text of `corpus` (a ComponentSpec) to `path`, or say what to do instead; the folders made
+    for it (data/ may not exist yet), as make_folders returns them. Another path on the command line must
+    name the corpus again: alone, it is the user's own text (see apply_overrides)."""
     text = corpus_text(corpus)
+    made = []
     try:
-        write_text(path, text, parents=True)  # data/ may not exist yet
+        made = make_folders(path.parent)
+        write_text(path, text)
     except OSError as e:
+        remove_empty(made)
         if e.errno in DISK_FULL:
             raise cannot_create(path, corpus, e.strerror, "free some space, or create it on another disk") from None
         raise cannot_create(path, corpus, cannot_make_folder(path.parent) or e.strerror) from None
-    lines = text.count("\n") + (text[-1:] not in ("", "\n"))  # a last line without its newline counts too
-    print(f"Created {path} ({lines:,} line{'s' if lines != 1 else ''}) from the '{corpus.name}' corpus.",
-          file=sys.stderr)
+    return made

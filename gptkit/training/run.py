@@ -90,11 +90,19 @@ def then_resume(e: Exception, run_dir: Path) -> str:
     return f". {remedy(e).capitalize()} and resume with {again}"
 
 
-def new_run_dir(runs_dir: Path, name: str) -> tuple[Path, list[Path]]:
-    """A new folder NAME-STAMP in `runs_dir`, and the folders made for it (`make_folders`)."""
+def runs_dir_blocked(runs_dir: Path) -> UserError | None:
+    """The error for a `runs_dir` no run folder can be made in, as far as can be seen without making one."""
     blocked = cannot_make_folder(runs_dir)  # a link that leads nowhere would pass for a name taken
     if blocked:
-        raise UserError(f"cannot create a run folder in {runs_dir}: {blocked}; {other_runs_dir('a writable folder')}")
+        return UserError(f"cannot create a run folder in {runs_dir}: {blocked}; {other_runs_dir('a writable folder')}")
+    return None
+
+
+def new_run_dir(runs_dir: Path, name: str) -> tuple[Path, list[Path]]:
+    """A new folder NAME-STAMP in `runs_dir`, and the folders made for it (`make_folders`)."""
+    blocked = runs_dir_blocked(runs_dir)
+    if blocked:
+        raise blocked
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
         path = runs_dir / (f"{name}-{stamp}" + (f"-{n}" if n else ""))
@@ -228,11 +236,20 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     elsewhere = f", e.g. {overrides_example('data.path=FILE')}" if on_command_line() else " (the recipe's data.path)"
     missing = None if resume in (None, "auto") else (
         f"; restore it, or point data.path at a copy of the text {resume} was trained on{elsewhere}")
+    # Said before the text is read, or a corpus file made for a run that cannot start.
+    if resume not in (None, "auto"):
+        check_run_dir(resume)
+    elif run_dir is None:  # a new run folder may be made, by rank 0
+        blocked = runs_dir_blocked(Path(runs_dir)) if dist.is_main else None
+        if blocked:
+            dist.abort(blocked.exit_code)  # the other ranks, at the vote below, stop quietly
+            raise blocked
+        dist.any_rank(False)
     with dist.local_main_first():  # a corpus file is created once per machine
-        dataset = load_dataset(recipe.data, recipe.model.block_size, missing)
+        dataset = load_dataset(recipe.data, recipe.model.block_size, missing,
+                               check=lambda d: d.check_run(recipe.train.batch_size, recipe.sample.prompt))
     dist.check_same("the training text", dataset.fingerprint,
                     "every machine needs the same file at data.path")
-    dataset.check_run(recipe.train.batch_size, recipe.sample.prompt)
     checkpoint = save = None
     if resume is not None:
         run_dir, checkpoint, save = run_to_resume(recipe, dataset, resume, Path(runs_dir), log, note, warn_once)
