@@ -513,6 +513,13 @@ def test_a_string_override_read_as_another_type_says_how_to_quote_it(write_recip
     assert getattr(getattr(quoted, section) if section else quoted, field) == value
 
 
+def test_a_value_left_out_is_offered_an_empty_text_only_where_one_is_valid(write_recipe):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write_recipe(), ["name="])
+    assert str(e.value).endswith("name: Input should be a valid string (got None) (YAML read an empty value as null; "
+                                 "write one)")  # not --set 'name=""', which is refused too
+
+
 def test_a_string_vary_value_says_how_to_quote_it(write_recipe):
     """bench and ablate name a value of --vary as the recipe's loader is told (origins)."""
     with pytest.raises(RecipeError) as e:

@@ -107,10 +107,11 @@ def _read_as(value: object) -> str:
     return ""  # not what YAML reads: a Python object given in a dict
 
 
-def string_hint(value: object, written: str | None, quoted: Callable[[str], str] | None) -> str:
+def string_hint(value: object, written: str | None, quoted: Callable[[str], str] | None, empty_ok: bool = False) -> str:
     """Why a string field got `value`, and how to make it a string: `(YAML read ROMEO: as a mapping;
     quote it: --set 'sample.prompt="ROMEO:"')`. `written` is the value as the user wrote it (None if
-    unknown); `quoted(text)` says how to write `text` quoted where the user wrote it (None: unknown)."""
+    unknown); `quoted(text)` says how to write `text` quoted where the user wrote it (None: unknown);
+    `empty_ok`: whether an empty text would do, for a value left out."""
     read_as = _read_as(value)
     if not read_as:
         return "(give a str)"
@@ -118,7 +119,7 @@ def string_hint(value: object, written: str | None, quoted: Callable[[str], str]
     fix = (f"quote it: {quoted(written)}" if written is not None and quoted and len(written) <= FIX_WIDTH
            else "quote it to make it a string")
     if written == "":  # nothing after the colon: most likely a value left out
-        fix = f"write one, or {quoted(written)} for an empty text" if quoted else "write one"
+        fix = f"write one, or {quoted(written)} for an empty text" if quoted and empty_ok else "write one"
     return f"(YAML read {what} as {read_as}; {fix})"
 
 

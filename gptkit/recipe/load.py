@@ -1,11 +1,13 @@
 """Read a recipe file, apply `--set key=value` overrides, validate, and report every problem at once."""
 
 import contextlib
+import copy
+import functools
 import json
 import os
 import re
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -199,24 +201,39 @@ def validate(data: dict, origin: str = "recipe", base_dir: Path | None = None,
     try:
         recipe = Recipe.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
+        said = _problems(e, origin, lines, overrides, source, lambda loc: _takes_empty(data, loc, base_dir))
         if unrun:  # the likely cause of an unknown component
-            raise RecipeError(f"{_problems(e, origin, lines, overrides, source)}\n(its imports could not be run: "
-                              f"{'; '.join(unrun)})") from None
-        raise RecipeError(_problems(e, origin, lines, overrides, source)) from None
+            raise RecipeError(f"{said}\n(its imports could not be run: {'; '.join(unrun)})") from None
+        raise RecipeError(said) from None
     if duplicates:  # said with the other mistakes, when there are any
         raise RecipeError(problems(origin, duplicates))
     return recipe
 
 
+def _takes_empty(data: dict, loc: tuple, base_dir: Path | None) -> bool:
+    """Whether an empty text at `loc` would be valid where `data` has something else (an empty sample.prompt
+    is; an empty name is not): whether to suggest one."""
+    trial = copy.deepcopy(data)
+    try:
+        functools.reduce(lambda node, key: node[key], loc[:-1], trial)[loc[-1]] = ""
+        Recipe.model_validate(trial, context={"base_dir": base_dir})
+    except ValidationError as e:
+        return all(tuple(at) != loc for at, _ in describe_errors(e, Recipe))
+    except (LookupError, TypeError):
+        return False
+    return True
+
+
 def _problems(e: ValidationError, origin: str, lines: dict | None, overrides: Sequence[tuple[tuple, str]],
-              source: yaml.Source | None = None) -> str:
+              source: yaml.Source | None = None, takes_empty: Callable[[tuple], bool] = lambda loc: False) -> str:
     """Every validation error, on a line of its own, named by its file line or by its override."""
     found = []  # (the override's index, the line, the text): the recipe's own in file order, then --set's
     also = causes(e)
     for loc, msg in describe_errors(e, Recipe):
         blamed, line, where = _blame(loc, also.get(loc, []), origin, lines or {}, overrides)
         if isinstance(msg, NotAString):
-            msg = f"{msg} {_string_hint(msg.value, loc, overrides[blamed] if blamed >= 0 else None, source)}"
+            hint = _string_hint(msg.value, loc, overrides[blamed] if blamed >= 0 else None, source, takes_empty(loc))
+            msg = f"{msg} {hint}"
         found.append((blamed, line, f"{where}: {'.'.join(map(str, loc))}: {msg}"))
     found += [(-1, line, error) for line, error, _ in (source.duplicates if source is not None else [])]
     return problems(origin, [text for *_, text in sorted(found, key=lambda p: p[:2])])
@@ -239,14 +256,16 @@ def _blame(loc: tuple, causes: list[tuple], origin: str, lines: dict, overrides:
     return -1, line, f"{origin}{f':{line}' if line else ''}"
 
 
-def _string_hint(value, loc: tuple, override: tuple[tuple, str] | None, source: yaml.Source | None) -> str:
+def _string_hint(value, loc: tuple, override: tuple[tuple, str] | None, source: yaml.Source | None,
+                 empty_ok: bool) -> str:
     """string_hint for the string field at `loc` given `value`, by the `override` (key path, label) to
-    blame, or else by the recipe file whose `source` tells how the value was written."""
+    blame, or else by the recipe file whose `source` tells how the value was written; `empty_ok`: whether
+    an empty text would do there."""
     def in_file(written: str) -> str:  # `prompt: "MENENIUS:"`, or `- "x"` in a list
         return f"{loc[-1]}: {yaml.quote(written)}" if loc and isinstance(loc[-1], str) else f"- {yaml.quote(written)}"
 
     if override is None:
-        return string_hint(value, source.text(loc) if source else None, in_file)
+        return string_hint(value, source.text(loc) if source else None, in_file, empty_ok)
     keys, label = override
     given = _given(label, ".".join(keys))
     if given is None or loc[: len(keys)] != keys:  # an ablation file's key, say
@@ -254,12 +273,12 @@ def _string_hint(value, loc: tuple, override: tuple[tuple, str] | None, source: 
     text, quoted = given
     written = text.partition("=")[2].strip()
     if loc == keys:  # --set 'sample.prompt="ROMEO:"'; --vary 'sample.prompt="ROMEO:",...', as it splits its values
-        return string_hint(value, written, quoted)
+        return string_hint(value, written, quoted, empty_ok)
     try:  # below the override's key: --set 'model.attention={name: mine, mode: 1}'
         below = yaml.load_with_source(written, label)[2].text(loc[len(keys):])
     except UserError:
         below = None
-    return string_hint(value, below, in_file)
+    return string_hint(value, below, in_file, empty_ok)
 
 
 def _given(label: str, key: str) -> tuple[str, yaml.Quoted] | None:
