@@ -548,7 +548,7 @@ def test_runs_are_reused_or_resumed_only_with_the_plugin_versions_they_trained_w
     assert result.exit_code == 2, result.output
     assert (f"{run} was trained with other plugin versions or code than are installed now (model.norm "
             "(unitnorm) was trained with acme-norms 1.2 and now comes from acme-norms 1.3); seeds trained with "
-            "different code are not pooled: delete that run folder to train it again, or pass --out "
+            f"different code are not pooled: delete that run folder (rm -r {run}) to train it again, or pass --out "
             "with a new folder") in result.output
     assert not (out / "baseline" / "seed-1").exists()
     assert json.loads((run / "summary.json").read_text())["plugins"]["model.norm"].startswith(
@@ -1779,8 +1779,8 @@ def test_an_unfinished_run_resumes_only_with_exactly_its_arms_recipe(cli, tmp_pa
     files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     changed = cli(*args, "--set", change)  # its budget or evaluation: the run would not be the arm's
     assert changed.exit_code == 2 and "(resuming)" not in changed.output, changed.output
-    assert (f"{run} was stopped with a different recipe ({change.split('=')[0]} differ); delete that folder, "
-            "or pass --out with a new folder") in changed.output
+    assert (f"{run} was stopped with a different recipe ({change.split('=')[0]} differ); delete that run folder "
+            f"(rm -r {run}), or pass --out with a new folder") in changed.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
     again = cli(*args)
     assert again.exit_code == 0 and "(resuming)" in again.output, again.output

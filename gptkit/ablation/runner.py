@@ -291,11 +291,15 @@ def existing_runs(plan: Plan, folder: Path) -> list[tuple[Arm, int, Path]]:
     return found
 
 
+DELETE = "delete that run folder"
+
+
 class Refused(UserError):
     """A run already in the ablation folder that this ablation may not reuse or resume: its folder, what
     is wrong with it (said after the folder) and what to do."""
 
     def __init__(self, run_dir: Path, problem: str, fix: str):
+        fix = fix.replace(DELETE, f"{DELETE} (rm -r {quote(run_dir)})", 1)  # as check_runs says it for several
         super().__init__(f"{run_dir} {problem}; {fix}")
         # Not UserError's run_dir, which would add "continue: gptkit run --resume" to a run this refuses
         self.refused_dir, self.problem = run_dir, problem
@@ -405,7 +409,7 @@ def check_same_recipe(run_dir: Path, recipe: Recipe, how: str, anew: bool = Fals
         differ = [key for key in differ if not left_to_default(key, recipe, stored)]
     if differ:
         raise Refused(run_dir, f"{how} with a different recipe ({', '.join(differ[:5])} differ)",
-                      "delete that folder, or pass --out with a new folder")
+                      f"{DELETE}, or pass --out with a new folder")
 
 
 def left_to_default(key: str, recipe: Recipe, stored: dict) -> bool:
@@ -448,11 +452,11 @@ def check_same_precision(run_dir: Path, recipe: Recipe) -> None:
     if other:
         raise Refused(run_dir, f"was trained in {' and '.join(other)} arithmetic, and would be in {now} on {device} "
                       f"(train.precision {recipe.train.precision})", "seeds of different arithmetic are not pooled: "
-                      "go on where it trained, delete that run folder to train it again here, or pass --out with a new "
+                      f"go on where it trained, {DELETE} to train it again here, or pass --out with a new "
                       "folder")
 
 
-NOT_POOLED = "seeds trained with different code are not pooled: delete that run folder to train it again, or pass " \
+NOT_POOLED = f"seeds trained with different code are not pooled: {DELETE} to train it again, or pass " \
     "--out with a new folder"
 
 
@@ -463,12 +467,12 @@ def check_same_text(run_dir: Path, path: Path, sha256: str) -> None:
     try:
         trained = trained_text(run_dir)
     except UserError as e:
-        raise UserError(f"{e}, so the text {run_dir} was trained on cannot be checked; delete that run folder "
-                        "to train it again") from None
+        raise UserError(f"{e}, so the text {run_dir} was trained on cannot be checked; {DELETE} "
+                        f"(rm -r {quote(run_dir)}) to train it again") from None
     if trained is not None and trained != sha256:
         raise Refused(run_dir, f"was trained on another text than {path} now holds (SHA-256 {trained[:12]}... -> "
-                      f"{sha256[:12]}...)", "restore that text, delete that run folder (or the whole ablation "
-                      "folder) to train it again on this one, or pass --out with a new folder")
+                      f"{sha256[:12]}...)", f"restore that text, {DELETE} to train it again on this one "
+                      "(or the whole ablation folder), or pass --out with a new folder")
 
 
 LEGEND = ("Δ: final validation loss minus the baseline's, paired by seed, over the seeds both finished (said when "
