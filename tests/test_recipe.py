@@ -586,6 +586,21 @@ def test_an_unquoted_colon_in_a_file_value_says_how_to_quote_it(write_recipe):
     assert load_recipe(path).sample.prompt == "KING:"
 
 
+@pytest.mark.parametrize("entry, fix", [("prompt: KING: hail", 'prompt: "KING: hail"'), ("prompt: KING:", 'prompt: "KING:"'),
+                                        ("tokens: 5, prompt: KING: hail", 'prompt: "KING: hail"')])
+def test_an_unquoted_colon_inside_braces_says_how_to_quote_it(tmp_path, entry, fix):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\ndata: {{path: t.txt}}\nsample: {{{entry}}}\n")
+    with pytest.raises(YAMLError) as e:
+        load_recipe(path)
+    assert str(e.value) == (f"{path}:3: not valid YAML: expected ',' or '}}', but got ':' (a value containing ': ' or "
+                            f"ending in ':' must be quoted: {fix})")
+    fixed = entry.replace(fix.replace('"', ""), fix)
+    path.write_text(f"name: r\ndata: {{path: t.txt}}\nsample: {{{fixed}}}\n")
+    with pytest.raises(YAMLError, match=r"must be quoted: b: \"c: d\"\)$"):  # given alone, as --set gives it
+        load_recipe(path, ["model.attention={name: flash, b: c: d}"])
+
+
 def test_a_string_parameter_of_a_component_says_how_to_quote_it(write_recipe, temporary_component):
     from gptkit.components.base import Params as BaseParams
     from gptkit.components.norm import RMSNorm

@@ -274,6 +274,8 @@ def _describe(e: yaml.MarkedYAMLError, origin: str, text: str, quoted: Quoted | 
         problem += f" ({e.context} at line {opened.line + 1})"
     if problem.startswith("mapping values are not allowed"):  # `prompt: MENENIUS:`, `--set sample.prompt=a: b: c`
         problem += f" ({_quote_hint(text, mark, quoted)})"
+    elif problem == "expected ',' or '}', but got ':'" and mark:  # `sample: {prompt: ROMEO: hi}`
+        problem += f" ({_flow_quote_hint(text, mark)})"
     return f"{where}: not valid YAML: {problem}"
 
 
@@ -306,6 +308,19 @@ def _quote_hint(text: str, mark: yaml.Mark | None, quoted: Quoted | None) -> str
     if match and (": " in match[2] or match[2].endswith(":")):
         return f"{COLON_HINT}: {match[1]}: {quote(match[2])}"
     return f'{COLON_HINT}, e.g. prompt: "MENENIUS: good day"'
+
+
+def _flow_quote_hint(text: str, mark: yaml.Mark) -> str:
+    """_quote_hint inside braces: the entry of the mark's line around it (between a `{` or `,` and the
+    next `,` or `}`), its value quoted."""
+    lines = text.splitlines()
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    start = max(line.rfind("{", 0, mark.column), line.rfind(",", 0, mark.column)) + 1
+    end = min((i for i in (line.find(",", mark.column), line.find("}", mark.column)) if i >= 0), default=len(line))
+    key, colon, value = line[start:end].strip().partition(": ")
+    if not (key and colon and value) or len(value) > FIX_WIDTH:
+        return COLON_HINT
+    return f"{COLON_HINT}: {key}: {quote(value.strip())}"
 
 
 def quote(text: str) -> str:
