@@ -398,3 +398,24 @@ def test_sampling_a_run_not_finished_says_how_far_it_trained(cli, tmp_path, writ
     assert "note: " in cli("sample", run / "checkpoint.pt", "--tokens", "5").output  # its checkpoint given
     train(load_recipe(write_recipe()), runs_dir=tmp_path / "runs", quiet=True, resume=run)
     assert "note:" not in cli("sample", run, "--tokens", "5", "--seed", "0").output  # finished: nothing to say
+
+
+def test_a_terminal_is_told_while_the_first_step_compiles(tmp_path, write_recipe, monkeypatch):
+    """Compiling on a CPU takes up to a minute or two before the first step: the live line says so, and
+    the log (stdout, a file's content) stays as it was."""
+    import io
+
+    from gptkit.training import progress
+    from gptkit.training.trainer import Trainer
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(progress.sys, "stderr", terminal)
+    monkeypatch.setattr(Trainer, "is_compiled", property(lambda self: True))
+    train(load_recipe(write_recipe(train={"max_steps": 2})), runs_dir=tmp_path)
+    said = terminal.getvalue()
+    assert said.startswith("\rcompiling the training step (torch.compile; train.compile: false skips it)...")
+    assert "\rstep 1/2 | loss " in said

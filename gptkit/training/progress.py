@@ -44,8 +44,13 @@ class Progress:
         self._last_draw = now
         left = time_left(self.total_steps, step, elapsed)
         loss_text = f"{loss:.4f}" if loss is not None else "-"
-        text = (f"step {step}/{self.total_steps} | loss {loss_text} | {tokens_per_s:,.0f} tok/s | "
-                f"{fmt_duration(elapsed)} elapsed, {fmt_duration(left)} left")
+        self.status(f"step {step}/{self.total_steps} | loss {loss_text} | {tokens_per_s:,.0f} tok/s | "
+                    f"{fmt_duration(elapsed)} elapsed, {fmt_duration(left)} left")
+
+    def status(self, text: str) -> None:
+        """`text` on the live line, until the next update (on a terminal only)."""
+        if not self.live:
+            return
         self.stream.write("\r" + text.ljust(self._width))
         self.stream.flush()
         self._width = len(text)

@@ -370,6 +370,8 @@ class Trainer:
             if state.eval_pending:
                 self.evaluate()
                 self._checkpoint_and_stop_if_asked()
+            if self.is_compiled and state.step < self.total_steps:  # silent for up to a minute or two, else
+                self.progress.status("compiling the training step (torch.compile; train.compile: false skips it)...")
             first_epoch, first_batch = divmod(state.step, self.steps_per_epoch)
             # Resumed at its budget (train.max_steps, mid-epoch), a run has no epoch to go on with, or to report.
             for epoch in range(first_epoch, self.epochs if state.step < self.total_steps else first_epoch):
