@@ -154,6 +154,12 @@ def stop_at(monkeypatch, method: str, step: int):
     monkeypatch.setattr(Trainer, method, patched)
 
 
+# The tests send SIGINT as a terminal's Ctrl-C would. A suite started as a background job (`pytest &` in a
+# script) inherits SIGINT ignored, which gptkit leaves ignored, as programs do: its tests would then fail.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
