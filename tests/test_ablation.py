@@ -1941,7 +1941,8 @@ def test_an_arm_that_changed_nothing_says_so(write_recipe):
                                                                      "norm=layernorm": arm}))}["norm=layernorm"].verdict
 
     assert verdict([2.0, 2.1], [2.0, 2.1]) == ("within noise; the baseline's final val loss on every seed, to the last "
-                                               "bit: the change did nothing here (a window as long as the block, say)")
+                                               "bit: the change did nothing here (the same arithmetic another way, "
+                                               "or a window as long as the block, say)")
     assert verdict([2.0], [2.0]).startswith("n/a (needs 2 seeds); the baseline's final val loss on its seed, to the ")
     assert verdict([2.0, 2.1], [2.0, 2.1000001]) == "within noise"  # rounding apart: something changed
 

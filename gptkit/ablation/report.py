@@ -149,7 +149,7 @@ class ArmStats:
         if not self.arm.baseline and self.diffs and all(d == 0 for d in self.diffs):
             seeds = "every seed" if len(self.diffs) > 1 else "its seed"
             notes.append(f"the baseline's final val loss on {seeds}, to the last bit: the change did nothing here "
-                         "(a window as long as the block, say)")
+                         "(the same arithmetic another way, or a window as long as the block, say)")
         if final and self.vocab_size and final > math.log(self.vocab_size):
             notes.append(f"final val loss above a uniform guess's (ln {self.vocab_size} = "
                          f"{math.log(self.vocab_size):.2f}): it learned nothing")
