@@ -1025,3 +1025,11 @@ def test_import_where_a_recipe_lists_its_files_says_how_to_give_them(cli, write_
 def test_import_given_to_sample_gets_no_advice_of_a_set_it_lacks(cli, tmp_path):
     result = cli("sample", tmp_path, "--import", tmp_path / "mine.py")
     assert result.exit_code == 2 and "imports" not in result.output, result.output
+
+
+@pytest.mark.parametrize("word, meant", [("-set", "--set"), ("-runs-dir=x", "--runs-dir")])
+def test_an_option_with_one_dash_names_the_option_meant(cli, write_recipe, word, meant):
+    """click reads -set as the short options -s -e -t, and would say "No such option '-s'"."""
+    result = cli("run", write_recipe(), word, "train.lr=1")
+    assert result.exit_code == 2
+    assert f"Error: No such option: {word.partition('=')[0]}. Did you mean {meant}?" in result.output, result.output

@@ -31,7 +31,7 @@ class Group(click.Group):
     a `tee` that dies) ends nothing: see `reader_may_go`."""
 
     def main(self, args=None, *rest, **kwargs):
-        words = sys.argv[1:] if args is None else list(args)
+        words = self.words = sys.argv[1:] if args is None else list(args)  # (self.words: for one_dash)
         # Under torchrun every process meets the same command line: help and version said once per machine.
         said = first_on_machine() or not any(w in ("-h", "--help", "--version") for w in words)
         with reader_may_go(), command_line(), one_line_warnings(), (contextlib.nullcontext() if said else silenced()):
@@ -71,6 +71,8 @@ class Group(click.Group):
                 e.message = (f"No such option: {e.option_name}. A recipe runs its local component files itself: add "
                              "them to its imports: list (--set 'imports=[...]' replaces that list)")
                 e.possibilities = None  # (click's "Did you mean '--out'?")
+            elif isinstance(e, click.NoSuchOption):
+                one_dash(e, ctx, self.words)
             raise said_once(e) from None
         except UserError as e:
             if e.every_rank:  # met by this process alone (its GPU's memory): the others cannot say it
@@ -106,6 +108,18 @@ class Group(click.Group):
             if first_on_machine():
                 click.echo("\ninterrupted", err=True)
             ctx.exit(130)
+
+
+def one_dash(e: click.NoSuchOption, ctx: click.Context, words: list[str]) -> None:
+    """`-set` for `--set`: click reads it as the short options -s -e -t and names -s alone; said as the
+    word given (of the command line's `words`), with the option meant."""
+    command = ctx.command.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+    options = {o for p in (command.params if command else ()) for o in getattr(p, "opts", ())}
+    meant = next((w for w in words if w.startswith(e.option_name) and not w.startswith("--")
+                  and "-" + w.partition("=")[0] in options), None)
+    if meant:
+        e.message = f"No such option: {meant.partition('=')[0]}. Did you mean -{meant.partition('=')[0]}?"
+        e.possibilities = None
 
 
 RECIPE_COMMANDS = ("run", "validate", "bench", "ablate")  # the commands that read a recipe, and take --set
