@@ -239,7 +239,7 @@ def _train(recipe: Recipe, dist: distributed.Distributed, device: torch.device, 
     # Said before the text is read, or a corpus file made for a run that cannot start.
     if resume not in (None, "auto"):
         check_run_dir(resume)
-    elif run_dir is None:  # a new run folder may be made, by rank 0
+    elif resume is None and run_dir is None:  # a new run folder will be made, by rank 0
         blocked = runs_dir_blocked(Path(runs_dir)) if dist.is_main else None
         if blocked:
             dist.abort(blocked.exit_code)  # the other ranks, at the vote below, stop quietly
