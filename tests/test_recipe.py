@@ -661,3 +661,13 @@ def test_several_problems_of_one_origin_name_it_once():
     assert problems(origin, [f"{origin}: model.norm: unknown norm 'a'", f"{origin}:3: seed: bad", "train.lr: bad"]) == (
         f"{origin} has 3 problems:\n  model.norm: unknown norm 'a'\n  {origin}:3: seed: bad\n  train.lr: bad")
     assert problems(origin, [f"{origin}: model.norm: unknown norm 'a'"]) == f"{origin}: model.norm: unknown norm 'a'"
+
+
+@pytest.mark.parametrize("text", ["", "# a start\n", "---\n"])
+def test_an_empty_recipe_file_is_said_to_be_empty(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=f"^{re.escape(str(path))} is empty; a recipe needs at least name and data.path"):
+        load_recipe(path)
+    (tmp_path / "t.txt").write_text("KING: hail\n" * 20)
+    assert load_recipe(path, ["name=r", f"data.path={tmp_path / 't.txt'}"]).name == "r"  # every key given by --set

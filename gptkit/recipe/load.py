@@ -44,6 +44,9 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), origins: Mappin
         data, lines, source = yaml.load_with_source(read_text(path, "recipe"), str(path), keep_going=True)
     except yaml.YAMLError as e:
         raise _not_a_recipe(path, _with_range(e)) from None
+    if data is None and not overrides:  # (--set may give every key; an empty file is a start)
+        raise _not_a_recipe(path, RecipeError(f"{path} is empty; a recipe needs at least name and data.path (see "
+                                              "recipes/shakespeare-cpu.yaml)"))
     if data is None:
         data = {}
     if not isinstance(data, dict):
