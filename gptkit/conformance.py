@@ -18,8 +18,8 @@ from .components.base import GPTConfig, Params
 from .components.positional import Positional, checked_bias
 from .components.schedule import factor_rule, is_factor
 from .device import keep_random_state, resolve_device, torch_defaults
-from .diagnose import (CACHE_CONTRACT, cached_logits, causal_splits, changed_from, changed_since, exercise, fp32_matmuls,
-                       randomised, same_logits, snapshot)
+from .diagnose import (CACHE_CONTRACT, cached_logits, causal_splits, changed_from, changed_since, exercise,
+                       fp32_matmuls, randomised, same_logits, snapshot)
 from .errors import UserError, first_line, listing, on_command_line, out_of_memory, out_of_memory_as, out_of_memory_on
 from .model import build_model
 from .recipe.components import MODEL_KINDS, ComponentSpec, RecipeIssue, parse_component, undeclared_hint

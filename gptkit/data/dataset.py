@@ -213,7 +213,8 @@ def load_dataset(data, block_size: int, if_missing: str | None = None,
             raise UserError(f"data.path: file {path} {why}{if_missing if why == 'not found' else ''}")
         text = read_text(path, "data.path")
         # A corpus's file cut short (a full disk, a copy) is made again, not lengthened.
-        longer = f"delete it to rebuild it from the '{data.corpus.name}' corpus" if data.corpus and not created else None
+        longer = (f"delete it to rebuild it from the '{data.corpus.name}' corpus" if data.corpus and not created
+                  else None)
         dataset = dataset_of(text, data, block_size, f"data.path {path}", longer)
         check(dataset)
     except UserError:

@@ -234,7 +234,8 @@ def check_run_dir(path: str | Path) -> Path:
     if not goes_on_by() and re.fullmatch(r"seed-(-?\d+)", path.name) and is_ablation_folder(ablation):
         # Resumed alone, with a recipe file's budget say, it would be no longer the ablation's: refused there.
         raise UserError(f"{given('resume', path)}: a run of the ablation in {ablation}, which resumes its runs "
-                        f"itself: {ablate_again(ablation)} (to train this run further alone, copy its folder out first)")
+                        f"itself: {ablate_again(ablation)} (to train this run further alone, copy its folder out "
+                        "first)")
     return path
 
 

@@ -213,7 +213,7 @@ class Trainer:
         self._pending = PendingSteps(min(self.cfg.log_every, self.steps_per_epoch), device)  # flushed by then
         self._interval_t0 = time.perf_counter()
         self.saved_step: int | None = None  # of the last checkpoint written, or resumed from
-        self._saved_eval: tuple[int | None, bool] = (None, False)  # the evaluation that checkpoint holds, and if one was due
+        self._saved_eval: tuple[int | None, bool] = (None, False)  # its evaluation, and whether one was due
 
     @property
     def tokens_per_step(self) -> int:
