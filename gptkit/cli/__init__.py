@@ -118,7 +118,8 @@ def one_dash(e: click.NoSuchOption, ctx: click.Context, words: list[str]) -> Non
     meant = next((w for w in words if w.startswith(e.option_name) and not w.startswith("--")
                   and "-" + w.partition("=")[0] in options), None)
     if meant:
-        e.message = f"No such option: {meant.partition('=')[0]}. Did you mean -{meant.partition('=')[0]}?"
+        word = meant.partition("=")[0]
+        e.message = f"No such option: {word}. Did you mean -{word}?"
         e.possibilities = None
 
 

@@ -235,7 +235,8 @@ def _problems(e: ValidationError, origin: str, lines: dict | None, overrides: Se
     for loc, msg in describe_errors(e, Recipe):
         blamed, line, where = _blame(loc, also.get(loc, []), origin, lines or {}, overrides)
         if isinstance(msg, NotAString):
-            hint = _string_hint(msg.value, loc, overrides[blamed] if blamed >= 0 else None, source, takes_empty(loc))
+            empty_ok = msg.value is None and takes_empty(loc)  # (a value left out reads as null)
+            hint = _string_hint(msg.value, loc, overrides[blamed] if blamed >= 0 else None, source, empty_ok)
             msg = f"{msg} {hint}"
         found.append((blamed, line, f"{where}: {'.'.join(map(str, loc))}: {msg}"))
     found += [(-1, line, error) for line, error, _ in (source.duplicates if source is not None else [])]

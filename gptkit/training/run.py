@@ -358,7 +358,7 @@ def run_to_resume(recipe: Recipe, dataset: CharDataset, resume: str | Path, runs
         if run_dir is None:
             return None, None, None
     else:
-        run_dir = check_run_dir(resume)
+        run_dir = Path(resume)  # (checked by _train before the text was read)
     if is_locked(run_dir):  # said first: nothing else about a folder another process is changing holds
         raise busy(run_dir)
     if checkpoint is None and (run_dir / "checkpoint.pt").exists():  # (auto's choice is loaded already)
